@@ -1,0 +1,3 @@
+from simslm.cli import main
+
+raise SystemExit(main())

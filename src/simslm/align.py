@@ -1,0 +1,320 @@
+"""Word timings for a manifest whose audio has only transcripts.
+
+Sources (registry `ALIGNERS`): import from CTM, Praat TextGrid (Montreal Forced Aligner
+output) or word-level JSON; or force-align offline with pocketsphinx and its bundled US
+English model. Words outside pocketsphinx's dictionary get a pronunciation from
+espeak-ng's g2p, mapped to ARPAbet. Timed words must be the transcript's words
+(`simslm.text`) and lie inside the audio; utterances that fail are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from simslm import audio, jobs
+from simslm import text as text_lib
+from simslm.manifest import Utterance, Word, read_manifest, write_manifest
+
+TimedWords = list[tuple[str, float, float]]
+
+
+class AlignmentError(ValueError):
+    """Word timings could not be produced for an utterance; the message says why."""
+
+
+# --- importers -----------------------------------------------------------------------
+
+def read_ctm(path: str | os.PathLike) -> dict[str, TimedWords]:
+    """CTM lines `utterance channel start duration word [confidence]`, grouped by utterance."""
+    grouped: dict[str, TimedWords] = collections.defaultdict(list)
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields or line.startswith(";;"):
+                continue
+            if len(fields) < 5:
+                raise AlignmentError(f"{path}:{line_number}: a CTM line needs 5 fields, found {len(fields)}")
+            try:
+                start, duration = float(fields[2]), float(fields[3])
+            except ValueError:
+                raise AlignmentError(f"{path}:{line_number}: start/duration are not numbers") from None
+            grouped[fields[0]].append((fields[4], start, round(start + duration, 6)))
+    return {key: sorted(words, key=lambda w: w[1]) for key, words in grouped.items()}
+
+
+# Labels that aligners write for silence and noise rather than for a word.
+_NON_WORDS = {"", "sil", "sp", "spn", "<eps>", "<sil>", "<s>", "</s>"}
+
+
+def read_textgrid(path: str | os.PathLike, tier: str = "words") -> TimedWords:
+    """The word tier of a Praat TextGrid (long or short format), silences dropped."""
+    from praatio import textgrid
+
+    try:
+        grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
+    except Exception as error:  # praatio raises several types for malformed files
+        raise AlignmentError(f"{path}: not a readable TextGrid ({error})") from None
+    names = grid.tierNames
+    chosen = tier if tier in names else next((n for n in names if "word" in n.lower()), None)
+    if chosen is None:
+        raise AlignmentError(f"{path}: no '{tier}' tier (tiers: {', '.join(names)})")
+    return [(label, float(start), float(end)) for start, end, label in grid.getTier(chosen).entries
+            if label.strip().lower() not in _NON_WORDS]
+
+
+def read_word_json(path: str | os.PathLike) -> TimedWords:
+    """Word-level JSON: a list (or {"words": [...]}) of {word|text, start|start_sec, end|end_sec}."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise AlignmentError(f"{path}: not readable JSON ({error})") from None
+    items = data.get("words") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise AlignmentError(f"{path}: expected a list of words or an object with 'words'")
+    timed = []
+    for index, item in enumerate(items):
+        try:
+            word = item.get("word", item.get("text"))
+            start = float(item["start_sec"] if "start_sec" in item else item["start"])
+            end = float(item["end_sec"] if "end_sec" in item else item["end"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise AlignmentError(f"{path}: word {index} needs word/start/end") from None
+        if word is not None and str(word).strip().lower() not in _NON_WORDS:
+            timed.append((str(word), start, end))
+    return timed
+
+
+# --- pocketsphinx ----------------------------------------------------------------------
+
+# espeak-ng English phoneme mnemonics -> CMU ARPAbet (pocketsphinx's phone set).
+_ESPEAK_TO_ARPABET = {
+    "p": "P", "b": "B", "t": "T", "t#": "T", "d": "D", "d#": "D", "k": "K", "g": "G", "f": "F", "v": "V",
+    "T": "TH", "D": "DH", "s": "S", "z": "Z", "S": "SH", "Z": "ZH", "h": "HH", "x": "HH", "m": "M",
+    "n": "N", "n-": "N", "N": "NG", "l": "L", "l-": "L", "r": "R", "r-": "R", "w": "W", "j": "Y",
+    "tS": "CH", "dZ": "JH",
+    "@": "AH", "@2": "AH", "@5": "AH", "@L": "AH L", "3": "ER", "3:": "ER", "@r": "ER", "a": "AE",
+    "aa": "AE", "a#": "AH", "A:": "AA", "A@": "AA R", "A#": "AA", "E": "EH", "e": "EH", "e@": "EH R",
+    "eI": "EY", "I": "IH", "I2": "IH", "I#": "IH", "i": "IY", "i:": "IY", "i@": "IY R", "i@3": "IY R",
+    "0": "AA", "0#": "AA", "O": "AO", "O:": "AO", "O@": "AO R", "o@": "AO R", "OI": "OY", "oU": "OW",
+    "u:": "UW", "U": "UH", "U@": "UH R", "V": "AH", "VR": "AH R", "IR": "IH R", "aI": "AY",
+    "aI@": "AY ER", "aI3": "AY ER", "aU": "AW", "aU@": "AW ER",
+}
+
+
+def espeak_arpabet(word: str) -> str:
+    """A pronunciation for `word` in ARPAbet from espeak-ng's g2p ('' when it has none)."""
+    from simslm.espeak import Espeak
+
+    phones = (_ESPEAK_TO_ARPABET.get(name, "") for name in Espeak.instance().phonemes(word))
+    return " ".join(phone for phone in phones if phone)
+
+
+class PocketsphinxAligner:
+    """Forced alignment with pocketsphinx's bundled US English acoustic model (10 ms frames)."""
+
+    name = "pocketsphinx"
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        # Default beams lose the path on utterances longer than ~20 s (alignment then ends
+        # with no segmentation); the widest beams aligned every story tried, at ~30x real
+        # time per core instead of ~50x (docs/LOG.md, 2026-11-25).
+        self._decoder = Decoder(samprate=audio.TARGET_SAMPLE_RATE, bestpath=False, loglevel="FATAL",
+                                beam=1e-300, wbeam=1e-300, pbeam=1e-300)
+
+    def _dictionary_word(self, word: str) -> str:
+        key = text_lib.normalize_word(word)
+        if self._decoder.lookup_word(key) is None:
+            parts = [part for part in key.split("-") if part]
+            if len(parts) > 1 and all(self._decoder.lookup_word(part) for part in parts):
+                phones = " ".join(self._decoder.lookup_word(part) for part in parts)
+            else:
+                phones = espeak_arpabet(key)
+            if not phones:
+                raise AlignmentError(f"no pronunciation for {word!r}")
+            self._decoder.add_word(key, phones, True)
+        return key
+
+    def align(self, samples, transcript: str) -> TimedWords:
+        """Timed words of `transcript` in 16 kHz mono float samples."""
+        import numpy as np
+
+        words = text_lib.words(transcript)
+        if not words:
+            raise AlignmentError("transcript has no words")
+        keys = [self._dictionary_word(word) for word in words]
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+        try:
+            self._decoder.set_align_text(" ".join(keys))
+            self._decoder.start_utt()
+            self._decoder.process_raw(pcm, full_utt=True)
+            self._decoder.end_utt()
+        except RuntimeError as error:
+            raise AlignmentError(f"pocketsphinx failed ({error})") from None
+        segmentation = self._decoder.seg()
+        if segmentation is None:
+            raise AlignmentError("pocketsphinx found no alignment (audio and transcript probably disagree)")
+        segments = [s for s in segmentation if s.word.split("(")[0].lower() not in _NON_WORDS
+                    and not s.word.startswith("[")]
+        if len(segments) != len(words):
+            raise AlignmentError(f"pocketsphinx aligned {len(segments)} of {len(words)} words "
+                                 f"(audio and transcript probably disagree)")
+        # Frames are 10 ms; a segment's end frame is inclusive.
+        return [(word, s.start_frame / 100, (s.end_frame + 1) / 100) for word, s in zip(words, segments)]
+
+
+_worker_aligner: PocketsphinxAligner | None = None
+
+
+def _pocketsphinx_timings(utterance: Utterance, audio_path: Path) -> TimedWords:
+    global _worker_aligner  # one decoder per worker process: it takes ~0.4 s to load
+    if _worker_aligner is None:
+        _worker_aligner = PocketsphinxAligner()
+    return _worker_aligner.align(audio.load_audio(audio_path), utterance.transcript)
+
+
+def _import_timings(reader: Callable[[Path], TimedWords], suffixes: tuple[str, ...]):
+    def timings(utterance: Utterance, source: Path) -> TimedWords:
+        if source.is_file():
+            return reader(source)
+        for suffix in suffixes:
+            candidate = source / f"{utterance.id}{suffix}"
+            if candidate.exists():
+                return reader(candidate)
+        raise AlignmentError(f"no {'/'.join(suffixes)} file for {utterance.id} in {source}")
+    return timings
+
+
+def _ctm_timings(utterance: Utterance, source: Path) -> TimedWords:
+    path = source if source.is_file() else source / f"{utterance.id}.ctm"
+    if not path.exists():
+        raise AlignmentError(f"no CTM at {path}")
+    by_utterance = _cached_ctm(str(path), path.stat().st_mtime_ns)
+    if utterance.id not in by_utterance:
+        raise AlignmentError(f"{path} has no lines for {utterance.id}")
+    return by_utterance[utterance.id]
+
+
+_ctm_cache: dict[tuple[str, int], dict[str, TimedWords]] = {}
+
+
+def _cached_ctm(path: str, mtime_ns: int) -> dict[str, TimedWords]:
+    if (path, mtime_ns) not in _ctm_cache:
+        _ctm_cache[(path, mtime_ns)] = read_ctm(path)
+    return _ctm_cache[(path, mtime_ns)]
+
+
+# name -> function(utterance, path) -> timed words. For importers the path is a file
+# holding the timings or a folder of <utterance id><suffix> files; for pocketsphinx it is
+# the audio file.
+ALIGNERS: dict[str, Callable[[Utterance, Path], TimedWords]] = {
+    "pocketsphinx": _pocketsphinx_timings,
+    "ctm": _ctm_timings,
+    "textgrid": _import_timings(read_textgrid, (".TextGrid", ".textgrid")),
+    "json": _import_timings(read_word_json, (".json", ".words.json")),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignConfig:
+    """What `simslm align` does."""
+
+    manifest: str
+    """Input manifest (utterances with transcripts)."""
+    out: str
+    """Output manifest: the utterances that got word timings."""
+    method: str = "pocketsphinx"
+    """pocketsphinx, ctm, textgrid or json."""
+    source: str | None = None
+    """For ctm/textgrid/json: a file, or a folder of <utterance id>.<ext> files."""
+    keep_existing: bool = False
+    """Keep word timings an utterance already has instead of replacing them."""
+    num_workers: int = 0
+    """Worker processes for pocketsphinx; 0 = one per core."""
+
+
+def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
+    record, method, path = task
+    utterance = Utterance.from_json(record)
+    try:
+        timed = ALIGNERS[method](utterance, Path(path))
+        aligned = replace(utterance, words=tuple(Word(word=w, start_sec=round(s, 4), end_sec=round(e, 4))
+                                                 for w, s, e in timed),
+                          meta={**utterance.meta, "alignment": method})
+        problems = aligned.timing_problems()
+        if problems:
+            return {"id": utterance.id, "skipped": problems[0]}
+        return aligned.to_json()
+    except (AlignmentError, audio.AudioError, OSError) as error:
+        return {"id": utterance.id, "skipped": str(error)}
+
+
+@dataclass(frozen=True)
+class AlignReport:
+    """What an alignment run did (also written next to the output manifest)."""
+
+    manifest: str
+    num_utterances: int
+    num_aligned: int
+    num_kept: int
+    num_skipped: int
+    skipped: dict[str, str]
+    audio_sec: float
+    wall_sec: float
+
+
+def align_manifest(config: AlignConfig) -> AlignReport:
+    """Add word timings to every utterance of a manifest; skip and count the failures."""
+    if config.method not in ALIGNERS:
+        raise ValueError(f"unknown alignment method '{config.method}'; known: {', '.join(ALIGNERS)}")
+    if config.method != "pocketsphinx" and not config.source:
+        raise ValueError(f"--source is required with --method {config.method}")
+    started = time.perf_counter()
+    manifest_dir = Path(config.manifest).parent
+    utterances = read_manifest(config.manifest)
+    out_path = Path(config.out)
+    results: dict[str, Utterance] = {}
+    tasks = []
+    for utterance in utterances:
+        if config.keep_existing and utterance.words is not None:
+            results[utterance.id] = utterance
+            continue
+        # Audio paths must keep pointing at the same files from the output's folder.
+        absolute = replace(utterance, audio=str(utterance.audio_path(manifest_dir).resolve()))
+        path = absolute.audio if config.method == "pocketsphinx" else config.source
+        tasks.append((absolute.to_json(), config.method, path))
+    num_kept = len(results)
+    skipped: dict[str, str] = {}
+    workers = (config.num_workers or jobs.default_workers()) if config.method == "pocketsphinx" else 1
+    for record in jobs.parallel_map(_align_one, tasks, num_workers=min(workers, max(1, len(tasks))),
+                                    total=len(tasks), description=f"align ({config.method})"):
+        if "skipped" in record:
+            skipped[record["id"]] = record["skipped"]
+        else:
+            results[record["id"]] = Utterance.from_json(record)
+    ordered = [_relative_to(results[u.id], out_path.parent) for u in utterances if u.id in results]
+    write_manifest(out_path, ordered)
+    report = AlignReport(manifest=str(out_path), num_utterances=len(utterances),
+                         num_aligned=len(ordered) - num_kept, num_kept=num_kept, num_skipped=len(skipped),
+                         skipped=skipped, audio_sec=round(sum(u.duration_sec for u in ordered), 3),
+                         wall_sec=round(time.perf_counter() - started, 3))
+    jobs.write_json(out_path.with_suffix(".report.json"), {**asdict(report), "config": asdict(config)})
+    return report
+
+
+def _relative_to(utterance: Utterance, folder: Path) -> Utterance:
+    """Express the audio path relative to `folder` when it lies below it."""
+    path = Path(utterance.audio)
+    if path.is_absolute():
+        try:
+            return replace(utterance, audio=str(path.relative_to(folder.resolve())))
+        except ValueError:
+            return utterance
+    return utterance

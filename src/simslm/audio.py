@@ -1,0 +1,119 @@
+"""Audio input: any WAV/FLAC (sample rate, channels) to 16 kHz mono float32, with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+TARGET_SAMPLE_RATE = 16_000
+# Peak below this (about -60 dBFS) counts as silence: such a file carries no speech to
+# encode or align, and is almost always a broken export rather than real data.
+SILENCE_PEAK = 1e-3
+
+
+class AudioError(ValueError):
+    """A problem with one audio file; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, float]:
+    """Return (sample rate, duration in seconds) from the header, without decoding."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(path, f"not a readable WAV/FLAC file ({error})") from None
+    if info.frames <= 0:
+        raise AudioError(path, "contains no audio samples")
+    return info.samplerate, info.frames / info.samplerate
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
+               allow_silent: bool = False) -> np.ndarray:
+    """Read a WAV/FLAC file as mono float32 at `sample_rate`; raise `AudioError` if unusable.
+
+    Channels are averaged; resampling uses soxr's high-quality filter. Empty, truncated,
+    corrupt and (unless `allow_silent`) silent files raise with the file named.
+    """
+    path = Path(path)
+    _check_exists(path)
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            source_rate = handle.samplerate
+            samples = handle.read(dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(path, f"not a readable WAV/FLAC file ({error})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(path, "contains no audio samples")
+    declared = _declared_frames(path, samples.shape[1])
+    if declared is not None and samples.shape[0] < declared:
+        raise AudioError(path, f"truncated: its header announces {declared} samples, the file holds "
+                               f"{samples.shape[0]}")
+    if not np.isfinite(samples).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+    mono = samples.mean(axis=1)
+    if not allow_silent and float(np.abs(mono).max()) < SILENCE_PEAK:
+        raise AudioError(path, f"silent (peak amplitude below {SILENCE_PEAK:g})")
+    if source_rate != sample_rate:
+        mono = soxr.resample(mono, source_rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> None:
+    """Write 16-bit PCM (format from the suffix: .flac or .wav) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    kind = {".flac": "FLAC", ".wav": "WAV"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: audio must be written as .flac or .wav")
+    soundfile.write(str(temporary), samples, sample_rate, subtype="PCM_16", format=kind)
+    os.replace(temporary, path)
+
+
+def _declared_frames(path: Path, channels: int) -> int | None:
+    """Sample frames the file's own header announces (WAV data chunk, FLAC STREAMINFO).
+
+    libsndfile quietly shortens its frame count to what a cut-off file holds, so a
+    truncated file is only visible by comparing with the header written before the cut.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+        if head[:4] == b"fLaC" and len(head) >= 26:
+            # STREAMINFO: 4-byte block header, then ... 36-bit total samples at bits 108-143.
+            total = int.from_bytes(head[8 + 13:8 + 18], "big") & ((1 << 36) - 1)
+            return total or None
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        handle.seek(12)
+        bits_per_sample = 16
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"fmt ":
+                bits_per_sample = int.from_bytes(handle.read(16)[14:16], "little")
+                handle.seek(size - 16, os.SEEK_CUR)
+            elif chunk[:4] == b"data":
+                frame_bytes = channels * max(1, bits_per_sample // 8)
+                # 0 and 0xFFFFFFFF mark streamed WAVs whose length was never filled in.
+                return None if size in (0, 0xFFFFFFFF) else size // frame_bytes
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")

@@ -1,0 +1,184 @@
+"""The `simslm` command line: one subcommand per pipeline stage, each a thin layer over its module.
+
+Stage options come from the stage's frozen config dataclass: each field becomes a
+`--flag` and the docstring under the field becomes its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from typing import Any, Callable
+
+from simslm import __version__
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (PEP 257 attribute docstrings)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
+                         positional: tuple[str, ...] = ()) -> None:
+    """Add one option per field of the dataclass `cls` (required fields without default)."""
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        has_default = field.default is not dataclasses.MISSING
+        help_text = docs.get(field.name, "")
+        if has_default and field.default not in (None, ""):
+            help_text += f" (default: {field.default})"
+        if field.name in positional:
+            parser.add_argument(field.name, help=help_text)
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=field.default if has_default else None,
+                                required=not has_default, help=help_text, dest=field.name)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build the config dataclass from parsed arguments."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- assets ---------------------------------------------------------------------------
+
+def _assets_command(args: argparse.Namespace) -> int:
+    from simslm import assets
+
+    names = args.names or sorted(assets.REGISTRY)
+    if args.action == "list":
+        print(f"mirror: {assets.mirror_dir() or '(SIMSLM_MIRROR not set)'}   cache: {assets.cache_dir()}")
+        print(f"{'asset':<22} {'where':<13} {'files':>5}  description")
+        for name in names:
+            asset = assets.get(name)
+            print(f"{name:<22} {assets.status(name):<13} {len(asset.files):>5}  {asset.description}")
+        return 0
+    failures = 0
+    for name in names:
+        try:
+            resolved = assets.resolve(name)
+        except assets.AssetError as error:
+            failures += 1
+            print(f"FAIL {name}: {error}", file=sys.stderr)
+            continue
+        if args.action == "verify":
+            print(f"ok   {name}: {len(resolved.paths)} file(s), sha256 match, from {resolved.source} ({resolved.root})")
+        else:
+            print(resolved.root)
+    return 1 if failures else 0
+
+
+# --- synth / align / manifest -------------------------------------------------------------
+
+def _synth_command(args: argparse.Namespace) -> int:
+    from simslm.synth import SynthConfig, synthesize_corpus
+
+    report = synthesize_corpus(config_from_args(SynthConfig, args))
+    print(f"synthesized {report.num_synthesized} utterance(s), reused {report.num_reused}, "
+          f"skipped {report.num_skipped} {report.skipped_by_reason or ''}")
+    print(f"{report.audio_sec / 3600:.2f} h of new audio in {report.wall_sec:.1f} s "
+          f"({report.realtime_factor:.0f}x real time) -> {report.manifest}")
+    return 0
+
+
+def _align_command(args: argparse.Namespace) -> int:
+    from simslm.align import AlignConfig, align_manifest
+
+    report = align_manifest(config_from_args(AlignConfig, args))
+    print(f"aligned {report.num_aligned}, kept {report.num_kept}, skipped {report.num_skipped} "
+          f"of {report.num_utterances} utterance(s) in {report.wall_sec:.1f} s -> {report.manifest}")
+    for utterance_id, reason in list(report.skipped.items())[:20]:
+        print(f"  skipped {utterance_id}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _manifest_command(args: argparse.Namespace) -> int:
+    from simslm.manifest import validate_manifest
+
+    failed = 0
+    for path in args.manifests:
+        problems = validate_manifest(path, check_audio=not args.no_audio)
+        for problem in problems:
+            print(problem)
+        print(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `simslm` argument parser."""
+    from simslm.align import AlignConfig
+    from simslm.synth import SynthConfig
+
+    parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
+                                     "Stages: assets -> synth -> align (more stages land as they are built).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"simslm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    assets_parser = commands.add_parser("assets", help="list, verify or fetch named datasets and models")
+    assets_parser.add_argument("action", choices=("list", "verify", "fetch"))
+    assets_parser.add_argument("names", nargs="*", help="asset names (default: all)")
+    assets_parser.set_defaults(handler=_assets_command)
+
+    synth_parser = commands.add_parser("synth", help="text corpus -> 16 kHz speech + manifest with word timings")
+    add_config_arguments(synth_parser, SynthConfig)
+    synth_parser.set_defaults(handler=_synth_command)
+
+    align_parser = commands.add_parser("align", help="add word timings to a manifest (import or pocketsphinx)")
+    add_config_arguments(align_parser, AlignConfig)
+    align_parser.set_defaults(handler=_align_command)
+
+    manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
+    manifest_parser.add_argument("action", choices=("validate",))
+    manifest_parser.add_argument("manifests", nargs="+", help="manifest JSONL files")
+    manifest_parser.add_argument("--no-audio", action="store_true", help="skip reading the audio headers")
+    manifest_parser.set_defaults(handler=_manifest_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `simslm` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    from simslm.assets import AssetError
+
+    try:
+        return handler(args)
+    except (AssetError, ValueError, FileNotFoundError) as error:
+        print(f"simslm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simslm {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

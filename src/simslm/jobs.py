@@ -1,0 +1,91 @@
+"""Batch-job plumbing shared by the stages: a resumable journal and a parallel map with progress."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+
+class Journal:
+    """Append-only JSONL of finished items, keyed by "id", that survives being killed.
+
+    Each line is flushed and fsynced as it is written; a torn last line (a kill during the
+    write) is ignored on reading, so the item is simply done again.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """The items recorded so far, by id (a later line for the same id wins)."""
+        items: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return items
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn write from an interrupted run
+                if isinstance(record, dict) and "id" in record:
+                    items[record["id"]] = record
+        return items
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Record one finished item durably."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            # A torn line from a killed run must not swallow this one.
+            if handle.tell() > 0 and not self._ends_with_newline():
+                handle.write("\n")
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+
+def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_workers: int,
+                 total: int | None = None, description: str = "") -> Iterator[Any]:
+    """Yield `function(task)` for every task, in completion order, with a progress bar.
+
+    `num_workers` > 1 uses that many worker processes (spawned, so C libraries such as
+    espeak-ng start clean in each); 1 runs in this process, which is easiest to debug.
+    """
+    bar = tqdm(total=total, desc=description, unit="item", disable=None, file=sys.stderr, dynamic_ncols=True)
+    try:
+        if num_workers <= 1:
+            for task in tasks:
+                yield function(task)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_workers) as pool:
+            for result in pool.imap_unordered(function, tasks, chunksize=1):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def default_workers() -> int:
+    """Worker processes for CPU-bound batch jobs: one per available core."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

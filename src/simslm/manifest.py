@@ -1,0 +1,216 @@
+"""Speech corpus manifests: one JSONL format read and written by every stage.
+
+One line per utterance:
+
+    {"id": "ts-000012", "audio": "audio/ts-000012.flac", "sample_rate": 16000,
+     "duration_sec": 41.2, "transcript": "Once upon a time ...", "speaker": "train/us-m1",
+     "words": [{"word": "Once", "start_sec": 0.03, "end_sec": 0.31}, ...],
+     "meta": {...}}
+
+`audio` is relative to the manifest's folder (or absolute). `words` is null until the
+utterance has word timings (from synthesis or `simslm align`). `meta` is free-form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from simslm import audio, text
+
+# Word timings may overrun the audio by this much before we call them wrong: aligners
+# round to 10 ms frames and durations are stored rounded to the millisecond.
+TIMING_TOLERANCE_SEC = 0.02
+
+
+@dataclass(frozen=True, kw_only=True)
+class Word:
+    """One word and where it is spoken."""
+
+    word: str
+    start_sec: float
+    end_sec: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Utterance:
+    """One line of a manifest."""
+
+    id: str
+    audio: str
+    sample_rate: int
+    duration_sec: float
+    transcript: str
+    speaker: str = "unknown"
+    words: tuple[Word, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON object for one manifest line."""
+        record = dataclasses.asdict(self)
+        if self.words is not None:
+            record["words"] = [dataclasses.asdict(word) for word in self.words]
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "Utterance":
+        """Parse one manifest line; raise ValueError naming the bad field."""
+        missing = [name for name in ("id", "audio", "sample_rate", "duration_sec", "transcript")
+                   if name not in record]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        unknown = set(record) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        words = record.get("words")
+        if words is not None:
+            if not isinstance(words, list):
+                raise ValueError("'words' must be a list or null")
+            try:
+                words = tuple(Word(word=str(w["word"]), start_sec=float(w["start_sec"]),
+                                   end_sec=float(w["end_sec"])) for w in words)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError("each word needs 'word', 'start_sec' and 'end_sec'") from None
+        _expect_type(record, "id", str)
+        _expect_type(record, "audio", str)
+        _expect_type(record, "transcript", str)
+        _expect_type(record, "sample_rate", int)
+        _expect_type(record, "duration_sec", (int, float))
+        return cls(id=record["id"], audio=record["audio"], sample_rate=record["sample_rate"],
+                   duration_sec=float(record["duration_sec"]), transcript=record["transcript"],
+                   speaker=str(record.get("speaker", "unknown")), words=words,
+                   meta=dict(record.get("meta") or {}))
+
+    def audio_path(self, manifest_dir: str | os.PathLike) -> Path:
+        """Absolute path of the audio file, resolving a relative path against the manifest."""
+        path = Path(self.audio)
+        return path if path.is_absolute() else Path(manifest_dir) / path
+
+    def timing_problems(self) -> list[str]:
+        """Problems with the word timings of this utterance (empty when fine or absent)."""
+        if self.words is None:
+            return []
+        problems = []
+        if not text.same_words(self.transcript, [w.word for w in self.words]):
+            expected = len(text.words(self.transcript))
+            problems.append(f"word timings do not match the transcript "
+                            f"({len(self.words)} timed words, transcript has {expected})")
+        previous_start = 0.0
+        for index, word in enumerate(self.words):
+            if word.start_sec < 0 or word.end_sec < word.start_sec:
+                problems.append(f"word {index} '{word.word}' has start {word.start_sec} / end {word.end_sec}")
+            if word.start_sec < previous_start:
+                problems.append(f"word {index} '{word.word}' starts before the previous word")
+            previous_start = word.start_sec
+        if self.words and self.words[-1].end_sec > self.duration_sec + TIMING_TOLERANCE_SEC:
+            problems.append(f"word timings end at {self.words[-1].end_sec:.3f} s, "
+                            f"past the end of the audio ({self.duration_sec:.3f} s)")
+        return problems
+
+
+def _expect_type(record: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> None:
+    value = record[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field '{name}' has type {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a manifest, located by file and line."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read; lists every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Problem]]:
+    """Yield (line number, utterance or the problem that stopped it from parsing)."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("a manifest line must be a JSON object")
+                yield line_number, Utterance.from_json(record)
+            except (json.JSONDecodeError, ValueError) as error:
+                yield line_number, Problem(str(path), line_number, str(error))
+
+
+def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """Read a manifest; raise `ManifestError` listing every line that does not parse."""
+    utterances, problems = [], []
+    for _, item in iter_manifest(path):
+        (problems if isinstance(item, Problem) else utterances).append(item)
+    if problems:
+        raise ManifestError(problems)
+    return utterances
+
+
+def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance]) -> None:
+    """Write a manifest atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for utterance in utterances:
+            handle.write(json.dumps(utterance.to_json(), ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+
+
+def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Problem]:
+    """Every problem in a manifest: syntax, fields, duplicate ids, timings, and the audio files.
+
+    With `check_audio`, each audio file's header is read and its sample rate and duration
+    compared with the manifest (decoding is left to the stages that need the samples).
+    """
+    path = Path(path)
+    if not path.exists():
+        return [Problem(str(path), 0, "manifest file does not exist")]
+    problems: list[Problem] = []
+    first_line_of_id: dict[str, int] = {}
+    count = 0
+    for line_number, item in iter_manifest(path):
+        if isinstance(item, Problem):
+            problems.append(item)
+            continue
+        count += 1
+        where = lambda message: Problem(str(path), line_number, f"{item.id}: {message}")  # noqa: E731
+        if item.id in first_line_of_id:
+            problems.append(where(f"duplicate id (first on line {first_line_of_id[item.id]})"))
+        first_line_of_id.setdefault(item.id, line_number)
+        if item.duration_sec <= 0:
+            problems.append(where(f"duration_sec is {item.duration_sec}"))
+        if not text.words(item.transcript):
+            problems.append(where("transcript has no words"))
+        problems.extend(where(message) for message in item.timing_problems())
+        if check_audio:
+            try:
+                sample_rate, duration_sec = audio.audio_info(item.audio_path(path.parent))
+            except audio.AudioError as error:
+                problems.append(where(str(error)))
+                continue
+            if sample_rate != item.sample_rate:
+                problems.append(where(f"sample_rate is {item.sample_rate}, the file has {sample_rate}"))
+            if abs(duration_sec - item.duration_sec) > TIMING_TOLERANCE_SEC:
+                problems.append(where(f"duration_sec is {item.duration_sec}, the file lasts {duration_sec:.3f} s"))
+    if count == 0 and not problems:
+        problems.append(Problem(str(path), 0, "manifest has no utterances"))
+    return problems

@@ -1,0 +1,243 @@
+"""Synthetic speech: a text corpus to 16 kHz audio plus a manifest with word timings.
+
+This is the offline counterpart of the paper's sTinyStories (TinyStories read by a TTS
+system). Each line of the corpus becomes one utterance spoken by a voice drawn from a
+named voice set; word timings come from the TTS engine's own events (`simslm.espeak`).
+The job runs on all cores, resumes where it stopped, and skips and counts lines it
+cannot speak.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import soxr
+
+from simslm import assets, audio, jobs
+from simslm import text as text_lib
+from simslm.manifest import Utterance, Word, write_manifest
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoicePreset:
+    """One synthetic speaker: an engine voice and the ranges its pitch and rate are drawn from."""
+
+    name: str
+    voice: str
+    pitch: tuple[int, int] = (40, 60)
+    """espeak-ng base pitch, 0-100 (50 = the voice's default)."""
+    rate_wpm: tuple[int, int] = (160, 185)
+    """Speaking rate in words per minute (espeak-ng's default is 175)."""
+
+
+def _male(name: str, voice: str) -> VoicePreset:
+    return VoicePreset(name=name, voice=voice, pitch=(35, 55))
+
+
+def _female(name: str, voice: str) -> VoicePreset:
+    return VoicePreset(name=name, voice=voice, pitch=(55, 80))
+
+
+# Speakers are espeak-ng accents (gmw voices; "en" is British English) crossed with its voice variants (+m1.. male,
+# +f1.. female). `heldout` shares no accent-variant pair, and no variant, with `train`, so
+# multi-speaker benchmarks built with it hear voices never used in training.
+VOICE_SETS: dict[str, tuple[VoicePreset, ...]] = {
+    "single": (VoicePreset(name="us", voice="en-us", pitch=(50, 50), rate_wpm=(175, 175)),),
+    "train": (
+        _male("us-m1", "en-us+m1"), _female("us-f2", "en-us+f2"),
+        _male("gb-m3", "en+m3"), _female("gb-f1", "en+f1"),
+        _male("rp-m2", "en-gb-x-rp+m2"), _female("rp-f3", "en-gb-x-rp+f3"),
+        _male("nyc-m4", "en-us-nyc+m4"), _female("lancaster-f4", "en-gb-x-gbclan+f4"),
+    ),
+    "heldout": (
+        _male("scotland-m5", "en-gb-scotland+m5"), _female("caribbean-f5", "en-029+f5"),
+        _male("westmidlands-m6", "en-gb-x-gbcwmd+m6"), _male("us-m7", "en-us+m7"),
+    ),
+}
+
+
+class EspeakBackend:
+    """espeak-ng through its C API; word timings from its mark and phoneme events."""
+
+    name = "espeak-ng"
+
+    def speak(self, transcript: str, voice: str, pitch: int, rate_wpm: int) -> tuple[np.ndarray, int, list]:
+        from simslm import espeak
+
+        return espeak.speak(transcript, voice=voice, pitch=pitch, rate_wpm=rate_wpm)
+
+
+TTS_BACKENDS: dict[str, Callable[[], Any]] = {"espeak-ng": EspeakBackend}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """What `simslm synth` does."""
+
+    out_dir: str
+    """Output folder: audio/, manifest.jsonl, synth_report.json."""
+    corpus: str = "tinystories-sample"
+    """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file."""
+    text_field: str = "text"
+    """Field holding the text in a .jsonl corpus."""
+    voice_set: str = "train"
+    """Named voice set to draw a speaker from for each line (see VOICE_SETS)."""
+    seed: int = 0
+    """Seed of the per-line speaker, pitch and rate choice."""
+    offset: int = 0
+    """First corpus line to speak (0-based)."""
+    limit: int | None = None
+    """Speak at most this many lines (all when unset)."""
+    id_prefix: str = ""
+    """Utterance ids are <prefix>-<line:06d>; default: the corpus file's stem."""
+    audio_format: str = "flac"
+    """flac or wav (16-bit PCM, 16 kHz mono either way)."""
+    backend: str = "espeak-ng"
+    """TTS backend (see TTS_BACKENDS)."""
+    num_workers: int = 0
+    """Worker processes; 0 = one per core."""
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    """What a synthesis run did (also written to synth_report.json)."""
+
+    manifest: str
+    num_lines: int
+    num_synthesized: int
+    num_reused: int
+    num_skipped: int
+    skipped_by_reason: dict[str, int]
+    audio_sec: float
+    wall_sec: float
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of new audio per wall-clock second."""
+        return self.audio_sec / self.wall_sec if self.wall_sec > 0 else float("inf")
+
+
+def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
+    """Yield (line index, text or None, problem) for each line of a .jsonl or .txt corpus."""
+    path = Path(path)
+    is_jsonl = path.suffix in (".jsonl", ".json")
+    with open(path, encoding="utf-8") as handle:
+        for index, line in enumerate(handle):
+            if not is_jsonl:
+                yield index, line.rstrip("\n"), ""
+                continue
+            try:
+                record = json.loads(line)
+                value = record[text_field]
+                if not isinstance(value, str):
+                    raise TypeError
+                yield index, value, ""
+            except json.JSONDecodeError:
+                yield index, None, "line is not valid JSON"
+            except (KeyError, TypeError):
+                yield index, None, f"no string field '{text_field}'"
+
+
+def choose_speaker(voice_set: tuple[VoicePreset, ...], seed: int, line_index: int) -> tuple[VoicePreset, int, int]:
+    """Speaker, pitch and rate for one line: a pure function of (seed, line index)."""
+    rng = np.random.default_rng([seed, line_index])
+    preset = voice_set[int(rng.integers(len(voice_set)))]
+    pitch = int(rng.integers(preset.pitch[0], preset.pitch[1] + 1))
+    rate = int(rng.integers(preset.rate_wpm[0], preset.rate_wpm[1] + 1))
+    return preset, pitch, rate
+
+
+def _synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Worker: speak one line, write its audio atomically, return its manifest record."""
+    utterance_id = task["id"]
+    try:
+        transcript = text_lib.speakable(task["text"])
+        if not text_lib.words(transcript):
+            return {"id": utterance_id, "skipped": "no words to speak"}
+        backend = TTS_BACKENDS[task["backend"]]()
+        samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])
+        if len(samples) == 0:
+            return {"id": utterance_id, "skipped": "the TTS engine produced no audio"}
+        waveform = samples.astype(np.float32) / 32768.0
+        if sample_rate != audio.TARGET_SAMPLE_RATE:
+            waveform = soxr.resample(waveform, sample_rate, audio.TARGET_SAMPLE_RATE, quality="HQ")
+        relative = f"audio/{utterance_id}.{task['audio_format']}"
+        audio.write_audio(Path(task["out_dir"]) / relative, waveform)
+        duration = len(waveform) / audio.TARGET_SAMPLE_RATE
+        words = tuple(Word(word=w, start_sec=round(s, 4), end_sec=round(min(e, duration), 4)) for w, s, e in timings)
+        utterance = Utterance(id=utterance_id, audio=relative, sample_rate=audio.TARGET_SAMPLE_RATE,
+                              duration_sec=round(duration, 4), transcript=transcript, speaker=task["speaker"],
+                              words=words, meta={"tts": task["backend"], "voice": task["voice"],
+                                                 "pitch": task["pitch"], "rate_wpm": task["rate_wpm"],
+                                                 "source_line": task["line"]})
+        return utterance.to_json()
+    except Exception as error:  # one bad line must not stop a corpus-sized job
+        reason = type(error).__name__
+        return {"id": utterance_id, "skipped": f"{reason}: {error}"[:300]}
+
+
+def synthesize_corpus(config: SynthConfig) -> SynthReport:
+    """Speak a text corpus into `config.out_dir`; resumable, parallel, skips bad lines."""
+    if config.voice_set not in VOICE_SETS:
+        raise ValueError(f"unknown voice set '{config.voice_set}'; known: {', '.join(VOICE_SETS)}")
+    if config.backend not in TTS_BACKENDS:
+        raise ValueError(f"unknown TTS backend '{config.backend}'; known: {', '.join(TTS_BACKENDS)}")
+    if config.audio_format not in ("flac", "wav"):
+        raise ValueError(f"audio_format must be flac or wav, not '{config.audio_format}'")
+    corpus = assets.resolve_file(config.corpus)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = config.id_prefix or corpus.stem
+    voice_set = VOICE_SETS[config.voice_set]
+    journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
+    done = {key: record for key, record in journal.read().items() if "skipped" not in record}
+
+    started = time.perf_counter()
+    skipped: collections.Counter[str] = collections.Counter()
+    order: list[str] = []
+    tasks = []
+    stop = None if config.limit is None else config.offset + config.limit
+    for index, value, problem in read_texts(corpus, config.text_field):
+        if index < config.offset:
+            continue
+        if stop is not None and index >= stop:
+            break
+        utterance_id = f"{prefix}-{index:06d}"
+        order.append(utterance_id)
+        if value is None:
+            skipped[problem] += 1
+            continue
+        if utterance_id in done and (out_dir / done[utterance_id]["audio"]).exists():
+            continue
+        preset, pitch, rate = choose_speaker(voice_set, config.seed, index)
+        tasks.append({"id": utterance_id, "line": index, "text": value, "voice": preset.voice,
+                      "speaker": f"{config.voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate,
+                      "backend": config.backend, "audio_format": config.audio_format, "out_dir": str(out_dir)})
+    num_reused = sum(1 for key in order if key in done)
+    audio_sec = 0.0
+    num_workers = config.num_workers or jobs.default_workers()
+    for record in jobs.parallel_map(_synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
+                                    total=len(tasks), description="synth"):
+        journal.append(record)
+        if "skipped" in record:
+            skipped[record["skipped"].split(":")[0]] += 1
+        else:
+            done[record["id"]] = record
+            audio_sec += record["duration_sec"]
+    manifest_path = out_dir / "manifest.jsonl"
+    write_manifest(manifest_path, (Utterance.from_json(done[key]) for key in order if key in done))
+    report = SynthReport(manifest=str(manifest_path), num_lines=len(order),
+                         num_synthesized=sum(1 for task in tasks if task["id"] in done),
+                         num_reused=num_reused, num_skipped=sum(skipped.values()),
+                         skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
+                         wall_sec=round(time.perf_counter() - started, 3))
+    jobs.write_json(out_dir / "synth_report.json", {**asdict(report), "config": asdict(config),
+                                                    "realtime_factor": round(report.realtime_factor, 1)})
+    return report

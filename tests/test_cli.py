@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from simslm import __version__
+from simslm.cli import build_parser, main
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in ("assets", "synth", "align", "manifest"))
+
+
+@pytest.mark.parametrize("command", ["assets", "synth", "align", "manifest"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: simslm " + command in capsys.readouterr().out
+
+
+def test_field_docstrings_become_help_text():
+    synth = build_parser()._subparsers._group_actions[0].choices["synth"]
+    voice_set = next(a for a in synth._actions if a.dest == "voice_set")
+    assert "Named voice set" in voice_set.help and "default: train" in voice_set.help
+
+
+def test_assets_list_and_verify(capsys):
+    assert main(["assets", "list"]) == 0
+    assert "tinystories-sample" in capsys.readouterr().out
+    assert main(["assets", "verify", "stories260K", "librispeech-samples"]) == 0
+    assert capsys.readouterr().out.count("sha256 match") == 2
+
+
+def test_missing_asset_exits_nonzero_with_the_reason(monkeypatch, capsys):
+    monkeypatch.delenv("SIMSLM_MIRROR")
+    assert main(["assets", "verify", "blimp"]) == 1
+    assert "asset 'blimp' is not available" in capsys.readouterr().err
+
+
+def test_synth_then_validate_from_the_command_line(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "A tiny story. The end."}) + "\n")
+    assert main(["synth", "--corpus", str(corpus), "--out-dir", str(tmp_path / "o"), "--num-workers", "1"]) == 0
+    assert "synthesized 1 utterance(s)" in capsys.readouterr().out
+    assert main(["manifest", "validate", str(tmp_path / "o" / "manifest.jsonl")]) == 0
+    (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
+    assert main(["manifest", "validate", "--no-audio", str(tmp_path / "bad.jsonl")]) == 1
+    assert "bad.jsonl:1: missing field(s)" in capsys.readouterr().out
+
+
+def test_bad_option_values_are_errors_not_tracebacks(tmp_path, capsys):
+    assert main(["synth", "--out-dir", str(tmp_path), "--voice-set", "nobody"]) == 2
+    assert "unknown voice set 'nobody'" in capsys.readouterr().err
+    assert main(["align", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import soundfile
+
+from simslm.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
+
+
+def _utterance(**changes):
+    fields = dict(id="u1", audio="a.wav", sample_rate=16000, duration_sec=1.0, transcript="hello big world",
+                  speaker="s1", words=(Word(word="hello", start_sec=0.1, end_sec=0.3),
+                                       Word(word="big", start_sec=0.3, end_sec=0.5),
+                                       Word(word="world", start_sec=0.5, end_sec=0.9)))
+    fields.update(changes)
+    return Utterance(**fields)
+
+
+def test_round_trip(tmp_path):
+    utterances = [_utterance(), _utterance(id="u2", words=None, meta={"voice": "en-us"})]
+    write_manifest(tmp_path / "m.jsonl", utterances)
+    assert read_manifest(tmp_path / "m.jsonl") == utterances
+
+
+def test_validator_reports_every_problem_with_file_and_line(tmp_path):
+    soundfile.write(tmp_path / "a.wav", 0.1 * np.ones(16000), 16000)
+    soundfile.write(tmp_path / "b.wav", 0.1 * np.ones(8000), 8000)
+    good = _utterance().to_json()
+    lines = [
+        json.dumps(good),                                                           # 1 fine
+        "{not json",                                                                # 2
+        json.dumps({k: v for k, v in good.items() if k != "transcript"}),           # 3
+        json.dumps(good),                                                           # 4 duplicate id
+        json.dumps({**good, "id": "u5", "transcript": "hello world"}),              # 5 mismatch
+        json.dumps({**good, "id": "u6", "words": [{"word": "hello", "start_sec": 0.1, "end_sec": 0.3},
+                                                  {"word": "big", "start_sec": 0.3, "end_sec": 0.5},
+                                                  {"word": "world", "start_sec": 0.5, "end_sec": 1.5}]}),  # 6 past end
+        json.dumps({**good, "id": "u7", "audio": "missing.wav"}),                   # 7
+        json.dumps({**good, "id": "u8", "audio": "b.wav"}),                         # 8 rate mismatch
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    problems = validate_manifest(path)
+    by_line = {p.line: p.message for p in problems}
+    assert all(p.file == str(path) for p in problems)
+    assert set(by_line) == {2, 3, 4, 5, 6, 7, 8}
+    assert "duplicate id (first on line 1)" in by_line[4]
+    assert "missing field(s) transcript" in by_line[3]
+    assert "do not match the transcript" in by_line[5]
+    assert "past the end of the audio" in by_line[6]
+    assert "does not exist" in by_line[7]
+    assert "sample_rate is 16000, the file has 8000" in by_line[8]
+
+
+def test_empty_and_missing_manifests_are_problems(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert "no utterances" in validate_manifest(tmp_path / "empty.jsonl")[0].message
+    assert "does not exist" in validate_manifest(tmp_path / "nope.jsonl")[0].message

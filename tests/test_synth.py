@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import soundfile
+
+from simslm import text
+from simslm.manifest import read_manifest, validate_manifest
+from simslm.synth import VOICE_SETS, SynthConfig, choose_speaker, synthesize_corpus
+
+
+def test_synthesised_corpus_is_a_valid_16k_manifest_with_word_timings(synthetic_corpus):
+    assert validate_manifest(synthetic_corpus) == []
+    utterances = read_manifest(synthetic_corpus)
+    assert len(utterances) == 4
+    for utterance in utterances:
+        info = soundfile.info(utterance.audio_path(synthetic_corpus.parent))
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert [w.word for w in utterance.words] == text.words(utterance.transcript)
+        assert utterance.speaker.startswith("train/")
+        assert utterance.words[-1].end_sec <= utterance.duration_sec
+
+
+def test_speaker_choice_is_a_function_of_seed_and_line():
+    voices = VOICE_SETS["train"]
+    assert choose_speaker(voices, 0, 7) == choose_speaker(voices, 0, 7)
+    draws = {choose_speaker(voices, 0, index)[0].name for index in range(200)}
+    assert draws == {preset.name for preset in voices}  # every voice gets used
+    assert [choose_speaker(voices, 0, i) for i in range(20)] != [choose_speaker(voices, 1, i) for i in range(20)]
+
+
+def test_heldout_voices_are_never_training_voices():
+    train = {preset.voice for preset in VOICE_SETS["train"]}
+    heldout = {preset.voice for preset in VOICE_SETS["heldout"]}
+    assert not train & heldout
+    assert not {v.split("+")[1] for v in train} & {v.split("+")[1] for v in heldout}
+
+
+def test_bad_lines_are_skipped_and_counted_and_rerun_does_no_new_work(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join([
+        json.dumps({"text": "The dog ran home."}),
+        "{broken json",
+        json.dumps({"story": "no text field"}),
+        json.dumps({"text": "?! ..."}),
+        json.dumps({"text": "Lily smiled. Then she slept."}),
+    ]) + "\n")
+    config = SynthConfig(out_dir=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="t")
+    report = synthesize_corpus(config)
+    assert (report.num_synthesized, report.num_skipped) == (2, 3)
+    assert report.skipped_by_reason == {"line is not valid JSON": 1, "no string field 'text'": 1,
+                                        "no words to speak": 1}
+    assert [u.id for u in read_manifest(report.manifest)] == ["t-000000", "t-000004"]
+    summary = json.loads((tmp_path / "out" / "synth_report.json").read_text())
+    assert summary["num_skipped"] == 3
+
+    again = synthesize_corpus(config)
+    assert (again.num_synthesized, again.num_reused) == (0, 2)
+
+
+def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One small cat.\nTwo big dogs.\nThree red birds.\n")
+    config = SynthConfig(out_dir=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="r")
+    synthesize_corpus(config)
+    journal = tmp_path / "out" / "manifest.partial.jsonl"
+    lines = journal.read_text().splitlines()
+    # Simulate a kill: the last record was torn mid-write, and the final manifest never written.
+    journal.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:25])
+    (tmp_path / "out" / "manifest.jsonl").unlink()
+    resumed = synthesize_corpus(config)
+    assert (resumed.num_synthesized, resumed.num_reused) == (1, 2)
+    utterances = read_manifest(resumed.manifest)
+    assert [u.transcript for u in utterances] == ["One small cat.", "Two big dogs.", "Three red birds."]
+    assert validate_manifest(resumed.manifest) == []
+
+
+def test_voice_set_and_limits_are_honoured(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Sentence number {i} is here." for i in range(6)) + "\n")
+    report = synthesize_corpus(SynthConfig(out_dir=str(tmp_path / "o"), corpus=str(corpus), voice_set="heldout",
+                                           offset=2, limit=3, num_workers=1, audio_format="wav"))
+    utterances = read_manifest(report.manifest)
+    assert [u.meta["source_line"] for u in utterances] == [2, 3, 4]
+    assert all(u.speaker.startswith("heldout/") and u.audio.endswith(".wav") for u in utterances)
+    peak = max(np.abs(soundfile.read(u.audio_path(tmp_path / "o"))[0]).max() for u in utterances)
+    assert 0.05 < peak <= 1.0
