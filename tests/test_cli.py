@@ -58,3 +58,19 @@ def test_bad_option_values_are_errors_not_tracebacks(tmp_path, capsys):
     assert main(["synth", "--out-dir", str(tmp_path), "--voice-set", "nobody"]) == 2
     assert "unknown voice set 'nobody'" in capsys.readouterr().err
     assert main(["align", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
+
+
+def test_align_from_the_command_line_imports_a_ctm(tmp_path, capsys):
+    from simslm import assets
+    from simslm.manifest import Utterance, read_manifest, write_manifest
+
+    resolved = assets.resolve("librispeech-samples")
+    utterance_id = "1272-128104-0000"
+    write_manifest(tmp_path / "in.jsonl", [Utterance(
+        id=utterance_id, audio=str(resolved.file(f"{utterance_id}.flac")), sample_rate=16000, duration_sec=5.855,
+        transcript=assets.LIBRISPEECH_TRANSCRIPTS[utterance_id])])
+    assert main(["align", "--manifest", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl"),
+                 "--method", "ctm", "--source", str(resolved.file(f"{utterance_id}.ctm"))]) == 0
+    assert "aligned 1, kept 0, skipped 0" in capsys.readouterr().out
+    assert len(read_manifest(tmp_path / "out.jsonl")[0].words) == 17
+    assert main(["manifest", "validate", str(tmp_path / "out.jsonl")]) == 0

@@ -69,6 +69,10 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
     (tmp_path / "out" / "manifest.jsonl").unlink()
     resumed = synthesize_corpus(config)
     assert (resumed.num_synthesized, resumed.num_reused) == (1, 2)
+    # A recorded utterance whose audio file was lost is spoken again, not reused.
+    (tmp_path / "out" / "audio" / "r-000000.flac").unlink()
+    repaired = synthesize_corpus(config)
+    assert (repaired.num_synthesized, repaired.num_reused) == (1, 2)
     utterances = read_manifest(resumed.manifest)
     assert [u.transcript for u in utterances] == ["One small cat.", "Two big dogs.", "Three red birds."]
     assert validate_manifest(resumed.manifest) == []

@@ -252,7 +252,8 @@ def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
         if problems:
             return {"id": utterance.id, "skipped": problems[0]}
         return aligned.to_json()
-    except (AlignmentError, audio.AudioError, OSError) as error:
+    except (AlignmentError, audio.AudioError, OSError, RuntimeError) as error:
+        # RuntimeError: pocketsphinx or espeak-ng (g2p) refusing this utterance's input.
         return {"id": utterance.id, "skipped": str(error)}
 
 

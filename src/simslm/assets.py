@@ -294,15 +294,6 @@ def status(name: str) -> str:
     return "missing" if offline() else "downloadable"
 
 
-def verify_asset(name: str) -> list[str]:
-    """Resolve an asset and check every file's sha256; return the problems (empty when fine)."""
-    try:
-        resolve(name)
-    except AssetError as error:
-        return [str(error)]
-    return []
-
-
 # --- the registry -------------------------------------------------------------------
 
 _TINYSTORIES_TRAIN_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt"

@@ -70,6 +70,7 @@ class Event:
 
     @property
     def is_pause(self) -> bool:
+        """espeak-ng names its pause phonemes with a leading underscore ('_', '_:', '_!')."""
         return self.phoneme.startswith("_")
 
 

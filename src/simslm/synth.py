@@ -202,6 +202,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     started = time.perf_counter()
     skipped: collections.Counter[str] = collections.Counter()
     order: list[str] = []
+    num_reused = 0
     tasks = []
     stop = None if config.limit is None else config.offset + config.limit
     for index, value, problem in read_texts(corpus, config.text_field):
@@ -215,12 +216,13 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
             skipped[problem] += 1
             continue
         if utterance_id in done and (out_dir / done[utterance_id]["audio"]).exists():
+            num_reused += 1
             continue
+        done.pop(utterance_id, None)  # recorded, but its audio is gone: speak it again
         preset, pitch, rate = choose_speaker(voice_set, config.seed, index)
         tasks.append({"id": utterance_id, "line": index, "text": value, "voice": preset.voice,
                       "speaker": f"{config.voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate,
                       "backend": config.backend, "audio_format": config.audio_format, "out_dir": str(out_dir)})
-    num_reused = sum(1 for key in order if key in done)
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
     for record in jobs.parallel_map(_synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
