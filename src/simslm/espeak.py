@@ -231,13 +231,16 @@ def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,
     # The phoneme events after each word's mark, up to the next mark. A word whose mark
     # never came (an accent that drops its /h/ merges "is here" into one word) has none.
     mark_positions = sorted(order for order in mark_order if order is not None) + [len(speech.events)]
+    # The first word's segment starts with the call: an h-dropping voice can emit "Hello"
+    # before its mark.
     segments = []
-    for order in mark_order:
+    for index, order in enumerate(mark_order):
         if order is None:
             segments.append([])
             continue
         following = next(p for p in mark_positions if p > order)
-        segments.append([e for e in speech.events[order + 1:following] if e.kind == "phoneme"])
+        begin = 0 if index == 0 else order + 1
+        segments.append([e for e in speech.events[begin:following] if e.kind == "phoneme"])
     # Each word's spoken phonemes, with merged groups split; plus the pause that ends it.
     spoken: list[list[Event]] = [[] for _ in tokens]
     pause_after: list[int | None] = [None] * len(tokens)

@@ -47,7 +47,9 @@ def _female(name: str, voice: str) -> VoicePreset:
 
 # Speakers are espeak-ng accents (gmw voices; "en" is British English) crossed with its voice variants (+m1.. male,
 # +f1.. female). `heldout` shares no accent-variant pair, and no variant, with `train`, so
-# multi-speaker benchmarks built with it hear voices never used in training.
+# multi-speaker benchmarks built with it hear voices never used in training. The West
+# Midlands accent (en-gb-x-gbcwmd) is left out: it drops /h/ and merges words in ways
+# whose timings could not be recovered for 70 of ~75 stories (docs/LOG.md).
 VOICE_SETS: dict[str, tuple[VoicePreset, ...]] = {
     "single": (VoicePreset(name="us", voice="en-us", pitch=(50, 50), rate_wpm=(175, 175)),),
     "train": (
@@ -58,7 +60,7 @@ VOICE_SETS: dict[str, tuple[VoicePreset, ...]] = {
     ),
     "heldout": (
         _male("scotland-m5", "en-gb-scotland+m5"), _female("caribbean-f5", "en-029+f5"),
-        _male("westmidlands-m6", "en-gb-x-gbcwmd+m6"), _male("us-m7", "en-us+m7"),
+        _male("caribbean-m6", "en-029+m6"), _male("us-m7", "en-us+m7"),
     ),
 }
 
