@@ -216,8 +216,8 @@ def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,
 
     espeak-ng speaks an unstressed word merged with the word before it ("there was",
     "in the"): both words' phonemes follow the first mark and the second mark arrives
-    after them, or never. Such a group's phoneme events are split between its words by the number
-    of phonemes espeak-ng gives each word on its own (`Espeak.phonemes`), aligned to the
+    after them, or never. Such a group's phoneme events are split between its words by
+    the phonemes espeak-ng gives each word on its own (`Espeak.phonemes`), aligned to the
     spoken ones (`split_counts`); a group that cannot be split raises `UnalignedWordsError`.
     """
     tokens = text_lib.words_with_spans(sentence)
@@ -229,10 +229,10 @@ def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,
     if mark_order[0] is None:
         raise UnalignedWordsError(f"espeak-ng reported no mark for the first word {tokens[0][0]!r}")
     # The phoneme events after each word's mark, up to the next mark. A word whose mark
-    # never came (an accent that drops its /h/ merges "is here" into one word) has none.
+    # never came (an accent that drops its /h/ merges "is here" into one word) has none;
+    # the first word's segment starts with the call (such a voice can speak "Hello"
+    # before its mark).
     mark_positions = sorted(order for order in mark_order if order is not None) + [len(speech.events)]
-    # The first word's segment starts with the call: an h-dropping voice can emit "Hello"
-    # before its mark.
     segments = []
     for index, order in enumerate(mark_order):
         if order is None:
