@@ -45,9 +45,10 @@ def _female(name: str, voice: str) -> VoicePreset:
     return VoicePreset(name=name, voice=voice, pitch=(55, 80))
 
 
-# Speakers are espeak-ng accents (gmw voices; "en" is British English) crossed with its voice variants (+m1.. male,
-# +f1.. female). `heldout` shares no accent-variant pair, and no variant, with `train`, so
-# multi-speaker benchmarks built with it hear voices never used in training. The West
+# Speakers are espeak-ng accents (gmw voices; "en" is British English) crossed with its
+# voice variants (+m1.. male, +f1.. female). `heldout` shares no accent-variant pair, and
+# no variant, with `train`, so multi-speaker benchmarks built with it hear voices never
+# used in training. The West
 # Midlands accent (en-gb-x-gbcwmd) is left out: it drops /h/ and merges words in ways
 # whose timings could not be recovered for 70 of ~75 stories (docs/LOG.md).
 VOICE_SETS: dict[str, tuple[VoicePreset, ...]] = {
