@@ -34,3 +34,27 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     report = synthesize_corpus(SynthConfig(out_dir=str(out_dir), limit=4, num_workers=2))
     assert report.num_synthesized == 4, report
     return out_dir / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def extracted(synthetic_corpus, tmp_path_factory):
+    """Units of the synthetic corpus plus an empty and a corrupt file, k=32."""
+    from dataclasses import replace
+
+    from simslm import units
+    from simslm.manifest import read_manifest, write_manifest
+
+    out = tmp_path_factory.mktemp("units")
+    codebook = units.fit_codebook(units.FitConfig(manifest=str(synthetic_corpus), out=str(out / "km32"), k=32,
+                                                  num_workers=1))
+    utterances = read_manifest(synthetic_corpus)
+    (out / "empty.wav").write_bytes(b"")
+    (out / "corrupt.flac").write_bytes(b"fLaC not really")
+    broken = [replace(utterances[0], id=name, audio=str(out / f"{name}.{ext}"))
+              for name, ext in (("empty", "wav"), ("corrupt", "flac"))]
+    manifest = out / "with_bad.jsonl"
+    write_manifest(manifest, [replace(u, audio=str(u.audio_path(synthetic_corpus.parent))) for u in utterances]
+                   + broken)
+    config = units.ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(out / "units"),
+                                 shard_size=2, num_workers=2)
+    return config, units.extract_units(config), utterances

@@ -1,5 +1,6 @@
 import json
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -99,9 +100,9 @@ def test_pocketsphinx_skips_unreadable_audio_and_wrong_transcripts(librispeech_m
     utterances = read_manifest(librispeech_manifest)
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"not audio at all")
-    utterances[0] = Utterance(**{**utterances[0].__dict__, "audio": str(broken)})
-    utterances[1] = Utterance(**{**utterances[1].__dict__, "transcript": "completely different words spoken here "
-                                                                         "about a blue elephant and jam " * 3})
+    utterances[0] = replace(utterances[0], audio=str(broken))
+    utterances[1] = replace(utterances[1], transcript="completely different words spoken here about a blue "
+                                                      "elephant and jam " * 3)
     write_manifest(tmp_path / "bad.jsonl", utterances)
     report = align_manifest(AlignConfig(manifest=str(tmp_path / "bad.jsonl"), out=str(tmp_path / "o.jsonl"),
                                         num_workers=1))

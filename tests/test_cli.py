@@ -74,3 +74,25 @@ def test_align_from_the_command_line_imports_a_ctm(tmp_path, capsys):
     assert "aligned 1, kept 0, skipped 0" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "out.jsonl")[0].words) == 17
     assert main(["manifest", "validate", str(tmp_path / "out.jsonl")]) == 0
+
+
+def test_units_commands_fit_extract_convert(tmp_path, capsys, synthetic_corpus):
+    import pickle
+
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    assert main(["units", "fit", "--manifest", str(synthetic_corpus), "--out", str(tmp_path / "km"), "--k", "8",
+                 "--max-utterances", "2", "--num-workers", "1"]) == 0
+    assert "k-means codebook k=8" in capsys.readouterr().out
+    assert main(["units", "extract", "--manifest", str(synthetic_corpus), "--codebook", str(tmp_path / "km.npy"),
+                 "--out", str(tmp_path / "units"), "--num-workers", "1"]) == 0
+    assert "encoded 4 utterance(s), skipped 0" in capsys.readouterr().out
+
+    model = KMeans(n_clusters=2, n_init=1, random_state=0).fit(np.arange(20, dtype=float).reshape(10, 2))
+    (tmp_path / "km500.bin").write_bytes(pickle.dumps(model))
+    convert = ["units", "convert", "--pickle", str(tmp_path / "km500.bin"), "--out", str(tmp_path / "converted")]
+    assert main(convert) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(convert + ["--trust-pickle"]) == 0
+    assert (tmp_path / "converted.npy").exists()

@@ -142,6 +142,14 @@ class PocketsphinxAligner:
             self._decoder.add_word(key, phones, True)
         return key
 
+    def _decode(self, pcm: bytes) -> None:
+        try:
+            self._decoder.start_utt()
+            self._decoder.process_raw(pcm, full_utt=True)
+            self._decoder.end_utt()
+        except RuntimeError as error:
+            raise AlignmentError(f"pocketsphinx failed ({error})") from None
+
     def align(self, samples, transcript: str) -> TimedWords:
         """Timed words of `transcript` in 16 kHz mono float samples."""
         import numpy as np
@@ -153,11 +161,9 @@ class PocketsphinxAligner:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
         try:
             self._decoder.set_align_text(" ".join(keys))
-            self._decoder.start_utt()
-            self._decoder.process_raw(pcm, full_utt=True)
-            self._decoder.end_utt()
         except RuntimeError as error:
-            raise AlignmentError(f"pocketsphinx failed ({error})") from None
+            raise AlignmentError(f"pocketsphinx refused the transcript ({error})") from None
+        self._decode(pcm)
         segmentation = self._decoder.seg()
         if segmentation is None:
             raise AlignmentError("pocketsphinx found no alignment (audio and transcript probably disagree)")
@@ -168,6 +174,20 @@ class PocketsphinxAligner:
                                  f"(audio and transcript probably disagree)")
         # Frames are 10 ms; a segment's end frame is inclusive.
         return [(word, s.start_frame / 100, (s.end_frame + 1) / 100) for word, s in zip(words, segments)]
+
+    def phones(self, samples, transcript: str) -> TimedWords:
+        """Timed ARPAbet phones of `transcript` (silence as 'SIL'), from a second, phone-level pass."""
+        import numpy as np
+
+        self.align(samples, transcript)
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+        self._decoder.set_alignment()
+        self._decode(pcm)
+        alignment = self._decoder.get_alignment()
+        if alignment is None:
+            raise AlignmentError("pocketsphinx produced no phone alignment")
+        return [(phone.name, phone.start / 100, (phone.start + phone.duration) / 100)
+                for word in alignment for phone in word]
 
 
 _worker_aligner: PocketsphinxAligner | None = None

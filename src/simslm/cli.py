@@ -135,13 +135,42 @@ def _manifest_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _units_command(args: argparse.Namespace) -> int:
+    from simslm import unit_quality, units
+
+    if args.action == "fit":
+        path = units.fit_codebook(config_from_args(units.FitConfig, args))
+        meta = json.loads(path.with_suffix(".json").read_text())
+        print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
+              f"utterance(s) ({meta['backend']}) -> {path}")
+    elif args.action == "extract":
+        report = units.extract_units(config_from_args(units.ExtractConfig, args))
+        print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
+              f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
+              f"done now in {report.wall_sec:.1f} s")
+        print(f"{report.num_frames} frames -> {report.num_units} units "
+              f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
+    elif args.action == "convert":
+        path = units.convert_codebook(config_from_args(units.ConvertConfig, args))
+        print(f"converted to a plain codebook (loads without unpickling) -> {path}")
+    else:
+        report = unit_quality.unit_quality(config_from_args(unit_quality.QualityConfig, args))
+        print(f"{'':<18} {'PNMI':>7} {'cluster purity':>15} {'phone purity':>13}")
+        for name in ("units", "shuffled_baseline"):
+            scores = report[name]
+            print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['cluster_purity']:>15.4f} {scores['phone_purity']:>13.4f}")
+        print(f"dedup ratio {report['dedup_ratio']:.3f} frames/unit; {report['num_utterances_scored']} utterance(s), "
+              f"{report['num_frames_scored']} frames scored")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
     from simslm.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align (more stages land as they are built).",
+                                     "Stages: assets -> synth -> align -> units (more stages land as they are built).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -158,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     align_parser = commands.add_parser("align", help="add word timings to a manifest (import or pocketsphinx)")
     add_config_arguments(align_parser, AlignConfig)
     align_parser.set_defaults(handler=_align_command)
+
+    from simslm import unit_quality, units
+
+    units_parser = commands.add_parser("units", help="audio -> discrete units: fit k-means, extract, measure",
+                                       description=f"Encoders: {units.describe_encoders()}.")
+    units_actions = units_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, config_class, help_text in (
+            ("fit", units.FitConfig, "fit a k-means codebook on encoder features of a corpus"),
+            ("extract", units.ExtractConfig, "encode a manifest into deduplicated units with durations"),
+            ("quality", unit_quality.QualityConfig, "PNMI and purities against pocketsphinx phone labels"),
+            ("convert", units.ConvertConfig, "convert a published pickled k-means (needs --trust-pickle)")):
+        action_parser = units_actions.add_parser(action, help=help_text)
+        add_config_arguments(action_parser, config_class)
+    units_parser.set_defaults(handler=_units_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))
@@ -176,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return handler(args)
-    except (AssetError, ValueError, FileNotFoundError) as error:
+    except (AssetError, ValueError, FileNotFoundError, PermissionError) as error:
         print(f"simslm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,460 @@
+"""Speech units: audio -> encoder features -> k-means ids -> deduplicated units with durations.
+
+As in the paper (mHuBERT-25Hz, layer 11, 500 k-means units, consecutive duplicates
+removed), with an offline `logmel` encoder at the same 25 Hz. Each utterance's units are
+stored with their run lengths, so the frame sequence (and so the time of every unit) can
+be rebuilt exactly: later stages map word timings onto units with it.
+
+Encoders register by name in `ENCODERS` and declare their frame rate.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from simslm import audio, jobs, kmeans
+from simslm.manifest import read_manifest
+
+# --- encoders --------------------------------------------------------------------------
+
+
+def mel_filterbank(num_mels: int, fft_size: int, sample_rate: int = 16000,
+                   low_hz: float = 20.0, high_hz: float | None = None) -> np.ndarray:
+    """Triangular filters on the HTK mel scale, shape (num_mels, fft_size // 2 + 1)."""
+    high_hz = high_hz or sample_rate / 2
+    to_mel = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)  # noqa: E731
+    to_hz = lambda mel: 700.0 * (10 ** (mel / 2595.0) - 1.0)  # noqa: E731
+    edges = to_hz(np.linspace(to_mel(low_hz), to_mel(high_hz), num_mels + 2))
+    bins = np.linspace(0, sample_rate / 2, fft_size // 2 + 1)
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (center - lower)
+    falling = (upper - bins) / (upper - center)
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+class LogMelEncoder:
+    """Offline encoder: log-mel at 100 Hz, 4 frames stacked to 25 Hz, normalised per utterance.
+
+    25 ms windows every 10 ms (the usual ASR front end); stacking 4 frames keeps the
+    within-40 ms dynamics that averaging would lose and matches mHuBERT-25Hz's rate.
+    """
+
+    name = "logmel"
+    frame_rate_hz = 25.0
+
+    def __init__(self, num_mels: int = 40, stack: int = 4):
+        self.num_mels, self.stack = num_mels, stack
+        self.window_samples, self.hop_samples, self.fft_size = 400, 160, 512
+        self._filters = mel_filterbank(num_mels, self.fft_size)
+        self._window = np.hanning(self.window_samples).astype(np.float32)
+        self.dim = num_mels * stack
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Features (frames, dim) for 16 kHz mono samples; one frame per 40 ms."""
+        num_frames = 1 + max(0, len(samples) - self.window_samples) // self.hop_samples
+        num_frames -= num_frames % self.stack
+        if num_frames == 0:
+            raise ValueError(f"audio shorter than {self.stack * self.hop_samples / 16000:.2f} s")
+        strides = (samples.strides[0] * self.hop_samples, samples.strides[0])
+        frames = np.lib.stride_tricks.as_strided(samples, (num_frames, self.window_samples), strides)
+        power = np.abs(np.fft.rfft(frames * self._window, n=self.fft_size)) ** 2
+        log_mel = np.log(power @ self._filters.T + 1e-6).astype(np.float32)
+        stacked = log_mel.reshape(num_frames // self.stack, self.dim)
+        # Per-utterance normalisation removes channel and speaker level differences.
+        return (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-5)
+
+
+class HubertEncoder:
+    """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id)."""
+
+    def __init__(self, name: str, model_path: str, layer: int, frame_rate_hz: float):
+        import torch
+        from transformers import HubertModel
+
+        try:
+            # trust_remote_code stays off: HubertModel is a transformers class.
+            self._model = HubertModel.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot load HuBERT model '{model_path}' for encoder '{name}' ({error}); "
+                             f"pass --model-path with a local folder of a saved HubertModel") from None
+        config = self._model.config
+        if not 0 < layer <= config.num_hidden_layers:
+            raise ValueError(f"{model_path}: layer {layer} does not exist (the model has "
+                             f"{config.num_hidden_layers} layers)")
+        actual_rate = 16000 / math.prod(config.conv_stride)
+        if abs(actual_rate - frame_rate_hz) > 1e-6:
+            raise ValueError(f"{model_path}: its convolutions give {actual_rate:g} frames/s, but encoder "
+                             f"'{name}' is declared at {frame_rate_hz:g}")
+        self.name, self.layer, self.frame_rate_hz = name, layer, frame_rate_hz
+        self.dim = config.hidden_size
+        self._torch = torch
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Layer-`layer` features (frames, hidden size) for 16 kHz mono samples."""
+        with self._torch.inference_mode():
+            inputs = self._torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
+            # Only the layers up to `layer` are needed; hidden_states[0] is the CNN output.
+            hidden = self._model(inputs, output_hidden_states=True).hidden_states[self.layer]
+        return hidden[0].numpy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderSpec:
+    """Which encoder, and for HuBERT ones which checkpoint and layer (None = the registry default)."""
+
+    name: str = "logmel"
+    model_path: str | None = None
+    layer: int | None = None
+
+
+# name -> (frame rate, default checkpoint, default layer, factory(spec))
+ENCODERS: dict[str, tuple[float, str | None, int | None, Callable[[str, int | None], Any]]] = {
+    "logmel": (25.0, None, None, lambda path, layer: LogMelEncoder()),
+    # The paper's tokenizer: mHuBERT-25Hz (Hassid et al.), layer 11, 500 units.
+    "mhubert-25hz": (25.0, "slprl/mhubert-base-25hz", 11,
+                     lambda path, layer: HubertEncoder("mhubert-25hz", path, layer, 25.0)),
+    "hubert-base-l9": (50.0, "facebook/hubert-base-ls960", 9,
+                       lambda path, layer: HubertEncoder("hubert-base-l9", path, layer, 50.0)),
+}
+
+
+def build_encoder(spec: EncoderSpec):
+    """Instantiate a registered encoder."""
+    if spec.name not in ENCODERS:
+        raise ValueError(f"unknown encoder '{spec.name}'; known: {', '.join(ENCODERS)}")
+    _, default_path, default_layer, factory = ENCODERS[spec.name]
+    return factory(spec.model_path or default_path, spec.layer if spec.layer is not None else default_layer)
+
+
+# --- deduplication --------------------------------------------------------------------------
+
+
+def deduplicate(frame_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run-length encode a frame sequence: (units with consecutive repeats removed, run lengths)."""
+    frame_units = np.asarray(frame_units)
+    if len(frame_units) == 0:
+        return frame_units[:0], np.zeros(0, dtype=np.int32)
+    starts = np.flatnonzero(np.concatenate(([True], frame_units[1:] != frame_units[:-1])))
+    durations = np.diff(np.append(starts, len(frame_units))).astype(np.int32)
+    return frame_units[starts], durations
+
+
+def expand(units: np.ndarray, durations: np.ndarray) -> np.ndarray:
+    """Inverse of `deduplicate`: the frame sequence."""
+    return np.repeat(np.asarray(units), np.asarray(durations))
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+_worker_cache: dict[str, Any] = {}
+
+
+def _cached(key: str, build: Callable[[], Any]) -> Any:
+    """One encoder / codebook per worker process (a HuBERT load takes seconds)."""
+    if key not in _worker_cache:
+        _worker_cache[key] = build()
+    return _worker_cache[key]
+
+
+def _share_cores(num_workers: int) -> None:
+    """Give each worker process its share of the cores for BLAS and (when loaded) torch.
+
+    Workers that each start as many threads as there are cores oversubscribe them; torch
+    is not imported here just for this, since that alone costs a logmel worker seconds.
+    """
+    threads = max(1, jobs.default_workers() // max(1, num_workers))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int]) -> tuple[str, np.ndarray | str]:
+    record, spec, max_frames, seed, num_workers = task
+    encoder = _cached(json.dumps(spec, sort_keys=True), lambda: build_encoder(EncoderSpec(**spec)))
+    _share_cores(num_workers)
+    try:
+        features = encoder.encode(audio.load_audio(record["path"]))
+    except (audio.AudioError, ValueError) as error:
+        return record["id"], str(error)
+    if len(features) > max_frames:
+        rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
+        features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]
+    return record["id"], features
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """What `simslm units fit` does."""
+
+    manifest: str
+    """Manifest of the corpus to fit on."""
+    out: str
+    """Codebook path (<out>.npy + <out>.json)."""
+    encoder: str = "logmel"
+    """Encoder name (see `simslm units --help`)."""
+    model_path: str | None = None
+    """HuBERT checkpoint folder or hub id (default: the encoder's)."""
+    layer: int | None = None
+    """HuBERT layer (default: the encoder's)."""
+    k: int = 500
+    """Number of units (500 in the paper)."""
+    max_utterances: int = 400
+    """Fit on at most this many utterances, drawn at random."""
+    max_frames_per_utterance: int = 500
+    """Frames sampled from each of them."""
+    seed: int = 0
+    backend: str = "auto"
+    """faiss, sklearn, or auto (faiss when installed)."""
+    num_workers: int = 0
+    """Worker processes for encoding; 0 = one per core."""
+
+
+def corpus_hash(records: list[dict[str, Any]]) -> str:
+    """Short sha256 over the ids and audio paths of the utterances a codebook was fit on."""
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r["id"]):
+        digest.update(f"{record['id']}\t{record['path']}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
+    manifest = Path(manifest)
+    return [{"id": u.id, "path": str(u.audio_path(manifest.parent).resolve()), "duration_sec": u.duration_sec}
+            for u in read_manifest(manifest)]
+
+
+def fit_codebook(config: FitConfig) -> Path:
+    """Fit a k-means codebook on encoder features sampled across a corpus."""
+    spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
+    frame_rate, _, _, _ = ENCODERS.get(config.encoder) or (None,) * 4
+    if frame_rate is None:
+        raise ValueError(f"unknown encoder '{config.encoder}'; known: {', '.join(ENCODERS)}")
+    records = _records(config.manifest)
+    rng = np.random.default_rng(config.seed)
+    if len(records) > config.max_utterances:
+        records = [records[i] for i in sorted(rng.choice(len(records), config.max_utterances, replace=False))]
+    workers = min(config.num_workers or jobs.default_workers(), max(1, len(records)))
+    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers) for record in records]
+    features, skipped = [], {}
+    for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
+                                                  total=len(tasks), description="units fit: encode"):
+        if isinstance(result, str):
+            skipped[utterance_id] = result
+        else:
+            features.append(result)
+    if not features:
+        raise ValueError(f"{config.manifest}: no utterance could be encoded ({len(skipped)} skipped)")
+    stacked = np.concatenate(features)
+    backend = kmeans.available_backend() if config.backend == "auto" else config.backend
+    centroids = kmeans.fit(stacked, config.k, seed=config.seed, backend=backend)
+    used = [r for r in records if r["id"] not in skipped]
+    meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate, "corpus_hash": corpus_hash(used),
+            "manifest": str(config.manifest), "num_utterances": len(used), "num_frames": int(len(stacked)),
+            "num_skipped": len(skipped), "backend": backend, "seed": config.seed}
+    return kmeans.Codebook(centroids, meta).save(config.out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """What `simslm units extract` does."""
+
+    manifest: str
+    """Manifest of the utterances to encode."""
+    codebook: str
+    """k-means codebook (.npy with its .json sidecar) from `simslm units fit`."""
+    out: str
+    """Output folder: units.json and shards/shard-NNNNN.jsonl."""
+    model_path: str | None = None
+    """HuBERT checkpoint, when it differs from the one the codebook records."""
+    shard_size: int = 64
+    """Utterances per shard (the unit of resumption)."""
+    num_workers: int = 0
+    """Worker processes; 0 = one per core."""
+
+
+@dataclass(frozen=True)
+class UtteranceUnits:
+    """The deduplicated units of one utterance, with run lengths in encoder frames."""
+
+    id: str
+    units: np.ndarray
+    durations: np.ndarray
+    frame_rate_hz: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.durations.sum())
+
+    def frame_units(self) -> np.ndarray:
+        """The unit of every encoder frame (the sequence before deduplication)."""
+        return expand(self.units, self.durations)
+
+    def start_times_sec(self) -> np.ndarray:
+        """Start time of each unit."""
+        return np.concatenate(([0], np.cumsum(self.durations)[:-1])) / self.frame_rate_hz
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    """What an extraction run did (also written to report.json)."""
+
+    out: str
+    num_utterances: int
+    num_shards: int
+    num_shards_done_now: int
+    num_encoded: int
+    num_skipped: int
+    skipped_by_reason: dict[str, int]
+    num_frames: int
+    num_units: int
+    audio_sec: float
+    wall_sec: float
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_sec / self.wall_sec if self.wall_sec > 0 else float("inf")
+
+
+def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int]) -> tuple[int, dict]:
+    shard_index, records, spec, codebook_path, shard_path, num_workers = task
+    encoder = _cached(json.dumps(spec, sort_keys=True), lambda: build_encoder(EncoderSpec(**spec)))
+    _share_cores(num_workers)
+    codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
+    lines, audio_sec, num_frames, num_units = [], 0.0, 0, 0
+    for record in records:
+        try:
+            samples = audio.load_audio(record["path"])
+            frame_units = codebook.assign(encoder.encode(samples))
+        except (audio.AudioError, ValueError) as error:
+            lines.append({"id": record["id"], "skipped": str(error)})
+            continue
+        units, durations = deduplicate(frame_units)
+        lines.append({"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
+                      "units": units.tolist(), "durations": durations.tolist()})
+        audio_sec += len(samples) / audio.TARGET_SAMPLE_RATE
+        num_frames += len(frame_units)
+        num_units += len(units)
+    path = Path(shard_path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(temporary, path)
+    return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units}
+
+
+def extract_units(config: ExtractConfig) -> ExtractReport:
+    """Encode, assign and deduplicate every utterance of a manifest; resumable shard by shard."""
+    started = time.perf_counter()
+    codebook = kmeans.Codebook.load(config.codebook)
+    encoder_meta = codebook.meta.get("encoder")
+    if not encoder_meta:
+        raise ValueError(f"{config.codebook}: its sidecar does not say which encoder it was fit on")
+    spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
+    records = _records(config.manifest)
+    out = Path(config.out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
+              "codebook": str(Path(config.codebook).with_suffix(".npy").resolve()),
+              "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
+              "k": codebook.k, "manifest": str(Path(config.manifest).resolve()), "shard_size": config.shard_size,
+              "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
+    header_path = out / "units.json"
+    if header_path.exists():
+        previous = json.loads(header_path.read_text())
+        changed = [key for key in header if key not in ("manifest", "codebook") and previous.get(key) != header[key]]
+        if changed:
+            raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
+                             f"extract into a new --out folder")
+    else:
+        jobs.write_json(header_path, header)
+    shards = [records[i:i + config.shard_size] for i in range(0, len(records), config.shard_size)]
+    todo = [i for i in range(len(shards)) if not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
+    workers = min(config.num_workers or jobs.default_workers(), max(1, len(todo)))
+    tasks = [(i, shards[i], asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
+              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers) for i in todo]
+    for _ in jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(tasks),
+                               description="units extract (shards)"):
+        pass
+    # Totals come from the shards on disk, so a resumed run reports the whole corpus.
+    skipped: collections.Counter[str] = collections.Counter()
+    num_encoded = num_frames = num_units = 0
+    audio_sec = 0.0
+    durations_by_id = {r["id"]: r["duration_sec"] for r in records}
+    for line in _iter_shard_lines(out):
+        if "skipped" in line:
+            skipped[line["skipped"].split(":", 1)[-1].strip().split(" (")[0]] += 1
+            continue
+        num_encoded += 1
+        num_frames += sum(line["durations"])
+        num_units += len(line["units"])
+        audio_sec += durations_by_id.get(line["id"], 0.0)
+    report = ExtractReport(out=str(out), num_utterances=len(records), num_shards=len(shards),
+                           num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
+                           skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
+                           audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
+    jobs.write_json(out / "report.json", {**asdict(report), "config": asdict(config),
+                                          "dedup_ratio": round(num_frames / max(1, num_units), 4)})
+    return report
+
+
+def _iter_shard_lines(out: Path) -> Iterator[dict[str, Any]]:
+    for shard in sorted((out / "shards").glob("shard-*.jsonl")):
+        with open(shard, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+
+def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
+    """The extracted units of every successfully encoded utterance, in manifest order."""
+    for line in _iter_shard_lines(Path(out)):
+        if "skipped" not in line:
+            yield UtteranceUnits(id=line["id"], units=np.asarray(line["units"], dtype=np.int32),
+                                 durations=np.asarray(line["durations"], dtype=np.int32),
+                                 frame_rate_hz=float(line["frame_rate_hz"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """What `simslm units convert` does."""
+
+    pickle: str
+    """A published pickled scikit-learn k-means (e.g. TWIST / mHuBERT km500.bin)."""
+    out: str
+    """Codebook path to write (<out>.npy + <out>.json)."""
+    encoder: str = "mhubert-25hz"
+    """Encoder whose features the k-means was fit on."""
+    model_path: str | None = None
+    """HuBERT checkpoint (default: the encoder's)."""
+    layer: int | None = None
+    """HuBERT layer (default: the encoder's)."""
+    trust_pickle: bool = False
+    """Allow unpickling the file once (it can run code): only for files from a source you trust."""
+
+
+def convert_codebook(config: ConvertConfig) -> Path:
+    """Turn a pickled k-means into a plain codebook that records its encoder."""
+    if config.encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder '{config.encoder}'; known: {', '.join(ENCODERS)}")
+    spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
+    meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
+    return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)
+
+
+def describe_encoders() -> str:
+    """One line per registered encoder, for --help."""
+    return "; ".join(f"{name} ({rate:g} Hz{f', {path} layer {layer}' if path else ''})"
+                     for name, (rate, path, layer, _) in ENCODERS.items())
+
+

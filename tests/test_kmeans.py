@@ -1,0 +1,63 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from simslm import kmeans
+
+
+def _blobs(seed=0, k=4, per_cluster=300, dim=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=10.0, size=(k, dim))
+    points = np.concatenate([c + rng.normal(size=(per_cluster, dim)) for c in centres])
+    return centres, points.astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+def test_fit_recovers_well_separated_clusters(backend):
+    centres, points = _blobs()
+    centroids = kmeans.fit(points, 4, backend=backend, seed=1)
+    nearest = np.linalg.norm(centroids[:, None] - centres[None], axis=2).min(axis=1)
+    assert nearest.max() < 0.5
+
+
+def test_assign_matches_brute_force():
+    rng = np.random.default_rng(0)
+    codebook = kmeans.Codebook(rng.normal(size=(50, 16)).astype(np.float32))
+    features = rng.normal(size=(1000, 16)).astype(np.float32)
+    brute = np.linalg.norm(features[:, None] - codebook.centroids[None], axis=2).argmin(axis=1)
+    assert np.array_equal(codebook.assign(features, chunk_frames=128), brute)
+    with pytest.raises(ValueError, match="do not match"):
+        codebook.assign(features[:, :8])
+
+
+def test_save_load_round_trip_with_sidecar(tmp_path):
+    codebook = kmeans.Codebook(np.arange(12, dtype=np.float32).reshape(3, 4), {"encoder": {"name": "logmel"}})
+    path = codebook.save(tmp_path / "km")
+    loaded = kmeans.Codebook.load(path)
+    assert np.array_equal(loaded.centroids, codebook.centroids)
+    assert loaded.meta == {"encoder": {"name": "logmel"}, "k": 3, "dim": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["km.json", "km.npy"]
+
+
+def test_a_pickled_array_is_never_loaded(tmp_path):
+    np.save(tmp_path / "evil.npy", np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a plain .npy"):
+        kmeans.Codebook.load(tmp_path / "evil.npy")
+
+
+def test_published_pickles_convert_only_with_explicit_trust(tmp_path):
+    from sklearn.cluster import KMeans
+
+    _, points = _blobs()
+    model = KMeans(n_clusters=4, n_init=1, random_state=0).fit(points)
+    (tmp_path / "km500.bin").write_bytes(pickle.dumps(model))
+    with pytest.raises(PermissionError, match="--trust-pickle"):
+        kmeans.convert_pickled(tmp_path / "km500.bin", tmp_path / "out")
+    path = kmeans.convert_pickled(tmp_path / "km500.bin", tmp_path / "out", trust_pickle=True)
+    assert np.allclose(kmeans.Codebook.load(path).centroids, model.cluster_centers_)
+
+
+def test_too_few_frames_is_an_error():
+    with pytest.raises(ValueError, match="needs at least 10 frames"):
+        kmeans.fit(np.zeros((5, 2), np.float32), 10)

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from simslm import unit_quality
+
+
+def test_scores_are_one_for_a_bijection_and_near_zero_for_independence():
+    rng = np.random.default_rng(0)
+    phones = rng.integers(0, 10, size=20000)
+    perfect = unit_quality.phone_unit_scores(phones, (phones * 7) % 10)
+    assert perfect["pnmi"] == pytest.approx(1.0) and perfect["cluster_purity"] == pytest.approx(1.0)
+    independent = unit_quality.phone_unit_scores(phones, rng.integers(0, 10, size=20000))
+    assert independent["pnmi"] < 0.01 and independent["cluster_purity"] < 0.15
+
+
+def test_purities_on_a_hand_computed_table():
+    # units 0,0,1,1 over phones a,b,b,b: P(u=0)=.5 with max .25; P(u=1)=.5 with max .5
+    scores = unit_quality.phone_unit_scores(np.array(["a", "b", "b", "b"]), np.array([0, 0, 1, 1]))
+    assert scores["cluster_purity"] == pytest.approx(0.75)
+    assert scores["phone_purity"] == pytest.approx(0.25 + 0.5)
+
+
+def test_frame_labels_take_the_phone_at_each_frame_centre():
+    labels = unit_quality.frame_phone_labels([("AH", 0.0, 0.05), ("B", 0.05, 0.1)], 4, 25.0)
+    assert list(labels) == ["AH", "B", "SIL", "SIL"]
+
+
+@pytest.mark.slow
+def test_logmel_units_carry_phonetic_information(extracted):
+    config, _, _ = extracted
+    report = unit_quality.unit_quality(unit_quality.QualityConfig(manifest=config.manifest, units=config.out,
+                                                                  max_utterances=4, num_workers=2))
+    assert report["num_utterances_scored"] >= 3
+    assert report["units"]["pnmi"] > 2 * report["shuffled_baseline"]["pnmi"]
+    assert report["dedup_ratio"] > 1.0
