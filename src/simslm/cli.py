@@ -15,6 +15,7 @@ import sys
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 from simslm import __version__
@@ -164,13 +165,50 @@ def _units_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sequences_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from simslm import sequences
+
+    if args.action == "build":
+        index = sequences.build_sequences(config_from_args(sequences.BuildConfig, args))
+        tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
+        print(f"built {len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
+              f"({tokens / max(index['wall_sec'], 1e-9):,.0f} tokens/s) -> {args.out}")
+        for entry in index["epochs"]:
+            if entry["skipped"]:
+                print(f"  epoch {entry['epoch']}: skipped {entry['skipped']}", file=sys.stderr)
+        return 0
+    if args.action == "stats":
+        for row in sequences.stats(args.folder):
+            word_share = row["interleaved_speech_word_share"]
+            print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
+                  f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "
+                  f"dropped {row['dropped_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
+                  + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
+            print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
+        return 0
+    if args.sample:
+        sample, vocabulary = sequences.rebuild_sample(args.folder, args.sample, args.epoch)
+        print(sequences.render_sample(sample, vocabulary))
+    else:
+        folder = Path(args.folder)
+        vocabulary = sequences.Vocabulary.load(folder / "tokenizer")
+        loader = sequences.PackedLoader(folder, batch_size=1)
+        chunks = loader._chunks(args.epoch)
+        if not 0 <= args.chunk < len(chunks):
+            raise ValueError(f"{folder}: epoch {args.epoch} has {len(chunks)} chunks; --chunk {args.chunk} is out of range")
+        print(sequences.render_chunk(np.asarray(chunks[args.chunk]), vocabulary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
     from simslm.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align -> units (more stages land as they are built).",
+                                     "Stages: assets -> synth -> align -> units -> sequences (more land as they are built).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -201,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
         action_parser = units_actions.add_parser(action, help=help_text)
         add_config_arguments(action_parser, config_class)
     units_parser.set_defaults(handler=_units_command)
+
+    from simslm import sequences
+
+    sequences_parser = commands.add_parser("sequences", help="token streams: interleave, mix, pack; inspect")
+    sequence_actions = sequences_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_config_arguments(sequence_actions.add_parser("build", help="build packed token shards"), sequences.BuildConfig)
+    show_parser = sequence_actions.add_parser("show", help="print a sample (rebuilt with its words) or a chunk")
+    show_parser.add_argument("folder")
+    show_parser.add_argument("--sample", help="utterance id: rebuild its interleaved sample from (seed, id, epoch)")
+    show_parser.add_argument("--chunk", type=int, default=0, help="packed chunk number (when no --sample)")
+    show_parser.add_argument("--epoch", type=int, default=0)
+    stats_parser = sequence_actions.add_parser("stats", help="tokens per modality and the speech share")
+    stats_parser.add_argument("folder")
+    sequences_parser.set_defaults(handler=_sequences_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))

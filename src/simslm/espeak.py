@@ -196,7 +196,7 @@ def speak(text: str, *, engine: Espeak | None = None, voice: str = "en-us", rate
     engine = engine or Espeak.instance()
     pieces, timings, offset_samples = [], [], 0
     for sentence in sentences(text):
-        if not text_lib.words(sentence):
+        if not text_lib.has_words(sentence):
             continue
         speech = engine.synthesize(marked_ssml(sentence), voice=voice, rate_wpm=rate_wpm, pitch=pitch,
                                    pitch_range=pitch_range, ssml=True)

@@ -77,6 +77,11 @@ def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_wo
         bar.close()
 
 
+def progress(items, description: str):
+    """Iterate with a progress bar on stderr (hidden when stderr is not a terminal)."""
+    return tqdm(items, desc=description, disable=None, file=sys.stderr, dynamic_ncols=True)
+
+
 def default_workers() -> int:
     """Worker processes for CPU-bound batch jobs: one per available core."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -198,7 +198,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
         first_line_of_id.setdefault(item.id, line_number)
         if item.duration_sec <= 0:
             problems.append(where(f"duration_sec is {item.duration_sec}"))
-        if not text.words(item.transcript):
+        if not text.has_words(item.transcript):
             problems.append(where("transcript has no words"))
         problems.extend(where(message) for message in item.timing_problems())
         if check_audio:

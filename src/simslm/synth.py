@@ -162,7 +162,7 @@ def _synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
     utterance_id = task["id"]
     try:
         transcript = text_lib.speakable(task["text"])
-        if not text_lib.words(transcript):
+        if not text_lib.has_words(transcript):
             return {"id": utterance_id, "skipped": "no words to speak"}
         backend = TTS_BACKENDS[task["backend"]]()
         samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])

@@ -7,6 +7,7 @@ words with `normalize_word`, so "the transcript matches the timings" means one t
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -37,9 +38,19 @@ def speakable(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def words_with_spans(text: str) -> list[tuple[str, int, int]]:
-    """Split `text` into words with their [start, end) character offsets."""
-    return [(match.group(), match.start(), match.end()) for match in _WORD_RE.finditer(text)]
+@functools.lru_cache(maxsize=16384)
+def words_with_spans(text: str) -> tuple[tuple[str, int, int], ...]:
+    """Split `text` into words with their [start, end) character offsets.
+
+    Cached: every stage splits the same transcripts again (validation, interleaving in
+    every epoch), and splitting dominated sequence building before the cache.
+    """
+    return tuple((match.group(), match.start(), match.end()) for match in _WORD_RE.finditer(text))
+
+
+def has_words(text: str) -> bool:
+    """True when `text` contains at least one word."""
+    return _WORD_RE.search(text) is not None
 
 
 def words(text: str) -> list[str]:
