@@ -96,3 +96,22 @@ def test_units_commands_fit_extract_convert(tmp_path, capsys, synthetic_corpus):
     assert "--trust-pickle" in capsys.readouterr().err
     assert main(convert + ["--trust-pickle"]) == 0
     assert (tmp_path / "converted.npy").exists()
+
+
+def test_sequences_build_stats_show(tmp_path, capsys, extracted):
+    config, _, _ = extracted
+    out = str(tmp_path / "seq")
+    assert main(["sequences", "build", "--out", out, "--manifest", config.manifest, "--units", config.out,
+                 "--streams", "interleaved,speech", "--context-length", "128"]) == 0
+    assert "built 1 epoch(s)" in capsys.readouterr().out
+    assert main(["sequences", "stats", out]) == 0
+    assert "interleaved words spoken" in capsys.readouterr().out
+    assert main(["sequences", "show", out, "--chunk", "0"]) == 0
+    assert "units:" in capsys.readouterr().out
+    assert main(["sequences", "show", out, "--chunk", "100000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["sequences", "build", "--out", out, "--manifest", config.manifest, "--units", config.out]) == 2
+    assert "the text stream needs --text-corpus" in capsys.readouterr().err
+    assert main(["sequences", "build", "--out", out, "--manifest", config.manifest, "--units", config.out,
+                 "--streams", "speech"]) == 2
+    assert "not empty" in capsys.readouterr().err

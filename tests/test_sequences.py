@@ -182,9 +182,21 @@ def test_bad_utterances_are_skipped_and_counted(extracted, tmp_path):
     write_manifest(manifest, [good[0], *bad])
     index, _ = _build(extracted, tmp_path, manifest=str(manifest), streams="interleaved", num_epochs=1)
     skipped = index["epochs"][0]["skipped"]
-    assert skipped["word timings do not match the transcript"] == 1
-    assert skipped["empty utterance"] == 1
-    assert sum(skipped.values()) == 3 and index["epochs"][0]["samples_by_stream"]["interleaved"] == 1
+    assert skipped == {"word timings do not match the transcript": 1, "empty utterance": 1,
+                       "word timings past the end of the audio": 1} and index["epochs"][0]["samples_by_stream"]["interleaved"] == 1
+
+
+def test_a_speech_span_with_no_units_under_its_words_is_refused(corpus, vocabulary):
+    utterances, units = corpus
+    utterance = utterances[0]
+    first_second = units[utterance.id]
+    keep = np.cumsum(first_second.durations) <= 25  # units of the first second only
+    truncated = replace(first_second, units=first_second.units[keep], durations=first_second.durations[keep])
+    speech_at_the_end = np.zeros(len(utterance.words), bool)
+    speech_at_the_end[-3:] = True
+    with pytest.raises(sequences.SkipSample, match="no units under its words"):
+        sequences.build_interleaved(utterance, truncated, vocabulary, speech_at_the_end,
+                                    sequences._text_encoder(vocabulary))
 
 
 def test_a_failed_build_leaves_nothing_behind(extracted, tmp_path, monkeypatch):
