@@ -195,7 +195,7 @@ def _sequences_command(args: argparse.Namespace) -> int:
         folder = Path(args.folder)
         vocabulary = sequences.Vocabulary.load(folder / "tokenizer")
         loader = sequences.PackedLoader(folder, batch_size=1)
-        chunks = loader._chunks(args.epoch)
+        chunks = loader.chunks(args.epoch)
         if not 0 <= args.chunk < len(chunks):
             raise ValueError(f"{folder}: epoch {args.epoch} has {len(chunks)} chunks; --chunk {args.chunk} is out of range")
         print(sequences.render_chunk(np.asarray(chunks[args.chunk]), vocabulary))

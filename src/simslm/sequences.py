@@ -481,7 +481,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         units_by_id = {u.id: u for u in read_units(config.units)}
         num_units = int(json.loads((Path(config.units) / "units.json").read_text())["k"])
     texts = _read_text_corpus(config.text_corpus) if "text" in streams else []
-    vocabulary = Vocabulary.build(config.tokenizer, num_units or 1)
+    vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
     # dies leaves no half dataset behind.
     building = out.with_name(f".{out.name}.building")
@@ -549,7 +549,8 @@ class PackedLoader:
         self.epoch, self.batch_in_epoch = 0, 0
         self._arrays: dict[int, np.ndarray] = {}
 
-    def _chunks(self, built_epoch: int) -> np.ndarray:
+    def chunks(self, built_epoch: int) -> np.ndarray:
+        """All packed chunks built for one epoch (memory-mapped), in storage order."""
         if built_epoch not in self._arrays:
             entry = self.index["epochs"][built_epoch]
             folder = self.folder / f"epoch-{built_epoch:03d}"
@@ -559,7 +560,7 @@ class PackedLoader:
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         """Batches this rank gets in one epoch (the tail that fills no global batch is dropped)."""
-        chunks = self._chunks(epoch % len(self.index["epochs"]))
+        chunks = self.chunks(epoch % len(self.index["epochs"]))
         return len(chunks) // (self.batch_size * self.world_size)
 
     def __iter__(self) -> "PackedLoader":
@@ -571,7 +572,7 @@ class PackedLoader:
                              f"({self.batch_size} x {self.world_size})")
         while self.batch_in_epoch >= self.batches_per_epoch(self.epoch):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        chunks = self._chunks(self.epoch % len(self.index["epochs"]))
+        chunks = self.chunks(self.epoch % len(self.index["epochs"]))
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
         start = (self.batch_in_epoch * self.world_size + self.rank) * self.batch_size
         self.batch_in_epoch += 1
