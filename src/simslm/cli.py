@@ -202,13 +202,23 @@ def _sequences_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_command(args: argparse.Namespace) -> int:
+    from simslm.train import config_with_overrides, train
+
+    result = train(config_with_overrides(args.config, args.overrides))
+    if result:
+        print(f"trained {result['steps']} steps, {result['tokens']} tokens, {result['flops']:.3g} FLOPs in "
+              f"{result['wall_sec']:.1f} s; final train loss {result['final_train']} -> {result['model_dir']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
     from simslm.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align -> units -> sequences (more land as they are built).",
+                                     "Stages: assets -> synth -> align -> units -> sequences -> train (more land as they are built).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -253,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats_parser = sequence_actions.add_parser("stats", help="tokens per modality and the speech share")
     stats_parser.add_argument("folder")
     sequences_parser.set_defaults(handler=_sequences_command)
+
+    from simslm.train import TrainConfig
+
+    train_parser = commands.add_parser(
+        "train", help="train an SLM on a compute budget (resumes when run_dir exists)",
+        description="Config from a JSON file plus key=value overrides, e.g. "
+                    "simslm train --config run.json lr=1e-3 budget_flops=1e14. Keys: "
+                    + ", ".join(f.name for f in dataclasses.fields(TrainConfig)) + ".")
+    train_parser.add_argument("--config", help="JSON file with TrainConfig fields")
+    train_parser.add_argument("overrides", nargs="*", metavar="key=value")
+    train_parser.set_defaults(handler=_train_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))

@@ -1,0 +1,133 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simslm import sequences
+from simslm.train import TrainConfig, checkpoint_problem, learning_rate, make_plan, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(extracted, tmp_path_factory):
+    config, _, _ = extracted
+    out = tmp_path_factory.mktemp("seq") / "seq"
+    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
+                                                    streams="interleaved,speech", context_length=64, num_epochs=2))
+    return str(out)
+
+
+def _config(data, run_dir, **changes):
+    values = dict(run_dir=str(run_dir), data=data, base_model="stories260K", budget_tokens=24 * 4 * 64,
+                  batch_size=4, checkpoint_every=4)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_plan_fixes_steps_from_the_budget_within_one_step(data, tmp_path):
+    from simslm.train import build_model
+
+    model = build_model(_config(data, tmp_path), 600, 64)
+    flops_per_token = 6 * sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    for budget in (1e9, 3.3e9, 7.7e10):
+        plan = make_plan(_config(data, tmp_path, budget_tokens=None, budget_flops=budget), model, 64, 1, 600)
+        assert abs(plan.total_steps * plan.tokens_per_step - budget / flops_per_token) <= plan.tokens_per_step / 2
+        assert plan.total_flops == pytest.approx(plan.total_tokens * flops_per_token)
+    with pytest.raises(ValueError, match="exactly one"):
+        make_plan(_config(data, tmp_path, budget_flops=1e9), model, 64, 1, 600)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor(data, tmp_path):
+    from simslm.train import Plan
+
+    config = _config(data, tmp_path)
+    plan = Plan(total_steps=1000, warmup_steps=10, tokens_per_step=1, total_tokens=1000, total_flops=0,
+                flops_per_token={}, parameter_groups={}, context_length=64, world_size=1, vocab_size=1)
+    rates = [learning_rate(step, plan, config) for step in range(1000)]
+    assert rates[0] == pytest.approx(config.lr / 10) and rates[9] == pytest.approx(config.lr)
+    assert rates[-1] == pytest.approx(config.lr_min) and min(rates) >= config.lr_min - 1e-12
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _run_command(config_path, env=None):
+    return [sys.executable, "-m", "simslm", "train", "--config", str(config_path)]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = _config(data, tmp_path / "reference")
+    (tmp_path / "reference.json").write_text(json.dumps(reference.__dict__))
+    subprocess.run(_run_command(tmp_path / "reference.json"), check=True, env=env, cwd=REPO,
+                   capture_output=True)
+    killed = _config(data, tmp_path / "killed")
+    (tmp_path / "killed.json").write_text(json.dumps(killed.__dict__))
+    process = subprocess.Popen(_run_command(tmp_path / "killed.json"), env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-00000008"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed" / "result.json").exists()
+    subprocess.run(_run_command(tmp_path / "killed.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "reference")  # bit for bit
+    assert len(_losses(tmp_path / "reference")) == 24
+
+
+def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, keep_checkpoints=3))
+    latest = run / "checkpoints" / "step-00000008"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert "checksum mismatch" in checkpoint_problem(latest)
+    (run / "result.json").unlink()
+    from simslm.train import latest_checkpoint
+
+    assert latest_checkpoint(run).name == "step-00000004"
+    assert "skipping checkpoint" in capsys.readouterr().err
+
+
+def test_the_run_directory_and_a_standalone_model(data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    result = train(_config(data, run, budget_tokens=6 * 4 * 64, validation_data=data))
+    assert {p.name for p in run.iterdir()} >= {"config.json", "plan.json", "metrics.jsonl", "checkpoints",
+                                                "model", "result.json"}
+    assert json.loads((run / "result.json").read_text()) == json.loads(json.dumps(result))
+    assert result["validation"]["loss_speech"] is not None and result["steps"] == 6
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss", "loss_speech", "loss_text", "lr", "tokens", "flops", "tokens_per_sec", "mfu"} <= set(line)
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<speech>") == sequences.Vocabulary.load(f"{data}/tokenizer").speech_id
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4)
+    double = _config(data, tmp_path / "double", budget_tokens=6 * 4 * 64, batch_size=2)
+    for name, config in (("single", single), ("double", double)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
+    subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "simslm", "train", "--config", str(tmp_path / "double.json")]
+    completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert np.allclose(_losses(tmp_path / "double"), _losses(tmp_path / "single"), rtol=1e-4)
