@@ -38,7 +38,7 @@ def test_saved_tokenizer_round_trips_through_autotokenizer(vocabulary, tmp_path)
     assert reloaded.encode(text, add_special_tokens=False) == vocabulary.tokenizer.encode(text, add_special_tokens=False)
     assert reloaded.pad_token_id == vocabulary.pad_id and len(reloaded) == len(vocabulary)
     assert Vocabulary.load(tmp_path).speech_id == vocabulary.speech_id
-    with pytest.raises(ValueError, match="already has token"):
+    with pytest.raises(ValueError, match="already has unit tokens"):
         Vocabulary.build(str(tmp_path), 32)  # extending twice would duplicate the units
 
 

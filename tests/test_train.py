@@ -131,3 +131,25 @@ def test_two_process_data_parallel_matches_one_process(data, tmp_path):
     completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert np.allclose(_losses(tmp_path / "double"), _losses(tmp_path / "single"), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_across_two_processes_matches_one_process(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4, checkpoint_every=3)
+    sharded = _config(data, tmp_path / "sharded", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
+                      fsdp=True)
+    for name, config in (("single", single), ("sharded", sharded)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
+    subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "simslm", "train", "--config", str(tmp_path / "sharded.json")]
+    completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert np.allclose(_losses(tmp_path / "sharded"), _losses(tmp_path / "single"), rtol=1e-4)
+    from transformers import AutoModelForCausalLM
+
+    gathered = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded" / "model")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model")
+    for (name, a), (_, b) in zip(gathered.state_dict().items(), reference.state_dict().items()):
+        assert np.allclose(a.numpy(), b.numpy(), atol=1e-4), name

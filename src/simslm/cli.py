@@ -212,6 +212,17 @@ def _train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _textlm_command(args: argparse.Namespace) -> int:
+    from simslm.textlm import TextLMConfig, pretrain_family
+
+    family = pretrain_family(config_from_args(TextLMConfig, args))
+    for member in family["members"]:
+        print(f"depth {member['depth']}: {member['parameters']:,} parameters, loss {member['final_loss']:.3f} "
+              f"after {member['pretraining_tokens']:,} tokens ({member['pretraining_flops']:.3g} FLOPs) "
+              f"-> {member['model_dir']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
@@ -274,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--config", help="JSON file with TrainConfig fields")
     train_parser.add_argument("overrides", nargs="*", metavar="key=value")
     train_parser.set_defaults(handler=_train_command)
+
+    from simslm.textlm import TextLMConfig
+
+    textlm_parser = commands.add_parser("textlm", help="pretrain a family of small text LMs (TWIST sources)")
+    textlm_actions = textlm_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_config_arguments(textlm_actions.add_parser("pretrain", help="train the family on a text corpus"), TextLMConfig)
+    textlm_parser.set_defaults(handler=_textlm_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))

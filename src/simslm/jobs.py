@@ -87,6 +87,11 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     path = Path(path)

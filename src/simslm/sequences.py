@@ -57,18 +57,22 @@ class Vocabulary:
     def build(cls, base: str, num_units: int) -> "Vocabulary":
         """Extend the tokenizer at `base`: an HF tokenizer folder or id, a SentencePiece .model, or an asset."""
         tokenizer = load_base_tokenizer(base)
+        vocab = tokenizer.get_vocab()
+        units = [f"<unit_{i}>" for i in range(num_units)]
+        if any(token in vocab for token in units):
+            raise ValueError(f"tokenizer {base} already has unit tokens; it was extended before")
+        # Markers and pad may already be there: a text LM pretrained by `simslm textlm`
+        # saw <text> and keeps its rows, so a TWIST model built on it reuses them.
+        markers = [token for token in (SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN) if token not in vocab]
         base_size = len(tokenizer)
-        new_tokens = [f"<unit_{i}>" for i in range(num_units)] + [SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN]
-        clashes = [token for token in new_tokens if token in tokenizer.get_vocab()]
-        if clashes:
-            raise ValueError(f"tokenizer {base} already has token(s) {clashes[:3]}; cannot extend it")
-        tokenizer.add_tokens(new_tokens, special_tokens=True)
+        tokenizer.add_tokens(units + markers, special_tokens=True)
         tokenizer.pad_token = PAD_TOKEN
-        ids = tokenizer.convert_tokens_to_ids(new_tokens)
-        if ids != list(range(base_size, base_size + len(new_tokens))):
-            raise ValueError(f"tokenizer {base}: added tokens did not get consecutive ids")
-        return cls(tokenizer=tokenizer, num_units=num_units, unit_offset=ids[0], speech_id=ids[num_units],
-                   text_id=ids[num_units + 1], pad_id=ids[num_units + 2], bos_id=tokenizer.bos_token_id)
+        unit_ids = tokenizer.convert_tokens_to_ids(units)
+        if unit_ids != list(range(base_size, base_size + num_units)):
+            raise ValueError(f"tokenizer {base}: unit tokens did not get consecutive ids")
+        speech_id, text_id, pad_id = tokenizer.convert_tokens_to_ids([SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN])
+        return cls(tokenizer=tokenizer, num_units=num_units, unit_offset=base_size, speech_id=speech_id,
+                   text_id=text_id, pad_id=pad_id, bos_id=tokenizer.bos_token_id)
 
     def save(self, folder: str | os.PathLike) -> None:
         """Save so that `AutoTokenizer.from_pretrained(folder)` gives the extended tokenizer."""

@@ -1,0 +1,110 @@
+"""Training throughput and MFU for several model sizes, and our loop vs a Hugging Face Trainer.
+
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30
+
+Data: TinyStories text through tok512, packed to 256 tokens. Each size trains for
+`--steps` steps of batch 8 in fp32 on the CPU; tokens/s is the median over steps after
+the first 3. MFU divides 6N x tokens/s by the fp32 matrix-multiply FLOP/s measured in the
+same run. The Trainer comparison uses the same model, batches, optimiser settings and
+schedule, and times both whole training loops, alternating the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simslm import model as model_lib
+from simslm import sequences
+from simslm.train import TrainConfig, measure_peak_flops, train
+
+
+def our_loop(data: str, depth: int, steps: int, run_dir: Path) -> tuple[float, float, float]:
+    """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput."""
+    train(TrainConfig(run_dir=str(run_dir), data=data, base_model=f"family:{depth}", init="random",
+                      budget_tokens=steps * 8 * 256, batch_size=8, checkpoint_every=10 ** 9))
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    loop_seconds = sum(8 * 256 / m["tokens_per_sec"] for m in lines)
+    return (statistics.median(m["tokens_per_sec"] for m in lines[3:]), statistics.median(m["mfu"] for m in lines[3:]),
+            steps * 8 * 256 / loop_seconds)
+
+
+def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> float:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    vocabulary = sequences.Vocabulary.load(Path(data) / "tokenizer")
+    model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=256)
+    loader = sequences.PackedLoader(data, 8)
+    chunks = np.asarray(loader.chunks(0)).astype(np.int64)
+
+    class Chunks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(chunks)
+
+        def __getitem__(self, index):
+            ids = torch.from_numpy(chunks[index])
+            return {"input_ids": ids, "labels": ids}
+
+    class LoopTimer(TrainerCallback):
+        """Wall time of the training loop, from its start to its end (data loading included)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.started
+
+    timer = LoopTimer()
+    arguments = TrainingArguments(output_dir=str(scratch / "hf"), per_device_train_batch_size=8, max_steps=steps,
+                                  learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.01 * steps)),
+                                  max_grad_norm=0.5, report_to=[], save_strategy="no", logging_strategy="no",
+                                  dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True)
+    Trainer(model=model, args=arguments, train_dataset=Chunks(), callbacks=[timer]).train()
+    return steps * 8 * 256 / timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", default="2,4,8")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--compare-depth", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data = str(scratch / "data")
+        sequences.build_sequences(sequences.BuildConfig(out=data, streams="text", text_corpus="tinystories-sample",
+                                                        context_length=256))
+        vocab_size = len(sequences.Vocabulary.load(Path(data) / "tokenizer"))
+        peak = measure_peak_flops("cpu", seconds=2.0)
+        rows = [("fp32 matmul peak measured (1024^3, 2 s)", f"{peak / 1e9:.1f} GFLOP/s")]
+        for depth in [int(d) for d in args.depths.split(",")]:
+            tokens_per_sec, mfu, _ = our_loop(data, depth, args.steps, scratch / f"ours-{depth}")
+            parameters = model_lib.family_parameters(depth, vocab_size)
+            rows.append((f"simslm train, depth {depth} ({parameters / 1e6:.2f}M params), batch 8 x 256, fp32 CPU",
+                         f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%"))
+        # Alternate the two so drift in the machine's speed hits both alike; compare whole
+        # training loops (first step to last, data loading included) on the same model and data.
+        ours, theirs = [], []
+        for repeat in range(args.repeats):
+            ours.append(our_loop(data, args.compare_depth, args.steps, scratch / f"again-{repeat}")[2])
+            theirs.append(hf_trainer(data, args.compare_depth, args.steps, scratch))
+        rows.append((f"side by side, depth {args.compare_depth}, {args.steps} steps: simslm loop vs HF Trainer "
+                     f"(whole loop, alternated, median of {args.repeats})",
+                     f"{statistics.median(ours):,.0f} vs {statistics.median(theirs):,.0f} tokens/s "
+                     f"(ratio {statistics.median(ours) / statistics.median(theirs):.2f}; ours "
+                     f"{', '.join(f'{x:,.0f}' for x in ours)}; HF {', '.join(f'{x:,.0f}' for x in theirs)})"))
+    print("| measurement | result |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Pretraining a family of small text LMs offline, to serve as TWIST sources.
+
+The paper starts from pretrained text LM families (Qwen2.5, Llama-3.2, SmolLM2). Offline
+there is one pretrained model (stories260K), so `simslm textlm pretrain` trains a size
+family on a text corpus with the same loop as the SLMs (`simslm.train`). Each member's
+own training FLOPs are recorded in `family.json`; they are not part of an SLM's budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from simslm import jobs, model as model_lib, sequences
+from simslm.train import TrainConfig, train
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextLMConfig:
+    """What `simslm textlm pretrain` does."""
+
+    out: str
+    """Folder: data/ (text sequences), depth-N/ (one run per member), family.json."""
+    text_corpus: str = "tinystories-sample"
+    """Asset name or .jsonl/.txt file."""
+    tokenizer: str = "stories260K"
+    """Base tokenizer (tok512 by default)."""
+    depths: str = "1,2,3,4"
+    """Comma-separated depths of the family (width = 32 x depth; see simslm.model)."""
+    tokens_per_parameter: float = 20.0
+    """Training tokens per parameter for each member (Chinchilla's compute-optimal ratio)."""
+    context_length: int = 256
+    batch_size: int = 16
+    lr: float = 2e-3
+    """Peak learning rate: higher than the SLM default, as usual for tiny models from scratch."""
+    seed: int = 0
+
+
+def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
+    """Build the text sequences once, train each member, write family.json; resumable per member."""
+    out = Path(config.out)
+    data = out / "data"
+    if not (data / "index.json").exists():
+        sequences.build_sequences(sequences.BuildConfig(out=str(data), tokenizer=config.tokenizer, streams="text",
+                                                        text_corpus=config.text_corpus,
+                                                        context_length=config.context_length, seed=config.seed))
+    vocab_size = len(sequences.Vocabulary.load(data / "tokenizer"))
+    members = []
+    for depth in [int(d) for d in config.depths.split(",") if d.strip()]:
+        parameters = model_lib.family_parameters(depth, vocab_size)
+        run_dir = out / f"depth-{depth}"
+        started = time.perf_counter()
+        result_path = run_dir / "result.json"
+        result = (jobs.read_json(result_path) if result_path.exists() else
+                  train(TrainConfig(run_dir=str(run_dir), data=str(data), base_model=f"family:{depth}", init="random",
+                                    budget_tokens=int(config.tokens_per_parameter * parameters),
+                                    batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
+                                    seed=config.seed, checkpoint_every=200)))
+        members.append({"depth": depth, "parameters": parameters, "model_dir": str(run_dir / "model"),
+                        "pretraining_tokens": result["tokens"], "pretraining_flops": result["flops"],
+                        "final_loss": result["final_train"].get("loss"),
+                        "wall_sec": round(time.perf_counter() - started, 3)})
+    family = {"config": asdict(config), "members": members}
+    jobs.write_json(out / "family.json", family)
+    return family

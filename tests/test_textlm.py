@@ -1,0 +1,43 @@
+import json
+
+import torch
+
+from simslm import sequences
+from simslm.textlm import TextLMConfig, pretrain_family
+from simslm.train import TrainConfig, train
+
+
+def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
+    family = pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths="1,2",
+                                          tokens_per_parameter=0.5, context_length=32, batch_size=4))
+    members = family["members"]
+    assert [m["depth"] for m in members] == [1, 2] and members[0]["parameters"] < members[1]["parameters"]
+    assert all(m["pretraining_flops"] == 6 * m["parameters"] * m["pretraining_tokens"] for m in members)
+    assert json.loads((tmp_path / "family" / "family.json").read_text())["members"] == members
+    # Re-running reuses finished members.
+    assert pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths="1,2",
+                                        tokens_per_parameter=0.5, context_length=32,
+                                        batch_size=4))["members"][0]["pretraining_tokens"] == members[0]["pretraining_tokens"]
+
+    # TWIST from the pretrained member: units are added after its vocabulary, which
+    # already holds <text>, so every pretrained row (the markers' included) is kept.
+    source = members[1]["model_dir"]
+    config, _, _ = extracted
+    data = tmp_path / "slm-data"
+    sequences.build_sequences(sequences.BuildConfig(out=str(data), tokenizer=source, manifest=config.manifest,
+                                                    units=config.out, streams="interleaved", context_length=32))
+    vocabulary = sequences.Vocabulary.load(data / "tokenizer")
+    from transformers import AutoModelForCausalLM
+
+    pretrained = AutoModelForCausalLM.from_pretrained(source)
+    old_rows = pretrained.get_input_embeddings().weight.shape[0]
+    assert vocabulary.unit_offset == old_rows and vocabulary.text_id < old_rows
+    run = tmp_path / "slm"
+    train(TrainConfig(run_dir=str(run), data=str(data), base_model=source, budget_tokens=2 * 4 * 32, batch_size=4,
+                      lr=1e-12, lr_min=1e-12))
+    slm = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert slm.get_input_embeddings().weight.shape[0] == len(vocabulary)
+    assert torch.allclose(slm.get_input_embeddings().weight[:old_rows], pretrained.get_input_embeddings().weight,
+                          atol=1e-6)
