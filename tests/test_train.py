@@ -153,3 +153,24 @@ def test_fsdp_across_two_processes_matches_one_process(data, tmp_path):
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model")
     for (name, a), (_, b) in zip(gathered.state_dict().items(), reference.state_dict().items()):
         assert np.allclose(a.numpy(), b.numpy(), atol=1e-4), name
+
+
+def test_gradient_accumulation_matches_a_larger_batch(data, tmp_path):
+    whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64, batch_size=4))
+    accumulated = train(_config(data, tmp_path / "accumulated", budget_tokens=4 * 4 * 64, batch_size=2,
+                                grad_accumulation=2))
+    assert whole["steps"] == accumulated["steps"] == 4
+    assert np.allclose(_losses(tmp_path / "accumulated"), _losses(tmp_path / "whole"), rtol=1e-5)
+
+
+def test_config_file_plus_overrides(tmp_path):
+    from simslm.train import config_with_overrides
+
+    (tmp_path / "run.json").write_text(json.dumps({"run_dir": "r", "data": "d", "lr": 1e-3}))
+    config = config_with_overrides(str(tmp_path / "run.json"), ["budget_flops=1e14", "batch_size=4",
+                                                                "validation_data=none", "init=random"])
+    assert (config.lr, config.budget_flops, config.batch_size, config.init) == (1e-3, 1e14, 4, "random")
+    assert config.validation_data is None and config.budget_tokens is None
+    assert config_with_overrides(str(tmp_path / "run.json"), ["budget_tokens=1e6", "fsdp=true"]).budget_tokens == 10**6
+    with pytest.raises(ValueError, match="known key"):
+        config_with_overrides(str(tmp_path / "run.json"), ["learning_rate=1"])
