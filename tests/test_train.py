@@ -60,7 +60,7 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run_command(config_path, env=None):
+def _run_command(config_path):
     return [sys.executable, "-m", "simslm", "train", "--config", str(config_path)]
 
 
@@ -118,39 +118,36 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path):
     assert tokenizer.convert_tokens_to_ids("<speech>") == sequences.Vocabulary.load(f"{data}/tokenizer").speech_id
 
 
-@pytest.mark.slow
-def test_two_process_data_parallel_matches_one_process(data, tmp_path):
+def _one_process_and_torchrun(data, tmp_path, **parallel_changes):
+    """The same 6-step run as one process with batch 4 and as 2 torchrun processes with batch 2."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4)
-    double = _config(data, tmp_path / "double", budget_tokens=6 * 4 * 64, batch_size=2)
-    for name, config in (("single", single), ("double", double)):
+    single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4, checkpoint_every=3)
+    parallel = _config(data, tmp_path / "parallel", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
+                       **parallel_changes)
+    for name, config in (("single", single), ("parallel", parallel)):
         (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
     subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / "double.json")]
+                "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json")]
     completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert np.allclose(_losses(tmp_path / "double"), _losses(tmp_path / "single"), rtol=1e-4)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return tmp_path / "single", tmp_path / "parallel"
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(data, tmp_path):
+    single, parallel = _one_process_and_torchrun(data, tmp_path)
+    assert np.allclose(_losses(parallel), _losses(single), rtol=1e-4)
 
 
 @pytest.mark.slow
 def test_fsdp_across_two_processes_matches_one_process(data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4, checkpoint_every=3)
-    sharded = _config(data, tmp_path / "sharded", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
-                      fsdp=True)
-    for name, config in (("single", single), ("sharded", sharded)):
-        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
-    subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / "sharded.json")]
-    completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert np.allclose(_losses(tmp_path / "sharded"), _losses(tmp_path / "single"), rtol=1e-4)
+    single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True)
+    assert np.allclose(_losses(sharded), _losses(single), rtol=1e-4)
     from transformers import AutoModelForCausalLM
 
-    gathered = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded" / "model")
-    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model")
+    gathered = AutoModelForCausalLM.from_pretrained(sharded / "model")
+    reference = AutoModelForCausalLM.from_pretrained(single / "model")
     for (name, a), (_, b) in zip(gathered.state_dict().items(), reference.state_dict().items()):
         assert np.allclose(a.numpy(), b.numpy(), atol=1e-4), name
 

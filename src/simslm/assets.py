@@ -187,6 +187,14 @@ def resolve_file(name_or_path: str | os.PathLike) -> Path:
     return resolve(asset.name).file(asset.files[0].path)
 
 
+def file_with_suffix(name: str, suffix: str) -> Path:
+    """The (first) file of asset `name` whose name ends with `suffix`, resolved locally."""
+    matches = [f.path for f in get(name).files if f.path.endswith(suffix)]
+    if not matches:
+        raise AssetError(f"asset '{name}' has no {suffix} file")
+    return resolve(name).file(matches[0])
+
+
 def _missing_message(asset: Asset, mirror: Path | None, why: str) -> str:
     where = (f"SIMSLM_MIRROR={mirror} does not hold {asset.files[0].path}" if mirror
              else "SIMSLM_MIRROR is not set")

@@ -99,10 +99,7 @@ def load_base_model(source: str):
 
     path = Path(source)
     if not path.exists() and source in assets.REGISTRY:
-        binaries = [f.path for f in assets.get(source).files if f.path.endswith(".bin")]
-        if not binaries:
-            raise ValueError(f"asset '{source}' holds no model")
-        path = assets.resolve(source).file(binaries[0])
+        path = assets.file_with_suffix(source, ".bin")
     if path.is_file() and path.suffix == ".bin":
         return convert_llama2c(path)
     if path.is_file() and path.suffix == ".gguf":

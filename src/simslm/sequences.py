@@ -103,10 +103,7 @@ def load_base_tokenizer(base: str):
 
     path = Path(base)
     if not path.exists() and base in assets.REGISTRY:
-        models = [f.path for f in assets.get(base).files if f.path.endswith(".model")]
-        if not models:
-            raise ValueError(f"asset '{base}' holds no SentencePiece tokenizer")
-        path = assets.resolve(base).file(models[0])
+        path = assets.file_with_suffix(base, ".model")
     if path.is_file() and path.suffix == ".model":
         # transformers reads a SentencePiece model as a Llama tokenizer from a folder
         # holding it as tokenizer.model (same pieces and ids as sentencepiece itself).
