@@ -223,11 +223,13 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int
 # --- measurement -------------------------------------------------------------------------------
 
 
-def measure_peak_flops(device: str, size: int = 1024, seconds: float = 0.5) -> float:
+def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.5) -> float:
     """Achieved fp32 (bf16 on CUDA) matrix-multiply FLOP/s on this device: the MFU denominator."""
     import torch
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # 1024^3 saturates two CPU cores but leaves an H100 at a fraction of its peak (docs/LOG.md).
+    size = size or (8192 if device == "cuda" else 1024)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     (a @ b).sum().item()
