@@ -22,7 +22,14 @@ from simslm import __version__
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields (PEP 257 attribute docstrings)."""
+    """Docstrings written under dataclass fields (PEP 257 attribute docstrings), inherited ones too."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[:-1]):
+        docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
@@ -55,7 +62,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
             parser.add_argument(field.name, help=help_text)
             continue
         flag = "--" + field.name.replace("_", "-")
-        if kind is bool:
+        if typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, nargs="+", required=not has_default, dest=field.name, metavar="VALUE",
+                                default=field.default if has_default else None, help=help_text)
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=field.default if has_default else None,
@@ -64,7 +74,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build the config dataclass from parsed arguments."""
-    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
+    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
 
 
 def _print_json(data: Any) -> None:
@@ -223,13 +234,32 @@ def _textlm_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_command(args: argparse.Namespace) -> int:
+    from simslm import benchsets
+
+    meta = benchsets.build_benchmark(config_from_args(benchsets.BenchBuildConfig, args))
+    print(f"built {meta['kind']}: {meta['num_items']} item(s) in the {meta['layout']} layout, "
+          f"{meta['num_files_skipped']} file(s) skipped -> {args.out} ({meta['note']})")
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    from simslm import evaluate
+
+    config = config_from_args(evaluate.EvalConfig, args)
+    results = evaluate.evaluate_run(config)
+    print(evaluate.format_results(results))
+    print(f"-> {Path(config.run) / 'eval.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
     from simslm.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align -> units -> sequences -> train (more land as they are built).",
+                                     "Stages: assets -> synth -> align -> units -> sequences -> train -> bench/eval.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -292,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     textlm_actions = textlm_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add_config_arguments(textlm_actions.add_parser("pretrain", help="train the family on a text corpus"), TextLMConfig)
     textlm_parser.set_defaults(handler=_textlm_command)
+
+    from simslm.benchsets import BenchBuildConfig
+    from simslm.evaluate import EvalConfig
+
+    bench_parser = commands.add_parser("bench", help="build offline re-creations of the spoken benchmarks")
+    bench_actions = bench_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_config_arguments(bench_actions.add_parser("build", help="synthesise an sBLIMP- or tSC-style benchmark"),
+                         BenchBuildConfig)
+    bench_parser.set_defaults(handler=_bench_command)
+
+    eval_parser = commands.add_parser("eval", help="score a trained run on benchmarks; writes RUN/eval.json")
+    add_config_arguments(eval_parser, EvalConfig, positional=("run",))
+    eval_parser.set_defaults(handler=_eval_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))

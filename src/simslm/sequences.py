@@ -282,7 +282,7 @@ class BuildConfig:
     units: str | None = None
     """Folder from `simslm units extract` for that manifest."""
     text_corpus: str | None = None
-    """Text for the text-only stream: asset name or .jsonl/.txt path."""
+    """Text for the text-only stream: asset name or .jsonl/.txt path; name[start:stop] takes a slice."""
     streams: str = "interleaved,speech,text"
     """Comma-separated streams to build: interleaved, speech, text."""
     mix: str = ""
@@ -400,11 +400,11 @@ def _text_encoder(vocabulary: Vocabulary) -> Callable[[list[str]], list[list[int
 
 
 def _read_text_corpus(source: str) -> list[tuple[str, str]]:
-    from simslm.synth import read_texts
+    from simslm.synth import read_corpus, split_corpus_spec
 
-    path = assets.resolve_file(source)
-    return [(f"{path.stem}-text-{index:06d}", text_lib.speakable(value))
-            for index, value, _ in read_texts(path) if value and text_lib.has_words(value)]
+    stem = assets.resolve_file(split_corpus_spec(source)[0]).stem
+    return [(f"{stem}-text-{index:06d}", text_lib.speakable(value))
+            for index, value, _ in read_corpus(source) if value and text_lib.has_words(value)]
 
 
 def build_fixed_streams(streams: list[str], vocabulary: Vocabulary, utterances: list[Utterance],

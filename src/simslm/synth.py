@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ class SynthConfig:
     out_dir: str
     """Output folder: audio/, manifest.jsonl, synth_report.json."""
     corpus: str = "tinystories-sample"
-    """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file."""
+    """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file;
+    name[start:stop] takes a slice of its lines."""
     text_field: str = "text"
     """Field holding the text in a .jsonl corpus."""
     voice_set: str = "train"
@@ -125,6 +127,29 @@ class SynthReport:
     def realtime_factor(self) -> float:
         """Seconds of new audio per wall-clock second."""
         return self.audio_sec / self.wall_sec if self.wall_sec > 0 else float("inf")
+
+
+def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
+    """`name[start:stop]` -> (name, start, stop): a slice of a corpus's lines, e.g. a held-out tail.
+
+    Line indices keep counting from the corpus's first line, so ids made from them (and a
+    check that a benchmark shares no story with training) stay valid across slices.
+    """
+    match = re.fullmatch(r"(.+?)\[(\d*):(\d*)\]", spec)
+    if not match:
+        return spec, 0, None
+    name, start, stop = match.groups()
+    return name, int(start or 0), int(stop) if stop else None
+
+
+def read_corpus(spec: str, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
+    """`read_texts` over an asset or path, restricted to the slice a `name[start:stop]` spec names."""
+    name, start, stop = split_corpus_spec(spec)
+    for index, value, problem in read_texts(assets.resolve_file(name), text_field):
+        if stop is not None and index >= stop:
+            break
+        if index >= start:
+            yield index, value, problem
 
 
 def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
@@ -194,7 +219,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         raise ValueError(f"unknown TTS backend '{config.backend}'; known: {', '.join(TTS_BACKENDS)}")
     if config.audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format must be flac or wav, not '{config.audio_format}'")
-    corpus = assets.resolve_file(config.corpus)
+    corpus = assets.resolve_file(split_corpus_spec(config.corpus)[0])
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = config.id_prefix or corpus.stem
@@ -208,7 +233,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     num_reused = 0
     tasks = []
     stop = None if config.limit is None else config.offset + config.limit
-    for index, value, problem in read_texts(corpus, config.text_field):
+    for index, value, problem in read_corpus(config.corpus, config.text_field):
         if index < config.offset:
             continue
         if stop is not None and index >= stop:

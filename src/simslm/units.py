@@ -354,21 +354,25 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units}
 
 
-def extract_units(config: ExtractConfig) -> ExtractReport:
-    """Encode, assign and deduplicate every utterance of a manifest; resumable shard by shard."""
+def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = None) -> ExtractReport:
+    """Encode, assign and deduplicate every utterance of a manifest; resumable shard by shard.
+
+    `records` ({id, path, duration_sec} each) replaces the manifest's utterances: benchmark
+    audio goes through the same sharded, resumable extraction without a manifest.
+    """
     started = time.perf_counter()
     codebook = kmeans.Codebook.load(config.codebook)
     encoder_meta = codebook.meta.get("encoder")
     if not encoder_meta:
         raise ValueError(f"{config.codebook}: its sidecar does not say which encoder it was fit on")
     spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
-    records = _records(config.manifest)
+    records = _records(config.manifest) if records is None else records
     out = Path(config.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": str(Path(config.codebook).with_suffix(".npy").resolve()),
               "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
-              "k": codebook.k, "manifest": str(Path(config.manifest).resolve()), "shard_size": config.shard_size,
+              "k": codebook.k, "manifest": str(Path(config.manifest).resolve()) if records is None else config.manifest, "shard_size": config.shard_size,
               "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
     header_path = out / "units.json"
     if header_path.exists():

@@ -1,0 +1,340 @@
+"""Spoken benchmark sets: loaders for the published layouts and offline re-creations.
+
+Every set becomes a list of `Pair`s: a positive and a negative side, each a sequence of
+`Part`s (speech audio or text), scored by `simslm.evaluate`. Layouts read:
+
+- `slm21`: ZeroSpeech 2021 sBLIMP (`gold.csv` with `id`, `filename`, `type`, `correct`,
+  audio beside it); pairs share an `id` (and `voice`, when the file has that column).
+- `storycloze`: the Spoken StoryCloze folders (sSC, tSC): `<id>_correct.wav` and
+  `<id>_incorrect.wav`, found recursively; a sub-folder name becomes the pair's group, so
+  the multi-speaker StoryCloze (`slprl/multispeaker-storycloze`, one folder per speaker once
+  downloaded) reads with the same loader.
+- `cross-modal`: `<id>_mutual`, `<id>_correct`, `<id>_incorrect`, each as `.wav`/`.flac` and
+  `.txt`: the context and the two endings, so S, S→T, T→S and T (the paper's Table 2) are
+  four ways of pairing the same items.
+
+`simslm bench build` writes offline re-creations in these same layouts (sBLIMP-style from
+BLiMP, tSC-style from held-out TinyStories stories), so one loader serves both. They are
+re-creations with espeak-ng voices, not the published sets; `bench.json` says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from simslm import assets, jobs
+from simslm import text as text_lib
+from simslm.manifest import read_manifest
+from simslm.synth import VOICE_SETS, _synthesize_one, choose_speaker, read_corpus
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+BENCH_FILE = "bench.json"
+# The paper's Table 2 columns: context modality -> ending modality.
+CROSS_MODES = {"S": ("speech", "speech"), "S2T": ("speech", "text"), "T2S": ("text", "speech"), "T": ("text", "text")}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A stretch of one modality: text, or the audio file that speaks it (transcript optional)."""
+
+    modality: str
+    text: str | None = None
+    audio: str | None = None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One minimal pair: the positive side should score higher than the negative."""
+
+    id: str
+    group: str
+    positive: tuple[Part, ...]
+    negative: tuple[Part, ...]
+
+
+class BenchError(ValueError):
+    """A benchmark folder that cannot be read; the message names the file and the problem."""
+
+
+def _audio_file(folder: Path, name: str) -> Path:
+    path = folder / name
+    if path.suffix in AUDIO_SUFFIXES and path.exists():
+        return path
+    for suffix in AUDIO_SUFFIXES:
+        if path.with_name(path.name + suffix).exists():
+            return path.with_name(path.name + suffix)
+    raise BenchError(f"{folder}: audio '{name}' (.wav or .flac) is missing")
+
+
+# --- loaders ----------------------------------------------------------------------------------
+
+
+def load_slm21(folder: Path) -> list[Pair]:
+    """ZeroSpeech 2021 sBLIMP: gold.csv rows sharing an id (and voice) form one pair."""
+    gold = folder / "gold.csv"
+    with open(gold, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {"id", "filename", "correct"} - set(rows[0] if rows else {})
+    if missing:
+        raise BenchError(f"{gold}: no column(s) {', '.join(sorted(missing))}")
+    sides: dict[tuple[str, str], dict[str, Any]] = {}
+    for line, row in enumerate(rows, start=2):
+        key = (row["id"], row.get("voice", ""))
+        side = "positive" if row["correct"].strip() in ("1", "True", "true") else "negative"
+        entry = sides.setdefault(key, {"group": row.get("type") or row.get("subtype") or "all"})
+        if side in entry:
+            raise BenchError(f"{gold}:{line}: a second {side} file for id {row['id']}")
+        entry[side] = Part("speech", audio=str(_audio_file(gold.parent, row["filename"])))
+    pairs = []
+    for (item_id, voice), entry in sides.items():
+        if "positive" not in entry or "negative" not in entry:
+            raise BenchError(f"{gold}: id {item_id} has no {'negative' if 'positive' in entry else 'positive'} file")
+        pairs.append(Pair(f"{item_id}/{voice}" if voice else item_id, entry["group"],
+                          (entry["positive"],), (entry["negative"],)))
+    return pairs
+
+
+def _transcript(audio_path: Path) -> str | None:
+    text_path = audio_path.with_suffix(".txt")
+    return text_path.read_text(encoding="utf-8").strip() if text_path.exists() else None
+
+
+def load_storycloze(folder: Path) -> list[Pair]:
+    """Spoken StoryCloze: every `<id>_correct.*` with its `<id>_incorrect.*`; sub-folders are groups."""
+    pairs = []
+    for positive in sorted(p for p in folder.rglob("*_correct.*") if p.suffix in AUDIO_SUFFIXES):
+        stem = positive.name[:-len("_correct" + positive.suffix)]
+        try:
+            negative = _audio_file(positive.parent, f"{stem}_incorrect")
+        except BenchError:
+            raise BenchError(f"{positive}: no matching {stem}_incorrect audio") from None
+        group = str(positive.parent.relative_to(folder)) if positive.parent != folder else "all"
+        pairs.append(Pair(f"{group}/{stem}" if group != "all" else stem, group,
+                          (Part("speech", _transcript(positive), str(positive)),),
+                          (Part("speech", _transcript(negative), str(negative)),)))
+    return pairs
+
+
+def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
+    """Cross-modal StoryCloze items paired for one mode: S, S2T, T2S or T."""
+    if mode not in CROSS_MODES:
+        raise BenchError(f"unknown cross-modal mode '{mode}'; known: {', '.join(CROSS_MODES)}")
+    context_modality, ending_modality = CROSS_MODES[mode]
+    pairs = []
+    for mutual_text in sorted(folder.rglob("*_mutual.txt")):
+        stem = mutual_text.name[:-len("_mutual.txt")]
+        parts = {}
+        for role in ("mutual", "correct", "incorrect"):
+            text_path = mutual_text.with_name(f"{stem}_{role}.txt")
+            if not text_path.exists():
+                raise BenchError(f"{mutual_text.parent}: item {stem} has no {stem}_{role}.txt")
+            audio_path = _audio_file(mutual_text.parent, f"{stem}_{role}")
+            parts[role] = (text_path.read_text(encoding="utf-8").strip(), str(audio_path))
+        part = lambda role, modality: Part(modality, parts[role][0],  # noqa: E731
+                                           parts[role][1] if modality == "speech" else None)
+        group = str(mutual_text.parent.relative_to(folder)) if mutual_text.parent != folder else "all"
+        pairs.append(Pair(stem, group, (part("mutual", context_modality), part("correct", ending_modality)),
+                          (part("mutual", context_modality), part("incorrect", ending_modality))))
+    return pairs
+
+
+def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
+    """Sub-folders name groups (speakers, say); files that all sit in one folder form the group `all`."""
+    from dataclasses import replace
+
+    return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
+
+
+LAYOUTS: dict[str, Callable[..., list[Pair]]] = {"slm21": load_slm21, "storycloze": load_storycloze,
+                                                  "cross-modal": load_cross_modal}
+
+
+def detect_layout(folder: Path) -> str:
+    """The layout of a benchmark folder: its bench.json, else what its files look like."""
+    if (folder / BENCH_FILE).exists():
+        return jobs.read_json(folder / BENCH_FILE)["layout"]
+    if (folder / "gold.csv").exists():
+        return "slm21"
+    if next(folder.rglob("*_mutual.txt"), None) is not None:
+        return "cross-modal"
+    if next(folder.rglob("*_correct.*"), None) is not None:
+        return "storycloze"
+    raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt or *_correct.wav)")
+
+
+def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
+    """(layout, pairs) of a benchmark folder; `mode` picks the cross-modal pairing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchError(f"{folder}: benchmark folder does not exist")
+    layout = detect_layout(folder)
+    pairs = LAYOUTS[layout](folder, mode or "S") if layout == "cross-modal" else LAYOUTS[layout](folder)
+    pairs = _one_group_is_all(pairs) if layout != "slm21" else pairs
+    if not pairs:
+        raise BenchError(f"{folder}: no pairs found in the {layout} layout")
+    return layout, pairs
+
+
+# --- offline re-creations -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchBuildConfig:
+    """What `simslm bench build` does."""
+
+    kind: str
+    """sblimp (from BLiMP) or tsc (from held-out stories, with its cross-modal items)."""
+    out: str
+    """Output folder (the benchmark, in the published layout, plus bench.json)."""
+    voices: str = "single"
+    """single (one voice) or heldout (multi-speaker, voices never used in training)."""
+    source: str = ""
+    """sblimp: BLiMP asset or folder of jsonl (default blimp); tsc: corpus[start:stop] of held-out
+    stories (default tinystories-sample[2000:])."""
+    exclude: str = ""
+    """Comma-separated training manifests or corpora: building fails if an item shares a story with them."""
+    per_phenomenon: int = 10
+    """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
+    num_items: int = 200
+    """tsc: stories to use (at most)."""
+    context_sentences: int = 4
+    """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
+    seed: int = 0
+    num_workers: int = 0
+    """Worker processes; 0 = one per core."""
+
+
+def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[str, Any]]:
+    records = {}
+    for record in jobs.parallel_map(_synthesize_one, tasks, num_workers=min(num_workers or jobs.default_workers(),
+                                                                             max(1, len(tasks))),
+                                    total=len(tasks), description="bench build (synth)"):
+        records[record["id"]] = record
+    return records
+
+
+def _task(file_id: str, text: str, voice_set: str, seed: int, item_index: int, out: Path) -> dict[str, Any]:
+    preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, item_index)
+    return {"id": file_id, "line": item_index, "text": text, "voice": preset.voice,
+            "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": "espeak-ng",
+            "audio_format": "flac", "out_dir": str(out)}
+
+
+def _blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, Any]]:
+    folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
+    chosen = []
+    for path in sorted(folder.glob("*.jsonl")):
+        rows = [row for row in (json.loads(line) for line in path.read_text().splitlines() if line.strip())]
+        order = np.random.default_rng([seed, len(chosen)]).permutation(len(rows))[:per_phenomenon]
+        chosen.extend(rows[i] for i in sorted(order))
+    return chosen
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"”'])\s+")
+
+
+def split_sentences(story: str) -> list[str]:
+    """Sentences of a story (split after . ! ? and any closing quote)."""
+    return [s.strip() for s in _SENTENCE_END.split(story.strip()) if s.strip()]
+
+
+def _story_key(text: str) -> str:
+    return " ".join(text_lib.words(text_lib.speakable(text))).lower()
+
+
+def training_stories(exclude: str) -> set[str]:
+    """Normalised texts of the training manifests or corpora named in `exclude`."""
+    keys: set[str] = set()
+    for source in (s.strip() for s in exclude.split(",") if s.strip()):
+        if source.endswith(".jsonl") and Path(source).exists() and "transcript" in Path(source).open().readline():
+            keys.update(_story_key(u.transcript) for u in read_manifest(source))
+        else:
+            keys.update(_story_key(value) for _, value, _ in read_corpus(source) if value)
+    return keys
+
+
+def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
+    stories = [(index, text_lib.speakable(value)) for index, value, _ in
+               read_corpus(config.source or "tinystories-sample[2000:]") if value]
+    training = training_stories(config.exclude)
+    shared = [index for index, story in stories if _story_key(story) in training]
+    if shared:
+        raise BenchError(f"{len(shared)} stories of {config.source or 'tinystories-sample[2000:]'} are in the "
+                         f"training data ({config.exclude}), e.g. line {shared[0]}; use held-out stories")
+    usable = []
+    for index, story in stories:
+        sentences = split_sentences(story)
+        if len(sentences) >= 2 and len(text_lib.words(sentences[-1])) >= 3:
+            context = sentences[:-1][-config.context_sentences:] if config.context_sentences else sentences[:-1]
+            usable.append({"line": index, "context": " ".join(context), "ending": sentences[-1]})
+    usable = usable[:config.num_items]
+    rng = np.random.default_rng(config.seed)
+    for position, item in enumerate(usable):
+        # The wrong ending is the last sentence of a random other held-out story (tSC's recipe).
+        other = (position + 1 + int(rng.integers(len(usable) - 1))) % len(usable)
+        item["wrong_ending"] = usable[other]["ending"]
+    return usable
+
+
+def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
+    """Synthesise an offline benchmark in its published layout; return what bench.json records."""
+    if config.voices not in ("single", "heldout"):
+        raise ValueError(f"voices must be single or heldout, not '{config.voices}'")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    audio_dir = out / "audio"
+    if config.kind == "sblimp":
+        rows = _blimp_pairs(config.source, config.per_phenomenon, config.seed)
+        tasks = []
+        for index, row in enumerate(rows):
+            for side in ("good", "bad"):
+                tasks.append(_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
+                                   index, out))
+        records = _speak_all(tasks, config.num_workers)
+        gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
+                      "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
+                      "voice": records[f"{index:05d}-{side}"].get("speaker", "")}
+                     for index, row in enumerate(rows) for side in ("good", "bad")
+                     if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
+        jobs.write_text(out / "gold.csv", _csv(gold_rows))
+        layout, num_items = "slm21", len(gold_rows) // 2
+    elif config.kind == "tsc":
+        items = _tsc_items(config)
+        tasks, texts = [], {}
+        for position, item in enumerate(items):
+            stem = f"tsc-{item['line']:06d}"
+            for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
+                               ("incorrect", item["wrong_ending"])):
+                tasks.append(_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
+                texts[f"{stem}_{role}"] = text
+        records = _speak_all(tasks, config.num_workers)
+        bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
+        for key, text in texts.items():
+            if key.rsplit("_", 1)[0] not in bad_stems:
+                jobs.write_text(audio_dir / f"{key}.txt", text + "\n")
+        layout, num_items = "cross-modal", len(items) - len(bad_stems)
+    else:
+        raise ValueError(f"unknown benchmark kind '{config.kind}'; known: sblimp, tsc")
+    skipped = sum(1 for record in records.values() if "skipped" in record)
+    meta = {"layout": layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
+            "config": asdict(config),
+            "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
+    jobs.write_json(out / BENCH_FILE, meta)
+    return meta
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id", "filename", "type", "correct"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

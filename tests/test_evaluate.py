@@ -1,0 +1,149 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simslm import benchsets, evaluate, sequences
+from simslm.model import build_family_model
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return sequences.Vocabulary.build("stories260K", num_units=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(vocabulary):
+    return build_family_model(2, len(vocabulary), seed=3, context_length=128)
+
+
+def _naive(model, tokens, scored, vocabulary, speech_vocab):
+    """One sequence at a time, no padding: the definition the batched scorer must match."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(tokens[None], dtype=torch.long)).logits[0, :-1].double()
+    total = 0.0
+    for position, target in enumerate(tokens[1:]):
+        if not scored[position]:
+            continue
+        row = logits[position]
+        unit = vocabulary.unit_offset <= target < vocabulary.unit_offset + vocabulary.num_units
+        if speech_vocab and unit:
+            row = row[vocabulary.unit_offset:vocabulary.unit_offset + vocabulary.num_units]
+            target -= vocabulary.unit_offset
+        total += float(row[target] - torch.logsumexp(row, 0))
+    return total, int(np.sum(scored))
+
+
+@pytest.mark.parametrize("speech_vocab", [False, True])
+def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_vocab):
+    rng = np.random.default_rng(0)
+    sequences_, scored = [], []
+    for _ in range(11):
+        length = int(rng.integers(5, 60))
+        sequences_.append(rng.integers(0, len(vocabulary), length))
+        scored.append(rng.random(length - 1) < 0.7)
+    sums, counts = evaluate.sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
+                                                     speech_vocab=speech_vocab, batch_size=4)
+    for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
+        expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
+        assert counts[i] == expected_count
+        assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+
+
+def test_ties_count_half_and_means_and_sums_differ():
+    outcomes = evaluate.pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
+    assert outcomes.tolist() == [1.0, 0.5, 0.0, 0.5]
+    assert evaluate.accuracy_with_ci(outcomes)["accuracy"] == pytest.approx(0.5)
+    sums, counts = np.array([-10.0, -4.0]), np.array([10, 2])
+    assert evaluate.side_scores(sums, counts, "mean").tolist() == [-1.0, -2.0]
+    assert evaluate.side_scores(sums, counts, "sum").tolist() == [-10.0, -4.0]
+
+
+def test_macro_aggregation_averages_groups_not_pairs():
+    outcomes = np.array([1.0] * 9 + [0.0] + [0.0, 0.0])
+    groups = ["big"] * 10 + ["small"] * 2
+    pairs = evaluate.accuracy_with_ci(outcomes, groups, aggregation="pairs")
+    macro = evaluate.accuracy_with_ci(outcomes, groups, aggregation="macro")
+    assert pairs["accuracy"] == pytest.approx(9 / 12)
+    assert macro["accuracy"] == pytest.approx((0.9 + 0.0) / 2)
+    assert macro["per_group"]["big"] == {"accuracy": pytest.approx(0.9), "num_pairs": 10}
+
+
+@pytest.mark.parametrize("aggregation", ["pairs", "macro"])
+def test_bootstrap_intervals_cover_the_true_rate(aggregation):
+    true_rate, covered, trials = 0.7, 0, 200
+    rng = np.random.default_rng(1)
+    for trial in range(trials):
+        outcomes = (rng.random(300) < true_rate).astype(float)
+        groups = [f"g{i % 5}" for i in range(300)]
+        result = evaluate.accuracy_with_ci(outcomes, groups, aggregation=aggregation, num_resamples=500, seed=trial)
+        covered += result["ci_low"] <= true_rate <= result["ci_high"]
+        assert result["ci_low"] <= result["accuracy"] <= result["ci_high"]
+    assert 0.90 <= covered / trials <= 0.99  # nominal 95%
+
+
+def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabulary):
+    units = {"a.wav": np.array([1, 2, 3]), "b.wav": np.array([3, 4])}
+    parts = (benchsets.Part("text", "Tom ran."), benchsets.Part("speech", audio="a.wav"),
+             benchsets.Part("speech", audio="b.wav"))
+    tokens, owners = evaluate.encode_parts(parts, vocabulary, units.__getitem__, max_length=100)
+    offset = vocabulary.unit_offset
+    text_ids = vocabulary.tokenizer("Tom ran.", add_special_tokens=False)["input_ids"]
+    assert tokens.tolist() == [vocabulary.bos_id, vocabulary.text_id, *text_ids, vocabulary.speech_id,
+                               offset + 1, offset + 2, offset + 3, offset + 4]
+    assert owners.tolist() == [-1, -1, *[0] * len(text_ids), -1, 1, 1, 1, 2]
+    short, short_owners = evaluate.encode_parts(parts, vocabulary, units.__getitem__, max_length=5)
+    assert short.tolist() == [vocabulary.bos_id, vocabulary.text_id, offset + 2, offset + 3, offset + 4]
+    assert short_owners[-1] == 2
+
+
+# --- end to end on a tiny trained run -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(extracted, tmp_path_factory):
+    from simslm.train import TrainConfig, train
+
+    config, _, _ = extracted
+    root = tmp_path_factory.mktemp("evalrun")
+    data = root / "seq"
+    sequences.build_sequences(sequences.BuildConfig(out=str(data), manifest=config.manifest, units=config.out,
+                                                    streams="interleaved,speech", context_length=64))
+    train(TrainConfig(run_dir=str(root / "run"), data=str(data), validation_data=str(data),
+                      budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
+    bench = root / "tsc"
+    benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
+                                                         exclude=config.manifest, num_items=4, num_workers=2))
+    return root / "run", bench
+
+
+def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
+    run, bench = trained_run
+    config = evaluate.EvalConfig(run=str(run), bench=(f"tsc={bench}", "validation"), num_resamples=200)
+    results = evaluate.evaluate_run(config)
+    assert set(results) == {"tsc/S", "tsc/S2T", "tsc/T2S", "tsc/T", "validation"}
+    for mode in ("S", "S2T", "T2S", "T"):
+        entry = results[f"tsc/{mode}"]
+        assert entry["num_pairs"] == 4 and entry["aggregation"] == "pairs" and entry["mode"] == mode
+        assert entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"]
+        assert entry["scoring"] == {"reduction": "mean", "speech_vocab": False, "span": "auto"}
+    assert results["validation"]["loss_speech"] > 0
+    written = json.loads((run / "eval.json").read_text())
+    assert written["benchmarks"]["tsc/T"] == json.loads(json.dumps(results["tsc/T"]))
+    # A second evaluation reuses the extracted units and merges into eval.json.
+    evaluate.evaluate_run(evaluate.EvalConfig(run=str(run), bench=(f"again={bench}",), modes="S", reduction="sum"))
+    written = json.loads((run / "eval.json").read_text())
+    assert {"tsc/S", "again/S", "validation"} <= set(written["benchmarks"])
+    assert written["benchmarks"]["again/S"]["scoring"]["reduction"] == "sum"
+
+
+def test_eval_cli_prints_the_table(trained_run, capsys):
+    from simslm.cli import main
+
+    run, bench = trained_run
+    assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "cli/T" in out and "95% CI" in out and "eval.json" in out
