@@ -58,3 +58,22 @@ def extracted(synthetic_corpus, tmp_path_factory):
     config = units.ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(out / "units"),
                                  shard_size=2, num_workers=2)
     return config, units.extract_units(config), utterances
+
+
+@pytest.fixture(scope="session")
+def trained_run(extracted, tmp_path_factory):
+    """A tiny TWIST run on the synthetic corpus and a 4-item offline tSC built from held-out stories."""
+    from simslm import benchsets, sequences
+    from simslm.train import TrainConfig, train
+
+    config, _, _ = extracted
+    root = tmp_path_factory.mktemp("evalrun")
+    data = root / "seq"
+    sequences.build_sequences(sequences.BuildConfig(out=str(data), manifest=config.manifest, units=config.out,
+                                                    streams="interleaved,speech", context_length=64))
+    train(TrainConfig(run_dir=str(root / "run"), data=str(data), validation_data=str(data),
+                      budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
+    bench = root / "tsc"
+    benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
+                                                         exclude=config.manifest, num_items=4, num_workers=2))
+    return root / "run", bench

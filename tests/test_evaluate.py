@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,23 +100,6 @@ def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabul
 
 
 # --- end to end on a tiny trained run -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained_run(extracted, tmp_path_factory):
-    from simslm.train import TrainConfig, train
-
-    config, _, _ = extracted
-    root = tmp_path_factory.mktemp("evalrun")
-    data = root / "seq"
-    sequences.build_sequences(sequences.BuildConfig(out=str(data), manifest=config.manifest, units=config.out,
-                                                    streams="interleaved,speech", context_length=64))
-    train(TrainConfig(run_dir=str(root / "run"), data=str(data), validation_data=str(data),
-                      budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
-    bench = root / "tsc"
-    benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
-                                                         exclude=config.manifest, num_items=4, num_workers=2))
-    return root / "run", bench
 
 
 def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
