@@ -253,13 +253,102 @@ def _eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_command(args: argparse.Namespace) -> int:
+    from simslm import sweep
+
+    if args.action == "plan":
+        spec = sweep.SweepSpec.from_json(json.loads(Path(args.spec).read_text()))
+        planned = sweep.plan_sweep(spec, args.out)
+        print(f"planned {len(planned['runs'])} run(s) -> {Path(args.out) / sweep.SWEEP_FILE}")
+    elif args.action == "run":
+        counts = sweep.run_sweep(args.sweep, executor=args.executor, num_parallel=args.num_parallel,
+                                 threads_per_run=args.threads_per_run, cluster=args.cluster,
+                                 slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
+                                 gpus_per_node=args.gpus_per_node)
+        print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    elif args.action == "run-one":
+        print(sweep.execute_run(args.sweep, args.run_id))
+    else:
+        print(sweep.status_table(args.sweep))
+    return 0
+
+
+def _fit_command(args: argparse.Namespace) -> int:
+    from simslm import scaling, sweep
+
+    source = Path(args.source)
+    if source.is_dir():
+        fits = sweep.fit_sweep(source, convention=args.convention, num_resamples=args.num_resamples,
+                               num_workers=args.num_workers)
+        out = source / "fit.json"
+    else:
+        points = scaling.read_table(source, convention=args.convention)
+        fits = {"convention": args.convention, "source": str(source),
+                "variants": {source.stem: scaling.fit_all(points, num_resamples=args.num_resamples,
+                                                          convention=args.convention, num_workers=args.num_workers)}}
+        out = Path(args.out or source.with_suffix(".fit.json"))
+        from simslm import jobs
+
+        jobs.write_json(out, fits)
+    for variant, fit in fits["variants"].items():
+        law, approach3 = fit["approach3"]["law"], fit["approach3"]
+        print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + {law['B']:.4g}/D^{law['beta']:.4g}"
+              f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
+              f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
+        print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
+              f"(approach 2: {fit['approach2']['a']:.3f}, approach 1: {fit['approach1']['a']:.3f})")
+    print(f"-> {out}")
+    return 0
+
+
+def _plan_command(args: argparse.Namespace) -> int:
+    from simslm import jobs, model, scaling
+
+    if args.fit:
+        fits = jobs.read_json(args.fit)["variants"]
+        variant = args.variant or next(iter(fits))
+        if variant not in fits:
+            raise ValueError(f"{args.fit} has no variant '{variant}' ({', '.join(fits)})")
+        fit, source = fits[variant], f"{args.fit} ({variant})"
+    else:
+        fit, source = {"approach3": {"law": scaling.TEXTLESS_REFERENCE, "samples": []}}, \
+            "the textless law of Cuervo & Marxer (2024); pass --fit for your own"
+    plan = scaling.plan_compute(args.flops, fit)
+    interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
+                            if "ci_" + key in plan else "")
+    print(f"budget C = {args.flops:.3g} FLOPs, law from {source}")
+    print(f"N_opt = {plan['n_opt']:.4g} parameters{interval('n_opt')}")
+    print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  ({plan['tokens_per_parameter']:.1f} tokens/parameter)")
+    print(f"predicted loss {plan['loss']:.4f}")
+    depth = model.family_depth_for(plan["n_opt"], args.vocab_size)
+    parameters = model.family_parameters(depth, args.vocab_size)
+    print(f"nearest family member (vocabulary {args.vocab_size}): depth {depth}, {parameters:,} parameters "
+          f"-> train it for {args.flops / (6 * parameters):.4g} tokens")
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from simslm import report
+
+    print(f"report -> {report.write_report(args.sweep)}")
+    return 0
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from simslm import demo
+
+    summary = demo.run_demo(config_from_args(demo.DemoConfig, args))
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
     from simslm.align import AlignConfig
     from simslm.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align -> units -> sequences -> train -> bench/eval.",
+                                     "Stages: assets -> synth -> align -> units -> sequences -> train -> bench/eval -> sweep/fit/plan/report.\nStart with `simslm demo`: the whole offline study in one command.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -335,6 +424,54 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser = commands.add_parser("eval", help="score a trained run on benchmarks; writes RUN/eval.json")
     add_config_arguments(eval_parser, EvalConfig, positional=("run",))
     eval_parser.set_defaults(handler=_eval_command)
+
+    sweep_parser = commands.add_parser("sweep", help="isoFLOP sweeps: plan, run (resumable), status")
+    sweep_actions = sweep_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    plan_parser = sweep_actions.add_parser("plan", help="spec JSON -> sweep.json with content-hashed run ids")
+    plan_parser.add_argument("spec", help="sweep spec (JSON: variants, depths, budgets_flops, family, ...)")
+    plan_parser.add_argument("--out", required=True, help="sweep folder")
+    run_parser = sweep_actions.add_parser("run", help="execute the runs not finished yet (resumes after a kill)")
+    run_parser.add_argument("sweep")
+    run_parser.add_argument("--executor", default="local", help="local or slurm (submitit)")
+    run_parser.add_argument("--num-parallel", type=int, default=2, help="local: runs at once (default 2)")
+    run_parser.add_argument("--threads-per-run", type=int, default=1, help="local: threads per run (default 1)")
+    run_parser.add_argument("--cluster", default=None, help="slurm: submitit cluster (slurm, local, debug)")
+    run_parser.add_argument("--slurm-partition", default="")
+    run_parser.add_argument("--timeout-min", type=int, default=240)
+    run_parser.add_argument("--gpus-per-node", type=int, default=0)
+    one_parser = sweep_actions.add_parser("run-one", help="train and evaluate one run of a sweep (used by executors)")
+    one_parser.add_argument("sweep")
+    one_parser.add_argument("run_id")
+    status_parser = sweep_actions.add_parser("status", help="progress, losses and accuracies per run")
+    status_parser.add_argument("sweep")
+    sweep_parser.set_defaults(handler=_sweep_command)
+
+    fit_parser = commands.add_parser("fit", help="scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)")
+    fit_parser.add_argument("source", help="sweep folder, or a CSV/JSONL table (parameters, tokens or flops, loss)")
+    fit_parser.add_argument("--convention", default="all", choices=("all", "non_embedding"),
+                            help="parameters counted in N (default: all, the paper's)")
+    fit_parser.add_argument("--num-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    fit_parser.add_argument("--num-workers", type=int, default=1)
+    fit_parser.add_argument("--out", help="fit.json path for a table (default: beside it)")
+    fit_parser.set_defaults(handler=_fit_command)
+
+    planner = commands.add_parser("plan", help="compute-optimal model size and tokens for a FLOP budget")
+    planner.add_argument("--flops", type=float, required=True, help="training budget C (FLOPs)")
+    planner.add_argument("--fit", help="fit.json from `simslm fit` (default: the textless reference law)")
+    planner.add_argument("--variant", help="which variant of the fit (default: the first)")
+    planner.add_argument("--vocab-size", type=int, default=1015,
+                         help="vocabulary of the size family, for the nearest member (default: tok512 + 500 units + 3)")
+    planner.set_defaults(handler=_plan_command)
+
+    report_parser = commands.add_parser("report", help="HTML report with plots and fitted laws for a sweep")
+    report_parser.add_argument("sweep")
+    report_parser.set_defaults(handler=_report_command)
+
+    from simslm.demo import DemoConfig
+
+    demo_parser = commands.add_parser("demo", help="the whole offline scaling study from nothing (~30 min on 2 cores)")
+    add_config_arguments(demo_parser, DemoConfig)
+    demo_parser.set_defaults(handler=_demo_command)
 
     manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
     manifest_parser.add_argument("action", choices=("validate",))

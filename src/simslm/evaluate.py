@@ -168,8 +168,9 @@ def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_worke
     """Deduplicated units of each audio file with the codebook (and encoder) of `units_folder`.
 
     Extraction goes through `units.extract_units` (parallel, resumable shard by shard) into
-    a cache folder named by the codebook and the file list, so a second evaluation of the
-    same benchmark does no work. Files that cannot be read are missing from the result.
+    a cache folder named by the codebook and the file list, so evaluating another run with
+    the same codebook (every run of a sweep) does no work. Files that cannot be read are
+    missing from the result.
     """
     from simslm import audio, units
 
@@ -201,7 +202,14 @@ def units_lookup(pairs: list[benchsets.Pair], run_dir: Path, pre_extracted: str 
     paths = [part.audio for pair in pairs for part in pair.positive + pair.negative if part.audio]
     if not paths:
         return lambda path: np.empty(0, dtype=np.int32)
-    return units_for_audio(paths, run_units_folder(run_dir), run_dir / "eval" / "units", num_workers).__getitem__
+    return units_for_audio(paths, run_units_folder(run_dir), bench_units_cache(), num_workers).__getitem__
+
+
+def bench_units_cache() -> Path:
+    """Where benchmark units are cached: shared by every run that uses the same codebook."""
+    from simslm import assets
+
+    return assets.cache_dir() / "bench-units"
 
 
 # --- scoring a benchmark ------------------------------------------------------------------------

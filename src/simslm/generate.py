@@ -275,14 +275,14 @@ def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
 def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Path, device: str, *, seed: int = 0,
                        options: GenerationOptions = GenerationOptions()) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
-    from simslm.evaluate import run_units_folder, units_for_audio
+    from simslm.evaluate import bench_units_cache, run_units_folder, units_for_audio
 
     _, pairs = benchsets.load(folder, "S")
     pairs = pairs[:options.num_prompts]
     prompts = [pair.positive[0].audio for pair in pairs]
     endings = [pair.positive[1] for pair in pairs]
     units_folder = run_units_folder(run_dir)
-    table = units_for_audio(prompts + [e.audio for e in endings], units_folder, run_dir / "eval" / "units")
+    table = units_for_audio(prompts + [e.audio for e in endings], units_folder, bench_units_cache())
     header = jobs.read_json(units_folder / "units.json")
     vocoder = LogMelInversionVocoder(header["codebook"])
     asr = ASRS[options.asr](options.asr_model) if options.asr_model else ASRS[options.asr]()

@@ -1,0 +1,365 @@
+"""Scaling-law fits over plain tables of runs, with bootstrap confidence intervals.
+
+A point is one training run (or one point of its curve): parameters N, tokens D, compute
+C = 6ND (the paper's convention, N = all parameters) and a loss. Three ways to find the
+compute-optimal allocation, after Hoffmann et al. (2022), "Chinchilla":
+
+- Approach 1: the envelope. Bin compute; in each bin the lowest loss names the best N and
+  D; power laws N_opt = k C^a and D_opt = k' C^b through those.
+- Approach 2: isoFLOP parabolas. At each budget, loss against log N is a parabola; its
+  vertex is N_opt(C). Power laws through the vertices.
+- Approach 3: the parametric law L = E + A/N^α + B/D^β, fitted as in Epoch AI's
+  replication (Besiroglu et al. 2024): log-sum-exp form, Huber loss (δ = 1e-3) on
+  log-loss, L-BFGS from the best points of a grid of starts; bootstrap resampling of the
+  runs for intervals. Compute-optimal: N_opt = G (C/6)^a, D_opt = G⁻¹ (C/6)^b with
+  G = (αA/βB)^{1/(α+β)}, a = β/(α+β), b = α/(α+β).
+
+Everything here is a function of arrays; the sweep and the report only call it.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Cuervo & Marxer (2024), textless SLMs (HuBERT-25Hz, 500 units): the reference the paper
+# compares against (its Figure 1), and their downstream exponents (metric ∝ C^γ).
+TEXTLESS_REFERENCE = {"E": 1.73, "A": 13.9, "B": 39.8, "alpha": 0.25, "beta": 0.24}
+TEXTLESS_EXPONENTS = {"sblimp": 0.021, "tsc": 0.025, "ssc": 0.017}
+HUBER_DELTA = 1e-3
+
+
+@dataclass(frozen=True)
+class Points:
+    """The table a fit reads: one row per run (or per curve point)."""
+
+    parameters: np.ndarray
+    tokens: np.ndarray
+    loss: np.ndarray
+    budget: np.ndarray | None = None
+    """The nominal budget a run was planned for (groups isoFLOP curves); None: from C."""
+
+    @property
+    def flops(self) -> np.ndarray:
+        return 6.0 * self.parameters * self.tokens
+
+    def subset(self, index: np.ndarray) -> "Points":
+        return Points(self.parameters[index], self.tokens[index], self.loss[index],
+                      None if self.budget is None else self.budget[index])
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+
+def read_table(path: str | Path, *, convention: str = "all", loss_column: str = "loss") -> Points:
+    """Points from a CSV or JSONL table with columns for parameters, tokens or flops, and loss.
+
+    `convention` = all (N counts every parameter) or non_embedding (reads
+    `non_embedding_parameters`). Missing tokens come from flops / 6N. Rows that lack a
+    value are reported with their line number.
+    """
+    path = Path(path)
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
+    values: dict[str, list[float]] = {"parameters": [], "tokens": [], "loss": [], "budget": []}
+    for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
+        try:
+            parameters = float(row[parameter_column])
+            tokens = float(row["tokens"]) if row.get("tokens") not in (None, "") else \
+                float(row["flops"]) / (6.0 * parameters)
+            loss = float(row[loss_column])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}:{line}: needs numeric {parameter_column}, tokens or flops, and "
+                             f"{loss_column}") from None
+        values["parameters"].append(parameters)
+        values["tokens"].append(tokens)
+        values["loss"].append(loss)
+        values["budget"].append(float(row.get("budget") or 6.0 * parameters * tokens))
+    if len(values["loss"]) < 3:
+        raise ValueError(f"{path}: a fit needs at least 3 rows, found {len(values['loss'])}")
+    return Points(*(np.asarray(values[k]) for k in ("parameters", "tokens", "loss", "budget")))
+
+
+# --- power laws ---------------------------------------------------------------------------------
+
+
+def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(coefficient k, exponent a) of y = k x^a by least squares in log-log space."""
+    exponent, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    return float(math.exp(intercept)), float(exponent)
+
+
+def _interval(samples: np.ndarray, confidence: float = 0.95) -> list[float]:
+    finite = samples[np.isfinite(samples)]
+    if len(finite) == 0:
+        return [float("nan"), float("nan")]
+    tail = (1 - confidence) / 2
+    return [float(v) for v in np.quantile(finite, [tail, 1 - tail])]
+
+
+def _resample(points: Points, rng: np.random.Generator) -> Points:
+    """Bootstrap: runs drawn with replacement within each budget (so every budget keeps its size)."""
+    budgets = points.budget if points.budget is not None else points.flops
+    index = np.concatenate([rng.choice(np.flatnonzero(budgets == b), np.sum(budgets == b))
+                            for b in np.unique(budgets)])
+    return points.subset(index)
+
+
+# --- approach 1: envelope ------------------------------------------------------------------------
+
+
+def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
+    """Power laws through the lowest-loss point of each log-compute bin."""
+    log_flops = np.log(points.flops)
+    edges = np.linspace(log_flops.min(), log_flops.max() + 1e-9, num_bins + 1)
+    best = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = np.flatnonzero((log_flops >= low) & (log_flops < high))
+        if len(inside):
+            best.append(inside[np.argmin(points.loss[inside])])
+    best = np.asarray(best)
+    if len(np.unique(points.parameters[best])) < 2:
+        return {"a": float("nan"), "b": float("nan"), "k_n": float("nan"), "k_d": float("nan"), "num_bins": len(best)}
+    k_n, a = power_law(points.flops[best], points.parameters[best])
+    k_d, b = power_law(points.flops[best], points.tokens[best])
+    return {"a": a, "b": b, "k_n": k_n, "k_d": k_d, "num_bins": int(len(best))}
+
+
+# --- approach 2: isoFLOP parabolas -------------------------------------------------------------
+
+
+def isoflop_vertices(points: Points) -> list[dict[str, float]]:
+    """Per budget with 3+ sizes: the vertex of loss = p0 + p1 log N + p2 (log N)^2, when it is a minimum."""
+    budgets = points.budget if points.budget is not None else points.flops
+    vertices = []
+    for budget in np.unique(budgets):
+        inside = np.flatnonzero(budgets == budget)
+        if len(np.unique(points.parameters[inside])) < 3:
+            continue
+        x = np.log(points.parameters[inside])
+        p2, p1, p0 = np.polyfit(x, points.loss[inside], 2)
+        if p2 <= 0:
+            continue  # no minimum: the grid does not bracket the optimum at this budget
+        vertex = -p1 / (2 * p2)
+        n_opt = math.exp(vertex)
+        vertices.append({"budget": float(budget), "n_opt": n_opt, "d_opt": float(budget) / (6 * n_opt),
+                         "loss_at_vertex": float(p0 + p1 * vertex + p2 * vertex ** 2),
+                         "inside_grid": bool(x.min() <= vertex <= x.max())})
+    return vertices
+
+
+def approach2(points: Points) -> dict[str, Any]:
+    """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices."""
+    vertices = isoflop_vertices(points)
+    result: dict[str, Any] = {"vertices": vertices}
+    if len(vertices) >= 2:
+        budgets = np.array([v["budget"] for v in vertices])
+        result["k_n"], result["a"] = power_law(budgets, np.array([v["n_opt"] for v in vertices]))
+        result["k_d"], result["b"] = power_law(budgets, np.array([v["d_opt"] for v in vertices]))
+    else:
+        result.update({"k_n": float("nan"), "a": float("nan"), "k_d": float("nan"), "b": float("nan")})
+    return result
+
+
+# --- approach 3: the parametric law ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Law:
+    """L(N, D) = E + A / N^alpha + B / D^beta."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    def loss(self, parameters, tokens):
+        return self.E + self.A / np.power(parameters, self.alpha) + self.B / np.power(tokens, self.beta)
+
+    def optimum(self, flops):
+        """(N_opt, D_opt) minimising L under C = 6ND (closed form)."""
+        g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
+        flops = np.asarray(flops, dtype=float)
+        return g * (flops / 6) ** a, (flops / 6) ** b / g
+
+    def best_loss(self, flops):
+        """The lowest loss reachable with compute C (at the optimal allocation)."""
+        parameters, tokens = self.optimum(flops)
+        return self.loss(parameters, tokens)
+
+
+def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+               delta: float) -> tuple[float, np.ndarray]:
+    """Huber loss of the log-sum-exp prediction of log L, and its gradient in (a, b, e, alpha, beta)."""
+    a, b, e, alpha, beta = theta
+    # exp(term - e) of the A and B terms; the E term's weight is exp(0) = 1. Clipped so a
+    # wild line-search step gives a huge finite value instead of overflow (L-BFGS backs off).
+    weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
+    weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
+    total = 1.0 + weight_n + weight_d
+    residual = e + np.log(total) - log_loss
+    magnitude = np.abs(residual)
+    small = magnitude <= delta
+    value = np.where(small, 0.5 * residual * residual, delta * (magnitude - 0.5 * delta)).sum()
+    slope = np.where(small, residual, delta * np.sign(residual)) / total  # d Huber / d term, per unit weight
+    share_n, share_d = slope * weight_n, slope * weight_d
+    gradient = np.array([share_n.sum(), share_d.sum(), slope.sum(), -(share_n @ log_n), -(share_d @ log_d)])
+    return float(value), gradient
+
+
+# Hoffmann et al.'s grid of initialisations (their Appendix D.2), as Epoch AI used it.
+START_GRID = {"alpha": (0.0, 0.5, 1.0, 1.5, 2.0), "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+              "e": (-1.0, -0.5, 0.0, 0.5, 1.0), "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+              "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)}
+
+
+def _grid_values(log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.array([(a, b, e, alpha, beta) for a, b, e, alpha, beta in itertools.product(
+        START_GRID["a"], START_GRID["b"], START_GRID["e"], START_GRID["alpha"], START_GRID["beta"])])
+    a, b, e, alpha, beta = (starts[:, i:i + 1] for i in range(5))
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.broadcast_to(e, (len(starts), len(log_n)))])
+    predicted = np.logaddexp(np.logaddexp(terms[0], terms[1]), terms[2])
+    residual = np.abs(predicted - log_loss)
+    values = np.where(residual <= delta, 0.5 * residual ** 2, delta * (residual - 0.5 * delta)).sum(axis=1)
+    return starts, values
+
+
+def _minimise(log_n, log_d, log_loss, starts, delta) -> np.ndarray:
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
+
+    best, best_value = None, np.inf
+    # L-BFGS-B calls BLAS on 5-vectors; a threaded BLAS makes each call ~10x slower (docs/LOG.md).
+    with threadpool_limits(1):
+        for start in starts:
+            # The Huber sums are tiny (residuals of ~1e-3 on log-loss), so scipy's default
+            # tolerances would stop at the start; these let L-BFGS walk the flat E-A-B valleys.
+            result = minimize(_objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
+                              method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-14, "maxiter": 2000})
+            if result.fun < best_value:
+                best, best_value = result.x, result.fun
+    return best
+
+
+def _law(theta: np.ndarray) -> Law:
+    a, b, e, alpha, beta = theta
+    return Law(E=float(math.exp(e)), A=float(math.exp(a)), B=float(math.exp(b)), alpha=float(alpha), beta=float(beta))
+
+
+def fit_law(points: Points, *, delta: float = HUBER_DELTA, num_starts: int = 8) -> Law:
+    """Approach 3 on all points: L-BFGS from the `num_starts` best points of the start grid."""
+    log_n, log_d, log_loss = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)
+    starts, values = _grid_values(log_n, log_d, log_loss, delta)
+    return _law(_minimise(log_n, log_d, log_loss, starts[np.argsort(values)[:num_starts]], delta))
+
+
+def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int]]) -> tuple[int, list[list[float]]]:
+    """Worker: refit the law on the resamples numbered `indices` (resample i is drawn with seed (seed, i))."""
+    points, full, delta, seed, indices = task
+    fits = []
+    for index in indices:
+        resampled = _resample(points, np.random.default_rng([seed, index]))
+        fitted = _law(_minimise(np.log(resampled.parameters), np.log(resampled.tokens), np.log(resampled.loss),
+                                [full], delta))
+        fits.append([fitted.E, fitted.A, fitted.B, fitted.alpha, fitted.beta])
+    return indices[0], fits
+
+
+def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta: float = HUBER_DELTA,
+              confidence: float = 0.95, num_workers: int = 1) -> dict[str, Any]:
+    """The parametric law, its compute-optimal exponents, and bootstrap intervals for all of them.
+
+    Each resample starts from the full-data optimum: a resample's optimum lies near it, and
+    re-searching the 22,500-point start grid per resample would cost ~100x more (docs/LOG.md).
+    Resample i depends on (seed, i) alone, so the result does not depend on `num_workers`.
+    """
+    from simslm import jobs
+
+    law = fit_law(points, delta=delta)
+    full = np.array([math.log(law.A), math.log(law.B), math.log(law.E), law.alpha, law.beta])
+    chunks = [list(range(start, min(num_resamples, start + 250))) for start in range(0, num_resamples, 250)]
+    tasks = [(points, full, delta, seed, chunk) for chunk in chunks]
+    chunks_done = sorted(jobs.parallel_map(_bootstrap_fits, tasks, num_workers=min(num_workers, len(tasks)),
+                                           total=len(tasks), description="bootstrap (x250)"))
+    samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
+    names = ("E", "A", "B", "alpha", "beta")
+    exponents = samples[:, 4] / (samples[:, 3] + samples[:, 4])
+    return {"law": asdict(law), "ci": {name: _interval(samples[:, i], confidence) for i, name in enumerate(names)},
+            "a": law.beta / (law.alpha + law.beta), "b": law.alpha / (law.alpha + law.beta),
+            "ci_a": _interval(exponents, confidence), "ci_b": _interval(1 - exponents, confidence),
+            "samples": samples.tolist(), "num_resamples": num_resamples, "huber_delta": delta,
+            "confidence": confidence}
+
+
+def metric_power_law(flops: np.ndarray, values: np.ndarray, *, num_resamples: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> dict[str, Any]:
+    """metric = k C^γ (least squares in log-log), with a bootstrap interval for γ."""
+    flops, values = np.asarray(flops, float), np.asarray(values, float)
+    keep = values > 0
+    flops, values = flops[keep], values[keep]
+    if len(flops) < 3:
+        return {"k": float("nan"), "gamma": float("nan"), "ci_gamma": [float("nan")] * 2, "num_points": int(len(flops))}
+    k, gamma = power_law(flops, values)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(num_resamples):
+        index = rng.integers(0, len(flops), len(flops))
+        if len(np.unique(flops[index])) >= 2:
+            draws.append(power_law(flops[index], values[index])[1])
+    return {"k": k, "gamma": gamma, "ci_gamma": _interval(np.asarray(draws), confidence),
+            "num_points": int(len(flops))}
+
+
+# --- fit.json and the planner -----------------------------------------------------------------
+
+
+def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convention: str = "all",
+            metrics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, num_workers: int = 1) -> dict[str, Any]:
+    """Approaches 1-3 and metric power laws: the contents of fit.json (parameters unrounded)."""
+    result = {"convention": {"parameters": convention, "flops": "C = 6 N D",
+                             "note": "N counts all parameters (embeddings and head included)" if convention == "all"
+                             else "N counts non-embedding parameters (Kaplan et al. 2020)"},
+              "num_points": len(points), "approach1": approach1(points), "approach2": approach2(points),
+              "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers),
+              "textless_reference": {"law": TEXTLESS_REFERENCE, "exponents": TEXTLESS_EXPONENTS,
+                                     "source": "Cuervo & Marxer (2024)"}}
+    result["metrics"] = {name: metric_power_law(flops, values, num_resamples=num_resamples, seed=seed)
+                         for name, (flops, values) in (metrics or {}).items()}
+    return result
+
+
+def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """N_opt and D_opt for a budget from a fit's law, with intervals from its bootstrap samples."""
+    law = Law(**fit["approach3"]["law"])
+    n_opt, d_opt = law.optimum(flops)
+    samples = np.asarray(fit["approach3"].get("samples") or [])
+    result = {"flops": flops, "n_opt": float(n_opt), "d_opt": float(d_opt),
+              "tokens_per_parameter": float(d_opt / n_opt), "loss": float(law.best_loss(flops))}
+    if len(samples):
+        optima = [Law(*row).optimum(flops) for row in samples]
+        result["ci_n_opt"] = _interval(np.array([o[0] for o in optima]), confidence)
+        result["ci_d_opt"] = _interval(np.array([o[1] for o in optima]), confidence)
+    return result
+
+
+def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech") -> Points:
+    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss."""
+    usable = [row for row in rows if row.get(loss_key) is not None]
+    key = "parameters" if convention == "all" else "non_embedding_parameters"
+    return Points(np.array([row[key] for row in usable], dtype=float),
+                  np.array([row["tokens"] for row in usable], dtype=float),
+                  np.array([row[loss_key] for row in usable], dtype=float),
+                  np.array([row["budget"] for row in usable], dtype=float))

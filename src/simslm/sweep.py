@@ -1,0 +1,331 @@
+"""Sweeps: an isoFLOP grid of runs, a ledger read from the run directories, and executors.
+
+`plan_sweep` turns a spec (size family, FLOP budgets, variants) into `sweep.json`: one
+TrainConfig per (variant, depth, budget), each with a run id hashed from its content, so
+a changed setting is a new run and an unchanged one is recognised as already done. The
+ledger is the run directories themselves: a run is finished when its `result.json`
+(written last and atomically by `train`) and its `eval.json` exist, so a half-written
+result is never read and a finished run is never repeated. A run in progress holds an
+exclusive lock on `<run>/.lock` (released by the OS when its process dies), so a
+restarted sweep neither duplicates it nor waits on a dead one.
+
+Executors register by name: `local` runs several runs at once as subprocesses (each with
+its share of the cores), `slurm` submits them through submitit (its `local` cluster runs
+the same code without SLURM, which is how it is tested here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from simslm import jobs
+from simslm.train import TrainConfig
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One recipe of the sweep: its training data and initialisation."""
+
+    name: str
+    data: str
+    """Sequences folder (interleaved + speech + text, or speech only for a textless variant)."""
+    init: str = "twist"
+    """twist: start from the text-LM family member; random: same architecture from scratch."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    """What `simslm sweep plan` reads (JSON)."""
+
+    variants: tuple[Variant, ...]
+    depths: tuple[int, ...]
+    """Family depths (width = 32 x depth)."""
+    budgets_flops: tuple[float, ...]
+    """Training compute per run, C = 6 N D."""
+    family: str = ""
+    """Folder from `simslm textlm pretrain` (its depth-N/model is the TWIST source); '' = random only."""
+    validation_data: str = ""
+    """Speech-only held-out sequences: the loss the fits use (the paper's speech CE)."""
+    bench: tuple[str, ...] = ()
+    """Benchmarks each run is evaluated on after training (as `simslm eval --bench`)."""
+    eval_modes: str = "S,T"
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields shared by every run (batch_size, lr, ...)."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
+        values = dict(data)
+        values["variants"] = tuple(Variant(**v) for v in data["variants"])
+        for key in ("depths", "budgets_flops", "bench"):
+            if key in values:
+                values[key] = tuple(values[key])
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def run_id(variant: str, depth: int, budget: float, config: dict[str, Any]) -> str:
+    """Readable prefix plus a hash of everything that defines the run (run_dir excluded)."""
+    content = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, sort_keys=True)
+    return f"{variant}-d{depth}-c{budget:.0e}-{hashlib.sha256(content.encode()).hexdigest()[:8]}".replace("+", "")
+
+
+def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
+    """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
+    out = Path(out)
+    runs = []
+    for variant in spec.variants:
+        for depth in spec.depths:
+            if variant.init == "twist":
+                if not spec.family:
+                    raise ValueError(f"variant {variant.name} uses TWIST but the spec names no text-LM family")
+                base_model = str(Path(spec.family) / f"depth-{depth}" / "model")
+                if not Path(base_model).exists():
+                    raise ValueError(f"{base_model} does not exist: the family has no depth {depth}")
+            else:
+                base_model = f"family:{depth}"
+            for budget in spec.budgets_flops:
+                values = {**spec.train, "data": variant.data, "base_model": base_model, "init": variant.init,
+                          "budget_flops": float(budget), "budget_tokens": None,
+                          "validation_data": spec.validation_data or None}
+                config = asdict(TrainConfig(run_dir="", **values))
+                identifier = run_id(variant.name, depth, budget, config)
+                config["run_dir"] = str(out / "runs" / identifier)
+                runs.append({"id": identifier, "variant": variant.name, "depth": depth, "budget_flops": float(budget),
+                             "config": config})
+    sweep = {"spec": _jsonable(asdict(spec)), "runs": runs}
+    jobs.write_json(out / SWEEP_FILE, sweep)
+    return sweep
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / SWEEP_FILE
+    if not path.exists():
+        raise ValueError(f"{folder}: no {SWEEP_FILE}; run `simslm sweep plan` first")
+    return jobs.read_json(path)
+
+
+# --- the ledger ---------------------------------------------------------------------------------
+
+
+def _locked(run_dir: Path) -> bool:
+    lock = run_dir / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
+    """Whether eval.json holds a result for every benchmark the sweep asks for."""
+    evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
+    labels = {name.split("=", 1)[0] if "=" in name else Path(name).name for name in bench}
+    return all(any(key == label or key.startswith(label + "/") for key in evaluated) for label in labels)
+
+
+def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
+    """done, evaluating (trained, evaluation missing), running (locked), started (resumable) or pending."""
+    run_dir = Path(run["config"]["run_dir"])
+    if _locked(run_dir):
+        return "running"
+    if (run_dir / "result.json").exists():
+        return "done" if _evaluated(run_dir, bench) else "evaluating"
+    return "started" if (run_dir / "config.json").exists() else "pending"
+
+
+def execute_run(sweep_dir: str, identifier: str) -> str:
+    """Train (or resume) one run and evaluate it, holding its lock; returns its final status."""
+    sweep = load_sweep(sweep_dir)
+    run = next((r for r in sweep["runs"] if r["id"] == identifier), None)
+    if run is None:
+        raise ValueError(f"{sweep_dir}: no run {identifier}")
+    spec = sweep["spec"]
+    run_dir = Path(run["config"]["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running"
+        if not (run_dir / "result.json").exists():
+            from simslm.train import train
+
+            train(TrainConfig(**run["config"]))
+        bench = tuple(spec.get("bench") or ())
+        if not _evaluated(run_dir, bench):
+            from simslm.evaluate import EvalConfig, evaluate_run
+
+            evaluate_run(EvalConfig(run=str(run_dir), bench=bench, modes=spec.get("eval_modes", "S,T"),
+                                    num_workers=1))
+    return "done"
+
+
+# --- executors ------------------------------------------------------------------------------------
+
+
+def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, threads_per_run: int,
+           **_: Any) -> None:
+    """Run up to `num_parallel` runs at once, each a subprocess with `threads_per_run` threads."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
+    waiting = list(runs)
+    active: dict[str, subprocess.Popen] = {}
+    bar = jobs.progress(range(len(runs)), "sweep runs")
+    progress = iter(bar)
+    failures = []
+    try:
+        while waiting or active:
+            while waiting and len(active) < num_parallel:
+                run = waiting.pop(0)
+                log = open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a")
+                active[run["id"]] = subprocess.Popen(
+                    [sys.executable, "-m", "simslm", "sweep", "run-one", str(sweep_dir), run["id"]],
+                    stdout=log, stderr=subprocess.STDOUT, env=environment)
+            time.sleep(0.2)
+            for identifier, process in list(active.items()):
+                if process.poll() is not None:
+                    del active[identifier]
+                    next(progress, None)
+                    if process.returncode != 0:
+                        failures.append(identifier)
+    finally:
+        for process in active.values():  # interrupted: stop the children too (their runs resume later)
+            process.terminate()
+        for process in active.values():
+            process.wait()
+        bar.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)} "
+                           f"(see {sweep_dir}/runs/<id>.log); re-run `simslm sweep run` to retry them")
+
+
+def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None = None, slurm_partition: str = "",
+           timeout_min: int = 240, gpus_per_node: int = 0, **_: Any) -> None:
+    """Submit each run as a job through submitit (cluster=local runs them here, for testing)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / "submitit"), cluster=cluster)
+    parameters = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node}
+    if slurm_partition:
+        parameters["slurm_partition"] = slurm_partition
+    executor.update_parameters(**parameters)
+    submitted = [executor.submit(execute_run, str(sweep_dir), run["id"]) for run in runs]
+    for job in jobs.progress(submitted, "sweep jobs"):
+        job.result()
+
+
+EXECUTORS: dict[str, Callable[..., None]] = {"local": _local, "slurm": _slurm}
+
+
+def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", **options: Any) -> dict[str, int]:
+    """Execute every run that is not done yet; returns the count of runs by status afterwards."""
+    sweep_dir = Path(sweep_dir)
+    sweep = load_sweep(sweep_dir)
+    bench = tuple(sweep["spec"].get("bench") or ())
+    todo = [run for run in sweep["runs"] if run_status(run, bench) not in ("done", "running")]
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
+    if todo:
+        EXECUTORS[executor](sweep_dir, todo, **options)
+    return status_counts(sweep_dir)
+
+
+def status_counts(sweep_dir: str | os.PathLike) -> dict[str, int]:
+    sweep = load_sweep(sweep_dir)
+    bench = tuple(sweep["spec"].get("bench") or ())
+    counts: dict[str, int] = {}
+    for run in sweep["runs"]:
+        status = run_status(run, bench)
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+# --- collecting results ---------------------------------------------------------------------------
+
+
+def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per finished run: variant, size, tokens, FLOPs, losses and benchmark accuracies."""
+    rows = []
+    for run in load_sweep(sweep_dir)["runs"]:
+        run_dir = Path(run["config"]["run_dir"])
+        if not (run_dir / "result.json").exists():
+            continue
+        result = jobs.read_json(run_dir / "result.json")
+        validation = result.get("validation") or {}
+        row = {"id": run["id"], "variant": run["variant"], "depth": run["depth"], "budget": run["budget_flops"],
+               "parameters": result["parameters"]["total"],
+               "non_embedding_parameters": result["parameters"]["non_embedding"],
+               "tokens": result["tokens"], "flops": result["flops"],
+               "loss_speech": validation.get("loss_speech", result["final_train"].get("loss_speech")),
+               "loss": validation.get("loss", result["final_train"].get("loss")),
+               "loss_source": "validation" if validation else "final train"}
+        if (run_dir / "eval.json").exists():
+            for name, entry in jobs.read_json(run_dir / "eval.json")["benchmarks"].items():
+                if "accuracy" in entry:
+                    row[f"acc/{name}"] = entry["accuracy"]
+        rows.append(row)
+    return rows
+
+
+def status_table(sweep_dir: str | os.PathLike) -> str:
+    """A line per run: status, size, budget and, when finished, losses and accuracies."""
+    sweep = load_sweep(sweep_dir)
+    bench = tuple(sweep["spec"].get("bench") or ())
+    finished = {row["id"]: row for row in collect(sweep_dir)}
+    lines = [f"{'run':<44} {'status':<10} {'params':>9} {'budget':>8} {'speech CE':>9}  accuracies"]
+    for run in sweep["runs"]:
+        row = finished.get(run["id"], {})
+        accuracies = " ".join(f"{k[4:]}={v:.3f}" for k, v in row.items() if k.startswith("acc/"))
+        speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
+        parameters = f"{row['parameters'] / 1e6:.2f}M" if row else "-"
+        lines.append(f"{run['id']:<44} {run_status(run, bench):<10} {parameters:>9} {run['budget_flops']:>8.1e} "
+                     f"{speech:>9}  {accuracies}")
+    counts = status_counts(sweep_dir)
+    lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
+              num_workers: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Fit every variant's runs (speech CE; accuracies against compute) and write `fit.json`."""
+    import numpy as np
+
+    from simslm import scaling
+
+    rows = collect(sweep_dir)
+    fits: dict[str, Any] = {"convention": convention, "loss": "speech-only cross-entropy (validation when given)",
+                            "variants": {}}
+    for variant in sorted({row["variant"] for row in rows}):
+        chosen = [row for row in rows if row["variant"] == variant]
+        points = scaling.points_from_rows(chosen, convention=convention)
+        if len(points) < 3:
+            continue
+        metrics = {key[4:]: (np.array([r["flops"] for r in chosen if key in r]),
+                             np.array([r[key] for r in chosen if key in r]))
+                   for key in sorted({k for r in chosen for k in r if k.startswith("acc/")})}
+        fits["variants"][variant] = scaling.fit_all(points, num_resamples=num_resamples, seed=seed,
+                                                    convention=convention, metrics=metrics, num_workers=num_workers)
+    jobs.write_json(Path(sweep_dir) / "fit.json", fits)
+    return fits

@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+
+from simslm import jobs, report, scaling, sweep
+from simslm.cli import main
+
+LAW = scaling.Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
+
+
+def _fake_sweep(folder):
+    """A ledger of finished runs whose losses follow a known law (no training)."""
+    runs = []
+    rng = np.random.default_rng(0)
+    for variant, shift in (("interleaved-twist", 0.0), ("textless-twist", 0.3)):
+        for budget in (1e12, 1e13, 1e14):
+            for depth, parameters in ((1, 3e4), (2, 1e5), (3, 3e5), (4, 1e6)):
+                identifier = f"{variant}-d{depth}-c{budget:.0e}"
+                run_dir = folder / "runs" / identifier
+                tokens = budget / (6 * parameters)
+                loss = float(LAW.loss(parameters, tokens) + shift) * float(np.exp(0.002 * rng.standard_normal()))
+                jobs.write_json(run_dir / "result.json", {
+                    "parameters": {"total": parameters, "non_embedding": parameters * 0.8}, "tokens": tokens,
+                    "flops": budget, "final_train": {"loss_speech": loss}, "validation": {"loss_speech": loss,
+                                                                                            "loss": loss}})
+                accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
+                jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": {
+                    "accuracy": accuracy, "ci_low": accuracy - 0.05, "ci_high": accuracy + 0.05}}})
+                runs.append({"id": identifier, "variant": variant, "depth": depth, "budget_flops": budget,
+                             "config": {"run_dir": str(run_dir)}})
+    jobs.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})
+
+
+def test_report_renders_from_a_small_fake_ledger(tmp_path):
+    _fake_sweep(tmp_path)
+    fits = sweep.fit_sweep(tmp_path, num_resamples=30)
+    assert set(fits["variants"]) == {"interleaved-twist", "textless-twist"}
+    assert fits["variants"]["interleaved-twist"]["approach3"]["law"]["alpha"] > 0
+    page = report.write_report(tmp_path, summary="hello summary")
+    text = page.read_text()
+    for image in ("best_loss_vs_compute.png", "variants_vs_compute.png", "isoflop.png", "accuracy_vs_compute.png"):
+        assert f'src="{image}"' in text
+        assert (page.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Cuervo" in text and "hello summary" in text and "approach 3" in text and "tsc/S" in text
+    assert text.count("<tr>") > 24  # runs table plus fit tables
+
+
+def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
+    rows = ["parameters,tokens,loss"]
+    for parameters in np.logspace(4.5, 6.5, 5):
+        for tokens in np.logspace(5.5, 8, 5):
+            rows.append(f"{parameters},{tokens},{float(LAW.loss(parameters, tokens))}")
+    table = tmp_path / "published.csv"
+    table.write_text("\n".join(rows) + "\n")
+    assert main(["fit", str(table), "--num-resamples", "20"]) == 0
+    fit_path = tmp_path / "published.fit.json"
+    fit = json.loads(fit_path.read_text())["variants"]["published"]
+    assert abs(fit["approach3"]["law"]["alpha"] - LAW.alpha) < 0.01
+    assert fit["convention"]["parameters"] == "all"
+    assert main(["plan", "--flops", "1e15", "--fit", str(fit_path)]) == 0
+    out = capsys.readouterr().out
+    n_opt, _ = LAW.optimum(1e15)
+    printed = float(out.split("N_opt = ")[1].split()[0])
+    assert abs(np.log(printed / n_opt)) < 0.05
+    assert "nearest family member" in out and "[" in out  # bootstrap interval printed

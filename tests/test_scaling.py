@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+
+from simslm import scaling
+
+TRUE = scaling.Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
+
+
+def _isoflop_grid(law, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    parameters, tokens, budgets = [], [], []
+    for budget in np.logspace(13, 17, 5):
+        n_opt, _ = law.optimum(budget)
+        for factor in np.logspace(-1.2, 1.2, 7):
+            parameters.append(n_opt * factor)
+            tokens.append(budget / (6 * n_opt * factor))
+            budgets.append(budget)
+    parameters, tokens = np.array(parameters), np.array(tokens)
+    loss = law.loss(parameters, tokens) * np.exp(noise * rng.standard_normal(len(parameters)))
+    return scaling.Points(parameters, tokens, loss, np.array(budgets))
+
+
+def test_approach3_recovers_a_known_law_within_its_intervals():
+    points = _isoflop_grid(TRUE, noise=0.005)
+    fit = scaling.approach3(points, num_resamples=100, seed=0)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        low, high = fit["ci"][name]
+        assert low <= getattr(TRUE, name) <= high, (name, fit["law"][name], low, high)
+    assert fit["law"]["alpha"] == pytest.approx(TRUE.alpha, abs=0.05)
+    true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    assert fit["ci_a"][0] <= true_a <= fit["ci_a"][1]
+
+
+def test_approach3_is_exact_without_noise():
+    law = scaling.fit_law(_isoflop_grid(TRUE))
+    for name in ("E", "alpha", "beta"):
+        assert getattr(law, name) == pytest.approx(getattr(TRUE, name), rel=2e-3)
+
+
+def test_approach2_finds_the_vertex_of_exact_parabolas():
+    rows = []
+    for budget, vertex in ((1e12, 13.0), (1e13, 14.0), (1e14, 15.0)):
+        for x in np.linspace(vertex - 2, vertex + 2, 5):
+            rows.append((math.exp(x), budget / (6 * math.exp(x)), 3.0 + 0.2 * (x - vertex) ** 2, budget))
+    points = scaling.Points(*(np.array(column) for column in zip(*rows)))
+    result = scaling.approach2(points)
+    assert [v["n_opt"] for v in result["vertices"]] == pytest.approx([math.exp(13), math.exp(14), math.exp(15)])
+    assert result["a"] == pytest.approx(1 / math.log(10))  # log N_opt grows by 1 per decade of C
+    assert result["b"] == pytest.approx(1 - 1 / math.log(10))
+
+
+def test_approach1_envelope_follows_the_true_allocation():
+    result = scaling.approach1(_isoflop_grid(TRUE), num_bins=5)
+    assert result["a"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.12)
+
+
+def test_planner_closed_form_matches_brute_force():
+    fit = {"approach3": {"law": TRUE.__dict__, "samples": []}}
+    for flops in (1e15, 1e18, 1e21):
+        plan = scaling.plan_compute(flops, fit)
+        grid = np.logspace(3, 13, 200001)
+        brute = grid[np.argmin(TRUE.loss(grid, flops / (6 * grid)))]
+        assert plan["n_opt"] == pytest.approx(brute, rel=1e-3)
+        assert plan["n_opt"] * plan["d_opt"] * 6 == pytest.approx(flops)
+
+
+def test_planner_intervals_come_from_the_bootstrap():
+    points = _isoflop_grid(TRUE, noise=0.01, seed=2)
+    fit = {"approach3": scaling.approach3(points, num_resamples=40, seed=1)}
+    plan = scaling.plan_compute(1e16, fit)
+    assert plan["ci_n_opt"][0] <= plan["n_opt"] <= plan["ci_n_opt"][1]
+
+
+def test_metric_power_law_recovers_the_exponent():
+    flops = np.logspace(12, 18, 30)
+    values = 0.3 * flops ** 0.025 * np.exp(0.002 * np.random.default_rng(0).standard_normal(30))
+    result = scaling.metric_power_law(flops, values, num_resamples=200)
+    assert result["ci_gamma"][0] <= 0.025 <= result["ci_gamma"][1]
+
+
+def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):
+    table = tmp_path / "published.csv"
+    table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,6e12,3.0\n4e6,6e12,3.05\n")
+    points = scaling.read_table(table)
+    assert points.tokens.tolist() == pytest.approx([1e6, 5e5, 2.5e5])
+    table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,,3.0\n4e6,6e12,3.05\n")
+    with pytest.raises(ValueError, match=r"published.csv:3: needs numeric"):
+        scaling.read_table(table)

@@ -1,0 +1,94 @@
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simslm import sequences, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(extracted, tmp_path_factory):
+    config, _, _ = extracted
+    out = tmp_path_factory.mktemp("sweepdata") / "seq"
+    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
+                                                    streams="interleaved,speech", context_length=64))
+    return str(out)
+
+
+def _spec(data, **changes):
+    values = dict(variants=(sweep.Variant(name="random", data=data, init="random"),),
+                  depths=(1, 2), budgets_flops=(4e8, 8e8), validation_data=data,
+                  train={"batch_size": 4, "validation_batches": 1, "checkpoint_every": 2})
+    values.update(changes)
+    return sweep.SweepSpec(**values)
+
+
+def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, tmp_path):
+    planned = sweep.plan_sweep(_spec(data), tmp_path / "a")
+    assert len(planned["runs"]) == 4 and len({r["id"] for r in planned["runs"]}) == 4
+    again = sweep.plan_sweep(_spec(data), tmp_path / "b")
+    assert [r["id"] for r in planned["runs"]] == [r["id"] for r in again["runs"]]
+    changed = sweep.plan_sweep(_spec(data, train={"batch_size": 4, "validation_batches": 1, "lr": 1e-3}), tmp_path / "c")
+    assert not {r["id"] for r in changed["runs"]} & {r["id"] for r in planned["runs"]}
+    with pytest.raises(ValueError, match="TWIST but the spec names no text-LM family"):
+        sweep.plan_sweep(_spec(data, variants=(sweep.Variant(name="t", data=data),)), tmp_path / "d")
+    spec = sweep.SweepSpec.from_json(json.loads(json.dumps({"variants": [{"name": "r", "data": data, "init": "random"}],
+                                                            "depths": [1], "budgets_flops": [1e9]})))
+    assert spec.depths == (1,) and spec.variants[0].init == "random"
+
+
+def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
+    planned = sweep.plan_sweep(_spec(data), tmp_path)
+    first = planned["runs"][0]
+    run_dir = Path(first["config"]["run_dir"])
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / ".result.json.tmp").write_text('{"half": ')
+    assert sweep.run_status(first, ()) == "started"
+    with open(run_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert sweep.run_status(first, ()) == "running"
+        assert sweep.execute_run(str(tmp_path), first["id"]) == "running"  # a second worker backs off
+    assert sweep.run_status(first, ()) == "started"  # the lock dies with its holder
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
+    sweep.plan_sweep(_spec(data), tmp_path)
+    command = [sys.executable, "-m", "simslm", "sweep", "run", str(tmp_path), "--num-parallel", "1"]
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    results = lambda: sorted((tmp_path / "runs").glob("*/result.json"))  # noqa: E731
+    deadline = time.time() + 300
+    while not results() and time.time() < deadline:
+        time.sleep(0.2)
+    assert results(), "no run finished in time"
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its running child, mid-run
+    process.wait()
+    finished = {path: path.stat().st_mtime_ns for path in results()}
+    assert len(finished) < 4
+    counts = sweep.run_sweep(tmp_path, num_parallel=2, threads_per_run=1)
+    assert counts == {"done": 4}
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime  # finished runs were not run again
+    table = sweep.status_table(tmp_path)
+    assert "total: 4 done" in table
+    rows = sweep.collect(tmp_path)
+    assert {row["loss_source"] for row in rows} == {"validation"} and len(rows) == 4
+
+
+@pytest.mark.slow
+def test_submitit_executor_runs_the_same_code(data, tmp_path):
+    pytest.importorskip("submitit")
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
+    counts = sweep.run_sweep(tmp_path, executor="slurm", cluster="local", timeout_min=10)
+    assert counts == {"done": 1}
+    assert list((tmp_path / "submitit").iterdir())  # submitit's job folder: it really went through submitit
