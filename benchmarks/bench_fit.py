@@ -23,17 +23,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=4000)
     args = parser.parse_args()
     law = scaling.Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
-    rng = np.random.default_rng(0)
-    parameters, tokens, budgets = [], [], []
-    for budget in np.logspace(12, 18, 12):
-        n_opt, _ = law.optimum(budget)
-        for factor in np.logspace(-1.5, 1.5, 25):
-            parameters.append(n_opt * factor)
-            tokens.append(budget / (6 * n_opt * factor))
-            budgets.append(budget)
-    parameters, tokens = np.array(parameters), np.array(tokens)
-    loss = law.loss(parameters, tokens) * np.exp(0.005 * rng.standard_normal(len(parameters)))
-    points = scaling.Points(parameters, tokens, loss, np.array(budgets))
+    points = scaling.synthetic_isoflop_points(law, np.logspace(12, 18, 12), np.logspace(-1.5, 1.5, 25),
+                                              noise=0.005)
     started = time.perf_counter()
     scaling.fit_law(points)
     full_fit = time.perf_counter() - started

@@ -61,17 +61,27 @@ def extracted(synthetic_corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_run(extracted, tmp_path_factory):
+def speech_sequences(extracted, tmp_path_factory) -> str:
+    """Interleaved and speech-only sequences of the synthetic corpus (context 64, 2 epochs)."""
+    from simslm import sequences
+
+    config, _, _ = extracted
+    out = tmp_path_factory.mktemp("seq") / "seq"
+    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
+                                                    streams="interleaved,speech", context_length=64, num_epochs=2))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def trained_run(extracted, speech_sequences, tmp_path_factory):
     """A tiny TWIST run on the synthetic corpus and a 4-item offline tSC built from held-out stories."""
-    from simslm import benchsets, sequences
+    from simslm import benchsets
     from simslm.train import TrainConfig, train
 
     config, _, _ = extracted
     root = tmp_path_factory.mktemp("evalrun")
-    data = root / "seq"
-    sequences.build_sequences(sequences.BuildConfig(out=str(data), manifest=config.manifest, units=config.out,
-                                                    streams="interleaved,speech", context_length=64))
-    train(TrainConfig(run_dir=str(root / "run"), data=str(data), validation_data=str(data),
+    data = speech_sequences
+    train(TrainConfig(run_dir=str(root / "run"), data=data, validation_data=data,
                       budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
     bench = root / "tsc"
     benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",

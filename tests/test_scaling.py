@@ -9,17 +9,8 @@ TRUE = scaling.Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
 
 
 def _isoflop_grid(law, noise=0.0, seed=0):
-    rng = np.random.default_rng(seed)
-    parameters, tokens, budgets = [], [], []
-    for budget in np.logspace(13, 17, 5):
-        n_opt, _ = law.optimum(budget)
-        for factor in np.logspace(-1.2, 1.2, 7):
-            parameters.append(n_opt * factor)
-            tokens.append(budget / (6 * n_opt * factor))
-            budgets.append(budget)
-    parameters, tokens = np.array(parameters), np.array(tokens)
-    loss = law.loss(parameters, tokens) * np.exp(noise * rng.standard_normal(len(parameters)))
-    return scaling.Points(parameters, tokens, loss, np.array(budgets))
+    return scaling.synthetic_isoflop_points(law, np.logspace(13, 17, 5), np.logspace(-1.2, 1.2, 7), noise=noise,
+                                            seed=seed)
 
 
 def test_approach3_recovers_a_known_law_within_its_intervals():

@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from simslm import sequences, sweep
+from simslm import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(extracted, tmp_path_factory):
-    config, _, _ = extracted
-    out = tmp_path_factory.mktemp("sweepdata") / "seq"
-    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
-                                                    streams="interleaved,speech", context_length=64))
-    return str(out)
+def data(speech_sequences):
+    return speech_sequences
 
 
 def _spec(data, **changes):

@@ -16,12 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(extracted, tmp_path_factory):
-    config, _, _ = extracted
-    out = tmp_path_factory.mktemp("seq") / "seq"
-    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
-                                                    streams="interleaved,speech", context_length=64, num_epochs=2))
-    return str(out)
+def data(speech_sequences):
+    return speech_sequences
 
 
 def _config(data, run_dir, **changes):

@@ -58,6 +58,22 @@ class Points:
         return len(self.loss)
 
 
+def synthetic_isoflop_points(law: "Law", budgets: np.ndarray, size_factors: np.ndarray, *, noise: float = 0.0,
+                             seed: int = 0) -> Points:
+    """An isoFLOP grid drawn from a known law: at each budget, sizes around the optimum times
+    `size_factors`, with multiplicative log-normal noise. For testing fits and timing them."""
+    parameters, tokens, grid_budgets = [], [], []
+    for budget in budgets:
+        n_opt, _ = law.optimum(budget)
+        for factor in size_factors:
+            parameters.append(n_opt * factor)
+            tokens.append(budget / (6 * n_opt * factor))
+            grid_budgets.append(budget)
+    parameters, tokens = np.array(parameters), np.array(tokens)
+    loss = law.loss(parameters, tokens) * np.exp(noise * np.random.default_rng(seed).standard_normal(len(tokens)))
+    return Points(parameters, tokens, loss, np.array(grid_budgets))
+
+
 def read_table(path: str | Path, *, convention: str = "all", loss_column: str = "loss") -> Points:
     """Points from a CSV or JSONL table with columns for parameters, tokens or flops, and loss.
 
