@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,8 +147,6 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
 
 def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
     """Sub-folders name groups (speakers, say); files that all sit in one folder form the group `all`."""
-    from dataclasses import replace
-
     return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
 
 
@@ -194,7 +192,8 @@ class BenchBuildConfig:
     out: str
     """Output folder (the benchmark, in the published layout, plus bench.json)."""
     voices: str = "single"
-    """single (one voice) or heldout (multi-speaker, voices never used in training)."""
+    """single (one voice), heldout (multi-speaker, voices never used in training), or train (the
+    training voices: an in-domain diagnostic, not a held-out benchmark)."""
     source: str = ""
     """sblimp: BLiMP asset or folder of jsonl (default blimp); tsc: corpus[start:stop] of held-out
     stories (default tinystories-sample[2000:])."""
@@ -230,9 +229,9 @@ def _task(file_id: str, text: str, voice_set: str, seed: int, item_index: int, o
 def _blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, Any]]:
     folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
     chosen = []
-    for path in sorted(folder.glob("*.jsonl")):
-        rows = [row for row in (json.loads(line) for line in path.read_text().splitlines() if line.strip())]
-        order = np.random.default_rng([seed, len(chosen)]).permutation(len(rows))[:per_phenomenon]
+    for number, path in enumerate(sorted(folder.glob("*.jsonl"))):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        order = np.random.default_rng([seed, number]).permutation(len(rows))[:per_phenomenon]
         chosen.extend(rows[i] for i in sorted(order))
     return chosen
 
@@ -285,8 +284,8 @@ def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
 
 def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     """Synthesise an offline benchmark in its published layout; return what bench.json records."""
-    if config.voices not in ("single", "heldout"):
-        raise ValueError(f"voices must be single or heldout, not '{config.voices}'")
+    if config.voices not in ("single", "heldout", "train"):
+        raise ValueError(f"voices must be single, heldout or train, not '{config.voices}'")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     audio_dir = out / "audio"

@@ -37,8 +37,8 @@ class DemoConfig:
     """Size-family depths of the sweep (width = 32 x depth)."""
     budgets_flops: str = "1.5e11,4e11,1e12"
     """isoFLOP budgets (C = 6ND) of the sweep."""
-    text_tokens_per_parameter: float = 20.0
-    """Pretraining tokens per parameter for the text-LM family (Chinchilla's ratio)."""
+    text_tokens_per_parameter: float = 10.0
+    """Pretraining tokens per parameter for the text-LM family (half Chinchilla's 20, to fit the time)."""
     context_length: int = 256
     batch_size: int = 8
     tsc_items: int = 100
@@ -171,8 +171,14 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     if main:
         approach3 = main["approach3"]
         low, high = approach3["ci_a"]
-        allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
-                      "is not resolved (the interval includes 0.5)")
+        smallest = min(row["parameters"] for row in rows)
+        at_edge = [b for b in budgets if best.get(("interleaved-twist", b), {}).get("parameters") == smallest]
+        if at_edge:
+            allocation = (f"cannot be judged (the smallest model is the best at {len(at_edge)} of {len(budgets)} "
+                          f"budgets, so the grid does not bracket the optimum and the exponents extrapolate)")
+        else:
+            allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
+                          "is not resolved (the interval includes 0.5)")
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
                      f"here: a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], approach 2 a = "
                      f"{main['approach2']['a']:.3f}, approach 1 a = {main['approach1']['a']:.3f}.")

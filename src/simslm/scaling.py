@@ -236,6 +236,11 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
     return float(value), gradient
 
 
+# Bounds on (log A, log B, log E, alpha, beta): non-negative exponents, and coefficients
+# within exp(60). Unbounded, a bootstrap resample of a degenerate grid (all minima at one
+# size) sent log A past what a float can exponentiate.
+PARAMETER_BOUNDS = ((-20.0, 60.0), (-20.0, 60.0), (-20.0, 10.0), (0.0, 5.0), (0.0, 5.0))
+
 # Hoffmann et al.'s grid of initialisations (their Appendix D.2), as Epoch AI used it.
 START_GRID = {"alpha": (0.0, 0.5, 1.0, 1.5, 2.0), "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
               "e": (-1.0, -0.5, 0.0, 0.5, 1.0), "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
@@ -264,7 +269,8 @@ def _minimise(log_n, log_d, log_loss, starts, delta) -> np.ndarray:
             # The Huber sums are tiny (residuals of ~1e-3 on log-loss), so scipy's default
             # tolerances would stop at the start; these let L-BFGS walk the flat E-A-B valleys.
             result = minimize(_objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
-                              method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-14, "maxiter": 2000})
+                              method="L-BFGS-B", bounds=PARAMETER_BOUNDS,
+                              options={"gtol": 1e-12, "ftol": 1e-14, "maxiter": 2000})
             if result.fun < best_value:
                 best, best_value = result.x, result.fun
     return best

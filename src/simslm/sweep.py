@@ -190,7 +190,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
     """Run up to `num_parallel` runs at once, each a subprocess with `threads_per_run` threads."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     waiting = list(runs)
-    active: dict[str, subprocess.Popen] = {}
+    active: dict[str, tuple[subprocess.Popen, Any]] = {}  # run id -> (process, its log file)
     bar = jobs.progress(range(len(runs)), "sweep runs")
     progress = iter(bar)
     failures = []
@@ -199,21 +199,23 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
             while waiting and len(active) < num_parallel:
                 run = waiting.pop(0)
                 log = open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a")
-                active[run["id"]] = subprocess.Popen(
+                active[run["id"]] = (subprocess.Popen(
                     [sys.executable, "-m", "simslm", "sweep", "run-one", str(sweep_dir), run["id"]],
-                    stdout=log, stderr=subprocess.STDOUT, env=environment)
+                    stdout=log, stderr=subprocess.STDOUT, env=environment), log)
             time.sleep(0.2)
-            for identifier, process in list(active.items()):
+            for identifier, (process, log) in list(active.items()):
                 if process.poll() is not None:
                     del active[identifier]
+                    log.close()
                     next(progress, None)
                     if process.returncode != 0:
                         failures.append(identifier)
     finally:
-        for process in active.values():  # interrupted: stop the children too (their runs resume later)
+        for process, _ in active.values():  # interrupted: stop the children too (their runs resume later)
             process.terminate()
-        for process in active.values():
+        for process, log in active.values():
             process.wait()
+            log.close()
         bar.close()
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)} "
