@@ -109,3 +109,33 @@ def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
     again = benchsets._blimp_pairs("", 1, 0)
     assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in benchsets._blimp_pairs("", 1, 0)]
+
+
+def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile
+
+    def wav_bytes(hz):
+        buffer = io.BytesIO()
+        t = np.arange(24000) / 24000  # Kokoro-TTS writes 24 kHz
+        soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 24000, format="WAV")
+        return buffer.getvalue()
+
+    for speaker in ("bm", "af"):
+        rows = [{"id": f"story{i}", "correct_text": "He went home.", "negative_text": "The sea sang.",
+                 "correct_audio": {"bytes": wav_bytes(220), "path": "a.wav"},
+                 "negative_audio": {"bytes": wav_bytes(330), "path": "b.wav"}} for i in range(3)]
+        (tmp_path / "sSC" / speaker).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "sSC" / speaker / "train-00000.parquet")
+    layout, pairs = benchsets.load(tmp_path)
+    assert layout == "hf-parquet" and len(pairs) == 6
+    assert sorted({p.group for p in pairs}) == ["sSC/af", "sSC/bm"]
+    samples = audio.load_audio(pairs[0].positive[0].audio)
+    assert len(samples) == 16000 and pairs[0].positive[0].text == "He went home."
+    assert benchsets.load(tmp_path)[1][0].positive[0].audio == pairs[0].positive[0].audio  # cached, not rewritten
+    pq.write_table(pa.Table.from_pylist([{"id": "x"}]), tmp_path / "sSC" / "bm" / "train-00001.parquet")
+    with pytest.raises(benchsets.BenchError, match="train-00001.parquet: no column"):
+        benchsets.load(tmp_path)

@@ -6,9 +6,10 @@ Every set becomes a list of `Pair`s: a positive and a negative side, each a sequ
 - `slm21`: ZeroSpeech 2021 sBLIMP (`gold.csv` with `id`, `filename`, `type`, `correct`,
   audio beside it); pairs share an `id` (and `voice`, when the file has that column).
 - `storycloze`: the Spoken StoryCloze folders (sSC, tSC): `<id>_correct.wav` and
-  `<id>_incorrect.wav`, found recursively; a sub-folder name becomes the pair's group, so
-  the multi-speaker StoryCloze (`slprl/multispeaker-storycloze`, one folder per speaker once
-  downloaded) reads with the same loader.
+  `<id>_incorrect.wav`, found recursively; a sub-folder name (a speaker) becomes the group.
+- `hf-parquet`: the multi-speaker StoryCloze as the hub stores it
+  (`slprl/multispeaker-storycloze`): parquet shards per task and speaker with the audio
+  bytes in the rows.
 - `cross-modal`: `<id>_mutual`, `<id>_correct`, `<id>_incorrect`, each as `.wav`/`.flac` and
   `.txt`: the context and the two endings, so S, S→T, T→S and T (the paper's Table 2) are
   four ways of pairing the same items.
@@ -145,13 +146,56 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
     return pairs
 
 
+HF_COLUMNS = ("id", "correct_text", "correct_audio", "negative_text", "negative_audio")
+
+
+def load_hf_parquet(folder: Path) -> list[Pair]:
+    """The multi-speaker StoryCloze as the HF hub stores it (`slprl/multispeaker-storycloze`).
+
+    Parquet shards per task and speaker (e.g. `sSC/bm/train-*.parquet`); each row has `id`,
+    `correct_text`, `correct_audio` ({bytes, path}), `negative_text`, `negative_audio`. The
+    shard's folder is the pair's group. Audio bytes are written once to the cache as files,
+    so extraction reads them like any benchmark audio.
+    """
+    import hashlib
+
+    import pyarrow.parquet as parquet
+
+    shards = sorted(folder.rglob("*.parquet"))
+    digest = hashlib.sha256("\n".join(f"{s.resolve()}:{s.stat().st_size}" for s in shards).encode()).hexdigest()
+    cache = assets.cache_dir() / "bench-audio" / digest[:16]
+    pairs = []
+    for shard in shards:
+        table = parquet.read_table(shard)
+        missing = [c for c in HF_COLUMNS if c not in table.column_names]
+        if missing:
+            raise BenchError(f"{shard}: no column(s) {', '.join(missing)} (expected {', '.join(HF_COLUMNS)})")
+        group = str(shard.parent.relative_to(folder)) if shard.parent != folder else "all"
+        for row in table.select(list(HF_COLUMNS)).to_pylist():
+            sides = []
+            for side in ("correct", "negative"):
+                blob = row[f"{side}_audio"] or {}
+                if not blob.get("bytes"):
+                    raise BenchError(f"{shard}: row {row['id']} has no {side}_audio bytes")
+                suffix = Path(blob.get("path") or "x.wav").suffix or ".wav"
+                path = cache / group / f"{row['id']}_{side}{suffix}"
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    temporary = path.with_name(f".{path.name}.tmp")
+                    temporary.write_bytes(blob["bytes"])
+                    temporary.replace(path)
+                sides.append(Part("speech", row[f"{side}_text"], str(path)))
+            pairs.append(Pair(f"{group}/{row['id']}", group, (sides[0],), (sides[1],)))
+    return pairs
+
+
 def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
     """Sub-folders name groups (speakers, say); files that all sit in one folder form the group `all`."""
     return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
 
 
 LAYOUTS: dict[str, Callable[..., list[Pair]]] = {"slm21": load_slm21, "storycloze": load_storycloze,
-                                                  "cross-modal": load_cross_modal}
+                                                  "cross-modal": load_cross_modal, "hf-parquet": load_hf_parquet}
 
 
 def detect_layout(folder: Path) -> str:
@@ -164,6 +208,8 @@ def detect_layout(folder: Path) -> str:
         return "cross-modal"
     if next(folder.rglob("*_correct.*"), None) is not None:
         return "storycloze"
+    if next(folder.rglob("*.parquet"), None) is not None:
+        return "hf-parquet"
     raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt or *_correct.wav)")
 
 
