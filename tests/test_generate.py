@@ -46,13 +46,14 @@ def test_judge_prefers_real_text_to_shuffled_words():
 
 
 def test_generation_metrics_on_a_trained_run(trained_run):
-    from simslm.evaluate import load_run_model
+    import json
+
+    from simslm.evaluate import EvalConfig, evaluate_run
 
     run, bench = trained_run
-    model, vocabulary, _ = load_run_model(run, "cpu")
-    result = generate.generation_metrics(model, vocabulary, bench, run, "cpu", options=generate.GenerationOptions(
-        num_prompts=2, max_new_speech_tokens=40, max_new_text_tokens=10))
-    assert result["num_prompts"] == 2
+    evaluate_run(EvalConfig(run=str(run), bench=(f"generation={bench}",), generation_prompts=2))
+    result = json.loads((run / "eval.json").read_text())["benchmarks"]["generation"]
+    assert result["num_prompts"] == 2 and result["chain"]["asr"] == "pocketsphinx"
     for key in ("speech_to_speech", "speech_to_text"):
         assert set(result[key]) >= {"auto_bleu2", "self_bleu4", "gen_ppl", "num_empty"}
     # The chain applied to real speech: vocoded held-out endings, transcribed, judged.

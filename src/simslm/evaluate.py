@@ -276,6 +276,13 @@ class EvalConfig(ScoringOptions):
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    generation_prompts: int = 16
+    """generation: prompts to continue (from the benchmark's contexts)."""
+    asr: str = "pocketsphinx"
+    """generation: ASR for GenPPL (pocketsphinx offline; whisper with --asr-model PATH)."""
+    asr_model: str | None = None
+    judge: str = "stories260K"
+    """generation: judge LM for GenPPL (an asset, HF folder or id, .bin or .gguf; e.g. Llama-3.2-1B)."""
 
 
 def load_run_model(run_dir: Path, device: str):
@@ -309,8 +316,10 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         if label == "generation":
             from simslm import generate
 
+            options = generate.GenerationOptions(num_prompts=config.generation_prompts, asr=config.asr,
+                                                 asr_model=config.asr_model, judge=config.judge)
             results["generation"] = generate.generation_metrics(model, vocabulary, Path(path), run_dir, device,
-                                                                seed=config.seed)
+                                                                seed=config.seed, options=options)
             continue
         folder = Path(path)
         label = label or folder.name

@@ -285,6 +285,8 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     table = units_for_audio(prompts + [e.audio for e in endings], units_folder, bench_units_cache())
     header = jobs.read_json(units_folder / "units.json")
     vocoder = LogMelInversionVocoder(header["codebook"])
+    if options.asr not in ASRS:
+        raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")
     asr = ASRS[options.asr](options.asr_model) if options.asr_model else ASRS[options.asr]()
     judge = JudgeLM(options.judge)
     unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
