@@ -129,3 +129,24 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100"]) == 0
     out = capsys.readouterr().out
     assert "cli/T" in out and "95% CI" in out and "eval.json" in out
+
+
+def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path):
+    from simslm import audio, units
+
+    run, bench = trained_run
+    header = json.loads((evaluate.run_units_folder(run) / "units.json").read_text())
+    files = sorted((bench / "audio").glob("*.flac"))
+    records = [{"id": f.stem, "path": str(f), "duration_sec": audio.audio_info(f)[1]} for f in files]
+    units.extract_units(units.ExtractConfig(manifest="bench", codebook=header["codebook"], out=str(tmp_path / "u"),
+                                            num_workers=1), records=records)
+    model, vocabulary, _ = evaluate.load_run_model(run, "cpu")
+    for mode in ("S", "T2S"):
+        _, pairs = benchsets.load(bench, mode)
+        options = evaluate.ScoringOptions()
+        from_audio = evaluate.score_pairs(model, pairs, vocabulary, evaluate.units_lookup(pairs, run, None), options)
+        from_units = evaluate.score_pairs(model, pairs, vocabulary,
+                                          evaluate.units_lookup(pairs, run, str(tmp_path / "u")), options)
+        assert from_units[3] == 0  # nothing skipped
+        np.testing.assert_allclose(from_units[0], from_audio[0], rtol=1e-6)
+        np.testing.assert_allclose(from_units[1], from_audio[1], rtol=1e-6)
