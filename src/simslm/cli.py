@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simslm.demo import DemoConfig
 
-    demo_parser = commands.add_parser("demo", help="the whole offline scaling study from nothing (~30 min on 2 cores)")
+    demo_parser = commands.add_parser("demo", help="the whole offline scaling study from nothing (~20 min on 2 cores)")
     add_config_arguments(demo_parser, DemoConfig)
     demo_parser.set_defaults(handler=_demo_command)
 
