@@ -33,7 +33,7 @@ import numpy as np
 from simslm import assets, jobs
 from simslm import text as text_lib
 from simslm.manifest import read_manifest
-from simslm.synth import VOICE_SETS, _synthesize_one, choose_speaker, read_corpus
+from simslm.synth import _synthesize_one, read_corpus, synth_task
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 BENCH_FILE = "bench.json"
@@ -265,13 +265,6 @@ def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[
     return records
 
 
-def _task(file_id: str, text: str, voice_set: str, seed: int, item_index: int, out: Path) -> dict[str, Any]:
-    preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, item_index)
-    return {"id": file_id, "line": item_index, "text": text, "voice": preset.voice,
-            "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": "espeak-ng",
-            "audio_format": "flac", "out_dir": str(out)}
-
-
 def _blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, Any]]:
     folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
     chosen = []
@@ -294,11 +287,16 @@ def _story_key(text: str) -> str:
     return " ".join(text_lib.words(text_lib.speakable(text))).lower()
 
 
+def _is_manifest(path: Path) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        return "transcript" in handle.readline()
+
+
 def training_stories(exclude: str) -> set[str]:
     """Normalised texts of the training manifests or corpora named in `exclude`."""
     keys: set[str] = set()
     for source in (s.strip() for s in exclude.split(",") if s.strip()):
-        if source.endswith(".jsonl") and Path(source).exists() and "transcript" in Path(source).open().readline():
+        if source.endswith(".jsonl") and Path(source).exists() and _is_manifest(Path(source)):
             keys.update(_story_key(u.transcript) for u in read_manifest(source))
         else:
             keys.update(_story_key(value) for _, value, _ in read_corpus(source) if value)
@@ -340,8 +338,8 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
         tasks = []
         for index, row in enumerate(rows):
             for side in ("good", "bad"):
-                tasks.append(_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
-                                   index, out))
+                tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
+                                        index, out))
         records = _speak_all(tasks, config.num_workers)
         gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
                       "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
@@ -357,7 +355,7 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
             stem = f"tsc-{item['line']:06d}"
             for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
                                ("incorrect", item["wrong_ending"])):
-                tasks.append(_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
+                tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
                 texts[f"{stem}_{role}"] = text
         records = _speak_all(tasks, config.num_workers)
         bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}

@@ -152,11 +152,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     fits = jobs.read_json(sweep_dir / "fit.json")["variants"]
     lines = [f"simslm demo: {len(rows)} runs, {sum(timings.values()) / 60:.1f} min of stages "
              f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"]
-    best = {}
-    for row in rows:
-        key = (row["variant"], row["budget"])
-        if row.get("loss_speech") is not None and (key not in best or row["loss_speech"] < best[key]["loss_speech"]):
-            best[key] = row
+    best = sweep.best_runs(rows)
     budgets = sorted({b for _, b in best})
     wins = [b for b in budgets if ("interleaved-twist", b) in best and ("textless-twist", b) in best
             and best[("interleaved-twist", b)]["loss_speech"] < best[("textless-twist", b)]["loss_speech"]]
@@ -185,8 +181,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     accuracies = [(row, key, value) for row in rows for key, value in row.items() if key.startswith("acc/tsc/S")]
     if accuracies:
         row, key, value = max(accuracies, key=lambda item: item[2])
-        entry = jobs.read_json(Path(sweep.load_sweep(sweep_dir)["runs"][0]["config"]["run_dir"]).parent /
-                               row["id"] / "eval.json")["benchmarks"][key[4:]]
+        entry = jobs.read_json(Path(row["run_dir"]) / "eval.json")["benchmarks"][key[4:]]
         lines.append(f"Best spoken tSC ({key[4:]}): {100 * value:.1f}% [{100 * entry['ci_low']:.1f}, "
                      f"{100 * entry['ci_high']:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
                      f"not the published set).")

@@ -325,13 +325,13 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         label = label or folder.name
         layout = benchsets.detect_layout(folder)
         modes = [m.strip() for m in config.modes.split(",")] if layout == "cross-modal" else [None]
-        for mode in modes:
+        pairs_by_mode = {mode: _sample(benchsets.load(folder, mode)[1], config.max_pairs, config.seed)
+                         for mode in modes}
+        # One lookup for every mode: the modes share the folder's audio.
+        units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], run_dir,
+                                config.units, config.num_workers)
+        for mode, pairs in pairs_by_mode.items():
             started = time.perf_counter()
-            _, pairs = benchsets.load(folder, mode)
-            if config.max_pairs and len(pairs) > config.max_pairs:
-                chosen = np.random.default_rng(config.seed).choice(len(pairs), config.max_pairs, replace=False)
-                pairs = [pairs[i] for i in sorted(chosen)]
-            units_of = units_lookup(pairs, run_dir, config.units, config.num_workers)
             positive, negative, groups, skipped = score_pairs(model, pairs, vocabulary, units_of,
                                                               config, device)
             aggregation = config.aggregation if config.aggregation != "auto" else \
@@ -339,7 +339,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
             entry = accuracy_with_ci(pair_outcomes(positive, negative), groups, aggregation=aggregation,
                                      num_resamples=config.num_resamples, seed=config.seed)
             entry.update({"layout": layout, "mode": mode, "folder": str(folder.resolve()), "num_skipped": skipped,
-                          "scoring": {f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")}, "wall_sec": round(time.perf_counter() - started, 3),
+                          "scoring": {f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")},
+                          "wall_sec": round(time.perf_counter() - started, 3),
                           "note": _bench_note(folder)})
             results[f"{label}/{mode}" if mode else label] = entry
     eval_path = run_dir / "eval.json"
@@ -348,6 +349,14 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     merged["model_dir"] = str(run_dir / "model")
     jobs.write_json(eval_path, merged)
     return results
+
+
+def _sample(pairs: list[benchsets.Pair], max_pairs: int | None, seed: int) -> list[benchsets.Pair]:
+    """At most `max_pairs` of the pairs, a seeded sample in their original order."""
+    if not max_pairs or len(pairs) <= max_pairs:
+        return pairs
+    chosen = np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False)
+    return [pairs[i] for i in sorted(chosen)]
 
 
 def _bench_note(folder: Path) -> str | None:

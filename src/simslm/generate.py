@@ -133,17 +133,9 @@ class LogMelInversionVocoder:
         self.iterations = iterations
         self._inverse = np.linalg.pinv(self.encoder._filters)
 
-    def _raw_log_mel(self, samples: np.ndarray) -> np.ndarray:
-        encoder = self.encoder
-        num_frames = 1 + max(0, len(samples) - encoder.window_samples) // encoder.hop_samples
-        strides = (samples.strides[0] * encoder.hop_samples, samples.strides[0])
-        frames = np.lib.stride_tricks.as_strided(samples, (num_frames, encoder.window_samples), strides)
-        power = np.abs(np.fft.rfft(frames * encoder._window, n=encoder.fft_size)) ** 2
-        return np.log(power @ encoder._filters.T + 1e-6)
-
     def __call__(self, units: np.ndarray, reference_audio: str) -> np.ndarray:
         encoder = self.encoder
-        reference = self._raw_log_mel(audio.load_audio(reference_audio))
+        reference = encoder.log_mel(audio.load_audio(reference_audio))
         stacked = reference[:len(reference) - len(reference) % encoder.stack].reshape(-1, encoder.dim)
         features = self.codebook.centroids[np.asarray(units)] * stacked.std(axis=0) + stacked.mean(axis=0)
         log_mel = features.reshape(-1, encoder.num_mels)

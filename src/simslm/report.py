@@ -40,9 +40,9 @@ def _save(plt, figure, path: Path) -> str:
 
 
 def _best_per_budget(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    budgets = sorted({row["budget"] for row in rows})
-    best = [min(row["loss_speech"] for row in rows if row["budget"] == b) for b in budgets]
-    return np.array(budgets), np.array(best)
+    """Budgets and the lowest speech CE at each, for one variant's rows."""
+    best = sorted((budget, row["loss_speech"]) for (_, budget), row in sweep.best_runs(rows).items())
+    return np.array([b for b, _ in best]), np.array([loss for _, loss in best])
 
 
 def plot_best_loss(rows, fits, folder: Path) -> str:

@@ -276,7 +276,8 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         result = jobs.read_json(run_dir / "result.json")
         validation = result.get("validation") or {}
-        row = {"id": run["id"], "variant": run["variant"], "depth": run["depth"], "budget": run["budget_flops"],
+        row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
+               "budget": run["budget_flops"],
                "parameters": result["parameters"]["total"],
                "non_embedding_parameters": result["parameters"]["non_embedding"],
                "tokens": result["tokens"], "flops": result["flops"],
@@ -291,20 +292,32 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
+    """The run with the lowest speech CE for each (variant, budget): the compute envelope."""
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["variant"], row["budget"])
+        if row.get("loss_speech") is not None and (key not in best or row["loss_speech"] < best[key]["loss_speech"]):
+            best[key] = row
+    return best
+
+
 def status_table(sweep_dir: str | os.PathLike) -> str:
     """A line per run: status, size, budget and, when finished, losses and accuracies."""
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
     finished = {row["id"]: row for row in collect(sweep_dir)}
     lines = [f"{'run':<44} {'status':<10} {'params':>9} {'budget':>8} {'speech CE':>9}  accuracies"]
+    counts: dict[str, int] = {}
     for run in sweep["runs"]:
+        status = run_status(run, bench)
+        counts[status] = counts.get(status, 0) + 1
         row = finished.get(run["id"], {})
         accuracies = " ".join(f"{k[4:]}={v:.3f}" for k, v in row.items() if k.startswith("acc/"))
         speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
         parameters = f"{row['parameters'] / 1e6:.2f}M" if row else "-"
-        lines.append(f"{run['id']:<44} {run_status(run, bench):<10} {parameters:>9} {run['budget_flops']:>8.1e} "
+        lines.append(f"{run['id']:<44} {status:<10} {parameters:>9} {run['budget_flops']:>8.1e} "
                      f"{speech:>9}  {accuracies}")
-    counts = status_counts(sweep_dir)
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return "\n".join(lines)
 

@@ -182,6 +182,15 @@ def choose_speaker(voice_set: tuple[VoicePreset, ...], seed: int, line_index: in
     return preset, pitch, rate
 
 
+def synth_task(utterance_id: str, text: str, voice_set: str, seed: int, line: int, out_dir: str | os.PathLike, *,
+               backend: str = "espeak-ng", audio_format: str = "flac") -> dict[str, Any]:
+    """One line to speak, with the speaker that (seed, line) picks from the voice set: a `_synthesize_one` task."""
+    preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, line)
+    return {"id": utterance_id, "line": line, "text": text, "voice": preset.voice,
+            "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": backend,
+            "audio_format": audio_format, "out_dir": str(out_dir)}
+
+
 def _synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
     """Worker: speak one line, write its audio atomically, return its manifest record."""
     utterance_id = task["id"]
@@ -223,7 +232,6 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = config.id_prefix or corpus.stem
-    voice_set = VOICE_SETS[config.voice_set]
     journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
     done = {key: record for key, record in journal.read().items() if "skipped" not in record}
 
@@ -247,10 +255,8 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
             num_reused += 1
             continue
         done.pop(utterance_id, None)  # recorded, but its audio is gone: speak it again
-        preset, pitch, rate = choose_speaker(voice_set, config.seed, index)
-        tasks.append({"id": utterance_id, "line": index, "text": value, "voice": preset.voice,
-                      "speaker": f"{config.voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate,
-                      "backend": config.backend, "audio_format": config.audio_format, "out_dir": str(out_dir)})
+        tasks.append(synth_task(utterance_id, value, config.voice_set, config.seed, index, out_dir,
+                                backend=config.backend, audio_format=config.audio_format))
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
     for record in jobs.parallel_map(_synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),

@@ -60,17 +60,23 @@ class LogMelEncoder:
         self._window = np.hanning(self.window_samples).astype(np.float32)
         self.dim = num_mels * stack
 
-    def encode(self, samples: np.ndarray) -> np.ndarray:
-        """Features (frames, dim) for 16 kHz mono samples; one frame per 40 ms."""
-        num_frames = 1 + max(0, len(samples) - self.window_samples) // self.hop_samples
-        num_frames -= num_frames % self.stack
-        if num_frames == 0:
-            raise ValueError(f"audio shorter than {self.stack * self.hop_samples / 16000:.2f} s")
+    def log_mel(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel energies (frames, num_mels) at 100 Hz, before stacking and normalisation."""
+        if len(samples) < self.window_samples:
+            return np.empty((0, self.num_mels), dtype=np.float32)
+        num_frames = 1 + (len(samples) - self.window_samples) // self.hop_samples
         strides = (samples.strides[0] * self.hop_samples, samples.strides[0])
         frames = np.lib.stride_tricks.as_strided(samples, (num_frames, self.window_samples), strides)
         power = np.abs(np.fft.rfft(frames * self._window, n=self.fft_size)) ** 2
-        log_mel = np.log(power @ self._filters.T + 1e-6).astype(np.float32)
-        stacked = log_mel.reshape(num_frames // self.stack, self.dim)
+        return np.log(power @ self._filters.T + 1e-6).astype(np.float32)
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Features (frames, dim) for 16 kHz mono samples; one frame per 40 ms."""
+        log_mel = self.log_mel(samples)
+        num_frames = len(log_mel) - len(log_mel) % self.stack
+        if num_frames == 0:
+            raise ValueError(f"audio shorter than {self.stack * self.hop_samples / 16000:.2f} s")
+        stacked = log_mel[:num_frames].reshape(num_frames // self.stack, self.dim)
         # Per-utterance normalisation removes channel and speaker level differences.
         return (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-5)
 
