@@ -99,6 +99,55 @@ def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabul
     assert short_owners[-1] == 2
 
 
+def _naive_side(model, parts, vocabulary, units_of, *, scored_part):
+    """Mean log-likelihood of one part's tokens, from a sequence built by hand."""
+    tokens, owners = evaluate.encode_parts(parts, vocabulary, units_of, max_length=128)
+    total, count = _naive(model, tokens, (owners == scored_part)[1:], vocabulary, speech_vocab=False)
+    return total / count
+
+
+@pytest.mark.parametrize("ending", ["speech", "text"])
+def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocabulary, ending):
+    rng = np.random.default_rng(5)
+    units = {name: rng.integers(0, vocabulary.num_units, int(rng.integers(6, 20))) for name in "cpn"}
+    context = benchsets.Part("speech", audio="c")
+    sides = {"p": (benchsets.Part("speech", audio="p") if ending == "speech" else benchsets.Part("text", "Tom was happy.")),
+             "n": (benchsets.Part("speech", audio="n") if ending == "speech" else benchsets.Part("text", "A red ball fell."))}
+    pair = benchsets.Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
+    options = evaluate.ScoringOptions(baseline="no-context")
+    positive, negative, _, _, without_baseline = evaluate.score_pairs(tiny_model, [pair], vocabulary,
+                                                                       units.__getitem__, options)
+    assert ending == "text" or units["p"][0] == units["c"][-1]
+    for score, side in ((positive[0], sides["p"]), (negative[0], sides["n"])):
+        with_context = _naive_side(tiny_model, (context, side), vocabulary, units.__getitem__, scored_part=1)
+        # Alone means the very tokens scored after the context: a unit merged across the
+        # context/ending cut (the seed makes "p" start with the context's last unit) stays out.
+        merged = side.audio is not None and units[side.audio][0] == units["c"][-1]
+        alone_units = {**units, "p": units["p"][1:] if merged else units["p"]}
+        alone = _naive_side(tiny_model, (side,), vocabulary, alone_units.__getitem__, scored_part=0)
+        assert score == pytest.approx(with_context - alone, abs=1e-5)
+        assert abs(alone) > 0.1  # the baseline really removed something
+    # The standard score is the with-context part alone; the baseline changes the scores.
+    plain = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, evaluate.ScoringOptions())
+    assert plain[0][0] == pytest.approx(_naive_side(tiny_model, (context, sides["p"]), vocabulary,
+                                                   units.__getitem__, scored_part=1), abs=1e-5)
+    assert plain[0][0] != pytest.approx(positive[0], abs=1e-3)
+    assert without_baseline[0][0] == plain[0][0] and without_baseline[1][0] == plain[1][0]
+
+
+def test_no_context_baseline_leaves_items_without_context_alone(tiny_model, vocabulary):
+    units = {"p": np.array([1, 2, 3, 4]), "n": np.array([4, 3, 2, 1])}
+    pair = benchsets.Pair("0", "all", (benchsets.Part("speech", audio="p"),), (benchsets.Part("speech", audio="n"),))
+    plain = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, evaluate.ScoringOptions())
+    based = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__,
+                                 evaluate.ScoringOptions(baseline="no-context"))
+    assert based[0].tolist() == plain[0].tolist() and based[1].tolist() == plain[1].tolist()
+    assert based.without_baseline is None
+    assert evaluate._applied_baseline([pair], evaluate.ScoringOptions(baseline="no-context")) == "none"
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        evaluate.ScoringOptions(baseline="pmi")
+
+
 # --- end to end on a tiny trained run -----------------------------------------------------------
 
 
@@ -111,7 +160,7 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
         entry = results[f"tsc/{mode}"]
         assert entry["num_pairs"] == 4 and entry["aggregation"] == "pairs" and entry["mode"] == mode
         assert entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"]
-        assert entry["scoring"] == {"reduction": "mean", "speech_vocab": False, "span": "auto"}
+        assert entry["scoring"] == {"reduction": "mean", "speech_vocab": False, "span": "auto", "baseline": "none"}
     assert results["validation"]["loss_speech"] > 0
     written = json.loads((run / "eval.json").read_text())
     assert written["benchmarks"]["tsc/T"] == json.loads(json.dumps(results["tsc/T"]))
@@ -120,6 +169,11 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
     written = json.loads((run / "eval.json").read_text())
     assert {"tsc/S", "again/S", "validation"} <= set(written["benchmarks"])
     assert written["benchmarks"]["again/S"]["scoring"]["reduction"] == "sum"
+    evaluate.evaluate_run(evaluate.EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes="S", baseline="no-context"))
+    written = json.loads((run / "eval.json").read_text())
+    assert written["benchmarks"]["pmi/S"]["scoring"]["baseline"] == "no-context"
+    # The plain score comes free with the baseline one: the same as scoring without it.
+    assert written["benchmarks"]["pmi/S"]["without_baseline"]["accuracy"] == written["benchmarks"]["tsc/S"]["accuracy"]
 
 
 def test_eval_cli_prints_the_table(trained_run, capsys):

@@ -92,3 +92,26 @@ def test_smollm2_gguf_loads_as_an_fp32_llama():
     loaded = model.load_base_model(str(path))
     assert next(loaded.parameters()).dtype == torch.float32
     assert model.parameter_groups(loaded).total == 134_515_008
+
+
+@pytest.mark.slow
+def test_a_gguf_base_gives_its_tokenizer_and_saves_like_any_model(tmp_path):
+    """A run from SmolLM2's GGUF must write model/: transformers leaves a GGUF quantizer
+    attached that made save_pretrained refuse the (already fp32) model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simslm import sequences
+
+    path = model.smollm2_gguf_path()
+    tokenizer = sequences.load_base_tokenizer(str(path))
+    assert len(tokenizer) == 49152
+    assert tokenizer.decode(tokenizer("Once upon a time")["input_ids"]) == "Once upon a time"
+    loaded = model.load_base_model(str(path))
+    model.extend_vocabulary(loaded, len(tokenizer) + 3)
+    model.save_model(loaded, tokenizer, tmp_path / "model")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
+    ids = torch.tensor([[1, 6403, 1980, len(tokenizer) + 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, loaded(input_ids=ids).logits)
+    assert AutoTokenizer.from_pretrained(tmp_path / "model")("Once upon a time")["input_ids"] == \
+        tokenizer("Once upon a time")["input_ids"]

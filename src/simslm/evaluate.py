@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -226,31 +226,85 @@ class ScoringOptions:
     span: str = "auto"
     """Scored tokens: all, continuation (the last part: the ending), or auto (continuation when a
     side has a context part, else all)."""
+    baseline: str = "none"
+    """none, or no-context: subtract each ending's score without its context (context-conditional
+    PMI), so that endings compete on what the context adds, not on how likely they are alone.
+    Applies to items with a context part when the ending alone is scored."""
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not '{self.baseline}'")
+
+
+# A tSC ending's own likelihood varies far more between two sentences than a small model's
+# context moves it (docs/LOG.md, 2026-11-29: 0.75 vs 0.05 nats per token), so the standard
+# score compares the endings' priors. Scoring the ending with and without its context and
+# keeping the difference is the domain-conditional PMI of Holtzman et al. (2021), "Surface
+# Form Competition", which removes that prior; `none` is slamkit's score and the default.
+BASELINES = ("none", "no-context")
+
+
+def continuation_alone(tokens: np.ndarray, owners: np.ndarray, vocabulary: Vocabulary,
+                       modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last part of an encoded side on its own: BOS, its modality marker, its tokens."""
+    last = owners.max()
+    head = ([] if vocabulary.bos_id is None else [vocabulary.bos_id]) + \
+        [vocabulary.speech_id if modality == "speech" else vocabulary.text_id]
+    ending = tokens[owners == last]
+    return (np.concatenate([np.asarray(head, dtype=tokens.dtype), ending]),
+            np.concatenate([np.full(len(head), SPECIAL_PART), np.full(len(ending), last)]))
+
+
+class PairScores(NamedTuple):
+    """Scores of the pairs that could be encoded (with the baseline applied, when asked)."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+    groups: list[str]
+    num_skipped: int
+    without_baseline: tuple[np.ndarray, np.ndarray] | None
+    """The same pairs' plain scores, when a baseline was subtracted from any (free: computed anyway)."""
 
 
 def score_pairs(model, pairs: list[benchsets.Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
-                options: ScoringOptions, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str], int]:
+                options: ScoringOptions, device: str = "cpu") -> PairScores:
     """Positive and negative scores of the pairs that can be encoded, their groups, and how many were skipped."""
     max_length = int(model.config.max_position_embeddings)
     sequences, scored, kept_groups, skipped = [], [], [], 0
+    with_baseline = []  # per pair: whether its sides are also scored without their context
     for pair in pairs:
         try:
             sides = [encode_parts(side, vocabulary, units_of, max_length) for side in (pair.positive, pair.negative)]
         except KeyError:  # a file whose units could not be extracted: counted, not fatal
             skipped += 1
             continue
+        continuation_only = options.span == "continuation" or (options.span == "auto" and len(pair.positive) > 1)
+        baseline = options.baseline == "no-context" and continuation_only and len(pair.positive) > 1
         for tokens, owners in sides:
-            continuation_only = options.span == "continuation" or (options.span == "auto" and len(pair.positive) > 1)
             wanted = owners == (len(pair.positive) - 1) if continuation_only else owners != SPECIAL_PART
             sequences.append(tokens)
             scored.append(wanted[1:])
+        if baseline:
+            for (tokens, owners), side in zip(sides, (pair.positive, pair.negative)):
+                alone, alone_owners = continuation_alone(tokens, owners, vocabulary, side[-1].modality)
+                sequences.append(alone)
+                scored.append((alone_owners != SPECIAL_PART)[1:])
+        with_baseline.append(baseline)
         kept_groups.append(pair.group)
     sums, counts = sequence_log_likelihoods(model, sequences, scored, vocabulary=vocabulary,
                                             speech_vocab=options.speech_vocab, batch_size=options.batch_size,
                                             device=device)
     scores = side_scores(sums, counts, options.reduction)
-    return scores[0::2], scores[1::2], kept_groups, skipped
+    plain, alone, cursor = np.zeros((len(kept_groups), 2)), np.zeros((len(kept_groups), 2)), 0
+    for index, baseline in enumerate(with_baseline):
+        plain[index] = scores[cursor:cursor + 2]
+        if baseline:  # the same tokens scored alone: what the context adds
+            alone[index] = scores[cursor + 2:cursor + 4]
+        cursor += 4 if baseline else 2
+    final = plain - alone
+    return PairScores(final[:, 0], final[:, 1], kept_groups, skipped,
+                      (plain[:, 0], plain[:, 1]) if any(with_baseline) else None)
 
 
 # --- the eval command -------------------------------------------------------------------------
@@ -332,14 +386,18 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
                                 config.units, config.num_workers)
         for mode, pairs in pairs_by_mode.items():
             started = time.perf_counter()
-            positive, negative, groups, skipped = score_pairs(model, pairs, vocabulary, units_of,
-                                                              config, device)
+            scores = score_pairs(model, pairs, vocabulary, units_of, config, device)
             aggregation = config.aggregation if config.aggregation != "auto" else \
                 ("macro" if layout == "slm21" else "pairs")
-            entry = accuracy_with_ci(pair_outcomes(positive, negative), groups, aggregation=aggregation,
-                                     num_resamples=config.num_resamples, seed=config.seed)
-            entry.update({"layout": layout, "mode": mode, "folder": str(folder.resolve()), "num_skipped": skipped,
-                          "scoring": {f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")},
+            interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
+            entry = accuracy_with_ci(pair_outcomes(scores.positive, scores.negative), scores.groups, **interval)
+            if scores.without_baseline is not None:
+                plain = accuracy_with_ci(pair_outcomes(*scores.without_baseline), scores.groups, **interval)
+                entry["without_baseline"] = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
+            entry.update({"layout": layout, "mode": mode, "folder": str(folder.resolve()),
+                          "num_skipped": scores.num_skipped,
+                          "scoring": {**{f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")},
+                                      "baseline": _applied_baseline(pairs, config)},
                           "wall_sec": round(time.perf_counter() - started, 3),
                           "note": _bench_note(folder)})
             results[f"{label}/{mode}" if mode else label] = entry
@@ -349,6 +407,12 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     merged["model_dir"] = str(run_dir / "model")
     jobs.write_json(eval_path, merged)
     return results
+
+
+def _applied_baseline(pairs: list[benchsets.Pair], options: ScoringOptions) -> str:
+    """The baseline as applied: `none` where no item has a context or whole sides are scored."""
+    has_context = any(len(pair.positive) > 1 for pair in pairs)
+    return options.baseline if has_context and options.span != "all" else "none"
 
 
 def _sample(pairs: list[benchsets.Pair], max_pairs: int | None, seed: int) -> list[benchsets.Pair]:
@@ -383,6 +447,10 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"{name:<28} {100 * entry['accuracy']:>8.1f}% "
                          f"[{100 * entry['ci_low']:5.1f}, {100 * entry['ci_high']:5.1f}]% {entry['num_pairs']:>6}  "
                          f"{entry['aggregation']}")
+            if "without_baseline" in entry:
+                plain = entry["without_baseline"]
+                lines.append(f"{'  (no baseline)':<28} {100 * plain['accuracy']:>8.1f}% "
+                             f"[{100 * plain['ci_low']:5.1f}, {100 * plain['ci_high']:5.1f}]%")
         else:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                      if isinstance(v, (int, float, str)) or v is None}

@@ -103,9 +103,16 @@ def load_base_model(source: str):
     if path.is_file() and path.suffix == ".bin":
         return convert_llama2c(path)
     if path.is_file() and path.suffix == ".gguf":
-        # transformers dequantises GGUF tensors (via the gguf package) into an fp32 model.
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                    torch_dtype=torch.float32).eval()
+        # transformers dequantises GGUF tensors (via the gguf package) into an fp32 model,
+        # but leaves its GGUF quantizer attached, and `save_pretrained` refuses any model
+        # with a quantizer it cannot serialise. The weights are plain fp32: detach it, so a
+        # run from a GGUF base can save its model like any other.
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     torch_dtype=torch.float32).eval()
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
         return AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32).eval()

@@ -98,7 +98,7 @@ class Vocabulary:
 
 
 def load_base_tokenizer(base: str):
-    """An HF tokenizer from a folder or hub id, a SentencePiece .model file, or an asset holding one."""
+    """An HF tokenizer from a folder or hub id, a SentencePiece .model or .gguf file, or an asset holding one."""
     from transformers import AutoTokenizer, LlamaTokenizer
 
     path = Path(base)
@@ -111,6 +111,8 @@ def load_base_tokenizer(base: str):
             shutil.copy(path, Path(folder) / "tokenizer.model")
             return LlamaTokenizer.from_pretrained(folder)
     try:
+        if path.is_file() and path.suffix == ".gguf":  # the tokenizer a GGUF checkpoint carries
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(base)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load tokenizer '{base}' ({error})") from None
@@ -276,7 +278,7 @@ class BuildConfig:
     out: str
     """Output folder: tokenizer/, epoch-NNN/shard-NNNNN.npy, index.json."""
     tokenizer: str = "stories260K"
-    """Base tokenizer: HF folder or hub id, SentencePiece .model, or an asset holding one."""
+    """Base tokenizer: HF folder or hub id, SentencePiece .model, .gguf file, or an asset holding one."""
     manifest: str | None = None
     """Speech corpus with word timings (for the interleaved and speech streams)."""
     units: str | None = None
