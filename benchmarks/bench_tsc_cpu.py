@@ -1,4 +1,4 @@
-"""Spoken tSC on the CPU: a trained interleaving-ready SLM against untrained ones, end to end.
+"""Spoken tSC on the CPU: SmolLM2 with TWIST, trained and untrained, and a random init, end to end.
 
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_tsc_cpu.py --out /tmp/tsc-cpu
 
@@ -6,7 +6,7 @@ Issue 6's check: a model trained on the default corpus scores above chance on th
 tSC (speech modality, S) with its 95% CI excluding 50%, and an untrained one does not.
 Every stage is the toolkit's own (synth, bench build, units, sequences, train, eval) and is
 skipped when its output exists, so a killed run continues. The defaults are the run
-recorded in docs/BENCHMARKS.md (about 75 minutes on 2 cores, most of it SmolLM2 on the CPU):
+recorded in docs/BENCHMARKS.md (about an hour on 2 cores, most of it SmolLM2 on the CPU):
 
 - speech for the first 2,000 TinyStories lines in the 8 training voices, logmel k=500 units;
 - 200 tSC items from held-out lines [2000:2300), one voice, refused if they share a story
