@@ -20,11 +20,10 @@ recorded in docs/BENCHMARKS.md (about an hour on 2 cores, most of it SmolLM2 on 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 
-from simslm import benchsets, evaluate, sequences, synth, units
+from simslm import benchsets, evaluate, jobs, sequences, synth, units
 from simslm.model import save_model, smollm2_gguf_path
 from simslm.train import TrainConfig, build_model, train
 
@@ -36,10 +35,10 @@ def untrained_run(folder: Path, trained: TrainConfig, init: str) -> Path:
     config = TrainConfig(**{**asdict(trained), "run_dir": str(folder), "init": init})
     if not (folder / "model").exists():
         vocabulary = sequences.Vocabulary.load(Path(config.data) / "tokenizer")
-        context_length = json.loads((Path(config.data) / "index.json").read_text())["context_length"]
+        context_length = jobs.read_json(Path(config.data) / "index.json")["context_length"]
         model = build_model(config, len(vocabulary), context_length)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        jobs.write_json(folder / "config.json", asdict(config))
         save_model(model, vocabulary.tokenizer, folder / "model")
     return folder
 

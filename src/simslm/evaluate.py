@@ -397,7 +397,9 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
             entry.update({"layout": layout, "mode": mode, "folder": str(folder.resolve()),
                           "num_skipped": scores.num_skipped,
                           "scoring": {**{f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")},
-                                      "baseline": _applied_baseline(pairs, config)},
+                                      # as applied: none where no item has a context to remove
+                                      "baseline": config.baseline if scores.without_baseline is not None
+                                      else "none"},
                           "wall_sec": round(time.perf_counter() - started, 3),
                           "note": _bench_note(folder)})
             results[f"{label}/{mode}" if mode else label] = entry
@@ -407,12 +409,6 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     merged["model_dir"] = str(run_dir / "model")
     jobs.write_json(eval_path, merged)
     return results
-
-
-def _applied_baseline(pairs: list[benchsets.Pair], options: ScoringOptions) -> str:
-    """The baseline as applied: `none` where no item has a context or whole sides are scored."""
-    has_context = any(len(pair.positive) > 1 for pair in pairs)
-    return options.baseline if has_context and options.span != "all" else "none"
 
 
 def _sample(pairs: list[benchsets.Pair], max_pairs: int | None, seed: int) -> list[benchsets.Pair]:
