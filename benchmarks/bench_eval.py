@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from simslm import evaluate, sequences
+from simslm.eval.scoring import sequence_log_likelihoods
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, build_model
 
 
@@ -23,15 +24,15 @@ def main() -> None:
     import torch
 
     torch.manual_seed(0)
-    vocabulary = sequences.Vocabulary.build("stories260K", num_units=500)
+    vocabulary = Vocabulary.build("stories260K", num_units=500)
     model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K"), len(vocabulary), 256).eval()
     rng = np.random.default_rng(0)
     num_pairs = 200
     sides = [rng.integers(0, len(vocabulary), int(rng.integers(120, 257))) for _ in range(2 * num_pairs)]
     scored = [np.ones(len(s) - 1, dtype=bool) for s in sides]
-    batched = lambda: evaluate.sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
+    batched = lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
                                                         batch_size=16)
-    single = lambda: evaluate.sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
+    single = lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
                                                        batch_size=1)
     assert np.allclose(batched()[0], single()[0], rtol=1e-5, atol=1e-4)
     times = {"batched (16)": [], "one at a time": []}

@@ -15,23 +15,23 @@ import time
 
 import numpy as np
 
-from simslm import scaling
+from simslm.scaling.fit import Law, approach3, fit_law, synthetic_isoflop_points
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resamples", type=int, default=4000)
     args = parser.parse_args()
-    law = scaling.Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
-    points = scaling.synthetic_isoflop_points(law, np.logspace(12, 18, 12), np.logspace(-1.5, 1.5, 25),
+    law = Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
+    points = synthetic_isoflop_points(law, np.logspace(12, 18, 12), np.logspace(-1.5, 1.5, 25),
                                               noise=0.005)
     started = time.perf_counter()
-    scaling.fit_law(points)
+    fit_law(points)
     full_fit = time.perf_counter() - started
     rows = [("points", f"{len(points)}"), ("full-data fit (grid + 8 L-BFGS starts)", f"{full_fit:.2f} s")]
     for workers in (1, 2):
         started = time.perf_counter()
-        fit = scaling.approach3(points, num_resamples=args.resamples, num_workers=workers)
+        fit = approach3(points, num_resamples=args.resamples, num_workers=workers)
         seconds = time.perf_counter() - started
         covered = [name for name in ("E", "A", "B", "alpha", "beta")
                    if fit["ci"][name][0] <= getattr(law, name) <= fit["ci"][name][1]]

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
-from simslm import sequences
-from simslm.manifest import read_manifest
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.show import stats
+from simslm.speech.manifest import read_manifest
 
 
 def main() -> None:
@@ -39,13 +40,13 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
-            index = sequences.build_sequences(sequences.BuildConfig(
+            index = build_sequences(BuildConfig(
                 out=f"{scratch}/seq", manifest=args.manifest, units=args.units, text_corpus="tinystories-sample",
                 num_epochs=args.epochs))
             wall = time.perf_counter() - started
             tokens = sum(e["num_chunks"] for e in index["epochs"]) * index["context_length"]
             rates.append(tokens / wall)
-            rows = sequences.stats(f"{scratch}/seq")
+            rows = stats(f"{scratch}/seq")
     lengths = np.array([len(u.words) for u in read_manifest(args.manifest) if u.words])
     print("| measurement | result |\n| --- | --- |")
     print(f"| build, {args.epochs} epochs x 3 streams, {tokens:,} tokens, median of {args.repeats} | "

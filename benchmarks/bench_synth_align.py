@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from simslm import assets
-from simslm.align import AlignConfig, align_manifest, read_ctm
-from simslm.manifest import Utterance, read_manifest, write_manifest
-from simslm.synth import SynthConfig, synthesize_corpus
+from simslm.speech.align import AlignConfig, align_manifest, read_ctm
+from simslm.speech.manifest import Utterance, read_manifest, write_manifest
+from simslm.speech.synth import SynthConfig, synthesize_corpus
 
 
 def main() -> None:

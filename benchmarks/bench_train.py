@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from simslm import model as model_lib
-from simslm import sequences
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.loader import PackedLoader
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, measure_peak_flops, train
 
 
@@ -39,9 +41,9 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> float:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    vocabulary = sequences.Vocabulary.load(Path(data) / "tokenizer")
+    vocabulary = Vocabulary.load(Path(data) / "tokenizer")
     model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=256)
-    loader = sequences.PackedLoader(data, 8)
+    loader = PackedLoader(data, 8)
     chunks = np.asarray(loader.chunks(0)).astype(np.int64)
 
     class Chunks(torch.utils.data.Dataset):
@@ -80,9 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = str(scratch / "data")
-        sequences.build_sequences(sequences.BuildConfig(out=data, streams="text", text_corpus="tinystories-sample",
+        build_sequences(BuildConfig(out=data, streams="text", text_corpus="tinystories-sample",
                                                         context_length=256))
-        vocab_size = len(sequences.Vocabulary.load(Path(data) / "tokenizer"))
+        vocab_size = len(Vocabulary.load(Path(data) / "tokenizer"))
         peak = measure_peak_flops("cpu", seconds=2.0)
         rows = [("fp32 matmul peak measured (1024^3, 2 s)", f"{peak / 1e9:.1f} GFLOP/s")]
         for depth in [int(d) for d in args.depths.split(",")]:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from simslm import model as model_lib
-from simslm.sequences import PackedLoader, Vocabulary
+from simslm.sequences.loader import PackedLoader
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, measure_peak_flops, train
 
 

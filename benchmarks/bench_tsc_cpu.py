@@ -23,9 +23,15 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from simslm import benchsets, evaluate, jobs, sequences, synth, units
+from simslm import jobs
+from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
+from simslm.eval.evaluate import EvalConfig, evaluate_run
 from simslm.model import save_model, smollm2_gguf_path
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.speech import synth
 from simslm.train import TrainConfig, build_model, train
+from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
 BENCH_LINES = "tinystories-sample[2000:2300]"
 
@@ -34,7 +40,7 @@ def untrained_run(folder: Path, trained: TrainConfig, init: str) -> Path:
     """A run folder holding the initial model of `trained` with `init` (no step taken), for `simslm eval`."""
     config = TrainConfig(**{**asdict(trained), "run_dir": str(folder), "init": init})
     if not (folder / "model").exists():
-        vocabulary = sequences.Vocabulary.load(Path(config.data) / "tokenizer")
+        vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
         context_length = jobs.read_json(Path(config.data) / "index.json")["context_length"]
         model = build_model(config, len(vocabulary), context_length)
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,16 +68,16 @@ def main() -> None:
                                                   limit=args.train_stories))
     bench = out / "tsc"
     if not (bench / "bench.json").exists():
-        benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source=BENCH_LINES,
+        build_benchmark(BenchBuildConfig(kind="tsc", out=str(bench), source=BENCH_LINES,
                                                              exclude=str(speech), num_items=args.items))
     codebook = out / "units" / "logmel500"
     if not codebook.with_suffix(".npy").exists():
-        units.fit_codebook(units.FitConfig(manifest=str(speech), out=str(codebook), k=500))
-    units.extract_units(units.ExtractConfig(manifest=str(speech), codebook=str(codebook.with_suffix(".npy")),
+        fit_codebook(FitConfig(manifest=str(speech), out=str(codebook), k=500))
+    extract_units(ExtractConfig(manifest=str(speech), codebook=str(codebook.with_suffix(".npy")),
                                             out=str(out / "units" / "speech")))
     data = out / "sequences"
     if not (data / "index.json").exists():
-        sequences.build_sequences(sequences.BuildConfig(out=str(data), tokenizer=base, manifest=str(speech),
+        build_sequences(BuildConfig(out=str(data), tokenizer=base, manifest=str(speech),
                                                         units=str(out / "units" / "speech"), streams="speech",
                                                         context_length=512))
     # A few hundred steps at most fit a CPU session: a short warm-up, slamkit's peak rate.
@@ -84,7 +90,7 @@ def main() -> None:
             "random init, untrained": untrained_run(out / "runs" / "random-untrained", trained, "random")}
     rows = []
     for name, run in runs.items():
-        results = evaluate.evaluate_run(evaluate.EvalConfig(run=str(run), bench=(f"tsc={bench}",), modes=args.modes,
+        results = evaluate_run(EvalConfig(run=str(run), bench=(f"tsc={bench}",), modes=args.modes,
                                                             baseline="no-context"))
         for entry in results.values():
             plain = entry["without_baseline"]

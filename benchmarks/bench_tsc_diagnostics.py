@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simslm import evaluate, units
+from simslm.eval.evaluate import load_run_model
+from simslm.eval.scoring import pair_outcomes, sequence_log_likelihoods
+from simslm.units.extract import read_units
 
 
 def overlap_accuracy(units_by_stem: dict[str, np.ndarray], n: int) -> float:
@@ -32,12 +34,12 @@ def overlap_accuracy(units_by_stem: dict[str, np.ndarray], n: int) -> float:
     items = sorted({stem.rsplit("_", 1)[0] for stem in units_by_stem if stem.endswith("_mutual")})
     right = np.array([share(units_by_stem[f"{i}_mutual"], units_by_stem[f"{i}_correct"]) for i in items])
     wrong = np.array([share(units_by_stem[f"{i}_mutual"], units_by_stem[f"{i}_incorrect"]) for i in items])
-    return float(evaluate.pair_outcomes(right, wrong).mean())
+    return float(pair_outcomes(right, wrong).mean())
 
 
 def repeat_test(run: Path, segments: list[np.ndarray]) -> tuple[float, float]:
     """Mean CE (nats per unit) on the first and on the second copy of each repeated segment."""
-    model, vocabulary, _ = evaluate.load_run_model(run, "cpu")
+    model, vocabulary, _ = load_run_model(run, "cpu")
     head = ([] if vocabulary.bos_id is None else [vocabulary.bos_id]) + [vocabulary.speech_id]
     sequences, first, second = [], [], []
     for segment in segments:
@@ -47,7 +49,7 @@ def repeat_test(run: Path, segments: list[np.ndarray]) -> tuple[float, float]:
         sequences += [ids, ids]
         first.append(half)
         second.append(np.roll(half, len(segment)))
-    sums, counts = evaluate.sequence_log_likelihoods(
+    sums, counts = sequence_log_likelihoods(
         model, sequences, [mask for pair in zip(first, second) for mask in pair], vocabulary=vocabulary)
     ce = -sums / counts
     return float(ce[0::2].mean()), float(ce[1::2].mean())
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--units", required=True, help="units of a tSC benchmark's audio, with the runs' codebook")
     parser.add_argument("--segments", type=int, default=40)
     args = parser.parse_args()
-    units_by_stem = {u.id: u.units for u in units.read_units(args.units)}
+    units_by_stem = {u.id: u.units for u in read_units(args.units)}
     for n in (1, 2, 3, 4):
         print(f"unit {n}-gram overlap picks the right ending: {100 * overlap_accuracy(units_by_stem, n):.1f}%")
     contexts = [units_by_stem[s][:120] for s in sorted(units_by_stem) if s.endswith("_mutual")][:args.segments]

@@ -15,9 +15,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from simslm import unit_quality, units
-from simslm.manifest import read_manifest, write_manifest
-from simslm.synth import SynthConfig, synthesize_corpus
+from simslm.speech.manifest import read_manifest, write_manifest
+from simslm.speech.synth import SynthConfig, synthesize_corpus
+from simslm.units import quality as unit_quality
+from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
 
 def main() -> None:
@@ -31,10 +32,10 @@ def main() -> None:
         scratch = Path(scratch)
         synthesize_corpus(SynthConfig(out_dir=str(scratch / "speech"), limit=args.stories))
         manifest = scratch / "speech" / "manifest.jsonl"
-        codebook = units.fit_codebook(units.FitConfig(manifest=str(manifest), out=str(scratch / "km500"), k=500))
+        codebook = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km500"), k=500))
         reports = {}
         for workers in (1, 2):
-            reports[workers] = units.extract_units(units.ExtractConfig(
+            reports[workers] = extract_units(ExtractConfig(
                 manifest=str(manifest), codebook=str(codebook), out=str(scratch / f"units{workers}"),
                 num_workers=workers))
             report = reports[workers]
@@ -54,10 +55,10 @@ def main() -> None:
         speech_dir = manifest.parent
         write_manifest(small, [replace(u, audio=str(u.audio_path(speech_dir)))
                                for u in read_manifest(manifest)[:args.hubert_stories]])
-        hubert_codebook = units.fit_codebook(units.FitConfig(
+        hubert_codebook = fit_codebook(FitConfig(
             manifest=str(small), out=str(scratch / "hubert_km500"), k=500, encoder="hubert-base-l9",
             model_path=str(hubert_dir)))
-        hubert = units.extract_units(units.ExtractConfig(manifest=str(small), codebook=str(hubert_codebook),
+        hubert = extract_units(ExtractConfig(manifest=str(small), codebook=str(hubert_codebook),
                                                          out=str(scratch / "hubert_units"), num_workers=2))
         rows.append((f"HuBERT-base-sized random model ({num_parameters / 1e6:.0f}M parameters, layer 9), fp32 CPU, "
                      f"2 workers, {hubert.num_encoded} stories ({hubert.audio_sec / 60:.1f} min)",

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SIMSLM_MIRROR", str(REPO.parent / "shared" / "data"))
 os.environ["SIMSLM_OFFLINE"] = "1"
@@ -28,7 +32,7 @@ def mirror() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     """Four TinyStories stories synthesised with the training voices (2 workers)."""
-    from simslm.synth import SynthConfig, synthesize_corpus
+    from simslm.speech.synth import SynthConfig, synthesize_corpus
 
     out_dir = tmp_path_factory.mktemp("synth")
     report = synthesize_corpus(SynthConfig(out_dir=str(out_dir), limit=4, num_workers=2))
@@ -41,11 +45,10 @@ def extracted(synthetic_corpus, tmp_path_factory):
     """Units of the synthetic corpus plus an empty and a corrupt file, k=32."""
     from dataclasses import replace
 
-    from simslm import units
-    from simslm.manifest import read_manifest, write_manifest
+    from simslm.speech.manifest import read_manifest, write_manifest
 
     out = tmp_path_factory.mktemp("units")
-    codebook = units.fit_codebook(units.FitConfig(manifest=str(synthetic_corpus), out=str(out / "km32"), k=32,
+    codebook = fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(out / "km32"), k=32,
                                                   num_workers=1))
     utterances = read_manifest(synthetic_corpus)
     (out / "empty.wav").write_bytes(b"")
@@ -55,19 +58,18 @@ def extracted(synthetic_corpus, tmp_path_factory):
     manifest = out / "with_bad.jsonl"
     write_manifest(manifest, [replace(u, audio=str(u.audio_path(synthetic_corpus.parent))) for u in utterances]
                    + broken)
-    config = units.ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(out / "units"),
+    config = ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(out / "units"),
                                  shard_size=2, num_workers=2)
-    return config, units.extract_units(config), utterances
+    return config, extract_units(config), utterances
 
 
 @pytest.fixture(scope="session")
 def speech_sequences(extracted, tmp_path_factory) -> str:
     """Interleaved and speech-only sequences of the synthetic corpus (context 64, 2 epochs)."""
-    from simslm import sequences
 
     config, _, _ = extracted
     out = tmp_path_factory.mktemp("seq") / "seq"
-    sequences.build_sequences(sequences.BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
+    build_sequences(BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
                                                     streams="interleaved,speech", context_length=64, num_epochs=2))
     return str(out)
 
@@ -75,7 +77,6 @@ def speech_sequences(extracted, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def trained_run(extracted, speech_sequences, tmp_path_factory):
     """A tiny TWIST run on the synthetic corpus and a 4-item offline tSC built from held-out stories."""
-    from simslm import benchsets
     from simslm.train import TrainConfig, train
 
     config, _, _ = extracted
@@ -84,6 +85,6 @@ def trained_run(extracted, speech_sequences, tmp_path_factory):
     train(TrainConfig(run_dir=str(root / "run"), data=data, validation_data=data,
                       budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
     bench = root / "tsc"
-    benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
+    build_benchmark(BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
                                                          exclude=config.manifest, num_items=4, num_workers=2))
     return root / "run", bench

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from simslm import assets
-from simslm.align import AlignConfig, align_manifest, read_ctm, read_textgrid, read_word_json
-from simslm.manifest import Utterance, read_manifest, write_manifest
+from simslm.speech.align import AlignConfig, align_manifest, read_ctm, read_textgrid, read_word_json
+from simslm.speech.manifest import Utterance, read_manifest, write_manifest
 
 REFERENCE_ID = "1272-128104-0000"
 

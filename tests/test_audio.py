@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from simslm import audio
+from simslm.speech import audio
 
 
 def _tone(sample_rate, seconds=1.0, frequency=440.0):

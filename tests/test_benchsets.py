@@ -3,8 +3,17 @@ import csv
 import numpy as np
 import pytest
 
-from simslm import audio, benchsets
-from simslm.synth import read_corpus
+from simslm.eval.benchbuild import (
+    BenchBuildConfig,
+    blimp_pairs,
+    build_benchmark,
+    split_sentences,
+    story_key,
+    training_stories,
+)
+from simslm.eval.layouts import BenchError, load
+from simslm.speech import audio
+from simslm.speech.synth import read_corpus
 
 
 def _tone(path, seconds=0.5, hz=220.0):
@@ -25,7 +34,7 @@ def test_slm21_layout_pairs_by_id_and_voice_with_phenomenon_groups(tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    layout, pairs = benchsets.load(tmp_path)
+    layout, pairs = load(tmp_path)
     assert layout == "slm21" and len(pairs) == 6
     assert sorted({p.group for p in pairs}) == ["agreement", "island"]
     for pair in pairs:
@@ -35,8 +44,8 @@ def test_slm21_layout_pairs_by_id_and_voice_with_phenomenon_groups(tmp_path):
 def test_slm21_reports_the_file_and_id_of_a_pair_without_a_negative(tmp_path):
     _tone(tmp_path / "x.wav")
     (tmp_path / "gold.csv").write_text("id,filename,type,correct\nitem7,x,agr,1\n")
-    with pytest.raises(benchsets.BenchError, match=r"gold.csv: id item7 has no negative"):
-        benchsets.load(tmp_path)
+    with pytest.raises(BenchError, match=r"gold.csv: id item7 has no negative"):
+        load(tmp_path)
 
 
 def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
@@ -44,12 +53,12 @@ def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
         for story in ("s1", "s2", "s3"):
             _tone(tmp_path / speaker / f"{story}_correct.wav")
             _tone(tmp_path / speaker / f"{story}_incorrect.wav", hz=330)
-    layout, pairs = benchsets.load(tmp_path)
+    layout, pairs = load(tmp_path)
     assert layout == "storycloze" and len(pairs) == 6
     assert sorted({p.group for p in pairs}) == ["spk1", "spk2"]
     (tmp_path / "spk1" / "s3_incorrect.wav").unlink()
-    with pytest.raises(benchsets.BenchError, match="s3_correct.wav: no matching s3_incorrect"):
-        benchsets.load(tmp_path)
+    with pytest.raises(BenchError, match="s3_correct.wav: no matching s3_incorrect"):
+        load(tmp_path)
 
 
 def test_cross_modal_layout_gives_the_four_pairings(tmp_path):
@@ -59,7 +68,7 @@ def test_cross_modal_layout_gives_the_four_pairings(tmp_path):
         (tmp_path / f"st1_{role}.txt").write_text(text + "\n")
     expected = {"S": ("speech", "speech"), "S2T": ("speech", "text"), "T2S": ("text", "speech"), "T": ("text", "text")}
     for mode, modalities in expected.items():
-        layout, [pair] = benchsets.load(tmp_path, mode)
+        layout, [pair] = load(tmp_path, mode)
         assert layout == "cross-modal"
         assert tuple(p.modality for p in pair.positive) == modalities
         assert pair.positive[0] == pair.negative[0]  # the shared context
@@ -68,33 +77,33 @@ def test_cross_modal_layout_gives_the_four_pairings(tmp_path):
 
 
 def test_not_a_benchmark_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(benchsets.BenchError, match="not a benchmark folder"):
-        benchsets.load(tmp_path)
+    with pytest.raises(BenchError, match="not a benchmark folder"):
+        load(tmp_path)
 
 
 def test_split_sentences_keeps_closing_quotes():
-    assert benchsets.split_sentences('Tom said, "Hi!" Then he left. "Bye," said Sue.') == [
+    assert split_sentences('Tom said, "Hi!" Then he left. "Bye," said Sue.') == [
         'Tom said, "Hi!"', "Then he left.", '"Bye," said Sue.']
 
 
 def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_path):
-    meta = benchsets.build_benchmark(benchsets.BenchBuildConfig(
+    meta = build_benchmark(BenchBuildConfig(
         kind="tsc", out=str(tmp_path / "tsc"), source="tinystories-sample[2000:2008]",
         exclude="tinystories-sample[:2000]", num_items=5, voices="heldout", num_workers=2))
     assert meta["layout"] == "cross-modal" and meta["num_items"] == 5 and "not the published" in meta["note"]
-    _, pairs = benchsets.load(tmp_path / "tsc", "S")
-    training = benchsets.training_stories("tinystories-sample[:2000]")
+    _, pairs = load(tmp_path / "tsc", "S")
+    training = training_stories("tinystories-sample[:2000]")
     held_out = {index: value for index, value, _ in read_corpus("tinystories-sample[2000:2008]")}
     for pair in pairs:
         line = int(pair.id.split("-")[1])
-        assert line in held_out and benchsets._story_key(held_out[line]) not in training
+        assert line in held_out and story_key(held_out[line]) not in training
         context, ending = (tmp_path / "tsc" / "audio" / f"{pair.id}_{r}.txt" for r in ("mutual", "correct"))
-        assert benchsets._story_key(context.read_text() + " " + ending.read_text()) in benchsets._story_key(
+        assert story_key(context.read_text() + " " + ending.read_text()) in story_key(
             held_out[line])  # context + right ending = the story's last sentences
         wrong = (tmp_path / "tsc" / "audio" / f"{pair.id}_incorrect.txt").read_text().strip()
         assert wrong != ending.read_text().strip()
-    with pytest.raises(benchsets.BenchError, match="are in the training data"):
-        benchsets.build_benchmark(benchsets.BenchBuildConfig(
+    with pytest.raises(BenchError, match="are in the training data"):
+        build_benchmark(BenchBuildConfig(
             kind="tsc", out=str(tmp_path / "bad"), source="tinystories-sample[1990:2003]",
             exclude="tinystories-sample[:2000]", num_items=3))
 
@@ -102,13 +111,13 @@ def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_pa
 def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     from simslm import assets
 
-    meta = benchsets.build_benchmark(benchsets.BenchBuildConfig(kind="sblimp", out=str(tmp_path / "sb"),
+    meta = build_benchmark(BenchBuildConfig(kind="sblimp", out=str(tmp_path / "sb"),
                                                                 per_phenomenon=1, num_workers=2))
-    _, pairs = benchsets.load(tmp_path / "sb")
+    _, pairs = load(tmp_path / "sb")
     assert meta["num_items"] == len(pairs) == len(assets.BLIMP_PHENOMENA)
     assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
-    again = benchsets._blimp_pairs("", 1, 0)
-    assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in benchsets._blimp_pairs("", 1, 0)]
+    again = blimp_pairs("", 1, 0)
+    assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in blimp_pairs("", 1, 0)]
 
 
 def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path):
@@ -130,12 +139,12 @@ def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path
                  "negative_audio": {"bytes": wav_bytes(330), "path": "b.wav"}} for i in range(3)]
         (tmp_path / "sSC" / speaker).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "sSC" / speaker / "train-00000.parquet")
-    layout, pairs = benchsets.load(tmp_path)
+    layout, pairs = load(tmp_path)
     assert layout == "hf-parquet" and len(pairs) == 6
     assert sorted({p.group for p in pairs}) == ["sSC/af", "sSC/bm"]
     samples = audio.load_audio(pairs[0].positive[0].audio)
     assert len(samples) == 16000 and pairs[0].positive[0].text == "He went home."
-    assert benchsets.load(tmp_path)[1][0].positive[0].audio == pairs[0].positive[0].audio  # cached, not rewritten
+    assert load(tmp_path)[1][0].positive[0].audio == pairs[0].positive[0].audio  # cached, not rewritten
     pq.write_table(pa.Table.from_pylist([{"id": "x"}]), tmp_path / "sSC" / "bm" / "train-00001.parquet")
-    with pytest.raises(benchsets.BenchError, match="train-00001.parquet: no column"):
-        benchsets.load(tmp_path)
+    with pytest.raises(BenchError, match="train-00001.parquet: no column"):
+        load(tmp_path)

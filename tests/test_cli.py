@@ -62,7 +62,7 @@ def test_bad_option_values_are_errors_not_tracebacks(tmp_path, capsys):
 
 def test_align_from_the_command_line_imports_a_ctm(tmp_path, capsys):
     from simslm import assets
-    from simslm.manifest import Utterance, read_manifest, write_manifest
+    from simslm.speech.manifest import Utterance, read_manifest, write_manifest
 
     resolved = assets.resolve("librispeech-samples")
     utterance_id = "1272-128104-0000"

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from simslm import demo
+from simslm.eval.benchbuild import story_key, training_stories
 
 
 @pytest.mark.slow
@@ -20,11 +21,10 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     runs = json.loads((out / "sweep" / "sweep.json").read_text())["runs"]
     assert len(runs) == 3 * 2 * 3
     # No benchmark story is a training story, and every run was evaluated on both benchmarks.
-    from simslm import benchsets
 
-    training = benchsets.training_stories(str(out / "speech" / "manifest.jsonl"))
+    training = training_stories(str(out / "speech" / "manifest.jsonl"))
     for mutual in (out / "bench" / "tsc" / "audio").glob("*_mutual.txt"):
-        assert benchsets._story_key(mutual.read_text()) not in training
+        assert story_key(mutual.read_text()) not in training
     evaluated = json.loads((out / "sweep" / "runs" / runs[0]["id"] / "eval.json").read_text())["benchmarks"]
     assert {"tsc/S", "tsc/T", "sblimp"} <= set(evaluated)
     # A second call finds every stage done and only rewrites the summary and report.

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from simslm import espeak, text
-from simslm.synth import VOICE_SETS
+from simslm.speech import espeak, text
+from simslm.speech.synth import VOICE_SETS
 
 
 def test_every_word_gets_ordered_timings_inside_the_audio():

@@ -3,13 +3,26 @@ import json
 import numpy as np
 import pytest
 
-from simslm import benchsets, evaluate, sequences
+from simslm.eval.bench_units import run_units_folder, units_lookup
+from simslm.eval.evaluate import EvalConfig, evaluate_run, load_run_model
+from simslm.eval.layouts import Pair, Part, load
+from simslm.eval.scoring import (
+    ScoringOptions,
+    accuracy_with_ci,
+    encode_parts,
+    pair_outcomes,
+    score_pairs,
+    sequence_log_likelihoods,
+    side_scores,
+)
 from simslm.model import build_family_model
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.units.extract import ExtractConfig, extract_units
 
 
 @pytest.fixture(scope="module")
 def vocabulary():
-    return sequences.Vocabulary.build("stories260K", num_units=32)
+    return Vocabulary.build("stories260K", num_units=32)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +57,7 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
         length = int(rng.integers(5, 60))
         sequences_.append(rng.integers(0, len(vocabulary), length))
         scored.append(rng.random(length - 1) < 0.7)
-    sums, counts = evaluate.sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
+    sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
                                                      speech_vocab=speech_vocab, batch_size=4)
     for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
         expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
@@ -53,19 +66,19 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
 
 
 def test_ties_count_half_and_means_and_sums_differ():
-    outcomes = evaluate.pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
+    outcomes = pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
     assert outcomes.tolist() == [1.0, 0.5, 0.0, 0.5]
-    assert evaluate.accuracy_with_ci(outcomes)["accuracy"] == pytest.approx(0.5)
+    assert accuracy_with_ci(outcomes)["accuracy"] == pytest.approx(0.5)
     sums, counts = np.array([-10.0, -4.0]), np.array([10, 2])
-    assert evaluate.side_scores(sums, counts, "mean").tolist() == [-1.0, -2.0]
-    assert evaluate.side_scores(sums, counts, "sum").tolist() == [-10.0, -4.0]
+    assert side_scores(sums, counts, "mean").tolist() == [-1.0, -2.0]
+    assert side_scores(sums, counts, "sum").tolist() == [-10.0, -4.0]
 
 
 def test_macro_aggregation_averages_groups_not_pairs():
     outcomes = np.array([1.0] * 9 + [0.0] + [0.0, 0.0])
     groups = ["big"] * 10 + ["small"] * 2
-    pairs = evaluate.accuracy_with_ci(outcomes, groups, aggregation="pairs")
-    macro = evaluate.accuracy_with_ci(outcomes, groups, aggregation="macro")
+    pairs = accuracy_with_ci(outcomes, groups, aggregation="pairs")
+    macro = accuracy_with_ci(outcomes, groups, aggregation="macro")
     assert pairs["accuracy"] == pytest.approx(9 / 12)
     assert macro["accuracy"] == pytest.approx((0.9 + 0.0) / 2)
     assert macro["per_group"]["big"] == {"accuracy": pytest.approx(0.9), "num_pairs": 10}
@@ -78,7 +91,7 @@ def test_bootstrap_intervals_cover_the_true_rate(aggregation):
     for trial in range(trials):
         outcomes = (rng.random(300) < true_rate).astype(float)
         groups = [f"g{i % 5}" for i in range(300)]
-        result = evaluate.accuracy_with_ci(outcomes, groups, aggregation=aggregation, num_resamples=500, seed=trial)
+        result = accuracy_with_ci(outcomes, groups, aggregation=aggregation, num_resamples=500, seed=trial)
         covered += result["ci_low"] <= true_rate <= result["ci_high"]
         assert result["ci_low"] <= result["accuracy"] <= result["ci_high"]
     assert 0.90 <= covered / trials <= 0.99  # nominal 95%
@@ -86,22 +99,22 @@ def test_bootstrap_intervals_cover_the_true_rate(aggregation):
 
 def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabulary):
     units = {"a.wav": np.array([1, 2, 3]), "b.wav": np.array([3, 4])}
-    parts = (benchsets.Part("text", "Tom ran."), benchsets.Part("speech", audio="a.wav"),
-             benchsets.Part("speech", audio="b.wav"))
-    tokens, owners = evaluate.encode_parts(parts, vocabulary, units.__getitem__, max_length=100)
+    parts = (Part("text", "Tom ran."), Part("speech", audio="a.wav"),
+             Part("speech", audio="b.wav"))
+    tokens, owners = encode_parts(parts, vocabulary, units.__getitem__, max_length=100)
     offset = vocabulary.unit_offset
     text_ids = vocabulary.tokenizer("Tom ran.", add_special_tokens=False)["input_ids"]
     assert tokens.tolist() == [vocabulary.bos_id, vocabulary.text_id, *text_ids, vocabulary.speech_id,
                                offset + 1, offset + 2, offset + 3, offset + 4]
     assert owners.tolist() == [-1, -1, *[0] * len(text_ids), -1, 1, 1, 1, 2]
-    short, short_owners = evaluate.encode_parts(parts, vocabulary, units.__getitem__, max_length=5)
+    short, short_owners = encode_parts(parts, vocabulary, units.__getitem__, max_length=5)
     assert short.tolist() == [vocabulary.bos_id, vocabulary.text_id, offset + 2, offset + 3, offset + 4]
     assert short_owners[-1] == 2
 
 
 def _naive_side(model, parts, vocabulary, units_of, *, scored_part):
     """Mean log-likelihood of one part's tokens, from a sequence built by hand."""
-    tokens, owners = evaluate.encode_parts(parts, vocabulary, units_of, max_length=128)
+    tokens, owners = encode_parts(parts, vocabulary, units_of, max_length=128)
     total, count = _naive(model, tokens, (owners == scored_part)[1:], vocabulary, speech_vocab=False)
     return total / count
 
@@ -110,12 +123,12 @@ def _naive_side(model, parts, vocabulary, units_of, *, scored_part):
 def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocabulary, ending):
     rng = np.random.default_rng(5)
     units = {name: rng.integers(0, vocabulary.num_units, int(rng.integers(6, 20))) for name in "cpn"}
-    context = benchsets.Part("speech", audio="c")
-    sides = {"p": (benchsets.Part("speech", audio="p") if ending == "speech" else benchsets.Part("text", "Tom was happy.")),
-             "n": (benchsets.Part("speech", audio="n") if ending == "speech" else benchsets.Part("text", "A red ball fell."))}
-    pair = benchsets.Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
-    options = evaluate.ScoringOptions(baseline="no-context")
-    positive, negative, _, _, without_baseline = evaluate.score_pairs(tiny_model, [pair], vocabulary,
+    context = Part("speech", audio="c")
+    sides = {"p": (Part("speech", audio="p") if ending == "speech" else Part("text", "Tom was happy.")),
+             "n": (Part("speech", audio="n") if ending == "speech" else Part("text", "A red ball fell."))}
+    pair = Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
+    options = ScoringOptions(baseline="no-context")
+    positive, negative, _, _, without_baseline = score_pairs(tiny_model, [pair], vocabulary,
                                                                        units.__getitem__, options)
     assert ending == "text" or units["p"][0] == units["c"][-1]
     for score, side in ((positive[0], sides["p"]), (negative[0], sides["n"])):
@@ -128,7 +141,7 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
         assert score == pytest.approx(with_context - alone, abs=1e-5)
         assert abs(alone) > 0.1  # the baseline really removed something
     # The standard score is the with-context part alone; the baseline changes the scores.
-    plain = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, evaluate.ScoringOptions())
+    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
     assert plain[0][0] == pytest.approx(_naive_side(tiny_model, (context, sides["p"]), vocabulary,
                                                    units.__getitem__, scored_part=1), abs=1e-5)
     assert plain[0][0] != pytest.approx(positive[0], abs=1e-3)
@@ -137,14 +150,14 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
 
 def test_no_context_baseline_leaves_items_without_context_alone(tiny_model, vocabulary):
     units = {"p": np.array([1, 2, 3, 4]), "n": np.array([4, 3, 2, 1])}
-    pair = benchsets.Pair("0", "all", (benchsets.Part("speech", audio="p"),), (benchsets.Part("speech", audio="n"),))
-    plain = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, evaluate.ScoringOptions())
-    based = evaluate.score_pairs(tiny_model, [pair], vocabulary, units.__getitem__,
-                                 evaluate.ScoringOptions(baseline="no-context"))
+    pair = Pair("0", "all", (Part("speech", audio="p"),), (Part("speech", audio="n"),))
+    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
+    based = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__,
+                                 ScoringOptions(baseline="no-context"))
     assert based[0].tolist() == plain[0].tolist() and based[1].tolist() == plain[1].tolist()
     assert based.without_baseline is None
     with pytest.raises(ValueError, match="baseline must be one of"):
-        evaluate.ScoringOptions(baseline="pmi")
+        ScoringOptions(baseline="pmi")
 
 
 # --- end to end on a tiny trained run -----------------------------------------------------------
@@ -152,8 +165,8 @@ def test_no_context_baseline_leaves_items_without_context_alone(tiny_model, voca
 
 def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
     run, bench = trained_run
-    config = evaluate.EvalConfig(run=str(run), bench=(f"tsc={bench}", "validation"), num_resamples=200)
-    results = evaluate.evaluate_run(config)
+    config = EvalConfig(run=str(run), bench=(f"tsc={bench}", "validation"), num_resamples=200)
+    results = evaluate_run(config)
     assert set(results) == {"tsc/S", "tsc/S2T", "tsc/T2S", "tsc/T", "validation"}
     for mode in ("S", "S2T", "T2S", "T"):
         entry = results[f"tsc/{mode}"]
@@ -164,11 +177,11 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
     written = json.loads((run / "eval.json").read_text())
     assert written["benchmarks"]["tsc/T"] == json.loads(json.dumps(results["tsc/T"]))
     # A second evaluation reuses the extracted units and merges into eval.json.
-    evaluate.evaluate_run(evaluate.EvalConfig(run=str(run), bench=(f"again={bench}",), modes="S", reduction="sum"))
+    evaluate_run(EvalConfig(run=str(run), bench=(f"again={bench}",), modes="S", reduction="sum"))
     written = json.loads((run / "eval.json").read_text())
     assert {"tsc/S", "again/S", "validation"} <= set(written["benchmarks"])
     assert written["benchmarks"]["again/S"]["scoring"]["reduction"] == "sum"
-    evaluate.evaluate_run(evaluate.EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes="S", baseline="no-context"))
+    evaluate_run(EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes="S", baseline="no-context"))
     written = json.loads((run / "eval.json").read_text())
     assert written["benchmarks"]["pmi/S"]["scoring"]["baseline"] == "no-context"
     # The plain score comes free with the baseline one: the same as scoring without it.
@@ -185,21 +198,21 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
 
 
 def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path):
-    from simslm import audio, units
+    from simslm.speech import audio
 
     run, bench = trained_run
-    header = json.loads((evaluate.run_units_folder(run) / "units.json").read_text())
+    header = json.loads((run_units_folder(run) / "units.json").read_text())
     files = sorted((bench / "audio").glob("*.flac"))
     records = [{"id": f.stem, "path": str(f), "duration_sec": audio.audio_info(f)[1]} for f in files]
-    units.extract_units(units.ExtractConfig(manifest="bench", codebook=header["codebook"], out=str(tmp_path / "u"),
+    extract_units(ExtractConfig(manifest="bench", codebook=header["codebook"], out=str(tmp_path / "u"),
                                             num_workers=1), records=records)
-    model, vocabulary, _ = evaluate.load_run_model(run, "cpu")
+    model, vocabulary, _ = load_run_model(run, "cpu")
     for mode in ("S", "T2S"):
-        _, pairs = benchsets.load(bench, mode)
-        options = evaluate.ScoringOptions()
-        from_audio = evaluate.score_pairs(model, pairs, vocabulary, evaluate.units_lookup(pairs, run, None), options)
-        from_units = evaluate.score_pairs(model, pairs, vocabulary,
-                                          evaluate.units_lookup(pairs, run, str(tmp_path / "u")), options)
+        _, pairs = load(bench, mode)
+        options = ScoringOptions()
+        from_audio = score_pairs(model, pairs, vocabulary, units_lookup(pairs, run, None), options)
+        from_units = score_pairs(model, pairs, vocabulary,
+                                          units_lookup(pairs, run, str(tmp_path / "u")), options)
         assert from_units[3] == 0  # nothing skipped
         np.testing.assert_allclose(from_units[0], from_audio[0], rtol=1e-6)
         np.testing.assert_allclose(from_units[1], from_audio[1], rtol=1e-6)

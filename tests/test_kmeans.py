@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from simslm import kmeans
+from simslm.units import kmeans
 
 
 def _blobs(seed=0, k=4, per_cluster=300, dim=8):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import soundfile
 
-from simslm.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
+from simslm.speech.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
 
 
 def _utterance(**changes):

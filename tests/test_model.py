@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from simslm import assets, model
-from simslm.sequences import load_base_tokenizer
+from simslm.sequences.vocabulary import load_base_tokenizer
 
 LILY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
@@ -100,10 +100,9 @@ def test_a_gguf_base_gives_its_tokenizer_and_saves_like_any_model(tmp_path):
     attached that made save_pretrained refuse the (already fp32) model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from simslm import sequences
 
     path = model.smollm2_gguf_path()
-    tokenizer = sequences.load_base_tokenizer(str(path))
+    tokenizer = load_base_tokenizer(str(path))
     assert len(tokenizer) == 49152
     assert tokenizer.decode(tokenizer("Once upon a time")["input_ids"]) == "Once upon a time"
     loaded = model.load_base_model(str(path))

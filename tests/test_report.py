@@ -2,10 +2,12 @@ import json
 
 import numpy as np
 
-from simslm import jobs, report, scaling, sweep
+from simslm import jobs
 from simslm.cli import main
+from simslm.scaling import report, sweep
+from simslm.scaling.fit import Law
 
-LAW = scaling.Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
+LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 
 
 def _fake_sweep(folder):

@@ -3,19 +3,30 @@ import math
 import numpy as np
 import pytest
 
-from simslm import scaling
+from simslm.scaling.fit import (
+    Law,
+    Points,
+    approach1,
+    approach2,
+    approach3,
+    fit_law,
+    metric_power_law,
+    plan_compute,
+    read_table,
+    synthetic_isoflop_points,
+)
 
-TRUE = scaling.Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
+TRUE = Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
 
 
 def _isoflop_grid(law, noise=0.0, seed=0):
-    return scaling.synthetic_isoflop_points(law, np.logspace(13, 17, 5), np.logspace(-1.2, 1.2, 7), noise=noise,
+    return synthetic_isoflop_points(law, np.logspace(13, 17, 5), np.logspace(-1.2, 1.2, 7), noise=noise,
                                             seed=seed)
 
 
 def test_approach3_recovers_a_known_law_within_its_intervals():
     points = _isoflop_grid(TRUE, noise=0.005)
-    fit = scaling.approach3(points, num_resamples=100, seed=0)
+    fit = approach3(points, num_resamples=100, seed=0)
     for name in ("E", "A", "B", "alpha", "beta"):
         low, high = fit["ci"][name]
         assert low <= getattr(TRUE, name) <= high, (name, fit["law"][name], low, high)
@@ -25,7 +36,7 @@ def test_approach3_recovers_a_known_law_within_its_intervals():
 
 
 def test_approach3_is_exact_without_noise():
-    law = scaling.fit_law(_isoflop_grid(TRUE))
+    law = fit_law(_isoflop_grid(TRUE))
     for name in ("E", "alpha", "beta"):
         assert getattr(law, name) == pytest.approx(getattr(TRUE, name), rel=2e-3)
 
@@ -35,22 +46,22 @@ def test_approach2_finds_the_vertex_of_exact_parabolas():
     for budget, vertex in ((1e12, 13.0), (1e13, 14.0), (1e14, 15.0)):
         for x in np.linspace(vertex - 2, vertex + 2, 5):
             rows.append((math.exp(x), budget / (6 * math.exp(x)), 3.0 + 0.2 * (x - vertex) ** 2, budget))
-    points = scaling.Points(*(np.array(column) for column in zip(*rows)))
-    result = scaling.approach2(points)
+    points = Points(*(np.array(column) for column in zip(*rows)))
+    result = approach2(points)
     assert [v["n_opt"] for v in result["vertices"]] == pytest.approx([math.exp(13), math.exp(14), math.exp(15)])
     assert result["a"] == pytest.approx(1 / math.log(10))  # log N_opt grows by 1 per decade of C
     assert result["b"] == pytest.approx(1 - 1 / math.log(10))
 
 
 def test_approach1_envelope_follows_the_true_allocation():
-    result = scaling.approach1(_isoflop_grid(TRUE), num_bins=5)
+    result = approach1(_isoflop_grid(TRUE), num_bins=5)
     assert result["a"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.12)
 
 
 def test_planner_closed_form_matches_brute_force():
     fit = {"approach3": {"law": TRUE.__dict__, "samples": []}}
     for flops in (1e15, 1e18, 1e21):
-        plan = scaling.plan_compute(flops, fit)
+        plan = plan_compute(flops, fit)
         grid = np.logspace(3, 13, 200001)
         brute = grid[np.argmin(TRUE.loss(grid, flops / (6 * grid)))]
         assert plan["n_opt"] == pytest.approx(brute, rel=1e-3)
@@ -59,23 +70,23 @@ def test_planner_closed_form_matches_brute_force():
 
 def test_planner_intervals_come_from_the_bootstrap():
     points = _isoflop_grid(TRUE, noise=0.01, seed=2)
-    fit = {"approach3": scaling.approach3(points, num_resamples=40, seed=1)}
-    plan = scaling.plan_compute(1e16, fit)
+    fit = {"approach3": approach3(points, num_resamples=40, seed=1)}
+    plan = plan_compute(1e16, fit)
     assert plan["ci_n_opt"][0] <= plan["n_opt"] <= plan["ci_n_opt"][1]
 
 
 def test_metric_power_law_recovers_the_exponent():
     flops = np.logspace(12, 18, 30)
     values = 0.3 * flops ** 0.025 * np.exp(0.002 * np.random.default_rng(0).standard_normal(30))
-    result = scaling.metric_power_law(flops, values, num_resamples=200)
+    result = metric_power_law(flops, values, num_resamples=200)
     assert result["ci_gamma"][0] <= 0.025 <= result["ci_gamma"][1]
 
 
 def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):
     table = tmp_path / "published.csv"
     table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,6e12,3.0\n4e6,6e12,3.05\n")
-    points = scaling.read_table(table)
+    points = read_table(table)
     assert points.tokens.tolist() == pytest.approx([1e6, 5e5, 2.5e5])
     table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,,3.0\n4e6,6e12,3.05\n")
     with pytest.raises(ValueError, match=r"published.csv:3: needs numeric"):
-        scaling.read_table(table)
+        read_table(table)

@@ -4,10 +4,25 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simslm import sequences
-from simslm.manifest import Word, read_manifest, write_manifest
-from simslm.sequences import MARKER, SPEECH, BuildConfig, PackedLoader, Vocabulary
-from simslm.units import read_units
+from simslm.sequences.build import BuildConfig, build_sequences, mix_streams, parse_mix
+from simslm.sequences.interleave import (
+    INTERLEAVERS,
+    MARKER,
+    SPEECH,
+    Sample,
+    SkipSample,
+    build_interleaved,
+    fixed_spans,
+    poisson_spans,
+    random_words,
+    sample_rng,
+    whole_utterance,
+)
+from simslm.sequences.loader import PackedLoader
+from simslm.sequences.show import rebuild_sample, render_sample, stats
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.speech.manifest import Word, read_manifest, write_manifest
+from simslm.units.extract import read_units
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +73,23 @@ def test_any_hf_tokenizer_can_be_extended(tmp_path):
 @pytest.mark.parametrize("num_words", [1, 5, 12, 40, 200])
 def test_poisson_makes_at_least_eta_of_the_words_speech(num_words):
     for seed in range(50):
-        mask = sequences.poisson_spans(num_words, np.random.default_rng(seed), speech_ratio=0.3)
+        mask = poisson_spans(num_words, np.random.default_rng(seed), speech_ratio=0.3)
         assert mask.sum() >= math.ceil(0.3 * num_words)
 
 
 def test_poisson_overshoots_on_short_utterances_and_not_on_long_ones():
-    share = lambda n: np.mean([sequences.poisson_spans(n, np.random.default_rng(s)).mean() for s in range(300)])  # noqa: E731
+    share = lambda n: np.mean([poisson_spans(n, np.random.default_rng(s)).mean() for s in range(300)])  # noqa: E731
     assert share(12) > 0.45  # one 10-word span already covers most of 12 words
     assert 0.3 <= share(400) < 0.36
 
 
 def test_other_interleaving_methods():
     rng = np.random.default_rng(0)
-    assert set(sequences.INTERLEAVERS) == {"poisson", "span", "random", "utterance"}
-    whole = [sequences.whole_utterance(20, np.random.default_rng(s)) for s in range(40)]
+    assert set(INTERLEAVERS) == {"poisson", "span", "random", "utterance"}
+    whole = [whole_utterance(20, np.random.default_rng(s)) for s in range(40)]
     assert all(mask.all() or not mask.any() for mask in whole) and 5 < sum(m.all() for m in whole) < 35
-    assert abs(sequences.random_words(10000, rng, speech_ratio=0.3).mean() - 0.3) < 0.02
-    spans = sequences.fixed_spans(1000, rng, span_length=4, start_probability=0.05)
+    assert abs(random_words(10000, rng, speech_ratio=0.3).mean() - 0.3) < 0.02
+    spans = fixed_spans(1000, rng, span_length=4, start_probability=0.05)
     runs = np.diff(np.flatnonzero(np.diff(np.concatenate(([0], spans.astype(int), [0])))))[::2]
     assert runs.min() >= 4
 
@@ -89,10 +104,10 @@ def corpus(extracted):
 
 def test_speech_spans_carry_only_units_inside_their_words_and_markers_open_every_run(corpus, vocabulary):
     utterances, units = corpus
-    encode = sequences._text_encoder(vocabulary)
+    encode = vocabulary.encode_texts
     for utterance in utterances:
-        mask = sequences.poisson_spans(len(utterance.words), sequences.sample_rng(0, utterance.id, 0))
-        sample = sequences.build_interleaved(utterance, units[utterance.id], vocabulary, mask, encode)
+        mask = poisson_spans(len(utterance.words), sample_rng(0, utterance.id, 0))
+        sample = build_interleaved(utterance, units[utterance.id], vocabulary, mask, encode)
         unit_units = units[utterance.id]
         midpoints = unit_units.start_times_sec() + unit_units.durations / (2 * unit_units.frame_rate_hz)
         assert sample.num_speech_words == mask.sum() >= math.ceil(0.3 * len(utterance.words))
@@ -117,11 +132,11 @@ def test_speech_spans_carry_only_units_inside_their_words_and_markers_open_every
 def test_a_sample_is_rebuilt_from_seed_id_and_epoch_and_changes_across_epochs(corpus, vocabulary):
     utterances, units = corpus
     utterance = max(utterances, key=lambda u: len(u.words))
-    encode = sequences._text_encoder(vocabulary)
+    encode = vocabulary.encode_texts
 
     def build(epoch):
-        mask = sequences.poisson_spans(len(utterance.words), sequences.sample_rng(0, utterance.id, epoch))
-        return sequences.build_interleaved(utterance, units[utterance.id], vocabulary, mask, encode).tokens
+        mask = poisson_spans(len(utterance.words), sample_rng(0, utterance.id, epoch))
+        return build_interleaved(utterance, units[utterance.id], vocabulary, mask, encode).tokens
 
     assert np.array_equal(build(0), build(0))
     assert not np.array_equal(build(0), build(1))
@@ -132,7 +147,7 @@ def _build(extracted, tmp_path, **changes):
     options = dict(out=str(tmp_path / "seq"), manifest=config.manifest, units=config.out,
                    text_corpus="tinystories-sample", context_length=256, num_epochs=2)
     options.update(changes)
-    return sequences.build_sequences(BuildConfig(**options)), options["out"]
+    return build_sequences(BuildConfig(**options)), options["out"]
 
 
 def test_build_mixes_streams_by_token_share_and_packs_with_reopening_markers(extracted, tmp_path):
@@ -148,24 +163,24 @@ def test_build_mixes_streams_by_token_share_and_packs_with_reopening_markers(ext
         assert all(int(chunk[0]) in openers for chunk in chunks)
         counts = entry["token_counts"]
         assert counts["speech"] + counts["text"] + counts["marker"] == entry["num_chunks"] * 256 + counts["dropped"]
-    rows = sequences.stats(out)
+    rows = stats(out)
     assert 0.3 <= rows[0]["interleaved_speech_word_share"] < 0.6
     assert rows[0]["skipped"] == {"no units extracted": 2}  # the empty and the corrupt file
 
 
 def test_mixing_meets_token_shares_within_half_a_sample():
     def stream(name, lengths):
-        return [sequences.Sample(id=f"{name}{i}", tokens=np.zeros(n, np.uint32), kinds=np.zeros(n, np.uint8))
+        return [Sample(id=f"{name}{i}", tokens=np.zeros(n, np.uint32), kinds=np.zeros(n, np.uint8))
                 for i, n in enumerate(lengths)]
 
     samples = {"interleaved": stream("i", [100] * 50), "speech": stream("s", [37] * 400),
                "text": stream("t", [11] * 2000)}
-    chosen, taken = sequences.mix_streams(samples, {"interleaved": 0.5, "speech": 0.3, "text": 0.2})
+    chosen, taken = mix_streams(samples, {"interleaved": 0.5, "speech": 0.3, "text": 0.2})
     assert taken["interleaved"] == 5000  # the scarcest stream relative to its share is used whole
     assert abs(taken["speech"] - 3000) <= 37 / 2 and abs(taken["text"] - 2000) <= 11 / 2
     assert sum(len(s.tokens) for s in chosen) == sum(taken.values())
     with pytest.raises(ValueError, match="not built"):
-        sequences.parse_mix("audio=1", ["text"])
+        parse_mix("audio=1", ["text"])
 
 
 def test_bad_utterances_are_skipped_and_counted(extracted, tmp_path):
@@ -194,16 +209,16 @@ def test_a_speech_span_with_no_units_under_its_words_is_refused(corpus, vocabula
     truncated = replace(first_second, units=first_second.units[keep], durations=first_second.durations[keep])
     speech_at_the_end = np.zeros(len(utterance.words), bool)
     speech_at_the_end[-3:] = True
-    with pytest.raises(sequences.SkipSample, match="no units under its words"):
-        sequences.build_interleaved(utterance, truncated, vocabulary, speech_at_the_end,
-                                    sequences._text_encoder(vocabulary))
+    with pytest.raises(SkipSample, match="no units under its words"):
+        build_interleaved(utterance, truncated, vocabulary, speech_at_the_end,
+                                    vocabulary.encode_texts)
 
 
 def test_a_failed_build_leaves_nothing_behind(extracted, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")
 
-    monkeypatch.setattr(sequences, "pack", explode)
+    monkeypatch.setattr("simslm.sequences.build.pack", explode)
     with pytest.raises(RuntimeError):
         _build(extracted, tmp_path)
     assert not (tmp_path / "seq").exists()
@@ -237,7 +252,7 @@ def test_render_shows_words_of_speech_spans(extracted, tmp_path):
     _, out = _build(extracted, tmp_path, num_epochs=1)
     config, _, _ = extracted
     utterance = next(u for u in read_manifest(config.manifest) if u.words)
-    sample, vocabulary = sequences.rebuild_sample(out, utterance.id)
-    shown = sequences.render_sample(sample, vocabulary)
+    sample, vocabulary = rebuild_sample(out, utterance.id)
+    shown = render_sample(sample, vocabulary)
     assert "<speech> [" in shown and "units:" in shown and "<text>" in shown
     assert utterance.words[0].word in shown

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simslm import sweep
+from simslm.scaling import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import soundfile
 
-from simslm import text
-from simslm.manifest import read_manifest, validate_manifest
-from simslm.synth import VOICE_SETS, SynthConfig, choose_speaker, synthesize_corpus
+from simslm.speech import text
+from simslm.speech.manifest import read_manifest, validate_manifest
+from simslm.speech.synth import VOICE_SETS, SynthConfig, choose_speaker, synthesize_corpus
 
 
 def test_synthesised_corpus_is_a_valid_16k_manifest_with_word_timings(synthetic_corpus):

@@ -1,4 +1,4 @@
-from simslm import text
+from simslm.speech import text
 
 
 def test_speakable_maps_unicode_punctuation_and_whitespace():

@@ -2,7 +2,8 @@ import json
 
 import torch
 
-from simslm import sequences
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.textlm import TextLMConfig, pretrain_family
 from simslm.train import TrainConfig, train
 
@@ -26,9 +27,9 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     source = members[1]["model_dir"]
     config, _, _ = extracted
     data = tmp_path / "slm-data"
-    sequences.build_sequences(sequences.BuildConfig(out=str(data), tokenizer=source, manifest=config.manifest,
+    build_sequences(BuildConfig(out=str(data), tokenizer=source, manifest=config.manifest,
                                                     units=config.out, streams="interleaved", context_length=32))
-    vocabulary = sequences.Vocabulary.load(data / "tokenizer")
+    vocabulary = Vocabulary.load(data / "tokenizer")
     from transformers import AutoModelForCausalLM
 
     pretrained = AutoModelForCausalLM.from_pretrained(source)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simslm import sequences
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, checkpoint_problem, learning_rate, make_plan, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
-    assert tokenizer.convert_tokens_to_ids("<speech>") == sequences.Vocabulary.load(f"{data}/tokenizer").speech_id
+    assert tokenizer.convert_tokens_to_ids("<speech>") == Vocabulary.load(f"{data}/tokenizer").speech_id
 
 
 def _one_process_and_torchrun(data, tmp_path, **parallel_changes):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from simslm import unit_quality
+from simslm.units import quality as unit_quality
 
 
 def test_scores_are_one_for_a_bijection_and_near_zero_for_independence():

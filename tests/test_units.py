@@ -3,26 +3,27 @@ import json
 import numpy as np
 import pytest
 
-from simslm import units
+from simslm.units.encoders import ENCODERS, EncoderSpec, build_encoder, mel_filterbank
+from simslm.units.extract import ExtractConfig, deduplicate, expand, extract_units, read_units
 
 
 def test_registry_declares_frame_rates():
-    assert {name: spec[0] for name, spec in units.ENCODERS.items()} == {
+    assert {name: spec[0] for name, spec in ENCODERS.items()} == {
         "logmel": 25.0, "mhubert-25hz": 25.0, "hubert-base-l9": 50.0}
     with pytest.raises(ValueError, match="unknown encoder"):
-        units.build_encoder(units.EncoderSpec(name="nope"))
+        build_encoder(EncoderSpec(name="nope"))
 
 
 def test_logmel_runs_at_25_hz_and_is_normalised_per_utterance():
     rng = np.random.default_rng(0)
     samples = (0.1 * rng.normal(size=16000 * 3)).astype(np.float32)
-    features = units.build_encoder(units.EncoderSpec(name="logmel")).encode(samples)
+    features = build_encoder(EncoderSpec(name="logmel")).encode(samples)
     assert features.shape == (74, 160)  # 3 s at 25 Hz, less the last partial window
     assert np.allclose(features.mean(axis=0), 0, atol=1e-4) and np.allclose(features.std(axis=0), 1, atol=1e-3)
 
 
 def test_mel_filterbank_covers_the_band_with_peaks_in_order():
-    filters = units.mel_filterbank(40, 512)
+    filters = mel_filterbank(40, 512)
     assert filters.shape == (40, 257) and filters.max() <= 1.0
     assert list(np.argmax(filters, axis=1)) == sorted(np.argmax(filters, axis=1))
 
@@ -48,7 +49,7 @@ def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hub
     import torch
     from transformers import HubertModel
 
-    encoder = units.build_encoder(units.EncoderSpec(name=name, model_path=str(tiny_hubert[rate_key])))
+    encoder = build_encoder(EncoderSpec(name=name, model_path=str(tiny_hubert[rate_key])))
     samples = np.random.default_rng(0).normal(size=32000).astype(np.float32) * 0.1
     features = encoder.encode(samples)
     assert encoder.layer == layer and features.shape[1] == 32
@@ -61,17 +62,17 @@ def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hub
 
 def test_hubert_with_the_wrong_frame_rate_or_no_checkpoint_is_refused(tiny_hubert, tmp_path):
     with pytest.raises(ValueError, match="give 50 frames/s"):
-        units.build_encoder(units.EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["50hz"])))
+        build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["50hz"])))
     with pytest.raises(ValueError, match="cannot load HuBERT"):
-        units.build_encoder(units.EncoderSpec(name="hubert-base-l9", model_path=str(tmp_path / "missing")))
+        build_encoder(EncoderSpec(name="hubert-base-l9", model_path=str(tmp_path / "missing")))
 
 
 def test_dedup_and_durations_rebuild_the_frame_sequence_exactly():
     rng = np.random.default_rng(0)
     for _ in range(50):
         frames = rng.integers(0, 4, size=rng.integers(0, 200))
-        deduplicated, durations = units.deduplicate(frames)
-        assert np.array_equal(units.expand(deduplicated, durations), frames)
+        deduplicated, durations = deduplicate(frames)
+        assert np.array_equal(expand(deduplicated, durations), frames)
         assert not np.any(deduplicated[1:] == deduplicated[:-1])
         assert durations.sum() == len(frames) and (durations > 0).all()
 
@@ -87,7 +88,7 @@ def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extract
     config, report, utterances = extracted
     assert (report.num_encoded, report.num_skipped, report.num_shards) == (4, 2, 3)
     assert report.skipped_by_reason == {"empty file": 1, "not a readable WAV/FLAC file": 1}
-    by_id = {u.id: u for u in units.read_units(config.out)}
+    by_id = {u.id: u for u in read_units(config.out)}
     for utterance in utterances:
         result = by_id[utterance.id]
         assert abs(result.num_frames / result.frame_rate_hz - utterance.duration_sec) < 0.1
@@ -97,7 +98,7 @@ def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extract
 
 def test_rerunning_extraction_does_no_new_work(extracted):
     config, first, _ = extracted
-    again = units.extract_units(config)
+    again = extract_units(config)
     assert again.num_shards_done_now == 0
     assert (again.num_encoded, again.num_frames, again.num_units) == (first.num_encoded, first.num_frames,
                                                                        first.num_units)
@@ -105,8 +106,8 @@ def test_rerunning_extraction_does_no_new_work(extracted):
 
 def test_extracting_into_a_folder_made_with_another_codebook_is_refused(extracted, tmp_path):
     config, _, _ = extracted
-    from simslm import kmeans
+    from simslm.units import kmeans
 
     other = kmeans.Codebook(np.zeros((32, 160), np.float32), {"encoder": {"name": "logmel"}}).save(tmp_path / "o")
     with pytest.raises(ValueError, match="other settings"):
-        units.extract_units(units.ExtractConfig(manifest=config.manifest, codebook=str(other), out=config.out))
+        extract_units(ExtractConfig(manifest=config.manifest, codebook=str(other), out=config.out))

@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from simslm import __version__
+from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
+from simslm.eval.evaluate import EvalConfig, evaluate_run, format_results
+from simslm.scaling.fit import TEXTLESS_REFERENCE, fit_all, plan_compute, read_table
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.loader import PackedLoader
+from simslm.sequences.show import rebuild_sample, render_chunk, render_sample, stats
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.units.encoders import describe_encoders
+from simslm.units.extract import ConvertConfig, ExtractConfig, FitConfig, convert_codebook, extract_units, fit_codebook
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -113,7 +122,7 @@ def _assets_command(args: argparse.Namespace) -> int:
 # --- synth / align / manifest -------------------------------------------------------------
 
 def _synth_command(args: argparse.Namespace) -> int:
-    from simslm.synth import SynthConfig, synthesize_corpus
+    from simslm.speech.synth import SynthConfig, synthesize_corpus
 
     report = synthesize_corpus(config_from_args(SynthConfig, args))
     print(f"synthesized {report.num_synthesized} utterance(s), reused {report.num_reused}, "
@@ -124,7 +133,7 @@ def _synth_command(args: argparse.Namespace) -> int:
 
 
 def _align_command(args: argparse.Namespace) -> int:
-    from simslm.align import AlignConfig, align_manifest
+    from simslm.speech.align import AlignConfig, align_manifest
 
     report = align_manifest(config_from_args(AlignConfig, args))
     print(f"aligned {report.num_aligned}, kept {report.num_kept}, skipped {report.num_skipped} "
@@ -135,7 +144,7 @@ def _align_command(args: argparse.Namespace) -> int:
 
 
 def _manifest_command(args: argparse.Namespace) -> int:
-    from simslm.manifest import validate_manifest
+    from simslm.speech.manifest import validate_manifest
 
     failed = 0
     for path in args.manifests:
@@ -148,22 +157,22 @@ def _manifest_command(args: argparse.Namespace) -> int:
 
 
 def _units_command(args: argparse.Namespace) -> int:
-    from simslm import unit_quality, units
+    from simslm.units import quality as unit_quality
 
     if args.action == "fit":
-        path = units.fit_codebook(config_from_args(units.FitConfig, args))
+        path = fit_codebook(config_from_args(FitConfig, args))
         meta = json.loads(path.with_suffix(".json").read_text())
         print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
               f"utterance(s) ({meta['backend']}) -> {path}")
     elif args.action == "extract":
-        report = units.extract_units(config_from_args(units.ExtractConfig, args))
+        report = extract_units(config_from_args(ExtractConfig, args))
         print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
               f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
               f"done now in {report.wall_sec:.1f} s")
         print(f"{report.num_frames} frames -> {report.num_units} units "
               f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
     elif args.action == "convert":
-        path = units.convert_codebook(config_from_args(units.ConvertConfig, args))
+        path = convert_codebook(config_from_args(ConvertConfig, args))
         print(f"converted to a plain codebook (loads without unpickling) -> {path}")
     else:
         report = unit_quality.unit_quality(config_from_args(unit_quality.QualityConfig, args))
@@ -179,10 +188,9 @@ def _units_command(args: argparse.Namespace) -> int:
 def _sequences_command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from simslm import sequences
 
     if args.action == "build":
-        index = sequences.build_sequences(config_from_args(sequences.BuildConfig, args))
+        index = build_sequences(config_from_args(BuildConfig, args))
         tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
         print(f"built {len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
               f"({tokens / max(index['wall_sec'], 1e-9):,.0f} tokens/s) -> {args.out}")
@@ -191,7 +199,7 @@ def _sequences_command(args: argparse.Namespace) -> int:
                 print(f"  epoch {entry['epoch']}: skipped {entry['skipped']}", file=sys.stderr)
         return 0
     if args.action == "stats":
-        for row in sequences.stats(args.folder):
+        for row in stats(args.folder):
             word_share = row["interleaved_speech_word_share"]
             print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
                   f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "
@@ -200,16 +208,16 @@ def _sequences_command(args: argparse.Namespace) -> int:
             print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
         return 0
     if args.sample:
-        sample, vocabulary = sequences.rebuild_sample(args.folder, args.sample, args.epoch)
-        print(sequences.render_sample(sample, vocabulary))
+        sample, vocabulary = rebuild_sample(args.folder, args.sample, args.epoch)
+        print(render_sample(sample, vocabulary))
     else:
         folder = Path(args.folder)
-        vocabulary = sequences.Vocabulary.load(folder / "tokenizer")
-        loader = sequences.PackedLoader(folder, batch_size=1)
+        vocabulary = Vocabulary.load(folder / "tokenizer")
+        loader = PackedLoader(folder, batch_size=1)
         chunks = loader.chunks(args.epoch)
         if not 0 <= args.chunk < len(chunks):
             raise ValueError(f"{folder}: epoch {args.epoch} has {len(chunks)} chunks; --chunk {args.chunk} is out of range")
-        print(sequences.render_chunk(np.asarray(chunks[args.chunk]), vocabulary))
+        print(render_chunk(np.asarray(chunks[args.chunk]), vocabulary))
     return 0
 
 
@@ -235,26 +243,24 @@ def _textlm_command(args: argparse.Namespace) -> int:
 
 
 def _bench_command(args: argparse.Namespace) -> int:
-    from simslm import benchsets
 
-    meta = benchsets.build_benchmark(config_from_args(benchsets.BenchBuildConfig, args))
+    meta = build_benchmark(config_from_args(BenchBuildConfig, args))
     print(f"built {meta['kind']}: {meta['num_items']} item(s) in the {meta['layout']} layout, "
           f"{meta['num_files_skipped']} file(s) skipped -> {args.out} ({meta['note']})")
     return 0
 
 
 def _eval_command(args: argparse.Namespace) -> int:
-    from simslm import evaluate
 
-    config = config_from_args(evaluate.EvalConfig, args)
-    results = evaluate.evaluate_run(config)
-    print(evaluate.format_results(results))
+    config = config_from_args(EvalConfig, args)
+    results = evaluate_run(config)
+    print(format_results(results))
     print(f"-> {Path(config.run) / 'eval.json'}")
     return 0
 
 
 def _sweep_command(args: argparse.Namespace) -> int:
-    from simslm import sweep
+    from simslm.scaling import sweep
 
     if args.action == "plan":
         spec = sweep.SweepSpec.from_json(json.loads(Path(args.spec).read_text()))
@@ -274,7 +280,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
 
 def _fit_command(args: argparse.Namespace) -> int:
-    from simslm import scaling, sweep
+    from simslm.scaling import sweep
 
     source = Path(args.source)
     if source.is_dir():
@@ -282,9 +288,9 @@ def _fit_command(args: argparse.Namespace) -> int:
                                num_workers=args.num_workers)
         out = source / "fit.json"
     else:
-        points = scaling.read_table(source, convention=args.convention)
+        points = read_table(source, convention=args.convention)
         fits = {"convention": args.convention, "source": str(source),
-                "variants": {source.stem: scaling.fit_all(points, num_resamples=args.num_resamples,
+                "variants": {source.stem: fit_all(points, num_resamples=args.num_resamples,
                                                           convention=args.convention, num_workers=args.num_workers)}}
         out = Path(args.out or source.with_suffix(".fit.json"))
         from simslm import jobs
@@ -302,7 +308,7 @@ def _fit_command(args: argparse.Namespace) -> int:
 
 
 def _plan_command(args: argparse.Namespace) -> int:
-    from simslm import jobs, model, scaling
+    from simslm import jobs, model
 
     if args.fit:
         fits = jobs.read_json(args.fit)["variants"]
@@ -311,9 +317,9 @@ def _plan_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.fit} has no variant '{variant}' ({', '.join(fits)})")
         fit, source = fits[variant], f"{args.fit} ({variant})"
     else:
-        fit, source = {"approach3": {"law": scaling.TEXTLESS_REFERENCE, "samples": []}}, \
+        fit, source = {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}}, \
             "the textless law of Cuervo & Marxer (2024); pass --fit for your own"
-    plan = scaling.plan_compute(args.flops, fit)
+    plan = plan_compute(args.flops, fit)
     interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
                             if "ci_" + key in plan else "")
     print(f"budget C = {args.flops:.3g} FLOPs, law from {source}")
@@ -328,7 +334,7 @@ def _plan_command(args: argparse.Namespace) -> int:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from simslm import report
+    from simslm.scaling import report
 
     print(f"report -> {report.write_report(args.sweep)}")
     return 0
@@ -344,8 +350,8 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
-    from simslm.align import AlignConfig
-    from simslm.synth import SynthConfig
+    from simslm.speech.align import AlignConfig
+    from simslm.speech.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
                                      "Stages: assets -> synth -> align -> units -> sequences -> train -> bench/eval -> sweep/fit/plan/report.\nStart with `simslm demo`: the whole offline study in one command.",
@@ -366,25 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(align_parser, AlignConfig)
     align_parser.set_defaults(handler=_align_command)
 
-    from simslm import unit_quality, units
+    from simslm.units import quality as unit_quality
 
     units_parser = commands.add_parser("units", help="audio -> discrete units: fit k-means, extract, measure",
-                                       description=f"Encoders: {units.describe_encoders()}.")
+                                       description=f"Encoders: {describe_encoders()}.")
     units_actions = units_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, config_class, help_text in (
-            ("fit", units.FitConfig, "fit a k-means codebook on encoder features of a corpus"),
-            ("extract", units.ExtractConfig, "encode a manifest into deduplicated units with durations"),
+            ("fit", FitConfig, "fit a k-means codebook on encoder features of a corpus"),
+            ("extract", ExtractConfig, "encode a manifest into deduplicated units with durations"),
             ("quality", unit_quality.QualityConfig, "PNMI and purities against pocketsphinx phone labels"),
-            ("convert", units.ConvertConfig, "convert a published pickled k-means (needs --trust-pickle)")):
+            ("convert", ConvertConfig, "convert a published pickled k-means (needs --trust-pickle)")):
         action_parser = units_actions.add_parser(action, help=help_text)
         add_config_arguments(action_parser, config_class)
     units_parser.set_defaults(handler=_units_command)
 
-    from simslm import sequences
 
     sequences_parser = commands.add_parser("sequences", help="token streams: interleave, mix, pack; inspect")
     sequence_actions = sequences_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add_config_arguments(sequence_actions.add_parser("build", help="build packed token shards"), sequences.BuildConfig)
+    add_config_arguments(sequence_actions.add_parser("build", help="build packed token shards"), BuildConfig)
     show_parser = sequence_actions.add_parser("show", help="print a sample (rebuilt with its words) or a chunk")
     show_parser.add_argument("folder")
     show_parser.add_argument("--sample", help="utterance id: rebuild its interleaved sample from (seed, id, epoch)")
@@ -412,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(textlm_actions.add_parser("pretrain", help="train the family on a text corpus"), TextLMConfig)
     textlm_parser.set_defaults(handler=_textlm_command)
 
-    from simslm.benchsets import BenchBuildConfig
-    from simslm.evaluate import EvalConfig
+    from simslm.eval.benchbuild import BenchBuildConfig
+    from simslm.eval.evaluate import EvalConfig
 
     bench_parser = commands.add_parser("bench", help="build offline re-creations of the spoken benchmarks")
     bench_actions = bench_parser.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from simslm import jobs
+from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
 TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2100:2160]"
 
@@ -65,7 +68,8 @@ def _stage(out: Path, name: str, timings: dict[str, float], work: Callable[[], A
 
 def run_demo(config: DemoConfig) -> str:
     """Run every stage (skipping finished ones) and return the closing summary."""
-    from simslm import benchsets, report, sequences, sweep, synth, units
+    from simslm.scaling import report, sweep
+    from simslm.speech import synth
     from simslm.textlm import TextLMConfig, pretrain_family
 
     out = Path(config.out)
@@ -82,10 +86,10 @@ def run_demo(config: DemoConfig) -> str:
                                                   corpus=f"{config.corpus}{VALIDATION_STORIES}", seed=config.seed))
 
     def extract():
-        units.fit_codebook(units.FitConfig(manifest=str(out / "speech" / "manifest.jsonl"), out=str(codebook.with_suffix("")),
+        fit_codebook(FitConfig(manifest=str(out / "speech" / "manifest.jsonl"), out=str(codebook.with_suffix("")),
                                            k=config.num_units, seed=config.seed))
         for name in ("speech", "validation_speech"):
-            units.extract_units(units.ExtractConfig(manifest=str(out / name / "manifest.jsonl"), codebook=str(codebook),
+            extract_units(ExtractConfig(manifest=str(out / name / "manifest.jsonl"), codebook=str(codebook),
                                                     out=str(out / "units" / name)))
 
     def pretrain():
@@ -96,20 +100,20 @@ def run_demo(config: DemoConfig) -> str:
     def build():
         common = {"context_length": config.context_length, "seed": config.seed, "overwrite": True}
         speech = {"manifest": str(out / "speech" / "manifest.jsonl"), "units": str(out / "units" / "speech")}
-        sequences.build_sequences(sequences.BuildConfig(out=str(out / "sequences" / "interleaved"), **speech,
+        build_sequences(BuildConfig(out=str(out / "sequences" / "interleaved"), **speech,
                                                         text_corpus=train_text, num_epochs=2, **common))
-        sequences.build_sequences(sequences.BuildConfig(out=str(out / "sequences" / "textless"), **speech,
+        build_sequences(BuildConfig(out=str(out / "sequences" / "textless"), **speech,
                                                         streams="speech", **common))
-        sequences.build_sequences(sequences.BuildConfig(
+        build_sequences(BuildConfig(
             out=str(out / "sequences" / "validation"), manifest=str(out / "validation_speech" / "manifest.jsonl"),
             units=str(out / "units" / "validation_speech"), streams="speech", **common))
 
     def benchmarks():
         excluded = f"{out / 'speech' / 'manifest.jsonl'},{train_text}"
-        benchsets.build_benchmark(benchsets.BenchBuildConfig(
+        build_benchmark(BenchBuildConfig(
             kind="tsc", out=str(out / "bench" / "tsc"), source=f"{config.corpus}{BENCH_STORIES}", exclude=excluded,
             num_items=config.tsc_items, voices="single", seed=config.seed))
-        benchsets.build_benchmark(benchsets.BenchBuildConfig(
+        build_benchmark(BenchBuildConfig(
             kind="sblimp", out=str(out / "bench" / "sblimp"), per_phenomenon=config.sblimp_per_phenomenon,
             voices="single", seed=config.seed))
 
@@ -146,7 +150,7 @@ def run_demo(config: DemoConfig) -> str:
 
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
-    from simslm import sweep
+    from simslm.scaling import sweep
 
     rows = sweep.collect(sweep_dir)
     fits = jobs.read_json(sweep_dir / "fit.json")["variants"]
@@ -188,4 +192,3 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     lines.append("At this scale (models of 0.03-0.4M parameters, minutes of CPU) these are smoke-test answers, "
                  "not evidence about the paper's regime.")
     return "\n".join(lines)
-

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs, model as model_lib, sequences
+from simslm import jobs
+from simslm import model as model_lib
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, train
 
 
@@ -43,10 +46,10 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
     out = Path(config.out)
     data = out / "data"
     if not (data / "index.json").exists():
-        sequences.build_sequences(sequences.BuildConfig(out=str(data), tokenizer=config.tokenizer, streams="text",
+        build_sequences(BuildConfig(out=str(data), tokenizer=config.tokenizer, streams="text",
                                                         text_corpus=config.text_corpus,
                                                         context_length=config.context_length, seed=config.seed))
-    vocab_size = len(sequences.Vocabulary.load(data / "tokenizer"))
+    vocab_size = len(Vocabulary.load(data / "tokenizer"))
     members = []
     for depth in [int(d) for d in config.depths.split(",") if d.strip()]:
         parameters = model_lib.family_parameters(depth, vocab_size)

@@ -25,7 +25,8 @@ import numpy as np
 
 from simslm import jobs
 from simslm import model as model_lib
-from simslm.sequences import PackedLoader, Vocabulary
+from simslm.sequences.loader import PackedLoader
+from simslm.sequences.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from simslm import audio, text
+from simslm.speech import audio, text
 
 # Word timings may overrun the audio by this much before we call them wrong: aligners
 # round to 10 ms frames and durations are stored rounded to the millisecond.

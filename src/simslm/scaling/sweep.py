@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from simslm import jobs
+from simslm.scaling.fit import fit_all, points_from_rows
 from simslm.train import TrainConfig
 
 SWEEP_FILE = "sweep.json"
@@ -175,7 +176,7 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
             train(TrainConfig(**run["config"]))
         bench = tuple(spec.get("bench") or ())
         if not _evaluated(run_dir, bench):
-            from simslm.evaluate import EvalConfig, evaluate_run
+            from simslm.eval.evaluate import EvalConfig, evaluate_run
 
             evaluate_run(EvalConfig(run=str(run_dir), bench=bench, modes=spec.get("eval_modes", "S,T"),
                                     num_workers=1))
@@ -327,20 +328,19 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
     """Fit every variant's runs (speech CE; accuracies against compute) and write `fit.json`."""
     import numpy as np
 
-    from simslm import scaling
 
     rows = collect(sweep_dir)
     fits: dict[str, Any] = {"convention": convention, "loss": "speech-only cross-entropy (validation when given)",
                             "variants": {}}
     for variant in sorted({row["variant"] for row in rows}):
         chosen = [row for row in rows if row["variant"] == variant]
-        points = scaling.points_from_rows(chosen, convention=convention)
+        points = points_from_rows(chosen, convention=convention)
         if len(points) < 3:
             continue
         metrics = {key[4:]: (np.array([r["flops"] for r in chosen if key in r]),
                              np.array([r[key] for r in chosen if key in r]))
                    for key in sorted({k for r in chosen for k in r if k.startswith("acc/")})}
-        fits["variants"][variant] = scaling.fit_all(points, num_resamples=num_resamples, seed=seed,
+        fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
     jobs.write_json(Path(sweep_dir) / "fit.json", fits)
     return fits

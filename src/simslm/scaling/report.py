@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs, scaling, sweep
+from simslm import jobs
+from simslm.scaling import sweep
+from simslm.scaling.fit import TEXTLESS_EXPONENTS, TEXTLESS_REFERENCE, Law
 
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
 
@@ -55,9 +57,9 @@ def plot_best_loss(rows, fits, folder: Path) -> str:
         axes.plot(budgets, best, "o", color=colour, label=f"{variant} (best run per budget)")
         law = fits.get(variant, {}).get("approach3", {}).get("law")
         if law:
-            axes.plot(flops_range, scaling.Law(**law).best_loss(flops_range), "-", color=colour, alpha=0.7,
+            axes.plot(flops_range, Law(**law).best_loss(flops_range), "-", color=colour, alpha=0.7,
                       label=f"{variant}: fitted law")
-    reference = scaling.Law(**scaling.TEXTLESS_REFERENCE)
+    reference = Law(**TEXTLESS_REFERENCE)
     axes.plot(flops_range, reference.best_loss(flops_range), "k--",
               label="textless law, Cuervo & Marxer 2024 (HuBERT units)")
     axes.set(xscale="log", xlabel="training FLOPs (6ND)", ylabel="speech cross-entropy (nats)",
@@ -145,13 +147,13 @@ def fit_tables(fits: dict[str, Any]) -> str:
         approach3 = fit["approach3"]
         for name in ("E", "A", "B", "alpha", "beta"):
             law_rows.append([variant, name, approach3["law"][name], _interval(approach3["ci"][name]),
-                             scaling.TEXTLESS_REFERENCE[name]])
+                             TEXTLESS_REFERENCE[name]])
         exponent_rows.append([variant, "approach 1 (envelope)", fit["approach1"]["a"], "", fit["approach1"]["b"]])
         exponent_rows.append([variant, "approach 2 (isoFLOP)", fit["approach2"]["a"], "", fit["approach2"]["b"]])
         exponent_rows.append([variant, "approach 3 (parametric)", approach3["a"], _interval(approach3["ci_a"]),
                               approach3["b"]])
         for name, law in fit.get("metrics", {}).items():
-            reference = scaling.TEXTLESS_EXPONENTS.get(name.split("/")[0].lower(), "")
+            reference = TEXTLESS_EXPONENTS.get(name.split("/")[0].lower(), "")
             metric_rows.append([variant, name, law["gamma"], _interval(law["ci_gamma"]), reference, law["num_points"]])
     parts.append("<h3>Parametric law L = E + A/N^α + B/D^β (approach 3, 95% bootstrap CI)</h3>")
     parts.append(_table(["variant", "parameter", "fit", "95% CI", "textless (Cuervo & Marxer)"], law_rows))

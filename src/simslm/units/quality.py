@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from simslm import audio, jobs
-from simslm.align import AlignmentError
-from simslm.manifest import read_manifest
-from simslm.units import UtteranceUnits, read_units
+from simslm import jobs
+from simslm.speech import audio
+from simslm.speech.align import AlignmentError
+from simslm.speech.manifest import read_manifest
+from simslm.units.extract import UtteranceUnits, read_units
 
 
 def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]:
@@ -59,7 +60,7 @@ _aligner = None
 def _label_one(task: tuple[str, str, str]) -> tuple[str, list | str]:
     global _aligner  # one pocketsphinx decoder per worker process
     utterance_id, path, transcript = task
-    from simslm.align import PocketsphinxAligner
+    from simslm.speech.align import PocketsphinxAligner
 
     try:
         if _aligner is None:

@@ -20,8 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simslm import audio, benchsets, jobs, kmeans
-from simslm.sequences import Vocabulary
+from simslm import jobs
+from simslm.eval.layouts import load
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.speech import audio
+from simslm.units.vocoder import LogMelInversionVocoder
 
 # --- sampling ---------------------------------------------------------------------------------
 
@@ -115,58 +118,6 @@ def self_bleu(transcripts: list[str], max_n: int = 4) -> float:
 # --- vocoders, ASR, judges (registries) ---------------------------------------------------------
 
 
-class LogMelInversionVocoder:
-    """`logmel` units -> audio: centroid log-mels, de-normalised with a reference's statistics, Griffin-Lim.
-
-    The logmel encoder normalises each utterance, so absolute level and spectral tilt come
-    from a reference recording (the prompt's own audio). Each unit lasts one 40 ms frame
-    group (4 x 10 ms), the encoder's rate.
-    """
-
-    def __init__(self, codebook_path: str, iterations: int = 32):
-        from simslm.units import LogMelEncoder
-
-        self.codebook = kmeans.Codebook.load(codebook_path)
-        if self.codebook.meta.get("encoder", {}).get("name") != "logmel":
-            raise ValueError(f"{codebook_path}: the log-mel inversion vocoder needs logmel units")
-        self.encoder = LogMelEncoder()
-        self.iterations = iterations
-        self._inverse = np.linalg.pinv(self.encoder._filters)
-
-    def __call__(self, units: np.ndarray, reference_audio: str) -> np.ndarray:
-        encoder = self.encoder
-        reference = encoder.log_mel(audio.load_audio(reference_audio))
-        stacked = reference[:len(reference) - len(reference) % encoder.stack].reshape(-1, encoder.dim)
-        features = self.codebook.centroids[np.asarray(units)] * stacked.std(axis=0) + stacked.mean(axis=0)
-        log_mel = features.reshape(-1, encoder.num_mels)
-        magnitude = np.sqrt(np.maximum(np.exp(log_mel) @ self._inverse.T, 0.0))
-        return self._griffin_lim(magnitude)
-
-    def _griffin_lim(self, magnitude: np.ndarray) -> np.ndarray:
-        encoder = self.encoder
-        window, hop, size = encoder._window, encoder.hop_samples, encoder.window_samples
-        num_frames = magnitude.shape[0]
-        length = (num_frames - 1) * hop + size
-        phase = np.exp(2j * np.pi * np.random.default_rng(0).random(magnitude.shape))
-        norm = np.zeros(length)
-        for i in range(num_frames):
-            norm[i * hop:i * hop + size] += window ** 2
-        norm = np.maximum(norm, 1e-8)
-        signal = np.zeros(length)
-        for _ in range(self.iterations):
-            frames = np.fft.irfft(magnitude * phase, n=encoder.fft_size)[:, :size] * window
-            signal[:] = 0.0
-            for i in range(num_frames):
-                signal[i * hop:i * hop + size] += frames[i]
-            signal /= norm
-            strides = (signal.strides[0] * hop, signal.strides[0])
-            analysed = np.fft.rfft(np.lib.stride_tricks.as_strided(signal, (num_frames, size), strides) * window,
-                                   n=encoder.fft_size)
-            phase = np.exp(1j * np.angle(analysed))
-        peak = np.abs(signal).max()
-        return (0.5 * signal / peak if peak > 0 else signal).astype(np.float32)
-
-
 class PocketsphinxASR:
     """pocketsphinx's bundled US English acoustic model and language model (offline)."""
 
@@ -201,7 +152,7 @@ class JudgeLM:
 
     def __init__(self, source: str):
         from simslm.model import load_base_model
-        from simslm.sequences import load_base_tokenizer
+        from simslm.sequences.vocabulary import load_base_tokenizer
 
         self.model = load_base_model(source).eval()
         self.tokenizer = load_base_tokenizer(source if not source.endswith(".bin") else "stories260K")
@@ -267,9 +218,9 @@ def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
 def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Path, device: str, *, seed: int = 0,
                        options: GenerationOptions = GenerationOptions()) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
-    from simslm.evaluate import bench_units_cache, run_units_folder, units_for_audio
+    from simslm.eval.bench_units import bench_units_cache, run_units_folder, units_for_audio
 
-    _, pairs = benchsets.load(folder, "S")
+    _, pairs = load(folder, "S")
     pairs = pairs[:options.num_prompts]
     prompts = [pair.positive[0].audio for pair in pairs]
     endings = [pair.positive[1] for pair in pairs]

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from simslm import audio, jobs
-from simslm import text as text_lib
-from simslm.manifest import Utterance, Word, read_manifest, write_manifest
+from simslm import jobs
+from simslm.speech import audio
+from simslm.speech import text as text_lib
+from simslm.speech.manifest import Utterance, Word, read_manifest, write_manifest
 
 TimedWords = list[tuple[str, float, float]]
 
@@ -109,7 +110,7 @@ _ESPEAK_TO_ARPABET = {
 
 def espeak_arpabet(word: str) -> str:
     """A pronunciation for `word` in ARPAbet from espeak-ng's g2p ('' when it has none)."""
-    from simslm.espeak import Espeak
+    from simslm.speech.espeak import Espeak
 
     phones = (_ESPEAK_TO_ARPABET.get(name, "") for name in Espeak.instance().phonemes(word))
     return " ".join(phone for phone in phones if phone)

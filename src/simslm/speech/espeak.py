@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simslm import text as text_lib
+from simslm.speech import text as text_lib
 
 # espeak_EVENT_TYPE (speak_lib.h)
 _EVENT_LIST_TERMINATED, _EVENT_MARK, _EVENT_PHONEME = 0, 3, 7

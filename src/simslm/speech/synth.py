@@ -10,20 +10,20 @@ cannot speak.
 from __future__ import annotations
 
 import collections
-import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import soxr
 
-from simslm import assets, audio, jobs
-from simslm import text as text_lib
-from simslm.manifest import Utterance, Word, write_manifest
+from simslm import assets, jobs
+from simslm.speech import audio
+from simslm.speech import text as text_lib
+from simslm.speech.corpus import read_corpus, split_corpus_spec
+from simslm.speech.manifest import Utterance, Word, write_manifest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +73,7 @@ class EspeakBackend:
     name = "espeak-ng"
 
     def speak(self, transcript: str, voice: str, pitch: int, rate_wpm: int) -> tuple[np.ndarray, int, list]:
-        from simslm import espeak
+        from simslm.speech import espeak
 
         return espeak.speak(transcript, voice=voice, pitch=pitch, rate_wpm=rate_wpm)
 
@@ -129,50 +129,6 @@ class SynthReport:
         return self.audio_sec / self.wall_sec if self.wall_sec > 0 else float("inf")
 
 
-def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
-    """`name[start:stop]` -> (name, start, stop): a slice of a corpus's lines, e.g. a held-out tail.
-
-    Line indices keep counting from the corpus's first line, so ids made from them (and a
-    check that a benchmark shares no story with training) stay valid across slices.
-    """
-    match = re.fullmatch(r"(.+?)\[(\d*):(\d*)\]", spec)
-    if not match:
-        return spec, 0, None
-    name, start, stop = match.groups()
-    return name, int(start or 0), int(stop) if stop else None
-
-
-def read_corpus(spec: str, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
-    """`read_texts` over an asset or path, restricted to the slice a `name[start:stop]` spec names."""
-    name, start, stop = split_corpus_spec(spec)
-    for index, value, problem in read_texts(assets.resolve_file(name), text_field):
-        if stop is not None and index >= stop:
-            break
-        if index >= start:
-            yield index, value, problem
-
-
-def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
-    """Yield (line index, text or None, problem) for each line of a .jsonl or .txt corpus."""
-    path = Path(path)
-    is_jsonl = path.suffix in (".jsonl", ".json")
-    with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            if not is_jsonl:
-                yield index, line.rstrip("\n"), ""
-                continue
-            try:
-                record = json.loads(line)
-                value = record[text_field]
-                if not isinstance(value, str):
-                    raise TypeError
-                yield index, value, ""
-            except json.JSONDecodeError:
-                yield index, None, "line is not valid JSON"
-            except (KeyError, TypeError):
-                yield index, None, f"no string field '{text_field}'"
-
-
 def choose_speaker(voice_set: tuple[VoicePreset, ...], seed: int, line_index: int) -> tuple[VoicePreset, int, int]:
     """Speaker, pitch and rate for one line: a pure function of (seed, line index)."""
     rng = np.random.default_rng([seed, line_index])
@@ -184,14 +140,14 @@ def choose_speaker(voice_set: tuple[VoicePreset, ...], seed: int, line_index: in
 
 def synth_task(utterance_id: str, text: str, voice_set: str, seed: int, line: int, out_dir: str | os.PathLike, *,
                backend: str = "espeak-ng", audio_format: str = "flac") -> dict[str, Any]:
-    """One line to speak, with the speaker that (seed, line) picks from the voice set: a `_synthesize_one` task."""
+    """One line to speak, with the speaker that (seed, line) picks from the voice set: a `synthesize_one` task."""
     preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, line)
     return {"id": utterance_id, "line": line, "text": text, "voice": preset.voice,
             "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": backend,
             "audio_format": audio_format, "out_dir": str(out_dir)}
 
 
-def _synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
+def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
     """Worker: speak one line, write its audio atomically, return its manifest record."""
     utterance_id = task["id"]
     try:
@@ -259,7 +215,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
                                 backend=config.backend, audio_format=config.audio_format))
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
-    for record in jobs.parallel_map(_synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
+    for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
                                     total=len(tasks), description="synth"):
         journal.append(record)
         if "skipped" in record:

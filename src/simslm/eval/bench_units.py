@@ -1,0 +1,71 @@
+"""Benchmark audio -> units with a run's own encoder and codebook, cached per codebook."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from simslm import jobs
+from simslm.eval.layouts import Pair
+from simslm.units.extract import ExtractConfig, extract_units, read_units
+
+
+def run_units_folder(run_dir: Path) -> Path:
+    """The `simslm units extract` folder whose codebook a run's speech tokens come from."""
+    config = jobs.read_json(run_dir / "config.json")
+    index = jobs.read_json(Path(config["data"]) / "index.json")
+    units = index["config"].get("units")
+    if not units:
+        raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
+    return Path(units)
+
+
+def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_workers: int = 0
+                    ) -> dict[str, np.ndarray]:
+    """Deduplicated units of each audio file with the codebook (and encoder) of `units_folder`.
+
+    Extraction goes through `units.extract_units` (parallel, resumable shard by shard) into
+    a cache folder named by the codebook and the file list, so evaluating another run with
+    the same codebook (every run of a sweep) does no work. Files that cannot be read are
+    missing from the result.
+    """
+    from simslm.speech import audio
+
+    header = jobs.read_json(units_folder / "units.json")
+    unique = sorted(set(paths))
+    key = hashlib.sha256((header["codebook_sha256"] + "\n" + "\n".join(unique)).encode()).hexdigest()[:16]
+    records = []
+    for number, path in enumerate(unique):
+        try:
+            duration = audio.audio_info(path)[1]
+        except audio.AudioError:
+            duration = 0.0  # extraction reports the problem and skips the file
+        records.append({"id": f"{number:07d}", "path": str(Path(path).resolve()), "duration_sec": duration})
+    config = ExtractConfig(manifest=f"benchmark audio ({len(unique)} files)", codebook=header["codebook"],
+                                 out=str(cache / key), model_path=header["encoder"].get("model_path"),
+                                 num_workers=num_workers)
+    extract_units(config, records=records)
+    return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
+
+
+def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None,
+                 num_workers: int = 0) -> Callable[[str], np.ndarray]:
+    """Audio path -> units: from a pre-extracted folder (keyed by file stem), else extracted now."""
+
+    if pre_extracted:
+        by_stem = {u.id: u.units for u in read_units(pre_extracted)}
+        return lambda path: by_stem[Path(path).stem]
+    paths = [part.audio for pair in pairs for part in pair.positive + pair.negative if part.audio]
+    if not paths:
+        return lambda path: np.empty(0, dtype=np.int32)
+    return units_for_audio(paths, run_units_folder(run_dir), bench_units_cache(), num_workers).__getitem__
+
+
+def bench_units_cache() -> Path:
+    """Where benchmark units are cached: shared by every run that uses the same codebook."""
+    from simslm import assets
+
+    return assets.cache_dir() / "bench-units"

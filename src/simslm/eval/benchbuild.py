@@ -1,0 +1,177 @@
+"""Offline re-creations of the spoken benchmarks, synthesised with espeak-ng in the published layouts.
+
+sBLIMP-style sets from the BLiMP files (a fixed sample per phenomenon) and tSC-style sets
+from held-out stories (context, right ending, the last sentence of another story).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simslm import assets, jobs
+from simslm.eval.layouts import BENCH_FILE, BenchError
+from simslm.speech import text as text_lib
+from simslm.speech.corpus import read_corpus
+from simslm.speech.manifest import read_manifest
+from simslm.speech.synth import synth_task, synthesize_one
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchBuildConfig:
+    """What `simslm bench build` does."""
+
+    kind: str
+    """sblimp (from BLiMP) or tsc (from held-out stories, with its cross-modal items)."""
+    out: str
+    """Output folder (the benchmark, in the published layout, plus bench.json)."""
+    voices: str = "single"
+    """single (one voice), heldout (multi-speaker, voices never used in training), or train (the
+    training voices: an in-domain diagnostic, not a held-out benchmark)."""
+    source: str = ""
+    """sblimp: BLiMP asset or folder of jsonl (default blimp); tsc: corpus[start:stop] of held-out
+    stories (default tinystories-sample[2000:])."""
+    exclude: str = ""
+    """Comma-separated training manifests or corpora: building fails if an item shares a story with them."""
+    per_phenomenon: int = 10
+    """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
+    num_items: int = 200
+    """tsc: stories to use (at most)."""
+    context_sentences: int = 4
+    """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
+    seed: int = 0
+    num_workers: int = 0
+    """Worker processes; 0 = one per core."""
+
+
+def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[str, Any]]:
+    records = {}
+    for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers or jobs.default_workers(),
+                                                                             max(1, len(tasks))),
+                                    total=len(tasks), description="bench build (synth)"):
+        records[record["id"]] = record
+    return records
+
+
+def blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, Any]]:
+    folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
+    chosen = []
+    for number, path in enumerate(sorted(folder.glob("*.jsonl"))):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        order = np.random.default_rng([seed, number]).permutation(len(rows))[:per_phenomenon]
+        chosen.extend(rows[i] for i in sorted(order))
+    return chosen
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"”'])\s+")
+
+
+def split_sentences(story: str) -> list[str]:
+    """Sentences of a story (split after . ! ? and any closing quote)."""
+    return [s.strip() for s in _SENTENCE_END.split(story.strip()) if s.strip()]
+
+
+def story_key(text: str) -> str:
+    return " ".join(text_lib.words(text_lib.speakable(text))).lower()
+
+
+def _is_manifest(path: Path) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        return "transcript" in handle.readline()
+
+
+def training_stories(exclude: str) -> set[str]:
+    """Normalised texts of the training manifests or corpora named in `exclude`."""
+    keys: set[str] = set()
+    for source in (s.strip() for s in exclude.split(",") if s.strip()):
+        if source.endswith(".jsonl") and Path(source).exists() and _is_manifest(Path(source)):
+            keys.update(story_key(u.transcript) for u in read_manifest(source))
+        else:
+            keys.update(story_key(value) for _, value, _ in read_corpus(source) if value)
+    return keys
+
+
+def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
+    stories = [(index, text_lib.speakable(value)) for index, value, _ in
+               read_corpus(config.source or "tinystories-sample[2000:]") if value]
+    training = training_stories(config.exclude)
+    shared = [index for index, story in stories if story_key(story) in training]
+    if shared:
+        raise BenchError(f"{len(shared)} stories of {config.source or 'tinystories-sample[2000:]'} are in the "
+                         f"training data ({config.exclude}), e.g. line {shared[0]}; use held-out stories")
+    usable = []
+    for index, story in stories:
+        sentences = split_sentences(story)
+        if len(sentences) >= 2 and len(text_lib.words(sentences[-1])) >= 3:
+            context = sentences[:-1][-config.context_sentences:] if config.context_sentences else sentences[:-1]
+            usable.append({"line": index, "context": " ".join(context), "ending": sentences[-1]})
+    usable = usable[:config.num_items]
+    rng = np.random.default_rng(config.seed)
+    for position, item in enumerate(usable):
+        # The wrong ending is the last sentence of a random other held-out story (tSC's recipe).
+        other = (position + 1 + int(rng.integers(len(usable) - 1))) % len(usable)
+        item["wrong_ending"] = usable[other]["ending"]
+    return usable
+
+
+def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
+    """Synthesise an offline benchmark in its published layout; return what bench.json records."""
+    if config.voices not in ("single", "heldout", "train"):
+        raise ValueError(f"voices must be single, heldout or train, not '{config.voices}'")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    audio_dir = out / "audio"
+    if config.kind == "sblimp":
+        rows = blimp_pairs(config.source, config.per_phenomenon, config.seed)
+        tasks = []
+        for index, row in enumerate(rows):
+            for side in ("good", "bad"):
+                tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
+                                        index, out))
+        records = _speak_all(tasks, config.num_workers)
+        gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
+                      "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
+                      "voice": records[f"{index:05d}-{side}"].get("speaker", "")}
+                     for index, row in enumerate(rows) for side in ("good", "bad")
+                     if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
+        jobs.write_text(out / "gold.csv", _csv(gold_rows))
+        layout, num_items = "slm21", len(gold_rows) // 2
+    elif config.kind == "tsc":
+        items = _tsc_items(config)
+        tasks, texts = [], {}
+        for position, item in enumerate(items):
+            stem = f"tsc-{item['line']:06d}"
+            for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
+                               ("incorrect", item["wrong_ending"])):
+                tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
+                texts[f"{stem}_{role}"] = text
+        records = _speak_all(tasks, config.num_workers)
+        bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
+        for key, text in texts.items():
+            if key.rsplit("_", 1)[0] not in bad_stems:
+                jobs.write_text(audio_dir / f"{key}.txt", text + "\n")
+        layout, num_items = "cross-modal", len(items) - len(bad_stems)
+    else:
+        raise ValueError(f"unknown benchmark kind '{config.kind}'; known: sblimp, tsc")
+    skipped = sum(1 for record in records.values() if "skipped" in record)
+    meta = {"layout": layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
+            "config": asdict(config),
+            "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
+    jobs.write_json(out / BENCH_FILE, meta)
+    return meta
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id", "filename", "type", "correct"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,94 @@
+"""Looking at built sequences: per-epoch statistics, one sample rebuilt with its words, one chunk decoded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simslm.sequences.build import BuildConfig, method_parameters
+from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.speech.manifest import read_manifest
+from simslm.units.extract import read_units
+
+
+def stats(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words."""
+    index = json.loads((Path(folder) / "index.json").read_text())
+    rows = []
+    for entry in index["epochs"]:
+        counts = entry["token_counts"]
+        speech, text_tokens = counts.get("speech", 0), counts.get("text", 0)
+        words = entry["interleaved_words"]
+        rows.append({
+            "epoch": entry["epoch"], "num_chunks": entry["num_chunks"],
+            "tokens": entry["num_chunks"] * index["context_length"],
+            "speech_tokens": speech, "text_tokens": text_tokens, "marker_tokens": counts.get("marker", 0),
+            "dropped_tokens": counts.get("dropped", 0),
+            "speech_token_share": speech / max(1, speech + text_tokens),
+            "interleaved_speech_word_share": entry["interleaved_speech_words"] / words if words else None,
+            "tokens_by_stream": entry["tokens_by_stream"], "skipped": entry["skipped"],
+        })
+    return rows
+
+
+def render_sample(sample: Sample, vocabulary: Vocabulary, max_units: int = 12) -> str:
+    """A sample as text: text runs in plain words, speech runs as compact unit runs with their words."""
+    lines = [f"sample {sample.id}: {len(sample.tokens)} tokens, {sample.num_speech_words}/{sample.num_words} "
+             f"words as speech"]
+    for run in sample.runs:
+        ids, words = sample.tokens[run.first_token + 1:run.end_token], run.words
+        if run.modality == TEXT:
+            lines.append(f"  <text>   {vocabulary.tokenizer.decode(ids.tolist())}")
+        else:
+            units = (ids - vocabulary.unit_offset).tolist()
+            shown = " ".join(str(u) for u in units[:max_units]) + (" ..." if len(units) > max_units else "")
+            lines.append(f"  <speech> [{len(units)} units: {shown}]  \"{' '.join(words)}\"")
+    return "\n".join(lines)
+
+
+def render_chunk(chunk: np.ndarray, vocabulary: Vocabulary, max_units: int = 12) -> str:
+    """A packed chunk as text: runs of units compacted, text decoded."""
+    out, run = [], []
+    is_unit = vocabulary.is_unit(chunk)
+
+    def flush():
+        if run:
+            units = [int(t) - vocabulary.unit_offset for t in run]
+            out.append(f"[{len(units)} units: {' '.join(map(str, units[:max_units]))}"
+                       f"{' ...' if len(units) > max_units else ''}]")
+            run.clear()
+    text_ids: list[int] = []
+    for token, unit in zip(chunk.tolist(), is_unit):
+        if unit:
+            if text_ids:
+                out.append(vocabulary.tokenizer.decode(text_ids))
+                text_ids = []
+            run.append(token)
+        else:
+            flush()
+            text_ids.append(token)
+    flush()
+    if text_ids:
+        out.append(vocabulary.tokenizer.decode(text_ids))
+    return " ".join(out)
+
+
+def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) -> tuple[Sample, Vocabulary]:
+    """Rebuild one interleaved sample of a built folder from (seed, id, epoch) alone."""
+    folder = Path(folder)
+    index = json.loads((folder / "index.json").read_text())
+    config = BuildConfig(**index["config"])
+    vocabulary = Vocabulary.load(folder / "tokenizer")
+    utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)
+    units = next((u for u in read_units(config.units) if u.id == sample_id), None)
+    if utterance is None or units is None:
+        raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
+    check_utterance(utterance, units)
+    mask = INTERLEAVERS[config.method](len(utterance.words), sample_rng(config.seed, sample_id, epoch),
+                                       **method_parameters(config))
+    return build_interleaved(utterance, units, vocabulary, mask, vocabulary.encode_texts), vocabulary

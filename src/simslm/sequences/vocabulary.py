@@ -1,0 +1,106 @@
+"""The extended vocabulary: a text tokenizer plus `<unit_0..K-1>`, `<speech>`, `<text>` and a pad token."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simslm import assets
+
+SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN = "<speech>", "<text>", "<simslm_pad>"
+
+
+VOCAB_FILE = "simslm_vocab.json"
+
+
+@dataclass
+class Vocabulary:
+    """A base LM tokenizer extended with `<unit_0..K-1>`, `<speech>`, `<text>` and a pad token.
+
+    Unit tokens get consecutive ids, so unit u is token `unit_offset + u`. The pad token is
+    a new special token: slamkit forces pad id 0, which is a real text token in Qwen and
+    Llama vocabularies.
+    """
+
+    tokenizer: Any
+    num_units: int
+    unit_offset: int
+    speech_id: int
+    text_id: int
+    pad_id: int
+    bos_id: int | None
+
+    @classmethod
+    def build(cls, base: str, num_units: int) -> "Vocabulary":
+        """Extend the tokenizer at `base`: an HF tokenizer folder or id, a SentencePiece .model, or an asset."""
+        tokenizer = load_base_tokenizer(base)
+        vocab = tokenizer.get_vocab()
+        units = [f"<unit_{i}>" for i in range(num_units)]
+        if any(token in vocab for token in units):
+            raise ValueError(f"tokenizer {base} already has unit tokens; it was extended before")
+        # Markers and pad may already be there: a text LM pretrained by `simslm textlm`
+        # saw <text> and keeps its rows, so a TWIST model built on it reuses them.
+        markers = [token for token in (SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN) if token not in vocab]
+        base_size = len(tokenizer)
+        tokenizer.add_tokens(units + markers, special_tokens=True)
+        tokenizer.pad_token = PAD_TOKEN
+        unit_ids = tokenizer.convert_tokens_to_ids(units)
+        if unit_ids != list(range(base_size, base_size + num_units)):
+            raise ValueError(f"tokenizer {base}: unit tokens did not get consecutive ids")
+        speech_id, text_id, pad_id = tokenizer.convert_tokens_to_ids([SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN])
+        return cls(tokenizer=tokenizer, num_units=num_units, unit_offset=base_size, speech_id=speech_id,
+                   text_id=text_id, pad_id=pad_id, bos_id=tokenizer.bos_token_id)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Save so that `AutoTokenizer.from_pretrained(folder)` gives the extended tokenizer."""
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder)
+        (folder / VOCAB_FILE).write_text(json.dumps({"num_units": self.num_units, "unit_offset": self.unit_offset,
+                                                     "speech_id": self.speech_id, "text_id": self.text_id,
+                                                     "pad_id": self.pad_id, "bos_id": self.bos_id}, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Vocabulary":
+        """Load a vocabulary saved by `save`."""
+        from transformers import AutoTokenizer
+
+        meta = json.loads((Path(folder) / VOCAB_FILE).read_text())
+        return cls(tokenizer=AutoTokenizer.from_pretrained(str(folder)), **meta)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (BOS and markers are placed by the caller)."""
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def is_unit(self, token_ids: np.ndarray) -> np.ndarray:
+        return (token_ids >= self.unit_offset) & (token_ids < self.unit_offset + self.num_units)
+
+
+def load_base_tokenizer(base: str):
+    """An HF tokenizer from a folder or hub id, a SentencePiece .model or .gguf file, or an asset holding one."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    path = Path(base)
+    if not path.exists() and base in assets.REGISTRY:
+        path = assets.file_with_suffix(base, ".model")
+    if path.is_file() and path.suffix == ".model":
+        # transformers reads a SentencePiece model as a Llama tokenizer from a folder
+        # holding it as tokenizer.model (same pieces and ids as sentencepiece itself).
+        with tempfile.TemporaryDirectory() as folder:
+            shutil.copy(path, Path(folder) / "tokenizer.model")
+            return LlamaTokenizer.from_pretrained(folder)
+    try:
+        if path.is_file() and path.suffix == ".gguf":  # the tokenizer a GGUF checkpoint carries
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load tokenizer '{base}' ({error})") from None
