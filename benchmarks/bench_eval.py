@@ -25,7 +25,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     vocabulary = Vocabulary.build("stories260K", num_units=500)
-    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K"), len(vocabulary), 256).eval()
+    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary), 256).eval()
     rng = np.random.default_rng(0)
     num_pairs = 200
     sides = [rng.integers(0, len(vocabulary), int(rng.integers(120, 257))) for _ in range(2 * num_pairs)]

@@ -1,6 +1,6 @@
 """Sequence build throughput on a speech corpus with units, and the realised speech share.
 
-    SIMSLM_MIRROR=../shared/data .venv/bin/simslm synth --out-dir /tmp/stinystories
+    SIMSLM_MIRROR=../shared/data .venv/bin/simslm synth --out /tmp/stinystories
     .venv/bin/simslm units fit --manifest /tmp/stinystories/manifest.jsonl --out /tmp/full/km500
     .venv/bin/simslm units extract --manifest /tmp/stinystories/manifest.jsonl \\
         --codebook /tmp/full/km500.npy --out /tmp/full/units

@@ -27,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = scratch / "data"
-        build_sequences(BuildConfig(out=str(data), streams="text",
+        build_sequences(BuildConfig(out=str(data), streams=("text",),
                                                         text_corpus="tinystories-sample[:300]", context_length=256))
         spec = sweep.SweepSpec(variants=(sweep.Variant(name="text", data=str(data), init="random"),),
                                depths=(2, 3), budgets_flops=(args.budget, 2 * args.budget),

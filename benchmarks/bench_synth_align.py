@@ -31,7 +31,7 @@ def main() -> None:
         scratch = Path(scratch)
         reports = {}
         for workers in (1, 2):
-            reports[workers] = synthesize_corpus(SynthConfig(out_dir=str(scratch / f"synth{workers}"),
+            reports[workers] = synthesize_corpus(SynthConfig(out=str(scratch / f"synth{workers}"),
                                                              limit=args.stories, num_workers=workers))
             report = reports[workers]
             rows.append((f"synth, {workers} worker(s), {report.num_synthesized} stories, "

@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = str(scratch / "data")
-        build_sequences(BuildConfig(out=data, streams="text", text_corpus="tinystories-sample",
+        build_sequences(BuildConfig(out=data, streams=("text",), text_corpus="tinystories-sample",
                                                         context_length=256))
         vocab_size = len(Vocabulary.load(Path(data) / "tokenizer"))
         peak = measure_peak_flops("cpu", seconds=2.0)

@@ -87,7 +87,7 @@ def main() -> None:
             lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             tokens_per_sec = statistics.median(m["tokens_per_sec"] for m in lines[5:])
             mfu = statistics.median(m["mfu"] for m in lines[5:])
-            rows.append((f"simslm train on CUDA, depth {depth} ({result['parameters']['total'] / 1e6:.1f}M params), "
+            rows.append((f"simslm train on CUDA, depth {depth} ({result.parameters.total / 1e6:.1f}M params), "
                          f"batch {args.batch_size} x {context_length}, bf16 autocast, SDPA",
                          f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%, loss {lines[0]['loss']:.2f} -> "
                          f"{lines[-1]['loss']:.2f}, saved model {'ok' if (run_dir / 'model').exists() else 'MISSING'}"))

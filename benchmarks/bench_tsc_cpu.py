@@ -64,7 +64,7 @@ def main() -> None:
 
     speech = out / "speech" / "manifest.jsonl"
     if not speech.exists():
-        synth.synthesize_corpus(synth.SynthConfig(out_dir=str(speech.parent), corpus="tinystories-sample[:2000]",
+        synth.synthesize_corpus(synth.SynthConfig(out=str(speech.parent), corpus="tinystories-sample[:2000]",
                                                   limit=args.train_stories))
     bench = out / "tsc"
     if not (bench / "bench.json").exists():
@@ -72,13 +72,13 @@ def main() -> None:
                                                              exclude=str(speech), num_items=args.items))
     codebook = out / "units" / "logmel500"
     if not codebook.with_suffix(".npy").exists():
-        fit_codebook(FitConfig(manifest=str(speech), out=str(codebook), k=500))
+        fit_codebook(FitConfig(manifest=str(speech), out=str(codebook), num_units=500))
     extract_units(ExtractConfig(manifest=str(speech), codebook=str(codebook.with_suffix(".npy")),
                                             out=str(out / "units" / "speech")))
     data = out / "sequences"
     if not (data / "index.json").exists():
         build_sequences(BuildConfig(out=str(data), tokenizer=base, manifest=str(speech),
-                                                        units=str(out / "units" / "speech"), streams="speech",
+                                                        units=str(out / "units" / "speech"), streams=("speech",),
                                                         context_length=512))
     # A few hundred steps at most fit a CPU session: a short warm-up, slamkit's peak rate.
     trained = TrainConfig(run_dir=str(out / "runs" / "twist-trained"), data=str(data), base_model=base,
@@ -93,10 +93,10 @@ def main() -> None:
         results = evaluate_run(EvalConfig(run=str(run), bench=(f"tsc={bench}",), modes=args.modes,
                                                             baseline="no-context"))
         for entry in results.values():
-            plain = entry["without_baseline"]
-            rows.append(f"| {name} | {entry['mode']} | {100 * plain['accuracy']:.1f}% "
+            plain = entry.without_baseline
+            rows.append(f"| {name} | {entry.mode} | {100 * plain['accuracy']:.1f}% "
                         f"[{100 * plain['ci_low']:.1f}, {100 * plain['ci_high']:.1f}] | "
-                        f"{100 * entry['accuracy']:.1f}% [{100 * entry['ci_low']:.1f}, {100 * entry['ci_high']:.1f}] |")
+                        f"{100 * entry.accuracy:.1f}% [{100 * entry.ci_low:.1f}, {100 * entry.ci_high:.1f}] |")
     print("| model | mode | mean log-likelihood (slamkit) | minus the ending alone (no-context baseline) |")
     print("| --- | --- | --- | --- |")
     print("\n".join(rows))

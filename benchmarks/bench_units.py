@@ -30,9 +30,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        synthesize_corpus(SynthConfig(out_dir=str(scratch / "speech"), limit=args.stories))
+        synthesize_corpus(SynthConfig(out=str(scratch / "speech"), limit=args.stories))
         manifest = scratch / "speech" / "manifest.jsonl"
-        codebook = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km500"), k=500))
+        codebook = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km500"), num_units=500))
         reports = {}
         for workers in (1, 2):
             reports[workers] = extract_units(ExtractConfig(
@@ -56,7 +56,7 @@ def main() -> None:
         write_manifest(small, [replace(u, audio=str(u.audio_path(speech_dir)))
                                for u in read_manifest(manifest)[:args.hubert_stories]])
         hubert_codebook = fit_codebook(FitConfig(
-            manifest=str(small), out=str(scratch / "hubert_km500"), k=500, encoder="hubert-base-l9",
+            manifest=str(small), out=str(scratch / "hubert_km500"), num_units=500, encoder="hubert-base-l9",
             model_path=str(hubert_dir)))
         hubert = extract_units(ExtractConfig(manifest=str(small), codebook=str(hubert_codebook),
                                                          out=str(scratch / "hubert_units"), num_workers=2))

@@ -35,7 +35,7 @@ def synthetic_corpus(tmp_path_factory) -> Path:
     from simslm.speech.synth import SynthConfig, synthesize_corpus
 
     out_dir = tmp_path_factory.mktemp("synth")
-    report = synthesize_corpus(SynthConfig(out_dir=str(out_dir), limit=4, num_workers=2))
+    report = synthesize_corpus(SynthConfig(out=str(out_dir), limit=4, num_workers=2))
     assert report.num_synthesized == 4, report
     return out_dir / "manifest.jsonl"
 
@@ -48,7 +48,7 @@ def extracted(synthetic_corpus, tmp_path_factory):
     from simslm.speech.manifest import read_manifest, write_manifest
 
     out = tmp_path_factory.mktemp("units")
-    codebook = fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(out / "km32"), k=32,
+    codebook = fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(out / "km32"), num_units=32,
                                                   num_workers=1))
     utterances = read_manifest(synthetic_corpus)
     (out / "empty.wav").write_bytes(b"")
@@ -70,7 +70,7 @@ def speech_sequences(extracted, tmp_path_factory) -> str:
     config, _, _ = extracted
     out = tmp_path_factory.mktemp("seq") / "seq"
     build_sequences(BuildConfig(out=str(out), manifest=config.manifest, units=config.out,
-                                                    streams="interleaved,speech", context_length=64, num_epochs=2))
+                                                    streams=("interleaved", "speech"), context_length=64, num_epochs=2))
     return str(out)
 
 
@@ -83,7 +83,7 @@ def trained_run(extracted, speech_sequences, tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     data = speech_sequences
     train(TrainConfig(run_dir=str(root / "run"), data=data, validation_data=data,
-                      budget_tokens=8 * 4 * 64, batch_size=4, validation_batches=2))
+                      budget_tokens=8 * 4 * 64, batch_size=4, num_validation_batches=2))
     bench = root / "tsc"
     build_benchmark(BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
                                                          exclude=config.manifest, num_items=4, num_workers=2))

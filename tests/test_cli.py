@@ -46,7 +46,7 @@ def test_missing_asset_exits_nonzero_with_the_reason(monkeypatch, capsys):
 def test_synth_then_validate_from_the_command_line(tmp_path, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"text": "A tiny story. The end."}) + "\n")
-    assert main(["synth", "--corpus", str(corpus), "--out-dir", str(tmp_path / "o"), "--num-workers", "1"]) == 0
+    assert main(["synth", "--corpus", str(corpus), "--out", str(tmp_path / "o"), "--num-workers", "1"]) == 0
     assert "synthesized 1 utterance(s)" in capsys.readouterr().out
     assert main(["manifest", "validate", str(tmp_path / "o" / "manifest.jsonl")]) == 0
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
@@ -55,8 +55,8 @@ def test_synth_then_validate_from_the_command_line(tmp_path, capsys):
 
 
 def test_bad_option_values_are_errors_not_tracebacks(tmp_path, capsys):
-    assert main(["synth", "--out-dir", str(tmp_path), "--voice-set", "nobody"]) == 2
-    assert "unknown voice set 'nobody'" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--voice-set", "nobody"]) == 2
+    assert "--voice-set must be one of" in capsys.readouterr().err
     assert main(["align", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
 
 
@@ -82,7 +82,7 @@ def test_units_commands_fit_extract_convert(tmp_path, capsys, synthetic_corpus):
     import numpy as np
     from sklearn.cluster import KMeans
 
-    assert main(["units", "fit", "--manifest", str(synthetic_corpus), "--out", str(tmp_path / "km"), "--k", "8",
+    assert main(["units", "fit", "--manifest", str(synthetic_corpus), "--out", str(tmp_path / "km"), "--num-units", "8",
                  "--max-utterances", "2", "--num-workers", "1"]) == 0
     assert "k-means codebook k=8" in capsys.readouterr().out
     assert main(["units", "extract", "--manifest", str(synthetic_corpus), "--codebook", str(tmp_path / "km.npy"),

@@ -8,9 +8,9 @@ from simslm.eval.benchbuild import story_key, training_stories
 
 @pytest.mark.slow
 def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys):
-    config = demo.DemoConfig(out=str(tmp_path / "demo"), num_stories=6, num_units=16, depths="1,2",
-                             budgets_flops="3e8,6e8,1.2e9", text_tokens_per_parameter=1.0, context_length=64,
-                             batch_size=4, tsc_items=4, sblimp_per_phenomenon=1, num_resamples=20)
+    config = demo.DemoConfig(out=str(tmp_path / "demo"), num_stories=6, num_units=16, depths=(1, 2),
+                             budgets_flops=(3e8, 6e8, 1.2e9), text_tokens_per_parameter=1.0, context_length=64,
+                             batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_resamples=20)
     summary = demo.run_demo(config)
     out = tmp_path / "demo"
     assert "Finding 1, interleaved + TWIST beats textless per FLOP:" in summary

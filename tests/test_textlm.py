@@ -11,14 +11,14 @@ from simslm.train import TrainConfig, train
 def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     corpus = tmp_path / "stories.txt"
     corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
-    family = pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths="1,2",
+    family = pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
                                           tokens_per_parameter=0.5, context_length=32, batch_size=4))
     members = family["members"]
     assert [m["depth"] for m in members] == [1, 2] and members[0]["parameters"] < members[1]["parameters"]
     assert all(m["pretraining_flops"] == 6 * m["parameters"] * m["pretraining_tokens"] for m in members)
     assert json.loads((tmp_path / "family" / "family.json").read_text())["members"] == members
     # Re-running reuses finished members.
-    assert pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths="1,2",
+    assert pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
                                         tokens_per_parameter=0.5, context_length=32,
                                         batch_size=4))["members"][0]["pretraining_tokens"] == members[0]["pretraining_tokens"]
 
@@ -28,7 +28,7 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     config, _, _ = extracted
     data = tmp_path / "slm-data"
     build_sequences(BuildConfig(out=str(data), tokenizer=source, manifest=config.manifest,
-                                                    units=config.out, streams="interleaved", context_length=32))
+                                                    units=config.out, streams=("interleaved",), context_length=32))
     vocabulary = Vocabulary.load(data / "tokenizer")
     from transformers import AutoModelForCausalLM
 

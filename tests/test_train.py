@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, checkpoint_problem, learning_rate, make_plan, train
+from simslm.train import RunResult, TrainConfig, checkpoint_problem, learning_rate, make_plan, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path)
 
 def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, keep_checkpoints=3))
+    train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))
     latest = run / "checkpoints" / "step-00000008"
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
@@ -104,8 +104,8 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path):
     result = train(_config(data, run, budget_tokens=6 * 4 * 64, validation_data=data))
     assert {p.name for p in run.iterdir()} >= {"config.json", "plan.json", "metrics.jsonl", "checkpoints",
                                                 "model", "result.json"}
-    assert json.loads((run / "result.json").read_text()) == json.loads(json.dumps(result))
-    assert result["validation"]["loss_speech"] is not None and result["steps"] == 6
+    assert RunResult.load(run) == result
+    assert result.validation.loss_speech is not None and result.steps == 6
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "loss_speech", "loss_text", "lr", "tokens", "flops", "tokens_per_sec", "mfu"} <= set(line)
     model = AutoModelForCausalLM.from_pretrained(run / "model")
@@ -152,18 +152,5 @@ def test_gradient_accumulation_matches_a_larger_batch(data, tmp_path):
     whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64, batch_size=4))
     accumulated = train(_config(data, tmp_path / "accumulated", budget_tokens=4 * 4 * 64, batch_size=2,
                                 grad_accumulation=2))
-    assert whole["steps"] == accumulated["steps"] == 4
+    assert whole.steps == accumulated.steps == 4
     assert np.allclose(_losses(tmp_path / "accumulated"), _losses(tmp_path / "whole"), rtol=1e-5)
-
-
-def test_config_file_plus_overrides(tmp_path):
-    from simslm.train import config_with_overrides
-
-    (tmp_path / "run.json").write_text(json.dumps({"run_dir": "r", "data": "d", "lr": 1e-3}))
-    config = config_with_overrides(str(tmp_path / "run.json"), ["budget_flops=1e14", "batch_size=4",
-                                                                "validation_data=none", "init=random"])
-    assert (config.lr, config.budget_flops, config.batch_size, config.init) == (1e-3, 1e14, 4, "random")
-    assert config.validation_data is None and config.budget_tokens is None
-    assert config_with_overrides(str(tmp_path / "run.json"), ["budget_tokens=1e6", "fsdp=true"]).budget_tokens == 10**6
-    with pytest.raises(ValueError, match="known key"):
-        config_with_overrides(str(tmp_path / "run.json"), ["learning_rate=1"])

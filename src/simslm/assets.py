@@ -23,9 +23,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from tqdm import tqdm
+
+from simslm import jobs
+from simslm.config import Config
 
 _CHECKSUMS: dict[str, str] = json.loads((Path(__file__).with_name("asset_checksums.json")).read_text())
 DOWNLOAD_TIMEOUT_SEC = 30
@@ -223,12 +226,11 @@ def _download(asset: Asset) -> dict[str, Path]:
 
 def download(url: str, target: Path, max_bytes: int | None = None) -> None:
     """Fetch `url` into `target` atomically with a progress bar (optionally only a prefix)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.part")
     request = urllib.request.Request(url, headers={"User-Agent": "simslm"})
     if max_bytes is not None:
         request.add_header("Range", f"bytes=0-{max_bytes - 1}")
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SEC) as response, open(temporary, "wb") as out:
+    with (jobs.atomic_path(target) as temporary,
+          urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SEC) as response, open(temporary, "wb") as out):
         length = response.headers.get("Content-Length")
         total = max_bytes if max_bytes is not None else (int(length) if length else None)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
@@ -242,7 +244,6 @@ def download(url: str, target: Path, max_bytes: int | None = None) -> None:
                 bar.update(len(block))
                 if remaining is not None:
                     remaining -= len(block)
-    os.replace(temporary, target)
 
 
 _verified: dict[tuple[str, int, int], str] = {}
@@ -283,10 +284,7 @@ def _record(name: str, source: str, files: dict[str, dict[str, str]]) -> None:
         if entries.get(name) == entry:
             return
         entries[name] = entry
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        temporary = ledger.with_name(f".{ledger.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(temporary, ledger)
+        jobs.write_text(ledger, json.dumps(entries, indent=1, sort_keys=True))
     except (OSError, json.JSONDecodeError) as error:
         print(f"simslm: note: could not record checksums in {ledger} ({error})", file=sys.stderr)
 
@@ -316,12 +314,10 @@ def _build_tinystories_sample(root: Path) -> None:
     raw = root / "tinystories" / ".TinyStories-train.prefix.txt"
     download(_TINYSTORIES_TRAIN_URL, raw, max_bytes=_TINYSTORIES_PREFIX_BYTES)
     stories = raw.read_text(encoding="utf-8", errors="ignore").split("<|endoftext|>")[:-1]
-    temporary = target.with_name(f".{target.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with jobs.atomic_path(target) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for story in stories:
             if story.strip():
                 handle.write(json.dumps({"text": story.strip()}, ensure_ascii=False) + "\n")
-    os.replace(temporary, target)
     raw.unlink()
 
 
@@ -401,3 +397,13 @@ register(Asset(
     + (AssetFile(path="librispeech/1272-128104-0000.ctm", derived=True),),
     build=_build_librispeech_alignment,
 ))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssetsConfig(Config):
+    """What `simslm assets` does."""
+
+    action: Literal["list", "verify", "fetch"]
+    """list: where each asset resolves from; verify: resolve and check sha256; fetch: resolve and print the folder."""
+    names: tuple[str, ...] = ()
+    """Asset names (default: all)."""

@@ -1,103 +1,32 @@
 """The `simslm` command line: one subcommand per pipeline stage, each a thin layer over its module.
 
-Stage options come from the stage's frozen config dataclass: each field becomes a
-`--flag` and the docstring under the field becomes its help text.
+Every command reads its options through its stage's config dataclass (`simslm.config`): a
+`--flag` per field with its docstring and default as help, `--config FILE` for a JSON or
+YAML file of the same names, and `--print-config` to show what it resolved to. A user's
+mistake ends in one line, `simslm CMD: error: ...`, and exit status 2 (`--debug` shows the
+traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import json
 import sys
-import textwrap
-import types
-import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from simslm import __version__
-from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
-from simslm.eval.evaluate import EvalConfig, evaluate_run, format_results
-from simslm.scaling.fit import TEXTLESS_REFERENCE, fit_all, plan_compute, read_table
-from simslm.sequences.build import BuildConfig, build_sequences
-from simslm.sequences.loader import PackedLoader
-from simslm.sequences.show import rebuild_sample, render_chunk, render_sample, stats
-from simslm.sequences.vocabulary import Vocabulary
-from simslm.units.encoders import describe_encoders
-from simslm.units.extract import ConvertConfig, ExtractConfig, FitConfig, convert_codebook, extract_units, fit_codebook
+from simslm.config import add_config_arguments, config_from_args
+
+# --- handlers: each takes its config and prints what happened ------------------------------------
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields (PEP 257 attribute docstrings), inherited ones too."""
-    docs: dict[str, str] = {}
-    for base in reversed(cls.__mro__[:-1]):
-        docs.update(_own_field_docs(base))
-    return docs
-
-
-def _own_field_docs(cls: type) -> dict[str, str]:
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
-                         positional: tuple[str, ...] = ()) -> None:
-    """Add one option per field of the dataclass `cls` (required fields without default)."""
-    docs = _field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        kind = hints[field.name]
-        optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
-        if optional:
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        has_default = field.default is not dataclasses.MISSING
-        help_text = docs.get(field.name, "")
-        if has_default and field.default not in (None, ""):
-            help_text += f" (default: {field.default})"
-        if field.name in positional:
-            parser.add_argument(field.name, help=help_text)
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        if typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, nargs="+", required=not has_default, dest=field.name, metavar="VALUE",
-                                default=field.default if has_default else None, help=help_text)
-        elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=field.default if has_default else None,
-                                required=not has_default, help=help_text, dest=field.name)
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build the config dataclass from parsed arguments."""
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
-    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-# --- assets ---------------------------------------------------------------------------
-
-def _assets_command(args: argparse.Namespace) -> int:
+def _assets(config) -> int:
     from simslm import assets
 
-    names = args.names or sorted(assets.REGISTRY)
-    if args.action == "list":
+    names = config.names or sorted(assets.REGISTRY)
+    if config.action == "list":
         print(f"mirror: {assets.mirror_dir() or '(SIMSLM_MIRROR not set)'}   cache: {assets.cache_dir()}")
         print(f"{'asset':<22} {'where':<13} {'files':>5}  description")
         for name in names:
@@ -112,19 +41,17 @@ def _assets_command(args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL {name}: {error}", file=sys.stderr)
             continue
-        if args.action == "verify":
+        if config.action == "verify":
             print(f"ok   {name}: {len(resolved.paths)} file(s), sha256 match, from {resolved.source} ({resolved.root})")
         else:
             print(resolved.root)
     return 1 if failures else 0
 
 
-# --- synth / align / manifest -------------------------------------------------------------
+def _synth(config) -> int:
+    from simslm.speech.synth import synthesize_corpus
 
-def _synth_command(args: argparse.Namespace) -> int:
-    from simslm.speech.synth import SynthConfig, synthesize_corpus
-
-    report = synthesize_corpus(config_from_args(SynthConfig, args))
+    report = synthesize_corpus(config)
     print(f"synthesized {report.num_synthesized} utterance(s), reused {report.num_reused}, "
           f"skipped {report.num_skipped} {report.skipped_by_reason or ''}")
     print(f"{report.audio_sec / 3600:.2f} h of new audio in {report.wall_sec:.1f} s "
@@ -132,10 +59,10 @@ def _synth_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _align_command(args: argparse.Namespace) -> int:
-    from simslm.speech.align import AlignConfig, align_manifest
+def _align(config) -> int:
+    from simslm.speech.align import align_manifest
 
-    report = align_manifest(config_from_args(AlignConfig, args))
+    report = align_manifest(config)
     print(f"aligned {report.num_aligned}, kept {report.num_kept}, skipped {report.num_skipped} "
           f"of {report.num_utterances} utterance(s) in {report.wall_sec:.1f} s -> {report.manifest}")
     for utterance_id, reason in list(report.skipped.items())[:20]:
@@ -143,12 +70,12 @@ def _align_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _manifest_command(args: argparse.Namespace) -> int:
+def _validate(config) -> int:
     from simslm.speech.manifest import validate_manifest
 
     failed = 0
-    for path in args.manifests:
-        problems = validate_manifest(path, check_audio=not args.no_audio)
+    for path in config.manifests:
+        problems = validate_manifest(path, check_audio=config.audio)
         for problem in problems:
             print(problem)
         print(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
@@ -156,149 +83,162 @@ def _manifest_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _units_command(args: argparse.Namespace) -> int:
-    from simslm.units import quality as unit_quality
+def _units_fit(config) -> int:
+    from simslm import jobs
+    from simslm.units.extract import fit_codebook
 
-    if args.action == "fit":
-        path = fit_codebook(config_from_args(FitConfig, args))
-        meta = json.loads(path.with_suffix(".json").read_text())
-        print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
-              f"utterance(s) ({meta['backend']}) -> {path}")
-    elif args.action == "extract":
-        report = extract_units(config_from_args(ExtractConfig, args))
-        print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
-              f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
-              f"done now in {report.wall_sec:.1f} s")
-        print(f"{report.num_frames} frames -> {report.num_units} units "
-              f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
-    elif args.action == "convert":
-        path = convert_codebook(config_from_args(ConvertConfig, args))
-        print(f"converted to a plain codebook (loads without unpickling) -> {path}")
-    else:
-        report = unit_quality.unit_quality(config_from_args(unit_quality.QualityConfig, args))
-        print(f"{'':<18} {'PNMI':>7} {'cluster purity':>15} {'phone purity':>13}")
-        for name in ("units", "shuffled_baseline"):
-            scores = report[name]
-            print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['cluster_purity']:>15.4f} {scores['phone_purity']:>13.4f}")
-        print(f"dedup ratio {report['dedup_ratio']:.3f} frames/unit; {report['num_utterances_scored']} utterance(s), "
-              f"{report['num_frames_scored']} frames scored")
+    path = fit_codebook(config)
+    meta = jobs.read_json(path.with_suffix(".json"))
+    print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
+          f"utterance(s) ({meta['backend']}) -> {path}")
     return 0
 
 
-def _sequences_command(args: argparse.Namespace) -> int:
-    import numpy as np
+def _units_extract(config) -> int:
+    from simslm.units.extract import extract_units
 
-
-    if args.action == "build":
-        index = build_sequences(config_from_args(BuildConfig, args))
-        tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
-        print(f"built {len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
-              f"({tokens / max(index['wall_sec'], 1e-9):,.0f} tokens/s) -> {args.out}")
-        for entry in index["epochs"]:
-            if entry["skipped"]:
-                print(f"  epoch {entry['epoch']}: skipped {entry['skipped']}", file=sys.stderr)
-        return 0
-    if args.action == "stats":
-        for row in stats(args.folder):
-            word_share = row["interleaved_speech_word_share"]
-            print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
-                  f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "
-                  f"dropped {row['dropped_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
-                  + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
-            print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
-        return 0
-    if args.sample:
-        sample, vocabulary = rebuild_sample(args.folder, args.sample, args.epoch)
-        print(render_sample(sample, vocabulary))
-    else:
-        folder = Path(args.folder)
-        vocabulary = Vocabulary.load(folder / "tokenizer")
-        loader = PackedLoader(folder, batch_size=1)
-        chunks = loader.chunks(args.epoch)
-        if not 0 <= args.chunk < len(chunks):
-            raise ValueError(f"{folder}: epoch {args.epoch} has {len(chunks)} chunks; --chunk {args.chunk} is out of range")
-        print(render_chunk(np.asarray(chunks[args.chunk]), vocabulary))
+    report = extract_units(config)
+    print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
+          f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
+          f"done now in {report.wall_sec:.1f} s")
+    print(f"{report.num_frames} frames -> {report.num_units} units "
+          f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
     return 0
 
 
-def _train_command(args: argparse.Namespace) -> int:
-    from simslm.train import config_with_overrides, train
+def _units_convert(config) -> int:
+    from simslm.units.extract import convert_codebook
 
-    result = train(config_with_overrides(args.config, args.overrides))
-    if result:
-        print(f"trained {result['steps']} steps, {result['tokens']} tokens, {result['flops']:.3g} FLOPs in "
-              f"{result['wall_sec']:.1f} s; final train loss {result['final_train']} -> {result['model_dir']}")
+    print(f"converted to a plain codebook (loads without unpickling) -> {convert_codebook(config)}")
     return 0
 
 
-def _textlm_command(args: argparse.Namespace) -> int:
-    from simslm.textlm import TextLMConfig, pretrain_family
+def _units_quality(config) -> int:
+    from simslm.units.quality import unit_quality
 
-    family = pretrain_family(config_from_args(TextLMConfig, args))
-    for member in family["members"]:
+    report = unit_quality(config)
+    print(f"{'':<18} {'PNMI':>7} {'cluster purity':>15} {'phone purity':>13}")
+    for name in ("units", "shuffled_baseline"):
+        scores = report[name]
+        print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['cluster_purity']:>15.4f} {scores['phone_purity']:>13.4f}")
+    print(f"dedup ratio {report['dedup_ratio']:.3f} frames/unit; {report['num_utterances_scored']} utterance(s), "
+          f"{report['num_frames_scored']} frames scored")
+    return 0
+
+
+def _sequences_build(config) -> int:
+    from simslm.sequences.build import build_sequences
+
+    index = build_sequences(config)
+    tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
+    print(f"built {len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
+          f"({tokens / max(index['wall_sec'], 1e-9):,.0f} tokens/s) -> {config.out}")
+    for entry in index["epochs"]:
+        if entry["skipped"]:
+            print(f"  epoch {entry['epoch']}: skipped {entry['skipped']}", file=sys.stderr)
+    return 0
+
+
+def _sequences_stats(config) -> int:
+    from simslm.sequences.show import stats
+
+    for row in stats(config.folder):
+        word_share = row["interleaved_speech_word_share"]
+        print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
+              f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "
+              f"dropped {row['dropped_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
+              + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
+        print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
+    return 0
+
+
+def _sequences_show(config) -> int:
+    from simslm.sequences.show import show
+
+    print(show(config))
+    return 0
+
+
+def _train(config) -> int:
+    from simslm.train import train
+
+    result = train(config)
+    if result is not None:  # the main process of a torchrun
+        print(f"trained {result.steps} steps, {result.tokens} tokens, {result.flops:.3g} FLOPs in "
+              f"{result.wall_sec:.1f} s; final train loss {result.final_train.loss:.4f} -> "
+              f"{result.model_path(config.run_dir)}")
+    return 0
+
+
+def _textlm(config) -> int:
+    from simslm.textlm import pretrain_family
+
+    for member in pretrain_family(config)["members"]:
         print(f"depth {member['depth']}: {member['parameters']:,} parameters, loss {member['final_loss']:.3f} "
               f"after {member['pretraining_tokens']:,} tokens ({member['pretraining_flops']:.3g} FLOPs) "
               f"-> {member['model_dir']}")
     return 0
 
 
-def _bench_command(args: argparse.Namespace) -> int:
+def _bench_build(config) -> int:
+    from simslm.eval.benchbuild import build_benchmark
 
-    meta = build_benchmark(config_from_args(BenchBuildConfig, args))
+    meta = build_benchmark(config)
     print(f"built {meta['kind']}: {meta['num_items']} item(s) in the {meta['layout']} layout, "
-          f"{meta['num_files_skipped']} file(s) skipped -> {args.out} ({meta['note']})")
+          f"{meta['num_files_skipped']} file(s) skipped -> {config.out} ({meta['note']})")
     return 0
 
 
-def _eval_command(args: argparse.Namespace) -> int:
+def _eval(config) -> int:
+    from simslm.eval.evaluate import EVAL_FILE, evaluate_run, format_results
 
-    config = config_from_args(EvalConfig, args)
-    results = evaluate_run(config)
-    print(format_results(results))
-    print(f"-> {Path(config.run) / 'eval.json'}")
+    print(format_results(evaluate_run(config)))
+    print(f"-> {Path(config.run) / EVAL_FILE}")
     return 0
 
 
-def _sweep_command(args: argparse.Namespace) -> int:
-    from simslm.scaling import sweep
+def _sweep_plan(config) -> int:
+    from simslm import jobs
+    from simslm.scaling.sweep import SWEEP_FILE, SweepSpec, plan_sweep
 
-    if args.action == "plan":
-        spec = sweep.SweepSpec.from_json(json.loads(Path(args.spec).read_text()))
-        planned = sweep.plan_sweep(spec, args.out)
-        print(f"planned {len(planned['runs'])} run(s) -> {Path(args.out) / sweep.SWEEP_FILE}")
-    elif args.action == "run":
-        counts = sweep.run_sweep(args.sweep, executor=args.executor, num_parallel=args.num_parallel,
-                                 threads_per_run=args.threads_per_run, cluster=args.cluster,
-                                 slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
-                                 gpus_per_node=args.gpus_per_node)
-        print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    elif args.action == "run-one":
-        print(sweep.execute_run(args.sweep, args.run_id))
-    else:
-        print(sweep.status_table(args.sweep))
+    planned = plan_sweep(SweepSpec.from_json(jobs.read_json(config.spec)), config.out)
+    print(f"planned {len(planned['runs'])} run(s) -> {Path(config.out) / SWEEP_FILE}")
     return 0
 
 
-def _fit_command(args: argparse.Namespace) -> int:
-    from simslm.scaling import sweep
+def _sweep_run(config) -> int:
+    from simslm.scaling.sweep import run_sweep
 
-    source = Path(args.source)
-    if source.is_dir():
-        fits = sweep.fit_sweep(source, convention=args.convention, num_resamples=args.num_resamples,
-                               num_workers=args.num_workers)
-        out = source / "fit.json"
-    else:
-        points = read_table(source, convention=args.convention)
-        fits = {"convention": args.convention, "source": str(source),
-                "variants": {source.stem: fit_all(points, num_resamples=args.num_resamples,
-                                                          convention=args.convention, num_workers=args.num_workers)}}
-        out = Path(args.out or source.with_suffix(".fit.json"))
-        from simslm import jobs
+    counts = run_sweep(config.sweep, executor=config.executor, num_parallel=config.num_parallel,
+                       threads_per_run=config.threads_per_run, cluster=config.cluster,
+                       slurm_partition=config.slurm_partition, timeout_min=config.timeout_min,
+                       gpus_per_node=config.gpus_per_node)
+    print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
 
-        jobs.write_json(out, fits)
+
+def _sweep_run_one(config) -> int:
+    from simslm.scaling.sweep import execute_run
+
+    print(execute_run(config.sweep, config.run_id))
+    return 0
+
+
+def _sweep_status(config) -> int:
+    from simslm.scaling.sweep import status_table
+
+    print(status_table(config.sweep))
+    return 0
+
+
+def _fit(config) -> int:
+    from simslm.scaling.sweep import fit_source
+
+    fits, out = fit_source(config)
     for variant, fit in fits["variants"].items():
         law, approach3 = fit["approach3"]["law"], fit["approach3"]
-        print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + {law['B']:.4g}/D^{law['beta']:.4g}"
+        print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
+              f"{law['B']:.4g}/D^{law['beta']:.4g}"
               f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
               f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
         print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
@@ -307,197 +247,187 @@ def _fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_command(args: argparse.Namespace) -> int:
-    from simslm import jobs, model
+def _plan(config) -> int:
+    from simslm import model
+    from simslm.scaling.fit import fit_for_plan, plan_compute
 
-    if args.fit:
-        fits = jobs.read_json(args.fit)["variants"]
-        variant = args.variant or next(iter(fits))
-        if variant not in fits:
-            raise ValueError(f"{args.fit} has no variant '{variant}' ({', '.join(fits)})")
-        fit, source = fits[variant], f"{args.fit} ({variant})"
-    else:
-        fit, source = {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}}, \
-            "the textless law of Cuervo & Marxer (2024); pass --fit for your own"
-    plan = plan_compute(args.flops, fit)
+    fit, source = fit_for_plan(config)
+    plan = plan_compute(config.flops, fit)
     interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
                             if "ci_" + key in plan else "")
-    print(f"budget C = {args.flops:.3g} FLOPs, law from {source}")
+    print(f"budget C = {config.flops:.3g} FLOPs, law from {source}")
     print(f"N_opt = {plan['n_opt']:.4g} parameters{interval('n_opt')}")
-    print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  ({plan['tokens_per_parameter']:.1f} tokens/parameter)")
+    print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
+          f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
     print(f"predicted loss {plan['loss']:.4f}")
-    depth = model.family_depth_for(plan["n_opt"], args.vocab_size)
-    parameters = model.family_parameters(depth, args.vocab_size)
-    print(f"nearest family member (vocabulary {args.vocab_size}): depth {depth}, {parameters:,} parameters "
-          f"-> train it for {args.flops / (6 * parameters):.4g} tokens")
+    depth = model.family_depth_for(plan["n_opt"], config.vocab_size)
+    parameters = model.family_parameters(depth, config.vocab_size)
+    print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} parameters "
+          f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
     return 0
 
 
-def _report_command(args: argparse.Namespace) -> int:
-    from simslm.scaling import report
+def _report(config) -> int:
+    from simslm.scaling.report import write_report
 
-    print(f"report -> {report.write_report(args.sweep)}")
+    print(f"report -> {write_report(config.sweep)}")
     return 0
 
 
-def _demo_command(args: argparse.Namespace) -> int:
-    from simslm import demo
+def _demo(config) -> int:
+    from simslm.demo import run_demo
 
-    summary = demo.run_demo(config_from_args(demo.DemoConfig, args))
-    print(summary)
+    print(run_demo(config))
     return 0
+
+
+# --- the command table ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A (sub)command: its words, help, config class (imported when the parser is built) and handler."""
+
+    words: tuple[str, ...]
+    help: str
+    config: Callable[[], type]
+    handler: Callable[[Any], int]
+    positional: tuple[str, ...] = ()
+    overrides: bool = False
+
+
+def _config(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+    return load
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(("assets",), "list, verify or fetch named datasets and models", _config("simslm.assets", "AssetsConfig"),
+            _assets, positional=("action", "names")),
+    Command(("synth",), "text corpus -> 16 kHz speech + manifest with word timings",
+            _config("simslm.speech.synth", "SynthConfig"), _synth),
+    Command(("align",), "add word timings to a manifest (import or pocketsphinx)",
+            _config("simslm.speech.align", "AlignConfig"), _align),
+    Command(("manifest", "validate"), "check corpus manifests and their audio",
+            _config("simslm.speech.manifest", "ValidateConfig"), _validate, positional=("manifests",)),
+    Command(("units", "fit"), "fit a k-means codebook on encoder features of a corpus",
+            _config("simslm.units.extract", "FitConfig"), _units_fit),
+    Command(("units", "extract"), "encode a manifest into deduplicated units with durations",
+            _config("simslm.units.extract", "ExtractConfig"), _units_extract),
+    Command(("units", "quality"), "PNMI and purities against pocketsphinx phone labels",
+            _config("simslm.units.quality", "QualityConfig"), _units_quality),
+    Command(("units", "convert"), "convert a published pickled k-means (needs --trust-pickle)",
+            _config("simslm.units.extract", "ConvertConfig"), _units_convert),
+    Command(("sequences", "build"), "build packed token shards: interleave, mix, pack",
+            _config("simslm.sequences.build", "BuildConfig"), _sequences_build),
+    Command(("sequences", "show"), "print a sample (rebuilt with its words) or a chunk",
+            _config("simslm.sequences.show", "ShowConfig"), _sequences_show, positional=("folder",)),
+    Command(("sequences", "stats"), "tokens per modality and the speech share",
+            _config("simslm.sequences.show", "StatsConfig"), _sequences_stats, positional=("folder",)),
+    Command(("train",), "train an SLM on a compute budget (resumes when run_dir exists)",
+            _config("simslm.train", "TrainConfig"), _train, overrides=True),
+    Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
+            _config("simslm.textlm", "TextLMConfig"), _textlm),
+    Command(("bench", "build"), "synthesise an offline sBLIMP- or tSC-style benchmark",
+            _config("simslm.eval.benchbuild", "BenchBuildConfig"), _bench_build),
+    Command(("eval",), "score a trained run on benchmarks; writes RUN/eval.json",
+            _config("simslm.eval.evaluate", "EvalConfig"), _eval, positional=("run",)),
+    Command(("sweep", "plan"), "spec JSON -> sweep.json with content-hashed run ids",
+            _config("simslm.scaling.sweep", "PlanSweepConfig"), _sweep_plan, positional=("spec",)),
+    Command(("sweep", "run"), "execute the runs not finished yet (resumes after a kill)",
+            _config("simslm.scaling.sweep", "RunSweepConfig"), _sweep_run, positional=("sweep",)),
+    Command(("sweep", "run-one"), "train and evaluate one run of a sweep (used by executors)",
+            _config("simslm.scaling.sweep", "RunOneConfig"), _sweep_run_one, positional=("sweep", "run_id")),
+    Command(("sweep", "status"), "progress, losses and accuracies per run",
+            _config("simslm.scaling.sweep", "StatusConfig"), _sweep_status, positional=("sweep",)),
+    Command(("fit",), "scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)",
+            _config("simslm.scaling.sweep", "FitConfig"), _fit, positional=("source",)),
+    Command(("plan",), "compute-optimal model size and tokens for a FLOP budget",
+            _config("simslm.scaling.fit", "PlanConfig"), _plan),
+    Command(("report",), "HTML report with plots and fitted laws for a sweep",
+            _config("simslm.scaling.sweep", "ReportConfig"), _report, positional=("sweep",)),
+    Command(("demo",), "the whole offline scaling study from nothing (~20 min on 2 cores)",
+            _config("simslm.demo", "DemoConfig"), _demo),
+)
+
+GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
+              "sequences": "token streams: interleave, mix, pack; inspect",
+              "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
+              "sweep": "isoFLOP sweeps: plan, run (resumable), status", "manifest": "corpus manifests"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `simslm` argument parser."""
-    from simslm.speech.align import AlignConfig
-    from simslm.speech.synth import SynthConfig
-
-    parser = argparse.ArgumentParser(prog="simslm", description=__doc__.splitlines()[0] + "\n\n"
-                                     "Stages: assets -> synth -> align -> units -> sequences -> train -> bench/eval -> sweep/fit/plan/report.\nStart with `simslm demo`: the whole offline study in one command.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="simslm", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0] + "\n\nStages: assets -> synth -> align -> units -> sequences -> "
+        "train -> bench/eval -> sweep/fit/plan/report.\nStart with `simslm demo`: the whole offline study in one "
+        "command.")
     parser.add_argument("--version", action="version", version=f"simslm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in COMMANDS:
+        if len(command.words) == 1:
+            sub = commands.add_parser(command.words[0], help=command.help, description=command.help)
+        else:
+            group, action = command.words
+            if group not in groups:
+                group_parser = commands.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                groups[group] = group_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+            sub = groups[group].add_parser(action, help=command.help, description=command.help)
+        cls = command.config()
+        if command.words == ("units", "fit"):
+            from simslm.units.encoders import describe_encoders
 
-    assets_parser = commands.add_parser("assets", help="list, verify or fetch named datasets and models")
-    assets_parser.add_argument("action", choices=("list", "verify", "fetch"))
-    assets_parser.add_argument("names", nargs="*", help="asset names (default: all)")
-    assets_parser.set_defaults(handler=_assets_command)
-
-    synth_parser = commands.add_parser("synth", help="text corpus -> 16 kHz speech + manifest with word timings")
-    add_config_arguments(synth_parser, SynthConfig)
-    synth_parser.set_defaults(handler=_synth_command)
-
-    align_parser = commands.add_parser("align", help="add word timings to a manifest (import or pocketsphinx)")
-    add_config_arguments(align_parser, AlignConfig)
-    align_parser.set_defaults(handler=_align_command)
-
-    from simslm.units import quality as unit_quality
-
-    units_parser = commands.add_parser("units", help="audio -> discrete units: fit k-means, extract, measure",
-                                       description=f"Encoders: {describe_encoders()}.")
-    units_actions = units_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for action, config_class, help_text in (
-            ("fit", FitConfig, "fit a k-means codebook on encoder features of a corpus"),
-            ("extract", ExtractConfig, "encode a manifest into deduplicated units with durations"),
-            ("quality", unit_quality.QualityConfig, "PNMI and purities against pocketsphinx phone labels"),
-            ("convert", ConvertConfig, "convert a published pickled k-means (needs --trust-pickle)")):
-        action_parser = units_actions.add_parser(action, help=help_text)
-        add_config_arguments(action_parser, config_class)
-    units_parser.set_defaults(handler=_units_command)
-
-
-    sequences_parser = commands.add_parser("sequences", help="token streams: interleave, mix, pack; inspect")
-    sequence_actions = sequences_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add_config_arguments(sequence_actions.add_parser("build", help="build packed token shards"), BuildConfig)
-    show_parser = sequence_actions.add_parser("show", help="print a sample (rebuilt with its words) or a chunk")
-    show_parser.add_argument("folder")
-    show_parser.add_argument("--sample", help="utterance id: rebuild its interleaved sample from (seed, id, epoch)")
-    show_parser.add_argument("--chunk", type=int, default=0, help="packed chunk number (when no --sample)")
-    show_parser.add_argument("--epoch", type=int, default=0)
-    stats_parser = sequence_actions.add_parser("stats", help="tokens per modality and the speech share")
-    stats_parser.add_argument("folder")
-    sequences_parser.set_defaults(handler=_sequences_command)
-
-    from simslm.train import TrainConfig
-
-    train_parser = commands.add_parser(
-        "train", help="train an SLM on a compute budget (resumes when run_dir exists)",
-        description="Config from a JSON file plus key=value overrides, e.g. "
-                    "simslm train --config run.json lr=1e-3 budget_flops=1e14. Keys: "
-                    + ", ".join(f.name for f in dataclasses.fields(TrainConfig)) + ".")
-    train_parser.add_argument("--config", help="JSON file with TrainConfig fields")
-    train_parser.add_argument("overrides", nargs="*", metavar="key=value")
-    train_parser.set_defaults(handler=_train_command)
-
-    from simslm.textlm import TextLMConfig
-
-    textlm_parser = commands.add_parser("textlm", help="pretrain a family of small text LMs (TWIST sources)")
-    textlm_actions = textlm_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add_config_arguments(textlm_actions.add_parser("pretrain", help="train the family on a text corpus"), TextLMConfig)
-    textlm_parser.set_defaults(handler=_textlm_command)
-
-    from simslm.eval.benchbuild import BenchBuildConfig
-    from simslm.eval.evaluate import EvalConfig
-
-    bench_parser = commands.add_parser("bench", help="build offline re-creations of the spoken benchmarks")
-    bench_actions = bench_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add_config_arguments(bench_actions.add_parser("build", help="synthesise an sBLIMP- or tSC-style benchmark"),
-                         BenchBuildConfig)
-    bench_parser.set_defaults(handler=_bench_command)
-
-    eval_parser = commands.add_parser("eval", help="score a trained run on benchmarks; writes RUN/eval.json")
-    add_config_arguments(eval_parser, EvalConfig, positional=("run",))
-    eval_parser.set_defaults(handler=_eval_command)
-
-    sweep_parser = commands.add_parser("sweep", help="isoFLOP sweeps: plan, run (resumable), status")
-    sweep_actions = sweep_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    plan_parser = sweep_actions.add_parser("plan", help="spec JSON -> sweep.json with content-hashed run ids")
-    plan_parser.add_argument("spec", help="sweep spec (JSON: variants, depths, budgets_flops, family, ...)")
-    plan_parser.add_argument("--out", required=True, help="sweep folder")
-    run_parser = sweep_actions.add_parser("run", help="execute the runs not finished yet (resumes after a kill)")
-    run_parser.add_argument("sweep")
-    run_parser.add_argument("--executor", default="local", help="local or slurm (submitit)")
-    run_parser.add_argument("--num-parallel", type=int, default=2, help="local: runs at once (default 2)")
-    run_parser.add_argument("--threads-per-run", type=int, default=1, help="local: threads per run (default 1)")
-    run_parser.add_argument("--cluster", default=None, help="slurm: submitit cluster (slurm, local, debug)")
-    run_parser.add_argument("--slurm-partition", default="")
-    run_parser.add_argument("--timeout-min", type=int, default=240)
-    run_parser.add_argument("--gpus-per-node", type=int, default=0)
-    one_parser = sweep_actions.add_parser("run-one", help="train and evaluate one run of a sweep (used by executors)")
-    one_parser.add_argument("sweep")
-    one_parser.add_argument("run_id")
-    status_parser = sweep_actions.add_parser("status", help="progress, losses and accuracies per run")
-    status_parser.add_argument("sweep")
-    sweep_parser.set_defaults(handler=_sweep_command)
-
-    fit_parser = commands.add_parser("fit", help="scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)")
-    fit_parser.add_argument("source", help="sweep folder, or a CSV/JSONL table (parameters, tokens or flops, loss)")
-    fit_parser.add_argument("--convention", default="all", choices=("all", "non_embedding"),
-                            help="parameters counted in N (default: all, the paper's)")
-    fit_parser.add_argument("--num-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    fit_parser.add_argument("--num-workers", type=int, default=1)
-    fit_parser.add_argument("--out", help="fit.json path for a table (default: beside it)")
-    fit_parser.set_defaults(handler=_fit_command)
-
-    planner = commands.add_parser("plan", help="compute-optimal model size and tokens for a FLOP budget")
-    planner.add_argument("--flops", type=float, required=True, help="training budget C (FLOPs)")
-    planner.add_argument("--fit", help="fit.json from `simslm fit` (default: the textless reference law)")
-    planner.add_argument("--variant", help="which variant of the fit (default: the first)")
-    planner.add_argument("--vocab-size", type=int, default=1015,
-                         help="vocabulary of the size family, for the nearest member (default: tok512 + 500 units + 3)")
-    planner.set_defaults(handler=_plan_command)
-
-    report_parser = commands.add_parser("report", help="HTML report with plots and fitted laws for a sweep")
-    report_parser.add_argument("sweep")
-    report_parser.set_defaults(handler=_report_command)
-
-    from simslm.demo import DemoConfig
-
-    demo_parser = commands.add_parser("demo", help="the whole offline scaling study from nothing (~20 min on 2 cores)")
-    add_config_arguments(demo_parser, DemoConfig)
-    demo_parser.set_defaults(handler=_demo_command)
-
-    manifest_parser = commands.add_parser("manifest", help="check corpus manifests")
-    manifest_parser.add_argument("action", choices=("validate",))
-    manifest_parser.add_argument("manifests", nargs="+", help="manifest JSONL files")
-    manifest_parser.add_argument("--no-audio", action="store_true", help="skip reading the audio headers")
-    manifest_parser.set_defaults(handler=_manifest_command)
+            sub.description += f". Encoders: {describe_encoders()}."
+        add_config_arguments(sub, cls, positional=command.positional, overrides=command.overrides)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
+        sub.set_defaults(command_words=" ".join(command.words), handler=command.handler)
     return parser
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed arguments; `key=value` words may stand anywhere on the line of a command that takes them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    words = [word for word in extra if "=" in word and not word.startswith("-")]
+    if extra and (words != extra or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if words:
+        args.overrides = [*args.overrides, *words]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    from simslm.assets import AssetError
-
+    args = parse_arguments(argv)
+    name = f"simslm {args.command_words}"
     try:
-        return handler(args)
-    except (AssetError, ValueError, FileNotFoundError, PermissionError) as error:
-        print(f"simslm {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        config = config_from_args(args.config_class, args)
+        if args.print_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
+        return args.handler(config)
     except KeyboardInterrupt:
-        print(f"simslm {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`simslm ... | head`): nothing left to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:
+        if args.debug:
+            raise
+        from simslm.assets import AssetError
+
+        expected = isinstance(error, (AssetError, ValueError, FileNotFoundError, PermissionError))
+        message = " ".join(str(error).split()) or error.__class__.__name__
+        hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
+        print(f"{name}: error: {message}{hint}", file=sys.stderr)
+        return 2

@@ -15,9 +15,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from simslm import jobs
+from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
@@ -26,29 +27,49 @@ TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoConfig:
+class DemoConfig(Config):
     """What `simslm demo` does (defaults take ~19 minutes on 2 CPU cores; the limit is 30)."""
 
     out: str = "out/demo"
     """Folder for everything the demo makes (resumes when it exists)."""
     corpus: str = "tinystories-sample"
+    """Text corpus (asset or file): training speech, benchmark and validation stories come from disjoint lines."""
     num_stories: int = 800
     """Training stories to synthesise (of the first 2000 lines)."""
     num_units: int = 200
     """k of the logmel k-means (the paper's mHuBERT tokenizer has 500)."""
-    depths: str = "1,2,3"
+    depths: tuple[int, ...] = (1, 2, 3)
     """Size-family depths of the sweep (width = 32 x depth)."""
-    budgets_flops: str = "1.5e11,4e11,1e12"
+    budgets_flops: tuple[float, ...] = (1.5e11, 4e11, 1e12)
     """isoFLOP budgets (C = 6ND) of the sweep."""
     text_tokens_per_parameter: float = 10.0
     """Pretraining tokens per parameter for the text-LM family (half Chinchilla's 20, to fit the time)."""
     context_length: int = 256
+    """Tokens per packed sequence."""
     batch_size: int = 8
-    tsc_items: int = 100
+    """Sequences per training step."""
+    num_tsc_items: int = 100
+    """Items of the offline spoken tSC."""
     sblimp_per_phenomenon: int = 2
+    """Pairs per BLiMP phenomenon of the offline sBLIMP."""
     num_resamples: int = 1000
     """Bootstrap resamples for the fits."""
     seed: int = 0
+    """Seed of every stage."""
+
+    renamed: ClassVar[dict[str, str]] = {"tsc_items": "num_tsc_items"}
+
+    def check(self) -> None:
+        check_positive(self, "num_stories", "num_units", "text_tokens_per_parameter", "context_length",
+                       "batch_size", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
+        if not self.depths or not self.budgets_flops:
+            raise ConfigError("--depths and --budgets-flops need at least one value each")
+        for depth in self.depths:
+            if depth < 1:
+                raise ConfigError(f"--depths must be positive, not {depth}")
+        for budget in self.budgets_flops:
+            if not 0 < budget < float("inf"):
+                raise ConfigError(f"--budgets-flops must be finite and positive, not {budget}")
 
 
 def _stage(out: Path, name: str, timings: dict[str, float], work: Callable[[], Any]) -> None:
@@ -80,14 +101,14 @@ def run_demo(config: DemoConfig) -> str:
     codebook = out / "units" / f"logmel{config.num_units}.npy"
 
     def synthesise():
-        synth.synthesize_corpus(synth.SynthConfig(out_dir=str(out / "speech"), corpus=train_text,
+        synth.synthesize_corpus(synth.SynthConfig(out=str(out / "speech"), corpus=train_text,
                                                   limit=config.num_stories, seed=config.seed))
-        synth.synthesize_corpus(synth.SynthConfig(out_dir=str(out / "validation_speech"),
+        synth.synthesize_corpus(synth.SynthConfig(out=str(out / "validation_speech"),
                                                   corpus=f"{config.corpus}{VALIDATION_STORIES}", seed=config.seed))
 
     def extract():
         fit_codebook(FitConfig(manifest=str(out / "speech" / "manifest.jsonl"), out=str(codebook.with_suffix("")),
-                                           k=config.num_units, seed=config.seed))
+                                           num_units=config.num_units, seed=config.seed))
         for name in ("speech", "validation_speech"):
             extract_units(ExtractConfig(manifest=str(out / name / "manifest.jsonl"), codebook=str(codebook),
                                                     out=str(out / "units" / name)))
@@ -103,16 +124,16 @@ def run_demo(config: DemoConfig) -> str:
         build_sequences(BuildConfig(out=str(out / "sequences" / "interleaved"), **speech,
                                                         text_corpus=train_text, num_epochs=2, **common))
         build_sequences(BuildConfig(out=str(out / "sequences" / "textless"), **speech,
-                                                        streams="speech", **common))
+                                                        streams=("speech",), **common))
         build_sequences(BuildConfig(
             out=str(out / "sequences" / "validation"), manifest=str(out / "validation_speech" / "manifest.jsonl"),
-            units=str(out / "units" / "validation_speech"), streams="speech", **common))
+            units=str(out / "units" / "validation_speech"), streams=("speech",), **common))
 
     def benchmarks():
         excluded = f"{out / 'speech' / 'manifest.jsonl'},{train_text}"
         build_benchmark(BenchBuildConfig(
             kind="tsc", out=str(out / "bench" / "tsc"), source=f"{config.corpus}{BENCH_STORIES}", exclude=excluded,
-            num_items=config.tsc_items, voices="single", seed=config.seed))
+            num_items=config.num_tsc_items, voices="single", seed=config.seed))
         build_benchmark(BenchBuildConfig(
             kind="sblimp", out=str(out / "bench" / "sblimp"), per_phenomenon=config.sblimp_per_phenomenon,
             voices="single", seed=config.seed))
@@ -123,11 +144,10 @@ def run_demo(config: DemoConfig) -> str:
                       sweep.Variant(name="interleaved-random", data=str(out / "sequences" / "interleaved"),
                                     init="random"),
                       sweep.Variant(name="textless-twist", data=str(out / "sequences" / "textless"))),
-            depths=tuple(int(d) for d in config.depths.split(",")),
-            budgets_flops=tuple(float(b) for b in config.budgets_flops.split(",")),
+            depths=config.depths, budgets_flops=config.budgets_flops,
             family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
-            bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes="S,T",
-            train={"batch_size": config.batch_size, "checkpoint_every": 100, "validation_batches": 8,
+            bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
+            train={"batch_size": config.batch_size, "checkpoint_every": 100, "num_validation_batches": 8,
                    "seed": config.seed})
         sweep.plan_sweep(spec, out / "sweep")
         # Two single-thread runs at once beat one two-thread run on this machine (docs/BENCHMARKS.md).
@@ -182,12 +202,12 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
                      f"here: a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], approach 2 a = "
                      f"{main['approach2']['a']:.3f}, approach 1 a = {main['approach1']['a']:.3f}.")
-    accuracies = [(row, key, value) for row in rows for key, value in row.items() if key.startswith("acc/tsc/S")]
+    accuracies = [(row, name, result) for row in rows for name, result in row["accuracies"].items()
+                  if name.startswith("tsc/S")]
     if accuracies:
-        row, key, value = max(accuracies, key=lambda item: item[2])
-        entry = jobs.read_json(Path(row["run_dir"]) / "eval.json")["benchmarks"][key[4:]]
-        lines.append(f"Best spoken tSC ({key[4:]}): {100 * value:.1f}% [{100 * entry['ci_low']:.1f}, "
-                     f"{100 * entry['ci_high']:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
+        row, name, result = max(accuracies, key=lambda item: item[2].accuracy)
+        lines.append(f"Best spoken tSC ({name}): {100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, "
+                     f"{100 * result.ci_high:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
                      f"not the published set).")
     lines.append("At this scale (models of 0.03-0.4M parameters, minutes of CPU) these are smoke-test answers, "
                  "not evidence about the paper's regime.")

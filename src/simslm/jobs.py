@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -99,8 +101,45 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically (temporary name, then rename)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write a file or a folder to; it becomes `path` only if the block succeeds.
+
+    The rename is atomic for a file; a folder already at `path` is moved aside first and
+    deleted after, so readers see the old or the new one, never a mix. The temporary name
+    keeps the suffix, for writers that add or check one (numpy, matplotlib, soundfile).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    _remove(temporary)
+    try:
+        yield temporary
+        if temporary.is_dir():
+            replace_folder(temporary, path)
+        else:
+            os.replace(temporary, path)
+    finally:
+        _remove(temporary)
+
+
+def replace_folder(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a complete folder into place, replacing (then deleting) whatever was there."""
+    staging, final = Path(staging), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    previous = final.with_name(f".{final.name}.{os.getpid()}.old")
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(staging, final)
+    _remove(previous)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -9,19 +9,20 @@ own training FLOPs are recorded in `family.json`; they are not part of an SLM's 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from simslm import jobs
 from simslm import model as model_lib
+from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, train
+from simslm.train import RunResult, TrainConfig, train
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextLMConfig:
+class TextLMConfig(Config):
     """What `simslm textlm pretrain` does."""
 
     out: str
@@ -30,15 +31,23 @@ class TextLMConfig:
     """Asset name or .jsonl/.txt file."""
     tokenizer: str = "stories260K"
     """Base tokenizer (tok512 by default)."""
-    depths: str = "1,2,3,4"
-    """Comma-separated depths of the family (width = 32 x depth; see simslm.model)."""
+    depths: tuple[int, ...] = (1, 2, 3, 4)
+    """Depths of the family (width = 32 x depth; see simslm.model)."""
     tokens_per_parameter: float = 20.0
     """Training tokens per parameter for each member (Chinchilla's compute-optimal ratio)."""
     context_length: int = 256
+    """Tokens per packed sequence."""
     batch_size: int = 16
+    """Sequences per training step."""
     lr: float = 2e-3
     """Peak learning rate: higher than the SLM default, as usual for tiny models from scratch."""
     seed: int = 0
+    """Seed of the data order and the initialisation."""
+
+    def check(self) -> None:
+        check_positive(self, "tokens_per_parameter", "context_length", "batch_size", "lr")
+        if not self.depths or min(self.depths) < 1:
+            raise ConfigError(f"--depths must be positive depths, not {self.depths}")
 
 
 def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
@@ -46,25 +55,24 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
     out = Path(config.out)
     data = out / "data"
     if not (data / "index.json").exists():
-        build_sequences(BuildConfig(out=str(data), tokenizer=config.tokenizer, streams="text",
+        build_sequences(BuildConfig(out=str(data), tokenizer=config.tokenizer, streams=("text",),
                                                         text_corpus=config.text_corpus,
                                                         context_length=config.context_length, seed=config.seed))
     vocab_size = len(Vocabulary.load(data / "tokenizer"))
     members = []
-    for depth in [int(d) for d in config.depths.split(",") if d.strip()]:
+    for depth in config.depths:
         parameters = model_lib.family_parameters(depth, vocab_size)
         run_dir = out / f"depth-{depth}"
         started = time.perf_counter()
-        result_path = run_dir / "result.json"
-        result = (jobs.read_json(result_path) if result_path.exists() else
+        result = (RunResult.load(run_dir) if RunResult.exists(run_dir) else
                   train(TrainConfig(run_dir=str(run_dir), data=str(data), base_model=f"family:{depth}", init="random",
                                     budget_tokens=int(config.tokens_per_parameter * parameters),
                                     batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
                                     seed=config.seed, checkpoint_every=200)))
         members.append({"depth": depth, "parameters": parameters, "model_dir": str(run_dir / "model"),
-                        "pretraining_tokens": result["tokens"], "pretraining_flops": result["flops"],
-                        "final_loss": result["final_train"].get("loss"),
+                        "pretraining_tokens": result.tokens, "pretraining_flops": result.flops,
+                        "final_loss": result.final_train.loss,
                         "wall_sec": round(time.perf_counter() - started, 3)})
-    family = {"config": asdict(config), "members": members}
+    family = {"config": config.to_dict(), "members": members}
     jobs.write_json(out / "family.json", family)
     return family

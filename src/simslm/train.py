@@ -19,19 +19,23 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from simslm import jobs
 from simslm import model as model_lib
+from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(Config):
     """What `simslm train` does. Defaults follow slamkit's SIMS scaling configuration."""
+
+    renamed: ClassVar[dict[str, str]] = {"keep_checkpoints": "num_checkpoints_kept",
+                                         "validation_batches": "num_validation_batches"}
 
     run_dir: str
     """Run directory (created; a second run with the same directory resumes)."""
@@ -39,12 +43,12 @@ class TrainConfig:
     """Folder from `simslm sequences build` (its tokenizer/ defines the vocabulary)."""
     base_model: str = "stories260K"
     """HF id or folder, llama2.c .bin, .gguf, an asset name, or family:<depth> for a family member."""
-    init: str = "twist"
+    init: Literal["twist", "random"] = "twist"
     """twist (keep pretrained weights, add unit rows) or random (same architecture from scratch)."""
     validation_data: str | None = None
     """Sequences folder for validation cross-entropy per modality (none: skipped)."""
     budget_flops: float | None = None
-    """Training compute, C = 6 N D with N all parameters (the paper's convention)."""
+    """Training compute, C = 6 N D with N all parameters (the paper's convention); this or budget_tokens."""
     budget_tokens: int | None = None
     """Training tokens D (instead of a FLOP budget)."""
     batch_size: int = 8
@@ -62,17 +66,38 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay on matrices (HF Trainer's default, which slamkit keeps)."""
     beta1: float = 0.9
+    """AdamW's first-moment decay."""
     beta2: float = 0.999
+    """AdamW's second-moment decay."""
     seed: int = 0
+    """Seed of the initialisation, the data order and the interleaving draws."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and at the last step)."""
-    keep_checkpoints: int = 2
-    validation_batches: int = 16
+    num_checkpoints_kept: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    num_validation_batches: int = 16
+    """Batches of validation_data scored at the end of the run."""
     device: str = "auto"
-    """auto (CUDA when available), cpu or cuda."""
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
     fsdp: bool = False
     """Shard parameters, gradients and optimiser state across processes (FSDP2) for models
     that do not fit one device; with torchrun only."""
+
+    def check(self) -> None:
+        if (self.budget_flops is None) == (self.budget_tokens is None):
+            raise ConfigError("give exactly one of --budget-flops and --budget-tokens")
+        check_positive(self, "budget_flops", "budget_tokens", "batch_size", "grad_accumulation", "lr",
+                       "grad_clip", "checkpoint_every", "num_checkpoints_kept", "num_validation_batches")
+        check_positive(self, "lr_min", "weight_decay", allow_zero=True)
+        if self.lr_min > self.lr:
+            raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"--warmup-fraction must be in [0, 1), not {self.warmup_fraction}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
 
 
 @dataclass(frozen=True)
@@ -91,10 +116,82 @@ class Plan:
     vocab_size: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class Losses:
+    """Mean cross-entropy in nats per token over all targets, the speech targets and the text targets."""
+
+    loss: float | None = None
+    loss_speech: float | None = None
+    """The paper's main loss: speech targets only."""
+    loss_text: float | None = None
+
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What a finished run reports in `result.json`, written last and atomically: a run is done when it exists.
+
+    Sweeps, the demo and the text-LM family read runs through `RunResult.load`, never
+    through the file's keys.
+    """
+
+    steps: int
+    tokens: int
+    flops: float
+    """Training compute, 6 N D with N all parameters."""
+    parameters: model_lib.ParameterGroups
+    final_train: Losses
+    """Mean over the last 10 steps."""
+    validation: Losses | None
+    """On validation_data (None when the run had none)."""
+    wall_sec: float
+    """Wall time of the whole run, resumes included."""
+    peak_flops_measured: float
+    model_dir: str = "model"
+    """The trained model folder, relative to the run directory."""
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the losses to compare runs by are validation losses (else the final training ones)."""
+        return self.validation is not None
+
+    @property
+    def comparison_losses(self) -> Losses:
+        """Validation losses when the run has them, else the final training losses."""
+        return self.validation if self.validation is not None else self.final_train
+
+    def save(self, run_dir: str | os.PathLike) -> None:
+        """Write `result.json` atomically."""
+        jobs.write_json(Path(run_dir) / RESULT_FILE, asdict(self))
+
+    @staticmethod
+    def exists(run_dir: str | os.PathLike) -> bool:
+        """Whether the run finished (its result was written)."""
+        return (Path(run_dir) / RESULT_FILE).exists()
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> "RunResult":
+        """The result of a finished run; a ValueError naming the file when it is not one."""
+        path = Path(run_dir) / RESULT_FILE
+        try:
+            data = jobs.read_json(path)
+            return cls(**{**data, "parameters": model_lib.ParameterGroups(**data["parameters"]),
+                          "final_train": Losses(**data["final_train"]),
+                          "validation": Losses(**data["validation"]) if data.get("validation") else None})
+        except FileNotFoundError:
+            raise ValueError(f"{path}: missing (the run has not finished)") from None
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"{path}: not a run result ({error.__class__.__name__}: {error})") from None
+
+    def model_path(self, run_dir: str | os.PathLike) -> Path:
+        """The model folder of the run at `run_dir` (older results stored it absolute)."""
+        return Path(run_dir) / self.model_dir
+
+
 def make_plan(config: TrainConfig, model, context_length: int, world_size: int, vocab_size: int) -> Plan:
     """Steps from the budget: tokens = C / (6N) (or the token budget), steps = tokens / tokens per step."""
-    if (config.budget_flops is None) == (config.budget_tokens is None):
-        raise ValueError("give exactly one of budget_flops and budget_tokens")
     flops = model_lib.flops_per_token(model, context_length)
     tokens_per_step = config.batch_size * config.grad_accumulation * world_size * context_length
     budget_tokens = config.budget_tokens if config.budget_tokens is not None else config.budget_flops / flops["all_params"]
@@ -118,8 +215,6 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
 
 def build_model(config: TrainConfig, vocab_size: int, context_length: int):
     """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`."""
-    if config.init not in ("twist", "random"):
-        raise ValueError(f"init must be twist or random, not '{config.init}'")
     if config.base_model.startswith("family:"):
         depth = int(config.base_model.split(":", 1)[1])
         return model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
@@ -161,20 +256,18 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optim
     from safetensors.torch import save_file
 
     final = run_dir / "checkpoints" / f"step-{step:08d}"
-    staging = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    # Tied embeddings appear under two names sharing storage; safetensors wants them apart.
-    save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
-              str(staging / "model.safetensors"))
-    torch.save(optimizer_state, staging / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
-    (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict()}))
-    checksums = {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")}
-    (staging / "checksums.json").write_text(json.dumps(checksums))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
+    with jobs.atomic_path(final) as staging:
+        staging.mkdir()
+        # Tied embeddings appear under two names sharing storage; safetensors wants them apart.
+        save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
+                  str(staging / "model.safetensors"))
+        torch.save(optimizer_state, staging / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
+        (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict()}))
+        checksums = {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt",
+                                                                "state.json")}
+        (staging / "checksums.json").write_text(json.dumps(checksums))
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -302,13 +395,13 @@ def _token_losses(model, batch, vocabulary: Vocabulary, autocast) -> tuple[Any, 
     return losses.mean(), sums
 
 
-def _ratios(sums: list[float]) -> dict[str, float | None]:
+def _ratios(sums: list[float]) -> Losses:
     ratio = lambda total, count: total / count if count else None  # noqa: E731
-    return {"loss": ratio(sums[0], sums[1]), "loss_speech": ratio(sums[2], sums[3]), "loss_text": ratio(sums[4], sums[5])}
+    return Losses(loss=ratio(sums[0], sums[1]), loss_speech=ratio(sums[2], sums[3]), loss_text=ratio(sums[4], sums[5]))
 
 
 def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: int, num_batches: int,
-                        device: str) -> dict[str, float | None]:
+                        device: str) -> Losses:
     """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss)."""
     import contextlib
 
@@ -329,8 +422,8 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Build, loop, evaluate, save. Re-running with the same run_dir resumes."""
+def train(config: TrainConfig) -> RunResult | None:
+    """Build, loop, evaluate, save; the result (on the main process). Re-running with the same run_dir resumes."""
     import contextlib
 
     import torch
@@ -351,9 +444,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = run_dir / "config.json"
-        if previous.exists() and json.loads(previous.read_text()) != asdict(config):
+        if previous.exists() and TrainConfig.from_dict(jobs.read_json(previous), source=str(previous)) != config:
             raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
-        jobs.write_json(previous, asdict(config))
+        jobs.write_json(previous, config.to_dict())
         jobs.write_json(run_dir / "plan.json", asdict(plan))
     model.to(distributed.device).train()
     if config.fsdp:
@@ -415,7 +508,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             tokens_per_sec = plan.tokens_per_step / elapsed
             achieved = tokens_per_sec * plan.flops_per_token["all_params"]
             with open(metrics_path, "a") as handle:
-                handle.write(json.dumps({"step": done, **_ratios(totals), "lr": optimizer.param_groups[0]["lr"],
+                handle.write(json.dumps({"step": done, **asdict(_ratios(totals)), "lr": optimizer.param_groups[0]["lr"],
                                          "grad_norm": float(grad_norm), "tokens": done * plan.tokens_per_step,
                                          "flops": done * plan.tokens_per_step * plan.flops_per_token["all_params"],
                                          "tokens_per_sec": tokens_per_sec,
@@ -423,11 +516,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if done % config.checkpoint_every == 0 or done == plan.total_steps:
             model_state, optimizer_state = full_state(model, optimizer)
             if distributed.is_main:
-                save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.keep_checkpoints)
+                save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept)
             distributed.barrier()
 
     # Evaluate and save.
-    result: dict[str, Any] = {}
+    result = None
     if config.fsdp:
         # Gather the shards (every rank takes part) into a plain model that rank 0 evaluates and saves.
         full_weights, _ = full_state(model, optimizer)  # only rank 0 receives the weights (cpu_offload)
@@ -437,44 +530,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if distributed.is_main:
         model.to(distributed.device)
         validation = (evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
-                                          config.validation_batches, distributed.device)
+                                          config.num_validation_batches, distributed.device)
                       if config.validation_data else None)
         model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
-        result = {"final_train": {key: float(np.mean([m[key] for m in final if m[key] is not None]))
-                                  for key in ("loss", "loss_speech", "loss_text")
-                                  if any(m[key] is not None for m in final)},
-                  "validation": validation, "steps": plan.total_steps, "tokens": plan.total_tokens,
-                  "flops": plan.total_flops, "parameters": plan.parameter_groups,
-                  "wall_sec": round(time.perf_counter() - started, 3), "peak_flops_measured": peak_flops,
-                  "model_dir": str(run_dir / "model")}
-        jobs.write_json(run_dir / "result.json", result)
+        mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
+                            if any(m[key] is not None for m in final) else None)
+        result = RunResult(steps=plan.total_steps, tokens=plan.total_tokens, flops=plan.total_flops,
+                           parameters=model_lib.ParameterGroups(**plan.parameter_groups),
+                           final_train=Losses(loss=mean("loss"), loss_speech=mean("loss_speech"),
+                                              loss_text=mean("loss_text")),
+                           validation=validation, wall_sec=round(time.perf_counter() - started, 3),
+                           peak_flops_measured=peak_flops)
+        result.save(run_dir)
     distributed.barrier()
     return result
-
-
-def config_with_overrides(path: str | None, overrides: list[str]) -> TrainConfig:
-    """A TrainConfig from a JSON file plus `key=value` overrides (values parsed by field type)."""
-    values: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for override in overrides:
-        key, separator, raw = override.partition("=")
-        key = key.strip().replace("-", "_")
-        if not separator or key not in fields:
-            raise ValueError(f"override '{override}' is not key=value with a known key "
-                             f"({', '.join(fields)})")
-        values[key] = None if raw.lower() in ("none", "null") else _parse(fields[key].type, raw)
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(sorted(unknown))}")
-    return TrainConfig(**values)
-
-
-def _parse(kind: str, raw: str) -> Any:
-    if "float" in kind:
-        return float(raw)
-    if "int" in kind:
-        return int(float(raw)) if "e" in raw.lower() else int(raw)
-    if "bool" in kind:
-        return raw.lower() in ("1", "true", "yes")
-    return raw

@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from simslm import assets, jobs
+from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus
@@ -24,14 +25,14 @@ from simslm.speech.synth import synth_task, synthesize_one
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchBuildConfig:
+class BenchBuildConfig(Config):
     """What `simslm bench build` does."""
 
-    kind: str
+    kind: str = field(metadata={"choices": lambda: tuple(BENCH_KINDS)})
     """sblimp (from BLiMP) or tsc (from held-out stories, with its cross-modal items)."""
     out: str
     """Output folder (the benchmark, in the published layout, plus bench.json)."""
-    voices: str = "single"
+    voices: Literal["single", "heldout", "train"] = "single"
     """single (one voice), heldout (multi-speaker, voices never used in training), or train (the
     training voices: an in-domain diagnostic, not a held-out benchmark)."""
     source: str = ""
@@ -46,8 +47,13 @@ class BenchBuildConfig:
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
     seed: int = 0
+    """Seed of the item sample, the wrong endings and the voices."""
     num_workers: int = 0
     """Worker processes; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "per_phenomenon", "num_items")
+        check_positive(self, "context_sentences", "num_workers", allow_zero=True)
 
 
 def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[str, Any]]:
@@ -120,48 +126,63 @@ def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
     return usable
 
 
+def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """BLiMP pairs spoken, in the ZeroSpeech sLM21 layout (gold.csv beside the audio)."""
+    rows = blimp_pairs(config.source, config.per_phenomenon, config.seed)
+    tasks = []
+    for index, row in enumerate(rows):
+        for side in ("good", "bad"):
+            tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
+                                    index, out))
+    records = _speak_all(tasks, config.num_workers)
+    gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
+                  "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
+                  "voice": records[f"{index:05d}-{side}"].get("speaker", "")}
+                 for index, row in enumerate(rows) for side in ("good", "bad")
+                 if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
+    jobs.write_text(out / "gold.csv", _csv(gold_rows))
+    return records, len(gold_rows) // 2
+
+
+def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Held-out stories spoken, in the cross-modal layout (context, right and wrong ending, with transcripts)."""
+    items = _tsc_items(config)
+    tasks, texts = [], {}
+    for position, item in enumerate(items):
+        stem = f"tsc-{item['line']:06d}"
+        for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
+                           ("incorrect", item["wrong_ending"])):
+            tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
+            texts[f"{stem}_{role}"] = text
+    records = _speak_all(tasks, config.num_workers)
+    bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
+    for key, text in texts.items():
+        if key.rsplit("_", 1)[0] not in bad_stems:
+            jobs.write_text(out / "audio" / f"{key}.txt", text + "\n")
+    return records, len(items) - len(bad_stems)
+
+
+@dataclass(frozen=True)
+class BenchKind:
+    """A benchmark that `simslm bench build` re-creates: its builder and the layout it writes."""
+
+    build: Callable[[BenchBuildConfig, Path], tuple[dict[str, dict[str, Any]], int]]
+    layout: str
+
+
+BENCH_KINDS: dict[str, BenchKind] = {"sblimp": BenchKind(_build_sblimp, "slm21"),
+                                     "tsc": BenchKind(_build_tsc, "cross-modal")}
+
+
 def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     """Synthesise an offline benchmark in its published layout; return what bench.json records."""
-    if config.voices not in ("single", "heldout", "train"):
-        raise ValueError(f"voices must be single, heldout or train, not '{config.voices}'")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    audio_dir = out / "audio"
-    if config.kind == "sblimp":
-        rows = blimp_pairs(config.source, config.per_phenomenon, config.seed)
-        tasks = []
-        for index, row in enumerate(rows):
-            for side in ("good", "bad"):
-                tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
-                                        index, out))
-        records = _speak_all(tasks, config.num_workers)
-        gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
-                      "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
-                      "voice": records[f"{index:05d}-{side}"].get("speaker", "")}
-                     for index, row in enumerate(rows) for side in ("good", "bad")
-                     if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
-        jobs.write_text(out / "gold.csv", _csv(gold_rows))
-        layout, num_items = "slm21", len(gold_rows) // 2
-    elif config.kind == "tsc":
-        items = _tsc_items(config)
-        tasks, texts = [], {}
-        for position, item in enumerate(items):
-            stem = f"tsc-{item['line']:06d}"
-            for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
-                               ("incorrect", item["wrong_ending"])):
-                tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
-                texts[f"{stem}_{role}"] = text
-        records = _speak_all(tasks, config.num_workers)
-        bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
-        for key, text in texts.items():
-            if key.rsplit("_", 1)[0] not in bad_stems:
-                jobs.write_text(audio_dir / f"{key}.txt", text + "\n")
-        layout, num_items = "cross-modal", len(items) - len(bad_stems)
-    else:
-        raise ValueError(f"unknown benchmark kind '{config.kind}'; known: sblimp, tsc")
+    kind = BENCH_KINDS[config.kind]
+    records, num_items = kind.build(config, out)
     skipped = sum(1 for record in records.values() if "skipped" in record)
-    meta = {"layout": layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
-            "config": asdict(config),
+    meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
+            "config": config.to_dict(),
             "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
     jobs.write_json(out / BENCH_FILE, meta)
     return meta

@@ -7,50 +7,96 @@ units (`bench_units`), its pairs scored (`scoring`); results merge into `<run>/e
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
 from simslm import jobs
+from simslm.config import ConfigError, check_positive, registry_choices
 from simslm.eval.bench_units import units_lookup
-from simslm.eval.generation import GenerationOptions, generation_metrics
-from simslm.eval.layouts import BENCH_FILE, Pair, detect_layout, load
-from simslm.eval.scoring import ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
+from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
+from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, detect_layout, load
+from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
 from simslm.sequences.vocabulary import Vocabulary
 
-# --- the eval command -------------------------------------------------------------------------
+EVAL_FILE = "eval.json"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(ScoringOptions):
     """What `simslm eval` does (with the scoring options it inherits)."""
 
+    renamed: ClassVar[dict[str, str]] = {"generation_prompts": "num_generation_prompts"}
+
     run: str
     """Run directory from `simslm train` (its model/ is evaluated; eval.json is written there)."""
     bench: tuple[str, ...]
     """Benchmark folders ([label=]path), `validation`, or `generation=PATH` (a cross-modal folder)."""
-    aggregation: str = "auto"
-    """pairs, macro, or auto (macro over phenomena for sBLIMP layouts, pairs otherwise)."""
-    modes: str = "S,S2T,T2S,T"
+    aggregation: Literal["auto", "pairs", "macro"] = "auto"
+    """Mean over pairs, macro mean over groups, or auto (the layout's own: macro over phenomena for sBLIMP)."""
+    modes: tuple[CrossMode, ...] = tuple(CROSS_MODES)
     """Cross-modal pairings to score for cross-modal folders."""
     units: str | None = None
     """Pre-extracted units (`simslm units extract` folder keyed by audio file stem) instead of audio."""
     max_pairs: int | None = None
     """Score at most this many pairs per benchmark (a seeded sample), for quick looks."""
     num_resamples: int = 1000
+    """Bootstrap resamples for each accuracy's interval."""
     seed: int = 0
+    """Seed of the bootstrap, the pair sample and generation."""
     device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
     num_workers: int = 0
-    generation_prompts: int = 16
+    """Worker processes for extracting benchmark units; 0 = one per core."""
+    num_generation_prompts: int = 16
     """generation: prompts to continue (from the benchmark's contexts)."""
-    asr: str = "pocketsphinx"
+    asr: str = field(default="pocketsphinx", metadata=registry_choices(ASRS))
     """generation: ASR for GenPPL (pocketsphinx offline; whisper with --asr-model PATH)."""
     asr_model: str | None = None
+    """generation: local weights of the ASR model (whisper)."""
     judge: str = "stories260K"
     """generation: judge LM for GenPPL (an asset, HF folder or id, .bin or .gguf; e.g. Llama-3.2-1B)."""
+
+    def check(self) -> None:
+        super().check()
+        if not self.bench:
+            raise ConfigError("--bench needs at least one benchmark folder, validation, or generation=FOLDER")
+        check_positive(self, "max_pairs", "num_resamples", "num_generation_prompts")
+        check_positive(self, "num_workers", allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkResult(Accuracy):
+    """One pairwise benchmark (in one cross-modal mode) as `eval.json` records it."""
+
+    layout: str
+    mode: str | None
+    folder: str
+    num_skipped: int
+    """Pairs that could not be scored (audio whose units could not be extracted)."""
+    scoring: dict[str, Any]
+    """The scoring options as applied (baseline `none` where no item had a context to remove)."""
+    wall_sec: float
+    note: str | None
+    """What the benchmark is (a re-creation says so)."""
+    without_baseline: dict[str, float] | None = None
+    """The plain score's accuracy and interval, when a baseline was subtracted."""
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
+    """The pairwise benchmark results in a run's eval.json (none when it was not evaluated)."""
+    path = Path(run_dir) / EVAL_FILE
+    if not path.exists():
+        return {}
+    try:
+        entries = jobs.read_json(path)["benchmarks"]
+        return {name: BenchmarkResult(**entry) for name, entry in entries.items() if "accuracy" in entry}
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: not an evaluation record ({error.__class__.__name__}: {error})") from None
 
 
 def load_run_model(run_dir: Path, device: str):
@@ -70,55 +116,89 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every kind of benchmark is evaluated with."""
+
+    config: EvalConfig
+    run_dir: Path
+    model: Any
+    vocabulary: Vocabulary
+    run_config: dict[str, Any]
+    device: str
+
+
+def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str, Any]:
+    return {"validation": validation_ce(context.model, context.vocabulary, context.run_config, context.device)}
+
+
+def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str, Any]:
+    config = context.config
+    options = GenerationOptions(num_prompts=config.num_generation_prompts, asr=config.asr,
+                                asr_model=config.asr_model, judge=config.judge)
+    return {"generation": generation_metrics(context.model, context.vocabulary, Path(target), context.run_dir,
+                                             context.device, seed=config.seed, options=options)}
+
+
+def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any]:
+    """Every mode of a pairwise benchmark folder, each with its accuracy and interval."""
+    config, folder = context.config, Path(target)
+    label = label or folder.name
+    layout = detect_layout(folder)
+    modes = [mode for mode in layout.modes if mode is None or mode in config.modes]
+    pairs_by_mode = {mode: _sample(load(folder, mode)[1], config.max_pairs, config.seed) for mode in modes}
+    # One lookup for every mode: the modes share the folder's audio.
+    units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], context.run_dir,
+                            config.units, config.num_workers)
+    aggregation = layout.aggregation if config.aggregation == "auto" else config.aggregation
+    interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
+    results = {}
+    for mode, pairs in pairs_by_mode.items():
+        started = time.perf_counter()
+        scores = score_pairs(context.model, pairs, context.vocabulary, units_of, config, context.device)
+        accuracy = accuracy_with_ci(pair_outcomes(scores.positive, scores.negative), scores.groups, **interval)
+        plain = None
+        if scores.without_baseline is not None:
+            plain = asdict(accuracy_with_ci(pair_outcomes(*scores.without_baseline), scores.groups, **interval))
+            plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
+        applied = {**{name: getattr(config, name) for name in ("reduction", "speech_vocab", "span")},
+                   "baseline": config.baseline if scores.without_baseline is not None else "none"}
+        results[f"{label}/{mode}" if mode else label] = BenchmarkResult(
+            **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
+            num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
+            note=_bench_note(folder), without_baseline=plain)
+    return results
+
+
+# A benchmark argument is `validation`, `generation=FOLDER`, or `[label=]FOLDER` of pairs.
+BENCHMARK_KINDS: dict[str, Callable[[_Context, str, str], dict[str, Any]]] = {
+    "validation": _evaluate_validation, "generation": _evaluate_generation, "pairs": _evaluate_pairs}
+
+
+def benchmark_kind(argument: str) -> tuple[str, str, str]:
+    """(kind, label, target) of one --bench argument."""
+    label, _, target = argument.rpartition("=") if "=" in argument else ("", "", argument)
+    if target == "validation":
+        return "validation", label, target
+    if label == "generation":
+        return "generation", label, target
+    return "pairs", label, target
+
+
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     """Score every benchmark asked for and merge the results into `<run>/eval.json`."""
     run_dir = Path(config.run)
     device = _device(config.device)
     model, vocabulary, run_config = load_run_model(run_dir, device)
+    context = _Context(config, run_dir, model, vocabulary, run_config, device)
     results: dict[str, Any] = {}
-    for bench in config.bench:
-        label, _, path = bench.rpartition("=") if "=" in bench else (None, "", bench)
-        if path == "validation":
-            results["validation"] = validation_ce(model, vocabulary, run_config, device)
-            continue
-        if label == "generation":
-
-            options = GenerationOptions(num_prompts=config.generation_prompts, asr=config.asr,
-                                                 asr_model=config.asr_model, judge=config.judge)
-            results["generation"] = generation_metrics(model, vocabulary, Path(path), run_dir, device,
-                                                                seed=config.seed, options=options)
-            continue
-        folder = Path(path)
-        label = label or folder.name
-        layout = detect_layout(folder)
-        modes = [m.strip() for m in config.modes.split(",")] if layout == "cross-modal" else [None]
-        pairs_by_mode = {mode: _sample(load(folder, mode)[1], config.max_pairs, config.seed)
-                         for mode in modes}
-        # One lookup for every mode: the modes share the folder's audio.
-        units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], run_dir,
-                                config.units, config.num_workers)
-        for mode, pairs in pairs_by_mode.items():
-            started = time.perf_counter()
-            scores = score_pairs(model, pairs, vocabulary, units_of, config, device)
-            aggregation = config.aggregation if config.aggregation != "auto" else \
-                ("macro" if layout == "slm21" else "pairs")
-            interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
-            entry = accuracy_with_ci(pair_outcomes(scores.positive, scores.negative), scores.groups, **interval)
-            if scores.without_baseline is not None:
-                plain = accuracy_with_ci(pair_outcomes(*scores.without_baseline), scores.groups, **interval)
-                entry["without_baseline"] = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
-            entry.update({"layout": layout, "mode": mode, "folder": str(folder.resolve()),
-                          "num_skipped": scores.num_skipped,
-                          "scoring": {**{f: getattr(config, f) for f in ("reduction", "speech_vocab", "span")},
-                                      # as applied: none where no item has a context to remove
-                                      "baseline": config.baseline if scores.without_baseline is not None
-                                      else "none"},
-                          "wall_sec": round(time.perf_counter() - started, 3),
-                          "note": _bench_note(folder)})
-            results[f"{label}/{mode}" if mode else label] = entry
-    eval_path = run_dir / "eval.json"
+    for argument in config.bench:
+        kind, label, target = benchmark_kind(argument)
+        results.update(BENCHMARK_KINDS[kind](context, label, target))
+    eval_path = run_dir / EVAL_FILE
     merged = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
-    merged["benchmarks"].update(results)
+    merged["benchmarks"].update({name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry
+                                 for name, entry in results.items()})
     merged["model_dir"] = str(run_dir / "model")
     jobs.write_json(eval_path, merged)
     return results
@@ -144,20 +224,20 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any], dev
     if not run_config.get("validation_data"):
         raise ValueError(f"run {run_config['run_dir']} has no validation_data; train with validation_data=FOLDER")
     losses = evaluate_modalities(model, run_config["validation_data"], vocabulary, run_config["batch_size"],
-                                 run_config.get("validation_batches", 16), device)
-    return {**losses, "data": run_config["validation_data"]}
+                                 run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
+    return {**asdict(losses), "data": run_config["validation_data"]}
 
 
 def format_results(results: dict[str, Any]) -> str:
     """A table of accuracies with their intervals (and other metrics as they are)."""
     lines = [f"{'benchmark':<28} {'accuracy':>9} {'95% CI':>17} {'pairs':>6}  aggregation"]
     for name, entry in results.items():
-        if "accuracy" in entry:
-            lines.append(f"{name:<28} {100 * entry['accuracy']:>8.1f}% "
-                         f"[{100 * entry['ci_low']:5.1f}, {100 * entry['ci_high']:5.1f}]% {entry['num_pairs']:>6}  "
-                         f"{entry['aggregation']}")
-            if "without_baseline" in entry:
-                plain = entry["without_baseline"]
+        if isinstance(entry, BenchmarkResult):
+            lines.append(f"{name:<28} {100 * entry.accuracy:>8.1f}% "
+                         f"[{100 * entry.ci_low:5.1f}, {100 * entry.ci_high:5.1f}]% {entry.num_pairs:>6}  "
+                         f"{entry.aggregation}")
+            if entry.without_baseline is not None:
+                plain = entry.without_baseline
                 lines.append(f"{'  (no baseline)':<28} {100 * plain['accuracy']:>8.1f}% "
                              f"[{100 * plain['ci_low']:5.1f}, {100 * plain['ci_high']:5.1f}]%")
         else:

@@ -24,14 +24,15 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from simslm import assets, jobs
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 BENCH_FILE = "bench.json"
 # The paper's Table 2 columns: context modality -> ending modality.
-CROSS_MODES = {"S": ("speech", "speech"), "S2T": ("speech", "text"), "T2S": ("text", "speech"), "T": ("text", "text")}
+CrossMode = Literal["S", "S2T", "T2S", "T"]
+CROSS_MODES: dict[str, tuple[str, str]] = {"S": ("speech", "speech"), "S2T": ("speech", "text"), "T2S": ("text", "speech"), "T": ("text", "text")}
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,8 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
                 suffix = Path(blob.get("path") or "x.wav").suffix or ".wav"
                 path = cache / group / f"{row['id']}_{side}{suffix}"
                 if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    temporary = path.with_name(f".{path.name}.tmp")
-                    temporary.write_bytes(blob["bytes"])
-                    temporary.replace(path)
+                    with jobs.atomic_path(path) as temporary:
+                        temporary.write_bytes(blob["bytes"])
                 sides.append(Part("speech", row[f"{side}_text"], str(path)))
             pairs.append(Pair(f"{group}/{row['id']}", group, (sides[0],), (sides[1],)))
     return pairs
@@ -187,33 +186,56 @@ def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
     return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
 
 
-LAYOUTS: dict[str, Callable[..., list[Pair]]] = {"slm21": load_slm21, "storycloze": load_storycloze,
-                                                  "cross-modal": load_cross_modal, "hf-parquet": load_hf_parquet}
+@dataclass(frozen=True)
+class Layout:
+    """A benchmark layout: how to recognise a folder in it, how to read its pairs, how to report them."""
+
+    name: str
+    recognise: Callable[[Path], bool]
+    load: Callable[[Path, str | None], list[Pair]]
+    modes: tuple[str | None, ...] = (None,)
+    """The ways of pairing one folder's items (the cross-modal modes), each scored and reported alone."""
+    aggregation: str = "pairs"
+    """How its accuracy is averaged unless asked otherwise."""
+    groups_are_folders: bool = True
+    """Whether sub-folders name the groups (speakers); otherwise the layout's own field does."""
 
 
-def detect_layout(folder: Path) -> str:
-    """The layout of a benchmark folder: its bench.json, else what its files look like."""
+# Tried in this order; the first that recognises the folder reads it (a bench.json names its layout).
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
+    # ZeroSpeech 2021 and Cuervo & Marxer (2024) average sBLIMP over phenomena (macro).
+    Layout("slm21", lambda folder: (folder / "gold.csv").exists(), lambda folder, mode: load_slm21(folder),
+           aggregation="macro", groups_are_folders=False),
+    Layout("cross-modal", lambda folder: next(folder.rglob("*_mutual.txt"), None) is not None,
+           lambda folder, mode: load_cross_modal(folder, mode or "S"), modes=tuple(CROSS_MODES)),
+    Layout("storycloze", lambda folder: next(folder.rglob("*_correct.*"), None) is not None,
+           lambda folder, mode: load_storycloze(folder)),
+    Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
+           lambda folder, mode: load_hf_parquet(folder)),
+)}
+
+
+def detect_layout(folder: Path) -> Layout:
+    """The layout of a benchmark folder: its bench.json, else the first layout that recognises its files."""
     if (folder / BENCH_FILE).exists():
-        return jobs.read_json(folder / BENCH_FILE)["layout"]
-    if (folder / "gold.csv").exists():
-        return "slm21"
-    if next(folder.rglob("*_mutual.txt"), None) is not None:
-        return "cross-modal"
-    if next(folder.rglob("*_correct.*"), None) is not None:
-        return "storycloze"
-    if next(folder.rglob("*.parquet"), None) is not None:
-        return "hf-parquet"
+        name = jobs.read_json(folder / BENCH_FILE).get("layout")
+        if name not in LAYOUTS:
+            raise BenchError(f"{folder / BENCH_FILE}: unknown layout '{name}' (known: {', '.join(LAYOUTS)})")
+        return LAYOUTS[name]
+    for layout in LAYOUTS.values():
+        if layout.recognise(folder):
+            return layout
     raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt or *_correct.wav)")
 
 
 def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
-    """(layout, pairs) of a benchmark folder; `mode` picks the cross-modal pairing."""
+    """(layout name, pairs) of a benchmark folder; `mode` picks the cross-modal pairing."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BenchError(f"{folder}: benchmark folder does not exist")
     layout = detect_layout(folder)
-    pairs = LAYOUTS[layout](folder, mode or "S") if layout == "cross-modal" else LAYOUTS[layout](folder)
-    pairs = _one_group_is_all(pairs) if layout != "slm21" else pairs
+    pairs = layout.load(folder, mode)
+    pairs = _one_group_is_all(pairs) if layout.groups_are_folders else pairs
     if not pairs:
-        raise BenchError(f"{folder}: no pairs found in the {layout} layout")
-    return layout, pairs
+        raise BenchError(f"{folder}: no pairs found in the {layout.name} layout")
+    return layout.name, pairs

@@ -11,10 +11,11 @@ the mean over pairs, or the macro mean over phenomena as ZeroSpeech and Cuervo &
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
+from simslm.config import Config, check_positive
 from simslm.eval.layouts import Pair, Part
 from simslm.sequences.vocabulary import Vocabulary
 
@@ -109,8 +110,28 @@ def pair_outcomes(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return np.where(positive > negative, 1.0, np.where(positive == negative, 0.5, 0.0))
 
 
+Aggregation = Literal["pairs", "macro"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accuracy:
+    """An accuracy with its percentile-bootstrap interval and what it was computed over."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    num_pairs: int
+    num_groups: int
+    aggregation: Aggregation
+    """pairs: the mean over pairs; macro: the mean of the per-group accuracies."""
+    num_resamples: int
+    per_group: dict[str, dict[str, float]]
+    """Accuracy and number of pairs of each group (phenomenon, speaker)."""
+
+
 def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, aggregation: str = "pairs",
-                     num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                     num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Accuracy:
     """Accuracy, percentile-bootstrap CI and counts; `macro` averages the per-group accuracies.
 
     The macro bootstrap resamples pairs within each group (stratified), so every group
@@ -133,41 +154,38 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, a
         raise ValueError(f"aggregation must be pairs or macro, not '{aggregation}'")
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
-    return {"accuracy": accuracy, "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
-            "num_pairs": int(len(outcomes)), "num_groups": len(names), "aggregation": aggregation,
-            "num_resamples": num_resamples,
-            "per_group": {name: {"accuracy": float(outcomes[members[name]].mean()),
-                                 "num_pairs": int(len(members[name]))} for name in names}}
+    return Accuracy(accuracy=accuracy, ci_low=float(low), ci_high=float(high), confidence=confidence,
+                    num_pairs=int(len(outcomes)), num_groups=len(names), aggregation=aggregation,
+                    num_resamples=num_resamples,
+                    per_group={name: {"accuracy": float(outcomes[members[name]].mean()),
+                                      "num_pairs": int(len(members[name]))} for name in names})
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoringOptions:
+class ScoringOptions(Config):
     """How pairs are scored (recorded beside every accuracy)."""
 
-    reduction: str = "mean"
-    """mean (slamkit's default) or sum of the scored token log-likelihoods."""
+    reduction: Literal["mean", "sum"] = "mean"
+    """Mean (slamkit's default) or sum of the scored token log-likelihoods."""
     speech_vocab: bool = False
     """Normalise speech targets over the unit tokens only."""
-    span: str = "auto"
+    span: Literal["auto", "all", "continuation"] = "auto"
     """Scored tokens: all, continuation (the last part: the ending), or auto (continuation when a
     side has a context part, else all)."""
-    baseline: str = "none"
+    # A tSC ending's own likelihood varies far more between two sentences than a small model's
+    # context moves it (docs/LOG.md, 2026-11-29: 0.75 vs 0.05 nats per token), so the standard
+    # score compares the endings' priors. Scoring the ending with and without its context and
+    # keeping the difference is the domain-conditional PMI of Holtzman et al. (2021), "Surface
+    # Form Competition", which removes that prior; `none` is slamkit's score and the default.
+    baseline: Literal["none", "no-context"] = "none"
     """none, or no-context: subtract each ending's score without its context (context-conditional
     PMI), so that endings compete on what the context adds, not on how likely they are alone.
     Applies to items with a context part when the ending alone is scored."""
     batch_size: int = 16
+    """Sequences scored per forward pass."""
 
-    def __post_init__(self) -> None:
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not '{self.baseline}'")
-
-
-# A tSC ending's own likelihood varies far more between two sentences than a small model's
-# context moves it (docs/LOG.md, 2026-11-29: 0.75 vs 0.05 nats per token), so the standard
-# score compares the endings' priors. Scoring the ending with and without its context and
-# keeping the difference is the domain-conditional PMI of Holtzman et al. (2021), "Surface
-# Form Competition", which removes that prior; `none` is slamkit's score and the default.
-BASELINES = ("none", "no-context")
+    def check(self) -> None:
+        check_positive(self, "batch_size")
 
 
 def continuation_alone(tokens: np.ndarray, owners: np.ndarray, vocabulary: Vocabulary,

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from simslm import jobs
+from simslm.config import Config, check_positive
+
 # Cuervo & Marxer (2024), textless SLMs (HuBERT-25Hz, 500 units): the reference the paper
 # compares against (its Figure 1), and their downstream exponents (metric ∝ C^γ).
 TEXTLESS_REFERENCE = {"E": 1.73, "A": 13.9, "B": 39.8, "alpha": 0.25, "beta": 0.24}
@@ -385,3 +388,32 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
                   np.array([row["tokens"] for row in usable], dtype=float),
                   np.array([row[loss_key] for row in usable], dtype=float),
                   np.array([row["budget"] for row in usable], dtype=float))
+
+
+def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
+    """The fit `simslm plan` uses (a variant of a fit.json, or the textless reference law) and its name."""
+    if not config.fit:
+        return ({"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
+                "the textless law of Cuervo & Marxer (2024); pass --fit for your own")
+    fits = jobs.read_json(config.fit)["variants"]
+    variant = config.variant or next(iter(fits), None)
+    if variant not in fits:
+        raise ValueError(f"{config.fit} has no variant '{variant}' ({', '.join(fits) or 'none'})")
+    return fits[variant], f"{config.fit} ({variant})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanConfig(Config):
+    """What `simslm plan` does."""
+
+    flops: float
+    """Training budget C in FLOPs."""
+    fit: str | None = None
+    """fit.json from `simslm fit` (default: the textless reference law of Cuervo & Marxer 2024)."""
+    variant: str | None = None
+    """Which variant of the fit (default: the first)."""
+    vocab_size: int = 1015
+    """Vocabulary of the size family, for the nearest member (default: tok512 + 500 units + 3)."""
+
+    def check(self) -> None:
+        check_positive(self, "flops", "vocab_size")

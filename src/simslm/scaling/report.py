@@ -34,10 +34,9 @@ def _figure():
 
 def _save(plt, figure, path: Path) -> str:
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
+    with jobs.atomic_path(path) as temporary:
+        figure.savefig(temporary)
     plt.close(figure)
-    temporary.replace(path)
     return path.name
 
 
@@ -105,20 +104,20 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
 
 def plot_accuracy(rows, fits, folder: Path) -> str | None:
     """Figure 7: benchmark accuracy against compute, with the fitted power law per variant."""
-    keys = sorted({k for r in rows for k in r if k.startswith("acc/")})
+    keys = sorted({name for r in rows for name in r["accuracies"]})
     if not keys:
         return None
     plt, figure, axes = _figure()
     styles = ("o", "s", "^", "v", "D", "P")
     for colour, variant in zip(COLOURS, sorted({r["variant"] for r in rows})):
         for style, key in zip(styles, keys):
-            chosen = [r for r in rows if r["variant"] == variant and key in r]
+            chosen = [r for r in rows if r["variant"] == variant and key in r["accuracies"]]
             if not chosen:
                 continue
             flops = np.array([r["flops"] for r in chosen])
-            axes.plot(flops, [100 * r[key] for r in chosen], style, color=colour, alpha=0.5,
-                      label=f"{variant} {key[4:]}")
-            law = fits.get(variant, {}).get("metrics", {}).get(key[4:])
+            axes.plot(flops, [100 * r["accuracies"][key].accuracy for r in chosen], style, color=colour, alpha=0.5,
+                      label=f"{variant} {key}")
+            law = fits.get(variant, {}).get("metrics", {}).get(key)
             if law and np.isfinite(law["gamma"]):
                 grid = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 20)
                 axes.plot(grid, 100 * law["k"] * grid ** law["gamma"], "-", color=colour, alpha=0.6)
@@ -178,9 +177,10 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
               plot_isoflop(rows, fits, main_variant, folder), plot_accuracy(rows, fits, folder)]
-    accuracy_keys = sorted({k for r in rows for k in r if k.startswith("acc/")})
+    accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
     run_rows = [[r["variant"], r["depth"], r["parameters"], r["tokens"], r["flops"], r["loss_speech"],
-                 *[r.get(k, "") for k in accuracy_keys]] for r in sorted(rows, key=lambda r: (r["variant"], r["flops"]))]
+                 *[r["accuracies"][k].accuracy if k in r["accuracies"] else "" for k in accuracy_keys]]
+                for r in sorted(rows, key=lambda r: (r["variant"], r["flops"]))]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>simslm sweep report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:0.85em}}td,th{{border:1px solid #ccc;padding:3px 7px}}
@@ -193,7 +193,7 @@ img{{max-width:100%}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}<
 <h2>Fits</h2>
 {fit_tables(fits)}
 <h2>Runs</h2>
-{_table(["variant", "depth", "parameters", "tokens", "FLOPs", "speech CE", *[k[4:] for k in accuracy_keys]], run_rows)}
+{_table(["variant", "depth", "parameters", "tokens", "FLOPs", "speech CE", *accuracy_keys], run_rows)}
 </body></html>"""
     jobs.write_text(folder / "index.html", page)
     return folder / "index.html"

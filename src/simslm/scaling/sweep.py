@@ -26,11 +26,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from simslm import jobs
-from simslm.scaling.fit import fit_all, points_from_rows
-from simslm.train import TrainConfig
+from simslm.config import Config, check_positive, registry_choices
+from simslm.eval.evaluate import read_results
+from simslm.scaling.fit import fit_all, points_from_rows, read_table
+from simslm.train import RunResult, TrainConfig
 
 SWEEP_FILE = "sweep.json"
 
@@ -61,7 +63,8 @@ class SweepSpec:
     """Speech-only held-out sequences: the loss the fits use (the paper's speech CE)."""
     bench: tuple[str, ...] = ()
     """Benchmarks each run is evaluated on after training (as `simslm eval --bench`)."""
-    eval_modes: str = "S,T"
+    eval_modes: tuple[str, ...] = ("S", "T")
+    """Cross-modal modes each run is evaluated in."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields shared by every run (batch_size, lr, ...)."""
 
@@ -69,7 +72,7 @@ class SweepSpec:
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
         values = dict(data)
         values["variants"] = tuple(Variant(**v) for v in data["variants"])
-        for key in ("depths", "budgets_flops", "bench"):
+        for key in ("depths", "budgets_flops", "bench", "eval_modes"):
             if key in values:
                 values[key] = tuple(values[key])
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
@@ -178,7 +181,7 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
         if not _evaluated(run_dir, bench):
             from simslm.eval.evaluate import EvalConfig, evaluate_run
 
-            evaluate_run(EvalConfig(run=str(run_dir), bench=bench, modes=spec.get("eval_modes", "S,T"),
+            evaluate_run(EvalConfig(run=str(run_dir), bench=bench, modes=spec.get("eval_modes", ("S", "T")),
                                     num_workers=1))
     return "done"
 
@@ -269,26 +272,22 @@ def status_counts(sweep_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One row per finished run: variant, size, tokens, FLOPs, losses and benchmark accuracies."""
+    """One row per finished run: variant, size, tokens, FLOPs, losses, and `accuracies` (benchmark -> result)."""
     rows = []
     for run in load_sweep(sweep_dir)["runs"]:
         run_dir = Path(run["config"]["run_dir"])
-        if not (run_dir / "result.json").exists():
+        if not RunResult.exists(run_dir):
             continue
-        result = jobs.read_json(run_dir / "result.json")
-        validation = result.get("validation") or {}
+        result = RunResult.load(run_dir)
+        losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
                "budget": run["budget_flops"],
-               "parameters": result["parameters"]["total"],
-               "non_embedding_parameters": result["parameters"]["non_embedding"],
-               "tokens": result["tokens"], "flops": result["flops"],
-               "loss_speech": validation.get("loss_speech", result["final_train"].get("loss_speech")),
-               "loss": validation.get("loss", result["final_train"].get("loss")),
-               "loss_source": "validation" if validation else "final train"}
-        if (run_dir / "eval.json").exists():
-            for name, entry in jobs.read_json(run_dir / "eval.json")["benchmarks"].items():
-                if "accuracy" in entry:
-                    row[f"acc/{name}"] = entry["accuracy"]
+               "parameters": result.parameters.total,
+               "non_embedding_parameters": result.parameters.non_embedding,
+               "tokens": result.tokens, "flops": result.flops,
+               "loss_speech": losses.loss_speech, "loss": losses.loss,
+               "loss_source": "validation" if result.held_out else "final train",
+               "accuracies": read_results(run_dir)}
         rows.append(row)
     return rows
 
@@ -314,7 +313,7 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         status = run_status(run, bench)
         counts[status] = counts.get(status, 0) + 1
         row = finished.get(run["id"], {})
-        accuracies = " ".join(f"{k[4:]}={v:.3f}" for k, v in row.items() if k.startswith("acc/"))
+        accuracies = " ".join(f"{name}={result.accuracy:.3f}" for name, result in row.get("accuracies", {}).items())
         speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
         parameters = f"{row['parameters'] / 1e6:.2f}M" if row else "-"
         lines.append(f"{run['id']:<44} {status:<10} {parameters:>9} {run['budget_flops']:>8.1e} "
@@ -337,10 +336,107 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
         points = points_from_rows(chosen, convention=convention)
         if len(points) < 3:
             continue
-        metrics = {key[4:]: (np.array([r["flops"] for r in chosen if key in r]),
-                             np.array([r[key] for r in chosen if key in r]))
-                   for key in sorted({k for r in chosen for k in r if k.startswith("acc/")})}
+        metrics = {name: (np.array([r["flops"] for r in chosen if name in r["accuracies"]]),
+                          np.array([r["accuracies"][name].accuracy for r in chosen if name in r["accuracies"]]))
+                   for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
     jobs.write_json(Path(sweep_dir) / "fit.json", fits)
     return fits
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanSweepConfig(Config):
+    """What `simslm sweep plan` does."""
+
+    spec: str
+    """Sweep spec, JSON: variants, depths, budgets_flops, family, validation_data, bench, eval_modes, train."""
+    out: str
+    """Sweep folder (sweep.json and runs/)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSweepConfig(Config):
+    """What `simslm sweep run` does."""
+
+    sweep: str
+    """Sweep folder from `simslm sweep plan`."""
+    executor: str = field(default="local", metadata=registry_choices(EXECUTORS))
+    """local (subprocesses here) or slurm (through submitit)."""
+    num_parallel: int = 2
+    """local: runs at once."""
+    threads_per_run: int = 1
+    """local: threads per run."""
+    cluster: str | None = None
+    """slurm: submitit cluster (slurm, local or debug; default: detected)."""
+    slurm_partition: str = ""
+    """slurm: partition."""
+    timeout_min: int = 240
+    """slurm: time limit per job in minutes."""
+    gpus_per_node: int = 0
+    """slurm: GPUs per job."""
+
+    def check(self) -> None:
+        check_positive(self, "num_parallel", "threads_per_run", "timeout_min")
+        check_positive(self, "gpus_per_node", allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOneConfig(Config):
+    """What `simslm sweep run-one` does (the executors call it)."""
+
+    sweep: str
+    """Sweep folder."""
+    run_id: str
+    """Id of the run in sweep.json."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusConfig(Config):
+    """What `simslm sweep status` does."""
+
+    sweep: str
+    """Sweep folder."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig(Config):
+    """What `simslm fit` does."""
+
+    source: str
+    """Sweep folder, or a CSV/JSONL table (parameters, tokens or flops, loss; optional budget)."""
+    convention: Literal["all", "non_embedding"] = "all"
+    """Parameters counted in N (all: the paper's)."""
+    num_resamples: int = 1000
+    """Bootstrap resamples."""
+    num_workers: int = 1
+    """Worker processes for the bootstrap."""
+    out: str | None = None
+    """fit.json path for a table (default: beside it; a sweep's goes into its folder)."""
+
+    def check(self) -> None:
+        check_positive(self, "num_resamples", "num_workers")
+
+
+def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
+    """Fit a sweep folder or a table as `simslm fit` asks; the fits and where they were written."""
+    source = Path(config.source)
+    if source.is_dir():
+        fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
+                         num_workers=config.num_workers)
+        return fits, source / "fit.json"
+    points = read_table(source, convention=config.convention)
+    fits = {"convention": config.convention, "source": str(source),
+            "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples,
+                                              convention=config.convention, num_workers=config.num_workers)}}
+    out = Path(config.out or source.with_suffix(".fit.json"))
+    jobs.write_json(out, fits)
+    return fits, out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig(Config):
+    """What `simslm report` does."""
+
+    sweep: str
+    """Sweep folder (its fit.json is computed first when missing)."""

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from simslm import assets, jobs
+from simslm.config import Config, ConfigError, check_positive, flag, registry_choices
 from simslm.sequences.interleave import (
     INTERLEAVERS,
     MARKER,
     SPEECH,
     TEXT,
     Sample,
+    SkipReason,
     SkipSample,
     build_interleaved,
     check_utterance,
@@ -36,13 +37,12 @@ from simslm.speech import text as text_lib
 from simslm.speech.manifest import Utterance, read_manifest
 from simslm.units.extract import UtteranceUnits, read_units
 
-# --- streams, mixing, packing ------------------------------------------------------------------
-
-STREAMS = ("interleaved", "speech", "text")
+Stream = Literal["interleaved", "speech", "text"]
+STREAMS: tuple[str, ...] = get_args(Stream)
 
 
 @dataclass(frozen=True, kw_only=True)
-class BuildConfig:
+class BuildConfig(Config):
     """What `simslm sequences build` does."""
 
     out: str
@@ -55,12 +55,12 @@ class BuildConfig:
     """Folder from `simslm units extract` for that manifest."""
     text_corpus: str | None = None
     """Text for the text-only stream: asset name or .jsonl/.txt path; name[start:stop] takes a slice."""
-    streams: str = "interleaved,speech,text"
-    """Comma-separated streams to build: interleaved, speech, text."""
-    mix: str = ""
-    """Token shares per stream, e.g. interleaved=0.5,speech=0.25,text=0.25 (default: equal)."""
-    method: str = "poisson"
-    """Interleaving method: poisson, span, random or utterance."""
+    streams: tuple[Stream, ...] = STREAMS
+    """Streams to build."""
+    mix: tuple[str, ...] = ()
+    """Token shares per stream as name=share, e.g. interleaved=0.5 speech=0.25 text=0.25 (default: equal)."""
+    method: str = field(default="poisson", metadata=registry_choices(INTERLEAVERS))
+    """Interleaving method (its parameters are the options below that it names)."""
     speech_ratio: float = 0.3
     """η: share of words to make speech (poisson, random) or chance of a speech utterance."""
     poisson_lambda: float = 10.0
@@ -76,29 +76,39 @@ class BuildConfig:
     chunks_per_shard: int = 4096
     seed: int = 0
     overwrite: bool = False
-    """Replace an existing output folder."""
+    """Replace an existing output folder (once the new one is complete)."""
+
+    def check(self) -> None:
+        check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length")
+        for name in ("speech_ratio", "span_start_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{flag(name)} must be between 0 and 1, not {getattr(self, name)}")
+        if self.context_length < 2:
+            raise ConfigError(f"--context-length must be at least 2 (an input and its target), not {self.context_length}")
+        if not self.streams or len(set(self.streams)) != len(self.streams):
+            raise ConfigError(f"--streams must name each stream once: {', '.join(self.streams) or '(none)'}")
+        parse_mix(self.mix, list(self.streams))
+        if {"interleaved", "speech"} & set(self.streams) and not (self.manifest and self.units):
+            raise ConfigError("the interleaved and speech streams need --manifest and --units")
+        if "text" in self.streams and not self.text_corpus:
+            raise ConfigError("the text stream needs --text-corpus")
 
 
-def method_parameters(config: BuildConfig) -> dict[str, Any]:
-    """The keyword arguments of the chosen interleaving method, taken from the config."""
-    return {"poisson": {"poisson_lambda": config.poisson_lambda, "speech_ratio": config.speech_ratio},
-            "span": {"span_length": config.span_length, "start_probability": config.span_start_probability},
-            "random": {"speech_ratio": config.speech_ratio},
-            "utterance": {"speech_ratio": config.speech_ratio}}[config.method]
-
-
-def parse_mix(mix: str, streams: list[str]) -> dict[str, float]:
-    """Token shares per stream, normalised to sum to 1."""
+def parse_mix(mix: tuple[str, ...], streams: list[str]) -> dict[str, float]:
+    """Token shares per stream (from name=share items), normalised to sum to 1."""
     if not mix:
         return {name: 1.0 / len(streams) for name in streams}
     shares = {}
-    for item in mix.split(","):
+    for item in mix:
         name, _, value = item.partition("=")
         if name.strip() not in streams:
-            raise ValueError(f"--mix names stream '{name.strip()}', which is not built ({', '.join(streams)})")
-        shares[name.strip()] = float(value)
-    if any(value < 0 for value in shares.values()) or sum(shares.values()) <= 0:
-        raise ValueError(f"--mix shares must be non-negative and not all zero: {mix}")
+            raise ConfigError(f"--mix names stream '{name.strip()}', which is not built ({', '.join(streams)})")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--mix item '{item}' is not name=share") from None
+    if any(not 0 <= value < float("inf") for value in shares.values()) or sum(shares.values()) <= 0:
+        raise ConfigError(f"--mix shares must be finite, non-negative and not all zero: {' '.join(mix)}")
     total = sum(shares.values())
     return {name: shares.get(name, 0.0) / total for name in streams}
 
@@ -160,12 +170,6 @@ def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary) -> 
     return array, dict(counts)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(temporary, array)
-    os.replace(temporary, path)
-
-
 def _read_text_corpus(source: str) -> list[tuple[str, str]]:
     from simslm.speech.synth import read_corpus, split_corpus_spec
 
@@ -201,48 +205,38 @@ def usable_utterances(utterances: list[Utterance], units_by_id: dict[str, Uttera
     for utterance in utterances:
         try:
             if utterance.id not in units_by_id:
-                raise SkipSample("no units extracted")
+                raise SkipSample(SkipReason.NO_UNITS)
             check_utterance(utterance, units_by_id[utterance.id])
             usable.append(utterance)
-        except SkipSample as reason:
-            skipped[str(reason)] += 1
+        except SkipSample as skip:
+            skipped[skip.reason.value] += 1
     return usable, skipped
 
 
 def build_interleaved_epoch(config: BuildConfig, vocabulary: Vocabulary, epoch: int, utterances: list[Utterance],
                             units_by_id: dict[str, UtteranceUnits]) -> tuple[list[Sample], collections.Counter]:
     """The interleaved samples of one epoch (new spans every epoch), and the skip reasons."""
-    encode, interleave, parameters = vocabulary.encode_texts, INTERLEAVERS[config.method], method_parameters(config)
+    encode, method = vocabulary.encode_texts, INTERLEAVERS[config.method]
+    parameters = method.arguments(config)
     samples, skipped = [], collections.Counter()
     for utterance in utterances:
-        mask = interleave(len(utterance.words), sample_rng(config.seed, utterance.id, epoch), **parameters)
+        mask = method.draw(len(utterance.words), sample_rng(config.seed, utterance.id, epoch), **parameters)
         try:
             samples.append(build_interleaved(utterance, units_by_id[utterance.id], vocabulary, mask, encode))
-        except SkipSample as reason:
-            skipped[str(reason)] += 1
+        except SkipSample as skip:
+            skipped[skip.reason.value] += 1
     return samples, skipped
 
 
 def build_sequences(config: BuildConfig) -> dict[str, Any]:
     """Build, mix and pack token shards for `config.num_epochs` epochs; return the index."""
     started = time.perf_counter()
-    streams = [s.strip() for s in config.streams.split(",") if s.strip()]
-    unknown = set(streams) - set(STREAMS)
-    if unknown or not streams:
-        raise ValueError(f"unknown stream(s) {', '.join(sorted(unknown)) or '(none)'}; known: {', '.join(STREAMS)}")
-    if config.method not in INTERLEAVERS:
-        raise ValueError(f"unknown interleaving method '{config.method}'; known: {', '.join(INTERLEAVERS)}")
+    streams = list(config.streams)
     shares = parse_mix(config.mix, streams)
     needs_speech = bool({"interleaved", "speech"} & set(streams))
-    if needs_speech and not (config.manifest and config.units):
-        raise ValueError("the interleaved and speech streams need --manifest and --units")
-    if "text" in streams and not config.text_corpus:
-        raise ValueError("the text stream needs --text-corpus")
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
     utterances, units_by_id, num_units = [], {}, 0
     if needs_speech:
         utterances = read_manifest(config.manifest)
@@ -256,7 +250,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     vocabulary.save(building / "tokenizer")
-    index: dict[str, Any] = {"config": asdict(config), "vocab_size": len(vocabulary),
+    index: dict[str, Any] = {"config": config.to_dict(), "vocab_size": len(vocabulary),
                              "context_length": config.context_length, "epochs": []}
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
@@ -280,7 +274,8 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         shard_names = []
         for number, start in enumerate(range(0, len(chunks), config.chunks_per_shard)):
             name = f"shard-{number:05d}.npy"
-            _save_npy(folder / name, chunks[start:start + config.chunks_per_shard])
+            with jobs.atomic_path(folder / name) as temporary:
+                np.save(temporary, chunks[start:start + config.chunks_per_shard])
             shard_names.append(name)
         interleaved = samples.get("interleaved", [])
         index["epochs"].append({
@@ -292,8 +287,5 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         })
     index["wall_sec"] = round(time.perf_counter() - started, 3)
     jobs.write_json(building / "index.json", index)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    os.replace(building, out)
+    jobs.replace_folder(building, out)
     return index

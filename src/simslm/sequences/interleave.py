@@ -10,19 +10,53 @@ epoch draws new spans.
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
-from simslm.speech.manifest import Utterance
+from simslm.speech.manifest import TimingKind, Utterance
 from simslm.units.extract import UtteranceUnits
 
 
+@dataclass(frozen=True)
+class InterleaveMethod:
+    """A registered way to choose the spoken words: `draw(num_words, rng, **parameters)` -> speech mask.
+
+    `parameters` are the keyword-only arguments of `draw`; `simslm sequences build` fills
+    them from its options of the same names, so a method declares its options where it
+    registers and nothing else lists them.
+    """
+
+    name: str
+    draw: Callable[..., np.ndarray]
+    parameters: tuple[str, ...]
+
+    def arguments(self, options: Any) -> dict[str, Any]:
+        """The method's keyword arguments, read from an object with attributes of the same names."""
+        return {name: getattr(options, name) for name in self.parameters}
+
+
+INTERLEAVERS: dict[str, InterleaveMethod] = {}
+
+
+def interleaving_method(name: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register a speech-mask function under `name`; its keyword-only arguments are its parameters."""
+    def register(draw: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        parameters = tuple(parameter.name for parameter in inspect.signature(draw).parameters.values()
+                           if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+        INTERLEAVERS[name] = InterleaveMethod(name, draw, parameters)
+        return draw
+    return register
+
+
+@interleaving_method("poisson")
 def poisson_spans(num_words: int, rng: np.random.Generator, *, poisson_lambda: float = 10.0,
                   speech_ratio: float = 0.3) -> np.ndarray:
     """Speech spans with Poisson(λ) lengths at random starts until ⌈η·n⌉ words are covered.
@@ -38,28 +72,26 @@ def poisson_spans(num_words: int, rng: np.random.Generator, *, poisson_lambda: f
     return mask
 
 
+@interleaving_method("span")
 def fixed_spans(num_words: int, rng: np.random.Generator, *, span_length: int = 10,
-                start_probability: float = 0.05) -> np.ndarray:
-    """Each word starts a speech span of `span_length` words with probability `start_probability`."""
+                span_start_probability: float = 0.05) -> np.ndarray:
+    """Each word starts a speech span of `span_length` words with probability `span_start_probability`."""
     mask = np.zeros(num_words, dtype=bool)
-    for start in np.flatnonzero(rng.random(num_words) < start_probability):
+    for start in np.flatnonzero(rng.random(num_words) < span_start_probability):
         mask[start:start + span_length] = True
     return mask
 
 
+@interleaving_method("random")
 def random_words(num_words: int, rng: np.random.Generator, *, speech_ratio: float = 0.3) -> np.ndarray:
     """Each word is speech with probability η, independently."""
     return rng.random(num_words) < speech_ratio
 
 
+@interleaving_method("utterance")
 def whole_utterance(num_words: int, rng: np.random.Generator, *, speech_ratio: float = 0.5) -> np.ndarray:
     """The whole utterance in one modality: speech with probability η."""
     return np.full(num_words, rng.random() < speech_ratio)
-
-
-INTERLEAVERS: dict[str, Callable[..., np.ndarray]] = {
-    "poisson": poisson_spans, "span": fixed_spans, "random": random_words, "utterance": whole_utterance,
-}
 
 
 def sample_rng(seed: int, sample_id: str, epoch: int) -> np.random.Generator:
@@ -95,26 +127,44 @@ class Sample:
     num_speech_words: int = 0
 
 
+class SkipReason(str, enum.Enum):
+    """Why an utterance gives no interleaved sample (the counts in index.json are keyed by these)."""
+
+    NO_TIMINGS = "no word timings"
+    EMPTY = "empty utterance"
+    NO_UNITS = "no units extracted"
+    WORDS_MISMATCH = TimingKind.WORDS_MISMATCH.value
+    TIMINGS_DISORDERED = TimingKind.DISORDERED.value
+    PAST_AUDIO_END = TimingKind.PAST_AUDIO_END.value
+    PAST_UNITS_END = "word timings past the end of the units"
+    SPAN_WITHOUT_UNITS = "speech span with no units under its words"
+
+
+_SKIP_FOR_TIMING = {TimingKind.WORDS_MISMATCH: SkipReason.WORDS_MISMATCH,
+                    TimingKind.DISORDERED: SkipReason.TIMINGS_DISORDERED,
+                    TimingKind.PAST_AUDIO_END: SkipReason.PAST_AUDIO_END}
+
+
 class SkipSample(ValueError):
-    """A sample that cannot be built; the message is the reason counted in the report."""
+    """A sample that cannot be built, with the reason it is counted under."""
+
+    def __init__(self, reason: SkipReason):
+        self.reason = reason
+        super().__init__(reason.value)
 
 
 def check_utterance(utterance: Utterance, units: UtteranceUnits | None) -> None:
     """Raise SkipSample when an utterance's words, timings or units cannot be interleaved."""
     if not utterance.words:
-        raise SkipSample("no word timings" if utterance.words is None else "empty utterance")
+        raise SkipSample(SkipReason.NO_TIMINGS if utterance.words is None else SkipReason.EMPTY)
     problems = utterance.timing_problems()
     if problems:
         # Counted by kind: the messages carry numbers that would split the counts.
-        if "do not match the transcript" in problems[0]:
-            raise SkipSample("word timings do not match the transcript")
-        if "past the end of the audio" in problems[0]:
-            raise SkipSample("word timings past the end of the audio")
-        raise SkipSample("word timings out of order or negative")
+        raise SkipSample(_SKIP_FOR_TIMING[problems[0].kind])
     if units is not None:
         audio_end = units.num_frames / units.frame_rate_hz
         if utterance.words[-1].end_sec > audio_end + 0.05:
-            raise SkipSample("word timings past the end of the units")
+            raise SkipSample(SkipReason.PAST_UNITS_END)
 
 
 def build_interleaved(utterance: Utterance, units: UtteranceUnits, vocabulary: Vocabulary, speech_mask: np.ndarray,
@@ -139,7 +189,7 @@ def build_interleaved(utterance: Utterance, units: UtteranceUnits, vocabulary: V
         if speech:
             inside = (midpoints >= words[a].start_sec) & (midpoints < words[b - 1].end_sec)
             if not inside.any():
-                raise SkipSample("speech span with no units under its words")
+                raise SkipSample(SkipReason.SPAN_WITHOUT_UNITS)
             ids = (units.units[inside] + vocabulary.unit_offset).tolist()
         else:
             ids = next(encoded_text)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simslm.sequences.build import BuildConfig, method_parameters
+from simslm.config import Config, check_positive
+from simslm.sequences.build import BuildConfig
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
+from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import read_manifest
 from simslm.units.extract import read_units
@@ -82,13 +85,52 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     """Rebuild one interleaved sample of a built folder from (seed, id, epoch) alone."""
     folder = Path(folder)
     index = json.loads((folder / "index.json").read_text())
-    config = BuildConfig(**index["config"])
+    config = BuildConfig.from_dict(index["config"], source=str(folder / "index.json"))
     vocabulary = Vocabulary.load(folder / "tokenizer")
     utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)
     units = next((u for u in read_units(config.units) if u.id == sample_id), None)
     if utterance is None or units is None:
         raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
     check_utterance(utterance, units)
-    mask = INTERLEAVERS[config.method](len(utterance.words), sample_rng(config.seed, sample_id, epoch),
-                                       **method_parameters(config))
+    method = INTERLEAVERS[config.method]
+    mask = method.draw(len(utterance.words), sample_rng(config.seed, sample_id, epoch), **method.arguments(config))
     return build_interleaved(utterance, units, vocabulary, mask, vocabulary.encode_texts), vocabulary
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowConfig(Config):
+    """What `simslm sequences show` does."""
+
+    folder: str
+    """Folder from `simslm sequences build`."""
+    sample: str | None = None
+    """Utterance id: rebuild its interleaved sample from (seed, id, epoch) and print it with its words."""
+    chunk: int = 0
+    """Packed chunk to print (when no --sample)."""
+    epoch: int = 0
+    """Built epoch to read."""
+
+    def check(self) -> None:
+        check_positive(self, "chunk", "epoch", allow_zero=True)
+
+
+def show(config: ShowConfig) -> str:
+    """The text `simslm sequences show` prints: a rebuilt sample, or one packed chunk."""
+    if config.sample:
+        sample, vocabulary = rebuild_sample(config.folder, config.sample, config.epoch)
+        return render_sample(sample, vocabulary)
+    folder = Path(config.folder)
+    vocabulary = Vocabulary.load(folder / "tokenizer")
+    chunks = PackedLoader(folder, batch_size=1).chunks(config.epoch)
+    if not 0 <= config.chunk < len(chunks):
+        raise ValueError(f"{folder}: epoch {config.epoch} has {len(chunks)} chunks; --chunk {config.chunk} "
+                         f"is out of range")
+    return render_chunk(np.asarray(chunks[config.chunk]), vocabulary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsConfig(Config):
+    """What `simslm sequences stats` does."""
+
+    folder: str
+    """Folder from `simslm sequences build`."""

@@ -13,11 +13,12 @@ import collections
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from simslm import jobs
+from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
 from simslm.speech.manifest import Utterance, Word, read_manifest, write_manifest
@@ -244,21 +245,26 @@ ALIGNERS: dict[str, Callable[[Utterance, Path], TimedWords]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlignConfig:
+class AlignConfig(Config):
     """What `simslm align` does."""
 
     manifest: str
     """Input manifest (utterances with transcripts)."""
     out: str
     """Output manifest: the utterances that got word timings."""
-    method: str = "pocketsphinx"
-    """pocketsphinx, ctm, textgrid or json."""
+    method: str = field(default="pocketsphinx", metadata=registry_choices(ALIGNERS))
+    """Where timings come from: forced alignment (pocketsphinx) or a file to import."""
     source: str | None = None
     """For ctm/textgrid/json: a file, or a folder of <utterance id>.<ext> files."""
     keep_existing: bool = False
     """Keep word timings an utterance already has instead of replacing them."""
     num_workers: int = 0
     """Worker processes for pocketsphinx; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "num_workers", allow_zero=True)
+        if self.method != "pocketsphinx" and not self.source:
+            raise ConfigError(f"--method {self.method} imports timings: give --source FILE or FOLDER")
 
 
 def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
@@ -271,7 +277,7 @@ def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
                           meta={**utterance.meta, "alignment": method})
         problems = aligned.timing_problems()
         if problems:
-            return {"id": utterance.id, "skipped": problems[0]}
+            return {"id": utterance.id, "skipped": problems[0].message}
         return aligned.to_json()
     except (AlignmentError, audio.AudioError, OSError, RuntimeError) as error:
         # RuntimeError: pocketsphinx or espeak-ng (g2p) refusing this utterance's input.
@@ -294,10 +300,6 @@ class AlignReport:
 
 def align_manifest(config: AlignConfig) -> AlignReport:
     """Add word timings to every utterance of a manifest; skip and count the failures."""
-    if config.method not in ALIGNERS:
-        raise ValueError(f"unknown alignment method '{config.method}'; known: {', '.join(ALIGNERS)}")
-    if config.method != "pocketsphinx" and not config.source:
-        raise ValueError(f"--source is required with --method {config.method}")
     started = time.perf_counter()
     manifest_dir = Path(config.manifest).parent
     utterances = read_manifest(config.manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
 
@@ -9,19 +10,33 @@ import numpy as np
 import soundfile
 import soxr
 
+from simslm import jobs
+
 TARGET_SAMPLE_RATE = 16_000
 # Peak below this (about -60 dBFS) counts as silence: such a file carries no speech to
 # encode or align, and is almost always a broken export rather than real data.
 SILENCE_PEAK = 1e-3
 
 
-class AudioError(ValueError):
-    """A problem with one audio file; the message names the file."""
+class AudioProblem(str, enum.Enum):
+    """What is wrong with an audio file: the kind a batch job counts its skips by."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+    MISSING = "file does not exist"
+    EMPTY_FILE = "empty file"
+    UNREADABLE = "not a readable WAV/FLAC file"
+    NO_SAMPLES = "contains no audio samples"
+    TRUNCATED = "truncated"
+    NOT_FINITE = "contains NaN or infinite samples"
+    SILENT = "silent"
+
+
+class AudioError(ValueError):
+    """A problem with one audio file; the message names the file, `kind` says which problem."""
+
+    def __init__(self, path: str | os.PathLike, kind: AudioProblem, detail: str = ""):
+        self.path, self.kind = str(path), kind
+        self.problem = kind.value + (f" ({detail})" if detail else "")
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, float]:
@@ -31,9 +46,9 @@ def audio_info(path: str | os.PathLike) -> tuple[int, float]:
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise AudioError(path, f"not a readable WAV/FLAC file ({error})") from None
+        raise AudioError(path, AudioProblem.UNREADABLE, str(error)) from None
     if info.frames <= 0:
-        raise AudioError(path, "contains no audio samples")
+        raise AudioError(path, AudioProblem.NO_SAMPLES)
     return info.samplerate, info.frames / info.samplerate
 
 
@@ -51,18 +66,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
             source_rate = handle.samplerate
             samples = handle.read(dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise AudioError(path, f"not a readable WAV/FLAC file ({error})") from None
+        raise AudioError(path, AudioProblem.UNREADABLE, str(error)) from None
     if samples.shape[0] == 0:
-        raise AudioError(path, "contains no audio samples")
+        raise AudioError(path, AudioProblem.NO_SAMPLES)
     declared = _declared_frames(path, samples.shape[1])
     if declared is not None and samples.shape[0] < declared:
-        raise AudioError(path, f"truncated: its header announces {declared} samples, the file holds "
-                               f"{samples.shape[0]}")
+        raise AudioError(path, AudioProblem.TRUNCATED,
+                         f"its header announces {declared} samples, the file holds {samples.shape[0]}")
     if not np.isfinite(samples).all():
-        raise AudioError(path, "contains NaN or infinite samples")
+        raise AudioError(path, AudioProblem.NOT_FINITE)
     mono = samples.mean(axis=1)
     if not allow_silent and float(np.abs(mono).max()) < SILENCE_PEAK:
-        raise AudioError(path, f"silent (peak amplitude below {SILENCE_PEAK:g})")
+        raise AudioError(path, AudioProblem.SILENT, f"peak amplitude below {SILENCE_PEAK:g}")
     if source_rate != sample_rate:
         mono = soxr.resample(mono, source_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
@@ -71,13 +86,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> None:
     """Write 16-bit PCM (format from the suffix: .flac or .wav) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
     kind = {".flac": "FLAC", ".wav": "WAV"}.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: audio must be written as .flac or .wav")
-    soundfile.write(str(temporary), samples, sample_rate, subtype="PCM_16", format=kind)
-    os.replace(temporary, path)
+    with jobs.atomic_path(path) as temporary:
+        soundfile.write(str(temporary), samples, sample_rate, subtype="PCM_16", format=kind)
 
 
 def _declared_frames(path: Path, channels: int) -> int | None:
@@ -114,6 +127,6 @@ def _declared_frames(path: Path, channels: int) -> int | None:
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise AudioError(path, "file does not exist")
+        raise AudioError(path, AudioProblem.MISSING)
     if path.stat().st_size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
+        raise AudioError(path, AudioProblem.EMPTY_FILE, "0 bytes")

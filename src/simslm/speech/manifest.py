@@ -14,17 +14,39 @@ utterance has word timings (from synthesis or `simslm align`). `meta` is free-fo
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from simslm import jobs
+from simslm.config import Config
 from simslm.speech import audio, text
 
 # Word timings may overrun the audio by this much before we call them wrong: aligners
 # round to 10 ms frames and durations are stored rounded to the millisecond.
 TIMING_TOLERANCE_SEC = 0.02
+
+
+class TimingKind(str, enum.Enum):
+    """The kinds of word-timing problem; stages count skipped utterances by them."""
+
+    WORDS_MISMATCH = "word timings do not match the transcript"
+    DISORDERED = "word timings out of order or negative"
+    PAST_AUDIO_END = "word timings past the end of the audio"
+
+
+@dataclass(frozen=True)
+class TimingProblem:
+    """One word-timing problem: its kind, and a message with the numbers."""
+
+    kind: TimingKind
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,25 +112,28 @@ class Utterance:
         path = Path(self.audio)
         return path if path.is_absolute() else Path(manifest_dir) / path
 
-    def timing_problems(self) -> list[str]:
+    def timing_problems(self) -> list[TimingProblem]:
         """Problems with the word timings of this utterance (empty when fine or absent)."""
         if self.words is None:
             return []
         problems = []
         if not text.same_words(self.transcript, [w.word for w in self.words]):
             expected = len(text.words(self.transcript))
-            problems.append(f"word timings do not match the transcript "
-                            f"({len(self.words)} timed words, transcript has {expected})")
+            problems.append(TimingProblem(TimingKind.WORDS_MISMATCH, f"word timings do not match the transcript "
+                                          f"({len(self.words)} timed words, transcript has {expected})"))
         previous_start = 0.0
         for index, word in enumerate(self.words):
             if word.start_sec < 0 or word.end_sec < word.start_sec:
-                problems.append(f"word {index} '{word.word}' has start {word.start_sec} / end {word.end_sec}")
+                problems.append(TimingProblem(TimingKind.DISORDERED, f"word {index} '{word.word}' has start "
+                                              f"{word.start_sec} / end {word.end_sec}"))
             if word.start_sec < previous_start:
-                problems.append(f"word {index} '{word.word}' starts before the previous word")
+                problems.append(TimingProblem(TimingKind.DISORDERED,
+                                              f"word {index} '{word.word}' starts before the previous word"))
             previous_start = word.start_sec
         if self.words and self.words[-1].end_sec > self.duration_sec + TIMING_TOLERANCE_SEC:
-            problems.append(f"word timings end at {self.words[-1].end_sec:.3f} s, "
-                            f"past the end of the audio ({self.duration_sec:.3f} s)")
+            problems.append(TimingProblem(TimingKind.PAST_AUDIO_END,
+                                          f"word timings end at {self.words[-1].end_sec:.3f} s, "
+                                          f"past the end of the audio ({self.duration_sec:.3f} s)"))
         return problems
 
 
@@ -166,13 +191,9 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
 
 def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance]) -> None:
     """Write a manifest atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with jobs.atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for utterance in utterances:
             handle.write(json.dumps(utterance.to_json(), ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
 
 
 def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Problem]:
@@ -200,7 +221,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
             problems.append(where(f"duration_sec is {item.duration_sec}"))
         if not text.has_words(item.transcript):
             problems.append(where("transcript has no words"))
-        problems.extend(where(message) for message in item.timing_problems())
+        problems.extend(where(problem.message) for problem in item.timing_problems())
         if check_audio:
             try:
                 sample_rate, duration_sec = audio.audio_info(item.audio_path(path.parent))
@@ -214,3 +235,13 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
     if count == 0 and not problems:
         problems.append(Problem(str(path), 0, "manifest has no utterances"))
     return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidateConfig(Config):
+    """What `simslm manifest validate` does."""
+
+    manifests: tuple[str, ...]
+    """Manifest JSONL files."""
+    audio: bool = True
+    """Read each audio file's header too (sample rate, duration, readability)."""

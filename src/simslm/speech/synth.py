@@ -10,16 +10,18 @@ cannot speak.
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import soxr
 
 from simslm import assets, jobs
+from simslm.config import Config, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
@@ -82,18 +84,20 @@ TTS_BACKENDS: dict[str, Callable[[], Any]] = {"espeak-ng": EspeakBackend}
 
 
 @dataclass(frozen=True, kw_only=True)
-class SynthConfig:
+class SynthConfig(Config):
     """What `simslm synth` does."""
 
-    out_dir: str
+    renamed: ClassVar[dict[str, str]] = {"out_dir": "out"}
+
+    out: str
     """Output folder: audio/, manifest.jsonl, synth_report.json."""
     corpus: str = "tinystories-sample"
     """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file;
     name[start:stop] takes a slice of its lines."""
     text_field: str = "text"
     """Field holding the text in a .jsonl corpus."""
-    voice_set: str = "train"
-    """Named voice set to draw a speaker from for each line (see VOICE_SETS)."""
+    voice_set: str = field(default="train", metadata=registry_choices(VOICE_SETS))
+    """Named voice set to draw a speaker from for each line."""
     seed: int = 0
     """Seed of the per-line speaker, pitch and rate choice."""
     offset: int = 0
@@ -102,12 +106,15 @@ class SynthConfig:
     """Speak at most this many lines (all when unset)."""
     id_prefix: str = ""
     """Utterance ids are <prefix>-<line:06d>; default: the corpus file's stem."""
-    audio_format: str = "flac"
-    """flac or wav (16-bit PCM, 16 kHz mono either way)."""
-    backend: str = "espeak-ng"
-    """TTS backend (see TTS_BACKENDS)."""
+    audio_format: Literal["flac", "wav"] = "flac"
+    """Audio files to write (16-bit PCM, 16 kHz mono either way)."""
+    backend: str = field(default="espeak-ng", metadata=registry_choices(TTS_BACKENDS))
+    """TTS backend."""
     num_workers: int = 0
     """Worker processes; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "offset", "limit", "num_workers", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -147,17 +154,29 @@ def synth_task(utterance_id: str, text: str, voice_set: str, seed: int, line: in
             "audio_format": audio_format, "out_dir": str(out_dir)}
 
 
+class SynthSkip(str, enum.Enum):
+    """Why a corpus line gives no utterance (the report counts skips by these)."""
+
+    NO_WORDS = "no words to speak"
+    NO_AUDIO = "the TTS engine produced no audio"
+    ENGINE_FAILED = "the TTS engine failed"
+
+
+def _skipped(utterance_id: str, reason: SynthSkip, detail: str = "") -> dict[str, Any]:
+    return {"id": utterance_id, "skipped": reason.value + (f": {detail}" if detail else ""), "reason": reason.value}
+
+
 def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
     """Worker: speak one line, write its audio atomically, return its manifest record."""
     utterance_id = task["id"]
     try:
         transcript = text_lib.speakable(task["text"])
         if not text_lib.has_words(transcript):
-            return {"id": utterance_id, "skipped": "no words to speak"}
+            return _skipped(utterance_id, SynthSkip.NO_WORDS)
         backend = TTS_BACKENDS[task["backend"]]()
         samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])
         if len(samples) == 0:
-            return {"id": utterance_id, "skipped": "the TTS engine produced no audio"}
+            return _skipped(utterance_id, SynthSkip.NO_AUDIO)
         waveform = samples.astype(np.float32) / 32768.0
         if sample_rate != audio.TARGET_SAMPLE_RATE:
             waveform = soxr.resample(waveform, sample_rate, audio.TARGET_SAMPLE_RATE, quality="HQ")
@@ -172,12 +191,11 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
                                                  "source_line": task["line"]})
         return utterance.to_json()
     except Exception as error:  # one bad line must not stop a corpus-sized job
-        reason = type(error).__name__
-        return {"id": utterance_id, "skipped": f"{reason}: {error}"[:300]}
+        return _skipped(utterance_id, SynthSkip.ENGINE_FAILED, f"{type(error).__name__}: {error}"[:300])
 
 
 def synthesize_corpus(config: SynthConfig) -> SynthReport:
-    """Speak a text corpus into `config.out_dir`; resumable, parallel, skips bad lines."""
+    """Speak a text corpus into `config.out`; resumable, parallel, skips bad lines."""
     if config.voice_set not in VOICE_SETS:
         raise ValueError(f"unknown voice set '{config.voice_set}'; known: {', '.join(VOICE_SETS)}")
     if config.backend not in TTS_BACKENDS:
@@ -185,7 +203,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     if config.audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format must be flac or wav, not '{config.audio_format}'")
     corpus = assets.resolve_file(split_corpus_spec(config.corpus)[0])
-    out_dir = Path(config.out_dir)
+    out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = config.id_prefix or corpus.stem
     journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
@@ -219,7 +237,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
                                     total=len(tasks), description="synth"):
         journal.append(record)
         if "skipped" in record:
-            skipped[record["skipped"].split(":")[0]] += 1
+            skipped[record.get("reason", SynthSkip.ENGINE_FAILED.value)] += 1
         else:
             done[record["id"]] = record
             audio_sec += record["duration_sec"]

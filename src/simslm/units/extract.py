@@ -14,13 +14,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 
 from simslm import jobs
+from simslm.config import Config, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.manifest import read_manifest
 from simslm.units import kmeans
@@ -85,30 +86,36 @@ def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int]) 
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitConfig:
+class FitConfig(Config):
     """What `simslm units fit` does."""
+
+    renamed: ClassVar[dict[str, str]] = {"k": "num_units"}
 
     manifest: str
     """Manifest of the corpus to fit on."""
     out: str
     """Codebook path (<out>.npy + <out>.json)."""
-    encoder: str = "logmel"
+    encoder: str = field(default="logmel", metadata=registry_choices(ENCODERS))
     """Encoder name (see `simslm units --help`)."""
     model_path: str | None = None
     """HuBERT checkpoint folder or hub id (default: the encoder's)."""
     layer: int | None = None
     """HuBERT layer (default: the encoder's)."""
-    k: int = 500
-    """Number of units (500 in the paper)."""
+    num_units: int = 500
+    """Number of units, the k of k-means (500 in the paper)."""
     max_utterances: int = 400
     """Fit on at most this many utterances, drawn at random."""
     max_frames_per_utterance: int = 500
     """Frames sampled from each of them."""
     seed: int = 0
-    backend: str = "auto"
-    """faiss, sklearn, or auto (faiss when installed)."""
+    backend: Literal["auto", "faiss", "sklearn"] = "auto"
+    """k-means implementation (auto: faiss when installed)."""
     num_workers: int = 0
     """Worker processes for encoding; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
+        check_positive(self, "num_workers", allow_zero=True)
 
 
 def corpus_hash(records: list[dict[str, Any]]) -> str:
@@ -128,9 +135,7 @@ def _records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
 def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
     spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
-    frame_rate, _, _, _ = ENCODERS.get(config.encoder) or (None,) * 4
-    if frame_rate is None:
-        raise ValueError(f"unknown encoder '{config.encoder}'; known: {', '.join(ENCODERS)}")
+    frame_rate = ENCODERS[config.encoder][0]
     records = _records(config.manifest)
     rng = np.random.default_rng(config.seed)
     if len(records) > config.max_utterances:
@@ -148,7 +153,7 @@ def fit_codebook(config: FitConfig) -> Path:
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({len(skipped)} skipped)")
     stacked = np.concatenate(features)
     backend = kmeans.available_backend() if config.backend == "auto" else config.backend
-    centroids = kmeans.fit(stacked, config.k, seed=config.seed, backend=backend)
+    centroids = kmeans.fit(stacked, config.num_units, seed=config.seed, backend=backend)
     used = [r for r in records if r["id"] not in skipped]
     meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate, "corpus_hash": corpus_hash(used),
             "manifest": str(config.manifest), "num_utterances": len(used), "num_frames": int(len(stacked)),
@@ -157,7 +162,7 @@ def fit_codebook(config: FitConfig) -> Path:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExtractConfig:
+class ExtractConfig(Config):
     """What `simslm units extract` does."""
 
     manifest: str
@@ -172,6 +177,10 @@ class ExtractConfig:
     """Utterances per shard (the unit of resumption)."""
     num_workers: int = 0
     """Worker processes; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "shard_size")
+        check_positive(self, "num_workers", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,7 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
             samples = audio.load_audio(record["path"])
             frame_units = codebook.assign(encoder.encode(samples))
         except (audio.AudioError, ValueError) as error:
-            lines.append({"id": record["id"], "skipped": str(error)})
+            lines.append({"id": record["id"], "skipped": str(error), "reason": _skip_reason(error)})
             continue
         units, durations = deduplicate(frame_units)
         lines.append({"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
@@ -236,11 +245,17 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
         audio_sec += len(samples) / audio.TARGET_SAMPLE_RATE
         num_frames += len(frame_units)
         num_units += len(units)
-    path = Path(shard_path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(temporary, path)
+    jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
     return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units}
+
+
+# An encoder's own refusal (audio shorter than one frame group, say) is counted under one name.
+ENCODER_REJECTED = "rejected by the encoder"
+
+
+def _skip_reason(error: Exception) -> str:
+    """The kind a skipped utterance is counted under: the audio problem, or the encoder's refusal."""
+    return error.kind.value if isinstance(error, audio.AudioError) else ENCODER_REJECTED
 
 
 def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = None) -> ExtractReport:
@@ -287,7 +302,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     durations_by_id = {r["id"]: r["duration_sec"] for r in records}
     for line in _iter_shard_lines(out):
         if "skipped" in line:
-            skipped[line["skipped"].split(":", 1)[-1].strip().split(" (")[0]] += 1
+            skipped[line.get("reason", ENCODER_REJECTED)] += 1
             continue
         num_encoded += 1
         num_frames += sum(line["durations"])
@@ -319,14 +334,14 @@ def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConvertConfig:
+class ConvertConfig(Config):
     """What `simslm units convert` does."""
 
     pickle: str
     """A published pickled scikit-learn k-means (e.g. TWIST / mHuBERT km500.bin)."""
     out: str
     """Codebook path to write (<out>.npy + <out>.json)."""
-    encoder: str = "mhubert-25hz"
+    encoder: str = field(default="mhubert-25hz", metadata=registry_choices(ENCODERS))
     """Encoder whose features the k-means was fit on."""
     model_path: str | None = None
     """HuBERT checkpoint (default: the encoder's)."""
@@ -338,8 +353,6 @@ class ConvertConfig:
 
 def convert_codebook(config: ConvertConfig) -> Path:
     """Turn a pickled k-means into a plain codebook that records its encoder."""
-    if config.encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder '{config.encoder}'; known: {', '.join(ENCODERS)}")
     spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
     return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)

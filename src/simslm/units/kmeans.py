@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from simslm import jobs
+
 
 @dataclass(frozen=True)
 class Codebook:
@@ -44,14 +46,9 @@ class Codebook:
     def save(self, path: str | os.PathLike) -> Path:
         """Write `<path>.npy` and its JSON sidecar atomically; return the .npy path."""
         path = Path(path).with_suffix(".npy")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(temporary, self.centroids.astype(np.float32))
-        sidecar = path.with_suffix(".json")
-        sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-        sidecar_tmp.write_text(json.dumps({**self.meta, "k": self.k, "dim": int(self.centroids.shape[1])}, indent=2))
-        os.replace(temporary, path)
-        os.replace(sidecar_tmp, sidecar)
+        with jobs.atomic_path(path) as temporary:
+            np.save(temporary, self.centroids.astype(np.float32))
+        jobs.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1])})
         return path
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from simslm import jobs
+from simslm.config import Config, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
 from simslm.speech.manifest import read_manifest
@@ -71,7 +72,7 @@ def _label_one(task: tuple[str, str, str]) -> tuple[str, list | str]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class QualityConfig:
+class QualityConfig(Config):
     """What `simslm units quality` does."""
 
     manifest: str
@@ -86,6 +87,10 @@ class QualityConfig:
     """Seed of the shuffled-label baseline."""
     num_workers: int = 0
     """Worker processes for phone alignment; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "max_utterances")
+        check_positive(self, "num_workers", allow_zero=True)
 
 
 def unit_quality(config: QualityConfig) -> dict[str, Any]:

@@ -1,10 +1,8 @@
-import json
 
 import numpy as np
 import pytest
 
 from simslm.units.encoders import ENCODERS, EncoderSpec, build_encoder, mel_filterbank
-from simslm.units.extract import ExtractConfig, deduplicate, expand, extract_units, read_units
 
 
 def test_registry_declares_frame_rates():
@@ -13,7 +11,6 @@ def test_registry_declares_frame_rates():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder(EncoderSpec(name="nope"))
 
-
 def test_logmel_runs_at_25_hz_and_is_normalised_per_utterance():
     rng = np.random.default_rng(0)
     samples = (0.1 * rng.normal(size=16000 * 3)).astype(np.float32)
@@ -21,12 +18,10 @@ def test_logmel_runs_at_25_hz_and_is_normalised_per_utterance():
     assert features.shape == (74, 160)  # 3 s at 25 Hz, less the last partial window
     assert np.allclose(features.mean(axis=0), 0, atol=1e-4) and np.allclose(features.std(axis=0), 1, atol=1e-3)
 
-
 def test_mel_filterbank_covers_the_band_with_peaks_in_order():
     filters = mel_filterbank(40, 512)
     assert filters.shape == (40, 257) and filters.max() <= 1.0
     assert list(np.argmax(filters, axis=1)) == sorted(np.argmax(filters, axis=1))
-
 
 @pytest.fixture(scope="module")
 def tiny_hubert(tmp_path_factory):
@@ -43,7 +38,6 @@ def tiny_hubert(tmp_path_factory):
         paths[name] = path
     return paths
 
-
 @pytest.mark.parametrize("name,rate_key,layer", [("mhubert-25hz", "25hz", 11), ("hubert-base-l9", "50hz", 9)])
 def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hubert, name, rate_key, layer):
     import torch
@@ -59,55 +53,8 @@ def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hub
         expected = reference(torch.from_numpy(samples)[None], output_hidden_states=True).hidden_states[layer][0]
     assert np.allclose(features, expected.numpy(), atol=1e-5)
 
-
 def test_hubert_with_the_wrong_frame_rate_or_no_checkpoint_is_refused(tiny_hubert, tmp_path):
     with pytest.raises(ValueError, match="give 50 frames/s"):
         build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["50hz"])))
     with pytest.raises(ValueError, match="cannot load HuBERT"):
         build_encoder(EncoderSpec(name="hubert-base-l9", model_path=str(tmp_path / "missing")))
-
-
-def test_dedup_and_durations_rebuild_the_frame_sequence_exactly():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        frames = rng.integers(0, 4, size=rng.integers(0, 200))
-        deduplicated, durations = deduplicate(frames)
-        assert np.array_equal(expand(deduplicated, durations), frames)
-        assert not np.any(deduplicated[1:] == deduplicated[:-1])
-        assert durations.sum() == len(frames) and (durations > 0).all()
-
-
-def test_codebook_sidecar_records_encoder_rate_and_corpus(extracted):
-    config, _, _ = extracted
-    meta = json.loads(open(config.codebook.replace(".npy", ".json")).read())
-    assert meta["encoder"]["name"] == "logmel" and meta["frame_rate_hz"] == 25.0 and meta["k"] == 32
-    assert len(meta["corpus_hash"]) == 16 and meta["num_utterances"] == 4
-
-
-def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extracted):
-    config, report, utterances = extracted
-    assert (report.num_encoded, report.num_skipped, report.num_shards) == (4, 2, 3)
-    assert report.skipped_by_reason == {"empty file": 1, "not a readable WAV/FLAC file": 1}
-    by_id = {u.id: u for u in read_units(config.out)}
-    for utterance in utterances:
-        result = by_id[utterance.id]
-        assert abs(result.num_frames / result.frame_rate_hz - utterance.duration_sec) < 0.1
-        assert result.units.max() < 32 and not np.any(result.units[1:] == result.units[:-1])
-    assert report.num_frames > report.num_units  # deduplication removed repeats
-
-
-def test_rerunning_extraction_does_no_new_work(extracted):
-    config, first, _ = extracted
-    again = extract_units(config)
-    assert again.num_shards_done_now == 0
-    assert (again.num_encoded, again.num_frames, again.num_units) == (first.num_encoded, first.num_frames,
-                                                                       first.num_units)
-
-
-def test_extracting_into_a_folder_made_with_another_codebook_is_refused(extracted, tmp_path):
-    config, _, _ = extracted
-    from simslm.units import kmeans
-
-    other = kmeans.Codebook(np.zeros((32, 160), np.float32), {"encoder": {"name": "logmel"}}).save(tmp_path / "o")
-    with pytest.raises(ValueError, match="other settings"):
-        extract_units(ExtractConfig(manifest=config.manifest, codebook=str(other), out=config.out))

@@ -1,11 +1,15 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 
 from simslm import jobs
 from simslm.cli import main
+from simslm.eval.evaluate import BenchmarkResult
+from simslm.model import ParameterGroups
 from simslm.scaling import report, sweep
 from simslm.scaling.fit import Law
+from simslm.train import Losses, RunResult
 
 LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 
@@ -21,13 +25,17 @@ def _fake_sweep(folder):
                 run_dir = folder / "runs" / identifier
                 tokens = budget / (6 * parameters)
                 loss = float(LAW.loss(parameters, tokens) + shift) * float(np.exp(0.002 * rng.standard_normal()))
-                jobs.write_json(run_dir / "result.json", {
-                    "parameters": {"total": parameters, "non_embedding": parameters * 0.8}, "tokens": tokens,
-                    "flops": budget, "final_train": {"loss_speech": loss}, "validation": {"loss_speech": loss,
-                                                                                            "loss": loss}})
+                RunResult(steps=1, tokens=int(tokens), flops=budget, wall_sec=1.0, peak_flops_measured=1.0,
+                          parameters=ParameterGroups(embedding=0, output_head=0, non_embedding=int(0.8 * parameters),
+                                                     total=int(parameters)),
+                          final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
+                          ).save(run_dir)
                 accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
-                jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": {
-                    "accuracy": accuracy, "ci_low": accuracy - 0.05, "ci_high": accuracy + 0.05}}})
+                result = BenchmarkResult(
+                    accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
+                    num_pairs=100, num_groups=1, aggregation="pairs", num_resamples=100, per_group={},
+                    layout="cross-modal", mode="S", folder="tsc", num_skipped=0, scoring={}, wall_sec=1.0, note=None)
+                jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": asdict(result)}})
                 runs.append({"id": identifier, "variant": variant, "depth": depth, "budget_flops": budget,
                              "config": {"run_dir": str(run_dir)}})
     jobs.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})

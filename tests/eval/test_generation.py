@@ -51,7 +51,7 @@ def test_generation_metrics_on_a_trained_run(trained_run):
     from simslm.eval.evaluate import EvalConfig, evaluate_run
 
     run, bench = trained_run
-    evaluate_run(EvalConfig(run=str(run), bench=(f"generation={bench}",), generation_prompts=2))
+    evaluate_run(EvalConfig(run=str(run), bench=(f"generation={bench}",), num_generation_prompts=2))
     result = json.loads((run / "eval.json").read_text())["benchmarks"]["generation"]
     assert result["num_prompts"] == 2 and result["chain"]["asr"] == "pocketsphinx"
     for key in ("speech_to_speech", "speech_to_text"):

@@ -11,7 +11,7 @@ import pytest
 
 from simslm.scaling import sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def data(speech_sequences):
 def _spec(data, **changes):
     values = dict(variants=(sweep.Variant(name="random", data=data, init="random"),),
                   depths=(1, 2), budgets_flops=(4e8, 8e8), validation_data=data,
-                  train={"batch_size": 4, "validation_batches": 1, "checkpoint_every": 2})
+                  train={"batch_size": 4, "num_validation_batches": 1, "checkpoint_every": 2})
     values.update(changes)
     return sweep.SweepSpec(**values)
 
@@ -32,7 +32,7 @@ def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, 
     assert len(planned["runs"]) == 4 and len({r["id"] for r in planned["runs"]}) == 4
     again = sweep.plan_sweep(_spec(data), tmp_path / "b")
     assert [r["id"] for r in planned["runs"]] == [r["id"] for r in again["runs"]]
-    changed = sweep.plan_sweep(_spec(data, train={"batch_size": 4, "validation_batches": 1, "lr": 1e-3}), tmp_path / "c")
+    changed = sweep.plan_sweep(_spec(data, train={"batch_size": 4, "num_validation_batches": 1, "lr": 1e-3}), tmp_path / "c")
     assert not {r["id"] for r in changed["runs"]} & {r["id"] for r in planned["runs"]}
     with pytest.raises(ValueError, match="TWIST but the spec names no text-LM family"):
         sweep.plan_sweep(_spec(data, variants=(sweep.Variant(name="t", data=data),)), tmp_path / "d")

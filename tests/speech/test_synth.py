@@ -44,7 +44,7 @@ def test_bad_lines_are_skipped_and_counted_and_rerun_does_no_new_work(tmp_path):
         json.dumps({"text": "?! ..."}),
         json.dumps({"text": "Lily smiled. Then she slept."}),
     ]) + "\n")
-    config = SynthConfig(out_dir=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="t")
+    config = SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="t")
     report = synthesize_corpus(config)
     assert (report.num_synthesized, report.num_skipped) == (2, 3)
     assert report.skipped_by_reason == {"line is not valid JSON": 1, "no string field 'text'": 1,
@@ -60,7 +60,7 @@ def test_bad_lines_are_skipped_and_counted_and_rerun_does_no_new_work(tmp_path):
 def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("One small cat.\nTwo big dogs.\nThree red birds.\n")
-    config = SynthConfig(out_dir=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="r")
+    config = SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="r")
     synthesize_corpus(config)
     journal = tmp_path / "out" / "manifest.partial.jsonl"
     lines = journal.read_text().splitlines()
@@ -81,7 +81,7 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
 def test_voice_set_and_limits_are_honoured(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"Sentence number {i} is here." for i in range(6)) + "\n")
-    report = synthesize_corpus(SynthConfig(out_dir=str(tmp_path / "o"), corpus=str(corpus), voice_set="heldout",
+    report = synthesize_corpus(SynthConfig(out=str(tmp_path / "o"), corpus=str(corpus), voice_set="heldout",
                                            offset=2, limit=3, num_workers=1, audio_format="wav"))
     utterances = read_manifest(report.manifest)
     assert [u.meta["source_line"] for u in utterances] == [2, 3, 4]

@@ -1,0 +1,321 @@
+"""One path from a stage's config dataclass to the command line, config files and back.
+
+A stage's options are a frozen, keyword-only dataclass deriving from `Config`. Each field
+has a type, a default (or none: required) and a docstring written under it, which becomes
+its `--help` text. The same class reads `--flags`, a `--config FILE` (JSON, or YAML), and
+`key=value` pairs; `Literal[...]` fields become choices, tuple fields lists. `Config`
+checks choices on construction and calls `check()`, where a stage states its ranges, so a
+bad value fails before any data or model is loaded (torchtitan's `__post_init__`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+_NONE_WORDS = ("none", "null")
+# The default of a positional argument left out: argparse gives SUPPRESS to positionals as a string.
+_NOT_GIVEN = object()
+
+
+class ConfigError(ValueError):
+    """A config value or file that cannot be used; the message names the file or the option."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Base of every stage config: choices checked and lists made tuples on construction."""
+
+    renamed: ClassVar[dict[str, str]] = {}
+    """Old field name -> new one, so files written before a rename still load."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            kind = _unwrap_optional(field_types(type(self))[field.name])
+            value = getattr(self, field.name)
+            if typing.get_origin(kind) is tuple and isinstance(value, (list, str)):
+                # A list from JSON, or the comma-separated text of the command line.
+                value = tuple(value) if isinstance(value, list) else parse_text(kind, value, field.name)
+                object.__setattr__(self, field.name, value)
+            allowed = choices(type(self), field.name)
+            if allowed is None or value is None:
+                continue
+            items = value if typing.get_origin(kind) is tuple else (value,)
+            wrong = [item for item in items if item not in allowed]
+            if wrong:
+                raise ConfigError(f"{flag(field.name)} must be one of {', '.join(map(str, allowed))}, "
+                                  f"not {', '.join(map(repr, wrong))}")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError for values out of range (a stage overrides this)."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> Any:
+        """The config from plain values (a JSON file's, or parsed options): keys and types checked."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected an object of option names and values")
+        names = {field.name for field in dataclasses.fields(cls)}
+        resolved: dict[str, Any] = {}
+        for key, value in values.items():
+            name = cls.renamed.get(key, key).replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"{source}: unknown option '{key}' (known: {', '.join(sorted(names))})")
+            resolved[name] = coerce(field_types(cls)[name], value, name, source)
+        missing = [flag(field.name) for field in dataclasses.fields(cls)
+                   if field.name not in resolved and field.default is dataclasses.MISSING
+                   and field.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)}")
+        return cls(**resolved)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists) that `from_dict` reads back to an equal config."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field."""
+    return "--" + name.replace("_", "-")
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's fields."""
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...] | None:
+    """The allowed values of a field: its Literal, or a registry named in its metadata."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if "choices" in field.metadata:
+        return tuple(field.metadata["choices"]())
+    kind = _unwrap_optional(field_types(cls)[name])
+    if typing.get_origin(kind) is tuple:
+        kind = typing.get_args(kind)[0]
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def registry_choices(registry: dict[str, Any]) -> dict[str, Any]:
+    """Field metadata whose choices are a registry's names, read when checked (plugins may add some)."""
+    return {"choices": lambda: tuple(registry)}
+
+
+def _unwrap_optional(kind: Any) -> Any:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        arguments = [argument for argument in typing.get_args(kind) if argument is not type(None)]
+        if len(arguments) == 1:
+            return arguments[0]
+    return kind
+
+
+def _is_optional(kind: Any) -> bool:
+    return typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+
+
+def parse_text(kind: Any, raw: str, name: str) -> Any:
+    """A value typed by the field from its command-line text ("1e6" is a valid int; "a,b" a tuple)."""
+    if _is_optional(kind) and raw.strip().lower() in _NONE_WORDS:
+        return None
+    kind = _unwrap_optional(kind)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return tuple(parse_text(item, part.strip(), name) for part in raw.split(",") if part.strip())
+    if typing.get_origin(kind) is Literal:
+        kind = type(typing.get_args(kind)[0])
+    try:
+        if kind is bool:
+            word = raw.strip().lower()
+            if word not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return word in ("1", "true", "yes")
+        if kind is int:
+            number = float(raw)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{flag(name)}: '{raw}' is not a valid {kind.__name__}") from None
+    return raw
+
+
+def coerce(kind: Any, value: Any, name: str, source: str = "config") -> Any:
+    """A value from a file (JSON/YAML types) or a parsed option, checked against the field's type."""
+    if value is None:
+        if _is_optional(kind):
+            return None
+        raise ConfigError(f"{source}: {flag(name)} cannot be null")
+    if isinstance(value, str):
+        try:
+            return parse_text(kind, value, name)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}" if source != "command line" else str(error)) from None
+    kind = _unwrap_optional(kind)
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item = typing.get_args(kind)[0]
+        return tuple(coerce(item, element, name, source) for element in value)
+    if origin is Literal:
+        kind = type(typing.get_args(kind)[0])
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(kind)
+    if expected is not None:
+        # bool is an int in Python; a JSON true for a number field is a mistake.
+        if not isinstance(value, expected) or (kind is not bool and isinstance(value, bool)):
+            if kind is int and isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{source}: {flag(name)} must be a {kind.__name__}, not {value!r}")
+        return float(value) if kind is float else value
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Option values from a JSON file (YAML too, by suffix, when PyYAML is installed)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read ({error.__class__.__name__}: {error})") from None
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError, or no PyYAML installed
+        raise ConfigError(f"{path}: not valid {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'} "
+                          f"({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected an object of option names and values")
+    return values
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (PEP 257 attribute docstrings), inherited ones too."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[:-1]):
+        docs.update(_own_field_docs(base))
+    return docs
+
+
+@functools.cache
+def _own_field_docs(cls: type) -> dict[str, str]:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _describe_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if value else "none"
+    if isinstance(value, float) and (value >= 1e5 or 0 < abs(value) < 1e-3):
+        return f"{value:g}"
+    return str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = (),
+                         overrides: bool = False) -> None:
+    """One option per field of `cls` (its docstring and default as help), plus --config and --print-config.
+
+    Options left out keep the value of the --config file, then the field's default. With
+    `overrides`, trailing `key=value` words are accepted too (the older spelling of `train`).
+    """
+    docs = field_docs(cls)
+    hints = field_types(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        help_text = docs.get(field.name, "")
+        allowed = choices(cls, field.name)
+        if allowed and typing.get_origin(_unwrap_optional(kind)) is tuple:
+            help_text += f" Any of: {', '.join(map(str, allowed))}."
+        if not required:
+            help_text += f" (default: {_describe_default(field.default)})"
+        elif field.name not in positional:
+            help_text += " (required)"
+        help_text = help_text.replace("%", "%%")
+        parse = functools.partial(parse_text, kind, name=field.name)
+        if field.name in positional:
+            many = typing.get_origin(_unwrap_optional(kind)) is tuple
+            nargs = ("+" if required else "*") if many else (None if required else "?")
+            parser.add_argument(field.name, type=parse, help=help_text, nargs=nargs, default=_NOT_GIVEN)
+            continue
+        bare = _unwrap_optional(kind)
+        if bare is bool:
+            parser.add_argument(flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(bare) is tuple:
+            parser.add_argument(flag(field.name), dest=field.name, nargs="+", type=parse, metavar="VALUE",
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            metavar = field.name.upper() if allowed is None else "{" + ",".join(map(str, allowed)) + "}"
+            parser.add_argument(flag(field.name), dest=field.name, type=parse, metavar=metavar,
+                                default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--config", dest="config_file", metavar="FILE", default=None,
+                        help="JSON (or YAML) file of option values; options given here override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as JSON and exit")
+    if overrides:
+        parser.add_argument("overrides", nargs="*", metavar="key=value", default=[],
+                            help="option values as key=value (same names as the options, with _)")
+    parser.set_defaults(config_class=cls)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config from parsed arguments: field defaults < --config file < key=value < --flags."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    if getattr(args, "config_file", None):
+        values.update(read_config_file(args.config_file))
+        source = args.config_file
+    fields = {field.name for field in dataclasses.fields(cls)}
+    for override in getattr(args, "overrides", None) or []:
+        key, separator, raw = override.partition("=")
+        key = cls.renamed.get(key.strip(), key.strip()).replace("-", "_")
+        if not separator or key not in fields:
+            raise ConfigError(f"'{override}' is not key=value with a known key ({', '.join(sorted(fields))})")
+        values[key] = parse_text(field_types(cls)[key], raw, key)
+    for name in fields:
+        if hasattr(args, name) and getattr(args, name) is not _NOT_GIVEN:
+            value = getattr(args, name)
+            if isinstance(value, list):  # nargs="+": each word may itself be a comma list
+                value = tuple(item for part in value for item in (part if isinstance(part, tuple) else (part,)))
+            values[name] = value
+    return cls.from_dict(values, source=source)
+
+
+def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
+    """Raise ConfigError unless each named field is a finite number > 0 (>= 0 with allow_zero); None passes."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{flag(name)} must be a finite number {bound}, not {value}")

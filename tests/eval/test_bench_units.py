@@ -1,0 +1,30 @@
+import json
+
+import numpy as np
+
+from simslm.eval.bench_units import run_units_folder, units_lookup
+from simslm.eval.evaluate import load_run_model
+from simslm.eval.layouts import load
+from simslm.eval.scoring import ScoringOptions, score_pairs
+from simslm.units.extract import ExtractConfig, extract_units
+
+
+def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path):
+    from simslm.speech import audio
+
+    run, bench = trained_run
+    header = json.loads((run_units_folder(run) / "units.json").read_text())
+    files = sorted((bench / "audio").glob("*.flac"))
+    records = [{"id": f.stem, "path": str(f), "duration_sec": audio.audio_info(f)[1]} for f in files]
+    extract_units(ExtractConfig(manifest="bench", codebook=header["codebook"], out=str(tmp_path / "u"),
+                                            num_workers=1), records=records)
+    model, vocabulary, _ = load_run_model(run, "cpu")
+    for mode in ("S", "T2S"):
+        _, pairs = load(bench, mode)
+        options = ScoringOptions()
+        from_audio = score_pairs(model, pairs, vocabulary, units_lookup(pairs, run, None), options)
+        from_units = score_pairs(model, pairs, vocabulary,
+                                          units_lookup(pairs, run, str(tmp_path / "u")), options)
+        assert from_units[3] == 0  # nothing skipped
+        np.testing.assert_allclose(from_units[0], from_audio[0], rtol=1e-6)
+        np.testing.assert_allclose(from_units[1], from_audio[1], rtol=1e-6)

@@ -1,0 +1,50 @@
+
+import pytest
+
+from simslm.eval.benchbuild import (
+    BenchBuildConfig,
+    blimp_pairs,
+    build_benchmark,
+    split_sentences,
+    story_key,
+    training_stories,
+)
+from simslm.eval.layouts import BenchError, load
+from simslm.speech.synth import read_corpus
+
+
+def test_split_sentences_keeps_closing_quotes():
+    assert split_sentences('Tom said, "Hi!" Then he left. "Bye," said Sue.') == [
+        'Tom said, "Hi!"', "Then he left.", '"Bye," said Sue.']
+
+def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_path):
+    meta = build_benchmark(BenchBuildConfig(
+        kind="tsc", out=str(tmp_path / "tsc"), source="tinystories-sample[2000:2008]",
+        exclude="tinystories-sample[:2000]", num_items=5, voices="heldout", num_workers=2))
+    assert meta["layout"] == "cross-modal" and meta["num_items"] == 5 and "not the published" in meta["note"]
+    _, pairs = load(tmp_path / "tsc", "S")
+    training = training_stories("tinystories-sample[:2000]")
+    held_out = {index: value for index, value, _ in read_corpus("tinystories-sample[2000:2008]")}
+    for pair in pairs:
+        line = int(pair.id.split("-")[1])
+        assert line in held_out and story_key(held_out[line]) not in training
+        context, ending = (tmp_path / "tsc" / "audio" / f"{pair.id}_{r}.txt" for r in ("mutual", "correct"))
+        assert story_key(context.read_text() + " " + ending.read_text()) in story_key(
+            held_out[line])  # context + right ending = the story's last sentences
+        wrong = (tmp_path / "tsc" / "audio" / f"{pair.id}_incorrect.txt").read_text().strip()
+        assert wrong != ending.read_text().strip()
+    with pytest.raises(BenchError, match="are in the training data"):
+        build_benchmark(BenchBuildConfig(
+            kind="tsc", out=str(tmp_path / "bad"), source="tinystories-sample[1990:2003]",
+            exclude="tinystories-sample[:2000]", num_items=3))
+
+def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
+    from simslm import assets
+
+    meta = build_benchmark(BenchBuildConfig(kind="sblimp", out=str(tmp_path / "sb"),
+                                                                per_phenomenon=1, num_workers=2))
+    _, pairs = load(tmp_path / "sb")
+    assert meta["num_items"] == len(pairs) == len(assets.BLIMP_PHENOMENA)
+    assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
+    again = blimp_pairs("", 1, 0)
+    assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in blimp_pairs("", 1, 0)]

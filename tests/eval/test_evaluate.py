@@ -1,0 +1,42 @@
+import json
+
+from simslm.eval.evaluate import EvalConfig, evaluate_run, read_results
+
+# --- end to end on a tiny trained run -----------------------------------------------------------
+
+
+def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
+    run, bench = trained_run
+    config = EvalConfig(run=str(run), bench=(f"tsc={bench}", "validation"), num_resamples=200)
+    results = evaluate_run(config)
+    assert set(results) == {"tsc/S", "tsc/S2T", "tsc/T2S", "tsc/T", "validation"}
+    for mode in ("S", "S2T", "T2S", "T"):
+        entry = results[f"tsc/{mode}"]
+        assert entry.num_pairs == 4 and entry.aggregation == "pairs" and entry.mode == mode
+        assert entry.ci_low <= entry.accuracy <= entry.ci_high
+        assert entry.scoring == {"reduction": "mean", "speech_vocab": False, "span": "auto", "baseline": "none"}
+    assert results["validation"]["loss_speech"] > 0
+    written = json.loads((run / "eval.json").read_text())
+    assert read_results(run)["tsc/T"] == results["tsc/T"]
+    assert written["benchmarks"]["tsc/T"]["accuracy"] == results["tsc/T"].accuracy
+    # A second evaluation reuses the extracted units and merges into eval.json.
+    evaluate_run(EvalConfig(run=str(run), bench=(f"again={bench}",), modes=("S",), reduction="sum"))
+    written = json.loads((run / "eval.json").read_text())
+    assert {"tsc/S", "again/S", "validation"} <= set(written["benchmarks"])
+    assert written["benchmarks"]["again/S"]["scoring"]["reduction"] == "sum"
+    evaluate_run(EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes=("S",), baseline="no-context"))
+    written = json.loads((run / "eval.json").read_text())
+    assert written["benchmarks"]["pmi/S"]["scoring"]["baseline"] == "no-context"
+    # The plain score comes free with the baseline one: the same as scoring without it.
+    assert written["benchmarks"]["pmi/S"]["without_baseline"]["accuracy"] == written["benchmarks"]["tsc/S"]["accuracy"]
+
+
+def test_eval_cli_prints_the_table(trained_run, capsys):
+    from simslm.cli import main
+
+    run, bench = trained_run
+    assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "cli/T" in out and "95% CI" in out and "eval.json" in out
+
+

@@ -1,0 +1,30 @@
+
+import pytest
+
+from simslm.sequences.build import BuildConfig, build_sequences
+from simslm.sequences.vocabulary import Vocabulary
+from simslm.speech.manifest import read_manifest
+from simslm.units.extract import read_units
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return Vocabulary.build("stories260K", 32)
+
+@pytest.fixture(scope="module")
+def corpus(extracted):
+    config, _, _ = extracted
+    units = {u.id: u for u in read_units(config.out)}
+    utterances = [u for u in read_manifest(config.manifest) if u.words and u.id in units]
+    return utterances, units
+
+
+@pytest.fixture
+def build(extracted, tmp_path):
+    """Build sequences of the extracted corpus into tmp_path/seq with the given option changes."""
+    def run(**changes):
+        config, _, _ = extracted
+        options = {"out": str(tmp_path / "seq"), "manifest": config.manifest, "units": config.out,
+                   "text_corpus": "tinystories-sample", "context_length": 256, "num_epochs": 2, **changes}
+        return build_sequences(BuildConfig(**options)), options["out"]
+    return run

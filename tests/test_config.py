@@ -1,0 +1,120 @@
+import dataclasses
+import json
+
+import pytest
+
+from simslm.cli import COMMANDS, main, parse_arguments
+from simslm.config import ConfigError, config_from_args, flag
+from simslm.sequences.build import BuildConfig
+from simslm.train import TrainConfig
+
+
+def _config(argv):
+    args = parse_arguments(argv)
+    return config_from_args(args.config_class, args)
+
+
+def test_flags_key_value_and_a_config_file_give_the_same_train_config(tmp_path):
+    by_flags = _config(["train", "--run-dir", "r", "--data", "d", "--budget-tokens", "1e6", "--init", "random",
+                        "--validation-data", "v", "--fsdp"])
+    by_words = _config(["train", "run_dir=r", "data=d", "budget_tokens=1000000", "init=random",
+                        "validation_data=v", "fsdp=true"])
+    (tmp_path / "run.json").write_text(json.dumps({"run_dir": "r", "data": "d", "budget_tokens": 10**6,
+                                                   "init": "random", "validation_data": "v", "fsdp": True}))
+    by_file = _config(["train", "--config", str(tmp_path / "run.json")])
+    assert by_flags == by_words == by_file == TrainConfig(run_dir="r", data="d", budget_tokens=10**6, init="random",
+                                                          validation_data="v", fsdp=True)
+
+
+def test_flags_override_key_value_which_override_the_file(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_dir": "r", "data": "d", "lr": 1e-3, "budget_flops": 1e14}))
+    config = _config(["train", "--config", str(tmp_path / "run.json"), "lr=2e-3", "batch_size=4", "--lr", "3e-3",
+                      "validation_data=none"])
+    assert (config.lr, config.batch_size, config.budget_flops, config.validation_data) == (3e-3, 4, 1e14, None)
+
+
+def test_a_yaml_config_file_is_read_too(tmp_path):
+    (tmp_path / "run.yaml").write_text("run_dir: r\ndata: d\nbudget_flops: 1.0e+14\nlr: 0.001\n")
+    assert _config(["train", "--config", str(tmp_path / "run.yaml")]).lr == 1e-3
+
+
+def test_train_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(TrainConfig):
+        assert flag(field.name) in text
+    assert "(default: 0.5)" in text and "--init {twist,random}" in text and "(required)" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "missing --run-dir, --data"),
+    (["train", "run_dir=r", "data=d"], "exactly one of --budget-flops and --budget-tokens"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "batch_size=0"], "--batch-size must be"),
+    (["train", "run_dir=r", "data=d", "budget_flops=inf"], "--budget-flops must be a finite number"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "grad_accumulation=-1"], "--grad-accumulation"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "checkpoint_every=0"], "--checkpoint-every"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "init=warm"], "--init must be one of twist, random"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=1.5"], "not a valid int"),
+    (["train", "learning_rate=1"], "known key"),
+    (["sequences", "build", "--out", "o", "--streams", "speech,audio"], "--streams must be one of"),
+    (["sequences", "build", "--out", "o", "--streams", "text"], "the text stream needs --text-corpus"),
+    (["sequences", "build", "--out", "o", "--method", "zigzag", "--streams", "text", "--text-corpus", "c"],
+     "--method must be one of poisson, span, random, utterance"),
+    (["units", "fit", "--manifest", "m", "--out", "o", "--num-units", "0"], "--num-units must be"),
+    (["eval", "run", "--bench", "b", "--modes", "S", "X"], "--modes must be one of S, S2T, T2S, T"),
+])
+def test_bad_values_fail_before_anything_loads(argv, message, capsys):
+    # None of the named files exist: a check that ran after loading would report that instead.
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error
+
+
+def test_a_bad_config_file_is_named(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text('{"run_dir": ')
+    (tmp_path / "typed.json").write_text(json.dumps({"run_dir": "r", "data": "d", "budget_tokens": "many"}))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name in ("broken.json", "typed.json", "list.json", "missing.json"):
+        assert main(["train", "--config", str(tmp_path / name)]) == 2
+        assert str(tmp_path / name) in capsys.readouterr().err
+
+
+def test_list_fields_take_words_or_commas_and_files_take_lists(tmp_path):
+    assert _config(["demo", "--depths", "1", "2", "4"]).depths == (1, 2, 4)
+    assert _config(["demo", "--depths", "1,2,4", "--budgets-flops", "1e9,2e9"]).budgets_flops == (1e9, 2e9)
+    (tmp_path / "demo.json").write_text(json.dumps({"depths": [2, 3]}))
+    assert _config(["demo", "--config", str(tmp_path / "demo.json")]).depths == (2, 3)
+
+
+def test_renamed_options_still_load_from_older_files():
+    config = TrainConfig.from_dict({"run_dir": "r", "data": "d", "budget_tokens": 8, "validation_batches": 3,
+                                    "keep_checkpoints": 4})
+    assert (config.num_validation_batches, config.num_checkpoints_kept) == (3, 4)
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    assert main(["sequences", "build", "--out", "o", "--streams", "text", "--text-corpus", "c", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["streams"] == ["text"] and printed["method"] == "poisson"
+    assert BuildConfig.from_dict(printed) == BuildConfig(out="o", streams=("text",), text_corpus="c")
+
+
+def test_every_command_config_round_trips_through_a_dict():
+    for command in COMMANDS:
+        cls = command.config()
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        samples = {"action": "list", "manifests": ("m.jsonl",), "bench": ("b",), "flops": 1e18,
+                   "run_id": "x", "kind": "tsc", "budget_tokens": 10}
+        values = {name: samples.get(name, "x") for name in required}
+        if cls is TrainConfig:
+            values["budget_tokens"] = 10
+        if cls is BuildConfig:
+            values.update(streams=("text",), text_corpus="c")
+        config = cls.from_dict(values)
+        assert cls.from_dict(config.to_dict()) == config, cls
+
+
+def test_unknown_options_in_a_dict_are_refused():
+    with pytest.raises(ConfigError, match="unknown option 'speed'"):
+        TrainConfig.from_dict({"run_dir": "r", "data": "d", "budget_tokens": 1, "speed": 2}, source="x.json")

@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+import pytest
+
+from simslm.units.extract import ExtractConfig, deduplicate, expand, extract_units, read_units
+
+
+def test_dedup_and_durations_rebuild_the_frame_sequence_exactly():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        frames = rng.integers(0, 4, size=rng.integers(0, 200))
+        deduplicated, durations = deduplicate(frames)
+        assert np.array_equal(expand(deduplicated, durations), frames)
+        assert not np.any(deduplicated[1:] == deduplicated[:-1])
+        assert durations.sum() == len(frames) and (durations > 0).all()
+
+
+def test_codebook_sidecar_records_encoder_rate_and_corpus(extracted):
+    config, _, _ = extracted
+    meta = json.loads(open(config.codebook.replace(".npy", ".json")).read())
+    assert meta["encoder"]["name"] == "logmel" and meta["frame_rate_hz"] == 25.0 and meta["k"] == 32
+    assert len(meta["corpus_hash"]) == 16 and meta["num_utterances"] == 4
+
+
+def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extracted):
+    config, report, utterances = extracted
+    assert (report.num_encoded, report.num_skipped, report.num_shards) == (4, 2, 3)
+    assert report.skipped_by_reason == {"empty file": 1, "not a readable WAV/FLAC file": 1}
+    by_id = {u.id: u for u in read_units(config.out)}
+    for utterance in utterances:
+        result = by_id[utterance.id]
+        assert abs(result.num_frames / result.frame_rate_hz - utterance.duration_sec) < 0.1
+        assert result.units.max() < 32 and not np.any(result.units[1:] == result.units[:-1])
+    assert report.num_frames > report.num_units  # deduplication removed repeats
+
+
+def test_rerunning_extraction_does_no_new_work(extracted):
+    config, first, _ = extracted
+    again = extract_units(config)
+    assert again.num_shards_done_now == 0
+    assert (again.num_encoded, again.num_frames, again.num_units) == (first.num_encoded, first.num_frames,
+                                                                       first.num_units)
+
+
+def test_extracting_into_a_folder_made_with_another_codebook_is_refused(extracted, tmp_path):
+    config, _, _ = extracted
+    from simslm.units import kmeans
+
+    other = kmeans.Codebook(np.zeros((32, 160), np.float32), {"encoder": {"name": "logmel"}}).save(tmp_path / "o")
+    with pytest.raises(ValueError, match="other settings"):
+        extract_units(ExtractConfig(manifest=config.manifest, codebook=str(other), out=config.out))
