@@ -49,7 +49,7 @@ def step_seconds(depth: int, data: str, *, bf16: bool, attention: str, steps: in
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     times = []
     for _ in range(steps):
-        batch = torch.from_numpy(next(loader).astype(np.int64)).cuda()
+        batch = torch.from_numpy(next(loader).tokens.astype(np.int64)).cuda()
         torch.cuda.synchronize()
         started = time.perf_counter()
         with autocast:

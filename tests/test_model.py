@@ -45,6 +45,22 @@ def test_twist_keeps_every_pretrained_weight_and_ties(stories260k, tmp_path):
     assert reloaded.get_input_embeddings().weight.shape[0] == 547
 
 
+@pytest.mark.parametrize("new_rows", ["mean", "normal"])
+def test_new_rows_start_at_the_mean_or_spread_like_the_old_rows(new_rows):
+    extended = model.load_base_model("stories260K")
+    old = extended.get_input_embeddings().weight.detach().clone()
+    model.extend_vocabulary(extended, 512 + 35, seed=0, new_rows=new_rows)
+    new = extended.get_input_embeddings().weight.detach()[512:]
+    spread = (new - old.mean(0)).abs().max()
+    if new_rows == "mean":  # transformers' mean-resizing: covariance scaled by 1e-9
+        assert spread < 1e-3
+    else:
+        assert spread > 0.1 and torch.allclose(new.std(0).mean(), old.std(0).mean(), rtol=0.3)
+    again = model.load_base_model("stories260K")
+    model.extend_vocabulary(again, 512 + 35, seed=0, new_rows=new_rows)
+    assert torch.equal(again.get_input_embeddings().weight, extended.get_input_embeddings().weight)  # seeded
+
+
 def test_random_init_changes_weights_but_not_architecture(stories260k):
     fresh = model.reinitialise(stories260k, seed=0)
     assert fresh.config.to_dict() == stories260k.config.to_dict()

@@ -154,3 +154,36 @@ def test_gradient_accumulation_matches_a_larger_batch(data, tmp_path):
                                 grad_accumulation=2))
     assert whole.steps == accumulated.steps == 4
     assert np.allclose(_losses(tmp_path / "accumulated"), _losses(tmp_path / "whole"), rtol=1e-5)
+
+
+def test_a_packed_batch_scores_each_document_as_if_it_were_alone():
+    import contextlib
+
+    import torch
+
+    from simslm.model import build_family_model
+    from simslm.sequences.build import pack
+    from simslm.sequences.interleave import Sample
+    from simslm.sequences.vocabulary import Vocabulary
+    from simslm.train import _token_losses
+
+    vocabulary = Vocabulary.build("stories260K", 16)
+    model = build_family_model(2, len(vocabulary), seed=0, context_length=64).eval()
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(3, len(vocabulary) - 3, n).astype(np.uint32) for n in (40, 7, 64, 90, 12, 20)]
+    samples = [Sample(id=str(i), tokens=d, kinds=np.zeros(len(d), np.uint8)) for i, d in enumerate(documents)]
+    rows, positions, _ = pack(samples, 64, vocabulary)
+    assert rows.shape[0] < len(documents) + 1  # documents do share rows
+    as_tensor = lambda array: torch.from_numpy(array.astype(np.int64))  # noqa: E731
+    with torch.no_grad():
+        packed, sums = _token_losses(model, as_tensor(rows), as_tensor(positions), vocabulary, contextlib.nullcontext())
+        alone_total, alone_count = 0.0, 0
+        for document in documents:
+            for start in range(0, len(document), 64):  # the pieces a long document is cut into
+                piece = document[start:start + 64][None]
+                loss, piece_sums = _token_losses(model, as_tensor(piece), as_tensor(np.arange(piece.shape[1])[None]),
+                                                 vocabulary, contextlib.nullcontext())
+                alone_total, alone_count = alone_total + float(loss), alone_count + piece_sums[1]
+    num_pieces = sum(-(-len(d) // 64) for d in documents)
+    assert sums[1] == alone_count == sum(len(d) for d in documents) - num_pieces  # a piece's first token: unscored
+    assert float(packed) == pytest.approx(alone_total, rel=1e-5)

@@ -146,7 +146,7 @@ def _sequences_stats(config) -> int:
         word_share = row["interleaved_speech_word_share"]
         print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
               f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "
-              f"dropped {row['dropped_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
+              f"padding {row['padding_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
               + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
         print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
     return 0

@@ -131,32 +131,43 @@ def smollm2_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def extend_vocabulary(model, new_size: int, seed: int = 0) -> None:
-    """Grow the embedding (and an untied output head) to `new_size` rows, keeping every old row.
+# How new (unit and marker) rows start. `mean` is what slamkit gets from Hugging Face's
+# `resize_token_embeddings` (mean_resizing, transformers >= 4.46): rows drawn around the old
+# rows' mean with 1e-9 of their covariance, so every new token starts at the mean embedding.
+# `normal` draws each new row from a normal with the old rows' per-dimension mean and
+# standard deviation (simslm's first rule); measured against `mean` in docs/BENCHMARKS.md.
+NEW_ROWS = ("mean", "normal")
 
-    New rows are drawn from a normal with the per-dimension mean and standard deviation of
-    the existing rows (TWIST: new tokens start where the pretrained ones live); tied
-    weights stay tied.
-    """
+
+def extend_vocabulary(model, new_size: int, seed: int = 0, new_rows: str = "mean") -> None:
+    """Grow the embedding (and an untied output head) to `new_size` rows, keeping every old row; tied stay tied."""
     import torch
 
+    if new_rows not in NEW_ROWS:
+        raise ValueError(f"new_rows must be one of {', '.join(NEW_ROWS)}, not '{new_rows}'")
     embedding = model.get_input_embeddings()
     old_size = embedding.weight.shape[0]
     if new_size < old_size:
         raise ValueError(f"cannot shrink the vocabulary from {old_size} to {new_size}")
-    generator = torch.Generator().manual_seed(seed)
     old_output = model.get_output_embeddings()
     tied = old_output is not None and old_output.weight is embedding.weight
-    statistics = [(w.mean(0), w.std(0)) for w in ([embedding.weight.detach()] +
-                                                  ([] if tied or old_output is None else [old_output.weight.detach()]))]
-    model.resize_token_embeddings(new_size, mean_resizing=False)
-    matrices = [model.get_input_embeddings().weight]
-    if not tied and model.get_output_embeddings() is not None:
-        matrices.append(model.get_output_embeddings().weight)
-    with torch.no_grad():
-        for matrix, (mean, std) in zip(matrices, statistics):
-            noise = torch.randn(new_size - old_size, matrix.shape[1], generator=generator)
-            matrix[old_size:] = mean + std * noise
+    if new_rows == "mean":
+        # transformers samples the rows from torch's global generator: seed it here, and leave it as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.resize_token_embeddings(new_size, mean_resizing=True)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        statistics = [(w.mean(0), w.std(0)) for w in ([embedding.weight.detach()] + (
+            [] if tied or old_output is None else [old_output.weight.detach()]))]
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+        matrices = [model.get_input_embeddings().weight]
+        if not tied and model.get_output_embeddings() is not None:
+            matrices.append(model.get_output_embeddings().weight)
+        with torch.no_grad():
+            for matrix, (mean, std) in zip(matrices, statistics):
+                noise = torch.randn(new_size - old_size, matrix.shape[1], generator=generator)
+                matrix[old_size:] = mean + std * noise
     if tied:
         model.tie_weights()
 

@@ -45,6 +45,9 @@ class TrainConfig(Config):
     """HF id or folder, llama2.c .bin, .gguf, an asset name, or family:<depth> for a family member."""
     init: Literal["twist", "random"] = "twist"
     """twist (keep pretrained weights, add unit rows) or random (same architecture from scratch)."""
+    new_rows: Literal["mean", "normal"] = "mean"
+    """How the new unit and marker rows start: mean (slamkit: Hugging Face's mean-resizing, every new row at
+    the mean embedding) or normal (drawn with the old rows' per-dimension mean and std)."""
     validation_data: str | None = None
     """Sequences folder for validation cross-entropy per modality (none: skipped)."""
     budget_flops: float | None = None
@@ -221,7 +224,7 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int):
     model = model_lib.load_base_model(config.base_model)
     if config.init == "random":
         model = model_lib.reinitialise(model, config.seed)
-    model_lib.extend_vocabulary(model, vocab_size, seed=config.seed)
+    model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
     if model.config.max_position_embeddings < context_length:
         model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
     return model
@@ -371,28 +374,45 @@ class _Distributed:
             dist.barrier()
 
 
-def _token_losses(model, batch, vocabulary: Vocabulary, autocast) -> tuple[Any, list[float]]:
-    """Mean loss over all targets, and [sum, count] of losses on all / speech / text targets."""
+def scored_targets(tokens: np.ndarray, positions: np.ndarray, pad_id: int) -> np.ndarray:
+    """Which next-token targets of packed rows count: not padding, and not the first token of a document
+    (slamkit's flattening collator labels it -100: nothing before it in the row belongs to its document)."""
+    return (positions[:, 1:] != 0) & (tokens[:, 1:] != pad_id)
+
+
+def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast) -> tuple[Any, list[float]]:
+    """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets.
+
+    The positions restart at every document of a packed row; with them (and no attention
+    mask) transformers attends within each document only, as variable-length attention does.
+    """
     import torch
     import torch.nn.functional as F
 
-    inputs, targets = batch[:, :-1], batch[:, 1:]
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with autocast:
         # use_cache=False: a training forward must not build a KV cache it never reads.
-        logits = model(input_ids=inputs, use_cache=False).logits
+        logits = model(input_ids=inputs, position_ids=positions[:, :-1], use_cache=False).logits
     losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     flat = targets.reshape(-1)
-    speech = (flat >= vocabulary.unit_offset) & (flat < vocabulary.unit_offset + vocabulary.num_units)
-    text = ~speech
-    for special in (vocabulary.speech_id, vocabulary.text_id, vocabulary.pad_id, vocabulary.bos_id):
-        if special is not None:
-            text &= flat != special
+    scored = ((positions[:, 1:] != 0) & (targets != vocabulary.pad_id)).reshape(-1)
+    speech = (flat >= vocabulary.unit_offset) & (flat < vocabulary.unit_offset + vocabulary.num_units) & scored
+    specials = torch.tensor([vocabulary.speech_id, vocabulary.text_id, vocabulary.pad_id,
+                             *vocabulary.tokenizer.all_special_ids], device=flat.device)
+    text = scored & ~speech & ~torch.isin(flat, specials)
     # One (3 x N) product and one transfer: per-modality bookkeeping costs ~1% of a step
     # this way, against ~8% with boolean indexing and separate .item() calls (docs/LOG.md).
-    masks = torch.stack([torch.ones_like(speech), speech, text]).to(losses.dtype)
+    masks = torch.stack([scored, speech, text]).to(losses.dtype)
     totals = torch.cat([masks @ losses.detach(), masks.sum(dim=1)]).tolist()
     sums = [totals[0], totals[3], totals[1], totals[4], totals[2], totals[5]]
-    return losses.mean(), sums
+    return (losses * masks[0]).sum(), sums
+
+
+def _to_device(batch, device: str):
+    import torch
+
+    return (torch.from_numpy(batch.tokens.astype(np.int64)).to(device),
+            torch.from_numpy(batch.positions.astype(np.int64)).to(device))
 
 
 def _ratios(sums: list[float]) -> Losses:
@@ -412,8 +432,7 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     model.eval()
     with torch.no_grad():
         for _ in range(min(num_batches, loader.batches_per_epoch())):
-            batch = torch.from_numpy(next(loader).astype(np.int64)).to(device)
-            _, sums = _token_losses(model, batch, vocabulary, contextlib.nullcontext())
+            _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext())
             totals = [a + b for a, b in zip(totals, sums)]
     model.train()
     return _ratios(totals)
@@ -489,13 +508,18 @@ def train(config: TrainConfig) -> RunResult | None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, plan, config)
         totals = [0.0] * 6
-        for micro in range(config.grad_accumulation):
-            batch = torch.from_numpy(next(loader).astype(np.int64)).to(distributed.device)
+        batches = [next(loader) for _ in range(config.grad_accumulation)]
+        # The step's loss is the mean over every scored target of the step, on every process
+        # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
+        # gradients are averaged over processes, hence the world size.
+        num_scored = distributed.all_sum([float(sum(scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum()
+                                                    for b in batches))])[0]
+        for micro, batch in enumerate(batches):
             last = micro == config.grad_accumulation - 1
             sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
             with sync:
-                loss, sums = _token_losses(trained, batch, vocabulary, autocast)
-                (loss / config.grad_accumulation).backward()
+                loss_sum, sums = _token_losses(trained, *_to_device(batch, distributed.device), vocabulary, autocast)
+                (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
             totals = [a + b for a, b in zip(totals, sums)]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor

@@ -3,44 +3,70 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simslm.sequences.build import mix_streams, parse_mix
+from simslm.sequences.build import mix_streams, pack, parse_mix
 from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import Word, read_manifest, write_manifest
 
 
-def test_build_mixes_streams_by_token_share_and_packs_with_reopening_markers(build, extracted, tmp_path):
-    index, out = build(mix=("interleaved=0.5", "speech=0.25", "text=0.25"))
+def test_build_packs_whole_documents_with_positions_that_restart(build, extracted, tmp_path):
+    index, out = build(mix=("interleaved=0.5", "speech=0.25", "text=0.25"), mix_by="tokens")
     vocabulary = Vocabulary.load(f"{out}/tokenizer")
     for entry in index["epochs"]:
-        taken = entry["tokens_by_stream"]
-        assert abs(taken["text"] / sum(taken.values()) - 0.25) < 0.05  # text samples are small: a close share
-        chunks = np.load(f"{out}/epoch-{entry['epoch']:03d}/{entry['shards'][0]}")
-        assert chunks.dtype == np.uint32 and chunks.shape[1] == 256
-        # Every chunk opens with BOS or a modality marker.
-        openers = {vocabulary.bos_id, vocabulary.speech_id, vocabulary.text_id}
-        assert all(int(chunk[0]) in openers for chunk in chunks)
+        folder = f"{out}/epoch-{entry['epoch']:03d}"
+        rows, positions = np.load(f"{folder}/{entry['shards'][0]}"), np.load(f"{folder}/{entry['position_shards'][0]}")
+        assert rows.dtype == np.uint32 and rows.shape == positions.shape and rows.shape[1] == 256
+        for row, position in zip(rows, positions):
+            starts = np.flatnonzero(position == 0)
+            # Every document starts at position 0 and counts up; padding only fills a row's end.
+            for a, b in zip(starts, [*starts[1:], len(row)]):
+                assert np.array_equal(position[a:b], np.arange(b - a))
+            padding = np.flatnonzero(row == vocabulary.pad_id)
+            assert len(padding) == 0 or padding[0] in starts and (row[padding[0]:] == vocabulary.pad_id).all()
         counts = entry["token_counts"]
-        assert counts["speech"] + counts["text"] + counts["marker"] == entry["num_chunks"] * 256 + counts["dropped"]
+        assert counts["speech"] + counts["text"] + counts["marker"] + counts["padding"] == entry["num_chunks"] * 256
+        assert counts["padding"] < 0.1 * entry["num_chunks"] * 256
     rows = stats(out)
     assert 0.3 <= rows[0]["interleaved_speech_word_share"] < 0.6
     assert rows[0]["skipped"] == {"no units extracted": 2}  # the empty and the corrupt file
 
 
-def test_mixing_meets_token_shares_within_half_a_sample():
-    def stream(name, lengths):
-        return [Sample(id=f"{name}{i}", tokens=np.zeros(n, np.uint32), kinds=np.zeros(n, np.uint8))
-                for i, n in enumerate(lengths)]
+def _stream(name, lengths):
+    return [Sample(id=f"{name}{i}", tokens=np.zeros(n, np.uint32), kinds=np.zeros(n, np.uint8))
+            for i, n in enumerate(lengths)]
 
-    samples = {"interleaved": stream("i", [100] * 50), "speech": stream("s", [37] * 400),
-               "text": stream("t", [11] * 2000)}
-    chosen, taken = mix_streams(samples, {"interleaved": 0.5, "speech": 0.3, "text": 0.2})
-    assert taken["interleaved"] == 5000  # the scarcest stream relative to its share is used whole
-    assert abs(taken["speech"] - 3000) <= 37 / 2 and abs(taken["text"] - 2000) <= 11 / 2
-    assert sum(len(s.tokens) for s in chosen) == sum(taken.values())
+
+def test_mixing_draws_samples_as_interleave_datasets_does():
+    samples = {"interleaved": _stream("i", [100] * 2000), "speech": _stream("s", [37] * 3000),
+               "text": _stream("t", [11] * 20000)}
+    shares = {"interleaved": 0.5, "speech": 0.3, "text": 0.2}
+    chosen, taken = mix_streams(samples, shares, np.random.default_rng(0), by="samples")
+    counts = {name: sum(s.id.startswith(name[0]) for s in chosen) for name in samples}
+    # first_exhausted: the mixture ends when a draw falls on a stream with nothing left.
+    assert counts["interleaved"] == 2000 and abs(counts["speech"] / 1200 - 1) < 0.1
+    assert abs(counts["text"] / 800 - 1) < 0.1
+    assert [s.id for s in chosen if s.id.startswith("s")] == [f"s{i}" for i in range(counts["speech"])]
+    # by tokens: the same draw, with each stream's expected share of the tokens as asked.
+    chosen, taken = mix_streams(samples, shares, np.random.default_rng(0), by="tokens")
+    total = sum(taken.values())
+    assert all(abs(taken[name] / total - share) < 0.03 for name, share in shares.items())
+    assert sum(len(s.tokens) for s in chosen) == total
     with pytest.raises(ValueError, match="not built"):
-        parse_mix("audio=1", ["text"])
+        parse_mix(("audio=1",), ["text"])
+
+
+def test_a_long_sample_is_cut_into_context_long_pieces_and_short_ones_share_rows():
+    vocabulary = Vocabulary.build("stories260K", 8)
+    samples = [Sample(id=f"d{i}", tokens=np.full(n, i + 1, np.uint32), kinds=np.zeros(n, np.uint8))
+               for i, n in enumerate([70, 10, 25, 30, 5])]
+    rows, positions, counts = pack(samples, 32, vocabulary)
+    documents = [row[a:b].tolist() for row, position in zip(rows, positions)
+                 for a, b in zip(np.flatnonzero(position == 0), [*np.flatnonzero(position == 0)[1:], 32])
+                 if row[a] != vocabulary.pad_id]
+    # slamkit's chunk_texts: 70 tokens -> 32 + 32 + 6, each its own document; nothing is dropped.
+    assert sorted(map(len, documents)) == sorted([32, 32, 6, 10, 25, 30, 5])
+    assert sum(map(len, documents)) + counts["padding"] == rows.size
 
 
 def test_bad_utterances_are_skipped_and_counted(build, extracted, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,16 @@ from simslm.sequences.interleave import (
     Sample,
     SkipReason,
     SkipSample,
-    build_interleaved,
+    UnitRule,
     check_utterance,
+    interleaved_sample,
+    interleaved_string,
     sample_rng,
     single_modality_sample,
 )
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
+from simslm.speech.corpus import read_corpus, split_corpus_spec
 from simslm.speech.manifest import Utterance, read_manifest
 from simslm.units.extract import UtteranceUnits, read_units
 
@@ -58,7 +60,11 @@ class BuildConfig(Config):
     streams: tuple[Stream, ...] = STREAMS
     """Streams to build."""
     mix: tuple[str, ...] = ()
-    """Token shares per stream as name=share, e.g. interleaved=0.5 speech=0.25 text=0.25 (default: equal)."""
+    """Shares per stream as name=share, e.g. interleaved=0.5 speech=0.25 text=0.25 (default: equal)."""
+    mix_by: Literal["samples", "tokens"] = "samples"
+    """What the shares are shares of. samples (slamkit, `interleave_datasets`): each next sample comes from a
+    stream with that probability; tokens: the same draw, with probabilities that give each stream that share
+    of the tokens (the paper chose its sample ratios by hand to match tokens)."""
     method: str = field(default="poisson", metadata=registry_choices(INTERLEAVERS))
     """Interleaving method (its parameters are the options below that it names)."""
     speech_ratio: float = 0.3
@@ -69,12 +75,17 @@ class BuildConfig(Config):
     """Span length in words for span."""
     span_start_probability: float = 0.05
     """Per-word chance to start a span, for span."""
+    unit_rule: UnitRule = "end"
+    """Units of a spoken span: end (slamkit: units whose end time is inside the words' time range) or
+    midpoint (units whose midpoint is)."""
     context_length: int = 2048
-    """Tokens per packed chunk (slamkit SIMS: 2048)."""
+    """Tokens per packed row (slamkit SIMS: 2048); a longer sample is cut into pieces this long."""
     num_epochs: int = 1
     """Epochs to build; each draws new spans and a new order."""
     chunks_per_shard: int = 4096
+    """Packed rows per shard file."""
     seed: int = 0
+    """Seed of the spans, the stream order and the mixing draws."""
     overwrite: bool = False
     """Replace an existing output folder (once the new one is complete)."""
 
@@ -113,66 +124,78 @@ def parse_mix(mix: tuple[str, ...], streams: list[str]) -> dict[str, float]:
     return {name: shares.get(name, 0.0) / total for name in streams}
 
 
-def mix_streams(samples: dict[str, list[Sample]], shares: dict[str, float]) -> tuple[list[Sample], dict[str, int]]:
-    """Take samples from each stream so that its share of tokens is `shares[stream]`.
+def mix_streams(samples: dict[str, list[Sample]], shares: dict[str, float], rng: np.random.Generator, *,
+                by: str = "samples") -> tuple[list[Sample], dict[str, int]]:
+    """Interleave the streams as `datasets.interleave_datasets(probabilities, "first_exhausted")` does for slamkit.
 
-    The scarcest stream (relative to its share) is used whole and the others are cut to
-    match, so the ratios are computed from the data rather than fixed in a config. Samples
-    are whole, so a stream's count lands within half a sample of its budget.
+    Each next sample comes from a stream drawn with its probability, in the stream's own
+    order, until a draw falls on a stream that has run out. `by="tokens"` turns token shares
+    into those probabilities (share / mean sample length), so each stream's expected share of
+    the tokens is its share. Returns the samples in draw order and the tokens taken per stream.
     """
-    available = {name: sum(len(s.tokens) for s in samples[name]) for name in samples}
-    active = [name for name in samples if shares.get(name, 0) > 0]
-    if any(available[name] == 0 for name in active):
-        empty = [name for name in active if available[name] == 0]
+    names = [name for name in samples if shares.get(name, 0) > 0]
+    empty = [name for name in names if not samples[name]]
+    if empty:
         raise ValueError(f"stream(s) {', '.join(empty)} produced no samples")
-    total = min(available[name] / shares[name] for name in active)
-    chosen, taken = [], {}
-    for name in active:
-        budget, count = shares[name] * total, 0
-        for sample in samples[name]:
-            if count + len(sample.tokens) / 2 > budget:  # adding it would overshoot more than stopping undershoots
-                break
+    weights = np.array([shares[name] / (np.mean([len(s.tokens) for s in samples[name]]) if by == "tokens" else 1.0)
+                        for name in names])
+    probabilities = weights / weights.sum()
+    cursor = dict.fromkeys(names, 0)
+    chosen, taken = [], dict.fromkeys(names, 0)
+    while True:
+        for draw in rng.choice(len(names), size=4096, p=probabilities):
+            name = names[draw]
+            if cursor[name] == len(samples[name]):
+                return chosen, taken
+            sample = samples[name][cursor[name]]
+            cursor[name] += 1
             chosen.append(sample)
-            count += len(sample.tokens)
-        taken[name] = count
-    return chosen, taken
+            taken[name] += len(sample.tokens)
 
 
-def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary) -> tuple[np.ndarray, dict[str, int]]:
-    """Concatenate samples into chunks of `context_length`; drop the last partial chunk.
+KIND_NAMES = {TEXT: "text", SPEECH: "speech", MARKER: "marker"}
 
-    A chunk that continues a sample starts with the marker of the modality in force at
-    that point, so every chunk states its modality.
+
+def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary, *, open_rows: int = 32
+         ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Rows of `context_length` tokens holding whole documents, with positions that restart at each one.
+
+    A sample longer than the context is cut into pieces of `context_length` and the rest
+    (slamkit's `chunk_texts`), each piece a document of its own; pieces go into the first of
+    the last `open_rows` rows with room for them, and the pad token fills what is left. The
+    positions say where documents start, so attention and loss stay within each document,
+    as slamkit's `DataCollatorWithFlattening` and variable-length attention have it.
     """
-    chunks, current, counts = [], [], collections.Counter()
-    markers = np.array([vocabulary.speech_id, vocabulary.text_id], dtype=np.uint32)
-    kind_names = {TEXT: "text", SPEECH: "speech", MARKER: "marker"}
+    rows: list[list[np.ndarray]] = []
+    free: list[int] = []
+    first_open, counts = 0, collections.Counter()
     for sample in samples:
-        is_marker = np.isin(sample.tokens, markers)
-        last_marker = np.maximum.accumulate(np.where(is_marker, np.arange(len(sample.tokens)), -1))
-        position = 0
-        while position < len(sample.tokens):
-            if not current and position > 0 and not is_marker[position] and last_marker[position] >= 0:
-                current.append(np.array([sample.tokens[last_marker[position]]], dtype=np.uint32))
-                counts["marker"] += 1
-            space = context_length - sum(len(piece) for piece in current)
-            piece = sample.tokens[position:position + space]
-            for kind, number in zip(*np.unique(sample.kinds[position:position + space], return_counts=True)):
-                counts[kind_names[int(kind)]] += int(number)
-            current.append(piece)
-            position += len(piece)
-            if sum(len(p) for p in current) == context_length:
-                chunks.append(np.concatenate(current))
-                current = []
-    dropped = int(sum(len(piece) for piece in current))
-    counts["dropped"] = dropped
-    array = np.stack(chunks) if chunks else np.zeros((0, context_length), np.uint32)
-    return array, dict(counts)
+        for start in range(0, len(sample.tokens), context_length):
+            piece = sample.tokens[start:start + context_length]
+            for kind, number in zip(*np.unique(sample.kinds[start:start + context_length], return_counts=True)):
+                counts[KIND_NAMES[int(kind)]] += int(number)
+            row = next((r for r in range(first_open, len(rows)) if free[r] >= len(piece)), None)
+            if row is None:
+                rows.append([])
+                free.append(context_length)
+                row = len(rows) - 1
+                first_open = max(first_open, len(rows) - open_rows)
+            rows[row].append(piece)
+            free[row] -= len(piece)
+    tokens = np.full((len(rows), context_length), vocabulary.pad_id, dtype=np.uint32)
+    positions = np.zeros((len(rows), context_length), dtype=np.uint16 if context_length <= 65536 else np.uint32)
+    for number, pieces in enumerate(rows):
+        cursor = 0
+        for piece in pieces:
+            tokens[number, cursor:cursor + len(piece)] = piece
+            positions[number, cursor:cursor + len(piece)] = np.arange(len(piece))
+            cursor += len(piece)
+        positions[number, cursor:] = np.arange(context_length - cursor)  # padding: a document of its own
+    counts["padding"] = int(sum(free))
+    return tokens, positions, dict(counts)
 
 
 def _read_text_corpus(source: str) -> list[tuple[str, str]]:
-    from simslm.speech.synth import read_corpus, split_corpus_spec
-
     stem = assets.resolve_file(split_corpus_spec(source)[0]).stem
     return [(f"{stem}-text-{index:06d}", text_lib.speakable(value))
             for index, value, _ in read_corpus(source) if value and text_lib.has_words(value)]
@@ -184,18 +207,21 @@ def build_fixed_streams(streams: list[str], vocabulary: Vocabulary, utterances: 
     """The speech-only and text-only samples: the same in every epoch, so built once."""
     samples: dict[str, list[Sample]] = {}
     if "speech" in streams:
-        samples["speech"] = [
-            single_modality_sample(f"{u.id}/speech", (units_by_id[u.id].units + vocabulary.unit_offset).tolist(), SPEECH,
-                             vocabulary, [w.word for w in u.words or ()])
-            for u in utterances if u.id in units_by_id]
+        spoken = [u for u in utterances if u.id in units_by_id]
+        strings = [vocabulary.unit_string(units_by_id[u.id].units) for u in spoken]
+        samples["speech"] = [single_modality_sample(f"{u.id}/speech", ids, SPEECH, vocabulary,
+                                                    [w.word for w in u.words or ()])
+                             for u, ids in zip(spoken, _encode_in_batches(vocabulary, strings))]
     if "text" in streams:
-        encode, batch_size = vocabulary.encode_texts, 1024
-        samples["text"] = []
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
-            for (sample_id, value), ids in zip(batch, encode([value for _, value in batch])):
-                samples["text"].append(single_modality_sample(sample_id, ids, TEXT, vocabulary, value.split()))
+        samples["text"] = [single_modality_sample(sample_id, ids, TEXT, vocabulary, value.split())
+                           for (sample_id, value), ids in
+                           zip(texts, _encode_in_batches(vocabulary, [value for _, value in texts]))]
     return samples
+
+
+def _encode_in_batches(vocabulary: Vocabulary, strings: list[str], batch_size: int = 512) -> list[list[int]]:
+    return [ids for start in range(0, len(strings), batch_size)
+            for ids in vocabulary.encode_samples(strings[start:start + batch_size])]
 
 
 def usable_utterances(utterances: list[Utterance], units_by_id: dict[str, UtteranceUnits]
@@ -216,16 +242,19 @@ def usable_utterances(utterances: list[Utterance], units_by_id: dict[str, Uttera
 def build_interleaved_epoch(config: BuildConfig, vocabulary: Vocabulary, epoch: int, utterances: list[Utterance],
                             units_by_id: dict[str, UtteranceUnits]) -> tuple[list[Sample], collections.Counter]:
     """The interleaved samples of one epoch (new spans every epoch), and the skip reasons."""
-    encode, method = vocabulary.encode_texts, INTERLEAVERS[config.method]
+    method = INTERLEAVERS[config.method]
     parameters = method.arguments(config)
-    samples, skipped = [], collections.Counter()
+    drawn, skipped = [], collections.Counter()
     for utterance in utterances:
         mask = method.draw(len(utterance.words), sample_rng(config.seed, utterance.id, epoch), **parameters)
         try:
-            samples.append(build_interleaved(utterance, units_by_id[utterance.id], vocabulary, mask, encode))
+            drawn.append((utterance, mask, interleaved_string(utterance, units_by_id[utterance.id], vocabulary, mask,
+                                                              config.unit_rule)))
         except SkipSample as skip:
             skipped[skip.reason.value] += 1
-    return samples, skipped
+    encoded = _encode_in_batches(vocabulary, [text for _, _, text in drawn])
+    return [interleaved_sample(utterance.id, ids, utterance, mask, vocabulary)
+            for (utterance, mask, _), ids in zip(drawn, encoded)], skipped
 
 
 def build_sequences(config: BuildConfig) -> dict[str, Any]:
@@ -245,12 +274,21 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     texts = _read_text_corpus(config.text_corpus) if "text" in streams else []
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
-    # dies leaves no half dataset behind.
-    building = out.with_name(f".{out.name}.building")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    # dies leaves no half dataset behind, and an older dataset stays until the new one is whole.
+    with jobs.atomic_path(out) as building:
+        building.mkdir(parents=True)
+        index = _build_into(building, config, vocabulary, streams, shares, utterances, units_by_id, texts)
+        index["wall_sec"] = round(time.perf_counter() - started, 3)
+        jobs.write_json(building / "index.json", index)
+    return index
+
+
+def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, streams: list[str],
+                shares: dict[str, float], utterances: list[Utterance], units_by_id: dict[str, UtteranceUnits],
+                texts: list[tuple[str, str]]) -> dict[str, Any]:
     vocabulary.save(building / "tokenizer")
-    index: dict[str, Any] = {"config": config.to_dict(), "vocab_size": len(vocabulary),
+    # format 2: rows of whole documents with a positions file beside each token shard.
+    index: dict[str, Any] = {"config": config.to_dict(), "format": 2, "vocab_size": len(vocabulary),
                              "context_length": config.context_length, "epochs": []}
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
@@ -261,31 +299,26 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
             samples["interleaved"], span_skips = build_interleaved_epoch(config, vocabulary, epoch, usable,
                                                                           units_by_id)
             skipped.update(span_skips)
-        # Each epoch takes its stream samples in a new order (which ones a share cuts off
-        # changes too), then shuffles the mixture.
+        # Each epoch takes its stream samples in a new order, then draws the mixture.
         for name in samples:
             order = np.random.default_rng([config.seed, epoch, STREAMS.index(name)]).permutation(len(samples[name]))
             samples[name] = [samples[name][i] for i in order]
-        chosen, taken = mix_streams(samples, shares)
-        chosen = [chosen[i] for i in np.random.default_rng([config.seed, epoch, 1]).permutation(len(chosen))]
-        chunks, counts = pack(chosen, config.context_length, vocabulary)
+        chosen, taken = mix_streams(samples, shares, np.random.default_rng([config.seed, epoch, 1]), by=config.mix_by)
+        chunks, positions, counts = pack(chosen, config.context_length, vocabulary)
         folder = building / f"epoch-{epoch:03d}"
         folder.mkdir()
-        shard_names = []
+        shard_names, position_names = [], []
         for number, start in enumerate(range(0, len(chunks), config.chunks_per_shard)):
-            name = f"shard-{number:05d}.npy"
-            with jobs.atomic_path(folder / name) as temporary:
-                np.save(temporary, chunks[start:start + config.chunks_per_shard])
-            shard_names.append(name)
+            for names, prefix, array in ((shard_names, "shard", chunks), (position_names, "positions", positions)):
+                names.append(f"{prefix}-{number:05d}.npy")
+                np.save(folder / names[-1], array[start:start + config.chunks_per_shard])
         interleaved = samples.get("interleaved", [])
         index["epochs"].append({
-            "epoch": epoch, "shards": shard_names, "num_chunks": int(len(chunks)), "token_counts": counts,
+            "epoch": epoch, "shards": shard_names, "position_shards": position_names, "num_chunks": int(len(chunks)),
+            "token_counts": counts,
             "tokens_by_stream": taken, "samples_by_stream": {n: len(v) for n, v in samples.items()},
             "skipped": dict(skipped),
             "interleaved_words": int(sum(s.num_words for s in interleaved)),
             "interleaved_speech_words": int(sum(s.num_speech_words for s in interleaved)),
         })
-    index["wall_sec"] = round(time.perf_counter() - started, 3)
-    jobs.write_json(building / "index.json", index)
-    jobs.replace_folder(building, out)
     return index

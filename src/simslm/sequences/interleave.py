@@ -1,11 +1,13 @@
 """Interleaving, the paper's core mechanism: which words of an utterance are spoken, and its tokens.
 
-An interleaved sample switches between text tokens and speech units at word boundaries,
-as in the paper (slamkit's SIMS recipe): spans of words are drawn to be spoken, a speech
-span carries the units whose midpoints fall inside its words' time range, and a marker
-(`<speech>` / `<text>`) opens every run of one modality. Randomness comes from a
-generator seeded by (seed, sample id, epoch), so any sample can be rebuilt alone and each
-epoch draws new spans.
+An interleaved sample switches between text and speech units at word boundaries, as the
+paper's code (slamkit's `InterleavingTokeniser`, SIMS setting) does it: spans of words are
+drawn to be spoken (`poisson_spans`), a spoken span carries the units whose end times fall
+inside its words' time range, a text run is the transcript's own text (its spaces and
+punctuation kept), and a marker (`<speech>` / `<text>`) opens the sample and every switch.
+The sample is written out as one string and tokenised whole, with the special tokens the
+tokenizer adds itself. Randomness comes from a generator seeded by (seed, sample id,
+epoch), so any sample can be rebuilt alone and each epoch draws new spans.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.manifest import TimingKind, Utterance
 from simslm.units.extract import UtteranceUnits
@@ -59,16 +61,27 @@ def interleaving_method(name: str) -> Callable[[Callable[..., np.ndarray]], Call
 @interleaving_method("poisson")
 def poisson_spans(num_words: int, rng: np.random.Generator, *, poisson_lambda: float = 10.0,
                   speech_ratio: float = 0.3) -> np.ndarray:
-    """Speech spans with Poisson(λ) lengths at random starts until ⌈η·n⌉ words are covered.
+    """slamkit's `select_spans_poisson` (SIMS: λ = 10, η = 0.3): spoken spans of Poisson(λ) words.
 
-    slamkit's SIMS setting is λ = 10, η = 0.3. Spans may overlap and run past the end, so
-    short utterances overshoot η (one 10-word span covers 30% of a 33-word utterance).
+    A start is drawn uniformly from the eligible words and a length from Poisson(λ) (cut at
+    the end of the utterance). A draw that overlaps a chosen span is rejected; a chosen span
+    makes its words and the word right after it ineligible as starts, so no span starts
+    where another ends. Draws go on until ⌈η·n⌉ words are spoken or no start is left. A
+    span may still end right before another one, and the two then read as one run.
     """
     mask = np.zeros(num_words, dtype=bool)
-    target = math.ceil(speech_ratio * num_words)
-    while mask.sum() < target:
-        start = int(rng.integers(num_words))
-        mask[start:start + max(1, int(rng.poisson(poisson_lambda)))] = True
+    eligible = np.ones(num_words, dtype=bool)
+    target, selected = math.ceil(speech_ratio * num_words), 0
+    while selected < target and eligible.any():
+        start = int(rng.choice(np.flatnonzero(eligible)))
+        end = min(start + int(rng.poisson(poisson_lambda)), num_words)
+        if mask[start:end].any():
+            continue  # overlaps a chosen span: drawn again
+        mask[start:end] = True
+        selected += end - start
+        eligible[start:end] = False
+        if end < num_words:
+            eligible[end] = False  # a length-0 draw makes its own start ineligible this way too
     return mask
 
 
@@ -167,50 +180,108 @@ def check_utterance(utterance: Utterance, units: UtteranceUnits | None) -> None:
             raise SkipSample(SkipReason.PAST_UNITS_END)
 
 
-def build_interleaved(utterance: Utterance, units: UtteranceUnits, vocabulary: Vocabulary, speech_mask: np.ndarray,
-                      text_ids: Callable[[list[str]], list[list[int]]]) -> Sample:
-    """Tokens of one utterance, switching modality where `speech_mask` changes."""
-    words = utterance.words
-    starts = units.start_times_sec()
-    midpoints = starts + units.durations / (2 * units.frame_rate_hz)
+# Which units a spoken span of words carries: `end` is slamkit's rule (`_create_interleaved_text`:
+# bisect over the units' cumulative end times), `midpoint` keeps a unit with the word it is
+# mostly inside (simslm's first rule; 132 of 253 spans differed by one unit, docs/LOG.md).
+UnitRule = Literal["end", "midpoint"]
+
+
+def span_units(units: UtteranceUnits, start_sec: float, end_sec: float, rule: str = "end") -> np.ndarray:
+    """The units of a spoken span from `start_sec` to `end_sec`.
+
+    `end`: the units whose end time lies in [start, end] (slamkit: `bisect_left` of the start
+    and `bisect_right` of the end over `cumsum(durations) * unit duration`); `midpoint`: the
+    units whose midpoint lies in [start, end).
+    """
+    ends = np.cumsum(units.durations) * (1.0 / units.frame_rate_hz)
+    if rule == "end":
+        first, last = np.searchsorted(ends, start_sec, "left"), np.searchsorted(ends, end_sec, "right")
+        return units.units[first:last]
+    midpoints = ends - units.durations * (0.5 / units.frame_rate_hz)
+    return units.units[(midpoints >= start_sec) & (midpoints < end_sec)]
+
+
+def word_boundaries(transcript: str) -> list[int]:
+    """Where each word's text starts in the transcript, and where the last one ends.
+
+    A word owns the whitespace before it and the punctuation after it, as the Whisper word
+    timestamps that slamkit joins with '' do (" girl", " room."), so a run of words cut out
+    of the transcript is the transcript's own text: under a byte-level BPE " girl" is one
+    token, "girl" another, and a TWIST model must see text as it saw it in pretraining.
+    """
+    spans = text_lib.words_with_spans(transcript)
+    bounds = [0]
+    for (_, _, previous_end), (_, start, _) in zip(spans, spans[1:]):
+        gap = transcript[previous_end:start]
+        bounds.append(previous_end + next((i for i, char in enumerate(gap) if char.isspace()), len(gap)))
+    bounds.append(len(transcript.rstrip()))
+    return bounds
+
+
+def modality_runs(speech_mask: np.ndarray) -> list[tuple[bool, int, int]]:
+    """(spoken, first word, end word) of each run of one modality."""
     boundaries = np.flatnonzero(np.diff(speech_mask.astype(np.int8))) + 1
-    edges = [0, *boundaries.tolist(), len(words)]
-    runs = [(bool(speech_mask[a]), a, b) for a, b in zip(edges[:-1], edges[1:])]
-    # A text run is the transcript from its first word to the next run's first word, so it
-    # keeps its punctuation ("room." rather than "room").
-    spans = text_lib.words_with_spans(utterance.transcript)
-    run_text = lambda a, b: utterance.transcript[spans[a][1]:spans[b][1] if b < len(spans) else None].strip()  # noqa: E731
-    encoded_text = iter(text_ids([run_text(a, b) for speech, a, b in runs if not speech]))
-    pieces, kinds, runs_out = [], [], []
-    if vocabulary.bos_id is not None:
-        pieces.append([vocabulary.bos_id])
-        kinds.append(np.full(1, MARKER, np.uint8))
-    for speech, a, b in runs:
+    edges = [0, *boundaries.tolist(), len(speech_mask)]
+    return [(bool(speech_mask[a]), a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def interleaved_string(utterance: Utterance, units: UtteranceUnits, vocabulary: Vocabulary, speech_mask: np.ndarray,
+                       unit_rule: str = "end") -> str:
+    """One interleaved sample written out as slamkit writes it: a marker opens the sample and every switch."""
+    words, bounds = utterance.words, word_boundaries(utterance.transcript)
+    parts = []
+    for speech, a, b in modality_runs(speech_mask):
+        parts.append(SPEECH_MARKER if speech else TEXT_MARKER)
         if speech:
-            inside = (midpoints >= words[a].start_sec) & (midpoints < words[b - 1].end_sec)
-            if not inside.any():
+            chosen = span_units(units, words[a].start_sec, words[b - 1].end_sec, unit_rule)
+            if not len(chosen):
+                # slamkit would write an empty span (a marker right after a marker); simslm skips
+                # the utterance instead (docs/LOG.md).
                 raise SkipSample(SkipReason.SPAN_WITHOUT_UNITS)
-            ids = (units.units[inside] + vocabulary.unit_offset).tolist()
+            parts.append(vocabulary.unit_string(chosen))
         else:
-            ids = next(encoded_text)
-        first = sum(len(p) for p in pieces)
-        pieces.append([vocabulary.speech_id if speech else vocabulary.text_id])
-        pieces.append(ids)
-        kinds.append(np.full(1, MARKER, np.uint8))
-        kinds.append(np.full(len(ids), SPEECH if speech else TEXT, np.uint8))
-        runs_out.append(Run(SPEECH if speech else TEXT, [w.word for w in words[a:b]], a, b, first,
-                            first + 1 + len(ids)))
-    return Sample(id=utterance.id, tokens=np.fromiter((t for p in pieces for t in p), dtype=np.uint32),
-                  kinds=np.concatenate(kinds), runs=runs_out, num_words=len(words),
+            parts.append(utterance.transcript[bounds[a]:bounds[b]])
+    return "".join(parts)
+
+
+def token_kinds(tokens: np.ndarray, vocabulary: Vocabulary) -> np.ndarray:
+    """TEXT, SPEECH or MARKER (modality markers and the tokenizer's own special tokens) for each token."""
+    specials = [vocabulary.speech_id, vocabulary.text_id, vocabulary.pad_id, *vocabulary.tokenizer.all_special_ids]
+    kinds = np.where(vocabulary.is_unit(tokens), SPEECH, TEXT).astype(np.uint8)
+    kinds[np.isin(tokens, specials)] = MARKER
+    return kinds
+
+
+def interleaved_sample(sample_id: str, ids: list[int], utterance: Utterance, speech_mask: np.ndarray,
+                       vocabulary: Vocabulary) -> Sample:
+    """A Sample from the ids of an interleaved string, with its runs located by their markers."""
+    tokens = np.asarray(ids, dtype=np.uint32)
+    kinds = token_kinds(tokens, vocabulary)
+    markers = np.flatnonzero((tokens == vocabulary.speech_id) | (tokens == vocabulary.text_id)).tolist()
+    runs = modality_runs(speech_mask)
+    content_end = int(np.flatnonzero(kinds != MARKER)[-1]) + 1 if (kinds != MARKER).any() else len(tokens)
+    words = utterance.words
+    runs_out = [Run(SPEECH if speech else TEXT, [w.word for w in words[a:b]], a, b, first,
+                    markers[number + 1] if number + 1 < len(markers) else content_end)
+                for number, ((speech, a, b), first) in enumerate(zip(runs, markers))]
+    return Sample(id=sample_id, tokens=tokens, kinds=kinds, runs=runs_out, num_words=len(words),
                   num_speech_words=int(speech_mask.sum()))
 
 
+def build_interleaved(utterance: Utterance, units: UtteranceUnits, vocabulary: Vocabulary, speech_mask: np.ndarray,
+                      unit_rule: str = "end") -> Sample:
+    """The tokens of one utterance, switching modality where `speech_mask` changes (slamkit's SIMS recipe)."""
+    text = interleaved_string(utterance, units, vocabulary, speech_mask, unit_rule)
+    return interleaved_sample(utterance.id, vocabulary.encode_samples([text])[0], utterance, speech_mask, vocabulary)
+
+
 def single_modality_sample(sample_id: str, ids: list[int], modality: int, vocabulary: Vocabulary,
-                     words: list[str]) -> Sample:
-    prefix = ([vocabulary.bos_id] if vocabulary.bos_id is not None else [])
-    marker = vocabulary.speech_id if modality == SPEECH else vocabulary.text_id
-    tokens = np.array(prefix + [marker] + list(ids), dtype=np.uint32)
-    kinds = np.concatenate([np.full(len(prefix) + 1, MARKER, np.uint8), np.full(len(ids), modality, np.uint8)])
-    return Sample(id=sample_id, tokens=tokens, kinds=kinds,
-                  runs=[Run(modality, words, 0, len(words), len(prefix), len(tokens))],
+                           words: list[str]) -> Sample:
+    """A speech-only or text-only sample from the ids of its string: no marker, the tokenizer's own specials
+    (slamkit's unit tokeniser writes units alone; text-only data is the text as it is)."""
+    tokens = np.asarray(ids, dtype=np.uint32)
+    kinds = token_kinds(tokens, vocabulary)
+    content = np.flatnonzero(kinds == modality)
+    first, end = (int(content[0]), int(content[-1]) + 1) if len(content) else (0, 0)
+    return Sample(id=sample_id, tokens=tokens, kinds=kinds, runs=[Run(modality, words, 0, len(words), first, end)],
                   num_words=len(words), num_speech_words=len(words) if modality == SPEECH else 0)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+
+class Batch(NamedTuple):
+    """Packed rows and each token's position within its document (0 where a document starts)."""
+
+    tokens: np.ndarray
+    positions: np.ndarray
 
 
 class PackedLoader:
@@ -22,16 +30,25 @@ class PackedLoader:
         self.index = json.loads((self.folder / "index.json").read_text())
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
-        self._arrays: dict[int, np.ndarray] = {}
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
-    def chunks(self, built_epoch: int) -> np.ndarray:
-        """All packed chunks built for one epoch (memory-mapped), in storage order."""
-        if built_epoch not in self._arrays:
+    def _load(self, built_epoch: int, key: str) -> np.ndarray:
+        if (built_epoch, key) not in self._arrays:
             entry = self.index["epochs"][built_epoch]
             folder = self.folder / f"epoch-{built_epoch:03d}"
-            parts = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in entry["shards"]]
-            self._arrays[built_epoch] = np.concatenate(parts) if parts else np.zeros((0, 0), np.uint32)
-        return self._arrays[built_epoch]
+            parts = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in entry[key]]
+            self._arrays[built_epoch, key] = np.concatenate(parts) if parts else np.zeros((0, 0), np.uint32)
+        return self._arrays[built_epoch, key]
+
+    def chunks(self, built_epoch: int) -> np.ndarray:
+        """All packed rows built for one epoch (memory-mapped), in storage order."""
+        return self._load(built_epoch, "shards")
+
+    def positions(self, built_epoch: int) -> np.ndarray | None:
+        """Each token's position in its document, or None for a folder of the first format (one document a row)."""
+        if "position_shards" not in self.index["epochs"][built_epoch]:
+            return None
+        return self._load(built_epoch, "position_shards")
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         """Batches this rank gets in one epoch (the tail that fills no global batch is dropped)."""
@@ -41,17 +58,21 @@ class PackedLoader:
     def __iter__(self) -> "PackedLoader":
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self) -> Batch:
         if self.batches_per_epoch(self.epoch) == 0:
             raise ValueError(f"{self.folder}: fewer chunks than one global batch "
                              f"({self.batch_size} x {self.world_size})")
         while self.batch_in_epoch >= self.batches_per_epoch(self.epoch):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        chunks = self.chunks(self.epoch % len(self.index["epochs"]))
+        built = self.epoch % len(self.index["epochs"])
+        chunks, positions = self.chunks(built), self.positions(built)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
         start = (self.batch_in_epoch * self.world_size + self.rank) * self.batch_size
         self.batch_in_epoch += 1
-        return np.asarray(chunks[order[start:start + self.batch_size]])
+        rows = order[start:start + self.batch_size]
+        tokens = np.asarray(chunks[rows])
+        return Batch(tokens, np.asarray(positions[rows]) if positions is not None
+                     else np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).copy())
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader is: the next batch is rebuilt from this alone."""

@@ -31,7 +31,7 @@ def stats(folder: str | os.PathLike) -> list[dict[str, Any]]:
             "epoch": entry["epoch"], "num_chunks": entry["num_chunks"],
             "tokens": entry["num_chunks"] * index["context_length"],
             "speech_tokens": speech, "text_tokens": text_tokens, "marker_tokens": counts.get("marker", 0),
-            "dropped_tokens": counts.get("dropped", 0),
+            "padding_tokens": counts.get("padding", counts.get("dropped", 0)),
             "speech_token_share": speech / max(1, speech + text_tokens),
             "interleaved_speech_word_share": entry["interleaved_speech_words"] / words if words else None,
             "tokens_by_stream": entry["tokens_by_stream"], "skipped": entry["skipped"],
@@ -44,7 +44,8 @@ def render_sample(sample: Sample, vocabulary: Vocabulary, max_units: int = 12) -
     lines = [f"sample {sample.id}: {len(sample.tokens)} tokens, {sample.num_speech_words}/{sample.num_words} "
              f"words as speech"]
     for run in sample.runs:
-        ids, words = sample.tokens[run.first_token + 1:run.end_token], run.words
+        stretch = slice(run.first_token, run.end_token)
+        ids, words = sample.tokens[stretch][sample.kinds[stretch] == run.modality], run.words
         if run.modality == TEXT:
             lines.append(f"  <text>   {vocabulary.tokenizer.decode(ids.tolist())}")
         else:
@@ -94,7 +95,7 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     check_utterance(utterance, units)
     method = INTERLEAVERS[config.method]
     mask = method.draw(len(utterance.words), sample_rng(config.seed, sample_id, epoch), **method.arguments(config))
-    return build_interleaved(utterance, units, vocabulary, mask, vocabulary.encode_texts), vocabulary
+    return build_interleaved(utterance, units, vocabulary, mask, config.unit_rule), vocabulary
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -81,6 +81,20 @@ class Vocabulary:
         """Token ids of each text, without special tokens (BOS and markers are placed by the caller)."""
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
+    def encode_samples(self, strings: list[str]) -> list[list[int]]:
+        """Token ids of whole samples written out as strings (markers and `<unit_i>` inline), with the special
+        tokens the tokenizer adds itself (BOS for Llama-3, none for Qwen2.5 or SmolLM2).
+
+        This is slamkit's own path (its tokeniser writes a sample as one string and tokenises it
+        with `add_special_tokens=True`), and tokenising the whole string matters: a SentencePiece
+        tokenizer gives the text after a marker other pieces than the same text alone.
+        """
+        return self.tokenizer(strings, add_special_tokens=True)["input_ids"] if strings else []
+
+    def unit_string(self, units: np.ndarray) -> str:
+        """Units written as their tokens, `<unit_3><unit_7>...`, for `encode_samples`."""
+        return "".join(f"<unit_{int(unit)}>" for unit in units)
+
     def is_unit(self, token_ids: np.ndarray) -> np.ndarray:
         return (token_ids >= self.unit_offset) & (token_ids < self.unit_offset + self.num_units)
 
