@@ -91,7 +91,7 @@ def main() -> None:
     rows = []
     for name, run in runs.items():
         results = evaluate_run(EvalConfig(run=str(run), bench=(f"tsc={bench}",), modes=args.modes,
-                                                            baseline="no-context"))
+                                                            preset="pmi"))
         for entry in results.values():
             plain = entry.without_baseline
             rows.append(f"| {name} | {entry.mode} | {100 * plain['accuracy']:.1f}% "

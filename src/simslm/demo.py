@@ -121,8 +121,11 @@ def run_demo(config: DemoConfig) -> str:
     def build():
         common = {"context_length": config.context_length, "seed": config.seed, "overwrite": True}
         speech = {"manifest": str(out / "speech" / "manifest.jsonl"), "units": str(out / "units" / "speech")}
-        build_sequences(BuildConfig(out=str(out / "sequences" / "interleaved"), **speech,
-                                                        text_corpus=train_text, num_epochs=2, **common))
+        # The paper mixes text-only, interleaved and speech-only data by sample ratios chosen so
+        # that each stream gives the same number of tokens (slamkit's train_inter_scale.yaml):
+        # mix_by="tokens" computes those ratios from the data.
+        build_sequences(BuildConfig(out=str(out / "sequences" / "interleaved"), **speech, mix_by="tokens",
+                                    text_corpus=train_text, num_epochs=2, **common))
         build_sequences(BuildConfig(out=str(out / "sequences" / "textless"), **speech,
                                                         streams=("speech",), **common))
         build_sequences(BuildConfig(

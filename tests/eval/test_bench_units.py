@@ -21,10 +21,24 @@ def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path
     model, vocabulary, _ = load_run_model(run, "cpu")
     for mode in ("S", "T2S"):
         _, pairs = load(bench, mode)
-        options = ScoringOptions()
+        options = ScoringOptions(preset="ending")
         from_audio = score_pairs(model, pairs, vocabulary, units_lookup(pairs, run, None), options)
         from_units = score_pairs(model, pairs, vocabulary,
                                           units_lookup(pairs, run, str(tmp_path / "u")), options)
         assert from_units[3] == 0  # nothing skipped
         np.testing.assert_allclose(from_units[0], from_audio[0], rtol=1e-6)
         np.testing.assert_allclose(from_units[1], from_audio[1], rtol=1e-6)
+
+
+def test_the_reference_s_mode_encodes_context_and_ending_as_one_recording(trained_run):
+    run, bench = trained_run
+    _, pairs = load(bench, "S")
+    units_of = units_lookup(pairs, run, None, join=True)
+    context, ending = pairs[0].positive[0].audio, pairs[0].positive[1].audio
+    joined, parts = units_of((context, ending)), np.concatenate([units_of(context), units_of(ending)])
+    # The joined recording has its own units (per-utterance normalisation and the frames at
+    # the cut differ), about as many as the two parts'.
+    assert abs(len(joined) - len(parts)) < 0.2 * len(parts) and not np.array_equal(joined, parts)
+    model, vocabulary, _ = load_run_model(run, "cpu")
+    scores = score_pairs(model, pairs, vocabulary, units_of, ScoringOptions())
+    assert scores.num_skipped == 0 and len(scores.positive) == len(pairs)

@@ -14,7 +14,7 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
         entry = results[f"tsc/{mode}"]
         assert entry.num_pairs == 4 and entry.aggregation == "pairs" and entry.mode == mode
         assert entry.ci_low <= entry.accuracy <= entry.ci_high
-        assert entry.scoring == {"reduction": "mean", "speech_vocab": False, "span": "auto", "baseline": "none"}
+        assert entry.scoring == {"preset": "reference", "reduction": "mean", "speech_vocab": False}
     assert results["validation"]["loss_speech"] > 0
     written = json.loads((run / "eval.json").read_text())
     assert read_results(run)["tsc/T"] == results["tsc/T"]
@@ -24,11 +24,13 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
     written = json.loads((run / "eval.json").read_text())
     assert {"tsc/S", "again/S", "validation"} <= set(written["benchmarks"])
     assert written["benchmarks"]["again/S"]["scoring"]["reduction"] == "sum"
-    evaluate_run(EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes=("S",), baseline="no-context"))
+    evaluate_run(EvalConfig(run=str(run), bench=(f"pmi={bench}",), modes=("S",), preset="pmi"))
+    evaluate_run(EvalConfig(run=str(run), bench=(f"ending={bench}",), modes=("S",), preset="ending"))
     written = json.loads((run / "eval.json").read_text())
-    assert written["benchmarks"]["pmi/S"]["scoring"]["baseline"] == "no-context"
-    # The plain score comes free with the baseline one: the same as scoring without it.
-    assert written["benchmarks"]["pmi/S"]["without_baseline"]["accuracy"] == written["benchmarks"]["tsc/S"]["accuracy"]
+    assert written["benchmarks"]["pmi/S"]["scoring"]["preset"] == "pmi"
+    # The plain score comes free with the baseline one: the same as scoring the ending alone.
+    assert written["benchmarks"]["pmi/S"]["without_baseline"]["accuracy"] == \
+        written["benchmarks"]["ending/S"]["accuracy"]
 
 
 def test_eval_cli_prints_the_table(trained_run, capsys):

@@ -104,7 +104,7 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
     sides = {"p": (Part("speech", audio="p") if ending == "speech" else Part("text", "Tom was happy.")),
              "n": (Part("speech", audio="n") if ending == "speech" else Part("text", "A red ball fell."))}
     pair = Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
-    options = ScoringOptions(baseline="no-context")
+    options = ScoringOptions(preset="pmi")
     positive, negative, _, _, without_baseline = score_pairs(tiny_model, [pair], vocabulary,
                                                                        units.__getitem__, options)
     assert ending == "text" or units["p"][0] == units["c"][-1]
@@ -117,8 +117,8 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
         alone = _naive_side(tiny_model, (side,), vocabulary, alone_units.__getitem__, scored_part=0)
         assert score == pytest.approx(with_context - alone, abs=1e-5)
         assert abs(alone) > 0.1  # the baseline really removed something
-    # The standard score is the with-context part alone; the baseline changes the scores.
-    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
+    # The ending preset is the with-context part alone; the baseline changes the scores.
+    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions(preset="ending"))
     assert plain[0][0] == pytest.approx(_naive_side(tiny_model, (context, sides["p"]), vocabulary,
                                                    units.__getitem__, scored_part=1), abs=1e-5)
     assert plain[0][0] != pytest.approx(positive[0], abs=1e-3)
@@ -127,10 +127,44 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
 def test_no_context_baseline_leaves_items_without_context_alone(tiny_model, vocabulary):
     units = {"p": np.array([1, 2, 3, 4]), "n": np.array([4, 3, 2, 1])}
     pair = Pair("0", "all", (Part("speech", audio="p"),), (Part("speech", audio="n"),))
-    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
-    based = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__,
-                                 ScoringOptions(baseline="no-context"))
+    plain = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions(preset="ending"))
+    based = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions(preset="pmi"))
     assert based[0].tolist() == plain[0].tolist() and based[1].tolist() == plain[1].tolist()
     assert based.without_baseline is None
-    with pytest.raises(ValueError, match="baseline must be one of"):
-        ScoringOptions(baseline="pmi")
+    with pytest.raises(ValueError, match="--preset must be one of reference, ending, pmi"):
+        ScoringOptions(preset="baseline")
+
+
+def _naive_mean(model, string, vocabulary):
+    """slamkit's log_likelihood: mean log-probability of every token after the first of the tokenised string."""
+    tokens = np.asarray(vocabulary.tokenizer(string, add_special_tokens=True)["input_ids"])
+    total, count = _naive(model, tokens, np.ones(len(tokens) - 1, bool), vocabulary, speech_vocab=False)
+    return total / count
+
+
+def test_the_reference_preset_scores_the_sequences_slamkit_writes(tiny_model, vocabulary):
+    rng = np.random.default_rng(2)
+    units = {name: rng.integers(0, vocabulary.num_units, int(rng.integers(5, 15))) for name in ("c", "p", "n")}
+    units[("c", "p")], units[("c", "n")] = (rng.integers(0, vocabulary.num_units, 20) for _ in range(2))
+    unit_string = lambda key: "".join(f"<unit_{u}>" for u in units[key])  # noqa: E731
+    context, endings = "Tom went to the park.", {"p": "He played there.", "n": "The cat sat down."}
+    # The four cross-modal modes, each side written out by hand from slamkit's definitions:
+    # a marker at the start and at each switch, text parts joined with nothing between them,
+    # a spoken context and ending encoded as one recording (its own units, not the parts').
+    modes = {
+        "S": (lambda e: (Part("speech", audio="c"), Part("speech", audio=e)),
+              lambda e: "<speech>" + unit_string(("c", e))),
+        "S2T": (lambda e: (Part("speech", audio="c"), Part("text", endings[e])),
+                lambda e: "<speech>" + unit_string("c") + "<text>" + endings[e]),
+        "T2S": (lambda e: (Part("text", context), Part("speech", audio=e)),
+                lambda e: "<text>" + context + "<speech>" + unit_string(e)),
+        "T": (lambda e: (Part("text", context), Part("text", endings[e])),
+              lambda e: "<text>" + context + endings[e]),
+        # A speech-only item (sBLIMP, tSC): its units alone, no marker.
+        "speech-only": (lambda e: (Part("speech", audio=e),), lambda e: unit_string(e)),
+    }
+    for mode, (parts, written) in modes.items():
+        pair = Pair(mode, "all", parts("p"), parts("n"))
+        scores = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
+        assert scores.positive[0] == pytest.approx(_naive_mean(tiny_model, written("p"), vocabulary), abs=1e-5), mode
+        assert scores.negative[0] == pytest.approx(_naive_mean(tiny_model, written("n"), vocabulary), abs=1e-5), mode

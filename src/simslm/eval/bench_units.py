@@ -10,7 +10,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.eval.layouts import Pair
-from simslm.units.extract import ExtractConfig, extract_units, read_units
+from simslm.units.extract import ExtractConfig, deduplicate, extract_units, read_units
 
 
 def run_units_folder(run_dir: Path) -> Path:
@@ -51,17 +51,62 @@ def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_worke
     return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
 
 
-def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None,
-                 num_workers: int = 0) -> Callable[[str], np.ndarray]:
-    """Audio path -> units: from a pre-extracted folder (keyed by file stem), else extracted now."""
+def joined_recordings(pairs: list[Pair]) -> list[tuple[str, ...]]:
+    """The runs of consecutive speech parts in the pairs' sides: each is one recording cut in parts
+    (a spoken context and its ending), which slamkit joins into one waveform before encoding it."""
+    joined = set()
+    for pair in pairs:
+        for side in (pair.positive, pair.negative):
+            run: list[str] = []
+            for part in (*side, None):
+                if part is not None and part.modality == "speech":
+                    run.append(part.audio)
+                    continue
+                if len(run) > 1:
+                    joined.add(tuple(run))
+                run = []
+    return sorted(joined)
 
+
+def _join_audio(paths: tuple[str, ...], folder: Path) -> str:
+    """A WAV of the recordings one after another (written once, named by their paths)."""
+    from simslm.speech import audio
+
+    target = folder / f"{hashlib.sha256(chr(10).join(paths).encode()).hexdigest()[:20]}.wav"
+    if not target.exists():
+        try:
+            audio.write_audio(target, np.concatenate([audio.load_audio(path) for path in paths]))
+        except audio.AudioError:
+            return str(target)  # missing: extraction skips it and the pair is counted as skipped
+    return str(target)
+
+
+def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None,
+                 num_workers: int = 0, *, join: bool = False) -> Callable[[str | tuple[str, ...]], np.ndarray]:
+    """Audio -> units: from a pre-extracted folder (keyed by file stem), else extracted now.
+
+    With `join`, a tuple of paths (a recording cut in parts, see `joined_recordings`) gets
+    the units of the parts' audio joined and encoded as one, as slamkit's S mode does; from
+    pre-extracted units it gets the parts' units one after another, a unit repeated across
+    the cut merged (the nearest that units alone allow).
+    """
     if pre_extracted:
         by_stem = {u.id: u.units for u in read_units(pre_extracted)}
-        return lambda path: by_stem[Path(path).stem]
+
+        def from_folder(key):
+            if isinstance(key, tuple):
+                parts = [by_stem[Path(path).stem] for path in key]
+                return deduplicate(np.concatenate(parts))[0] if parts else np.empty(0, np.int32)
+            return by_stem[Path(key).stem]
+        return from_folder
     paths = [part.audio for pair in pairs for part in pair.positive + pair.negative if part.audio]
+    joined = {key: _join_audio(key, bench_units_cache() / "joined") for key in joined_recordings(pairs)} \
+        if join else {}
     if not paths:
         return lambda path: np.empty(0, dtype=np.int32)
-    return units_for_audio(paths, run_units_folder(run_dir), bench_units_cache(), num_workers).__getitem__
+    table = units_for_audio(paths + list(joined.values()), run_units_folder(run_dir), bench_units_cache(),
+                            num_workers)
+    return lambda key: table[joined[key] if isinstance(key, tuple) else key]
 
 
 def bench_units_cache() -> Path:

@@ -37,7 +37,8 @@ class EvalConfig(ScoringOptions):
     bench: tuple[str, ...]
     """Benchmark folders ([label=]path), `validation`, or `generation=PATH` (a cross-modal folder)."""
     aggregation: Literal["auto", "pairs", "macro"] = "auto"
-    """Mean over pairs, macro mean over groups, or auto (the layout's own: macro over phenomena for sBLIMP)."""
+    """Mean over pairs (the paper's), macro mean over groups (ZeroSpeech's for sBLIMP), or auto: pairs for the
+    reference preset, the layout's own otherwise (macro over phenomena for sBLIMP)."""
     modes: tuple[CrossMode, ...] = tuple(CROSS_MODES)
     """Cross-modal pairings to score for cross-modal folders."""
     units: str | None = None
@@ -149,8 +150,9 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     pairs_by_mode = {mode: _sample(load(folder, mode)[1], config.max_pairs, config.seed) for mode in modes}
     # One lookup for every mode: the modes share the folder's audio.
     units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], context.run_dir,
-                            config.units, config.num_workers)
-    aggregation = layout.aggregation if config.aggregation == "auto" else config.aggregation
+                            config.units, config.num_workers, join=config.preset == "reference")
+    aggregation = config.aggregation if config.aggregation != "auto" else \
+        ("pairs" if config.preset == "reference" else layout.aggregation)
     interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
     results = {}
     for mode, pairs in pairs_by_mode.items():
@@ -161,8 +163,9 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
         if scores.without_baseline is not None:
             plain = asdict(accuracy_with_ci(pair_outcomes(*scores.without_baseline), scores.groups, **interval))
             plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
-        applied = {**{name: getattr(config, name) for name in ("reduction", "speech_vocab", "span")},
-                   "baseline": config.baseline if scores.without_baseline is not None else "none"}
+        # As applied: pmi scores items without a context part as ending does.
+        applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
+                   "reduction": config.reduction, "speech_vocab": config.speech_vocab}
         results[f"{label}/{mode}" if mode else label] = BenchmarkResult(
             **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
             num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),

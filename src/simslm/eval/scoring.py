@@ -17,9 +17,36 @@ import numpy as np
 
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import Pair, Part
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
 
 SPECIAL_PART = -1  # BOS and modality markers: never scored
+
+
+def reference_string(parts: tuple[Part, ...], vocabulary: Vocabulary,
+                     units_of: Callable[[str | tuple[str, ...]], np.ndarray]) -> str:
+    """One side of a pair written out as slamkit's evaluation writes it.
+
+    A speech-only item (sBLIMP, sSC, tSC) is its units alone, with no marker (the speech
+    tokeniser's `stringify_representation`). A cross-modal item has a marker at the start
+    and at each change of modality (`_stringify_interleaved`); consecutive speech parts are
+    one recording, encoded as one (S mode joins context and ending audio); consecutive text
+    parts are joined as they are, with no separator (the T mode's context and ending).
+    """
+    if len(parts) == 1 and parts[0].modality == "speech":
+        return vocabulary.unit_string(units_of(parts[0].audio))
+    out, index = [], 0
+    while index < len(parts):
+        modality = parts[index].modality
+        run = []
+        while index < len(parts) and parts[index].modality == modality:
+            run.append(parts[index])
+            index += 1
+        if modality == "speech":
+            key = run[0].audio if len(run) == 1 else tuple(part.audio for part in run)
+            out.append(SPEECH_MARKER + vocabulary.unit_string(units_of(key)))
+        else:
+            out.append(TEXT_MARKER + "".join(part.text for part in run))
+    return "".join(out)
 
 
 def encode_parts(parts: tuple[Part, ...], vocabulary: Vocabulary,
@@ -165,27 +192,30 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, a
 class ScoringOptions(Config):
     """How pairs are scored (recorded beside every accuracy)."""
 
+    # reference: slamkit's `log_likelihood` over the sequence `reference_string` writes, every
+    # token after the first scored. ending: simslm's first score, the ending given its context
+    # (BOS and a marker before every part, as in training). pmi: the ending given its context
+    # minus the ending alone, the domain-conditional PMI of Holtzman et al. (2021), "Surface Form
+    # Competition": a tSC ending's own likelihood varies far more between two sentences than a
+    # small model's context moves it (docs/LOG.md, 2026-11-29: 0.75 vs 0.05 nats per token).
+    preset: Literal["reference", "ending", "pmi"] = "reference"
+    """reference (slamkit: the whole sequence, mean over its tokens), ending (the ending given its context), or
+    pmi (the ending given its context minus the ending alone)."""
     reduction: Literal["mean", "sum"] = "mean"
     """Mean (slamkit's default) or sum of the scored token log-likelihoods."""
     speech_vocab: bool = False
     """Normalise speech targets over the unit tokens only."""
-    span: Literal["auto", "all", "continuation"] = "auto"
-    """Scored tokens: all, continuation (the last part: the ending), or auto (continuation when a
-    side has a context part, else all)."""
-    # A tSC ending's own likelihood varies far more between two sentences than a small model's
-    # context moves it (docs/LOG.md, 2026-11-29: 0.75 vs 0.05 nats per token), so the standard
-    # score compares the endings' priors. Scoring the ending with and without its context and
-    # keeping the difference is the domain-conditional PMI of Holtzman et al. (2021), "Surface
-    # Form Competition", which removes that prior; `none` is slamkit's score and the default.
-    baseline: Literal["none", "no-context"] = "none"
-    """none, or no-context: subtract each ending's score without its context (context-conditional
-    PMI), so that endings compete on what the context adds, not on how likely they are alone.
-    Applies to items with a context part when the ending alone is scored."""
     batch_size: int = 16
     """Sequences scored per forward pass."""
 
     def check(self) -> None:
         check_positive(self, "batch_size")
+
+
+def _whole(ids: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """A reference-preset side: every token owned by part 0 (all scored); the oldest dropped past the context."""
+    tokens = np.asarray(ids[-max_length:])
+    return tokens, np.zeros(len(tokens), dtype=np.int64)
 
 
 def continuation_alone(tokens: np.ndarray, owners: np.ndarray, vocabulary: Vocabulary,
@@ -218,12 +248,17 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
     with_baseline = []  # per pair: whether its sides are also scored without their context
     for pair in pairs:
         try:
-            sides = [encode_parts(side, vocabulary, units_of, max_length) for side in (pair.positive, pair.negative)]
+            if options.preset == "reference":
+                sides = [_whole(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0],
+                                max_length) for side in (pair.positive, pair.negative)]
+            else:
+                sides = [encode_parts(side, vocabulary, units_of, max_length)
+                         for side in (pair.positive, pair.negative)]
         except KeyError:  # a file whose units could not be extracted: counted, not fatal
             skipped += 1
             continue
-        continuation_only = options.span == "continuation" or (options.span == "auto" and len(pair.positive) > 1)
-        baseline = options.baseline == "no-context" and continuation_only and len(pair.positive) > 1
+        continuation_only = options.preset != "reference" and len(pair.positive) > 1
+        baseline = options.preset == "pmi" and continuation_only
         for tokens, owners in sides:
             wanted = owners == (len(pair.positive) - 1) if continuation_only else owners != SPECIAL_PART
             sequences.append(tokens)
