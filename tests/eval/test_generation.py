@@ -1,25 +1,45 @@
 import numpy as np
 import pytest
 
-from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl, sample_continuation, self_bleu, sentence_bleu
+from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl, sample_continuation, self_bleu2
 
 
-def test_auto_bleu_is_the_share_of_own_bigrams_that_repeat():
-    # "the cat the cat sat": bigrams (the cat) x2, (cat the), (cat sat) -> 2 of 4 repeat.
-    assert auto_bleu(["the cat the cat sat"]) == pytest.approx(0.5)
-    assert auto_bleu(["a b c d"]) == 0.0
-    assert auto_bleu(["x y x y x y"]) == pytest.approx(1.0)
-    assert auto_bleu(["the cat the cat sat", "a b c d"]) == pytest.approx(0.25)
+def test_auto_bleu_is_slamkits_share_of_own_bigrams_that_repeat():
+    # NLTK word tokens, case kept: "the dog the dog ran." -> the dog | dog the | the dog | dog ran | ran .
+    assert auto_bleu(["the dog the dog ran."]) == pytest.approx(2 / 5)
+    # "Hello, hello." -> Hello , | , hello | hello . : nothing repeats (case matters); "" has no bigram: 0.
+    assert auto_bleu(["Hello, hello."]) == 0.0 and auto_bleu([""]) == 0.0
+    assert auto_bleu(["the dog the dog ran.", "", "x y x y x y"]) == pytest.approx((2 / 5 + 0 + 1) / 3)
 
 
-def test_bleu_and_self_bleu():
-    words = "the little dog ran to the park".split()
-    assert sentence_bleu(words, [words]) == pytest.approx(1.0)
-    assert sentence_bleu(words, ["zebra quantum violin".split()]) == 0.0
-    same = ["the dog ran home"] * 3
-    diverse = ["the dog ran home", "a cat sat on a mat", "birds sing in spring"]
-    assert self_bleu(same) == pytest.approx(1.0)
-    assert self_bleu(diverse) < 0.2
+def test_self_bleu2_is_gslms_unigram_and_bigram_precision_without_brevity_penalty():
+    texts = ["a b c", "a b d", "e f"]
+    # "a b c" vs {"a b d", "e f"}: unigrams 2/3 (a, b), bigrams 1/2 (a b).
+    # "a b d": the same; "e f" vs the others: no unigram matches -> 0.
+    geometric = (2 * (2 / 3) ** 0.5 * (1 / 2) ** 0.5 + 0) / 3
+    arithmetic = (2 * (0.5 * 2 / 3 + 0.5 * 1 / 2) + 0) / 3
+    assert self_bleu2(texts) == pytest.approx(geometric)
+    assert self_bleu2(texts, "arithmetic") == pytest.approx(arithmetic)
+    # No brevity penalty: a short copy of a longer one is not punished for its length.
+    assert self_bleu2(["a b", "a b c d e f"]) == pytest.approx((1.0 + (2 / 6) ** 0.5 * (1 / 5) ** 0.5) / 2)
+
+
+class _FixedJudge:
+    """A judge whose mean NLL per transcript is given: GenPPL's averaging alone is under test."""
+
+    def __init__(self, nlls):
+        self.nlls = nlls
+
+    def mean_negative_log_likelihood(self, text):
+        return self.nlls[text]
+
+
+def test_gen_ppl_is_the_exp_of_the_mean_per_transcript_nll_as_slamkit():
+    judge = _FixedJudge({"a": 1.0, "b": 3.0, "": float("nan")})
+    assert gen_ppl(["a", "b"], judge)["gen_ppl"] == pytest.approx(np.exp(2.0))  # not token-weighted
+    with_empty = gen_ppl(["a", "b", ""], judge)
+    assert np.isnan(with_empty["gen_ppl"]) and with_empty["num_empty"] == 1  # slamkit's 0/0
+    assert with_empty["gen_ppl_nonempty"] == pytest.approx(np.exp(2.0))
 
 
 def test_continuation_samples_only_allowed_tokens_and_is_seeded():
@@ -43,6 +63,9 @@ def test_judge_prefers_real_text_to_shuffled_words():
     shuffled = " ".join(np.random.default_rng(0).permutation(words))
     assert gen_ppl([text], judge)["gen_ppl"] < gen_ppl([shuffled], judge)["gen_ppl"]
     assert gen_ppl(["", text], judge)["num_empty"] == 1
+    # The judge scores text as its tokenizer gives it by default, the first token unpredicted.
+    ids = judge.tokenizer(text)["input_ids"]
+    assert judge.mean_negative_log_likelihood(text) > 0 and len(ids) > 2
 
 
 def test_generation_metrics_on_a_trained_run(trained_run):
@@ -55,7 +78,7 @@ def test_generation_metrics_on_a_trained_run(trained_run):
     result = json.loads((run / "eval.json").read_text())["benchmarks"]["generation"]
     assert result["num_prompts"] == 2 and result["chain"]["asr"] == "pocketsphinx"
     for key in ("speech_to_speech", "speech_to_text"):
-        assert set(result[key]) >= {"auto_bleu2", "self_bleu4", "gen_ppl", "num_empty"}
+        assert set(result[key]) >= {"auto_bleu2", "self_bleu2", "gen_ppl", "gen_ppl_nonempty", "num_empty"}
     # The chain applied to real speech: vocoded held-out endings, transcribed, judged.
     assert len(result["reference"]["resynthesised_real_speech"]["examples"]) == 2
     assert result["reference"]["real_text"]["gen_ppl"] < 100

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import inspect
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.eval.layouts import load
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
 from simslm.speech import audio
 from simslm.units.vocoder import LogMelInversionVocoder
 
@@ -66,53 +67,49 @@ def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allow
 # --- repetition and diversity -----------------------------------------------------------------
 
 
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-
-
 def auto_bleu(transcripts: list[str], n: int = 2) -> float:
-    """Auto-BLEU (slamkit's definition): share of a transcript's own n-grams that occur elsewhere in it.
+    """Auto-BLEU as slamkit computes it (`calc_auto_bleu`, mean over transcripts): high values mean loops.
 
-    Averaged over transcripts that have at least one n-gram; high values mean loops.
+    Per transcript: its NLTK word tokens (case kept, punctuation as tokens) form n-grams, and
+    the score is the share of them that occur again elsewhere in it; a transcript with no
+    n-gram (an empty one, say) scores 0 and still counts in the mean.
     """
-    scores = []
+    from nltk.tokenize import NLTKWordTokenizer
+
+    tokenizer, scores = NLTKWordTokenizer(), []
     for transcript in transcripts:
-        grams = _ngrams(transcript.lower().split(), n)
-        if not grams:
-            continue
+        tokens = tokenizer.tokenize(transcript)
+        grams = [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
         counts = collections.Counter(grams)
-        scores.append(sum(1 for gram in grams if counts[gram] > 1) / len(grams))
+        scores.append(sum(counts[gram] > 1 for gram in grams) / len(grams) if grams else 0.0)
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def sentence_bleu(hypothesis: list[str], references: list[list[str]], max_n: int = 4) -> float:
-    """BLEU of one hypothesis against references (clipped n-gram precisions, brevity penalty, +1 smoothing above n=1)."""
-    if not hypothesis:
-        return 0.0
-    log_precision = 0.0
-    for n in range(1, max_n + 1):
-        grams = collections.Counter(_ngrams(hypothesis, n))
-        best: collections.Counter = collections.Counter()
-        for reference in references:
-            best |= collections.Counter(_ngrams(reference, n))
-        matched = sum(min(count, best[gram]) for gram, count in grams.items())
-        total = sum(grams.values())
-        smoothing = 0 if n == 1 else 1  # Lin & Och (2004) add-one for n > 1, so short texts do not zero out
-        if matched + smoothing == 0 or total + smoothing == 0:
-            return 0.0
-        log_precision += math.log((matched + smoothing) / (total + smoothing)) / max_n
-    closest = min((abs(len(r) - len(hypothesis)), len(r)) for r in references)[1]
-    brevity = 1.0 if len(hypothesis) > closest else math.exp(1 - closest / len(hypothesis))
-    return brevity * math.exp(log_precision)
+def self_bleu2(transcripts: list[str], averaging: str = "geometric") -> float:
+    """GSLM's Self-BLEU2 (`self_auto_bleu.py`): high values mean little diversity across generations.
 
+    Each transcript (whitespace tokens, as GSLM's ASR output) is scored against all the
+    others with clipped unigram and bigram precisions weighted 1/2 each and no brevity
+    penalty, combined geometrically (NLTK's method0: a zero precision counts as the smallest
+    float) or arithmetically; 0 when no unigram matches. The mean over transcripts.
+    """
+    from nltk.translate.bleu_score import modified_precision
 
-def self_bleu(transcripts: list[str], max_n: int = 4) -> float:
-    """Self-BLEU (GSLM's): mean BLEU of each transcript against all the others; high = little diversity."""
-    tokenized = [t.lower().split() for t in transcripts if t.strip()]
+    tokenized = [transcript.strip().split() for transcript in transcripts]
     if len(tokenized) < 2:
         return float("nan")
-    return float(np.mean([sentence_bleu(hypothesis, tokenized[:i] + tokenized[i + 1:], max_n)
-                          for i, hypothesis in enumerate(tokenized)]))
+    scores = []
+    for i, hypothesis in enumerate(tokenized):
+        others = tokenized[:i] + tokenized[i + 1:]
+        precisions = [modified_precision(others, hypothesis, n) for n in (1, 2)]
+        if precisions[0].numerator == 0:
+            scores.append(0.0)
+        elif averaging == "arithmetic":
+            scores.append(sum(0.5 * float(p) for p in precisions))
+        else:
+            scores.append(math.exp(sum(0.5 * math.log(float(p) if p.numerator else sys.float_info.min)
+                                       for p in precisions)))
+    return float(np.mean(scores))
 
 
 # --- vocoders, ASR, judges (registries) ---------------------------------------------------------
@@ -158,19 +155,17 @@ class JudgeLM:
         self.tokenizer = load_base_tokenizer(source if not source.endswith(".bin") else "stories260K")
         self.source = source
 
-    def negative_log_likelihood(self, text: str) -> tuple[float, int]:
-        """Summed NLL (nats) of the text's tokens after BOS, and how many tokens."""
+    def mean_negative_log_likelihood(self, text: str) -> float:
+        """Mean NLL (nats) of the text's tokens as the judge's tokenizer gives them by default (with its BOS,
+        which is not itself predicted); NaN when there is no token to predict (slamkit's 0/0)."""
         import torch
 
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        ids = ([bos] if bos is not None else []) + ids
+        ids = self.tokenizer(text)["input_ids"]
         if len(ids) < 2:
-            return 0.0, 0
+            return float("nan")
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum")
-        return float(nll), len(ids) - 1
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
 
 
 ASRS: dict[str, Callable[..., Callable[[np.ndarray], str]]] = {"pocketsphinx": PocketsphinxASR,
@@ -178,16 +173,16 @@ ASRS: dict[str, Callable[..., Callable[[np.ndarray], str]]] = {"pocketsphinx": P
 
 
 def gen_ppl(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
-    """Token-weighted perplexity of the non-empty transcripts under the judge, and how many were empty."""
-    total, count, empty = 0.0, 0, 0
-    for transcript in transcripts:
-        nll, tokens = judge.negative_log_likelihood(transcript)
-        if tokens == 0:
-            empty += 1
-            continue
-        total, count = total + nll, count + tokens
-    return {"gen_ppl": math.exp(total / count) if count else float("nan"), "num_tokens": count,
-            "num_empty": empty}
+    """GenPPL as slamkit's `asr_perplexity` computes it: exp of the mean over transcripts of each one's mean NLL.
+
+    A transcript with nothing to score (an empty one) makes slamkit's mean NaN, and so
+    `gen_ppl` here; `gen_ppl_nonempty` is the same mean without them, under its own name.
+    """
+    nlls = np.array([judge.mean_negative_log_likelihood(transcript) for transcript in transcripts])
+    scored = nlls[~np.isnan(nlls)]
+    return {"gen_ppl": float(np.exp(nlls.mean())) if len(nlls) else float("nan"),
+            "gen_ppl_nonempty": float(np.exp(scored.mean())) if len(scored) else float("nan"),
+            "num_empty": int(np.isnan(nlls).sum())}
 
 
 # --- the generation benchmark -----------------------------------------------------------------
@@ -202,17 +197,28 @@ class GenerationOptions:
     """Prompt length in (deduplicated) units, about 3 s of logmel speech."""
     max_new_speech_tokens: int = 150
     max_new_text_tokens: int = 40
-    temperature: float = 1.0
-    top_k: int = 50
+    # slamkit's generation settings (config/metric/asr_perplexity.yaml).
+    temperature: float = 0.8
+    top_k: int = 25
     asr: str = "pocketsphinx"
     asr_model: str | None = None
     judge: str = "stories260K"
 
 
 def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
-    return {"auto_bleu2": auto_bleu(transcripts, 2), "self_bleu4": self_bleu(transcripts, 4),
+    return {"auto_bleu2": auto_bleu(transcripts, 2), "self_bleu2": self_bleu2(transcripts, "geometric"),
+            "self_bleu2_arithmetic": self_bleu2(transcripts, "arithmetic"),
             **gen_ppl(transcripts, judge), "mean_words": float(np.mean([len(t.split()) for t in transcripts])),
             "examples": transcripts[:3]}
+
+
+def _prompt(vocabulary: Vocabulary, units: np.ndarray, output_marker: str) -> np.ndarray:
+    """A speech prompt as slamkit's `build_prompt` writes it: its units, then the marker of the output modality,
+    tokenised with the tokenizer's own special tokens, a trailing EOS removed."""
+    ids = vocabulary.encode_samples([vocabulary.unit_string(units) + output_marker])[0]
+    if vocabulary.tokenizer.eos_token_id is not None and ids and ids[-1] == vocabulary.tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return np.asarray(ids, dtype=np.int64)
 
 
 def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Path, device: str, *, seed: int = 0,
@@ -237,13 +243,14 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     for number, (prompt_audio, ending) in enumerate(jobs.progress(list(zip(prompts, endings)), "generation")):
         if prompt_audio not in table:
             continue
-        prompt = np.concatenate([[vocabulary.bos_id] if vocabulary.bos_id is not None else [], [vocabulary.speech_id],
-                                 table[prompt_audio][:options.prompt_units] + vocabulary.unit_offset]).astype(np.int64)
+        prompt = _prompt(vocabulary, table[prompt_audio][:options.prompt_units], SPEECH_MARKER)
         speech = sample_continuation(model, prompt, max_new_tokens=options.max_new_speech_tokens,
                                      allowed=unit_range, temperature=options.temperature, top_k=options.top_k,
                                      seed=seed + number, device=device)
-        speech_transcripts.append(asr(vocoder(speech - vocabulary.unit_offset, prompt_audio)))
-        text = sample_continuation(model, np.append(prompt, vocabulary.text_id),
+        # slamkit transcribes the prompt and its continuation together (generate keeps the prompt).
+        spoken = np.concatenate([prompt[vocabulary.is_unit(prompt)], speech]) - vocabulary.unit_offset
+        speech_transcripts.append(asr(vocoder(spoken, prompt_audio)))
+        text = sample_continuation(model, _prompt(vocabulary, table[prompt_audio][:options.prompt_units], TEXT_MARKER),
                                    max_new_tokens=options.max_new_text_tokens, allowed=(0, vocabulary.unit_offset),
                                    temperature=options.temperature, top_k=options.top_k, seed=seed + number,
                                    device=device)
