@@ -63,6 +63,8 @@ def test_train_help_lists_every_field_with_its_default(capsys):
      "--method must be one of poisson, span, random, utterance"),
     (["units", "fit", "--manifest", "m", "--out", "o", "--num-units", "0"], "--num-units must be"),
     (["eval", "run", "--bench", "b", "--modes", "S", "X"], "--modes must be one of S, S2T, T2S, T"),
+    (["model", "from-slamkit", "--checkpoint", "nowhere", "--out", "o"], "no config.json"),
+    (["units", "import", "--features", "nowhere.jsonl", "--out", "o"], "nowhere.jsonl"),
 ])
 def test_bad_values_fail_before_anything_loads(argv, message, capsys):
     # None of the named files exist: a check that ran after loading would report that instead.

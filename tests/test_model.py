@@ -130,3 +130,32 @@ def test_a_gguf_base_gives_its_tokenizer_and_saves_like_any_model(tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, loaded(input_ids=ids).logits)
     assert AutoTokenizer.from_pretrained(tmp_path / "model")("Once upon a time")["input_ids"] == \
         tokenizer("Once upon a time")["input_ids"]
+
+
+def test_a_slamkit_unitlm_folder_converts_to_a_plain_causal_lm(tmp_path):
+    """A folder laid out as slamkit's UnitLM saves it: config with base_config, weights under `lm.`."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    base = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=False)
+    torch.manual_seed(0)
+    trained = LlamaForCausalLM(base).eval()
+    unit_lm = tmp_path / "unitlm"
+    unit_lm.mkdir()
+    (unit_lm / "config.json").write_text(json.dumps({
+        "model_type": "speech_language_model", "base_model_name": "some/llama", "vocab_size": 96,
+        "twist_init": True, "tie_word_embeddings": False, "base_config": base.to_dict()}))
+    save_file({f"lm.{name}": tensor.contiguous() for name, tensor in trained.state_dict().items()},
+              str(unit_lm / "model.safetensors"))
+    out = model.convert_slamkit_checkpoint(unit_lm, tmp_path / "plain")
+    converted = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = torch.tensor([[1, 5, 9, 40, 95]])
+    with torch.no_grad():
+        assert torch.allclose(converted(tokens).logits, trained(tokens).logits, atol=1e-6)
+    (unit_lm / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a slamkit UnitLM config"):
+        model.convert_slamkit_checkpoint(unit_lm, tmp_path / "again")

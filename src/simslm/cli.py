@@ -113,6 +113,22 @@ def _units_convert(config) -> int:
     return 0
 
 
+def _units_import(config) -> int:
+    from simslm.units.extract import import_slamkit_features
+
+    report = import_slamkit_features(config)
+    print(f"imported {report['num_imported']} utterance(s), skipped {report['num_skipped']} "
+          f"{report['skipped_by_reason'] or ''} -> {report['out']}")
+    return 0
+
+
+def _model_from_slamkit(config) -> int:
+    from simslm.model import convert_slamkit_checkpoint
+
+    print(f"converted (loads with AutoModelForCausalLM.from_pretrained) -> {convert_slamkit_checkpoint(config.checkpoint, config.out)}")
+    return 0
+
+
 def _units_quality(config) -> int:
     from simslm.units.quality import unit_quality
 
@@ -321,6 +337,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.units.quality", "QualityConfig"), _units_quality),
     Command(("units", "convert"), "convert a published pickled k-means (needs --trust-pickle)",
             _config("simslm.units.extract", "ConvertConfig"), _units_convert),
+    Command(("units", "import"), "units slamkit extracted (its features JSONL) as a units folder",
+            _config("simslm.units.extract", "ImportConfig"), _units_import),
     Command(("sequences", "build"), "build packed token shards: interleave, mix, pack",
             _config("simslm.sequences.build", "BuildConfig"), _sequences_build),
     Command(("sequences", "show"), "print a sample (rebuilt with its words) or a chunk",
@@ -329,6 +347,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.sequences.show", "StatsConfig"), _sequences_stats, positional=("folder",)),
     Command(("train",), "train an SLM on a compute budget (resumes when run_dir exists)",
             _config("simslm.train", "TrainConfig"), _train, overrides=True),
+    Command(("model", "from-slamkit"), "a model slamkit trained (UnitLM) as a folder plain from_pretrained loads",
+            _config("simslm.model", "FromSlamkitConfig"), _model_from_slamkit),
     Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
             _config("simslm.textlm", "TextLMConfig"), _textlm),
     Command(("bench", "build"), "synthesise an offline sBLIMP- or tSC-style benchmark",
@@ -356,7 +376,8 @@ COMMANDS: tuple[Command, ...] = (
 GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
               "sequences": "token streams: interleave, mix, pack; inspect",
               "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
-              "sweep": "isoFLOP sweeps: plan, run (resumable), status", "manifest": "corpus manifests"}
+              "sweep": "isoFLOP sweeps: plan, run (resumable), status", "manifest": "corpus manifests",
+              "model": "base models and checkpoints"}
 
 
 def build_parser() -> argparse.ArgumentParser:

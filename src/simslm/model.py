@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simslm import assets
+from simslm.config import Config
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
 
@@ -270,3 +271,61 @@ def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
         tokenizer.save_pretrained(folder)
     (folder / "simslm_model.json").write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__},
                                                          indent=2))
+
+
+def convert_slamkit_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A folder that plain `from_pretrained` loads, from a model slamkit trained (its `UnitLM`).
+
+    A UnitLM folder holds `config.json` (`speech_language_model`, the base model's config
+    under `base_config`, the grown `vocab_size`) and weights under `lm.`: the base causal LM
+    is rebuilt from that config, the prefix dropped, and the weights loaded strictly.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(checkpoint)
+    try:
+        unit_config = json.loads((folder / "config.json").read_text())
+        base = dict(unit_config["base_config"])
+        model_type = base.pop("model_type")
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: no config.json (not a slamkit model folder)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder / 'config.json'}: not a slamkit UnitLM config ({error})") from None
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{folder}: no .safetensors weights (save the UnitLM with safe_serialization)")
+    state = {}
+    for path in weights:
+        state.update(load_file(str(path)))
+    if not any(name.startswith("lm.") for name in state):
+        raise ValueError(f"{folder}: no weights under 'lm.' (not a slamkit UnitLM)")
+    for key in ("torch_dtype", "dtype", "transformers_version", "architectures", "_name_or_path"):
+        base.pop(key, None)
+    config = AutoConfig.for_model(model_type, **{**base, "vocab_size": int(unit_config["vocab_size"]),
+                                                 "tie_word_embeddings": unit_config.get("tie_word_embeddings",
+                                                                                        base.get("tie_word_embeddings"))})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    stripped = {name[len("lm."):]: tensor.float() for name, tensor in state.items() if name.startswith("lm.")}
+    if config.tie_word_embeddings:
+        stripped.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(stripped, strict=False)
+    missing = [name for name in missing if not (config.tie_word_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit a {model_type} of that config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    save_model(model, None, out)
+    return Path(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FromSlamkitConfig(Config):
+    """What `simslm model from-slamkit` does."""
+
+    checkpoint: str
+    """Folder of a model slamkit trained (a UnitLM: config.json and safetensors weights under `lm.`)."""
+    out: str
+    """Folder to write: the base causal LM with the grown vocabulary, loadable with plain `from_pretrained`."""

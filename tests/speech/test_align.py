@@ -122,3 +122,19 @@ def test_espeak_word_onsets_agree_with_pocketsphinx(synthetic_corpus, tmp_path):
                    for a, b in zip(u.words, espeak_words[u.id], strict=True)]
     assert len(differences) >= 200
     assert statistics.median(differences) <= 0.040
+
+
+def test_slamkits_alignment_files_are_imported(tmp_path):
+    import json
+
+    from simslm.speech.align import read_slamkit_alignment
+
+    # parse_transcriptions' format: Whisper words with their own spaces and punctuation.
+    (tmp_path / "u1.json").write_text(json.dumps({"file_name": "u1.flac", "text": " Once upon a time.",
+                                                  "aligned_text": [[" Once", 0.0, 0.3], [" upon", 0.3, 0.5],
+                                                                   [" a", 0.5, 0.6], [" time.", 0.6, 1.0]]}))
+    assert read_slamkit_alignment(tmp_path / "u1.json") == [("Once", 0.0, 0.3), ("upon", 0.3, 0.5),
+                                                            ("a", 0.5, 0.6), ("time.", 0.6, 1.0)]
+    (tmp_path / "bad.json").write_text(json.dumps({"words": []}))
+    with pytest.raises(ValueError, match="aligned_text"):
+        read_slamkit_alignment(tmp_path / "bad.json")

@@ -50,3 +50,20 @@ def test_extracting_into_a_folder_made_with_another_codebook_is_refused(extracte
     other = kmeans.Codebook(np.zeros((32, 160), np.float32), {"encoder": {"name": "logmel"}}).save(tmp_path / "o")
     with pytest.raises(ValueError, match="other settings"):
         extract_units(ExtractConfig(manifest=config.manifest, codebook=str(other), out=config.out))
+
+
+def test_slamkit_features_import_as_a_units_folder(tmp_path):
+    from simslm.units.extract import ImportConfig, import_slamkit_features
+
+    lines = [{"units": [3, 49, 7, 254], "duration": [1, 1, 2, 1], "file_name": "../audio/audio2.flac"},
+             {"units": [381, 267], "duration": [2, 3], "file_name": "../audio/audio1.flac"},
+             {"units": [1, 2], "duration": [1], "file_name": "bad.flac"},        # lengths differ
+             {"units": [600], "duration": [1], "file_name": "big.flac"}]         # beyond the codebook
+    features = tmp_path / "features.jsonl"
+    features.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+    report = import_slamkit_features(ImportConfig(features=str(features), out=str(tmp_path / "units")))
+    assert report["num_imported"] == 2 and report["num_skipped"] == 3
+    imported = {u.id: u for u in read_units(tmp_path / "units")}
+    assert imported["audio2"].units.tolist() == [3, 49, 7, 254] and imported["audio2"].frame_rate_hz == 25.0
+    assert imported["audio1"].num_frames == 5
+    assert json.loads((tmp_path / "units" / "units.json").read_text())["k"] == 500

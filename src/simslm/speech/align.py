@@ -92,6 +92,20 @@ def read_word_json(path: str | os.PathLike) -> TimedWords:
     return timed
 
 
+def read_slamkit_alignment(path: str | os.PathLike) -> TimedWords:
+    """slamkit's per-file alignment JSON (`utils/data_prep.parse_transcriptions`): {"aligned_text": [[word, start, end],
+    ...]}, the words as Whisper gives them (" girl", " room.")."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        items = data["aligned_text"]
+        timed = [(str(word).strip(), float(start), float(end)) for word, start, end in items]
+    except (OSError, json.JSONDecodeError) as error:
+        raise AlignmentError(f"{path}: not readable JSON ({error})") from None
+    except (KeyError, TypeError, ValueError):
+        raise AlignmentError(f"{path}: expected {{\"aligned_text\": [[word, start, end], ...]}}") from None
+    return [(word, start, end) for word, start, end in timed if word.lower() not in _NON_WORDS]
+
+
 # --- pocketsphinx ----------------------------------------------------------------------
 
 # espeak-ng English phoneme mnemonics -> CMU ARPAbet (pocketsphinx's phone set).
@@ -241,6 +255,7 @@ ALIGNERS: dict[str, Callable[[Utterance, Path], TimedWords]] = {
     "ctm": _ctm_timings,
     "textgrid": _import_timings(read_textgrid, (".TextGrid", ".textgrid")),
     "json": _import_timings(read_word_json, (".json", ".words.json")),
+    "slamkit": _import_timings(read_slamkit_alignment, (".json",)),
 }
 
 

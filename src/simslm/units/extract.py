@@ -356,3 +356,72 @@ def convert_codebook(config: ConvertConfig) -> Path:
     spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
     return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig(Config):
+    """What `simslm units import` does: units extracted by slamkit, as a units folder."""
+
+    features: str
+    """slamkit's `extract_features` output: JSONL lines of file_name, units and duration (run lengths)."""
+    out: str
+    """Output folder (as `simslm units extract` writes it); utterance ids are the audio files' stems."""
+    encoder: str = field(default="mhubert-25hz", metadata=registry_choices(ENCODERS))
+    """Encoder the units came from (its frame rate times the run lengths)."""
+    num_units: int = 500
+    """Size of the codebook the units came from."""
+    codebook: str | None = None
+    """That codebook as a .npy (e.g. from `simslm units convert`), so benchmark audio is encoded the same way."""
+    shard_size: int = 1024
+    """Utterances per shard."""
+
+    def check(self) -> None:
+        check_positive(self, "num_units", "shard_size")
+
+
+def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
+    """Write slamkit's features JSONL as a units folder; lines that cannot be units are skipped and counted."""
+    frame_rate = ENCODERS[config.encoder][0]
+    lines, skipped = [], collections.Counter()
+    seen: set[str] = set()
+    with open(config.features, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                record = json.loads(raw)
+                units = np.asarray(record["units"], dtype=np.int64)
+                durations = np.asarray(record["duration"], dtype=np.int64)
+                identifier = Path(record["file_name"]).stem
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                skipped["not a features line (file_name, units, duration)"] += 1
+                continue
+            if len(units) != len(durations) or not len(units) or (durations < 1).any():
+                skipped["units and durations do not match"] += 1
+            elif units.min() < 0 or units.max() >= config.num_units:
+                skipped[f"unit ids outside 0..{config.num_units - 1}"] += 1
+            elif identifier in seen:
+                skipped["file name seen before"] += 1
+            else:
+                seen.add(identifier)
+                lines.append({"id": identifier, "frame_rate_hz": frame_rate, "units": units.tolist(),
+                              "durations": durations.tolist()})
+    if not lines:
+        raise ValueError(f"{config.features}: no usable line ({dict(skipped) or 'empty file'})")
+    codebook = kmeans.Codebook.load(config.codebook) if config.codebook else None
+    if codebook is not None and codebook.k != config.num_units:
+        raise ValueError(f"{config.codebook}: {codebook.k} centroids, but --num-units is {config.num_units}")
+    out = Path(config.out)
+    if (out / "units.json").exists():
+        raise ValueError(f"{out} already holds units; import into a new --out folder")
+    with jobs.atomic_path(out) as building:
+        (building / "shards").mkdir(parents=True)
+        for index, start in enumerate(range(0, len(lines), config.shard_size)):
+            jobs.write_text(building / "shards" / f"shard-{index:05d}.jsonl",
+                            "".join(json.dumps(line) + "\n" for line in lines[start:start + config.shard_size]))
+        jobs.write_json(building / "units.json", {
+            "encoder": asdict(EncoderSpec(name=config.encoder)), "frame_rate_hz": frame_rate,
+            "codebook": str(Path(config.codebook).resolve()) if config.codebook else None,
+            "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest() if codebook else None,
+            "k": config.num_units, "manifest": None, "imported_from": str(config.features),
+            "shard_size": config.shard_size})
+    return {"num_imported": len(lines), "num_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
+            "out": str(out)}
