@@ -159,3 +159,36 @@ def test_a_slamkit_unitlm_folder_converts_to_a_plain_causal_lm(tmp_path):
     (unit_lm / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="not a slamkit UnitLM config"):
         model.convert_slamkit_checkpoint(unit_lm, tmp_path / "again")
+
+
+def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from simslm.sequences.vocabulary import Vocabulary
+
+    # slamkit's tokeniser on tok512 with 16 units: 512 text tokens, <Un0..15>, <speech>, <text>.
+    base = LlamaConfig(vocab_size=512 + 16 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=False)
+    torch.manual_seed(0)
+    trained = LlamaForCausalLM(base).eval()
+    (tmp_path / "unitlm").mkdir()
+    (tmp_path / "unitlm" / "config.json").write_text(json.dumps({
+        "model_type": "speech_language_model", "vocab_size": base.vocab_size, "tie_word_embeddings": False,
+        "base_config": base.to_dict()}))
+    save_file({f"lm.{n}": t.contiguous() for n, t in trained.state_dict().items()},
+              str(tmp_path / "unitlm" / "model.safetensors"))
+    out = model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "plain"),
+                                                     tokenizer="stories260K", num_units=16))
+    vocabulary = Vocabulary.load(out)
+    assert (vocabulary.unit_offset, vocabulary.speech_id, vocabulary.text_id) == (512, 528, 529)
+    converted = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = torch.tensor([[5, 512, 520, 528, 300]])
+    with torch.no_grad():  # every row slamkit trained is kept; our pad is one row more
+        assert torch.allclose(converted(tokens).logits[..., :530], trained(tokens).logits, atol=1e-6)
+    with pytest.raises(ValueError, match="embedding rows"):
+        model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "x"),
+                                                   tokenizer="stories260K", num_units=20))

@@ -123,9 +123,9 @@ def _units_import(config) -> int:
 
 
 def _model_from_slamkit(config) -> int:
-    from simslm.model import convert_slamkit_checkpoint
+    from simslm.model import from_slamkit
 
-    print(f"converted (loads with AutoModelForCausalLM.from_pretrained) -> {convert_slamkit_checkpoint(config.checkpoint, config.out)}")
+    print(f"converted (loads with AutoModelForCausalLM.from_pretrained) -> {from_slamkit(config)}")
     return 0
 
 

@@ -263,6 +263,11 @@ def build_family_model(depth: int, vocab_size: int, seed: int, context_length: i
     return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length))).eval()
 
 
+# Beside a saved model: the `simslm units extract` folder its unit tokens come from, so the folder
+# alone can be fed audio (`simslm eval MODEL_FOLDER`).
+MODEL_UNITS_FILE = "simslm_units.json"
+
+
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Save model and tokenizer so that plain `from_pretrained` loads both (safetensors)."""
     folder = Path(folder)
@@ -329,3 +334,39 @@ class FromSlamkitConfig(Config):
     """Folder of a model slamkit trained (a UnitLM: config.json and safetensors weights under `lm.`)."""
     out: str
     """Folder to write: the base causal LM with the grown vocabulary, loadable with plain `from_pretrained`."""
+    tokenizer: str | None = None
+    """The text tokenizer slamkit extended (its text_tokeniser_path): with --num-units, the folder also gets the
+    vocabulary layout, so `simslm eval` can score it."""
+    num_units: int | None = None
+    """Units slamkit added (its num_units)."""
+    speech_units: str | None = None
+    """The `simslm units extract` (or `units import`) folder of the model's units, recorded for `simslm eval`."""
+
+
+def from_slamkit(config: FromSlamkitConfig) -> Path:
+    """`simslm model from-slamkit`: the plain model, and with a tokenizer the vocabulary that makes it evaluable.
+
+    slamkit adds `<Un0..K-1>`, `<speech>` and `<text>` after the text vocabulary, in that
+    order; `Vocabulary.build` gives the same ids and one more, a fresh pad, whose row is
+    added here as every new row is (mean-resizing).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from simslm.sequences.vocabulary import Vocabulary
+
+    out = convert_slamkit_checkpoint(config.checkpoint, config.out)
+    if (config.tokenizer is None) != (config.num_units is None):
+        raise ValueError("give both --tokenizer and --num-units (or neither)")
+    if config.tokenizer is not None:
+        vocabulary = Vocabulary.build(config.tokenizer, config.num_units)
+        model = AutoModelForCausalLM.from_pretrained(out)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows != len(vocabulary) - 1:
+            raise ValueError(f"{config.checkpoint}: {rows} embedding rows, but {config.tokenizer} with "
+                             f"{config.num_units} units and two markers gives {len(vocabulary) - 1}")
+        extend_vocabulary(model, len(vocabulary))
+        save_model(model, None, out)
+        vocabulary.save(out)
+    if config.speech_units:
+        (out / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": str(Path(config.speech_units).resolve())}))
+    return out

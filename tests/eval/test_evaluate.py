@@ -42,3 +42,24 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     assert "cli/T" in out and "95% CI" in out and "eval.json" in out
 
 
+
+
+def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
+    import shutil
+
+    import pytest
+
+    run, bench = trained_run
+    folder = tmp_path / "model"
+    shutil.copytree(run / "model", folder)
+    (folder / "eval.json").unlink(missing_ok=True)
+    config = {"bench": (f"tsc={bench}",), "modes": ("T", "S2T"), "num_resamples": 50}
+    alone = evaluate_run(EvalConfig(run=str(folder), **config))
+    with_run = evaluate_run(EvalConfig(run=str(run), **config))
+    assert set(alone) == {"tsc/T", "tsc/S2T"}
+    assert all(alone[name].accuracy == with_run[name].accuracy for name in alone)
+    assert read_results(folder)["tsc/T"].accuracy == alone["tsc/T"].accuracy
+    with pytest.raises(ValueError, match="bare model folder"):
+        evaluate_run(EvalConfig(run=str(folder), bench=("validation",)))
+    with pytest.raises(ValueError, match="neither a run folder"):
+        evaluate_run(EvalConfig(run=str(tmp_path), **config))

@@ -10,17 +10,29 @@ import numpy as np
 
 from simslm import jobs
 from simslm.eval.layouts import Pair
+from simslm.model import MODEL_UNITS_FILE
 from simslm.units.extract import ExtractConfig, deduplicate, extract_units, read_units
 
 
-def run_units_folder(run_dir: Path) -> Path:
-    """The `simslm units extract` folder whose codebook a run's speech tokens come from."""
-    config = jobs.read_json(run_dir / "config.json")
-    index = jobs.read_json(Path(config["data"]) / "index.json")
-    units = index["config"].get("units")
-    if not units:
-        raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
-    return Path(units)
+def run_units_folder(run_dir: Path, speech_units: str | None = None) -> Path:
+    """The `simslm units extract` folder whose codebook (and encoder) a model's speech tokens come from.
+
+    `speech_units` when given; else, for a run folder, its training data's; for a model
+    folder, the one its `simslm_units.json` names (`simslm train` writes it beside the model).
+    """
+    if speech_units:
+        return Path(speech_units)
+    run_dir = Path(run_dir)
+    if (run_dir / "plan.json").exists():
+        config = jobs.read_json(run_dir / "config.json")
+        units = jobs.read_json(Path(config["data"]) / "index.json")["config"].get("units")
+        if not units:
+            raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
+        return Path(units)
+    if (run_dir / MODEL_UNITS_FILE).exists():
+        return Path(jobs.read_json(run_dir / MODEL_UNITS_FILE)["units_folder"])
+    raise ValueError(f"{run_dir}: the model folder does not say which units it reads; pass --speech-units FOLDER "
+                     f"(the `simslm units extract` folder of its codebook)")
 
 
 def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_workers: int = 0
@@ -81,8 +93,8 @@ def _join_audio(paths: tuple[str, ...], folder: Path) -> str:
     return str(target)
 
 
-def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None,
-                 num_workers: int = 0, *, join: bool = False) -> Callable[[str | tuple[str, ...]], np.ndarray]:
+def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, num_workers: int = 0, *,
+                 join: bool = False, speech_units: str | None = None) -> Callable[[str | tuple[str, ...]], np.ndarray]:
     """Audio -> units: from a pre-extracted folder (keyed by file stem), else extracted now.
 
     With `join`, a tuple of paths (a recording cut in parts, see `joined_recordings`) gets
@@ -104,8 +116,8 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None,
         if join else {}
     if not paths:
         return lambda path: np.empty(0, dtype=np.int32)
-    table = units_for_audio(paths + list(joined.values()), run_units_folder(run_dir), bench_units_cache(),
-                            num_workers)
+    table = units_for_audio(paths + list(joined.values()), run_units_folder(run_dir, speech_units),
+                            bench_units_cache(), num_workers)
     return lambda key: table[joined[key] if isinstance(key, tuple) else key]
 
 

@@ -21,7 +21,7 @@ from simslm.eval.bench_units import units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
 from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, detect_layout, load
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
 
 EVAL_FILE = "eval.json"
 
@@ -33,7 +33,8 @@ class EvalConfig(ScoringOptions):
     renamed: ClassVar[dict[str, str]] = {"generation_prompts": "num_generation_prompts"}
 
     run: str
-    """Run directory from `simslm train` (its model/ is evaluated; eval.json is written there)."""
+    """Run directory from `simslm train` (its model/ is evaluated), or a model folder (the model/ of a run, or one
+    `simslm model from-slamkit` wrote); eval.json is written into it."""
     bench: tuple[str, ...]
     """Benchmark folders ([label=]path), `validation`, or `generation=PATH` (a cross-modal folder)."""
     aggregation: Literal["auto", "pairs", "macro"] = "auto"
@@ -43,6 +44,9 @@ class EvalConfig(ScoringOptions):
     """Cross-modal pairings to score for cross-modal folders."""
     units: str | None = None
     """Pre-extracted units (`simslm units extract` folder keyed by audio file stem) instead of audio."""
+    speech_units: str | None = None
+    """The `simslm units extract` folder whose codebook and encoder the model's units come from (default: the
+    run's training data, or what the model folder records)."""
     max_pairs: int | None = None
     """Score at most this many pairs per benchmark (a seeded sample), for quick looks."""
     num_resamples: int = 1000
@@ -101,13 +105,21 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
 
 
 def load_run_model(run_dir: Path, device: str):
-    """The trained model of a run (fp32) and its vocabulary."""
+    """The model (fp32), its vocabulary and the run's config (None for a bare model folder)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = jobs.read_json(run_dir / "config.json")
-    vocabulary = Vocabulary.load(Path(config["data"]) / "tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=torch.float32).to(device).eval()
+    run_dir = Path(run_dir)
+    if (run_dir / "plan.json").exists() and (run_dir / "model").is_dir():
+        config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
+        vocabulary = Vocabulary.load(model_dir if (model_dir / VOCAB_FILE).exists() else
+                                     Path(config["data"]) / "tokenizer")
+    elif (run_dir / VOCAB_FILE).exists():
+        config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
+    else:
+        raise ValueError(f"{run_dir}: neither a run folder (plan.json and model/) nor a model folder with "
+                         f"{VOCAB_FILE} (a slamkit model: `simslm model from-slamkit --tokenizer ... --num-units ...`)")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     return model, vocabulary, config
 
 
@@ -125,7 +137,7 @@ class _Context:
     run_dir: Path
     model: Any
     vocabulary: Vocabulary
-    run_config: dict[str, Any]
+    run_config: dict[str, Any] | None
     device: str
 
 
@@ -138,7 +150,8 @@ def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str
     options = GenerationOptions(num_prompts=config.num_generation_prompts, asr=config.asr,
                                 asr_model=config.asr_model, judge=config.judge)
     return {"generation": generation_metrics(context.model, context.vocabulary, Path(target), context.run_dir,
-                                             context.device, seed=config.seed, options=options)}
+                                             context.device, seed=config.seed, options=options,
+                                             speech_units=config.speech_units)}
 
 
 def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any]:
@@ -150,7 +163,8 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     pairs_by_mode = {mode: _sample(load(folder, mode)[1], config.max_pairs, config.seed) for mode in modes}
     # One lookup for every mode: the modes share the folder's audio.
     units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], context.run_dir,
-                            config.units, config.num_workers, join=config.preset == "reference")
+                            config.units, config.num_workers, join=config.preset == "reference",
+                            speech_units=config.speech_units)
     aggregation = config.aggregation if config.aggregation != "auto" else \
         ("pairs" if config.preset == "reference" else layout.aggregation)
     interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
@@ -220,10 +234,12 @@ def _bench_note(folder: Path) -> str | None:
     return json.loads(meta.read_text()).get("note") if meta.exists() else None
 
 
-def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any], device: str) -> dict[str, Any]:
+def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str) -> dict[str, Any]:
     """Cross-entropy per modality on the run's held-out sequences (the paper's speech loss is `loss_speech`)."""
     from simslm.train import evaluate_modalities
 
+    if run_config is None:
+        raise ValueError("validation needs a run folder (its validation_data); this is a bare model folder")
     if not run_config.get("validation_data"):
         raise ValueError(f"run {run_config['run_dir']} has no validation_data; train with validation_data=FOLDER")
     losses = evaluate_modalities(model, run_config["validation_data"], vocabulary, run_config["batch_size"],

@@ -222,7 +222,8 @@ def _prompt(vocabulary: Vocabulary, units: np.ndarray, output_marker: str) -> np
 
 
 def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Path, device: str, *, seed: int = 0,
-                       options: GenerationOptions = GenerationOptions()) -> dict[str, Any]:
+                       options: GenerationOptions = GenerationOptions(), speech_units: str | None = None
+                       ) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
     from simslm.eval.bench_units import bench_units_cache, run_units_folder, units_for_audio
 
@@ -230,7 +231,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     pairs = pairs[:options.num_prompts]
     prompts = [pair.positive[0].audio for pair in pairs]
     endings = [pair.positive[1] for pair in pairs]
-    units_folder = run_units_folder(run_dir)
+    units_folder = run_units_folder(run_dir, speech_units)
     table = units_for_audio(prompts + [e.audio for e in endings], units_folder, bench_units_cache())
     header = jobs.read_json(units_folder / "units.json")
     vocoder = LogMelInversionVocoder(header["codebook"])
