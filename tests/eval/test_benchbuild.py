@@ -1,4 +1,6 @@
 
+from pathlib import Path
+
 import pytest
 
 from simslm.eval.benchbuild import (
@@ -48,3 +50,18 @@ def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
     again = blimp_pairs("", 1, 0)
     assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in blimp_pairs("", 1, 0)]
+
+
+def test_a_wav_tsc_is_the_layout_slamkits_cross_modal_evaluator_reads(tmp_path):
+    build_benchmark(BenchBuildConfig(kind="tsc", out=str(tmp_path / "tsc"), source="tinystories-sample[2000:2004]",
+                                     num_items=3, audio_format="wav", num_workers=1))
+    folder = tmp_path / "tsc" / "audio"
+    # slamkit's CrossModalMetricDataset (subfolder=False): every `*_correct.wav`, and beside it the
+    # `_incorrect` and `_mutual` audio and the three .txt files.
+    correct = sorted(folder.glob("*_correct.wav"))
+    assert len(correct) == 3
+    for path in correct:
+        base = str(path).split("_correct.wav")[0]
+        for role in ("correct", "incorrect", "mutual"):
+            assert Path(f"{base}_{role}.wav").exists() and Path(f"{base}_{role}.txt").read_text().strip()
+    assert len(load(tmp_path / "tsc", "T")[1]) == 3  # and simslm reads it too

@@ -46,6 +46,9 @@ class BenchBuildConfig(Config):
     """tsc: stories to use (at most)."""
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
+    audio_format: Literal["flac", "wav"] = "flac"
+    """Audio files to write; wav makes a tsc folder's audio/ one that slamkit's cross-modal evaluator
+    (`cm_storycloze`, `*_correct.wav` with `_incorrect` and `_mutual` beside, and their .txt) reads as it is."""
     seed: int = 0
     """Seed of the item sample, the wrong endings and the voices."""
     num_workers: int = 0
@@ -133,7 +136,7 @@ def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[s
     for index, row in enumerate(rows):
         for side in ("good", "bad"):
             tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
-                                    index, out))
+                                    index, out, audio_format=config.audio_format))
     records = _speak_all(tasks, config.num_workers)
     gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
                   "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
@@ -152,7 +155,8 @@ def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str,
         stem = f"tsc-{item['line']:06d}"
         for role, text in (("mutual", item["context"]), ("correct", item["ending"]),
                            ("incorrect", item["wrong_ending"])):
-            tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out))
+            tasks.append(synth_task(f"{stem}_{role}", text, config.voices, config.seed, position, out,
+                                    audio_format=config.audio_format))
             texts[f"{stem}_{role}"] = text
     records = _speak_all(tasks, config.num_workers)
     bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
