@@ -66,6 +66,8 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     (["model", "from-slamkit", "--checkpoint", "nowhere", "--out", "o"], "no config.json"),
     (["units", "import", "--features", "nowhere.jsonl", "--out", "o"], "nowhere.jsonl"),
 ])
+
+
 def test_bad_values_fail_before_anything_loads(argv, message, capsys):
     # None of the named files exist: a check that ran after loading would report that instead.
     assert main(argv) == 2

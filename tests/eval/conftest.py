@@ -1,4 +1,3 @@
-
 import pytest
 
 from simslm.model import build_family_model
@@ -8,6 +7,7 @@ from simslm.sequences.vocabulary import Vocabulary
 @pytest.fixture(scope="module")
 def vocabulary():
     return Vocabulary.build("stories260K", num_units=32)
+
 
 @pytest.fixture(scope="module")
 def tiny_model(vocabulary):

@@ -1,4 +1,3 @@
-
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from simslm.speech.synth import read_corpus
 def test_split_sentences_keeps_closing_quotes():
     assert split_sentences('Tom said, "Hi!" Then he left. "Bye," said Sue.') == [
         'Tom said, "Hi!"', "Then he left.", '"Bye," said Sue.']
+
 
 def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_path):
     meta = build_benchmark(BenchBuildConfig(
@@ -39,6 +39,7 @@ def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_pa
         build_benchmark(BenchBuildConfig(
             kind="tsc", out=str(tmp_path / "bad"), source="tinystories-sample[1990:2003]",
             exclude="tinystories-sample[:2000]", num_items=3))
+
 
 def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     from simslm import assets

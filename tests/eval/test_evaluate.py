@@ -42,8 +42,6 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     assert "cli/T" in out and "95% CI" in out and "eval.json" in out
 
 
-
-
 def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
     import shutil
 

@@ -72,12 +72,6 @@ def test_not_a_benchmark_folder_is_a_clear_error(tmp_path):
         load(tmp_path)
 
 
-
-
-
-
-
-
 def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path):
     import io
 

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ def _naive(model, tokens, scored, vocabulary, speech_vocab):
         total += float(row[target] - torch.logsumexp(row, 0))
     return total, int(np.sum(scored))
 
+
 @pytest.mark.parametrize("speech_vocab", [False, True])
 def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_vocab):
     rng = np.random.default_rng(0)
@@ -47,6 +47,7 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
         assert counts[i] == expected_count
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
+
 def test_ties_count_half_and_means_and_sums_differ():
     outcomes = pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
     assert outcomes.tolist() == [1.0, 0.5, 0.0, 0.5]
@@ -54,6 +55,7 @@ def test_ties_count_half_and_means_and_sums_differ():
     sums, counts = np.array([-10.0, -4.0]), np.array([10, 2])
     assert side_scores(sums, counts, "mean").tolist() == [-1.0, -2.0]
     assert side_scores(sums, counts, "sum").tolist() == [-10.0, -4.0]
+
 
 def test_macro_aggregation_averages_groups_not_pairs():
     outcomes = np.array([1.0] * 9 + [0.0] + [0.0, 0.0])
@@ -63,6 +65,7 @@ def test_macro_aggregation_averages_groups_not_pairs():
     assert pairs.accuracy == pytest.approx(9 / 12)
     assert macro.accuracy == pytest.approx((0.9 + 0.0) / 2)
     assert macro.per_group["big"] == {"accuracy": pytest.approx(0.9), "num_pairs": 10}
+
 
 @pytest.mark.parametrize("aggregation", ["pairs", "macro"])
 def test_bootstrap_intervals_cover_the_true_rate(aggregation):
@@ -75,6 +78,7 @@ def test_bootstrap_intervals_cover_the_true_rate(aggregation):
         covered += result.ci_low <= true_rate <= result.ci_high
         assert result.ci_low <= result.accuracy <= result.ci_high
     assert 0.90 <= covered / trials <= 0.99  # nominal 95%
+
 
 def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabulary):
     units = {"a.wav": np.array([1, 2, 3]), "b.wav": np.array([3, 4])}
@@ -90,11 +94,13 @@ def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabul
     assert short.tolist() == [vocabulary.bos_id, vocabulary.text_id, offset + 2, offset + 3, offset + 4]
     assert short_owners[-1] == 2
 
+
 def _naive_side(model, parts, vocabulary, units_of, *, scored_part):
     """Mean log-likelihood of one part's tokens, from a sequence built by hand."""
     tokens, owners = encode_parts(parts, vocabulary, units_of, max_length=128)
     total, count = _naive(model, tokens, (owners == scored_part)[1:], vocabulary, speech_vocab=False)
     return total / count
+
 
 @pytest.mark.parametrize("ending", ["speech", "text"])
 def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocabulary, ending):
@@ -123,6 +129,7 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
                                                    units.__getitem__, scored_part=1), abs=1e-5)
     assert plain[0][0] != pytest.approx(positive[0], abs=1e-3)
     assert without_baseline[0][0] == plain[0][0] and without_baseline[1][0] == plain[1][0]
+
 
 def test_no_context_baseline_leaves_items_without_context_alone(tiny_model, vocabulary):
     units = {"p": np.array([1, 2, 3, 4]), "n": np.array([4, 3, 2, 1])}

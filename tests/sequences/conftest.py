@@ -1,4 +1,3 @@
-
 import pytest
 
 from simslm.sequences.build import BuildConfig, build_sequences
@@ -10,6 +9,7 @@ from simslm.units.extract import read_units
 @pytest.fixture(scope="module")
 def vocabulary():
     return Vocabulary.build("stories260K", 32)
+
 
 @pytest.fixture(scope="module")
 def corpus(extracted):

@@ -10,7 +10,7 @@ from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import Word, read_manifest, write_manifest
 
 
-def test_build_packs_whole_documents_with_positions_that_restart(build, extracted, tmp_path):
+def test_build_packs_whole_documents_with_positions_that_restart(build, extracted):
     index, out = build(mix=("interleaved=0.5", "speech=0.25", "text=0.25"), mix_by="tokens")
     vocabulary = Vocabulary.load(f"{out}/tokenizer")
     for entry in index["epochs"]:
@@ -87,9 +87,7 @@ def test_bad_utterances_are_skipped_and_counted(build, extracted, tmp_path):
                        "word timings past the end of the audio": 1} and index["epochs"][0]["samples_by_stream"]["interleaved"] == 1
 
 
-
-
-def test_a_failed_build_leaves_nothing_behind(build, extracted, tmp_path, monkeypatch):
+def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")
 

@@ -1,10 +1,9 @@
-
 import numpy as np
 
 from simslm.sequences.loader import PackedLoader
 
 
-def test_loader_resumes_at_exactly_the_next_batch(build, extracted, tmp_path):
+def test_loader_resumes_at_exactly_the_next_batch(build):
     _, out = build(context_length=64, num_epochs=2)
     reference = PackedLoader(out, batch_size=3, seed=5)
     per_epoch = reference.batches_per_epoch()
@@ -16,10 +15,12 @@ def test_loader_resumes_at_exactly_the_next_batch(build, extracted, tmp_path):
     resumed = PackedLoader(out, batch_size=3, seed=5)
     resumed.load_state_dict(state)
     for expected in uninterrupted[per_epoch + 2:]:
-        assert np.array_equal(next(resumed).tokens, expected.tokens)
+        batch = next(resumed)
+        assert np.array_equal(batch.tokens, expected.tokens) and np.array_equal(batch.positions, expected.positions)
     assert not np.array_equal(uninterrupted[0].tokens, uninterrupted[per_epoch].tokens)  # a new order each epoch
 
-def test_ranks_split_each_global_batch(build, extracted, tmp_path):
+
+def test_ranks_split_each_global_batch(build):
     _, out = build(context_length=64, num_epochs=1)
     ranks = [PackedLoader(out, batch_size=2, rank=r, world_size=2) for r in range(2)]
     seen = [np.concatenate([next(loader).tokens for _ in range(ranks[0].batches_per_epoch())]) for loader in ranks]

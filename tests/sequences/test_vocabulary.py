@@ -1,4 +1,3 @@
-
 import pytest
 
 from simslm.sequences.vocabulary import Vocabulary
@@ -17,6 +16,7 @@ def test_vocabulary_extends_tok512_with_units_markers_and_a_fresh_pad(vocabulary
     sentence = "Once upon a time, there was a little girl named Lily."
     assert vocabulary.tokenizer.encode(sentence, add_special_tokens=False) == model.encode(sentence)
 
+
 def test_saved_tokenizer_round_trips_through_autotokenizer(vocabulary, tmp_path):
     from transformers import AutoTokenizer
 
@@ -28,6 +28,7 @@ def test_saved_tokenizer_round_trips_through_autotokenizer(vocabulary, tmp_path)
     assert Vocabulary.load(tmp_path).speech_id == vocabulary.speech_id
     with pytest.raises(ValueError, match="already has unit tokens"):
         Vocabulary.build(str(tmp_path), 32)  # extending twice would duplicate the units
+
 
 def test_any_hf_tokenizer_can_be_extended(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers

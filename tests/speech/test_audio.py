@@ -12,6 +12,8 @@ def _tone(sample_rate, seconds=1.0, frequency=440.0):
 
 @pytest.mark.parametrize("sample_rate,channels,suffix", [(44100, 2, ".wav"), (8000, 1, ".flac"), (22050, 3, ".wav"),
                                                          (16000, 1, ".flac")])
+
+
 def test_any_rate_and_channel_count_becomes_16k_mono(tmp_path, sample_rate, channels, suffix):
     path = tmp_path / f"tone{suffix}"
     soundfile.write(path, np.stack([_tone(sample_rate)] * channels, axis=1), sample_rate)

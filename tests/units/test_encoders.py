@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ def test_registry_declares_frame_rates():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder(EncoderSpec(name="nope"))
 
+
 def test_logmel_runs_at_25_hz_and_is_normalised_per_utterance():
     rng = np.random.default_rng(0)
     samples = (0.1 * rng.normal(size=16000 * 3)).astype(np.float32)
@@ -18,10 +18,12 @@ def test_logmel_runs_at_25_hz_and_is_normalised_per_utterance():
     assert features.shape == (74, 160)  # 3 s at 25 Hz, less the last partial window
     assert np.allclose(features.mean(axis=0), 0, atol=1e-4) and np.allclose(features.std(axis=0), 1, atol=1e-3)
 
+
 def test_mel_filterbank_covers_the_band_with_peaks_in_order():
     filters = mel_filterbank(40, 512)
     assert filters.shape == (40, 257) and filters.max() <= 1.0
     assert list(np.argmax(filters, axis=1)) == sorted(np.argmax(filters, axis=1))
+
 
 @pytest.fixture(scope="module")
 def tiny_hubert(tmp_path_factory):
@@ -38,6 +40,7 @@ def tiny_hubert(tmp_path_factory):
         paths[name] = path
     return paths
 
+
 @pytest.mark.parametrize("name,rate_key,layer", [("mhubert-25hz", "25hz", 11), ("hubert-base-l9", "50hz", 9)])
 def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hubert, name, rate_key, layer):
     import torch
@@ -52,6 +55,7 @@ def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hub
     with torch.inference_mode():
         expected = reference(torch.from_numpy(samples)[None], output_hidden_states=True).hidden_states[layer][0]
     assert np.allclose(features, expected.numpy(), atol=1e-5)
+
 
 def test_hubert_with_the_wrong_frame_rate_or_no_checkpoint_is_refused(tiny_hubert, tmp_path):
     with pytest.raises(ValueError, match="give 50 frames/s"):
