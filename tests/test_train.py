@@ -187,3 +187,13 @@ def test_a_packed_batch_scores_each_document_as_if_it_were_alone():
     num_pieces = sum(-(-len(d) // 64) for d in documents)
     assert sums[1] == alone_count == sum(len(d) for d in documents) - num_pieces  # a piece's first token: unscored
     assert float(packed) == pytest.approx(alone_total, rel=1e-5)
+
+
+def test_the_attention_kernel_falls_back_to_sdpa_without_flash_attn_or_cuda():
+    import importlib.util
+
+    from simslm.train import attention_kernel
+
+    assert attention_kernel("auto", "cpu") == "sdpa" and attention_kernel("eager", "cuda") == "eager"
+    expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    assert attention_kernel("auto", "cuda:0") == expected

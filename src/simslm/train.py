@@ -85,6 +85,10 @@ class TrainConfig(Config):
     fsdp: bool = False
     """Shard parameters, gradients and optimiser state across processes (FSDP2) for models
     that do not fit one device; with torchrun only."""
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
+    restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
+    installed (slamkit's setting), else sdpa."""
 
     def check(self) -> None:
         if (self.budget_flops is None) == (self.budget_tokens is None):
@@ -216,17 +220,29 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model(config: TrainConfig, vocab_size: int, context_length: int):
+def attention_kernel(choice: str, device: str) -> str:
+    """The attention implementation to train with: `auto` is flash-attn's variable-length kernel on CUDA when it
+    is installed (slamkit trains with flash_attention_2), else PyTorch's SDPA."""
+    if choice != "auto":
+        return choice
+    import importlib.util
+
+    return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def build_model(config: TrainConfig, vocab_size: int, context_length: int, device: str = "cpu"):
     """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`."""
     if config.base_model.startswith("family:"):
         depth = int(config.base_model.split(":", 1)[1])
-        return model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
-    model = model_lib.load_base_model(config.base_model)
-    if config.init == "random":
-        model = model_lib.reinitialise(model, config.seed)
-    model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
-    if model.config.max_position_embeddings < context_length:
-        model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
+        model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
+    else:
+        model = model_lib.load_base_model(config.base_model)
+        if config.init == "random":
+            model = model_lib.reinitialise(model, config.seed)
+        model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
+        if model.config.max_position_embeddings < context_length:
+            model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
+    model.set_attn_implementation(attention_kernel(config.attention, device))
     return model
 
 
@@ -458,7 +474,7 @@ def train(config: TrainConfig) -> RunResult | None:
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
     context_length = int(loader.index["context_length"])
-    model = build_model(config, len(vocabulary), context_length)
+    model = build_model(config, len(vocabulary), context_length, distributed.device)
     plan = make_plan(config, model, context_length, distributed.world_size, len(vocabulary))
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
