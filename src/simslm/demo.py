@@ -28,7 +28,7 @@ TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig(Config):
-    """What `simslm demo` does (defaults take ~19 minutes on 2 CPU cores; the limit is 30)."""
+    """What `simslm demo` does (defaults take ~12 minutes on 2 CPU cores; docs/BENCHMARKS.md)."""
 
     out: str = "out/demo"
     """Folder for everything the demo makes (resumes when it exists)."""

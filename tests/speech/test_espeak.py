@@ -32,7 +32,10 @@ def test_words_hold_the_speech_and_gaps_the_silence(voice):
 
 def test_repeated_synthesis_agrees_to_the_millisecond():
     # espeak-ng keeps a little state between calls (a few samples of drift, docs/LOG.md),
-    # so audio is not bit-identical from call to call; words and timings must agree.
+    # so audio is not bit-identical from call to call; words and timings must agree. The
+    # first call after other voices (earlier tests in the same worker) drifts more, up to
+    # 0.4% in a CI run: a warm-up call with these settings comes first.
+    espeak.speak("The cat sat on the mat.", voice="en-us+f2", pitch=60, rate_wpm=170)
     first = espeak.speak("The cat sat on the mat.", voice="en-us+f2", pitch=60, rate_wpm=170)
     second = espeak.speak("The cat sat on the mat.", voice="en-us+f2", pitch=60, rate_wpm=170)
     assert abs(len(first[0]) - len(second[0])) < 0.001 * len(first[0])
