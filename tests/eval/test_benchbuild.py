@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simslm.eval.benchbuild import (
@@ -11,6 +12,7 @@ from simslm.eval.benchbuild import (
     training_stories,
 )
 from simslm.eval.layouts import BenchError, load
+from simslm.speech import audio
 from simslm.speech.synth import read_corpus
 
 
@@ -66,3 +68,25 @@ def test_a_wav_tsc_is_the_layout_slamkits_cross_modal_evaluator_reads(tmp_path):
         for role in ("correct", "incorrect", "mutual"):
             assert Path(f"{base}_{role}.wav").exists() and Path(f"{base}_{role}.txt").read_text().strip()
     assert len(load(tmp_path / "tsc", "T")[1]) == 3  # and simslm reads it too
+
+
+@pytest.mark.parametrize("kind", ["sblimp", "tsc"])
+def test_slamkit_pairs_are_named_so_its_evaluator_pairs_them_right(kind, tmp_path):
+    options = {"sblimp": {"per_phenomenon": 1, "source": ""}, "tsc": {"num_items": 3,
+                                                                     "source": "tinystories-sample[2000:2004]"}}
+    build_benchmark(BenchBuildConfig(kind=kind, out=str(tmp_path / kind), slamkit_pairs=True, num_workers=2,
+                                     **options[kind]))
+    folder, separator = tmp_path / kind / "slamkit", {"sblimp": "+", "tsc": "_"}[kind]
+    # slamkit's ModellingMetricDataset: glob *.wav, sort by the integer before the separator, take (2i, 2i+1)
+    # as (positive, negative). Shuffling the glob order first shows the naming leaves nothing to it.
+    files = list(folder.glob("*.wav"))
+    np.random.default_rng(0).shuffle(files)
+    files.sort(key=lambda path: int(path.name.split(separator)[0]))
+    ours = load(tmp_path / kind, "S")[1]
+    assert len(files) == 2 * len(ours)
+    for (positive, negative), pair in zip(zip(files[::2], files[1::2]), ours):
+        assert positive.stem.endswith("_correct") and negative.stem.endswith("_incorrect")
+        expected = sum(len(audio.load_audio(part.audio)) for part in pair.positive)  # tSC: context + ending
+        assert abs(len(audio.load_audio(positive)) - expected) <= 1
+    layout, pairs = load(folder)  # simslm reads the folder too, paired the same way
+    assert layout == "slamkit-pairs" and [p.positive[0].audio for p in pairs] == [str(f) for f in files[::2]]

@@ -17,7 +17,7 @@ import numpy as np
 
 from simslm import assets, jobs
 from simslm.config import Config, check_positive
-from simslm.eval.layouts import BENCH_FILE, BenchError
+from simslm.eval.layouts import BENCH_FILE, BenchError, load
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus
 from simslm.speech.manifest import read_manifest
@@ -46,6 +46,10 @@ class BenchBuildConfig(Config):
     """tsc: stories to use (at most)."""
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
+    slamkit_pairs: bool = False
+    """Also write `slamkit/`: the same pairs as slamkit's speech-only evaluator reads them (ModellingMetricDataset:
+    `<n><sep>...wav`, sorted by n and paired in order; here the positive at an even n, its negative at the next,
+    so the file system's order cannot swap them; sep '+' for sBLIMP, '_' for tSC, whose sides are whole stories)."""
     audio_format: Literal["flac", "wav"] = "flac"
     """Audio files to write; wav makes a tsc folder's audio/ one that slamkit's cross-modal evaluator
     (`cm_storycloze`, `*_correct.wav` with `_incorrect` and `_mutual` beside, and their .txt) reads as it is."""
@@ -176,6 +180,26 @@ class BenchKind:
 
 BENCH_KINDS: dict[str, BenchKind] = {"sblimp": BenchKind(_build_sblimp, "slm21"),
                                      "tsc": BenchKind(_build_tsc, "cross-modal")}
+# The separator slamkit's metric functions split file names on (metric/modelling_metric.py).
+SLAMKIT_SEPARATORS = {"sblimp": "+", "tsc": "_"}
+
+
+def write_slamkit_pairs(out: Path, kind: str) -> int:
+    """The benchmark's pairs again under `out/slamkit`, speech only, named as slamkit's evaluator pairs them."""
+    from simslm.speech import audio
+
+    separator = SLAMKIT_SEPARATORS[kind]
+    folder = out / "slamkit"
+    _, pairs = load(out, "S")
+    for number, pair in enumerate(pairs):
+        name = "".join(char if char.isalnum() or char in "-." else "-" for char in pair.id)
+        for offset, (side, role) in enumerate(((pair.positive, "correct"), (pair.negative, "incorrect"))):
+            # A tSC side is its context and ending spoken one after the other: the whole story.
+            samples = np.concatenate([audio.load_audio(part.audio) for part in side])
+            audio.write_audio(folder / f"{2 * number + offset}{separator}{name}_{role}.wav", samples)
+    jobs.write_json(folder / BENCH_FILE, {"layout": "slamkit-pairs", "separator": separator,
+                                          "note": "speech-only pairs in slamkit's ModellingMetricDataset naming"})
+    return len(pairs)
 
 
 def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
@@ -184,6 +208,8 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     kind = BENCH_KINDS[config.kind]
     records, num_items = kind.build(config, out)
+    if config.slamkit_pairs:
+        write_slamkit_pairs(out, config.kind)
     skipped = sum(1 for record in records.values() if "skipped" in record)
     meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
             "config": config.to_dict(),

@@ -181,6 +181,21 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
     return pairs
 
 
+def load_slamkit_pairs(folder: Path) -> list[Pair]:
+    """slamkit's speech-only layout (ModellingMetricDataset): `<n><sep>...wav` sorted by n, taken two by two as
+    (positive, negative); the separator is in the folder's bench.json."""
+    separator = jobs.read_json(folder / BENCH_FILE).get("separator", "_")
+    files = list(folder.glob("*.wav"))
+    try:
+        files.sort(key=lambda path: int(path.name.split(separator)[0]))
+    except ValueError:
+        raise BenchError(f"{folder}: a .wav name does not start with a number and '{separator}'") from None
+    if len(files) % 2:
+        raise BenchError(f"{folder}: {len(files)} .wav files cannot form pairs")
+    return [Pair(files[i].stem, "all", (Part("speech", audio=str(files[i])),), (Part("speech", audio=str(files[i + 1])),))
+            for i in range(0, len(files), 2)]
+
+
 def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
     """Sub-folders name groups (speakers, say); files that all sit in one folder form the group `all`."""
     return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
@@ -212,6 +227,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            lambda folder, mode: load_storycloze(folder)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
+    # Named by its bench.json only: its files match no other layout's pattern reliably.
+    Layout("slamkit-pairs", lambda folder: False, lambda folder, mode: load_slamkit_pairs(folder)),
 )}
 
 
