@@ -353,7 +353,7 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.textlm", "TextLMConfig"), _textlm),
     Command(("bench", "build"), "synthesise an offline sBLIMP- or tSC-style benchmark",
             _config("simslm.eval.benchbuild", "BenchBuildConfig"), _bench_build),
-    Command(("eval",), "score a trained run on benchmarks; writes RUN/eval.json",
+    Command(("eval",), "score a run or a model folder on benchmarks; writes eval.json into it",
             _config("simslm.eval.evaluate", "EvalConfig"), _eval, positional=("run",)),
     Command(("sweep", "plan"), "spec JSON -> sweep.json with content-hashed run ids",
             _config("simslm.scaling.sweep", "PlanSweepConfig"), _sweep_plan, positional=("spec",)),
