@@ -197,3 +197,31 @@ def test_the_attention_kernel_falls_back_to_sdpa_without_flash_attn_or_cuda():
     assert attention_kernel("auto", "cpu") == "sdpa" and attention_kernel("eager", "cuda") == "eager"
     expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
     assert attention_kernel("auto", "cuda:0") == expected
+
+
+def test_a_loss_that_is_no_longer_finite_stops_the_run_without_a_result(data, tmp_path):
+    run = tmp_path / "diverged"
+    with pytest.raises(ValueError, match="the loss became"):
+        train(_config(data, run, budget_tokens=12 * 4 * 64, lr=1e10, lr_min=0.0, warmup_fraction=0.0))
+    assert not (run / "result.json").exists() and not (run / "model").exists()
+
+
+def test_a_torn_metrics_line_and_garbage_checksums_still_resume(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    finished = train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))
+    (run / "result.json").unlink()
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 9, "lo')  # a kill in the middle of a line
+    (run / "checkpoints" / "step-00000008" / "checksums.json").write_text("not json at all")
+    again = train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))
+    assert "checksums.json is unreadable" in capsys.readouterr().err  # fell back to step 4
+    assert again.steps == finished.steps and again.final_train == finished.final_train
+
+
+def test_resuming_with_another_number_of_processes_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    train(_config(data, run, budget_tokens=4 * 4 * 64))
+    plan = json.loads((run / "plan.json").read_text())
+    (run / "plan.json").write_text(json.dumps({**plan, "world_size": 2}))
+    with pytest.raises(ValueError, match="planned for 2 process"):
+        train(_config(data, run, budget_tokens=4 * 4 * 64))

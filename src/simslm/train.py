@@ -297,7 +297,13 @@ def checkpoint_problem(folder: Path) -> str | None:
     listing = folder / "checksums.json"
     if not listing.exists():
         return "no checksums.json (written last: the save did not finish)"
-    for name, digest in json.loads(listing.read_text()).items():
+    try:
+        checksums = json.loads(listing.read_text())
+        if not isinstance(checksums, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        return "checksums.json is unreadable"
+    for name, digest in checksums.items():
         if not (folder / name).exists():
             return f"{name} is missing"
         if _sha256(folder / name) != digest:
@@ -424,6 +430,14 @@ def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast) ->
     return (losses * masks[0]).sum(), sums
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line, None for a torn or foreign one (a kill mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _to_device(batch, device: str):
     import torch
 
@@ -479,10 +493,18 @@ def train(config: TrainConfig) -> RunResult | None:
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = run_dir / "config.json"
-        if previous.exists() and TrainConfig.from_dict(jobs.read_json(previous), source=str(previous)) != config:
+        # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
+        if previous.exists() and dataclasses.replace(TrainConfig.from_dict(jobs.read_json(previous), source=str(
+                previous)), run_dir=config.run_dir) != config:
             raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
         jobs.write_json(previous, config.to_dict())
-        jobs.write_json(run_dir / "plan.json", asdict(plan))
+        planned = run_dir / "plan.json"
+        if planned.exists() and jobs.read_json(planned).get("world_size", plan.world_size) != plan.world_size:
+            # A different number of processes changes the tokens per step and so the schedule: refused,
+            # rather than silently re-planned midway (the lr would jump and result.json undercount).
+            raise ValueError(f"{run_dir} was planned for {jobs.read_json(planned)['world_size']} process(es), "
+                             f"this run has {plan.world_size}; resume it with the same number")
+        jobs.write_json(planned, asdict(plan))
     model.to(distributed.device).train()
     if config.fsdp:
         if distributed.world_size < 2:
@@ -506,9 +528,9 @@ def train(config: TrainConfig) -> RunResult | None:
     metrics_path = run_dir / "metrics.jsonl"
     if distributed.is_main and metrics_path.exists():
         # Steps logged after the checkpoint we resume from are done again.
-        kept = [line for line in metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in metrics_path.read_text(errors="replace").splitlines()
+                if _logged_step(line) is not None and _logged_step(line) <= start_step]
+        jobs.write_text(metrics_path, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(model) if data_parallel else model
     on_cuda = distributed.device.startswith("cuda")
@@ -543,6 +565,10 @@ def train(config: TrainConfig) -> RunResult | None:
         optimizer.zero_grad(set_to_none=True)
         totals = distributed.all_sum(totals)
         done = step + 1
+        if not math.isfinite(totals[0]):
+            # Nothing after this is worth keeping: no checkpoint, no model, no result.json.
+            raise ValueError(f"{run_dir}: the loss became {totals[0]} at step {done}; lower --lr (now {config.lr}) "
+                             f"or --grad-clip, and start a new run_dir")
         if distributed.is_main:
             elapsed = time.perf_counter() - step_started
             tokens_per_sec = plan.tokens_per_step / elapsed

@@ -61,3 +61,16 @@ def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
         evaluate_run(EvalConfig(run=str(folder), bench=("validation",)))
     with pytest.raises(ValueError, match="neither a run folder"):
         evaluate_run(EvalConfig(run=str(tmp_path), **config))
+
+
+def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(trained_run, tmp_path):
+    import pytest
+
+    run, bench = trained_run
+    evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",), num_resamples=20))
+    before = (run / "eval.json").read_text()
+    (tmp_path / "no-units" / "shards").mkdir(parents=True)  # pre-extracted units of other audio: none match
+    with pytest.raises(ValueError, match="no pair could be scored"):
+        evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",),
+                                units=str(tmp_path / "no-units")))
+    assert (run / "eval.json").read_text() == before

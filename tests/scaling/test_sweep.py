@@ -79,6 +79,18 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
     assert "total: 4 done" in table
     rows = sweep.collect(tmp_path)
     assert {row["loss_source"] for row in rows} == {"validation"} and len(rows) == 4
+    # A copied sweep reads its own runs: the same ledger and the same numbers.
+    import shutil
+
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved)
+    assert sweep.status_counts(moved) == {"done": 4}
+    assert [row["loss_speech"] for row in sweep.collect(moved)] == [row["loss_speech"] for row in rows]
+    assert all(row["run_dir"].startswith(str(moved)) for row in sweep.collect(moved))
+    empty = tmp_path.parent / f"{tmp_path.name}-empty"
+    sweep.plan_sweep(_spec(data), empty)
+    with pytest.raises(ValueError, match="no finished run"):  # an empty fit.json would replace a good one
+        sweep.fit_sweep(empty)
 
 
 @pytest.mark.slow

@@ -172,6 +172,10 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     for mode, pairs in pairs_by_mode.items():
         started = time.perf_counter()
         scores = score_pairs(context.model, pairs, context.vocabulary, units_of, config, context.device)
+        if not len(scores.positive):
+            # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
+            raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
+                             f"the units of their audio are missing)")
         accuracy = accuracy_with_ci(pair_outcomes(scores.positive, scores.negative), scores.groups, **interval)
         plain = None
         if scores.without_baseline is not None:

@@ -107,12 +107,11 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                           "validation_data": spec.validation_data or None}
                 config = asdict(TrainConfig(run_dir="", **values))
                 identifier = run_id(variant.name, depth, budget, config)
-                config["run_dir"] = str(out / "runs" / identifier)
+                config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
                 runs.append({"id": identifier, "variant": variant.name, "depth": depth, "budget_flops": float(budget),
                              "config": config})
-    sweep = {"spec": _jsonable(asdict(spec)), "runs": runs}
-    jobs.write_json(out / SWEEP_FILE, sweep)
-    return sweep
+    jobs.write_json(out / SWEEP_FILE, {"spec": _jsonable(asdict(spec)), "runs": runs})
+    return load_sweep(out)
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,10 +119,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
+    """sweep.json, each run's folder placed under this sweep folder (wherever it is now: a copied or
+    moved sweep keeps its ledger)."""
     path = Path(folder) / SWEEP_FILE
     if not path.exists():
         raise ValueError(f"{folder}: no {SWEEP_FILE}; run `simslm sweep plan` first")
-    return jobs.read_json(path)
+    sweep = jobs.read_json(path)
+    for run in sweep["runs"]:
+        run["config"]["run_dir"] = str(Path(folder) / "runs" / run["id"])
+    return sweep
 
 
 # --- the ledger ---------------------------------------------------------------------------------
@@ -329,6 +333,9 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
 
 
     rows = collect(sweep_dir)
+    if not rows:
+        # An empty fit.json would replace a good one: refused instead.
+        raise ValueError(f"{sweep_dir}: no finished run to fit (see `simslm sweep status {sweep_dir}`)")
     fits: dict[str, Any] = {"convention": convention, "loss": "speech-only cross-entropy (validation when given)",
                             "variants": {}}
     for variant in sorted({row["variant"] for row in rows}):
