@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,18 @@ def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path
     samples = audio.load_audio(pairs[0].positive[0].audio)
     assert len(samples) == 16000 and pairs[0].positive[0].text == "He went home."
     assert load(tmp_path)[1][0].positive[0].audio == pairs[0].positive[0].audio  # cached, not rewritten
+    # Ids come from the data: one that is a path names a file inside the cache all the same.
+    escape = tmp_path / "outside"
+    rows = [{"id": identifier, "correct_text": "a.", "negative_text": "b.",
+             "correct_audio": {"bytes": wav_bytes(220), "path": "/x/../a.wav"},
+             "negative_audio": {"bytes": wav_bytes(330), "path": "b"}}
+            for identifier in (str(escape / "abs"), "../../" + str(escape.name) + "/rel", "..")]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "evil.parquet")
+    _, evil = load(tmp_path)
+    cache = Path(evil[0].positive[0].audio).parents[2]
+    assert not escape.exists() and len({p.positive[0].audio for p in evil}) == len(evil)
+    assert all(Path(part.audio).resolve().is_relative_to(cache.resolve()) for p in evil for part in p.positive)
+    (tmp_path / "evil.parquet").unlink()
     pq.write_table(pa.Table.from_pylist([{"id": "x"}]), tmp_path / "sSC" / "bm" / "train-00001.parquet")
     with pytest.raises(BenchError, match="train-00001.parquet: no column"):
         load(tmp_path)

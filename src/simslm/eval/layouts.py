@@ -22,6 +22,8 @@ re-creations with espeak-ng voices, not the published sets; `bench.json` says so
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -143,6 +145,19 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
 HF_COLUMNS = ("id", "correct_text", "correct_audio", "negative_text", "negative_audio")
 
 
+def _safe_name(value: Any) -> str:
+    """A file name from a value found in data: nothing but letters, digits, '.', '_' and '-', and a hash of the
+    value, so an id such as '/etc/x' or '../../x' names a file inside the cache and two ids never share one."""
+    text = str(value)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text).strip('.')[:80]}-{digest}"
+
+
+def _safe_suffix(path: Any) -> str:
+    suffix = Path(str(path or "")).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".wav"
+
+
 def load_hf_parquet(folder: Path) -> list[Pair]:
     """The multi-speaker StoryCloze as the HF hub stores it (`slprl/multispeaker-storycloze`).
 
@@ -151,8 +166,6 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
     shard's folder is the pair's group. Audio bytes are written once to the cache as files,
     so extraction reads them like any benchmark audio.
     """
-    import hashlib
-
     import pyarrow.parquet as parquet
 
     shards = sorted(folder.rglob("*.parquet"))
@@ -171,8 +184,7 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
                 blob = row[f"{side}_audio"] or {}
                 if not blob.get("bytes"):
                     raise BenchError(f"{shard}: row {row['id']} has no {side}_audio bytes")
-                suffix = Path(blob.get("path") or "x.wav").suffix or ".wav"
-                path = cache / group / f"{row['id']}_{side}{suffix}"
+                path = cache / group / f"{_safe_name(row['id'])}_{side}{_safe_suffix(blob.get('path'))}"
                 if not path.exists():
                     with jobs.atomic_path(path) as temporary:
                         temporary.write_bytes(blob["bytes"])
