@@ -1,9 +1,10 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile
 
-from simslm.speech.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
+from simslm.speech.manifest import ManifestError, Utterance, Word, read_manifest, validate_manifest, write_manifest
 
 
 def _utterance(**changes):
@@ -55,3 +56,18 @@ def test_empty_and_missing_manifests_are_problems(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     assert "no utterances" in validate_manifest(tmp_path / "empty.jsonl")[0].message
     assert "does not exist" in validate_manifest(tmp_path / "nope.jsonl")[0].message
+
+
+def test_non_finite_numbers_and_duplicate_ids_are_refused(tmp_path):
+    good = _utterance().to_json()
+    lines = [good, {**good, "id": "u2", "duration_sec": float("nan")},
+             {**good, "id": "u3", "words": [{"word": "hello", "start_sec": float("inf"), "end_sec": 1.0}]},
+             {**good, "id": "u1"}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))  # json writes NaN and Infinity
+    problems = [str(problem) for problem in validate_manifest(path, check_audio=False)]
+    assert any(":2:" in p and "duration_sec is not a finite number" in p for p in problems)
+    assert any(":3:" in p and "word 0 time is not a finite number" in p for p in problems)
+    assert any(":4:" in p and "duplicate id" in p for p in problems)
+    with pytest.raises(ManifestError, match="duplicate id"):
+        read_manifest(path)

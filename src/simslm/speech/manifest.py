@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,12 @@ class Utterance:
         _expect_type(record, "transcript", str)
         _expect_type(record, "sample_rate", int)
         _expect_type(record, "duration_sec", (int, float))
+        # JSON allows NaN and Infinity; no time or rate can be either.
+        numbers = [("duration_sec", record["duration_sec"]), ("sample_rate", record["sample_rate"])] + [
+            (f"word {index} time", value) for index, w in enumerate(words or ()) for value in (w.start_sec, w.end_sec)]
+        bad = next((name for name, value in numbers if not math.isfinite(value)), None)
+        if bad:
+            raise ValueError(f"{bad} is not a finite number")
         return cls(id=record["id"], audio=record["audio"], sample_rate=record["sample_rate"],
                    duration_sec=float(record["duration_sec"]), transcript=record["transcript"],
                    speaker=str(record.get("speaker", "unknown")), words=words,
@@ -181,9 +188,15 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Pr
 
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read a manifest; raise `ManifestError` listing every line that does not parse."""
-    utterances, problems = [], []
-    for _, item in iter_manifest(path):
-        (problems if isinstance(item, Problem) else utterances).append(item)
+    utterances, problems, seen = [], [], {}
+    for line, item in iter_manifest(path):
+        if isinstance(item, Problem):
+            problems.append(item)
+        elif item.id in seen:  # stages key utterances by id: a second one would silently replace the first
+            problems.append(Problem(str(path), line, f"{item.id}: duplicate id (first on line {seen[item.id]})"))
+        else:
+            seen[item.id] = line
+            utterances.append(item)
     if problems:
         raise ManifestError(problems)
     return utterances
