@@ -67,3 +67,12 @@ def test_slamkit_features_import_as_a_units_folder(tmp_path):
     assert imported["audio2"].units.tolist() == [3, 49, 7, 254] and imported["audio2"].frame_rate_hz == 25.0
     assert imported["audio1"].num_frames == 5
     assert json.loads((tmp_path / "units" / "units.json").read_text())["k"] == 500
+
+
+def test_a_codebook_from_too_few_frames_is_refused(synthetic_corpus, tmp_path):
+    from simslm.units.extract import FitConfig, fit_codebook
+
+    with pytest.raises(ValueError, match="at least 50000 are needed"):
+        fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "km"), num_units=5000,
+                               num_workers=1))
+    assert not (tmp_path / "km.npy").exists()

@@ -132,6 +132,9 @@ def _records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
             for u in read_manifest(manifest)]
 
 
+MIN_FRAMES_PER_UNIT = 10
+
+
 def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
     spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
@@ -152,6 +155,12 @@ def fit_codebook(config: FitConfig) -> Path:
     if not features:
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({len(skipped)} skipped)")
     stacked = np.concatenate(features)
+    # Fewer than a few frames per centroid gives centroids that are single frames, units that
+    # mean nothing (faiss itself warns below 39 per centroid): refused rather than written.
+    if len(stacked) < MIN_FRAMES_PER_UNIT * config.num_units:
+        raise ValueError(f"{config.manifest}: {len(stacked)} frames for k-means with {config.num_units} units; at "
+                         f"least {MIN_FRAMES_PER_UNIT * config.num_units} are needed ({MIN_FRAMES_PER_UNIT} per "
+                         f"unit): fit on more utterances or ask for fewer --num-units")
     backend = kmeans.available_backend() if config.backend == "auto" else config.backend
     centroids = kmeans.fit(stacked, config.num_units, seed=config.seed, backend=backend)
     used = [r for r in records if r["id"] not in skipped]
