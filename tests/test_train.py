@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import RunResult, TrainConfig, checkpoint_problem, learning_rate, make_plan, train
 
@@ -225,3 +226,23 @@ def test_resuming_with_another_number_of_processes_is_refused(data, tmp_path):
     (run / "plan.json").write_text(json.dumps({**plan, "world_size": 2}))
     with pytest.raises(ValueError, match="planned for 2 process"):
         train(_config(data, run, budget_tokens=4 * 4 * 64))
+
+
+def test_data_built_with_another_tokenizer_is_refused_before_training(data, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = tmp_path / "other-lm"  # a base model whose vocabulary is not the data's (tok512)
+    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(other)
+    with pytest.raises(ValueError, match="built with another tokenizer"):
+        train(_config(data, tmp_path / "run", base_model=str(other), budget_tokens=4 * 4 * 64))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_path, capsys):
+    loader_batches = PackedLoader(data, 4).batches_per_epoch()
+    for passes, warned in ((2, False), (5, True)):
+        run = tmp_path / f"run{passes}"
+        train(_config(data, run, budget_tokens=passes * loader_batches * 4 * 64, checkpoint_every=1000))
+        assert json.loads((run / "plan.json").read_text())["data_passes"] == pytest.approx(passes, abs=1e-3)
+        assert ("passes repeat data" in capsys.readouterr().err) == warned

@@ -121,6 +121,13 @@ class Plan:
     context_length: int
     world_size: int
     vocab_size: int
+    data_passes: float | None = None
+    """How many times the run reads its data (None when not known); above MAX_DATA_PASSES it warns."""
+
+
+# Muennighoff et al. (2023), "Scaling Data-Constrained Language Models": up to about 4 passes
+# over the data are nearly as good as fresh tokens; past that, returns fall off fast.
+MAX_DATA_PASSES = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,8 +204,11 @@ class RunResult:
         return Path(run_dir) / self.model_dir
 
 
-def make_plan(config: TrainConfig, model, context_length: int, world_size: int, vocab_size: int) -> Plan:
-    """Steps from the budget: tokens = C / (6N) (or the token budget), steps = tokens / tokens per step."""
+def make_plan(config: TrainConfig, model, context_length: int, world_size: int, vocab_size: int,
+              batches_per_epoch: int | None = None) -> Plan:
+    """Steps from the budget: tokens = C / (6N) (or the token budget), steps = tokens / tokens per step.
+
+    `batches_per_epoch` (per process, from the loader) gives the passes over the data."""
     flops = model_lib.flops_per_token(model, context_length)
     tokens_per_step = config.batch_size * config.grad_accumulation * world_size * context_length
     budget_tokens = config.budget_tokens if config.budget_tokens is not None else config.budget_flops / flops["all_params"]
@@ -208,7 +218,9 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
     return Plan(total_steps=total_steps, warmup_steps=warmup_steps, tokens_per_step=tokens_per_step,
                 total_tokens=total_tokens, total_flops=flops["all_params"] * total_tokens, flops_per_token=flops,
                 parameter_groups=asdict(model_lib.parameter_groups(model)), context_length=context_length,
-                world_size=world_size, vocab_size=vocab_size)
+                world_size=world_size, vocab_size=vocab_size,
+                data_passes=(round(total_steps * config.grad_accumulation / batches_per_epoch, 3)
+                             if batches_per_epoch else None))
 
 
 def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
@@ -230,13 +242,25 @@ def attention_kernel(choice: str, device: str) -> str:
     return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
-def build_model(config: TrainConfig, vocab_size: int, context_length: int, device: str = "cpu"):
-    """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`."""
+# A model may have more embedding rows than its tokenizer has tokens (Qwen2.5 pads 151,665 to
+# 151,936); more than this many extra, or fewer rows than tokens, means another tokenizer.
+ROW_PADDING_SLACK = 1024
+
+
+def build_model(config: TrainConfig, vocab_size: int, context_length: int, device: str = "cpu",
+                text_vocab_size: int | None = None):
+    """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; `text_vocab_size` (the
+    data's text tokens) is checked against the model's rows."""
     if config.base_model.startswith("family:"):
         depth = int(config.base_model.split(":", 1)[1])
         model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
     else:
         model = model_lib.load_base_model(config.base_model)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if text_vocab_size is not None and not text_vocab_size <= rows <= text_vocab_size + ROW_PADDING_SLACK:
+            raise ValueError(f"{config.data}: its tokenizer has {text_vocab_size} text tokens but {config.base_model} "
+                             f"has {rows} embedding rows: the data was built with another tokenizer (build it with "
+                             f"--tokenizer {config.base_model})")
         if config.init == "random":
             model = model_lib.reinitialise(model, config.seed)
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
@@ -488,8 +512,13 @@ def train(config: TrainConfig) -> RunResult | None:
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
     context_length = int(loader.index["context_length"])
-    model = build_model(config, len(vocabulary), context_length, distributed.device)
-    plan = make_plan(config, model, context_length, distributed.world_size, len(vocabulary))
+    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary.unit_offset)
+    plan = make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
+                     loader.batches_per_epoch())
+    if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:
+        print(f"simslm train: warning: the budget reads {config.data} {plan.data_passes:.1f} times (more than "
+              f"{MAX_DATA_PASSES} passes repeat data past the point of use, Muennighoff et al. 2023); build more "
+              f"data or lower the budget", file=sys.stderr)
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = run_dir / "config.json"
