@@ -259,6 +259,8 @@ def _fit(config) -> int:
               f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
         print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
               f"(approach 2: {fit['approach2']['a']:.3f}, approach 1: {fit['approach1']['a']:.3f})")
+        for warning in fit.get("warnings", []):
+            print(f"  warning: {warning}")
     print(f"-> {out}")
     return 0
 
@@ -280,6 +282,9 @@ def _plan(config) -> int:
     parameters = model.family_parameters(depth, config.vocab_size)
     print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} parameters "
           f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
+    if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
+        print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
+              f"{plan['n_opt'] / parameters:.3g}x larger than it")
     return 0
 
 

@@ -248,7 +248,10 @@ def family_parameters(depth: int, vocab_size: int) -> int:
     return vocab_size * width + depth * per_layer + width
 
 
-def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = 48) -> int:
+FAMILY_MAX_DEPTH = 48
+
+
+def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH) -> int:
     """The depth whose total parameter count is closest to the target (in log space)."""
     return min(range(1, max_depth + 1),
                key=lambda d: abs(np.log(family_parameters(d, vocab_size)) - np.log(target_parameters)))

@@ -9,6 +9,7 @@ from simslm.scaling.fit import (
     approach1,
     approach2,
     approach3,
+    fit_all,
     fit_law,
     metric_power_law,
     plan_compute,
@@ -90,3 +91,33 @@ def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):
     table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,,3.0\n4e6,6e12,3.05\n")
     with pytest.raises(ValueError, match=r"published.csv:3: needs numeric"):
         read_table(table)
+    table.write_text("parameters,flops,loss\n1e6,6e12,3.1\n2e6,6e12,nan\n4e6,6e12,3.05\n")
+    with pytest.raises(ValueError, match=r"published.csv:3: loss must be a finite number above 0"):
+        read_table(table)
+    table.write_text("parameters,flops,loss\n-1e6,6e12,3.1\n2e6,6e12,3.0\n4e6,6e12,3.05\n")
+    with pytest.raises(ValueError, match=r"published.csv:2: parameters must be a finite number above 0"):
+        read_table(table)
+
+
+def test_a_table_without_budgets_is_bootstrapped_over_rows_and_its_intervals_cover_the_law(tmp_path):
+    points = _isoflop_grid(TRUE, noise=0.005, seed=3)
+    table = tmp_path / "runs.csv"
+    table.write_text("parameters,tokens,loss\n" + "".join(
+        f"{float(n)!r},{float(d)!r},{float(loss)!r}\n" for n, d, loss in zip(points.parameters, points.tokens,
+                                                                      points.loss)))
+    read = read_table(table)
+    assert read.budget is None  # no budget or flops column: no isoFLOP groups
+    fit = approach3(read, num_resamples=100, seed=0)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        low, high = fit["ci"][name]
+        assert low < high, name  # grouped by each row's own 6ND, every resample was the data: zero width
+        assert low <= getattr(TRUE, name) <= high, (name, low, high)
+
+
+def test_a_fit_says_when_it_is_not_sure():
+    few = _isoflop_grid(TRUE, noise=0.01).subset(np.arange(0, 35, 5))  # 7 points, one size per budget
+    fit = fit_all(few, num_resamples=20)
+    text = " ".join(fit["warnings"])
+    assert "only 7 points for a 5-parameter law" in text
+    assert "approach 2 could not be computed: no budget has runs of 3 or more sizes" in text
+    assert fit_all(_isoflop_grid(TRUE, noise=0.005), num_resamples=20)["warnings"] == []

@@ -73,3 +73,10 @@ def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
     printed = float(out.split("N_opt = ")[1].split()[0])
     assert abs(np.log(printed / n_opt)) < 0.05
     assert "nearest family member" in out and "[" in out  # bootstrap interval printed
+
+
+def test_plan_says_when_it_caps_the_family(capsys):
+    assert main(["plan", "--flops", "1e24"]) == 0
+    assert "capped at the family's largest member (depth 48)" in capsys.readouterr().out
+    assert main(["plan", "--flops", "1e15"]) == 0
+    assert "capped" not in capsys.readouterr().out

@@ -82,7 +82,10 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
 
     `convention` = all (N counts every parameter) or non_embedding (reads
     `non_embedding_parameters`). Missing tokens come from flops / 6N. Rows that lack a
-    value are reported with their line number.
+    value, or hold one that is not a finite positive number, are reported with their line.
+    The isoFLOP groups are the `budget` column, else the `flops` column as written (not
+    recomputed as 6ND, whose rounding would split a group); a table with neither has no
+    groups, and its bootstrap resamples rows freely.
     """
     path = Path(path)
     if path.suffix == ".csv":
@@ -98,16 +101,24 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
             tokens = float(row["tokens"]) if row.get("tokens") not in (None, "") else \
                 float(row["flops"]) / (6.0 * parameters)
             loss = float(row[loss_column])
-        except (KeyError, TypeError, ValueError):
+            group = row.get("budget") if row.get("budget") not in (None, "") else row.get("flops")
+            group = float(group) if group not in (None, "") else None
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
             raise ValueError(f"{path}:{line}: needs numeric {parameter_column}, tokens or flops, and "
                              f"{loss_column}") from None
+        bad = next((name for name, value in ((parameter_column, parameters), ("tokens", tokens), (loss_column, loss),
+                                             ("budget", group if group is not None else 1.0))
+                    if not (math.isfinite(value) and value > 0)), None)
+        if bad:
+            raise ValueError(f"{path}:{line}: {bad} must be a finite number above 0")
         values["parameters"].append(parameters)
         values["tokens"].append(tokens)
         values["loss"].append(loss)
-        values["budget"].append(float(row.get("budget") or 6.0 * parameters * tokens))
+        values["budget"].append(group)
     if len(values["loss"]) < 3:
         raise ValueError(f"{path}: a fit needs at least 3 rows, found {len(values['loss'])}")
-    return Points(*(np.asarray(values[k]) for k in ("parameters", "tokens", "loss", "budget")))
+    budgets = None if any(b is None for b in values["budget"]) else np.asarray(values["budget"])
+    return Points(*(np.asarray(values[k]) for k in ("parameters", "tokens", "loss")), budgets)
 
 
 # --- power laws ---------------------------------------------------------------------------------
@@ -128,8 +139,12 @@ def _interval(samples: np.ndarray, confidence: float = 0.95) -> list[float]:
 
 
 def _resample(points: Points, rng: np.random.Generator) -> Points:
-    """Bootstrap: runs drawn with replacement within each budget (so every budget keeps its size)."""
-    budgets = points.budget if points.budget is not None else points.flops
+    """Bootstrap: runs drawn with replacement within each budget (so every budget keeps its size);
+    points without budgets are drawn freely (grouping by their own 6ND would make each its own
+    stratum, and every resample the data itself)."""
+    if points.budget is None:
+        return points.subset(rng.integers(0, len(points), len(points)))
+    budgets = points.budget
     index = np.concatenate([rng.choice(np.flatnonzero(budgets == b), np.sum(budgets == b))
                             for b in np.unique(budgets)])
     return points.subset(index)
@@ -363,7 +378,33 @@ def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convent
                                      "source": "Cuervo & Marxer (2024)"}}
     result["metrics"] = {name: metric_power_law(flops, values, num_resamples=num_resamples, seed=seed)
                          for name, (flops, values) in (metrics or {}).items()}
+    result["warnings"] = fit_warnings(points, result)
     return result
+
+
+def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
+    """What makes a fit less sure than its intervals say: few points, a parameter on its bound, no approach 2."""
+    warnings = []
+    if len(points) < 2 * 5:
+        warnings.append(f"only {len(points)} points for a 5-parameter law (fewer than twice as many): its fit and "
+                        f"intervals are not to be trusted")
+    rows = np.stack([points.parameters, points.tokens, points.loss], axis=1)
+    duplicates = len(rows) - len(np.unique(rows, axis=0))
+    if duplicates:
+        warnings.append(f"{duplicates} row(s) repeat another one exactly: each counts twice in the fit")
+    law = fit["approach3"]["law"]
+    theta = (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
+    for name, value, (low, high) in zip(("A", "B", "E", "alpha", "beta"), theta, PARAMETER_BOUNDS):
+        if min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high)):
+            warnings.append(f"{name} ended on the bound of its search ({law[name]:.4g}): the data do not determine it")
+    if not np.isfinite(fit["approach2"]["a"]):
+        budgets = points.budget if points.budget is not None else points.flops
+        sized = sum(len(np.unique(points.parameters[budgets == b])) >= 3 for b in np.unique(budgets))
+        reason = ("no budget has runs of 3 or more sizes" if sized == 0 else
+                  f"only {len(fit['approach2']['vertices'])} of {sized} budgets with 3+ sizes have a minimum "
+                  f"(2 are needed)")
+        warnings.append(f"approach 2 could not be computed: {reason}")
+    return warnings
 
 
 def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
