@@ -220,7 +220,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     merged = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
     merged["benchmarks"].update({name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry
                                  for name, entry in results.items()})
-    merged["model_dir"] = str(run_dir / "model")
+    merged["model_dir"] = "model" if run_config is not None else "."  # relative to the folder eval.json is in
     jobs.write_json(eval_path, merged)
     return results
 
