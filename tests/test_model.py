@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -192,3 +194,22 @@ def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(t
     with pytest.raises(ValueError, match="embedding rows"):
         model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "x"),
                                                    tokenizer="stories260K", num_units=20))
+
+
+def test_the_units_pointer_moves_with_the_model_folder(tmp_path):
+    from simslm.model import MODEL_UNITS_FILE, units_pointer, write_units_pointer
+
+    (tmp_path / "a" / "units").mkdir(parents=True)
+    (tmp_path / "a" / "model").mkdir()
+    write_units_pointer(tmp_path / "a" / "model", tmp_path / "a" / "units")
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert units_pointer(tmp_path / "b" / "model").resolve() == (tmp_path / "b" / "units").resolve()
+    # A model folder copied on its own falls back to where the units were when it was written.
+    write_units_pointer(tmp_path / "b" / "model", tmp_path / "b" / "units")
+    (tmp_path / "b" / "model").rename(tmp_path / "model")
+    assert units_pointer(tmp_path / "model").resolve() == (tmp_path / "b" / "units").resolve()
+    (tmp_path / "model").rename(tmp_path / "b" / "model")
+    # A pointer written as an absolute path (older model folders) still reads as that path.
+    (tmp_path / "b" / "model" / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": str(tmp_path / "x")}))
+    assert units_pointer(tmp_path / "b" / "model") == tmp_path / "x"
+    assert units_pointer(tmp_path) is None

@@ -271,6 +271,24 @@ def build_family_model(depth: int, vocab_size: int, seed: int, context_length: i
 MODEL_UNITS_FILE = "simslm_units.json"
 
 
+def write_units_pointer(model_dir: Path, units_folder: str | os.PathLike) -> None:
+    """Record `units_folder` beside the model: relative to the model folder, so both can move together,
+    and absolute, so a model folder copied on its own still finds it."""
+    absolute = Path(units_folder).resolve()
+    (Path(model_dir) / MODEL_UNITS_FILE).write_text(json.dumps(
+        {"units_folder": os.path.relpath(absolute, Path(model_dir).resolve()), "absolute": str(absolute)}))
+
+
+def units_pointer(model_dir: Path) -> Path | None:
+    """The units folder a model folder names (the relative form first), or None when it names none."""
+    pointer = Path(model_dir) / MODEL_UNITS_FILE
+    if not pointer.exists():
+        return None
+    recorded = json.loads(pointer.read_text())
+    relative = Path(model_dir) / recorded["units_folder"]  # an absolute path (older folders) stays as is
+    return relative if relative.exists() or "absolute" not in recorded else Path(recorded["absolute"])
+
+
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Save model and tokenizer so that plain `from_pretrained` loads both (safetensors)."""
     folder = Path(folder)
@@ -371,5 +389,5 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
         save_model(model, None, out)
         vocabulary.save(out)
     if config.speech_units:
-        (out / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": str(Path(config.speech_units).resolve())}))
+        write_units_pointer(out, config.speech_units)
     return out

@@ -632,8 +632,7 @@ def train(config: TrainConfig) -> RunResult | None:
         vocabulary.save(run_dir / "model")
         units_folder = jobs.read_json(Path(config.data) / "index.json")["config"].get("units")
         if units_folder:
-            jobs.write_json(run_dir / "model" / model_lib.MODEL_UNITS_FILE,
-                            {"units_folder": str(Path(units_folder).resolve())})
+            model_lib.write_units_pointer(run_dir / "model", units_folder)
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
         mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
                             if any(m[key] is not None for m in final) else None)

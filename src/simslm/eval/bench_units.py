@@ -10,7 +10,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.eval.layouts import Pair
-from simslm.model import MODEL_UNITS_FILE
+from simslm.model import units_pointer
 from simslm.units.extract import ExtractConfig, deduplicate, extract_units, read_units
 
 
@@ -29,8 +29,9 @@ def run_units_folder(run_dir: Path, speech_units: str | None = None) -> Path:
         if not units:
             raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
         return Path(units)
-    if (run_dir / MODEL_UNITS_FILE).exists():
-        return Path(jobs.read_json(run_dir / MODEL_UNITS_FILE)["units_folder"])
+    pointed = units_pointer(run_dir)
+    if pointed is not None:
+        return pointed
     raise ValueError(f"{run_dir}: the model folder does not say which units it reads; pass --speech-units FOLDER "
                      f"(the `simslm units extract` folder of its codebook)")
 

@@ -77,10 +77,6 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokenizer)
 
-    def encode_texts(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, without special tokens (BOS and markers are placed by the caller)."""
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
     def encode_samples(self, strings: list[str]) -> list[list[int]]:
         """Token ids of whole samples written out as strings (markers and `<unit_i>` inline), with the special
         tokens the tokenizer adds itself (BOS for Llama-3, none for Qwen2.5 or SmolLM2).
