@@ -1,10 +1,11 @@
 import json
 
+import pytest
 import torch
 
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.textlm import TextLMConfig, pretrain_family
+from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 from simslm.train import TrainConfig, train
 
 
@@ -24,7 +25,7 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
 
     # TWIST from the pretrained member: units are added after its vocabulary, which
     # already holds <text>, so every pretrained row (the markers' included) is kept.
-    source = members[1]["model_dir"]
+    source = str(tmp_path / "family" / members[1]["model_dir"])
     config, _, _ = extracted
     data = tmp_path / "slm-data"
     build_sequences(BuildConfig(out=str(data), tokenizer=source, manifest=config.manifest,
@@ -42,3 +43,16 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     assert slm.get_input_embeddings().weight.shape[0] == len(vocabulary)
     assert torch.allclose(slm.get_input_embeddings().weight[:old_rows], pretrained.get_input_embeddings().weight,
                           atol=1e-6)
+
+    # Sequences built with the bare base tokenizer would put units on the family's marker rows:
+    # refused, naming the tokenizer to use.
+    bare = tmp_path / "bare-data"
+    build_sequences(BuildConfig(out=str(bare), tokenizer="stories260K", manifest=config.manifest,
+                                units=config.out, streams=("interleaved",), context_length=32))
+    with pytest.raises(ValueError, match="another tokenizer") as refused:
+        train(TrainConfig(run_dir=str(tmp_path / "wrong"), data=str(bare), base_model=source,
+                          budget_tokens=2 * 4 * 32, batch_size=4))
+    assert "515 tokens, but the data's text tokens are 512" in str(refused.value)
+    assert family_tokenizer(tmp_path / "family") == tmp_path / "family" / json.loads(
+        (tmp_path / "family" / "family.json").read_text())["tokenizer"]
+    assert (tmp_path / "family" / members[0]["model_dir"] / "model.safetensors").exists()  # relative to the family

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import RunResult, TrainConfig, checkpoint_problem, learning_rate, make_plan, train
+from simslm.train import Plan, RunResult, TrainConfig, checkpoint_problem, learning_rate, make_plan, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,15 +220,59 @@ def test_a_torn_metrics_line_and_garbage_checksums_still_resume(data, tmp_path, 
     assert again.steps == finished.steps and again.final_train == finished.final_train
 
 
-def test_resuming_with_another_number_of_processes_is_refused(data, tmp_path):
+def test_resuming_with_another_number_of_processes_is_refused_unless_a_replan_is_allowed(data, tmp_path):
     run = tmp_path / "run"
     train(_config(data, run, budget_tokens=4 * 4 * 64))
     plan = json.loads((run / "plan.json").read_text())
     (run / "plan.json").write_text(json.dumps({**plan, "world_size": 2}))
-    with pytest.raises(ValueError, match="planned for 2 process"):
+    with pytest.raises(ValueError, match="planned for 2 process.*--allow-replan"):
         train(_config(data, run, budget_tokens=4 * 4 * 64))
 
 
+def test_a_replan_keeps_the_total_tokens_and_continues_the_schedule():
+    config = TrainConfig(run_dir="", data="", budget_tokens=2048, warmup_fraction=0.25)
+    two = Plan(total_steps=8, warmup_steps=2, tokens_per_step=256, total_tokens=2048, total_flops=0.0,
+               flops_per_token={"all_params": 6.0}, parameter_groups={}, context_length=64, world_size=2,
+               vocab_size=1)
+    one = dataclasses.replace(two, total_steps=16, warmup_steps=4, tokens_per_step=128, world_size=1)
+    replanned = two.replanned(one, 4)
+    assert replanned.total_steps == 12 and replanned.total_tokens == 2048 and replanned.tokens_before(12) == 2048
+    assert replanned.resumed_from == {"step": 4, "tokens": 1024, "world_size": 2}
+    # Step 4 + 2k of the re-planned run sits where step 4 + k of the first plan did.
+    for k in range(4):
+        assert learning_rate(4 + 2 * k, replanned, config) == pytest.approx(learning_rate(4 + k, two, config))
+    again = replanned.replanned(two, 8)  # back to 2 processes at step 8 (6 tokens-steps of the first plan)
+    assert again.total_tokens == 2048 and again.total_steps == 10
+    assert learning_rate(8, again, config) == pytest.approx(learning_rate(6, two, config))
+
+
+@pytest.mark.slow
+def test_a_run_of_two_processes_resumes_with_one_when_a_replan_is_allowed(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parallel = _config(data, tmp_path / "run", budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
+                       num_checkpoints_kept=10)
+    (tmp_path / "parallel.json").write_text(json.dumps(parallel.__dict__))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json")]
+    completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    run = tmp_path / "run"
+    first = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # As if killed after step 4 of 8.
+    (run / "result.json").unlink()
+    for step in (6, 8):
+        subprocess.run(["rm", "-r", str(run / "checkpoints" / f"step-{step:08d}")], check=True)
+    before = json.loads((run / "checkpoints" / "step-00000004" / "state.json").read_text())["wall_sec"]
+    result = train(dataclasses.replace(parallel, allow_replan=True))
+    assert result.wall_sec > before > 0  # wall time adds up across resumes
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["resumed_from"] == {"step": 4, "tokens": 4 * 256, "world_size": 2}
+    assert result.steps == 12 and result.tokens == 8 * 4 * 64  # 4 steps of 256 tokens, then 8 of 128
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in resumed] == list(range(1, 13)) and resumed[-1]["tokens"] == 8 * 4 * 64
+    # The schedule goes on by tokens: step 5 + 2k reads the lr the two processes used at step 5 + k.
+    for k in range(4):
+        assert resumed[4 + 2 * k]["lr"] == pytest.approx(first[4 + k]["lr"])
 def test_data_built_with_another_tokenizer_is_refused_before_training(data, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

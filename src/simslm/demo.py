@@ -91,7 +91,7 @@ def run_demo(config: DemoConfig) -> str:
     """Run every stage (skipping finished ones) and return the closing summary."""
     from simslm.scaling import report, sweep
     from simslm.speech import synth
-    from simslm.textlm import TextLMConfig, pretrain_family
+    from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,10 @@ def run_demo(config: DemoConfig) -> str:
                                      context_length=config.context_length, seed=config.seed))
 
     def build():
-        common = {"context_length": config.context_length, "seed": config.seed, "overwrite": True}
+        # The family's tokenizer (tok512 plus the markers its members trained), not the bare base one:
+        # units then come after the family's rows, and TWIST keeps every pretrained row as what it was.
+        common = {"context_length": config.context_length, "seed": config.seed, "overwrite": True,
+                  "tokenizer": str(family_tokenizer(out / "textlm"))}
         speech = {"manifest": str(out / "speech" / "manifest.jsonl"), "units": str(out / "units" / "speech")}
         # The paper mixes text-only, interleaved and speech-only data by sample ratios chosen so
         # that each stream gives the same number of tokens (slamkit's train_inter_scale.yaml):

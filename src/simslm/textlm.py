@@ -50,6 +50,17 @@ class TextLMConfig(Config):
             raise ConfigError(f"--depths must be positive depths, not {self.depths}")
 
 
+# Every member reads the same tokenizer: the base one plus simslm's markers. Sequences for TWIST
+# runs from this family must be built with it, so that the units come after the marker rows the
+# members trained (`simslm train` refuses any other).
+FAMILY_TOKENIZER = "data/tokenizer"
+
+
+def family_tokenizer(family: str | Path) -> Path:
+    """The tokenizer to build a family's TWIST sequences with (`sequences build --tokenizer`)."""
+    return Path(family) / FAMILY_TOKENIZER
+
+
 def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
     """Build the text sequences once, train each member, write family.json; resumable per member."""
     out = Path(config.out)
@@ -69,10 +80,11 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
                                     budget_tokens=int(config.tokens_per_parameter * parameters),
                                     batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
                                     seed=config.seed, checkpoint_every=200)))
-        members.append({"depth": depth, "parameters": parameters, "model_dir": str(run_dir / "model"),
+        # Paths relative to the family folder, so the family can move (sweep specs name the folder).
+        members.append({"depth": depth, "parameters": parameters, "model_dir": f"depth-{depth}/model",
                         "pretraining_tokens": result.tokens, "pretraining_flops": result.flops,
                         "final_loss": result.final_train.loss,
                         "wall_sec": round(time.perf_counter() - started, 3)})
-    family = {"config": config.to_dict(), "members": members}
+    family = {"config": config.to_dict(), "tokenizer": FAMILY_TOKENIZER, "members": members}
     jobs.write_json(out / "family.json", family)
     return family

@@ -27,7 +27,7 @@ from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.loader import PackedLoader
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +89,12 @@ class TrainConfig(Config):
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
     restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
     installed (slamkit's setting), else sdpa."""
+    allow_replan: bool = False
+    """Resume a run planned for another number of processes by re-planning its remaining steps: the total
+    tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
+
+    # Fields that may change between a run's first start and its resumes.
+    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan")
 
     def check(self) -> None:
         if (self.budget_flops is None) == (self.budget_tokens is None):
@@ -123,6 +129,31 @@ class Plan:
     vocab_size: int
     data_passes: float | None = None
     """How many times the run reads its data (None when not known); above MAX_DATA_PASSES it warns."""
+    resumed_from: dict[str, int] | None = None
+    """After a re-plan (another number of processes on resume): its step, the tokens seen by then, and the
+    world size before. Steps from there on take `tokens_per_step` each."""
+    schedule: dict[str, int] | None = None
+    """After a re-plan: the first plan's total_steps, warmup_steps and tokens_per_step, which the learning
+    rate keeps following (by tokens seen), so it neither jumps nor restarts."""
+
+    def tokens_before(self, step: int) -> int:
+        """Training tokens seen before `step` (0-based), across re-plans."""
+        if self.resumed_from is None:
+            return step * self.tokens_per_step
+        return self.resumed_from["tokens"] + (step - self.resumed_from["step"]) * self.tokens_per_step
+
+    def replanned(self, fresh: "Plan", step: int) -> "Plan":
+        """This plan continued from `step` with `fresh`'s tokens per step (another number of processes): the
+        total tokens as close as whole steps allow, the schedule unchanged."""
+        seen = self.tokens_before(step)
+        steps_left = max(0, round((self.total_tokens - seen) / fresh.tokens_per_step))
+        total_tokens = seen + steps_left * fresh.tokens_per_step
+        return dataclasses.replace(
+            fresh, total_steps=step + steps_left, warmup_steps=self.warmup_steps, total_tokens=total_tokens,
+            total_flops=fresh.flops_per_token["all_params"] * total_tokens,
+            resumed_from={"step": step, "tokens": seen, "world_size": self.world_size},
+            schedule=self.schedule or {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                                       "tokens_per_step": self.tokens_per_step})
 
 
 # Muennighoff et al. (2023), "Scaling Data-Constrained Language Models": up to about 4 passes
@@ -224,11 +255,17 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
 
 
 def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
-    """Linear warm-up to `lr`, then cosine to `lr_min` at the last step: a function of (step, total)."""
-    if step < plan.warmup_steps:
-        return config.lr * (step + 1) / plan.warmup_steps
-    span = max(1, plan.total_steps - 1 - plan.warmup_steps)
-    progress = min(1.0, (step - plan.warmup_steps) / span)
+    """Linear warm-up to `lr`, then cosine to `lr_min` at the last step: a function of (step, total).
+
+    After a re-plan the step is counted in the first plan's steps, from the tokens seen."""
+    total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
+    if plan.schedule is not None:
+        total_steps, warmup_steps = plan.schedule["total_steps"], plan.schedule["warmup_steps"]
+        step = plan.tokens_before(step) / plan.schedule["tokens_per_step"]
+    if step < warmup_steps:
+        return config.lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - 1 - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -247,20 +284,38 @@ def attention_kernel(choice: str, device: str) -> str:
 ROW_PADDING_SLACK = 1024
 
 
+def check_base_tokenizer(config: TrainConfig, vocabulary: Vocabulary, model) -> None:
+    """Refuse data whose text tokens are not the base model's: compared token by token with the model's own
+    tokenizer when it has one, else by its number of embedding rows."""
+    fix = f"build the sequences with --tokenizer {config.base_model}"
+    try:
+        base_tokenizer = load_base_tokenizer(config.base_model)
+    except ValueError:
+        base_tokenizer = None  # e.g. a llama2.c .bin given as a file: only its rows can be compared
+    if base_tokenizer is not None:
+        problem = vocabulary.base_mismatch(base_tokenizer)
+        if problem:
+            raise ValueError(f"{config.data}: built with another tokenizer than {config.base_model}'s, which has "
+                             f"{problem}; {fix}")
+        return
+    rows = model.get_input_embeddings().weight.shape[0]
+    if not vocabulary.unit_offset <= rows <= vocabulary.unit_offset + ROW_PADDING_SLACK:
+        raise ValueError(f"{config.data}: its tokenizer has {vocabulary.unit_offset} text tokens but "
+                         f"{config.base_model} has {rows} embedding rows: the data was built with another "
+                         f"tokenizer; {fix}")
+
+
 def build_model(config: TrainConfig, vocab_size: int, context_length: int, device: str = "cpu",
-                text_vocab_size: int | None = None):
-    """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; `text_vocab_size` (the
-    data's text tokens) is checked against the model's rows."""
+                vocabulary: Vocabulary | None = None):
+    """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; the data's `vocabulary`,
+    when given, is checked against the base model's tokenizer first."""
     if config.base_model.startswith("family:"):
         depth = int(config.base_model.split(":", 1)[1])
         model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
     else:
         model = model_lib.load_base_model(config.base_model)
-        rows = model.get_input_embeddings().weight.shape[0]
-        if text_vocab_size is not None and not text_vocab_size <= rows <= text_vocab_size + ROW_PADDING_SLACK:
-            raise ValueError(f"{config.data}: its tokenizer has {text_vocab_size} text tokens but {config.base_model} "
-                             f"has {rows} embedding rows: the data was built with another tokenizer (build it with "
-                             f"--tokenizer {config.base_model})")
+        if vocabulary is not None:
+            check_base_tokenizer(config, vocabulary, model)
         if config.init == "random":
             model = model_lib.reinitialise(model, config.seed)
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
@@ -293,7 +348,7 @@ def full_state(model, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optimizer_state: dict[str, Any],
-                    loader: PackedLoader, keep: int) -> Path:
+                    loader: PackedLoader, keep: int, wall_sec: float = 0.0) -> Path:
     """Write checkpoints/step-N atomically: files, then a checksum list, then the rename."""
     import torch
     from safetensors.torch import save_file
@@ -307,7 +362,8 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optim
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict()}))
+        (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
+                                                        "wall_sec": round(wall_sec, 3)}))
         checksums = {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt",
                                                                 "state.json")}
         (staging / "checksums.json").write_text(json.dumps(checksums))
@@ -345,6 +401,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def checkpoint_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's loop state: step, loader position, and the wall time spent up to it."""
+    return json.loads((folder / "state.json").read_text())
+
+
 def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int:
     """Restore everything a checkpoint holds; return its step."""
     import torch
@@ -358,7 +419,7 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int
     torch.set_rng_state(rng["torch"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
-    state = json.loads((folder / "state.json").read_text())
+    state = checkpoint_state(folder)
     loader.load_state_dict(state["loader"])
     return int(state["step"])
 
@@ -492,6 +553,39 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     return _ratios(totals)
 
 
+def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int) -> Plan:
+    """The plan to train by: `fresh` for a new run; for a resumed one, the stored plan, re-planned from
+    `resume_step` when the number of processes changed and the config allows it (refused otherwise).
+
+    Also refuses a run folder that holds a run with another config."""
+    stored_config = run_dir / "config.json"
+    if stored_config.exists():
+        stored = TrainConfig.from_dict(jobs.read_json(stored_config), source=str(stored_config))
+        # A moved run folder (or a copied sweep) resumes where it is now; a resume may allow a re-plan.
+        if dataclasses.replace(stored, **{name: getattr(config, name) for name in config.resumable_changes}) != config:
+            raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
+    stored_plan = run_dir / "plan.json"
+    if not stored_plan.exists():
+        return fresh
+    try:
+        previous = Plan(**jobs.read_json(stored_plan))
+    except TypeError as error:
+        raise ValueError(f"{stored_plan}: not a plan ({error})") from None
+    if previous.world_size == fresh.world_size:
+        return previous if previous.resumed_from is not None else fresh
+    if not config.allow_replan:
+        # Other processes change the tokens per step, hence the schedule: never re-planned silently
+        # (the lr would jump back up and result.json would count the wrong tokens).
+        raise ValueError(f"{run_dir} was planned for {previous.world_size} process(es), this run has "
+                         f"{fresh.world_size}; resume it with the same number, or pass --allow-replan to keep "
+                         f"its total tokens and continue its schedule")
+    replanned = previous.replanned(fresh, resume_step)
+    print(f"simslm train: re-planned {run_dir} from step {resume_step} for {fresh.world_size} process(es): "
+          f"{replanned.total_steps} steps in all, {replanned.total_tokens:,} tokens (planned "
+          f"{previous.total_tokens:,})", file=sys.stderr)
+    return replanned
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -512,9 +606,12 @@ def train(config: TrainConfig) -> RunResult | None:
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
     context_length = int(loader.index["context_length"])
-    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary.unit_offset)
-    plan = make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
-                     loader.batches_per_epoch())
+    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary)
+    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
+    plan = resume_plan(config, run_dir, make_plan(config, model, context_length, distributed.world_size,
+                                                  len(vocabulary), loader.batches_per_epoch()), resumed["step"])
+    distributed.barrier()  # every process has read the stored plan before the main one replaces it
     if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:
         print(f"simslm train: warning: the budget reads {config.data} {plan.data_passes:.1f} times (more than "
               f"{MAX_DATA_PASSES} passes repeat data past the point of use, Muennighoff et al. 2023); build more "
@@ -523,17 +620,8 @@ def train(config: TrainConfig) -> RunResult | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = run_dir / "config.json"
         # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
-        if previous.exists() and dataclasses.replace(TrainConfig.from_dict(jobs.read_json(previous), source=str(
-                previous)), run_dir=config.run_dir) != config:
-            raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
         jobs.write_json(previous, config.to_dict())
-        planned = run_dir / "plan.json"
-        if planned.exists() and jobs.read_json(planned).get("world_size", plan.world_size) != plan.world_size:
-            # A different number of processes changes the tokens per step and so the schedule: refused,
-            # rather than silently re-planned midway (the lr would jump and result.json undercount).
-            raise ValueError(f"{run_dir} was planned for {jobs.read_json(planned)['world_size']} process(es), "
-                             f"this run has {plan.world_size}; resume it with the same number")
-        jobs.write_json(planned, asdict(plan))
+        jobs.write_json(run_dir / "plan.json", asdict(plan))
     model.to(distributed.device).train()
     if config.fsdp:
         if distributed.world_size < 2:
@@ -551,7 +639,6 @@ def train(config: TrainConfig) -> RunResult | None:
                                   lr=config.lr, betas=(config.beta1, config.beta2),
                                   fused=True)  # one kernel per step, CPU and CUDA alike (as HF Trainer's default)
     start_step = 0
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, loader)
     metrics_path = run_dir / "metrics.jsonl"
@@ -604,14 +691,15 @@ def train(config: TrainConfig) -> RunResult | None:
             achieved = tokens_per_sec * plan.flops_per_token["all_params"]
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps({"step": done, **asdict(_ratios(totals)), "lr": optimizer.param_groups[0]["lr"],
-                                         "grad_norm": float(grad_norm), "tokens": done * plan.tokens_per_step,
-                                         "flops": done * plan.tokens_per_step * plan.flops_per_token["all_params"],
+                                         "grad_norm": float(grad_norm), "tokens": plan.tokens_before(done),
+                                         "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
                                          "tokens_per_sec": tokens_per_sec,
                                          "mfu": achieved / peak_flops / distributed.world_size}) + "\n")
         if done % config.checkpoint_every == 0 or done == plan.total_steps:
             model_state, optimizer_state = full_state(model, optimizer)
             if distributed.is_main:
-                save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept)
+                save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
+                                wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
             distributed.barrier()
 
     # Evaluate and save.
@@ -640,7 +728,8 @@ def train(config: TrainConfig) -> RunResult | None:
                            parameters=model_lib.ParameterGroups(**plan.parameter_groups),
                            final_train=Losses(loss=mean("loss"), loss_speech=mean("loss_speech"),
                                               loss_text=mean("loss_text")),
-                           validation=validation, wall_sec=round(time.perf_counter() - started, 3),
+                           validation=validation,
+                           wall_sec=round(resumed["wall_sec"] + time.perf_counter() - started, 3),
                            peak_flops_measured=peak_flops)
         result.save(run_dir)
     distributed.barrier()

@@ -26,3 +26,16 @@ def test_ranks_split_each_global_batch(build):
     seen = [np.concatenate([next(loader).tokens for _ in range(ranks[0].batches_per_epoch())]) for loader in ranks]
     rows = {tuple(row) for part in seen for row in part}
     assert len(rows) == sum(len(part) for part in seen)  # no chunk read twice
+
+
+def test_a_state_saved_by_more_processes_resumes_where_they_all_stopped(build):
+    _, out = build(context_length=64, num_epochs=1)
+    single = PackedLoader(out, batch_size=2)
+    uninterrupted = [next(single).tokens for _ in range(single.batches_per_epoch())]
+    pair = [PackedLoader(out, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):  # 3 global batches of 2 x 2 rows: rows 0-11 of the epoch's order
+        for loader in pair:
+            next(loader)
+    resumed = PackedLoader(out, batch_size=2)
+    resumed.load_state_dict(pair[0].state_dict())
+    assert np.array_equal(next(resumed).tokens, uninterrupted[6])  # the one process reads rows 12-13 next

@@ -41,3 +41,16 @@ def test_any_hf_tokenizer_can_be_extended(tmp_path):
     extended = Vocabulary.build(str(tmp_path), 4)
     assert (extended.unit_offset, extended.bos_id) == (4, None)
     assert extended.tokenizer.encode("the dog ran", add_special_tokens=False) == [1, 2, 3]
+
+
+def test_a_vocabulary_knows_whether_it_extends_a_given_base_tokenizer():
+    from simslm.sequences.vocabulary import load_base_tokenizer
+
+    vocabulary = Vocabulary.build("stories260K", 4)
+    assert vocabulary.base_mismatch(load_base_tokenizer("stories260K")) is None
+    grown = load_base_tokenizer("stories260K")
+    grown.add_tokens(["<speech>"], special_tokens=True)  # e.g. a text-LM family's tokenizer, markers included
+    assert "513 tokens, but the data's text tokens are 512" in vocabulary.base_mismatch(grown)
+    other_bos = load_base_tokenizer("stories260K")
+    other_bos.bos_token = "<unk>"
+    assert "bos_token_id" in vocabulary.base_mismatch(other_bos)

@@ -76,10 +76,16 @@ class PackedLoader:
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader is: the next batch is rebuilt from this alone."""
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed}
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
+                "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a `state_dict()`."""
+        """Continue from a `state_dict()`, also one saved with another number of processes: the epoch's order
+        does not depend on it, so this loader starts at the first global batch no process has read yet."""
         if state["seed"] != self.seed:
             raise ValueError(f"loader state is for seed {state['seed']}, this loader uses {self.seed}")
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        saved_world_size = state.get("world_size", self.world_size)
+        if saved_world_size != self.world_size:
+            rows_read = self.batch_in_epoch * saved_world_size * self.batch_size
+            self.batch_in_epoch = -(-rows_read // (self.world_size * self.batch_size))  # ceil: nothing read twice

@@ -94,6 +94,24 @@ class Vocabulary:
     def is_unit(self, token_ids: np.ndarray) -> np.ndarray:
         return (token_ids >= self.unit_offset) & (token_ids < self.unit_offset + self.num_units)
 
+    def base_mismatch(self, base_tokenizer) -> str | None:
+        """How this vocabulary's text part differs from `base_tokenizer` (None when it extends exactly that one).
+
+        Every token of the base must keep its id, the units must start right after it, and the
+        special ids must agree: otherwise a TWIST model would read its pretrained rows as other
+        tokens (a text LM's marker rows as units, say) without any error.
+        """
+        if len(base_tokenizer) != self.unit_offset:
+            return f"{len(base_tokenizer)} tokens, but the data's text tokens are {self.unit_offset}"
+        ours = self.tokenizer.get_vocab()
+        moved = [token for token, token_id in base_tokenizer.get_vocab().items() if ours.get(token) != token_id]
+        if moved:
+            return f"{len(moved)} token(s) with other ids (e.g. {moved[0]!r})"
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(base_tokenizer, name) != getattr(self.tokenizer, name):
+                return f"{name} {getattr(base_tokenizer, name)}, the data's is {getattr(self.tokenizer, name)}"
+        return None
+
 
 def load_base_tokenizer(base: str):
     """An HF tokenizer from a folder or hub id, a SentencePiece .model or .gguf file, or an asset holding one."""
