@@ -1,6 +1,8 @@
+import hashlib
 import json
 
 import pytest
+import numpy as np
 import torch
 
 from simslm import assets, model
@@ -196,20 +198,30 @@ def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(t
                                                    tokenizer="stories260K", num_units=20))
 
 
-def test_the_units_pointer_moves_with_the_model_folder(tmp_path):
-    from simslm.model import MODEL_UNITS_FILE, units_pointer, write_units_pointer
+def test_a_model_folder_records_its_encoder_and_codebook_and_moves_with_its_units(extracted, tmp_path):
+    import shutil
 
-    (tmp_path / "a" / "units").mkdir(parents=True)
+    from simslm.model import MODEL_UNITS_FILE, model_unit_source, units_pointer, write_model_units
+    from simslm.units.extract import unit_source
+
+    config, _, _ = extracted
+    shutil.copytree(config.out, tmp_path / "a" / "units")
     (tmp_path / "a" / "model").mkdir()
-    write_units_pointer(tmp_path / "a" / "model", tmp_path / "a" / "units")
+    write_model_units(tmp_path / "a" / "model", tmp_path / "a" / "units")
+    original = unit_source(config.out)
     (tmp_path / "a").rename(tmp_path / "b")
     assert units_pointer(tmp_path / "b" / "model").resolve() == (tmp_path / "b" / "units").resolve()
-    # A model folder copied on its own falls back to where the units were when it was written.
-    write_units_pointer(tmp_path / "b" / "model", tmp_path / "b" / "units")
+    # The model folder alone carries its encoder, settings and codebook (a copy, checked by its hash).
     (tmp_path / "b" / "model").rename(tmp_path / "model")
-    assert units_pointer(tmp_path / "model").resolve() == (tmp_path / "b" / "units").resolve()
-    (tmp_path / "model").rename(tmp_path / "b" / "model")
-    # A pointer written as an absolute path (older model folders) still reads as that path.
-    (tmp_path / "b" / "model" / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": str(tmp_path / "x")}))
-    assert units_pointer(tmp_path / "b" / "model") == tmp_path / "x"
-    assert units_pointer(tmp_path) is None
+    shutil.rmtree(tmp_path / "b")
+    source = model_unit_source(tmp_path / "model")
+    assert source.encoder == original.encoder and source.k == original.k
+    assert source.codebook == tmp_path / "model" / "simslm_codebook.npy"
+    assert hashlib.sha256(np.load(source.codebook).tobytes()).hexdigest() == original.codebook_sha256
+    # Pointers of older model folders still read: an absolute path, or a relative one with an absolute beside.
+    (tmp_path / "model" / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": str(tmp_path / "x")}))
+    assert units_pointer(tmp_path / "model") == tmp_path / "x"
+    (tmp_path / "model" / MODEL_UNITS_FILE).write_text(json.dumps({"units_folder": "../gone",
+                                                                   "absolute": str(config.out)}))
+    assert model_unit_source(tmp_path / "model").encoder == original.encoder
+    assert units_pointer(tmp_path) is None and model_unit_source(tmp_path) is None

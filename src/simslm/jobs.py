@@ -89,6 +89,22 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
+    """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
+    absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""
+    absolute = Path(path).resolve()
+    return {"relative": os.path.relpath(absolute, Path(folder).resolve()), "absolute": str(absolute)}
+
+
+def placed_path(recorded: str | dict[str, str], folder: str | os.PathLike) -> Path:
+    """A path recorded by `portable_path` in a file in `folder`: the relative one when it exists, else the
+    absolute one. A plain string (what older folders stored) is taken as it is."""
+    if isinstance(recorded, str):
+        return Path(recorded)
+    relative = Path(folder) / recorded["relative"]
+    return relative if relative.exists() else Path(recorded["absolute"])
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import assets
+from simslm import assets, jobs
 from simslm.config import Config
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
@@ -266,17 +266,42 @@ def build_family_model(depth: int, vocab_size: int, seed: int, context_length: i
     return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length))).eval()
 
 
-# Beside a saved model: the `simslm units extract` folder its unit tokens come from, so the folder
-# alone can be fed audio (`simslm eval MODEL_FOLDER`).
+# Beside a saved model: where its unit tokens come from (encoder, settings, codebook), so the folder alone
+# can be fed audio (`simslm eval MODEL_FOLDER`). The codebook is copied in: it is small (k x dim floats).
 MODEL_UNITS_FILE = "simslm_units.json"
+MODEL_CODEBOOK = "simslm_codebook.npy"
 
 
-def write_units_pointer(model_dir: Path, units_folder: str | os.PathLike) -> None:
-    """Record `units_folder` beside the model: relative to the model folder, so both can move together,
-    and absolute, so a model folder copied on its own still finds it."""
-    absolute = Path(units_folder).resolve()
-    (Path(model_dir) / MODEL_UNITS_FILE).write_text(json.dumps(
-        {"units_folder": os.path.relpath(absolute, Path(model_dir).resolve()), "absolute": str(absolute)}))
+def write_model_units(model_dir: Path, units_folder: str | os.PathLike) -> None:
+    """Record in `model_dir` the encoder and codebook of `units_folder` (copying the codebook in) and the
+    units folder itself, relative to the model folder and absolute."""
+    import shutil
+
+    from simslm.units.extract import unit_source
+
+    model_dir = Path(model_dir)
+    source = unit_source(units_folder)
+    codebook = None
+    if source.codebook is not None and source.codebook.exists():
+        codebook = model_dir / MODEL_CODEBOOK
+        shutil.copyfile(source.codebook, codebook)
+        shutil.copyfile(source.codebook.with_suffix(".json"), codebook.with_suffix(".json"))  # the encoder it fits
+    (model_dir / MODEL_UNITS_FILE).write_text(json.dumps(
+        {**source.header(model_dir, codebook), "units_folder": jobs.portable_path(units_folder, model_dir)},
+        indent=2))
+
+
+def model_unit_source(model_dir: Path):
+    """The UnitSource a model folder records (None when it records none); older folders only named their
+    units folder, whose units.json is read then."""
+    from simslm.units.extract import UnitSource, unit_source
+
+    pointer = Path(model_dir) / MODEL_UNITS_FILE
+    if not pointer.exists():
+        return None
+    if "encoder" in jobs.read_json(pointer):
+        return UnitSource.read(pointer)
+    return unit_source(units_pointer(model_dir))
 
 
 def units_pointer(model_dir: Path) -> Path | None:
@@ -284,9 +309,12 @@ def units_pointer(model_dir: Path) -> Path | None:
     pointer = Path(model_dir) / MODEL_UNITS_FILE
     if not pointer.exists():
         return None
-    recorded = json.loads(pointer.read_text())
-    relative = Path(model_dir) / recorded["units_folder"]  # an absolute path (older folders) stays as is
-    return relative if relative.exists() or "absolute" not in recorded else Path(recorded["absolute"])
+    recorded = jobs.read_json(pointer)["units_folder"]
+    if isinstance(recorded, str):  # older pointers: one path (absolute, or relative with an absolute beside it)
+        absolute = jobs.read_json(pointer).get("absolute")
+        relative = Path(model_dir) / recorded
+        return relative if relative.exists() or absolute is None else Path(absolute)
+    return jobs.placed_path(recorded, model_dir)
 
 
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
@@ -389,5 +417,5 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
         save_model(model, None, out)
         vocabulary.save(out)
     if config.speech_units:
-        write_units_pointer(out, config.speech_units)
+        write_model_units(out, config.speech_units)
     return out

@@ -26,6 +26,7 @@ import numpy as np
 from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
+from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
@@ -718,9 +719,9 @@ def train(config: TrainConfig) -> RunResult | None:
         model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
         # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
         vocabulary.save(run_dir / "model")
-        units_folder = jobs.read_json(Path(config.data) / "index.json")["config"].get("units")
+        units_folder = speech_units_folder(config.data)
         if units_folder:
-            model_lib.write_units_pointer(run_dir / "model", units_folder)
+            model_lib.write_model_units(run_dir / "model", units_folder)
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
         mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
                             if any(m[key] is not None for m in final) else None)

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from simslm.eval.bench_units import run_units_folder, units_lookup
+from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.evaluate import load_run_model
 from simslm.eval.layouts import load
 from simslm.eval.scoring import ScoringOptions, score_pairs
@@ -13,10 +13,10 @@ def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path
     from simslm.speech import audio
 
     run, bench = trained_run
-    header = json.loads((run_units_folder(run) / "units.json").read_text())
+    codebook = run_unit_source(run).codebook
     files = sorted((bench / "audio").glob("*.flac"))
     records = [{"id": f.stem, "path": str(f), "duration_sec": audio.audio_info(f)[1]} for f in files]
-    extract_units(ExtractConfig(manifest="bench", codebook=header["codebook"], out=str(tmp_path / "u"),
+    extract_units(ExtractConfig(manifest="bench", codebook=str(codebook), out=str(tmp_path / "u"),
                                             num_workers=1), records=records)
     model, vocabulary, _ = load_run_model(run, "cpu")
     for mode in ("S", "T2S"):

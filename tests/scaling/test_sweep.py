@@ -41,6 +41,29 @@ def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, 
     assert spec.depths == (1,) and spec.variants[0].init == "random"
 
 
+def test_a_sweep_finds_its_data_after_a_move_and_when_copied_alone(data, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(data, tmp_path / "study" / "data")
+    monkeypatch.chdir(tmp_path / "study")  # paths as a user types them: relative to where `sweep plan` runs
+    planned = sweep.plan_sweep(_spec("data", validation_data="data"), "sweep")
+    stored = json.loads((tmp_path / "study" / "sweep" / "sweep.json").read_text())
+    assert {run["config"]["data"] for run in stored["runs"]} == {"../data"}
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tmp_path / "study" / "sweep", tmp_path / "sweep-alone")  # the sweep without its data
+    assert {r["config"]["data"] for r in sweep.load_sweep("sweep-alone")["runs"]} == {str(tmp_path / "study" / "data")}
+    (tmp_path / "study").rename(tmp_path / "moved")  # the whole study, data and sweep together
+    runs = sweep.load_sweep(tmp_path / "moved" / "sweep")["runs"]
+    assert {(Path(r["config"]["data"]).resolve(), Path(r["config"]["validation_data"]).resolve()) for r in runs} == {
+        ((tmp_path / "moved" / "data").resolve(),) * 2}
+    # The ids do not depend on the directory `sweep plan` ran from.
+    again = sweep.plan_sweep(_spec(str(tmp_path / "moved" / "data"), validation_data=str(tmp_path / "moved" / "data")),
+                             tmp_path / "moved" / "sweep2")
+    assert [r["id"] for r in again["runs"]] == [r["id"] for r in planned["runs"]]
+    with pytest.raises(ValueError, match="no index.json"):
+        sweep.plan_sweep(_spec(str(tmp_path / "nowhere")), tmp_path / "bad")
+
+
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
     planned = sweep.plan_sweep(_spec(data), tmp_path)
     first = planned["runs"][0]

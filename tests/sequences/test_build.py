@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simslm.sequences.build import mix_streams, pack, parse_mix
+from simslm.sequences.build import BuildConfig, build_sequences, mix_streams, pack, parse_mix
 from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
 from simslm.sequences.vocabulary import Vocabulary
@@ -101,3 +101,19 @@ def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
 
 
 
+
+
+def test_a_sequences_folder_finds_its_units_after_both_move(extracted, tmp_path):
+    import shutil
+
+    from simslm.sequences.build import speech_units_folder
+
+    config, _, _ = extracted
+    shutil.copytree(config.out, tmp_path / "a" / "units")
+    build_sequences(BuildConfig(out=str(tmp_path / "a" / "seq"), manifest=config.manifest,
+                                units=str(tmp_path / "a" / "units"), streams=("speech",), context_length=64))
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert speech_units_folder(tmp_path / "b" / "seq") == tmp_path / "b" / "seq" / ".." / "units"
+    build_sequences(BuildConfig(out=str(tmp_path / "text"), text_corpus="tinystories-sample[:20]", streams=("text",),
+                                context_length=64))
+    assert speech_units_folder(tmp_path / "text") is None

@@ -10,35 +10,37 @@ import numpy as np
 
 from simslm import jobs
 from simslm.eval.layouts import Pair
-from simslm.model import units_pointer
-from simslm.units.extract import ExtractConfig, deduplicate, extract_units, read_units
+from simslm.model import model_unit_source
+from simslm.sequences.build import speech_units_folder
+from simslm.units.extract import ExtractConfig, UnitSource, deduplicate, extract_units, read_units, unit_source
 
 
-def run_units_folder(run_dir: Path, speech_units: str | None = None) -> Path:
-    """The `simslm units extract` folder whose codebook (and encoder) a model's speech tokens come from.
+def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSource:
+    """The encoder and codebook a model's speech tokens come from.
 
-    `speech_units` when given; else, for a run folder, its training data's; for a model
-    folder, the one its `simslm_units.json` names (`simslm train` writes it beside the model).
+    From `speech_units` (a `simslm units extract` folder) when given; else what the model folder
+    records (`simslm train` writes it there, codebook included); else, for a run folder whose
+    model is not written yet, its training data's units.
     """
     if speech_units:
-        return Path(speech_units)
+        return unit_source(speech_units)
     run_dir = Path(run_dir)
+    model_dir = run_dir / "model" if (run_dir / "plan.json").exists() else run_dir
+    recorded = model_unit_source(model_dir)
+    if recorded is not None:
+        return recorded
     if (run_dir / "plan.json").exists():
-        config = jobs.read_json(run_dir / "config.json")
-        units = jobs.read_json(Path(config["data"]) / "index.json")["config"].get("units")
+        units = speech_units_folder(jobs.read_json(run_dir / "config.json")["data"])
         if not units:
             raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
-        return Path(units)
-    pointed = units_pointer(run_dir)
-    if pointed is not None:
-        return pointed
+        return unit_source(units)
     raise ValueError(f"{run_dir}: the model folder does not say which units it reads; pass --speech-units FOLDER "
                      f"(the `simslm units extract` folder of its codebook)")
 
 
-def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_workers: int = 0
+def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_workers: int = 0
                     ) -> dict[str, np.ndarray]:
-    """Deduplicated units of each audio file with the codebook (and encoder) of `units_folder`.
+    """Deduplicated units of each audio file with the encoder and codebook of `source`.
 
     Extraction goes through `units.extract_units` (parallel, resumable shard by shard) into
     a cache folder named by the codebook and the file list, so evaluating another run with
@@ -47,9 +49,11 @@ def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_worke
     """
     from simslm.speech import audio
 
-    header = jobs.read_json(units_folder / "units.json")
+    if source.codebook is None:
+        raise ValueError("the units were imported without a codebook, so audio cannot be encoded the same way; "
+                         "pass pre-extracted units (--units) or a codebook when importing")
     unique = sorted(set(paths))
-    key = hashlib.sha256((header["codebook_sha256"] + "\n" + "\n".join(unique)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((source.codebook_sha256 + "\n" + "\n".join(unique)).encode()).hexdigest()[:16]
     records = []
     for number, path in enumerate(unique):
         try:
@@ -57,9 +61,9 @@ def units_for_audio(paths: list[str], units_folder: Path, cache: Path, num_worke
         except audio.AudioError:
             duration = 0.0  # extraction reports the problem and skips the file
         records.append({"id": f"{number:07d}", "path": str(Path(path).resolve()), "duration_sec": duration})
-    config = ExtractConfig(manifest=f"benchmark audio ({len(unique)} files)", codebook=header["codebook"],
-                                 out=str(cache / key), model_path=header["encoder"].get("model_path"),
-                                 num_workers=num_workers)
+    config = ExtractConfig(manifest=f"benchmark audio ({len(unique)} files)", codebook=str(source.codebook),
+                           out=str(cache / key), model_path=source.encoder.get("model_path"),
+                           num_workers=num_workers)
     extract_units(config, records=records)
     return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
 
@@ -117,7 +121,7 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, nu
         if join else {}
     if not paths:
         return lambda path: np.empty(0, dtype=np.int32)
-    table = units_for_audio(paths + list(joined.values()), run_units_folder(run_dir, speech_units),
+    table = units_for_audio(paths + list(joined.values()), run_unit_source(run_dir, speech_units),
                             bench_units_cache(), num_workers)
     return lambda key: table[joined[key] if isinstance(key, tuple) else key]
 

@@ -225,16 +225,15 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
                        options: GenerationOptions = GenerationOptions(), speech_units: str | None = None
                        ) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
-    from simslm.eval.bench_units import bench_units_cache, run_units_folder, units_for_audio
+    from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
 
     _, pairs = load(folder, "S")
     pairs = pairs[:options.num_prompts]
     prompts = [pair.positive[0].audio for pair in pairs]
     endings = [pair.positive[1] for pair in pairs]
-    units_folder = run_units_folder(run_dir, speech_units)
-    table = units_for_audio(prompts + [e.audio for e in endings], units_folder, bench_units_cache())
-    header = jobs.read_json(units_folder / "units.json")
-    vocoder = LogMelInversionVocoder(header["codebook"])
+    source = run_unit_source(run_dir, speech_units)
+    table = units_for_audio(prompts + [e.audio for e in endings], source, bench_units_cache())
+    vocoder = LogMelInversionVocoder(source.codebook)
     if options.asr not in ASRS:
         raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")
     asr = ASRS[options.asr](options.asr_model) if options.asr_model else ASRS[options.asr]()

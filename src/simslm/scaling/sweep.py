@@ -87,9 +87,48 @@ def run_id(variant: str, depth: int, budget: float, config: dict[str, Any]) -> s
     return f"{variant}-d{depth}-c{budget:.0e}-{hashlib.sha256(content.encode()).hexdigest()[:8]}".replace("+", "")
 
 
+class _Anchors:
+    """Paths a sweep reads (data, family, benchmarks), written relative to the sweep folder, so that a sweep
+    moved or copied together with them keeps working, and absolute, so that one copied alone does too.
+
+    sweep.json keeps the map relative -> absolute under "anchors"; `placed` reads a value back."""
+
+    def __init__(self, folder: Path, anchors: dict[str, str] | None = None):
+        self.folder, self.anchors = folder, dict(anchors or {})
+
+    def anchored(self, value: str | None) -> str | None:
+        """`value` relative to the sweep folder when it names an existing file or folder, else as given (a hub
+        id, `family:N`)."""
+        if not value or not Path(value).exists():
+            return value
+        relative = os.path.relpath(Path(value).resolve(), self.folder.resolve())
+        self.anchors[relative] = str(Path(value).resolve())
+        return relative
+
+    def placed(self, value: str | None) -> str | None:
+        if value not in self.anchors:
+            return value
+        here = self.folder / value
+        return str(here) if here.exists() else self.anchors[value]
+
+    def bench(self, entries: tuple[str, ...] | list[str], convert: Callable[[str | None], str | None]) -> list[str]:
+        """`label=path` (or `path`) entries with their paths converted."""
+        return [f"{entry.split('=', 1)[0]}={convert(entry.split('=', 1)[1])}" if "=" in entry else convert(entry)
+                for entry in entries]
+
+
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    anchors = _Anchors(out)
+    for variant in spec.variants:
+        if not (Path(variant.data) / "index.json").exists():
+            raise ValueError(f"{variant.data}: no index.json (variant {variant.name} needs a `simslm sequences "
+                             f"build` folder)")
+    if spec.validation_data and not (Path(spec.validation_data) / "index.json").exists():
+        raise ValueError(f"{spec.validation_data}: no index.json (validation_data needs a `simslm sequences build` "
+                         f"folder)")
     runs = []
     for variant in spec.variants:
         for depth in spec.depths:
@@ -102,15 +141,22 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             else:
                 base_model = f"family:{depth}"
             for budget in spec.budgets_flops:
-                values = {**spec.train, "data": variant.data, "base_model": base_model, "init": variant.init,
+                # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
+                values = {**spec.train, "data": anchors.anchored(variant.data),
+                          "base_model": anchors.anchored(base_model), "init": variant.init,
                           "budget_flops": float(budget), "budget_tokens": None,
-                          "validation_data": spec.validation_data or None}
+                          "validation_data": anchors.anchored(spec.validation_data) or None}
                 config = asdict(TrainConfig(run_dir="", **values))
                 identifier = run_id(variant.name, depth, budget, config)
                 config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
                 runs.append({"id": identifier, "variant": variant.name, "depth": depth, "budget_flops": float(budget),
                              "config": config})
-    jobs.write_json(out / SWEEP_FILE, {"spec": _jsonable(asdict(spec)), "runs": runs})
+    stored_spec = _jsonable(asdict(spec))
+    stored_spec.update(family=anchors.anchored(spec.family), validation_data=anchors.anchored(spec.validation_data),
+                       bench=anchors.bench(spec.bench, anchors.anchored))
+    for variant in stored_spec["variants"]:
+        variant["data"] = anchors.anchored(variant["data"])
+    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
     return load_sweep(out)
 
 
@@ -125,8 +171,16 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{folder}: no {SWEEP_FILE}; run `simslm sweep plan` first")
     sweep = jobs.read_json(path)
+    anchors = _Anchors(Path(folder), sweep.get("anchors"))
     for run in sweep["runs"]:
         run["config"]["run_dir"] = str(Path(folder) / "runs" / run["id"])
+        for key in ("data", "base_model", "validation_data"):
+            run["config"][key] = anchors.placed(run["config"][key])
+    spec = sweep["spec"]
+    spec.update(family=anchors.placed(spec.get("family")), validation_data=anchors.placed(spec.get("validation_data")),
+                bench=anchors.bench(spec.get("bench") or (), anchors.placed))
+    for variant in spec["variants"]:
+        variant["data"] = anchors.placed(variant["data"])
     return sweep
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,15 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     return index
 
 
+def speech_units_folder(data: str | os.PathLike) -> Path | None:
+    """The units folder a sequences folder was built from (None for text only)."""
+    index = jobs.read_json(Path(data) / "index.json")
+    if "units_folder" in index:
+        return jobs.placed_path(index["units_folder"], data)
+    units = index["config"].get("units") if {"interleaved", "speech"} & set(index["config"].get("streams", ())) else None
+    return Path(units) if units else None  # older folders: the path as it was given
+
+
 def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, streams: list[str],
                 shares: dict[str, float], utterances: list[Utterance], units_by_id: dict[str, UtteranceUnits],
                 texts: list[tuple[str, str]]) -> dict[str, Any]:
@@ -290,6 +300,9 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
     # format 2: rows of whole documents with a positions file beside each token shard.
     index: dict[str, Any] = {"config": config.to_dict(), "format": 2, "vocab_size": len(vocabulary),
                              "context_length": config.context_length, "epochs": []}
+    if config.units and {"interleaved", "speech"} & set(streams):
+        # The config keeps the path as given; this one moves with the folders (see speech_units_folder).
+        index["units_folder"] = jobs.portable_path(config.units, config.out)
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
     for epoch in jobs.progress(range(config.num_epochs), "sequences build (epochs)"):

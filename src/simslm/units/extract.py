@@ -235,6 +235,48 @@ class ExtractReport:
         return self.audio_sec / self.wall_sec if self.wall_sec > 0 else float("inf")
 
 
+@dataclass(frozen=True)
+class UnitSource:
+    """Where unit tokens come from: the encoder and its settings and the k-means codebook, which is all it
+    takes to turn audio into the same units. Read from a units folder's units.json or a model folder's
+    simslm_units.json (`simslm.model.write_model_units`)."""
+
+    encoder: dict[str, Any]
+    """EncoderSpec fields."""
+    codebook: Path | None
+    """The codebook .npy (its .json sidecar beside it); None for units imported without one."""
+    codebook_sha256: str | None
+    k: int
+    frame_rate_hz: float | None
+
+    @classmethod
+    def read(cls, header: str | os.PathLike) -> "UnitSource":
+        """From a units.json (or a model's simslm_units.json); its codebook path is placed relative to it."""
+        header = Path(header)
+        try:
+            data = jobs.read_json(header)
+            codebook = data.get("codebook")
+            return cls(encoder=data["encoder"], codebook=jobs.placed_path(codebook, header.parent) if codebook else None,
+                       codebook_sha256=data.get("codebook_sha256"), k=int(data["k"]),
+                       frame_rate_hz=data.get("frame_rate_hz"))
+        except FileNotFoundError:
+            raise ValueError(f"{header}: missing (not a `simslm units extract` folder)") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{header}: not a units header ({error.__class__.__name__}: {error})") from None
+
+    def header(self, folder: str | os.PathLike, codebook: str | os.PathLike | None = None) -> dict[str, Any]:
+        """The JSON fields that record this source in a file in `folder` (the codebook at `codebook` if given)."""
+        codebook = codebook or self.codebook
+        return {"encoder": self.encoder, "frame_rate_hz": self.frame_rate_hz,
+                "codebook": jobs.portable_path(codebook, folder) if codebook else None,
+                "codebook_sha256": self.codebook_sha256, "k": self.k}
+
+
+def unit_source(units_folder: str | os.PathLike) -> UnitSource:
+    """The encoder and codebook of a `simslm units extract` (or `units import`) folder."""
+    return UnitSource.read(Path(units_folder) / "units.json")
+
+
 def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int]) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers = task
     encoder = _cached(json.dumps(spec, sort_keys=True), lambda: build_encoder(EncoderSpec(**spec)))
@@ -283,7 +325,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     out = Path(config.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
-              "codebook": str(Path(config.codebook).with_suffix(".npy").resolve()),
+              "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
               "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
               "k": codebook.k, "manifest": str(Path(config.manifest).resolve()) if records is None else config.manifest, "shard_size": config.shard_size,
               "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
@@ -428,7 +470,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
                             "".join(json.dumps(line) + "\n" for line in lines[start:start + config.shard_size]))
         jobs.write_json(building / "units.json", {
             "encoder": asdict(EncoderSpec(name=config.encoder)), "frame_rate_hz": frame_rate,
-            "codebook": str(Path(config.codebook).resolve()) if config.codebook else None,
+            "codebook": jobs.portable_path(config.codebook, out) if config.codebook else None,
             "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest() if codebook else None,
             "k": config.num_units, "manifest": None, "imported_from": str(config.features),
             "shard_size": config.shard_size})
