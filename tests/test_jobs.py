@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,30 @@ def _square(x):
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_parallel_map_covers_every_task(num_workers):
     assert sorted(jobs.parallel_map(_square, range(6), num_workers=num_workers, total=6)) == [0, 1, 4, 9, 16, 25]
+
+
+def test_progress_without_a_terminal_writes_plain_lines_with_rate_eta_and_notes(monkeypatch, capsys):
+    monkeypatch.setenv(jobs.LOG_EVERY_SEC_VARIABLE, "0")  # a line at every item
+    seen = []
+    tracker = jobs.Progress(4, "train", unit="step")
+    for step in range(4):
+        seen.append(step)
+        tracker.note(loss=2.5 - step / 10, lr=5e-4)
+        tracker.update()
+    tracker.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("[train] 1/4 (25%)") and "step/s" in lines[0]
+    assert "ETA" in lines[0] and "loss 2.5" in lines[0] and "lr 0.0005" in lines[0]
+    assert lines[3].startswith("[train] 4/4 (100%)")
+    assert list(jobs.progress(range(3), "x")) == [0, 1, 2]  # iterating reports too
+
+
+def test_portable_paths_follow_their_folder_and_fall_back_to_where_they_were(tmp_path):
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "a" / "sweep").mkdir()
+    recorded = jobs.portable_path(tmp_path / "a" / "data", tmp_path / "a" / "sweep")
+    assert recorded["relative"] == "../data"
+    assert jobs.placed_path(recorded, tmp_path / "elsewhere") == tmp_path / "a" / "data"  # copied alone
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert jobs.placed_path(recorded, tmp_path / "b" / "sweep") == tmp_path / "b" / "sweep" / ".." / "data"
+    assert jobs.placed_path("as/given", tmp_path) == Path("as/given")  # older files stored plain strings

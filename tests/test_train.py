@@ -291,3 +291,20 @@ def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_
         train(_config(data, run, budget_tokens=passes * loader_batches * 4 * 64, checkpoint_every=1000))
         assert json.loads((run / "plan.json").read_text())["data_passes"] == pytest.approx(passes, abs=1e-3)
         assert ("passes repeat data" in capsys.readouterr().err) == warned
+
+
+def test_tensorboard_events_carry_the_metrics_and_a_plain_log_line_per_interval(data, tmp_path, monkeypatch, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("SIMSLM_LOG_EVERY_SEC", "0")
+    run = tmp_path / "run"
+    train(_config(data, run, budget_tokens=4 * 4 * 64, tensorboard=True, validation_data=data,
+                  num_validation_batches=1))
+    log = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[train]")]
+    assert log[0].startswith("[train] 1/4 (25%)") and "loss" in log[0] and "tokens_per_sec" in log[0]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(event.step, event.value) for event in events.Scalars("train/loss")]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [(m["step"], pytest.approx(m["loss"])) for m in metrics]
+    assert "validation/loss_speech" in events.Tags()["scalars"]

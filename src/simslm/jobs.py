@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -56,32 +57,118 @@ class Journal:
             return handle.read(1) == b"\n"
 
 
+# Seconds between the plain progress lines written when stderr is not a terminal (a SLURM log, a pipe).
+LOG_EVERY_SEC_VARIABLE = "SIMSLM_LOG_EVERY_SEC"
+DEFAULT_LOG_EVERY_SEC = 30.0
+FINAL_LINE_AFTER_SEC = 5.0  # shorter jobs end without a line: a log of many small scorings stays readable
+
+
+class Progress:
+    """Progress of a long job on stderr: a tqdm bar on a terminal; elsewhere (a cluster log, a pipe, CI) one
+    plain line every SIMSLM_LOG_EVERY_SEC seconds (30 by default) and one at the end of a job that took a few
+    seconds or more, with the rate, the ETA and whatever the job `note`s (a training step's loss, lr and
+    tokens/s)."""
+
+    def __init__(self, total: int | None, description: str, unit: str = "item"):
+        self.total, self.description, self.unit = total, description, unit
+        self.done, self.fields = 0, {}
+        self.started = self.last_line = time.perf_counter()
+        self.every_sec = float(os.environ.get(LOG_EVERY_SEC_VARIABLE, DEFAULT_LOG_EVERY_SEC))
+        self.bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr,
+                        dynamic_ncols=True) if sys.stderr.isatty() else None
+
+    def note(self, **fields: Any) -> None:
+        """Values shown with the next line (or beside the bar)."""
+        self.fields = fields
+        if self.bar is not None:
+            self.bar.set_postfix(fields, refresh=False)
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.perf_counter() - self.last_line >= self.every_sec:
+            self._line()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.done and time.perf_counter() - self.started >= min(self.every_sec, FINAL_LINE_AFTER_SEC):
+            self._line()
+        self.done = 0  # closing twice writes one final line
+
+    def _line(self) -> None:
+        self.last_line = now = time.perf_counter()
+        rate = self.done / max(now - self.started, 1e-9)
+        parts = [f"[{self.description}] {self.done}" + (f"/{self.total} ({100 * self.done / self.total:.0f}%)"
+                                                         if self.total else ""), f"{rate:.3g} {self.unit}/s"]
+        if self.total and rate > 0:
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        parts += [f"{key} {_short(value)}" for key, value in self.fields.items()]
+        print(", ".join(parts), file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def progress(items: Iterable[Any], description: str, total: int | None = None, unit: str = "item"
+             ) -> Iterator[Any]:
+    """Iterate over `items`, reporting progress (see `Progress`); `progress.note(...)` is reachable as the
+    iterator's `.progress`."""
+    return _Tracked(items, Progress(total if total is not None else _length(items), description, unit))
+
+
+class _Tracked:
+    def __init__(self, items: Iterable[Any], tracker: Progress):
+        self.items, self.progress = items, tracker
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in self.items:
+                yield item
+                self.progress.update()
+        finally:
+            self.progress.close()
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _length(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_workers: int,
                  total: int | None = None, description: str = "") -> Iterator[Any]:
-    """Yield `function(task)` for every task, in completion order, with a progress bar.
+    """Yield `function(task)` for every task, in completion order, reporting progress (`Progress`).
 
     `num_workers` > 1 uses that many worker processes (spawned, so C libraries such as
     espeak-ng start clean in each); 1 runs in this process, which is easiest to debug.
     """
-    bar = tqdm(total=total, desc=description, unit="item", disable=None, file=sys.stderr, dynamic_ncols=True)
+    tracker = Progress(total, description)
     try:
         if num_workers <= 1:
             for task in tasks:
                 yield function(task)
-                bar.update()
+                tracker.update()
             return
         context = multiprocessing.get_context("spawn")
         with context.Pool(num_workers) as pool:
             for result in pool.imap_unordered(function, tasks, chunksize=1):
                 yield result
-                bar.update()
+                tracker.update()
     finally:
-        bar.close()
-
-
-def progress(items, description: str):
-    """Iterate with a progress bar on stderr (hidden when stderr is not a terminal)."""
-    return tqdm(items, desc=description, disable=None, file=sys.stderr, dynamic_ncols=True)
+        tracker.close()
 
 
 def default_workers() -> int:

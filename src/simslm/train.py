@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -90,12 +91,15 @@ class TrainConfig(Config):
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
     restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
     installed (slamkit's setting), else sdpa."""
+    tensorboard: bool = False
+    """Also write the metrics.jsonl values as TensorBoard events under run_dir/tensorboard (needs the
+    tensorboard package: pip install 'simslm[tensorboard]')."""
     allow_replan: bool = False
     """Resume a run planned for another number of processes by re-planning its remaining steps: the total
     tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
 
     # Fields that may change between a run's first start and its resumes.
-    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan")
+    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard")
 
     def check(self) -> None:
         if (self.budget_flops is None) == (self.budget_tokens is None):
@@ -110,6 +114,8 @@ class TrainConfig(Config):
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
 
@@ -275,8 +281,6 @@ def attention_kernel(choice: str, device: str) -> str:
     is installed (slamkit trains with flash_attention_2), else PyTorch's SDPA."""
     if choice != "auto":
         return choice
-    import importlib.util
-
     return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
@@ -547,7 +551,7 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     totals = [0.0] * 6
     model.eval()
     with torch.no_grad():
-        for _ in range(min(num_batches, loader.batches_per_epoch())):
+        for _ in jobs.progress(range(min(num_batches, loader.batches_per_epoch())), "validation", unit="batch"):
             _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext())
             totals = [a + b for a, b in zip(totals, sums)]
     model.train()
@@ -585,6 +589,21 @@ def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: in
           f"{replanned.total_steps} steps in all, {replanned.total_tokens:,} tokens (planned "
           f"{previous.total_tokens:,})", file=sys.stderr)
     return replanned
+
+
+def tensorboard_writer(run_dir: Path, start_step: int):
+    """A TensorBoard writer into run_dir/tensorboard; on resume, events past `start_step` (steps done again)
+    are dropped."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+
+def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None:
+    """metrics.jsonl's numbers (a record as written there) as TensorBoard scalars."""
+    for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -656,9 +675,9 @@ def train(config: TrainConfig) -> RunResult | None:
     peak_flops = measure_peak_flops("cuda" if on_cuda else "cpu") if distributed.is_main else 0.0
 
     # Loop.
-    progress = jobs.progress(range(start_step, plan.total_steps), "train") if distributed.is_main else \
-        range(start_step, plan.total_steps)
-    for step in progress:
+    tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None
+    events = tensorboard_writer(run_dir, start_step) if config.tensorboard and distributed.is_main else None
+    for step in range(start_step, plan.total_steps):
         step_started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, plan, config)
@@ -690,18 +709,26 @@ def train(config: TrainConfig) -> RunResult | None:
             elapsed = time.perf_counter() - step_started
             tokens_per_sec = plan.tokens_per_step / elapsed
             achieved = tokens_per_sec * plan.flops_per_token["all_params"]
+            record = {"step": done, **asdict(_ratios(totals)), "lr": optimizer.param_groups[0]["lr"],
+                      "grad_norm": float(grad_norm), "tokens": plan.tokens_before(done),
+                      "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
+                      "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
             with open(metrics_path, "a") as handle:
-                handle.write(json.dumps({"step": done, **asdict(_ratios(totals)), "lr": optimizer.param_groups[0]["lr"],
-                                         "grad_norm": float(grad_norm), "tokens": plan.tokens_before(done),
-                                         "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
-                                         "tokens_per_sec": tokens_per_sec,
-                                         "mfu": achieved / peak_flops / distributed.world_size}) + "\n")
+                handle.write(json.dumps(record) + "\n")
+            if events is not None:
+                _add_scalars(events, "train", record, done)
+            tracker.note(step=f"{done}/{plan.total_steps}", loss=record["loss"], lr=record["lr"],
+                         tokens_per_sec=round(tokens_per_sec))
+            tracker.update()
         if done % config.checkpoint_every == 0 or done == plan.total_steps:
             model_state, optimizer_state = full_state(model, optimizer)
             if distributed.is_main:
                 save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
                                 wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
             distributed.barrier()
+
+    if tracker is not None:
+        tracker.close()
 
     # Evaluate and save.
     result = None
@@ -716,6 +743,10 @@ def train(config: TrainConfig) -> RunResult | None:
         validation = (evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
                                           config.num_validation_batches, distributed.device)
                       if config.validation_data else None)
+        if events is not None:
+            if validation is not None:
+                _add_scalars(events, "validation", asdict(validation), plan.total_steps)
+            events.close()
         model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
         # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
         vocabulary.save(run_dir / "model")

@@ -15,6 +15,7 @@ from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
+from simslm import jobs
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import Pair, Part
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
@@ -99,7 +100,7 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     low, high = vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units
     model.eval()
     with torch.no_grad():
-        for start in range(0, num, batch_size):
+        for start in jobs.progress(range(0, num, batch_size), "scoring", unit="batch"):
             chosen = order[start:start + batch_size]
             length = len(sequences[chosen[0]])
             ids = torch.full((len(chosen), length), vocabulary.pad_id, dtype=torch.long)

@@ -175,12 +175,13 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
     for run in sweep["runs"]:
         run["config"]["run_dir"] = str(Path(folder) / "runs" / run["id"])
         for key in ("data", "base_model", "validation_data"):
-            run["config"][key] = anchors.placed(run["config"][key])
+            if key in run["config"]:
+                run["config"][key] = anchors.placed(run["config"][key])
     spec = sweep["spec"]
     spec.update(family=anchors.placed(spec.get("family")), validation_data=anchors.placed(spec.get("validation_data")),
                 bench=anchors.bench(spec.get("bench") or (), anchors.placed))
-    for variant in spec["variants"]:
-        variant["data"] = anchors.placed(variant["data"])
+    for variant in spec.get("variants", ()):
+        variant["data"] = anchors.placed(variant.get("data"))
     return sweep
 
 
@@ -253,8 +254,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     waiting = list(runs)
     active: dict[str, tuple[subprocess.Popen, Any]] = {}  # run id -> (process, its log file)
-    bar = jobs.progress(range(len(runs)), "sweep runs")
-    progress = iter(bar)
+    tracker = jobs.Progress(len(runs), "sweep runs", unit="run")
     failures = []
     try:
         while waiting or active:
@@ -269,7 +269,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
                 if process.poll() is not None:
                     del active[identifier]
                     log.close()
-                    next(progress, None)
+                    tracker.update()
                     if process.returncode != 0:
                         failures.append(identifier)
     finally:
@@ -278,7 +278,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
         for process, log in active.values():
             process.wait()
             log.close()
-        bar.close()
+        tracker.close()
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)} "
                            f"(see {sweep_dir}/runs/<id>.log); re-run `simslm sweep run` to retry them")

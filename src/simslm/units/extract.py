@@ -162,7 +162,12 @@ def fit_codebook(config: FitConfig) -> Path:
                          f"least {MIN_FRAMES_PER_UNIT * config.num_units} are needed ({MIN_FRAMES_PER_UNIT} per "
                          f"unit): fit on more utterances or ask for fewer --num-units")
     backend = kmeans.available_backend() if config.backend == "auto" else config.backend
+    # One k-means call (faiss iterates inside C++): a line before and after, so a cluster log shows it.
+    print(f"[units fit] k-means: k={config.num_units} on {len(stacked):,} frames x {stacked.shape[1]} dims "
+          f"({backend}) ...", file=sys.stderr, flush=True)
+    fit_started = time.perf_counter()
     centroids = kmeans.fit(stacked, config.num_units, seed=config.seed, backend=backend)
+    print(f"[units fit] k-means done in {time.perf_counter() - fit_started:.1f} s", file=sys.stderr, flush=True)
     used = [r for r in records if r["id"] not in skipped]
     meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate, "corpus_hash": corpus_hash(used),
             "manifest": str(config.manifest), "num_utterances": len(used), "num_frames": int(len(stacked)),
