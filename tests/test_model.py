@@ -1,8 +1,8 @@
 import hashlib
 import json
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from simslm import assets, model

@@ -215,10 +215,9 @@ def _eval(config) -> int:
 
 
 def _sweep_plan(config) -> int:
-    from simslm import jobs
     from simslm.scaling.sweep import SWEEP_FILE, SweepSpec, plan_sweep
 
-    planned = plan_sweep(SweepSpec.from_json(jobs.read_json(config.spec)), config.out)
+    planned = plan_sweep(SweepSpec.read(config.spec), config.out)
     print(f"planned {len(planned['runs'])} run(s) -> {Path(config.out) / SWEEP_FILE}")
     return 0
 
@@ -430,10 +429,22 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _quiet_hub_progress_bars() -> None:
+    """No Hugging Face progress bars in a log file: they are redrawn with carriage returns, one line per
+    weight file, and our own progress lines (`jobs.Progress`) say what is going on."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    if "transformers" in sys.modules:  # already imported (as in the tests): switch it off directly
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
+    if not sys.stderr.isatty():
+        _quiet_hub_progress_bars()
     try:
         config = config_from_args(args.config_class, args)
         if args.print_config:

@@ -193,8 +193,35 @@ def placed_path(recorded: str | dict[str, str], folder: str | os.PathLike) -> Pa
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file; a ValueError naming the file when it is not UTF-8 JSON (FileNotFoundError as usual)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a JSON file") from None
+
+
+def text_lines(handle, path: str | os.PathLike) -> Iterator[str]:
+    """The lines of an open text file, a decoding error reported as a ValueError naming the file and line."""
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):
+            yield line
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{number + 1}: not UTF-8 text") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; a ValueError naming the file when it is not UTF-8 or not a file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a file") from None
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

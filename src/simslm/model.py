@@ -114,11 +114,22 @@ def load_base_model(source: str):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         return model
+    return load_model_folder(source)
+
+
+def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
+    """A causal LM in fp32 that `from_pretrained` reads (a folder or hub id); a ValueError naming it when its
+    files are missing, truncated or not a model."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
-        return AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32).eval()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load base model '{source}' ({error})") from None
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError, SafetensorError, KeyError, RuntimeError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"{source}: cannot load the model ({error.__class__.__name__}: {message})") from None
 
 
 def smollm2_gguf_path() -> Path:

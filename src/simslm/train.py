@@ -408,7 +408,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def checkpoint_state(folder: Path) -> dict[str, Any]:
     """A checkpoint's loop state: step, loader position, and the wall time spent up to it."""
-    return json.loads((folder / "state.json").read_text())
+    return jobs.read_json(folder / "state.json")
 
 
 def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int:

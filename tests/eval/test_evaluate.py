@@ -70,6 +70,10 @@ def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(traine
     evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",), num_resamples=20))
     before = (run / "eval.json").read_text()
     (tmp_path / "no-units" / "shards").mkdir(parents=True)  # pre-extracted units of other audio: none match
+    from simslm.sequences.build import speech_units_folder
+
+    units_header = speech_units_folder(json.loads((run / "config.json").read_text())["data"]) / "units.json"
+    (tmp_path / "no-units" / "units.json").write_text(units_header.read_text())
     with pytest.raises(ValueError, match="no pair could be scored"):
         evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",),
                                 units=str(tmp_path / "no-units")))

@@ -73,17 +73,18 @@ def test_imports_that_disagree_with_the_transcript_or_the_audio_are_skipped(libr
     (folder / f"{REFERENCE_ID}.json").write_text(json.dumps(words[:-1]))                 # a word missing
     late = [dict(item, start=item["start"] + 9, end=item["end"] + 9) for item in words]
     (folder / "61-70968-0000.json").write_text(json.dumps({"words": late}))               # other words
-    report = align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"),
-                                        method="json", source=str(folder)))
-    assert report.num_aligned == 0
-    assert "do not match the transcript" in report.skipped[REFERENCE_ID]
-    assert "do not match the transcript" in report.skipped["61-70968-0000"]
-    assert "no .json/.words.json file" in report.skipped["2412-153948-0000"]
+    with pytest.raises(ValueError, match="no utterance could be aligned") as nothing:  # a batch job with no result
+        align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"),
+                                   method="json", source=str(folder)))
+    assert not (tmp_path / "o.jsonl").exists()
+    assert f"{REFERENCE_ID}: word timings do not match the transcript" in str(nothing.value)
+    assert "61-70968-0000: word timings do not match the transcript" in str(nothing.value)
+    assert "2412-153948-0000: no .json/.words.json file" in str(nothing.value)
 
     (folder / f"{REFERENCE_ID}.json").write_text(json.dumps(late))                        # past the end
-    report = align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"),
-                                        method="json", source=str(folder)))
-    assert "past the end of the audio" in report.skipped[REFERENCE_ID]
+    with pytest.raises(ValueError, match=f"{REFERENCE_ID}: .*past the end of the audio"):
+        align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"),
+                                   method="json", source=str(folder)))
 
 
 def test_pocketsphinx_agrees_with_the_reference_forced_alignment(librispeech_manifest, tmp_path):

@@ -109,6 +109,11 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, nu
     """
     if pre_extracted:
         by_stem = {u.id: u.units for u in read_units(pre_extracted)}
+        k = unit_source(pre_extracted).k
+        beyond = next((key for key, units in by_stem.items() if len(units) and (units.max() >= k or units.min() < 0)),
+                      None)
+        if beyond is not None:
+            raise ValueError(f"{pre_extracted}: {beyond} has unit ids outside 0..{k - 1}, the codebook's range")
 
         def from_folder(key):
             if isinstance(key, tuple):

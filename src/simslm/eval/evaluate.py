@@ -6,7 +6,6 @@ units (`bench_units`), its pairs scored (`scoring`); results merge into `<run>/e
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,11 +16,13 @@ import numpy as np
 
 from simslm import jobs
 from simslm.config import ConfigError, check_positive, registry_choices
-from simslm.eval.bench_units import units_lookup
+from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
 from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, detect_layout, load
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
+from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
+from simslm.units.extract import unit_source
 
 EVAL_FILE = "eval.json"
 
@@ -106,9 +107,12 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
 
 def load_run_model(run_dir: Path, device: str):
     """The model (fp32), its vocabulary and the run's config (None for a bare model folder)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    model_dir, vocabulary, config = run_vocabulary(run_dir)
+    return load_model_folder(model_dir, device), vocabulary, config
 
+
+def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | None]:
+    """The model folder of a run (or a bare model folder), its vocabulary and the run's config."""
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").exists() and (run_dir / "model").is_dir():
         config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
@@ -119,8 +123,7 @@ def load_run_model(run_dir: Path, device: str):
     else:
         raise ValueError(f"{run_dir}: neither a run folder (plan.json and model/) nor a model folder with "
                          f"{VOCAB_FILE} (a slamkit model: `simslm model from-slamkit --tokenizer ... --num-units ...`)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    return model, vocabulary, config
+    return model_dir, vocabulary, config
 
 
 def _device(name: str) -> str:
@@ -209,6 +212,7 @@ def benchmark_kind(argument: str) -> tuple[str, str, str]:
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     """Score every benchmark asked for and merge the results into `<run>/eval.json`."""
     run_dir = Path(config.run)
+    check_inputs(config)  # before the model loads: a typo costs no minutes
     device = _device(config.device)
     model, vocabulary, run_config = load_run_model(run_dir, device)
     context = _Context(config, run_dir, model, vocabulary, run_config, device)
@@ -225,6 +229,27 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     return results
 
 
+def check_inputs(config: EvalConfig) -> None:
+    """Refuse benchmark folders that are not benchmarks, and pre-extracted units that are not the model's."""
+    _, vocabulary, _ = run_vocabulary(Path(config.run))
+    for argument in config.bench:
+        kind, _, target = benchmark_kind(argument)
+        if kind == "pairs":
+            detect_layout(Path(target))
+    if config.units:
+        given = unit_source(config.units)
+        if given.k != vocabulary.num_units:
+            raise ValueError(f"{config.units}: units of a {given.k}-unit codebook, but the model reads "
+                             f"{vocabulary.num_units} units")
+        try:
+            expected = run_unit_source(Path(config.run), config.speech_units)
+        except ValueError:
+            return  # the model does not record its codebook: the size check is all there is
+        if None not in (expected.codebook_sha256, given.codebook_sha256) and \
+                expected.codebook_sha256 != given.codebook_sha256:
+            raise ValueError(f"{config.units}: units of another codebook than the model's ({expected.codebook})")
+
+
 def _sample(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
     """At most `max_pairs` of the pairs, a seeded sample in their original order."""
     if not max_pairs or len(pairs) <= max_pairs:
@@ -235,7 +260,7 @@ def _sample(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
 
 def _bench_note(folder: Path) -> str | None:
     meta = folder / BENCH_FILE
-    return json.loads(meta.read_text()).get("note") if meta.exists() else None
+    return jobs.read_json(meta).get("note") if meta.exists() else None
 
 
 def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str) -> dict[str, Any]:

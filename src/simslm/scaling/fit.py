@@ -20,6 +20,7 @@ Everything here is a function of arrays; the sweep and the report only call it.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -88,11 +89,16 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     groups, and its bootstrap resamples rows freely.
     """
     path = Path(path)
+    text = jobs.read_text(path)
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                rows.append(json.loads(line)) if line.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
     parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
     values: dict[str, list[float]] = {"parameters": [], "tokens": [], "loss": [], "budget": []}
     for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):

@@ -68,17 +68,52 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields shared by every run (batch_size, lr, ...)."""
 
+    def __post_init__(self) -> None:
+        """Refuse a grid that cannot run, before anything is planned."""
+        if not self.variants:
+            raise ValueError("the spec needs at least one variant")
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must differ, got {names}")
+        for variant in self.variants:
+            if variant.init not in ("twist", "random"):
+                raise ValueError(f"variant {variant.name}: init must be twist or random, not '{variant.init}'")
+        if not self.depths or not all(isinstance(d, int) and d >= 1 for d in self.depths):
+            raise ValueError(f"depths must be whole numbers >= 1, not {list(self.depths)}")
+        if not self.budgets_flops or not all(isinstance(b, (int, float)) and 0 < b < float("inf")
+                                             for b in self.budgets_flops):
+            raise ValueError(f"budgets_flops must be finite numbers > 0, not {list(self.budgets_flops)}")
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
+        if not isinstance(data, dict):
+            raise ValueError("a sweep spec is a JSON object")
+        missing = [key for key in ("variants", "depths", "budgets_flops") if key not in data]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(missing)}")
         values = dict(data)
-        values["variants"] = tuple(Variant(**v) for v in data["variants"])
-        for key in ("depths", "budgets_flops", "bench", "eval_modes"):
-            if key in values:
-                values[key] = tuple(values[key])
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
+        try:
+            values["variants"] = tuple(Variant(**v) for v in data["variants"])
+            for key in ("depths", "budgets_flops", "bench", "eval_modes"):
+                if key in values:
+                    values[key] = tuple(values[key])
+        except TypeError as error:
+            raise ValueError(f"a variant is a JSON object with name, data and optionally init ({error})") from None
         return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SweepSpec":
+        """A spec from its JSON file; a ValueError naming the file when it is not one."""
+        try:
+            return cls.from_json(jobs.read_json(path))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such sweep spec") from None
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
 def run_id(variant: str, depth: int, budget: float, config: dict[str, Any]) -> str:

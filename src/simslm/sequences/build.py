@@ -8,7 +8,6 @@ temporary folder and renamed at the end.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
 from simslm.speech.manifest import Utterance, read_manifest
-from simslm.units.extract import UtteranceUnits, read_units
+from simslm.units.extract import UtteranceUnits, read_units, unit_source
 
 Stream = Literal["interleaved", "speech", "text"]
 STREAMS: tuple[str, ...] = get_args(Stream)
@@ -271,7 +270,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     if needs_speech:
         utterances = read_manifest(config.manifest)
         units_by_id = {u.id: u for u in read_units(config.units)}
-        num_units = int(json.loads((Path(config.units) / "units.json").read_text())["k"])
+        num_units = int(unit_source(config.units).k)
     texts = _read_text_corpus(config.text_corpus) if "text" in streams else []
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from simslm import jobs
 
 
 class Batch(NamedTuple):
@@ -27,7 +28,7 @@ class PackedLoader:
     def __init__(self, folder: str | os.PathLike, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         self.folder = Path(folder)
-        self.index = json.loads((self.folder / "index.json").read_text())
+        self.index = jobs.read_json(self.folder / "index.json")
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
         self._arrays: dict[tuple[int, str], np.ndarray] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from simslm import jobs
 from simslm.config import Config, check_positive
 from simslm.sequences.build import BuildConfig
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
@@ -21,7 +21,7 @@ from simslm.units.extract import read_units
 
 def stats(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words."""
-    index = json.loads((Path(folder) / "index.json").read_text())
+    index = jobs.read_json(Path(folder) / "index.json")
     rows = []
     for entry in index["epochs"]:
         counts = entry["token_counts"]
@@ -85,7 +85,7 @@ def render_chunk(chunk: np.ndarray, vocabulary: Vocabulary, max_units: int = 12)
 def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) -> tuple[Sample, Vocabulary]:
     """Rebuild one interleaved sample of a built folder from (seed, id, epoch) alone."""
     folder = Path(folder)
-    index = json.loads((folder / "index.json").read_text())
+    index = jobs.read_json(folder / "index.json")
     config = BuildConfig.from_dict(index["config"], source=str(folder / "index.json"))
     vocabulary = Vocabulary.load(folder / "tokenizer")
     utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)

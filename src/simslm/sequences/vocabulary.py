@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import assets
+from simslm import assets, jobs
 
 SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN = "<speech>", "<text>", "<simslm_pad>"
 
@@ -71,7 +71,7 @@ class Vocabulary:
         """Load a vocabulary saved by `save`."""
         from transformers import AutoTokenizer
 
-        meta = json.loads((Path(folder) / VOCAB_FILE).read_text())
+        meta = jobs.read_json(Path(folder) / VOCAB_FILE)
         return cls(tokenizer=AutoTokenizer.from_pretrained(str(folder)), **meta)
 
     def __len__(self) -> int:

@@ -317,8 +317,12 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     """Add word timings to every utterance of a manifest; skip and count the failures."""
     started = time.perf_counter()
     manifest_dir = Path(config.manifest).parent
+    if config.method != "pocketsphinx" and not (config.source and Path(config.source).exists()):
+        raise ValueError(f"{config.source}: no such file or folder (--source, the {config.method} timings to "
+                         f"import)")
     utterances = read_manifest(config.manifest)
     out_path = Path(config.out)
+    in_place = out_path.resolve() == Path(config.manifest).resolve()
     results: dict[str, Utterance] = {}
     tasks = []
     for utterance in utterances:
@@ -338,6 +342,14 @@ def align_manifest(config: AlignConfig) -> AlignReport:
             skipped[record["id"]] = record["skipped"]
         else:
             results[record["id"]] = Utterance.from_json(record)
+    source = config.source if config.method != "pocketsphinx" else config.manifest
+    if utterances and len(results) == num_kept and skipped:
+        examples = "; ".join(f"{key}: {reason}" for key, reason in list(skipped.items())[:3])
+        raise ValueError(f"{source}: no utterance could be aligned ({len(skipped)} skipped; {examples})")
+    if in_place and skipped:
+        # The output drops what could not be aligned: over the input, that would lose utterances.
+        raise ValueError(f"{config.manifest}: {len(skipped)} utterance(s) could not be aligned, and writing in place "
+                         f"would drop them; write to another --out")
     ordered = [_relative_to(results[u.id], out_path.parent) for u in utterances if u.id in results]
     write_manifest(out_path, ordered)
     report = AlignReport(manifest=str(out_path), num_utterances=len(utterances),

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from simslm import assets
+from simslm import assets, jobs
 
 
 def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
@@ -38,8 +38,10 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tu
     """Yield (line index, text or None, problem) for each line of a .jsonl or .txt corpus."""
     path = Path(path)
     is_jsonl = path.suffix in (".jsonl", ".json")
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a text corpus (.txt or .jsonl)")
     with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
+        for index, line in enumerate(jobs.text_lines(handle, path)):
             if not is_jsonl:
                 yield index, line.rstrip("\n"), ""
                 continue
@@ -53,3 +55,4 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tu
                 yield index, None, "line is not valid JSON"
             except (KeyError, TypeError):
                 yield index, None, f"no string field '{text_field}'"
+

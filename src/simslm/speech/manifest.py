@@ -173,8 +173,10 @@ class ManifestError(ValueError):
 def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Problem]]:
     """Yield (line number, utterance or the problem that stopped it from parsing)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a manifest (.jsonl)")
     with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+        for line_number, line in enumerate(jobs.text_lines(handle, path), start=1):
             if not line.strip():
                 continue
             try:

@@ -204,7 +204,6 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         raise ValueError(f"audio_format must be flac or wav, not '{config.audio_format}'")
     corpus = assets.resolve_file(split_corpus_spec(config.corpus)[0])
     out_dir = Path(config.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     prefix = config.id_prefix or corpus.stem
     journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
     done = {key: record for key, record in journal.read().items() if "skipped" not in record}
@@ -231,6 +230,10 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         done.pop(utterance_id, None)  # recorded, but its audio is gone: speak it again
         tasks.append(synth_task(utterance_id, value, config.voice_set, config.seed, index, out_dir,
                                 backend=config.backend, audio_format=config.audio_format))
+    if not tasks and not any(key in done for key in order):
+        raise ValueError(f"{corpus}: no text to synthesise in {config.corpus} "
+                         f"({dict(skipped) or 'no lines in the range asked for'})")
+    out_dir.mkdir(parents=True, exist_ok=True)
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
     for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
@@ -241,6 +244,9 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         else:
             done[record["id"]] = record
             audio_sec += record["duration_sec"]
+    if not any(key in done for key in order):
+        raise ValueError(f"{corpus}: no line could be synthesised ({dict(skipped)}); see "
+                         f"{journal.path} for each reason")
     manifest_path = out_dir / "manifest.jsonl"
     write_manifest(manifest_path, (Utterance.from_json(done[key]) for key in order if key in done))
     report = SynthReport(manifest=str(manifest_path), num_lines=len(order),

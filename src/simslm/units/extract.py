@@ -12,6 +12,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -328,6 +329,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
     records = _records(config.manifest) if records is None else records
     out = Path(config.out)
+    created = not out.exists()  # only a folder made here is removed after a failure
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
@@ -336,7 +338,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
               "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
     header_path = out / "units.json"
     if header_path.exists():
-        previous = json.loads(header_path.read_text())
+        previous = jobs.read_json(header_path)
         changed = [key for key in header if key not in ("manifest", "codebook") and previous.get(key) != header[key]]
         if changed:
             raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
@@ -346,6 +348,13 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     shards = [records[i:i + config.shard_size] for i in range(0, len(records), config.shard_size)]
     todo = [i for i in range(len(shards)) if not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
     workers = min(config.num_workers or jobs.default_workers(), max(1, len(todo)))
+    if todo:
+        encoder = _cached(json.dumps(asdict(spec), sort_keys=True), lambda: build_encoder(spec))
+        if encoder.dim != codebook.centroids.shape[1]:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise ValueError(f"{config.codebook}: centroids of dimension {codebook.centroids.shape[1]}, but the "
+                             f"{spec.name} encoder gives {encoder.dim}")
     tasks = [(i, shards[i], asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
               str(out / "shards" / f"shard-{i:05d}.jsonl"), workers) for i in todo]
     for _ in jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(tasks),
@@ -364,6 +373,14 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         num_frames += sum(line["durations"])
         num_units += len(line["units"])
         audio_sec += durations_by_id.get(line["id"], 0.0)
+    if records and not num_encoded:
+        # Nothing usable: leave no folder that a re-run would take as done.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for index in todo:
+                (out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
+        raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
     report = ExtractReport(out=str(out), num_utterances=len(records), num_shards=len(shards),
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,

@@ -7,7 +7,6 @@ Fitting uses faiss when it is installed and scikit-learn otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +60,16 @@ class Codebook:
             centroids = np.load(path, allow_pickle=False)
         except ValueError as error:
             raise ValueError(f"{path}: not a plain .npy array of centroids ({error})") from None
-        if centroids.ndim != 2:
-            raise ValueError(f"{path}: centroids must be a k x dim array, found shape {centroids.shape}")
+        if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
+            raise ValueError(f"{path}: centroids must be a k x dim array with k, dim >= 1, found shape "
+                             f"{centroids.shape}")
+        if not np.issubdtype(centroids.dtype, np.number) or not np.isfinite(centroids).all():
+            raise ValueError(f"{path}: centroids must be finite numbers (found NaN, inf or non-numbers)")
         sidecar = path.with_suffix(".json")
-        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        meta = jobs.read_json(sidecar) if sidecar.exists() else {}
+        if meta.get("dim") not in (None, centroids.shape[1]):
+            raise ValueError(f"{path}: centroids of dimension {centroids.shape[1]}, but {sidecar.name} says the "
+                             f"encoder gives {meta['dim']}")
         return cls(centroids=centroids.astype(np.float32), meta=meta)
 
 

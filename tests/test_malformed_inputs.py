@@ -1,0 +1,399 @@
+"""Every command against malformed input, as a hostile user would try it (issue 14).
+
+Each case runs `simslm ...` in this process and asserts the contract of docs/RELIABILITY.md:
+exit status 2, one line on stderr, `simslm CMD: error: ...`, naming the file (or the option)
+that is wrong, no traceback, and every output that existed before unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from simslm.cli import main
+
+
+@dataclass(frozen=True)
+class World:
+    """Good inputs and outputs made once, and a folder of bad files beside them."""
+
+    root: Path
+    manifest: Path
+    codebook: Path
+    units: Path
+    data: Path
+    run: Path
+    bench: Path
+    sweep: Path
+    table: Path
+
+    @property
+    def bad(self) -> Path:
+        return self.root / "bad"
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, extracted, speech_sequences, trained_run) -> World:
+    from simslm.scaling import sweep
+
+    config, _, _ = extracted
+    root = tmp_path_factory.mktemp("malformed")
+    run = root / "run"
+    shutil.copytree(trained_run[0], run)
+    _write(run / "eval.json", json.dumps({"benchmarks": {"tsc/S": {"accuracy": 0.75}}}))  # an earlier result
+    units = root / "units"
+    shutil.copytree(config.out, units)
+    data = root / "data"
+    shutil.copytree(speech_sequences, data)
+    sweep_dir = root / "sweep"
+    sweep.plan_sweep(sweep.SweepSpec(variants=(sweep.Variant(name="random", data=str(data), init="random"),),
+                                     depths=(1,), budgets_flops=(1e9,)), sweep_dir)
+    _write(sweep_dir / "fit.json", json.dumps({"variants": {"random": {"approach3": {}}}}))  # an earlier fit
+    table = _write(root / "table.csv", "parameters,tokens,loss\n" + "".join(
+        f"{n},{d},{2 + 400 / n ** 0.3 + 900 / d ** 0.3:.4f}\n" for n in (1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8)))
+    return World(root=root, manifest=Path(config.manifest), codebook=Path(config.codebook), units=units, data=data,
+                 run=run, bench=trained_run[1], sweep=sweep_dir, table=table)
+
+
+# --- bad files -----------------------------------------------------------------------------------
+
+
+def missing(w: World, name: str = "missing.jsonl") -> Path:
+    return w.bad / "nowhere" / name
+
+
+def not_json(w: World, name: str = "garbage.json") -> Path:
+    return _write(w.bad / name, "{this is not json")
+
+
+def not_utf8(w: World, name: str = "latin.json") -> Path:
+    return _write(w.bad / name, b'{"id": "\xff\xfe caf\xe9"}\n')
+
+
+def empty(w: World, name: str = "empty.jsonl") -> Path:
+    return _write(w.bad / name, "")
+
+
+def a_folder(w: World, name: str = "a-folder.jsonl") -> Path:
+    (w.bad / name).mkdir(parents=True, exist_ok=True)
+    return w.bad / name
+
+
+def symlink_loop(w: World, name: str = "loop.jsonl") -> Path:
+    path = w.bad / name
+    w.bad.mkdir(parents=True, exist_ok=True)
+    if not path.is_symlink():
+        path.symlink_to(path)
+    return path
+
+
+def manifest_lines(w: World, name: str, change: Callable[[list[dict]], list[dict]]) -> Path:
+    lines = [json.loads(line) for line in w.manifest.read_text().splitlines()]
+    for line in lines:
+        line["audio"] = str((w.manifest.parent / line["audio"]).resolve())
+    return _write(w.bad / name, "".join(json.dumps(line) + "\n" for line in change(lines)))
+
+
+def nan_duration(lines):
+    lines[0]["duration_sec"] = float("nan")
+    return lines
+
+
+def codebook_with(w: World, name: str, centroids: np.ndarray, sidecar: bool = True) -> Path:
+    path = w.bad / f"{name}.npy"
+    w.bad.mkdir(parents=True, exist_ok=True)
+    np.save(path, centroids)
+    if sidecar:
+        shutil.copy(w.codebook.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+def sweep_spec(w: World, name: str, spec: dict) -> Path:
+    return _write(w.bad / name, json.dumps(spec))
+
+
+def table(w: World, name: str, text: str) -> Path:
+    return _write(w.bad / name, text)
+
+
+def model_folder(w: World, name: str, breaks: Callable[[Path], None]) -> Path:
+    folder = w.bad / name
+    if not folder.exists():
+        shutil.copytree(w.run / "model", folder)
+        breaks(folder)
+    return folder
+
+
+def truncate_weights(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def other_codebook_units(w: World) -> Path:
+    """The benchmark's units with ids beyond the codebook (as from another, larger codebook)."""
+    from simslm.speech import audio
+    from simslm.units.extract import ExtractConfig, extract_units
+
+    folder = w.bad / "units-k9999"
+    if not folder.exists():
+        files = sorted((w.bench / "audio").glob("*.flac"))
+        extract_units(ExtractConfig(manifest="bench", codebook=str(w.codebook), out=str(folder), num_workers=1),
+                      records=[{"id": f.stem, "path": str(f), "duration_sec": audio.audio_info(f)[1]} for f in files])
+        for shard in (folder / "shards").glob("*.jsonl"):
+            lines = [json.loads(line) for line in shard.read_text().splitlines()]
+            for line in lines:
+                line["units"] = [unit + 9000 for unit in line.get("units", [])]
+            shard.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+# --- the cases: (command line, what the message must name, outputs that must not change) ---------
+
+Case = Callable[[World], tuple[list[str], str, list[Path]]]
+CASES: dict[str, Case] = {
+    # synth
+    "synth: corpus missing": lambda w: (["synth", "--corpus", str(missing(w, "c.txt")), "--out", str(w.bad / "out-01")],
+                                        str(missing(w, "c.txt")), []),
+    "synth: corpus is a folder": lambda w: (["synth", "--corpus", str(a_folder(w, "c.d")), "--out", str(w.bad / "out-02")],
+                                            str(a_folder(w, "c.d")), []),
+    "synth: corpus not UTF-8": lambda w: (["synth", "--corpus", str(not_utf8(w, "c.txt")), "--out", str(w.bad / "out-03")],
+                                          str(not_utf8(w, "c.txt")), []),
+    "synth: corpus empty": lambda w: (["synth", "--corpus", str(empty(w, "c.jsonl")), "--out", str(w.bad / "out-04")],
+                                      str(empty(w, "c.jsonl")), []),
+    "synth: negative limit": lambda w: (["synth", "--limit", "-1", "--out", str(w.bad / "out-05")], "--limit", []),
+    # align
+    "align: manifest missing": lambda w: (["align", "--manifest", str(missing(w)), "--out", str(w.bad / "out-06")],
+                                          str(missing(w)), []),
+    "align: manifest not JSON": lambda w: (["align", "--manifest", str(not_json(w, "m.jsonl")), "--out",
+                                            str(w.bad / "out-07")], str(not_json(w, "m.jsonl")), []),
+    "align: CTM missing": lambda w: (["align", "--manifest", str(w.manifest), "--out", str(w.bad / "out-08"),
+                                      "--method", "ctm", "--source", str(missing(w, "x.ctm"))],
+                                     str(missing(w, "x.ctm")), []),
+    "align: broken CTM in place": lambda w: (
+        ["align", "--manifest", str(w.manifest), "--out", str(w.manifest), "--method", "ctm", "--source",
+         str(_write(w.bad / "broken.ctm", "utt 1 not numbers\n"))], "broken.ctm", [w.manifest]),
+    # units fit
+    "units fit: k = 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-09"),
+                                    "--num-units", "0"], "--num-units", []),
+    "units fit: k < 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-10"),
+                                    "--num-units", "-3"], "--num-units", []),
+    "units fit: manifest missing": lambda w: (["units", "fit", "--manifest", str(missing(w)), "--out",
+                                               str(w.bad / "out-11")], str(missing(w)), []),
+    "units fit: manifest is a folder": lambda w: (["units", "fit", "--manifest", str(a_folder(w)), "--out",
+                                                   str(w.bad / "out-12")], str(a_folder(w)), []),
+    "units fit: manifest is a symlink loop": lambda w: (["units", "fit", "--manifest", str(symlink_loop(w)), "--out",
+                                                         str(w.bad / "out-13")], str(symlink_loop(w)), []),
+    "units fit: manifest not UTF-8": lambda w: (["units", "fit", "--manifest", str(not_utf8(w, "m.jsonl")), "--out",
+                                                 str(w.bad / "out-14")], str(not_utf8(w, "m.jsonl")), []),
+    "units fit: NaN in manifest": lambda w: (["units", "fit", "--manifest", str(manifest_lines(w, "nan.jsonl",
+                                              nan_duration)), "--out", str(w.bad / "out-15")], "nan.jsonl", []),
+    "units fit: duplicate ids": lambda w: (["units", "fit", "--manifest", str(manifest_lines(
+        w, "dup.jsonl", lambda lines: lines + lines[:1])), "--out", str(w.bad / "out-16")], "dup.jsonl", []),
+    "units fit: k beyond the frames": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out",
+                                                  str(w.bad / "out-17"), "--num-units", "100000", "--num-workers", "1"],
+                                                 str(w.manifest), []),
+    # units extract
+    "units extract: codebook missing": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
+                                                   str(missing(w, "k.npy")), "--out", str(w.bad / "out-18")],
+                                                  str(missing(w, "k.npy")), []),
+    "units extract: codebook not npy": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
+                                                   str(_write(w.bad / "text.npy", "not an array")), "--out",
+                                                   str(w.bad / "out-19")], "text.npy", []),
+    "units extract: NaN centroids": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
+                                                str(codebook_with(w, "nan", np.full((32, 160), np.nan, np.float32))),
+                                                "--out", str(w.bad / "out-20")], "nan.npy", []),
+    "units extract: codebook without sidecar": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook",
+         str(codebook_with(w, "bare", np.zeros((32, 160), np.float32), sidecar=False)), "--out", str(w.bad / "out-21")],
+        "bare", []),
+    "units extract: wrong dimension": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
+                                                  str(codebook_with(w, "dim5", np.zeros((32, 5), np.float32))),
+                                                  "--out", str(w.bad / "out-22")], "dim5.npy", []),
+    "units extract: into units of another codebook": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook",
+         str(codebook_with(w, "other", np.random.default_rng(0).normal(size=(32, 160)).astype(np.float32))),
+         "--out", str(w.units)], str(w.units), [w.units]),
+    # units import / convert / quality
+    "units import: features missing": lambda w: (["units", "import", "--features", str(missing(w)), "--out",
+                                                  str(w.bad / "out-23")], str(missing(w)), []),
+    "units import: every line bad": lambda w: (["units", "import", "--features", str(_write(
+        w.bad / "feats.jsonl", "not json\n{}\n")), "--out", str(w.bad / "out-24")], "feats.jsonl", []),
+    "units convert: pickle without trust": lambda w: (["units", "convert", "--pickle", str(_write(
+        w.bad / "km.pkl", b"\x80\x04N.")), "--out", str(w.bad / "out-25")], "--trust-pickle", []),
+    "units quality: units missing": lambda w: (["units", "quality", "--manifest", str(w.manifest), "--units",
+                                                str(missing(w, "units"))], str(missing(w, "units")), []),
+    # sequences
+    "sequences build: context 0": lambda w: (["sequences", "build", "--out", str(w.bad / "out-26"), "--manifest",
+                                              str(w.manifest), "--units", str(w.units), "--context-length", "0", "--streams", "speech"],
+                                             "--context-length", []),
+    "sequences build: units missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-27"), "--manifest",
+                                                  str(w.manifest), "--units", str(missing(w, "u")), "--streams", "speech"],
+                                                 str(missing(w, "u")), []),
+    "sequences build: manifest missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-28"), "--manifest",
+                                                     str(missing(w)), "--units", str(w.units), "--streams", "interleaved", "speech"], str(missing(w)), []),
+    "sequences build: tokenizer missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-29"), "--manifest",
+                                                      str(w.manifest), "--units", str(w.units), "--tokenizer",
+                                                      str(missing(w, "tok")), "--streams", "speech"],
+                                                     str(missing(w, "tok")), []),
+    "sequences build: overwrite with broken inputs": lambda w: (
+        ["sequences", "build", "--out", str(w.data), "--overwrite", "--manifest", str(w.manifest), "--units",
+         str(missing(w, "u")), "--streams", "speech"], str(missing(w, "u")), [w.data]),
+    "sequences build: existing folder": lambda w: (["sequences", "build", "--out", str(w.data), "--manifest",
+                                                    str(w.manifest), "--units", str(w.units), "--streams", "interleaved", "speech"], str(w.data), [w.data]),
+    "sequences build: bad mix": lambda w: (["sequences", "build", "--out", str(w.bad / "out-30"), "--manifest",
+                                            str(w.manifest), "--units", str(w.units), "--streams", "speech", "--mix", "speech=lots"],
+                                           "--mix", []),
+    "sequences build: text corpus missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-31"),
+                                                        "--streams", "text", "--text-corpus",
+                                                        str(missing(w, "t.txt"))], str(missing(w, "t.txt")), []),
+    "sequences show: folder missing": lambda w: (["sequences", "show", str(missing(w, "q"))],
+                                                 str(missing(w, "q")), []),
+    "sequences stats: no index": lambda w: (["sequences", "stats", str(a_folder(w, "q-empty"))],
+                                            str(a_folder(w, "q-empty")), []),
+    "sequences stats: garbage index": lambda w: (["sequences", "stats", str(not_json(w, "q-bad/index.json").parent)],
+                                                 "index.json", []),
+    # train
+    "train: no arguments": lambda w: (["train"], "--run-dir", []),
+    "train: batch_size=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
+                                       "batch_size=0"], "--batch-size", []),
+    "train: batch_size=-1": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
+                                        "batch_size=-1"], "--batch-size", []),
+    "train: grad_accumulation=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
+                                              "budget_tokens=1000", "grad_accumulation=0"], "--grad-accumulation", []),
+    "train: checkpoint_every=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
+                                             "budget_tokens=1000", "checkpoint_every=0"], "--checkpoint-every", []),
+    "train: budget_flops=inf": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_flops=inf"],
+                                          "--budget-flops", []),
+    "train: negative budget": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_flops=-5"],
+                                         "--budget-flops", []),
+    "train: lr=nan": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
+                                 "lr=nan"], "--lr", []),
+    "train: data missing": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={missing(w, 'd')}",
+                                       "budget_tokens=1000"], str(missing(w, "d")), []),
+    "train: data without index": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={a_folder(w, 'd-empty')}",
+                                             "budget_tokens=1000"], str(a_folder(w, "d-empty")), []),
+    "train: base model missing": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
+                                             f"base_model={missing(w, 'lm')}"], str(missing(w, "lm")), []),
+    "train: finished run, other config": lambda w: (["train", "--config", str(w.run / "config.json"), f"run_dir={w.run}", "lr=0.1"],
+                                                    str(w.run), [w.run / "result.json", w.run / "model"]),
+    "train: config not JSON": lambda w: (["train", "--config", str(not_json(w, "t.json"))], str(not_json(w, "t.json")),
+                                         []),
+    "train: config not UTF-8": lambda w: (["train", "--config", str(not_utf8(w, "t8.json"))],
+                                          str(not_utf8(w, "t8.json")), []),
+    "train: config with an unknown key": lambda w: (["train", "--config", str(_write(w.bad / "unknown.json", json.dumps(
+        {"run_dir": "r", "data": "d", "budget_tokens": 10, "learning_rat": 1})))], "learning_rat", []),
+    # eval
+    "eval: run without model": lambda w: (["eval", str(a_folder(w, "no-model")), "--bench", str(w.bench)],
+                                          str(a_folder(w, "no-model")), []),
+    "eval: truncated weights": lambda w: (["eval", str(model_folder(w, "truncated", truncate_weights)), "--bench",
+                                           str(w.bench), "--modes", "T"], "truncated", []),
+    "eval: bench missing": lambda w: (["eval", str(w.run), "--bench", str(missing(w, "tsc"))],
+                                      str(missing(w, "tsc")), [w.run / "eval.json"]),
+    "eval: units of another codebook": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S",
+                                                   "--units", str(other_codebook_units(w))],
+                                                  str(other_codebook_units(w)), [w.run / "eval.json"]),
+    "eval: units missing": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S", "--units",
+                                       str(missing(w, "units"))], str(missing(w, "units")), [w.run / "eval.json"]),
+    # sweep
+    "sweep plan: spec missing keys": lambda w: (["sweep", "plan", str(sweep_spec(w, "nokeys.json", {"depths": [1]})),
+                                                 "--out", str(w.bad / "out-32")], "nokeys.json", []),
+    "sweep plan: spec not JSON": lambda w: (["sweep", "plan", str(not_json(w, "spec.json")), "--out",
+                                             str(w.bad / "out-33")], str(not_json(w, "spec.json")), []),
+    "sweep plan: spec not UTF-8": lambda w: (["sweep", "plan", str(not_utf8(w, "spec8.json")), "--out",
+                                              str(w.bad / "out-34")], str(not_utf8(w, "spec8.json")), []),
+    "sweep plan: data missing": lambda w: (["sweep", "plan", str(sweep_spec(w, "nodata.json", {
+        "variants": [{"name": "r", "data": str(missing(w, "d")), "init": "random"}], "depths": [1],
+        "budgets_flops": [1e9]})), "--out", str(w.bad / "out-35")], str(missing(w, "d")), []),
+    "sweep plan: depth 0": lambda w: (["sweep", "plan", str(sweep_spec(w, "depth0.json", {
+        "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "depths": [0],
+        "budgets_flops": [1e9]})), "--out", str(w.bad / "out-36")], "depth0.json", []),
+    "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
+                                           str(a_folder(w, "not-a-sweep")), []),
+    "sweep status: garbage sweep.json": lambda w: (["sweep", "status", str(not_json(w, "sw-bad/sweep.json").parent)],
+                                                   "sweep.json", []),
+    # fit / plan / report
+    "fit: NaN in table": lambda w: (["fit", str(table(w, "nan.csv", "parameters,tokens,loss\n1e5,1e6,nan\n"))],
+                                    "nan.csv", []),
+    "fit: negative in table": lambda w: (["fit", str(table(w, "neg.csv", "parameters,tokens,loss\n-1e5,1e6,3\n"))],
+                                         "neg.csv", []),
+    "fit: columns missing": lambda w: (["fit", str(table(w, "cols.csv", "size,loss\n1e5,3\n"))], "cols.csv", []),
+    "fit: table not UTF-8": lambda w: (["fit", str(_write(w.bad / "latin.csv", b"parameters,tokens,loss\n\xff,1,2\n"))],
+                                       "latin.csv", []),
+    "fit: table missing": lambda w: (["fit", str(missing(w, "t.csv"))], str(missing(w, "t.csv")), []),
+    "fit: sweep with no finished run": lambda w: (["fit", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),
+    "plan: negative budget": lambda w: (["plan", "--flops=-1e20"], "--flops", []),
+    "plan: fit missing": lambda w: (["plan", "--flops", "1e20", "--fit", str(missing(w, "fit.json"))],
+                                    str(missing(w, "fit.json")), []),
+    "plan: fit not JSON": lambda w: (["plan", "--flops", "1e20", "--fit", str(not_json(w, "fit.json"))],
+                                     str(not_json(w, "fit.json")), []),
+    "report: not a sweep": lambda w: (["report", str(a_folder(w, "no-sweep"))], str(a_folder(w, "no-sweep")), []),
+    # bench build / model / textlm / demo
+    "bench build: source missing": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-37"),
+                                               "--source", str(missing(w, "s.txt"))], str(missing(w, "s.txt")), []),
+    "bench build: no items": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-38"),
+                                         "--num-items", "0"], "--num-items", []),
+    "model from-slamkit: no config": lambda w: (["model", "from-slamkit", "--checkpoint", str(a_folder(w, "unitlm")),
+                                                 "--out", str(w.bad / "out-39")], str(a_folder(w, "unitlm")), []),
+    "model from-slamkit: garbage config": lambda w: (["model", "from-slamkit", "--checkpoint",
+                                                      str(not_json(w, "unitlm-bad/config.json").parent), "--out",
+                                                      str(w.bad / "out-40")], "config.json", []),
+    "textlm pretrain: depth 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-41"), "--depths", "0"],
+                                           "--depths", []),
+    "textlm pretrain: corpus missing": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-42"),
+                                                   "--text-corpus", str(missing(w, "t.txt"))],
+                                                  str(missing(w, "t.txt")), []),
+    "demo: infinite budget": lambda w: (["demo", "--out", str(w.bad / "out-43"), "--budgets-flops", "inf"],
+                                        "--budgets-flops", []),
+    "demo: depth 0": lambda w: (["demo", "--out", str(w.bad / "out-44"), "--depths", "0"], "--depths", []),
+}
+
+
+def _fingerprint(path: Path) -> str:
+    """The bytes of a file, or of every file under a folder, with their names."""
+    digest = hashlib.sha256()
+    for item in sorted([path] if path.is_file() else path.rglob("*")):
+        if item.is_file():
+            digest.update(str(item.relative_to(path.parent)).encode() + item.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_malformed_input_gets_one_line_naming_it_and_loses_nothing(case, world, capsys):
+    argv, subject, protected = CASES[case](world)
+    before = {path: _fingerprint(path) for path in protected}
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own errors (a missing required option)
+        status = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    command = "simslm " + " ".join(word for word in argv[:2] if not word.startswith("-") and "=" not in word
+                                   and "/" not in word)
+    assert status == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), err
+    assert subject in lines[0], err
+    assert {path: _fingerprint(path) for path in protected} == before, "an earlier output changed"
+
+
+def test_at_least_sixty_malformed_inputs_across_every_command():
+    from simslm.cli import COMMANDS
+
+    assert len(CASES) >= 60
+    covered = {name.split(":")[0] for name in CASES}
+    internal = {"sweep run-one", "assets", "manifest validate"}  # the executors' entry; exit 1 on findings
+    assert {" ".join(command.words) for command in COMMANDS} - internal <= covered
