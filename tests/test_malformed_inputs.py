@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,10 @@ def test_a_malformed_input_gets_one_line_naming_it_and_loses_nothing(case, world
     assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), err
     assert subject in lines[0], err
     assert {path: _fingerprint(path) for path in protected} == before, "an earlier output changed"
+    if os.environ.get("SIMSLM_RELIABILITY_LOG"):  # docs/RELIABILITY.md's table is made from this
+        with open(os.environ["SIMSLM_RELIABILITY_LOG"], "a") as log:
+            log.write(json.dumps({"case": case, "status": status, "message": lines[0].replace(str(world.root), "…"),
+                                  "kept": len(protected)}) + "\n")
 
 
 def test_at_least_sixty_malformed_inputs_across_every_command():

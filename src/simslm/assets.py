@@ -177,10 +177,20 @@ def resolve(name: str, path: str | os.PathLike | None = None, verify: bool = Tru
     return _checked(asset, "origin", paths, verify)
 
 
+def missing_local_path(source: str | os.PathLike) -> bool:
+    """Whether `source` is written as a local path (absolute, ./ ../ ~, or deeper than a hub id's org/name)
+    and nothing is there: better said as such than as the hub's complaint about a malformed repo id."""
+    text = str(source)
+    local = os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") >= 2
+    return local and not Path(text).expanduser().exists()
+
+
 def resolve_file(name_or_path: str | os.PathLike) -> Path:
     """An existing file path as given, or the single file of the asset of that name."""
     if Path(name_or_path).is_file():
         return Path(name_or_path)
+    if Path(name_or_path).is_dir():
+        raise AssetError(f"{name_or_path}: a folder, not a file")
     if str(name_or_path) not in REGISTRY:
         raise AssetError(f"{name_or_path}: no such file, and no asset of that name "
                          f"(known: {', '.join(sorted(REGISTRY))})")

@@ -124,6 +124,8 @@ def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    if assets.missing_local_path(source):
+        raise ValueError(f"{source}: no such model folder")
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
         return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(device).eval()

@@ -28,7 +28,7 @@ from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import speech_units_folder
-from simslm.sequences.loader import PackedLoader
+from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
 
@@ -622,6 +622,9 @@ def train(config: TrainConfig) -> RunResult | None:
     torch.manual_seed(config.seed)
 
     # Build.
+    for folder in (config.data, config.validation_data):
+        if folder:
+            read_index(folder)  # a sequences folder, or one line saying it is not
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)

@@ -11,6 +11,14 @@ import numpy as np
 from simslm import jobs
 
 
+def read_index(folder: str | os.PathLike) -> dict:
+    """The index.json of a sequences folder; a ValueError naming the folder when it is not one."""
+    path = Path(folder) / "index.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: not a sequences folder (no index.json; make one with `simslm sequences build`)")
+    return jobs.read_json(path)
+
+
 class Batch(NamedTuple):
     """Packed rows and each token's position within its document (0 where a document starts)."""
 
@@ -28,7 +36,7 @@ class PackedLoader:
     def __init__(self, folder: str | os.PathLike, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         self.folder = Path(folder)
-        self.index = jobs.read_json(self.folder / "index.json")
+        self.index = read_index(self.folder)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
         self._arrays: dict[tuple[int, str], np.ndarray] = {}

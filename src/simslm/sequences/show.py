@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
 from simslm.config import Config, check_positive
 from simslm.sequences.build import BuildConfig
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
-from simslm.sequences.loader import PackedLoader
+from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import read_manifest
 from simslm.units.extract import read_units
@@ -21,7 +20,7 @@ from simslm.units.extract import read_units
 
 def stats(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words."""
-    index = jobs.read_json(Path(folder) / "index.json")
+    index = read_index(folder)
     rows = []
     for entry in index["epochs"]:
         counts = entry["token_counts"]
@@ -85,7 +84,7 @@ def render_chunk(chunk: np.ndarray, vocabulary: Vocabulary, max_units: int = 12)
 def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) -> tuple[Sample, Vocabulary]:
     """Rebuild one interleaved sample of a built folder from (seed, id, epoch) alone."""
     folder = Path(folder)
-    index = jobs.read_json(folder / "index.json")
+    index = read_index(folder)
     config = BuildConfig.from_dict(index["config"], source=str(folder / "index.json"))
     vocabulary = Vocabulary.load(folder / "tokenizer")
     utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)
@@ -121,6 +120,7 @@ def show(config: ShowConfig) -> str:
         sample, vocabulary = rebuild_sample(config.folder, config.sample, config.epoch)
         return render_sample(sample, vocabulary)
     folder = Path(config.folder)
+    read_index(folder)
     vocabulary = Vocabulary.load(folder / "tokenizer")
     chunks = PackedLoader(folder, batch_size=1).chunks(config.epoch)
     if not 0 <= config.chunk < len(chunks):

@@ -118,6 +118,8 @@ def load_base_tokenizer(base: str):
     from transformers import AutoTokenizer, LlamaTokenizer
 
     path = Path(base)
+    if assets.missing_local_path(base):
+        raise ValueError(f"{base}: no such tokenizer file or folder")
     if not path.exists() and base in assets.REGISTRY:
         path = assets.file_with_suffix(base, ".model")
     if path.is_file() and path.suffix == ".model":

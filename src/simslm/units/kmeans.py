@@ -55,7 +55,7 @@ class Codebook:
         """Read a codebook saved by `save` (never unpickles: `allow_pickle=False`)."""
         path = Path(path).with_suffix(".npy")
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such k-means codebook")
+            raise ValueError(f"{path}: no such k-means codebook")
         try:
             centroids = np.load(path, allow_pickle=False)
         except ValueError as error:
