@@ -323,6 +323,8 @@ CASES: dict[str, Case] = {
         "budgets_flops": [1e9]})), "--out", str(w.bad / "out-36")], "depth0.json", []),
     "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
                                            str(a_folder(w, "not-a-sweep")), []),
+    "sweep wait: nothing submitted": lambda w: (["sweep", "wait", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),
+    "sweep run: nodes without slurm": lambda w: (["sweep", "run", str(w.sweep), "--nodes", "2"], "--nodes", []),
     "sweep status: garbage sweep.json": lambda w: (["sweep", "status", str(not_json(w, "sw-bad/sweep.json").parent)],
                                                    "sweep.json", []),
     # fit / plan / report

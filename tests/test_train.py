@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,3 +309,16 @@ def test_tensorboard_events_carry_the_metrics_and_a_plain_log_line_per_interval(
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == [(m["step"], pytest.approx(m["loss"])) for m in metrics]
     assert "validation/loss_speech" in events.Tags()["scalars"]
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_it(data, tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    train(_config(data, small, base_model="family:1", init="random", budget_tokens=4 * 4 * 64, checkpoint_every=2))
+    train(_config(data, large, base_model="family:2", init="random", budget_tokens=4 * 4 * 64, checkpoint_every=2))
+    (large / "result.json").unlink()
+    for name in ("step-00000002", "step-00000004"):  # checkpoints copied from the smaller run, checksums and all
+        shutil.rmtree(large / "checkpoints" / name)
+        shutil.copytree(small / "checkpoints" / name, large / "checkpoints" / name)
+    with pytest.raises(ValueError, match="step-00000004: does not fit this run's model"):
+        train(_config(data, large, base_model="family:2", init="random", budget_tokens=4 * 4 * 64,
+                      checkpoint_every=2))

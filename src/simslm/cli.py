@@ -225,10 +225,16 @@ def _sweep_plan(config) -> int:
 def _sweep_run(config) -> int:
     from simslm.scaling.sweep import run_sweep
 
-    counts = run_sweep(config.sweep, executor=config.executor, num_parallel=config.num_parallel,
-                       threads_per_run=config.threads_per_run, cluster=config.cluster,
-                       slurm_partition=config.slurm_partition, timeout_min=config.timeout_min,
-                       gpus_per_node=config.gpus_per_node)
+    options = {key: value for key, value in config.to_dict().items() if key not in ("sweep", "executor")}
+    counts = run_sweep(config.sweep, executor=config.executor, **options)
+    print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
+def _sweep_wait(config) -> int:
+    from simslm.scaling.sweep import wait_for_sweep
+
+    counts = wait_for_sweep(config.sweep, poll_sec=config.poll_sec)
     print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return 0
 
@@ -366,6 +372,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.scaling.sweep", "RunSweepConfig"), _sweep_run, positional=("sweep",)),
     Command(("sweep", "run-one"), "train and evaluate one run of a sweep (used by executors)",
             _config("simslm.scaling.sweep", "RunOneConfig"), _sweep_run_one, positional=("sweep", "run_id")),
+    Command(("sweep", "wait"), "follow the jobs `sweep run --executor slurm --no-wait` submitted until they end",
+            _config("simslm.scaling.sweep", "WaitConfig"), _sweep_wait, positional=("sweep",)),
     Command(("sweep", "status"), "progress, losses and accuracies per run",
             _config("simslm.scaling.sweep", "StatusConfig"), _sweep_status, positional=("sweep",)),
     Command(("fit",), "scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)",
@@ -381,7 +389,7 @@ COMMANDS: tuple[Command, ...] = (
 GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
               "sequences": "token streams: interleave, mix, pack; inspect",
               "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
-              "sweep": "isoFLOP sweeps: plan, run (resumable), status", "manifest": "corpus manifests",
+              "sweep": "isoFLOP sweeps: plan, run (resumable), wait, status", "manifest": "corpus manifests",
               "model": "base models and checkpoints"}
 
 

@@ -417,9 +417,14 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, load_file(str(folder / "model.safetensors")), options=_full_options())
-    set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True),
-                             options=_full_options())
+    try:
+        set_model_state_dict(model, load_file(str(folder / "model.safetensors")), options=_full_options())
+        set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True),
+                                 options=_full_options())
+    except (RuntimeError, KeyError, ValueError) as error:  # e.g. weights of another model size
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"{folder}: does not fit this run's model ({error.__class__.__name__}: {message}); "
+                         f"it belongs to another run") from None
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if rng["cuda"]:

@@ -178,7 +178,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
               plot_isoflop(rows, fits, main_variant, folder), plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
-    run_rows = [[r["variant"], r["depth"], r["parameters"], r["tokens"], r["flops"], r["loss_speech"],
+    run_rows = [[r["variant"], r["member"], r["parameters"], r["tokens"], r["flops"], r["loss_speech"],
                  *[r["accuracies"][k].accuracy if k in r["accuracies"] else "" for k in accuracy_keys]]
                 for r in sorted(rows, key=lambda r: (r["variant"], r["flops"]))]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>simslm sweep report</title>
@@ -193,7 +193,7 @@ img{{max-width:100%}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}<
 <h2>Fits</h2>
 {fit_tables(fits)}
 <h2>Runs</h2>
-{_table(["variant", "depth", "parameters", "tokens", "FLOPs", "speech CE", *accuracy_keys], run_rows)}
+{_table(["variant", "size", "parameters", "tokens", "FLOPs", "speech CE", *accuracy_keys], run_rows)}
 </body></html>"""
     jobs.write_text(folder / "index.html", page)
     return folder / "index.html"

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from simslm import jobs
-from simslm.config import Config, check_positive, registry_choices
+from simslm import assets, jobs
+from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
 from simslm.scaling.fit import fit_all, points_from_rows, read_table
 from simslm.train import RunResult, TrainConfig
@@ -42,10 +43,40 @@ class Variant:
     """One recipe of the sweep: its training data and initialisation."""
 
     name: str
-    data: str
-    """Sequences folder (interleaved + speech + text, or speech only for a textless variant)."""
+    data: str | dict[str, str]
+    """Sequences folder (interleaved + speech + text, or speech only for a textless variant); with several
+    families, a folder per family name, each built with that family's tokenizer."""
     init: str = "twist"
-    """twist: start from the text-LM family member; random: same architecture from scratch."""
+    """twist: start from the family member's weights; random: same architecture from scratch."""
+
+    def data_for(self, family: str) -> str:
+        if isinstance(self.data, str):
+            return self.data
+        if family not in self.data:
+            raise ValueError(f"variant {self.name} names no data for family {family} (it has "
+                             f"{', '.join(self.data) or 'none'})")
+        return self.data[family]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One size of the grid: a base model of a family."""
+
+    family: str
+    label: str
+    """Short name in run ids: d3 for a `simslm textlm` depth, else the model's own name (Qwen2.5-0.5B)."""
+    twist_source: str | None
+    """The pretrained model TWIST starts from (None: the spec has no pretrained family)."""
+    random_source: str
+    """The same architecture, to start from scratch (`family:N` for a `simslm textlm` depth)."""
+    depth: int | None = None
+
+
+def _model_label(model: str) -> str:
+    """A run-id-safe name of a model: the hub id's name, or a folder's (its parent's when it is `model`)."""
+    path = Path(model.rstrip("/"))
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem if path.suffix in (".gguf", ".bin") else name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,14 +84,19 @@ class SweepSpec:
     """What `simslm sweep plan` reads (JSON)."""
 
     variants: tuple[Variant, ...]
-    depths: tuple[int, ...]
-    """Family depths (width = 32 x depth)."""
     budgets_flops: tuple[float, ...]
     """Training compute per run, C = 6 N D."""
+    families: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The sizes as real base models: family name -> its models (HF ids or folders, .gguf, llama2.c .bin),
+    e.g. {"qwen2.5": ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"]}. Several families compare families (the
+    paper's Qwen2.5 vs Llama-3.2 vs SmolLM2). Instead of depths."""
+    depths: tuple[int, ...] = ()
+    """Or the sizes as depths of simslm's own family (width = 32 x depth): of `family` when given."""
     family: str = ""
     """Folder from `simslm textlm pretrain` (its depth-N/model is the TWIST source); '' = random only."""
-    validation_data: str = ""
-    """Speech-only held-out sequences: the loss the fits use (the paper's speech CE)."""
+    validation_data: str | dict[str, str] = ""
+    """Speech-only held-out sequences: the loss the fits use (the paper's speech CE); per family name when the
+    families have different tokenizers."""
     bench: tuple[str, ...] = ()
     """Benchmarks each run is evaluated on after training (as `simslm eval --bench`)."""
     eval_modes: tuple[str, ...] = ("S", "T")
@@ -78,8 +114,15 @@ class SweepSpec:
         for variant in self.variants:
             if variant.init not in ("twist", "random"):
                 raise ValueError(f"variant {variant.name}: init must be twist or random, not '{variant.init}'")
-        if not self.depths or not all(isinstance(d, int) and d >= 1 for d in self.depths):
+        if bool(self.families) == bool(self.depths):
+            raise ValueError("give the sizes as families (lists of models) or as depths, one of the two")
+        if self.depths and not all(isinstance(d, int) and d >= 1 for d in self.depths):
             raise ValueError(f"depths must be whole numbers >= 1, not {list(self.depths)}")
+        for name, models in self.families.items():
+            if not models or not all(isinstance(model, str) and model for model in models):
+                raise ValueError(f"family {name} must list its models (hub ids or paths)")
+        if self.families and self.family:
+            raise ValueError("family (a `simslm textlm` folder) goes with depths, not with families")
         if not self.budgets_flops or not all(isinstance(b, (int, float)) and 0 < b < float("inf")
                                              for b in self.budgets_flops):
             raise ValueError(f"budgets_flops must be finite numbers > 0, not {list(self.budgets_flops)}")
@@ -88,7 +131,7 @@ class SweepSpec:
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
         if not isinstance(data, dict):
             raise ValueError("a sweep spec is a JSON object")
-        missing = [key for key in ("variants", "depths", "budgets_flops") if key not in data]
+        missing = [key for key in ("variants", "budgets_flops") if key not in data]
         if missing:
             raise ValueError(f"missing key(s) {', '.join(missing)}")
         values = dict(data)
@@ -100,6 +143,8 @@ class SweepSpec:
             for key in ("depths", "budgets_flops", "bench", "eval_modes"):
                 if key in values:
                     values[key] = tuple(values[key])
+            if "families" in values:
+                values["families"] = {name: tuple(models) for name, models in dict(values["families"]).items()}
         except TypeError as error:
             raise ValueError(f"a variant is a JSON object with name, data and optionally init ({error})") from None
         return cls(**values)
@@ -116,10 +161,27 @@ class SweepSpec:
             raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-def run_id(variant: str, depth: int, budget: float, config: dict[str, Any]) -> str:
+    def members(self) -> list[Member]:
+        """The sizes of the grid, family by family."""
+        if self.families:
+            return [Member(family=name, label=_model_label(model), twist_source=model, random_source=model)
+                    for name, models in self.families.items() for model in models]
+        name = Path(self.family).name if self.family else "family"
+        return [Member(family=name, label=f"d{depth}", depth=depth, random_source=f"family:{depth}",
+                       twist_source=str(Path(self.family) / f"depth-{depth}" / "model") if self.family else None)
+                for depth in self.depths]
+
+    def validation_for(self, family: str) -> str:
+        if isinstance(self.validation_data, str):
+            return self.validation_data
+        return self.validation_data.get(family, "")
+
+
+def run_id(variant: str, label: str, budget: float, config: dict[str, Any], family: str = "") -> str:
     """Readable prefix plus a hash of everything that defines the run (run_dir excluded)."""
     content = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, sort_keys=True)
-    return f"{variant}-d{depth}-c{budget:.0e}-{hashlib.sha256(content.encode()).hexdigest()[:8]}".replace("+", "")
+    prefix = f"{family}-{label}-{variant}" if family else f"{variant}-{label}"
+    return f"{prefix}-c{budget:.0e}-{hashlib.sha256(content.encode()).hexdigest()[:8]}".replace("+", "")
 
 
 class _Anchors:
@@ -157,42 +219,56 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     anchors = _Anchors(out)
-    for variant in spec.variants:
-        if not (Path(variant.data) / "index.json").exists():
-            raise ValueError(f"{variant.data}: no index.json (variant {variant.name} needs a `simslm sequences "
-                             f"build` folder)")
-    if spec.validation_data and not (Path(spec.validation_data) / "index.json").exists():
-        raise ValueError(f"{spec.validation_data}: no index.json (validation_data needs a `simslm sequences build` "
-                         f"folder)")
+    members = spec.members()
+    several = len({member.family for member in members}) > 1
+    for family in {member.family for member in members}:
+        for variant in spec.variants:
+            if not (Path(variant.data_for(family)) / "index.json").exists():
+                raise ValueError(f"{variant.data_for(family)}: no index.json (variant {variant.name} needs a "
+                                 f"`simslm sequences build` folder)")
+        validation = spec.validation_for(family)
+        if validation and not (Path(validation) / "index.json").exists():
+            raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
+                             f"folder)")
     runs = []
     for variant in spec.variants:
-        for depth in spec.depths:
+        for member in members:
             if variant.init == "twist":
-                if not spec.family:
+                if member.twist_source is None:
                     raise ValueError(f"variant {variant.name} uses TWIST but the spec names no text-LM family")
-                base_model = str(Path(spec.family) / f"depth-{depth}" / "model")
-                if not Path(base_model).exists():
-                    raise ValueError(f"{base_model} does not exist: the family has no depth {depth}")
+                if member.depth is not None and not Path(member.twist_source).exists():
+                    raise ValueError(f"{member.twist_source} does not exist: the family has no depth {member.depth}")
+                base_model = member.twist_source
             else:
-                base_model = f"family:{depth}"
+                base_model = member.random_source
+            if assets.missing_local_path(base_model):
+                raise ValueError(f"{base_model}: no such model (family {member.family})")
             for budget in spec.budgets_flops:
                 # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
-                values = {**spec.train, "data": anchors.anchored(variant.data),
+                values = {**spec.train, "data": anchors.anchored(variant.data_for(member.family)),
                           "base_model": anchors.anchored(base_model), "init": variant.init,
                           "budget_flops": float(budget), "budget_tokens": None,
-                          "validation_data": anchors.anchored(spec.validation_data) or None}
+                          "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
                 config = asdict(TrainConfig(run_dir="", **values))
-                identifier = run_id(variant.name, depth, budget, config)
+                identifier = run_id(variant.name, member.label, budget, config, member.family if several else "")
                 config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
-                runs.append({"id": identifier, "variant": variant.name, "depth": depth, "budget_flops": float(budget),
-                             "config": config})
+                runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
+                             variant.name, "family": member.family, "member": member.label, "depth": member.depth,
+                             "budget_flops": float(budget), "config": config})
     stored_spec = _jsonable(asdict(spec))
-    stored_spec.update(family=anchors.anchored(spec.family), validation_data=anchors.anchored(spec.validation_data),
-                       bench=anchors.bench(spec.bench, anchors.anchored))
+    stored_spec.update(family=anchors.anchored(spec.family), validation_data=_paths(spec.validation_data, anchors.anchored),
+                       bench=anchors.bench(spec.bench, anchors.anchored),
+                       families={name: [anchors.anchored(model) for model in models]
+                                 for name, models in spec.families.items()})
     for variant in stored_spec["variants"]:
-        variant["data"] = anchors.anchored(variant["data"])
+        variant["data"] = _paths(variant["data"], anchors.anchored)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
     return load_sweep(out)
+
+
+def _paths(value: str | dict[str, str] | None, convert: Callable[[str | None], str | None]):
+    """A path, or a path per family, converted."""
+    return {key: convert(path) for key, path in value.items()} if isinstance(value, dict) else convert(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -213,10 +289,13 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
             if key in run["config"]:
                 run["config"][key] = anchors.placed(run["config"][key])
     spec = sweep["spec"]
-    spec.update(family=anchors.placed(spec.get("family")), validation_data=anchors.placed(spec.get("validation_data")),
-                bench=anchors.bench(spec.get("bench") or (), anchors.placed))
+    spec.update(family=anchors.placed(spec.get("family")),
+                validation_data=_paths(spec.get("validation_data"), anchors.placed),
+                bench=anchors.bench(spec.get("bench") or (), anchors.placed),
+                families={name: [anchors.placed(model) for model in models]
+                          for name, models in (spec.get("families") or {}).items()})
     for variant in spec.get("variants", ()):
-        variant["data"] = anchors.placed(variant.get("data"))
+        variant["data"] = _paths(variant.get("data"), anchors.placed)
     return sweep
 
 
@@ -254,20 +333,31 @@ def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
 
 
 def execute_run(sweep_dir: str, identifier: str) -> str:
-    """Train (or resume) one run and evaluate it, holding its lock; returns its final status."""
+    """Train (or resume) one run and evaluate it, holding its lock; returns its final status.
+
+    Under torchrun or a SLURM job of several tasks every process calls this: all of them train,
+    the first holds the lock and evaluates."""
     sweep = load_sweep(sweep_dir)
     run = next((r for r in sweep["runs"] if r["id"] == identifier), None)
     if run is None:
         raise ValueError(f"{sweep_dir}: no run {identifier}")
     spec = sweep["spec"]
     run_dir = Path(run["config"]["run_dir"])
+    _distributed_from_slurm()
+    trained = (run_dir / "result.json").exists()  # read before any process trains: all decide alike
+    if int(os.environ.get("RANK", "0")) != 0:
+        if not trained:
+            from simslm.train import train
+
+            train(TrainConfig(**run["config"]))
+        return "done"
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return "running"
-        if not (run_dir / "result.json").exists():
+        if not trained:
             from simslm.train import train
 
             train(TrainConfig(**run["config"]))
@@ -280,37 +370,71 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
     return "done"
 
 
+def _distributed_from_slurm() -> None:
+    """In a submitit job of several tasks (SLURM, or submitit's local cluster), torch.distributed's variables
+    from the job's, through submitit's helper; nothing elsewhere (torchrun sets them itself).
+
+    CUDA_VISIBLE_DEVICES stays as the job has it: training picks its GPU by LOCAL_RANK."""
+    if not os.environ.get("SUBMITIT_EXECUTOR") or "RANK" in os.environ:
+        return
+    import submitit
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 # --- executors ------------------------------------------------------------------------------------
 
 
-def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, threads_per_run: int,
-           **_: Any) -> None:
-    """Run up to `num_parallel` runs at once, each a subprocess with `threads_per_run` threads."""
+def _run_command(sweep_dir: Path, identifier: str, nproc_per_run: int) -> list[str]:
+    """`simslm sweep run-one`, under torchrun when a run has several processes."""
+    one = ["-m", "simslm", "sweep", "run-one", str(sweep_dir), identifier]
+    if nproc_per_run == 1:
+        return [sys.executable, *one]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc_per_run),
+            *one]
+
+
+def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2, threads_per_run: int = 1,
+           nproc_per_run: int = 1, gpus: str = "", **_: Any) -> None:
+    """Run up to `num_parallel` runs at once, each a subprocess (torchrun with `nproc_per_run` processes when
+    more than one) with `threads_per_run` threads; with `gpus`, each run gets `nproc_per_run` of them."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
+    devices = [device.strip() for device in gpus.split(",") if device.strip()]
+    slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices) - nproc_per_run + 1,
+                                                                     nproc_per_run)] if devices else []
+    if devices and not slots:
+        raise ValueError(f"--gpus {gpus}: fewer GPUs than --nproc-per-run {nproc_per_run}")
+    num_parallel = min(num_parallel, len(slots)) if slots else num_parallel
+    free = list(slots)
     waiting = list(runs)
-    active: dict[str, tuple[subprocess.Popen, Any]] = {}  # run id -> (process, its log file)
+    active: dict[str, tuple[subprocess.Popen, Any, str]] = {}  # run id -> (process, its log file, its GPUs)
     tracker = jobs.Progress(len(runs), "sweep runs", unit="run")
     failures = []
     try:
         while waiting or active:
             while waiting and len(active) < num_parallel:
                 run = waiting.pop(0)
+                slot = free.pop(0) if slots else ""
                 log = open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a")
-                active[run["id"]] = (subprocess.Popen(
-                    [sys.executable, "-m", "simslm", "sweep", "run-one", str(sweep_dir), run["id"]],
-                    stdout=log, stderr=subprocess.STDOUT, env=environment), log)
+                env = {**environment, "CUDA_VISIBLE_DEVICES": slot} if slot else environment
+                active[run["id"]] = (subprocess.Popen(_run_command(sweep_dir, run["id"], nproc_per_run),
+                                                      stdout=log, stderr=subprocess.STDOUT, env=env), log, slot)
             time.sleep(0.2)
-            for identifier, (process, log) in list(active.items()):
+            for identifier, (process, log, slot) in list(active.items()):
                 if process.poll() is not None:
                     del active[identifier]
                     log.close()
+                    if slot:
+                        free.append(slot)
                     tracker.update()
                     if process.returncode != 0:
                         failures.append(identifier)
     finally:
-        for process, _ in active.values():  # interrupted: stop the children too (their runs resume later)
+        for process, _, _ in active.values():  # interrupted: stop the children too (their runs resume later)
             process.terminate()
-        for process, log in active.values():
+        for process, log, _ in active.values():
             process.wait()
             log.close()
         tracker.close()
@@ -319,19 +443,53 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int, th
                            f"(see {sweep_dir}/runs/<id>.log); re-run `simslm sweep run` to retry them")
 
 
+JOBS_FILE = "jobs.json"
+
+
 def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None = None, slurm_partition: str = "",
-           timeout_min: int = 240, gpus_per_node: int = 0, **_: Any) -> None:
-    """Submit each run as a job through submitit (cluster=local runs them here, for testing)."""
+           timeout_min: int = 240, gpus_per_node: int = 0, nodes: int = 1, nproc_per_run: int = 1,
+           cpus_per_task: int = 0, mem_gb: float = 0, slurm_account: str = "", slurm_qos: str = "",
+           array_parallelism: int = 0, sbatch: tuple[str, ...] = (), wait: bool = True, **_: Any) -> None:
+    """Submit the runs as one SLURM job array through submitit (cluster=local runs them here, for testing).
+
+    A run of several processes is one job of `nodes` x `nproc_per_run` tasks (torch.distributed set up from
+    SLURM's variables in `execute_run`). The job of each run is recorded in submitit/jobs.json, so that
+    `sweep wait` can follow jobs submitted without waiting."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(sweep_dir / "submitit"), cluster=cluster)
-    parameters = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node}
-    if slurm_partition:
-        parameters["slurm_partition"] = slurm_partition
+    folder = sweep_dir / "submitit"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
+                                  "tasks_per_node": nproc_per_run}
+    if cpus_per_task:
+        parameters["cpus_per_task"] = cpus_per_task
+    if mem_gb:
+        parameters["mem_gb"] = mem_gb
+    slurm_only = {"slurm_partition": slurm_partition, "slurm_account": slurm_account, "slurm_qos": slurm_qos,
+                  "slurm_array_parallelism": array_parallelism,
+                  "slurm_additional_parameters": dict(option.split("=", 1) for option in sbatch)}
+    if executor.cluster == "slurm":
+        parameters.update({key: value for key, value in slurm_only.items() if value})
     executor.update_parameters(**parameters)
-    submitted = [executor.submit(execute_run, str(sweep_dir), run["id"]) for run in runs]
-    for job in jobs.progress(submitted, "sweep jobs"):
-        job.result()
+    submitted = executor.map_array(execute_run, [str(sweep_dir)] * len(runs), [run["id"] for run in runs])
+    recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
+    for run, job in zip(runs, submitted):
+        recorded[run["id"]] = {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
+                               "stderr": os.path.relpath(job.paths.stderr, folder)}
+    jobs.write_json(folder / JOBS_FILE, recorded)
+    if not wait:
+        print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
+              f"`simslm sweep status {sweep_dir}` or `simslm sweep wait {sweep_dir}`", file=sys.stderr)
+        return
+    failures = []
+    for run, job in jobs.progress(list(zip(runs, submitted)), "sweep jobs", unit="job"):
+        try:
+            job.result()
+        except Exception as error:  # submitit re-raises the job's own error: counted, the others go on
+            failures.append(f"{run['id']} ({error.__class__.__name__}; log {job.paths.stderr})")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed: {'; '.join(failures)}; re-run `simslm sweep run` to "
+                           f"retry them")
 
 
 EXECUTORS: dict[str, Callable[..., None]] = {"local": _local, "slurm": _slurm}
@@ -348,6 +506,36 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", **option
         raise ValueError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
     if todo:
         EXECUTORS[executor](sweep_dir, todo, **options)
+    return status_counts(sweep_dir)
+
+
+def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict[str, int]:
+    """Follow the jobs `sweep run --executor slurm --no-wait` submitted until each has ended; the status counts.
+
+    A job has ended when submitit has written its result file; a run whose job ended without a finished
+    run folder failed (its job's stderr says why)."""
+    sweep_dir = Path(sweep_dir)
+    folder = sweep_dir / "submitit"
+    if not (folder / JOBS_FILE).exists():
+        raise ValueError(f"{sweep_dir}: no submitted jobs to wait for ({folder / JOBS_FILE} is missing)")
+    submitted = jobs.read_json(folder / JOBS_FILE)
+    tracker = jobs.Progress(len(submitted), "sweep wait", unit="job")
+    ended: set[str] = set()
+    while len(ended) < len(submitted):
+        for identifier, job in submitted.items():
+            if identifier not in ended and (folder / job["result"]).exists():
+                ended.add(identifier)
+                tracker.update()
+        if len(ended) < len(submitted):
+            time.sleep(poll_sec)
+    tracker.close()
+    sweep = load_sweep(sweep_dir)
+    bench = tuple(sweep["spec"].get("bench") or ())
+    failed = [f"{run['id']} (log {folder / submitted[run['id']]['stderr']})" for run in sweep["runs"]
+              if run["id"] in submitted and run_status(run, bench) != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; re-run `simslm sweep run` to retry "
+                           f"them")
     return status_counts(sweep_dir)
 
 
@@ -374,6 +562,7 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         result = RunResult.load(run_dir)
         losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
+               "member": run.get("member", f"d{run['depth']}"),
                "budget": run["budget_flops"],
                "parameters": result.parameters.total,
                "non_embedding_parameters": result.parameters.non_embedding,
@@ -459,22 +648,60 @@ class RunSweepConfig(Config):
     """Sweep folder from `simslm sweep plan`."""
     executor: str = field(default="local", metadata=registry_choices(EXECUTORS))
     """local (subprocesses here) or slurm (through submitit)."""
+    nproc_per_run: int = 1
+    """Processes per run: torchrun on this machine (local), tasks per node (slurm); FSDP needs 2 or more."""
     num_parallel: int = 2
     """local: runs at once."""
     threads_per_run: int = 1
     """local: threads per run."""
+    gpus: str = ""
+    """local: GPUs to place runs on (e.g. 0,1,2,3); each run gets nproc_per_run of them, one run per group."""
     cluster: str | None = None
     """slurm: submitit cluster (slurm, local or debug; default: detected)."""
+    nodes: int = 1
+    """slurm: nodes per run."""
+    gpus_per_node: int = 0
+    """slurm: GPUs per node of a run's job."""
+    cpus_per_task: int = 0
+    """slurm: CPUs per task (0: the cluster's default)."""
+    mem_gb: float = 0
+    """slurm: memory per node in GB (0: the cluster's default)."""
     slurm_partition: str = ""
     """slurm: partition."""
+    slurm_account: str = ""
+    """slurm: account to charge."""
+    slurm_qos: str = ""
+    """slurm: quality of service."""
+    array_parallelism: int = 0
+    """slurm: runs of the job array at once (0: no limit)."""
+    sbatch: tuple[str, ...] = ()
+    """slurm: extra sbatch options as key=value (e.g. constraint=h100 exclusive=)."""
     timeout_min: int = 240
     """slurm: time limit per job in minutes."""
-    gpus_per_node: int = 0
-    """slurm: GPUs per job."""
+    wait: bool = True
+    """slurm: wait for the jobs; with --no-wait, submit and return (then `sweep status` / `sweep wait`)."""
 
     def check(self) -> None:
-        check_positive(self, "num_parallel", "threads_per_run", "timeout_min")
-        check_positive(self, "gpus_per_node", allow_zero=True)
+        check_positive(self, "num_parallel", "threads_per_run", "timeout_min", "nproc_per_run", "nodes")
+        check_positive(self, "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", allow_zero=True)
+        for option in self.sbatch:
+            if "=" not in option:
+                raise ConfigError(f"--sbatch takes key=value, not '{option}'")
+        if self.executor == "local" and self.nodes != 1:
+            raise ConfigError("--nodes needs --executor slurm: the local executor runs on this machine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitConfig(Config):
+    """What `simslm sweep wait` does."""
+
+    sweep: str
+    """Sweep folder whose submitted jobs to follow."""
+    poll_sec: float = 30.0
+    """Seconds between looks at the jobs."""
+
+    def check(self) -> None:
+        check_positive(self, "poll_sec")
 
 
 @dataclass(frozen=True, kw_only=True)
