@@ -194,3 +194,36 @@ def test_a_sweep_over_families_of_real_architectures(extracted, tmp_path):
     sizes = {(row["variant"], row["member"]): row["parameters"] for row in sweep.collect(tmp_path / "sweep")}
     assert sizes["qwen2/twist", "qwen2-32"] < sizes["qwen2/twist", "qwen2-64"]
     assert sizes["qwen2/twist", "qwen2-32"] == sizes["qwen2/scratch", "qwen2-32"]  # same architecture from scratch
+
+
+@pytest.mark.slow
+def test_bracketing_grows_the_grid_until_each_minimum_is_inside_or_says_why_not(data, tmp_path):
+    # At 4e8 FLOPs on this data the best depth is about 10 (measured: the grid grew from 2-3 to 2-11).
+    sweep.plan_sweep(_spec(data, depths=(9, 10), budgets_flops=(4e8,)), tmp_path)
+    sweep.run_sweep(tmp_path, num_parallel=2, bracket=True)
+    record = json.loads((tmp_path / "bracket.json").read_text())
+    assert record["added"]  # two sizes always put the best at an edge: at least one size was added
+    rows = sweep.collect(tmp_path)
+    for (variant, budget), best in sweep.best_runs(rows).items():
+        sizes = sorted(row["parameters"] for row in rows if (row["variant"], row["budget"]) == (variant, budget))
+        at_edge = best["parameters"] in (sizes[0], sizes[-1])
+        listed = [edge for edge in record["unbracketed"] if (edge["variant"], edge["budget"]) == (variant, budget)]
+        assert at_edge == bool(listed)  # inside the grid, or named with the reason it could not be
+        assert all(edge["reason"] for edge in listed)
+    from simslm.scaling.report import write_report
+
+    page = write_report(tmp_path).read_text()
+    assert ("Not bracketed" in page) == bool(record["unbracketed"]) and "Sizes added to bracket" in page
+
+
+def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
+    models = {width: _tiny_base_model(tmp_path / f"llama-{width}", "llama", width, 1) for width in (32, 64, 96, 128)}
+    spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,),
+                           families={"llama": (models[64], models[96])},
+                           bracket_models={"llama": (models[128], models[32])})
+    smaller, added = sweep._next_size(spec, "llama", "smaller")
+    assert smaller.families["llama"] == (models[32], models[64], models[96]) and "llama-32" in added
+    larger, _ = sweep._next_size(smaller, "llama", "larger")
+    assert larger.families["llama"][-1] == models[128]
+    none, why = sweep._next_size(larger, "llama", "larger")
+    assert none is None and "no model larger than its members" in why

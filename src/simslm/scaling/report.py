@@ -164,6 +164,19 @@ def fit_tables(fits: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _bracket_note(sweep_dir: Path) -> str:
+    """The budgets whose best run stays at an edge of the grid (bracket.json), so their minimum is not known."""
+    path = sweep_dir / sweep.BRACKET_FILE
+    record = jobs.read_json(path) if path.exists() else {}
+    items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.2g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
+             f"size ({html.escape(edge['member'])}); {html.escape(edge['reason'])}</li>"
+             for edge in record.get("unbracketed", [])]
+    added = ", ".join(html.escape(item["size"]) for item in record.get("added", []))
+    return ((f"<p>Sizes added to bracket the minima: {added}.</p>" if added else "") +
+            (f"<p><b>Not bracketed</b> (the isoFLOP minimum may lie outside the grid):</p><ul>{''.join(items)}</ul>"
+             if items else ""))
+
+
 def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     """Write `<sweep>/report/index.html` and its PNGs; fit.json is computed first when missing."""
     sweep_dir = Path(sweep_dir)
@@ -190,6 +203,7 @@ img{{max-width:100%}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}<
 <p>Loss: speech-only cross-entropy ({html.escape(rows[0]['loss_source'])}); compute C = 6ND with N = all parameters.
 {len(rows)} finished runs.</p>
 {''.join(f'<p><img src="{name}"></p>' for name in images if name)}
+{_bracket_note(sweep_dir)}
 <h2>Fits</h2>
 {fit_tables(fits)}
 <h2>Runs</h2>

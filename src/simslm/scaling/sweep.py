@@ -94,6 +94,9 @@ class SweepSpec:
     """Or the sizes as depths of simslm's own family (width = 32 x depth): of `family` when given."""
     family: str = ""
     """Folder from `simslm textlm pretrain` (its depth-N/model is the TWIST source); '' = random only."""
+    bracket_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Models held back per family for `sweep run --bracket`: one joins the grid only when a budget's best run
+    sits at the family's edge on its side (smaller or larger than every member)."""
     validation_data: str | dict[str, str] = ""
     """Speech-only held-out sequences: the loss the fits use (the paper's speech CE); per family name when the
     families have different tokenizers."""
@@ -143,8 +146,9 @@ class SweepSpec:
             for key in ("depths", "budgets_flops", "bench", "eval_modes"):
                 if key in values:
                     values[key] = tuple(values[key])
-            if "families" in values:
-                values["families"] = {name: tuple(models) for name, models in dict(values["families"]).items()}
+            for key in ("families", "bracket_models"):
+                if key in values:
+                    values[key] = {name: tuple(models) for name, models in dict(values[key]).items()}
         except TypeError as error:
             raise ValueError(f"a variant is a JSON object with name, data and optionally init ({error})") from None
         return cls(**values)
@@ -259,7 +263,9 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     stored_spec.update(family=anchors.anchored(spec.family), validation_data=_paths(spec.validation_data, anchors.anchored),
                        bench=anchors.bench(spec.bench, anchors.anchored),
                        families={name: [anchors.anchored(model) for model in models]
-                                 for name, models in spec.families.items()})
+                                 for name, models in spec.families.items()},
+                       bracket_models={name: [anchors.anchored(model) for model in models]
+                                       for name, models in spec.bracket_models.items()})
     for variant in stored_spec["variants"]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
@@ -293,7 +299,9 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
                 validation_data=_paths(spec.get("validation_data"), anchors.placed),
                 bench=anchors.bench(spec.get("bench") or (), anchors.placed),
                 families={name: [anchors.placed(model) for model in models]
-                          for name, models in (spec.get("families") or {}).items()})
+                          for name, models in (spec.get("families") or {}).items()},
+                bracket_models={name: [anchors.placed(model) for model in models]
+                                for name, models in (spec.get("bracket_models") or {}).items()})
     for variant in spec.get("variants", ()):
         variant["data"] = _paths(variant.get("data"), anchors.placed)
     return sweep
@@ -495,18 +503,112 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
 EXECUTORS: dict[str, Callable[..., None]] = {"local": _local, "slurm": _slurm}
 
 
-def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", **options: Any) -> dict[str, int]:
-    """Execute every run that is not done yet; returns the count of runs by status afterwards."""
+def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket: bool = False,
+              **options: Any) -> dict[str, int]:
+    """Execute every run that is not done yet; returns the count of runs by status afterwards.
+
+    With `bracket`, then grow the grid until every budget's best size is inside it (`bracket_sweep`)."""
     sweep_dir = Path(sweep_dir)
-    sweep = load_sweep(sweep_dir)
-    bench = tuple(sweep["spec"].get("bench") or ())
-    todo = [run for run in sweep["runs"] if run_status(run, bench) not in ("done", "running")]
-    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
-    if todo:
-        EXECUTORS[executor](sweep_dir, todo, **options)
-    return status_counts(sweep_dir)
+    while True:
+        sweep = load_sweep(sweep_dir)
+        bench = tuple(sweep["spec"].get("bench") or ())
+        todo = [run for run in sweep["runs"] if run_status(run, bench) not in ("done", "running")]
+        (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+        if todo:
+            EXECUTORS[executor](sweep_dir, todo, **options)
+        if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
+            return status_counts(sweep_dir)
+
+
+# --- grids that bracket -----------------------------------------------------------------------------
+
+BRACKET_FILE = "bracket.json"
+
+
+def edges(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (variant, budget) whose best run is its smallest or largest size: the minimum is not bracketed."""
+    found = []
+    for (variant, budget), best in sorted(best_runs(rows).items()):
+        sizes = sorted({row["parameters"] for row in rows if row["variant"] == variant and row["budget"] == budget})
+        for side, edge in (("smaller", sizes[0]), ("larger", sizes[-1])):
+            if best["parameters"] == edge:
+                found.append({"variant": variant, "budget": budget, "member": best["member"], "needs": side,
+                              "family": best["family"]})
+    return found
+
+
+def _meta_parameters(model: str) -> int:
+    """Parameters of a model from its config alone (built on the meta device: no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    return sum(parameter.numel() for parameter in built.parameters())
+
+
+def _next_size(spec: SweepSpec, family: str, side: str) -> tuple[SweepSpec | None, str]:
+    """The spec grown by one size beyond `family`'s edge on `side`, and what was added (or why nothing)."""
+    from simslm.model import FAMILY_MAX_DEPTH
+
+    if spec.depths:
+        depth = min(spec.depths) - 1 if side == "smaller" else max(spec.depths) + 1
+        if not 1 <= depth <= FAMILY_MAX_DEPTH:
+            return None, f"no depth {depth} in simslm's family (depths 1 to {FAMILY_MAX_DEPTH})"
+        if spec.family:
+            _pretrain_member(Path(spec.family), depth)
+        return dataclasses.replace(spec, depths=tuple(sorted({*spec.depths, depth}))), f"depth {depth}"
+    members = list(spec.families[family])
+    held = [model for model in spec.bracket_models.get(family, ()) if model not in members]
+    if not held:
+        return None, (f"family {family} has no model {side} than its members; list one under bracket_models "
+                      f"to let the grid grow")
+    sizes = {model: _meta_parameters(model) for model in (*members, *held)}
+    bound = min(sizes[m] for m in members) if side == "smaller" else max(sizes[m] for m in members)
+    beyond = [m for m in held if (sizes[m] < bound if side == "smaller" else sizes[m] > bound)]
+    if not beyond:
+        return None, f"family {family}: none of bracket_models is {side} than its members"
+    chosen = max(beyond, key=lambda m: sizes[m]) if side == "smaller" else min(beyond, key=lambda m: sizes[m])
+    grown = sorted([*members, chosen], key=lambda m: sizes[m])
+    return dataclasses.replace(spec, families={**spec.families, family: tuple(grown)}), \
+        f"{chosen} ({sizes[chosen]:,} parameters)"
+
+
+def _pretrain_member(family_dir: Path, depth: int) -> None:
+    """Pretrain one more member of a `simslm textlm` family, as its others were (family.json's config)."""
+    from simslm.textlm import TextLMConfig, pretrain_family
+
+    family = jobs.read_json(family_dir / "family.json")
+    config = TextLMConfig.from_dict(family["config"], source=str(family_dir / "family.json"))
+    depths = tuple(sorted({*(member["depth"] for member in family["members"]), depth}))
+    pretrain_family(dataclasses.replace(config, out=str(family_dir), depths=depths))
+
+
+def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
+    """Add the next size beyond each edge where a budget's best run sits; record what stays unbracketed in
+    bracket.json. True when the grid grew (its new runs are still to run)."""
+    sweep_dir = Path(sweep_dir)
+    sweep = load_sweep(sweep_dir)
+    spec = SweepSpec.from_json(sweep["spec"])
+    rows = [row for row in collect(sweep_dir) if row.get("loss_speech") is not None]
+    record = jobs.read_json(sweep_dir / BRACKET_FILE) if (sweep_dir / BRACKET_FILE).exists() else {"added": []}
+    unbracketed, grown = [], False
+    for family, side in sorted({(edge["family"], edge["needs"]) for edge in edges(rows)}):
+        larger, added = _next_size(spec, family, side)
+        if larger is None:
+            unbracketed += [{**edge, "reason": added} for edge in edges(rows)
+                            if (edge["family"], edge["needs"]) == (family, side)]
+            continue
+        spec, grown = larger, True
+        record["added"].append({"family": family, "side": side, "size": added})
+        print(f"simslm sweep: bracketing: family {family} gets {added}, {side} than its sizes", file=sys.stderr)
+    record["unbracketed"] = [] if grown else unbracketed
+    jobs.write_json(sweep_dir / BRACKET_FILE, record)
+    if grown:
+        plan_sweep(spec, sweep_dir)
+    return grown
 
 
 def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict[str, int]:
@@ -562,7 +664,7 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         result = RunResult.load(run_dir)
         losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
-               "member": run.get("member", f"d{run['depth']}"),
+               "member": run.get("member", f"d{run['depth']}"), "family": run.get("family", ""),
                "budget": run["budget_flops"],
                "parameters": result.parameters.total,
                "non_embedding_parameters": result.parameters.non_embedding,
@@ -680,6 +782,9 @@ class RunSweepConfig(Config):
     """slurm: time limit per job in minutes."""
     wait: bool = True
     """slurm: wait for the jobs; with --no-wait, submit and return (then `sweep status` / `sweep wait`)."""
+    bracket: bool = False
+    """Then grow the grid until every budget's best size is inside it: the next depth (a new `textlm` member
+    pretrained) or the next of bracket_models, repeated; what cannot be bracketed goes into bracket.json."""
 
     def check(self) -> None:
         check_positive(self, "num_parallel", "threads_per_run", "timeout_min", "nproc_per_run", "nodes")
