@@ -322,3 +322,43 @@ def test_a_checkpoint_of_another_model_is_refused_naming_it(data, tmp_path):
     with pytest.raises(ValueError, match="step-00000004: does not fit this run's model"):
         train(_config(data, large, base_model="family:2", init="random", budget_tokens=4 * 4 * 64,
                       checkpoint_every=2))
+
+
+def test_cross_entropy_in_chunks_gives_the_same_training(data, tmp_path):
+    whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64))
+    chunked = train(_config(data, tmp_path / "chunked", budget_tokens=4 * 4 * 64, loss_chunk_tokens=50,
+                            activation_checkpointing=True))
+    assert np.allclose(_losses(tmp_path / "chunked"), _losses(tmp_path / "whole"), rtol=1e-5, atol=1e-5)
+    assert chunked.final_train.loss_speech == pytest.approx(whole.final_train.loss_speech, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_with_chunked_loss_and_activation_checkpointing_matches_one_process(data, tmp_path):
+    single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True, loss_chunk_tokens=40,
+                                                activation_checkpointing=True)
+    assert np.allclose(_losses(sharded), _losses(single), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_parameters_train_close_to_fp32(data, tmp_path):
+    single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True, fsdp_mixed_precision="bf16")
+    assert np.allclose(_losses(sharded), _losses(single), rtol=2e-2)
+    assert _losses(sharded) != _losses(single)  # bf16 really was used
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_resumes_bit_for_bit(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
+                     num_checkpoints_kept=5, fsdp=True)
+    (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "simslm", "train", "--config", str(tmp_path / "run.json")]
+    for attempt in range(2):
+        completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        if attempt == 0:
+            uninterrupted = _losses(tmp_path / "run")
+            (tmp_path / "run" / "result.json").unlink()  # as if killed after step 3 of 6
+            shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
+    assert _losses(tmp_path / "run") == uninterrupted

@@ -91,6 +91,16 @@ class TrainConfig(Config):
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
     restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
     installed (slamkit's setting), else sdpa."""
+    loss_chunk_tokens: int = 0
+    """Cross-entropy over this many tokens at a time, each chunk's logits recomputed in the backward, so the
+    full fp32 logits (tokens x vocabulary: 1.2 GB per sequence of 2048 for Qwen2.5's 151,936) never exist at
+    once. 0: all tokens in one pass (fastest for small vocabularies)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, about a
+    third more compute)."""
+    fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
+    """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
+    matmuls are ~100x slower on CPUs)."""
     tensorboard: bool = False
     """Also write the metrics.jsonl values as TensorBoard events under run_dir/tensorboard (needs the
     tensorboard package: pip install 'simslm[tensorboard]')."""
@@ -106,7 +116,7 @@ class TrainConfig(Config):
             raise ConfigError("give exactly one of --budget-flops and --budget-tokens")
         check_positive(self, "budget_flops", "budget_tokens", "batch_size", "grad_accumulation", "lr",
                        "grad_clip", "checkpoint_every", "num_checkpoints_kept", "num_validation_batches")
-        check_positive(self, "lr_min", "weight_decay", allow_zero=True)
+        check_positive(self, "lr_min", "weight_decay", "loss_chunk_tokens", allow_zero=True)
         if self.lr_min > self.lr:
             raise ConfigError(f"--lr-min ({self.lr_min}) must not exceed --lr ({self.lr})")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -497,20 +507,66 @@ def scored_targets(tokens: np.ndarray, positions: np.ndarray, pad_id: int) -> np
     return (positions[:, 1:] != 0) & (tokens[:, 1:] != pad_id)
 
 
-def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast) -> tuple[Any, list[float]]:
+def _head_losses(hidden, targets, weight):
+    """Cross-entropy of one chunk of tokens: its logits exist only inside this call (and its recomputation)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")
+
+
+class ChunkedLoss:
+    """Builds the module that gives per-token losses with the output head applied in chunks (see
+    TrainConfig.loss_chunk_tokens); a plain class so that torch is imported only when training."""
+
+    @staticmethod
+    def wrap(model, chunk_tokens: int):
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None) or \
+                getattr(model.config, "logit_scale", None) not in (None, 1, 1.0):
+            raise ValueError(f"--loss-chunk-tokens: {model.config.model_type}'s output head is not a plain "
+                             f"projection (bias, softcapping or scale); train it with --loss-chunk-tokens 0")
+
+        class Module(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lm = model
+
+            def forward(self, input_ids, position_ids, targets):
+                hidden = self.lm.base_model(input_ids=input_ids, position_ids=position_ids,
+                                            use_cache=False).last_hidden_state
+                hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+                weight = self.lm.get_output_embeddings().weight
+                return torch.cat([checkpoint(_head_losses, hidden[start:start + chunk_tokens],
+                                             targets[start:start + chunk_tokens], weight, use_reentrant=False)
+                                  for start in range(0, len(targets), chunk_tokens)])
+
+        return Module()
+
+
+def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
+                  chunked: bool = False) -> tuple[Any, list[float]]:
     """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets.
 
     The positions restart at every document of a packed row; with them (and no attention
     mask) transformers attends within each document only, as variable-length attention does.
+    `chunked`: `model` is a `ChunkedLoss` module, which gives the per-token losses itself.
     """
     import torch
     import torch.nn.functional as F
 
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with autocast:
-        # use_cache=False: a training forward must not build a KV cache it never reads.
-        logits = model(input_ids=inputs, position_ids=positions[:, :-1], use_cache=False).logits
-    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        if chunked:
+            losses = model(inputs, positions[:, :-1], targets)
+        else:
+            # use_cache=False: a training forward must not build a KV cache it never reads.
+            logits = model(input_ids=inputs, position_ids=positions[:, :-1], use_cache=False).logits
+    if not chunked:
+        losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                 reduction="none")
     flat = targets.reshape(-1)
     scored = ((positions[:, 1:] != 0) & (targets != vocabulary.pad_id)).reshape(-1)
     speech = (flat >= vocabulary.unit_offset) & (flat < vocabulary.unit_offset + vocabulary.num_units) & scored
@@ -651,15 +707,30 @@ def train(config: TrainConfig) -> RunResult | None:
         jobs.write_json(previous, config.to_dict())
         jobs.write_json(run_dir / "plan.json", asdict(plan))
     model.to(distributed.device).train()
+    if config.activation_checkpointing:
+        # Non-reentrant: works under DDP and FSDP2 alike (PyTorch's recommended form). transformers 5 renamed
+        # gradient_checkpointing_enable, which 4.x still needs.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    on_cuda = distributed.device.startswith("cuda")
+    chunked = config.loss_chunk_tokens > 0
+    # The module the loop calls: the model, or the model with its head applied in chunks (which then holds
+    # it, so DDP and FSDP see every parameter's use through its forward).
+    core = ChunkedLoss.wrap(model, config.loss_chunk_tokens) if chunked else model
     if config.fsdp:
         if distributed.world_size < 2:
             raise ValueError("fsdp needs several processes: start the run with torchrun")
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        bf16 = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+            MixedPrecisionPolicy()
         # Each decoder layer is one FSDP unit (gathered just before use), the rest the root.
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        for layer in model.base_model.layers:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(core, mp_policy=policy)
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
@@ -676,8 +747,7 @@ def train(config: TrainConfig) -> RunResult | None:
                 if _logged_step(line) is not None and _logged_step(line) <= start_step]
         jobs.write_text(metrics_path, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
-    trained = DistributedDataParallel(model) if data_parallel else model
-    on_cuda = distributed.device.startswith("cuda")
+    trained = DistributedDataParallel(core) if data_parallel else core
     # bf16 autocast only on GPU: on this CPU bf16 matmuls are ~100x slower than fp32.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
     peak_flops = measure_peak_flops("cuda" if on_cuda else "cpu") if distributed.is_main else 0.0
@@ -700,7 +770,8 @@ def train(config: TrainConfig) -> RunResult | None:
             last = micro == config.grad_accumulation - 1
             sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
             with sync:
-                loss_sum, sums = _token_losses(trained, *_to_device(batch, distributed.device), vocabulary, autocast)
+                loss_sum, sums = _token_losses(trained, *_to_device(batch, distributed.device), vocabulary, autocast,
+                                               chunked)
                 (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
             totals = [a + b for a, b in zip(totals, sums)]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -721,6 +792,8 @@ def train(config: TrainConfig) -> RunResult | None:
                       "grad_norm": float(grad_norm), "tokens": plan.tokens_before(done),
                       "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
                       "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
+            if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
+                record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             if events is not None:

@@ -1,0 +1,119 @@
+"""The GPU check behind `benchmarks/gpu_check.sh`: a two-family, two-size sweep in bf16, through `simslm sweep`.
+
+`prepare` (here) copies the TinyStories sample and saves tok512, so the GPU machine needs
+neither assets nor a network. `run` (there) builds random-init Qwen2 and Llama models of
+about 30M and 120M parameters with that tokenizer, builds each family's text sequences with
+the family's own tokenizer (transformers reads tok512 beside a Qwen2 config as a Qwen2
+tokenizer with one more token), plans a sweep over both families at one FLOP budget, runs it
+on GPU 0 (bf16
+autocast, the training code path of every run), and reports per run the median tokens/s and
+MFU over the steps after the first 5, the peak memory, and the sweep status. The MFU
+denominator is the bf16 8192^3 matrix-product rate `simslm train` measures in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# (hidden size, layers, intermediate size): about 30M and 120M parameters with tok512 (printed in the run).
+SIZES = {"30M": (512, 9, 1536), "120M": (896, 11, 3072)}
+TINY = {"tiny-a": (32, 1, 64), "tiny-b": (64, 2, 128)}
+
+
+def prepare(out: Path) -> None:
+    import shutil
+
+    from simslm import assets
+    from simslm.sequences.vocabulary import load_base_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(assets.resolve_file("tinystories-sample"), out / "stories.jsonl")
+    load_base_tokenizer("stories260K").save_pretrained(out / "tokenizer")
+    print(f"prepared {out}: the TinyStories sample and tok512; carry it to the GPU machine")
+
+
+def _model(folder: Path, architecture: str, hidden: int, layers: int, intermediate: int, tokenizer: Path) -> str:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[
+        architecture]
+    heads = max(1, hidden // 64)
+    model = model_class(config_class(vocab_size=512, hidden_size=hidden, num_hidden_layers=layers,
+                                     intermediate_size=intermediate, num_attention_heads=heads,
+                                     num_key_value_heads=max(1, heads // 2), max_position_embeddings=1024,
+                                     tie_word_embeddings=False))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+    return str(folder)
+
+
+def run(prepared: Path, out: Path, tiny: bool) -> dict:
+    import torch
+
+    from simslm.scaling import sweep
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not tiny:
+        raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
+    started = time.perf_counter()
+    sizes = TINY if tiny else SIZES
+    families = {architecture: [_model(out / "models" / f"{architecture}-{name}", architecture, *shape,
+                                      prepared / "tokenizer") for name, shape in sizes.items()]
+                for architecture in ("qwen2", "llama")}
+    from simslm.sequences.build import BuildConfig, build_sequences
+
+    data = {}
+    for architecture, models in families.items():
+        data[architecture] = str(out / f"data-{architecture}")
+        build_sequences(BuildConfig(out=data[architecture], tokenizer=models[0], streams=("text",),
+                                    text_corpus=str(prepared / "stories.jsonl"), context_length=1024, overwrite=True))
+    budget = 2e10 if tiny else 4e15
+    spec = sweep.SweepSpec.from_json({
+        "families": families, "budgets_flops": [budget],
+        "variants": [{"name": "scratch", "data": data, "init": "random"}],
+        "train": {"batch_size": 2 if tiny else 16, "checkpoint_every": 10_000, "num_validation_batches": 1,
+                  "lr": 1e-3, "lr_min": 1e-4}})
+    sweep.plan_sweep(spec, out / "sweep")
+    sweep.run_sweep(out / "sweep", num_parallel=1, gpus="" if device == "cpu" else "0")
+    rows = []
+    for row in sorted(sweep.collect(out / "sweep"), key=lambda r: (r["variant"], r["parameters"])):
+        metrics = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        steady = metrics[5:] or metrics
+        rows.append({"run": row["member"], "parameters": row["parameters"], "steps": len(metrics),
+                     "tokens_per_sec": statistics.median(m["tokens_per_sec"] for m in steady),
+                     "mfu": statistics.median(m["mfu"] for m in steady),
+                     "max_memory_gb": max((m.get("max_memory_gb", 0.0) for m in metrics), default=0.0),
+                     "final_loss": metrics[-1]["loss"]})
+    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "budget_flops": budget,
+              "runs": rows, "status": sweep.status_counts(out / "sweep"),
+              "wall_sec": round(time.perf_counter() - started, 1)}
+    print(f"{'run':<14} {'params':>10} {'steps':>6} {'tokens/s':>11} {'MFU':>6} {'mem GB':>7} {'loss':>7}")
+    for r in rows:
+        print(f"{r['run']:<14} {r['parameters'] / 1e6:>9.1f}M {r['steps']:>6} {r['tokens_per_sec']:>11,.0f} "
+              f"{100 * r['mfu']:>5.1f}% {r['max_memory_gb']:>7.2f} {r['final_loss']:>7.3f}")
+    print(sweep.status_table(out / "sweep").splitlines()[-1], f"({result['wall_sec']} s in all)")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("prepare", "run"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prepared", type=Path, default=Path(".gpu/check"))
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes on any device: checks the script only")
+    args = parser.parse_args()
+    if args.action == "prepare":
+        prepare(args.out)
+        return
+    result = run(args.prepared, args.out, args.tiny)
+    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    print(f"-> {args.out / 'gpu_check.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
