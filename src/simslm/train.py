@@ -56,6 +56,9 @@ class TrainConfig(Config):
     """Training compute, C = 6 N D with N all parameters (the paper's convention); this or budget_tokens."""
     budget_tokens: int | None = None
     """Training tokens D (instead of a FLOP budget)."""
+    budget_tokens_per_parameter: float | None = None
+    """Or D = r N: r tokens per parameter, N all parameters once the vocabulary has grown (Chinchilla's
+    compute-optimal r is 20); what a tokens-per-parameter grid gives each size."""
     batch_size: int = 8
     """Sequences per micro-batch per process."""
     grad_accumulation: int = 1
@@ -112,9 +115,10 @@ class TrainConfig(Config):
     resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard")
 
     def check(self) -> None:
-        if (self.budget_flops is None) == (self.budget_tokens is None):
-            raise ConfigError("give exactly one of --budget-flops and --budget-tokens")
-        check_positive(self, "budget_flops", "budget_tokens", "batch_size", "grad_accumulation", "lr",
+        budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
+        if sum(getattr(self, name) is not None for name in budgets) != 1:
+            raise ConfigError("give exactly one of --budget-flops, --budget-tokens and --budget-tokens-per-parameter")
+        check_positive(self, *budgets, "batch_size", "grad_accumulation", "lr",
                        "grad_clip", "checkpoint_every", "num_checkpoints_kept", "num_validation_batches")
         check_positive(self, "lr_min", "weight_decay", "loss_chunk_tokens", allow_zero=True)
         if self.lr_min > self.lr:
@@ -259,7 +263,12 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
     `batches_per_epoch` (per process, from the loader) gives the passes over the data."""
     flops = model_lib.flops_per_token(model, context_length)
     tokens_per_step = config.batch_size * config.grad_accumulation * world_size * context_length
-    budget_tokens = config.budget_tokens if config.budget_tokens is not None else config.budget_flops / flops["all_params"]
+    if config.budget_tokens is not None:
+        budget_tokens = config.budget_tokens
+    elif config.budget_tokens_per_parameter is not None:
+        budget_tokens = config.budget_tokens_per_parameter * model_lib.parameter_groups(model).total
+    else:
+        budget_tokens = config.budget_flops / flops["all_params"]
     total_steps = max(1, round(budget_tokens / tokens_per_step))
     warmup_steps = max(1, round(config.warmup_fraction * total_steps)) if total_steps > 1 else 0
     total_tokens = total_steps * tokens_per_step

@@ -227,3 +227,32 @@ def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
     assert larger.families["llama"][-1] == models[128]
     none, why = sweep._next_size(larger, "llama", "larger")
     assert none is None and "no model larger than its members" in why
+
+
+def test_the_edges_of_a_synthetic_ledger():
+    def row(variant, budget, parameters, loss, member):
+        return {"variant": variant, "budget": budget, "parameters": parameters, "loss_speech": loss,
+                "member": member, "family": "f"}
+
+    rows = [row("a", 1e9, 1e5, 3.0, "d1"), row("a", 1e9, 2e5, 3.1, "d2"), row("a", 1e9, 4e5, 3.2, "d3"),  # smallest
+            row("a", 1e10, 1e5, 2.9, "d1"), row("a", 1e10, 2e5, 2.7, "d2"), row("a", 1e10, 4e5, 2.8, "d3"),  # inside
+            row("b", 1e9, 1e5, 3.3, "d1"), row("b", 1e9, 2e5, 3.2, "d2")]                                   # largest
+    assert sweep.edges(rows) == [
+        {"variant": "a", "budget": 1e9, "member": "d1", "needs": "smaller", "family": "f"},
+        {"variant": "b", "budget": 1e9, "member": "d2", "needs": "larger", "family": "f"}]
+
+
+@pytest.mark.slow
+def test_a_tokens_per_parameter_grid_trains_each_size_on_r_n_tokens_and_fits(data, tmp_path):
+    spec = sweep.SweepSpec.from_json({"variants": [{"name": "r", "data": data, "init": "random"}], "depths": [1, 2],
+                                      "tokens_per_parameter": [0.5, 1], "validation_data": data,
+                                      "train": {"batch_size": 4, "num_validation_batches": 1, "checkpoint_every": 50}})
+    planned = sweep.plan_sweep(spec, tmp_path)
+    assert sorted(run["id"].split("-")[2] for run in planned["runs"]) == ["t0.5", "t0.5", "t1", "t1"]
+    assert sweep.run_sweep(tmp_path, num_parallel=2) == {"done": 4}
+    for row in sweep.collect(tmp_path):
+        # whole steps of 4 x 64 tokens, as near r N as they come
+        assert abs(row["tokens"] - row["tokens_per_parameter"] * row["parameters"]) <= 4 * 64 / 2
+        assert row["budget"] is None
+    fits = sweep.fit_sweep(tmp_path, num_resamples=50)
+    assert "approach 2 could not be computed" in " ".join(fits["variants"]["r"]["warnings"])

@@ -179,29 +179,51 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
 # --- approach 2: isoFLOP parabolas -------------------------------------------------------------
 
 
-def isoflop_vertices(points: Points) -> list[dict[str, float]]:
-    """Per budget with 3+ sizes: the vertex of loss = p0 + p1 log N + p2 (log N)^2, when it is a minimum."""
+def _vertex(log_parameters: np.ndarray, losses: np.ndarray) -> float | None:
+    """log N at the minimum of loss = p0 + p1 log N + p2 (log N)^2, None when the parabola has no minimum."""
+    p2, p1, _ = np.polyfit(log_parameters, losses, 2)
+    return -p1 / (2 * p2) if p2 > 0 else None
+
+
+def isoflop_vertices(points: Points, *, num_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per budget with 3+ sizes: the vertex of loss = p0 + p1 log N + p2 (log N)^2, when it is a minimum.
+
+    With 4+ sizes, a 95% interval for N_opt from resampling the budget's runs (draws with fewer than 3 sizes
+    or no minimum are dropped, and counted). Three sizes fit a parabola exactly: no interval then."""
     budgets = points.budget if points.budget is not None else points.flops
+    rng = np.random.default_rng(seed)
     vertices = []
     for budget in np.unique(budgets):
         inside = np.flatnonzero(budgets == budget)
         if len(np.unique(points.parameters[inside])) < 3:
             continue
-        x = np.log(points.parameters[inside])
-        p2, p1, p0 = np.polyfit(x, points.loss[inside], 2)
+        x, y = np.log(points.parameters[inside]), points.loss[inside]
+        p2, p1, p0 = np.polyfit(x, y, 2)
         if p2 <= 0:
             continue  # no minimum: the grid does not bracket the optimum at this budget
         vertex = -p1 / (2 * p2)
         n_opt = math.exp(vertex)
-        vertices.append({"budget": float(budget), "n_opt": n_opt, "d_opt": float(budget) / (6 * n_opt),
-                         "loss_at_vertex": float(p0 + p1 * vertex + p2 * vertex ** 2),
-                         "inside_grid": bool(x.min() <= vertex <= x.max())})
+        entry = {"budget": float(budget), "n_opt": n_opt, "d_opt": float(budget) / (6 * n_opt),
+                 "loss_at_vertex": float(p0 + p1 * vertex + p2 * vertex ** 2),
+                 "inside_grid": bool(x.min() <= vertex <= x.max()), "n_opt_ci": None, "num_valid_resamples": 0}
+        if len(np.unique(x)) >= 4:
+            draws = []
+            for _ in range(num_resamples):
+                chosen = rng.integers(0, len(x), len(x))
+                if len(np.unique(x[chosen])) >= 3:
+                    drawn = _vertex(x[chosen], y[chosen])
+                    if drawn is not None:
+                        draws.append(drawn)
+            if draws:
+                low, high = np.quantile(draws, [0.025, 0.975])
+                entry.update(n_opt_ci=[math.exp(low), math.exp(high)], num_valid_resamples=len(draws))
+        vertices.append(entry)
     return vertices
 
 
-def approach2(points: Points) -> dict[str, Any]:
+def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices."""
-    vertices = isoflop_vertices(points)
+    vertices = isoflop_vertices(points, num_resamples=num_resamples, seed=seed)
     result: dict[str, Any] = {"vertices": vertices}
     if len(vertices) >= 2:
         budgets = np.array([v["budget"] for v in vertices])
@@ -378,7 +400,7 @@ def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convent
     result = {"convention": {"parameters": convention, "flops": "C = 6 N D",
                              "note": "N counts all parameters (embeddings and head included)" if convention == "all"
                              else "N counts non-embedding parameters (Kaplan et al. 2020)"},
-              "num_points": len(points), "approach1": approach1(points), "approach2": approach2(points),
+              "num_points": len(points), "approach1": approach1(points), "approach2": approach2(points, num_resamples=num_resamples, seed=seed),
               "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers),
               "textless_reference": {"law": TEXTLESS_REFERENCE, "exponents": TEXTLESS_EXPONENTS,
                                      "source": "Cuervo & Marxer (2024)"}}
@@ -431,10 +453,12 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
     """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss."""
     usable = [row for row in rows if row.get(loss_key) is not None]
     key = "parameters" if convention == "all" else "non_embedding_parameters"
+    budgets = [row.get("budget") for row in usable]
+    # Runs of a tokens-per-parameter grid have no common budget: no isoFLOP groups, an iid bootstrap.
     return Points(np.array([row[key] for row in usable], dtype=float),
                   np.array([row["tokens"] for row in usable], dtype=float),
                   np.array([row[loss_key] for row in usable], dtype=float),
-                  np.array([row["budget"] for row in usable], dtype=float))
+                  None if any(b is None for b in budgets) else np.array(budgets, dtype=float))
 
 
 def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:

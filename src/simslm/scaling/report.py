@@ -49,8 +49,8 @@ def _best_per_budget(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray
 def plot_best_loss(rows, fits, folder: Path) -> str:
     """Figure 1: the lowest speech loss at each budget, per variant, with fitted and textless laws."""
     plt, figure, axes = _figure()
-    flops_range = np.logspace(math.log10(min(r["budget"] for r in rows)) - 0.3,
-                              math.log10(max(r["budget"] for r in rows)) + 0.3, 50)
+    flops_range = np.logspace(math.log10(min(r["flops"] for r in rows)) - 0.3,
+                              math.log10(max(r["flops"] for r in rows)) + 0.3, 50)
     for colour, variant in zip(COLOURS, sorted({r["variant"] for r in rows})):
         budgets, best = _best_per_budget([r for r in rows if r["variant"] == variant])
         axes.plot(budgets, best, "o", color=colour, label=f"{variant} (best run per budget)")
@@ -84,7 +84,7 @@ def plot_variants(rows, folder: Path) -> str:
 def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
     """Figure 4: speech loss against model size at each budget, with the parabola through each."""
     plt, figure, axes = _figure()
-    chosen = [r for r in rows if r["variant"] == variant]
+    chosen = [r for r in rows if r["variant"] == variant and r["budget"] is not None]  # isoFLOP runs only
     for colour, budget in zip(COLOURS, sorted({r["budget"] for r in chosen})):
         at_budget = sorted((r for r in chosen if r["budget"] == budget), key=lambda r: r["parameters"])
         x = np.array([r["parameters"] for r in at_budget])

@@ -84,8 +84,11 @@ class SweepSpec:
     """What `simslm sweep plan` reads (JSON)."""
 
     variants: tuple[Variant, ...]
-    budgets_flops: tuple[float, ...]
-    """Training compute per run, C = 6 N D."""
+    budgets_flops: tuple[float, ...] = ()
+    """An isoFLOP grid: the training compute of each run, C = 6 N D."""
+    tokens_per_parameter: tuple[float, ...] = ()
+    """Or a tokens-per-parameter grid: each size trained on r N tokens for each r (N after the vocabulary
+    grows)."""
     families: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """The sizes as real base models: family name -> its models (HF ids or folders, .gguf, llama2.c .bin),
     e.g. {"qwen2.5": ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"]}. Several families compare families (the
@@ -126,15 +129,17 @@ class SweepSpec:
                 raise ValueError(f"family {name} must list its models (hub ids or paths)")
         if self.families and self.family:
             raise ValueError("family (a `simslm textlm` folder) goes with depths, not with families")
-        if not self.budgets_flops or not all(isinstance(b, (int, float)) and 0 < b < float("inf")
-                                             for b in self.budgets_flops):
-            raise ValueError(f"budgets_flops must be finite numbers > 0, not {list(self.budgets_flops)}")
+        if bool(self.budgets_flops) == bool(self.tokens_per_parameter):
+            raise ValueError("give the grid as budgets_flops (isoFLOP) or as tokens_per_parameter, one of the two")
+        for name in ("budgets_flops", "tokens_per_parameter"):
+            if not all(isinstance(b, (int, float)) and 0 < b < float("inf") for b in getattr(self, name)):
+                raise ValueError(f"{name} must be finite numbers > 0, not {list(getattr(self, name))}")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
         if not isinstance(data, dict):
             raise ValueError("a sweep spec is a JSON object")
-        missing = [key for key in ("variants", "budgets_flops") if key not in data]
+        missing = [key for key in ("variants",) if key not in data]
         if missing:
             raise ValueError(f"missing key(s) {', '.join(missing)}")
         values = dict(data)
@@ -143,7 +148,7 @@ class SweepSpec:
             raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
         try:
             values["variants"] = tuple(Variant(**v) for v in data["variants"])
-            for key in ("depths", "budgets_flops", "bench", "eval_modes"):
+            for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes"):
                 if key in values:
                     values[key] = tuple(values[key])
             for key in ("families", "bracket_models"):
@@ -181,11 +186,11 @@ class SweepSpec:
         return self.validation_data.get(family, "")
 
 
-def run_id(variant: str, label: str, budget: float, config: dict[str, Any], family: str = "") -> str:
+def run_id(variant: str, label: str, grid_point: str, config: dict[str, Any], family: str = "") -> str:
     """Readable prefix plus a hash of everything that defines the run (run_dir excluded)."""
     content = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, sort_keys=True)
     prefix = f"{family}-{label}-{variant}" if family else f"{variant}-{label}"
-    return f"{prefix}-c{budget:.0e}-{hashlib.sha256(content.encode()).hexdigest()[:8]}".replace("+", "")
+    return f"{prefix}-{grid_point}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
 
 
 class _Anchors:
@@ -247,18 +252,21 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                 base_model = member.random_source
             if assets.missing_local_path(base_model):
                 raise ValueError(f"{base_model}: no such model (family {member.family})")
-            for budget in spec.budgets_flops:
+            grid = [(float(b), None, f"c{b:.0e}".replace("+", "")) for b in spec.budgets_flops] + \
+                [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
+            for budget, ratio, grid_point in grid:
                 # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
                 values = {**spec.train, "data": anchors.anchored(variant.data_for(member.family)),
                           "base_model": anchors.anchored(base_model), "init": variant.init,
-                          "budget_flops": float(budget), "budget_tokens": None,
+                          "budget_flops": budget, "budget_tokens": None, "budget_tokens_per_parameter": ratio,
                           "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
                 config = asdict(TrainConfig(run_dir="", **values))
-                identifier = run_id(variant.name, member.label, budget, config, member.family if several else "")
+                identifier = run_id(variant.name, member.label, grid_point, config,
+                                    member.family if several else "")
                 config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
                 runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
                              variant.name, "family": member.family, "member": member.label, "depth": member.depth,
-                             "budget_flops": float(budget), "config": config})
+                             "budget_flops": budget, "tokens_per_parameter": ratio, "config": config})
     stored_spec = _jsonable(asdict(spec))
     stored_spec.update(family=anchors.anchored(spec.family), validation_data=_paths(spec.validation_data, anchors.anchored),
                        bench=anchors.bench(spec.bench, anchors.anchored),
@@ -530,7 +538,7 @@ BRACKET_FILE = "bracket.json"
 def edges(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each (variant, budget) whose best run is its smallest or largest size: the minimum is not bracketed."""
     found = []
-    for (variant, budget), best in sorted(best_runs(rows).items()):
+    for (variant, budget), best in sorted(best_runs(rows).items(), key=lambda item: (item[0][0], item[0][1])):
         sizes = sorted({row["parameters"] for row in rows if row["variant"] == variant and row["budget"] == budget})
         for side, edge in (("smaller", sizes[0]), ("larger", sizes[-1])):
             if best["parameters"] == edge:
@@ -665,7 +673,7 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
                "member": run.get("member", f"d{run['depth']}"), "family": run.get("family", ""),
-               "budget": run["budget_flops"],
+               "budget": run["budget_flops"], "tokens_per_parameter": run.get("tokens_per_parameter"),
                "parameters": result.parameters.total,
                "non_embedding_parameters": result.parameters.non_embedding,
                "tokens": result.tokens, "flops": result.flops,
@@ -677,11 +685,13 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
-    """The run with the lowest speech CE for each (variant, budget): the compute envelope."""
+    """The run with the lowest speech CE for each (variant, budget) of an isoFLOP grid: the compute envelope."""
     best: dict[tuple[str, float], dict[str, Any]] = {}
     for row in rows:
         key = (row["variant"], row["budget"])
-        if row.get("loss_speech") is not None and (key not in best or row["loss_speech"] < best[key]["loss_speech"]):
+        if row["budget"] is None or row.get("loss_speech") is None:
+            continue  # a tokens-per-parameter run has no budget to share
+        if key not in best or row["loss_speech"] < best[key]["loss_speech"]:
             best[key] = row
     return best
 
@@ -700,7 +710,9 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         accuracies = " ".join(f"{name}={result.accuracy:.3f}" for name, result in row.get("accuracies", {}).items())
         speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
         parameters = f"{row['parameters'] / 1e6:.2f}M" if row else "-"
-        lines.append(f"{run['id']:<44} {status:<10} {parameters:>9} {run['budget_flops']:>8.1e} "
+        grid_point = f"{run['budget_flops']:>8.1e}" if run.get("budget_flops") else \
+            f"{run.get('tokens_per_parameter', 0):>5g} tpp"
+        lines.append(f"{run['id']:<44} {status:<10} {parameters:>9} {grid_point:>8} "
                      f"{speech:>9}  {accuracies}")
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return "\n".join(lines)
