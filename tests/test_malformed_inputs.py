@@ -126,6 +126,17 @@ def sweep_spec(w: World, name: str, spec: dict) -> Path:
     return _write(w.bad / name, json.dumps(spec))
 
 
+def text_sequences(w: World) -> Path:
+    """A text-only sequences folder: its vocabulary has no units, unlike the speech data's."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+
+    folder = w.bad / "text-seq"
+    if not folder.exists():
+        build_sequences(BuildConfig(out=str(folder), streams=("text",), text_corpus="tinystories-sample[:20]",
+                                    context_length=64))
+    return folder
+
+
 def table(w: World, name: str, text: str) -> Path:
     return _write(w.bad / name, text)
 
@@ -321,6 +332,12 @@ CASES: dict[str, Case] = {
     "sweep plan: depth 0": lambda w: (["sweep", "plan", str(sweep_spec(w, "depth0.json", {
         "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "depths": [0],
         "budgets_flops": [1e9]})), "--out", str(w.bad / "out-36")], "depth0.json", []),
+    "sweep plan: unknown train option": lambda w: (["sweep", "plan", str(sweep_spec(w, "opt.json", {
+        "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "depths": [1], "budgets_flops": [1e9],
+        "train": {"learning_rate": 1}})), "--out", str(w.bad / "out-90")], "learning_rate", []),
+    "train: validation data of another vocabulary": lambda w: (
+        ["train", f"run_dir={w.bad / 'run-v'}", f"data={w.data}", "budget_tokens=1000",
+         f"validation_data={text_sequences(w)}"], str(text_sequences(w)), []),
     "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
                                            str(a_folder(w, "not-a-sweep")), []),
     "sweep wait: nothing submitted": lambda w: (["sweep", "wait", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),

@@ -347,18 +347,28 @@ def test_fsdp_bf16_parameters_train_close_to_fp32(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_resumes_bit_for_bit(data, tmp_path):
+def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
-                     num_checkpoints_kept=5, fsdp=True)
-    (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / "run.json")]
-    for attempt in range(2):
-        completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        if attempt == 0:
-            uninterrupted = _losses(tmp_path / "run")
-            (tmp_path / "run" / "result.json").unlink()  # as if killed after step 3 of 6
-            shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
-    assert _losses(tmp_path / "run") == uninterrupted
+
+    def torchrun(name: str) -> list[str]:
+        config = _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
+                         num_checkpoints_kept=5, fsdp=True)
+        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json")]
+
+    completed = subprocess.run(torchrun("reference"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # The same run, SIGKILLed (torchrun and both ranks) once its first checkpoint is whole.
+    process = subprocess.Popen(torchrun("killed"), env=env, cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "step-00000002" / "checksums.json"
+    deadline = time.time() + 120
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "result.json").exists(), "the run finished before it could be killed"
+    completed = subprocess.run(torchrun("killed"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "reference")

@@ -696,6 +696,14 @@ def train(config: TrainConfig) -> RunResult | None:
         if folder:
             read_index(folder)  # a sequences folder, or one line saying it is not
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
+    if config.validation_data:
+        held_out = Vocabulary.load(Path(config.validation_data) / "tokenizer")
+        if (len(held_out), held_out.unit_offset, held_out.num_units) != (len(vocabulary), vocabulary.unit_offset,
+                                                                          vocabulary.num_units):
+            # Its losses would be of other tokens: a silently wrong speech CE, the number the fits read.
+            raise ValueError(f"{config.validation_data}: built with another vocabulary than {config.data} "
+                             f"({len(held_out)} tokens, units from {held_out.unit_offset}, against {len(vocabulary)} "
+                             f"from {vocabulary.unit_offset}); build both with the same --tokenizer and units")
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
     context_length = int(loader.index["context_length"])

@@ -163,7 +163,7 @@ def test_a_sweep_over_families_of_real_architectures(extracted, tmp_path):
     from simslm.sequences.build import BuildConfig, build_sequences
 
     families = {name: [_tiny_base_model(tmp_path / "models" / f"{name}-{width}", name, width, layers)
-                       for width, layers in ((32, 1), (64, 2))] for name in ("qwen2", "llama")}
+                       for width, layers in ((32, 1), (48, 1), (64, 2))] for name in ("qwen2", "llama")}
     # Each family's sequences with its own tokenizer (transformers reads tok512 beside a Qwen2 config as a
     # Qwen2 tokenizer with one more token: the check in `train` refuses a mix-up).
     config, _, _ = extracted
@@ -177,12 +177,12 @@ def test_a_sweep_over_families_of_real_architectures(extracted, tmp_path):
         "variants": [{"name": "twist", "data": data}, {"name": "scratch", "data": data, "init": "random"}],
         "train": {"batch_size": 4, "num_validation_batches": 1, "checkpoint_every": 50}})
     planned = sweep.plan_sweep(spec, tmp_path / "sweep")
-    assert len(planned["runs"]) == 8
+    assert len(planned["runs"]) == 12  # 2 families x 3 sizes x 2 variants
     assert {run["variant"] for run in planned["runs"]} == {"qwen2/twist", "qwen2/scratch", "llama/twist",
                                                             "llama/scratch"}
     assert any(run["id"].startswith("qwen2-qwen2-64-twist-c4e08-") for run in planned["runs"])
     counts = sweep.run_sweep(tmp_path / "sweep", num_parallel=2, threads_per_run=1)
-    assert counts == {"done": 8}
+    assert counts == {"done": 12}
     from transformers import AutoModelForCausalLM
 
     for row in sweep.collect(tmp_path / "sweep"):
@@ -192,7 +192,7 @@ def test_a_sweep_over_families_of_real_architectures(extracted, tmp_path):
         architecture = row["variant"].split("/")[0]
         assert trained.config.model_type == architecture
     sizes = {(row["variant"], row["member"]): row["parameters"] for row in sweep.collect(tmp_path / "sweep")}
-    assert sizes["qwen2/twist", "qwen2-32"] < sizes["qwen2/twist", "qwen2-64"]
+    assert sizes["qwen2/twist", "qwen2-32"] < sizes["qwen2/twist", "qwen2-48"] < sizes["qwen2/twist", "qwen2-64"]
     assert sizes["qwen2/twist", "qwen2-32"] == sizes["qwen2/scratch", "qwen2-32"]  # same architecture from scratch
 
 

@@ -129,6 +129,9 @@ class SweepSpec:
                 raise ValueError(f"family {name} must list its models (hub ids or paths)")
         if self.families and self.family:
             raise ValueError("family (a `simslm textlm` folder) goes with depths, not with families")
+        unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"train: unknown option(s) {', '.join(sorted(unknown))} (TrainConfig fields)")
         if bool(self.budgets_flops) == bool(self.tokens_per_parameter):
             raise ValueError("give the grid as budgets_flops (isoFLOP) or as tokens_per_parameter, one of the two")
         for name in ("budgets_flops", "tokens_per_parameter"):
