@@ -256,3 +256,23 @@ def test_a_tokens_per_parameter_grid_trains_each_size_on_r_n_tokens_and_fits(dat
         assert row["budget"] is None
     fits = sweep.fit_sweep(tmp_path, num_resamples=50)
     assert "approach 2 could not be computed" in " ".join(fits["variants"]["r"]["warnings"])
+
+
+def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were(tmp_path):
+    from simslm.textlm import TextLMConfig, pretrain_family
+
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
+    pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
+                                 tokens_per_parameter=0.5, context_length=32, batch_size=4))
+    spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,), depths=(1, 2),
+                           family=str(tmp_path / "family"))
+    grown, added = sweep._next_size(spec, "family", "larger")
+    assert grown.depths == (1, 2, 3) and added == "depth 3"
+    family = json.loads((tmp_path / "family" / "family.json").read_text())
+    assert [member["depth"] for member in family["members"]] == [1, 2, 3]
+    third = family["members"][2]
+    assert (tmp_path / "family" / third["model_dir"] / "model.safetensors").exists()
+    assert third["pretraining_tokens"] == pytest.approx(0.5 * third["parameters"], abs=4 * 32)  # as the others
+    none, why = sweep._next_size(spec, "family", "smaller")
+    assert none is None and "no depth 0" in why

@@ -1,17 +1,19 @@
-"""Sweeps: an isoFLOP grid of runs, a ledger read from the run directories, and executors.
+"""Sweeps: a grid of runs over model sizes, a ledger read from the run directories, executors, bracketing.
 
-`plan_sweep` turns a spec (size family, FLOP budgets, variants) into `sweep.json`: one
-TrainConfig per (variant, depth, budget), each with a run id hashed from its content, so
-a changed setting is a new run and an unchanged one is recognised as already done. The
-ledger is the run directories themselves: a run is finished when its `result.json`
-(written last and atomically by `train`) and its `eval.json` exist, so a half-written
-result is never read and a finished run is never repeated. A run in progress holds an
-exclusive lock on `<run>/.lock` (released by the OS when its process dies), so a
-restarted sweep neither duplicates it nor waits on a dead one.
+`plan_sweep` turns a spec (sizes as real model families or simslm's depths; an isoFLOP or
+tokens-per-parameter grid; variants) into `sweep.json`: one TrainConfig per (variant, size,
+grid point), each with a run id hashed from its content, so a changed setting is a new run
+and an unchanged one is recognised as already done. The ledger is the run directories
+themselves: a run is finished when its `result.json` (written last and atomically by
+`train`) and its `eval.json` exist, so a half-written result is never read and a finished
+run is never repeated. A run in progress holds an exclusive lock on `<run>/.lock`
+(released by the OS when its process dies), so a restarted sweep neither duplicates it nor
+waits on a dead one.
 
-Executors register by name: `local` runs several runs at once as subprocesses (each with
-its share of the cores), `slurm` submits them through submitit (its `local` cluster runs
-the same code without SLURM, which is how it is tested here).
+Executors register by name: `local` runs several runs at once as subprocesses (torchrun
+when a run has several processes, placed on GPUs when given), `slurm` submits a job array
+through submitit (its `local` cluster runs the same code without SLURM, which is how it is
+tested here). `extend_to_bracket` grows the grid until each budget's best size is inside it.
 """
 
 from __future__ import annotations
@@ -752,7 +754,8 @@ class PlanSweepConfig(Config):
     """What `simslm sweep plan` does."""
 
     spec: str
-    """Sweep spec, JSON: variants, depths, budgets_flops, family, validation_data, bench, eval_modes, train."""
+    """Sweep spec, JSON: variants; the sizes as families (lists of models) or depths (with family); the grid as
+    budgets_flops or tokens_per_parameter; validation_data, bench, eval_modes, train, bracket_models."""
     out: str
     """Sweep folder (sweep.json and runs/)."""
 
