@@ -71,7 +71,7 @@ def test_progress_without_a_terminal_writes_plain_lines_with_rate_eta_and_notes(
         tracker.update()
     tracker.close()
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 5 and lines[0].startswith("[train] 1/4 (25%)") and "step/s" in lines[0]
+    assert len(lines) == 4 and lines[0].startswith("[train] 1/4 (25%)") and "step/s" in lines[0]  # no repeat at close
     assert "ETA" in lines[0] and "loss 2.5" in lines[0] and "lr 0.0005" in lines[0]
     assert lines[3].startswith("[train] 4/4 (100%)")
     assert list(jobs.progress(range(3), "x")) == [0, 1, 2]  # iterating reports too

@@ -71,7 +71,7 @@ class Progress:
 
     def __init__(self, total: int | None, description: str, unit: str = "item"):
         self.total, self.description, self.unit = total, description, unit
-        self.done, self.fields = 0, {}
+        self.done, self.fields, self.last_count = 0, {}, 0
         self.started = self.last_line = time.perf_counter()
         self.every_sec = float(os.environ.get(LOG_EVERY_SEC_VARIABLE, DEFAULT_LOG_EVERY_SEC))
         self.bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr,
@@ -93,12 +93,14 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.done and time.perf_counter() - self.started >= min(self.every_sec, FINAL_LINE_AFTER_SEC):
+        elif self.done != self.last_count and \
+                time.perf_counter() - self.started >= min(self.every_sec, FINAL_LINE_AFTER_SEC):
             self._line()
-        self.done = 0  # closing twice writes one final line
+        self.last_count = self.done  # closing twice writes one final line
 
     def _line(self) -> None:
         self.last_line = now = time.perf_counter()
+        self.last_count = self.done
         rate = self.done / max(now - self.started, 1e-9)
         parts = [f"[{self.description}] {self.done}" + (f"/{self.total} ({100 * self.done / self.total:.0f}%)"
                                                          if self.total else ""), f"{rate:.3g} {self.unit}/s"]
