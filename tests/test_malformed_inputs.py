@@ -197,6 +197,14 @@ CASES: dict[str, Case] = {
     "align: broken CTM in place": lambda w: (
         ["align", "--manifest", str(w.manifest), "--out", str(w.manifest), "--method", "ctm", "--source",
          str(_write(w.bad / "broken.ctm", "utt 1 not numbers\n"))], "broken.ctm", [w.manifest]),
+    # manifest import
+    "manifest import: source missing": lambda w: (["manifest", "import", "--source", str(missing(w, "corpus")),
+                                                   "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),
+    "manifest import: kaldi without text": lambda w: (["manifest", "import", "--source", str(_write(
+        w.bad / "kaldi" / "wav.scp", "r1 x.wav\n").parent), "--out", str(w.bad / "out-92.jsonl")], "kaldi", []),
+    "manifest import: nothing usable over a manifest": lambda w: (
+        ["manifest", "import", "--source", str(_write(w.bad / "other.jsonl", '{"utt": "x"}\n')), "--out",
+         str(w.manifest)], "other.jsonl", [w.manifest]),
     # units fit
     "units fit: k = 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-09"),
                                     "--num-units", "0"], "--num-units", []),

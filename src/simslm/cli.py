@@ -70,6 +70,15 @@ def _align(config) -> int:
     return 0
 
 
+def _manifest_import(config) -> int:
+    from simslm.speech.importers import import_manifest
+
+    report = import_manifest(config)
+    print(f"imported {report.num_imported} utterance(s) ({report.audio_sec / 3600:.2f} h), skipped "
+          f"{report.num_skipped} {report.skipped_by_reason or ''} -> {report.manifest}")
+    return 0
+
+
 def _validate(config) -> int:
     from simslm.speech.manifest import validate_manifest
 
@@ -338,6 +347,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.speech.synth", "SynthConfig"), _synth),
     Command(("align",), "add word timings to a manifest (import or pocketsphinx)",
             _config("simslm.speech.align", "AlignConfig"), _align),
+    Command(("manifest", "import"), "a corpus in another layout (folder, LibriSpeech, Kaldi, JSONL) as a manifest",
+            _config("simslm.speech.importers", "ImportManifestConfig"), _manifest_import),
     Command(("manifest", "validate"), "check corpus manifests and their audio",
             _config("simslm.speech.manifest", "ValidateConfig"), _validate, positional=("manifests",)),
     Command(("units", "fit"), "fit a k-means codebook on encoder features of a corpus",

@@ -1,0 +1,271 @@
+"""Corpora in other layouts as simslm manifests: `simslm manifest import`.
+
+Importers register by name, each a generator of (id, audio, transcript, speaker) candidates
+or of the reason an item was skipped:
+
+- `folder`: audio files (.wav, .flac) with their transcript beside them (same stem, .txt or
+  .lab), at any depth; the speaker is the audio's parent folder.
+- `librispeech`: LibriSpeech's tree, `SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt` holding
+  `UTTERANCE-ID TRANSCRIPT` lines, the audio `UTTERANCE-ID.flac` beside it.
+- `kaldi`: a Kaldi data directory: `wav.scp` (id, path), `text` (id, transcript), optional
+  `utt2spk`, and optional `segments` (utterance, recording, start, end), whose segments are
+  cut into their own FLAC files under the output's folder (simslm stages read whole files).
+- `jsonl`: another tool's JSONL manifest, its field names mapped (`--fields id=utt_id
+  audio=audio transcript=text`), paths relative to its own folder.
+
+Every candidate's audio header is read (sample rate, duration); missing or unreadable audio,
+missing or empty transcripts, ids without audio and repeated ids are skipped and counted by
+reason. An import that keeps nothing is an error, and the manifest is written atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from simslm import jobs
+from simslm.config import Config, ConfigError
+from simslm.speech import audio
+from simslm.speech.manifest import Utterance, write_manifest
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An utterance as a layout describes it, before its audio is checked."""
+
+    id: str
+    audio: Path
+    transcript: str
+    speaker: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An item of the source that cannot become an utterance, and why."""
+
+    id: str
+    reason: str
+
+
+Item = Candidate | Skip
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of a UTF-8 text file, blank lines left out."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(jobs.text_lines(handle, path), start=1):
+            if line.strip():
+                yield number, line.strip()
+
+
+def _key_value(path: Path) -> dict[str, str]:
+    """A Kaldi-style table: the first word of each line is the key, the rest its value."""
+    table = {}
+    for _, line in _read_lines(path):
+        key, _, value = line.partition(" ")
+        table[key] = value.strip()
+    return table
+
+
+def _transcript_beside(audio_path: Path) -> str | None:
+    for suffix in (".txt", ".lab"):
+        candidate = audio_path.with_suffix(suffix)
+        if candidate.is_file():
+            return jobs.read_text(candidate).strip()
+    return None
+
+
+def import_folder(source: Path, **_) -> Iterator[Item]:
+    """Audio files with a .txt or .lab transcript of the same stem."""
+    for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        transcript = _transcript_beside(path)
+        identifier = str(path.relative_to(source).with_suffix("")).replace("/", "_")
+        if transcript is None:
+            yield Skip(identifier, "no transcript (.txt or .lab) beside the audio")
+        else:
+            yield Candidate(identifier, path, transcript, path.parent.name if path.parent != source else "unknown")
+
+
+def import_librispeech(source: Path, **_) -> Iterator[Item]:
+    """LibriSpeech: one *.trans.txt per chapter, the speaker the first part of each id."""
+    listings = sorted(source.rglob("*.trans.txt"))
+    if not listings:
+        raise ValueError(f"{source}: no *.trans.txt file (not a LibriSpeech tree)")
+    for listing in listings:
+        for number, line in _read_lines(listing):
+            identifier, _, transcript = line.partition(" ")
+            if not transcript.strip():
+                yield Skip(identifier or f"{listing}:{number}", "empty transcript")
+                continue
+            path = next((listing.parent / f"{identifier}{suffix}" for suffix in (".flac", ".wav")
+                         if (listing.parent / f"{identifier}{suffix}").exists()), listing.parent / f"{identifier}.flac")
+            yield Candidate(identifier, path, transcript.strip(), identifier.split("-")[0])
+
+
+def import_kaldi(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
+    """A Kaldi data directory; segments are cut into files under `segments_dir`."""
+    for required in ("wav.scp", "text"):
+        if not (source / required).is_file():
+            raise ValueError(f"{source}: no {required} (not a Kaldi data directory)")
+    recordings, texts = _key_value(source / "wav.scp"), _key_value(source / "text")
+    speakers = _key_value(source / "utt2spk") if (source / "utt2spk").is_file() else {}
+    segments = ({key: value.split() for key, value in _key_value(source / "segments").items()}
+                if (source / "segments").is_file() else None)
+
+    def recording_path(recording: str) -> Path | None:
+        entry = recordings.get(recording)
+        if entry is None or entry.endswith("|"):
+            return None  # missing, or a command to pipe from (`sox ... |`): not a file simslm can read
+        path = Path(entry)
+        return path if path.is_absolute() else source / path
+
+    for utterance, transcript in texts.items():
+        speaker = speakers.get(utterance, "unknown")
+        if not transcript:
+            yield Skip(utterance, "empty transcript")
+            continue
+        if segments is None:
+            path = recording_path(utterance)
+            yield Candidate(utterance, path, transcript, speaker) if path else \
+                Skip(utterance, "no file in wav.scp (missing, or a piped command)")
+            continue
+        if utterance not in segments or len(segments[utterance]) != 3:
+            yield Skip(utterance, "no line in segments (recording start end)")
+            continue
+        recording, start, end = segments[utterance]
+        path = recording_path(recording)
+        if path is None:
+            yield Skip(utterance, "its recording has no file in wav.scp (missing, or a piped command)")
+            continue
+        try:
+            cut = _cut_segment(path, float(start), float(end), segments_dir / f"{utterance}.flac")
+        except (ValueError, audio.AudioError) as error:
+            yield Skip(utterance, f"segment not cut: {error}")
+            continue
+        yield Candidate(utterance, cut, transcript, speaker)
+
+
+def _cut_segment(path: Path, start_sec: float, end_sec: float, target: Path) -> Path:
+    """Samples [start, end) of a recording as their own FLAC (written once)."""
+    import soundfile
+
+    if not 0 <= start_sec < end_sec:
+        raise ValueError(f"start {start_sec} and end {end_sec} are not an interval")
+    if not target.exists():
+        rate, duration = audio.audio_info(path)
+        if end_sec > duration + 0.01:
+            raise ValueError(f"ends at {end_sec} s, after the recording's {duration:.2f} s")
+        samples, _ = soundfile.read(str(path), start=round(start_sec * rate), stop=round(end_sec * rate),
+                                    dtype="float32")
+        audio.write_audio(target, samples, rate)
+    return target
+
+
+def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]:
+    """Another tool's JSONL manifest with its field names mapped to id, audio, transcript and speaker."""
+    names = {"id": "id", "audio": "audio", "transcript": "transcript", "speaker": "speaker", **fields}
+    for number, line in _read_lines(source):
+        try:
+            record = json.loads(line)
+            identifier, path, transcript = (record[names[key]] for key in ("id", "audio", "transcript"))
+        except json.JSONDecodeError:
+            yield Skip(f"line {number}", "not valid JSON")
+            continue
+        except (KeyError, TypeError):
+            yield Skip(f"line {number}", f"no {names['id']}, {names['audio']} or {names['transcript']} field")
+            continue
+        if not isinstance(transcript, str) or not transcript.strip():
+            yield Skip(str(identifier), "empty transcript")
+            continue
+        path = Path(str(path))
+        yield Candidate(str(identifier), path if path.is_absolute() else source.parent / path, transcript.strip(),
+                        str(record.get(names["speaker"], "unknown")))
+
+
+IMPORTERS: dict[str, Callable[..., Iterator[Item]]] = {
+    "folder": import_folder, "librispeech": import_librispeech, "kaldi": import_kaldi, "jsonl": import_jsonl}
+
+
+def detect_format(source: Path) -> str:
+    """The layout of `source`: a JSONL file, a Kaldi directory, a LibriSpeech tree, or a folder of audio."""
+    if source.is_file():
+        return "jsonl"
+    if (source / "wav.scp").is_file():
+        return "kaldi"
+    if next(source.rglob("*.trans.txt"), None) is not None:
+        return "librispeech"
+    return "folder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportManifestConfig(Config):
+    """What `simslm manifest import` does."""
+
+    source: str
+    """The corpus: a folder of audio with .txt/.lab transcripts, a LibriSpeech tree, a Kaldi data directory, or a
+    JSONL manifest of another tool."""
+    out: str
+    """The manifest to write (audio paths relative to its folder; Kaldi segments cut into OUT's folder)."""
+    format: Literal["auto", "folder", "librispeech", "kaldi", "jsonl"] = "auto"
+    """The layout (auto: detected)."""
+    fields: tuple[str, ...] = ()
+    """jsonl: field names as simslm=theirs, e.g. id=utt_id transcript=text."""
+
+    def check(self) -> None:
+        for item in self.fields:
+            key, _, value = item.partition("=")
+            if key not in ("id", "audio", "transcript", "speaker") or not value:
+                raise ConfigError(f"--fields takes id=, audio=, transcript= or speaker= followed by a name, not "
+                                  f"'{item}'")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import kept and skipped."""
+
+    manifest: str
+    num_imported: int
+    num_skipped: int
+    skipped_by_reason: dict[str, int]
+    audio_sec: float
+    wall_sec: float
+
+
+def import_manifest(config: ImportManifestConfig) -> ImportReport:
+    """Write a simslm manifest for a corpus in another layout; skip and count what cannot be used."""
+    started = time.perf_counter()
+    source, out = Path(config.source), Path(config.out)
+    if not source.exists():
+        raise ValueError(f"{source}: no such file or folder")
+    layout = detect_format(source) if config.format == "auto" else config.format
+    items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
+                             segments_dir=out.parent / f"{out.stem}-segments")
+    utterances, skipped, seen = [], collections.Counter(), set()
+    for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
+        if isinstance(item, Skip):
+            skipped[item.reason] += 1
+            continue
+        if item.id in seen:
+            skipped["repeated id"] += 1
+            continue
+        try:
+            sample_rate, duration = audio.audio_info(item.audio)
+        except audio.AudioError as error:
+            skipped[error.kind.value] += 1
+            continue
+        seen.add(item.id)
+        utterances.append(Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
+                                    sample_rate=sample_rate, duration_sec=round(duration, 3),
+                                    transcript=item.transcript, speaker=item.speaker))
+    if not utterances:
+        raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
+    write_manifest(out, utterances)
+    return ImportReport(manifest=str(out), num_imported=len(utterances), num_skipped=sum(skipped.values()),
+                        skipped_by_reason=dict(skipped), audio_sec=round(sum(u.duration_sec for u in utterances), 3),
+                        wall_sec=round(time.perf_counter() - started, 3))

@@ -1,0 +1,82 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from simslm import assets
+from simslm.cli import main
+from simslm.speech import audio
+from simslm.speech.importers import ImportManifestConfig, detect_format, import_manifest
+from simslm.speech.manifest import read_manifest, validate_manifest
+
+LIBRISPEECH = {"1272-128104-0000": assets.LIBRISPEECH_TRANSCRIPTS["1272-128104-0000"],
+               "2412-153948-0000": assets.LIBRISPEECH_TRANSCRIPTS["2412-153948-0000"]}
+
+
+def _flac(name: str):
+    return assets.resolve("librispeech-samples").file(f"{name}.flac")
+
+
+def _imported(tmp_path, source, **options):
+    out = tmp_path / "out" / "manifest.jsonl"
+    report = import_manifest(ImportManifestConfig(source=str(source), out=str(out), **options))
+    assert validate_manifest(out) == []  # what it writes is a valid manifest, audio included
+    return report, {u.id: u for u in read_manifest(out)}
+
+
+def test_a_librispeech_tree_with_its_bad_items(tmp_path):
+    chapter = tmp_path / "LibriSpeech" / "dev-clean" / "1272" / "128104"
+    chapter.mkdir(parents=True)
+    shutil.copy(_flac("1272-128104-0000"), chapter)
+    (chapter / "1272-128104-0001.flac").write_bytes(b"fLaC not really")  # unreadable audio
+    (chapter / "1272-128104.trans.txt").write_text(
+        f"1272-128104-0000 {LIBRISPEECH['1272-128104-0000']}\n1272-128104-0001 A BROKEN ONE\n"
+        "1272-128104-0002 NO AUDIO AT ALL\n1272-128104-0003\n")
+    assert detect_format(tmp_path / "LibriSpeech") == "librispeech"
+    report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech")
+    assert list(utterances) == ["1272-128104-0000"] and utterances["1272-128104-0000"].speaker == "1272"
+    assert utterances["1272-128104-0000"].duration_sec == pytest.approx(5.855, abs=1e-3)
+    assert report.skipped_by_reason == {"not a readable WAV/FLAC file": 1, "file does not exist": 1, "empty transcript": 1}
+
+
+def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
+    (tmp_path / "corpus" / "alice").mkdir(parents=True)
+    for name, suffix in (("1272-128104-0000", ".txt"), ("2412-153948-0000", ".lab")):
+        shutil.copy(_flac(name), tmp_path / "corpus" / "alice")
+        (tmp_path / "corpus" / "alice" / f"{name}{suffix}").write_text(LIBRISPEECH[name] + "\n")
+    shutil.copy(_flac("61-70968-0000"), tmp_path / "corpus")  # no transcript beside it
+    report, utterances = _imported(tmp_path, tmp_path / "corpus")
+    assert set(utterances) == {"alice_1272-128104-0000", "alice_2412-153948-0000"}
+    assert {u.speaker for u in utterances.values()} == {"alice"}
+    assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
+
+
+def test_a_kaldi_directory_with_segments_cut_into_files(tmp_path):
+    kaldi = tmp_path / "data" / "train"
+    kaldi.mkdir(parents=True)
+    recording = _flac("1272-128104-0000")
+    (kaldi / "wav.scp").write_text(f"rec1 {recording}\nrec2 sox x.wav -t wav - |\n")
+    (kaldi / "segments").write_text("u1 rec1 0.0 2.5\nu2 rec1 2.5 5.8\nu3 rec2 0 1\nu4 rec1 5.0 99.0\n")
+    (kaldi / "text").write_text("u1 MISTER QUILTER\nu2 IS THE APOSTLE\nu3 PIPED\nu4 TOO LONG\nu5 NO SEGMENT\n")
+    (kaldi / "utt2spk").write_text("u1 s1\nu2 s1\n")
+    report, utterances = _imported(tmp_path, kaldi)
+    assert set(utterances) == {"u1", "u2"} and utterances["u1"].speaker == "s1"
+    assert utterances["u1"].duration_sec == pytest.approx(2.5, abs=1e-3)
+    whole = audio.load_audio(recording)
+    first = audio.load_audio(tmp_path / "out" / utterances["u1"].audio)
+    np.testing.assert_allclose(first, whole[:len(first)], atol=1e-4)  # the cut is the recording's first 2.5 s
+    assert report.num_skipped == 3
+
+
+def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_path, mirror, capsys):
+    out = tmp_path / "ls.jsonl"
+    assert main(["manifest", "import", "--source", str(mirror / "librispeech" / "manifest.jsonl"), "--out", str(out),
+                 "--fields", "id=utt_id", "transcript=text"]) == 0
+    assert "imported 3 utterance(s)" in capsys.readouterr().out
+    assert main(["manifest", "validate", str(out)]) == 0  # before, this very file failed validation
+    assert {u.id for u in read_manifest(out)} == {"1272-128104-0000", "61-70968-0000", "2412-153948-0000"}
+    (tmp_path / "nothing").mkdir()
+    assert main(["manifest", "import", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "n.jsonl")]) == 2
+    assert "nothing to import" in capsys.readouterr().err and not (tmp_path / "n.jsonl").exists()
+    json.loads(out.read_text().splitlines()[0])
