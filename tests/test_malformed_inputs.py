@@ -202,6 +202,10 @@ CASES: dict[str, Case] = {
                                                    "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),
     "manifest import: kaldi without text": lambda w: (["manifest", "import", "--source", str(_write(
         w.bad / "kaldi" / "wav.scp", "r1 x.wav\n").parent), "--out", str(w.bad / "out-92.jsonl")], "kaldi", []),
+    "manifest import: lhotse without recordings": lambda w: (
+        ["manifest", "import", "--format", "lhotse", "--source", str(_write(
+            w.bad / "lhotse" / "x_supervisions.jsonl", "").parent), "--out", str(w.bad / "out-93.jsonl")],
+        "recordings", []),
     "manifest import: nothing usable over a manifest": lambda w: (
         ["manifest", "import", "--source", str(_write(w.bad / "other.jsonl", '{"utt": "x"}\n')), "--out",
          str(w.manifest)], "other.jsonl", [w.manifest]),

@@ -80,3 +80,33 @@ def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_p
     assert main(["manifest", "import", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "n.jsonl")]) == 2
     assert "nothing to import" in capsys.readouterr().err and not (tmp_path / "n.jsonl").exists()
     json.loads(out.read_text().splitlines()[0])
+
+
+def test_lhotse_recordings_and_supervisions_with_word_alignments(tmp_path):
+    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse.supervision import AlignmentItem
+
+    from simslm.speech.align import read_ctm
+
+    name = "1272-128104-0000"
+    recording = Recording.from_file(_flac(name), recording_id="r1")
+    reference = read_ctm(assets.resolve("librispeech-samples").file(f"{name}.ctm"))[name]
+    words = [AlignmentItem(symbol=w, start=s, duration=e - s) for w, s, e in reference]
+    late = [w for w in words if w.start >= 2.0]  # the words of a supervision starting at 2 s (recording time)
+    supervisions = [
+        SupervisionSegment(id="whole", recording_id="r1", start=0.0, duration=recording.duration,
+                           text=LIBRISPEECH[name], speaker="1272", alignment={"word": words}),
+        SupervisionSegment(id="part", recording_id="r1", start=late[0].start, duration=recording.duration - late[0].start,
+                           text=" ".join(w.symbol for w in late), alignment={"word": late}),
+        SupervisionSegment(id="lost", recording_id="nowhere", start=0.0, duration=1.0, text="NO RECORDING"),
+        SupervisionSegment(id="silent", recording_id="r1", start=0.0, duration=1.0, text=" ")]
+    (tmp_path / "lhotse").mkdir()
+    RecordingSet.from_recordings([recording]).to_file(tmp_path / "lhotse" / "ls_recordings_dev.jsonl.gz")
+    SupervisionSet.from_segments(supervisions).to_file(tmp_path / "lhotse" / "ls_supervisions_dev.jsonl.gz")
+    assert detect_format(tmp_path / "lhotse") == "lhotse"
+    report, utterances = _imported(tmp_path, tmp_path / "lhotse")
+    assert set(utterances) == {"whole", "part"} and report.num_skipped == 2
+    assert [(w.word, w.start_sec) for w in utterances["whole"].words] == [(w, round(s, 3)) for w, s, _ in reference]
+    part = utterances["part"]
+    assert part.words[0].start_sec == 0.0  # shifted into the cut's own time
+    assert part.duration_sec == pytest.approx(recording.duration - late[0].start, abs=2e-3)

@@ -10,6 +10,10 @@ or of the reason an item was skipped:
 - `kaldi`: a Kaldi data directory: `wav.scp` (id, path), `text` (id, transcript), optional
   `utt2spk`, and optional `segments` (utterance, recording, start, end), whose segments are
   cut into their own FLAC files under the output's folder (simslm stages read whole files).
+- `lhotse`: a folder of lhotse manifests (`*recordings*.jsonl[.gz]` and
+  `*supervisions*.jsonl[.gz]`, read with lhotse itself): one utterance per supervision, its
+  word alignment kept when present; a supervision covering part of a recording is cut into
+  its own FLAC, like a Kaldi segment.
 - `jsonl`: another tool's JSONL manifest, its field names mapped (`--fields id=utt_id
   audio=audio transcript=text`), paths relative to its own folder.
 
@@ -30,7 +34,7 @@ from typing import Callable, Iterator, Literal
 from simslm import jobs
 from simslm.config import Config, ConfigError
 from simslm.speech import audio
-from simslm.speech.manifest import Utterance, write_manifest
+from simslm.speech.manifest import Utterance, Word, write_manifest
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -43,6 +47,8 @@ class Candidate:
     audio: Path
     transcript: str
     speaker: str = "unknown"
+    words: tuple[Word, ...] | None = None
+    """Word timings in the audio's own time, when the source has them."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +194,48 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
                         str(record.get(names["speaker"], "unknown")))
 
 
+def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
+    """lhotse recordings and supervisions: one utterance per supervision, words from its alignment."""
+    try:
+        from lhotse import load_manifest_lazy
+    except ImportError:
+        raise ValueError("reading lhotse manifests needs lhotse: pip install 'simslm[lhotse]'") from None
+
+    def manifest(kind: str) -> Path:
+        found = sorted(source.glob(f"*{kind}*.jsonl*"))
+        if not found:
+            raise ValueError(f"{source}: no *{kind}*.jsonl[.gz] (not a folder of lhotse manifests)")
+        return found[0]
+
+    recordings = {}  # id -> (file, duration): kept small, so a large corpus is read lazily line by line
+    for recording in load_manifest_lazy(manifest("recordings")):
+        files = [s.source for s in recording.sources if s.type == "file"]
+        recordings[recording.id] = (Path(files[0]) if len(files) == 1 else None, recording.duration)
+    for supervision in load_manifest_lazy(manifest("supervisions")):
+        if not (supervision.text or "").strip():
+            yield Skip(supervision.id, "empty transcript")
+            continue
+        path, duration = recordings.get(supervision.recording_id, (None, 0.0))
+        if path is None:
+            yield Skip(supervision.id, "its recording is missing or not one plain file (URL, command, several)")
+            continue
+        whole = supervision.start <= 1e-3 and abs(supervision.duration - duration) <= 1e-2
+        if not whole:
+            try:
+                path = _cut_segment(path, supervision.start, supervision.end, segments_dir / f"{supervision.id}.flac")
+            except (ValueError, audio.AudioError) as error:
+                yield Skip(supervision.id, f"segment not cut: {error}")
+                continue
+        offset = 0.0 if whole else supervision.start  # lhotse's alignments are in the recording's time
+        items = (supervision.alignment or {}).get("word")
+        words = tuple(Word(word=item.symbol, start_sec=round(item.start - offset, 3),
+                           end_sec=round(item.start + item.duration - offset, 3)) for item in items) if items else None
+        yield Candidate(supervision.id, path, supervision.text.strip(), supervision.speaker or "unknown", words)
+
+
 IMPORTERS: dict[str, Callable[..., Iterator[Item]]] = {
-    "folder": import_folder, "librispeech": import_librispeech, "kaldi": import_kaldi, "jsonl": import_jsonl}
+    "folder": import_folder, "librispeech": import_librispeech, "kaldi": import_kaldi, "lhotse": import_lhotse,
+    "jsonl": import_jsonl}
 
 
 def detect_format(source: Path) -> str:
@@ -198,6 +244,8 @@ def detect_format(source: Path) -> str:
         return "jsonl"
     if (source / "wav.scp").is_file():
         return "kaldi"
+    if next(source.glob("*supervisions*.jsonl*"), None) is not None:
+        return "lhotse"
     if next(source.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
     return "folder"
@@ -212,7 +260,7 @@ class ImportManifestConfig(Config):
     JSONL manifest of another tool."""
     out: str
     """The manifest to write (audio paths relative to its folder; Kaldi segments cut into OUT's folder)."""
-    format: Literal["auto", "folder", "librispeech", "kaldi", "jsonl"] = "auto"
+    format: Literal["auto", "folder", "librispeech", "kaldi", "lhotse", "jsonl"] = "auto"
     """The layout (auto: detected)."""
     fields: tuple[str, ...] = ()
     """jsonl: field names as simslm=theirs, e.g. id=utt_id transcript=text."""
@@ -262,7 +310,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
         seen.add(item.id)
         utterances.append(Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
                                     sample_rate=sample_rate, duration_sec=round(duration, 3),
-                                    transcript=item.transcript, speaker=item.speaker))
+                                    transcript=item.transcript, speaker=item.speaker, words=item.words))
     if not utterances:
         raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
     write_manifest(out, utterances)
