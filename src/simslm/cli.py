@@ -104,9 +104,9 @@ def _units_fit(config) -> int:
 
 
 def _units_extract(config) -> int:
-    from simslm.units.extract import extract_units
+    from simslm.units.extract import extract_on_slurm, extract_units
 
-    report = extract_units(config)
+    report = extract_on_slurm(config) if config.executor == "slurm" else extract_units(config)
     print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
           f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
           f"done now in {report.wall_sec:.1f} s")

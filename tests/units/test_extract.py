@@ -76,3 +76,35 @@ def test_a_codebook_from_too_few_frames_is_refused(synthetic_corpus, tmp_path):
         fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "km"), num_units=5000,
                                num_workers=1))
     assert not (tmp_path / "km.npy").exists()
+
+
+def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    config, _, _ = extracted  # shard_size 2 over 6 utterances: 3 shards
+    whole = {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(config.out)}
+    split = replace(config, out=str(tmp_path / "split"), num_shards=3, num_workers=1)
+    extract_units(replace(split, shard_index=0))
+    monkeypatch.setenv("RANK", "1")  # as torchrun numbers its processes
+    report = extract_units(split)
+    assert report.num_shards_done_now == 1
+    with pytest.raises(ValueError, match="2 of 3 shards extracted"):  # a part is never read as the whole
+        list(read_units(tmp_path / "split"))
+    extract_units(replace(split, shard_index=2))
+    assert {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(tmp_path / "split")} == whole
+
+
+@pytest.mark.slow
+def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
+    from dataclasses import replace
+
+    from simslm.units.extract import extract_on_slurm
+
+    pytest.importorskip("submitit")
+    config, _, _ = extracted
+    whole = {u.id: u.units.tolist() for u in read_units(config.out)}
+    report = extract_on_slurm(replace(config, out=str(tmp_path / "array"), num_shards=2, num_workers=1,
+                                      executor="slurm", cluster="local", timeout_min=10))
+    assert report.num_shards == 3 and report.num_shards_done_now == 0  # the jobs did the work
+    assert {u.id: u.units.tolist() for u in read_units(tmp_path / "array")} == whole
+    assert list((tmp_path / "array" / "submitit").iterdir())  # it went through submitit, inside --out

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Iterator, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, check_positive, registry_choices
+from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.manifest import read_manifest
 from simslm.units import kmeans
@@ -192,10 +192,41 @@ class ExtractConfig(Config):
     """Utterances per shard (the unit of resumption)."""
     num_workers: int = 0
     """Worker processes; 0 = one per core."""
+    num_shards: int = 1
+    """Split the work across this many processes or machines filling one --out folder (on a shared disk): each
+    takes every K-th shard; the folder is complete, and readable, once all have finished."""
+    shard_index: int | None = None
+    """Which of --num-shards this process is (default: RANK under torchrun, else SLURM_ARRAY_TASK_ID in a SLURM
+    array, else 0)."""
+
+    executor: Literal["here", "slurm"] = "here"
+    """here (this process), or slurm: a job array of --num-shards jobs through submitit, one shard index each."""
+    cluster: str | None = None
+    """slurm: submitit cluster (slurm, or local to run the array here; default: detected)."""
+    slurm_partition: str = ""
+    """slurm: partition."""
+    timeout_min: int = 240
+    """slurm: time limit per job in minutes."""
+    gpus_per_node: int = 0
+    """slurm: GPUs per job."""
+    cpus_per_task: int = 0
+    """slurm: CPUs per job (0: the cluster's default)."""
 
     def check(self) -> None:
-        check_positive(self, "shard_size")
+        check_positive(self, "shard_size", "num_shards", "timeout_min")
+        check_positive(self, "gpus_per_node", "cpus_per_task", allow_zero=True)
         check_positive(self, "num_workers", allow_zero=True)
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(f"--shard-index must be in 0..{self.num_shards - 1}, not {self.shard_index}")
+
+    def this_shard(self) -> int:
+        """This process's share of the shards: --shard-index, or what the launcher says."""
+        if self.shard_index is not None:
+            return self.shard_index
+        for variable in ("RANK", "SLURM_ARRAY_TASK_ID"):
+            if os.environ.get(variable, "").isdigit():
+                return int(os.environ[variable]) % self.num_shards
+        return 0
 
 
 @dataclass(frozen=True)
@@ -334,19 +365,24 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
               "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
-              "k": codebook.k, "manifest": str(Path(config.manifest).resolve()) if records is None else config.manifest, "shard_size": config.shard_size,
+              "k": codebook.k, "manifest": config.manifest, "shard_size": config.shard_size,
+              "num_shards": -(-len(records) // config.shard_size),  # read_units checks they are all there
               "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
     header_path = out / "units.json"
     if header_path.exists():
         previous = jobs.read_json(header_path)
-        changed = [key for key in header if key not in ("manifest", "codebook") and previous.get(key) != header[key]]
+        # Keys an older folder lacks (num_shards) are not a difference.
+        changed = [key for key in header
+                   if key not in ("manifest", "codebook") and key in previous and previous[key] != header[key]]
         if changed:
             raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
                              f"extract into a new --out folder")
     else:
         jobs.write_json(header_path, header)
     shards = [records[i:i + config.shard_size] for i in range(0, len(records), config.shard_size)]
-    todo = [i for i in range(len(shards)) if not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
+    mine = config.this_shard()
+    todo = [i for i in range(len(shards))
+            if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
     workers = min(config.num_workers or jobs.default_workers(), max(1, len(todo)))
     if todo:
         encoder = _cached(json.dumps(asdict(spec), sort_keys=True), lambda: build_encoder(spec))
@@ -373,7 +409,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         num_frames += sum(line["durations"])
         num_units += len(line["units"])
         audio_sec += durations_by_id.get(line["id"], 0.0)
-    if records and not num_encoded:
+    complete = all((out / "shards" / f"shard-{i:05d}.jsonl").exists() for i in range(len(shards)))
+    if records and complete and not num_encoded:
         # Nothing usable: leave no folder that a re-run would take as done.
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -390,6 +427,32 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     return report
 
 
+def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
+    """`extract_units` as a job array through submitit, one job per shard index; waits, then reports."""
+    import dataclasses
+
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(Path(config.out) / "submitit"), cluster=config.cluster)
+    parameters: dict[str, Any] = {"timeout_min": config.timeout_min, "gpus_per_node": config.gpus_per_node}
+    if config.cpus_per_task:
+        parameters["cpus_per_task"] = config.cpus_per_task
+    if config.slurm_partition and executor.cluster == "slurm":
+        parameters["slurm_partition"] = config.slurm_partition
+    executor.update_parameters(**parameters)
+    shares = [dataclasses.replace(config, executor="here", shard_index=index) for index in range(config.num_shards)]
+    failures = []
+    for index, job in enumerate(executor.map_array(extract_units, shares)):
+        try:
+            job.result()
+        except Exception as error:  # the job's own error, re-raised by submitit: the other shards go on
+            failures.append(f"shard index {index} ({error.__class__.__name__}; log {job.paths.stderr})")
+    if failures:
+        raise ValueError(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
+                         f"re-run to redo only their shards")
+    return extract_units(dataclasses.replace(config, executor="here", shard_index=0))  # all done: the report
+
+
 def _iter_shard_lines(out: Path) -> Iterator[dict[str, Any]]:
     for shard in sorted((out / "shards").glob("shard-*.jsonl")):
         with open(shard, encoding="utf-8") as handle:
@@ -398,7 +461,17 @@ def _iter_shard_lines(out: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
-    """The extracted units of every successfully encoded utterance, in manifest order."""
+    """The extracted units of every successfully encoded utterance, in manifest order.
+
+    A folder some of whose shards are missing (an extraction split over processes, not all done) is refused:
+    reading part of a corpus as the whole of it would be a silent wrong result."""
+    header = Path(out) / "units.json"
+    expected = jobs.read_json(header).get("num_shards") if header.exists() else None
+    if expected is not None:
+        present = len(list((Path(out) / "shards").glob("shard-*.jsonl")))
+        if present < expected:
+            raise ValueError(f"{out}: {present} of {expected} shards extracted; finish the extraction (every "
+                             f"--shard-index of --num-shards) before reading it")
     for line in _iter_shard_lines(Path(out)):
         if "skipped" not in line:
             yield UtteranceUnits(id=line["id"], units=np.asarray(line["units"], dtype=np.int32),
