@@ -331,6 +331,10 @@ CASES: dict[str, Case] = {
                                                   str(other_codebook_units(w)), [w.run / "eval.json"]),
     "eval: units missing": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S", "--units",
                                        str(missing(w, "units"))], str(missing(w, "units")), [w.run / "eval.json"]),
+    "generate: written prompt in S2S": lambda w: (["generate", str(w.run), "--prompt", "a cat", "--mode", "S2S",
+                                                  "--out", str(w.bad / "out-94")], "a-cat", []),
+    "generate: prompt file missing": lambda w: (["generate", str(w.run), "--prompt", str(missing(w, "p.flac")),
+                                                "--out", str(w.bad / "out-95")], str(missing(w, "p.flac")), []),
     # sweep
     "sweep plan: spec missing keys": lambda w: (["sweep", "plan", str(sweep_spec(w, "nokeys.json", {"depths": [1]})),
                                                  "--out", str(w.bad / "out-32")], "nokeys.json", []),

@@ -79,6 +79,17 @@ def _manifest_import(config) -> int:
     return 0
 
 
+def _generate(config) -> int:
+    from simslm.eval.generate import generate
+
+    for record in generate(config):
+        produced = record["text"] if record["text"] is not None else \
+            f"{len(record['units'])} units" + (f" -> {record['wav']}" if record.get("wav") else "")
+        print(f"{record['prompt']['name']} ({record['mode']}): {produced}")
+    print(f"-> {config.out}")
+    return 0
+
+
 def _validate(config) -> int:
     from simslm.speech.manifest import validate_manifest
 
@@ -377,6 +388,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.eval.benchbuild", "BenchBuildConfig"), _bench_build),
     Command(("eval",), "score a run or a model folder on benchmarks; writes eval.json into it",
             _config("simslm.eval.evaluate", "EvalConfig"), _eval, positional=("run",)),
+    Command(("generate",), "continue audio or text prompts in speech (units and a WAV) or text",
+            _config("simslm.eval.generate", "GenerateConfig"), _generate, positional=("model",)),
     Command(("sweep", "plan"), "spec JSON -> sweep.json with content-hashed run ids",
             _config("simslm.scaling.sweep", "PlanSweepConfig"), _sweep_plan, positional=("spec",)),
     Command(("sweep", "run"), "execute the runs not finished yet (resumes after a kill)",

@@ -1,0 +1,165 @@
+"""`simslm generate MODEL`: continue audio or text prompts in speech or text, and write what came out.
+
+Modes, as the paper's cross-modal table names them: S→S and S→T continue a spoken prompt
+(its units from the model's own encoder and codebook), T→S and T→T a written one. Prompts
+are written as slamkit's `build_prompt` writes them (`generation._prompt`): a spoken prompt
+is its units then the output modality's marker; a written prompt for speech is `<text>`,
+the text, `<speech>`; for text it is the text alone, as text-only training samples are.
+Speech comes out as units and, for `logmel` units, a WAV through the log-mel inversion
+vocoder (levels from the prompt's audio, or `--reference-audio`); other units have no
+offline vocoder, so their WAV is left out and the JSON says why.
+
+Each prompt gives `<name>.json` (prompt, mode, seed, sampling options, tokens, units, text,
+wav) and `<name>.wav` when there is speech, written atomically into `--out`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from simslm import jobs
+from simslm.config import Config, ConfigError, check_positive
+from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
+from simslm.eval.evaluate import _device, load_run_model
+from simslm.eval.generation import _prompt, sample_continuation
+from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
+from simslm.speech import audio
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig(Config):
+    """What `simslm generate` does."""
+
+    model: str
+    """A run folder or a model folder (`simslm eval` reads the same)."""
+    prompt: str
+    """An audio file (.wav/.flac), a text file (.txt), a folder of such files, or the prompt text itself."""
+    out: str
+    """Folder for <name>.json and <name>.wav per prompt."""
+    mode: Literal["auto", "S2S", "S2T", "T2S", "T2T"] = "auto"
+    """What to continue in: auto is S2S for audio prompts and T2T for text."""
+    max_new_tokens: int = 150
+    """Tokens to sample at most (units for speech: 150 logmel units are 6 s)."""
+    temperature: float = 0.8
+    """Sampling temperature (slamkit's generation setting); 0 = greedy."""
+    top_k: int = 25
+    """Sample among the top k tokens (slamkit's setting); 0 = all of the modality's tokens."""
+    seed: int = 0
+    """Seed of the sampling (prompt n uses seed + n)."""
+    reference_audio: str | None = None
+    """T2S: a recording whose level and timbre the vocoder follows (S2S uses the prompt's own audio)."""
+    speech_units: str | None = None
+    """The `simslm units extract` folder of the model's codebook, when the model folder does not record one."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+
+    def check(self) -> None:
+        check_positive(self, "max_new_tokens")
+        check_positive(self, "temperature", "top_k", allow_zero=True)
+        if self.reference_audio is not None and not Path(self.reference_audio).is_file():
+            raise ConfigError(f"{self.reference_audio}: no such file (--reference-audio)")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    audio: str | None = None
+    text: str | None = None
+
+
+def read_prompts(spec: str) -> list[Prompt]:
+    """The prompts `--prompt` names: a file, every audio and .txt file of a folder, or literal text."""
+    path = Path(spec)
+
+    def one(file: Path) -> Prompt:
+        if file.suffix.lower() in AUDIO_SUFFIXES:
+            return Prompt(file.stem, audio=str(file))
+        return Prompt(file.stem, text=jobs.read_text(file).strip())
+
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (*AUDIO_SUFFIXES, ".txt"))
+        if not files:
+            raise ValueError(f"{path}: no prompts (.wav, .flac or .txt files)")
+        return [one(f) for f in files]
+    if path.is_file():
+        return [one(path)]
+    if path.suffix.lower() in (*AUDIO_SUFFIXES, ".txt") or "/" in spec:
+        raise ValueError(f"{spec}: no such prompt file")
+    return [Prompt(re.sub(r"[^A-Za-z0-9]+", "-", spec.strip())[:40].strip("-") or "prompt", text=spec)]
+
+
+def generate(config: GenerateConfig) -> list[dict[str, Any]]:
+    """Continue every prompt; write <name>.json (and <name>.wav for speech) into `out`; the records."""
+    prompts = read_prompts(config.prompt)
+    modes = {prompt.name: _mode(config.mode, prompt) for prompt in prompts}
+    if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None:
+        raise ValueError(f"{config.prompt}: T2S needs --reference-audio (a recording for the vocoder's level)")
+    device = _device(config.device)
+    model, vocabulary, _ = load_run_model(Path(config.model), device)
+    needs_units = any(mode[0] == "S" or mode[-1] == "S" for mode in modes.values())
+    source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
+    spoken = [prompt.audio for prompt in prompts if prompt.audio]
+    units_of = units_for_audio(spoken, source, bench_units_cache()) if spoken else {}
+    vocoder, no_vocoder = None, None
+    if needs_units:
+        if source.encoder.get("name") == "logmel" and source.codebook is not None:
+            from simslm.units.vocoder import LogMelInversionVocoder
+
+            vocoder = LogMelInversionVocoder(str(source.codebook))
+        else:
+            no_vocoder = f"no offline vocoder for {source.encoder.get('name')} units (only logmel's inversion)"
+    unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for number, prompt in enumerate(jobs.progress(prompts, "generate", unit="prompt")):
+        mode = modes[prompt.name]
+        if prompt.audio and prompt.audio not in units_of:
+            raise ValueError(f"{prompt.audio}: its units could not be extracted (unreadable or silent audio)")
+        output_marker = SPEECH_MARKER if mode.endswith("S") else TEXT_MARKER
+        if prompt.audio:
+            ids = _prompt(vocabulary, units_of[prompt.audio], output_marker)
+        else:
+            written = prompt.text if mode == "T2T" else f"{TEXT_MARKER}{prompt.text}{SPEECH_MARKER}"
+            ids = np.asarray(vocabulary.encode_samples([written])[0], dtype=np.int64)
+            if vocabulary.tokenizer.eos_token_id is not None and len(ids) and ids[-1] == vocabulary.tokenizer.eos_token_id:
+                ids = ids[:-1]
+        new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens,
+                                  allowed=unit_range if mode.endswith("S") else (0, vocabulary.unit_offset),
+                                  temperature=config.temperature, top_k=config.top_k or None,
+                                  seed=config.seed + number, device=device)
+        record: dict[str, Any] = {"prompt": asdict(prompt), "mode": mode, "seed": config.seed + number,
+                                  "options": {"temperature": config.temperature, "top_k": config.top_k,
+                                              "max_new_tokens": config.max_new_tokens},
+                                  "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(), "model": config.model}
+        if mode.endswith("S"):
+            units = (new - vocabulary.unit_offset).astype(int)
+            record.update(units=units.tolist(), text=None, wav=None)
+            if vocoder is not None and len(units):
+                wav = out / f"{prompt.name}.wav"
+                audio.write_audio(wav, vocoder(units, prompt.audio or config.reference_audio))
+                record.update(wav=wav.name, duration_sec=round(audio.audio_info(wav)[1], 3))
+            elif no_vocoder:
+                record["wav_missing"] = no_vocoder
+        else:
+            record.update(units=None, text=vocabulary.tokenizer.decode(new.tolist(), skip_special_tokens=True).strip())
+        jobs.write_json(out / f"{prompt.name}.json", record)
+        records.append(record)
+    return records
+
+
+def _mode(mode: str, prompt: Prompt) -> str:
+    spoken = prompt.audio is not None
+    if mode == "auto":
+        return "S2S" if spoken else "T2T"
+    if (mode[0] == "S") != spoken:
+        raise ValueError(f"{prompt.audio or prompt.name}: a {'spoken' if spoken else 'written'} prompt cannot be "
+                         f"continued in mode {mode}")
+    return mode

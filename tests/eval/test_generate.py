@@ -1,0 +1,64 @@
+import json
+
+import numpy as np
+import pytest
+
+from simslm.cli import main
+from simslm.eval.generate import GenerateConfig, generate, read_prompts
+from simslm.speech import audio
+from simslm.units import kmeans
+from simslm.units.encoders import LogMelEncoder
+from simslm.units.extract import deduplicate
+
+
+def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
+    run, bench = trained_run
+    spoken = sorted((bench / "audio").glob("*.flac"))[0]
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "a.txt").write_text("Once upon a time there was a cat")
+    records = {}
+    for mode, prompt in (("S2S", spoken), ("S2T", spoken), ("T2S", tmp_path / "prompts" / "a.txt"),
+                         ("T2T", "Lily went to the park")):
+        (record,) = generate(GenerateConfig(model=str(run), prompt=str(prompt), out=str(tmp_path / mode), mode=mode,
+                                            max_new_tokens=30, reference_audio=str(spoken)))
+        records[mode] = record
+    for mode in ("S2S", "T2S"):
+        record = records[mode]
+        wav = tmp_path / mode / record["wav"]
+        assert record["text"] is None and len(record["units"]) > 0 and all(0 <= u < 32 for u in record["units"])
+        # One 40 ms logmel frame group per unit: the WAV is as long as the units say.
+        assert audio.audio_info(wav)[1] == pytest.approx(0.04 * len(record["units"]), abs=0.05)
+        assert json.loads((tmp_path / mode / wav.with_suffix(".json").name).read_text()) == record
+    assert isinstance(records["S2T"]["text"], str) and records["S2T"]["units"] is None
+    assert records["T2T"]["prompt"]["text"] == "Lily went to the park"
+    # The same seed gives the same continuation.
+    again = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path / "again"), mode="S2S",
+                                    max_new_tokens=30))[0]
+    assert again["units"] == records["S2S"]["units"]
+
+
+def test_the_units_of_a_generated_wav_round_trip_better_than_chance(trained_run, tmp_path):
+    from simslm.eval.bench_units import run_unit_source
+
+    run, bench = trained_run
+    spoken = sorted((bench / "audio").glob("*.flac"))[0]
+    (record,) = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path), max_new_tokens=60,
+                                        temperature=0.0))
+    codebook = kmeans.Codebook.load(run_unit_source(run).codebook)
+    again, _ = deduplicate(codebook.assign(LogMelEncoder().encode(audio.load_audio(tmp_path / record["wav"]))))
+    generated = np.asarray(record["units"])
+    matched = np.mean([unit in set(again.tolist()) for unit in generated])
+    assert matched > 0.9  # re-encoding the vocoder's audio finds the units it was made from (measured: all, k = 32)
+
+
+def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, capsys):
+    run, bench = trained_run
+    spoken = sorted((bench / "audio").glob("*.flac"))[0]
+    assert read_prompts("a story about a dog")[0].name == "a-story-about-a-dog"
+    assert main(["generate", str(run), "--prompt", "hello there", "--mode", "S2T", "--out", str(tmp_path)]) == 2
+    assert "a written prompt cannot be continued in mode S2T" in capsys.readouterr().err
+    assert main(["generate", str(run), "--prompt", "hello", "--mode", "T2S", "--out", str(tmp_path)]) == 2
+    assert "T2S needs --reference-audio" in capsys.readouterr().err
+    assert main(["generate", str(run), "--prompt", str(spoken.with_name("missing.flac")), "--out",
+                 str(tmp_path)]) == 2
+    assert "no such prompt file" in capsys.readouterr().err
