@@ -143,3 +143,15 @@ def test_a_fit_says_when_it_is_not_sure():
     assert "only 7 points for a 5-parameter law" in text
     assert "approach 2 could not be computed: no budget has runs of 3 or more sizes" in text
     assert fit_all(_isoflop_grid(TRUE, noise=0.005), num_resamples=20)["warnings"] == []
+
+
+def test_one_budget_gives_no_envelope_law_and_says_so():
+    # Four sizes at one budget, their compute a little apart (whole steps): before, the envelope's slope
+    # through them overflowed and `simslm fit` died.
+    parameters = np.array([3e4, 1.5e5, 4e5, 8.7e5])
+    tokens = 4e12 / (6 * parameters) * np.array([1.0, 1.001, 0.999, 1.002])
+    points = Points(parameters, tokens, np.array([3.224, 3.188, 3.375, 3.843]), np.full(4, 4e12))
+    assert math.isnan(approach1(points)["a"])
+    fit = fit_all(points, num_resamples=20)
+    assert any("approach 1 could not be computed" in warning for warning in fit["warnings"])
+    assert fit["approach2"]["vertices"][0]["inside_grid"]

@@ -133,7 +133,8 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
 def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(coefficient k, exponent a) of y = k x^a by least squares in log-log space."""
     exponent, intercept = np.polyfit(np.log(x), np.log(y), 1)
-    return float(math.exp(intercept)), float(exponent)
+    with np.errstate(over="ignore"):  # a degenerate fit (x barely varies) gives inf, for the caller to report
+        return float(np.exp(intercept)), float(exponent)
 
 
 def _interval(samples: np.ndarray, confidence: float = 0.95) -> list[float]:
@@ -159,6 +160,10 @@ def _resample(points: Points, rng: np.random.Generator) -> Points:
 # --- approach 1: envelope ------------------------------------------------------------------------
 
 
+# The envelope needs its best points to span at least this factor of compute.
+APPROACH1_MIN_SPAN = 2.0
+
+
 def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
     """Power laws through the lowest-loss point of each log-compute bin."""
     log_flops = np.log(points.flops)
@@ -169,7 +174,8 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
         if len(inside):
             best.append(inside[np.argmin(points.loss[inside])])
     best = np.asarray(best)
-    if len(np.unique(points.parameters[best])) < 2:
+    # Through points of nearly one compute (one budget, rounded to whole steps) a slope is noise, not a law.
+    if len(np.unique(points.parameters[best])) < 2 or np.ptp(log_flops[best]) < math.log(APPROACH1_MIN_SPAN):
         return {"a": float("nan"), "b": float("nan"), "k_n": float("nan"), "k_d": float("nan"), "num_bins": len(best)}
     k_n, a = power_law(points.flops[best], points.parameters[best])
     k_d, b = power_law(points.flops[best], points.tokens[best])
@@ -425,6 +431,9 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     for name, value, (low, high) in zip(("A", "B", "E", "alpha", "beta"), theta, PARAMETER_BOUNDS):
         if min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high)):
             warnings.append(f"{name} ended on the bound of its search ({law[name]:.4g}): the data do not determine it")
+    if not np.isfinite(fit["approach1"]["a"]):
+        warnings.append(f"approach 1 could not be computed: the lowest-loss runs span less than "
+                        f"{APPROACH1_MIN_SPAN:g}x of compute, or are all one size")
     if not np.isfinite(fit["approach2"]["a"]):
         budgets = points.budget if points.budget is not None else points.flops
         sized = sum(len(np.unique(points.parameters[budgets == b])) >= 3 for b in np.unique(budgets))
