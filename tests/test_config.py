@@ -49,7 +49,7 @@ def test_train_help_lists_every_field_with_its_default(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train"], "missing --run-dir, --data"),
-    (["train", "run_dir=r", "data=d"], "exactly one of --budget-flops and --budget-tokens"),
+    (["train", "run_dir=r", "data=d"], "exactly one of --budget-flops, --budget-tokens and --budget-tokens-per"),
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "batch_size=0"], "--batch-size must be"),
     (["train", "run_dir=r", "data=d", "budget_flops=inf"], "--budget-flops must be a finite number"),
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "grad_accumulation=-1"], "--grad-accumulation"),

@@ -73,7 +73,10 @@ def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(traine
     from simslm.sequences.build import speech_units_folder
 
     units_header = speech_units_folder(json.loads((run / "config.json").read_text())["data"]) / "units.json"
-    (tmp_path / "no-units" / "units.json").write_text(units_header.read_text())
+    header = json.loads(units_header.read_text())
+    (tmp_path / "no-units" / "units.json").write_text(json.dumps({**header, "num_shards": 1}))
+    (tmp_path / "no-units" / "shards" / "shard-00000.jsonl").write_text(json.dumps(
+        {"id": "another-corpus-0", "frame_rate_hz": 25.0, "units": [1, 2], "durations": [1, 1]}) + "\n")
     with pytest.raises(ValueError, match="no pair could be scored"):
         evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",),
                                 units=str(tmp_path / "no-units")))

