@@ -237,6 +237,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically (temporary name, then rename)."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write a file or a folder to; it becomes `path` only if the block succeeds.

@@ -110,3 +110,48 @@ def test_lhotse_recordings_and_supervisions_with_word_alignments(tmp_path):
     part = utterances["part"]
     assert part.words[0].start_sec == 0.0  # shifted into the cut's own time
     assert part.duration_sec == pytest.approx(recording.duration - late[0].start, abs=2e-3)
+
+
+def test_a_hugging_face_dataset_on_disk_and_as_streamed_files(tmp_path):
+    from datasets import Audio, Dataset
+
+    name = "1272-128104-0000"
+    from simslm.speech.align import read_ctm
+
+    reference = read_ctm(assets.resolve("librispeech-samples").file(f"{name}.ctm"))[name]
+    rows = {"id": [name, "no-text", "../../escape"],
+            "audio": [{"bytes": _flac(name).read_bytes(), "path": f"{name}.flac"},
+                      {"bytes": _flac("61-70968-0000").read_bytes(), "path": "x.flac"},
+                      {"bytes": _flac("2412-153948-0000").read_bytes(), "path": "y.flac"}],
+            "text": [LIBRISPEECH[name], "", LIBRISPEECH["2412-153948-0000"]],
+            "speaker_id": ["1272", "61", "2412"],
+            "words": [[{"word": w, "start": s, "end": e} for w, s, e in reference], [], []]}
+    dataset = Dataset.from_dict(rows).cast_column("audio", Audio(decode=False))
+    dataset.save_to_disk(tmp_path / "saved")
+    (tmp_path / "files").mkdir()
+    dataset.to_parquet(tmp_path / "files" / "train-00000.parquet")
+    for source in ("saved", "files"):
+        assert detect_format(tmp_path / source) == "hf"
+        report, utterances = _imported(tmp_path / source, tmp_path / source)
+        assert set(utterances) == {name, "../../escape"} and report.skipped_by_reason == {"no text in column 'text'": 1}
+        assert [w.word for w in utterances[name].words] == [w for w, _, _ in reference]
+        assert utterances[name].speaker == "1272"
+        # An id from the data names a file inside the output's audio folder, whatever it says.
+        written = (tmp_path / source / "out" / utterances["../../escape"].audio).resolve()
+        assert written.is_relative_to((tmp_path / source / "out").resolve()) and written.exists()
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_hub_id_that_is_not_cached_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    import datasets.config
+    import huggingface_hub.constants
+
+    # As on this machine: no network. The libraries read these at import, so they are set where they live.
+    for module, name in ((datasets.config, "HF_DATASETS_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, name, True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["manifest", "import", "--source", "nobody/no-such-speech-set", "--out",
+                 str(tmp_path / "m.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "nobody/no-such-speech-set: cannot open as a Hugging Face dataset" in error and error.count("\n") == 1

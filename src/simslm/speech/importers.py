@@ -16,6 +16,10 @@ or of the reason an item was skipped:
   its own FLAC, like a Kaldi segment.
 - `jsonl`: another tool's JSONL manifest, its field names mapped (`--fields id=utt_id
   audio=audio transcript=text`), paths relative to its own folder.
+- `hf`: a Hugging Face `datasets` audio dataset, by hub id (from the cache when offline) or
+  local path (a `save_to_disk` folder, or data files), streamed row by row so a large set
+  never has to fit in memory; the audio is taken undecoded (its bytes written as they are,
+  no torchcodec needed), with optional word timings from a column of {word, start, end}.
 
 Every candidate's audio header is read (sample rate, duration); missing or unreadable audio,
 missing or empty transcripts, ids without audio and repeated ids are skipped and counted by
@@ -26,12 +30,13 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from simslm import jobs
+from simslm import assets, jobs
 from simslm.config import Config, ConfigError
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, write_manifest
@@ -233,15 +238,89 @@ def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
         yield Candidate(supervision.id, path, supervision.text.strip(), supervision.speaker or "unknown", words)
 
 
+def _safe_name(identifier: str) -> str:
+    """A file name from an id taken from data: no path separators or dots to climb with, and a hash so that
+    two ids never share a file."""
+    import hashlib
+
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", identifier)[:80].strip("_") or "item"
+    return f"{cleaned}-{hashlib.sha256(identifier.encode()).hexdigest()[:8]}"
+
+
+def _audio_suffix(data: bytes, path: str | None) -> str:
+    if data[:4] == b"fLaC":
+        return ".flac"
+    if data[:4] == b"RIFF":
+        return ".wav"
+    return Path(path).suffix.lower() if path and Path(path).suffix.lower() in AUDIO_SUFFIXES else ".flac"
+
+
+def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split: str = "train",
+              **_) -> Iterator[Item]:
+    """A `datasets` audio dataset, streamed; audio bytes written under `segments_dir`."""
+    try:
+        from datasets import Audio, load_dataset, load_from_disk
+    except ImportError:
+        raise ValueError("reading Hugging Face datasets needs datasets: pip install 'simslm[hf]'") from None
+    names = {"id": "id", "audio": "audio", "transcript": "text", "speaker": "speaker_id", "words": "words",
+             **fields}
+    try:
+        if (source / "dataset_info.json").is_file() or (source / "state.json").is_file():
+            dataset = load_from_disk(str(source))  # memory-mapped Arrow: rows are read as they are used
+            dataset = dataset[split] if hasattr(dataset, "keys") else dataset
+        else:
+            dataset = load_dataset(str(source), split=split, streaming=True)
+    except (FileNotFoundError, ValueError, KeyError, OSError, ConnectionError) as error:
+        raise ValueError(f"{source}: cannot open as a Hugging Face dataset (split {split}): {error}; offline, "
+                         f"download it where a network exists (it is then read from the cache) or give a local "
+                         f"path") from None
+    if names["audio"] not in (dataset.features or {}):
+        raise ValueError(f"{source}: no audio column '{names['audio']}' (columns: "
+                         f"{', '.join(dataset.features or [])}); map it with --fields audio=NAME")
+    dataset = dataset.cast_column(names["audio"], Audio(decode=False))
+    for number, row in enumerate(dataset):
+        identifier = str(row.get(names["id"], f"{split}-{number:08d}"))
+        transcript = row.get(names["transcript"])
+        if not isinstance(transcript, str) or not transcript.strip():
+            yield Skip(identifier, f"no text in column '{names['transcript']}'")
+            continue
+        stored = row[names["audio"]] or {}
+        if stored.get("bytes"):
+            path = segments_dir / f"{_safe_name(identifier)}{_audio_suffix(stored['bytes'], stored.get('path'))}"
+            if not path.exists():
+                segments_dir.mkdir(parents=True, exist_ok=True)
+                jobs.write_bytes(path, stored["bytes"])
+        elif stored.get("path") and Path(stored["path"]).is_file():
+            path = Path(stored["path"])
+        else:
+            yield Skip(identifier, "no audio bytes and no local audio file")
+            continue
+        timings = row.get(names["words"])
+        words = None
+        if isinstance(timings, list) and timings:
+            try:
+                words = tuple(Word(word=item["word"], start_sec=float(item.get("start", item.get("start_sec"))),
+                                   end_sec=float(item.get("end", item.get("end_sec")))) for item in timings)
+            except (KeyError, TypeError, ValueError):
+                yield Skip(identifier, f"column '{names['words']}' is not a list of {{word, start, end}}")
+                continue
+        yield Candidate(identifier, path, transcript.strip(), str(row.get(names["speaker"], "unknown")), words)
+
+
 IMPORTERS: dict[str, Callable[..., Iterator[Item]]] = {
     "folder": import_folder, "librispeech": import_librispeech, "kaldi": import_kaldi, "lhotse": import_lhotse,
-    "jsonl": import_jsonl}
+    "hf": import_hf, "jsonl": import_jsonl}
 
 
 def detect_format(source: Path) -> str:
     """The layout of `source`: a JSONL file, a Kaldi directory, a LibriSpeech tree, or a folder of audio."""
+    if not source.exists():
+        return "hf"  # a hub id
     if source.is_file():
         return "jsonl"
+    if (source / "dataset_info.json").is_file() or (source / "state.json").is_file() or \
+            next(source.glob("*.parquet"), None) is not None:
+        return "hf"
     if (source / "wav.scp").is_file():
         return "kaldi"
     if next(source.glob("*supervisions*.jsonl*"), None) is not None:
@@ -260,17 +339,19 @@ class ImportManifestConfig(Config):
     JSONL manifest of another tool."""
     out: str
     """The manifest to write (audio paths relative to its folder; Kaldi segments cut into OUT's folder)."""
-    format: Literal["auto", "folder", "librispeech", "kaldi", "lhotse", "jsonl"] = "auto"
-    """The layout (auto: detected)."""
+    format: Literal["auto", "folder", "librispeech", "kaldi", "lhotse", "hf", "jsonl"] = "auto"
+    """The layout (auto: detected; a SOURCE that is no path is a Hugging Face hub id)."""
     fields: tuple[str, ...] = ()
-    """jsonl: field names as simslm=theirs, e.g. id=utt_id transcript=text."""
+    """jsonl, hf: column names as simslm=theirs, e.g. id=utt_id transcript=text (hf also words=COLUMN)."""
+    split: str = "train"
+    """hf: the split to import."""
 
     def check(self) -> None:
         for item in self.fields:
             key, _, value = item.partition("=")
-            if key not in ("id", "audio", "transcript", "speaker") or not value:
-                raise ConfigError(f"--fields takes id=, audio=, transcript= or speaker= followed by a name, not "
-                                  f"'{item}'")
+            if key not in ("id", "audio", "transcript", "speaker", "words") or not value:
+                raise ConfigError(f"--fields takes id=, audio=, transcript=, speaker= or words= followed by a name, "
+                                  f"not '{item}'")
 
 
 @dataclass(frozen=True)
@@ -289,11 +370,12 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     """Write a simslm manifest for a corpus in another layout; skip and count what cannot be used."""
     started = time.perf_counter()
     source, out = Path(config.source), Path(config.out)
-    if not source.exists():
-        raise ValueError(f"{source}: no such file or folder")
     layout = detect_format(source) if config.format == "auto" else config.format
+    if (layout != "hf" and not source.exists()) or (layout == "hf" and assets.missing_local_path(config.source)):
+        raise ValueError(f"{source}: no such file or folder")
     items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
-                             segments_dir=out.parent / f"{out.stem}-segments")
+                             segments_dir=out.parent / f"{out.stem}-{'audio' if layout == 'hf' else 'segments'}",
+                             split=config.split)
     utterances, skipped, seen = [], collections.Counter(), set()
     for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
         if isinstance(item, Skip):
