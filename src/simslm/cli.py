@@ -358,7 +358,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.speech.synth", "SynthConfig"), _synth),
     Command(("align",), "add word timings to a manifest (import or pocketsphinx)",
             _config("simslm.speech.align", "AlignConfig"), _align),
-    Command(("manifest", "import"), "a corpus in another layout (folder, LibriSpeech, Kaldi, JSONL) as a manifest",
+    Command(("manifest", "import"), "a corpus in another layout (folder, LibriSpeech, Kaldi, lhotse, HF datasets, "
+            "JSONL) as a manifest",
             _config("simslm.speech.importers", "ImportManifestConfig"), _manifest_import),
     Command(("manifest", "validate"), "check corpus manifests and their audio",
             _config("simslm.speech.manifest", "ValidateConfig"), _validate, positional=("manifests",)),
@@ -413,7 +414,8 @@ COMMANDS: tuple[Command, ...] = (
 GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
               "sequences": "token streams: interleave, mix, pack; inspect",
               "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
-              "sweep": "isoFLOP sweeps: plan, run (resumable), wait, status", "manifest": "corpus manifests",
+              "sweep": "sweeps over model sizes: plan, run (resumable), wait, status",
+              "manifest": "corpus manifests: import, validate",
               "model": "base models and checkpoints"}
 
 
