@@ -28,13 +28,13 @@ def one_step(vocab: int, tokens: int, chunk: int) -> dict[str, float]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from simslm.train import ChunkedLoss, _token_losses
+    from simslm.train import _token_losses, chunked_loss_module
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=tokens,
                                          tie_word_embeddings=False))
-    core = ChunkedLoss.wrap(model, chunk) if chunk else model
+    core = chunked_loss_module(model, chunk) if chunk else model
 
     class Vocab:  # what _token_losses reads of a Vocabulary
         unit_offset, num_units, speech_id, text_id, pad_id = vocab - 600, 500, vocab - 2, vocab - 3, vocab - 1

@@ -12,6 +12,7 @@ speech come from lines [0, 2000), the benchmark from [2000, 2100), validation fr
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def run_demo(config: DemoConfig) -> str:
     page = report.write_report(out / "sweep", summary=summary)
     timings["report"] = round(time.perf_counter() - report_started, 2)
     jobs.write_json(out / "demo.json", {"timings_sec": timings, "total_sec": round(sum(timings.values()), 2),
-                                        "report": str(page)})
+                                        "report": os.path.relpath(page, out)})
     return summary + f"\nreport: {page}"
 
 

@@ -173,6 +173,34 @@ def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_wo
         tracker.close()
 
 
+def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: int, gpus_per_node: int = 0,
+                      nodes: int = 1, tasks_per_node: int = 1, cpus_per_task: int = 0, mem_gb: float = 0,
+                      **slurm_only: Any):
+    """A submitit executor (SLURM, or `cluster="local"` to run the same jobs here). Zero CPUs or memory leave
+    the cluster's default; `slurm_only` options (slurm_partition, ...) apply on SLURM, when set."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
+                                  "tasks_per_node": tasks_per_node}
+    parameters.update({key: value for key, value in (("cpus_per_task", cpus_per_task), ("mem_gb", mem_gb)) if value})
+    if executor.cluster == "slurm":
+        parameters.update({key: value for key, value in slurm_only.items() if value})
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list[str]:
+    """Wait for submitit jobs; `label (error; log FILE)` for each that failed (the others still run to the end)."""
+    failures = []
+    for label, job in progress(labelled_jobs, description, unit="job"):
+        try:
+            job.result()
+        except Exception as error:  # submitit re-raises the job's own error
+            failures.append(f"{label} ({error.__class__.__name__}; log {job.paths.stderr})")
+    return failures
+
+
 def default_workers() -> int:
     """Worker processes for CPU-bound batch jobs: one per available core."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -322,9 +322,10 @@ def units_pointer(model_dir: Path) -> Path | None:
     pointer = Path(model_dir) / MODEL_UNITS_FILE
     if not pointer.exists():
         return None
-    recorded = jobs.read_json(pointer)["units_folder"]
+    data = jobs.read_json(pointer)
+    recorded = data["units_folder"]
     if isinstance(recorded, str):  # older pointers: one path (absolute, or relative with an absolute beside it)
-        absolute = jobs.read_json(pointer).get("absolute")
+        absolute = data.get("absolute")
         relative = Path(model_dir) / recorded
         return relative if relative.exists() or absolute is None else Path(absolute)
     return jobs.placed_path(recorded, model_dir)

@@ -523,36 +523,34 @@ def _head_losses(hidden, targets, weight):
     return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="none")
 
 
-class ChunkedLoss:
-    """Builds the module that gives per-token losses with the output head applied in chunks (see
-    TrainConfig.loss_chunk_tokens); a plain class so that torch is imported only when training."""
+def chunked_loss_module(model, chunk_tokens: int):
+    """A module holding `model` whose forward gives per-token losses with the output head applied
+    `chunk_tokens` at a time (TrainConfig.loss_chunk_tokens); it holds the LM so DDP and FSDP see every
+    parameter used through its forward."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
 
-    @staticmethod
-    def wrap(model, chunk_tokens: int):
-        import torch
-        from torch.utils.checkpoint import checkpoint
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None) or \
+            getattr(model.config, "logit_scale", None) not in (None, 1, 1.0):
+        raise ValueError(f"--loss-chunk-tokens: {model.config.model_type}'s output head is not a plain "
+                         f"projection (bias, softcapping or scale); train it with --loss-chunk-tokens 0")
 
-        head = model.get_output_embeddings()
-        if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None) or \
-                getattr(model.config, "logit_scale", None) not in (None, 1, 1.0):
-            raise ValueError(f"--loss-chunk-tokens: {model.config.model_type}'s output head is not a plain "
-                             f"projection (bias, softcapping or scale); train it with --loss-chunk-tokens 0")
+    class ChunkedLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = model
 
-        class Module(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lm = model
+        def forward(self, input_ids, position_ids, targets):
+            hidden = self.lm.base_model(input_ids=input_ids, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
+            hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+            weight = self.lm.get_output_embeddings().weight
+            return torch.cat([checkpoint(_head_losses, hidden[start:start + chunk_tokens],
+                                         targets[start:start + chunk_tokens], weight, use_reentrant=False)
+                              for start in range(0, len(targets), chunk_tokens)])
 
-            def forward(self, input_ids, position_ids, targets):
-                hidden = self.lm.base_model(input_ids=input_ids, position_ids=position_ids,
-                                            use_cache=False).last_hidden_state
-                hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-                weight = self.lm.get_output_embeddings().weight
-                return torch.cat([checkpoint(_head_losses, hidden[start:start + chunk_tokens],
-                                             targets[start:start + chunk_tokens], weight, use_reentrant=False)
-                                  for start in range(0, len(targets), chunk_tokens)])
-
-        return Module()
+    return ChunkedLoss()
 
 
 def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
@@ -561,7 +559,7 @@ def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
 
     The positions restart at every document of a packed row; with them (and no attention
     mask) transformers attends within each document only, as variable-length attention does.
-    `chunked`: `model` is a `ChunkedLoss` module, which gives the per-token losses itself.
+    `chunked`: `model` is a `chunked_loss_module`, which gives the per-token losses itself.
     """
     import torch
     import torch.nn.functional as F
@@ -735,7 +733,7 @@ def train(config: TrainConfig) -> RunResult | None:
     chunked = config.loss_chunk_tokens > 0
     # The module the loop calls: the model, or the model with its head applied in chunks (which then holds
     # it, so DDP and FSDP see every parameter's use through its forward).
-    core = ChunkedLoss.wrap(model, config.loss_chunk_tokens) if chunked else model
+    core = chunked_loss_module(model, config.loss_chunk_tokens) if chunked else model
     if config.fsdp:
         if distributed.world_size < 2:
             raise ValueError("fsdp needs several processes: start the run with torchrun")

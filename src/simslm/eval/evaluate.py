@@ -212,9 +212,10 @@ def benchmark_kind(argument: str) -> tuple[str, str, str]:
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     """Score every benchmark asked for and merge the results into `<run>/eval.json`."""
     run_dir = Path(config.run)
-    check_inputs(config)  # before the model loads: a typo costs no minutes
+    model_dir, vocabulary, run_config = run_vocabulary(run_dir)
+    check_inputs(config, vocabulary)  # before the model loads: a typo costs no minutes
     device = _device(config.device)
-    model, vocabulary, run_config = load_run_model(run_dir, device)
+    model = load_model_folder(model_dir, device)
     context = _Context(config, run_dir, model, vocabulary, run_config, device)
     results: dict[str, Any] = {}
     for argument in config.bench:
@@ -229,9 +230,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     return results
 
 
-def check_inputs(config: EvalConfig) -> None:
+def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
     """Refuse benchmark folders that are not benchmarks, and pre-extracted units that are not the model's."""
-    _, vocabulary, _ = run_vocabulary(Path(config.run))
     for argument in config.bench:
         kind, _, target = benchmark_kind(argument)
         if kind == "pairs":

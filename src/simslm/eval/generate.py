@@ -1,10 +1,11 @@
 """`simslm generate MODEL`: continue audio or text prompts in speech or text, and write what came out.
 
 Modes, as the paper's cross-modal table names them: S→S and S→T continue a spoken prompt
-(its units from the model's own encoder and codebook), T→S and T→T a written one. Prompts
-are written as slamkit's `build_prompt` writes them (`generation._prompt`): a spoken prompt
-is its units then the output modality's marker; a written prompt for speech is `<text>`,
-the text, `<speech>`; for text it is the text alone, as text-only training samples are.
+(its units from the model's own encoder and codebook), T→S and T→T a written one. A spoken
+prompt is written as slamkit's `build_prompt` writes it (`generation._prompt`): its units,
+then the output modality's marker. Written prompts are simslm's own layout, not checked
+against slamkit: for speech `<text>`, the text, `<speech>`, as an interleaved training
+sample switches; for text the text alone, as text-only training samples are.
 Speech comes out as units and, for `logmel` units, a WAV through the log-mel inversion
 vocoder (levels from the prompt's audio, or `--reference-audio`); other units have no
 offline vocoder, so their WAV is left out and the JSON says why.
@@ -138,7 +139,8 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         record: dict[str, Any] = {"prompt": asdict(prompt), "mode": mode, "seed": config.seed + number,
                                   "options": {"temperature": config.temperature, "top_k": config.top_k,
                                               "max_new_tokens": config.max_new_tokens},
-                                  "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(), "model": config.model}
+                                  "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),
+                                  "model": jobs.portable_path(config.model, out)}
         if mode.endswith("S"):
             units = (new - vocabulary.unit_offset).astype(int)
             record.update(units=units.tolist(), text=None, wav=None)

@@ -219,7 +219,7 @@ class _Anchors:
     def placed(self, value: str | None) -> str | None:
         if value not in self.anchors:
             return value
-        here = self.folder / value
+        here = (self.folder / value).resolve()  # absolute: a run's config.json must not depend on the cwd
         return str(here) if here.exists() else self.anchors[value]
 
     def bench(self, entries: tuple[str, ...] | list[str], convert: Callable[[str | None], str | None]) -> list[str]:
@@ -476,22 +476,12 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
     A run of several processes is one job of `nodes` x `nproc_per_run` tasks (torch.distributed set up from
     SLURM's variables in `execute_run`). The job of each run is recorded in submitit/jobs.json, so that
     `sweep wait` can follow jobs submitted without waiting."""
-    import submitit
-
     folder = sweep_dir / "submitit"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
-                                  "tasks_per_node": nproc_per_run}
-    if cpus_per_task:
-        parameters["cpus_per_task"] = cpus_per_task
-    if mem_gb:
-        parameters["mem_gb"] = mem_gb
-    slurm_only = {"slurm_partition": slurm_partition, "slurm_account": slurm_account, "slurm_qos": slurm_qos,
-                  "slurm_array_parallelism": array_parallelism,
-                  "slurm_additional_parameters": dict(option.split("=", 1) for option in sbatch)}
-    if executor.cluster == "slurm":
-        parameters.update({key: value for key, value in slurm_only.items() if value})
-    executor.update_parameters(**parameters)
+    executor = jobs.submitit_executor(
+        folder, cluster, timeout_min=timeout_min, gpus_per_node=gpus_per_node, nodes=nodes,
+        tasks_per_node=nproc_per_run, cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_partition=slurm_partition,
+        slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_array_parallelism=array_parallelism,
+        slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch))
     submitted = executor.map_array(execute_run, [str(sweep_dir)] * len(runs), [run["id"] for run in runs])
     recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
     for run, job in zip(runs, submitted):
@@ -502,12 +492,7 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
               f"`simslm sweep status {sweep_dir}` or `simslm sweep wait {sweep_dir}`", file=sys.stderr)
         return
-    failures = []
-    for run, job in jobs.progress(list(zip(runs, submitted)), "sweep jobs", unit="job"):
-        try:
-            job.result()
-        except Exception as error:  # submitit re-raises the job's own error: counted, the others go on
-            failures.append(f"{run['id']} ({error.__class__.__name__}; log {job.paths.stderr})")
+    failures = jobs.job_failures([(run["id"], job) for run, job in zip(runs, submitted)], "sweep jobs")
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {'; '.join(failures)}; re-run `simslm sweep run` to "
                            f"retry them")
@@ -872,10 +857,10 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
                          num_workers=config.num_workers)
         return fits, source / "fit.json"
     points = read_table(source, convention=config.convention)
-    fits = {"convention": config.convention, "source": str(source),
+    out = Path(config.out or source.with_suffix(".fit.json"))
+    fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
             "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples,
                                               convention=config.convention, num_workers=config.num_workers)}}
-    out = Path(config.out or source.with_suffix(".fit.json"))
     jobs.write_json(out, fits)
     return fits, out
 

@@ -358,14 +358,16 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     if not encoder_meta:
         raise ValueError(f"{config.codebook}: its sidecar does not say which encoder it was fit on")
     spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
-    records = _records(config.manifest) if records is None else records
+    from_manifest = records is None  # else `manifest` only describes the records (benchmark audio)
+    records = _records(config.manifest) if from_manifest else records
     out = Path(config.out)
     created = not out.exists()  # only a folder made here is removed after a failure
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
               "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
-              "k": codebook.k, "manifest": config.manifest, "shard_size": config.shard_size,
+              "k": codebook.k, "shard_size": config.shard_size,
+              "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
               "num_shards": -(-len(records) // config.shard_size),  # read_units checks they are all there
               "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
     header_path = out / "units.json"
@@ -431,22 +433,12 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     """`extract_units` as a job array through submitit, one job per shard index; waits, then reports."""
     import dataclasses
 
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=str(Path(config.out) / "submitit"), cluster=config.cluster)
-    parameters: dict[str, Any] = {"timeout_min": config.timeout_min, "gpus_per_node": config.gpus_per_node}
-    if config.cpus_per_task:
-        parameters["cpus_per_task"] = config.cpus_per_task
-    if config.slurm_partition and executor.cluster == "slurm":
-        parameters["slurm_partition"] = config.slurm_partition
-    executor.update_parameters(**parameters)
+    executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
+                                      gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
+                                      slurm_partition=config.slurm_partition)
     shares = [dataclasses.replace(config, executor="here", shard_index=index) for index in range(config.num_shards)]
-    failures = []
-    for index, job in enumerate(executor.map_array(extract_units, shares)):
-        try:
-            job.result()
-        except Exception as error:  # the job's own error, re-raised by submitit: the other shards go on
-            failures.append(f"shard index {index} ({error.__class__.__name__}; log {job.paths.stderr})")
+    failures = jobs.job_failures([(f"shard index {index}", job) for index, job in
+                                  enumerate(executor.map_array(extract_units, shares))], "units extract jobs")
     if failures:
         raise ValueError(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
                          f"re-run to redo only their shards")
@@ -567,7 +559,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
             "encoder": asdict(EncoderSpec(name=config.encoder)), "frame_rate_hz": frame_rate,
             "codebook": jobs.portable_path(config.codebook, out) if config.codebook else None,
             "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest() if codebook else None,
-            "k": config.num_units, "manifest": None, "imported_from": str(config.features),
+            "k": config.num_units, "manifest": None, "imported_from": jobs.portable_path(config.features, out),
             "shard_size": config.shard_size})
     return {"num_imported": len(lines), "num_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
             "out": str(out)}
