@@ -1,17 +1,29 @@
-"""Pairwise scoring throughput: batched (sorted, padded) vs one sequence at a time, side by side.
+"""Pairwise scoring throughput: today's scorer against the one of an earlier commit, side by side.
 
-    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_eval.py
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_eval.py [--before 0ed204d]
 
 Model: the stories260K TWIST model extended with 500 units (the default SLM shape), fp32 on
-the CPU. Pairs: 200 pairs of token sequences with lengths drawn like the offline tSC's
-S items at 256-token context (120-256 tokens). Scores are compared for equality, then
-each scorer is timed three times, alternating; medians are reported.
+the CPU. Two sets of 200 pairs of token sequences, every token scored (the reference preset):
+
+- random: sides of 120-256 tokens with nothing in common (the set of 2026-11-25);
+- tSC-shaped: both sides share a context of 80% of their length and differ in the ending,
+  as tSC's spoken items at context 256 do (four sentences of context, one of ending).
+
+The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
+history. Scores (mean log-likelihood per token) are compared to 1e-5, then each scorer is timed
+`--repeats` times, alternating; medians are reported.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,33 +32,72 @@ from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, build_model
 
 
+def scorer_at(commit: str):
+    """`sequence_log_likelihoods` as it was at `commit`."""
+    source = subprocess.run(["git", "show", f"{commit}:src/simslm/eval/scoring.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp()) / "scoring_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scoring_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scoring_before"] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module.sequence_log_likelihoods
+
+
+def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
+    sides = []
+    for _ in range(count):
+        length = int(rng.integers(120, 257))
+        if kind == "random":
+            sides += [rng.integers(0, vocabulary_size, int(rng.integers(120, 257))) for _ in range(2)]
+            continue
+        context = rng.integers(0, vocabulary_size, int(0.8 * length))
+        for _ in range(2):
+            ending = rng.integers(0, vocabulary_size, int(rng.integers(0.15 * length, 0.25 * length)))
+            sides.append(np.concatenate([context, ending]))
+    return sides
+
+
 def main() -> None:
     import torch
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="0ed204d", help="the commit whose scorer is the baseline")
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    before = scorer_at(args.before)
     torch.manual_seed(0)
     vocabulary = Vocabulary.build("stories260K", num_units=500)
-    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary), 256).eval()
+    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),
+                        256).eval()
     rng = np.random.default_rng(0)
-    num_pairs = 200
-    sides = [rng.integers(0, len(vocabulary), int(rng.integers(120, 257))) for _ in range(2 * num_pairs)]
-    scored = [np.ones(len(s) - 1, dtype=bool) for s in sides]
-    batched = lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
-                                                        batch_size=16)
-    single = lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary,  # noqa: E731
-                                                       batch_size=1)
-    assert np.allclose(batched()[0], single()[0], rtol=1e-5, atol=1e-4)
-    times = {"batched (16)": [], "one at a time": []}
-    for _ in range(3):
-        for name, scorer in (("batched (16)", batched), ("one at a time", single)):
-            started = time.perf_counter()
-            scorer()
-            times[name].append(time.perf_counter() - started)
-    print("| scorer | pairs/s (median of 3) | runs (s) |\n| --- | --- | --- |")
-    for name, values in times.items():
-        print(f"| {name} | {num_pairs / statistics.median(values):,.1f} | {', '.join(f'{v:.2f}' for v in values)} |")
-    print(f"\nratio batched / one at a time: "
-          f"{statistics.median(times['one at a time']) / statistics.median(times['batched (16)']):.2f}x; "
-          f"threads {torch.get_num_threads()}")
+    print("| pairs | scorer | pairs/s (median) | runs (s) |\n| --- | --- | --- | --- |")
+    for kind in ("random", "tSC-shaped"):
+        sides = pairs(kind, args.pairs, len(vocabulary), rng)
+        scored = [np.ones(len(s) - 1, dtype=bool) for s in sides]
+        index_pairs = [(2 * i, 2 * i + 1) for i in range(args.pairs)]
+        scorers = {
+            f"before ({args.before})": lambda: before(model, sides, scored, vocabulary=vocabulary, batch_size=16),
+            "now": lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary, batch_size=16,
+                                                    pairs=index_pairs)}
+        # The scores pairs are judged by: mean log-likelihood per scored token (the reference preset).
+        results = {name: np.divide(*scorer()) for name, scorer in scorers.items()}
+        first, second = results.values()
+        assert np.allclose(first, second, rtol=0, atol=1e-5), float(np.abs(first - second).max())
+        times = {name: [] for name in scorers}
+        for _ in range(args.repeats):
+            for name, scorer in scorers.items():
+                started = time.perf_counter()
+                scorer()
+                times[name].append(time.perf_counter() - started)
+        rates = {name: args.pairs / statistics.median(values) for name, values in times.items()}
+        for name, values in times.items():
+            print(f"| {kind} | {name} | {rates[name]:,.1f} | {', '.join(f'{v:.2f}' for v in values)} |")
+        print(f"| {kind} | ratio now / before | {rates['now'] / rates[f'before ({args.before})']:.2f}x | "
+              f"largest score difference {float(np.abs(first - second).max()):.1e} nats per token |")
+    print(f"\nthreads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

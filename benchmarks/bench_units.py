@@ -57,6 +57,7 @@ def main() -> None:
                                for u in read_manifest(manifest)[:args.hubert_stories]])
         hubert_codebook = fit_codebook(FitConfig(
             manifest=str(small), out=str(scratch / "hubert_km500"), num_units=500, encoder="hubert-base-l9",
+            max_frames_per_utterance=5000,
             model_path=str(hubert_dir)))
         hubert = extract_units(ExtractConfig(manifest=str(small), codebook=str(hubert_codebook),
                                                          out=str(scratch / "hubert_units"), num_workers=2))

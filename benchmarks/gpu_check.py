@@ -34,7 +34,11 @@ def prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(assets.resolve_file("tinystories-sample"), out / "stories.jsonl")
     load_base_tokenizer("stories260K").save_pretrained(out / "tokenizer")
-    print(f"prepared {out}: the TinyStories sample and tok512; carry it to the GPU machine")
+    (out / "audio").mkdir(exist_ok=True)  # for benchmarks/bench_extract.py --audio on the GPU machine
+    for key, path in assets.resolve("librispeech-samples").paths.items():
+        if key.endswith(".flac"):
+            shutil.copyfile(path, out / "audio" / Path(key).name)
+    print(f"prepared {out}: the TinyStories sample, tok512 and three LibriSpeech files; carry it to the GPU machine")
 
 
 def _model(folder: Path, architecture: str, hidden: int, layers: int, intermediate: int, tokenizer: Path) -> str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU check (issue 15): a sweep of two real architectures (random Qwen2 and Llama) at two sizes
 # (~30M and ~120M parameters) in bf16 on one GPU, in under 8 minutes. It prints tokens/s, MFU against the
-# bf16 matrix-product peak measured in the same run, peak memory, and the sweep's status.
+# bf16 matrix-product peak measured in the same run, peak memory, and the sweep's status; then unit-extraction
+# throughput (benchmarks/bench_extract.py on the GPU).
 #
 # Here, once (the GPU machine has neither ../shared nor a network):
 #   benchmarks/gpu_check.sh prepare            # writes .gpu/check (data + tokenizer, a few MB; git-ignored)
@@ -16,4 +17,10 @@ export PYTHONPATH=src
 if [ "${1:-}" = prepare ]; then
   SIMSLM_MIRROR=${SIMSLM_MIRROR:-../shared/data} exec "$PYTHON" benchmarks/gpu_check.py prepare --out .gpu/check
 fi
-exec "$PYTHON" benchmarks/gpu_check.py run --prepared .gpu/check --out "${OUT:-/tmp/gpu_check}" "$@"
+"$PYTHON" benchmarks/gpu_check.py run --prepared .gpu/check --out "${OUT:-/tmp/gpu_check}" "$@"
+# Unit extraction (issue 16): HuBERT-base-sized random encoders on the GPU, one at a time against batched, float32
+# against float16/bfloat16 with the share of units that stay the same, and the projected time for 50,000 hours.
+if [ "${1:-}" != --tiny ]; then
+  "$PYTHON" benchmarks/bench_extract.py --device cuda --audio .gpu/check/audio --count 64 --batch-size 16 \
+    --repeats 2 --json "${OUT:-/tmp/gpu_check}/extract.json"
+fi

@@ -209,6 +209,15 @@ CASES: dict[str, Case] = {
     "manifest import: nothing usable over a manifest": lambda w: (
         ["manifest", "import", "--source", str(_write(w.bad / "other.jsonl", '{"utt": "x"}\n')), "--out",
          str(w.manifest)], "other.jsonl", [w.manifest]),
+    # segment
+    "segment: manifest missing": lambda w: (["segment", "--manifest", str(missing(w)), "--out",
+                                             str(w.bad / "seg-1.jsonl")], str(missing(w)), []),
+    "segment: max-sec within the margins": lambda w: (["segment", "--manifest", str(w.manifest), "--out",
+                                                       str(w.bad / "seg-2.jsonl"), "--max-sec", "0.3"], "--max-sec", []),
+    "segment: by words without timings": lambda w: (
+        ["segment", "--by", "words", "--num-workers", "1", "--manifest", str(manifest_lines(
+            w, "untimed.jsonl", lambda lines: [{**line, "words": None} for line in lines])),
+         "--out", str(w.bad / "seg-3.jsonl")], "untimed.jsonl", []),
     # units fit
     "units fit: k = 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-09"),
                                     "--num-units", "0"], "--num-units", []),
@@ -250,6 +259,12 @@ CASES: dict[str, Case] = {
         ["units", "extract", "--manifest", str(w.manifest), "--codebook",
          str(codebook_with(w, "other", np.random.default_rng(0).normal(size=(32, 160)).astype(np.float32))),
          "--out", str(w.units)], str(w.units), [w.units]),
+    "units extract: half precision for logmel": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
+         str(w.bad / "out-94"), "--dtype", "float16"], "--dtype", []),
+    "units extract: CUDA where there is none": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
+         str(w.bad / "out-95"), "--device", "cuda"], "--device", []),
     # units import / convert / quality
     "units import: features missing": lambda w: (["units", "import", "--features", str(missing(w)), "--out",
                                                   str(w.bad / "out-23")], str(missing(w)), []),
@@ -331,6 +346,11 @@ CASES: dict[str, Case] = {
                                                   str(other_codebook_units(w)), [w.run / "eval.json"]),
     "eval: units missing": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S", "--units",
                                        str(missing(w, "units"))], str(missing(w, "units")), [w.run / "eval.json"]),
+    "eval: hub dataset not cached, offline": lambda w: (["eval", str(w.run), "--bench", "acme/absent"],
+                                                        "acme/absent", [w.run / "eval.json"]),
+    "generate: vocoder command without placeholders": lambda w: (
+        ["generate", str(w.run), "--prompt", "a cat", "--out", str(w.bad / "gen-2"), "--vocoder-command", "hifigan"],
+        "--vocoder-command", []),
     "generate: written prompt in S2S": lambda w: (["generate", str(w.run), "--prompt", "a cat", "--mode", "S2S",
                                                   "--out", str(w.bad / "out-94")], "a-cat", []),
     "generate: prompt file missing": lambda w: (["generate", str(w.run), "--prompt", str(missing(w, "p.flac")),
@@ -408,6 +428,11 @@ def _fingerprint(path: Path) -> str:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_malformed_input_gets_one_line_naming_it_and_loses_nothing(case, world, capsys):
+    if "CUDA where there is none" in case:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
     argv, subject, protected = CASES[case](world)
     before = {path: _fingerprint(path) for path in protected}
     capsys.readouterr()

@@ -79,6 +79,16 @@ def _manifest_import(config) -> int:
     return 0
 
 
+def _segment(config) -> int:
+    from simslm.speech.segment import segment_manifest
+
+    report = segment_manifest(config)
+    print(f"cut {report.num_recordings - report.num_skipped} recording(s) ({report.audio_sec / 3600:.2f} h) into "
+          f"{report.num_segments} segment(s), skipped {report.num_skipped} {report.skipped_by_reason or ''}"
+          f"{' ' + str(report.notes) if report.notes else ''} -> {report.manifest}")
+    return 0
+
+
 def _generate(config) -> int:
     from simslm.eval.generate import generate
 
@@ -361,6 +371,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("manifest", "import"), "a corpus in another layout (folder, LibriSpeech, Kaldi, lhotse, HF datasets, "
             "JSONL) as a manifest",
             _config("simslm.speech.importers", "ImportManifestConfig"), _manifest_import),
+    Command(("segment",), "cut long recordings into utterances at pauses (word timings or Silero VAD)",
+            _config("simslm.speech.segment", "SegmentConfig"), _segment),
     Command(("manifest", "validate"), "check corpus manifests and their audio",
             _config("simslm.speech.manifest", "ValidateConfig"), _validate, positional=("manifests",)),
     Command(("units", "fit"), "fit a k-means codebook on encoder features of a corpus",

@@ -206,6 +206,36 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def share_cores(num_workers: int) -> None:
+    """Give each worker process its share of the cores for BLAS and (when loaded) torch.
+
+    Workers that each start as many threads as there are cores oversubscribe them; torch
+    is not imported here just for this, since that alone costs a logmel worker seconds.
+    """
+    threads = max(1, default_workers() // max(1, num_workers))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def torch_device(name: str) -> str:
+    """The torch device a --device option names: auto (CUDA when there is one), cpu, cuda (this process's GPU:
+    LOCAL_RANK under torchrun, else the first) or cuda:N; ValueError when CUDA is asked for and absent."""
+    if name == "cpu":
+        return name
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device here")
+    if name == "cuda":
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return name
+
+
 def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
     """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
     absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""

@@ -81,3 +81,29 @@ def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(traine
         evaluate_run(EvalConfig(run=str(run), bench=(f"kept={bench}",), modes=("S",),
                                 units=str(tmp_path / "no-units")))
     assert (run / "eval.json").read_text() == before
+
+
+def test_a_published_set_by_hub_id_is_read_from_the_hub_cache_offline(trained_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+
+    from simslm.cli import main
+
+    run, bench = trained_run
+    # The hub cache as `hf download` leaves it: blobs named by revision under snapshots/, refs/main naming it.
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "datasets--acme--tiny-tsc"
+    shutil.copytree(bench, repo / "snapshots" / revision / "tsc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    by_id = evaluate_run(EvalConfig(run=str(run), bench=("acme/tiny-tsc:tsc",), modes=("T",), num_resamples=50))
+    by_folder = evaluate_run(EvalConfig(run=str(run), bench=(f"local={bench}",), modes=("T",), num_resamples=50))
+    assert set(by_id) == {"tiny-tsc/tsc/T"} and by_id["tiny-tsc/tsc/T"].accuracy == by_folder["local/T"].accuracy
+    # Offline and not cached: one line that says how to bring it.
+    capsys.readouterr()
+    assert main(["eval", str(run), "--bench", "acme/absent:tSC"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in the Hugging Face cache" in err
+    assert "hf download acme/absent --repo-type dataset" in err and "--bench absent/tSC=DIR/tSC" in err

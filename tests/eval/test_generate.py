@@ -63,3 +63,40 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
     assert main(["generate", str(run), "--prompt", str(spoken.with_name("missing.flac")), "--out",
                  str(tmp_path)]) == 2
     assert "no such prompt file" in capsys.readouterr().err
+
+
+VOCODER = '''
+import json, sys
+import numpy as np, soundfile
+units = json.load(open(sys.argv[1]))
+json.dump(units, open(sys.argv[3], "w"))
+if not units["units"]:
+    sys.exit("no units to speak")
+t = np.arange(640) / 16000  # one 40 ms tone per unit, its pitch the unit's number
+soundfile.write(sys.argv[2], np.concatenate([0.3 * np.sin(2 * np.pi * (200 + 20 * u) * t) for u in units["units"]]),
+                16000)
+'''
+
+
+def test_a_unit_vocoder_given_as_a_command_speaks_the_units(trained_run, tmp_path, capsys):
+    import sys
+
+    run, _ = trained_run
+    script = tmp_path / "my vocoder.py"  # a space in the path: arguments are never re-split
+    script.write_text(VOCODER)
+    seen = tmp_path / "seen.json"
+    command = f"{sys.executable} '{script}' {{units}} {{wav}} {seen}"
+    (record,) = generate(GenerateConfig(model=str(run), prompt="Once upon a time", mode="T2S", out=str(tmp_path / "o"),
+                                        max_new_tokens=20, vocoder_command=command))  # no --reference-audio needed
+    received = json.loads(seen.read_text())
+    assert received["units"] == record["units"] and received["encoder"]["name"] == "logmel" and received["k"] == 32
+    assert audio.audio_info(tmp_path / "o" / record["wav"])[1] == pytest.approx(0.04 * len(record["units"]), abs=1e-3)
+    # A vocoder that fails is named with its last line of stderr; a command without the placeholders is refused.
+    assert main(["generate", str(run), "--prompt", "Once", "--mode", "T2S", "--out", str(tmp_path / "f"),
+                 "--vocoder-command", f"{sys.executable} -c 'import sys; sys.exit(\"out of memory\")' {{units}} {{wav}}"
+                 ]) == 2
+    err = capsys.readouterr().err
+    assert "exited with status 1: out of memory" in err and "Traceback" not in err
+    assert main(["generate", str(run), "--prompt", "Once", "--out", str(tmp_path / "g"),
+                 "--vocoder-command", "hifigan --in units.json"]) == 2
+    assert "needs {units} and {wav}" in capsys.readouterr().err

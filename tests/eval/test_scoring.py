@@ -48,6 +48,29 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("speech_vocab", [False, True])
+def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, speech_vocab):
+    """The shared prefix runs once (its keys and values reused by both sides): the same numbers as the
+    definition, whatever the prefix and side lengths in one batch, and pairs that share too little run alone."""
+    rng = np.random.default_rng(1)
+    sequences_, scored, pairs = [], [], []
+    for shared, first, second in ((40, 12, 20), (9, 1, 30), (25, 15, 15), (3, 10, 10), (30, 0, 8), (60, 5, 2)):
+        context = rng.integers(0, len(vocabulary), shared)
+        ends = [rng.integers(0, len(vocabulary), n) for n in (first, second)]
+        if first and second:
+            ends[1][0] = (ends[0][0] + 1) % len(vocabulary)  # the sides differ right after the context
+        pairs.append((len(sequences_), len(sequences_) + 1))
+        for end in ends:
+            sequences_.append(np.concatenate([context, end]))
+            scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
+    sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
+                                            speech_vocab=speech_vocab, batch_size=4, pairs=pairs)
+    for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
+        expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
+        assert counts[i] == expected_count
+        assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+
+
 def test_ties_count_half_and_means_and_sums_differ():
     outcomes = pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
     assert outcomes.tolist() == [1.0, 0.5, 0.0, 0.5]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from simslm.units.encoders import ENCODERS, EncoderSpec, build_encoder, mel_filterbank
 
@@ -27,15 +28,22 @@ def test_mel_filterbank_covers_the_band_with_peaks_in_order():
 
 @pytest.fixture(scope="module")
 def tiny_hubert(tmp_path_factory):
-    """Tiny random HubertModels saved locally: one at 50 Hz (base strides), one at 25 Hz."""
+    """Tiny random HubertModels saved locally: at 50 Hz (base strides) and 25 Hz with a group-norm feature
+    extractor (as HuBERT-base and mHuBERT-25Hz), and at 25 Hz with a layer-norm one, with and without the
+    stable-layer-norm encoder (as HuBERT-large)."""
     from transformers import HubertConfig, HubertModel
 
     paths = {}
-    for name, strides in (("50hz", (5, 2, 2, 2, 2, 2, 2)), ("25hz", (5, 2, 2, 2, 2, 2, 4))):
+    for name, strides, norm, stable in (("50hz", (5, 2, 2, 2, 2, 2, 2), "group", False),
+                                        ("25hz", (5, 2, 2, 2, 2, 2, 4), "group", False),
+                                        ("25hz-layer", (5, 2, 2, 2, 2, 2, 4), "layer", False),
+                                        ("25hz-stable", (5, 2, 2, 2, 2, 2, 4), "layer", True)):
         config = HubertConfig(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
                               conv_dim=(32,) * 7, conv_stride=strides, num_conv_pos_embeddings=16,
-                              num_conv_pos_embedding_groups=2)
+                              num_conv_pos_embedding_groups=2, feat_extract_norm=norm, do_stable_layer_norm=stable,
+                              conv_bias=norm == "layer")
         path = tmp_path_factory.mktemp(f"hubert{name}")
+        torch.manual_seed(0)
         HubertModel(config).eval().save_pretrained(path)
         paths[name] = path
     return paths
@@ -43,7 +51,6 @@ def tiny_hubert(tmp_path_factory):
 
 @pytest.mark.parametrize("name,rate_key,layer", [("mhubert-25hz", "25hz", 11), ("hubert-base-l9", "50hz", 9)])
 def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hubert, name, rate_key, layer):
-    import torch
     from transformers import HubertModel
 
     encoder = build_encoder(EncoderSpec(name=name, model_path=str(tiny_hubert[rate_key])))
@@ -62,3 +69,54 @@ def test_hubert_with_the_wrong_frame_rate_or_no_checkpoint_is_refused(tiny_huber
         build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["50hz"])))
     with pytest.raises(ValueError, match="cannot load HuBERT"):
         build_encoder(EncoderSpec(name="hubert-base-l9", model_path=str(tmp_path / "missing")))
+
+
+def _utterances(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.normal(size=length)).astype(np.float32) for length in lengths]
+
+
+@pytest.mark.parametrize("model", ["25hz", "25hz-layer", "25hz-stable"])
+def test_batched_hubert_gives_the_features_and_units_of_one_at_a_time(tiny_hubert, model):
+    from simslm.units.kmeans import Codebook
+
+    encoder = build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert[model])))
+    # Mixed lengths, three of them equal: a group-norm extractor may batch only those three.
+    batch = _utterances([16000, 24000, 31000, 24000, 8000, 24000, 12345])
+    alone = [encoder.encode(samples) for samples in batch]
+    from transformers import HubertModel
+
+    full = HubertModel.from_pretrained(tiny_hubert[model]).eval()  # all its layers: dropping later ones is exact
+    with torch.inference_mode():
+        expected = full(torch.from_numpy(batch[0])[None], output_hidden_states=True).hidden_states[11][0]
+    np.testing.assert_allclose(alone[0], expected.numpy(), atol=1e-5)
+    groups = encoder.batches([len(samples) for samples in batch], batch_size=4)
+    assert sorted(i for group in groups for i in group) == list(range(len(batch)))
+    if model == "25hz":  # group norm: equal lengths only, never padded
+        assert all(len({len(batch[i]) for i in group}) == 1 for group in groups) and [1, 3, 5] in groups
+    else:  # layer norm: padded, with a mask
+        assert max(len({len(batch[i]) for i in group}) for group in groups) > 1
+    together = [None] * len(batch)
+    for group in groups:
+        for index, features in zip(group, encoder.encode_batch([batch[i] for i in group])):
+            together[index] = features
+    codebook = Codebook(np.random.default_rng(1).normal(size=(50, 32)).astype(np.float32))
+    for one, many in zip(alone, together):
+        assert one.shape == many.shape
+        np.testing.assert_allclose(many, one, atol=1e-5)
+        assert np.array_equal(codebook.assign(many), codebook.assign(one))
+    if model == "25hz":
+        with pytest.raises(ValueError, match="only utterances of one length"):
+            encoder.encode_batch(batch[:2])
+
+
+def test_batched_logmel_gives_the_features_of_one_at_a_time_and_of_numpy():
+    encoder = build_encoder(EncoderSpec(name="logmel"))
+    batch = _utterances([16000, 24000, 31000, 8000])
+    for one, many in zip([encoder.encode(s) for s in batch], encoder.encode_batch(batch)):
+        np.testing.assert_allclose(many, one, atol=1e-5)
+    # The log-mel energies equal a direct numpy computation (its float64 FFT) of the same definition.
+    samples = batch[2]
+    frames = np.stack([samples[i * 160:i * 160 + 400] for i in range(1 + (len(samples) - 400) // 160)])
+    power = np.abs(np.fft.rfft(frames.astype(np.float64) * encoder.window, n=512)) ** 2
+    np.testing.assert_allclose(encoder.log_mel(samples), np.log(power @ encoder.filters.T + 1e-6), atol=1e-4)

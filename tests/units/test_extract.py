@@ -108,3 +108,66 @@ def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
     assert report.num_shards == 3 and report.num_shards_done_now == 0  # the jobs did the work
     assert {u.id: u.units.tolist() for u in read_units(tmp_path / "array")} == whole
     assert list((tmp_path / "array" / "submitit").iterdir())  # it went through submitit, inside --out
+
+
+def test_batch_size_does_not_change_the_units(extracted, tmp_path):
+    from dataclasses import replace
+
+    config, _, _ = extracted  # extracted 16 at a time (the default for logmel)
+    whole = {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(config.out)}
+    extract_units(replace(config, out=str(tmp_path / "one"), batch_size=1, num_workers=1))
+    assert {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(tmp_path / "one")} == whole
+
+
+@pytest.fixture(scope="module")
+def hubert_codebook(tmp_path_factory):
+    """A tiny random layer-norm HuBERT at 25 Hz and a random 20-unit codebook that names it."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    from simslm.units import kmeans
+
+    folder = tmp_path_factory.mktemp("hubert")
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 4), num_conv_pos_embeddings=16,
+                             num_conv_pos_embedding_groups=2, feat_extract_norm="layer", conv_bias=True)
+                ).save_pretrained(folder / "model")
+    centroids = np.random.default_rng(0).normal(size=(20, 32)).astype(np.float32)
+    meta = {"encoder": {"name": "mhubert-25hz", "model_path": str(folder / "model"), "layer": 2},
+            "frame_rate_hz": 25.0}
+    return kmeans.Codebook(centroids, meta).save(folder / "km20")
+
+
+def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codebook, tmp_path):
+    from dataclasses import replace
+
+    config, _, _ = extracted
+    base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=3)
+    one = extract_units(replace(base, out=str(tmp_path / "one"), batch_size=1))
+    four = extract_units(replace(base, out=str(tmp_path / "four"), batch_size=4))
+    assert (one.num_encoded, one.num_skipped) == (four.num_encoded, four.num_skipped) == (4, 2)
+    units = lambda out: {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(out)}  # noqa: E731
+    assert units(tmp_path / "four") == units(tmp_path / "one")
+    # bfloat16 is checked against float32 on each shard's first batch; the agreement goes into report.json.
+    half = extract_units(replace(base, out=str(tmp_path / "bf16"), dtype="bfloat16", min_agreement=0.01))
+    agreement = json.loads((tmp_path / "bf16" / "report.json").read_text())["half_precision_agreement"]
+    assert half.num_encoded == 4 and 0.01 <= agreement <= 1
+    if agreement < 1:  # too low an agreement stops the extraction, naming it
+        with pytest.raises(ValueError, match="float32 units on only"):
+            extract_units(replace(base, out=str(tmp_path / "strict"), dtype="bfloat16", min_agreement=1.0))
+
+
+def test_devices_and_precisions_that_cannot_be_used_are_refused(extracted, tmp_path, capsys):
+    from simslm.cli import main
+
+    config, _, _ = extracted
+    common = ["units", "extract", "--manifest", config.manifest, "--codebook", config.codebook]
+    assert main(common + ["--out", str(tmp_path / "a"), "--dtype", "float16"]) == 2
+    assert "logmel encoder computes in float32" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(common + ["--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

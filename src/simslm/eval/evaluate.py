@@ -18,7 +18,7 @@ from simslm import jobs
 from simslm.config import ConfigError, check_positive, registry_choices
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
-from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, detect_layout, load
+from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, bench_folder, bench_label, detect_layout, load
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
@@ -37,7 +37,9 @@ class EvalConfig(ScoringOptions):
     """Run directory from `simslm train` (its model/ is evaluated), or a model folder (the model/ of a run, or one
     `simslm model from-slamkit` wrote); eval.json is written into it."""
     bench: tuple[str, ...]
-    """Benchmark folders ([label=]path), `validation`, or `generation=PATH` (a cross-modal folder)."""
+    """Benchmark folders ([label=]path), published sets by Hugging Face hub id ([label=]org/name[:folder], e.g.
+    slprl/multispeaker-storycloze:tSC; downloaded once into the hub's cache), `validation`, or `generation=PATH` (a
+    cross-modal folder)."""
     aggregation: Literal["auto", "pairs", "macro"] = "auto"
     """Mean over pairs (the paper's), macro mean over groups (ZeroSpeech's for sBLIMP), or auto: pairs for the
     reference preset, the layout's own otherwise (macro over phenomena for sBLIMP)."""
@@ -126,12 +128,6 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
     return model_dir, vocabulary, config
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 @dataclass(frozen=True)
 class _Context:
     """What every kind of benchmark is evaluated with."""
@@ -159,8 +155,8 @@ def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str
 
 def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any]:
     """Every mode of a pairwise benchmark folder, each with its accuracy and interval."""
-    config, folder = context.config, Path(target)
-    label = label or folder.name
+    config, folder = context.config, bench_folder(target)
+    label = label or bench_label(target)
     layout = detect_layout(folder)
     modes = [mode for mode in layout.modes if mode is None or mode in config.modes]
     pairs_by_mode = {mode: _sample(load(folder, mode)[1], config.max_pairs, config.seed) for mode in modes}
@@ -214,7 +210,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     run_dir = Path(config.run)
     model_dir, vocabulary, run_config = run_vocabulary(run_dir)
     check_inputs(config, vocabulary)  # before the model loads: a typo costs no minutes
-    device = _device(config.device)
+    device = jobs.torch_device(config.device)
     model = load_model_folder(model_dir, device)
     context = _Context(config, run_dir, model, vocabulary, run_config, device)
     results: dict[str, Any] = {}
@@ -235,7 +231,7 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
     for argument in config.bench:
         kind, _, target = benchmark_kind(argument)
         if kind == "pairs":
-            detect_layout(Path(target))
+            detect_layout(bench_folder(target))
     if config.units:
         given = unit_source(config.units)
         if given.k != vocabulary.num_units:

@@ -6,9 +6,12 @@ prompt is written as slamkit's `build_prompt` writes it (`generation._prompt`): 
 then the output modality's marker. Written prompts are simslm's own layout, not checked
 against slamkit: for speech `<text>`, the text, `<speech>`, as an interleaved training
 sample switches; for text the text alone, as text-only training samples are.
-Speech comes out as units and, for `logmel` units, a WAV through the log-mel inversion
-vocoder (levels from the prompt's audio, or `--reference-audio`); other units have no
-offline vocoder, so their WAV is left out and the JSON says why.
+Speech comes out as units and a WAV: through the unit vocoder `--vocoder-command` names (any
+program, e.g. a wrapper around textlesslib's unit HiFi-GAN for mHuBERT units, run without a
+shell with `{units}` replaced by a JSON file of the units and `{wav}` by the WAV to write), or
+else, for `logmel` units, through the log-mel inversion vocoder (levels from the prompt's
+audio, or `--reference-audio`); other units without a vocoder get no WAV, and the JSON says
+why.
 
 Each prompt gives `<name>.json` (prompt, mode, seed, sampling options, tokens, units, text,
 wav) and `<name>.wav` when there is speech, written atomically into `--out`.
@@ -17,6 +20,7 @@ wav) and `<name>.wav` when there is speech, written atomically into `--out`.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +30,7 @@ import numpy as np
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
-from simslm.eval.evaluate import _device, load_run_model
+from simslm.eval.evaluate import load_run_model
 from simslm.eval.generation import _prompt, sample_continuation
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
 from simslm.speech import audio
@@ -58,10 +62,17 @@ class GenerateConfig(Config):
     """T2S: a recording whose level and timbre the vocoder follows (S2S uses the prompt's own audio)."""
     speech_units: str | None = None
     """The `simslm units extract` folder of the model's codebook, when the model folder does not record one."""
+    vocoder_command: str | None = None
+    """A unit vocoder to run for each speech output, e.g. "python my_hifigan.py --units {units} --out {wav}": run
+    without a shell; {units} becomes a JSON file ({"units": [...], "encoder": ..., "frame_rate_hz": ...}), {wav}
+    the WAV it must write."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
 
     def check(self) -> None:
+        if self.vocoder_command is not None and not {"{units}", "{wav}"} <= set(shlex.split(self.vocoder_command)):
+            raise ConfigError(f"--vocoder-command needs {{units}} and {{wav}} as arguments of their own, not "
+                              f"'{self.vocoder_command}'")
         check_positive(self, "max_new_tokens")
         check_positive(self, "temperature", "top_k", allow_zero=True)
         if self.reference_audio is not None and not Path(self.reference_audio).is_file():
@@ -100,9 +111,10 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     """Continue every prompt; write <name>.json (and <name>.wav for speech) into `out`; the records."""
     prompts = read_prompts(config.prompt)
     modes = {prompt.name: _mode(config.mode, prompt) for prompt in prompts}
-    if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None:
+    if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None \
+            and config.vocoder_command is None:
         raise ValueError(f"{config.prompt}: T2S needs --reference-audio (a recording for the vocoder's level)")
-    device = _device(config.device)
+    device = jobs.torch_device(config.device)
     model, vocabulary, _ = load_run_model(Path(config.model), device)
     needs_units = any(mode[0] == "S" or mode[-1] == "S" for mode in modes.values())
     source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
@@ -110,12 +122,15 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     units_of = units_for_audio(spoken, source, bench_units_cache()) if spoken else {}
     vocoder, no_vocoder = None, None
     if needs_units:
-        if source.encoder.get("name") == "logmel" and source.codebook is not None:
+        if config.vocoder_command is not None:
+            vocoder = CommandVocoder(config.vocoder_command, source)
+        elif source.encoder.get("name") == "logmel" and source.codebook is not None:
             from simslm.units.vocoder import LogMelInversionVocoder
 
             vocoder = LogMelInversionVocoder(str(source.codebook))
         else:
-            no_vocoder = f"no offline vocoder for {source.encoder.get('name')} units (only logmel's inversion)"
+            no_vocoder = f"no vocoder for {source.encoder.get('name')} units (logmel's inversion is the only one " \
+                         f"offline; name one with --vocoder-command)"
     unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +170,35 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         jobs.write_json(out / f"{prompt.name}.json", record)
         records.append(record)
     return records
+
+
+class CommandVocoder:
+    """A unit vocoder that is another program: it reads the units from a JSON file and writes a WAV."""
+
+    def __init__(self, command: str, source):
+        self.arguments = shlex.split(command)
+        self.header = {"encoder": source.encoder, "frame_rate_hz": source.frame_rate_hz, "k": source.k}
+
+    def __call__(self, units: np.ndarray, reference_audio: str | None) -> np.ndarray:
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="simslm-vocoder-") as scratch:
+            units_file, wav = Path(scratch) / "units.json", Path(scratch) / "out.wav"
+            jobs.write_json(units_file, {**self.header, "units": [int(u) for u in units],
+                                         "reference_audio": reference_audio})
+            arguments = [{"{units}": str(units_file), "{wav}": str(wav)}.get(a, a) for a in self.arguments]
+            try:
+                done = subprocess.run(arguments, capture_output=True, text=True)
+            except OSError as error:
+                raise ValueError(f"--vocoder-command: cannot run {arguments[0]} ({error.strerror})") from None
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise ValueError(f"--vocoder-command: {arguments[0]} exited with status {done.returncode}: {last}")
+            try:
+                return audio.load_audio(wav, allow_silent=True)
+            except audio.AudioError as error:
+                raise ValueError(f"--vocoder-command: {arguments[0]} wrote no usable WAV ({error.kind.value})") from None
 
 
 def _mode(mode: str, prompt: Prompt) -> str:

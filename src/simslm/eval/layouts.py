@@ -14,6 +14,9 @@ Every set becomes a list of `Pair`s: a positive and a negative side, each a sequ
   `.txt`: the context and the two endings, so S, S→T, T→S and T (the paper's Table 2) are
   four ways of pairing the same items.
 
+A published set can also be named by its Hugging Face hub id (`bench_folder`): it is
+downloaded once into the hub's cache and read by the same loaders.
+
 `simslm bench build` writes offline re-creations in these same layouts (sBLIMP-style from
 BLiMP, tSC-style from held-out TinyStories stories), so one loader serves both. They are
 re-creations with espeak-ng voices, not the published sets; `bench.json` says so.
@@ -22,6 +25,7 @@ re-creations with espeak-ng voices, not the published sets; `bench.json` says so
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, replace
@@ -242,6 +246,52 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     # Named by its bench.json only: its files match no other layout's pattern reliably.
     Layout("slamkit-pairs", lambda folder: False, lambda folder, mode: load_slamkit_pairs(folder)),
 )}
+
+
+# A dataset on the Hugging Face hub, optionally one folder of it: `org/name[:folder]`.
+HUB_DATASET = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<folder>[\w.-]+(?:/[\w.-]+)*))?")
+
+
+def bench_label(target: str) -> str:
+    """The name results are filed under when --bench gives none: a folder's name, or a hub dataset's name (and
+    folder)."""
+    hub = None if Path(target).exists() else HUB_DATASET.fullmatch(target)
+    if hub is None:
+        return Path(target).name
+    return hub["repo"].split("/")[1] + (f"/{hub['folder']}" if hub["folder"] else "")
+
+
+@functools.cache
+def bench_folder(target: str) -> Path:
+    """A benchmark folder: a local path, or a published set on the Hugging Face hub as `org/name[:folder]`
+    (e.g. `slprl/multispeaker-storycloze:sSC`), downloaded once into the hub's own cache (only that folder) and
+    read from there offline."""
+    path = Path(target)
+    hub = None if path.exists() else HUB_DATASET.fullmatch(target)
+    if hub is None or assets.missing_local_path(hub["repo"]):
+        if not path.is_dir():
+            raise BenchError(f"{target}: benchmark folder does not exist")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, folder = hub["repo"], hub["folder"]
+    try:
+        root = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[f"{folder}/**"] if folder else None,
+                                      local_files_only=assets.offline()))
+    except RepositoryNotFoundError:
+        raise BenchError(f"{repo}: no such dataset on the Hugging Face hub (or it is private: log in with "
+                         f"`hf auth login`)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        why = "downloads are off (SIMSLM_OFFLINE / HF_HUB_OFFLINE)" if assets.offline() else \
+            f"the hub cannot be reached ({error.__class__.__name__})"
+        raise BenchError(f"{target}: not in the Hugging Face cache and {why}; where there is a network, run "
+                         f"`hf download {repo} --repo-type dataset --local-dir DIR`, bring DIR here and pass "
+                         f"--bench {bench_label(target)}=DIR{'/' + folder if folder else ''}") from None
+    found = root / folder if folder else root
+    if not found.is_dir():
+        raise BenchError(f"{target}: the dataset {repo} has no folder '{folder}'")
+    return found
 
 
 def detect_layout(folder: Path) -> Layout:

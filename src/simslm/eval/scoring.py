@@ -10,6 +10,7 @@ the mean over pairs, or the macro mean over phenomena as ZeroSpeech and Cuervo &
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
 
@@ -82,46 +83,127 @@ def encode_parts(parts: tuple[Part, ...], vocabulary: Vocabulary,
     return np.asarray(tokens), np.asarray(owners)
 
 
+def _token_log_likelihoods(logits, targets, speech_vocab: bool, units: tuple[int, int]):
+    """log p(target) at every position of `logits` (..., vocab), normalised over the whole vocabulary or, for
+    unit targets with `speech_vocab`, over the unit tokens only."""
+    import torch
+
+    logits = logits.float()
+    normaliser = torch.logsumexp(logits, dim=-1)
+    if speech_vocab:
+        low, high = units
+        is_unit = (targets >= low) & (targets < high)
+        normaliser = torch.where(is_unit, torch.logsumexp(logits[..., low:high], dim=-1), normaliser)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
+
+
+def _padded(rows: list[np.ndarray], pad_id: int):
+    """Rows of token ids right-padded to the longest, as one long tensor."""
+    import torch
+
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, :len(row)] = torch.from_numpy(np.asarray(row, dtype=np.int64))
+    return ids
+
+
+# A pair's two sides share their first tokens (a tSC context, a cross-modal context) when at least this many
+# are the same: below it, a second pass costs more than the tokens it saves.
+MIN_SHARED_TOKENS = 8
+
+
+def _shared_length(first: np.ndarray, second: np.ndarray) -> int:
+    """How many leading tokens two sequences share, when each goes on past them (else 0)."""
+    limit = min(len(first), len(second))
+    differ = np.flatnonzero(first[:limit] != second[:limit])
+    shared = int(differ[0]) if len(differ) else limit
+    return shared if MIN_SHARED_TOKENS <= shared < limit else 0
+
+
 def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np.ndarray], *,
                              vocabulary: Vocabulary, speech_vocab: bool = False, batch_size: int = 16,
-                             device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                             device: str = "cpu", pairs: list[tuple[int, int]] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence: the summed log-likelihood of its scored targets, and how many there are.
 
     `scored[i][t]` says whether token t + 1 of sequence i (predicted from tokens 0..t) counts.
-    Sequences are sorted by length and padded on the right, so a batch wastes little and
-    padding never precedes a real token (causal attention makes the results independent of
-    the batch). With `speech_vocab`, a unit target is normalised over the unit tokens only.
+    Sequences are sorted by length and padded on the right, so a batch wastes little; causal
+    attention never lets a real token see the padding after it, so no attention mask is needed
+    and the results do not depend on the batch. With `speech_vocab`, a unit target is normalised
+    over the unit tokens only.
+
+    `pairs` names sequences that are two sides of one item. When they begin with the same
+    tokens (a shared context), that prefix runs once, its keys and values are kept, and only
+    each side's own tokens run after it: the same numbers, for the prefix's cost once.
     """
     import torch
 
-    num = len(sequences)
-    sums, counts = np.zeros(num), np.zeros(num)
-    order = sorted(range(num), key=lambda i: -len(sequences[i]))
-    low, high = vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units
+    sums, counts = np.zeros(len(sequences)), np.zeros(len(sequences))
+    units = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
+    shared = [(i, j, length) for i, j in pairs if (length := _shared_length(sequences[i], sequences[j]))]
+    alone = sorted(set(range(len(sequences))) - {k for i, j, _ in shared for k in (i, j)},
+                   key=lambda k: -len(sequences[k]))
     model.eval()
+    batches = [("alone", alone[start:start + batch_size]) for start in range(0, len(alone), batch_size)]
+    shared.sort(key=lambda item: -item[2])
+    # Half as many pairs as sequences per batch: the second pass holds both sides of each.
+    step = max(1, batch_size // 2)
+    batches += [("shared", shared[start:start + step]) for start in range(0, len(shared), step)]
     with torch.no_grad():
-        for start in jobs.progress(range(0, num, batch_size), "scoring", unit="batch"):
-            chosen = order[start:start + batch_size]
-            length = len(sequences[chosen[0]])
-            ids = torch.full((len(chosen), length), vocabulary.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chosen), length), dtype=torch.long)
-            mask = torch.zeros((len(chosen), length - 1), dtype=torch.bool)
-            for row, i in enumerate(chosen):
-                ids[row, :len(sequences[i])] = torch.from_numpy(sequences[i].astype(np.int64))
-                attention[row, :len(sequences[i])] = 1
-                mask[row, :len(sequences[i]) - 1] = torch.from_numpy(np.asarray(scored[i], dtype=bool))
-            ids, attention, mask = ids.to(device), attention.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-            targets = ids[:, 1:]
-            target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            normaliser = torch.logsumexp(logits, dim=-1)
-            if speech_vocab:
-                is_unit = (targets >= low) & (targets < high)
-                normaliser = torch.where(is_unit, torch.logsumexp(logits[..., low:high], dim=-1), normaliser)
-            log_likelihood = (target_logits - normaliser) * mask
-            sums[chosen] = log_likelihood.sum(dim=1).double().cpu().numpy()
-            counts[chosen] = mask.sum(dim=1).cpu().numpy()
+        for kind, chosen in jobs.progress(batches, "scoring", unit="batch"):
+            if kind == "alone":
+                ids = _padded([sequences[k] for k in chosen], vocabulary.pad_id).to(device)
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+                per_token = _token_log_likelihoods(logits, ids[:, 1:], speech_vocab, units).cpu().double().numpy()
+                for row, k in enumerate(chosen):
+                    mask = np.asarray(scored[k], dtype=bool)
+                    sums[k], counts[k] = per_token[row, :len(mask)][mask].sum(), mask.sum()
+            else:
+                _score_shared(model, chosen, sequences, scored, vocabulary, speech_vocab, units, device, sums, counts)
     return sums, counts
+
+
+def _score_shared(model, chosen, sequences, scored, vocabulary, speech_vocab, units, device, sums, counts) -> None:
+    """Both sides of each pair in `chosen` (i, j, shared length): the shared prefix once, then the sides."""
+    import torch
+
+    # Pass 1: the prefixes (right-padded; causal attention keeps each row's real tokens to themselves), keeping
+    # their keys and values. Its logits predict every target up to the first that differs.
+    prefixes = [sequences[i][:length] for i, _, length in chosen]
+    ids = _padded(prefixes, vocabulary.pad_id).to(device)
+    out = model(input_ids=ids, use_cache=True)
+    # transformers 5.24 renamed past_key_values to cache (the old name warns); earlier versions know only the old.
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache, prefix_logits = out.cache if hasattr(out, "cache") else out.past_key_values, out.logits
+    # Pass 2: each side's own tokens after its prefix, both sides of a pair beside each other. The cache holds
+    # each prefix padded to the longest, so the mask shows each row its own prefix (and not the padding after
+    # it) and the positions go on from where that prefix ends.
+    cache.batch_repeat_interleave(2)
+    sides = [sequences[k][length:] for i, j, length in chosen for k in (i, j)]
+    lengths = [length for _, _, length in chosen for _ in (0, 1)]
+    tail = _padded(sides, vocabulary.pad_id).to(device)
+    mask = torch.zeros((len(sides), ids.shape[1] + tail.shape[1]), dtype=torch.long)
+    for row, (length, side) in enumerate(zip(lengths, sides)):
+        mask[row, :length] = 1
+        mask[row, ids.shape[1]:ids.shape[1] + len(side)] = 1
+    positions = torch.tensor(lengths)[:, None] + torch.arange(tail.shape[1])[None]
+    tail_logits = model(input_ids=tail, attention_mask=mask.to(device), position_ids=positions.to(device),
+                        use_cache=True, **{cache_name: cache}).logits
+    # Targets 1..length-1 are the same tokens on both sides: scored once. Target `length`, the first that differs,
+    # is predicted from the last shared position; the rest come from pass 2.
+    inside = _token_log_likelihoods(prefix_logits[:, :-1], ids[:, 1:], speech_vocab, units).cpu().double().numpy()
+    last = torch.tensor([length - 1 for _, _, length in chosen], device=prefix_logits.device)
+    first_own = torch.tensor([sequences[k][length] for i, j, length in chosen for k in (i, j)],
+                             device=prefix_logits.device)
+    boundary = _token_log_likelihoods(prefix_logits[torch.arange(len(chosen)), last].repeat_interleave(2, dim=0),
+                                      first_own, speech_vocab, units).cpu().double().numpy()
+    own = _token_log_likelihoods(tail_logits[:, :-1], tail[:, 1:], speech_vocab, units).cpu().double().numpy()
+    for row, (i, j, length) in enumerate(chosen):
+        for side, k in enumerate((i, j)):
+            mask = np.asarray(scored[k], dtype=bool)
+            rest = mask[length:]
+            sums[k] = (inside[row, :length - 1][mask[:length - 1]].sum() + boundary[2 * row + side] * mask[length - 1]
+                       + own[2 * row + side, :len(rest)][rest].sum())
+            counts[k] = mask.sum()
 
 
 def side_scores(sums: np.ndarray, counts: np.ndarray, reduction: str) -> np.ndarray:
@@ -247,6 +329,7 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
     max_length = int(model.config.max_position_embeddings)
     sequences, scored, kept_groups, skipped = [], [], [], 0
     with_baseline = []  # per pair: whether its sides are also scored without their context
+    pairs_of = []  # the two sequences that are one pair's sides (their shared context runs once)
     for pair in pairs:
         try:
             if options.preset == "reference":
@@ -260,6 +343,7 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
             continue
         continuation_only = options.preset != "reference" and len(pair.positive) > 1
         baseline = options.preset == "pmi" and continuation_only
+        pairs_of.append((len(sequences), len(sequences) + 1))
         for tokens, owners in sides:
             wanted = owners == (len(pair.positive) - 1) if continuation_only else owners != SPECIAL_PART
             sequences.append(tokens)
@@ -273,7 +357,7 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
         kept_groups.append(pair.group)
     sums, counts = sequence_log_likelihoods(model, sequences, scored, vocabulary=vocabulary,
                                             speech_vocab=options.speech_vocab, batch_size=options.batch_size,
-                                            device=device)
+                                            device=device, pairs=pairs_of)
     scores = side_scores(sums, counts, options.reduction)
     plain, alone, cursor = np.zeros((len(kept_groups), 2)), np.zeros((len(kept_groups), 2)), 0
     for index, baseline in enumerate(with_baseline):

@@ -8,7 +8,9 @@ One line per utterance:
      "meta": {...}}
 
 `audio` is relative to the manifest's folder (or absolute). `words` is null until the
-utterance has word timings (from synthesis or `simslm align`). `meta` is free-form.
+utterance has word timings (from synthesis or `simslm align`). `meta` is free-form. An
+untranscribed utterance (speech-only data, as Libri-Light; `simslm segment` writes them) has
+the transcript "" and no words: stages that need text skip it and count it.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
         first_line_of_id.setdefault(item.id, line_number)
         if item.duration_sec <= 0:
             problems.append(where(f"duration_sec is {item.duration_sec}"))
-        if not text.has_words(item.transcript):
+        if item.words is not None and not text.has_words(item.transcript):
             problems.append(where("transcript has no words"))
         problems.extend(where(problem.message) for problem in item.timing_problems())
         if check_audio:

@@ -44,31 +44,70 @@ class LogMelEncoder:
         self.window = np.hanning(self.window_samples).astype(np.float32)
         self.dim = num_mels * stack
 
+    def _frames(self, samples: np.ndarray) -> np.ndarray:
+        """Overlapping windows of the samples (a view), (frames, window_samples)."""
+        num_frames = max(0, 1 + (len(samples) - self.window_samples) // self.hop_samples)
+        strides = (samples.strides[0] * self.hop_samples, samples.strides[0])
+        return np.lib.stride_tricks.as_strided(samples, (num_frames, self.window_samples), strides, writeable=False)
+
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel energies (frames, num_mels) at 100 Hz, before stacking and normalisation."""
-        if len(samples) < self.window_samples:
-            return np.empty((0, self.num_mels), dtype=np.float32)
-        num_frames = 1 + (len(samples) - self.window_samples) // self.hop_samples
-        strides = (samples.strides[0] * self.hop_samples, samples.strides[0])
-        frames = np.lib.stride_tricks.as_strided(samples, (num_frames, self.window_samples), strides)
-        power = np.abs(np.fft.rfft(frames * self.window, n=self.fft_size)) ** 2
-        return np.log(power @ self.filters.T + 1e-6).astype(np.float32)
+        return self._log_mel_batch([np.ascontiguousarray(samples, dtype=np.float32)])[0]
+
+    # Frames per FFT call: short utterances are gathered up to about this many (10 s of audio), so the per-call
+    # cost is paid once for many; a whole batch in one call is slower (its arrays leave the cache): measured
+    # 1.5x one at a time on 0.5-2 s utterances, 0.6x as one block (docs/BENCHMARKS.md, 2026-11-30).
+    FFT_BLOCK_FRAMES = 1024
+
+    def _log_mel_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        import scipy.fft  # float32 FFT, about twice numpy's here
+
+        frames = [self._frames(samples) for samples in batch]
+        blocks, pending, count = [], [], 0
+        for index, utterance_frames in enumerate(frames):
+            pending.append(utterance_frames)
+            count += len(utterance_frames)
+            if count >= self.FFT_BLOCK_FRAMES or index == len(frames) - 1:
+                windowed = np.concatenate(pending) * self.window
+                spectrum = scipy.fft.rfft(windowed, n=self.fft_size)
+                blocks.append(np.log((spectrum.real ** 2 + spectrum.imag ** 2) @ self.filters.T + 1e-6))
+                pending, count = [], 0
+        log_mel = np.concatenate(blocks).astype(np.float32) if blocks else np.empty((0, self.num_mels), np.float32)
+        return np.split(log_mel, np.cumsum([len(f) for f in frames])[:-1])
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Features (frames, dim) for 16 kHz mono samples; one frame per 40 ms."""
-        log_mel = self.log_mel(samples)
-        num_frames = len(log_mel) - len(log_mel) % self.stack
-        if num_frames == 0:
-            raise ValueError(f"audio shorter than {self.stack * self.hop_samples / 16000:.2f} s")
-        stacked = log_mel[:num_frames].reshape(num_frames // self.stack, self.dim)
-        # Per-utterance normalisation removes channel and speaker level differences.
-        return (stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-5)
+        return self.encode_batch([samples])[0]
+
+    def encode_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """`encode` of each utterance, computed together; raises ValueError for audio under one frame group."""
+        features = []
+        for log_mel in self._log_mel_batch([np.ascontiguousarray(s, dtype=np.float32) for s in batch]):
+            num_frames = len(log_mel) - len(log_mel) % self.stack
+            if num_frames == 0:
+                raise ValueError(f"audio shorter than {self.stack * self.hop_samples / 16000:.2f} s")
+            stacked = log_mel[:num_frames].reshape(num_frames // self.stack, self.dim)
+            # Per-utterance normalisation removes channel and speaker level differences.
+            features.append((stacked - stacked.mean(axis=0)) / (stacked.std(axis=0) + 1e-5))
+        return features
+
+    def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices of utterances to encode together: any grouping gives the same features."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class HubertEncoder:
-    """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id)."""
+    """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id), one utterance or a batch.
 
-    def __init__(self, name: str, model_path: str, layer: int, frame_rate_hz: float):
+    Batches are exact: a model whose feature extractor normalises per frame (`feat_extract_norm="layer"`) is fed
+    padded batches with an attention mask, which leaves every real frame as it is alone; one that normalises each
+    channel over the whole utterance (`"group"`, HuBERT-base and mHuBERT-25Hz) would see the padding, so it is
+    batched only with utterances of exactly the same length (buckets, no padding).
+    """
+
+    def __init__(self, name: str, model_path: str, layer: int, frame_rate_hz: float, device: str = "cpu",
+                 dtype: str = "float32"):
         import torch
         from transformers import HubertModel
 
@@ -86,17 +125,50 @@ class HubertEncoder:
         if abs(actual_rate - frame_rate_hz) > 1e-6:
             raise ValueError(f"{model_path}: its convolutions give {actual_rate:g} frames/s, but encoder "
                              f"'{name}' is declared at {frame_rate_hz:g}")
+        if not config.do_stable_layer_norm:
+            # Layers past `layer` do not change hidden_states[layer]: dropped, they cost nothing (a quarter of
+            # HuBERT-base at layer 9). The stable-layer-norm variant norms its last output, so it keeps them all.
+            self._model.encoder.layers = self._model.encoder.layers[:layer]
         self.name, self.layer, self.frame_rate_hz = name, layer, frame_rate_hz
         self.dim = config.hidden_size
+        self.pads = config.feat_extract_norm == "layer"
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        self._model.to(self.device, self.dtype)
         self._torch = torch
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Layer-`layer` features (frames, hidden size) for 16 kHz mono samples."""
-        with self._torch.inference_mode():
-            inputs = self._torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
-            # Only the layers up to `layer` are needed; hidden_states[0] is the CNN output.
-            hidden = self._model(inputs, output_hidden_states=True).hidden_states[self.layer]
-        return hidden[0].numpy()
+        return self.encode_batch([samples])[0]
+
+    def encode_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """`encode` of each utterance, in one forward pass (padded only when the model allows it)."""
+        torch = self._torch
+        lengths = torch.tensor([len(samples) for samples in batch])
+        if not self.pads and len(set(lengths.tolist())) > 1:
+            raise ValueError(f"{self.name}: a group-norm feature extractor takes only utterances of one length "
+                             f"together (see `batches`)")
+        inputs = torch.zeros(len(batch), int(lengths.max()))
+        for row, samples in enumerate(batch):
+            inputs[row, :len(samples)] = torch.from_numpy(np.asarray(samples, dtype=np.float32))
+        mask = (torch.arange(inputs.shape[1])[None] < lengths[:, None]).long() if self.pads else None
+        with torch.inference_mode():
+            hidden = self._model(inputs.to(self.device, self.dtype),
+                                 attention_mask=None if mask is None else mask.to(self.device),
+                                 output_hidden_states=True).hidden_states[self.layer]
+            frames = self._model._get_feat_extract_output_lengths(lengths).tolist()
+            hidden = hidden.float().cpu().numpy()
+        return [hidden[row, :count] for row, count in enumerate(frames)]
+
+    def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        """Indices of utterances to encode together: by length, so padding is least (or, for a group-norm
+        extractor, none: equal lengths only)."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        if self.pads:
+            return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        groups: dict[int, list[int]] = {}
+        for index in order:
+            groups.setdefault(lengths[index], []).append(index)
+        return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,23 +180,25 @@ class EncoderSpec:
     layer: int | None = None
 
 
-# name -> (frame rate, default checkpoint, default layer, factory(spec))
-ENCODERS: dict[str, tuple[float, str | None, int | None, Callable[[str, int | None], Any]]] = {
-    "logmel": (25.0, None, None, lambda path, layer: LogMelEncoder()),
+# name -> (frame rate, default checkpoint, default layer, factory(checkpoint, layer, device=, dtype=))
+ENCODERS: dict[str, tuple[float, str | None, int | None, Callable[..., Any]]] = {
+    # numpy on the CPU, in float32, whatever the device asked for: it is not what a GPU is needed for.
+    "logmel": (25.0, None, None, lambda path, layer, **_: LogMelEncoder()),
     # The paper's tokenizer: mHuBERT-25Hz (Hassid et al.), layer 11, 500 units.
     "mhubert-25hz": (25.0, "slprl/mhubert-base-25hz", 11,
-                     lambda path, layer: HubertEncoder("mhubert-25hz", path, layer, 25.0)),
+                     lambda path, layer, **run: HubertEncoder("mhubert-25hz", path, layer, 25.0, **run)),
     "hubert-base-l9": (50.0, "facebook/hubert-base-ls960", 9,
-                       lambda path, layer: HubertEncoder("hubert-base-l9", path, layer, 50.0)),
+                       lambda path, layer, **run: HubertEncoder("hubert-base-l9", path, layer, 50.0, **run)),
 }
 
 
-def build_encoder(spec: EncoderSpec):
-    """Instantiate a registered encoder."""
+def build_encoder(spec: EncoderSpec, device: str = "cpu", dtype: str = "float32"):
+    """Instantiate a registered encoder on a torch device, in a torch dtype (for those that use torch)."""
     if spec.name not in ENCODERS:
         raise ValueError(f"unknown encoder '{spec.name}'; known: {', '.join(ENCODERS)}")
     _, default_path, default_layer, factory = ENCODERS[spec.name]
-    return factory(spec.model_path or default_path, spec.layer if spec.layer is not None else default_layer)
+    return factory(spec.model_path or default_path, spec.layer if spec.layer is not None else default_layer,
+                   device=device, dtype=dtype)
 
 
 def describe_encoders() -> str:

@@ -58,24 +58,10 @@ def _cached(key: str, build: Callable[[], Any]) -> Any:
     return _worker_cache[key]
 
 
-def _share_cores(num_workers: int) -> None:
-    """Give each worker process its share of the cores for BLAS and (when loaded) torch.
-
-    Workers that each start as many threads as there are cores oversubscribe them; torch
-    is not imported here just for this, since that alone costs a logmel worker seconds.
-    """
-    threads = max(1, jobs.default_workers() // max(1, num_workers))
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
 def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int]) -> tuple[str, np.ndarray | str]:
     record, spec, max_frames, seed, num_workers = task
-    encoder = _cached(json.dumps(spec, sort_keys=True), lambda: build_encoder(EncoderSpec(**spec)))
-    _share_cores(num_workers)
+    encoder = _encoder(spec, "cpu", "float32")
+    jobs.share_cores(num_workers)
     try:
         features = encoder.encode(audio.load_audio(record["path"]))
     except (audio.AudioError, ValueError) as error:
@@ -191,7 +177,16 @@ class ExtractConfig(Config):
     shard_size: int = 64
     """Utterances per shard (the unit of resumption)."""
     num_workers: int = 0
-    """Worker processes; 0 = one per core."""
+    """Worker processes; 0 = one per core on the CPU, one on a GPU."""
+    device: str = "cpu"
+    """Where HuBERT runs: cpu, cuda (under torchrun, each rank its LOCAL_RANK's GPU), cuda:N, or auto."""
+    batch_size: int = 0
+    """Utterances encoded together, by length (a group-norm HuBERT takes only equal lengths together); 0: 16, but
+    1 for HuBERT on the CPU, where batches gain nothing and padding costs (docs/BENCHMARKS.md)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """HuBERT precision. Half precision is checked against float32 on each shard's first batch."""
+    min_agreement: float = 0.99
+    """Half precision: the least share of frames with the float32 unit; below it the extraction stops."""
     num_shards: int = 1
     """Split the work across this many processes or machines filling one --out folder (on a shared disk): each
     takes every K-th shard; the folder is complete, and readable, once all have finished."""
@@ -214,6 +209,9 @@ class ExtractConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "shard_size", "num_shards", "timeout_min")
+        check_positive(self, "batch_size", allow_zero=True)
+        if not 0 < self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be in (0, 1], not {self.min_agreement}")
         check_positive(self, "gpus_per_node", "cpus_per_task", allow_zero=True)
         check_positive(self, "num_workers", allow_zero=True)
         if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
@@ -314,27 +312,85 @@ def unit_source(units_folder: str | os.PathLike) -> UnitSource:
     return UnitSource.read(Path(units_folder) / "units.json")
 
 
-def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int]) -> tuple[int, dict]:
-    shard_index, records, spec, codebook_path, shard_path, num_workers = task
-    encoder = _cached(json.dumps(spec, sort_keys=True), lambda: build_encoder(EncoderSpec(**spec)))
-    _share_cores(num_workers)
-    codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
-    lines, audio_sec, num_frames, num_units = [], 0.0, 0, 0
-    for record in records:
+@dataclass(frozen=True)
+class _Runtime:
+    """How a worker runs its encoder: where, in what precision, how many utterances at a time."""
+
+    device: str
+    dtype: str
+    batch_size: int
+    min_agreement: float
+
+
+def _encoder(spec: dict[str, Any], device: str, dtype: str):
+    return _cached(json.dumps([spec, device, dtype], sort_keys=True),
+                   lambda: build_encoder(EncoderSpec(**spec), device=device, dtype=dtype))
+
+
+def _encode_all(encoder, loaded: list[np.ndarray], batch_size: int) -> list[np.ndarray | ValueError]:
+    """Features of every utterance, encoded in the encoder's batches; an utterance it refuses gets its error."""
+    features: list[np.ndarray | ValueError] = [ValueError("not encoded")] * len(loaded)
+    for group in encoder.batches([len(samples) for samples in loaded], batch_size):
         try:
-            samples = audio.load_audio(record["path"])
-            frame_units = codebook.assign(encoder.encode(samples))
-        except (audio.AudioError, ValueError) as error:
-            lines.append({"id": record["id"], "skipped": str(error), "reason": _skip_reason(error)})
+            for index, result in zip(group, encoder.encode_batch([loaded[i] for i in group])):
+                features[index] = result
+        except ValueError:  # one utterance the encoder refuses (too short, say): find it, keep the others
+            for index in group:
+                try:
+                    features[index] = encoder.encode(loaded[index])
+                except ValueError as error:
+                    features[index] = error
+    return features
+
+
+def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], codebook: kmeans.Codebook) -> float:
+    """Share of frames whose unit is the same in the encoder's precision as in float32."""
+    same = total = 0
+    for low, high in zip(encoder.encode_batch(samples), reference.encode_batch(samples)):
+        same += int((codebook.assign(low) == codebook.assign(high)).sum())
+        total += len(high)
+    return same / max(1, total)
+
+
+def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int, _Runtime]
+                   ) -> tuple[int, dict]:
+    shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
+    encoder = _encoder(spec, run.device, run.dtype)
+    jobs.share_cores(num_workers)
+    codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
+    lines: list[dict[str, Any] | None] = [None] * len(records)
+    loaded, where = [], []
+    for position, record in enumerate(records):
+        try:
+            loaded.append(audio.load_audio(record["path"]))
+            where.append(position)
+        except audio.AudioError as error:
+            lines[position] = {"id": record["id"], "skipped": str(error), "reason": _skip_reason(error)}
+    agreement = None
+    if run.dtype != "float32" and loaded:
+        # Half precision is used only where it gives the same units: checked on this shard's first utterances.
+        first = encoder.batches([len(samples) for samples in loaded], run.batch_size)[0]
+        agreement = _half_precision_agreement(encoder, _encoder(spec, run.device, "float32"),
+                                              [loaded[i] for i in first], codebook)
+        if agreement < run.min_agreement:
+            raise ValueError(f"--dtype {run.dtype} gives the float32 units on only {agreement:.2%} of the frames "
+                             f"checked (below --min-agreement {run.min_agreement:g}); extract in float32")
+    audio_sec, num_frames, num_units = 0.0, 0, 0
+    for position, samples, features in zip(where, loaded, _encode_all(encoder, loaded, run.batch_size)):
+        record = records[position]
+        if isinstance(features, ValueError):
+            lines[position] = {"id": record["id"], "skipped": str(features), "reason": _skip_reason(features)}
             continue
+        frame_units = codebook.assign(features)
         units, durations = deduplicate(frame_units)
-        lines.append({"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
-                      "units": units.tolist(), "durations": durations.tolist()})
+        lines[position] = {"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
+                           "units": units.tolist(), "durations": durations.tolist()}
         audio_sec += len(samples) / audio.TARGET_SAMPLE_RATE
         num_frames += len(frame_units)
         num_units += len(units)
     jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
-    return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units}
+    return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units,
+                         "agreement": agreement}
 
 
 # An encoder's own refusal (audio shorter than one frame group, say) is counted under one name.
@@ -358,6 +414,10 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     if not encoder_meta:
         raise ValueError(f"{config.codebook}: its sidecar does not say which encoder it was fit on")
     spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
+    device = jobs.torch_device(config.device)
+    if spec.name == "logmel" and config.dtype != "float32":
+        raise ValueError(f"--dtype {config.dtype}: the logmel encoder computes in float32 (numpy); --dtype is for "
+                         f"HuBERT encoders")
     from_manifest = records is None  # else `manifest` only describes the records (benchmark audio)
     records = _records(config.manifest) if from_manifest else records
     out = Path(config.out)
@@ -385,19 +445,24 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     mine = config.this_shard()
     todo = [i for i in range(len(shards))
             if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
-    workers = min(config.num_workers or jobs.default_workers(), max(1, len(todo)))
+    # One process per GPU: workers beside it would only queue for the same device.
+    workers = min(config.num_workers or (1 if device.startswith("cuda") else jobs.default_workers()),
+                  max(1, len(todo)))
     if todo:
-        encoder = _cached(json.dumps(asdict(spec), sort_keys=True), lambda: build_encoder(spec))
+        encoder = _encoder(asdict(spec), device, config.dtype)
         if encoder.dim != codebook.centroids.shape[1]:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             raise ValueError(f"{config.codebook}: centroids of dimension {codebook.centroids.shape[1]}, but the "
                              f"{spec.name} encoder gives {encoder.dim}")
+    batch_size = config.batch_size or (1 if device == "cpu" and spec.name != "logmel" else 16)
+    run = _Runtime(device=device, dtype=config.dtype, batch_size=batch_size,
+                   min_agreement=config.min_agreement)
     tasks = [(i, shards[i], asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
-              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers) for i in todo]
-    for _ in jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(tasks),
-                               description="units extract (shards)"):
-        pass
+              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run) for i in todo]
+    agreements = [stats["agreement"] for _, stats in jobs.parallel_map(
+        _extract_shard, tasks, num_workers=workers, total=len(tasks), description="units extract (shards)")
+        if stats["agreement"] is not None]
     # Totals come from the shards on disk, so a resumed run reports the whole corpus.
     skipped: collections.Counter[str] = collections.Counter()
     num_encoded = num_frames = num_units = 0
@@ -425,7 +490,10 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
                            audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
     jobs.write_json(out / "report.json", {**asdict(report), "config": asdict(config),
-                                          "dedup_ratio": round(num_frames / max(1, num_units), 4)})
+                                          "dedup_ratio": round(num_frames / max(1, num_units), 4),
+                                          # the least share of frames, over the shards done now, whose half-
+                                          # precision unit was the float32 one
+                                          "half_precision_agreement": min(agreements) if agreements else None})
     return report
 
 

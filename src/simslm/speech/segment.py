@@ -1,0 +1,254 @@
+"""Long recordings cut into utterances at pauses: `simslm segment`.
+
+Libri-Light-style recordings last hours; every later stage reads one utterance as one
+file. A recording is cut into segments of at most `--max-sec` seconds, always between two
+stretches of speech, never inside one:
+
+- with word timings (from an importer or `simslm align`), the stretches are the words: every
+  word lies whole inside one segment, and its timings are shifted to the segment's start;
+- without them, a voice-activity detector finds the stretches: Silero VAD (the `silero-vad`
+  package, MIT, maintained, its model inside the wheel, needing only torch), whose own
+  `max_speech_duration_s` splits speech longer than a segment at its longest inner pause.
+
+Between stretches the cut goes at the longest pause that still leaves the segment at least
+`--min-sec` long (so segments are long and cuts fall in real pauses, not the first breath);
+a segment keeps at most `--margin-sec` of the silence on either side of its speech, and
+longer silences are dropped.
+
+A recording cut into several segments without word timings cannot divide its transcript:
+its segments are written untranscribed (transcript "", as speech-only corpora such as
+Libri-Light are) and counted, so the report says how many; align such recordings first to
+keep their text.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from simslm import jobs
+from simslm.config import Config, ConfigError, check_positive
+from simslm.speech import audio
+from simslm.speech.manifest import Utterance, Word, read_manifest, write_manifest
+
+TRANSCRIPT_DROPPED = "transcript dropped (cut without word timings; align it first to keep it)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentConfig(Config):
+    """What `simslm segment` does."""
+
+    manifest: str
+    """Manifest of the long recordings."""
+    out: str
+    """The segments' manifest; their audio goes to <OUT's folder>/<OUT's stem>-segments/, a folder per recording."""
+    max_sec: float = 20.0
+    """Longest segment, in seconds."""
+    min_sec: float | None = None
+    """Prefer cuts leaving segments at least this long (default: half of --max-sec)."""
+    margin_sec: float = 0.2
+    """Silence kept before and after a segment's speech, at most (and at most half the pause)."""
+    by: Literal["auto", "words", "vad"] = "auto"
+    """What finds the pauses: words (word timings), vad (Silero VAD), auto (words when a recording has them)."""
+    vad_threshold: float = 0.5
+    """vad: speech probability above which a frame is speech (Silero's default)."""
+    vad_min_silence_sec: float = 0.3
+    """vad: a pause shorter than this does not end a stretch of speech."""
+    num_workers: int = 0
+    """Worker processes; 0 = one per core."""
+
+    def check(self) -> None:
+        check_positive(self, "max_sec", "vad_min_silence_sec")
+        check_positive(self, "margin_sec", "num_workers", allow_zero=True)
+        if not 0 < self.vad_threshold < 1:
+            raise ConfigError(f"--vad-threshold must be between 0 and 1, not {self.vad_threshold}")
+        if self.max_sec <= 2 * self.margin_sec:
+            raise ConfigError(f"--max-sec {self.max_sec} leaves no room for speech between margins of "
+                              f"--margin-sec {self.margin_sec}")
+        if self.min_sec is not None and not 0 <= self.min_sec <= self.max_sec:
+            raise ConfigError(f"--min-sec must be between 0 and --max-sec ({self.max_sec}), not {self.min_sec}")
+
+
+def plan_segments(stretches: list[tuple[float, float]], duration: float, *, max_sec: float, min_sec: float,
+                  margin_sec: float) -> list[tuple[float, float, int, int]]:
+    """Cut sorted speech stretches (start, end) into segments: (start, end, first stretch, stretch after the last).
+
+    No stretch is ever split. A single stretch longer than `max_sec` becomes a segment of its own, longer than
+    asked; the caller counts it.
+    """
+    segments, first = [], 0
+    while first < len(stretches):
+        start = stretches[first][0]
+        # The stretches that fit after `first` with a margin on either side (at least one, whatever its length).
+        last = first
+        while last + 1 < len(stretches) and stretches[last + 1][1] - start + 2 * margin_sec <= max_sec:
+            last += 1
+        if last + 1 < len(stretches):
+            # Cut after the stretch followed by the longest pause, among those leaving a segment of min_sec or more
+            # (all of them when none does); a later cut wins a tie, for longer segments.
+            candidates = [k for k in range(first, last + 1) if stretches[k][1] - start + 2 * margin_sec >= min_sec]
+            candidates = candidates or list(range(first, last + 1))
+            last = max(candidates, key=lambda k: (stretches[k + 1][0] - stretches[k][1], k))
+        segments.append((first, last + 1))
+        first = last + 1
+    # Margins: at most margin_sec of silence, and at most half the pause shared with a neighbour.
+    planned = []
+    for index, (first, stop) in enumerate(segments):
+        before = stretches[first][0] - (stretches[first - 1][1] if first else 0.0)
+        after = (stretches[stop][0] if stop < len(stretches) else duration) - stretches[stop - 1][1]
+        before = before / 2 if first else before
+        after = after / 2 if stop < len(stretches) else after
+        start = stretches[first][0] - min(margin_sec, max(0.0, before))
+        end = stretches[stop - 1][1] + min(margin_sec, max(0.0, after))
+        planned.append((max(0.0, start), min(duration, end), first, stop))
+    return planned
+
+
+_vad_model: Any = None
+
+
+def speech_stretches(samples: np.ndarray, config: SegmentConfig) -> list[tuple[float, float]]:
+    """Silero VAD's speech stretches (seconds) of 16 kHz samples, none longer than a segment's speech."""
+    global _vad_model
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad
+    except ImportError:
+        raise ValueError("cutting without word timings needs the Silero VAD: pip install 'simslm[vad]' "
+                         "(or use --by words on recordings with word timings)") from None
+    torch.set_num_threads(threads)  # importing silero_vad sets torch to one thread for the whole process
+    if _vad_model is None:
+        with warnings.catch_warnings():  # silero-vad 6.2 loads with torch.jit and importlib's path(), both deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _vad_model = silero_vad.load_silero_vad()  # the model file inside the installed package, no download
+    stretches = silero_vad.get_speech_timestamps(
+        torch.from_numpy(samples), _vad_model, sampling_rate=audio.TARGET_SAMPLE_RATE, threshold=config.vad_threshold,
+        min_silence_duration_ms=round(config.vad_min_silence_sec * 1000),
+        max_speech_duration_s=config.max_sec - 2 * config.margin_sec)
+    return [(s["start"] / audio.TARGET_SAMPLE_RATE, s["end"] / audio.TARGET_SAMPLE_RATE) for s in stretches]
+
+
+def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> dict[str, Any]:
+    """Cut one recording into its folder (written whole or not at all): its segments as manifest lines, or a skip."""
+    utterance, audio_path, folder, config, num_workers = task
+    jobs.share_cores(num_workers)
+    folder = Path(folder)
+    done = folder / "segments.json"
+    if done.exists():  # cut by an earlier, interrupted run
+        return jobs.read_json(done)
+    by = config.by if config.by != "auto" else ("words" if utterance.words else "vad")
+    if by == "words" and not utterance.words:
+        return {"id": utterance.id, "skipped": "no word timings (--by words)"}
+    if by == "words" and utterance.timing_problems():
+        return {"id": utterance.id, "skipped": utterance.timing_problems()[0].kind.value}
+    try:
+        samples = audio.load_audio(audio_path)
+        duration = len(samples) / audio.TARGET_SAMPLE_RATE
+        stretches = ([(w.start_sec, w.end_sec) for w in utterance.words] if by == "words"
+                     else speech_stretches(samples, config))
+    except audio.AudioError as error:
+        return {"id": utterance.id, "skipped": error.kind.value}
+    if not stretches:
+        return {"id": utterance.id, "skipped": "no speech found"}
+    min_sec = config.max_sec / 2 if config.min_sec is None else config.min_sec
+    planned = plan_segments(stretches, duration, max_sec=config.max_sec, min_sec=min_sec,
+                            margin_sec=config.margin_sec)
+    lines, notes = [], collections.Counter()
+    with jobs.atomic_path(folder) as building:
+        building.mkdir(parents=True)
+        for number, (start, end, first, stop) in enumerate(planned):
+            identifier = f"{utterance.id}-{number:04d}"
+            name = f"{identifier.replace('/', '_')}.flac"
+            audio.write_audio(building / name, samples[round(start * audio.TARGET_SAMPLE_RATE):
+                                                       round(end * audio.TARGET_SAMPLE_RATE)])
+            words = None
+            if by == "words":
+                words = tuple(Word(word=w.word, start_sec=round(w.start_sec - start, 3),
+                                   end_sec=round(w.end_sec - start, 3)) for w in utterance.words[first:stop])
+                transcript = " ".join(w.word for w in words)
+            elif len(planned) == 1:
+                transcript = utterance.transcript
+            else:
+                transcript = ""
+            if end - start > config.max_sec + 1e-6:
+                notes["segments over --max-sec (one word or stretch alone is longer)"] += 1
+            lines.append(Utterance(
+                id=identifier, audio=f"{folder.name}/{name}", sample_rate=audio.TARGET_SAMPLE_RATE,
+                duration_sec=round((round(end * audio.TARGET_SAMPLE_RATE) - round(start * audio.TARGET_SAMPLE_RATE))
+                                   / audio.TARGET_SAMPLE_RATE, 3),
+                transcript=transcript, speaker=utterance.speaker, words=words,
+                meta={**utterance.meta, "recording": utterance.id, "start_sec": round(start, 3),
+                      "end_sec": round(end, 3), "cut_by": "word timings" if by == "words" else "silero-vad"}
+            ).to_json())
+        if by == "vad" and len(planned) > 1 and utterance.transcript:
+            notes[TRANSCRIPT_DROPPED] += 1
+        result = {"id": utterance.id, "segments": lines, "notes": dict(notes), "audio_sec": duration}
+        jobs.write_json(building / "segments.json", result)
+    return result
+
+
+@dataclass(frozen=True)
+class SegmentReport:
+    """What `simslm segment` wrote and skipped."""
+
+    manifest: str
+    num_recordings: int
+    num_segments: int
+    num_skipped: int
+    skipped_by_reason: dict[str, int]
+    notes: dict[str, int]
+    audio_sec: float
+    wall_sec: float
+
+
+def segment_manifest(config: SegmentConfig) -> SegmentReport:
+    """Cut every recording of a manifest; resumable recording by recording, the manifest written last."""
+    started = time.perf_counter()
+    source, out = Path(config.manifest), Path(config.out)
+    recordings = read_manifest(source)
+    segments_dir = out.parent / f"{out.stem}-segments"
+    names = {}
+    for utterance in recordings:
+        # One folder per recording; ids that differ only in characters a path cannot hold get a number.
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in utterance.id).lstrip(".") or "recording"
+        names[utterance.id] = name if name not in names.values() else f"{name}~{len(names)}"
+    workers = min(config.num_workers or jobs.default_workers(), max(1, len(recordings)))
+    tasks = [(u, str(u.audio_path(source.parent)), str(segments_dir / names[u.id]), config, workers)
+             for u in recordings]
+    by_id, skipped, notes = {}, collections.Counter(), collections.Counter()
+    try:
+        for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=len(tasks),
+                                        description="segment"):
+            if "skipped" in result:
+                skipped[result["skipped"]] += 1
+            else:
+                by_id[result["id"]] = result
+                notes.update(result["notes"])
+    except ValueError:
+        if not any(segments_dir.glob("*/segments.json")):
+            shutil.rmtree(segments_dir, ignore_errors=True)
+        raise
+    if not by_id:
+        raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
+    # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
+    prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
+    utterances = [Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})
+                  for recording in recordings if recording.id in by_id for line in by_id[recording.id]["segments"]]
+    write_manifest(out, utterances)
+    if notes.get(TRANSCRIPT_DROPPED):
+        print(f"[segment] {notes[TRANSCRIPT_DROPPED]} recording(s) cut without word timings are written "
+              f"untranscribed; run `simslm align` on them first to keep their text", file=sys.stderr)
+    return SegmentReport(manifest=str(out), num_recordings=len(recordings), num_segments=len(utterances),
+                         num_skipped=sum(skipped.values()), skipped_by_reason=dict(skipped), notes=dict(notes),
+                         audio_sec=round(sum(r["audio_sec"] for r in by_id.values()), 3),
+                         wall_sec=round(time.perf_counter() - started, 3))

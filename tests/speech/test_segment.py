@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from simslm import assets
+from simslm.cli import main
+from simslm.speech import audio
+from simslm.speech.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
+from simslm.speech.segment import TRANSCRIPT_DROPPED, SegmentConfig, plan_segments, segment_manifest
+
+RATE = audio.TARGET_SAMPLE_RATE
+UTTERANCES = ("1272-128104-0000", "2412-153948-0000", "61-70968-0000")
+
+
+def _samples(name: str) -> np.ndarray:
+    return audio.load_audio(assets.resolve("librispeech-samples").file(f"{name}.flac"))
+
+
+def _words(name: str) -> list[dict]:
+    """Word timings from the mirror's CTM (utterance, channel, start, duration, word)."""
+    lines = assets.resolve("librispeech-samples").file(f"{name}.ctm").read_text().split("\n")
+    return [{"word": f[4], "start": float(f[2]), "end": round(float(f[2]) + float(f[3]), 3)}
+            for f in (line.split() for line in lines) if len(f) == 5]
+
+
+def _long_recording(tmp_path, times: int = 3, gap_sec: float = 1.0, with_words: bool = True):
+    """The timed LibriSpeech utterance `times` times with `gap_sec` of silence between: (manifest, samples)."""
+    piece, words, parts, timed = _samples(UTTERANCES[0]), _words(UTTERANCES[0]), [], []
+    for copy in range(times):
+        offset = sum(len(p) for p in parts) / RATE
+        parts += [piece, np.zeros(round(gap_sec * RATE), np.float32)]
+        timed += [Word(word=w["word"], start_sec=round(w["start"] + offset, 3), end_sec=round(w["end"] + offset, 3))
+                  for w in words]
+    samples = np.concatenate(parts)
+    audio.write_audio(tmp_path / "long.flac", samples)
+    transcript = " ".join(w.word for w in timed)
+    write_manifest(tmp_path / "long.jsonl", [Utterance(
+        id="book/ch1", audio="long.flac", sample_rate=RATE, duration_sec=round(len(samples) / RATE, 3),
+        transcript=transcript, speaker="reader", words=tuple(timed) if with_words else None)])
+    return tmp_path / "long.jsonl", audio.load_audio(tmp_path / "long.flac"), timed
+
+
+def test_the_plan_never_splits_a_stretch_and_cuts_at_the_longest_pause():
+    # Pauses of 0.1 s, except a 1 s pause after stretch 3 and a 0.5 s one after stretch 1.
+    stretches, t = [], 0.0
+    for pause in (0.1, 0.5, 0.1, 1.0, 0.1, 0.1, 0.1):
+        stretches.append((t, t + 1.0))
+        t += 1.0 + pause
+    planned = plan_segments(stretches, t, max_sec=5.5, min_sec=2.0, margin_sec=0.2)
+    assert [(first, stop) for _, _, first, stop in planned] == [(0, 4), (4, 7)]  # cut at the 1 s pause
+    assert all(end - start <= 5.5 for start, end, _, _ in planned)
+    assert planned[0][1] == pytest.approx(4.7 + 0.2) and planned[1][0] == pytest.approx(5.7 - 0.2)
+    # Shorter segments: the 0.5 s pause would leave one of 1 s, under min_sec, so the cuts go at 0.1 s pauses.
+    planned = plan_segments(stretches, t, max_sec=3.0, min_sec=2.0, margin_sec=0.0)
+    assert [(first, stop) for _, _, first, stop in planned] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    # One stretch longer than a segment is its own segment, whole.
+    assert [(f, s) for _, _, f, s in plan_segments([(0, 1), (1.5, 9), (9.5, 10)], 10, max_sec=4, min_sec=0,
+                                                    margin_sec=0)] == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_word_timings_keep_every_word_whole_and_shifted(tmp_path):
+    manifest, samples, timed = _long_recording(tmp_path)
+    out = tmp_path / "out" / "segments.jsonl"
+    report = segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), max_sec=8.0, num_workers=1))
+    assert validate_manifest(out) == []
+    segments = read_manifest(out)
+    assert report.num_segments == len(segments) >= 3 and report.num_skipped == 0
+    # Every word once, in order, inside its segment, at its own time in the recording.
+    assert [w.word for s in segments for w in s.words] == [w.word for w in timed]
+    recording_times = []
+    for segment in segments:
+        assert segment.duration_sec <= 8.0 and segment.meta["cut_by"] == "word timings"
+        assert segment.transcript == " ".join(w.word for w in segment.words)
+        assert all(0 <= w.start_sec <= w.end_sec <= segment.duration_sec + 1e-3 for w in segment.words)
+        recording_times += [(w.start_sec + segment.meta["start_sec"], w.end_sec + segment.meta["start_sec"])
+                            for w in segment.words]
+        # The segment's audio is the recording's samples from its start.
+        cut = audio.load_audio(out.parent / segment.audio)
+        start = round(segment.meta["start_sec"] * RATE)
+        np.testing.assert_allclose(cut, samples[start:start + len(cut)], atol=1e-4)
+    np.testing.assert_allclose(recording_times, [(w.start_sec, w.end_sec) for w in timed], atol=2e-3)
+    # Segments do not overlap, and the cut between two falls in a pause between words.
+    for before, after in zip(segments, segments[1:]):
+        assert before.meta["end_sec"] <= after.meta["start_sec"] + 1e-6
+    assert segments[0].id == "book/ch1-0000" and segments[0].speaker == "reader"
+    # A re-run finds every recording done and writes the same manifest.
+    first = out.read_text()
+    segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), max_sec=8.0, num_workers=1))
+    assert out.read_text() == first
+
+
+def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):
+    pytest.importorskip("silero_vad")
+    parts, spans = [], []
+    for name in UTTERANCES:  # three speakers, 1.5 s of silence between them
+        start = sum(len(p) for p in parts) / RATE
+        parts += [_samples(name), np.zeros(round(1.5 * RATE), np.float32)]
+        spans.append((start, start + len(parts[-2]) / RATE))
+    samples = np.concatenate(parts)
+    audio.write_audio(tmp_path / "three.flac", samples)
+    write_manifest(tmp_path / "long.jsonl", [
+        Utterance(id="three", audio="three.flac", sample_rate=RATE, duration_sec=round(len(samples) / RATE, 3),
+                  transcript="SOME TEXT NOT TIMED"),
+        Utterance(id="gone", audio="missing.flac", sample_rate=RATE, duration_sec=3.0, transcript="NO FILE")])
+    out = tmp_path / "segments.jsonl"
+    report = segment_manifest(SegmentConfig(manifest=str(tmp_path / "long.jsonl"), out=str(out), max_sec=12.0,
+                                            num_workers=1))
+    assert report.skipped_by_reason == {"file does not exist": 1}
+    assert report.notes == {TRANSCRIPT_DROPPED: 1}
+    assert validate_manifest(out) == []  # untranscribed segments are valid manifest lines
+    segments = read_manifest(out)
+    assert all(s.transcript == "" and s.words is None and s.duration_sec <= 12.0 for s in segments)
+    # The whole of each utterance lies inside one segment: cuts fall in the silences between them (or inside
+    # an utterance's own pauses when one alone is longer than a segment: none is here).
+    for start, end in spans:
+        holding = [s for s in segments if s.meta["start_sec"] <= start + 0.35 and end - 0.35 <= s.meta["end_sec"]]
+        assert len(holding) == 1, (start, end, [(s.meta["start_sec"], s.meta["end_sec"]) for s in segments])
+
+
+def test_the_command_line_and_its_errors(tmp_path, capsys):
+    manifest, _, _ = _long_recording(tmp_path, times=2, with_words=False)
+    out = tmp_path / "out.jsonl"
+    assert main(["segment", "--manifest", str(manifest), "--out", str(out), "--by", "words"]) == 2
+    assert "no recording could be cut" in capsys.readouterr().err and not out.exists()
+    assert main(["segment", "--manifest", str(manifest), "--out", str(out), "--max-sec", "0.3"]) == 2
+    assert "leaves no room" in capsys.readouterr().err
