@@ -1,12 +1,13 @@
 """Training throughput and MFU for several model sizes, and our loop vs a Hugging Face Trainer.
 
-    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 [--compile]
 
 Data: TinyStories text through tok512, packed to 256 tokens. Each size trains for
 `--steps` steps of batch 8 in fp32 on the CPU; tokens/s is the median over steps after
 the first 3. MFU divides 6N x tokens/s by the fp32 matrix-multiply FLOP/s measured in the
 same run. The Trainer comparison uses the same model, batches, optimiser settings and
-schedule, and times both whole training loops, alternating the runs.
+schedule, alternating the runs, and reports the median step (after 3 warm-up steps) and
+the whole loop (compiling included) of each, as ratios to the Trainer's.
 """
 
 from __future__ import annotations
@@ -27,17 +28,19 @@ from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, measure_peak_flops, train
 
 
-def our_loop(data: str, depth: int, steps: int, run_dir: Path) -> tuple[float, float, float]:
-    """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput."""
+def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_step: bool = False
+             ) -> tuple[float, float, float]:
+    """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput (compiling included)."""
     train(TrainConfig(run_dir=str(run_dir), data=data, base_model=f"family:{depth}", init="random",
-                      budget_tokens=steps * 8 * 256, batch_size=8, checkpoint_every=10 ** 9))
+                      budget_tokens=steps * 8 * 256, batch_size=8, checkpoint_every=10 ** 9, compile=compile_step))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     loop_seconds = sum(8 * 256 / m["tokens_per_sec"] for m in lines)
     return (statistics.median(m["tokens_per_sec"] for m in lines[3:]), statistics.median(m["mfu"] for m in lines[3:]),
             steps * 8 * 256 / loop_seconds)
 
 
-def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> float:
+def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> tuple[float, float]:
+    """Median step throughput after 3 warm-up steps, and whole-loop throughput."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -55,10 +58,16 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> float:
             return {"input_ids": ids, "labels": ids}
 
     class LoopTimer(TrainerCallback):
-        """Wall time of the training loop, from its start to its end (data loading included)."""
+        """Wall time of the training loop, from its start to its end (data loading included), and of each step."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            self.started, self.steps = time.perf_counter(), []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(time.perf_counter() - self.step_started)
 
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds = time.perf_counter() - self.started
@@ -69,14 +78,15 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path) -> float:
                                   max_grad_norm=0.5, report_to=[], save_strategy="no", logging_strategy="no",
                                   dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True)
     Trainer(model=model, args=arguments, train_dataset=Chunks(), callbacks=[timer]).train()
-    return steps * 8 * 256 / timer.seconds
+    return 8 * 256 / statistics.median(timer.steps[3:]), steps * 8 * 256 / timer.seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", default="2,4,8")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--compare-depth", type=int, default=4)
+    parser.add_argument("--compare-depths", default="2,4")
+    parser.add_argument("--compile", action="store_true", help="also race simslm train --compile")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -92,17 +102,26 @@ def main() -> None:
             parameters = model_lib.family_parameters(depth, vocab_size)
             rows.append((f"simslm train, depth {depth} ({parameters / 1e6:.2f}M params), batch 8 x 256, fp32 CPU",
                          f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%"))
-        # Alternate the two so drift in the machine's speed hits both alike; compare whole
-        # training loops (first step to last, data loading included) on the same model and data.
-        ours, theirs = [], []
-        for repeat in range(args.repeats):
-            ours.append(our_loop(data, args.compare_depth, args.steps, scratch / f"again-{repeat}")[2])
-            theirs.append(hf_trainer(data, args.compare_depth, args.steps, scratch))
-        rows.append((f"side by side, depth {args.compare_depth}, {args.steps} steps: simslm loop vs HF Trainer "
-                     f"(whole loop, alternated, median of {args.repeats})",
-                     f"{statistics.median(ours):,.0f} vs {statistics.median(theirs):,.0f} tokens/s "
-                     f"(ratio {statistics.median(ours) / statistics.median(theirs):.2f}; ours "
-                     f"{', '.join(f'{x:,.0f}' for x in ours)}; HF {', '.join(f'{x:,.0f}' for x in theirs)})"))
+        # Alternate the contenders so drift in the machine's speed hits all alike; compare whole training loops
+        # (first step to last, data loading and compiling included) and median steps, on the same model and data.
+        for depth in [int(d) for d in args.compare_depths.split(",")]:
+            runs: dict[str, list[tuple[float, float]]] = {"simslm": [], "HF Trainer": []}
+            if args.compile:
+                runs["simslm --compile"] = []
+            for repeat in range(args.repeats):
+                runs["simslm"].append(our_loop(data, depth, args.steps, scratch / f"a-{depth}-{repeat}")[0::2])
+                if args.compile:
+                    runs["simslm --compile"].append(
+                        our_loop(data, depth, args.steps, scratch / f"c-{depth}-{repeat}", True)[0::2])
+                runs["HF Trainer"].append(hf_trainer(data, depth, args.steps, scratch))
+            hf_step = statistics.median(step for step, _ in runs["HF Trainer"])
+            hf_loop = statistics.median(loop for _, loop in runs["HF Trainer"])
+            for name, values in runs.items():
+                step = statistics.median(v[0] for v in values)
+                loop = statistics.median(v[1] for v in values)
+                rows.append((f"depth {depth}, {args.steps} steps, {name} (median of {args.repeats}, alternated)",
+                             f"step {step:,.0f} tokens/s ({step / hf_step:.2f}x HF), whole loop {loop:,.0f} tokens/s "
+                             f"({loop / hf_loop:.2f}x HF)"))
     print("| measurement | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -372,3 +372,28 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     completed = subprocess.run(torchrun("killed"), env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "reference")
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_as_the_eager_one_for_50_steps(data, tmp_path):
+    budget = 50 * 4 * 64  # 50 steps of 4 x 64
+    train(_config(data, tmp_path / "eager", budget_tokens=budget, checkpoint_every=100))
+    compiled = _config(data, tmp_path / "compiled", budget_tokens=budget, checkpoint_every=100, compile=True)
+    train(compiled)
+    eager_losses, compiled_losses = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert len(eager_losses) == len(compiled_losses) == 50
+    assert np.max(np.abs(np.asarray(compiled_losses) - eager_losses)) <= 1e-4
+
+
+def test_a_step_that_cannot_compile_says_so_and_trains_eagerly(data, tmp_path, monkeypatch, capsys):
+    import torch
+
+    def cannot_compile(function, **_):
+        def fails(*arguments):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", cannot_compile)
+    train(_config(data, tmp_path / "eager", budget_tokens=4 * 4 * 64))
+    train(_config(data, tmp_path / "fallback", budget_tokens=4 * 4 * 64, compile=True))
+    assert "--compile failed (RuntimeError: no C++ compiler found); training eagerly" in capsys.readouterr().err
+    assert _losses(tmp_path / "fallback") == _losses(tmp_path / "eager")  # eager is bit for bit the default

@@ -110,9 +110,13 @@ class TrainConfig(Config):
     allow_replan: bool = False
     """Resume a run planned for another number of processes by re-planning its remaining steps: the total
     tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
+    compile: bool = False
+    """Compile each micro-batch's forward and loss with torch.compile (1.3-1.4x steps on 2 CPU cores at depths
+    2-4, after 10-30 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to 1e-4, not bit for bit; if
+    compiling fails, the run says so and trains eagerly."""
 
     # Fields that may change between a run's first start and its resumes.
-    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard")
+    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile")
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -132,6 +136,8 @@ class TrainConfig(Config):
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
+        if self.compile and self.fsdp:
+            raise ConfigError("--compile with --fsdp is not supported: compile per layer is not wired up yet")
 
 
 @dataclass(frozen=True)
@@ -555,7 +561,31 @@ def chunked_loss_module(model, chunk_tokens: int):
 
 def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
                   chunked: bool = False) -> tuple[Any, list[float]]:
-    """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets.
+    """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets."""
+    loss_sum, totals = _loss_and_totals(model, tokens, positions, _token_kinds(vocabulary, tokens.device), autocast,
+                                        chunked)
+    return loss_sum, _sum_count_pairs(totals)
+
+
+def _sum_count_pairs(totals) -> list[float]:
+    """[sum, count] of all / speech / text from `_loss_and_totals`'s tensor: the micro-batch's one transfer."""
+    totals = totals.tolist()
+    return [totals[0], totals[3], totals[1], totals[4], totals[2], totals[5]]
+
+
+def _token_kinds(vocabulary: Vocabulary, device) -> tuple[int, int, int, Any]:
+    """What `_loss_and_totals` needs of the vocabulary: pad id, unit id range, and the ids neither text nor speech."""
+    import torch
+
+    specials = torch.tensor([vocabulary.speech_id, vocabulary.text_id, vocabulary.pad_id,
+                             *vocabulary.tokenizer.all_special_ids], device=device)
+    return vocabulary.pad_id, vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units, specials
+
+
+def _loss_and_totals(model, tokens, positions, kinds, autocast, chunked: bool = False):
+    """Summed loss over the scored targets, and the loss sums on all / speech / text targets then their counts, as
+    one tensor. Tensors only, no transfer to the host: `--compile` compiles this whole function, so the cross-
+    entropy and the masks fuse with the model's last layers.
 
     The positions restart at every document of a packed row; with them (and no attention
     mask) transformers attends within each document only, as variable-length attention does.
@@ -564,6 +594,7 @@ def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
     import torch
     import torch.nn.functional as F
 
+    pad_id, unit_low, unit_high, specials = kinds
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with autocast:
         if chunked:
@@ -575,17 +606,38 @@ def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
         losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                  reduction="none")
     flat = targets.reshape(-1)
-    scored = ((positions[:, 1:] != 0) & (targets != vocabulary.pad_id)).reshape(-1)
-    speech = (flat >= vocabulary.unit_offset) & (flat < vocabulary.unit_offset + vocabulary.num_units) & scored
-    specials = torch.tensor([vocabulary.speech_id, vocabulary.text_id, vocabulary.pad_id,
-                             *vocabulary.tokenizer.all_special_ids], device=flat.device)
+    scored = ((positions[:, 1:] != 0) & (targets != pad_id)).reshape(-1)
+    speech = (flat >= unit_low) & (flat < unit_high) & scored
     text = scored & ~speech & ~torch.isin(flat, specials)
     # One (3 x N) product and one transfer: per-modality bookkeeping costs ~1% of a step
     # this way, against ~8% with boolean indexing and separate .item() calls (docs/LOG.md).
     masks = torch.stack([scored, speech, text]).to(losses.dtype)
-    totals = torch.cat([masks @ losses.detach(), masks.sum(dim=1)]).tolist()
-    sums = [totals[0], totals[3], totals[1], totals[4], totals[2], totals[5]]
-    return (losses * masks[0]).sum(), sums
+    return (losses * masks[0]).sum(), torch.cat([masks @ losses.detach(), masks.sum(dim=1)])
+
+
+class _StepLosses:
+    """`_loss_and_totals`, compiled with torch.compile when asked; a first call that cannot compile says why and
+    falls back to eager for the rest of the run (later failures are real ones and raise)."""
+
+    def __init__(self, compile_step: bool, quiet: bool):
+        import torch
+
+        self.function = torch.compile(_loss_and_totals, dynamic=False) if compile_step else _loss_and_totals
+        self.untried, self.quiet = compile_step, quiet
+
+    def __call__(self, *arguments):
+        if not self.untried:
+            return self.function(*arguments)
+        self.untried = False
+        try:
+            return self.function(*arguments)
+        except Exception as error:  # inductor's failures have many types (no C++ compiler, an unsupported op)
+            if not self.quiet:
+                print(f"simslm train: warning: --compile failed ({error.__class__.__name__}: "
+                      f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); training eagerly",
+                      file=sys.stderr)
+            self.function = _loss_and_totals
+            return self.function(*arguments)
 
 
 def _logged_step(line: str) -> int | None:
@@ -765,6 +817,8 @@ def train(config: TrainConfig) -> RunResult | None:
     trained = DistributedDataParallel(core) if data_parallel else core
     # bf16 autocast only on GPU: on this CPU bf16 matmuls are ~100x slower than fp32.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main)
+    kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = measure_peak_flops("cuda" if on_cuda else "cpu") if distributed.is_main else 0.0
 
     # Loop.
@@ -785,10 +839,9 @@ def train(config: TrainConfig) -> RunResult | None:
             last = micro == config.grad_accumulation - 1
             sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
             with sync:
-                loss_sum, sums = _token_losses(trained, *_to_device(batch, distributed.device), vocabulary, autocast,
-                                               chunked)
+                loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast, chunked)
                 (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
-            totals = [a + b for a, b in zip(totals, sums)]
+            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums))]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         optimizer.step()
