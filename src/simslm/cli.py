@@ -289,12 +289,18 @@ def _fit(config) -> int:
     fits, out = fit_source(config)
     for variant, fit in fits["variants"].items():
         law, approach3 = fit["approach3"]["law"], fit["approach3"]
-        print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
-              f"{law['B']:.4g}/D^{law['beta']:.4g}"
-              f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
-              f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
-        print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
-              f"(approach 2: {fit['approach2']['a']:.3f}, approach 1: {fit['approach1']['a']:.3f})")
+        others = f"approach 2: {fit['approach2']['a']:.3f}, approach 1: {fit['approach1']['a']:.3f}"
+        if approach3.get("degenerate"):
+            # Its numbers stay in fit.json, but printed beside sound ones they would be read as a result.
+            print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")
+            print(f"  N_opt ~ C^a: {others}")
+        else:
+            print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
+                  f"{law['B']:.4g}/D^{law['beta']:.4g}"
+                  f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
+                  f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
+            print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
+                  f"({others})")
         for warning in fit.get("warnings", []):
             print(f"  warning: {warning}")
     print(f"-> {out}")

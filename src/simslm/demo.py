@@ -200,15 +200,18 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         low, high = approach3["ci_a"]
         smallest = min(row["parameters"] for row in rows)
         at_edge = [b for b in budgets if best.get(("interleaved-twist", b), {}).get("parameters") == smallest]
-        if at_edge:
+        if approach3.get("degenerate"):
+            allocation = f"cannot be judged (the parametric fit is degenerate: {'; '.join(approach3['degenerate'])})"
+        elif at_edge:
             allocation = (f"cannot be judged (the smallest model is the best at {len(at_edge)} of {len(budgets)} "
                           f"budgets, so the grid does not bracket the optimum and the exponents extrapolate)")
         else:
             allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
                           "is not resolved (the interval includes 0.5)")
+        approach3_a = "" if approach3.get("degenerate") else f"a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], "
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
-                     f"here: a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], approach 2 a = "
-                     f"{main['approach2']['a']:.3f}, approach 1 a = {main['approach1']['a']:.3f}.")
+                     f"here: {approach3_a}approach 2 a = {main['approach2']['a']:.3f}, approach 1 a = "
+                     f"{main['approach1']['a']:.3f}.")
     accuracies = [(row, name, result) for row in rows for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]
     if accuracies:

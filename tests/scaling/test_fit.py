@@ -139,10 +139,33 @@ def test_a_table_without_budgets_is_bootstrapped_over_rows_and_its_intervals_cov
 def test_a_fit_says_when_it_is_not_sure():
     few = _isoflop_grid(TRUE, noise=0.01).subset(np.arange(0, 35, 5))  # 7 points, one size per budget
     fit = fit_all(few, num_resamples=20)
-    text = " ".join(fit["warnings"])
-    assert "only 7 points for a 5-parameter law" in text
-    assert "approach 2 could not be computed: no budget has runs of 3 or more sizes" in text
-    assert fit_all(_isoflop_grid(TRUE, noise=0.005), num_resamples=20)["warnings"] == []
+    assert "only 7 points for its 5 parameters" in " ".join(fit["approach3"]["degenerate"])
+    assert "approach 2 could not be computed: no budget has runs of 3 or more sizes" in " ".join(fit["warnings"])
+    sound = fit_all(_isoflop_grid(TRUE, noise=0.005), num_resamples=20)
+    assert sound["warnings"] == [] and sound["approach3"]["degenerate"] == []
+
+
+def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_path, capsys):
+    from simslm.cli import main
+    from simslm.scaling.report import fit_tables
+
+    # One budget, four sizes (the demo's bracketing grid): every resample refits the same law.
+    parameters = np.array([3e4, 8.8e4, 1.5e5, 4e5])
+    points = Points(parameters, 4e12 / (6 * parameters), np.array([3.30, 3.19, 3.22, 3.37]), np.full(4, 4e12))
+    fit = fit_all(points, num_resamples=20)
+    assert "only 4 points" in " ".join(fit["approach3"]["degenerate"])
+    assert "is a single point" in " ".join(fit["warnings"])
+    tables = fit_tables({"v": fit})
+    assert "degenerate: not shown" in tables and "approach 3 (parametric)" not in tables
+    table = tmp_path / "runs.csv"
+    table.write_text("parameters,tokens,loss,flops\n" + "".join(
+        f"{float(n)!r},{float(d)!r},{float(loss)!r},4e12\n" for n, d, loss in zip(points.parameters, points.tokens,
+                                                                        points.loss)))
+    assert main(["fit", str(table), "--num-resamples", "20", "--out", str(tmp_path / "fit.json")]) == 0
+    out = capsys.readouterr().out
+    assert "approach 3 is degenerate, its law not shown" in out and "L = " not in out
+    assert main(["plan", "--flops", "1e13", "--fit", str(tmp_path / "fit.json")]) == 2
+    assert "is degenerate" in capsys.readouterr().err
 
 
 def test_one_budget_gives_no_envelope_law_and_says_so():

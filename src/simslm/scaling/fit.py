@@ -412,25 +412,43 @@ def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convent
                                      "source": "Cuervo & Marxer (2024)"}}
     result["metrics"] = {name: metric_power_law(flops, values, num_resamples=num_resamples, seed=seed)
                          for name, (flops, values) in (metrics or {}).items()}
+    result["approach3"]["degenerate"] = degenerate_reasons(points, result["approach3"])
     result["warnings"] = fit_warnings(points, result)
     return result
 
 
-def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
-    """What makes a fit less sure than its intervals say: few points, a parameter on its bound, no approach 2."""
-    warnings = []
+def degenerate_reasons(points: Points, fit: dict[str, Any]) -> list[str]:
+    """Why approach 3's law says nothing about these data (empty when it is a fit): too few points for its five
+    parameters, a parameter on the bound of its search, or an unbounded bootstrap interval. A degenerate law is
+    named as such instead of printed, drawn or planned from (issue 18). An interval that is a single point is a
+    warning only (`fit_warnings`): data without noise give exactly that, with a law that is right."""
+    reasons = []
     if len(points) < 2 * 5:
-        warnings.append(f"only {len(points)} points for a 5-parameter law (fewer than twice as many): its fit and "
-                        f"intervals are not to be trusted")
+        reasons.append(f"only {len(points)} points for its 5 parameters (fewer than twice as many)")
+    law = fit["law"]
+    theta = (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
+    for name, value, (low, high) in zip(("A", "B", "E", "alpha", "beta"), theta, PARAMETER_BOUNDS):
+        if min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high)):
+            reasons.append(f"{name} ended on the bound of its search ({law[name]:.4g}): the data do not determine it")
+    unbounded = [name for name, (low, high) in fit["ci"].items() if not (np.isfinite(low) and np.isfinite(high))]
+    if unbounded:
+        reasons.append(f"the bootstrap interval of {', '.join(unbounded)} is unbounded")
+    return reasons
+
+
+def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
+    """What makes a fit less sure than its intervals say, beyond approach 3 being degenerate: repeated rows,
+    intervals that are a point, no approach 1 or 2."""
+    warnings = []
     rows = np.stack([points.parameters, points.tokens, points.loss], axis=1)
     duplicates = len(rows) - len(np.unique(rows, axis=0))
     if duplicates:
         warnings.append(f"{duplicates} row(s) repeat another one exactly: each counts twice in the fit")
-    law = fit["approach3"]["law"]
-    theta = (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
-    for name, value, (low, high) in zip(("A", "B", "E", "alpha", "beta"), theta, PARAMETER_BOUNDS):
-        if min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high)):
-            warnings.append(f"{name} ended on the bound of its search ({law[name]:.4g}): the data do not determine it")
+    collapsed = [name for name, (low, high) in fit["approach3"]["ci"].items()
+                 if np.isfinite(low) and np.isfinite(high) and high - low <= 1e-9 * max(1.0, abs(high))]
+    if collapsed:
+        warnings.append(f"the bootstrap interval of {', '.join(collapsed)} is a single point: every resample refits "
+                        f"the same law (data without noise, or one isoFLOP group), so it measures nothing")
     if not np.isfinite(fit["approach1"]["a"]):
         warnings.append(f"approach 1 could not be computed: the lowest-loss runs span less than "
                         f"{APPROACH1_MIN_SPAN:g}x of compute, or are all one size")
@@ -479,6 +497,10 @@ def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
     variant = config.variant or next(iter(fits), None)
     if variant not in fits:
         raise ValueError(f"{config.fit} has no variant '{variant}' ({', '.join(fits) or 'none'})")
+    degenerate = fits[variant]["approach3"].get("degenerate")
+    if degenerate:
+        raise ValueError(f"{config.fit}: the law of variant '{variant}' is degenerate ({'; '.join(degenerate)}); "
+                         f"fit more runs, or plan from the textless law (no --fit)")
     return fits[variant], f"{config.fit} ({variant})"
 
 

@@ -54,8 +54,9 @@ def plot_best_loss(rows, fits, folder: Path) -> str:
     for colour, variant in zip(COLOURS, sorted({r["variant"] for r in rows})):
         budgets, best = _best_per_budget([r for r in rows if r["variant"] == variant])
         axes.plot(budgets, best, "o", color=colour, label=f"{variant} (best run per budget)")
-        law = fits.get(variant, {}).get("approach3", {}).get("law")
-        if law:
+        approach3 = fits.get(variant, {}).get("approach3", {})
+        law = approach3.get("law")
+        if law and not approach3.get("degenerate"):  # a degenerate law would be drawn as if it were a result
             axes.plot(flops_range, Law(**law).best_loss(flops_range), "-", color=colour, alpha=0.7,
                       label=f"{variant}: fitted law")
     reference = Law(**TEXTLESS_REFERENCE)
@@ -144,13 +145,16 @@ def fit_tables(fits: dict[str, Any]) -> str:
     law_rows, exponent_rows, metric_rows = [], [], []
     for variant, fit in fits.items():
         approach3 = fit["approach3"]
-        for name in ("E", "A", "B", "alpha", "beta"):
+        if approach3.get("degenerate"):
+            law_rows.append([variant, "degenerate: not shown", "; ".join(approach3["degenerate"]), "", ""])
+        for name in ("E", "A", "B", "alpha", "beta") if not approach3.get("degenerate") else ():
             law_rows.append([variant, name, approach3["law"][name], _interval(approach3["ci"][name]),
                              TEXTLESS_REFERENCE[name]])
         exponent_rows.append([variant, "approach 1 (envelope)", fit["approach1"]["a"], "", fit["approach1"]["b"]])
         exponent_rows.append([variant, "approach 2 (isoFLOP)", fit["approach2"]["a"], "", fit["approach2"]["b"]])
-        exponent_rows.append([variant, "approach 3 (parametric)", approach3["a"], _interval(approach3["ci_a"]),
-                              approach3["b"]])
+        if not approach3.get("degenerate"):
+            exponent_rows.append([variant, "approach 3 (parametric)", approach3["a"], _interval(approach3["ci_a"]),
+                                  approach3["b"]])
         for name, law in fit.get("metrics", {}).items():
             reference = TEXTLESS_EXPONENTS.get(name.split("/")[0].lower(), "")
             metric_rows.append([variant, name, law["gamma"], _interval(law["ci_gamma"]), reference, law["num_points"]])
