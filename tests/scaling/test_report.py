@@ -48,11 +48,24 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert fits["variants"]["interleaved-twist"]["approach3"]["law"]["alpha"] > 0
     page = report.write_report(tmp_path, summary="hello summary")
     text = page.read_text()
-    for image in ("best_loss_vs_compute.png", "variants_vs_compute.png", "isoflop.png", "accuracy_vs_compute.png"):
-        assert f'src="{image}"' in text
-        assert (page.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "accuracy_vs_compute"):
+        assert f'src="{stem}.svg"' in text and f'href="{stem}.png"' in text
+        assert (page.parent / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+        with Image.open(page.parent / f"{stem}.png") as png:
+            assert png.format == "PNG" and round(png.info["dpi"][0]) == 300
+    # A caption under every figure, saying what it shows.
+    assert text.count("<figure>") == text.count("<figcaption>") == 4
+    assert "compare its slope, not its level" in text and "95% bootstrap band" in text
     assert "Cuervo" in text and "hello summary" in text and "approach 3" in text and "tsc/S" in text
     assert text.count("<tr>") > 24  # runs table plus fit tables
+    assert "tsc/S (95% CI)" in text and "% [" in text  # accuracies with their intervals
+    # The figures carry the intervals: the law's band, the extrapolated part, accuracy error bars.
+    best = (page.parent / "best_loss_vs_compute.svg").read_text()
+    assert "fitted law, 95% band" in best and "beyond the data" in best
+    assert "(95% CI)" in (page.parent / "accuracy_vs_compute.svg").read_text()
+    assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
 
 
 def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):

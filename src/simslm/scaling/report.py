@@ -1,9 +1,12 @@
-"""The sweep report: one HTML page with PNG plots and tables, drawn from the ledger and fit.json.
+"""The sweep report: one HTML page with figures and tables, drawn from the ledger and fit.json.
 
 Figures follow the paper's (Maimon et al. 2025): best speech loss per compute beside the
 textless law of Cuervo & Marxer (Figure 1), interleaved vs textless vs random-init curves
 (Figure 3), isoFLOP curves of speech loss against model size (Figure 4), and benchmark
-accuracy against compute (Figure 7); then the fitted laws with their intervals.
+accuracy against compute (Figure 7); then the fitted laws with their intervals. Each figure
+is written as SVG and as a 300-dpi PNG, with a caption under it saying what it shows and how
+to read it; fitted laws carry their bootstrap band and are dashed where they extrapolate;
+legends sit below the axes, clear of the data.
 """
 
 from __future__ import annotations
@@ -28,16 +31,41 @@ def _figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
     return plt, figure, axes
 
 
+def _legend_below(axes, entries: int) -> None:
+    """The legend under the axes, never over the data."""
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 3 else 1,
+                frameon=False)
+
+
 def _save(plt, figure, path: Path) -> str:
-    figure.tight_layout()
-    with jobs.atomic_path(path) as temporary:
-        figure.savefig(temporary)
+    """Write the figure as `<path>.svg` and a 300-dpi `<path>.png`; the stem for the page."""
+    for suffix, options in ((".svg", {}), (".png", {"dpi": 300})):
+        with jobs.atomic_path(path.with_suffix(suffix)) as temporary:
+            figure.savefig(temporary, bbox_inches="tight", **options)
     plt.close(figure)
-    return path.name
+    return path.stem
+
+
+def _law_band(fit: dict[str, Any], flops: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 95% band of the best loss at each compute, over approach 3's bootstrap laws."""
+    samples = fit.get("approach3", {}).get("samples") or []
+    if len(samples) < 20:
+        return None
+    curves = np.array([Law(*row).best_loss(flops) for row in samples])
+    curves = curves[np.isfinite(curves).all(axis=1)]
+    return (np.quantile(curves, 0.025, axis=0), np.quantile(curves, 0.975, axis=0)) if len(curves) else None
+
+
+def _plot_law(axes, grid: np.ndarray, curve: np.ndarray, low: float, high: float, colour: str, label: str) -> None:
+    """A fitted curve: solid over the data's range [low, high], dotted on each side beyond it (extrapolation)."""
+    inside = (grid >= low) & (grid <= high)
+    axes.plot(grid[inside], curve[inside], "-", color=colour, alpha=0.8, label=label)
+    for beyond in (grid <= low, grid >= high):
+        axes.plot(grid[beyond], curve[beyond], ":", color=colour, alpha=0.8)
 
 
 def _best_per_budget(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,20 +79,30 @@ def plot_best_loss(rows, fits, folder: Path) -> str:
     plt, figure, axes = _figure()
     flops_range = np.logspace(math.log10(min(r["flops"] for r in rows)) - 0.3,
                               math.log10(max(r["flops"] for r in rows)) + 0.3, 50)
+    low, high = min(r["flops"] for r in rows), max(r["flops"] for r in rows)
+    entries = 1
     for colour, variant in zip(COLOURS, sorted({r["variant"] for r in rows})):
         budgets, best = _best_per_budget([r for r in rows if r["variant"] == variant])
-        axes.plot(budgets, best, "o", color=colour, label=f"{variant} (best run per budget)")
-        approach3 = fits.get(variant, {}).get("approach3", {})
+        axes.plot(budgets, best, "o", color=colour, label=f"{variant}: best run per budget")
+        entries += 1
+        fit = fits.get(variant, {})
+        approach3 = fit.get("approach3", {})
         law = approach3.get("law")
         if law and not approach3.get("degenerate"):  # a degenerate law would be drawn as if it were a result
-            axes.plot(flops_range, Law(**law).best_loss(flops_range), "-", color=colour, alpha=0.7,
-                      label=f"{variant}: fitted law")
+            _plot_law(axes, flops_range, Law(**law).best_loss(flops_range), low, high, colour,
+                      f"{variant}: fitted law, 95% band")
+            band = _law_band(fit, flops_range)
+            if band is not None:
+                axes.fill_between(flops_range, *band, color=colour, alpha=0.15, lw=0)
+            entries += 1
     reference = Law(**TEXTLESS_REFERENCE)
-    axes.plot(flops_range, reference.best_loss(flops_range), "k--",
-              label="textless law, Cuervo & Marxer 2024 (HuBERT units)")
+    axes.plot(flops_range, reference.best_loss(flops_range), "k--", lw=0.9,
+              label="textless law, Cuervo & Marxer 2024 (other units: compare its shape)")
+    axes.axvspan(flops_range[0], low, color="grey", alpha=0.06, lw=0)
+    axes.axvspan(high, flops_range[-1], color="grey", alpha=0.06, lw=0, label="beyond the data (laws dotted)")
     axes.set(xscale="log", xlabel="training FLOPs (6ND)", ylabel="speech cross-entropy (nats)",
              title="Best speech loss per compute (cf. paper Fig. 1)")
-    axes.legend(fontsize=7)
+    _legend_below(axes, entries + 2)
     return _save(plt, figure, folder / "best_loss_vs_compute.png")
 
 
@@ -78,7 +116,7 @@ def plot_variants(rows, folder: Path) -> str:
         axes.plot(budgets, best, "-", color=colour, label=variant)
     axes.set(xscale="log", xlabel="training FLOPs (6ND)", ylabel="speech cross-entropy (nats)",
              title="Interleaved vs textless vs random init (cf. Fig. 3)")
-    axes.legend(fontsize=8)
+    _legend_below(axes, len({r["variant"] for r in rows}))
     return _save(plt, figure, folder / "variants_vs_compute.png")
 
 
@@ -95,11 +133,18 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
             coefficients = np.polyfit(np.log(x), y, 2)
             grid = np.logspace(np.log10(x.min()), np.log10(x.max()), 40)
             axes.plot(grid, np.polyval(coefficients, np.log(grid)), "-", color=colour, alpha=0.6)
+    labelled = False
     for vertex in fits.get(variant, {}).get("approach2", {}).get("vertices", []):
-        axes.axvline(vertex["n_opt"], color="grey", lw=0.6, ls=":")
+        if not vertex.get("inside_grid", True):
+            continue  # a minimum outside the sizes run is an extrapolation, not a point to mark (the report says so)
+        interval = vertex.get("n_opt_ci")
+        error = None if not interval else [[vertex["n_opt"] - interval[0]], [interval[1] - vertex["n_opt"]]]
+        axes.errorbar([vertex["n_opt"]], [vertex["loss_at_vertex"]], xerr=error, fmt="x", color="black", ms=7,
+                      capsize=3, label=None if labelled else "fitted minimum (95% CI when 4+ sizes)")
+        labelled = True
     axes.set(xscale="log", xlabel="parameters N (all)", ylabel="speech cross-entropy (nats)",
              title=f"isoFLOP curves, {variant} (cf. Fig. 4)")
-    axes.legend(fontsize=8)
+    _legend_below(axes, len({r["budget"] for r in chosen}) + labelled)
     return _save(plt, figure, folder / "isoflop.png")
 
 
@@ -116,17 +161,40 @@ def plot_accuracy(rows, fits, folder: Path) -> str | None:
             if not chosen:
                 continue
             flops = np.array([r["flops"] for r in chosen])
-            axes.plot(flops, [100 * r["accuracies"][key].accuracy for r in chosen], style, color=colour, alpha=0.5,
-                      label=f"{variant} {key}")
+            results = [r["accuracies"][key] for r in chosen]
+            accuracy = np.array([100 * a.accuracy for a in results])
+            error = np.array([[100 * (a.accuracy - a.ci_low) for a in results],
+                              [100 * (a.ci_high - a.accuracy) for a in results]])
+            axes.errorbar(flops, accuracy, yerr=error, fmt=style, color=colour, alpha=0.6, capsize=2, lw=0.8,
+                          label=f"{variant} {key} (95% CI)")
             law = fits.get(variant, {}).get("metrics", {}).get(key)
             if law and np.isfinite(law["gamma"]):
                 grid = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 20)
                 axes.plot(grid, 100 * law["k"] * grid ** law["gamma"], "-", color=colour, alpha=0.6)
-    axes.axhline(50, color="grey", lw=0.8, ls="--")
+    axes.axhline(50, color="grey", lw=0.8, ls="--", label="chance (50%)")
     axes.set(xscale="log", xlabel="training FLOPs (6ND)", ylabel="accuracy (%)",
              title="Benchmark accuracy vs compute (cf. Fig. 7)")
-    axes.legend(fontsize=6, ncol=2)
+    _legend_below(axes, len(keys) * len({r["variant"] for r in rows}) + 1)
     return _save(plt, figure, folder / "accuracy_vs_compute.png")
+
+
+# What each figure shows and how to read it, under it on the page.
+CAPTIONS = {
+    "best_loss_vs_compute": "Each point is the lowest validation speech cross-entropy any run of a variant reached "
+    "at one FLOP budget. Solid lines are that variant's fitted law L(C) = E + A/N^α + B/D^β at its compute-optimal "
+    "N and D, with its 95% bootstrap band; they are dotted where they extrapolate past the budgets run (shaded). "
+    "The dashed black line is the textless law Cuervo & Marxer (2024) fit on HuBERT units: the units here differ, "
+    "so compare its slope, not its level. A degenerate fit is not drawn (the tables say why).",
+    "variants_vs_compute": "Every run's validation speech cross-entropy against its training compute (points), and "
+    "each variant's best run per budget (line). Lower is better; a variant whose line lies below another's reaches "
+    "the same loss with less compute.",
+    "isoflop": "Runs of one budget (one colour) at different model sizes, with the parabola in log N through them. "
+    "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
+    "when the budget has 4 or more sizes; minima outside the sizes run are not marked (the grid does not bracket "
+    "them).",
+    "accuracy_vs_compute": "Benchmark accuracy of every run against its training compute, with the 95% bootstrap "
+    "interval of each accuracy, and the power law fitted per variant (lines). The dashed line is chance.",
+}
 
 
 def _table(header: list[str], body: list[list[Any]]) -> str:
@@ -181,6 +249,15 @@ def _bracket_note(sweep_dir: Path) -> str:
              if items else ""))
 
 
+def _accuracy_cell(result) -> str:
+    return f"{100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, {100 * result.ci_high:.1f}]"
+
+
+def _figure_html(stem: str) -> str:
+    return (f'<figure><img src="{stem}.svg" alt="{html.escape(stem)}"><figcaption>{html.escape(CAPTIONS[stem])} '
+            f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
+
+
 def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     """Write `<sweep>/report/index.html` and its PNGs; fit.json is computed first when missing."""
     sweep_dir = Path(sweep_dir)
@@ -196,22 +273,23 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
               plot_isoflop(rows, fits, main_variant, folder), plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
     run_rows = [[r["variant"], r["member"], r["parameters"], r["tokens"], r["flops"], r["loss_speech"],
-                 *[r["accuracies"][k].accuracy if k in r["accuracies"] else "" for k in accuracy_keys]]
+                 *[_accuracy_cell(r["accuracies"][k]) if k in r["accuracies"] else "" for k in accuracy_keys]]
                 for r in sorted(rows, key=lambda r: (r["variant"], r["flops"]))]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>simslm sweep report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:0.85em}}td,th{{border:1px solid #ccc;padding:3px 7px}}
-img{{max-width:100%}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}</style></head><body>
+img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{font-size:0.85em;color:#444;max-width:52em}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}</style></head><body>
 <h1>Scaling report: {html.escape(sweep_dir.name)}</h1>
 {f'<pre>{html.escape(summary)}</pre>' if summary else ''}
 <p>Loss: speech-only cross-entropy ({html.escape(rows[0]['loss_source'])}); compute C = 6ND with N = all parameters.
 {len(rows)} finished runs.</p>
-{''.join(f'<p><img src="{name}"></p>' for name in images if name)}
+{''.join(_figure_html(name) for name in images if name)}
 {_bracket_note(sweep_dir)}
 <h2>Fits</h2>
 {fit_tables(fits)}
 <h2>Runs</h2>
-{_table(["variant", "size", "parameters", "tokens", "FLOPs", "speech CE", *accuracy_keys], run_rows)}
+{_table(["variant", "size", "parameters", "tokens", "FLOPs", "speech CE",
+         *[f"{key} (95% CI)" for key in accuracy_keys]], run_rows)}
 </body></html>"""
     jobs.write_text(folder / "index.html", page)
     return folder / "index.html"
