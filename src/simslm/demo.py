@@ -209,8 +209,10 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
             allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
                           "is not resolved (the interval includes 0.5)")
         approach3_a = "" if approach3.get("degenerate") else f"a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], "
+        second = main["approach2"]
+        second_ci = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
-                     f"here: {approach3_a}approach 2 a = {main['approach2']['a']:.3f}, approach 1 a = "
+                     f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 a = "
                      f"{main['approach1']['a']:.3f}.")
     accuracies = [(row, name, result) for row in rows for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]

@@ -11,6 +11,7 @@ from simslm.scaling.fit import (
     approach3,
     fit_all,
     fit_law,
+    fit_warnings,
     metric_power_law,
     plan_compute,
     read_table,
@@ -34,6 +35,23 @@ def test_approach3_recovers_a_known_law_within_its_intervals():
     assert fit["law"]["alpha"] == pytest.approx(TRUE.alpha, abs=0.05)
     true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
     assert fit["ci_a"][0] <= true_a <= fit["ci_a"][1]
+
+
+def test_approach2_gives_an_interval_for_its_exponent_that_covers_the_true_one():
+    true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    covered = 0
+    for seed in range(5):  # 5 budgets x 7 sizes, 1% noise on the loss
+        result = approach2(_isoflop_grid(TRUE, noise=0.01, seed=seed), num_resamples=200, seed=seed)
+        low, high = result["ci_a"]
+        assert low < result["a"] < high and result["num_valid_resamples"] > 100
+        assert result["ci_b"] == pytest.approx([1 - high, 1 - low])
+        covered += low <= true_a <= high
+    assert covered >= 4
+    # Three sizes per budget fit each parabola exactly: no interval, rather than one too narrow.
+    rows = [(math.exp(x), budget / (6 * math.exp(x)), 3.0 + 0.2 * (x - vertex) ** 2, budget)
+            for budget, vertex in ((1e12, 13.0), (1e13, 14.0), (1e14, 15.0)) for x in (vertex - 1, vertex, vertex + 1)]
+    three = approach2(Points(*(np.array(column) for column in zip(*rows))), num_resamples=50)
+    assert three["a"] == pytest.approx(1 / math.log(10)) and three["ci_a"] is None
 
 
 def test_approach3_is_exact_without_noise():
@@ -143,6 +161,13 @@ def test_a_fit_says_when_it_is_not_sure():
     assert "approach 2 could not be computed: no budget has runs of 3 or more sizes" in " ".join(fit["warnings"])
     sound = fit_all(_isoflop_grid(TRUE, noise=0.005), num_resamples=20)
     assert sound["warnings"] == [] and sound["approach3"]["degenerate"] == []
+
+
+def test_approaches_2_and_3_that_disagree_are_said_to():
+    points = _isoflop_grid(TRUE, noise=0.005)
+    fit = fit_all(points, num_resamples=20)
+    fit["approach2"]["ci_a"] = [fit["approach3"]["ci_a"][1] + 0.05, fit["approach3"]["ci_a"][1] + 0.1]
+    assert any("approaches 2 and 3 disagree" in warning for warning in fit_warnings(points, fit))
 
 
 def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_path, capsys):

@@ -196,9 +196,15 @@ def isoflop_vertices(points: Points, *, num_resamples: int = 1000, seed: int = 0
 
     With 4+ sizes, a 95% interval for N_opt from resampling the budget's runs (draws with fewer than 3 sizes
     or no minimum are dropped, and counted). Three sizes fit a parabola exactly: no interval then."""
+    return _vertices_and_draws(points, num_resamples, seed)[0]
+
+
+def _vertices_and_draws(points: Points, num_resamples: int, seed: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """`isoflop_vertices`, and each vertex's log N_opt in every resample (NaN where that draw has no minimum, and
+    for a budget of 3 sizes throughout): resample i of every budget is one draw of the whole grid."""
     budgets = points.budget if points.budget is not None else points.flops
     rng = np.random.default_rng(seed)
-    vertices = []
+    vertices, draws = [], []
     for budget in np.unique(budgets):
         inside = np.flatnonzero(budgets == budget)
         if len(np.unique(points.parameters[inside])) < 3:
@@ -212,29 +218,44 @@ def isoflop_vertices(points: Points, *, num_resamples: int = 1000, seed: int = 0
         entry = {"budget": float(budget), "n_opt": n_opt, "d_opt": float(budget) / (6 * n_opt),
                  "loss_at_vertex": float(p0 + p1 * vertex + p2 * vertex ** 2),
                  "inside_grid": bool(x.min() <= vertex <= x.max()), "n_opt_ci": None, "num_valid_resamples": 0}
+        drawn = np.full(num_resamples, np.nan)
         if len(np.unique(x)) >= 4:
-            draws = []
-            for _ in range(num_resamples):
+            for index in range(num_resamples):
                 chosen = rng.integers(0, len(x), len(x))
                 if len(np.unique(x[chosen])) >= 3:
-                    drawn = _vertex(x[chosen], y[chosen])
-                    if drawn is not None:
-                        draws.append(drawn)
-            if draws:
-                low, high = np.quantile(draws, [0.025, 0.975])
-                entry.update(n_opt_ci=[math.exp(low), math.exp(high)], num_valid_resamples=len(draws))
+                    value = _vertex(x[chosen], y[chosen])
+                    if value is not None:
+                        drawn[index] = value
+            valid = drawn[np.isfinite(drawn)]
+            if len(valid):
+                low, high = np.quantile(valid, [0.025, 0.975])
+                entry.update(n_opt_ci=[math.exp(low), math.exp(high)], num_valid_resamples=len(valid))
         vertices.append(entry)
-    return vertices
+        draws.append(drawn)
+    return vertices, np.asarray(draws).reshape(len(vertices), num_resamples)
 
 
-def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices."""
-    vertices = isoflop_vertices(points, num_resamples=num_resamples, seed=seed)
-    result: dict[str, Any] = {"vertices": vertices}
+def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+              ) -> dict[str, Any]:
+    """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices.
+
+    The interval of a comes from the same resamples as the vertices': in each, every budget's runs are redrawn
+    and the law refit through the redrawn vertices (draws where any budget has no minimum are left out and
+    counted). It needs 4+ sizes at every budget with a minimum: three sizes fit a parabola exactly, and a
+    vertex that cannot move would make the interval look narrower than it is. b = 1 - a exactly, as
+    D_opt = C / (6 N_opt)."""
+    vertices, draws = _vertices_and_draws(points, num_resamples, seed)
+    result: dict[str, Any] = {"vertices": vertices, "ci_a": None, "ci_b": None, "num_valid_resamples": 0}
     if len(vertices) >= 2:
         budgets = np.array([v["budget"] for v in vertices])
         result["k_n"], result["a"] = power_law(budgets, np.array([v["n_opt"] for v in vertices]))
         result["k_d"], result["b"] = power_law(budgets, np.array([v["d_opt"] for v in vertices]))
+        complete = np.isfinite(draws).all(axis=0)
+        if complete.any():
+            exponents = np.array([power_law(budgets, np.exp(draws[:, index]))[1] for index in np.flatnonzero(complete)])
+            result["ci_a"] = _interval(exponents, confidence)
+            result["ci_b"] = [1 - result["ci_a"][1], 1 - result["ci_a"][0]]
+            result["num_valid_resamples"] = int(complete.sum())
     else:
         result.update({"k_n": float("nan"), "a": float("nan"), "k_d": float("nan"), "b": float("nan")})
     return result
@@ -449,6 +470,10 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     if collapsed:
         warnings.append(f"the bootstrap interval of {', '.join(collapsed)} is a single point: every resample refits "
                         f"the same law (data without noise, or one isoFLOP group), so it measures nothing")
+    second, third = fit["approach2"].get("ci_a"), fit["approach3"].get("ci_a")
+    if second and third and not fit["approach3"].get("degenerate") and (second[1] < third[0] or third[1] < second[0]):
+        warnings.append(f"approaches 2 and 3 disagree on the allocation exponent a: [{second[0]:.3f}, {second[1]:.3f}] "
+                        f"against [{third[0]:.3f}, {third[1]:.3f}] (95% intervals that do not overlap)")
     if not np.isfinite(fit["approach1"]["a"]):
         warnings.append(f"approach 1 could not be computed: the lowest-loss runs span less than "
                         f"{APPROACH1_MIN_SPAN:g}x of compute, or are all one size")

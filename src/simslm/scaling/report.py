@@ -219,7 +219,10 @@ def fit_tables(fits: dict[str, Any]) -> str:
             law_rows.append([variant, name, approach3["law"][name], _interval(approach3["ci"][name]),
                              TEXTLESS_REFERENCE[name]])
         exponent_rows.append([variant, "approach 1 (envelope)", fit["approach1"]["a"], "", fit["approach1"]["b"]])
-        exponent_rows.append([variant, "approach 2 (isoFLOP)", fit["approach2"]["a"], "", fit["approach2"]["b"]])
+        second = fit["approach2"]
+        exponent_rows.append([variant, "approach 2 (isoFLOP)", second["a"],
+                              _interval(second["ci_a"]) if second.get("ci_a") else "(needs 4+ sizes per budget)",
+                              second["b"]])
         if not approach3.get("degenerate"):
             exponent_rows.append([variant, "approach 3 (parametric)", approach3["a"], _interval(approach3["ci_a"]),
                                   approach3["b"]])
