@@ -68,6 +68,32 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
 
 
+def test_numbers_that_could_not_be_computed_are_n_a_and_explained():
+    from simslm.scaling.fit import Points, fit_all
+
+    # One budget of four sizes: no envelope (approach 1), no power law through one vertex (approach 2), too few
+    # points for approach 3; an accuracy law from too few points.
+    parameters = np.array([3e4, 8.8e4, 1.5e5, 4e5])
+    points = Points(parameters, 4e12 / (6 * parameters), np.array([3.30, 3.19, 3.22, 3.37]), np.full(4, 4e12))
+    fit = fit_all(points, num_resamples=20, metrics={"tsc/S": (np.array([4e12, 4e12]), np.array([0.5, 0.52]))})
+    tables = report.fit_tables({"v": fit})
+    assert "nan" not in tables and "n/a" in tables
+    notes = tables.split("Notes on the fits")[1]
+    for why in ("approach 3 is degenerate", "approach 1 could not be computed", "approach 2 could not be computed",
+                "no power law for tsc/S: 2 usable point(s)"):
+        assert why in notes, why
+
+
+def test_an_exponent_outside_0_1_is_said_to_be_no_law():
+    from simslm.scaling.fit import Points, fit_all, fit_warnings
+
+    fit = fit_all(Points(np.array([1e5, 2e5]), np.array([1e7, 2e7]), np.array([3.0, 2.9]), None), num_resamples=5)
+    fit["approach2"]["a"] = -0.4
+    assert any("approach 2 gives a = -0.400, outside [0, 1]: the compute-optimal size would shrink" in w
+               for w in fit_warnings(Points(np.array([1e5, 2e5]), np.array([1e7, 2e7]), np.array([3.0, 2.9]), None),
+                                     fit))
+
+
 def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
     rows = ["parameters,tokens,loss"]
     for parameters in np.logspace(4.5, 6.5, 5):

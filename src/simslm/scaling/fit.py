@@ -470,6 +470,12 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     if collapsed:
         warnings.append(f"the bootstrap interval of {', '.join(collapsed)} is a single point: every resample refits "
                         f"the same law (data without noise, or one isoFLOP group), so it measures nothing")
+    for name, key in (("approach 1", "approach1"), ("approach 2", "approach2"), ("approach 3", "approach3")):
+        a = fit[key].get("a", float("nan"))
+        if np.isfinite(a) and not 0 <= a <= 1 and not (key == "approach3" and fit[key].get("degenerate")):
+            warnings.append(f"{name} gives a = {a:.3f}, outside [0, 1]: the compute-optimal size would "
+                            f"{'shrink' if a < 0 else 'grow faster than compute'} as compute grows, which no law "
+                            f"allows; the grid does not bracket the minima, or noise dominates")
     second, third = fit["approach2"].get("ci_a"), fit["approach3"].get("ci_a")
     if second and third and not fit["approach3"].get("degenerate") and (second[1] < third[0] or third[1] < second[0]):
         warnings.append(f"approaches 2 and 3 disagree on the allocation exponent a: [{second[0]:.3f}, {second[1]:.3f}] "

@@ -197,14 +197,20 @@ CAPTIONS = {
 }
 
 
+def _cell(value: Any) -> str:
+    """A table cell; a number that could not be computed shows as n/a (the notes under the fit tables say why)."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else "n/a"
+    return html.escape(str(value))
+
+
 def _table(header: list[str], body: list[list[Any]]) -> str:
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
-    rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in body)
+    rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in body)
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{rows}</table>"
 
 
 def _interval(values: list[float]) -> str:
-    return f"[{values[0]:.4g}, {values[1]:.4g}]"
+    return f"[{values[0]:.4g}, {values[1]:.4g}]" if all(math.isfinite(v) for v in values) else "n/a"
 
 
 def fit_tables(fits: dict[str, Any]) -> str:
@@ -236,6 +242,17 @@ def fit_tables(fits: dict[str, Any]) -> str:
     if metric_rows:
         parts.append("<h3>Accuracy ∝ C^γ</h3>")
         parts.append(_table(["variant", "benchmark", "γ", "95% CI", "textless γ (speech)", "points"], metric_rows))
+    notes = [f"<li>{html.escape(variant)}: {html.escape(note)}</li>" for variant, fit in fits.items()
+             for note in [*(f"approach 3 is degenerate: {reason}" for reason in fit["approach3"].get("degenerate") or []),
+                          *fit.get("warnings", [])]]
+    for variant, fit in fits.items():
+        for name, law in fit.get("metrics", {}).items():
+            if not math.isfinite(law["gamma"]):
+                notes.append(f"<li>{html.escape(variant)}: no power law for {html.escape(name)}: "
+                             f"{law['num_points']} usable point(s), 3 are needed</li>")
+    if notes:
+        parts.append("<h3>Notes on the fits (why a number is n/a or not to be trusted)</h3>")
+        parts.append(f"<ul>{''.join(notes)}</ul>")
     return "\n".join(parts)
 
 
