@@ -171,3 +171,16 @@ def test_devices_and_precisions_that_cannot_be_used_are_refused(extracted, tmp_p
         assert main(common + ["--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
         assert "torch sees no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fitting_on_a_device_there_is_none_of_is_one_line(synthetic_corpus, tmp_path, capsys):
+    import torch
+
+    from simslm.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["units", "fit", "--manifest", str(synthetic_corpus), "--out", str(tmp_path / "km"),
+                 "--device", "cuda"]) == 2
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

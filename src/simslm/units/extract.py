@@ -58,9 +58,15 @@ def _cached(key: str, build: Callable[[], Any]) -> Any:
     return _worker_cache[key]
 
 
-def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int]) -> tuple[str, np.ndarray | str]:
-    record, spec, max_frames, seed, num_workers = task
-    encoder = _encoder(spec, "cpu", "float32")
+def _workers(asked: int, device: str, num_tasks: int) -> int:
+    """Worker processes: as asked, else one per core on the CPU and one on a GPU (workers beside it would only
+    queue for the same device); never more than there are tasks."""
+    return min(asked or (1 if device.startswith("cuda") else jobs.default_workers()), max(1, num_tasks))
+
+
+def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str]) -> tuple[str, np.ndarray | str]:
+    record, spec, max_frames, seed, num_workers, device = task
+    encoder = _encoder(spec, device, "float32")
     jobs.share_cores(num_workers)
     try:
         features = encoder.encode(audio.load_audio(record["path"]))
@@ -98,7 +104,9 @@ class FitConfig(Config):
     backend: Literal["auto", "faiss", "sklearn"] = "auto"
     """k-means implementation (auto: faiss when installed)."""
     num_workers: int = 0
-    """Worker processes for encoding; 0 = one per core."""
+    """Worker processes for encoding; 0 = one per core on the CPU, one on a GPU."""
+    device: str = "cpu"
+    """Where HuBERT encodes: cpu, cuda (LOCAL_RANK's GPU under torchrun), cuda:N, or auto (logmel: the CPU)."""
 
     def check(self) -> None:
         check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
@@ -130,8 +138,10 @@ def fit_codebook(config: FitConfig) -> Path:
     rng = np.random.default_rng(config.seed)
     if len(records) > config.max_utterances:
         records = [records[i] for i in sorted(rng.choice(len(records), config.max_utterances, replace=False))]
-    workers = min(config.num_workers or jobs.default_workers(), max(1, len(records)))
-    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers) for record in records]
+    device = jobs.torch_device(config.device)
+    workers = _workers(config.num_workers, device, len(records))
+    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
+             for record in records]
     features, skipped = [], {}
     for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
                                                   total=len(tasks), description="units fit: encode"):
@@ -445,9 +455,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     mine = config.this_shard()
     todo = [i for i in range(len(shards))
             if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
-    # One process per GPU: workers beside it would only queue for the same device.
-    workers = min(config.num_workers or (1 if device.startswith("cuda") else jobs.default_workers()),
-                  max(1, len(todo)))
+    workers = _workers(config.num_workers, device, len(todo))
     if todo:
         encoder = _encoder(asdict(spec), device, config.dtype)
         if encoder.dim != codebook.centroids.shape[1]:
