@@ -236,6 +236,17 @@ def torch_device(name: str) -> str:
     return name
 
 
+def safe_file_name(value: Any) -> str:
+    """A file name from a value found in data: nothing but letters, digits, '.', '_' and '-', and a hash of the
+    value, so an id such as '/etc/x' or '../../x' names a file inside its folder and two ids never share one."""
+    import hashlib
+    import re
+
+    text = str(value)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text).strip('.')[:80]}-{digest}"
+
+
 def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
     """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
     absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""

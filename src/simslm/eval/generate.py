@@ -70,7 +70,11 @@ class GenerateConfig(Config):
     """auto (CUDA when available), cpu or cuda."""
 
     def check(self) -> None:
-        if self.vocoder_command is not None and not {"{units}", "{wav}"} <= set(shlex.split(self.vocoder_command)):
+        try:
+            arguments = shlex.split(self.vocoder_command or "")
+        except ValueError as error:  # an unclosed quote
+            raise ConfigError(f"--vocoder-command: {error} in '{self.vocoder_command}'") from None
+        if self.vocoder_command is not None and not {"{units}", "{wav}"} <= set(arguments):
             raise ConfigError(f"--vocoder-command needs {{units}} and {{wav}} as arguments of their own, not "
                               f"'{self.vocoder_command}'")
         check_positive(self, "max_new_tokens")
@@ -151,7 +155,9 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
                                   allowed=unit_range if mode.endswith("S") else (0, vocabulary.unit_offset),
                                   temperature=config.temperature, top_k=config.top_k or None,
                                   seed=config.seed + number, device=device)
-        record: dict[str, Any] = {"prompt": asdict(prompt), "mode": mode, "seed": config.seed + number,
+        # The prompt's audio as `model` is: relative to the output folder, so the JSON stays true when moved.
+        written_prompt = {**asdict(prompt), "audio": jobs.portable_path(prompt.audio, out) if prompt.audio else None}
+        record: dict[str, Any] = {"prompt": written_prompt, "mode": mode, "seed": config.seed + number,
                                   "options": {"temperature": config.temperature, "top_k": config.top_k,
                                               "max_new_tokens": config.max_new_tokens},
                                   "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),

@@ -149,14 +149,6 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
 HF_COLUMNS = ("id", "correct_text", "correct_audio", "negative_text", "negative_audio")
 
 
-def _safe_name(value: Any) -> str:
-    """A file name from a value found in data: nothing but letters, digits, '.', '_' and '-', and a hash of the
-    value, so an id such as '/etc/x' or '../../x' names a file inside the cache and two ids never share one."""
-    text = str(value)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text).strip('.')[:80]}-{digest}"
-
-
 def _safe_suffix(path: Any) -> str:
     suffix = Path(str(path or "")).suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".wav"
@@ -188,7 +180,7 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
                 blob = row[f"{side}_audio"] or {}
                 if not blob.get("bytes"):
                     raise BenchError(f"{shard}: row {row['id']} has no {side}_audio bytes")
-                path = cache / group / f"{_safe_name(row['id'])}_{side}{_safe_suffix(blob.get('path'))}"
+                path = cache / group / f"{jobs.safe_file_name(row['id'])}_{side}{_safe_suffix(blob.get('path'))}"
                 if not path.exists():
                     with jobs.atomic_path(path) as temporary:
                         temporary.write_bytes(blob["bytes"])

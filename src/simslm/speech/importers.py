@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,15 +237,6 @@ def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
         yield Candidate(supervision.id, path, supervision.text.strip(), supervision.speaker or "unknown", words)
 
 
-def _safe_name(identifier: str) -> str:
-    """A file name from an id taken from data: no path separators or dots to climb with, and a hash so that
-    two ids never share a file."""
-    import hashlib
-
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", identifier)[:80].strip("_") or "item"
-    return f"{cleaned}-{hashlib.sha256(identifier.encode()).hexdigest()[:8]}"
-
-
 def _audio_suffix(data: bytes, path: str | None) -> str:
     if data[:4] == b"fLaC":
         return ".flac"
@@ -286,7 +276,7 @@ def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split
             continue
         stored = row[names["audio"]] or {}
         if stored.get("bytes"):
-            path = segments_dir / f"{_safe_name(identifier)}{_audio_suffix(stored['bytes'], stored.get('path'))}"
+            path = segments_dir / f"{jobs.safe_file_name(identifier)}{_audio_suffix(stored['bytes'], stored.get('path'))}"
             if not path.exists():
                 segments_dir.mkdir(parents=True, exist_ok=True)
                 jobs.write_bytes(path, stored["bytes"])

@@ -101,7 +101,7 @@ def plan_segments(stretches: list[tuple[float, float]], duration: float, *, max_
         first = last + 1
     # Margins: at most margin_sec of silence, and at most half the pause shared with a neighbour.
     planned = []
-    for index, (first, stop) in enumerate(segments):
+    for first, stop in segments:
         before = stretches[first][0] - (stretches[first - 1][1] if first else 0.0)
         after = (stretches[stop][0] if stop < len(stretches) else duration) - stretches[stop - 1][1]
         before = before / 2 if first else before
@@ -168,7 +168,7 @@ def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> 
         building.mkdir(parents=True)
         for number, (start, end, first, stop) in enumerate(planned):
             identifier = f"{utterance.id}-{number:04d}"
-            name = f"{identifier.replace('/', '_')}.flac"
+            name = f"{number:04d}.flac"  # inside the recording's own folder
             audio.write_audio(building / name, samples[round(start * audio.TARGET_SAMPLE_RATE):
                                                        round(end * audio.TARGET_SAMPLE_RATE)])
             words = None
@@ -217,13 +217,8 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
     source, out = Path(config.manifest), Path(config.out)
     recordings = read_manifest(source)
     segments_dir = out.parent / f"{out.stem}-segments"
-    names = {}
-    for utterance in recordings:
-        # One folder per recording; ids that differ only in characters a path cannot hold get a number.
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in utterance.id).lstrip(".") or "recording"
-        names[utterance.id] = name if name not in names.values() else f"{name}~{len(names)}"
     workers = min(config.num_workers or jobs.default_workers(), max(1, len(recordings)))
-    tasks = [(u, str(u.audio_path(source.parent)), str(segments_dir / names[u.id]), config, workers)
+    tasks = [(u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
              for u in recordings]
     by_id, skipped, notes = {}, collections.Counter(), collections.Counter()
     try:
