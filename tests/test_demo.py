@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -10,7 +11,8 @@ from simslm.eval.benchbuild import story_key, training_stories
 def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys):
     config = demo.DemoConfig(out=str(tmp_path / "demo"), num_stories=6, num_units=16, depths=(1, 2),
                              budgets_flops=(3e8, 6e8, 1.2e9), text_tokens_per_parameter=1.0, context_length=64,
-                             batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_resamples=20)
+                             batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_resamples=20,
+                             bracket=False)
     summary = demo.run_demo(config)
     out = tmp_path / "demo"
     assert "Finding 1, interleaved + TWIST beats textless per FLOP:" in summary
@@ -31,3 +33,31 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     capsys.readouterr()
     demo.run_demo(config)
     assert capsys.readouterr().out.count("done earlier") == 7
+
+
+def test_finding_one_is_judged_per_budget_with_paired_intervals():
+    import numpy as np
+
+    from simslm.eval.scoring import accuracy_with_ci
+
+    rng = np.random.default_rng(0)
+    hardness, tokens = rng.normal(4.0, 0.5, 32), rng.integers(300, 500, 32).astype(float)
+
+    def row(member, shift, noise, outcomes):
+        losses = hardness + shift + rng.normal(0, noise, 32)
+        return {"member": member, "loss_speech": float((losses * tokens).sum() / tokens.sum()),
+                "validation_batches": [[0, 0, loss * n, n, 0, 0] for loss, n in zip(losses, tokens)],
+                "accuracies": {"tsc/S": accuracy_with_ci(np.asarray(outcomes, dtype=float))}}
+
+    chance = (rng.random(100) < 0.5).astype(float)
+    best = {}
+    for budget, shift in ((1e11, -0.1), (2e11, -0.1), (4e11, -0.1), (8e11, 0.0)):
+        best["interleaved-twist", budget] = row("d2", shift, 0.05, chance)
+        best["textless-twist", budget] = row("d3", 0.0, 0.05, chance)
+    lines = demo.finding_one(best, sorted({b for _, b in best}))
+    assert lines[0].startswith("Finding 1, interleaved + TWIST beats textless per FLOP: holds only in part here: "
+                               "lower speech CE at 3 of 4 budgets, higher at 0, within noise at 1")
+    assert "no benchmark difference is resolved" in lines[0]
+    assert len(lines) == 5 and all(re.search(r"minus textless \(d2 vs d3\): speech CE -0\.\d+ \[-0\.\d+, -0\.\d+\]",
+                                             line) for line in lines[1:4])
+    assert "tsc/S +0.0 [+0.0, +0.0] pp" in lines[1]

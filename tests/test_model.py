@@ -101,6 +101,26 @@ def test_size_family_grows_monotonically_and_hits_targets():
         built = model.build_family_model(depth, 600, seed=0)
         assert model.parameter_groups(built).total == model.family_parameters(depth, 600)
         assert model.family_depth_for(model.family_parameters(depth, 600), 600) == depth
+    # A narrower aspect ratio: a finer ladder, heads of at most `ratio` dims (as many heads as layers).
+    for depth in (1, 3):
+        built = model.build_family_model(depth, 600, seed=0, aspect_ratio=16)
+        assert (built.config.hidden_size, built.config.num_attention_heads) == (16 * depth, depth)
+        assert model.parameter_groups(built).total == model.family_parameters(depth, 600, aspect_ratio=16)
+    narrow = [model.family_parameters(depth, 600, aspect_ratio=16) for depth in range(1, 5)]
+    assert all(b / a < d / c for a, b, c, d in zip(narrow, narrow[1:], sizes, sizes[1:4]))
+
+
+def test_a_family_member_is_named_by_depth_and_aspect_ratio():
+    from simslm.config import ConfigError
+    from simslm.train import TrainConfig
+
+    assert model.family_source(3) == "family:3" and model.family_source(3, 16) == "family:3:16"
+    assert model.parse_family_source("family:3") == (3, 32) and model.parse_family_source("family:3:16") == (3, 16)
+    for bad in ("family:", "family:x", "family:0", "family:2:0", "family:2:16:1"):
+        with pytest.raises(ValueError, match="family:DEPTH or family:DEPTH:ASPECT_RATIO"):
+            model.parse_family_source(bad)
+        with pytest.raises(ConfigError, match="--base-model"):
+            TrainConfig(run_dir="r", data="d", base_model=bad, budget_tokens=10)
 
 
 @pytest.mark.slow

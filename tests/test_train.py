@@ -13,7 +13,16 @@ import pytest
 
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import Plan, RunResult, TrainConfig, checkpoint_problem, learning_rate, make_plan, train
+from simslm.train import (
+    VALIDATION_SUMS,
+    Plan,
+    RunResult,
+    TrainConfig,
+    checkpoint_problem,
+    learning_rate,
+    make_plan,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +118,11 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path):
                                                 "model", "result.json"}
     assert RunResult.load(run) == result
     assert result.validation.loss_speech is not None and result.steps == 6
+    # Each validation batch's sums are kept, and they add up to the losses reported.
+    sums = np.asarray(result.validation_batches)
+    assert sums.shape == (min(16, PackedLoader(data, 4).batches_per_epoch()), len(VALIDATION_SUMS))
+    assert sums[:, 2].sum() / sums[:, 3].sum() == pytest.approx(result.validation.loss_speech)
+    assert sums[:, 0].sum() / sums[:, 1].sum() == pytest.approx(result.validation.loss)
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "loss_speech", "loss_text", "lr", "tokens", "flops", "tokens_per_sec", "mfu"} <= set(line)
     model = AutoModelForCausalLM.from_pretrained(run / "model")

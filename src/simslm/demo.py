@@ -5,18 +5,27 @@ text-LM size family (the TWIST sources), build interleaved, textless and validat
 sequences and held-out benchmarks, run a small isoFLOP sweep in three variants
 (interleaved + TWIST, interleaved + random init, textless + TWIST), evaluate, fit and
 report. Every stage is skipped when its output exists, so a killed demo continues where
-it stopped. Stories are split by line of the TinyStories sample: training text and
-speech come from lines [0, 2000), the benchmark from [2000, 2100), validation from
+it stopped. Stories are split by line of the TinyStories sample: training speech comes
+from lines [0, num_stories), the text-LM family's text from [num_stories, 2000) (disjoint
+from the speech, as the paper's text LMs never saw its speech corpora), the interleaved
+data's text stream from [0, 2000), the benchmark from [2000, 2100), validation from
 [2100, 2160); no benchmark item is a training story.
+
+The defaults make a bracketed study (docs/LOG.md, 2026-11-30): a family of width 16 x depth
+(15k-250k parameters, 2.5-3x apart), SLM runs at a learning rate and batch size for such tiny
+models (slamkit's 5e-4 at 2,048 tokens a step leaves the larger ones step-starved, so the
+smallest won at every budget), unit rows drawn around the text rows rather than all at their
+mean, and budgets at which every variant's best size is interior.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
@@ -29,26 +38,36 @@ TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig(Config):
-    """What `simslm demo` does (defaults take ~12 minutes on 2 CPU cores; docs/BENCHMARKS.md)."""
+    """What `simslm demo` does (defaults take under 20 minutes on 2 CPU cores; docs/BENCHMARKS.md)."""
 
     out: str = "out/demo"
     """Folder for everything the demo makes (resumes when it exists)."""
     corpus: str = "tinystories-sample"
     """Text corpus (asset or file): training speech, benchmark and validation stories come from disjoint lines."""
     num_stories: int = 800
-    """Training stories to synthesise (of the first 2000 lines)."""
+    """Training stories to synthesise (of the first 2000 lines; the text-LM family reads the rest)."""
     num_units: int = 200
     """k of the logmel k-means (the paper's mHuBERT tokenizer has 500)."""
-    depths: tuple[int, ...] = (1, 2, 3)
-    """Size-family depths of the sweep (width = 32 x depth)."""
-    budgets_flops: tuple[float, ...] = (1.5e11, 4e11, 1e12)
+    depths: tuple[int, ...] = (1, 2, 3, 4)
+    """Size-family depths of the sweep (width = aspect_ratio x depth)."""
+    aspect_ratio: int = 16
+    """Width per layer of the family: 16 gives sizes 2.5-3x apart at depths 1-4 (32 gives 4x)."""
+    budgets_flops: tuple[float, ...] = (1.25e11, 2e11, 3.2e11, 5e11)
     """isoFLOP budgets (C = 6ND) of the sweep."""
     text_tokens_per_parameter: float = 10.0
     """Pretraining tokens per parameter for the text-LM family (half Chinchilla's 20, to fit the time)."""
     context_length: int = 256
     """Tokens per packed sequence."""
-    batch_size: int = 8
-    """Sequences per training step."""
+    batch_size: int = 2
+    """Sequences per SLM training step: 512 tokens, so that the largest size still takes hundreds of steps."""
+    lr: float = 6e-3
+    """Peak SLM learning rate (cosine to a tenth): tiny models want more than slamkit's 5e-4 (docs/LOG.md)."""
+    new_rows: Literal["mean", "normal"] = "normal"
+    """How TWIST initialises the unit rows. slamkit's `mean` makes them all the same vector, a symmetry that a
+    few hundred steps do not break in the larger sizes (they sat on the unigram plateau, docs/LOG.md); `normal`
+    draws each row from the text rows' mean and spread."""
+    bracket: bool = True
+    """Grow the grid past its edge where a budget's best size sits on it (`sweep run --bracket`)."""
     num_tsc_items: int = 100
     """Items of the offline spoken tSC."""
     sblimp_per_phenomenon: int = 2
@@ -61,8 +80,11 @@ class DemoConfig(Config):
     renamed: ClassVar[dict[str, str]] = {"tsc_items": "num_tsc_items"}
 
     def check(self) -> None:
-        check_positive(self, "num_stories", "num_units", "text_tokens_per_parameter", "context_length",
-                       "batch_size", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
+        check_positive(self, "num_stories", "num_units", "aspect_ratio", "text_tokens_per_parameter",
+                       "context_length", "batch_size", "lr", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
+        if self.num_stories >= 2000:
+            raise ConfigError(f"--num-stories must be below 2000 (the family's text is lines [num_stories, 2000)), "
+                              f"not {self.num_stories}")
         if not self.depths or not self.budgets_flops:
             raise ConfigError("--depths and --budgets-flops need at least one value each")
         for depth in self.depths:
@@ -115,7 +137,9 @@ def run_demo(config: DemoConfig) -> str:
                                                     out=str(out / "units" / name)))
 
     def pretrain():
-        pretrain_family(TextLMConfig(out=str(out / "textlm"), text_corpus=train_text, depths=config.depths,
+        family_text = f"{config.corpus}[{config.num_stories}:2000]"
+        pretrain_family(TextLMConfig(out=str(out / "textlm"), text_corpus=family_text, depths=config.depths,
+                                     aspect_ratio=config.aspect_ratio,
                                      tokens_per_parameter=config.text_tokens_per_parameter,
                                      context_length=config.context_length, seed=config.seed))
 
@@ -154,11 +178,11 @@ def run_demo(config: DemoConfig) -> str:
             depths=config.depths, budgets_flops=config.budgets_flops,
             family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
             bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
-            train={"batch_size": config.batch_size, "checkpoint_every": 100, "num_validation_batches": 8,
-                   "seed": config.seed})
+            train={"batch_size": config.batch_size, "lr": config.lr, "lr_min": config.lr / 10, "new_rows": config.new_rows,
+                   "checkpoint_every": 500, "num_validation_batches": 64, "seed": config.seed})
         sweep.plan_sweep(spec, out / "sweep")
         # Two single-thread runs at once beat one two-thread run on this machine (docs/BENCHMARKS.md).
-        sweep.run_sweep(out / "sweep", executor="local", num_parallel=2, threads_per_run=1)
+        sweep.run_sweep(out / "sweep", executor="local", num_parallel=2, threads_per_run=1, bracket=config.bracket)
 
     def fit():
         sweep.fit_sweep(out / "sweep", num_resamples=config.num_resamples, num_workers=2, seed=config.seed)
@@ -175,6 +199,58 @@ def run_demo(config: DemoConfig) -> str:
     return summary + f"\nreport: {page}"
 
 
+def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[float]) -> list[str]:
+    """Finding 1 judged with uncertainty: per budget, the best interleaved + TWIST run minus the best textless one,
+    in validation speech CE (paired bootstrap over validation batches) and in every benchmark accuracy (paired
+    bootstrap over items); then one sentence on what holds. A difference counts only when its 95% interval
+    excludes zero."""
+    from simslm.eval.scoring import difference_with_ci
+    from simslm.scaling import sweep
+
+    lines, lower, higher, unknown = [], [], [], []
+    benchmark_verdicts: dict[str, list[int]] = {}
+    for budget in budgets:
+        first, second = best.get(("interleaved-twist", budget)), best.get(("textless-twist", budget))
+        if first is None or second is None:
+            continue
+        loss = sweep.speech_loss_difference(first, second)
+        if loss is None:
+            unknown.append(budget)
+            text = (f"speech CE {first['loss_speech'] - second['loss_speech']:+.3f} (no per-batch losses "
+                    f"stored: no interval)")
+        else:
+            (lower if loss[2] < 0 else higher if loss[1] > 0 else unknown).append(budget)
+            text = f"speech CE {loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]"
+        for name in sorted(set(first["accuracies"]) & set(second["accuracies"])):
+            difference = difference_with_ci(first["accuracies"][name], second["accuracies"][name])
+            if difference is None:
+                continue
+            text += f"; {name} {100 * difference[0]:+.1f} [{100 * difference[1]:+.1f}, {100 * difference[2]:+.1f}] pp"
+            verdicts = benchmark_verdicts.setdefault(name, [0, 0, 0])
+            verdicts[0 if difference[1] > 0 else 1 if difference[2] < 0 else 2] += 1
+        lines.append(f"  C={budget:.3g}: interleaved + TWIST minus textless ({first['member']} vs {second['member']}): "
+                     f"{text}")
+    judged = len(lower) + len(higher) + len(unknown)
+    if not judged:
+        return ["Finding 1, interleaved + TWIST beats textless per FLOP: cannot be judged (a variant is missing)."]
+    if len(lower) == judged:
+        verdict = "holds"
+    elif len(higher) == judged:
+        verdict = "is reversed (textless is better)"
+    elif not lower:
+        verdict = "is not shown"
+    else:
+        verdict = "holds only in part"
+    resolved = [f"{name} better at {right}, worse at {wrong}" for name, (right, wrong, _) in
+                sorted(benchmark_verdicts.items()) if right or wrong]
+    benches = ("; on the benchmarks: " + ", ".join(resolved) + " of the budgets (else within noise)" if resolved else
+               "; no benchmark difference is resolved (every interval includes 0)" if benchmark_verdicts else "")
+    header = (f"Finding 1, interleaved + TWIST beats textless per FLOP: {verdict} here: lower speech CE at "
+              f"{len(lower)} of {judged} budgets, higher at {len(higher)}, within noise at {len(unknown)} "
+              f"(95% paired-bootstrap intervals, best run of each variant per budget){benches}.")
+    return [header, *lines]
+
+
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
     from simslm.scaling import sweep
@@ -185,35 +261,37 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
              f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"]
     best = sweep.best_runs(rows)
     budgets = sorted({b for _, b in best})
-    wins = [b for b in budgets if ("interleaved-twist", b) in best and ("textless-twist", b) in best
-            and best[("interleaved-twist", b)]["loss_speech"] < best[("textless-twist", b)]["loss_speech"]]
     lines.append("Best speech CE per budget (validation): " + "; ".join(
-        f"C={b:.1e}: " + ", ".join(f"{v} {best[(v, b)]['loss_speech']:.3f}" for v in
+        f"C={b:.3g}: " + ", ".join(f"{v} {best[(v, b)]['loss_speech']:.3f}" for v in
                                    ("interleaved-twist", "textless-twist", "interleaved-random") if (v, b) in best)
         for b in budgets))
-    verdict = "holds" if len(wins) == len(budgets) else ("does not hold" if not wins else "holds only in part")
-    lines.append(f"Finding 1, interleaved + TWIST beats textless per FLOP: {verdict} here "
-                 f"(lower speech CE at {len(wins)} of {len(budgets)} budgets).")
+    lines += finding_one(best, budgets)
     main = fits.get("interleaved-twist")
     if main:
         approach3 = main["approach3"]
         low, high = approach3["ci_a"]
-        smallest = min(row["parameters"] for row in rows)
-        at_edge = [b for b in budgets if best.get(("interleaved-twist", b), {}).get("parameters") == smallest]
+        at_edge = {edge["budget"] for edge in sweep.edges(rows) if edge["variant"] == "interleaved-twist"}
         if approach3.get("degenerate"):
             allocation = f"cannot be judged (the parametric fit is degenerate: {'; '.join(approach3['degenerate'])})"
         elif at_edge:
-            allocation = (f"cannot be judged (the smallest model is the best at {len(at_edge)} of {len(budgets)} "
-                          f"budgets, so the grid does not bracket the optimum and the exponents extrapolate)")
+            allocation = (f"cannot be judged (the best size is the grid's smallest or largest at {len(at_edge)} of "
+                          f"{len(budgets)} budgets, so the grid does not bracket the optimum and the exponents "
+                          f"extrapolate)")
         else:
             allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
                           "is not resolved (the interval includes 0.5)")
         approach3_a = "" if approach3.get("degenerate") else f"a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], "
         second = main["approach2"]
         second_ci = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
+        first_a = (f"a = {main['approach1']['a']:.3f}" if math.isfinite(main["approach1"]["a"]) else
+                   "n/a (the best runs are all one size, or span too little compute)")
+        agreement = ""
+        if second.get("ci_a") and not approach3.get("degenerate"):
+            overlap = second["ci_a"][0] <= high and low <= second["ci_a"][1]
+            agreement = (" Approaches 2 and 3 agree within their 95% intervals." if overlap else
+                         " Approaches 2 and 3 disagree: their 95% intervals do not overlap.")
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
-                     f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 a = "
-                     f"{main['approach1']['a']:.3f}.")
+                     f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 {first_a}.{agreement}")
     accuracies = [(row, name, result) for row in rows for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]
     if accuracies:
@@ -221,6 +299,8 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         lines.append(f"Best spoken tSC ({name}): {100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, "
                      f"{100 * result.ci_high:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
                      f"not the published set).")
-    lines.append("At this scale (models of 0.03-0.4M parameters, minutes of CPU) these are smoke-test answers, "
+    sizes = sorted(row["parameters"] for row in rows)
+    lines.append(f"At this scale (models of {sizes[0] / 1e6:.3f}-{sizes[-1] / 1e6:.2f}M parameters, minutes of CPU) "
+                 "these are smoke-test answers, "
                  "not evidence about the paper's regime.")
     return "\n".join(lines)

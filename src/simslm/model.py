@@ -238,14 +238,19 @@ def flops_per_token(model, context_length: int) -> dict[str, float]:
 # Width grows with depth at a fixed aspect ratio (width = 32 x depth, heads of 32 dims), as
 # nanochat sizes its models by depth alone (it uses 64 x depth); the FFN is 8/3 x width
 # (SwiGLU, rounded to a multiple of 16). A target parameter count picks the closest depth.
+# A narrower ratio gives a finer ladder of small sizes (the demo's family uses 16: sizes
+# 2.5x apart at depths 1-4 instead of 4x), with heads of at most `ratio` dims, so that the
+# number of heads is the depth either way.
 FAMILY_ASPECT_RATIO = 32
 FAMILY_HEAD_DIM = 32
+FAMILY_SOURCE = "family:"
 
 
-def family_config(depth: int, vocab_size: int, context_length: int = 512) -> dict[str, Any]:
-    """LlamaConfig arguments of the family member with `depth` layers."""
-    width = FAMILY_ASPECT_RATIO * depth
-    heads = max(1, width // FAMILY_HEAD_DIM)
+def family_config(depth: int, vocab_size: int, context_length: int = 512,
+                  aspect_ratio: int = FAMILY_ASPECT_RATIO) -> dict[str, Any]:
+    """LlamaConfig arguments of the family member with `depth` layers of `aspect_ratio` x `depth` width."""
+    width = aspect_ratio * depth
+    heads = max(1, width // min(FAMILY_HEAD_DIM, aspect_ratio))
     return {"vocab_size": vocab_size, "hidden_size": width, "num_hidden_layers": depth,
             "num_attention_heads": heads, "num_key_value_heads": heads,
             "intermediate_size": 16 * max(1, round(8 * width / 3 / 16)),
@@ -253,9 +258,9 @@ def family_config(depth: int, vocab_size: int, context_length: int = 512) -> dic
             "bos_token_id": 1, "eos_token_id": 2}
 
 
-def family_parameters(depth: int, vocab_size: int) -> int:
+def family_parameters(depth: int, vocab_size: int, aspect_ratio: int = FAMILY_ASPECT_RATIO) -> int:
     """Total parameters of a family member, computed from its shapes (no model built)."""
-    config = family_config(depth, vocab_size)
+    config = family_config(depth, vocab_size, aspect_ratio=aspect_ratio)
     width, ffn = config["hidden_size"], config["intermediate_size"]
     per_layer = 4 * width * width + 3 * width * ffn + 2 * width
     return vocab_size * width + depth * per_layer + width
@@ -264,19 +269,39 @@ def family_parameters(depth: int, vocab_size: int) -> int:
 FAMILY_MAX_DEPTH = 48
 
 
-def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH) -> int:
+def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH,
+                     aspect_ratio: int = FAMILY_ASPECT_RATIO) -> int:
     """The depth whose total parameter count is closest to the target (in log space)."""
-    return min(range(1, max_depth + 1),
-               key=lambda d: abs(np.log(family_parameters(d, vocab_size)) - np.log(target_parameters)))
+    return min(range(1, max_depth + 1), key=lambda d: abs(
+        np.log(family_parameters(d, vocab_size, aspect_ratio)) - np.log(target_parameters)))
 
 
-def build_family_model(depth: int, vocab_size: int, seed: int, context_length: int = 512):
+def family_source(depth: int, aspect_ratio: int = FAMILY_ASPECT_RATIO) -> str:
+    """The `--base-model` naming a family member built from scratch: `family:D`, or `family:D:R` for ratio R."""
+    return f"{FAMILY_SOURCE}{depth}" + ("" if aspect_ratio == FAMILY_ASPECT_RATIO else f":{aspect_ratio}")
+
+
+def parse_family_source(source: str) -> tuple[int, int]:
+    """(depth, aspect ratio) of a `family:D[:R]` base model; a ValueError naming it when malformed."""
+    parts = source.removeprefix(FAMILY_SOURCE).split(":")
+    try:
+        depth, ratio = int(parts[0]), int(parts[1]) if len(parts) == 2 else FAMILY_ASPECT_RATIO
+    except (ValueError, IndexError):
+        depth = ratio = 0
+    if len(parts) > 2 or depth < 1 or ratio < 1:
+        raise ValueError(f"{source}: a family member is family:DEPTH or family:DEPTH:ASPECT_RATIO, "
+                         f"both positive integers")
+    return depth, ratio
+
+
+def build_family_model(depth: int, vocab_size: int, seed: int, context_length: int = 512,
+                       aspect_ratio: int = FAMILY_ASPECT_RATIO):
     """A randomly initialised Llama family member."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length))).eval()
+    return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length, aspect_ratio))).eval()
 
 
 # Beside a saved model: where its unit tokens come from (encoder, settings, codebook), so the folder alone

@@ -32,7 +32,9 @@ class TextLMConfig(Config):
     tokenizer: str = "stories260K"
     """Base tokenizer (tok512 by default)."""
     depths: tuple[int, ...] = (1, 2, 3, 4)
-    """Depths of the family (width = 32 x depth; see simslm.model)."""
+    """Depths of the family (width = aspect_ratio x depth; see simslm.model)."""
+    aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO
+    """Width per layer: 32 as nanochat-style families; 16 gives a finer ladder of tiny sizes."""
     tokens_per_parameter: float = 20.0
     """Training tokens per parameter for each member (Chinchilla's compute-optimal ratio)."""
     context_length: int = 256
@@ -45,7 +47,7 @@ class TextLMConfig(Config):
     """Seed of the data order and the initialisation."""
 
     def check(self) -> None:
-        check_positive(self, "tokens_per_parameter", "context_length", "batch_size", "lr")
+        check_positive(self, "tokens_per_parameter", "aspect_ratio", "context_length", "batch_size", "lr")
         if not self.depths or min(self.depths) < 1:
             raise ConfigError(f"--depths must be positive depths, not {self.depths}")
 
@@ -61,6 +63,14 @@ def family_tokenizer(family: str | Path) -> Path:
     return Path(family) / FAMILY_TOKENIZER
 
 
+def family_aspect_ratio(family: str | Path) -> int:
+    """The width per layer a family folder was pretrained with (simslm's default without a folder)."""
+    path = Path(family) / "family.json" if family else None
+    if path is None or not path.exists():
+        return model_lib.FAMILY_ASPECT_RATIO
+    return int(jobs.read_json(path)["config"].get("aspect_ratio", model_lib.FAMILY_ASPECT_RATIO))
+
+
 def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
     """Build the text sequences once, train each member, write family.json; resumable per member."""
     out = Path(config.out)
@@ -71,15 +81,23 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
                                                         context_length=config.context_length, seed=config.seed))
     vocab_size = len(Vocabulary.load(data / "tokenizer"))
     members = []
-    for depth in config.depths:
-        parameters = model_lib.family_parameters(depth, vocab_size)
+    for depth in sorted(set(config.depths)):
+        parameters = model_lib.family_parameters(depth, vocab_size, config.aspect_ratio)
         run_dir = out / f"depth-{depth}"
         started = time.perf_counter()
-        result = (RunResult.load(run_dir) if RunResult.exists(run_dir) else
-                  train(TrainConfig(run_dir=str(run_dir), data=str(data), base_model=f"family:{depth}", init="random",
-                                    budget_tokens=int(config.tokens_per_parameter * parameters),
-                                    batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
-                                    seed=config.seed, checkpoint_every=200)))
+        member = TrainConfig(run_dir=str(run_dir), data=str(data), init="random",
+                             base_model=model_lib.family_source(depth, config.aspect_ratio),
+                             budget_tokens=int(config.tokens_per_parameter * parameters),
+                             batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
+                             seed=config.seed, checkpoint_every=200)
+        if RunResult.exists(run_dir):
+            stored = jobs.read_json(run_dir / "config.json").get("base_model")
+            if stored != member.base_model:
+                raise ValueError(f"{run_dir}: a finished member built as {stored}, not {member.base_model}: "
+                                 f"this family folder was pretrained with other settings; use a new --out")
+            result = RunResult.load(run_dir)
+        else:
+            result = train(member)
         # Paths relative to the family folder, so the family can move (sweep specs name the folder).
         members.append({"depth": depth, "parameters": parameters, "model_dir": f"depth-{depth}/model",
                         "pretraining_tokens": result.tokens, "pretraining_flops": result.flops,

@@ -44,7 +44,7 @@ class TrainConfig(Config):
     data: str
     """Folder from `simslm sequences build` (its tokenizer/ defines the vocabulary)."""
     base_model: str = "stories260K"
-    """HF id or folder, llama2.c .bin, .gguf, an asset name, or family:<depth> for a family member."""
+    """HF id or folder, llama2.c .bin, .gguf, an asset name, or family:DEPTH[:ASPECT_RATIO] for a family member."""
     init: Literal["twist", "random"] = "twist"
     """twist (keep pretrained weights, add unit rows) or random (same architecture from scratch)."""
     new_rows: Literal["mean", "normal"] = "mean"
@@ -138,6 +138,11 @@ class TrainConfig(Config):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
         if self.compile and self.fsdp:
             raise ConfigError("--compile with --fsdp is not supported: compile per layer is not wired up yet")
+        if self.base_model.startswith(model_lib.FAMILY_SOURCE):
+            try:
+                model_lib.parse_family_source(self.base_model)
+            except ValueError as error:
+                raise ConfigError(f"--base-model {error}") from None
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,8 @@ class RunResult:
     peak_flops_measured: float
     model_dir: str = "model"
     """The trained model folder, relative to the run directory."""
+    validation_batches: list[list[float]] | None = None
+    """Each validation batch's sums (`VALIDATION_SUMS`), for intervals on loss differences between runs."""
 
     @property
     def held_out(self) -> bool:
@@ -339,9 +346,9 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
                 vocabulary: Vocabulary | None = None):
     """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; the data's `vocabulary`,
     when given, is checked against the base model's tokenizer first."""
-    if config.base_model.startswith("family:"):
-        depth = int(config.base_model.split(":", 1)[1])
-        model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length)
+    if config.base_model.startswith(model_lib.FAMILY_SOURCE):
+        depth, aspect_ratio = model_lib.parse_family_source(config.base_model)
+        model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length, aspect_ratio)
     else:
         model = model_lib.load_base_model(config.base_model)
         if vocabulary is not None:
@@ -655,14 +662,22 @@ def _to_device(batch, device: str):
             torch.from_numpy(batch.positions.astype(np.int64)).to(device))
 
 
+# What each entry of `RunResult.validation_batches` holds, in order.
+VALIDATION_SUMS = ("loss_sum", "tokens", "speech_loss_sum", "speech_tokens", "text_loss_sum", "text_tokens")
+
+
 def _ratios(sums: list[float]) -> Losses:
     ratio = lambda total, count: total / count if count else None  # noqa: E731
     return Losses(loss=ratio(sums[0], sums[1]), loss_speech=ratio(sums[2], sums[3]), loss_text=ratio(sums[4], sums[5]))
 
 
 def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: int, num_batches: int,
-                        device: str) -> Losses:
-    """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss)."""
+                        device: str, per_batch: list[list[float]] | None = None) -> Losses:
+    """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss).
+
+    `per_batch`, when given, receives each batch's sums (`VALIDATION_SUMS`): the batches are the folder's
+    first ones in a fixed order, the same for every run with this batch size, so two runs' losses can be
+    compared by a paired bootstrap over batches (`simslm.scaling.sweep.paired_loss_difference`)."""
     import contextlib
 
     import torch
@@ -674,6 +689,8 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
         for _ in jobs.progress(range(min(num_batches, loader.batches_per_epoch())), "validation", unit="batch"):
             _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext())
             totals = [a + b for a, b in zip(totals, sums)]
+            if per_batch is not None:
+                per_batch.append([float(value) for value in sums])
     model.train()
     return _ratios(totals)
 
@@ -889,8 +906,9 @@ def train(config: TrainConfig) -> RunResult | None:
             model.load_state_dict(full_weights)
     if distributed.is_main:
         model.to(distributed.device)
+        validation_batches: list[list[float]] = []
         validation = (evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
-                                          config.num_validation_batches, distributed.device)
+                                          config.num_validation_batches, distributed.device, validation_batches)
                       if config.validation_data else None)
         if events is not None:
             if validation is not None:
@@ -909,7 +927,7 @@ def train(config: TrainConfig) -> RunResult | None:
                            parameters=model_lib.ParameterGroups(**plan.parameter_groups),
                            final_train=Losses(loss=mean("loss"), loss_speech=mean("loss_speech"),
                                               loss_text=mean("loss_text")),
-                           validation=validation,
+                           validation=validation, validation_batches=validation_batches or None,
                            wall_sec=round(resumed["wall_sec"] + time.perf_counter() - started, 3),
                            peak_flops_measured=peak_flops)
         result.save(run_dir)

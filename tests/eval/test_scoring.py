@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -5,6 +7,7 @@ from simslm.eval.layouts import Pair, Part
 from simslm.eval.scoring import (
     ScoringOptions,
     accuracy_with_ci,
+    difference_with_ci,
     encode_parts,
     pair_outcomes,
     score_pairs,
@@ -198,3 +201,26 @@ def test_the_reference_preset_scores_the_sequences_slamkit_writes(tiny_model, vo
         scores = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
         assert scores.positive[0] == pytest.approx(_naive_mean(tiny_model, written("p"), vocabulary), abs=1e-5), mode
         assert scores.negative[0] == pytest.approx(_naive_mean(tiny_model, written("n"), vocabulary), abs=1e-5), mode
+
+
+def test_outcomes_are_stored_by_group_and_pair_up_for_a_paired_difference():
+    groups = ["b", "a", "b", "a", "c", "c"]
+    first = accuracy_with_ci(np.array([1.0, 0.0, 1.0, 1.0, 0.5, 1.0]), groups, aggregation="macro")
+    assert first.outcomes == [0.0, 1.0, 1.0, 1.0, 0.5, 1.0] and first.groups() == ["a", "a", "b", "b", "c", "c"]
+    # Against itself: exactly zero, with a zero-width interval (the pairs move together).
+    assert difference_with_ci(first, first) == (0.0, 0.0, 0.0)
+    # A model right on every item a second one gets wrong: the difference and its interval are the
+    # macro accuracies' difference and an interval around it; paired, so narrower than either accuracy's.
+    rng = np.random.default_rng(0)
+    base = (rng.random(400) < 0.6).astype(float)
+    better = base.copy()
+    better[rng.choice(np.flatnonzero(base == 0), 40, replace=False)] = 1.0
+    labels = [f"g{i % 4}" for i in range(400)]
+    a, b = accuracy_with_ci(better, labels, aggregation="macro"), accuracy_with_ci(base, labels, aggregation="macro")
+    difference, low, high = difference_with_ci(a, b)
+    assert difference == pytest.approx(a.accuracy - b.accuracy) == pytest.approx(0.1)
+    assert 0 < low < difference < high and high - low < a.ci_high - a.ci_low
+    # Not the same items, or results written before outcomes were stored: no interval rather than a wrong one.
+    other = accuracy_with_ci(base[:399], labels[:399], aggregation="macro")
+    assert difference_with_ci(a, other) is None
+    assert difference_with_ci(a, dataclasses.replace(b, outcomes=None)) is None

@@ -170,6 +170,16 @@ def test_approaches_2_and_3_that_disagree_are_said_to():
     assert any("approaches 2 and 3 disagree" in warning for warning in fit_warnings(points, fit))
 
 
+def test_an_interval_that_reaches_the_search_bound_is_said_to_bound_one_side_only():
+    points = _isoflop_grid(TRUE, noise=0.005)
+    fit = fit_all(points, num_resamples=20)
+    assert not any("reaches the bound" in warning for warning in fit["warnings"])
+    fit["approach3"]["ci"]["alpha"] = [0.7, 5.0]  # alpha's search stops at 5
+    fit["approach3"]["ci"]["E"] = [math.exp(-20.0), fit["approach3"]["ci"]["E"][1]]  # log E's at -20
+    assert any("the bootstrap interval of E, alpha reaches the bound of its search" in warning
+               for warning in fit_warnings(points, fit))
+
+
 def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_path, capsys):
     from simslm.cli import main
     from simslm.scaling.report import fit_tables

@@ -1,3 +1,4 @@
+import dataclasses
 import fcntl
 import json
 import os
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simslm.scaling import sweep
@@ -263,10 +265,13 @@ def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were
 
     corpus = tmp_path / "stories.txt"
     corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
-    pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
-                                 tokens_per_parameter=0.5, context_length=32, batch_size=4))
+    config = TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2), aspect_ratio=16,
+                          tokens_per_parameter=0.5, context_length=32, batch_size=4)
+    pretrain_family(config)
     spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,), depths=(1, 2),
                            family=str(tmp_path / "family"))
+    # A random-init run of a depth is the family's own architecture, aspect ratio included.
+    assert [member.random_source for member in spec.members()] == ["family:1:16", "family:2:16"]
     grown, added = sweep._next_size(spec, "family", "larger")
     assert grown.depths == (1, 2, 3) and added == "depth 3"
     family = json.loads((tmp_path / "family" / "family.json").read_text())
@@ -274,5 +279,29 @@ def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were
     third = family["members"][2]
     assert (tmp_path / "family" / third["model_dir"] / "model.safetensors").exists()
     assert third["pretraining_tokens"] == pytest.approx(0.5 * third["parameters"], abs=4 * 32)  # as the others
+    shape = json.loads((tmp_path / "family" / third["model_dir"] / "config.json").read_text())
+    assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (48, 3, 3)
+    # A family folder is never resumed with another shape.
+    with pytest.raises(ValueError, match="family:1:16, not family:1"):
+        pretrain_family(dataclasses.replace(config, aspect_ratio=32))
     none, why = sweep._next_size(spec, "family", "smaller")
     assert none is None and "no depth 0" in why
+
+
+def test_a_speech_loss_difference_gets_a_paired_interval_over_validation_batches():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(300, 500, 64).astype(float)
+    hardness = rng.normal(3.0, 0.5, 64)  # batches differ far more than the two runs do
+    batches = lambda shift: [[0.0, 0.0, (h + shift) * n, n, 0.0, 0.0] for h, n in zip(hardness, tokens)]  # noqa: E731
+    first, second = {"validation_batches": batches(-0.05)}, {"validation_batches": batches(0.0)}
+    difference, low, high = sweep.speech_loss_difference(first, second)
+    assert difference == pytest.approx(-0.05)
+    # Paired: the shared batch-to-batch spread cancels, so the interval is tight and excludes zero.
+    assert low == pytest.approx(-0.05) and high == pytest.approx(-0.05)
+    noisy = {"validation_batches": [[0, 0, (h - 0.05 + e) * n, n, 0, 0]
+                                    for h, n, e in zip(hardness, tokens, rng.normal(0, 0.3, 64))]}
+    difference, low, high = sweep.speech_loss_difference(noisy, second)
+    assert low < -0.05 < high and high - low > 0.05  # per-run noise that does not cancel widens it
+    # Runs without per-batch sums, or over other batches, get no interval.
+    assert sweep.speech_loss_difference({"validation_batches": None}, second) is None
+    assert sweep.speech_loss_difference({"validation_batches": batches(0.0)[:10]}, second) is None

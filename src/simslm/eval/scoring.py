@@ -238,6 +238,29 @@ class Accuracy:
     num_resamples: int
     per_group: dict[str, dict[str, float]]
     """Accuracy and number of pairs of each group (phenomenon, speaker)."""
+    outcomes: list[float] | None = None
+    """Each pair's outcome (1 right, 0 wrong, 0.5 tie), grouped by sorted group name (`per_group` gives the sizes)
+    and in benchmark order within a group: two models' outcomes on one benchmark pair up item by item, for an
+    interval on the difference of their accuracies (`difference_with_ci`)."""
+
+    def groups(self) -> list[str]:
+        """The group of each entry of `outcomes`."""
+        return [name for name in sorted(self.per_group) for _ in range(int(self.per_group[name]["num_pairs"]))]
+
+
+def difference_with_ci(first: Accuracy, second: Accuracy, *, num_resamples: int = 1000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float, float] | None:
+    """`first` minus `second` accuracy on the same benchmark, with a paired percentile-bootstrap interval
+    (pairs resampled together; within groups for a macro accuracy, as `accuracy_with_ci` does). Both
+    aggregations are means, so the difference is the accuracy of the outcome differences. None when either
+    result has no stored outcomes or they are not of the same items."""
+    if first.outcomes is None or second.outcomes is None or first.per_group.keys() != second.per_group.keys() \
+            or first.aggregation != second.aggregation or first.groups() != second.groups():
+        return None
+    difference = accuracy_with_ci(np.subtract(first.outcomes, second.outcomes), first.groups(),
+                                  aggregation=first.aggregation, num_resamples=num_resamples,
+                                  confidence=confidence, seed=seed)
+    return difference.accuracy, difference.ci_low, difference.ci_high
 
 
 def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, aggregation: str = "pairs",
@@ -268,7 +291,8 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, a
                     num_pairs=int(len(outcomes)), num_groups=len(names), aggregation=aggregation,
                     num_resamples=num_resamples,
                     per_group={name: {"accuracy": float(outcomes[members[name]].mean()),
-                                      "num_pairs": int(len(members[name]))} for name in names})
+                                      "num_pairs": int(len(members[name]))} for name in names},
+                    outcomes=[float(value) for name in names for value in outcomes[members[name]]])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -470,6 +470,18 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     if collapsed:
         warnings.append(f"the bootstrap interval of {', '.join(collapsed)} is a single point: every resample refits "
                         f"the same law (data without noise, or one isoFLOP group), so it measures nothing")
+    if not fit["approach3"].get("degenerate"):
+        at_bound = []
+        for name, (bound_low, bound_high) in zip(("A", "B", "E", "alpha", "beta"), PARAMETER_BOUNDS):
+            low, high = fit["approach3"]["ci"][name]
+            if name in ("A", "B", "E"):  # searched in log space
+                low, high = math.log(low), math.log(high)
+            tolerance = 1e-6 * max(1.0, abs(bound_low), abs(bound_high))
+            if low - bound_low < tolerance or bound_high - high < tolerance:
+                at_bound.append(name)
+        if at_bound:
+            warnings.append(f"the bootstrap interval of {', '.join(at_bound)} reaches the bound of its search: the "
+                            f"data bound it on one side only (the law and its exponent a can still be sound)")
     for name, key in (("approach 1", "approach1"), ("approach 2", "approach2"), ("approach 3", "approach3")):
         a = fit[key].get("a", float("nan"))
         if np.isfinite(a) and not 0 <= a <= 1 and not (key == "approach3" and fit[key].get("degenerate")):

@@ -128,7 +128,7 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
         at_budget = sorted((r for r in chosen if r["budget"] == budget), key=lambda r: r["parameters"])
         x = np.array([r["parameters"] for r in at_budget])
         y = np.array([r["loss_speech"] for r in at_budget])
-        axes.plot(x, y, "o", color=colour, label=f"C = {budget:.1e}")
+        axes.plot(x, y, "o", color=colour, label=f"C = {budget:.3g}")
         if len(x) >= 3:
             coefficients = np.polyfit(np.log(x), y, 2)
             grid = np.logspace(np.log10(x.min()), np.log10(x.max()), 40)
@@ -144,6 +144,11 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
         labelled = True
     axes.set(xscale="log", xlabel="parameters N (all)", ylabel="speech cross-entropy (nats)",
              title=f"isoFLOP curves, {variant} (cf. Fig. 4)")
+    if chosen:
+        # The frame is the sizes run: an interval that reaches far past them (a flat resample's vertex) runs
+        # to the frame's edge instead of stretching the axis over decades where there is no data.
+        sizes = [r["parameters"] for r in chosen]
+        axes.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
     _legend_below(axes, len({r["budget"] for r in chosen}) + labelled)
     return _save(plt, figure, folder / "isoflop.png")
 
@@ -190,8 +195,8 @@ CAPTIONS = {
     "the same loss with less compute.",
     "isoflop": "Runs of one budget (one colour) at different model sizes, with the parabola in log N through them. "
     "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
-    "when the budget has 4 or more sizes; minima outside the sizes run are not marked (the grid does not bracket "
-    "them).",
+    "when the budget has 4 or more sizes (an interval that runs to the frame's edge goes on past the sizes run); "
+    "minima outside the sizes run are not marked (the grid does not bracket them).",
     "accuracy_vs_compute": "Benchmark accuracy of every run against its training compute, with the 95% bootstrap "
     "interval of each accuracy, and the power law fitted per variant (lines). The dashed line is chance.",
 }

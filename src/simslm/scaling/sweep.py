@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
+
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
@@ -96,7 +98,8 @@ class SweepSpec:
     e.g. {"qwen2.5": ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"]}. Several families compare families (the
     paper's Qwen2.5 vs Llama-3.2 vs SmolLM2). Instead of depths."""
     depths: tuple[int, ...] = ()
-    """Or the sizes as depths of simslm's own family (width = 32 x depth): of `family` when given."""
+    """Or the sizes as depths of simslm's own family (width = 32 x depth, or the aspect ratio `family` was
+    pretrained with): of `family` when given."""
     family: str = ""
     """Folder from `simslm textlm pretrain` (its depth-N/model is the TWIST source); '' = random only."""
     bracket_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -180,8 +183,12 @@ class SweepSpec:
         if self.families:
             return [Member(family=name, label=_model_label(model), twist_source=model, random_source=model)
                     for name, models in self.families.items() for model in models]
+        from simslm.model import family_source
+        from simslm.textlm import family_aspect_ratio
+
         name = Path(self.family).name if self.family else "family"
-        return [Member(family=name, label=f"d{depth}", depth=depth, random_source=f"family:{depth}",
+        ratio = family_aspect_ratio(self.family)
+        return [Member(family=name, label=f"d{depth}", depth=depth, random_source=family_source(depth, ratio),
                        twist_source=str(Path(self.family) / f"depth-{depth}" / "model") if self.family else None)
                 for depth in self.depths]
 
@@ -669,9 +676,28 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
                "tokens": result.tokens, "flops": result.flops,
                "loss_speech": losses.loss_speech, "loss": losses.loss,
                "loss_source": "validation" if result.held_out else "final train",
-               "accuracies": read_results(run_dir)}
+               "validation_batches": result.validation_batches, "accuracies": read_results(run_dir)}
         rows.append(row)
     return rows
+
+
+def speech_loss_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamples: int = 1000,
+                           confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float] | None:
+    """`first` minus `second` validation speech CE (rows of `collect`), with a paired percentile-bootstrap
+    interval over validation batches: every run of a sweep scores the same batches, so one resample of batch
+    indices redraws both losses, each the ratio of its summed loss to its summed speech tokens. None when
+    either run kept no per-batch sums or they scored different batches."""
+    a, b = first.get("validation_batches"), second.get("validation_batches")
+    if not a or not b or len(a) != len(b):
+        return None
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not np.array_equal(a[:, 3], b[:, 3]):
+        return None  # different speech tokens per batch: not the same batches
+    index = np.random.default_rng(seed).integers(0, len(a), (num_resamples, len(a)))
+    draws = a[index, 2].sum(axis=1) / a[index, 3].sum(axis=1) - b[index, 2].sum(axis=1) / b[index, 3].sum(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return float(a[:, 2].sum() / a[:, 3].sum() - b[:, 2].sum() / b[:, 3].sum()), float(low), float(high)
 
 
 def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
