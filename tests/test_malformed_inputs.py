@@ -414,6 +414,12 @@ CASES: dict[str, Case] = {
     "demo: infinite budget": lambda w: (["demo", "--out", str(w.bad / "out-43"), "--budgets-flops", "inf"],
                                         "--budgets-flops", []),
     "demo: depth 0": lambda w: (["demo", "--out", str(w.bad / "out-44"), "--depths", "0"], "--depths", []),
+    "demo: no text left for the family": lambda w: (["demo", "--out", str(w.bad / "out-45"), "--num-stories", "2000"],
+                                                    "--num-stories", []),
+    "textlm pretrain: aspect ratio 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-46"),
+                                                   "--aspect-ratio", "0"], "--aspect-ratio", []),
+    "train: family member malformed": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
+                                                  "budget_tokens=1000", "base_model=family:2:x"], "--base-model", []),
 }
 
 
