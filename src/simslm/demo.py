@@ -12,7 +12,7 @@ data's text stream from [0, 2000), the benchmark from [2000, 2100), validation f
 [2100, 2160); no benchmark item is a training story.
 
 The defaults make a bracketed study (docs/LOG.md, 2026-11-30): a family of width 16 x depth
-(15k-250k parameters, 2.5-3x apart), SLM runs at a learning rate and batch size for such tiny
+(15k-250k parameters, 2.1-3.1x apart), SLM runs at a learning rate and batch size for such tiny
 models (slamkit's 5e-4 at 2,048 tokens a step leaves the larger ones step-starved, so the
 smallest won at every budget), unit rows drawn around the text rows rather than all at their
 mean, and budgets at which every variant's best size is interior.
@@ -51,7 +51,7 @@ class DemoConfig(Config):
     depths: tuple[int, ...] = (1, 2, 3, 4)
     """Size-family depths of the sweep (width = aspect_ratio x depth)."""
     aspect_ratio: int = 16
-    """Width per layer of the family: 16 gives sizes 2.5-3x apart at depths 1-4 (32 gives 4x)."""
+    """Width per layer of the family: 16 gives sizes 2.1-3.1x apart at depths 1-4 (32: 2.2-4.2x)."""
     budgets_flops: tuple[float, ...] = (1.25e11, 2e11, 3.2e11, 5e11)
     """isoFLOP budgets (C = 6ND) of the sweep."""
     text_tokens_per_parameter: float = 10.0

@@ -239,7 +239,7 @@ def flops_per_token(model, context_length: int) -> dict[str, float]:
 # nanochat sizes its models by depth alone (it uses 64 x depth); the FFN is 8/3 x width
 # (SwiGLU, rounded to a multiple of 16). A target parameter count picks the closest depth.
 # A narrower ratio gives a finer ladder of small sizes (the demo's family uses 16: sizes
-# 2.5x apart at depths 1-4 instead of 4x), with heads of at most `ratio` dims, so that the
+# 2.1-3.1x apart at depths 1-4 instead of 2.2-4.2x), with heads of at most `ratio` dims, so that the
 # number of heads is the depth either way.
 FAMILY_ASPECT_RATIO = 32
 FAMILY_HEAD_DIM = 32
