@@ -56,3 +56,12 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     assert family_tokenizer(tmp_path / "family") == tmp_path / "family" / json.loads(
         (tmp_path / "family" / "family.json").read_text())["tokenizer"]
     assert (tmp_path / "family" / members[0]["model_dir"] / "model.safetensors").exists()  # relative to the family
+
+
+def test_a_family_record_without_its_config_is_named(tmp_path):
+    from simslm.textlm import family_aspect_ratio
+
+    assert family_aspect_ratio("") == 32 and family_aspect_ratio(tmp_path) == 32  # no folder, or no record yet
+    (tmp_path / "family.json").write_text('{"members": []}')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'family.json'}: not a family record"):
+        family_aspect_ratio(tmp_path)

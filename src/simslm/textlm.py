@@ -68,7 +68,12 @@ def family_aspect_ratio(family: str | Path) -> int:
     path = Path(family) / "family.json" if family else None
     if path is None or not path.exists():
         return model_lib.FAMILY_ASPECT_RATIO
-    return int(jobs.read_json(path)["config"].get("aspect_ratio", model_lib.FAMILY_ASPECT_RATIO))
+    try:
+        return int(jobs.read_json(path)["config"].get("aspect_ratio", model_lib.FAMILY_ASPECT_RATIO))
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(str(path)) else
+                         f"{path}: not a family record (no config.aspect_ratio: {error!r})") from None
 
 
 def pretrain_family(config: TextLMConfig) -> dict[str, Any]:

@@ -137,7 +137,8 @@ def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return float(np.exp(intercept)), float(exponent)
 
 
-def _interval(samples: np.ndarray, confidence: float = 0.95) -> list[float]:
+def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> list[float]:
+    """The central `confidence` share of the finite bootstrap draws (NaNs when none is finite)."""
     finite = samples[np.isfinite(samples)]
     if len(finite) == 0:
         return [float("nan"), float("nan")]
@@ -253,7 +254,7 @@ def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0, confi
         complete = np.isfinite(draws).all(axis=0)
         if complete.any():
             exponents = np.array([power_law(budgets, np.exp(draws[:, index]))[1] for index in np.flatnonzero(complete)])
-            result["ci_a"] = _interval(exponents, confidence)
+            result["ci_a"] = percentile_interval(exponents, confidence)
             result["ci_b"] = [1 - result["ci_a"][1], 1 - result["ci_a"][0]]
             result["num_valid_resamples"] = int(complete.sum())
     else:
@@ -312,6 +313,11 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
 # Bounds on (log A, log B, log E, alpha, beta): non-negative exponents, and coefficients
 # within exp(60). Unbounded, a bootstrap resample of a degenerate grid (all minima at one
 # size) sent log A past what a float can exponentiate.
+def _at_bound(value: float, low: float, high: float) -> bool:
+    """Whether a searched value (or an interval's end) sits on the bound of its search."""
+    return min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high))
+
+
 PARAMETER_BOUNDS = ((-20.0, 60.0), (-20.0, 60.0), (-20.0, 10.0), (0.0, 5.0), (0.0, 5.0))
 
 # Hoffmann et al.'s grid of initialisations (their Appendix D.2), as Epoch AI used it.
@@ -392,9 +398,9 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
     samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
     names = ("E", "A", "B", "alpha", "beta")
     exponents = samples[:, 4] / (samples[:, 3] + samples[:, 4])
-    return {"law": asdict(law), "ci": {name: _interval(samples[:, i], confidence) for i, name in enumerate(names)},
+    return {"law": asdict(law), "ci": {name: percentile_interval(samples[:, i], confidence) for i, name in enumerate(names)},
             "a": law.beta / (law.alpha + law.beta), "b": law.alpha / (law.alpha + law.beta),
-            "ci_a": _interval(exponents, confidence), "ci_b": _interval(1 - exponents, confidence),
+            "ci_a": percentile_interval(exponents, confidence), "ci_b": percentile_interval(1 - exponents, confidence),
             "samples": samples.tolist(), "num_resamples": num_resamples, "huber_delta": delta,
             "confidence": confidence}
 
@@ -414,7 +420,7 @@ def metric_power_law(flops: np.ndarray, values: np.ndarray, *, num_resamples: in
         index = rng.integers(0, len(flops), len(flops))
         if len(np.unique(flops[index])) >= 2:
             draws.append(power_law(flops[index], values[index])[1])
-    return {"k": k, "gamma": gamma, "ci_gamma": _interval(np.asarray(draws), confidence),
+    return {"k": k, "gamma": gamma, "ci_gamma": percentile_interval(np.asarray(draws), confidence),
             "num_points": int(len(flops))}
 
 
@@ -449,7 +455,7 @@ def degenerate_reasons(points: Points, fit: dict[str, Any]) -> list[str]:
     law = fit["law"]
     theta = (math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"])
     for name, value, (low, high) in zip(("A", "B", "E", "alpha", "beta"), theta, PARAMETER_BOUNDS):
-        if min(value - low, high - value) < 1e-6 * max(1.0, abs(low), abs(high)):
+        if _at_bound(value, low, high):
             reasons.append(f"{name} ended on the bound of its search ({law[name]:.4g}): the data do not determine it")
     unbounded = [name for name, (low, high) in fit["ci"].items() if not (np.isfinite(low) and np.isfinite(high))]
     if unbounded:
@@ -472,12 +478,11 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
                         f"the same law (data without noise, or one isoFLOP group), so it measures nothing")
     if not fit["approach3"].get("degenerate"):
         at_bound = []
-        for name, (bound_low, bound_high) in zip(("A", "B", "E", "alpha", "beta"), PARAMETER_BOUNDS):
-            low, high = fit["approach3"]["ci"][name]
+        for name, bounds in zip(("A", "B", "E", "alpha", "beta"), PARAMETER_BOUNDS):
+            ends = fit["approach3"]["ci"][name]
             if name in ("A", "B", "E"):  # searched in log space
-                low, high = math.log(low), math.log(high)
-            tolerance = 1e-6 * max(1.0, abs(bound_low), abs(bound_high))
-            if low - bound_low < tolerance or bound_high - high < tolerance:
+                ends = [math.log(end) for end in ends]
+            if any(_at_bound(end, *bounds) for end in ends):
                 at_bound.append(name)
         if at_bound:
             warnings.append(f"the bootstrap interval of {', '.join(at_bound)} reaches the bound of its search: the "
@@ -514,8 +519,8 @@ def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) ->
               "tokens_per_parameter": float(d_opt / n_opt), "loss": float(law.best_loss(flops))}
     if len(samples):
         optima = [Law(*row).optimum(flops) for row in samples]
-        result["ci_n_opt"] = _interval(np.array([o[0] for o in optima]), confidence)
-        result["ci_d_opt"] = _interval(np.array([o[1] for o in optima]), confidence)
+        result["ci_n_opt"] = percentile_interval(np.array([o[0] for o in optima]), confidence)
+        result["ci_d_opt"] = percentile_interval(np.array([o[1] for o in optima]), confidence)
     return result
 
 

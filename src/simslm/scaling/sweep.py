@@ -36,7 +36,7 @@ import numpy as np
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
-from simslm.scaling.fit import fit_all, points_from_rows, read_table
+from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.train import RunResult, TrainConfig
 
 SWEEP_FILE = "sweep.json"
@@ -695,9 +695,8 @@ def speech_loss_difference(first: dict[str, Any], second: dict[str, Any], *, num
         return None  # different speech tokens per batch: not the same batches
     index = np.random.default_rng(seed).integers(0, len(a), (num_resamples, len(a)))
     draws = a[index, 2].sum(axis=1) / a[index, 3].sum(axis=1) - b[index, 2].sum(axis=1) / b[index, 3].sum(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return float(a[:, 2].sum() / a[:, 3].sum() - b[:, 2].sum() / b[:, 3].sum()), float(low), float(high)
+    low, high = percentile_interval(draws, confidence)
+    return float(a[:, 2].sum() / a[:, 3].sum() - b[:, 2].sum() / b[:, 3].sum()), low, high
 
 
 def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
