@@ -13,7 +13,7 @@ data's text stream from [0, 2000), the benchmark from [2000, 2100), validation f
 
 The defaults make a bracketed study (docs/LOG.md, 2026-11-30): a family of width 16 x depth
 (15k-250k parameters, 2.1-3.1x apart), SLM runs at a learning rate and batch size for such tiny
-models (slamkit's 5e-4 at 2,048 tokens a step leaves the larger ones step-starved, so the
+models (slamkit's lr 5e-4 with the old demo's 2,048 tokens a step left the larger ones step-starved, so the
 smallest won at every budget), unit rows drawn around the text rows rather than all at their
 mean, and budgets at which every variant's best size is interior.
 """
