@@ -10,13 +10,16 @@ the CPU. Two sets of 200 pairs of token sequences, every token scored (the refer
   as tSC's spoken items at context 256 do (four sentences of context, one of ending).
 
 The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
-history. Scores (mean log-likelihood per token) are compared to 1e-5, then each scorer is timed
+history, at its default batch of 16 (the baseline) and at today's default batch. Today's scorer runs at
+its defaults (`ScoringOptions`: batch 32, two batches at once, each on one of the 2 threads) and one
+batch at a time. Scores (mean log-likelihood per token) are compared to 1e-5, then each scorer is timed
 `--repeats` times, alternating; medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import statistics
 import subprocess
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simslm.eval.scoring import sequence_log_likelihoods
+from simslm.eval.scoring import ScoringOptions, sequence_log_likelihoods
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, build_model
 
@@ -73,19 +76,26 @@ def main() -> None:
     model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),
                         256).eval()
     rng = np.random.default_rng(0)
-    print("| pairs | scorer | pairs/s (median) | runs (s) |\n| --- | --- | --- | --- |")
+    options = ScoringOptions()  # today's defaults
+    print("| pairs | scorer | pairs/s (median), ratio | runs (s) |\n| --- | --- | --- | --- |")
     for kind in ("random", "tSC-shaped"):
         sides = pairs(kind, args.pairs, len(vocabulary), rng)
         scored = [np.ones(len(s) - 1, dtype=bool) for s in sides]
         index_pairs = [(2 * i, 2 * i + 1) for i in range(args.pairs)]
-        scorers = {
-            f"before ({args.before})": lambda: before(model, sides, scored, vocabulary=vocabulary, batch_size=16),
-            "now": lambda: sequence_log_likelihoods(model, sides, scored, vocabulary=vocabulary, batch_size=16,
-                                                    pairs=index_pairs)}
+        # The before scorer at its own default batch (16, the baseline) and at today's default; today's one batch
+        # at a time and its default number at once.
+        baseline = f"before ({args.before}), batch 16"
+        scorers = {baseline: functools.partial(before, model, sides, scored, vocabulary=vocabulary, batch_size=16),
+                   f"before, batch {options.batch_size}": functools.partial(
+                       before, model, sides, scored, vocabulary=vocabulary, batch_size=options.batch_size)}
+        for concurrent in sorted({1, options.concurrent_batches}):
+            scorers[f"now, batch {options.batch_size}, {concurrent} at once"] = functools.partial(
+                sequence_log_likelihoods, model, sides, scored, vocabulary=vocabulary, batch_size=options.batch_size,
+                pairs=index_pairs, concurrent_batches=concurrent)
         # The scores pairs are judged by: mean log-likelihood per scored token (the reference preset).
         results = {name: np.divide(*scorer()) for name, scorer in scorers.items()}
-        first, second = results.values()
-        assert np.allclose(first, second, rtol=0, atol=1e-5), float(np.abs(first - second).max())
+        largest = max(float(np.abs(results[baseline] - values).max()) for values in results.values())
+        assert largest <= 1e-5, largest
         times = {name: [] for name in scorers}
         for _ in range(args.repeats):
             for name, scorer in scorers.items():
@@ -94,9 +104,9 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
         rates = {name: args.pairs / statistics.median(values) for name, values in times.items()}
         for name, values in times.items():
-            print(f"| {kind} | {name} | {rates[name]:,.1f} | {', '.join(f'{v:.2f}' for v in values)} |")
-        print(f"| {kind} | ratio now / before | {rates['now'] / rates[f'before ({args.before})']:.2f}x | "
-              f"largest score difference {float(np.abs(first - second).max()):.1e} nats per token |")
+            print(f"| {kind} | {name} | {rates[name]:,.1f} ({rates[name] / rates[baseline]:.2f}x before) | "
+                  f"{', '.join(f'{v:.2f}' for v in values)} |")
+        print(f"| {kind} | largest score difference from before | {largest:.1e} nats per token | |")
     print(f"\nthreads {torch.get_num_threads()}")
 
 

@@ -35,8 +35,8 @@ def _naive(model, tokens, scored, vocabulary, speech_vocab):
     return total, int(np.sum(scored))
 
 
-@pytest.mark.parametrize("speech_vocab", [False, True])
-def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_vocab):
+@pytest.mark.parametrize(("speech_vocab", "concurrent"), [(False, 1), (True, 1), (False, 3)])
+def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_vocab, concurrent):
     rng = np.random.default_rng(0)
     sequences_, scored = [], []
     for _ in range(11):
@@ -44,15 +44,16 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
         sequences_.append(rng.integers(0, len(vocabulary), length))
         scored.append(rng.random(length - 1) < 0.7)
     sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
-                                                     speech_vocab=speech_vocab, batch_size=4)
+                                                     speech_vocab=speech_vocab, batch_size=4,
+                                                     concurrent_batches=concurrent)
     for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
         expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
         assert counts[i] == expected_count
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("speech_vocab", [False, True])
-def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, speech_vocab):
+@pytest.mark.parametrize(("speech_vocab", "concurrent"), [(False, 1), (True, 1), (True, 2)])
+def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, speech_vocab, concurrent):
     """The shared prefix runs once (its keys and values reused by both sides): the same numbers as the
     definition, whatever the prefix and side lengths in one batch, and pairs that share too little run alone."""
     rng = np.random.default_rng(1)
@@ -67,11 +68,34 @@ def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, s
             sequences_.append(np.concatenate([context, end]))
             scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
     sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
-                                            speech_vocab=speech_vocab, batch_size=4, pairs=pairs)
+                                            speech_vocab=speech_vocab, batch_size=4, pairs=pairs,
+                                            concurrent_batches=concurrent)
     for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
         expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
         assert counts[i] == expected_count
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+
+
+def test_concurrent_batches_give_torch_its_threads_back_even_when_a_batch_fails(tiny_model, vocabulary):
+    """Batches scored at once split torch's threads; after the scoring, or a failure in any batch, the process
+    has its own thread count again, and the error is the batch's own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sequences_ = [np.arange(1, 20) % len(vocabulary) for _ in range(6)]
+        scored = [np.ones(18, dtype=bool)] * 6
+        sums, _ = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary, batch_size=2,
+                                           concurrent_batches=2)
+        assert torch.get_num_threads() == 2 and np.allclose(sums, sums[0])
+        sequences_[3] = np.array([len(vocabulary) + 5, 1, 2])  # an id past the embedding: that batch raises
+        with pytest.raises(IndexError):
+            sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary, batch_size=2,
+                                     concurrent_batches=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_ties_count_half_and_means_and_sums_differ():

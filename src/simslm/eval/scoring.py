@@ -11,8 +11,9 @@ the mean over pairs, or the macro mean over phenomena as ZeroSpeech and Cuervo &
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
@@ -122,7 +123,8 @@ def _shared_length(first: np.ndarray, second: np.ndarray) -> int:
 
 def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np.ndarray], *,
                              vocabulary: Vocabulary, speech_vocab: bool = False, batch_size: int = 16,
-                             device: str = "cpu", pairs: list[tuple[int, int]] = ()) -> tuple[np.ndarray, np.ndarray]:
+                             device: str = "cpu", pairs: list[tuple[int, int]] = (),
+                             concurrent_batches: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence: the summed log-likelihood of its scored targets, and how many there are.
 
     `scored[i][t]` says whether token t + 1 of sequence i (predicted from tokens 0..t) counts.
@@ -134,6 +136,9 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     `pairs` names sequences that are two sides of one item. When they begin with the same
     tokens (a shared context), that prefix runs once, its keys and values are kept, and only
     each side's own tokens run after it: the same numbers, for the prefix's cost once.
+
+    `concurrent_batches` > 1 on the CPU scores that many batches at once, each on its share of torch's threads
+    (`_run_concurrently`).
     """
     import torch
 
@@ -148,18 +153,52 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     # Half as many pairs as sequences per batch: the second pass holds both sides of each.
     step = max(1, batch_size // 2)
     batches += [("shared", shared[start:start + step]) for start in range(0, len(shared), step)]
-    with torch.no_grad():
-        for kind, chosen in jobs.progress(batches, "scoring", unit="batch"):
-            if kind == "alone":
-                ids = _padded([sequences[k] for k in chosen], vocabulary.pad_id).to(device)
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-                per_token = _token_log_likelihoods(logits, ids[:, 1:], speech_vocab, units).cpu().double().numpy()
-                for row, k in enumerate(chosen):
-                    mask = np.asarray(scored[k], dtype=bool)
-                    sums[k], counts[k] = per_token[row, :len(mask)][mask].sum(), mask.sum()
-            else:
+
+    def score(batch) -> None:
+        # Each batch writes the entries of its own sequences only, so batches may run at once.
+        kind, chosen = batch
+        with torch.no_grad():
+            if kind == "shared":
                 _score_shared(model, chosen, sequences, scored, vocabulary, speech_vocab, units, device, sums, counts)
+                return
+            ids = _padded([sequences[k] for k in chosen], vocabulary.pad_id).to(device)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            per_token = _token_log_likelihoods(logits, ids[:, 1:], speech_vocab, units).cpu().double().numpy()
+        for row, k in enumerate(chosen):
+            mask = np.asarray(scored[k], dtype=bool)
+            sums[k], counts[k] = per_token[row, :len(mask)][mask].sum(), mask.sum()
+
+    workers = concurrent_batches if torch.device(device).type == "cpu" else 1
+    for _ in jobs.progress(_run_concurrently(score, batches, workers), "scoring", total=len(batches), unit="batch"):
+        pass
     return sums, counts
+
+
+def _run_concurrently(function: Callable[[Any], None], tasks: list[Any], workers: int) -> Iterator[None]:
+    """`function(task)` for every task, `workers` at a time in threads that split torch's intra-op threads
+    between them (one each on 2 cores); yields as each finishes, in order.
+
+    A model of stories260K's size (width 64, heads of 8 dims) keeps two cores busy far better as two
+    one-thread forward passes than as one two-thread pass: its matrices are too small to split well
+    (docs/BENCHMARKS.md, "Pairwise scoring: two batches at once"). torch releases the GIL inside
+    its kernels, so threads suffice, with the model shared rather than copied into processes.
+    """
+    import torch
+
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield function(task)
+        return
+    threads = torch.get_num_threads()
+    # A new thread takes torch's thread count when it first runs an op: set it before the pool starts.
+    torch.set_num_threads(max(1, threads // workers))
+    pool = ThreadPoolExecutor(min(workers, len(tasks)), thread_name_prefix="scoring")
+    try:
+        yield from pool.map(function, tasks)
+    finally:
+        # On an error or an interrupt, batches not yet started are dropped rather than run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _score_shared(model, chosen, sequences, scored, vocabulary, speech_vocab, units, device, sums, counts) -> None:
@@ -312,11 +351,15 @@ class ScoringOptions(Config):
     """Mean (slamkit's default) or sum of the scored token log-likelihoods."""
     speech_vocab: bool = False
     """Normalise speech targets over the unit tokens only."""
-    batch_size: int = 16
-    """Sequences scored per forward pass."""
+    batch_size: int = 32
+    """Sequences scored per forward pass (32: 1.1-1.2x 16 for a stories260K-sized model on 2 cores)."""
+    concurrent_batches: int = 2
+    """On the CPU, batches scored at once, each on its share of torch's threads (1: one batch at a time on all
+    of them). Two one-thread batches are 1.1-1.4x one two-thread batch for a stories260K-sized model on 2 cores,
+    and level for a SmolLM2-135M-sized one; each batch running holds its own activations."""
 
     def check(self) -> None:
-        check_positive(self, "batch_size")
+        check_positive(self, "batch_size", "concurrent_batches")
 
 
 def _whole(ids: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +424,8 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
         kept_groups.append(pair.group)
     sums, counts = sequence_log_likelihoods(model, sequences, scored, vocabulary=vocabulary,
                                             speech_vocab=options.speech_vocab, batch_size=options.batch_size,
-                                            device=device, pairs=pairs_of)
+                                            device=device, pairs=pairs_of,
+                                            concurrent_batches=options.concurrent_batches)
     scores = side_scores(sums, counts, options.reduction)
     plain, alone, cursor = np.zeros((len(kept_groups), 2)), np.zeros((len(kept_groups), 2)), 0
     for index, baseline in enumerate(with_baseline):
