@@ -398,6 +398,21 @@ def test_a_compiled_step_trains_as_the_eager_one_for_50_steps(data, tmp_path):
     assert np.max(np.abs(np.asarray(compiled_losses) - eager_losses)) <= 1e-4
 
 
+@pytest.mark.parametrize(("asked", "compiled_with"), [("auto", "max-autotune-no-cudagraphs"), ("default", "default")])
+def test_compile_mode_auto_autotunes_on_the_cpu(data, tmp_path, monkeypatch, asked, compiled_with):
+    import torch
+
+    modes = []
+
+    def record(function, **options):
+        modes.append(options["mode"])
+        return function  # eager: the mode is what is checked
+
+    monkeypatch.setattr(torch, "compile", record)
+    train(_config(data, tmp_path / asked, budget_tokens=4 * 4 * 64, compile=True, compile_mode=asked))
+    assert modes == [compiled_with]
+
+
 def test_a_step_that_cannot_compile_says_so_and_trains_eagerly(data, tmp_path, monkeypatch, capsys):
     import torch
 

@@ -111,12 +111,17 @@ class TrainConfig(Config):
     """Resume a run planned for another number of processes by re-planning its remaining steps: the total
     tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
     compile: bool = False
-    """Compile each micro-batch's forward and loss with torch.compile (1.3-1.4x steps on 2 CPU cores at depths
-    2-4, after 10-30 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to 1e-4, not bit for bit; if
-    compiling fails, the run says so and trains eagerly."""
+    """Compile each micro-batch's forward and loss with torch.compile (1.1-1.6x the eager step on 2 CPU cores
+    from 12k to 850k parameters, after 10-35 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to 1e-4, not bit for bit;
+    if compiling fails, the run says so and trains eagerly."""
+    compile_mode: Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
+    """torch.compile's mode with --compile. auto: max-autotune-no-cudagraphs on the CPU (inductor times its own
+    C++ matrix kernels against the library's and keeps the faster: 1.1-1.2x default at depth 2, no longer to
+    compile), default on CUDA (autotuning every matrix product there takes minutes, untimed here)."""
 
     # Fields that may change between a run's first start and its resumes.
-    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile")
+    resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile",
+                                                    "compile_mode")
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -626,10 +631,11 @@ class _StepLosses:
     """`_loss_and_totals`, compiled with torch.compile when asked; a first call that cannot compile says why and
     falls back to eager for the rest of the run (later failures are real ones and raise)."""
 
-    def __init__(self, compile_step: bool, quiet: bool):
+    def __init__(self, compile_step: bool, quiet: bool, mode: str = "default"):
         import torch
 
-        self.function = torch.compile(_loss_and_totals, dynamic=False) if compile_step else _loss_and_totals
+        self.function = (torch.compile(_loss_and_totals, dynamic=False, mode=mode) if compile_step
+                         else _loss_and_totals)
         self.untried, self.quiet = compile_step, quiet
 
     def __call__(self, *arguments):
@@ -834,7 +840,9 @@ def train(config: TrainConfig) -> RunResult | None:
     trained = DistributedDataParallel(core) if data_parallel else core
     # bf16 autocast only on GPU: on this CPU bf16 matmuls are ~100x slower than fp32.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
-    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main)
+    compile_mode = config.compile_mode if config.compile_mode != "auto" else \
+        ("default" if on_cuda else "max-autotune-no-cudagraphs")
+    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode)
     kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = measure_peak_flops("cuda" if on_cuda else "cpu") if distributed.is_main else 0.0
 

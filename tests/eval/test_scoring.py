@@ -98,6 +98,38 @@ def test_concurrent_batches_give_torch_its_threads_back_even_when_a_batch_fails(
         torch.set_num_threads(threads)
 
 
+def test_a_one_thread_process_scores_one_batch_at_a_time(tiny_model, vocabulary):
+    """A sweep's run has one torch thread: asking for two batches at once then runs them in turn, in the
+    calling thread, rather than oversubscribing its core."""
+    import threading
+
+    import torch
+
+    class Recording:
+        def __init__(self, model):
+            self.model, self.threads = model, set()
+
+        def eval(self):
+            return self
+
+        def __call__(self, **arguments):
+            self.threads.add(threading.current_thread().name)
+            return self.model(**arguments)
+
+    sequences_ = [np.arange(1, 12) for _ in range(4)]
+    scored = [np.ones(10, dtype=bool)] * 4
+    threads = torch.get_num_threads()
+    try:
+        for count, allowed in ((1, {threading.current_thread().name}), (2, {"scoring_0", "scoring_1"})):
+            torch.set_num_threads(count)
+            model = Recording(tiny_model)
+            sequence_log_likelihoods(model, sequences_, scored, vocabulary=vocabulary, batch_size=1,
+                                     concurrent_batches=2)
+            assert model.threads and model.threads <= allowed  # which pool threads take the batches is the pool's
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_ties_count_half_and_means_and_sums_differ():
     outcomes = pair_outcomes(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 2.0, 4.0, -1.0]))
     assert outcomes.tolist() == [1.0, 0.5, 0.0, 0.5]

@@ -137,8 +137,8 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     tokens (a shared context), that prefix runs once, its keys and values are kept, and only
     each side's own tokens run after it: the same numbers, for the prefix's cost once.
 
-    `concurrent_batches` > 1 on the CPU scores that many batches at once, each on its share of torch's threads
-    (`_run_concurrently`).
+    `concurrent_batches` > 1 on the CPU scores that many batches at once (at most one per torch thread), each on
+    its share of torch's threads (`_run_concurrently`).
     """
     import torch
 
@@ -168,7 +168,8 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
             mask = np.asarray(scored[k], dtype=bool)
             sums[k], counts[k] = per_token[row, :len(mask)][mask].sum(), mask.sum()
 
-    workers = concurrent_batches if torch.device(device).type == "cpu" else 1
+    # Never more batches at once than torch has threads: a sweep's runs, one thread each, score one at a time.
+    workers = min(concurrent_batches, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
     for _ in jobs.progress(_run_concurrently(score, batches, workers), "scoring", total=len(batches), unit="batch"):
         pass
     return sums, counts
