@@ -112,8 +112,8 @@ class TrainConfig(Config):
     tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
     compile: bool = False
     """Compile each micro-batch's forward and loss with torch.compile (1.1-1.6x the eager step on 2 CPU cores
-    from 12k to 850k parameters, after 10-35 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to 1e-4, not bit for bit;
-    if compiling fails, the run says so and trains eagerly."""
+    from 12k to 850k parameters, after 10-35 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to
+    1e-4, not bit for bit; if compiling fails, the run says so and trains eagerly."""
     compile_mode: Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
     """torch.compile's mode with --compile. auto: max-autotune-no-cudagraphs on the CPU (inductor times its own
     C++ matrix kernels against the library's and keeps the faster: 1.1-1.2x default at depth 2, no longer to
@@ -141,6 +141,8 @@ class TrainConfig(Config):
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
+        if self.compile_mode != "auto" and not self.compile:
+            raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
         if self.compile and self.fsdp:
             raise ConfigError("--compile with --fsdp is not supported: compile per layer is not wired up yet")
         if self.base_model.startswith(model_lib.FAMILY_SOURCE):
