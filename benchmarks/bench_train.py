@@ -1,7 +1,7 @@
 """Training throughput and MFU for several model sizes, and our loop vs a Hugging Face Trainer.
 
-    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 [--compile [--compile-modes auto,default]] \
-        [--ceilings 1:16,2:16]
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 \
+        [--compile [--compile-modes auto,default]] [--ceilings 1:16,2:16]
 
 Data: TinyStories text through tok512, packed to 256 tokens. Each size trains for
 `--steps` steps of batch 8 in fp32 on the CPU; tokens/s is the median over steps after
@@ -56,7 +56,7 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
     model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=256)
     loader = PackedLoader(data, 8)
     chunks = np.asarray(loader.chunks(0)).astype(np.int64)
-    positions = np.asarray(loader.positions(0)).astype(np.int64)
+    positions = np.asarray(loader.positions(0)).astype(np.int64) if documents_apart else None
 
     class Chunks(torch.utils.data.Dataset):
         def __len__(self):
@@ -101,7 +101,8 @@ def matmul_ceiling(depth: int, vocab_size: int, aspect_ratio: int, peak: float, 
 
     config = model_lib.family_config(depth, vocab_size, aspect_ratio=aspect_ratio)
     width, ffn = config["hidden_size"], config["intermediate_size"]
-    shapes = depth * [(width, width)] * 4 + depth * [(width, ffn)] * 2 + depth * [(ffn, width)] + [(width, vocab_size)]
+    # Per layer: q, k, v, o (as many key-value heads as query heads), gate and up, down; then the output layer.
+    shapes = depth * ([(width, width)] * 4 + [(width, ffn)] * 2 + [(ffn, width)]) + [(width, vocab_size)]
     products = []
     for inputs, outputs in shapes:
         x, w, grad = torch.randn(tokens, inputs), torch.randn(inputs, outputs), torch.randn(tokens, outputs)
@@ -139,7 +140,7 @@ def main() -> None:
         peak = measure_peak_flops("cpu", seconds=2.0)
         rows = [("fp32 matmul peak measured (1024^3, 2 s)", f"{peak / 1e9:.1f} GFLOP/s")]
         for member in args.depths.split(","):
-            depth, ratio = (int(part) for part in f"{member}:{model_lib.FAMILY_ASPECT_RATIO}".split(":")[:2])
+            depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)
             for mode in [None, *(args.compile_modes.split(",") if args.compile else [])]:
                 tokens_per_sec, mfu, _ = our_loop(data, depth, args.steps, scratch / f"ours-{member}-{mode}", mode,
@@ -148,10 +149,11 @@ def main() -> None:
                              f"({parameters / 1e3:,.0f}k params), batch 8 x 256, fp32 CPU",
                              f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%"))
         for member in filter(None, args.ceilings.split(",")):
-            depth, ratio = (int(part) for part in member.split(":"))
+            depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)
+            ceiling = matmul_ceiling(depth, vocab_size, ratio, peak)
             rows.append((f"MFU ceiling of depth {depth}, width {depth * ratio} ({parameters / 1e3:,.0f}k params): its "
-                         f"matrix products alone, batch 8 x 256", f"{100 * matmul_ceiling(depth, vocab_size, ratio, peak):.1f}%"))
+                         f"matrix products alone, batch 8 x 256", f"{100 * ceiling:.1f}%"))
         # Alternate the contenders so drift in the machine's speed hits all alike; compare whole training loops
         # (first step to last, data loading and compiling included) and median steps, on the same model and data.
         for depth in [int(d) for d in args.compare_depths.split(",")]:

@@ -117,7 +117,8 @@ class TrainConfig(Config):
     compile_mode: Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
     """torch.compile's mode with --compile. auto: max-autotune-no-cudagraphs on the CPU (inductor times its own
     C++ matrix kernels against the library's and keeps the faster: 1.1-1.2x default at depth 2, no longer to
-    compile), default on CUDA (autotuning every matrix product there takes minutes, untimed here)."""
+    compile), default on CUDA (there autotuning benchmarks Triton kernels for every matrix product, and that has
+    not been timed: no GPU lent)."""
 
     # Fields that may change between a run's first start and its resumes.
     resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile",
