@@ -10,23 +10,29 @@ the CPU. Two sets of 200 pairs of token sequences, every token scored (the refer
   as tSC's spoken items at context 256 do (four sentences of context, one of ending).
 
 The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
-history, at its default batch of 16 (the baseline) and at today's default batch. Today's scorer runs at
-its defaults (`ScoringOptions`: batch 32, two batches at once, each on one of the 2 threads) and one
-batch at a time. Scores (mean log-likelihood per token) are compared to 1e-5, then each scorer is timed
-`--repeats` times, alternating; medians are reported.
+history, at its default batch of 16: the baseline, on glibc's malloc defaults as it then ran,
+and again with freed memory kept for reuse (`jobs.keep_freed_memory`, which simslm now sets
+in every process), which tells the allocator's share from the scorer's. Today's scorer runs at
+its defaults (`ScoringOptions`: batch 32, two batches at once, each on one of the 2 threads) and
+one batch at a time. Each contender is a process of its own (spawned), so that none inherits
+another's malloc settings. Scores (mean log-likelihood per token) are compared to 1e-5, then each
+scorer is timed `--repeats` times, alternating; medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as concurrent_futures
 import functools
 import importlib.util
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +68,44 @@ def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
     return sides
 
 
+_STATE: dict[str, Any] = {}  # a contender's process: its scorer and the two sets of pairs
+
+
+def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) -> None:
+    """A contender's process: the model, both sets of pairs (the same in every process) and its scorer."""
+    import torch
+
+    from simslm import jobs
+
+    if keep_memory:
+        jobs.keep_freed_memory()
+    torch.manual_seed(0)
+    vocabulary = Vocabulary.build("stories260K", num_units=500)
+    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),
+                        256).eval()
+    rng = np.random.default_rng(0)
+    options = ScoringOptions()  # today's defaults
+    for kind in ("random", "tSC-shaped"):
+        sides = pairs(kind, num_pairs, len(vocabulary), rng)
+        scored = [np.ones(len(side) - 1, dtype=bool) for side in sides]
+        if scorer == "before":
+            function = functools.partial(scorer_at(before_commit), model, sides, scored, vocabulary=vocabulary,
+                                         batch_size=16)
+        else:
+            function = functools.partial(sequence_log_likelihoods, model, sides, scored, vocabulary=vocabulary,
+                                         batch_size=options.batch_size, pairs=[(2 * i, 2 * i + 1)
+                                                                               for i in range(num_pairs)],
+                                         concurrent_batches=int(scorer))
+        _STATE[kind] = function
+
+
+def _score(kind: str) -> tuple[float, np.ndarray]:
+    """Seconds to score one set, and its scores (mean log-likelihood per scored token, the reference preset)."""
+    started = time.perf_counter()
+    sums, counts = _STATE[kind]()
+    return time.perf_counter() - started, np.divide(sums, counts)
+
+
 def main() -> None:
     import torch
 
@@ -70,43 +114,33 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    before = scorer_at(args.before)
-    torch.manual_seed(0)
-    vocabulary = Vocabulary.build("stories260K", num_units=500)
-    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),
-                        256).eval()
-    rng = np.random.default_rng(0)
-    options = ScoringOptions()  # today's defaults
-    print("| pairs | scorer | pairs/s (median), ratio | runs (s) |\n| --- | --- | --- | --- |")
-    for kind in ("random", "tSC-shaped"):
-        sides = pairs(kind, args.pairs, len(vocabulary), rng)
-        scored = [np.ones(len(s) - 1, dtype=bool) for s in sides]
-        index_pairs = [(2 * i, 2 * i + 1) for i in range(args.pairs)]
-        # The before scorer at its own default batch (16, the baseline) and at today's default; today's one batch
-        # at a time and its default number at once.
-        baseline = f"before ({args.before}), batch 16"
-        scorers = {baseline: functools.partial(before, model, sides, scored, vocabulary=vocabulary, batch_size=16),
-                   f"before, batch {options.batch_size}": functools.partial(
-                       before, model, sides, scored, vocabulary=vocabulary, batch_size=options.batch_size)}
-        for concurrent in sorted({1, options.concurrent_batches}):
-            scorers[f"now, batch {options.batch_size}, {concurrent} at once"] = functools.partial(
-                sequence_log_likelihoods, model, sides, scored, vocabulary=vocabulary, batch_size=options.batch_size,
-                pairs=index_pairs, concurrent_batches=concurrent)
-        # The scores pairs are judged by: mean log-likelihood per scored token (the reference preset).
-        results = {name: np.divide(*scorer()) for name, scorer in scorers.items()}
-        largest = max(float(np.abs(results[baseline] - values).max()) for values in results.values())
-        assert largest <= 1e-5, largest
-        times = {name: [] for name in scorers}
-        for _ in range(args.repeats):
-            for name, scorer in scorers.items():
-                started = time.perf_counter()
-                scorer()
-                times[name].append(time.perf_counter() - started)
-        rates = {name: args.pairs / statistics.median(values) for name, values in times.items()}
-        for name, values in times.items():
-            print(f"| {kind} | {name} | {rates[name]:,.1f} ({rates[name] / rates[baseline]:.2f}x before) | "
-                  f"{', '.join(f'{v:.2f}' for v in values)} |")
-        print(f"| {kind} | largest score difference from before | {largest:.1e} nats per token | |")
+    options = ScoringOptions()
+    baseline = f"before ({args.before}), batch 16, glibc's malloc defaults"
+    contenders = {baseline: ("before", False), "before, batch 16, freed memory kept": ("before", True)}
+    for concurrent in sorted({1, options.concurrent_batches}):
+        contenders[f"now, batch {options.batch_size}, {concurrent} at once"] = (str(concurrent), True)
+    spawn = multiprocessing.get_context("spawn")
+    pools = {name: concurrent_futures.ProcessPoolExecutor(1, mp_context=spawn, initializer=_set_up,
+                                                          initargs=(scorer, args.before, args.pairs, keep))
+             for name, (scorer, keep) in contenders.items()}
+    try:
+        print("| pairs | scorer | pairs/s (median), ratio | runs (s) |\n| --- | --- | --- | --- |")
+        for kind in ("random", "tSC-shaped"):
+            results = {name: pool.submit(_score, kind).result()[1] for name, pool in pools.items()}  # and warm up
+            largest = max(float(np.abs(results[baseline] - values).max()) for values in results.values())
+            assert largest <= 1e-5, largest
+            times = {name: [] for name in pools}
+            for _ in range(args.repeats):
+                for name, pool in pools.items():  # one at a time: the others wait idle
+                    times[name].append(pool.submit(_score, kind).result()[0])
+            rates = {name: args.pairs / statistics.median(values) for name, values in times.items()}
+            for name, values in times.items():
+                print(f"| {kind} | {name} | {rates[name]:,.1f} ({rates[name] / rates[baseline]:.2f}x before) | "
+                      f"{', '.join(f'{v:.2f}' for v in values)} |")
+            print(f"| {kind} | largest score difference from before | {largest:.1e} nats per token | |")
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
     print(f"\nthreads {torch.get_num_threads()}")
 
 

@@ -9,24 +9,40 @@ the first 3. MFU divides 6N x tokens/s by the fp32 matrix-multiply FLOP/s measur
 same run. The Trainer comparison uses the same model, batches, optimiser settings and
 schedule, alternating the runs, and reports the median step (after 3 warm-up steps) and
 the whole loop (compiling included) of each, as ratios to the Trainer's.
+
+Every training run is a fresh process of its own (spawned), so no contender inherits
+another's state: simslm keeps freed memory for reuse (`jobs.keep_freed_memory`, glibc's
+malloc settings, once per process), a plain Trainer runs on glibc's defaults ("HF Trainer,
+freed memory kept" shows the Trainer with simslm's setting), and compiled kernels stay
+with the run that compiled them.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from simslm import jobs
 from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.train import TrainConfig, measure_peak_flops, train
+
+
+def isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` in a fresh interpreter (see the module's docstring)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_mode: str | None = None,
@@ -42,9 +58,11 @@ def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_mode: str
             steps * 8 * 256 / loop_seconds)
 
 
-def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart: bool = False
-               ) -> tuple[float, float]:
+def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart: bool = False,
+               keep_memory: bool = False) -> tuple[float, float]:
     """Median step throughput after 3 warm-up steps, and whole-loop throughput.
+
+    `keep_memory`: with simslm's malloc settings (`jobs.keep_freed_memory`) instead of glibc's defaults.
 
     `documents_apart`: the rows' position ids go in too, so transformers keeps each packed document to itself
     as simslm does (slamkit's Trainer does the same through `DataCollatorWithFlattening`); a plain Trainer on
@@ -52,6 +70,8 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    if keep_memory:
+        jobs.keep_freed_memory()
     vocabulary = Vocabulary.load(Path(data) / "tokenizer")
     model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=256)
     loader = PackedLoader(data, 8)
@@ -143,8 +163,8 @@ def main() -> None:
             depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)
             for mode in [None, *(args.compile_modes.split(",") if args.compile else [])]:
-                tokens_per_sec, mfu, _ = our_loop(data, depth, args.steps, scratch / f"ours-{member}-{mode}", mode,
-                                                  aspect_ratio=ratio)
+                tokens_per_sec, mfu, _ = isolated(our_loop, data, depth, args.steps, scratch / f"ours-{member}-{mode}",
+                                                  mode, aspect_ratio=ratio)
                 rows.append((f"simslm train{' --compile' if mode else ''}, depth {depth}, width {depth * ratio} "
                              f"({parameters / 1e3:,.0f}k params), batch 8 x 256, fp32 CPU",
                              f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%"))
@@ -158,17 +178,20 @@ def main() -> None:
         # (first step to last, data loading and compiling included) and median steps, on the same model and data.
         for depth in [int(d) for d in args.compare_depths.split(",")]:
             runs: dict[str, list[tuple[float, float]]] = {"simslm": [], "HF Trainer": [],
-                                                          "HF Trainer, documents apart": []}
+                                                          "HF Trainer, documents apart": [],
+                                                          "HF Trainer, freed memory kept": []}
             modes = args.compile_modes.split(",") if args.compile else []
             for mode in modes:
                 runs[f"simslm --compile --compile-mode {mode}"] = []
             for repeat in range(args.repeats):
-                runs["simslm"].append(our_loop(data, depth, args.steps, scratch / f"a-{depth}-{repeat}")[0::2])
+                runs["simslm"].append(isolated(our_loop, data, depth, args.steps, scratch / f"a-{depth}-{repeat}")[0::2])
                 for mode in modes:
                     runs[f"simslm --compile --compile-mode {mode}"].append(
-                        our_loop(data, depth, args.steps, scratch / f"c-{depth}-{mode}-{repeat}", mode)[0::2])
-                runs["HF Trainer"].append(hf_trainer(data, depth, args.steps, scratch))
-                runs["HF Trainer, documents apart"].append(hf_trainer(data, depth, args.steps, scratch, True))
+                        isolated(our_loop, data, depth, args.steps, scratch / f"c-{depth}-{mode}-{repeat}", mode)[0::2])
+                runs["HF Trainer"].append(isolated(hf_trainer, data, depth, args.steps, scratch))
+                runs["HF Trainer, documents apart"].append(isolated(hf_trainer, data, depth, args.steps, scratch, True))
+                runs["HF Trainer, freed memory kept"].append(isolated(hf_trainer, data, depth, args.steps, scratch,
+                                                                      keep_memory=True))
             hf_step = statistics.median(step for step, _ in runs["HF Trainer"])
             hf_loop = statistics.median(loop for _, loop in runs["HF Trainer"])
             for name, values in runs.items():

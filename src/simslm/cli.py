@@ -497,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
+    from simslm.jobs import keep_freed_memory
+
+    keep_freed_memory()
     if not sys.stderr.isatty():
         _quiet_hub_progress_bars()
     try:

@@ -220,6 +220,41 @@ def share_cores(num_workers: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+# glibc's mallopt parameters (malloc.h) and the values simslm sets: below 32 MiB (the largest mmap threshold
+# glibc accepts on 64-bit) a block comes from the heap, and up to 1 GiB of freed heap stays with the process.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 1 << 30
+_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+_freed_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of handing it back to the OS.
+
+    By default glibc serves a block over ~128 KiB-32 MiB with a fresh mmap and unmaps it when freed, or trims
+    the heap, so each step of a small model on the CPU page-faults its activations, logits and gradients in
+    anew: 320-640 faults a step at the demo's sizes, and 13-22% of the step on a 2-core VM (docs/LOG.md,
+    2026-12-03). PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc preloaded; this needs no
+    library. A process's memory then stays at its peak until it exits, as it does with those allocators.
+
+    Once per process, on glibc only; left alone when the user set malloc's variables or preloads an allocator.
+    True when the settings are in force."""
+    global _freed_memory_kept
+    if _freed_memory_kept:
+        return True
+    if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in _MALLOC_SETTINGS):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries: nothing to set
+        return False
+    _freed_memory_kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and
+                              mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _freed_memory_kept
+
+
 def torch_device(name: str) -> str:
     """The torch device a --device option names: auto (CUDA when there is one), cpu, cuda (this process's GPU:
     LOCAL_RANK under torchrun, else the first) or cuda:N; ValueError when CUDA is asked for and absent."""

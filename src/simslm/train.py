@@ -763,6 +763,7 @@ def train(config: TrainConfig) -> RunResult | None:
     from torch.nn.parallel import DistributedDataParallel
 
     started = time.perf_counter()
+    jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
     distributed = _Distributed(config.device)
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.seed)

@@ -136,6 +136,32 @@ def test_submitit_executor_runs_the_same_code_and_can_submit_and_return(data, tm
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2
 
 
+def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(data, tmp_path, monkeypatch):
+    forked, fork = [], sweep._ForkedRun
+    monkeypatch.setattr(sweep, "_ForkedRun", lambda *args: forked.append(args[2]) or fork(*args))
+    runs = {}
+    for name, fresh in (("fresh", True), ("warm", False)):
+        sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path / name)
+        assert sweep.run_sweep(tmp_path / name, num_parallel=1, fresh_processes=fresh) == {"done": 1}
+        (runs[name],) = sweep.load_sweep(tmp_path / name)["runs"]
+    assert forked == [runs["warm"]["id"]]  # only the warm sweep forked, once
+    results = {name: json.loads((Path(run["config"]["run_dir"]) / "result.json").read_text())
+               for name, run in runs.items()}
+    for key in ("final_train", "validation", "validation_batches", "steps"):
+        assert results["warm"][key] == results["fresh"][key]  # same thread count, same numbers, bit for bit
+    log = (tmp_path / "warm" / "runs" / f"{runs['warm']['id']}.log").read_text()
+    assert log.strip().endswith("done")  # run-one's own output went to the run's log
+    # A run that fails in a fork fails the sweep as a subprocess's would, its one-line error in its log.
+    sweep.plan_sweep(_spec(data, depths=(2,), budgets_flops=(4e8,)), tmp_path / "bad")
+    (bad,) = sweep.load_sweep(tmp_path / "bad")["runs"]
+    Path(bad["config"]["run_dir"]).mkdir(parents=True)
+    (Path(bad["config"]["run_dir"]) / "config.json").write_text(json.dumps({**bad["config"], "lr": 1.0}))
+    with pytest.raises(RuntimeError, match=f"1 run\\(s\\) failed: {bad['id']}"):
+        sweep.run_sweep(tmp_path / "bad", num_parallel=1)
+    log = (tmp_path / "bad" / "runs" / f"{bad['id']}.log").read_text()
+    assert "simslm sweep run-one: error: " in log and "another config" in log and "Traceback" not in log
+
+
 @pytest.mark.slow
 def test_a_run_of_two_processes_through_torchrun_on_the_local_executor(data, tmp_path):
     sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)

@@ -142,6 +142,7 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     """
     import torch
 
+    jobs.keep_freed_memory()  # each batch's logits would otherwise be page-faulted in anew
     sums, counts = np.zeros(len(sequences)), np.zeros(len(sequences))
     units = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
     shared = [(i, j, length) for i, j in pairs if (length := _shared_length(sequences[i], sequences[j]))]

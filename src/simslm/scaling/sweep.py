@@ -10,10 +10,13 @@ run is never repeated. A run in progress holds an exclusive lock on `<run>/.lock
 (released by the OS when its process dies), so a restarted sweep neither duplicates it nor
 waits on a dead one.
 
-Executors register by name: `local` runs several runs at once as subprocesses (torchrun
-when a run has several processes, placed on GPUs when given), `slurm` submits a job array
-through submitit (its `local` cluster runs the same code without SLURM, which is how it is
-tested here). `extend_to_bracket` grows the grid until each budget's best size is inside it.
+Executors register by name: `local` runs several runs at once, each a process of its own: a
+fork of a server that has done the imports once (on a machine without CUDA; a script that
+calls `run_sweep` then needs multiprocessing's `if __name__ == "__main__":` guard), or else a
+new interpreter (torchrun when a run has several processes, placed on GPUs when given).
+`slurm` submits a job array through submitit (its `local` cluster runs the same code without
+SLURM, which is how it is tested here). `extend_to_bracket` grows the grid until each
+budget's best size is inside it.
 """
 
 from __future__ import annotations
@@ -424,20 +427,101 @@ def _run_command(sweep_dir: Path, identifier: str, nproc_per_run: int) -> list[s
             *one]
 
 
+# What a run imports (torch, transformers' model and tokenizer classes of the paper's families, simslm's
+# training and scoring): about 6 s of a run's start on a 2-core CPU, paid once by the warm executor's server.
+WARM_MODULES = ("simslm.cli", "simslm.scaling.sweep", "simslm.train", "simslm.eval.evaluate",
+                "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
+                "transformers.models.llama.modeling_llama", "transformers.models.llama.tokenization_llama_fast",
+                "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen2.tokenization_qwen2")
+
+
+class _ForkedRun:
+    """`simslm sweep run-one` in a fork of a server that has imported `WARM_MODULES` (multiprocessing's
+    forkserver): a fresh process of its own, as a subprocess is (own memory, own lock, killed alone), without
+    paying the imports again. Answers poll / terminate / wait as subprocess.Popen does."""
+
+    def __init__(self, context, sweep_dir: Path, identifier: str, log_path: Path, threads: int):
+        # The run sees this process's folder and environment now, as a subprocess would, not the server's
+        # from when it started (settings read at import time stay the server's).
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.process = context.Process(target=_run_one_forked, name=f"simslm-run-{identifier}",
+                                       args=(str(sweep_dir), identifier, str(log_path), threads, os.getcwd(),
+                                             environment))
+        self.process.start()
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def wait(self) -> int | None:
+        self.process.join()
+        return self.process.exitcode
+
+
+def _run_one_forked(sweep_dir: str, identifier: str, log_path: str, threads: int, cwd: str,
+                    environment: dict[str, str]) -> None:
+    """A forked run's body: its output into its log, the caller's folder and environment, its thread count,
+    then what `simslm sweep run-one` does (the same messages and exit status as the subprocess it stands for)."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(log, stream.fileno())
+    os.close(log)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environment)
+    import torch
+
+    torch.set_num_threads(threads)  # the server read no thread count: it never ran an op
+    from simslm.cli import main
+
+    code = main(["sweep", "run-one", sweep_dir, identifier])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _warm_context():
+    """multiprocessing's forkserver, its server preloading `WARM_MODULES` (started once per process, reused by
+    later calls, e.g. bracketing's)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WARM_MODULES))
+    return context
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2, threads_per_run: int = 1,
-           nproc_per_run: int = 1, gpus: str = "", **_: Any) -> None:
-    """Run up to `num_parallel` runs at once, each a subprocess (torchrun with `nproc_per_run` processes when
-    more than one) with `threads_per_run` threads; with `gpus`, each run gets `nproc_per_run` of them."""
+           nproc_per_run: int = 1, gpus: str = "", fresh_processes: bool = False, **_: Any) -> None:
+    """Run up to `num_parallel` runs at once, each a process of its own with `threads_per_run` threads: a fork of
+    a warm server (`_ForkedRun`) for one-process runs on a machine without CUDA, unless `fresh_processes`; a new
+    interpreter otherwise (torchrun with `nproc_per_run` processes when more than one). With `gpus`, each run
+    gets `nproc_per_run` of them."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     devices = [device.strip() for device in gpus.split(",") if device.strip()]
     slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices) - nproc_per_run + 1,
                                                                      nproc_per_run)] if devices else []
     if devices and not slots:
         raise ValueError(f"--gpus {gpus}: fewer GPUs than --nproc-per-run {nproc_per_run}")
+    # CUDA is left to fresh processes: a fork must not inherit a CUDA context, and a GPU run's imports are
+    # small against its training.
+    warm = (None if fresh_processes or nproc_per_run > 1 or devices or _cuda_present() else _warm_context())
     num_parallel = min(num_parallel, len(slots)) if slots else num_parallel
     free = list(slots)
     waiting = list(runs)
-    active: dict[str, tuple[subprocess.Popen, Any, str]] = {}  # run id -> (process, its log file, its GPUs)
+    active: dict[str, tuple[Any, Any, str]] = {}  # run id -> (its process, its log file, its GPUs)
     tracker = jobs.Progress(len(runs), "sweep runs", unit="run")
     failures = []
     try:
@@ -445,10 +529,15 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
             while waiting and len(active) < num_parallel:
                 run = waiting.pop(0)
                 slot = free.pop(0) if slots else ""
-                log = open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a")
-                env = {**environment, "CUDA_VISIBLE_DEVICES": slot} if slot else environment
-                active[run["id"]] = (subprocess.Popen(_run_command(sweep_dir, run["id"], nproc_per_run),
-                                                      stdout=log, stderr=subprocess.STDOUT, env=env), log, slot)
+                log_path = Path(run["config"]["run_dir"]).parent / f"{run['id']}.log"
+                log = open(log_path, "a")
+                if warm is not None:
+                    process = _ForkedRun(warm, sweep_dir, run["id"], log_path, threads_per_run)
+                else:
+                    env = {**environment, "CUDA_VISIBLE_DEVICES": slot} if slot else environment
+                    process = subprocess.Popen(_run_command(sweep_dir, run["id"], nproc_per_run), stdout=log,
+                                               stderr=subprocess.STDOUT, env=env)
+                active[run["id"]] = (process, log, slot)
             time.sleep(0.2)
             for identifier, (process, log, slot) in list(active.items()):
                 if process.poll() is not None:
@@ -784,6 +873,9 @@ class RunSweepConfig(Config):
     """local: runs at once."""
     threads_per_run: int = 1
     """local: threads per run."""
+    fresh_processes: bool = False
+    """local: start every run in a new interpreter. By default a one-process run on a machine without CUDA is a
+    fork of a server that has imported torch and transformers once, which saves each run ~6 s of imports."""
     gpus: str = ""
     """local: GPUs to place runs on (e.g. 0,1,2,3); each run gets nproc_per_run of them, one run per group."""
     cluster: str | None = None
