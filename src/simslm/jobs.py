@@ -237,12 +237,14 @@ def keep_freed_memory() -> bool:
     2026-12-03). PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc preloaded; this needs no
     library. A process's memory then stays at its peak until it exits, as it does with those allocators.
 
-    Once per process, on glibc only; left alone when the user set malloc's variables or preloads an allocator.
+    Once per process, on glibc only; left alone when the user set malloc's variables, preloads an allocator or
+    sets SIMSLM_KEEP_FREED_MEMORY=0 (a shared host where memory should go back as soon as it is free).
     True when the settings are in force."""
     global _freed_memory_kept
     if _freed_memory_kept:
         return True
-    if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in _MALLOC_SETTINGS):
+    if (not sys.platform.startswith("linux") or any(os.environ.get(name) for name in _MALLOC_SETTINGS)
+            or os.environ.get("SIMSLM_KEEP_FREED_MEMORY", "1") == "0"):
         return False
     import ctypes
 
