@@ -479,12 +479,12 @@ def _run_one_forked(sweep_dir: str, identifier: str, log_path: str, threads: int
     import torch
 
     torch.set_num_threads(threads)  # the server read no thread count: it never ran an op
-    from simslm.cli import main
+    import runpy
 
-    code = main(["sweep", "run-one", sweep_dir, identifier])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+    # `python -m simslm sweep run-one ...` itself (its SystemExit is the fork's exit status); the CLI is a later
+    # stage than this module, so it is run, not imported.
+    sys.argv = ["simslm", "sweep", "run-one", sweep_dir, identifier]
+    runpy.run_module("simslm", run_name="__main__", alter_sys=True)
 
 
 def _warm_context():
