@@ -1,65 +1,51 @@
-"""A local sweep of the demo's own runs, as simslm ran it before 2026-12-03 and as it runs now, side by side.
+"""Local executor: two single-thread runs at once vs one two-thread run at a time.
 
-    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_sweep.py DEMO_OUT [--budgets 1.25e11] [--repeats 2]
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_sweep.py --runs 4
 
-DEMO_OUT is a finished `simslm demo --out` folder. Its sweep spec is planned again at `--budgets` (every variant
-and depth) into fresh folders beside it, and run with the demo's executor settings (2 runs at once, 1 thread
-each), alternating:
-
-- before: every run a new interpreter (`--fresh-processes`), on glibc's malloc defaults
-  (SIMSLM_KEEP_FREED_MEMORY=0);
-- now: the defaults, every run a fork of a server that has done the imports once, freed memory kept for reuse.
-
-Reports each sweep's wall time, and checks that both give the same validation losses.
+The same grid of small runs (family depths 2 and 3, random init, text sequences at
+context 256) is executed twice per setting in fresh sweep folders, alternating the two
+settings; wall time of the whole sweep (process start, training, saving) is reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 from simslm.scaling import sweep
+from simslm.sequences.build import BuildConfig, build_sequences
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("demo_out")
-    parser.add_argument("--budgets", default="1.25e11")
+    parser.add_argument("--budget", type=float, default=3e11)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    demo = Path(args.demo_out).resolve()
-    spec = json.loads((demo / "sweep" / sweep.SWEEP_FILE).read_text())["spec"]
-    # The spec's paths are relative to the demo's sweep folder; the copies live beside it.
-    spec = json.loads(json.dumps(spec).replace('"../', f'"{demo}/').replace("=../", f"={demo}/"))
-    spec["budgets_flops"] = [float(budget) for budget in args.budgets.split(",")]
-    times: dict[str, list[float]] = {"before": [], "now": []}
-    losses: dict[str, list[float]] = {}
-    for repeat in range(args.repeats):
-        for name in times:
-            out = demo / f"bench-sweep-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-            sweep.plan_sweep(sweep.SweepSpec.from_json(spec), out)
-            if name == "before":
-                os.environ["SIMSLM_KEEP_FREED_MEMORY"] = "0"  # read by every run's process
-            started = time.perf_counter()
-            counts = sweep.run_sweep(out, num_parallel=2, threads_per_run=1, fresh_processes=name == "before")
-            times[name].append(time.perf_counter() - started)
-            os.environ.pop("SIMSLM_KEEP_FREED_MEMORY", None)
-            assert counts == {"done": sum(counts.values())}, counts
-            losses[name] = [row["loss_speech"] for row in sorted(sweep.collect(out), key=lambda row: row["run_dir"])]
-            print(f"{name}: {len(losses[name])} runs in {times[name][-1]:.1f} s", flush=True)
-    assert losses["before"] == losses["now"], "the two sweeps gave different losses"
-    before, now = statistics.median(times["before"]), statistics.median(times["now"])
-    print(f"\n| sweep of {len(losses['now'])} runs | median of {args.repeats}, alternated (s) | runs (s) |\n"
-          f"| --- | --- | --- |\n| before | {before:.1f} | {', '.join(f'{t:.1f}' for t in times['before'])} |\n"
-          f"| now | {now:.1f} ({before / now:.2f}x faster) | {', '.join(f'{t:.1f}' for t in times['now'])} |")
-    print("validation speech CE of every run: identical")
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data = scratch / "data"
+        build_sequences(BuildConfig(out=str(data), streams=("text",),
+                                                        text_corpus="tinystories-sample[:300]", context_length=256))
+        spec = sweep.SweepSpec(variants=(sweep.Variant(name="text", data=str(data), init="random"),),
+                               depths=(2, 3), budgets_flops=(args.budget, 2 * args.budget),
+                               train={"batch_size": 8, "checkpoint_every": 1000})
+        settings = {"2 runs x 1 thread": (2, 1), "1 run x 2 threads": (1, 2)}
+        times: dict[str, list[float]] = {name: [] for name in settings}
+        for repeat in range(args.repeats):
+            for name, (parallel, threads) in settings.items():
+                folder = scratch / f"{name.replace(' ', '')}-{repeat}"
+                sweep.plan_sweep(spec, folder)
+                started = time.perf_counter()
+                sweep.run_sweep(folder, num_parallel=parallel, threads_per_run=threads)
+                times[name].append(time.perf_counter() - started)
+    print("| local executor setting (4 runs) | sweep wall time, median | runs (s) |\n| --- | --- | --- |")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.1f} s | {', '.join(f'{v:.1f}' for v in values)} |")
+    ratio = statistics.median(times["1 run x 2 threads"]) / statistics.median(times["2 runs x 1 thread"])
+    print(f"\n2 x 1 thread is {ratio:.2f}x the speed of 1 x 2 threads")
 
 
 if __name__ == "__main__":

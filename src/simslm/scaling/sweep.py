@@ -440,10 +440,10 @@ class _ForkedRun:
     forkserver): a fresh process of its own, as a subprocess is (own memory, own lock, killed alone), without
     paying the imports again. Answers poll / terminate / wait as subprocess.Popen does."""
 
-    def __init__(self, context, sweep_dir: Path, identifier: str, log_path: Path, threads: int):
-        # The run sees this process's folder and environment now, as a subprocess would, not the server's
+    def __init__(self, context, sweep_dir: Path, identifier: str, log_path: Path, threads: int,
+                 environment: dict[str, str]):
+        # The run gets this process's folder and `environment` now, as a subprocess would, not the server's
         # from when it started (settings read at import time stay the server's).
-        environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.process = context.Process(target=_run_one_forked, name=f"simslm-run-{identifier}",
                                        args=(str(sweep_dir), identifier, str(log_path), threads, os.getcwd(),
                                              environment))
@@ -521,7 +521,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     num_parallel = min(num_parallel, len(slots)) if slots else num_parallel
     free = list(slots)
     waiting = list(runs)
-    active: dict[str, tuple[Any, Any, str]] = {}  # run id -> (its process, its log file, its GPUs)
+    active: dict[str, tuple[Any, Any, str]] = {}  # run id -> (its process, its log file or None for a fork, its GPUs)
     tracker = jobs.Progress(len(runs), "sweep runs", unit="run")
     failures = []
     try:
@@ -530,10 +530,11 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
                 run = waiting.pop(0)
                 slot = free.pop(0) if slots else ""
                 log_path = Path(run["config"]["run_dir"]).parent / f"{run['id']}.log"
-                log = open(log_path, "a")
+                log = None  # a fork opens its log itself
                 if warm is not None:
-                    process = _ForkedRun(warm, sweep_dir, run["id"], log_path, threads_per_run)
+                    process = _ForkedRun(warm, sweep_dir, run["id"], log_path, threads_per_run, environment)
                 else:
+                    log = open(log_path, "a")
                     env = {**environment, "CUDA_VISIBLE_DEVICES": slot} if slot else environment
                     process = subprocess.Popen(_run_command(sweep_dir, run["id"], nproc_per_run), stdout=log,
                                                stderr=subprocess.STDOUT, env=env)
@@ -542,7 +543,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
             for identifier, (process, log, slot) in list(active.items()):
                 if process.poll() is not None:
                     del active[identifier]
-                    log.close()
+                    if log is not None:
+                        log.close()
                     if slot:
                         free.append(slot)
                     tracker.update()
@@ -553,7 +555,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
             process.terminate()
         for process, log, _ in active.values():
             process.wait()
-            log.close()
+            if log is not None:
+                log.close()
         tracker.close()
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)} "
