@@ -11,6 +11,15 @@ Two espeak-ng behaviours shape this (measured on TinyStories, docs/LOG.md):
 - a mark right after a sentence end inside one call is dropped, so text is spoken one
   sentence per call (each call starts a fresh intonation unit anyway) and the audio of
   the sentences concatenated. With both, all 46,580 words of 300 stories got a mark.
+
+espeak-ng also carries its waveform generator's state from one utterance to the next (a
+flutter phase kept in a function's static variable, among others; srand does not reset
+it): the same sentence spoken after another came out a few hundred samples longer, with
+other samples; many espeak_TextToPhonemes calls changed the events of later synthesis. So
+each engine, as soon as it is initialised, forks a keeper of that untouched state, and
+`speak` runs each call in a fork of the keeper: a text's audio and timings depend on the
+text and the voice settings alone, not on what the process did before nor on which worker
+spoke it. The process's own engine remains free for `Espeak.phonemes`.
 """
 
 from __future__ import annotations
@@ -19,7 +28,12 @@ import ctypes
 import ctypes.util
 import functools
 import html
+import multiprocessing
+import os
+import pickle
 import re
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,10 +119,21 @@ class Espeak:
         self._callback = _SynthCallback(self._collect)  # kept alive: the library holds the pointer
         self._lib.espeak_SetSynthCallback(self._callback)
         self._voice: bytes | None = None
+        self.touched = False
+        """Whether this engine has synthesised or converted text to phonemes in this process: either
+        changes what it synthesises next (module docstring), so its state is no longer the initial one."""
+        self._keeper = _Keeper(self) if hasattr(os, "fork") else None
+
+    def untouched(self) -> "_Keeper | None":
+        """The keeper of this engine's initial state for this process; None where there cannot be one
+        (no fork on this platform, or a fork of a process that had already used its engine)."""
+        if self._keeper is not None and self._keeper.owner != os.getpid():  # inherited through a fork
+            self._keeper = None if self.touched else _Keeper(self)
+        return self._keeper
 
     @classmethod
     def instance(cls) -> "Espeak":
-        """The process-wide engine, initialised on first use."""
+        """The process-wide engine, initialised (and its keeper forked) on first use."""
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
@@ -142,6 +167,7 @@ class Espeak:
         for parameter, value in ((_RATE, rate_wpm), (_PITCH, pitch), (_RANGE, pitch_range)):
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks, self._events = [], []
+        self.touched = True
         buffer = text.encode("utf-8") + b"\0"
         flags = _CHARS_UTF8 | (_SSML if ssml else 0)
         status = self._lib.espeak_Synth(buffer, len(buffer), 0, _POS_CHARACTER, 0, flags, None, None)
@@ -154,6 +180,7 @@ class Espeak:
     def phonemes(self, text: str, voice: str = "en-us") -> tuple[str, ...]:
         """espeak-ng's phoneme mnemonics for `text`, stress marks removed."""
         self.set_voice(voice)
+        self.touched = True
         buffer = ctypes.create_string_buffer(text.encode("utf-8"))
         pointer = ctypes.c_void_p(ctypes.addressof(buffer))
         # phonememode: bits 8-23 hold a separator character put between phonemes.
@@ -186,28 +213,125 @@ def marked_ssml(sentence: str) -> str:
     return "".join(parts)
 
 
-def speak(text: str, *, engine: Espeak | None = None, voice: str = "en-us", rate_wpm: int = 175,
-          pitch: int = 50, pitch_range: int = 50) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
+def speak(text: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50,
+          pitch_range: int = 50) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
     """Speak `text` sentence by sentence: (int16 samples, sample rate, [(word, start_sec, end_sec)]).
 
     The timed words are exactly `simslm.text.words(text)`; raises `UnalignedWordsError`
     when espeak-ng gives no event for some word, and ValueError when `text` has no word.
+    The call runs in a fork of the engine's untouched state, so the same arguments give the
+    same audio in any process (module docstring). Where no fork can be made, it runs here,
+    after whatever the engine did before.
     """
-    engine = engine or Espeak.instance()
-    pieces, timings, offset_samples = [], [], 0
-    for sentence in sentences(text):
-        if not text_lib.has_words(sentence):
-            continue
-        speech = engine.synthesize(marked_ssml(sentence), voice=voice, rate_wpm=rate_wpm, pitch=pitch,
-                                   pitch_range=pitch_range, ssml=True)
+    spoken = [sentence for sentence in sentences(text) if text_lib.has_words(sentence)]
+    if not spoken:
+        raise ValueError("text has no words to speak")
+    settings = {"voice": voice, "rate_wpm": rate_wpm, "pitch": pitch, "pitch_range": pitch_range, "ssml": True}
+    marked = [marked_ssml(sentence) for sentence in spoken]
+    engine = Espeak.instance()
+    keeper = engine.untouched()
+    # Every sentence is synthesised before any is timed: timing calls espeak_TextToPhonemes, which
+    # changes what later synthesis reports. With a keeper, timing runs here, where the engine and
+    # its phoneme cache are free to use.
+    speeches = keeper.call(_synthesize_each, marked, settings) if keeper else _synthesize_each(engine, marked, settings)
+    timings, offset_samples = [], 0
+    for sentence, speech in zip(spoken, speeches, strict=True):
         offset_sec = offset_samples / speech.sample_rate
         timings += [(word, start + offset_sec, end + offset_sec)
                     for word, start, end in word_timings(sentence, speech, engine, voice)]
-        pieces.append(speech.samples)
         offset_samples += len(speech.samples)
-    if not timings:
-        raise ValueError("text has no words to speak")
-    return np.concatenate(pieces), engine.sample_rate, timings
+    return np.concatenate([speech.samples for speech in speeches]), engine.sample_rate, timings
+
+
+def _synthesize_each(engine: Espeak, texts: list[str], settings: dict) -> list[Speech]:
+    return [engine.synthesize(text, **settings) for text in texts]
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # espeak-ng's idle queue thread makes Python 3.12+ warn about fork in a threaded process;
+        # no fork made here touches that queue (synchronous mode), and each leaves with os._exit.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+class _Keeper:
+    """A fork of a process made right after its engine was initialised, that runs calls in forks of itself.
+
+    Requests and replies are pickled through pipes between this process and its own children,
+    never read from a file. Each call runs in a new fork and exits after it, so nothing it
+    changes in espeak-ng (or in libc's rand, reseeded to its default) reaches the next call.
+    A call that dies without a result (a crash inside the C library) comes back as an
+    EspeakError, not as a lost worker. The keeper leaves when its owner closes the pipes.
+    """
+
+    def __init__(self, engine: Espeak) -> None:
+        request_read, request_write = multiprocessing.Pipe(duplex=False)
+        reply_read, reply_write = multiprocessing.Pipe(duplex=False)
+        pid = _fork()
+        if pid == 0:
+            try:
+                request_write.close()
+                reply_read.close()
+                engine._keeper = None  # forks of the keeper run calls; they keep no keeper of their own
+                self._serve(engine, request_read, reply_write)
+            finally:
+                os._exit(0)
+        request_read.close()
+        reply_write.close()
+        self.owner = os.getpid()
+        self._requests, self._replies = request_write, reply_read
+        self._lock = threading.Lock()
+
+    def call(self, function, *args):
+        """`function(engine, *args)` run in a fork of the keeper, with the keeper's untouched engine: its
+        value, or its exception raised here. `function` must be importable by name."""
+        with self._lock:
+            try:
+                self._requests.send_bytes(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL))
+                succeeded, value = pickle.loads(self._replies.recv_bytes())
+            except (EOFError, OSError):
+                raise EspeakError("espeak-ng's keeper process has ended") from None
+        if succeeded:
+            return value
+        raise value
+
+    @staticmethod
+    def _serve(engine: Espeak, requests, replies) -> None:
+        while True:
+            try:
+                request = requests.recv_bytes()
+            except EOFError:
+                return
+            result_read, result_write = multiprocessing.Pipe(duplex=False)
+            pid = _fork()
+            if pid == 0:  # run the call, send its outcome, leave without the parent's exit handlers
+                try:
+                    result_read.close()
+                    ctypes.CDLL(None).srand(1)
+                    try:
+                        function, args = pickle.loads(request)
+                        outcome = pickle.dumps((True, function(engine, *args)), protocol=pickle.HIGHEST_PROTOCOL)
+                    except Exception as error:
+                        try:
+                            outcome = pickle.dumps((False, error))
+                        except Exception:  # an exception that cannot be pickled still comes back, as text
+                            outcome = pickle.dumps((False, EspeakError(f"{type(error).__name__}: {error}")))
+                    result_write.send_bytes(outcome)
+                finally:
+                    os._exit(0)
+            result_write.close()
+            try:
+                outcome = result_read.recv_bytes()
+            except EOFError:  # the call died before sending anything
+                outcome = None
+            result_read.close()
+            _, wait_status = os.waitpid(pid, 0)
+            if outcome is None:
+                signal_number = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else 0
+                how = f"signal {signal_number}" if signal_number else f"status {os.waitstatus_to_exitcode(wait_status)}"
+                outcome = pickle.dumps((False, EspeakError(f"espeak-ng's process ended without a result ({how})")))
+            replies.send_bytes(outcome)
 
 
 def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,

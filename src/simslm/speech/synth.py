@@ -4,7 +4,8 @@ This is the offline counterpart of the paper's sTinyStories (TinyStories read by
 system). Each line of the corpus becomes one utterance spoken by a voice drawn from a
 named voice set; word timings come from the TTS engine's own events (`simslm.espeak`).
 The job runs on all cores, resumes where it stopped, and skips and counts lines it
-cannot speak.
+cannot speak. A line's audio depends on the line, the seed and the voice set alone, not on
+the number of workers or the order they take lines in (`simslm.speech.espeak`).
 """
 
 from __future__ import annotations
