@@ -3,8 +3,8 @@
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_synth_fork.py [--stories 60] [--repeats 3]
 
 Each contender synthesises the same first `--stories` TinyStories lines with one worker, in its own spawned
-process, alternating. "before" drops its engine's keeper, which makes `espeak.speak` speak in the process, as
-it did before 2026-12-03. Reports the median wall time of each, their ratio, and how many
+process, alternating. "before" has no keeper (`espeak.keeper`), so `espeak.speak` synthesises in the process,
+as it did before 2026-12-03. Reports the median wall time of each, their ratio, and how many
 files differ between two runs of the same contender (the reproducibility the fork buys).
 """
 
@@ -25,8 +25,8 @@ from simslm.speech.synth import SynthConfig, synthesize_corpus
 
 
 def _synthesise(out: str, stories: int, in_process: bool) -> float:
-    if in_process:  # an engine without a keeper speaks in the process, as every engine did before
-        espeak.Espeak.instance()._keeper = None
+    if in_process:  # with no keeper, `speak` synthesises in the process, as it always did before
+        espeak.keeper = lambda: None
     started = time.perf_counter()
     synthesize_corpus(SynthConfig(out=out, limit=stories, num_workers=1))
     return time.perf_counter() - started

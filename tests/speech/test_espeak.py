@@ -39,7 +39,7 @@ def test_words_hold_the_speech_and_gaps_the_silence(voice):
 def test_a_texts_audio_does_not_depend_on_what_was_spoken_before():
     # espeak-ng carries its waveform generator's state from call to call (docs/LOG.md,
     # 2026-12-03): spoken straight after another text, the same text came out ~900 samples
-    # longer. `speak` runs each call in a fork of the untouched engine, so the audio is
+    # longer. `speak` runs each call in a fork of the keeper's untouched engine, so the audio is
     # exactly that of a process that has spoken nothing else.
     arguments = {"voice": "en-us+f2", "pitch": 60, "rate_wpm": 170}
     first = espeak.speak("The cat sat on the mat. It was warm.", **arguments)
@@ -56,30 +56,23 @@ def test_a_texts_audio_does_not_depend_on_what_was_spoken_before():
 
 
 def test_the_engine_itself_keeps_state_between_calls():
-    # What the fork guards against, so the test above would fail without it. Run in a fresh
-    # process: this one's engine must stay untouched for the other tests' forks.
+    # What the keeper guards against, so the test above would fail without it.
     script = ("from simslm.speech import espeak; engine = espeak.Espeak.instance(); "
               "say = lambda: engine.synthesize('The cat sat on the mat.').samples.tobytes(); "
-              "first = say(); engine.synthesize('A dog ran after a red ball.'); print(first == say(), "
-              "engine.touched)")
+              "first = say(); engine.synthesize('A dog ran after a red ball.'); print(first == say())")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "True"]
-
-
-def _die(engine):
-    os.kill(os.getpid(), signal.SIGKILL)  # as a crashed call is killed
-
-
-def _touched_and_pid(engine, text):
-    return engine.touched, os.getpid(), text
+    assert result.stdout.split() == ["False"]
 
 
 def test_a_crash_in_a_forked_call_is_an_error_and_the_next_call_works():
-    keeper = espeak.Espeak.instance().untouched()
-    with pytest.raises(espeak.EspeakError, match="ended without a result .signal 9"):
-        keeper.call(_die)
-    touched, pid, text = keeper.call(_touched_and_pid, "hello")
-    assert (touched, text) == (False, "hello") and pid != os.getpid()
+    keeper = espeak.keeper()
+    with pytest.raises(espeak.EspeakError, match=r"ended without a result \(status 3\)"):
+        keeper.call(os._exit, 3)  # as a call that dies in the C library
+    with pytest.raises(espeak.EspeakError, match=r"ended without a result \(signal 9\)"):
+        keeper.call(signal.raise_signal, signal.SIGKILL)  # killed, as a crashed call is
+    # Each call is a fork of the keeper: another process, never this one or the keeper itself.
+    first, second = keeper.call(os.getpid), keeper.call(os.getpid)
+    assert len({first, second, os.getpid(), keeper.process.pid}) == 4
 
 
 def test_the_process_engine_is_free_for_phonemes_without_changing_speech():
@@ -92,7 +85,19 @@ def test_the_process_engine_is_free_for_phonemes_without_changing_speech():
         engine.phonemes(word + "s", "en+f1")
     after = espeak.speak("Once upon a time there was a cat. She was happy.", **arguments)
     np.testing.assert_array_equal(before[0], after[0])
-    assert before[2] == after[2] and engine.touched
+    assert before[2] == after[2]
+
+
+def test_a_call_the_keeper_cannot_import_is_an_error_and_the_keeper_stays(monkeypatch):
+    keeper = espeak.keeper()
+    # A function of a module that exists only in this process: it pickles here, but not in the keeper.
+    here_only = types.ModuleType("simslm_test_here_only")
+    exec("def answer():\n    return 42\n", here_only.__dict__)
+    here_only.answer.__module__ = here_only.__name__
+    monkeypatch.setitem(sys.modules, here_only.__name__, here_only)
+    with pytest.raises(ImportError, match="simslm_test_here_only"):
+        keeper.call(here_only.answer)
+    assert keeper.call(len, "still here") == 10
 
 
 def test_split_counts_follows_connected_speech():
@@ -117,15 +122,3 @@ def test_unknown_voice_is_a_clear_error():
 def test_text_without_words_is_refused():
     with pytest.raises(ValueError, match="no words"):
         espeak.speak("... !!")
-
-
-def test_a_call_the_keeper_cannot_read_is_an_error_and_the_keeper_stays(monkeypatch):
-    keeper = espeak.Espeak.instance().untouched()
-    # A module imported after the keeper was forked: its functions pickle here but not there.
-    late = types.ModuleType("simslm_test_late_module")
-    exec("def answer(engine):\n    return 42\n", late.__dict__)
-    late.answer.__module__ = late.__name__
-    monkeypatch.setitem(sys.modules, late.__name__, late)
-    with pytest.raises(ImportError, match="simslm_test_late_module"):
-        keeper.call(late.answer)
-    assert keeper.call(_touched_and_pid, "still here")[2] == "still here"

@@ -16,10 +16,10 @@ espeak-ng also carries its waveform generator's state from one utterance to the 
 flutter phase kept in a function's static variable, among others; srand does not reset
 it): the same sentence spoken after another came out a few hundred samples longer, with
 other samples; many espeak_TextToPhonemes calls changed the events of later synthesis. So
-each engine, as soon as it is initialised, forks a keeper of that untouched state, and
-`speak` runs each call in a fork of the keeper: a text's audio and timings depend on the
-text and the voice settings alone, not on what the process did before nor on which worker
-spoke it. The process's own engine remains free for `Espeak.phonemes`.
+`speak` has each call synthesised in a fork of a keeper process, a small interpreter that
+has initialised espeak-ng and never used it: a text's audio and timings depend on the text
+and the voice settings alone, not on what the process did before nor on which worker spoke
+it. This process's own engine stays free for `Espeak.phonemes` and the timings.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ import multiprocessing
 import os
 import pickle
 import re
+import subprocess
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -119,21 +122,10 @@ class Espeak:
         self._callback = _SynthCallback(self._collect)  # kept alive: the library holds the pointer
         self._lib.espeak_SetSynthCallback(self._callback)
         self._voice: bytes | None = None
-        self.touched = False
-        """Whether this engine has synthesised or converted text to phonemes in this process: either
-        changes what it synthesises next (module docstring), so its state is no longer the initial one."""
-        self._keeper = _Keeper(self) if hasattr(os, "fork") else None
-
-    def untouched(self) -> "_Keeper | None":
-        """The keeper of this engine's initial state for this process; None where there cannot be one
-        (no fork on this platform, or a fork of a process that had already used its engine)."""
-        if self._keeper is not None and self._keeper.owner != os.getpid():  # inherited through a fork
-            self._keeper = None if self.touched else _Keeper(self)
-        return self._keeper
 
     @classmethod
     def instance(cls) -> "Espeak":
-        """The process-wide engine, initialised (and its keeper forked) on first use."""
+        """The process-wide engine, initialised on first use."""
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
@@ -167,7 +159,6 @@ class Espeak:
         for parameter, value in ((_RATE, rate_wpm), (_PITCH, pitch), (_RANGE, pitch_range)):
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks, self._events = [], []
-        self.touched = True
         buffer = text.encode("utf-8") + b"\0"
         flags = _CHARS_UTF8 | (_SSML if ssml else 0)
         status = self._lib.espeak_Synth(buffer, len(buffer), 0, _POS_CHARACTER, 0, flags, None, None)
@@ -180,7 +171,6 @@ class Espeak:
     def phonemes(self, text: str, voice: str = "en-us") -> tuple[str, ...]:
         """espeak-ng's phoneme mnemonics for `text`, stress marks removed."""
         self.set_voice(voice)
-        self.touched = True
         buffer = ctypes.create_string_buffer(text.encode("utf-8"))
         pointer = ctypes.c_void_p(ctypes.addressof(buffer))
         # phonememode: bits 8-23 hold a separator character put between phonemes.
@@ -219,9 +209,9 @@ def speak(text: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 
 
     The timed words are exactly `simslm.text.words(text)`; raises `UnalignedWordsError`
     when espeak-ng gives no event for some word, and ValueError when `text` has no word.
-    The call runs in a fork of the engine's untouched state, so the same arguments give the
-    same audio in any process (module docstring). Where no fork can be made, it runs here,
-    after whatever the engine did before.
+    The audio comes from a fork of an untouched engine (`keeper`), so the same arguments give
+    the same audio in any process (module docstring). Where no fork can be made (Windows), it is
+    synthesised here, after whatever this process's engine did before.
     """
     spoken = [sentence for sentence in sentences(text) if text_lib.has_words(sentence)]
     if not spoken:
@@ -229,11 +219,11 @@ def speak(text: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 
     settings = {"voice": voice, "rate_wpm": rate_wpm, "pitch": pitch, "pitch_range": pitch_range, "ssml": True}
     marked = [marked_ssml(sentence) for sentence in spoken]
     engine = Espeak.instance()
-    keeper = engine.untouched()
+    untouched = keeper()
     # Every sentence is synthesised before any is timed: timing calls espeak_TextToPhonemes, which
-    # changes what later synthesis reports. With a keeper, timing runs here, where the engine and
-    # its phoneme cache are free to use.
-    speeches = keeper.call(_synthesize_each, marked, settings) if keeper else _synthesize_each(engine, marked, settings)
+    # changes what later synthesis reports. It runs here, on this process's engine and phoneme cache.
+    speeches = (untouched.call(_synthesize_each, marked, settings) if untouched
+                else _synthesize_each(marked, settings))
     timings, offset_samples = [], 0
     for sentence, speech in zip(spoken, speeches, strict=True):
         offset_sec = offset_samples / speech.sample_rate
@@ -243,95 +233,114 @@ def speak(text: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 
     return np.concatenate([speech.samples for speech in speeches]), engine.sample_rate, timings
 
 
-def _synthesize_each(engine: Espeak, texts: list[str], settings: dict) -> list[Speech]:
+def _synthesize_each(texts: list[str], settings: dict) -> list[Speech]:
+    engine = Espeak.instance()
     return [engine.synthesize(text, **settings) for text in texts]
 
 
-def _fork() -> int:
-    with warnings.catch_warnings():
-        # espeak-ng's idle queue thread makes Python 3.12+ warn about fork in a threaded process;
-        # no fork made here touches that queue (synchronous mode), and each leaves with os._exit.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
+_KEEPERS: dict[int, "_Keeper"] = {}  # by process id: a fork of this process starts its own
+_KEEPERS_LOCK = threading.Lock()
+
+
+def keeper() -> "_Keeper | None":
+    """This process's keeper of an untouched espeak-ng, started on first use; None without fork (Windows)."""
+    if not hasattr(os, "fork"):
+        return None
+    with _KEEPERS_LOCK:
+        found = _KEEPERS.get(os.getpid())
+        if found is None or found.process.poll() is not None:
+            found = _KEEPERS[os.getpid()] = _Keeper()
+        return found
 
 
 class _Keeper:
-    """A fork of a process made right after its engine was initialised, that runs calls in forks of itself.
+    """A small interpreter (`_keep`) that initialises espeak-ng, never uses it, and runs each call in a fork.
 
-    Requests and replies are pickled through pipes between this process and its own children,
-    never read from a file. Each call runs in a new fork and exits after it, so nothing it
-    changes in espeak-ng (or in libc's rand, reseeded to its default) reaches the next call.
-    A call that dies without a result (a crash inside the C library) comes back as an
-    EspeakError, not as a lost worker. The keeper leaves when its owner closes the pipes.
+    A new interpreter rather than a fork of this one: it holds none of this process's memory (a
+    fork would pin whatever this process later frees) and forks fast however large this process
+    is (a fork of a process with torch loaded took 23 ms, of a bare one 5 ms). Requests and
+    replies are pickled through pipes between this process and its own children, never read from
+    a file. Each call runs in a new fork and exits after it, so nothing it changes in espeak-ng
+    (or in libc's rand, reseeded to its default) reaches the next call. A call that dies without a
+    result (a crash inside the C library) is an EspeakError, not a lost worker. The keeper leaves
+    when this process closes the pipes, at its exit at the latest.
     """
 
-    def __init__(self, engine: Espeak) -> None:
+    def __init__(self) -> None:
         request_read, request_write = multiprocessing.Pipe(duplex=False)
         reply_read, reply_write = multiprocessing.Pipe(duplex=False)
-        pid = _fork()
-        if pid == 0:
-            try:
-                request_write.close()
-                reply_read.close()
-                engine._keeper = None  # forks of the keeper run calls; they keep no keeper of their own
-                self._serve(engine, request_read, reply_write)
-            finally:
-                os._exit(0)
+        descriptors = (request_read.fileno(), reply_write.fileno())
+        # The simslm this process imported, wherever it lies (installed, or a source tree on sys.path).
+        code = (f"import sys; sys.path.insert(0, {_SOURCE_ROOT!r}); from simslm.speech.espeak import _keep; "
+                f"_keep({descriptors[0]}, {descriptors[1]})")
+        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=descriptors,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         request_read.close()
         reply_write.close()
-        self.owner = os.getpid()
         self._requests, self._replies = request_write, reply_read
         self._lock = threading.Lock()
 
     def call(self, function, *args):
-        """`function(engine, *args)` run in a fork of the keeper, with the keeper's untouched engine: its
-        value, or its exception raised here. `function` must be importable by name."""
+        """`function(*args)` run in a fork of the keeper, whose `Espeak.instance()` is untouched: its value, or its
+        exception raised here. `function` must be importable by name in a new interpreter."""
         with self._lock:
             try:
                 self._requests.send_bytes(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL))
                 succeeded, value = pickle.loads(self._replies.recv_bytes())
             except (EOFError, OSError):
-                raise EspeakError("espeak-ng's keeper process has ended") from None
+                raise EspeakError(f"espeak-ng's keeper process has ended (status {self.process.poll()})") from None
         if succeeded:
             return value
         raise value
 
-    @staticmethod
-    def _serve(engine: Espeak, requests, replies) -> None:
-        while True:
+
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this `simslm` package
+
+
+def _keep(request_fd: int, reply_fd: int) -> None:
+    """The keeper's main loop: a fork per request, the fork's outcome relayed as the reply."""
+    from multiprocessing.connection import Connection
+
+    Espeak.instance()  # initialised here, before any fork, and never used by the keeper itself
+    requests, replies = Connection(request_fd, writable=False), Connection(reply_fd, readable=False)
+    while True:
+        try:
+            request = requests.recv_bytes()
+        except (EOFError, KeyboardInterrupt):
+            return
+        result_read, result_write = multiprocessing.Pipe(duplex=False)
+        with warnings.catch_warnings():
+            # espeak-ng's idle queue thread makes Python 3.12+ warn about fork in a threaded process; the fork
+            # never touches that queue (synchronous mode) and leaves with os._exit.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # run the call, send its outcome, leave without the keeper's exit handlers
             try:
-                request = requests.recv_bytes()
-            except EOFError:
-                return
-            result_read, result_write = multiprocessing.Pipe(duplex=False)
-            pid = _fork()
-            if pid == 0:  # run the call, send its outcome, leave without the parent's exit handlers
+                result_read.close()
+                ctypes.CDLL(None).srand(1)
                 try:
-                    result_read.close()
-                    ctypes.CDLL(None).srand(1)
+                    function, args = pickle.loads(request)
+                    outcome = pickle.dumps((True, function(*args)), protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception as error:
                     try:
-                        function, args = pickle.loads(request)
-                        outcome = pickle.dumps((True, function(engine, *args)), protocol=pickle.HIGHEST_PROTOCOL)
-                    except Exception as error:
-                        try:
-                            outcome = pickle.dumps((False, error))
-                        except Exception:  # an exception that cannot be pickled still comes back, as text
-                            outcome = pickle.dumps((False, EspeakError(f"{type(error).__name__}: {error}")))
-                    result_write.send_bytes(outcome)
-                finally:
-                    os._exit(0)
-            result_write.close()
-            try:
-                outcome = result_read.recv_bytes()
-            except EOFError:  # the call died before sending anything
-                outcome = None
-            result_read.close()
-            _, wait_status = os.waitpid(pid, 0)
-            if outcome is None:
-                signal_number = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else 0
-                how = f"signal {signal_number}" if signal_number else f"status {os.waitstatus_to_exitcode(wait_status)}"
-                outcome = pickle.dumps((False, EspeakError(f"espeak-ng's process ended without a result ({how})")))
-            replies.send_bytes(outcome)
+                        outcome = pickle.dumps((False, error))
+                    except Exception:  # an exception that cannot be pickled still comes back, as text
+                        outcome = pickle.dumps((False, EspeakError(f"{type(error).__name__}: {error}")))
+                result_write.send_bytes(outcome)
+            finally:
+                os._exit(0)
+        result_write.close()
+        try:
+            outcome = result_read.recv_bytes()
+        except EOFError:  # the call died before sending anything
+            outcome = None
+        result_read.close()
+        _, wait_status = os.waitpid(pid, 0)
+        if outcome is None:
+            signal_number = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else 0
+            how = f"signal {signal_number}" if signal_number else f"status {os.waitstatus_to_exitcode(wait_status)}"
+            outcome = pickle.dumps((False, EspeakError(f"espeak-ng's process ended without a result ({how})")))
+        replies.send_bytes(outcome)
 
 
 def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,
