@@ -2,7 +2,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +124,20 @@ def test_unknown_voice_is_a_clear_error():
 def test_text_without_words_is_refused():
     with pytest.raises(ValueError, match="no words"):
         espeak.speak("... !!")
+
+
+def test_the_keeper_leaves_with_its_owner():
+    script = ("from simslm.speech import espeak; keeper = espeak.keeper(); keeper.call(len, 'x'); "
+              "print(keeper.process.pid)")
+    # Not its stderr: the keeper shares it, and waiting for that pipe to close would wait for the keeper.
+    pid = int(subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, check=True).stdout)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie waiting for whoever inherited it
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the keeper {pid} outlived its owner")

@@ -270,9 +270,10 @@ class _Keeper:
         request_read, request_write = multiprocessing.Pipe(duplex=False)
         reply_read, reply_write = multiprocessing.Pipe(duplex=False)
         descriptors = (request_read.fileno(), reply_write.fileno())
-        # The simslm this process imported, wherever it lies (installed, or a source tree on sys.path).
-        code = (f"import sys; sys.path.insert(0, {_SOURCE_ROOT!r}); from simslm.speech.espeak import _keep; "
-                f"_keep({descriptors[0]}, {descriptors[1]})")
+        # The simslm this process imported: installed, its folder is on the new interpreter's path already;
+        # a source tree (PYTHONPATH aside) goes in front, as it did here.
+        code = (f"import sys; root = {_SOURCE_ROOT!r}; sys.path[:0] = [] if root in sys.path else [root]; "
+                f"from simslm.speech.espeak import _keep; _keep({descriptors[0]}, {descriptors[1]})")
         self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=descriptors,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         request_read.close()
@@ -299,14 +300,17 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding th
 
 def _keep(request_fd: int, reply_fd: int) -> None:
     """The keeper's main loop: a fork per request, the fork's outcome relayed as the reply."""
+    import signal
     from multiprocessing.connection import Connection
 
+    # Ctrl-C reaches the whole process group: the caller stops, closes the pipes, and the keeper leaves then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     Espeak.instance()  # initialised here, before any fork, and never used by the keeper itself
     requests, replies = Connection(request_fd, writable=False), Connection(reply_fd, readable=False)
     while True:
         try:
             request = requests.recv_bytes()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             return
         result_read, result_write = multiprocessing.Pipe(duplex=False)
         with warnings.catch_warnings():
