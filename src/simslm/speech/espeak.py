@@ -305,10 +305,10 @@ def _keep(request_fd: int, reply_fd: int) -> None:
 
     # Ctrl-C reaches the whole process group: the caller stops, closes the pipes, and the keeper leaves then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Initialised here, before any fork, and never used to synthesise by the keeper itself. Selecting a voice
-    # loads its language's dictionary (8 ms for English, then 0.2 ms to switch between English voices) and leaves
-    # the audio of any voice unchanged (test), so each fork starts with English loaded.
-    Espeak.instance().set_voice("en-us")
+    # Initialised here, before any fork, and never used by the keeper itself. Not even to select a voice: that
+    # would save each fork 8 ms of dictionary loading, but changed the audio of 14 of the demo's 800 stories
+    # (voices with breath noise; docs/LOG.md).
+    Espeak.instance()
     requests, replies = Connection(request_fd, writable=False), Connection(reply_fd, readable=False)
     while True:
         try:
