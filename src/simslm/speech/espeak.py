@@ -307,7 +307,7 @@ def _keep(request_fd: int, reply_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Initialised here, before any fork, and never used by the keeper itself. Not even to select a voice: that
     # would save each fork 8 ms of dictionary loading, but changed the audio of 14 of the demo's 800 stories
-    # (voices with breath noise; docs/LOG.md).
+    # (four voice variants; docs/LOG.md).
     Espeak.instance()
     requests, replies = Connection(request_fd, writable=False), Connection(reply_fd, readable=False)
     while True:
