@@ -38,7 +38,8 @@ TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig(Config):
-    """What `simslm demo` does (defaults take under 20 minutes on 2 CPU cores; docs/BENCHMARKS.md)."""
+    """What `simslm demo` does (the defaults take 16 to 26 minutes on 2 CPU cores, depending on the CPU;
+    docs/BENCHMARKS.md)."""
 
     out: str = "out/demo"
     """Folder for everything the demo makes (resumes when it exists)."""

@@ -51,7 +51,8 @@ def test_a_texts_audio_does_not_depend_on_what_was_spoken_before():
     again = espeak.speak(" ".join(sentences), **arguments)
     # The reference: a new interpreter's engine used directly, no keeper. This sentence and voice also show that
     # merely selecting another voice first changes the audio (the keeper once did, to save 8 ms a call).
-    script = ("import sys, json, numpy; from simslm.speech import espeak; sentences, arguments = json.loads(sys.argv[1]); "
+    script = ("import sys, json, numpy; from simslm.speech import espeak; "
+              "sentences, arguments = json.loads(sys.argv[1]); "
               "speeches = espeak._synthesize_each([espeak.marked_ssml(s) for s in sentences], "
               "{**arguments, 'pitch_range': 50, 'ssml': True}); "
               "sys.stdout.buffer.write(numpy.concatenate([s.samples for s in speeches]).tobytes())")
