@@ -16,7 +16,6 @@ Reports each sweep's wall time, and checks that both give the same validation lo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -33,9 +32,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     demo = Path(args.demo_out).resolve()
-    spec = json.loads((demo / "sweep" / sweep.SWEEP_FILE).read_text())["spec"]
-    # The spec's paths are relative to the demo's sweep folder; the copies live beside it.
-    spec = json.loads(json.dumps(spec).replace('"../', f'"{demo}/').replace("=../", f"={demo}/"))
+    # The spec with its paths placed (absolute), as `sweep run` reads it: the copies live beside the demo's sweep.
+    spec = sweep.load_sweep(demo / "sweep")["spec"]
     spec["budgets_flops"] = [float(budget) for budget in args.budgets.split(",")]
     times: dict[str, list[float]] = {"before": [], "now": []}
     losses: dict[str, list[float]] = {}
