@@ -61,3 +61,35 @@ def test_finding_one_is_judged_per_budget_with_paired_intervals():
     assert len(lines) == 5 and all(re.search(r"minus textless \(d2 vs d3\): speech CE -0\.\d+ \[-0\.\d+, -0\.\d+\]",
                                              line) for line in lines[1:4])
     assert "tsc/S +0.0 [+0.0, +0.0] pp" in lines[1]
+
+
+def test_finding_one_with_replicates_holds_the_spread_between_runs():
+    import numpy as np
+
+    tokens = np.full(32, 400.0)
+
+    def run(loss):
+        return {"loss_speech": loss, "accuracies": {},
+                "validation_batches": [[0, 0, loss * n, n, 0, 0] for n in tokens]}
+
+    def cell(member, losses):
+        return {"member": member, "loss_speech": float(np.mean(losses)), "accuracies": {},
+                "replicates": [run(loss) for loss in losses]}
+
+    # The same 0.1-nat gap at both budgets; at the second, the runs of a cell spread over 0.4 nats.
+    best = {("interleaved-twist", 1e11): cell("d2", [3.00, 3.01, 2.99]),
+            ("textless-twist", 1e11): cell("d2", [3.10, 3.11, 3.09]),
+            ("interleaved-twist", 2e11): cell("d2", [2.80, 3.00, 3.20]),
+            ("textless-twist", 2e11): cell("d3", [2.90, 3.10, 3.30])}
+    lines = demo.finding_one(best, [1e11, 2e11])
+    assert "lower speech CE at 1 of 2 budgets, higher at 0, within noise at 1" in lines[0]
+    assert "3+ training runs per cell" in lines[0] and "not in them" not in lines[0]
+    assert re.search(r"C=2e\+11: .*speech CE -0\.100 \[-0\.\d+, \+0\.\d+\]", lines[2])
+
+
+def test_the_demos_sweep_has_one_run_per_cell_or_one_per_seed():
+    single = demo.sweep_spec(demo.DemoConfig(out="d", seed=4))
+    assert single.seeds == () and single.train["seed"] == 4  # the run ids of a demo made before seeds existed
+    replicated = demo.sweep_spec(demo.DemoConfig(out="d", seed=4, seeds=3))
+    assert replicated.seeds == (4, 5, 6) and "seed" not in replicated.train
+    assert [v.name for v in replicated.variants] == ["interleaved-twist", "interleaved-random", "textless-twist"]

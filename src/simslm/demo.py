@@ -77,11 +77,15 @@ class DemoConfig(Config):
     """Bootstrap resamples for the fits."""
     seed: int = 0
     """Seed of every stage."""
+    seeds: int = 1
+    """Training runs per cell of the sweep, at seeds seed, seed + 1, ... With 2 or more, the best size per budget
+    is the one of lowest mean speech CE and finding 1's intervals hold the spread between training runs too;
+    each multiplies the sweep's time. One run per cell shows the validation sample's noise only."""
 
     renamed: ClassVar[dict[str, str]] = {"tsc_items": "num_tsc_items"}
 
     def check(self) -> None:
-        check_positive(self, "num_stories", "num_units", "aspect_ratio", "text_tokens_per_parameter",
+        check_positive(self, "num_stories", "num_units", "aspect_ratio", "text_tokens_per_parameter", "seeds",
                        "context_length", "batch_size", "lr", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
         if self.num_stories >= 2000:
             raise ConfigError(f"--num-stories must be below 2000 (the family's text is lines [num_stories, 2000)), "
@@ -171,16 +175,7 @@ def run_demo(config: DemoConfig) -> str:
             voices="single", seed=config.seed))
 
     def plan_and_run():
-        spec = sweep.SweepSpec(
-            variants=(sweep.Variant(name="interleaved-twist", data=str(out / "sequences" / "interleaved")),
-                      sweep.Variant(name="interleaved-random", data=str(out / "sequences" / "interleaved"),
-                                    init="random"),
-                      sweep.Variant(name="textless-twist", data=str(out / "sequences" / "textless"))),
-            depths=config.depths, budgets_flops=config.budgets_flops,
-            family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
-            bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
-            train={"batch_size": config.batch_size, "lr": config.lr, "lr_min": config.lr / 10, "new_rows": config.new_rows,
-                   "checkpoint_every": 500, "num_validation_batches": 64, "seed": config.seed})
+        spec = sweep_spec(config)
         sweep.plan_sweep(spec, out / "sweep")
         # Two single-thread runs at once beat one two-thread run on this machine (docs/BENCHMARKS.md).
         sweep.run_sweep(out / "sweep", executor="local", num_parallel=2, threads_per_run=1, bracket=config.bracket)
@@ -200,11 +195,31 @@ def run_demo(config: DemoConfig) -> str:
     return summary + f"\nreport: {page}"
 
 
+def sweep_spec(config: DemoConfig):
+    """The demo's sweep: three variants over the family's depths and the budgets, evaluated on both benchmarks,
+    one run per cell at `seed` or, with `seeds` > 1, one per seed from `seed` on."""
+    from simslm.scaling import sweep
+
+    out = Path(config.out)
+    replicated = config.seeds > 1
+    return sweep.SweepSpec(
+        variants=(sweep.Variant(name="interleaved-twist", data=str(out / "sequences" / "interleaved")),
+                  sweep.Variant(name="interleaved-random", data=str(out / "sequences" / "interleaved"), init="random"),
+                  sweep.Variant(name="textless-twist", data=str(out / "sequences" / "textless"))),
+        depths=config.depths, budgets_flops=config.budgets_flops,
+        family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
+        bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
+        train={"batch_size": config.batch_size, "lr": config.lr, "lr_min": config.lr / 10, "new_rows": config.new_rows,
+               "checkpoint_every": 500, "num_validation_batches": 64, **({} if replicated else {"seed": config.seed})},
+        seeds=tuple(range(config.seed, config.seed + config.seeds)) if replicated else ())
+
+
 def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[float]) -> list[str]:
-    """Finding 1 judged with uncertainty: per budget, the best interleaved + TWIST run minus the best textless one,
-    in validation speech CE (paired bootstrap over validation batches) and in every benchmark accuracy (paired
-    bootstrap over items); then one sentence on what holds. A difference counts only when its 95% interval
-    excludes zero."""
+    """Finding 1 judged with uncertainty: per budget, the best interleaved + TWIST cell minus the best textless
+    one (`sweep.best_runs`), in validation speech CE (`sweep.cell_difference`: the validation batches' paired
+    bootstrap, plus the spread between training runs when the cells have replicates) and in every benchmark
+    accuracy (paired bootstrap over items); then one sentence on what holds. A difference counts only when its
+    95% interval excludes zero."""
     from simslm.eval.scoring import difference_with_ci
     from simslm.scaling import sweep
 
@@ -214,7 +229,7 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
         first, second = best.get(("interleaved-twist", budget)), best.get(("textless-twist", budget))
         if first is None or second is None:
             continue
-        loss = sweep.speech_loss_difference(first, second)
+        loss = sweep.cell_difference(first, second)
         if loss is None:
             unknown.append(budget)
             text = (f"speech CE {first['loss_speech'] - second['loss_speech']:+.3f} (no per-batch losses "
@@ -246,9 +261,15 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
                 sorted(benchmark_verdicts.items()) if right or wrong]
     benches = ("; on the benchmarks: " + ", ".join(resolved) + " of the budgets (else within noise)" if resolved else
                "; no benchmark difference is resolved (every interval includes 0)" if benchmark_verdicts else "")
+    runs = min(len(cell.get("replicates", [cell])) for cell in best.values())
+    intervals = ("95% paired-bootstrap intervals over validation batches, best run of each variant per budget; "
+                 "one training run per cell, so the spread between runs is not in them (--seeds 3 adds it)"
+                 if runs == 1 else
+                 f"95% intervals over validation batches and {runs}+ training runs per cell, best size of each "
+                 f"variant per budget by mean speech CE")
     header = (f"Finding 1, interleaved + TWIST beats textless per FLOP: {verdict} here: lower speech CE at "
               f"{len(lower)} of {judged} budgets, higher at {len(higher)}, within noise at {len(unknown)} "
-              f"(95% paired-bootstrap intervals, best run of each variant per budget){benches}.")
+              f"({intervals}){benches}.")
     return [header, *lines]
 
 

@@ -41,3 +41,26 @@ def test_the_reference_s_mode_encodes_context_and_ending_as_one_recording(traine
     model, vocabulary, _ = load_run_model(run, "cpu")
     scores = score_pairs(model, pairs, vocabulary, units_of, ScoringOptions())
     assert scores.num_skipped == 0 and len(scores.positive) == len(pairs)
+
+
+def test_benchmark_units_once_cached_are_read_without_opening_the_audio_again(trained_run, tmp_path, monkeypatch):
+    from simslm.eval import bench_units
+    from simslm.speech import audio
+
+    run, bench = trained_run
+    monkeypatch.setattr(bench_units, "bench_units_cache", lambda: tmp_path / "cache")
+    _, pairs = load(bench, "S")
+    first = units_lookup(pairs, run, None)
+    opened = []
+    monkeypatch.setattr(audio, "audio_info", lambda path: opened.append(path) or (16000, 1.0))
+    again = units_lookup(pairs, run, None)  # every run of a sweep after the first
+    assert opened == []
+    for pair in pairs:
+        for part in pair.positive + pair.negative:
+            if part.audio:
+                np.testing.assert_array_equal(again(part.audio), first(part.audio))
+    # A folder missing a shard is not complete: the headers are read and the shard extracted again.
+    folder = next((tmp_path / "cache").iterdir())
+    next((folder / "shards").iterdir()).unlink()
+    units_lookup(pairs, run, None)
+    assert opened

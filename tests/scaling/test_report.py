@@ -1,3 +1,4 @@
+import itertools
 import json
 from dataclasses import asdict
 
@@ -14,30 +15,30 @@ from simslm.train import Losses, RunResult
 LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 
 
-def _fake_sweep(folder):
-    """A ledger of finished runs whose losses follow a known law (no training)."""
+def _fake_sweep(folder, seeds=(0,)):
+    """A ledger of finished runs whose losses follow a known law (no training); a run per seed of each cell."""
     runs = []
     rng = np.random.default_rng(0)
     for variant, shift in (("interleaved-twist", 0.0), ("textless-twist", 0.3)):
-        for budget in (1e12, 1e13, 1e14):
-            for depth, parameters in ((1, 3e4), (2, 1e5), (3, 3e5), (4, 1e6)):
-                identifier = f"{variant}-d{depth}-c{budget:.0e}"
-                run_dir = folder / "runs" / identifier
-                tokens = budget / (6 * parameters)
-                loss = float(LAW.loss(parameters, tokens) + shift) * float(np.exp(0.002 * rng.standard_normal()))
-                RunResult(steps=1, tokens=int(tokens), flops=budget, wall_sec=1.0, peak_flops_measured=1.0,
-                          parameters=ParameterGroups(embedding=0, output_head=0, non_embedding=int(0.8 * parameters),
-                                                     total=int(parameters)),
-                          final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
-                          ).save(run_dir)
-                accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
-                result = BenchmarkResult(
-                    accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
-                    num_pairs=100, num_groups=1, aggregation="pairs", num_resamples=100, per_group={},
-                    layout="cross-modal", mode="S", folder="tsc", num_skipped=0, scoring={}, wall_sec=1.0, note=None)
-                jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": asdict(result)}})
-                runs.append({"id": identifier, "variant": variant, "depth": depth, "budget_flops": budget,
-                             "config": {"run_dir": str(run_dir)}})
+        for budget, (depth, parameters), seed in itertools.product((1e12, 1e13, 1e14),
+                                                                   ((1, 3e4), (2, 1e5), (3, 3e5), (4, 1e6)), seeds):
+            identifier = f"{variant}-d{depth}-c{budget:.0e}" + (f"-s{seed}" if len(seeds) > 1 else "")
+            run_dir = folder / "runs" / identifier
+            tokens = budget / (6 * parameters)
+            loss = float(LAW.loss(parameters, tokens) + shift) * float(np.exp(0.002 * rng.standard_normal()))
+            RunResult(steps=1, tokens=int(tokens), flops=budget, wall_sec=1.0, peak_flops_measured=1.0,
+                      parameters=ParameterGroups(embedding=0, output_head=0, non_embedding=int(0.8 * parameters),
+                                                 total=int(parameters)),
+                      final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
+                      ).save(run_dir)
+            accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
+            result = BenchmarkResult(
+                accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
+                num_pairs=100, num_groups=1, aggregation="pairs", num_resamples=100, per_group={},
+                layout="cross-modal", mode="S", folder="tsc", num_skipped=0, scoring={}, wall_sec=1.0, note=None)
+            jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": asdict(result)}})
+            runs.append({"id": identifier, "variant": variant, "depth": depth, "budget_flops": budget,
+                         "config": {"run_dir": str(run_dir), "seed": seed}})
     jobs.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})
 
 
@@ -147,3 +148,11 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     # Drawn figures, not a blank or error page: many dark pixels (axes, curves, text) spread over the page.
     dark_rows = np.flatnonzero((pixels < 128).sum(axis=1) > 20)
     assert len(dark_rows) > 300 and dark_rows.max() - dark_rows.min() > 1500
+
+
+def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
+    _fake_sweep(tmp_path, seeds=(0, 1))
+    text = report.write_report(tmp_path).read_text()
+    assert "<th>seed</th>" in text
+    runs_table = text.split("<h2>Runs</h2>")[1]
+    assert runs_table.count("<tr>") == 1 + 2 * 2 * 3 * 4  # header, then 2 variants x 3 budgets x 4 sizes x 2 seeds

@@ -331,3 +331,85 @@ def test_a_speech_loss_difference_gets_a_paired_interval_over_validation_batches
     # Runs without per-batch sums, or over other batches, get no interval.
     assert sweep.speech_loss_difference({"validation_batches": None}, second) is None
     assert sweep.speech_loss_difference({"validation_batches": batches(0.0)[:10]}, second) is None
+
+
+def test_seeds_plan_one_run_per_replicate_and_a_sweep_without_them_plans_as_before(data, tmp_path):
+    single = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path / "single")["runs"]
+    assert len(single) == 1 and single[0]["config"]["seed"] == 0 and "-s" not in single[0]["id"]
+    replicated = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,), seeds=(3, 4)), tmp_path / "two")
+    assert [run["config"]["seed"] for run in replicated["runs"]] == [3, 4]
+    assert [run["id"].split("-")[2:4] for run in replicated["runs"]] == [["c4e08", "s3"], ["c4e08", "s4"]]
+    assert sweep.SweepSpec.from_json(replicated["spec"]).seeds == (3, 4)  # as sweep.json stores it
+    for seeds, train, message in (((1, 1), {}, "distinct"), ((-1,), {}, ">= 0"), ((1, 2), {"seed": 5}, "not both")):
+        with pytest.raises(ValueError, match=message):
+            _spec(data, seeds=seeds, train=train)
+
+
+def test_replicates_make_one_cell_and_the_best_size_is_the_lowest_mean():
+    def row(member, seed, loss):
+        return {"id": f"v-{member}-s{seed}", "variant": "v", "family": "f", "member": member, "budget": 1e9,
+                "seed": seed, "parameters": {"d1": 1e5, "d2": 2e5}[member], "loss_speech": loss, "accuracies": {}}
+
+    # d1 has the single best run (2.90) but d2 the lower mean (3.00 against 3.05).
+    rows = [row("d1", 0, 2.90), row("d1", 1, 3.20), row("d2", 0, 3.01), row("d2", 1, 2.99)]
+    cells = {cell["member"]: cell for cell in sweep.cells(rows)}
+    assert cells["d1"]["loss_speech"] == pytest.approx(3.05) and len(cells["d1"]["replicates"]) == 2
+    best = sweep.best_runs(rows)[("v", 1e9)]
+    assert best["member"] == "d2" and [r["seed"] for r in best["replicates"]] == [0, 1]
+    assert sweep.edges(rows) == [{"variant": "v", "budget": 1e9, "member": "d2", "needs": "larger", "family": "f"}]
+
+
+def test_a_cell_difference_adds_the_spread_between_runs_to_the_batches_as_welch_does():
+    from scipy import stats
+
+    tokens = np.full(64, 400.0)
+
+    def run(loss, noise=None):  # every batch at one loss: the validation sample adds nothing
+        losses = loss + (noise if noise is not None else np.zeros(64))
+        return {"validation_batches": [[0, 0, value * n, n, 0, 0] for value, n in zip(losses, tokens)]}
+
+    first, second = [3.00, 3.10, 2.95], [3.20, 3.08, 3.30, 3.15]
+    cell = lambda losses: {"replicates": [run(loss) for loss in losses]}  # noqa: E731
+    difference, low, high = sweep.cell_difference(cell(first), cell(second))
+    welch = stats.ttest_ind(first, second, equal_var=False).confidence_interval(0.95)
+    assert difference == pytest.approx(np.mean(first) - np.mean(second))
+    assert (low, high) == (pytest.approx(welch.low), pytest.approx(welch.high))
+    # One run per cell: the batches' paired bootstrap alone, as speech_loss_difference gives it.
+    rng = np.random.default_rng(0)
+    one, other = run(3.0, rng.normal(0, 0.3, 64)), run(3.1, rng.normal(0, 0.3, 64))
+    assert sweep.cell_difference({"replicates": [one]}, {"replicates": [other]}) == \
+        sweep.speech_loss_difference(one, other)
+    # A gap resolved by one run of each is not when the runs themselves spread that much.
+    spread = [run(loss) for loss in (2.80, 3.00, 3.20)]
+    assert sweep.cell_difference({"replicates": [run(3.0)]}, {"replicates": [run(3.1)]})[2] < 0
+    assert sweep.cell_difference({"replicates": spread}, {"replicates": [run(3.1), run(3.2), run(3.0)]})[2] > 0
+    # Both shares count: batch noise widens the interval of the same runs.
+    noisy = [run(loss, rng.normal(0, 0.3, 64)) for loss in first]
+    assert np.ptp(sweep.cell_difference({"replicates": noisy}, cell(second))[1:]) > high - low
+    assert sweep.cell_difference({"replicates": [run(3.0), {"validation_batches": None}]}, cell(second)) is None
+
+
+def test_a_cells_accuracy_averages_each_items_outcome_over_its_runs():
+    from simslm.eval.scoring import accuracy_with_ci, difference_with_ci
+
+    a = accuracy_with_ci(np.array([1, 1, 0, 0.5]), ["x", "x", "y", "y"], aggregation="macro")
+    b = accuracy_with_ci(np.array([1, 0, 0, 1.0]), ["x", "x", "y", "y"], aggregation="macro")
+    mean = sweep.mean_accuracy([a, b])
+    assert mean.outcomes == [1.0, 0.5, 0.0, 0.75] and mean.accuracy == pytest.approx((0.75 + 0.375) / 2)
+    assert mean.aggregation == "macro" and difference_with_ci(mean, a) is not None
+    bare = sweep.mean_accuracy([a, dataclasses.replace(b, outcomes=None)])
+    assert bare.outcomes is None and bare.accuracy == pytest.approx((a.accuracy + b.accuracy) / 2)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_path):
+    sweep.plan_sweep(_spec(data, budgets_flops=(4e8,), seeds=(0, 1)), tmp_path)
+    assert sweep.run_sweep(tmp_path, num_parallel=2) == {"done": 4}
+    rows = sweep.collect(tmp_path)
+    assert sorted((row["member"], row["seed"]) for row in rows) == [("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)]
+    for cell in sweep.cells(rows):
+        first, second = (r["loss_speech"] for r in cell["replicates"])
+        assert first != second  # another data order and init: another model
+        assert cell["loss_speech"] == pytest.approx((first + second) / 2)
+    fits = sweep.fit_sweep(tmp_path, num_resamples=20)
+    assert "random" in fits["variants"]

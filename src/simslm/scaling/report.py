@@ -297,9 +297,11 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
               plot_isoflop(rows, fits, main_variant, folder), plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
-    run_rows = [[r["variant"], r["member"], r["parameters"], r["tokens"], r["flops"], r["loss_speech"],
+    seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is
+    run_rows = [[r["variant"], r["member"], *([r.get("seed")] if seeds else []), r["parameters"], r["tokens"],
+                 r["flops"], r["loss_speech"],
                  *[_accuracy_cell(r["accuracies"][k]) if k in r["accuracies"] else "" for k in accuracy_keys]]
-                for r in sorted(rows, key=lambda r: (r["variant"], r["flops"]))]
+                for r in sorted(rows, key=lambda r: (r["variant"], r["flops"], r.get("seed") or 0))]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>simslm sweep report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:0.85em}}td,th{{border:1px solid #ccc;padding:3px 7px}}
@@ -313,7 +315,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{font-size:0.85em;color:
 <h2>Fits</h2>
 {fit_tables(fits)}
 <h2>Runs</h2>
-{_table(["variant", "size", "parameters", "tokens", "FLOPs", "speech CE",
+{_table(["variant", "size", *(["seed"] if seeds else []), "parameters", "tokens", "FLOPs", "speech CE",
          *[f"{key} (95% CI)" for key in accuracy_keys]], run_rows)}
 </body></html>"""
     jobs.write_text(folder / "index.html", page)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,6 +41,7 @@ import numpy as np
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
+from simslm.eval.scoring import Accuracy, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.train import RunResult, TrainConfig
 
@@ -117,6 +120,11 @@ class SweepSpec:
     """Cross-modal modes each run is evaluated in."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields shared by every run (batch_size, lr, ...)."""
+    seeds: tuple[int, ...] = ()
+    """Replicates: every (variant, size, grid point) trained once per seed (a run's seed sets its data order,
+    new unit rows and random init). With two or more, a cell is the mean of its runs, and `cell_difference`'s
+    intervals hold the spread between training runs, which one run per cell cannot show. Empty: one run per
+    cell, at train's seed."""
 
     def __post_init__(self) -> None:
         """Refuse a grid that cannot run, before anything is planned."""
@@ -145,6 +153,11 @@ class SweepSpec:
         for name in ("budgets_flops", "tokens_per_parameter"):
             if not all(isinstance(b, (int, float)) and 0 < b < float("inf") for b in getattr(self, name)):
                 raise ValueError(f"{name} must be finite numbers > 0, not {list(getattr(self, name))}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds) or \
+                len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct whole numbers >= 0, not {list(self.seeds)}")
+        if self.seeds and "seed" in self.train:
+            raise ValueError("give the runs' seed as seeds (replicates) or as train.seed, not both")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
@@ -159,7 +172,7 @@ class SweepSpec:
             raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
         try:
             values["variants"] = tuple(Variant(**v) for v in data["variants"])
-            for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes"):
+            for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes", "seeds"):
                 if key in values:
                     values[key] = tuple(values[key])
             for key in ("families", "bracket_models"):
@@ -269,14 +282,16 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                 raise ValueError(f"{base_model}: no such model (family {member.family})")
             grid = [(float(b), None, f"c{b:.0e}".replace("+", "")) for b in spec.budgets_flops] + \
                 [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
-            for budget, ratio, grid_point in grid:
+            # No seeds: one run per cell, its id as before replicates existed (finished sweeps stay done).
+            replicates = [({"seed": seed}, f"-s{seed}") for seed in spec.seeds] or [({}, "")]
+            for (budget, ratio, grid_point), (seed, suffix) in itertools.product(grid, replicates):
                 # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
-                values = {**spec.train, "data": anchors.anchored(variant.data_for(member.family)),
+                values = {**spec.train, **seed, "data": anchors.anchored(variant.data_for(member.family)),
                           "base_model": anchors.anchored(base_model), "init": variant.init,
                           "budget_flops": budget, "budget_tokens": None, "budget_tokens_per_parameter": ratio,
                           "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
                 config = asdict(TrainConfig(run_dir="", **values))
-                identifier = run_id(variant.name, member.label, grid_point, config,
+                identifier = run_id(variant.name, member.label, grid_point + suffix, config,
                                     member.family if several else "")
                 config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
                 runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
@@ -762,7 +777,8 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
                "member": run.get("member", f"d{run['depth']}"), "family": run.get("family", ""),
-               "budget": run["budget_flops"], "tokens_per_parameter": run.get("tokens_per_parameter"),
+               "seed": run["config"].get("seed", 0), "budget": run["budget_flops"],
+               "tokens_per_parameter": run.get("tokens_per_parameter"),
                "parameters": result.parameters.total,
                "non_embedding_parameters": result.parameters.non_embedding,
                "tokens": result.tokens, "flops": result.flops,
@@ -773,28 +789,97 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of each (variant, size, grid point) as one row: its replicates (a spec's seeds) under
+    `replicates`, speech CE the mean of theirs, each benchmark's accuracy over per-item outcomes averaged across
+    them (`mean_accuracy`). A cell of one run is that run's row with `replicates` = [row]."""
+    grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["variant"], row.get("family"), row["member"], row["budget"], row.get("tokens_per_parameter"))
+        grouped.setdefault(key, []).append(row)
+    merged = []
+    for replicates in grouped.values():
+        replicates = sorted(replicates, key=lambda row: row.get("seed", 0))
+        cell = {**replicates[0], "replicates": replicates}
+        if len(replicates) > 1:
+            losses = [row.get("loss_speech") for row in replicates]
+            names = set.intersection(*(set(row["accuracies"]) for row in replicates))
+            cell.update(id=f"{replicates[0]['id']} and {len(replicates) - 1} more",
+                        loss_speech=float(np.mean(losses)) if None not in losses else None,
+                        accuracies={name: mean_accuracy([row["accuracies"][name] for row in replicates])
+                                    for name in sorted(names)},
+                        validation_batches=None)  # per run: see `cell_difference`
+        merged.append(cell)
+    return merged
+
+
+def mean_accuracy(results: list[Accuracy]) -> Accuracy:
+    """One benchmark's accuracy over several runs: each item's outcome averaged over the runs, then the usual
+    percentile bootstrap over items (so `difference_with_ci` pairs two cells item by item). A run without stored
+    outcomes leaves the cell without them."""
+    first = results[0]
+    if any(result.outcomes is None or result.groups() != first.groups() for result in results):
+        return dataclasses.replace(first, accuracy=float(np.mean([result.accuracy for result in results])),
+                                   ci_low=float("nan"), ci_high=float("nan"), outcomes=None)
+    return accuracy_with_ci(np.mean([result.outcomes for result in results], axis=0), first.groups(),
+                            aggregation=first.aggregation, num_resamples=first.num_resamples,
+                            confidence=first.confidence)
+
+
+def _batch_sums(row: dict[str, Any]) -> np.ndarray | None:
+    """A run's per-validation-batch [speech loss sum, speech tokens], or None when it kept none."""
+    batches = row.get("validation_batches")
+    return np.asarray(batches, dtype=float)[:, 2:4] if batches else None
+
+
 def speech_loss_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamples: int = 1000,
                            confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float] | None:
     """`first` minus `second` validation speech CE (rows of `collect`), with a paired percentile-bootstrap
     interval over validation batches: every run of a sweep scores the same batches, so one resample of batch
     indices redraws both losses, each the ratio of its summed loss to its summed speech tokens. None when
     either run kept no per-batch sums or they scored different batches."""
-    a, b = first.get("validation_batches"), second.get("validation_batches")
-    if not a or not b or len(a) != len(b):
-        return None
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not np.array_equal(a[:, 3], b[:, 3]):
-        return None  # different speech tokens per batch: not the same batches
-    index = np.random.default_rng(seed).integers(0, len(a), (num_resamples, len(a)))
-    draws = a[index, 2].sum(axis=1) / a[index, 3].sum(axis=1) - b[index, 2].sum(axis=1) / b[index, 3].sum(axis=1)
-    low, high = percentile_interval(draws, confidence)
-    return float(a[:, 2].sum() / a[:, 3].sum() - b[:, 2].sum() / b[:, 3].sum()), low, high
+    return cell_difference({"replicates": [first]}, {"replicates": [second]}, num_resamples=num_resamples,
+                           confidence=confidence, seed=seed)
+
+
+def cell_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float] | None:
+    """`first` minus `second` mean validation speech CE of two cells (of `cells`) and an interval on it.
+
+    Two sources of error, independent: the validation sample (every run scores the same batches) and, with 2+
+    replicates in both cells, the training runs themselves. The batches' share is the paired bootstrap of
+    `speech_loss_difference`, applied to the difference of the cells' mean losses. The runs' share is Welch's:
+    s1^2/n1 + s2^2/n2 over the runs' losses, all on one validation set, so the two shares do not overlap. With
+    replicates the interval is difference +- t * sqrt(both shares), t from Student's t at the Welch-Satterthwaite
+    degrees of freedom (the batch share, from 64 batches, adds none); without, the percentile bootstrap alone.
+    None when a run kept no per-batch sums or the runs scored different batches."""
+    from scipy import stats
+
+    runs = [[_batch_sums(row) for row in cell.get("replicates", [cell])] for cell in (first, second)]
+    every = [sums for side in runs for sums in side]
+    if any(sums is None or sums.shape != every[0].shape or not np.array_equal(sums[:, 1], every[0][:, 1])
+           for sums in every):
+        return None  # a run without per-batch sums, or over other batches
+    index = np.random.default_rng(seed).integers(0, len(every[0]), (num_resamples, len(every[0])))
+    tokens = every[0][index, 1].sum(axis=1)
+    means = [np.mean([sums[:, 0].sum() / sums[:, 1].sum() for sums in side]) for side in runs]
+    draws = [np.mean([sums[index, 0].sum(axis=1) / tokens for sums in side], axis=0) for side in runs]
+    difference, bootstrapped = float(means[0] - means[1]), draws[0] - draws[1]
+    if min(len(side) for side in runs) < 2:
+        low, high = percentile_interval(bootstrapped, confidence)
+        return difference, low, high
+    shares = [np.var([sums[:, 0].sum() / sums[:, 1].sum() for sums in side], ddof=1) / len(side) for side in runs]
+    freedom = sum(shares) ** 2 / sum(share ** 2 / (len(side) - 1) for share, side in zip(shares, runs)) \
+        if sum(shares) > 0 else float("inf")
+    half = stats.t.ppf(0.5 + confidence / 2, freedom) * math.sqrt(sum(shares) + np.var(bootstrapped, ddof=1))
+    return difference, difference - half, difference + half
 
 
 def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
-    """The run with the lowest speech CE for each (variant, budget) of an isoFLOP grid: the compute envelope."""
+    """The cell (`cells`: a run, or the mean of a cell's replicates) with the lowest speech CE for each
+    (variant, budget) of an isoFLOP grid: the compute envelope."""
     best: dict[tuple[str, float], dict[str, Any]] = {}
-    for row in rows:
+    for row in cells(rows):
         key = (row["variant"], row["budget"])
         if row["budget"] is None or row.get("loss_speech") is None:
             continue  # a tokens-per-parameter run has no budget to share

@@ -528,18 +528,29 @@ def _iter_shard_lines(out: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def _shards_present(out: Path) -> tuple[int, int | None]:
+    """Shards written in an extraction folder, and how many it has in all (None: an older folder that does not
+    say)."""
+    header = out / "units.json"
+    expected = jobs.read_json(header).get("num_shards") if header.exists() else None
+    return len(list((out / "shards").glob("shard-*.jsonl"))), expected
+
+
+def units_complete(out: str | os.PathLike) -> bool:
+    """Whether an extraction folder holds every shard it was started for (nothing left to extract)."""
+    present, expected = _shards_present(Path(out))
+    return expected is not None and present >= expected
+
+
 def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
     """The extracted units of every successfully encoded utterance, in manifest order.
 
     A folder some of whose shards are missing (an extraction split over processes, not all done) is refused:
     reading part of a corpus as the whole of it would be a silent wrong result."""
-    header = Path(out) / "units.json"
-    expected = jobs.read_json(header).get("num_shards") if header.exists() else None
-    if expected is not None:
-        present = len(list((Path(out) / "shards").glob("shard-*.jsonl")))
-        if present < expected:
-            raise ValueError(f"{out}: {present} of {expected} shards extracted; finish the extraction (every "
-                             f"--shard-index of --num-shards) before reading it")
+    present, expected = _shards_present(Path(out))
+    if expected is not None and present < expected:
+        raise ValueError(f"{out}: {present} of {expected} shards extracted; finish the extraction (every "
+                         f"--shard-index of --num-shards) before reading it")
     for line in _iter_shard_lines(Path(out)):
         if "skipped" not in line:
             yield UtteranceUnits(id=line["id"], units=np.asarray(line["units"], dtype=np.int32),
