@@ -314,7 +314,8 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
                          " Approaches 2 and 3 disagree: their 95% intervals do not overlap.")
         lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
                      f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 {first_a}.{agreement}")
-    accuracies = [(row, name, result) for row in rows for name, result in row["accuracies"].items()
+    # Cells, not runs: with replicates, the best cell's mean accuracy, not the luckiest seed's.
+    accuracies = [(row, name, result) for row in sweep.cells(rows) for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]
     if accuracies:
         row, name, result = max(accuracies, key=lambda item: item[2].accuracy)
