@@ -99,6 +99,23 @@ def test_approach1_envelope_follows_the_true_allocation():
     assert result["a"] == pytest.approx(TRUE.beta / (TRUE.alpha + TRUE.beta), abs=0.12)
 
 
+def test_approach1_takes_replicates_of_one_size_as_their_mean():
+    points = _isoflop_grid(TRUE)
+    once = approach1(points, num_bins=5)
+    # Each run twice more, at +-0.2 nats: the means are the same points, so is the envelope.
+    spread = Points(np.tile(points.parameters, 3), np.tile(points.tokens, 3),
+                    np.concatenate([points.loss, points.loss - 0.2, points.loss + 0.2]), np.tile(points.budget, 3))
+    assert approach1(spread, num_bins=5) == pytest.approx(once)
+    # A lucky seed of the smallest size (5 nats low, its other seed 5 high) does not move the envelope; taken
+    # alone, it would.
+    offset = np.where(points.parameters == points.parameters.min(), 5.0, 0.0)
+    lucky = Points(np.tile(points.parameters, 2), np.tile(points.tokens, 2),
+                   np.concatenate([points.loss - offset, points.loss + offset]), np.tile(points.budget, 2))
+    assert approach1(lucky, num_bins=5) == pytest.approx(once)
+    alone = approach1(Points(points.parameters, points.tokens, points.loss - offset, points.budget), num_bins=5)
+    assert alone["a"] != pytest.approx(once["a"])
+
+
 def test_planner_closed_form_matches_brute_force():
     fit = {"approach3": {"law": TRUE.__dict__, "samples": []}}
     for flops in (1e15, 1e18, 1e21):

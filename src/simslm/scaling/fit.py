@@ -166,7 +166,11 @@ APPROACH1_MIN_SPAN = 2.0
 
 
 def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
-    """Power laws through the lowest-loss point of each log-compute bin."""
+    """Power laws through the lowest-loss point of each log-compute bin. Replicates (runs of one N and D, a
+    sweep's seeds) count as their mean: the envelope of the luckiest seed would be biased low."""
+    cells, inverse = np.unique(np.stack([points.parameters, points.tokens], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    points = Points(cells[:, 0], cells[:, 1], np.bincount(inverse, weights=points.loss) / np.bincount(inverse))
     log_flops = np.log(points.flops)
     edges = np.linspace(log_flops.min(), log_flops.max() + 1e-9, num_bins + 1)
     best = []
