@@ -193,7 +193,8 @@ CAPTIONS = {
     "variants_vs_compute": "Every run's validation speech cross-entropy against its training compute (points), and "
     "each variant's best run per budget (line). Lower is better; a variant whose line lies below another's reaches "
     "the same loss with less compute.",
-    "isoflop": "Runs of one budget (one colour) at different model sizes, with the parabola in log N through them. "
+    "isoflop": "Runs of one budget (one colour) at different model sizes, with the parabola in log N through them "
+    "(several points at one size are its runs at different seeds). "
     "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
     "when the budget has 4 or more sizes (an interval that runs to the frame's edge goes on past the sizes run); "
     "minima outside the sizes run are not marked (the grid does not bracket them).",
