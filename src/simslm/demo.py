@@ -218,9 +218,8 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
     """Finding 1 judged with uncertainty: per budget, the best interleaved + TWIST cell minus the best textless
     one (`sweep.best_runs`), in validation speech CE (`sweep.cell_difference`: the validation batches' paired
     bootstrap, plus the spread between training runs when the cells have replicates) and in every benchmark
-    accuracy (paired bootstrap over items); then one sentence on what holds. A difference counts only when its
-    95% interval excludes zero."""
-    from simslm.eval.scoring import difference_with_ci
+    accuracy (`sweep.cell_accuracy_difference`: the paired bootstrap over items, plus the same spread); then one
+    sentence on what holds. A difference counts only when its 95% interval excludes zero."""
     from simslm.scaling import sweep
 
     lines, lower, higher, unknown = [], [], [], []
@@ -238,7 +237,7 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
             (lower if loss[2] < 0 else higher if loss[1] > 0 else unknown).append(budget)
             text = f"speech CE {loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]"
         for name in sorted(set(first["accuracies"]) & set(second["accuracies"])):
-            difference = difference_with_ci(first["accuracies"][name], second["accuracies"][name])
+            difference = sweep.cell_accuracy_difference(first, second, name)
             if difference is None:
                 continue
             text += f"; {name} {100 * difference[0]:+.1f} [{100 * difference[1]:+.1f}, {100 * difference[2]:+.1f}] pp"

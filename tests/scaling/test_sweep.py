@@ -413,3 +413,26 @@ def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_pa
         assert cell["loss_speech"] == pytest.approx((first + second) / 2)
     fits = sweep.fit_sweep(tmp_path, num_resamples=20)
     assert "random" in fits["variants"]
+
+
+def test_a_cell_accuracy_difference_adds_the_runs_spread_to_the_items_bootstrap():
+    from scipy import stats
+
+    from simslm.eval.scoring import accuracy_with_ci, difference_with_ci
+
+    groups = ["x"] * 20 + ["y"] * 20
+    run = lambda outcomes: {"accuracies": {"b": accuracy_with_ci(np.asarray(outcomes, dtype=float), groups)}}  # noqa: E731
+    rng = np.random.default_rng(0)
+    one, other = run(rng.random(40) < 0.7), run(rng.random(40) < 0.5)
+    # One run a cell: exactly the paired item bootstrap of difference_with_ci.
+    assert sweep.cell_accuracy_difference(one, other, "b") == \
+        difference_with_ci(one["accuracies"]["b"], other["accuracies"]["b"])
+    # Runs that each score every item alike: the items add nothing, so Welch over the runs' accuracies remains.
+    first, second = [1.0, 0.5, 0.75], [0.5, 0.25, 0.5]
+    cell = lambda values: {"replicates": [run(np.full(40, v)) for v in values]}  # noqa: E731
+    difference, low, high = sweep.cell_accuracy_difference(cell(first), cell(second), "b")
+    welch = stats.ttest_ind(first, second, equal_var=False).confidence_interval(0.95)
+    assert difference == pytest.approx(np.mean(first) - np.mean(second))
+    assert (low, high) == (pytest.approx(welch.low), pytest.approx(welch.high))
+    assert low < 0 < high  # a 0.33 gap the runs' own spread does not resolve
+    assert sweep.cell_accuracy_difference(cell(first), {"replicates": [{"accuracies": {}}]}, "b") is None

@@ -304,6 +304,25 @@ def difference_with_ci(first: Accuracy, second: Accuracy, *, num_resamples: int 
     return difference.accuracy, difference.ci_low, difference.ci_high
 
 
+def accuracy_draws(outcomes: np.ndarray, groups: list[str], *, aggregation: str = "pairs",
+                   num_resamples: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """The accuracy of `outcomes` and its percentile-bootstrap draws: pairs resampled freely (`pairs`), or within
+    each group with the per-group accuracies averaged (`macro`)."""
+    outcomes = np.asarray(outcomes, dtype=float)
+    names = sorted(set(groups))
+    members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
+    rng = np.random.default_rng(seed)
+    if aggregation == "pairs":
+        return float(outcomes.mean()), outcomes[rng.integers(0, len(outcomes),
+                                                             (num_resamples, len(outcomes)))].mean(axis=1)
+    if aggregation == "macro":
+        return (float(np.mean([outcomes[members[name]].mean() for name in names])),
+                np.mean([outcomes[members[name]][rng.integers(0, len(members[name]),
+                                                              (num_resamples, len(members[name])))].mean(axis=1)
+                         for name in names], axis=0))
+    raise ValueError(f"aggregation must be pairs or macro, not '{aggregation}'")
+
+
 def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, aggregation: str = "pairs",
                      num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Accuracy:
     """Accuracy, percentile-bootstrap CI and counts; `macro` averages the per-group accuracies.
@@ -315,17 +334,8 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, a
     groups = list(groups) if groups is not None else ["all"] * len(outcomes)
     names = sorted(set(groups))
     members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
-    rng = np.random.default_rng(seed)
-    if aggregation == "pairs":
-        accuracy = float(outcomes.mean())
-        draws = outcomes[rng.integers(0, len(outcomes), (num_resamples, len(outcomes)))].mean(axis=1)
-    elif aggregation == "macro":
-        accuracy = float(np.mean([outcomes[members[name]].mean() for name in names]))
-        draws = np.mean([outcomes[members[name]][rng.integers(0, len(members[name]),
-                                                              (num_resamples, len(members[name])))].mean(axis=1)
-                         for name in names], axis=0)
-    else:
-        raise ValueError(f"aggregation must be pairs or macro, not '{aggregation}'")
+    accuracy, draws = accuracy_draws(outcomes, groups, aggregation=aggregation, num_resamples=num_resamples,
+                                     seed=seed)
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return Accuracy(accuracy=accuracy, ci_low=float(low), ci_high=float(high), confidence=confidence,

@@ -41,7 +41,7 @@ import numpy as np
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
-from simslm.eval.scoring import Accuracy, accuracy_with_ci
+from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.train import RunResult, TrainConfig
 
@@ -853,8 +853,6 @@ def cell_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamp
     replicates the interval is difference +- t * sqrt(both shares), t from Student's t at the Welch-Satterthwaite
     degrees of freedom (the batch share, from 64 batches, adds none); without, the percentile bootstrap alone.
     None when a run kept no per-batch sums or the runs scored different batches."""
-    from scipy import stats
-
     runs = [[_batch_sums(row) for row in cell.get("replicates", [cell])] for cell in (first, second)]
     every = [sums for side in runs for sums in side]
     if any(sums is None or sums.shape != every[0].shape or not np.array_equal(sums[:, 1], every[0][:, 1])
@@ -864,15 +862,45 @@ def cell_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamp
     tokens = every[0][index, 1].sum(axis=1)
     means = [np.mean([sums[:, 0].sum() / sums[:, 1].sum() for sums in side]) for side in runs]
     draws = [np.mean([sums[index, 0].sum(axis=1) / tokens for sums in side], axis=0) for side in runs]
-    difference, bootstrapped = float(means[0] - means[1]), draws[0] - draws[1]
-    if min(len(side) for side in runs) < 2:
-        low, high = percentile_interval(bootstrapped, confidence)
+    per_run = [[sums[:, 0].sum() / sums[:, 1].sum() for sums in side] for side in runs]
+    return _with_run_spread(float(means[0] - means[1]), draws[0] - draws[1], per_run, confidence)
+
+
+def _with_run_spread(difference: float, draws: np.ndarray, per_run: list[list[float]], confidence: float
+                     ) -> tuple[float, float, float]:
+    """An interval on a difference of two cells' means: the percentile interval of the evaluation set's bootstrap
+    `draws` with one run in either cell; with 2+ in both, difference +- t * sqrt(var(draws) + s1^2/n1 + s2^2/n2)
+    over the runs' own values `per_run`, t at the Welch-Satterthwaite degrees of freedom of the runs' share."""
+    from scipy import stats
+
+    if min(len(side) for side in per_run) < 2:
+        low, high = percentile_interval(draws, confidence)
         return difference, low, high
-    shares = [np.var([sums[:, 0].sum() / sums[:, 1].sum() for sums in side], ddof=1) / len(side) for side in runs]
-    freedom = sum(shares) ** 2 / sum(share ** 2 / (len(side) - 1) for share, side in zip(shares, runs)) \
+    shares = [np.var(side, ddof=1) / len(side) for side in per_run]
+    freedom = sum(shares) ** 2 / sum(share ** 2 / (len(side) - 1) for share, side in zip(shares, per_run)) \
         if sum(shares) > 0 else float("inf")
-    half = stats.t.ppf(0.5 + confidence / 2, freedom) * math.sqrt(sum(shares) + np.var(bootstrapped, ddof=1))
+    half = stats.t.ppf(0.5 + confidence / 2, freedom) * math.sqrt(sum(shares) + np.var(draws, ddof=1))
     return difference, difference - half, difference + half
+
+
+def cell_accuracy_difference(first: dict[str, Any], second: dict[str, Any], name: str, *,
+                             num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+                             ) -> tuple[float, float, float] | None:
+    """`first` minus `second` accuracy on benchmark `name`, two cells (of `cells`) each the mean of its runs, with
+    `cell_difference`'s two shares: the items (the paired bootstrap of `difference_with_ci`, over the runs'
+    averaged outcomes) and, with 2+ runs in both cells, the runs' own accuracies on the same items (Welch). With
+    one run in each, exactly `difference_with_ci`. None when a run has no stored outcomes for it, or the runs
+    scored other items."""
+    results = [[row["accuracies"].get(name) for row in cell.get("replicates", [cell])] for cell in (first, second)]
+    every = [result for side in results for result in side]
+    if any(result is None or result.outcomes is None or result.aggregation != every[0].aggregation
+           or result.groups() != every[0].groups() for result in every):
+        return None
+    outcomes = [np.mean([result.outcomes for result in side], axis=0) for side in results]
+    difference, draws = accuracy_draws(outcomes[0] - outcomes[1], every[0].groups(), aggregation=every[0].aggregation,
+                                       num_resamples=num_resamples, seed=seed)
+    return _with_run_spread(difference, draws, [[result.accuracy for result in side] for side in results],
+                            confidence)
 
 
 def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
