@@ -343,6 +343,9 @@ def test_seeds_plan_one_run_per_replicate_and_a_sweep_without_them_plans_as_befo
     for seeds, train, message in (((1, 1), {}, "distinct"), ((-1,), {}, ">= 0"), ((1, 2), {"seed": 5}, "not both")):
         with pytest.raises(ValueError, match=message):
             _spec(data, seeds=seeds, train=train)
+    with pytest.raises(ValueError, match="seeds must be a list, not 3"):  # not blamed on a variant
+        sweep.SweepSpec.from_json({"variants": [{"name": "r", "data": data, "init": "random"}], "depths": [1],
+                                   "budgets_flops": [1e9], "seeds": 3})
 
 
 def test_replicates_make_one_cell_and_the_best_size_is_the_lowest_mean():

@@ -170,14 +170,21 @@ class SweepSpec:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
+        # Lists first, each named when it is not one: the variants' TypeError below would blame a variant.
+        for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes", "seeds"):
+            if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list, not {json.dumps(values[key])}")
+                values[key] = tuple(values[key])
+        for key in ("families", "bracket_models"):
+            if key in values:
+                if not isinstance(values[key], dict) or not all(isinstance(models, (list, tuple))
+                                                                for models in values[key].values()):
+                    raise ValueError(f"{key} must map each family name to a list of models, not "
+                                     f"{json.dumps(values[key])}")
+                values[key] = {name: tuple(models) for name, models in values[key].items()}
         try:
             values["variants"] = tuple(Variant(**v) for v in data["variants"])
-            for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes", "seeds"):
-                if key in values:
-                    values[key] = tuple(values[key])
-            for key in ("families", "bracket_models"):
-                if key in values:
-                    values[key] = {name: tuple(models) for name, models in dict(values[key]).items()}
         except TypeError as error:
             raise ValueError(f"a variant is a JSON object with name, data and optionally init ({error})") from None
         return cls(**values)
