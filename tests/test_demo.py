@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -33,6 +34,18 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     capsys.readouterr()
     demo.run_demo(config)
     assert capsys.readouterr().out.count("done earlier") == 7
+    # More seeds on the finished demo: the sweep and fit run again, keeping every run as its seed-0 run.
+    demo.run_demo(dataclasses.replace(config, seeds=2))
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier") == 5 and "sweep: made with --seeds 1 (now --seeds 2)" in printed
+    again = json.loads((out / "sweep" / "sweep.json").read_text())["runs"]
+    assert len(again) == 2 * len(runs) and {run["id"] for run in runs} < {run["id"] for run in again}
+    assert all((out / "sweep" / "runs" / run["id"] / "result.json").exists() for run in again)
+    # An option that would replace a finished stage's output is refused, and nothing changes.
+    with pytest.raises(ValueError, match="made with --num-units 16, not --num-units 8; that changes its units, "
+                                         "sequences, sweep, fit stages"):
+        demo.run_demo(dataclasses.replace(config, seeds=2, num_units=8))
+    assert json.loads((out / "demo_config.json").read_text())["num_units"] == 16
 
 
 def test_finding_one_is_judged_per_budget_with_paired_intervals():
@@ -93,3 +106,35 @@ def test_the_demos_sweep_has_one_run_per_cell_or_one_per_seed():
     replicated = demo.sweep_spec(demo.DemoConfig(out="d", seed=4, seeds=3))
     assert replicated.seeds == (4, 5, 6) and "seed" not in replicated.train
     assert [v.name for v in replicated.variants] == ["interleaved-twist", "interleaved-random", "textless-twist"]
+
+
+def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(tmp_path):
+    from simslm import jobs
+
+    made = demo.DemoConfig(out=str(tmp_path))
+    stored = json.loads(json.dumps(dataclasses.asdict(made)))
+    del stored["seeds"]  # a folder made before --seeds existed ran one seed, the option's default
+    jobs.write_json(tmp_path / "demo_config.json", stored)
+    for stage in demo.STAGE_OPTIONS:
+        jobs.write_json(tmp_path / "stages" / f"{stage}.json", {"wall_sec": 1.0})
+    assert demo.stale_stages(tmp_path, made) == {}
+    assert demo.stale_stages(tmp_path, dataclasses.replace(made, seeds=3)) == \
+        {"sweep": {"seeds": (1, 3)}, "fit": {"seeds": (1, 3)}}
+    assert set(demo.stale_stages(tmp_path, dataclasses.replace(made, depths=(1, 2, 3, 4, 5)))) == \
+        {"textlm", "sweep", "fit"}
+    assert set(demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10))) == {"fit"}
+    assert demo.stale_stages(tmp_path, dataclasses.replace(made, bracket=False))["sweep"] == {"bracket": (True, False)}
+    assert [demo._option(*option) for option in (("bracket", False), ("depths", [1, 2]), ("lr", 0.006))] == \
+        ["--no-bracket", "--depths 1 2", "--lr 0.006"]
+    # A marker's own options come first: this fit ran with 10 resamples, whatever the last call asked.
+    jobs.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": {"num_resamples": 10}})
+    assert demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10)) == {}
+    with pytest.raises(ValueError, match=r"--seed 0, not --seed 1; that changes its synthesise, units, textlm"):
+        demo.stale_stages(tmp_path, dataclasses.replace(made, seed=1))
+    # A marker or record that is not one is named, not a traceback.
+    jobs.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": [10]})
+    with pytest.raises(ValueError, match=r"fit.json: not a record of the demo's options"):
+        demo.stale_stages(tmp_path, made)
+    jobs.write_json(tmp_path / "stages" / "fit.json", ["done"])
+    with pytest.raises(ValueError, match=r"fit.json: not a record of a finished stage"):
+        demo.stale_stages(tmp_path, made)

@@ -22,6 +22,10 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     assert pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
                                         tokens_per_parameter=0.5, context_length=32,
                                         batch_size=4))["members"][0]["pretraining_tokens"] == members[0]["pretraining_tokens"]
+    # A finished member trained on other settings is refused, naming them, rather than kept as this family's.
+    with pytest.raises(ValueError, match=r"other settings \(budget_tokens \d+, not \d+\): this family"):
+        pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
+                                     tokens_per_parameter=1.0, context_length=32, batch_size=4))
 
     # TWIST from the pretrained member: units are added after its vocabulary, which
     # already holds <text>, so every pretrained row (the markers' included) is kept.
@@ -56,6 +60,11 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     assert family_tokenizer(tmp_path / "family") == tmp_path / "family" / json.loads(
         (tmp_path / "family" / "family.json").read_text())["tokenizer"]
     assert (tmp_path / "family" / members[0]["model_dir"] / "model.safetensors").exists()  # relative to the family
+    # A moved family is still finished: its members' data is the family's own folder, wherever that is.
+    (tmp_path / "family").rename(tmp_path / "moved")
+    assert pretrain_family(TextLMConfig(out=str(tmp_path / "moved"), text_corpus=str(corpus), depths=(1, 2),
+                                        tokens_per_parameter=0.5, context_length=32,
+                                        batch_size=4))["members"][1]["final_loss"] == members[1]["final_loss"]
 
 
 def test_a_family_record_without_its_config_is_named(tmp_path):

@@ -109,11 +109,13 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_pa
     assert "skipping checkpoint" in capsys.readouterr().err
 
 
-def test_the_run_directory_and_a_standalone_model(data, tmp_path):
+def test_the_run_directory_and_a_standalone_model(data, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = tmp_path / "run"
+    monkeypatch.setenv("SIMSLM_PEAK_FLOPS", "1e9")  # the MFU denominator, as a sweep measures it for its runs
     result = train(_config(data, run, budget_tokens=6 * 4 * 64, validation_data=data))
+    assert result.peak_flops_measured == 1e9
     assert {p.name for p in run.iterdir()} >= {"config.json", "plan.json", "metrics.jsonl", "checkpoints",
                                                 "model", "result.json"}
     assert RunResult.load(run) == result
@@ -125,6 +127,7 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path):
     assert sums[:, 0].sum() / sums[:, 1].sum() == pytest.approx(result.validation.loss)
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "loss_speech", "loss_text", "lr", "tokens", "flops", "tokens_per_sec", "mfu"} <= set(line)
+    assert line["mfu"] == pytest.approx(line["tokens_per_sec"] * result.flops / result.tokens / 1e9)
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)

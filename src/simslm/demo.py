@@ -5,11 +5,14 @@ text-LM size family (the TWIST sources), build interleaved, textless and validat
 sequences and held-out benchmarks, run a small isoFLOP sweep in three variants
 (interleaved + TWIST, interleaved + random init, textless + TWIST), evaluate, fit and
 report. Every stage is skipped when its output exists, so a killed demo continues where
-it stopped. Stories are split by line of the TinyStories sample: training speech comes
-from lines [0, num_stories), the text-LM family's text from [num_stories, 2000) (disjoint
-from the speech, as the paper's text LMs never saw its speech corpora), the interleaved
-data's text stream from [0, 2000), the benchmark from [2000, 2100), validation from
-[2100, 2160); no benchmark item is a training story.
+it stopped; a finished stage whose options changed runs again where that adds to what is there
+(more seeds, budgets or depths) and is refused where it would replace it (`stale_stages`).
+
+Stories are split by line of the TinyStories sample: training speech comes from lines
+[0, num_stories), the text-LM family's text from [num_stories, 2000) (disjoint from the
+speech, as the paper's text LMs never saw its speech corpora), the interleaved data's text
+stream from [0, 2000), the benchmark from [2000, 2100), validation from [2100, 2160); no
+benchmark item is a training story.
 
 The defaults make a bracketed study (docs/LOG.md, 2026-11-30): a family of width 16 x depth
 (15k-250k parameters, 2.1-3.1x apart), SLM runs at a learning rate and batch size for such tiny
@@ -20,6 +23,7 @@ mean, and budgets at which every variant's best size is interior.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -100,8 +104,77 @@ class DemoConfig(Config):
                 raise ConfigError(f"--budgets-flops must be finite and positive, not {budget}")
 
 
-def _stage(out: Path, name: str, timings: dict[str, float], work: Callable[[], Any]) -> None:
-    """Run one stage unless its marker exists; record its wall time."""
+# The options each stage's output depends on, its upstream stages' included. A finished stage whose options
+# changed since it ran is stale. Only the sweep's own options, the family's depths and the fit's resamples may
+# change in an existing folder: those stages add to what is there (new runs and members, whose folders are named
+# by their content, so finished ones are kept) or recompute from it. Every other stage rewrites its outputs, so a
+# change to its options is refused rather than silently ignored or half-applied.
+_SOURCE = ("corpus", "num_stories", "seed")
+_FAMILY = (*_SOURCE, "depths", "aspect_ratio", "text_tokens_per_parameter", "context_length")
+_SEQUENCES = (*_SOURCE, "num_units", "context_length")
+_BENCHMARKS = (*_SOURCE, "num_tsc_items", "sblimp_per_phenomenon")
+_SWEEP = tuple(dict.fromkeys((*_FAMILY, *_SEQUENCES, *_BENCHMARKS, "budgets_flops", "batch_size", "lr",
+                              "new_rows", "bracket", "seeds")))
+STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthesise": _SOURCE, "units": (*_SOURCE, "num_units"), "textlm": _FAMILY, "sequences": _SEQUENCES,
+    "benchmarks": _BENCHMARKS, "sweep": _SWEEP, "fit": (*_SWEEP, "num_resamples")}
+CHANGEABLE = frozenset({"depths", "budgets_flops", "batch_size", "lr", "new_rows", "bracket", "seeds",
+                        "num_resamples"})
+
+
+def _options(config: DemoConfig, stage: str) -> dict[str, Any]:
+    """The options `stage` depends on, as JSON stores them (tuples as lists)."""
+    return json.loads(json.dumps({name: getattr(config, name) for name in STAGE_OPTIONS[stage]}))
+
+
+def _option(name: str, value: Any) -> str:
+    """An option as it is typed: --seeds 3, --depths 1 2 3, --no-bracket."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else flag.replace("--", "--no-", 1)
+    return " ".join([flag, *map(str, value if isinstance(value, list) else [value])])
+
+
+def stale_stages(out: Path, config: DemoConfig) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """The finished stages of `out` that `config` would change: stage -> option -> (made with, asked for).
+
+    A stage's marker records the options it ran with; a marker from before it did falls back to
+    demo_config.json, the options of the last call on the folder. An option the folder predates counts as
+    its present default. Raises ValueError when a stage that rewrites its outputs would change."""
+    made = jobs.read_json(out / "demo_config.json") if (out / "demo_config.json").exists() else None
+    defaults = json.loads(json.dumps(asdict(DemoConfig(out=config.out))))
+    stale: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for stage in STAGE_OPTIONS:
+        marker = out / "stages" / f"{stage}.json"
+        if not marker.exists():
+            continue
+        record = jobs.read_json(marker)
+        if not isinstance(record, dict) or not isinstance(record.get("wall_sec"), (int, float)):
+            raise ValueError(f"{marker}: not a record of a finished stage (a JSON object with wall_sec)")
+        recorded = record.get("options", made)
+        if recorded is None:
+            continue  # a folder from before demo_config.json: nothing to compare with
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{marker if 'options' in record else out / 'demo_config.json'}: not a record of "
+                             f"the demo's options (a JSON object of option: value)")
+        asked = _options(config, stage)
+        changes = {name: (recorded.get(name, defaults[name]), value) for name, value in asked.items()
+                   if recorded.get(name, defaults[name]) != value}
+        if changes:
+            stale[stage] = changes
+    refused = {name: change for changes in stale.values() for name, change in changes.items()
+               if name not in CHANGEABLE}
+    if refused:
+        name, (before, now) = next(iter(refused.items()))
+        stages = [stage for stage, changes in stale.items() if name in changes]
+        raise ValueError(f"{out}: made with {_option(name, before)}, not {_option(name, now)}; that changes its "
+                         f"{', '.join(stages)} stage{'s' if len(stages) > 1 else ''}, whose outputs would be "
+                         f"replaced: use a new --out, or the options it was made with")
+    return stale
+
+
+def _stage(out: Path, name: str, config: DemoConfig, timings: dict[str, float], work: Callable[[], Any]) -> None:
+    """Run one stage unless its marker exists; record its wall time and the options it ran with."""
     marker = out / "stages" / f"{name}.json"
     if marker.exists():
         timings[name] = jobs.read_json(marker)["wall_sec"]
@@ -111,7 +184,7 @@ def _stage(out: Path, name: str, timings: dict[str, float], work: Callable[[], A
     started = time.perf_counter()
     work()
     timings[name] = round(time.perf_counter() - started, 2)
-    jobs.write_json(marker, {"wall_sec": timings[name]})
+    jobs.write_json(marker, {"wall_sec": timings[name], "options": _options(config, name)})
     print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
 
@@ -123,6 +196,12 @@ def run_demo(config: DemoConfig) -> str:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stage, changes in stale_stages(out, config).items():
+        # Its marker goes first: a call killed from here on runs the stage again, with whatever options it has.
+        (out / "stages" / f"{stage}.json").unlink()
+        print(f"[demo] {stage}: made with " + ", ".join(f"{_option(name, before)} (now {_option(name, now)})"
+                                                         for name, (before, now) in changes.items()) +
+              "; running it again (finished runs and members with the same settings are kept)", flush=True)
     jobs.write_json(out / "demo_config.json", asdict(config))
     timings: dict[str, float] = {}
     train_text = f"{config.corpus}{TRAIN_STORIES}"
@@ -185,7 +264,7 @@ def run_demo(config: DemoConfig) -> str:
 
     for name, work in (("synthesise", synthesise), ("units", extract), ("textlm", pretrain), ("sequences", build),
                        ("benchmarks", benchmarks), ("sweep", plan_and_run), ("fit", fit)):
-        _stage(out, name, timings, work)
+        _stage(out, name, config, timings, work)
     summary = summarise(out / "sweep", timings)
     report_started = time.perf_counter()
     page = report.write_report(out / "sweep", summary=summary)

@@ -18,7 +18,7 @@ from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import RunResult, TrainConfig, train
+from simslm.train import RunResult, TrainConfig, changed_settings, train
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,10 +96,15 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
                              batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
                              seed=config.seed, checkpoint_every=200)
         if RunResult.exists(run_dir):
-            stored = jobs.read_json(run_dir / "config.json").get("base_model")
-            if stored != member.base_model:
-                raise ValueError(f"{run_dir}: a finished member built as {stored}, not {member.base_model}: "
-                                 f"this family folder was pretrained with other settings; use a new --out")
+            # Every setting, not just the architecture: a member trained on other tokens per parameter would
+            # otherwise be kept as if it were this family's. Its data is the family's own folder, wherever the
+            # family has moved.
+            changed = [name for name in changed_settings(member, run_dir) if name != "data"]
+            if changed:
+                stored = jobs.read_json(run_dir / "config.json")
+                raise ValueError(f"{run_dir}: a finished member trained with other settings (" + "; ".join(
+                    f"{name} {stored.get(name)}, not {getattr(member, name)}" for name in changed) +
+                    "): this family folder was pretrained otherwise; use a new --out")
             result = RunResult.load(run_dir)
         else:
             result = train(member)

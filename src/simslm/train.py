@@ -477,6 +477,10 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int
 # --- measurement -------------------------------------------------------------------------------
 
 
+# The MFU denominator in FLOP/s, when measured once for many runs (the local sweep executor sets it).
+PEAK_FLOPS_VARIABLE = "SIMSLM_PEAK_FLOPS"
+
+
 def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.5) -> float:
     """Achieved fp32 (bf16 on CUDA) matrix-multiply FLOP/s on this device: the MFU denominator."""
     import torch
@@ -704,17 +708,24 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     return _ratios(totals)
 
 
+def changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
+    """The settings in which the run stored in `run_dir` (if any) differs from `config`, leaving out those a
+    resume may change: a moved run folder (or a copied sweep) resumes where it is now, and may allow a re-plan."""
+    stored_config = run_dir / "config.json"
+    if not stored_config.exists():
+        return []
+    stored = TrainConfig.from_dict(jobs.read_json(stored_config), source=str(stored_config))
+    return [field.name for field in dataclasses.fields(TrainConfig) if field.name not in config.resumable_changes
+            and getattr(stored, field.name) != getattr(config, field.name)]
+
+
 def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int) -> Plan:
     """The plan to train by: `fresh` for a new run; for a resumed one, the stored plan, re-planned from
     `resume_step` when the number of processes changed and the config allows it (refused otherwise).
 
     Also refuses a run folder that holds a run with another config."""
-    stored_config = run_dir / "config.json"
-    if stored_config.exists():
-        stored = TrainConfig.from_dict(jobs.read_json(stored_config), source=str(stored_config))
-        # A moved run folder (or a copied sweep) resumes where it is now; a resume may allow a re-plan.
-        if dataclasses.replace(stored, **{name: getattr(config, name) for name in config.resumable_changes}) != config:
-            raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
+    if changed_settings(config, run_dir):
+        raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
     stored_plan = run_dir / "plan.json"
     if not stored_plan.exists():
         return fresh
@@ -848,7 +859,8 @@ def train(config: TrainConfig) -> RunResult | None:
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
     step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode)
     kinds = _token_kinds(vocabulary, distributed.device)
-    peak_flops = measure_peak_flops("cuda" if on_cuda else "cpu") if distributed.is_main else 0.0
+    peak_flops = (float(os.environ[PEAK_FLOPS_VARIABLE]) if PEAK_FLOPS_VARIABLE in os.environ else
+                  measure_peak_flops("cuda" if on_cuda else "cpu")) if distributed.is_main else 0.0
 
     # Loop.
     tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None

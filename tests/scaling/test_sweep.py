@@ -1,5 +1,6 @@
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from simslm.scaling import sweep
+from simslm.train import RunResult
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -348,6 +350,22 @@ def test_seeds_plan_one_run_per_replicate_and_a_sweep_without_them_plans_as_befo
                                    "budgets_flops": [1e9], "seeds": 3})
 
 
+def test_a_sweep_given_seeds_later_keeps_its_runs_as_those_of_their_seed(data, tmp_path):
+    spec = functools.partial(_spec, data, depths=(1,), budgets_flops=(4e8,))
+    (single,) = sweep.plan_sweep(spec(), tmp_path)["runs"]
+    (tmp_path / single["config"]["run_dir"]).mkdir(parents=True)  # a run started (or finished) under that plan
+    # Seed 0 is the same run (same content, same hash): it keeps its folder; seed 1 is new.
+    zero, one = sweep.plan_sweep(spec(seeds=(0, 1)), tmp_path)["runs"]
+    assert zero["id"] == single["id"] and zero["config"] == single["config"]
+    assert one["id"].split("-")[3] == "s1" and one["config"]["seed"] == 1
+    # And back: a replicated sweep planned with one run per cell keeps that seed's run.
+    (tmp_path / one["config"]["run_dir"]).mkdir(parents=True)
+    (back,) = sweep.plan_sweep(spec(train={**_spec(data).train, "seed": 1}), tmp_path)["runs"]
+    assert back["id"] == one["id"] and back["config"] == one["config"]
+    # Without a folder on disk, each plan names its runs its own way.
+    assert "-s0-" in sweep.plan_sweep(spec(seeds=(0, 1)), tmp_path / "fresh")["runs"][0]["id"]
+
+
 def test_replicates_make_one_cell_and_the_best_size_is_the_lowest_mean():
     def row(member, seed, loss):
         return {"id": f"v-{member}-s{seed}", "variant": "v", "family": "f", "member": member, "budget": 1e9,
@@ -410,6 +428,8 @@ def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_pa
     assert sweep.run_sweep(tmp_path, num_parallel=2) == {"done": 4}
     rows = sweep.collect(tmp_path)
     assert sorted((row["member"], row["seed"]) for row in rows) == [("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)]
+    # One MFU denominator for all, measured by the executor before the runs load the cores.
+    assert len({RunResult.load(tmp_path / "runs" / row["id"]).peak_flops_measured for row in rows}) == 1
     for cell in sweep.cells(rows):
         first, second = (r["loss_speech"] for r in cell["replicates"])
         assert first != second  # another data order and init: another model

@@ -55,7 +55,9 @@ def _law_band(fit: dict[str, Any], flops: np.ndarray) -> tuple[np.ndarray, np.nd
     samples = fit.get("approach3", {}).get("samples") or []
     if len(samples) < 20:
         return None
-    curves = np.array([Law(*row).best_loss(flops) for row in samples])
+    # A resampled law with A or B at 0 has no optimum (it divides by 0): its curve is not finite, and dropped.
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        curves = np.array([Law(*row).best_loss(flops) for row in samples])
     curves = curves[np.isfinite(curves).all(axis=1)]
     return (np.quantile(curves, 0.025, axis=0), np.quantile(curves, 0.975, axis=0)) if len(curves) else None
 

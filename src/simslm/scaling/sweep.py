@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -43,7 +44,7 @@ from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
-from simslm.train import RunResult, TrainConfig
+from simslm.train import PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
 
 SWEEP_FILE = "sweep.json"
 
@@ -298,8 +299,14 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                           "budget_flops": budget, "budget_tokens": None, "budget_tokens_per_parameter": ratio,
                           "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
                 config = asdict(TrainConfig(run_dir="", **values))
-                identifier = run_id(variant.name, member.label, grid_point + suffix, config,
-                                    member.family if several else "")
+                named = functools.partial(run_id, variant.name, member.label, config=config,
+                                          family=member.family if several else "")
+                identifier = named(grid_point + suffix)
+                # The same run under its other name, if that is the one on disk: a sweep given seeds later keeps
+                # its one run per cell as that seed's run (same content, same hash), and the other way round.
+                other = named(grid_point + ("" if suffix else f"-s{config['seed']}"))
+                if not (out / "runs" / identifier).exists() and (out / "runs" / other).is_dir():
+                    identifier = other
                 config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
                 runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
                              variant.name, "family": member.family, "member": member.label, "depth": member.depth,
@@ -519,6 +526,18 @@ def _warm_context():
     return context
 
 
+def _peak_flops(threads: int) -> float:
+    """This CPU's matrix-multiply FLOP/s at `threads` threads (`train.measure_peak_flops`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure_peak_flops("cpu")
+    finally:
+        torch.set_num_threads(before)
+
+
 def _cuda_present() -> bool:
     import torch
 
@@ -533,6 +552,10 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     gets `nproc_per_run` of them."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     devices = [device.strip() for device in gpus.split(",") if device.strip()]
+    if not devices and not _cuda_present() and PEAK_FLOPS_VARIABLE not in environment:
+        # One MFU denominator for every CPU run, measured before any of them loads the cores (a run measuring
+        # its own would see its neighbour's load, and spend 0.5 s on it).
+        environment[PEAK_FLOPS_VARIABLE] = repr(_peak_flops(threads_per_run))
     slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices) - nproc_per_run + 1,
                                                                      nproc_per_run)] if devices else []
     if devices and not slots:
