@@ -37,7 +37,8 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     # More seeds on the finished demo: the sweep and fit run again, keeping every run as its seed-0 run.
     demo.run_demo(dataclasses.replace(config, seeds=2))
     printed = capsys.readouterr().out
-    assert printed.count("done earlier") == 5 and "sweep: made with --seeds 1 (now --seeds 2)" in printed
+    assert printed.count("done earlier") == 5
+    assert "sweep, fit: made with --seeds 1 (now --seeds 2); running again" in printed
     again = json.loads((out / "sweep" / "sweep.json").read_text())["runs"]
     assert len(again) == 2 * len(runs) and {run["id"] for run in runs} < {run["id"] for run in again}
     assert all((out / "sweep" / "runs" / run["id"] / "result.json").exists() for run in again)

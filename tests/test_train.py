@@ -128,6 +128,10 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path, monkeypatch):
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "loss_speech", "loss_text", "lr", "tokens", "flops", "tokens_per_sec", "mfu"} <= set(line)
     assert line["mfu"] == pytest.approx(line["tokens_per_sec"] * result.flops / result.tokens / 1e9)
+    monkeypatch.setenv("SIMSLM_PEAK_FLOPS", "fast")
+    with pytest.raises(ValueError, match="SIMSLM_PEAK_FLOPS=fast: not a positive number of FLOP/s"):
+        train(_config(data, tmp_path / "other", budget_tokens=6 * 4 * 64))
+    assert not (tmp_path / "other").exists()
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)

@@ -84,7 +84,9 @@ class DemoConfig(Config):
     seeds: int = 1
     """Training runs per cell of the sweep, at seeds seed, seed + 1, ... With 2 or more, the best size per budget
     is the one of lowest mean speech CE and finding 1's intervals hold the spread between training runs too;
-    each multiplies the sweep's time. One run per cell shows the validation sample's noise only."""
+    each multiplies the sweep's time. One run per cell shows the validation sample's noise only; 2 leave Welch's t
+    1-2 degrees of freedom, so wide that they resolve little; 3 is the least that does (docs/BENCHMARKS.md). On a
+    finished demo, more seeds train only the new seeds' runs."""
 
     renamed: ClassVar[dict[str, str]] = {"tsc_items": "num_tsc_items"}
 
@@ -196,12 +198,15 @@ def run_demo(config: DemoConfig) -> str:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stage, changes in stale_stages(out, config).items():
-        # Its marker goes first: a call killed from here on runs the stage again, with whatever options it has.
+    stale = stale_stages(out, config)
+    if stale:
+        changes = {name: change for changes in stale.values() for name, change in changes.items()}
+        print(f"[demo] {', '.join(stale)}: made with " + ", ".join(
+            f"{_option(name, before)} (now {_option(name, now)})" for name, (before, now) in changes.items()) +
+              "; running again, keeping the finished runs and family members of the same settings", flush=True)
+    for stage in stale:
+        # The markers go first: a call killed from here on runs these stages again, with whatever options it has.
         (out / "stages" / f"{stage}.json").unlink()
-        print(f"[demo] {stage}: made with " + ", ".join(f"{_option(name, before)} (now {_option(name, now)})"
-                                                         for name, (before, now) in changes.items()) +
-              "; running it again (finished runs and members with the same settings are kept)", flush=True)
     jobs.write_json(out / "demo_config.json", asdict(config))
     timings: dict[str, float] = {}
     train_text = f"{config.corpus}{TRAIN_STORIES}"

@@ -481,6 +481,20 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int
 PEAK_FLOPS_VARIABLE = "SIMSLM_PEAK_FLOPS"
 
 
+def _given_peak_flops() -> float | None:
+    """The peak FLOP/s in `PEAK_FLOPS_VARIABLE`, if set."""
+    value = os.environ.get(PEAK_FLOPS_VARIABLE)
+    if value is None:
+        return None
+    try:
+        peak = float(value)
+    except ValueError:
+        peak = math.nan
+    if not 0 < peak < math.inf:
+        raise ValueError(f"{PEAK_FLOPS_VARIABLE}={value}: not a positive number of FLOP/s")
+    return peak
+
+
 def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.5) -> float:
     """Achieved fp32 (bf16 on CUDA) matrix-multiply FLOP/s on this device: the MFU denominator."""
     import torch
@@ -777,6 +791,7 @@ def train(config: TrainConfig) -> RunResult | None:
     jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
     distributed = _Distributed(config.device)
     run_dir = Path(config.run_dir)
+    given_peak = _given_peak_flops()  # a bad value is refused before anything is written
     torch.manual_seed(config.seed)
 
     # Build.
@@ -859,8 +874,7 @@ def train(config: TrainConfig) -> RunResult | None:
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
     step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode)
     kinds = _token_kinds(vocabulary, distributed.device)
-    peak_flops = (float(os.environ[PEAK_FLOPS_VARIABLE]) if PEAK_FLOPS_VARIABLE in os.environ else
-                  measure_peak_flops("cuda" if on_cuda else "cpu")) if distributed.is_main else 0.0
+    peak_flops = (given_peak or measure_peak_flops("cuda" if on_cuda else "cpu")) if distributed.is_main else 0.0
 
     # Loop.
     tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None
