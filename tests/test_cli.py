@@ -58,6 +58,11 @@ def test_bad_option_values_are_errors_not_tracebacks(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--voice-set", "nobody"]) == 2
     assert "--voice-set must be one of" in capsys.readouterr().err
     assert main(["align", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    # An output folder where a file is: one line naming it.
+    (tmp_path / "taken").write_text("")
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == f"simslm demo: error: {tmp_path / 'taken'}: a file, where a folder is needed\n"
 
 
 def test_align_from_the_command_line_imports_a_ctm(tmp_path, capsys):

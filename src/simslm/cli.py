@@ -524,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         expected = isinstance(error, (AssetError, ValueError)) or (isinstance(error, OSError) and error.filename)
         message = " ".join(str(error).split()) or error.__class__.__name__
         if isinstance(error, OSError) and error.filename:  # FILE: what is wrong, as every other message
-            what = "no such file or folder" if isinstance(error, FileNotFoundError) else \
-                (error.strerror or error.__class__.__name__).lower()
+            what = ("no such file or folder" if isinstance(error, FileNotFoundError) else
+                    # simslm makes its folders with exist_ok: what exists there is a file
+                    "a file, where a folder is needed" if isinstance(error, FileExistsError) else
+                    (error.strerror or error.__class__.__name__).lower())
             message = f"{error.filename}: {what}"
         hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
         print(f"{name}: error: {message}{hint}", file=sys.stderr)
