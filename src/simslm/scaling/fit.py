@@ -341,21 +341,27 @@ def _grid_values(log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, del
     return starts, values
 
 
-def _minimise(log_n, log_d, log_loss, starts, delta) -> np.ndarray:
-    from scipy.optimize import minimize
+def _one_blas_thread():
+    """L-BFGS-B calls BLAS on 5-vectors; a threaded BLAS makes each call ~10x slower (docs/LOG.md). Taken once
+    around many fits: setting the limit inspects every loaded library (2.6 ms, 10% of a bootstrap's time)."""
     from threadpoolctl import threadpool_limits
 
+    return threadpool_limits(1)
+
+
+def _minimise(log_n, log_d, log_loss, starts, delta) -> np.ndarray:
+    """The best of L-BFGS-B from each start (callers hold `_one_blas_thread`)."""
+    from scipy.optimize import minimize
+
     best, best_value = None, np.inf
-    # L-BFGS-B calls BLAS on 5-vectors; a threaded BLAS makes each call ~10x slower (docs/LOG.md).
-    with threadpool_limits(1):
-        for start in starts:
-            # The Huber sums are tiny (residuals of ~1e-3 on log-loss), so scipy's default
-            # tolerances would stop at the start; these let L-BFGS walk the flat E-A-B valleys.
-            result = minimize(_objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
-                              method="L-BFGS-B", bounds=PARAMETER_BOUNDS,
-                              options={"gtol": 1e-12, "ftol": 1e-14, "maxiter": 2000})
-            if result.fun < best_value:
-                best, best_value = result.x, result.fun
+    for start in starts:
+        # The Huber sums are tiny (residuals of ~1e-3 on log-loss), so scipy's default
+        # tolerances would stop at the start; these let L-BFGS walk the flat E-A-B valleys.
+        result = minimize(_objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
+                          method="L-BFGS-B", bounds=PARAMETER_BOUNDS,
+                          options={"gtol": 1e-12, "ftol": 1e-14, "maxiter": 2000})
+        if result.fun < best_value:
+            best, best_value = result.x, result.fun
     return best
 
 
@@ -368,18 +374,20 @@ def fit_law(points: Points, *, delta: float = HUBER_DELTA, num_starts: int = 8) 
     """Approach 3 on all points: L-BFGS from the `num_starts` best points of the start grid."""
     log_n, log_d, log_loss = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)
     starts, values = _grid_values(log_n, log_d, log_loss, delta)
-    return _law(_minimise(log_n, log_d, log_loss, starts[np.argsort(values)[:num_starts]], delta))
+    with _one_blas_thread():
+        return _law(_minimise(log_n, log_d, log_loss, starts[np.argsort(values)[:num_starts]], delta))
 
 
 def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int]]) -> tuple[int, list[list[float]]]:
     """Worker: refit the law on the resamples numbered `indices` (resample i is drawn with seed (seed, i))."""
     points, full, delta, seed, indices = task
     fits = []
-    for index in indices:
-        resampled = _resample(points, np.random.default_rng([seed, index]))
-        fitted = _law(_minimise(np.log(resampled.parameters), np.log(resampled.tokens), np.log(resampled.loss),
-                                [full], delta))
-        fits.append([fitted.E, fitted.A, fitted.B, fitted.alpha, fitted.beta])
+    with _one_blas_thread():
+        for index in indices:
+            resampled = _resample(points, np.random.default_rng([seed, index]))
+            fitted = _law(_minimise(np.log(resampled.parameters), np.log(resampled.tokens), np.log(resampled.loss),
+                                    [full], delta))
+            fits.append([fitted.E, fitted.A, fitted.B, fitted.alpha, fitted.beta])
     return indices[0], fits
 
 
