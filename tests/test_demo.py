@@ -99,6 +99,12 @@ def test_finding_one_with_replicates_holds_the_spread_between_runs():
     assert "lower speech CE at 1 of 2 budgets, higher at 0, within noise at 1" in lines[0]
     assert "3+ training runs per cell" in lines[0] and "not in them" not in lines[0]
     assert re.search(r"C=2e\+11: .*speech CE -0\.100 \[-0\.\d+, \+0\.\d+\]", lines[2])
+    # Two runs a cell: said to be few, and the intervals are wider than with three.
+    pairs = {key: {**value, "replicates": value["replicates"][:2]} for key, value in best.items()}
+    two = demo.finding_one(pairs, [1e11, 2e11])
+    assert "2+ training runs per cell" in two[0] and "Welch's t has 1-2 degrees of freedom" in two[0]
+    interval = lambda line: np.array(re.search(r"speech CE \S+ \[(\S+), (\S+)\]", line).groups(), float)  # noqa: E731
+    assert np.diff(interval(two[1])) > np.diff(interval(lines[1]))
 
 
 def test_the_demos_sweep_has_one_run_per_cell_or_one_per_seed():

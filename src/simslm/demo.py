@@ -349,7 +349,9 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
                  "one training run per cell, so the spread between runs is not in them (--seeds 3 adds it)"
                  if runs == 1 else
                  f"95% intervals over validation batches and {runs}+ training runs per cell, best size of each "
-                 f"variant per budget by mean speech CE")
+                 f"variant per budget by mean speech CE" +
+                 ("; with 2 runs a cell Welch's t has 1-2 degrees of freedom, so they are wide (--seeds 3 or more "
+                  "narrows them)" if runs == 2 else ""))
     header = (f"Finding 1, interleaved + TWIST beats textless per FLOP: {verdict} here: lower speech CE at "
               f"{len(lower)} of {judged} budgets, higher at {len(higher)}, within noise at {len(unknown)} "
               f"({intervals}){benches}.")
