@@ -2,11 +2,17 @@
 
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 \
         [--compile [--compile-modes auto,default]] [--ceilings 1:16,2:16]
+    # issue 17's GPU target, on the device machine (`benchmarks/gpu_check.sh prepare` made .gpu/check here):
+    PYTHONPATH=src python3 benchmarks/bench_train.py --device cuda --text-corpus .gpu/check/stories.jsonl \
+        --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 --depths 15:64 \
+        --compare-depths 15:64 --steps 40 --repeats 2 --compile
 
-Data: TinyStories text through tok512, packed to 256 tokens. Each size trains for
-`--steps` steps of batch 8 in fp32 on the CPU; tokens/s is the median over steps after
-the first 3. MFU divides 6N x tokens/s by the fp32 matrix-multiply FLOP/s measured in the
-same run. The Trainer comparison uses the same model, batches, optimiser settings and
+Data: TinyStories text through tok512, packed to `--context-length` tokens (256). Each size
+trains for `--steps` steps of `--batch-size` rows (8), in fp32 on the CPU or with bf16 autocast
+on CUDA (as `simslm train` does; the Trainer gets `bf16=True`); tokens/s is the median over
+steps after the first 3. MFU divides 6N x tokens/s by the matrix-multiply FLOP/s measured in
+the same run (fp32 1024^3 on the CPU, bf16 8192^3 on CUDA). Depth 15 at width 64 per layer is
+about 170M parameters, the issue's GPU size. The Trainer comparison uses the same model, batches, optimiser settings and
 schedule, alternating the runs, and reports the median step (after 3 warm-up steps) and
 the whole loop (compiling included) of each, as ratios to the Trainer's.
 
@@ -21,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,21 +53,35 @@ def isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return pool.submit(function, *args, **kwargs).result()
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Where and on what every contender trains."""
+
+    device: str = "cpu"
+    batch_size: int = 8
+    context_length: int = 256
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.context_length
+
+
 def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_mode: str | None = None,
-             aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO) -> tuple[float, float, float]:
+             aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO, shape: Shape = Shape()) -> tuple[float, float, float]:
     """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput (compiling included)."""
     train(TrainConfig(run_dir=str(run_dir), data=data, base_model=model_lib.family_source(depth, aspect_ratio),
-                      init="random",
-                      budget_tokens=steps * 8 * 256, batch_size=8, checkpoint_every=10 ** 9,
+                      init="random", device=shape.device,
+                      budget_tokens=steps * shape.tokens, batch_size=shape.batch_size, checkpoint_every=10 ** 9,
                       compile=compile_mode is not None, compile_mode=compile_mode or "auto"))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    loop_seconds = sum(8 * 256 / m["tokens_per_sec"] for m in lines)
+    loop_seconds = sum(shape.tokens / m["tokens_per_sec"] for m in lines)
     return (statistics.median(m["tokens_per_sec"] for m in lines[3:]), statistics.median(m["mfu"] for m in lines[3:]),
-            steps * 8 * 256 / loop_seconds)
+            steps * shape.tokens / loop_seconds)
 
 
 def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart: bool = False,
-               keep_memory: bool = False) -> tuple[float, float]:
+               keep_memory: bool = False, aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO,
+               shape: Shape = Shape()) -> tuple[float, float]:
     """Median step throughput after 3 warm-up steps, and whole-loop throughput.
 
     `keep_memory`: with simslm's malloc settings (`jobs.keep_freed_memory`) instead of glibc's defaults.
@@ -73,8 +95,13 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
     if keep_memory:
         jobs.keep_freed_memory()
     vocabulary = Vocabulary.load(Path(data) / "tokenizer")
-    model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=256)
-    loader = PackedLoader(data, 8)
+    model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=shape.context_length,
+                                         aspect_ratio=aspect_ratio)
+    loader = PackedLoader(data, shape.batch_size)
+    on_cuda = shape.device.startswith("cuda")
+    # CUDA runs ahead of the host: each step is timed to its kernels' end, as simslm's step (which reads its
+    # losses back every step) is.
+    synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
     chunks = np.asarray(loader.chunks(0)).astype(np.int64)
     positions = np.asarray(loader.positions(0)).astype(np.int64) if documents_apart else None
 
@@ -91,24 +118,29 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
         """Wall time of the training loop, from its start to its end (data loading included), and of each step."""
 
         def on_train_begin(self, args, state, control, **kwargs):
+            synchronize()
             self.started, self.steps = time.perf_counter(), []
 
         def on_step_begin(self, args, state, control, **kwargs):
+            synchronize()
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
             self.steps.append(time.perf_counter() - self.step_started)
 
         def on_train_end(self, args, state, control, **kwargs):
+            synchronize()
             self.seconds = time.perf_counter() - self.started
 
     timer = LoopTimer()
-    arguments = TrainingArguments(output_dir=str(scratch / "hf"), per_device_train_batch_size=8, max_steps=steps,
-                                  learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.01 * steps)),
-                                  max_grad_norm=0.5, report_to=[], save_strategy="no", logging_strategy="no",
-                                  dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True)
+    arguments = TrainingArguments(output_dir=str(scratch / "hf"), per_device_train_batch_size=shape.batch_size,
+                                  max_steps=steps, learning_rate=5e-4, lr_scheduler_type="cosine",
+                                  warmup_steps=max(1, round(0.01 * steps)), max_grad_norm=0.5, report_to=[],
+                                  save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+                                  use_cpu=not on_cuda, bf16=on_cuda, seed=0, disable_tqdm=True)
     Trainer(model=model, args=arguments, train_dataset=Chunks(), callbacks=[timer]).train()
-    return 8 * 256 / statistics.median(timer.steps[3:]), steps * 8 * 256 / timer.seconds
+    return shape.tokens / statistics.median(timer.steps[3:]), steps * shape.tokens / timer.seconds
 
 
 def matmul_ceiling(depth: int, vocab_size: int, aspect_ratio: int, peak: float, tokens: int = 8 * 256,
@@ -149,24 +181,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ceilings", default="",
                         help="family members DEPTH:RATIO,... whose matrix-product MFU ceiling to measure (the demo's: "
-                             "1:16,2:16,3:16,4:16)")
+                             "1:16,2:16,3:16,4:16; CPU only)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, as simslm train does there)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--context-length", type=int, default=256)
+    parser.add_argument("--text-corpus", default="tinystories-sample", help="asset name or .jsonl/.txt file")
+    parser.add_argument("--tokenizer", default="stories260K", help="asset name or tokenizer folder")
     args = parser.parse_args()
+    shape = Shape(args.device, args.batch_size, args.context_length)
+    about = (f"batch {shape.batch_size} x {shape.context_length}, " +
+             ("fp32 CPU" if shape.device == "cpu" else f"bf16 autocast on {shape.device}"))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = str(scratch / "data")
-        build_sequences(BuildConfig(out=data, streams=("text",), text_corpus="tinystories-sample",
-                                                        context_length=256))
+        build_sequences(BuildConfig(out=data, streams=("text",), text_corpus=args.text_corpus, tokenizer=args.tokenizer,
+                                    context_length=shape.context_length))
         vocab_size = len(Vocabulary.load(Path(data) / "tokenizer"))
-        peak = measure_peak_flops("cpu", seconds=2.0)
-        rows = [("fp32 matmul peak measured (1024^3, 2 s)", f"{peak / 1e9:.1f} GFLOP/s")]
+        peak = measure_peak_flops("cuda" if shape.device.startswith("cuda") else "cpu", seconds=2.0)
+        rows = [(f"{'fp32 matmul peak measured (1024^3' if shape.device == 'cpu' else 'bf16 matmul peak measured (8192^3'}"
+                 f", 2 s)", f"{peak / 1e9:,.1f} GFLOP/s")]
         for member in args.depths.split(","):
             depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)
             for mode in [None, *(args.compile_modes.split(",") if args.compile else [])]:
                 tokens_per_sec, mfu, _ = isolated(our_loop, data, depth, args.steps, scratch / f"ours-{member}-{mode}",
-                                                  mode, aspect_ratio=ratio)
+                                                  mode, aspect_ratio=ratio, shape=shape)
                 rows.append((f"simslm train{' --compile' if mode else ''}, depth {depth}, width {depth * ratio} "
-                             f"({parameters / 1e3:,.0f}k params), batch 8 x 256, fp32 CPU",
+                             f"({parameters / 1e3:,.0f}k params), {about}",
                              f"{tokens_per_sec:,.0f} tokens/s, MFU {100 * mfu:.1f}%"))
         for member in filter(None, args.ceilings.split(",")):
             depth, ratio = model_lib.parse_family_source(member)
@@ -176,28 +217,32 @@ def main() -> None:
                          f"matrix products alone, batch 8 x 256", f"{100 * ceiling:.1f}%"))
         # Alternate the contenders so drift in the machine's speed hits all alike; compare whole training loops
         # (first step to last, data loading and compiling included) and median steps, on the same model and data.
-        for depth in [int(d) for d in args.compare_depths.split(",")]:
+        for member in args.compare_depths.split(","):
+            depth, ratio = model_lib.parse_family_source(member)
             runs: dict[str, list[tuple[float, float]]] = {"simslm": [], "HF Trainer": [],
                                                           "HF Trainer, documents apart": [],
                                                           "HF Trainer, freed memory kept": []}
             modes = args.compile_modes.split(",") if args.compile else []
             for mode in modes:
                 runs[f"simslm --compile --compile-mode {mode}"] = []
+            ours = functools.partial(isolated, our_loop, data, depth, args.steps, aspect_ratio=ratio, shape=shape)
+            theirs = functools.partial(isolated, hf_trainer, data, depth, args.steps, scratch, aspect_ratio=ratio,
+                                       shape=shape)
             for repeat in range(args.repeats):
-                runs["simslm"].append(isolated(our_loop, data, depth, args.steps, scratch / f"a-{depth}-{repeat}")[0::2])
+                runs["simslm"].append(ours(scratch / f"a-{member}-{repeat}")[0::2])
                 for mode in modes:
                     runs[f"simslm --compile --compile-mode {mode}"].append(
-                        isolated(our_loop, data, depth, args.steps, scratch / f"c-{depth}-{mode}-{repeat}", mode)[0::2])
-                runs["HF Trainer"].append(isolated(hf_trainer, data, depth, args.steps, scratch))
-                runs["HF Trainer, documents apart"].append(isolated(hf_trainer, data, depth, args.steps, scratch, True))
-                runs["HF Trainer, freed memory kept"].append(isolated(hf_trainer, data, depth, args.steps, scratch,
-                                                                      keep_memory=True))
+                        ours(scratch / f"c-{member}-{mode}-{repeat}", mode)[0::2])
+                runs["HF Trainer"].append(theirs())
+                runs["HF Trainer, documents apart"].append(theirs(documents_apart=True))
+                runs["HF Trainer, freed memory kept"].append(theirs(keep_memory=True))
             hf_step = statistics.median(step for step, _ in runs["HF Trainer"])
             hf_loop = statistics.median(loop for _, loop in runs["HF Trainer"])
             for name, values in runs.items():
                 step = statistics.median(v[0] for v in values)
                 loop = statistics.median(v[1] for v in values)
-                rows.append((f"depth {depth}, {args.steps} steps, {name} (median of {args.repeats}, alternated)",
+                rows.append((f"depth {depth}, width {depth * ratio}, {about}, {args.steps} steps, {name} (median of "
+                             f"{args.repeats}, alternated)",
                              f"step {step:,.0f} tokens/s ({step / hf_step:.2f}x HF), whole loop {loop:,.0f} tokens/s "
                              f"({loop / hf_loop:.2f}x HF)"))
     print("| measurement | result |\n| --- | --- |")
