@@ -738,8 +738,9 @@ def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: in
     `resume_step` when the number of processes changed and the config allows it (refused otherwise).
 
     Also refuses a run folder that holds a run with another config."""
-    if changed_settings(config, run_dir):
-        raise ValueError(f"{run_dir} holds a run with another config; use a new run_dir")
+    changed = changed_settings(config, run_dir)
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with another config (other {', '.join(changed)}); use a new run_dir")
     stored_plan = run_dir / "plan.json"
     if not stored_plan.exists():
         return fresh

@@ -161,7 +161,7 @@ def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(dat
     with pytest.raises(RuntimeError, match=f"1 run\\(s\\) failed: {bad['id']}"):
         sweep.run_sweep(tmp_path / "bad", num_parallel=1)
     log = (tmp_path / "bad" / "runs" / f"{bad['id']}.log").read_text()
-    assert "simslm sweep run-one: error: " in log and "another config" in log and "Traceback" not in log
+    assert "simslm sweep run-one: error: " in log and "another config (other lr)" in log and "Traceback" not in log
 
 
 @pytest.mark.slow
