@@ -145,3 +145,23 @@ def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(t
     jobs.write_json(tmp_path / "stages" / "fit.json", ["done"])
     with pytest.raises(ValueError, match=r"fit.json: not a record of a finished stage"):
         demo.stale_stages(tmp_path, made)
+
+
+def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp_path):
+    from simslm import jobs
+
+    def row(member, budget, loss):
+        return {"id": f"v-{member}-{budget:g}", "variant": "v", "family": "f", "member": member, "budget": budget,
+                "seed": 0, "parameters": {"d1": 1e5, "d2": 2e5, "d3": 3e5}[member], "loss_speech": loss,
+                "accuracies": {}}
+
+    # At 1e9 the smallest size is the best (unbracketed); at 2e9, d2 is (bracketed).
+    rows = [row("d1", 1e9, 3.0), row("d2", 1e9, 3.1), row("d3", 1e9, 3.3),
+            row("d1", 2e9, 3.0), row("d2", 2e9, 2.9), row("d3", 2e9, 3.1)]
+    jobs.write_json(tmp_path / "bracket.json", {"added": [], "unbracketed": [
+        {"variant": "v", "budget": 1e9, "member": "d1", "needs": "smaller", "family": "f", "reason": "no depth 0"}]})
+    assert demo.bracketing(tmp_path, rows, 2) == (
+        "Bracketing: the best size is at the grid's edge in 1 of 2 (variant, budget) cells, so their isoFLOP minimum "
+        "may lie outside the sizes run: v at C=1e+09 (best d1, the grid's smallest; no depth 0).")
+    assert demo.bracketing(tmp_path, rows[3:], 1) == \
+        "Bracketing: the best size is inside the grid in all 1 (variant, budget) cells."

@@ -358,6 +358,25 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
     return [header, *lines]
 
 
+def bracketing(sweep_dir: Path, rows: list[dict[str, Any]], num_cells: int) -> str:
+    """Whether each (variant, budget)'s best size lies inside the grid, naming the cells where it does not and
+    why the grid could not grow there (bracket.json): their isoFLOP minimum may lie outside the sizes run."""
+    from simslm.scaling import sweep
+
+    found = sweep.edges(rows)
+    if not found:
+        return f"Bracketing: the best size is inside the grid in all {num_cells} (variant, budget) cells."
+    record = sweep_dir / sweep.BRACKET_FILE
+    reasons = {(edge["variant"], edge["budget"]): edge.get("reason") for edge in
+               (jobs.read_json(record).get("unbracketed", []) if record.exists() else [])}
+    cells = [f"{edge['variant']} at C={edge['budget']:.3g} (best {edge['member']}, the grid's "
+             f"{'smallest' if edge['needs'] == 'smaller' else 'largest'}" +
+             (f"; {reasons[edge['variant'], edge['budget']]}" if reasons.get((edge["variant"], edge["budget"])) else "")
+             + ")" for edge in found]
+    return (f"Bracketing: the best size is at the grid's edge in {len(found)} of {num_cells} (variant, budget) "
+            f"cells, so their isoFLOP minimum may lie outside the sizes run: {'; '.join(cells)}.")
+
+
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
     from simslm.scaling import sweep
@@ -372,6 +391,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         f"C={b:.3g}: " + ", ".join(f"{v} {best[(v, b)]['loss_speech']:.3f}" for v in
                                    ("interleaved-twist", "textless-twist", "interleaved-random") if (v, b) in best)
         for b in budgets))
+    lines.append(bracketing(sweep_dir, rows, len(best)))
     lines += finding_one(best, budgets)
     main = fits.get("interleaved-twist")
     if main:
