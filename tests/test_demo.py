@@ -131,8 +131,9 @@ def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(t
         {"textlm", "sweep", "fit"}
     assert set(demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10))) == {"fit"}
     assert demo.stale_stages(tmp_path, dataclasses.replace(made, bracket=False))["sweep"] == {"bracket": (True, False)}
-    assert [demo._option(*option) for option in (("bracket", False), ("depths", [1, 2]), ("lr", 0.006))] == \
-        ["--no-bracket", "--depths 1 2", "--lr 0.006"]
+    assert [demo._option(*option) for option in (("bracket", False), ("depths", [1, 2]), ("lr", 0.006),
+                                                 ("budgets_flops", [1.25e11, 2e11]))] == \
+        ["--no-bracket", "--depths 1 2", "--lr 0.006", "--budgets-flops 1.25e+11 2e+11"]
     # A marker's own options come first: this fit ran with 10 resamples, whatever the last call asked.
     jobs.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": {"num_resamples": 10}})
     assert demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10)) == {}

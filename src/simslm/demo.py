@@ -134,7 +134,8 @@ def _option(name: str, value: Any) -> str:
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return flag if value else flag.replace("--", "--no-", 1)
-    return " ".join([flag, *map(str, value if isinstance(value, list) else [value])])
+    values = value if isinstance(value, list) else [value]
+    return " ".join([flag, *(format(v, "g") if isinstance(v, float) else str(v) for v in values)])
 
 
 def stale_stages(out: Path, config: DemoConfig) -> dict[str, dict[str, tuple[Any, Any]]]:
