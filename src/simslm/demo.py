@@ -359,12 +359,12 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
     return [header, *lines]
 
 
-def bracketing(sweep_dir: Path, rows: list[dict[str, Any]], num_cells: int) -> str:
-    """Whether each (variant, budget)'s best size lies inside the grid, naming the cells where it does not and
-    why the grid could not grow there (bracket.json): their isoFLOP minimum may lie outside the sizes run."""
+def bracketing(sweep_dir: Path, found: list[dict[str, Any]], num_cells: int) -> str:
+    """Whether each (variant, budget)'s best size lies inside the grid, naming the cells where it does not
+    (`found`, from `sweep.edges`) and why the grid could not grow there (bracket.json): their isoFLOP minimum
+    may lie outside the sizes run."""
     from simslm.scaling import sweep
 
-    found = sweep.edges(rows)
     if not found:
         return f"Bracketing: the best size is inside the grid in all {num_cells} (variant, budget) cells."
     record = sweep_dir / sweep.BRACKET_FILE
@@ -392,13 +392,14 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         f"C={b:.3g}: " + ", ".join(f"{v} {best[(v, b)]['loss_speech']:.3f}" for v in
                                    ("interleaved-twist", "textless-twist", "interleaved-random") if (v, b) in best)
         for b in budgets))
-    lines.append(bracketing(sweep_dir, rows, len(best)))
+    found = sweep.edges(rows)
+    lines.append(bracketing(sweep_dir, found, len(best)))
     lines += finding_one(best, budgets)
     main = fits.get("interleaved-twist")
     if main:
         approach3 = main["approach3"]
         low, high = approach3["ci_a"]
-        at_edge = {edge["budget"] for edge in sweep.edges(rows) if edge["variant"] == "interleaved-twist"}
+        at_edge = {edge["budget"] for edge in found if edge["variant"] == "interleaved-twist"}
         if approach3.get("degenerate"):
             allocation = f"cannot be judged (the parametric fit is degenerate: {'; '.join(approach3['degenerate'])})"
         elif at_edge:

@@ -552,7 +552,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     gets `nproc_per_run` of them."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     devices = [device.strip() for device in gpus.split(",") if device.strip()]
-    if not devices and not _cuda_present() and PEAK_FLOPS_VARIABLE not in environment:
+    cuda = _cuda_present()
+    if not devices and not cuda and PEAK_FLOPS_VARIABLE not in environment:
         # One MFU denominator for every CPU run, measured before any of them loads the cores (a run measuring
         # its own would see its neighbour's load, and spend 0.5 s on it).
         environment[PEAK_FLOPS_VARIABLE] = repr(_peak_flops(threads_per_run))
@@ -562,7 +563,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
         raise ValueError(f"--gpus {gpus}: fewer GPUs than --nproc-per-run {nproc_per_run}")
     # CUDA is left to fresh processes: a fork must not inherit a CUDA context, and a GPU run's imports are
     # small against its training.
-    warm = (None if fresh_processes or nproc_per_run > 1 or devices or _cuda_present() else _warm_context())
+    warm = (None if fresh_processes or nproc_per_run > 1 or devices or cuda else _warm_context())
     num_parallel = min(num_parallel, len(slots)) if slots else num_parallel
     free = list(slots)
     waiting = list(runs)
@@ -890,10 +891,10 @@ def cell_difference(first: dict[str, Any], second: dict[str, Any], *, num_resamp
         return None  # a run without per-batch sums, or over other batches
     index = np.random.default_rng(seed).integers(0, len(every[0]), (num_resamples, len(every[0])))
     tokens = every[0][index, 1].sum(axis=1)
-    means = [np.mean([sums[:, 0].sum() / sums[:, 1].sum() for sums in side]) for side in runs]
-    draws = [np.mean([sums[index, 0].sum(axis=1) / tokens for sums in side], axis=0) for side in runs]
     per_run = [[sums[:, 0].sum() / sums[:, 1].sum() for sums in side] for side in runs]
-    return _with_run_spread(float(means[0] - means[1]), draws[0] - draws[1], per_run, confidence)
+    draws = [np.mean([sums[index, 0].sum(axis=1) / tokens for sums in side], axis=0) for side in runs]
+    return _with_run_spread(float(np.mean(per_run[0]) - np.mean(per_run[1])), draws[0] - draws[1], per_run,
+                            confidence)
 
 
 def _with_run_spread(difference: float, draws: np.ndarray, per_run: list[list[float]], confidence: float
