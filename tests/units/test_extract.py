@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -76,6 +77,24 @@ def test_a_codebook_from_too_few_frames_is_refused(synthetic_corpus, tmp_path):
         fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "km"), num_units=5000,
                                num_workers=1))
     assert not (tmp_path / "km.npy").exists()
+
+
+def test_a_codebook_does_not_depend_on_the_order_its_workers_finish_in(synthetic_corpus, tmp_path, monkeypatch):
+    from simslm import jobs
+    from simslm.units import kmeans
+    from simslm.units.extract import FitConfig, fit_codebook
+
+    config = FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "in-order"), num_units=16, num_workers=1)
+    in_order = kmeans.Codebook.load(fit_codebook(config)).centroids
+    assert np.array_equal(in_order, kmeans.Codebook.load(fit_codebook(config)).centroids)  # k-means itself repeats
+    in_process = jobs.parallel_map
+
+    def last_first(function, tasks, **options):  # as workers finishing in another order would yield them
+        yield from reversed(list(in_process(function, tasks, **options)))
+
+    monkeypatch.setattr(jobs, "parallel_map", last_first)
+    finished_otherwise = fit_codebook(dataclasses.replace(config, out=str(tmp_path / "reversed")))
+    assert np.array_equal(in_order, kmeans.Codebook.load(finished_otherwise).centroids)
 
 
 def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp_path, monkeypatch):

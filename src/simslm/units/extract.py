@@ -142,16 +142,15 @@ def fit_codebook(config: FitConfig) -> Path:
     workers = _workers(config.num_workers, device, len(records))
     tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
              for record in records]
-    features, skipped = [], {}
+    encoded, skipped = {}, {}
     for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
                                                   total=len(tasks), description="units fit: encode"):
-        if isinstance(result, str):
-            skipped[utterance_id] = result
-        else:
-            features.append(result)
-    if not features:
+        (skipped if isinstance(result, str) else encoded)[utterance_id] = result
+    if not encoded:
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({len(skipped)} skipped)")
-    stacked = np.concatenate(features)
+    # In the manifest's order, not the workers' completion order: k-means draws its initial centroids by row, so
+    # the order of the frames decides the codebook, and with it every unit and loss downstream (docs/LOG.md).
+    stacked = np.concatenate([encoded[record["id"]] for record in records if record["id"] in encoded])
     # Fewer than a few frames per centroid gives centroids that are single frames, units that
     # mean nothing (faiss itself warns below 39 per centroid): refused rather than written.
     if len(stacked) < MIN_FRAMES_PER_UNIT * config.num_units:
