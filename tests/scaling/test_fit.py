@@ -230,3 +230,19 @@ def test_one_budget_gives_no_envelope_law_and_says_so():
     fit = fit_all(points, num_resamples=20)
     assert any("approach 1 could not be computed" in warning for warning in fit["warnings"])
     assert fit["approach2"]["vertices"][0]["inside_grid"]
+
+
+def test_a_fresh_bootstrap_worker_fits_on_one_blas_thread():
+    # A spawned worker enters the limit before it first imports scipy.optimize, whose OpenBLAS must be limited too.
+    import os
+    import subprocess
+    import sys
+
+    code = ("from simslm.scaling.fit import _one_blas_thread\n"
+            "with _one_blas_thread():\n"
+            "    import scipy.optimize\n"
+            "    from threadpoolctl import threadpool_info\n"
+            "    print(sorted({pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'}))\n")
+    threads = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}).stdout.split()
+    assert threads == ["[1]"]

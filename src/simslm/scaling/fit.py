@@ -343,7 +343,11 @@ def _grid_values(log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, del
 
 def _one_blas_thread():
     """L-BFGS-B calls BLAS on 5-vectors; a threaded BLAS makes each call ~10x slower (docs/LOG.md). Taken once
-    around many fits: setting the limit inspects every loaded library (2.6 ms, 10% of a bootstrap's time)."""
+    around many fits: setting the limit inspects every loaded library (2.6 ms, 10% of a bootstrap's time).
+
+    It reaches only the libraries loaded when it is set: scipy.optimize is imported first, or a fresh bootstrap
+    worker would load scipy's own OpenBLAS after the limit, threaded (2x slower with 2 workers, docs/LOG.md)."""
+    import scipy.optimize  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1)
