@@ -40,6 +40,7 @@ class PackedLoader:
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation): drawn once per epoch
 
     def _load(self, built_epoch: int, key: str) -> np.ndarray:
         if (built_epoch, key) not in self._arrays:
@@ -75,7 +76,9 @@ class PackedLoader:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         built = self.epoch % len(self.index["epochs"])
         chunks, positions = self.chunks(built), self.positions(built)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
+        order = self._order[1]
         start = (self.batch_in_epoch * self.world_size + self.rank) * self.batch_size
         self.batch_in_epoch += 1
         rows = order[start:start + self.batch_size]
