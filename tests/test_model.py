@@ -110,6 +110,21 @@ def test_size_family_grows_monotonically_and_hits_targets():
     assert all(b / a < d / c for a, b, c, d in zip(narrow, narrow[1:], sizes, sizes[1:4]))
 
 
+def test_below_depth_1_the_family_narrows_depth_1_by_halves():
+    assert [model.narrower_width(w) for w in (32, 16, 8, 4)] == [16, 8, 4, None]
+    assert [model.member_label(*size) for size in ((3, None), (1, 8))] == ["d3", "d1w8"]
+    assert [model.parse_member_label(label) for label in ("d3", "d12", "d1w8", "d1w4")] == [
+        (3, None), (12, None), (1, 8), (1, 4)]
+    for bad in ("d0", "3", "d2w8", "d1w2", "d1w", "dw8", "d1w08"):
+        with pytest.raises(ValueError, match=bad):
+            model.parse_member_label(bad)
+    # Depth 1 of width 8 is `family:1:8`: one head of 8 dims, smaller than depth 1 at aspect ratio 16.
+    built = model.build_family_model(1, 600, seed=0, aspect_ratio=8)
+    assert (built.config.hidden_size, built.config.num_attention_heads, built.config.num_hidden_layers) == (8, 1, 1)
+    assert model.parameter_groups(built).total == model.family_parameters(1, 600, aspect_ratio=8) < \
+        model.family_parameters(1, 600, aspect_ratio=16)
+
+
 def test_a_family_member_is_named_by_depth_and_aspect_ratio():
     from simslm.config import ConfigError
     from simslm.train import TrainConfig

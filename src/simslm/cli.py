@@ -220,7 +220,8 @@ def _textlm(config) -> int:
     from simslm.textlm import family_tokenizer, pretrain_family
 
     for member in pretrain_family(config)["members"]:
-        print(f"depth {member['depth']}: {member['parameters']:,} parameters, loss {member['final_loss']:.3f} "
+        width = f", width {member['width']}" if member.get("width") else ""
+        print(f"depth {member['depth']}{width}: {member['parameters']:,} parameters, loss {member['final_loss']:.3f} "
               f"after {member['pretraining_tokens']:,} tokens ({member['pretraining_flops']:.3g} FLOPs) "
               f"-> {Path(config.out) / member['model_dir']}")
     print(f"build TWIST sequences for this family with --tokenizer {family_tokenizer(config.out)}")

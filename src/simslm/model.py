@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,34 @@ def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int =
     """The depth whose total parameter count is closest to the target (in log space)."""
     return min(range(1, max_depth + 1), key=lambda d: abs(
         np.log(family_parameters(d, vocab_size, aspect_ratio)) - np.log(target_parameters)))
+
+
+# Below depth 1 the family goes on narrowing: depth 1 at half the width, a quarter, ... (a depth-1 member of width
+# W is `family:1:W`, one head of W dims), down to FAMILY_MIN_WIDTH. Bracketing grows a grid into these when a
+# budget's best size is depth 1 (simslm.scaling.sweep); their labels are d1w8, d1w4.
+FAMILY_MIN_WIDTH = 4
+_MEMBER_LABEL = re.compile(r"d([1-9][0-9]*)(?:w([1-9][0-9]*))?")
+
+
+def member_label(depth: int, width: int | None = None) -> str:
+    """A family member's name in run ids: d3 (width aspect ratio x depth), d1w8 for a narrower depth 1."""
+    return f"d{depth}" + (f"w{width}" if width else "")
+
+
+def parse_member_label(label: str) -> tuple[int, int | None]:
+    """(depth, width or None) of `member_label`'s names; a ValueError naming the label when it is not one."""
+    match = _MEMBER_LABEL.fullmatch(label)
+    if match is None:
+        raise ValueError(f"{label}: a family member is dDEPTH or d1wWIDTH (d3, d1w8)")
+    depth, width = int(match[1]), int(match[2]) if match[2] else None
+    if width is not None and (depth != 1 or width < FAMILY_MIN_WIDTH):
+        raise ValueError(f"{label}: only depth 1 comes narrower, at width {FAMILY_MIN_WIDTH} or more")
+    return depth, width
+
+
+def narrower_width(width: int) -> int | None:
+    """The next width below `width` on the depth-1 ladder (half), None past FAMILY_MIN_WIDTH."""
+    return width // 2 if width // 2 >= FAMILY_MIN_WIDTH else None
 
 
 def family_source(depth: int, aspect_ratio: int = FAMILY_ASPECT_RATIO) -> str:

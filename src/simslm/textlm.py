@@ -35,6 +35,9 @@ class TextLMConfig(Config):
     """Depths of the family (width = aspect_ratio x depth; see simslm.model)."""
     aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO
     """Width per layer: 32 as nanochat-style families; 16 gives a finer ladder of tiny sizes."""
+    narrow_widths: tuple[int, ...] = ()
+    """Depth-1 members narrower than the aspect ratio (the family below depth 1; simslm.model): sweep bracketing
+    adds them when depth 1 is a budget's best size."""
     tokens_per_parameter: float = 20.0
     """Training tokens per parameter for each member (Chinchilla's compute-optimal ratio)."""
     context_length: int = 256
@@ -50,6 +53,10 @@ class TextLMConfig(Config):
         check_positive(self, "tokens_per_parameter", "aspect_ratio", "context_length", "batch_size", "lr")
         if not self.depths or min(self.depths) < 1:
             raise ConfigError(f"--depths must be positive depths, not {self.depths}")
+        for width in self.narrow_widths:
+            if not model_lib.FAMILY_MIN_WIDTH <= width < self.aspect_ratio:
+                raise ConfigError(f"--narrow-widths must lie in [{model_lib.FAMILY_MIN_WIDTH}, aspect ratio "
+                                  f"{self.aspect_ratio}), not {width}")
 
 
 # Every member reads the same tokenizer: the base one plus simslm's markers. Sequences for TWIST
@@ -76,6 +83,11 @@ def family_aspect_ratio(family: str | Path) -> int:
                          f"{path}: not a family record (no config.aspect_ratio: {error!r})") from None
 
 
+def member_folder(depth: int, width: int | None = None) -> str:
+    """A member's run folder in the family folder: depth-3, or depth-1-w8 for a narrower depth 1."""
+    return f"depth-{depth}" + (f"-w{width}" if width else "")
+
+
 def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
     """Build the text sequences once, train each member, write family.json; resumable per member."""
     out = Path(config.out)
@@ -86,12 +98,15 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
                                                         context_length=config.context_length, seed=config.seed))
     vocab_size = len(Vocabulary.load(data / "tokenizer"))
     members = []
-    for depth in sorted(set(config.depths)):
-        parameters = model_lib.family_parameters(depth, vocab_size, config.aspect_ratio)
-        run_dir = out / f"depth-{depth}"
+    # Smallest first: the narrow depth-1 members (width W is aspect ratio W at depth 1), then the depths.
+    sizes = [(1, width, width) for width in sorted(set(config.narrow_widths))] + \
+        [(depth, None, config.aspect_ratio) for depth in sorted(set(config.depths))]
+    for depth, width, ratio in sizes:
+        parameters = model_lib.family_parameters(depth, vocab_size, ratio)
+        run_dir = out / member_folder(depth, width)
         started = time.perf_counter()
         member = TrainConfig(run_dir=str(run_dir), data=str(data), init="random",
-                             base_model=model_lib.family_source(depth, config.aspect_ratio),
+                             base_model=model_lib.family_source(depth, ratio),
                              budget_tokens=int(config.tokens_per_parameter * parameters),
                              batch_size=config.batch_size, lr=config.lr, lr_min=config.lr / 10,
                              seed=config.seed, checkpoint_every=200)
@@ -109,7 +124,8 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
         else:
             result = train(member)
         # Paths relative to the family folder, so the family can move (sweep specs name the folder).
-        members.append({"depth": depth, "parameters": parameters, "model_dir": f"depth-{depth}/model",
+        members.append({"depth": depth, "width": width or ratio * depth, "parameters": parameters,
+                        "model_dir": f"{member_folder(depth, width)}/model",
                         "pretraining_tokens": result.tokens, "pretraining_flops": result.flops,
                         "final_loss": result.final_train.loss,
                         "wall_sec": round(time.perf_counter() - started, 3)})

@@ -156,3 +156,14 @@ def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
     assert "<th>seed</th>" in text
     runs_table = text.split("<h2>Runs</h2>")[1]
     assert runs_table.count("<tr>") == 1 + 2 * 2 * 3 * 4  # header, then 2 variants x 3 budgets x 4 sizes x 2 seeds
+
+
+def test_the_bracketing_note_says_which_sizes_joined_one_cell_only(tmp_path):
+    jobs.write_json(tmp_path / sweep.BRACKET_FILE, {
+        "added": [{"family": "f", "side": "larger", "size": "depth 5"},
+                  {"family": "f", "side": "smaller", "size": "d1w8", "variant": "random", "budget": 2e11}],
+        "unbracketed": [{"variant": "random", "budget": 2e11, "member": "d1w4", "needs": "smaller", "family": "f",
+                         "reason": "no size below d1w4"}]})
+    note = report._bracket_note(tmp_path)
+    assert "Sizes added to bracket the minima: depth 5, d1w8 (random at C = 2e+11 only)." in note
+    assert "best at its smallest size (d1w4); no size below d1w4" in note

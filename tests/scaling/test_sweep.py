@@ -259,6 +259,48 @@ def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
     assert none is None and "no model larger than its members" in why
 
 
+def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data, tmp_path, monkeypatch):
+    spec = _spec(data, depths=(1, 2, 3))  # no family: aspect ratio 32, so depth 1 is 32 wide
+    sweep.plan_sweep(spec, tmp_path)
+    losses = {(4e8, "d1"): 3.0, (4e8, "d2"): 3.1, (4e8, "d3"): 3.3, (8e8, "d1"): 3.0, (8e8, "d2"): 2.9,
+              (8e8, "d3"): 3.2}
+
+    def ledger(sweep_dir):  # the runs as planned, with these losses (d1 best at 4e8 only)
+        sizes = {"d1w4": 1e3, "d1w8": 2e3, "d1w16": 4e3, "d1": 8e3, "d2": 2e4, "d3": 6e4}
+        return [{"variant": run["variant"], "budget": run["budget_flops"], "member": run["member"], "family": "family",
+                 "parameters": sizes[run["member"]], "loss_speech": losses[run["budget_flops"], run["member"]]}
+                for run in sweep.load_sweep(sweep_dir)["runs"]]
+
+    monkeypatch.setattr(sweep, "collect", ledger)
+    losses[4e8, "d1w16"] = 3.2  # what the narrower run will find
+    assert sweep.extend_to_bracket(tmp_path)
+    planned = sweep.load_sweep(tmp_path)
+    narrow = [run for run in planned["runs"] if run["member"] == "d1w16"]
+    assert [(run["budget_flops"], run["config"]["base_model"]) for run in narrow] == [(4e8, "family:1:16")]
+    assert len(planned["runs"]) == 7  # the grid's 6 and that cell's one
+    assert planned["spec"]["cell_sizes"] == [{"variant": "random", "budget_flops": 4e8, "size": "d1w16"}]
+    record = json.loads((tmp_path / "bracket.json").read_text())
+    assert record["added"] == [{"family": "family", "side": "smaller", "size": "d1w16", "variant": "random",
+                                "budget": 4e8}] and record["unbracketed"] == []
+    assert not sweep.extend_to_bracket(tmp_path)  # d1 is inside its cell now
+    # Narrower still while the narrowest is best, by halves down to width 4, then the reason.
+    for width, loss in ((16, 2.9), (8, 2.8), (4, 2.7)):
+        losses[4e8, f"d1w{width}"], losses[4e8, f"d1w{width // 2}"] = loss, 3.5
+        assert sweep.extend_to_bracket(tmp_path) == (width > 4)
+    members = [run["member"] for run in sweep.load_sweep(tmp_path)["runs"]]
+    assert [members.count(f"d1w{width}") for width in (16, 8, 4)] == [1, 1, 1] and len(members) == 9
+    [edge] = json.loads((tmp_path / "bracket.json").read_text())["unbracketed"]
+    assert edge["member"] == "d1w4" and "no size below d1w4" in edge["reason"]
+    # The spec round-trips, and a cell size it cannot place is refused.
+    assert [cell["size"] for cell in sweep.SweepSpec.from_json(sweep.load_sweep(tmp_path)["spec"]).cell_sizes] == [
+        "d1w16", "d1w8", "d1w4"]
+    for bad, match in (({"variant": "random", "budget_flops": 1e9, "size": "d1w8"}, "no such variant or budget"),
+                       ({"variant": "random", "budget_flops": 4e8, "size": "d2w8"}, "only depth 1 comes narrower"),
+                       ({"variant": "random", "size": "d1w8"}, "a cell size is")):
+        with pytest.raises(ValueError, match=match):
+            _spec(data, cell_sizes=(bad,))
+
+
 def test_the_edges_of_a_synthetic_ledger():
     def row(variant, budget, parameters, loss, member):
         return {"variant": variant, "budget": budget, "parameters": parameters, "loss_speech": loss,
@@ -314,6 +356,18 @@ def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were
         pretrain_family(dataclasses.replace(config, aspect_ratio=32))
     none, why = sweep._next_size(spec, "family", "smaller")
     assert none is None and "no depth 0" in why
+    # Below depth 1 a TWIST cell gets depth 1 at half the width, pretrained as the others were.
+    edge = {"variant": "twist", "budget": 1e9, "member": "d1", "needs": "smaller", "family": "family"}
+    narrowed, added = sweep._narrower_in_cell(spec, edge)
+    assert added == "d1w8" and narrowed.cell_sizes == ({"variant": "twist", "budget_flops": 1e9, "size": "d1w8"},)
+    family = json.loads((tmp_path / "family" / "family.json").read_text())
+    assert family["config"]["narrow_widths"] == [8]
+    narrow = family["members"][0]
+    assert (narrow["depth"], narrow["width"], narrow["model_dir"]) == (1, 8, "depth-1-w8/model")
+    assert narrow["pretraining_tokens"] == pytest.approx(0.5 * narrow["parameters"], abs=4 * 32)
+    shape = json.loads((tmp_path / "family" / narrow["model_dir"] / "config.json").read_text())
+    assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (8, 1, 1)
+    assert narrowed.depth_member(1, 8).twist_source == str(tmp_path / "family" / "depth-1-w8" / "model")
 
 
 def test_a_speech_loss_difference_gets_a_paired_interval_over_validation_batches():

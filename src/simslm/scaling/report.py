@@ -271,7 +271,9 @@ def _bracket_note(sweep_dir: Path) -> str:
     items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.2g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
              f"size ({html.escape(edge['member'])}); {html.escape(edge['reason'])}</li>"
              for edge in record.get("unbracketed", [])]
-    added = ", ".join(html.escape(item["size"]) for item in record.get("added", []))
+    added = ", ".join(html.escape(item["size"] + (f" ({item['variant']} at C = {item['budget']:.2g} only)"
+                                                  if item.get("variant") else ""))
+                      for item in record.get("added", []))
     return ((f"<p>Sizes added to bracket the minima: {added}.</p>" if added else "") +
             (f"<p><b>Not bracketed</b> (the isoFLOP minimum may lie outside the grid):</p><ul>{''.join(items)}</ul>"
              if items else ""))

@@ -40,6 +40,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from simslm import assets, jobs
+from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.eval.evaluate import read_results
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
@@ -81,6 +82,8 @@ class Member:
     random_source: str
     """The same architecture, to start from scratch (`family:N` for a `simslm textlm` depth)."""
     depth: int | None = None
+    width: int | None = None
+    """A depth-1 member narrower than the family's aspect ratio (simslm.model's ladder below depth 1)."""
 
 
 def _model_label(model: str) -> str:
@@ -109,6 +112,9 @@ class SweepSpec:
     pretrained with): of `family` when given."""
     family: str = ""
     """Folder from `simslm textlm pretrain` (its depth-N/model is the TWIST source); '' = random only."""
+    cell_sizes: tuple[dict[str, Any], ...] = ()
+    """Sizes of `depths`' family run in single isoFLOP cells only, not the whole grid: {"variant": name,
+    "budget_flops": C, "size": "d1w8"}. Bracketing adds them below depth 1 (`extend_to_bracket`)."""
     bracket_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Models held back per family for `sweep run --bracket`: one joins the grid only when a budget's best run
     sits at the family's edge on its side (smaller or larger than every member)."""
@@ -159,6 +165,14 @@ class SweepSpec:
             raise ValueError(f"seeds must be distinct whole numbers >= 0, not {list(self.seeds)}")
         if self.seeds and "seed" in self.train:
             raise ValueError("give the runs' seed as seeds (replicates) or as train.seed, not both")
+        for cell in self.cell_sizes:
+            if not isinstance(cell, dict) or set(cell) != {"variant", "budget_flops", "size"}:
+                raise ValueError(f"a cell size is {{\"variant\", \"budget_flops\", \"size\"}}, not {json.dumps(cell)}")
+            if not self.depths:
+                raise ValueError("cell_sizes go with depths (sizes of simslm's family)")
+            if cell["variant"] not in names or cell["budget_flops"] not in self.budgets_flops:
+                raise ValueError(f"cell size {json.dumps(cell)}: no such variant or budget in the grid")
+            model_lib.parse_member_label(cell["size"])
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
@@ -172,7 +186,7 @@ class SweepSpec:
         if unknown:
             raise ValueError(f"unknown sweep spec key(s): {', '.join(sorted(unknown))}")
         # Lists first, each named when it is not one: the variants' TypeError below would blame a variant.
-        for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes", "seeds"):
+        for key in ("depths", "budgets_flops", "tokens_per_parameter", "bench", "eval_modes", "seeds", "cell_sizes"):
             if key in values:
                 if not isinstance(values[key], (list, tuple)):
                     raise ValueError(f"{key} must be a list, not {json.dumps(values[key])}")
@@ -207,14 +221,19 @@ class SweepSpec:
         if self.families:
             return [Member(family=name, label=_model_label(model), twist_source=model, random_source=model)
                     for name, models in self.families.items() for model in models]
-        from simslm.model import family_source
-        from simslm.textlm import family_aspect_ratio
+        return [self.depth_member(depth) for depth in self.depths]
 
-        name = Path(self.family).name if self.family else "family"
-        ratio = family_aspect_ratio(self.family)
-        return [Member(family=name, label=f"d{depth}", depth=depth, random_source=family_source(depth, ratio),
-                       twist_source=str(Path(self.family) / f"depth-{depth}" / "model") if self.family else None)
-                for depth in self.depths]
+    def depth_member(self, depth: int, width: int | None = None) -> Member:
+        """A size of `depths`' family: a depth, or depth 1 at a narrower `width`."""
+        from simslm.textlm import family_aspect_ratio, member_folder
+
+        # Depth 1 of width W is the family's architecture at aspect ratio W.
+        ratio = width or family_aspect_ratio(self.family)
+        return Member(family=Path(self.family).name if self.family else "family",
+                      label=model_lib.member_label(depth, width), depth=depth, width=width,
+                      random_source=model_lib.family_source(depth, ratio),
+                      twist_source=str(Path(self.family) / member_folder(depth, width) / "model") if self.family
+                      else None)
 
     def validation_for(self, family: str) -> str:
         if isinstance(self.validation_data, str):
@@ -276,41 +295,47 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
                              f"folder)")
     runs = []
-    for variant in spec.variants:
-        for member in members:
-            if variant.init == "twist":
-                if member.twist_source is None:
-                    raise ValueError(f"variant {variant.name} uses TWIST but the spec names no text-LM family")
-                if member.depth is not None and not Path(member.twist_source).exists():
-                    raise ValueError(f"{member.twist_source} does not exist: the family has no depth {member.depth}")
-                base_model = member.twist_source
-            else:
-                base_model = member.random_source
-            if assets.missing_local_path(base_model):
-                raise ValueError(f"{base_model}: no such model (family {member.family})")
-            grid = [(float(b), None, f"c{b:.0e}".replace("+", "")) for b in spec.budgets_flops] + \
-                [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
-            # No seeds: one run per cell, its id as before replicates existed (finished sweeps stay done).
-            replicates = [({"seed": seed}, f"-s{seed}") for seed in spec.seeds] or [({}, "")]
-            for (budget, ratio, grid_point), (seed, suffix) in itertools.product(grid, replicates):
-                # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
-                values = {**spec.train, **seed, "data": anchors.anchored(variant.data_for(member.family)),
-                          "base_model": anchors.anchored(base_model), "init": variant.init,
-                          "budget_flops": budget, "budget_tokens": None, "budget_tokens_per_parameter": ratio,
-                          "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
-                config = asdict(TrainConfig(run_dir="", **values))
-                named = functools.partial(run_id, variant.name, member.label, config=config,
-                                          family=member.family if several else "")
-                identifier = named(grid_point + suffix)
-                # The same run under its other name, if that is the one on disk: a sweep given seeds later keeps
-                # its one run per cell as that seed's run (same content, same hash), and the other way round.
-                other = named(grid_point + ("" if suffix else f"-s{config['seed']}"))
-                if not (out / "runs" / identifier).exists() and (out / "runs" / other).is_dir():
-                    identifier = other
-                config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
-                runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
-                             variant.name, "family": member.family, "member": member.label, "depth": member.depth,
-                             "budget_flops": budget, "tokens_per_parameter": ratio, "config": config})
+    grid = [_budget_point(b) for b in spec.budgets_flops] + \
+        [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
+    # Every size at every grid point, then the sizes of single cells (a grid size named again there runs once).
+    by_name = {variant.name: variant for variant in spec.variants}
+    planned = [(variant, member, grid) for variant in spec.variants for member in members] + \
+        [(by_name[cell["variant"]], spec.depth_member(*model_lib.parse_member_label(cell["size"])),
+          [_budget_point(cell["budget_flops"])]) for cell in spec.cell_sizes
+         if cell["size"] not in {member.label for member in members}]
+    for variant, member, points in planned:
+        if variant.init == "twist":
+            if member.twist_source is None:
+                raise ValueError(f"variant {variant.name} uses TWIST but the spec names no text-LM family")
+            if member.depth is not None and not Path(member.twist_source).exists():
+                raise ValueError(f"{member.twist_source} does not exist: the family has no member "
+                                 f"{member.label}")
+            base_model = member.twist_source
+        else:
+            base_model = member.random_source
+        if assets.missing_local_path(base_model):
+            raise ValueError(f"{base_model}: no such model (family {member.family})")
+        # No seeds: one run per cell, its id as before replicates existed (finished sweeps stay done).
+        replicates = [({"seed": seed}, f"-s{seed}") for seed in spec.seeds] or [({}, "")]
+        for (budget, ratio, grid_point), (seed, suffix) in itertools.product(points, replicates):
+            # Paths relative to the sweep folder: the run ids do not depend on where `sweep plan` ran.
+            values = {**spec.train, **seed, "data": anchors.anchored(variant.data_for(member.family)),
+                      "base_model": anchors.anchored(base_model), "init": variant.init,
+                      "budget_flops": budget, "budget_tokens": None, "budget_tokens_per_parameter": ratio,
+                      "validation_data": anchors.anchored(spec.validation_for(member.family)) or None}
+            config = asdict(TrainConfig(run_dir="", **values))
+            named = functools.partial(run_id, variant.name, member.label, config=config,
+                                      family=member.family if several else "")
+            identifier = named(grid_point + suffix)
+            # The same run under its other name, if that is the one on disk: a sweep given seeds later keeps
+            # its one run per cell as that seed's run (same content, same hash), and the other way round.
+            other = named(grid_point + ("" if suffix else f"-s{config['seed']}"))
+            if not (out / "runs" / identifier).exists() and (out / "runs" / other).is_dir():
+                identifier = other
+            config["run_dir"] = f"runs/{identifier}"  # relative to the sweep folder: see load_sweep
+            runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
+                         variant.name, "family": member.family, "member": member.label, "depth": member.depth,
+                         "budget_flops": budget, "tokens_per_parameter": ratio, "config": config})
     stored_spec = _jsonable(asdict(spec))
     stored_spec.update(family=anchors.anchored(spec.family), validation_data=_paths(spec.validation_data, anchors.anchored),
                        bench=anchors.bench(spec.bench, anchors.anchored),
@@ -322,6 +347,11 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
     return load_sweep(out)
+
+
+def _budget_point(budget: float) -> tuple[float, None, str]:
+    """An isoFLOP grid point: (budget, no tokens per parameter, its name in run ids: c2e11)."""
+    return float(budget), None, f"c{budget:.0e}".replace("+", "")
 
 
 def _paths(value: str | dict[str, str] | None, convert: Callable[[str | None], str | None]):
@@ -694,12 +724,10 @@ def _meta_parameters(model: str) -> int:
 
 def _next_size(spec: SweepSpec, family: str, side: str) -> tuple[SweepSpec | None, str]:
     """The spec grown by one size beyond `family`'s edge on `side`, and what was added (or why nothing)."""
-    from simslm.model import FAMILY_MAX_DEPTH
-
     if spec.depths:
         depth = min(spec.depths) - 1 if side == "smaller" else max(spec.depths) + 1
-        if not 1 <= depth <= FAMILY_MAX_DEPTH:
-            return None, f"no depth {depth} in simslm's family (depths 1 to {FAMILY_MAX_DEPTH})"
+        if not 1 <= depth <= model_lib.FAMILY_MAX_DEPTH:
+            return None, f"no depth {depth} in simslm's family (depths 1 to {model_lib.FAMILY_MAX_DEPTH})"
         if spec.family:
             _pretrain_member(Path(spec.family), depth)
         return dataclasses.replace(spec, depths=tuple(sorted({*spec.depths, depth}))), f"depth {depth}"
@@ -719,14 +747,37 @@ def _next_size(spec: SweepSpec, family: str, side: str) -> tuple[SweepSpec | Non
         f"{chosen} ({sizes[chosen]:,} parameters)"
 
 
-def _pretrain_member(family_dir: Path, depth: int) -> None:
-    """Pretrain one more member of a `simslm textlm` family, as its others were (family.json's config)."""
+def _narrower_in_cell(spec: SweepSpec, edge: dict[str, Any]) -> tuple[SweepSpec | None, str]:
+    """The spec with depth 1 at half the width of `edge`'s best size (depth 1, the cell's smallest) added to that
+    cell alone, and what was added (or why nothing).
+
+    Not to the whole grid, as a depth is: these members take the most steps of all for a budget (2.3x depth 1's
+    at width 8), and a tiny model's step costs its launches, not its FLOPs (a depth-1 step of the demo: 10 ms for
+    46 MFLOP), so at every budget of every variant they would cost more than the rest of the sweep."""
+    from simslm.textlm import family_aspect_ratio
+
+    depth, width = model_lib.parse_member_label(edge["member"])
+    narrower = model_lib.narrower_width(width or family_aspect_ratio(spec.family))
+    if narrower is None:
+        return None, (f"no size below {edge['member']} in simslm's family (depth 1 narrows down to width "
+                      f"{model_lib.FAMILY_MIN_WIDTH})")
+    if spec.family and {variant.name: variant for variant in spec.variants}[edge["variant"]].init == "twist":
+        _pretrain_member(Path(spec.family), 1, narrower)
+    size = model_lib.member_label(1, narrower)
+    cell = {"variant": edge["variant"], "budget_flops": edge["budget"], "size": size}
+    return dataclasses.replace(spec, cell_sizes=(*spec.cell_sizes, cell)), size
+
+
+def _pretrain_member(family_dir: Path, depth: int, width: int | None = None) -> None:
+    """Pretrain one more member of a `simslm textlm` family, as its others were (family.json's config): a depth,
+    or depth 1 at a narrower width."""
     from simslm.textlm import TextLMConfig, pretrain_family
 
     family = jobs.read_json(family_dir / "family.json")
     config = TextLMConfig.from_dict(family["config"], source=str(family_dir / "family.json"))
     depths = tuple(sorted({*(member["depth"] for member in family["members"]), depth}))
-    pretrain_family(dataclasses.replace(config, out=str(family_dir), depths=depths))
+    narrow = tuple(sorted({*config.narrow_widths, *([width] if width else [])}))
+    pretrain_family(dataclasses.replace(config, out=str(family_dir), depths=depths, narrow_widths=narrow))
 
 
 def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
@@ -738,11 +789,25 @@ def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
     rows = [row for row in collect(sweep_dir) if row.get("loss_speech") is not None]
     record = jobs.read_json(sweep_dir / BRACKET_FILE) if (sweep_dir / BRACKET_FILE).exists() else {"added": []}
     unbracketed, grown = [], False
-    for family, side in sorted({(edge["family"], edge["needs"]) for edge in edges(rows)}):
+    found = edges(rows)
+    # Below depth 1, cell by cell; elsewhere the next size joins the whole grid.
+    narrow = [edge for edge in found if spec.depths and edge["needs"] == "smaller" and
+              model_lib.parse_member_label(edge["member"])[0] == 1]
+    for edge in narrow:
+        larger, added = _narrower_in_cell(spec, edge)
+        if larger is None:
+            unbracketed.append({**edge, "reason": added})
+            continue
+        spec, grown = larger, True
+        record["added"].append({"family": edge["family"], "side": "smaller", "size": added,
+                                "variant": edge["variant"], "budget": edge["budget"]})
+        print(f"simslm sweep: bracketing: {edge['variant']} at C={edge['budget']:.3g} gets {added}, smaller than "
+              f"{edge['member']}", file=sys.stderr)
+    for family, side in sorted({(edge["family"], edge["needs"]) for edge in found if edge not in narrow}):
         larger, added = _next_size(spec, family, side)
         if larger is None:
-            unbracketed += [{**edge, "reason": added} for edge in edges(rows)
-                            if (edge["family"], edge["needs"]) == (family, side)]
+            unbracketed += [{**edge, "reason": added} for edge in found
+                            if (edge["family"], edge["needs"]) == (family, side) and edge not in narrow]
             continue
         spec, grown = larger, True
         record["added"].append({"family": family, "side": side, "size": added})
