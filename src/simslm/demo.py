@@ -18,7 +18,9 @@ The defaults make a bracketed study (docs/LOG.md, 2026-11-30): a family of width
 (15k-250k parameters, 2.1-3.1x apart), SLM runs at a learning rate and batch size for such tiny
 models (slamkit's lr 5e-4 with the old demo's 2,048 tokens a step left the larger ones step-starved, so the
 smallest won at every budget), unit rows drawn around the text rows rather than all at their
-mean, and budgets at which every variant's best size is interior.
+mean, and budgets at which every variant's best size is interior. One run per cell leaves the random-init
+variant's best size to chance between depths 1 and 2 at the lowest budgets; where depth 1 wins, bracketing adds
+depth 1 at half its width (d1w8) to that cell alone.
 """
 
 from __future__ import annotations
