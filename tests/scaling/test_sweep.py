@@ -283,6 +283,9 @@ def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data
     assert record["added"] == [{"family": "family", "side": "smaller", "size": "d1w16", "variant": "random",
                                 "budget": 4e8}] and record["unbracketed"] == []
     assert not sweep.extend_to_bracket(tmp_path)  # d1 is inside its cell now
+    sweep.plan_sweep(spec, tmp_path)  # planned again from the first spec, as the demo does from its options
+    assert sweep.extend_to_bracket(tmp_path) and len(sweep.load_sweep(tmp_path)["runs"]) == 7
+    assert len(json.loads((tmp_path / "bracket.json").read_text())["added"]) == 1
     # Narrower still while the narrowest is best, by halves down to width 4, then the reason.
     for width, loss in ((16, 2.9), (8, 2.8), (4, 2.7)):
         losses[4e8, f"d1w{width}"], losses[4e8, f"d1w{width // 2}"] = loss, 3.5

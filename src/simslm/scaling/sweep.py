@@ -756,7 +756,7 @@ def _narrower_in_cell(spec: SweepSpec, edge: dict[str, Any]) -> tuple[SweepSpec 
     46 MFLOP), so at every budget of every variant they would cost more than the rest of the sweep."""
     from simslm.textlm import family_aspect_ratio
 
-    depth, width = model_lib.parse_member_label(edge["member"])
+    _, width = model_lib.parse_member_label(edge["member"])
     narrower = model_lib.narrower_width(width or family_aspect_ratio(spec.family))
     if narrower is None:
         return None, (f"no size below {edge['member']} in simslm's family (depth 1 narrows down to width "
@@ -780,6 +780,13 @@ def _pretrain_member(family_dir: Path, depth: int, width: int | None = None) -> 
     pretrain_family(dataclasses.replace(config, out=str(family_dir), depths=depths, narrow_widths=narrow))
 
 
+def _note_added(record: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Record a size bracketing added, once: a sweep planned again from its first spec (`simslm demo` does, from
+    its options) grows the same sizes again, finding their runs done."""
+    if entry not in record["added"]:
+        record["added"].append(entry)
+
+
 def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
     """Add the next size beyond each edge where a budget's best run sits; record what stays unbracketed in
     bracket.json. True when the grid grew (its new runs are still to run)."""
@@ -794,13 +801,13 @@ def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
     narrow = [edge for edge in found if spec.depths and edge["needs"] == "smaller" and
               model_lib.parse_member_label(edge["member"])[0] == 1]
     for edge in narrow:
-        larger, added = _narrower_in_cell(spec, edge)
-        if larger is None:
+        narrowed, added = _narrower_in_cell(spec, edge)
+        if narrowed is None:
             unbracketed.append({**edge, "reason": added})
             continue
-        spec, grown = larger, True
-        record["added"].append({"family": edge["family"], "side": "smaller", "size": added,
-                                "variant": edge["variant"], "budget": edge["budget"]})
+        spec, grown = narrowed, True
+        _note_added(record, {"family": edge["family"], "side": "smaller", "size": added, "variant": edge["variant"],
+                             "budget": edge["budget"]})
         print(f"simslm sweep: bracketing: {edge['variant']} at C={edge['budget']:.3g} gets {added}, smaller than "
               f"{edge['member']}", file=sys.stderr)
     for family, side in sorted({(edge["family"], edge["needs"]) for edge in found if edge not in narrow}):
@@ -810,7 +817,7 @@ def extend_to_bracket(sweep_dir: str | os.PathLike) -> bool:
                             if (edge["family"], edge["needs"]) == (family, side) and edge not in narrow]
             continue
         spec, grown = larger, True
-        record["added"].append({"family": family, "side": side, "size": added})
+        _note_added(record, {"family": family, "side": side, "size": added})
         print(f"simslm sweep: bracketing: family {family} gets {added}, {side} than its sizes", file=sys.stderr)
     record["unbracketed"] = [] if grown else unbracketed
     jobs.write_json(sweep_dir / BRACKET_FILE, record)
