@@ -372,10 +372,11 @@ def bracketing(sweep_dir: Path, found: list[dict[str, Any]], num_cells: int) -> 
     record = sweep_dir / sweep.BRACKET_FILE
     reasons = {(edge["variant"], edge["budget"]): edge.get("reason") for edge in
                (jobs.read_json(record).get("unbracketed", []) if record.exists() else [])}
-    cells = [f"{edge['variant']} at C={edge['budget']:.3g} (best {edge['member']}, the grid's "
-             f"{'smallest' if edge['needs'] == 'smaller' else 'largest'}" +
-             (f"; {reasons[edge['variant'], edge['budget']]}" if reasons.get((edge["variant"], edge["budget"])) else "")
-             + ")" for edge in found]
+    cells = []
+    for edge in found:
+        reason = reasons.get((edge["variant"], edge["budget"]))
+        cells.append(f"{edge['variant']} at C={edge['budget']:.3g} (best {edge['member']}, the grid's "
+                     f"{'smallest' if edge['needs'] == 'smaller' else 'largest'}" + (f"; {reason}" if reason else "") + ")")
     return (f"Bracketing: the best size is at the grid's edge in {len(found)} of {num_cells} (variant, budget) "
             f"cells, so their isoFLOP minimum may lie outside the sizes run: {'; '.join(cells)}.")
 

@@ -82,8 +82,6 @@ class Member:
     random_source: str
     """The same architecture, to start from scratch (`family:N` for a `simslm textlm` depth)."""
     depth: int | None = None
-    width: int | None = None
-    """A depth-1 member narrower than the family's aspect ratio (simslm.model's ladder below depth 1)."""
 
 
 def _model_label(model: str) -> str:
@@ -230,7 +228,7 @@ class SweepSpec:
         # Depth 1 of width W is the family's architecture at aspect ratio W.
         ratio = width or family_aspect_ratio(self.family)
         return Member(family=Path(self.family).name if self.family else "family",
-                      label=model_lib.member_label(depth, width), depth=depth, width=width,
+                      label=model_lib.member_label(depth, width), depth=depth,
                       random_source=model_lib.family_source(depth, ratio),
                       twist_source=str(Path(self.family) / member_folder(depth, width) / "model") if self.family
                       else None)
@@ -761,7 +759,7 @@ def _narrower_in_cell(spec: SweepSpec, edge: dict[str, Any]) -> tuple[SweepSpec 
     if narrower is None:
         return None, (f"no size below {edge['member']} in simslm's family (depth 1 narrows down to width "
                       f"{model_lib.FAMILY_MIN_WIDTH})")
-    if spec.family and {variant.name: variant for variant in spec.variants}[edge["variant"]].init == "twist":
+    if spec.family and next(v for v in spec.variants if v.name == edge["variant"]).init == "twist":
         _pretrain_member(Path(spec.family), 1, narrower)
     size = model_lib.member_label(1, narrower)
     cell = {"variant": edge["variant"], "budget_flops": edge["budget"], "size": size}
