@@ -30,6 +30,27 @@ def test_field_docstrings_become_help_text():
     assert "Named voice set" in voice_set.help and "default: train" in voice_set.help
 
 
+def test_a_command_line_builds_the_options_of_its_command_only(monkeypatch):
+    # Every command's options cost ~1 s to build (imports, help text from source), paid by each sweep run.
+    import simslm.cli as cli
+
+    built = []
+    real = cli.add_config_arguments
+    monkeypatch.setattr(cli, "add_config_arguments", lambda parser, cls, **kw: (built.append(cls.__name__),
+                                                                                 real(parser, cls, **kw)))
+    argv = ["--debug", "sweep", "run-one", "some/sweep", "a-run", "--print-config"]
+    args = cli.parse_arguments(argv)
+    assert built == ["RunOneConfig"]
+    full, _ = cli.build_parser().parse_known_args(argv)
+    assert vars(args) == vars(full)
+    built.clear()
+    assert cli.parse_arguments(["train", "data=x", "--lr", "0.1"]).overrides == ["data=x"] and built == ["TrainConfig"]
+    built.clear()
+    with pytest.raises(SystemExit):
+        cli.parse_arguments(["sweep", "--help"])
+    assert built == []
+
+
 def test_assets_list_and_verify(capsys):
     assert main(["assets", "list"]) == 0
     assert "tinystories-sample" in capsys.readouterr().out

@@ -440,8 +440,18 @@ GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
               "model": "base models and checkpoints"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `simslm` argument parser."""
+def _named_command(argv: list[str]) -> tuple[str, ...]:
+    """The words of the command `argv` names: those of its first two words that are not options (the
+    top-level options take no value) which make up a command; () when they make up none."""
+    words = tuple(word for word in argv if not word.startswith("-"))[:2]
+    return next((command.words for command in COMMANDS if words[:len(command.words)] == command.words), ())
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `simslm` argument parser: every command's options, or, given the `argv` it will parse, the options of
+    the command `argv` names only. Each command's options take its module's import and the parse of its source
+    for the help text (~1 s for all of them), which every `simslm` call, and every run of a sweep, would pay."""
+    named = None if argv is None else _named_command(argv)
     parser = argparse.ArgumentParser(
         prog="simslm", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.splitlines()[0] + "\n\nStages: assets -> synth -> align -> units -> sequences -> "
@@ -460,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                 group_parser = commands.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
                 groups[group] = group_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
             sub = groups[group].add_parser(action, help=command.help, description=command.help)
+        if named is not None and command.words != named:
+            continue  # never parsed: its name and help are enough for `simslm --help` and its group's
         cls = command.config()
         if command.words == ("units", "fit"):
             from simslm.units.encoders import describe_encoders
@@ -474,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed arguments; `key=value` words may stand anywhere on the line of a command that takes them."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     words = [word for word in extra if "=" in word and not word.startswith("-")]
     if extra and (words != extra or not hasattr(args, "overrides")):
