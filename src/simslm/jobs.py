@@ -90,6 +90,14 @@ class Progress:
         elif time.perf_counter() - self.last_line >= self.every_sec:
             self._line()
 
+    def grow(self, count: int) -> None:
+        """`count` more items to do than first said (a sweep's grid grown while it runs)."""
+        if count and self.total is not None:
+            self.total += count
+            if self.bar is not None:
+                self.bar.total = self.total
+                self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -304,6 +304,54 @@ def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data
             _spec(data, cell_sizes=(bad,))
 
 
+def test_bracketing_while_the_grid_runs_judges_finished_cells_only(data, tmp_path, monkeypatch):
+    sweep.plan_sweep(_spec(data, depths=(1, 2, 3)), tmp_path)
+    losses = {(4e8, "d1"): 3.0, (4e8, "d2"): 3.1, (4e8, "d3"): 3.3, (8e8, "d1"): 3.0, (8e8, "d2"): 2.9}
+    sizes = {"d1w16": 4e3, "d1": 8e3, "d2": 2e4, "d3": 6e4, "d4": 1e5}
+
+    def ledger(sweep_dir):  # the runs with a loss so far: 8e8's d3 still running
+        return [{"id": run["id"], "variant": run["variant"], "budget": run["budget_flops"], "member": run["member"],
+                 "family": "family", "parameters": sizes[run["member"]],
+                 "loss_speech": losses[run["budget_flops"], run["member"]]}
+                for run in sweep.load_sweep(sweep_dir)["runs"] if (run["budget_flops"], run["member"]) in losses]
+
+    monkeypatch.setattr(sweep, "collect", ledger)
+    # 4e8 is finished, its best the smallest size: it grows. 8e8's best so far is its largest finished size,
+    # but d3 may yet beat it: no depth 4 for that.
+    grown = sweep._grown_runs(tmp_path)  # every run not done on disk (none here: the ledger is made up)
+    assert sorted(run["member"] for run in grown) == ["d1", "d1", "d1w16", "d2", "d2", "d3", "d3"]
+    assert grown == sweep.load_sweep(tmp_path)["runs"]
+    assert "unbracketed" in json.loads((tmp_path / "bracket.json").read_text())
+    losses[4e8, "d1w16"] = 3.2
+    (tmp_path / "bracket.json").unlink()
+    assert sweep._grown_runs(tmp_path) == [] and not (tmp_path / "bracket.json").exists()  # nothing to say yet
+    assert sweep.extend_to_bracket(tmp_path)  # judged as if every run had ended: 8e8 wants depth 4
+    assert "d4" in {run["member"] for run in sweep.load_sweep(tmp_path)["runs"]}
+
+
+def test_the_local_executor_starts_the_runs_bracketing_adds_before_the_rest(tmp_path, monkeypatch):
+    started = []
+
+    class Ended:  # a run that has ended once it has started
+        returncode = 0
+
+        def __init__(self, context, sweep_dir, identifier, *rest):
+            started.append(identifier)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep, "_ForkedRun", Ended)
+    monkeypatch.setattr(sweep, "_warm_context", object)
+    monkeypatch.setattr(sweep, "_cuda_present", lambda: False)
+    monkeypatch.setenv(sweep.PEAK_FLOPS_VARIABLE, "1e11")
+    run = lambda name: {"id": name, "config": {"run_dir": str(tmp_path / "runs" / name)}}  # noqa: E731
+    answers = iter([[], [run("grown"), run("c")]])  # after a: nothing yet; after b: a new run, and c (queued)
+    sweep._local(tmp_path, [run(name) for name in "abcd"], num_parallel=1,
+                 more=lambda: next(answers, [run("grown")]))
+    assert started == ["a", "b", "grown", "c", "d"]
+
+
 def test_the_edges_of_a_synthetic_ledger():
     def row(variant, budget, parameters, loss, member):
         return {"variant": variant, "budget": budget, "parameters": parameters, "loss_speech": loss,
