@@ -698,7 +698,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
-            # machine is not left half idle at the end with the added runs alone (the demo: ~45 s of ~19 min).
+            # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
             grow = {"more": functools.partial(_grown_runs, sweep_dir)} if bracket and executor == "local" else {}
             EXECUTORS[executor](sweep_dir, todo, **options, **grow)
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
@@ -809,8 +809,8 @@ def extend_to_bracket(sweep_dir: str | os.PathLike, settled_only: bool = False) 
     rows = [row for row in collect(sweep_dir) if row.get("loss_speech") is not None]
     if settled_only:
         finished = {row["id"] for row in rows}
-        running = {(run["variant"], run["budget_flops"]) for run in sweep["runs"] if run["id"] not in finished}
-        rows = [row for row in rows if (row["variant"], row["budget"]) not in running]
+        unfinished = {(run["variant"], run["budget_flops"]) for run in sweep["runs"] if run["id"] not in finished}
+        rows = [row for row in rows if (row["variant"], row["budget"]) not in unfinished]
     record = jobs.read_json(sweep_dir / BRACKET_FILE) if (sweep_dir / BRACKET_FILE).exists() else {"added": []}
     unbracketed, grown = [], False
     found = edges(rows)
