@@ -541,6 +541,10 @@ def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_pa
         assert cell["loss_speech"] == pytest.approx((first + second) / 2)
     fits = sweep.fit_sweep(tmp_path, num_resamples=20)
     assert "random" in fits["variants"]
+    # The ledger says which seed each run is, whatever its name.
+    header, *lines, total = sweep.status_table(tmp_path).splitlines()
+    assert header.split()[:6] == ["run", "status", "size", "params", "budget", "seed"] and total == "total: 4 done"
+    assert sorted(tuple(line.split()[2:6:3]) for line in lines) == [("d1", "0"), ("d1", "1"), ("d2", "0"), ("d2", "1")]
 
 
 def test_a_cell_accuracy_difference_adds_the_runs_spread_to_the_items_bootstrap():

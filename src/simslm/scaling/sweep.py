@@ -1047,12 +1047,23 @@ def best_runs(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, A
     return best
 
 
+def _count(number: float) -> str:
+    """A parameter count in 3 figures: 11.6k, 135M, 7.62B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if number >= scale:
+            return f"{number / scale:.3g}{suffix}"
+    return f"{number:.0f}"
+
+
 def status_table(sweep_dir: str | os.PathLike) -> str:
-    """A line per run: status, size, budget and, when finished, losses and accuracies."""
+    """A line per run: status, size, budget and, when finished, losses and accuracies; its seed when the spec
+    has several (a run planned before the spec had seeds keeps its name without one)."""
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
+    seeds = bool(sweep["spec"].get("seeds"))
     finished = {row["id"]: row for row in collect(sweep_dir)}
-    lines = [f"{'run':<44} {'status':<10} {'params':>9} {'budget':>8} {'speech CE':>9}  accuracies"]
+    lines = [f"{'run':<44} {'status':<10} {'size':>6} {'params':>7} {'budget':>8} " + ("seed " if seeds else "") +
+             f"{'speech CE':>9}  accuracies"]
     counts: dict[str, int] = {}
     for run in sweep["runs"]:
         status = run_status(run, bench)
@@ -1060,11 +1071,12 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         row = finished.get(run["id"], {})
         accuracies = " ".join(f"{name}={result.accuracy:.3f}" for name, result in row.get("accuracies", {}).items())
         speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
-        parameters = f"{row['parameters'] / 1e6:.2f}M" if row else "-"
+        parameters = _count(row["parameters"]) if row else "-"
         grid_point = f"{run['budget_flops']:>8.1e}" if run.get("budget_flops") else \
             f"{run.get('tokens_per_parameter', 0):>5g} tpp"
-        lines.append(f"{run['id']:<44} {status:<10} {parameters:>9} {grid_point:>8} "
-                     f"{speech:>9}  {accuracies}")
+        seed = f"{run['config'].get('seed', 0):>4} " if seeds else ""
+        lines.append(f"{run['id']:<44} {status:<10} {run.get('member', ''):>6} {parameters:>7} {grid_point:>8} "
+                     f"{seed}{speech:>9}  {accuracies}")
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     return "\n".join(lines)
 
