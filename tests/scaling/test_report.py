@@ -1,5 +1,6 @@
 import itertools
 import json
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -26,7 +27,10 @@ def _fake_sweep(folder, seeds=(0,)):
             run_dir = folder / "runs" / identifier
             tokens = budget / (6 * parameters)
             loss = float(LAW.loss(parameters, tokens) + shift) * float(np.exp(0.002 * rng.standard_normal()))
-            RunResult(steps=1, tokens=int(tokens), flops=budget, wall_sec=1.0, peak_flops_measured=1.0,
+            # A run ends at a whole step, past its budget by part of a step, which differs by size (the demo's
+            # 1.25e11 runs reached it in the order d2, d1, d3, d4).
+            RunResult(steps=1, tokens=int(tokens), flops=budget * (1 + 1e-4 * (2, 1, 3, 4)[depth - 1]), wall_sec=1.0,
+                      peak_flops_measured=1.0,
                       parameters=ParameterGroups(embedding=0, output_head=0, non_embedding=int(0.8 * parameters),
                                                  total=int(parameters)),
                       final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
@@ -156,6 +160,11 @@ def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
     assert "<th>seed</th>" in text
     runs_table = text.split("<h2>Runs</h2>")[1]
     assert runs_table.count("<tr>") == 1 + 2 * 2 * 3 * 4  # header, then 2 variants x 3 budgets x 4 sizes x 2 seeds
+    # By variant, budget, size and seed (not by FLOPs reached, which puts a budget's smallest model last).
+    listed = re.findall(r"<tr><td>([\w-]+)</td><td>(d\d)</td><td>(\d)</td>", runs_table)
+    cells = [(variant, budget, f"d{depth}", str(seed)) for variant in ("interleaved-twist", "textless-twist")
+             for budget in (1e12, 1e13, 1e14) for depth in (1, 2, 3, 4) for seed in (0, 1)]
+    assert listed == [(variant, size, seed) for variant, _, size, seed in cells]
 
 
 def test_the_bracketing_note_says_which_sizes_joined_one_cell_only(tmp_path):

@@ -306,7 +306,10 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     run_rows = [[r["variant"], r["member"], *([r.get("seed")] if seeds else []), r["parameters"], r["tokens"],
                  r["flops"], r["loss_speech"],
                  *[_accuracy_cell(r["accuracies"][k]) if k in r["accuracies"] else "" for k in accuracy_keys]]
-                for r in sorted(rows, key=lambda r: (r["variant"], r["flops"], r.get("seed") or 0))]
+                # By grid point and size, not by the FLOPs a run reached: its last whole step takes it past its
+                # budget by part of a step, which differs by size and listed a budget's sizes out of order.
+                for r in sorted(rows, key=lambda r: (r["variant"], r["budget"] or 0, r.get("tokens_per_parameter") or 0,
+                                                     r["parameters"], r.get("seed") or 0))]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>simslm sweep report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:0.85em}}td,th{{border:1px solid #ccc;padding:3px 7px}}
