@@ -329,6 +329,19 @@ def test_bracketing_while_the_grid_runs_judges_finished_cells_only(data, tmp_pat
     assert "d4" in {run["member"] for run in sweep.load_sweep(tmp_path)["runs"]}
 
 
+def test_bracketing_while_the_grid_runs_reads_the_ledger_when_a_run_ends_its_cell_only(data, tmp_path, monkeypatch):
+    sweep.plan_sweep(_spec(data), tmp_path)  # d1, d2 at 4e8 and 8e8
+    runs = {(run["member"], run["budget_flops"]): run for run in sweep.load_sweep(tmp_path)["runs"]}
+    finished, judged = set(), []
+    monkeypatch.setattr(sweep.RunResult, "exists", staticmethod(lambda run_dir: Path(run_dir).name in finished))
+    monkeypatch.setattr(sweep, "_grown_runs", lambda sweep_dir: judged.append(sweep_dir) or [])
+    for size in ("d1", "d2"):
+        finished.add(runs[size, 4e8]["id"])
+        assert sweep._grown_after(tmp_path, runs[size, 4e8]["id"]) == []
+    assert judged == [tmp_path]  # once, when d2 ended the 4e8 cell; 8e8 has not ended
+    assert sweep._grown_after(tmp_path, "no-such-run") == [] and len(judged) == 1
+
+
 def test_the_local_executor_starts_the_runs_bracketing_adds_before_the_rest(tmp_path, monkeypatch):
     started = []
 
@@ -348,7 +361,7 @@ def test_the_local_executor_starts_the_runs_bracketing_adds_before_the_rest(tmp_
     run = lambda name: {"id": name, "config": {"run_dir": str(tmp_path / "runs" / name)}}  # noqa: E731
     answers = iter([[], [run("grown"), run("c")]])  # after a: nothing yet; after b: a new run, and c (queued)
     sweep._local(tmp_path, [run(name) for name in "abcd"], num_parallel=1,
-                 more=lambda: next(answers, [run("grown")]))
+                 more=lambda ended: next(answers, [run("grown")]))
     assert started == ["a", "b", "grown", "c", "d"]
 
 

@@ -575,12 +575,12 @@ def _cuda_present() -> bool:
 
 def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2, threads_per_run: int = 1,
            nproc_per_run: int = 1, gpus: str = "", fresh_processes: bool = False,
-           more: Callable[[], list[dict[str, Any]]] | None = None, **_: Any) -> None:
+           more: Callable[[str], list[dict[str, Any]]] | None = None, **_: Any) -> None:
     """Run up to `num_parallel` runs at once, each a process of its own with `threads_per_run` threads: a fork of
     a warm server (`_ForkedRun`) for one-process runs on a machine without CUDA, unless `fresh_processes`; a new
     interpreter otherwise (torchrun with `nproc_per_run` processes when more than one). With `gpus`, each run
-    gets `nproc_per_run` of them. `more`, asked after each run ends, gives runs to add (bracketing's, while the
-    grid still runs): they go ahead of the runs still waiting."""
+    gets `nproc_per_run` of them. `more`, given the id of each run that ends well, gives runs to add
+    (bracketing's, while the grid still runs): they go ahead of the runs still waiting."""
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     devices = [device.strip() for device in gpus.split(",") if device.strip()]
     cuda = _cuda_present()
@@ -629,7 +629,7 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
                     if process.returncode != 0:
                         failures.append(identifier)
                     elif more is not None:
-                        added = [run for run in more() if run["id"] not in seen]
+                        added = [run for run in more(identifier) if run["id"] not in seen]
                         seen.update(run["id"] for run in added)
                         waiting[:0] = added
                         tracker.grow(len(added))
@@ -699,7 +699,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         if todo:
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
-            grow = {"more": functools.partial(_grown_runs, sweep_dir)} if bracket and executor == "local" else {}
+            grow = {"more": functools.partial(_grown_after, sweep_dir)} if bracket and executor == "local" else {}
             EXECUTORS[executor](sweep_dir, todo, **options, **grow)
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
             return status_counts(sweep_dir)
@@ -842,6 +842,18 @@ def extend_to_bracket(sweep_dir: str | os.PathLike, settled_only: bool = False) 
     if grown:
         plan_sweep(spec, sweep_dir)
     return grown
+
+
+def _grown_after(sweep_dir: Path, ended: str) -> list[dict[str, Any]]:
+    """`_grown_runs` once run `ended` was the last of its (variant, budget) cell to finish, else none: only a cell's
+    last run lets bracketing find something new, and the ledger it reads (every run's result) would otherwise be
+    read after each run, growing with the square of the sweep."""
+    runs = load_sweep(sweep_dir)["runs"]
+    cell = next(((run["variant"], run["budget_flops"]) for run in runs if run["id"] == ended), None)
+    if cell is None or not all(RunResult.exists(Path(run["config"]["run_dir"])) for run in runs
+                               if (run["variant"], run["budget_flops"]) == cell):
+        return []
+    return _grown_runs(sweep_dir)
 
 
 def _grown_runs(sweep_dir: Path) -> list[dict[str, Any]]:
