@@ -694,13 +694,20 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
     while True:
         sweep = load_sweep(sweep_dir)
         bench = tuple(sweep["spec"].get("bench") or ())
-        todo = [run for run in sweep["runs"] if run_status(run, bench) not in ("done", "running")]
+        status = {run["id"]: run_status(run, bench) for run in sweep["runs"]}
+        todo = [run for run in sweep["runs"] if status[run["id"]] not in ("done", "running")]
+        held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
             grow = {"more": functools.partial(_grown_after, sweep_dir)} if bracket and executor == "local" else {}
             EXECUTORS[executor](sweep_dir, todo, **options, **grow)
+        # A run another process held when this sweep looked, and has let go of unfinished since, is this sweep's
+        # to finish: a sweep killed just before this one started leaves its runs locked until its children are
+        # gone, which takes a moment after the kill.
+        if options.get("wait", True) and any(run_status(run, bench) not in ("done", "running") for run in held):
+            continue
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
             return status_counts(sweep_dir)
 
