@@ -31,6 +31,7 @@ import functools
 import json
 import multiprocessing
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ def matmul_ceiling(depth: int, vocab_size: int, aspect_ratio: int, peak: float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="2,4,8")
+    parser.add_argument("--depths", default="2,4,8", help="members to time alone (none: '')")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--compare-depths", default="2,4")
     parser.add_argument("--compile", action="store_true", help="also race simslm train --compile")
@@ -200,7 +201,7 @@ def main() -> None:
         peak = measure_peak_flops("cuda" if shape.device.startswith("cuda") else "cpu", seconds=2.0)
         rows = [(f"{'fp32 matmul peak measured (1024^3' if shape.device == 'cpu' else 'bf16 matmul peak measured (8192^3'}"
                  f", 2 s)", f"{peak / 1e9:,.1f} GFLOP/s")]
-        for member in args.depths.split(","):
+        for member in filter(None, args.depths.split(",")):
             depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)
             for mode in [None, *(args.compile_modes.split(",") if args.compile else [])]:
@@ -219,32 +220,43 @@ def main() -> None:
         # (first step to last, data loading and compiling included) and median steps, on the same model and data.
         for member in args.compare_depths.split(","):
             depth, ratio = model_lib.parse_family_source(member)
-            runs: dict[str, list[tuple[float, float]]] = {"simslm": [], "HF Trainer": [],
-                                                          "HF Trainer, documents apart": [],
-                                                          "HF Trainer, freed memory kept": []}
+            # Each run: (median step tokens/s, whole loop tokens/s[, MFU of the median step: simslm's]).
+            runs: dict[str, list[tuple[float, ...]]] = {"simslm": [], "HF Trainer": [],
+                                                        "HF Trainer, documents apart": []}
+            if shape.device == "cpu":  # the host's malloc settings: a CPU matter (and a GPU lease is short)
+                runs["HF Trainer, freed memory kept"] = []
             modes = args.compile_modes.split(",") if args.compile else []
             for mode in modes:
                 runs[f"simslm --compile --compile-mode {mode}"] = []
             ours = functools.partial(isolated, our_loop, data, depth, args.steps, aspect_ratio=ratio, shape=shape)
             theirs = functools.partial(isolated, hf_trainer, data, depth, args.steps, scratch, aspect_ratio=ratio,
                                        shape=shape)
+
+            def record(name: str, entry: tuple[float, ...]) -> None:
+                runs[name].append(entry)  # and say so at once: a run cut short by a time limit keeps what it had
+                print(f"depth {depth}, {name}, run {len(runs[name])}: " + ", ".join(f"{v:,.4g}" for v in entry),
+                      file=sys.stderr, flush=True)
+
             for repeat in range(args.repeats):
-                runs["simslm"].append(ours(scratch / f"a-{member}-{repeat}")[0::2])
+                step, mfu, loop = ours(scratch / f"a-{member}-{repeat}")
+                record("simslm", (step, loop, mfu))
                 for mode in modes:
-                    runs[f"simslm --compile --compile-mode {mode}"].append(
-                        ours(scratch / f"c-{member}-{mode}-{repeat}", mode)[0::2])
-                runs["HF Trainer"].append(theirs())
-                runs["HF Trainer, documents apart"].append(theirs(documents_apart=True))
-                runs["HF Trainer, freed memory kept"].append(theirs(keep_memory=True))
+                    step, mfu, loop = ours(scratch / f"c-{member}-{mode}-{repeat}", mode)
+                    record(f"simslm --compile --compile-mode {mode}", (step, loop, mfu))
+                record("HF Trainer", theirs())
+                record("HF Trainer, documents apart", theirs(documents_apart=True))
+                if "HF Trainer, freed memory kept" in runs:
+                    record("HF Trainer, freed memory kept", theirs(keep_memory=True))
             hf_step = statistics.median(step for step, _ in runs["HF Trainer"])
             hf_loop = statistics.median(loop for _, loop in runs["HF Trainer"])
             for name, values in runs.items():
                 step = statistics.median(v[0] for v in values)
                 loop = statistics.median(v[1] for v in values)
+                mfu = f", MFU {100 * statistics.median(v[2] for v in values):.1f}%" if len(values[0]) > 2 else ""
                 rows.append((f"depth {depth}, width {depth * ratio}, {about}, {args.steps} steps, {name} (median of "
                              f"{args.repeats}, alternated)",
-                             f"step {step:,.0f} tokens/s ({step / hf_step:.2f}x HF), whole loop {loop:,.0f} tokens/s "
-                             f"({loop / hf_loop:.2f}x HF)"))
+                             f"step {step:,.0f} tokens/s ({step / hf_step:.2f}x HF){mfu}, whole loop {loop:,.0f} "
+                             f"tokens/s ({loop / hf_loop:.2f}x HF)"))
     print("| measurement | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

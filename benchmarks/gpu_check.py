@@ -76,7 +76,10 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
         data[architecture] = str(out / f"data-{architecture}")
         build_sequences(BuildConfig(out=data[architecture], tokenizer=models[0], streams=("text",),
                                     text_corpus=str(prepared / "stories.jsonl"), context_length=1024, overwrite=True))
-    budget = 2e10 if tiny else 4e15
+    # 1e15 FLOPs: ~350 steps of the 30M models and ~90 of the 120M ones, enough for steady medians. At 4e15
+    # the sweep alone took over 285 s on an H200 (2026-12-04: 81-86 s per 30M run, 45 s per 120M run, each
+    # plus ~11 s to start), too much of a 15-minute lease.
+    budget = 2e10 if tiny else 1e15
     spec = sweep.SweepSpec.from_json({
         "families": families, "budgets_flops": [budget],
         "variants": [{"name": "scratch", "data": data, "init": "random"}],

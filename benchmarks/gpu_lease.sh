@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One GPU lease, prepared here and run there in one call: the project's GPU check, then issue 17's race of
+# `simslm train` (eager and --compile) against a plain HF Trainer at about 170M parameters.
+#
+# Here, once (needs the package registry; writes the git-ignored .gpu/check and .whl/):
+#   benchmarks/gpu_lease.sh prepare
+# With the device tool (carry .gpu and .whl; each part is time-boxed so the call ends inside 10 minutes):
+#   bash benchmarks/gpu_lease.sh            # logs and JSON under $OUT
+#
+# The device image (Python 3.12, its own torch and transformers) lacks two of simslm's imports, soundfile and
+# soxr (seen 2026-12-04): they travel as wheels, with cffi and pycparser under soundfile.
+set -u
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = prepare ]; then
+  benchmarks/gpu_check.sh prepare
+  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+  rm -f .whl/*.whl  # one version of each: two stop the install there
+  for wheel in soundfile soxr cffi pycparser; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl "$wheel" || exit 1
+  done
+  exit 0
+fi
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu_lease}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 3
+export PYTHONPATH=/tmp/site
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc
+  python3 -c "import torch, transformers, numpy; print(torch.__version__, transformers.__version__, numpy.__version__)"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+start=$(date +%s)
+OUT=/tmp/gpu_check timeout "${CHECK_SECONDS:-240}" benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
+echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/gpu_check.log"
+grep -v "Writing\|it/s\]" "$OUT/gpu_check.log" | tail -30
+cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
+(cd /tmp/gpu_check && find sweep -name '*.log' -o -name '*.json' -o -name '*.jsonl' | tar czf "$OUT/sweep.tgz" -T -)
+start=$(date +%s)
+timeout "${RACE_SECONDS:-270}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
+  --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
+  --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile > "$OUT/bench_train.log" 2>&1
+echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
+grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
