@@ -230,6 +230,28 @@ def test_a_loss_that_is_no_longer_finite_stops_the_run_without_a_result(data, tm
     assert not (run / "result.json").exists() and not (run / "model").exists()
 
 
+def test_numbers_read_back_steps_later_as_on_a_gpu_log_and_checkpoint_the_same(data, tmp_path, monkeypatch):
+    import simslm.train as train_module
+
+    def logged(run):
+        return [{key: value for key, value in json.loads(line).items() if key not in ("tokens_per_sec", "mfu")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    config = dict(budget_tokens=10 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=5)
+    train(_config(data, tmp_path / "at-once", **config))
+    monkeypatch.setitem(train_module.READBACK_LAG, "cpu", 2)  # the host two steps ahead of its numbers
+    train(_config(data, tmp_path / "later", **config))
+    assert logged(tmp_path / "later") == logged(tmp_path / "at-once") and len(logged(tmp_path / "later")) == 10
+    checkpoints = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    assert checkpoints(tmp_path / "later") == checkpoints(tmp_path / "at-once") == [
+        "step-00000004", "step-00000008", "step-00000010"]
+    # A loss that stops being finite is still caught before any checkpoint holds it.
+    run = tmp_path / "diverged"
+    with pytest.raises(ValueError, match="the loss became"):
+        train(_config(data, run, budget_tokens=12 * 4 * 64, lr=1e10, lr_min=0.0, warmup_fraction=0.0))
+    assert not (run / "result.json").exists() and not (run / "checkpoints").exists()
+
+
 def test_a_torn_metrics_line_and_garbage_checksums_still_resume(data, tmp_path, capsys):
     run = tmp_path / "run"
     finished = train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))

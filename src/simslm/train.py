@@ -685,8 +685,30 @@ def _logged_step(line: str) -> int | None:
 def _to_device(batch, device: str):
     import torch
 
-    return (torch.from_numpy(batch.tokens.astype(np.int64)).to(device),
-            torch.from_numpy(batch.positions.astype(np.int64)).to(device))
+    tokens, positions = (torch.from_numpy(batch.tokens.astype(np.int64)),
+                         torch.from_numpy(batch.positions.astype(np.int64)))
+    if not str(device).startswith("cuda"):
+        return tokens.to(device), positions.to(device)
+    # A copy from pageable memory waits for the GPU's queue to drain; from pinned memory it is queued behind the
+    # previous step's kernels while the host goes on launching this one.
+    return (tokens.pin_memory().to(device, non_blocking=True), positions.pin_memory().to(device, non_blocking=True))
+
+
+# Steps launched on a GPU before the host reads a step's losses and gradient norm back: reading them at once
+# makes the host wait for the step to finish before it launches the next, so the GPU idles while Python
+# launches kernels (what small models are bound by). On the CPU every operation is done when it returns.
+READBACK_LAG = {"cuda": 1, "cpu": 0}
+
+
+@dataclass
+class _Launched:
+    """A step whose numbers are still on the device: read back (`settle`) a step later on a GPU."""
+
+    step: int
+    started: float
+    lr: float
+    sums: list[Any]  # each micro-batch's `_loss_and_totals` tensor
+    grad_norm: Any
 
 
 # What each entry of `RunResult.validation_batches` holds, in order.
@@ -880,11 +902,48 @@ def train(config: TrainConfig) -> RunResult | None:
     # Loop.
     tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None
     events = tensorboard_writer(run_dir, start_step) if config.tensorboard and distributed.is_main else None
+    lag = READBACK_LAG["cuda" if on_cuda else "cpu"]
+    launched: list[_Launched] = []
+    last_read = time.perf_counter()
+
+    def settle(entry: _Launched) -> None:
+        """Read a launched step's numbers back, check them and log them."""
+        nonlocal last_read
+        totals = [0.0] * 6
+        for sums in entry.sums:
+            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums))]
+        totals = distributed.all_sum(totals)
+        done = entry.step + 1
+        if not math.isfinite(totals[0]):
+            # Nothing after this is worth keeping: no checkpoint, no model, no result.json.
+            raise ValueError(f"{run_dir}: the loss became {totals[0]} at step {done}; lower --lr (now {config.lr}) "
+                             f"or --grad-clip, and start a new run_dir")
+        if not distributed.is_main:
+            return
+        # From the later of its launch and the previous step's read: a step's own time when the host waits for
+        # each step (the CPU), the GPU's time per step when the host runs ahead; checkpoints left out either way.
+        now = time.perf_counter()
+        elapsed, last_read = now - max(last_read, entry.started), now
+        tokens_per_sec = plan.tokens_per_step / elapsed
+        achieved = tokens_per_sec * plan.flops_per_token["all_params"]
+        record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": float(entry.grad_norm),
+                  "tokens": plan.tokens_before(done), "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
+                  "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
+        if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if events is not None:
+            _add_scalars(events, "train", record, done)
+        tracker.note(step=f"{done}/{plan.total_steps}", loss=record["loss"], lr=record["lr"],
+                     tokens_per_sec=round(tokens_per_sec))
+        tracker.update()
+
     for step in range(start_step, plan.total_steps):
         step_started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, plan, config)
-        totals = [0.0] * 6
+        step_sums = []
         batches = [next(loader) for _ in range(config.grad_accumulation)]
         # The step's loss is the mean over every scored target of the step, on every process
         # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
@@ -897,35 +956,17 @@ def train(config: TrainConfig) -> RunResult | None:
             with sync:
                 loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast, chunked)
                 (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
-            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums))]
+            step_sums.append(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        totals = distributed.all_sum(totals)
+        launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
         done = step + 1
-        if not math.isfinite(totals[0]):
-            # Nothing after this is worth keeping: no checkpoint, no model, no result.json.
-            raise ValueError(f"{run_dir}: the loss became {totals[0]} at step {done}; lower --lr (now {config.lr}) "
-                             f"or --grad-clip, and start a new run_dir")
-        if distributed.is_main:
-            elapsed = time.perf_counter() - step_started
-            tokens_per_sec = plan.tokens_per_step / elapsed
-            achieved = tokens_per_sec * plan.flops_per_token["all_params"]
-            record = {"step": done, **asdict(_ratios(totals)), "lr": optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(grad_norm), "tokens": plan.tokens_before(done),
-                      "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
-                      "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
-            if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
-                record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if events is not None:
-                _add_scalars(events, "train", record, done)
-            tracker.note(step=f"{done}/{plan.total_steps}", loss=record["loss"], lr=record["lr"],
-                         tokens_per_sec=round(tokens_per_sec))
-            tracker.update()
-        if done % config.checkpoint_every == 0 or done == plan.total_steps:
+        checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps
+        while len(launched) > (0 if checkpointing else lag):  # a checkpoint holds only steps known to be finite
+            settle(launched.pop(0))
+        if checkpointing:
             model_state, optimizer_state = full_state(model, optimizer)
             if distributed.is_main:
                 save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
