@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, prepared here and run there in one call: the project's GPU check, then issue 17's race of
-# `simslm train` (eager and --compile) against a plain HF Trainer at about 170M parameters.
+# `simslm train` (eager and --compile) against a plain HF Trainer at about 170M parameters, then a profile of a
+# 25M-parameter step (where the host's launching goes).
 #
 # Here, once (needs the package registry; writes the git-ignored .gpu/check and .whl/):
 #   benchmarks/gpu_lease.sh prepare
@@ -33,14 +34,19 @@ export PYTHONPATH=/tmp/site
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 start=$(date +%s)
-OUT=/tmp/gpu_check timeout "${CHECK_SECONDS:-240}" benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
+OUT=/tmp/gpu_check timeout "${CHECK_SECONDS:-200}" benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/gpu_check.log"
 grep -v "Writing\|it/s\]" "$OUT/gpu_check.log" | tail -30
 cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
 (cd /tmp/gpu_check && find sweep -name '*.log' -o -name '*.json' -o -name '*.jsonl' | tar czf "$OUT/sweep.tgz" -T -)
 start=$(date +%s)
-timeout "${RACE_SECONDS:-270}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
+timeout "${RACE_SECONDS:-300}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
   --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
   --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile > "$OUT/bench_train.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
 grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
+start=$(date +%s)
+timeout "${PROFILE_SECONDS:-60}" env PYTHONPATH=src:/tmp/site python3 benchmarks/profile_train.py --device cuda \
+  --data .gpu/check --member 8:64 --batch-size 16 --context-length 1024 --steps 30 > "$OUT/profile.log" 2>&1
+echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/profile.log"
+grep -v "it/s\]" "$OUT/profile.log" | tail -60
