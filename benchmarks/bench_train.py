@@ -68,10 +68,11 @@ class Shape:
 
 
 def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_mode: str | None = None,
-             aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO, shape: Shape = Shape()) -> tuple[float, float, float]:
+             aspect_ratio: int = model_lib.FAMILY_ASPECT_RATIO, shape: Shape = Shape(),
+             attention: str = "auto") -> tuple[float, float, float]:
     """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput (compiling included)."""
     train(TrainConfig(run_dir=str(run_dir), data=data, base_model=model_lib.family_source(depth, aspect_ratio),
-                      init="random", device=shape.device,
+                      init="random", device=shape.device, attention=attention,
                       budget_tokens=steps * shape.tokens, batch_size=shape.batch_size, checkpoint_every=10 ** 9,
                       compile=compile_mode is not None, compile_mode=compile_mode or "auto"))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -180,6 +181,10 @@ def main() -> None:
     parser.add_argument("--compile-modes", default="auto",
                         help="with --compile: the --compile-mode values to race, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attentions", default="",
+                        help="also race simslm train --attention X for each X here (flex_attention: CUDA only)")
+    parser.add_argument("--trainers", default="plain,documents-apart",
+                        help="the HF Trainer contenders: plain (always), documents-apart")
     parser.add_argument("--ceilings", default="",
                         help="family members DEPTH:RATIO,... whose matrix-product MFU ceiling to measure (the demo's: "
                              "1:16,2:16,3:16,4:16; CPU only)")
@@ -221,8 +226,12 @@ def main() -> None:
         for member in args.compare_depths.split(","):
             depth, ratio = model_lib.parse_family_source(member)
             # Each run: (median step tokens/s, whole loop tokens/s[, MFU of the median step: simslm's]).
-            runs: dict[str, list[tuple[float, ...]]] = {"simslm": [], "HF Trainer": [],
-                                                        "HF Trainer, documents apart": []}
+            runs: dict[str, list[tuple[float, ...]]] = {"simslm": [], "HF Trainer": []}
+            if "documents-apart" in args.trainers.split(","):
+                runs["HF Trainer, documents apart"] = []
+            attentions = list(filter(None, args.attentions.split(",")))
+            for attention in attentions:
+                runs[f"simslm --attention {attention}"] = []
             if shape.device == "cpu":  # the host's malloc settings: a CPU matter (and a GPU lease is short)
                 runs["HF Trainer, freed memory kept"] = []
             modes = args.compile_modes.split(",") if args.compile else []
@@ -243,8 +252,12 @@ def main() -> None:
                 for mode in modes:
                     step, mfu, loop = ours(scratch / f"c-{member}-{mode}-{repeat}", mode)
                     record(f"simslm --compile --compile-mode {mode}", (step, loop, mfu))
+                for attention in attentions:
+                    step, mfu, loop = ours(scratch / f"k-{member}-{attention}-{repeat}", attention=attention)
+                    record(f"simslm --attention {attention}", (step, loop, mfu))
                 record("HF Trainer", theirs())
-                record("HF Trainer, documents apart", theirs(documents_apart=True))
+                if "HF Trainer, documents apart" in runs:
+                    record("HF Trainer, documents apart", theirs(documents_apart=True))
                 if "HF Trainer, freed memory kept" in runs:
                     record("HF Trainer, freed memory kept", theirs(keep_memory=True))
             hf_step = statistics.median(step for step, _ in runs["HF Trainer"])

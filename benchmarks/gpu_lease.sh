@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, prepared here and run there in one call: the project's GPU check, then issue 17's race of
-# `simslm train` (eager and --compile) against a plain HF Trainer at about 170M parameters, then a profile of a
+# `simslm train` (eager, --compile, --attention flex_attention) against a plain HF Trainer at about 170M
+# parameters (the Trainer with documents apart ran once, 2026-12-04: 0.87x the plain one), then a profile of a
 # 25M-parameter step (where the host's launching goes).
 #
 # Here, once (needs the package registry; writes the git-ignored .gpu/check and .whl/):
@@ -42,7 +43,8 @@ cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
 start=$(date +%s)
 timeout "${RACE_SECONDS:-300}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
   --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
-  --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile > "$OUT/bench_train.log" 2>&1
+  --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile --attentions flex_attention \
+  --trainers plain > "$OUT/bench_train.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
 grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
 start=$(date +%s)

@@ -223,6 +223,39 @@ def test_the_attention_kernel_falls_back_to_sdpa_without_flash_attn_or_cuda():
     assert attention_kernel("auto", "cuda:0") == expected
 
 
+def test_flex_attention_keeps_documents_apart_and_trains_on_cuda_only(data, tmp_path, monkeypatch):
+    import torch
+    import torch.nn.attention.flex_attention as flex_kernel
+    import transformers.integrations.flex_attention as flex
+
+    from simslm import model as model_lib
+    from simslm.config import ConfigError
+
+    # Its forward runs on the CPU: on packed rows, each document's logits must be those of the document alone.
+    # The kernel runs uncompiled here (transformers compiles it, a minute per shape on this CPU); what is checked
+    # is the block mask transformers builds from the restarting positions.
+    monkeypatch.setattr(flex_kernel, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
+    monkeypatch.setattr(flex, "compile_friendly_flex_attention", lambda query, key, value, training=False, **kwargs:
+                        flex_kernel.flex_attention(query, key, value, **kwargs))
+    model = model_lib.build_family_model(2, 300, seed=0, context_length=64).eval()
+    tokens = torch.randint(0, 300, (2, 64))
+    lengths = (20, 30, 14)
+    positions = torch.cat([torch.arange(length) for length in lengths]).repeat(2, 1)
+    model.set_attn_implementation("flex_attention")
+    with torch.no_grad():
+        packed = model(input_ids=tokens, position_ids=positions, use_cache=False).logits
+    model.set_attn_implementation("sdpa")
+    start = 0
+    for length in lengths:
+        with torch.no_grad():
+            alone = model(input_ids=tokens[:, start:start + length], use_cache=False).logits
+        assert torch.allclose(packed[:, start:start + length], alone, atol=1e-5)
+        start += length
+    with pytest.raises(ConfigError, match="CUDA only"):
+        train(_config(data, tmp_path / "flex", attention="flex_attention", device="cpu"))
+    assert not (tmp_path / "flex").exists()
+
+
 def test_a_loss_that_is_no_longer_finite_stops_the_run_without_a_result(data, tmp_path):
     run = tmp_path / "diverged"
     with pytest.raises(ValueError, match="the loss became"):

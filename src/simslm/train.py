@@ -90,10 +90,11 @@ class TrainConfig(Config):
     fsdp: bool = False
     """Shard parameters, gradients and optimiser state across processes (FSDP2) for models
     that do not fit one device; with torchrun only."""
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
     restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
-    installed (slamkit's setting), else sdpa."""
+    installed (slamkit's setting), else sdpa, whose document mask is dense. flex_attention (CUDA only) skips
+    the blocks across documents without flash-attn."""
     loss_chunk_tokens: int = 0
     """Cross-entropy over this many tokens at a time, each chunk's logits recomputed in the backward, so the
     full fp32 logits (tokens x vocabulary: 1.2 GB per sequence of 2048 for Qwen2.5's 151,936) never exist at
@@ -813,6 +814,9 @@ def train(config: TrainConfig) -> RunResult | None:
     started = time.perf_counter()
     jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
     distributed = _Distributed(config.device)
+    if config.attention == "flex_attention" and not distributed.device.startswith("cuda"):
+        raise ConfigError("--attention flex_attention trains on CUDA only: PyTorch's flex attention has no backward "
+                          "on the CPU")
     run_dir = Path(config.run_dir)
     given_peak = _given_peak_flops()  # a bad value is refused before anything is written
     torch.manual_seed(config.seed)
