@@ -2,10 +2,11 @@
 
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 \
         [--compile [--compile-modes auto,default]] [--ceilings 1:16,2:16]
-    # issue 17's GPU target, on the device machine (`benchmarks/gpu_check.sh prepare` made .gpu/check here):
+    # issue 17's GPU target, on the device machine (`benchmarks/gpu_lease.sh` runs this race there, with the
+    # options it uses; `benchmarks/gpu_lease.sh prepare` made .gpu/check here):
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cuda --text-corpus .gpu/check/stories.jsonl \
         --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 --depths 15:64 \
-        --compare-depths 15:64 --steps 40 --repeats 2 --compile
+        --compare-depths 15:64 --steps 40 --repeats 2 --compile [--attentions flex_attention] [--trainers plain]
 
 Data: TinyStories text through tok512, packed to `--context-length` tokens (256). Each size
 trains for `--steps` steps of `--batch-size` rows (8), in fp32 on the CPU or with bf16 autocast
