@@ -41,14 +41,14 @@ grep -v "Writing\|it/s\]" "$OUT/gpu_check.log" | tail -30
 cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
 (cd /tmp/gpu_check && find sweep -name '*.log' -o -name '*.json' -o -name '*.jsonl' | tar czf "$OUT/sweep.tgz" -T -)
 start=$(date +%s)
-timeout "${RACE_SECONDS:-300}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
+timeout "${RACE_SECONDS:-320}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
   --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
   --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile --attentions flex_attention \
   --trainers plain > "$OUT/bench_train.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
 grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
 start=$(date +%s)
-timeout "${PROFILE_SECONDS:-60}" env PYTHONPATH=src:/tmp/site python3 benchmarks/profile_train.py --device cuda \
+timeout "${PROFILE_SECONDS:-55}" env PYTHONPATH=src:/tmp/site python3 benchmarks/profile_train.py --device cuda \
   --data .gpu/check --member 8:64 --batch-size 16 --context-length 1024 --steps 30 > "$OUT/profile.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/profile.log"
 grep -v "it/s\]" "$OUT/profile.log" | tail -60
