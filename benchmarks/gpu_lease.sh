@@ -4,7 +4,7 @@
 # parameters (the Trainer with documents apart ran once, 2026-12-04: 0.87x the plain one), then a profile of a
 # 25M-parameter step (where the host's launching goes).
 #
-# Here, once (needs the package registry; writes the git-ignored .gpu/check and .whl/):
+# Here, once (needs the package registry; writes .gpu/check and .whl/, both git-ignored):
 #   benchmarks/gpu_lease.sh prepare
 # With the device tool (carry .gpu and .whl; each part is time-boxed so the call ends inside 10 minutes):
 #   bash benchmarks/gpu_lease.sh            # logs and JSON under $OUT
@@ -15,7 +15,6 @@ set -u
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = prepare ]; then
   benchmarks/gpu_check.sh prepare
-  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
   rm -f .whl/*.whl  # one version of each: two stop the install there
   for wheel in soundfile soxr cffi pycparser; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
