@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--text-corpus", default="tinystories-sample", help="asset name or .jsonl/.txt file")
     parser.add_argument("--tokenizer", default="stories260K", help="asset name or tokenizer folder")
     args = parser.parse_args()
+    unknown = set(filter(None, args.trainers.split(","))) - {"plain", "documents-apart"}
+    if unknown:
+        parser.error(f"--trainers: unknown {', '.join(sorted(unknown))} (known: plain, documents-apart)")
     shape = Shape(args.device, args.batch_size, args.context_length)
     about = (f"batch {shape.batch_size} x {shape.context_length}, " +
              ("fp32 CPU" if shape.device == "cpu" else f"bf16 autocast on {shape.device}"))

@@ -410,6 +410,11 @@ def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
     return all(any(key == label or key.startswith(label + "/") for key in evaluated) for label in labels)
 
 
+def _to_run(status: str) -> bool:
+    """Whether a run in this status is this sweep's to (re)start: not done, and not held by another process."""
+    return status not in ("done", "running")
+
+
 def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
     """done, evaluating (trained, evaluation missing), running (locked), started (resumable) or pending."""
     run_dir = Path(run["config"]["run_dir"])
@@ -695,7 +700,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         sweep = load_sweep(sweep_dir)
         bench = tuple(sweep["spec"].get("bench") or ())
         status = {run["id"]: run_status(run, bench) for run in sweep["runs"]}
-        todo = [run for run in sweep["runs"] if status[run["id"]] not in ("done", "running")]
+        todo = [run for run in sweep["runs"] if _to_run(status[run["id"]])]
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:
@@ -706,7 +711,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         # A run another process held when this sweep looked, and has let go of unfinished since, is this sweep's
         # to finish: a sweep killed just before this one started leaves its runs locked until its children are
         # gone, which takes a moment after the kill.
-        if options.get("wait", True) and any(run_status(run, bench) not in ("done", "running") for run in held):
+        if options.get("wait", True) and any(_to_run(run_status(run, bench)) for run in held):
             continue
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
             return status_counts(sweep_dir)
@@ -870,7 +875,7 @@ def _grown_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         return []
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
-    return [run for run in sweep["runs"] if run_status(run, bench) not in ("done", "running")]
+    return [run for run in sweep["runs"] if _to_run(run_status(run, bench))]
 
 
 def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict[str, int]:
