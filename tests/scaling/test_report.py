@@ -170,9 +170,52 @@ def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
 def test_the_bracketing_note_says_which_sizes_joined_one_cell_only(tmp_path):
     jobs.write_json(tmp_path / sweep.BRACKET_FILE, {
         "added": [{"family": "f", "side": "larger", "size": "depth 5"},
-                  {"family": "f", "side": "smaller", "size": "d1w8", "variant": "random", "budget": 2e11}],
-        "unbracketed": [{"variant": "random", "budget": 2e11, "member": "d1w4", "needs": "smaller", "family": "f",
+                  {"family": "f", "side": "smaller", "size": "d1w8", "variant": "random", "budget": 1.25e11}],
+        "unbracketed": [{"variant": "random", "budget": 1.25e11, "member": "d1w4", "needs": "smaller", "family": "f",
                          "reason": "no size below d1w4"}]})
     note = report._bracket_note(tmp_path)
-    assert "Sizes added to bracket the minima: depth 5, d1w8 (random at C = 2e+11 only)." in note
+    # The budget as it was run: with 2 digits the demo's 1.25e11 read 1.2e+11.
+    assert "Sizes added to bracket the minima: depth 5, d1w8 (random at C = 1.25e+11 only)." in note
+    assert "random at C = 1.25e+11: best at its smallest" in note
     assert "best at its smallest size (d1w4); no size below d1w4" in note
+
+
+def test_an_interval_of_a_past_0_or_1_is_explained():
+    """The demo of 2026-12-04 printed approach 2's a = 0.434 [-0.116, 0.506] with no word on the negative end."""
+    from simslm.scaling.fit import Points, fit_all, fit_warnings
+
+    rng = np.random.default_rng(0)
+    budgets = np.repeat([1e12, 1e13, 1e14], 4)
+    parameters = np.tile([3e4, 1e5, 3e5, 1e6], 3)
+    tokens = budgets / (6 * parameters)
+    points = Points(parameters, tokens, LAW.loss(parameters, tokens) * np.exp(0.002 * rng.standard_normal(12)), budgets)
+    fit = fit_all(points, num_resamples=30)
+    assert 0 <= fit["approach2"]["ci_a"][0] <= fit["approach2"]["ci_a"][1] <= 1
+    assert not any("reaches outside [0, 1]" in warning for warning in fit_warnings(points, fit))
+    for interval, direction in (([-0.116, 0.506], "shrinks as compute grows"), ([0.283, 12.4], "grows faster than compute")):
+        fit["approach2"]["ci_a"] = interval
+        fit["warnings"] = fit_warnings(points, fit)  # as fit_all writes them
+        notes = report.fit_tables({"v": fit}).split("Notes on the fits")[1]
+        assert (f"approach 2&#x27;s interval of a, [{interval[0]:.3f}, {interval[1]:.3f}], reaches outside [0, 1]: in "
+                f"some resamples the compute-optimal size {direction}. 3 minima over 100x of compute") in notes
+
+
+def test_the_accuracy_figure_has_a_panel_per_benchmark_and_keeps_intervals_apart(tmp_path, monkeypatch):
+    """Each benchmark in its own panel, and no two runs of a budget drawn on one vertical line (the demo's
+    figure stacked 12 intervals per budget there, each hiding the others)."""
+    _fake_sweep(tmp_path)
+    rows = sweep.collect(tmp_path)
+    for row in rows:
+        row["accuracies"]["sblimp"] = row["accuracies"]["tsc/S"]
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda plt, figure, path: drawn.append(figure) or path.stem)
+    assert report.plot_accuracy(rows, {}, tmp_path) == "accuracy_vs_compute"
+    panels = [axes for axes in drawn[0].axes if axes.get_title(loc="left")]
+    assert [axes.get_title(loc="left") for axes in panels] == ["sblimp", "tsc/S"]
+    for axes in panels:
+        x = np.concatenate([line.get_xdata() for line in axes.lines if line.get_marker() == "o"])
+        assert len(x) == len(rows) == len(np.unique(x))
+        # Each budget's runs stay near it: within half the way to the next budget (a decade here).
+        nearest = 10 ** np.round(np.log10(x))
+        assert np.all(np.abs(np.log10(x / nearest)) < 0.25)
+        assert sorted(set(nearest)) == [1e12, 1e13, 1e14]

@@ -509,6 +509,16 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
             warnings.append(f"{name} gives a = {a:.3f}, outside [0, 1]: the compute-optimal size would "
                             f"{'shrink' if a < 0 else 'grow faster than compute'} as compute grows, which no law "
                             f"allows; the grid does not bracket the minima, or noise dominates")
+    # A sound point whose interval leaves [0, 1] (approach 2's; approach 3's a = beta / (alpha + beta) cannot)
+    # printed without a word reads as if a negative exponent were plausible: say where such draws come from.
+    second = fit["approach2"]
+    if second.get("ci_a") and 0 <= second["a"] <= 1 and not 0 <= second["ci_a"][0] <= second["ci_a"][1] <= 1:
+        budgets = [vertex["budget"] for vertex in second["vertices"]]
+        warnings.append(f"approach 2's interval of a, [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}], reaches "
+                        f"outside [0, 1]: in some resamples the compute-optimal size "
+                        f"{'shrinks as compute grows' if second['ci_a'][0] < 0 else 'grows faster than compute'}. "
+                        f"{len(budgets)} minima over {max(budgets) / min(budgets):.3g}x of compute fix their slope "
+                        f"loosely; more budgets, a wider span or more runs per size narrow it")
     second, third = fit["approach2"].get("ci_a"), fit["approach3"].get("ci_a")
     if second and third and not fit["approach3"].get("degenerate") and (second[1] < third[0] or third[1] < second[0]):
         warnings.append(f"approaches 2 and 3 disagree on the allocation exponent a: [{second[0]:.3f}, {second[1]:.3f}] "

@@ -25,19 +25,24 @@ from simslm.scaling.fit import TEXTLESS_EXPONENTS, TEXTLESS_REFERENCE, Law
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
 
 
-def _figure():
+def _figure(panels: int | None = None):
+    """A figure of one axes or, given `panels`, a list of that many axes stacked on one shared x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    return plt, figure, axes
+    if panels is None:
+        figure, axes = plt.subplots(figsize=(6.4, 4.2))
+        return plt, figure, axes
+    figure, axes = plt.subplots(panels, 1, figsize=(6.4, 0.8 + 2.3 * panels), sharex=True, sharey=True,
+                                squeeze=False)
+    return plt, figure, list(axes[:, 0])
 
 
-def _legend_below(axes, entries: int) -> None:
-    """The legend under the axes, never over the data."""
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 3 else 1,
+def _legend_below(axes, entries: int, below: float = 0.16) -> None:
+    """The legend under the axes (`below` their height down, clear of the x label), never over the data."""
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2 if entries > 3 else 1,
                 frameon=False)
 
 
@@ -155,33 +160,63 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
     return _save(plt, figure, folder / "isoflop.png")
 
 
+def _spread_by_budget(chosen: list[dict[str, Any]]) -> np.ndarray:
+    """Where to draw each run along a log compute axis: runs of one budget side by side in their given order,
+    centred on the budget and together at most half the way to the nearest other budget, so that their
+    error bars do not cover each other. A budget with one run stays where it is."""
+    at = np.array([r["budget"] or r["flops"] for r in chosen], dtype=float)
+    logs = np.log10(at)
+    distinct = np.unique(logs)
+    gap = float(np.diff(distinct).min()) if len(distinct) > 1 else 0.3
+    spread = logs.copy()
+    for position in distinct:
+        members = np.flatnonzero(logs == position)
+        step = min(0.02, 0.5 * gap / len(members))
+        spread[members] += step * (np.arange(len(members)) - (len(members) - 1) / 2)
+    return 10 ** spread
+
+
 def plot_accuracy(rows, fits, folder: Path) -> str | None:
-    """Figure 7: benchmark accuracy against compute, with the fitted power law per variant."""
+    """Figure 7: benchmark accuracy against compute, one panel per benchmark, with the fitted power law per
+    variant. Every run is drawn with its interval: a budget's runs are spread a little sideways (by variant,
+    then size) instead of on one vertical line, where a dozen intervals hid each other."""
     keys = sorted({name for r in rows for name in r["accuracies"]})
     if not keys:
         return None
-    plt, figure, axes = _figure()
-    styles = ("o", "s", "^", "v", "D", "P")
-    for colour, variant in zip(COLOURS, sorted({r["variant"] for r in rows})):
-        for style, key in zip(styles, keys):
-            chosen = [r for r in rows if r["variant"] == variant and key in r["accuracies"]]
-            if not chosen:
+    variants = sorted({r["variant"] for r in rows})
+    plt, figure, panels = _figure(len(keys))
+    for axes, key in zip(panels, keys):
+        chosen = sorted((r for r in rows if key in r["accuracies"]),
+                        key=lambda r: (variants.index(r["variant"]), r["parameters"], r.get("seed") or 0))
+        positions = _spread_by_budget(chosen)
+        for colour, variant in zip(COLOURS, variants):
+            mine = [index for index, r in enumerate(chosen) if r["variant"] == variant]
+            if not mine:
                 continue
-            flops = np.array([r["flops"] for r in chosen])
-            results = [r["accuracies"][key] for r in chosen]
+            results = [chosen[index]["accuracies"][key] for index in mine]
             accuracy = np.array([100 * a.accuracy for a in results])
             error = np.array([[100 * (a.accuracy - a.ci_low) for a in results],
                               [100 * (a.ci_high - a.accuracy) for a in results]])
-            axes.errorbar(flops, accuracy, yerr=error, fmt=style, color=colour, alpha=0.6, capsize=2, lw=0.8,
-                          label=f"{variant} {key} (95% CI)")
+            axes.errorbar(positions[mine], accuracy, yerr=error, fmt="o", ms=3, color=colour, alpha=0.7, capsize=1.5,
+                          lw=0.7, label=f"{variant}: a run (95% CI)")
             law = fits.get(variant, {}).get("metrics", {}).get(key)
             if law and np.isfinite(law["gamma"]):
+                flops = np.array([chosen[index]["flops"] for index in mine])
                 grid = np.logspace(np.log10(flops.min()), np.log10(flops.max()), 20)
-                axes.plot(grid, 100 * law["k"] * grid ** law["gamma"], "-", color=colour, alpha=0.6)
-    axes.axhline(50, color="grey", lw=0.8, ls="--", label="chance (50%)")
-    axes.set(xscale="log", xlabel="training FLOPs (6ND)", ylabel="accuracy (%)",
-             title="Benchmark accuracy vs compute (cf. Fig. 7)")
-    _legend_below(axes, len(keys) * len({r["variant"] for r in rows}) + 1)
+                axes.plot(grid, 100 * law["k"] * grid ** law["gamma"], "-", color=colour, lw=1.4,
+                          label=f"{variant}: fitted power law")
+        axes.axhline(50, color="grey", lw=0.8, ls="--", label="chance (50%)")
+        axes.set(xscale="log", ylabel="accuracy (%)")
+        axes.set_title(key, fontsize=9, loc="left")
+    # Ticks at the budgets run: the runs sit around them, and log-axis minor labels (2e11, 3e11) name none.
+    scored = [r for r in rows if r["accuracies"]]
+    if all(r["budget"] for r in scored):
+        budgets = sorted({r["budget"] for r in scored})
+        panels[-1].set_xticks(budgets, [f"{b:.3g}" for b in budgets], minor=False)
+        panels[-1].set_xticks([], minor=True)
+    panels[-1].set_xlabel("training FLOPs (6ND): the budget a run had")
+    figure.suptitle("Benchmark accuracy vs compute (cf. Fig. 7)")
+    _legend_below(panels[-1], 2 * len(variants) + 1, below=0.3)
     return _save(plt, figure, folder / "accuracy_vs_compute.png")
 
 
@@ -200,8 +235,10 @@ CAPTIONS = {
     "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
     "when the budget has 4 or more sizes (an interval that runs to the frame's edge goes on past the sizes run); "
     "minima outside the sizes run are not marked (the grid does not bracket them).",
-    "accuracy_vs_compute": "Benchmark accuracy of every run against its training compute, with the 95% bootstrap "
-    "interval of each accuracy, and the power law fitted per variant (lines). The dashed line is chance.",
+    "accuracy_vs_compute": "One panel per benchmark: every run's accuracy with its 95% bootstrap interval, against "
+    "its training compute, and the power law fitted per variant (lines). A budget's runs are drawn a little apart "
+    "(by variant, then from the smallest size to the largest) so that no interval hides another; they all ran at "
+    "that budget. The dashed line is chance: an interval that crosses it is not above chance.",
 }
 
 
@@ -268,10 +305,10 @@ def _bracket_note(sweep_dir: Path) -> str:
     """The budgets whose best run stays at an edge of the grid (bracket.json), so their minimum is not known."""
     path = sweep_dir / sweep.BRACKET_FILE
     record = jobs.read_json(path) if path.exists() else {}
-    items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.2g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
+    items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.3g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
              f"size ({html.escape(edge['member'])}); {html.escape(edge['reason'])}</li>"
              for edge in record.get("unbracketed", [])]
-    added = ", ".join(html.escape(item["size"] + (f" ({item['variant']} at C = {item['budget']:.2g} only)"
+    added = ", ".join(html.escape(item["size"] + (f" ({item['variant']} at C = {item['budget']:.3g} only)"
                                                   if item.get("variant") else ""))
                       for item in record.get("added", []))
     return ((f"<p>Sizes added to bracket the minima: {added}.</p>" if added else "") +
