@@ -202,7 +202,7 @@ def test_an_interval_of_a_past_0_or_1_is_explained():
 
 def test_the_accuracy_figure_has_a_panel_per_benchmark_and_keeps_intervals_apart(tmp_path, monkeypatch):
     """Each benchmark in its own panel, and no two runs of a budget drawn on one vertical line (the demo's
-    figure stacked 12 intervals per budget there, each hiding the others)."""
+    figure stacked 36 intervals at each budget, 3 benchmarks x 3 variants x 4 sizes, each hiding the others)."""
     _fake_sweep(tmp_path)
     rows = sweep.collect(tmp_path)
     for row in rows:

@@ -3,10 +3,10 @@
 Figures follow the paper's (Maimon et al. 2025): best speech loss per compute beside the
 textless law of Cuervo & Marxer (Figure 1), interleaved vs textless vs random-init curves
 (Figure 3), isoFLOP curves of speech loss against model size (Figure 4), and benchmark
-accuracy against compute (Figure 7); then the fitted laws with their intervals. Each figure
-is written as SVG and as a 300-dpi PNG, with a caption under it saying what it shows and how
-to read it; fitted laws carry their bootstrap band and are dashed where they extrapolate;
-legends sit below the axes, clear of the data.
+accuracy against compute (Figure 7, a panel per benchmark); then the fitted laws with their
+intervals. Each figure is written as SVG and as a 300-dpi PNG, with a caption under it saying
+what it shows and how to read it; fitted laws carry their bootstrap band and are dotted where
+they extrapolate; legends sit below the axes, clear of the data.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ CAPTIONS = {
     "accuracy_vs_compute": "One panel per benchmark: every run's accuracy with its 95% bootstrap interval, against "
     "its training compute, and the power law fitted per variant (lines). A budget's runs are drawn a little apart "
     "(by variant, then from the smallest size to the largest) so that no interval hides another; they all ran at "
-    "that budget. The dashed line is chance: an interval that crosses it is not above chance.",
+    "that budget. The dashed line is chance: a run whose interval includes it is not shown to be above chance.",
 }
 
 
