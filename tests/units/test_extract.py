@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -203,3 +204,31 @@ def test_fitting_on_a_device_there_is_none_of_is_one_line(synthetic_corpus, tmp_
                  "--device", "cuda"]) == 2
     assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_corpus_hash_survives_moving_the_corpus_and_the_manifest_is_recorded_portably(extracted, tmp_path):
+    from simslm import jobs
+    from simslm.units.extract import corpus_hash
+
+    records = [{"id": "b", "path": "/data/one/audio/b.flac"}, {"id": "a", "path": "/data/one/audio/a.flac"}]
+    moved = [{**record, "path": record["path"].replace("/data/one", str(tmp_path / "two"))} for record in records]
+    assert corpus_hash(records, "/data/one") == corpus_hash(moved, tmp_path / "two")
+    assert corpus_hash(records, "/data/one") != corpus_hash(records[:1], "/data/one")
+    assert corpus_hash(records, "/data/one") != corpus_hash(records, "/data")  # other files: audio/ is inside
+    config, _, _ = extracted
+    codebook = config.codebook.replace(".npy", ".json")
+    recorded = json.loads(open(codebook).read())["manifest"]
+    assert not recorded["relative"].startswith("/")
+    assert jobs.placed_path(recorded, os.path.dirname(codebook)).exists()
+
+
+def test_faiss_is_a_dependency_so_the_kmeans_backend_does_not_depend_on_the_install():
+    """`setup.sh` (no extras) once left faiss out, and `--backend auto` then fit the demo's codebook with
+    scikit-learn: other units, other results than after `setup.sh --dev`."""
+    from importlib.metadata import requires
+
+    from simslm.units import kmeans
+
+    unconditional = [r.split(";")[0].replace(" ", "") for r in requires("simslm") if "extra ==" not in r]
+    assert any(r.startswith("faiss-cpu") for r in unconditional)
+    assert kmeans.available_backend() == "faiss"

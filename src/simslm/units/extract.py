@@ -113,11 +113,13 @@ class FitConfig(Config):
         check_positive(self, "num_workers", allow_zero=True)
 
 
-def corpus_hash(records: list[dict[str, Any]]) -> str:
-    """Short sha256 over the ids and audio paths of the utterances a codebook was fit on."""
+def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
+    """Short sha256 over the ids and audio paths (relative to `root`, the manifest's folder, so that a corpus
+    moved elsewhere hashes the same) of the utterances a codebook was fit on."""
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r["id"]):
-        digest.update(f"{record['id']}\t{record['path']}\n".encode())
+        digest.update(f"{record['id']}\t{Path(os.path.relpath(record['path'], Path(root).resolve())).as_posix()}\n"
+                      .encode())
     return digest.hexdigest()[:16]
 
 
@@ -165,8 +167,10 @@ def fit_codebook(config: FitConfig) -> Path:
     centroids = kmeans.fit(stacked, config.num_units, seed=config.seed, backend=backend)
     print(f"[units fit] k-means done in {time.perf_counter() - fit_started:.1f} s", file=sys.stderr, flush=True)
     used = [r for r in records if r["id"] not in skipped]
-    meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate, "corpus_hash": corpus_hash(used),
-            "manifest": str(config.manifest), "num_utterances": len(used), "num_frames": int(len(stacked)),
+    meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate,
+            "corpus_hash": corpus_hash(used, Path(config.manifest).parent),
+            "manifest": jobs.portable_path(config.manifest, Path(config.out).parent),
+            "num_utterances": len(used), "num_frames": int(len(stacked)),
             "num_skipped": len(skipped), "backend": backend, "seed": config.seed}
     return kmeans.Codebook(centroids, meta).save(config.out)
 
