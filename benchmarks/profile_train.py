@@ -1,7 +1,8 @@
 """Where a training step's time goes: `simslm train` on one family member under torch.profiler.
 
-    # the GPU lease (benchmarks/gpu_lease.sh runs it): the 30M-sized step that took 50 ms on an H200
-    PYTHONPATH=src python3 benchmarks/profile_train.py --device cuda --data .gpu/check --member 9:57 \
+    # the GPU lease (benchmarks/gpu_lease.sh runs it with these options): 8 layers of width 512, about 25M
+    # parameters besides the embedding, near the size of the 29M step that took 50 ms on an H200
+    PYTHONPATH=src python3 benchmarks/profile_train.py --device cuda --data .gpu/check --member 8:64 \
         --batch-size 16 --context-length 1024 --steps 30
     # here, to check the script (CPU activity only)
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/profile_train.py --member 1:16 --steps 30
