@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,29 @@ def _square(x):
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_parallel_map_covers_every_task(num_workers):
     assert sorted(jobs.parallel_map(_square, range(6), num_workers=num_workers, total=6)) == [0, 1, 4, 9, 16, 25]
+
+
+def test_a_worker_that_dies_ends_the_map_with_one_line_not_a_hang(tmp_path):
+    # multiprocessing.Pool, which parallel_map used before, replaced the dead worker and waited forever for its task.
+    # In a child process with a time limit, so that a hang fails the test instead of stopping the suite.
+    script = tmp_path / "dies.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from simslm import jobs
+
+        def exit_on_three(x):
+            if x == 3:
+                os._exit(1)  # as the kernel's out-of-memory killer or a segfault in native code ends a worker
+            return x
+
+        if __name__ == "__main__":
+            list(jobs.parallel_map(exit_on_three, range(8), num_workers=2, description="synth"))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "RuntimeError: synth: a worker process ended abruptly (out of memory, or a crash in a native library); "
+        "re-run, with fewer workers if memory is short")
 
 
 def test_progress_without_a_terminal_writes_plain_lines_with_rate_eta_and_notes(monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -172,13 +173,42 @@ def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_wo
                 yield function(task)
                 tracker.update()
             return
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(num_workers) as pool:
-            for result in pool.imap_unordered(function, tasks, chunksize=1):
-                yield result
-                tracker.update()
+        for result in _in_processes(function, tasks, num_workers, description):
+            yield result
+            tracker.update()
     finally:
         tracker.close()
+
+
+def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_workers: int,
+                  description: str) -> Iterator[Any]:
+    """`function(task)` in `num_workers` spawned processes, in completion order.
+
+    Not `multiprocessing.Pool`: when one of its workers dies (killed for memory, a crash inside espeak-ng or
+    another native library) it starts a new one and waits forever for the task lost with the old. A process
+    pool executor fails every pending task instead, which ends the command with one line.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    remaining = iter(tasks)
+    executor = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    running: set[Any] = set()
+    try:
+        while True:
+            # Two tasks per worker in flight keep each one fed, without a future for every file of a corpus.
+            running.update(executor.submit(function, task)
+                           for task in itertools.islice(remaining, 2 * num_workers - len(running)))
+            if not running:
+                return
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    except BrokenProcessPool:
+        raise RuntimeError(f"{description or 'a parallel job'}: a worker process ended abruptly (out of memory, or "
+                           f"a crash in a native library); re-run, with fewer workers if memory is short") from None
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: int, gpus_per_node: int = 0,
