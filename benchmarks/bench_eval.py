@@ -3,11 +3,13 @@
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_eval.py [--before 0ed204d]
 
 Model: the stories260K TWIST model extended with 500 units (the default SLM shape), fp32 on
-the CPU. Two sets of 200 pairs of token sequences, every token scored (the reference preset):
+the CPU. Three sets of 200 pairs of token sequences, every token scored (the reference preset):
 
 - random: sides of 120-256 tokens with nothing in common (the set of 2026-11-25);
 - tSC-shaped: both sides share a context of 80% of their length and differ in the ending,
-  as tSC's spoken items at context 256 do (four sentences of context, one of ending).
+  as tSC's spoken items at context 256 do (four sentences of context, one of ending);
+- sBLIMP-shaped: sides of 20-100 tokens, 40% of pairs sharing their first 8-32 (the demo's sBLIMP units:
+  57 tokens on average, 38% of pairs sharing 8 or more, 14 at the median).
 
 The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
 history, at its default batch of 16: the baseline, on glibc's malloc defaults as it then ran,
@@ -61,6 +63,14 @@ def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
         if kind == "random":
             sides += [rng.integers(0, vocabulary_size, int(rng.integers(120, 257))) for _ in range(2)]
             continue
+        if kind == "sBLIMP-shaped":
+            shared = int(rng.integers(8, 33)) if rng.random() < 0.4 else 0
+            context = rng.integers(0, vocabulary_size, shared)
+            ends = [rng.integers(0, vocabulary_size, int(rng.integers(max(20 - shared, 4), 101 - shared)))
+                    for _ in range(2)]
+            ends[1][0] = (ends[0][0] + 1) % vocabulary_size  # the sides differ right after what they share
+            sides += [np.concatenate([context, end]) for end in ends]
+            continue
         context = rng.integers(0, vocabulary_size, int(0.8 * length))
         for _ in range(2):
             ending = rng.integers(0, vocabulary_size, int(rng.integers(0.15 * length, 0.25 * length)))
@@ -68,14 +78,17 @@ def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
     return sides
 
 
+KINDS = ("random", "tSC-shaped", "sBLIMP-shaped")
 _STATE: dict[str, Any] = {}  # a contender's process: its scorer and the two sets of pairs
 
 
 def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) -> None:
-    """A contender's process: the model, both sets of pairs (the same in every process) and its scorer."""
+    """A contender's process: the model, the sets of pairs (the same in every process) and its scorer. `scorer` is
+    "before", or today's scorer as "BATCHES_AT_ONCE" or "BATCHES_AT_ONCE:MIN_SHARED_TOKENS"."""
     import torch
 
     from simslm import jobs
+    from simslm.eval import scoring
 
     if keep_memory:
         jobs.keep_freed_memory()
@@ -85,7 +98,7 @@ def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) 
                         256).eval()
     rng = np.random.default_rng(0)
     options = ScoringOptions()  # today's defaults
-    for kind in ("random", "tSC-shaped"):
+    for kind in KINDS:
         sides = pairs(kind, num_pairs, len(vocabulary), rng)
         scored = [np.ones(len(side) - 1, dtype=bool) for side in sides]
         if scorer == "before":
@@ -95,7 +108,9 @@ def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) 
             function = functools.partial(sequence_log_likelihoods, model, sides, scored, vocabulary=vocabulary,
                                          batch_size=options.batch_size, pairs=[(2 * i, 2 * i + 1)
                                                                                for i in range(num_pairs)],
-                                         concurrent_batches=int(scorer))
+                                         concurrent_batches=int(scorer.partition(":")[0]))
+            if scorer.partition(":")[2]:
+                scoring.MIN_SHARED_TOKENS = int(scorer.partition(":")[2])
         _STATE[kind] = function
 
 
@@ -113,19 +128,24 @@ def main() -> None:
     parser.add_argument("--before", default="0ed204d", help="the commit whose scorer is the baseline")
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-shared-tokens", type=int, default=0,
+                        help="also race today's defaults with sides sharing from this many tokens (8 before 2026-12-04)")
     args = parser.parse_args()
     options = ScoringOptions()
     baseline = f"before ({args.before}), batch 16, glibc's malloc defaults"
     contenders = {baseline: ("before", False), "before, batch 16, freed memory kept": ("before", True)}
     for concurrent in sorted({1, options.concurrent_batches}):
         contenders[f"now, batch {options.batch_size}, {concurrent} at once"] = (str(concurrent), True)
+    if args.min_shared_tokens:
+        contenders[f"now, defaults, sharing from {args.min_shared_tokens} tokens"] = (
+            f"{options.concurrent_batches}:{args.min_shared_tokens}", True)
     spawn = multiprocessing.get_context("spawn")
     pools = {name: concurrent_futures.ProcessPoolExecutor(1, mp_context=spawn, initializer=_set_up,
                                                           initargs=(scorer, args.before, args.pairs, keep))
              for name, (scorer, keep) in contenders.items()}
     try:
         print("| pairs | scorer | pairs/s (median), ratio | runs (s) |\n| --- | --- | --- | --- |")
-        for kind in ("random", "tSC-shaped"):
+        for kind in KINDS:
             results = {name: pool.submit(_score, kind).result()[1] for name, pool in pools.items()}  # and warm up
             largest = max(float(np.abs(results[baseline] - values).max()) for values in results.values())
             assert largest <= 1e-5, largest

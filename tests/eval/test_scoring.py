@@ -52,10 +52,24 @@ def test_batched_scores_equal_one_pair_at_a_time(tiny_model, vocabulary, speech_
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
 
+def _count_shared_pairs(monkeypatch) -> list[int]:
+    """Records how many pairs each shared-prefix batch holds."""
+    from simslm.eval import scoring
+
+    counted, original = [], scoring._score_shared
+    monkeypatch.setattr(scoring, "_score_shared", lambda model, chosen, *rest: (counted.append(len(chosen)),
+                                                                                original(model, chosen, *rest)))
+    return counted
+
+
 @pytest.mark.parametrize(("speech_vocab", "concurrent"), [(False, 1), (True, 1), (True, 2)])
-def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, speech_vocab, concurrent):
+def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, speech_vocab, concurrent, monkeypatch):
     """The shared prefix runs once (its keys and values reused by both sides): the same numbers as the
     definition, whatever the prefix and side lengths in one batch, and pairs that share too little run alone."""
+    from simslm.eval import scoring
+
+    monkeypatch.setattr(scoring, "MIN_SHARED_TOKENS", 8)  # short sequences, so that the test stays fast
+    counted = _count_shared_pairs(monkeypatch)
     rng = np.random.default_rng(1)
     sequences_, scored, pairs = [], [], []
     for shared, first, second in ((40, 12, 20), (9, 1, 30), (25, 15, 15), (3, 10, 10), (30, 0, 8), (60, 5, 2)):
@@ -70,10 +84,34 @@ def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, s
     sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
                                             speech_vocab=speech_vocab, batch_size=4, pairs=pairs,
                                             concurrent_batches=concurrent)
+    # Shared: the contexts of 40, 9, 25 and 60 tokens. Alone: 3 tokens, and a side that is the whole context.
+    assert sum(counted) == 4
     for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
         expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
         assert counts[i] == expected_count
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+
+
+def test_only_a_context_long_enough_to_pay_for_a_second_pass_is_shared(tiny_model, vocabulary, monkeypatch):
+    """sBLIMP-like pairs, which share a few words, run alone: at the old threshold of 8 tokens they scored at
+    0.71x; a tSC-like context of 64 tokens or more runs once."""
+    from simslm.eval import scoring
+
+    counted = _count_shared_pairs(monkeypatch)
+    rng = np.random.default_rng(2)
+    sequences_, pairs = [], []
+    for shared in (scoring.MIN_SHARED_TOKENS - 1, scoring.MIN_SHARED_TOKENS, 100):
+        context = rng.integers(0, len(vocabulary), shared)
+        first, second = rng.integers(0, len(vocabulary), (2, 10))
+        second[0] = (first[0] + 1) % len(vocabulary)
+        pairs.append((len(sequences_), len(sequences_) + 1))
+        sequences_ += [np.concatenate([context, first]), np.concatenate([context, second])]
+    scored = [np.ones(len(tokens) - 1, dtype=bool) for tokens in sequences_]
+    sums, _ = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary, batch_size=8,
+                                       pairs=pairs)
+    assert sum(counted) == 2
+    alone, _ = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary, batch_size=8)
+    np.testing.assert_allclose(sums, alone, rtol=1e-5, atol=1e-5)
 
 
 def test_concurrent_batches_give_torch_its_threads_back_even_when_a_batch_fails(tiny_model, vocabulary):

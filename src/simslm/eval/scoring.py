@@ -109,8 +109,11 @@ def _padded(rows: list[np.ndarray], pad_id: int):
 
 
 # A pair's two sides share their first tokens (a tSC context, a cross-modal context) when at least this many
-# are the same: below it, a second pass costs more than the tokens it saves.
-MIN_SHARED_TOKENS = 8
+# are the same: below it, the second pass (the sides after a kept cache, under a mask) costs more than the tokens
+# it saves. At 8, the demo's sBLIMP pairs (57 tokens on average, 14 shared at the median, its depth-4 model) scored
+# 0.71x as fast as with no sharing; at 64 they run alone, while tSC-shaped pairs (a shared 80% of 120-256 tokens)
+# keep their 1.5x (docs/BENCHMARKS.md, "Sharing a context only where it pays").
+MIN_SHARED_TOKENS = 64
 
 
 def _shared_length(first: np.ndarray, second: np.ndarray) -> int:
