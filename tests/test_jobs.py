@@ -87,6 +87,28 @@ def test_a_worker_that_dies_ends_the_map_with_one_line_not_a_hang(tmp_path):
         "re-run, with fewer workers if memory is short")
 
 
+def _sleep_unless_zero(x):
+    import time
+
+    if x:
+        time.sleep(120)
+    return x
+
+
+def test_a_map_left_early_stops_its_workers_at_once():
+    """As Ctrl-C or an error in the caller leaves it: no worker goes on to its queued task, and none outlives it."""
+    import multiprocessing
+    import time
+
+    results = jobs.parallel_map(_sleep_unless_zero, range(6), num_workers=2)
+    assert next(results) == 0
+    started = time.monotonic()
+    results.close()
+    while multiprocessing.active_children() and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+
+
 def test_progress_without_a_terminal_writes_plain_lines_with_rate_eta_and_notes(monkeypatch, capsys):
     monkeypatch.setenv(jobs.LOG_EVERY_SEC_VARIABLE, "0")  # a line at every item
     seen = []

@@ -194,12 +194,14 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
     remaining = iter(tasks)
     executor = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     running: set[Any] = set()
+    finished = False
     try:
         while True:
             # Two tasks per worker in flight keep each one fed, without a future for every file of a corpus.
             running.update(executor.submit(function, task)
                            for task in itertools.islice(remaining, 2 * num_workers - len(running)))
             if not running:
+                finished = True
                 return
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -208,7 +210,24 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
         raise RuntimeError(f"{description or 'a parallel job'}: a worker process ended abruptly (out of memory, or "
                            f"a crash in a native library); re-run, with fewer workers if memory is short") from None
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        if finished:
+            executor.shutdown()
+        else:
+            _stop_now(executor)
+
+
+def _stop_now(executor: Any) -> None:
+    """Ends a process pool executor's workers at once, as `Pool.terminate` did. On an interrupt, or when the caller
+    stops reading, a worker would otherwise go on to the task queued for it and run it to its end (a shard of
+    unit extraction can take minutes), and the interpreter would wait for it before exiting."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # earlier Pythons: no public way
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: int, gpus_per_node: int = 0,
