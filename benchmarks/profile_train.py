@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="train --compile (its mode auto); the compile's own "
+                                                               "first steps are in the tables too")
     args = parser.parse_args()
     corpus, tokenizer = ((str(Path(args.data) / "stories.jsonl"), str(Path(args.data) / "tokenizer")) if args.data
                          else ("tinystories-sample", "stories260K"))
@@ -56,7 +58,7 @@ def main() -> None:
             train(TrainConfig(run_dir=str(run_dir), data=data, base_model=model_lib.family_source(depth, ratio),
                               init="random", device=args.device, batch_size=args.batch_size,
                               budget_tokens=args.steps * args.batch_size * args.context_length,
-                              checkpoint_every=10 ** 9))
+                              checkpoint_every=10 ** 9, compile=args.compile))
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step = args.batch_size * args.context_length / statistics.median(m["tokens_per_sec"] for m in lines[3:])
     mfu = statistics.median(m["mfu"] for m in lines[3:])
