@@ -79,7 +79,7 @@ def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
 
 
 KINDS = ("random", "tSC-shaped", "sBLIMP-shaped")
-_STATE: dict[str, Any] = {}  # a contender's process: its scorer and the two sets of pairs
+_STATE: dict[str, Any] = {}  # a contender's process: its scorer on each set of pairs
 
 
 def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) -> None:
