@@ -511,12 +511,13 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
                             f"allows; the grid does not bracket the minima, or noise dominates")
     # A sound point whose interval leaves [0, 1] (approach 2's; approach 3's a = beta / (alpha + beta) cannot)
     # printed without a word reads as if a negative exponent were plausible: say where such draws come from.
-    second = fit["approach2"]
-    if second.get("ci_a") and 0 <= second["a"] <= 1 and not 0 <= second["ci_a"][0] <= second["ci_a"][1] <= 1:
-        budgets = [vertex["budget"] for vertex in second["vertices"]]
-        warnings.append(f"approach 2's interval of a, [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}], reaches "
+    approach2 = fit["approach2"]
+    low, high = approach2.get("ci_a") or (0, 1)
+    if 0 <= approach2["a"] <= 1 and not 0 <= low <= high <= 1:
+        budgets = [vertex["budget"] for vertex in approach2["vertices"]]
+        warnings.append(f"approach 2's interval of a, [{low:.3f}, {high:.3f}], reaches "
                         f"outside [0, 1]: in some resamples the compute-optimal size "
-                        f"{'shrinks as compute grows' if second['ci_a'][0] < 0 else 'grows faster than compute'}. "
+                        f"{'shrinks as compute grows' if low < 0 else 'grows faster than compute'}. "
                         f"{len(budgets)} minima over {max(budgets) / min(budgets):.3g}x of compute fix their slope "
                         f"loosely; more budgets, a wider span or more runs per size narrow it")
     second, third = fit["approach2"].get("ci_a"), fit["approach3"].get("ci_a")
