@@ -285,6 +285,54 @@ def test_numbers_read_back_steps_later_as_on_a_gpu_log_and_checkpoint_the_same(d
     assert not (run / "result.json").exists() and not (run / "checkpoints").exists()
 
 
+def test_a_time_limit_warning_saves_the_step_in_hand_and_hands_over_to_submitit(data, tmp_path, monkeypatch):
+    """The warning SLURM sends before a job's time limit: the run saves a checkpoint after the step in hand (not
+    the last periodic one), calls submitit's handler (which requeues the job and exits), and the requeued run
+    ends as one never stopped did."""
+    pytest.importorskip("submitit")
+    import simslm.train as train_module
+
+    config = dict(budget_tokens=12 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=5)
+    reference = train(_config(data, tmp_path / "reference", **config))
+
+    class Requeued(SystemExit):
+        pass
+
+    handed_over = []
+
+    def submitit_handler(signum, frame):  # what submitit's does on the main process: requeue, then exit
+        handed_over.append(signum)
+        raise Requeued(-1)
+
+    def learning_rate_warned_at_step_5(step, plan, config):
+        if step == 5:  # the warning lands while step 6 (index 5) starts; Python runs the handler at once
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return learning_rate(step, plan, config)
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        monkeypatch.setattr(train_module, "learning_rate", learning_rate_warned_at_step_5)
+        with pytest.raises(Requeued):
+            train(_config(data, tmp_path / "warned", **config))
+        assert handed_over == [signal.SIGUSR2]
+        # Restored once the loop is left: a warning during evaluation goes straight to submitit.
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    warned = tmp_path / "warned"
+    assert sorted(p.name for p in (warned / "checkpoints").iterdir()) == ["step-00000004", "step-00000006"]
+    assert len(_losses(warned)) == 6 and not (warned / "result.json").exists()
+    monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+    requeued = train(_config(data, warned, **config))  # the requeued job resumes from step 6
+    assert _losses(warned) == _losses(tmp_path / "reference")  # bit for bit
+    assert requeued.final_train == reference.final_train and requeued.validation == reference.validation
+    # Outside a submitit job the signal is left alone.
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    with train_module._TimeLimitWarning() as time_limit:
+        assert time_limit.signum is None and signal.getsignal(signal.SIGUSR2) is previous
+
+
 def test_a_torn_metrics_line_and_garbage_checksums_still_resume(data, tmp_path, capsys):
     run = tmp_path / "run"
     finished = train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))

@@ -230,21 +230,55 @@ def _stop_now(executor: Any) -> None:
         process.terminate()
 
 
-def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: int, gpus_per_node: int = 0,
+# Times a job that reaches its time limit is requeued (submitit's own default is 3): a run of the paper's
+# largest sizes can outlast a cluster's limit many times over, and each requeue resumes where the last left off.
+MAX_REQUEUES = 10
+# How long before the time limit the job is warned (submitit's SLURM default): time to finish the step in hand
+# and save a checkpoint.
+WARNING_S = 90
+
+
+def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: float, gpus_per_node: int = 0,
                       nodes: int = 1, tasks_per_node: int = 1, cpus_per_task: int = 0, mem_gb: float = 0,
-                      **slurm_only: Any):
+                      max_requeues: int = MAX_REQUEUES, warning_s: int = WARNING_S, **slurm_only: Any):
     """A submitit executor (SLURM, or `cluster="local"` to run the same jobs here). Zero CPUs or memory leave
-    the cluster's default; `slurm_only` options (slurm_partition, ...) apply on SLURM, when set."""
+    the cluster's default; `slurm_only` options (slurm_partition, ...) apply on SLURM, when set.
+
+    A job is warned `warning_s` before its time limit; one whose function is `Resumable` is then requeued, up to
+    `max_requeues` times. The local cluster is submitit's LocalExecutor itself, which (unlike AutoExecutor's
+    view of it) takes a time limit in fractions of a minute and the warning's delay, so tests can reach both."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    cluster = cluster or submitit.AutoExecutor.which()
     parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
                                   "tasks_per_node": tasks_per_node}
+    if cluster == "local":
+        executor = submitit.LocalExecutor(folder=str(folder), max_num_timeout=max_requeues)
+        executor.update_parameters(**parameters, signal_delay_s=warning_s)
+        return executor
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=max_requeues)
     parameters.update({key: value for key, value in (("cpus_per_task", cpus_per_task), ("mem_gb", mem_gb)) if value})
-    if executor.cluster == "slurm":
-        parameters.update({key: value for key, value in slurm_only.items() if value})
+    if cluster == "slurm":
+        parameters.update({key: value for key, value in slurm_only.items() if value}, slurm_signal_delay_s=warning_s)
     executor.update_parameters(**parameters)
     return executor
+
+
+class Resumable:
+    """A job function that picks up from what an earlier call left on disk (a run's checkpoints, the shards
+    already written): when the job's time runs out, submitit calls `checkpoint`, and the job is requeued to
+    call it again with the same arguments, instead of ending as failed."""
+
+    def __init__(self, function: Callable[..., Any]):
+        self.function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+    def checkpoint(self, *args: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args)
 
 
 def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list[str]:

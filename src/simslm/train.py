@@ -16,7 +16,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -527,6 +529,40 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     return 2 * size ** 3 * count / elapsed
 
 
+class _TimeLimitWarning:
+    """Inside a submitit job, the warning a cluster sends before the job's time limit (SLURM's USR2,
+    `--warning-s` ahead), noted rather than acted on at once: the loop then stops after the step in hand and saves
+    a checkpoint, and `hand_over` runs submitit's own handler, which requeues the job to resume from it. Acted on
+    at once, as submitit does, the job would be requeued mid-step and redo every step since the last periodic
+    checkpoint. Outside the `with`, and outside submitit, the signal keeps its handler."""
+
+    def __init__(self) -> None:
+        self.noted = False
+        self.signum: int | None = None
+        self.previous: Any = None
+
+    def __enter__(self) -> "_TimeLimitWarning":
+        if os.environ.get("SUBMITIT_EXECUTOR") and threading.current_thread() is threading.main_thread():
+            import submitit
+
+            signum = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+            if callable(signal.getsignal(signum)):  # submitit's handler is in place
+                self.signum, self.previous = signum, signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.noted = True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.signum is not None:
+            signal.signal(self.signum, self.previous)
+
+    def hand_over(self) -> None:
+        """submitit's handler, as if the warning came now: the main process requeues the job and exits."""
+        if self.signum is not None:
+            self.previous(self.signum, None)
+
+
 class _Distributed:
     """torchrun's environment, or a single process."""
 
@@ -955,42 +991,55 @@ def train(config: TrainConfig) -> RunResult | None:
                      tokens_per_sec=round(tokens_per_sec))
         tracker.update()
 
-    for step in range(start_step, plan.total_steps):
-        step_started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, plan, config)
-        step_sums = []
-        batches = [next(loader) for _ in range(config.grad_accumulation)]
-        # The step's loss is the mean over every scored target of the step, on every process
-        # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
-        # gradients are averaged over processes, hence the world size.
-        num_scored = distributed.all_sum([float(sum(scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum()
-                                                    for b in batches))])[0]
-        for micro, batch in enumerate(batches):
-            last = micro == config.grad_accumulation - 1
-            sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
-            with sync:
-                loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast, chunked)
-                (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
-            step_sums.append(sums)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
-        done = step + 1
-        checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps
-        while len(launched) > (0 if checkpointing else lag):  # a checkpoint holds only steps known to be finite
-            settle(launched.pop(0))
-        if checkpointing:
-            model_state, optimizer_state = full_state(model, optimizer)
-            if distributed.is_main:
-                save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
-                                wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
-            distributed.barrier()
+    warned = 0.0
+    with _TimeLimitWarning() as time_limit:
+        for step in range(start_step, plan.total_steps):
+            step_started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, plan, config)
+            step_sums = []
+            batches = [next(loader) for _ in range(config.grad_accumulation)]
+            # The step's loss is the mean over every scored target of the step, on every process
+            # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
+            # gradients are averaged over processes, hence the world size.
+            # The same sum carries the time-limit warning: every process learns of it at the same step.
+            num_scored, warned = distributed.all_sum([float(sum(
+                scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum() for b in batches)),
+                float(time_limit.noted)])
+            for micro, batch in enumerate(batches):
+                last = micro == config.grad_accumulation - 1
+                sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
+                with sync:
+                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast, chunked)
+                    (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
+                step_sums.append(sums)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
+            done = step + 1
+            checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or warned > 0
+            while len(launched) > (0 if checkpointing else lag):  # a checkpoint holds only steps known to be finite
+                settle(launched.pop(0))
+            if checkpointing:
+                model_state, optimizer_state = full_state(model, optimizer)
+                if distributed.is_main:
+                    save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
+                                    wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
+                distributed.barrier()
+            if warned:
+                break
 
     if tracker is not None:
         tracker.close()
+    if time_limit.noted or warned:
+        # Warned of the job's time limit: the checkpoint of the last step is saved; submitit requeues the job
+        # from here (the main process exits), and the requeued job resumes from that checkpoint.
+        if events is not None:
+            events.close()
+        time_limit.hand_over()
+        return None
 
     # Evaluate and save.
     result = None

@@ -162,6 +162,39 @@ def test_submitit_executor_runs_the_same_code_and_can_submit_and_return(data, tm
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_job_warned_of_its_time_limit_is_requeued_and_its_run_resumes(data, tmp_path, processes):
+    """SLURM's warning before a job's time limit, sent to every task of a job of submitit's local cluster: the
+    run saves the step in hand, submitit requeues the job, and the requeued job finishes the run from there."""
+    pytest.importorskip("submitit")
+    import psutil
+
+    train = {"batch_size": 4, "num_validation_batches": 1, "checkpoint_every": 10_000}  # no periodic checkpoint
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(2e9,), train=train), tmp_path)
+    sweep.run_sweep(tmp_path, executor="slurm", cluster="local", timeout_min=10, wait=False, nproc_per_run=processes)
+    (run,) = sweep.load_sweep(tmp_path)["runs"]
+    run_dir = Path(run["config"]["run_dir"])
+    job = json.loads((tmp_path / "submitit" / "jobs.json").read_text())[run["id"]]
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (run_dir / "metrics.jsonl").exists()
+                                      or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    tasks = psutil.Process(int(job["job_id"])).children()  # the local job's controller runs its tasks
+    assert len(tasks) == processes
+    for task in tasks:
+        task.send_signal(signal.SIGUSR2)
+    assert sweep.wait_for_sweep(tmp_path, poll_sec=0.5) == {"done": 1}
+    logs = "".join((tmp_path / "submitit" / job["stderr"].replace(".err", end)).read_text() for end in (".err", ".out"))
+    assert "this job is timed-out" in logs and "Requeued job" in logs and logs.count("Starting with") == 2
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    total = json.loads((run_dir / "plan.json").read_text())["total_steps"]
+    assert steps == list(range(1, total + 1))  # every step once: none redone, none skipped
+    # Besides the last step's, the checkpoint saved when warned, off the periodic grid.
+    saved = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert len(saved) == 2 and 3 <= saved[0] < total and saved[1] == total
+
+
 def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(data, tmp_path, monkeypatch):
     forked, fork = [], sweep._ForkedRun
     monkeypatch.setattr(sweep, "_ForkedRun", lambda *args: forked.append(args[2]) or fork(*args))

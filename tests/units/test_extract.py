@@ -128,6 +128,13 @@ def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
     assert report.num_shards == 3 and report.num_shards_done_now == 0  # the jobs did the work
     assert {u.id: u.units.tolist() for u in read_units(tmp_path / "array")} == whole
     assert list((tmp_path / "array" / "submitit").iterdir())  # it went through submitit, inside --out
+    # Each job is requeued when warned of its time limit (submitit asks its function for `checkpoint`), to go on
+    # with the shards not yet written.
+    from submitit.core.utils import DelayedSubmission
+
+    submitted = list((tmp_path / "array" / "submitit").glob("*_submitted.pkl"))
+    assert len(submitted) == 2 and all(hasattr(DelayedSubmission.load(path).function, "checkpoint")
+                                       for path in submitted)
 
 
 def test_batch_size_does_not_change_the_units(extracted, tmp_path):

@@ -657,19 +657,22 @@ JOBS_FILE = "jobs.json"
 def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None = None, slurm_partition: str = "",
            timeout_min: int = 240, gpus_per_node: int = 0, nodes: int = 1, nproc_per_run: int = 1,
            cpus_per_task: int = 0, mem_gb: float = 0, slurm_account: str = "", slurm_qos: str = "",
-           array_parallelism: int = 0, sbatch: tuple[str, ...] = (), wait: bool = True, **_: Any) -> None:
+           array_parallelism: int = 0, sbatch: tuple[str, ...] = (), wait: bool = True,
+           max_requeues: int = jobs.MAX_REQUEUES, warning_s: int = jobs.WARNING_S, **_: Any) -> None:
     """Submit the runs as one SLURM job array through submitit (cluster=local runs them here, for testing).
 
     A run of several processes is one job of `nodes` x `nproc_per_run` tasks (torch.distributed set up from
     SLURM's variables in `execute_run`). The job of each run is recorded in submitit/jobs.json, so that
-    `sweep wait` can follow jobs submitted without waiting."""
+    `sweep wait` can follow jobs submitted without waiting. A job warned of its time limit saves a checkpoint
+    (`train`) and is requeued to resume from it, up to `max_requeues` times."""
     folder = sweep_dir / "submitit"
     executor = jobs.submitit_executor(
         folder, cluster, timeout_min=timeout_min, gpus_per_node=gpus_per_node, nodes=nodes,
         tasks_per_node=nproc_per_run, cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_partition=slurm_partition,
         slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_array_parallelism=array_parallelism,
-        slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch))
-    submitted = executor.map_array(execute_run, [str(sweep_dir)] * len(runs), [run["id"] for run in runs])
+        slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch), max_requeues=max_requeues,
+        warning_s=warning_s)
+    submitted = executor.map_array(jobs.Resumable(execute_run), [str(sweep_dir)] * len(runs), [run["id"] for run in runs])
     recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
     for run, job in zip(runs, submitted):
         recorded[run["id"]] = {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
@@ -1183,6 +1186,12 @@ class RunSweepConfig(Config):
     """slurm: extra sbatch options as key=value (e.g. constraint=h100 exclusive=)."""
     timeout_min: int = 240
     """slurm: time limit per job in minutes."""
+    max_requeues: int = jobs.MAX_REQUEUES
+    """slurm: times a job that reaches its time limit is requeued; each resumes its run from a checkpoint saved
+    when the job was warned."""
+    warning_s: int = jobs.WARNING_S
+    """slurm: seconds before the time limit at which a job is warned: time to finish the step in hand and save a
+    checkpoint (raise it for a large model on a slow disk)."""
     wait: bool = True
     """slurm: wait for the jobs; with --no-wait, submit and return (then `sweep status` / `sweep wait`)."""
     bracket: bool = False
@@ -1190,8 +1199,9 @@ class RunSweepConfig(Config):
     pretrained) or the next of bracket_models, repeated; what cannot be bracketed goes into bracket.json."""
 
     def check(self) -> None:
-        check_positive(self, "num_parallel", "threads_per_run", "timeout_min", "nproc_per_run", "nodes")
-        check_positive(self, "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", allow_zero=True)
+        check_positive(self, "num_parallel", "threads_per_run", "timeout_min", "nproc_per_run", "nodes", "warning_s")
+        check_positive(self, "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", "max_requeues",
+                       allow_zero=True)
         for option in self.sbatch:
             if "=" not in option:
                 raise ConfigError(f"--sbatch takes key=value, not '{option}'")

@@ -215,6 +215,8 @@ class ExtractConfig(Config):
     """slurm: partition."""
     timeout_min: int = 240
     """slurm: time limit per job in minutes."""
+    max_requeues: int = jobs.MAX_REQUEUES
+    """slurm: times a job that reaches its time limit is requeued to go on with the shards not yet written."""
     gpus_per_node: int = 0
     """slurm: GPUs per job."""
     cpus_per_task: int = 0
@@ -222,6 +224,7 @@ class ExtractConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "shard_size", "num_shards", "timeout_min")
+        check_positive(self, "max_requeues", allow_zero=True)
         check_positive(self, "batch_size", allow_zero=True)
         if not 0 < self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement must be in (0, 1], not {self.min_agreement}")
@@ -514,10 +517,10 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
 
     executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
-                                      slurm_partition=config.slurm_partition)
+                                      slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
     shares = [dataclasses.replace(config, executor="here", shard_index=index) for index in range(config.num_shards)]
     failures = jobs.job_failures([(f"shard index {index}", job) for index, job in
-                                  enumerate(executor.map_array(extract_units, shares))], "units extract jobs")
+                                  enumerate(executor.map_array(jobs.Resumable(extract_units), shares))], "units extract jobs")
     if failures:
         raise ValueError(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
                          f"re-run to redo only their shards")
