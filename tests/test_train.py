@@ -95,6 +95,34 @@ def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path)
     assert len(_losses(tmp_path / "reference")) == 24
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_path):
+    """The time limit of one's own SLURM job, `kill`, a sweep stopping its runs: the run saves the step in hand
+    and says so in one line, and a re-run goes on as if it had never stopped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    changes = dict(budget_tokens=100 * 4 * 64, checkpoint_every=1000)  # no periodic checkpoint before the end
+    for name in ("reference", "stopped"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_config(data, tmp_path / name, **changes).__dict__))
+    subprocess.run(_run_command(tmp_path / "reference.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    process = subprocess.Popen(_run_command(tmp_path / "stopped.json"), env=env, cwd=REPO, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    (checkpoint,) = (tmp_path / "stopped" / "checkpoints").iterdir()
+    step = int(checkpoint.name.split("-")[1])
+    assert 3 <= step < 100 and len(_losses(tmp_path / "stopped")) == step
+    assert stderr.splitlines()[-1] == (f"simslm train: {tmp_path / 'stopped'}: stopped by SIGTERM after step {step}, "
+                                       f"which is saved as a checkpoint; run the same command again to resume")
+    assert "Traceback" not in stderr and not (tmp_path / "stopped" / "result.json").exists()
+    subprocess.run(_run_command(tmp_path / "stopped.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
+
+
 def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_path, capsys):
     run = tmp_path / "run"
     train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))
@@ -329,8 +357,8 @@ def test_a_time_limit_warning_saves_the_step_in_hand_and_hands_over_to_submitit(
     assert requeued.final_train == reference.final_train and requeued.validation == reference.validation
     # Outside a submitit job the signal is left alone.
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
-    with train_module._TimeLimitWarning() as time_limit:
-        assert time_limit.signum is None and signal.getsignal(signal.SIGUSR2) is previous
+    with train_module._StopRequest() as stop:
+        assert stop.signum != signal.SIGUSR2 and signal.getsignal(signal.SIGUSR2) is previous
 
 
 def test_a_torn_metrics_line_and_garbage_checksums_still_resume(data, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
-    from simslm.jobs import keep_freed_memory
+    from simslm.jobs import Stopped, keep_freed_memory
 
     keep_freed_memory()
     if not sys.stderr.isatty():
@@ -525,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Stopped as stopped:
+        print(f"{name}: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # the reader went away (`simslm ... | head`): nothing left to say
         import os
 

@@ -16,6 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 
+class Stopped(Exception):
+    """A long job that stopped on request (SIGTERM) at a point it resumes from; the message says so."""
+
+
 class Journal:
     """Append-only JSONL of finished items, keyed by "id", that survives being killed.
 

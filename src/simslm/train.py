@@ -529,36 +529,53 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     return 2 * size ** 3 * count / elapsed
 
 
-class _TimeLimitWarning:
-    """Inside a submitit job, the warning a cluster sends before the job's time limit (SLURM's USR2,
-    `--warning-s` ahead), noted rather than acted on at once: the loop then stops after the step in hand and saves
-    a checkpoint, and `hand_over` runs submitit's own handler, which requeues the job to resume from it. Acted on
-    at once, as submitit does, the job would be requeued mid-step and redo every step since the last periodic
-    checkpoint. Outside the `with`, and outside submitit, the signal keeps its handler."""
+class _StopRequest:
+    """A request to stop training, taken at the end of the step in hand, with a checkpoint there, rather than
+    mid-step (which redoes every step since the last periodic checkpoint):
+
+    - inside a submitit job, the warning its cluster sends ahead of the job's time limit (SLURM's USR2,
+      `--warning-s` before it); `finish` then runs submitit's own handler, which requeues the job to resume;
+    - elsewhere, SIGTERM (the time limit of one's own SLURM job, `kill`, a sweep stopping its runs); `finish`
+      raises `jobs.Stopped`. A second SIGTERM ends the process at once, as the first used to.
+
+    Only in the main thread, and only inside the `with` around the loop: outside it, signals keep their handlers.
+    """
 
     def __init__(self) -> None:
         self.noted = False
         self.signum: int | None = None
         self.previous: Any = None
 
-    def __enter__(self) -> "_TimeLimitWarning":
-        if os.environ.get("SUBMITIT_EXECUTOR") and threading.current_thread() is threading.main_thread():
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if os.environ.get("SUBMITIT_EXECUTOR"):
             import submitit
 
             signum = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
-            if callable(signal.getsignal(signum)):  # submitit's handler is in place
-                self.signum, self.previous = signum, signal.signal(signum, self._note)
+            taken = callable(signal.getsignal(signum))  # submitit's handler is in place
+        else:
+            signum = signal.SIGTERM
+            taken = signal.getsignal(signum) is signal.SIG_DFL  # a handler someone else installed stays
+        if taken:
+            self.signum, self.previous = signum, signal.signal(signum, self._note)
         return self
 
     def _note(self, signum: int, frame: Any) -> None:
         self.noted = True
+        if signum == signal.SIGTERM:
+            signal.signal(signum, signal.SIG_DFL)
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.signum is not None:
             signal.signal(self.signum, self.previous)
 
-    def hand_over(self) -> None:
-        """submitit's handler, as if the warning came now: the main process requeues the job and exits."""
+    def finish(self, run_dir: Path, step: int) -> None:
+        """Once the checkpoint of `step` is saved: submitit's handler, as if the warning came now (the main
+        process requeues the job and exits; the others return), or `jobs.Stopped`."""
+        if self.signum == signal.SIGTERM:
+            raise jobs.Stopped(f"{run_dir}: stopped by SIGTERM after step {step}, which is saved as a checkpoint; "
+                               f"run the same command again to resume")
         if self.signum is not None:
             self.previous(self.signum, None)
 
@@ -991,8 +1008,8 @@ def train(config: TrainConfig) -> RunResult | None:
                      tokens_per_sec=round(tokens_per_sec))
         tracker.update()
 
-    warned = 0.0
-    with _TimeLimitWarning() as time_limit:
+    stopping, done = 0.0, start_step
+    with _StopRequest() as stop:
         for step in range(start_step, plan.total_steps):
             step_started = time.perf_counter()
             for group in optimizer.param_groups:
@@ -1002,10 +1019,10 @@ def train(config: TrainConfig) -> RunResult | None:
             # The step's loss is the mean over every scored target of the step, on every process
             # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
             # gradients are averaged over processes, hence the world size.
-            # The same sum carries the time-limit warning: every process learns of it at the same step.
-            num_scored, warned = distributed.all_sum([float(sum(
+            # The same sum carries a request to stop: every process learns of it at the same step.
+            num_scored, stopping = distributed.all_sum([float(sum(
                 scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum() for b in batches)),
-                float(time_limit.noted)])
+                float(stop.noted)])
             for micro, batch in enumerate(batches):
                 last = micro == config.grad_accumulation - 1
                 sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
@@ -1019,7 +1036,7 @@ def train(config: TrainConfig) -> RunResult | None:
             optimizer.zero_grad(set_to_none=True)
             launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
             done = step + 1
-            checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or warned > 0
+            checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or stopping > 0
             while len(launched) > (0 if checkpointing else lag):  # a checkpoint holds only steps known to be finite
                 settle(launched.pop(0))
             if checkpointing:
@@ -1028,17 +1045,16 @@ def train(config: TrainConfig) -> RunResult | None:
                     save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
                                     wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
                 distributed.barrier()
-            if warned:
+            if stopping:
                 break
 
     if tracker is not None:
         tracker.close()
-    if time_limit.noted or warned:
-        # Warned of the job's time limit: the checkpoint of the last step is saved; submitit requeues the job
-        # from here (the main process exits), and the requeued job resumes from that checkpoint.
+    if stop.noted or stopping:
+        # The checkpoint of the last step done is saved, and a later call (or the requeued job) resumes from it.
         if events is not None:
             events.close()
-        time_limit.hand_over()
+        stop.finish(run_dir, done)
         return None
 
     # Evaluate and save.
