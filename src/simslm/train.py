@@ -1027,7 +1027,8 @@ def train(config: TrainConfig) -> RunResult | None:
                 last = micro == config.grad_accumulation - 1
                 sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
                 with sync:
-                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast, chunked)
+                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast,
+                                                 chunked)
                     (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
                 step_sums.append(sums)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -672,7 +672,8 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_array_parallelism=array_parallelism,
         slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch), max_requeues=max_requeues,
         warning_s=warning_s)
-    submitted = executor.map_array(jobs.Resumable(execute_run), [str(sweep_dir)] * len(runs), [run["id"] for run in runs])
+    submitted = executor.map_array(jobs.Resumable(execute_run), [str(sweep_dir)] * len(runs),
+                                   [run["id"] for run in runs])
     recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
     for run, job in zip(runs, submitted):
         recorded[run["id"]] = {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),

@@ -519,8 +519,9 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
                                       slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
     shares = [dataclasses.replace(config, executor="here", shard_index=index) for index in range(config.num_shards)]
-    failures = jobs.job_failures([(f"shard index {index}", job) for index, job in
-                                  enumerate(executor.map_array(jobs.Resumable(extract_units), shares))], "units extract jobs")
+    submitted = executor.map_array(jobs.Resumable(extract_units), shares)
+    failures = jobs.job_failures([(f"shard index {index}", job) for index, job in enumerate(submitted)],
+                                 "units extract jobs")
     if failures:
         raise ValueError(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
                          f"re-run to redo only their shards")
