@@ -123,6 +123,35 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
 
 
+def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, monkeypatch):
+    """A run folder and the data beside it, moved together mid-run (another disk, a renamed project), resume
+    under their new names; data at another place is still another run's."""
+    import simslm.train as train_module
+
+    config = dict(budget_tokens=12 * 4 * 64, checkpoint_every=4, validation_data=None)
+    reference = train(_config(data, tmp_path / "reference", **config))
+    shutil.copytree(data, tmp_path / "project" / "seq")
+
+    def interrupted_at_step_6(step, plan, config):
+        if step == 6:
+            raise KeyboardInterrupt
+        return learning_rate(step, plan, config)
+
+    monkeypatch.setattr(train_module, "learning_rate", interrupted_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(str(tmp_path / "project" / "seq"), tmp_path / "project" / "run", **config))
+    monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+    (tmp_path / "project").rename(tmp_path / "moved")
+    shutil.copytree(tmp_path / "moved" / "seq", tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"another config \(other data\)"):
+        train(_config(str(tmp_path / "elsewhere"), tmp_path / "moved" / "run", **config))
+    resumed = train(_config(str(tmp_path / "moved" / "seq"), tmp_path / "moved" / "run", **config))
+    assert _losses(tmp_path / "moved" / "run") == _losses(tmp_path / "reference")  # bit for bit, from step 4
+    assert resumed.final_train == reference.final_train
+    stored = json.loads((tmp_path / "moved" / "run" / "config.json").read_text())
+    assert stored["data"] == str(tmp_path / "moved" / "seq")  # the new name from now on
+
+
 def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_path, capsys):
     run = tmp_path / "run"
     train(_config(data, run, budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=3))

@@ -812,13 +812,30 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
 
 def changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
     """The settings in which the run stored in `run_dir` (if any) differs from `config`, leaving out those a
-    resume may change: a moved run folder (or a copied sweep) resumes where it is now, and may allow a re-plan."""
+    resume may change: a moved run folder (or a copied sweep) resumes where it is now, and may allow a re-plan.
+
+    A folder it reads (data, validation data, a base model's folder) counts as the same when it is named alike,
+    or when it stands where it stood relative to the run folder: the two were moved together, as a sweep moves
+    with its data (sweep.json's portable paths); the new names then replace the old in config.json."""
     stored_config = run_dir / "config.json"
     if not stored_config.exists():
         return []
     stored = TrainConfig.from_dict(jobs.read_json(stored_config), source=str(stored_config))
-    return [field.name for field in dataclasses.fields(TrainConfig) if field.name not in config.resumable_changes
-            and getattr(stored, field.name) != getattr(config, field.name)]
+
+    def same(name: str) -> bool:
+        before, now = getattr(stored, name), getattr(config, name)
+        if before == now:
+            return True
+        return (name in ("data", "validation_data", "base_model") and bool(before) and bool(now)
+                and _from_run(before, stored.run_dir) == _from_run(now, config.run_dir))
+
+    return [field.name for field in dataclasses.fields(TrainConfig)
+            if field.name not in config.resumable_changes and not same(field.name)]
+
+
+def _from_run(path: str, run_dir: str) -> str:
+    """Where `path` stands relative to the run folder (both as typed, so relative to the same folder)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
 
 
 def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int) -> Plan:
