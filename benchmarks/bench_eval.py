@@ -11,6 +11,13 @@ the CPU. Three sets of 200 pairs of token sequences, every token scored (the ref
 - sBLIMP-shaped: sides of 20-100 tokens, 40% of pairs sharing their first 8-32 (the demo's sBLIMP units:
   57 tokens on average, 38% of pairs sharing 8 or more, 14 at the median).
 
+With `--run RUN --bench FOLDER [--bench FOLDER ...]`, the sets are instead the pairs of those benchmark folders
+as `simslm eval RUN --bench FOLDER` encodes them (its default preset and modes, every pair unless `--max-pairs`),
+one set per folder and mode, scored with the run's own model:
+
+    SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_eval.py \
+        --run DEMO/sweep/runs/RUN --bench DEMO/bench/sblimp --bench DEMO/bench/tsc
+
 The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
 history, at its default batch of 16: the baseline, on glibc's malloc defaults as it then ran,
 and again with freed memory kept for reuse (`jobs.keep_freed_memory`, which simslm now sets
@@ -81,10 +88,44 @@ def pairs(kind: str, count: int, vocabulary_size: int, rng) -> list[np.ndarray]:
 KINDS = ("random", "tSC-shaped", "sBLIMP-shaped")
 _STATE: dict[str, Any] = {}  # a contender's process: its scorer on each set of pairs
 
+# A set of pairs to score: its sequences, what to score in each, and per pair its two sides' sequences.
+Sequences = tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]
 
-def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) -> None:
+
+def synthetic_sets(vocabulary_size: int, num_pairs: int) -> dict[str, Sequences]:
+    """The three sets of the module's docstring (the same in every process: seeded), every token scored."""
+    rng = np.random.default_rng(0)
+    sets = {}
+    for kind in KINDS:
+        sides = pairs(kind, num_pairs, vocabulary_size, rng)
+        sets[kind] = (sides, [np.ones(len(side) - 1, dtype=bool) for side in sides],
+                      [(2 * i, 2 * i + 1) for i in range(num_pairs)])
+    return sets
+
+
+def benchmark_sets(run: str, benches: list[str], max_pairs: int | None) -> dict[str, Sequences]:
+    """The pairs of each benchmark folder and mode, encoded as `simslm eval` encodes them for `run`."""
+    from simslm.eval.evaluate import EvalConfig, load_run_model, pairs_to_score
+    from simslm.eval.layouts import bench_label
+    from simslm.eval.scoring import encode_pairs
+
+    config = EvalConfig(run=run, bench=tuple(benches), max_pairs=max_pairs)
+    model, vocabulary, _ = load_run_model(Path(run), "cpu")
+    sets = {}
+    for target in benches:
+        _, _, pairs_by_mode, units_of = pairs_to_score(config, Path(run), target)
+        for mode, chosen in pairs_by_mode.items():
+            encoded = encode_pairs(chosen, vocabulary, units_of, config, int(model.config.max_position_embeddings))
+            sets[f"{bench_label(target)}/{mode}" if mode else bench_label(target)] = (
+                encoded.sequences, encoded.scored, encoded.sides)
+    return sets
+
+
+def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool, run: str | None = None,
+            sets: dict[str, Sequences] | None = None) -> None:
     """A contender's process: the model, the sets of pairs (the same in every process) and its scorer. `scorer` is
-    "before", or today's scorer as "BATCHES_AT_ONCE" or "BATCHES_AT_ONCE:MIN_SHARED_TOKENS"."""
+    "before", or today's scorer as "BATCHES_AT_ONCE" or "BATCHES_AT_ONCE:MIN_SHARED_TOKENS". With `run`, the
+    model is that run's and `sets` are given."""
     import torch
 
     from simslm import jobs
@@ -93,21 +134,24 @@ def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool) 
     if keep_memory:
         jobs.keep_freed_memory()
     torch.manual_seed(0)
-    vocabulary = Vocabulary.build("stories260K", num_units=500)
-    model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),
-                        256).eval()
-    rng = np.random.default_rng(0)
+    if run is not None:
+        from simslm.eval.evaluate import load_run_model
+
+        model, vocabulary, _ = load_run_model(Path(run), "cpu")
+    else:
+        vocabulary = Vocabulary.build("stories260K", num_units=500)
+        model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1),
+                            len(vocabulary), 256)
+        sets = synthetic_sets(len(vocabulary), num_pairs)
+    model.eval()
     options = ScoringOptions()  # today's defaults
-    for kind in KINDS:
-        sides = pairs(kind, num_pairs, len(vocabulary), rng)
-        scored = [np.ones(len(side) - 1, dtype=bool) for side in sides]
+    for kind, (sequences, scored, sides) in sets.items():
         if scorer == "before":
-            function = functools.partial(scorer_at(before_commit), model, sides, scored, vocabulary=vocabulary,
+            function = functools.partial(scorer_at(before_commit), model, sequences, scored, vocabulary=vocabulary,
                                          batch_size=16)
         else:
-            function = functools.partial(sequence_log_likelihoods, model, sides, scored, vocabulary=vocabulary,
-                                         batch_size=options.batch_size, pairs=[(2 * i, 2 * i + 1)
-                                                                               for i in range(num_pairs)],
+            function = functools.partial(sequence_log_likelihoods, model, sequences, scored, vocabulary=vocabulary,
+                                         batch_size=options.batch_size, pairs=sides,
                                          concurrent_batches=int(scorer.partition(":")[0]))
             if scorer.partition(":")[2]:
                 scoring.MIN_SHARED_TOKENS = int(scorer.partition(":")[2])
@@ -130,7 +174,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-shared-tokens", type=int, default=0,
                         help="also race today's defaults with sides sharing from this many tokens (8 before 2026-12-04)")
+    parser.add_argument("--run", help="score the pairs of --bench folders with this run's model instead")
+    parser.add_argument("--bench", action="append", default=[], help="a benchmark folder (with --run; repeatable)")
+    parser.add_argument("--max-pairs", type=int, help="with --run: at most this many pairs per folder and mode")
     args = parser.parse_args()
+    if bool(args.run) != bool(args.bench):
+        parser.error("--run and --bench go together")
+    sets = benchmark_sets(args.run, args.bench, args.max_pairs) if args.run else None
+    kinds = list(sets) if sets else list(KINDS)
+    num_pairs = {kind: len(sets[kind][2]) if sets else args.pairs for kind in kinds}
     options = ScoringOptions()
     baseline = f"before ({args.before}), batch 16, glibc's malloc defaults"
     contenders = {baseline: ("before", False), "before, batch 16, freed memory kept": ("before", True)}
@@ -141,11 +193,12 @@ def main() -> None:
             f"{options.concurrent_batches}:{args.min_shared_tokens}", True)
     spawn = multiprocessing.get_context("spawn")
     pools = {name: concurrent_futures.ProcessPoolExecutor(1, mp_context=spawn, initializer=_set_up,
-                                                          initargs=(scorer, args.before, args.pairs, keep))
+                                                          initargs=(scorer, args.before, args.pairs, keep, args.run,
+                                                                    sets))
              for name, (scorer, keep) in contenders.items()}
     try:
         print("| pairs | scorer | pairs/s (median), ratio | runs (s) |\n| --- | --- | --- | --- |")
-        for kind in KINDS:
+        for kind in kinds:
             results = {name: pool.submit(_score, kind).result()[1] for name, pool in pools.items()}  # and warm up
             largest = max(float(np.abs(results[baseline] - values).max()) for values in results.values())
             assert largest <= 1e-5, largest
@@ -153,7 +206,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, pool in pools.items():  # one at a time: the others wait idle
                     times[name].append(pool.submit(_score, kind).result()[0])
-            rates = {name: args.pairs / statistics.median(values) for name, values in times.items()}
+            rates = {name: num_pairs[kind] / statistics.median(values) for name, values in times.items()}
             for name, values in times.items():
                 print(f"| {kind} | {name} | {rates[name]:,.1f} ({rates[name] / rates[baseline]:.2f}x before) | "
                       f"{', '.join(f'{v:.2f}' for v in values)} |")

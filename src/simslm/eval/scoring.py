@@ -405,13 +405,25 @@ class PairScores(NamedTuple):
     """The same pairs' plain scores, when a baseline was subtracted from any (free: computed anyway)."""
 
 
-def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
-                options: ScoringOptions, device: str = "cpu") -> PairScores:
-    """Positive and negative scores of the pairs that can be encoded, their groups, and how many were skipped."""
-    max_length = int(model.config.max_position_embeddings)
-    sequences, scored, kept_groups, skipped = [], [], [], 0
-    with_baseline = []  # per pair: whether its sides are also scored without their context
-    pairs_of = []  # the two sequences that are one pair's sides (their shared context runs once)
+class EncodedPairs(NamedTuple):
+    """The token sequences that score a list of pairs, with what to score in each."""
+
+    sequences: list[np.ndarray]
+    scored: list[np.ndarray]
+    """Per sequence, whether each target (token t + 1, predicted from tokens 0..t) counts."""
+    sides: list[tuple[int, int]]
+    """Per pair, its two sides' sequences (their shared context runs once)."""
+    with_baseline: list[bool]
+    """Per pair, whether its sides' continuations alone follow them (two more sequences)."""
+    groups: list[str]
+    num_skipped: int
+
+
+def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
+                 options: ScoringOptions, max_length: int) -> EncodedPairs:
+    """The sequences `score_pairs` scores, of the pairs that can be encoded; a pair whose units are missing is
+    counted, not fatal."""
+    sequences, scored, sides_of, with_baseline, groups, skipped = [], [], [], [], [], 0
     for pair in pairs:
         try:
             if options.preset == "reference":
@@ -420,12 +432,12 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
             else:
                 sides = [encode_parts(side, vocabulary, units_of, max_length)
                          for side in (pair.positive, pair.negative)]
-        except KeyError:  # a file whose units could not be extracted: counted, not fatal
+        except KeyError:  # a file whose units could not be extracted
             skipped += 1
             continue
         continuation_only = options.preset != "reference" and len(pair.positive) > 1
         baseline = options.preset == "pmi" and continuation_only
-        pairs_of.append((len(sequences), len(sequences) + 1))
+        sides_of.append((len(sequences), len(sequences) + 1))
         for tokens, owners in sides:
             wanted = owners == (len(pair.positive) - 1) if continuation_only else owners != SPECIAL_PART
             sequences.append(tokens)
@@ -436,18 +448,25 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
                 sequences.append(alone)
                 scored.append((alone_owners != SPECIAL_PART)[1:])
         with_baseline.append(baseline)
-        kept_groups.append(pair.group)
-    sums, counts = sequence_log_likelihoods(model, sequences, scored, vocabulary=vocabulary,
+        groups.append(pair.group)
+    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped)
+
+
+def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
+                options: ScoringOptions, device: str = "cpu") -> PairScores:
+    """Positive and negative scores of the pairs that can be encoded, their groups, and how many were skipped."""
+    encoded = encode_pairs(pairs, vocabulary, units_of, options, int(model.config.max_position_embeddings))
+    sums, counts = sequence_log_likelihoods(model, encoded.sequences, encoded.scored, vocabulary=vocabulary,
                                             speech_vocab=options.speech_vocab, batch_size=options.batch_size,
-                                            device=device, pairs=pairs_of,
+                                            device=device, pairs=encoded.sides,
                                             concurrent_batches=options.concurrent_batches)
     scores = side_scores(sums, counts, options.reduction)
-    plain, alone, cursor = np.zeros((len(kept_groups), 2)), np.zeros((len(kept_groups), 2)), 0
-    for index, baseline in enumerate(with_baseline):
+    plain, alone, cursor = np.zeros((len(encoded.groups), 2)), np.zeros((len(encoded.groups), 2)), 0
+    for index, baseline in enumerate(encoded.with_baseline):
         plain[index] = scores[cursor:cursor + 2]
         if baseline:  # the same tokens scored alone: what the context adds
             alone[index] = scores[cursor + 2:cursor + 4]
         cursor += 4 if baseline else 2
     final = plain - alone
-    return PairScores(final[:, 0], final[:, 1], kept_groups, skipped,
-                      (plain[:, 0], plain[:, 1]) if any(with_baseline) else None)
+    return PairScores(final[:, 0], final[:, 1], encoded.groups, encoded.num_skipped,
+                      (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None)
