@@ -88,3 +88,25 @@ def trained_run(extracted, speech_sequences, tmp_path_factory):
     build_benchmark(BenchBuildConfig(kind="tsc", out=str(bench), source="tinystories-sample[2000:2010]",
                                                          exclude=config.manifest, num_items=4, num_workers=2))
     return root / "run", bench
+
+
+@pytest.fixture
+def train_stopped_at(monkeypatch):
+    """`train(config)` stopped by a KeyboardInterrupt as its step `step` (counted from 0) starts: a run left half
+    done, its checkpoints written up to then."""
+    import simslm.train as train_module
+
+    learning_rate = train_module.learning_rate
+
+    def stopped(config, step: int) -> None:
+        def interrupted(at, plan, given):
+            if at == step:
+                raise KeyboardInterrupt
+            return learning_rate(at, plan, given)
+
+        monkeypatch.setattr(train_module, "learning_rate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(config)
+        monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+
+    return stopped

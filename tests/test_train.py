@@ -123,24 +123,13 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
 
 
-def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, monkeypatch):
+def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, train_stopped_at):
     """A run folder and the data beside it, moved together mid-run (another disk, a renamed project), resume
     under their new names; data at another place is still another run's."""
-    import simslm.train as train_module
-
     config = dict(budget_tokens=12 * 4 * 64, checkpoint_every=4, validation_data=None)
     reference = train(_config(data, tmp_path / "reference", **config))
     shutil.copytree(data, tmp_path / "project" / "seq")
-
-    def interrupted_at_step_6(step, plan, config):
-        if step == 6:
-            raise KeyboardInterrupt
-        return learning_rate(step, plan, config)
-
-    monkeypatch.setattr(train_module, "learning_rate", interrupted_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(str(tmp_path / "project" / "seq"), tmp_path / "project" / "run", **config))
-    monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+    train_stopped_at(_config(str(tmp_path / "project" / "seq"), tmp_path / "project" / "run", **config), 6)
     (tmp_path / "project").rename(tmp_path / "moved")
     shutil.copytree(tmp_path / "moved" / "seq", tmp_path / "elsewhere")
     with pytest.raises(ValueError, match=r"another config \(other data\)"):

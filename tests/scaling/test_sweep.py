@@ -68,30 +68,19 @@ def test_a_sweep_finds_its_data_after_a_move_and_when_copied_alone(data, tmp_pat
         sweep.plan_sweep(_spec(str(tmp_path / "nowhere")), tmp_path / "bad")
 
 
-def test_a_study_moved_with_a_run_in_progress_resumes_that_run(data, tmp_path, monkeypatch):
+def test_a_study_moved_with_a_run_in_progress_resumes_that_run(data, tmp_path, train_stopped_at):
     """A sweep and its data moved (or copied) together while a run is half done: the run resumes from its
     checkpoint where it is now. Before, it failed as 'another config (other data, validation_data)'."""
     import shutil
 
-    import simslm.train as train_module
+    from simslm.train import TrainConfig
 
     shutil.copytree(data, tmp_path / "study" / "data")
     data_here = str(tmp_path / "study" / "data")
     sweep.plan_sweep(_spec(data_here, depths=(1,), budgets_flops=(8e8,), validation_data=data_here),
                      tmp_path / "study" / "sweep")
     (run,) = sweep.load_sweep(tmp_path / "study" / "sweep")["runs"]
-
-    learning_rate = train_module.learning_rate
-
-    def interrupted_at_step_5(step, plan, config):
-        if step == 5:
-            raise KeyboardInterrupt
-        return learning_rate(step, plan, config)
-
-    monkeypatch.setattr(train_module, "learning_rate", interrupted_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(train_module.TrainConfig(**run["config"]))
-    monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+    train_stopped_at(TrainConfig(**run["config"]), 5)
     (tmp_path / "study").rename(tmp_path / "moved")
     assert sweep.status_counts(tmp_path / "moved" / "sweep") == {"started": 1}
     assert sweep.run_sweep(tmp_path / "moved" / "sweep", num_parallel=1) == {"done": 1}
