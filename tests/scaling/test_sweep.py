@@ -165,6 +165,42 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
         sweep.fit_sweep(empty)
 
 
+@pytest.mark.parametrize("cluster", ["slurm", "local"])
+def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkeypatch, cluster):
+    """A job killed for memory, cancelled or lost with its node writes no result file: `sweep wait` learns from
+    SLURM (or, locally, from the controller's pid being gone) that it ended, and reports its run as failed
+    instead of waiting forever."""
+    import threading
+
+    import submitit
+
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
+    (run,) = sweep.load_sweep(tmp_path)["runs"]
+    if cluster == "slurm":
+        job_id = "4242_0"
+        monkeypatch.setattr(submitit.SlurmJob, "done", lambda job, force_check=False: job.job_id == job_id)
+    else:
+        ended = subprocess.Popen([sys.executable, "-c", "pass"])
+        ended.wait()  # reaped: its pid is free
+        job_id = str(ended.pid)
+    (tmp_path / "submitit").mkdir()
+    (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+        "job_id": job_id, "result": f"{job_id}_0_result.pkl", "stderr": f"{job_id}_0_log.err", "cluster": cluster}}))
+    outcome = []
+
+    def wait():
+        try:
+            sweep.wait_for_sweep(tmp_path, poll_sec=0.05)
+        except RuntimeError as error:
+            outcome.append(str(error))
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive(), "sweep wait still waits for a job that has ended"
+    assert outcome and outcome[0].startswith(f"1 run(s) failed: {run['id']} (log ")
+
+
 @pytest.mark.slow
 def test_submitit_executor_runs_the_same_code_and_can_submit_and_return(data, tmp_path):
     pytest.importorskip("submitit")

@@ -677,7 +677,8 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
     recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
     for run, job in zip(runs, submitted):
         recorded[run["id"]] = {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
-                               "stderr": os.path.relpath(job.paths.stderr, folder)}
+                               "stderr": os.path.relpath(job.paths.stderr, folder),
+                               "cluster": type(job).__name__.removesuffix("Job").lower()}
     jobs.write_json(folder / JOBS_FILE, recorded)
     if not wait:
         print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
@@ -885,8 +886,9 @@ def _grown_runs(sweep_dir: Path) -> list[dict[str, Any]]:
 def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict[str, int]:
     """Follow the jobs `sweep run --executor slurm --no-wait` submitted until each has ended; the status counts.
 
-    A job has ended when submitit has written its result file; a run whose job ended without a finished
-    run folder failed (its job's stderr says why)."""
+    A job has ended when submitit has written its result file, or, on SLURM, when the cluster says so: a job
+    killed for memory, cancelled or lost with its node writes none, and would otherwise be waited for forever.
+    A run whose job ended without a finished run folder failed (its job's stderr says why)."""
     sweep_dir = Path(sweep_dir)
     folder = sweep_dir / "submitit"
     if not (folder / JOBS_FILE).exists():
@@ -896,7 +898,7 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     ended: set[str] = set()
     while len(ended) < len(submitted):
         for identifier, job in submitted.items():
-            if identifier not in ended and (folder / job["result"]).exists():
+            if identifier not in ended and _job_ended(folder, job):
                 ended.add(identifier)
                 tracker.update()
         if len(ended) < len(submitted):
@@ -910,6 +912,26 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
         raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; re-run `simslm sweep run` to retry "
                            f"them")
     return status_counts(sweep_dir)
+
+
+def _job_ended(folder: Path, job: dict[str, str]) -> bool:
+    """Whether a job of submitit/jobs.json has ended: its result file is there; or SLURM's accounting (sacct,
+    asked through submitit at most every few minutes) has it in a final state; or, on the local cluster, its
+    controller process (whose pid is the job id) is gone. Ledgers from before 2026-12-04 do not say which."""
+    if (folder / job["result"]).exists():
+        return True
+    if job.get("cluster") == "slurm":
+        import submitit
+
+        return submitit.SlurmJob(folder, job["job_id"]).done()
+    if job.get("cluster") == "local":
+        try:
+            os.kill(int(job["job_id"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
 
 
 def status_counts(sweep_dir: str | os.PathLike) -> dict[str, int]:
