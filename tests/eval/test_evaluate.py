@@ -83,6 +83,27 @@ def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(traine
     assert (run / "eval.json").read_text() == before
 
 
+def test_an_evaluation_stopped_part_way_keeps_the_benchmarks_it_has_scored(trained_run, monkeypatch):
+    import pytest
+
+    from simslm.eval import evaluate
+
+    run, bench = trained_run
+    pairs = evaluate.BENCHMARK_KINDS["pairs"]
+
+    def killed_on_the_second(context, label, target):
+        if label == "second":
+            raise KeyboardInterrupt  # a kill, or a job's time limit, while the second benchmark is scored
+        return pairs(context, label, target)
+
+    monkeypatch.setitem(evaluate.BENCHMARK_KINDS, "pairs", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(EvalConfig(run=str(run), bench=(f"first={bench}", f"second={bench}"), modes=("T",),
+                                num_resamples=20))
+    written = json.loads((run / "eval.json").read_text())["benchmarks"]
+    assert "first/T" in written and "second/T" not in written
+
+
 def test_a_published_set_by_hub_id_is_read_from_the_hub_cache_offline(trained_run, tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -89,6 +89,13 @@ def test_a_study_moved_with_a_run_in_progress_resumes_that_run(data, tmp_path, t
     assert steps == list(range(1, json.loads((run_dir / "plan.json").read_text())["total_steps"] + 1))
 
 
+def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {"sblimp": {}, "tsc/S": {}, "tsc/T": {}}}))
+    bench = ("bench/sblimp", "tsc=bench/tsc", "swuggy=bench/wuggy", "validation")
+    assert sweep._unevaluated(tmp_path, bench) == ("swuggy=bench/wuggy", "validation")
+    assert not sweep._evaluated(tmp_path, bench) and sweep._evaluated(tmp_path, bench[:2])
+
+
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
     planned = sweep.plan_sweep(_spec(data), tmp_path)
     first = planned["runs"][0]

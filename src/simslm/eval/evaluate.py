@@ -222,15 +222,18 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     model = load_model_folder(model_dir, device)
     context = _Context(config, run_dir, model, vocabulary, run_config, device)
     results: dict[str, Any] = {}
+    eval_path = run_dir / EVAL_FILE
     for argument in config.bench:
         kind, label, target = benchmark_kind(argument)
-        results.update(BENCHMARK_KINDS[kind](context, label, target))
-    eval_path = run_dir / EVAL_FILE
-    merged = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
-    merged["benchmarks"].update({name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry
-                                 for name, entry in results.items()})
-    merged["model_dir"] = "model" if run_config is not None else "."  # relative to the folder eval.json is in
-    jobs.write_json(eval_path, merged)
+        found = BENCHMARK_KINDS[kind](context, label, target)
+        results.update(found)
+        # Merged after each benchmark: an evaluation stopped part way (a kill, a job's time limit) keeps what it
+        # has scored, and a sweep's requeued job scores only the rest.
+        merged = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
+        merged["benchmarks"].update({name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry
+                                     for name, entry in found.items()})
+        merged["model_dir"] = "model" if run_config is not None else "."  # relative to the folder eval.json is in
+        jobs.write_json(eval_path, merged)
     return results
 
 

@@ -403,11 +403,17 @@ def _locked(run_dir: Path) -> bool:
     return False
 
 
+def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
+    """The benchmarks the sweep asks for that eval.json holds no result for."""
+    evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
+    label = lambda name: name.split("=", 1)[0] if "=" in name else Path(name).name  # noqa: E731
+    return tuple(name for name in bench
+                 if not any(key == label(name) or key.startswith(label(name) + "/") for key in evaluated))
+
+
 def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
     """Whether eval.json holds a result for every benchmark the sweep asks for."""
-    evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
-    labels = {name.split("=", 1)[0] if "=" in name else Path(name).name for name in bench}
-    return all(any(key == label or key.startswith(label + "/") for key in evaluated) for label in labels)
+    return not _unevaluated(run_dir, bench)
 
 
 def _to_run(status: str) -> bool:
@@ -454,11 +460,11 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
             from simslm.train import train
 
             train(TrainConfig(**run["config"]))
-        bench = tuple(spec.get("bench") or ())
-        if not _evaluated(run_dir, bench):
+        missing = _unevaluated(run_dir, tuple(spec.get("bench") or ()))
+        if missing:  # only those: an evaluation stopped part way kept the others
             from simslm.eval.evaluate import EvalConfig, evaluate_run
 
-            evaluate_run(EvalConfig(run=str(run_dir), bench=bench, modes=spec.get("eval_modes", ("S", "T")),
+            evaluate_run(EvalConfig(run=str(run_dir), bench=missing, modes=spec.get("eval_modes", ("S", "T")),
                                     num_workers=1))
     return "done"
 
