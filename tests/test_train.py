@@ -95,6 +95,16 @@ def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path)
     assert len(_losses(tmp_path / "reference")) == 24
 
 
+def test_a_process_asked_to_stop_through_another_one_only_stops_too(tmp_path):
+    """With no signal of its own to hand over to (another process was asked), a process still stops, saying so,
+    rather than go on as if the run were finished (a sweep would then evaluate a half-trained run)."""
+    import simslm.train as train_module
+    from simslm.jobs import Stopped
+
+    with pytest.raises(Stopped, match="stopped with the other processes after step 7"):
+        train_module._StopRequest().finish(tmp_path, 7)
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_path):
     """The time limit of one's own SLURM job, `kill`, a sweep stopping its runs: the run saves the step in hand

@@ -576,8 +576,10 @@ class _StopRequest:
         if self.signum == signal.SIGTERM:
             raise jobs.Stopped(f"{run_dir}: stopped by SIGTERM after step {step}, which is saved as a checkpoint; "
                                f"run the same command again to resume")
-        if self.signum is not None:
-            self.previous(self.signum, None)
+        if self.signum is None:  # asked through another process only, with nothing to hand over to: stop alike
+            raise jobs.Stopped(f"{run_dir}: stopped with the other processes after step {step}, which is saved as "
+                               f"a checkpoint; run the same command again to resume")
+        self.previous(self.signum, None)
 
 
 class _Distributed:
