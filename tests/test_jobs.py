@@ -173,3 +173,18 @@ def test_freed_memory_is_kept_for_reuse_unless_the_user_set_malloc(how):
     for setting in ({"MALLOC_TRIM_THRESHOLD_": "131072"}, {"SIMSLM_KEEP_FREED_MEMORY": "0"}):
         users = run(how, **setting)  # the user's own setting wins
         assert not users[0] and users[1] > default[1] / 2
+
+
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_a_slurm_executor_warns_ahead_and_ends_a_job_whose_task_died(tmp_path, monkeypatch, tasks):
+    """What a SLURM job is submitted with (submitit needs only `srun` on the PATH to build its sbatch options):
+    the time-limit warning `warning_s` ahead, and for a job of several tasks, srun's kill-on-bad-exit."""
+    pytest.importorskip("submitit")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    executor = jobs.submitit_executor(tmp_path / "jobs", "slurm", timeout_min=60, tasks_per_node=tasks,
+                                      warning_s=120, slurm_partition="gpu")
+    assert executor.parameters["signal_delay_s"] == 120 and executor.parameters["partition"] == "gpu"
+    assert executor.parameters.get("srun_args") == (["--kill-on-bad-exit=1"] if tasks > 1 else None)

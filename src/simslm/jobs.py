@@ -264,6 +264,10 @@ def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout
     parameters.update({key: value for key, value in (("cpus_per_task", cpus_per_task), ("mem_gb", mem_gb)) if value})
     if cluster == "slurm":
         parameters.update({key: value for key, value in slurm_only.items() if value}, slurm_signal_delay_s=warning_s)
+        if nodes * tasks_per_node > 1:
+            # One task that dies ends the job's others at once. By default srun lets them run on, and they wait
+            # in their next collective until torch's process-group timeout (minutes of every GPU of the job).
+            parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     executor.update_parameters(**parameters)
     return executor
 
