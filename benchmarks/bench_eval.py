@@ -105,19 +105,20 @@ def synthetic_sets(vocabulary_size: int, num_pairs: int) -> dict[str, Sequences]
 
 def benchmark_sets(run: str, benches: list[str], max_pairs: int | None) -> dict[str, Sequences]:
     """The pairs of each benchmark folder and mode, encoded as `simslm eval` encodes them for `run`."""
-    from simslm.eval.evaluate import EvalConfig, load_run_model, pairs_to_score
+    from simslm.eval.evaluate import EvalConfig, benchmark_kind, load_run_model, pairs_to_score
     from simslm.eval.layouts import bench_label
     from simslm.eval.scoring import encode_pairs
 
     config = EvalConfig(run=run, bench=tuple(benches), max_pairs=max_pairs)
     model, vocabulary, _ = load_run_model(Path(run), "cpu")
     sets = {}
-    for target in benches:
+    for argument in benches:  # [LABEL=]FOLDER, named as `simslm eval` files its results
+        _, label, target = benchmark_kind(argument)
+        label = label or bench_label(target)
         _, _, pairs_by_mode, units_of = pairs_to_score(config, Path(run), target)
         for mode, chosen in pairs_by_mode.items():
             encoded = encode_pairs(chosen, vocabulary, units_of, config, int(model.config.max_position_embeddings))
-            sets[f"{bench_label(target)}/{mode}" if mode else bench_label(target)] = (
-                encoded.sequences, encoded.scored, encoded.sides)
+            sets[f"{label}/{mode}" if mode else label] = (encoded.sequences, encoded.scored, encoded.sides)
     return sets
 
 
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--min-shared-tokens", type=int, default=0,
                         help="also race today's defaults with sides sharing from this many tokens (8 before 2026-12-04)")
     parser.add_argument("--run", help="score the pairs of --bench folders with this run's model instead")
-    parser.add_argument("--bench", action="append", default=[], help="a benchmark folder (with --run; repeatable)")
+    parser.add_argument("--bench", action="append", default=[], help="[LABEL=]FOLDER of pairs (with --run; repeatable)")
     parser.add_argument("--max-pairs", type=int, help="with --run: at most this many pairs per folder and mode")
     args = parser.parse_args()
     if bool(args.run) != bool(args.bench):

@@ -275,7 +275,10 @@ def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout
 class Resumable:
     """A job function that picks up from what an earlier call left on disk (a run's checkpoints, the shards
     already written): when the job's time runs out, submitit calls `checkpoint`, and the job is requeued to
-    call it again with the same arguments, instead of ending as failed."""
+    call it again with the same arguments, instead of ending as failed.
+
+    The contract of submitit's `helpers.Checkpointable`, written out rather than subclassed: submitit is an
+    optional extra (`slurm`), and this module is imported by every command."""
 
     def __init__(self, function: Callable[..., Any]):
         self.function = function

@@ -406,9 +406,12 @@ def _locked(run_dir: Path) -> bool:
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmarks the sweep asks for that eval.json holds no result for."""
     evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
-    label = lambda name: name.split("=", 1)[0] if "=" in name else Path(name).name  # noqa: E731
-    return tuple(name for name in bench
-                 if not any(key == label(name) or key.startswith(label(name) + "/") for key in evaluated))
+
+    def scored(name: str) -> bool:
+        label = name.split("=", 1)[0] if "=" in name else Path(name).name
+        return any(key == label or key.startswith(label + "/") for key in evaluated)
+
+    return tuple(name for name in bench if not scored(name))
 
 
 def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
