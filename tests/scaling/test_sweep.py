@@ -96,6 +96,16 @@ def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
     assert not sweep._evaluated(tmp_path, bench) and sweep._evaluated(tmp_path, bench[:2])
 
 
+def test_a_run_evaluated_on_a_published_set_named_by_hub_id_counts_as_evaluated(tmp_path):
+    # `simslm eval --bench slprl/multispeaker-storycloze:sSC` files its results under the set's name and folder;
+    # the sweep once looked for "multispeaker-storycloze:sSC", so such a run stayed "evaluating" and was
+    # evaluated again by every `sweep run`.
+    (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {
+        "multispeaker-storycloze/sSC": {}, "generation": {}, "a=b": {}}}))
+    bench = ("slprl/multispeaker-storycloze:sSC", "generation=prompts/tsc", "a=b=bench/c", "slprl/sblimp")
+    assert sweep._unevaluated(tmp_path, bench) == ("slprl/sblimp",)
+
+
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
     planned = sweep.plan_sweep(_spec(data), tmp_path)
     first = planned["runs"][0]

@@ -170,7 +170,7 @@ def pairs_to_score(config: EvalConfig, run_dir: Path, target: str):
 def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any]:
     """Every mode of a pairwise benchmark folder, each with its accuracy and interval."""
     config = context.config
-    label = label or bench_label(target)
+    label = label or bench_label(target)  # as `result_label` names it
     folder, layout, pairs_by_mode, units_of = pairs_to_score(config, context.run_dir, target)
     aggregation = config.aggregation if config.aggregation != "auto" else \
         ("pairs" if config.preset == "reference" else layout.aggregation)
@@ -211,6 +211,15 @@ def benchmark_kind(argument: str) -> tuple[str, str, str]:
     if label == "generation":
         return "generation", label, target
     return "pairs", label, target
+
+
+def result_label(argument: str) -> str:
+    """The name eval.json files one --bench argument's results under: `validation`, `generation`, or a pairs
+    benchmark's label (its results are `LABEL` or `LABEL/MODE`)."""
+    kind, label, target = benchmark_kind(argument)
+    if kind != "pairs":
+        return kind
+    return label or bench_label(target)
 
 
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:

@@ -110,9 +110,9 @@ def _padded(rows: list[np.ndarray], pad_id: int):
 
 # A pair's two sides share their first tokens (a tSC context, a cross-modal context) when at least this many
 # are the same: below it, the second pass (the sides after a kept cache, under a mask) costs more than the tokens
-# it saves. At 8, the demo's sBLIMP pairs (57 tokens on average, 14 shared at the median, its depth-4 model) scored
-# 0.71x as fast as with no sharing; at 64 they run alone, while tSC-shaped pairs (a shared 80% of 120-256 tokens)
-# keep their 1.5x (docs/BENCHMARKS.md, "Sharing a context only where it pays").
+# it saves. Sharing from 8, the demo's sBLIMP pairs (57 tokens on average, its depth-4 model) scored at 0.82x the
+# 0ed204d scorer, against 1.12x at 64, where they run alone; tSC-shaped pairs (a shared 80% of 120-256 tokens)
+# keep their 2.1x (docs/BENCHMARKS.md, "Scoring on the demo's own benchmarks, with a committed harness").
 MIN_SHARED_TOKENS = 64
 
 

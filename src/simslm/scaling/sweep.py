@@ -405,10 +405,12 @@ def _locked(run_dir: Path) -> bool:
 
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmarks the sweep asks for that eval.json holds no result for."""
+    from simslm.eval.evaluate import result_label
+
     evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
 
     def scored(name: str) -> bool:
-        label = name.split("=", 1)[0] if "=" in name else Path(name).name
+        label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
         return any(key == label or key.startswith(label + "/") for key in evaluated)
 
     return tuple(name for name in bench if not scored(name))
