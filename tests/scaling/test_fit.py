@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from simslm.scaling.fit import (
+    TEXTLESS_EXPONENTS,
     Law,
     Points,
     approach1,
@@ -16,6 +17,7 @@ from simslm.scaling.fit import (
     plan_compute,
     read_table,
     synthetic_isoflop_points,
+    textless_exponent,
 )
 
 TRUE = Law(E=1.8, A=30.0, B=60.0, alpha=0.32, beta=0.28)
@@ -138,6 +140,17 @@ def test_metric_power_law_recovers_the_exponent():
     values = 0.3 * flops ** 0.025 * np.exp(0.002 * np.random.default_rng(0).standard_normal(30))
     result = metric_power_law(flops, values, num_resamples=200)
     assert result["ci_gamma"][0] <= 0.025 <= result["ci_gamma"][1]
+
+
+def test_the_textless_exponent_stands_beside_speech_only_results_of_its_own_sets():
+    # Cuervo & Marxer's models are textless: a text (T) or cross-modal (S2T, T2S) score of tSC has no counterpart
+    # there, though the report once showed their tSC exponent beside tsc/T.
+    assert textless_exponent("sblimp") == TEXTLESS_EXPONENTS["sblimp"]
+    assert textless_exponent("tsc/S") == TEXTLESS_EXPONENTS["tsc"]
+    assert textless_exponent("multispeaker-storycloze/tSC") == TEXTLESS_EXPONENTS["tsc"]
+    assert textless_exponent("multispeaker-storycloze/sSC") == TEXTLESS_EXPONENTS["ssc"]
+    for name in ("tsc/T", "tsc/S2T", "tsc/T2S", "swuggy", "validation"):
+        assert textless_exponent(name) is None, name
 
 
 def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):

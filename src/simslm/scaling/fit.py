@@ -40,6 +40,16 @@ TEXTLESS_EXPONENTS = {"sblimp": 0.021, "tsc": 0.025, "ssc": 0.017}
 HUBER_DELTA = 1e-3
 
 
+def textless_exponent(name: str) -> float | None:
+    """Cuervo & Marxer's exponent for a benchmark result named as eval.json names it (`LABEL` or `LABEL/MODE`,
+    e.g. `sblimp`, `tsc/S`, `multispeaker-storycloze/tSC`), when the set is one of theirs scored on speech alone.
+    Their models are textless: a text or cross-modal mode of the same set (T, S2T, T2S) has no counterpart."""
+    parts = name.split("/")
+    if len(parts) > 1 and parts[-1] in ("T", "S2T", "T2S"):
+        return None
+    return next((TEXTLESS_EXPONENTS[part.lower()] for part in parts if part.lower() in TEXTLESS_EXPONENTS), None)
+
+
 @dataclass(frozen=True)
 class Points:
     """The table a fit reads: one row per run (or per curve point)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.scaling import sweep
-from simslm.scaling.fit import TEXTLESS_EXPONENTS, TEXTLESS_REFERENCE, Law
+from simslm.scaling.fit import TEXTLESS_REFERENCE, Law, textless_exponent
 
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
 
@@ -278,7 +278,8 @@ def fit_tables(fits: dict[str, Any]) -> str:
             exponent_rows.append([variant, "approach 3 (parametric)", approach3["a"], _interval(approach3["ci_a"]),
                                   approach3["b"]])
         for name, law in fit.get("metrics", {}).items():
-            reference = TEXTLESS_EXPONENTS.get(name.split("/")[0].lower(), "")
+            reference = textless_exponent(name)
+            reference = "" if reference is None else reference
             metric_rows.append([variant, name, law["gamma"], _interval(law["ci_gamma"]), reference, law["num_points"]])
     parts.append("<h3>Parametric law L = E + A/N^α + B/D^β (approach 3, 95% bootstrap CI)</h3>")
     parts.append(_table(["variant", "parameter", "fit", "95% CI", "textless (Cuervo & Marxer)"], law_rows))
