@@ -434,6 +434,22 @@ def read_text(path: str | os.PathLike) -> str:
         raise ValueError(f"{path}: a folder, not a file") from None
 
 
+def update_json(path: str | os.PathLike, update: Callable[[Any], Any], default: Callable[[], Any] = dict) -> Any:
+    """Read a JSON file (or `default()` when there is none), apply `update` to its value and write what it
+    returns atomically, all under an exclusive lock (`.NAME.lock` beside it); returns the value written.
+
+    Processes that merge into one file (two `simslm eval` of one run, each on its own benchmark) each keep what
+    the others wrote: read and write unlocked, the later writer would drop the earlier one's entries."""
+    import fcntl
+
+    path = Path(path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        value = update(read_json(path) if path.exists() else default())
+        write_json(path, value)
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -237,12 +237,12 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         found = BENCHMARK_KINDS[kind](context, label, target)
         results.update(found)
         # Merged after each benchmark: an evaluation stopped part way (a kill, a job's time limit) keeps what it
-        # has scored, and a sweep's requeued job scores only the rest.
-        merged = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
-        merged["benchmarks"].update({name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry
-                                     for name, entry in found.items()})
-        merged["model_dir"] = "model" if run_config is not None else "."  # relative to the folder eval.json is in
-        jobs.write_json(eval_path, merged)
+        # has scored, and a sweep's requeued job scores only the rest. Under a lock: two evaluations of one run
+        # (each on its own benchmarks) keep each other's results.
+        entries = {name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry for name, entry in found.items()}
+        model_at = "model" if run_config is not None else "."  # relative to the folder eval.json is in
+        jobs.update_json(eval_path, lambda merged: {**merged, "benchmarks": {**merged["benchmarks"], **entries},
+                                                    "model_dir": model_at}, default=lambda: {"benchmarks": {}})
     return results
 
 

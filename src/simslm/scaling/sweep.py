@@ -685,12 +685,11 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         warning_s=warning_s)
     submitted = executor.map_array(jobs.Resumable(execute_run), [str(sweep_dir)] * len(runs),
                                    [run["id"] for run in runs])
-    recorded = jobs.read_json(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else {}
-    for run, job in zip(runs, submitted):
-        recorded[run["id"]] = {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
-                               "stderr": os.path.relpath(job.paths.stderr, folder),
-                               "cluster": type(job).__name__.removesuffix("Job").lower()}
-    jobs.write_json(folder / JOBS_FILE, recorded)
+    recorded = {run["id"]: {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
+                            "stderr": os.path.relpath(job.paths.stderr, folder),
+                            "cluster": type(job).__name__.removesuffix("Job").lower()}
+                for run, job in zip(runs, submitted)}
+    jobs.update_json(folder / JOBS_FILE, lambda ledger: {**ledger, **recorded})
     if not wait:
         print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
               f"`simslm sweep status {sweep_dir}` or `simslm sweep wait {sweep_dir}`", file=sys.stderr)
