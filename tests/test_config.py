@@ -56,6 +56,11 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "checkpoint_every=0"], "--checkpoint-every"),
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "init=warm"], "--init must be one of twist, random"),
     (["train", "run_dir=r", "data=d", "budget_tokens=1.5"], "not a valid int"),
+    # argparse's own errors: one line too (not its usage first), the type error in words, not a repr
+    (["train", "--lr", "abc"], "simslm train: error: argument --lr: 'abc' is not a valid float (see simslm train"),
+    (["units", "fit", "--num-units", "1.5"], "argument --num-units: '1.5' is not a valid int"),
+    (["train", "--depths", "3"], "simslm train: error: unrecognized arguments: --depths"),
+    (["sweep", "plan"], "simslm sweep plan: error: the following arguments are required: spec"),
     (["train", "learning_rate=1"], "known key"),
     (["sequences", "build", "--out", "o", "--streams", "speech,audio"], "--streams must be one of"),
     (["sequences", "build", "--out", "o", "--streams", "text"], "the text stream needs --text-corpus"),
@@ -70,7 +75,10 @@ def test_train_help_lists_every_field_with_its_default(capsys):
 
 def test_bad_values_fail_before_anything_loads(argv, message, capsys):
     # None of the named files exist: a check that ran after loading would report that instead.
-    assert main(argv) == 2
+    try:
+        assert main(argv) == 2
+    except SystemExit as exit:  # argparse's errors end the parse
+        assert exit.code == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1 and "Traceback" not in error
 

@@ -400,6 +400,8 @@ CASES: dict[str, Case] = {
                                     str(missing(w, "fit.json")), []),
     "plan: fit not JSON": lambda w: (["plan", "--flops", "1e20", "--fit", str(not_json(w, "fit.json"))],
                                      str(not_json(w, "fit.json")), []),
+    "plan: fit is another JSON": lambda w: (["plan", "--flops", "1e20", "--fit", str(w.sweep / "sweep.json")],
+                                            f"{w.sweep / 'sweep.json'}: not a fit.json", []),
     "report: not a sweep": lambda w: (["report", str(a_folder(w, "no-sweep"))], str(a_folder(w, "no-sweep")), []),
     # bench build / model / textlm / demo
     "bench build: source missing": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-37"),

@@ -448,12 +448,19 @@ def _named_command(argv: list[str]) -> tuple[str, ...]:
     return next((command.words for command in COMMANDS if words[:len(command.words)] == command.words), ())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line as every other error of simslm's (not the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `simslm` argument parser: every command's options, or, given the `argv` it will parse, the options of
     the command `argv` names only. Each command's options take its module's import and the parse of its source
     for the help text (~1 s for all of them), which every `simslm` call, and every run of a sweep, would pay."""
     named = None if argv is None else _named_command(argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="simslm", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.splitlines()[0] + "\n\nStages: assets -> synth -> align -> units -> sequences -> "
         "train -> bench/eval -> sweep/fit/plan/report.\nStart with `simslm demo`: the whole offline study in one "
@@ -492,6 +499,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     words = [word for word in extra if "=" in word and not word.startswith("-")]
     if extra and (words != extra or not hasattr(args, "overrides")):
+        parser.prog = f"simslm {args.command_words}"  # the command's own name and help
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if words:
         args.overrides = [*args.overrides, *words]

@@ -21,7 +21,7 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 _NONE_WORDS = ("none", "null")
 # The default of a positional argument left out: argparse gives SUPPRESS to positionals as a string.
@@ -151,6 +151,18 @@ def parse_text(kind: Any, raw: str, name: str) -> Any:
     return raw
 
 
+def _argument_type(kind: Any, name: str) -> Callable[[str], Any]:
+    """`parse_text` as an argparse type: its error comes out as `argument --lr: 'abc' is not a valid float`
+    (argparse names a type error by the type function's name, which a partial lacks)."""
+    def parse(raw: str) -> Any:
+        try:
+            return parse_text(kind, raw, name)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag(name)}: ")) from None
+
+    return parse
+
+
 def coerce(kind: Any, value: Any, name: str, source: str = "config") -> Any:
     """A value from a file (JSON/YAML types) or a parsed option, checked against the field's type."""
     if value is None:
@@ -262,7 +274,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
         elif field.name not in positional:
             help_text += " (required)"
         help_text = help_text.replace("%", "%%")
-        parse = functools.partial(parse_text, kind, name=field.name)
+        parse = _argument_type(kind, field.name)
         if field.name in positional:
             many = typing.get_origin(_unwrap_optional(kind)) is tuple
             nargs = ("+" if required else "*") if many else (None if required else "?")

@@ -578,7 +578,10 @@ def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
     if not config.fit:
         return ({"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
                 "the textless law of Cuervo & Marxer (2024); pass --fit for your own")
-    fits = jobs.read_json(config.fit)["variants"]
+    fits = jobs.read_json(config.fit)
+    if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
+        raise ValueError(f"{config.fit}: not a fit.json (it has no variants); `simslm fit SWEEP` writes one")
+    fits = fits["variants"]
     variant = config.variant or next(iter(fits), None)
     if variant not in fits:
         raise ValueError(f"{config.fit} has no variant '{variant}' ({', '.join(fits) or 'none'})")
