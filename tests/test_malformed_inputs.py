@@ -298,6 +298,9 @@ CASES: dict[str, Case] = {
     "sequences build: text corpus missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-31"),
                                                         "--streams", "text", "--text-corpus",
                                                         str(missing(w, "t.txt"))], str(missing(w, "t.txt")), []),
+    "sequences build: text corpus without words": lambda w: (
+        ["sequences", "build", "--out", str(w.bad / "out-31b"), "--streams", "text", "--text-corpus",
+         str(table(w, "wordless.txt", "\n  \n...\n"))], f"{w.bad / 'wordless.txt'}: no line with words", []),
     "sequences show: folder missing": lambda w: (["sequences", "show", str(missing(w, "q"))],
                                                  str(missing(w, "q")), []),
     "sequences stats: no index": lambda w: (["sequences", "stats", str(a_folder(w, "q-empty"))],
@@ -327,6 +330,10 @@ CASES: dict[str, Case] = {
                                        "budget_tokens=1000"], str(missing(w, "d")), []),
     "train: data without index": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={a_folder(w, 'd-empty')}",
                                              "budget_tokens=1000"], str(a_folder(w, "d-empty")), []),
+    # The base model is missing too: said after the model had loaded, the run folder's error would not come first.
+    "train: run folder is a file": lambda w: (["train", f"run_dir={table(w, 'run-file', 'notes')}", f"data={w.data}",
+                                               "budget_tokens=1000", f"base_model={missing(w, 'lm')}"],
+                                              f"{w.bad / 'run-file'}: a file, where", [w.bad / "run-file"]),
     "train: base model missing": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
                                              f"base_model={missing(w, 'lm')}"], str(missing(w, "lm")), []),
     "train: finished run, other config": lambda w: (["train", "--config", str(w.run / "config.json"), f"run_dir={w.run}", "lr=0.1"],

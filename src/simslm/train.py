@@ -902,6 +902,8 @@ def train(config: TrainConfig) -> RunResult | None:
         raise ConfigError("--attention flex_attention trains on CUDA only: PyTorch's flex attention has no backward "
                           "on the CPU")
     run_dir = Path(config.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():  # said before the base model loads, not after
+        raise ValueError(f"{run_dir}: a file, where the run's folder is to be")
     given_peak = _given_peak_flops()  # a bad value is refused before anything is written
     torch.manual_seed(config.seed)
 

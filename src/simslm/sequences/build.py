@@ -272,6 +272,8 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         units_by_id = {u.id: u for u in read_units(config.units)}
         num_units = int(unit_source(config.units).k)
     texts = _read_text_corpus(config.text_corpus) if "text" in streams else []
+    if "text" in streams and not texts:
+        raise ValueError(f"{config.text_corpus}: no line with words to make a text sample of")
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
     # dies leaves no half dataset behind, and an older dataset stays until the new one is whole.
