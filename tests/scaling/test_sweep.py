@@ -3,6 +3,7 @@ import fcntl
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,27 @@ def test_a_run_evaluated_on_a_published_set_named_by_hub_id_counts_as_evaluated(
         "multispeaker-storycloze/sSC": {}, "generation": {}, "a=b": {}}}))
     bench = ("slprl/multispeaker-storycloze:sSC", "generation=prompts/tsc", "a=b=bench/c", "slprl/sblimp")
     assert sweep._unevaluated(tmp_path, bench) == ("slprl/sblimp",)
+
+
+def test_benchmarks_every_run_would_fail_on_are_refused_before_any_run_trains(data, tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "gold.csv").write_text("id,filename,type,correct\n")  # an sLM21 folder, as far as planning looks
+    for changes, message in (({"bench": (str(tmp_path / "nowhere"),)}, "nowhere: benchmark folder does not exist"),
+                             ({"bench": (str(tmp_path),)}, "not a benchmark folder"),
+                             ({"bench": ("validation",), "validation_data": ""}, "no validation_data"),
+                             ({"bench": (str(bench),), "eval_modes": ("S", "X")}, "eval_modes: X")):
+        with pytest.raises(ValueError, match=message):
+            sweep.plan_sweep(_spec(data, **changes), tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+    # A published set named by hub id is downloaded by its first evaluation: planned as it is.
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,), bench=("slprl/sblimp",)), tmp_path / "hub")
+    # A benchmark folder gone since the plan: `sweep run` says so before it trains anything.
+    planned = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,), bench=(str(bench),)), tmp_path / "s")
+    shutil.rmtree(bench)
+    with pytest.raises(ValueError, match="benchmark folder does not exist"):
+        sweep.run_sweep(tmp_path / "s", num_parallel=1)
+    assert not any((Path(run["config"]["run_dir"]) / "config.json").exists() for run in planned["runs"])
 
 
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):

@@ -42,7 +42,8 @@ import numpy as np
 from simslm import assets, jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive, registry_choices
-from simslm.eval.evaluate import read_results
+from simslm.eval.evaluate import benchmark_kind, read_results, result_label
+from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.train import PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
@@ -276,10 +277,29 @@ class _Anchors:
                 for entry in entries]
 
 
+def _check_benchmarks(spec: dict[str, Any]) -> None:
+    """Refuse, before any run trains, what would fail every run's evaluation after its training: a benchmark
+    folder that is not there or not a benchmark, `validation` with no validation data, a mode no layout has.
+    A published set named by hub id is left to its first evaluation, which downloads it. `spec`: a SweepSpec's
+    fields, or sweep.json's spec (its paths placed)."""
+    unknown = [mode for mode in spec.get("eval_modes") or () if mode not in CROSS_MODES]
+    if unknown:
+        raise ValueError(f"eval_modes: {', '.join(map(str, unknown))} (the modes are {', '.join(CROSS_MODES)})")
+    for argument in spec.get("bench") or ():
+        kind, _, target = benchmark_kind(argument)
+        if kind == "validation":
+            if not spec.get("validation_data"):
+                raise ValueError("bench names validation, but the spec has no validation_data")
+        elif not Path(target).exists():
+            if kind != "pairs" or not HUB_DATASET.fullmatch(target):
+                raise ValueError(f"{target}: benchmark folder does not exist (bench: {argument})")
+        elif kind == "pairs":
+            detect_layout(Path(target))
+
+
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # made once the grid is planned: a spec refused leaves no folder behind
     anchors = _Anchors(out)
     members = spec.members()
     several = len({member.family for member in members}) > 1
@@ -292,6 +312,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         if validation and not (Path(validation) / "index.json").exists():
             raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
                              f"folder)")
+    _check_benchmarks(asdict(spec))
     runs = []
     grid = [_budget_point(b) for b in spec.budgets_flops] + \
         [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
@@ -343,6 +364,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                                        for name, models in spec.bracket_models.items()})
     for variant in stored_spec["variants"]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
+    out.mkdir(parents=True, exist_ok=True)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
     return load_sweep(out)
 
@@ -405,8 +427,6 @@ def _locked(run_dir: Path) -> bool:
 
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmarks the sweep asks for that eval.json holds no result for."""
-    from simslm.eval.evaluate import result_label
-
     evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
 
     def scored(name: str) -> bool:
@@ -719,6 +739,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:
+            _check_benchmarks(sweep["spec"])  # a benchmark folder gone since the plan fails now, not after training
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
             grow = {"more": functools.partial(_grown_after, sweep_dir)} if bracket and executor == "local" else {}
