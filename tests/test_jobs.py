@@ -30,6 +30,16 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["result.json"]
 
 
+def test_a_line_that_is_not_utf8_comes_with_its_own_number_and_the_lines_after_it_are_read(tmp_path):
+    # Text mode decodes a block at a time: the error surfaced before the block's first line was seen, so a bad
+    # byte on line 3,000 was reported on line 1 (of a small file) or on some line before it.
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"".join(b"line %d\r\n" % n for n in range(1, 3000)) + b"caf\xe9\nlast\n")
+    lines = list(jobs.text_lines(path))
+    assert len(lines) == 3001 and lines[0] == ("line 1\n", "") and lines[-1] == ("last\n", "")
+    assert lines[2999] == (None, "not UTF-8 text (byte 4 of the line)")
+
+
 def _add_entries(path: str, tag: str, count: int) -> None:
     for index in range(count):
         jobs.update_json(path, lambda value: {**value, f"{tag}-{index}": index})

@@ -414,14 +414,19 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: a folder, not a JSON file") from None
 
 
-def text_lines(handle, path: str | os.PathLike) -> Iterator[str]:
-    """The lines of an open text file, a decoding error reported as a ValueError naming the file and line."""
-    number = 0
-    try:
-        for number, line in enumerate(handle, start=1):
-            yield line
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}:{number + 1}: not UTF-8 text") from None
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[str | None, str]]:
+    """Each line of a text file and its problem (''): a line that is not UTF-8 comes as None with the problem,
+    so that a long job can skip and count it, and an error can name its line. (Decoding in text mode fails on
+    the block being read, before any of its lines is seen: the line number would be that of the block's first.)
+    Line ends are the file's, with \r\n read as \n."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield None, f"not UTF-8 text (byte {error.start + 1} of the line)"
+                continue
+            yield (line[:-2] + "\n" if line.endswith("\r\n") else line), ""
 
 
 def read_text(path: str | os.PathLike) -> str:

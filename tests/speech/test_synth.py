@@ -37,21 +37,21 @@ def test_heldout_voices_are_never_training_voices():
 
 def test_bad_lines_are_skipped_and_counted_and_rerun_does_no_new_work(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join([
+    corpus.write_bytes("\n".join([
         json.dumps({"text": "The dog ran home."}),
         "{broken json",
         json.dumps({"story": "no text field"}),
         json.dumps({"text": "?! ..."}),
         json.dumps({"text": "Lily smiled. Then she slept."}),
-    ]) + "\n")
+    ]).encode() + b'\n{"text": "caf\xe9"}\n')  # a line in Latin-1: skipped and counted, not the end of the job
     config = SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=1, id_prefix="t")
     report = synthesize_corpus(config)
-    assert (report.num_synthesized, report.num_skipped) == (2, 3)
+    assert (report.num_synthesized, report.num_skipped) == (2, 4)
     assert report.skipped_by_reason == {"line is not valid JSON": 1, "no string field 'text'": 1,
-                                        "no words to speak": 1}
+                                        "no words to speak": 1, "not UTF-8 text (byte 14 of the line)": 1}
     assert [u.id for u in read_manifest(report.manifest)] == ["t-000000", "t-000004"]
     summary = json.loads((tmp_path / "out" / "synth_report.json").read_text())
-    assert summary["num_skipped"] == 3
+    assert summary["num_skipped"] == 4
 
     again = synthesize_corpus(config)
     assert (again.num_synthesized, again.num_reused) == (0, 2)

@@ -40,19 +40,21 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tu
     is_jsonl = path.suffix in (".jsonl", ".json")
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not a text corpus (.txt or .jsonl)")
-    with open(path, encoding="utf-8") as handle:
-        for index, line in enumerate(jobs.text_lines(handle, path)):
-            if not is_jsonl:
-                yield index, line.rstrip("\n"), ""
-                continue
-            try:
-                record = json.loads(line)
-                value = record[text_field]
-                if not isinstance(value, str):
-                    raise TypeError
-                yield index, value, ""
-            except json.JSONDecodeError:
-                yield index, None, "line is not valid JSON"
-            except (KeyError, TypeError):
-                yield index, None, f"no string field '{text_field}'"
+    for index, (line, problem) in enumerate(jobs.text_lines(path)):
+        if problem:
+            yield index, None, problem  # skipped and counted, as a line that is not JSON is
+            continue
+        if not is_jsonl:
+            yield index, line.rstrip("\n"), ""
+            continue
+        try:
+            record = json.loads(line)
+            value = record[text_field]
+            if not isinstance(value, str):
+                raise TypeError
+            yield index, value, ""
+        except json.JSONDecodeError:
+            yield index, None, "line is not valid JSON"
+        except (KeyError, TypeError):
+            yield index, None, f"no string field '{text_field}'"
 

@@ -68,10 +68,11 @@ Item = Candidate | Skip
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, stripped line) of a UTF-8 text file, blank lines left out."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(jobs.text_lines(handle, path), start=1):
-            if line.strip():
-                yield number, line.strip()
+    for number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        if line.strip():
+            yield number, line.strip()
 
 
 def _key_value(path: Path) -> dict[str, str]:

@@ -177,17 +177,19 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Pr
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not a manifest (.jsonl)")
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(jobs.text_lines(handle, path), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("a manifest line must be a JSON object")
-                yield line_number, Utterance.from_json(record)
-            except (json.JSONDecodeError, ValueError) as error:
-                yield line_number, Problem(str(path), line_number, str(error))
+    for line_number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+        if problem:
+            yield line_number, Problem(str(path), line_number, problem)
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("a manifest line must be a JSON object")
+            yield line_number, Utterance.from_json(record)
+        except (json.JSONDecodeError, ValueError) as error:
+            yield line_number, Problem(str(path), line_number, str(error))
 
 
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:

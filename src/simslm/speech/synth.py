@@ -232,8 +232,8 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         tasks.append(synth_task(utterance_id, value, config.voice_set, config.seed, index, out_dir,
                                 backend=config.backend, audio_format=config.audio_format))
     if not tasks and not any(key in done for key in order):
-        raise ValueError(f"{corpus}: no text to synthesise in {config.corpus} "
-                         f"({dict(skipped) or 'no lines in the range asked for'})")
+        asked = f" in {config.corpus}" if str(corpus) != config.corpus else ""  # an asset's name, a slice
+        raise ValueError(f"{corpus}: no text to synthesise{asked} ({dict(skipped) or 'no lines in the range asked for'})")
     out_dir.mkdir(parents=True, exist_ok=True)
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
