@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -149,6 +150,27 @@ def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, t
     assert resumed.final_train == reference.final_train
     stored = json.loads((tmp_path / "moved" / "run" / "config.json").read_text())
     assert stored["data"] == str(tmp_path / "moved" / "seq")  # the new name from now on
+
+
+def _rebuilt(data: str, **changes) -> None:
+    """`simslm sequences build` again into the folder `data`, with its own settings changed."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+
+    stored = json.loads((Path(data) / "index.json").read_text())["config"]
+    build_sequences(BuildConfig.from_dict({**stored, "out": data, "overwrite": True, **changes}))
+
+
+def test_a_run_is_not_resumed_on_data_built_again_since_it_started(data, tmp_path, train_stopped_at):
+    # Same folder name, other sequences: the checkpoint's position in the data would point into data the run
+    # never saw, and nothing in config.json (which names folders, not contents) tells the two apart.
+    shutil.copytree(data, tmp_path / "seq")
+    config = _config(str(tmp_path / "seq"), tmp_path / "run", budget_tokens=12 * 4 * 64, validation_data=None)
+    train_stopped_at(config, 6)
+    _rebuilt(str(tmp_path / "seq"), seed=1)
+    with pytest.raises(ValueError, match="seq was built again since .*run started"):
+        train(config)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["data_sha256"] != \
+        hashlib.sha256((tmp_path / "seq" / "index.json").read_bytes()).hexdigest()
 
 
 def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_path, capsys):

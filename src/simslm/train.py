@@ -30,7 +30,7 @@ from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import speech_units_folder
-from simslm.sequences.loader import PackedLoader, read_index
+from simslm.sequences.loader import PackedLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
 
@@ -178,6 +178,9 @@ class Plan:
     schedule: dict[str, int] | None = None
     """After a re-plan: the first plan's total_steps, warmup_steps and tokens_per_step, which the learning
     rate keeps following (by tokens seen), so it neither jumps nor restarts."""
+    data_sha256: str | None = None
+    """The training data's `index_digest` when the run started: a resume on data built again since (the same
+    folder name, other sequences) is refused, not continued from a position in data it never saw."""
 
     def tokens_before(self, step: int) -> int:
         """Training tokens seen before `step` (0-based), across re-plans."""
@@ -855,6 +858,10 @@ def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: in
         previous = Plan(**jobs.read_json(stored_plan))
     except TypeError as error:
         raise ValueError(f"{stored_plan}: not a plan ({error})") from None
+    if previous.data_sha256 not in (None, fresh.data_sha256):  # None: a run started before runs recorded it
+        raise ValueError(f"{config.data} was built again since {run_dir} started (its index.json differs): the "
+                         f"run's steps so far saw the data before. Train into a new run_dir, or build the new data "
+                         f"into a new folder")
     if previous.world_size == fresh.world_size:
         return previous if previous.resumed_from is not None else fresh
     if not config.allow_replan:
@@ -926,8 +933,9 @@ def train(config: TrainConfig) -> RunResult | None:
     model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary)
     checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
-    plan = resume_plan(config, run_dir, make_plan(config, model, context_length, distributed.world_size,
-                                                  len(vocabulary), loader.batches_per_epoch()), resumed["step"])
+    fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
+                                          loader.batches_per_epoch()), data_sha256=index_digest(config.data))
+    plan = resume_plan(config, run_dir, fresh, resumed["step"])
     distributed.barrier()  # every process has read the stored plan before the main one replaces it
     if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:
         print(f"simslm train: warning: the budget reads {config.data} {plan.data_passes:.1f} times (more than "

@@ -128,6 +128,32 @@ def test_benchmarks_every_run_would_fail_on_are_refused_before_any_run_trains(da
     assert not any((Path(run["config"]["run_dir"]) / "config.json").exists() for run in planned["runs"])
 
 
+def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path):
+    # Its finished runs saw the data before; runs trained now would see the new, and one fit would mix the two.
+    from simslm.sequences.build import BuildConfig, build_sequences
+
+    shutil.copytree(data, tmp_path / "seq")
+    spec = _spec(str(tmp_path / "seq"), depths=(1,), budgets_flops=(4e8,))
+    sweep.plan_sweep(spec, tmp_path / "study" / "sweep")
+    sweep.plan_sweep(spec, tmp_path / "study" / "sweep")  # planned again on the same data: as before
+    stored = json.loads((tmp_path / "seq" / "index.json").read_text())["config"]
+    build_sequences(BuildConfig.from_dict({**stored, "out": str(tmp_path / "seq"), "overwrite": True, "seed": 1}))
+    for attempt in (lambda: sweep.run_sweep(tmp_path / "study" / "sweep", num_parallel=1),
+                    lambda: sweep.plan_sweep(spec, tmp_path / "study" / "sweep")):
+        with pytest.raises(ValueError, match="seq was built again since the sweep was planned"):
+            attempt()
+    assert not (tmp_path / "study" / "sweep" / "runs").exists() or \
+        not any((tmp_path / "study" / "sweep" / "runs").iterdir())
+    # Moved with the sweep, the data is still the data it was planned on.
+    shutil.copytree(data, tmp_path / "other" / "seq")
+    sweep.plan_sweep(_spec(str(tmp_path / "other" / "seq"), depths=(1,), budgets_flops=(4e8,)),
+                     tmp_path / "other" / "sweep")
+    (tmp_path / "other").rename(tmp_path / "moved")
+    moved = sweep.load_sweep(tmp_path / "moved" / "sweep")
+    assert list(moved["data_sha256"]) == [str(tmp_path / "moved" / "seq")]
+    sweep._check_data_unchanged(moved)
+
+
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
     planned = sweep.plan_sweep(_spec(data), tmp_path)
     first = planned["runs"][0]

@@ -46,6 +46,7 @@ from simslm.eval.evaluate import benchmark_kind, read_results, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
+from simslm.sequences.loader import index_digest
 from simslm.train import PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
 
 SWEEP_FILE = "sweep.json"
@@ -364,9 +365,30 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                                        for name, models in spec.bracket_models.items()})
     for variant in stored_spec["variants"]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
+    # What each data folder was when planned: runs trained on it and runs to come must see the same sequences.
+    digests = {path: index_digest(anchors.placed(path)) for path in sorted(
+        {run["config"][key] for run in runs for key in ("data", "validation_data") if run["config"][key]})}
+    if (out / SWEEP_FILE).exists():
+        _check_data_unchanged(load_sweep(out), {anchors.placed(path): digest for path, digest in digests.items()})
     out.mkdir(parents=True, exist_ok=True)
-    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors})
+    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors,
+                                       "data_sha256": digests})
     return load_sweep(out)
+
+
+def _check_data_unchanged(sweep: dict[str, Any], now: dict[str, str] | None = None) -> None:
+    """Refuse a sweep whose data or validation data was built again since it was planned (the same folder, other
+    sequences): its finished runs saw the data before, and runs to come would see the new, in one fit. `now`:
+    digests by path (else read from the folders); sweeps planned before sweeps recorded digests pass."""
+    for path, digest in sweep.get("data_sha256", {}).items():
+        key = str(Path(path).resolve())
+        current = next((value for other, value in (now or {}).items() if str(Path(other).resolve()) == key), None)
+        if current is None and now is None and (Path(path) / "index.json").is_file():
+            current = index_digest(path)
+        if current is not None and current != digest:
+            raise ValueError(f"{path} was built again since the sweep was planned (its index.json differs): the "
+                             f"sweep's runs so far saw the data before. Plan a new sweep (another --out) for the "
+                             f"new data, or build it into a new folder")
 
 
 def _budget_point(budget: float) -> tuple[float, None, str]:
@@ -406,6 +428,7 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
                                 for name, models in (spec.get("bracket_models") or {}).items()})
     for variant in spec.get("variants", ()):
         variant["data"] = _paths(variant.get("data"), anchors.placed)
+    sweep["data_sha256"] = {anchors.placed(path): digest for path, digest in (sweep.get("data_sha256") or {}).items()}
     return sweep
 
 
@@ -738,8 +761,9 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         todo = [run for run in sweep["runs"] if _to_run(status[run["id"]])]
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
-        if todo:
-            _check_benchmarks(sweep["spec"])  # a benchmark folder gone since the plan fails now, not after training
+        if todo:  # each fails now rather than after training
+            _check_data_unchanged(sweep)
+            _check_benchmarks(sweep["spec"])
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
             grow = {"more": functools.partial(_grown_after, sweep_dir)} if bracket and executor == "local" else {}

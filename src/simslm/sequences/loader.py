@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,12 @@ def read_index(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"{folder}: not a sequences folder (no index.json; make one with `simslm sequences build`)")
     return jobs.read_json(path)
+
+
+def index_digest(folder: str | os.PathLike) -> str:
+    """The sha256 of a sequences folder's index.json: it changes whenever the folder is built again (its config,
+    counts and build time are in it), and not when the folder is moved or copied."""
+    return hashlib.sha256((Path(folder) / "index.json").read_bytes()).hexdigest()
 
 
 class Batch(NamedTuple):
