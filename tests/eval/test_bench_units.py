@@ -64,3 +64,23 @@ def test_benchmark_units_once_cached_are_read_without_opening_the_audio_again(tr
     next((folder / "shards").iterdir()).unlink()
     units_lookup(pairs, run, None)
     assert opened
+
+
+def test_a_benchmark_built_again_into_its_folder_gets_its_own_units(trained_run, tmp_path, monkeypatch):
+    # The cache was named by the files' paths alone: new audio under an old name kept the units of the old.
+    import shutil
+
+    from simslm.eval import bench_units
+
+    run, bench = trained_run
+    monkeypatch.setattr(bench_units, "bench_units_cache", lambda: tmp_path / "cache")
+    shutil.copytree(bench, tmp_path / "bench")
+    _, pairs = load(tmp_path / "bench", "S")
+    context, ending = pairs[0].positive[0].audio, pairs[0].positive[1].audio
+    before = units_lookup(pairs, run, None, join=True)
+    old_context, old_joined = before(context), before((context, ending))
+    shutil.copyfile(pairs[1].positive[0].audio, context)  # another story's context, under the first's name
+    after = units_lookup(pairs, run, None, join=True)
+    np.testing.assert_array_equal(after(context), before(pairs[1].positive[0].audio))
+    assert not np.array_equal(after(context), old_context)
+    assert not np.array_equal(after((context, ending)), old_joined)

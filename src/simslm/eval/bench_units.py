@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -61,9 +62,11 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
         raise ValueError("the units were imported without a codebook, so audio cannot be encoded the same way; "
                          "pass pre-extracted units (--units) or a codebook when importing")
     unique = sorted(set(paths))
-    key = hashlib.sha256((source.codebook_sha256 + "\n" + "\n".join(unique)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((source.codebook_sha256 + "\n" + "\n".join(map(_identity, unique))).encode()).hexdigest()[:16]
     # The folder is named by the codebook and the files: once complete, every later run (a sweep's 48) reads it
     # without opening each file's header again (0.22 s against 0.035 s a demo run, warm; docs/LOG.md 2026-12-03).
+    # A file is its path, size and modification time (a stat, not an open): a benchmark built again into the same
+    # folder gets new units, not those of the audio it replaced.
     if not units_complete(cache / key):
         records = []
         for number, path in enumerate(unique):
@@ -77,6 +80,15 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
                                num_workers=num_workers)
         extract_units(config, records=records)
     return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
+
+
+def _identity(path: str) -> str:
+    """A file as the caches name it: its path, size and modification time (the path alone for a missing one)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return path
+    return f"{path}\t{status.st_size}\t{status.st_mtime_ns}"
 
 
 def joined_recordings(pairs: list[Pair]) -> list[tuple[str, ...]]:
@@ -97,10 +109,10 @@ def joined_recordings(pairs: list[Pair]) -> list[tuple[str, ...]]:
 
 
 def _join_audio(paths: tuple[str, ...], folder: Path) -> str:
-    """A WAV of the recordings one after another (written once, named by their paths)."""
+    """A WAV of the recordings one after another (written once, named by the files it joins: `_identity`)."""
     from simslm.speech import audio
 
-    target = folder / f"{hashlib.sha256(chr(10).join(paths).encode()).hexdigest()[:20]}.wav"
+    target = folder / f"{hashlib.sha256(chr(10).join(map(_identity, paths)).encode()).hexdigest()[:20]}.wav"
     if not target.exists():
         try:
             audio.write_audio(target, np.concatenate([audio.load_audio(path) for path in paths]))
