@@ -65,6 +65,24 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
     assert "no such prompt file" in capsys.readouterr().err
 
 
+def test_a_folder_of_prompts_goes_on_past_one_that_cannot_be_read(trained_run, tmp_path, capsys):
+    import shutil
+
+    run, bench = trained_run
+    (tmp_path / "prompts").mkdir()
+    shutil.copy(sorted((bench / "audio").glob("*.flac"))[0], tmp_path / "prompts" / "good.flac")
+    (tmp_path / "prompts" / "broken.wav").write_bytes(b"RIFF....")
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "out"),
+                 "--max-new-tokens", "10"]) == 0
+    assert "skipped " + str(tmp_path / "prompts" / "broken.wav") in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["good.json", "good.wav"]
+    # Alone, or with nothing else readable, the prompt is the error.
+    (tmp_path / "prompts" / "good.flac").unlink()
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "none")]) == 2
+    assert "could be encoded ({'not a readable WAV/FLAC file': 1})" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 VOCODER = '''
 import json, sys
 import numpy as np, soundfile

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -135,14 +136,18 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         else:
             no_vocoder = f"no vocoder for {source.encoder.get('name')} units (logmel's inversion is the only one " \
                          f"offline; name one with --vocoder-command)"
+    # A folder of prompts goes on past one whose audio cannot be read, as every long job skips a bad item and
+    # says so (extraction has already failed the job if no audio at all could be read).
+    for prompt in [prompt for prompt in prompts if prompt.audio and prompt.audio not in units_of]:
+        print(f"simslm generate: skipped {prompt.audio}: its units could not be extracted (unreadable or silent "
+              f"audio)", file=sys.stderr)
+        prompts.remove(prompt)
     unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for number, prompt in enumerate(jobs.progress(prompts, "generate", unit="prompt")):
         mode = modes[prompt.name]
-        if prompt.audio and prompt.audio not in units_of:
-            raise ValueError(f"{prompt.audio}: its units could not be extracted (unreadable or silent audio)")
         output_marker = SPEECH_MARKER if mode.endswith("S") else TEXT_MARKER
         if prompt.audio:
             ids = _prompt(vocabulary, units_of[prompt.audio], output_marker)
