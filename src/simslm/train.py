@@ -602,6 +602,12 @@ class _Distributed:
                 self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             dist.init_process_group("nccl" if use_cuda else "gloo")
         self.is_main = self.rank == 0
+        if not self.is_main:
+            # transformers' notices (new embedding rows, say) once per run, not once per process: 64 of them in a
+            # log of a run on 8 nodes. Its errors still show.
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.set_verbosity_error()
 
     def all_sum(self, values: list[float]) -> list[float]:
         import torch
