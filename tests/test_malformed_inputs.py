@@ -349,6 +349,11 @@ CASES: dict[str, Case] = {
                                           str(a_folder(w, "no-model")), []),
     "eval: truncated weights": lambda w: (["eval", str(model_folder(w, "truncated", truncate_weights)), "--bench",
                                            str(w.bench), "--modes", "T"], "truncated", []),
+    # Refused before the scoring (it failed after it, at the merge), and left as it is.
+    "eval: eval.json not an eval": lambda w: (
+        ["eval", str(model_folder(w, "foreign-eval", lambda f: (f / "eval.json").write_text("[1, 2]"))), "--bench",
+         str(w.bench), "--modes", "T"], "foreign-eval/eval.json: not an eval.json",
+        [model_folder(w, "foreign-eval", lambda f: None) / "eval.json"]),
     "eval: concurrent_batches=0": lambda w: (["eval", str(w.run), "--bench", str(w.bench), "--concurrent-batches",
                                               "0"], "--concurrent-batches", []),
     "eval: bench missing": lambda w: (["eval", str(w.run), "--bench", str(missing(w, "tsc"))],

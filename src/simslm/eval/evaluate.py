@@ -247,7 +247,13 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
 
 
 def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
-    """Refuse benchmark folders that are not benchmarks, and pre-extracted units that are not the model's."""
+    """Refuse benchmark folders that are not benchmarks, pre-extracted units that are not the model's, and an
+    eval.json the results could not be merged into (said before the scoring, not after it)."""
+    eval_path = Path(config.run) / EVAL_FILE
+    stored = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
+    if not isinstance(stored, dict) or not isinstance(stored.get("benchmarks"), dict):
+        raise ValueError(f"{eval_path}: not an eval.json (no benchmarks); move it aside, and simslm eval writes a "
+                         f"new one")
     for argument in config.bench:
         kind, _, target = benchmark_kind(argument)
         if kind == "pairs":
