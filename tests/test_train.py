@@ -152,6 +152,13 @@ def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, t
     assert stored["data"] == str(tmp_path / "moved" / "seq")  # the new name from now on
 
 
+def test_a_budget_whole_steps_cannot_meet_is_said(data, tmp_path, capsys):
+    result = train(_config(data, tmp_path / "run", budget_tokens=None, budget_flops=1e6, validation_data=None))
+    assert result.steps == 1 and result.flops > 10 * 1e6
+    assert "warning: the budget is 1e+06 FLOPs, but steps are whole batches of 256 tokens: 1 step(s) make" in \
+        capsys.readouterr().err
+
+
 def _rebuilt(data: str, **changes) -> None:
     """`simslm sequences build` again into the folder `data`, with its own settings changed."""
     from simslm.sequences.build import BuildConfig, build_sequences

@@ -202,6 +202,9 @@ class Plan:
                                        "tokens_per_step": self.tokens_per_step})
 
 
+# How far a run's compute (whole steps of a batch) may stray from its FLOP budget before `train` and the fits say
+# so: the demo's runs land within 0.2% of theirs; a budget of a few steps or less at a size cannot be met.
+OFF_BUDGET = 0.1
 # Muennighoff et al. (2023), "Scaling Data-Constrained Language Models": up to about 4 passes
 # over the data are nearly as good as fresh tokens; past that, returns fall off fast.
 MAX_DATA_PASSES = 4
@@ -943,6 +946,11 @@ def train(config: TrainConfig) -> RunResult | None:
                                           loader.batches_per_epoch()), data_sha256=index_digest(config.data))
     plan = resume_plan(config, run_dir, fresh, resumed["step"])
     distributed.barrier()  # every process has read the stored plan before the main one replaces it
+    asked = config.budget_flops
+    if distributed.is_main and asked and abs(plan.total_flops / asked - 1) > OFF_BUDGET and resumed["step"] == 0:
+        print(f"simslm train: warning: the budget is {asked:.3g} FLOPs, but steps are whole batches of "
+              f"{plan.tokens_per_step:,} tokens: {plan.total_steps} step(s) make {plan.total_flops:.3g} FLOPs "
+              f"({plan.total_flops / asked:.2g}x the budget); a smaller --batch-size comes closer", file=sys.stderr)
     if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:
         print(f"simslm train: warning: the budget reads {config.data} {plan.data_passes:.1f} times (more than "
               f"{MAX_DATA_PASSES} passes repeat data past the point of use, Muennighoff et al. 2023); build more "

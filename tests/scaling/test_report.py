@@ -219,3 +219,17 @@ def test_the_accuracy_figure_has_a_panel_per_benchmark_and_keeps_intervals_apart
         nearest = 10 ** np.round(np.log10(x))
         assert np.all(np.abs(np.log10(x / nearest)) < 0.25)
         assert sorted(set(nearest)) == [1e12, 1e13, 1e14]
+
+
+def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
+    # A budget of less than a step at a size trains one whole step, far past the budget, yet approach 2 counts the
+    # run at its budget: said, not left for the reader to find.
+    _fake_sweep(tmp_path)
+    assert not any("off their isoFLOP budget" in warning
+                   for fit in sweep.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
+                   for warning in fit["warnings"])
+    result = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json"
+    jobs.write_json(result, {**json.loads(result.read_text()), "flops": 3.6e12})
+    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    assert any(warning.startswith("1 run(s) trained more than 10% off their isoFLOP budget (textless-twist-d4-c1e+12)")
+               for warning in warnings), warnings

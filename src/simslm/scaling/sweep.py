@@ -47,7 +47,7 @@ from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
-from simslm.train import PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
+from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
 
 SWEEP_FILE = "sweep.json"
 
@@ -1208,6 +1208,12 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
+        off = [row["id"] for row in chosen if row["budget"] and abs(row["flops"] / row["budget"] - 1) > OFF_BUDGET]
+        if off:
+            fits["variants"][variant]["warnings"].append(
+                f"{len(off)} run(s) trained more than {OFF_BUDGET:.0%} off their isoFLOP budget ({', '.join(off[:3])}"
+                f"{', ...' if len(off) > 3 else ''}): steps are whole batches, so a budget of a few steps or less at "
+                f"a size cannot be met, and approach 2 takes each as at its budget")
     jobs.write_json(Path(sweep_dir) / "fit.json", fits)
     return fits
 
