@@ -53,16 +53,33 @@ def test_plan_fixes_steps_from_the_budget_within_one_step(data, tmp_path):
         make_plan(_config(data, tmp_path, budget_flops=1e9), model, 64, 1, 600)
 
 
-def test_schedule_warms_up_then_decays_to_the_floor(data, tmp_path):
-    from simslm.train import Plan
+@pytest.mark.parametrize("total_steps", [1, 7, 264, 873, 1250])
+def test_the_schedule_is_the_hf_trainers_cosine_with_min_lr_as_slamkit_trains(data, tmp_path, total_steps):
+    """slamkit's SIMS recipe (config/training_args/scaling_interleaving.yaml): lr 5e-4, warmup_ratio 0.01,
+    `cosine_with_min_lr` to 5e-5, through the HF Trainer. Checked against transformers' own scheduler and warm-up
+    count, step by step (the demo's runs take 264-2000 steps)."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-    config = _config(data, tmp_path)
-    plan = Plan(total_steps=1000, warmup_steps=10, tokens_per_step=1, total_tokens=1000, total_flops=0,
-                flops_per_token={}, parameter_groups={}, context_length=64, world_size=1, vocab_size=1)
-    rates = [learning_rate(step, plan, config) for step in range(1000)]
-    assert rates[0] == pytest.approx(config.lr / 10) and rates[9] == pytest.approx(config.lr)
-    assert rates[-1] == pytest.approx(config.lr_min) and min(rates) >= config.lr_min - 1e-12
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    from simslm.train import build_model
+
+    config = _config(data, tmp_path, budget_tokens=total_steps * 4 * 64)
+    warmup = TrainingArguments(output_dir=str(tmp_path), warmup_steps=config.warmup_fraction,
+                               report_to=[]).get_warmup_steps(total_steps)
+    plan = make_plan(config, build_model(config, 600, 64), 64, 1, 600)
+    assert (plan.total_steps, plan.warmup_steps) == (total_steps, warmup)
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=config.lr)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps, min_lr=config.lr_min)
+    theirs = []
+    for _ in range(total_steps):
+        theirs.append(optimizer.param_groups[0]["lr"])  # the lr the Trainer's step runs at
+        optimizer.step()
+        schedule.step()
+    ours = [learning_rate(step, plan, config) for step in range(total_steps)]
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-18)
+    if total_steps > 1:
+        assert ours[0] == 0.0 and max(ours) == pytest.approx(config.lr, rel=0.02) and ours[-1] > config.lr_min
 
 
 def _losses(run_dir):

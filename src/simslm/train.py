@@ -70,7 +70,7 @@ class TrainConfig(Config):
     lr_min: float = 5e-5
     """Cosine floor (slamkit SIMS: 5e-5)."""
     warmup_fraction: float = 0.01
-    """Share of steps with linear warm-up (slamkit SIMS: 1%)."""
+    """Share of steps with linear warm-up, rounded up (slamkit SIMS: 1%, as the HF Trainer's warmup_ratio)."""
     grad_clip: float = 0.5
     """Gradient-norm clip (slamkit SIMS: 0.5)."""
     weight_decay: float = 0.0
@@ -300,7 +300,7 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
     else:
         budget_tokens = config.budget_flops / flops["all_params"]
     total_steps = max(1, round(budget_tokens / tokens_per_step))
-    warmup_steps = max(1, round(config.warmup_fraction * total_steps)) if total_steps > 1 else 0
+    warmup_steps = math.ceil(config.warmup_fraction * total_steps)  # TrainingArguments.get_warmup_steps
     total_tokens = total_steps * tokens_per_step
     return Plan(total_steps=total_steps, warmup_steps=warmup_steps, tokens_per_step=tokens_per_step,
                 total_tokens=total_tokens, total_flops=flops["all_params"] * total_tokens, flops_per_token=flops,
@@ -311,17 +311,20 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
 
 
 def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
-    """Linear warm-up to `lr`, then cosine to `lr_min` at the last step: a function of (step, total).
+    """Linear warm-up to `lr`, then cosine towards `lr_min`: a function of (step, total).
 
     After a re-plan the step is counted in the first plan's steps, from the tokens seen."""
     total_steps, warmup_steps = plan.total_steps, plan.warmup_steps
     if plan.schedule is not None:
         total_steps, warmup_steps = plan.schedule["total_steps"], plan.schedule["warmup_steps"]
         step = plan.tokens_before(step) / plan.schedule["tokens_per_step"]
+    # slamkit's schedule, exactly: the HF Trainer's `cosine_with_min_lr` (transformers' optimization.py,
+    # `_get_cosine_schedule_with_warmup_lr_lambda` with min_lr_rate = lr_min / lr), whose step k runs at factor
+    # k / W during the W warm-up steps (0 at the first) and then decays over the T - W steps after them, not
+    # quite reaching lr_min at the last.
     if step < warmup_steps:
-        return config.lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - 1 - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+        return config.lr * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
