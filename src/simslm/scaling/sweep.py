@@ -380,11 +380,12 @@ def _check_data_unchanged(sweep: dict[str, Any], now: dict[str, str] | None = No
     """Refuse a sweep whose data or validation data was built again since it was planned (the same folder, other
     sequences): its finished runs saw the data before, and runs to come would see the new, in one fit. `now`:
     digests by path (else read from the folders); sweeps planned before sweeps recorded digests pass."""
+    now = None if now is None else {str(Path(path).resolve()): digest for path, digest in now.items()}
     for path, digest in sweep.get("data_sha256", {}).items():
-        key = str(Path(path).resolve())
-        current = next((value for other, value in (now or {}).items() if str(Path(other).resolve()) == key), None)
-        if current is None and now is None and (Path(path) / "index.json").is_file():
-            current = index_digest(path)
+        if now is not None:
+            current = now.get(str(Path(path).resolve()))
+        else:
+            current = index_digest(path) if (Path(path) / "index.json").is_file() else None
         if current is not None and current != digest:
             raise ValueError(f"{path} was built again since the sweep was planned (its index.json differs): the "
                              f"sweep's runs so far saw the data before. Plan a new sweep (another --out) for the "
