@@ -122,6 +122,15 @@ def test_units_commands_fit_extract_convert(tmp_path, capsys, synthetic_corpus):
     assert "--trust-pickle" in capsys.readouterr().err
     assert main(convert + ["--trust-pickle"]) == 0
     assert (tmp_path / "converted.npy").exists()
+    # A published mHuBERT codebook encodes as slamkit does, 40 zero samples at each end, unless told otherwise.
+    recorded = lambda name: json.loads((tmp_path / f"{name}.json").read_text())["encoder"]["edge_pad"]  # noqa: E731
+    assert recorded("converted") == 40 and recorded("km") == 0  # the logmel codebook above
+    assert main(convert + ["--trust-pickle", "--edge-pad", "0", "--out", str(tmp_path / "bare")]) == 0
+    assert recorded("bare") == 0
+    assert main(convert + ["--trust-pickle", "--encoder", "logmel", "--edge-pad", "40",
+                           "--out", str(tmp_path / "odd")]) == 2
+    assert "edge padding is for HuBERT encoders" in capsys.readouterr().err
+    assert not (tmp_path / "odd.npy").exists()
 
 
 def test_sequences_build_stats_show(tmp_path, capsys, extracted):

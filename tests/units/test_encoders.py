@@ -120,3 +120,42 @@ def test_batched_logmel_gives_the_features_of_one_at_a_time_and_of_numpy():
     frames = np.stack([samples[i * 160:i * 160 + 400] for i in range(1 + (len(samples) - 400) // 160)])
     power = np.abs(np.fft.rfft(frames.astype(np.float64) * encoder.window, n=512)) ** 2
     np.testing.assert_allclose(encoder.log_mel(samples), np.log(power @ encoder.filters.T + 1e-6), atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["25hz", "25hz-layer", "50hz"])
+def test_hubert_pads_each_end_with_40_zero_samples_as_slamkit_extracts(tiny_hubert, model):
+    """slamkit's HubertFeatureExtractor.extract encodes `F.pad(wav, (40, 40))`: its units of an utterance alone
+    are those of the model's hidden states of the waveform with 40 zeros before and after. A new spec pads so; a
+    spec recorded without `edge_pad` (codebooks fit before it) goes on without padding."""
+    import torch.nn.functional as F
+    from transformers import HubertModel
+
+    name = "hubert-base-l9" if model == "50hz" else "mhubert-25hz"
+    spec = EncoderSpec.standard(name, str(tiny_hubert[model]))
+    assert spec.edge_pad == 40 and EncoderSpec(name=name).edge_pad == 0
+    encoder = build_encoder(spec)
+    layer = encoder.layer
+    reference = HubertModel.from_pretrained(tiny_hubert[model]).eval()
+    batch = _utterances([16000, 24000, 24000, 12345], seed=3)
+    for samples in batch:
+        with torch.inference_mode():
+            expected = reference(F.pad(torch.from_numpy(samples)[None], (40, 40)),
+                                 output_hidden_states=True).hidden_states[layer][0].numpy()
+            unpadded = reference(torch.from_numpy(samples)[None], output_hidden_states=True).hidden_states[layer][0]
+        features = encoder.encode(samples)
+        assert features.shape == expected.shape
+        np.testing.assert_allclose(features, expected, atol=1e-5)
+        assert unpadded.shape != expected.shape or not np.allclose(unpadded.numpy(), expected, atol=1e-3)
+    # Batched (padded with a mask for the layer-norm model, equal lengths only for group norm) as alone.
+    for group in encoder.batches([len(samples) for samples in batch], batch_size=4):
+        for index, features in zip(group, encoder.encode_batch([batch[i] for i in group])):
+            np.testing.assert_allclose(features, encoder.encode(batch[index]), atol=1e-5)
+
+
+def test_edge_padding_is_for_hubert_and_not_negative():
+    assert EncoderSpec.standard("logmel").edge_pad == 0
+    assert EncoderSpec.standard("mhubert-25hz", edge_pad=0).edge_pad == 0
+    with pytest.raises(ValueError, match="edge padding is for HuBERT"):
+        EncoderSpec.standard("logmel", edge_pad=40)
+    with pytest.raises(ValueError, match="edge padding is for HuBERT"):
+        build_encoder(EncoderSpec(name="mhubert-25hz", edge_pad=-1))

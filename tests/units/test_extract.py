@@ -68,7 +68,8 @@ def test_slamkit_features_import_as_a_units_folder(tmp_path):
     imported = {u.id: u for u in read_units(tmp_path / "units")}
     assert imported["audio2"].units.tolist() == [3, 49, 7, 254] and imported["audio2"].frame_rate_hz == 25.0
     assert imported["audio1"].num_frames == 5
-    assert json.loads((tmp_path / "units" / "units.json").read_text())["k"] == 500
+    header = json.loads((tmp_path / "units" / "units.json").read_text())
+    assert header["k"] == 500 and header["encoder"]["edge_pad"] == 40  # slamkit's extraction pads its audio
 
 
 def test_a_codebook_from_too_few_frames_is_refused(synthetic_corpus, tmp_path):
@@ -183,6 +184,42 @@ def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codeb
     if agreement < 1:  # too low an agreement stops the extraction, naming it
         with pytest.raises(ValueError, match="float32 units on only"):
             extract_units(replace(base, out=str(tmp_path / "strict"), dtype="bfloat16", min_agreement=1.0))
+
+
+def test_a_codebook_extracts_with_the_edge_padding_it_records(extracted, hubert_codebook, tmp_path):
+    """A codebook recorded before edge padding existed (no `edge_pad`) goes on encoding without it, so a run's
+    benchmarks match its training units; one that records slamkit's 40 pads each utterance by 40 samples a side."""
+    from dataclasses import replace
+
+    from transformers import HubertModel
+
+    from simslm.speech import audio
+    from simslm.units import kmeans
+
+    config, _, _ = extracted
+    old = kmeans.Codebook.load(hubert_codebook)
+    assert "edge_pad" not in old.meta["encoder"]
+    padded = kmeans.Codebook(old.centroids, {**old.meta, "encoder": {**old.meta["encoder"], "edge_pad": 40}}
+                             ).save(tmp_path / "km20-padded")
+    model = HubertModel.from_pretrained(old.meta["encoder"]["model_path"])
+    frames = {}
+    for name, codebook in (("old", hubert_codebook), ("padded", padded)):
+        extract_units(replace(config, codebook=str(codebook), out=str(tmp_path / name), num_workers=1))
+        frames[name] = {u.id: u.num_frames for u in read_units(tmp_path / name)}
+    assert frames["old"] != frames["padded"]
+    paths = {r["id"]: r["path"] for r in _manifest_records(config.manifest)}
+    for identifier, count in frames["old"].items():
+        length = len(audio.load_audio(paths[identifier]))
+        assert count == int(model._get_feat_extract_output_lengths(length))
+        assert frames["padded"][identifier] == int(model._get_feat_extract_output_lengths(length + 80))
+
+
+def _manifest_records(manifest):
+    from pathlib import Path
+
+    from simslm.speech.manifest import read_manifest
+
+    return [{"id": u.id, "path": str(u.audio_path(Path(manifest).parent))} for u in read_manifest(manifest)]
 
 
 def test_devices_and_precisions_that_cannot_be_used_are_refused(extracted, tmp_path, capsys):

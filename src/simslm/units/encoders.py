@@ -100,6 +100,11 @@ class LogMelEncoder:
 class HubertEncoder:
     """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id), one utterance or a batch.
 
+    `edge_pad` zero samples go before and after each utterance, as slamkit's `HubertFeatureExtractor.extract` adds
+    them (`F.pad(wav, (40, 40))`) to every waveform it encodes, in training data and benchmarks alike: the SIMS
+    models read units of audio padded so. It moves every frame's window by 2.5 ms and adds a frame to most
+    utterances, so units with and without it differ; a codebook records which (`EncoderSpec.edge_pad`).
+
     Batches are exact: a model whose feature extractor normalises per frame (`feat_extract_norm="layer"`) is fed
     padded batches with an attention mask, which leaves every real frame as it is alone; one that normalises each
     channel over the whole utterance (`"group"`, HuBERT-base and mHuBERT-25Hz) would see the padding, so it is
@@ -107,7 +112,7 @@ class HubertEncoder:
     """
 
     def __init__(self, name: str, model_path: str, layer: int, frame_rate_hz: float, device: str = "cpu",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", edge_pad: int = 0):
         import torch
         from transformers import HubertModel
 
@@ -129,7 +134,7 @@ class HubertEncoder:
             # Layers past `layer` do not change hidden_states[layer]: dropped, they cost nothing (a quarter of
             # HuBERT-base at layer 9). The stable-layer-norm variant norms its last output, so it keeps them all.
             self._model.encoder.layers = self._model.encoder.layers[:layer]
-        self.name, self.layer, self.frame_rate_hz = name, layer, frame_rate_hz
+        self.name, self.layer, self.frame_rate_hz, self.edge_pad = name, layer, frame_rate_hz, edge_pad
         self.dim = config.hidden_size
         self.pads = config.feat_extract_norm == "layer"
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
@@ -143,13 +148,14 @@ class HubertEncoder:
     def encode_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         """`encode` of each utterance, in one forward pass (padded only when the model allows it)."""
         torch = self._torch
-        lengths = torch.tensor([len(samples) for samples in batch])
+        lengths = torch.tensor([len(samples) + 2 * self.edge_pad for samples in batch])
         if not self.pads and len(set(lengths.tolist())) > 1:
             raise ValueError(f"{self.name}: a group-norm feature extractor takes only utterances of one length "
                              f"together (see `batches`)")
-        inputs = torch.zeros(len(batch), int(lengths.max()))
+        inputs = torch.zeros(len(batch), int(lengths.max()))  # the edge pads are these zeros either side
         for row, samples in enumerate(batch):
-            inputs[row, :len(samples)] = torch.from_numpy(np.asarray(samples, dtype=np.float32))
+            inputs[row, self.edge_pad:self.edge_pad + len(samples)] = torch.from_numpy(
+                np.asarray(samples, dtype=np.float32))
         mask = (torch.arange(inputs.shape[1])[None] < lengths[:, None]).long() if self.pads else None
         with torch.inference_mode():
             hidden = self._model(inputs.to(self.device, self.dtype),
@@ -171,16 +177,40 @@ class HubertEncoder:
         return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
+# Zero samples slamkit's HubertFeatureExtractor adds at each end of a waveform before HuBERT (`extract`:
+# `F.pad(wav, (40, 40))`), in `extract_features` and in every evaluation: the units the SIMS models read.
+SLAMKIT_EDGE_PAD = 40
+
+
 @dataclass(frozen=True, kw_only=True)
 class EncoderSpec:
-    """Which encoder, and for HuBERT ones which checkpoint and layer (None = the registry default)."""
+    """Which encoder, and for HuBERT ones which checkpoint and layer (None = the registry default) and how many
+    zero samples go at each end of the audio (`HubertEncoder`).
+
+    `edge_pad` is 0 when not given, which is how codebooks recorded before it existed were fit and must go on
+    encoding; a new codebook records the encoder's standard one (`standard`)."""
 
     name: str = "logmel"
     model_path: str | None = None
     layer: int | None = None
+    edge_pad: int = 0
+
+    @classmethod
+    def standard(cls, name: str, model_path: str | None = None, layer: int | None = None,
+                 edge_pad: int | None = None) -> "EncoderSpec":
+        """A new spec: HuBERT encoders pad as slamkit does unless `edge_pad` says otherwise; logmel never pads."""
+        if edge_pad is None:
+            edge_pad = 0 if name == "logmel" else SLAMKIT_EDGE_PAD
+        spec = cls(name=name, model_path=model_path, layer=layer, edge_pad=edge_pad)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        if self.edge_pad < 0 or (self.edge_pad and self.name == "logmel"):
+            raise ValueError(f"--edge-pad {self.edge_pad}: edge padding is for HuBERT encoders, in samples (0 or more)")
 
 
-# name -> (frame rate, default checkpoint, default layer, factory(checkpoint, layer, device=, dtype=))
+# name -> (frame rate, default checkpoint, default layer, factory(checkpoint, layer, device=, dtype=, edge_pad=))
 ENCODERS: dict[str, tuple[float, str | None, int | None, Callable[..., Any]]] = {
     # numpy on the CPU, in float32, whatever the device asked for: it is not what a GPU is needed for.
     "logmel": (25.0, None, None, lambda path, layer, **_: LogMelEncoder()),
@@ -197,8 +227,9 @@ def build_encoder(spec: EncoderSpec, device: str = "cpu", dtype: str = "float32"
     if spec.name not in ENCODERS:
         raise ValueError(f"unknown encoder '{spec.name}'; known: {', '.join(ENCODERS)}")
     _, default_path, default_layer, factory = ENCODERS[spec.name]
+    spec.check()
     return factory(spec.model_path or default_path, spec.layer if spec.layer is not None else default_layer,
-                   device=device, dtype=dtype)
+                   device=device, dtype=dtype, edge_pad=spec.edge_pad)
 
 
 def describe_encoders() -> str:

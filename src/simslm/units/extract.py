@@ -94,6 +94,9 @@ class FitConfig(Config):
     """HuBERT checkpoint folder or hub id (default: the encoder's)."""
     layer: int | None = None
     """HuBERT layer (default: the encoder's)."""
+    edge_pad: int | None = None
+    """Zero samples added at each end of the audio before a HuBERT encoder (default: slamkit's 40, which its
+    extraction and evaluation add; 0 for units made by tools that add none). Recorded with the codebook."""
     num_units: int = 500
     """Number of units, the k of k-means (500 in the paper)."""
     max_utterances: int = 400
@@ -134,7 +137,7 @@ MIN_FRAMES_PER_UNIT = 10
 
 def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
-    spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
+    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad)
     frame_rate = ENCODERS[config.encoder][0]
     records = _records(config.manifest)
     rng = np.random.default_rng(config.seed)
@@ -579,13 +582,16 @@ class ConvertConfig(Config):
     """HuBERT checkpoint (default: the encoder's)."""
     layer: int | None = None
     """HuBERT layer (default: the encoder's)."""
+    edge_pad: int | None = None
+    """Zero samples added at each end of the audio before a HuBERT encoder (default: slamkit's 40, which its
+    extraction and evaluation add; 0 for units made by tools that add none). Recorded with the codebook."""
     trust_pickle: bool = False
     """Allow unpickling the file once (it can run code): only for files from a source you trust."""
 
 
 def convert_codebook(config: ConvertConfig) -> Path:
     """Turn a pickled k-means into a plain codebook that records its encoder."""
-    spec = EncoderSpec(name=config.encoder, model_path=config.model_path, layer=config.layer)
+    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad)
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
     return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)
 
@@ -650,7 +656,8 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
             jobs.write_text(building / "shards" / f"shard-{index:05d}.jsonl",
                             "".join(json.dumps(line) + "\n" for line in lines[start:start + config.shard_size]))
         jobs.write_json(building / "units.json", {
-            "encoder": asdict(EncoderSpec(name=config.encoder)), "frame_rate_hz": frame_rate,
+            # slamkit extracted them, with its edge padding: benchmark audio encoded with the codebook pads alike.
+            "encoder": asdict(EncoderSpec.standard(config.encoder)), "frame_rate_hz": frame_rate,
             "codebook": jobs.portable_path(config.codebook, out) if config.codebook else None,
             "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest() if codebook else None,
             "k": config.num_units, "manifest": None, "imported_from": jobs.portable_path(config.features, out),
