@@ -429,9 +429,13 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
                   if name.startswith("tsc/S")]
     if accuracies:
         row, name, result = max(accuracies, key=lambda item: item[2].accuracy)
+        # A replicated cell's mean is a plain Accuracy, without the count of cut sides.
+        cut = getattr(result, "num_cut", 0)
+        cut = (f" {cut} of its {2 * result.num_pairs} sides were longer than the model's {result.context} positions "
+               f"and lost their oldest tokens." if cut else "")
         lines.append(f"Best spoken tSC ({name}): {100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, "
                      f"{100 * result.ci_high:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
-                     f"not the published set).")
+                     f"not the published set).{cut}")
     sizes = sorted(row["parameters"] for row in rows)
     lines.append(f"At this scale (models of {sizes[0] / 1e6:.3f}-{sizes[-1] / 1e6:.2f}M parameters, minutes of CPU) "
                  "these are smoke-test answers, "

@@ -16,6 +16,8 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
         assert entry.ci_low <= entry.accuracy <= entry.ci_high
         assert entry.scoring == {"preset": "reference", "reduction": "mean", "speech_vocab": False}
     assert results["validation"]["loss_speech"] > 0
+    # Each entry says how many sides outgrew the model's positions (none do stories260K's 512).
+    assert results["tsc/S"].context == 512 and results["tsc/S"].num_cut == 0
     written = json.loads((run / "eval.json").read_text())
     assert read_results(run)["tsc/T"] == results["tsc/T"]
     assert written["benchmarks"]["tsc/T"]["accuracy"] == results["tsc/T"].accuracy
@@ -39,7 +41,21 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     run, bench = trained_run
     assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100"]) == 0
     out = capsys.readouterr().out
-    assert "cli/T" in out and "95% CI" in out and "eval.json" in out
+    assert "cli/T" in out and "95% CI" in out and "eval.json" in out and "positions" not in out
+
+
+def test_the_table_says_how_many_sides_were_cut_to_the_context():
+    from dataclasses import replace
+
+    from simslm.eval.evaluate import BenchmarkResult, format_results
+
+    entry = BenchmarkResult(accuracy=0.5, ci_low=0.4, ci_high=0.6, confidence=0.95, num_pairs=91, num_groups=1,
+                            aggregation="pairs", num_resamples=10, per_group={}, layout="cross-modal", mode="S",
+                            folder="tsc", num_skipped=0,
+                            scoring={}, wall_sec=1.0, note=None, num_cut=154, context=256)
+    assert "154 of 182 sides longer than the model's 256 positions, their oldest tokens dropped" in \
+        format_results({"tsc/S": entry})
+    assert "positions" not in format_results({"tsc/S": replace(entry, num_cut=0)})
 
 
 def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):

@@ -231,8 +231,8 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
              "n": (Part("speech", audio="n") if ending == "speech" else Part("text", "A red ball fell."))}
     pair = Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
     options = ScoringOptions(preset="pmi")
-    positive, negative, _, _, without_baseline = score_pairs(tiny_model, [pair], vocabulary,
-                                                                       units.__getitem__, options)
+    positive, negative, _, _, without_baseline, _ = score_pairs(tiny_model, [pair], vocabulary,
+                                                                units.__getitem__, options)
     assert ending == "text" or units["p"][0] == units["c"][-1]
     for score, side in ((positive[0], sides["p"]), (negative[0], sides["n"])):
         with_context = _naive_side(tiny_model, (context, side), vocabulary, units.__getitem__, scored_part=1)
@@ -295,6 +295,30 @@ def test_the_reference_preset_scores_the_sequences_slamkit_writes(tiny_model, vo
         scores = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, ScoringOptions())
         assert scores.positive[0] == pytest.approx(_naive_mean(tiny_model, written("p"), vocabulary), abs=1e-5), mode
         assert scores.negative[0] == pytest.approx(_naive_mean(tiny_model, written("n"), vocabulary), abs=1e-5), mode
+
+
+@pytest.mark.parametrize("preset", ["reference", "ending"])
+def test_sides_longer_than_the_context_are_counted_and_scored_on_their_latest_tokens(tiny_model, vocabulary, preset):
+    """slamkit scores a side whole however long; simslm cuts it to the model's positions and says how often."""
+    positions = int(tiny_model.config.max_position_embeddings)  # 128
+    rng = np.random.default_rng(4)
+    units = {"long": rng.integers(0, vocabulary.num_units, positions + 40), "short": np.array([1, 2, 3]),
+             "fits": rng.integers(0, vocabulary.num_units, positions - 10)}
+    pairs = [Pair("0", "all", (Part("speech", audio="long"),), (Part("speech", audio="short"),)),
+             Pair("1", "all", (Part("speech", audio="fits"),), (Part("speech", audio="short"),))]
+    scores = score_pairs(tiny_model, pairs, vocabulary, units.__getitem__, ScoringOptions(preset=preset))
+    assert scores.num_cut == 1
+    # The long side is scored as its last `positions` tokens would be alone.
+    cut = Pair("2", "all", (Part("speech", audio="end"),), (Part("speech", audio="short"),))
+    ending = {**units, "end": units["long"][-(positions - (0 if preset == "reference" else 2)):]}
+    if preset == "reference":
+        alone = score_pairs(tiny_model, [cut], vocabulary, ending.__getitem__, ScoringOptions(preset=preset))
+        assert alone.num_cut == 0
+        assert scores.positive[0] == pytest.approx(alone.positive[0], abs=1e-5)
+    else:  # BOS and the marker stay in front of the latest units
+        assert scores.positive[0] == pytest.approx(
+            _naive_side(tiny_model, (Part("speech", audio="end"),), vocabulary, ending.__getitem__, scored_part=0),
+            abs=1e-5)
 
 
 def test_outcomes_are_stored_by_group_and_pair_up_for_a_paired_difference():

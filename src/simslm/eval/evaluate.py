@@ -93,6 +93,11 @@ class BenchmarkResult(Accuracy):
     """What the benchmark is (a re-creation says so)."""
     without_baseline: dict[str, float] | None = None
     """The plain score's accuracy and interval, when a baseline was subtracted."""
+    num_cut: int = 0
+    """Sides (two per pair) longer than the model's context, scored on their most recent tokens (slamkit scores
+    every token, past the positions the model has)."""
+    context: int | None = None
+    """The model's context (max_position_embeddings) the sides were cut to."""
 
 
 def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
@@ -194,7 +199,8 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
         results[f"{label}/{mode}" if mode else label] = BenchmarkResult(
             **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
             num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
-            note=_bench_note(folder), without_baseline=plain)
+            note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
+            context=int(context.model.config.max_position_embeddings))
     return results
 
 
@@ -306,6 +312,9 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"{name:<28} {100 * entry.accuracy:>8.1f}% "
                          f"[{100 * entry.ci_low:5.1f}, {100 * entry.ci_high:5.1f}]% {entry.num_pairs:>6}  "
                          f"{entry.aggregation}")
+            if entry.num_cut:
+                lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
+                             f"positions, their oldest tokens dropped (slamkit scores them whole)")
             if entry.without_baseline is not None:
                 plain = entry.without_baseline
                 lines.append(f"{'  (no baseline)':<28} {100 * plain['accuracy']:>8.1f}% "

@@ -53,12 +53,12 @@ def reference_string(parts: tuple[Part, ...], vocabulary: Vocabulary,
 
 
 def encode_parts(parts: tuple[Part, ...], vocabulary: Vocabulary,
-                 units_of: Callable[[str], np.ndarray], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+                 units_of: Callable[[str], np.ndarray], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of one side of a pair and, per token, the index of its part (SPECIAL_PART for markers).
 
     A marker opens each change of modality, as in training. Consecutive speech parts are
     one recording cut in two, so a unit repeated across the cut is merged (deduplication).
-    When the side is longer than the model's context, the oldest context tokens are dropped.
+    When the side is longer than `max_length` (the model's context), the oldest context tokens are dropped.
     """
     tokens: list[int] = [] if vocabulary.bos_id is None else [vocabulary.bos_id]
     owners: list[int] = [SPECIAL_PART] * len(tokens)
@@ -76,12 +76,18 @@ def encode_parts(parts: tuple[Part, ...], vocabulary: Vocabulary,
         tokens.extend(ids)
         owners.extend([index] * len(ids))
         previous = part.modality
-    excess = len(tokens) - max_length
+    return _keep_recent(np.asarray(tokens), np.asarray(owners), max_length, vocabulary)
+
+
+def _keep_recent(tokens: np.ndarray, owners: np.ndarray, max_length: int | None,
+                 vocabulary: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """An `encode_parts` side cut to `max_length` tokens: BOS and the first marker, then the most recent."""
+    excess = len(tokens) - max_length if max_length is not None else 0
     if excess > 0:
         head = 2 if vocabulary.bos_id is not None else 1  # BOS and the first marker stay
         keep = np.r_[0:head, head + excess:len(tokens)]
-        return np.asarray(tokens)[keep], np.asarray(owners)[keep]
-    return np.asarray(tokens), np.asarray(owners)
+        return tokens[keep], owners[keep]
+    return tokens, owners
 
 
 def _token_log_likelihoods(logits, targets, speech_vocab: bool, units: tuple[int, int]):
@@ -377,9 +383,9 @@ class ScoringOptions(Config):
         check_positive(self, "batch_size", "concurrent_batches")
 
 
-def _whole(ids: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+def _whole(ids, max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
     """A reference-preset side: every token owned by part 0 (all scored); the oldest dropped past the context."""
-    tokens = np.asarray(ids[-max_length:])
+    tokens = np.asarray(ids[-max_length:] if max_length is not None else ids)
     return tokens, np.zeros(len(tokens), dtype=np.int64)
 
 
@@ -403,6 +409,8 @@ class PairScores(NamedTuple):
     num_skipped: int
     without_baseline: tuple[np.ndarray, np.ndarray] | None
     """The same pairs' plain scores, when a baseline was subtracted from any (free: computed anyway)."""
+    num_cut: int = 0
+    """Sides longer than the model's context (`EncodedPairs.num_cut`)."""
 
 
 class EncodedPairs(NamedTuple):
@@ -417,24 +425,30 @@ class EncodedPairs(NamedTuple):
     """Per pair, whether its sides' continuations alone follow them (two more sequences)."""
     groups: list[str]
     num_skipped: int
+    num_cut: int = 0
+    """Sides longer than the model's context (`max_position_embeddings`), scored on their most recent tokens.
+    slamkit scores a side whole however long it is, which a model with learned positions cannot, and which
+    asks a model with rotary ones about positions it never trained on."""
 
 
 def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
                  options: ScoringOptions, max_length: int) -> EncodedPairs:
     """The sequences `score_pairs` scores, of the pairs that can be encoded; a pair whose units are missing is
     counted, not fatal."""
-    sequences, scored, sides_of, with_baseline, groups, skipped = [], [], [], [], [], 0
+    sequences, scored, sides_of, with_baseline, groups, skipped, cut = [], [], [], [], [], 0, 0
     for pair in pairs:
         try:
             if options.preset == "reference":
-                sides = [_whole(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0],
-                                max_length) for side in (pair.positive, pair.negative)]
-            else:
-                sides = [encode_parts(side, vocabulary, units_of, max_length)
+                whole = [_whole(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0], None)
                          for side in (pair.positive, pair.negative)]
+            else:
+                whole = [encode_parts(side, vocabulary, units_of, None) for side in (pair.positive, pair.negative)]
         except KeyError:  # a file whose units could not be extracted
             skipped += 1
             continue
+        cut += sum(len(tokens) > max_length for tokens, _ in whole)
+        sides = [_whole(tokens, max_length) if options.preset == "reference" else
+                 _keep_recent(tokens, owners, max_length, vocabulary) for tokens, owners in whole]
         continuation_only = options.preset != "reference" and len(pair.positive) > 1
         baseline = options.preset == "pmi" and continuation_only
         sides_of.append((len(sequences), len(sequences) + 1))
@@ -449,7 +463,7 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
                 scored.append((alone_owners != SPECIAL_PART)[1:])
         with_baseline.append(baseline)
         groups.append(pair.group)
-    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped)
+    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut)
 
 
 def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
@@ -469,4 +483,4 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
         cursor += 4 if baseline else 2
     final = plain - alone
     return PairScores(final[:, 0], final[:, 1], encoded.groups, encoded.num_skipped,
-                      (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None)
+                      (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None, encoded.num_cut)
