@@ -410,7 +410,7 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
     """The parametric law, its compute-optimal exponents, and bootstrap intervals for all of them.
 
     Each resample starts from the full-data optimum: a resample's optimum lies near it, and
-    re-searching the 22,500-point start grid per resample would cost ~100x more (docs/LOG.md).
+    re-searching the 4,500-point start grid per resample would cost ~100x more (docs/LOG.md).
     Resample i depends on (seed, i) alone, so the result does not depend on `num_workers`.
     """
     from simslm import jobs
@@ -587,8 +587,10 @@ def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
         raise ValueError(f"{config.fit} has no variant '{variant}' ({', '.join(fits) or 'none'})")
     degenerate = fits[variant]["approach3"].get("degenerate")
     if degenerate:
+        sound = [name for name, fit in fits.items() if not fit["approach3"].get("degenerate")]
+        others = f"; the law of {', '.join(sound)} is sound (--variant)" if sound else ""
         raise ValueError(f"{config.fit}: the law of variant '{variant}' is degenerate ({'; '.join(degenerate)}); "
-                         f"fit more runs, or plan from the textless law (no --fit)")
+                         f"fit more runs, or plan from the textless law (no --fit){others}")
     return fits[variant], f"{config.fit} ({variant})"
 
 
