@@ -588,7 +588,7 @@ def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
     degenerate = fits[variant]["approach3"].get("degenerate")
     if degenerate:
         sound = [name for name, fit in fits.items() if not fit["approach3"].get("degenerate")]
-        others = f"; the law of {', '.join(sound)} is sound (--variant)" if sound else ""
+        others = f"; variants with a sound law: {', '.join(sound)} (--variant)" if sound else ""
         raise ValueError(f"{config.fit}: the law of variant '{variant}' is degenerate ({'; '.join(degenerate)}); "
                          f"fit more runs, or plan from the textless law (no --fit){others}")
     return fits[variant], f"{config.fit} ({variant})"
