@@ -102,8 +102,9 @@ class HubertEncoder:
 
     `edge_pad` zero samples go before and after each utterance, as slamkit's `HubertFeatureExtractor.extract` adds
     them (`F.pad(wav, (40, 40))`) to every waveform it encodes, in training data and benchmarks alike: the SIMS
-    models read units of audio padded so. It moves every frame's window by 2.5 ms and adds a frame to most
-    utterances, so units with and without it differ; a codebook records which (`EncoderSpec.edge_pad`).
+    models read units of audio padded so. It moves every frame's window 2.5 ms earlier and adds a frame to a
+    quarter of utterances at 50 Hz (an eighth at 25 Hz), so units with and without it differ; a codebook records
+    which (`EncoderSpec.edge_pad`).
 
     Batches are exact: a model whose feature extractor normalises per frame (`feat_extract_norm="layer"`) is fed
     padded batches with an attention mask, which leaves every real frame as it is alone; one that normalises each
