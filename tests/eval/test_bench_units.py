@@ -84,3 +84,24 @@ def test_a_benchmark_built_again_into_its_folder_gets_its_own_units(trained_run,
     np.testing.assert_array_equal(after(context), before(pairs[1].positive[0].audio))
     assert not np.array_equal(after(context), old_context)
     assert not np.array_equal(after((context, ending)), old_joined)
+
+
+def test_codebooks_of_the_same_centroids_with_other_encoder_settings_do_not_share_units(trained_run, tmp_path):
+    """The cache was named by the centroids alone: a codebook converted again with another edge padding (or
+    layer) would have been read the units the first one's settings made."""
+    from dataclasses import replace
+
+    from simslm.eval.bench_units import units_for_audio
+    from simslm.units import kmeans
+
+    run, bench = trained_run
+    source = run_unit_source(run)
+    codebook = kmeans.Codebook.load(source.codebook)
+    other = kmeans.Codebook(codebook.centroids, {**codebook.meta, "encoder": {**codebook.meta["encoder"],
+                                                                               "model_path": "elsewhere"}})
+    paths = [str(path) for path in sorted((bench / "audio").glob("*.flac"))[:2]]
+    first = units_for_audio(paths, source, tmp_path / "cache")
+    again = units_for_audio(paths, replace(source, codebook=other.save(tmp_path / "other")), tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # two extractions, not one read twice
+    for path in paths:  # logmel ignores a checkpoint: the same units, from their own folder
+        np.testing.assert_array_equal(first[path], again[path])
