@@ -83,6 +83,23 @@ def test_a_folder_of_prompts_goes_on_past_one_that_cannot_be_read(trained_run, t
     assert not (tmp_path / "none").exists()
 
 
+def test_an_empty_text_prompt_is_refused_alone_and_skipped_in_a_folder(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    # "" was read as the current folder, and an empty .txt in a folder stopped the whole folder with a reshape error.
+    assert main(["generate", str(run), "--prompt", " ", "--out", str(tmp_path / "a")]) == 2
+    assert "--prompt is empty" in capsys.readouterr().err
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "blank.txt").write_text(" \n")
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "b")]) == 2
+    assert "no prompt to continue (every one is empty)" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "prompts" / "dog.txt").write_text("The dog")
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "c"),
+                 "--max-new-tokens", "5"]) == 0
+    assert "skipped blank.txt: it is empty" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "c").iterdir()] == ["dog.json"]
+
+
 VOCODER = '''
 import json, sys
 import numpy as np, soundfile

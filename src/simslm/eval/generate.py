@@ -71,6 +71,8 @@ class GenerateConfig(Config):
     """auto (CUDA when available), cpu or cuda."""
 
     def check(self) -> None:
+        if not self.prompt.strip():  # Path("") is the current folder, which would be read as a folder of prompts
+            raise ConfigError("--prompt is empty: give an audio or text file, a folder of them, or the text itself")
         try:
             arguments = shlex.split(self.vocoder_command or "")
         except ValueError as error:  # an unclosed quote
@@ -115,6 +117,12 @@ def read_prompts(spec: str) -> list[Prompt]:
 def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     """Continue every prompt; write <name>.json (and <name>.wav for speech) into `out`; the records."""
     prompts = read_prompts(config.prompt)
+    # An empty .txt in a folder of prompts is skipped like unreadable audio (below); there is nothing to continue.
+    for prompt in [prompt for prompt in prompts if prompt.audio is None and not prompt.text]:
+        print(f"simslm generate: skipped {prompt.name}.txt: it is empty", file=sys.stderr)
+        prompts.remove(prompt)
+    if not prompts:
+        raise ValueError(f"{config.prompt}: no prompt to continue (every one is empty)")
     modes = {prompt.name: _mode(config.mode, prompt) for prompt in prompts}
     if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None \
             and config.vocoder_command is None:
