@@ -233,3 +233,17 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
     warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert any(warning.startswith("1 run(s) trained more than 10% off their isoFLOP budget (textless-twist-d4-c1e+12)")
                for warning in warnings), warnings
+
+
+def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):
+    _fake_sweep(tmp_path)
+    assert not any("longer than the model's positions" in warning
+                   for fit in sweep.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
+                   for warning in fit["warnings"])
+    for name, cut in (("textless-twist-d4-c1e+12", 154), ("textless-twist-d3-c1e+12", 20)):
+        path = tmp_path / "runs" / name / "eval.json"
+        entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
+        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256}}})
+    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    assert ("tsc/S: in 2 run(s), sides longer than the model's positions were scored on their latest tokens (up to "
+            "154 of 200, at 256 positions); slamkit scores them whole") in warnings, warnings

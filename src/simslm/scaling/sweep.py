@@ -1192,7 +1192,6 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
     """Fit every variant's runs (speech CE; accuracies against compute) and write `fit.json`."""
     import numpy as np
 
-
     rows = collect(sweep_dir)
     if not rows:
         # An empty fit.json would replace a good one: refused instead.
@@ -1215,6 +1214,14 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                 f"{len(off)} run(s) trained more than {OFF_BUDGET:.0%} off their isoFLOP budget ({', '.join(off[:3])}"
                 f"{', ...' if len(off) > 3 else ''}): steps are whole batches, so a budget of a few steps or less at "
                 f"a size cannot be met, and approach 2 takes each as at its budget")
+        for name in metrics:  # benchmark sides that outgrew the models' positions (`BenchmarkResult.num_cut`)
+            cut = [(r["accuracies"][name].num_cut, 2 * r["accuracies"][name].num_pairs, r["accuracies"][name].context)
+                   for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
+            if cut:
+                most = max(cut)
+                fits["variants"][variant]["warnings"].append(
+                    f"{name}: in {len(cut)} run(s), sides longer than the model's positions were scored on their "
+                    f"latest tokens (up to {most[0]} of {most[1]}, at {most[2]} positions); slamkit scores them whole")
     jobs.write_json(Path(sweep_dir) / "fit.json", fits)
     return fits
 
