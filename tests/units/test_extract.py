@@ -277,3 +277,20 @@ def test_faiss_is_a_dependency_so_the_kmeans_backend_does_not_depend_on_the_inst
     unconditional = [r.split(";")[0].replace(" ", "") for r in requires("simslm") if "extra ==" not in r]
     assert any(r.startswith("faiss-cpu") for r in unconditional)
     assert kmeans.available_backend() == "faiss"
+
+
+def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_path, capsys):
+    """slamkit padded the audio of the units it extracted; a codebook converted before simslm recorded the padding
+    (or with --edge-pad 0) would encode benchmark audio without it."""
+    from simslm.units import kmeans
+    from simslm.units.extract import ImportConfig, import_slamkit_features
+
+    features = tmp_path / "features.jsonl"
+    features.write_text(json.dumps({"units": [1, 2], "duration": [1, 2], "file_name": "a.flac"}) + "\n")
+    centroids = np.zeros((4, 8), np.float32)
+    for name, encoder, warned in (("old", {"name": "mhubert-25hz", "model_path": None, "layer": None}, True),
+                                  ("new", {"name": "mhubert-25hz", "edge_pad": 40}, False)):
+        codebook = kmeans.Codebook(centroids, {"encoder": encoder}).save(tmp_path / name)
+        import_slamkit_features(ImportConfig(features=str(features), out=str(tmp_path / f"units-{name}"),
+                                             num_units=4, codebook=str(codebook)))
+        assert ("encodes audio with 0 zero samples at each end" in capsys.readouterr().err) == warned

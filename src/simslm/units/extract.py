@@ -26,7 +26,7 @@ from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.manifest import read_manifest
 from simslm.units import kmeans
-from simslm.units.encoders import ENCODERS, EncoderSpec, build_encoder
+from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, EncoderSpec, build_encoder
 
 # --- deduplication --------------------------------------------------------------------------
 
@@ -647,6 +647,12 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     codebook = kmeans.Codebook.load(config.codebook) if config.codebook else None
     if codebook is not None and codebook.k != config.num_units:
         raise ValueError(f"{config.codebook}: {codebook.k} centroids, but --num-units is {config.num_units}")
+    recorded = EncoderSpec(**codebook.meta["encoder"]) if codebook is not None and codebook.meta.get("encoder") else None
+    if recorded is not None and recorded.name != "logmel" and recorded.edge_pad != SLAMKIT_EDGE_PAD:
+        # A codebook converted before edge padding was recorded reads as 0: benchmarks would be encoded unpadded.
+        print(f"simslm units import: warning: {config.codebook} encodes audio with {recorded.edge_pad} zero samples "
+              f"at each end, where slamkit's extraction of these units added {SLAMKIT_EDGE_PAD}: benchmark audio "
+              f"would not be encoded as they were; `simslm units convert` its k-means again", file=sys.stderr)
     out = Path(config.out)
     if (out / "units.json").exists():
         raise ValueError(f"{out} already holds units; import into a new --out folder")
