@@ -96,7 +96,7 @@ def main() -> None:
 
     from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
     from simslm.eval.evaluate import EvalConfig, pairs_to_score
-    from simslm.eval.scoring import encode_pairs, score_pairs
+    from simslm.eval.scoring import encode_pairs, pair_outcomes, score_pairs
     from simslm.model import FromSlamkitConfig, from_slamkit, load_base_model, load_model_folder
     from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
     from simslm.speech.synth import SynthConfig, synthesize_corpus
@@ -136,9 +136,14 @@ def main() -> None:
         # slamkit's eval loads it back with UnitLM.from_pretrained, which fails under transformers 5 (its __init__
         # resizes the embeddings while from_pretrained builds on the meta device): slamkit scores the UnitLM saved.
         theirs = SpeechLM(unit_lm, tokeniser, device="cpu")
-        recorded: list[torch.Tensor] = []
+        recorded: list[torch.Tensor] = []  # each side's log-likelihood as slamkit's evaluators compute it
         log_likelihood = theirs.log_likelihood
-        theirs.log_likelihood = lambda *a, **k: recorded.append(log_likelihood(*a, **k)) or recorded[-1]
+
+        def recording(*args, **kwargs):
+            recorded.append(log_likelihood(*args, **kwargs))
+            return recorded[-1]
+
+        theirs.log_likelihood = recording
 
         converted = from_slamkit(FromSlamkitConfig(checkpoint=str(scratch / "unitlm"), out=str(scratch / "simslm"),
                                                    tokenizer=str(scratch / "base"), num_units=args.units,
@@ -187,7 +192,7 @@ def main() -> None:
                 mine = scores.positive, scores.negative
             difference = max(np.abs(positive - mine[0]).max(), np.abs(negative - mine[1]).max())
             same = int(np.sum(np.sign(positive - negative) == np.sign(mine[0] - mine[1])))
-            our_accuracy = float(np.mean(np.where(mine[0] > mine[1], 1.0, np.where(mine[0] == mine[1], 0.5, 0.0))))
+            our_accuracy = float(pair_outcomes(*mine).mean())
             rows.append((name, len(positive), long, f"{difference:.1e}", f"{same} of {len(positive)}",
                          f"{accuracy:.4f} vs {our_accuracy:.4f}"))
     print(f"| benchmark | pairs | sides longer than {base_positions} tokens | largest score difference | same outcome "
