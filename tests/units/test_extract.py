@@ -45,6 +45,24 @@ def test_rerunning_extraction_does_no_new_work(extracted):
                                                                        first.num_units)
 
 
+def test_a_folder_extracted_before_edge_padding_was_recorded_resumes(extracted, tmp_path):
+    """Its codebook and units.json have no `edge_pad`: the same settings as 0, not "units made with other
+    settings"."""
+    import shutil
+    from dataclasses import replace
+
+    config, first, _ = extracted
+    shutil.copytree(config.out, tmp_path / "units")
+    for suffix in (".npy", ".json"):
+        shutil.copyfile(config.codebook.replace(".npy", suffix), tmp_path / f"km{suffix}")
+    for path in (tmp_path / "km.json", tmp_path / "units" / "units.json"):
+        recorded = json.loads(path.read_text())
+        recorded["encoder"].pop("edge_pad")
+        path.write_text(json.dumps(recorded))
+    again = extract_units(replace(config, codebook=str(tmp_path / "km.npy"), out=str(tmp_path / "units")))
+    assert again.num_shards_done_now == 0 and again.num_encoded == first.num_encoded
+
+
 def test_extracting_into_a_folder_made_with_another_codebook_is_refused(extracted, tmp_path):
     config, _, _ = extracted
     from simslm.units import kmeans

@@ -452,6 +452,10 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     header_path = out / "units.json"
     if header_path.exists():
         previous = jobs.read_json(header_path)
+        try:  # as a spec: a field recorded since (edge_pad) is at its default, not a difference
+            previous["encoder"] = asdict(EncoderSpec(**previous["encoder"]))
+        except (KeyError, TypeError):
+            pass  # not a spec: it differs, and is named below
         # Keys an older folder lacks (num_shards) are not a difference.
         changed = [key for key in header
                    if key not in ("manifest", "codebook") and key in previous and previous[key] != header[key]]
