@@ -172,6 +172,23 @@ def other_codebook_units(w: World) -> Path:
     return folder
 
 
+def other_encoder_units(w: World) -> Path:
+    """The benchmark's units from the model's own codebook, but recorded as made with another encoder setting (a
+    HuBERT layer): the centroids agree, the units would not."""
+    import shutil
+
+    folder = w.bad / "units-other-layer"
+    if not folder.exists():
+        shutil.copytree(other_codebook_units(w), folder)
+        for shard in (folder / "shards").glob("*.jsonl"):  # back within the codebook
+            lines = [json.loads(line) for line in shard.read_text().splitlines()]
+            shard.write_text("".join(json.dumps({**line, "units": [u - 9000 for u in line.get("units", [])]}) + "\n"
+                                     for line in lines))
+        header = json.loads((folder / "units.json").read_text())
+        (folder / "units.json").write_text(json.dumps({**header, "encoder": {**header["encoder"], "layer": 7}}))
+    return folder
+
+
 # --- the cases: (command line, what the message must name, outputs that must not change) ---------
 
 Case = Callable[[World], tuple[list[str], str, list[Path]]]
@@ -361,6 +378,9 @@ CASES: dict[str, Case] = {
     "eval: units of another codebook": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S",
                                                    "--units", str(other_codebook_units(w))],
                                                   str(other_codebook_units(w)), [w.run / "eval.json"]),
+    "eval: units of another encoder setting": lambda w: (
+        ["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S", "--units", str(other_encoder_units(w))],
+        "units encoded with {'encoder': 'logmel', 'layer': 7, 'edge_pad': 0}", [w.run / "eval.json"]),
     "eval: units missing": lambda w: (["eval", str(w.run), "--bench", f"tsc={w.bench}", "--modes", "S", "--units",
                                        str(missing(w, "units"))], str(missing(w, "units")), [w.run / "eval.json"]),
     "eval: hub dataset not cached, offline": lambda w: (["eval", str(w.run), "--bench", "acme/absent"],

@@ -22,6 +22,7 @@ from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, bench_
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
+from simslm.units.encoders import ENCODERS, EncoderSpec
 from simslm.units.extract import unit_source
 
 EVAL_FILE = "eval.json"
@@ -276,6 +277,20 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
         if None not in (expected.codebook_sha256, given.codebook_sha256) and \
                 expected.codebook_sha256 != given.codebook_sha256:
             raise ValueError(f"{config.units}: units of another codebook than the model's ({expected.codebook})")
+        settings = [_encoder_settings(source.encoder) for source in (given, expected)]
+        if None not in settings and settings[0] != settings[1]:
+            raise ValueError(f"{config.units}: units encoded with {settings[0]}, but the model's with {settings[1]}")
+
+
+def _encoder_settings(encoder: dict[str, Any]) -> dict[str, Any] | None:
+    """What makes an encoder's units what they are (not where its checkpoint lies); None when not a spec."""
+    try:
+        spec = EncoderSpec(**encoder)
+    except TypeError:
+        return None
+    default_layer = ENCODERS[spec.name][2] if spec.name in ENCODERS else None
+    return {"encoder": spec.name, "layer": spec.layer if spec.layer is not None else default_layer,
+            "edge_pad": spec.edge_pad}
 
 
 def _sample(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
