@@ -167,3 +167,16 @@ def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp
         "may lie outside the sizes run: v at C=1e+09 (best d1, the grid's smallest; no depth 0).")
     assert demo.bracketing(tmp_path, sweep.edges(rows[3:]), 1) == \
         "Bracketing: the best size is inside the grid in all 1 (variant, budget) cells."
+
+
+def test_the_demo_refuses_a_folder_of_other_files_before_writing_anything(tmp_path, capsys):
+    from simslm.cli import main
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    assert main(["demo", "--out", str(tmp_path / "mine")]) == 2
+    assert "not empty, and not a demo folder" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file")]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err

@@ -193,6 +193,10 @@ def _stage(out: Path, name: str, config: DemoConfig, timings: dict[str, float], 
     print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
 
+# What only a demo folder holds: the options of its last call, its stage markers, its timings.
+DEMO_MARKERS = ("demo_config.json", "stages", "demo.json")
+
+
 def run_demo(config: DemoConfig) -> str:
     """Run every stage (skipping finished ones) and return the closing summary."""
     from simslm.scaling import report, sweep
@@ -200,6 +204,13 @@ def run_demo(config: DemoConfig) -> str:
     from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file, not a folder; give a new or empty folder to --out")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DEMO_MARKERS):
+        # The demo writes speech/, units/, sweep/, ... and resumes from what it finds: beside someone else's
+        # files it could mix with them, or take a folder of the same name for its own.
+        raise ValueError(f"{out}: not empty, and not a demo folder (no {', '.join(DEMO_MARKERS)}); give a new or "
+                         f"empty folder to --out, or a demo's to continue it")
     out.mkdir(parents=True, exist_ok=True)
     stale = stale_stages(out, config)
     if stale:
