@@ -204,8 +204,6 @@ def run_demo(config: DemoConfig) -> str:
     from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: a file, not a folder; give a new or empty folder to --out")
     if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DEMO_MARKERS):
         # The demo writes speech/, units/, sweep/, ... and resumes from what it finds: beside someone else's
         # files it could mix with them, or take a folder of the same name for its own.
