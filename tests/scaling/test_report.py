@@ -4,6 +4,7 @@ import re
 from dataclasses import asdict
 
 import numpy as np
+import pytest
 
 from simslm import jobs
 from simslm.cli import main
@@ -247,3 +248,11 @@ def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_pa
     warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 2 run(s), sides longer than the model's positions were scored on their latest tokens (up to "
             "154 of 200, at 256 positions); slamkit scores them whole") in warnings, warnings
+
+
+def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
+    _fake_sweep(tmp_path)
+    (tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json").write_text('{"steps": 3')
+    with pytest.raises(ValueError, match=r"result.json: not a run result .*; move it aside and run `simslm sweep run "
+                                         r".*`, which resumes the run from its last checkpoint"):
+        sweep.collect(tmp_path)

@@ -1010,7 +1010,11 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         run_dir = Path(run["config"]["run_dir"])
         if not RunResult.exists(run_dir):
             continue
-        result = RunResult.load(run_dir)
+        try:
+            result = RunResult.load(run_dir)
+        except ValueError as error:  # a finished run's checkpoint outlives its result.json: train writes it again
+            raise ValueError(f"{error}; move it aside and run `simslm sweep run {sweep_dir}`, which resumes the run "
+                             f"from its last checkpoint and writes it again") from None
         losses = result.comparison_losses
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
                "member": run.get("member", f"d{run['depth']}"), "family": run.get("family", ""),
