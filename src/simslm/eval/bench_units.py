@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from simslm.units import kmeans
 from simslm.units.extract import (
     ExtractConfig,
     UnitSource,
+    codebook_encoder,
     deduplicate,
     extract_units,
     read_units,
@@ -64,11 +66,10 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
         raise ValueError("the units were imported without a codebook, so audio cannot be encoded the same way; "
                          "pass pre-extracted units (--units) or a codebook when importing")
     unique = sorted(set(paths))
-    # The encoder as extraction runs it: the codebook's record, with the source's checkpoint. Two codebooks of the
-    # same centroids recorded with other settings (slamkit's edge padding or none, say) give other units.
-    encoder = {**kmeans.Codebook.load(source.codebook).meta.get("encoder", {}),
-               **({"model_path": source.encoder["model_path"]} if source.encoder.get("model_path") else {})}
-    key = hashlib.sha256("\n".join([source.codebook_sha256, json.dumps(encoder, sort_keys=True),
+    # The encoder as extraction runs it (below): two codebooks of the same centroids recorded with other settings
+    # (slamkit's edge padding or none, say) give other units.
+    encoder = codebook_encoder(kmeans.Codebook.load(source.codebook), source.codebook, source.encoder.get("model_path"))
+    key = hashlib.sha256("\n".join([source.codebook_sha256, json.dumps(asdict(encoder), sort_keys=True),
                                      *map(_identity, unique)]).encode()).hexdigest()[:16]
     # The folder is named by the codebook and the files: once complete, every later run (a sweep's 48) reads it
     # without opening each file's header again (0.22 s against 0.035 s a demo run, warm; docs/LOG.md 2026-12-03).

@@ -284,9 +284,8 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
 
 def _encoder_settings(encoder: dict[str, Any]) -> dict[str, Any] | None:
     """What makes an encoder's units what they are (not where its checkpoint lies); None when not a spec."""
-    try:
-        spec = EncoderSpec(**encoder)
-    except TypeError:
+    spec = EncoderSpec.recorded(encoder)
+    if spec is None:
         return None
     default_layer = ENCODERS[spec.name][2] if spec.name in ENCODERS else None
     return {"encoder": spec.name, "layer": spec.layer if spec.layer is not None else default_layer,

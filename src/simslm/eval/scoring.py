@@ -383,9 +383,9 @@ class ScoringOptions(Config):
         check_positive(self, "batch_size", "concurrent_batches")
 
 
-def _whole(ids, max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _whole(ids: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """A reference-preset side: every token owned by part 0 (all scored); the oldest dropped past the context."""
-    tokens = np.asarray(ids[-max_length:] if max_length is not None else ids)
+    tokens = np.asarray(ids[-max_length:])
     return tokens, np.zeros(len(tokens), dtype=np.int64)
 
 
@@ -439,7 +439,7 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
     for pair in pairs:
         try:
             if options.preset == "reference":
-                whole = [_whole(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0], None)
+                whole = [(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0], None)
                          for side in (pair.positive, pair.negative)]
             else:
                 whole = [encode_parts(side, vocabulary, units_of, None) for side in (pair.positive, pair.negative)]

@@ -206,6 +206,15 @@ class EncoderSpec:
         spec.check()
         return spec
 
+    @classmethod
+    def recorded(cls, record: Any) -> "EncoderSpec | None":
+        """The spec a codebook sidecar or a units.json records (a field recorded only since, such as `edge_pad`,
+        at its default); None for what is not one."""
+        try:
+            return cls(**record)
+        except TypeError:
+            return None
+
     def check(self) -> None:
         if self.edge_pad < 0 or (self.edge_pad and self.name == "logmel"):
             raise ValueError(f"--edge-pad {self.edge_pad}: edge padding is for HuBERT encoders, in samples (0 or more)")

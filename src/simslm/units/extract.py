@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
@@ -421,6 +421,17 @@ def _skip_reason(error: Exception) -> str:
     return error.kind.value if isinstance(error, audio.AudioError) else ENCODER_REJECTED
 
 
+def codebook_encoder(codebook: kmeans.Codebook, path: str | os.PathLike, model_path: str | None = None
+                     ) -> EncoderSpec:
+    """The encoder a codebook's sidecar records, as extraction runs it: with `model_path` for its checkpoint
+    when given (the same model elsewhere)."""
+    spec = EncoderSpec.recorded(codebook.meta.get("encoder") or None)
+    if spec is None:
+        raise ValueError(f"{path}: its sidecar does not say which encoder it was fit on (or names fields simslm does "
+                         f"not know)")
+    return replace(spec, model_path=model_path) if model_path else spec
+
+
 def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = None) -> ExtractReport:
     """Encode, assign and deduplicate every utterance of a manifest; resumable shard by shard.
 
@@ -429,10 +440,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     """
     started = time.perf_counter()
     codebook = kmeans.Codebook.load(config.codebook)
-    encoder_meta = codebook.meta.get("encoder")
-    if not encoder_meta:
-        raise ValueError(f"{config.codebook}: its sidecar does not say which encoder it was fit on")
-    spec = EncoderSpec(**{**encoder_meta, **({"model_path": config.model_path} if config.model_path else {})})
+    spec = codebook_encoder(codebook, config.codebook, config.model_path)
     device = jobs.torch_device(config.device)
     if spec.name == "logmel" and config.dtype != "float32":
         raise ValueError(f"--dtype {config.dtype}: the logmel encoder computes in float32 (numpy); --dtype is for "
@@ -452,10 +460,9 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     header_path = out / "units.json"
     if header_path.exists():
         previous = jobs.read_json(header_path)
-        try:  # as a spec: a field recorded since (edge_pad) is at its default, not a difference
-            previous["encoder"] = asdict(EncoderSpec(**previous["encoder"]))
-        except (KeyError, TypeError):
-            pass  # not a spec: it differs, and is named below
+        recorded = EncoderSpec.recorded(previous.get("encoder"))
+        if recorded is not None:  # a field recorded since (edge_pad) is at its default, not a difference
+            previous["encoder"] = asdict(recorded)
         # Keys an older folder lacks (num_shards) are not a difference.
         changed = [key for key in header
                    if key not in ("manifest", "codebook") and key in previous and previous[key] != header[key]]
