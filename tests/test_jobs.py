@@ -30,6 +30,14 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["result.json"]
 
 
+def test_writing_a_file_where_a_folder_is_names_the_folder(tmp_path):
+    # The rename failed naming the temporary file (".x.123.tmp: is a directory"), which the user never chose.
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match=r"x: a folder, where a file is needed"):
+        jobs.write_json(tmp_path / "x", {})
+    assert os.listdir(tmp_path) == ["x"]
+
+
 def test_a_line_that_is_not_utf8_comes_with_its_own_number_and_the_lines_after_it_are_read(tmp_path):
     # Text mode decodes a block at a time: the error surfaced before the block's first line was seen, so a bad
     # byte on line 3,000 was reported on line 1 (of a small file) or on some line before it.

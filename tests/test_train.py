@@ -23,6 +23,7 @@ from simslm.train import (
     learning_rate,
     make_plan,
     train,
+    training_curve,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +92,18 @@ def _run_command(config_path):
 
 
 @pytest.mark.slow
+def test_a_training_curve_is_read_from_metrics_jsonl(tmp_path):
+    records = [{"step": 1, "tokens": 512, "loss_speech": 6.5}, {"step": 2, "tokens": 1024, "loss_speech": None},
+               {"step": 3, "tokens": 1536, "loss_speech": 6.1}, {"step": 3, "tokens": 1536, "loss_speech": 6.0},
+               {"step": 4, "tokens": 2048, "loss_speech": float("nan")}, {"step": 5, "tokens": 2560, "loss_speech": 5.8}]
+    lines = [json.dumps(record) for record in records]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:4] + ['{"step": 9, "tok'] + lines[4:]) + "\n")
+    # No speech loss at step 2 (a batch of text), none that is a number at 4, a torn line, step 3 logged again
+    # by a resumed run: its last record counts.
+    assert training_curve(tmp_path).tolist() == [[512, 1536, 2560], [6.5, 6.0, 5.8]]
+    assert training_curve(tmp_path, "loss_text") is None and training_curve(tmp_path / "none") is None
+
+
 def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = _config(data, tmp_path / "reference")

@@ -462,12 +462,14 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically (temporary name, then rename)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes atomically (temporary name, then rename)."""
+    """Write bytes atomically (temporary name, then rename); a ValueError naming `path` when it is a folder (the
+    rename would fail naming the temporary file instead)."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a folder, where a file is needed")
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
 

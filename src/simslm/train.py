@@ -765,6 +765,30 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
+def training_curve(run_dir: str | os.PathLike, key: str = "loss_speech") -> np.ndarray | None:
+    """A run's training curve from metrics.jsonl: a (2, steps) array of tokens seen and `key`'s loss at each
+    logged step that has one (a batch without speech targets has no speech loss), tokens increasing. None when
+    the run has no metrics.jsonl or fewer than 2 such steps. Torn lines (a kill mid-write) are skipped; a step
+    logged twice counts once, its last record (what a resumed run logged)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    by_step: dict[int, tuple[float, float]] = {}
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+                step, tokens, loss = int(record["step"]), float(record["tokens"]), record.get(key)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if loss is not None and math.isfinite(float(loss)) and tokens > 0:
+                by_step[step] = (tokens, float(loss))
+    if len(by_step) < 2:
+        return None
+    curve = np.array([by_step[step] for step in sorted(by_step)]).T
+    return curve if np.all(np.diff(curve[0]) > 0) else None
+
+
 def _to_device(batch, device: str):
     import torch
 

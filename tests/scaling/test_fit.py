@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 
@@ -17,6 +18,7 @@ from simslm.scaling.fit import (
     metric_power_law,
     plan_compute,
     read_table,
+    smooth_curve,
     synthetic_isoflop_points,
     textless_exponent,
 )
@@ -117,6 +119,68 @@ def test_approach1_takes_replicates_of_one_size_as_their_mean():
     assert approach1(lucky, num_bins=5) == pytest.approx(once)
     alone = approach1(Points(points.parameters, points.tokens, points.loss - offset, points.budget), num_bins=5)
     assert alone["a"] != pytest.approx(once["a"])
+
+
+def _curves_grid(law, sizes, budgets, *, noise=0.0, seed=0, overshoot=None):
+    """Runs of every size to every budget, each logging a training curve that follows `law` (as though each of
+    its steps ended a schedule of its own), with multiplicative noise per step. `overshoot(size)`: how far past
+    its budget a run of that size ends (whole steps)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for budget, size in itertools.product(budgets, sizes):
+        final = budget / (6 * size) * (1 + (overshoot(size) if overshoot else 0.0))
+        tokens = np.geomspace(final / 1e3, final, 300)
+        loss = law.loss(size, tokens) * np.exp(noise * rng.standard_normal(len(tokens)))
+        rows.append((size, final, loss[-1], budget, np.stack([tokens, loss])))
+    parameters, tokens, loss, budget, curves = zip(*rows)
+    return Points(np.array(parameters), np.array(tokens), np.array(loss), np.array(budget), tuple(curves))
+
+
+def test_approach1_is_chinchillas_envelope_of_training_curves():
+    true_a = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    points = _curves_grid(TRUE, np.geomspace(1e4, 1e9, 41), np.logspace(13, 17, 3))
+    result = approach1(points)
+    assert result["method"] == "training curves" and result["num_flops"] == 1500
+    # Sizes 1.33x apart: the envelope's best size is the law's optimum to within a step of the grid.
+    assert result["a"] == pytest.approx(true_a, abs=0.01) and result["b"] == pytest.approx(1 - result["a"])
+    # Three budgets' final points alone give a coarser answer, named as such.
+    final = approach1(Points(points.parameters, points.tokens, points.loss, points.budget))
+    assert final["method"] == "final points" and "num_flops" not in final
+    # 3% noise on every step's loss: the smoothing keeps the envelope where it was.
+    noisy = approach1(_curves_grid(TRUE, np.geomspace(1e4, 1e9, 41), np.logspace(13, 17, 3), noise=0.03))
+    assert noisy["a"] == pytest.approx(true_a, abs=0.03)
+
+
+def test_approach1_curves_of_one_budget_end_together():
+    # The middle size is best at every compute; the largest one's runs end 0.02% past their budget (whole
+    # steps), where no other run reaches. That sliver alone does not make it the best at the top.
+    sizes = np.array([1e5, 1e6, 1e7])
+    loss_law = Law(E=1.0, A=1e3, B=1e3, alpha=0.5, beta=0.5)  # optimum N = sqrt(C / 6): 0.6e6-1.4e6 here
+    points = _curves_grid(loss_law, sizes, np.array([2e12, 5e12, 1.2e13]), overshoot=lambda size: 2e-4 * (size > 5e6))
+    assert math.isnan(approach1(points)["a"])
+
+
+def test_approach1_takes_the_mean_curve_of_replicates():
+    points = _curves_grid(TRUE, np.geomspace(1e4, 1e9, 21), np.logspace(13, 17, 3))
+    once = approach1(points)
+    offset = np.where(points.parameters == points.parameters.min(), 1.0, 0.0)  # alone, a lucky seed 1 nat low
+    shifted = [np.stack([curve[0], curve[1] + sign * shift]) for sign in (1, -1)
+               for curve, shift in zip(points.curves, offset)]
+    twice = Points(np.tile(points.parameters, 2), np.tile(points.tokens, 2), np.tile(points.loss, 2),
+                   np.tile(points.budget, 2), tuple(shifted))
+    assert approach1(twice) == pytest.approx(once)
+    alone = Points(points.parameters, points.tokens, points.loss, points.budget, tuple(shifted[len(offset):]))
+    assert approach1(alone)["a"] != pytest.approx(once["a"])
+
+
+def test_smooth_curve_is_a_centred_mean_in_log_tokens():
+    tokens = np.geomspace(1e3, 1e6, 2000)
+    line = 5.0 - 0.3 * np.log(tokens)  # linear in log tokens: a centred mean leaves it be, away from the ends
+    inside = (tokens > 1.1e3) & (tokens < 0.9e6)
+    assert smooth_curve(tokens, line)[inside] == pytest.approx(line[inside], abs=1e-9)
+    noise = np.random.default_rng(0).standard_normal(len(tokens))
+    window = np.sum(np.abs(np.log(tokens) - np.log(tokens[1000])) <= 0.025)
+    assert np.std(smooth_curve(tokens, noise)[inside]) < 1.5 / math.sqrt(window)
 
 
 def test_planner_closed_form_matches_brute_force():

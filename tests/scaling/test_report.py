@@ -18,7 +18,8 @@ LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 
 
 def _fake_sweep(folder, seeds=(0,)):
-    """A ledger of finished runs whose losses follow a known law (no training); a run per seed of each cell."""
+    """A ledger of finished runs whose losses follow a known law (no training), with training curves that follow
+    it too; a run per seed of each cell."""
     runs = []
     rng = np.random.default_rng(0)
     for variant, shift in (("interleaved-twist", 0.0), ("textless-twist", 0.3)):
@@ -36,6 +37,9 @@ def _fake_sweep(folder, seeds=(0,)):
                                                  total=int(parameters)),
                       final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
                       ).save(run_dir)
+            jobs.write_text(run_dir / "metrics.jsonl", "".join(
+                json.dumps({"step": step + 1, "tokens": seen, "loss_speech": float(LAW.loss(parameters, seen) + shift)})
+                + "\n" for step, seen in enumerate(np.geomspace(tokens / 100, int(tokens), 50))))
             accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
             result = BenchmarkResult(
                 accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
@@ -52,6 +56,9 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     fits = sweep.fit_sweep(tmp_path, num_resamples=30)
     assert set(fits["variants"]) == {"interleaved-twist", "textless-twist"}
     assert fits["variants"]["interleaved-twist"]["approach3"]["law"]["alpha"] > 0
+    # Approach 1 reads the runs' training curves (the law's optimum: a = 0.5, sizes 3.3x apart)
+    first = fits["variants"]["interleaved-twist"]["approach1"]
+    assert first["method"] == "training curves" and first["a"] == pytest.approx(0.5, abs=0.1)
     page = report.write_report(tmp_path, summary="hello summary")
     text = page.read_text()
     from PIL import Image
@@ -234,6 +241,25 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
     warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert any(warning.startswith("1 run(s) trained more than 10% off their isoFLOP budget (textless-twist-d4-c1e+12)")
                for warning in warnings), warnings
+
+
+def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_says_so(tmp_path):
+    _fake_sweep(tmp_path)
+    (tmp_path / "runs" / "textless-twist-d2-c1e+13" / "metrics.jsonl").unlink()
+    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    assert fits["interleaved-twist"]["approach1"]["method"] == "training curves"
+    assert fits["textless-twist"]["approach1"]["method"] == "final points"
+    assert ("approach 1 is the envelope of final losses, not of training curves: 1 run(s) have no training curve "
+            "of speech CE in metrics.jsonl (textless-twist-d2-c1e+13)") in fits["textless-twist"]["warnings"]
+
+
+def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
+    # --out was ignored for a sweep: the fit replaced the sweep's own fit.json (the report's) instead.
+    _fake_sweep(tmp_path / "sweep")
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--out", str(tmp_path / "mine.json")]) == 0
+    assert (tmp_path / "mine.json").exists() and not (tmp_path / "sweep" / "fit.json").exists()
+    assert main(["fit", str(tmp_path / "sweep"), "--out", str(tmp_path)]) == 2  # refused before the fit
+    assert capsys.readouterr().err.strip().endswith(f"--out {tmp_path}: a folder, where the path of a fit.json is needed")
 
 
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):

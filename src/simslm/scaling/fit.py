@@ -4,8 +4,11 @@ A point is one training run (or one point of its curve): parameters N, tokens D,
 C = 6ND (the paper's convention, N = all parameters) and a loss. Three ways to find the
 compute-optimal allocation, after Hoffmann et al. (2022), "Chinchilla":
 
-- Approach 1: the envelope. Bin compute; in each bin the lowest loss names the best N and
-  D; power laws N_opt = k C^a and D_opt = k' C^b through those.
+- Approach 1: the training-curve envelope. Each run's training loss, smoothed, as a function
+  of compute C = 6ND along the run; at 1,500 log-spaced values of C, the run with the lowest
+  loss names the best N (and D = C / 6N); power laws N_opt = k C^a and D_opt = k' C^b
+  through those. Without curves (a table of final losses), the lowest final loss in each bin
+  of log compute instead, a coarser envelope named as such in fit.json.
 - Approach 2: isoFLOP parabolas. At each budget, loss against log N is a parabola; its
   vertex is N_opt(C). Power laws through the vertices.
 - Approach 3: the parametric law L = E + A/N^α + B/D^β, fitted as in Epoch AI's
@@ -59,6 +62,9 @@ class Points:
     loss: np.ndarray
     budget: np.ndarray | None = None
     """The nominal budget a run was planned for (groups isoFLOP curves); None: from C."""
+    curves: tuple[np.ndarray, ...] | None = None
+    """Each run's training curve for approach 1: a (2, steps) array of tokens seen and training loss, tokens
+    increasing (None: final points only)."""
 
     @property
     def flops(self) -> np.ndarray:
@@ -66,7 +72,8 @@ class Points:
 
     def subset(self, index: np.ndarray) -> "Points":
         return Points(self.parameters[index], self.tokens[index], self.loss[index],
-                      None if self.budget is None else self.budget[index])
+                      None if self.budget is None else self.budget[index],
+                      None if self.curves is None else tuple(self.curves[i] for i in index))
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -173,14 +180,49 @@ def _resample(points: Points, rng: np.random.Generator) -> Points:
 
 # The envelope needs its best points to span at least this factor of compute.
 APPROACH1_MIN_SPAN = 2.0
+# Hoffmann et al. (2022), section 3.1: "At 1500 logarithmically spaced FLOP values, we find which model size
+# achieves the lowest loss of all models along with the required number of training tokens."
+APPROACH1_NUM_FLOPS = 1500
+# The paper smooths each training curve without saying how. Ours: a centred moving mean over the steps within
+# +-2.5% of a step's tokens. Centred, so a falling curve is not read late (a trailing mean, or an EMA, would
+# put every run's loss above where it is); a window in log tokens, so it is a few steps wide early in a run,
+# where the loss falls fast, and wide enough later to average out a batch's noise.
+CURVE_SMOOTHING = 0.05
 
 
-def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
-    """Power laws through the lowest-loss point of each log-compute bin. Replicates (runs of one N and D, a
-    sweep's seeds) count as their mean: the envelope of the luckiest seed would be biased low."""
+def approach1(points: Points, num_bins: int = 8) -> dict[str, Any]:
+    """Power laws N_opt = k C^a, D_opt = k' C^b through the envelope of lowest loss against compute.
+
+    With training curves (`points.curves`), Chinchilla's approach 1: each run's smoothed curve, read at
+    `APPROACH1_NUM_FLOPS` log-spaced values of C from the least compute a run finished at to the most, and at
+    each the size whose run is lowest there. Without them, the lowest final loss in each of `num_bins` bins of
+    log compute. Replicates (runs of one N and D, a sweep's seeds) count as their mean either way: the envelope
+    of the luckiest seed would be biased low."""
     cells, inverse = np.unique(np.stack([points.parameters, points.tokens], axis=1), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    points = Points(cells[:, 0], cells[:, 1], np.bincount(inverse, weights=points.loss) / np.bincount(inverse))
+    if points.curves is not None:
+        flops = np.geomspace(points.flops.min(), points.flops.max(), APPROACH1_NUM_FLOPS)
+        best_parameters = _curve_envelope(points, cells, inverse, flops)
+        found = np.isfinite(best_parameters)
+        flops, best_parameters = flops[found], best_parameters[found]
+        method, extra = "training curves", {"num_flops": int(found.sum()), "smoothing": CURVE_SMOOTHING}
+    else:
+        final = Points(cells[:, 0], cells[:, 1], np.bincount(inverse, weights=points.loss) / np.bincount(inverse))
+        best = _binned_envelope(final, num_bins)
+        flops, best_parameters = final.flops[best], final.parameters[best]
+        method, extra = "final points", {"num_bins": int(len(best))}
+    result = {"a": float("nan"), "b": float("nan"), "k_n": float("nan"), "k_d": float("nan"), "method": method,
+              **extra}
+    # Through points of nearly one compute (one budget, rounded to whole steps) a slope is noise, not a law.
+    if len(np.unique(best_parameters)) < 2 or np.ptp(np.log(flops)) < math.log(APPROACH1_MIN_SPAN):
+        return result
+    result["k_n"], result["a"] = power_law(flops, best_parameters)
+    result["k_d"], result["b"] = power_law(flops, flops / (6 * best_parameters))
+    return result
+
+
+def _binned_envelope(points: Points, num_bins: int) -> np.ndarray:
+    """The index of the lowest loss in each non-empty bin of log compute."""
     log_flops = np.log(points.flops)
     edges = np.linspace(log_flops.min(), log_flops.max() + 1e-9, num_bins + 1)
     best = []
@@ -188,13 +230,39 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, float]:
         inside = np.flatnonzero((log_flops >= low) & (log_flops < high))
         if len(inside):
             best.append(inside[np.argmin(points.loss[inside])])
-    best = np.asarray(best)
-    # Through points of nearly one compute (one budget, rounded to whole steps) a slope is noise, not a law.
-    if len(np.unique(points.parameters[best])) < 2 or np.ptp(log_flops[best]) < math.log(APPROACH1_MIN_SPAN):
-        return {"a": float("nan"), "b": float("nan"), "k_n": float("nan"), "k_d": float("nan"), "num_bins": len(best)}
-    k_n, a = power_law(points.flops[best], points.parameters[best])
-    k_d, b = power_law(points.flops[best], points.tokens[best])
-    return {"a": a, "b": b, "k_n": k_n, "k_d": k_d, "num_bins": int(len(best))}
+    return np.asarray(best, dtype=int)
+
+
+def smooth_curve(tokens: np.ndarray, loss: np.ndarray, width: float = CURVE_SMOOTHING) -> np.ndarray:
+    """Each point's loss as the mean over the points within `width` / 2 of it in log tokens (tokens increasing)."""
+    log_tokens = np.log(tokens)
+    sums = np.concatenate([[0.0], np.cumsum(loss)])
+    low = np.searchsorted(log_tokens, log_tokens - width / 2, side="left")
+    high = np.searchsorted(log_tokens, log_tokens + width / 2, side="right")
+    return (sums[high] - sums[low]) / (high - low)
+
+
+def _curve_envelope(points: Points, cells: np.ndarray, inverse: np.ndarray, flops: np.ndarray) -> np.ndarray:
+    """At each of `flops`, the N of the cell (replicates averaged) whose smoothed curve is lowest there; NaN
+    where no run's curve reaches."""
+    # A run covers C from its first logged step to its end, and on (at its last loss) to the end of the run of
+    # its budget that went furthest: runs of one budget end a fraction of a step apart, as steps are whole
+    # batches, and at the top of `flops` the one that happened to round up would be left alone, and the best.
+    groups = points.budget if points.budget is not None else points.flops
+    group_end = {group: points.flops[groups == group].max() for group in np.unique(groups)}
+    sums, counts = np.zeros((len(cells), len(flops))), np.zeros((len(cells), len(flops)))
+    for run, (tokens, loss) in enumerate(points.curves):
+        at = flops / (6.0 * points.parameters[run])
+        end = max(tokens[-1], group_end[groups[run]] / (6.0 * points.parameters[run]))
+        covered = (at >= tokens[0]) & (at <= end * (1 + 1e-12))
+        smoothed = np.interp(np.log(at[covered]), np.log(tokens), smooth_curve(tokens, loss))
+        sums[inverse[run], covered] += smoothed
+        counts[inverse[run], covered] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / counts, np.inf)
+    best = np.argmin(mean, axis=0)
+    reached = np.isfinite(mean[best, np.arange(len(flops))])
+    return np.where(reached, cells[best, 0], np.nan)
 
 
 # --- approach 2: isoFLOP parabolas -------------------------------------------------------------
@@ -535,8 +603,8 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
         warnings.append(f"approaches 2 and 3 disagree on the allocation exponent a: [{second[0]:.3f}, {second[1]:.3f}] "
                         f"against [{third[0]:.3f}, {third[1]:.3f}] (95% intervals that do not overlap)")
     if not np.isfinite(fit["approach1"]["a"]):
-        warnings.append(f"approach 1 could not be computed: the lowest-loss runs span less than "
-                        f"{APPROACH1_MIN_SPAN:g}x of compute, or are all one size")
+        warnings.append(f"approach 1 could not be computed: the lowest-loss runs ({fit['approach1']['method']}) "
+                        f"span less than {APPROACH1_MIN_SPAN:g}x of compute, or are all one size")
     if not np.isfinite(fit["approach2"]["a"]):
         budgets = points.budget if points.budget is not None else points.flops
         sized = sum(len(np.unique(points.parameters[budgets == b])) >= 3 for b in np.unique(budgets))
@@ -562,15 +630,18 @@ def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) ->
 
 
 def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech") -> Points:
-    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss."""
+    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss. Their training
+    curves come along when every row has one under `curve` (see `train.training_curve`)."""
     usable = [row for row in rows if row.get(loss_key) is not None]
     key = "parameters" if convention == "all" else "non_embedding_parameters"
     budgets = [row.get("budget") for row in usable]
+    curves = [row.get("curve") for row in usable]
     # Runs of a tokens-per-parameter grid have no common budget: no isoFLOP groups, an iid bootstrap.
     return Points(np.array([row[key] for row in usable], dtype=float),
                   np.array([row["tokens"] for row in usable], dtype=float),
                   np.array([row[loss_key] for row in usable], dtype=float),
-                  None if any(b is None for b in budgets) else np.array(budgets, dtype=float))
+                  None if any(b is None for b in budgets) else np.array(budgets, dtype=float),
+                  None if any(c is None for c in curves) else tuple(curves))
 
 
 def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:

@@ -269,7 +269,10 @@ def fit_tables(fits: dict[str, Any]) -> str:
         for name in ("E", "A", "B", "alpha", "beta") if not approach3.get("degenerate") else ():
             law_rows.append([variant, name, approach3["law"][name], _interval(approach3["ci"][name]),
                              TEXTLESS_REFERENCE[name]])
-        exponent_rows.append([variant, "approach 1 (envelope)", fit["approach1"]["a"], "", fit["approach1"]["b"]])
+        # fit.json files from before training curves hold the envelope of final points.
+        first_method = fit["approach1"].get("method", "final points")
+        exponent_rows.append([variant, f"approach 1 (envelope of {first_method})", fit["approach1"]["a"], "",
+                              fit["approach1"]["b"]])
         second = fit["approach2"]
         exponent_rows.append([variant, "approach 2 (isoFLOP)", second["a"],
                               _interval(second["ci_a"]) if second.get("ci_a") else "(needs 4+ sizes per budget)",

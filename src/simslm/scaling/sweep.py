@@ -47,7 +47,7 @@ from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
-from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops
+from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops, training_curve
 
 SWEEP_FILE = "sweep.json"
 
@@ -1192,8 +1192,9 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
 
 
 def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
-              num_workers: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Fit every variant's runs (speech CE; accuracies against compute) and write `fit.json`."""
+              num_workers: int = 1, seed: int = 0, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Fit every variant's runs (speech CE; accuracies against compute) and write them to `out` (default: the
+    sweep's `fit.json`, which the report reads)."""
     import numpy as np
 
     rows = collect(sweep_dir)
@@ -1204,6 +1205,9 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                             "variants": {}}
     for variant in sorted({row["variant"] for row in rows}):
         chosen = [row for row in rows if row["variant"] == variant]
+        # Approach 1 reads the runs' training curves of speech CE (Chinchilla's envelope is of training loss).
+        for row in chosen:
+            row["curve"] = training_curve(row["run_dir"], "loss_speech")
         points = points_from_rows(chosen, convention=convention)
         if len(points) < 3:
             continue
@@ -1212,6 +1216,11 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
+        without = [row["id"] for row in chosen if row["curve"] is None and row.get("loss_speech") is not None]
+        if without:
+            fits["variants"][variant]["warnings"].append(
+                f"approach 1 is the envelope of final losses, not of training curves: {len(without)} run(s) have no "
+                f"training curve of speech CE in metrics.jsonl ({', '.join(without[:3])}{', ...' if len(without) > 3 else ''})")
         off = [row["id"] for row in chosen if row["budget"] and abs(row["flops"] / row["budget"] - 1) > OFF_BUDGET]
         if off:
             fits["variants"][variant]["warnings"].append(
@@ -1226,7 +1235,7 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                 fits["variants"][variant]["warnings"].append(
                     f"{name}: in {len(cut)} run(s), sides longer than the model's positions were scored on their "
                     f"latest tokens (up to {most[0]} of {most[1]}, at {most[2]} positions); slamkit scores them whole")
-    jobs.write_json(Path(sweep_dir) / "fit.json", fits)
+    jobs.write_json(Path(out) if out else Path(sweep_dir) / "fit.json", fits)
     return fits
 
 
@@ -1349,19 +1358,22 @@ class FitConfig(Config):
     num_workers: int = 1
     """Worker processes for the bootstrap."""
     out: str | None = None
-    """fit.json path for a table (default: beside it; a sweep's goes into its folder)."""
+    """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads)."""
 
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
+        if self.out and Path(self.out).is_dir():  # refused before the fit, not after it
+            raise ConfigError(f"--out {self.out}: a folder, where the path of a fit.json is needed")
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     """Fit a sweep folder or a table as `simslm fit` asks; the fits and where they were written."""
     source = Path(config.source)
     if source.is_dir():
+        out = Path(config.out) if config.out else source / "fit.json"
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
-                         num_workers=config.num_workers)
-        return fits, source / "fit.json"
+                         num_workers=config.num_workers, out=out)
+        return fits, out
     points = read_table(source, convention=config.convention)
     out = Path(config.out or source.with_suffix(".fit.json"))
     fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
