@@ -63,13 +63,13 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     text = page.read_text()
     from PIL import Image
 
-    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "accuracy_vs_compute"):
+    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "training_curves", "accuracy_vs_compute"):
         assert f'src="{stem}.svg"' in text and f'href="{stem}.png"' in text
         assert (page.parent / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
         with Image.open(page.parent / f"{stem}.png") as png:
             assert png.format == "PNG" and round(png.info["dpi"][0]) == 300
     # A caption under every figure, saying what it shows.
-    assert text.count("<figure>") == text.count("<figcaption>") == 4
+    assert text.count("<figure>") == text.count("<figcaption>") == 5
     assert "compare its slope, not its level" in text and "95% bootstrap band" in text
     assert "Cuervo" in text and "hello summary" in text and "approach 3" in text and "tsc/S" in text
     assert text.count("<tr>") > 24  # runs table plus fit tables
@@ -79,6 +79,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert "fitted law, 95% band" in best and "beyond the data" in best
     assert "(95% CI)" in (page.parent / "accuracy_vs_compute.svg").read_text()
     assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
+    assert "envelope (approach 1)" in (page.parent / "training_curves.svg").read_text()
 
 
 def test_numbers_that_could_not_be_computed_are_n_a_and_explained():
@@ -251,6 +252,9 @@ def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_sa
     assert fits["textless-twist"]["approach1"]["method"] == "final points"
     assert ("approach 1 is the envelope of final losses, not of training curves: 1 run(s) have no training curve "
             "of speech CE in metrics.jsonl (textless-twist-d2-c1e+13)") in fits["textless-twist"]["warnings"]
+    # Without every curve of the variant it shows, the report leaves the training-curves figure out.
+    (tmp_path / "runs" / "interleaved-twist-d2-c1e+13" / "metrics.jsonl").unlink()
+    assert 'src="training_curves.svg"' not in report.write_report(tmp_path).read_text()
 
 
 def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
@@ -282,3 +286,13 @@ def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
     with pytest.raises(ValueError, match=r"result.json: not a run result .*; move it aside and run `simslm sweep run "
                                          r".*`, which resumes the run from its last checkpoint"):
         sweep.collect(tmp_path)
+
+
+def test_an_isoflop_minimum_outside_its_own_interval_is_drawn(tmp_path):
+    # A percentile interval need not hold the point estimate; drawn as error bars, that was a negative length and
+    # `simslm report` stopped with "'xerr' must not contain negative values".
+    rows = [{"variant": "v", "budget": 1e12, "parameters": n, "loss_speech": loss}
+            for n, loss in ((1e5, 3.2), (3e5, 3.0), (1e6, 3.1), (3e6, 3.4))]
+    vertex = {"budget": 1e12, "n_opt": 4e5, "loss_at_vertex": 3.0, "inside_grid": True, "n_opt_ci": [5e5, 9e5]}
+    stem = report.plot_isoflop(rows, {"v": {"approach2": {"vertices": [vertex]}}}, "v", tmp_path)
+    assert "fitted minimum" in (tmp_path / f"{stem}.svg").read_text()

@@ -198,15 +198,11 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, Any]:
     each the size whose run is lowest there. Without them, the lowest final loss in each of `num_bins` bins of
     log compute. Replicates (runs of one N and D, a sweep's seeds) count as their mean either way: the envelope
     of the luckiest seed would be biased low."""
-    cells, inverse = np.unique(np.stack([points.parameters, points.tokens], axis=1), axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
     if points.curves is not None:
-        flops = np.geomspace(points.flops.min(), points.flops.max(), APPROACH1_NUM_FLOPS)
-        best_parameters = _curve_envelope(points, cells, inverse, flops)
-        found = np.isfinite(best_parameters)
-        flops, best_parameters = flops[found], best_parameters[found]
-        method, extra = "training curves", {"num_flops": int(found.sum()), "smoothing": CURVE_SMOOTHING}
+        flops, _, best_parameters = training_envelope(points)
+        method, extra = "training curves", {"num_flops": len(flops), "smoothing": CURVE_SMOOTHING}
     else:
+        cells, inverse = _cells(points)
         final = Points(cells[:, 0], cells[:, 1], np.bincount(inverse, weights=points.loss) / np.bincount(inverse))
         best = _binned_envelope(final, num_bins)
         flops, best_parameters = final.flops[best], final.parameters[best]
@@ -242,9 +238,18 @@ def smooth_curve(tokens: np.ndarray, loss: np.ndarray, width: float = CURVE_SMOO
     return (sums[high] - sums[low]) / (high - low)
 
 
-def _curve_envelope(points: Points, cells: np.ndarray, inverse: np.ndarray, flops: np.ndarray) -> np.ndarray:
-    """At each of `flops`, the N of the cell (replicates averaged) whose smoothed curve is lowest there; NaN
-    where no run's curve reaches."""
+def _cells(points: Points) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (N, D) of the points (a cell's replicates share them) and each point's cell."""
+    cells, inverse = np.unique(np.stack([points.parameters, points.tokens], axis=1), axis=0, return_inverse=True)
+    return cells, inverse.reshape(-1)
+
+
+def training_envelope(points: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Approach 1's envelope of the runs' training curves: at `APPROACH1_NUM_FLOPS` log-spaced C from the least
+    compute a run finished at to the most, the lowest smoothed loss of any cell (replicates averaged) and that
+    cell's N. Values of C that no curve reaches are left out."""
+    cells, inverse = _cells(points)
+    flops = np.geomspace(points.flops.min(), points.flops.max(), APPROACH1_NUM_FLOPS)
     # A run covers C from its first logged step to its end, and on (at its last loss) to the end of the run of
     # its budget that went furthest: runs of one budget end a fraction of a step apart, as steps are whole
     # batches, and at the top of `flops` the one that happened to round up would be left alone, and the best.
@@ -261,8 +266,9 @@ def _curve_envelope(points: Points, cells: np.ndarray, inverse: np.ndarray, flop
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counts > 0, sums / counts, np.inf)
     best = np.argmin(mean, axis=0)
-    reached = np.isfinite(mean[best, np.arange(len(flops))])
-    return np.where(reached, cells[best, 0], np.nan)
+    lowest = mean[best, np.arange(len(flops))]
+    reached = np.isfinite(lowest)
+    return flops[reached], lowest[reached], cells[best[reached], 0]
 
 
 # --- approach 2: isoFLOP parabolas -------------------------------------------------------------

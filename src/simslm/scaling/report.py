@@ -20,7 +20,15 @@ import numpy as np
 
 from simslm import jobs
 from simslm.scaling import sweep
-from simslm.scaling.fit import TEXTLESS_REFERENCE, Law, textless_exponent
+from simslm.scaling.fit import (
+    TEXTLESS_REFERENCE,
+    Law,
+    points_from_rows,
+    smooth_curve,
+    textless_exponent,
+    training_envelope,
+)
+from simslm.train import training_curve
 
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
 
@@ -145,9 +153,12 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
         if not vertex.get("inside_grid", True):
             continue  # a minimum outside the sizes run is an extrapolation, not a point to mark (the report says so)
         interval = vertex.get("n_opt_ci")
-        error = None if not interval else [[vertex["n_opt"] - interval[0]], [interval[1] - vertex["n_opt"]]]
-        axes.errorbar([vertex["n_opt"]], [vertex["loss_at_vertex"]], xerr=error, fmt="x", color="black", ms=7,
-                      capsize=3, label=None if labelled else "fitted minimum (95% CI when 4+ sizes)")
+        axes.plot([vertex["n_opt"]], [vertex["loss_at_vertex"]], "x", color="black", ms=7,
+                  label=None if labelled else "fitted minimum (95% CI when 4+ sizes)")
+        if interval:
+            # Drawn as its own segment: a percentile interval need not hold the point estimate (a skewed
+            # resample), where error bars, which are lengths either side of the point, cannot be negative.
+            axes.plot(interval, [vertex["loss_at_vertex"]] * 2, "|-", color="black", lw=1, ms=7)
         labelled = True
     axes.set(xscale="log", xlabel="parameters N (all)", ylabel="speech cross-entropy (nats)",
              title=f"isoFLOP curves, {variant} (cf. Fig. 4)")
@@ -158,6 +169,35 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
         axes.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
     _legend_below(axes, len({r["budget"] for r in chosen}) + labelled)
     return _save(plt, figure, folder / "isoflop.png")
+
+
+def plot_training_curves(rows, variant: str, folder: Path) -> str | None:
+    """Chinchilla's Figure 2 (left): each run's smoothed training curve of speech CE against compute, coloured by
+    size, and their envelope, which approach 1 reads; None when a run of the variant has no curve."""
+    chosen = [{**row, "curve": training_curve(row["run_dir"])} for row in rows if row["variant"] == variant]
+    if not chosen or any(row["curve"] is None for row in chosen):
+        return None
+    import matplotlib.ticker
+
+    plt, figure, axes = _figure()
+    sizes = sorted({row["parameters"] for row in chosen})
+    for row in chosen:
+        tokens, loss = row["curve"]
+        colour = COLOURS[sizes.index(row["parameters"]) % len(COLOURS)]
+        first = row is next(r for r in chosen if r["parameters"] == row["parameters"])
+        axes.plot(6.0 * row["parameters"] * tokens, smooth_curve(tokens, loss), "-", color=colour, alpha=0.5,
+                  lw=0.8, label=f"{row['member']} (N = {row['parameters']:.3g})" if first else None)
+    flops, lowest, _ = training_envelope(points_from_rows(chosen))
+    axes.plot(flops, lowest, "-", color="black", lw=1.6, label="envelope (approach 1)")
+    axes.set(xscale="log", xlabel="training FLOPs so far (6ND)", ylabel="training speech cross-entropy (nats)",
+             title=f"Training curves, {variant} (cf. Chinchilla Fig. 2)")
+    # The frame starts a decade below the budgets: the first steps' losses would squash everything else. Over
+    # a decade and more, labels at the minor ticks run into each other.
+    axes.set_xlim(left=flops.min() / 10)
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_ylim(top=max(lowest.max(), min(smooth_curve(*row["curve"])[-1] for row in chosen)) * 1.25)
+    _legend_below(axes, len(sizes) + 1)
+    return _save(plt, figure, folder / "training_curves.png")
 
 
 def _spread_by_budget(chosen: list[dict[str, Any]]) -> np.ndarray:
@@ -235,6 +275,11 @@ CAPTIONS = {
     "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
     "when the budget has 4 or more sizes (an interval that runs to the frame's edge goes on past the sizes run); "
     "minima outside the sizes run are not marked (the grid does not bracket them).",
+    "training_curves": "Every run's training speech cross-entropy as it trained, smoothed (a centred mean over "
+    "the steps within 2.5% of a step's tokens), against the compute spent so far, one colour per size. The black "
+    "line is their envelope over the budgets run: at each compute the lowest any run had reached, which is what "
+    "approach 1 reads (the size of that run against compute gives its exponent a). Training loss, on the training "
+    "mix: it is not the validation loss of the other figures.",
     "accuracy_vs_compute": "One panel per benchmark: every run's accuracy with its 95% bootstrap interval, against "
     "its training compute, and the power law fitted per variant (lines). A budget's runs are drawn a little apart "
     "(by variant, then from the smallest size to the largest) so that no interval hides another; they all ran at "
@@ -341,7 +386,8 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
-              plot_isoflop(rows, fits, main_variant, folder), plot_accuracy(rows, fits, folder)]
+              plot_isoflop(rows, fits, main_variant, folder), plot_training_curves(rows, main_variant, folder),
+              plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
     seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is
     run_rows = [[r["variant"], r["member"], *([r.get("seed")] if seeds else []), r["parameters"], r["tokens"],
