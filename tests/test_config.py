@@ -56,6 +56,9 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "checkpoint_every=0"], "--checkpoint-every"),
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "init=warm"], "--init must be one of twist, random"),
     (["train", "run_dir=r", "data=d", "budget_tokens=1.5"], "not a valid int"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "validation_every=5"],
+     "--validation-every needs --validation-data"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "validation_every=-1"], "--validation-every must be"),
     # argparse's own errors: one line too (not its usage first), the type error in words, not a repr
     (["train", "--lr", "abc"], "simslm train: error: argument --lr: 'abc' is not a valid float (see simslm train"),
     (["units", "fit", "--num-units", "1.5"], "argument --num-units: '1.5' is not a valid int"),

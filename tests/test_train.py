@@ -253,6 +253,32 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path, monkeypatch):
     assert tokenizer.convert_tokens_to_ids("<speech>") == Vocabulary.load(f"{data}/tokenizer").speech_id
 
 
+def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_path):
+    plain = train(_config(data, tmp_path / "plain", budget_tokens=12 * 4 * 64, validation_data=data))
+    config = _config(data, tmp_path / "validated", budget_tokens=12 * 4 * 64, validation_data=data,
+                     validation_every=5, num_checkpoints_kept=5)
+    validated = train(config)
+    assert _losses(tmp_path / "validated") == _losses(tmp_path / "plain")  # bit for bit: no step changes
+    records = [json.loads(line) for line in (tmp_path / "validated" / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 12] and [r["tokens"] for r in records] == [1280, 2560, 3072]
+    assert records[-1]["loss_speech"] == validated.validation.loss_speech == plain.validation.loss_speech
+    assert records[0]["loss_speech"] > records[1]["loss_speech"]  # it learns
+    curve = training_curve(tmp_path / "validated", validation=True)
+    assert curve.tolist() == [[1280, 2560, 3072], [r["loss_speech"] for r in records]]
+    # Killed after step 10's validation, resumed from the checkpoint of step 8: the validations after it are done
+    # again, once each, to the same numbers.
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "validated", killed)
+    for name in ("result.json", "model"):
+        shutil.rmtree(killed / name) if (killed / name).is_dir() else (killed / name).unlink()
+    for checkpoint in (killed / "checkpoints").iterdir():
+        if checkpoint.name > "step-00000008":
+            shutil.rmtree(checkpoint)
+    train(dataclasses.replace(config, run_dir=str(killed)))
+    assert (killed / "validation.jsonl").read_text() == (tmp_path / "validated" / "validation.jsonl").read_text()
+    assert _losses(killed) == _losses(tmp_path / "validated")
+
+
 def _one_process_and_torchrun(data, tmp_path, **parallel_changes):
     """The same 6-step run as one process with batch 4 and as 2 torchrun processes with batch 2."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

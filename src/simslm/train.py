@@ -87,6 +87,10 @@ class TrainConfig(Config):
     """Checkpoints kept on disk (older ones are deleted)."""
     num_validation_batches: int = 16
     """Batches of validation_data scored at the end of the run."""
+    validation_every: int = 0
+    """Also score them every this many steps, into validation.jsonl (0: at the end only). slamkit's scaling
+    recipe evaluates every 1,000 steps (`eval_steps`); approach 1 of a sweep's fit then reads these held-out
+    curves. The training steps are the same either way."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     fsdp: bool = False
@@ -125,7 +129,10 @@ class TrainConfig(Config):
 
     # Fields that may change between a run's first start and its resumes.
     resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile",
-                                                    "compile_mode")
+                                                    "compile_mode", "validation_every")
+    # Fields added after sweeps had named runs by a hash of their config: at these values they are left out of
+    # it, so a run planned before keeps its name (`simslm.scaling.sweep.run_id`).
+    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0}
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -145,6 +152,9 @@ class TrainConfig(Config):
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
+        check_positive(self, "validation_every", allow_zero=True)
+        if self.validation_every and not self.validation_data:
+            raise ConfigError("--validation-every needs --validation-data")
         if self.compile_mode != "auto" and not self.compile:
             raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
         if self.compile and self.fsdp:
@@ -765,12 +775,26 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
-def training_curve(run_dir: str | os.PathLike, key: str = "loss_speech") -> np.ndarray | None:
-    """A run's training curve from metrics.jsonl: a (2, steps) array of tokens seen and `key`'s loss at each
-    logged step that has one (a batch without speech targets has no speech loss), tokens increasing. None when
-    the run has no metrics.jsonl or fewer than 2 such steps. Torn lines (a kill mid-write) are skipped; a step
+VALIDATION_CURVE_FILE = "validation.jsonl"
+
+
+def _log_validation(path: Path, step: int, plan: Plan, losses: Losses, events) -> None:
+    """Append a validation of the model after `step` to validation.jsonl (and TensorBoard)."""
+    record = {"step": step, "tokens": plan.tokens_before(step), **asdict(losses)}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    if events is not None:
+        _add_scalars(events, "validation", asdict(losses), step)
+
+
+def training_curve(run_dir: str | os.PathLike, key: str = "loss_speech", *, validation: bool = False
+                   ) -> np.ndarray | None:
+    """A run's curve of `key`'s loss: from metrics.jsonl (every training step), or with `validation` from
+    validation.jsonl (the validations of `--validation-every`). A (2, points) array of tokens seen and the loss at
+    each record that has one (a batch without speech targets has no speech loss), tokens increasing. None when
+    the file is missing or has fewer than 2 such records. Torn lines (a kill mid-write) are skipped; a step
     logged twice counts once, its last record (what a resumed run logged)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / (VALIDATION_CURVE_FILE if validation else "metrics.jsonl")
     if not path.is_file():
         return None
     by_step: dict[int, tuple[float, float]] = {}
@@ -828,7 +852,7 @@ def _ratios(sums: list[float]) -> Losses:
 
 
 def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: int, num_batches: int,
-                        device: str, per_batch: list[list[float]] | None = None) -> Losses:
+                        device: str, per_batch: list[list[float]] | None = None, quiet: bool = False) -> Losses:
     """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss).
 
     `per_batch`, when given, receives each batch's sums (`VALIDATION_SUMS`): the batches are the folder's
@@ -841,8 +865,9 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     loader = PackedLoader(folder, batch_size)
     totals = [0.0] * 6
     model.eval()
+    batches = range(min(num_batches, loader.batches_per_epoch()))
     with torch.no_grad():
-        for _ in jobs.progress(range(min(num_batches, loader.batches_per_epoch())), "validation", unit="batch"):
+        for _ in (batches if quiet else jobs.progress(batches, "validation", unit="batch")):
             _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext())
             totals = [a + b for a, b in zip(totals, sums)]
             if per_batch is not None:
@@ -1022,12 +1047,13 @@ def train(config: TrainConfig) -> RunResult | None:
     start_step = 0
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, loader)
-    metrics_path = run_dir / "metrics.jsonl"
-    if distributed.is_main and metrics_path.exists():
-        # Steps logged after the checkpoint we resume from are done again.
-        kept = [line for line in metrics_path.read_text(errors="replace").splitlines()
-                if _logged_step(line) is not None and _logged_step(line) <= start_step]
-        jobs.write_text(metrics_path, "".join(line + "\n" for line in kept))
+    metrics_path, validation_path = run_dir / "metrics.jsonl", run_dir / VALIDATION_CURVE_FILE
+    for logged in (metrics_path, validation_path):
+        if distributed.is_main and logged.exists():
+            # Steps logged after the checkpoint we resume from are done again.
+            kept = [line for line in logged.read_text(errors="replace").splitlines()
+                    if _logged_step(line) is not None and _logged_step(line) <= start_step]
+            jobs.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
     # bf16 autocast only on GPU: on this CPU bf16 matmuls are ~100x slower than fp32.
@@ -1108,8 +1134,17 @@ def train(config: TrainConfig) -> RunResult | None:
             launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
             done = step + 1
             checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or stopping > 0
-            while len(launched) > (0 if checkpointing else lag):  # a checkpoint holds only steps known to be finite
-                settle(launched.pop(0))
+            validating = bool(config.validation_every) and done % config.validation_every == 0 and \
+                done < plan.total_steps  # the last step's validation is the run's own, below
+            while len(launched) > (0 if checkpointing or validating else lag):  # a checkpoint holds only steps
+                settle(launched.pop(0))                                          # known to be finite
+            if validating:
+                # Every process scores the same batches: under FSDP each forward needs all of them.
+                losses = evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
+                                             config.num_validation_batches, distributed.device, quiet=True)
+                if distributed.is_main:
+                    _log_validation(validation_path, done, plan, losses, events)
+                last_read = time.perf_counter()  # the validation is not the next step's time
             if checkpointing:
                 model_state, optimizer_state = full_state(model, optimizer)
                 if distributed.is_main:
@@ -1142,9 +1177,11 @@ def train(config: TrainConfig) -> RunResult | None:
         validation = (evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
                                           config.num_validation_batches, distributed.device, validation_batches)
                       if config.validation_data else None)
+        if validation is not None and config.validation_every:
+            _log_validation(validation_path, plan.total_steps, plan, validation, events)
+        elif events is not None and validation is not None:
+            _add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
-            if validation is not None:
-                _add_scalars(events, "validation", asdict(validation), plan.total_steps)
             events.close()
         model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
         # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.

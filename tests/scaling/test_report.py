@@ -17,7 +17,7 @@ from simslm.train import Losses, RunResult
 LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 
 
-def _fake_sweep(folder, seeds=(0,)):
+def _fake_sweep(folder, seeds=(0,), validations=False):
     """A ledger of finished runs whose losses follow a known law (no training), with training curves that follow
     it too; a run per seed of each cell."""
     runs = []
@@ -40,6 +40,11 @@ def _fake_sweep(folder, seeds=(0,)):
             jobs.write_text(run_dir / "metrics.jsonl", "".join(
                 json.dumps({"step": step + 1, "tokens": seen, "loss_speech": float(LAW.loss(parameters, seen) + shift)})
                 + "\n" for step, seen in enumerate(np.geomspace(tokens / 100, int(tokens), 50))))
+            if validations:  # every 10th step, held-out loss 0.1 above the training loss
+                jobs.write_text(run_dir / "validation.jsonl", "".join(
+                    json.dumps({"step": step, "tokens": seen,
+                                "loss_speech": float(LAW.loss(parameters, seen) + shift + 0.1)}) + "\n"
+                    for step, seen in zip(range(10, 51, 10), np.geomspace(tokens / 100, int(tokens), 50)[9::10])))
             accuracy = 0.5 + 0.02 * np.log10(budget / 1e11)
             result = BenchmarkResult(
                 accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
@@ -63,7 +68,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     text = page.read_text()
     from PIL import Image
 
-    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "training_curves", "accuracy_vs_compute"):
+    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "loss_curves", "accuracy_vs_compute"):
         assert f'src="{stem}.svg"' in text and f'href="{stem}.png"' in text
         assert (page.parent / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
         with Image.open(page.parent / f"{stem}.png") as png:
@@ -79,7 +84,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert "fitted law, 95% band" in best and "beyond the data" in best
     assert "(95% CI)" in (page.parent / "accuracy_vs_compute.svg").read_text()
     assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
-    assert "envelope (approach 1)" in (page.parent / "training_curves.svg").read_text()
+    assert "envelope (approach 1)" in (page.parent / "loss_curves.svg").read_text()
 
 
 def test_numbers_that_could_not_be_computed_are_n_a_and_explained():
@@ -254,7 +259,22 @@ def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_sa
             "of speech CE in metrics.jsonl (textless-twist-d2-c1e+13)") in fits["textless-twist"]["warnings"]
     # Without every curve of the variant it shows, the report leaves the training-curves figure out.
     (tmp_path / "runs" / "interleaved-twist-d2-c1e+13" / "metrics.jsonl").unlink()
-    assert 'src="training_curves.svg"' not in report.write_report(tmp_path).read_text()
+    assert 'src="loss_curves.svg"' not in report.write_report(tmp_path).read_text()
+
+
+def test_approach_1_reads_held_out_curves_when_every_run_validated(tmp_path):
+    _fake_sweep(tmp_path, validations=True)
+    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    first = fits["interleaved-twist"]["approach1"]
+    assert first["method"] == "validation curves" and first["a"] == pytest.approx(0.5, abs=0.1)
+    assert "validation speech cross-entropy" in (report.write_report(tmp_path).parent / "loss_curves.svg").read_text()
+    # One run without its validations: the variant's approach 1 falls back to training curves, and says why.
+    (tmp_path / "runs" / "textless-twist-d2-c1e+13" / "validation.jsonl").unlink()
+    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    assert fits["interleaved-twist"]["approach1"]["method"] == "validation curves"
+    assert fits["textless-twist"]["approach1"]["method"] == "training curves"
+    assert ("approach 1 reads training curves: 1 of 12 run(s) have no validation curve (2 or more validations; "
+            "train with validation_every)") in fits["textless-twist"]["warnings"]
 
 
 def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):

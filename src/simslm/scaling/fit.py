@@ -63,8 +63,10 @@ class Points:
     budget: np.ndarray | None = None
     """The nominal budget a run was planned for (groups isoFLOP curves); None: from C."""
     curves: tuple[np.ndarray, ...] | None = None
-    """Each run's training curve for approach 1: a (2, steps) array of tokens seen and training loss, tokens
-    increasing (None: final points only)."""
+    """Each run's loss curve for approach 1: a (2, points) array of tokens seen and loss, tokens increasing
+    (None: final points only)."""
+    curve_kind: str = "training"
+    """What the curves are: training (every step's training loss) or validation (held-out, every few steps)."""
 
     @property
     def flops(self) -> np.ndarray:
@@ -73,7 +75,7 @@ class Points:
     def subset(self, index: np.ndarray) -> "Points":
         return Points(self.parameters[index], self.tokens[index], self.loss[index],
                       None if self.budget is None else self.budget[index],
-                      None if self.curves is None else tuple(self.curves[i] for i in index))
+                      None if self.curves is None else tuple(self.curves[i] for i in index), self.curve_kind)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -200,7 +202,7 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, Any]:
     of the luckiest seed would be biased low."""
     if points.curves is not None:
         flops, _, best_parameters = training_envelope(points)
-        method, extra = "training curves", {"num_flops": len(flops), "smoothing": CURVE_SMOOTHING}
+        method, extra = f"{points.curve_kind} curves", {"num_flops": len(flops), "smoothing": CURVE_SMOOTHING}
     else:
         cells, inverse = _cells(points)
         final = Points(cells[:, 0], cells[:, 1], np.bincount(inverse, weights=points.loss) / np.bincount(inverse))
@@ -635,9 +637,10 @@ def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) ->
     return result
 
 
-def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech") -> Points:
-    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss. Their training
-    curves come along when every row has one under `curve` (see `train.training_curve`)."""
+def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech",
+                     curve_kind: str = "training") -> Points:
+    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss. Their loss curves
+    (of `curve_kind`) come along when every row has one under `curve` (see `train.training_curve`)."""
     usable = [row for row in rows if row.get(loss_key) is not None]
     key = "parameters" if convention == "all" else "non_embedding_parameters"
     budgets = [row.get("budget") for row in usable]
@@ -647,7 +650,7 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
                   np.array([row["tokens"] for row in usable], dtype=float),
                   np.array([row[loss_key] for row in usable], dtype=float),
                   None if any(b is None for b in budgets) else np.array(budgets, dtype=float),
-                  None if any(c is None for c in curves) else tuple(curves))
+                  None if any(c is None for c in curves) else tuple(curves), curve_kind)
 
 
 def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:

@@ -28,7 +28,6 @@ from simslm.scaling.fit import (
     textless_exponent,
     training_envelope,
 )
-from simslm.train import training_curve
 
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
 
@@ -171,10 +170,12 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
     return _save(plt, figure, folder / "isoflop.png")
 
 
-def plot_training_curves(rows, variant: str, folder: Path) -> str | None:
-    """Chinchilla's Figure 2 (left): each run's smoothed training curve of speech CE against compute, coloured by
-    size, and their envelope, which approach 1 reads; None when a run of the variant has no curve."""
-    chosen = [{**row, "curve": training_curve(row["run_dir"])} for row in rows if row["variant"] == variant]
+def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
+    """Chinchilla's Figure 2 (left): each run's smoothed curve of speech CE against compute (held-out when every
+    run has one, as the fit reads them), coloured by size, and their envelope, which approach 1 reads; None when
+    a run of the variant has no curve."""
+    chosen = [dict(row) for row in rows if row["variant"] == variant]
+    kind, _ = sweep.attach_loss_curves(chosen)
     if not chosen or any(row["curve"] is None for row in chosen):
         return None
     import matplotlib.ticker
@@ -187,17 +188,17 @@ def plot_training_curves(rows, variant: str, folder: Path) -> str | None:
         first = row is next(r for r in chosen if r["parameters"] == row["parameters"])
         axes.plot(6.0 * row["parameters"] * tokens, smooth_curve(tokens, loss), "-", color=colour, alpha=0.5,
                   lw=0.8, label=f"{row['member']} (N = {row['parameters']:.3g})" if first else None)
-    flops, lowest, _ = training_envelope(points_from_rows(chosen))
+    flops, lowest, _ = training_envelope(points_from_rows(chosen, curve_kind=kind))
     axes.plot(flops, lowest, "-", color="black", lw=1.6, label="envelope (approach 1)")
-    axes.set(xscale="log", xlabel="training FLOPs so far (6ND)", ylabel="training speech cross-entropy (nats)",
-             title=f"Training curves, {variant} (cf. Chinchilla Fig. 2)")
+    axes.set(xscale="log", xlabel="training FLOPs so far (6ND)", ylabel=f"{kind} speech cross-entropy (nats)",
+             title=f"Loss curves, {variant} (cf. Chinchilla Fig. 2)")
     # The frame starts a decade below the budgets: the first steps' losses would squash everything else. Over
     # a decade and more, labels at the minor ticks run into each other.
     axes.set_xlim(left=flops.min() / 10)
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_ylim(top=max(lowest.max(), min(smooth_curve(*row["curve"])[-1] for row in chosen)) * 1.25)
     _legend_below(axes, len(sizes) + 1)
-    return _save(plt, figure, folder / "training_curves.png")
+    return _save(plt, figure, folder / "loss_curves.png")
 
 
 def _spread_by_budget(chosen: list[dict[str, Any]]) -> np.ndarray:
@@ -275,11 +276,12 @@ CAPTIONS = {
     "A cross marks the fitted minimum, the compute-optimal size at that budget, with its 95% bootstrap interval "
     "when the budget has 4 or more sizes (an interval that runs to the frame's edge goes on past the sizes run); "
     "minima outside the sizes run are not marked (the grid does not bracket them).",
-    "training_curves": "Every run's training speech cross-entropy as it trained, smoothed (a centred mean over "
-    "the steps within 2.5% of a step's tokens), against the compute spent so far, one colour per size. The black "
-    "line is their envelope over the budgets run: at each compute the lowest any run had reached, which is what "
-    "approach 1 reads (the size of that run against compute gives its exponent a). Training loss, on the training "
-    "mix: it is not the validation loss of the other figures.",
+    "loss_curves": "Every run's speech cross-entropy as it trained, against the compute spent so far, one "
+    "colour per size: its validations when every run validated during training (validation_every), else its "
+    "training loss on the training mix, which is not the validation loss of the other figures (the y axis says "
+    "which). Smoothed by a centred mean over the points within 2.5% of a point's tokens. The black line is their "
+    "envelope over the budgets run: at each compute the lowest any run had reached, which is what approach 1 reads "
+    "(the size of that run against compute gives its exponent a).",
     "accuracy_vs_compute": "One panel per benchmark: every run's accuracy with its 95% bootstrap interval, against "
     "its training compute, and the power law fitted per variant (lines). A budget's runs are drawn a little apart "
     "(by variant, then from the smallest size to the largest) so that no interval hides another; they all ran at "
@@ -386,7 +388,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
-              plot_isoflop(rows, fits, main_variant, folder), plot_training_curves(rows, main_variant, folder),
+              plot_isoflop(rows, fits, main_variant, folder), plot_loss_curves(rows, main_variant, folder),
               plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
     seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is

@@ -242,8 +242,10 @@ class SweepSpec:
 
 
 def run_id(variant: str, label: str, grid_point: str, config: dict[str, Any], family: str = "") -> str:
-    """Readable prefix plus a hash of everything that defines the run (run_dir excluded)."""
-    content = json.dumps({k: v for k, v in config.items() if k != "run_dir"}, sort_keys=True)
+    """Readable prefix plus a hash of everything that defines the run (run_dir excluded, and fields added since
+    at their default: `TrainConfig.hashed_unless`)."""
+    content = json.dumps({k: v for k, v in config.items() if k != "run_dir" and not
+                          (k in TrainConfig.hashed_unless and v == TrainConfig.hashed_unless[k])}, sort_keys=True)
     prefix = f"{family}-{label}-{variant}" if family else f"{variant}-{label}"
     return f"{prefix}-{grid_point}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
 
@@ -1191,6 +1193,22 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int]:
+    """Put each run's curve of speech CE under `curve` (None when it has none), for approach 1: held out, as the
+    other approaches' losses, when every run validated during training (`validation_every`; Cuervo & Marxer's
+    envelope is of test loss), else training loss (Chinchilla's envelope is of training loss). Returns which kind
+    of curve, and how many of the runs with a loss have a held-out one."""
+    scored = [row for row in rows if row.get("loss_speech") is not None]
+    for row in rows:
+        row["curve"] = training_curve(row["run_dir"], "loss_speech", validation=True)
+    validated = sum(row["curve"] is not None for row in scored)
+    if validated == len(scored):
+        return "validation", validated
+    for row in rows:
+        row["curve"] = training_curve(row["run_dir"], "loss_speech")
+    return "training", validated
+
+
 def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
               num_workers: int = 1, seed: int = 0, out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit every variant's runs (speech CE; accuracies against compute) and write them to `out` (default: the
@@ -1205,10 +1223,9 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                             "variants": {}}
     for variant in sorted({row["variant"] for row in rows}):
         chosen = [row for row in rows if row["variant"] == variant]
-        # Approach 1 reads the runs' training curves of speech CE (Chinchilla's envelope is of training loss).
-        for row in chosen:
-            row["curve"] = training_curve(row["run_dir"], "loss_speech")
-        points = points_from_rows(chosen, convention=convention)
+        kind, validated = attach_loss_curves(chosen)
+        scored = [row for row in chosen if row.get("loss_speech") is not None]
+        points = points_from_rows(chosen, convention=convention, curve_kind=kind)
         if len(points) < 3:
             continue
         metrics = {name: (np.array([r["flops"] for r in chosen if name in r["accuracies"]]),
@@ -1216,7 +1233,11 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
-        without = [row["id"] for row in chosen if row["curve"] is None and row.get("loss_speech") is not None]
+        if 0 < validated < len(scored):
+            fits["variants"][variant]["warnings"].append(
+                f"approach 1 reads training curves: {len(scored) - validated} of {len(scored)} run(s) have no "
+                f"validation curve (2 or more validations; train with validation_every)")
+        without = [row["id"] for row in scored if row["curve"] is None]
         if without:
             fits["variants"][variant]["warnings"].append(
                 f"approach 1 is the envelope of final losses, not of training curves: {len(without)} run(s) have no "
