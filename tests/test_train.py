@@ -305,8 +305,12 @@ def test_two_process_data_parallel_matches_one_process(data, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_across_two_processes_matches_one_process(data, tmp_path):
-    single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True)
+    single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True, validation_data=data, validation_every=2)
     assert np.allclose(_losses(sharded), _losses(single), rtol=1e-4)
+    # Validations during the run: every process scores them (each sharded forward needs all), one line each.
+    records = [json.loads(line) for line in (sharded / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[-1]["loss_speech"] == RunResult.load(sharded).validation.loss_speech
     from transformers import AutoModelForCausalLM
 
     gathered = AutoModelForCausalLM.from_pretrained(sharded / "model")
