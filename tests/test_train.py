@@ -21,9 +21,9 @@ from simslm.train import (
     TrainConfig,
     checkpoint_problem,
     learning_rate,
+    loss_curve,
     make_plan,
     train,
-    training_curve,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +100,8 @@ def test_a_training_curve_is_read_from_metrics_jsonl(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:4] + ['{"step": 9, "tok'] + lines[4:]) + "\n")
     # No speech loss at step 2 (a batch of text), none that is a number at 4, a torn line, step 3 logged again
     # by a resumed run: its last record counts.
-    assert training_curve(tmp_path).tolist() == [[512, 1536, 2560], [6.5, 6.0, 5.8]]
-    assert training_curve(tmp_path, "loss_text") is None and training_curve(tmp_path / "none") is None
+    assert loss_curve(tmp_path).tolist() == [[512, 1536, 2560], [6.5, 6.0, 5.8]]
+    assert loss_curve(tmp_path, "loss_text") is None and loss_curve(tmp_path / "none") is None
 
 
 def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path):
@@ -263,7 +263,7 @@ def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_pa
     assert [r["step"] for r in records] == [5, 10, 12] and [r["tokens"] for r in records] == [1280, 2560, 3072]
     assert records[-1]["loss_speech"] == validated.validation.loss_speech == plain.validation.loss_speech
     assert records[0]["loss_speech"] > records[1]["loss_speech"]  # it learns
-    curve = training_curve(tmp_path / "validated", validation=True)
+    curve = loss_curve(tmp_path / "validated", validation=True)
     assert curve.tolist() == [[1280, 2560, 3072], [r["loss_speech"] for r in records]]
     # Killed after step 10's validation, resumed from the checkpoint of step 8: the validations after it are done
     # again, once each, to the same numbers.

@@ -293,7 +293,9 @@ def _fit(config) -> int:
         law, approach3 = fit["approach3"]["law"], fit["approach3"]
         second = fit["approach2"]
         interval = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
-        others = f"approach 2: {second['a']:.3f}{interval}, approach 1 ({fit['approach1'].get('method', 'final points')}): {fit['approach1']['a']:.3f}"
+        first = fit["approach1"]
+        others = (f"approach 2: {second['a']:.3f}{interval}, "
+                  f"approach 1 ({first.get('method', 'final points')}): {first['a']:.3f}")
         if approach3.get("degenerate"):
             # Its numbers stay in fit.json, but printed beside sound ones they would be read as a result.
             print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")

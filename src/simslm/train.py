@@ -787,8 +787,7 @@ def _log_validation(path: Path, step: int, plan: Plan, losses: Losses, events) -
         _add_scalars(events, "validation", asdict(losses), step)
 
 
-def training_curve(run_dir: str | os.PathLike, key: str = "loss_speech", *, validation: bool = False
-                   ) -> np.ndarray | None:
+def loss_curve(run_dir: str | os.PathLike, key: str = "loss_speech", *, validation: bool = False) -> np.ndarray | None:
     """A run's curve of `key`'s loss: from metrics.jsonl (every training step), or with `validation` from
     validation.jsonl (the validations of `--validation-every`). A (2, points) array of tokens seen and the loss at
     each record that has one (a batch without speech targets has no speech loss), tokens increasing. None when

@@ -43,8 +43,8 @@ def test_mixing_draws_samples_as_interleave_datasets_does():
     shares = {"interleaved": 0.5, "speech": 0.3, "text": 0.2}
     chosen, taken = mix_streams(samples, shares, np.random.default_rng(0), by="samples")
     counts = {name: sum(s.id.startswith(name[0]) for s in chosen) for name in samples}
-    # first_exhausted: the mixture ends when a draw falls on a stream with nothing left.
-    assert counts["interleaved"] == 2000 and abs(counts["speech"] / 1200 - 1) < 0.1
+    # first_exhausted: the mixture ends with the sample that empties a stream.
+    assert counts["interleaved"] == 2000 and chosen[-1].id == "i1999" and abs(counts["speech"] / 1200 - 1) < 0.1
     assert abs(counts["text"] / 800 - 1) < 0.1
     assert [s.id for s in chosen if s.id.startswith("s")] == [f"s{i}" for i in range(counts["speech"])]
     # by tokens: the same draw, with each stream's expected share of the tokens as asked.
@@ -54,6 +54,21 @@ def test_mixing_draws_samples_as_interleave_datasets_does():
     assert sum(len(s.tokens) for s in chosen) == total
     with pytest.raises(ValueError, match="not built"):
         parse_mix(("audio=1",), ["text"])
+
+
+def test_the_mixture_is_sample_for_sample_what_datasets_interleave_datasets_gives_slamkit():
+    datasets = pytest.importorskip("datasets")
+    # slamkit: interleave_datasets(streams, probabilities=train_ratios, stopping_strategy="first_exhausted", seed=0)
+    lengths = {"text": 120, "interleaved": 700, "speech": 350}  # text, drawn least, runs out first
+    shares = {"text": 0.2023584112, "interleaved": 0.5433262899, "speech": 0.2543152989}  # its scaling config
+    samples = {name: _stream(name[0], [5] * n) for name, n in lengths.items()}
+    ours, _ = mix_streams(samples, shares, np.random.default_rng(0))
+    theirs = datasets.interleave_datasets(
+        [datasets.Dataset.from_dict({"id": [s.id for s in samples[name]]}) for name in lengths],
+        probabilities=list(shares.values()), stopping_strategy="first_exhausted", seed=0)
+    assert [s.id for s in ours] == theirs["id"]
+    # Before, the mixture went on after a stream had run out, until a draw fell on it again.
+    assert len(ours) == len(theirs)
 
 
 def test_a_long_sample_is_cut_into_context_long_pieces_and_short_ones_share_rows():

@@ -4,11 +4,12 @@ A point is one training run (or one point of its curve): parameters N, tokens D,
 C = 6ND (the paper's convention, N = all parameters) and a loss. Three ways to find the
 compute-optimal allocation, after Hoffmann et al. (2022), "Chinchilla":
 
-- Approach 1: the training-curve envelope. Each run's training loss, smoothed, as a function
-  of compute C = 6ND along the run; at 1,500 log-spaced values of C, the run with the lowest
-  loss names the best N (and D = C / 6N); power laws N_opt = k C^a and D_opt = k' C^b
-  through those. Without curves (a table of final losses), the lowest final loss in each bin
-  of log compute instead, a coarser envelope named as such in fit.json.
+- Approach 1: the envelope of loss curves. Each run's loss (training loss at every step, or
+  its validations during the run), smoothed, as a function of compute C = 6ND along the run;
+  at 1,500 log-spaced values of C, the run with the lowest loss names the best N (and
+  D = C / 6N); power laws N_opt = k C^a and D_opt = k' C^b through those. Without curves (a
+  table of final losses), the lowest final loss in each bin of log compute instead, a coarser
+  envelope named as such in fit.json.
 - Approach 2: isoFLOP parabolas. At each budget, loss against log N is a parabola; its
   vertex is N_opt(C). Power laws through the vertices.
 - Approach 3: the parametric law L = E + A/N^α + B/D^β, fitted as in Epoch AI's
@@ -195,13 +196,13 @@ CURVE_SMOOTHING = 0.05
 def approach1(points: Points, num_bins: int = 8) -> dict[str, Any]:
     """Power laws N_opt = k C^a, D_opt = k' C^b through the envelope of lowest loss against compute.
 
-    With training curves (`points.curves`), Chinchilla's approach 1: each run's smoothed curve, read at
+    With loss curves (`points.curves`), Chinchilla's approach 1: each run's smoothed curve, read at
     `APPROACH1_NUM_FLOPS` log-spaced values of C from the least compute a run finished at to the most, and at
     each the size whose run is lowest there. Without them, the lowest final loss in each of `num_bins` bins of
     log compute. Replicates (runs of one N and D, a sweep's seeds) count as their mean either way: the envelope
     of the luckiest seed would be biased low."""
     if points.curves is not None:
-        flops, _, best_parameters = training_envelope(points)
+        flops, _, best_parameters = curve_envelope(points)
         method, extra = f"{points.curve_kind} curves", {"num_flops": len(flops), "smoothing": CURVE_SMOOTHING}
     else:
         cells, inverse = _cells(points)
@@ -246,8 +247,8 @@ def _cells(points: Points) -> tuple[np.ndarray, np.ndarray]:
     return cells, inverse.reshape(-1)
 
 
-def training_envelope(points: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Approach 1's envelope of the runs' training curves: at `APPROACH1_NUM_FLOPS` log-spaced C from the least
+def curve_envelope(points: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Approach 1's envelope of the runs' loss curves: at `APPROACH1_NUM_FLOPS` log-spaced C from the least
     compute a run finished at to the most, the lowest smoothed loss of any cell (replicates averaged) and that
     cell's N. Values of C that no curve reaches are left out."""
     cells, inverse = _cells(points)
@@ -640,7 +641,7 @@ def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) ->
 def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech",
                      curve_kind: str = "training") -> Points:
     """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss. Their loss curves
-    (of `curve_kind`) come along when every row has one under `curve` (see `train.training_curve`)."""
+    (of `curve_kind`) come along when every row has one under `curve` (see `train.loss_curve`)."""
     usable = [row for row in rows if row.get(loss_key) is not None]
     key = "parameters" if convention == "all" else "non_embedding_parameters"
     budgets = [row.get("budget") for row in usable]

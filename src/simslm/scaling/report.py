@@ -23,10 +23,10 @@ from simslm.scaling import sweep
 from simslm.scaling.fit import (
     TEXTLESS_REFERENCE,
     Law,
+    curve_envelope,
     points_from_rows,
     smooth_curve,
     textless_exponent,
-    training_envelope,
 )
 
 COLOURS = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#6c4f8b", "#00798c")
@@ -188,7 +188,7 @@ def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
         first = row is next(r for r in chosen if r["parameters"] == row["parameters"])
         axes.plot(6.0 * row["parameters"] * tokens, smooth_curve(tokens, loss), "-", color=colour, alpha=0.5,
                   lw=0.8, label=f"{row['member']} (N = {row['parameters']:.3g})" if first else None)
-    flops, lowest, _ = training_envelope(points_from_rows(chosen, curve_kind=kind))
+    flops, lowest, _ = curve_envelope(points_from_rows(chosen, curve_kind=kind))
     axes.plot(flops, lowest, "-", color="black", lw=1.6, label="envelope (approach 1)")
     axes.set(xscale="log", xlabel="training FLOPs so far (6ND)", ylabel=f"{kind} speech cross-entropy (nats)",
              title=f"Loss curves, {variant} (cf. Chinchilla Fig. 2)")

@@ -47,7 +47,7 @@ from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
-from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, measure_peak_flops, training_curve
+from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, loss_curve, measure_peak_flops
 
 SWEEP_FILE = "sweep.json"
 
@@ -1200,12 +1200,12 @@ def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int]:
     of curve, and how many of the runs with a loss have a held-out one."""
     scored = [row for row in rows if row.get("loss_speech") is not None]
     for row in rows:
-        row["curve"] = training_curve(row["run_dir"], "loss_speech", validation=True)
+        row["curve"] = loss_curve(row["run_dir"], "loss_speech", validation=True)
     validated = sum(row["curve"] is not None for row in scored)
     if validated == len(scored):
         return "validation", validated
     for row in rows:
-        row["curve"] = training_curve(row["run_dir"], "loss_speech")
+        row["curve"] = loss_curve(row["run_dir"], "loss_speech")
     return "training", validated
 
 

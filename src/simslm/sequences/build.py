@@ -129,7 +129,9 @@ def mix_streams(samples: dict[str, list[Sample]], shares: dict[str, float], rng:
     """Interleave the streams as `datasets.interleave_datasets(probabilities, "first_exhausted")` does for slamkit.
 
     Each next sample comes from a stream drawn with its probability, in the stream's own
-    order, until a draw falls on a stream that has run out. `by="tokens"` turns token shares
+    order; the mixture ends with the sample that empties a stream (the first to run out).
+    With the same streams and `np.random.default_rng(0)`, the order is slamkit's (it passes
+    seed=0), sample for sample (tested against `datasets` itself). `by="tokens"` turns token shares
     into those probabilities (share / mean sample length), so each stream's expected share of
     the tokens is its share. Returns the samples in draw order and the tokens taken per stream.
     """
@@ -143,14 +145,15 @@ def mix_streams(samples: dict[str, list[Sample]], shares: dict[str, float], rng:
     cursor = dict.fromkeys(names, 0)
     chosen, taken = [], dict.fromkeys(names, 0)
     while True:
-        for draw in rng.choice(len(names), size=4096, p=probabilities):
+        # Blocks of draws, as `datasets` draws them (the block size does not change the sequence).
+        for draw in rng.choice(len(names), size=1000, p=probabilities):
             name = names[draw]
-            if cursor[name] == len(samples[name]):
-                return chosen, taken
             sample = samples[name][cursor[name]]
             cursor[name] += 1
             chosen.append(sample)
             taken[name] += len(sample.tokens)
+            if cursor[name] == len(samples[name]):
+                return chosen, taken
 
 
 KIND_NAMES = {TEXT: "text", SPEECH: "speech", MARKER: "marker"}
