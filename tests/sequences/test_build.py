@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simslm.sequences.build import BuildConfig, build_sequences, mix_streams, pack, parse_mix
+from simslm.sequences.build import BuildConfig, build_sequences, context_pieces, mix_streams, pack, parse_mix
 from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
 from simslm.sequences.vocabulary import Vocabulary
@@ -69,6 +69,39 @@ def test_the_mixture_is_sample_for_sample_what_datasets_interleave_datasets_give
     assert [s.id for s in ours] == theirs["id"]
     # Before, the mixture went on after a stream had run out, until a draw fell on it again.
     assert len(ours) == len(theirs)
+
+
+def test_streams_are_cut_to_the_context_before_they_are_mixed_as_slamkit_does():
+    datasets = pytest.importorskip("datasets")
+    # slamkit maps chunk_texts (pieces of context_len and the rest) over each stream, then interleaves: a draw takes
+    # a piece. Long text documents are 4 pieces each, so the text stream lasts 4 times as many draws.
+    samples = {"text": _stream("t", [100] * 30), "speech": _stream("s", [20] * 200)}
+    pieces = {name: context_pieces(stream, 32) for name, stream in samples.items()}
+    assert [p.id for p in pieces["text"][:5]] == ["t0#0", "t0#1", "t0#2", "t0#3", "t1#0"]
+    assert [len(p.tokens) for p in pieces["text"][:4]] == [32, 32, 32, 4] and len(pieces["speech"]) == 200
+    ours, taken = mix_streams(pieces, {"text": 0.5, "speech": 0.5}, np.random.default_rng(0))
+
+    def chunked(stream):  # each document's tokens in consecutive pieces of 32, the rest kept
+        ids = [f"{s.id}#{k}" if len(s.tokens) > 32 else s.id for s in stream for k in range(-(-len(s.tokens) // 32))]
+        return datasets.Dataset.from_dict({"id": ids})
+
+    theirs = datasets.interleave_datasets([chunked(samples["text"]), chunked(samples["speech"])], probabilities=[0.5, 0.5],
+                                          stopping_strategy="first_exhausted", seed=0)
+    assert [p.id for p in ours] == theirs["id"]
+    assert sum(p.id.startswith("t") for p in ours) == 120  # all 4 pieces of all 30 documents: text ran out first
+
+
+def test_a_build_mixes_pieces_of_the_context_not_whole_documents(build, monkeypatch):
+    from simslm.sequences import build as build_module
+
+    drawn = []
+    monkeypatch.setattr(build_module, "mix_streams", lambda pieces, *a, **k: drawn.append(pieces) or
+                        mix_streams(pieces, *a, **k))
+    index, _ = build(context_length=32, num_epochs=1)
+    epoch = index["epochs"][0]
+    # Documents longer than 32 tokens reached the mixture as pieces, each drawn on its own.
+    assert all(len(piece.tokens) <= 32 for pieces in drawn for stream in pieces.values() for piece in stream)
+    assert epoch["pieces_by_stream"]["text"] > epoch["samples_by_stream"]["text"]
 
 
 def test_a_long_sample_is_cut_into_context_long_pieces_and_short_ones_share_rows():

@@ -156,6 +156,21 @@ def mix_streams(samples: dict[str, list[Sample]], shares: dict[str, float], rng:
                 return chosen, taken
 
 
+def context_pieces(samples: list[Sample], context_length: int) -> list[Sample]:
+    """Each sample cut into pieces of `context_length` tokens and the rest, in order, each a sample of its own:
+    slamkit's `chunk_texts`, which it maps over every stream before it mixes them, so that a draw of the mixture
+    takes one piece, and a stream of long documents gives as many draws as it has pieces."""
+    pieces = []
+    for sample in samples:
+        if len(sample.tokens) <= context_length:
+            pieces.append(sample)
+            continue
+        for number, start in enumerate(range(0, len(sample.tokens), context_length)):
+            pieces.append(Sample(id=f"{sample.id}#{number}", tokens=sample.tokens[start:start + context_length],
+                                 kinds=sample.kinds[start:start + context_length]))
+    return pieces
+
+
 KIND_NAMES = {TEXT: "text", SPEECH: "speech", MARKER: "marker"}
 
 
@@ -164,7 +179,8 @@ def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary, *, 
     """Rows of `context_length` tokens holding whole documents, with positions that restart at each one.
 
     A sample longer than the context is cut into pieces of `context_length` and the rest
-    (slamkit's `chunk_texts`), each piece a document of its own; pieces go into the first of
+    (slamkit's `chunk_texts`; `build_sequences` has cut them before the mixture, as slamkit
+    does), each piece a document of its own; pieces go into the first of
     the last `open_rows` rows with room for them, and the pad token fills what is left. The
     positions say where documents start, so attention and loss stay within each document,
     as slamkit's `DataCollatorWithFlattening` and variable-length attention have it.
@@ -316,11 +332,14 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             samples["interleaved"], span_skips = build_interleaved_epoch(config, vocabulary, epoch, usable,
                                                                           units_by_id)
             skipped.update(span_skips)
-        # Each epoch takes its stream samples in a new order, then draws the mixture.
+        # Each epoch takes its stream samples in a new order, cuts them to the context as slamkit does before it
+        # mixes its streams, then draws the mixture piece by piece.
+        pieces = {}
         for name in samples:
             order = np.random.default_rng([config.seed, epoch, STREAMS.index(name)]).permutation(len(samples[name]))
             samples[name] = [samples[name][i] for i in order]
-        chosen, taken = mix_streams(samples, shares, np.random.default_rng([config.seed, epoch, 1]), by=config.mix_by)
+            pieces[name] = context_pieces(samples[name], config.context_length)
+        chosen, taken = mix_streams(pieces, shares, np.random.default_rng([config.seed, epoch, 1]), by=config.mix_by)
         chunks, positions, counts = pack(chosen, config.context_length, vocabulary)
         folder = building / f"epoch-{epoch:03d}"
         folder.mkdir()
@@ -334,6 +353,7 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             "epoch": epoch, "shards": shard_names, "position_shards": position_names, "num_chunks": int(len(chunks)),
             "token_counts": counts,
             "tokens_by_stream": taken, "samples_by_stream": {n: len(v) for n, v in samples.items()},
+            "pieces_by_stream": {n: len(v) for n, v in pieces.items()},
             "skipped": dict(skipped),
             "interleaved_words": int(sum(s.num_words for s in interleaved)),
             "interleaved_speech_words": int(sum(s.num_speech_words for s in interleaved)),
