@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_fit.py --points 300 --resamples 4000
 
 Points: an isoFLOP grid (12 budgets x 25 sizes) drawn from a known law with 0.5% noise.
-Reported: the full-data fit (22,500-point start grid, then L-BFGS from the best 8), the
+Reported: the full-data fit (4,500-point start grid (Chinchilla's), then L-BFGS from the best 8), the
 bootstrap with 1 and with 2 worker processes side by side, and whether the known
 parameters fall inside the intervals.
 """

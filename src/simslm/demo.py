@@ -425,7 +425,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         second = main["approach2"]
         second_ci = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
         first_a = (f"a = {main['approach1']['a']:.3f}" if math.isfinite(main["approach1"]["a"]) else
-                   "n/a (the best runs are all one size, or span too little compute)")
+                   "n/a (one size is the best at nearly every compute, or the best runs span too little of it)")
         agreement = ""
         if second.get("ci_a") and not approach3.get("degenerate"):
             overlap = second["ci_a"][0] <= high and low <= second["ci_a"][1]

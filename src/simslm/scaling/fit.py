@@ -181,8 +181,11 @@ def _resample(points: Points, rng: np.random.Generator) -> Points:
 # --- approach 1: envelope ------------------------------------------------------------------------
 
 
-# The envelope needs its best points to span at least this factor of compute.
+# The envelope needs its best points to span at least this factor of compute, and two sizes that are each the
+# best at this share of them or more: a size lowest at a few of 1,500 values of C, where two curves cross in
+# their noise, is not a change of the optimum (the demo's first curve envelope: d3 at 2 of 1,500, so a = 0.001).
 APPROACH1_MIN_SPAN = 2.0
+APPROACH1_MIN_SHARE = 0.02
 # Hoffmann et al. (2022), section 3.1: "At 1500 logarithmically spaced FLOP values, we find which model size
 # achieves the lowest loss of all models along with the required number of training tokens."
 APPROACH1_NUM_FLOPS = 1500
@@ -210,10 +213,13 @@ def approach1(points: Points, num_bins: int = 8) -> dict[str, Any]:
         best = _binned_envelope(final, num_bins)
         flops, best_parameters = final.flops[best], final.parameters[best]
         method, extra = "final points", {"num_bins": int(len(best))}
+    sizes, counts = np.unique(best_parameters, return_counts=True)
     result = {"a": float("nan"), "b": float("nan"), "k_n": float("nan"), "k_d": float("nan"), "method": method,
-              **extra}
+              **extra, "best_sizes": [[float(size), float(count / len(best_parameters))]
+                                      for size, count in zip(sizes, counts)]}
     # Through points of nearly one compute (one budget, rounded to whole steps) a slope is noise, not a law.
-    if len(np.unique(best_parameters)) < 2 or np.ptp(np.log(flops)) < math.log(APPROACH1_MIN_SPAN):
+    if np.sum(counts >= APPROACH1_MIN_SHARE * len(best_parameters)) < 2 or \
+            np.ptp(np.log(flops)) < math.log(APPROACH1_MIN_SPAN):
         return result
     result["k_n"], result["a"] = power_law(flops, best_parameters)
     result["k_d"], result["b"] = power_law(flops, flops / (6 * best_parameters))
@@ -613,7 +619,8 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
                         f"against [{third[0]:.3f}, {third[1]:.3f}] (95% intervals that do not overlap)")
     if not np.isfinite(fit["approach1"]["a"]):
         warnings.append(f"approach 1 could not be computed: the lowest-loss runs ({fit['approach1']['method']}) "
-                        f"span less than {APPROACH1_MIN_SPAN:g}x of compute, or are all one size")
+                        f"span less than {APPROACH1_MIN_SPAN:g}x of compute, or only one size is the lowest at "
+                        f"{APPROACH1_MIN_SHARE:.0%} of them or more (approach1.best_sizes)")
     if not np.isfinite(fit["approach2"]["a"]):
         budgets = points.budget if points.budget is not None else points.flops
         sized = sum(len(np.unique(points.parameters[budgets == b])) >= 3 for b in np.unique(budgets))
