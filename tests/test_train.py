@@ -606,8 +606,11 @@ def test_cross_entropy_in_chunks_gives_the_same_training(data, tmp_path):
 @pytest.mark.slow
 def test_fsdp_with_chunked_loss_and_activation_checkpointing_matches_one_process(data, tmp_path):
     single, sharded = _one_process_and_torchrun(data, tmp_path, fsdp=True, loss_chunk_tokens=40,
-                                                activation_checkpointing=True)
+                                                activation_checkpointing=True, validation_data=data,
+                                                validation_every=3)
     assert np.allclose(_losses(sharded), _losses(single), rtol=1e-4)
+    # A validation during the run goes through FSDP's root, which holds the chunked head.
+    assert [json.loads(line)["step"] for line in (sharded / "validation.jsonl").read_text().splitlines()] == [3, 6]
 
 
 @pytest.mark.slow

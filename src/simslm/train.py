@@ -851,8 +851,10 @@ def _ratios(sums: list[float]) -> Losses:
 
 
 def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: int, num_batches: int,
-                        device: str, per_batch: list[list[float]] | None = None, quiet: bool = False) -> Losses:
-    """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss).
+                        device: str, per_batch: list[list[float]] | None = None, quiet: bool = False,
+                        chunked: bool = False) -> Losses:
+    """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss). `chunked`:
+    `model` is a `chunked_loss_module`.
 
     `per_batch`, when given, receives each batch's sums (`VALIDATION_SUMS`): the batches are the folder's
     first ones in a fixed order, the same for every run with this batch size, so two runs' losses can be
@@ -867,7 +869,8 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     batches = range(min(num_batches, loader.batches_per_epoch()))
     with torch.no_grad():
         for _ in (batches if quiet else jobs.progress(batches, "validation", unit="batch")):
-            _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext())
+            _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext(),
+                                    chunked)
             totals = [a + b for a, b in zip(totals, sums)]
             if per_batch is not None:
                 per_batch.append([float(value) for value in sums])
@@ -1138,9 +1141,11 @@ def train(config: TrainConfig) -> RunResult | None:
             while len(launched) > (0 if checkpointing or validating else lag):  # a checkpoint holds only steps
                 settle(launched.pop(0))                                          # known to be finite
             if validating:
-                # Every process scores the same batches: under FSDP each forward needs all of them.
-                losses = evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
-                                             config.num_validation_batches, distributed.device, quiet=True)
+                # Every process scores the same batches: under FSDP each forward needs all of them, through the
+                # module FSDP wraps as its root (`core`, which holds the head when the loss is chunked).
+                losses = evaluate_modalities(core, config.validation_data, vocabulary, config.batch_size,
+                                             config.num_validation_batches, distributed.device, quiet=True,
+                                             chunked=chunked)
                 if distributed.is_main:
                     _log_validation(validation_path, done, plan, losses, events)
                 last_read = time.perf_counter()  # the validation is not the next step's time
