@@ -595,12 +595,21 @@ def test_a_checkpoint_of_another_model_is_refused_naming_it(data, tmp_path):
                       checkpoint_every=2))
 
 
-def test_cross_entropy_in_chunks_gives_the_same_training(data, tmp_path):
-    whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64))
+def test_cross_entropy_in_chunks_gives_the_same_training(data, tmp_path, monkeypatch):
+    whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64, validation_data=data))
+    from simslm import train as train_module
+
+    evaluate, heads = train_module.evaluate_modalities, []
+    monkeypatch.setattr(train_module, "evaluate_modalities",
+                        lambda *arguments, **keywords: heads.append(keywords.get("chunked")) or
+                        evaluate(*arguments, **keywords))
     chunked = train(_config(data, tmp_path / "chunked", budget_tokens=4 * 4 * 64, loss_chunk_tokens=50,
-                            activation_checkpointing=True))
+                            activation_checkpointing=True, validation_data=data, validation_every=2))
     assert np.allclose(_losses(tmp_path / "chunked"), _losses(tmp_path / "whole"), rtol=1e-5, atol=1e-5)
     assert chunked.final_train.loss_speech == pytest.approx(whole.final_train.loss_speech, rel=1e-5)
+    # Its validations (at step 2 and its own at the end) go through the chunked head too, to the same numbers.
+    assert heads == [True, True]
+    assert chunked.validation.loss_speech == pytest.approx(whole.validation.loss_speech, rel=1e-5)
 
 
 @pytest.mark.slow

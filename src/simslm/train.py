@@ -1178,8 +1178,12 @@ def train(config: TrainConfig) -> RunResult | None:
     if distributed.is_main:
         model.to(distributed.device)
         validation_batches: list[list[float]] = []
-        validation = (evaluate_modalities(model, config.validation_data, vocabulary, config.batch_size,
-                                          config.num_validation_batches, distributed.device, validation_batches)
+        # With a chunked loss, through the chunked head: the full logits of a large vocabulary (Qwen2.5's 151,936
+        # at batch 8 x 2,048: 10 GB) are what --loss-chunk-tokens keeps from existing.
+        scorer = chunked_loss_module(model, config.loss_chunk_tokens) if chunked else model
+        validation = (evaluate_modalities(scorer, config.validation_data, vocabulary, config.batch_size,
+                                          config.num_validation_batches, distributed.device, validation_batches,
+                                          chunked=chunked)
                       if config.validation_data else None)
         if validation is not None and config.validation_every:
             _log_validation(validation_path, plan.total_steps, plan, validation, events)
