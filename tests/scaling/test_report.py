@@ -282,6 +282,7 @@ def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
     _fake_sweep(tmp_path / "sweep")
     assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--out", str(tmp_path / "mine.json")]) == 0
     assert (tmp_path / "mine.json").exists() and not (tmp_path / "sweep" / "fit.json").exists()
+    assert json.loads((tmp_path / "mine.json").read_text())["source"] == "sweep"  # which sweep, relative to it
     assert main(["fit", str(tmp_path / "sweep"), "--out", str(tmp_path)]) == 2  # refused before the fit
     assert capsys.readouterr().err.strip().endswith(f"--out {tmp_path}: a folder, where the path of a fit.json is needed")
 

@@ -1256,7 +1256,11 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                 fits["variants"][variant]["warnings"].append(
                     f"{name}: in {len(cut)} run(s), sides longer than the model's positions were scored on their "
                     f"latest tokens (up to {most[0]} of {most[1]}, at {most[2]} positions); slamkit scores them whole")
-    jobs.write_json(Path(out) if out else Path(sweep_dir) / "fit.json", fits)
+    out = Path(out) if out else Path(sweep_dir) / "fit.json"
+    # Which sweep it fits, relative to where it is written ("." for the sweep's own), as a table's fit says which
+    # table: a fit.json written elsewhere with --out would otherwise not say.
+    fits["source"] = jobs.portable_path(sweep_dir, out.parent)["relative"]
+    jobs.write_json(out, fits)
     return fits
 
 
