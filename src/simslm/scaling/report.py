@@ -175,19 +175,21 @@ def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
     run has one, as the fit reads them), coloured by size, and their envelope, which approach 1 reads; None when
     a run of the variant has no curve."""
     chosen = [dict(row) for row in rows if row["variant"] == variant]
-    kind, _ = sweep.attach_loss_curves(chosen)
+    kind, _, _ = sweep.attach_loss_curves(chosen)
     if not chosen or any(row["curve"] is None for row in chosen):
         return None
     import matplotlib.ticker
 
     plt, figure, axes = _figure()
-    sizes = sorted({row["parameters"] for row in chosen})
+    sizes, labelled, ends = sorted({row["parameters"] for row in chosen}), set(), []
     for row in chosen:
-        tokens, loss = row["curve"]
-        colour = COLOURS[sizes.index(row["parameters"]) % len(COLOURS)]
-        first = row is next(r for r in chosen if r["parameters"] == row["parameters"])
-        axes.plot(6.0 * row["parameters"] * tokens, smooth_curve(tokens, loss), "-", color=colour, alpha=0.5,
-                  lw=0.8, label=f"{row['member']} (N = {row['parameters']:.3g})" if first else None)
+        tokens, smoothed = row["curve"][0], smooth_curve(*row["curve"])
+        ends.append(smoothed[-1])
+        first = row["parameters"] not in labelled
+        labelled.add(row["parameters"])
+        axes.plot(6.0 * row["parameters"] * tokens, smoothed, "-", color=COLOURS[sizes.index(row["parameters"]) %
+                  len(COLOURS)], alpha=0.5, lw=0.8, label=f"{row['member']} (N = {row['parameters']:.3g})" if first
+                  else None)
     flops, lowest, _ = curve_envelope(points_from_rows(chosen, curve_kind=kind))
     axes.plot(flops, lowest, "-", color="black", lw=1.6, label="envelope (approach 1)")
     axes.set(xscale="log", xlabel="training FLOPs so far (6ND)", ylabel=f"{kind} speech cross-entropy (nats)",
@@ -196,7 +198,7 @@ def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
     # a decade and more, labels at the minor ticks run into each other.
     axes.set_xlim(left=flops.min() / 10)
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes.set_ylim(top=max(lowest.max(), min(smooth_curve(*row["curve"])[-1] for row in chosen)) * 1.25)
+    axes.set_ylim(top=max(lowest.max(), min(ends)) * 1.25)
     _legend_below(axes, len(sizes) + 1)
     return _save(plt, figure, folder / "loss_curves.png")
 

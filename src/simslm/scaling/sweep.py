@@ -1193,20 +1193,20 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int]:
+def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int, int]:
     """Put each run's curve of speech CE under `curve` (None when it has none), for approach 1: held out, as the
     other approaches' losses, when every run validated during training (`validation_every`; Cuervo & Marxer's
     envelope is of test loss), else training loss (Chinchilla's envelope is of training loss). Returns which kind
-    of curve, and how many of the runs with a loss have a held-out one."""
+    of curve, how many runs have a speech loss, and how many of those have a held-out curve."""
     scored = [row for row in rows if row.get("loss_speech") is not None]
     for row in rows:
         row["curve"] = loss_curve(row["run_dir"], "loss_speech", validation=True)
     validated = sum(row["curve"] is not None for row in scored)
     if validated == len(scored):
-        return "validation", validated
+        return "validation", len(scored), validated
     for row in rows:
         row["curve"] = loss_curve(row["run_dir"], "loss_speech")
-    return "training", validated
+    return "training", len(scored), validated
 
 
 def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
@@ -1223,8 +1223,7 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                             "variants": {}}
     for variant in sorted({row["variant"] for row in rows}):
         chosen = [row for row in rows if row["variant"] == variant]
-        kind, validated = attach_loss_curves(chosen)
-        scored = [row for row in chosen if row.get("loss_speech") is not None]
+        kind, scored, validated = attach_loss_curves(chosen)
         points = points_from_rows(chosen, convention=convention, curve_kind=kind)
         if len(points) < 3:
             continue
@@ -1233,11 +1232,11 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
                                                     convention=convention, metrics=metrics, num_workers=num_workers)
-        if 0 < validated < len(scored):
+        if 0 < validated < scored:
             fits["variants"][variant]["warnings"].append(
-                f"approach 1 reads training curves: {len(scored) - validated} of {len(scored)} run(s) have no "
+                f"approach 1 reads training curves: {scored - validated} of {scored} run(s) have no "
                 f"validation curve (2 or more validations; train with validation_every)")
-        without = [row["id"] for row in scored if row["curve"] is None]
+        without = [row["id"] for row in chosen if row["curve"] is None and row.get("loss_speech") is not None]
         if without:
             fits["variants"][variant]["warnings"].append(
                 f"approach 1 is the envelope of final losses, not of training curves: {len(without)} run(s) have no "
