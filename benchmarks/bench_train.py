@@ -229,41 +229,37 @@ def main() -> None:
         # (first step to last, data loading and compiling included) and median steps, on the same model and data.
         for member in args.compare_depths.split(","):
             depth, ratio = model_lib.parse_family_source(member)
-            # Each run: (median step tokens/s, whole loop tokens/s[, MFU of the median step: simslm's]).
-            runs: dict[str, list[tuple[float, ...]]] = {"simslm": [], "HF Trainer": []}
-            if "documents-apart" in args.trainers.split(","):
-                runs["HF Trainer, documents apart"] = []
-            attentions = list(filter(None, args.attentions.split(",")))
-            for attention in attentions:
-                runs[f"simslm --attention {attention}"] = []
-            if shape.device == "cpu":  # the host's malloc settings: a CPU matter (and a GPU lease is short)
-                runs["HF Trainer, freed memory kept"] = []
-            modes = args.compile_modes.split(",") if args.compile else []
-            for mode in modes:
-                runs[f"simslm --compile --compile-mode {mode}"] = []
             ours = functools.partial(isolated, our_loop, data, depth, args.steps, aspect_ratio=ratio, shape=shape)
             theirs = functools.partial(isolated, hf_trainer, data, depth, args.steps, scratch, aspect_ratio=ratio,
                                        shape=shape)
-
-            def record(name: str, entry: tuple[float, ...]) -> None:
-                runs[name].append(entry)  # and say so at once: a run cut short by a time limit keeps what it had
-                print(f"depth {depth}, {name}, run {len(runs[name])}: " + ", ".join(f"{v:,.4g}" for v in entry),
-                      file=sys.stderr, flush=True)
+            # In the order each repeat runs them, the baseline second so that a time box cutting a repeat short
+            # cuts the options rather than the Trainer. Each simslm run gives (median step tokens/s, MFU, whole
+            # loop tokens/s), each Trainer run (median step, whole loop).
+            attentions = list(filter(None, args.attentions.split(",")))
+            modes = args.compile_modes.split(",") if args.compile else []
+            contenders = {"simslm": lambda run: ours(run), "HF Trainer": lambda run: theirs()}
+            for mode in modes:
+                contenders[f"simslm --compile --compile-mode {mode}"] = functools.partial(ours, compile_mode=mode)
+            for attention in attentions:
+                contenders[f"simslm --attention {attention}"] = functools.partial(ours, attention=attention)
+                for mode in modes:  # the two together: flex attention's kernels compile with the model
+                    contenders[f"simslm --compile --compile-mode {mode} --attention {attention}"] = functools.partial(
+                        ours, compile_mode=mode, attention=attention)
+            if "documents-apart" in args.trainers.split(","):
+                contenders["HF Trainer, documents apart"] = lambda run: theirs(documents_apart=True)
+            if shape.device == "cpu":  # the host's malloc settings: a CPU matter (and a GPU lease is short)
+                contenders["HF Trainer, freed memory kept"] = lambda run: theirs(keep_memory=True)
+            runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in contenders}
 
             for repeat in range(args.repeats):
-                step, mfu, loop = ours(scratch / f"a-{member}-{repeat}")
-                record("simslm", (step, loop, mfu))
-                for mode in modes:
-                    step, mfu, loop = ours(scratch / f"c-{member}-{mode}-{repeat}", mode)
-                    record(f"simslm --compile --compile-mode {mode}", (step, loop, mfu))
-                for attention in attentions:
-                    step, mfu, loop = ours(scratch / f"k-{member}-{attention}-{repeat}", attention=attention)
-                    record(f"simslm --attention {attention}", (step, loop, mfu))
-                record("HF Trainer", theirs())
-                if "HF Trainer, documents apart" in runs:
-                    record("HF Trainer, documents apart", theirs(documents_apart=True))
-                if "HF Trainer, freed memory kept" in runs:
-                    record("HF Trainer, freed memory kept", theirs(keep_memory=True))
+                for index, (name, contender) in enumerate(contenders.items()):
+                    entry = contender(scratch / f"{member}-{index}-{repeat}")
+                    if name.startswith("simslm"):
+                        step, mfu, loop = entry
+                        entry = (step, loop, mfu)
+                    runs[name].append(entry)  # and say so at once: a run cut short by a time limit keeps what it had
+                    print(f"depth {depth}, {name}, run {len(runs[name])}: " + ", ".join(f"{v:,.4g}" for v in entry),
+                          file=sys.stderr, flush=True)
             hf_step = statistics.median(step for step, _ in runs["HF Trainer"])
             hf_loop = statistics.median(loop for _, loop in runs["HF Trainer"])
             for name, values in runs.items():

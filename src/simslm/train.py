@@ -521,8 +521,9 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     """Achieved fp32 (bf16 on CUDA) matrix-multiply FLOP/s on this device: the MFU denominator.
 
     Timed after a warm-up of half as long: a GPU's clocks climb from idle under load, and the first products
-    pay for library setup; counting those lowered the H200's peak to 670 TFLOP/s, against 769-798 measured
-    after warm-ups (docs/LOG.md 2026-12-04), and so raised every MFU by a sixth."""
+    pay for library setup. On the lent H200 this gives 673-681 TFLOP/s, as the cold measurement did (670),
+    against the 769-798 of the device notes (docs/LOG.md 2026-12-04, ninth session): MFUs here are against
+    what this process achieves, not against a datasheet."""
     import torch
 
     on_cuda = str(device).startswith("cuda")
