@@ -24,6 +24,17 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage: simslm " + command in capsys.readouterr().out
 
 
+def test_the_top_level_help_lists_each_group_s_actions_and_only_those(capsys):
+    # It once offered `sequences inspect` and `units measure`, which do not exist.
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    groups = build_parser()._subparsers._group_actions[0].choices
+    for group in ("units", "sequences", "sweep", "manifest", "model", "textlm", "bench"):
+        actions = list(groups[group]._subparsers._group_actions[0].choices)
+        assert f"{group} " in help_text and f": {', '.join(actions)} " in help_text, (group, actions)
+
+
 def test_field_docstrings_become_help_text():
     synth = build_parser()._subparsers._group_actions[0].choices["synth"]
     voice_set = next(a for a in synth._actions if a.dest == "voice_set")

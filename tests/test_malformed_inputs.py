@@ -428,6 +428,7 @@ CASES: dict[str, Case] = {
     "fit: table missing": lambda w: (["fit", str(missing(w, "t.csv"))], str(missing(w, "t.csv")), []),
     "fit: sweep with no finished run": lambda w: (["fit", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),
     "plan: negative budget": lambda w: (["plan", "--flops=-1e20"], "--flops", []),
+    "plan: variant without a fit": lambda w: (["plan", "--flops", "1e20", "--variant", "textless"], "--variant", []),
     "plan: fit missing": lambda w: (["plan", "--flops", "1e20", "--fit", str(missing(w, "fit.json"))],
                                     str(missing(w, "fit.json")), []),
     "plan: fit not JSON": lambda w: (["plan", "--flops", "1e20", "--fit", str(not_json(w, "fit.json"))],

@@ -435,12 +435,15 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.demo", "DemoConfig"), _demo),
 )
 
-GROUP_HELP = {"units": "audio -> discrete units: fit k-means, extract, measure",
-              "sequences": "token streams: interleave, mix, pack; inspect",
-              "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
-              "sweep": "sweeps over model sizes: plan, run (resumable), wait, status",
-              "manifest": "corpus manifests: import, validate",
-              "model": "base models and checkpoints"}
+# What each group of commands is for; `simslm --help` adds its actions, read from COMMANDS so the two never differ.
+GROUP_ABOUT = {"units": "audio -> discrete units", "sequences": "token streams", "textlm": "text-LM families (TWIST sources)",
+               "bench": "offline re-creations of the spoken benchmarks", "sweep": "sweeps over model sizes",
+               "manifest": "corpus manifests", "model": "base models and checkpoints"}
+
+
+def group_help(group: str) -> str:
+    """`GROUP_ABOUT[group]` and the group's actions, in COMMANDS' order."""
+    return f"{GROUP_ABOUT[group]}: " + ", ".join(c.words[1] for c in COMMANDS if c.words[0] == group and len(c.words) == 2)
 
 
 def _named_command(argv: list[str]) -> tuple[str, ...]:
@@ -477,7 +480,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         else:
             group, action = command.words
             if group not in groups:
-                group_parser = commands.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                about = group_help(group)
+                group_parser = commands.add_parser(group, help=about, description=about)
                 groups[group] = group_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
             sub = groups[group].add_parser(action, help=command.help, description=command.help)
         if named is not None and command.words != named:

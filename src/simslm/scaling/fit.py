@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, check_positive
+from simslm.config import Config, ConfigError, check_positive
 
 # Cuervo & Marxer (2024), textless SLMs (HuBERT-25Hz, 500 units): the reference the paper
 # compares against (its Figure 1), and their downstream exponents (metric ∝ C^γ).
@@ -697,3 +697,6 @@ class PlanConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "flops", "vocab_size")
+        if self.variant is not None and self.fit is None:
+            # The reference law has no variants: a --variant alone would be ignored, and the plan not be the fit's.
+            raise ConfigError("--variant needs --fit (the textless reference law has no variants)")
