@@ -152,7 +152,45 @@ def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path)
     (tmp_path / "other").rename(tmp_path / "moved")
     moved = sweep.load_sweep(tmp_path / "moved" / "sweep")
     assert list(moved["data_sha256"]) == [str(tmp_path / "moved" / "seq")]
-    sweep._check_data_unchanged(moved)
+    sweep._check_inputs_unchanged(moved)
+
+
+def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_path):
+    # A text LM pretrained again into the same folder: the finished TWIST runs started from the old weights.
+    source = _tiny_base_model(tmp_path / "models" / "qwen2-32", "qwen2", 32, 1)
+    families = {"qwen2": [source]}
+    one_cell = {"families": families, "depths": (), "budgets_flops": (4e8,)}
+    twist = _spec(data, **one_cell, variants=(sweep.Variant(name="t", data=data),))
+    scratch = _spec(data, **one_cell)
+    planned = sweep.plan_sweep(twist, tmp_path / "twist")
+    sweep.plan_sweep(twist, tmp_path / "twist")  # planned again, nothing changed: as before
+    assert list(planned["base_sha256"]) == [str(Path(source).resolve())]
+    sweep.plan_sweep(scratch, tmp_path / "scratch")  # a random init reads the source's architecture only
+    _tiny_base_model(Path(source), "qwen2", 32, 1)  # the same architecture, other weights
+    for attempt in (lambda: sweep.run_sweep(tmp_path / "twist", num_parallel=1),
+                    lambda: sweep.plan_sweep(twist, tmp_path / "twist")):
+        with pytest.raises(ValueError, match="qwen2-32 changed since the sweep was planned"):
+            attempt()
+    assert not (tmp_path / "twist" / "runs").exists() or not any((tmp_path / "twist" / "runs").iterdir())
+    sweep.plan_sweep(scratch, tmp_path / "scratch")
+    sweep._check_inputs_unchanged(sweep.load_sweep(tmp_path / "scratch"))
+
+
+def test_a_large_file_is_digested_from_samples_and_still_tells_weights_apart(tmp_path, monkeypatch):
+    from simslm import jobs
+
+    monkeypatch.setattr(jobs, "DIGEST_WHOLE_BYTES", 1000)
+    monkeypatch.setattr(jobs, "DIGEST_SAMPLE_BYTES", 100)
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(bytes(range(256)) * 40)
+    before = jobs.content_digest(tmp_path / "model")
+    changed = bytearray(weights.read_bytes())
+    changed[len(changed) // 2] ^= 1  # inside the middle sample
+    weights.write_bytes(bytes(changed))
+    assert jobs.content_digest(tmp_path / "model") != before
+    (tmp_path / "model" / "config.json").write_text("{}")  # a small file, read whole
+    assert jobs.content_digest(tmp_path / "model") != jobs.content_digest(weights)
 
 
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):

@@ -367,31 +367,51 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                                        for name, models in spec.bracket_models.items()})
     for variant in stored_spec["variants"]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
-    # What each data folder was when planned: runs trained on it and runs to come must see the same sequences.
-    digests = {path: index_digest(anchors.placed(path)) for path in sorted(
-        {run["config"][key] for run in runs for key in ("data", "validation_data") if run["config"][key]})}
+    # What each data folder and each TWIST source was when planned: runs trained and runs to come must see the
+    # same sequences and start from the same weights. (A random init reads only its source's architecture.)
+    inputs = {key: sorted({run["config"][field] for run in runs for field in fields if run["config"][field] and
+                           (key != "base_sha256" or run["config"]["init"] == "twist") and
+                           Path(anchors.placed(run["config"][field])).exists()})
+              for key, (fields, _, _) in _PLANNED_INPUTS.items()}
+    digests = {key: {path: _PLANNED_INPUTS[key][1](anchors.placed(path)) for path in paths}
+               for key, paths in inputs.items()}
     if (out / SWEEP_FILE).exists():
-        _check_data_unchanged(load_sweep(out), {anchors.placed(path): digest for path, digest in digests.items()})
+        _check_inputs_unchanged(load_sweep(out), {key: {anchors.placed(path): digest for path, digest in found.items()}
+                                                  for key, found in digests.items()})
     out.mkdir(parents=True, exist_ok=True)
-    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors,
-                                       "data_sha256": digests})
+    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
     return load_sweep(out)
 
 
-def _check_data_unchanged(sweep: dict[str, Any], now: dict[str, str] | None = None) -> None:
-    """Refuse a sweep whose data or validation data was built again since it was planned (the same folder, other
-    sequences): its finished runs saw the data before, and runs to come would see the new, in one fit. `now`:
-    digests by path (else read from the folders); sweeps planned before sweeps recorded digests pass."""
-    now = None if now is None else {str(Path(path).resolve()): digest for path, digest in now.items()}
-    for path, digest in sweep.get("data_sha256", {}).items():
-        if now is not None:
-            current = now.get(str(Path(path).resolve()))
-        else:
-            current = index_digest(path) if (Path(path) / "index.json").is_file() else None
-        if current is not None and current != digest:
-            raise ValueError(f"{path} was built again since the sweep was planned (its index.json differs): the "
-                             f"sweep's runs so far saw the data before. Plan a new sweep (another --out) for the "
-                             f"new data, or build it into a new folder")
+# What sweep.json records of the inputs its runs share, by key: the run config's fields that name them, how an
+# input is digested, and what it means when the digest changed.
+_PLANNED_INPUTS: dict[str, tuple[tuple[str, ...], Callable[[str], str], str]] = {
+    "data_sha256": (("data", "validation_data"), index_digest,
+                    "was built again since the sweep was planned (its index.json differs): the sweep's runs so far "
+                    "saw the data before. Plan a new sweep (another --out) for the new data, or build it into a "
+                    "new folder"),
+    "base_sha256": (("base_model",), jobs.content_digest,
+                    "changed since the sweep was planned (its files differ): the sweep's TWIST runs so far started "
+                    "from the model before. Plan a new sweep (another --out) for the new model, or keep it in a "
+                    "new folder"),
+}
+
+
+def _check_inputs_unchanged(sweep: dict[str, Any], now: dict[str, dict[str, str]] | None = None) -> None:
+    """Refuse a sweep whose data was built again, or whose TWIST source changed, since it was planned (the same
+    folder, other contents): its finished runs saw the inputs before, and runs to come would see the new, in one
+    fit. `now`: digests by key and path (else read from the inputs); an input gone is left to the run to report,
+    and sweeps planned before sweeps recorded digests pass."""
+    for key, (_, digest_of, changed) in _PLANNED_INPUTS.items():
+        found = None if now is None else {str(Path(path).resolve()): digest for path, digest in now[key].items()}
+        for path, digest in (sweep.get(key) or {}).items():
+            if found is not None:
+                current = found.get(str(Path(path).resolve()))
+            else:
+                present = (Path(path) / "index.json").is_file() if key == "data_sha256" else Path(path).exists()
+                current = digest_of(path) if present else None
+            if current is not None and current != digest:
+                raise ValueError(f"{path} {changed}")
 
 
 def _budget_point(budget: float) -> tuple[float, None, str]:
@@ -431,7 +451,8 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
                                 for name, models in (spec.get("bracket_models") or {}).items()})
     for variant in spec.get("variants", ()):
         variant["data"] = _paths(variant.get("data"), anchors.placed)
-    sweep["data_sha256"] = {anchors.placed(path): digest for path, digest in (sweep.get("data_sha256") or {}).items()}
+    for key in _PLANNED_INPUTS:
+        sweep[key] = {anchors.placed(path): digest for path, digest in (sweep.get(key) or {}).items()}
     return sweep
 
 
@@ -765,7 +786,7 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:  # each fails now rather than after training
-            _check_data_unchanged(sweep)
+            _check_inputs_unchanged(sweep)
             _check_benchmarks(sweep["spec"])
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
