@@ -7,6 +7,8 @@ contender encodes all of them; the contenders alternate, `--repeats` rounds, and
 gives the median real-time factor (seconds of audio per second of wall time) and its ratio
 to the first contender of its group, measured side by side in one process:
 
+- loading those utterances from 16 kHz FLAC files, as an extraction worker does before encoding: in one
+  thread against threads on every core (the one worker on a GPU has them all);
 - logmel, on utterances of 2-14 s and of 0.5-2 s: the implementation as of commit 0ed204d
   (numpy FFT, one utterance at a time; kept below only as the "before" of this measurement),
   today's one at a time, and today's batches of 16;
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -121,6 +125,22 @@ def main() -> None:
     folder = pathlib.Path(args.models)
     results = {"audio_sec": round(sum(len(s) for s in batch) / 16000, 1), "device": args.device,
                "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "groups": {}}
+
+    # A shard's audio from disk, as a worker reads it before encoding: the same utterances as 16 kHz FLAC files.
+    from simslm import jobs
+    from simslm.speech import audio
+    from simslm.units.extract import load_all
+
+    flac = pathlib.Path(tempfile.mkdtemp(prefix="simslm-bench-flac-"))
+    records = [{"path": str(flac / f"{i}.flac")} for i in range(len(batch))]
+    for record, samples in zip(records, batch):
+        audio.write_audio(record["path"], samples)
+    cores = jobs.default_workers()
+    results["groups"]["loading FLAC (16 kHz)"] = _race({
+        "one thread": lambda b: load_all(records, 1),
+        f"{cores} threads (a worker with every core)": lambda b: load_all(records, cores)},
+        batch, args.repeats, lambda: None)
+    shutil.rmtree(flac)
 
     logmel = LogMelEncoder()
     short = _utterances(400, seed=1, folder=args.audio, shortest=0.5, longest=2)

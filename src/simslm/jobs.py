@@ -308,8 +308,8 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def share_cores(num_workers: int) -> None:
-    """Give each worker process its share of the cores for BLAS and (when loaded) torch.
+def share_cores(num_workers: int) -> int:
+    """Give each worker process its share of the cores for BLAS and (when loaded) torch; return that share.
 
     Workers that each start as many threads as there are cores oversubscribe them; torch
     is not imported here just for this, since that alone costs a logmel worker seconds.
@@ -320,6 +320,7 @@ def share_cores(num_workers: int) -> None:
     threadpool_limits(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+    return threads
 
 
 # glibc's mallopt parameters (malloc.h) and the values simslm sets: below 32 MiB (the largest mmap threshold

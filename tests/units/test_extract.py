@@ -165,6 +165,37 @@ def test_batch_size_does_not_change_the_units(extracted, tmp_path):
     assert {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(tmp_path / "one")} == whole
 
 
+def test_a_shard_s_audio_is_decoded_by_threads_in_order_with_each_failure_in_its_place(extracted, monkeypatch):
+    # On a GPU the one worker decodes with all cores (libsndfile and soxr let go of the GIL); the encoder must
+    # still see each utterance where it was, and a bad file must still be skipped under its own id.
+    import threading
+    import time
+
+    from simslm.speech import audio
+    from simslm.units.extract import load_all
+
+    config, _, _ = extracted
+    records = _manifest_records(config.manifest)
+    alone = load_all(records, threads=1)
+    decoders, real = set(), audio.load_audio
+
+    def slowly(path, *args, **kwargs):
+        decoders.add(threading.get_ident())
+        time.sleep(0.05)  # long enough that one thread cannot take every file
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "load_audio", slowly)
+    together = load_all(records, threads=4)
+    assert len(decoders) > 1
+    assert len(together) == len(alone) == len(records)
+    for first, second in zip(alone, together):
+        if isinstance(first, audio.AudioError):
+            assert isinstance(second, audio.AudioError) and str(second) == str(first)
+        else:
+            assert np.array_equal(first, second)
+    assert sum(isinstance(result, audio.AudioError) for result in together) == 2  # the empty and unreadable files
+
+
 @pytest.fixture(scope="module")
 def hubert_codebook(tmp_path_factory):
     """A tiny random layer-norm HuBERT at 25 Hz and a random 20-unit codebook that names it."""

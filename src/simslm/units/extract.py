@@ -371,20 +371,41 @@ def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], cod
     return same / max(1, total)
 
 
+def load_all(records: list[dict[str, Any]], threads: int) -> list[np.ndarray | audio.AudioError]:
+    """Each record's audio (or why it cannot be used), in order, decoded by `threads` threads.
+
+    libsndfile and soxr let go of the GIL, so threads decode side by side: 1.9-2.1x on this machine's 2 cores
+    (docs/LOG.md 2026-12-04, ninth session). On a GPU the one worker has every core; decoding a shard in
+    one thread there (~3,000x real time for 16 kHz FLAC) would leave the GPU (~2,500x for HuBERT-base in
+    bf16) idle about half the time."""
+    import concurrent.futures
+
+    def load(record: dict[str, Any]) -> np.ndarray | audio.AudioError:
+        try:
+            return audio.load_audio(record["path"])
+        except audio.AudioError as error:
+            return error
+
+    if threads <= 1 or len(records) <= 1:
+        return [load(record) for record in records]
+    with concurrent.futures.ThreadPoolExecutor(min(threads, len(records))) as pool:
+        return list(pool.map(load, records))
+
+
 def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int, _Runtime]
                    ) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
     encoder = _encoder(spec, run.device, run.dtype)
-    jobs.share_cores(num_workers)
+    threads = jobs.share_cores(num_workers)
     codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
     lines: list[dict[str, Any] | None] = [None] * len(records)
     loaded, where = [], []
-    for position, record in enumerate(records):
-        try:
-            loaded.append(audio.load_audio(record["path"]))
+    for position, (record, samples) in enumerate(zip(records, load_all(records, threads))):
+        if isinstance(samples, audio.AudioError):
+            lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
+        else:
+            loaded.append(samples)
             where.append(position)
-        except audio.AudioError as error:
-            lines[position] = {"id": record["id"], "skipped": str(error), "reason": _skip_reason(error)}
     agreement = None
     if run.dtype != "float32" and loaded:
         # Half precision is used only where it gives the same units: checked on this shard's first utterances.
