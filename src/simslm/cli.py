@@ -436,14 +436,15 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 # What each group of commands is for; `simslm --help` adds its actions, read from COMMANDS so the two never differ.
-GROUP_ABOUT = {"units": "audio -> discrete units", "sequences": "token streams", "textlm": "text-LM families (TWIST sources)",
-               "bench": "offline re-creations of the spoken benchmarks", "sweep": "sweeps over model sizes",
-               "manifest": "corpus manifests", "model": "base models and checkpoints"}
+GROUP_ABOUT = {"units": "audio -> discrete units", "sequences": "token streams",
+               "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
+               "sweep": "sweeps over model sizes", "manifest": "corpus manifests", "model": "base models and checkpoints"}
 
 
 def group_help(group: str) -> str:
     """`GROUP_ABOUT[group]` and the group's actions, in COMMANDS' order."""
-    return f"{GROUP_ABOUT[group]}: " + ", ".join(c.words[1] for c in COMMANDS if c.words[0] == group and len(c.words) == 2)
+    actions = [command.words[1] for command in COMMANDS if len(command.words) == 2 and command.words[0] == group]
+    return f"{GROUP_ABOUT[group]}: {', '.join(actions)}"
 
 
 def _named_command(argv: list[str]) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 
@@ -368,13 +368,13 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     for variant in stored_spec["variants"]:
         variant["data"] = _paths(variant["data"], anchors.anchored)
     # What each data folder and each TWIST source was when planned: runs trained and runs to come must see the
-    # same sequences and start from the same weights. (A random init reads only its source's architecture.)
-    inputs = {key: sorted({run["config"][field] for run in runs for field in fields if run["config"][field] and
-                           (key != "base_sha256" or run["config"]["init"] == "twist") and
-                           Path(anchors.placed(run["config"][field])).exists()})
-              for key, (fields, _, _) in _PLANNED_INPUTS.items()}
-    digests = {key: {path: _PLANNED_INPUTS[key][1](anchors.placed(path)) for path in paths}
-               for key, paths in inputs.items()}
+    # same sequences and start from the same weights.
+    digests: dict[str, dict[str, str]] = {}
+    for key, shared in _PLANNED_INPUTS.items():
+        paths = sorted({run["config"][field] for run in runs for field in shared.fields
+                        if run["config"][field] and shared.applies(run["config"])})
+        found = {path: shared.digest(anchors.placed(path)) for path in paths}
+        digests[key] = {path: digest for path, digest in found.items() if digest is not None}
     if (out / SWEEP_FILE).exists():
         _check_inputs_unchanged(load_sweep(out), {key: {anchors.placed(path): digest for path, digest in found.items()}
                                                   for key, found in digests.items()})
@@ -383,17 +383,27 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     return load_sweep(out)
 
 
-# What sweep.json records of the inputs its runs share, by key: the run config's fields that name them, how an
-# input is digested, and what it means when the digest changed.
-_PLANNED_INPUTS: dict[str, tuple[tuple[str, ...], Callable[[str], str], str]] = {
-    "data_sha256": (("data", "validation_data"), index_digest,
-                    "was built again since the sweep was planned (its index.json differs): the sweep's runs so far "
-                    "saw the data before. Plan a new sweep (another --out) for the new data, or build it into a "
-                    "new folder"),
-    "base_sha256": (("base_model",), jobs.content_digest,
-                    "changed since the sweep was planned (its files differ): the sweep's TWIST runs so far started "
-                    "from the model before. Plan a new sweep (another --out) for the new model, or keep it in a "
-                    "new folder"),
+class _SharedInput(NamedTuple):
+    """An input many runs of a sweep share, whose digest sweep.json keeps (under its key in `_PLANNED_INPUTS`)."""
+
+    fields: tuple[str, ...]  # the run config's fields that name it
+    applies: Callable[[dict[str, Any]], bool]  # whether a run's config depends on its contents
+    digest: Callable[[str], str | None]  # None: not there (a hub id; a folder gone, for its run to report)
+    changed: str  # what it means when the digest changed
+
+
+_PLANNED_INPUTS = {
+    "data_sha256": _SharedInput(
+        ("data", "validation_data"), lambda config: True,
+        lambda path: index_digest(path) if (Path(path) / "index.json").is_file() else None,
+        "was built again since the sweep was planned (its index.json differs): the sweep's runs so far saw the "
+        "data before. Plan a new sweep (another --out) for the new data, or build it into a new folder"),
+    # A random init reads its source's architecture only: new weights beside the same config change no run.
+    "base_sha256": _SharedInput(
+        ("base_model",), lambda config: config["init"] == "twist",
+        lambda path: jobs.content_digest(path) if Path(path).exists() else None,
+        "changed since the sweep was planned (its files differ): the sweep's TWIST runs so far started from the "
+        "model before. Plan a new sweep (another --out) for the new model, or keep it in a new folder"),
 }
 
 
@@ -402,16 +412,12 @@ def _check_inputs_unchanged(sweep: dict[str, Any], now: dict[str, dict[str, str]
     folder, other contents): its finished runs saw the inputs before, and runs to come would see the new, in one
     fit. `now`: digests by key and path (else read from the inputs); an input gone is left to the run to report,
     and sweeps planned before sweeps recorded digests pass."""
-    for key, (_, digest_of, changed) in _PLANNED_INPUTS.items():
+    for key, shared in _PLANNED_INPUTS.items():
         found = None if now is None else {str(Path(path).resolve()): digest for path, digest in now[key].items()}
         for path, digest in (sweep.get(key) or {}).items():
-            if found is not None:
-                current = found.get(str(Path(path).resolve()))
-            else:
-                present = (Path(path) / "index.json").is_file() if key == "data_sha256" else Path(path).exists()
-                current = digest_of(path) if present else None
+            current = shared.digest(path) if found is None else found.get(str(Path(path).resolve()))
             if current is not None and current != digest:
-                raise ValueError(f"{path} {changed}")
+                raise ValueError(f"{path} {shared.changed}")
 
 
 def _budget_point(budget: float) -> tuple[float, None, str]:
