@@ -58,6 +58,24 @@ def test_empty_and_missing_manifests_are_problems(tmp_path):
     assert "does not exist" in validate_manifest(tmp_path / "nope.jsonl")[0].message
 
 
+def test_a_json_document_given_as_a_manifest_is_one_problem_not_one_per_line(tmp_path):
+    # A report or config named by mistake (`synth_report.json` beside `manifest.jsonl`) listed every line.
+    path = tmp_path / "synth_report.json"
+    path.write_text(json.dumps({"num_utterances": 3, "voices": ["a", "b"], "config": {"seed": 0}}, indent=2))
+    for problems in (validate_manifest(path), read_manifest_problems(path)):
+        assert [str(problem) for problem in problems] == [f"{path}: a single JSON document, not a manifest (JSON "
+                                                          f"Lines: one utterance object per line)"]
+    # A manifest whose lines are all bad, but which is no JSON document, still names each line.
+    (tmp_path / "bad.jsonl").write_text("{not json\n[1,\n")
+    assert [problem.line for problem in validate_manifest(tmp_path / "bad.jsonl")] == [1, 2]
+
+
+def read_manifest_problems(path):
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(path)
+    return raised.value.problems
+
+
 def test_non_finite_numbers_and_duplicate_ids_are_refused(tmp_path):
     good = _utterance().to_json()
     lines = [good, {**good, "id": "u2", "duration_sec": float("nan")},

@@ -160,8 +160,8 @@ class Problem:
     line: int
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+    def __str__(self) -> str:  # line 0: the file as a whole
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
 
 
 class ManifestError(ValueError):
@@ -192,6 +192,19 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Pr
             yield line_number, Problem(str(path), line_number, str(error))
 
 
+def _one_json_document(path: Path, problems: list[Problem], count: int) -> list[Problem]:
+    """`problems`, or one in their place when no line parsed because the file is a single JSON document (a report or
+    a config given by mistake), rather than a complaint about each of its lines."""
+    if count or len(problems) < 2:
+        return problems
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return problems
+    return [Problem(str(path), 0, "a single JSON document, not a manifest (JSON Lines: one utterance object per "
+                                  "line)")]
+
+
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read a manifest; raise `ManifestError` listing every line that does not parse."""
     utterances, problems, seen = [], [], {}
@@ -204,7 +217,7 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             seen[item.id] = line
             utterances.append(item)
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(_one_json_document(Path(path), problems, len(utterances)))
     return utterances
 
 
@@ -253,7 +266,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
                 problems.append(where(f"duration_sec is {item.duration_sec}, the file lasts {duration_sec:.3f} s"))
     if count == 0 and not problems:
         problems.append(Problem(str(path), 0, "manifest has no utterances"))
-    return problems
+    return _one_json_document(path, problems, count)
 
 
 @dataclass(frozen=True, kw_only=True)
