@@ -9,6 +9,7 @@ on GPU 0 (bf16
 autocast, the training code path of every run), and reports per run the median tokens/s and
 MFU over the steps after the first 5, the peak memory, and the sweep status. The MFU
 denominator is the bf16 8192^3 matrix-product rate `simslm train` measures in the same run.
+Then `units extract` end to end on the device (`extraction`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
     if device == "cpu" and not tiny:
         raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
     started = time.perf_counter()
+    import shutil
+
+    shutil.rmtree(out / "sweep", ignore_errors=True)  # a check starts afresh: its data are built again below
     sizes = TINY if tiny else SIZES
     families = {architecture: [_model(out / "models" / f"{architecture}-{name}", architecture, *shape,
                                       prepared / "tokenizer") for name, shape in sizes.items()]
@@ -104,6 +108,81 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
         print(f"{r['run']:<14} {r['parameters'] / 1e6:>9.1f}M {r['steps']:>6} {r['tokens_per_sec']:>11,.0f} "
               f"{100 * r['mfu']:>5.1f}% {r['max_memory_gb']:>7.2f} {r['final_loss']:>7.3f}")
     print(sweep.status_table(out / "sweep").splitlines()[-1], f"({result['wall_sec']} s in all)")
+    result["extraction"] = extraction(prepared, out, tiny, device)
+    return result
+
+
+def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
+    """`units extract` end to end on the device, as a user runs it on a GPU: FLAC files from disk through the one
+    worker (its cores decode, the GPU encodes in bf16 batches checked against float32), k-means assignment,
+    shards. The model is HuBERT-base-sized at 25 Hz (mHuBERT's strides, a layer-norm extractor so that padded
+    batches are allowed) with random weights and a random 500-unit codebook naming it; the utterances are 2-14 s
+    cut from the three LibriSpeech recordings. A first call loads the encoder (timed apart); then two rounds of
+    two contenders, alternated: decoding in one thread against the default (threads on the worker's cores), each
+    into a fresh folder. Real-time factors count the whole `extract_units` call."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    from simslm.speech import audio
+    from simslm.speech.manifest import Utterance, write_manifest
+    from simslm.units import extract, kmeans
+    from simslm.units.encoders import EncoderSpec
+
+    folder = out / "extraction"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "audio").mkdir(parents=True)
+    whole = np.concatenate([audio.load_audio(path) for path in sorted((prepared / "audio").glob("*.flac"))])
+    rng = np.random.default_rng(0)
+    utterances = []
+    for index in range(8 if tiny else 256):
+        length = int(rng.uniform(2, 14) * audio.TARGET_SAMPLE_RATE)
+        start = int(rng.integers(0, len(whole) - length))
+        audio.write_audio(folder / "audio" / f"u{index:04d}.flac", whole[start:start + length])
+        utterances.append(Utterance(id=f"u{index:04d}", audio=f"audio/u{index:04d}.flac", transcript="",
+                                    sample_rate=audio.TARGET_SAMPLE_RATE,
+                                    duration_sec=length / audio.TARGET_SAMPLE_RATE))
+    write_manifest(folder / "manifest.jsonl", utterances)
+    torch.manual_seed(0)
+    size = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2) if tiny else {}
+    HubertModel(HubertConfig(conv_stride=(5, 2, 2, 2, 2, 2, 4), feat_extract_norm="layer", conv_bias=True, **size)
+                ).save_pretrained(folder / "hubert")
+    spec = EncoderSpec.standard("mhubert-25hz", str(folder / "hubert"), 2 if tiny else 11)
+    width = 32 if tiny else 768
+    codebook = kmeans.Codebook(rng.normal(size=(500, width)).astype(np.float32),
+                               {"encoder": spec.__dict__, "frame_rate_hz": 25.0}).save(folder / "km500")
+    audio_sec = sum(u.duration_sec for u in utterances)
+    real = extract.load_all
+    contenders = {"decoding in one thread": lambda records, threads: real(records, 1), "default": real}
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+
+    def extract_into(target: Path) -> float:
+        """Seconds for the whole call; the worker keeps its encoder between calls (its cache), as a resumed run's
+        would not."""
+        started = time.perf_counter()
+        report = extract.extract_units(extract.ExtractConfig(
+            manifest=str(folder / "manifest.jsonl"), codebook=str(codebook), out=str(target), device=device,
+            dtype="bfloat16" if device == "cuda" else "float32", min_agreement=0.5))
+        assert report.num_encoded == len(utterances), report
+        return time.perf_counter() - started
+
+    first_call = extract_into(folder / "units-first")  # loads the encoder: apart from the race
+    for repeat in range(2):
+        for name, loader in contenders.items():
+            extract.load_all = loader
+            rates[name].append(audio_sec / extract_into(folder / f"units-{repeat}-{name.split()[0]}"))
+    extract.load_all = real
+    agreement = json.loads((folder / "units-first" / "report.json").read_text())["half_precision_agreement"]
+    result = {"utterances": len(utterances), "audio_sec": round(audio_sec, 1), "threads": extract.jobs.default_workers(),
+              "first_call_sec": round(first_call, 2),
+              "realtime_factor": {name: statistics.median(values) for name, values in rates.items()},
+              "bf16_agreement": agreement}
+    line = f"units extract, {len(utterances)} FLAC files ({audio_sec / 60:.1f} min), {device}: " + ", ".join(
+        f"{name} {rate:,.0f}x real time" for name, rate in result["realtime_factor"].items())
+    print(line + (f"; bf16 units equal to float32's on {agreement:.2%} of frames" if agreement is not None else ""))
     return result
 
 

@@ -2,8 +2,9 @@
 # The project's GPU check (issue 15): a sweep of two real architectures (random Qwen2 and Llama) at two sizes
 # (~30M and ~120M parameters) in bf16 on one GPU, sized for about 3 minutes on an H200 (estimated from a run at
 # 4x the budget, docs/BENCHMARKS.md 2026-12-04). It prints tokens/s, MFU against the
-# bf16 matrix-product peak measured in the same run, peak memory, and the sweep's status; then unit-extraction
-# throughput (benchmarks/bench_extract.py on the GPU).
+# bf16 matrix-product peak measured in the same run, peak memory, and the sweep's status; then `units extract` end
+# to end on the GPU (FLAC files, a HuBERT-base-sized random model, bf16 checked against float32: gpu_check.py's
+# `extraction`); then unit-extraction throughput (benchmarks/bench_extract.py on the GPU).
 #
 # Here, once (the GPU machine has neither ../shared nor a network):
 #   benchmarks/gpu_check.sh prepare            # writes .gpu/check (data + tokenizer, a few MB; git-ignored)
