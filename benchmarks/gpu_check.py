@@ -15,6 +15,7 @@ Then `units extract` end to end on the device (`extraction`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -153,7 +154,7 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
     spec = EncoderSpec.standard("mhubert-25hz", str(folder / "hubert"), 2 if tiny else 11)
     width = 32 if tiny else 768
     codebook = kmeans.Codebook(rng.normal(size=(500, width)).astype(np.float32),
-                               {"encoder": spec.__dict__, "frame_rate_hz": 25.0}).save(folder / "km500")
+                               {"encoder": dataclasses.asdict(spec), "frame_rate_hz": 25.0}).save(folder / "km500")
     audio_sec = sum(u.duration_sec for u in utterances)
     real = extract.load_all
     contenders = {"decoding in one thread": lambda records, threads: real(records, 1), "default": real}
