@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -28,8 +29,6 @@ TINY = {"tiny-a": (32, 1, 64), "tiny-b": (64, 2, 128)}
 
 
 def prepare(out: Path) -> None:
-    import shutil
-
     from simslm import assets
     from simslm.sequences.vocabulary import load_base_tokenizer
 
@@ -67,8 +66,6 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
     if device == "cpu" and not tiny:
         raise SystemExit("no CUDA device: run with --tiny to check the script on a CPU")
     started = time.perf_counter()
-    import shutil
-
     shutil.rmtree(out / "sweep", ignore_errors=True)  # a check starts afresh: its data are built again below
     sizes = TINY if tiny else SIZES
     families = {architecture: [_model(out / "models" / f"{architecture}-{name}", architecture, *shape,
@@ -121,12 +118,11 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
     cut from the three LibriSpeech recordings. A first call loads the encoder (timed apart); then two rounds of
     two contenders, alternated: decoding in one thread against the default (threads on the worker's cores), each
     into a fresh folder. Real-time factors count the whole `extract_units` call."""
-    import shutil
-
     import numpy as np
     import torch
     from transformers import HubertConfig, HubertModel
 
+    from simslm import jobs
     from simslm.speech import audio
     from simslm.speech.manifest import Utterance, write_manifest
     from simslm.units import extract, kmeans
@@ -161,8 +157,8 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in contenders}
 
     def extract_into(target: Path) -> float:
-        """Seconds for the whole call; the worker keeps its encoder between calls (its cache), as a resumed run's
-        would not."""
+        """Seconds for the whole call. The worker is this process, which keeps its encoder between calls: only the
+        first call loads it."""
         started = time.perf_counter()
         report = extract.extract_units(extract.ExtractConfig(
             manifest=str(folder / "manifest.jsonl"), codebook=str(codebook), out=str(target), device=device,
@@ -177,7 +173,7 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
             rates[name].append(audio_sec / extract_into(folder / f"units-{repeat}-{name.split()[0]}"))
     extract.load_all = real
     agreement = json.loads((folder / "units-first" / "report.json").read_text())["half_precision_agreement"]
-    result = {"utterances": len(utterances), "audio_sec": round(audio_sec, 1), "threads": extract.jobs.default_workers(),
+    result = {"utterances": len(utterances), "audio_sec": round(audio_sec, 1), "threads": jobs.default_workers(),
               "first_call_sec": round(first_call, 2),
               "realtime_factor": {name: statistics.median(values) for name, values in rates.items()},
               "bf16_agreement": agreement}
