@@ -237,7 +237,7 @@ def main() -> None:
             # loop tokens/s), each Trainer run (median step, whole loop).
             attentions = list(filter(None, args.attentions.split(",")))
             modes = args.compile_modes.split(",") if args.compile else []
-            contenders = {"simslm": lambda run: ours(run), "HF Trainer": lambda run: theirs()}
+            contenders = {"simslm": ours, "HF Trainer": lambda run: theirs()}
             for mode in modes:
                 contenders[f"simslm --compile --compile-mode {mode}"] = functools.partial(ours, compile_mode=mode)
             for attention in attentions:
