@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from simslm.eval.evaluate import EvalConfig, evaluate_run, read_results
 
 # --- end to end on a tiny trained run -----------------------------------------------------------
@@ -144,3 +146,44 @@ def test_a_published_set_by_hub_id_is_read_from_the_hub_cache_offline(trained_ru
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not in the Hugging Face cache" in err
     assert "hf download acme/absent --repo-type dataset" in err and "--bench absent/tSC=DIR/tSC" in err
+
+
+def test_a_zerospeech_lexical_folder_is_scored_as_zerospeech_scores_swuggy(trained_run, tmp_path):
+    """sWUGGY's score is the mean over items (a word and its non-word, in every voice) of each item's mean over
+    its voices, and its in-vocab score leaves out the oov band (ZeroSpeech 2021's leaderboard)."""
+    import csv
+    import shutil
+
+    run, bench = trained_run
+    audio = iter(sorted(bench.rglob("*.flac"))[:12])
+    rows = []
+    # Items in 1, 3 and 2 voices, so that the mean over items differs from the mean over pairs.
+    for item, count, voices in (("w0", "0", 1), ("w1", "3", 3), ("w2", "50", 2)):
+        for voice in range(voices):
+            for correct in (1, 0):
+                source = next(audio)
+                shutil.copy(source, tmp_path / source.name)
+                rows.append({"id": item, "filename": source.stem, "voice": f"v{voice}", "frequency": count,
+                             "word": item, "phones": "a", "length": 1, "correct": correct})
+    with open(tmp_path / "gold.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    # The reference preset counts pairs, as slamkit does.
+    by_pair = evaluate_run(EvalConfig(run=str(run), bench=(f"sw-pairs={tmp_path}",), num_resamples=50))
+    assert set(by_pair) == {"sw-pairs", "sw-pairs/in-vocab"} and by_pair["sw-pairs"].aggregation == "pairs"
+    results = evaluate_run(EvalConfig(run=str(run), bench=(f"sw={tmp_path}",), aggregation="auto", preset="ending",
+                                      num_resamples=50))
+    whole, in_vocab = results["sw"], results["sw/in-vocab"]
+    assert whole.layout == "slm21-lexical" and whole.aggregation == "items" and whole.scoring["preset"] == "ending"
+    assert (whole.num_pairs, whole.num_items, in_vocab.num_pairs, in_vocab.num_items) == (6, 3, 5, 2)
+    # Each band holds one item: the pair outcomes, band by band, are that item's voices.
+    plain = evaluate_run(EvalConfig(run=str(run), bench=(f"sw-ending={tmp_path}",), aggregation="pairs",
+                                    preset="ending", num_resamples=50))["sw-ending"]
+    assert plain.groups() == ["1-5"] * 3 + ["21-100"] * 2 + ["oov"]
+    voices = {"1-5": plain.outcomes[:3], "21-100": plain.outcomes[3:5], "oov": plain.outcomes[5:]}
+    item_means = {band: sum(values) / len(values) for band, values in voices.items()}
+    assert whole.accuracy == pytest.approx(sum(item_means.values()) / 3)
+    assert in_vocab.accuracy == pytest.approx((item_means["1-5"] + item_means["21-100"]) / 2)
+    # The fixture tells the two apart (on this seeded run: 0.78 over items, 0.67 over pairs).
+    assert plain.accuracy == pytest.approx(sum(plain.outcomes) / 6) != pytest.approx(whole.accuracy)

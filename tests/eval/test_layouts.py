@@ -40,6 +40,58 @@ def test_slm21_reports_the_file_and_id_of_a_pair_without_a_negative(tmp_path):
         load(tmp_path)
 
 
+def _write_gold(folder, rows):
+    with open(folder / "gold.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_slm21_items_are_type_subtype_and_id_so_an_id_reused_by_another_phenomenon_pairs_apart(tmp_path):
+    rows = []
+    for phenomenon in ("agreement", "island"):  # both use id 1, as ZeroSpeech groups by (type, subtype, id)
+        for voice in ("v1", "v2"):
+            for correct in (1, 0):
+                name = f"{phenomenon}-{voice}-{correct}"
+                _tone(tmp_path / f"{name}.wav")
+                rows.append({"filename": name, "type": phenomenon, "subtype": "s", "correct": correct, "id": "1",
+                             "voice": voice})
+    _write_gold(tmp_path, rows)
+    layout, pairs = load(tmp_path)
+    assert layout == "slm21" and len(pairs) == 4
+    assert sorted(p.item for p in pairs) == ["agreement/s/1"] * 2 + ["island/s/1"] * 2
+    for pair in pairs:
+        phenomenon, voice, _ = Path(pair.positive[0].audio).stem.split("-")
+        assert pair.item == f"{phenomenon}/s/1" and pair.id == f"{pair.item}/{voice}" and pair.group == phenomenon
+        assert Path(pair.negative[0].audio).stem == f"{phenomenon}-{voice}-0"
+
+
+def test_zerospeech_lexical_pairs_each_word_with_its_non_words_in_frequency_bands(tmp_path):
+    # ZeroSpeech 2021's bands are [0,1) oov, [1,5) "1-5", [5,20) "6-20", [20,100) "21-100", [100,inf) ">100"
+    # (so a count of 5 is labelled 6-20); a word with no count is in no band.
+    counts = {"w0": "0", "w1": "1", "w4": "4", "w5": "5", "w19": "19", "w20": "20", "w100": "100", "wx": ""}
+    rows = []
+    for item, count in counts.items():
+        for voice in ("v1", "v2"):
+            names = [(f"{item}-{voice}", 1), (f"{item}-{voice}-n1", 0)]
+            if item == "w4" and voice == "v1":  # two non-words for one word and voice: two pairs
+                names.append((f"{item}-{voice}-n2", 0))
+            for name, correct in names:
+                _tone(tmp_path / f"{name}.wav")
+                rows.append({"id": item, "filename": name, "voice": voice, "frequency": count if correct else "",
+                             "word": item if correct else "", "phones": "a b", "length": 2, "correct": correct})
+    _write_gold(tmp_path, rows)
+    layout, pairs = load(tmp_path)
+    assert layout == "slm21-lexical" and len(pairs) == 2 * len(counts) + 1
+    bands = {pair.item: pair.group for pair in pairs}
+    assert bands == {"w0": "oov", "w1": "1-5", "w4": "1-5", "w5": "6-20", "w19": "6-20", "w20": "21-100",
+                     "w100": ">100", "wx": "no frequency"}
+    w4 = sorted((p.id, Path(p.negative[0].audio).name) for p in pairs if p.item == "w4")
+    assert [name for _, name in w4] == ["w4-v1-n1.wav", "w4-v1-n2.wav", "w4-v2-n1.wav"] and len({i for i, _ in w4}) == 3
+    for pair in pairs:
+        assert Path(pair.positive[0].audio).stem == pair.id.split("/")[0] + "-" + pair.id.split("/")[1]
+
+
 def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
     for speaker in ("spk1", "spk2"):
         for story in ("s1", "s2", "s3"):
@@ -66,6 +118,45 @@ def test_cross_modal_layout_gives_the_four_pairings(tmp_path):
         assert pair.positive[0] == pair.negative[0]  # the shared context
         assert pair.positive[1].text == "He played with it." and pair.negative[1].text == "The moon was cheese."
         assert all((p.audio is not None) == (p.modality == "speech") for p in pair.positive + pair.negative)
+
+
+def _slamkit_order(folder, separator):
+    """slamkit's ModellingMetricDataset with subfolder=True, from its definition: each sub-folder's .wav files
+    sorted by the integer before the separator, the lists concatenated, then taken two by two."""
+    files = []
+    for sub in folder.iterdir():
+        if sub.is_dir():
+            files += sorted(sub.glob("*.wav"), key=lambda f: int(f.name.split(separator)[0]))
+    return {(str(files[2 * i]), str(files[2 * i + 1])) for i in range(len(files) // 2)}
+
+
+def test_slamkits_own_pairs_folders_are_recognised_with_or_without_sub_folders(tmp_path):
+    # Sub-folders as slamkit's sBLIMP config reads them (`subfolder: true`, '+'), numbers past 9 to sort as numbers.
+    sblimp = tmp_path / "sblimp"
+    for sub, numbers in (("agreement", (8, 9, 10, 11)), ("island", (0, 1))):
+        (sblimp / sub).mkdir(parents=True)
+        for number in numbers:
+            _tone(sblimp / sub / f"{number}+{sub}_{'pos' if number % 2 == 0 else 'neg'}.wav")
+    layout, pairs = load(sblimp)
+    assert layout == "slamkit-pairs" and len(pairs) == 3
+    assert {(p.positive[0].audio, p.negative[0].audio) for p in pairs} == _slamkit_order(sblimp, "+")
+    assert all(p.positive[0].audio.endswith("_pos.wav") for p in pairs)
+    assert sorted(p.group for p in pairs) == ["agreement", "agreement", "island"]
+    # One flat folder of '_' names (sWUGGY, StoryCloze) is one group.
+    swuggy = tmp_path / "swuggy"
+    swuggy.mkdir()
+    for number in range(4):
+        _tone(swuggy / f"{number}_w.wav")
+    layout, pairs = load(swuggy)
+    assert layout == "slamkit-pairs" and len(pairs) == 2 and {p.group for p in pairs} == {"all"}
+    # slamkit would pair an odd sub-folder's last file with the next one's first: refused, naming it.
+    (sblimp / "island" / "1+island_neg.wav").unlink()
+    with pytest.raises(BenchError, match=r"island: 1 .wav files cannot form pairs"):
+        load(sblimp)
+    # Names without a number and separator throughout are no slamkit set.
+    _tone(swuggy / "extra.wav")
+    with pytest.raises(BenchError, match="not a benchmark folder"):
+        load(swuggy)
 
 
 def test_not_a_benchmark_folder_is_a_clear_error(tmp_path):

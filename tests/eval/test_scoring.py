@@ -231,8 +231,8 @@ def test_no_context_baseline_subtracts_the_ending_scored_alone(tiny_model, vocab
              "n": (Part("speech", audio="n") if ending == "speech" else Part("text", "A red ball fell."))}
     pair = Pair("0", "all", (context, sides["p"]), (context, sides["n"]))
     options = ScoringOptions(preset="pmi")
-    positive, negative, _, _, without_baseline, _ = score_pairs(tiny_model, [pair], vocabulary,
-                                                                units.__getitem__, options)
+    scores = score_pairs(tiny_model, [pair], vocabulary, units.__getitem__, options)
+    positive, negative, without_baseline = scores.positive, scores.negative, scores.without_baseline
     assert ending == "text" or units["p"][0] == units["c"][-1]
     for score, side in ((positive[0], sides["p"]), (negative[0], sides["n"])):
         with_context = _naive_side(tiny_model, (context, side), vocabulary, units.__getitem__, scored_part=1)
@@ -342,3 +342,39 @@ def test_outcomes_are_stored_by_group_and_pair_up_for_a_paired_difference():
     other = accuracy_with_ci(base[:399], labels[:399], aggregation="macro")
     assert difference_with_ci(a, other) is None
     assert difference_with_ci(a, dataclasses.replace(b, outcomes=None)) is None
+
+
+def _zerospeech_score(table):
+    """ZeroSpeech 2021's score written out from its definition (`evaluate_by_pair`, then the mean of the by-pair
+    table): rows of (item, voice, outcome); each item's outcomes averaged over its voices, then the items."""
+    by_item = {}
+    for item, _, outcome in table:
+        by_item.setdefault(item, []).append(outcome)
+    return sum(sum(values) / len(values) for values in by_item.values()) / len(by_item)
+
+
+def test_items_aggregation_averages_an_items_voices_before_the_mean_over_items():
+    # Item a is spoken in three voices and wrong in two; b and c in one voice each, right. The pair mean
+    # weighs a three times; ZeroSpeech weighs every item once.
+    table = [("a", "v1", 1.0), ("a", "v2", 0.0), ("a", "v3", 0.0), ("b", "v1", 1.0), ("c", "v2", 0.5)]
+    outcomes = np.array([outcome for *_, outcome in table])
+    items, groups = [item for item, *_ in table], ["g1", "g1", "g1", "g2", "g2"]
+    result = accuracy_with_ci(outcomes, groups, items=items, aggregation="items", num_resamples=200)
+    assert result.accuracy == pytest.approx(_zerospeech_score(table)) == pytest.approx((1 / 3 + 1 + 0.5) / 3)
+    assert accuracy_with_ci(outcomes, groups, items=items, aggregation="pairs").accuracy == pytest.approx(2.5 / 5)
+    assert result.num_pairs == 5 and result.num_items == 3
+    assert result.per_group == {"g1": {"accuracy": pytest.approx(1 / 3), "num_pairs": 3, "num_items": 1},
+                                "g2": {"accuracy": pytest.approx(0.75), "num_pairs": 2, "num_items": 2}}
+    # Macro over groups is the mean of ZeroSpeech's by-type table, itself over items.
+    macro = accuracy_with_ci(outcomes, groups, items=items, aggregation="macro")
+    assert macro.accuracy == pytest.approx((1 / 3 + 0.75) / 2)
+    # The stored outcomes are the items' own, so two models' results still pair up item by item.
+    assert result.outcomes == pytest.approx([1 / 3, 1.0, 0.5]) and result.groups() == ["g1", "g2", "g2"]
+    assert difference_with_ci(result, result) == (0.0, 0.0, 0.0)
+    # The interval resamples items: of three items, at most three distinct means can be drawn per position.
+    assert result.ci_low >= 1 / 9 and result.ci_high <= 1.0
+
+
+def test_an_item_split_across_groups_is_refused():
+    with pytest.raises(ValueError, match="item a has pairs in more than one group"):
+        accuracy_with_ci(np.array([1.0, 0.0]), ["x", "y"], items=["a", "a"], aggregation="items")

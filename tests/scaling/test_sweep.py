@@ -756,6 +756,14 @@ def test_a_cells_accuracy_averages_each_items_outcome_over_its_runs():
     assert mean.aggregation == "macro" and difference_with_ci(mean, a) is not None
     bare = sweep.mean_accuracy([a, dataclasses.replace(b, outcomes=None)])
     assert bare.outcomes is None and bare.accuracy == pytest.approx((a.accuracy + b.accuracy) / 2)
+    # Results over items (voices averaged) stay so: the runs' counts of pairs and items are kept.
+    items = ["i", "i", "j", "k"]
+    c = accuracy_with_ci(np.array([1, 0, 0, 1.0]), ["x", "x", "y", "y"], items=items, aggregation="items")
+    d = accuracy_with_ci(np.array([1, 1, 1, 1.0]), ["x", "x", "y", "y"], items=items, aggregation="items")
+    mean = sweep.mean_accuracy([c, d])
+    assert mean.outcomes == [0.75, 0.5, 1.0] and mean.accuracy == pytest.approx(2.25 / 3)
+    assert (mean.num_pairs, mean.num_items, mean.groups()) == (4, 3, ["x", "y", "y"])
+    assert mean.per_group["x"] == {"accuracy": 0.75, "num_pairs": 2, "num_items": 1}
 
 
 @pytest.mark.slow

@@ -41,9 +41,10 @@ class EvalConfig(ScoringOptions):
     """Benchmark folders ([label=]path), published sets by Hugging Face hub id ([label=]org/name[:folder], e.g.
     slprl/multispeaker-storycloze:tSC; downloaded once into the hub's cache), `validation`, or `generation=PATH` (a
     cross-modal folder)."""
-    aggregation: Literal["auto", "pairs", "macro"] = "auto"
-    """Mean over pairs (the paper's), macro mean over groups (ZeroSpeech's for sBLIMP), or auto: pairs for the
-    reference preset, the layout's own otherwise (macro over phenomena for sBLIMP)."""
+    aggregation: Literal["auto", "pairs", "items", "macro"] = "auto"
+    """Mean over pairs (slamkit's, the paper's), mean over items (ZeroSpeech 2021's for sBLIMP and sWUGGY: an
+    item's voices averaged first), macro mean over groups (phenomena, frequency bands), or auto: pairs for the
+    reference preset, the layout's own otherwise (items for ZeroSpeech folders)."""
     modes: tuple[CrossMode, ...] = tuple(CROSS_MODES)
     """Cross-modal pairings to score for cross-modal folders."""
     units: str | None = None
@@ -189,19 +190,28 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
             # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
                              f"the units of their audio are missing)")
-        accuracy = accuracy_with_ci(pair_outcomes(scores.positive, scores.negative), scores.groups, **interval)
-        plain = None
-        if scores.without_baseline is not None:
-            plain = asdict(accuracy_with_ci(pair_outcomes(*scores.without_baseline), scores.groups, **interval))
-            plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
                    "reduction": config.reduction, "speech_vocab": config.speech_vocab}
-        results[f"{label}/{mode}" if mode else label] = BenchmarkResult(
-            **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
-            num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
-            note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
-            context=int(context.model.config.max_position_embeddings))
+        name = f"{label}/{mode}" if mode else label
+        # The whole set, then each of the layout's subsets (sWUGGY's in-vocab words) from the same scores.
+        for result_name, keep in [(name, None)] + [(f"{name}/{subset}", keep) for subset, keep in layout.subsets]:
+            at = [index for index, group in enumerate(scores.groups) if keep is None or keep(group)]
+            if not at:
+                continue
+            groups, items = [scores.groups[index] for index in at], [scores.items[index] for index in at]
+            accuracy = accuracy_with_ci(pair_outcomes(scores.positive[at], scores.negative[at]), groups,
+                                        items=items, **interval)
+            plain = None
+            if scores.without_baseline is not None:
+                plain = asdict(accuracy_with_ci(pair_outcomes(*(side[at] for side in scores.without_baseline)),
+                                                groups, items=items, **interval))
+                plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
+            results[result_name] = BenchmarkResult(
+                **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
+                num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
+                note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
+                context=int(context.model.config.max_position_embeddings))
     return results
 
 
@@ -325,7 +335,7 @@ def format_results(results: dict[str, Any]) -> str:
         if isinstance(entry, BenchmarkResult):
             lines.append(f"{name:<28} {100 * entry.accuracy:>8.1f}% "
                          f"[{100 * entry.ci_low:5.1f}, {100 * entry.ci_high:5.1f}]% {entry.num_pairs:>6}  "
-                         f"{entry.aggregation}")
+                         f"{entry.aggregation}" + (f" ({entry.num_items})" if entry.num_items is not None else ""))
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
                              f"positions, their oldest tokens dropped (slamkit scores them whole)")

@@ -5,6 +5,9 @@ Every set becomes a list of `Pair`s: a positive and a negative side, each a sequ
 
 - `slm21`: ZeroSpeech 2021 sBLIMP (`gold.csv` with `id`, `filename`, `type`, `correct`,
   audio beside it); pairs share an `id` (and `voice`, when the file has that column).
+- `slm21-lexical`: ZeroSpeech 2021 sWUGGY (`lexical/dev`: `gold.csv` with `id`, `filename`,
+  `voice`, `frequency`, `word`, `correct`): a word and its non-word share an `id` and a
+  `voice`; the word's LibriSpeech count puts the pair in a frequency band.
 - `storycloze`: the Spoken StoryCloze folders (sSC, tSC): `<id>_correct.wav` and
   `<id>_incorrect.wav`, found recursively; a sub-folder name (a speaker) becomes the group.
 - `hf-parquet`: the multi-speaker StoryCloze as the hub stores it
@@ -13,6 +16,8 @@ Every set becomes a list of `Pair`s: a positive and a negative side, each a sequ
 - `cross-modal`: `<id>_mutual`, `<id>_correct`, `<id>_incorrect`, each as `.wav`/`.flac` and
   `.txt`: the context and the two endings, so S, S→T, T→S and T (the paper's Table 2) are
   four ways of pairing the same items.
+- `slamkit-pairs`: slamkit's own speech-only sets (`<n>+...wav` for sBLIMP, `<n>_...wav` for
+  sWUGGY and StoryCloze), in one folder or in sub-folders, taken two by two in order of n.
 
 A published set can also be named by its Hugging Face hub id (`bench_folder`): it is
 downloaded once into the hub's cache and read by the same loaders.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +64,9 @@ class Pair:
     group: str
     positive: tuple[Part, ...]
     negative: tuple[Part, ...]
+    item: str | None = None
+    """The item this pair speaks in one voice of several (ZeroSpeech averages an item's voices before the mean
+    over items); None: the pair is an item of its own."""
 
 
 class BenchError(ValueError):
@@ -77,29 +86,93 @@ def _audio_file(folder: Path, name: str) -> Path:
 # --- loaders ----------------------------------------------------------------------------------
 
 
-def load_slm21(folder: Path) -> list[Pair]:
-    """ZeroSpeech 2021 sBLIMP: gold.csv rows sharing an id (and voice) form one pair."""
-    gold = folder / "gold.csv"
+def _gold_rows(gold: Path, needed: set[str]) -> list[dict[str, str]]:
     with open(gold, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    missing = {"id", "filename", "correct"} - set(rows[0] if rows else {})
+    missing = needed - set(rows[0] if rows else {})
     if missing:
         raise BenchError(f"{gold}: no column(s) {', '.join(sorted(missing))}")
-    sides: dict[tuple[str, str], dict[str, Any]] = {}
+    return rows
+
+
+def _gold_sides(gold: Path, rows: list[dict[str, str]], key: Callable[[dict[str, str]], tuple[str, ...]],
+                many: bool) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The positive and negative files of each key, with the first row of each key; a second file on one side is
+    an error unless `many`."""
+    sides: dict[tuple[str, ...], dict[str, Any]] = {}
     for line, row in enumerate(rows, start=2):
-        key = (row["id"], row.get("voice", ""))
         side = "positive" if row["correct"].strip() in ("1", "True", "true") else "negative"
-        entry = sides.setdefault(key, {"group": row.get("type") or row.get("subtype") or "all"})
-        if side in entry:
+        entry = sides.setdefault(key(row), {"row": row, "positive": [], "negative": []})
+        if entry[side] and not many:
             raise BenchError(f"{gold}:{line}: a second {side} file for id {row['id']}")
-        entry[side] = Part("speech", audio=str(_audio_file(gold.parent, row["filename"])))
+        entry[side].append(Part("speech", audio=str(_audio_file(gold.parent, row["filename"]))))
+    for entry in sides.values():
+        if not entry["positive"] or not entry["negative"]:
+            raise BenchError(f"{gold}: id {entry['row']['id']} has no {'negative' if entry['positive'] else 'positive'} "
+                             f"file")
+    return sides
+
+
+def load_slm21(folder: Path) -> list[Pair]:
+    """ZeroSpeech 2021 sBLIMP: a correct and an incorrect row of one item (type, subtype, id) and voice form a
+    pair; its group is the phenomenon (`type`). ZeroSpeech pairs the k-th correct row with the k-th incorrect
+    one, which is the same pairing on its own files; keyed, a file in another order still pairs right."""
+    gold = folder / "gold.csv"
+    rows = _gold_rows(gold, {"id", "filename", "correct"})
+    item = lambda row: tuple(row[c] for c in ("type", "subtype", "id") if row.get(c))  # noqa: E731
     pairs = []
-    for (item_id, voice), entry in sides.items():
-        if "positive" not in entry or "negative" not in entry:
-            raise BenchError(f"{gold}: id {item_id} has no {'negative' if 'positive' in entry else 'positive'} file")
-        pairs.append(Pair(f"{item_id}/{voice}" if voice else item_id, entry["group"],
-                          (entry["positive"],), (entry["negative"],)))
+    for key, entry in _gold_sides(gold, rows, lambda row: (*item(row), row.get("voice", "")), many=False).items():
+        row, voice = entry["row"], key[-1]
+        name = "/".join(item(row))
+        pairs.append(Pair(f"{name}/{voice}" if voice else name, row.get("type") or row.get("subtype") or "all",
+                          tuple(entry["positive"]), tuple(entry["negative"]), item=name))
     return pairs
+
+
+# ZeroSpeech 2021's lexical frequency bands (`evaluate_by_frequency`): the word's count in LibriSpeech in
+# [0, 1), [1, 5), [5, 20), [20, 100), [100, inf), under its own labels (so a count of 5 is in "6-20"). A
+# word with no count, or a negative one, is in no band: in the score over all pairs, not in in-vocab.
+FREQUENCY_BANDS = ((1, "oov"), (5, "1-5"), (20, "6-20"), (100, "21-100"), (math.inf, ">100"))
+NO_BAND = "no frequency"
+
+
+def frequency_band(count: str | None) -> str:
+    """The ZeroSpeech 2021 frequency band of a word's LibriSpeech count."""
+    try:
+        value = float(count) if count not in (None, "") else math.nan
+    except ValueError:
+        return NO_BAND
+    if not value >= 0:  # NaN and negative counts
+        return NO_BAND
+    return next(label for upper, label in FREQUENCY_BANDS if value < upper)
+
+
+def load_slm21_lexical(folder: Path) -> list[Pair]:
+    """ZeroSpeech 2021 sWUGGY: every word row with every non-word row of the same id and voice is a pair (as
+    its lexical task merges them); the pair's group is the word's frequency band, its item the id."""
+    gold = folder / "gold.csv"
+    rows = _gold_rows(gold, {"id", "filename", "correct"})
+    pairs = []
+    for (item_id, voice), entry in _gold_sides(gold, rows, lambda row: (row["id"], row.get("voice", "")),
+                                               many=True).items():
+        group = frequency_band(entry["row"].get("frequency"))
+        several = len(entry["positive"]) * len(entry["negative"]) > 1
+        for positive in entry["positive"]:
+            for negative in entry["negative"]:
+                name = f"{item_id}/{voice}" if voice else item_id
+                if several:
+                    name += f"/{Path(positive.audio).stem}/{Path(negative.audio).stem}"
+                pairs.append(Pair(name, group, (positive,), (negative,), item=item_id))
+    return pairs
+
+
+def _gold_columns(folder: Path) -> set[str]:
+    """The header of a folder's gold.csv (empty without one)."""
+    try:
+        with open(folder / "gold.csv", newline="", encoding="utf-8") as handle:
+            return set(next(csv.reader(handle), []))
+    except (OSError, UnicodeDecodeError):
+        return set()
 
 
 def _transcript(audio_path: Path) -> str | None:
@@ -189,19 +262,49 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
     return pairs
 
 
+# slamkit's speech-only sets (`ModellingMetricDataset`): every .wav name starts with a number and a separator,
+# '+' for sBLIMP, '_' for sWUGGY and StoryCloze (`modelling_metric.py`).
+SLAMKIT_NAME = re.compile(r"\d+(?P<separator>[_+])")
+
+
+def _slamkit_folders(folder: Path) -> list[Path]:
+    """The folders of a slamkit pairs set: the folder itself when it holds .wav files, else each sub-folder that
+    does (slamkit's `subfolder: true`, as its sBLIMP and sWUGGY configs read theirs)."""
+    if next(folder.glob("*.wav"), None) is not None:
+        return [folder]
+    return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and next(sub.glob("*.wav"), None) is not None]
+
+
+def _slamkit_separator(folder: Path) -> str | None:
+    """The separator every .wav name of a slamkit pairs set uses after its number (None: not such a set)."""
+    names = [path.name for sub in _slamkit_folders(folder) for path in sub.glob("*.wav")]
+    found = {match["separator"] if (match := SLAMKIT_NAME.match(name)) else None for name in names}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
 def load_slamkit_pairs(folder: Path) -> list[Pair]:
     """slamkit's speech-only layout (ModellingMetricDataset): `<n><sep>...wav` sorted by n, taken two by two as
-    (positive, negative); the separator is in the folder's bench.json."""
-    separator = jobs.read_json(folder / BENCH_FILE).get("separator", "_")
-    files = list(folder.glob("*.wav"))
-    try:
-        files.sort(key=lambda path: int(path.name.split(separator)[0]))
-    except ValueError:
-        raise BenchError(f"{folder}: a .wav name does not start with a number and '{separator}'") from None
-    if len(files) % 2:
-        raise BenchError(f"{folder}: {len(files)} .wav files cannot form pairs")
-    return [Pair(files[i].stem, "all", (Part("speech", audio=str(files[i])),), (Part("speech", audio=str(files[i + 1])),))
-            for i in range(0, len(files), 2)]
+    (positive, negative), in the folder or in each of its sub-folders (each then a group). The separator is the
+    folder's bench.json's, else the one every name uses.
+
+    slamkit concatenates its sub-folders' sorted files before taking them two by two, so a sub-folder with an odd
+    count would pair its last file with the next sub-folder's first; here that is an error naming it."""
+    meta = folder / BENCH_FILE
+    separator = jobs.read_json(meta).get("separator", "_") if meta.exists() else _slamkit_separator(folder) or "_"
+    pairs = []
+    for sub in _slamkit_folders(folder):
+        files = list(sub.glob("*.wav"))
+        try:
+            files.sort(key=lambda path: int(path.name.split(separator)[0]))
+        except ValueError:
+            raise BenchError(f"{sub}: a .wav name does not start with a number and '{separator}'") from None
+        if len(files) % 2:
+            raise BenchError(f"{sub}: {len(files)} .wav files cannot form pairs")
+        group = sub.name if sub != folder else "all"
+        pairs += [Pair(f"{group}/{files[i].stem}" if sub != folder else files[i].stem, group,
+                       (Part("speech", audio=str(files[i])),), (Part("speech", audio=str(files[i + 1])),))
+                  for i in range(0, len(files), 2)]
+    return pairs
 
 
 def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
@@ -222,21 +325,29 @@ class Layout:
     """How its accuracy is averaged unless asked otherwise."""
     groups_are_folders: bool = True
     """Whether sub-folders name the groups (speakers); otherwise the layout's own field does."""
+    subsets: tuple[tuple[str, Callable[[str], bool]], ...] = ()
+    """Named subsets of the pairs, by group, each also reported alone from the same scores (`LABEL/NAME`)."""
 
 
 # Tried in this order; the first that recognises the folder reads it (a bench.json names its layout).
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
-    # ZeroSpeech 2021 and Cuervo & Marxer (2024) average sBLIMP over phenomena (macro).
+    # ZeroSpeech 2021's scores (its leaderboard's `lexical_all`, `lexical_invocab` and `syntactic`): the mean over
+    # items of each item's mean over its voices; in-vocab weighs the bands other than oov by their items, which
+    # is the mean over their items.
+    Layout("slm21-lexical", lambda folder: bool({"word", "frequency"} & _gold_columns(folder)),
+           lambda folder, mode: load_slm21_lexical(folder), aggregation="items", groups_are_folders=False,
+           subsets=(("in-vocab", lambda group: group not in ("oov", NO_BAND)),)),
     Layout("slm21", lambda folder: (folder / "gold.csv").exists(), lambda folder, mode: load_slm21(folder),
-           aggregation="macro", groups_are_folders=False),
+           aggregation="items", groups_are_folders=False),
     Layout("cross-modal", lambda folder: next(folder.rglob("*_mutual.txt"), None) is not None,
            lambda folder, mode: load_cross_modal(folder, mode or "S"), modes=tuple(CROSS_MODES)),
     Layout("storycloze", lambda folder: next(folder.rglob("*_correct.*"), None) is not None,
            lambda folder, mode: load_storycloze(folder)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
-    # Named by its bench.json only: its files match no other layout's pattern reliably.
-    Layout("slamkit-pairs", lambda folder: False, lambda folder, mode: load_slamkit_pairs(folder)),
+    # Last: only names that start with a number and one separator throughout.
+    Layout("slamkit-pairs", lambda folder: _slamkit_separator(folder) is not None,
+           lambda folder, mode: load_slamkit_pairs(folder)),
 )}
 
 
@@ -296,7 +407,8 @@ def detect_layout(folder: Path) -> Layout:
     for layout in LAYOUTS.values():
         if layout.recognise(folder):
             return layout
-    raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt or *_correct.wav)")
+    raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt, *_correct.wav or "
+                     f"slamkit's numbered <n>_/<n>+ .wav pairs)")
 
 
 def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:

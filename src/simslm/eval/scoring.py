@@ -4,8 +4,9 @@ A pair is right when the positive side's score beats the negative's, 0.5 on a ti
 (design brief). The score is the mean token log-likelihood of the scored tokens (slamkit's
 default) or their sum, optionally with speech tokens normalised over the unit vocabulary
 alone. Accuracy comes with a bootstrap 95% CI, the number of pairs and the aggregation:
-the mean over pairs, or the macro mean over phenomena as ZeroSpeech and Cuervo & Marxer
-(2024) report sBLIMP.
+the mean over pairs (slamkit's), the mean over items (ZeroSpeech 2021's sBLIMP and sWUGGY
+score: the pairs of one item, its voices, averaged first), or the macro mean over groups
+(phenomena, frequency bands: the mean of ZeroSpeech's by-type table).
 """
 
 from __future__ import annotations
@@ -270,7 +271,23 @@ def pair_outcomes(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return np.where(positive > negative, 1.0, np.where(positive == negative, 0.5, 0.0))
 
 
-Aggregation = Literal["pairs", "macro"]
+Aggregation = Literal["pairs", "items", "macro"]
+
+
+def item_outcomes(outcomes: np.ndarray, groups: list[str], items: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each item's outcome, the mean over its pairs (one per voice), and its group; items in order of first
+    appearance. ZeroSpeech 2021 scores sBLIMP and sWUGGY so (`evaluate_by_pair` of its syntactic and lexical
+    tasks: the pairs grouped by item id, their scores averaged, then the mean over items), which weighs an item
+    spoken in fewer voices as much as one spoken in all."""
+    order: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        order.setdefault(item, []).append(index)
+    outcomes = np.asarray(outcomes, dtype=float)
+    members = list(order.values())
+    mixed = next((item for item, at in order.items() if len({groups[i] for i in at}) > 1), None)
+    if mixed is not None:
+        raise ValueError(f"item {mixed} has pairs in more than one group")
+    return np.array([outcomes[at].mean() for at in members]), [groups[at[0]] for at in members]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,18 +301,24 @@ class Accuracy:
     num_pairs: int
     num_groups: int
     aggregation: Aggregation
-    """pairs: the mean over pairs; macro: the mean of the per-group accuracies."""
+    """pairs: the mean over pairs; items: the mean over items, each the mean of its pairs; macro: the mean of the
+    per-group accuracies (over items, where a pair knows its item)."""
     num_resamples: int
     per_group: dict[str, dict[str, float]]
-    """Accuracy and number of pairs of each group (phenomenon, speaker)."""
+    """Accuracy and number of pairs (and of items, where pairs were averaged into items) of each group (phenomenon,
+    speaker, frequency band)."""
     outcomes: list[float] | None = None
-    """Each pair's outcome (1 right, 0 wrong, 0.5 tie), grouped by sorted group name (`per_group` gives the sizes)
-    and in benchmark order within a group: two models' outcomes on one benchmark pair up item by item, for an
-    interval on the difference of their accuracies (`difference_with_ci`)."""
+    """Each pair's outcome (1 right, 0 wrong, 0.5 tie), or each item's mean outcome where pairs were averaged into
+    items, grouped by sorted group name (`per_group` gives the sizes) and in benchmark order within a group: two
+    models' outcomes on one benchmark pair up item by item, for an interval on the difference of their accuracies
+    (`difference_with_ci`)."""
+    num_items: int | None = None
+    """Items the pairs were averaged into (None: every pair counted alone)."""
 
     def groups(self) -> list[str]:
         """The group of each entry of `outcomes`."""
-        return [name for name in sorted(self.per_group) for _ in range(int(self.per_group[name]["num_pairs"]))]
+        sizes = {name: int(entry.get("num_items", entry["num_pairs"])) for name, entry in self.per_group.items()}
+        return [name for name in sorted(sizes) for _ in range(sizes[name])]
 
 
 def difference_with_ci(first: Accuracy, second: Accuracy, *, num_resamples: int = 1000, confidence: float = 0.95,
@@ -315,13 +338,14 @@ def difference_with_ci(first: Accuracy, second: Accuracy, *, num_resamples: int 
 
 def accuracy_draws(outcomes: np.ndarray, groups: list[str], *, aggregation: str = "pairs",
                    num_resamples: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """The accuracy of `outcomes` and its percentile-bootstrap draws: pairs resampled freely (`pairs`), or within
-    each group with the per-group accuracies averaged (`macro`)."""
+    """The accuracy of `outcomes` and its percentile-bootstrap draws: outcomes resampled freely (`pairs`, and
+    `items` once pairs are averaged into items), or within each group with the per-group accuracies averaged
+    (`macro`)."""
     outcomes = np.asarray(outcomes, dtype=float)
     names = sorted(set(groups))
     members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
     rng = np.random.default_rng(seed)
-    if aggregation == "pairs":
+    if aggregation in ("pairs", "items"):
         return float(outcomes.mean()), outcomes[rng.integers(0, len(outcomes),
                                                              (num_resamples, len(outcomes)))].mean(axis=1)
     if aggregation == "macro":
@@ -329,18 +353,25 @@ def accuracy_draws(outcomes: np.ndarray, groups: list[str], *, aggregation: str 
                 np.mean([outcomes[members[name]][rng.integers(0, len(members[name]),
                                                               (num_resamples, len(members[name])))].mean(axis=1)
                          for name in names], axis=0))
-    raise ValueError(f"aggregation must be pairs or macro, not '{aggregation}'")
+    raise ValueError(f"aggregation must be pairs, items or macro, not '{aggregation}'")
 
 
-def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, aggregation: str = "pairs",
-                     num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Accuracy:
+def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, items: list[str] | None = None,
+                     aggregation: str = "pairs", num_resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> Accuracy:
     """Accuracy, percentile-bootstrap CI and counts; `macro` averages the per-group accuracies.
 
-    The macro bootstrap resamples pairs within each group (stratified), so every group
+    With `items` (each pair's item: the pairs of one item are its voices), `items` and `macro` first average
+    each item's pairs (`item_outcomes`), and the bootstrap resamples items: an item's voices share its words, so
+    they are not independent draws. The macro bootstrap resamples within each group (stratified), so every group
     keeps its size, as the per-phenomenon design of sBLIMP has it.
     """
     outcomes = np.asarray(outcomes, dtype=float)
     groups = list(groups) if groups is not None else ["all"] * len(outcomes)
+    pairs_in = {name: groups.count(name) for name in set(groups)}
+    averaged = items is not None and aggregation != "pairs"
+    if averaged:
+        outcomes, groups = item_outcomes(outcomes, groups, list(items))
     names = sorted(set(groups))
     members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
     accuracy, draws = accuracy_draws(outcomes, groups, aggregation=aggregation, num_resamples=num_resamples,
@@ -348,11 +379,13 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, a
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return Accuracy(accuracy=accuracy, ci_low=float(low), ci_high=float(high), confidence=confidence,
-                    num_pairs=int(len(outcomes)), num_groups=len(names), aggregation=aggregation,
+                    num_pairs=sum(pairs_in.values()), num_groups=len(names), aggregation=aggregation,
                     num_resamples=num_resamples,
-                    per_group={name: {"accuracy": float(outcomes[members[name]].mean()),
-                                      "num_pairs": int(len(members[name]))} for name in names},
-                    outcomes=[float(value) for name in names for value in outcomes[members[name]]])
+                    per_group={name: {"accuracy": float(outcomes[members[name]].mean()), "num_pairs": pairs_in[name],
+                                      **({"num_items": int(len(members[name]))} if averaged else {})}
+                               for name in names},
+                    outcomes=[float(value) for name in names for value in outcomes[members[name]]],
+                    num_items=len(outcomes) if averaged else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -411,6 +444,8 @@ class PairScores(NamedTuple):
     """The same pairs' plain scores, when a baseline was subtracted from any (free: computed anyway)."""
     num_cut: int = 0
     """Sides longer than the model's context (`EncodedPairs.num_cut`)."""
+    items: list[str] | None = None
+    """Each pair's item (`Pair.item`, else the pair's own id)."""
 
 
 class EncodedPairs(NamedTuple):
@@ -429,13 +464,15 @@ class EncodedPairs(NamedTuple):
     """Sides longer than the model's context (`max_position_embeddings`), scored on their most recent tokens.
     slamkit scores a side whole however long it is, which a model with learned positions cannot, and which
     asks a model with rotary ones about positions it never trained on."""
+    items: list[str] | None = None
+    """Each pair's item (`Pair.item`, else the pair's own id)."""
 
 
 def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
                  options: ScoringOptions, max_length: int) -> EncodedPairs:
     """The sequences `score_pairs` scores, of the pairs that can be encoded; a pair whose units are missing is
     counted, not fatal."""
-    sequences, scored, sides_of, with_baseline, groups, skipped, cut = [], [], [], [], [], 0, 0
+    sequences, scored, sides_of, with_baseline, groups, items, skipped, cut = [], [], [], [], [], [], 0, 0
     for pair in pairs:
         try:
             if options.preset == "reference":
@@ -463,7 +500,8 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
                 scored.append((alone_owners != SPECIAL_PART)[1:])
         with_baseline.append(baseline)
         groups.append(pair.group)
-    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut)
+        items.append(pair.item if pair.item is not None else pair.id)
+    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items)
 
 
 def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
@@ -483,4 +521,5 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
         cursor += 4 if baseline else 2
     final = plain - alone
     return PairScores(final[:, 0], final[:, 1], encoded.groups, encoded.num_skipped,
-                      (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None, encoded.num_cut)
+                      (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None, encoded.num_cut,
+                      encoded.items)

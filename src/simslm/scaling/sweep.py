@@ -1091,9 +1091,16 @@ def mean_accuracy(results: list[Accuracy]) -> Accuracy:
     if any(result.outcomes is None or result.groups() != first.groups() for result in results):
         return dataclasses.replace(first, accuracy=float(np.mean([result.accuracy for result in results])),
                                    ci_low=float("nan"), ci_high=float("nan"), outcomes=None)
-    return accuracy_with_ci(np.mean([result.outcomes for result in results], axis=0), first.groups(),
+    mean = accuracy_with_ci(np.mean([result.outcomes for result in results], axis=0), first.groups(),
                             aggregation=first.aggregation, num_resamples=first.num_resamples,
                             confidence=first.confidence)
+    if first.num_items is None:
+        return mean
+    # The stored outcomes are items' (their voices averaged): the counts of pairs behind them are the runs'.
+    return dataclasses.replace(mean, num_pairs=first.num_pairs, num_items=first.num_items,
+                               per_group={name: {**entry, "num_pairs": first.per_group[name]["num_pairs"],
+                                                 "num_items": first.per_group[name]["num_items"]}
+                                          for name, entry in mean.per_group.items()})
 
 
 def _batch_sums(row: dict[str, Any]) -> np.ndarray | None:
