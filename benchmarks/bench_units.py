@@ -71,8 +71,8 @@ def main() -> None:
             scores = quality[name]
             rows.append((f"logmel k=500 {name.replace('_', ' ')}, {quality['num_utterances_scored']} stories, "
                          f"{quality['num_frames_scored']} frames",
-                         f"PNMI {scores['pnmi']:.4f}, cluster purity {scores['cluster_purity']:.4f}, "
-                         f"phone purity {scores['phone_purity']:.4f}"))
+                         f"PNMI {scores['pnmi']:.4f}, phone purity {scores['phone_purity']:.4f}, "
+                         f"cluster purity {scores['cluster_purity']:.4f}"))
     print("| measurement | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

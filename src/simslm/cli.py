@@ -164,10 +164,10 @@ def _units_quality(config) -> int:
     from simslm.units.quality import unit_quality
 
     report = unit_quality(config)
-    print(f"{'':<18} {'PNMI':>7} {'cluster purity':>15} {'phone purity':>13}")
+    print(f"{'':<18} {'PNMI':>7} {'phone purity':>13} {'cluster purity':>15}")
     for name in ("units", "shuffled_baseline"):
         scores = report[name]
-        print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['cluster_purity']:>15.4f} {scores['phone_purity']:>13.4f}")
+        print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['phone_purity']:>13.4f} {scores['cluster_purity']:>15.4f}")
     print(f"dedup ratio {report['dedup_ratio']:.3f} frames/unit; {report['num_utterances_scored']} utterance(s), "
           f"{report['num_frames_scored']} frames scored")
     return 0

@@ -14,10 +14,16 @@ def test_scores_are_one_for_a_bijection_and_near_zero_for_independence():
 
 
 def test_purities_on_a_hand_computed_table():
-    # units 0,0,1,1 over phones a,b,b,b: P(u=0)=.5 with max .25; P(u=1)=.5 with max .5
-    scores = unit_quality.phone_unit_scores(np.array(["a", "b", "b", "b"]), np.array([0, 0, 1, 1]))
-    assert scores["cluster_purity"] == pytest.approx(0.75)
-    assert scores["phone_purity"] == pytest.approx(0.25 + 0.5)
+    # Phones a,a,a,b,b,b over units 0,1,2,3,3,3. The HuBERT paper's phone purity, E_unit[max_phone P(phone|unit)]:
+    # units 0, 1 and 2 (1/6 each) are all a, unit 3 (1/2) all b, so 1. Its cluster purity,
+    # E_phone[max_unit P(unit|phone)]: a (1/2) is split in thirds, b (1/2) is all unit 3, so 1/6 + 1/2.
+    scores = unit_quality.phone_unit_scores(np.array(list("aaabbb")), np.array([0, 1, 2, 3, 3, 3]))
+    assert scores["phone_purity"] == pytest.approx(1.0)
+    assert scores["cluster_purity"] == pytest.approx(1 / 6 + 1 / 2)
+    # A unit per frame: the paper's extreme case, phone purity 1 whatever the phones.
+    phones = np.random.default_rng(0).integers(0, 5, size=50)
+    one_per_frame = unit_quality.phone_unit_scores(phones, np.arange(50))
+    assert one_per_frame["phone_purity"] == pytest.approx(1.0) and one_per_frame["cluster_purity"] < 0.2
 
 
 def test_frame_labels_take_the_phone_at_each_frame_centre():

@@ -1,10 +1,13 @@
 """How much phonetic information units carry: PNMI and purities against phone labels.
 
-Definitions follow the HuBERT paper (Hsu et al. 2021, section IV-B): with the joint
+Definitions follow the HuBERT paper (Hsu et al. 2021, section IV-B) and fairseq's
+`examples/hubert/measure_teacher_quality.py` ("ref pur" and "hyp pur"): with the joint
 distribution P(phone, unit) over frames,
 - phone-normalised mutual information PNMI = I(phone; unit) / H(phone);
-- cluster purity = E_unit[max_phone P(phone | unit)];
-- phone purity  = E_phone[max_unit P(unit | phone)].
+- phone purity   = E_unit[max_phone P(phone | unit)]: the frame phone accuracy of naming each
+  unit by its likeliest phone, which rises with the number of units (1 at a unit per frame);
+- cluster purity = E_phone[max_unit P(unit | phone)]: how much of each phone its likeliest
+  unit covers, which falls as the units grow more.
 Phone labels for each unit frame come from a pocketsphinx phone alignment (at the unit
 frame's centre). A baseline with the unit labels shuffled across frames (same marginals,
 no relation to the phones) shows what chance gives.
@@ -40,9 +43,10 @@ def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]
     nonzero = joint > 0
     mutual_information = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(p_phone, p_unit)[nonzero])).sum())
     phone_entropy = float(-(p_phone * np.log(p_phone)).sum())
+    # Rows are phones, columns units: the best phone of each unit (max over rows) gives the phone purity.
     return {"pnmi": mutual_information / phone_entropy if phone_entropy > 0 else 0.0,
-            "cluster_purity": float(joint.max(axis=0).sum()),
-            "phone_purity": float(joint.max(axis=1).sum())}
+            "phone_purity": float(joint.max(axis=0).sum()),
+            "cluster_purity": float(joint.max(axis=1).sum())}
 
 
 def frame_phone_labels(timed_phones: list[tuple[str, float, float]], num_frames: int,
