@@ -95,13 +95,17 @@ def _gold_rows(gold: Path, needed: set[str]) -> list[dict[str, str]]:
     return rows
 
 
+def _is_correct(row: dict[str, str]) -> bool:
+    return row["correct"].strip() in ("1", "True", "true")
+
+
 def _gold_sides(gold: Path, rows: list[dict[str, str]], key: Callable[[dict[str, str]], tuple[str, ...]],
                 many: bool) -> dict[tuple[str, ...], dict[str, Any]]:
     """The positive and negative files of each key, with the first row of each key; a second file on one side is
     an error unless `many`."""
     sides: dict[tuple[str, ...], dict[str, Any]] = {}
     for line, row in enumerate(rows, start=2):
-        side = "positive" if row["correct"].strip() in ("1", "True", "true") else "negative"
+        side = "positive" if _is_correct(row) else "negative"
         entry = sides.setdefault(key(row), {"row": row, "positive": [], "negative": []})
         if entry[side] and not many:
             raise BenchError(f"{gold}:{line}: a second {side} file for id {row['id']}")
@@ -152,10 +156,16 @@ def load_slm21_lexical(folder: Path) -> list[Pair]:
     its lexical task merges them); the pair's group is the word's frequency band, its item the id."""
     gold = folder / "gold.csv"
     rows = _gold_rows(gold, {"id", "filename", "correct"})
+    # The band of an item is its word's (ZeroSpeech keeps the word row's frequency), the first word row's where
+    # voices disagree, so that every voice of an item falls in one band.
+    bands: dict[str, str] = {}
+    for row in rows:
+        if _is_correct(row):
+            bands.setdefault(row["id"], frequency_band(row.get("frequency")))
     pairs = []
     for (item_id, voice), entry in _gold_sides(gold, rows, lambda row: (row["id"], row.get("voice", "")),
                                                many=True).items():
-        group = frequency_band(entry["row"].get("frequency"))
+        group = bands[item_id]
         several = len(entry["positive"]) * len(entry["negative"]) > 1
         for positive in entry["positive"]:
             for negative in entry["negative"]:
