@@ -13,7 +13,8 @@ slamkit's code is imported from the checkout and run, not copied. What each side
   with `UnitLM.from_pretrained`, which fails under transformers 5); simslm reads the saved folder through
   `simslm model from-slamkit`.
 - the audio: sBLIMP and tSC built by `simslm bench build --slamkit-pairs --audio-format wav` (BLiMP and held-out
-  TinyStories, espeak-ng): slamkit's speech-only evaluator reads `slamkit/`, its cross-modal one `audio/`.
+  TinyStories, espeak-ng): slamkit's speech-only evaluator reads `slamkit/` as its metric configs read theirs
+  (sBLIMP from a sub-folder per phenomenon, `subfolder: true`; tSC flat), its cross-modal one `audio/`.
 - the units: simslm's logmel encoder and a codebook fit on the synthesised stories. slamkit's tokeniser gets them
   through a stand-in for its feature extractor (its HuBERT needs weights): frame units of each waveform's
   unpadded part, which slamkit then deduplicates itself. torchaudio does not load beside this torch, so
@@ -89,7 +90,7 @@ def main() -> None:
     sys.modules.setdefault("torchaudio", _torchaudio_stand_in())
     import torch
     from slamkit.metric.cross_modal_metric import CrossModalMetricDataset, cm_storycloze
-    from slamkit.metric.modelling_metric import sblimp, storycloze
+    from slamkit.metric.modelling_metric import ModellingMetricDataset, sblimp, storycloze
     from slamkit.model.speech_lm import SpeechLM
     from slamkit.model.unit_lm import UnitLM, UnitLMConfig
     from slamkit.tokeniser.interleaving_tokeniser import InterleavingTokeniser
@@ -169,8 +170,9 @@ def main() -> None:
         common = {"used_token_modality": None, "mean_nll": True, "batch_size": 8, "num_workers": 0,
                   "pin_memory": False, "subfolder": False}
         # Speech only: both read the `slamkit/` folders, whose pairs come in the order of their numbers.
+        # sBLIMP in a sub-folder per phenomenon, read as slamkit's sblimp config reads it (`subfolder: true`).
         checks = [("sBLIMP", str(scratch / "sblimp" / "slamkit"), None,
-                   lambda: sblimp(theirs, str(scratch / "sblimp" / "slamkit"), **common)),
+                   lambda: sblimp(theirs, str(scratch / "sblimp" / "slamkit"), **{**common, "subfolder": True})),
                   ("tSC, speech only", str(scratch / "tsc" / "slamkit"), None,
                    lambda: storycloze(theirs, str(scratch / "tsc" / "slamkit"), **common))]
         for mode, (prompt, continuation) in {"S": ("SPEECH", "SPEECH"), "T": ("TEXT", "TEXT"),
@@ -181,12 +183,19 @@ def main() -> None:
         # slamkit's cross-modal dataset lists `*_correct.wav` in the file system's order; its items by stem.
         cm_order = [Path(str(path)).name.split("_correct.wav")[0]
                     for path in CrossModalMetricDataset(str(scratch / "tsc" / "audio"), subfolder=False).data]
+        # Its sBLIMP takes the sub-folders in the file system's order too: its pairs by their positive's file.
+        sblimp_order = [str(path) for path in ModellingMetricDataset(str(scratch / "sblimp" / "slamkit"), sep="+",
+                                                                     subfolder=True).data[0::2]]
         for name, bench, mode, call in checks:
             accuracy, positive, negative = slamkit_run(call)
             pairs, scores, long = ours(bench, mode)
             if name.startswith("tSC cross-modal"):
                 order = {pair.id.split("/")[-1]: index for index, pair in enumerate(pairs)}
                 index = [order[stem] for stem in cm_order]
+                mine = scores.positive[index], scores.negative[index]
+            elif name == "sBLIMP":
+                order = {pair.positive[0].audio: index for index, pair in enumerate(pairs)}
+                index = [order[path] for path in sblimp_order]
                 mine = scores.positive[index], scores.negative[index]
             else:
                 mine = scores.positive, scores.negative

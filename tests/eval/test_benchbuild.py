@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from simslm.eval.benchbuild import (
+    SLAMKIT_SEPARATORS,
     BenchBuildConfig,
     blimp_pairs,
     build_benchmark,
@@ -76,17 +77,27 @@ def test_slamkit_pairs_are_named_so_its_evaluator_pairs_them_right(kind, tmp_pat
                                                                      "source": "tinystories-sample[2000:2004]"}}
     build_benchmark(BenchBuildConfig(kind=kind, out=str(tmp_path / kind), slamkit_pairs=True, num_workers=2,
                                      **options[kind]))
-    folder, separator = tmp_path / kind / "slamkit", {"sblimp": "+", "tsc": "_"}[kind]
-    # slamkit's ModellingMetricDataset: glob *.wav, sort by the integer before the separator, take (2i, 2i+1)
-    # as (positive, negative). Shuffling the glob order first shows the naming leaves nothing to it.
-    files = list(folder.glob("*.wav"))
-    np.random.default_rng(0).shuffle(files)
-    files.sort(key=lambda path: int(path.name.split(separator)[0]))
+    folder, separator = tmp_path / kind / "slamkit", SLAMKIT_SEPARATORS[kind]
+    # slamkit's ModellingMetricDataset as its own metric config reads the folder (sblimp: `subfolder: true`,
+    # tstorycloze: false): the .wav files of each sub-folder, or of the folder, each list sorted by the integer
+    # before the separator and the lists joined, then taken two by two as (positive, negative). Shuffling the
+    # glob order first shows the naming leaves nothing to it.
+    rng = np.random.default_rng(0)
+    folders = [sub for sub in folder.iterdir() if sub.is_dir()] if kind == "sblimp" else [folder]
+    files = []
+    for sub in folders:
+        listed = list(sub.glob("*.wav"))
+        rng.shuffle(listed)
+        files += sorted(listed, key=lambda path: int(path.name.split(separator)[0]))
     ours = load(tmp_path / kind, "S")[1]
     assert len(files) == 2 * len(ours)
-    for (positive, negative), pair in zip(zip(files[::2], files[1::2]), ours):
-        assert positive.stem.endswith("_correct") and negative.stem.endswith("_incorrect")
+    for positive, negative in zip(files[::2], files[1::2]):
+        number, name = positive.stem.split(separator, 1)
+        pair = ours[int(number) // 2]  # pair i is numbered 2i (its positive) and 2i + 1
+        assert name.endswith("_correct") and negative.stem == f"{int(number) + 1}{separator}{name[:-8]}_incorrect"
+        if kind == "sblimp":  # one sub-folder per phenomenon
+            assert positive.parent.name == negative.parent.name == pair.group
         expected = sum(len(audio.load_audio(part.audio)) for part in pair.positive)  # tSC: context + ending
         assert abs(len(audio.load_audio(positive)) - expected) <= 1
     layout, pairs = load(folder)  # simslm reads the folder too, paired the same way
-    assert layout == "slamkit-pairs" and [p.positive[0].audio for p in pairs] == [str(f) for f in files[::2]]
+    assert layout == "slamkit-pairs" and sorted(p.positive[0].audio for p in pairs) == sorted(map(str, files[::2]))

@@ -49,7 +49,8 @@ class BenchBuildConfig(Config):
     slamkit_pairs: bool = False
     """Also write `slamkit/`: the same pairs as slamkit's speech-only evaluator reads them (ModellingMetricDataset:
     `<n><sep>...wav`, sorted by n and paired in order; here the positive at an even n, its negative at the next,
-    so the file system's order cannot swap them; sep '+' for sBLIMP, '_' for tSC, whose sides are whole stories)."""
+    so the file system's order cannot swap them; sep '+' for sBLIMP, in a sub-folder per phenomenon, and '_' for
+    tSC, whose sides are whole stories: what slamkit's sblimp and tstorycloze configs read)."""
     audio_format: Literal["flac", "wav"] = "flac"
     """Audio files to write; wav makes a tsc folder's audio/ one that slamkit's cross-modal evaluator
     (`cm_storycloze`, `*_correct.wav` with `_incorrect` and `_mutual` beside, and their .txt) reads as it is."""
@@ -180,23 +181,32 @@ class BenchKind:
 
 BENCH_KINDS: dict[str, BenchKind] = {"sblimp": BenchKind(_build_sblimp, "slm21"),
                                      "tsc": BenchKind(_build_tsc, "cross-modal")}
-# The separator slamkit's metric functions split file names on (metric/modelling_metric.py).
+# The separator slamkit's metric functions split file names on (metric/modelling_metric.py), and whether its
+# metric config reads the pairs from sub-folders (config/metric/sblimp.yaml: `subfolder: true`;
+# tstorycloze.yaml: false), so that its own configs read the folder as it is.
 SLAMKIT_SEPARATORS = {"sblimp": "+", "tsc": "_"}
+SLAMKIT_SUBFOLDERS = {"sblimp": True, "tsc": False}
 
 
 def write_slamkit_pairs(out: Path, kind: str) -> int:
-    """The benchmark's pairs again under `out/slamkit`, speech only, named as slamkit's evaluator pairs them."""
+    """The benchmark's pairs again under `out/slamkit`, speech only, named as slamkit's evaluator pairs them: sBLIMP
+    in a sub-folder per phenomenon, as slamkit's sblimp config reads it."""
     from simslm.speech import audio
 
     separator = SLAMKIT_SEPARATORS[kind]
     folder = out / "slamkit"
     _, pairs = load(out, "S")
+
+    def safe(text: str, also: str = "") -> str:
+        """Letters, digits, '-' and '.' kept; a folder's name may keep '_' too (no separator is looked for in it)."""
+        return "".join(char if char.isalnum() or char in "-." + also else "-" for char in text)
+
     for number, pair in enumerate(pairs):
-        name = "".join(char if char.isalnum() or char in "-." else "-" for char in pair.id)
+        where = folder / safe(pair.group, "_") if SLAMKIT_SUBFOLDERS[kind] else folder
         for offset, (side, role) in enumerate(((pair.positive, "correct"), (pair.negative, "incorrect"))):
             # A tSC side is its context and ending spoken one after the other: the whole story.
             samples = np.concatenate([audio.load_audio(part.audio) for part in side])
-            audio.write_audio(folder / f"{2 * number + offset}{separator}{name}_{role}.wav", samples)
+            audio.write_audio(where / f"{2 * number + offset}{separator}{safe(pair.id)}_{role}.wav", samples)
     jobs.write_json(folder / BENCH_FILE, {"layout": "slamkit-pairs", "separator": separator,
                                           "note": "speech-only pairs in slamkit's ModellingMetricDataset naming"})
     return len(pairs)
