@@ -165,14 +165,12 @@ def load_slm21_lexical(folder: Path) -> list[Pair]:
     pairs = []
     for (item_id, voice), entry in _gold_sides(gold, rows, lambda row: (row["id"], row.get("voice", "")),
                                                many=True).items():
-        group = bands[item_id]
+        name = f"{item_id}/{voice}" if voice else item_id
         several = len(entry["positive"]) * len(entry["negative"]) > 1
         for positive in entry["positive"]:
             for negative in entry["negative"]:
-                name = f"{item_id}/{voice}" if voice else item_id
-                if several:
-                    name += f"/{Path(positive.audio).stem}/{Path(negative.audio).stem}"
-                pairs.append(Pair(name, group, (positive,), (negative,), item=item_id))
+                pair_id = f"{name}/{Path(positive.audio).stem}/{Path(negative.audio).stem}" if several else name
+                pairs.append(Pair(pair_id, bands[item_id], (positive,), (negative,), item=item_id))
     return pairs
 
 

@@ -11,6 +11,7 @@ score: the pairs of one item, its voices, averaged first), or the macro mean ove
 
 from __future__ import annotations
 
+import collections
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -368,7 +369,7 @@ def accuracy_with_ci(outcomes: np.ndarray, groups: list[str] | None = None, *, i
     """
     outcomes = np.asarray(outcomes, dtype=float)
     groups = list(groups) if groups is not None else ["all"] * len(outcomes)
-    pairs_in = {name: groups.count(name) for name in set(groups)}
+    pairs_in = collections.Counter(groups)
     averaged = items is not None and aggregation != "pairs"
     if averaged:
         outcomes, groups = item_outcomes(outcomes, groups, list(items))
