@@ -328,6 +328,9 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
     return {**asdict(losses), "data": run_config["validation_data"]}
 
 
+MAX_GROUPS_SHOWN = 8
+
+
 def format_results(results: dict[str, Any]) -> str:
     """A table of accuracies with their intervals (and other metrics as they are)."""
     lines = [f"{'benchmark':<28} {'accuracy':>9} {'95% CI':>17} {'pairs':>6}  aggregation"]
@@ -336,6 +339,10 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"{name:<28} {100 * entry.accuracy:>8.1f}% "
                          f"[{100 * entry.ci_low:5.1f}, {100 * entry.ci_high:5.1f}]% {entry.num_pairs:>6}  "
                          f"{entry.aggregation}" + (f" ({entry.num_items})" if entry.num_items is not None else ""))
+            if 1 < len(entry.per_group) <= MAX_GROUPS_SHOWN:  # speakers, sWUGGY's frequency bands; not 67 phenomena
+                for group, part in sorted(entry.per_group.items()):
+                    lines.append(f"{'  ' + group:<28} {100 * part['accuracy']:>8.1f}% {'':>17} "
+                                 f"{part['num_pairs']:>6}" + (f"  ({part['num_items']})" if "num_items" in part else ""))
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
                              f"positions, their oldest tokens dropped (slamkit scores them whole)")
