@@ -385,6 +385,16 @@ CASES: dict[str, Case] = {
                                        str(missing(w, "units"))], str(missing(w, "units")), [w.run / "eval.json"]),
     "eval: hub dataset not cached, offline": lambda w: (["eval", str(w.run), "--bench", "acme/absent"],
                                                         "acme/absent", [w.run / "eval.json"]),
+    "eval: gold.csv not UTF-8": lambda w: (["eval", str(w.run), "--bench",
+                                            str(_write(w.bad / "zr-utf" / "gold.csv", b"\xff\xfe\x00id").parent)],
+                                           "zr-utf/gold.csv: not a CSV file in UTF-8", [w.run / "eval.json"]),
+    "eval: gold.csv header only": lambda w: (["eval", str(w.run), "--bench",
+                                              str(_write(w.bad / "zr-head" / "gold.csv", "id,filename,correct\n").parent)],
+                                             "zr-head/gold.csv: no rows under its header", [w.run / "eval.json"]),
+    "eval: a dataset's root, not a set": lambda w: (
+        ["eval", str(w.run), "--bench", str(_write(w.bad / "zr2021" / "lexical" / "dev" / "gold.csv",
+                                                   "id,filename,correct\n").parents[2])],
+        "zr2021: not a benchmark folder", [w.run / "eval.json"]),
     "generate: vocoder command without placeholders": lambda w: (
         ["generate", str(w.run), "--prompt", "a cat", "--out", str(w.bad / "gen-2"), "--vocoder-command", "hifigan"],
         "--vocoder-command", []),

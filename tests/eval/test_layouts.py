@@ -38,6 +38,13 @@ def test_slm21_reports_the_file_and_id_of_a_pair_without_a_negative(tmp_path):
     (tmp_path / "gold.csv").write_text("id,filename,type,correct\nitem7,x,agr,1\n")
     with pytest.raises(BenchError, match=r"gold.csv: id item7 has no negative"):
         load(tmp_path)
+    # A header alone, and a file that is not UTF-8 text, each name the file.
+    (tmp_path / "gold.csv").write_text("id,filename,type,correct\n")
+    with pytest.raises(BenchError, match=r"gold.csv: no rows under its header"):
+        load(tmp_path)
+    (tmp_path / "gold.csv").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(BenchError, match=r"gold.csv: not a CSV file in UTF-8"):
+        load(tmp_path)
 
 
 def _write_gold(folder, rows):
@@ -163,6 +170,12 @@ def test_slamkits_own_pairs_folders_are_recognised_with_or_without_sub_folders(t
 
 def test_not_a_benchmark_folder_is_a_clear_error(tmp_path):
     with pytest.raises(BenchError, match="not a benchmark folder"):
+        load(tmp_path)
+    # ZeroSpeech's dataset root: the sets are two levels down, and the error names them.
+    for task in ("lexical", "syntactic"):
+        (tmp_path / task / "dev").mkdir(parents=True)
+        (tmp_path / task / "dev" / "gold.csv").write_text("id,filename,correct\n")
+    with pytest.raises(BenchError, match=r"not a benchmark folder .*inside it are: lexical/dev, syntactic/dev$"):
         load(tmp_path)
 
 

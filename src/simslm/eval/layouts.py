@@ -87,11 +87,17 @@ def _audio_file(folder: Path, name: str) -> Path:
 
 
 def _gold_rows(gold: Path, needed: set[str]) -> list[dict[str, str]]:
-    with open(gold, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = needed - set(rows[0] if rows else {})
+    try:
+        with open(gold, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise BenchError(f"{gold}: not a CSV file in UTF-8 ({error.__class__.__name__}: {error})") from None
+    missing = needed - set(reader.fieldnames or ())
     if missing:
         raise BenchError(f"{gold}: no column(s) {', '.join(sorted(missing))}")
+    if not rows:
+        raise BenchError(f"{gold}: no rows under its header")
     return rows
 
 
@@ -415,8 +421,12 @@ def detect_layout(folder: Path) -> Layout:
     for layout in LAYOUTS.values():
         if layout.recognise(folder):
             return layout
+    # A dataset's root (ZeroSpeech's zr2021/ holds lexical/dev and syntactic/dev): name the folders that are sets.
+    inside = sorted(str(path.parent.relative_to(folder)) for pattern in ("*/gold.csv", "*/*/gold.csv", "*/bench.json")
+                    for path in folder.glob(pattern))
+    hint = f"; these folders inside it are: {', '.join(inside[:6])}" if inside else ""
     raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt, *_correct.wav or "
-                     f"slamkit's numbered <n>_/<n>+ .wav pairs)")
+                     f"slamkit's numbered <n>_/<n>+ .wav pairs){hint}")
 
 
 def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
