@@ -205,3 +205,22 @@ def test_a_zerospeech_lexical_folder_is_scored_as_zerospeech_scores_swuggy(train
     assert in_vocab.accuracy == pytest.approx((item_means["1-5"] + item_means["21-100"]) / 2)
     # The fixture tells the two apart (on this seeded run: 0.78 over items, 0.67 over pairs).
     assert plain.accuracy == pytest.approx(sum(plain.outcomes) / 6) != pytest.approx(whole.accuracy)
+
+
+def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_path):
+    from simslm.speech import audio
+
+    run, bench = trained_run
+    flacs = iter(sorted(bench.rglob("*.flac"))[:10])
+    for part, samples in (("gender_consistency", 3), ("speaker_consistency", 2)):
+        (tmp_path / part).mkdir()
+        for number in range(samples):
+            for side in ("0", "1"):
+                audio.write_audio(tmp_path / part / f"s_{number}_{side}.wav", audio.load_audio(next(flacs)))
+    results = evaluate_run(EvalConfig(run=str(run), bench=(f"salmon={tmp_path}",), num_resamples=50))
+    assert set(results) == {"salmon", "salmon/gender_consistency", "salmon/speaker_consistency"}
+    whole = results["salmon"]
+    assert whole.layout == "salmon" and whole.num_pairs == 5 and whole.num_groups == 2
+    for part, entry in whole.per_group.items():  # each part alone: SALMon's own number, the mean over its pairs
+        alone = results[f"salmon/{part}"]
+        assert alone.accuracy == entry["accuracy"] and alone.num_pairs == entry["num_pairs"]

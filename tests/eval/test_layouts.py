@@ -168,6 +168,28 @@ def test_slamkits_own_pairs_folders_are_recognised_with_or_without_sub_folders(t
         load(swuggy)
 
 
+def test_salmon_parts_pair_each_samples_two_files_in_path_order(tmp_path):
+    # SalmonDataset, from its definition: in a part's folder, the files of sample n (name.split("_")[1]) sorted
+    # by path, the first the positive. Sample 10 sorts after 9 as a number; its files as paths.
+    for part, numbers in (("gender_consistency", (9, 10)), ("speaker_consistency", (0,))):
+        (tmp_path / part).mkdir()
+        for number in numbers:
+            for side in ("a_pos", "b_neg"):
+                _tone(tmp_path / part / f"sample_{number}_{side}.wav")
+    layout, pairs = load(tmp_path)
+    assert layout == "salmon" and [p.id for p in pairs] == ["gender_consistency/9", "gender_consistency/10",
+                                                           "speaker_consistency/0"]
+    assert all(p.positive[0].audio.endswith("a_pos.wav") and p.negative[0].audio.endswith("b_neg.wav") for p in pairs)
+    assert [p.group for p in pairs] == ["gender_consistency"] * 2 + ["speaker_consistency"]
+    # A sample with a third file cannot be a pair (SALMon's loader would fail unpacking it).
+    _tone(tmp_path / "speaker_consistency" / "sample_0_c.wav")
+    with pytest.raises(BenchError, match=r"speaker_consistency: sample 0 has 3 .wav files"):
+        load(tmp_path)
+    _tone(tmp_path / "speaker_consistency" / "stray.wav")
+    with pytest.raises(BenchError, match=r"stray.wav: a SALMon file is named <name>_<sample number>_...wav"):
+        load(tmp_path)
+
+
 def test_not_a_benchmark_folder_is_a_clear_error(tmp_path):
     with pytest.raises(BenchError, match="not a benchmark folder"):
         load(tmp_path)

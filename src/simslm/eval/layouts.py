@@ -18,6 +18,8 @@ Every set becomes a list of `Pair`s: a positive and a negative side, each a sequ
   four ways of pairing the same items.
 - `slamkit-pairs`: slamkit's own speech-only sets (`<n>+...wav` for sBLIMP, `<n>_...wav` for
   sWUGGY and StoryCloze), in one folder or in sub-folders, taken two by two in order of n.
+- `salmon`: SALMon's acoustic consistency and alignment parts, a sub-folder each, where the two
+  files of sample n (`<name>_<n>_...wav`) sorted by path are its positive and negative.
 
 A published set can also be named by its Hugging Face hub id (`bench_folder`): it is
 downloaded once into the hub's cache and read by the same loaders.
@@ -33,6 +35,7 @@ import csv
 import functools
 import hashlib
 import math
+import operator
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -321,6 +324,33 @@ def load_slamkit_pairs(folder: Path) -> list[Pair]:
     return pairs
 
 
+# SALMon's parts (Maimon et al. 2024, slp-rl/salmon's `salmon.py`; slamkit's `salmon` metric reads the same).
+SALMON_PARTS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency", "gender_consistency",
+                "rir_consistency", "sentiment_alignment", "sentiment_consistency", "speaker_consistency")
+
+
+def load_salmon(folder: Path) -> list[Pair]:
+    """SALMon as its `SalmonDataset` reads a downloaded copy: in each part's sub-folder, the .wav files of sample n
+    (the number after the first '_' of the name) sorted by path, the first the positive and the second the negative.
+    A pair's group is its part."""
+    pairs = []
+    for part in SALMON_PARTS:
+        samples: dict[int, list[str]] = {}
+        for path in (folder / part).glob("*.wav"):
+            try:
+                number = int(path.stem.split("_")[1])
+            except (IndexError, ValueError):
+                raise BenchError(f"{path}: a SALMon file is named <name>_<sample number>_...wav") from None
+            samples.setdefault(number, []).append(str(path))
+        for number, files in sorted(samples.items()):
+            if len(files) != 2:
+                raise BenchError(f"{folder / part}: sample {number} has {len(files)} .wav files, not a positive and "
+                                 f"a negative")
+            first, second = sorted(files)
+            pairs.append(Pair(f"{part}/{number}", part, (Part("speech", audio=first),), (Part("speech", audio=second),)))
+    return pairs
+
+
 def _one_group_is_all(pairs: list[Pair]) -> list[Pair]:
     """Sub-folders name groups (speakers, say); files that all sit in one folder form the group `all`."""
     return [replace(pair, group="all") for pair in pairs] if len({p.group for p in pairs}) == 1 else pairs
@@ -359,6 +389,10 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            lambda folder, mode: load_storycloze(folder)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
+    # SALMon reports each part alone (its leaderboard's columns); the whole set is the mean over parts.
+    Layout("salmon", lambda folder: any(next((folder / part).glob("*.wav"), None) for part in SALMON_PARTS),
+           lambda folder, mode: load_salmon(folder), aggregation="macro", groups_are_folders=False,
+           subsets=tuple((part, functools.partial(operator.eq, part)) for part in SALMON_PARTS)),
     # Last: only names that start with a number and one separator throughout.
     Layout("slamkit-pairs", lambda folder: _slamkit_separator(folder) is not None,
            lambda folder, mode: load_slamkit_pairs(folder)),
@@ -425,8 +459,8 @@ def detect_layout(folder: Path) -> Layout:
     inside = sorted(str(path.parent.relative_to(folder)) for pattern in ("*/gold.csv", "*/*/gold.csv", "*/bench.json")
                     for path in folder.glob(pattern))
     hint = f"; these folders inside it are: {', '.join(inside[:6])}" if inside else ""
-    raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt, *_correct.wav or "
-                     f"slamkit's numbered <n>_/<n>+ .wav pairs){hint}")
+    raise BenchError(f"{folder}: not a benchmark folder (no bench.json, gold.csv, *_mutual.txt, *_correct.wav, "
+                     f"slamkit's numbered <n>_/<n>+ .wav pairs or SALMon's parts){hint}")
 
 
 def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
