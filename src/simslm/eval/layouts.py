@@ -236,7 +236,9 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
     return pairs
 
 
-HF_COLUMNS = ("id", "correct_text", "correct_audio", "negative_text", "negative_audio")
+# A hub set's two sides: the multi-speaker StoryCloze's columns (with `id` and `<side>_text` beside them), or SALMon's
+# (`slprl/salmon`: `positive_audio` and `negative_audio` only, as its `salmon.py` reads them).
+HF_SIDES = (("correct", "negative"), ("positive", "negative"))
 
 
 def _safe_suffix(path: Any) -> str:
@@ -245,12 +247,13 @@ def _safe_suffix(path: Any) -> str:
 
 
 def load_hf_parquet(folder: Path) -> list[Pair]:
-    """The multi-speaker StoryCloze as the HF hub stores it (`slprl/multispeaker-storycloze`).
+    """A pairwise set as the HF hub stores it: the multi-speaker StoryCloze (`slprl/multispeaker-storycloze`) or
+    SALMon (`slprl/salmon`).
 
-    Parquet shards per task and speaker (e.g. `sSC/bm/train-*.parquet`); each row has `id`,
-    `correct_text`, `correct_audio` ({bytes, path}), `negative_text`, `negative_audio`. The
-    shard's folder is the pair's group. Audio bytes are written once to the cache as files,
-    so extraction reads them like any benchmark audio.
+    Parquet shards per task and speaker or part (e.g. `sSC/bm/train-*.parquet`); each row has `correct_audio` and
+    `negative_audio` ({bytes, path}) with `id`, `correct_text` and `negative_text`, or SALMon's `positive_audio`
+    and `negative_audio` (a row's number is then its id). The shard's folder is the pair's group. Audio bytes are
+    written once to the cache as files, so extraction reads them like any benchmark audio.
     """
     import pyarrow.parquet as parquet
 
@@ -260,22 +263,26 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
     pairs = []
     for shard in shards:
         table = parquet.read_table(shard)
-        missing = [c for c in HF_COLUMNS if c not in table.column_names]
-        if missing:
-            raise BenchError(f"{shard}: no column(s) {', '.join(missing)} (expected {', '.join(HF_COLUMNS)})")
+        sides = next((sides for sides in HF_SIDES if {f"{side}_audio" for side in sides} <= set(table.column_names)),
+                     None)
+        if sides is None:
+            raise BenchError(f"{shard}: no column(s) correct_audio and negative_audio (the multi-speaker StoryCloze: "
+                             f"with id, correct_text, negative_text), nor positive_audio and negative_audio (SALMon)")
         group = str(shard.parent.relative_to(folder)) if shard.parent != folder else "all"
-        for row in table.select(list(HF_COLUMNS)).to_pylist():
-            sides = []
-            for side in ("correct", "negative"):
+        columns = [c for side in sides for c in (f"{side}_audio", f"{side}_text") if c in table.column_names]
+        for number, row in enumerate(table.select(columns + ["id"] * ("id" in table.column_names)).to_pylist()):
+            row_id = str(row.get("id", number))
+            parts = []
+            for side, role in zip(sides, ("correct", "negative")):
                 blob = row[f"{side}_audio"] or {}
                 if not blob.get("bytes"):
-                    raise BenchError(f"{shard}: row {row['id']} has no {side}_audio bytes")
-                path = cache / group / f"{jobs.safe_file_name(row['id'])}_{side}{_safe_suffix(blob.get('path'))}"
+                    raise BenchError(f"{shard}: row {row_id} has no {side}_audio bytes")
+                path = cache / group / f"{jobs.safe_file_name(row_id)}_{role}{_safe_suffix(blob.get('path'))}"
                 if not path.exists():
                     with jobs.atomic_path(path) as temporary:
                         temporary.write_bytes(blob["bytes"])
-                sides.append(Part("speech", row[f"{side}_text"], str(path)))
-            pairs.append(Pair(f"{group}/{row['id']}", group, (sides[0],), (sides[1],)))
+                parts.append(Part("speech", row.get(f"{side}_text"), str(path)))
+            pairs.append(Pair(f"{group}/{row_id}", group, (parts[0],), (parts[1],)))
     return pairs
 
 
