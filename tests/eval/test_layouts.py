@@ -158,6 +158,15 @@ def test_slamkits_own_pairs_folders_are_recognised_with_or_without_sub_folders(t
         _tone(swuggy / f"{number}_w.wav")
     layout, pairs = load(swuggy)
     assert layout == "slamkit-pairs" and len(pairs) == 2 and {p.group for p in pairs} == {"all"}
+    # Numbered StoryCloze pairs end in _correct / _incorrect, but no <id>_correct has its <id>_incorrect beside it:
+    # slamkit's layout, not the Spoken StoryCloze's.
+    tsc = tmp_path / "tsc"
+    tsc.mkdir()
+    for number, role in ((0, "correct"), (1, "incorrect"), (2, "correct"), (3, "incorrect")):
+        _tone(tsc / f"{number}_story{number // 2}_{role}.wav")
+    layout, pairs = load(tsc)
+    assert layout == "slamkit-pairs" and [Path(p.negative[0].audio).name for p in pairs] == \
+        ["1_story0_incorrect.wav", "3_story1_incorrect.wav"]
     # slamkit would pair an odd sub-folder's last file with the next one's first: refused, naming it.
     (sblimp / "island" / "1+island_neg.wav").unlink()
     with pytest.raises(BenchError, match=r"island: 1 .wav files cannot form pairs"):

@@ -213,6 +213,17 @@ def load_storycloze(folder: Path) -> list[Pair]:
     return pairs
 
 
+def _has_storycloze_pair(folder: Path) -> bool:
+    """Whether some `<id>_correct` audio has its `<id>_incorrect` beside it. slamkit's numbered pairs
+    (`2n_<name>_correct.wav`, `2n+1_<name>_incorrect.wav`) end the same way and have none."""
+    for positive in folder.rglob("*_correct.*"):
+        stem = positive.name[:-len("_correct" + positive.suffix)]
+        if positive.suffix in AUDIO_SUFFIXES and any(positive.with_name(f"{stem}_incorrect{suffix}").exists()
+                                                     for suffix in AUDIO_SUFFIXES):
+            return True
+    return False
+
+
 def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
     """Cross-modal StoryCloze items paired for one mode: S, S2T, T2S or T."""
     if mode not in CROSS_MODES:
@@ -392,8 +403,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            aggregation="items", groups_are_folders=False),
     Layout("cross-modal", lambda folder: next(folder.rglob("*_mutual.txt"), None) is not None,
            lambda folder, mode: load_cross_modal(folder, mode or "S"), modes=tuple(CROSS_MODES)),
-    Layout("storycloze", lambda folder: next(folder.rglob("*_correct.*"), None) is not None,
-           lambda folder, mode: load_storycloze(folder)),
+    Layout("storycloze", lambda folder: _has_storycloze_pair(folder), lambda folder, mode: load_storycloze(folder)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
     # SALMon reports each part alone (its leaderboard's columns); the whole set is the mean over parts.
