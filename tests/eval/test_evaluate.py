@@ -191,7 +191,7 @@ def test_a_zerospeech_lexical_folder_is_scored_as_zerospeech_scores_swuggy(train
     by_pair = evaluate_run(EvalConfig(run=str(run), bench=(f"sw-pairs={tmp_path}",), num_resamples=50))
     assert set(by_pair) == {"sw-pairs", "sw-pairs/in-vocab"} and by_pair["sw-pairs"].aggregation == "pairs"
     results = evaluate_run(EvalConfig(run=str(run), bench=(f"sw={tmp_path}",), aggregation="auto", preset="ending",
-                                      num_resamples=50))
+                                      num_resamples=50, write_scores=True))
     whole, in_vocab = results["sw"], results["sw/in-vocab"]
     assert whole.layout == "slm21-lexical" and whole.aggregation == "items" and whole.scoring["preset"] == "ending"
     assert (whole.num_pairs, whole.num_items, in_vocab.num_pairs, in_vocab.num_items) == (6, 3, 5, 2)
@@ -205,6 +205,19 @@ def test_a_zerospeech_lexical_folder_is_scored_as_zerospeech_scores_swuggy(train
     assert in_vocab.accuracy == pytest.approx((item_means["1-5"] + item_means["21-100"]) / 2)
     # The fixture tells the two apart (on this seeded run: 0.78 over items, 0.67 over pairs).
     assert plain.accuracy == pytest.approx(sum(plain.outcomes) / 6) != pytest.approx(whole.accuracy)
+    # --write-scores: a TSV of the pairs, and each file's score as ZeroSpeech's submission, which scored by
+    # ZeroSpeech's definition from gold.csv alone gives the same number.
+    tsv = (run / "scores" / "sw.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[-3:] == ["positive_score", "negative_score", "outcome"] and len(tsv) == 1 + 6
+    submission = dict(line.split() for line in (run / "scores" / "sw.zerospeech.txt").read_text().splitlines())
+    assert sorted(submission) == sorted(row["filename"] for row in rows)
+    by_item = {}
+    for word in (row for row in rows if row["correct"] == 1):
+        nonword = next(r for r in rows if r["correct"] == 0 and (r["id"], r["voice"]) == (word["id"], word["voice"]))
+        first, second = float(submission[word["filename"]]), float(submission[nonword["filename"]])
+        by_item.setdefault(word["id"], []).append(1.0 if first > second else 0.5 if first == second else 0.0)
+    assert whole.accuracy == pytest.approx(sum(sum(v) / len(v) for v in by_item.values()) / len(by_item))
+    assert not (run / "scores" / "sw-pairs.tsv").exists()  # only when asked
 
 
 def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_path):

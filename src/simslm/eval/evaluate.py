@@ -18,7 +18,17 @@ from simslm import jobs
 from simslm.config import ConfigError, check_positive, registry_choices
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
-from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, CrossMode, Pair, bench_folder, bench_label, detect_layout, load
+from simslm.eval.layouts import (
+    BENCH_FILE,
+    CROSS_MODES,
+    CrossMode,
+    Pair,
+    Part,
+    bench_folder,
+    bench_label,
+    detect_layout,
+    load,
+)
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
@@ -62,6 +72,9 @@ class EvalConfig(ScoringOptions):
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     num_workers: int = 0
     """Worker processes for extracting benchmark units; 0 = one per core."""
+    write_scores: bool = False
+    """Also write each pair's two scores to RUN/scores/LABEL.tsv and, for ZeroSpeech folders, each audio file's
+    score to RUN/scores/LABEL.zerospeech.txt (`<file> <score>` lines: the submission ZeroSpeech's evaluator reads)."""
     num_generation_prompts: int = 16
     """generation: prompts to continue (from the benchmark's contexts)."""
     asr: str = field(default="pocketsphinx", metadata=registry_choices(ASRS))
@@ -190,6 +203,9 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
             # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
                              f"the units of their audio are missing)")
+        if config.write_scores:
+            write_pair_scores(context.run_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
+                              zerospeech=layout.name.startswith("slm21"))
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
                    "reduction": config.reduction, "speech_vocab": config.speech_vocab}
@@ -213,6 +229,36 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                 note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
                 context=int(context.model.config.max_position_embeddings))
     return results
+
+
+SCORES_FOLDER = "scores"
+
+
+def _side_text(side: tuple[Part, ...]) -> str:
+    """A side as the TSV shows it: each part's audio file, or its text, joined by ' + '."""
+    shown = (part.audio if part.audio is not None else f"text: {part.text}" for part in side)
+    return " + ".join(" ".join(str(text).split()) for text in shown)
+
+
+def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores, *, zerospeech: bool) -> None:
+    """`--write-scores`: each scored pair's sides and scores as a TSV, and for a ZeroSpeech folder each audio
+    file's score in its submission format (`<file stem> <score>`, higher is likelier, as its evaluator reads it;
+    complete only when every pair was scored)."""
+    stem = name.replace("/", "-")
+    lines = ["id\tgroup\titem\tpositive\tnegative\tpositive_score\tnegative_score\toutcome"]
+    outcomes = pair_outcomes(scores.positive, scores.negative)
+    files: dict[str, float] = {}
+    for row, index in enumerate(scores.kept):
+        pair = pairs[index]
+        lines.append("\t".join([pair.id, pair.group, pair.item or pair.id, _side_text(pair.positive),
+                                 _side_text(pair.negative), repr(float(scores.positive[row])),
+                                 repr(float(scores.negative[row])), repr(float(outcomes[row]))]))
+        for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
+            files[Path(side[0].audio).stem] = float(score)
+    jobs.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
+    if zerospeech:
+        jobs.write_text(folder / f"{stem}.zerospeech.txt",
+                        "".join(f"{file} {score!r}\n" for file, score in files.items()))
 
 
 # A benchmark argument is `validation`, `generation=FOLDER`, or `[label=]FOLDER` of pairs.
@@ -341,8 +387,9 @@ def format_results(results: dict[str, Any]) -> str:
                          f"{entry.aggregation}" + (f" ({entry.num_items})" if entry.num_items is not None else ""))
             if 1 < len(entry.per_group) <= MAX_GROUPS_SHOWN:  # speakers, sWUGGY's frequency bands; not 67 phenomena
                 for group, part in sorted(entry.per_group.items()):
+                    items = f"  ({part['num_items']})" if "num_items" in part else ""
                     lines.append(f"{'  ' + group:<28} {100 * part['accuracy']:>8.1f}% {'':>17} "
-                                 f"{part['num_pairs']:>6}" + (f"  ({part['num_items']})" if "num_items" in part else ""))
+                                 f"{part['num_pairs']:>6}{items}")
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
                              f"positions, their oldest tokens dropped (slamkit scores them whole)")

@@ -121,8 +121,8 @@ def _gold_sides(gold: Path, rows: list[dict[str, str]], key: Callable[[dict[str,
         entry[side].append(Part("speech", audio=str(_audio_file(gold.parent, row["filename"]))))
     for entry in sides.values():
         if not entry["positive"] or not entry["negative"]:
-            raise BenchError(f"{gold}: id {entry['row']['id']} has no {'negative' if entry['positive'] else 'positive'} "
-                             f"file")
+            lacking = "negative" if entry["positive"] else "positive"
+            raise BenchError(f"{gold}: id {entry['row']['id']} has no {lacking} file")
     return sides
 
 
@@ -365,7 +365,8 @@ def load_salmon(folder: Path) -> list[Pair]:
                 raise BenchError(f"{folder / part}: sample {number} has {len(files)} .wav files, not a positive and "
                                  f"a negative")
             first, second = sorted(files)
-            pairs.append(Pair(f"{part}/{number}", part, (Part("speech", audio=first),), (Part("speech", audio=second),)))
+            pairs.append(Pair(f"{part}/{number}", part, (Part("speech", audio=first),),
+                              (Part("speech", audio=second),)))
     return pairs
 
 

@@ -447,6 +447,8 @@ class PairScores(NamedTuple):
     """Sides longer than the model's context (`EncodedPairs.num_cut`)."""
     items: list[str] | None = None
     """Each pair's item (`Pair.item`, else the pair's own id)."""
+    kept: list[int] | None = None
+    """Each scored pair's index in the pairs given (those whose units were missing are not scored)."""
 
 
 class EncodedPairs(NamedTuple):
@@ -467,14 +469,16 @@ class EncodedPairs(NamedTuple):
     asks a model with rotary ones about positions it never trained on."""
     items: list[str] | None = None
     """Each pair's item (`Pair.item`, else the pair's own id)."""
+    kept: list[int] | None = None
+    """Each scored pair's index in the pairs given (those whose units were missing are not scored)."""
 
 
 def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
                  options: ScoringOptions, max_length: int) -> EncodedPairs:
     """The sequences `score_pairs` scores, of the pairs that can be encoded; a pair whose units are missing is
     counted, not fatal."""
-    sequences, scored, sides_of, with_baseline, groups, items, skipped, cut = [], [], [], [], [], [], 0, 0
-    for pair in pairs:
+    sequences, scored, sides_of, with_baseline, groups, items, kept, skipped, cut = [], [], [], [], [], [], [], 0, 0
+    for index, pair in enumerate(pairs):
         try:
             if options.preset == "reference":
                 whole = [(vocabulary.encode_samples([reference_string(side, vocabulary, units_of)])[0], None)
@@ -502,7 +506,8 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
         with_baseline.append(baseline)
         groups.append(pair.group)
         items.append(pair.item if pair.item is not None else pair.id)
-    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items)
+        kept.append(index)
+    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items, kept)
 
 
 def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
@@ -523,4 +528,4 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
     final = plain - alone
     return PairScores(final[:, 0], final[:, 1], encoded.groups, encoded.num_skipped,
                       (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None, encoded.num_cut,
-                      encoded.items)
+                      encoded.items, encoded.kept)
