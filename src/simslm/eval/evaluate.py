@@ -29,7 +29,7 @@ from simslm.eval.layouts import (
     detect_layout,
     load,
 )
-from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
+from simslm.eval.scoring import Accuracy, PairScores, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
 from simslm.units.encoders import ENCODERS, EncoderSpec
@@ -205,7 +205,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                              f"the units of their audio are missing)")
         if config.write_scores:
             write_pair_scores(context.run_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
-                              zerospeech=layout.name.startswith("slm21"))
+                              zerospeech=layout.name in ZEROSPEECH_LAYOUTS)
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
                    "reduction": config.reduction, "speech_vocab": config.speech_vocab}
@@ -232,6 +232,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
 
 
 SCORES_FOLDER = "scores"
+ZEROSPEECH_LAYOUTS = ("slm21", "slm21-lexical")
 
 
 def _side_text(side: tuple[Part, ...]) -> str:
@@ -240,7 +241,7 @@ def _side_text(side: tuple[Part, ...]) -> str:
     return " + ".join(" ".join(str(text).split()) for text in shown)
 
 
-def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores, *, zerospeech: bool) -> None:
+def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairScores, *, zerospeech: bool) -> None:
     """`--write-scores`: each scored pair's sides and scores as a TSV, and for a ZeroSpeech folder each audio
     file's score in its submission format (`<file stem> <score>`, higher is likelier, as its evaluator reads it;
     complete only when every pair was scored)."""
