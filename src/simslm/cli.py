@@ -239,10 +239,10 @@ def _bench_build(config) -> int:
 
 
 def _eval(config) -> int:
-    from simslm.eval.evaluate import EVAL_FILE, evaluate_run, format_results
+    from simslm.eval.evaluate import EVAL_FILE, SCORES_FOLDER, evaluate_run, format_results
 
     print(format_results(evaluate_run(config)))
-    print(f"-> {Path(config.run) / EVAL_FILE}")
+    print(f"-> {Path(config.run) / EVAL_FILE}" + (f", {Path(config.run) / SCORES_FOLDER}/" if config.write_scores else ""))
     return 0
 
 
