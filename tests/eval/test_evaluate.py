@@ -41,9 +41,14 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     from simslm.cli import main
 
     run, bench = trained_run
-    assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100"]) == 0
+    assert main(["eval", str(run), "--bench", f"cli={bench}", "--modes", "T", "--num-resamples", "100",
+                 "--write-scores"]) == 0
     out = capsys.readouterr().out
     assert "cli/T" in out and "95% CI" in out and "eval.json" in out and "positions" not in out
+    # Text sides have no audio file: the TSV shows their text (and no ZeroSpeech file is written for them).
+    tsv = (run / "scores" / "cli-T.tsv").read_text().splitlines()
+    assert len(tsv) == 1 + 4 and all("text: " in line for line in tsv[1:]) and str(run / "scores") in out
+    assert not (run / "scores" / "cli-T.zerospeech.txt").exists()
 
 
 def test_the_table_says_how_many_sides_were_cut_to_the_context():

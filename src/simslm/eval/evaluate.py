@@ -254,8 +254,9 @@ def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairSc
         lines.append("\t".join([pair.id, pair.group, pair.item or pair.id, _side_text(pair.positive),
                                  _side_text(pair.negative), repr(float(scores.positive[row])),
                                  repr(float(scores.negative[row])), repr(float(outcomes[row]))]))
-        for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
-            files[Path(side[0].audio).stem] = float(score)
+        if zerospeech:  # one audio file a side
+            for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
+                files[Path(side[0].audio).stem] = float(score)
     jobs.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
     if zerospeech:
         jobs.write_text(folder / f"{stem}.zerospeech.txt",
