@@ -242,3 +242,24 @@ def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_p
     for part, entry in whole.per_group.items():  # each part alone: SALMon's own number, the mean over its pairs
         alone = results[f"salmon/{part}"]
         assert alone.accuracy == entry["accuracy"] and alone.num_pairs == entry["num_pairs"]
+
+
+def test_a_zerospeech_submission_names_files_as_gold_csv_does(tmp_path):
+    """ZeroSpeech's `filename` is the file's path in the set's folder without its extension (a stem in the published
+    sets, `audio/00001-good` in simslm's re-creations): the submission names each file the same way."""
+    import numpy as np
+
+    from simslm.eval.evaluate import write_pair_scores
+    from simslm.eval.layouts import Pair, Part
+    from simslm.eval.scoring import PairScores
+
+    bench = tmp_path / "sblimp"
+    pairs = [Pair(f"p{i}", "g", (Part("speech", audio=str(bench / "audio" / f"{i}-good.flac")),),
+                  (Part("speech", audio=str(bench / "audio" / f"{i}-bad.flac")),)) for i in range(3)]
+    scores = PairScores(np.array([-1.0, -2.0]), np.array([-1.5, -1.0]), ["g", "g"], 1, None, kept=[0, 2],
+                        items=["p0", "p2"])
+    write_pair_scores(tmp_path / "scores", "sblimp", pairs, scores, zerospeech=bench)
+    lines = (tmp_path / "scores" / "sblimp.zerospeech.txt").read_text().splitlines()
+    assert lines == ["audio/0-good -1.0", "audio/0-bad -1.5", "audio/2-good -2.0", "audio/2-bad -1.0"]
+    tsv = (tmp_path / "scores" / "sblimp.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in tsv[1:]] == ["p0", "p2"] and tsv[2].endswith("\t0.0")

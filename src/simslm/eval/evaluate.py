@@ -205,7 +205,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                              f"the units of their audio are missing)")
         if config.write_scores:
             write_pair_scores(context.run_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
-                              zerospeech=layout.name in ZEROSPEECH_LAYOUTS)
+                              zerospeech=folder if layout.name in ZEROSPEECH_LAYOUTS else None)
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
                    "reduction": config.reduction, "speech_vocab": config.speech_vocab}
@@ -241,10 +241,12 @@ def _side_text(side: tuple[Part, ...]) -> str:
     return " + ".join(" ".join(str(text).split()) for text in shown)
 
 
-def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairScores, *, zerospeech: bool) -> None:
-    """`--write-scores`: each scored pair's sides and scores as a TSV, and for a ZeroSpeech folder each audio
-    file's score in its submission format (`<file stem> <score>`, higher is likelier, as its evaluator reads it;
-    complete only when every pair was scored)."""
+def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairScores, *,
+                      zerospeech: Path | None) -> None:
+    """`--write-scores`: each scored pair's sides and scores as a TSV, and for a ZeroSpeech folder (`zerospeech`,
+    the benchmark's folder) each audio file's score in its submission format: `<file> <score>`, the file as
+    gold.csv names it (its path in the folder, no extension), higher is likelier, as its evaluator reads it;
+    complete only when every pair was scored."""
     stem = name.replace("/", "-")
     lines = ["id\tgroup\titem\tpositive\tnegative\tpositive_score\tnegative_score\toutcome"]
     outcomes = pair_outcomes(scores.positive, scores.negative)
@@ -254,11 +256,11 @@ def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairSc
         lines.append("\t".join([pair.id, pair.group, pair.item or pair.id, _side_text(pair.positive),
                                  _side_text(pair.negative), repr(float(scores.positive[row])),
                                  repr(float(scores.negative[row])), repr(float(outcomes[row]))]))
-        if zerospeech:  # one audio file a side
+        if zerospeech is not None:  # one audio file a side
             for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
-                files[Path(side[0].audio).stem] = float(score)
+                files[Path(side[0].audio).relative_to(zerospeech).with_suffix("").as_posix()] = float(score)
     jobs.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
-    if zerospeech:
+    if zerospeech is not None:
         jobs.write_text(folder / f"{stem}.zerospeech.txt",
                         "".join(f"{file} {score!r}\n" for file, score in files.items()))
 
