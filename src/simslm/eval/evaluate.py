@@ -241,6 +241,12 @@ def _side_text(side: tuple[Part, ...]) -> str:
     return " + ".join(" ".join(str(text).split()) for text in shown)
 
 
+def _gold_name(audio: str, folder: Path) -> str:
+    """A file as `gold.csv` names it: its path in the set's folder (else as given there), without its extension."""
+    path = Path(audio).with_suffix("")
+    return (path.relative_to(folder) if path.is_relative_to(folder) else path).as_posix()
+
+
 def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairScores, *,
                       zerospeech: Path | None) -> None:
     """`--write-scores`: each scored pair's sides and scores as a TSV, and for a ZeroSpeech folder (`zerospeech`,
@@ -258,7 +264,7 @@ def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairSc
                                  repr(float(scores.negative[row])), repr(float(outcomes[row]))]))
         if zerospeech is not None:  # one audio file a side
             for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
-                files[Path(side[0].audio).relative_to(zerospeech).with_suffix("").as_posix()] = float(score)
+                files[_gold_name(side[0].audio, zerospeech)] = float(score)
     jobs.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
     if zerospeech is not None:
         jobs.write_text(folder / f"{stem}.zerospeech.txt",

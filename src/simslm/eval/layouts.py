@@ -310,9 +310,10 @@ def _slamkit_folders(folder: Path) -> list[Path]:
     return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and next(sub.glob("*.wav"), None) is not None]
 
 
-def _slamkit_separator(folder: Path) -> str | None:
-    """The separator every .wav name of a slamkit pairs set uses after its number (None: not such a set)."""
-    names = [path.name for sub in _slamkit_folders(folder) for path in sub.glob("*.wav")]
+def _slamkit_separator(folders: list[Path]) -> str | None:
+    """The separator every .wav name of a slamkit pairs set (`_slamkit_folders`) uses after its number (None: not
+    such a set)."""
+    names = [path.name for sub in folders for path in sub.glob("*.wav")]
     found = {match["separator"] if (match := SLAMKIT_NAME.match(name)) else None for name in names}
     return found.pop() if len(found) == 1 and None not in found else None
 
@@ -324,10 +325,10 @@ def load_slamkit_pairs(folder: Path) -> list[Pair]:
 
     slamkit concatenates its sub-folders' sorted files before taking them two by two, so a sub-folder with an odd
     count would pair its last file with the next sub-folder's first; here that is an error naming it."""
-    meta = folder / BENCH_FILE
-    separator = jobs.read_json(meta).get("separator", "_") if meta.exists() else _slamkit_separator(folder) or "_"
+    meta, folders = folder / BENCH_FILE, _slamkit_folders(folder)
+    separator = jobs.read_json(meta).get("separator", "_") if meta.exists() else _slamkit_separator(folders) or "_"
     pairs = []
-    for sub in _slamkit_folders(folder):
+    for sub in folders:
         files = list(sub.glob("*.wav"))
         try:
             files.sort(key=lambda path: int(path.name.split(separator)[0]))
@@ -412,7 +413,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            lambda folder, mode: load_salmon(folder), aggregation="macro", groups_are_folders=False,
            subsets=tuple((part, functools.partial(operator.eq, part)) for part in SALMON_PARTS)),
     # Last: only names that start with a number and one separator throughout.
-    Layout("slamkit-pairs", lambda folder: _slamkit_separator(folder) is not None,
+    Layout("slamkit-pairs", lambda folder: _slamkit_separator(_slamkit_folders(folder)) is not None,
            lambda folder, mode: load_slamkit_pairs(folder)),
 )}
 
