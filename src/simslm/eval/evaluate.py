@@ -205,7 +205,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                              f"the units of their audio are missing)")
         if config.write_scores:
             write_pair_scores(context.run_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
-                              zerospeech=folder if layout.name in ZEROSPEECH_LAYOUTS else None)
+                              zerospeech=folder if layout.zerospeech else None)
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
                    "reduction": config.reduction, "speech_vocab": config.speech_vocab}
@@ -232,7 +232,6 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
 
 
 SCORES_FOLDER = "scores"
-ZEROSPEECH_LAYOUTS = ("slm21", "slm21-lexical")
 
 
 def _side_text(side: tuple[Part, ...]) -> str:

@@ -391,6 +391,8 @@ class Layout:
     """Whether sub-folders name the groups (speakers); otherwise the layout's own field does."""
     subsets: tuple[tuple[str, Callable[[str], bool]], ...] = ()
     """Named subsets of the pairs, by group, each also reported alone from the same scores (`LABEL/NAME`)."""
+    zerospeech: bool = False
+    """Whether a ZeroSpeech `gold.csv` names the files (`eval --write-scores` then also writes a submission)."""
 
 
 # Tried in this order; the first that recognises the folder reads it (a bench.json names its layout).
@@ -400,9 +402,9 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     # is the mean over their items.
     Layout("slm21-lexical", lambda folder: bool({"word", "frequency"} & _gold_columns(folder)),
            lambda folder, mode: load_slm21_lexical(folder), aggregation="items", groups_are_folders=False,
-           subsets=(("in-vocab", lambda group: group not in ("oov", NO_BAND)),)),
+           subsets=(("in-vocab", lambda group: group not in ("oov", NO_BAND)),), zerospeech=True),
     Layout("slm21", lambda folder: (folder / "gold.csv").exists(), lambda folder, mode: load_slm21(folder),
-           aggregation="items", groups_are_folders=False),
+           aggregation="items", groups_are_folders=False, zerospeech=True),
     Layout("cross-modal", lambda folder: next(folder.rglob("*_mutual.txt"), None) is not None,
            lambda folder, mode: load_cross_modal(folder, mode or "S"), modes=tuple(CROSS_MODES)),
     Layout("storycloze", lambda folder: _has_storycloze_pair(folder), lambda folder, mode: load_storycloze(folder)),
