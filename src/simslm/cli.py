@@ -431,7 +431,7 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.scaling.fit", "PlanConfig"), _plan),
     Command(("report",), "HTML report with plots and fitted laws for a sweep",
             _config("simslm.scaling.sweep", "ReportConfig"), _report, positional=("sweep",)),
-    Command(("demo",), "the whole offline scaling study from nothing, bracketed (16-26 min on 2 cores)",
+    Command(("demo",), "the whole offline scaling study from nothing, bracketed (13-23 min on 2 cores)",
             _config("simslm.demo", "DemoConfig"), _demo),
 )
 
