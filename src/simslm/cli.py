@@ -301,7 +301,8 @@ def _fit(config) -> int:
             print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")
             print(f"  N_opt ~ C^a: {others}")
         else:
-            print(f"{variant}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
+            estimator = f" [{approach3['estimator']}]" if approach3.get("estimator", "huber") != "huber" else ""
+            print(f"{variant}{estimator}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
                   f"{law['B']:.4g}/D^{law['beta']:.4g}"
                   f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
                   f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")

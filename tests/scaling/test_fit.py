@@ -361,3 +361,80 @@ def test_a_fresh_bootstrap_worker_fits_on_one_blas_thread():
     threads = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}).stdout.split()
     assert threads == ["[1]"]
+
+
+# --- the `likelihood` estimator (Besiroglu et al. 2024's reported fit) ----------------------------------------------
+
+
+def _huber_rho(x, delta):
+    return np.where(np.abs(x) <= delta, 0.5 * x * x, delta * (np.abs(x) - 0.5 * delta))
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1.0])
+def test_the_huber_likelihood_is_a_normalised_density_and_its_gradient_is_exact(delta):
+    from scipy.integrate import quad
+
+    from simslm.scaling import fit
+
+    # The normaliser makes exp(-rho(x)) / Z a density: integrated here, with no closed form assumed.
+    inner = quad(lambda x: math.exp(-float(_huber_rho(x, delta))), -delta, delta)[0]
+    outer = quad(lambda x: math.exp(-float(_huber_rho(x, delta))), delta, np.inf)[0]
+    assert math.log(inner + 2 * outer) == pytest.approx(fit._huber_log_normaliser(delta), rel=1e-9)
+
+    points = _isoflop_grid(TRUE, noise=0.01, seed=1)
+    logs = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)
+    theta = np.array([math.log(40.0), math.log(50.0), math.log(1.7), 0.3, 0.3, math.log(2e-3 / delta)])
+    value, gradient = fit._likelihood(theta, *logs, delta, fit._huber_log_normaliser(delta))
+    # Minus the log-likelihood, from the density written out: exp(-rho(r / s)) / (Z s) of each residual r.
+    a, b, e, alpha, beta, log_scale = theta
+    predicted = np.log(np.exp(a) / points.parameters ** alpha + np.exp(b) / points.tokens ** beta + np.exp(e))
+    scale = math.exp(log_scale)
+    density = np.exp(-_huber_rho((logs[2] - predicted) / scale, delta)) / (
+        math.exp(fit._huber_log_normaliser(delta)) * scale)
+    assert value == pytest.approx(-np.log(density).sum(), rel=1e-10)
+    step = 1e-6
+    numeric = [(fit._likelihood(theta + step * unit, *logs, delta, fit._huber_log_normaliser(delta))[0]
+                - fit._likelihood(theta - step * unit, *logs, delta, fit._huber_log_normaliser(delta))[0]) / (2 * step)
+               for unit in np.eye(6)]
+    assert gradient == pytest.approx(numeric, rel=1e-4, abs=1e-4)
+
+
+def test_the_likelihood_estimator_recovers_a_law_and_reaches_one_optimum_from_any_scale(tmp_path, capsys):
+    from simslm.cli import main
+    from simslm.scaling import fit
+    from simslm.scaling.report import fit_tables
+    from simslm.scaling.sweep import FitConfig, fit_source
+
+    points = _isoflop_grid(TRUE, noise=0.005, seed=2)
+    logs = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)
+    huber = fit_law(points)
+    start = np.array([math.log(huber.A), math.log(huber.B), math.log(huber.E), huber.alpha, huber.beta])
+    normaliser = fit._huber_log_normaliser(fit.HUBER_DELTA)
+    with fit._one_blas_thread():
+        optima = [fit._maximise_likelihood(*logs, np.append(start, log_scale), fit.HUBER_DELTA)
+                  for log_scale in (0.0, -5.0, -12.0, -20.0)]
+    values = [fit._likelihood(theta, *logs, fit.HUBER_DELTA, normaliser)[0] for theta in optima]
+    # The objective is all but piecewise linear; L-BFGS-B alone stopped at kinks that depended on where σ began.
+    assert max(values) - min(values) < 1e-6 * abs(min(values)), values
+    best = optima[int(np.argmin(values))]
+    # At the optimum, with residuals beyond δ scales, the scale is δ times the mean absolute residual.
+    residuals = logs[2] - np.log(np.exp(best[0]) / points.parameters ** best[3]
+                                 + np.exp(best[1]) / points.tokens ** best[4] + np.exp(best[2]))
+    assert math.exp(best[5]) == pytest.approx(fit.HUBER_DELTA * np.abs(residuals).mean(), rel=1e-3)
+
+    table = tmp_path / "runs.csv"
+    table.write_text("parameters,tokens,loss\n" + "".join(
+        f"{n!r},{d!r},{loss!r}\n" for n, d, loss in zip(points.parameters.tolist(), points.tokens.tolist(),
+                                                      points.loss.tolist())))
+    fits, out = fit_source(FitConfig(source=str(table), estimator="likelihood", num_resamples=40))
+    written = json.loads(out.read_text())["variants"]["runs"]["approach3"]
+    assert written["estimator"] == "likelihood" and written["log_scale"] == pytest.approx(best[5], abs=1e-6)
+    for name in ("E", "alpha", "beta"):
+        assert written["law"][name] == pytest.approx(getattr(TRUE, name), rel=0.05)
+        low, high = written["ci"][name]
+        assert low <= getattr(TRUE, name) <= high, name
+    assert fits["variants"]["runs"]["approach3"]["law"] != approach3(points, num_resamples=10)["law"]
+    # Said wherever the law is shown: the command's line and the report's heading.
+    assert "estimator likelihood" in fit_tables(fits["variants"])
+    assert main(["fit", str(table), "--estimator", "likelihood", "--num-resamples", "20"]) == 0
+    assert capsys.readouterr().out.startswith("runs [likelihood]: L = ")

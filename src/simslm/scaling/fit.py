@@ -12,11 +12,14 @@ compute-optimal allocation, after Hoffmann et al. (2022), "Chinchilla":
   envelope named as such in fit.json.
 - Approach 2: isoFLOP parabolas. At each budget, loss against log N is a parabola; its
   vertex is N_opt(C). Power laws through the vertices.
-- Approach 3: the parametric law L = E + A/N^α + B/D^β, fitted as in Epoch AI's
-  replication (Besiroglu et al. 2024): log-sum-exp form, Huber loss (δ = 1e-3) on
-  log-loss, L-BFGS from the best points of a grid of starts; bootstrap resampling of the
-  runs for intervals. Compute-optimal: N_opt = G (C/6)^a, D_opt = G⁻¹ (C/6)^b with
-  G = (αA/βB)^{1/(α+β)}, a = β/(α+β), b = α/(α+β).
+- Approach 3: the parametric law L = E + A/N^α + B/D^β, fitted as Hoffmann et al. fit it
+  and as Epoch AI's replication (Besiroglu et al. 2024) computes that fit: log-sum-exp form,
+  Huber loss (δ = 1e-3) on log-loss, L-BFGS from the best points of a grid of starts;
+  bootstrap resampling of the runs for intervals. Compute-optimal: N_opt = G (C/6)^a,
+  D_opt = G⁻¹ (C/6)^b with G = (αA/βB)^{1/(α+β)}, a = β/(α+β), b = α/(α+β).
+  The estimator `likelihood` is the one behind the replication's reported estimates instead:
+  maximum likelihood under a Huber density of log-loss residuals with a fitted scale
+  (benchmarks/side_by_side_chinchilla.py runs both beside Epoch AI's own notebook).
 
 Everything here is a function of arrays; the sweep and the report only call it.
 """
@@ -42,6 +45,8 @@ from simslm.config import Config, ConfigError, check_positive
 TEXTLESS_REFERENCE = {"E": 1.73, "A": 13.9, "B": 39.8, "alpha": 0.25, "beta": 0.24}
 TEXTLESS_EXPONENTS = {"sblimp": 0.021, "tsc": 0.025, "ssc": 0.017}
 HUBER_DELTA = 1e-3
+# Approach 3's estimators: Hoffmann et al.'s Huber loss, or Besiroglu et al.'s Huber likelihood (`_likelihood`).
+ESTIMATORS = ("huber", "likelihood")
 
 
 def textless_exponent(name: str) -> float | None:
@@ -462,46 +467,126 @@ def _minimise(log_n, log_d, log_loss, starts, delta) -> np.ndarray:
     return best
 
 
-def _law(theta: np.ndarray) -> Law:
+# The Huber density's normaliser (δ = 1e-3 in units of the scale), as Besiroglu et al. define it:
+# √(2π)(1 - 2Φ(-δ)) + 2 exp(-δ²/2)/δ. Only the scale's fit depends on it, through n log Z.
+def _huber_log_normaliser(delta: float) -> float:
+    from scipy.stats import norm
+
+    return math.log(math.sqrt(2 * math.pi) * (1 - 2 * norm.sf(delta)) + 2 * math.exp(-0.5 * delta * delta) / delta)
+
+
+# Bounds of the likelihood's log scale: below exp(-40) a float residual is no longer resolved.
+LOG_SCALE_BOUNDS = (-40.0, 5.0)
+
+
+def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+                delta: float, log_normaliser: float) -> tuple[float, np.ndarray]:
+    """Negative log-likelihood of log L under a Huber density (Besiroglu et al. 2024, the estimates they report)
+    centred on the log-sum-exp prediction, with scale exp(σ): Σ ρ_δ(r/s) + n (log Z + σ), over (a, b, e, α, β, σ).
+    With δ = 1e-3 of the scale, ρ is linear for nearly every residual, so this is close to least absolute
+    deviations, and its σ settles near log(δ · mean |r|)."""
+    a, b, e, alpha, beta, log_scale = theta
+    weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
+    weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
+    total = 1.0 + weight_n + weight_d
+    scale = math.exp(log_scale)
+    x = (e + np.log(total) - log_loss) / scale  # residual of the prediction, in units of the scale
+    magnitude = np.abs(x)
+    small = magnitude <= delta
+    value = np.where(small, 0.5 * x * x, delta * (magnitude - 0.5 * delta)).sum() + len(x) * (log_normaliser + log_scale)
+    slope = np.where(small, x, delta * np.sign(x))  # dρ/dx
+    per_weight = slope / (scale * total)
+    share_n, share_d = per_weight * weight_n, per_weight * weight_d
+    gradient = np.array([share_n.sum(), share_d.sum(), per_weight.sum(), -(share_n @ log_n), -(share_d @ log_d),
+                         len(x) - float(slope @ x)])
+    return float(value), gradient
+
+
+def _maximise_likelihood(log_n, log_d, log_loss, start: np.ndarray, delta: float) -> np.ndarray:
+    """(a, b, e, α, β, σ) maximising `_likelihood` from `start` (callers hold `_one_blas_thread`).
+
+    BFGS, as Besiroglu et al. run it (from Hoffmann et al.'s published estimates; here from the Huber-loss optimum).
+    The objective is all but piecewise linear, and L-BFGS-B stops at its kinks, at a point that depends on where σ
+    starts. BFGS reached the same optimum from four starts of σ, and on their data their reported estimates to
+    every digit they print (docs/LOG.md 2026-12-04, eleventh session). Unbounded, it can leave the bounds the
+    Huber fit keeps to; then L-BFGS-B within them is taken instead."""
+    from scipy.optimize import minimize
+
+    args = (log_n, log_d, log_loss, delta, _huber_log_normaliser(delta))
+    bounds = PARAMETER_BOUNDS + (LOG_SCALE_BOUNDS,)
+    result = minimize(_likelihood, start, args=args, jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000})
+    if np.isfinite(result.fun) and all(low <= value <= high for value, (low, high) in zip(result.x, bounds)):
+        return result.x
+    return minimize(_likelihood, start, args=args, jac=True, method="L-BFGS-B", bounds=bounds,
+                    options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000}).x
+
+
+def _scale_start(theta: np.ndarray, log_n, log_d, log_loss, delta: float) -> float:
+    """Where the likelihood's log scale starts: log(δ · mean |r|), its optimum for fixed law parameters while the
+    residuals lie beyond δ scales (clamped into its bounds; an exact fit has no residual to scale)."""
     a, b, e, alpha, beta = theta
+    predicted = np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e)
+    spread = delta * float(np.mean(np.abs(predicted - log_loss)))
+    return float(np.clip(math.log(spread) if spread > 0 else LOG_SCALE_BOUNDS[0], *LOG_SCALE_BOUNDS))
+
+
+def _law(theta: np.ndarray) -> Law:
+    a, b, e, alpha, beta = theta[:5]
     return Law(E=float(math.exp(e)), A=float(math.exp(a)), B=float(math.exp(b)), alpha=float(alpha), beta=float(beta))
 
 
-def fit_law(points: Points, *, delta: float = HUBER_DELTA, num_starts: int = 8) -> Law:
-    """Approach 3 on all points: L-BFGS from the `num_starts` best points of the start grid."""
+def _fit_theta(points: Points, delta: float, starts: np.ndarray, estimator: str) -> np.ndarray:
+    """Approach 3's parameters (a, b, e, α, β), plus σ for the likelihood, from `starts` (the likelihood's starts
+    carry their σ; its law parameters are refined from the Huber-loss optimum of the first five). Callers hold
+    `_one_blas_thread`."""
     log_n, log_d, log_loss = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)
-    starts, values = _grid_values(log_n, log_d, log_loss, delta)
+    theta = _minimise(log_n, log_d, log_loss, [start[:5] for start in starts], delta)
+    if estimator == "huber":
+        return theta
+    log_scale = starts[0][5] if len(starts[0]) == 6 else _scale_start(theta, log_n, log_d, log_loss, delta)
+    return _maximise_likelihood(log_n, log_d, log_loss, np.append(theta, log_scale), delta)
+
+
+def fit_law(points: Points, *, delta: float = HUBER_DELTA, num_starts: int = 8, estimator: str = "huber") -> Law:
+    """Approach 3 on all points: L-BFGS from the `num_starts` best points of the start grid (then, for the
+    `likelihood` estimator, the Huber likelihood's maximum from that optimum)."""
+    return _law(_full_fit(points, delta, num_starts, estimator))
+
+
+def _full_fit(points: Points, delta: float, num_starts: int, estimator: str) -> np.ndarray:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}")
+    starts, values = _grid_values(np.log(points.parameters), np.log(points.tokens), np.log(points.loss), delta)
     with _one_blas_thread():
-        return _law(_minimise(log_n, log_d, log_loss, starts[np.argsort(values)[:num_starts]], delta))
+        return _fit_theta(points, delta, starts[np.argsort(values)[:num_starts]], estimator)
 
 
-def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int]]) -> tuple[int, list[list[float]]]:
+def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int], str]) -> tuple[int, list[list[float]]]:
     """Worker: refit the law on the resamples numbered `indices` (resample i is drawn with seed (seed, i))."""
-    points, full, delta, seed, indices = task
+    points, full, delta, seed, indices, estimator = task
     fits = []
     with _one_blas_thread():
         for index in indices:
-            resampled = _resample(points, np.random.default_rng([seed, index]))
-            fitted = _law(_minimise(np.log(resampled.parameters), np.log(resampled.tokens), np.log(resampled.loss),
-                                    [full], delta))
+            fitted = _law(_fit_theta(_resample(points, np.random.default_rng([seed, index])), delta, [full], estimator))
             fits.append([fitted.E, fitted.A, fitted.B, fitted.alpha, fitted.beta])
     return indices[0], fits
 
 
 def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta: float = HUBER_DELTA,
-              confidence: float = 0.95, num_workers: int = 1) -> dict[str, Any]:
+              confidence: float = 0.95, num_workers: int = 1, estimator: str = "huber") -> dict[str, Any]:
     """The parametric law, its compute-optimal exponents, and bootstrap intervals for all of them.
 
     Each resample starts from the full-data optimum: a resample's optimum lies near it, and
     re-searching the 4,500-point start grid per resample would cost ~100x more (docs/LOG.md).
     Resample i depends on (seed, i) alone, so the result does not depend on `num_workers`.
+    `estimator`: `huber` (Hoffmann et al.'s fit) or `likelihood` (Besiroglu et al.'s reported fit, `_likelihood`).
     """
     from simslm import jobs
 
-    law = fit_law(points, delta=delta)
-    full = np.array([math.log(law.A), math.log(law.B), math.log(law.E), law.alpha, law.beta])
+    full = _full_fit(points, delta, 8, estimator)
+    law = _law(full)
     chunks = [list(range(start, min(num_resamples, start + 250))) for start in range(0, num_resamples, 250)]
-    tasks = [(points, full, delta, seed, chunk) for chunk in chunks]
+    tasks = [(points, full, delta, seed, chunk, estimator) for chunk in chunks]
     chunks_done = sorted(jobs.parallel_map(_bootstrap_fits, tasks, num_workers=min(num_workers, len(tasks)),
                                            total=len(tasks), description="bootstrap (x250)"))
     samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
@@ -511,7 +596,8 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
             "a": law.beta / (law.alpha + law.beta), "b": law.alpha / (law.alpha + law.beta),
             "ci_a": percentile_interval(exponents, confidence), "ci_b": percentile_interval(1 - exponents, confidence),
             "samples": samples.tolist(), "num_resamples": num_resamples, "huber_delta": delta,
-            "confidence": confidence}
+            "confidence": confidence, "estimator": estimator,
+            **({"log_scale": float(full[5])} if estimator == "likelihood" else {})}
 
 
 def metric_power_law(flops: np.ndarray, values: np.ndarray, *, num_resamples: int = 1000, seed: int = 0,
@@ -537,13 +623,15 @@ def metric_power_law(flops: np.ndarray, values: np.ndarray, *, num_resamples: in
 
 
 def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convention: str = "all",
-            metrics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, num_workers: int = 1) -> dict[str, Any]:
+            metrics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, num_workers: int = 1,
+            estimator: str = "huber") -> dict[str, Any]:
     """Approaches 1-3 and metric power laws: the contents of fit.json (parameters unrounded)."""
     result = {"convention": {"parameters": convention, "flops": "C = 6 N D",
                              "note": "N counts all parameters (embeddings and head included)" if convention == "all"
                              else "N counts non-embedding parameters (Kaplan et al. 2020)"},
               "num_points": len(points), "approach1": approach1(points), "approach2": approach2(points, num_resamples=num_resamples, seed=seed),
-              "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers),
+              "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers,
+                                     estimator=estimator),
               "textless_reference": {"law": TEXTLESS_REFERENCE, "exponents": TEXTLESS_EXPONENTS,
                                      "source": "Cuervo & Marxer (2024)"}}
     result["metrics"] = {name: metric_power_law(flops, values, num_resamples=num_resamples, seed=seed)

@@ -333,7 +333,10 @@ def fit_tables(fits: dict[str, Any]) -> str:
             reference = textless_exponent(name)
             reference = "" if reference is None else reference
             metric_rows.append([variant, name, law["gamma"], _interval(law["ci_gamma"]), reference, law["num_points"]])
-    parts.append("<h3>Parametric law L = E + A/N^α + B/D^β (approach 3, 95% bootstrap CI)</h3>")
+    # `simslm fit --estimator`: Hoffmann et al.'s Huber loss unless fit.json says otherwise (older ones say nothing).
+    estimators = ", ".join(sorted({fit["approach3"].get("estimator", "huber") for fit in fits.values()}))
+    parts.append(f"<h3>Parametric law L = E + A/N^α + B/D^β (approach 3, estimator {html.escape(estimators)}, "
+                 "95% bootstrap CI)</h3>")
     parts.append(_table(["variant", "parameter", "fit", "95% CI", "textless (Cuervo & Marxer)"], law_rows))
     parts.append("<h3>Compute-optimal allocation N_opt ∝ C^a, D_opt ∝ C^b</h3>")
     parts.append(_table(["variant", "method", "a", "95% CI of a", "b"], exponent_rows))

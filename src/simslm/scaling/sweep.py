@@ -1244,7 +1244,8 @@ def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int, int]:
 
 
 def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
-              num_workers: int = 1, seed: int = 0, out: str | os.PathLike | None = None) -> dict[str, Any]:
+              num_workers: int = 1, seed: int = 0, out: str | os.PathLike | None = None,
+              estimator: str = "huber") -> dict[str, Any]:
     """Fit every variant's runs (speech CE; accuracies against compute) and write them to `out` (default: the
     sweep's `fit.json`, which the report reads)."""
     import numpy as np
@@ -1264,8 +1265,8 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
         metrics = {name: (np.array([r["flops"] for r in chosen if name in r["accuracies"]]),
                           np.array([r["accuracies"][name].accuracy for r in chosen if name in r["accuracies"]]))
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
-        fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed,
-                                                    convention=convention, metrics=metrics, num_workers=num_workers)
+        fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed, convention=convention,
+                                            metrics=metrics, num_workers=num_workers, estimator=estimator)
         if 0 < validated < scored:
             fits["variants"][variant]["warnings"].append(
                 f"approach 1 reads training curves: {scored - validated} of {scored} run(s) have no "
@@ -1415,6 +1416,9 @@ class FitConfig(Config):
     """Bootstrap resamples."""
     num_workers: int = 1
     """Worker processes for the bootstrap."""
+    estimator: Literal["huber", "likelihood"] = "huber"
+    """Approach 3's estimator: huber (Hoffmann et al.'s fit) or likelihood (the Huber likelihood behind Besiroglu
+    et al.'s reported estimates)."""
     out: str | None = None
     """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads)."""
 
@@ -1430,13 +1434,13 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     if source.is_dir():
         out = Path(config.out) if config.out else source / "fit.json"
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
-                         num_workers=config.num_workers, out=out)
+                         num_workers=config.num_workers, out=out, estimator=config.estimator)
         return fits, out
     points = read_table(source, convention=config.convention)
     out = Path(config.out or source.with_suffix(".fit.json"))
     fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
-            "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples,
-                                              convention=config.convention, num_workers=config.num_workers)}}
+            "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples, convention=config.convention,
+                                              num_workers=config.num_workers, estimator=config.estimator)}}
     jobs.write_json(out, fits)
     return fits, out
 
