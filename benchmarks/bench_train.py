@@ -10,8 +10,8 @@
 
 Data: TinyStories text through tok512, packed to `--context-length` tokens (256). Each size
 trains for `--steps` steps of `--batch-size` rows (8), in fp32 on the CPU or with bf16 autocast
-on CUDA (as `simslm train` does; the Trainer gets `bf16=True`); tokens/s is the median over
-steps after the first 3. MFU divides 6N x tokens/s by the matrix-multiply FLOP/s measured in
+on CUDA (as `simslm train` does; the Trainer gets `bf16=True`), or as `--precision` says; tokens/s is
+the median over steps after the first 3. MFU divides 6N x tokens/s by the matrix-multiply FLOP/s measured in
 the same run (fp32 1024^3 on the CPU, bf16 8192^3 on CUDA). Depth 15 at width 64 per layer is
 about 170M parameters, the issue's GPU size. The Trainer comparison uses the same model, batches, optimiser settings and
 schedule, alternating the runs, and reports the median step (after 3 warm-up steps) and
@@ -62,6 +62,11 @@ class Shape:
     device: str = "cpu"
     batch_size: int = 8
     context_length: int = 256
+    precision: str = "auto"  # simslm train's --precision; the Trainer gets bf16=True where it means bf16
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.device.startswith("cuda"))
 
     @property
     def tokens(self) -> int:
@@ -73,7 +78,7 @@ def our_loop(data: str, depth: int, steps: int, run_dir: Path, compile_mode: str
              attention: str = "auto") -> tuple[float, float, float]:
     """Median step throughput and MFU after 3 warm-up steps, and whole-loop throughput (compiling included)."""
     train(TrainConfig(run_dir=str(run_dir), data=data, base_model=model_lib.family_source(depth, aspect_ratio),
-                      init="random", device=shape.device, attention=attention,
+                      init="random", device=shape.device, attention=attention, precision=shape.precision,
                       budget_tokens=steps * shape.tokens, batch_size=shape.batch_size, checkpoint_every=10 ** 9,
                       compile=compile_mode is not None, compile_mode=compile_mode or "auto"))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +146,7 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
                                   max_steps=steps, learning_rate=5e-4, lr_scheduler_type="cosine",
                                   warmup_steps=max(1, round(0.01 * steps)), max_grad_norm=0.5, report_to=[],
                                   save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
-                                  use_cpu=not on_cuda, bf16=on_cuda, seed=0, disable_tqdm=True)
+                                  use_cpu=not on_cuda, bf16=shape.bf16, seed=0, disable_tqdm=True)
     Trainer(model=model, args=arguments, train_dataset=Chunks(), callbacks=[timer]).train()
     return shape.tokens / statistics.median(timer.steps[3:]), steps * shape.tokens / timer.seconds
 
@@ -190,6 +195,8 @@ def main() -> None:
                         help="family members DEPTH:RATIO,... whose matrix-product MFU ceiling to measure (the demo's: "
                              "1:16,2:16,3:16,4:16; CPU only)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, as simslm train does there)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="simslm train's --precision, and the Trainer's bf16 to match (auto: bf16 on CUDA only)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--text-corpus", default="tinystories-sample", help="asset name or .jsonl/.txt file")
@@ -198,18 +205,18 @@ def main() -> None:
     unknown = set(filter(None, args.trainers.split(","))) - {"plain", "documents-apart"}
     if unknown:
         parser.error(f"--trainers: unknown {', '.join(sorted(unknown))} (known: plain, documents-apart)")
-    shape = Shape(args.device, args.batch_size, args.context_length)
-    about = (f"batch {shape.batch_size} x {shape.context_length}, " +
-             ("fp32 CPU" if shape.device == "cpu" else f"bf16 autocast on {shape.device}"))
+    shape = Shape(args.device, args.batch_size, args.context_length, args.precision)
+    about = (f"batch {shape.batch_size} x {shape.context_length}, "
+             f"{'bf16 autocast' if shape.bf16 else 'fp32'} on {shape.device}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = str(scratch / "data")
         build_sequences(BuildConfig(out=data, streams=("text",), text_corpus=args.text_corpus, tokenizer=args.tokenizer,
                                     context_length=shape.context_length))
         vocab_size = len(Vocabulary.load(Path(data) / "tokenizer"))
-        peak = measure_peak_flops("cuda" if shape.device.startswith("cuda") else "cpu", seconds=2.0)
-        rows = [(f"{'fp32 matmul peak measured (1024^3' if shape.device == 'cpu' else 'bf16 matmul peak measured (8192^3'}"
-                 f", 2 s)", f"{peak / 1e9:,.1f} GFLOP/s")]
+        peak = measure_peak_flops("cuda" if shape.device.startswith("cuda") else "cpu", seconds=2.0, bf16=shape.bf16)
+        rows = [(f"{'bf16' if shape.bf16 else 'fp32'} matmul peak measured "
+                 f"({'1024^3' if shape.device == 'cpu' else '8192^3'}, 2 s)", f"{peak / 1e9:,.1f} GFLOP/s")]
         for member in filter(None, args.depths.split(",")):
             depth, ratio = model_lib.parse_family_source(member)
             parameters = model_lib.family_parameters(depth, vocab_size, ratio)

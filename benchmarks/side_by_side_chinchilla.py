@@ -67,7 +67,8 @@ for name, source in cells:
                              "objective": float(namespace["result"].fun)}
 if "param_list" in namespace:
     draws = numpy.asarray(namespace["param_list"])
-    out["sd"] = numpy.hstack([numpy.exp(draws[:, 2:3]), numpy.exp(draws[:, :2]), draws[:, 3:]]).std(axis=0, ddof=1).tolist()
+    named = numpy.hstack([numpy.exp(draws[:, 2:3]), numpy.exp(draws[:, :2]), draws[:, 3:]])  # E, A, B, alpha, beta
+    out["sd"] = named.std(axis=0, ddof=1).tolist()
     out["num_resamples"] = len(draws)
 print(json.dumps(out))
 """
@@ -112,7 +113,8 @@ def table_without_highest(csv_path: Path, out: Path, excluded: int = 5) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epoch-repo", required=True, type=Path, help="a checkout of epoch-research/analyzing-chinchilla")
+    parser.add_argument("--epoch-repo", required=True, type=Path,
+                        help="a checkout of epoch-research/analyzing-chinchilla")
     parser.add_argument("--epoch-python", required=True, help="the python of an environment with autograd and pandas")
     parser.add_argument("--bootstrap", action="store_true", help="also run their 4,000-resample bootstrap (minutes)")
     parser.add_argument("--num-resamples", type=int, default=1000)

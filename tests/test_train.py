@@ -695,3 +695,34 @@ def test_a_step_that_cannot_compile_says_so_and_trains_eagerly(data, tmp_path, m
     train(_config(data, tmp_path / "fallback", budget_tokens=4 * 4 * 64, compile=True))
     assert "--compile failed (RuntimeError: no C++ compiler found); training eagerly" in capsys.readouterr().err
     assert _losses(tmp_path / "fallback") == _losses(tmp_path / "eager")  # eager is bit for bit the default
+
+
+def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_is_slow(data, tmp_path, monkeypatch,
+                                                                                         capsys):
+    import torch
+
+    import simslm.train as train_module
+
+    budget = 4 * 4 * 64
+    train(_config(data, tmp_path / "fp32", budget_tokens=budget))
+    # The MFU denominator is measured in the precision trained; here bf16 is made to measure slower than fp32.
+    measured = []
+
+    def peak(device, bf16=None, **_):
+        measured.append(bf16)
+        return 1e9 if bf16 else 1e10
+
+    monkeypatch.setattr(train_module, "measure_peak_flops", peak)
+    dtypes = set()
+    linear = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: dtypes.add(linear(self, x).dtype) or linear(self, x))
+    train(_config(data, tmp_path / "bf16", budget_tokens=budget, precision="bf16"))
+    assert torch.bfloat16 in dtypes and measured == [True, False]
+    assert "--precision bf16: this CPU's bf16 matrix products run at 1.0 GFLOP/s against 10.0 in fp32" in \
+        capsys.readouterr().err
+    fp32, bf16 = np.asarray(_losses(tmp_path / "fp32")), np.asarray(_losses(tmp_path / "bf16"))
+    assert not np.array_equal(fp32, bf16) and np.max(np.abs(fp32 - bf16)) < 0.05  # bf16 products, the same run
+    for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines():
+        logged = json.loads(line)  # MFU against the bf16 peak: 1e9 FLOP/s here
+        assert logged["mfu"] == pytest.approx(logged["flops"] / logged["tokens"] * logged["tokens_per_sec"] / 1e9)

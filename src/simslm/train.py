@@ -108,9 +108,15 @@ class TrainConfig(Config):
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, about a
     third more compute)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Matrix products in training: bf16 (autocast; parameters, optimiser state and validation stay fp32) or fp32.
+    auto: bf16 on CUDA, fp32 on the CPU. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
+    AMX), and more the larger the model: on 2 Zen 4 cores, compiled, 1.05x the fp32 step at depth 2 and 1.12x at
+    depth 4 (docs/BENCHMARKS.md); elsewhere ~100x slower, which the run measures and warns of. Losses differ from
+    fp32 at the bf16 products' precision."""
     fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
     """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
-    matmuls are ~100x slower on CPUs)."""
+    matmuls are ~100x slower on CPUs without native bf16 products)."""
     tensorboard: bool = False
     """Also write the metrics.jsonl values as TensorBoard events under run_dir/tensorboard (needs the
     tensorboard package: pip install 'simslm[tensorboard]')."""
@@ -132,7 +138,7 @@ class TrainConfig(Config):
                                                     "compile_mode", "validation_every")
     # Fields added after sweeps had named runs by a hash of their config: at these values they are left out of
     # it, so a run planned before keeps its name (`simslm.scaling.sweep.run_id`).
-    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0}
+    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0, "precision": "auto"}
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -517,8 +523,8 @@ def _given_peak_flops() -> float | None:
     return peak
 
 
-def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.5) -> float:
-    """Achieved fp32 (bf16 on CUDA) matrix-multiply FLOP/s on this device: the MFU denominator.
+def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.5, bf16: bool | None = None) -> float:
+    """Achieved fp32 (bf16 on CUDA, or with `bf16`) matrix-multiply FLOP/s on this device: the MFU denominator.
 
     Timed after a warm-up of half as long: a GPU's clocks climb from idle under load, and the first products
     pay for library setup. On the lent H200 this gives 673-681 TFLOP/s, as the cold measurement did (670),
@@ -527,7 +533,7 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     import torch
 
     on_cuda = str(device).startswith("cuda")
-    dtype = torch.bfloat16 if on_cuda else torch.float32
+    dtype = torch.bfloat16 if (on_cuda if bf16 is None else bf16) else torch.float32
     # 1024^3 saturates two CPU cores but leaves an H100 at a fraction of its peak (docs/LOG.md).
     size = size or (8192 if on_cuda else 1024)
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -547,6 +553,14 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     products_for(seconds / 2)
     count, elapsed = products_for(seconds)
     return 2 * size ** 3 * count / elapsed
+
+
+def _warn_if_slow_bf16(bf16_flops: float, fp32_flops: float) -> None:
+    """`--precision bf16` on a CPU whose bf16 products are slower than its fp32 ones: said once, trained as asked."""
+    if bf16_flops < fp32_flops:
+        print(f"simslm train: warning: --precision bf16: this CPU's bf16 matrix products run at "
+              f"{bf16_flops / 1e9:.1f} GFLOP/s against {fp32_flops / 1e9:.1f} in fp32 (no native bf16): "
+              f"--precision fp32 trains faster here", file=sys.stderr, flush=True)
 
 
 class _StopRequest:
@@ -1059,13 +1073,20 @@ def train(config: TrainConfig) -> RunResult | None:
             jobs.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
-    # bf16 autocast only on GPU: on this CPU bf16 matmuls are ~100x slower than fp32.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    # bf16 autocast on GPU by default; on a CPU only when asked (`precision`): most CPUs lack native bf16 products.
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+    autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
     step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode)
     kinds = _token_kinds(vocabulary, distributed.device)
-    peak_flops = (given_peak or measure_peak_flops("cuda" if on_cuda else "cpu")) if distributed.is_main else 0.0
+    peak_flops = 0.0
+    if distributed.is_main:
+        # A sweep's one measurement (`PEAK_FLOPS_VARIABLE`) is of fp32 products, so a CPU run in bf16 measures its own.
+        peak_flops = given_peak if given_peak and (on_cuda or not bf16) else \
+            measure_peak_flops("cuda" if on_cuda else "cpu", bf16=bf16)
+        if bf16 and not on_cuda:
+            _warn_if_slow_bf16(peak_flops, given_peak or measure_peak_flops("cpu", bf16=False))
 
     # Loop.
     tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None

@@ -482,7 +482,8 @@ LOG_SCALE_BOUNDS = (-40.0, 5.0)
 def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
                 delta: float, log_normaliser: float) -> tuple[float, np.ndarray]:
     """Negative log-likelihood of log L under a Huber density (Besiroglu et al. 2024, the estimates they report)
-    centred on the log-sum-exp prediction, with scale exp(σ): Σ ρ_δ(r/s) + n (log Z + σ), over (a, b, e, α, β, σ).
+    centred on the log-sum-exp prediction, with scale s = exp(σ): Σ ρ_δ(r/s) + n (log Z + σ), over
+    (a, b, e, α, β, σ).
     With δ = 1e-3 of the scale, ρ is linear for nearly every residual, so this is close to least absolute
     deviations, and its σ settles near log(δ · mean |r|)."""
     a, b, e, alpha, beta, log_scale = theta
@@ -493,7 +494,8 @@ def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_los
     x = (e + np.log(total) - log_loss) / scale  # residual of the prediction, in units of the scale
     magnitude = np.abs(x)
     small = magnitude <= delta
-    value = np.where(small, 0.5 * x * x, delta * (magnitude - 0.5 * delta)).sum() + len(x) * (log_normaliser + log_scale)
+    value = np.where(small, 0.5 * x * x, delta * (magnitude - 0.5 * delta)).sum()
+    value += len(x) * (log_normaliser + log_scale)
     slope = np.where(small, x, delta * np.sign(x))  # dρ/dx
     per_weight = slope / (scale * total)
     share_n, share_d = per_weight * weight_n, per_weight * weight_d
