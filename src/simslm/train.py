@@ -111,9 +111,9 @@ class TrainConfig(Config):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Matrix products in training: bf16 (autocast; parameters, optimiser state and validation stay fp32) or fp32.
     auto: bf16 on CUDA, fp32 on the CPU. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
-    AMX), and more the larger the model: on 2 Zen 4 cores, compiled, 1.05x the fp32 step at depth 2 and 1.12x at
-    depth 4 (docs/BENCHMARKS.md); elsewhere ~100x slower, which the run measures and warns of. Losses differ from
-    fp32 at the bf16 products' precision."""
+    AMX), and more the larger the model: on 2 Zen 4 cores, compiled, 1.05x the fp32 step at depth 2, 1.12x at
+    depth 4 and 1.26x at depth 8 (docs/BENCHMARKS.md); elsewhere ~100x slower, which the run measures and warns
+    of. Losses differ from fp32 at the bf16 products' precision."""
     fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
     """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
     matmuls are ~100x slower on CPUs without native bf16 products)."""
