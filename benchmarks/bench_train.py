@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, as simslm train does there)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="simslm train's --precision, and the Trainer's bf16 to match (auto: bf16 on CUDA only)")
+    parser.add_argument("--also-precision", default="", choices=("", "fp32", "bf16"),
+                        help="also race simslm train (and with --compile, compiled) at this --precision, the Trainer "
+                             "staying at --precision's")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--text-corpus", default="tinystories-sample", help="asset name or .jsonl/.txt file")
@@ -247,6 +250,12 @@ def main() -> None:
             contenders = {"simslm": ours, "HF Trainer": lambda run: theirs()}
             for mode in modes:
                 contenders[f"simslm --compile --compile-mode {mode}"] = functools.partial(ours, compile_mode=mode)
+            if args.also_precision:
+                other = replace(shape, precision=args.also_precision)
+                contenders[f"simslm --precision {other.precision}"] = functools.partial(ours, shape=other)
+                for mode in modes:
+                    contenders[f"simslm --compile --compile-mode {mode} --precision {other.precision}"] = \
+                        functools.partial(ours, compile_mode=mode, shape=other)
             for attention in attentions:
                 contenders[f"simslm --attention {attention}"] = functools.partial(ours, attention=attention)
                 for mode in modes:  # the two together: flex attention's kernels compile with the model
