@@ -487,6 +487,8 @@ def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_los
     With δ = 1e-3 of the scale, ρ is linear for nearly every residual, so this is close to least absolute
     deviations, and its σ settles near log(δ · mean |r|)."""
     a, b, e, alpha, beta, log_scale = theta
+    if not -600.0 < log_scale < 600.0:  # a wild line-search step: worse than anything, and L-BFGS backs off
+        return math.inf, np.zeros(6)
     weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
     weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
     total = 1.0 + weight_n + weight_d
