@@ -353,6 +353,12 @@ CASES: dict[str, Case] = {
                                               f"{w.bad / 'run-file'}: a file, where", [w.bad / "run-file"]),
     "train: base model missing": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000",
                                              f"base_model={missing(w, 'lm')}"], str(missing(w, "lm")), []),
+    # A run folder where a model belongs (its model/ is meant): transformers read the run's config.json and said
+    # only "Should have a `model_type` key".
+    "train: base model is a run folder": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
+                                                     "budget_tokens=1000", f"base_model={w.run}"],
+                                                    f"{w.run}: a simslm run folder, not a model; its model is "
+                                                    f"{w.run / 'model'}", [w.run / "result.json", w.run / "model"]),
     "train: finished run, other config": lambda w: (["train", "--config", str(w.run / "config.json"), f"run_dir={w.run}", "lr=0.1"],
                                                     str(w.run), [w.run / "result.json", w.run / "model"]),
     "train: config not JSON": lambda w: (["train", "--config", str(not_json(w, "t.json"))], str(not_json(w, "t.json")),

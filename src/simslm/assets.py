@@ -185,6 +185,16 @@ def missing_local_path(source: str | os.PathLike) -> bool:
     return local and not Path(text).expanduser().exists()
 
 
+def run_folder_in_place_of_model(source: str | os.PathLike) -> str | None:
+    """The one-line complaint when `source`, given where a model or tokenizer belongs, is a simslm run folder (its
+    plan.json beside its model/): transformers would read the run's own config.json as a model's and say only
+    that it lacks a `model_type`."""
+    path = Path(source).expanduser()
+    if (path / "plan.json").is_file() and (path / "model").is_dir():
+        return f"{source}: a simslm run folder, not a model; its model is {path / 'model'}"
+    return None
+
+
 def resolve_file(name_or_path: str | os.PathLike) -> Path:
     """An existing file path as given, or the single file of the asset of that name."""
     if Path(name_or_path).is_file():
