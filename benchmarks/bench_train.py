@@ -2,6 +2,8 @@
 
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py --depths 2,4,8 --steps 30 \
         [--compile [--compile-modes auto,default]] [--ceilings 1:16,2:16]
+    # on a CPU with native bf16 products: both sides in bf16, or simslm also in bf16 beside the fp32 Trainer
+    ... --depths '' --compare-depths 2,4 --steps 40 --compile --precision bf16 | --also-precision bf16
     # issue 17's GPU target, on the device machine (`benchmarks/gpu_lease.sh` runs this race there, with the
     # options it uses; `benchmarks/gpu_lease.sh prepare` made .gpu/check here):
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cuda --text-corpus .gpu/check/stories.jsonl \
