@@ -434,10 +434,12 @@ def test_the_likelihood_estimator_recovers_a_law_and_reaches_one_optimum_from_an
         low, high = written["ci"][name]
         assert low <= getattr(TRUE, name) <= high, name
     assert fits["variants"]["runs"]["approach3"]["law"] != approach3(points, num_resamples=10)["law"]
-    # Said wherever the law is shown: the command's line and the report's heading.
+    # Said wherever the law is shown: the command's line, the report's heading and the planner's source.
     assert "estimator likelihood" in fit_tables(fits["variants"])
     assert main(["fit", str(table), "--estimator", "likelihood", "--num-resamples", "20"]) == 0
     assert capsys.readouterr().out.startswith("runs [likelihood]: L = ")
+    assert main(["plan", "--flops", "1e18", "--fit", str(out)]) == 0
+    assert f"law from {out} (runs, estimator likelihood)" in capsys.readouterr().out
 
 
 def test_the_likelihood_estimator_names_a_degenerate_law_and_recovers_an_exact_one():

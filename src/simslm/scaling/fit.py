@@ -771,7 +771,8 @@ def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
         others = f"; variants with a sound law: {', '.join(sound)} (--variant)" if sound else ""
         raise ValueError(f"{config.fit}: the law of variant '{variant}' is degenerate ({'; '.join(degenerate)}); "
                          f"fit more runs, or plan from the textless law (no --fit){others}")
-    return fits[variant], f"{config.fit} ({variant})"
+    estimator = fits[variant]["approach3"].get("estimator", "huber")
+    return fits[variant], f"{config.fit} ({variant}{'' if estimator == 'huber' else f', estimator {estimator}'})"
 
 
 @dataclass(frozen=True, kw_only=True)
