@@ -726,3 +726,13 @@ def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_
     for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines():
         logged = json.loads(line)  # MFU against the bf16 peak: 1e9 FLOP/s here
         assert logged["mfu"] == pytest.approx(logged["flops"] / logged["tokens"] * logged["tokens_per_sec"] / 1e9)
+
+
+def test_a_bf16_run_on_the_cpu_resumes_bit_for_bit(data, tmp_path, train_stopped_at):
+    budget = 8 * 4 * 64  # 8 steps, checkpoints at 4 and 8
+    train(_config(data, tmp_path / "whole", budget_tokens=budget, precision="bf16"))
+    stopped = _config(data, tmp_path / "stopped", budget_tokens=budget, precision="bf16")
+    train_stopped_at(stopped, 6)
+    assert not (tmp_path / "stopped" / "result.json").exists()
+    train(stopped)
+    assert _losses(tmp_path / "stopped") == _losses(tmp_path / "whole") and len(_losses(tmp_path / "whole")) == 8
