@@ -127,8 +127,8 @@ def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
 
     if assets.missing_local_path(source):
         raise ValueError(f"{source}: no such model folder")
-    if assets.run_folder_in_place_of_model(source):
-        raise ValueError(assets.run_folder_in_place_of_model(source))
+    if complaint := assets.run_folder_in_place_of_model(source):
+        raise ValueError(complaint)
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
         return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(device).eval()

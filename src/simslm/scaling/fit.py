@@ -393,16 +393,21 @@ class Law:
         return self.loss(parameters, tokens)
 
 
+def _term_weights(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The log-sum-exp prediction's parts: exp(term - e) of the A and B terms, and their sum with the E term's
+    weight exp(0) = 1, so that log L is predicted as e + log(total). Clipped so a wild line-search step gives a
+    huge finite value instead of overflow (L-BFGS backs off)."""
+    a, b, e, alpha, beta = theta[:5]
+    weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
+    weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
+    return weight_n, weight_d, 1.0 + weight_n + weight_d
+
+
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
                delta: float) -> tuple[float, np.ndarray]:
     """Huber loss of the log-sum-exp prediction of log L, and its gradient in (a, b, e, alpha, beta)."""
-    a, b, e, alpha, beta = theta
-    # exp(term - e) of the A and B terms; the E term's weight is exp(0) = 1. Clipped so a
-    # wild line-search step gives a huge finite value instead of overflow (L-BFGS backs off).
-    weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
-    weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
-    total = 1.0 + weight_n + weight_d
-    residual = e + np.log(total) - log_loss
+    weight_n, weight_d, total = _term_weights(theta, log_n, log_d)
+    residual = theta[2] + np.log(total) - log_loss
     magnitude = np.abs(residual)
     small = magnitude <= delta
     value = np.where(small, 0.5 * residual * residual, delta * (magnitude - 0.5 * delta)).sum()
@@ -486,14 +491,12 @@ def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_los
     (a, b, e, α, β, σ).
     With δ = 1e-3 of the scale, ρ is linear for nearly every residual, so this is close to least absolute
     deviations, and its σ settles near log(δ · mean |r|)."""
-    a, b, e, alpha, beta, log_scale = theta
+    log_scale = theta[5]
     if not -600.0 < log_scale < 600.0:  # a wild line-search step: worse than anything, and L-BFGS backs off
         return math.inf, np.zeros(6)
-    weight_n = np.exp(np.minimum(a - alpha * log_n - e, 600.0))
-    weight_d = np.exp(np.minimum(b - beta * log_d - e, 600.0))
-    total = 1.0 + weight_n + weight_d
+    weight_n, weight_d, total = _term_weights(theta, log_n, log_d)
     scale = math.exp(log_scale)
-    x = (e + np.log(total) - log_loss) / scale  # residual of the prediction, in units of the scale
+    x = (theta[2] + np.log(total) - log_loss) / scale  # residual of the prediction, in units of the scale
     magnitude = np.abs(x)
     small = magnitude <= delta
     value = np.where(small, 0.5 * x * x, delta * (magnitude - 0.5 * delta)).sum()

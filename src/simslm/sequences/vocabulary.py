@@ -120,8 +120,8 @@ def load_base_tokenizer(base: str):
     path = Path(base)
     if assets.missing_local_path(base):
         raise ValueError(f"{base}: no such tokenizer file or folder")
-    if assets.run_folder_in_place_of_model(base):
-        raise ValueError(assets.run_folder_in_place_of_model(base))
+    if complaint := assets.run_folder_in_place_of_model(base):
+        raise ValueError(complaint)
     if not path.exists() and base in assets.REGISTRY:
         path = assets.file_with_suffix(base, ".model")
     if path.is_file() and path.suffix == ".model":
