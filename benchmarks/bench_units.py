@@ -70,7 +70,7 @@ def main() -> None:
         for name in ("units", "shuffled_baseline"):
             scores = quality[name]
             rows.append((f"logmel k=500 {name.replace('_', ' ')}, {quality['num_utterances_scored']} stories, "
-                         f"{quality['num_frames_scored']} frames",
+                         f"{quality['num_frames_scored']} frames of 10 ms",
                          f"PNMI {scores['pnmi']:.4f}, phone purity {scores['phone_purity']:.4f}, "
                          f"cluster purity {scores['cluster_purity']:.4f}"))
     print("| measurement | result |\n| --- | --- |")

@@ -169,7 +169,7 @@ def _units_quality(config) -> int:
         scores = report[name]
         print(f"{name:<18} {scores['pnmi']:>7.4f} {scores['phone_purity']:>13.4f} {scores['cluster_purity']:>15.4f}")
     print(f"dedup ratio {report['dedup_ratio']:.3f} frames/unit; {report['num_utterances_scored']} utterance(s), "
-          f"{report['num_frames_scored']} frames scored")
+          f"{report['num_frames_scored']} frames of 10 ms scored")
     return 0
 
 

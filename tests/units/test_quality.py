@@ -26,9 +26,36 @@ def test_purities_on_a_hand_computed_table():
     assert one_per_frame["phone_purity"] == pytest.approx(1.0) and one_per_frame["cluster_purity"] < 0.2
 
 
-def test_frame_labels_take_the_phone_at_each_frame_centre():
-    labels = unit_quality.frame_phone_labels([("AH", 0.0, 0.05), ("B", 0.05, 0.1)], 4, 25.0)
-    assert list(labels) == ["AH", "B", "SIL", "SIL"]
+def test_units_are_repeated_to_the_ten_ms_phone_frames_as_fairseq_reads_them():
+    # measure_teacher_quality.py reads one phone per 10 ms frame and repeats each unit frame `--upsample` times
+    # (4 at 25 Hz), then cuts both to the shorter. AH for 30 ms then B for 70 ms is 10 phone frames; 3 unit frames
+    # cover 12, so the last two are cut: unit 0 meets AH AH AH B, unit 1 B B B B, unit 2 B B.
+    phones = unit_quality.phone_frames([("AH", 0.0, 0.03), ("B", 0.03, 0.1)])
+    assert list(phones) == ["AH"] * 3 + ["B"] * 7
+    labels, units = unit_quality.frame_pairs(phones, np.array([0, 1, 2]), 25.0)
+    assert list(labels) == list(phones) and list(units) == [0] * 4 + [1] * 4 + [2] * 2
+    scores = unit_quality.phone_unit_scores(labels, units)
+    # Joint: (AH,0) .3, (B,0) .1, (B,1) .4, (B,2) .2. Phone purity: .3 + .4 + .2; cluster purity: .3 + .4.
+    # The phone at each 40 ms frame's centre (AH, B, and past the end) gave neither.
+    assert scores["phone_purity"] == pytest.approx(0.9) and scores["cluster_purity"] == pytest.approx(0.7)
+    # Units that outlast the phones are cut the other way, and a gap in the alignment is silence.
+    labels, units = unit_quality.frame_pairs(unit_quality.phone_frames([("S", 0.0, 0.02), ("T", 0.04, 0.05)]),
+                                             np.array([7, 8, 9]), 50.0)
+    assert list(labels) == ["S", "S", "SIL", "SIL", "T"] and list(units) == [7, 7, 8, 8, 9]
+
+
+def test_a_rate_that_does_not_divide_100_hz_takes_the_unit_each_phone_frame_starts_in():
+    labels, units = unit_quality.frame_pairs(np.array(["A"] * 10, dtype=object), np.arange(5), 30.0)
+    assert list(units) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]  # frame j starts at j x 10 ms, in unit frame floor(0.3 j)
+    for rate, upsample in ((100.0, 1), (50.0, 2), (25.0, 4), (12.5, 8)):  # the integer rates repeat exactly
+        _, units = unit_quality.frame_pairs(np.array(["A"] * 40, dtype=object), np.arange(6), rate)
+        assert list(units) == list(np.repeat(np.arange(6), upsample)[:40])
+
+
+def test_one_phone_label_gives_a_pnmi_of_zero_not_fairseqs_minus_one():
+    # H(phone) = 0 leaves PNMI undefined; fairseq's 1e-8 epsilons turn it into -1.
+    scores = unit_quality.phone_unit_scores(np.array(["A"] * 6, dtype=object), np.array([0, 1, 1, 2, 2, 2]))
+    assert scores["pnmi"] == 0.0 and scores["cluster_purity"] == pytest.approx(0.5)
 
 
 @pytest.mark.slow

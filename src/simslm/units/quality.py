@@ -1,16 +1,17 @@
 """How much phonetic information units carry: PNMI and purities against phone labels.
 
-Definitions follow the HuBERT paper (Hsu et al. 2021, section IV-B) and fairseq's
-`examples/hubert/measure_teacher_quality.py` ("ref pur" and "hyp pur"): with the joint
-distribution P(phone, unit) over frames,
-- phone-normalised mutual information PNMI = I(phone; unit) / H(phone);
-- phone purity   = E_unit[max_phone P(phone | unit)]: the frame phone accuracy of naming each
-  unit by its likeliest phone, which rises with the number of units (1 at a unit per frame);
-- cluster purity = E_phone[max_unit P(unit | phone)]: how much of each phone its likeliest
-  unit covers, which falls as the units grow more.
-Phone labels for each unit frame come from a pocketsphinx phone alignment (at the unit
-frame's centre). A baseline with the unit labels shuffled across frames (same marginals,
-no relation to the phones) shows what chance gives.
+Computed as fairseq's `examples/hubert/measure_teacher_quality.py` computes them (the HuBERT paper, Hsu et al.
+2021, section IV-B; "MI/H(ref)", "ref pur" and "hyp pur" there). Phone labels come one per 10 ms frame, and each
+unit frame is repeated to that rate (their `--upsample`, 4 for units at 25 Hz), each utterance cut to the shorter
+of the two. With the joint distribution P(phone, unit) over those frames:
+- phone-normalised mutual information PNMI = I(phone; unit) / H(phone), with their 1e-8 inside each logarithm;
+- phone purity   = E_unit[max_phone P(phone | unit)]: the frame phone accuracy of naming each unit by its likeliest
+  phone, which rises with the number of units (1 at a unit per frame);
+- cluster purity = E_phone[max_unit P(unit | phone)]: how much of each phone its likeliest unit covers, which falls as
+  the units grow more.
+The phone labels are pocketsphinx's phone alignment, whose frames are 10 ms. A baseline with the unit frames shuffled
+across utterances (same marginals, no relation to the phones) shows what chance gives.
+`benchmarks/side_by_side_unit_quality.py` runs fairseq's own functions beside these.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from simslm.speech.align import AlignmentError
 from simslm.speech.manifest import read_manifest
 from simslm.units.extract import UtteranceUnits, read_units
 
+PHONE_FRAME_RATE_HZ = 100.0
+"""Pocketsphinx aligns in frames of 10 ms, the rate of the phone labels fairseq's script reads."""
+
 
 def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]:
-    """PNMI, cluster purity and phone purity of frame-aligned integer label arrays."""
+    """PNMI, cluster purity and phone purity of frame-aligned label arrays (measure_teacher_quality.py's)."""
     if len(phones) != len(units) or len(phones) == 0:
         raise ValueError("phones and units must be non-empty and of equal length")
     _, phone_ids = np.unique(phones, return_inverse=True)
@@ -39,24 +43,35 @@ def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]
     joint = np.zeros((phone_ids.max() + 1, unit_ids.max() + 1))
     np.add.at(joint, (phone_ids, unit_ids), 1.0)
     joint /= joint.sum()
-    p_phone, p_unit = joint.sum(axis=1), joint.sum(axis=0)
-    nonzero = joint > 0
-    mutual_information = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(p_phone, p_unit)[nonzero])).sum())
-    phone_entropy = float(-(p_phone * np.log(p_phone)).sum())
+    p_phone, p_unit = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    # fairseq adds 1e-8 inside both logarithms; kept, so that the numbers are theirs to the last digit (an empty
+    # cell contributes 0 * log(1e-8) = 0 either way).
+    mutual_information = float((joint * np.log(joint / (p_phone @ p_unit) + 1e-8)).sum())
+    phone_entropy = float((-p_phone * np.log(p_phone + 1e-8)).sum())
     # Rows are phones, columns units: the best phone of each unit (max over rows) gives the phone purity.
     return {"pnmi": mutual_information / phone_entropy if phone_entropy > 0 else 0.0,
             "phone_purity": float(joint.max(axis=0).sum()),
             "cluster_purity": float(joint.max(axis=1).sum())}
 
 
-def frame_phone_labels(timed_phones: list[tuple[str, float, float]], num_frames: int,
-                       frame_rate_hz: float) -> np.ndarray:
-    """The phone at the centre of each unit frame ('SIL' where none is aligned)."""
-    centres = (np.arange(num_frames) + 0.5) / frame_rate_hz
-    labels = np.full(num_frames, "SIL", dtype=object)
-    for name, start, end in timed_phones:
-        labels[(centres >= start) & (centres < end)] = name
+def phone_frames(timed_phones: list[tuple[str, float, float]]) -> np.ndarray:
+    """One label per 10 ms frame, from the alignment's start to its last phone's end ('SIL' in any gap)."""
+    bounds = [(name, round(start * PHONE_FRAME_RATE_HZ), round(end * PHONE_FRAME_RATE_HZ))
+              for name, start, end in timed_phones]
+    labels = np.full(max((end for _, _, end in bounds), default=0), "SIL", dtype=object)
+    for name, start, end in bounds:
+        labels[start:end] = name
     return labels
+
+
+def frame_pairs(phones: np.ndarray, frame_units: np.ndarray, frame_rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (phone, unit) of every 10 ms frame both cover: each unit frame repeated to the phone rate, and both cut to
+    the shorter, as fairseq's `read_lab(..., upsample)` and `comp_joint_prob` do. A rate that does not divide 100 Hz
+    (which their integer `--upsample` cannot take) gives each phone frame the unit frame it starts in, which is the
+    same rule."""
+    unit_of_frame = np.floor(np.arange(len(phones)) * (frame_rate_hz / PHONE_FRAME_RATE_HZ) + 1e-9).astype(np.int64)
+    covered = unit_of_frame < len(frame_units)
+    return phones[covered], frame_units[unit_of_frame[covered]]
 
 
 _aligner = None
@@ -97,6 +112,18 @@ class QualityConfig(Config):
         check_positive(self, "num_workers", allow_zero=True)
 
 
+def phone_alignments(manifest: Path, utterances: dict, items: list[UtteranceUnits],
+                     num_workers: int = 0) -> tuple[dict[str, list], dict[str, str]]:
+    """Pocketsphinx's timed phones of each item's utterance, and why any could not be aligned, by utterance id."""
+    tasks = [(u.id, str(utterances[u.id].audio_path(manifest.parent)), utterances[u.id].transcript) for u in items]
+    workers = min(num_workers or jobs.default_workers(), len(tasks))
+    phones_by_id, skipped = {}, {}
+    for utterance_id, result in jobs.parallel_map(_label_one, tasks, num_workers=workers, total=len(tasks),
+                                                  description="units quality: phone alignment"):
+        (skipped if isinstance(result, str) else phones_by_id)[utterance_id] = result
+    return phones_by_id, skipped
+
+
 def unit_quality(config: QualityConfig) -> dict[str, Any]:
     """PNMI and purities of extracted units, a shuffled baseline, and the dedup ratio."""
     started = time.perf_counter()
@@ -106,28 +133,30 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
     if not extracted:
         raise ValueError(f"{config.units}: no extracted units for utterances of {manifest}")
     chosen = extracted[:config.max_utterances]
-    tasks = [(u.id, str(utterances[u.id].audio_path(manifest.parent)), utterances[u.id].transcript) for u in chosen]
-    workers = min(config.num_workers or jobs.default_workers(), len(tasks))
-    phones_by_id, skipped = {}, {}
-    for utterance_id, result in jobs.parallel_map(_label_one, tasks, num_workers=workers, total=len(tasks),
-                                                  description="units quality: phone alignment"):
-        (skipped if isinstance(result, str) else phones_by_id)[utterance_id] = result
-    frame_phones, frame_units = [], []
-    for item in chosen:
-        if item.id in phones_by_id:
-            frame_units.append(item.frame_units())
-            frame_phones.append(frame_phone_labels(phones_by_id[item.id], item.num_frames, item.frame_rate_hz))
-    if not frame_units:
+    phones_by_id, skipped = phone_alignments(manifest, utterances, chosen, config.num_workers)
+    scored = [item for item in chosen if item.id in phones_by_id]
+    if not scored:
         raise ValueError("no utterance could be phone-aligned")
-    phones, units = np.concatenate(frame_phones), np.concatenate(frame_units)
-    shuffled = np.random.default_rng(config.seed).permutation(units)
+    labels = [phone_frames(phones_by_id[item.id]) for item in scored]
+    unit_frames = [item.frame_units() for item in scored]
+    # The baseline shuffles unit frames (not 10 ms frames) across utterances, then repeats them as the real ones are.
+    shuffled = np.split(np.random.default_rng(config.seed).permutation(np.concatenate(unit_frames)),
+                        np.cumsum([len(frames) for frames in unit_frames])[:-1])
+    rate = scored[0].frame_rate_hz
+    pairs = [frame_pairs(phones, frames, rate) for phones, frames in zip(labels, unit_frames)]
+    baseline = [frame_pairs(phones, frames, rate)[1] for phones, frames in zip(labels, shuffled)]
+    phones, units = np.concatenate([p for p, _ in pairs]), np.concatenate([u for _, u in pairs])
     num_frames = sum(u.num_frames for u in extracted)
     report = {
         "units": phone_unit_scores(phones, units),
-        "shuffled_baseline": phone_unit_scores(phones, shuffled),
+        "shuffled_baseline": phone_unit_scores(phones, np.concatenate(baseline)),
         "dedup_ratio": num_frames / sum(len(u.units) for u in extracted),
-        "num_utterances_scored": len(frame_units), "num_utterances_skipped": len(skipped),
-        "num_frames_scored": int(len(units)), "num_phone_labels": int(len(np.unique(phones))),
+        "num_utterances_scored": len(scored), "num_utterances_skipped": len(skipped),
+        "num_frames_scored": int(len(units)), "phone_frame_rate_hz": PHONE_FRAME_RATE_HZ,
+        # fairseq's "frm diff": the 10 ms frames by which the phone labels and the repeated units differed in length
+        "frame_length_difference": int(sum(abs(len(labelled) - round(len(frames) * PHONE_FRAME_RATE_HZ / rate))
+                                           for labelled, frames in zip(labels, unit_frames))),
+        "num_phone_labels": int(len(np.unique(phones))),
         "num_units_used": int(len(np.unique(units))), "frame_rate_hz": extracted[0].frame_rate_hz,
         "wall_sec": round(time.perf_counter() - started, 3), "config": asdict(config),
     }
