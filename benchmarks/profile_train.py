@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="train --compile (its mode auto); the compile's own "
                                                                "first steps are in the tables too")
+    parser.add_argument("--precision", default="auto", help="train --precision: auto, fp32 or bf16")
     args = parser.parse_args()
     corpus, tokenizer = ((str(Path(args.data) / "stories.jsonl"), str(Path(args.data) / "tokenizer")) if args.data
                          else ("tinystories-sample", "stories260K"))
@@ -58,13 +59,14 @@ def main() -> None:
             train(TrainConfig(run_dir=str(run_dir), data=data, base_model=model_lib.family_source(depth, ratio),
                               init="random", device=args.device, batch_size=args.batch_size,
                               budget_tokens=args.steps * args.batch_size * args.context_length,
-                              checkpoint_every=10 ** 9, compile=args.compile))
+                              checkpoint_every=10 ** 9, compile=args.compile,
+                              precision=args.precision))
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step = args.batch_size * args.context_length / statistics.median(m["tokens_per_sec"] for m in lines[3:])
     mfu = statistics.median(m["mfu"] for m in lines[3:])
     events = profiler.key_averages()
-    print(f"family member {args.member} on {args.device}, batch {args.batch_size} x {args.context_length}, "
-          f"{len(lines)} steps: median step {1e3 * step:.1f} ms, MFU {100 * mfu:.1f}% (profiler on)")
+    print(f"family member {args.member} on {args.device} ({args.precision}), batch {args.batch_size} x "
+          f"{args.context_length}, {len(lines)} steps: median step {1e3 * step:.1f} ms, MFU {100 * mfu:.1f}% (profiler on)")
     if on_cuda:
         busy = sum(event.self_device_time_total for event in events) / 1e3 / len(lines)  # microseconds -> ms
         print(f"GPU busy {busy:.1f} ms per step (kernels' own time, the whole run over its steps)")

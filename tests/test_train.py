@@ -367,7 +367,39 @@ def test_the_attention_kernel_falls_back_to_sdpa_without_flash_attn_or_cuda():
 
     assert attention_kernel("auto", "cpu") == "sdpa" and attention_kernel("eager", "cuda") == "eager"
     expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
-    assert attention_kernel("auto", "cuda:0") == expected
+    assert attention_kernel("auto", "cuda:0") == expected == attention_kernel("auto", "cuda:0", bf16=True)
+    # bf16 on a CPU: attention in fp32, which its flash kernel runs faster than bf16.
+    assert attention_kernel("auto", "cpu", bf16=True) == "sdpa_fp32"
+    assert attention_kernel("sdpa", "cpu", bf16=True) == "sdpa"
+
+
+def test_fp32_attention_computes_in_fp32_under_bf16_autocast_and_is_sdpa_in_fp32():
+    import torch
+    import torch.nn.functional as F
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from simslm import model as model_lib
+    from simslm.train import attention_kernel
+
+    attention = ALL_ATTENTION_FUNCTIONS[attention_kernel("sdpa_fp32", "cpu")]
+    module = torch.nn.Module()
+    module.is_causal = True
+    query, key, value = torch.randn(3, 2, 4, 40, 16, dtype=torch.bfloat16).unbind(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = attention(module, query, key, value, None, scaling=0.25)
+    assert output.dtype == torch.bfloat16
+    in_fp32 = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), is_causal=True, scale=0.25)
+    assert torch.equal(output.transpose(1, 2), in_fp32.to(torch.bfloat16))  # transformers' layout: heads second
+    # In fp32 it is sdpa bit for bit, documents of a packed row kept apart by the same masks.
+    model = model_lib.build_family_model(2, 300, seed=0, context_length=64).eval()
+    tokens = torch.randint(0, 300, (2, 64))
+    positions = torch.cat([torch.arange(length) for length in (20, 30, 14)]).repeat(2, 1)
+    logits = {}
+    for kernel in ("sdpa", "sdpa_fp32"):
+        model.set_attn_implementation(attention_kernel(kernel, "cpu"))
+        with torch.no_grad():
+            logits[kernel] = model(input_ids=tokens, position_ids=positions, use_cache=False).logits
+    assert torch.equal(logits["sdpa"], logits["sdpa_fp32"])
 
 
 def test_flex_attention_keeps_documents_apart_and_trains_on_cuda_only(data, tmp_path, monkeypatch):

@@ -96,11 +96,12 @@ class TrainConfig(Config):
     fsdp: bool = False
     """Shard parameters, gradients and optimiser state across processes (FSDP2) for models
     that do not fit one device; with torchrun only."""
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+    attention: Literal["auto", "sdpa", "sdpa_fp32", "eager", "flash_attention_2", "flex_attention"] = "auto"
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
     restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
-    installed (slamkit's setting), else sdpa, whose document mask is dense. flex_attention (CUDA only) skips
-    the blocks across documents without flash-attn."""
+    installed (slamkit's setting), sdpa_fp32 (SDPA on fp32 inputs, faster than bf16 on a CPU) for bf16 on a CPU,
+    else sdpa, whose document mask is dense. flex_attention (CUDA only) skips the blocks across documents without
+    flash-attn."""
     loss_chunk_tokens: int = 0
     """Cross-entropy over this many tokens at a time, each chunk's logits recomputed in the backward, so the
     full fp32 logits (tokens x vocabulary: 1.2 GB per sequence of 2048 for Qwen2.5's 151,936) never exist at
@@ -111,9 +112,9 @@ class TrainConfig(Config):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Matrix products in training: bf16 (autocast; parameters, optimiser state and validation stay fp32) or fp32.
     auto: bf16 on CUDA, fp32 on the CPU. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
-    AMX), and more the larger the model: on 2 Zen 4 cores, compiled, 1.05x the fp32 step at depth 2, 1.12x at
-    depth 4 and 1.26x at depth 8 (docs/BENCHMARKS.md); elsewhere ~100x slower, which the run measures and warns
-    of. Losses differ from fp32 at the bf16 products' precision."""
+    AMX), and more the larger the model: on 2 Zen 4 cores, compiled, with attention in fp32 (`--attention auto`),
+    1.22x the fp32 step at depth 2, 1.40x at depth 4 and 1.60x at depth 8 (docs/BENCHMARKS.md); elsewhere ~100x
+    slower, which the run measures and warns of. Losses differ from fp32 at the bf16 products' precision."""
     fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
     """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
     matmuls are ~100x slower on CPUs without native bf16 products)."""
@@ -344,12 +345,40 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def attention_kernel(choice: str, device: str) -> str:
+FP32_ATTENTION = "sdpa_fp32"
+
+
+def attention_kernel(choice: str, device: str, bf16: bool = False) -> str:
     """The attention implementation to train with: `auto` is flash-attn's variable-length kernel on CUDA when it
-    is installed (slamkit trains with flash_attention_2), else PyTorch's SDPA."""
-    if choice != "auto":
-        return choice
-    return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
+    is installed (slamkit trains with flash_attention_2), `sdpa_fp32` for bf16 on a CPU, else PyTorch's SDPA."""
+    if choice == "auto":
+        on_cuda = device.startswith("cuda")
+        choice = ("flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn")
+                  else FP32_ATTENTION if bf16 and not on_cuda else "sdpa")
+    if choice == FP32_ATTENTION:
+        _register_fp32_attention()
+    return choice
+
+
+def _register_fp32_attention() -> None:
+    """`sdpa_fp32`: PyTorch's SDPA on fp32 inputs with autocast off, its output cast back to the inputs' dtype,
+    and sdpa's masks. Under bf16 autocast a CPU's flash kernel runs slower in bf16 than in fp32, casts included:
+    forward and backward at 8 x 4 heads x 256 x 32 with a document mask, 10.7-11.5 ms against 8.1-9.8 ms on 2 Zen 4
+    cores (docs/LOG.md, 2026-12-04). Autocast would cast the inputs back to bf16, hence off. In fp32 training it is
+    sdpa, bit for bit."""
+    import torch
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        with torch.autocast(query.device.type, enabled=False):
+            output, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
+                                                     attention_mask, **kwargs)
+        return output.to(query.dtype), weights
+
+    AttentionInterface.register(FP32_ATTENTION, attention)
+    AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)
 
 
 # A model may have more embedding rows than its tokenizer has tokens (Qwen2.5 pads 151,665 to
@@ -394,7 +423,7 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
         if model.config.max_position_embeddings < context_length:
             model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
-    model.set_attn_implementation(attention_kernel(config.attention, device))
+    model.set_attn_implementation(attention_kernel(config.attention, device, bf16=config.precision == "bf16"))
     return model
 
 
@@ -1116,7 +1145,8 @@ def train(config: TrainConfig) -> RunResult | None:
         tokens_per_sec = plan.tokens_per_step / elapsed
         achieved = tokens_per_sec * plan.flops_per_token["all_params"]
         record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": float(entry.grad_norm),
-                  "tokens": plan.tokens_before(done), "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
+                  "tokens": plan.tokens_before(done),
+                  "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
         if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
             record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
