@@ -55,7 +55,7 @@ def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]
 
 
 def phone_frames(timed_phones: list[tuple[str, float, float]]) -> np.ndarray:
-    """One label per 10 ms frame, from the alignment's start to its last phone's end ('SIL' in any gap)."""
+    """One label per 10 ms frame, from 0 s to the last phone's end ('SIL' in any gap)."""
     bounds = [(name, round(start * PHONE_FRAME_RATE_HZ), round(end * PHONE_FRAME_RATE_HZ))
               for name, start, end in timed_phones]
     labels = np.full(max((end for _, _, end in bounds), default=0), "SIL", dtype=object)
@@ -143,8 +143,8 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
     shuffled = np.split(np.random.default_rng(config.seed).permutation(np.concatenate(unit_frames)),
                         np.cumsum([len(frames) for frames in unit_frames])[:-1])
     rate = scored[0].frame_rate_hz
-    pairs = [frame_pairs(phones, frames, rate) for phones, frames in zip(labels, unit_frames)]
-    baseline = [frame_pairs(phones, frames, rate)[1] for phones, frames in zip(labels, shuffled)]
+    pairs = [frame_pairs(labelled, frames, rate) for labelled, frames in zip(labels, unit_frames)]
+    baseline = [frame_pairs(labelled, frames, rate)[1] for labelled, frames in zip(labels, shuffled)]
     phones, units = np.concatenate([p for p, _ in pairs]), np.concatenate([u for _, u in pairs])
     num_frames = sum(u.num_frames for u in extracted)
     report = {
