@@ -10,12 +10,13 @@ Their module is imported from the checkout, not copied (it needs `tabulate`, whi
 utterances the script writes their three inputs: a phone tsv (`uid<TAB>phone,phone,...`, one phone per 10 ms frame),
 a manifest tsv (a root line, then `uid.wav<TAB>frames`) and a label file (each utterance's unit frames on a line).
 It reads them with their `read_phn` and `read_lab(..., upsample)` and computes what their `_main` prints: "MI/H(ref)",
-"ref pur" and "hyp pur". simslm's side is `simslm.units.quality`: `phone_frames` of the same timed phones,
-`frame_pairs` and `phone_unit_scores`, which `simslm units quality` runs.
+"ref pur" and "hyp pur". simslm's side is `simslm.units.quality` on the same phone tsv: `read_phone_labels` (what
+`units quality --phone-labels` reads), `frame_pairs` and `phone_unit_scores`; the tsv itself is written with
+`phone_frames`, which labels pocketsphinx's alignments in `units quality`.
 
-The synthetic sets: per seed, 1 to 8 utterances of random phones (3 to 25 frames each, some gaps left to 'SIL'),
-units at 100, 50, 25 or 12.5 Hz (upsample 1, 2, 4 or 8) from 2 to 300 labels, with 0 to 3 unit frames more or fewer
-than the phones cover, so that both of their cuts to the shorter side occur.
+The synthetic sets: per seed, 1 to 8 utterances of random phones, some with stress digits (3 to 25 frames each,
+some gaps left to 'SIL'), units at 100, 50, 25 or 12.5 Hz (upsample 1, 2, 4 or 8) from 2 to 300 labels, with 0 to 3
+unit frames more or fewer than the phones cover, so that both of their cuts to the shorter side occur.
 """
 
 from __future__ import annotations
@@ -39,16 +40,15 @@ def random_utterance(rng: random.Random, frame_rate_hz: float, num_units: int):
     for _ in range(rng.randint(1, 30)):
         frame += rng.choice([0, 0, 0, 2])  # a gap, labelled 'SIL'
         length = rng.randint(3, 25)
-        timed.append((rng.choice(PHONES), frame / 100, (frame + length) / 100))
+        timed.append((rng.choice(PHONES) + rng.choice(["", "", "0", "1"]), frame / 100, (frame + length) / 100))
         frame += length
     upsample = round(100 / frame_rate_hz)
     frames = max(1, -(-frame // upsample) + rng.randint(-3, 3))
     return timed, np.array([rng.randrange(num_units) for _ in range(frames)])
 
 
-def theirs(module, folder: Path, utterances: dict, frame_rate_hz: float) -> dict[str, float]:
-    """fairseq's numbers, from their readers on files in their formats."""
-    upsample = round(100 / frame_rate_hz)
+def write_inputs(folder: Path, utterances: dict) -> None:
+    """fairseq's three inputs: the phone tsv, the manifest tsv and the label file."""
     with open(folder / "phones.tsv", "w") as tsv:
         for uid, (timed, _) in utterances.items():
             tsv.write(f"{uid}\t{','.join(quality.phone_frames(timed))}\n")
@@ -57,8 +57,12 @@ def theirs(module, folder: Path, utterances: dict, frame_rate_hz: float) -> dict
         for uid, (_, units) in utterances.items():
             tsv.write(f"{uid}.wav\t{len(units)}\n")
             labels.write(" ".join(map(str, units)) + "\n")
+
+
+def theirs(module, folder: Path, frame_rate_hz: float) -> dict[str, float]:
+    """fairseq's numbers, from their readers."""
     refs = module.read_phn(str(folder / "phones.tsv"))
-    hyps = module.read_lab(str(folder / "valid.tsv"), str(folder / "valid.km"), 0, upsample)
+    hyps = module.read_lab(str(folder / "valid.tsv"), str(folder / "valid.km"), 0, round(100 / frame_rate_hz))
     p_xy, *_ = module.comp_joint_prob(refs, hyps)
     _, ref_purity = module.comp_purity(p_xy, axis=0)
     _, hyp_purity = module.comp_purity(p_xy, axis=1)
@@ -66,9 +70,10 @@ def theirs(module, folder: Path, utterances: dict, frame_rate_hz: float) -> dict
     return {"pnmi": float(mi_by_ref), "phone_purity": float(ref_purity), "cluster_purity": float(hyp_purity)}
 
 
-def ours(utterances: dict, frame_rate_hz: float) -> dict[str, float]:
-    pairs = [quality.frame_pairs(quality.phone_frames(timed), units, frame_rate_hz)
-             for timed, units in utterances.values()]
+def ours(folder: Path, utterances: dict, frame_rate_hz: float) -> dict[str, float]:
+    """simslm's numbers, from the same phone tsv (what `units quality --phone-labels` reads)."""
+    labels = quality.read_phone_labels(folder / "phones.tsv")
+    pairs = [quality.frame_pairs(labels[uid], units, frame_rate_hz) for uid, (_, units) in utterances.items()]
     return quality.phone_unit_scores(np.concatenate([p for p, _ in pairs]), np.concatenate([u for _, u in pairs]))
 
 
@@ -88,8 +93,9 @@ def compare(module, sets) -> None:
     worst, compared, differing, undefined = 0.0, 0, [], 0
     with tempfile.TemporaryDirectory() as scratch:
         for label, utterances, rate in sets:
-            theirs_, ours_ = theirs(module, Path(scratch), utterances, rate), ours(utterances, rate)
-            if len({phone for timed, _ in utterances.values() for phone in quality.phone_frames(timed)}) == 1:
+            write_inputs(Path(scratch), utterances)
+            theirs_, ours_ = theirs(module, Path(scratch), rate), ours(Path(scratch), utterances, rate)
+            if len({phone.rstrip("012") for timed, _ in utterances.values() for phone, _, _ in timed}) == 1:
                 # One phone label: H(phone) = 0 and PNMI is undefined. Their epsilons make it
                 # 1e-8 / -1e-8 = -1; simslm says 0. The purities are compared as usual.
                 undefined += 1
@@ -125,8 +131,6 @@ def main() -> None:
     compare(fairseq, sets)
     if args.manifest:
         utterances, rate = real_utterances(args)
-        scores = ours(utterances, rate)
-        print(f"real units ({rate:g} Hz): " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
         compare(fairseq, [("real units", utterances, rate)])
 
 

@@ -291,6 +291,9 @@ CASES: dict[str, Case] = {
         w.bad / "km.pkl", b"\x80\x04N.")), "--out", str(w.bad / "out-25")], "--trust-pickle", []),
     "units quality: units missing": lambda w: (["units", "quality", "--manifest", str(w.manifest), "--units",
                                                 str(missing(w, "units"))], str(missing(w, "units")), []),
+    "units quality: phone labels without tabs": lambda w: (["units", "quality", "--manifest", str(w.manifest),
+                                                            "--units", str(w.units), "--phone-labels", str(_write(
+        w.bad / "phones.tsv", "utt AH,B\n"))], "phones.tsv:1", []),
     # sequences
     "sequences build: context 0": lambda w: (["sequences", "build", "--out", str(w.bad / "out-26"), "--manifest",
                                               str(w.manifest), "--units", str(w.units), "--context-length", "0", "--streams", "speech"],

@@ -392,7 +392,7 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.units.extract", "FitConfig"), _units_fit),
     Command(("units", "extract"), "encode a manifest into deduplicated units with durations",
             _config("simslm.units.extract", "ExtractConfig"), _units_extract),
-    Command(("units", "quality"), "PNMI and purities against pocketsphinx phone labels",
+    Command(("units", "quality"), "PNMI and purities against phone labels (pocketsphinx's or given), as HuBERT's",
             _config("simslm.units.quality", "QualityConfig"), _units_quality),
     Command(("units", "convert"), "convert a published pickled k-means (needs --trust-pickle)",
             _config("simslm.units.extract", "ConvertConfig"), _units_convert),

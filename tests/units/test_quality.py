@@ -66,3 +66,45 @@ def test_logmel_units_carry_phonetic_information(extracted):
     assert report["num_utterances_scored"] >= 3
     assert report["units"]["pnmi"] > 2 * report["shuffled_baseline"]["pnmi"]
     assert report["dedup_ratio"] > 1.0
+
+
+def test_phone_labels_are_read_as_fairseqs_read_phn_reads_them(tmp_path):
+    path = tmp_path / "phones.tsv"
+    path.write_text("a\tAH0,AH1,B,SIL\n\nb\tK,K\n")
+    labels = unit_quality.read_phone_labels(path)
+    assert {key: list(value) for key, value in labels.items()} == {"a": ["AH", "AH", "B", "SIL"], "b": ["K", "K"]}
+    for text, problem in (("a AH,B\n", "phones.tsv:1: expected"), ("a\tAH\nb\t\n", "phones.tsv:2: expected"),
+                          ("a\tAH\na\tB\n", "phones.tsv:2: a has a line already"), ("\n", "no phone labels")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=problem):
+            unit_quality.read_phone_labels(path)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="phones.tsv: not a text file in UTF-8"):
+        unit_quality.read_phone_labels(path)
+
+
+def test_given_phone_labels_are_scored_without_pocketsphinx(extracted, tmp_path, monkeypatch):
+    from simslm.units.extract import read_units
+
+    config, _, _ = extracted
+    monkeypatch.setattr(unit_quality, "phone_alignments", None)  # must not be called
+    items = list(read_units(config.out))
+    rng = np.random.default_rng(0)
+    # Labels for all but the first utterance, 10 ms frames a little longer or shorter than the units cover.
+    lines, expected = [], ([], [])
+    for item in items[1:]:
+        phones = rng.choice(["AH1", "B", "K0", "SIL"], size=round(item.num_frames * 100 / item.frame_rate_hz)
+                            + int(rng.integers(-3, 4)))
+        lines.append(f"{item.id}\t{','.join(phones)}")
+        labelled, units = unit_quality.frame_pairs(np.array([p.rstrip("01") for p in phones], dtype=object),
+                                                   item.frame_units(), item.frame_rate_hz)
+        expected[0].append(labelled)
+        expected[1].append(units)
+    (tmp_path / "phones.tsv").write_text("\n".join(lines) + "\n")
+    report = unit_quality.unit_quality(unit_quality.QualityConfig(
+        manifest=config.manifest, units=config.out, phone_labels=str(tmp_path / "phones.tsv"),
+        out=str(tmp_path / "quality.json")))
+    assert report["phone_labels"] == "given"
+    assert report["num_utterances_scored"] == len(items) - 1 and report["num_utterances_skipped"] == 1
+    assert report["units"] == unit_quality.phone_unit_scores(np.concatenate(expected[0]), np.concatenate(expected[1]))
+    assert report["num_phone_labels"] == 4  # AH1 and K0 lost their stress digits

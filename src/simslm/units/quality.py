@@ -9,13 +9,15 @@ of the two. With the joint distribution P(phone, unit) over those frames:
   phone, which rises with the number of units (1 at a unit per frame);
 - cluster purity = E_phone[max_unit P(unit | phone)]: how much of each phone its likeliest unit covers, which falls as
   the units grow more.
-The phone labels are pocketsphinx's phone alignment, whose frames are 10 ms. A baseline with the unit frames shuffled
+The phone labels are pocketsphinx's phone alignment, whose frames are 10 ms, or any given in fairseq's phone TSV
+(`--phone-labels`, such as LibriSpeech's forced alignments). A baseline with the unit frames shuffled
 across utterances (same marginals, no relation to the phones) shows what chance gives.
 `benchmarks/side_by_side_unit_quality.py` runs fairseq's own functions beside these.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,8 +102,13 @@ class QualityConfig(Config):
     """Folder written by `simslm units extract`."""
     out: str | None = None
     """Where to write the report JSON (default: <units>/quality.json)."""
-    max_utterances: int = 50
-    """Phone-align at most this many utterances (pocketsphinx runs at ~50x real time)."""
+    phone_labels: str | None = None
+    """Score against these phone labels instead of pocketsphinx's alignment: a TSV in the format fairseq's
+    `measure_teacher_quality.py` reads (`utterance-id<TAB>phone,phone,...`, one phone per 10 ms frame; stress digits
+    are dropped, as there), such as forced alignments of LibriSpeech. Utterances with no line are skipped."""
+    max_utterances: int | None = None
+    """Score at most this many utterances (default: 50 with pocketsphinx, which runs at ~50x real time; all with
+    --phone-labels)."""
     seed: int = 0
     """Seed of the shuffled-label baseline."""
     num_workers: int = 0
@@ -110,6 +117,29 @@ class QualityConfig(Config):
     def check(self) -> None:
         check_positive(self, "max_utterances")
         check_positive(self, "num_workers", allow_zero=True)
+
+
+def read_phone_labels(path: str | Path) -> dict[str, np.ndarray]:
+    """A TSV of 10 ms phone labels (`utterance-id<TAB>phone,phone,...`), read as fairseq's `read_phn` reads it:
+    stress digits dropped (AH0 -> AH). A ValueError names the file and line of anything else."""
+    labels: dict[str, np.ndarray] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file in UTF-8 ({error.reason})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        utterance_id, tab, phones = line.partition("\t")
+        if not tab or not phones.strip():
+            raise ValueError(f"{path}:{number}: expected an utterance id, a tab and comma-separated phones")
+        if utterance_id in labels:
+            raise ValueError(f"{path}:{number}: {utterance_id} has a line already")
+        labels[utterance_id] = np.array([re.sub("[0-9]", "", phone) for phone in phones.rstrip().split(",")],
+                                        dtype=object)
+    if not labels:
+        raise ValueError(f"{path}: no phone labels in it")
+    return labels
 
 
 def phone_alignments(manifest: Path, utterances: dict, items: list[UtteranceUnits],
@@ -132,12 +162,20 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
     extracted: list[UtteranceUnits] = [u for u in read_units(config.units) if u.id in utterances]
     if not extracted:
         raise ValueError(f"{config.units}: no extracted units for utterances of {manifest}")
-    chosen = extracted[:config.max_utterances]
-    phones_by_id, skipped = phone_alignments(manifest, utterances, chosen, config.num_workers)
-    scored = [item for item in chosen if item.id in phones_by_id]
-    if not scored:
-        raise ValueError("no utterance could be phone-aligned")
-    labels = [phone_frames(phones_by_id[item.id]) for item in scored]
+    if config.phone_labels:
+        given = read_phone_labels(config.phone_labels)
+        scored = [item for item in extracted if item.id in given][:config.max_utterances]
+        if not scored:
+            raise ValueError(f"{config.phone_labels}: no line for any utterance of {config.units}")
+        skipped = {item.id for item in extracted if item.id not in given}
+        labels = [given[item.id] for item in scored]
+    else:
+        chosen = extracted[:config.max_utterances or 50]
+        phones_by_id, skipped = phone_alignments(manifest, utterances, chosen, config.num_workers)
+        scored = [item for item in chosen if item.id in phones_by_id]
+        if not scored:
+            raise ValueError("no utterance could be phone-aligned")
+        labels = [phone_frames(phones_by_id[item.id]) for item in scored]
     unit_frames = [item.frame_units() for item in scored]
     # The baseline shuffles unit frames (not 10 ms frames) across utterances, then repeats them as the real ones are.
     shuffled = np.split(np.random.default_rng(config.seed).permutation(np.concatenate(unit_frames)),
@@ -151,6 +189,7 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
         "units": phone_unit_scores(phones, units),
         "shuffled_baseline": phone_unit_scores(phones, np.concatenate(baseline)),
         "dedup_ratio": num_frames / sum(len(u.units) for u in extracted),
+        "phone_labels": "given" if config.phone_labels else "pocketsphinx",
         "num_utterances_scored": len(scored), "num_utterances_skipped": len(skipped),
         "num_frames_scored": int(len(units)), "phone_frame_rate_hz": PHONE_FRAME_RATE_HZ,
         # fairseq's "frm diff": the 10 ms frames by which the phone labels and the repeated units differed in length
