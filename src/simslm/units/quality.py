@@ -10,8 +10,8 @@ of the two. With the joint distribution P(phone, unit) over those frames:
 - cluster purity = E_phone[max_unit P(unit | phone)]: how much of each phone its likeliest unit covers, which falls as
   the units grow more.
 The phone labels are pocketsphinx's phone alignment, whose frames are 10 ms, or any given in fairseq's phone TSV
-(`--phone-labels`, such as LibriSpeech's forced alignments). A baseline with the unit frames shuffled
-across utterances (same marginals, no relation to the phones) shows what chance gives.
+(`--phone-labels`, such as LibriSpeech's forced alignments). A baseline with the unit frames shuffled across
+utterances (same marginals, no relation to the phones) shows what chance gives.
 `benchmarks/side_by_side_unit_quality.py` runs fairseq's own functions beside these.
 """
 
@@ -34,6 +34,8 @@ from simslm.units.extract import UtteranceUnits, read_units
 
 PHONE_FRAME_RATE_HZ = 100.0
 """Pocketsphinx aligns in frames of 10 ms, the rate of the phone labels fairseq's script reads."""
+ALIGNED_UTTERANCES = 50
+"""Utterances pocketsphinx aligns when `max_utterances` is not given: it runs at ~50x real time."""
 
 
 def phone_unit_scores(phones: np.ndarray, units: np.ndarray) -> dict[str, float]:
@@ -170,7 +172,7 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
         skipped = {item.id for item in extracted if item.id not in given}
         labels = [given[item.id] for item in scored]
     else:
-        chosen = extracted[:config.max_utterances or 50]
+        chosen = extracted[:config.max_utterances or ALIGNED_UTTERANCES]
         phones_by_id, skipped = phone_alignments(manifest, utterances, chosen, config.num_workers)
         scored = [item for item in chosen if item.id in phones_by_id]
         if not scored:
