@@ -70,11 +70,13 @@ def theirs(module, folder: Path, frame_rate_hz: float) -> dict[str, float]:
     return {"pnmi": float(mi_by_ref), "phone_purity": float(ref_purity), "cluster_purity": float(hyp_purity)}
 
 
-def ours(folder: Path, utterances: dict, frame_rate_hz: float) -> dict[str, float]:
-    """simslm's numbers, from the same phone tsv (what `units quality --phone-labels` reads)."""
+def ours(folder: Path, utterances: dict, frame_rate_hz: float) -> tuple[dict[str, float], int]:
+    """simslm's numbers, from the same phone tsv (what `units quality --phone-labels` reads), and how many phone
+    labels the scored frames have."""
     labels = quality.read_phone_labels(folder / "phones.tsv")
     pairs = [quality.frame_pairs(labels[uid], units, frame_rate_hz) for uid, (_, units) in utterances.items()]
-    return quality.phone_unit_scores(np.concatenate([p for p, _ in pairs]), np.concatenate([u for _, u in pairs]))
+    phones = np.concatenate([p for p, _ in pairs])
+    return quality.phone_unit_scores(phones, np.concatenate([u for _, u in pairs])), len(set(phones))
 
 
 def real_utterances(args) -> tuple[dict, float]:
@@ -94,8 +96,9 @@ def compare(module, sets) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for label, utterances, rate in sets:
             write_inputs(Path(scratch), utterances)
-            theirs_, ours_ = theirs(module, Path(scratch), rate), ours(Path(scratch), utterances, rate)
-            if len({phone.rstrip("012") for timed, _ in utterances.values() for phone, _, _ in timed}) == 1:
+            theirs_ = theirs(module, Path(scratch), rate)
+            ours_, num_phones = ours(Path(scratch), utterances, rate)
+            if num_phones == 1:
                 # One phone label: H(phone) = 0 and PNMI is undefined. Their epsilons make it
                 # 1e-8 / -1e-8 = -1; simslm says 0. The purities are compared as usual.
                 undefined += 1
