@@ -71,6 +71,11 @@ def test_a_kaldi_directory_with_segments_cut_into_files(tmp_path):
 
 def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_path, mirror, capsys):
     out = tmp_path / "ls.jsonl"
+    # Without the mapping, the one line names the missing fields, the ones there are, and the option.
+    assert main(["manifest", "import", "--source", str(mirror / "librispeech" / "manifest.jsonl"), "--out",
+                 str(out)]) == 2
+    assert ("no 'id' or 'transcript' field (its fields: utt_id, audio, split, duration, text, word_alignment, "
+            "audio_source; map with --fields id=NAME transcript=NAME)") in capsys.readouterr().err
     assert main(["manifest", "import", "--source", str(mirror / "librispeech" / "manifest.jsonl"), "--out", str(out),
                  "--fields", "id=utt_id", "transcript=text"]) == 0
     assert "imported 3 utterance(s)" in capsys.readouterr().out

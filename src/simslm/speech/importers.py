@@ -184,13 +184,21 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
     for number, line in _read_lines(source):
         try:
             record = json.loads(line)
-            identifier, path, transcript = (record[names[key]] for key in ("id", "audio", "transcript"))
         except json.JSONDecodeError:
             yield Skip(f"line {number}", "not valid JSON")
             continue
-        except (KeyError, TypeError):
-            yield Skip(f"line {number}", f"no {names['id']}, {names['audio']} or {names['transcript']} field")
+        if not isinstance(record, dict):
+            yield Skip(f"line {number}", "not a JSON object")
             continue
+        missing = [key for key in ("id", "audio", "transcript") if names[key] not in record]
+        if missing:
+            # Named in full, so that the one line an import of nothing ends with says how to map them.
+            quoted = [repr(names[key]) for key in missing]
+            either = " or ".join(filter(None, (", ".join(quoted[:-1]), quoted[-1])))
+            yield Skip(f"line {number}", f"no {either} field (its fields: {', '.join(record) or 'none'}; map with "
+                                         f"--fields {' '.join(f'{key}=NAME' for key in missing)})")
+            continue
+        identifier, path, transcript = (record[names[key]] for key in ("id", "audio", "transcript"))
         if not isinstance(transcript, str) or not transcript.strip():
             yield Skip(str(identifier), "empty transcript")
             continue
