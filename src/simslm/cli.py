@@ -129,8 +129,9 @@ def _units_extract(config) -> int:
     from simslm.units.extract import extract_on_slurm, extract_units
 
     report = extract_on_slurm(config) if config.executor == "slurm" else extract_units(config)
-    print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped} "
-          f"{report.skipped_by_reason or ''}; {report.num_shards_done_now} of {report.num_shards} shard(s) "
+    print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped}"
+          f"{f' {report.skipped_by_reason}' if report.skipped_by_reason else ''}; {report.num_shards_done_now} of "
+          f"{report.num_shards} shard(s) "
           f"done now in {report.wall_sec:.1f} s")
     print(f"{report.num_frames} frames -> {report.num_units} units "
           f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
