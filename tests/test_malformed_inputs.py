@@ -303,6 +303,11 @@ CASES: dict[str, Case] = {
                                                  str(missing(w, "u")), []),
     "sequences build: manifest missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-28"), "--manifest",
                                                      str(missing(w)), "--units", str(w.units), "--streams", "interleaved", "speech"], str(missing(w)), []),
+    "sequences build: interleaving without word timings": lambda w: (
+        ["sequences", "build", "--out", str(w.bad / "out-117"), "--manifest", str(manifest_lines(
+            w, "untimed-seq.jsonl", lambda lines: [{**line, "words": None} for line in lines])), "--units",
+         str(w.units), "--streams", "interleaved", "speech"], "untimed-seq.jsonl: no utterance could be interleaved",
+        []),
     "sequences build: tokenizer missing": lambda w: (["sequences", "build", "--out", str(w.bad / "out-29"), "--manifest",
                                                       str(w.manifest), "--units", str(w.units), "--tokenizer",
                                                       str(missing(w, "tok")), "--streams", "speech"],

@@ -8,7 +8,7 @@ from simslm import assets
 from simslm.cli import main
 from simslm.speech import audio
 from simslm.speech.importers import ImportManifestConfig, detect_format, import_manifest
-from simslm.speech.manifest import read_manifest, validate_manifest
+from simslm.speech.manifest import Word, read_manifest, validate_manifest
 
 LIBRISPEECH = {"1272-128104-0000": assets.LIBRISPEECH_TRANSCRIPTS["1272-128104-0000"],
                "2412-153948-0000": assets.LIBRISPEECH_TRANSCRIPTS["2412-153948-0000"]}
@@ -85,6 +85,23 @@ def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_p
     assert main(["manifest", "import", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "n.jsonl")]) == 2
     assert "nothing to import" in capsys.readouterr().err and not (tmp_path / "n.jsonl").exists()
     json.loads(out.read_text().splitlines()[0])
+    # Its word timings: a field naming a word-timing JSON file (or holding the list itself, or a bad value).
+    assert main(["manifest", "import", "--source", str(mirror / "librispeech" / "manifest.jsonl"), "--out", str(out),
+                 "--fields", "id=utt_id", "transcript=text", "words=word_alignment"]) == 0
+    timed = {u.id: u.words for u in read_manifest(out)}
+    assert timed["1272-128104-0000"][0] == Word(word="MISTER", start_sec=0.5, end_sec=0.8)
+    assert len(timed["1272-128104-0000"]) == 17 and timed["61-70968-0000"] is None
+    other = tmp_path / "other.jsonl"
+    audio_path = (mirror / "librispeech" / "61-70968-0000.flac").resolve()
+    other.write_text("".join(json.dumps({"id": name, "audio": str(audio_path), "transcript": "HE BEGAN",
+                                         "words": words}) + "\n"
+                             for name, words in (("inline", [{"word": "HE", "start": 0.1, "end": 0.3},
+                                                             {"word": "BEGAN", "start": 0.3, "end": 0.7}]),
+                                                 ("bad", [{"word": "HE"}]), ("missing", "nowhere.json"))))
+    capsys.readouterr()
+    assert main(["manifest", "import", "--source", str(other), "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert "skipped 2" in capsys.readouterr().out
+    assert read_manifest(tmp_path / "o.jsonl")[0].words[1] == Word(word="BEGAN", start_sec=0.3, end_sec=0.7)
 
 
 def test_lhotse_recordings_and_supervisions_with_word_alignments(tmp_path):

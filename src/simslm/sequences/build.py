@@ -332,6 +332,10 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             samples["interleaved"], span_skips = build_interleaved_epoch(config, vocabulary, epoch, usable,
                                                                           units_by_id)
             skipped.update(span_skips)
+            if not samples["interleaved"]:
+                hint = "; `simslm align` adds word timings" if SkipReason.NO_TIMINGS.value in skipped else ""
+                raise ValueError(f"{config.manifest}: no utterance could be interleaved "
+                                 f"({dict(skipped) or 'no utterances'}){hint}")
         # Each epoch takes its stream samples in a new order, cuts them to the context as slamkit does before it
         # mixes its streams, then draws the mixture piece by piece.
         pieces = {}

@@ -15,7 +15,8 @@ or of the reason an item was skipped:
   word alignment kept when present; a supervision covering part of a recording is cut into
   its own FLAC, like a Kaldi segment.
 - `jsonl`: another tool's JSONL manifest, its field names mapped (`--fields id=utt_id
-  audio=audio transcript=text`), paths relative to its own folder.
+  audio=audio transcript=text`), paths relative to its own folder; word timings from a field that holds
+  them or names a word-timing JSON file (`words=word_alignment`).
 - `hf`: a Hugging Face `datasets` audio dataset, by hub id (from the cache when offline) or
   local path (a `save_to_disk` folder, or data files), streamed row by row so a large set
   never has to fit in memory; the audio is taken undecoded (its bytes written as they are,
@@ -38,6 +39,7 @@ from typing import Callable, Iterator, Literal
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError
 from simslm.speech import audio
+from simslm.speech.align import AlignmentError, read_word_json
 from simslm.speech.manifest import Utterance, Word, write_manifest
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -180,7 +182,8 @@ def _cut_segment(path: Path, start_sec: float, end_sec: float, target: Path) -> 
 
 def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]:
     """Another tool's JSONL manifest with its field names mapped to id, audio, transcript and speaker."""
-    names = {"id": "id", "audio": "audio", "transcript": "transcript", "speaker": "speaker", **fields}
+    names = {"id": "id", "audio": "audio", "transcript": "transcript", "speaker": "speaker", "words": "words",
+             **fields}
     for number, line in _read_lines(source):
         try:
             record = json.loads(line)
@@ -202,9 +205,26 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
         if not isinstance(transcript, str) or not transcript.strip():
             yield Skip(str(identifier), "empty transcript")
             continue
+        try:
+            words = _jsonl_words(record.get(names["words"]), source.parent)
+        except (KeyError, TypeError, ValueError, AlignmentError):
+            yield Skip(str(identifier), f"field '{names['words']}' is neither a list of {{word, start, end}} nor a "
+                                        f"readable word-timing JSON file")
+            continue
         path = Path(str(path))
         yield Candidate(str(identifier), path if path.is_absolute() else source.parent / path, transcript.strip(),
-                        str(record.get(names["speaker"], "unknown")))
+                        str(record.get(names["speaker"], "unknown")), words)
+
+
+def _jsonl_words(value, folder: Path) -> tuple[Word, ...] | None:
+    """A JSONL record's word timings: none, a list of {word, start, end}, or the path (relative to the manifest's
+    folder) of a word-timing JSON that `simslm align --method json` reads."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, str):
+        path = Path(value) if Path(value).is_absolute() else folder / value
+        return tuple(Word(word=word, start_sec=start, end_sec=end) for word, start, end in read_word_json(path))
+    return _timed_words(value)
 
 
 def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
@@ -298,12 +318,18 @@ def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split
         words = None
         if isinstance(timings, list) and timings:
             try:
-                words = tuple(Word(word=item["word"], start_sec=float(item.get("start", item.get("start_sec"))),
-                                   end_sec=float(item.get("end", item.get("end_sec")))) for item in timings)
+                words = _timed_words(timings)
             except (KeyError, TypeError, ValueError):
                 yield Skip(identifier, f"column '{names['words']}' is not a list of {{word, start, end}}")
                 continue
         yield Candidate(identifier, path, transcript.strip(), str(row.get(names["speaker"], "unknown")), words)
+
+
+def _timed_words(items: list) -> tuple[Word, ...]:
+    """A list of {word, start, end} (or start_sec, end_sec) as manifest words; KeyError, TypeError or ValueError
+    when it is not one."""
+    return tuple(Word(word=item["word"], start_sec=float(item.get("start", item.get("start_sec"))),
+                      end_sec=float(item.get("end", item.get("end_sec")))) for item in items)
 
 
 IMPORTERS: dict[str, Callable[..., Iterator[Item]]] = {
@@ -341,7 +367,8 @@ class ImportManifestConfig(Config):
     format: Literal["auto", "folder", "librispeech", "kaldi", "lhotse", "hf", "jsonl"] = "auto"
     """The layout (auto: detected; a SOURCE that is no path is a Hugging Face hub id)."""
     fields: tuple[str, ...] = ()
-    """jsonl, hf: column names as simslm=theirs, e.g. id=utt_id transcript=text (hf also words=COLUMN)."""
+    """jsonl, hf: column names as simslm=theirs, e.g. id=utt_id transcript=text words=word_alignment (words: a
+    list of {word, start, end}, or in jsonl also the path of a word-timing JSON file)."""
     split: str = "train"
     """hf: the split to import."""
 
