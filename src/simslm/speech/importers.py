@@ -208,9 +208,12 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
         try:
             words = _jsonl_words(record.get(names["words"]), source.parent)
         except (KeyError, TypeError, ValueError, AlignmentError):
-            yield Skip(str(identifier), f"field '{names['words']}' is neither a list of {{word, start, end}} nor a "
-                                        f"readable word-timing JSON file")
-            continue
+            if "words" not in fields:  # a field that happens to be called words, holding something else: no timings
+                words = None
+            else:
+                yield Skip(str(identifier), f"field '{names['words']}' is neither a list of {{word, start, end}} nor "
+                                            f"a readable word-timing JSON file")
+                continue
         path = Path(str(path))
         yield Candidate(str(identifier), path if path.is_absolute() else source.parent / path, transcript.strip(),
                         str(record.get(names["speaker"], "unknown")), words)
