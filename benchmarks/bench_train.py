@@ -48,7 +48,7 @@ from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, measure_peak_flops, train
+from simslm.train import TrainConfig, measure_peak_flops, train, uses_bf16
 
 
 def isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -68,7 +68,7 @@ class Shape:
 
     @property
     def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and self.device.startswith("cuda"))
+        return uses_bf16(self.precision, self.device)
 
     @property
     def tokens(self) -> int:

@@ -345,6 +345,12 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def uses_bf16(precision: str, device: str) -> bool:
+    """Whether a run at `--precision` on `device` trains in bf16 autocast: asked for, or auto on CUDA (most CPUs
+    lack native bf16 products)."""
+    return precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+
+
 FP32_ATTENTION = "sdpa_fp32"
 
 
@@ -423,7 +429,7 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
         if model.config.max_position_embeddings < context_length:
             model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
-    model.set_attn_implementation(attention_kernel(config.attention, device, bf16=config.precision == "bf16"))
+    model.set_attn_implementation(attention_kernel(config.attention, device, bf16=uses_bf16(config.precision, device)))
     return model
 
 
@@ -1102,8 +1108,7 @@ def train(config: TrainConfig) -> RunResult | None:
             jobs.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
-    # bf16 autocast on GPU by default; on a CPU only when asked (`precision`): most CPUs lack native bf16 products.
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+    bf16 = uses_bf16(config.precision, distributed.device)
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")

@@ -403,15 +403,19 @@ def _term_weights(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tu
     return weight_n, weight_d, 1.0 + weight_n + weight_d
 
 
+def _huber(residual: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
+    """Σ ρ_δ(r), Huber's loss (quadratic within δ, linear beyond), and dρ/dr at each residual."""
+    small = np.abs(residual) <= delta
+    value = np.where(small, 0.5 * residual * residual, delta * (np.abs(residual) - 0.5 * delta)).sum()
+    return value, np.where(small, residual, delta * np.sign(residual))
+
+
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
                delta: float) -> tuple[float, np.ndarray]:
     """Huber loss of the log-sum-exp prediction of log L, and its gradient in (a, b, e, alpha, beta)."""
     weight_n, weight_d, total = _term_weights(theta, log_n, log_d)
-    residual = theta[2] + np.log(total) - log_loss
-    magnitude = np.abs(residual)
-    small = magnitude <= delta
-    value = np.where(small, 0.5 * residual * residual, delta * (magnitude - 0.5 * delta)).sum()
-    slope = np.where(small, residual, delta * np.sign(residual)) / total  # d Huber / d term, per unit weight
+    value, slope = _huber(theta[2] + np.log(total) - log_loss, delta)
+    slope = slope / total  # d Huber / d term, per unit weight
     share_n, share_d = slope * weight_n, slope * weight_d
     gradient = np.array([share_n.sum(), share_d.sum(), slope.sum(), -(share_n @ log_n), -(share_d @ log_d)])
     return float(value), gradient
@@ -497,11 +501,8 @@ def _likelihood(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_los
     weight_n, weight_d, total = _term_weights(theta, log_n, log_d)
     scale = math.exp(log_scale)
     x = (theta[2] + np.log(total) - log_loss) / scale  # residual of the prediction, in units of the scale
-    magnitude = np.abs(x)
-    small = magnitude <= delta
-    value = np.where(small, 0.5 * x * x, delta * (magnitude - 0.5 * delta)).sum()
+    value, slope = _huber(x, delta)  # Σ ρ(x) and dρ/dx
     value += len(x) * (log_normaliser + log_scale)
-    slope = np.where(small, x, delta * np.sign(x))  # dρ/dx
     per_weight = slope / (scale * total)
     share_n, share_d = per_weight * weight_n, per_weight * weight_d
     gradient = np.array([share_n.sum(), share_d.sum(), per_weight.sum(), -(share_n @ log_n), -(share_d @ log_d),
