@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl, sample_continuation, self_bleu2
+from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl, gslm_auto_bleu2, sample_continuation, self_bleu2
 
 
 def test_auto_bleu_is_slamkits_share_of_own_bigrams_that_repeat():
@@ -10,6 +10,20 @@ def test_auto_bleu_is_slamkits_share_of_own_bigrams_that_repeat():
     # "Hello, hello." -> Hello , | , hello | hello . : nothing repeats (case matters); "" has no bigram: 0.
     assert auto_bleu(["Hello, hello."]) == 0.0 and auto_bleu([""]) == 0.0
     assert auto_bleu(["the dog the dog ran.", "", "x y x y x y"]) == pytest.approx((2 / 5 + 0 + 1) / 3)
+
+
+def test_gslm_auto_bleu2_counts_only_repeats_that_do_not_overlap():
+    # "a a a": every unigram recurs elsewhere (1), but the bigrams at 0 and 1 overlap each other (0), where
+    # slamkit's Auto-BLEU counts both bigrams as repeated.
+    assert gslm_auto_bleu2(["a a a"], "arithmetic") == pytest.approx(0.5)
+    assert gslm_auto_bleu2(["a a a"]) == 0.0 and auto_bleu(["a a a"]) == 1.0
+    # "a b a b": unigrams 1; bigrams ab@0 and ab@2 recur apart, ba@1 does not: 2/3.
+    assert gslm_auto_bleu2(["a b a b"]) == pytest.approx((2 / 3) ** 0.5)
+    assert gslm_auto_bleu2(["a b a b"], "arithmetic") == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # At most one word scores 0; no repeated unigram gives 0 whatever the bigrams; all count in the mean.
+    texts = ["a b a b", "", "x", "a b c"]
+    assert gslm_auto_bleu2(texts) == pytest.approx((2 / 3) ** 0.5 / 4)
+    assert gslm_auto_bleu2(texts, "arithmetic") == pytest.approx((0.5 + 1 / 3) / 4)
 
 
 def test_self_bleu2_is_gslms_unigram_and_bigram_precision_without_brevity_penalty():

@@ -85,6 +85,34 @@ def auto_bleu(transcripts: list[str], n: int = 2) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def gslm_auto_bleu2(transcripts: list[str], averaging: str = "geometric") -> float:
+    """GSLM's Auto-BLEU2 (`self_auto_bleu.py`'s `auto_bleu`, weights 1/2 and 1/2), which slamkit's is not.
+
+    Per transcript (whitespace tokens, as GSLM's ASR output): for n = 1 and 2, the share of its
+    n-grams that occur again at a position that does not overlap them, so "a a a" repeats its
+    unigrams but not its bigrams (slamkit counts any other occurrence); the two shares combined
+    geometrically (no smoothing: no repeated unigram gives 0) or arithmetically with weights 1/2;
+    0 for a transcript of at most one word. The mean over transcripts.
+    """
+    scores = []
+    for transcript in transcripts:
+        words = transcript.strip().split()
+        if len(words) <= 1:
+            scores.append(0.0)
+            continue
+        shares = []
+        for n in (1, 2):
+            starts: dict[tuple[str, ...], list[int]] = collections.defaultdict(list)
+            grams = [tuple(words[p:p + n]) for p in range(len(words) - n + 1)]
+            for p, gram in enumerate(grams):
+                starts[gram].append(p)
+            # Another occurrence that ends before p or starts at p + n or later; the starts are sorted.
+            shares.append(sum(starts[gram][0] <= p - n or starts[gram][-1] >= p + n
+                              for p, gram in enumerate(grams)) / len(grams))
+        scores.append(0.5 * sum(shares) if averaging == "arithmetic" else math.prod(s ** 0.5 for s in shares))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def self_bleu2(transcripts: list[str], averaging: str = "geometric") -> float:
     """GSLM's Self-BLEU2 (`self_auto_bleu.py`): high values mean little diversity across generations.
 
@@ -206,7 +234,9 @@ class GenerationOptions:
 
 
 def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
-    return {"auto_bleu2": auto_bleu(transcripts, 2), "self_bleu2": self_bleu2(transcripts, "geometric"),
+    return {"auto_bleu2": auto_bleu(transcripts, 2), "auto_bleu2_gslm": gslm_auto_bleu2(transcripts, "geometric"),
+            "auto_bleu2_gslm_arithmetic": gslm_auto_bleu2(transcripts, "arithmetic"),
+            "self_bleu2": self_bleu2(transcripts, "geometric"),
             "self_bleu2_arithmetic": self_bleu2(transcripts, "arithmetic"),
             **gen_ppl(transcripts, judge), "mean_words": float(np.mean([len(t.split()) for t in transcripts])),
             "examples": transcripts[:3]}
