@@ -145,10 +145,29 @@ def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
     assert not (tmp_path / "seq").exists()
 
 
+def _documents(out, entry):
+    """The documents of one epoch's rows (pieces of at most the context), as token tuples, sorted."""
+    folder = f"{out}/epoch-{entry['epoch']:03d}"
+    rows, positions = np.load(f"{folder}/{entry['shards'][0]}"), np.load(f"{folder}/{entry['position_shards'][0]}")
+    pad = Vocabulary.load(f"{out}/tokenizer").pad_id
+    return sorted(tuple(row[a:b].tolist()) for row, position in zip(rows, positions)
+                  for a, b in zip(np.flatnonzero(position == 0), [*np.flatnonzero(position == 0)[1:], len(row)])
+                  if row[a] != pad)
 
 
-
-
+@pytest.mark.parametrize("span_draws", ["epoch", "once"])
+def test_span_draws_once_gives_every_epoch_the_first_epochs_spans_as_slamkit(build, span_draws):
+    # slamkit's prepare_tokens writes each interleaved sample once; every epoch reads the same strings again.
+    index, out = build(streams=("interleaved",), num_epochs=3, span_draws=span_draws)
+    epochs = [_documents(out, entry) for entry in index["epochs"]]
+    assert all(entry["samples_by_stream"]["interleaved"] >= 3 for entry in index["epochs"]), index["epochs"]
+    if span_draws == "once":
+        assert epochs[0] == epochs[1] == epochs[2]
+    else:  # new spans: the same utterances spoken in other places
+        assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    # The order of the rows is drawn per epoch either way.
+    first_rows = [np.load(f"{out}/epoch-{e:03d}/shard-00000.npy")[0].tolist() for e in range(3)]
+    assert first_rows[0] != first_rows[1]
 
 
 def test_a_sequences_folder_finds_its_units_after_both_move(extracted, tmp_path):

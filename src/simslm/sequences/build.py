@@ -1,6 +1,7 @@
 """Building token shards: the interleaved, speech-only and text-only streams, mixed and packed.
 
-Each epoch draws new interleaving spans (`interleave`), mixes the streams by token share,
+Each epoch draws new interleaving spans (`interleave`; or reuses the first epoch's, as slamkit
+does, with `span_draws="once"`), mixes the streams by token share,
 and packs the samples into uint32 shards of `context_length` tokens, written under a
 temporary folder and renamed at the end.
 """
@@ -81,7 +82,10 @@ class BuildConfig(Config):
     context_length: int = 2048
     """Tokens per packed row (slamkit SIMS: 2048); a longer sample is cut into pieces this long."""
     num_epochs: int = 1
-    """Epochs to build; each draws new spans and a new order."""
+    """Epochs to build; each draws a new order and mixture, and new spans unless --span-draws once."""
+    span_draws: Literal["epoch", "once"] = "epoch"
+    """epoch: each epoch draws new interleaving spans; once: every epoch takes the first epoch's spans, as slamkit,
+    whose `prepare_tokens` writes the interleaved samples once and every epoch (or `repetitions`) reads them again."""
     chunks_per_shard: int = 4096
     """Packed rows per shard file."""
     seed: int = 0
@@ -325,12 +329,14 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
         index["units_folder"] = jobs.portable_path(config.units, config.out)
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
+    drawn = None  # the interleaved samples and skips of the epoch whose spans this one takes
     for epoch in jobs.progress(range(config.num_epochs), "sequences build (epochs)"):
         samples = dict(fixed)
         skipped = collections.Counter(unusable)
         if "interleaved" in streams:
-            samples["interleaved"], span_skips = build_interleaved_epoch(config, vocabulary, epoch, usable,
-                                                                          units_by_id)
+            if drawn is None or config.span_draws == "epoch":
+                drawn = build_interleaved_epoch(config, vocabulary, epoch, usable, units_by_id)
+            samples["interleaved"], span_skips = drawn
             skipped.update(span_skips)
             if not samples["interleaved"]:
                 hint = "; `simslm align` adds word timings" if SkipReason.NO_TIMINGS.value in skipped else ""

@@ -7,7 +7,8 @@ inside its words' time range, a text run is the transcript's own text (its space
 punctuation kept), and a marker (`<speech>` / `<text>`) opens the sample and every switch.
 The sample is written out as one string and tokenised whole, with the special tokens the
 tokenizer adds itself. Randomness comes from a generator seeded by (seed, sample id,
-epoch), so any sample can be rebuilt alone and each epoch draws new spans.
+epoch), so any sample can be rebuilt alone and each epoch draws new spans (or, with
+`sequences build --span-draws once`, every epoch takes the first epoch's, as slamkit does).
 """
 
 from __future__ import annotations
