@@ -447,6 +447,8 @@ CASES: dict[str, Case] = {
     "fit: negative in table": lambda w: (["fit", str(table(w, "neg.csv", "parameters,tokens,loss\n-1e5,1e6,3\n"))],
                                          "neg.csv", []),
     "fit: columns missing": lambda w: (["fit", str(table(w, "cols.csv", "size,loss\n1e5,3\n"))], "cols.csv", []),
+    "fit: table separated by semicolons": lambda w: (
+        ["fit", str(table(w, "semi.csv", "parameters;tokens;loss\n1e5;1e6;3\n"))], "semi.csv:1", []),
     "fit: table not UTF-8": lambda w: (["fit", str(_write(w.bad / "latin.csv", b"parameters,tokens,loss\n\xff,1,2\n"))],
                                        "latin.csv", []),
     "fit: table missing": lambda w: (["fit", str(missing(w, "t.csv"))], str(missing(w, "t.csv")), []),

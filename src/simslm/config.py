@@ -198,7 +198,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     """Option values from a JSON file (YAML too, by suffix, when PyYAML is installed)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:

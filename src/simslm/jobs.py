@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import itertools
 import json
@@ -432,7 +433,7 @@ def placed_path(recorded: str | dict[str, str], folder: str | os.PathLike) -> Pa
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a ValueError naming the file when it is not UTF-8 JSON (FileNotFoundError as usual)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -445,9 +446,12 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[str | None, str]]:
     """Each line of a text file and its problem (''): a line that is not UTF-8 comes as None with the problem,
     so that a long job can skip and count it, and an error can name its line. (Decoding in text mode fails on
     the block being read, before any of its lines is seen: the line number would be that of the block's first.)
-    Line ends are the file's, with \r\n read as \n."""
+    Line ends are the file's, with \r\n read as \n; a byte-order mark that opens the file (Windows editors and
+    Excel write one) is not part of its first line."""
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle):
+            if number == 0:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -457,9 +461,10 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[str | None, str]]:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file; a ValueError naming the file when it is not UTF-8 or not a file."""
+    """A UTF-8 text file without the byte-order mark that may open it; a ValueError naming the file when it is not
+    UTF-8 or not a file."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except IsADirectoryError:

@@ -262,6 +262,24 @@ def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):
         read_table(table)
 
 
+def test_a_table_from_excel_reads_and_a_header_that_is_not_comma_separated_is_named(tmp_path):
+    table = tmp_path / "excel.csv"
+    # Excel's "CSV UTF-8" opens the file with a byte-order mark, which is not part of the first column's name.
+    table.write_bytes(b"\xef\xbb\xbfparameters,flops,loss\r\n1e6,6e12,3.1\r\n2e6,6e12,3.0\r\n4e6,6e12,3.05\r\n")
+    assert read_table(table).parameters.tolist() == [1e6, 2e6, 4e6]
+    table.write_text("parameters;flops;loss\n1e6;6e12;3.1\n")  # a European Excel's separator
+    with pytest.raises(ValueError, match=r"excel.csv:1: no parameters, loss, tokens or flops column \(the header has "
+                                         r"'parameters;flops;loss'\); a CSV table's columns are separated by commas"):
+        read_table(table)
+
+
+def test_points_that_do_not_vary_give_a_degenerate_law_not_a_division_error():
+    same = Points(np.full(5, 1e6), np.full(5, 2e7), np.full(5, 3.1))
+    fit = fit_all(same, num_resamples=10)
+    assert math.isnan(fit["approach3"]["a"]) and math.isnan(fit["approach3"]["b"])
+    assert "alpha ended on the bound of its search" in " ".join(fit["approach3"]["degenerate"])
+
+
 def test_a_table_without_budgets_is_bootstrapped_over_rows_and_its_intervals_cover_the_law(tmp_path):
     points = _isoflop_grid(TRUE, noise=0.005, seed=3)
     table = tmp_path / "runs.csv"

@@ -23,3 +23,13 @@ def test_plain_text_is_one_text_per_line(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("first line\nsecond line\n")
     assert [value for _, value, _ in read_texts(corpus)] == ["first line", "second line"]
+
+
+def test_a_byte_order_mark_opening_a_file_is_not_part_of_its_first_text(tmp_path):
+    # Notepad and Excel open UTF-8 files with one; synth had spoken it into the first transcript ("\ufeffOnce").
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(b"\xef\xbb\xbfOnce upon a time.\r\n\xef\xbb\xbfSecond.\n")
+    assert [value for _, value, _ in read_texts(corpus)] == ["Once upon a time.", "\ufeffSecond."]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "One."}).encode() + b"\n")
+    assert list(read_texts(corpus)) == [(0, "One.", "")]

@@ -77,7 +77,7 @@ def blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, A
     folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
     chosen = []
     for number, path in enumerate(sorted(folder.glob("*.jsonl"))):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         order = np.random.default_rng([seed, number]).permutation(len(rows))[:per_phenomenon]
         chosen.extend(rows[i] for i in sorted(order))
     return chosen
@@ -96,7 +96,7 @@ def story_key(text: str) -> str:
 
 
 def _is_manifest(path: Path) -> bool:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         return "transcript" in handle.readline()
 
 

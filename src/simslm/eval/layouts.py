@@ -91,7 +91,7 @@ def _audio_file(folder: Path, name: str) -> Path:
 
 def _gold_rows(gold: Path, needed: set[str]) -> list[dict[str, str]]:
     try:
-        with open(gold, newline="", encoding="utf-8") as handle:
+        with open(gold, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
@@ -186,7 +186,7 @@ def load_slm21_lexical(folder: Path) -> list[Pair]:
 def _gold_columns(folder: Path) -> set[str]:
     """The header of a folder's gold.csv (empty without one)."""
     try:
-        with open(folder / "gold.csv", newline="", encoding="utf-8") as handle:
+        with open(folder / "gold.csv", newline="", encoding="utf-8-sig") as handle:
             return set(next(csv.reader(handle), []))
     except (OSError, UnicodeDecodeError):
         return set()
@@ -194,7 +194,7 @@ def _gold_columns(folder: Path) -> set[str]:
 
 def _transcript(audio_path: Path) -> str | None:
     text_path = audio_path.with_suffix(".txt")
-    return text_path.read_text(encoding="utf-8").strip() if text_path.exists() else None
+    return text_path.read_text(encoding="utf-8-sig").strip() if text_path.exists() else None
 
 
 def load_storycloze(folder: Path) -> list[Pair]:
@@ -238,7 +238,7 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
             if not text_path.exists():
                 raise BenchError(f"{mutual_text.parent}: item {stem} has no {stem}_{role}.txt")
             audio_path = _audio_file(mutual_text.parent, f"{stem}_{role}")
-            parts[role] = (text_path.read_text(encoding="utf-8").strip(), str(audio_path))
+            parts[role] = (text_path.read_text(encoding="utf-8-sig").strip(), str(audio_path))
         part = lambda role, modality: Part(modality, parts[role][0],  # noqa: E731
                                            parts[role][1] if modality == "speech" else None)
         group = str(mutual_text.parent.relative_to(folder)) if mutual_text.parent != folder else "all"

@@ -115,8 +115,17 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     """
     path = Path(path)
     text = jobs.read_text(path)
+    parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
     if path.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = reader.fieldnames or []
+        missing = [name for name in (parameter_column, loss_column) if name not in columns]
+        missing += [] if {"tokens", "flops"} & set(columns) else ["tokens or flops"]
+        if missing:
+            hint = "; a CSV table's columns are separated by commas" if len(columns) == 1 else ""
+            raise ValueError(f"{path}:1: no {', '.join(missing)} column (the header has "
+                             f"{', '.join(repr(c) for c in columns) or 'nothing'}){hint}")
+        rows = list(reader)
     else:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -124,7 +133,6 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
                 rows.append(json.loads(line)) if line.strip() else None
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
-    parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
     values: dict[str, list[float]] = {"parameters": [], "tokens": [], "loss": [], "budget": []}
     for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
         try:
@@ -599,9 +607,14 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
                                            total=len(tasks), description="bootstrap (x250)"))
     samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
     names = ("E", "A", "B", "alpha", "beta")
-    exponents = samples[:, 4] / (samples[:, 3] + samples[:, 4])
+    # a = β/(α+β) is undefined where both exponents are 0 (points that do not vary): NaN, which the degenerate
+    # checks name, not a division error.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponents = samples[:, 4] / (samples[:, 3] + samples[:, 4])
+    a, b = ((law.beta / (law.alpha + law.beta), law.alpha / (law.alpha + law.beta)) if law.alpha + law.beta > 0
+            else (float("nan"), float("nan")))
     return {"law": asdict(law), "ci": {name: percentile_interval(samples[:, i], confidence) for i, name in enumerate(names)},
-            "a": law.beta / (law.alpha + law.beta), "b": law.alpha / (law.alpha + law.beta),
+            "a": a, "b": b,
             "ci_a": percentile_interval(exponents, confidence), "ci_b": percentile_interval(1 - exponents, confidence),
             "samples": samples.tolist(), "num_resamples": num_resamples, "huber_delta": delta,
             "confidence": confidence, "estimator": estimator,

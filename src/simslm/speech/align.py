@@ -35,7 +35,7 @@ class AlignmentError(ValueError):
 def read_ctm(path: str | os.PathLike) -> dict[str, TimedWords]:
     """CTM lines `utterance channel start duration word [confidence]`, grouped by utterance."""
     grouped: dict[str, TimedWords] = collections.defaultdict(list)
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields or line.startswith(";;"):
@@ -73,7 +73,7 @@ def read_textgrid(path: str | os.PathLike, tier: str = "words") -> TimedWords:
 def read_word_json(path: str | os.PathLike) -> TimedWords:
     """Word-level JSON: a list (or {"words": [...]}) of {word|text, start|start_sec, end|end_sec}."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError) as error:
         raise AlignmentError(f"{path}: not readable JSON ({error})") from None
     items = data.get("words") if isinstance(data, dict) else data
@@ -96,7 +96,7 @@ def read_slamkit_alignment(path: str | os.PathLike) -> TimedWords:
     """slamkit's per-file alignment JSON (`utils/data_prep.parse_transcriptions`): {"aligned_text": [[word, start, end],
     ...]}, the words as Whisper gives them (" girl", " room.")."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         items = data["aligned_text"]
         timed = [(str(word).strip(), float(start), float(end)) for word, start, end in items]
     except (OSError, json.JSONDecodeError) as error:

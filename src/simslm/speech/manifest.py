@@ -198,7 +198,7 @@ def _one_json_document(path: Path, problems: list[Problem], count: int) -> list[
     if count or len(problems) < 2:
         return problems
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, OSError):
         return problems
     return [Problem(str(path), 0, "a single JSON document, not a manifest (JSON Lines: one utterance object per "

@@ -654,7 +654,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     frame_rate = ENCODERS[config.encoder][0]
     lines, skipped = [], collections.Counter()
     seen: set[str] = set()
-    with open(config.features, encoding="utf-8") as handle:
+    with open(config.features, encoding="utf-8-sig") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 record = json.loads(raw)

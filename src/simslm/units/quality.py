@@ -126,7 +126,7 @@ def read_phone_labels(path: str | Path) -> dict[str, np.ndarray]:
     stress digits dropped (AH0 -> AH). A ValueError names the file and line of anything else."""
     labels: dict[str, np.ndarray] = {}
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a text file in UTF-8 ({error.reason})") from None
     for number, line in enumerate(lines, 1):
