@@ -39,3 +39,14 @@ def test_a_state_saved_by_more_processes_resumes_where_they_all_stopped(build):
     resumed = PackedLoader(out, batch_size=2)
     resumed.load_state_dict(pair[0].state_dict())
     assert np.array_equal(next(resumed).tokens, uninterrupted[6])  # the one process reads rows 12-13 next
+
+
+def test_training_past_the_built_epochs_reads_them_again_in_a_new_order(build):
+    # One epoch built and trained three times: slamkit's num_train_epochs over the samples prepare_tokens wrote once.
+    _, out = build(context_length=64, num_epochs=1)
+    loader = PackedLoader(out, batch_size=1, seed=2)
+    per_epoch = loader.batches_per_epoch()
+    epochs = [[tuple(next(loader).tokens[0]) for _ in range(per_epoch)] for _ in range(3)]
+    built = [tuple(row) for row in loader.chunks(0)]
+    assert all(sorted(epoch) == sorted(built) for epoch in epochs)  # every row once per epoch, all the same rows
+    assert epochs[0] != epochs[1] != epochs[2]

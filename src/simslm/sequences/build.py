@@ -82,10 +82,12 @@ class BuildConfig(Config):
     context_length: int = 2048
     """Tokens per packed row (slamkit SIMS: 2048); a longer sample is cut into pieces this long."""
     num_epochs: int = 1
-    """Epochs to build; each draws a new order and mixture, and new spans unless --span-draws once."""
+    """Epochs to build; each draws a new order and mixture, and new spans unless --span-draws once. Training past
+    the last one cycles them, each time in a new row order: one epoch trained N times is slamkit's
+    `num_train_epochs` N over the samples its `prepare_tokens` wrote once."""
     span_draws: Literal["epoch", "once"] = "epoch"
-    """epoch: each epoch draws new interleaving spans; once: every epoch takes the first epoch's spans, as slamkit,
-    whose `prepare_tokens` writes the interleaved samples once and every epoch (or `repetitions`) reads them again."""
+    """epoch: each epoch draws new interleaving spans; once: every epoch takes the first epoch's spans and is
+    ordered and mixed anew, as slamkit's `repetitions` mix its once-prepared samples again."""
     chunks_per_shard: int = 4096
     """Packed rows per shard file."""
     seed: int = 0
