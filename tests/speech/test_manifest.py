@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from simslm.speech.manifest import ManifestError, Utterance, Word, read_manifest, validate_manifest, write_manifest
+from simslm.speech.manifest import (
+    ManifestError,
+    Utterance,
+    Word,
+    iter_utterances,
+    read_manifest,
+    validate_manifest,
+    write_manifest,
+)
 
 
 def _utterance(**changes):
@@ -89,3 +97,23 @@ def test_non_finite_numbers_and_duplicate_ids_are_refused(tmp_path):
     assert any(":4:" in p and "duplicate id" in p for p in problems)
     with pytest.raises(ManifestError, match="duplicate id"):
         read_manifest(path)
+
+
+def test_utterances_one_by_one_are_read_manifests_and_raise_its_error_after_the_last(tmp_path):
+    import pickle
+
+    good = _utterance().to_json()
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in [good, {**good, "id": "u2"}, {**good, "id": "u1"},
+                                                                   {**good, "id": "u3"}]))
+    seen = []
+    with pytest.raises(ManifestError) as raised:
+        for utterance in iter_utterances(path):  # units fit and extract keep only ids and paths from each
+            seen.append(utterance.id)
+    assert seen == ["u1", "u2", "u3"] and ":3: u1: duplicate id (first on line 1)" in str(raised.value)
+    with pytest.raises(ManifestError) as whole:
+        read_manifest(path)
+    assert str(whole.value) == str(raised.value)
+    # Slotted (a manifest of millions of words), and still passed to spawned workers by pickle.
+    utterance = _utterance()
+    assert not hasattr(utterance, "__dict__") and pickle.loads(pickle.dumps(utterance)) == utterance

@@ -20,7 +20,7 @@ from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError, load
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus
-from simslm.speech.manifest import read_manifest
+from simslm.speech.manifest import iter_utterances
 from simslm.speech.synth import synth_task, synthesize_one
 
 
@@ -105,7 +105,7 @@ def training_stories(exclude: str) -> set[str]:
     keys: set[str] = set()
     for source in (s.strip() for s in exclude.split(",") if s.strip()):
         if source.endswith(".jsonl") and Path(source).exists() and _is_manifest(Path(source)):
-            keys.update(story_key(u.transcript) for u in read_manifest(source))
+            keys.update(story_key(u.transcript) for u in iter_utterances(source))
         else:
             keys.update(story_key(value) for _, value, _ in read_corpus(source) if value)
     return keys

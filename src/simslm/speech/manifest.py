@@ -52,7 +52,8 @@ class TimingProblem:
         return self.message
 
 
-@dataclass(frozen=True, kw_only=True)
+# Slots: a manifest of millions of utterances (Libri-Light's hours) holds tens of millions of words in memory.
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Word:
     """One word and where it is spoken."""
 
@@ -61,7 +62,7 @@ class Word:
     end_sec: float
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Utterance:
     """One line of a manifest."""
 
@@ -88,7 +89,7 @@ class Utterance:
                    if name not in record]
         if missing:
             raise ValueError(f"missing field(s) {', '.join(missing)}")
-        unknown = set(record) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(record) - _UTTERANCE_FIELDS
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
         words = record.get("words")
@@ -144,6 +145,9 @@ class Utterance:
                                           f"word timings end at {self.words[-1].end_sec:.3f} s, "
                                           f"past the end of the audio ({self.duration_sec:.3f} s)"))
         return problems
+
+
+_UTTERANCE_FIELDS = frozenset(f.name for f in dataclasses.fields(Utterance))
 
 
 def _expect_type(record: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> None:
@@ -207,7 +211,14 @@ def _one_json_document(path: Path, problems: list[Problem], count: int) -> list[
 
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read a manifest; raise `ManifestError` listing every line that does not parse."""
-    utterances, problems, seen = [], [], {}
+    return list(iter_utterances(path))
+
+
+def iter_utterances(path: str | os.PathLike) -> Iterator[Utterance]:
+    """A manifest's utterances one by one, for a stage that keeps only a little of each (ids and paths, say), so
+    that a manifest of millions of lines is never whole in memory; after the last, `ManifestError` listing every
+    line that does not parse, as `read_manifest` raises it."""
+    problems, seen, count = [], {}, 0
     for line, item in iter_manifest(path):
         if isinstance(item, Problem):
             problems.append(item)
@@ -215,10 +226,10 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             problems.append(Problem(str(path), line, f"{item.id}: duplicate id (first on line {seen[item.id]})"))
         else:
             seen[item.id] = line
-            utterances.append(item)
+            count += 1
+            yield item
     if problems:
-        raise ManifestError(_one_json_document(Path(path), problems, len(utterances)))
-    return utterances
+        raise ManifestError(_one_json_document(Path(path), problems, count))
 
 
 def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance]) -> None:

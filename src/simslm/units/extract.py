@@ -24,7 +24,7 @@ import numpy as np
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
-from simslm.speech.manifest import read_manifest
+from simslm.speech.manifest import iter_utterances
 from simslm.units import kmeans
 from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, EncoderSpec, build_encoder
 
@@ -129,7 +129,7 @@ def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
 def _records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
     manifest = Path(manifest)
     return [{"id": u.id, "path": str(u.audio_path(manifest.parent).resolve()), "duration_sec": u.duration_sec}
-            for u in read_manifest(manifest)]
+            for u in iter_utterances(manifest)]
 
 
 MIN_FRAMES_PER_UNIT = 10
