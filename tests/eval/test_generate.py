@@ -79,7 +79,7 @@ def test_a_folder_of_prompts_goes_on_past_one_that_cannot_be_read(trained_run, t
     # Alone, or with nothing else readable, the prompt is the error.
     (tmp_path / "prompts" / "good.flac").unlink()
     assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "none")]) == 2
-    assert "could be encoded ({'not a readable WAV/FLAC file': 1})" in capsys.readouterr().err
+    assert "could be encoded ({'not a readable audio file (WAV, FLAC, MP3, Ogg)': 1})" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
 
 

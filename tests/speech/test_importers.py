@@ -37,7 +37,8 @@ def test_a_librispeech_tree_with_its_bad_items(tmp_path):
     report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech")
     assert list(utterances) == ["1272-128104-0000"] and utterances["1272-128104-0000"].speaker == "1272"
     assert utterances["1272-128104-0000"].duration_sec == pytest.approx(5.855, abs=1e-3)
-    assert report.skipped_by_reason == {"not a readable WAV/FLAC file": 1, "file does not exist": 1, "empty transcript": 1}
+    assert report.skipped_by_reason == {"not a readable audio file (WAV, FLAC, MP3, Ogg)": 1, "file does not exist": 1,
+                                        "empty transcript": 1}
 
 
 def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
@@ -50,6 +51,29 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert set(utterances) == {"alice_1272-128104-0000", "alice_2412-153948-0000"}
     assert {u.speaker for u in utterances.values()} == {"alice"}
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
+
+
+def test_common_voices_mp3_clips_import_from_a_folder_and_from_a_datasets_column(tmp_path):
+    import soundfile
+    from datasets import Audio, Dataset
+
+    name = "1272-128104-0000"
+    samples = audio.load_audio(_flac(name))
+    (tmp_path / "cv").mkdir()
+    soundfile.write(tmp_path / "cv" / "clip_1.mp3", samples, 16000, format="MP3")
+    soundfile.write(tmp_path / "cv" / "clip_2.opus", samples, 16000, format="OGG", subtype="OPUS")
+    for clip in ("clip_1", "clip_2"):
+        (tmp_path / "cv" / f"{clip}.txt").write_text(LIBRISPEECH[name])
+    report, utterances = _imported(tmp_path / "cv", tmp_path / "cv")
+    assert set(utterances) == {"clip_1", "clip_2"} and report.skipped_by_reason == {}
+    assert all(u.duration_sec == pytest.approx(5.855, abs=1e-3) for u in utterances.values())
+    # The hub's Common Voice holds MP3 bytes: they are written as .mp3, not under a name that says FLAC.
+    rows = {"id": ["cv-1"], "audio": [{"bytes": (tmp_path / "cv" / "clip_1.mp3").read_bytes(), "path": None}],
+            "text": [LIBRISPEECH[name]]}
+    Dataset.from_dict(rows).cast_column("audio", Audio(decode=False)).save_to_disk(tmp_path / "hub")
+    _, utterances = _imported(tmp_path / "hub", tmp_path / "hub")
+    assert utterances["cv-1"].audio.endswith(".mp3")
+    assert utterances["cv-1"].duration_sec == pytest.approx(5.855, abs=1e-3)
 
 
 def test_a_kaldi_directory_with_segments_cut_into_files(tmp_path):

@@ -28,7 +28,7 @@ def test_codebook_sidecar_records_encoder_rate_and_corpus(extracted):
 def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extracted):
     config, report, utterances = extracted
     assert (report.num_encoded, report.num_skipped, report.num_shards) == (4, 2, 3)
-    assert report.skipped_by_reason == {"empty file": 1, "not a readable WAV/FLAC file": 1}
+    assert report.skipped_by_reason == {"empty file": 1, "not a readable audio file (WAV, FLAC, MP3, Ogg)": 1}
     by_id = {u.id: u for u in read_units(config.out)}
     for utterance in utterances:
         result = by_id[utterance.id]

@@ -36,8 +36,6 @@ from simslm.eval.generation import _prompt, sample_continuation
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
 from simslm.speech import audio
 
-AUDIO_SUFFIXES = (".wav", ".flac")
-
 
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig(Config):
@@ -46,7 +44,7 @@ class GenerateConfig(Config):
     model: str
     """A run folder or a model folder (`simslm eval` reads the same)."""
     prompt: str
-    """An audio file (.wav/.flac), a text file (.txt), a folder of such files, or the prompt text itself."""
+    """An audio file (.wav, .flac, .mp3, .ogg, .opus), a text file (.txt), a folder of such files, or the prompt text itself."""
     out: str
     """Folder for <name>.json and <name>.wav per prompt."""
     mode: Literal["auto", "S2S", "S2T", "T2S", "T2T"] = "auto"
@@ -98,18 +96,18 @@ def read_prompts(spec: str) -> list[Prompt]:
     path = Path(spec)
 
     def one(file: Path) -> Prompt:
-        if file.suffix.lower() in AUDIO_SUFFIXES:
+        if file.suffix.lower() in audio.AUDIO_SUFFIXES:
             return Prompt(file.stem, audio=str(file))
         return Prompt(file.stem, text=jobs.read_text(file).strip())
 
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (*AUDIO_SUFFIXES, ".txt"))
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt"))
         if not files:
             raise ValueError(f"{path}: no prompts (.wav, .flac or .txt files)")
         return [one(f) for f in files]
     if path.is_file():
         return [one(path)]
-    if path.suffix.lower() in (*AUDIO_SUFFIXES, ".txt") or "/" in spec:
+    if path.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt") or "/" in spec:
         raise ValueError(f"{spec}: no such prompt file")
     return [Prompt(re.sub(r"[^A-Za-z0-9]+", "-", spec.strip())[:40].strip("-") or "prompt", text=spec)]
 

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from simslm import assets, jobs
+from simslm.speech.audio import AUDIO_SUFFIXES
 
-AUDIO_SUFFIXES = (".wav", ".flac")
 BENCH_FILE = "bench.json"
 # The paper's Table 2 columns: context modality -> ending modality.
 CrossMode = Literal["S", "S2T", "T2S", "T"]

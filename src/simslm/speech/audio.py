@@ -1,4 +1,4 @@
-"""Audio input: any WAV/FLAC (sample rate, channels) to 16 kHz mono float32, with clear errors."""
+"""Audio input: WAV, FLAC, MP3 or Ogg (any sample rate, channels) to 16 kHz mono float32, with clear errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import soxr
 from simslm import jobs
 
 TARGET_SAMPLE_RATE = 16_000
+# The audio files simslm reads (libsndfile >= 1.1 decodes MP3 and Ogg Vorbis/Opus, and knows a file by its bytes): the
+# formats speech corpora come in, LibriSpeech's FLAC, Common Voice's MP3, Opus (Multilingual LibriSpeech's).
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 # Peak below this (about -60 dBFS) counts as silence: such a file carries no speech to
 # encode or align, and is almost always a broken export rather than real data.
 SILENCE_PEAK = 1e-3
@@ -23,7 +26,7 @@ class AudioProblem(str, enum.Enum):
 
     MISSING = "file does not exist"
     EMPTY_FILE = "empty file"
-    UNREADABLE = "not a readable WAV/FLAC file"
+    UNREADABLE = "not a readable audio file (WAV, FLAC, MP3, Ogg)"
     NO_SAMPLES = "contains no audio samples"
     TRUNCATED = "truncated"
     NOT_FINITE = "contains NaN or infinite samples"
@@ -54,7 +57,7 @@ def audio_info(path: str | os.PathLike) -> tuple[int, float]:
 
 def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
                allow_silent: bool = False) -> np.ndarray:
-    """Read a WAV/FLAC file as mono float32 at `sample_rate`; raise `AudioError` if unusable.
+    """Read an audio file (WAV, FLAC, MP3, Ogg) as mono float32 at `sample_rate`; raise `AudioError` if unusable.
 
     Channels are averaged; resampling uses soxr's high-quality filter. Empty, truncated,
     corrupt and (unless `allow_silent`) silent files raise with the file named.

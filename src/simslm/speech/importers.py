@@ -42,8 +42,6 @@ from simslm.speech import audio
 from simslm.speech.align import AlignmentError, read_word_json
 from simslm.speech.manifest import Utterance, Word, write_manifest
 
-AUDIO_SUFFIXES = (".wav", ".flac")
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -96,7 +94,7 @@ def _transcript_beside(audio_path: Path) -> str | None:
 
 def import_folder(source: Path, **_) -> Iterator[Item]:
     """Audio files with a .txt or .lab transcript of the same stem."""
-    for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+    for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in audio.AUDIO_SUFFIXES):
         transcript = _transcript_beside(path)
         identifier = str(path.relative_to(source).with_suffix("")).replace("/", "_")
         if transcript is None:
@@ -270,11 +268,18 @@ def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
 
 
 def _audio_suffix(data: bytes, path: str | None) -> str:
+    """The file name ending for a dataset's undecoded audio bytes, by what they are (Common Voice on the hub holds
+    MP3 bytes, which were written as .flac), else the source's own ending (a format simslm cannot read then fails
+    as itself)."""
     if data[:4] == b"fLaC":
         return ".flac"
     if data[:4] == b"RIFF":
         return ".wav"
-    return Path(path).suffix.lower() if path and Path(path).suffix.lower() in AUDIO_SUFFIXES else ".flac"
+    if data[:4] == b"OggS":
+        return ".ogg"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):  # a tag, or frame sync
+        return ".mp3"
+    return (Path(path).suffix.lower() if path else "") or ".audio"
 
 
 def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split: str = "train",
