@@ -44,7 +44,8 @@ class GenerateConfig(Config):
     model: str
     """A run folder or a model folder (`simslm eval` reads the same)."""
     prompt: str
-    """An audio file (.wav, .flac, .mp3, .ogg, .opus), a text file (.txt), a folder of such files, or the prompt text itself."""
+    """An audio file (.wav, .flac, .mp3, .ogg, .opus), a text file (.txt), a folder of such files, or the prompt
+    text itself."""
     out: str
     """Folder for <name>.json and <name>.wav per prompt."""
     mode: Literal["auto", "S2S", "S2T", "T2S", "T2T"] = "auto"

@@ -1,7 +1,7 @@
 """Building token shards: the interleaved, speech-only and text-only streams, mixed and packed.
 
-Each epoch draws new interleaving spans (`interleave`; or reuses the first epoch's, as slamkit
-does, with `span_draws="once"`), mixes the streams by token share,
+Each epoch draws new interleaving spans (`interleave`; or reuses the first epoch's, as slamkit's
+`repetitions` do, with `span_draws="once"`), mixes the streams by token share,
 and packs the samples into uint32 shards of `context_length` tokens, written under a
 temporary folder and renamed at the end.
 """

@@ -8,7 +8,7 @@ punctuation kept), and a marker (`<speech>` / `<text>`) opens the sample and eve
 The sample is written out as one string and tokenised whole, with the special tokens the
 tokenizer adds itself. Randomness comes from a generator seeded by (seed, sample id,
 epoch), so any sample can be rebuilt alone and each epoch draws new spans (or, with
-`sequences build --span-draws once`, every epoch takes the first epoch's, as slamkit does).
+`sequences build --span-draws once`, every epoch takes the first epoch's, as slamkit's `repetitions` do).
 """
 
 from __future__ import annotations
