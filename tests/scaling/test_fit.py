@@ -278,6 +278,7 @@ def test_points_that_do_not_vary_give_a_degenerate_law_not_a_division_error():
     fit = fit_all(same, num_resamples=10)
     assert math.isnan(fit["approach3"]["a"]) and math.isnan(fit["approach3"]["b"])
     assert "alpha ended on the bound of its search" in " ".join(fit["approach3"]["degenerate"])
+    assert "4 row(s) repeat an earlier one exactly" in " ".join(fit["warnings"])
 
 
 def test_a_table_without_budgets_is_bootstrapped_over_rows_and_its_intervals_cover_the_law(tmp_path):

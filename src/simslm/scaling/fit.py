@@ -688,7 +688,8 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     rows = np.stack([points.parameters, points.tokens, points.loss], axis=1)
     duplicates = len(rows) - len(np.unique(rows, axis=0))
     if duplicates:
-        warnings.append(f"{duplicates} row(s) repeat another one exactly: each counts twice in the fit")
+        warnings.append(f"{duplicates} row(s) repeat an earlier one exactly: the fit counts every copy, so a "
+                        f"repeated point weighs as much as its copies together")
     collapsed = [name for name, (low, high) in fit["approach3"]["ci"].items()
                  if np.isfinite(low) and np.isfinite(high) and high - low <= 1e-9 * max(1.0, abs(high))]
     if collapsed:
