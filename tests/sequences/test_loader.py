@@ -50,3 +50,21 @@ def test_training_past_the_built_epochs_reads_them_again_in_a_new_order(build):
     built = [tuple(row) for row in loader.chunks(0)]
     assert all(sorted(epoch) == sorted(built) for epoch in epochs)  # every row once per epoch, all the same rows
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_an_epoch_in_many_shard_files_reads_as_one_without_loading_them(build, tmp_path):
+    from simslm.sequences.loader import ShardedRows
+
+    _, whole = build(context_length=64, num_epochs=1)
+    (tmp_path / "seq").rename(tmp_path / "whole")
+    _, split = build(context_length=64, num_epochs=1, chunks_per_shard=3)  # the same rows in files of 3
+    one, many = PackedLoader(tmp_path / "whole", batch_size=4, seed=1), PackedLoader(split, batch_size=4, seed=1)
+    rows = many.chunks(0)
+    assert isinstance(rows, ShardedRows) and len(rows.parts) > 2
+    assert all(isinstance(part, np.memmap) for part in rows.parts)  # mapped, not read
+    assert np.array_equal(np.asarray(rows), np.asarray(one.chunks(0)))
+    assert np.array_equal(rows[len(rows) - 1], rows[-1]) and np.array_equal(rows[4], np.asarray(rows)[4])
+    assert [tuple(row) for row in rows] == [tuple(row) for row in np.asarray(rows)]
+    for _ in range(2 * one.batches_per_epoch() + 1):
+        a, b = next(one), next(many)
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.positions, b.positions)

@@ -33,6 +33,43 @@ class Batch(NamedTuple):
     positions: np.ndarray
 
 
+class ShardedRows:
+    """One epoch's rows across its shard files, each memory-mapped: indexing reads only the rows asked for, so a
+    training process holds the rows of its batches, not the epoch (np.concatenate of the maps had read every shard
+    into memory, 6 bytes a token in every process: 60 GB for an epoch of 10B tokens)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows):
+        """`rows`: one row number, or an array of them (a batch, in any order)."""
+        if np.ndim(rows) == 0:
+            row = int(rows) + (len(self) if int(rows) < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {rows} of {len(self)}")
+            part = int(np.searchsorted(self.starts, row, side="right")) - 1
+            return self.parts[part][row - self.starts[part]]
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self.parts[0].shape[1:]), dtype=self.parts[0].dtype)
+        for part in np.unique(parts):
+            chosen = parts == part
+            out[chosen] = self.parts[part][rows[chosen] - self.starts[part]]
+        return out
+
+    def __iter__(self):
+        for part in self.parts:
+            yield from part
+
+    def __array__(self, dtype=None, copy=None):  # np.asarray: every row, read at once (benchmarks and tests)
+        whole = np.concatenate(self.parts) if self.parts else np.zeros((0, 0), np.uint32)
+        return whole if dtype is None else whole.astype(dtype)
+
+
 class PackedLoader:
     """Batches of packed chunks, epoch after epoch, that resume exactly from `state_dict()`.
 
@@ -46,22 +83,22 @@ class PackedLoader:
         self.index = read_index(self.folder)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
-        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self._arrays: dict[tuple[int, str], ShardedRows] = {}
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation): drawn once per epoch
 
-    def _load(self, built_epoch: int, key: str) -> np.ndarray:
+    def _load(self, built_epoch: int, key: str) -> ShardedRows:
         if (built_epoch, key) not in self._arrays:
             entry = self.index["epochs"][built_epoch]
             folder = self.folder / f"epoch-{built_epoch:03d}"
-            parts = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in entry[key]]
-            self._arrays[built_epoch, key] = np.concatenate(parts) if parts else np.zeros((0, 0), np.uint32)
+            self._arrays[built_epoch, key] = ShardedRows([np.load(folder / name, mmap_mode="r", allow_pickle=False)
+                                                          for name in entry[key]])
         return self._arrays[built_epoch, key]
 
-    def chunks(self, built_epoch: int) -> np.ndarray:
+    def chunks(self, built_epoch: int) -> ShardedRows:
         """All packed rows built for one epoch (memory-mapped), in storage order."""
         return self._load(built_epoch, "shards")
 
-    def positions(self, built_epoch: int) -> np.ndarray | None:
+    def positions(self, built_epoch: int) -> ShardedRows | None:
         """Each token's position in its document, or None for a folder of the first format (one document a row)."""
         if "position_shards" not in self.index["epochs"][built_epoch]:
             return None
