@@ -295,6 +295,11 @@ CASES: dict[str, Case] = {
                                                             "--units", str(w.units), "--phone-labels", str(_write(
         w.bad / "phones.tsv", "utt AH,B\n"))], "phones.tsv:1", []),
     # sequences
+    "sequences merge: a units folder as a part": lambda w: (
+        ["sequences", "merge", str(w.units), "--out", str(w.bad / "merged")], str(w.units), []),
+    "sequences build: shard index past the shards": lambda w: (
+        ["sequences", "build", "--out", str(w.bad / "out-shard"), "--text-corpus", "tinystories-sample",
+         "--streams", "text", "--num-shards", "2", "--shard-index", "2"], "--shard-index", []),
     "sequences build: context 0": lambda w: (["sequences", "build", "--out", str(w.bad / "out-26"), "--manifest",
                                               str(w.manifest), "--units", str(w.units), "--context-length", "0", "--streams", "speech"],
                                              "--context-length", []),

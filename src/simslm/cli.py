@@ -187,6 +187,16 @@ def _sequences_build(config) -> int:
     return 0
 
 
+def _sequences_merge(config) -> int:
+    from simslm.sequences.build import merge_sequences
+
+    index = merge_sequences(config)
+    tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
+    print(f"merged {index['merged_from']['num_shards']} parts: {len(index['epochs'])} epoch(s), {tokens} tokens "
+          f"-> {config.out}")
+    return 0
+
+
 def _sequences_stats(config) -> int:
     from simslm.sequences.show import stats
 
@@ -401,6 +411,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.units.extract", "ImportConfig"), _units_import),
     Command(("sequences", "build"), "build packed token shards: interleave, mix, pack",
             _config("simslm.sequences.build", "BuildConfig"), _sequences_build),
+    Command(("sequences", "merge"), "join the parts of a sharded build into one folder",
+            _config("simslm.sequences.build", "MergeConfig"), _sequences_merge, positional=("parts",)),
     Command(("sequences", "show"), "print a sample (rebuilt with its words) or a chunk",
             _config("simslm.sequences.show", "ShowConfig"), _sequences_show, positional=("folder",)),
     Command(("sequences", "stats"), "tokens per modality and the speech share",

@@ -148,11 +148,54 @@ def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
 def _documents(out, entry):
     """The documents of one epoch's rows (pieces of at most the context), as token tuples, sorted."""
     folder = f"{out}/epoch-{entry['epoch']:03d}"
-    rows, positions = np.load(f"{folder}/{entry['shards'][0]}"), np.load(f"{folder}/{entry['position_shards'][0]}")
+    rows = np.concatenate([np.load(f"{folder}/{name}") for name in entry["shards"]])
+    positions = np.concatenate([np.load(f"{folder}/{name}") for name in entry["position_shards"]])
     pad = Vocabulary.load(f"{out}/tokenizer").pad_id
     return sorted(tuple(row[a:b].tolist()) for row, position in zip(rows, positions)
                   for a, b in zip(np.flatnonzero(position == 0), [*np.flatnonzero(position == 0)[1:], len(row)])
                   if row[a] != pad)
+
+
+def test_a_build_in_parts_merges_into_the_documents_of_the_whole(build, tmp_path):
+    from simslm.sequences.build import MergeConfig, merge_sequences, speech_units_folder
+    from simslm.sequences.loader import PackedLoader, read_index
+
+    # One stream, so every piece is mixed in: the parts together must hold exactly the whole build's documents.
+    whole, whole_out = build(streams=("interleaved",), num_epochs=2, out=str(tmp_path / "whole"))
+    parts = [build(streams=("interleaved",), num_epochs=2, num_shards=3, shard_index=k,
+                   out=str(tmp_path / f"part{k}"))[1] for k in (2, 0, 1)]  # given in any order
+    out = str(tmp_path / "merged")
+    merged = merge_sequences(MergeConfig(parts=tuple(parts), out=out))
+    for epoch in (0, 1):
+        # Every utterance is in one part, with the spans the whole build drew for it (seeded by sample, not part).
+        assert _documents(out, merged["epochs"][epoch]) == _documents(whole_out, whole["epochs"][epoch])
+        assert merged["epochs"][epoch]["samples_by_stream"] == whole["epochs"][epoch]["samples_by_stream"]
+        assert merged["epochs"][epoch]["num_chunks"] == sum(read_index(p)["epochs"][epoch]["num_chunks"] for p in parts)
+    assert all(0 < read_index(p)["epochs"][0]["samples_by_stream"]["interleaved"] for p in parts)
+    loader = PackedLoader(out, batch_size=2)  # trains as any sequences folder
+    assert next(loader).tokens.shape == (2, 256)
+    assert speech_units_folder(out).resolve() == speech_units_folder(whole_out).resolve()
+    assert (tmp_path / "merged" / "tokenizer").is_dir()
+
+
+def test_a_merge_refuses_parts_that_do_not_make_one_whole_build(build, tmp_path):
+    from simslm.sequences.build import MergeConfig, merge_sequences
+
+    parts = [build(streams=("speech",), num_epochs=1, num_shards=2, shard_index=k, out=str(tmp_path / f"p{k}"))[1]
+             for k in (0, 1)]
+    other = build(streams=("speech",), num_epochs=1, num_shards=2, shard_index=1, seed=7, out=str(tmp_path / "o"))[1]
+
+    def merge(*folders):
+        return merge_sequences(MergeConfig(parts=folders, out=str(tmp_path / "m")))
+
+    with pytest.raises(ValueError, match=r"p0: the build has 2 parts and part\(s\) 1 are not given"):
+        merge(parts[0])
+    with pytest.raises(ValueError, match=r"p1: the same part \(1 of 2\) as .*p1"):
+        merge(parts[0], parts[1], parts[1])
+    with pytest.raises(ValueError, match=r"o: a part of another build than .*p0 \(it differs in seed\)"):
+        merge(parts[0], other)
+    assert not (tmp_path / "m").exists()
+    assert merge(*parts)["merged_from"]["num_shards"] == 2
 
 
 @pytest.mark.parametrize("span_draws", ["epoch", "once"])

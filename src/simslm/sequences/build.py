@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from simslm.sequences.interleave import (
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
-from simslm.speech.manifest import Utterance, read_manifest
+from simslm.speech.manifest import Utterance, iter_utterances
 from simslm.units.extract import UtteranceUnits, read_units, unit_source
 
 Stream = Literal["interleaved", "speech", "text"]
@@ -92,11 +93,21 @@ class BuildConfig(Config):
     """Packed rows per shard file."""
     seed: int = 0
     """Seed of the spans, the stream order and the mixing draws."""
+    num_shards: int = 1
+    """Build one part of the corpus: the utterances and text lines whose number is --shard-index modulo this, so
+    that parts build in parallel (processes, machines, a SLURM array), each holding only its share in memory;
+    `simslm sequences merge` joins the parts into one folder."""
+    shard_index: int = 0
+    """Which part this build is (0 to --num-shards - 1)."""
     overwrite: bool = False
     """Replace an existing output folder (once the new one is complete)."""
 
     def check(self) -> None:
-        check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length")
+        check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length",
+                       "num_shards")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(f"--shard-index must be between 0 and --num-shards - 1 ({self.num_shards - 1}), "
+                              f"not {self.shard_index}")
         for name in ("speech_ratio", "span_start_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{flag(name)} must be between 0 and 1, not {getattr(self, name)}")
@@ -220,10 +231,12 @@ def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary, *, 
     return tokens, positions, dict(counts)
 
 
-def _read_text_corpus(source: str) -> list[tuple[str, str]]:
+def _read_text_corpus(source: str, num_shards: int = 1, shard_index: int = 0) -> list[tuple[str, str]]:
+    """The text stream's lines (this shard's: those whose line number is `shard_index` modulo `num_shards`)."""
     stem = assets.resolve_file(split_corpus_spec(source)[0]).stem
     return [(f"{stem}-text-{index:06d}", text_lib.speakable(value))
-            for index, value, _ in read_corpus(source) if value and text_lib.has_words(value)]
+            for index, value, _ in read_corpus(source)
+            if index % num_shards == shard_index and value and text_lib.has_words(value)]
 
 
 def build_fixed_streams(streams: list[str], vocabulary: Vocabulary, utterances: list[Utterance],
@@ -293,10 +306,14 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
     utterances, units_by_id, num_units = [], {}, 0
     if needs_speech:
-        utterances = read_manifest(config.manifest)
-        units_by_id = {u.id: u for u in read_units(config.units)}
+        # A shard keeps its share of the manifest and of the units as it reads them, never the whole corpus.
+        utterances = [u for number, u in enumerate(iter_utterances(config.manifest))
+                      if number % config.num_shards == config.shard_index]
+        wanted = {u.id for u in utterances}
+        units_by_id = {u.id: u for u in read_units(config.units) if u.id in wanted}
         num_units = int(unit_source(config.units).k)
-    texts = _read_text_corpus(config.text_corpus) if "text" in streams else []
+    texts = (_read_text_corpus(config.text_corpus, config.num_shards, config.shard_index) if "text" in streams
+             else [])
     if "text" in streams and not texts:
         raise ValueError(f"{config.text_corpus}: no line with words to make a text sample of")
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
@@ -308,6 +325,124 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         index["wall_sec"] = round(time.perf_counter() - started, 3)
         jobs.write_json(building / "index.json", index)
     return index
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeConfig(Config):
+    """What `simslm sequences merge` does."""
+
+    parts: tuple[str, ...]
+    """The folders of every part of one sharded build (`sequences build --num-shards N --shard-index i`)."""
+    out: str
+    """Output folder: one sequences folder that `simslm train` reads as it reads an unsharded build."""
+    overwrite: bool = False
+    """Replace an existing output folder (once the new one is complete)."""
+
+
+# What may differ between the parts of one build; everything else in their configs must be the same.
+PART_FIELDS = ("out", "overwrite", "shard_index")
+
+
+def merge_sequences(config: MergeConfig) -> dict[str, Any]:
+    """Join the parts of a sharded build: epoch e's rows are every part's rows of epoch e (hard links to the parts'
+    files where the file system allows, else copies: the parts stay as they are), and its counts are their sums.
+
+    Refused, naming the part: a folder that is not a part, parts of another build (another config, tokenizer or
+    context), and a set that lacks a part or holds one twice, which would train on part of a corpus as if whole."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
+    folders = [Path(part) for part in config.parts]
+    indexes = [_part_index(folder) for folder in folders]
+    first = indexes[0]
+    shared = {key: value for key, value in first["config"].items() if key not in PART_FIELDS}
+    tokenizer = _folder_digest(folders[0] / "tokenizer")
+    for folder, index in zip(folders[1:], indexes[1:]):
+        differing = sorted(key for key in set(shared) | set(index["config"]) - set(PART_FIELDS)
+                           if index["config"].get(key) != shared.get(key))
+        if differing:
+            raise ValueError(f"{folder}: a part of another build than {folders[0]} (it differs in "
+                             f"{', '.join(differing)})")
+        if _folder_digest(folder / "tokenizer") != tokenizer:
+            raise ValueError(f"{folder}: its tokenizer differs from {folders[0]}'s")
+    num_shards = shared["num_shards"]
+    by_index: dict[int, list[Path]] = collections.defaultdict(list)
+    for folder, index in zip(folders, indexes):
+        by_index[index["config"]["shard_index"]].append(folder)
+    twice = next(((number, found) for number, found in by_index.items() if len(found) > 1), None)
+    if twice:
+        raise ValueError(f"{twice[1][1]}: the same part ({twice[0]} of {num_shards}) as {twice[1][0]}")
+    absent = [str(number) for number in range(num_shards) if number not in by_index]
+    if absent:
+        raise ValueError(f"{folders[0]}: the build has {num_shards} parts and part(s) {', '.join(absent)} are not "
+                         f"given; merge every --shard-index")
+    order = sorted(range(len(folders)), key=lambda i: indexes[i]["config"]["shard_index"])
+    with jobs.atomic_path(out) as building:
+        building.mkdir(parents=True)
+        shutil.copytree(folders[0] / "tokenizer", building / "tokenizer")
+        merged = {key: value for key, value in first.items() if key not in ("epochs", "wall_sec", "units_folder")}
+        merged["config"] = {**shared, "out": str(out), "num_shards": 1, "shard_index": 0}
+        merged["merged_from"] = {"num_shards": num_shards,
+                                 "parts": [jobs.portable_path(folders[i], out) for i in order]}
+        if "units_folder" in first:
+            merged["units_folder"] = jobs.portable_path(jobs.placed_path(first["units_folder"], folders[0]), out)
+        merged["epochs"] = [_merge_epoch(building, [(folders[i], indexes[i]["epochs"][epoch]) for i in order])
+                            for epoch in range(len(first["epochs"]))]
+        merged["wall_sec"] = round(time.perf_counter() - started, 3)
+        merged["parts_wall_sec"] = [indexes[i].get("wall_sec") for i in order]
+        jobs.write_json(building / "index.json", merged)
+    return merged
+
+
+def _part_index(folder: Path) -> dict[str, Any]:
+    from simslm.sequences.loader import read_index
+
+    index = read_index(folder)
+    if index.get("format") != 2 or "num_shards" not in index.get("config", {}):
+        raise ValueError(f"{folder}: not a part of a sharded build (`sequences build --num-shards N "
+                         f"--shard-index i` makes one)")
+    return index
+
+
+def _folder_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _merge_epoch(building: Path, parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """One epoch of the merged folder: the parts' shard files in part order, renumbered, and their counts summed."""
+    epoch = parts[0][1]["epoch"]
+    folder = building / f"epoch-{epoch:03d}"
+    folder.mkdir()
+    entry: dict[str, Any] = {"epoch": epoch, "shards": [], "position_shards": []}
+    for part, part_entry in parts:
+        for names, prefix, key in ((entry["shards"], "shard", "shards"),
+                                   (entry["position_shards"], "positions", "position_shards")):
+            for name in part_entry[key]:
+                names.append(f"{prefix}-{len(names):05d}.npy")
+                _link_or_copy(part / f"epoch-{epoch:03d}" / name, folder / names[-1])
+        for key, value in part_entry.items():
+            if key in ("epoch", "shards", "position_shards"):
+                continue
+            if isinstance(value, dict):
+                totals = entry.setdefault(key, {})
+                for name, count in value.items():
+                    totals[name] = totals.get(name, 0) + count
+            else:
+                entry[key] = entry.get(key, 0) + value
+    return entry
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, target)
 
 
 def speech_units_folder(data: str | os.PathLike) -> Path | None:
@@ -332,6 +467,9 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
     drawn = None  # the interleaved samples and skips of the epoch whose spans this one takes
+    # Parts of a sharded build order and mix their streams with draws of their own (an unsharded build's are as
+    # they always were).
+    part = () if config.num_shards == 1 else (config.num_shards, config.shard_index)
     for epoch in jobs.progress(range(config.num_epochs), "sequences build (epochs)"):
         samples = dict(fixed)
         skipped = collections.Counter(unusable)
@@ -348,10 +486,12 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
         # mixes its streams, then draws the mixture piece by piece.
         pieces = {}
         for name in samples:
-            order = np.random.default_rng([config.seed, epoch, STREAMS.index(name)]).permutation(len(samples[name]))
+            order = np.random.default_rng([config.seed, epoch, STREAMS.index(name), *part]).permutation(
+                len(samples[name]))
             samples[name] = [samples[name][i] for i in order]
             pieces[name] = context_pieces(samples[name], config.context_length)
-        chosen, taken = mix_streams(pieces, shares, np.random.default_rng([config.seed, epoch, 1]), by=config.mix_by)
+        chosen, taken = mix_streams(pieces, shares, np.random.default_rng([config.seed, epoch, 1, *part]),
+                                    by=config.mix_by)
         chunks, positions, counts = pack(chosen, config.context_length, vocabulary)
         folder = building / f"epoch-{epoch:03d}"
         folder.mkdir()
