@@ -9,6 +9,7 @@ temporary folder and renamed at the end.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from simslm.sequences.interleave import (
     sample_rng,
     single_modality_sample,
 )
+from simslm.sequences.loader import read_index
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
@@ -396,8 +398,6 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
 
 
 def _part_index(folder: Path) -> dict[str, Any]:
-    from simslm.sequences.loader import read_index
-
     index = read_index(folder)
     if index.get("format") != 2 or "num_shards" not in index.get("config", {}):
         raise ValueError(f"{folder}: not a part of a sharded build (`sequences build --num-shards N "
@@ -406,8 +406,6 @@ def _part_index(folder: Path) -> dict[str, Any]:
 
 
 def _folder_digest(folder: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
