@@ -343,3 +343,17 @@ def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_pat
         import_slamkit_features(ImportConfig(features=str(features), out=str(tmp_path / f"units-{name}"),
                                              num_units=4, codebook=str(codebook)))
         assert ("encodes audio with 0 zero samples at each end" in capsys.readouterr().err) == warned
+
+
+def test_units_of_some_ids_skip_the_other_lines_unparsed_and_equal_the_filtered_whole(tmp_path):
+    out = tmp_path / "units"
+    (out / "shards").mkdir(parents=True)
+    ids = ["plain", 'quote"d', "back\\slash", "caf\u00e9", "skipped-one"]
+    lines = [{"id": i, "frame_rate_hz": 25.0, "units": [n, n + 1], "durations": [1, 2]} for n, i in enumerate(ids[:4])]
+    lines.append({"id": "skipped-one", "skipped": "silent", "reason": "silent"})
+    (out / "shards" / "shard-00000.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (out / "units.json").write_text(json.dumps({"num_shards": 1}))
+    wanted = {'quote"d', "caf\u00e9", "skipped-one", "absent"}
+    some = [(u.id, u.units.tolist()) for u in read_units(out, wanted)]
+    assert some == [(u.id, u.units.tolist()) for u in read_units(out) if u.id in wanted]
+    assert some == [('quote"d', [1, 2]), ("caf\u00e9", [3, 4])]

@@ -311,8 +311,8 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         # A shard keeps its share of the manifest and of the units as it reads them, never the whole corpus.
         utterances = [u for number, u in enumerate(iter_utterances(config.manifest))
                       if number % config.num_shards == config.shard_index]
-        wanted = {u.id for u in utterances}
-        units_by_id = {u.id: u for u in read_units(config.units) if u.id in wanted}
+        wanted = {u.id for u in utterances} if config.num_shards > 1 else None
+        units_by_id = {u.id: u for u in read_units(config.units, wanted)}
         num_units = int(unit_source(config.units).k)
     texts = (_read_text_corpus(config.text_corpus, config.num_shards, config.shard_index) if "text" in streams
              else [])

@@ -12,12 +12,13 @@ import collections
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, ClassVar, Container, Iterator, Literal
 
 import numpy as np
 
@@ -563,11 +564,23 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     return extract_units(dataclasses.replace(config, executor="here", shard_index=0))  # all done: the report
 
 
-def _iter_shard_lines(out: Path) -> Iterator[dict[str, Any]]:
+# Every shard line is written by json.dumps with its id first, so a reader after some ids can skip the others
+# without parsing their units (a part of a sharded `sequences build` reads the whole folder for its share).
+_LINE_ID = re.compile(r'\{"id": ("(?:[^"\\]|\\.)*")')
+
+
+def _iter_shard_lines(out: Path, ids: Container[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The shard lines in order; with `ids`, only those of these utterances."""
     for shard in sorted((out / "shards").glob("shard-*.jsonl")):
         with open(shard, encoding="utf-8") as handle:
-            for line in handle:
-                yield json.loads(line)
+            for text in handle:
+                if ids is not None:
+                    match = _LINE_ID.match(text)
+                    if match and json.loads(match.group(1)) not in ids:
+                        continue
+                line = json.loads(text)
+                if ids is None or line.get("id") in ids:
+                    yield line
 
 
 def _shards_present(out: Path) -> tuple[int, int | None]:
@@ -584,8 +597,8 @@ def units_complete(out: str | os.PathLike) -> bool:
     return expected is not None and present >= expected
 
 
-def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
-    """The extracted units of every successfully encoded utterance, in manifest order.
+def read_units(out: str | os.PathLike, ids: Container[str] | None = None) -> Iterator[UtteranceUnits]:
+    """The extracted units of every successfully encoded utterance (or of those in `ids`), in manifest order.
 
     A folder some of whose shards are missing (an extraction split over processes, not all done) is refused:
     reading part of a corpus as the whole of it would be a silent wrong result."""
@@ -593,7 +606,7 @@ def read_units(out: str | os.PathLike) -> Iterator[UtteranceUnits]:
     if expected is not None and present < expected:
         raise ValueError(f"{out}: {present} of {expected} shards extracted; finish the extraction (every "
                          f"--shard-index of --num-shards) before reading it")
-    for line in _iter_shard_lines(Path(out)):
+    for line in _iter_shard_lines(Path(out), ids):
         if "skipped" not in line:
             yield UtteranceUnits(id=line["id"], units=np.asarray(line["units"], dtype=np.int32),
                                  durations=np.asarray(line["durations"], dtype=np.int32),
