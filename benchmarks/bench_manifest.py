@@ -1,12 +1,14 @@
-"""Reading a large manifest: time and peak memory of `read_manifest` and of units' `_records`, each in its own process.
+"""Reading a large corpus: time and peak memory of reading its manifest and its units, each reader in its own process.
 
-    .venv/bin/python benchmarks/bench_manifest.py --utterances 200000 --words 30
+    .venv/bin/python benchmarks/bench_manifest.py --utterances 200000 --words 30 --units 250
 
 A manifest of N synthetic utterances of W timed words each (Libri-Light's 10-second segments hold about 30 words) is
 written to a temporary folder; each reader then runs in a fresh interpreter, which reports its wall time and its peak
 resident memory (`ru_maxrss`). The readers:
 - `read_manifest`: the whole manifest as Utterance objects, as sequences build and align hold it;
-- `units records`: the ids, audio paths and durations `units fit` and `units extract` keep (`extract._records`).
+- `units records`: the ids, audio paths and durations `units fit` and `units extract` keep (`extract._records`);
+- `read_units`: a units folder of the same utterances (`--units` units each), all of it, and the 16th of it that a
+  part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 READERS = {
     "read_manifest": "from simslm.speech.manifest import read_manifest as read",
     "units records": "from simslm.units.extract import _records as read",
+    "read_units, all": "from simslm.units.extract import read_units\nread = lambda m: list(read_units(m))",
+    "read_units, a 16th": "from simslm.units.extract import read_units\n"
+                          "class Part:\n    __contains__ = lambda self, i: int(i[1:]) % 16 == 0\n"
+                          "read = lambda m: list(read_units(m, Part()))",
 }
 PROBE = """
 import resource, sys, time
@@ -41,19 +49,36 @@ def write_manifest(path: Path, utterances: int, words: int) -> None:
                                      "transcript": " ".join(w["word"] for w in timed), "words": timed}) + "\n")
 
 
+def write_units(folder: Path, utterances: int, units: int, per_shard: int = 1000) -> None:
+    """A `units extract` folder's shards (one JSON line an utterance, its id first) and its units.json."""
+    rng = np.random.default_rng(0)
+    (folder / "shards").mkdir(parents=True)
+    for number, start in enumerate(range(0, utterances, per_shard)):
+        with open(folder / "shards" / f"shard-{number:05d}.jsonl", "w", encoding="utf-8") as handle:
+            for i in range(start, min(start + per_shard, utterances)):
+                handle.write(json.dumps({"id": f"u{i:08d}", "frame_rate_hz": 25.0,
+                                         "units": rng.integers(0, 500, units).tolist(),
+                                         "durations": rng.integers(1, 4, units).tolist()}) + "\n")
+    (folder / "units.json").write_text(json.dumps({"num_shards": -(-utterances // per_shard)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=200_000)
     parser.add_argument("--words", type=int, default=30)
+    parser.add_argument("--units", type=int, default=250, help="units an utterance (10 s of 25 Hz units, deduplicated)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        manifest = Path(folder) / "manifest.jsonl"
+        manifest, units = Path(folder) / "manifest.jsonl", Path(folder) / "units"
         write_manifest(manifest, args.utterances, args.words)
-        print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB")
+        write_units(units, args.utterances, args.units)
+        print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB; units "
+              f"{sum(p.stat().st_size for p in units.rglob('*')) / 1e6:.0f} MB")
         for name, imports in READERS.items():
-            out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports), str(manifest)],
+            source = units if name.startswith("read_units") else manifest
+            out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports), str(source)],
                                  capture_output=True, text=True, check=True).stdout.split()
-            print(f"{name:>14}: {float(out[1]):6.1f} s, peak {float(out[2]):.2f} GB "
+            print(f"{name:>18}: {float(out[1]):6.1f} s, peak {float(out[2]):.2f} GB "
                   f"({float(out[2]) * 1e9 / args.utterances:,.0f} bytes per utterance)")
 
 
