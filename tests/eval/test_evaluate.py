@@ -225,20 +225,38 @@ def test_a_zerospeech_lexical_folder_is_scored_as_zerospeech_scores_swuggy(train
     assert not (run / "scores" / "sw-pairs.tsv").exists()  # only when asked
 
 
-def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_path):
+@pytest.mark.parametrize("stored", ["folders", "hub"])
+def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_path, stored):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile
+
     from simslm.speech import audio
 
     run, bench = trained_run
     flacs = iter(sorted(bench.rglob("*.flac"))[:10])
     for part, samples in (("gender_consistency", 3), ("speaker_consistency", 2)):
         (tmp_path / part).mkdir()
+        rows = []
         for number in range(samples):
-            for side in ("0", "1"):
-                audio.write_audio(tmp_path / part / f"s_{number}_{side}.wav", audio.load_audio(next(flacs)))
+            sides = {}
+            for side, name in (("0", "positive_audio"), ("1", "negative_audio")):
+                samples_ = audio.load_audio(next(flacs))
+                if stored == "folders":  # SALMon's download: <name>_<sample>_... .wav, a folder per part
+                    audio.write_audio(tmp_path / part / f"s_{number}_{side}.wav", samples_)
+                buffer = io.BytesIO()
+                soundfile.write(buffer, samples_, 16000, format="WAV")
+                sides[name] = {"bytes": buffer.getvalue(), "path": None}
+            rows.append({"task": part, "ind": number, **sides})
+        if stored == "hub":  # slprl/SALMon: a parquet shard per part
+            pq.write_table(pa.Table.from_pylist(rows), tmp_path / part / "train-00000-of-00001.parquet")
     results = evaluate_run(EvalConfig(run=str(run), bench=(f"salmon={tmp_path}",), num_resamples=50))
     assert set(results) == {"salmon", "salmon/gender_consistency", "salmon/speaker_consistency"}
     whole = results["salmon"]
-    assert whole.layout == "salmon" and whole.num_pairs == 5 and whole.num_groups == 2
+    assert whole.layout == ("salmon" if stored == "folders" else "salmon-hub")
+    assert whole.num_pairs == 5 and whole.num_groups == 2
     for part, entry in whole.per_group.items():  # each part alone: SALMon's own number, the mean over its pairs
         alone = results[f"salmon/{part}"]
         assert alone.accuracy == entry["accuracy"] and alone.num_pairs == entry["num_pairs"]

@@ -250,12 +250,12 @@ def test_hub_parquet_layout_writes_the_audio_once_and_groups_by_speaker(tmp_path
     pq.write_table(pa.Table.from_pylist([{"id": "x"}]), tmp_path / "sSC" / "bm" / "train-00001.parquet")
     with pytest.raises(BenchError, match="train-00001.parquet: no column"):
         load(tmp_path)
-    # SALMon on the hub (`slprl/salmon`): positive_audio and negative_audio alone, a shard's folder per part.
+    # SALMon on the hub (`slprl/SALMon`): positive_audio and negative_audio, with task and ind, a folder per part.
     salmon = tmp_path / "salmon" / "gender_consistency"
     salmon.mkdir(parents=True)
-    rows = [{"positive_audio": {"bytes": wav_bytes(220 + i), "path": None},
+    rows = [{"task": "gender_consistency", "ind": 7 + i, "positive_audio": {"bytes": wav_bytes(220 + i), "path": None},
              "negative_audio": {"bytes": wav_bytes(330 + i), "path": None}} for i in range(2)]
     pq.write_table(pa.Table.from_pylist(rows), salmon / "train-00000.parquet")
     layout, pairs = load(salmon.parent)
-    assert layout == "hf-parquet" and [p.id for p in pairs] == ["gender_consistency/0", "gender_consistency/1"]
+    assert layout == "salmon-hub" and [p.id for p in pairs] == ["gender_consistency/7", "gender_consistency/8"]
     assert pairs[0].positive[0].text is None and audio.load_audio(pairs[1].negative[0].audio).size == 16000

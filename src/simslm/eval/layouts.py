@@ -248,8 +248,17 @@ def load_cross_modal(folder: Path, mode: str = "S") -> list[Pair]:
 
 
 # A hub set's two sides: the multi-speaker StoryCloze's columns (with `id` and `<side>_text` beside them), or SALMon's
-# (`slprl/salmon`: `positive_audio` and `negative_audio` only, as its `salmon.py` reads them).
+# (`slprl/SALMon`: `positive_audio` and `negative_audio`, with `task` and `ind`, the sample's number, beside them, as
+# a set derived from it lists its features; a folder per part).
 HF_SIDES = (("correct", "negative"), ("positive", "negative"))
+
+
+def _is_hub_salmon(folder: Path) -> bool:
+    """Whether a folder of parquet shards holds SALMon's rows (its sides are `positive_audio` and `negative_audio`)."""
+    import pyarrow.parquet as parquet
+
+    shard = next(folder.rglob("*.parquet"), None)
+    return shard is not None and {"positive_audio", "negative_audio"} <= set(parquet.read_schema(shard).names)
 
 
 def _safe_suffix(path: Any) -> str:
@@ -263,7 +272,7 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
 
     Parquet shards per task and speaker or part (e.g. `sSC/bm/train-*.parquet`); each row has `correct_audio` and
     `negative_audio` ({bytes, path}) with `id`, `correct_text` and `negative_text`, or SALMon's `positive_audio`
-    and `negative_audio` (a row's number is then its id). The shard's folder is the pair's group. Audio bytes are
+    and `negative_audio` (its `ind`, else the row's number, is then the id). The shard's folder is the pair's group. Audio bytes are
     written once to the cache as files, so extraction reads them like any benchmark audio.
     """
     import pyarrow.parquet as parquet
@@ -281,8 +290,9 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
                              f"with id, correct_text, negative_text), nor positive_audio and negative_audio (SALMon)")
         group = str(shard.parent.relative_to(folder)) if shard.parent != folder else "all"
         columns = [c for side in sides for c in (f"{side}_audio", f"{side}_text") if c in table.column_names]
-        for number, row in enumerate(table.select(columns + ["id"] * ("id" in table.column_names)).to_pylist()):
-            row_id = str(row.get("id", number))
+        named = next((name for name in ("id", "ind") if name in table.column_names), None)
+        for number, row in enumerate(table.select(columns + [named] * bool(named)).to_pylist()):
+            row_id = str(row[named] if named else number)
             parts = []
             for side, role in zip(sides, ("correct", "negative")):
                 blob = row[f"{side}_audio"] or {}
@@ -408,6 +418,10 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("cross-modal", lambda folder: next(folder.rglob("*_mutual.txt"), None) is not None,
            lambda folder, mode: load_cross_modal(folder, mode or "S"), modes=tuple(CROSS_MODES)),
     Layout("storycloze", lambda folder: _has_storycloze_pair(folder), lambda folder, mode: load_storycloze(folder)),
+    # SALMon from the hub is reported as its own folders are: each part alone (SALMon's numbers), and all together.
+    Layout("salmon-hub", _is_hub_salmon, lambda folder, mode: load_hf_parquet(folder), aggregation="macro",
+           groups_are_folders=False,
+           subsets=tuple((part, functools.partial(operator.eq, part)) for part in SALMON_PARTS)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
     # SALMon reports each part alone (its leaderboard's columns); the whole set is the mean over parts.
