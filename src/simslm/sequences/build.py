@@ -9,7 +9,6 @@ temporary folder and renamed at the end.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import shutil
 import time
@@ -304,8 +303,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     shares = parse_mix(config.mix, streams)
     needs_speech = bool({"interleaved", "speech"} & set(streams))
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
+    _refuse_filled(out, config.overwrite)
     utterances, units_by_id, num_units = [], {}, 0
     if needs_speech:
         # A shard keeps its share of the manifest and of the units as it reads them, never the whole corpus.
@@ -353,20 +351,19 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
     context), and a set that lacks a part or holds one twice, which would train on part of a corpus as if whole."""
     started = time.perf_counter()
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
+    _refuse_filled(out, config.overwrite)
     folders = [Path(part) for part in config.parts]
     indexes = [_part_index(folder) for folder in folders]
     first = indexes[0]
     shared = {key: value for key, value in first["config"].items() if key not in PART_FIELDS}
-    tokenizer = _folder_digest(folders[0] / "tokenizer")
+    tokenizer = jobs.content_digest(folders[0] / "tokenizer")
     for folder, index in zip(folders[1:], indexes[1:]):
         differing = sorted(key for key in set(shared) | set(index["config"]) - set(PART_FIELDS)
                            if index["config"].get(key) != shared.get(key))
         if differing:
             raise ValueError(f"{folder}: a part of another build than {folders[0]} (it differs in "
                              f"{', '.join(differing)})")
-        if _folder_digest(folder / "tokenizer") != tokenizer:
+        if jobs.content_digest(folder / "tokenizer") != tokenizer:
             raise ValueError(f"{folder}: its tokenizer differs from {folders[0]}'s")
     num_shards = shared["num_shards"]
     by_index: dict[int, list[Path]] = collections.defaultdict(list)
@@ -405,13 +402,6 @@ def _part_index(folder: Path) -> dict[str, Any]:
     return index
 
 
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def _merge_epoch(building: Path, parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
     """One epoch of the merged folder: the parts' shard files in part order, renumbered, and their counts summed."""
     epoch = parts[0][1]["epoch"]
@@ -441,6 +431,12 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:  # another file system, or one without hard links
         shutil.copyfile(source, target)
+
+
+def _refuse_filled(out: Path, overwrite: bool) -> None:
+    """Stop before any work when the output folder holds something and replacing it was not asked for."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
 
 
 def speech_units_folder(data: str | os.PathLike) -> Path | None:
