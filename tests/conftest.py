@@ -110,3 +110,38 @@ def train_stopped_at(monkeypatch):
         monkeypatch.setattr(train_module, "learning_rate", learning_rate)
 
     return stopped
+
+
+HOLD_LOCK = """
+import sys
+from simslm import jobs
+with jobs.exclusive_lock(sys.argv[1], "busy"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def lock_held_elsewhere():
+    """`hold(path)`: another process takes `jobs.exclusive_lock(path)` and keeps it until `release()`; returns its
+    pid and `release` (called at the end of the test if the test did not)."""
+    import subprocess
+    import sys
+
+    holders = []
+
+    def release(process) -> None:
+        if process.poll() is None:
+            process.stdin.close()
+            process.wait(timeout=60)
+
+    def hold(path):
+        process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        holders.append(process)
+        assert process.stdout.readline() == "held\n"
+        return process.pid, lambda: release(process)
+
+    yield hold
+    for process in holders:
+        release(process)

@@ -227,3 +227,25 @@ def test_a_slurm_executor_warns_ahead_and_ends_a_job_whose_task_died(tmp_path, m
                                       warning_s=120, slurm_partition="gpu")
     assert executor.parameters["signal_delay_s"] == 120 and executor.parameters["partition"] == "gpu"
     assert executor.parameters.get("srun_args") == (["--kill-on-bad-exit=1"] if tasks > 1 else None)
+
+
+def _lock_from_another_process(path) -> str:
+    code = ("import sys\nfrom simslm import jobs\ntry:\n    with jobs.exclusive_lock(sys.argv[1], 'x'):\n"
+            "        print('taken')\nexcept jobs.Busy:\n    print('refused')")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_an_exclusive_lock_is_refused_to_another_process_at_once_and_taken_again_in_its_own(tmp_path,
+                                                                                            lock_held_elsewhere):
+    path = tmp_path / "run" / ".lock"
+    pid, release = lock_held_elsewhere(path)
+    with pytest.raises(jobs.Busy, match=rf"^run is busy \(held by process {pid} on .+\)$"):
+        with jobs.exclusive_lock(path, "run is busy"):
+            pass
+    release()
+    with jobs.exclusive_lock(path, "run is busy"):
+        with jobs.exclusive_lock(tmp_path / "run" / ".." / "run" / ".lock", "run is busy"):  # a sweep, then train
+            pass
+        assert _lock_from_another_process(path) == "refused"  # the inner block did not release it
+    assert _lock_from_another_process(path) == "taken"

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -47,7 +47,7 @@ def _write(path: Path, content: str | bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, extracted, speech_sequences, trained_run) -> World:
+def world(tmp_path_factory, extracted, speech_sequences, trained_run) -> Iterator[World]:
     from simslm.scaling import sweep
 
     config, _, _ = extracted
@@ -65,8 +65,11 @@ def world(tmp_path_factory, extracted, speech_sequences, trained_run) -> World:
     _write(sweep_dir / "fit.json", json.dumps({"variants": {"random": {"approach3": {}}}}))  # an earlier fit
     table = _write(root / "table.csv", "parameters,tokens,loss\n" + "".join(
         f"{n},{d},{2 + 400 / n ** 0.3 + 900 / d ** 0.3:.4f}\n" for n in (1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8)))
-    return World(root=root, manifest=Path(config.manifest), codebook=Path(config.codebook), units=units, data=data,
-                 run=run, bench=trained_run[1], sweep=sweep_dir, table=table)
+    yield World(root=root, manifest=Path(config.manifest), codebook=Path(config.codebook), units=units, data=data,
+                run=run, bench=trained_run[1], sweep=sweep_dir, table=table)
+    for holder in _HOLDERS:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 # --- bad files -----------------------------------------------------------------------------------
@@ -120,6 +123,26 @@ def codebook_with(w: World, name: str, centroids: np.ndarray, sidecar: bool = Tr
     if sidecar:
         shutil.copy(w.codebook.with_suffix(".json"), path.with_suffix(".json"))
     return path
+
+
+_HOLDERS: list = []
+
+
+def held_elsewhere(w: World, name: str) -> Path:
+    """A copy of the trained run whose lock another process holds, as a job still training it would, until the
+    module's tests end."""
+    import subprocess
+    import sys
+
+    from tests.conftest import HOLD_LOCK
+
+    run = w.bad / name
+    if not run.exists():
+        shutil.copytree(w.run, run)
+        _HOLDERS.append(subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / ".lock")], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True))
+        assert _HOLDERS[-1].stdout.readline() == "held\n"
+    return run
 
 
 def sweep_spec(w: World, name: str, spec: dict) -> Path:
@@ -374,6 +397,9 @@ CASES: dict[str, Case] = {
                                                     f"{w.run / 'model'}", [w.run / "result.json", w.run / "model"]),
     "train: finished run, other config": lambda w: (["train", "--config", str(w.run / "config.json"), f"run_dir={w.run}", "lr=0.1"],
                                                     str(w.run), [w.run / "result.json", w.run / "model"]),
+    "train: run another process is training": lambda w: (
+        ["train", "--config", str(w.run / "config.json"), f"run_dir={held_elsewhere(w, 'run-held')}"],
+        f"{w.bad / 'run-held'}: another process is training this run", [w.bad / "run-held"]),
     "train: config not JSON": lambda w: (["train", "--config", str(not_json(w, "t.json"))], str(not_json(w, "t.json")),
                                          []),
     "train: config not UTF-8": lambda w: (["train", "--config", str(not_utf8(w, "t8.json"))],

@@ -182,6 +182,36 @@ def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, t
     assert stored["data"] == str(tmp_path / "moved" / "seq")  # the new name from now on
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*")
+            if path.is_file() and path.name != ".lock"}
+
+
+def test_a_run_another_process_trains_is_refused_at_once_and_left_as_it_is(data, tmp_path, train_stopped_at,
+                                                                          lock_held_elsewhere):
+    """A job submitted again while the first still trained went on beside it: it resumed from the first's last
+    checkpoint, cut metrics.jsonl back to it, and both then appended to it (steps ..., 120, 135, 136, 121, 137, ...);
+    the first's result.json took a final loss from the mixed lines. The second is now refused before it loads."""
+    from simslm import jobs
+
+    config = _config(data, tmp_path / "run", budget_tokens=12 * 4 * 64, validation_data=None)
+    train_stopped_at(config, 6)
+    before = _files(tmp_path / "run")
+    pid, release = lock_held_elsewhere(tmp_path / "run" / ".lock")  # as `simslm train` holds it
+    with pytest.raises(jobs.Busy, match=rf"run: another process is training this run; wait for it to end, or stop "
+                                        rf"it \(held by process {pid} on "):
+        train(config)
+    assert _files(tmp_path / "run") == before
+    release()
+    assert train(config).steps == 12 and len(_losses(tmp_path / "run")) == 12
+
+
+def test_a_run_refused_before_it_trains_leaves_no_folder(data, tmp_path):
+    with pytest.raises(ValueError, match="nowhere"):
+        train(_config(str(tmp_path / "nowhere"), tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_budget_whole_steps_cannot_meet_is_said(data, tmp_path, capsys):
     result = train(_config(data, tmp_path / "run", budget_tokens=None, budget_flops=1e6, validation_data=None))
     assert result.steps == 1 and result.flops > 10 * 1e6

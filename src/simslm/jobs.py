@@ -487,6 +487,57 @@ def update_json(path: str | os.PathLike, update: Callable[[Any], Any], default: 
     return value
 
 
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+class Busy(ValueError):
+    """Another process holds the lock asked for (`exclusive_lock`)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created) for the block, or raise `Busy(f"{busy} ({holder})")` at
+    once when another process holds it. The holder's host and pid are written into the file.
+
+    Re-entrant within a process: a sweep holds its run folder's lock and then trains the run, which locks it too.
+    Where the file system has no locks (ENOLCK, say, on an NFS mount without a lock daemon), the block runs
+    unlocked after a warning: refusing would stop every run there."""
+    import errno
+    import fcntl
+    import socket
+
+    key = Path(path).resolve()
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    key.parent.mkdir(parents=True, exist_ok=True)
+    with open(key, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise Busy(f"{busy} ({holder})" if holder else busy) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            print(f"simslm: warning: {key}: the file system does not lock files ({error.strerror}); nothing stops a "
+                  f"second process from writing here at the same time", file=sys.stderr)
+        handle.truncate(0)
+        handle.write(f"held by process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD_LOCKS[key]
+            handle.truncate(0)  # the file stays (another process may be waiting to open it); its holder does not
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

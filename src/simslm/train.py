@@ -9,6 +9,7 @@ bit-identical losses on CPU. `torchrun` gives data parallelism (gloo on CPU, NCC
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -238,6 +239,7 @@ class Losses:
 
 
 RESULT_FILE = "result.json"
+RUN_LOCK = ".lock"  # held while a process trains the run (and by a sweep while it trains and evaluates it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1010,11 +1012,6 @@ def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None
 
 def train(config: TrainConfig) -> RunResult | None:
     """Build, loop, evaluate, save; the result (on the main process). Re-running with the same run_dir resumes."""
-    import contextlib
-
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
     started = time.perf_counter()
     jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
     distributed = _Distributed(config.device)
@@ -1025,6 +1022,38 @@ def train(config: TrainConfig) -> RunResult | None:
     if run_dir.exists() and not run_dir.is_dir():  # said before the base model loads, not after
         raise ValueError(f"{run_dir}: a file, where the run's folder is to be")
     given_peak = _given_peak_flops()  # a bad value is refused before anything is written
+    with _run_held(run_dir, distributed):
+        return _train(config, distributed, run_dir, given_peak, started)
+
+
+@contextlib.contextmanager
+def _run_held(run_dir: Path, distributed: "_Distributed"):
+    """The run folder's lock (`RUN_LOCK`), held by the main process while the run trains; every process learns
+    at once when another holds it. Two processes training one folder (a job submitted again while the first still
+    runs) would otherwise both go on: metrics.jsonl's steps interleaved, checkpoints and model overwritten."""
+    busy, created = "", not run_dir.exists()
+    try:
+        with contextlib.ExitStack() as held:
+            if distributed.is_main:
+                try:
+                    held.enter_context(jobs.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: another process is "
+                                                           f"training this run; wait for it to end, or stop it"))
+                except jobs.Busy as error:
+                    busy = str(error)
+            if distributed.all_sum([float(bool(busy))])[0]:
+                raise jobs.Busy(busy or f"{run_dir}: another process is training this run")
+            yield
+    except BaseException:
+        if distributed.is_main and created and {p.name for p in run_dir.glob("*")} <= {RUN_LOCK}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before anything was written: leave nothing behind
+        raise
+
+
+def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, given_peak: float | None,
+           started: float) -> RunResult | None:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
     torch.manual_seed(config.seed)
 
     # Build.

@@ -47,7 +47,15 @@ from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
-from simslm.train import OFF_BUDGET, PEAK_FLOPS_VARIABLE, RunResult, TrainConfig, loss_curve, measure_peak_flops
+from simslm.train import (
+    OFF_BUDGET,
+    PEAK_FLOPS_VARIABLE,
+    RUN_LOCK,
+    RunResult,
+    TrainConfig,
+    loss_curve,
+    measure_peak_flops,
+)
 
 SWEEP_FILE = "sweep.json"
 
@@ -466,7 +474,7 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _locked(run_dir: Path) -> bool:
-    lock = run_dir / ".lock"
+    lock = run_dir / RUN_LOCK
     if not lock.exists():
         return False
     with open(lock, "a") as handle:
@@ -528,22 +536,20 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
 
             train(TrainConfig(**run["config"]))
         return "done"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "running"
-        if not trained:
-            from simslm.train import train
+    try:
+        with jobs.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: held by another process"):
+            if not trained:
+                from simslm.train import train
 
-            train(TrainConfig(**run["config"]))
-        missing = _unevaluated(run_dir, tuple(spec.get("bench") or ()))
-        if missing:  # only those: an evaluation stopped part way kept the others
-            from simslm.eval.evaluate import EvalConfig, evaluate_run
+                train(TrainConfig(**run["config"]))  # takes the same lock again, as this process may
+            missing = _unevaluated(run_dir, tuple(spec.get("bench") or ()))
+            if missing:  # only those: an evaluation stopped part way kept the others
+                from simslm.eval.evaluate import EvalConfig, evaluate_run
 
-            evaluate_run(EvalConfig(run=str(run_dir), bench=missing, modes=spec.get("eval_modes", ("S", "T")),
-                                    num_workers=1))
+                evaluate_run(EvalConfig(run=str(run_dir), bench=missing, modes=spec.get("eval_modes", ("S", "T")),
+                                        num_workers=1))
+    except jobs.Busy:
+        return "running"
     return "done"
 
 
