@@ -145,3 +145,20 @@ def lock_held_elsewhere():
     yield hold
     for process in holders:
         release(process)
+
+
+def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, **config) -> str:
+    """A random model of a real architecture (`config` adds to its config: tied embeddings, Llama 3's RoPE), with
+    the data's tokenizer (tok512) saved beside it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from simslm.sequences.vocabulary import load_base_tokenizer
+
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                                 "llama": (LlamaConfig, LlamaForCausalLM)}[architecture]
+    model = model_class(config_class(vocab_size=512, hidden_size=width, intermediate_size=2 * width,
+                                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                     max_position_embeddings=128, **config))
+    model.save_pretrained(folder)
+    load_base_tokenizer("stories260K").save_pretrained(folder)
+    return str(folder)

@@ -438,8 +438,14 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(path: Path, block: int = 16 << 20) -> str:
+    """A file's sha256, read a block at a time: a 7B model's optimizer.pt is 56 GB, which `read_bytes` would hold
+    whole in memory beside the state just saved from it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _full_options():
@@ -516,16 +522,20 @@ def checkpoint_state(folder: Path) -> dict[str, Any]:
     return jobs.read_json(folder / "state.json")
 
 
-def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader) -> int:
-    """Restore everything a checkpoint holds; return its step."""
+def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, from_main: bool = False,
+                    is_main: bool = True) -> int:
+    """Restore everything a checkpoint holds; return its step. With `from_main` (FSDP), the main process alone reads
+    the weights and the optimiser's state and sends each process its shards."""
     import torch
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if from_main else _full_options()
+    reads = is_main or not from_main
     try:
-        set_model_state_dict(model, load_file(str(folder / "model.safetensors")), options=_full_options())
-        set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True),
-                                 options=_full_options())
+        set_model_state_dict(model, load_file(str(folder / "model.safetensors")) if reads else {}, options=options)
+        set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True)
+                                 if reads else {}, options=options)
     except (RuntimeError, KeyError, ValueError) as error:  # e.g. weights of another model size
         message = " ".join(str(error).split())[:300]
         raise ValueError(f"{folder}: does not fit this run's model ({error.__class__.__name__}: {message}); "
@@ -692,6 +702,16 @@ class _Distributed:
 
         if self.world_size > 1:
             dist.barrier()
+
+    def broadcast_object(self, value: Any) -> Any:
+        """The main process's `value` on every process (pickled; these processes are one job's)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def scored_targets(tokens: np.ndarray, positions: np.ndarray, pad_id: int) -> np.ndarray:
@@ -1007,6 +1027,58 @@ def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None
             writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
+def _skeleton_unless_main(model, config: TrainConfig, distributed: "_Distributed"):
+    """Under FSDP: the main process's model as built; on the others, the same model on the meta device (no weights),
+    made from the main process's config, which holds the grown vocabulary. `_send_weights` fills it once sharded."""
+    model_config = distributed.broadcast_object(model.config if distributed.is_main else None)
+    return model if distributed.is_main else _skeleton(model_config, config, distributed.device)
+
+
+def _skeleton(model_config, config: TrainConfig, device: str):
+    """A causal LM of `model_config` on the meta device: its modules without weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    skeleton.set_attn_implementation(attention_kernel(config.attention, device,
+                                                      bf16=uses_bf16(config.precision, device)))
+    return skeleton
+
+
+def _gathered_model(model, config: TrainConfig, distributed: "_Distributed"):
+    """An FSDP model's weights gathered into a plain model on the main process (None on the others), which the
+    run's last validation scores and saves. The gathered tensors become its weights: one copy of them in memory,
+    where building the base model again to load them into held two, and the optimiser's state gathered beside."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    weights = get_model_state_dict(model, options=_full_options())  # a collective; only rank 0 receives them
+    if not distributed.is_main:
+        return None
+    plain = _skeleton(model.config, config, "cpu")
+    plain.load_state_dict(weights, strict=True, assign=True)
+    plain.tie_weights()  # `assign` gave tied names a parameter each
+    buffers = dict(model.named_buffers())  # not in the state dict: RoPE's frequencies, whole on every process
+    for name, _ in list(plain.named_buffers()):
+        owner, _, leaf = name.rpartition(".")
+        plain.get_submodule(owner)._buffers[leaf] = buffers[name].detach().to("cpu").clone()
+    return plain
+
+
+def _send_weights(model, core, full_weights: dict[str, Any], distributed: "_Distributed") -> None:
+    """The main process's weights into every process's shards (FSDP2's broadcast from rank 0), and its buffers
+    whole: RoPE's frequencies are buffers outside the state dict, which the skeleton has only on the meta device."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not distributed.is_main:
+        core.to_empty(device=distributed.device)
+    set_model_state_dict(model, full_weights, options=StateDictOptions(full_state_dict=True,
+                                                                       broadcast_from_rank0=True))
+    for buffer in core.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 
@@ -1072,8 +1144,17 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                           world_size=distributed.world_size)
     context_length = int(loader.index["context_length"])
-    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary)
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    # Under FSDP the main process alone loads the weights (and reads checkpoints); the others build the model's
+    # skeleton and receive their shards. A 7B base model is 28 GB in fp32, and its checkpoint 84 GB with the
+    # optimiser's state: one copy per process would be 8 of each in the memory of an 8-GPU node.
+    from_main = config.fsdp and distributed.world_size > 1
+    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary) \
+        if distributed.is_main or not from_main else None
+    if from_main:
+        model = _skeleton_unless_main(model, config, distributed)
+    checkpoint = latest_checkpoint(run_dir) if distributed.is_main and run_dir.exists() else None
+    if distributed.world_size > 1:  # the main process verifies the checksums; the others take its choice
+        checkpoint = distributed.broadcast_object(checkpoint)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
                                           loader.batches_per_epoch()), data_sha256=index_digest(config.data))
@@ -1094,7 +1175,9 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
         jobs.write_json(previous, config.to_dict())
         jobs.write_json(run_dir / "plan.json", asdict(plan))
-    model.to(distributed.device).train()
+    if model.device.type != "meta":  # a skeleton gets its memory once sharded
+        model.to(distributed.device)
+    model.train()
     if config.activation_checkpointing:
         # Non-reentrant: works under DDP and FSDP2 alike (PyTorch's recommended form). transformers 5 renamed
         # gradient_checkpointing_enable, which 4.x still needs.
@@ -1115,10 +1198,13 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         bf16 = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
             MixedPrecisionPolicy()
+        full_weights = model.state_dict() if distributed.is_main else {}  # sent to the others once sharded
         # Each decoder layer is one FSDP unit (gathered just before use), the rest the root.
         for layer in model.base_model.layers:
             fully_shard(layer, mp_policy=policy)
         fully_shard(core, mp_policy=policy)
+        _send_weights(model, core, full_weights, distributed)
+        del full_weights
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
@@ -1127,7 +1213,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                                   fused=True)  # one kernel per step, CPU and CUDA alike (as HF Trainer's default)
     start_step = 0
     if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, model, optimizer, loader)
+        start_step = load_checkpoint(checkpoint, model, optimizer, loader, from_main=from_main,
+                                     is_main=distributed.is_main)
     metrics_path, validation_path = run_dir / "metrics.jsonl", run_dir / VALIDATION_CURVE_FILE
     for logged in (metrics_path, validation_path):
         if distributed.is_main and logged.exists():
@@ -1256,11 +1343,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # Evaluate and save.
     result = None
     if config.fsdp:
-        # Gather the shards (every rank takes part) into a plain model that rank 0 evaluates and saves.
-        full_weights, _ = full_state(model, optimizer)  # only rank 0 receives the weights (cpu_offload)
-        if distributed.is_main:
-            model = build_model(dataclasses.replace(config, init="random"), len(vocabulary), context_length)
-            model.load_state_dict(full_weights)
+        model = _gathered_model(model, config, distributed)  # every rank takes part; rank 0 evaluates and saves
     if distributed.is_main:
         model.to(distributed.device)
         validation_batches: list[list[float]] = []

@@ -16,6 +16,7 @@ import pytest
 
 from simslm.scaling import sweep
 from simslm.train import RunResult, TrainConfig
+from tests.conftest import tiny_base_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +158,7 @@ def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path)
 
 def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_path):
     # A text LM pretrained again into the same folder: the finished TWIST runs started from the old weights.
-    source = _tiny_base_model(tmp_path / "models" / "qwen2-32", "qwen2", 32, 1)
+    source = tiny_base_model(tmp_path / "models" / "qwen2-32", "qwen2", 32, 1)
     families = {"qwen2": [source]}
     one_cell = {"families": families, "depths": (), "budgets_flops": (4e8,)}
     twist = _spec(data, **one_cell, variants=(sweep.Variant(name="t", data=data),))
@@ -166,7 +167,7 @@ def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_
     sweep.plan_sweep(twist, tmp_path / "twist")  # planned again, nothing changed: as before
     assert list(planned["base_sha256"]) == [str(Path(source).resolve())]
     sweep.plan_sweep(scratch, tmp_path / "scratch")  # a random init reads the source's architecture only
-    _tiny_base_model(Path(source), "qwen2", 32, 1)  # the same architecture, other weights
+    tiny_base_model(Path(source), "qwen2", 32, 1)  # the same architecture, other weights
     for attempt in (lambda: sweep.run_sweep(tmp_path / "twist", num_parallel=1),
                     lambda: sweep.plan_sweep(twist, tmp_path / "twist")):
         with pytest.raises(ValueError, match="qwen2-32 changed since the sweep was planned"):
@@ -390,27 +391,11 @@ def test_a_run_of_two_processes_through_torchrun_on_the_local_executor(data, tmp
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2
 
 
-def _tiny_base_model(folder: Path, architecture: str, width: int, layers: int) -> str:
-    """A random model of a real architecture, with the data's tokenizer (tok512) saved beside it."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    from simslm.sequences.vocabulary import load_base_tokenizer
-
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                                 "llama": (LlamaConfig, LlamaForCausalLM)}[architecture]
-    model = model_class(config_class(vocab_size=512, hidden_size=width, intermediate_size=2 * width,
-                                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                     max_position_embeddings=128))
-    model.save_pretrained(folder)
-    load_base_tokenizer("stories260K").save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.slow
 def test_a_sweep_over_families_of_real_architectures(extracted, tmp_path):
     from simslm.sequences.build import BuildConfig, build_sequences
 
-    families = {name: [_tiny_base_model(tmp_path / "models" / f"{name}-{width}", name, width, layers)
+    families = {name: [tiny_base_model(tmp_path / "models" / f"{name}-{width}", name, width, layers)
                        for width, layers in ((32, 1), (48, 1), (64, 2))] for name in ("qwen2", "llama")}
     # Each family's sequences with its own tokenizer (transformers reads tok512 beside a Qwen2 config as a
     # Qwen2 tokenizer with one more token: the check in `train` refuses a mix-up).
@@ -465,7 +450,7 @@ def test_bracketing_grows_the_grid_until_each_minimum_is_inside_or_says_why_not(
 
 
 def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
-    models = {width: _tiny_base_model(tmp_path / f"llama-{width}", "llama", width, 1) for width in (32, 64, 96, 128)}
+    models = {width: tiny_base_model(tmp_path / f"llama-{width}", "llama", width, 1) for width in (32, 64, 96, 128)}
     spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,),
                            families={"llama": (models[64], models[96])},
                            bracket_models={"llama": (models[128], models[32])})
