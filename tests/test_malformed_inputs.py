@@ -468,6 +468,8 @@ CASES: dict[str, Case] = {
          f"validation_data={text_sequences(w)}"], str(text_sequences(w)), []),
     "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
                                            str(a_folder(w, "not-a-sweep")), []),
+    "sweep status: the folder above a sweep": lambda w: (["sweep", "status", str(w.root)],
+                                                         f"the sweep folders inside it are: {w.sweep}", []),
     "sweep wait: nothing submitted": lambda w: (["sweep", "wait", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),
     "sweep run: nodes without slurm": lambda w: (["sweep", "run", str(w.sweep), "--nodes", "2"], "--nodes", []),
     "sweep status: garbage sweep.json": lambda w: (["sweep", "status", str(not_json(w, "sw-bad/sweep.json").parent)],

@@ -442,12 +442,24 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _is_sweep_file(path: Path) -> bool:
+    """Whether `path` is a sweep's sweep.json (a demo's stage record of the same name is not)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and {"spec", "runs"} <= set(value)
+
+
 def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
     """sweep.json, each run's folder placed under this sweep folder (wherever it is now: a copied or
     moved sweep keeps its ledger)."""
     path = Path(folder) / SWEEP_FILE
     if not path.exists():
-        raise ValueError(f"{folder}: no {SWEEP_FILE}; run `simslm sweep plan` first")
+        # A demo's or a study's folder holds its sweep one level down (`simslm demo` writes DEMO/sweep).
+        inside = sorted(str(found.parent) for found in Path(folder).glob(f"*/{SWEEP_FILE}") if _is_sweep_file(found))
+        raise ValueError(f"{folder}: no {SWEEP_FILE}; " + (f"the sweep folders inside it are: {', '.join(inside)}"
+                                                           if inside else "run `simslm sweep plan` first"))
     sweep = jobs.read_json(path)
     anchors = _Anchors(Path(folder), sweep.get("anchors"))
     for run in sweep["runs"]:
