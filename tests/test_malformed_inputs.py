@@ -447,6 +447,9 @@ CASES: dict[str, Case] = {
                                                   "--out", str(w.bad / "out-94")], "a-cat", []),
     "generate: prompt file missing": lambda w: (["generate", str(w.run), "--prompt", str(missing(w, "p.flac")),
                                                 "--out", str(w.bad / "out-95")], str(missing(w, "p.flac")), []),
+    "generate: a folder with no prompt in it": lambda w: (
+        ["generate", str(w.run), "--prompt", str(a_folder(w, "no-prompts")), "--out", str(w.bad / "gen-3")],
+        f"{a_folder(w, 'no-prompts')}: no prompts (files ending .wav, .flac, .mp3, .ogg, .opus, .txt)", []),
     # sweep
     "sweep plan: spec missing keys": lambda w: (["sweep", "plan", str(sweep_spec(w, "nokeys.json", {"depths": [1]})),
                                                  "--out", str(w.bad / "out-32")], "nokeys.json", []),

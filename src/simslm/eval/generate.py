@@ -104,7 +104,7 @@ def read_prompts(spec: str) -> list[Prompt]:
     if path.is_dir():
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt"))
         if not files:
-            raise ValueError(f"{path}: no prompts (.wav, .flac or .txt files)")
+            raise ValueError(f"{path}: no prompts (files ending {', '.join((*audio.AUDIO_SUFFIXES, '.txt'))})")
         return [one(f) for f in files]
     if path.is_file():
         return [one(path)]

@@ -83,7 +83,7 @@ def _audio_file(folder: Path, name: str) -> Path:
     for suffix in AUDIO_SUFFIXES:
         if path.with_name(path.name + suffix).exists():
             return path.with_name(path.name + suffix)
-    raise BenchError(f"{folder}: audio '{name}' (.wav or .flac) is missing")
+    raise BenchError(f"{folder}: audio '{name}' ({', '.join(AUDIO_SUFFIXES)}) is missing")
 
 
 # --- loaders ----------------------------------------------------------------------------------
