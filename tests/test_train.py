@@ -732,6 +732,18 @@ def test_fsdp_bf16_parameters_train_close_to_fp32(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp_with_bf16_weights_matches_one_process(data, tmp_path):
+    # bf16 on the CPU attends in fp32 through simslm's own kernel (sdpa_fp32), which the second process's skeleton
+    # must find registered before it is built.
+    single, sharded = _one_process_and_torchrun(data, tmp_path, shared={"precision": "bf16-weights"}, fsdp=True)
+    assert np.allclose(_losses(sharded), _losses(single), rtol=2e-2)
+    import torch
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(sharded / "model" / "model.safetensors")).values()} == {torch.bfloat16}
+
+
+@pytest.mark.slow
 def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -886,11 +898,44 @@ def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_
         assert logged["mfu"] == pytest.approx(logged["flops"] / logged["tokens"] * logged["tokens_per_sec"] / 1e9)
 
 
-def test_a_bf16_run_on_the_cpu_resumes_bit_for_bit(data, tmp_path, train_stopped_at):
+@pytest.mark.parametrize("precision", ["bf16", "bf16-weights"])
+def test_a_bf16_run_on_the_cpu_resumes_bit_for_bit(data, tmp_path, train_stopped_at, precision):
     budget = 8 * 4 * 64  # 8 steps, checkpoints at 4 and 8
-    train(_config(data, tmp_path / "whole", budget_tokens=budget, precision="bf16"))
-    stopped = _config(data, tmp_path / "stopped", budget_tokens=budget, precision="bf16")
+    train(_config(data, tmp_path / "whole", budget_tokens=budget, precision=precision))
+    stopped = _config(data, tmp_path / "stopped", budget_tokens=budget, precision=precision)
     train_stopped_at(stopped, 6)
     assert not (tmp_path / "stopped" / "result.json").exists()
     train(stopped)
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "whole") and len(_losses(tmp_path / "whole")) == 8
+
+
+def test_bf16_weights_train_as_slamkits_recipe_loads_them(data, tmp_path):
+    """slamkit's model configs load the base model with torch_dtype bfloat16 and the HF Trainer (bf16=True) trains
+    it as loaded: weights, gradients and AdamW's moments in bf16, no fp32 copy; RoPE's frequencies, computed in
+    fp32 at construction, stay fp32. `--precision bf16` keeps fp32 weights under bf16 autocast instead."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from simslm.train import weights_to
+
+    shape = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                        vocab_size=64, tie_word_embeddings=True)
+    loaded = AutoModelForCausalLM.from_config(shape, dtype=torch.bfloat16)  # as slamkit's UnitLM builds it
+    model = AutoModelForCausalLM.from_config(shape)
+    weights_to(model, torch.bfloat16)
+    for built in (loaded, model):
+        assert {p.dtype for p in built.parameters()} == {torch.bfloat16}
+        assert {b.dtype for b in built.buffers()} == {torch.float32}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+    runs = {}
+    for precision in ("bf16", "bf16-weights"):
+        train(_config(data, tmp_path / precision, budget_tokens=4 * 4 * 64, precision=precision))
+        checkpoint = tmp_path / precision / "checkpoints" / "step-00000004"
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        moments = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+        runs[precision] = ({t.dtype for t in weights.values()},
+                           {t.dtype for state in moments.values() for key, t in state.items() if key != "step"})
+    assert runs == {"bf16": ({torch.float32}, {torch.float32}), "bf16-weights": ({torch.bfloat16}, {torch.bfloat16})}
+    assert _losses(tmp_path / "bf16-weights") != _losses(tmp_path / "bf16")

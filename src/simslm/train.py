@@ -110,9 +110,11 @@ class TrainConfig(Config):
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, about a
     third more compute)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto"
     """Matrix products in training: bf16 (autocast; parameters, optimiser state and validation stay fp32) or fp32.
-    auto: bf16 on CUDA, fp32 on the CPU. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
+    auto: bf16 on CUDA, fp32 on the CPU. bf16-weights: slamkit's recipes (the weights, their gradients and AdamW's
+    moments in bf16 too, no fp32 copy: its model configs load the base model with torch_dtype bfloat16 and the HF
+    Trainer trains it as loaded, with bf16 autocast); buffers such as RoPE's frequencies stay fp32, as they do there. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
     AMX), and more the larger the model: on 2 Zen 4 cores, compiled, with attention in fp32 (`--attention auto`),
     1.22x the fp32 step at depth 2, 1.40x at depth 4 and 1.60x at depth 8 (docs/BENCHMARKS.md); elsewhere ~100x
     slower, which the run measures and warns of. Losses differ from fp32 at the bf16 products' precision."""
@@ -350,7 +352,14 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
 def uses_bf16(precision: str, device: str) -> bool:
     """Whether a run at `--precision` on `device` trains in bf16 autocast: asked for, or auto on CUDA (most CPUs
     lack native bf16 products)."""
-    return precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+    return precision in ("bf16", "bf16-weights") or (precision == "auto" and str(device).startswith("cuda"))
+
+
+def weights_to(model, dtype) -> None:
+    """The model's parameters (not its buffers) in `dtype`, as `from_pretrained(torch_dtype=...)` builds them:
+    RoPE's inverse frequencies are computed in fp32 and stay so (`--precision bf16-weights`)."""
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(dtype)
 
 
 FP32_ATTENTION = "sdpa_fp32"
@@ -1039,10 +1048,12 @@ def _skeleton(model_config, config: TrainConfig, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    # First: the kernel may be simslm's own (sdpa_fp32), registered with transformers by attention_kernel, and
+    # the config names it.
+    kernel = attention_kernel(config.attention, device, bf16=uses_bf16(config.precision, device))
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
-    skeleton.set_attn_implementation(attention_kernel(config.attention, device,
-                                                      bf16=uses_bf16(config.precision, device)))
+    skeleton.set_attn_implementation(kernel)
     return skeleton
 
 
@@ -1177,6 +1188,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         jobs.write_json(run_dir / "plan.json", asdict(plan))
     if model.device.type != "meta":  # a skeleton gets its memory once sharded
         model.to(distributed.device)
+    if config.precision == "bf16-weights":
+        weights_to(model, torch.bfloat16)  # the optimiser's moments follow its parameters' dtype
     model.train()
     if config.activation_checkpointing:
         # Non-reentrant: works under DDP and FSDP2 alike (PyTorch's recommended form). transformers 5 renamed
