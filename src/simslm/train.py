@@ -1142,7 +1142,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # Build.
     for folder in (config.data, config.validation_data):
         if folder:
-            read_index(folder)  # a sequences folder, or one line saying it is not
+            built = read_index(folder).get("config", {})  # a sequences folder, or one line saying it is not
+            if distributed.is_main and built.get("num_shards", 1) > 1:
+                # A part is a whole sequences folder by design, so a forgotten merge would train on 1/N of the data.
+                print(f"simslm train: warning: {folder} is part {built.get('shard_index', 0)} of the "
+                      f"{built['num_shards']} of a build in parts; `simslm sequences merge` joins them into the "
+                      f"whole corpus (training on this part alone)", file=sys.stderr)
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
     if config.validation_data:
         held_out = Vocabulary.load(Path(config.validation_data) / "tokenizer")

@@ -198,6 +198,23 @@ def test_a_merge_refuses_parts_that_do_not_make_one_whole_build(build, tmp_path)
     assert merge(*parts)["merged_from"]["num_shards"] == 2
 
 
+def test_training_on_one_part_of_a_build_in_parts_is_said(build, tmp_path, capsys):
+    # A part is a sequences folder of its own, so a forgotten merge would train on a share of the corpus, silently.
+    from simslm.sequences.build import MergeConfig, merge_sequences
+    from simslm.train import TrainConfig, train
+
+    parts = [build(streams=("speech",), num_epochs=1, num_shards=2, shard_index=k, out=str(tmp_path / f"p{k}"))[1]
+             for k in (0, 1)]
+    merged = str(tmp_path / "merged")
+    merge_sequences(MergeConfig(parts=tuple(parts), out=merged))
+    for data, said in ((parts[1], True), (merged, False)):
+        capsys.readouterr()
+        train(TrainConfig(run_dir=str(tmp_path / f"run-{said}"), data=data, budget_tokens=256,
+                          batch_size=1))
+        assert (f"warning: {parts[1]} is part 1 of the 2 of a build in parts; `simslm sequences merge` joins them"
+                in capsys.readouterr().err) == said
+
+
 @pytest.mark.parametrize("span_draws", ["epoch", "once"])
 def test_span_draws_once_gives_every_epoch_the_first_epochs_spans_as_slamkit(build, span_draws):
     # slamkit's prepare_tokens writes each interleaved sample once; every epoch reads the same strings again.
