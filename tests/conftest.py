@@ -112,7 +112,7 @@ def train_stopped_at(monkeypatch):
     return stopped
 
 
-HOLD_LOCK = """
+_HOLD_LOCK = """
 import sys
 from simslm import jobs
 with jobs.exclusive_lock(sys.argv[1], "busy"):
@@ -121,30 +121,37 @@ with jobs.exclusive_lock(sys.argv[1], "busy"):
 """
 
 
+def hold_lock(path):
+    """Another process that takes `jobs.exclusive_lock(path)` and keeps it until its stdin is closed."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
+def release_lock(process) -> None:
+    if process.poll() is None:
+        process.stdin.close()
+        process.wait(timeout=60)
+
+
 @pytest.fixture
 def lock_held_elsewhere():
     """`hold(path)`: another process takes `jobs.exclusive_lock(path)` and keeps it until `release()`; returns its
     pid and `release` (called at the end of the test if the test did not)."""
-    import subprocess
-    import sys
-
     holders = []
 
-    def release(process) -> None:
-        if process.poll() is None:
-            process.stdin.close()
-            process.wait(timeout=60)
-
     def hold(path):
-        process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
+        process = hold_lock(path)
         holders.append(process)
-        assert process.stdout.readline() == "held\n"
-        return process.pid, lambda: release(process)
+        return process.pid, lambda: release_lock(process)
 
     yield hold
     for process in holders:
-        release(process)
+        release_lock(process)
 
 
 def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, **config) -> str:

@@ -67,9 +67,10 @@ def world(tmp_path_factory, extracted, speech_sequences, trained_run) -> Iterato
         f"{n},{d},{2 + 400 / n ** 0.3 + 900 / d ** 0.3:.4f}\n" for n in (1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8)))
     yield World(root=root, manifest=Path(config.manifest), codebook=Path(config.codebook), units=units, data=data,
                 run=run, bench=trained_run[1], sweep=sweep_dir, table=table)
+    from tests.conftest import release_lock
+
     for holder in _HOLDERS:
-        holder.stdin.close()
-        holder.wait(timeout=60)
+        release_lock(holder)
 
 
 # --- bad files -----------------------------------------------------------------------------------
@@ -131,17 +132,12 @@ _HOLDERS: list = []
 def held_elsewhere(w: World, name: str) -> Path:
     """A copy of the trained run whose lock another process holds, as a job still training it would, until the
     module's tests end."""
-    import subprocess
-    import sys
-
-    from tests.conftest import HOLD_LOCK
+    from tests.conftest import hold_lock
 
     run = w.bad / name
     if not run.exists():
         shutil.copytree(w.run, run)
-        _HOLDERS.append(subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / ".lock")], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True))
-        assert _HOLDERS[-1].stdout.readline() == "held\n"
+        _HOLDERS.append(hold_lock(run / ".lock"))
     return run
 
 
