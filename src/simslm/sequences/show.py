@@ -86,6 +86,7 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     folder = Path(folder)
     index = read_index(folder)
     config = BuildConfig.from_dict(index["config"], source=str(folder / "index.json"))
+    _check_epoch(folder, index, epoch)
     vocabulary = Vocabulary.load(folder / "tokenizer")
     utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)
     units = next((u for u in read_units(config.units) if u.id == sample_id), None)
@@ -93,8 +94,15 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
         raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
     check_utterance(utterance, units)
     method = INTERLEAVERS[config.method]
-    mask = method.draw(len(utterance.words), sample_rng(config.seed, sample_id, epoch), **method.arguments(config))
+    drawn_in = 0 if config.span_draws == "once" else epoch  # `once`: every epoch has the first epoch's spans
+    mask = method.draw(len(utterance.words), sample_rng(config.seed, sample_id, drawn_in), **method.arguments(config))
     return build_interleaved(utterance, units, vocabulary, mask, config.unit_rule), vocabulary
+
+
+def _check_epoch(folder: Path, index: dict, epoch: int) -> None:
+    if not 0 <= epoch < len(index["epochs"]):
+        raise ValueError(f"{folder}: {len(index['epochs'])} epoch(s) were built (0 to {len(index['epochs']) - 1}); "
+                         f"--epoch {epoch} is not one of them")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +128,7 @@ def show(config: ShowConfig) -> str:
         sample, vocabulary = rebuild_sample(config.folder, config.sample, config.epoch)
         return render_sample(sample, vocabulary)
     folder = Path(config.folder)
-    read_index(folder)
+    _check_epoch(folder, read_index(folder), config.epoch)
     vocabulary = Vocabulary.load(folder / "tokenizer")
     chunks = PackedLoader(folder, batch_size=1).chunks(config.epoch)
     if not 0 <= config.chunk < len(chunks):
