@@ -198,9 +198,14 @@ def _sequences_merge(config) -> int:
 
 
 def _sequences_stats(config) -> int:
+    from simslm.sequences.build import part_note
+    from simslm.sequences.loader import read_index
     from simslm.sequences.show import stats
 
-    for row in stats(config.folder):
+    rows = stats(config.folder)
+    if note := part_note(read_index(config.folder).get("config", {})):
+        print(f"{config.folder}: {note}")
+    for row in rows:
         word_share = row["interleaved_speech_word_share"]
         print(f"epoch {row['epoch']}: {row['num_chunks']} chunks, {row['tokens']} tokens "
               f"(speech {row['speech_tokens']}, text {row['text_tokens']}, markers {row['marker_tokens']}, "

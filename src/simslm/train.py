@@ -30,7 +30,7 @@ import numpy as np
 from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
-from simslm.sequences.build import speech_units_folder
+from simslm.sequences.build import part_note, speech_units_folder
 from simslm.sequences.loader import PackedLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
@@ -1142,12 +1142,9 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # Build.
     for folder in (config.data, config.validation_data):
         if folder:
-            built = read_index(folder).get("config", {})  # a sequences folder, or one line saying it is not
-            if distributed.is_main and built.get("num_shards", 1) > 1:
-                # A part is a whole sequences folder by design, so a forgotten merge would train on 1/N of the data.
-                print(f"simslm train: warning: {folder} is part {built.get('shard_index', 0)} of the "
-                      f"{built['num_shards']} of a build in parts; `simslm sequences merge` joins them into the "
-                      f"whole corpus (training on this part alone)", file=sys.stderr)
+            note = part_note(read_index(folder).get("config", {}))  # a sequences folder, or one line saying not
+            if distributed.is_main and note:
+                print(f"simslm train: warning: {folder} is {note} (training on this part alone)", file=sys.stderr)
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
     if config.validation_data:
         held_out = Vocabulary.load(Path(config.validation_data) / "tokenizer")

@@ -213,6 +213,11 @@ def test_training_on_one_part_of_a_build_in_parts_is_said(build, tmp_path, capsy
                           batch_size=1))
         assert (f"warning: {parts[1]} is part 1 of the 2 of a build in parts; `simslm sequences merge` joins them"
                 in capsys.readouterr().err) == said
+    from simslm.cli import main
+
+    for data, said in ((parts[1], True), (merged, False)):
+        assert main(["sequences", "stats", data]) == 0
+        assert capsys.readouterr().out.startswith(f"{data}: part 1 of the 2 of a build in parts") == said
 
 
 @pytest.mark.parametrize("span_draws", ["epoch", "once"])

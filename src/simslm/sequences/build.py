@@ -433,6 +433,15 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def part_note(built: dict[str, Any]) -> str | None:
+    """What a sequences folder's build config (index.json's `config`) says when the folder is one part of a build
+    in parts, which is a whole sequences folder by design: a forgotten merge would use a share of the corpus."""
+    if built.get("num_shards", 1) == 1:
+        return None
+    return (f"part {built.get('shard_index', 0)} of the {built['num_shards']} of a build in parts; `simslm sequences "
+            f"merge` joins them into the whole corpus")
+
+
 def _refuse_filled(out: Path, overwrite: bool) -> None:
     """Stop before any work when the output folder holds something and replacing it was not asked for."""
     if out.exists() and any(out.iterdir()) and not overwrite:
