@@ -350,8 +350,8 @@ CASES: dict[str, Case] = {
     "sequences build: text corpus without words": lambda w: (
         ["sequences", "build", "--out", str(w.bad / "out-31b"), "--streams", "text", "--text-corpus",
          str(table(w, "wordless.txt", "\n  \n...\n"))], f"{w.bad / 'wordless.txt'}: no line with words", []),
-    "sequences show: an epoch that was not built": lambda w: (["sequences", "show", str(w.data), "--epoch", "7"],
-                                                              f"{w.data}: 2 epoch(s) were built (0 to 1); --epoch 7", []),
+    "sequences show: an epoch that was not built": lambda w: (
+        ["sequences", "show", str(w.data), "--epoch", "7"], f"{w.data}: 2 epoch(s) were built (0 to 1); --epoch 7", []),
     "sequences show: folder missing": lambda w: (["sequences", "show", str(missing(w, "q"))],
                                                  str(missing(w, "q")), []),
     "sequences stats: no index": lambda w: (["sequences", "stats", str(a_folder(w, "q-empty"))],

@@ -112,12 +112,13 @@ class TrainConfig(Config):
     third more compute)."""
     precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = "auto"
     """Matrix products in training: bf16 (autocast; parameters, optimiser state and validation stay fp32) or fp32.
-    auto: bf16 on CUDA, fp32 on the CPU. bf16-weights: slamkit's recipes (the weights, their gradients and AdamW's
-    moments in bf16 too, no fp32 copy: its model configs load the base model with torch_dtype bfloat16 and the HF
-    Trainer trains it as loaded, with bf16 autocast); buffers such as RoPE's frequencies stay fp32, as they do there. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
+    auto: bf16 on CUDA, fp32 on the CPU. bf16 on a CPU pays only where it has native bf16 products (AVX512-BF16,
     AMX), and more the larger the model: on 2 Zen 4 cores, compiled, with attention in fp32 (`--attention auto`),
     1.22x the fp32 step at depth 2, 1.40x at depth 4 and 1.60x at depth 8 (docs/BENCHMARKS.md); elsewhere ~100x
-    slower, which the run measures and warns of. Losses differ from fp32 at the bf16 products' precision."""
+    slower, which the run measures and warns of. Losses differ from fp32 at the bf16 products' precision.
+    bf16-weights: slamkit's recipes, bf16 autocast over weights that are bf16 too, and so their gradients and
+    AdamW's moments, with no fp32 copy (its model configs load the base model with torch_dtype bfloat16 and the HF
+    Trainer trains it as loaded); buffers such as RoPE's frequencies stay fp32, as they do there."""
     fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
     """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
     matmuls are ~100x slower on CPUs without native bf16 products)."""
