@@ -14,7 +14,7 @@ from simslm.sequences.build import BuildConfig
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
 from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.speech.manifest import read_manifest
+from simslm.speech.manifest import iter_utterances
 from simslm.units.extract import read_units
 
 
@@ -88,8 +88,9 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     config = BuildConfig.from_dict(index["config"], source=str(folder / "index.json"))
     _check_epoch(folder, index, epoch)
     vocabulary = Vocabulary.load(folder / "tokenizer")
-    utterance = next((u for u in read_manifest(config.manifest) if u.id == sample_id), None)
-    units = next((u for u in read_units(config.units) if u.id == sample_id), None)
+    # Read up to the one utterance, and its units by id: a manifest of Libri-Light's size is some 140 GB in memory.
+    utterance = next((u for u in iter_utterances(config.manifest) if u.id == sample_id), None)
+    units = next(iter(read_units(config.units, {sample_id})), None)
     if utterance is None or units is None:
         raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
     check_utterance(utterance, units)
