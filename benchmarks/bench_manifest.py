@@ -8,7 +8,8 @@ resident memory (`ru_maxrss`). The readers:
 - `read_manifest`: the whole manifest as Utterance objects, as sequences build and align hold it;
 - `units records`: the ids, audio paths and durations `units fit` and `units extract` keep (`extract._records`);
 - `read_units`: a units folder of the same utterances (`--units` units each), all of it, and the 16th of it that a
-  part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`).
+  part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`);
+- `units quality`: PNMI of that folder against phone labels given for 20 of its utterances.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ READERS = {
     "read_units, a 16th": "from simslm.units.extract import read_units\n"
                           "class Part:\n    __contains__ = lambda self, i: int(i[1:]) % 16 == 0\n"
                           "read = lambda m: list(read_units(m, Part()))",
+    # the whole corpus, given phone labels for 20 of its utterances (as LibriSpeech dev-clean's forced alignments)
+    "units quality": "from pathlib import Path\nfrom simslm.units.quality import QualityConfig, unit_quality\n"
+                     "read = lambda m: range(unit_quality(QualityConfig(manifest=m, units=str(Path(m).parent / 'units'), "
+                     "phone_labels=str(Path(m).parent / 'phones.tsv')))['num_utterances_scored'])",
 }
 PROBE = """
 import resource, sys, time
@@ -72,6 +77,8 @@ def main() -> None:
         manifest, units = Path(folder) / "manifest.jsonl", Path(folder) / "units"
         write_manifest(manifest, args.utterances, args.words)
         write_units(units, args.utterances, args.units)
+        (Path(folder) / "phones.tsv").write_text("".join(f"u{i:08d}\t{','.join(['AH', 'B'] * 1000)}\n"
+                                                         for i in range(0, args.utterances, args.utterances // 20)))
         print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB; units "
               f"{sum(p.stat().st_size for p in units.rglob('*')) / 1e6:.0f} MB")
         for name, imports in READERS.items():

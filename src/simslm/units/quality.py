@@ -29,7 +29,7 @@ from simslm import jobs
 from simslm.config import Config, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
-from simslm.speech.manifest import read_manifest
+from simslm.speech.manifest import iter_utterances
 from simslm.units.extract import UtteranceUnits, read_units
 
 PHONE_FRAME_RATE_HZ = 100.0
@@ -160,19 +160,36 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
     """PNMI and purities of extracted units, a shuffled baseline, and the dedup ratio."""
     started = time.perf_counter()
     manifest = Path(config.manifest)
-    utterances = {u.id: u for u in read_manifest(manifest)}
-    extracted: list[UtteranceUnits] = [u for u in read_units(config.units) if u.id in utterances]
-    if not extracted:
+    # One pass over the units keeps only the utterances to score and sums the rest (the dedup ratio is the whole
+    # folder's); of the manifest, the ids, then the chosen utterances. A Libri-Light-sized manifest read whole is
+    # some 140 GB in memory.
+    known = {u.id for u in iter_utterances(manifest)}
+    given = read_phone_labels(config.phone_labels) if config.phone_labels else None
+    keep = config.max_utterances or (None if given is not None else ALIGNED_UTTERANCES)
+    chosen: list[UtteranceUnits] = []
+    num_extracted, num_frames, num_units, unlabelled = 0, 0, 0, set()
+    for item in read_units(config.units):
+        if item.id not in known:
+            continue
+        num_extracted, num_frames, num_units = num_extracted + 1, num_frames + item.num_frames, \
+            num_units + len(item.units)
+        if given is not None and item.id not in given:
+            unlabelled.add(item.id)
+        elif keep is None or len(chosen) < keep:
+            chosen.append(item)
+        if num_extracted == 1:
+            frame_rate_hz = item.frame_rate_hz
+    if not num_extracted:
         raise ValueError(f"{config.units}: no extracted units for utterances of {manifest}")
-    if config.phone_labels:
-        given = read_phone_labels(config.phone_labels)
-        scored = [item for item in extracted if item.id in given][:config.max_utterances]
+    if given is not None:
+        scored = chosen
         if not scored:
             raise ValueError(f"{config.phone_labels}: no line for any utterance of {config.units}")
-        skipped = {item.id for item in extracted if item.id not in given}
+        skipped = unlabelled
         labels = [given[item.id] for item in scored]
     else:
-        chosen = extracted[:config.max_utterances or ALIGNED_UTTERANCES]
+        wanted = {item.id for item in chosen}
+        utterances = {u.id: u for u in iter_utterances(manifest) if u.id in wanted}
         phones_by_id, skipped = phone_alignments(manifest, utterances, chosen, config.num_workers)
         scored = [item for item in chosen if item.id in phones_by_id]
         if not scored:
@@ -186,11 +203,10 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
     pairs = [frame_pairs(labelled, frames, rate) for labelled, frames in zip(labels, unit_frames)]
     baseline = [frame_pairs(labelled, frames, rate)[1] for labelled, frames in zip(labels, shuffled)]
     phones, units = np.concatenate([p for p, _ in pairs]), np.concatenate([u for _, u in pairs])
-    num_frames = sum(u.num_frames for u in extracted)
     report = {
         "units": phone_unit_scores(phones, units),
         "shuffled_baseline": phone_unit_scores(phones, np.concatenate(baseline)),
-        "dedup_ratio": num_frames / sum(len(u.units) for u in extracted),
+        "dedup_ratio": num_frames / num_units,
         "phone_labels": "given" if config.phone_labels else "pocketsphinx",
         "num_utterances_scored": len(scored), "num_utterances_skipped": len(skipped),
         "num_frames_scored": int(len(units)), "phone_frame_rate_hz": PHONE_FRAME_RATE_HZ,
@@ -198,7 +214,7 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
         "frame_length_difference": int(sum(abs(len(labelled) - round(len(frames) * PHONE_FRAME_RATE_HZ / rate))
                                            for labelled, frames in zip(labels, unit_frames))),
         "num_phone_labels": int(len(np.unique(phones))),
-        "num_units_used": int(len(np.unique(units))), "frame_rate_hz": extracted[0].frame_rate_hz,
+        "num_units_used": int(len(np.unique(units))), "frame_rate_hz": frame_rate_hz,
         "wall_sec": round(time.perf_counter() - started, 3), "config": asdict(config),
     }
     jobs.write_json(config.out or Path(config.units) / "quality.json", report)
