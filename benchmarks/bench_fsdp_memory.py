@@ -72,14 +72,14 @@ def run(source: str, work: Path, model: Path, data: Path, label: str) -> dict[st
     """Peak RSS in GB, fresh and resumed: rank 0's before its first step and in all, then rank 1's."""
     run_dir = work / f"run-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = {"run_dir": str(run_dir), "data": str(data), "base_model": str(model), "budget_tokens": None,
-              "batch_size": 1, "checkpoint_every": 2, "num_checkpoints_kept": 5, "fsdp": True}
+    context = json.loads((data / "index.json").read_text())["context_length"]
+    (work / "config.json").write_text(json.dumps({
+        "run_dir": str(run_dir), "data": str(data), "base_model": str(model), "budget_tokens": 4 * 2 * context,
+        "batch_size": 1, "checkpoint_every": 2, "num_checkpoints_kept": 5, "fsdp": True}))
     peaks = {}
     for phase in ("fresh", "resumed"):
         log = work / f"{label}-{phase}.log"
         log.unlink(missing_ok=True)
-        context = json.loads((data / "index.json").read_text())["context_length"]
-        (work / "config.json").write_text(json.dumps({**config, "budget_tokens": 4 * 2 * context}))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": source}
         completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                                     "2", str(work / "probe.py"), str(log), "train", "--config",

@@ -177,8 +177,6 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
             unlabelled.add(item.id)
         elif keep is None or len(chosen) < keep:
             chosen.append(item)
-        if num_extracted == 1:
-            frame_rate_hz = item.frame_rate_hz
     if not num_extracted:
         raise ValueError(f"{config.units}: no extracted units for utterances of {manifest}")
     if given is not None:
@@ -214,7 +212,7 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
         "frame_length_difference": int(sum(abs(len(labelled) - round(len(frames) * PHONE_FRAME_RATE_HZ / rate))
                                            for labelled, frames in zip(labels, unit_frames))),
         "num_phone_labels": int(len(np.unique(phones))),
-        "num_units_used": int(len(np.unique(units))), "frame_rate_hz": frame_rate_hz,
+        "num_units_used": int(len(np.unique(units))), "frame_rate_hz": rate,
         "wall_sec": round(time.perf_counter() - started, 3), "config": asdict(config),
     }
     jobs.write_json(config.out or Path(config.units) / "quality.json", report)
