@@ -65,7 +65,9 @@ def _align(config) -> int:
 
     report = align_manifest(config)
     print(f"aligned {report.num_aligned}, kept {report.num_kept}, skipped {report.num_skipped} "
-          f"of {report.num_utterances} utterance(s) in {report.wall_sec:.1f} s -> {report.manifest}")
+          f"of {report.num_utterances} utterance(s) in {report.wall_sec:.1f} s"
+          f"{f' ({report.num_resumed} done by an interrupted run before)' if report.num_resumed else ''} "
+          f"-> {report.manifest}")
     for utterance_id, reason in list(report.skipped.items())[:20]:
         print(f"  skipped {utterance_id}: {reason}", file=sys.stderr)
     return 0
@@ -179,7 +181,9 @@ def _sequences_build(config) -> int:
 
     index = build_sequences(config)
     tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
-    print(f"built {len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
+    built = index["config"]
+    part = f"part {built['shard_index']} of {built['num_shards']}: " if built["num_shards"] > 1 else ""
+    print(f"built {part}{len(index['epochs'])} epoch(s), {tokens} tokens in {index['wall_sec']:.1f} s "
           f"({tokens / max(index['wall_sec'], 1e-9):,.0f} tokens/s) -> {config.out}")
     for entry in index["epochs"]:
         if entry["skipped"]:

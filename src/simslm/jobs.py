@@ -361,6 +361,15 @@ def keep_freed_memory() -> bool:
     return _freed_memory_kept
 
 
+def launcher_shard(num_shards: int) -> int:
+    """The part of `num_shards` that the launcher gives this process: RANK under torchrun, else
+    SLURM_ARRAY_TASK_ID in a SLURM array (modulo, so an array numbered from 1 covers every part), else 0."""
+    for variable in ("RANK", "SLURM_ARRAY_TASK_ID"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable]) % num_shards
+    return 0
+
+
 def torch_device(name: str) -> str:
     """The torch device a --device option names: auto (CUDA when there is one), cpu, cuda (this process's GPU:
     LOCAL_RANK under torchrun, else the first) or cuda:N; ValueError when CUDA is asked for and absent."""

@@ -198,6 +198,24 @@ def test_a_merge_refuses_parts_that_do_not_make_one_whole_build(build, tmp_path)
     assert merge(*parts)["merged_from"]["num_shards"] == 2
 
 
+def test_a_slurm_array_numbered_from_1_builds_every_part_without_shard_index(build, tmp_path, monkeypatch):
+    # `sbatch --array=1-2` without --shard-index: each task builds the part its task id names (modulo the parts),
+    # not part 0 twice. RANK (torchrun) comes first, as for `units extract`.
+    from simslm.sequences.build import MergeConfig, merge_sequences
+    from simslm.sequences.loader import read_index
+
+    monkeypatch.delenv("RANK", raising=False)
+    parts = []
+    for task in ("1", "2"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        parts.append(build(streams=("speech",), num_epochs=1, num_shards=2, out=str(tmp_path / f"p{task}"))[1])
+    assert [read_index(p)["config"]["shard_index"] for p in parts] == [1, 0]
+    assert merge_sequences(MergeConfig(parts=tuple(parts), out=str(tmp_path / "m")))["merged_from"]["num_shards"] == 2
+    monkeypatch.setenv("RANK", "3")
+    assert read_index(build(streams=("speech",), num_epochs=1, num_shards=2, out=str(tmp_path / "r"))[1])[
+        "config"]["shard_index"] == 1
+
+
 def test_training_on_one_part_of_a_build_in_parts_is_said(build, tmp_path, capsys):
     # A part is a sequences folder of its own, so a forgotten merge would train on a share of the corpus, silently.
     from simslm.sequences.build import MergeConfig, merge_sequences

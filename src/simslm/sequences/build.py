@@ -12,7 +12,7 @@ import collections
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -98,15 +98,16 @@ class BuildConfig(Config):
     """Build one part of the corpus: the utterances and text lines whose number is --shard-index modulo this, so
     that parts build in parallel (processes, machines, a SLURM array), each holding only its share in memory;
     `simslm sequences merge` joins the parts into one folder."""
-    shard_index: int = 0
-    """Which part this build is (0 to --num-shards - 1)."""
+    shard_index: int | None = None
+    """Which part this build is (0 to --num-shards - 1; default: RANK under torchrun, else SLURM_ARRAY_TASK_ID in
+    a SLURM array, modulo --num-shards, else 0). The index records the part built."""
     overwrite: bool = False
     """Replace an existing output folder (once the new one is complete)."""
 
     def check(self) -> None:
         check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length",
                        "num_shards")
-        if not 0 <= self.shard_index < self.num_shards:
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(f"--shard-index must be between 0 and --num-shards - 1 ({self.num_shards - 1}), "
                               f"not {self.shard_index}")
         for name in ("speech_ratio", "span_start_probability"):
@@ -299,6 +300,8 @@ def build_interleaved_epoch(config: BuildConfig, vocabulary: Vocabulary, epoch: 
 def build_sequences(config: BuildConfig) -> dict[str, Any]:
     """Build, mix and pack token shards for `config.num_epochs` epochs; return the index."""
     started = time.perf_counter()
+    if config.shard_index is None:
+        config = replace(config, shard_index=jobs.launcher_shard(config.num_shards))
     streams = list(config.streams)
     shares = parse_mix(config.mix, streams)
     needs_speech = bool({"interleaved", "speech"} & set(streams))

@@ -239,12 +239,7 @@ class ExtractConfig(Config):
 
     def this_shard(self) -> int:
         """This process's share of the shards: --shard-index, or what the launcher says."""
-        if self.shard_index is not None:
-            return self.shard_index
-        for variable in ("RANK", "SLURM_ARRAY_TASK_ID"):
-            if os.environ.get(variable, "").isdigit():
-                return int(os.environ[variable]) % self.num_shards
-        return 0
+        return jobs.launcher_shard(self.num_shards) if self.shard_index is None else self.shard_index
 
 
 @dataclass(frozen=True)
