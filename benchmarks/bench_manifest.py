@@ -9,7 +9,9 @@ resident memory (`ru_maxrss`). The readers:
 - `units records`: the ids, audio paths and durations `units fit` and `units extract` keep (`extract._records`);
 - `read_units`: a units folder of the same utterances (`--units` units each), all of it, and the 16th of it that a
   part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`);
-- `units quality`: PNMI of that folder against phone labels given for 20 of its utterances.
+- `units quality`: PNMI of that folder against phone labels given for 20 of its utterances;
+- `align --keep-existing`: `simslm align` of the manifest, whose utterances all have timings already, so what is
+  measured is the reading, ordering and writing of the manifest, not an aligner.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ READERS = {
     "units quality": "from pathlib import Path\nfrom simslm.units.quality import QualityConfig, unit_quality\n"
                      "read = lambda m: range(unit_quality(QualityConfig(manifest=m, units=str(Path(m).parent / 'units'), "
                      "phone_labels=str(Path(m).parent / 'phones.tsv')))['num_utterances_scored'])",
+    "align --keep-existing": "from pathlib import Path\nfrom simslm.speech.align import AlignConfig, align_manifest\n"
+                             "read = lambda m: range(align_manifest(AlignConfig(manifest=m, out=str(Path(m).parent / "
+                             "'aligned.jsonl'), keep_existing=True)).num_kept)",
 }
 PROBE = """
 import resource, sys, time
@@ -72,7 +77,11 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=200_000)
     parser.add_argument("--words", type=int, default=30)
     parser.add_argument("--units", type=int, default=250, help="units an utterance (10 s of 25 Hz units, deduplicated)")
+    parser.add_argument("--readers", default=",".join(READERS), help="comma-separated: which readers to run")
     args = parser.parse_args()
+    chosen = args.readers.split(",")
+    if unknown := set(chosen) - set(READERS):
+        parser.error(f"--readers: no reader {', '.join(sorted(unknown))} (there are: {', '.join(READERS)})")
     with tempfile.TemporaryDirectory() as folder:
         manifest, units = Path(folder) / "manifest.jsonl", Path(folder) / "units"
         write_manifest(manifest, args.utterances, args.words)
@@ -81,7 +90,8 @@ def main() -> None:
                                                          for i in range(0, args.utterances, args.utterances // 20)))
         print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB; units "
               f"{sum(p.stat().st_size for p in units.rglob('*')) / 1e6:.0f} MB")
-        for name, imports in READERS.items():
+        for name in chosen:
+            imports = READERS[name]
             source = units if name.startswith("read_units") else manifest
             out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports), str(source)],
                                  capture_output=True, text=True, check=True).stdout.split()

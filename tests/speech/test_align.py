@@ -74,9 +74,9 @@ def test_imports_that_disagree_with_the_transcript_or_the_audio_are_skipped(libr
     late = [dict(item, start=item["start"] + 9, end=item["end"] + 9) for item in words]
     (folder / "61-70968-0000.json").write_text(json.dumps({"words": late}))               # other words
     with pytest.raises(ValueError, match="no utterance could be aligned") as nothing:  # a batch job with no result
-        align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"),
+        align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "new" / "o.jsonl"),
                                    method="json", source=str(folder)))
-    assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "new").exists()  # nor its journal
     assert f"{REFERENCE_ID}: word timings do not match the transcript" in str(nothing.value)
     assert "61-70968-0000: word timings do not match the transcript" in str(nothing.value)
     assert "2412-153948-0000: no .json/.words.json file" in str(nothing.value)
@@ -139,3 +139,83 @@ def test_slamkits_alignment_files_are_imported(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"words": []}))
     with pytest.raises(ValueError, match="aligned_text"):
         read_slamkit_alignment(tmp_path / "bad.json")
+
+
+@pytest.fixture
+def half_timed(synthetic_corpus, tmp_path):
+    """The synthetic corpus in a folder of its own (audio paths relative to it): utterances 0 and 2 keep their
+    word timings, 1 and 3 have none, and a folder of JSON timings holds espeak-ng's words for every utterance."""
+    folder, timings = tmp_path / "in", tmp_path / "timings"
+    folder.mkdir()
+    timings.mkdir()
+    utterances = read_manifest(synthetic_corpus)
+    for name in {u.audio.split("/")[0] for u in utterances}:
+        (folder / name).symlink_to(synthetic_corpus.parent / name)
+    for utterance in utterances:
+        (timings / f"{utterance.id}.json").write_text(json.dumps(
+            [{"word": w.word, "start": w.start_sec, "end": w.end_sec} for w in utterance.words]))
+    write_manifest(folder / "m.jsonl", [u if number % 2 == 0 else replace(u, words=None)
+                                        for number, u in enumerate(utterances)])
+    return folder / "m.jsonl", timings, utterances
+
+
+def test_kept_and_aligned_utterances_keep_their_order_and_audio_in_another_folder(half_timed, tmp_path, monkeypatch):
+    from simslm import jobs
+
+    manifest, timings, utterances = half_timed
+    parallel_map = jobs.parallel_map
+
+    def backwards(function, tasks, **options):  # workers finish in any order
+        yield from reversed(list(parallel_map(function, tasks, **options)))
+
+    monkeypatch.setattr(jobs, "parallel_map", backwards)
+    out = tmp_path / "out" / "aligned.jsonl"
+    report = align_manifest(AlignConfig(manifest=str(manifest), out=str(out), method="json", source=str(timings),
+                                        keep_existing=True))
+    assert (report.num_kept, report.num_aligned, report.num_skipped) == (2, 2, 0)
+    written = read_manifest(out)
+    assert [u.id for u in written] == [u.id for u in utterances]
+    for before, after in zip(utterances, written):
+        # Kept utterances' relative paths used to be copied as they were, naming files that are not beside `out`.
+        assert after.audio_path(out.parent).resolve() == before.audio_path(manifest.parent).resolve()
+        assert [w.word for w in after.words] == [w.word for w in before.words]
+    assert not list(out.parent.glob("*.aligning"))
+
+
+def test_an_interrupted_alignment_goes_on_where_it_stopped(half_timed, tmp_path, monkeypatch):
+    from simslm.speech import align
+
+    manifest, timings, utterances = half_timed
+    importer, calls = align.ALIGNERS["json"], []
+
+    def counted(utterance, source, stop_at=None):
+        calls.append(utterance.id)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt  # killed in the middle of the third utterance
+        return importer(utterance, source)
+
+    def run(out, stop_at=None, **options):
+        calls.clear()
+        monkeypatch.setitem(align.ALIGNERS, "json", lambda u, s: counted(u, s, stop_at))
+        return align_manifest(AlignConfig(manifest=str(manifest), out=str(out), method="json", source=str(timings),
+                                          **options))
+
+    whole = run(tmp_path / "whole" / "a.jsonl")
+    out = tmp_path / "out" / "a.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, stop_at=3)
+    journal = out.with_name("a.jsonl.aligning")
+    assert not out.exists() and len(journal.read_text().splitlines()) == 3  # the header and two utterances
+    with open(journal, "a") as handle:
+        handle.write('{"id": "' + utterances[2].id)  # a line torn by the kill
+    resumed = run(out)
+    assert calls == [u.id for u in utterances[2:]] and resumed.num_resumed == 2
+    assert out.read_text() == (tmp_path / "whole" / "a.jsonl").read_text()
+    assert (resumed.num_aligned, resumed.num_skipped) == (whole.num_aligned, whole.num_skipped) == (4, 0)
+    assert not journal.exists()
+
+    # A journal of other options is not taken up: here --keep-existing changes what the output holds.
+    with pytest.raises(KeyboardInterrupt):
+        run(out, stop_at=2)
+    kept = run(out, keep_existing=True)
+    assert kept.num_resumed == 0 and (kept.num_kept, kept.num_aligned) == (2, 2)

@@ -106,8 +106,9 @@ def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_p
     assert main(["manifest", "validate", str(out)]) == 0  # before, this very file failed validation
     assert {u.id for u in read_manifest(out)} == {"1272-128104-0000", "61-70968-0000", "2412-153948-0000"}
     (tmp_path / "nothing").mkdir()
-    assert main(["manifest", "import", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "n.jsonl")]) == 2
-    assert "nothing to import" in capsys.readouterr().err and not (tmp_path / "n.jsonl").exists()
+    assert main(["manifest", "import", "--source", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "new" / "n.jsonl")]) == 2
+    assert "nothing to import" in capsys.readouterr().err and not (tmp_path / "new").exists()
     json.loads(out.read_text().splitlines()[0])
     # Its word timings: a field naming a word-timing JSON file (or holding the list itself, or a bad value).
     assert main(["manifest", "import", "--source", str(mirror / "librispeech" / "manifest.jsonl"), "--out", str(out),

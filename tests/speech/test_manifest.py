@@ -30,6 +30,20 @@ def test_round_trip(tmp_path):
     assert read_manifest(tmp_path / "m.jsonl") == utterances
 
 
+def test_a_manifest_line_is_the_utterances_fields_in_order_with_its_words_as_objects():
+    import dataclasses
+
+    for utterance in (_utterance(meta={"recording": "r1", "spans": [[0.1, 0.2]]}), _utterance(words=None)):
+        line = utterance.to_json()
+        # The definition: every field in declaration order (the bytes of a manifest line), words as plain objects.
+        expected = dataclasses.asdict(utterance)
+        if utterance.words is not None:
+            expected["words"] = [dataclasses.asdict(word) for word in utterance.words]
+        assert json.dumps(line) == json.dumps(expected)
+        line["meta"].setdefault("spans", []).append("changed")  # a copy, not the utterance's own
+        assert "changed" not in json.dumps(utterance.meta)
+
+
 def test_validator_reports_every_problem_with_file_and_line(tmp_path):
     soundfile.write(tmp_path / "a.wav", 0.1 * np.ones(16000), 16000)
     soundfile.write(tmp_path / "b.wav", 0.1 * np.ones(8000), 8000)

@@ -10,18 +10,20 @@ espeak-ng's g2p, mapped to ARPAbet. Timed words must be the transcript's words
 from __future__ import annotations
 
 import collections
+import contextlib
+import itertools
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
-from simslm.speech.manifest import Utterance, Word, read_manifest, write_manifest
+from simslm.speech.manifest import Utterance, Word, iter_utterances
 
 TimedWords = list[tuple[str, float, float]]
 
@@ -282,8 +284,12 @@ class AlignConfig(Config):
             raise ConfigError(f"--method {self.method} imports timings: give --source FILE or FOLDER")
 
 
-def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
-    record, method, path = task
+def _align_one(task: tuple[int, dict[str, Any], str | None, str | None]) -> tuple[int, dict[str, Any]]:
+    """(number, journal entry) of one utterance: {"id", "aligned": record}, {"id", "kept": record} when there is
+    no method (its timings are kept), or {"id", "skipped": reason}."""
+    number, record, method, path = task
+    if method is None:
+        return number, {"id": record["id"], "kept": record}
     utterance = Utterance.from_json(record)
     try:
         timed = ALIGNERS[method](utterance, Path(path))
@@ -292,11 +298,11 @@ def _align_one(task: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
                           meta={**utterance.meta, "alignment": method})
         problems = aligned.timing_problems()
         if problems:
-            return {"id": utterance.id, "skipped": problems[0].message}
-        return aligned.to_json()
+            return number, {"id": utterance.id, "skipped": problems[0].message}
+        return number, {"id": utterance.id, "aligned": aligned.to_json()}
     except (AlignmentError, audio.AudioError, OSError, RuntimeError) as error:
         # RuntimeError: pocketsphinx or espeak-ng (g2p) refusing this utterance's input.
-        return {"id": utterance.id, "skipped": str(error)}
+        return number, {"id": utterance.id, "skipped": str(error)}
 
 
 @dataclass(frozen=True)
@@ -311,61 +317,166 @@ class AlignReport:
     skipped: dict[str, str]
     audio_sec: float
     wall_sec: float
+    num_resumed: int = 0
+    """Utterances an interrupted earlier run had done (its journal), not done again."""
+
+
+class _OrderedJournal:
+    """What an alignment has done so far, beside its output (`<out>.aligning`): a header naming the input and the
+    method, then one line per input utterance in the manifest's order. A run that is killed (a time limit,
+    pocketsphinx over thousands of hours) goes on after the last whole line; the output manifest is written from
+    the journal once every utterance is in it. Lines are flushed, not fsynced one by one: after a crash the torn or
+    lost tail is done again."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path, self.header = path, header
+
+    def resume(self, ids: Iterator[str]) -> int:
+        """How many leading utterances (whose ids `ids` gives in order) the journal holds; it is cut after them, or
+        started anew when it was written for another input or method."""
+        whole, offset = 0, 0
+        if self.path.exists():
+            with open(self.path, "rb") as handle:
+                for number, line in enumerate(handle):
+                    try:
+                        entry = json.loads(line) if line.endswith(b"\n") else None
+                    except ValueError:
+                        entry = None
+                    if number == 0:
+                        if entry != {"journal": self.header}:
+                            break
+                    elif not isinstance(entry, dict) or entry.get("id") != next(ids, None):
+                        break
+                    else:
+                        whole += 1
+                    offset += len(line)
+        if offset == 0:
+            jobs.write_text(self.path, json.dumps({"journal": self.header}, ensure_ascii=False) + "\n")
+        else:
+            os.truncate(self.path, offset)
+        return whole
+
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            def append(entry: dict[str, Any]) -> None:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                handle.flush()
+            try:
+                yield append
+            finally:
+                os.fsync(handle.fileno())
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, encoding="utf-8") as handle:
+            next(handle)  # the header
+            for line in handle:
+                yield json.loads(line)
 
 
 def align_manifest(config: AlignConfig) -> AlignReport:
-    """Add word timings to every utterance of a manifest; skip and count the failures."""
+    """Add word timings to every utterance of a manifest; skip and count the failures.
+
+    The manifest is streamed (never whole in memory) and the work journaled, so an interrupted run resumes."""
     started = time.perf_counter()
-    manifest_dir = Path(config.manifest).parent
+    manifest = Path(config.manifest)
+    manifest_dir = manifest.parent
     if config.method != "pocketsphinx" and not (config.source and Path(config.source).exists()):
         raise ValueError(f"{config.source}: no such file or folder (--source, the {config.method} timings to "
                          f"import)")
-    utterances = read_manifest(config.manifest)
     out_path = Path(config.out)
-    in_place = out_path.resolve() == Path(config.manifest).resolve()
-    results: dict[str, Utterance] = {}
-    tasks = []
-    for utterance in utterances:
-        if config.keep_existing and utterance.words is not None:
-            results[utterance.id] = utterance
-            continue
-        # Audio paths must keep pointing at the same files from the output's folder.
-        absolute = replace(utterance, audio=str(utterance.audio_path(manifest_dir).resolve()))
-        path = absolute.audio if config.method == "pocketsphinx" else config.source
-        tasks.append((absolute.to_json(), config.method, path))
-    num_kept = len(results)
-    skipped: dict[str, str] = {}
+    in_place = out_path.resolve() == manifest.resolve()
+    new_folder = not out_path.parent.exists()
+    stat = manifest.stat()
+    journal = _OrderedJournal(out_path.with_name(f"{out_path.name}.aligning"), {
+        "manifest": str(manifest.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "method": config.method, "source": str(Path(config.source).resolve()) if config.source else None,
+        "keep_existing": config.keep_existing})
+    # A first pass names a malformed line before any work, finds where a journal left off, and counts the
+    # utterances for the progress line and those that need an aligner (kept ones, though they pass through the
+    # workers to keep their place, start none).
+    num_utterances, num_to_align = 0, 0
+
+    def ids() -> Iterator[str]:
+        nonlocal num_utterances, num_to_align
+        for utterance in iter_utterances(manifest):
+            num_utterances += 1
+            num_to_align += not (config.keep_existing and utterance.words is not None)
+            yield utterance.id
+
+    first_pass = ids()
+    num_resumed = journal.resume(first_pass)
+    collections.deque(first_pass, maxlen=0)  # the rest of the manifest, counted and checked
+
+    def tasks() -> Iterator[tuple[int, dict[str, Any], str | None, str | None]]:
+        for number, utterance in enumerate(itertools.islice(iter_utterances(manifest), num_resumed, None),
+                                           start=num_resumed):
+            # Audio paths must keep pointing at the same files from the output's folder.
+            record = replace(utterance, audio=str(utterance.audio_path(manifest_dir).resolve())).to_json()
+            if config.keep_existing and utterance.words is not None:
+                yield number, record, None, None
+            else:
+                yield number, record, config.method, record["audio"] if config.method == "pocketsphinx" \
+                    else config.source
+
     workers = (config.num_workers or jobs.default_workers()) if config.method == "pocketsphinx" else 1
-    for record in jobs.parallel_map(_align_one, tasks, num_workers=min(workers, max(1, len(tasks))),
-                                    total=len(tasks), description=f"align ({config.method})"):
-        if "skipped" in record:
-            skipped[record["id"]] = record["skipped"]
-        else:
-            results[record["id"]] = Utterance.from_json(record)
+    remaining = num_utterances - num_resumed
+    workers = min(workers, max(1, num_to_align))
+    # Workers finish out of order; entries wait here until those before them are in, so the journal (and the
+    # output) keeps the manifest's order.
+    waiting: dict[int, dict[str, Any]] = {}
+    next_number = num_resumed
+    with journal.appending() as append:
+        for number, entry in jobs.parallel_map(_align_one, tasks(), num_workers=workers,
+                                               total=remaining, description=f"align ({config.method})"):
+            waiting[number] = entry
+            while next_number in waiting:
+                append(waiting.pop(next_number))
+                next_number += 1
+    try:
+        return _write_aligned(config, journal, out_path, in_place, num_utterances, num_resumed, started)
+    except ValueError:
+        journal.path.unlink()  # a run again with the same options would end the same way
+        if new_folder:
+            with contextlib.suppress(OSError):  # a folder of the user's own, not empty
+                out_path.parent.rmdir()
+        raise
+
+
+def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path, in_place: bool,
+                   num_utterances: int, num_resumed: int, started: float) -> AlignReport:
+    """The output manifest from a complete journal, which is then removed."""
+    counts, skipped, audio_sec = collections.Counter(), {}, 0.0
     source = config.source if config.method != "pocketsphinx" else config.manifest
-    if utterances and len(results) == num_kept and skipped:
-        examples = "; ".join(f"{key}: {reason}" for key, reason in list(skipped.items())[:3])
-        raise ValueError(f"{source}: no utterance could be aligned ({len(skipped)} skipped; {examples})")
-    if in_place and skipped:
-        # The output drops what could not be aligned: over the input, that would lose utterances.
-        raise ValueError(f"{config.manifest}: {len(skipped)} utterance(s) could not be aligned, and writing in place "
-                         f"would drop them; write to another --out")
-    ordered = [_relative_to(results[u.id], out_path.parent) for u in utterances if u.id in results]
-    write_manifest(out_path, ordered)
-    report = AlignReport(manifest=str(out_path), num_utterances=len(utterances),
-                         num_aligned=len(ordered) - num_kept, num_kept=num_kept, num_skipped=len(skipped),
-                         skipped=skipped, audio_sec=round(sum(u.duration_sec for u in ordered), 3),
-                         wall_sec=round(time.perf_counter() - started, 3))
+    with jobs.atomic_path(out_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        for entry in journal.entries():
+            if "skipped" in entry:
+                skipped[entry["id"]] = entry["skipped"]
+                continue
+            kind = "aligned" if "aligned" in entry else "kept"
+            counts[kind] += 1
+            record = {**entry[kind], "audio": _relative_to(entry[kind]["audio"], out_path.parent)}
+            audio_sec += record["duration_sec"]
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")  # as write_manifest writes a line
+        if skipped and not counts["aligned"]:
+            examples = "; ".join(f"{key}: {reason}" for key, reason in list(skipped.items())[:3])
+            raise ValueError(f"{source}: no utterance could be aligned ({len(skipped)} skipped; {examples})")
+        if in_place and skipped:
+            # The output drops what could not be aligned: over the input, that would lose utterances.
+            raise ValueError(f"{config.manifest}: {len(skipped)} utterance(s) could not be aligned, and writing "
+                             f"in place would drop them; write to another --out")
+    journal.path.unlink()
+    report = AlignReport(manifest=str(out_path), num_utterances=num_utterances, num_aligned=counts["aligned"],
+                         num_kept=counts["kept"], num_skipped=len(skipped), skipped=skipped,
+                         audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
+                         num_resumed=num_resumed)
     jobs.write_json(out_path.with_suffix(".report.json"), {**asdict(report), "config": asdict(config)})
     return report
 
 
-def _relative_to(utterance: Utterance, folder: Path) -> Utterance:
-    """Express the audio path relative to `folder` when it lies below it."""
-    path = Path(utterance.audio)
-    if path.is_absolute():
-        try:
-            return replace(utterance, audio=str(path.relative_to(folder.resolve())))
-        except ValueError:
-            return utterance
-    return utterance
+def _relative_to(path: str, folder: Path) -> str:
+    """An absolute audio path relative to `folder` when it lies below it."""
+    try:
+        return str(Path(path).relative_to(folder.resolve()))
+    except ValueError:
+        return path

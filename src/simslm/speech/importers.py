@@ -30,6 +30,7 @@ reason. An import that keeps nothing is an error, and the manifest is written at
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -410,26 +411,34 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
                              segments_dir=out.parent / f"{out.stem}-{'audio' if layout == 'hf' else 'segments'}",
                              split=config.split)
-    utterances, skipped, seen = [], collections.Counter(), set()
-    for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
-        if isinstance(item, Skip):
-            skipped[item.reason] += 1
-            continue
-        if item.id in seen:
-            skipped["repeated id"] += 1
-            continue
-        try:
-            sample_rate, duration = audio.audio_info(item.audio)
-        except audio.AudioError as error:
-            skipped[error.kind.value] += 1
-            continue
-        seen.add(item.id)
-        utterances.append(Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
-                                    sample_rate=sample_rate, duration_sec=round(duration, 3),
-                                    transcript=item.transcript, speaker=item.speaker, words=item.words))
-    if not utterances:
-        raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
-    write_manifest(out, utterances)
-    return ImportReport(manifest=str(out), num_imported=len(utterances), num_skipped=sum(skipped.values()),
-                        skipped_by_reason=dict(skipped), audio_sec=round(sum(u.duration_sec for u in utterances), 3),
+    skipped, seen, audio_sec = collections.Counter(), set(), 0.0
+
+    def utterances() -> Iterator[Utterance]:
+        """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
+        nonlocal audio_sec
+        for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
+            if isinstance(item, Skip):
+                skipped[item.reason] += 1
+                continue
+            if item.id in seen:
+                skipped["repeated id"] += 1
+                continue
+            try:
+                sample_rate, duration = audio.audio_info(item.audio)
+            except audio.AudioError as error:
+                skipped[error.kind.value] += 1
+                continue
+            seen.add(item.id)
+            audio_sec += round(duration, 3)
+            yield Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
+                            sample_rate=sample_rate, duration_sec=round(duration, 3), transcript=item.transcript,
+                            speaker=item.speaker, words=item.words)
+        if not seen:
+            raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
+
+    stream = utterances()
+    first = next(stream)  # an import of nothing ends here, before the output's folder is made
+    write_manifest(out, itertools.chain([first], stream))
+    return ImportReport(manifest=str(out), num_imported=len(seen), num_skipped=sum(skipped.values()),
+                        skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
                         wall_sec=round(time.perf_counter() - started, 3))

