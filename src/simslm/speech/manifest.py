@@ -78,7 +78,7 @@ class Utterance:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON object for one manifest line."""
-        # Written out, not `dataclasses.asdict`, which deep-copies field by field: 0.9 ms an utterance of 30 words,
+        # Written out, not `dataclasses.asdict`, which deep-copies field by field: 0.2 ms an utterance of 30 words,
         # most of the time of writing a manifest.
         words = None if self.words is None else [{"word": w.word, "start_sec": w.start_sec, "end_sec": w.end_sec}
                                                  for w in self.words]
