@@ -6,10 +6,14 @@ A manifest of N synthetic utterances of W timed words each (Libri-Light's 10-sec
 written to a temporary folder; each reader then runs in a fresh interpreter, which reports its wall time and its peak
 resident memory (`ru_maxrss`). The readers:
 - `read_manifest`: the whole manifest as Utterance objects, as sequences build and align hold it;
-- `units records`: the ids, audio paths and durations `units fit` and `units extract` keep (`extract._records`);
+- `units records`: the ids, audio paths and durations `units fit` and `units extract` read (`extract._records`),
+  streamed as they stream them (before the fifteenth session they kept the list);
 - `read_units`: a units folder of the same utterances (`--units` units each), all of it, and the 16th of it that a
   part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`);
 - `units quality`: PNMI of that folder against phone labels given for 20 of its utterances;
+- `units extract, shards written`: `simslm units extract` into that units folder once every shard is written, as
+  the last of an extraction's processes ends: a pass over the manifest for its header, and one over the manifest
+  and the shards for the report's totals;
 - `align --keep-existing`: `simslm align` of the manifest, whose utterances all have timings already, so what is
   measured is the reading, ordering and writing of the manifest, not an aligner.
 """
@@ -27,7 +31,7 @@ import numpy as np
 
 READERS = {
     "read_manifest": "from simslm.speech.manifest import read_manifest as read",
-    "units records": "from simslm.units.extract import _records as read",
+    "units records": "from simslm.units.extract import _records\nread = lambda m: range(sum(1 for _ in _records(m)))",
     "read_units, all": "from simslm.units.extract import read_units\nread = lambda m: list(read_units(m))",
     "read_units, a 16th": "from simslm.units.extract import read_units\n"
                           "class Part:\n    __contains__ = lambda self, i: int(i[1:]) % 16 == 0\n"
@@ -39,6 +43,11 @@ READERS = {
     "align --keep-existing": "from pathlib import Path\nfrom simslm.speech.align import AlignConfig, align_manifest\n"
                              "read = lambda m: range(align_manifest(AlignConfig(manifest=m, out=str(Path(m).parent / "
                              "'aligned.jsonl'), keep_existing=True)).num_kept)",
+    "units extract, shards written": "from pathlib import Path\n"
+                                     "from simslm.units.extract import ExtractConfig, extract_units\n"
+                                     "read = lambda m: range(extract_units(ExtractConfig(manifest=m, codebook=str("
+                                     "Path(m).parent / 'codebook.npy'), out=str(Path(m).parent / 'units'), "
+                                     "shard_size=1000)).num_encoded)",
 }
 PROBE = """
 import resource, sys, time
@@ -77,15 +86,19 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=200_000)
     parser.add_argument("--words", type=int, default=30)
     parser.add_argument("--units", type=int, default=250, help="units an utterance (10 s of 25 Hz units, deduplicated)")
-    parser.add_argument("--readers", default=",".join(READERS), help="comma-separated: which readers to run")
+    parser.add_argument("--reader", action="append", choices=list(READERS),
+                        help="a reader to run (repeat for several; default: all)")
     args = parser.parse_args()
-    chosen = args.readers.split(",")
-    if unknown := set(chosen) - set(READERS):
-        parser.error(f"--readers: no reader {', '.join(sorted(unknown))} (there are: {', '.join(READERS)})")
+    chosen = args.reader or list(READERS)
     with tempfile.TemporaryDirectory() as folder:
         manifest, units = Path(folder) / "manifest.jsonl", Path(folder) / "units"
         write_manifest(manifest, args.utterances, args.words)
         write_units(units, args.utterances, args.units)
+        from simslm.units.kmeans import Codebook  # a logmel codebook of the units' k, for `units extract`
+
+        Codebook(np.zeros((500, 160), np.float32), {"encoder": {"name": "logmel", "model_path": None, "layer": None,
+                                                               "edge_pad": 0}, "frame_rate_hz": 25.0}
+                 ).save(Path(folder) / "codebook.npy")
         (Path(folder) / "phones.tsv").write_text("".join(f"u{i:08d}\t{','.join(['AH', 'B'] * 1000)}\n"
                                                          for i in range(0, args.utterances, args.utterances // 20)))
         print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB; units "

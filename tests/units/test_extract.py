@@ -357,3 +357,19 @@ def test_units_of_some_ids_skip_the_other_lines_unparsed_and_equal_the_filtered_
     some = [(u.id, u.units.tolist()) for u in read_units(out, wanted)]
     assert some == [(u.id, u.units.tolist()) for u in read_units(out) if u.id in wanted]
     assert some == [('quote"d', [1, 2]), ("caf\u00e9", [3, 4])]
+
+
+def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_pass_reads(tmp_path):
+    # `units extract` checks its manifest in a first pass, then streams it twice reading only the JSON.
+    from simslm.units.extract import _records
+
+    lines = [{"id": "a", "audio": "x/a.flac", "sample_rate": 16000, "duration_sec": 1.5, "transcript": "hi",
+              "words": [{"word": "hi", "start_sec": 0.1, "end_sec": 0.4}]},
+             {"id": "b", "audio": str(tmp_path / "elsewhere" / "b.wav"), "sample_rate": 16000, "duration_sec": 2,
+              "transcript": ""}]
+    # A byte-order mark, Windows line ends and a blank line, as an editor may leave them.
+    (tmp_path / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n\r\n".join(json.dumps(line) for line in lines)
+                                       .encode() + b"\r\n")
+    checked, quick = list(_records(tmp_path / "m.jsonl", checked=True)), list(_records(tmp_path / "m.jsonl"))
+    assert quick == checked == [{"id": "a", "path": str(tmp_path / "x" / "a.flac"), "duration_sec": 1.5},
+                                {"id": "b", "path": str(tmp_path / "elsewhere" / "b.wav"), "duration_sec": 2}]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Container, Iterator, Literal
+from typing import Any, Callable, ClassVar, Container, Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -127,10 +128,26 @@ def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def _records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
+def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[dict[str, Any]]:
+    """The id, absolute audio path and duration of each utterance, streamed: at Libri-Light's 21M segments the list
+    of them would be some 14 GB in every process of an extraction (docs/BENCHMARKS.md).
+
+    With `checked`, every line is parsed and checked as `iter_utterances` does (its ManifestError after the last);
+    else only its JSON is read, for the later passes over a manifest a first pass checked: 8x faster for lines of
+    30 timed words, which a checked pass turns into objects."""
     manifest = Path(manifest)
-    return [{"id": u.id, "path": str(u.audio_path(manifest.parent).resolve()), "duration_sec": u.duration_sec}
-            for u in iter_utterances(manifest)]
+    folder = manifest.parent.absolute()
+    if checked:
+        lines = ({"id": u.id, "audio": u.audio, "duration_sec": u.duration_sec} for u in iter_utterances(manifest))
+    else:
+        lines = (json.loads(line) for line, _ in jobs.text_lines(manifest) if line.strip())
+    for line in lines:
+        yield {"id": line["id"], "path": os.path.join(folder, line["audio"]), "duration_sec": line["duration_sec"]}
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items (the last shorter)."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 MIN_FRAMES_PER_UNIT = 10
@@ -140,10 +157,13 @@ def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
     spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad)
     frame_rate = ENCODERS[config.encoder][0]
-    records = _records(config.manifest)
+    num_records = sum(1 for _ in iter_utterances(config.manifest))  # checked whole, streamed
     rng = np.random.default_rng(config.seed)
-    if len(records) > config.max_utterances:
-        records = [records[i] for i in sorted(rng.choice(len(records), config.max_utterances, replace=False))]
+    chosen = (set(rng.choice(num_records, config.max_utterances, replace=False).tolist())
+              if num_records > config.max_utterances else range(num_records))
+    # Resolved, as the corpus hash has always taken them (symbolic links followed).
+    records = [{**record, "path": str(Path(record["path"]).resolve())}
+               for number, record in enumerate(_records(config.manifest)) if number in chosen]
     device = jobs.torch_device(config.device)
     workers = _workers(config.num_workers, device, len(records))
     tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
@@ -463,7 +483,17 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         raise ValueError(f"--dtype {config.dtype}: the logmel encoder computes in float32 (numpy); --dtype is for "
                          f"HuBERT encoders")
     from_manifest = records is None  # else `manifest` only describes the records (benchmark audio)
-    records = _records(config.manifest) if from_manifest else records
+    given = records
+
+    def all_records(checked: bool = False) -> Iterator[dict[str, Any]]:
+        """Streamed three times: checked, for the header; for the work; for the totals."""
+        return _records(config.manifest, checked=checked) if from_manifest else iter(given)
+
+    num_records, ids_digest = 0, hashlib.sha256()
+    for record in all_records(checked=True):
+        ids_digest.update(("\n" if num_records else "").encode() + record["id"].encode())
+        num_records += 1
+    num_shard_files = -(-num_records // config.shard_size)
     out = Path(config.out)
     created = not out.exists()  # only a folder made here is removed after a failure
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -472,8 +502,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
               "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
               "k": codebook.k, "shard_size": config.shard_size,
               "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
-              "num_shards": -(-len(records) // config.shard_size),  # read_units checks they are all there
-              "utterance_ids_sha256": hashlib.sha256("\n".join(r["id"] for r in records).encode()).hexdigest()}
+              "num_shards": num_shard_files,  # read_units checks they are all there
+              "utterance_ids_sha256": ids_digest.hexdigest()}  # of the ids joined by newlines
     header_path = out / "units.json"
     if header_path.exists():
         previous = jobs.read_json(header_path)
@@ -488,9 +518,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                              f"extract into a new --out folder")
     else:
         jobs.write_json(header_path, header)
-    shards = [records[i:i + config.shard_size] for i in range(0, len(records), config.shard_size)]
     mine = config.this_shard()
-    todo = [i for i in range(len(shards))
+    todo = [i for i in range(num_shard_files)
             if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
     workers = _workers(config.num_workers, device, len(todo))
     if todo:
@@ -503,26 +532,34 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     batch_size = config.batch_size or (1 if device == "cpu" and spec.name != "logmel" else 16)
     run = _Runtime(device=device, dtype=config.dtype, batch_size=batch_size,
                    min_agreement=config.min_agreement)
-    tasks = [(i, shards[i], asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
-              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run) for i in todo]
+    wanted = set(todo)
+    tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
+              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run)
+             for i, shard in enumerate(_chunks(all_records(), config.shard_size)) if i in wanted)
     agreements = [stats["agreement"] for _, stats in jobs.parallel_map(
-        _extract_shard, tasks, num_workers=workers, total=len(tasks), description="units extract (shards)")
+        _extract_shard, tasks, num_workers=workers, total=len(todo), description="units extract (shards)")
         if stats["agreement"] is not None]
     # Totals come from the shards on disk, so a resumed run reports the whole corpus.
     skipped: collections.Counter[str] = collections.Counter()
     num_encoded = num_frames = num_units = 0
     audio_sec = 0.0
-    durations_by_id = {r["id"]: r["duration_sec"] for r in records}
-    for line in _iter_shard_lines(out):
-        if "skipped" in line:
-            skipped[line.get("reason", ENCODER_REJECTED)] += 1
+    present = 0
+    for i, shard in enumerate(_chunks(all_records(), config.shard_size)):
+        path = out / "shards" / f"shard-{i:05d}.jsonl"
+        if not path.exists():
             continue
-        num_encoded += 1
-        num_frames += sum(line["durations"])
-        num_units += len(line["units"])
-        audio_sec += durations_by_id.get(line["id"], 0.0)
-    complete = all((out / "shards" / f"shard-{i:05d}.jsonl").exists() for i in range(len(shards)))
-    if records and complete and not num_encoded:
+        present += 1
+        durations = {record["id"]: record["duration_sec"] for record in shard}
+        for line in map(json.loads, jobs.read_text(path).splitlines()):
+            if "skipped" in line:
+                skipped[line.get("reason", ENCODER_REJECTED)] += 1
+                continue
+            num_encoded += 1
+            num_frames += sum(line["durations"])
+            num_units += len(line["units"])
+            audio_sec += durations.get(line["id"], 0.0)
+    complete = present == num_shard_files
+    if num_records and complete and not num_encoded:
         # Nothing usable: leave no folder that a re-run would take as done.
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -530,7 +567,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
             for index in todo:
                 (out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
-    report = ExtractReport(out=str(out), num_utterances=len(records), num_shards=len(shards),
+    report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
                            audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
