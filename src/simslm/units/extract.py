@@ -133,7 +133,7 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
     of them would be some 14 GB in every process of an extraction (docs/BENCHMARKS.md).
 
     With `checked`, every line is parsed and checked as `iter_utterances` does (its ManifestError after the last);
-    else only its JSON is read, for the later passes over a manifest a first pass checked: 8x faster for lines of
+    else only its JSON is read, for the later passes over a manifest a first pass checked: 3x faster for lines of
     30 timed words, which a checked pass turns into objects."""
     manifest = Path(manifest)
     folder = manifest.parent.absolute()
