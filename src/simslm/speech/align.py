@@ -448,6 +448,7 @@ def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path
     """The output manifest from a complete journal, which is then removed."""
     counts, skipped, audio_sec = collections.Counter(), {}, 0.0
     source = config.source if config.method != "pocketsphinx" else config.manifest
+    folder = out_path.parent.resolve()
     with jobs.atomic_path(out_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for entry in journal.entries():
             if "skipped" in entry:
@@ -455,7 +456,7 @@ def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path
                 continue
             kind = "aligned" if "aligned" in entry else "kept"
             counts[kind] += 1
-            record = {**entry[kind], "audio": _relative_to(entry[kind]["audio"], out_path.parent)}
+            record = {**entry[kind], "audio": _relative_to(entry[kind]["audio"], folder)}
             audio_sec += record["duration_sec"]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")  # as write_manifest writes a line
         if skipped and not counts["aligned"]:
@@ -475,8 +476,8 @@ def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path
 
 
 def _relative_to(path: str, folder: Path) -> str:
-    """An absolute audio path relative to `folder` when it lies below it."""
+    """An absolute audio path relative to `folder` (resolved) when it lies below it."""
     try:
-        return str(Path(path).relative_to(folder.resolve()))
+        return str(Path(path).relative_to(folder))
     except ValueError:
         return path

@@ -130,7 +130,7 @@ def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
 
 def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[dict[str, Any]]:
     """The id, absolute audio path and duration of each utterance, streamed: at Libri-Light's 21M segments the list
-    of them would be some 14 GB in every process of an extraction (docs/BENCHMARKS.md).
+    of them would be some 7 GB in every process of an extraction (docs/BENCHMARKS.md).
 
     With `checked`, every line is parsed and checked as `iter_utterances` does (its ManifestError after the last);
     else only its JSON is read, for the later passes over a manifest a first pass checked: 3x faster for lines of
@@ -143,6 +143,8 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
         lines = (json.loads(line) for line, _ in jobs.text_lines(manifest) if line.strip())
     for line in lines:
         yield {"id": line["id"], "path": os.path.join(folder, line["audio"]), "duration_sec": line["duration_sec"]}
+
+
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive lists of `size` items (the last shorter)."""
     items = iter(items)
