@@ -119,15 +119,24 @@ with jobs.exclusive_lock(sys.argv[1], "busy"):
     print("held", flush=True)
     sys.stdin.read()
 """
+_HOLD_FILE = """
+import sys
+from simslm import jobs
+with open(sys.argv[1], "ab") as handle:
+    jobs.lock_file(handle, "busy")
+    print("held", flush=True)
+    sys.stdin.read()
+"""
 
 
-def hold_lock(path):
-    """Another process that takes `jobs.exclusive_lock(path)` and keeps it until its stdin is closed."""
+def hold_lock(path, *, file_as_it_is: bool = False):
+    """Another process that takes `jobs.exclusive_lock(path)` and keeps it until its stdin is closed; with
+    `file_as_it_is`, a lock on the file (a journal) that leaves its bytes alone (`jobs.lock_file`)."""
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", _HOLD_FILE if file_as_it_is else _HOLD_LOCK, str(path)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "held\n"
     return process
 

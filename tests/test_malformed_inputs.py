@@ -141,6 +141,19 @@ def held_elsewhere(w: World, name: str) -> Path:
     return run
 
 
+def aligning_elsewhere(w: World, name: str) -> Path:
+    """An output manifest whose alignment journal another process appends to, as a job still aligning into it
+    would, until the module's tests end."""
+    from tests.conftest import hold_lock
+
+    out = w.bad / name
+    journal = out.with_name(f"{name}.aligning")
+    if not journal.exists():
+        _write(journal, '{"journal": {}}\n')
+        _HOLDERS.append(hold_lock(journal, file_as_it_is=True))
+    return out
+
+
 def sweep_spec(w: World, name: str, spec: dict) -> Path:
     return _write(w.bad / name, json.dumps(spec))
 
@@ -233,6 +246,9 @@ CASES: dict[str, Case] = {
     "align: broken CTM in place": lambda w: (
         ["align", "--manifest", str(w.manifest), "--out", str(w.manifest), "--method", "ctm", "--source",
          str(_write(w.bad / "broken.ctm", "utt 1 not numbers\n"))], "broken.ctm", [w.manifest]),
+    "align: output another align is writing": lambda w: (
+        ["align", "--manifest", str(w.manifest), "--out", str(aligning_elsewhere(w, "out-126.jsonl"))],
+        "another `simslm align` is writing it", [w.bad / "out-126.jsonl.aligning"]),
     # manifest import
     "manifest import: source missing": lambda w: (["manifest", "import", "--source", str(missing(w, "corpus")),
                                                    "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),

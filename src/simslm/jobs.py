@@ -503,16 +503,31 @@ class Busy(ValueError):
     """Another process holds the lock asked for (`exclusive_lock`)."""
 
 
+def lock_file(handle: Any, busy: str) -> None:
+    """Lock an open file exclusively until it is closed, or raise `Busy(busy)` at once when another process holds
+    it. Where the file system has no locks (ENOLCK, say, on an NFS mount without a lock daemon), warn and go on
+    unlocked: refusing would stop every job there."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Busy(busy) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        print(f"simslm: warning: {handle.name}: the file system does not lock files ({error.strerror}); nothing "
+              f"stops a second process from writing here at the same time", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created) for the block, or raise `Busy(f"{busy} ({holder})")` at
     once when another process holds it. The holder's host and pid are written into the file.
 
     Re-entrant within a process: a sweep holds its run folder's lock and then trains the run, which locks it too.
-    Where the file system has no locks (ENOLCK, say, on an NFS mount without a lock daemon), the block runs
-    unlocked after a warning: refusing would stop every run there."""
-    import errno
-    import fcntl
+    Where the file system has no locks, the block runs unlocked after a warning (`lock_file`)."""
     import socket
 
     key = Path(path).resolve()
@@ -526,16 +541,11 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
     key.parent.mkdir(parents=True, exist_ok=True)
     with open(key, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            lock_file(handle, busy)
+        except Busy:
             handle.seek(0)
             holder = handle.read().strip()
             raise Busy(f"{busy} ({holder})" if holder else busy) from None
-        except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            print(f"simslm: warning: {key}: the file system does not lock files ({error.strerror}); nothing stops a "
-                  f"second process from writing here at the same time", file=sys.stderr)
         handle.truncate(0)
         handle.write(f"held by process {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()

@@ -7,6 +7,7 @@ import pytest
 from simslm import assets
 from simslm.speech.align import AlignConfig, align_manifest, read_ctm, read_textgrid, read_word_json
 from simslm.speech.manifest import Utterance, read_manifest, write_manifest
+from tests.conftest import hold_lock, release_lock
 
 REFERENCE_ID = "1272-128104-0000"
 
@@ -208,6 +209,15 @@ def test_an_interrupted_alignment_goes_on_where_it_stopped(half_timed, tmp_path,
     assert not out.exists() and len(journal.read_text().splitlines()) == 3  # the header and two utterances
     with open(journal, "a") as handle:
         handle.write('{"id": "' + utterances[2].id)  # a line torn by the kill
+    # While another process appends to the journal (the same job submitted twice), a run into `out` is refused.
+    before = journal.read_bytes()
+    holder = hold_lock(journal, file_as_it_is=True)
+    try:
+        with pytest.raises(ValueError, match="a.jsonl: another `simslm align` is writing it"):
+            run(out)
+        assert journal.read_bytes() == before and calls == []
+    finally:
+        release_lock(holder)
     resumed = run(out)
     assert calls == [u.id for u in utterances[2:]] and resumed.num_resumed == 2
     assert out.read_text() == (tmp_path / "whole" / "a.jsonl").read_text()

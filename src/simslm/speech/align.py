@@ -326,14 +326,15 @@ class _OrderedJournal:
     method, then one line per input utterance in the manifest's order. A run that is killed (a time limit,
     pocketsphinx over thousands of hours) goes on after the last whole line; the output manifest is written from
     the journal once every utterance is in it. Lines are flushed, not fsynced one by one: after a crash the torn or
-    lost tail is done again."""
+    lost tail is done again. The journal is locked while a run appends to it: a second run into the same output
+    (a job submitted twice) is refused rather than interleaving its lines."""
 
     def __init__(self, path: Path, header: dict[str, Any]):
         self.path, self.header = path, header
 
-    def resume(self, ids: Iterator[str]) -> int:
-        """How many leading utterances (whose ids `ids` gives in order) the journal holds; it is cut after them, or
-        started anew when it was written for another input or method."""
+    def done_before(self, ids: Iterator[str]) -> tuple[int, int]:
+        """How many leading utterances (whose ids `ids` gives in order) the journal holds, and the bytes up to the
+        end of their lines (0: none, or a journal of another input or method, to start anew). Reads only."""
         whole, offset = 0, 0
         if self.path.exists():
             with open(self.path, "rb") as handle:
@@ -350,21 +351,27 @@ class _OrderedJournal:
                     else:
                         whole += 1
                     offset += len(line)
-        if offset == 0:
-            jobs.write_text(self.path, json.dumps({"journal": self.header}, ensure_ascii=False) + "\n")
-        else:
-            os.truncate(self.path, offset)
-        return whole
+        return whole, offset
 
     @contextlib.contextmanager
-    def appending(self) -> Iterator[Callable[[dict[str, Any]], None]]:
-        with open(self.path, "a", encoding="utf-8") as handle:
+    def appending(self, offset: int, busy: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """Lock the journal, keep its first `offset` bytes (or start it with the header) and append entries."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:  # made when missing; cut only once it is locked
+            jobs.lock_file(handle, busy)
+            if os.fstat(handle.fileno()).st_size < offset:  # another run ended (and removed it) since it was read
+                raise ValueError(f"{self.path}: changed while this run read it; run again")
+            handle.truncate(offset)
+            if not offset:
+                handle.write(json.dumps({"journal": self.header}, ensure_ascii=False).encode() + b"\n")
+
             def append(entry: dict[str, Any]) -> None:
-                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                handle.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
                 handle.flush()
             try:
                 yield append
             finally:
+                handle.flush()
                 os.fsync(handle.fileno())
 
     def entries(self) -> Iterator[dict[str, Any]]:
@@ -405,7 +412,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
             yield utterance.id
 
     first_pass = ids()
-    num_resumed = journal.resume(first_pass)
+    num_resumed, offset = journal.done_before(first_pass)
     collections.deque(first_pass, maxlen=0)  # the rest of the manifest, counted and checked
 
     def tasks() -> Iterator[tuple[int, dict[str, Any], str | None, str | None]]:
@@ -426,7 +433,8 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     # output) keeps the manifest's order.
     waiting: dict[int, dict[str, Any]] = {}
     next_number = num_resumed
-    with journal.appending() as append:
+    with journal.appending(offset, f"{out_path}: another `simslm align` is writing it (its journal "
+                                   f"{journal.path.name} is locked)") as append:
         for number, entry in jobs.parallel_map(_align_one, tasks(), num_workers=workers,
                                                total=remaining, description=f"align ({config.method})"):
             waiting[number] = entry
