@@ -229,3 +229,26 @@ def test_an_interrupted_alignment_goes_on_where_it_stopped(half_timed, tmp_path,
         run(out, stop_at=2)
     kept = run(out, keep_existing=True)
     assert kept.num_resumed == 0 and (kept.num_kept, kept.num_aligned) == (2, 2)
+
+
+def test_a_ctm_is_read_one_utterance_at_a_time_as_read_ctm_groups_it(tmp_path, monkeypatch):
+    # align --method ctm indexes the file's byte ranges instead of holding every word (Libri-Light's CTM would not
+    # fit): each utterance's words must be read_ctm's, whatever the order of the lines.
+    from simslm.speech import align
+
+    ctm = tmp_path / "all.ctm"
+    ctm.write_bytes("\ufeff;; a comment\nu1 1 0.50 0.20 b\nu1 1 0.10 0.30 a\n\nu2 1 0.00 0.40 x\n"
+                    "u1 1 0.90 0.10 c 0.97\nu2 1 0.40 0.20 ÿ\n".encode())
+    index = align._CtmIndex(str(ctm))
+    assert {key: index.words(key) for key in ("u1", "u2")} == align.read_ctm(ctm)
+    assert index.words("u3") is None and len(index.ranges["u1"]) == 2  # its lines in two places
+
+    # A malformed file is read once, not once per utterance, and each utterance is skipped with its line.
+    (tmp_path / "broken.ctm").write_text("u1 1 0.1 0.2 a\nu1 1 oops 0.2 b\n")
+    made = []
+    monkeypatch.setattr(align, "_CtmIndex", lambda path: made.append(path) or index.__class__(path))
+    for name in ("u1", "u2"):
+        utterance = Utterance(id=name, audio="x.wav", sample_rate=16000, duration_sec=1.0, transcript="a b")
+        with pytest.raises(align.AlignmentError, match=r"broken.ctm:2: start/duration are not numbers"):
+            align._ctm_timings(utterance, tmp_path / "broken.ctm")
+    assert len(made) == 1

@@ -9,6 +9,7 @@ espeak-ng's g2p, mapped to ARPAbet. Timed words must be the transcript's words
 
 from __future__ import annotations
 
+import codecs
 import collections
 import contextlib
 import itertools
@@ -34,22 +35,64 @@ class AlignmentError(ValueError):
 
 # --- importers -----------------------------------------------------------------------
 
+def _ctm_word(path: str | os.PathLike, line_number: int, line: str) -> tuple[str, tuple[str, float, float]] | None:
+    """(utterance, (word, start, end)) of one CTM line; None for a blank or comment line."""
+    fields = line.split()
+    if not fields or line.startswith(";;"):
+        return None
+    if len(fields) < 5:
+        raise AlignmentError(f"{path}:{line_number}: a CTM line needs 5 fields, found {len(fields)}")
+    try:
+        start, duration = float(fields[2]), float(fields[3])
+    except ValueError:
+        raise AlignmentError(f"{path}:{line_number}: start/duration are not numbers") from None
+    return fields[0], (fields[4], start, round(start + duration, 6))
+
+
 def read_ctm(path: str | os.PathLike) -> dict[str, TimedWords]:
     """CTM lines `utterance channel start duration word [confidence]`, grouped by utterance."""
     grouped: dict[str, TimedWords] = collections.defaultdict(list)
     with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields or line.startswith(";;"):
-                continue
-            if len(fields) < 5:
-                raise AlignmentError(f"{path}:{line_number}: a CTM line needs 5 fields, found {len(fields)}")
-            try:
-                start, duration = float(fields[2]), float(fields[3])
-            except ValueError:
-                raise AlignmentError(f"{path}:{line_number}: start/duration are not numbers") from None
-            grouped[fields[0]].append((fields[4], start, round(start + duration, 6)))
+            if parsed := _ctm_word(path, line_number, line):
+                grouped[parsed[0]].append(parsed[1])
     return {key: sorted(words, key=lambda w: w[1]) for key, words in grouped.items()}
+
+
+class _CtmIndex:
+    """Where each utterance's lines lie in a CTM file, so that `align --method ctm` reads one utterance's words at a
+    time: a CTM of Libri-Light's 21M segments grouped in memory (`read_ctm`) would hold some 100 GB of words, its
+    index a few GB of byte ranges. Every line is checked while indexing, so a malformed one is named as before."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.ranges: dict[str, list[list[int]]] = {}  # utterance -> [[start, end], ...] byte ranges of its lines
+        with open(path, "rb") as handle:
+            offset = 0
+            for line_number, raw in enumerate(handle, start=1):
+                text = (raw.removeprefix(codecs.BOM_UTF8) if line_number == 1 else raw).decode("utf-8", "replace")
+                if parsed := _ctm_word(path, line_number, text):
+                    spans = self.ranges.setdefault(parsed[0], [])
+                    if spans and spans[-1][1] == offset:  # the utterance's lines go on: one range grows
+                        spans[-1][1] = offset + len(raw)
+                    else:
+                        spans.append([offset, offset + len(raw)])
+                offset += len(raw)
+
+    def words(self, utterance_id: str) -> TimedWords | None:
+        """The utterance's timed words in time order; None when the CTM has no line for it."""
+        spans = self.ranges.get(utterance_id)
+        if spans is None:
+            return None
+        words = []
+        with open(self.path, "rb") as handle:
+            for start, end in spans:
+                handle.seek(start)
+                for raw in handle.read(end - start).splitlines():
+                    parsed = _ctm_word(self.path, 0, raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", "replace"))
+                    if parsed is not None:
+                        words.append(parsed[1])
+        return sorted(words, key=lambda w: w[1])
 
 
 # Labels that aligners write for silence and noise rather than for a word.
@@ -234,19 +277,27 @@ def _ctm_timings(utterance: Utterance, source: Path) -> TimedWords:
     path = source if source.is_file() else source / f"{utterance.id}.ctm"
     if not path.exists():
         raise AlignmentError(f"no CTM at {path}")
-    by_utterance = _cached_ctm(str(path), path.stat().st_mtime_ns)
-    if utterance.id not in by_utterance:
+    index = _ctm_index(str(path), path.stat().st_mtime_ns)
+    if isinstance(index, str):
+        raise AlignmentError(index)
+    words = index.words(utterance.id)
+    if words is None:
         raise AlignmentError(f"{path} has no lines for {utterance.id}")
-    return by_utterance[utterance.id]
+    return words
 
 
-_ctm_cache: dict[tuple[str, int], dict[str, TimedWords]] = {}
+_ctm_indexes: dict[tuple[str, int], _CtmIndex | str] = {}
 
 
-def _cached_ctm(path: str, mtime_ns: int) -> dict[str, TimedWords]:
-    if (path, mtime_ns) not in _ctm_cache:
-        _ctm_cache[(path, mtime_ns)] = read_ctm(path)
-    return _ctm_cache[(path, mtime_ns)]
+def _ctm_index(path: str, mtime_ns: int) -> _CtmIndex | str:
+    """A CTM's index, made once per file and version; for a malformed file, what is wrong with it, kept so that
+    each of a corpus's utterances is skipped with it, not after reading the whole file again."""
+    if (path, mtime_ns) not in _ctm_indexes:
+        try:
+            _ctm_indexes[(path, mtime_ns)] = _CtmIndex(path)
+        except AlignmentError as error:
+            _ctm_indexes[(path, mtime_ns)] = str(error)
+    return _ctm_indexes[(path, mtime_ns)]
 
 
 # name -> function(utterance, path) -> timed words. For importers the path is a file
