@@ -61,7 +61,7 @@ def read_ctm(path: str | os.PathLike) -> dict[str, TimedWords]:
 
 class _CtmIndex:
     """Where each utterance's lines lie in a CTM file, so that `align --method ctm` reads one utterance's words at a
-    time: a CTM of Libri-Light's 21M segments grouped in memory (`read_ctm`) would hold some 100 GB of words, its
+    time: a CTM of Libri-Light's 21M segments grouped in memory (`read_ctm`) would hold some 140 GB of words, its
     index a few GB of byte ranges. Every line is checked while indexing, so a malformed one is named as before."""
 
     def __init__(self, path: str):
