@@ -270,6 +270,11 @@ CASES: dict[str, Case] = {
         ["segment", "--by", "words", "--num-workers", "1", "--manifest", str(manifest_lines(
             w, "untimed.jsonl", lambda lines: [{**line, "words": None} for line in lines])),
          "--out", str(w.bad / "seg-3.jsonl")], "untimed.jsonl", []),
+    "segment: output cut with other settings": lambda w: (
+        ["segment", "--manifest", str(w.manifest), "--out", str(w.bad / "seg-4.jsonl"), "--max-sec", "10"],
+        "seg-4-segments", [_write(w.bad / "seg-4-segments" / "settings.json", json.dumps(
+            {"max_sec": 20.0, "min_sec": 10.0, "margin_sec": 0.2, "by": "auto", "vad_threshold": 0.5,
+             "vad_min_silence_sec": 0.3}))]),
     # units fit
     "units fit: k = 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-09"),
                                     "--num-units", "0"], "--num-units", []),

@@ -86,6 +86,11 @@ def test_word_timings_keep_every_word_whole_and_shifted(tmp_path):
     first = out.read_text()
     segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), max_sec=8.0, num_workers=1))
     assert out.read_text() == first
+    # Other settings into the same output would take the recordings cut before as done: refused.
+    with pytest.raises(ValueError, match=r"segments: cut with other settings \(--max-sec 8.0 then, 6.0 now; "
+                                         r"--min-sec 4.0 then, 3.0 now\); cut into another --out"):
+        segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), max_sec=6.0, num_workers=1))
+    assert out.read_text() == first
 
 
 def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive
+from simslm.config import Config, ConfigError, check_positive, flag
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
 
@@ -211,6 +211,30 @@ class SegmentReport:
     wall_sec: float
 
 
+# What decides where a recording is cut: a folder of segments cut with other values is not reused.
+CUT_SETTINGS = ("max_sec", "min_sec", "margin_sec", "by", "vad_threshold", "vad_min_silence_sec")
+
+
+def _check_settings(segments_dir: Path, config: SegmentConfig) -> None:
+    """Record the cut's settings in the segments folder (settings.json), or refuse a folder cut with others: its
+    recordings, done, would be taken as they are, and the manifest would mix or keep the old cut, silently."""
+    settings = {name: getattr(config, name) for name in CUT_SETTINGS}
+    settings["min_sec"] = config.max_sec / 2 if config.min_sec is None else config.min_sec
+    path = segments_dir / "settings.json"
+    if path.exists():
+        recorded = jobs.read_json(path)
+        changed = [f"{flag(name)} {recorded.get(name)} then, {settings[name]} now" for name in CUT_SETTINGS
+                   if recorded.get(name) != settings[name]]
+        if changed:
+            raise ValueError(f"{segments_dir}: cut with other settings ({'; '.join(changed)}); cut into another "
+                             f"--out, or remove the folder")
+    elif any(segments_dir.glob("*/segments.json")):
+        # A folder of an earlier simslm that recorded no settings: they are taken to be these.
+        print(f"[segment] {segments_dir}: its settings are not recorded; its recordings are taken as cut with "
+              f"these", file=sys.stderr)
+    jobs.write_json(path, settings)
+
+
 def segment_manifest(config: SegmentConfig) -> SegmentReport:
     """Cut every recording of a manifest; resumable recording by recording, the manifest written last.
 
@@ -220,6 +244,7 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
     source, out = Path(config.manifest), Path(config.out)
     num_recordings = sum(1 for _ in iter_utterances(source))  # a malformed line is named before any cutting
     segments_dir = out.parent / f"{out.stem}-segments"
+    _check_settings(segments_dir, config)
     workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
     tasks = ((u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
              for u in iter_utterances(source))
@@ -238,6 +263,8 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
             shutil.rmtree(segments_dir, ignore_errors=True)
         raise
     if not cut:
+        if not any(segments_dir.glob("*/segments.json")):
+            shutil.rmtree(segments_dir, ignore_errors=True)
         raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
     # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
     prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
