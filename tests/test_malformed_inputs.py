@@ -235,6 +235,11 @@ CASES: dict[str, Case] = {
     "synth: corpus empty": lambda w: (["synth", "--corpus", str(empty(w, "c.jsonl")), "--out", str(w.bad / "out-04")],
                                       str(empty(w, "c.jsonl")), []),
     "synth: negative limit": lambda w: (["synth", "--limit", "-1", "--out", str(w.bad / "out-05")], "--limit", []),
+    "synth: output spoken with other settings": lambda w: (
+        ["synth", "--limit", "2", "--out", str(w.bad / "out-128")], "out-128",
+        [_write(w.bad / "out-128" / "synth_settings.json", json.dumps(
+            {"corpus": "tinystories-sample", "text_field": "text", "voice_set": "heldout", "seed": 0,
+             "backend": "espeak-ng", "audio_format": "flac"}))]),
     # align
     "align: manifest missing": lambda w: (["align", "--manifest", str(missing(w)), "--out", str(w.bad / "out-06")],
                                           str(missing(w)), []),

@@ -557,6 +557,27 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
             handle.truncate(0)  # the file stays (another process may be waiting to open it); its holder does not
 
 
+def keep_settings(path: str | os.PathLike, settings: dict[str, Any], *, made: str, advice: str,
+                  earlier_work: bool) -> None:
+    """Record in `path` (JSON) the options that decide what a resumable folder holds, or raise ValueError when it
+    records other values: a run taking up what was done before would keep it as it is, silently. `made` says how
+    the folder was made ("cut", "spoken"), `advice` what to do instead. A folder with `earlier_work` and no record
+    (made before simslm kept one) is taken as made with these settings, and a line says so."""
+    from simslm.config import flag
+
+    path = Path(path)
+    if path.exists():
+        recorded = read_json(path)
+        changed = [f"{flag(name)} {recorded.get(name)} then, {value} now" for name, value in settings.items()
+                   if recorded.get(name) != value]
+        if changed:
+            raise ValueError(f"{path.parent}: {made} with other settings ({'; '.join(changed)}); {advice}")
+    elif earlier_work:
+        print(f"simslm: {path.parent}: the settings it was {made} with are not recorded; what it holds is taken as "
+              f"{made} with these", file=sys.stderr)
+    write_json(path, settings)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile
 
 from simslm.speech import text
@@ -88,6 +89,17 @@ def test_voice_set_and_limits_are_honoured(tmp_path):
     assert all(u.speaker.startswith("heldout/") and u.audio.endswith(".wav") for u in utterances)
     peak = max(np.abs(soundfile.read(u.audio_path(tmp_path / "o"))[0]).max() for u in utterances)
     assert 0.05 < peak <= 1.0
+    # Into the same folder, another voice set or seed would reuse the lines spoken before as they are: refused.
+    # A larger --limit speaks only the new lines.
+    before = (tmp_path / "o" / "manifest.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=r"o: spoken with other settings \(--voice-set heldout then, train now; "
+                                         r"--audio-format wav then, flac now\); synthesise into another --out"):
+        synthesize_corpus(SynthConfig(out=str(tmp_path / "o"), corpus=str(corpus), offset=2, limit=3,
+                                      num_workers=1))
+    assert (tmp_path / "o" / "manifest.jsonl").read_bytes() == before
+    more = synthesize_corpus(SynthConfig(out=str(tmp_path / "o"), corpus=str(corpus), voice_set="heldout",
+                                         offset=2, limit=4, num_workers=1, audio_format="wav"))
+    assert (more.num_synthesized, more.num_reused) == (1, 3)
 
 
 def test_audio_is_the_same_whichever_worker_speaks_each_line(synthetic_corpus, tmp_path):

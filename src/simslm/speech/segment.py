@@ -35,7 +35,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive, flag
+from simslm.config import Config, ConfigError, check_positive
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
 
@@ -216,23 +216,13 @@ CUT_SETTINGS = ("max_sec", "min_sec", "margin_sec", "by", "vad_threshold", "vad_
 
 
 def _check_settings(segments_dir: Path, config: SegmentConfig) -> None:
-    """Record the cut's settings in the segments folder (settings.json), or refuse a folder cut with others: its
-    recordings, done, would be taken as they are, and the manifest would mix or keep the old cut, silently."""
+    """The cut's settings, recorded in the segments folder: a folder cut with others is refused, since its
+    recordings, done, would be taken as they are, and the manifest would keep the old cut."""
     settings = {name: getattr(config, name) for name in CUT_SETTINGS}
     settings["min_sec"] = config.max_sec / 2 if config.min_sec is None else config.min_sec
-    path = segments_dir / "settings.json"
-    if path.exists():
-        recorded = jobs.read_json(path)
-        changed = [f"{flag(name)} {recorded.get(name)} then, {settings[name]} now" for name in CUT_SETTINGS
-                   if recorded.get(name) != settings[name]]
-        if changed:
-            raise ValueError(f"{segments_dir}: cut with other settings ({'; '.join(changed)}); cut into another "
-                             f"--out, or remove the folder")
-    elif any(segments_dir.glob("*/segments.json")):
-        # A folder of an earlier simslm that recorded no settings: they are taken to be these.
-        print(f"[segment] {segments_dir}: its settings are not recorded; its recordings are taken as cut with "
-              f"these", file=sys.stderr)
-    jobs.write_json(path, settings)
+    jobs.keep_settings(segments_dir / "settings.json", settings, made="cut",
+                       advice="cut into another --out, or remove the folder",
+                       earlier_work=any(segments_dir.glob("*/segments.json")))
 
 
 def segment_manifest(config: SegmentConfig) -> SegmentReport:

@@ -91,7 +91,7 @@ class SynthConfig(Config):
     renamed: ClassVar[dict[str, str]] = {"out_dir": "out"}
 
     out: str
-    """Output folder: audio/, manifest.jsonl, synth_report.json."""
+    """Output folder: audio/, manifest.jsonl, synth_report.json, synth_settings.json."""
     corpus: str = "tinystories-sample"
     """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file;
     name[start:stop] takes a slice of its lines."""
@@ -195,6 +195,9 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
         return _skipped(utterance_id, SynthSkip.ENGINE_FAILED, f"{type(error).__name__}: {error}"[:300])
 
 
+SETTINGS_FILE = "synth_settings.json"
+
+
 def synthesize_corpus(config: SynthConfig) -> SynthReport:
     """Speak a text corpus into `config.out`; resumable, parallel, skips bad lines."""
     if config.voice_set not in VOICE_SETS:
@@ -208,6 +211,14 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     prefix = config.id_prefix or corpus.stem
     journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
     done = {key: record for key, record in journal.read().items() if "skipped" not in record}
+    # What decides a line's audio, beside its text: the lines spoken before are reused, so other values are refused.
+    # (--offset and --limit only choose lines: a larger --limit speaks the new ones.)
+    settings = {"corpus": split_corpus_spec(config.corpus)[0], "text_field": config.text_field,
+                "voice_set": config.voice_set, "seed": config.seed, "backend": config.backend,
+                "audio_format": config.audio_format}
+    if done or (out_dir / SETTINGS_FILE).exists():
+        jobs.keep_settings(out_dir / SETTINGS_FILE, settings, made="spoken",
+                           advice="synthesise into another --out, or remove it", earlier_work=bool(done))
 
     started = time.perf_counter()
     skipped: collections.Counter[str] = collections.Counter()
@@ -235,6 +246,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         asked = f" in {config.corpus}" if str(corpus) != config.corpus else ""  # an asset's name, a slice
         raise ValueError(f"{corpus}: no text to synthesise{asked} ({dict(skipped) or 'no lines in the range asked for'})")
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs.write_json(out_dir / SETTINGS_FILE, settings)
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
     for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
