@@ -91,6 +91,14 @@ def test_a_kaldi_directory_with_segments_cut_into_files(tmp_path):
     first = audio.load_audio(tmp_path / "out" / utterances["u1"].audio)
     np.testing.assert_allclose(first, whole[:len(first)], atol=1e-4)  # the cut is the recording's first 2.5 s
     assert report.num_skipped == 3
+    # Another Kaldi directory into the same output would reuse u1's cut, which is another recording's: refused.
+    other = tmp_path / "data" / "test"
+    shutil.copytree(kaldi, other)
+    (other / "wav.scp").write_text(f"rec1 {_flac('2412-153948-0000')}\n")
+    with pytest.raises(ValueError, match=r"manifest-segments: imported with other settings \(--source .*train then, "
+                                         r".*test now\); import into another --out"):
+        _imported(tmp_path, other)
+    assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 2
 
 
 def test_the_mirrors_own_librispeech_manifest_imports_with_its_field_names(tmp_path, mirror, capsys):

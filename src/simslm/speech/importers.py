@@ -30,8 +30,10 @@ reason. An import that keeps nothing is an error, and the manifest is written at
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +403,12 @@ class ImportReport:
     wall_sec: float
 
 
+# The layouts whose import writes audio into a folder beside the manifest (Kaldi segments cut, hub bytes), and the
+# record there of what they were imported from.
+WRITES_AUDIO = ("kaldi", "hf")
+IMPORT_SETTINGS = "settings.json"
+
+
 def import_manifest(config: ImportManifestConfig) -> ImportReport:
     """Write a simslm manifest for a corpus in another layout; skip and count what cannot be used."""
     started = time.perf_counter()
@@ -408,9 +416,18 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     layout = detect_format(source) if config.format == "auto" else config.format
     if (layout != "hf" and not source.exists()) or (layout == "hf" and assets.missing_local_path(config.source)):
         raise ValueError(f"{source}: no such file or folder")
+    segments_dir = out.parent / f"{out.stem}-{'audio' if layout == 'hf' else 'segments'}"
+    new_folder = not out.parent.exists()
+    if layout in WRITES_AUDIO:
+        # Audio written by an earlier import is kept as it is (by utterance id): from another corpus or split it
+        # would be another utterance's.
+        held = segments_dir.is_dir() and any(p.name != IMPORT_SETTINGS for p in segments_dir.iterdir())
+        jobs.keep_settings(segments_dir / IMPORT_SETTINGS, {
+            "source": config.source if layout == "hf" and not source.exists() else str(source.resolve()),
+            "format": layout, "split": config.split}, made="imported",
+            advice="import into another --out, or remove the folder", earlier_work=held)
     items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
-                             segments_dir=out.parent / f"{out.stem}-{'audio' if layout == 'hf' else 'segments'}",
-                             split=config.split)
+                             segments_dir=segments_dir, split=config.split)
     skipped, seen, audio_sec = collections.Counter(), set(), 0.0
 
     def utterances() -> Iterator[Utterance]:
@@ -437,7 +454,15 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
             raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
 
     stream = utterances()
-    first = next(stream)  # an import of nothing ends here, before the output's folder is made
+    try:
+        first = next(stream)  # an import of nothing ends here, before the output's folder is made
+    except ValueError:
+        if segments_dir.is_dir() and {p.name for p in segments_dir.iterdir()} <= {IMPORT_SETTINGS}:
+            shutil.rmtree(segments_dir)
+            if new_folder:
+                with contextlib.suppress(OSError):
+                    out.parent.rmdir()
+        raise
     write_manifest(out, itertools.chain([first], stream))
     return ImportReport(manifest=str(out), num_imported=len(seen), num_skipped=sum(skipped.values()),
                         skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
