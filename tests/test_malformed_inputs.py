@@ -259,6 +259,11 @@ CASES: dict[str, Case] = {
                                                    "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),
     "manifest import: kaldi without text": lambda w: (["manifest", "import", "--source", str(_write(
         w.bad / "kaldi" / "wav.scp", "r1 x.wav\n").parent), "--out", str(w.bad / "out-92.jsonl")], "kaldi", []),
+    "manifest import: audio folder of another source": lambda w: (
+        ["manifest", "import", "--format", "kaldi", "--source", str(_write(w.bad / "kaldi-2" / "text", "u1 HI\n")
+                                                                    .parent), "--out", str(w.bad / "out-129.jsonl")],
+        "out-129-segments", [_write(w.bad / "out-129-segments" / "settings.json", json.dumps(
+            {"source": "/elsewhere/data/train", "format": "kaldi", "split": "train"}))]),
     "manifest import: lhotse without recordings": lambda w: (
         ["manifest", "import", "--format", "lhotse", "--source", str(_write(
             w.bad / "lhotse" / "x_supervisions.jsonl", "").parent), "--out", str(w.bad / "out-93.jsonl")],
