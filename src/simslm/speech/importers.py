@@ -455,7 +455,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
 
     stream = utterances()
     try:
-        first = next(stream)  # an import of nothing ends here, before the output's folder is made
+        first = next(stream)  # an import of nothing ends here, before the manifest is written
     except ValueError:
         if segments_dir.is_dir() and {p.name for p in segments_dir.iterdir()} <= {IMPORT_SETTINGS}:
             shutil.rmtree(segments_dir)
