@@ -252,3 +252,27 @@ def test_a_ctm_is_read_one_utterance_at_a_time_as_read_ctm_groups_it(tmp_path, m
         with pytest.raises(align.AlignmentError, match=r"broken.ctm:2: start/duration are not numbers"):
             align._ctm_timings(utterance, tmp_path / "broken.ctm")
     assert len(made) == 1
+
+
+def test_a_journal_is_not_taken_up_after_its_ctm_changed(librispeech_manifest, tmp_path, monkeypatch):
+    from simslm.speech import align
+
+    ctm = tmp_path / "t.ctm"
+    ctm.write_bytes(assets.resolve("librispeech-samples").file(f"{REFERENCE_ID}.ctm").read_bytes())
+    importer, calls = align.ALIGNERS["ctm"], []
+
+    def stopping(utterance, source):
+        calls.append(utterance.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return importer(utterance, source)
+
+    monkeypatch.setitem(align.ALIGNERS, "ctm", stopping)
+    config = AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "o.jsonl"), method="ctm",
+                         source=str(ctm))
+    with pytest.raises(KeyboardInterrupt):
+        align_manifest(config)
+    monkeypatch.setitem(align.ALIGNERS, "ctm", importer)
+    with open(ctm, "a") as handle:
+        handle.write(";; corrected\n")  # the timings fixed after the interruption: the work done is not kept
+    assert align_manifest(config).num_resumed == 0

@@ -446,9 +446,12 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     in_place = out_path.resolve() == manifest.resolve()
     new_folder = not out_path.parent.exists()
     stat = manifest.stat()
+    # A timings file edited since (a CTM) is another source; a folder's files are not followed one by one.
+    source_stat = Path(config.source).stat() if config.source and Path(config.source).is_file() else None
     journal = _OrderedJournal(out_path.with_name(f"{out_path.name}.aligning"), {
         "manifest": str(manifest.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         "method": config.method, "source": str(Path(config.source).resolve()) if config.source else None,
+        "source_size": source_stat and source_stat.st_size, "source_mtime_ns": source_stat and source_stat.st_mtime_ns,
         "keep_existing": config.keep_existing})
     # A first pass names a malformed line before any work, finds where a journal left off, and counts the
     # utterances for the progress line and those that need an aligner (kept ones, though they pass through the
