@@ -9,7 +9,8 @@ trains again, which resumes from step 2. Each rank reports its peak resident mem
 then: loading, sharding, resuming) and in all (`ru_maxrss` at exit). On the CPU the training state itself is in
 the host's memory; on GPUs the set-up's is the host's peak.
 `--compare SRC` runs the same with another simslm source tree (say a worktree of an older commit) on PYTHONPATH,
-alternating the two, `--repeats` times each.
+alternating the two, `--repeats` times each. `--formats full,sharded` runs each contender with each
+`--checkpoint-format`, alternated likewise.
 """
 
 from __future__ import annotations
@@ -68,14 +69,16 @@ def make_model(folder: Path, data: Path, width: int, layers: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run(source: str, work: Path, model: Path, data: Path, label: str) -> dict[str, list[float]]:
+def run(source: str, work: Path, model: Path, data: Path, label: str, checkpoint_format: str = "full"
+        ) -> dict[str, list[float]]:
     """Peak RSS in GB, fresh and resumed: rank 0's before its first step and in all, then rank 1's."""
     run_dir = work / f"run-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)
     context = json.loads((data / "index.json").read_text())["context_length"]
     (work / "config.json").write_text(json.dumps({
         "run_dir": str(run_dir), "data": str(data), "base_model": str(model), "budget_tokens": 4 * 2 * context,
-        "batch_size": 1, "checkpoint_every": 2, "num_checkpoints_kept": 5, "fsdp": True}))
+        "batch_size": 1, "checkpoint_every": 2, "num_checkpoints_kept": 5, "fsdp": True,
+        **({"checkpoint_format": checkpoint_format} if checkpoint_format != "full" else {})}))
     peaks = {}
     for phase in ("fresh", "resumed"):
         log = work / f"{label}-{phase}.log"
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--compare", help="another simslm source tree (its src folder)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--formats", default="full", help="comma-separated --checkpoint-format values to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
@@ -110,10 +114,12 @@ def main() -> None:
         print(f"random Llama, {parameters / 1e6:.0f}M parameters ({parameters * 4 / 1e9:.2f} GB in fp32); "
               f"peak RSS in GB of rank 0 / rank 1, before the first step [in all]")
         sources = [("this", str(REPO / "src"))] + ([("compare", args.compare)] if args.compare else [])
+        contenders = [(f"{label}/{form}" if "," in args.formats else label, source, form)
+                      for label, source in sources for form in args.formats.split(",")]
         for repeat in range(args.repeats):
-            for label, source in sources if repeat % 2 == 0 else sources[::-1]:
-                peaks = run(source, work, work / "model", args.data, label)
-                print(f"{label:8s}" + "".join(f"   {phase} {p[0]:.2f} / {p[2]:.2f} [{p[1]:.2f} / {p[3]:.2f}]"
+            for label, source, form in contenders if repeat % 2 == 0 else contenders[::-1]:
+                peaks = run(source, work, work / "model", args.data, label.replace("/", "-"), form)
+                print(f"{label:14s}" + "".join(f"   {phase} {p[0]:.2f} / {p[2]:.2f} [{p[1]:.2f} / {p[3]:.2f}]"
                                               for phase, p in peaks.items()), flush=True)
 
 

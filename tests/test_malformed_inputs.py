@@ -397,6 +397,9 @@ CASES: dict[str, Case] = {
                                         "batch_size=-1"], "--batch-size", []),
     "train: grad_accumulation=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
                                               "budget_tokens=1000", "grad_accumulation=0"], "--grad-accumulation", []),
+    "train: sharded checkpoints without fsdp": lambda w: (
+        ["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000", "checkpoint_format=sharded"],
+        "--checkpoint-format sharded needs --fsdp", []),
     "train: checkpoint_every=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
                                              "budget_tokens=1000", "checkpoint_every=0"], "--checkpoint-every", []),
     "train: budget_flops=inf": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_flops=inf"],

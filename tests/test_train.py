@@ -744,12 +744,13 @@ def test_fsdp_with_bf16_weights_matches_one_process(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
+@pytest.mark.parametrize("checkpoint_format", ["full", "sharded"])
+def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path, checkpoint_format):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(name: str) -> list[str]:
         config = _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
-                         num_checkpoints_kept=5, fsdp=True)
+                         num_checkpoints_kept=5, fsdp=True, checkpoint_format=checkpoint_format)
         (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json")]
@@ -769,6 +770,42 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     completed = subprocess.run(torchrun("killed"), env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "reference")
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-00000008"
+    if checkpoint_format == "sharded":  # each process wrote its own shards; nothing was gathered
+        assert not (checkpoint / "model.safetensors").exists()
+        assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert set(json.loads((checkpoint / "checksums.json").read_text())) >= {"sharded/.metadata",
+                                                                                "sharded/__1_0.distcp"}
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*"))  # no save left part way
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
+    # torch.distributed.checkpoint reshards on load: the weights three processes read back from two processes'
+    # shards are the weights the two saved (resumed at the last step, nothing more is trained).
+    import torch
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3, fsdp=True,
+                     checkpoint_format="sharded", allow_replan=True)
+    (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
+
+    def torchrun(processes: int) -> subprocess.CompletedProcess:
+        completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                    str(processes), "-m", "simslm", "train", "--config", str(tmp_path / "run.json")],
+                                   env=env, cwd=REPO, capture_output=True, text=True)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed
+
+    torchrun(2)
+    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    shutil.rmtree(tmp_path / "run" / "model")
+    (tmp_path / "run" / "result.json").unlink()
+    again = torchrun(3)
+    assert again.stderr.count("re-planned") == 1  # said once for the run, not once per process
+    loaded = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[name], saved[name]) for name in saved)
+
 
 _SPY = """
 import os, sys

@@ -119,6 +119,11 @@ class TrainConfig(Config):
     bf16-weights: slamkit's recipes, bf16 autocast over weights that are bf16 too, and so their gradients and
     AdamW's moments, with no fp32 copy (its model configs load the base model with torch_dtype bfloat16 and the HF
     Trainer trains it as loaded); buffers such as RoPE's frequencies stay fp32, as they do there."""
+    checkpoint_format: Literal["full", "sharded"] = "full"
+    """full: model.safetensors and optimizer.pt, gathered whole by the main process (under FSDP it holds the whole
+    state meanwhile: 84 GB for 7B parameters with Adam's moments). sharded (with fsdp): each process writes its own
+    shards through torch.distributed.checkpoint and nothing is gathered; any number of FSDP processes resumes from
+    them (the library reshards). A run resumes from either kind, whichever this option says now."""
     fsdp_mixed_precision: Literal["auto", "bf16", "off"] = "auto"
     """With fsdp: bf16 parameters in forward and backward, gradients reduced in fp32 (auto: on CUDA only; bf16
     matmuls are ~100x slower on CPUs without native bf16 products)."""
@@ -140,10 +145,10 @@ class TrainConfig(Config):
 
     # Fields that may change between a run's first start and its resumes.
     resumable_changes: ClassVar[tuple[str, ...]] = ("run_dir", "allow_replan", "tensorboard", "compile",
-                                                    "compile_mode", "validation_every")
+                                                    "compile_mode", "validation_every", "checkpoint_format")
     # Fields added after sweeps had named runs by a hash of their config: at these values they are left out of
     # it, so a run planned before keeps its name (`simslm.scaling.sweep.run_id`).
-    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0, "precision": "auto"}
+    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0, "precision": "auto", "checkpoint_format": "full"}
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -170,6 +175,9 @@ class TrainConfig(Config):
             raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
         if self.compile and self.fsdp:
             raise ConfigError("--compile with --fsdp is not supported: compile per layer is not wired up yet")
+        if self.checkpoint_format == "sharded" and not self.fsdp:
+            raise ConfigError("--checkpoint-format sharded needs --fsdp: without it every process holds the whole "
+                              "model, and the main one saves it")
         if self.base_model.startswith(model_lib.FAMILY_SOURCE):
             try:
                 model_lib.parse_family_source(self.base_model)
@@ -486,16 +494,56 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optim
         save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
                   str(staging / "model.safetensors"))
         torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
-                                                        "wall_sec": round(wall_sec, 3)}))
-        checksums = {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt",
-                                                                "state.json")}
-        (staging / "checksums.json").write_text(json.dumps(checksums))
+        _finish_checkpoint(staging, step, loader, wall_sec, ["model.safetensors", "optimizer.pt"])
+    _prune_checkpoints(run_dir, keep)
+    return final
+
+
+# The folder of a sharded checkpoint's torch.distributed.checkpoint files (a .distcp per process, and .metadata).
+SHARDED = "sharded"
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: PackedLoader, keep: int,
+                            distributed: "_Distributed", wall_sec: float = 0.0) -> Path:
+    """checkpoints/step-N with each process's shards of the weights and the optimiser's state, written by that
+    process (a collective: every process calls it); then, by the main one, the loop's state, the checksums of
+    every file and the rename. Nothing is gathered."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = run_dir / "checkpoints" / f"step-{step:08d}"
+    staging = final.with_name(f".{final.name}.saving")  # one name for every process (atomic_path's holds a pid)
+    if distributed.is_main:
+        for stale in final.parent.glob(".step-*.saving"):  # a save killed part way
+            shutil.rmtree(stale, ignore_errors=True)
+        staging.mkdir(parents=True)
+    distributed.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging / SHARDED))
+    if distributed.is_main:
+        _finish_checkpoint(staging, step, loader, wall_sec,
+                           sorted(path.relative_to(staging).as_posix() for path in (staging / SHARDED).iterdir()))
+        jobs.replace_folder(staging, final)
+        _prune_checkpoints(run_dir, keep)
+    return final
+
+
+def _finish_checkpoint(staging: Path, step: int, loader: PackedLoader, wall_sec: float, names: list[str]) -> None:
+    """The random generators and the loop's state beside a checkpoint's weights (`names`), then the checksums of
+    them all, written last: a checkpoint without them did not finish."""
+    import torch
+
+    torch.save({"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
+    (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
+                                                    "wall_sec": round(wall_sec, 3)}))
+    checksums = {name: _sha256(staging / name) for name in [*names, "rng.pt", "state.json"]}
+    (staging / "checksums.json").write_text(json.dumps(checksums))
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -534,8 +582,9 @@ def checkpoint_state(folder: Path) -> dict[str, Any]:
 
 def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, from_main: bool = False,
                     is_main: bool = True) -> int:
-    """Restore everything a checkpoint holds; return its step. With `from_main` (FSDP), the main process alone reads
-    the weights and the optimiser's state and sends each process its shards."""
+    """Restore everything a checkpoint holds; return its step. From a full checkpoint with `from_main` (FSDP), the
+    main process alone reads the weights and the optimiser's state and sends each process its shards; from a
+    sharded one, every process reads its own."""
     import torch
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
@@ -543,9 +592,19 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, fro
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if from_main else _full_options()
     reads = is_main or not from_main
     try:
-        set_model_state_dict(model, load_file(str(folder / "model.safetensors")) if reads else {}, options=options)
-        set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True)
-                                 if reads else {}, options=options)
+        if (folder / SHARDED).is_dir():  # every process reads its own shards, resharded to this run's processes
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            model_state, optimizer_state = get_state_dict(model, optimizer)  # the optimiser's state initialised
+            state = {"model": model_state, "optimizer": optimizer_state}
+            dcp.load(state, checkpoint_id=str(folder / SHARDED))
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        else:
+            set_model_state_dict(model, load_file(str(folder / "model.safetensors")) if reads else {},
+                                 options=options)
+            set_optimizer_state_dict(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True)
+                                     if reads else {}, options=options)
     except (RuntimeError, KeyError, ValueError) as error:  # e.g. weights of another model size
         message = " ".join(str(error).split())[:300]
         raise ValueError(f"{folder}: does not fit this run's model ({error.__class__.__name__}: {message}); "
@@ -988,7 +1047,7 @@ def _from_run(path: str, run_dir: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
 
 
-def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int) -> Plan:
+def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int, *, quiet: bool = False) -> Plan:
     """The plan to train by: `fresh` for a new run; for a resumed one, the stored plan, re-planned from
     `resume_step` when the number of processes changed and the config allows it (refused otherwise).
 
@@ -1016,9 +1075,10 @@ def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: in
                          f"{fresh.world_size}; resume it with the same number, or pass --allow-replan to keep "
                          f"its total tokens and continue its schedule")
     replanned = previous.replanned(fresh, resume_step)
-    print(f"simslm train: re-planned {run_dir} from step {resume_step} for {fresh.world_size} process(es): "
-          f"{replanned.total_steps} steps in all, {replanned.total_tokens:,} tokens (planned "
-          f"{previous.total_tokens:,})", file=sys.stderr)
+    if not quiet:  # one line for a run, not one per process
+        print(f"simslm train: re-planned {run_dir} from step {resume_step} for {fresh.world_size} process(es): "
+              f"{replanned.total_steps} steps in all, {replanned.total_tokens:,} tokens (planned "
+              f"{previous.total_tokens:,})", file=sys.stderr)
     return replanned
 
 
@@ -1172,7 +1232,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
                                           loader.batches_per_epoch()), data_sha256=index_digest(config.data))
-    plan = resume_plan(config, run_dir, fresh, resumed["step"])
+    plan = resume_plan(config, run_dir, fresh, resumed["step"], quiet=not distributed.is_main)
     distributed.barrier()  # every process has read the stored plan before the main one replaces it
     asked = config.budget_flops
     if distributed.is_main and asked and abs(plan.total_flops / asked - 1) > OFF_BUDGET and resumed["step"] == 0:
@@ -1339,10 +1399,15 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                     _log_validation(validation_path, done, plan, losses, events)
                 last_read = time.perf_counter()  # the validation is not the next step's time
             if checkpointing:
-                model_state, optimizer_state = full_state(model, optimizer)
-                if distributed.is_main:
-                    save_checkpoint(run_dir, done, model_state, optimizer_state, loader, config.num_checkpoints_kept,
-                                    wall_sec=resumed["wall_sec"] + time.perf_counter() - started)
+                wall_sec = resumed["wall_sec"] + time.perf_counter() - started
+                if config.checkpoint_format == "sharded":
+                    save_sharded_checkpoint(run_dir, done, model, optimizer, loader, config.num_checkpoints_kept,
+                                            distributed, wall_sec=wall_sec)
+                else:
+                    model_state, optimizer_state = full_state(model, optimizer)
+                    if distributed.is_main:
+                        save_checkpoint(run_dir, done, model_state, optimizer_state, loader,
+                                        config.num_checkpoints_kept, wall_sec=wall_sec)
                 distributed.barrier()
             if stopping:
                 break
