@@ -212,12 +212,16 @@ def test_an_interrupted_alignment_goes_on_where_it_stopped(half_timed, tmp_path,
     # While another process appends to the journal (the same job submitted twice), a run into `out` is refused.
     before = journal.read_bytes()
     holder = hold_lock(journal, file_as_it_is=True)
+    read = []
+    monkeypatch.setattr(align, "iter_utterances", lambda path: read.append(path) or iter(()))
     try:
         with pytest.raises(ValueError, match="a.jsonl: another `simslm align` is writing it"):
             run(out)
         assert journal.read_bytes() == before and calls == []
+        assert read == []  # refused before reading the manifest, which takes minutes at Libri-Light's size
     finally:
         release_lock(holder)
+        monkeypatch.undo()
     resumed = run(out)
     assert calls == [u.id for u in utterances[2:]] and resumed.num_resumed == 2
     assert out.read_text() == (tmp_path / "whole" / "a.jsonl").read_text()

@@ -453,6 +453,10 @@ def align_manifest(config: AlignConfig) -> AlignReport:
         "method": config.method, "source": str(Path(config.source).resolve()) if config.source else None,
         "source_size": source_stat and source_stat.st_size, "source_mtime_ns": source_stat and source_stat.st_mtime_ns,
         "keep_existing": config.keep_existing})
+    busy = f"{out_path}: another `simslm align` is writing it (its journal {journal.path.name} is locked)"
+    if journal.path.exists():  # said before the first pass, which takes minutes at Libri-Light's size
+        with open(journal.path, "rb") as handle:
+            jobs.lock_file(handle, busy)
     # A first pass names a malformed line before any work, finds where a journal left off, and counts the
     # utterances for the progress line and those that need an aligner (kept ones, though they pass through the
     # workers to keep their place, start none).
@@ -487,8 +491,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     # output) keeps the manifest's order.
     waiting: dict[int, dict[str, Any]] = {}
     next_number = num_resumed
-    with journal.appending(offset, f"{out_path}: another `simslm align` is writing it (its journal "
-                                   f"{journal.path.name} is locked)") as append:
+    with journal.appending(offset, busy) as append:
         for number, entry in jobs.parallel_map(_align_one, tasks(), num_workers=workers,
                                                total=remaining, description=f"align ({config.method})"):
             waiting[number] = entry
