@@ -778,6 +778,7 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path, che
                                                                                 "sharded/__1_0.distcp"}
     assert not list((tmp_path / "killed" / "checkpoints").glob(".*"))  # no save left part way
 
+
 @pytest.mark.slow
 def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     # torch.distributed.checkpoint reshards on load: the weights three processes read back from two processes'

@@ -568,6 +568,8 @@ def keep_settings(path: str | os.PathLike, settings: dict[str, Any], *, made: st
     path = Path(path)
     if path.exists():
         recorded = read_json(path)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{path}: not a record of settings (a JSON object); remove it, or {advice}")
         changed = [f"{flag(name)} {recorded.get(name)} then, {value} now" for name, value in settings.items()
                    if recorded.get(name) != value]
         if changed:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from simslm.sequences.build import BuildConfig, build_sequences
@@ -28,3 +29,15 @@ def build(extracted, tmp_path):
                    "text_corpus": "tinystories-sample", "context_length": 256, "num_epochs": 2, **changes}
         return build_sequences(BuildConfig(**options)), options["out"]
     return run
+
+
+def epoch_documents(out, entry):
+    """The documents of one epoch's rows (pieces of at most the context), as token tuples, sorted; `entry` is the
+    epoch's record in index.json."""
+    folder = f"{out}/epoch-{entry['epoch']:03d}"
+    rows = np.concatenate([np.load(f"{folder}/{name}") for name in entry["shards"]])
+    positions = np.concatenate([np.load(f"{folder}/{name}") for name in entry["position_shards"]])
+    pad = Vocabulary.load(f"{out}/tokenizer").pad_id
+    return sorted(tuple(row[a:b].tolist()) for row, position in zip(rows, positions)
+                  for a, b in zip(np.flatnonzero(position == 0), [*np.flatnonzero(position == 0)[1:], len(row)])
+                  if row[a] != pad)

@@ -8,6 +8,7 @@ from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import Word, read_manifest, write_manifest
+from tests.sequences.conftest import epoch_documents
 
 
 def test_build_packs_whole_documents_with_positions_that_restart(build, extracted):
@@ -91,7 +92,7 @@ def test_streams_are_cut_to_the_context_before_they_are_mixed_as_slamkit_does():
     assert sum(p.id.startswith("t") for p in ours) == 120  # all 4 pieces of all 30 documents: text ran out first
 
 
-def test_a_build_mixes_pieces_of_the_context_not_whole_documents(build, monkeypatch):
+def test_a_build_mixes_pieces_of_the_context_not_wholeepoch_documents(build, monkeypatch):
     from simslm.sequences import build as build_module
 
     drawn = []
@@ -145,17 +146,6 @@ def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
     assert not (tmp_path / "seq").exists()
 
 
-def _documents(out, entry):
-    """The documents of one epoch's rows (pieces of at most the context), as token tuples, sorted."""
-    folder = f"{out}/epoch-{entry['epoch']:03d}"
-    rows = np.concatenate([np.load(f"{folder}/{name}") for name in entry["shards"]])
-    positions = np.concatenate([np.load(f"{folder}/{name}") for name in entry["position_shards"]])
-    pad = Vocabulary.load(f"{out}/tokenizer").pad_id
-    return sorted(tuple(row[a:b].tolist()) for row, position in zip(rows, positions)
-                  for a, b in zip(np.flatnonzero(position == 0), [*np.flatnonzero(position == 0)[1:], len(row)])
-                  if row[a] != pad)
-
-
 def test_a_build_in_parts_merges_into_the_documents_of_the_whole(build, tmp_path):
     from simslm.sequences.build import MergeConfig, merge_sequences, speech_units_folder
     from simslm.sequences.loader import PackedLoader, read_index
@@ -168,7 +158,7 @@ def test_a_build_in_parts_merges_into_the_documents_of_the_whole(build, tmp_path
     merged = merge_sequences(MergeConfig(parts=tuple(parts), out=out))
     for epoch in (0, 1):
         # Every utterance is in one part, with the spans the whole build drew for it (seeded by sample, not part).
-        assert _documents(out, merged["epochs"][epoch]) == _documents(whole_out, whole["epochs"][epoch])
+        assert epoch_documents(out, merged["epochs"][epoch]) == epoch_documents(whole_out, whole["epochs"][epoch])
         assert merged["epochs"][epoch]["samples_by_stream"] == whole["epochs"][epoch]["samples_by_stream"]
         assert merged["epochs"][epoch]["num_chunks"] == sum(read_index(p)["epochs"][epoch]["num_chunks"] for p in parts)
     assert all(0 < read_index(p)["epochs"][0]["samples_by_stream"]["interleaved"] for p in parts)
@@ -242,7 +232,7 @@ def test_training_on_one_part_of_a_build_in_parts_is_said(build, tmp_path, capsy
 def test_span_draws_once_gives_every_epoch_the_first_epochs_spans_as_slamkit(build, span_draws):
     # slamkit's prepare_tokens writes each interleaved sample once; every epoch reads the same strings again.
     index, out = build(streams=("interleaved",), num_epochs=3, span_draws=span_draws)
-    epochs = [_documents(out, entry) for entry in index["epochs"]]
+    epochs = [epoch_documents(out, entry) for entry in index["epochs"]]
     assert all(entry["samples_by_stream"]["interleaved"] >= 3 for entry in index["epochs"]), index["epochs"]
     if span_draws == "once":
         assert epochs[0] == epochs[1] == epochs[2]

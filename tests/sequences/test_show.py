@@ -1,8 +1,9 @@
-import numpy as np
 import pytest
 
+from simslm.sequences.loader import read_index
 from simslm.sequences.show import rebuild_sample, render_sample
 from simslm.speech.manifest import read_manifest
+from tests.sequences.conftest import epoch_documents
 
 
 def test_render_shows_words_of_speech_spans(build, extracted):
@@ -15,21 +16,13 @@ def test_render_shows_words_of_speech_spans(build, extracted):
     assert utterance.words[0].word in shown
 
 
-def _built_documents(out: str, epoch: int) -> set[tuple[int, ...]]:
-    rows = np.load(f"{out}/epoch-{epoch:03d}/shard-00000.npy")
-    positions = np.load(f"{out}/epoch-{epoch:03d}/positions-00000.npy")
-    starts = [np.flatnonzero(position == 0) for position in positions]
-    return {tuple(row[a:b].tolist()) for row, start in zip(rows, starts)
-            for a, b in zip(start, [*start[1:], len(row)])}
-
-
 @pytest.mark.parametrize("span_draws", ["epoch", "once"])
 def test_a_rebuilt_sample_is_the_one_its_epoch_holds(build, extracted, span_draws):
     # With --span-draws once every epoch takes the first epoch's spans: `show --sample --epoch 1` rebuilt spans of
     # its own that no epoch holds.
     _, out = build(streams=("interleaved",), num_epochs=2, span_draws=span_draws, context_length=1024)
     config, _, _ = extracted
-    built = _built_documents(out, 1)
+    built = set(epoch_documents(out, read_index(out)["epochs"][1]))
     rebuilt = []
     for utterance in read_manifest(config.manifest):
         try:

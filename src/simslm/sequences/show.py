@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from simslm.config import Config, check_positive
-from simslm.sequences.build import BuildConfig
+from simslm.sequences.build import BuildConfig, speech_units_folder
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
 from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary
@@ -90,7 +90,8 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     vocabulary = Vocabulary.load(folder / "tokenizer")
     # Read up to the one utterance, and its units by id: a manifest of Libri-Light's size is some 140 GB in memory.
     utterance = next((u for u in iter_utterances(config.manifest) if u.id == sample_id), None)
-    units = next(iter(read_units(config.units, {sample_id})), None)
+    units_folder = speech_units_folder(folder)  # recorded relative to the folder, so it is found after a move
+    units = next(iter(read_units(units_folder, {sample_id})), None) if units_folder else None
     if utterance is None or units is None:
         raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
     check_utterance(utterance, units)

@@ -206,14 +206,16 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         raise ValueError(f"unknown TTS backend '{config.backend}'; known: {', '.join(TTS_BACKENDS)}")
     if config.audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format must be flac or wav, not '{config.audio_format}'")
-    corpus = assets.resolve_file(split_corpus_spec(config.corpus)[0])
+    named = split_corpus_spec(config.corpus)[0]
+    corpus = assets.resolve_file(named)
     out_dir = Path(config.out)
     prefix = config.id_prefix or corpus.stem
     journal = jobs.Journal(out_dir / "manifest.partial.jsonl")
     done = {key: record for key, record in journal.read().items() if "skipped" not in record}
     # What decides a line's audio, beside its text: the lines spoken before are reused, so other values are refused.
     # (--offset and --limit only choose lines: a larger --limit speaks the new ones.)
-    settings = {"corpus": split_corpus_spec(config.corpus)[0], "text_field": config.text_field,
+    # A file by its absolute path (not by one from where this runs), an asset by its name.
+    settings = {"corpus": str(Path(named).resolve()) if Path(named).exists() else named, "text_field": config.text_field,
                 "voice_set": config.voice_set, "seed": config.seed, "backend": config.backend,
                 "audio_format": config.audio_format}
     if done or (out_dir / SETTINGS_FILE).exists():
