@@ -14,6 +14,11 @@ resident memory (`ru_maxrss`). The readers:
 - `units extract, shards written`: `simslm units extract` into that units folder once every shard is written, as
   the last of an extraction's processes ends: a pass over the manifest for its header, and one over the manifest
   and the shards for the report's totals;
+- `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
+  (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
+- `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
+- `read_ctm` and `ctm index`: a CTM of the same utterances' words, grouped in memory as `read_ctm` does, and indexed
+  by byte ranges as `align --method ctm` now reads it (`align._CtmIndex`);
 - `align --keep-existing`: `simslm align` of the manifest, whose utterances all have timings already, so what is
   measured is the reading, ordering and writing of the manifest, not an aligner.
 """
@@ -32,6 +37,16 @@ import numpy as np
 READERS = {
     "read_manifest": "from simslm.speech.manifest import read_manifest as read",
     "units records": "from simslm.units.extract import _records\nread = lambda m: range(sum(1 for _ in _records(m)))",
+    "units records, checked": "from simslm.units.extract import _records\n"
+                              "read = lambda m: range(sum(1 for _ in _records(m, checked=True)))",
+    "write_manifest": "import sys\nfrom pathlib import Path\n"
+                      "from simslm.speech.manifest import iter_utterances, write_manifest\n"
+                      "utterances = list(iter_utterances(sys.argv[1]))  # before the timing\n"
+                      "read = lambda m: write_manifest(Path(m).parent / 'written.jsonl', utterances) or utterances",
+    "read_ctm": "from pathlib import Path\nfrom simslm.speech.align import read_ctm\n"
+                "read = lambda m: read_ctm(Path(m).parent / 'words.ctm')",
+    "ctm index": "from pathlib import Path\nfrom simslm.speech.align import _CtmIndex\n"
+                 "read = lambda m: _CtmIndex(str(Path(m).parent / 'words.ctm')).ranges",
     "read_units, all": "from simslm.units.extract import read_units\nread = lambda m: list(read_units(m))",
     "read_units, a 16th": "from simslm.units.extract import read_units\n"
                           "class Part:\n    __contains__ = lambda self, i: int(i[1:]) % 16 == 0\n"
@@ -68,6 +83,13 @@ def write_manifest(path: Path, utterances: int, words: int) -> None:
                                      "transcript": " ".join(w["word"] for w in timed), "words": timed}) + "\n")
 
 
+def write_ctm(path: Path, utterances: int, words: int) -> None:
+    """The manifest's timed words as CTM lines (`utterance channel start duration word`)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(utterances):
+            handle.write("".join(f"u{i:08d} 1 {j * 0.3:.2f} 0.25 w{j}\n" for j in range(words)))
+
+
 def write_units(folder: Path, utterances: int, units: int, per_shard: int = 1000) -> None:
     """A `units extract` folder's shards (one JSON line an utterance, its id first) and its units.json."""
     rng = np.random.default_rng(0)
@@ -99,6 +121,8 @@ def main() -> None:
         Codebook(np.zeros((500, 160), np.float32), {"encoder": {"name": "logmel", "model_path": None, "layer": None,
                                                                "edge_pad": 0}, "frame_rate_hz": 25.0}
                  ).save(Path(folder) / "codebook.npy")
+        if {"read_ctm", "ctm index"} & set(chosen):
+            write_ctm(Path(folder) / "words.ctm", args.utterances, args.words)
         (Path(folder) / "phones.tsv").write_text("".join(f"u{i:08d}\t{','.join(['AH', 'B'] * 1000)}\n"
                                                          for i in range(0, args.utterances, args.utterances // 20)))
         print(f"{args.utterances} utterances of {args.words} words, {manifest.stat().st_size / 1e6:.0f} MB; units "
