@@ -6,7 +6,8 @@
 Makes a random Llama of `--width` x `--layers` (seeded) with the data's own tokenizer saved beside it, then trains it
 under `--fsdp` for 4 steps of one row (a checkpoint every 2), removes the result and the last checkpoint, and
 trains again, which resumes from step 2. Each rank reports its peak resident memory before its first step (VmHWM
-then: loading, sharding, resuming) and in all (`ru_maxrss` at exit). On the CPU the training state itself is in
+then: loading, sharding, resuming) and in all (`ru_maxrss` at exit), and the seconds from its start to its first
+step. On the CPU the training state itself is in
 the host's memory; on GPUs the set-up's is the host's peak.
 `--compare SRC` runs the same with another simslm source tree (say a worktree of an older commit) on PYTHONPATH,
 alternating the two, `--repeats` times each. `--formats full,sharded` runs each contender with each
@@ -27,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import atexit, os, resource, sys
+import atexit, os, resource, sys, time
+started = time.perf_counter()
 import simslm.train
 from simslm.cli import main
 
@@ -38,13 +40,14 @@ learning_rate = simslm.train.learning_rate
 def first_step(*args, **kwargs):  # called as each step starts: the peak before the first is the set-up's
     if not set_up:
         set_up.append(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+        set_up.append(time.perf_counter() - started)
     return learning_rate(*args, **kwargs)
 
 
 def report():
     with open(sys.argv[1], "a") as handle:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        handle.write(f"{os.environ['RANK']} {set_up[0] / 1e6:.3f} {peak / 1e6:.3f}\\n")
+        handle.write(f"{os.environ['RANK']} {set_up[0] / 1e6:.3f} {peak / 1e6:.3f} {set_up[1]:.2f}\\n")
 
 
 simslm.train.learning_rate = first_step
@@ -71,7 +74,8 @@ def make_model(folder: Path, data: Path, width: int, layers: int) -> int:
 
 def run(source: str, work: Path, model: Path, data: Path, label: str, checkpoint_format: str = "full"
         ) -> dict[str, list[float]]:
-    """Peak RSS in GB, fresh and resumed: rank 0's before its first step and in all, then rank 1's."""
+    """Peak RSS in GB and the seconds to the first step, fresh and resumed: rank 0's RSS before its first step and
+    in all and its seconds, then rank 1's."""
     run_dir = work / f"run-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)
     context = json.loads((data / "index.json").read_text())["context_length"]
@@ -112,14 +116,16 @@ def main() -> None:
         (work / "probe.py").write_text(PROBE)
         parameters = make_model(work / "model", args.data, args.width, args.layers)
         print(f"random Llama, {parameters / 1e6:.0f}M parameters ({parameters * 4 / 1e9:.2f} GB in fp32); "
-              f"peak RSS in GB of rank 0 / rank 1, before the first step [in all]")
+              f"peak RSS in GB of rank 0 / rank 1, before the first step [in all], and seconds from start to the "
+              f"first step")
         sources = [("this", str(REPO / "src"))] + ([("compare", args.compare)] if args.compare else [])
         contenders = [(f"{label}/{form}" if "," in args.formats else label, source, form)
                       for label, source in sources for form in args.formats.split(",")]
         for repeat in range(args.repeats):
             for label, source, form in contenders if repeat % 2 == 0 else contenders[::-1]:
                 peaks = run(source, work, work / "model", args.data, label.replace("/", "-"), form)
-                print(f"{label:14s}" + "".join(f"   {phase} {p[0]:.2f} / {p[2]:.2f} [{p[1]:.2f} / {p[3]:.2f}]"
+                print(f"{label:14s}" + "".join(f"   {phase} {p[0]:.2f} / {p[3]:.2f} [{p[1]:.2f} / {p[4]:.2f}] "
+                                              f"{p[2]:.1f} / {p[5]:.1f} s"
                                               for phase, p in peaks.items()), flush=True)
 
 

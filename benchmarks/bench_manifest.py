@@ -14,6 +14,9 @@ resident memory (`ru_maxrss`). The readers:
 - `units extract, shards written`: `simslm units extract` into that units folder once every shard is written, as
   the last of an extraction's processes ends: a pass over the manifest for its header, and one over the manifest
   and the shards for the report's totals;
+- `units extract, a later process`: the same, run once before the timing, as a requeued job or a re-run finds it;
+- `units extract, one of an array`: a process of a two-task array whose shards are all written while one of the
+  other's is not (a copy of the folder without it), run once before the timing: how every task but the last ends;
 - `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
   (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
 - `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
@@ -63,6 +66,24 @@ READERS = {
                                      "read = lambda m: range(extract_units(ExtractConfig(manifest=m, codebook=str("
                                      "Path(m).parent / 'codebook.npy'), out=str(Path(m).parent / 'units'), "
                                      "shard_size=1000)).num_encoded)",
+    # The same, run once before the timing: what a later process (a requeued job, a re-run) does there.
+    "units extract, a later process": "from pathlib import Path\nimport sys\n"
+                                      "from simslm.units.extract import ExtractConfig, extract_units\n"
+                                      "config = ExtractConfig(manifest=sys.argv[1], codebook=str(Path(sys.argv[1]).parent"
+                                      " / 'codebook.npy'), out=str(Path(sys.argv[1]).parent / 'units'), "
+                                      "shard_size=1000)\nextract_units(config)  # before the timing\n"
+                                      "read = lambda m: range(extract_units(config).num_encoded)",
+    # A process of a 2-task array whose shards are all written while the other's last is not, run once before the
+    # timing (as the first process to start, which checks the manifest): the end of every task but the last.
+    "units extract, one of an array": "from pathlib import Path\nimport shutil, sys\n"
+                                      "from simslm.units.extract import ExtractConfig, extract_units\n"
+                                      "folder = Path(sys.argv[1]).parent\n"
+                                      "shutil.copytree(folder / 'units', folder / 'array', dirs_exist_ok=True)\n"
+                                      "(folder / 'array' / 'shards' / 'shard-00001.jsonl').unlink(missing_ok=True)\n"
+                                      "config = ExtractConfig(manifest=sys.argv[1], codebook=str(folder / "
+                                      "'codebook.npy'), out=str(folder / 'array'), shard_size=1000, num_shards=2, "
+                                      "shard_index=0)\nextract_units(config)  # before the timing\n"
+                                      "read = lambda m: range(extract_units(config).num_utterances)",
 }
 PROBE = """
 import resource, sys, time

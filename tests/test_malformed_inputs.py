@@ -332,6 +332,10 @@ CASES: dict[str, Case] = {
     "units extract: CUDA where there is none": lambda w: (
         ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
          str(w.bad / "out-95"), "--device", "cuda"], "--device", []),
+    "units extract: a bad line, before a SLURM array is queued": lambda w: (
+        ["units", "extract", "--manifest", str(manifest_lines(w, "nan-array.jsonl", nan_duration)), "--codebook",
+         str(w.codebook), "--out", str(w.bad / "out-131"), "--executor", "slurm", "--cluster", "local",
+         "--num-shards", "2"], "nan-array.jsonl", []),
     # units import / convert / quality
     "units import: features missing": lambda w: (["units", "import", "--features", str(missing(w)), "--out",
                                                   str(w.bad / "out-23")], str(missing(w)), []),

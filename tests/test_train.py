@@ -790,20 +790,26 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3, fsdp=True,
                      checkpoint_format="sharded", allow_replan=True)
     (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
+    (tmp_path / "spy.py").write_text(_SPY)
 
-    def torchrun(processes: int) -> subprocess.CompletedProcess:
+    def torchrun(processes: int, log: str) -> subprocess.CompletedProcess:
         completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                    str(processes), "-m", "simslm", "train", "--config", str(tmp_path / "run.json")],
+                                    str(processes), str(tmp_path / "spy.py"), str(tmp_path / log), "train",
+                                    "--config", str(tmp_path / "run.json")],
                                    env=env, cwd=REPO, capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr[-3000:]
         return completed
 
-    torchrun(2)
+    torchrun(2, "fresh.log")
+    assert (tmp_path / "fresh.log").read_text() == "0 base model\n"
     saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     shutil.rmtree(tmp_path / "run" / "model")
     (tmp_path / "run" / "result.json").unlink()
-    again = torchrun(3)
+    again = torchrun(3, "resumed.log")
     assert again.stderr.count("re-planned") == 1  # said once for the run, not once per process
+    # Every process read its own shards of the checkpoint into the skeleton of its model; none loaded the base
+    # model, and no process read the weights whole.
+    assert not (tmp_path / "resumed.log").exists()
     loaded = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[name], saved[name]) for name in saved)
 
@@ -827,7 +833,10 @@ def noted(name, function):
 
 
 simslm.model.load_base_model = noted("base model", simslm.model.load_base_model)
-safetensors.torch.load_file = noted("checkpoint weights", safetensors.torch.load_file)
+load_file = safetensors.torch.load_file
+safetensors.torch.load_file = lambda path, *args, **kwargs: (
+    noted("checkpoint weights", load_file) if str(path).endswith("model.safetensors") else load_file)(
+    path, *args, **kwargs)
 torch_load = torch.load
 torch.load = lambda path, *args, **kwargs: (noted("optimizer state", torch_load) if str(path).endswith("optimizer.pt")
                                            else torch_load)(path, *args, **kwargs)
@@ -838,8 +847,8 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.slow
 def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data, tmp_path):
     """Each process loaded the base model and read every checkpoint whole: for a 7B model 28 GB and 84 GB of host
-    memory, once per GPU. The others now build the model on the meta device and receive their shards; the run is
-    the same, and resumes bit for bit."""
+    memory, once per GPU. The others now build the model on the meta device and receive their shards, and a resumed
+    run loads no base model at all; the run is the same, and resumes bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3, fsdp=True,
                      num_checkpoints_kept=5)
@@ -852,14 +861,30 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
                                     str(tmp_path / "run.json")], env=env, cwd=REPO, capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr[-3000:]
 
+    def back_to_step_3() -> None:
+        for name in ("result.json", "model", "checkpoints/step-00000006"):
+            shutil.rmtree(tmp_path / "run" / name) if (tmp_path / "run" / name).is_dir() else \
+                (tmp_path / "run" / name).unlink()
+
     torchrun("fresh.log")
     assert (tmp_path / "fresh.log").read_text() == "0 base model\n"
     losses = _losses(tmp_path / "run")
-    for name in ("result.json", "model", "checkpoints/step-00000006"):
-        shutil.rmtree(tmp_path / "run" / name) if (tmp_path / "run" / name).is_dir() else \
-            (tmp_path / "run" / name).unlink()
+    back_to_step_3()
     torchrun("resumed.log")
-    assert sorted((tmp_path / "resumed.log").read_text().splitlines()) == [
+    # Resumed, no process loads the base model: every one builds the checkpoint's model from the config stored
+    # beside it, and the main one reads the weights into it.
+    assert sorted((tmp_path / "resumed.log").read_text().splitlines()) == ["0 checkpoint weights", "0 optimizer state"]
+    assert _losses(tmp_path / "run") == losses
+    # A checkpoint written before checkpoints stored their model's config: the base model is loaded, as then.
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003"
+    checksums = json.loads((checkpoint / "checksums.json").read_text())
+    for name in ("model_config.json", "buffers.safetensors"):
+        (checkpoint / name).unlink()
+        del checksums[name]
+    (checkpoint / "checksums.json").write_text(json.dumps(checksums))
+    back_to_step_3()
+    torchrun("older.log")
+    assert sorted((tmp_path / "older.log").read_text().splitlines()) == [
         "0 base model", "0 checkpoint weights", "0 optimizer state"]
     assert _losses(tmp_path / "run") == losses
 

@@ -131,10 +131,12 @@ def _units_extract(config) -> int:
     from simslm.units.extract import extract_on_slurm, extract_units
 
     report = extract_on_slurm(config) if config.executor == "slurm" else extract_units(config)
+    partial = report.num_shards_present < report.num_shards
     print(f"encoded {report.num_encoded} utterance(s), skipped {report.num_skipped}"
-          f"{f' {report.skipped_by_reason}' if report.skipped_by_reason else ''}; {report.num_shards_done_now} of "
-          f"{report.num_shards} shard(s) "
-          f"done now in {report.wall_sec:.1f} s")
+          f"{f' {report.skipped_by_reason}' if report.skipped_by_reason else ''}"
+          f"{' in the shards done now' if partial else ''}; {report.num_shards_done_now} of "
+          f"{report.num_shards} shard(s) done now in {report.wall_sec:.1f} s"
+          f"{f'; the folder holds {report.num_shards_present}, the other processes write the rest' if partial else ''}")
     print(f"{report.num_frames} frames -> {report.num_units} units "
           f"(dedup ratio {report.num_frames / max(1, report.num_units):.2f}) -> {report.out}")
     return 0

@@ -481,7 +481,7 @@ def full_state(model, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
             get_optimizer_state_dict(model, optimizer, options=_full_options()))
 
 
-def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optimizer_state: dict[str, Any],
+def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, Any], optimizer_state: dict[str, Any],
                     loader: PackedLoader, keep: int, wall_sec: float = 0.0) -> Path:
     """Write checkpoints/step-N atomically: files, then a checksum list, then the rename."""
     import torch
@@ -494,7 +494,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, Any], optim
         save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
                   str(staging / "model.safetensors"))
         torch.save(optimizer_state, staging / "optimizer.pt")
-        _finish_checkpoint(staging, step, loader, wall_sec, ["model.safetensors", "optimizer.pt"])
+        _finish_checkpoint(staging, step, model, loader, wall_sec, ["model.safetensors", "optimizer.pt"])
     _prune_checkpoints(run_dir, keep)
     return final
 
@@ -521,23 +521,35 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging / SHARDED))
     if distributed.is_main:
-        _finish_checkpoint(staging, step, loader, wall_sec,
+        _finish_checkpoint(staging, step, model, loader, wall_sec,
                            sorted(path.relative_to(staging).as_posix() for path in (staging / SHARDED).iterdir()))
         jobs.replace_folder(staging, final)
         _prune_checkpoints(run_dir, keep)
     return final
 
 
-def _finish_checkpoint(staging: Path, step: int, loader: PackedLoader, wall_sec: float, names: list[str]) -> None:
-    """The random generators and the loop's state beside a checkpoint's weights (`names`), then the checksums of
-    them all, written last: a checkpoint without them did not finish."""
-    import torch
+# Beside a checkpoint's weights: the model's config and its buffers (RoPE's frequencies, outside the state dict),
+# from which an FSDP run resumes without loading its base model (`_checkpoint_skeleton`).
+MODEL_CONFIG, BUFFERS = "model_config.json", "buffers.safetensors"
 
+
+def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wall_sec: float,
+                       names: list[str]) -> None:
+    """The model's config and buffers, the random generators and the loop's state beside a checkpoint's weights
+    (`names`), then the checksums of them all, written last: a checkpoint without them did not finish."""
+    import torch
+    from safetensors.torch import save_file
+
+    model.config.to_json_file(staging / MODEL_CONFIG, use_diff=False)
+    # Every process holds the buffers whole, FSDP or not; as they are, not recomputed from the config: a base
+    # model's rope scaling may have computed them from a config the run changed since (max_position_embeddings).
+    save_file({name: buffer.detach().to("cpu").contiguous().clone() for name, buffer in model.named_buffers()},
+              str(staging / BUFFERS))
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
     (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
                                                     "wall_sec": round(wall_sec, 3)}))
-    checksums = {name: _sha256(staging / name) for name in [*names, "rng.pt", "state.json"]}
+    checksums = {name: _sha256(staging / name) for name in [*names, MODEL_CONFIG, BUFFERS, "rng.pt", "state.json"]}
     (staging / "checksums.json").write_text(json.dumps(checksums))
 
 
@@ -1118,6 +1130,30 @@ def _skeleton(model_config, config: TrainConfig, device: str):
     return skeleton
 
 
+def _checkpoint_skeleton(checkpoint: Path | None, config: TrainConfig, device: str):
+    """The skeleton of the model a checkpoint holds, from the config stored beside it (None for a checkpoint that
+    stores none, written before checkpoints did): an FSDP run resuming from it needs no base model on any process,
+    where the main one loaded it (28 GB for 7B parameters in fp32) only for the checkpoint to replace it."""
+    if checkpoint is None or not (checkpoint / MODEL_CONFIG).is_file():
+        return None
+    from transformers import AutoConfig
+
+    return _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
+
+
+def _fill_from_checkpoint(core, model, checkpoint: Path, device: str) -> None:
+    """Every process's sharded skeleton given memory, and its buffers the checkpoint's; the weights follow
+    with the checkpoint (`load_checkpoint`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    core.to_empty(device=device)
+    stored = load_file(str(checkpoint / BUFFERS))
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(stored[name])
+
+
 def _gathered_model(model, config: TrainConfig, distributed: "_Distributed"):
     """An FSDP model's weights gathered into a plain model on the main process (None on the others), which the
     run's last validation scores and saves. The gathered tensors become its weights: one copy of them in memory,
@@ -1222,13 +1258,17 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # skeleton and receive their shards. A 7B base model is 28 GB in fp32, and its checkpoint 84 GB with the
     # optimiser's state: one copy per process would be 8 of each in the memory of an 8-GPU node.
     from_main = config.fsdp and distributed.world_size > 1
-    model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary) \
-        if distributed.is_main or not from_main else None
-    if from_main:
-        model = _skeleton_unless_main(model, config, distributed)
     checkpoint = latest_checkpoint(run_dir) if distributed.is_main and run_dir.exists() else None
     if distributed.world_size > 1:  # the main process verifies the checksums; the others take its choice
         checkpoint = distributed.broadcast_object(checkpoint)
+    # Resumed under FSDP, every process builds the skeleton of the checkpoint's model: the weights come from it.
+    model = _checkpoint_skeleton(checkpoint, config, distributed.device) if from_main else None
+    from_checkpoint = model is not None
+    if not from_checkpoint:
+        model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary) \
+            if distributed.is_main or not from_main else None
+        if from_main:
+            model = _skeleton_unless_main(model, config, distributed)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
                                           loader.batches_per_epoch()), data_sha256=index_digest(config.data))
@@ -1274,12 +1314,16 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         bf16 = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
             MixedPrecisionPolicy()
-        full_weights = model.state_dict() if distributed.is_main else {}  # sent to the others once sharded
+        # The main process's weights, sent to the others once sharded (none when they come from a checkpoint).
+        full_weights = model.state_dict() if distributed.is_main and not from_checkpoint else {}
         # Each decoder layer is one FSDP unit (gathered just before use), the rest the root.
         for layer in model.base_model.layers:
             fully_shard(layer, mp_policy=policy)
         fully_shard(core, mp_policy=policy)
-        _send_weights(model, core, full_weights, distributed)
+        if from_checkpoint:
+            _fill_from_checkpoint(core, model, checkpoint, distributed.device)
+        else:
+            _send_weights(model, core, full_weights, distributed)
         del full_weights
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
@@ -1406,7 +1450,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                 else:
                     model_state, optimizer_state = full_state(model, optimizer)
                     if distributed.is_main:
-                        save_checkpoint(run_dir, done, model_state, optimizer_state, loader,
+                        save_checkpoint(run_dir, done, model, model_state, optimizer_state, loader,
                                         config.num_checkpoints_kept, wall_sec=wall_sec)
                 distributed.barrier()
             if stopping:

@@ -114,6 +114,16 @@ def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
         load(tmp_path)
 
 
+def test_a_storycloze_folder_of_upper_case_endings_loads(tmp_path):
+    # Files as TIMIT and many recorders name them: .WAV, read as .wav is.
+    for story in ("s1", "s2"):
+        _tone(tmp_path / f"{story}_correct.WAV")
+        _tone(tmp_path / f"{story}_incorrect.WAV", hz=330)
+    layout, pairs = load(tmp_path)
+    assert layout == "storycloze" and sorted(p.id for p in pairs) == ["s1", "s2"]
+    assert Path(pairs[0].negative[0].audio).name.endswith("_incorrect.WAV")
+
+
 def test_cross_modal_layout_gives_the_four_pairings(tmp_path):
     for role, text in (("mutual", "Tom had a red ball."), ("correct", "He played with it."),
                        ("incorrect", "The moon was cheese.")):

@@ -147,7 +147,7 @@ def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
 
 
 def test_a_build_in_parts_merges_into_the_documents_of_the_whole(build, tmp_path):
-    from simslm.sequences.build import MergeConfig, merge_sequences, speech_units_folder
+    from simslm.sequences.build import MergeConfig, merge_sequences, speech_manifest, speech_units_folder
     from simslm.sequences.loader import PackedLoader, read_index
 
     # One stream, so every piece is mixed in: the parts together must hold exactly the whole build's documents.
@@ -165,6 +165,7 @@ def test_a_build_in_parts_merges_into_the_documents_of_the_whole(build, tmp_path
     loader = PackedLoader(out, batch_size=2)  # trains as any sequences folder
     assert next(loader).tokens.shape == (2, 256)
     assert speech_units_folder(out).resolve() == speech_units_folder(whole_out).resolve()
+    assert speech_manifest(out).resolve() == speech_manifest(whole_out).resolve()
     assert (tmp_path / "merged" / "tokenizer").is_dir()
 
 
@@ -243,17 +244,25 @@ def test_span_draws_once_gives_every_epoch_the_first_epochs_spans_as_slamkit(bui
     assert first_rows[0] != first_rows[1]
 
 
-def test_a_sequences_folder_finds_its_units_after_both_move(extracted, tmp_path):
+def test_a_sequences_folder_finds_its_units_and_manifest_after_all_move(extracted, tmp_path):
     import shutil
 
-    from simslm.sequences.build import speech_units_folder
+    from simslm.sequences.build import speech_manifest, speech_units_folder
+    from simslm.sequences.show import rebuild_sample
+    from simslm.speech.manifest import read_manifest
 
     config, _, _ = extracted
     shutil.copytree(config.out, tmp_path / "a" / "units")
-    build_sequences(BuildConfig(out=str(tmp_path / "a" / "seq"), manifest=config.manifest,
-                                units=str(tmp_path / "a" / "units"), streams=("speech",), context_length=64))
+    shutil.copyfile(config.manifest, tmp_path / "a" / "manifest.jsonl")
+    build_sequences(BuildConfig(out=str(tmp_path / "a" / "seq"), manifest=str(tmp_path / "a" / "manifest.jsonl"),
+                                units=str(tmp_path / "a" / "units"), streams=("interleaved",), context_length=64))
     (tmp_path / "a").rename(tmp_path / "b")
-    assert speech_units_folder(tmp_path / "b" / "seq") == tmp_path / "b" / "seq" / ".." / "units"
+    moved = tmp_path / "b" / "seq"
+    assert speech_units_folder(moved) == moved / ".." / "units"
+    assert speech_manifest(moved) == moved / ".." / "manifest.jsonl"
+    # `sequences show --sample` reads both where they are now (the build config names them where they were).
+    utterance = next(u for u in read_manifest(config.manifest) if u.words)
+    assert rebuild_sample(moved, utterance.id)[0].tokens.size > 0
     build_sequences(BuildConfig(out=str(tmp_path / "text"), text_corpus="tinystories-sample[:20]", streams=("text",),
                                 context_length=64))
-    assert speech_units_folder(tmp_path / "text") is None
+    assert speech_units_folder(tmp_path / "text") is None and speech_manifest(tmp_path / "text") is None

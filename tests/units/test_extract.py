@@ -120,17 +120,65 @@ def test_a_codebook_does_not_depend_on_the_order_its_workers_finish_in(synthetic
 def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    config, _, _ = extracted  # shard_size 2 over 6 utterances: 3 shards
+    config, whole_report, _ = extracted  # shard_size 2 over 6 utterances: 3 shards
     whole = {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(config.out)}
     split = replace(config, out=str(tmp_path / "split"), num_shards=3, num_workers=1)
-    extract_units(replace(split, shard_index=0))
+    first = extract_units(replace(split, shard_index=0))
     monkeypatch.setenv("RANK", "1")  # as torchrun numbers its processes
     report = extract_units(split)
-    assert report.num_shards_done_now == 1
+    assert report.num_shards_done_now == 1 and report.num_shards_present == 2
     with pytest.raises(ValueError, match="2 of 3 shards extracted"):  # a part is never read as the whole
         list(read_units(tmp_path / "split"))
-    extract_units(replace(split, shard_index=2))
+    # Until the folder is whole, a process counts its own shards (the others' are still being written), and
+    # report.json, the whole extraction's, is not written.
+    assert not (tmp_path / "split" / "report.json").exists()
+    last = extract_units(replace(split, shard_index=2))
     assert {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(tmp_path / "split")} == whole
+    for shard, partial in enumerate((first, report)):
+        lines = [json.loads(line) for line in (tmp_path / "split" / "shards" / f"shard-{shard:05d}.jsonl").open()]
+        assert (partial.num_encoded, partial.num_skipped, partial.num_units) == (
+            sum("units" in line for line in lines), sum("skipped" in line for line in lines),
+            sum(len(line.get("units", ())) for line in lines))
+    # The process that completes the folder reports it all.
+    fields = ("num_encoded", "num_skipped", "num_frames", "num_units")
+    assert last.num_shards_present == 3
+    assert [getattr(last, name) for name in (*fields, "audio_sec", "skipped_by_reason")] == \
+        [getattr(whole_report, name) for name in (*fields, "audio_sec", "skipped_by_reason")]
+    written = json.loads((tmp_path / "split" / "report.json").read_text())
+    assert [written[name] for name in fields] == [getattr(whole_report, name) for name in fields]
+
+
+def test_a_later_process_takes_the_manifests_check_from_units_json(extracted, tmp_path, monkeypatch):
+    """The first process checks the manifest line by line (19 minutes at Libri-Light's size); a later one (the
+    rest of an array, a requeued job) whose manifest is the one units.json stamps reads only its JSON."""
+    import shutil
+    from dataclasses import replace
+
+    from simslm.speech.manifest import iter_utterances
+    from simslm.units import extract
+
+    config, _, _ = extracted
+    shutil.copyfile(config.manifest, tmp_path / "manifest.jsonl")
+    mine = replace(config, manifest=str(tmp_path / "manifest.jsonl"), out=str(tmp_path / "units"), num_workers=1)
+    checked = []
+    monkeypatch.setattr(extract, "iter_utterances", lambda path: checked.append(path) or iter_utterances(path))
+    first = extract_units(mine)
+    assert len(checked) == 1
+    again = extract_units(mine)
+    assert len(checked) == 1 and again.num_encoded == first.num_encoded
+    # Touched (or copied, or moved): checked again, and stamped anew for the next.
+    os.utime(tmp_path / "manifest.jsonl")
+    extract_units(mine)
+    extract_units(mine)
+    assert len(checked) == 2
+    # Edited, its size and time as they were: the ends differ, it is checked, and its other ids refused.
+    text = (tmp_path / "manifest.jsonl").read_text()
+    status = (tmp_path / "manifest.jsonl").stat()
+    (tmp_path / "manifest.jsonl").write_text(text.replace('"id": "', '"id": "X', 1)[:-1])
+    os.utime(tmp_path / "manifest.jsonl", ns=(status.st_atime_ns, status.st_mtime_ns))
+    with pytest.raises(ValueError, match="other settings .*utterance_ids_sha256"):
+        extract_units(mine)
+    assert len(checked) == 3
 
 
 @pytest.mark.slow
@@ -154,6 +202,22 @@ def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
     submitted = list((tmp_path / "array" / "submitit").glob("*_submitted.pkl"))
     assert len(submitted) == 2 and all(hasattr(DelayedSubmission.load(path).function, "checkpoint")
                                        for path in submitted)
+
+
+def test_a_bad_manifest_stops_a_job_array_before_any_job_is_queued(extracted, tmp_path):
+    # Each job of the array would check the whole manifest and fail alike; it is checked once, where it is submitted.
+    from dataclasses import replace
+
+    from simslm.speech.manifest import ManifestError
+    from simslm.units.extract import extract_on_slurm
+
+    config, _, _ = extracted
+    lines = open(config.manifest).read().splitlines()
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines[:2] + ["{not json"] + lines[2:]) + "\n")
+    with pytest.raises(ManifestError, match=r"bad\.jsonl:3: "):
+        extract_on_slurm(replace(config, manifest=str(tmp_path / "bad.jsonl"), out=str(tmp_path / "array"),
+                                 num_shards=2, executor="slurm", cluster="local", timeout_min=10))
+    assert not (tmp_path / "array" / "submitit").exists()
 
 
 def test_batch_size_does_not_change_the_units(extracted, tmp_path):

@@ -76,11 +76,16 @@ class BenchError(ValueError):
     """A benchmark folder that cannot be read; the message names the file and the problem."""
 
 
+def _is_audio(path: Path) -> bool:
+    """An audio file by its ending, in either case (TIMIT's and many recorders' files end in .WAV)."""
+    return path.suffix.lower() in AUDIO_SUFFIXES
+
+
 def _audio_file(folder: Path, name: str) -> Path:
     path = folder / name
-    if path.suffix in AUDIO_SUFFIXES and path.exists():
+    if _is_audio(path) and path.exists():
         return path
-    for suffix in AUDIO_SUFFIXES:
+    for suffix in (*AUDIO_SUFFIXES, *(suffix.upper() for suffix in AUDIO_SUFFIXES)):
         if path.with_name(path.name + suffix).exists():
             return path.with_name(path.name + suffix)
     raise BenchError(f"{folder}: audio '{name}' ({', '.join(AUDIO_SUFFIXES)}) is missing")
@@ -200,7 +205,7 @@ def _transcript(audio_path: Path) -> str | None:
 def load_storycloze(folder: Path) -> list[Pair]:
     """Spoken StoryCloze: every `<id>_correct.*` with its `<id>_incorrect.*`; sub-folders are groups."""
     pairs = []
-    for positive in sorted(p for p in folder.rglob("*_correct.*") if p.suffix in AUDIO_SUFFIXES):
+    for positive in sorted(p for p in folder.rglob("*_correct.*") if _is_audio(p)):
         stem = positive.name[:-len("_correct" + positive.suffix)]
         try:
             negative = _audio_file(positive.parent, f"{stem}_incorrect")
@@ -218,9 +223,12 @@ def _has_storycloze_pair(folder: Path) -> bool:
     (`2n_<name>_correct.wav`, `2n+1_<name>_incorrect.wav`) end the same way and have none."""
     for positive in folder.rglob("*_correct.*"):
         stem = positive.name[:-len("_correct" + positive.suffix)]
-        if positive.suffix in AUDIO_SUFFIXES and any(positive.with_name(f"{stem}_incorrect{suffix}").exists()
-                                                     for suffix in AUDIO_SUFFIXES):
-            return True
+        if _is_audio(positive):
+            try:
+                _audio_file(positive.parent, f"{stem}_incorrect")
+                return True
+            except BenchError:
+                continue
     return False
 
 

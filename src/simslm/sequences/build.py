@@ -383,12 +383,14 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
     with jobs.atomic_path(out) as building:
         building.mkdir(parents=True)
         shutil.copytree(folders[0] / "tokenizer", building / "tokenizer")
-        merged = {key: value for key, value in first.items() if key not in ("epochs", "wall_sec", "units_folder")}
+        merged = {key: value for key, value in first.items()
+                  if key not in ("epochs", "wall_sec", *SPEECH_INPUTS)}
         merged["config"] = {**shared, "out": str(out), "num_shards": 1, "shard_index": 0}
         merged["merged_from"] = {"num_shards": num_shards,
                                  "parts": [jobs.portable_path(folders[i], out) for i in order]}
-        if "units_folder" in first:
-            merged["units_folder"] = jobs.portable_path(jobs.placed_path(first["units_folder"], folders[0]), out)
+        for key in SPEECH_INPUTS:
+            if key in first:
+                merged[key] = jobs.portable_path(jobs.placed_path(first[key], folders[0]), out)
         merged["epochs"] = [_merge_epoch(building, [(folders[i], indexes[i]["epochs"][epoch]) for i in order])
                             for epoch in range(len(first["epochs"]))]
         merged["wall_sec"] = round(time.perf_counter() - started, 3)
@@ -451,13 +453,29 @@ def _refuse_filled(out: Path, overwrite: bool) -> None:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
 
 
+# The speech inputs a sequences folder records relative to itself (index.json key: build config field).
+SPEECH_INPUTS = {"units_folder": "units", "manifest_file": "manifest"}
+
+
 def speech_units_folder(data: str | os.PathLike) -> Path | None:
     """The units folder a sequences folder was built from (None for text only)."""
+    return _speech_input(data, "units_folder")
+
+
+def speech_manifest(data: str | os.PathLike) -> Path | None:
+    """The manifest a sequences folder was built from (None for text only)."""
+    return _speech_input(data, "manifest_file")
+
+
+def _speech_input(data: str | os.PathLike, key: str) -> Path | None:
+    """Where the index records a speech input, relative to the folder (so it is found after the two move together),
+    else as the build config gave it (folders built before the index recorded it)."""
     index = jobs.read_json(Path(data) / "index.json")
-    if "units_folder" in index:
-        return jobs.placed_path(index["units_folder"], data)
-    units = index["config"].get("units") if {"interleaved", "speech"} & set(index["config"].get("streams", ())) else None
-    return Path(units) if units else None  # older folders: the path as it was given
+    if key in index:
+        return jobs.placed_path(index[key], data)
+    given = index["config"].get(SPEECH_INPUTS[key]) \
+        if {"interleaved", "speech"} & set(index["config"].get("streams", ())) else None
+    return Path(given) if given else None
 
 
 def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, streams: list[str],
@@ -467,9 +485,10 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
     # format 2: rows of whole documents with a positions file beside each token shard.
     index: dict[str, Any] = {"config": config.to_dict(), "format": 2, "vocab_size": len(vocabulary),
                              "context_length": config.context_length, "epochs": []}
-    if config.units and {"interleaved", "speech"} & set(streams):
-        # The config keeps the path as given; this one moves with the folders (see speech_units_folder).
-        index["units_folder"] = jobs.portable_path(config.units, config.out)
+    if {"interleaved", "speech"} & set(streams):
+        # The config keeps the paths as given; these move with the folders (see _speech_input).
+        for key, given in SPEECH_INPUTS.items():
+            index[key] = jobs.portable_path(getattr(config, given), config.out)
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
     drawn = None  # the interleaved samples and skips of the epoch whose spans this one takes

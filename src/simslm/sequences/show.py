@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from simslm.config import Config, check_positive
-from simslm.sequences.build import BuildConfig, speech_units_folder
+from simslm.sequences.build import BuildConfig, speech_manifest, speech_units_folder
 from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interleaved, check_utterance, sample_rng
 from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary
@@ -89,11 +89,12 @@ def rebuild_sample(folder: str | os.PathLike, sample_id: str, epoch: int = 0) ->
     _check_epoch(folder, index, epoch)
     vocabulary = Vocabulary.load(folder / "tokenizer")
     # Read up to the one utterance, and its units by id: a manifest of Libri-Light's size is some 140 GB in memory.
-    utterance = next((u for u in iter_utterances(config.manifest) if u.id == sample_id), None)
-    units_folder = speech_units_folder(folder)  # recorded relative to the folder, so it is found after a move
+    # Both recorded relative to the folder, so they are found after a move.
+    manifest, units_folder = speech_manifest(folder), speech_units_folder(folder)
+    utterance = next((u for u in iter_utterances(manifest) if u.id == sample_id), None) if manifest else None
     units = next(iter(read_units(units_folder, {sample_id})), None) if units_folder else None
     if utterance is None or units is None:
-        raise ValueError(f"no utterance '{sample_id}' with units in {config.manifest}")
+        raise ValueError(f"no utterance '{sample_id}' with units in {manifest}")
     check_utterance(utterance, units)
     method = INTERLEAVERS[config.method]
     drawn_in = 0 if config.span_draws == "once" else epoch  # `once`: every epoch has the first epoch's spans

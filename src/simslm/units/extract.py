@@ -301,6 +301,9 @@ class ExtractReport:
     num_units: int
     audio_sec: float
     wall_sec: float
+    num_shards_present: int = 0
+    """Shards in the folder after this run; until all are, the counts above are this run's shards alone (other
+    processes are writing theirs), and report.json is not written."""
 
     @property
     def realtime_factor(self) -> float:
@@ -433,22 +436,42 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
         if agreement < run.min_agreement:
             raise ValueError(f"--dtype {run.dtype} gives the float32 units on only {agreement:.2%} of the frames "
                              f"checked (below --min-agreement {run.min_agreement:g}); extract in float32")
-    audio_sec, num_frames, num_units = 0.0, 0, 0
     for position, samples, features in zip(where, loaded, _encode_all(encoder, loaded, run.batch_size)):
         record = records[position]
         if isinstance(features, ValueError):
             lines[position] = {"id": record["id"], "skipped": str(features), "reason": _skip_reason(features)}
             continue
-        frame_units = codebook.assign(features)
-        units, durations = deduplicate(frame_units)
+        units, durations = deduplicate(codebook.assign(features))
         lines[position] = {"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
                            "units": units.tolist(), "durations": durations.tolist()}
-        audio_sec += len(samples) / audio.TARGET_SAMPLE_RATE
-        num_frames += len(frame_units)
-        num_units += len(units)
     jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
-    return shard_index, {"audio_sec": audio_sec, "num_frames": num_frames, "num_units": num_units,
-                         "agreement": agreement}
+    return shard_index, {"totals": shard_totals(lines, records), "agreement": agreement}
+
+
+def shard_totals(lines: Iterable[dict[str, Any]], records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """What a report counts of one shard's lines: utterances encoded, frames, units and the manifest's seconds of
+    audio of those encoded (`records`: the shard's manifest records), and those skipped by reason."""
+    durations = {record["id"]: record["duration_sec"] for record in records}
+    totals: dict[str, Any] = {"num_encoded": 0, "num_frames": 0, "num_units": 0, "audio_sec": 0.0,
+                              "skipped": collections.Counter()}
+    for line in lines:
+        if "skipped" in line:
+            totals["skipped"][line.get("reason", ENCODER_REJECTED)] += 1
+            continue
+        totals["num_encoded"] += 1
+        totals["num_frames"] += sum(line["durations"])
+        totals["num_units"] += len(line["units"])
+        totals["audio_sec"] += durations.get(line["id"], 0.0)
+    return totals
+
+
+def _summed(totals: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    summed: dict[str, Any] = {"num_encoded": 0, "num_frames": 0, "num_units": 0, "audio_sec": 0.0,
+                              "skipped": collections.Counter()}
+    for one in totals:
+        for key, value in one.items():
+            summed[key] += value  # Counter + Counter for the skips
+    return summed
 
 
 # An encoder's own refusal (audio shorter than one frame group, say) is counted under one name.
@@ -491,35 +514,10 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         """Streamed three times: checked, for the header; for the work; for the totals."""
         return _records(config.manifest, checked=checked) if from_manifest else iter(given)
 
-    num_records, ids_digest = 0, hashlib.sha256()
-    for record in all_records(checked=True):
-        ids_digest.update(("\n" if num_records else "").encode() + record["id"].encode())
-        num_records += 1
-    num_shard_files = -(-num_records // config.shard_size)
     out = Path(config.out)
     created = not out.exists()  # only a folder made here is removed after a failure
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
-              "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
-              "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
-              "k": codebook.k, "shard_size": config.shard_size,
-              "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
-              "num_shards": num_shard_files,  # read_units checks they are all there
-              "utterance_ids_sha256": ids_digest.hexdigest()}  # of the ids joined by newlines
-    header_path = out / "units.json"
-    if header_path.exists():
-        previous = jobs.read_json(header_path)
-        recorded = EncoderSpec.recorded(previous.get("encoder"))
-        if recorded is not None:  # a field recorded since (edge_pad) is at its default, not a difference
-            previous["encoder"] = asdict(recorded)
-        # Keys an older folder lacks (num_shards) are not a difference.
-        changed = [key for key in header
-                   if key not in ("manifest", "codebook") and key in previous and previous[key] != header[key]]
-        if changed:
-            raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
-                             f"extract into a new --out folder")
-    else:
-        jobs.write_json(header_path, header)
+    num_records = _prepare_folder(config, spec, codebook, all_records, from_manifest)
+    num_shard_files = -(-num_records // config.shard_size)
     mine = config.this_shard()
     todo = [i for i in range(num_shard_files)
             if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
@@ -535,32 +533,28 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     run = _Runtime(device=device, dtype=config.dtype, batch_size=batch_size,
                    min_agreement=config.min_agreement)
     wanted = set(todo)
+    # Read up to this process's last shard only: in the report's run of a SLURM array (nothing left to do), none.
     tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
               str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run)
-             for i, shard in enumerate(_chunks(all_records(), config.shard_size)) if i in wanted)
-    agreements = [stats["agreement"] for _, stats in jobs.parallel_map(
-        _extract_shard, tasks, num_workers=workers, total=len(todo), description="units extract (shards)")
-        if stats["agreement"] is not None]
-    # Totals come from the shards on disk, so a resumed run reports the whole corpus.
-    skipped: collections.Counter[str] = collections.Counter()
-    num_encoded = num_frames = num_units = 0
-    audio_sec = 0.0
-    present = 0
-    for i, shard in enumerate(_chunks(all_records(), config.shard_size)):
-        path = out / "shards" / f"shard-{i:05d}.jsonl"
-        if not path.exists():
-            continue
-        present += 1
-        durations = {record["id"]: record["duration_sec"] for record in shard}
-        for line in map(json.loads, jobs.read_text(path).splitlines()):
-            if "skipped" in line:
-                skipped[line.get("reason", ENCODER_REJECTED)] += 1
-                continue
-            num_encoded += 1
-            num_frames += sum(line["durations"])
-            num_units += len(line["units"])
-            audio_sec += durations.get(line["id"], 0.0)
+             for i, shard in enumerate(itertools.islice(_chunks(all_records(), config.shard_size),
+                                                        max(todo, default=-1) + 1)) if i in wanted)
+    done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
+                                      description="units extract (shards)"))
+    agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
+    present = sum((out / "shards" / f"shard-{i:05d}.jsonl").exists() for i in range(num_shard_files))
     complete = present == num_shard_files
+    if complete:
+        # The whole corpus, from the shards on disk: a resumed run, or the last process of several, reports it all.
+        totals = _summed(shard_totals(map(json.loads, jobs.read_text(out / "shards" / f"shard-{i:05d}.jsonl")
+                                          .splitlines()), shard)
+                         for i, shard in enumerate(_chunks(all_records(), config.shard_size)))
+    else:
+        # Other processes are still writing theirs: this run's shards alone. Reading every present shard (some 40
+        # GB of JSON at Libri-Light's 21M segments) and the manifest again would keep each process of an array
+        # from ending for many minutes, to report a count the next would change.
+        totals = _summed(stats["totals"] for _, stats in done_now)
+    num_encoded, skipped = totals["num_encoded"], totals["skipped"]
+    num_frames, num_units, audio_sec = totals["num_frames"], totals["num_units"], totals["audio_sec"]
     if num_records and complete and not num_encoded:
         # Nothing usable: leave no folder that a re-run would take as done.
         if created:
@@ -572,19 +566,87 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
-                           audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
-    jobs.write_json(out / "report.json", {**asdict(report), "config": asdict(config),
-                                          "dedup_ratio": round(num_frames / max(1, num_units), 4),
-                                          # the least share of frames, over the shards done now, whose half-
-                                          # precision unit was the float32 one
-                                          "half_precision_agreement": min(agreements) if agreements else None})
+                           audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
+                           num_shards_present=present)
+    if complete:  # report.json is the whole extraction's
+        jobs.write_json(out / "report.json", {**asdict(report), "config": asdict(config),
+                                              "dedup_ratio": round(num_frames / max(1, num_units), 4),
+                                              # the least share of frames, over the shards done now, whose half-
+                                              # precision unit was the float32 one
+                                              "half_precision_agreement": min(agreements) if agreements else None})
     return report
+
+
+def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.Codebook,
+                    all_records: Callable[..., Iterator[dict[str, Any]]], from_manifest: bool) -> int:
+    """The output folder's units.json, written by the first process and checked by every later one (the others of
+    an array, a requeued job, a re-run); the number of utterances.
+
+    The manifest is read line by line and checked once: a later process whose manifest is the one units.json
+    stamps (size, modification time, and its first and last bytes) takes the count and the ids' digest from there.
+    The checked pass is some 19 minutes at Libri-Light's 21M segments (docs/BENCHMARKS.md), which every process of
+    an array spent before its first shard."""
+    out = Path(config.out)
+    header_path = out / "units.json"
+    previous = jobs.read_json(header_path) if header_path.exists() else None
+    stamp = _manifest_stamp(config.manifest) if from_manifest else None
+    if stamp and previous and previous.get("manifest_stamp") == stamp and "num_utterances" in previous:
+        num_records, ids_digest = previous["num_utterances"], previous["utterance_ids_sha256"]
+    else:
+        hashed, num_records = hashlib.sha256(), 0
+        for record in all_records(checked=True):
+            hashed.update(("\n" if num_records else "").encode() + record["id"].encode())
+            num_records += 1
+        ids_digest = hashed.hexdigest()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
+              "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
+              "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
+              "k": codebook.k, "shard_size": config.shard_size,
+              "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
+              "num_shards": -(-num_records // config.shard_size),  # read_units checks they are all there
+              "num_utterances": num_records,
+              "utterance_ids_sha256": ids_digest,  # of the ids joined by newlines
+              **({"manifest_stamp": stamp} if stamp else {})}
+    if previous is None:
+        jobs.write_json(header_path, header)
+        return num_records
+    recorded = EncoderSpec.recorded(previous.get("encoder"))
+    if recorded is not None:  # a field recorded since (edge_pad) is at its default, not a difference
+        previous["encoder"] = asdict(recorded)
+    # Keys an older folder lacks (num_shards) are not a difference; nor is the manifest's path or stamp (the same
+    # ids from a moved or touched manifest).
+    changed = [key for key in header if key not in ("manifest", "codebook", "manifest_stamp")
+               and key in previous and previous[key] != header[key]]
+    if changed:
+        raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
+                         f"extract into a new --out folder")
+    if stamp and previous.get("manifest_stamp") != stamp:
+        jobs.write_json(header_path, {**previous, **header})  # checked again: the next process need not be
+    return num_records
+
+
+def _manifest_stamp(manifest: str | os.PathLike, ends: int = 1 << 16) -> dict[str, Any]:
+    """What tells a manifest from an edited one without reading it: its size, modification time, and the digest
+    of its first and last 64 KiB."""
+    path = Path(manifest)
+    status = path.stat()
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read(ends))
+        handle.seek(max(0, status.st_size - ends))
+        digest.update(handle.read(ends))
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "ends_sha256": digest.hexdigest()}
 
 
 def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     """`extract_units` as a job array through submitit, one job per shard index; waits, then reports."""
     import dataclasses
 
+    # The folder's header first, here: the manifest is checked once, and a bad line stops the array before any job
+    # is queued, where each of its jobs would check the whole manifest and fail alike.
+    codebook = kmeans.Codebook.load(config.codebook)
+    _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
+                    lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
     executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
                                       slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
