@@ -17,6 +17,8 @@ resident memory (`ru_maxrss`). The readers:
 - `units extract, a later process`: the same, run once before the timing, as a requeued job or a re-run finds it;
 - `units extract, one of an array`: a process of a two-task array whose shards are all written while one of the
   other's is not (a copy of the folder without it), run once before the timing: how every task but the last ends;
+- `units extract, one of 8 with work`: task 0 of an 8-task array with its 25 shards to do (their audio is missing, so
+  every utterance is skipped at once), after task 1 has checked the manifest: how a task reads its shards' lines;
 - `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
   (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
 - `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
@@ -84,6 +86,22 @@ READERS = {
                                       "'codebook.npy'), out=str(folder / 'array'), shard_size=1000, num_shards=2, "
                                       "shard_index=0)\nextract_units(config)  # before the timing\n"
                                       "read = lambda m: range(extract_units(config).num_utterances)",
+    # Task 0 of an 8-task array with its shards to do (25 of 200) (their audio is missing, so each utterance is skipped at
+    # once): the reading of its shards' manifest lines, after another task has checked the manifest.
+    "units extract, one of 8 with work": "from pathlib import Path\nimport shutil, sys\n"
+                                         "from simslm.units.extract import ExtractConfig, extract_units\n"
+                                         "folder = Path(sys.argv[1]).parent\n"
+                                         "shutil.copytree(folder / 'units', folder / 'eight', dirs_exist_ok=True)\n"
+                                         "config = ExtractConfig(manifest=sys.argv[1], codebook=str(folder / "
+                                         "'codebook.npy'), out=str(folder / 'eight'), shard_size=1000, num_shards=8, "
+                                         "shard_index=1)\nextract_units(config)  # before the timing: task 1\n"
+                                         "shards = len(list((folder / 'eight' / 'shards').iterdir()))\n"
+                                         "for i in [*range(0, shards, 8), 1]:\n"
+                                         "    (folder / 'eight' / 'shards' / f'shard-{i:05d}.jsonl').unlink()\n"
+                                         "config = ExtractConfig(manifest=sys.argv[1], codebook=str(folder / "
+                                         "'codebook.npy'), out=str(folder / 'eight'), shard_size=1000, num_shards=8, "
+                                         "shard_index=0, num_workers=1)\n"
+                                         "read = lambda m: range(extract_units(config).num_skipped)",
 }
 PROBE = """
 import resource, sys, time

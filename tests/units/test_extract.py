@@ -204,6 +204,36 @@ def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
                                        for path in submitted)
 
 
+def test_each_process_reads_its_own_shards_from_where_they_start(extracted, tmp_path, monkeypatch):
+    """The first process records where each shard starts in the manifest; the others read their shards' lines
+    alone. Blank lines, CRLF ends and a byte-order mark are counted as the readers count them."""
+    from dataclasses import replace
+
+    from simslm.units import extract
+
+    config, _, _ = extracted
+    whole = {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(config.out)}
+    lines = open(config.manifest, encoding="utf-8").read().splitlines()
+    (tmp_path / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n\r\n".join(lines).encode() + b"\r\n  \r\n")
+    split = replace(config, manifest=str(tmp_path / "m.jsonl"), out=str(tmp_path / "units"), num_shards=2,
+                    num_workers=1)
+    extract_units(replace(split, shard_index=0))
+    read_at = []
+    shard_records = extract._shard_records
+    monkeypatch.setattr(extract, "_shard_records", lambda *args: read_at.append(args[1]) or shard_records(*args))
+    extract_units(replace(split, shard_index=1))
+    offsets = np.load(tmp_path / "units" / "shard_offsets.npy")
+    assert len(offsets) == 3 and read_at == [offsets[1]]  # shard 1 of 3, read from where it starts
+    assert {u.id: (u.units.tolist(), u.durations.tolist()) for u in read_units(tmp_path / "units")} == whole
+    # Offsets that do not match the digest units.json holds are not used: the manifest is read in turn.
+    np.save(tmp_path / "units" / "shard_offsets.npy", offsets + 1)
+    (tmp_path / "units" / "shards" / "shard-00001.jsonl").unlink()
+    read_at.clear()
+    extract_units(replace(split, shard_index=1))
+    assert read_at == [] and {u.id: (u.units.tolist(), u.durations.tolist())
+                              for u in read_units(tmp_path / "units")} == whole
+
+
 def test_a_bad_manifest_stops_a_job_array_before_any_job_is_queued(extracted, tmp_path):
     # Each job of the array would check the whole manifest and fail alike; it is checked once, where it is submitted.
     from dataclasses import replace

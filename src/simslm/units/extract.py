@@ -8,6 +8,7 @@ be rebuilt exactly: later stages map word timings onto units with it.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import hashlib
 import itertools
@@ -142,7 +143,59 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
     else:
         lines = (json.loads(line) for line, _ in jobs.text_lines(manifest) if line.strip())
     for line in lines:
-        yield {"id": line["id"], "path": os.path.join(folder, line["audio"]), "duration_sec": line["duration_sec"]}
+        yield _record(line, folder)
+
+
+def _record(line: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
+    return {"id": line["id"], "path": os.path.join(folder, line["audio"]), "duration_sec": line["duration_sec"]}
+
+
+# The byte offset in the manifest of each shard's first utterance, beside units.json (whose header holds its digest):
+# a process reads its own shards' lines and none of the others'.
+SHARD_OFFSETS = "shard_offsets.npy"
+
+
+def _shard_offsets(manifest: str | os.PathLike, shard_size: int) -> np.ndarray:
+    """Where each shard's first utterance starts in the manifest: every `shard_size`-th line that is not blank (as
+    the readers above count them; the manifest was checked as UTF-8 before)."""
+    offsets, count, position = [], 0, 0
+    with open(manifest, "rb") as handle:
+        for number, raw in enumerate(handle):
+            if (raw.removeprefix(codecs.BOM_UTF8) if number == 0 else raw).decode("utf-8", "replace").strip():
+                if count % shard_size == 0:
+                    offsets.append(position)
+                count += 1
+            position += len(raw)
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def _shard_records(manifest: str | os.PathLike, offset: int, count: int) -> list[dict[str, Any]]:
+    """The records of the `count` utterances from byte `offset` of the manifest (one shard's)."""
+    folder = Path(manifest).parent.absolute()
+    records = []
+    with open(manifest, "rb") as handle:
+        handle.seek(offset)
+        for raw in handle:
+            line = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8") if offset == 0 and not records else \
+                raw.decode("utf-8")
+            if line.strip():
+                records.append(_record(json.loads(line), folder))
+                if len(records) == count:
+                    break
+    return records
+
+
+def _stored_offsets(out: Path, num_shard_files: int) -> np.ndarray | None:
+    """The shard offsets units.json vouches for (its digest of them), else None (an older folder: read in turn)."""
+    header = jobs.read_json(out / "units.json")
+    try:
+        offsets = np.load(out / SHARD_OFFSETS, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if len(offsets) != num_shard_files or hashlib.sha256(offsets.tobytes()).hexdigest() != header.get(
+            "shard_offsets_sha256"):
+        return None
+    return offsets
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -532,12 +585,15 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     batch_size = config.batch_size or (1 if device == "cpu" and spec.name != "logmel" else 16)
     run = _Runtime(device=device, dtype=config.dtype, batch_size=batch_size,
                    min_agreement=config.min_agreement)
-    wanted = set(todo)
-    # Read up to this process's last shard only: in the report's run of a SLURM array (nothing left to do), none.
+    offsets = _stored_offsets(out, num_shard_files) if from_manifest and todo else None
+    if offsets is not None:  # this process's shards alone, each read from where it starts
+        shards = ((i, _shard_records(config.manifest, int(offsets[i]), config.shard_size)) for i in todo)
+    else:  # read in turn, up to this process's last shard
+        wanted = set(todo)
+        shards = ((i, shard) for i, shard in enumerate(itertools.islice(_chunks(all_records(), config.shard_size),
+                                                                         max(todo, default=-1) + 1)) if i in wanted)
     tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
-              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run)
-             for i, shard in enumerate(itertools.islice(_chunks(all_records(), config.shard_size),
-                                                        max(todo, default=-1) + 1)) if i in wanted)
+              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run) for i, shard in shards)
     done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
                                       description="units extract (shards)"))
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
@@ -590,6 +646,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
     header_path = out / "units.json"
     previous = jobs.read_json(header_path) if header_path.exists() else None
     stamp = _manifest_stamp(config.manifest) if from_manifest else None
+    offsets = None  # computed with the checked pass, written once the header is known to be this folder's
     if stamp and previous and previous.get("manifest_stamp") == stamp and "num_utterances" in previous:
         num_records, ids_digest = previous["num_utterances"], previous["utterance_ids_sha256"]
     else:
@@ -598,6 +655,10 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
             hashed.update(("\n" if num_records else "").encode() + record["id"].encode())
             num_records += 1
         ids_digest = hashed.hexdigest()
+        if stamp:
+            offsets = _shard_offsets(config.manifest, config.shard_size)
+            if len(offsets) != -(-num_records // config.shard_size):  # not as the readers count: none kept
+                offsets = None
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
@@ -608,7 +669,10 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
               "num_utterances": num_records,
               "utterance_ids_sha256": ids_digest,  # of the ids joined by newlines
               **({"manifest_stamp": stamp} if stamp else {})}
+    if offsets is not None:
+        header["shard_offsets_sha256"] = hashlib.sha256(offsets.tobytes()).hexdigest()
     if previous is None:
+        _write_offsets(out, offsets)
         jobs.write_json(header_path, header)
         return num_records
     recorded = EncoderSpec.recorded(previous.get("encoder"))
@@ -616,14 +680,24 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
         previous["encoder"] = asdict(recorded)
     # Keys an older folder lacks (num_shards) are not a difference; nor is the manifest's path or stamp (the same
     # ids from a moved or touched manifest).
-    changed = [key for key in header if key not in ("manifest", "codebook", "manifest_stamp")
+    changed = [key for key in header if key not in ("manifest", "codebook", "manifest_stamp", "shard_offsets_sha256")
                and key in previous and previous[key] != header[key]]
     if changed:
         raise ValueError(f"{out} holds units made with other settings ({', '.join(changed)} differ); "
                          f"extract into a new --out folder")
     if stamp and previous.get("manifest_stamp") != stamp:
-        jobs.write_json(header_path, {**previous, **header})  # checked again: the next process need not be
+        _write_offsets(out, offsets)
+        merged = {**previous, **header}  # checked again: the next process need not be
+        if offsets is None:
+            merged.pop("shard_offsets_sha256", None)  # the offsets there were of the manifest as it was
+        jobs.write_json(header_path, merged)
     return num_records
+
+
+def _write_offsets(out: Path, offsets: np.ndarray | None) -> None:
+    if offsets is not None:
+        with jobs.atomic_path(out / SHARD_OFFSETS) as temporary:
+            np.save(temporary, offsets)
 
 
 def _manifest_stamp(manifest: str | os.PathLike, ends: int = 1 << 16) -> dict[str, Any]:
