@@ -437,6 +437,8 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
                 vocabulary: Vocabulary | None = None):
     """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; the data's `vocabulary`,
     when given, is checked against the base model's tokenizer first."""
+    import torch
+
     if config.base_model.startswith(model_lib.FAMILY_SOURCE):
         depth, aspect_ratio = model_lib.parse_family_source(config.base_model)
         model = model_lib.build_family_model(depth, vocab_size, config.seed, context_length, aspect_ratio)
@@ -446,6 +448,11 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
             check_base_tokenizer(config, vocabulary, model)
         if config.init == "random":
             model = model_lib.reinitialise(model, config.seed)
+        if config.precision == "bf16-weights":
+            # slamkit loads the base model in bf16 (`torch_dtype: bfloat16`) and only then resizes its vocabulary
+            # (`UnitLM.__init__`): the new rows are the mean of the bf16-rounded rows, which differs from the
+            # rounded mean of the fp32 ones in about one entry in eight, by a bf16 step.
+            weights_to(model, torch.bfloat16)
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
         if model.config.max_position_embeddings < context_length:
             model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
