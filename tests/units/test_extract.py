@@ -192,7 +192,8 @@ def test_extraction_as_a_submitit_job_array(extracted, tmp_path):
     whole = {u.id: u.units.tolist() for u in read_units(config.out)}
     report = extract_on_slurm(replace(config, out=str(tmp_path / "array"), num_shards=2, num_workers=1,
                                       executor="slurm", cluster="local", timeout_min=10))
-    assert report.num_shards == 3 and report.num_shards_done_now == 0  # the jobs did the work
+    assert report.num_shards == 3 and report.num_shards_done_now == 3  # the array's work, not the counting call's
+    assert json.loads((tmp_path / "array" / "report.json").read_text())["num_shards_done_now"] == 3
     assert {u.id: u.units.tolist() for u in read_units(tmp_path / "array")} == whole
     assert list((tmp_path / "array" / "submitit").iterdir())  # it went through submitit, inside --out
     # Each job is requeued when warned of its time limit (submitit asks its function for `checkpoint`), to go on

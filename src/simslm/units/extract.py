@@ -357,6 +357,9 @@ class ExtractReport:
     num_shards_present: int = 0
     """Shards in the folder after this run; until all are, the counts above are this run's shards alone (other
     processes are writing theirs), and report.json is not written."""
+    half_precision_agreement: float | None = None
+    """The least share of frames, over the shards done now, whose half-precision unit was the float32 one (None in
+    float32)."""
 
     @property
     def realtime_factor(self) -> float:
@@ -623,14 +626,16 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
                            audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
-                           num_shards_present=present)
+                           num_shards_present=present, half_precision_agreement=min(agreements, default=None))
     if complete:  # report.json is the whole extraction's
-        jobs.write_json(out / "report.json", {**asdict(report), "config": asdict(config),
-                                              "dedup_ratio": round(num_frames / max(1, num_units), 4),
-                                              # the least share of frames, over the shards done now, whose half-
-                                              # precision unit was the float32 one
-                                              "half_precision_agreement": min(agreements) if agreements else None})
+        _write_report(report, config)
     return report
+
+
+def _write_report(report: ExtractReport, config: ExtractConfig) -> None:
+    jobs.write_json(Path(report.out) / "report.json", {**asdict(report), "config": asdict(config),
+                                                       "dedup_ratio": round(report.num_frames / max(1, report.num_units),
+                                                                            4)})
 
 
 def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.Codebook,
@@ -716,11 +721,14 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     """`extract_units` as a job array through submitit, one job per shard index; waits, then reports."""
     import dataclasses
 
+    started = time.perf_counter()
     # The folder's header first, here: the manifest is checked once, and a bad line stops the array before any job
     # is queued, where each of its jobs would check the whole manifest and fail alike.
     codebook = kmeans.Codebook.load(config.codebook)
-    _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
-                    lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
+    num_records = _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
+                                  lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
+    written_before = sum((Path(config.out) / "shards" / f"shard-{i:05d}.jsonl").exists()
+                         for i in range(-(-num_records // config.shard_size)))
     executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
                                       slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
@@ -731,7 +739,15 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     if failures:
         raise ValueError(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
                          f"re-run to redo only their shards")
-    return extract_units(dataclasses.replace(config, executor="here", shard_index=0))  # all done: the report
+    # All done: the whole folder's counts, with the array's shards, time and half-precision check, not those of the
+    # call that counts them (which finds every shard written).
+    counted = extract_units(dataclasses.replace(config, executor="here", shard_index=0))
+    agreements = [job.result().half_precision_agreement for job in submitted]
+    report = replace(counted, num_shards_done_now=counted.num_shards_present - written_before,
+                     wall_sec=round(time.perf_counter() - started, 3),
+                     half_precision_agreement=min((a for a in agreements if a is not None), default=None))
+    _write_report(report, config)
+    return report
 
 
 # Every shard line is written by json.dumps with its id first, so a reader after some ids can skip the others
