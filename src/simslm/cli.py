@@ -316,8 +316,10 @@ def _fit(config) -> int:
         second = fit["approach2"]
         interval = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
         first = fit["approach1"]
-        others = (f"approach 2: {second['a']:.3f}{interval}, "
-                  f"approach 1 ({first.get('method', 'final points')}): {first['a']:.3f}")
+        # An approach that could not be computed reads n/a, as in the report; its warning below says why.
+        exponent = lambda a: "n/a" if a is None or a != a else f"{a:.3f}"  # noqa: E731 (a != a: NaN)
+        others = (f"approach 2: {exponent(second['a'])}{interval}, "
+                  f"approach 1 ({first.get('method', 'final points')}): {exponent(first['a'])}")
         if approach3.get("degenerate"):
             # Its numbers stay in fit.json, but printed beside sound ones they would be read as a result.
             print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")

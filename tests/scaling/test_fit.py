@@ -341,6 +341,8 @@ def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_p
     assert main(["fit", str(table), "--num-resamples", "20", "--out", str(tmp_path / "fit.json")]) == 0
     out = capsys.readouterr().out
     assert "approach 3 is degenerate, its law not shown" in out and "L = " not in out
+    # One budget: approaches 1 and 2 cannot be computed, and read n/a (their warnings say why), not nan.
+    assert "approach 2: n/a" in out and "): n/a" in out and "nan" not in out
     assert main(["plan", "--flops", "1e13", "--fit", str(tmp_path / "fit.json")]) == 2
     error = capsys.readouterr().err
     assert "is degenerate" in error and "sound law" not in error
