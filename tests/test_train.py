@@ -1025,20 +1025,22 @@ def test_bf16_weights_grow_the_vocabulary_as_slamkit_does(data, tmp_path):
     assert not torch.equal(rounded_after.get_input_embeddings().weight, slamkits.get_input_embeddings().weight)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16-weights"])
-def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision):
+@pytest.mark.parametrize(("precision", "accumulation"), [("fp32", 1), ("bf16-weights", 1), ("fp32", 2)])
+def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision, accumulation):
     """slamkit trains with the Hugging Face Trainer (SIMS: lr 5e-4 to 5e-5 by `cosine_with_min_lr`, warm-up ratio
     0.01, clipping at 0.5, no weight decay; `torch_dtype: bfloat16` weights and `bf16: true`) over
     `DataCollatorWithFlattening` batches, whose labels are -100 at each document's first token. The Trainer, given
     that configuration, the same initial model and simslm's batches in simslm's order, must log simslm's losses step
-    for step: in fp32, and with `--precision bf16-weights` (slamkit's recipe) as it trains bf16 weights."""
+    for step: in fp32, and with `--precision bf16-weights` (slamkit's recipe) as it trains bf16 weights; with
+    accumulation, a step's loss the mean over all its micro-batches' targets (the Trainer's `num_items_in_batch`)."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from simslm.train import build_model, weights_to
 
     steps = 12
-    config = _config(data, tmp_path / "run", budget_tokens=steps * 4 * 64, checkpoint_every=100, precision=precision,
+    config = _config(data, tmp_path / "run", budget_tokens=steps * accumulation * 4 * 64, checkpoint_every=100,
+                     precision=precision, grad_accumulation=accumulation,
                      attention="sdpa")  # the Trainer's kernel (on a CPU in bf16, simslm's own default is sdpa_fp32)
     train(config)
     vocabulary = Vocabulary.load(Path(data) / "tokenizer")
@@ -1050,7 +1052,7 @@ def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision):
 
     class Rows(torch.utils.data.IterableDataset):  # simslm's rows in simslm's order (no sampler reorders them)
         def __iter__(self):
-            for _ in range(steps):
+            for _ in range(steps * accumulation):
                 batch = next(loader)
                 for tokens, positions in zip(batch.tokens.astype(np.int64), batch.positions.astype(np.int64)):
                     labels = np.where((positions == 0) | (tokens == vocabulary.pad_id), -100, tokens)
@@ -1066,10 +1068,11 @@ def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision):
 
     # warm-up 0.01: slamkit's `warmup_ratio: 0.01`, which transformers 5 takes as a fraction given to warmup_steps.
     arguments = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=config.batch_size,
-                                  max_steps=steps, learning_rate=5e-4, lr_scheduler_type="cosine_with_min_lr",
-                                  lr_scheduler_kwargs={"min_lr": 5e-5}, warmup_steps=0.01, max_grad_norm=0.5,
-                                  weight_decay=0.0, logging_steps=1, report_to=[], save_strategy="no",
-                                  use_cpu=True, bf16=precision != "fp32", seed=config.seed, disable_tqdm=True, dataloader_num_workers=0)
+                                  gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=5e-4,
+                                  lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 5e-5},
+                                  warmup_steps=0.01, max_grad_norm=0.5, weight_decay=0.0, logging_steps=1, report_to=[],
+                                  save_strategy="no", use_cpu=True, bf16=precision != "fp32", seed=config.seed,
+                                  disable_tqdm=True, dataloader_num_workers=0)
     Trainer(model=model, args=arguments, train_dataset=Rows(), callbacks=[Losses()]).train()
     assert len(logged) == steps
     # fp32: the same to 2e-7 (the Trainer logs in fp32). bf16 weights: 7e-4 after 12 steps, from the products'
