@@ -19,6 +19,8 @@ resident memory (`ru_maxrss`). The readers:
   other's is not (a copy of the folder without it), run once before the timing: how every task but the last ends;
 - `units extract, one of 8 with work`: task 0 of an 8-task array with its 25 shards to do (their audio is missing, so
   every utterance is skipped at once), after task 1 has checked the manifest: how a task reads its shards' lines;
+- `sequences build, a part of 16`: part 0 of a 16-part build of the interleaved stream, its units folder's
+  units.json stamping the manifest (as an extraction that checked it writes);
 - `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
   (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
 - `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
@@ -102,6 +104,22 @@ READERS = {
                                          "'codebook.npy'), out=str(folder / 'eight'), shard_size=1000, num_shards=8, "
                                          "shard_index=0, num_workers=1)\n"
                                          "read = lambda m: range(extract_units(config).num_skipped)",
+    # Part 0 of a 16-part `sequences build` (interleaved stream, stories260K's tokenizer), its units folder's header
+    # stamping the manifest as an extraction that checked it does (the stamp is ignored before the sixteenth session).
+    "sequences build, a part of 16": "from pathlib import Path\nimport json, shutil, sys\n"
+                                     "from simslm.sequences.build import BuildConfig, build_sequences\n"
+                                     "folder = Path(sys.argv[1]).parent\n"
+                                     "shutil.copytree(folder / 'units', folder / 'units16', dirs_exist_ok=True)\n"
+                                     "header = json.loads((folder / 'units16' / 'units.json').read_text())\n"
+                                     "header.update(k=500, frame_rate_hz=25.0, encoder={'name': 'logmel'})\n"
+                                     "try:\n    from simslm.units.extract import manifest_stamp\n"
+                                     "    header['manifest_stamp'] = manifest_stamp(sys.argv[1])\n"
+                                     "except ImportError:\n    pass\n"
+                                     "(folder / 'units16' / 'units.json').write_text(json.dumps(header))\n"
+                                     "read = lambda m: range(build_sequences(BuildConfig(out=str(folder / 'seq16'), "
+                                     "manifest=m, units=str(folder / 'units16'), streams=('interleaved',), "
+                                     "num_shards=16, shard_index=0, overwrite=True))['epochs'][0]"
+                                     "['samples_by_stream']['interleaved'])",
 }
 PROBE = """
 import resource, sys, time

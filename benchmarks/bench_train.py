@@ -4,6 +4,8 @@
         [--compile [--compile-modes auto,default]] [--ceilings 1:16,2:16]
     # on a CPU with native bf16 products: both sides in bf16, or simslm also in bf16 beside the fp32 Trainer
     ... --depths '' --compare-depths 2,4 --steps 40 --compile --precision bf16 | --also-precision bf16
+    # slamkit's recipe, bf16 weights (no fp32 copy, no autocast casts), the Trainer given the model in bf16 too:
+    ... --precision bf16-weights | --also-precision bf16-weights [--options-compiled-only]
     # issue 17's GPU target, on the device machine (`benchmarks/gpu_lease.sh` runs this race there, with the
     # options it uses; `benchmarks/gpu_lease.sh prepare` made .gpu/check here):
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cuda --text-corpus .gpu/check/stories.jsonl \
@@ -48,7 +50,7 @@ from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, measure_peak_flops, train, uses_bf16
+from simslm.train import TrainConfig, measure_peak_flops, train, uses_bf16, weights_to
 
 
 def isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -64,7 +66,8 @@ class Shape:
     device: str = "cpu"
     batch_size: int = 8
     context_length: int = 256
-    precision: str = "auto"  # simslm train's --precision; the Trainer gets bf16=True where it means bf16
+    precision: str = "auto"  # simslm train's --precision; the Trainer gets bf16=True where it means bf16, and
+    # with bf16-weights the model in bf16 (slamkit's `torch_dtype: bfloat16`)
 
     @property
     def bf16(self) -> bool:
@@ -107,6 +110,8 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
     vocabulary = Vocabulary.load(Path(data) / "tokenizer")
     model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=shape.context_length,
                                          aspect_ratio=aspect_ratio)
+    if shape.precision == "bf16-weights":  # trained as loaded, as slamkit's Trainer trains its bf16 model
+        weights_to(model, torch.bfloat16)
     loader = PackedLoader(data, shape.batch_size)
     on_cuda = shape.device.startswith("cuda")
     # CUDA runs ahead of the host: each step is timed to its kernels' end, as simslm's step (which reads its
@@ -197,11 +202,13 @@ def main() -> None:
                         help="family members DEPTH:RATIO,... whose matrix-product MFU ceiling to measure (the demo's: "
                              "1:16,2:16,3:16,4:16; CPU only)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, as simslm train does there)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "bf16-weights"),
                         help="simslm train's --precision, and the Trainer's bf16 to match (auto: bf16 on CUDA only)")
-    parser.add_argument("--also-precision", default="", choices=("", "fp32", "bf16"),
+    parser.add_argument("--also-precision", default="", choices=("", "fp32", "bf16", "bf16-weights"),
                         help="also race simslm train (and with --compile, compiled) at this --precision, the Trainer "
                              "staying at --precision's")
+    parser.add_argument("--options-compiled-only", action="store_true",
+                        help="race --attentions and --also-precision only with --compile (a short GPU lease)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--text-corpus", default="tinystories-sample", help="asset name or .jsonl/.txt file")
@@ -212,7 +219,8 @@ def main() -> None:
         parser.error(f"--trainers: unknown {', '.join(sorted(unknown))} (known: plain, documents-apart)")
     shape = Shape(args.device, args.batch_size, args.context_length, args.precision)
     about = (f"batch {shape.batch_size} x {shape.context_length}, "
-             f"{'bf16 autocast' if shape.bf16 else 'fp32'} on {shape.device}")
+             f"{'bf16 weights' if shape.precision == 'bf16-weights' else 'bf16 autocast' if shape.bf16 else 'fp32'} "
+             f"on {shape.device}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = str(scratch / "data")
@@ -254,12 +262,14 @@ def main() -> None:
                 contenders[f"simslm --compile --compile-mode {mode}"] = functools.partial(ours, compile_mode=mode)
             if args.also_precision:
                 other = replace(shape, precision=args.also_precision)
-                contenders[f"simslm --precision {other.precision}"] = functools.partial(ours, shape=other)
+                if not args.options_compiled_only:
+                    contenders[f"simslm --precision {other.precision}"] = functools.partial(ours, shape=other)
                 for mode in modes:
                     contenders[f"simslm --compile --compile-mode {mode} --precision {other.precision}"] = \
                         functools.partial(ours, compile_mode=mode, shape=other)
             for attention in attentions:
-                contenders[f"simslm --attention {attention}"] = functools.partial(ours, attention=attention)
+                if not args.options_compiled_only:
+                    contenders[f"simslm --attention {attention}"] = functools.partial(ours, attention=attention)
                 for mode in modes:  # the two together: flex attention's kernels compile with the model
                     contenders[f"simslm --compile --compile-mode {mode} --attention {attention}"] = functools.partial(
                         ours, compile_mode=mode, attention=attention)

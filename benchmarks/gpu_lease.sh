@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU lease, prepared here and run there in one call: the project's GPU check (its sweep, `units extract` end to
 # end, and the extraction benchmark),
-# then issue 17's race of `simslm train` (eager, --compile, --attention flex_attention, and the last two together)
-# against a plain HF Trainer at about 170M parameters. A profile of a 25M-parameter step
+# then issue 17's race of `simslm train` (eager, --compile, and compiled with --attention flex_attention or with
+# slamkit's bf16 weights, `--precision bf16-weights`, which has no autocast casts: 19% of the GPU's time in the
+# ninth session's profile) against a plain HF Trainer at about 170M parameters. A profile of a 25M-parameter step
 # (benchmarks/profile_train.py) ran in the lease of 2026-12-04 (ninth session) and is off unless PROFILE_SECONDS
 # is set. Boxes sized from that lease: the check took 166 s for its sweep and 41 s for the extraction benchmark
 # (its end-to-end extraction, added since, is estimated at 30 s), and the race finished 7 runs in 320 s.
@@ -46,7 +47,7 @@ start=$(date +%s)
 timeout "${RACE_SECONDS:-295}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
   --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
   --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile --attentions flex_attention \
-  --trainers plain > "$OUT/bench_train.log" 2>&1
+  --also-precision bf16-weights --options-compiled-only --trainers plain > "$OUT/bench_train.log" 2>&1
 echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
 grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
 if [ "${PROFILE_SECONDS:-0}" -gt 0 ]; then

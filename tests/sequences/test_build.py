@@ -244,6 +244,24 @@ def test_span_draws_once_gives_every_epoch_the_first_epochs_spans_as_slamkit(bui
     assert first_rows[0] != first_rows[1]
 
 
+def test_a_part_parses_only_its_share_of_a_manifest_its_units_checked(build, tmp_path, monkeypatch):
+    # units.json stamps the manifest its extraction checked line by line; a part of a build then parses its own
+    # lines alone (each part parsed all of them: 19 minutes at 21M lines), and builds the same part.
+    from simslm.sequences import build as build_module
+
+    checked_passes = []
+    every_line = build_module.iter_utterances
+    monkeypatch.setattr(build_module, "iter_utterances", lambda path: checked_passes.append(path) or every_line(path))
+    fast, fast_out = build(streams=("interleaved",), num_shards=2, shard_index=1, out=str(tmp_path / "fast"))
+    assert checked_passes == []
+    monkeypatch.setattr(build_module, "checked_manifest", lambda units, manifest: False)  # as an unstamped folder
+    slow, slow_out = build(streams=("interleaved",), num_shards=2, shard_index=1, out=str(tmp_path / "slow"))
+    assert len(checked_passes) == 1
+    for epoch in (0, 1):
+        assert epoch_documents(fast_out, fast["epochs"][epoch]) == epoch_documents(slow_out, slow["epochs"][epoch])
+    assert fast["epochs"][0]["skipped"] == slow["epochs"][0]["skipped"]
+
+
 def test_a_sequences_folder_finds_its_units_and_manifest_after_all_move(extracted, tmp_path):
     import shutil
 

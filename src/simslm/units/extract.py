@@ -403,6 +403,14 @@ class UnitSource:
                 "codebook_sha256": self.codebook_sha256, "k": self.k}
 
 
+def checked_manifest(units_folder: str | os.PathLike, manifest: str | os.PathLike) -> bool:
+    """Whether the units folder's extraction checked this manifest as it is now (units.json stamps it): every
+    line parsed as an utterance, and no id twice."""
+    header = Path(units_folder) / "units.json"
+    recorded = jobs.read_json(header).get("manifest_stamp") if header.exists() else None
+    return recorded is not None and recorded == manifest_stamp(manifest)
+
+
 def unit_source(units_folder: str | os.PathLike) -> UnitSource:
     """The encoder and codebook of a `simslm units extract` (or `units import`) folder."""
     return UnitSource.read(Path(units_folder) / "units.json")
@@ -567,7 +575,9 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     given = records
 
     def all_records(checked: bool = False) -> Iterator[dict[str, Any]]:
-        """Streamed three times: checked, for the header; for the work; for the totals."""
+        """Streamed up to three times: checked, for the header (unless units.json stamps this manifest); for the
+        work (unless units.json's shard offsets let each shard be read alone); for the totals (once the folder is
+        whole)."""
         return _records(config.manifest, checked=checked) if from_manifest else iter(given)
 
     out = Path(config.out)
@@ -650,7 +660,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
     out = Path(config.out)
     header_path = out / "units.json"
     previous = jobs.read_json(header_path) if header_path.exists() else None
-    stamp = _manifest_stamp(config.manifest) if from_manifest else None
+    stamp = manifest_stamp(config.manifest) if from_manifest else None
     offsets = None  # computed with the checked pass, written once the header is known to be this folder's
     if stamp and previous and previous.get("manifest_stamp") == stamp and "num_utterances" in previous:
         num_records, ids_digest = previous["num_utterances"], previous["utterance_ids_sha256"]
@@ -705,7 +715,7 @@ def _write_offsets(out: Path, offsets: np.ndarray | None) -> None:
             np.save(temporary, offsets)
 
 
-def _manifest_stamp(manifest: str | os.PathLike, ends: int = 1 << 16) -> dict[str, Any]:
+def manifest_stamp(manifest: str | os.PathLike, ends: int = 1 << 16) -> dict[str, Any]:
     """What tells a manifest from an edited one without reading it: its size, modification time, and the digest
     of its first and last 64 KiB."""
     path = Path(manifest)
