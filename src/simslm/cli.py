@@ -208,8 +208,9 @@ def _sequences_stats(config) -> int:
     from simslm.sequences.loader import read_index
     from simslm.sequences.show import stats
 
-    rows = stats(config.folder)
-    if note := part_note(read_index(config.folder).get("config", {})):
+    index = read_index(config.folder)
+    rows = stats(config.folder, index)
+    if note := part_note(index.get("config", {})):
         print(f"{config.folder}: {note}")
     for row in rows:
         word_share = row["interleaved_speech_word_share"]

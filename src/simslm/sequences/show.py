@@ -18,9 +18,10 @@ from simslm.speech.manifest import iter_utterances
 from simslm.units.extract import read_units
 
 
-def stats(folder: str | os.PathLike) -> list[dict[str, Any]]:
-    """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words."""
-    index = read_index(folder)
+def stats(folder: str | os.PathLike, index: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words (`index`: the
+    folder's index.json, when the caller has read it)."""
+    index = index if index is not None else read_index(folder)
     rows = []
     for entry in index["epochs"]:
         counts = entry["token_counts"]
