@@ -124,6 +124,42 @@ def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path)
     subprocess.run(_run_command(tmp_path / "killed.json"), check=True, env=env, cwd=REPO, capture_output=True)
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "reference")  # bit for bit
     assert len(_losses(tmp_path / "reference")) == 24
+    # The resumed run, built from its checkpoint's config without the base model, saves the same model folder.
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert (tmp_path / "killed" / "model" / name).read_bytes() == \
+            (tmp_path / "reference" / "model" / name).read_bytes(), name
+
+
+def test_a_resumed_run_loads_no_base_model(data, tmp_path, monkeypatch):
+    """Resumed, a run builds the model its checkpoint holds from the config stored beside it; the base model (28 GB
+    for 7B parameters in fp32) is not loaded only to be replaced. A checkpoint from before that stored it still
+    resumes, from the base model."""
+    import simslm.model
+
+    config = _config(data, tmp_path / "run", budget_tokens=8 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=5)
+    train(config)
+    losses = _losses(tmp_path / "run")
+
+    def back_to_step_4():
+        shutil.rmtree(tmp_path / "run" / "model")
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000008")
+        (tmp_path / "run" / "result.json").unlink()
+
+    back_to_step_4()
+    loaded = []
+    base = simslm.model.load_base_model
+    monkeypatch.setattr(simslm.model, "load_base_model", lambda source: loaded.append(source) or base(source))
+    train(config)
+    assert loaded == [] and _losses(tmp_path / "run") == losses
+    back_to_step_4()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000004"
+    checksums = json.loads((checkpoint / "checksums.json").read_text())
+    for name in ("model_config.json", "generation_config.json", "buffers.safetensors"):
+        (checkpoint / name).unlink()
+        del checksums[name]
+    (checkpoint / "checksums.json").write_text(json.dumps(checksums))
+    train(config)
+    assert loaded == ["stories260K"] and _losses(tmp_path / "run") == losses
 
 
 def test_a_process_asked_to_stop_through_another_one_only_stops_too(tmp_path):
@@ -878,7 +914,7 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
     # A checkpoint written before checkpoints stored their model's config: the base model is loaded, as then.
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003"
     checksums = json.loads((checkpoint / "checksums.json").read_text())
-    for name in ("model_config.json", "buffers.safetensors"):
+    for name in ("model_config.json", "generation_config.json", "buffers.safetensors"):
         (checkpoint / name).unlink()
         del checksums[name]
     (checkpoint / "checksums.json").write_text(json.dumps(checksums))

@@ -10,6 +10,7 @@ bit-identical losses on CPU. `torchrun` gives data parallelism (gloo on CPU, NCC
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -535,9 +536,10 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
     return final
 
 
-# Beside a checkpoint's weights: the model's config and its buffers (RoPE's frequencies, outside the state dict),
-# from which an FSDP run resumes without loading its base model (`_checkpoint_skeleton`).
-MODEL_CONFIG, BUFFERS = "model_config.json", "buffers.safetensors"
+# Beside a checkpoint's weights: the model's config, its generation settings (the base model's, which model/ keeps)
+# and its buffers (RoPE's frequencies, outside the state dict), from which a run resumes without loading its base
+# model (`_checkpoint_skeleton`).
+MODEL_CONFIG, GENERATION_CONFIG, BUFFERS = "model_config.json", "generation_config.json", "buffers.safetensors"
 
 
 def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wall_sec: float,
@@ -548,6 +550,9 @@ def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wa
     from safetensors.torch import save_file
 
     model.config.to_json_file(staging / MODEL_CONFIG, use_diff=False)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.to_json_file(staging / GENERATION_CONFIG)
+        names = [*names, GENERATION_CONFIG]
     # Every process holds the buffers whole, FSDP or not; as they are, not recomputed from the config: a base
     # model's rope scaling may have computed them from a config the run changed since (max_position_embeddings).
     save_file({name: buffer.detach().to("cpu").contiguous().clone() for name, buffer in model.named_buffers()},
@@ -1137,24 +1142,42 @@ def _skeleton(model_config, config: TrainConfig, device: str):
     return skeleton
 
 
-def _checkpoint_skeleton(checkpoint: Path | None, config: TrainConfig, device: str):
-    """The skeleton of the model a checkpoint holds, from the config stored beside it (None for a checkpoint that
-    stores none, written before checkpoints did): an FSDP run resuming from it needs no base model on any process,
-    where the main one loaded it (28 GB for 7B parameters in fp32) only for the checkpoint to replace it."""
-    if checkpoint is None or not (checkpoint / MODEL_CONFIG).is_file():
+def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainConfig, device: str):
+    """The skeleton of the model a checkpoint holds, from the config stored beside it: a run resuming from it needs
+    no base model on any process, where it loaded one (28 GB for 7B parameters in fp32) only for the checkpoint to
+    replace it. None where the checkpoint or the run folder stores no model config (written before they did):
+    the base model is built, and the checkpoint must fit it.
+
+    Refused, naming it: a checkpoint whose model is not the one the run started with (copied from another run),
+    which would otherwise go on training another model."""
+    if checkpoint is None or not (checkpoint / MODEL_CONFIG).is_file() or not (run_dir / MODEL_CONFIG).is_file():
         return None
-    from transformers import AutoConfig
+    from transformers import AutoConfig, GenerationConfig
 
-    return _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
+    # The version that wrote a config is not part of the model: a run may resume under a newer transformers.
+    stored = {path: {key: value for key, value in jobs.read_json(path).items() if key != "transformers_version"}
+              for path in (checkpoint / MODEL_CONFIG, run_dir / MODEL_CONFIG)}
+    if stored[checkpoint / MODEL_CONFIG] != stored[run_dir / MODEL_CONFIG]:
+        differing = sorted(key for key in set().union(*stored.values())
+                           if stored[checkpoint / MODEL_CONFIG].get(key) != stored[run_dir / MODEL_CONFIG].get(key))
+        raise ValueError(f"{checkpoint}: does not fit this run's model (its model differs from the run's in "
+                         f"{', '.join(differing)}); it belongs to another run")
+
+    skeleton = _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
+    if (checkpoint / GENERATION_CONFIG).is_file():
+        skeleton.generation_config = GenerationConfig.from_pretrained(str(checkpoint), config_file_name=GENERATION_CONFIG)
+    return skeleton
 
 
-def _fill_from_checkpoint(core, model, checkpoint: Path, device: str) -> None:
-    """Every process's sharded skeleton given memory, and its buffers the checkpoint's; the weights follow
+def _fill_from_checkpoint(core, model, checkpoint: Path, device: str, *, sharded: bool) -> None:
+    """A skeleton (`sharded` by FSDP or not) given memory, and its buffers the checkpoint's; the weights follow
     with the checkpoint (`load_checkpoint`)."""
     import torch
     from safetensors.torch import load_file
 
     core.to_empty(device=device)
+    if not sharded:
+        model.tie_weights()  # off the meta device each module got a parameter of its own; FSDP keeps its ties
     stored = load_file(str(checkpoint / BUFFERS))
     with torch.no_grad():
         for name, buffer in model.named_buffers():
@@ -1171,6 +1194,7 @@ def _gathered_model(model, config: TrainConfig, distributed: "_Distributed"):
     if not distributed.is_main:
         return None
     plain = _skeleton(model.config, config, "cpu")
+    plain.generation_config = copy.deepcopy(model.generation_config)  # the base model's, as model/ keeps it
     plain.load_state_dict(weights, strict=True, assign=True)
     plain.tie_weights()  # `assign` gave tied names a parameter each
     buffers = dict(model.named_buffers())  # not in the state dict: RoPE's frequencies, whole on every process
@@ -1268,8 +1292,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     checkpoint = latest_checkpoint(run_dir) if distributed.is_main and run_dir.exists() else None
     if distributed.world_size > 1:  # the main process verifies the checksums; the others take its choice
         checkpoint = distributed.broadcast_object(checkpoint)
-    # Resumed under FSDP, every process builds the skeleton of the checkpoint's model: the weights come from it.
-    model = _checkpoint_skeleton(checkpoint, config, distributed.device) if from_main else None
+    # Resumed, every process builds the skeleton of the checkpoint's model: the weights come from the checkpoint.
+    model = _checkpoint_skeleton(checkpoint, run_dir, config, distributed.device)
     from_checkpoint = model is not None
     if not from_checkpoint:
         model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary) \
@@ -1296,6 +1320,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
         jobs.write_json(previous, config.to_dict())
         jobs.write_json(run_dir / "plan.json", asdict(plan))
+        if not from_checkpoint:  # the run's model, which a checkpoint's must be to be resumed from
+            model.config.to_json_file(run_dir / MODEL_CONFIG, use_diff=False)
     if model.device.type != "meta":  # a skeleton gets its memory once sharded
         model.to(distributed.device)
     if config.precision == "bf16-weights":
@@ -1328,10 +1354,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             fully_shard(layer, mp_policy=policy)
         fully_shard(core, mp_policy=policy)
         if from_checkpoint:
-            _fill_from_checkpoint(core, model, checkpoint, distributed.device)
+            _fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=True)
         else:
             _send_weights(model, core, full_weights, distributed)
         del full_weights
+    elif from_checkpoint:
+        _fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=False)
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
