@@ -130,6 +130,15 @@ def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path)
             (tmp_path / "reference" / "model" / name).read_bytes(), name
 
 
+def _as_written_before_model_configs(checkpoint):
+    """A checkpoint as simslm wrote them before they kept their model's config, generation settings and buffers."""
+    checksums = json.loads((checkpoint / "checksums.json").read_text())
+    for name in ("model_config.json", "generation_config.json", "buffers.safetensors"):
+        (checkpoint / name).unlink()
+        del checksums[name]
+    (checkpoint / "checksums.json").write_text(json.dumps(checksums))
+
+
 def test_a_resumed_run_loads_no_base_model(data, tmp_path, monkeypatch):
     """Resumed, a run builds the model its checkpoint holds from the config stored beside it; the base model (28 GB
     for 7B parameters in fp32) is not loaded only to be replaced. A checkpoint from before that stored it still
@@ -152,12 +161,7 @@ def test_a_resumed_run_loads_no_base_model(data, tmp_path, monkeypatch):
     train(config)
     assert loaded == [] and _losses(tmp_path / "run") == losses
     back_to_step_4()
-    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000004"
-    checksums = json.loads((checkpoint / "checksums.json").read_text())
-    for name in ("model_config.json", "generation_config.json", "buffers.safetensors"):
-        (checkpoint / name).unlink()
-        del checksums[name]
-    (checkpoint / "checksums.json").write_text(json.dumps(checksums))
+    _as_written_before_model_configs(tmp_path / "run" / "checkpoints" / "step-00000004")
     train(config)
     assert loaded == ["stories260K"] and _losses(tmp_path / "run") == losses
 
@@ -912,12 +916,7 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
     assert sorted((tmp_path / "resumed.log").read_text().splitlines()) == ["0 checkpoint weights", "0 optimizer state"]
     assert _losses(tmp_path / "run") == losses
     # A checkpoint written before checkpoints stored their model's config: the base model is loaded, as then.
-    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003"
-    checksums = json.loads((checkpoint / "checksums.json").read_text())
-    for name in ("model_config.json", "generation_config.json", "buffers.safetensors"):
-        (checkpoint / name).unlink()
-        del checksums[name]
-    (checkpoint / "checksums.json").write_text(json.dumps(checksums))
+    _as_written_before_model_configs(tmp_path / "run" / "checkpoints" / "step-00000003")
     back_to_step_3()
     torchrun("older.log")
     assert sorted((tmp_path / "older.log").read_text().splitlines()) == [
