@@ -544,8 +544,9 @@ MODEL_CONFIG, GENERATION_CONFIG, BUFFERS = "model_config.json", "generation_conf
 
 def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wall_sec: float,
                        names: list[str]) -> None:
-    """The model's config and buffers, the random generators and the loop's state beside a checkpoint's weights
-    (`names`), then the checksums of them all, written last: a checkpoint without them did not finish."""
+    """The model's config, generation settings and buffers, the random generators and the loop's state beside a
+    checkpoint's weights (`names`), then the checksums of them all, written last: a checkpoint without them did not
+    finish."""
     import torch
     from safetensors.torch import save_file
 
@@ -1165,7 +1166,8 @@ def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainCo
 
     skeleton = _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
     if (checkpoint / GENERATION_CONFIG).is_file():
-        skeleton.generation_config = GenerationConfig.from_pretrained(str(checkpoint), config_file_name=GENERATION_CONFIG)
+        skeleton.generation_config = GenerationConfig.from_pretrained(str(checkpoint),
+                                                                      config_file_name=GENERATION_CONFIG)
     return skeleton
 
 
