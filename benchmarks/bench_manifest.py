@@ -15,6 +15,8 @@ resident memory (`ru_maxrss`). The readers:
   the last of an extraction's processes ends: a pass over the manifest for its header, and one over the manifest
   and the shards for the report's totals;
 - `units extract, a later process`: the same, run once before the timing, as a requeued job or a re-run finds it;
+- `units extract, a later process, counts kept`: the same over a folder whose shards have their counts beside them
+  (`shard-NNNNN.totals.json`, which extractions write since the sixteenth session);
 - `units extract, one of an array`: a process of a two-task array whose shards are all written while one of the
   other's is not (a copy of the folder without it), run once before the timing: how every task but the last ends;
 - `units extract, one of 8 with work`: task 0 of an 8-task array with its 25 shards to do (their audio is missing, so
@@ -77,6 +79,24 @@ READERS = {
                                       " / 'codebook.npy'), out=str(Path(sys.argv[1]).parent / 'units'), "
                                       "shard_size=1000)\nextract_units(config)  # before the timing\n"
                                       "read = lambda m: range(extract_units(config).num_encoded)",
+    # The same, with each shard's counts kept beside it, as an extraction since the sixteenth session writes them
+    # (written here before the timing, from the shards and the manifest).
+    "units extract, a later process, counts kept": "from pathlib import Path\nimport json, shutil, sys\n"
+                                                   "from simslm import jobs\n"
+                                                   "from simslm.units import extract\n"
+                                                   "folder = Path(sys.argv[1]).parent\n"
+                                                   "shutil.copytree(folder / 'units', folder / 'kept', "
+                                                   "dirs_exist_ok=True)\n"
+                                                   "config = extract.ExtractConfig(manifest=sys.argv[1], codebook=str("
+                                                   "folder / 'codebook.npy'), out=str(folder / 'kept'), "
+                                                   "shard_size=1000)\n"
+                                                   "extract.extract_units(config)  # before the timing\n"
+                                                   "for i, shard in enumerate(extract._chunks(extract._records("
+                                                   "sys.argv[1]), 1000)):\n"
+                                                   "    path = folder / 'kept' / 'shards' / f'shard-{i:05d}.jsonl'\n"
+                                                   "    jobs.write_json(extract._totals_path(path), extract.shard_totals("
+                                                   "map(json.loads, path.read_text().splitlines()), shard))\n"
+                                                   "read = lambda m: range(extract.extract_units(config).num_encoded)",
     # A process of a 2-task array whose shards are all written while the other's last is not, run once before the
     # timing (as the first process to start, which checks the manifest): the end of every task but the last.
     "units extract, one of an array": "from pathlib import Path\nimport shutil, sys\n"

@@ -146,6 +146,25 @@ def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp
         [getattr(whole_report, name) for name in (*fields, "audio_sec", "skipped_by_reason")]
     written = json.loads((tmp_path / "split" / "report.json").read_text())
     assert [written[name] for name in fields] == [getattr(whole_report, name) for name in fields]
+    # The completing process summed each shard's counts, kept beside it, without reading the manifest or the
+    # shards again; a folder whose shards have none (written before they were kept) is counted from its lines.
+    from simslm.units import extract
+
+    def unread(*args, **kwargs):  # a pass over the manifest fails at its first line
+        pytest.fail("the manifest was read again")
+        yield
+
+    monkeypatch.setattr(extract, "_records", unread)
+    monkeypatch.setattr(extract, "_prepare_folder", lambda *args: 6)  # the header's pass, not under test here
+    again = extract_units(split)
+    assert [getattr(again, name) for name in (*fields, "audio_sec", "skipped_by_reason")] == \
+        [getattr(whole_report, name) for name in (*fields, "audio_sec", "skipped_by_reason")]
+    monkeypatch.undo()
+    for counts in (tmp_path / "split" / "shards").glob("*.totals.json"):
+        counts.unlink()
+    older = extract_units(split)
+    assert [getattr(older, name) for name in (*fields, "audio_sec", "skipped_by_reason")] == \
+        [getattr(whole_report, name) for name in (*fields, "audio_sec", "skipped_by_reason")]
 
 
 def test_a_later_process_takes_the_manifests_check_from_units_json(extracted, tmp_path, monkeypatch):

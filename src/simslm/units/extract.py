@@ -508,8 +508,21 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
         units, durations = deduplicate(codebook.assign(features))
         lines[position] = {"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
                            "units": units.tolist(), "durations": durations.tolist()}
+    totals = shard_totals(lines, records)
+    # Its counts first, then the shard (whose presence marks it done): a present shard has them beside it.
+    jobs.write_json(_totals_path(Path(shard_path)), totals)
     jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
-    return shard_index, {"totals": shard_totals(lines, records), "agreement": agreement}
+    return shard_index, {"totals": totals, "agreement": agreement}
+
+
+def _totals_path(shard_path: Path) -> Path:
+    """Where a shard's counts are kept (`shard-NNNNN.totals.json`, which the readers' `shard-*.jsonl` skips)."""
+    return shard_path.with_name(shard_path.name.removesuffix(".jsonl") + ".totals.json")
+
+
+def _read_totals(shard_path: Path) -> dict[str, Any]:
+    totals = jobs.read_json(_totals_path(shard_path))
+    return {**totals, "skipped": collections.Counter(totals["skipped"])}
 
 
 def shard_totals(lines: Iterable[dict[str, Any]], records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -612,11 +625,15 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
     present = sum((out / "shards" / f"shard-{i:05d}.jsonl").exists() for i in range(num_shard_files))
     complete = present == num_shard_files
-    if complete:
-        # The whole corpus, from the shards on disk: a resumed run, or the last process of several, reports it all.
-        totals = _summed(shard_totals(map(json.loads, jobs.read_text(out / "shards" / f"shard-{i:05d}.jsonl")
-                                          .splitlines()), shard)
-                         for i, shard in enumerate(_chunks(all_records(), config.shard_size)))
+    shard_paths = [out / "shards" / f"shard-{i:05d}.jsonl" for i in range(num_shard_files)]
+    if complete and all(_totals_path(path).exists() for path in shard_paths):
+        # The whole corpus, from each shard's counts: a resumed run, or the last process of several, reports it all.
+        totals = _summed(_read_totals(path) for path in shard_paths)
+    elif complete:
+        # Shards written before their counts were kept beside them: counted from their lines and the manifest (some
+        # 40 GB of JSON and the manifest again at Libri-Light's 21M segments).
+        totals = _summed(shard_totals(map(json.loads, jobs.read_text(path).splitlines()), shard)
+                         for path, shard in zip(shard_paths, _chunks(all_records(), config.shard_size)))
     else:
         # Other processes are still writing theirs: this run's shards alone. Reading every present shard (some 40
         # GB of JSON at Libri-Light's 21M segments) and the manifest again would keep each process of an array
@@ -631,6 +648,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         else:
             for index in todo:
                 (out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
+                _totals_path(out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
     report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
