@@ -117,7 +117,7 @@ READERS = {
                                          "config = ExtractConfig(manifest=sys.argv[1], codebook=str(folder / "
                                          "'codebook.npy'), out=str(folder / 'eight'), shard_size=1000, num_shards=8, "
                                          "shard_index=1)\nextract_units(config)  # before the timing: task 1\n"
-                                         "shards = len(list((folder / 'eight' / 'shards').iterdir()))\n"
+                                         "shards = len(list((folder / 'eight' / 'shards').glob('shard-*.jsonl')))\n"
                                          "for i in [*range(0, shards, 8), 1]:\n"
                                          "    (folder / 'eight' / 'shards' / f'shard-{i:05d}.jsonl').unlink()\n"
                                          "config = ExtractConfig(manifest=sys.argv[1], codebook=str(folder / "
