@@ -1156,14 +1156,12 @@ def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainCo
     from transformers import AutoConfig, GenerationConfig
 
     # The version that wrote a config is not part of the model: a run may resume under a newer transformers.
-    stored = {path: {key: value for key, value in jobs.read_json(path).items() if key != "transformers_version"}
-              for path in (checkpoint / MODEL_CONFIG, run_dir / MODEL_CONFIG)}
-    if stored[checkpoint / MODEL_CONFIG] != stored[run_dir / MODEL_CONFIG]:
-        differing = sorted(key for key in set().union(*stored.values())
-                           if stored[checkpoint / MODEL_CONFIG].get(key) != stored[run_dir / MODEL_CONFIG].get(key))
+    its, ours = ({key: value for key, value in jobs.read_json(path).items() if key != "transformers_version"}
+                 for path in (checkpoint / MODEL_CONFIG, run_dir / MODEL_CONFIG))
+    if its != ours:
+        differing = sorted(key for key in its.keys() | ours.keys() if its.get(key) != ours.get(key))
         raise ValueError(f"{checkpoint}: does not fit this run's model (its model differs from the run's in "
                          f"{', '.join(differing)}); it belongs to another run")
-
     skeleton = _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
     if (checkpoint / GENERATION_CONFIG).is_file():
         skeleton.generation_config = GenerationConfig.from_pretrained(str(checkpoint),
@@ -1322,8 +1320,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
         jobs.write_json(previous, config.to_dict())
         jobs.write_json(run_dir / "plan.json", asdict(plan))
-        if not from_checkpoint:  # the run's model, which a checkpoint's must be to be resumed from
-            model.config.to_json_file(run_dir / MODEL_CONFIG, use_diff=False)
+        if not from_checkpoint:  # the run's model, which a checkpoint's must be to be resumed from (atomic: a
+            jobs.write_text(run_dir / MODEL_CONFIG, model.config.to_json_string(use_diff=False))  # torn one bars it)
     if model.device.type != "meta":  # a skeleton gets its memory once sharded
         model.to(distributed.device)
     if config.precision == "bf16-weights":

@@ -597,9 +597,9 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     created = not out.exists()  # only a folder made here is removed after a failure
     num_records = _prepare_folder(config, spec, codebook, all_records, from_manifest)
     num_shard_files = -(-num_records // config.shard_size)
+    shard_paths = [out / "shards" / f"shard-{i:05d}.jsonl" for i in range(num_shard_files)]
     mine = config.this_shard()
-    todo = [i for i in range(num_shard_files)
-            if i % config.num_shards == mine and not (out / "shards" / f"shard-{i:05d}.jsonl").exists()]
+    todo = [i for i in range(num_shard_files) if i % config.num_shards == mine and not shard_paths[i].exists()]
     workers = _workers(config.num_workers, device, len(todo))
     if todo:
         encoder = _encoder(asdict(spec), device, config.dtype)
@@ -618,14 +618,13 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         wanted = set(todo)
         shards = ((i, shard) for i, shard in enumerate(itertools.islice(_chunks(all_records(), config.shard_size),
                                                                          max(todo, default=-1) + 1)) if i in wanted)
-    tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()),
-              str(out / "shards" / f"shard-{i:05d}.jsonl"), workers, run) for i, shard in shards)
+    tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()), str(shard_paths[i]),
+              workers, run) for i, shard in shards)
     done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
                                       description="units extract (shards)"))
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
-    present = sum((out / "shards" / f"shard-{i:05d}.jsonl").exists() for i in range(num_shard_files))
+    present = sum(path.exists() for path in shard_paths)
     complete = present == num_shard_files
-    shard_paths = [out / "shards" / f"shard-{i:05d}.jsonl" for i in range(num_shard_files)]
     if complete and all(_totals_path(path).exists() for path in shard_paths):
         # The whole corpus, from each shard's counts: a resumed run, or the last process of several, reports it all.
         totals = _summed(_read_totals(path) for path in shard_paths)
@@ -647,8 +646,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
             shutil.rmtree(out, ignore_errors=True)
         else:
             for index in todo:
-                (out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
-                _totals_path(out / "shards" / f"shard-{index:05d}.jsonl").unlink(missing_ok=True)
+                shard_paths[index].unlink(missing_ok=True)
+                _totals_path(shard_paths[index]).unlink(missing_ok=True)
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
     report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
                            num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
@@ -737,6 +736,8 @@ def manifest_stamp(manifest: str | os.PathLike, ends: int = 1 << 16) -> dict[str
     """What tells a manifest from an edited one without reading it: its size, modification time, and the digest
     of its first and last 64 KiB."""
     path = Path(manifest)
+    if path.is_dir():  # as the manifest's own reader says it
+        raise ValueError(f"{path}: a folder, not a manifest (.jsonl)")
     status = path.stat()
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read(ends))
@@ -753,10 +754,9 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     # The folder's header first, here: the manifest is checked once, and a bad line stops the array before any job
     # is queued, where each of its jobs would check the whole manifest and fail alike.
     codebook = kmeans.Codebook.load(config.codebook)
-    num_records = _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
-                                  lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
-    written_before = sum((Path(config.out) / "shards" / f"shard-{i:05d}.jsonl").exists()
-                         for i in range(-(-num_records // config.shard_size)))
+    _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
+                    lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
+    written_before = _shards_present(Path(config.out))[0]
     executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
                                       slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
