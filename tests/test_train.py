@@ -29,6 +29,13 @@ from simslm.train import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _torchrun(processes: int, *arguments: str) -> list[str]:
+    """torchrun of `processes` with its log folder off, as `simslm sweep` runs it: no test leaves a torchelastic_*
+    folder in the temporary directory."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
+            "--nproc_per_node", str(processes), *arguments]
+
+
 @pytest.fixture(scope="module")
 def data(speech_sequences):
     return speech_sequences
@@ -360,8 +367,7 @@ def _one_process_and_torchrun(data, tmp_path, shared=None, **parallel_changes):
     for name, config in (("single", single), ("parallel", parallel)):
         (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
     subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json")]
+    torchrun = _torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json"))
     completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     # transformers' notice of the new embedding rows (TWIST), from the first process only
@@ -666,8 +672,7 @@ def test_a_run_of_two_processes_resumes_with_one_when_a_replan_is_allowed(data, 
     parallel = _config(data, tmp_path / "run", budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
                        num_checkpoints_kept=10)
     (tmp_path / "parallel.json").write_text(json.dumps(parallel.__dict__))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json")]
+    torchrun = _torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json"))
     completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     run = tmp_path / "run"
@@ -792,8 +797,7 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path, che
         config = _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
                          num_checkpoints_kept=5, fsdp=True, checkpoint_format=checkpoint_format)
         (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json")]
+        return _torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json"))
 
     completed = subprocess.run(torchrun("reference"), env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -833,9 +837,8 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     (tmp_path / "spy.py").write_text(_SPY)
 
     def torchrun(processes: int, log: str) -> subprocess.CompletedProcess:
-        completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                    str(processes), str(tmp_path / "spy.py"), str(tmp_path / log), "train",
-                                    "--config", str(tmp_path / "run.json")],
+        completed = subprocess.run(_torchrun(processes, str(tmp_path / "spy.py"), str(tmp_path / log), "train",
+                                             "--config", str(tmp_path / "run.json")),
                                    env=env, cwd=REPO, capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr[-3000:]
         return completed
@@ -896,9 +899,9 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
     (tmp_path / "spy.py").write_text(_SPY)
 
     def torchrun(log: str) -> None:
-        completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                    "2", str(tmp_path / "spy.py"), str(tmp_path / log), "train", "--config",
-                                    str(tmp_path / "run.json")], env=env, cwd=REPO, capture_output=True, text=True)
+        completed = subprocess.run(_torchrun(2, str(tmp_path / "spy.py"), str(tmp_path / log), "train", "--config",
+                                             str(tmp_path / "run.json")), env=env, cwd=REPO, capture_output=True,
+                                   text=True)
         assert completed.returncode == 0, completed.stderr[-3000:]
 
     def back_to_step_3() -> None:

@@ -384,11 +384,14 @@ def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(dat
 
 
 @pytest.mark.slow
-def test_a_run_of_two_processes_through_torchrun_on_the_local_executor(data, tmp_path):
-    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
-    assert sweep.run_sweep(tmp_path, num_parallel=1, nproc_per_run=2) == {"done": 1}
-    (run,) = sweep.load_sweep(tmp_path)["runs"]
+def test_a_run_of_two_processes_through_torchrun_on_the_local_executor(data, tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path / "sweep")
+    assert sweep.run_sweep(tmp_path / "sweep", num_parallel=1, nproc_per_run=2) == {"done": 1}
+    (run,) = sweep.load_sweep(tmp_path / "sweep")["runs"]
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2
+    assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun left no log folder behind
 
 
 @pytest.mark.slow

@@ -587,8 +587,10 @@ def _run_command(sweep_dir: Path, identifier: str, nproc_per_run: int) -> list[s
     one = ["-m", "simslm", "sweep", "run-one", str(sweep_dir), identifier]
     if nproc_per_run == 1:
         return [sys.executable, *one]
+    # torchrun's default log folder is a new torchelastic_* folder in the temporary directory, left behind by
+    # every run (a sweep of hundreds leaves hundreds); the ranks' output already goes to the run's log.
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc_per_run),
-            *one]
+            "--log-dir", os.devnull, *one]
 
 
 # What a run imports (torch, transformers' model and tokenizer classes of the paper's families, simslm's
