@@ -12,6 +12,7 @@ from simslm.scaling.fit import (
     approach1,
     approach2,
     approach3,
+    degenerate_reasons,
     fit_all,
     fit_law,
     fit_warnings,
@@ -279,6 +280,24 @@ def test_points_that_do_not_vary_give_a_degenerate_law_not_a_division_error():
     assert math.isnan(fit["approach3"]["a"]) and math.isnan(fit["approach3"]["b"])
     assert "alpha ended on the bound of its search" in " ".join(fit["approach3"]["degenerate"])
     assert "4 row(s) repeat an earlier one exactly" in " ".join(fit["warnings"])
+
+
+# The default demo's interleaved + TWIST runs on an Intel Xeon with AMX (2026-12-05; parameters, tokens, validation
+# speech CE to 4 places): 4 budgets x 4 sizes, where d1 is far worse than d2 and the N term fits as a cliff.
+CLIFF_RUNS = [(14816, 1405952, 3.3986), (46592, 446976, 3.3124), (117600, 177152, 3.4448), (247040, 84480, 4.3131),
+              (14816, 2249728, 3.3621), (46592, 715264, 3.1565), (117600, 283648, 3.3219), (247040, 135168, 3.5791),
+              (14816, 3599872, 3.3183), (46592, 1144832, 3.1043), (117600, 453632, 3.2405), (247040, 216064, 3.3916),
+              (14816, 5624320, 3.2851), (46592, 1788416, 3.0708), (117600, 708608, 3.1882), (247040, 337408, 3.2488)]
+
+
+@pytest.mark.parametrize("estimator", ["huber", "likelihood"])
+def test_a_law_whose_exponent_stops_at_its_bound_is_degenerate_for_either_estimator(estimator):
+    parameters, tokens, loss = (np.asarray(column, dtype=float) for column in zip(*CLIFF_RUNS))
+    points = Points(parameters, tokens, loss)
+    fit = approach3(points, num_resamples=10, estimator=estimator)
+    # The Huber fit stops on α's bound of 5; the likelihood's BFGS, unbounded, a hair inside it (4.9997).
+    assert 4.99 < fit["law"]["alpha"] <= 5.0
+    assert "alpha ended on the bound of its search" in " ".join(degenerate_reasons(points, fit))
 
 
 def test_a_table_without_budgets_is_bootstrapped_over_rows_and_its_intervals_cover_the_law(tmp_path):
