@@ -968,6 +968,74 @@ def test_a_step_that_cannot_compile_says_so_and_trains_eagerly(data, tmp_path, m
     assert _losses(tmp_path / "fallback") == _losses(tmp_path / "eager")  # eager is bit for bit the default
 
 
+# `simslm ARGS...` with torch.compile noted (what each process compiles) and, with COMPILE=fail, failing at its
+# first call as a machine without a C++ compiler does.
+_COMPILE_SPY = """
+import os, sys
+import torch
+from simslm.cli import main
+
+compile = torch.compile
+
+
+def noted(target, **options):
+    with open(sys.argv[1], "a") as handle:
+        handle.write(f"{os.environ['RANK']} {getattr(target, '__qualname__', type(target).__name__)}\\n")
+    if os.environ.get("COMPILE") != "fail":
+        return compile(target, **options)
+
+    def fails(*arguments, **keywords):
+        raise RuntimeError("no C++ compiler found")
+    return fails
+
+
+torch.compile = noted
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_runs_of_two_processes_train_as_one_eager_process(data, tmp_path):
+    """--compile --fsdp: each process compiles each decoder layer's forward (FSDP's hooks, which gather a layer's
+    weights, stay outside); the run trains as one eager process does, to 1e-4, and saves a model under its own
+    names. A compile that fails at its first call falls back to eager, to the same losses as --fsdp alone.
+    --compile with data parallelism (DDP) compiles the whole step's forward and loss, as one process does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "spy.py").write_text(_COMPILE_SPY)
+    runs = {name: _config(data, tmp_path / name, budget_tokens=6 * 4 * 64, batch_size=batch_size, checkpoint_every=3,
+                          **changes)
+            for name, batch_size, changes in (("single", 4, {}), ("eager", 2, {"fsdp": True}),
+                                              ("compiled", 2, {"fsdp": True, "compile": True}),
+                                              ("fallback", 2, {"fsdp": True, "compile": True}),
+                                              ("data-parallel", 2, {"compile": True}))}
+    for name, config in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
+    subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
+    for name in ("eager", "compiled", "fallback", "data-parallel"):
+        completed = subprocess.run(_torchrun(2, str(tmp_path / "spy.py"), str(tmp_path / f"{name}.log"), "train",
+                                             "--config", str(tmp_path / f"{name}.json")),
+                                   env={**env, "COMPILE": "fail" if name == "fallback" else ""}, cwd=REPO,
+                                   capture_output=True, text=True)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        if name == "fallback":
+            assert "--compile failed (RuntimeError: no C++ compiler found); training eagerly" in completed.stderr
+    num_layers = json.loads((tmp_path / "single" / "model" / "config.json").read_text())["num_hidden_layers"]
+    assert sorted((tmp_path / "compiled.log").read_text().splitlines()) == sorted(
+        [f"{rank} LlamaDecoderLayer.forward" for rank in (0, 1)] * num_layers)
+    assert np.allclose(_losses(tmp_path / "compiled"), _losses(tmp_path / "single"), rtol=1e-4)
+    from transformers import AutoModelForCausalLM
+
+    gathered = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "model").state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model").state_dict()
+    assert list(gathered) == list(reference)
+    for name, weight in gathered.items():
+        assert np.allclose(weight.numpy(), reference[name].numpy(), atol=1e-4), name
+    assert _losses(tmp_path / "fallback") == _losses(tmp_path / "eager")
+    assert sorted((tmp_path / "data-parallel.log").read_text().splitlines()) == ["0 _loss_and_totals",
+                                                                                "1 _loss_and_totals"]
+    assert np.allclose(_losses(tmp_path / "data-parallel"), _losses(tmp_path / "single"), rtol=1e-4)
+
+
 def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_is_slow(data, tmp_path, monkeypatch,
                                                                                          capsys):
     import torch

@@ -136,8 +136,9 @@ class TrainConfig(Config):
     tokens stay, and the schedule continues from the tokens already seen. Off: such a resume is refused."""
     compile: bool = False
     """Compile each micro-batch's forward and loss with torch.compile (1.1-1.6x the eager step on 2 CPU cores
-    from 12k to 850k parameters, after 10-35 s of compiling; docs/BENCHMARKS.md). Losses agree with eager to
-    1e-4, not bit for bit; if compiling fails, the run says so and trains eagerly."""
+    from 12k to 850k parameters, after 10-35 s of compiling; docs/BENCHMARKS.md); under --fsdp each decoder
+    layer's forward instead, as torchtitan compiles per block. Losses agree with eager to 1e-4, not bit for bit;
+    if compiling fails, the run says so and trains eagerly."""
     compile_mode: Literal["auto", "default", "max-autotune-no-cudagraphs"] = "auto"
     """torch.compile's mode with --compile. auto: max-autotune-no-cudagraphs on the CPU (inductor times its own
     C++ matrix kernels against the library's and keeps the faster: 1.1-1.2x default at depth 2, no longer to
@@ -174,8 +175,6 @@ class TrainConfig(Config):
             raise ConfigError("--validation-every needs --validation-data")
         if self.compile_mode != "auto" and not self.compile:
             raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
-        if self.compile and self.fsdp:
-            raise ConfigError("--compile with --fsdp is not supported: compile per layer is not wired up yet")
         if self.checkpoint_format == "sharded" and not self.fsdp:
             raise ConfigError("--checkpoint-format sharded needs --fsdp: without it every process holds the whole "
                               "model, and the main one saves it")
@@ -908,13 +907,21 @@ def _loss_and_totals(model, tokens, positions, kinds, autocast, chunked: bool = 
 
 
 class _StepLosses:
-    """`_loss_and_totals`, compiled with torch.compile when asked; a first call that cannot compile says why and
-    falls back to eager for the rest of the run (later failures are real ones and raise)."""
+    """`_loss_and_totals`, compiled with torch.compile when asked: the whole function, or with `layers` (FSDP's
+    units) each layer's forward alone. FSDP gathers a layer's weights in hooks around its forward, and those stay
+    outside the compiled code (torchtitan compiles per block for the same reason). A first call that cannot compile
+    says why and falls back to eager for the rest of the run (later failures are real ones and raise)."""
 
-    def __init__(self, compile_step: bool, quiet: bool, mode: str = "default"):
+    def __init__(self, compile_step: bool, quiet: bool, mode: str = "default", layers=None):
         import torch
 
-        self.function = (torch.compile(_loss_and_totals, dynamic=False, mode=mode) if compile_step
+        self.layers = list(layers) if compile_step and layers is not None else []
+        for layer in self.layers:
+            # An attribute of the instance, ahead of its class's forward: the module, its hooks and its
+            # state_dict's names stay as they are. Every layer shares one compiled graph (a training forward
+            # reads no layer index: no KV cache).
+            layer.forward = torch.compile(layer.forward, dynamic=False, mode=mode)
+        self.function = (torch.compile(_loss_and_totals, dynamic=False, mode=mode) if compile_step and not self.layers
                          else _loss_and_totals)
         self.untried, self.quiet = compile_step, quiet
 
@@ -930,6 +937,8 @@ class _StepLosses:
                       f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); training eagerly",
                       file=sys.stderr)
             self.function = _loss_and_totals
+            for layer in self.layers:
+                del layer.forward  # its class's own again
             return self.function(*arguments)
 
 
@@ -1383,7 +1392,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
-    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode)
+    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode,
+                              layers=model.base_model.layers if config.fsdp else None)
     kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = 0.0
     if distributed.is_main:
