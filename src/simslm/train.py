@@ -855,12 +855,11 @@ def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
     """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets."""
     loss_sum, totals = _loss_and_totals(model, tokens, positions, _token_kinds(vocabulary, tokens.device), autocast,
                                         chunked)
-    return loss_sum, _sum_count_pairs(totals)
+    return loss_sum, _sum_count_pairs(totals.tolist())
 
 
-def _sum_count_pairs(totals) -> list[float]:
-    """[sum, count] of all / speech / text from `_loss_and_totals`'s tensor: the micro-batch's one transfer."""
-    totals = totals.tolist()
+def _sum_count_pairs(totals: list[float]) -> list[float]:
+    """[sum, count] of all / speech / text from the values of `_loss_and_totals`'s tensor."""
     return [totals[0], totals[3], totals[1], totals[4], totals[2], totals[5]]
 
 
@@ -1012,8 +1011,28 @@ class _Launched:
     step: int
     started: float
     lr: float
-    sums: list[Any]  # each micro-batch's `_loss_and_totals` tensor
-    grad_norm: Any
+    numbers: Any  # each micro-batch's `_loss_and_totals` values, then the gradient norm: one tensor (`_toward_host`)
+    ready: Any  # on CUDA, an event recorded behind the copy of `numbers` to the host; None on the CPU
+
+
+def _toward_host(step_sums: list[Any], grad_norm: Any, on_cuda: bool) -> tuple[Any, Any]:
+    """A launched step's numbers as one tensor on its way to the host, and on CUDA an event recorded behind that copy.
+
+    Reading a tensor on the GPU (`.tolist()`) queues its copy behind everything launched so far: read after the
+    next step is launched, it waits for that step to end too, and the GPU then idles while the host prepares the
+    step after. The copy queued here follows this step's kernels only, and waiting on its event waits for them."""
+    import torch
+
+    # float64 holds every value of the step's float32 sums and its norm (float32, or bfloat16 for bf16 weights)
+    # exactly, so what is logged is what each tensor held.
+    numbers = torch.cat([tensor.detach().reshape(-1).to(torch.float64) for tensor in (*step_sums, grad_norm)])
+    if not on_cuda:
+        return numbers, None
+    host = torch.empty(numbers.shape, dtype=numbers.dtype, pin_memory=True)
+    host.copy_(numbers, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 # What each entry of `RunResult.validation_batches` holds, in order.
@@ -1413,9 +1432,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     def settle(entry: _Launched) -> None:
         """Read a launched step's numbers back, check them and log them."""
         nonlocal last_read
+        if entry.ready is not None:
+            entry.ready.synchronize()
+        *sums, grad_norm = entry.numbers.tolist()
         totals = [0.0] * 6
-        for sums in entry.sums:
-            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums))]
+        for start in range(0, len(sums), 6):  # micro-batch by micro-batch, in the order they were summed before
+            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums[start:start + 6]))]
         totals = distributed.all_sum(totals)
         done = entry.step + 1
         if not math.isfinite(totals[0]):
@@ -1430,7 +1452,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         elapsed, last_read = now - max(last_read, entry.started), now
         tokens_per_sec = plan.tokens_per_step / elapsed
         achieved = tokens_per_sec * plan.flops_per_token["all_params"]
-        record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": float(entry.grad_norm),
+        record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": grad_norm,
                   "tokens": plan.tokens_before(done),
                   "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
@@ -1471,7 +1493,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"], step_sums, grad_norm))
+            launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"],
+                                      *_toward_host(step_sums, grad_norm, on_cuda)))
             done = step + 1
             checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or stopping > 0
             validating = bool(config.validation_every) and done % config.validation_every == 0 and \
