@@ -404,6 +404,8 @@ CASES: dict[str, Case] = {
     "train: sharded checkpoints without fsdp": lambda w: (
         ["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_tokens=1000", "checkpoint_format=sharded"],
         "--checkpoint-format sharded needs --fsdp", []),
+    "train: fsdp in one process": lambda w: (["train", f"run_dir={w.bad / 'run-fsdp'}", f"data={w.data}",
+                                             "budget_tokens=1000", "fsdp=true"], "--fsdp needs several processes", []),
     "train: checkpoint_every=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
                                              "budget_tokens=1000", "checkpoint_every=0"], "--checkpoint-every", []),
     "train: budget_flops=inf": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_flops=inf"],

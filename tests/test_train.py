@@ -968,6 +968,13 @@ def test_a_step_that_cannot_compile_says_so_and_trains_eagerly(data, tmp_path, m
     assert _losses(tmp_path / "fallback") == _losses(tmp_path / "eager")  # eager is bit for bit the default
 
 
+def test_fsdp_in_one_process_is_refused_before_the_run_folder_is_written(data, tmp_path):
+    # Its plan for one process would then have refused the torchrun that follows (planned for 1 process, not 2).
+    with pytest.raises(ValueError, match="--fsdp needs several processes: start the run with torchrun"):
+        train(_config(data, tmp_path / "run", fsdp=True))
+    assert not (tmp_path / "run").exists()
+
+
 # `simslm ARGS...` with torch.compile noted (what each process compiles) and, with COMPILE=fail, failing at its
 # first call as a machine without a C++ compiler does.
 _COMPILE_SPY = """

@@ -1257,6 +1257,9 @@ def train(config: TrainConfig) -> RunResult | None:
     if config.attention == "flex_attention" and not distributed.device.startswith("cuda"):
         raise ConfigError("--attention flex_attention trains on CUDA only: PyTorch's flex attention has no backward "
                           "on the CPU")
+    if config.fsdp and distributed.world_size < 2:
+        # Said before the run's folder is written: a plan for one process would refuse the torchrun that follows.
+        raise ConfigError("--fsdp needs several processes: start the run with torchrun (--nproc-per-node 2 or more)")
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():  # said before the base model loads, not after
         raise ValueError(f"{run_dir}: a file, where the run's folder is to be")
@@ -1368,8 +1371,6 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # it, so DDP and FSDP see every parameter's use through its forward).
     core = chunked_loss_module(model, config.loss_chunk_tokens) if chunked else model
     if config.fsdp:
-        if distributed.world_size < 2:
-            raise ValueError("fsdp needs several processes: start the run with torchrun")
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         bf16 = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
