@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -297,7 +298,9 @@ def _sweep_wait(config) -> int:
 def _sweep_run_one(config) -> int:
     from simslm.scaling.sweep import execute_run
 
-    print(execute_run(config.sweep, config.run_id))
+    status = execute_run(config.sweep, config.run_id)
+    if int(os.environ.get("RANK", "0")) == 0:  # a run of several processes logs its status once
+        print(status)
     return 0
 
 

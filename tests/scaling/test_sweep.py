@@ -392,6 +392,7 @@ def test_a_run_of_two_processes_through_torchrun_on_the_local_executor(data, tmp
     (run,) = sweep.load_sweep(tmp_path / "sweep")["runs"]
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2
     assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun left no log folder behind
+    assert (tmp_path / "sweep" / "runs" / f"{run['id']}.log").read_text().splitlines().count("done") == 1  # rank 0's
 
 
 @pytest.mark.slow
