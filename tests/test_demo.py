@@ -177,3 +177,21 @@ def test_the_demo_refuses_a_folder_of_other_files_before_writing_anything(tmp_pa
     assert main(["demo", "--out", str(tmp_path / "mine")]) == 2
     assert "not empty, and not a demo folder" in capsys.readouterr().err
     assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_finding_two_names_a_degenerate_law_and_with_single_runs_says_how_more_may_determine_it():
+    sound = {"approach3": {"a": 0.62, "ci_a": [0.55, 0.70], "degenerate": []},
+             "approach2": {"a": 0.60, "ci_a": [0.50, 0.68]}, "approach1": {"a": float("nan")}}
+    assert demo.finding_two(sound, 0, 4, 1).startswith(
+        "Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): holds here: a = 0.620 "
+        "[0.550, 0.700], approach 2 a = 0.600 [0.500, 0.680], approach 1 n/a")
+    assert "Approaches 2 and 3 agree within their 95% intervals." in demo.finding_two(sound, 0, 4, 1)
+    assert "cannot be judged (the best size is the grid's smallest or largest at 1 of 4 budgets" in \
+        demo.finding_two(sound, 1, 4, 1)
+    reason = "alpha ended on the bound of its search (5): the data do not determine it"
+    degenerate = {**sound, "approach3": {**sound["approach3"], "degenerate": [reason]}}
+    single = demo.finding_two(degenerate, 0, 4, 1)
+    assert f"cannot be judged (the parametric fit is degenerate: {reason}; a second training run per cell " \
+           f"(--seeds 2, which trains only the new runs) may determine it) here: approach 2 a = 0.600" in single
+    assert "a = 0.620" not in single and "agree" not in single  # a degenerate law's numbers are not shown
+    assert f"degenerate: {reason}) here:" in demo.finding_two(degenerate, 0, 4, 2)  # replicates already: no hint

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
@@ -390,6 +391,39 @@ def bracketing(sweep_dir: Path, found: list[dict[str, Any]], num_cells: int) -> 
             f"cells, so their isoFLOP minimum may lie outside the sizes run: {'; '.join(cells)}.")
 
 
+def finding_two(fit: dict[str, Any], num_at_edge: int, num_budgets: int, runs_per_cell: int) -> str:
+    """Whether interleaved + TWIST's compute-optimal exponent a exceeds 0.5 (the paper's finding 2), from its
+    fit.json entry; `num_at_edge` of `num_budgets` budgets have their best size at the grid's edge."""
+    approach3 = fit["approach3"]
+    low, high = approach3["ci_a"]
+    if approach3.get("degenerate"):
+        allocation = f"cannot be judged (the parametric fit is degenerate: {'; '.join(approach3['degenerate'])}"
+        if runs_per_cell == 1:
+            # On an Intel Xeon the default demo's single runs left the N term undetermined; a second seed per cell
+            # determined it (docs/LOG.md, 2026-12-05).
+            allocation += "; a second training run per cell (--seeds 2, which trains only the new runs) may determine it"
+        allocation += ")"
+    elif num_at_edge:
+        allocation = (f"cannot be judged (the best size is the grid's smallest or largest at {num_at_edge} of "
+                      f"{num_budgets} budgets, so the grid does not bracket the optimum and the exponents "
+                      f"extrapolate)")
+    else:
+        allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
+                      "is not resolved (the interval includes 0.5)")
+    approach3_a = "" if approach3.get("degenerate") else f"a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], "
+    second = fit["approach2"]
+    second_ci = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
+    first_a = (f"a = {fit['approach1']['a']:.3f}" if math.isfinite(fit["approach1"]["a"]) else
+               "n/a (one size is the best at nearly every compute, or the best runs span too little of it)")
+    agreement = ""
+    if second.get("ci_a") and not approach3.get("degenerate"):
+        overlap = second["ci_a"][0] <= high and low <= second["ci_a"][1]
+        agreement = (" Approaches 2 and 3 agree within their 95% intervals." if overlap else
+                     " Approaches 2 and 3 disagree: their 95% intervals do not overlap.")
+    return (f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
+            f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 {first_a}.{agreement}")
+
+
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
     from simslm.scaling import sweep
@@ -409,30 +443,10 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     lines += finding_one(best, budgets)
     main = fits.get("interleaved-twist")
     if main:
-        approach3 = main["approach3"]
-        low, high = approach3["ci_a"]
         at_edge = {edge["budget"] for edge in found if edge["variant"] == "interleaved-twist"}
-        if approach3.get("degenerate"):
-            allocation = f"cannot be judged (the parametric fit is degenerate: {'; '.join(approach3['degenerate'])})"
-        elif at_edge:
-            allocation = (f"cannot be judged (the best size is the grid's smallest or largest at {len(at_edge)} of "
-                          f"{len(budgets)} budgets, so the grid does not bracket the optimum and the exponents "
-                          f"extrapolate)")
-        else:
-            allocation = ("holds" if low > 0.5 else "does not hold" if high < 0.5 else
-                          "is not resolved (the interval includes 0.5)")
-        approach3_a = "" if approach3.get("degenerate") else f"a = {approach3['a']:.3f} [{low:.3f}, {high:.3f}], "
-        second = main["approach2"]
-        second_ci = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
-        first_a = (f"a = {main['approach1']['a']:.3f}" if math.isfinite(main["approach1"]["a"]) else
-                   "n/a (one size is the best at nearly every compute, or the best runs span too little of it)")
-        agreement = ""
-        if second.get("ci_a") and not approach3.get("degenerate"):
-            overlap = second["ci_a"][0] <= high and low <= second["ci_a"][1]
-            agreement = (" Approaches 2 and 3 agree within their 95% intervals." if overlap else
-                         " Approaches 2 and 3 disagree: their 95% intervals do not overlap.")
-        lines.append(f"Finding 2, compute-optimal allocation leans to model size (a > b, i.e. a > 0.5): {allocation} "
-                     f"here: {approach3_a}approach 2 a = {second['a']:.3f}{second_ci}, approach 1 {first_a}.{agreement}")
+        runs_per_cell = max(Counter((row["budget"], row["member"]) for row in rows
+                                    if row["variant"] == "interleaved-twist").values())
+        lines.append(finding_two(main, len(at_edge), len(budgets), runs_per_cell))
     # Cells, not runs: with replicates, the best cell's mean accuracy, not the luckiest seed's.
     accuracies = [(row, name, result) for row in sweep.cells(rows) for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]
