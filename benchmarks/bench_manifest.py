@@ -22,7 +22,8 @@ resident memory (`ru_maxrss`). The readers:
 - `units extract, one of 8 with work`: task 0 of an 8-task array with its 25 shards to do (their audio is missing, so
   every utterance is skipped at once), after task 1 has checked the manifest: how a task reads its shards' lines;
 - `sequences build, a part of 16`: part 0 of a 16-part build of the interleaved stream, its units folder's
-  units.json stamping the manifest (as an extraction that checked it writes);
+  units.json stamping the manifest (as an extraction that checked it writes); `--build-parts N` builds part 0 of N
+  instead, so that the part's memory can be read against the utterances it holds;
 - `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
   (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
 - `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -126,7 +128,7 @@ READERS = {
                                          "read = lambda m: range(extract_units(config).num_skipped)",
     # Part 0 of a 16-part `sequences build` (interleaved stream, stories260K's tokenizer), its units folder's header
     # stamping the manifest as an extraction that checked it does (the stamp is ignored before the sixteenth session).
-    "sequences build, a part of 16": "from pathlib import Path\nimport json, shutil, sys\n"
+    "sequences build, a part of 16": "from pathlib import Path\nimport json, os, shutil, sys\n"
                                      "from simslm.sequences.build import BuildConfig, build_sequences\n"
                                      "folder = Path(sys.argv[1]).parent\n"
                                      "shutil.copytree(folder / 'units', folder / 'units16', dirs_exist_ok=True)\n"
@@ -138,7 +140,8 @@ READERS = {
                                      "(folder / 'units16' / 'units.json').write_text(json.dumps(header))\n"
                                      "read = lambda m: range(build_sequences(BuildConfig(out=str(folder / 'seq16'), "
                                      "manifest=m, units=str(folder / 'units16'), streams=('interleaved',), "
-                                     "num_shards=16, shard_index=0, overwrite=True))['epochs'][0]"
+                                     "num_shards=int(os.environ['BENCH_BUILD_PARTS']), shard_index=0, "
+                                     "overwrite=True))['epochs'][0]"
                                      "['samples_by_stream']['interleaved'])",
 }
 PROBE = """
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=200_000)
     parser.add_argument("--words", type=int, default=30)
     parser.add_argument("--units", type=int, default=250, help="units an utterance (10 s of 25 Hz units, deduplicated)")
+    parser.add_argument("--build-parts", type=int, default=16, help="parts of `sequences build, a part of 16`")
     parser.add_argument("--reader", action="append", choices=list(READERS),
                         help="a reader to run (repeat for several; default: all)")
     args = parser.parse_args()
@@ -208,6 +212,7 @@ def main() -> None:
             imports = READERS[name]
             source = units if name.startswith("read_units") else manifest
             out = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports), str(source)],
+                                 env={**os.environ, "BENCH_BUILD_PARTS": str(args.build_parts)},
                                  capture_output=True, text=True, check=True).stdout.split()
             print(f"{name:>18}: {float(out[1]):6.1f} s, peak {float(out[2]):.2f} GB "
                   f"({float(out[2]) * 1e9 / args.utterances:,.0f} bytes per utterance)")
