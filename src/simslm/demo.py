@@ -426,6 +426,7 @@ def finding_two(fit: dict[str, Any], num_at_edge: int, num_budgets: int, runs_pe
 
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
+    from simslm.eval.evaluate import long_sides_note
     from simslm.scaling import sweep
 
     rows = sweep.collect(sweep_dir)
@@ -454,8 +455,8 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
         row, name, result = max(accuracies, key=lambda item: item[2].accuracy)
         # A replicated cell's mean is a plain Accuracy, without the count of cut sides.
         cut = getattr(result, "num_cut", 0)
-        cut = (f" {cut} of its {2 * result.num_pairs} sides were longer than the model's {result.context} positions "
-               f"and lost their oldest tokens." if cut else "")
+        cut = (f" {cut} of its {2 * result.num_pairs} sides were longer than the model's {result.context} positions, "
+               f"{long_sides_note(result.long_sides)}." if cut else "")
         lines.append(f"Best spoken tSC ({name}): {100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, "
                      f"{100 * result.ci_high:.1f}] by {row['id']} (chance 50%; an offline re-creation, "
                      f"not the published set).{cut}")

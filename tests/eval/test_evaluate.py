@@ -16,7 +16,8 @@ def test_eval_writes_accuracy_ci_and_options_for_every_mode(trained_run):
         entry = results[f"tsc/{mode}"]
         assert entry.num_pairs == 4 and entry.aggregation == "pairs" and entry.mode == mode
         assert entry.ci_low <= entry.accuracy <= entry.ci_high
-        assert entry.scoring == {"preset": "reference", "reduction": "mean", "speech_vocab": False}
+        assert entry.scoring == {"preset": "reference", "reduction": "mean", "speech_vocab": False,
+                                 "long_sides": "whole"}
     assert results["validation"]["loss_speech"] > 0
     # Each entry says how many sides outgrew the model's positions (none do stories260K's 512).
     assert results["tsc/S"].context == 512 and results["tsc/S"].num_cut == 0
@@ -60,8 +61,11 @@ def test_the_table_says_how_many_sides_were_cut_to_the_context():
                             aggregation="pairs", num_resamples=10, per_group={}, layout="cross-modal", mode="S",
                             folder="tsc", num_skipped=0,
                             scoring={}, wall_sec=1.0, note=None, num_cut=154, context=256)
-    assert "154 of 182 sides longer than the model's 256 positions, their oldest tokens dropped" in \
-        format_results({"tsc/S": entry})
+    # An entry from before the option (no long_sides among its scoring options) was cut: simslm's only way then.
+    assert "154 of 182 sides longer than the model's 256 positions, their oldest tokens dropped (--long-sides cut; " \
+           "slamkit scores them whole)" in format_results({"tsc/S": entry})
+    assert "154 of 182 sides longer than the model's 256 positions, scored whole past them, as slamkit scores them" \
+        in format_results({"tsc/S": replace(entry, scoring={"long_sides": "whole"})})
     assert "positions" not in format_results({"tsc/S": replace(entry, num_cut=0)})
 
 

@@ -215,9 +215,9 @@ def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabul
     assert short_owners[-1] == 2
 
 
-def _naive_side(model, parts, vocabulary, units_of, *, scored_part):
+def _naive_side(model, parts, vocabulary, units_of, *, scored_part, max_length=128):
     """Mean log-likelihood of one part's tokens, from a sequence built by hand."""
-    tokens, owners = encode_parts(parts, vocabulary, units_of, max_length=128)
+    tokens, owners = encode_parts(parts, vocabulary, units_of, max_length=max_length)
     total, count = _naive(model, tokens, (owners == scored_part)[1:], vocabulary, speech_vocab=False)
     return total / count
 
@@ -297,16 +297,51 @@ def test_the_reference_preset_scores_the_sequences_slamkit_writes(tiny_model, vo
         assert scores.negative[0] == pytest.approx(_naive_mean(tiny_model, written("n"), vocabulary), abs=1e-5), mode
 
 
-@pytest.mark.parametrize("preset", ["reference", "ending"])
-def test_sides_longer_than_the_context_are_counted_and_scored_on_their_latest_tokens(tiny_model, vocabulary, preset):
-    """slamkit scores a side whole however long; simslm cuts it to the model's positions and says how often."""
-    positions = int(tiny_model.config.max_position_embeddings)  # 128
+def _long_and_short_pairs(vocabulary, positions):
     rng = np.random.default_rng(4)
     units = {"long": rng.integers(0, vocabulary.num_units, positions + 40), "short": np.array([1, 2, 3]),
              "fits": rng.integers(0, vocabulary.num_units, positions - 10)}
     pairs = [Pair("0", "all", (Part("speech", audio="long"),), (Part("speech", audio="short"),)),
              Pair("1", "all", (Part("speech", audio="fits"),), (Part("speech", audio="short"),))]
+    return units, pairs
+
+
+@pytest.mark.parametrize("preset", ["reference", "ending"])
+def test_sides_longer_than_the_context_are_counted_and_by_default_scored_whole_as_slamkit_does(tiny_model, vocabulary,
+                                                                                               preset):
+    """slamkit's `log_likelihood` truncates nothing: a rotary model scores every token, past its positions."""
+    positions = int(tiny_model.config.max_position_embeddings)  # 128
+    units, pairs = _long_and_short_pairs(vocabulary, positions)
     scores = score_pairs(tiny_model, pairs, vocabulary, units.__getitem__, ScoringOptions(preset=preset))
+    assert scores.num_cut == 1
+    if preset == "reference":  # the sequence slamkit writes, every token after the first
+        expected = _naive_mean(tiny_model, "".join(f"<unit_{u}>" for u in units["long"]), vocabulary)
+    else:
+        expected = _naive_side(tiny_model, (Part("speech", audio="long"),), vocabulary, units.__getitem__,
+                               scored_part=0, max_length=None)
+    assert scores.positive[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_model_with_learned_positions_is_not_asked_past_them(vocabulary):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from simslm.eval.scoring import LongSidesError, has_rotary_positions
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocabulary), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    assert not has_rotary_positions(model.eval())
+    units, pairs = _long_and_short_pairs(vocabulary, 64)
+    with pytest.raises(LongSidesError, match="1 of 4 sides are longer than the model's 64 positions, which it learned"):
+        score_pairs(model, pairs, vocabulary, units.__getitem__, ScoringOptions())
+    scores = score_pairs(model, pairs, vocabulary, units.__getitem__, ScoringOptions(long_sides="cut"))
+    assert scores.num_cut == 1 and np.isfinite(scores.positive).all()
+
+
+@pytest.mark.parametrize("preset", ["reference", "ending"])
+def test_with_long_sides_cut_they_are_scored_on_their_latest_tokens(tiny_model, vocabulary, preset):
+    positions = int(tiny_model.config.max_position_embeddings)  # 128
+    units, pairs = _long_and_short_pairs(vocabulary, positions)
+    scores = score_pairs(tiny_model, pairs, vocabulary, units.__getitem__,
+                         ScoringOptions(preset=preset, long_sides="cut"))
     assert scores.num_cut == 1
     # The long side is scored as its last `positions` tokens would be alone.
     cut = Pair("2", "all", (Part("speech", audio="end"),), (Part("speech", audio="short"),))

@@ -292,13 +292,18 @@ def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_pa
     assert not any("longer than the model's positions" in warning
                    for fit in sweep.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
                    for warning in fit["warnings"])
-    for name, cut in (("textless-twist-d4-c1e+12", 154), ("textless-twist-d3-c1e+12", 20)):
+    # Two runs scored before the option (cut, the only way then), one scored whole as slamkit does: each way named.
+    for name, cut, scoring in (("textless-twist-d4-c1e+12", 154, {}), ("textless-twist-d3-c1e+12", 20, {}),
+                               ("textless-twist-d2-c1e+12", 12, {"long_sides": "whole"})):
         path = tmp_path / "runs" / name / "eval.json"
         entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
-        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256}}})
+        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256,
+                                                        "scoring": {**entry["scoring"], **scoring}}}})
     warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
-    assert ("tsc/S: in 2 run(s), sides longer than the model's positions were scored on their latest tokens (up to "
-            "154 of 200, at 256 positions); slamkit scores them whole") in warnings, warnings
+    assert ("tsc/S: in 2 run(s), sides longer than the model's positions (up to 154 of 200, at 256 positions): their "
+            "oldest tokens dropped (--long-sides cut; slamkit scores them whole)") in warnings, warnings
+    assert ("tsc/S: in 1 run(s), sides longer than the model's positions (up to 12 of 200, at 256 positions): scored "
+            "whole past them, as slamkit scores them") in warnings, warnings
 
 
 def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):

@@ -99,6 +99,16 @@ def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
     assert not sweep._evaluated(tmp_path, bench) and sweep._evaluated(tmp_path, bench[:2])
 
 
+def test_a_run_whose_long_sides_were_cut_before_is_scored_again_as_slamkit_scores_them(tmp_path):
+    # eval.json entries from before `--long-sides` (cut, the only way then) with sides past the model's positions
+    # are scored again, whole, so a sweep's runs are scored alike; without such sides cut and whole are the same.
+    cut = {"num_cut": 154, "scoring": {"preset": "reference"}}
+    (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {
+        "tsc/S": cut, "tsc/T": {"num_cut": 0, "scoring": {}}, "sblimp": {"num_cut": 0, "scoring": {}},
+        "old/S": {**cut, "scoring": {"long_sides": "whole"}}}}))
+    assert sweep._unevaluated(tmp_path, ("tsc=bench/tsc", "bench/sblimp", "old=bench/old")) == ("tsc=bench/tsc",)
+
+
 def test_a_run_evaluated_on_a_published_set_named_by_hub_id_counts_as_evaluated(tmp_path):
     # `simslm eval --bench slprl/multispeaker-storycloze:sSC` files its results under the set's name and folder;
     # the sweep once looked for "multispeaker-storycloze:sSC", so such a run stayed "evaluating" and was

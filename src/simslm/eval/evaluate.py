@@ -29,7 +29,15 @@ from simslm.eval.layouts import (
     detect_layout,
     load,
 )
-from simslm.eval.scoring import Accuracy, PairScores, ScoringOptions, accuracy_with_ci, pair_outcomes, score_pairs
+from simslm.eval.scoring import (
+    Accuracy,
+    LongSidesError,
+    PairScores,
+    ScoringOptions,
+    accuracy_with_ci,
+    pair_outcomes,
+    score_pairs,
+)
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
 from simslm.units.encoders import ENCODERS, EncoderSpec
@@ -109,10 +117,22 @@ class BenchmarkResult(Accuracy):
     without_baseline: dict[str, float] | None = None
     """The plain score's accuracy and interval, when a baseline was subtracted."""
     num_cut: int = 0
-    """Sides (two per pair) longer than the model's context, scored on their most recent tokens (slamkit scores
-    every token, past the positions the model has)."""
+    """Sides (two per pair) longer than the model's context: scored whole past it, as slamkit scores them, or on
+    their most recent tokens, as `scoring["long_sides"]` says (cut where it is missing: simslm's only way before
+    2026-12-05)."""
     context: int | None = None
-    """The model's context (max_position_embeddings) the sides were cut to."""
+    """The model's context (max_position_embeddings)."""
+
+    @property
+    def long_sides(self) -> str:
+        """How the sides longer than the model's context were scored: whole or cut."""
+        return self.scoring.get("long_sides", "cut")
+
+
+def long_sides_note(long_sides: str) -> str:
+    """How sides longer than a model's positions were scored (`BenchmarkResult.long_sides`), in words."""
+    return ("scored whole past them, as slamkit scores them" if long_sides == "whole" else
+            "their oldest tokens dropped (--long-sides cut; slamkit scores them whole)")
 
 
 def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
@@ -198,7 +218,10 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     results = {}
     for mode, pairs in pairs_by_mode.items():
         started = time.perf_counter()
-        scores = score_pairs(context.model, pairs, context.vocabulary, units_of, config, context.device)
+        try:
+            scores = score_pairs(context.model, pairs, context.vocabulary, units_of, config, context.device)
+        except LongSidesError as error:
+            raise ValueError(f"{folder}{f' ({mode})' if mode else ''}: {error}") from None
         if not len(scores.positive):
             # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
@@ -208,7 +231,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                               zerospeech=folder if layout.zerospeech else None)
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
-                   "reduction": config.reduction, "speech_vocab": config.speech_vocab}
+                   "reduction": config.reduction, "speech_vocab": config.speech_vocab, "long_sides": config.long_sides}
         name = f"{label}/{mode}" if mode else label
         # The whole set, then each of the layout's subsets (sWUGGY's in-vocab words) from the same scores.
         for result_name, keep in [(name, None)] + [(f"{name}/{subset}", keep) for subset, keep in layout.subsets]:
@@ -401,7 +424,7 @@ def format_results(results: dict[str, Any]) -> str:
                                  f"{part['num_pairs']:>6}{items}")
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
-                             f"positions, their oldest tokens dropped (slamkit scores them whole)")
+                             f"positions, {long_sides_note(entry.long_sides)}")
             if entry.without_baseline is not None:
                 plain = entry.without_baseline
                 lines.append(f"{'  (no baseline)':<28} {100 * plain['accuracy']:>8.1f}% "

@@ -406,6 +406,10 @@ class ScoringOptions(Config):
     """Mean (slamkit's default) or sum of the scored token log-likelihoods."""
     speech_vocab: bool = False
     """Normalise speech targets over the unit tokens only."""
+    long_sides: Literal["whole", "cut"] = "whole"
+    """A side longer than the model's positions: whole (slamkit's `log_likelihood`, which truncates nothing: every
+    token scored, past the positions the model trained on; a model with learned positions has none there and is
+    refused), or cut (its oldest tokens dropped to the model's positions, BOS and the first marker kept)."""
     batch_size: int = 32
     """Sequences scored per forward pass (32: 1.1-1.2x 16 for a stories260K-sized model on 2 cores)."""
     concurrent_batches: int = 2
@@ -417,9 +421,9 @@ class ScoringOptions(Config):
         check_positive(self, "batch_size", "concurrent_batches")
 
 
-def _whole(ids: list[int], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """A reference-preset side: every token owned by part 0 (all scored); the oldest dropped past the context."""
-    tokens = np.asarray(ids[-max_length:])
+def _whole(ids: list[int], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A reference-preset side: every token owned by part 0 (all scored); the oldest dropped past `max_length`."""
+    tokens = np.asarray(ids if max_length is None else ids[-max_length:])
     return tokens, np.zeros(len(tokens), dtype=np.int64)
 
 
@@ -444,7 +448,7 @@ class PairScores(NamedTuple):
     without_baseline: tuple[np.ndarray, np.ndarray] | None
     """The same pairs' plain scores, when a baseline was subtracted from any (free: computed anyway)."""
     num_cut: int = 0
-    """Sides longer than the model's context (`EncodedPairs.num_cut`)."""
+    """Sides longer than the model's context (`EncodedPairs.num_cut`), scored as `ScoringOptions.long_sides` says."""
     items: list[str] | None = None
     """Each pair's item (`Pair.item`, else the pair's own id)."""
     kept: list[int] | None = None
@@ -464,9 +468,9 @@ class EncodedPairs(NamedTuple):
     groups: list[str]
     num_skipped: int
     num_cut: int = 0
-    """Sides longer than the model's context (`max_position_embeddings`), scored on their most recent tokens.
-    slamkit scores a side whole however long it is, which a model with learned positions cannot, and which
-    asks a model with rotary ones about positions it never trained on."""
+    """Sides longer than the model's context (`max_position_embeddings`): scored whole past it, as slamkit scores
+    them, or on their most recent tokens (`ScoringOptions.long_sides`). Whole asks a model with rotary positions
+    about positions it never trained on; a model with learned ones cannot be asked at all."""
     items: list[str] | None = None
     """Each pair's item (`Pair.item`, else the pair's own id)."""
     kept: list[int] | None = None
@@ -489,8 +493,9 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
             skipped += 1
             continue
         cut += sum(len(tokens) > max_length for tokens, _ in whole)
-        sides = [_whole(tokens, max_length) if options.preset == "reference" else
-                 _keep_recent(tokens, owners, max_length, vocabulary) for tokens, owners in whole]
+        limit = max_length if options.long_sides == "cut" else None
+        sides = [_whole(tokens, limit) if options.preset == "reference" else
+                 _keep_recent(tokens, owners, limit, vocabulary) for tokens, owners in whole]
         continuation_only = options.preset != "reference" and len(pair.positive) > 1
         baseline = options.preset == "pmi" and continuation_only
         sides_of.append((len(sequences), len(sequences) + 1))
@@ -510,10 +515,26 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
     return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items, kept)
 
 
+class LongSidesError(ValueError):
+    """Sides longer than a model's learned positions, asked to be scored whole."""
+
+
+def has_rotary_positions(model) -> bool:
+    """Whether the model places tokens by rotary embeddings (Llama, Qwen2, Mistral: computed for any position), not
+    by a learned table of `max_position_embeddings` rows (GPT-2, OPT), which ends there."""
+    return any("rotary" in type(module).__name__.lower() for module in model.modules())
+
+
 def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
                 options: ScoringOptions, device: str = "cpu") -> PairScores:
     """Positive and negative scores of the pairs that can be encoded, their groups, and how many were skipped."""
-    encoded = encode_pairs(pairs, vocabulary, units_of, options, int(model.config.max_position_embeddings))
+    positions = int(model.config.max_position_embeddings)
+    encoded = encode_pairs(pairs, vocabulary, units_of, options, positions)
+    if encoded.num_cut and options.long_sides == "whole" and not has_rotary_positions(model):
+        raise LongSidesError(f"{encoded.num_cut} of {2 * len(encoded.sides)} sides are longer than the model's "
+                             f"{positions} positions, which it learned (it has no rotary positions), so it cannot "
+                             f"score them whole as slamkit would; --long-sides cut scores their latest {positions} "
+                             f"tokens")
     sums, counts = sequence_log_likelihoods(model, encoded.sequences, encoded.scored, vocabulary=vocabulary,
                                             speech_vocab=options.speech_vocab, batch_size=options.batch_size,
                                             device=device, pairs=encoded.sides,

@@ -42,9 +42,9 @@ import numpy as np
 from simslm import assets, jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive, registry_choices
-from simslm.eval.evaluate import benchmark_kind, read_results, result_label
+from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
-from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
+from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
 from simslm.train import (
@@ -499,12 +499,17 @@ def _locked(run_dir: Path) -> bool:
 
 
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
-    """The benchmarks the sweep asks for that eval.json holds no result for."""
+    """The benchmarks the sweep asks for that eval.json holds no result for, or one whose sides past the model's
+    positions were cut: scored before 2026-12-05, when cutting was the only way. A sweep scores with the defaults,
+    which now score them whole, as slamkit does, so its runs are scored alike again."""
     evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
 
     def scored(name: str) -> bool:
         label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
-        return any(key == label or key.startswith(label + "/") for key in evaluated)
+        entries = [entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")]
+        return bool(entries) and not any(
+            isinstance(entry, dict) and entry.get("num_cut") and
+            (entry.get("scoring") or {}).get("long_sides", "cut") != ScoringOptions.long_sides for entry in entries)
 
     return tuple(name for name in bench if not scored(name))
 
@@ -1303,13 +1308,13 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                 f"{', ...' if len(off) > 3 else ''}): steps are whole batches, so a budget of a few steps or less at "
                 f"a size cannot be met, and approach 2 takes each as at its budget")
         for name in metrics:  # benchmark sides that outgrew the models' positions (`BenchmarkResult.num_cut`)
-            cut = [(r["accuracies"][name].num_cut, 2 * r["accuracies"][name].num_pairs, r["accuracies"][name].context)
-                   for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
-            if cut:
-                most = max(cut)
+            results = [r["accuracies"][name] for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
+            for long_sides in sorted({result.long_sides for result in results}):
+                most = max((r.num_cut, 2 * r.num_pairs, r.context) for r in results if r.long_sides == long_sides)
+                count = sum(r.long_sides == long_sides for r in results)
                 fits["variants"][variant]["warnings"].append(
-                    f"{name}: in {len(cut)} run(s), sides longer than the model's positions were scored on their "
-                    f"latest tokens (up to {most[0]} of {most[1]}, at {most[2]} positions); slamkit scores them whole")
+                    f"{name}: in {count} run(s), sides longer than the model's positions (up to {most[0]} of "
+                    f"{most[1]}, at {most[2]} positions): {long_sides_note(long_sides)}")
     out = Path(out) if out else Path(sweep_dir) / "fit.json"
     # Which sweep it fits, relative to where it is written ("." for the sweep's own), as a table's fit says which
     # table: a fit.json written elsewhere with --out would otherwise not say.
