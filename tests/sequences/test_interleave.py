@@ -219,3 +219,19 @@ def test_a_speech_span_with_no_units_under_its_words_is_refused(corpus, vocabula
     speech_at_the_end[-3:] = True
     with pytest.raises(SkipSample, match="no units under its words"):
         build_interleaved(utterance, truncated, vocabulary, speech_at_the_end)
+
+
+def test_an_unset_speech_ratio_takes_each_methods_own_default_as_slamkit_has_it():
+    """slamkit's `random` makes each word speech with probability 0.5 whatever η is; poisson's η is SIMS's 0.3."""
+    from simslm.sequences.build import BuildConfig
+
+    unset = BuildConfig(out="o", tokenizer="t", manifest="m", units="u", streams=("interleaved",), method="random")
+    assert INTERLEAVERS["random"].arguments(unset) == {}
+    words = [INTERLEAVERS["random"].draw(1000, np.random.default_rng(seed), **INTERLEAVERS["random"].arguments(unset))
+             for seed in range(20)]
+    assert abs(np.mean(words) - 0.5) < 0.01
+    poisson = [INTERLEAVERS["poisson"].draw(200, np.random.default_rng(seed)).mean() for seed in range(100)]
+    assert 0.3 <= np.mean(poisson) < 0.36
+    given = BuildConfig(out="o", tokenizer="t", manifest="m", units="u", streams=("interleaved",), method="random",
+                        speech_ratio=0.2)
+    assert INTERLEAVERS["random"].arguments(given) == {"speech_ratio": 0.2}  # a given η is used, as before

@@ -71,8 +71,10 @@ class BuildConfig(Config):
     of the tokens (the paper chose its sample ratios by hand to match tokens)."""
     method: str = field(default="poisson", metadata=registry_choices(INTERLEAVERS))
     """Interleaving method (its parameters are the options below that it names)."""
-    speech_ratio: float = 0.3
-    """η: share of words to make speech (poisson, random) or chance of a speech utterance."""
+    speech_ratio: float | None = None
+    """η: share of words to make speech (poisson; unset, 0.3 as slamkit's SIMS config), each word's chance of being
+    speech (random; unset, 0.5 as slamkit's `random`, which takes no η) or the chance of a speech utterance
+    (utterance; unset, 0.5)."""
     poisson_lambda: float = 10.0
     """Mean span length in words for poisson (slamkit SIMS: 10)."""
     span_length: int = 10
@@ -112,7 +114,7 @@ class BuildConfig(Config):
             raise ConfigError(f"--shard-index must be between 0 and --num-shards - 1 ({self.num_shards - 1}), "
                               f"not {self.shard_index}")
         for name in ("speech_ratio", "span_start_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{flag(name)} must be between 0 and 1, not {getattr(self, name)}")
         if self.context_length < 2:
             raise ConfigError(f"--context-length must be at least 2 (an input and its target), not {self.context_length}")

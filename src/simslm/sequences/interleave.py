@@ -42,8 +42,9 @@ class InterleaveMethod:
     parameters: tuple[str, ...]
 
     def arguments(self, options: Any) -> dict[str, Any]:
-        """The method's keyword arguments, read from an object with attributes of the same names."""
-        return {name: getattr(options, name) for name in self.parameters}
+        """The method's keyword arguments, read from an object with attributes of the same names; one left unset
+        (None) takes the method's own default."""
+        return {name: getattr(options, name) for name in self.parameters if getattr(options, name) is not None}
 
 
 INTERLEAVERS: dict[str, InterleaveMethod] = {}
@@ -97,8 +98,9 @@ def fixed_spans(num_words: int, rng: np.random.Generator, *, span_length: int = 
 
 
 @interleaving_method("random")
-def random_words(num_words: int, rng: np.random.Generator, *, speech_ratio: float = 0.3) -> np.ndarray:
-    """Each word is speech with probability η, independently."""
+def random_words(num_words: int, rng: np.random.Generator, *, speech_ratio: float = 0.5) -> np.ndarray:
+    """Each word is speech with probability η, independently: 0.5 by default, as slamkit's `random`
+    (`InterleavingTokeniser._assign_interleaved_modality`: text when `torch.rand(1) < 0.5`, whatever η is)."""
     return rng.random(num_words) < speech_ratio
 
 
