@@ -186,6 +186,15 @@ def truncate_weights(folder: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:1000])
 
 
+def learned_positions(folder: Path) -> None:
+    """The model replaced by a GPT-2 of 16 learned positions (the same vocabulary): no side fits, none can go past."""
+    from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
+
+    vocab_size = AutoConfig.from_pretrained(folder).vocab_size
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        folder)
+
+
 def other_codebook_units(w: World) -> Path:
     """The benchmark's units with ids beyond the codebook (as from another, larger codebook)."""
     from simslm.speech import audio
@@ -454,6 +463,9 @@ CASES: dict[str, Case] = {
         ["eval", str(model_folder(w, "foreign-eval", lambda f: (f / "eval.json").write_text("[1, 2]"))), "--bench",
          str(w.bench), "--modes", "T"], "foreign-eval/eval.json: not an eval.json",
         [model_folder(w, "foreign-eval", lambda f: None) / "eval.json"]),
+    "eval: long sides, learned positions": lambda w: (
+        ["eval", str(model_folder(w, "learned-positions", learned_positions)), "--bench", str(w.bench), "--modes",
+         "T"], "longer than the model's 16 positions, which it learned", []),
     "eval: concurrent_batches=0": lambda w: (["eval", str(w.run), "--bench", str(w.bench), "--concurrent-batches",
                                               "0"], "--concurrent-batches", []),
     "eval: bench missing": lambda w: (["eval", str(w.run), "--bench", str(missing(w, "tsc"))],
