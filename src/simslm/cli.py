@@ -344,24 +344,27 @@ def _fit(config) -> int:
 
 def _plan(config) -> int:
     from simslm import model
-    from simslm.scaling.fit import fit_for_plan, plan_compute
+    from simslm.scaling.fit import fits_for_plan, plan_compute
 
-    fit, source = fit_for_plan(config)
-    plan = plan_compute(config.flops, fit)
-    interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
-                            if "ci_" + key in plan else "")
-    print(f"budget C = {config.flops:.3g} FLOPs, law from {source}")
-    print(f"N_opt = {plan['n_opt']:.4g} parameters{interval('n_opt')}")
-    print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
-          f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
-    print(f"predicted loss {plan['loss']:.4f}")
-    depth = model.family_depth_for(plan["n_opt"], config.vocab_size)
-    parameters = model.family_parameters(depth, config.vocab_size)
-    print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} parameters "
-          f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
-    if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
-        print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
-              f"{plan['n_opt'] / parameters:.3g}x larger than it")
+    fits, notes = fits_for_plan(config)
+    for number, (fit, source) in enumerate(fits):
+        plan = plan_compute(config.flops, fit)
+        interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
+                                if "ci_" + key in plan else "")
+        print(("\n" if number else "") + f"budget C = {config.flops:.3g} FLOPs, law from {source}")
+        print(f"N_opt = {plan['n_opt']:.4g} parameters{interval('n_opt')}")
+        print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
+              f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
+        print(f"predicted loss {plan['loss']:.4f}")
+        depth = model.family_depth_for(plan["n_opt"], config.vocab_size)
+        parameters = model.family_parameters(depth, config.vocab_size)
+        print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} parameters "
+              f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
+        if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
+            print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
+                  f"{plan['n_opt'] / parameters:.3g}x larger than it")
+    for note in notes:
+        print(f"\n{note}")
     return 0
 
 

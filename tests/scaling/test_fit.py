@@ -365,14 +365,22 @@ def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_p
     assert main(["plan", "--flops", "1e13", "--fit", str(tmp_path / "fit.json")]) == 2
     error = capsys.readouterr().err
     assert "is degenerate" in error and "sound law" not in error
-    # A fit.json whose first variant is degenerate names those that are not (the demo's interleaved-random).
+    # A fit.json of several variants, none named: each sound law is planned, each degenerate one named. Before, the
+    # first variant was taken (alphabetically the demo's interleaved-random), whichever the user meant.
     law = Law(E=1.7, A=400, B=400, alpha=0.34, beta=0.28)
     sound = fit_all(synthetic_isoflop_points(law, np.geomspace(1e17, 1e19, 3), np.geomspace(0.25, 4, 5), noise=0.01),
                     num_resamples=20)
-    (tmp_path / "two.json").write_text(json.dumps({"variants": {"a": fit, "b": sound}}, default=float))
-    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "two.json")]) == 2
-    assert "variants with a sound law: b (--variant)" in capsys.readouterr().err
-    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "two.json"), "--variant", "b"]) == 0
+    (tmp_path / "three.json").write_text(json.dumps({"variants": {"a": fit, "b": sound, "c": sound}}, default=float))
+    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json")]) == 0
+    out = capsys.readouterr().out
+    assert "three.json (b)" in out and "three.json (c)" in out and out.count("N_opt = ") == 2
+    assert "a: not planned, its law is degenerate (" in out
+    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json"), "--variant", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "three.json (c)" in out and out.count("N_opt = ") == 1 and "not planned" not in out
+    # A degenerate variant named, or no sound variant at all: refused, naming those that are sound.
+    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json"), "--variant", "a"]) == 2
+    assert "variants with a sound law: b, c (--variant)" in capsys.readouterr().err
 
 
 def test_one_budget_gives_no_envelope_law_and_says_so():

@@ -774,26 +774,38 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
                   None if any(c is None for c in curves) else tuple(curves), curve_kind)
 
 
-def fit_for_plan(config: "PlanConfig") -> tuple[dict[str, Any], str]:
-    """The fit `simslm plan` uses (a variant of a fit.json, or the textless reference law) and its name."""
+def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]], list[str]]:
+    """The fits `simslm plan` plans from, each with its name, and a note for each variant it leaves out: the variant
+    named, every variant of a fit.json with several and none named (a degenerate law is left out and noted), or
+    the textless reference law. Refused: a variant that is not there, a named degenerate one, or no sound one."""
     if not config.fit:
-        return ({"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
-                "the textless law of Cuervo & Marxer (2024); pass --fit for your own")
+        return ([({"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
+                  "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])
     fits = jobs.read_json(config.fit)
     if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
         raise ValueError(f"{config.fit}: not a fit.json (it has no variants); `simslm fit SWEEP` writes one")
     fits = fits["variants"]
-    variant = config.variant or next(iter(fits), None)
-    if variant not in fits:
-        raise ValueError(f"{config.fit} has no variant '{variant}' ({', '.join(fits) or 'none'})")
-    degenerate = fits[variant]["approach3"].get("degenerate")
-    if degenerate:
-        sound = [name for name, fit in fits.items() if not fit["approach3"].get("degenerate")]
+    if config.variant is not None and config.variant not in fits:
+        raise ValueError(f"{config.fit} has no variant '{config.variant}' ({', '.join(fits) or 'none'})")
+    if not fits:
+        raise ValueError(f"{config.fit} has no variant to plan from")
+    named = [config.variant] if config.variant is not None else list(fits)
+    sound = [name for name, fit in fits.items() if not fit["approach3"].get("degenerate")]
+    chosen = [name for name in named if name in sound]
+    if not chosen:
+        name = named[0]
         others = f"; variants with a sound law: {', '.join(sound)} (--variant)" if sound else ""
-        raise ValueError(f"{config.fit}: the law of variant '{variant}' is degenerate ({'; '.join(degenerate)}); "
-                         f"fit more runs, or plan from the textless law (no --fit){others}")
-    estimator = fits[variant]["approach3"].get("estimator", "huber")
-    return fits[variant], f"{config.fit} ({variant}{'' if estimator == 'huber' else f', estimator {estimator}'})"
+        raise ValueError(f"{config.fit}: the law of variant '{name}' is degenerate "
+                         f"({'; '.join(fits[name]['approach3']['degenerate'])}); fit more runs, or plan from the "
+                         f"textless law (no --fit){others}")
+
+    def source(name: str) -> str:
+        estimator = fits[name]["approach3"].get("estimator", "huber")
+        return f"{config.fit} ({name}{'' if estimator == 'huber' else f', estimator {estimator}'})"
+
+    notes = [f"{name}: not planned, its law is degenerate ({'; '.join(fits[name]['approach3']['degenerate'])})"
+             for name in named if name not in sound]
+    return [(fits[name], source(name)) for name in chosen], notes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -805,7 +817,7 @@ class PlanConfig(Config):
     fit: str | None = None
     """fit.json from `simslm fit` (default: the textless reference law of Cuervo & Marxer 2024)."""
     variant: str | None = None
-    """Which variant of the fit (default: the first)."""
+    """Which variant of the fit (default: every variant whose law is sound, one plan each)."""
     vocab_size: int = 1015
     """Vocabulary of the size family, for the nearest member (default: tok512 + 500 units + 3)."""
 
