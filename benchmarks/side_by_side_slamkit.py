@@ -13,8 +13,8 @@ check both tools get the same inputs:
   its `string_tokenise`; simslm's `build_interleaved`. On SmolLM2's byte-level BPE and on
   stories260K's SentencePiece tokenizer. Compared: the token ids, exactly.
 - spans: slamkit's `select_spans_poisson` (numpy's global generator, seeded) and simslm's
-  `poisson_spans`, 4,000 draws each over the stories' word counts; compared: speech share,
-  mean spoken run, switches per utterance.
+  `poisson_spans`, and slamkit's `random` method and simslm's (`--speech-ratio` unset), 4,000 draws
+  each over the stories' word counts; compared: speech share, mean spoken run, switches per utterance.
 - Auto-BLEU: slamkit's `calc_auto_bleu` with NLTK's word tokenizer and simslm's `auto_bleu`
   on the same transcripts; compared: the mean, exactly.
 - GenPPL: slamkit's `get_llm_preplexity` (a batch padded on the right, pad = EOS as its
@@ -28,6 +28,7 @@ import argparse
 import math
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -58,7 +59,8 @@ def main() -> None:
 
     from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl
     from simslm.model import smollm2_gguf_path
-    from simslm.sequences.interleave import build_interleaved, poisson_spans, sample_rng, word_boundaries
+    from simslm.sequences.build import BuildConfig
+    from simslm.sequences.interleave import INTERLEAVERS, build_interleaved, poisson_spans, sample_rng, word_boundaries
     from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
     from simslm.speech.manifest import read_manifest
     from simslm.speech.synth import SynthConfig, synthesize_corpus
@@ -116,7 +118,20 @@ def main() -> None:
         np.random.seed(0)
         slamkit_masks = [select_spans_poisson(n, 10, 0.3) for n in counts]
         simslm_masks = [poisson_spans(n, sample_rng(0, str(i), 0)) for i, n in enumerate(counts)]
-        for name, masks in (("slamkit select_spans_poisson", slamkit_masks), ("simslm poisson_spans", simslm_masks)):
+        # The `random` method: slamkit's `_assign_interleaved_modality` (torch's global generator, seeded), called
+        # on a stand-in for the tokeniser, which it reads only for the method's name; simslm's `random` as
+        # `sequences build --method random` calls it, with --speech-ratio unset.
+        import torch
+
+        torch.manual_seed(0)
+        stand_in = SimpleNamespace(interleave_method="random")
+        slamkit_random = [[modality == "audio" for *_, modality in InterleavingTokeniser._assign_interleaved_modality(
+            stand_in, [(f"w{j}", 0.0, 0.0) for j in range(n)])] for n in counts]
+        unset = BuildConfig(out="o", manifest="m", units="u", streams=("interleaved",), method="random")
+        simslm_random = [INTERLEAVERS["random"].draw(n, sample_rng(0, str(i), 0), **INTERLEAVERS["random"].arguments(
+            unset)) for i, n in enumerate(counts)]
+        for name, masks in (("slamkit select_spans_poisson", slamkit_masks), ("simslm poisson_spans", simslm_masks),
+                            ("slamkit random", slamkit_random), ("simslm random", simslm_random)):
             share, run, switches = statistics(masks)
             rows.append((f"spans, {name} ({len(masks)} draws)",
                          f"speech share {100 * share:.2f}%, mean run {run:.3f} words, {switches:.3f} switches"))

@@ -1436,9 +1436,10 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         if entry.ready is not None:
             entry.ready.synchronize()
         *sums, grad_norm = entry.numbers.tolist()
-        totals = [0.0] * 6
-        for start in range(0, len(sums), 6):  # micro-batch by micro-batch, in the order they were summed before
-            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums[start:start + 6]))]
+        width = len(VALIDATION_SUMS)  # each micro-batch's sums and counts, as `_loss_and_totals` gives them
+        totals = [0.0] * width
+        for start in range(0, len(sums), width):  # micro-batch by micro-batch, in the order they were summed before
+            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums[start:start + width]))]
         totals = distributed.all_sum(totals)
         done = entry.step + 1
         if not math.isfinite(totals[0]):
