@@ -169,6 +169,16 @@ def text_sequences(w: World) -> Path:
     return folder
 
 
+def few_rows(w: World) -> Path:
+    """The speech data with each shard cut to its first row: fewer rows than a batch of 20."""
+    folder = w.bad / "few-rows"
+    if not folder.exists():
+        shutil.copytree(w.data, folder)
+        for shard in folder.glob("epoch-*/*.npy"):
+            np.save(shard, np.load(shard)[:1])
+    return folder
+
+
 def table(w: World, name: str, text: str) -> Path:
     return _write(w.bad / name, text)
 
@@ -415,6 +425,12 @@ CASES: dict[str, Case] = {
         "--checkpoint-format sharded needs --fsdp", []),
     "train: fsdp in one process": lambda w: (["train", f"run_dir={w.bad / 'run-fsdp'}", f"data={w.data}",
                                              "budget_tokens=1000", "fsdp=true"], "--fsdp needs several processes", []),
+    "train: a batch larger than the data": lambda w: (["train", f"run_dir={w.bad / 'run-big'}", f"data={w.data}",
+                                                      "budget_tokens=1000", "batch_size=100000", "batching=pieces"],
+                                                     "fewer pieces than one global batch", []),
+    "train: a batch larger than the validation data": lambda w: (
+        ["train", f"run_dir={w.bad / 'run-big'}", f"data={w.data}", "budget_tokens=1000", "batch_size=20",
+         f"validation_data={few_rows(w)}"], "fewer chunks than one global batch", []),
     "train: checkpoint_every=0": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",
                                              "budget_tokens=1000", "checkpoint_every=0"], "--checkpoint-every", []),
     "train: budget_flops=inf": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}", "budget_flops=inf"],

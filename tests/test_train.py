@@ -259,6 +259,15 @@ def test_a_run_refused_before_it_trains_leaves_no_folder(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_batch_larger_than_its_data_is_refused_before_the_run_folder_is_written(data, tmp_path):
+    # A folder left behind with this config would refuse the corrected rerun ("holds a run with another config").
+    with pytest.raises(ValueError, match="fewer chunks than one global batch"):
+        train(_config(data, tmp_path / "run", batch_size=100_000))
+    assert not (tmp_path / "run").exists()
+    train(_config(data, tmp_path / "run", budget_tokens=2 * 4 * 64))
+    assert RunResult.exists(tmp_path / "run")
+
+
 def test_a_budget_whole_steps_cannot_meet_is_said(data, tmp_path, capsys):
     result = train(_config(data, tmp_path / "run", budget_tokens=None, budget_flops=1e6, validation_data=None))
     assert result.steps == 1 and result.flops > 10 * 1e6

@@ -32,13 +32,14 @@ from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import part_note, speech_units_folder
-from simslm.sequences.loader import PackedLoader, index_digest, read_index
+from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Config):
-    """What `simslm train` does. Defaults follow slamkit's SIMS scaling configuration."""
+    """What `simslm train` does. Defaults follow slamkit's SIMS scaling configuration, but for `batching` (rows; slamkit
+    batches documents: `pieces`)."""
 
     renamed: ClassVar[dict[str, str]] = {"keep_checkpoints": "num_checkpoints_kept",
                                          "validation_batches": "num_validation_batches"}
@@ -64,7 +65,16 @@ class TrainConfig(Config):
     """Or D = r N: r tokens per parameter, N all parameters once the vocabulary has grown (Chinchilla's
     compute-optimal r is 20); what a tokens-per-parameter grid gives each size."""
     batch_size: int = 8
-    """Sequences per micro-batch per process."""
+    """Sequences per micro-batch per process: rows of the context, or documents with `batching` pieces."""
+    batching: Literal["rows", "pieces"] = "rows"
+    """rows: each micro-batch is `batch_size` of the built rows, every one `context_length` tokens of documents
+    packed first-fit (a fixed number of tokens a step). pieces: `batch_size` documents, as the build cut them to the
+    context, laid end to end in one row: slamkit's recipe (`data.packing: true`, `per_device_train_batch_size`
+    items through `DataCollatorWithFlattening`), whose steps hold only as many tokens as their documents. Where
+    many documents are shorter than the context, a step then holds fewer tokens (on the demo's data, 0.82x as
+    many interleaved and 0.90x textless), and a budget takes more steps. The steps are planned from the mean
+    document; a step's tokens, and so a run's, are counted as slamkit's trainer counts them, the targets its loss
+    scores (`num_input_tokens_seen` over labels that are not -100). Validation reads rows either way."""
     grad_accumulation: int = 1
     """Micro-batches per optimiser step."""
     lr: float = 5e-4
@@ -150,7 +160,8 @@ class TrainConfig(Config):
                                                     "compile_mode", "validation_every", "checkpoint_format")
     # Fields added after sweeps had named runs by a hash of their config: at these values they are left out of
     # it, so a run planned before keeps its name (`simslm.scaling.sweep.run_id`).
-    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0, "precision": "auto", "checkpoint_format": "full"}
+    hashed_unless: ClassVar[dict[str, Any]] = {"validation_every": 0, "precision": "auto", "checkpoint_format": "full",
+                                               "batching": "rows"}
 
     def check(self) -> None:
         budgets = ("budget_flops", "budget_tokens", "budget_tokens_per_parameter")
@@ -210,6 +221,9 @@ class Plan:
     data_sha256: str | None = None
     """The training data's `index_digest` when the run started: a resume on data built again since (the same
     folder name, other sequences) is refused, not continued from a position in data it never saw."""
+    batching: str = "rows"
+    """`TrainConfig.batching`. With pieces, `tokens_per_step` and the totals are planned from the mean document
+    (the steps hold as many tokens as their documents), and the run counts the tokens it sees."""
 
     def tokens_before(self, step: int) -> int:
         """Training tokens seen before `step` (0-based), across re-plans."""
@@ -317,12 +331,14 @@ class RunResult:
 
 
 def make_plan(config: TrainConfig, model, context_length: int, world_size: int, vocab_size: int,
-              batches_per_epoch: int | None = None) -> Plan:
+              batches_per_epoch: int | None = None, mean_piece_targets: float | None = None) -> Plan:
     """Steps from the budget: tokens = C / (6N) (or the token budget), steps = tokens / tokens per step.
 
-    `batches_per_epoch` (per process, from the loader) gives the passes over the data."""
+    `batches_per_epoch` (per process, from the loader) gives the passes over the data. With `batching` pieces,
+    `mean_piece_targets` (the scored targets of the data's mean document) stands for a row's tokens."""
     flops = model_lib.flops_per_token(model, context_length)
-    tokens_per_step = config.batch_size * config.grad_accumulation * world_size * context_length
+    per_item = context_length if config.batching == "rows" else mean_piece_targets
+    tokens_per_step = max(1, round(config.batch_size * config.grad_accumulation * world_size * per_item))
     if config.budget_tokens is not None:
         budget_tokens = config.budget_tokens
     elif config.budget_tokens_per_parameter is not None:
@@ -335,7 +351,7 @@ def make_plan(config: TrainConfig, model, context_length: int, world_size: int, 
     return Plan(total_steps=total_steps, warmup_steps=warmup_steps, tokens_per_step=tokens_per_step,
                 total_tokens=total_tokens, total_flops=flops["all_params"] * total_tokens, flops_per_token=flops,
                 parameter_groups=asdict(model_lib.parameter_groups(model)), context_length=context_length,
-                world_size=world_size, vocab_size=vocab_size,
+                world_size=world_size, vocab_size=vocab_size, batching=config.batching,
                 data_passes=(round(total_steps * config.grad_accumulation / batches_per_epoch, 3)
                              if batches_per_epoch else None))
 
@@ -372,6 +388,11 @@ def weights_to(model, dtype) -> None:
 
 
 FP32_ATTENTION = "sdpa_fp32"
+
+
+# Attention kernels whose cost follows each document's length in a row of several, not the row's: these take a batch
+# of pieces as one row (`TrainConfig.batching`).
+ROW_FREE_KERNELS = ("flash_attention_2", "flex_attention")
 
 
 def attention_kernel(choice: str, device: str, bf16: bool = False) -> str:
@@ -489,7 +510,7 @@ def full_state(model, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, Any], optimizer_state: dict[str, Any],
-                    loader: PackedLoader, keep: int, wall_sec: float = 0.0) -> Path:
+                    loader: PackedLoader, keep: int, wall_sec: float = 0.0, tokens_seen: int = 0) -> Path:
     """Write checkpoints/step-N atomically: files, then a checksum list, then the rename."""
     import torch
     from safetensors.torch import save_file
@@ -501,7 +522,7 @@ def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, Any]
         save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
                   str(staging / "model.safetensors"))
         torch.save(optimizer_state, staging / "optimizer.pt")
-        _finish_checkpoint(staging, step, model, loader, wall_sec, ["model.safetensors", "optimizer.pt"])
+        _finish_checkpoint(staging, step, model, loader, wall_sec, tokens_seen, ["model.safetensors", "optimizer.pt"])
     _prune_checkpoints(run_dir, keep)
     return final
 
@@ -511,7 +532,7 @@ SHARDED = "sharded"
 
 
 def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: PackedLoader, keep: int,
-                            distributed: "_Distributed", wall_sec: float = 0.0) -> Path:
+                            distributed: "_Distributed", wall_sec: float = 0.0, tokens_seen: int = 0) -> Path:
     """checkpoints/step-N with each process's shards of the weights and the optimiser's state, written by that
     process (a collective: every process calls it); then, by the main one, the loop's state, the checksums of
     every file and the rename. Nothing is gathered."""
@@ -528,7 +549,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging / SHARDED))
     if distributed.is_main:
-        _finish_checkpoint(staging, step, model, loader, wall_sec,
+        _finish_checkpoint(staging, step, model, loader, wall_sec, tokens_seen,
                            sorted(path.relative_to(staging).as_posix() for path in (staging / SHARDED).iterdir()))
         jobs.replace_folder(staging, final)
         _prune_checkpoints(run_dir, keep)
@@ -541,7 +562,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
 MODEL_CONFIG, GENERATION_CONFIG, BUFFERS = "model_config.json", "generation_config.json", "buffers.safetensors"
 
 
-def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wall_sec: float,
+def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wall_sec: float, tokens_seen: int,
                        names: list[str]) -> None:
     """The model's config, generation settings and buffers, the random generators and the loop's state beside a
     checkpoint's weights (`names`), then the checksums of them all, written last: a checkpoint without them did not
@@ -560,7 +581,7 @@ def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wa
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
     (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
-                                                    "wall_sec": round(wall_sec, 3)}))
+                                                    "wall_sec": round(wall_sec, 3), "tokens_seen": tokens_seen}))
     checksums = {name: _sha256(staging / name) for name in [*names, MODEL_CONFIG, BUFFERS, "rng.pt", "state.json"]}
     (staging / "checksums.json").write_text(json.dumps(checksums))
 
@@ -600,7 +621,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def checkpoint_state(folder: Path) -> dict[str, Any]:
-    """A checkpoint's loop state: step, loader position, and the wall time spent up to it."""
+    """A checkpoint's loop state: step, loader position, the wall time spent up to it and the training tokens seen
+    (not in checkpoints written before `batching` pieces, whose runs saw `Plan.tokens_before(step)`)."""
     return jobs.read_json(folder / "state.json")
 
 
@@ -911,7 +933,8 @@ class _StepLosses:
     outside the compiled code (torchtitan compiles per block for the same reason). A first call that cannot compile
     says why and falls back to eager for the rest of the run (later failures are real ones and raise)."""
 
-    def __init__(self, compile_step: bool, quiet: bool, mode: str = "default", layers=None):
+    def __init__(self, compile_step: bool, quiet: bool, mode: str = "default", layers=None,
+                 dynamic: bool | None = False):
         import torch
 
         self.layers = list(layers) if compile_step and layers is not None else []
@@ -919,8 +942,8 @@ class _StepLosses:
             # An attribute of the instance, ahead of its class's forward: the module, its hooks and its
             # state_dict's names stay as they are. Every layer shares one compiled graph (a training forward
             # reads no layer index: no KV cache).
-            layer.forward = torch.compile(layer.forward, dynamic=False, mode=mode)
-        self.function = (torch.compile(_loss_and_totals, dynamic=False, mode=mode) if compile_step and not self.layers
+            layer.forward = torch.compile(layer.forward, dynamic=dynamic, mode=mode)
+        self.function = (torch.compile(_loss_and_totals, dynamic=dynamic, mode=mode) if compile_step and not self.layers
                          else _loss_and_totals)
         self.untried, self.quiet = compile_step, quiet
 
@@ -952,9 +975,9 @@ def _logged_step(line: str) -> int | None:
 VALIDATION_CURVE_FILE = "validation.jsonl"
 
 
-def _log_validation(path: Path, step: int, plan: Plan, losses: Losses, events) -> None:
-    """Append a validation of the model after `step` to validation.jsonl (and TensorBoard)."""
-    record = {"step": step, "tokens": plan.tokens_before(step), **asdict(losses)}
+def _log_validation(path: Path, step: int, tokens: int, losses: Losses, events) -> None:
+    """Append a validation of the model after `step` (`tokens` seen) to validation.jsonl (and TensorBoard)."""
+    record = {"step": step, "tokens": tokens, **asdict(losses)}
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     if events is not None:
@@ -1313,8 +1336,23 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             raise ValueError(f"{config.validation_data}: built with another vocabulary than {config.data} "
                              f"({len(held_out)} tokens, units from {held_out.unit_offset}, against {len(vocabulary)} "
                              f"from {vocabulary.unit_offset}); build both with the same --tokenizer and units")
-    loader = PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
-                          world_size=distributed.world_size)
+    by_pieces = config.batching == "pieces"
+    # A batch of pieces goes end to end in one row, as slamkit's collator lays it, for the kernels whose cost follows
+    # the documents (flash-attn's variable-length path, flex attention's block mask). SDPA and eager attend through a
+    # dense mask, whose cost grows with the square of the row, so there the pieces fill rows of the context first-fit:
+    # the same documents and losses, 1.4x as fast on the demo's data (docs/BENCHMARKS.md).
+    kernel = attention_kernel(config.attention, distributed.device, bf16=uses_bf16(config.precision, distributed.device))
+    loader = PieceLoader(config.data, config.batch_size, pad_id=vocabulary.pad_id, seed=config.seed,
+                         rank=distributed.rank, world_size=distributed.world_size,
+                         row_length=None if kernel in ROW_FREE_KERNELS else int(read_index(config.data)["context_length"])
+                         ) if by_pieces else \
+        PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
+                     world_size=distributed.world_size)
+    # Refused before the run folder exists: a folder left with this config would refuse the corrected rerun. The
+    # validation, scored after training, would otherwise score no batch and report no loss.
+    loader.require_a_batch()
+    if config.validation_data:
+        PackedLoader(config.validation_data, config.batch_size).require_a_batch()
     context_length = int(loader.index["context_length"])
     # Under FSDP the main process alone loads the weights (and reads checkpoints); the others build the model's
     # skeleton and receive their shards. A 7B base model is 28 GB in fp32, and its checkpoint 84 GB with the
@@ -1332,8 +1370,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         if from_main:
             model = _skeleton_unless_main(model, config, distributed)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
+    # With pieces, a step's tokens are its documents' targets (each document's first token is none): slamkit's count.
+    mean_piece_targets = float(np.mean(loader.pieces(0)[1] - 1)) if by_pieces and len(loader.pieces(0)[1]) else \
+        float(context_length)  # none: the loader's first batch says the folder holds too few
     fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
-                                          loader.batches_per_epoch()), data_sha256=index_digest(config.data))
+                                          loader.batches_per_epoch(), mean_piece_targets),
+                                data_sha256=index_digest(config.data))
     plan = resume_plan(config, run_dir, fresh, resumed["step"], quiet=not distributed.is_main)
     distributed.barrier()  # every process has read the stored plan before the main one replaces it
     asked = config.budget_flops
@@ -1413,7 +1455,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
     step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode,
-                              layers=model.base_model.layers if config.fsdp else None)
+                              layers=model.base_model.layers if config.fsdp else None,
+                              dynamic=None if by_pieces else False)  # pieces: a batch's length varies
     kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = 0.0
     if distributed.is_main:
@@ -1429,10 +1472,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     lag = READBACK_LAG["cuda" if on_cuda else "cpu"]
     launched: list[_Launched] = []
     last_read = time.perf_counter()
+    # Training tokens seen after the steps settled: the plan's with rows; with pieces, the targets each step scored.
+    seen = resumed.get("tokens_seen", plan.tokens_before(start_step)) if by_pieces else plan.tokens_before(start_step)
 
     def settle(entry: _Launched) -> None:
         """Read a launched step's numbers back, check them and log them."""
-        nonlocal last_read
+        nonlocal last_read, seen
         if entry.ready is not None:
             entry.ready.synchronize()
         *sums, grad_norm = entry.numbers.tolist()
@@ -1446,17 +1491,18 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             # Nothing after this is worth keeping: no checkpoint, no model, no result.json.
             raise ValueError(f"{run_dir}: the loss became {totals[0]} at step {done}; lower --lr (now {config.lr}) "
                              f"or --grad-clip, and start a new run_dir")
+        step_tokens = round(totals[1]) if by_pieces else plan.tokens_per_step  # every process's scored targets
+        seen += step_tokens
         if not distributed.is_main:
             return
         # From the later of its launch and the previous step's read: a step's own time when the host waits for
         # each step (the CPU), the GPU's time per step when the host runs ahead; checkpoints left out either way.
         now = time.perf_counter()
         elapsed, last_read = now - max(last_read, entry.started), now
-        tokens_per_sec = plan.tokens_per_step / elapsed
+        tokens_per_sec = step_tokens / elapsed
         achieved = tokens_per_sec * plan.flops_per_token["all_params"]
         record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": grad_norm,
-                  "tokens": plan.tokens_before(done),
-                  "flops": plan.tokens_before(done) * plan.flops_per_token["all_params"],
+                  "tokens": seen, "flops": seen * plan.flops_per_token["all_params"],
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
         if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
             record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -1510,18 +1556,18 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                                              config.num_validation_batches, distributed.device, quiet=True,
                                              chunked=chunked)
                 if distributed.is_main:
-                    _log_validation(validation_path, done, plan, losses, events)
+                    _log_validation(validation_path, done, seen, losses, events)
                 last_read = time.perf_counter()  # the validation is not the next step's time
             if checkpointing:
                 wall_sec = resumed["wall_sec"] + time.perf_counter() - started
                 if config.checkpoint_format == "sharded":
                     save_sharded_checkpoint(run_dir, done, model, optimizer, loader, config.num_checkpoints_kept,
-                                            distributed, wall_sec=wall_sec)
+                                            distributed, wall_sec=wall_sec, tokens_seen=seen)
                 else:
                     model_state, optimizer_state = full_state(model, optimizer)
                     if distributed.is_main:
                         save_checkpoint(run_dir, done, model, model_state, optimizer_state, loader,
-                                        config.num_checkpoints_kept, wall_sec=wall_sec)
+                                        config.num_checkpoints_kept, wall_sec=wall_sec, tokens_seen=seen)
                 distributed.barrier()
             if stopping:
                 break
@@ -1550,7 +1596,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                                           chunked=chunked)
                       if config.validation_data else None)
         if validation is not None and config.validation_every:
-            _log_validation(validation_path, plan.total_steps, plan, validation, events)
+            _log_validation(validation_path, plan.total_steps, seen, validation, events)
         elif events is not None and validation is not None:
             _add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
@@ -1564,7 +1610,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
         mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
                             if any(m[key] is not None for m in final) else None)
-        result = RunResult(steps=plan.total_steps, tokens=plan.total_tokens, flops=plan.total_flops,
+        result = RunResult(steps=plan.total_steps, tokens=seen, flops=seen * plan.flops_per_token["all_params"],
                            parameters=model_lib.ParameterGroups(**plan.parameter_groups),
                            final_train=Losses(loss=mean("loss"), loss_speech=mean("loss_speech"),
                                               loss_text=mean("loss_text")),

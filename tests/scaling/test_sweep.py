@@ -808,14 +808,15 @@ def test_a_cell_accuracy_difference_adds_the_runs_spread_to_the_items_bootstrap(
     assert sweep.cell_accuracy_difference(cell(first), {"replicates": [{"accuracies": {}}]}, "b") is None
 
 
-def test_a_run_planned_before_validation_every_and_precision_existed_keeps_its_name():
+def test_a_run_planned_before_validation_every_precision_and_batching_existed_keeps_its_name():
     # run ids hash a run's config; a field added since, at its default, stays out of the hash, or every sweep
     # planned before would name its finished runs anew and train them again.
     config = dataclasses.asdict(TrainConfig(run_dir="runs/x", data="d", budget_flops=1e12))
     before = {key: value for key, value in config.items()
-              if key not in ("run_dir", "validation_every", "precision", "checkpoint_format")}
+              if key not in ("run_dir", "validation_every", "precision", "checkpoint_format", "batching")}
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
     assert sweep.run_id("v", "d1", "c1e12", config) == f"v-d1-c1e12-{digest}"
     assert sweep.run_id("v", "d1", "c1e12", {**config, "validation_every": 100}) != f"v-d1-c1e12-{digest}"
     assert sweep.run_id("v", "d1", "c1e12", {**config, "precision": "bf16"}) != f"v-d1-c1e12-{digest}"
     assert sweep.run_id("v", "d1", "c1e12", {**config, "checkpoint_format": "sharded"}) != f"v-d1-c1e12-{digest}"
+    assert sweep.run_id("v", "d1", "c1e12", {**config, "batching": "pieces"}) != f"v-d1-c1e12-{digest}"

@@ -36,7 +36,7 @@ from simslm.sequences.interleave import (
     sample_rng,
     single_modality_sample,
 )
-from simslm.sequences.loader import read_index
+from simslm.sequences.loader import pack_rows, read_index
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
@@ -207,32 +207,15 @@ def pack(samples: list[Sample], context_length: int, vocabulary: Vocabulary, *, 
     positions say where documents start, so attention and loss stay within each document,
     as slamkit's `DataCollatorWithFlattening` and variable-length attention have it.
     """
-    rows: list[list[np.ndarray]] = []
-    free: list[int] = []
-    first_open, counts = 0, collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    pieces = []
     for sample in samples:
         for start in range(0, len(sample.tokens), context_length):
-            piece = sample.tokens[start:start + context_length]
+            pieces.append(sample.tokens[start:start + context_length])
             for kind, number in zip(*np.unique(sample.kinds[start:start + context_length], return_counts=True)):
                 counts[KIND_NAMES[int(kind)]] += int(number)
-            row = next((r for r in range(first_open, len(rows)) if free[r] >= len(piece)), None)
-            if row is None:
-                rows.append([])
-                free.append(context_length)
-                row = len(rows) - 1
-                first_open = max(first_open, len(rows) - open_rows)
-            rows[row].append(piece)
-            free[row] -= len(piece)
-    tokens = np.full((len(rows), context_length), vocabulary.pad_id, dtype=np.uint32)
-    positions = np.zeros((len(rows), context_length), dtype=np.uint16 if context_length <= 65536 else np.uint32)
-    for number, pieces in enumerate(rows):
-        cursor = 0
-        for piece in pieces:
-            tokens[number, cursor:cursor + len(piece)] = piece
-            positions[number, cursor:cursor + len(piece)] = np.arange(len(piece))
-            cursor += len(piece)
-        positions[number, cursor:] = np.arange(context_length - cursor)  # padding: a document of its own
-    counts["padding"] = int(sum(free))
+    tokens, positions = pack_rows(pieces, context_length, vocabulary.pad_id, open_rows=open_rows)
+    counts["padding"] = int(tokens.size - sum(len(piece) for piece in pieces))
     return tokens, positions, dict(counts)
 
 

@@ -77,6 +77,8 @@ class PackedLoader:
     drawn from (seed, e). Under data parallelism, rank r of w takes every w-th batch.
     """
 
+    unit = "chunks"  # what a batch holds `batch_size` of, as messages name it
+
     def __init__(self, folder: str | os.PathLike, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         self.folder = Path(folder)
@@ -104,31 +106,42 @@ class PackedLoader:
             return None
         return self._load(built_epoch, "position_shards")
 
+    def _num_items(self, built_epoch: int) -> int:
+        """How many things a batch draws from in one built epoch: its rows."""
+        return len(self.chunks(built_epoch))
+
+    def _batch(self, built_epoch: int, chosen: np.ndarray) -> Batch:
+        """The batch of the items `chosen` (indices into the built epoch's storage order)."""
+        chunks, positions = self.chunks(built_epoch), self.positions(built_epoch)
+        tokens = np.asarray(chunks[chosen])
+        return Batch(tokens, np.asarray(positions[chosen]) if positions is not None
+                     else np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).copy())
+
     def batches_per_epoch(self, epoch: int = 0) -> int:
         """Batches this rank gets in one epoch (the tail that fills no global batch is dropped)."""
-        chunks = self.chunks(epoch % len(self.index["epochs"]))
-        return len(chunks) // (self.batch_size * self.world_size)
+        return self._num_items(epoch % len(self.index["epochs"])) // (self.batch_size * self.world_size)
+
+    def require_a_batch(self, epoch: int = 0) -> None:
+        """A ValueError naming the folder when an epoch holds fewer items than one global batch."""
+        if self.batches_per_epoch(epoch) == 0:
+            raise ValueError(f"{self.folder}: fewer {self.unit} than one global batch ({self.batch_size} x "
+                             f"{self.world_size}: {self._num_items(epoch % len(self.index['epochs']))} in epoch "
+                             f"{epoch}); lower --batch-size or build more data")
 
     def __iter__(self) -> "PackedLoader":
         return self
 
     def __next__(self) -> Batch:
-        if self.batches_per_epoch(self.epoch) == 0:
-            raise ValueError(f"{self.folder}: fewer chunks than one global batch "
-                             f"({self.batch_size} x {self.world_size})")
+        self.require_a_batch(self.epoch)
         while self.batch_in_epoch >= self.batches_per_epoch(self.epoch):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         built = self.epoch % len(self.index["epochs"])
-        chunks, positions = self.chunks(built), self.positions(built)
         if self._order is None or self._order[0] != self.epoch:
-            self._order = self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(chunks))
+            self._order = self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self._num_items(built))
         order = self._order[1]
         start = (self.batch_in_epoch * self.world_size + self.rank) * self.batch_size
         self.batch_in_epoch += 1
-        rows = order[start:start + self.batch_size]
-        tokens = np.asarray(chunks[rows])
-        return Batch(tokens, np.asarray(positions[rows]) if positions is not None
-                     else np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).copy())
+        return self._batch(built, order[start:start + self.batch_size])
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader is: the next batch is rebuilt from this alone."""
@@ -143,5 +156,96 @@ class PackedLoader:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         saved_world_size = state.get("world_size", self.world_size)
         if saved_world_size != self.world_size:
-            rows_read = self.batch_in_epoch * saved_world_size * self.batch_size
-            self.batch_in_epoch = -(-rows_read // (self.world_size * self.batch_size))  # ceil: nothing read twice
+            items_read = self.batch_in_epoch * saved_world_size * self.batch_size
+            self.batch_in_epoch = -(-items_read // (self.world_size * self.batch_size))  # ceil: nothing read twice
+
+
+class PieceLoader(PackedLoader):
+    """Batches of `batch_size` documents each (the pieces a build cut samples into: slamkit's `chunk_texts`),
+    laid end to end in one row with positions that restart at each: slamkit's batches under `data.packing: true`,
+    `per_device_train_batch_size` dataset items through `DataCollatorWithFlattening`. A batch then holds as many
+    tokens as its pieces do, not `batch_size` rows of the context. With `row_length`, the same documents are laid
+    first-fit into rows of that length instead (`pack_rows`), for attention kernels whose cost grows with a row.
+
+    The pieces are read out of the built rows (a piece starts where its position is 0; the padding after the last
+    piece of a row is a piece of pad tokens, left out) and drawn in an order from (seed, epoch), as the Trainer's
+    sampler draws dataset items; ranks, epochs and resuming work as `PackedLoader`'s, per piece.
+    """
+
+    unit = "pieces"
+
+    def __init__(self, folder: str | os.PathLike, batch_size: int, *, pad_id: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, row_length: int | None = None):
+        super().__init__(folder, batch_size, seed=seed, rank=rank, world_size=world_size)
+        self.pad_id, self.row_length = pad_id, row_length
+        self._pieces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def pieces(self, built_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each piece of a built epoch starts, as a token offset into its rows laid end to end, and its
+        length. One pass over the epoch's positions the first time it is asked, in every process (3 s a billion
+        tokens held in memory, on one core here; from disk, the positions' 2 bytes a token are read); the table
+        is 16 bytes a piece, kept for the run."""
+        if built_epoch not in self._pieces:
+            chunks, positions = self.chunks(built_epoch), self.positions(built_epoch)
+            starts, lengths, offset = [], [], 0
+            for number, part in enumerate(chunks.parts):
+                flat = part.reshape(-1)
+                if positions is not None:
+                    begins = np.flatnonzero(positions.parts[number].reshape(-1) == 0)
+                    ends = np.append(begins[1:], flat.size)
+                else:  # the first format: one document a row, then its padding
+                    begins = np.arange(0, flat.size, part.shape[1])
+                    ends = begins + (part != self.pad_id).sum(axis=1)
+                real = (ends > begins) & (flat[np.minimum(begins, max(flat.size - 1, 0))] != self.pad_id)
+                starts.append(begins[real] + offset)
+                lengths.append((ends - begins)[real])
+                offset += flat.size
+            self._pieces[built_epoch] = (np.concatenate([np.zeros(0, np.int64), *starts]).astype(np.int64),
+                                         np.concatenate([np.zeros(0, np.int64), *lengths]).astype(np.int64))
+        return self._pieces[built_epoch]
+
+    def _num_items(self, built_epoch: int) -> int:
+        return len(self.pieces(built_epoch)[0])
+
+    def _batch(self, built_epoch: int, chosen: np.ndarray) -> Batch:
+        chunks = self.chunks(built_epoch)
+        starts, lengths = self.pieces(built_epoch)
+        width = chunks.parts[0].shape[1]
+        tokens = []
+        for start, length in zip(starts[chosen], lengths[chosen]):
+            row, column = divmod(int(start), width)  # a piece never crosses a row
+            tokens.append(np.asarray(chunks[row][column:column + length]))
+        if self.row_length is None:
+            return Batch(np.concatenate(tokens)[None], np.concatenate([np.arange(len(t)) for t in tokens])[None])
+        return Batch(*pack_rows(tokens, self.row_length, self.pad_id))
+
+
+
+def pack_rows(documents: list[np.ndarray], row_length: int, pad_id: int, *, open_rows: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Documents (none longer than `row_length`) placed in their order into the first row with room for them among
+    the last `open_rows` rows (all rows when None), the rest of each row a document of pad tokens: token ids
+    (uint32) and each token's position within its document."""
+    rows: list[list[np.ndarray]] = []
+    free: list[int] = []
+    first_open = 0
+    for document in documents:
+        row = next((r for r in range(first_open, len(rows)) if free[r] >= len(document)), None)
+        if row is None:
+            rows.append([])
+            free.append(row_length)
+            row = len(rows) - 1
+            if open_rows is not None:
+                first_open = max(first_open, len(rows) - open_rows)
+        rows[row].append(document)
+        free[row] -= len(document)
+    tokens = np.full((len(rows), row_length), pad_id, dtype=np.uint32)
+    positions = np.zeros((len(rows), row_length), dtype=np.uint16 if row_length <= 65536 else np.uint32)
+    for number, placed in enumerate(rows):
+        cursor = 0
+        for document in placed:
+            tokens[number, cursor:cursor + len(document)] = document
+            positions[number, cursor:cursor + len(document)] = np.arange(len(document))
+            cursor += len(document)
+        positions[number, cursor:] = np.arange(row_length - cursor)  # padding: a document of its own
+    return tokens, positions
