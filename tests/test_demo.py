@@ -113,6 +113,10 @@ def test_the_demos_sweep_has_one_run_per_cell_or_one_per_seed():
     replicated = demo.sweep_spec(demo.DemoConfig(out="d", seed=4, seeds=3))
     assert replicated.seeds == (4, 5, 6) and "seed" not in replicated.train
     assert [v.name for v in replicated.variants] == ["interleaved-twist", "interleaved-random", "textless-twist"]
+    # Rows, the default, leave a run's id as before batching existed; slamkit's pieces name runs of their own.
+    assert single.train["batching"] == "rows"
+    pieces = demo.sweep_spec(demo.DemoConfig(out="d", seed=4, batching="pieces"))
+    assert pieces.train["batching"] == "pieces"
 
 
 def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(tmp_path):
@@ -131,6 +135,8 @@ def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(t
         {"textlm", "sweep", "fit"}
     assert set(demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10))) == {"fit"}
     assert demo.stale_stages(tmp_path, dataclasses.replace(made, bracket=False))["sweep"] == {"bracket": (True, False)}
+    assert demo.stale_stages(tmp_path, dataclasses.replace(made, batching="pieces")) == \
+        {"sweep": {"batching": ("rows", "pieces")}, "fit": {"batching": ("rows", "pieces")}}
     assert [demo._option(*option) for option in (("bracket", False), ("depths", [1, 2]), ("lr", 0.006),
                                                  ("budgets_flops", [1.25e11, 2e11]))] == \
         ["--no-bracket", "--depths 1 2", "--lr 0.006", "--budgets-flops 1.25e+11 2e+11"]

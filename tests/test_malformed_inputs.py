@@ -563,6 +563,13 @@ CASES: dict[str, Case] = {
                                      str(not_json(w, "fit.json")), []),
     "plan: fit is another JSON": lambda w: (["plan", "--flops", "1e20", "--fit", str(w.sweep / "sweep.json")],
                                             f"{w.sweep / 'sweep.json'}: not a fit.json", []),
+    "plan: fit variant without a law": lambda w: (["plan", "--flops", "1e20", "--fit", str(_write(
+        w.bad / "fit-no-law.json", json.dumps({"variants": {"textless": {"approach1": {}}}})))],
+        "variant 'textless' has no approach 3 law", []),
+    "plan: fit law with a word for a number": lambda w: (["plan", "--flops", "1e20", "--fit", str(_write(
+        w.bad / "fit-word.json", json.dumps({"variants": {"textless": {"approach3": {"law": {
+            "E": 1, "A": 2, "B": 3, "alpha": "x", "beta": 0.3}}}}})))], "not E, A, B, alpha, beta as finite numbers",
+        []),
     "report: not a sweep": lambda w: (["report", str(a_folder(w, "no-sweep"))], str(a_folder(w, "no-sweep")), []),
     # bench build / model / textlm / demo
     "bench build: source missing": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-37"),

@@ -68,6 +68,9 @@ class DemoConfig(Config):
     """Tokens per packed sequence."""
     batch_size: int = 2
     """Sequences per SLM training step: 512 tokens, so that the largest size still takes hundreds of steps."""
+    batching: Literal["rows", "pieces"] = "rows"
+    """A step's batch_size: rows of the context, or documents as slamkit batches them (`train --batching pieces`;
+    on the demo's data 0.82x the tokens a step, so a budget takes more steps: docs/LOG.md, 2026-12-05)."""
     lr: float = 6e-3
     """Peak SLM learning rate (cosine to a tenth): tiny models want more than slamkit's 5e-4 (docs/LOG.md)."""
     new_rows: Literal["mean", "normal"] = "normal"
@@ -118,12 +121,12 @@ _SOURCE = ("corpus", "num_stories", "seed")
 _FAMILY = (*_SOURCE, "depths", "aspect_ratio", "text_tokens_per_parameter", "context_length")
 _SEQUENCES = (*_SOURCE, "num_units", "context_length")
 _BENCHMARKS = (*_SOURCE, "num_tsc_items", "sblimp_per_phenomenon")
-_SWEEP = tuple(dict.fromkeys((*_FAMILY, *_SEQUENCES, *_BENCHMARKS, "budgets_flops", "batch_size", "lr",
-                              "new_rows", "bracket", "seeds")))
+_SWEEP = tuple(dict.fromkeys((*_FAMILY, *_SEQUENCES, *_BENCHMARKS, "budgets_flops", "batch_size", "batching",
+                              "lr", "new_rows", "bracket", "seeds")))
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "synthesise": _SOURCE, "units": (*_SOURCE, "num_units"), "textlm": _FAMILY, "sequences": _SEQUENCES,
     "benchmarks": _BENCHMARKS, "sweep": _SWEEP, "fit": (*_SWEEP, "num_resamples")}
-CHANGEABLE = frozenset({"depths", "budgets_flops", "batch_size", "lr", "new_rows", "bracket", "seeds",
+CHANGEABLE = frozenset({"depths", "budgets_flops", "batch_size", "batching", "lr", "new_rows", "bracket", "seeds",
                         "num_resamples"})
 
 
@@ -306,8 +309,8 @@ def sweep_spec(config: DemoConfig):
         depths=config.depths, budgets_flops=config.budgets_flops,
         family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
         bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
-        train={"batch_size": config.batch_size, "lr": config.lr, "lr_min": config.lr / 10, "new_rows": config.new_rows,
-               "checkpoint_every": 500, "num_validation_batches": 64, **({} if replicated else {"seed": config.seed})},
+        train={"batch_size": config.batch_size, "batching": config.batching, "lr": config.lr, "lr_min": config.lr / 10,
+               "new_rows": config.new_rows, "checkpoint_every": 500, "num_validation_batches": 64, **({} if replicated else {"seed": config.seed})},
         seeds=tuple(range(config.seed, config.seed + config.seeds)) if replicated else ())
 
 

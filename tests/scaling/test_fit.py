@@ -381,6 +381,15 @@ def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_p
     # A degenerate variant named, or no sound variant at all: refused, naming those that are sound.
     assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json"), "--variant", "a"]) == 2
     assert "variants with a sound law: b, c (--variant)" in capsys.readouterr().err
+    # A fit.json edited by hand: a variant whose samples are not rows of five numbers is named, not a traceback,
+    # when planned from; asked for another variant, it is left alone (and not listed as sound).
+    edited = {"variants": {"b": sound, "e": {**sound, "approach3": {**sound["approach3"], "samples": [[1, 2, 3, 4]]}}}}
+    (tmp_path / "edited.json").write_text(json.dumps(edited, default=float))
+    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "edited.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("simslm plan: error: ") and "edited.json: variant 'e' has bootstrap samples" in error
+    assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "edited.json"), "--variant", "b"]) == 0
+    assert "edited.json (b)" in capsys.readouterr().out
 
 
 def test_one_budget_gives_no_envelope_law_and_says_so():

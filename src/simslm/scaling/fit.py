@@ -31,7 +31,7 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -774,6 +774,27 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
                   None if any(c is None for c in curves) else tuple(curves), curve_kind)
 
 
+def _law_problem(fit: Any) -> str | None:
+    """What keeps one variant of a fit.json (a file a user may have edited) from being planned from, or None."""
+    third = fit.get("approach3") if isinstance(fit, dict) else None
+    law = third.get("law") if isinstance(third, dict) else None
+    if not isinstance(law, dict):
+        return "has no approach 3 law (approach3.law)"
+    names = [field.name for field in fields(Law)]
+    if set(law) != set(names) or not all(isinstance(law[name], (int, float)) and not isinstance(law[name], bool)
+                                         and math.isfinite(law[name]) for name in names):
+        return f"has a law that is not {', '.join(names)} as finite numbers ({json.dumps(law)[:200]})"
+    samples = third.get("samples") or []
+    if not isinstance(samples, list) or not all(isinstance(row, list) and len(row) == len(names) and
+                                                all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in row) for row in samples):
+        return f"has bootstrap samples that are not rows of {len(names)} numbers (approach3.samples)"
+    degenerate = third.get("degenerate", [])
+    if not isinstance(degenerate, list) or not all(isinstance(reason, str) for reason in degenerate):
+        return "has a degenerate list that is not one of reasons (approach3.degenerate)"
+    return None
+
+
 def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]], list[str]]:
     """The fits `simslm plan` plans from, each with its name, and a note for each variant it leaves out: the variant
     named, every variant of a fit.json with several and none named (a degenerate law is left out and noted), or
@@ -790,7 +811,11 @@ def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]
     if not fits:
         raise ValueError(f"{config.fit} has no variant to plan from")
     named = [config.variant] if config.variant is not None else list(fits)
-    sound = [name for name, fit in fits.items() if not fit["approach3"].get("degenerate")]
+    for name in named:
+        problem = _law_problem(fits[name])
+        if problem:
+            raise ValueError(f"{config.fit}: variant '{name}' {problem}; `simslm fit SWEEP` writes a fit.json")
+    sound = [name for name, fit in fits.items() if not _law_problem(fit) and not fit["approach3"].get("degenerate")]
     chosen = [name for name in named if name in sound]
     if not chosen:
         name = named[0]
