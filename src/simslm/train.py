@@ -70,7 +70,8 @@ class TrainConfig(Config):
     """rows: each micro-batch is `batch_size` of the built rows, every one `context_length` tokens of documents
     packed first-fit (a fixed number of tokens a step). pieces: `batch_size` documents, as the build cut them to the
     context, laid end to end in one row: slamkit's recipe (`data.packing: true`, `per_device_train_batch_size`
-    items through `DataCollatorWithFlattening`), whose steps hold only as many tokens as their documents. Where
+    items through `DataCollatorWithFlattening`), whose steps hold only as many tokens as their documents (under
+    SDPA or eager attention, the same documents go first-fit into rows of the context, 1.4x as fast). Where
     many documents are shorter than the context, a step then holds fewer tokens (on the demo's data, 0.82x as
     many interleaved and 0.90x textless), and a budget takes more steps. The steps are planned from the mean
     document; a step's tokens, and so a run's, are counted as slamkit's trainer counts them, the targets its loss
@@ -1341,11 +1342,11 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # the documents (flash-attn's variable-length path, flex attention's block mask). SDPA and eager attend through a
     # dense mask, whose cost grows with the square of the row, so there the pieces fill rows of the context first-fit:
     # the same documents and losses, 1.4x as fast on the demo's data (docs/BENCHMARKS.md).
+    context_length = int(read_index(config.data)["context_length"])
     kernel = attention_kernel(config.attention, distributed.device, bf16=uses_bf16(config.precision, distributed.device))
     loader = PieceLoader(config.data, config.batch_size, pad_id=vocabulary.pad_id, seed=config.seed,
                          rank=distributed.rank, world_size=distributed.world_size,
-                         row_length=None if kernel in ROW_FREE_KERNELS else int(read_index(config.data)["context_length"])
-                         ) if by_pieces else \
+                         row_length=None if kernel in ROW_FREE_KERNELS else context_length) if by_pieces else \
         PackedLoader(config.data, config.batch_size, seed=config.seed, rank=distributed.rank,
                      world_size=distributed.world_size)
     # Refused before the run folder exists: a folder left with this config would refuse the corrected rerun. The
@@ -1353,7 +1354,6 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     loader.require_a_batch()
     if config.validation_data:
         PackedLoader(config.validation_data, config.batch_size).require_a_batch()
-    context_length = int(loader.index["context_length"])
     # Under FSDP the main process alone loads the weights (and reads checkpoints); the others build the model's
     # skeleton and receive their shards. A 7B base model is 28 GB in fp32, and its checkpoint 84 GB with the
     # optimiser's state: one copy per process would be 8 of each in the memory of an 8-GPU node.
@@ -1371,8 +1371,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             model = _skeleton_unless_main(model, config, distributed)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     # With pieces, a step's tokens are its documents' targets (each document's first token is none): slamkit's count.
-    mean_piece_targets = float(np.mean(loader.pieces(0)[1] - 1)) if by_pieces and len(loader.pieces(0)[1]) else \
-        float(context_length)  # none: the loader's first batch says the folder holds too few
+    mean_piece_targets = float(np.mean(loader.pieces(0)[1] - 1)) if by_pieces else None
     fresh = dataclasses.replace(make_plan(config, model, context_length, distributed.world_size, len(vocabulary),
                                           loader.batches_per_epoch(), mean_piece_targets),
                                 data_sha256=index_digest(config.data))
@@ -1456,7 +1455,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
     step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode,
                               layers=model.base_model.layers if config.fsdp else None,
-                              dynamic=None if by_pieces else False)  # pieces: a batch's length varies
+                              dynamic=None if by_pieces else False)  # pieces: a batch's shape varies
     kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = 0.0
     if distributed.is_main:

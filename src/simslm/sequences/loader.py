@@ -220,7 +220,6 @@ class PieceLoader(PackedLoader):
         return Batch(*pack_rows(tokens, self.row_length, self.pad_id))
 
 
-
 def pack_rows(documents: list[np.ndarray], row_length: int, pad_id: int, *, open_rows: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Documents (none longer than `row_length`) placed in their order into the first row with room for them among
