@@ -177,12 +177,10 @@ def test_a_run_of_pieces_killed_mid_way_resumes_bit_for_bit(data, tmp_path, trai
     assert not (tmp_path / "stopped" / "result.json").exists()
     train(stopped)
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "whole")
-    for name in ("metrics.jsonl",):
-        whole = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_sec", "mfu")}
-                 for line in (tmp_path / "whole" / name).read_text().splitlines()]
-        again = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_sec", "mfu")}
-                 for line in (tmp_path / "stopped" / name).read_text().splitlines()]
-        assert again == whole  # the tokens seen too, counted on from the checkpoint
+    whole, again = ([{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_sec", "mfu")}
+                     for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                    for run in ("whole", "stopped"))
+    assert again == whole  # the tokens seen too, counted on from the checkpoint's
     assert RunResult.load(tmp_path / "stopped").tokens == RunResult.load(tmp_path / "whole").tokens
 
 
