@@ -220,6 +220,10 @@ def _sequences_stats(config) -> int:
               f"padding {row['padding_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
               + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
         print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
+        if row["num_documents"]:
+            mean = row["mean_document_tokens"]
+            print(f"  {row['num_documents']} documents of {mean:.1f} tokens on average, {mean / index['context_length']:.2f} "
+                  f"of the context: a step of `train --batching pieces` holds about that share of a step of rows")
     return 0
 
 

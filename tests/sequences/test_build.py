@@ -30,6 +30,10 @@ def test_build_packs_whole_documents_with_positions_that_restart(build, extracte
         assert counts["padding"] < 0.1 * entry["num_chunks"] * 256
     rows = stats(out)
     assert 0.3 <= rows[0]["interleaved_speech_word_share"] < 0.6
+    for row, entry in zip(rows, index["epochs"]):  # the documents, as the rows hold them
+        documents = epoch_documents(out, entry)
+        assert row["num_documents"] == len(documents)
+        assert row["mean_document_tokens"] == pytest.approx(np.mean([len(document) for document in documents]))
     assert rows[0]["skipped"] == {"no units extracted": 2}  # the empty and the corrupt file
 
 

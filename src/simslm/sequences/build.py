@@ -527,7 +527,7 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
         interleaved = samples.get("interleaved", [])
         index["epochs"].append({
             "epoch": epoch, "shards": shard_names, "position_shards": position_names, "num_chunks": int(len(chunks)),
-            "token_counts": counts,
+            "num_documents": len(chosen), "token_counts": counts,
             "tokens_by_stream": taken, "samples_by_stream": {n: len(v) for n, v in samples.items()},
             "pieces_by_stream": {n: len(v) for n, v in pieces.items()},
             "skipped": dict(skipped),

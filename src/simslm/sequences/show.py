@@ -19,19 +19,24 @@ from simslm.units.extract import read_units
 
 
 def stats(folder: str | os.PathLike, index: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words (`index`: the
-    folder's index.json, when the caller has read it)."""
+    """Per epoch: chunks, tokens per modality, speech share of tokens and of interleaved words, and the documents
+    (pieces cut to the context) with their mean length, which folders built before 2026-12-05 do not record
+    (`index`: the folder's index.json, when the caller has read it)."""
     index = index if index is not None else read_index(folder)
     rows = []
     for entry in index["epochs"]:
         counts = entry["token_counts"]
         speech, text_tokens = counts.get("speech", 0), counts.get("text", 0)
         words = entry["interleaved_words"]
+        padding = counts.get("padding", counts.get("dropped", 0))
+        documents = entry.get("num_documents")
         rows.append({
             "epoch": entry["epoch"], "num_chunks": entry["num_chunks"],
             "tokens": entry["num_chunks"] * index["context_length"],
             "speech_tokens": speech, "text_tokens": text_tokens, "marker_tokens": counts.get("marker", 0),
-            "padding_tokens": counts.get("padding", counts.get("dropped", 0)),
+            "padding_tokens": padding, "num_documents": documents,
+            "mean_document_tokens": ((entry["num_chunks"] * index["context_length"] - padding) / documents
+                                     if documents else None),
             "speech_token_share": speech / max(1, speech + text_tokens),
             "interleaved_speech_word_share": entry["interleaved_speech_words"] / words if words else None,
             "tokens_by_stream": entry["tokens_by_stream"], "skipped": entry["skipped"],
