@@ -1,6 +1,7 @@
 """`--batching pieces`: slamkit's batches, `per_device_train_batch_size` documents through `DataCollatorWithFlattening`."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,23 @@ def test_an_epoch_of_pieces_is_every_document_once_in_one_row_or_rows_of_the_con
     # The next epoch reads the second built epoch.
     assert loader.epoch == 0 and next(loader) and loader.epoch == 1
     assert set(_split(next(loader), pad_id)) <= set(_documents(data, 1))
+
+
+def test_the_pieces_of_a_folder_of_the_first_format_are_its_rows_without_their_padding(data, tmp_path):
+    # Folders of the first format have no positions: one document a row, padded at its end.
+    old = tmp_path / "first-format"
+    shutil.copytree(data, old)
+    index = json.loads((old / "index.json").read_text())
+    for entry in index["epochs"]:
+        for name in entry.pop("position_shards"):
+            (old / f"epoch-{entry['epoch']:03d}" / name).unlink()
+    (old / "index.json").write_text(json.dumps(index))
+    pad_id = _pad_id(data)
+    rows = np.asarray(PieceLoader(old, 1, pad_id=pad_id).chunks(0))
+    loader = PieceLoader(old, 1, pad_id=pad_id, seed=3)
+    assert loader.batches_per_epoch() == len(rows)
+    seen = sorted(piece for _ in range(len(rows)) for piece in _split(next(loader), pad_id))
+    assert seen == sorted(tuple(int(t) for t in row[row != pad_id]) for row in rows)
 
 
 def test_documents_fill_rows_first_fit_in_their_order():
