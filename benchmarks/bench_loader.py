@@ -7,6 +7,9 @@ shard files of 4,096 rows, as `sequences build` writes them) to a temporary fold
 opens it with `PackedLoader` as `simslm train` does, reads `--batches` batches of 8 rows and reports the wall time,
 the peak resident memory (`ru_maxrss`, which counts the pages of mapped files it touched, and the kernel's
 read-ahead around them) and the process's own memory then (`RssAnon`: what it cannot give back).
+
+With `--pieces`, the loader is `PieceLoader` (`train --batching pieces`), whose first batch first reads the epoch's
+positions once to find its documents (here one a row); its time and the table's memory are in the figures.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import numpy as np
 
 PROBE = """
 import resource, sys, time
-from simslm.sequences.loader import PackedLoader
+from simslm.sequences.loader import PackedLoader, PieceLoader
 started = time.perf_counter()
-loader = PackedLoader(sys.argv[1], batch_size=8, seed=0)
+loader = (PieceLoader(sys.argv[1], batch_size=8, seed=0, pad_id=1000, row_length=int(sys.argv[4]))
+          if sys.argv[3] == "pieces" else PackedLoader(sys.argv[1], batch_size=8, seed=0))
 for _ in range(int(sys.argv[2])):
     next(loader)
 anonymous = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon:"))
@@ -54,12 +58,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--pieces", action="store_true", help="read it as `train --batching pieces` does")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         size = write_folder(Path(folder), args.rows, args.context)
-        out = subprocess.run([sys.executable, "-c", PROBE, folder, str(args.batches)], capture_output=True, text=True,
-                             check=True).stdout.split()
-        print(f"an epoch of {args.rows} rows x {args.context} ({size:.2f} GB of tokens and positions): "
+        kind = "pieces" if args.pieces else "rows"
+        out = subprocess.run([sys.executable, "-c", PROBE, folder, str(args.batches), kind, str(args.context)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        print(f"an epoch of {args.rows} rows x {args.context} ({size:.2f} GB of tokens and positions), read as {kind}: "
               f"{args.batches} batches in {float(out[0]):.2f} s, peak {float(out[1]):.2f} GB, own memory "
               f"{float(out[2]):.2f} GB")
 

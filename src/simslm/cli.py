@@ -222,8 +222,9 @@ def _sequences_stats(config) -> int:
         print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
         if row["num_documents"]:
             mean = row["mean_document_tokens"]
-            print(f"  {row['num_documents']} documents of {mean:.1f} tokens on average, {mean / index['context_length']:.2f} "
-                  f"of the context: a step of `train --batching pieces` holds about that share of a step of rows")
+            print(f"  {row['num_documents']} documents of {mean:.1f} tokens on average, "
+                  f"{mean / index['context_length']:.2f} of the context: a step of `train --batching pieces` holds "
+                  f"about that share of a step of rows")
     return 0
 
 

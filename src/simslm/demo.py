@@ -310,7 +310,8 @@ def sweep_spec(config: DemoConfig):
         family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
         bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
         train={"batch_size": config.batch_size, "batching": config.batching, "lr": config.lr, "lr_min": config.lr / 10,
-               "new_rows": config.new_rows, "checkpoint_every": 500, "num_validation_batches": 64, **({} if replicated else {"seed": config.seed})},
+               "new_rows": config.new_rows, "checkpoint_every": 500, "num_validation_batches": 64,
+               **({} if replicated else {"seed": config.seed})},
         seeds=tuple(range(config.seed, config.seed + config.seeds)) if replicated else ())
 
 
@@ -404,7 +405,8 @@ def finding_two(fit: dict[str, Any], num_at_edge: int, num_budgets: int, runs_pe
         if runs_per_cell == 1:
             # On an Intel Xeon the default demo's single runs left the N term undetermined; a second seed per cell
             # determined it (docs/LOG.md, 2026-12-05).
-            allocation += "; a second training run per cell (--seeds 2, which trains only the new runs) may determine it"
+            allocation += ("; a second training run per cell (--seeds 2, which trains only the new runs) may "
+                           "determine it")
         allocation += ")"
     elif num_at_edge:
         allocation = (f"cannot be judged (the best size is the grid's smallest or largest at {num_at_edge} of "

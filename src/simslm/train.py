@@ -1343,7 +1343,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # dense mask, whose cost grows with the square of the row, so there the pieces fill rows of the context first-fit:
     # the same documents and losses, 1.4x as fast on the demo's data (docs/BENCHMARKS.md).
     context_length = int(read_index(config.data)["context_length"])
-    kernel = attention_kernel(config.attention, distributed.device, bf16=uses_bf16(config.precision, distributed.device))
+    kernel = attention_kernel(config.attention, distributed.device,
+                              bf16=uses_bf16(config.precision, distributed.device))
     loader = PieceLoader(config.data, config.batch_size, pad_id=vocabulary.pad_id, seed=config.seed,
                          rank=distributed.rank, world_size=distributed.world_size,
                          row_length=None if kernel in ROW_FREE_KERNELS else context_length) if by_pieces else \
@@ -1472,7 +1473,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     launched: list[_Launched] = []
     last_read = time.perf_counter()
     # Training tokens seen after the steps settled: the plan's with rows; with pieces, the targets each step scored.
-    seen = resumed.get("tokens_seen", plan.tokens_before(start_step)) if by_pieces else plan.tokens_before(start_step)
+    # A checkpoint from before it kept the count is one of rows, whose count the plan gives.
+    seen = resumed.get("tokens_seen", plan.tokens_before(start_step))
 
     def settle(entry: _Launched) -> None:
         """Read a launched step's numbers back, check them and log them."""

@@ -811,11 +811,11 @@ def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]
     if not fits:
         raise ValueError(f"{config.fit} has no variant to plan from")
     named = [config.variant] if config.variant is not None else list(fits)
+    problems = {name: _law_problem(fit) for name, fit in fits.items()}
     for name in named:
-        problem = _law_problem(fits[name])
-        if problem:
-            raise ValueError(f"{config.fit}: variant '{name}' {problem}; `simslm fit SWEEP` writes a fit.json")
-    sound = [name for name, fit in fits.items() if not _law_problem(fit) and not fit["approach3"].get("degenerate")]
+        if problems[name]:
+            raise ValueError(f"{config.fit}: variant '{name}' {problems[name]}; `simslm fit SWEEP` writes a fit.json")
+    sound = [name for name, fit in fits.items() if not problems[name] and not fit["approach3"].get("degenerate")]
     chosen = [name for name in named if name in sound]
     if not chosen:
         name = named[0]

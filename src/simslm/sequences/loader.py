@@ -178,15 +178,15 @@ class PieceLoader(PackedLoader):
                  world_size: int = 1, row_length: int | None = None):
         super().__init__(folder, batch_size, seed=seed, rank=rank, world_size=world_size)
         self.pad_id, self.row_length = pad_id, row_length
-        self._pieces: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._table: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # (built epoch, its pieces): one held
 
     def pieces(self, built_epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each piece of a built epoch starts, as a token offset into its rows laid end to end, and its
-        length. One pass over the epoch's positions the first time it is asked, in every process (3 s a billion
-        tokens held in memory, on one core here; from disk, the positions' 2 bytes a token are read); the table
-        is 16 bytes a piece (160 MB for 10 million), kept for one built epoch at a time."""
-        if built_epoch not in self._pieces:
-            self._pieces.clear()  # the epochs are read in turn: one table held, not one per built epoch
+        length. One pass over the epoch's positions the first time it is asked, in every process, and a look at
+        each document's first token, which tells the padding (so every page of the tokens is read ahead of the
+        batches that need it: 0.1 s for 205M tokens in the page cache, docs/BENCHMARKS.md); the table is 16 bytes a
+        piece (160 MB for 10 million), kept for one built epoch at a time, as the epochs are read in turn."""
+        if self._table is None or self._table[0] != built_epoch:
             chunks, positions = self.chunks(built_epoch), self.positions(built_epoch)
             starts, lengths, offset = [], [], 0
             for number, part in enumerate(chunks.parts):
@@ -197,13 +197,13 @@ class PieceLoader(PackedLoader):
                 else:  # the first format: one document a row, then its padding
                     begins = np.arange(0, flat.size, part.shape[1])
                     ends = begins + (part != self.pad_id).sum(axis=1)
-                real = (ends > begins) & (flat[np.minimum(begins, max(flat.size - 1, 0))] != self.pad_id)
+                real = (ends > begins) & (flat[begins] != self.pad_id)
                 starts.append(begins[real] + offset)
                 lengths.append((ends - begins)[real])
                 offset += flat.size
-            self._pieces[built_epoch] = (np.concatenate([np.zeros(0, np.int64), *starts]).astype(np.int64),
-                                         np.concatenate([np.zeros(0, np.int64), *lengths]).astype(np.int64))
-        return self._pieces[built_epoch]
+            self._table = built_epoch, (np.concatenate([np.zeros(0, np.int64), *starts]),
+                                        np.concatenate([np.zeros(0, np.int64), *lengths]))
+        return self._table[1]
 
     def _num_items(self, built_epoch: int) -> int:
         return len(self.pieces(built_epoch)[0])
