@@ -376,12 +376,36 @@ def _one_process_and_torchrun(data, tmp_path, shared=None, **parallel_changes):
     for name, config in (("single", single), ("parallel", parallel)):
         (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
     subprocess.run(_run_command(tmp_path / "single.json"), check=True, env=env, cwd=REPO, capture_output=True)
-    torchrun = _torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / "parallel.json"))
+    (tmp_path / "reads.py").write_text(READS_COUNTED)
+    torchrun = _torchrun(2, str(tmp_path / "reads.py"), "train", "--config", str(tmp_path / "parallel.json"))
     completed = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     # transformers' notice of the new embedding rows (TWIST), from the first process only
     assert completed.stderr.count("new embeddings will be initialized") <= 1, completed.stderr[-3000:]
+    # The steps sum their counts and losses over the processes on the device and read nothing back inside a step:
+    # the one read of a collective is the run lock's check before the first.
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"reads.{rank}.json").read_text()) == [1], rank
     return tmp_path / "single", tmp_path / "parallel"
+
+
+# `simslm` under torchrun, each process writing down what `_Distributed.all_sum` (a collective read back on the host,
+# which on a GPU waits for everything launched before it) was called with: the number of values, call by call.
+READS_COUNTED = """
+import json, os, sys
+from pathlib import Path
+
+import simslm.train
+from simslm.cli import main
+
+reads, all_sum = [], simslm.train._Distributed.all_sum
+simslm.train._Distributed.all_sum = lambda self, values: reads.append(len(values)) or all_sum(self, values)
+try:
+    code = main(sys.argv[1:])
+finally:
+    Path(__file__).with_name(f"reads.{os.environ['RANK']}.json").write_text(json.dumps(reads))
+raise SystemExit(code)
+"""
 
 
 @pytest.mark.slow

@@ -813,6 +813,20 @@ class _Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def sum_on_device(self, values: list[float]) -> Any:
+        """`values` summed over every process, as a float64 tensor on this process's device that is not read back:
+        on a GPU the copy and the sum are queued behind the work launched so far, and the host goes on launching
+        (`all_sum`'s read back would wait for all of it, once a step)."""
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if self.device.startswith("cuda"):
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
     def barrier(self) -> None:
         import torch.distributed as dist
 
@@ -1035,21 +1049,40 @@ class _Launched:
     step: int
     started: float
     lr: float
-    numbers: Any  # each micro-batch's `_loss_and_totals` values, then the gradient norm: one tensor (`_toward_host`)
+    numbers: Any  # the step's sums over its micro-batches and processes, its gradient norm (`_step_numbers`)
     ready: Any  # on CUDA, an event recorded behind the copy of `numbers` to the host; None on the CPU
 
 
-def _toward_host(step_sums: list[Any], grad_norm: Any, on_cuda: bool) -> tuple[Any, Any]:
-    """A launched step's numbers as one tensor on its way to the host, and on CUDA an event recorded behind that copy.
+def _step_numbers(step_sums: list[Any], grad_norm: Any, distributed: "_Distributed", shared: Any = None) -> Any:
+    """A launched step's numbers as one float64 tensor on the device, read nowhere yet: its loss sums and counts
+    (`_loss_and_totals`'s order) added micro-batch after micro-batch, then over the processes; its gradient norm;
+    and with several processes, `shared`'s second value, their summed requests to stop.
+
+    float64 holds every value of the float32 sums and of the norm (float32, or bfloat16 for bf16 weights)
+    exactly, and adds them as the host would, so what is logged is what the tensors held."""
+    import torch
+
+    totals = step_sums[0].detach().to(torch.float64)
+    for sums in step_sums[1:]:
+        totals = totals + sums.detach().to(torch.float64)
+    if distributed.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)  # queued on the device like the step's own collectives, read back with the rest
+    parts = [totals, grad_norm.detach().reshape(1).to(torch.float64)]
+    if shared is not None:
+        parts.append(shared[1:])
+    return torch.cat(parts)
+
+
+def _toward_host(numbers: Any, on_cuda: bool) -> tuple[Any, Any]:
+    """A launched step's numbers on their way to the host, and on CUDA an event recorded behind that copy.
 
     Reading a tensor on the GPU (`.tolist()`) queues its copy behind everything launched so far: read after the
     next step is launched, it waits for that step to end too, and the GPU then idles while the host prepares the
     step after. The copy queued here follows this step's kernels only, and waiting on its event waits for them."""
     import torch
 
-    # float64 holds every value of the step's float32 sums and its norm (float32, or bfloat16 for bf16 weights)
-    # exactly, so what is logged is what each tensor held.
-    numbers = torch.cat([tensor.detach().reshape(-1).to(torch.float64) for tensor in (*step_sums, grad_norm)])
     if not on_cuda:
         return numbers, None
     host = torch.empty(numbers.shape, dtype=numbers.dtype, pin_memory=True)
@@ -1478,15 +1511,14 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
 
     def settle(entry: _Launched) -> None:
         """Read a launched step's numbers back, check them and log them."""
-        nonlocal last_read, seen
+        nonlocal last_read, seen, stopping
         if entry.ready is not None:
             entry.ready.synchronize()
-        *sums, grad_norm = entry.numbers.tolist()
-        width = len(VALIDATION_SUMS)  # each micro-batch's sums and counts, as `_loss_and_totals` gives them
-        totals = [0.0] * width
-        for start in range(0, len(sums), width):  # micro-batch by micro-batch, in the order they were summed before
-            totals = [a + b for a, b in zip(totals, _sum_count_pairs(sums[start:start + width]))]
-        totals = distributed.all_sum(totals)
+        numbers = entry.numbers.tolist()
+        width = len(VALIDATION_SUMS)
+        totals, grad_norm = _sum_count_pairs(numbers[:width]), numbers[width]
+        if numbers[width + 1:]:  # several processes: whether any was asked to stop before this step
+            stopping = stopping or numbers[width + 1] > 0
         done = entry.step + 1
         if not math.isfinite(totals[0]):
             # Nothing after this is worth keeping: no checkpoint, no model, no result.json.
@@ -1515,7 +1547,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                      tokens_per_sec=round(tokens_per_sec))
         tracker.update()
 
-    stopping, done = 0.0, start_step
+    stopping, done = False, start_step
     with _StopRequest() as stop:
         for step in range(start_step, plan.total_steps):
             step_started = time.perf_counter()
@@ -1526,30 +1558,39 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             # The step's loss is the mean over every scored target of the step, on every process
             # (what HF's num_items_in_batch does): packed rows hold different numbers of them, and
             # gradients are averaged over processes, hence the world size.
-            # The same sum carries a request to stop: every process learns of it at the same step.
-            num_scored, stopping = distributed.all_sum([float(sum(
-                scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum() for b in batches)),
-                float(stop.noted)])
+            num_scored = float(sum(scored_targets(b.tokens, b.positions, vocabulary.pad_id).sum() for b in batches))
+            shared = None
+            if distributed.world_size == 1:
+                scale, stopping = 1.0 / max(num_scored, 1.0), stop.noted
+            else:
+                # Summed over the processes on the device, and never read back inside the step: a read would make
+                # the host wait there for the GPU, once a step. The same sum carries the requests to stop, read
+                # with the step's numbers (`settle`), so every process learns of one at the same step.
+                shared = distributed.sum_on_device([num_scored, float(stop.noted)])
+                scale = (distributed.world_size / shared[0].clamp(min=1.0)).float()
             for micro, batch in enumerate(batches):
                 last = micro == config.grad_accumulation - 1
                 sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
                 with sync:
                     loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast,
                                                  chunked)
-                    (loss_sum * (distributed.world_size / max(num_scored, 1.0))).backward()
+                    (loss_sum * scale).backward()
                 step_sums.append(sums)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             launched.append(_Launched(step, step_started, optimizer.param_groups[0]["lr"],
-                                      *_toward_host(step_sums, grad_norm, on_cuda)))
+                                      *_toward_host(_step_numbers(step_sums, grad_norm, distributed, shared), on_cuda)))
             done = step + 1
-            checkpointing = done % config.checkpoint_every == 0 or done == plan.total_steps or stopping > 0
+            periodic = done % config.checkpoint_every == 0 or done == plan.total_steps
             validating = bool(config.validation_every) and done % config.validation_every == 0 and \
                 done < plan.total_steps  # the last step's validation is the run's own, below
-            while len(launched) > (0 if checkpointing or validating else lag):  # a checkpoint holds only steps
-                settle(launched.pop(0))                                          # known to be finite
+            # A checkpoint holds only steps known to be finite. A request to stop, learnt as a step settles, settles
+            # the steps launched since too, and the run stops at the same step on every process.
+            while len(launched) > (0 if periodic or validating or stopping else lag):
+                settle(launched.pop(0))
+            checkpointing = periodic or stopping
             if validating:
                 # Every process scores the same batches: under FSDP each forward needs all of them, through the
                 # module FSDP wraps as its root (`core`, which holds the head when the loss is chunked).
@@ -1575,7 +1616,9 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
 
     if tracker is not None:
         tracker.close()
-    if stop.noted or stopping:
+    # With several processes, only a request they all learnt of: one asked during the last step goes on with the
+    # others, which evaluate and save the model (through every process under FSDP) rather than wait for it.
+    if stopping or (stop.noted and distributed.world_size == 1):
         # The checkpoint of the last step done is saved, and a later call (or the requeued job) resumes from it.
         if events is not None:
             events.close()
