@@ -408,6 +408,90 @@ raise SystemExit(code)
 """
 
 
+def _flash_like(seen: list[int]):
+    """An attention function that keeps documents apart as transformers' flash-attn path does, for a machine
+    without flash-attn: on transformers' own test (`_is_packed_sequence`), attention within the documents its
+    cumulative lengths mark (`prepare_fa_kwargs_from_position_ids`), else causal over each whole row; SDPA computes
+    each part. `seen` receives each call's batch size."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    def causal(query, key, value, scaling):
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+
+    def attention(module, query, key, value, attention_mask, position_ids=None, scaling=None, **kwargs):
+        seen.append(query.shape[0])
+        if not _is_packed_sequence(position_ids, query.shape[0]):
+            return causal(query, key, value, scaling).transpose(1, 2), None
+        (starts, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+        bounds = starts.tolist()
+        parts = [causal(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scaling) for a, b in zip(bounds, bounds[1:])]
+        return torch.cat(parts, dim=2).transpose(1, 2), None
+
+    return attention
+
+
+def _register_varlen_like() -> list[int]:
+    """`_flash_like` registered with transformers as `varlen_like`, with flash-attn's masks (none without padding);
+    the batch sizes it is called with."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    seen: list[int] = []
+    AttentionInterface.register("varlen_like", _flash_like(seen))  # no "flash" in it: transformers would load one
+    AttentionMaskInterface.register("varlen_like", ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+    return seen
+
+
+def test_rows_end_to_end_keep_their_documents_apart_as_flash_attention_dispatches():
+    """transformers keeps packed documents apart under flash-attn only in a batch of one row (`_is_packed_sequence`);
+    given rows, each document sees the ones before it in its row. Rows of short documents given end to end to a
+    stand-in with flash-attn's dispatch score every target as SDPA scores the rows."""
+    import contextlib
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from simslm.sequences.loader import Batch, pack_rows
+    from simslm.train import _loss_and_totals, _to_device
+
+    _register_varlen_like()
+    rng = np.random.default_rng(0)
+    batch = Batch(*pack_rows([rng.integers(1, 100, size=rng.integers(5, 40)) for _ in range(24)], 64, pad_id=0))
+    assert (batch.positions == 0).sum(axis=1).min() >= 2  # several documents in every row
+    torch.manual_seed(0)  # weights drawn wide, so attention is sharp and what a document sees shows in its losses
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3)).eval()
+    kinds = (0, 50, 100, torch.tensor([0]))  # pad 0, units 50-99, the rest text
+
+    def totals(kernel: str, one_row: bool):
+        model.set_attn_implementation(kernel)
+        with torch.no_grad():
+            return _loss_and_totals(model, *_to_device(batch, "cpu", one_row), kinds, contextlib.nullcontext())[1]
+
+    rows = totals("sdpa", False)
+    assert torch.allclose(totals("varlen_like", True), rows, rtol=1e-6, atol=0)
+    assert torch.allclose(totals("sdpa", True), rows, rtol=1e-5, atol=0)  # end to end changes nothing under SDPA
+    given_rows = totals("varlen_like", False)
+    assert torch.equal(given_rows[3:], rows[3:]) and abs(given_rows[0] / rows[0] - 1) > 1e-3  # 1.5e-2 here
+
+
+def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data, tmp_path, monkeypatch):
+    """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row."""
+    import simslm.train as train_module
+
+    seen = _register_varlen_like()
+    config = dict(budget_tokens=6 * 4 * 64, validation_data=data, num_validation_batches=2, checkpoint_every=1000)
+    reference = train(_config(data, tmp_path / "sdpa", attention="sdpa", **config))
+    monkeypatch.setattr(train_module, "attention_kernel", lambda *arguments, **options: "varlen_like")
+    monkeypatch.setattr(train_module, "ONE_ROW_KERNELS", ("varlen_like",))
+    flash = train(_config(data, tmp_path / "flash", **config))
+    assert seen and set(seen) == {1}  # every forward of training and validation
+    assert np.allclose(_losses(tmp_path / "flash"), _losses(tmp_path / "sdpa"), rtol=1e-5, atol=0)
+    assert flash.validation.loss_speech == pytest.approx(reference.validation.loss_speech, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_two_process_data_parallel_matches_one_process(data, tmp_path):
     single, parallel = _one_process_and_torchrun(data, tmp_path)

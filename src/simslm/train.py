@@ -111,7 +111,8 @@ class TrainConfig(Config):
     that do not fit one device; with torchrun only."""
     attention: Literal["auto", "sdpa", "sdpa_fp32", "eager", "flash_attention_2", "flex_attention"] = "auto"
     """Attention kernel. Packed rows keep each document to itself with every kernel (transformers reads the
-    restarting positions); auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
+    restarting positions; flash_attention_2 is given each batch's rows end to end, the one layout in which it does);
+    auto takes flash_attention_2's variable-length path on CUDA when flash-attn is
     installed (slamkit's setting), sdpa_fp32 (SDPA on fp32 inputs, faster than bf16 on a CPU) for bf16 on a CPU,
     else sdpa, whose document mask is dense. flex_attention (CUDA only) skips the blocks across documents without
     flash-attn."""
@@ -394,6 +395,13 @@ FP32_ATTENTION = "sdpa_fp32"
 # Attention kernels whose cost follows each document's length in a row of several, not the row's: these take a batch
 # of pieces as one row (`TrainConfig.batching`).
 ROW_FREE_KERNELS = ("flash_attention_2", "flex_attention")
+
+
+# Kernels that keep packed documents apart only in a batch of one row: transformers reads restarting positions as
+# documents for flash-attn's variable-length path at batch size 1 alone (`_is_packed_sequence`; slamkit's flattening
+# collator gives it one row), and runs a batch of several rows causally over each whole row, its documents seeing
+# one another. These take each batch's rows end to end as one row (`_to_device`): every row starts a document.
+ONE_ROW_KERNELS = ("flash_attention_2",)
 
 
 def attention_kernel(choice: str, device: str, bf16: bool = False) -> str:
@@ -1024,11 +1032,15 @@ def loss_curve(run_dir: str | os.PathLike, key: str = "loss_speech", *, validati
     return curve if np.all(np.diff(curve[0]) > 0) else None
 
 
-def _to_device(batch, device: str):
+def _to_device(batch, device: str, one_row: bool = False):
+    """A batch's tokens and positions on `device`; with `one_row` (`ONE_ROW_KERNELS`), its rows end to end as one.
+    Each row starts a document, so the row that follows another's last token is a target never scored (position 0)."""
     import torch
 
     tokens, positions = (torch.from_numpy(batch.tokens.astype(np.int64)),
                          torch.from_numpy(batch.positions.astype(np.int64)))
+    if one_row:
+        tokens, positions = tokens.reshape(1, -1), positions.reshape(1, -1)
     if not str(device).startswith("cuda"):
         return tokens.to(device), positions.to(device)
     # A copy from pageable memory waits for the GPU's queue to drain; from pinned memory it is queued behind the
@@ -1103,9 +1115,9 @@ def _ratios(sums: list[float]) -> Losses:
 
 def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: int, num_batches: int,
                         device: str, per_batch: list[list[float]] | None = None, quiet: bool = False,
-                        chunked: bool = False) -> Losses:
+                        chunked: bool = False, one_row: bool = False) -> Losses:
     """Validation cross-entropy overall and per modality (speech-only CE is the paper's main loss). `chunked`:
-    `model` is a `chunked_loss_module`.
+    `model` is a `chunked_loss_module`; `one_row`: its kernel takes a batch as one row (`ONE_ROW_KERNELS`).
 
     `per_batch`, when given, receives each batch's sums (`VALIDATION_SUMS`): the batches are the folder's
     first ones in a fixed order, the same for every run with this batch size, so two runs' losses can be
@@ -1120,8 +1132,8 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     batches = range(min(num_batches, loader.batches_per_epoch()))
     with torch.no_grad():
         for _ in (batches if quiet else jobs.progress(batches, "validation", unit="batch")):
-            _, sums = _token_losses(model, *_to_device(next(loader), device), vocabulary, contextlib.nullcontext(),
-                                    chunked)
+            _, sums = _token_losses(model, *_to_device(next(loader), device, one_row), vocabulary,
+                                    contextlib.nullcontext(), chunked)
             totals = [a + b for a, b in zip(totals, sums)]
             if per_batch is not None:
                 per_batch.append([float(value) for value in sums])
@@ -1378,6 +1390,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     context_length = int(read_index(config.data)["context_length"])
     kernel = attention_kernel(config.attention, distributed.device,
                               bf16=uses_bf16(config.precision, distributed.device))
+    one_row = kernel in ONE_ROW_KERNELS
     loader = PieceLoader(config.data, config.batch_size, pad_id=vocabulary.pad_id, seed=config.seed,
                          rank=distributed.rank, world_size=distributed.world_size,
                          row_length=None if kernel in ROW_FREE_KERNELS else context_length) if by_pieces else \
@@ -1572,8 +1585,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                 last = micro == config.grad_accumulation - 1
                 sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
                 with sync:
-                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device), kinds, autocast,
-                                                 chunked)
+                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device, one_row), kinds,
+                                                 autocast, chunked)
                     (loss_sum * scale).backward()
                 step_sums.append(sums)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -1596,7 +1609,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                 # module FSDP wraps as its root (`core`, which holds the head when the loss is chunked).
                 losses = evaluate_modalities(core, config.validation_data, vocabulary, config.batch_size,
                                              config.num_validation_batches, distributed.device, quiet=True,
-                                             chunked=chunked)
+                                             chunked=chunked, one_row=one_row)
                 if distributed.is_main:
                     _log_validation(validation_path, done, seen, losses, events)
                 last_read = time.perf_counter()  # the validation is not the next step's time
@@ -1637,7 +1650,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         scorer = chunked_loss_module(model, config.loss_chunk_tokens) if chunked else model
         validation = (evaluate_modalities(scorer, config.validation_data, vocabulary, config.batch_size,
                                           config.num_validation_batches, distributed.device, validation_batches,
-                                          chunked=chunked)
+                                          chunked=chunked, one_row=one_row)
                       if config.validation_data else None)
         if validation is not None and config.validation_every:
             _log_validation(validation_path, plan.total_steps, seen, validation, events)
