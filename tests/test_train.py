@@ -478,13 +478,22 @@ def test_rows_end_to_end_keep_their_documents_apart_as_flash_attention_dispatche
 
 
 def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data, tmp_path, monkeypatch):
-    """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row."""
+    """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row. Given as rows,
+    the stand-in lets the documents of a row see one another, and the run is refused before its folder exists."""
     import simslm.train as train_module
+    from simslm.config import ConfigError
 
     seen = _register_varlen_like()
     config = dict(budget_tokens=6 * 4 * 64, validation_data=data, num_validation_batches=2, checkpoint_every=1000)
     reference = train(_config(data, tmp_path / "sdpa", attention="sdpa", **config))
     monkeypatch.setattr(train_module, "attention_kernel", lambda *arguments, **options: "varlen_like")
+    monkeypatch.setattr(train_module, "ONE_ROW_KERNELS", ())
+    with pytest.raises(ConfigError, match=r"--attention varlen_like lets the documents packed in a row attend to one "
+                                          r"another on cpu with transformers [0-9.]+ \(a document's hidden states "
+                                          r"moved by 0\.[0-9]+ of their size\)"):
+        train(_config(data, tmp_path / "flash", **config))
+    assert not (tmp_path / "flash").exists()
+    seen.clear()
     monkeypatch.setattr(train_module, "ONE_ROW_KERNELS", ("varlen_like",))
     flash = train(_config(data, tmp_path / "flash", **config))
     assert seen and set(seen) == {1}  # every forward of training and validation

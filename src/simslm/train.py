@@ -1219,6 +1219,68 @@ def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None
             writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
+# The documents the probe packs two to a row (lengths), and how far a document's hidden states may move when packed
+# after another, relative to their largest value alone: bf16's rounding moves them by ~1e-2; a document that sees the
+# one before it moves by the order of its values.
+PROBE_DOCUMENTS = ((9, 7), (5, 11))
+PROBE_TOLERANCE = 0.1
+
+
+def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, one_row: bool) -> None:
+    """A ConfigError when `kernel` lets the documents packed in a row attend to one another on this device, with the
+    installed transformers, in the layout `train` gives it (`one_row`). A model of the run's architecture cut to one
+    layer (its attention as it is, the rest small) encodes rows of two random documents each, and each document
+    alone; the documents must come out the same. transformers keeps packed documents apart by reading restarting
+    positions, differently for each kernel (flash-attn did it only for a batch of one row), so this is checked where
+    the run trains rather than assumed. A few milliseconds; the random state of the run is left as it was."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from simslm.sequences.loader import Batch
+
+    probe_config = copy.deepcopy(model_config)
+    for name, value in (("num_hidden_layers", 1), ("intermediate_size", 64), ("vocab_size", 64), ("pad_token_id", None)):
+        if hasattr(probe_config, name):  # (a pad id past the 64 rows would be refused)
+            setattr(probe_config, name, value)
+    if isinstance(getattr(probe_config, "layer_types", None), list):  # per-layer attention kinds (Qwen2's windows)
+        probe_config.layer_types = probe_config.layer_types[:1]
+    on_cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if on_cuda else []):
+        torch.manual_seed(0)
+        probe = AutoModelForCausalLM.from_config(probe_config, dtype=torch.float32).to(device).eval()
+        probe.set_attn_implementation(kernel)
+        rows = [[torch.randint(1, 64, (length,)) for length in lengths] for lengths in PROBE_DOCUMENTS]
+    width = max(sum(len(document) for document in row) for row in rows)
+    tokens, positions = np.zeros((len(rows), width), np.int64), np.zeros((len(rows), width), np.int64)
+    for number, row in enumerate(rows):
+        cursor = 0
+        for document in [*row, torch.zeros(width - sum(len(d) for d in row), dtype=torch.long)]:
+            tokens[number, cursor:cursor + len(document)] = document.numpy()
+            positions[number, cursor:cursor + len(document)] = np.arange(len(document))
+            cursor += len(document)
+
+    def hidden(ids, places):
+        with torch.no_grad(), autocast:
+            return probe.base_model(input_ids=ids, position_ids=places, use_cache=False).last_hidden_state.float()
+
+    packed = hidden(*_to_device(Batch(tokens, positions), device, one_row)).reshape(len(rows), width, -1)
+    moved = 0.0
+    for number, row in enumerate(rows):
+        cursor = 0
+        for document in row:
+            alone = hidden(document[None].to(device), torch.arange(len(document), device=device)[None])[0]
+            change = (packed[number, cursor:cursor + len(document)] - alone).abs().max() / alone.abs().max()
+            moved = max(moved, float(change)) if math.isfinite(change) else math.inf
+            cursor += len(document)
+    if not moved <= PROBE_TOLERANCE:
+        import transformers
+
+        raise ConfigError(f"--attention {kernel} lets the documents packed in a row attend to one another on {device} "
+                          f"with transformers {transformers.__version__} (a document's hidden states moved by "
+                          f"{moved:.2g} of their size); train with another --attention")
+
+
 def _skeleton_unless_main(model, config: TrainConfig, distributed: "_Distributed"):
     """Under FSDP: the main process's model as built; on the others, the same model on the meta device (no weights),
     made from the main process's config, which holds the grown vocabulary. `_send_weights` fills it once sharded."""
@@ -1416,6 +1478,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             if distributed.is_main or not from_main else None
         if from_main:
             model = _skeleton_unless_main(model, config, distributed)
+    check_documents_apart(model.config, kernel, distributed.device, uses_bf16(config.precision, distributed.device),
+                          one_row)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     # With pieces, a step's tokens are its documents' targets (each document's first token is none): slamkit's count.
     mean_piece_targets = float(np.mean(loader.pieces(0)[1] - 1)) if by_pieces else None
