@@ -12,6 +12,9 @@
 #   benchmarks/gpu_lease.sh prepare
 # With the device tool (carry .gpu and .whl; each part is time-boxed so the call ends inside 10 minutes):
 #   bash benchmarks/gpu_lease.sh            # logs and JSON under $OUT
+# and, in a second call on the warm machine, train's check that packed documents stay apart (about a minute; flex
+# attention compiles its kernel for the check's shapes):
+#   CHECK_SECONDS=0 RACE_SECONDS=0 APART_SECONDS=90 bash benchmarks/gpu_lease.sh
 #
 # The device image (Python 3.12, its own torch and transformers) lacks two of simslm's imports, soundfile and
 # soxr (seen 2026-12-04): they travel as wheels, with cffi and pycparser under soundfile.
@@ -37,19 +40,30 @@ export PYTHONPATH=/tmp/site
   python3 -c "import torch, transformers, numpy; print(torch.__version__, transformers.__version__, numpy.__version__)"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
-start=$(date +%s)
-OUT=/tmp/gpu_check timeout "${CHECK_SECONDS:-275}" benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
-echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/gpu_check.log"
-grep -v "Writing\|it/s\]" "$OUT/gpu_check.log" | tail -30
-cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
-(cd /tmp/gpu_check && find sweep -name '*.log' -o -name '*.json' -o -name '*.jsonl' | tar czf "$OUT/sweep.tgz" -T -)
-start=$(date +%s)
-timeout "${RACE_SECONDS:-295}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
-  --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
-  --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile --attentions flex_attention \
-  --also-precision bf16-weights --options-compiled-only --trainers plain > "$OUT/bench_train.log" 2>&1
-echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
-grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
+if [ "${CHECK_SECONDS:-275}" -gt 0 ]; then
+  start=$(date +%s)
+  OUT=/tmp/gpu_check timeout "${CHECK_SECONDS:-275}" benchmarks/gpu_check.sh > "$OUT/gpu_check.log" 2>&1
+  echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/gpu_check.log"
+  grep -v "Writing\|it/s\]" "$OUT/gpu_check.log" | tail -30
+  cp /tmp/gpu_check/*.json "$OUT/" 2>/dev/null
+  (cd /tmp/gpu_check && find sweep -name '*.log' -o -name '*.json' -o -name '*.jsonl' | tar czf "$OUT/sweep.tgz" -T -)
+fi
+if [ "${RACE_SECONDS:-295}" -gt 0 ]; then
+  start=$(date +%s)
+  timeout "${RACE_SECONDS:-295}" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_train.py --device cuda \
+    --text-corpus .gpu/check/stories.jsonl --tokenizer .gpu/check/tokenizer --context-length 1024 --batch-size 16 \
+    --depths "" --compare-depths 15:64 --steps 40 --repeats 2 --compile --attentions flex_attention \
+    --also-precision bf16-weights --options-compiled-only --trainers plain > "$OUT/bench_train.log" 2>&1
+  echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/bench_train.log"
+  grep -v "train_runtime\|it/s\]" "$OUT/bench_train.log" | tail -25
+fi
+if [ "${APART_SECONDS:-0}" -gt 0 ]; then  # train's check that packed documents stay apart, per kernel, on the GPU
+  start=$(date +%s)
+  timeout "$APART_SECONDS" env PYTHONPATH=src:/tmp/site python3 benchmarks/bench_documents_apart.py --device cuda \
+    --kernels sdpa,eager,flex_attention,auto > "$OUT/documents_apart.log" 2>&1
+  echo "rc=$? after $(( $(date +%s) - start )) s" >> "$OUT/documents_apart.log"
+  cat "$OUT/documents_apart.log"
+fi
 if [ "${PROFILE_SECONDS:-0}" -gt 0 ]; then
   start=$(date +%s)
   timeout "$PROFILE_SECONDS" env PYTHONPATH=src:/tmp/site python3 benchmarks/profile_train.py --device cuda \

@@ -1219,20 +1219,18 @@ def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None
             writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
-# The documents the probe packs two to a row (lengths), and how far a document's hidden states may move when packed
-# after another, relative to their largest value alone: bf16's rounding moves them by ~1e-2; a document that sees the
-# one before it moves by the order of its values.
+# The documents the probe packs two to a row (lengths; each row as long as the other), and how far a document's
+# hidden states may move when packed after another, relative to their largest value alone: bf16's rounding moves them
+# by ~1e-2; a document that sees the one before it moves by the order of its values (0.75-1.1, docs/LOG.md).
 PROBE_DOCUMENTS = ((9, 7), (5, 11))
 PROBE_TOLERANCE = 0.1
 
 
-def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, one_row: bool) -> None:
-    """A ConfigError when `kernel` lets the documents packed in a row attend to one another on this device, with the
-    installed transformers, in the layout `train` gives it (`one_row`). A model of the run's architecture cut to one
-    layer (its attention as it is, the rest small) encodes rows of two random documents each, and each document
-    alone; the documents must come out the same. transformers keeps packed documents apart by reading restarting
-    positions, differently for each kernel (flash-attn did it only for a batch of one row), so this is checked where
-    the run trains rather than assumed. A few milliseconds; the random state of the run is left as it was."""
+def documents_moved(model_config, kernel: str, device: str, bf16: bool, one_row: bool) -> float:
+    """How far packing moves a document's hidden states under `kernel`, on `device`, in the layout `train` gives it
+    (`one_row`), relative to their largest value alone: 0 up to rounding where the kernel keeps packed documents
+    apart. A model of the run's architecture cut to one layer (its attention as it is; MLP, vocabulary and pad id
+    small) encodes rows of two random documents each, and each document alone. The random state is left as it was."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -1251,28 +1249,31 @@ def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, on
         probe = AutoModelForCausalLM.from_config(probe_config, dtype=torch.float32).to(device).eval()
         probe.set_attn_implementation(kernel)
         rows = [[torch.randint(1, 64, (length,)) for length in lengths] for lengths in PROBE_DOCUMENTS]
-    width = max(sum(len(document) for document in row) for row in rows)
-    tokens, positions = np.zeros((len(rows), width), np.int64), np.zeros((len(rows), width), np.int64)
-    for number, row in enumerate(rows):
-        cursor = 0
-        for document in [*row, torch.zeros(width - sum(len(d) for d in row), dtype=torch.long)]:
-            tokens[number, cursor:cursor + len(document)] = document.numpy()
-            positions[number, cursor:cursor + len(document)] = np.arange(len(document))
-            cursor += len(document)
 
     def hidden(ids, places):
         with torch.no_grad(), autocast:
             return probe.base_model(input_ids=ids, position_ids=places, use_cache=False).last_hidden_state.float()
 
-    packed = hidden(*_to_device(Batch(tokens, positions), device, one_row)).reshape(len(rows), width, -1)
+    batch = Batch(np.stack([torch.cat(row).numpy() for row in rows]),
+                  np.stack([np.concatenate([np.arange(len(document)) for document in row]) for row in rows]))
+    packed = hidden(*_to_device(batch, device, one_row)).reshape(*batch.tokens.shape, -1)
     moved = 0.0
     for number, row in enumerate(rows):
         cursor = 0
         for document in row:
             alone = hidden(document[None].to(device), torch.arange(len(document), device=device)[None])[0]
-            change = (packed[number, cursor:cursor + len(document)] - alone).abs().max() / alone.abs().max()
-            moved = max(moved, float(change)) if math.isfinite(change) else math.inf
+            change = float((packed[number, cursor:cursor + len(document)] - alone).abs().max() / alone.abs().max())
+            moved = max(moved, change) if math.isfinite(change) else math.inf
             cursor += len(document)
+    return moved
+
+
+def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, one_row: bool) -> None:
+    """A ConfigError when `kernel` lets the documents packed in a row attend to one another on this device, with the
+    installed transformers, in the layout `train` gives it (`documents_moved`). transformers keeps packed documents
+    apart by reading restarting positions, differently for each kernel (flash-attn did it only for a batch of one
+    row), so this is checked where the run trains rather than assumed."""
+    moved = documents_moved(model_config, kernel, device, bf16, one_row)
     if not moved <= PROBE_TOLERANCE:
         import transformers
 
