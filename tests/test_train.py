@@ -477,6 +477,28 @@ def test_rows_end_to_end_keep_their_documents_apart_as_flash_attention_dispatche
     assert torch.equal(given_rows[3:], rows[3:]) and abs(given_rows[0] / rows[0] - 1) > 1e-3  # 1.5e-2 here
 
 
+def test_an_architecture_whose_documents_see_each_other_when_packed_is_refused():
+    """OPT places its tokens by the attention mask, not by the positions it is given, so packed documents see one
+    another under every kernel; Llama, Qwen2, Mistral and GPT-2 keep them apart under SDPA and eager attention."""
+    import transformers
+
+    from simslm.config import ConfigError
+    from simslm.train import check_documents_apart, documents_moved
+
+    small = dict(num_hidden_layers=2, intermediate_size=64)
+    for config in (transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, **small),
+                   transformers.Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **small),
+                   transformers.MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **small),
+                   transformers.GPT2Config(n_embd=64, n_head=4, n_layer=2)):
+        for kernel in ("sdpa", "eager"):
+            assert documents_moved(config, kernel, "cpu", False, False) < 1e-5, (config.model_type, kernel)
+    opt = transformers.OPTConfig(hidden_size=64, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=64, **small)
+    assert documents_moved(opt, "eager", "cpu", False, False) > 0.3
+    with pytest.raises(ConfigError, match="--attention sdpa lets the documents packed in a row attend to one another "
+                                          "in opt on cpu"):
+        check_documents_apart(opt, "sdpa", "cpu", False, False)
+
+
 def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data, tmp_path, monkeypatch):
     """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row. Given as rows,
     the stand-in lets the documents of a row see one another, and the run is refused before its folder exists."""
@@ -489,8 +511,8 @@ def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data
     monkeypatch.setattr(train_module, "attention_kernel", lambda *arguments, **options: "varlen_like")
     monkeypatch.setattr(train_module, "ONE_ROW_KERNELS", ())
     with pytest.raises(ConfigError, match=r"--attention varlen_like lets the documents packed in a row attend to one "
-                                          r"another on cpu with transformers [0-9.]+ \(a document's hidden states "
-                                          r"moved by 0\.[0-9]+ of their size\)"):
+                                          r"another in llama on cpu with transformers [0-9.]+ \(a document's hidden "
+                                          r"states moved by 0\.[0-9]+ of their size\); try another --attention"):
         train(_config(data, tmp_path / "flash", **config))
     assert not (tmp_path / "flash").exists()
     seen.clear()

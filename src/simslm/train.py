@@ -1237,9 +1237,11 @@ def documents_moved(model_config, kernel: str, device: str, bf16: bool, one_row:
     from simslm.sequences.loader import Batch
 
     probe_config = copy.deepcopy(model_config)
-    for name, value in (("num_hidden_layers", 1), ("intermediate_size", 64), ("vocab_size", 64), ("pad_token_id", None)):
-        if hasattr(probe_config, name):  # (a pad id past the 64 rows would be refused)
+    for name, value in (("num_hidden_layers", 1), ("intermediate_size", 64), ("vocab_size", 64)):
+        if hasattr(probe_config, name):
             setattr(probe_config, name, value)
+    for name in [name for name in vars(probe_config) if name.endswith("_token_id")]:
+        setattr(probe_config, name, None)  # ids past the 64 rows: a pad id is refused, the others warned of
     if isinstance(getattr(probe_config, "layer_types", None), list):  # per-layer attention kinds (Qwen2's windows)
         probe_config.layer_types = probe_config.layer_types[:1]
     on_cuda = device.startswith("cuda")
@@ -1277,9 +1279,10 @@ def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, on
     if not moved <= PROBE_TOLERANCE:
         import transformers
 
-        raise ConfigError(f"--attention {kernel} lets the documents packed in a row attend to one another on {device} "
-                          f"with transformers {transformers.__version__} (a document's hidden states moved by "
-                          f"{moved:.2g} of their size); train with another --attention")
+        raise ConfigError(f"--attention {kernel} lets the documents packed in a row attend to one another in "
+                          f"{model_config.model_type} on {device} with transformers {transformers.__version__} (a "
+                          f"document's hidden states moved by {moved:.2g} of their size); try another --attention, or "
+                          f"a base model of another architecture (Llama's and Qwen2's keep them apart under SDPA)")
 
 
 def _skeleton_unless_main(model, config: TrainConfig, distributed: "_Distributed"):
