@@ -499,6 +499,20 @@ def test_an_architecture_whose_documents_see_each_other_when_packed_is_refused()
         check_documents_apart(opt, "sdpa", "cpu", False, False)
 
 
+def test_a_check_that_cannot_run_warns_and_lets_the_run_go_on(monkeypatch, capsys):
+    import transformers
+
+    import simslm.train as train_module
+
+    def cannot(*arguments, **options):
+        raise RuntimeError("no layer to cut")
+
+    monkeypatch.setattr(train_module, "documents_moved", cannot)
+    train_module.check_documents_apart(transformers.LlamaConfig(), "sdpa", "cpu", False, False)
+    assert capsys.readouterr().err == ("simslm train: warning: could not check that sdpa keeps packed documents apart "
+                                       "in llama (RuntimeError: no layer to cut)\n")
+
+
 def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data, tmp_path, monkeypatch):
     """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row. Given as rows,
     the stand-in lets the documents of a row see one another, and the run is refused before its folder exists."""
