@@ -92,6 +92,46 @@ def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, s
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2", "gpt_neox", "opt"])
+def test_a_shared_context_scores_as_if_alone_in_other_architectures(vocabulary, architecture, monkeypatch):
+    """The second pass after a kept cache reads the mask and the positions as each architecture does (rotary, learned
+    positions, positions counted from the mask): every one scores each side as it scores the side alone."""
+    import torch
+    import transformers
+
+    from simslm.eval import scoring
+
+    monkeypatch.setattr(scoring, "MIN_SHARED_TOKENS", 8)
+    counted = _count_shared_pairs(monkeypatch)
+    size = dict(vocab_size=len(vocabulary), initializer_range=0.3)  # sharp attention: positions show in the scores
+    config = {"qwen2": lambda: transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                                         num_hidden_layers=2, intermediate_size=64, **size),
+              "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, n_positions=128, **size),
+              "gpt_neox": lambda: transformers.GPTNeoXConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                                             intermediate_size=64, **size),
+              "opt": lambda: transformers.OPTConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                                    ffn_dim=64, word_embed_proj_dim=32, **size)}[architecture]()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    rng = np.random.default_rng(2)
+    sequences_, scored, pairs = [], [], []
+    for shared, first, second in ((40, 12, 20), (9, 1, 30), (25, 15, 15)):
+        context = rng.integers(0, len(vocabulary), shared)
+        ends = [rng.integers(0, len(vocabulary), n) for n in (first, second)]
+        ends[1][0] = (ends[0][0] + 1) % len(vocabulary)
+        pairs.append((len(sequences_), len(sequences_) + 1))
+        for end in ends:
+            sequences_.append(np.concatenate([context, end]))
+            scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
+    sums, counts = sequence_log_likelihoods(model, sequences_, scored, vocabulary=vocabulary, batch_size=4,
+                                            pairs=pairs)
+    assert sum(counted) == 3
+    for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
+        expected_sum, expected_count = _naive(model, tokens, mask, vocabulary, False)
+        assert counts[i] == expected_count
+        assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+
+
 def test_only_a_context_long_enough_to_pay_for_a_second_pass_is_shared(tiny_model, vocabulary, monkeypatch):
     """sBLIMP-like pairs, which share a few words, run alone: at the old threshold of 8 tokens they scored at
     0.71x; a tSC-like context of 64 tokens or more runs once."""
