@@ -70,24 +70,36 @@ def test_sides_with_a_shared_context_score_as_if_alone(tiny_model, vocabulary, s
 
     monkeypatch.setattr(scoring, "MIN_SHARED_TOKENS", 8)  # short sequences, so that the test stays fast
     counted = _count_shared_pairs(monkeypatch)
-    rng = np.random.default_rng(1)
-    sequences_, scored, pairs = [], [], []
-    for shared, first, second in ((40, 12, 20), (9, 1, 30), (25, 15, 15), (3, 10, 10), (30, 0, 8), (60, 5, 2)):
-        context = rng.integers(0, len(vocabulary), shared)
-        ends = [rng.integers(0, len(vocabulary), n) for n in (first, second)]
-        if first and second:
-            ends[1][0] = (ends[0][0] + 1) % len(vocabulary)  # the sides differ right after the context
-        pairs.append((len(sequences_), len(sequences_) + 1))
-        for end in ends:
-            sequences_.append(np.concatenate([context, end]))
-            scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
+    sequences_, scored, pairs = _pairs_with_contexts(
+        vocabulary, ((40, 12, 20), (9, 1, 30), (25, 15, 15), (3, 10, 10), (30, 0, 8), (60, 5, 2)), seed=1)
     sums, counts = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary,
                                             speech_vocab=speech_vocab, batch_size=4, pairs=pairs,
                                             concurrent_batches=concurrent)
     # Shared: the contexts of 40, 9, 25 and 60 tokens. Alone: 3 tokens, and a side that is the whole context.
     assert sum(counted) == 4
+    _assert_as_alone(tiny_model, sums, counts, sequences_, scored, vocabulary, speech_vocab)
+
+
+def _pairs_with_contexts(vocabulary, shapes, seed: int):
+    """Pairs of random sequences, each (shared context, first side, second side) long, the sides differing right
+    after the context; and which targets each sequence scores."""
+    rng = np.random.default_rng(seed)
+    sequences_, scored, pairs = [], [], []
+    for shared, first, second in shapes:
+        context = rng.integers(0, len(vocabulary), shared)
+        ends = [rng.integers(0, len(vocabulary), n) for n in (first, second)]
+        if first and second:
+            ends[1][0] = (ends[0][0] + 1) % len(vocabulary)
+        pairs.append((len(sequences_), len(sequences_) + 1))
+        for end in ends:
+            sequences_.append(np.concatenate([context, end]))
+            scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
+    return sequences_, scored, pairs
+
+
+def _assert_as_alone(model, sums, counts, sequences_, scored, vocabulary, speech_vocab):
     for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
-        expected_sum, expected_count = _naive(tiny_model, tokens, mask, vocabulary, speech_vocab)
+        expected_sum, expected_count = _naive(model, tokens, mask, vocabulary, speech_vocab)
         assert counts[i] == expected_count
         assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
 
@@ -113,23 +125,11 @@ def test_a_shared_context_scores_as_if_alone_in_other_architectures(vocabulary, 
                                                     ffn_dim=64, word_embed_proj_dim=32, **size)}[architecture]()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    rng = np.random.default_rng(2)
-    sequences_, scored, pairs = [], [], []
-    for shared, first, second in ((40, 12, 20), (9, 1, 30), (25, 15, 15)):
-        context = rng.integers(0, len(vocabulary), shared)
-        ends = [rng.integers(0, len(vocabulary), n) for n in (first, second)]
-        ends[1][0] = (ends[0][0] + 1) % len(vocabulary)
-        pairs.append((len(sequences_), len(sequences_) + 1))
-        for end in ends:
-            sequences_.append(np.concatenate([context, end]))
-            scored.append(rng.random(len(sequences_[-1]) - 1) < 0.8)
+    sequences_, scored, pairs = _pairs_with_contexts(vocabulary, ((40, 12, 20), (9, 1, 30), (25, 15, 15)), seed=2)
     sums, counts = sequence_log_likelihoods(model, sequences_, scored, vocabulary=vocabulary, batch_size=4,
                                             pairs=pairs)
     assert sum(counted) == 3
-    for i, (tokens, mask) in enumerate(zip(sequences_, scored)):
-        expected_sum, expected_count = _naive(model, tokens, mask, vocabulary, False)
-        assert counts[i] == expected_count
-        assert sums[i] == pytest.approx(expected_sum, rel=1e-5, abs=1e-5)
+    _assert_as_alone(model, sums, counts, sequences_, scored, vocabulary, False)
 
 
 def test_only_a_context_long_enough_to_pay_for_a_second_pass_is_shared(tiny_model, vocabulary, monkeypatch):
