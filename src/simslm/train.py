@@ -1229,8 +1229,9 @@ PROBE_TOLERANCE = 0.1
 def documents_moved(model_config, kernel: str, device: str, bf16: bool, one_row: bool) -> float:
     """How far packing moves a document's hidden states under `kernel`, on `device`, in the layout `train` gives it
     (`one_row`), relative to their largest value alone: 0 up to rounding where the kernel keeps packed documents
-    apart. A model of the run's architecture cut to one layer (its attention as it is; MLP, vocabulary and pad id
-    small) encodes rows of two random documents each, and each document alone. The random state is left as it was."""
+    apart. A model of the run's architecture cut to one layer (its attention as it is; MLP and vocabulary small, no
+    token ids) encodes rows of two random documents each, and each document alone. The random state is left as it
+    was."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -1282,7 +1283,8 @@ def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, on
     except Exception as error:  # from_config and the forward raise many types for configs they do not take
         if not quiet:
             print(f"simslm train: warning: could not check that {kernel} keeps packed documents apart in "
-                  f"{model_config.model_type} ({error.__class__.__name__}: {str(error).strip()[:200]})", file=sys.stderr)
+                  f"{model_config.model_type} ({error.__class__.__name__}: {str(error).strip()[:200]})",
+                  file=sys.stderr)
         return
     if not moved <= PROBE_TOLERANCE:
         import transformers
@@ -1462,8 +1464,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     # dense mask, whose cost grows with the square of the row, so there the pieces fill rows of the context first-fit:
     # the same documents and losses, 1.4x as fast on the demo's data (docs/BENCHMARKS.md).
     context_length = int(read_index(config.data)["context_length"])
-    kernel = attention_kernel(config.attention, distributed.device,
-                              bf16=uses_bf16(config.precision, distributed.device))
+    bf16 = uses_bf16(config.precision, distributed.device)
+    kernel = attention_kernel(config.attention, distributed.device, bf16=bf16)
     one_row = kernel in ONE_ROW_KERNELS
     loader = PieceLoader(config.data, config.batch_size, pad_id=vocabulary.pad_id, seed=config.seed,
                          rank=distributed.rank, world_size=distributed.world_size,
@@ -1490,8 +1492,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             if distributed.is_main or not from_main else None
         if from_main:
             model = _skeleton_unless_main(model, config, distributed)
-    check_documents_apart(model.config, kernel, distributed.device, uses_bf16(config.precision, distributed.device),
-                          one_row, quiet=not distributed.is_main)
+    check_documents_apart(model.config, kernel, distributed.device, bf16, one_row, quiet=not distributed.is_main)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     # With pieces, a step's tokens are its documents' targets (each document's first token is none): slamkit's count.
     mean_piece_targets = float(np.mean(loader.pieces(0)[1] - 1)) if by_pieces else None
@@ -1537,8 +1538,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     if config.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        bf16 = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+        bf16_parameters = config.fsdp_mixed_precision == "bf16" or (config.fsdp_mixed_precision == "auto" and on_cuda)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_parameters else \
             MixedPrecisionPolicy()
         # The main process's weights, sent to the others once sharded (none when they come from a checkpoint).
         full_weights = model.state_dict() if distributed.is_main and not from_checkpoint else {}
@@ -1572,7 +1573,6 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             jobs.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
-    bf16 = uses_bf16(config.precision, distributed.device)
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
