@@ -178,3 +178,23 @@ def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, **
     model.save_pretrained(folder)
     load_base_tokenizer("stories260K").save_pretrained(folder)
     return str(folder)
+
+
+def live_in_group(group: int, seconds: float = 20.0) -> list[str]:
+    """The command lines of the processes of process group `group` still alive after up to `seconds` (zombies aside:
+    this container's first process may not reap them), read from Linux's /proc."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+                if int(fields[2]) == group and fields[0] != "Z":
+                    alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except (OSError, IndexError, ValueError):  # ended while read
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)

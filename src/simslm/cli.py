@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -566,11 +567,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
-    from simslm.jobs import Stopped, keep_freed_memory
+    from simslm.jobs import Stopped, keep_freed_memory, stop_on_sigterm
 
     keep_freed_memory()
     if not sys.stderr.isatty():
         _quiet_hub_progress_bars()
+    # SIGTERM (`kill`, a scheduler's time limit) ends a command through its `finally` blocks, as Ctrl-C does, so
+    # that what it started stops with it; a handler someone else installed (submitit's) stays.
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if ours:
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         config = config_from_args(args.config_class, args)
         if args.print_config:
@@ -604,3 +610,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
         print(f"{name}: error: {message}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

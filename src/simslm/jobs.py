@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,19 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 
-class Stopped(Exception):
-    """A long job that stopped on request (SIGTERM) at a point it resumes from; the message says so."""
+class Stopped(BaseException):
+    """A long job that stopped on request (SIGTERM) at a point it resumes from; the message says so. Not an
+    `Exception`, as KeyboardInterrupt is not: the handlers that let a corpus-sized job go on past one bad item (or
+    training past a failed compile) must not swallow a request to stop."""
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """The `simslm` command's SIGTERM handler: the signal ends the command as Ctrl-C does, through its `finally`
+    blocks (a sweep stops the runs it started, a pool its workers, each saving what it has), where the default
+    action would end this process alone and leave its children running on. A second SIGTERM ends it at once.
+    Training replaces it, inside its loop, with a stop at the end of the step in hand (`train._StopRequest`)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Stopped("stopped by SIGTERM; run the same command again to resume")
 
 
 class Journal:
@@ -233,6 +245,12 @@ def _stop_now(executor: Any) -> None:
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    # Its manager thread, seeing the workers gone, closes the pool's wake-up pipe; at the same moment Python's own
+    # exit handler may write to it ("Exception ignored ... Bad file descriptor" after a SIGTERM, 1 stop in 6 with
+    # `synth`). Waiting for that thread here leaves the exit handler a pipe already marked closed.
+    manager = getattr(executor, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(timeout=30)
 
 
 # Times a job that reaches its time limit is requeued (submitit's own default is 3): a run of the paper's

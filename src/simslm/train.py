@@ -761,7 +761,8 @@ class _StopRequest:
             taken = callable(signal.getsignal(signum))  # submitit's handler is in place
         else:
             signum = signal.SIGTERM
-            taken = signal.getsignal(signum) is signal.SIG_DFL  # a handler someone else installed stays
+            # The `simslm` command's own (jobs.stop_on_sigterm) gives way; a handler someone else installed stays.
+            taken = signal.getsignal(signum) in (signal.SIG_DFL, jobs.stop_on_sigterm)
         if taken:
             self.signum, self.previous = signum, signal.signal(signum, self._note)
         return self

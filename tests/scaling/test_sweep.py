@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -16,7 +17,7 @@ import pytest
 
 from simslm.scaling import sweep
 from simslm.train import RunResult, TrainConfig
-from tests.conftest import tiny_base_model
+from tests.conftest import live_in_group, tiny_base_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +33,44 @@ def _spec(data, **changes):
                   train={"batch_size": 4, "num_validation_batches": 1, "checkpoint_every": 2})
     values.update(changes)
     return sweep.SweepSpec(**values)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_with_its_runs_which_resume(data, tmp_path):
+    """`kill` of `simslm sweep run` (or its scheduler's time limit) once ended the sweep alone: its runs, forks of
+    the warm server, trained on unwatched. Now they stop with it, each at a checkpoint, and a re-run resumes them."""
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(2e10, 3e10)), tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "simslm", "sweep", "run", str(tmp_path), "--num-parallel", "2"],
+                               cwd=REPO, text=True, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    training = lambda: [path for path in (tmp_path / "runs").glob("*/metrics.jsonl")  # noqa: E731
+                        if len(path.read_text().splitlines()) >= 3]
+    deadline = time.time() + 120
+    while len(training()) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        process.send_signal(signal.SIGTERM)  # to the sweep alone, as `kill PID` sends it
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 128 + signal.SIGTERM
+        assert stderr.splitlines()[-1] == (
+            f"simslm sweep run: {tmp_path}: stopped by SIGTERM; the 2 run(s) in progress stopped with it, each keeping "
+            f"the steps it had trained as a checkpoint; run the same command again to resume")
+        assert "Traceback" not in stderr
+        assert live_in_group(process.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    stopped_at = {}
+    for log in (tmp_path / "runs").glob("*.log"):
+        last = log.read_text().splitlines()[-1]
+        assert "stopped by SIGTERM after step" in last, last
+        stopped_at[log.stem] = int(last.split("after step ")[1].split(",")[0])
+    assert len(stopped_at) == 2 and not list((tmp_path / "runs").glob("*/result.json"))
+    assert sweep.run_sweep(tmp_path, num_parallel=2, threads_per_run=1) == {"done": 2}
+    for identifier, step in stopped_at.items():
+        steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / identifier / "metrics.jsonl").open()
+                 if '"loss"' in line]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) > step  # resumed, each step logged once
 
 
 def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, tmp_path):

@@ -1,4 +1,10 @@
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -7,6 +13,7 @@ import soundfile
 from simslm.speech import text
 from simslm.speech.manifest import read_manifest, validate_manifest
 from simslm.speech.synth import VOICE_SETS, SynthConfig, choose_speaker, synthesize_corpus
+from tests.conftest import REPO, live_in_group
 
 
 def test_synthesised_corpus_is_a_valid_16k_manifest_with_word_timings(synthetic_corpus):
@@ -77,6 +84,37 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
     utterances = read_manifest(resumed.manifest)
     assert [u.transcript for u in utterances] == ["One small cat.", "Two big dogs.", "Three red birds."]
     assert validate_manifest(resumed.manifest) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_synth_with_its_workers_and_a_rerun_finishes(tmp_path):
+    """`kill` (or a scheduler's time limit) once ended the command alone: its pool's workers and their espeak-ng
+    keepers went on, orphaned, for good. Now the command stops them, says so in one line, and resumes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Story {n}: the small cat saw a big red bird in the tall green tree.\n"
+                              for n in range(60)))
+    config = SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=2)
+    process = subprocess.Popen([sys.executable, "-m", "simslm", "synth", "--out", config.out, "--corpus",
+                                str(corpus), "--num-workers", "2"], cwd=REPO, text=True, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = tmp_path / "out" / "manifest.partial.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    try:
+        process.send_signal(signal.SIGTERM)  # to the command alone, as `kill PID` sends it
+        _, stderr = process.communicate(timeout=60)  # an orphaned worker would hold its stderr open
+        assert process.returncode == 128 + signal.SIGTERM
+        assert stderr.splitlines()[-1] == "simslm synth: stopped by SIGTERM; run the same command again to resume"
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+        assert live_in_group(process.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+    report = synthesize_corpus(config)
+    assert report.num_reused >= 4 and report.num_reused + report.num_synthesized == 60
+    assert validate_manifest(report.manifest) == []
 
 
 def test_voice_set_and_limits_are_honoured(tmp_path):

@@ -747,6 +747,10 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
                         seen.update(run["id"] for run in added)
                         waiting[:0] = added
                         tracker.grow(len(added))
+    except jobs.Stopped:
+        raise jobs.Stopped(f"{sweep_dir}: stopped by SIGTERM; the {len(active)} run(s) in progress stopped with it, "
+                           f"each keeping the steps it had trained as a checkpoint; run the same command again to "
+                           f"resume") from None
     finally:
         for process, _, _ in active.values():  # interrupted: stop the children too (their runs resume later)
             process.terminate()

@@ -347,7 +347,10 @@ def _keep(request_fd: int, reply_fd: int) -> None:
             signal_number = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else 0
             how = f"signal {signal_number}" if signal_number else f"status {os.waitstatus_to_exitcode(wait_status)}"
             outcome = pickle.dumps((False, EspeakError(f"espeak-ng's process ended without a result ({how})")))
-        replies.send_bytes(outcome)
+        try:
+            replies.send_bytes(outcome)
+        except OSError:  # the caller has gone (stopped mid-call): nobody is left to answer
+            return
 
 
 def word_timings(sentence: str, speech: Speech, engine: Espeak | None = None,
