@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -249,3 +250,23 @@ def test_an_exclusive_lock_is_refused_to_another_process_at_once_and_taken_again
             pass
         assert _lock_from_another_process(path) == "refused"  # the inner block did not release it
     assert _lock_from_another_process(path) == "taken"
+
+
+def test_a_sigterm_soon_after_the_first_is_the_same_request_and_a_later_one_ends_the_process(monkeypatch):
+    """A scheduler signals every process of a job and a sweep forwards the signal to its runs: a run gets two
+    SIGTERMs for one request, which must not end it before its checkpoint. A SIGTERM well after the first insists."""
+    clock, killed = [100.0], []
+    monkeypatch.setattr(jobs, "_first_sigterm", [])
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(jobs.os, "kill", lambda pid, signum: killed.append((pid, signum)))
+    monkeypatch.setattr(jobs.signal, "signal", lambda signum, handler: killed.append(("handler", handler)))
+    assert jobs.first_sigterm() is True and killed == []
+    with pytest.raises(jobs.Stopped):  # the command's handler raises for the first one only
+        monkeypatch.setattr(jobs, "_first_sigterm", [])
+        jobs.stop_on_sigterm(signal.SIGTERM, None)
+    clock[0] += jobs.SIGTERM_REPEAT_S
+    jobs.stop_on_sigterm(signal.SIGTERM, None)  # the same request again: nothing raised, nothing killed
+    assert jobs.first_sigterm() is False and killed == []
+    clock[0] += 0.1
+    jobs.first_sigterm()
+    assert killed == [("handler", signal.SIG_DFL), (os.getpid(), signal.SIGTERM)]

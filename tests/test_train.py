@@ -186,7 +186,8 @@ def test_a_process_asked_to_stop_through_another_one_only_stops_too(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_path):
     """The time limit of one's own SLURM job, `kill`, a sweep stopping its runs: the run saves the step in hand
-    and says so in one line, and a re-run goes on as if it had never stopped."""
+    and says so in one line, and a re-run goes on as if it had never stopped. The signal arriving twice at once
+    (a scheduler signals every process of a job, and a sweep forwards it to its runs) is one request."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     changes = dict(budget_tokens=100 * 4 * 64, checkpoint_every=1000)  # no periodic checkpoint before the end
     for name in ("reference", "stopped"):
@@ -199,6 +200,7 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)  # the same request again (a scheduler's and a sweep's): still one stop
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
     (checkpoint,) = (tmp_path / "stopped" / "checkpoints").iterdir()

@@ -24,13 +24,35 @@ class Stopped(BaseException):
     training past a failed compile) must not swallow a request to stop."""
 
 
+# A SIGTERM this soon after the first is the same request arriving twice: a scheduler signals every process of a
+# job (SLURM at a time limit, `timeout`, `kill -- -PGID`), and the sweep, torchrun or a pool that started a process
+# forwards the signal to it as well. A later one insists, and ends the process at once.
+SIGTERM_REPEAT_S = 5.0
+_first_sigterm: list[float] = []
+
+
+def first_sigterm() -> bool:
+    """Notes a SIGTERM (from a handler): True for the first, False for the same request arriving again within
+    `SIGTERM_REPEAT_S`; one after that ends this process at once, as the signal's default action does."""
+    now = time.monotonic()
+    if not _first_sigterm:
+        _first_sigterm.append(now)
+        return True
+    if now - _first_sigterm[0] <= SIGTERM_REPEAT_S:
+        return False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return False
+
+
 def stop_on_sigterm(signum: int, frame: Any) -> None:
     """The `simslm` command's SIGTERM handler: the signal ends the command as Ctrl-C does, through its `finally`
     blocks (a sweep stops the runs it started, a pool its workers, each saving what it has), where the default
-    action would end this process alone and leave its children running on. A second SIGTERM ends it at once.
-    Training replaces it, inside its loop, with a stop at the end of the step in hand (`train._StopRequest`)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Stopped("stopped by SIGTERM; run the same command again to resume")
+    action would end this process alone and leave its children running on. The request arriving again does not
+    break into that clean-up (`first_sigterm`). Training replaces this handler, inside its loop, with a stop at the
+    end of the step in hand (`train._StopRequest`)."""
+    if first_sigterm():
+        raise Stopped("stopped by SIGTERM; run the same command again to resume")
 
 
 class Journal:

@@ -741,7 +741,9 @@ class _StopRequest:
     - inside a submitit job, the warning its cluster sends ahead of the job's time limit (SLURM's USR2,
       `--warning-s` before it); `finish` then runs submitit's own handler, which requeues the job to resume;
     - elsewhere, SIGTERM (the time limit of one's own SLURM job, `kill`, a sweep stopping its runs); `finish`
-      raises `jobs.Stopped`. A second SIGTERM ends the process at once, as the first used to.
+      raises `jobs.Stopped`. The same request arriving twice (a scheduler signals every process of the job, and
+      the sweep or torchrun forwards it too) is one request; a SIGTERM more than `jobs.SIGTERM_REPEAT_S` after
+      the first ends the process at once, as the first used to.
 
     Only in the main thread, and only inside the `with` around the loop: outside it, signals keep their handlers.
     """
@@ -770,7 +772,7 @@ class _StopRequest:
     def _note(self, signum: int, frame: Any) -> None:
         self.noted = True
         if signum == signal.SIGTERM:
-            signal.signal(signum, signal.SIG_DFL)
+            jobs.first_sigterm()  # ends the process at once if an earlier SIGTERM was a while ago
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.signum is not None:

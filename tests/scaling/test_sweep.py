@@ -36,9 +36,11 @@ def _spec(data, **changes):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_sweep_with_its_runs_which_resume(data, tmp_path):
-    """`kill` of `simslm sweep run` (or its scheduler's time limit) once ended the sweep alone: its runs, forks of
-    the warm server, trained on unwatched. Now they stop with it, each at a checkpoint, and a re-run resumes them."""
+@pytest.mark.parametrize("to", ["the sweep", "its process group"])
+def test_sigterm_stops_a_sweep_with_its_runs_which_resume(data, tmp_path, to):
+    """`kill` of `simslm sweep run` once ended the sweep alone: its runs, forks of the warm server, trained on
+    unwatched. Now they stop with it, each at a checkpoint, and a re-run resumes them. Sent to every process (a
+    scheduler's time limit, `timeout`), a run gets it from the sweep too: still one stop, at a checkpoint."""
     sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(2e10, 3e10)), tmp_path)
     process = subprocess.Popen([sys.executable, "-m", "simslm", "sweep", "run", str(tmp_path), "--num-parallel", "2"],
                                cwd=REPO, text=True, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -49,7 +51,10 @@ def test_sigterm_stops_a_sweep_with_its_runs_which_resume(data, tmp_path):
     while len(training()) < 2 and time.time() < deadline:
         time.sleep(0.05)
     try:
-        process.send_signal(signal.SIGTERM)  # to the sweep alone, as `kill PID` sends it
+        if to == "the sweep":
+            process.send_signal(signal.SIGTERM)  # as `kill PID` sends it
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 128 + signal.SIGTERM
         assert stderr.splitlines()[-1] == (
