@@ -1275,27 +1275,32 @@ def documents_moved(model_config, kernel: str, device: str, bf16: bool, one_row:
 
 
 def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, one_row: bool,
-                          quiet: bool = False) -> None:
+                          quiet: bool = False, command: str = "train") -> None:
     """A ConfigError when `kernel` lets the documents packed in a row attend to one another on this device, with the
     installed transformers, in the layout `train` gives it (`documents_moved`). transformers keeps packed documents
     apart by reading restarting positions, differently for each kernel (flash-attn did it only for a batch of one
-    row), so this is checked where the run trains rather than assumed. A probe that cannot run at all (a config it
-    cannot cut down) is a warning, not a refusal."""
+    row), so this is checked where the run trains (and where `eval` computes its validation CE over packed rows,
+    perhaps with another transformers) rather than assumed. A probe that cannot run at all (a config it cannot cut
+    down) is a warning, not a refusal."""
     try:
         moved = documents_moved(model_config, kernel, device, bf16, one_row)
     except Exception as error:  # from_config and the forward raise many types for configs they do not take
         if not quiet:
-            print(f"simslm train: warning: could not check that {kernel} keeps packed documents apart in "
+            print(f"simslm {command}: warning: could not check that {kernel} keeps packed documents apart in "
                   f"{model_config.model_type} ({error.__class__.__name__}: {str(error).strip()[:200]})",
                   file=sys.stderr)
         return
     if not moved <= PROBE_TOLERANCE:
         import transformers
 
-        raise ConfigError(f"--attention {kernel} lets the documents packed in a row attend to one another in "
+        remedy = ("try another --attention, or a base model of another architecture (Llama's and Qwen2's keep them "
+                  "apart under SDPA)" if command == "train" else
+                  "a validation CE over packed rows would score tokens that saw the documents before them; use the "
+                  "transformers version the run was trained with")
+        subject = f"--attention {kernel}" if command == "train" else f"{kernel} attention"
+        raise ConfigError(f"{subject} lets the documents packed in a row attend to one another in "
                           f"{model_config.model_type} on {device} with transformers {transformers.__version__} (a "
-                          f"document's hidden states moved by {moved:.2g} of their size); try another --attention, or "
-                          f"a base model of another architecture (Llama's and Qwen2's keep them apart under SDPA)")
+                          f"document's hidden states moved by {moved:.2g} of their size); {remedy}")
 
 
 def _skeleton_unless_main(model, config: TrainConfig, distributed: "_Distributed"):

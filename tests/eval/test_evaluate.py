@@ -108,6 +108,24 @@ def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
         evaluate_run(EvalConfig(run=str(tmp_path), **config))
 
 
+def test_validation_is_refused_where_packed_documents_would_see_each_other(trained_run, monkeypatch):
+    """The validation CE runs over packed rows, in a process that may have another transformers than the run's
+    training had: `eval` checks, as `train` does, that the documents of a row stay apart (`documents_moved`, tested
+    on real architectures in test_train.py), rather than report a CE over tokens that saw other documents."""
+    import simslm.train as train_module
+    from simslm.config import ConfigError
+
+    run, _ = trained_run
+    written = (run / "eval.json").read_bytes() if (run / "eval.json").exists() else None
+    seen = []
+    monkeypatch.setattr(train_module, "documents_moved", lambda *given: seen.append(given) or 0.8)
+    with pytest.raises(ConfigError, match="^sdpa attention lets the documents packed in a row attend to one another in "
+                                          "llama on cpu .* use the transformers version the run was trained with$"):
+        evaluate_run(EvalConfig(run=str(run), bench=("validation",)))
+    assert seen[0][1:] == ("sdpa", "cpu", False, False)
+    assert ((run / "eval.json").read_bytes() if (run / "eval.json").exists() else None) == written
+
+
 def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(trained_run, tmp_path):
     import pytest
 

@@ -395,12 +395,14 @@ def _bench_note(folder: Path) -> str | None:
 
 def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str) -> dict[str, Any]:
     """Cross-entropy per modality on the run's held-out sequences (the paper's speech loss is `loss_speech`)."""
-    from simslm.train import evaluate_modalities
+    from simslm.train import check_documents_apart, evaluate_modalities
 
     if run_config is None:
         raise ValueError("validation needs a run folder (its validation_data); this is a bare model folder")
     if not run_config.get("validation_data"):
         raise ValueError(f"run {run_config['run_dir']} has no validation_data; train with validation_data=FOLDER")
+    check_documents_apart(model.config, model.config._attn_implementation, device, bf16=False, one_row=False,
+                          command="eval")
     losses = evaluate_modalities(model, run_config["validation_data"], vocabulary, run_config["batch_size"],
                                  run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
     return {**asdict(losses), "data": run_config["validation_data"]}
