@@ -1636,7 +1636,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
         if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
             record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        with open(metrics_path, "a") as handle:
+        with jobs.naming_a_full_disk(metrics_path), open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if events is not None:
             _add_scalars(events, "train", record, done)
@@ -1742,12 +1742,13 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             _add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
             events.close()
-        model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
-        # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
-        vocabulary.save(run_dir / "model")
-        units_folder = speech_units_folder(config.data)
-        if units_folder:
-            model_lib.write_model_units(run_dir / "model", units_folder)
+        with jobs.naming_a_full_disk(run_dir / "model"):
+            model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
+            # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
+            vocabulary.save(run_dir / "model")
+            units_folder = speech_units_folder(config.data)
+            if units_folder:
+                model_lib.write_model_units(run_dir / "model", units_folder)
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
         mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
                             if any(m[key] is not None for m in final) else None)
