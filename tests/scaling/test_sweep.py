@@ -78,6 +78,38 @@ def test_sigterm_stops_a_sweep_with_its_runs_which_resume(data, tmp_path, to):
         assert steps == list(range(1, len(steps) + 1)) and len(steps) > step  # resumed, each step logged once
 
 
+def test_a_sweep_stopped_while_its_cluster_jobs_run_says_they_go_on(data, tmp_path, monkeypatch):
+    """SIGTERM to a sweep waiting on SLURM stops the waiting, not the jobs (they are the cluster's): it says so, and
+    how to follow them."""
+    from types import SimpleNamespace
+
+    from simslm import jobs
+
+    sweep.plan_sweep(_spec(data), tmp_path)
+
+    class Executor:
+        def map_array(self, function, *columns):
+            return [SimpleNamespace(job_id=f"7_{n}", paths=SimpleNamespace(result_pickle=tmp_path / f"{n}.pkl",
+                                                                            stderr=tmp_path / f"{n}.err"))
+                    for n in range(len(columns[0]))]
+
+    def stopped(*given, **options):
+        raise jobs.Stopped("stopped by SIGTERM; run the same command again to resume")
+
+    def executor(folder, *given, **options):
+        folder.mkdir(parents=True)  # as submitit's own makes its folder
+        return Executor()
+
+    monkeypatch.setattr(jobs, "submitit_executor", executor)
+    monkeypatch.setattr(jobs, "job_failures", stopped)
+    with pytest.raises(jobs.Stopped) as raised:
+        sweep.run_sweep(tmp_path, executor="slurm", cluster="slurm")
+    assert str(raised.value) == (f"{tmp_path}: stopped by SIGTERM while waiting; the 4 job(s) it submitted go on: "
+                                 f"follow them with `simslm sweep wait {tmp_path}`")
+    assert set(json.loads((tmp_path / "submitit" / "jobs.json").read_text())) == {
+        run["id"] for run in sweep.load_sweep(tmp_path)["runs"]}
+
+
 def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, tmp_path):
     planned = sweep.plan_sweep(_spec(data), tmp_path / "a")
     assert len(planned["runs"]) == 4 and len({r["id"] for r in planned["runs"]}) == 4

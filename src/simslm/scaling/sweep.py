@@ -796,7 +796,11 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
               f"`simslm sweep status {sweep_dir}` or `simslm sweep wait {sweep_dir}`", file=sys.stderr)
         return
-    failures = jobs.job_failures([(run["id"], job) for run, job in zip(runs, submitted)], "sweep jobs")
+    try:
+        failures = jobs.job_failures([(run["id"], job) for run, job in zip(runs, submitted)], "sweep jobs")
+    except jobs.Stopped:  # the jobs are the cluster's, not this process's: they go on
+        raise jobs.Stopped(f"{sweep_dir}: stopped by SIGTERM while waiting; the {len(runs)} job(s) it submitted go on: "
+                           f"follow them with `simslm sweep wait {sweep_dir}`") from None
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: {'; '.join(failures)}; re-run `simslm sweep run` to "
                            f"retry them")
