@@ -108,6 +108,20 @@ def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
         evaluate_run(EvalConfig(run=str(tmp_path), **config))
 
 
+def test_a_run_stopped_while_saving_its_model_is_not_evaluated(trained_run, tmp_path):
+    """train writes model/ and then result.json: a run folder with model/ but no result.json was stopped while it
+    saved its model, whose files may be half written. eval says so instead of loading them."""
+    import shutil
+
+    run, bench = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "result.json").unlink()
+    with pytest.raises(ValueError, match=f"^{copy}: its training has not finished \\(no result.json; model/ may be "
+                                         f"half written\\); run the same `simslm train` again to finish it$"):
+        evaluate_run(EvalConfig(run=str(copy), bench=(f"tsc={bench}",), modes=("T",)))
+
+
 def test_validation_is_refused_where_packed_documents_would_see_each_other(trained_run, monkeypatch):
     """The validation CE runs over packed rows, in a process that may have another transformers than the run's
     training had: `eval` checks, as `train` does, that the documents of a row stay apart (`documents_moved`, tested
