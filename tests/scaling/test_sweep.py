@@ -323,8 +323,11 @@ def test_a_run_let_go_unfinished_while_the_sweep_ran_is_run_too(data, tmp_path, 
 def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
     sweep.plan_sweep(_spec(data), tmp_path)
     command = [sys.executable, "-m", "simslm", "sweep", "run", str(tmp_path), "--num-parallel", "1"]
+    # A process killed outright leaves its forkserver's folder (pymp-*) in the temporary directory: this test's own.
+    temporary = tmp_path.parent / f"{tmp_path.name}-tmp"
+    temporary.mkdir()
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temporary)})
     results = lambda: sorted((tmp_path / "runs").glob("*/result.json"))  # noqa: E731
     deadline = time.time() + 300
     while not results() and time.time() < deadline:
