@@ -213,6 +213,30 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
 
 
+def test_a_run_stopped_while_saving_its_model_leaves_no_part_of_one(data, tmp_path, monkeypatch):
+    """model/ is written into a staging folder and renamed whole: a run stopped between its weights and its
+    vocabulary (here, a Ctrl-C there) has no model/, and the same command writes it whole; its units record names
+    the model folder, not the staging one."""
+    import simslm.model as model_lib
+    from simslm.train import train
+
+    config = _config(data, tmp_path / "run", base_model="family:1", init="random")
+
+    def interrupted(self, folder):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Vocabulary, "save", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "result.json").exists()
+    assert not [path for path in (tmp_path / "run").iterdir() if path.name.startswith(".model")]
+    train(config)
+    units = json.loads((tmp_path / "run" / "model" / model_lib.MODEL_UNITS_FILE).read_text())
+    assert units["codebook"]["absolute"] == str((tmp_path / "run" / "model" / model_lib.MODEL_CODEBOOK).resolve())
+    assert model_lib.model_unit_source(tmp_path / "run" / "model").codebook.is_file()
+
+
 @pytest.mark.slow
 def test_a_checkpoint_the_disk_cannot_hold_is_said_in_one_line_and_the_run_resumes(data, tmp_path):
     """torch.save reports a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598". A

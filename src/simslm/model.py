@@ -341,22 +341,25 @@ MODEL_UNITS_FILE = "simslm_units.json"
 MODEL_CODEBOOK = "simslm_codebook.npy"
 
 
-def write_model_units(model_dir: Path, units_folder: str | os.PathLike) -> None:
+def write_model_units(model_dir: Path, units_folder: str | os.PathLike, final_dir: Path | None = None) -> None:
     """Record in `model_dir` the encoder and codebook of `units_folder` (copying the codebook in) and the
-    units folder itself, relative to the model folder and absolute."""
+    units folder itself, relative to the model folder and absolute; relative to and inside `final_dir` when
+    `model_dir` is the staging folder that becomes it."""
     import shutil
 
     from simslm.units.extract import unit_source
 
     model_dir = Path(model_dir)
+    final_dir = Path(final_dir or model_dir)
     source = unit_source(units_folder)
     codebook = None
     if source.codebook is not None and source.codebook.exists():
-        codebook = model_dir / MODEL_CODEBOOK
-        shutil.copyfile(source.codebook, codebook)
-        shutil.copyfile(source.codebook.with_suffix(".json"), codebook.with_suffix(".json"))  # the encoder it fits
+        shutil.copyfile(source.codebook, model_dir / MODEL_CODEBOOK)
+        # the encoder it fits
+        shutil.copyfile(source.codebook.with_suffix(".json"), (model_dir / MODEL_CODEBOOK).with_suffix(".json"))
+        codebook = final_dir / MODEL_CODEBOOK
     (model_dir / MODEL_UNITS_FILE).write_text(json.dumps(
-        {**source.header(model_dir, codebook), "units_folder": jobs.portable_path(units_folder, model_dir)},
+        {**source.header(final_dir, codebook), "units_folder": jobs.portable_path(units_folder, final_dir)},
         indent=2))
 
 

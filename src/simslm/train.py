@@ -1742,13 +1742,14 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             _add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
             events.close()
-        with jobs.naming_a_full_disk(run_dir / "model"):
-            model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, run_dir / "model")
+        # Whole or not at all: a run stopped while it saves leaves no model/ of some files only.
+        with jobs.atomic_path(run_dir / "model") as staging:
+            model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, staging)
             # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
-            vocabulary.save(run_dir / "model")
+            vocabulary.save(staging)
             units_folder = speech_units_folder(config.data)
             if units_folder:
-                model_lib.write_model_units(run_dir / "model", units_folder)
+                model_lib.write_model_units(staging, units_folder, final_dir=run_dir / "model")
         final = [json.loads(line) for line in metrics_path.read_text().splitlines()[-10:]]
         mean = lambda key: (float(np.mean([m[key] for m in final if m[key] is not None]))  # noqa: E731
                             if any(m[key] is not None for m in final) else None)
