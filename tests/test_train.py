@@ -243,24 +243,20 @@ def test_a_checkpoint_the_disk_cannot_hold_is_said_in_one_line_and_the_run_resum
     file size limit (RLIMIT_FSIZE, here below the optimiser's state and above everything else the run writes) fails
     the same write the same way, without root's tmpfs: the run names the checkpoint and what is wrong, leaves no
     half-written checkpoint, and goes on from its last whole one once the disk takes it."""
-    import resource
-
     config = _config(data, tmp_path / "run", base_model="family:1", init="random", checkpoint_every=4)
     (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
     limit = 220_000  # family:1 here: its weights 189 kB, its optimiser state 245 kB (torch.save)
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    refused = subprocess.run(_run_command(tmp_path / "run.json"), cwd=REPO, capture_output=True, text=True,
-                             preexec_fn=limited, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = _run_command(tmp_path / "run.json")
+    limited = [sys.executable, "-c", f"import os, resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
+                                     f"{limit})); os.execv({command[0]!r}, {command!r})"]
+    refused = subprocess.run(limited, cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[-1] == (f"simslm train: error: {tmp_path / 'run'}/checkpoints/step-00000004: "
                                                f"file too large")
     assert "Traceback" not in refused.stderr
     assert sorted(path.name for path in (tmp_path / "run").rglob("*") if path.name.startswith(".")) == [".lock"]
-    subprocess.run(_run_command(tmp_path / "run.json"), cwd=REPO, check=True, capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 24
 
 
