@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,6 +109,22 @@ def test_a_sweep_stopped_while_its_cluster_jobs_run_says_they_go_on(data, tmp_pa
                                  f"follow them with `simslm sweep wait {tmp_path}`")
     assert set(json.loads((tmp_path / "submitit" / "jobs.json").read_text())) == {
         run["id"] for run in sweep.load_sweep(tmp_path)["runs"]}
+
+
+@pytest.mark.slow
+def test_a_sweep_under_a_long_tmpdir_runs_its_runs_as_new_processes(data, tmp_path, monkeypatch, capsys):
+    """The warm server (multiprocessing's forkserver) listens on a socket under TMPDIR, whose path may not pass 107
+    bytes: under a cluster's long per-job TMPDIR the sweep failed with "AF_UNIX path too long". It now says so and
+    starts each run as a new interpreter."""
+    long = tmp_path / ("per-job-scratch-" + "x" * 60)
+    long.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    sweep.plan_sweep(_spec(data, depths=(1,)), tmp_path / "sweep")
+    assert sweep.run_sweep(tmp_path / "sweep", num_parallel=2, threads_per_run=1) == {"done": 2}
+    assert (f"simslm: warning: TMPDIR {long} is longer than 75 characters, too long for the path of the warm "
+            f"server's socket") in capsys.readouterr().err
+    assert not list(long.glob("pymp-*"))
 
 
 def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, tmp_path):
@@ -323,11 +340,11 @@ def test_a_run_let_go_unfinished_while_the_sweep_ran_is_run_too(data, tmp_path, 
 def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
     sweep.plan_sweep(_spec(data), tmp_path)
     command = [sys.executable, "-m", "simslm", "sweep", "run", str(tmp_path), "--num-parallel", "1"]
-    # A process killed outright leaves its forkserver's folder (pymp-*) in the temporary directory: this test's own.
-    temporary = tmp_path.parent / f"{tmp_path.name}-tmp"
-    temporary.mkdir()
+    # A process killed outright leaves its forkserver's folder (pymp-*) in the temporary directory: this test's own,
+    # short (under pytest's tmp_path a socket's path there could pass AF_UNIX's 107 bytes).
+    temporary = tempfile.mkdtemp(prefix="simslm-")
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temporary)})
+                               stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": temporary})
     results = lambda: sorted((tmp_path / "runs").glob("*/result.json"))  # noqa: E731
     deadline = time.time() + 300
     while not results() and time.time() < deadline:
@@ -335,6 +352,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
     assert results(), "no run finished in time"
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its running child, mid-run
     process.wait()
+    shutil.rmtree(temporary)
     finished = {path: path.stat().st_mtime_ns for path in results()}
     assert len(finished) < 4
     counts = sweep.run_sweep(tmp_path, num_parallel=2, threads_per_run=1)
@@ -346,8 +364,6 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
     rows = sweep.collect(tmp_path)
     assert {row["loss_source"] for row in rows} == {"validation"} and len(rows) == 4
     # A copied sweep reads its own runs: the same ledger and the same numbers.
-    import shutil
-
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     shutil.copytree(tmp_path, moved)
     assert sweep.status_counts(moved) == {"done": 4}

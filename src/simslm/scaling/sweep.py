@@ -659,11 +659,25 @@ def _run_one_forked(sweep_dir: str, identifier: str, log_path: str, threads: int
     runpy.run_module("simslm", run_name="__main__", alter_sys=True)
 
 
+# The forkserver listens on a socket at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX; a socket's path holds at most 107
+# bytes (Linux's sun_path, with its NUL), so a TMPDIR longer than 75 characters (a cluster's per-job scratch) fails
+# the server's start with "AF_UNIX path too long".
+_SOCKET_PATH_MAX = 107
+_FORKSERVER_SOCKET_TAIL = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
 def _warm_context():
     """multiprocessing's forkserver, its server preloading `WARM_MODULES` (started once per process, reused by
-    later calls, e.g. bracketing's)."""
+    later calls, e.g. bracketing's); None, with a warning, where its socket's path would be too long."""
     import multiprocessing
+    import tempfile
 
+    if len(os.fsencode(tempfile.gettempdir())) + _FORKSERVER_SOCKET_TAIL > _SOCKET_PATH_MAX:
+        print(f"simslm: warning: TMPDIR {tempfile.gettempdir()} is longer than "
+              f"{_SOCKET_PATH_MAX - _FORKSERVER_SOCKET_TAIL} characters, too long for the path of the warm server's "
+              f"socket: each run starts a new interpreter instead (about 6 s more of imports; a shorter TMPDIR "
+              f"saves them)", file=sys.stderr)
+        return None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WARM_MODULES))
     return context
