@@ -660,9 +660,9 @@ def _run_one_forked(sweep_dir: str, identifier: str, log_path: str, threads: int
 
 
 # The forkserver listens on a socket at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX; a socket's path holds at most 107
-# bytes (Linux's sun_path, with its NUL), so a TMPDIR longer than 75 characters (a cluster's per-job scratch) fails
-# the server's start with "AF_UNIX path too long".
-_SOCKET_PATH_MAX = 107
+# bytes (Linux's sun_path of 108, with its NUL; 104 on macOS and the BSDs), so on Linux a TMPDIR longer than 75
+# characters (a cluster's per-job scratch) fails the server's start with "AF_UNIX path too long".
+_SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 _FORKSERVER_SOCKET_TAIL = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 
