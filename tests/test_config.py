@@ -102,6 +102,22 @@ def test_list_fields_take_words_or_commas_and_files_take_lists(tmp_path):
     assert _config(["demo", "--config", str(tmp_path / "demo.json")]).depths == (2, 3)
 
 
+def test_a_path_from_the_home_folder_is_one_in_a_config_file_and_after_an_equals_sign(tmp_path, monkeypatch):
+    """The shell expands `~/x` on the command line, but not in a --config file nor after `--out=`: there it named a
+    folder called "~" in the working one. An option taking LABEL=PATH (`eval --bench`) expands its path too; a "~"
+    inside a word is left alone."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = str(tmp_path / "home")
+    (tmp_path / "synth.json").write_text(json.dumps({"out": "~/speech", "corpus": "~"}))
+    config = _config(["synth", "--config", str(tmp_path / "synth.json")])
+    assert (config.out, config.corpus) == (f"{home}/speech", home)
+    assert _config(["synth", "--out=~/other"]).out == f"{home}/other"
+    assert _config(["eval", "run", "--bench", "tsc=~/tsc", "~/sblimp", "a~/b"]).bench == (
+        f"tsc={home}/tsc", f"{home}/sblimp", "a~/b")
+    untouched = _config(["synth", "--out", "x/~/y", "--id-prefix", "~x"])
+    assert (untouched.out, untouched.id_prefix) == ("x/~/y", "~x")
+
+
 def test_renamed_options_still_load_from_older_files():
     config = TrainConfig.from_dict({"run_dir": "r", "data": "d", "budget_tokens": 8, "validation_batches": 3,
                                     "keep_checkpoints": 4})

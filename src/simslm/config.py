@@ -17,6 +17,8 @@ import functools
 import inspect
 import json
 import math
+import os
+import re
 import textwrap
 import types
 import typing
@@ -148,7 +150,21 @@ def parse_text(kind: Any, raw: str, name: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{flag(name)}: '{raw}' is not a valid {kind.__name__}") from None
-    return raw
+    return _home_expanded(raw) if kind is str else raw
+
+
+# A path from the home folder ("~/runs", or "tsc=~/bench" where an option takes LABEL=PATH): a shell expands it on
+# the command line, but not in a --config file or after `--out=`, where it named a folder called "~" in the working
+# one (and `rm -rf ~` was one step from clearing that away).
+_HOME_PATH = re.compile(r"(?P<label>[\w.-]+=)?~(?=/|$)")
+
+
+def _home_expanded(text: str) -> str:
+    match = _HOME_PATH.match(text)
+    if match is None:
+        return text
+    label = match["label"] or ""
+    return label + os.path.expanduser(text[len(label):])
 
 
 def _argument_type(kind: Any, name: str) -> Callable[[str], Any]:
