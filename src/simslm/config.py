@@ -150,7 +150,7 @@ def parse_text(kind: Any, raw: str, name: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{flag(name)}: '{raw}' is not a valid {kind.__name__}") from None
-    return _home_expanded(raw) if kind is str else raw
+    return home_expanded(raw) if kind is str else raw
 
 
 # A path from the home folder ("~/runs", or "tsc=~/bench" where an option takes LABEL=PATH): a shell expands it on
@@ -159,7 +159,8 @@ def parse_text(kind: Any, raw: str, name: str) -> Any:
 _HOME_PATH = re.compile(r"(?P<label>[\w.-]+=)?~(?=/|$)")
 
 
-def _home_expanded(text: str) -> str:
+def home_expanded(text: str) -> str:
+    """`text` with a leading `~` (or `LABEL=~`) as the home folder's path, as a shell gives it."""
     match = _HOME_PATH.match(text)
     if match is None:
         return text

@@ -141,6 +141,18 @@ def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, 
     assert spec.depths == (1,) and spec.variants[0].init == "random"
 
 
+def test_a_spec_reads_paths_from_the_home_folder(data, tmp_path, monkeypatch):
+    """`"data": "~/seq"` in a spec is the home folder's, as in every other file simslm reads options from."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "seq").symlink_to(data)
+    spec = sweep.SweepSpec.from_json({"variants": [{"name": "r", "data": "~/seq", "init": "random"}],
+                                      "depths": [1], "budgets_flops": [4e8], "validation_data": "~/seq"})
+    assert spec.variants[0].data == spec.validation_data == str(tmp_path / "home" / "seq")
+    planned = sweep.plan_sweep(spec, tmp_path / "sweep")
+    assert Path(planned["runs"][0]["config"]["data"]).resolve() == Path(data).resolve()
+
+
 def test_a_sweep_finds_its_data_after_a_move_and_when_copied_alone(data, tmp_path, monkeypatch):
     import shutil
 

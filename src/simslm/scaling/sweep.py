@@ -41,7 +41,7 @@ import numpy as np
 
 from simslm import assets, jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_positive, registry_choices
+from simslm.config import Config, ConfigError, check_positive, home_expanded, registry_choices
 from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
@@ -186,6 +186,7 @@ class SweepSpec:
     def from_json(cls, data: dict[str, Any]) -> "SweepSpec":
         if not isinstance(data, dict):
             raise ValueError("a sweep spec is a JSON object")
+        data = _home_paths(data)
         missing = [key for key in ("variants",) if key not in data]
         if missing:
             raise ValueError(f"missing key(s) {', '.join(missing)}")
@@ -256,6 +257,17 @@ def run_id(variant: str, label: str, grid_point: str, config: dict[str, Any], fa
                           (k in TrainConfig.hashed_unless and v == TrainConfig.hashed_unless[k])}, sort_keys=True)
     prefix = f"{family}-{label}-{variant}" if family else f"{variant}-{label}"
     return f"{prefix}-{grid_point}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+
+
+def _home_paths(value: Any) -> Any:
+    """A spec's strings with a leading `~` as the home folder's path (`config.home_expanded`), at any depth."""
+    if isinstance(value, str):
+        return home_expanded(value)
+    if isinstance(value, dict):
+        return {key: _home_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_home_paths(item) for item in value)
+    return value
 
 
 class _Anchors:
