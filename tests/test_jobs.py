@@ -268,3 +268,24 @@ def test_a_sigterm_soon_after_the_first_is_the_same_request_and_a_later_one_ends
     clock[0] += 0.1
     jobs.first_sigterm()
     assert killed == [("handler", signal.SIG_DFL), (os.getpid(), signal.SIGTERM)]
+
+
+def test_default_workers_keep_to_a_containers_cpu_quota(tmp_path, monkeypatch):
+    """A container limited to some CPUs (a Kubernetes pod's `limits.cpu`) still sees every core of its host in its
+    affinity; the pools size themselves by the limit, read from cgroup v2's cpu.max or v1's CFS files."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(jobs, "CGROUP_ROOT", tmp_path)
+    assert jobs.cgroup_cpu_quota() is None and jobs.default_workers() == cores  # no cgroup files: no limit
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert jobs.cgroup_cpu_quota() is None and jobs.default_workers() == cores
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
+    assert jobs.cgroup_cpu_quota() == 0.5 and jobs.default_workers() == 1
+    (tmp_path / "cpu.max").write_text(f"{100000 * (cores + 3)} 100000\n")  # more than the cores: the cores
+    assert jobs.default_workers() == cores
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert jobs.cgroup_cpu_quota() == 1.5 and jobs.default_workers() == min(cores, 2)
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
+    assert jobs.cgroup_cpu_quota() is None
