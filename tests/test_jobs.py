@@ -289,3 +289,23 @@ def test_default_workers_keep_to_a_containers_cpu_quota(tmp_path, monkeypatch):
     assert jobs.cgroup_cpu_quota() == 1.5 and jobs.default_workers() == min(cores, 2)
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
     assert jobs.cgroup_cpu_quota() is None
+
+
+def test_threads_keep_to_a_containers_cpu_quota_unless_set(tmp_path, monkeypatch):
+    """torch and BLAS start a thread per core they see; under a CPU quota below the cores, OMP_NUM_THREADS is set to
+    the quota before they load (`simslm` does it as it starts), unless the user set it."""
+    monkeypatch.setattr(jobs, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(jobs, "_affinity_cores", lambda: 64)  # a large host, whatever this machine is
+    environ: dict[str, str] = {}
+    jobs.threads_within_quota(environ)
+    assert environ == {}  # no quota
+    (tmp_path / "cpu.max").write_text("350000 100000\n")
+    jobs.threads_within_quota(environ)
+    assert environ == {"OMP_NUM_THREADS": "4"}
+    given = {"OMP_NUM_THREADS": "16"}
+    jobs.threads_within_quota(given)
+    assert given == {"OMP_NUM_THREADS": "16"}
+    (tmp_path / "cpu.max").write_text(f"{100000 * 64} 100000\n")  # a quota of every core: nothing to do
+    fresh: dict[str, str] = {}
+    jobs.threads_within_quota(fresh)
+    assert fresh == {}

@@ -567,9 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
-    from simslm.jobs import Stopped, keep_freed_memory, stop_on_sigterm
+    from simslm.jobs import Stopped, keep_freed_memory, stop_on_sigterm, threads_within_quota
 
     keep_freed_memory()
+    threads_within_quota()
     if not sys.stderr.isatty():
         _quiet_hub_progress_bars()
     # SIGTERM (`kill`, a scheduler's time limit) ends a command through its `finally` blocks, as Ctrl-C does, so

@@ -349,9 +349,22 @@ def default_workers() -> int:
     """Worker processes for CPU-bound batch jobs: one per core this process may use, by its CPU affinity and by its
     container's CPU quota, which affinity does not show (a pod limited to 4 CPUs on a 64-core host sees 64, and 64
     workers each holding HuBERT run it out of memory)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = _affinity_cores()
     quota = cgroup_cpu_quota()
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _affinity_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_within_quota(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """OMP_NUM_THREADS set to a container's CPU quota where that is below the cores it sees, unless it is set: torch
+    and the BLAS libraries read it when they load, and otherwise start a thread per core of the host, which the
+    quota then throttles (PyTorch's CPU performance guide: threads beyond the CPUs given slow a step down)."""
+    quota = cgroup_cpu_quota()
+    if "OMP_NUM_THREADS" not in environ and quota and math.ceil(quota) < _affinity_cores():
+        environ["OMP_NUM_THREADS"] = str(math.ceil(quota))
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
