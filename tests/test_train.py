@@ -213,6 +213,23 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
 
 
+def test_a_runs_weights_are_as_readable_as_its_other_files(data, tmp_path):
+    """safetensors 0.8 writes every file with mode 0600 whatever the umask (its issue #782): a colleague on a shared
+    cluster could read a run's config but not load its model. The weights now take the mode the umask gives."""
+    from simslm.train import train
+
+    before = os.umask(0o022)
+    try:
+        train(_config(data, tmp_path / "run", base_model="family:1", init="random"))
+    finally:
+        os.umask(before)
+    run = tmp_path / "run"
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    written = [run / "model" / "model.safetensors", checkpoint / "model.safetensors", checkpoint / "buffers.safetensors"]
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {oct(0o644)}
+    assert (run / "model" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_run_stopped_while_saving_its_model_leaves_no_part_of_one(data, tmp_path, monkeypatch):
     """model/ is written into a staging folder and renamed whole: a run stopped between its weights and its
     vocabulary (here, a Ctrl-C there) has no model/, and the same command writes it whole; its units record names

@@ -676,6 +676,31 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
+def modes_as_umask_allows(*paths: str | os.PathLike) -> None:
+    """Give each `.safetensors` file among `paths` (files, or folders searched) the mode its owner's umask gives
+    any new file. safetensors 0.8 writes through a temporary file of mode 0600 and renames it (its issue #782),
+    so a run's weights were readable by their owner only: a colleague on a shared cluster could read a run's
+    config but not evaluate its model."""
+    mode = 0o666 & ~_umask()
+    for path in map(Path, paths):
+        for file in (sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]):
+            if file.suffix == ".safetensors" and (file.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+                file.chmod(mode)
+
+
+def _umask() -> int:
+    """This process's umask: Linux says it in /proc (since 4.7); elsewhere set and put back, the only way."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
     """Raises a failure to write `path` that a full disk (a quota, a file size limit) caused as the OSError it is,

@@ -394,6 +394,7 @@ def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Save model and tokenizer so that plain `from_pretrained` loads both (safetensors)."""
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
+    jobs.modes_as_umask_allows(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     (folder / "simslm_model.json").write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__},

@@ -587,6 +587,7 @@ def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wa
     # model's rope scaling may have computed them from a config the run changed since (max_position_embeddings).
     save_file({name: buffer.detach().to("cpu").contiguous().clone() for name, buffer in model.named_buffers()},
               str(staging / BUFFERS))
+    jobs.modes_as_umask_allows(staging)  # the weights' file too (safetensors makes them its owner's only)
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
     (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
