@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, MutableMapping
 
 from tqdm import tqdm
 
@@ -358,7 +358,7 @@ def _affinity_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def threads_within_quota(environ: dict[str, str] | os._Environ = os.environ) -> None:
+def threads_within_quota(environ: MutableMapping[str, str] = os.environ) -> None:
     """OMP_NUM_THREADS set to a container's CPU quota where that is below the cores it sees, unless it is set: torch
     and the BLAS libraries read it when they load, and otherwise start a thread per core of the host, which the
     quota then throttles (PyTorch's CPU performance guide: threads beyond the CPUs given slow a step down)."""
