@@ -676,16 +676,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
-def modes_as_umask_allows(*paths: str | os.PathLike) -> None:
-    """Give each `.safetensors` file among `paths` (files, or folders searched) the mode its owner's umask gives
-    any new file. safetensors 0.8 writes through a temporary file of mode 0600 and renames it (its issue #782),
-    so a run's weights were readable by their owner only: a colleague on a shared cluster could read a run's
-    config but not evaluate its model."""
+def modes_as_umask_allows(folder: str | os.PathLike) -> None:
+    """Give each `.safetensors` file in `folder` the mode its owner's umask gives any new file. safetensors 0.8
+    writes through a temporary file of mode 0600 and renames it (its issue #782), so a run's weights were readable
+    by their owner only: a colleague on a shared cluster could read a run's config but not evaluate its model."""
     mode = 0o666 & ~_umask()
-    for path in map(Path, paths):
-        for file in (sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]):
-            if file.suffix == ".safetensors" and (file.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
-                file.chmod(mode)
+    for file in Path(folder).rglob("*.safetensors"):
+        if (file.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+            file.chmod(mode)
 
 
 def _umask() -> int:

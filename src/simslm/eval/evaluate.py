@@ -157,7 +157,9 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
     """The model folder of a run (or a bare model folder), its vocabulary and the run's config."""
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").exists() and (run_dir / "model").is_dir():
-        if not (run_dir / "result.json").exists():  # written after model/: a run stopped while it saved its model
+        from simslm.train import RunResult
+
+        if not RunResult.exists(run_dir):  # written after model/: a run stopped while it saved its model
             raise ValueError(f"{run_dir}: its training has not finished (no result.json; model/ may be half "
                              f"written); run the same `simslm train` again to finish it")
         config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
