@@ -124,8 +124,9 @@ def _units_fit(config) -> int:
 
     path = fit_codebook(config)
     meta = jobs.read_json(path.with_suffix(".json"))
+    skipped = f", skipped {meta['num_skipped']} {meta['skipped_by_reason']}" if meta["num_skipped"] else ""
     print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
-          f"utterance(s) ({meta['backend']}) -> {path}")
+          f"utterance(s){skipped} ({meta['backend']}) -> {path}")
     return 0
 
 

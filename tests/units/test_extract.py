@@ -349,6 +349,66 @@ def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codeb
             extract_units(replace(base, out=str(tmp_path / "strict"), dtype="bfloat16", min_agreement=1.0))
 
 
+@pytest.mark.parametrize("failure", ["cuda", "cpu allocator"])
+def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hubert_codebook, tmp_path, monkeypatch,
+                                                                 failure):
+    """An allocation that fails on one recording (CUDA's out of memory; the CPU allocator's, under a memory limit)
+    skips that recording, counted under its own reason, and the rest of its batch and shard is encoded as before;
+    it used to end the extraction, and every rerun of it at the same shard."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+    from transformers import HubertModel
+
+    from simslm.speech import audio
+    from simslm.units.extract import FitConfig, fit_codebook
+
+    config, _, _ = extracted
+    base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=6, batch_size=4)
+    before = extract_units(replace(base, out=str(tmp_path / "before")))
+    lengths = {r["id"]: len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
+               if r["id"] in {u.id for u in read_units(tmp_path / "before")}}
+    longest = max(lengths, key=lengths.get)
+    limit = sorted(lengths.values())[-2] + 2 * 40  # the edge padding
+    forward = HubertModel.forward
+    errors = {"cuda": lambda n: torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n} bytes."),
+              "cpu allocator": lambda n: RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                                      f"DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                      f"allocate {n} bytes. Error code 12")}
+
+    def short_only(self, input_values, *args, **kwargs):
+        if input_values.shape[1] > limit:
+            raise errors[failure](input_values.numel() * 4 * 512)
+        return forward(self, input_values, *args, **kwargs)
+
+    monkeypatch.setattr(HubertModel, "forward", short_only)
+    after = extract_units(replace(base, out=str(tmp_path / "after")))
+    assert after.num_encoded == before.num_encoded - 1
+    assert after.skipped_by_reason == {**before.skipped_by_reason, "out of memory (too long to encode whole)": 1}
+    units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
+    assert units(tmp_path / "after") == {k: v for k, v in units(tmp_path / "before").items() if k != longest}
+    line = next(json.loads(line) for line in (tmp_path / "after" / "shards" / "shard-00000.jsonl").open()
+                if json.loads(line)["id"] == longest)
+    assert "ran out of memory" in line["skipped"] and "simslm segment" in line["skipped"]
+    # A codebook fit on the same corpus skips it alike, and says so.
+    fitted = fit_codebook(FitConfig(manifest=config.manifest, out=str(tmp_path / "km"), encoder="mhubert-25hz",
+                                    model_path=json.loads(Path(hubert_codebook).with_suffix(".json").read_text())
+                                    ["encoder"]["model_path"], layer=2, num_units=2, num_workers=1))
+    assert json.loads(fitted.with_suffix(".json").read_text())["skipped_by_reason"][
+        "out of memory (too long to encode whole)"] == 1
+
+
+def test_other_runtime_errors_of_an_encoder_are_not_taken_for_memory():
+    import torch
+
+    from simslm.units.encoders import out_of_memory
+
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and out_of_memory(MemoryError())
+    assert not out_of_memory(RuntimeError("Given groups=1, weight of size [512, 1, 10], expected input"))
+    assert not out_of_memory(ValueError("out of memory"))
+
+
 def test_a_codebook_extracts_with_the_edge_padding_it_records(extracted, hubert_codebook, tmp_path):
     """A codebook recorded before edge padding existed (no `edge_pad`) goes on encoding without it, so a run's
     benchmarks match its training units; one that records slamkit's 40 pads each utterance by 40 samples a side."""

@@ -97,6 +97,25 @@ class LogMelEncoder:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class OutOfMemory(ValueError):
+    """The encoder ran out of memory on the audio given (a recording of an hour, say): raised as the encoder's
+    refusal of that audio, so a batch is tried again one utterance at a time and an utterance alone is skipped and
+    counted, where the allocator's error would end the whole extraction, and every rerun of it at the same shard.
+    (slamkit's `extract_features` encodes each file whole too, and stops there.)"""
+
+    reason = "out of memory (too long to encode whole)"
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed: CUDA's `torch.OutOfMemoryError`, the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory", under a memory limit), numpy's MemoryError.
+    (Where the kernel's OOM killer ends the process instead, no Python error is raised.)"""
+    import torch
+
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error)))
+
+
 class HubertEncoder:
     """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id), one utterance or a batch.
 
@@ -158,12 +177,26 @@ class HubertEncoder:
             inputs[row, self.edge_pad:self.edge_pad + len(samples)] = torch.from_numpy(
                 np.asarray(samples, dtype=np.float32))
         mask = (torch.arange(inputs.shape[1])[None] < lengths[:, None]).long() if self.pads else None
-        with torch.inference_mode():
-            hidden = self._model(inputs.to(self.device, self.dtype),
-                                 attention_mask=None if mask is None else mask.to(self.device),
-                                 output_hidden_states=True).hidden_states[self.layer]
-            frames = self._model._get_feat_extract_output_lengths(lengths).tolist()
-            hidden = hidden.float().cpu().numpy()
+        failure = None
+        try:
+            with torch.inference_mode():
+                hidden = self._model(inputs.to(self.device, self.dtype),
+                                     attention_mask=None if mask is None else mask.to(self.device),
+                                     output_hidden_states=True).hidden_states[self.layer]
+                frames = self._model._get_feat_extract_output_lengths(lengths).tolist()
+                hidden = hidden.float().cpu().numpy()
+        except (RuntimeError, MemoryError) as error:
+            if not out_of_memory(error):
+                raise
+            failure = str(error).strip().splitlines()[0][:200]
+        if failure is not None:
+            # Out of the handler, the traceback's frames (and the tensors they hold) are gone: the cache can go too.
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            seconds = sum(len(samples) for samples in batch) / 16000
+            what = f"{seconds:.1f} s of audio" if len(batch) == 1 else f"{len(batch)} utterances ({seconds:.1f} s)"
+            raise OutOfMemory(f"{self.name} ran out of memory on {what} ({failure}); cut long recordings into "
+                              f"utterances first (`simslm segment`)")
         return [hidden[row, :count] for row, count in enumerate(frames)]
 
     def batches(self, lengths: list[int], batch_size: int) -> list[list[int]]:

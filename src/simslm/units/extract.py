@@ -74,7 +74,7 @@ def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, s
     try:
         features = encoder.encode(audio.load_audio(record["path"]))
     except (audio.AudioError, ValueError) as error:
-        return record["id"], str(error)
+        return record["id"], _skip_reason(error)
     if len(features) > max_frames:
         rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
         features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]
@@ -228,7 +228,8 @@ def fit_codebook(config: FitConfig) -> Path:
                                                   total=len(tasks), description="units fit: encode"):
         (skipped if isinstance(result, str) else encoded)[utterance_id] = result
     if not encoded:
-        raise ValueError(f"{config.manifest}: no utterance could be encoded ({len(skipped)} skipped)")
+        raise ValueError(f"{config.manifest}: no utterance could be encoded "
+                         f"({dict(collections.Counter(skipped.values()))})")
     # In the manifest's order, not the workers' completion order: k-means draws its initial centroids by row, so
     # the order of the frames decides the codebook, and with it every unit and loss downstream (docs/LOG.md).
     stacked = np.concatenate([encoded[record["id"]] for record in records if record["id"] in encoded])
@@ -250,7 +251,8 @@ def fit_codebook(config: FitConfig) -> Path:
             "corpus_hash": corpus_hash(used, Path(config.manifest).parent),
             "manifest": jobs.portable_path(config.manifest, Path(config.out).parent),
             "num_utterances": len(used), "num_frames": int(len(stacked)),
-            "num_skipped": len(skipped), "backend": backend, "seed": config.seed}
+            "num_skipped": len(skipped), "skipped_by_reason": dict(collections.Counter(skipped.values())),
+            "backend": backend, "seed": config.seed}
     return kmeans.Codebook(centroids, meta).save(config.out)
 
 
@@ -557,7 +559,9 @@ ENCODER_REJECTED = "rejected by the encoder"
 
 def _skip_reason(error: Exception) -> str:
     """The kind a skipped utterance is counted under: the audio problem, or the encoder's refusal."""
-    return error.kind.value if isinstance(error, audio.AudioError) else ENCODER_REJECTED
+    if isinstance(error, audio.AudioError):
+        return error.kind.value
+    return getattr(error, "reason", ENCODER_REJECTED)  # OutOfMemory names its own
 
 
 def codebook_encoder(codebook: kmeans.Codebook, path: str | os.PathLike, model_path: str | None = None
