@@ -438,6 +438,25 @@ def keep_freed_memory() -> bool:
     return _freed_memory_kept
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed: CUDA's `torch.OutOfMemoryError`, the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory", under a memory limit), numpy's MemoryError.
+    (Where the kernel's OOM killer ends the process instead, no Python error is raised.)"""
+    import torch
+
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error)))
+
+
+def release_device_memory(device: Any) -> None:
+    """Give back the blocks CUDA's caching allocator keeps after an allocation failed. Call it outside the
+    `except` block: until then the traceback's frames hold the tensors that filled the memory."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def launcher_shard(num_shards: int) -> int:
     """The part of `num_shards` that the launcher gives this process: RANK under torchrun, else
     SLURM_ARRAY_TASK_ID in a SLURM array (modulo, so an array numbered from 1 covers every part), else 0."""

@@ -154,6 +154,50 @@ def test_only_a_context_long_enough_to_pay_for_a_second_pass_is_shared(tiny_mode
     np.testing.assert_allclose(sums, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_out_of_memory_is_scored_in_halves_with_the_same_numbers(tiny_model, vocabulary, monkeypatch,
+                                                                        capsys):
+    """A batch the device cannot hold (a GPU smaller than --batch-size was chosen for) is scored again in halves,
+    and later batches at the size that fitted: the same numbers, a warning once per halving, where the allocator's
+    error used to end the evaluation. A single sequence that does not fit still raises it."""
+    import torch
+
+    from simslm.eval import scoring
+
+    monkeypatch.setattr(scoring, "MIN_SHARED_TOKENS", 8)
+
+    class SmallDevice:
+        """The model, on a device that holds at most `rows` sequences at once."""
+
+        def __init__(self, model, rows):
+            self.model, self.rows, self.forward, self.sizes = model, rows, model.forward, []
+
+        def eval(self):
+            return self
+
+        def __call__(self, **arguments):
+            self.sizes.append(len(arguments["input_ids"]))
+            if len(arguments["input_ids"]) > self.rows:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.model(**arguments)
+
+    sequences_, scored, pairs = _pairs_with_contexts(
+        vocabulary, ((40, 12, 20), (9, 1, 30), (25, 15, 15), (3, 10, 10), (30, 0, 8), (60, 5, 2)), seed=1)
+    sequences_ += [np.arange(1, n) % len(vocabulary) for n in range(10, 30, 2)]
+    scored += [np.ones(len(tokens) - 1, dtype=bool) for tokens in sequences_[len(scored):]]
+    expected, _ = sequence_log_likelihoods(tiny_model, sequences_, scored, vocabulary=vocabulary, batch_size=8,
+                                           pairs=pairs)
+    small = SmallDevice(tiny_model, rows=3)
+    sums, _ = sequence_log_likelihoods(small, sequences_, scored, vocabulary=vocabulary, batch_size=8, pairs=pairs)
+    np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "out of memory" in line]
+    # Sequences alone: 8 fail, then 4, then 2 fit; pairs (4 a batch, both sides in pass 2): 4, then 2, then 1.
+    assert len(warnings) == 4 and "going on with 2" in warnings[1] and "going on with 1" in warnings[3]
+    assert small.sizes.count(8) == 1  # later batches start at the size that fitted, without failing first
+    with pytest.raises(torch.OutOfMemoryError):
+        sequence_log_likelihoods(SmallDevice(tiny_model, rows=0), sequences_, scored, vocabulary=vocabulary,
+                                 batch_size=8, pairs=pairs)
+
+
 def test_concurrent_batches_give_torch_its_threads_back_even_when_a_batch_fails(tiny_model, vocabulary):
     """Batches scored at once split torch's threads; after the scoring, or a failure in any batch, the process
     has its own thread count again, and the error is the batch's own."""

@@ -402,7 +402,7 @@ def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hube
 def test_other_runtime_errors_of_an_encoder_are_not_taken_for_memory():
     import torch
 
-    from simslm.units.encoders import out_of_memory
+    from simslm.jobs import out_of_memory
 
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and out_of_memory(MemoryError())
     assert not out_of_memory(RuntimeError("Given groups=1, weight of size [512, 1, 10], expected input"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, NamedTuple
@@ -166,9 +167,8 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     step = max(1, batch_size // 2)
     batches += [("shared", shared[start:start + step]) for start in range(0, len(shared), step)]
 
-    def score(batch) -> None:
+    def score_part(kind, chosen) -> None:
         # Each batch writes the entries of its own sequences only, so batches may run at once.
-        kind, chosen = batch
         with torch.no_grad():
             if kind == "shared":
                 _score_shared(model, chosen, sequences, scored, vocabulary, speech_vocab, units, device, sums, counts)
@@ -179,6 +179,31 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
         for row, k in enumerate(chosen):
             mask = np.asarray(scored[k], dtype=bool)
             sums[k], counts[k] = per_token[row, :len(mask)][mask].sum(), mask.sum()
+
+    # A batch that runs out of memory (a large vocabulary's logits, long tSC sides, a smaller GPU than the default
+    # batch was sized for) is scored again in halves, and every later batch at most at the size that last failed,
+    # halved: the numbers do not depend on the batch (above), and an evaluation is not lost for its --batch-size.
+    largest = {"alone": batch_size, "shared": step}
+
+    def score(batch) -> None:
+        kind, chosen = batch
+        size = largest[kind]
+        pending = [chosen[start:start + size] for start in range(0, len(chosen), size)][::-1]
+        while pending:
+            part = pending.pop()
+            try:
+                score_part(kind, part)
+                continue
+            except (RuntimeError, MemoryError) as error:
+                if len(part) == 1 or not jobs.out_of_memory(error):
+                    raise
+            jobs.release_device_memory(device)
+            if len(part) <= largest[kind]:
+                largest[kind] = len(part) // 2
+                what = "pairs sharing a context" if kind == "shared" else "sequences"
+                print(f"simslm: warning: out of memory scoring {len(part)} {what} at once on {device}; going on with "
+                      f"{largest[kind]} (a smaller --batch-size avoids the retries)", file=sys.stderr, flush=True)
+            pending += [part[len(part) // 2:], part[:len(part) // 2]]
 
     # Never more batches at once than torch has threads: a sweep's runs, one thread each, score one at a time.
     workers = min(concurrent_batches, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1

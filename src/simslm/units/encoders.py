@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from simslm import jobs
+
 
 def mel_filterbank(num_mels: int, fft_size: int, sample_rate: int = 16000,
                    low_hz: float = 20.0, high_hz: float | None = None) -> np.ndarray:
@@ -106,16 +108,6 @@ class OutOfMemory(ValueError):
     reason = "out of memory (too long to encode whole)"
 
 
-def out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is an allocation that failed: CUDA's `torch.OutOfMemoryError`, the CPU allocator's
-    RuntimeError ("DefaultCPUAllocator: can't allocate memory", under a memory limit), numpy's MemoryError.
-    (Where the kernel's OOM killer ends the process instead, no Python error is raised.)"""
-    import torch
-
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error)))
-
-
 class HubertEncoder:
     """Hidden states of one layer of a Hugging Face `HubertModel` (path or hub id), one utterance or a batch.
 
@@ -186,13 +178,11 @@ class HubertEncoder:
                 frames = self._model._get_feat_extract_output_lengths(lengths).tolist()
                 hidden = hidden.float().cpu().numpy()
         except (RuntimeError, MemoryError) as error:
-            if not out_of_memory(error):
+            if not jobs.out_of_memory(error):
                 raise
             failure = str(error).strip().splitlines()[0][:200]
         if failure is not None:
-            # Out of the handler, the traceback's frames (and the tensors they hold) are gone: the cache can go too.
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            jobs.release_device_memory(self.device)
             seconds = sum(len(samples) for samples in batch) / 16000
             what = f"{seconds:.1f} s of audio" if len(batch) == 1 else f"{len(batch)} utterances ({seconds:.1f} s)"
             raise OutOfMemory(f"{self.name} ran out of memory on {what} ({failure}); cut long recordings into "
