@@ -138,6 +138,13 @@ def test_units_commands_fit_extract_convert(tmp_path, capsys, synthetic_corpus):
     assert recorded("converted") == 40 and recorded("km") == 0  # the logmel codebook above
     assert main(convert + ["--trust-pickle", "--edge-pad", "0", "--out", str(tmp_path / "bare")]) == 0
     assert recorded("bare") == 0
+    # ... and resamples audio not at 16 kHz as slamkit's extraction does (torchaudio's default), unless told.
+    resampler = lambda name: json.loads((tmp_path / f"{name}.json").read_text())["encoder"]["resampler"]  # noqa: E731
+    assert resampler("converted") == "sinc-hann" and resampler("km") == "soxr"
+    assert main(convert + ["--trust-pickle", "--resampler", "soxr", "--out", str(tmp_path / "soxr")]) == 0
+    assert resampler("soxr") == "soxr"
+    assert main(convert + ["--trust-pickle", "--resampler", "linear", "--out", str(tmp_path / "linear")]) == 2
+    assert "linear" in capsys.readouterr().err and not (tmp_path / "linear.npy").exists()
     assert main(convert + ["--trust-pickle", "--encoder", "logmel", "--edge-pad", "40",
                            "--out", str(tmp_path / "odd")]) == 2
     assert "edge padding is for HuBERT encoders" in capsys.readouterr().err

@@ -105,3 +105,26 @@ def test_codebooks_of_the_same_centroids_with_other_encoder_settings_do_not_shar
     assert len(list((tmp_path / "cache").iterdir())) == 2  # two extractions, not one read twice
     for path in paths:  # logmel ignores a checkpoint: the same units, from their own folder
         np.testing.assert_array_equal(first[path], again[path])
+
+
+def test_parts_joined_for_s_mode_are_each_resampled_as_the_codebook_records(tmp_path):
+    """slamkit's cross-modal metric resamples each part (torchaudio's default) before joining them: the joined
+    recording is the parts each brought to 16 kHz by the codebook's resampler, and another resampler's is
+    another file."""
+    import soundfile
+
+    from simslm.eval.bench_units import _join_audio
+    from simslm.speech import audio
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for name, seconds in (("context", 1.5), ("ending", 0.7)):
+        samples = rng.uniform(-0.5, 0.5, int(24000 * seconds)).astype(np.float32)
+        soundfile.write(tmp_path / f"{name}.wav", samples, 24000, subtype="FLOAT")
+        parts.append((str(tmp_path / f"{name}.wav"), samples))
+    paths = tuple(path for path, _ in parts)
+    joined = {r: _join_audio(paths, tmp_path / "joined", r) for r in audio.RESAMPLERS}
+    assert joined["soxr"] != joined["sinc-hann"]
+    for resampler, path in joined.items():
+        expected = np.concatenate([audio.resample(samples, 24000, 16000, resampler) for _, samples in parts])
+        np.testing.assert_allclose(audio.load_audio(path), expected, atol=1 / 32768)  # written as 16-bit PCM

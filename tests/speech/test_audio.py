@@ -68,3 +68,61 @@ def test_write_audio_is_atomic_and_16_bit(tmp_path):
     info = soundfile.info(path)
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     assert [p.name for p in path.parent.iterdir()] == ["x.flac"]
+
+
+def _sinc_hann_by_definition(samples, source_rate, target_rate, zero_crossings=6, rolloff=0.99):
+    """torchaudio's `sinc_interp_hann` resampling written out sample by sample, in float64: output n at time
+    n / target and input k at k / source (rates over their gcd), each input weighted by a sinc at the lower
+    rate's cut-off under a Hann window reaching `zero_crossings` zero crossings each side."""
+    from math import ceil, gcd
+
+    g = gcd(source_rate, target_rate)
+    up, down = source_rate // g, target_rate // g
+    cutoff = min(up, down) * rolloff
+    out = np.zeros(ceil(len(samples) * down / up))
+    for n in range(len(out)):
+        u = (np.arange(len(samples)) / up - n / down) * cutoff
+        inside = np.abs(u) <= zero_crossings
+        weights = np.sinc(u[inside]) * np.cos(np.pi * u[inside] / zero_crossings / 2) ** 2 * cutoff / up
+        out[n] = samples[inside] @ weights
+    return out
+
+
+@pytest.mark.parametrize(("source", "target"), [(44100, 16000), (22050, 16000), (24000, 16000), (8000, 16000),
+                                                 (48000, 16000), (11025, 16000), (16000, 8000)])
+def test_sinc_hann_resampling_is_torchaudios_definition(source, target):
+    """slamkit resamples every file not at 16 kHz with torchaudio's default; `sinc-hann` is that filter."""
+    rng = np.random.default_rng(source)
+    for length in (1, 3, 441, 2000):
+        samples = rng.uniform(-1, 1, length).astype(np.float32)
+        resampled = audio.resample(samples, source, target, "sinc-hann")
+        assert resampled.dtype == np.float32
+        # Within what torchaudio's float32 taps allow (their times k / source are rounded to float32 before the
+        # cut-off scales them: up to 3e-5 at 22.05 kHz); a filter 0.5% narrower is 30x further off.
+        np.testing.assert_allclose(resampled, _sinc_hann_by_definition(samples.astype(np.float64), source, target),
+                                   atol=1e-4)
+    narrower = _sinc_hann_by_definition(samples.astype(np.float64), source, target, rolloff=0.985)
+    assert np.abs(resampled - narrower).max() > 3e-3
+    assert np.array_equal(audio.resample(samples, target, target, "sinc-hann"), samples)
+
+
+def test_sinc_hann_keeps_torchaudios_float32_output_length():
+    """torchaudio takes ceil(len * new / old) in float32, which for a long recording can fall one sample short of
+    the exact count; slamkit's units come from that many samples (checked beside torchaudio's own code:
+    docs/BENCHMARKS.md, "Resampling beside torchaudio")."""
+    length = 3_000_010  # 68 s at 44.1 kHz: 1,088,439.0 in float32, 1,088,439.002 exactly
+    assert -(-length * 160 // 441) == 1_088_440
+    assert len(audio.resample(np.zeros(length, np.float32), 44100, 16000, "sinc-hann")) == 1_088_439
+
+
+def test_a_file_at_another_rate_is_read_through_the_resampler_asked_for(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = (0.3 * rng.standard_normal(24000)).astype(np.float32)
+    soundfile.write(tmp_path / "a.wav", samples, 24000, subtype="FLOAT")
+    for resampler in audio.RESAMPLERS:
+        np.testing.assert_array_equal(audio.load_audio(tmp_path / "a.wav", resampler=resampler),
+                                      audio.resample(samples, 24000, 16000, resampler))
+    soxr_read, sinc_read = (audio.load_audio(tmp_path / "a.wav", resampler=r) for r in ("soxr", "sinc-hann"))
+    assert np.sqrt(np.mean((soxr_read - sinc_read) ** 2)) > 1e-3  # they differ, near the band's top
+    with pytest.raises(ValueError, match="unknown resampler 'linear'"):
+        audio.load_audio(tmp_path / "a.wav", resampler="linear")

@@ -159,3 +159,14 @@ def test_edge_padding_is_for_hubert_and_not_negative():
         EncoderSpec.standard("logmel", edge_pad=40)
     with pytest.raises(ValueError, match="edge padding is for HuBERT"):
         build_encoder(EncoderSpec(name="mhubert-25hz", edge_pad=-1))
+
+
+def test_new_hubert_specs_resample_as_slamkits_extraction_and_old_ones_as_before():
+    """slamkit's `WavDataset` resamples with torchaudio's default (`sinc-hann`): a new HuBERT codebook records it;
+    logmel, simslm's own, and a spec recorded before the field existed (a codebook fit before) use soxr."""
+    assert EncoderSpec.standard("mhubert-25hz").resampler == "sinc-hann"
+    assert EncoderSpec.standard("hubert-base-l9", resampler="soxr").resampler == "soxr"
+    assert EncoderSpec.standard("logmel").resampler == "soxr"
+    assert EncoderSpec.recorded({"name": "mhubert-25hz", "edge_pad": 40}).resampler == "soxr"
+    with pytest.raises(ValueError, match="--resampler linear: not one of soxr, sinc-hann"):
+        EncoderSpec.standard("mhubert-25hz", resampler="linear")

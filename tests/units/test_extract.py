@@ -290,7 +290,7 @@ def test_a_shard_s_audio_is_decoded_by_threads_in_order_with_each_failure_in_its
 
     config, _, _ = extracted
     records = _manifest_records(config.manifest)
-    alone = load_all(records, threads=1)
+    alone = load_all(records, threads=1, resampler="soxr")
     decoders, real = set(), audio.load_audio
 
     def slowly(path, *args, **kwargs):
@@ -299,7 +299,7 @@ def test_a_shard_s_audio_is_decoded_by_threads_in_order_with_each_failure_in_its
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(audio, "load_audio", slowly)
-    together = load_all(records, threads=4)
+    together = load_all(records, threads=4, resampler="soxr")
     assert len(decoders) > 1
     assert len(together) == len(alone) == len(records)
     for first, second in zip(alone, together):
@@ -437,6 +437,40 @@ def test_a_codebook_extracts_with_the_edge_padding_it_records(extracted, hubert_
         assert frames["padded"][identifier] == int(model._get_feat_extract_output_lengths(length + 80))
 
 
+def test_audio_at_another_rate_is_resampled_as_its_codebook_records(hubert_codebook, tmp_path):
+    """A 24 kHz recording gets the units of its audio brought to 16 kHz by the codebook's resampler: torchaudio's
+    `sinc-hann` for a codebook that records it (as slamkit's extraction resamples), soxr for one recorded before
+    the field existed. Each equals the units of a 16 kHz file holding that resampler's output."""
+    import soundfile
+
+    from simslm.speech import audio
+    from simslm.units import kmeans
+
+    rng = np.random.default_rng(4)
+    samples = np.cumsum(rng.standard_normal(24000 * 3)).astype(np.float32)  # energy up to the band's top too
+    samples = (0.5 * (samples - np.convolve(samples, np.ones(8) / 8, "same")) / np.abs(samples).max()).astype(
+        np.float32)
+    soundfile.write(tmp_path / "at24k.wav", samples, 24000, subtype="FLOAT")
+    old = kmeans.Codebook.load(hubert_codebook)
+    assert "resampler" not in old.meta["encoder"]
+    codebooks = {"soxr": hubert_codebook, "sinc-hann": kmeans.Codebook(
+        old.centroids, {**old.meta, "encoder": {**old.meta["encoder"], "resampler": "sinc-hann"}}
+    ).save(tmp_path / "km-sinc")}
+    units = {}
+    for resampler, codebook in codebooks.items():
+        soundfile.write(tmp_path / f"{resampler}.wav", audio.resample(samples, 24000, 16000, resampler), 16000,
+                        subtype="FLOAT")
+        for name in ("at24k", resampler):
+            manifest = tmp_path / f"{name}-{resampler}.jsonl"
+            manifest.write_text(json.dumps({"id": "u", "audio": str(tmp_path / f"{name}.wav"), "sample_rate": 16000,
+                                            "duration_sec": 3.0, "transcript": "x"}) + "\n")
+            out = tmp_path / f"units-{name}-{resampler}"
+            extract_units(ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(out), num_workers=1))
+            units[name, resampler] = next(read_units(out)).units.tolist()
+        assert units["at24k", resampler] == units[resampler, resampler]
+    assert units["at24k", "soxr"] != units["at24k", "sinc-hann"]
+
+
 def _manifest_records(manifest):
     from pathlib import Path
 
@@ -503,20 +537,25 @@ def test_faiss_is_a_dependency_so_the_kmeans_backend_does_not_depend_on_the_inst
 
 
 def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_path, capsys):
-    """slamkit padded the audio of the units it extracted; a codebook converted before simslm recorded the padding
-    (or with --edge-pad 0) would encode benchmark audio without it."""
+    """slamkit padded the audio of the units it extracted, and resampled it with torchaudio's default; a codebook
+    converted before simslm recorded the padding (or with --edge-pad 0), or the resampler, would encode benchmark
+    audio otherwise."""
     from simslm.units import kmeans
     from simslm.units.extract import ImportConfig, import_slamkit_features
 
     features = tmp_path / "features.jsonl"
     features.write_text(json.dumps({"units": [1, 2], "duration": [1, 2], "file_name": "a.flac"}) + "\n")
     centroids = np.zeros((4, 8), np.float32)
-    for name, encoder, warned in (("old", {"name": "mhubert-25hz", "model_path": None, "layer": None}, True),
-                                  ("new", {"name": "mhubert-25hz", "edge_pad": 40}, False)):
+    padding, resampling = "encodes audio with 0 zero samples at each end", "resampled by soxr"
+    for name, encoder, warned in (
+            ("old", {"name": "mhubert-25hz", "model_path": None, "layer": None}, {padding, resampling}),
+            ("padded", {"name": "mhubert-25hz", "edge_pad": 40}, {resampling}),
+            ("new", {"name": "mhubert-25hz", "edge_pad": 40, "resampler": "sinc-hann"}, set())):
         codebook = kmeans.Codebook(centroids, {"encoder": encoder}).save(tmp_path / name)
         import_slamkit_features(ImportConfig(features=str(features), out=str(tmp_path / f"units-{name}"),
                                              num_units=4, codebook=str(codebook)))
-        assert ("encodes audio with 0 zero samples at each end" in capsys.readouterr().err) == warned
+        err = capsys.readouterr().err
+        assert {said for said in (padding, resampling) if said in err} == warned
 
 
 def test_units_of_some_ids_skip_the_other_lines_unparsed_and_equal_the_filtered_whole(tmp_path):

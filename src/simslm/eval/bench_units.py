@@ -16,6 +16,7 @@ from simslm.eval.layouts import Pair
 from simslm.model import model_unit_source
 from simslm.sequences.build import speech_units_folder
 from simslm.units import kmeans
+from simslm.units.encoders import EncoderSpec
 from simslm.units.extract import (
     ExtractConfig,
     UnitSource,
@@ -62,13 +63,10 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
     """
     from simslm.speech import audio
 
-    if source.codebook is None:
-        raise ValueError("the units were imported without a codebook, so audio cannot be encoded the same way; "
-                         "pass pre-extracted units (--units) or a codebook when importing")
     unique = sorted(set(paths))
     # The encoder as extraction runs it (below): two codebooks of the same centroids recorded with other settings
     # (slamkit's edge padding or none, say) give other units.
-    encoder = codebook_encoder(kmeans.Codebook.load(source.codebook), source.codebook, source.encoder.get("model_path"))
+    encoder = _encoder(source)
     key = hashlib.sha256("\n".join([source.codebook_sha256, json.dumps(asdict(encoder), sort_keys=True),
                                      *map(_identity, unique)]).encode()).hexdigest()[:16]
     # The folder is named by the codebook and the files: once complete, every later run (a sweep's 48) reads it
@@ -88,6 +86,14 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
                                num_workers=num_workers)
         extract_units(config, records=records)
     return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
+
+
+def _encoder(source: UnitSource) -> EncoderSpec:
+    """The encoder as extraction runs it for `source`'s codebook (with its checkpoint where the source has it)."""
+    if source.codebook is None:
+        raise ValueError("the units were imported without a codebook, so audio cannot be encoded the same way; "
+                         "pass pre-extracted units (--units) or a codebook when importing")
+    return codebook_encoder(kmeans.Codebook.load(source.codebook), source.codebook, source.encoder.get("model_path"))
 
 
 def _identity(path: str) -> str:
@@ -116,14 +122,17 @@ def joined_recordings(pairs: list[Pair]) -> list[tuple[str, ...]]:
     return sorted(joined)
 
 
-def _join_audio(paths: tuple[str, ...], folder: Path) -> str:
-    """A WAV of the recordings one after another (written once, named by the files it joins: `_identity`)."""
+def _join_audio(paths: tuple[str, ...], folder: Path, resampler: str) -> str:
+    """A WAV of the recordings one after another, each brought to 16 kHz by `resampler` first, as slamkit's
+    cross-modal metric loads each part (written once, named by the files it joins, `_identity`, and the
+    resampler)."""
     from simslm.speech import audio
 
-    target = folder / f"{hashlib.sha256(chr(10).join(map(_identity, paths)).encode()).hexdigest()[:20]}.wav"
+    name = "\n".join([*map(_identity, paths), f"resampler={resampler}"])
+    target = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:20]}.wav"
     if not target.exists():
         try:
-            audio.write_audio(target, np.concatenate([audio.load_audio(path) for path in paths]))
+            audio.write_audio(target, np.concatenate([audio.load_audio(path, resampler=resampler) for path in paths]))
         except audio.AudioError:
             return str(target)  # missing: extraction skips it and the pair is counted as skipped
     return str(target)
@@ -153,12 +162,14 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, nu
             return by_stem[Path(key).stem]
         return from_folder
     paths = [part.audio for pair in pairs for part in pair.positive + pair.negative if part.audio]
-    joined = {key: _join_audio(key, bench_units_cache() / "joined") for key in joined_recordings(pairs)} \
-        if join else {}
     if not paths:
         return lambda path: np.empty(0, dtype=np.int32)
-    table = units_for_audio(paths + list(joined.values()), run_unit_source(run_dir, speech_units),
-                            bench_units_cache(), num_workers)
+    source = run_unit_source(run_dir, speech_units)
+    joined = {}
+    if join and (recordings := joined_recordings(pairs)):
+        resampler = _encoder(source).resampler
+        joined = {key: _join_audio(key, bench_units_cache() / "joined", resampler) for key in recordings}
+    table = units_for_audio(paths + list(joined.values()), source, bench_units_cache(), num_workers)
     return lambda key: table[joined[key] if isinstance(key, tuple) else key]
 
 

@@ -376,7 +376,11 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
 
 
 def _encoder_settings(encoder: dict[str, Any]) -> dict[str, Any] | None:
-    """What makes an encoder's units what they are (not where its checkpoint lies); None when not a spec."""
+    """What makes an encoder's units what they are (not where its checkpoint lies); None when not a spec.
+
+    The resampler is left out: it changes the units of audio not at 16 kHz only, and every published benchmark
+    is at 16 kHz, where refusing units made with another (slamkit's imported ones beside a codebook converted
+    before it was recorded) would refuse the same units."""
     spec = EncoderSpec.recorded(encoder)
     if spec is None:
         return None

@@ -56,10 +56,10 @@ def audio_info(path: str | os.PathLike) -> tuple[int, float]:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
-               allow_silent: bool = False) -> np.ndarray:
+               allow_silent: bool = False, resampler: str = "soxr") -> np.ndarray:
     """Read an audio file (WAV, FLAC, MP3, Ogg) as mono float32 at `sample_rate`; raise `AudioError` if unusable.
 
-    Channels are averaged; resampling uses soxr's high-quality filter. Empty, truncated,
+    Channels are averaged; another rate is resampled by `resampler` (`RESAMPLERS`). Empty, truncated,
     corrupt and (unless `allow_silent`) silent files raise with the file named.
     """
     path = Path(path)
@@ -81,9 +81,63 @@ def load_audio(path: str | os.PathLike, sample_rate: int = TARGET_SAMPLE_RATE,
     mono = samples.mean(axis=1)
     if not allow_silent and float(np.abs(mono).max()) < SILENCE_PEAK:
         raise AudioError(path, AudioProblem.SILENT, f"peak amplitude below {SILENCE_PEAK:g}")
-    if source_rate != sample_rate:
-        mono = soxr.resample(mono, source_rate, sample_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return resample(mono, source_rate, sample_rate, resampler)
+
+
+# How audio at another rate is brought to 16 kHz. `soxr`: libsoxr's high-quality filter, what simslm has always
+# used. `sinc-hann`: torchaudio.functional.resample at its defaults, which slamkit's `WavDataset` (extract_features)
+# applies to every file not at 16 kHz: the units of the SIMS recipe. The two differ by 3-4% RMS on speech, all of it
+# between 6 and 7.8 kHz, where their filters' transition bands differ (docs/BENCHMARKS.md, "Resampling beside
+# torchaudio").
+RESAMPLERS = ("soxr", "sinc-hann")
+# torchaudio's defaults (`resample(..., lowpass_filter_width=6, rolloff=0.99, resampling_method="sinc_interp_hann")`):
+# the filter reaches 6 zero crossings each side, and cuts off at 99% of the lower rate's Nyquist frequency.
+SINC_ZERO_CROSSINGS = 6
+SINC_ROLLOFF = 0.99
+
+
+def resample(samples: np.ndarray, source_rate: int, target_rate: int, resampler: str = "soxr") -> np.ndarray:
+    """Mono float32 `samples` at `source_rate` as float32 at `target_rate`, by one of `RESAMPLERS`."""
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"unknown resampler '{resampler}'; known: {', '.join(RESAMPLERS)}")
+    if source_rate == target_rate:
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    if resampler == "soxr":
+        return np.ascontiguousarray(soxr.resample(samples, source_rate, target_rate, quality="HQ"), dtype=np.float32)
+    return _sinc_hann(np.asarray(samples, dtype=np.float32), source_rate, target_rate)
+
+
+def _sinc_hann(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited interpolation with a Hann-windowed sinc, as torchaudio defines `sinc_interp_hann`.
+
+    With the rates reduced by their gcd to `up` : `down` (source : target), output sample n sits at n / `down`
+    and input sample k at k / `up` on one time axis; with u = (k / up - n / down) * cutoff, cutoff = min(up, down)
+    * rolloff, n takes the sum over k of x[k] * sinc(u) * cos^2(pi u / (2 W)) * cutoff / up for |u| <= W (W zero
+    crossings; zero samples outside the signal). The taps depend only on n mod down, so they are computed once per
+    phase and applied to every block of `up` inputs as one matrix product.
+
+    Two roundings are torchaudio's and kept, since they decide numbers: for float32 audio the taps are computed in
+    float32, and the output's length is ceil(len * down / up) taken in float32, which drops the last sample of a
+    long recording whose exact length falls just past a whole number (one in about 15 at 44.1 kHz past a minute)."""
+    gcd = np.gcd(source_rate, target_rate)
+    up, down = source_rate // gcd, target_rate // gcd
+    cutoff = min(up, down) * SINC_ROLLOFF
+    reach = int(np.ceil(SINC_ZERO_CROSSINGS * up / cutoff))  # inputs each side of a block the filter can touch
+    f32 = np.float32
+    offsets = np.arange(-reach, reach + up, dtype=f32) / f32(up)  # inputs around the start of a block of `up`
+    u = (-np.arange(down, dtype=f32) / f32(down))[:, None] + offsets[None, :]
+    u = np.clip(u * f32(cutoff), -SINC_ZERO_CROSSINGS, SINC_ZERO_CROSSINGS).astype(f32)
+    window = np.cos(u * f32(np.pi) / f32(SINC_ZERO_CROSSINGS) / f32(2)) ** 2
+    u = u * f32(np.pi)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        taps = np.where(u == 0, f32(1), np.sin(u) / u).astype(f32)
+    taps = taps * (window * f32(cutoff / up))  # (down phases, 2 reach + up)
+    num_blocks = -(-len(samples) // up)
+    padded = np.zeros(reach + num_blocks * up + reach + up, dtype=f32)
+    padded[reach:reach + len(samples)] = samples
+    blocks = np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + up)[::up][:num_blocks]
+    out = (blocks @ taps.T).reshape(-1)  # block m, phase i -> output m * down + i
+    return np.ascontiguousarray(out[:int(np.ceil(f32(down * len(samples) / up)))])
 
 
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> None:

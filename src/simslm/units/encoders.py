@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from simslm import jobs
+from simslm.speech.audio import RESAMPLERS
 
 
 def mel_filterbank(num_mels: int, fft_size: int, sample_rate: int = 16000,
@@ -204,28 +205,35 @@ class HubertEncoder:
 # Zero samples slamkit's HubertFeatureExtractor adds at each end of a waveform before HuBERT (`extract`:
 # `F.pad(wav, (40, 40))`), in `extract_features` and in every evaluation: the units the SIMS models read.
 SLAMKIT_EDGE_PAD = 40
+# slamkit's `WavDataset` brings every file to 16 kHz with torchaudio.functional.resample at its defaults.
+SLAMKIT_RESAMPLER = "sinc-hann"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderSpec:
-    """Which encoder, and for HuBERT ones which checkpoint and layer (None = the registry default) and how many
-    zero samples go at each end of the audio (`HubertEncoder`).
+    """Which encoder, and for HuBERT ones which checkpoint and layer (None = the registry default), how many
+    zero samples go at each end of the audio (`HubertEncoder`), and how audio not at 16 kHz is resampled before it
+    (`audio.RESAMPLERS`).
 
-    `edge_pad` is 0 when not given, which is how codebooks recorded before it existed were fit and must go on
-    encoding; a new codebook records the encoder's standard one (`standard`)."""
+    `edge_pad` is 0 and `resampler` soxr when not given, which is how codebooks recorded before them were fit and
+    must go on encoding; a new codebook records the encoder's standard ones (`standard`)."""
 
     name: str = "logmel"
     model_path: str | None = None
     layer: int | None = None
     edge_pad: int = 0
+    resampler: str = "soxr"
 
     @classmethod
     def standard(cls, name: str, model_path: str | None = None, layer: int | None = None,
-                 edge_pad: int | None = None) -> "EncoderSpec":
-        """A new spec: HuBERT encoders pad as slamkit does unless `edge_pad` says otherwise; logmel never pads."""
+                 edge_pad: int | None = None, resampler: str | None = None) -> "EncoderSpec":
+        """A new spec: HuBERT encoders pad and resample as slamkit's extraction does unless told otherwise; logmel,
+        simslm's own, never pads and resamples with soxr."""
         if edge_pad is None:
             edge_pad = 0 if name == "logmel" else SLAMKIT_EDGE_PAD
-        spec = cls(name=name, model_path=model_path, layer=layer, edge_pad=edge_pad)
+        if resampler is None:
+            resampler = "soxr" if name == "logmel" else SLAMKIT_RESAMPLER
+        spec = cls(name=name, model_path=model_path, layer=layer, edge_pad=edge_pad, resampler=resampler)
         spec.check()
         return spec
 
@@ -241,6 +249,8 @@ class EncoderSpec:
     def check(self) -> None:
         if self.edge_pad < 0 or (self.edge_pad and self.name == "logmel"):
             raise ValueError(f"--edge-pad {self.edge_pad}: edge padding is for HuBERT encoders, in samples (0 or more)")
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"--resampler {self.resampler}: not one of {', '.join(RESAMPLERS)}")
 
 
 # name -> (frame rate, default checkpoint, default layer, factory(checkpoint, layer, device=, dtype=, edge_pad=))

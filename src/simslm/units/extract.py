@@ -27,9 +27,10 @@ import numpy as np
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.speech import audio
+from simslm.speech.audio import RESAMPLERS
 from simslm.speech.manifest import iter_utterances
 from simslm.units import kmeans
-from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, EncoderSpec, build_encoder
+from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, SLAMKIT_RESAMPLER, EncoderSpec, build_encoder
 
 # --- deduplication --------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, s
     encoder = _encoder(spec, device, "float32")
     jobs.share_cores(num_workers)
     try:
-        features = encoder.encode(audio.load_audio(record["path"]))
+        features = encoder.encode(audio.load_audio(record["path"], resampler=spec["resampler"]))
     except (audio.AudioError, ValueError) as error:
         return record["id"], _skip_reason(error)
     if len(features) > max_frames:
@@ -100,6 +101,9 @@ class FitConfig(Config):
     edge_pad: int | None = None
     """Zero samples added at each end of the audio before a HuBERT encoder (default: slamkit's 40, which its
     extraction and evaluation add; 0 for units made by tools that add none). Recorded with the codebook."""
+    resampler: str | None = field(default=None, metadata=registry_choices(RESAMPLERS))
+    """How audio not at 16 kHz is resampled: sinc-hann (torchaudio's default, which slamkit's extraction uses;
+    the default for HuBERT encoders) or soxr (libsoxr's HQ; logmel's default). Recorded with the codebook."""
     num_units: int = 500
     """Number of units, the k of k-means (500 in the paper)."""
     max_utterances: int = 400
@@ -210,7 +214,8 @@ MIN_FRAMES_PER_UNIT = 10
 
 def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
-    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad)
+    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
+                                config.resampler)
     frame_rate = ENCODERS[config.encoder][0]
     num_records = sum(1 for _ in iter_utterances(config.manifest))  # checked whole, streamed
     rng = np.random.default_rng(config.seed)
@@ -458,8 +463,9 @@ def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], cod
     return same / max(1, total)
 
 
-def load_all(records: list[dict[str, Any]], threads: int) -> list[np.ndarray | audio.AudioError]:
-    """Each record's audio (or why it cannot be used), in order, decoded by `threads` threads.
+def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> list[np.ndarray | audio.AudioError]:
+    """Each record's audio (or why it cannot be used), in order, decoded by `threads` threads and resampled to
+    16 kHz by `resampler`.
 
     libsndfile and soxr let go of the GIL, so threads decode side by side: 1.9-2.1x on this machine's 2 cores
     (docs/LOG.md 2026-12-04, ninth session). On a GPU the one worker has every core; decoding a shard in
@@ -469,7 +475,7 @@ def load_all(records: list[dict[str, Any]], threads: int) -> list[np.ndarray | a
 
     def load(record: dict[str, Any]) -> np.ndarray | audio.AudioError:
         try:
-            return audio.load_audio(record["path"])
+            return audio.load_audio(record["path"], resampler=resampler)
         except audio.AudioError as error:
             return error
 
@@ -487,7 +493,7 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
     lines: list[dict[str, Any] | None] = [None] * len(records)
     loaded, where = [], []
-    for position, (record, samples) in enumerate(zip(records, load_all(records, threads))):
+    for position, (record, samples) in enumerate(zip(records, load_all(records, threads, spec["resampler"]))):
         if isinstance(samples, audio.AudioError):
             lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
         else:
@@ -848,13 +854,17 @@ class ConvertConfig(Config):
     edge_pad: int | None = None
     """Zero samples added at each end of the audio before a HuBERT encoder (default: slamkit's 40, which its
     extraction and evaluation add; 0 for units made by tools that add none). Recorded with the codebook."""
+    resampler: str | None = field(default=None, metadata=registry_choices(RESAMPLERS))
+    """How audio not at 16 kHz is resampled: sinc-hann (torchaudio's default, which slamkit's extraction uses;
+    the default for HuBERT encoders) or soxr (libsoxr's HQ; logmel's default). Recorded with the codebook."""
     trust_pickle: bool = False
     """Allow unpickling the file once (it can run code): only for files from a source you trust."""
 
 
 def convert_codebook(config: ConvertConfig) -> Path:
     """Turn a pickled k-means into a plain codebook that records its encoder."""
-    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad)
+    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
+                                config.resampler)
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
     return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)
 
@@ -911,11 +921,17 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     if codebook is not None and codebook.k != config.num_units:
         raise ValueError(f"{config.codebook}: {codebook.k} centroids, but --num-units is {config.num_units}")
     recorded = EncoderSpec(**codebook.meta["encoder"]) if codebook is not None and codebook.meta.get("encoder") else None
-    if recorded is not None and recorded.name != "logmel" and recorded.edge_pad != SLAMKIT_EDGE_PAD:
-        # A codebook converted before edge padding was recorded reads as 0: benchmarks would be encoded unpadded.
-        print(f"simslm units import: warning: {config.codebook} encodes audio with {recorded.edge_pad} zero samples "
-              f"at each end, where slamkit's extraction of these units added {SLAMKIT_EDGE_PAD}: benchmark audio "
-              f"would not be encoded as they were; `simslm units convert` its k-means again", file=sys.stderr)
+    if recorded is not None and recorded.name != "logmel":
+        # A codebook converted before edge padding (or the resampler) was recorded reads as 0 (soxr): benchmarks
+        # would be encoded unlike these units.
+        unlike = [f"with {recorded.edge_pad} zero samples at each end, where slamkit's extraction of these units "
+                  f"added {SLAMKIT_EDGE_PAD}"] if recorded.edge_pad != SLAMKIT_EDGE_PAD else []
+        unlike += [f"resampled by {recorded.resampler}, where slamkit's extraction resampled by torchaudio's "
+                   f"default ({SLAMKIT_RESAMPLER})"] if recorded.resampler != SLAMKIT_RESAMPLER else []
+        if unlike:
+            print(f"simslm units import: warning: {config.codebook} encodes audio {'; and '.join(unlike)}: benchmark "
+                  f"audio would not be encoded as they were; `simslm units convert` its k-means again",
+                  file=sys.stderr)
     out = Path(config.out)
     if (out / "units.json").exists():
         raise ValueError(f"{out} already holds units; import into a new --out folder")
