@@ -324,6 +324,33 @@ def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp
     assert sweep.run_status(first, ()) == "started"  # the lock dies with its holder
 
 
+def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_path, monkeypatch):
+    """`sweep status` by a colleague with read access only: the lock probe opened the run's lock file for
+    appending, which fails with PermissionError there. (Tests run as root, whom file modes do not stop: any open
+    of the lock for writing is refused here instead.)"""
+    import builtins
+
+    planned = sweep.plan_sweep(_spec(data), tmp_path)
+    first = planned["runs"][0]
+    run_dir = Path(first["config"]["run_dir"])
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / ".lock").write_text("")
+    with open(run_dir / ".lock", "a") as lock:
+        opened = builtins.open
+
+        def reading_only(file, mode="r", *args, **kwargs):
+            if Path(file).name == ".lock" and set(mode) & set("wax+"):
+                raise PermissionError(13, "Permission denied", str(file))
+            return opened(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", reading_only)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert sweep.run_status(first, ()) == "running"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert sweep.run_status(first, ()) == "started"
+
+
 def test_a_run_let_go_unfinished_while_the_sweep_ran_is_run_too(data, tmp_path, monkeypatch):
     """A killed sweep's child still holds its run's lock for a moment after the kill: a sweep started then skips
     that run as another's, and must take it up once the lock is gone (CI saw {'done': 3, 'started': 1})."""

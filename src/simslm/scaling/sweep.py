@@ -22,6 +22,7 @@ budget's best size is inside it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -498,14 +499,22 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _locked(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (trains it). Asked with a shared lock on a read-only descriptor, so
+    a user who may only read a colleague's sweep can ask its status: locally flock takes any descriptor, and NFS,
+    which emulates flock with POSIX locks, grants a read lock on one open for reading (a write lock would need
+    write access). A file system without locks says nothing is held."""
     lock = run_dir / RUN_LOCK
     if not lock.exists():
         return False
-    with open(lock, "a") as handle:
+    with open(lock, "rb") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return False
+            raise
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
 
