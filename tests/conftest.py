@@ -200,3 +200,18 @@ def live_in_group(group: int, seconds: float = 20.0) -> list[str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+def as_reader() -> list[str]:
+    """A command prefix that runs a command as a user who may read but not write what a test wrote (files left
+    without write bits): nothing for a user other than root, whom file modes stop; for root, setpriv without the
+    capabilities that let root write anything. Skips the test where root has no setpriv."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file modes would not stop the command")
+    dropped = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", "--"]

@@ -309,3 +309,25 @@ def test_threads_keep_to_a_containers_cpu_quota_unless_set(tmp_path, monkeypatch
     fresh: dict[str, str] = {}
     jobs.threads_within_quota(fresh)
     assert fresh == {}
+
+
+def test_a_write_refused_by_the_folders_mode_names_the_file_asked_for(tmp_path):
+    """`atomic_path` writes a temporary beside the file first: a folder one may not write into was named through
+    that temporary name (".fit.12364.tmp.json: permission denied"), not the file the user asked for."""
+    import subprocess
+    import sys
+
+    from tests.conftest import as_reader
+
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        done = subprocess.run([*as_reader(), sys.executable, "-c", "import sys; from simslm import jobs; "
+                               "jobs.write_text(sys.argv[1], 'x')", str(folder / "fit.json")],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"'{folder / 'fit.json'}'" in last and "PermissionError" in last and ".tmp" not in last

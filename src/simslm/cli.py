@@ -378,7 +378,7 @@ def _plan(config) -> int:
 def _report(config) -> int:
     from simslm.scaling.report import write_report
 
-    print(f"report -> {write_report(config.sweep)}")
+    print(f"report -> {write_report(config.sweep, out=config.out)}")
     return 0
 
 

@@ -775,8 +775,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 replace_folder(temporary, path)
             else:
                 os.replace(temporary, path)
+    except PermissionError as error:
+        if error.filename != str(temporary):
+            raise
+        # The temporary name is this function's own: the file the user asked for is `path`.
+        raise PermissionError(error.errno, f"cannot write it here ({error.strerror})", str(path)) from None
     finally:
         _remove(temporary)
+
+
+def refuse_unwritable(path: str | os.PathLike, advice: str) -> None:
+    """Raise ValueError naming `path` when this process may not write the folder it goes into (or the nearest one
+    above it that exists): said before the work whose result it would hold (a fit's bootstrap, a report's plots),
+    not after. `advice` says where else to write it."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not may_write(folder):
+        raise ValueError(f"{path}: cannot write into {folder} (permission denied); {advice}")
+
+
+def may_write(folder: str | os.PathLike) -> bool:
+    """Whether this process may create files in `folder` (its effective ids and capabilities, as an open would)."""
+    return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def replace_folder(staging: str | os.PathLike, final: str | os.PathLike) -> None:

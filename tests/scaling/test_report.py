@@ -322,3 +322,42 @@ def test_an_isoflop_minimum_outside_its_own_interval_is_drawn(tmp_path):
     vertex = {"budget": 1e12, "n_opt": 4e5, "loss_at_vertex": 3.0, "inside_grid": True, "n_opt_ci": [5e5, 9e5]}
     stem = report.plot_isoflop(rows, {"v": {"approach2": {"vertices": [vertex]}}}, "v", tmp_path)
     assert "fitted minimum" in (tmp_path / f"{stem}.svg").read_text()
+
+
+def test_a_sweep_one_may_only_read_is_fitted_and_reported_elsewhere(tmp_path):
+    """A colleague's sweep, readable but not writable: `fit` wrote fit.json into it after the whole bootstrap and
+    then failed naming a temporary file, `report` likewise. Now both refuse at once, naming the file and --out;
+    with --out they write there (the report's fit too, when the sweep has none)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import as_reader
+
+    reader = as_reader()
+    _fake_sweep(tmp_path / "sweep")
+    (tmp_path / "mine").mkdir()
+    for folder, _, files in os.walk(tmp_path / "sweep"):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        os.chmod(folder, 0o555)
+    try:
+        def simslm(*arguments):
+            done = subprocess.run([*reader, sys.executable, "-m", "simslm", *arguments], capture_output=True,
+                                  text=True, timeout=300)
+            return done.returncode, done.stdout + done.stderr
+
+        code, said = simslm("fit", str(tmp_path / "sweep"), "--num-resamples", "20")
+        assert code == 2 and f"{tmp_path / 'sweep' / 'fit.json'}: cannot write into" in said and "--out" in said
+        code, said = simslm("report", str(tmp_path / "sweep"))
+        assert code == 2 and "report/index.html: cannot write into" in said and "--out FOLDER" in said
+        code, said = simslm("report", str(tmp_path / "sweep"), "--out", str(tmp_path / "mine" / "report"))
+        assert code == 0, said
+        assert (tmp_path / "mine" / "report" / "index.html").exists()
+        assert (tmp_path / "mine" / "report" / "fit.json").exists() and not (tmp_path / "sweep" / "fit.json").exists()
+        code, said = simslm("fit", str(tmp_path / "sweep"), "--num-resamples", "20", "--out",
+                            str(tmp_path / "mine" / "fit.json"))
+        assert code == 0 and (tmp_path / "mine" / "fit.json").exists(), said
+    finally:
+        for folder, _, _ in os.walk(tmp_path / "sweep"):
+            os.chmod(folder, 0o755)

@@ -381,15 +381,20 @@ def _figure_html(stem: str) -> str:
             f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
 
 
-def write_report(sweep_dir: str | Path, *, summary: str = "") -> Path:
-    """Write `<sweep>/report/index.html` and its PNGs; fit.json is computed first when missing."""
+def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | None = None) -> Path:
+    """Write `index.html` and its figures into `out` (default `<sweep>/report`); the sweep's fit.json is computed
+    first when missing (written into `out` when the sweep folder cannot be written)."""
     sweep_dir = Path(sweep_dir)
+    folder = Path(out) if out else sweep_dir / "report"
+    jobs.refuse_unwritable(folder / "index.html", "pass --out FOLDER to write the report elsewhere")
     rows = [row for row in sweep.collect(sweep_dir) if row.get("loss_speech") is not None]
     if not rows:
         raise ValueError(f"{sweep_dir}: no finished runs to report on")
     fit_path = sweep_dir / "fit.json"
-    fits = (jobs.read_json(fit_path) if fit_path.exists() else sweep.fit_sweep(sweep_dir))["variants"]
-    folder = sweep_dir / "report"
+    if fit_path.exists():
+        fits = jobs.read_json(fit_path)["variants"]
+    else:
+        fits = sweep.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
