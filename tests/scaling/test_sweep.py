@@ -324,11 +324,13 @@ def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp
     assert sweep.run_status(first, ()) == "started"  # the lock dies with its holder
 
 
-def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_path, monkeypatch):
+def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_path):
     """`sweep status` by a colleague with read access only: the lock probe opened the run's lock file for
-    appending, which fails with PermissionError there. (Tests run as root, whom file modes do not stop: any open
-    of the lock for writing is refused here instead.)"""
-    import builtins
+    appending, which failed with PermissionError. A process that may not write the sweep (`as_reader`) asks while
+    this one holds the run's lock, and after."""
+    import sys
+
+    from tests.conftest import as_reader
 
     planned = sweep.plan_sweep(_spec(data), tmp_path)
     first = planned["runs"][0]
@@ -336,19 +338,18 @@ def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_pat
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     (run_dir / ".lock").write_text("")
-    with open(run_dir / ".lock", "a") as lock:
-        opened = builtins.open
-
-        def reading_only(file, mode="r", *args, **kwargs):
-            if Path(file).name == ".lock" and set(mode) & set("wax+"):
-                raise PermissionError(13, "Permission denied", str(file))
-            return opened(file, mode, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "open", reading_only)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        assert sweep.run_status(first, ()) == "running"
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        assert sweep.run_status(first, ()) == "started"
+    probe = [*as_reader(), sys.executable, "-c", "import json, sys; from simslm.scaling import sweep; "
+             "print(sweep.run_status(json.loads(sys.argv[1]), ()))", json.dumps(first)]
+    for path in (run_dir / ".lock", run_dir / "config.json", run_dir):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        with open(run_dir / ".lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+        free = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    finally:
+        run_dir.chmod(0o755)
+    assert (held.stdout.strip(), free.stdout.strip()) == ("running", "started"), held.stderr + free.stderr
 
 
 def test_a_run_let_go_unfinished_while_the_sweep_ran_is_run_too(data, tmp_path, monkeypatch):
