@@ -270,10 +270,11 @@ def _bench_build(config) -> int:
 
 
 def _eval(config) -> int:
-    from simslm.eval.evaluate import EVAL_FILE, SCORES_FOLDER, evaluate_run, format_results
+    from simslm.eval.evaluate import EVAL_FILE, SCORES_FOLDER, eval_folder, evaluate_run, format_results
 
     print(format_results(evaluate_run(config)))
-    print(f"-> {Path(config.run) / EVAL_FILE}" + (f", {Path(config.run) / SCORES_FOLDER}/" if config.write_scores else ""))
+    out = eval_folder(config)
+    print(f"-> {out / EVAL_FILE}" + (f", {out / SCORES_FOLDER}/" if config.write_scores else ""))
     return 0
 
 

@@ -52,6 +52,45 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     assert not (run / "scores" / "cli-T.zerospeech.txt").exists()
 
 
+def test_a_run_one_may_only_read_is_evaluated_into_another_folder(trained_run, tmp_path):
+    """A colleague's run (or a shared model folder) one may read but not write: `eval` scored every benchmark and
+    then failed on eval.json's lock ("permission denied"); now it refuses before the model loads, naming --out,
+    and with --out writes eval.json (and scores/) there, pointing back at the model it scored."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import as_reader
+
+    reader = as_reader()
+    run, bench = trained_run
+    theirs = tmp_path / "theirs"
+    shutil.copytree(run, theirs, ignore=shutil.ignore_patterns("eval.json", "scores", "checkpoints"))
+    for folder, _, files in os.walk(theirs):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        os.chmod(folder, 0o555)
+    try:
+        def simslm(*arguments):
+            done = subprocess.run([*reader, sys.executable, "-m", "simslm", "eval", str(theirs), "--bench",
+                                   f"tsc={bench}", "--modes", "T", "--num-resamples", "50", *arguments],
+                                  capture_output=True, text=True, timeout=300)
+            return done.returncode, done.stdout + done.stderr
+
+        code, said = simslm()
+        assert code == 2 and f"{theirs / 'eval.json'}: cannot write into {theirs}" in said and "--out" in said
+        code, said = simslm("--out", str(tmp_path / "mine"), "--write-scores")
+        assert code == 0, said
+        written = json.loads((tmp_path / "mine" / "eval.json").read_text())
+        assert written["benchmarks"]["tsc/T"]["num_pairs"] == 4
+        assert (tmp_path / "mine" / written["model_dir"]).resolve() == (theirs / "model").resolve()
+        assert (tmp_path / "mine" / "scores" / "tsc-T.tsv").exists() and not (theirs / "eval.json").exists()
+    finally:
+        for folder, _, _ in os.walk(theirs):
+            os.chmod(folder, 0o755)
+
+
 def test_the_table_says_how_many_sides_were_cut_to_the_context():
     from dataclasses import replace
 

@@ -80,6 +80,9 @@ class EvalConfig(ScoringOptions):
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     num_workers: int = 0
     """Worker processes for extracting benchmark units; 0 = one per core."""
+    out: str | None = None
+    """Folder for eval.json (and scores/) when not the run or model folder itself (one you may only read: a
+    colleague's run, a shared model); sweeps, `fit` and `report` read results in the run's own folder."""
     write_scores: bool = False
     """Also write each pair's two scores to RUN/scores/LABEL.tsv and, for ZeroSpeech folders, each audio file's
     score to RUN/scores/LABEL.zerospeech.txt (`<file> <score>` lines: the submission ZeroSpeech's evaluator reads)."""
@@ -179,6 +182,7 @@ class _Context:
 
     config: EvalConfig
     run_dir: Path
+    out_dir: Path  # where eval.json and scores/ go
     model: Any
     vocabulary: Vocabulary
     run_config: dict[str, Any] | None
@@ -232,7 +236,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
                              f"the units of their audio are missing)")
         if config.write_scores:
-            write_pair_scores(context.run_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
+            write_pair_scores(context.out_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
                               zerospeech=folder if layout.zerospeech else None)
         # As applied: pmi scores items without a context part as ending does.
         applied = {"preset": "ending" if config.preset == "pmi" and scores.without_baseline is None else config.preset,
@@ -329,9 +333,10 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     check_inputs(config, vocabulary)  # before the model loads: a typo costs no minutes
     device = jobs.torch_device(config.device)
     model = load_model_folder(model_dir, device)
-    context = _Context(config, run_dir, model, vocabulary, run_config, device)
+    out_dir = eval_folder(config)
+    context = _Context(config, run_dir, out_dir, model, vocabulary, run_config, device)
     results: dict[str, Any] = {}
-    eval_path = run_dir / EVAL_FILE
+    eval_path = out_dir / EVAL_FILE
     for argument in config.bench:
         kind, label, target = benchmark_kind(argument)
         found = BENCHMARK_KINDS[kind](context, label, target)
@@ -340,16 +345,22 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         # has scored, and a sweep's requeued job scores only the rest. Under a lock: two evaluations of one run
         # (each on its own benchmarks) keep each other's results.
         entries = {name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry for name, entry in found.items()}
-        model_at = "model" if run_config is not None else "."  # relative to the folder eval.json is in
+        model_at = os.path.relpath(model_dir, out_dir)  # "model" in a run, "." in a model folder
         jobs.update_json(eval_path, lambda merged: {**merged, "benchmarks": {**merged["benchmarks"], **entries},
                                                     "model_dir": model_at}, default=lambda: {"benchmarks": {}})
     return results
 
 
+def eval_folder(config: EvalConfig) -> Path:
+    """Where `config`'s eval.json (and scores/) go: --out, else the run or model folder evaluated."""
+    return Path(config.out) if config.out else Path(config.run)
+
+
 def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
     """Refuse benchmark folders that are not benchmarks, pre-extracted units that are not the model's, and an
-    eval.json the results could not be merged into (said before the scoring, not after it)."""
-    eval_path = Path(config.run) / EVAL_FILE
+    eval.json the results could not be merged into or written (said before the scoring, not after it)."""
+    eval_path = eval_folder(config) / EVAL_FILE
+    jobs.refuse_unwritable(eval_path, "pass --out FOLDER to write the results elsewhere")
     stored = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
     if not isinstance(stored, dict) or not isinstance(stored.get("benchmarks"), dict):
         raise ValueError(f"{eval_path}: not an eval.json (no benchmarks); move it aside, and simslm eval writes a "
