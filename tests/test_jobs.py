@@ -123,8 +123,8 @@ def test_a_worker_that_dies_ends_the_map_with_one_line_not_a_hang(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "RuntimeError: synth: a worker process ended abruptly (out of memory, or a crash in a native library); "
-        "re-run, with fewer workers if memory is short")
+        "simslm.jobs.WorkerDied: synth: a worker process ended abruptly (exit status 1); re-run, with fewer workers "
+        "if memory is short")
 
 
 def _sleep_unless_zero(x):

@@ -238,8 +238,16 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
     try:
         while True:
             # Two tasks per worker in flight keep each one fed, without a future for every file of a corpus.
-            running.update(executor.submit(function, task)
-                           for task in itertools.islice(remaining, 2 * num_workers - len(running)))
+            submitted = [executor.submit(function, task)
+                         for task in itertools.islice(remaining, 2 * num_workers - len(running))]
+            if submitted:
+                # Python 3.11's executor wakes its manager thread before it starts the process a submit needs, so
+                # the manager may wait without watching that process: one killed (SIGKILL, the OOM killer) went
+                # unseen until another worker's result arrived, a whole shard later. Woken again, it watches all.
+                wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
+                if wakeup is not None:
+                    wakeup.wakeup()
+            running.update(submitted)
             if not running:
                 finished = True
                 return
@@ -247,13 +255,49 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
             for future in done:
                 yield future.result()
     except BrokenProcessPool:
-        raise RuntimeError(f"{description or 'a parallel job'}: a worker process ended abruptly (out of memory, or "
-                           f"a crash in a native library); re-run, with fewer workers if memory is short") from None
+        raise WorkerDied(description, _ended_workers(executor)) from None
     finally:
         if finished:
             executor.shutdown()
         else:
             _stop_now(executor)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of `parallel_map` ended without a word (the kernel's OOM killer under a cgroup's memory
+    limit, a crash in a native library); `ended` maps the pid of each that did so to its exit code (-9 for
+    SIGKILL). The executor then stops the other workers itself (SIGTERM), so those are not in it."""
+
+    def __init__(self, description: str, ended: dict[int, int]):
+        self.ended = ended
+        how = sorted({_how_it_ended(code) for code in ended.values()})
+        super().__init__(f"{description or 'a parallel job'}: a worker process ended abruptly "
+                         f"({', '.join(how) or 'out of memory, or a crash in a native library'}); re-run, with "
+                         f"fewer workers if memory is short")
+
+
+def _how_it_ended(exit_code: int) -> str:
+    if exit_code == -signal.SIGKILL:
+        return "killed by SIGKILL: out of memory, most likely"
+    if exit_code < 0:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    return f"exit status {exit_code}"
+
+
+def _ended_workers(executor: Any) -> dict[int, int]:
+    """The workers of a broken process pool executor that ended by themselves: all but those it terminated after
+    (SIGTERM). Read from its private process table (no public one), waiting a moment for the exit codes."""
+    ended = {}
+    deadline = time.monotonic() + 5
+    for pid, process in dict(getattr(executor, "_processes", None) or {}).items():
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        # The executor's manager thread reaps its workers too: the wait that loses that race reads no exit code
+        # (ECHILD), and the code appears once the other has it.
+        while process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if process.exitcode not in (None, 0, -signal.SIGTERM):
+            ended[pid] = process.exitcode
+    return ended
 
 
 def _stop_now(executor: Any) -> None:

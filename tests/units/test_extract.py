@@ -399,6 +399,115 @@ def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hube
         "out of memory (too long to encode whole)"] == 1
 
 
+# A child process that extracts with HuBERT's forward replaced: it ends its own process, as the kernel's OOM killer
+# does under a cgroup's memory limit (SIGKILL, no Python error), on any input longer than a limit.
+_DYING_EXTRACTION = """
+import json, os, signal, sys
+from transformers import HubertModel
+from simslm.units.extract import ExtractConfig, extract_units
+limit, config = int(sys.argv[1]), json.loads(sys.argv[2])
+forward = HubertModel.forward
+def dying(self, input_values, *args, **kwargs):
+    if input_values.shape[1] > limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return forward(self, input_values, *args, **kwargs)
+HubertModel.forward = dying
+extract_units(ExtractConfig(**config))
+"""
+
+
+def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(extracted, hubert_codebook,
+                                                                                tmp_path, monkeypatch):
+    """The kernel's OOM killer ends a process without a Python error: every run of the extraction ended at the
+    same shard. Now the group being encoded when the process ended is encoded one at a time next, and an utterance
+    that ends it twice alone is skipped and counted; the rest of its shard, and its batch, are encoded as before.
+    A run stopped in Python (Ctrl-C, SIGTERM) in between holds nothing against the utterance in hand."""
+    import subprocess
+    import sys
+    from dataclasses import asdict, replace
+
+    from transformers import HubertModel
+
+    from simslm.speech import audio
+    from simslm.units.extract import ENDED_THE_PROCESS, _ShardJournal
+
+    config, _, _ = extracted
+    base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=6, batch_size=4)
+    before = extract_units(replace(base, out=str(tmp_path / "before")))
+    lengths = {r["id"]: len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
+               if r["id"] in {u.id for u in read_units(tmp_path / "before")}}
+    longest = max(lengths, key=lengths.get)
+    limit = sorted(lengths.values())[-2] + 2 * 40  # past every input but the longest's, edge padding included
+    killed = replace(base, out=str(tmp_path / "killed"))
+    forward = HubertModel.forward
+
+    def stopped(self, input_values, *args, **kwargs):
+        if input_values.shape[1] > limit:
+            raise KeyboardInterrupt  # Ctrl-C (SIGTERM comes as jobs.Stopped, a BaseException too)
+        return forward(self, input_values, *args, **kwargs)
+
+    codes = []
+    for number in range(3):  # killed (first in a batch of several, then twice alone), stopped in Python between
+        codes.append(subprocess.run([sys.executable, "-c", _DYING_EXTRACTION, str(limit), json.dumps(asdict(killed))],
+                                    capture_output=True, text=True, timeout=300).returncode)
+        if number < 2:
+            with monkeypatch.context() as patch:
+                patch.setattr(HubertModel, "forward", stopped)
+                with pytest.raises(KeyboardInterrupt):
+                    extract_units(killed)
+    assert codes == [-9, -9, -9]
+    attempts = _ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
+    last_groups = [[line["encoding"] for line in lines if "encoding" in line][-1] for _, lines in attempts]
+    assert len(last_groups[0]) > 1 and last_groups[1:] == [[longest]] * 4
+    assert [any("stopped" in line for line in lines) for _, lines in attempts] == [False, True, False, True, False]
+    after = extract_units(killed)  # the forward as it is: the longest is not encoded again
+    assert after.skipped_by_reason == {**before.skipped_by_reason, ENDED_THE_PROCESS: 1}
+    units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
+    assert units(tmp_path / "killed") == {k: v for k, v in units(tmp_path / "before").items() if k != longest}
+    assert not (tmp_path / "killed" / "shards" / ".shard-00000.encoding").exists()
+
+
+def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
+    """When a worker dies, the pool stops the others (SIGTERM): only the one that ended by itself is reported, and
+    only its shard's attempt is marked as a death, naming what it was encoding."""
+    import socket
+    import time
+
+    from simslm import jobs
+    from simslm.units.extract import _note_dead_workers, _ShardJournal
+
+    started = time.monotonic()
+    with pytest.raises(jobs.WorkerDied, match="killed by SIGKILL: out of memory, most likely") as raised:
+        list(jobs.parallel_map(_die_or_wait, [0, 1], num_workers=2))
+    # Seen when it happens, not when the other worker's task ends 30 s later (Python 3.11's executor watched
+    # only the processes it had started before the last wake-up of its manager thread).
+    assert time.monotonic() - started < 20
+    assert list(raised.value.ended.values()) == [-9]
+    culprit, stopped = next(iter(raised.value.ended)), 999_999_999
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index, pid, ids in ((0, culprit, ["long"]), (1, stopped, ["short-a", "short-b"])):
+        journal = _ShardJournal.of(shards / f"shard-{index:05d}.jsonl")
+        journal.note({"attempt": {"pid": pid, "host": socket.gethostname(), "in_process": False}})
+        journal.note({"encoding": ids, "seconds": 3600.0})
+    said = _note_dead_workers(shards, raised.value)
+    assert said == ["shard-00000: long (3600.0 s of audio)"]
+    assert _ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
+    assert _ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
+
+
+def _die_or_wait(task: int) -> int:
+    import os
+    import signal
+    import time
+
+    time.sleep(0.5)
+    if task == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+    return task
+
+
 def test_other_runtime_errors_of_an_encoder_are_not_taken_for_memory():
     import torch
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import hashlib
 import itertools
 import json
@@ -438,16 +439,24 @@ def _encoder(spec: dict[str, Any], device: str, dtype: str):
                    lambda: build_encoder(EncoderSpec(**spec), device=device, dtype=dtype))
 
 
-def _encode_all(encoder, loaded: list[np.ndarray], batch_size: int) -> list[np.ndarray | ValueError]:
-    """Features of every utterance, encoded in the encoder's batches; an utterance it refuses gets its error."""
+def _encode_all(encoder, loaded: list[np.ndarray], batch_size: int, *, alone: Container[int] = (),
+                before: Callable[[list[int]], None] = lambda group: None) -> list[np.ndarray | ValueError]:
+    """Features of every utterance, encoded in the encoder's batches; an utterance it refuses gets its error.
+    Those in `alone` are encoded one at a time; `before(group)` is told each group before it is encoded."""
     features: list[np.ndarray | ValueError] = [ValueError("not encoded")] * len(loaded)
-    for group in encoder.batches([len(samples) for samples in loaded], batch_size):
+    groups = encoder.batches([len(samples) for samples in loaded], batch_size)
+    groups = [[i] for group in groups for i in group if i in alone] + [
+        kept for group in groups if (kept := [i for i in group if i not in alone])]
+    for group in groups:
+        before(group)
         try:
             for index, result in zip(group, encoder.encode_batch([loaded[i] for i in group])):
                 features[index] = result
         except ValueError:  # one utterance the encoder refuses (too short, say): find it, keep the others
             for index in group:
                 try:
+                    if len(group) > 1:
+                        before([index])
                     features[index] = encoder.encode(loaded[index])
                 except ValueError as error:
                     features[index] = error
@@ -488,6 +497,22 @@ def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> lis
 def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int, _Runtime]
                    ) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
+    journal = _ShardJournal.of(Path(shard_path))
+    earlier = journal.earlier_deaths()
+    journal.begin(in_process=num_workers <= 1)
+    try:
+        result = _encode_shard(shard_index, records, spec, codebook_path, Path(shard_path), num_workers, run,
+                               journal, earlier)
+    except BaseException:
+        journal.note({"stopped": True})  # an error or a stop, not a death: nothing is held against an utterance
+        raise
+    journal.remove()
+    return result
+
+
+def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[str, Any], codebook_path: str,
+                  shard_path: Path, num_workers: int, run: _Runtime, journal: "_ShardJournal",
+                  earlier: "_Deaths") -> tuple[int, dict]:
     encoder = _encoder(spec, run.device, run.dtype)
     threads = jobs.share_cores(num_workers)
     codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
@@ -496,6 +521,11 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     for position, (record, samples) in enumerate(zip(records, load_all(records, threads, spec["resampler"]))):
         if isinstance(samples, audio.AudioError):
             lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
+        elif record["id"] in earlier.fatal:
+            lines[position] = {"id": record["id"], "reason": ENDED_THE_PROCESS,
+                               "skipped": f"the process encoding it alone ended {earlier.fatal[record['id']]} times "
+                                          f"without an error ({len(samples) / 16000:.1f} s of audio: killed for memory, "
+                                          f"most likely); cut long recordings into utterances first (`simslm segment`)"}
         else:
             loaded.append(samples)
             where.append(position)
@@ -508,7 +538,12 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
         if agreement < run.min_agreement:
             raise ValueError(f"--dtype {run.dtype} gives the float32 units on only {agreement:.2%} of the frames "
                              f"checked (below --min-agreement {run.min_agreement:g}); extract in float32")
-    for position, samples, features in zip(where, loaded, _encode_all(encoder, loaded, run.batch_size)):
+    ids = [records[position]["id"] for position in where]
+    alone = {index for index, identifier in enumerate(ids) if identifier in earlier.suspects}
+    before = lambda group: journal.note({"encoding": [ids[i] for i in group],  # noqa: E731
+                                         "seconds": round(sum(len(loaded[i]) for i in group) / 16000, 1)})
+    for position, samples, features in zip(where, loaded, _encode_all(encoder, loaded, run.batch_size, alone=alone,
+                                                                       before=before)):
         record = records[position]
         if isinstance(features, ValueError):
             lines[position] = {"id": record["id"], "skipped": str(features), "reason": _skip_reason(features)}
@@ -518,9 +553,112 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
                            "units": units.tolist(), "durations": durations.tolist()}
     totals = shard_totals(lines, records)
     # Its counts first, then the shard (whose presence marks it done): a present shard has them beside it.
-    jobs.write_json(_totals_path(Path(shard_path)), totals)
+    jobs.write_json(_totals_path(shard_path), totals)
     jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
     return shard_index, {"totals": totals, "agreement": agreement}
+
+
+ENDED_THE_PROCESS = "ended the process encoding it"
+# Deaths of the process encoding an utterance alone after which it is skipped: the first may have been anything
+# (a node lost, a kill -9); a second, alone, on the same utterance is the utterance's.
+DEATHS_TO_SKIP = 2
+
+
+@dataclass(frozen=True)
+class _Deaths:
+    """What earlier attempts at a shard say about its utterances: those to encode alone (in the group being
+    encoded when a process died) and those to skip (alone when it died, `DEATHS_TO_SKIP` times), with the count."""
+
+    suspects: frozenset[str] = frozenset()
+    fatal: dict[str, int] = field(default_factory=dict)
+
+
+class _ShardJournal:
+    """What a worker is encoding, beside the shard it writes (`shards/.shard-NNNNN.encoding`, JSON lines), so
+    that an utterance that ends the process encoding it (the kernel's OOM killer under a cgroup's memory limit,
+    where no Python error is raised: a SLURM job's memory, a recording of an hour) does not end every run of the
+    extraction at the same shard. Each attempt begins with a line naming its process; each group of utterances
+    is noted before it is encoded; an attempt that fails or is stopped in Python says so. An attempt in a pool's
+    worker died when the parent saw the pool break and found that worker ended by itself (`jobs.WorkerDied`: the
+    parent notes it here); one in the command's own process died when it has no last word. Removed with the shard
+    written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def of(cls, shard_path: Path) -> "_ShardJournal":
+        return cls(shard_path.with_name(f".{shard_path.name.removesuffix('.jsonl')}.encoding"))
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        entries = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    entries.append(entry)
+        return entries
+
+    def attempts(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Each attempt's header and the lines after it."""
+        attempts: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        for entry in self.entries():
+            if isinstance(entry.get("attempt"), dict):
+                attempts.append((entry["attempt"], []))
+            elif attempts:
+                attempts[-1][1].append(entry)
+        return attempts
+
+    def earlier_deaths(self) -> _Deaths:
+        suspects, alone = set(), collections.Counter()
+        for header, lines in self.attempts():
+            died = any("died" in line for line in lines) or (
+                header.get("in_process") and not any("stopped" in line for line in lines))
+            groups = [line["encoding"] for line in lines if isinstance(line.get("encoding"), list)]
+            if died and groups:
+                suspects.update(groups[-1])
+                if len(groups[-1]) == 1:
+                    alone[groups[-1][0]] += 1
+        return _Deaths(frozenset(suspects), {key: count for key, count in alone.items() if count >= DEATHS_TO_SKIP})
+
+    def begin(self, in_process: bool) -> None:
+        import socket
+
+        self.note({"attempt": {"pid": os.getpid(), "host": socket.gethostname(), "in_process": in_process}})
+
+    def note(self, entry: dict[str, Any]) -> None:
+        """One line, flushed: in the page cache, it outlives the process (not the machine)."""
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]:
+    """Mark the attempts of the workers that `error` found ended by themselves as deaths (in the journals of the
+    shards they were encoding), and say what each was encoding."""
+    import socket
+
+    host, said = socket.gethostname(), []
+    for path in sorted(shards_folder.glob(".shard-*.encoding")):
+        journal = _ShardJournal(path)
+        attempts = journal.attempts()
+        if not attempts:
+            continue
+        header, lines = attempts[-1]
+        code = error.ended.get(header.get("pid"))
+        if code is None or header.get("host") != host or any("died" in line or "stopped" in line for line in lines):
+            continue
+        journal.note({"died": code})
+        groups = [line for line in lines if isinstance(line.get("encoding"), list)]
+        if groups:
+            names = ", ".join(groups[-1]["encoding"][:3]) + (", ..." if len(groups[-1]["encoding"]) > 3 else "")
+            said.append(f"{path.name[1:].removesuffix('.encoding')}: {names} ({groups[-1].get('seconds', '?')} s of "
+                        f"audio)")
+    return said
 
 
 def _totals_path(shard_path: Path) -> Path:
@@ -630,8 +768,15 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                                                                          max(todo, default=-1) + 1)) if i in wanted)
     tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()), str(shard_paths[i]),
               workers, run) for i, shard in shards)
-    done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
-                                      description="units extract (shards)"))
+    try:
+        done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
+                                          description="units extract (shards)"))
+    except jobs.WorkerDied as error:
+        encoding = _note_dead_workers(out / "shards", error)
+        if not encoding:
+            raise
+        raise RuntimeError(f"{error}; it was encoding {'; '.join(encoding)}. Run again: those are encoded one at a "
+                           f"time, and one that ends its process again alone is skipped and counted") from None
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
     present = sum(path.exists() for path in shard_paths)
     complete = present == num_shard_files
