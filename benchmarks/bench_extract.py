@@ -137,8 +137,8 @@ def main() -> None:
         audio.write_audio(record["path"], samples)
     cores = jobs.default_workers()
     results["groups"]["loading FLAC (16 kHz)"] = _race({
-        "one thread": lambda b: load_all(records, 1),
-        f"{cores} threads (a worker with every core)": lambda b: load_all(records, cores)},
+        "one thread": lambda b: load_all(records, 1, "soxr"),
+        f"{cores} threads (a worker with every core)": lambda b: load_all(records, cores, "soxr")},
         batch, args.repeats, lambda: None)
     shutil.rmtree(flac)
 

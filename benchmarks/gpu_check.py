@@ -153,7 +153,8 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
                                {"encoder": dataclasses.asdict(spec), "frame_rate_hz": 25.0}).save(folder / "km500")
     audio_sec = sum(u.duration_sec for u in utterances)
     real = extract.load_all
-    contenders = {"decoding in one thread": lambda records, threads: real(records, 1), "default": real}
+    contenders = {"decoding in one thread": lambda records, threads, resampler: real(records, 1, resampler),
+                  "default": real}
     rates: dict[str, list[float]] = {name: [] for name in contenders}
 
     def extract_into(target: Path) -> float:

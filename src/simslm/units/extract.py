@@ -463,13 +463,20 @@ def _encode_all(encoder, loaded: list[np.ndarray], batch_size: int, *, alone: Co
     return features
 
 
-def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], codebook: kmeans.Codebook) -> float:
-    """Share of frames whose unit is the same in the encoder's precision as in float32."""
+def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], codebook: kmeans.Codebook
+                              ) -> float | None:
+    """Share of frames whose unit is the same in the encoder's precision as in float32, over the utterances both
+    encode (one each refuses, too short or too long for memory, is left to the extraction to skip and count); None
+    when neither encodes any."""
     same = total = 0
-    for low, high in zip(encoder.encode_batch(samples), reference.encode_batch(samples)):
+    for utterance in samples:
+        try:
+            low, high = encoder.encode(utterance), reference.encode(utterance)
+        except ValueError:
+            continue
         same += int((codebook.assign(low) == codebook.assign(high)).sum())
         total += len(high)
-    return same / max(1, total)
+    return same / total if total else None
 
 
 def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> list[np.ndarray | audio.AudioError]:
@@ -535,7 +542,7 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
         first = encoder.batches([len(samples) for samples in loaded], run.batch_size)[0]
         agreement = _half_precision_agreement(encoder, _encoder(spec, run.device, "float32"),
                                               [loaded[i] for i in first], codebook)
-        if agreement < run.min_agreement:
+        if agreement is not None and agreement < run.min_agreement:
             raise ValueError(f"--dtype {run.dtype} gives the float32 units on only {agreement:.2%} of the frames "
                              f"checked (below --min-agreement {run.min_agreement:g}); extract in float32")
     ids = [records[position]["id"] for position in where]
