@@ -309,12 +309,17 @@ def test_a_large_file_is_digested_from_samples_and_still_tells_weights_apart(tmp
     assert jobs.content_digest(tmp_path / "model") != jobs.content_digest(weights)
 
 
-def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
-    planned = sweep.plan_sweep(_spec(data), tmp_path)
-    first = planned["runs"][0]
+def _started_run(data, sweep_dir: Path) -> tuple[dict, Path]:
+    """The first run of a planned sweep, started (its config written) and not finished."""
+    first = sweep.plan_sweep(_spec(data), sweep_dir)["runs"][0]
     run_dir = Path(first["config"]["run_dir"])
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
+    return first, run_dir
+
+
+def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):
+    first, run_dir = _started_run(data, tmp_path)
     (run_dir / ".result.json.tmp").write_text('{"half": ')
     assert sweep.run_status(first, ()) == "started"
     with open(run_dir / ".lock", "a") as lock:
@@ -332,11 +337,7 @@ def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_pat
 
     from tests.conftest import as_reader
 
-    planned = sweep.plan_sweep(_spec(data), tmp_path)
-    first = planned["runs"][0]
-    run_dir = Path(first["config"]["run_dir"])
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text("{}")
+    first, run_dir = _started_run(data, tmp_path)
     (run_dir / ".lock").write_text("")
     probe = [*as_reader(), sys.executable, "-c", "import json, sys; from simslm.scaling import sweep; "
              "print(sweep.run_status(json.loads(sys.argv[1]), ()))", json.dumps(first)]

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,6 +469,39 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
     units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
     assert units(tmp_path / "killed") == {k: v for k, v in units(tmp_path / "before").items() if k != longest}
     assert not (tmp_path / "killed" / "shards" / ".shard-00000.encoding").exists()
+
+
+_DYING_FIT = _DYING_EXTRACTION.replace("ExtractConfig, extract_units", "FitConfig, fit_codebook").replace(
+    "extract_units(ExtractConfig(**config))", "fit_codebook(FitConfig(**config))")
+
+
+def test_a_codebook_fit_skips_an_utterance_that_ended_the_process_encoding_it_twice(extracted, hubert_codebook,
+                                                                                    tmp_path):
+    """`units fit` is not resumable and draws the same seeded sample every time: a recording whose encoding gets
+    the process killed (the OOM killer) ended every fit. Its utterances are journaled as an extraction's shards
+    are: after two such deaths the next fit skips it, and says so."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from simslm.speech import audio
+    from simslm.units.extract import ENDED_THE_PROCESS, FitConfig, fit_codebook
+
+    config, _, _ = extracted
+    model = json.loads(Path(hubert_codebook).with_suffix(".json").read_text())["encoder"]["model_path"]
+    fit = FitConfig(manifest=config.manifest, out=str(tmp_path / "km"), encoder="mhubert-25hz", model_path=model,
+                    layer=2, num_units=2, num_workers=1)
+    lengths = sorted(len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
+                     if Path(r["path"]).stat().st_size > 100)  # the empty and corrupt files aside
+    limit = lengths[-2] + 2 * 40
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _DYING_FIT, str(limit), json.dumps(asdict(fit))],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == -9, done.stderr
+    meta = json.loads(fit_codebook(fit).with_suffix(".json").read_text())
+    assert meta["skipped_by_reason"][ENDED_THE_PROCESS] == 1
+    assert meta["num_utterances"] == len(lengths) - 1
+    assert not (tmp_path / ".km.fitting").exists()
 
 
 def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):

@@ -69,14 +69,26 @@ def _workers(asked: int, device: str, num_tasks: int) -> int:
     return min(asked or (1 if device.startswith("cuda") else jobs.default_workers()), max(1, num_tasks))
 
 
-def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str]) -> tuple[str, np.ndarray | str]:
-    record, spec, max_frames, seed, num_workers, device = task
+def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str, str]
+                    ) -> tuple[str, np.ndarray | str]:
+    record, spec, max_frames, seed, num_workers, device, journals = task
     encoder = _encoder(spec, device, "float32")
     jobs.share_cores(num_workers)
+    # Journaled as a shard of one utterance is (`_ShardJournal`): one that ends the process encoding it twice is
+    # skipped by the next fit, where it would end every fit of a corpus that holds it (the same seeded sample).
+    journal = _fit_journal(Path(journals), record["id"])
+    journal.begin(in_process=num_workers <= 1)
     try:
-        features = encoder.encode(audio.load_audio(record["path"], resampler=spec["resampler"]))
+        samples = audio.load_audio(record["path"], resampler=spec["resampler"])
+        journal.note({"encoding": [record["id"]], "seconds": round(len(samples) / 16000, 1)})
+        features = encoder.encode(samples)
     except (audio.AudioError, ValueError) as error:
+        journal.remove()
         return record["id"], _skip_reason(error)
+    except BaseException:
+        journal.note({"stopped": True})
+        raise
+    journal.remove()
     if len(features) > max_frames:
         rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
         features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]
@@ -226,13 +238,23 @@ def fit_codebook(config: FitConfig) -> Path:
     records = [{**record, "path": str(Path(record["path"]).resolve())}
                for number, record in enumerate(_records(config.manifest)) if number in chosen]
     device = jobs.torch_device(config.device)
-    workers = _workers(config.num_workers, device, len(records))
-    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
-             for record in records]
-    encoded, skipped = {}, {}
-    for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
-                                                  total=len(tasks), description="units fit: encode"):
-        (skipped if isinstance(result, str) else encoded)[utterance_id] = result
+    journals = Path(config.out).parent / f".{Path(config.out).name}.fitting"
+    journals.mkdir(parents=True, exist_ok=True)
+    skipped = {record["id"]: ENDED_THE_PROCESS for record in records
+               if _fit_journal(journals, record["id"]).earlier_deaths().fatal}
+    records_to_encode = [record for record in records if record["id"] not in skipped]
+    workers = _workers(config.num_workers, device, len(records_to_encode))
+    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device, str(journals))
+             for record in records_to_encode]
+    encoded = {}
+    try:
+        for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
+                                                      total=len(tasks), description="units fit: encode"):
+            (skipped if isinstance(result, str) else encoded)[utterance_id] = result
+    except jobs.WorkerDied as error:
+        raise _with_what_was_encoded(error, journals, f"an utterance that has ended the process encoding it "
+                                     f"{DEATHS_TO_SKIP} times is skipped and counted") from None
+    shutil.rmtree(journals, ignore_errors=True)
     if not encoded:
         raise ValueError(f"{config.manifest}: no utterance could be encoded "
                          f"({dict(collections.Counter(skipped.values()))})")
@@ -644,13 +666,27 @@ class _ShardJournal:
         self.path.unlink(missing_ok=True)
 
 
+def _fit_journal(folder: Path, utterance_id: str) -> "_ShardJournal":
+    """The journal of one utterance's encoding for a codebook fit (named by a digest of its id)."""
+    return _ShardJournal(folder / f".{hashlib.sha256(utterance_id.encode()).hexdigest()[:20]}.encoding")
+
+
+def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> RuntimeError | jobs.WorkerDied:
+    """`error`, with the dead workers' attempts marked in the journals in `journals` and what they were encoding
+    said (`_note_dead_workers`), and what a run after it does (`then`)."""
+    encoding = _note_dead_workers(journals, error)
+    if not encoding:
+        return error
+    return RuntimeError(f"{error}; it was encoding {'; '.join(encoding)}. Run again: {then}")
+
+
 def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]:
     """Mark the attempts of the workers that `error` found ended by themselves as deaths (in the journals of the
-    shards they were encoding), and say what each was encoding."""
+    shards, or a fit's utterances, they were encoding), and say what each was encoding."""
     import socket
 
     host, said = socket.gethostname(), []
-    for path in sorted(shards_folder.glob(".shard-*.encoding")):
+    for path in sorted(shards_folder.glob(".*.encoding")):
         journal = _ShardJournal(path)
         attempts = journal.attempts()
         if not attempts:
@@ -663,8 +699,8 @@ def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]
         groups = [line for line in lines if isinstance(line.get("encoding"), list)]
         if groups:
             names = ", ".join(groups[-1]["encoding"][:3]) + (", ..." if len(groups[-1]["encoding"]) > 3 else "")
-            said.append(f"{path.name[1:].removesuffix('.encoding')}: {names} ({groups[-1].get('seconds', '?')} s of "
-                        f"audio)")
+            shard = f"{path.name[1:].removesuffix('.encoding')}: " if path.name.startswith(".shard-") else ""
+            said.append(f"{shard}{names} ({groups[-1].get('seconds', '?')} s of audio)")
     return said
 
 
@@ -779,11 +815,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
                                           description="units extract (shards)"))
     except jobs.WorkerDied as error:
-        encoding = _note_dead_workers(out / "shards", error)
-        if not encoding:
-            raise
-        raise RuntimeError(f"{error}; it was encoding {'; '.join(encoding)}. Run again: those are encoded one at a "
-                           f"time, and one that ends its process again alone is skipped and counted") from None
+        raise _with_what_was_encoded(error, out / "shards", "those are encoded one at a time, and one that ends "
+                                     "its process again alone is skipped and counted") from None
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
     present = sum(path.exists() for path in shard_paths)
     complete = present == num_shard_files
