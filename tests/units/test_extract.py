@@ -421,7 +421,7 @@ extract_units(ExtractConfig(**config))
 
 
 def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(extracted, hubert_codebook,
-                                                                                tmp_path, monkeypatch):
+                                                                                tmp_path, monkeypatch, capsys):
     """The kernel's OOM killer ends a process without a Python error: every run of the extraction ended at the
     same shard. Now the group being encoded when the process ended is encoded one at a time next, and an utterance
     that ends it twice alone is skipped and counted; the rest of its shard, and its batch, are encoded as before.
@@ -464,7 +464,10 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
     last_groups = [[line["encoding"] for line in lines if "encoding" in line][-1] for _, lines in attempts]
     assert len(last_groups[0]) > 1 and last_groups[1:] == [[longest]] * 4
     assert [any("stopped" in line for line in lines) for _, lines in attempts] == [False, True, False, True, False]
+    capsys.readouterr()
     after = extract_units(killed)  # the forward as it is: the longest is not encoded again
+    # Said, since a run killed in the command's own process could say nothing ("Killed").
+    assert f"an earlier run's process ended while encoding {longest}; skipping {longest}" in capsys.readouterr().err
     assert after.skipped_by_reason == {**before.skipped_by_reason, ENDED_THE_PROCESS: 1}
     units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
     assert units(tmp_path / "killed") == {k: v for k, v in units(tmp_path / "before").items() if k != longest}
@@ -531,6 +534,31 @@ def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
     assert said == ["shard-00000: long (3600.0 s of audio)"]
     assert _ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
     assert _ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
+
+
+def test_what_a_shard_journal_holds_against_its_utterances(tmp_path):
+    """Only deaths count (a stop in Python does not); a group that died goes one at a time next; two deaths alone
+    skip an utterance; an utterance encoded whole by a later attempt is cleared of what was held against it."""
+    from simslm.units.extract import _ShardJournal
+
+    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    attempts = [(False, [["a", "b", "c"]], {"died": -9}),  # a pool's worker killed on a batch
+                (True, [["a"], ["b"], ["c"]], None),  # the command's own process killed: c alone
+                (True, [["c"]], {"stopped": True}),  # Ctrl-C on c: not a death
+                (True, [["c"]], None)]  # killed on c alone again
+    for in_process, groups, last in attempts:
+        journal.note({"attempt": {"pid": 1, "host": "h", "in_process": in_process}})
+        for group in groups:
+            journal.note({"encoding": group, "seconds": 1.0})
+        if last:
+            journal.note(last)
+    deaths = journal.earlier_deaths()
+    assert deaths.suspects == {"c"} and deaths.fatal == {"c": 2}
+    journal.note({"attempt": {"pid": 2, "host": "h", "in_process": True}})
+    for group in (["c"], ["d"]):  # c encoded whole this time (a node lost, twice, say): cleared; d killed
+        journal.note({"encoding": group, "seconds": 1.0})
+    deaths = journal.earlier_deaths()
+    assert deaths.suspects == {"d"} and deaths.fatal == {}
 
 
 def _die_or_wait(task: int) -> int:

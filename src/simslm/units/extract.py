@@ -242,6 +242,9 @@ def fit_codebook(config: FitConfig) -> Path:
     journals.mkdir(parents=True, exist_ok=True)
     skipped = {record["id"]: ENDED_THE_PROCESS for record in records
                if _fit_journal(journals, record["id"]).earlier_deaths().fatal}
+    if skipped:
+        print(f"simslm units fit: warning: skipping {', '.join(sorted(skipped))}: each ended the process encoding it "
+              f"{DEATHS_TO_SKIP} times (killed for memory, most likely)", file=sys.stderr)
     records_to_encode = [record for record in records if record["id"] not in skipped]
     workers = _workers(config.num_workers, device, len(records_to_encode))
     tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device, str(journals))
@@ -528,6 +531,12 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
     journal = _ShardJournal.of(Path(shard_path))
     earlier = journal.earlier_deaths()
+    if earlier.suspects:  # a run killed in the command's own process ended without a word ("Killed"): said now
+        alone = sorted(earlier.suspects - set(earlier.fatal))
+        doing = ([f"encoding {', '.join(alone)} one at a time"] if alone else []) + (
+            [f"skipping {', '.join(sorted(earlier.fatal))} ({DEATHS_TO_SKIP} times alone)"] if earlier.fatal else [])
+        print(f"simslm units extract: warning: {Path(shard_path).name}: an earlier run's process ended while "
+              f"encoding {', '.join(sorted(earlier.suspects))}; {'; '.join(doing)}", file=sys.stderr)
     journal.begin(in_process=num_workers <= 1)
     try:
         result = _encode_shard(shard_index, records, spec, codebook_path, Path(shard_path), num_workers, run,
@@ -646,6 +655,12 @@ class _ShardJournal:
             died = any("died" in line for line in lines) or (
                 header.get("in_process") and not any("stopped" in line for line in lines))
             groups = [line["encoding"] for line in lines if isinstance(line.get("encoding"), list)]
+            # Every attempt here ended unfinished (the journal goes with the shard written): its groups but the
+            # last were encoded, which clears them of an earlier death.
+            for encoded in groups[:-1]:
+                suspects.difference_update(encoded)
+                for identifier in encoded:
+                    alone.pop(identifier, None)
             if died and groups:
                 suspects.update(groups[-1])
                 if len(groups[-1]) == 1:
