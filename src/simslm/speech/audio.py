@@ -118,7 +118,7 @@ def _sinc_hann(samples: np.ndarray, source_rate: int, target_rate: int) -> np.nd
 
     Two roundings are torchaudio's and kept, since they decide numbers: for float32 audio the taps are computed in
     float32, and the output's length is ceil(len * down / up) taken in float32, which drops the last sample of a
-    long recording whose exact length falls just past a whole number (one in about 15 at 44.1 kHz past a minute)."""
+    long recording whose exact length falls just past a whole number (one in about 16 at 44.1 kHz past a minute)."""
     gcd = np.gcd(source_rate, target_rate)
     up, down = source_rate // gcd, target_rate // gcd
     cutoff = min(up, down) * SINC_ROLLOFF
