@@ -571,6 +571,10 @@ CASES: dict[str, Case] = {
             "E": 1, "A": 2, "B": 3, "alpha": "x", "beta": 0.3}}}}})))], "not E, A, B, alpha, beta as finite numbers",
         []),
     "report: not a sweep": lambda w: (["report", str(a_folder(w, "no-sweep"))], str(a_folder(w, "no-sweep")), []),
+    "report: --out a file": lambda w: (["report", str(w.sweep), "--out", str(_write(w.bad / "report.html", "x"))],
+                                       "--out", [w.bad / "report.html"]),
+    "eval: --out a file": lambda w: (["eval", str(w.run), "--bench", str(w.bench), "--out",
+                                      str(_write(w.bad / "eval-out.json", "{}"))], "--out", [w.bad / "eval-out.json"]),
     # bench build / model / textlm / demo
     "bench build: source missing": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-37"),
                                                "--source", str(missing(w, "s.txt"))], str(missing(w, "s.txt")), []),

@@ -101,6 +101,8 @@ class EvalConfig(ScoringOptions):
             raise ConfigError("--bench needs at least one benchmark folder, validation, or generation=FOLDER")
         check_positive(self, "max_pairs", "num_resamples", "num_generation_prompts")
         check_positive(self, "num_workers", allow_zero=True)
+        if self.out and Path(self.out).is_file():
+            raise ConfigError(f"--out {self.out}: a file, where the folder for eval.json is needed")
 
 
 @dataclass(frozen=True, kw_only=True)

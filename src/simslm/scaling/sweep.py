@@ -1523,3 +1523,7 @@ class ReportConfig(Config):
     out: str | None = None
     """Folder for index.html and its figures (default: the sweep's `report` folder); a fit computed for it goes
     there too when the sweep folder cannot be written (a colleague's sweep)."""
+
+    def check(self) -> None:
+        if self.out and Path(self.out).is_file():
+            raise ConfigError(f"--out {self.out}: a file, where the report's folder is needed")
