@@ -83,12 +83,12 @@ def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, s
         journal.note({"encoding": [record["id"]], "seconds": round(len(samples) / 16000, 1)})
         features = encoder.encode(samples)
     except (audio.AudioError, ValueError) as error:
-        journal.remove()
+        journal.end(finished=True)
         return record["id"], _skip_reason(error)
     except BaseException:
-        journal.note({"stopped": True})
+        journal.end(finished=False)
         raise
-    journal.remove()
+    journal.end(finished=True)
     if len(features) > max_frames:
         rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
         features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]
@@ -542,9 +542,9 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
         result = _encode_shard(shard_index, records, spec, codebook_path, Path(shard_path), num_workers, run,
                                journal, earlier)
     except BaseException:
-        journal.note({"stopped": True})  # an error or a stop, not a death: nothing is held against an utterance
+        journal.end(finished=False)  # an error or a stop, not a death: nothing is held against an utterance
         raise
-    journal.remove()
+    journal.end(finished=True)
     return result
 
 
@@ -623,6 +623,7 @@ class _ShardJournal:
 
     def __init__(self, path: Path):
         self.path = path
+        self._handle: Any = None  # open for the attempt this process makes (one open, not one per group)
 
     @classmethod
     def of(cls, shard_path: Path) -> "_ShardJournal":
@@ -670,15 +671,27 @@ class _ShardJournal:
     def begin(self, in_process: bool) -> None:
         import socket
 
+        self._handle = open(self.path, "a", encoding="utf-8")
         self.note({"attempt": {"pid": os.getpid(), "host": socket.gethostname(), "in_process": in_process}})
 
     def note(self, entry: dict[str, Any]) -> None:
         """One line, flushed: in the page cache, it outlives the process (not the machine)."""
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        if self._handle is None:  # the parent's note of a dead worker
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            return
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.flush()
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def end(self, finished: bool) -> None:
+        """The attempt is over: the journal goes when its work is written, and stays with a last word when not."""
+        if not finished:
+            self.note({"stopped": True})
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if finished:
+            self.path.unlink(missing_ok=True)
 
 
 def _fit_journal(folder: Path, utterance_id: str) -> "_ShardJournal":
