@@ -359,7 +359,6 @@ def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hube
     it used to end the extraction, and every rerun of it at the same shard. In half precision the check against
     float32 on the shard's first batch leaves it to the extraction too (it ended the extraction there)."""
     from dataclasses import replace
-    from pathlib import Path
 
     import torch
     from transformers import HubertModel
