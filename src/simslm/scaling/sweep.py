@@ -1499,14 +1499,16 @@ class FitConfig(Config):
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     """Fit a sweep folder or a table as `simslm fit` asks; the fits and where they were written."""
     source = Path(config.source)
-    out = Path(config.out) if config.out else source / "fit.json" if source.is_dir() else source.with_suffix(
-        ".fit.json")
-    jobs.refuse_unwritable(out, "pass --out FILE to write the fit elsewhere")
+    unwritable = "pass --out FILE to write the fit elsewhere"
     if source.is_dir():
+        out = Path(config.out) if config.out else source / "fit.json"
+        jobs.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
                          num_workers=config.num_workers, out=out, estimator=config.estimator)
         return fits, out
-    points = read_table(source, convention=config.convention)
+    points = read_table(source, convention=config.convention)  # a missing table is said as such first
+    out = Path(config.out or source.with_suffix(".fit.json"))
+    jobs.refuse_unwritable(out, unwritable)
     fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
             "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples, convention=config.convention,
                                               num_workers=config.num_workers, estimator=config.estimator)}}

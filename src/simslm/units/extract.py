@@ -493,14 +493,17 @@ def _half_precision_agreement(encoder, reference, samples: list[np.ndarray], cod
     """Share of frames whose unit is the same in the encoder's precision as in float32, over the utterances both
     encode (one each refuses, too short or too long for memory, is left to the extraction to skip and count); None
     when neither encodes any."""
-    same = total = 0
-    for utterance in samples:
-        try:
-            low, high = encoder.encode(utterance), reference.encode(utterance)
-        except ValueError:
-            continue
-        same += int((codebook.assign(low) == codebook.assign(high)).sum())
-        total += len(high)
+    try:  # the batch as extraction encodes it: two passes on a GPU
+        pairs = list(zip(encoder.encode_batch(samples), reference.encode_batch(samples)))
+    except ValueError:  # one of them refused: the others one at a time
+        pairs = []
+        for utterance in samples:
+            try:
+                pairs.append((encoder.encode(utterance), reference.encode(utterance)))
+            except ValueError:
+                continue
+    same = sum(int((codebook.assign(low) == codebook.assign(high)).sum()) for low, high in pairs)
+    total = sum(len(high) for _, high in pairs)
     return same / total if total else None
 
 
