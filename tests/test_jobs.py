@@ -127,6 +127,79 @@ def test_a_worker_that_dies_ends_the_map_with_one_line_not_a_hang(tmp_path):
         "if memory is short")
 
 
+_KILLER = """
+import os, signal, sys
+from pathlib import Path
+from simslm import jobs
+
+def run(x):
+    marker = Path(sys.argv[3])
+    if x == 3 and not (sys.argv[2] == "once" and marker.exists()):
+        marker.touch()
+        if sys.argv[2] == "raise":
+            raise ValueError("a Python error is not a death")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer ends a process: no word, no finally
+    return x
+
+if __name__ == "__main__":
+    journal = jobs.TaskJournal(Path(sys.argv[3]).with_name("journal"), key=lambda x: f"t{x}",
+                               skipped=lambda x, reason: f"t{x} {reason}")
+    results = jobs.parallel_map(run, range(8), num_workers=int(sys.argv[1]), description="synth", journal=journal)
+    print(sorted(results, key=str))
+"""
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_task_that_ends_its_process_is_named_then_skipped_in_the_next_runs(tmp_path, num_workers):
+    # A worker killed (2 workers), or the command's own process (1: as on a GPU); each run a fresh process.
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+
+    def run(behaviour="always"):
+        return subprocess.run([sys.executable, str(script), str(num_workers), behaviour, str(tmp_path / "marker")],
+                              capture_output=True, text=True, timeout=120)
+
+    first = run()
+    if num_workers == 1:
+        assert first.returncode == -signal.SIGKILL
+    else:
+        assert first.returncode == 1 and first.stderr.strip().splitlines()[-1] == (
+            "simslm.jobs.WorkerDied: synth: a worker process ended abruptly (killed by SIGKILL: out of memory, most "
+            "likely) while running t3; re-run (with fewer workers if memory is short): a task that ends the process "
+            "running it 2 times is skipped and counted")
+    second = run()
+    assert second.returncode == first.returncode
+    assert ("simslm synth: warning: an earlier run's process ended while running t3; running it again (skipped "
+            "once it has ended a process 2 times)") in second.stderr
+    for _ in range(2):  # the skip is kept once the run is done
+        third = run()
+        assert third.returncode == 0, third.stderr
+        assert "simslm synth: warning: skipping t3: it ended the process running it in 2 earlier runs" in third.stderr
+        assert third.stdout.strip() == "[0, 1, 2, 4, 5, 6, 7, 't3 ended the process running it']"
+    assert [json.loads(line) for line in (tmp_path / "journal").read_text().splitlines()] == [
+        {"carried": "t3", "times": 2}]
+
+
+def test_a_task_run_to_its_end_is_cleared_and_a_python_error_is_no_death(tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+
+    def run(behaviour):
+        return subprocess.run([sys.executable, str(script), "1", behaviour, str(tmp_path / "marker")],
+                              capture_output=True, text=True, timeout=120)
+
+    assert run("once").returncode == -signal.SIGKILL
+    again = run("once")  # killed the first time only
+    assert again.returncode == 0 and "running it again" in again.stderr and "t3 " not in again.stdout
+    assert not (tmp_path / "journal").exists()  # cleared: nothing held against any task
+    (tmp_path / "marker").unlink()
+    for _ in range(3):
+        failed = run("raise")  # ends the command, through its finally: it says the attempt stopped
+        assert failed.returncode == 1 and "ValueError: a Python error is not a death" in failed.stderr
+        assert "earlier run" not in failed.stderr
+    assert jobs._earlier_deaths(tmp_path / "journal")[0] == {}
+
+
 def _sleep_unless_zero(x):
     import time
 

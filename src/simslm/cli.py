@@ -601,8 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         from simslm.assets import AssetError
+        from simslm.jobs import WorkerDied
 
-        expected = isinstance(error, (AssetError, ValueError)) or (isinstance(error, OSError) and error.filename)
+        expected = isinstance(error, (AssetError, ValueError, WorkerDied)) or (
+            isinstance(error, OSError) and error.filename)
         message = " ".join(str(error).split()) or error.__class__.__name__
         if isinstance(error, OSError) and error.filename:  # FILE: what is wrong, as every other message
             what = ("no such file or folder" if isinstance(error, FileNotFoundError) else

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -13,6 +15,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, MutableMapping
 
@@ -200,23 +203,56 @@ def _length(items: Iterable[Any]) -> int | None:
 
 
 def parallel_map(function: Callable[[Any], Any], tasks: Iterable[Any], *, num_workers: int,
-                 total: int | None = None, description: str = "") -> Iterator[Any]:
+                 total: int | None = None, description: str = "",
+                 journal: TaskJournal | None = None) -> Iterator[Any]:
     """Yield `function(task)` for every task, in completion order, reporting progress (`Progress`).
 
     `num_workers` > 1 uses that many worker processes (spawned, so C libraries such as
-    espeak-ng start clean in each); 1 runs in this process, which is easiest to debug.
+    espeak-ng start clean in each); 1 runs in this process, which is easiest to debug. With a `journal`, a task
+    that ended the process running it in earlier runs is named, and skipped after `DEATHS_TO_SKIP` (`TaskJournal`).
     """
     tracker = Progress(total, description)
+    watch = _Watch(journal, description) if journal is not None else None
+    finished = False
     try:
         if num_workers <= 1:
             for task in tasks:
+                if watch is not None:
+                    skipped = watch.skipped(task)
+                    if skipped is not None:
+                        yield skipped[0]
+                        tracker.update()
+                        continue
+                    watch.note_running(task)
                 yield function(task)
                 tracker.update()
+            finished = True
             return
-        for result in _in_processes(function, tasks, num_workers, description):
-            yield result
+        if watch is None:
+            results = _in_processes(function, tasks, num_workers, description)
+        else:
+            results = _in_processes(functools.partial(_run_noted, function, str(watch.path)), watch.to_run(tasks),
+                                    num_workers, description)
+        try:
+            for result in results:
+                yield result
+                tracker.update()
+                while watch is not None and watch.skips:
+                    yield watch.skips.popleft()
+                    tracker.update()
+        except WorkerDied as error:
+            if watch is None:
+                raise
+            raise WorkerDied(description, error.ended, watch.note_deaths(error.ended),
+                             then=f"a task that ends the process running it {DEATHS_TO_SKIP} times is skipped and "
+                                  f"counted") from None
+        while watch is not None and watch.skips:
+            yield watch.skips.popleft()
             tracker.update()
+        finished = True
     finally:
+        if watch is not None:
+            watch.close(finished)
         tracker.close()
 
 
@@ -263,17 +299,204 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
             _stop_now(executor)
 
 
+# Deaths of the process running a task after which the task is skipped: the first may have been anything (a node
+# lost, a kill -9, the memory of the tasks beside it); a second on the same task is the task's.
+DEATHS_TO_SKIP = 2
+ENDED_THE_PROCESS = "ended the process running it"
+
+
+@dataclass(frozen=True)
+class TaskJournal:
+    """Where `parallel_map` notes the task each process is running (`path`, JSON lines in the job's output folder),
+    so that a task that ends the process running it does not end every run of a resumable job at the same task:
+    the kernel's OOM killer under a cgroup's memory limit (a SLURM job's memory, a recording of an hour), a crash
+    in a native library (espeak-ng, pocketsphinx), where no Python error is raised. The next run names the task
+    and runs it again; one that has ended its process `DEATHS_TO_SKIP` times is skipped and `skipped(task,
+    ENDED_THE_PROCESS)` stands for its result. A task that runs to its end is cleared of earlier deaths.
+
+    Each process begins an attempt with a line naming it, then a line per task before running it. A worker's
+    attempt died when the parent saw the pool break and found that worker ended by itself (it notes so); an
+    attempt in the command's own process died when it has no last word (`stopped`, written by any Python exit).
+    A parent killed with its workers marks nothing: then nothing is held against a task. Once every task has run,
+    the journal keeps only the deaths of tasks skipped or not in this run (removed when there are none), so its
+    size is one run's tasks at most. Unit extraction keeps its own (`units.extract._ShardJournal`): a worker there
+    encodes groups of utterances."""
+
+    path: Path
+    key: Callable[[Any], str]  # a task's name across runs: an utterance's or a line's id
+    skipped: Callable[[Any, str], Any]  # the result standing for a skipped task, given the reason
+
+
+class _Watch:
+    """A `TaskJournal` in use by one `parallel_map`: the deaths earlier runs left, read once, and the skips."""
+
+    def __init__(self, journal: TaskJournal, description: str):
+        self.path, self.key, self._skipped = Path(journal.path), journal.key, journal.skipped
+        self.command = f"simslm {description.split(' (')[0]}" if description else "simslm"
+        self.deaths, attempts = _earlier_deaths(self.path)
+        # What an earlier run left is replaced by its count of deaths: the lines after it are this run's. (Left as
+        # it is when that is all it holds: one may resume a finished job in a folder one may not write.)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if attempts:
+            _write_deaths(self.path, self.deaths)
+        self.skips: collections.deque[Any] = collections.deque()
+        self.ran = False  # a task was run, so this run's lines follow
+
+    def skipped(self, task: Any) -> tuple[Any] | None:
+        """(the result standing for `task`,) when it is skipped; a warning when it has ended a process before."""
+        key = self.key(task)
+        times = self.deaths.get(key, 0)
+        if not times:
+            return None
+        if times >= DEATHS_TO_SKIP:
+            print(f"{self.command}: warning: skipping {key}: it ended the process running it in {times} earlier "
+                  f"runs (out of memory or a crash, most likely); to try it again (given more memory), remove "
+                  f"{self.path}", file=sys.stderr)
+            return (self._skipped(task, ENDED_THE_PROCESS),)
+        print(f"{self.command}: warning: an earlier run's process ended while running {key}; running it again "
+              f"(skipped once it has ended a process {DEATHS_TO_SKIP} times)", file=sys.stderr)
+        # Run to its end, it is cleared. (Written at the start, its count is in the journal: a run that does not
+        # finish leaves it there, and a death in this run adds one to it.)
+        self.deaths.pop(key)
+        return None
+
+    def to_run(self, tasks: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+        """(key, task) of the tasks to run; the results of those skipped wait in `skips`."""
+        for task in tasks:
+            skipped = self.skipped(task)
+            if skipped is None:
+                self.ran = True
+                yield self.key(task), task
+            else:
+                self.skips.append(skipped[0])
+
+    def note_deaths(self, ended: dict[int, int]) -> list[str]:
+        """Marks the attempts of the workers in `ended` (pid: exit code) as deaths; the tasks they were running."""
+        import socket
+
+        host, running = socket.gethostname(), []
+        for attempt in _attempts(self.path).values():
+            code = ended.get(attempt["pid"])
+            if code is None or attempt["host"] != host or attempt["died"] or attempt["last"] is None:
+                continue
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"attempt": attempt["id"], "died": code}) + "\n")
+            running.append(attempt["last"])
+        return running
+
+    def note_running(self, task: Any) -> None:
+        """In this process: the task it runs now."""
+        self.ran = True
+        _note_running(self.path, self.key(task), in_process=True)
+
+    def close(self, finished: bool) -> None:
+        handle = _running_handles.pop(str(self.path), None)
+        if handle is not None:  # this process's own attempt
+            if not finished:
+                handle[0].write(json.dumps({"attempt": handle[1], "stopped": True}) + "\n")
+            handle[0].close()
+        if finished and self.ran:
+            # Every task ran: those run again are cleared, those skipped (or not in this run) keep their deaths.
+            _write_deaths(self.path, self.deaths)
+
+
+def _earlier_deaths(path: Path) -> tuple[dict[str, int], int]:
+    """Times each task has ended the process running it, by its key, from a `TaskJournal`; and how many attempts
+    it holds beside the counts it carries."""
+    deaths: dict[str, int] = {}
+    attempts = _attempts(path, deaths)
+    for attempt in attempts.values():
+        if attempt["last"] is not None and (attempt["died"] or (attempt["in_process"] and not attempt["stopped"])):
+            deaths[attempt["last"]] = deaths.get(attempt["last"], 0) + 1
+    return deaths, len(attempts)
+
+
+def _attempts(path: Path, deaths: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """The attempts of a `TaskJournal`, by id, each with its last task; the counts it carries go into `deaths`. A
+    task an attempt went on from (ran to its end) is cleared from `deaths`."""
+    attempts: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return attempts
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if not isinstance(entry, dict):
+                continue
+            if isinstance(entry.get("carried"), str) and isinstance(entry.get("times"), int):
+                if deaths is not None:
+                    deaths[entry["carried"]] = entry["times"]
+            elif isinstance(entry.get("attempt"), dict):
+                header = entry["attempt"]
+                attempts[str(header.get("id"))] = {
+                    "id": header.get("id"), "pid": header.get("pid"), "host": header.get("host"),
+                    "in_process": bool(header.get("in_process")), "last": None, "died": False, "stopped": False}
+            elif str(entry.get("attempt")) in attempts:
+                attempt = attempts[str(entry["attempt"])]
+                if "running" in entry:
+                    if attempt["last"] is not None and deaths is not None:
+                        deaths.pop(attempt["last"], None)
+                    attempt["last"] = str(entry["running"])
+                attempt["died"] |= "died" in entry
+                attempt["stopped"] |= "stopped" in entry
+    return attempts
+
+
+def _write_deaths(path: Path, deaths: dict[str, int]) -> None:
+    """The journal as the counts of `deaths` alone; none there, no journal."""
+    if not deaths:
+        path.unlink(missing_ok=True)
+        return
+    write_text(path, "".join(json.dumps({"carried": key, "times": times}, ensure_ascii=False) + "\n"
+                             for key, times in deaths.items()))
+
+
+# A process's open journal and its attempt's id, by the journal's path: one open per attempt, not one per task.
+_running_handles: dict[str, tuple[Any, str]] = {}
+
+
+def _note_running(path: Path | str, key: str, in_process: bool) -> None:
+    """A line saying this process runs the task `key` now, flushed: in the page cache, it outlives the process."""
+    import socket
+    import uuid
+
+    noted = _running_handles.get(str(path))
+    if noted is None:
+        noted = _running_handles[str(path)] = (open(path, "a", encoding="utf-8"), uuid.uuid4().hex[:16])
+        noted[0].write(json.dumps({"attempt": {"id": noted[1], "pid": os.getpid(), "host": socket.gethostname(),
+                                               "in_process": in_process}}) + "\n")
+    noted[0].write(json.dumps({"attempt": noted[1], "running": key}, ensure_ascii=False) + "\n")
+    noted[0].flush()
+
+
+def _run_noted(function: Callable[[Any], Any], path: str, keyed: tuple[str, Any]) -> Any:
+    """A pool worker's run of one task, noted in its journal first."""
+    key, task = keyed
+    _note_running(path, key, in_process=False)
+    return function(task)
+
+
 class WorkerDied(RuntimeError):
     """A worker process of `parallel_map` ended without a word (the kernel's OOM killer under a cgroup's memory
     limit, a crash in a native library); `ended` maps the pid of each that did so to its exit code (-9 for
-    SIGKILL). The executor then stops the other workers itself (SIGTERM), so those are not in it."""
+    SIGKILL). The executor then stops the other workers itself (SIGTERM), so those are not in it. `running`: the
+    tasks those workers were running, where a journal says, and `then` what a run after it does with them. A
+    user's data or memory, not a fault of simslm's: the command says it in one line."""
 
-    def __init__(self, description: str, ended: dict[int, int]):
-        self.ended = ended
-        how = sorted({_how_it_ended(code) for code in ended.values()})
-        super().__init__(f"{description or 'a parallel job'}: a worker process ended abruptly "
-                         f"({', '.join(how) or 'out of memory, or a crash in a native library'}); re-run, with "
-                         f"fewer workers if memory is short")
+    def __init__(self, description: str, ended: dict[int, int], running: Iterable[str] = (), *,
+                 doing: str = "running", then: str = ""):
+        self.description, self.ended, self.running = description, ended, list(running)
+        how = ", ".join(sorted({_how_it_ended(code) for code in ended.values()}))
+        said = f"{description or 'a parallel job'}: a worker process ended abruptly (" + (
+            how or "out of memory, or a crash in a native library") + ")"
+        if self.running:
+            said += f" while {doing} {'; '.join(self.running)}; re-run (with fewer workers if memory is short)"
+            said += f": {then}" if then else ""
+        else:
+            said += "; re-run, with fewer workers if memory is short"
+        super().__init__(said)
 
 
 def _how_it_ended(exit_code: int) -> str:

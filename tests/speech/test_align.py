@@ -235,6 +235,21 @@ def test_an_interrupted_alignment_goes_on_where_it_stopped(half_timed, tmp_path,
     assert kept.num_resumed == 0 and (kept.num_kept, kept.num_aligned) == (2, 2)
 
 
+def test_an_utterance_that_ended_its_process_twice_is_skipped_in_its_place(half_timed, tmp_path):
+    from simslm import jobs
+
+    manifest, timings, utterances = half_timed
+    out = tmp_path / "out" / "a.jsonl"
+    out.parent.mkdir()
+    (out.parent / ".a.jsonl.running").write_text(
+        json.dumps({"carried": utterances[1].id, "times": 2}) + "\n" +  # as two killed runs leave it
+        json.dumps({"carried": utterances[2].id, "times": 1}) + "\n")  # killed once: aligned again, and cleared
+    report = align_manifest(AlignConfig(manifest=str(manifest), out=str(out), method="json", source=str(timings)))
+    assert report.skipped == {utterances[1].id: jobs.ENDED_THE_PROCESS} and report.num_aligned == 3
+    assert [u.id for u in read_manifest(out)] == [utterances[i].id for i in (0, 2, 3)]
+    assert jobs._earlier_deaths(out.parent / ".a.jsonl.running") == ({utterances[1].id: 2}, 0)
+
+
 def test_a_ctm_is_read_one_utterance_at_a_time_as_read_ctm_groups_it(tmp_path, monkeypatch):
     # align --method ctm indexes the file's byte ranges instead of holding every word (Libri-Light's CTM would not
     # fit): each utterance's words must be read_ctm's, whatever the order of the lines.

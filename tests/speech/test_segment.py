@@ -93,6 +93,24 @@ def test_word_timings_keep_every_word_whole_and_shifted(tmp_path):
     assert out.read_text() == first
 
 
+def test_a_recording_that_ended_its_process_twice_is_skipped_and_counted(tmp_path):
+    from dataclasses import replace
+
+    from simslm import jobs
+
+    manifest, _, _ = _long_recording(tmp_path)
+    recording = read_manifest(manifest)[0]
+    write_manifest(manifest, [recording, replace(recording, id="book/ch2")])
+    out = tmp_path / "out" / "segments.jsonl"
+    journal = tmp_path / "out" / "segments-segments" / ".segment.running"
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"carried": "book/ch1", "times": 2}\n')  # as two runs killed cutting it leave it
+    report = segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), max_sec=8.0, num_workers=1))
+    assert report.skipped_by_reason == {jobs.ENDED_THE_PROCESS: 1} and report.num_recordings == 2
+    assert {s.meta["recording"] for s in read_manifest(out)} == {"book/ch2"}
+    assert jobs._earlier_deaths(journal) == ({"book/ch1": 2}, 0)  # kept: a later run into this folder skips it too
+
+
 def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):
     pytest.importorskip("silero_vad")
     parts, spans = [], []

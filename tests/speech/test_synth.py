@@ -117,6 +117,55 @@ def test_sigterm_stops_synth_with_its_workers_and_a_rerun_finishes(tmp_path):
     assert validate_manifest(report.manifest) == []
 
 
+_KILLED_SPEAKING = """
+import os, signal, sys
+from simslm import cli
+from simslm.speech import synth
+
+speak = synth.synthesize_one
+
+def killed_on_its_second_line(task):  # as espeak-ng crashing on a line, or the OOM killer, ends a worker
+    if task["id"].endswith("-000001"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return speak(task)
+
+synth.synthesize_one = killed_on_its_second_line  # at the top: the spawned workers run it too
+if __name__ == "__main__":
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_line_that_ends_its_worker_is_named_then_skipped(tmp_path):
+    # It used to end every run at that line: the journal resumes there.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One small cat.\nTwo big dogs.\nThree red birds.\n")
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_SPEAKING)
+    out = tmp_path / "out"
+
+    def run():
+        return subprocess.run([sys.executable, str(script), "synth", "--out", str(out), "--corpus", str(corpus),
+                               "--num-workers", "2", "--id-prefix", "c"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+
+    for attempt in range(2):
+        ended = run()
+        assert ended.returncode == 2
+        assert ended.stderr.strip().splitlines()[-1] == (
+            "simslm synth: error: synth: a worker process ended abruptly (killed by SIGKILL: out of memory, most "
+            "likely) while running c-000001; re-run (with fewer workers if memory is short): a task that ends the "
+            "process running it 2 times is skipped and counted")
+        assert ("an earlier run's process ended while running c-000001; running it again" in ended.stderr) == (
+            attempt == 1)
+    done = run()
+    assert done.returncode == 0, done.stderr
+    assert "simslm synth: warning: skipping c-000001: it ended the process running it in 2 earlier runs" in done.stderr
+    report = json.loads((out / "synth_report.json").read_text())
+    assert report["skipped_by_reason"] == {"ended the process running it": 1}
+    assert [u.transcript for u in read_manifest(out / "manifest.jsonl")] == ["One small cat.", "Three red birds."]
+    assert validate_manifest(out / "manifest.jsonl") == []
+
+
 def test_voice_set_and_limits_are_honoured(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"Sentence number {i} is here." for i in range(6)) + "\n")

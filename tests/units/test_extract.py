@@ -513,7 +513,7 @@ def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
     import time
 
     from simslm import jobs
-    from simslm.units.extract import _note_dead_workers, _ShardJournal
+    from simslm.units.extract import _note_dead_workers, _ShardJournal, _with_what_was_encoded
 
     started = time.monotonic()
     with pytest.raises(jobs.WorkerDied, match="killed by SIGKILL: out of memory, most likely") as raised:
@@ -529,8 +529,12 @@ def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
         journal = _ShardJournal.of(shards / f"shard-{index:05d}.jsonl")
         journal.note({"attempt": {"pid": pid, "host": socket.gethostname(), "in_process": False}})
         journal.note({"encoding": ids, "seconds": 3600.0})
-    said = _note_dead_workers(shards, raised.value)
-    assert said == ["shard-00000: long (3600.0 s of audio)"]
+    told = _with_what_was_encoded(raised.value, shards, "those are encoded one at a time")
+    assert isinstance(told, jobs.WorkerDied) and str(told) == (  # said by the command in one line, as a user's data
+        "a parallel job: a worker process ended abruptly (killed by SIGKILL: out of memory, most likely) while "
+        "encoding shard-00000: long (3600.0 s of audio); re-run (with fewer workers if memory is short): those are "
+        "encoded one at a time")
+    assert _note_dead_workers(shards, raised.value) == []  # marked once
     assert _ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
     assert _ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
 

@@ -491,9 +491,13 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     # output) keeps the manifest's order.
     waiting: dict[int, dict[str, Any]] = {}
     next_number = num_resumed
+    # An utterance whose alignment ends the process (pocketsphinx's memory on a recording of an hour, a crash in
+    # it) is named by the next run, then skipped: the journal above resumes at it, so it would end every run.
+    ended = jobs.TaskJournal(out_path.with_name(f".{out_path.name}.running"), key=lambda task: task[1]["id"],
+                             skipped=lambda task, reason: (task[0], {"id": task[1]["id"], "skipped": reason}))
     with journal.appending(offset, busy) as append:
-        for number, entry in jobs.parallel_map(_align_one, tasks(), num_workers=workers,
-                                               total=remaining, description=f"align ({config.method})"):
+        for number, entry in jobs.parallel_map(_align_one, tasks(), num_workers=workers, total=remaining,
+                                               description=f"align ({config.method})", journal=ended):
             waiting[number] = entry
             while next_number in waiting:
                 append(waiting.pop(next_number))

@@ -240,8 +240,12 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
              for u in iter_utterances(source))
     cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
     try:
+        # A recording whose cutting ends the process (an hour of audio under a job's memory limit) is named by the
+        # next run, then skipped.
+        ended = jobs.TaskJournal(segments_dir / ".segment.running", key=lambda task: task[0].id,
+                                 skipped=lambda task, reason: {"id": task[0].id, "skipped": reason})
         for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=num_recordings,
-                                        description="segment"):
+                                        description="segment", journal=ended):
             if "skipped" in result:
                 skipped[result["skipped"]] += 1
             else:

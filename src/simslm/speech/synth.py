@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import operator
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -251,8 +252,11 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     jobs.write_json(out_dir / SETTINGS_FILE, settings)
     audio_sec = 0.0
     num_workers = config.num_workers or jobs.default_workers()
+    # A line whose speaking ends the process (a crash inside espeak-ng) is named by the next run, then skipped.
+    ended = jobs.TaskJournal(out_dir / ".synth.running", key=operator.itemgetter("id"),
+                             skipped=lambda task, reason: {"id": task["id"], "skipped": reason, "reason": reason})
     for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
-                                    total=len(tasks), description="synth"):
+                                    total=len(tasks), description="synth", journal=ended):
         journal.append(record)
         if "skipped" in record:
             skipped[record.get("reason", SynthSkip.ENGINE_FAILED.value)] += 1

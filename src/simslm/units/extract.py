@@ -600,9 +600,8 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
 
 
 ENDED_THE_PROCESS = "ended the process encoding it"
-# Deaths of the process encoding an utterance alone after which it is skipped: the first may have been anything
-# (a node lost, a kill -9); a second, alone, on the same utterance is the utterance's.
-DEATHS_TO_SKIP = 2
+# Deaths of the process encoding an utterance alone after which it is skipped, as for any task of a job's pool.
+DEATHS_TO_SKIP = jobs.DEATHS_TO_SKIP
 
 
 @dataclass(frozen=True)
@@ -702,13 +701,14 @@ def _fit_journal(folder: Path, utterance_id: str) -> "_ShardJournal":
     return _ShardJournal(folder / f".{hashlib.sha256(utterance_id.encode()).hexdigest()[:20]}.encoding")
 
 
-def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> RuntimeError | jobs.WorkerDied:
+def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> jobs.WorkerDied:
     """`error`, with the dead workers' attempts marked in the journals in `journals` and what they were encoding
     said (`_note_dead_workers`), and what a run after it does (`then`)."""
     encoding = _note_dead_workers(journals, error)
     if not encoding:
         return error
-    return RuntimeError(f"{error}; it was encoding {'; '.join(encoding)}. Run again: {then}")
+    return jobs.WorkerDied(error.description, error.ended, encoding, doing="encoding",
+                           then=then)
 
 
 def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]:
