@@ -154,6 +154,16 @@ def aligning_elsewhere(w: World, name: str) -> Path:
     return out
 
 
+def locked_elsewhere(path: Path) -> Path:
+    """`path`, a lock (`jobs.exclusive_lock`) another process holds, as a job still writing beside it would, until
+    the module's tests end."""
+    from tests.conftest import hold_lock
+
+    if not path.exists():
+        _HOLDERS.append(hold_lock(path))
+    return path
+
+
 def sweep_spec(w: World, name: str, spec: dict) -> Path:
     return _write(w.bad / name, json.dumps(spec))
 
@@ -259,6 +269,9 @@ CASES: dict[str, Case] = {
         [_write(w.bad / "out-128" / "synth_settings.json", json.dumps(
             {"corpus": "tinystories-sample", "text_field": "text", "voice_set": "heldout", "seed": 0,
              "backend": "espeak-ng", "audio_format": "flac"}))]),
+    "synth: output another synth is writing": lambda w: (
+        ["synth", "--limit", "1", "--out", str(w.bad / "out-140")], "out-140: another `simslm synth` is writing it",
+        [locked_elsewhere(w.bad / "out-140" / ".synth.lock")]),
     # align
     "align: manifest missing": lambda w: (["align", "--manifest", str(missing(w)), "--out", str(w.bad / "out-06")],
                                           str(missing(w)), []),
@@ -299,6 +312,10 @@ CASES: dict[str, Case] = {
         ["segment", "--by", "words", "--num-workers", "1", "--manifest", str(manifest_lines(
             w, "untimed.jsonl", lambda lines: [{**line, "words": None} for line in lines])),
          "--out", str(w.bad / "seg-3.jsonl")], "untimed.jsonl", []),
+    "segment: output another segment is writing": lambda w: (
+        ["segment", "--manifest", str(w.manifest), "--out", str(w.bad / "seg-141.jsonl")],
+        "seg-141.jsonl: another `simslm segment` is writing it",
+        [locked_elsewhere(w.bad / "seg-141-segments" / ".segment.lock")]),
     "segment: output cut with other settings": lambda w: (
         ["segment", "--manifest", str(w.manifest), "--out", str(w.bad / "seg-4.jsonl"), "--max-sec", "10"],
         "seg-4-segments", [_write(w.bad / "seg-4-segments" / "settings.json", json.dumps(

@@ -111,6 +111,19 @@ def test_a_recording_that_ended_its_process_twice_is_skipped_and_counted(tmp_pat
     assert jobs._earlier_deaths(journal) == ({"book/ch1": 2}, 0)  # kept: a later run into this folder skips it too
 
 
+def test_a_second_run_into_an_output_being_written_is_refused(tmp_path, lock_held_elsewhere):
+    manifest, _, _ = _long_recording(tmp_path, times=1)
+    out = tmp_path / "out" / "segments.jsonl"
+    config = SegmentConfig(manifest=str(manifest), out=str(out), max_sec=8.0, num_workers=1)
+    pid, release = lock_held_elsewhere(tmp_path / "out" / "segments-segments" / ".segment.lock")
+    with pytest.raises(ValueError, match=rf"segments.jsonl: another `simslm segment` is writing it \(held by "
+                                         rf"process {pid} on "):
+        segment_manifest(config)
+    assert not out.exists() and [p.name for p in out.with_name("segments-segments").iterdir()] == [".segment.lock"]
+    release()
+    assert segment_manifest(config).num_segments >= 1
+
+
 def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):
     pytest.importorskip("silero_vad")
     parts, spans = [], []

@@ -166,6 +166,21 @@ def test_a_line_that_ends_its_worker_is_named_then_skipped(tmp_path):
     assert validate_manifest(out / "manifest.jsonl") == []
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, lock_held_elsewhere):
+    # Both used to speak the lines left and append to one journal, then each write the manifest.
+    from simslm.speech.synth import LOCK_FILE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One small cat.\n")
+    config = SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=1)
+    pid, release = lock_held_elsewhere(tmp_path / "out" / LOCK_FILE)
+    with pytest.raises(ValueError, match=rf"out: another `simslm synth` is writing it \(held by process {pid} on "):
+        synthesize_corpus(config)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LOCK_FILE]  # nothing spoken, nothing written
+    release()
+    assert synthesize_corpus(config).num_synthesized == 1
+
+
 def test_voice_set_and_limits_are_honoured(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"Sentence number {i} is here." for i in range(6)) + "\n")

@@ -196,6 +196,7 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
         return _skipped(utterance_id, SynthSkip.ENGINE_FAILED, f"{type(error).__name__}: {error}"[:300])
 
 
+LOCK_FILE = ".synth.lock"
 SETTINGS_FILE = "synth_settings.json"
 
 
@@ -249,30 +250,32 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         asked = f" in {config.corpus}" if str(corpus) != config.corpus else ""  # an asset's name, a slice
         raise ValueError(f"{corpus}: no text to synthesise{asked} ({dict(skipped) or 'no lines in the range asked for'})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs.write_json(out_dir / SETTINGS_FILE, settings)
-    audio_sec = 0.0
-    num_workers = config.num_workers or jobs.default_workers()
-    # A line whose speaking ends the process (a crash inside espeak-ng) is named by the next run, then skipped.
-    ended = jobs.TaskJournal(out_dir / ".synth.running", key=operator.itemgetter("id"),
-                             skipped=lambda task, reason: {"id": task["id"], "skipped": reason, "reason": reason})
-    for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
-                                    total=len(tasks), description="synth", journal=ended):
-        journal.append(record)
-        if "skipped" in record:
-            skipped[record.get("reason", SynthSkip.ENGINE_FAILED.value)] += 1
-        else:
-            done[record["id"]] = record
-            audio_sec += record["duration_sec"]
-    if not any(key in done for key in order):
-        raise ValueError(f"{corpus}: no line could be synthesised ({dict(skipped)}); see "
-                         f"{journal.path} for each reason")
-    manifest_path = out_dir / "manifest.jsonl"
-    write_manifest(manifest_path, (Utterance.from_json(done[key]) for key in order if key in done))
-    report = SynthReport(manifest=str(manifest_path), num_lines=len(order),
-                         num_synthesized=sum(1 for task in tasks if task["id"] in done),
-                         num_reused=num_reused, num_skipped=sum(skipped.values()),
-                         skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
-                         wall_sec=round(time.perf_counter() - started, 3))
-    jobs.write_json(out_dir / "synth_report.json", {**asdict(report), "config": asdict(config),
-                                                    "realtime_factor": round(report.realtime_factor, 1)})
-    return report
+    # Two runs into one folder would both speak the lines left and append to one journal: the second is refused.
+    with jobs.exclusive_lock(out_dir / LOCK_FILE, f"{out_dir}: another `simslm synth` is writing it"):
+        jobs.write_json(out_dir / SETTINGS_FILE, settings)
+        audio_sec = 0.0
+        num_workers = config.num_workers or jobs.default_workers()
+        # A line whose speaking ends the process (a crash inside espeak-ng) is named by the next run, then skipped.
+        ended = jobs.TaskJournal(out_dir / ".synth.running", key=operator.itemgetter("id"),
+                                 skipped=lambda task, reason: {"id": task["id"], "skipped": reason, "reason": reason})
+        for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers, max(1, len(tasks))),
+                                        total=len(tasks), description="synth", journal=ended):
+            journal.append(record)
+            if "skipped" in record:
+                skipped[record.get("reason", SynthSkip.ENGINE_FAILED.value)] += 1
+            else:
+                done[record["id"]] = record
+                audio_sec += record["duration_sec"]
+        if not any(key in done for key in order):
+            raise ValueError(f"{corpus}: no line could be synthesised ({dict(skipped)}); see "
+                             f"{journal.path} for each reason")
+        manifest_path = out_dir / "manifest.jsonl"
+        write_manifest(manifest_path, (Utterance.from_json(done[key]) for key in order if key in done))
+        report = SynthReport(manifest=str(manifest_path), num_lines=len(order),
+                             num_synthesized=sum(1 for task in tasks if task["id"] in done),
+                             num_reused=num_reused, num_skipped=sum(skipped.values()),
+                             skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
+                             wall_sec=round(time.perf_counter() - started, 3))
+        jobs.write_json(out_dir / "synth_report.json", {**asdict(report), "config": asdict(config),
+                                                        "realtime_factor": round(report.realtime_factor, 1)})
+        return report
