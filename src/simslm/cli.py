@@ -99,7 +99,8 @@ def _generate(config) -> int:
 
     for record in generate(config):
         produced = record["text"] if record["text"] is not None else \
-            f"{len(record['units'])} units" + (f" -> {record['wav']}" if record.get("wav") else "")
+            f"{len(record['units'])} units" + (f" -> {record['wav']}" if record.get("wav") else "" if record["units"]
+                                              else " (it drew BOS or EOS alone, which speech may take as in slamkit)")
         print(f"{record['prompt']['name']} ({record['mode']}): {produced}")
     print(f"-> {config.out}")
     return 0

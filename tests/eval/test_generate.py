@@ -9,6 +9,11 @@ from simslm.units import kmeans
 from simslm.units.encoders import LogMelEncoder
 from simslm.units.extract import deduplicate
 
+# The fixture's model, TWIST-initialised from stories260K and trained 8 steps, draws BOS far more often than any
+# unit: speech may take BOS and EOS, as slamkit's `get_ignore_tokens("SPEECH")` leaves them (the demo's models draw
+# none). A flatter draw over every allowed token gives these tests units to speak.
+FLAT = {"temperature": 3.0, "top_k": 0}
+
 
 def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
     run, bench = trained_run
@@ -19,7 +24,7 @@ def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
     for mode, prompt in (("S2S", spoken), ("S2T", spoken), ("T2S", tmp_path / "prompts" / "a.txt"),
                          ("T2T", "Lily went to the park")):
         (record,) = generate(GenerateConfig(model=str(run), prompt=str(prompt), out=str(tmp_path / mode), mode=mode,
-                                            max_new_tokens=30, reference_audio=str(spoken)))
+                                            max_new_tokens=30, reference_audio=str(spoken), **FLAT))
         records[mode] = record
     for mode in ("S2S", "T2S"):
         record = records[mode]
@@ -32,7 +37,7 @@ def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
     assert records["T2T"]["prompt"]["text"] == "Lily went to the park"
     # The same seed gives the same continuation.
     again = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path / "again"), mode="S2S",
-                                    max_new_tokens=30))[0]
+                                    max_new_tokens=30, **FLAT))[0]
     assert again["units"] == records["S2S"]["units"]
 
 
@@ -43,12 +48,13 @@ def test_the_units_of_a_generated_wav_round_trip_better_than_chance(trained_run,
     spoken = sorted((bench / "audio").glob("*.flac"))[0]
     # Sampled, not greedy: a greedy tiny model can repeat one unit, and the logmel encoder normalises each
     # recording, so a constant sound re-encodes as whatever unit is nearest to its mean.
-    (record,) = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path), max_new_tokens=60))
+    (record,) = generate(GenerateConfig(model=str(run), prompt=str(spoken), out=str(tmp_path), max_new_tokens=60,
+                                        **FLAT))
     codebook = kmeans.Codebook.load(run_unit_source(run).codebook)
     again, _ = deduplicate(codebook.assign(LogMelEncoder().encode(audio.load_audio(tmp_path / record["wav"]))))
     generated = set(record["units"])
     assert len(generated) >= 8
-    # Measured over 4 prompts x 2 seeds: 60-100% of the distinct units come back (chance: about a third).
+    # Measured over 4 prompts x 2 seeds with this draw: 58-95% of the distinct units come back (chance: about a third).
     assert len(generated & set(again.tolist())) / len(generated) >= 0.5
 
 
@@ -122,7 +128,7 @@ def test_a_unit_vocoder_given_as_a_command_speaks_the_units(trained_run, tmp_pat
     seen = tmp_path / "seen.json"
     command = f"{sys.executable} '{script}' {{units}} {{wav}} {seen}"
     (record,) = generate(GenerateConfig(model=str(run), prompt="Once upon a time", mode="T2S", out=str(tmp_path / "o"),
-                                        max_new_tokens=20, vocoder_command=command))  # no --reference-audio needed
+                                        max_new_tokens=20, vocoder_command=command, **FLAT))  # no --reference-audio
     received = json.loads(seen.read_text())
     assert received["units"] == record["units"] and received["encoder"]["name"] == "logmel" and received["k"] == 32
     assert audio.audio_info(tmp_path / "o" / record["wav"])[1] == pytest.approx(0.04 * len(record["units"]), abs=1e-3)

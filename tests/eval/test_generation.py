@@ -70,6 +70,65 @@ def test_continuation_samples_only_allowed_tokens_and_is_seeded():
     assert len(prompt) + len(long) == 64  # stops at the model's context
 
 
+def test_a_continuation_may_take_the_ids_slamkit_allows_and_ends_at_eos(vocabulary, tiny_model):
+    """slamkit's `SpeechLM.generate`: HF `generate` with `bad_words_ids` = the interleaving tokeniser's
+    `get_ignore_tokens(modality)` and the model's EOS ending it. For speech that bans every text token and both
+    markers but BOS and EOS; for text, the units. Its decoding drops pad, BOS, EOS and the markers."""
+    from simslm.eval.generation import _prompt, continuation_options, continuation_text
+    from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
+
+    tokenizer = vocabulary.tokenizer
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert (bos, eos) == (1, 2)  # stories260K's SentencePiece model
+    units = set(range(vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units))
+    markers = {vocabulary.speech_id, vocabulary.text_id}
+    speech = continuation_options(vocabulary, tiny_model, speech=True)
+    text = continuation_options(vocabulary, tiny_model, speech=False)
+    assert set(speech["allowed"].tolist()) == units | {bos, eos}
+    every = set(range(len(vocabulary)))
+    assert set(text["allowed"].tolist()) == every - units - {vocabulary.pad_id}  # text, both markers, BOS, EOS
+    assert markers <= set(text["allowed"].tolist()) and vocabulary.pad_id not in speech["allowed"]
+    before = tiny_model.generation_config.eos_token_id
+    try:
+        tiny_model.generation_config.eos_token_id = eos
+        assert continuation_options(vocabulary, tiny_model, speech=True)["stop"] == (eos,)
+        tiny_model.generation_config.eos_token_id = [eos, 7]  # Llama-3's instruct models name several
+        assert continuation_options(vocabulary, tiny_model, speech=False)["stop"] == (eos, 7)
+        # HF's NoBadWordsLogitsProcessor never bans the generation's EOS: a text token as one may end speech too.
+        assert set(continuation_options(vocabulary, tiny_model, speech=True)["allowed"].tolist()) == \
+            units | {bos, eos, 7}
+    finally:
+        tiny_model.generation_config.eos_token_id = before
+
+    # Greedy: the first token drawn is the argmax over the allowed ids; made a stop, the continuation is empty,
+    # and otherwise it never holds a stop.
+    prompt = np.array([5, 6, 7])
+    first = sample_continuation(tiny_model, prompt, max_new_tokens=1, allowed=speech["allowed"], temperature=0)
+    assert len(first) == 1 and first[0] in units | {bos, eos}
+    assert len(sample_continuation(tiny_model, prompt, max_new_tokens=10, allowed=speech["allowed"], temperature=0,
+                                   stop=(int(first[0]),))) == 0
+    stops = tuple(range(vocabulary.unit_offset, vocabulary.unit_offset + 16))
+    lengths = []
+    for seed in range(6):
+        drawn = sample_continuation(tiny_model, prompt, max_new_tokens=40, allowed=speech["allowed"], top_k=0,
+                                    seed=seed, stop=stops)
+        assert not set(drawn.tolist()) & set(stops)
+        lengths.append(len(drawn))
+    assert min(lengths) < 40  # half the units end it: a draw of 40 without one would be a (1/2)^40 event
+
+    # Speech continued in speech: the units and the speech marker (the speech-only `generate`, GenPPL's path); in
+    # text, opened by the speech marker as `cm_generate` writes an interleaved input.
+    assert _prompt(vocabulary, np.array([3, 4]), SPEECH_MARKER).tolist() == [
+        vocabulary.unit_offset + 3, vocabulary.unit_offset + 4, vocabulary.speech_id]
+    assert _prompt(vocabulary, np.array([3]), TEXT_MARKER).tolist() == [
+        vocabulary.speech_id, vocabulary.unit_offset + 3, vocabulary.text_id]
+
+    ids = tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]
+    written = [bos, vocabulary.text_id, *ids[:2], vocabulary.speech_id, *ids[2:], eos, vocabulary.pad_id]
+    assert continuation_text(vocabulary, np.array(written)) == tokenizer.decode(ids)
+    assert continuation_text(vocabulary, np.array([0, *ids])) == tokenizer.decode([0, *ids])  # <unk> kept
+
+
 def test_judge_prefers_real_text_to_shuffled_words():
     judge = JudgeLM("stories260K")
     text = "Once upon a time, there was a little girl named Lily. She loved to play outside."

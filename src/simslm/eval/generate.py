@@ -32,7 +32,7 @@ from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
-from simslm.eval.generation import _prompt, sample_continuation
+from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
 from simslm.speech import audio
 
@@ -149,7 +149,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         print(f"simslm generate: skipped {prompt.audio}: its units could not be extracted (unreadable or silent "
               f"audio)", file=sys.stderr)
         prompts.remove(prompt)
-    unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
+    in_speech, in_text = (continuation_options(vocabulary, model, speech) for speech in (True, False))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -159,14 +159,15 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         if prompt.audio:
             ids = _prompt(vocabulary, units_of[prompt.audio], output_marker)
         else:
+            # T2S as slamkit's `cm_generate` writes it. T2T as a text-only training sample is, with no marker:
+            # `cm_generate` would write `<text>TEXT<text>`, the marker twice (a named difference, docs/LOG.md).
             written = prompt.text if mode == "T2T" else f"{TEXT_MARKER}{prompt.text}{SPEECH_MARKER}"
             ids = np.asarray(vocabulary.encode_samples([written])[0], dtype=np.int64)
             if vocabulary.tokenizer.eos_token_id is not None and len(ids) and ids[-1] == vocabulary.tokenizer.eos_token_id:
                 ids = ids[:-1]
-        new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens,
-                                  allowed=unit_range if mode.endswith("S") else (0, vocabulary.unit_offset),
-                                  temperature=config.temperature, top_k=config.top_k or None,
-                                  seed=config.seed + number, device=device)
+        new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                  top_k=config.top_k or None, seed=config.seed + number, device=device,
+                                  **(in_speech if mode.endswith("S") else in_text))
         # The prompt's audio as `model` is: relative to the output folder, so the JSON stays true when moved.
         written_prompt = {**asdict(prompt), "audio": jobs.portable_path(prompt.audio, out) if prompt.audio else None}
         record: dict[str, Any] = {"prompt": written_prompt, "mode": mode, "seed": config.seed + number,
@@ -175,7 +176,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
                                   "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),
                                   "model": jobs.portable_path(config.model, out)}
         if mode.endswith("S"):
-            units = (new - vocabulary.unit_offset).astype(int)
+            units = (new[vocabulary.is_unit(new)] - vocabulary.unit_offset).astype(int)  # BOS may be drawn
             record.update(units=units.tolist(), text=None, wav=None)
             if vocoder is not None and len(units):
                 wav = out / f"{prompt.name}.wav"
@@ -184,7 +185,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
             elif no_vocoder:
                 record["wav_missing"] = no_vocoder
         else:
-            record.update(units=None, text=vocabulary.tokenizer.decode(new.tolist(), skip_special_tokens=True).strip())
+            record.update(units=None, text=continuation_text(vocabulary, new))
         jobs.write_json(out / f"{prompt.name}.json", record)
         records.append(record)
     return records

@@ -30,14 +30,20 @@ from simslm.units.vocoder import LogMelInversionVocoder
 # --- sampling ---------------------------------------------------------------------------------
 
 
-def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allowed: tuple[int, int],
+def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allowed: tuple[int, int] | np.ndarray,
                         temperature: float = 1.0, top_k: int | None = 50, seed: int = 0,
-                        device: str = "cpu") -> np.ndarray:
-    """Sample tokens after `prompt`, only from ids in [allowed[0], allowed[1]) (one modality's vocabulary)."""
+                        device: str = "cpu", stop: tuple[int, ...] = ()) -> np.ndarray:
+    """Sample tokens after `prompt`, only from the ids `allowed` (a range [start, end), or an array of the ids),
+    until one of `stop` is drawn (left out, as slamkit's decoding drops EOS) or `max_new_tokens` are sampled.
+
+    Each step is HF `generate`'s sampling with `bad_words_ids` for the ids not allowed: temperature, then top-k
+    (ties with the k-th kept), then a draw from the softmax."""
     import torch
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.tensor(prompt[None], dtype=torch.long, device=device)
+    candidates = (torch.arange(allowed[0], allowed[1]) if isinstance(allowed, tuple)
+                  else torch.as_tensor(np.asarray(allowed, dtype=np.int64))).to(device)
     max_length = int(model.config.max_position_embeddings)
     new: list[int] = []
     past = None
@@ -51,7 +57,7 @@ def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allow
             step_input = ids if past is None else torch.tensor([[new[-1]]], device=device)
             output = model(input_ids=step_input, use_cache=True, **({cache_argument: past} if past is not None else {}))
             past = getattr(output, "cache", None) or output.past_key_values
-            logits = output.logits[0, -1, allowed[0]:allowed[1]].float().cpu()
+            logits = output.logits[0, -1, candidates].float().cpu()
             if temperature <= 0:
                 choice = int(logits.argmax())
             else:
@@ -60,8 +66,46 @@ def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allow
                     threshold = torch.topk(logits, min(top_k, len(logits))).values[-1]
                     logits = logits.masked_fill(logits < threshold, float("-inf"))
                 choice = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-            new.append(allowed[0] + choice)
+            token = int(candidates[choice])
+            if token in stop:
+                break
+            new.append(token)
     return np.asarray(new, dtype=np.int64)
+
+
+def continuation_options(vocabulary: Vocabulary, model, speech: bool) -> dict[str, Any]:
+    """`sample_continuation`'s `allowed` and `stop` for a continuation in speech or in text, as slamkit's
+    `SpeechLM.generate` has them: HF `generate` with `bad_words_ids` from the interleaving tokeniser's
+    `get_ignore_tokens(modality)` (speech bans every text token and both markers but BOS and EOS; text bans the
+    units) and the model's EOS (`generation_config.eos_token_id`) ending it, never banned. simslm's pad, a token of
+    its own (slamkit's is id 0, a real text token), is never allowed."""
+    tokenizer = vocabulary.tokenizer
+    specials = {token for token in (tokenizer.bos_token_id, tokenizer.eos_token_id) if token is not None}
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    stop = tuple(eos) if isinstance(eos, (list, tuple)) else () if eos is None else (int(eos),)
+    units = set(range(vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units))
+    if speech:
+        allowed = units | specials
+    else:
+        allowed = (set(range(len(vocabulary))) - units) | {vocabulary.speech_id, vocabulary.text_id} | specials
+    allowed.discard(vocabulary.pad_id)
+    # HF's `NoBadWordsLogitsProcessor` never bans an EOS of the generation's: one that is no BOS or EOS of the
+    # tokenizer (Llama-3's instruct models end at three ids) may end speech as well.
+    allowed |= set(stop)
+    return {"allowed": np.asarray(sorted(allowed), dtype=np.int64), "stop": stop}
+
+
+def continuation_text(vocabulary: Vocabulary, tokens: np.ndarray) -> str:
+    """A text continuation as slamkit's `decode_sample` gives it: BOS, EOS, pad and both markers dropped, the
+    rest decoded as it is (other special tokens kept), then stripped. (slamkit also drops id 0, its pad: "!" in
+    Qwen's and Llama's vocabularies; kept here.)"""
+    tokenizer = vocabulary.tokenizer
+    dropped = {tokenizer.bos_token_id, tokenizer.eos_token_id, vocabulary.pad_id, vocabulary.speech_id,
+               vocabulary.text_id}
+    return tokenizer.decode([int(t) for t in tokens if int(t) not in dropped], skip_special_tokens=False).strip()
 
 
 # --- repetition and diversity -----------------------------------------------------------------
@@ -243,9 +287,13 @@ def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
 
 
 def _prompt(vocabulary: Vocabulary, units: np.ndarray, output_marker: str) -> np.ndarray:
-    """A speech prompt as slamkit's `build_prompt` writes it: its units, then the marker of the output modality,
-    tokenised with the tokenizer's own special tokens, a trailing EOS removed."""
-    ids = vocabulary.encode_samples([vocabulary.unit_string(units) + output_marker])[0]
+    """A speech prompt as slamkit's `build_prompt` writes it, tokenised with the tokenizer's own special tokens, a
+    trailing EOS removed: its units, then the marker of the output modality. A prompt for text is opened by the
+    speech marker too: slamkit continues speech in text only through `cm_generate`, whose prompts are interleaved
+    inputs (a marker at the start and at each switch), while its speech-only `generate` and `asr_perplexity`
+    (GenPPL) tokenise the waveforms as they are."""
+    opening = SPEECH_MARKER if output_marker == TEXT_MARKER else ""
+    ids = vocabulary.encode_samples([opening + vocabulary.unit_string(units) + output_marker])[0]
     if vocabulary.tokenizer.eos_token_id is not None and ids and ids[-1] == vocabulary.tokenizer.eos_token_id:
         ids = ids[:-1]
     return np.asarray(ids, dtype=np.int64)
@@ -268,23 +316,23 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
         raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")
     asr = ASRS[options.asr](options.asr_model) if options.asr_model else ASRS[options.asr]()
     judge = JudgeLM(options.judge)
-    unit_range = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
+    in_speech, in_text = (continuation_options(vocabulary, model, speech) for speech in (True, False))
     speech_transcripts, text_continuations, reference_transcripts = [], [], []
     for number, (prompt_audio, ending) in enumerate(jobs.progress(list(zip(prompts, endings)), "generation")):
         if prompt_audio not in table:
             continue
         prompt = _prompt(vocabulary, table[prompt_audio][:options.prompt_units], SPEECH_MARKER)
         speech = sample_continuation(model, prompt, max_new_tokens=options.max_new_speech_tokens,
-                                     allowed=unit_range, temperature=options.temperature, top_k=options.top_k,
-                                     seed=seed + number, device=device)
-        # slamkit transcribes the prompt and its continuation together (generate keeps the prompt).
-        spoken = np.concatenate([prompt[vocabulary.is_unit(prompt)], speech]) - vocabulary.unit_offset
-        speech_transcripts.append(asr(vocoder(spoken, prompt_audio)))
+                                     temperature=options.temperature, top_k=options.top_k, seed=seed + number,
+                                     device=device, **in_speech)
+        # slamkit transcribes the prompt and its continuation together (generate keeps the prompt), units alone.
+        spoken = np.concatenate([prompt, speech])
+        speech_transcripts.append(asr(vocoder(spoken[vocabulary.is_unit(spoken)] - vocabulary.unit_offset,
+                                              prompt_audio)))
         text = sample_continuation(model, _prompt(vocabulary, table[prompt_audio][:options.prompt_units], TEXT_MARKER),
-                                   max_new_tokens=options.max_new_text_tokens, allowed=(0, vocabulary.unit_offset),
-                                   temperature=options.temperature, top_k=options.top_k, seed=seed + number,
-                                   device=device)
-        text_continuations.append(vocabulary.tokenizer.decode(text.tolist(), skip_special_tokens=True).strip())
+                                   max_new_tokens=options.max_new_text_tokens, temperature=options.temperature,
+                                   top_k=options.top_k, seed=seed + number, device=device, **in_text)
+        text_continuations.append(continuation_text(vocabulary, text))
         if ending.audio in table:
             reference_transcripts.append(asr(vocoder(table[ending.audio], ending.audio)))
     return {"speech_to_speech": _metrics(speech_transcripts, judge),
