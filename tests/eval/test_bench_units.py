@@ -128,3 +128,20 @@ def test_parts_joined_for_s_mode_are_each_resampled_as_the_codebook_records(tmp_
     for resampler, path in joined.items():
         expected = np.concatenate([audio.resample(samples, 24000, 16000, resampler) for _, samples in parts])
         np.testing.assert_allclose(audio.load_audio(path), expected, atol=1 / 32768)  # written as 16-bit PCM
+
+
+def test_a_generation_prompt_is_its_recordings_first_seconds_encoded_alone(tmp_path):
+    """slamkit's PromptDataset cuts a prompt's waveform at `prompt_length` seconds (3) before its tokeniser
+    encodes it; simslm cut the units of the whole recording at 60, about as long but not the same units."""
+    import soundfile
+
+    from simslm.eval.bench_units import _join_audio
+    from simslm.speech import audio
+
+    samples = (np.random.default_rng(1).uniform(-0.5, 0.5, 5 * 16000) * 32768).astype(np.int16)
+    soundfile.write(tmp_path / "story.wav", samples, 16000, subtype="PCM_16")
+    cut = _join_audio((str(tmp_path / "story.wav"),), tmp_path / "joined", "sinc-hann", 3.0)
+    assert audio.audio_info(cut)[1] == 3.0
+    np.testing.assert_array_equal(audio.load_audio(cut), audio.load_audio(tmp_path / "story.wav")[:48000])
+    assert cut != _join_audio((str(tmp_path / "story.wav"),), tmp_path / "joined", "sinc-hann", 2.0)
+    assert cut != _join_audio((str(tmp_path / "story.wav"),), tmp_path / "joined", "sinc-hann")  # whole

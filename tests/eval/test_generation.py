@@ -150,6 +150,10 @@ def test_generation_metrics_on_a_trained_run(trained_run):
     evaluate_run(EvalConfig(run=str(run), bench=(f"generation={bench}",), num_generation_prompts=2))
     result = json.loads((run / "eval.json").read_text())["benchmarks"]["generation"]
     assert result["num_prompts"] == 2 and result["chain"]["asr"] == "pocketsphinx"
+    # slamkit's settings: 3 s of each prompt's audio, 150 new tokens in speech and in text.
+    assert {key: result["options"][key] for key in ("prompt_sec", "max_new_speech_tokens", "max_new_text_tokens",
+                                                    "temperature", "top_k")} == {
+        "prompt_sec": 3.0, "max_new_speech_tokens": 150, "max_new_text_tokens": 150, "temperature": 0.8, "top_k": 25}
     for key in ("speech_to_speech", "speech_to_text"):
         assert set(result[key]) >= {"auto_bleu2", "self_bleu2", "gen_ppl", "gen_ppl_nonempty", "num_empty"}
     # The chain applied to real speech: vocoded held-out endings, transcribed, judged.

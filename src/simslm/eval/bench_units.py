@@ -122,19 +122,21 @@ def joined_recordings(pairs: list[Pair]) -> list[tuple[str, ...]]:
     return sorted(joined)
 
 
-def _join_audio(paths: tuple[str, ...], folder: Path, resampler: str) -> str:
+def _join_audio(paths: tuple[str, ...], folder: Path, resampler: str, seconds: float | None = None) -> str:
     """A WAV of the recordings one after another, each brought to 16 kHz by `resampler` first, as slamkit's
-    cross-modal metric loads each part (written once, named by the files it joins, `_identity`, and the
-    resampler)."""
+    cross-modal metric loads each part; with `seconds`, their first seconds only, as slamkit's generation cuts a
+    prompt's waveform (`samples[:int(seconds * 16000)]`). Written once, named by the files it joins
+    (`_identity`), the resampler and the cut."""
     from simslm.speech import audio
 
-    name = "\n".join([*map(_identity, paths), f"resampler={resampler}"])
+    name = "\n".join([*map(_identity, paths), f"resampler={resampler}"] + ([f"seconds={seconds!r}"] if seconds else []))
     target = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:20]}.wav"
     if not target.exists():
         try:
-            audio.write_audio(target, np.concatenate([audio.load_audio(path, resampler=resampler) for path in paths]))
+            samples = np.concatenate([audio.load_audio(path, resampler=resampler) for path in paths])
         except audio.AudioError:
             return str(target)  # missing: extraction skips it and the pair is counted as skipped
+        audio.write_audio(target, samples if seconds is None else samples[:int(seconds * audio.TARGET_SAMPLE_RATE)])
     return str(target)
 
 

@@ -265,11 +265,11 @@ class GenerationOptions:
     """How continuations are sampled and judged."""
 
     num_prompts: int = 16
-    prompt_units: int = 60
-    """Prompt length in (deduplicated) units, about 3 s of logmel speech."""
+    # slamkit's generation settings (config/metric/asr_perplexity.yaml, cm_generate.yaml): the first 3 s of each
+    # prompt's waveform, encoded alone; 150 new tokens in either modality.
+    prompt_sec: float = 3.0
     max_new_speech_tokens: int = 150
-    max_new_text_tokens: int = 40
-    # slamkit's generation settings (config/metric/asr_perplexity.yaml).
+    max_new_text_tokens: int = 150
     temperature: float = 0.8
     top_k: int = 25
     asr: str = "pocketsphinx"
@@ -303,14 +303,17 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
                        options: GenerationOptions = GenerationOptions(), speech_units: str | None = None
                        ) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
-    from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
+    from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
 
     _, pairs = load(folder, "S")
     pairs = pairs[:options.num_prompts]
     prompts = [pair.positive[0].audio for pair in pairs]
     endings = [pair.positive[1] for pair in pairs]
     source = run_unit_source(run_dir, speech_units)
-    table = units_for_audio(prompts + [e.audio for e in endings], source, bench_units_cache())
+    # A prompt is its recording's first seconds, cut before encoding as slamkit's PromptDataset cuts the waveform.
+    cut = {path: _join_audio((path,), bench_units_cache() / "joined", _encoder(source).resampler, options.prompt_sec)
+           for path in prompts}
+    table = units_for_audio(list(cut.values()) + [e.audio for e in endings], source, bench_units_cache())
     vocoder = LogMelInversionVocoder(source.codebook)
     if options.asr not in ASRS:
         raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")
@@ -319,9 +322,9 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     in_speech, in_text = (continuation_options(vocabulary, model, speech) for speech in (True, False))
     speech_transcripts, text_continuations, reference_transcripts = [], [], []
     for number, (prompt_audio, ending) in enumerate(jobs.progress(list(zip(prompts, endings)), "generation")):
-        if prompt_audio not in table:
+        if cut[prompt_audio] not in table:
             continue
-        prompt = _prompt(vocabulary, table[prompt_audio][:options.prompt_units], SPEECH_MARKER)
+        prompt = _prompt(vocabulary, table[cut[prompt_audio]], SPEECH_MARKER)
         speech = sample_continuation(model, prompt, max_new_tokens=options.max_new_speech_tokens,
                                      temperature=options.temperature, top_k=options.top_k, seed=seed + number,
                                      device=device, **in_speech)
@@ -329,7 +332,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
         spoken = np.concatenate([prompt, speech])
         speech_transcripts.append(asr(vocoder(spoken[vocabulary.is_unit(spoken)] - vocabulary.unit_offset,
                                               prompt_audio)))
-        text = sample_continuation(model, _prompt(vocabulary, table[prompt_audio][:options.prompt_units], TEXT_MARKER),
+        text = sample_continuation(model, _prompt(vocabulary, table[cut[prompt_audio]], TEXT_MARKER),
                                    max_new_tokens=options.max_new_text_tokens, temperature=options.temperature,
                                    top_k=options.top_k, seed=seed + number, device=device, **in_text)
         text_continuations.append(continuation_text(vocabulary, text))
