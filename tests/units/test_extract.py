@@ -473,6 +473,59 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
     assert not (tmp_path / "killed" / "shards" / ".shard-00000.encoding").exists()
 
 
+_DYING_READ = """
+import json, os, signal, sys
+from simslm.speech import audio
+from simslm.units.extract import ExtractConfig, extract_units
+victim, config = sys.argv[1], json.loads(sys.argv[2])
+load = audio.load_audio
+def dying(path, *args, **kwargs):
+    if str(path).endswith(victim):  # as decoding a recording of ten hours ends a job's memory
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load(path, *args, **kwargs)
+audio.load_audio = dying
+extract_units(ExtractConfig(**config))
+"""
+
+
+def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped(extracted, tmp_path, capsys):
+    """A shard's audio is read before any of it is encoded: a process killed there held nothing against any
+    utterance, so every run ended at that shard. Now the shard's reading is journaled too: a group that died
+    being read is read one at a time next, and a recording that ends its process twice being read alone is not
+    read again, but skipped and counted."""
+    import subprocess
+    import sys
+    from dataclasses import asdict, replace
+
+    from simslm.units.extract import ENDED_THE_PROCESS, _ShardJournal
+
+    config, before, utterances = extracted
+    killed = replace(config, out=str(tmp_path / "killed"), num_workers=1, shard_size=6)
+    victim = utterances[1].audio.split("/")[-1]
+    codes, said = [], []
+    for _ in range(3):  # killed reading the shard, then twice reading the recording alone
+        done = subprocess.run([sys.executable, "-c", _DYING_READ, victim, json.dumps(asdict(killed))],
+                              capture_output=True, text=True, timeout=300)
+        codes.append(done.returncode)
+        said.append(done.stderr)
+    assert codes == [-9, -9, -9]
+    shard = [u.id for u in utterances] + ["empty", "corrupt"]  # in the manifest's order
+    assert (f"an earlier run's process ended while reading {', '.join(shard)}; reading {', '.join(sorted(shard))} "
+            f"one at a time") in said[1]
+    # Read alone, the first one cleared: the rest are still read one at a time.
+    assert (f"ended while reading {utterances[1].id}; reading {', '.join(sorted(shard[1:]))} one at a time"
+            ) in said[2]
+    attempts = _ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
+    assert [[line["reading"] for line in lines if "reading" in line][-1] for _, lines in attempts][1:] == [
+        [utterances[1].id]] * 2
+    capsys.readouterr()
+    after = extract_units(killed)  # the audio as it is: the recording is not read again
+    assert f"skipping {utterances[1].id} (2 times alone)" in capsys.readouterr().err
+    assert after.skipped_by_reason == {**before.skipped_by_reason, ENDED_THE_PROCESS: 1}
+    units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
+    assert units(tmp_path / "killed") == {k: v for k, v in units(config.out).items() if k != utterances[1].id}
+
+
 _DYING_FIT = _DYING_EXTRACTION.replace("ExtractConfig, extract_units", "FitConfig, fit_codebook").replace(
     "extract_units(ExtractConfig(**config))", "fit_codebook(FitConfig(**config))")
 
@@ -562,6 +615,26 @@ def test_what_a_shard_journal_holds_against_its_utterances(tmp_path):
         journal.note({"encoding": group, "seconds": 1.0})
     deaths = journal.earlier_deaths()
     assert deaths.suspects == {"d"} and deaths.fatal == {}
+
+
+def test_a_read_clears_a_death_while_reading_and_only_an_encoding_clears_the_rest(tmp_path):
+    from simslm.units.extract import _ShardJournal
+
+    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    for groups in ([("encoding", ["x"])],  # killed encoding x alone
+                   [("reading", ["x", "y", "z"])],  # killed reading the shard
+                   [("reading", ["x"]), ("reading", ["y"])]):  # x read alone; killed reading y alone
+        journal.note({"attempt": {"pid": 1, "host": "h", "in_process": True}})
+        for kind, group in groups:
+            journal.note({kind: group, "seconds": 1.0})
+    deaths = journal.earlier_deaths()
+    # x's read passed, which clears it of the shard's reading but not of its death encoding alone.
+    assert deaths.reading == {"y", "z"} and deaths.suspects == {"x"} and deaths.last == ("reading", ("y",))
+    assert deaths.fatal == {}  # x once alone (encoding), y once alone (reading)
+    journal.note({"attempt": {"pid": 1, "host": "h", "in_process": True}})
+    journal.note({"reading": ["x"], "seconds": 1.0})
+    journal.note({"encoding": ["x"], "seconds": 1.0})  # killed encoding x alone again: the second time
+    assert journal.earlier_deaths().fatal == {"x": 2}
 
 
 def _die_or_wait(task: int) -> int:

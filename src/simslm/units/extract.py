@@ -79,6 +79,7 @@ def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, s
     journal = _fit_journal(Path(journals), record["id"])
     journal.begin(in_process=num_workers <= 1)
     try:
+        journal.note({"reading": [record["id"]], "seconds": round(float(record.get("duration_sec") or 0), 1)})
         samples = audio.load_audio(record["path"], resampler=spec["resampler"])
         journal.note({"encoding": [record["id"]], "seconds": round(len(samples) / 16000, 1)})
         features = encoder.encode(samples)
@@ -529,17 +530,35 @@ def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> lis
         return list(pool.map(load, records))
 
 
+def _read_shard(records: list[dict[str, Any]], threads: int, resampler: str, journal: "_ShardJournal",
+                earlier: "_Deaths") -> list[np.ndarray | audio.AudioError | None]:
+    """`load_all` of a shard's records, each group noted in its journal before it is read: those an earlier
+    process died reading or encoding one at a time, those it died on twice alone not at all (None)."""
+    audio_of: dict[int, np.ndarray | audio.AudioError] = {}
+    together = [i for i, record in enumerate(records)
+                if record["id"] not in earlier.reading and record["id"] not in earlier.fatal]
+    for group in [together] + [[i] for i, record in enumerate(records)
+                               if record["id"] in earlier.reading and record["id"] not in earlier.fatal]:
+        if group:
+            journal.note({"reading": [records[i]["id"] for i in group],
+                          "seconds": round(sum(float(records[i].get("duration_sec") or 0) for i in group), 1)})
+            audio_of.update(zip(group, load_all([records[i] for i in group], threads, resampler)))
+    return [audio_of.get(i) for i in range(len(records))]
+
+
 def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int, _Runtime]
                    ) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
     journal = _ShardJournal.of(Path(shard_path))
     earlier = journal.earlier_deaths()
-    if earlier.suspects:  # a run killed in the command's own process ended without a word ("Killed"): said now
-        alone = sorted(earlier.suspects - set(earlier.fatal))
-        doing = ([f"encoding {', '.join(alone)} one at a time"] if alone else []) + (
-            [f"skipping {', '.join(sorted(earlier.fatal))} ({DEATHS_TO_SKIP} times alone)"] if earlier.fatal else [])
+    if earlier.last and (earlier.suspects or earlier.reading or earlier.fatal):
+        # A run killed in the command's own process ended without a word ("Killed"): said now.
+        doing = [f"{kind} {', '.join(sorted(held - set(earlier.fatal)))} one at a time"
+                 for kind, held in (("reading", earlier.reading), ("encoding", earlier.suspects))
+                 if held - set(earlier.fatal)]
+        doing += [f"skipping {', '.join(sorted(earlier.fatal))} ({DEATHS_TO_SKIP} times alone)"] if earlier.fatal else []
         print(f"simslm units extract: warning: {Path(shard_path).name}: an earlier run's process ended while "
-              f"encoding {', '.join(sorted(earlier.suspects))}; {'; '.join(doing)}", file=sys.stderr)
+              f"{earlier.last[0]} {', '.join(earlier.last[1])}; {'; '.join(doing)}", file=sys.stderr)
     journal.begin(in_process=num_workers <= 1)
     try:
         result = _encode_shard(shard_index, records, spec, codebook_path, Path(shard_path), num_workers, run,
@@ -559,14 +578,16 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
     codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
     lines: list[dict[str, Any] | None] = [None] * len(records)
     loaded, where = [], []
-    for position, (record, samples) in enumerate(zip(records, load_all(records, threads, spec["resampler"]))):
-        if isinstance(samples, audio.AudioError):
-            lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
-        elif record["id"] in earlier.fatal:
+    for position, (record, samples) in enumerate(zip(records, _read_shard(records, threads, spec["resampler"],
+                                                                           journal, earlier))):
+        if record["id"] in earlier.fatal:
             lines[position] = {"id": record["id"], "reason": ENDED_THE_PROCESS,
-                               "skipped": f"the process encoding it alone ended {earlier.fatal[record['id']]} times "
-                                          f"without an error ({len(samples) / 16000:.1f} s of audio: killed for memory, "
-                                          f"most likely); cut long recordings into utterances first (`simslm segment`)"}
+                               "skipped": f"the process reading or encoding it alone ended {earlier.fatal[record['id']]} "
+                                          f"times without an error ({record.get('duration_sec', '?')} s of audio: killed "
+                                          f"for memory, most likely); cut long recordings into utterances first "
+                                          f"(`simslm segment`)"}
+        elif isinstance(samples, audio.AudioError):
+            lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
         else:
             loaded.append(samples)
             where.append(position)
@@ -607,10 +628,14 @@ DEATHS_TO_SKIP = jobs.DEATHS_TO_SKIP
 @dataclass(frozen=True)
 class _Deaths:
     """What earlier attempts at a shard say about its utterances: those to encode alone (in the group being
-    encoded when a process died) and those to skip (alone when it died, `DEATHS_TO_SKIP` times), with the count."""
+    encoded when a process died), those to read alone (`reading`: in the group being read), those to skip (alone
+    when it died, reading or encoding, `DEATHS_TO_SKIP` times) with the count, and what the last death was on
+    (`last`: "reading" or "encoding", and the group)."""
 
     suspects: frozenset[str] = frozenset()
     fatal: dict[str, int] = field(default_factory=dict)
+    reading: frozenset[str] = frozenset()
+    last: tuple[str, tuple[str, ...]] | None = None
 
 
 class _ShardJournal:
@@ -618,7 +643,8 @@ class _ShardJournal:
     that an utterance that ends the process encoding it (the kernel's OOM killer under a cgroup's memory limit,
     where no Python error is raised: a SLURM job's memory, a recording of an hour) does not end every run of the
     extraction at the same shard. Each attempt begins with a line naming its process; each group of utterances
-    is noted before it is encoded; an attempt that fails or is stopped in Python says so. An attempt in a pool's
+    is noted before it is read (`reading`: decoding a recording of ten hours takes gigabytes too) and before it
+    is encoded; an attempt that fails or is stopped in Python says so. An attempt in a pool's
     worker died when the parent saw the pool break and found that worker ended by itself (`jobs.WorkerDied`: the
     parent notes it here); one in the command's own process died when it has no last word. Removed with the shard
     written."""
@@ -653,22 +679,28 @@ class _ShardJournal:
         return attempts
 
     def earlier_deaths(self) -> _Deaths:
-        suspects, alone = set(), collections.Counter()
+        suspects, reading, alone, last = set(), set(), collections.Counter(), None
         for header, lines in self.attempts():
             died = any("died" in line for line in lines) or (
                 header.get("in_process") and not any("stopped" in line for line in lines))
-            groups = [line["encoding"] for line in lines if isinstance(line.get("encoding"), list)]
+            groups = [(kind, line[kind]) for line in lines for kind in ("reading", "encoding")
+                      if isinstance(line.get(kind), list)]
             # Every attempt here ended unfinished (the journal goes with the shard written): its groups but the
-            # last were encoded, which clears them of an earlier death.
-            for encoded in groups[:-1]:
-                suspects.difference_update(encoded)
-                for identifier in encoded:
-                    alone.pop(identifier, None)
+            # last were done. One read is cleared of a death while reading; one encoded, of every earlier death.
+            for kind, done in groups[:-1]:
+                reading.difference_update(done)
+                if kind == "encoding":
+                    suspects.difference_update(done)
+                    for identifier in done:
+                        alone.pop(identifier, None)
             if died and groups:
-                suspects.update(groups[-1])
-                if len(groups[-1]) == 1:
-                    alone[groups[-1][0]] += 1
-        return _Deaths(frozenset(suspects), {key: count for key, count in alone.items() if count >= DEATHS_TO_SKIP})
+                kind, group = groups[-1]
+                (reading if kind == "reading" else suspects).update(group)
+                if len(group) == 1:
+                    alone[group[0]] += 1
+                last = (kind, tuple(group))
+        return _Deaths(frozenset(suspects), {key: count for key, count in alone.items() if count >= DEATHS_TO_SKIP},
+                       frozenset(reading), last)
 
     def begin(self, in_process: bool) -> None:
         import socket
@@ -713,7 +745,7 @@ def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) ->
 
 def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]:
     """Mark the attempts of the workers that `error` found ended by themselves as deaths (in the journals of the
-    shards, or a fit's utterances, they were encoding), and say what each was encoding."""
+    shards, or a fit's utterances, they were working on), and say what each was reading or encoding."""
     import socket
 
     host, said = socket.gethostname(), []
@@ -727,11 +759,12 @@ def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]
         if code is None or header.get("host") != host or any("died" in line or "stopped" in line for line in lines):
             continue
         journal.note({"died": code})
-        groups = [line for line in lines if isinstance(line.get("encoding"), list)]
+        groups = [(kind, line) for line in lines for kind in ("reading", "encoding") if isinstance(line.get(kind), list)]
         if groups:
-            names = ", ".join(groups[-1]["encoding"][:3]) + (", ..." if len(groups[-1]["encoding"]) > 3 else "")
+            kind, last = groups[-1]
+            names = ", ".join(last[kind][:3]) + (", ..." if len(last[kind]) > 3 else "")
             shard = f"{path.name[1:].removesuffix('.encoding')}: " if path.name.startswith(".shard-") else ""
-            said.append(f"{shard}{names} ({groups[-1].get('seconds', '?')} s of audio)")
+            said.append(f"{shard}{names} ({last.get('seconds', '?')} s of audio{', being read' * (kind == 'reading')})")
     return said
 
 
