@@ -129,6 +129,23 @@ def test_a_continuation_may_take_the_ids_slamkit_allows_and_ends_at_eos(vocabula
     assert continuation_text(vocabulary, np.array([0, *ids])) == tokenizer.decode([0, *ids])  # <unk> kept
 
 
+def test_whisper_text_reaches_the_judge_as_it_comes(monkeypatch):
+    """slamkit's asr_perplexity scores `res_text["text"]` as the pipeline gives it: Whisper's leading space
+    stays, and the judge's tokenizer reads " Once" as another token than "Once"."""
+    import transformers
+
+    from simslm.eval.generation import WhisperASR
+
+    heard = []
+    monkeypatch.setattr(transformers, "pipeline", lambda task, model: lambda inputs: heard.append(inputs) or {
+        "text": " Once upon a time."})
+    samples = np.zeros(1600, dtype=np.float32)
+    assert WhisperASR("whisper-large-v3-turbo")(samples) == " Once upon a time."
+    assert heard[0]["sampling_rate"] == 16000 and heard[0]["raw"] is samples
+    judge = JudgeLM("stories260K")
+    assert judge.tokenizer(" Once upon a time.")["input_ids"] != judge.tokenizer("Once upon a time.")["input_ids"]
+
+
 def test_judge_prefers_real_text_to_shuffled_words():
     judge = JudgeLM("stories260K")
     text = "Once upon a time, there was a little girl named Lily. She loved to play outside."

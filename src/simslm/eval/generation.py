@@ -213,7 +213,9 @@ class WhisperASR:
         self._pipeline = pipeline("automatic-speech-recognition", model=model_path)
 
     def __call__(self, samples: np.ndarray) -> str:
-        return self._pipeline({"raw": samples, "sampling_rate": audio.TARGET_SAMPLE_RATE})["text"].strip()
+        # Not stripped: slamkit's asr_perplexity hands Whisper's text to the judge as it comes, with its leading
+        # space, which Llama-3's tokenizer reads as another first token (" Once", not "Once").
+        return self._pipeline({"raw": samples, "sampling_rate": audio.TARGET_SAMPLE_RATE})["text"]
 
 
 class JudgeLM:
