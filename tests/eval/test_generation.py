@@ -131,19 +131,18 @@ def test_a_continuation_may_take_the_ids_slamkit_allows_and_ends_at_eos(vocabula
 
 def test_whisper_text_reaches_the_judge_as_it_comes(monkeypatch):
     """slamkit's asr_perplexity scores `res_text["text"]` as the pipeline gives it: Whisper's leading space
-    stays, and the judge's tokenizer reads " Once" as another token than "Once"."""
-    import transformers
+    stays, which a byte-level BPE judge reads as another first token (SmolLM2: " Once" 4027, "Once" 6403)."""
+    import transformers.pipelines
 
     from simslm.eval.generation import WhisperASR
 
     heard = []
-    monkeypatch.setattr(transformers, "pipeline", lambda task, model: lambda inputs: heard.append(inputs) or {
-        "text": " Once upon a time."})
+    # `from transformers import pipeline` reads the submodule's (transformers 5's lazy module).
+    monkeypatch.setattr(transformers.pipelines, "pipeline", lambda task, model: lambda inputs: heard.append(
+        inputs) or {"text": " Once upon a time."})
     samples = np.zeros(1600, dtype=np.float32)
     assert WhisperASR("whisper-large-v3-turbo")(samples) == " Once upon a time."
     assert heard[0]["sampling_rate"] == 16000 and heard[0]["raw"] is samples
-    judge = JudgeLM("stories260K")
-    assert judge.tokenizer(" Once upon a time.")["input_ids"] != judge.tokenizer("Once upon a time.")["input_ids"]
 
 
 def test_judge_prefers_real_text_to_shuffled_words():
