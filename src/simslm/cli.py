@@ -559,8 +559,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def _quiet_hub_progress_bars() -> None:
     """No Hugging Face progress bars in a log file: they are redrawn with carriage returns, one line per
     weight file, and our own progress lines (`jobs.Progress`) say what is going on."""
-    import os
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
     if "transformers" in sys.modules:  # already imported (as in the tests): switch it off directly
         sys.modules["transformers"].utils.logging.disable_progress_bar()
@@ -591,11 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Stopped as stopped:
-        print(f"{name}: {stopped}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of a torchrun stops at the same step: said once
+            print(f"{name}: {stopped}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except BrokenPipeError:  # the reader went away (`simslm ... | head`): nothing left to say
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:

@@ -615,7 +615,9 @@ def _run_command(sweep_dir: Path, identifier: str, nproc_per_run: int) -> list[s
         return [sys.executable, *one]
     # torchrun's default log folder is a new torchelastic_* folder in the temporary directory, left behind by
     # every run (a sweep of hundreds leaves hundreds); the ranks' output already goes to the run's log.
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc_per_run),
+    # simslm's wrapper of torchrun: its end on a signal or a failed rank is one line in the run's log, not a
+    # traceback of torch's.
+    return [sys.executable, "-m", "simslm.torchrun", "--standalone", "--nproc_per_node", str(nproc_per_run),
             "--log-dir", os.devnull, *one]
 
 
