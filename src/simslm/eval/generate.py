@@ -1,11 +1,14 @@
 """`simslm generate MODEL`: continue audio or text prompts in speech or text, and write what came out.
 
 Modes, as the paper's cross-modal table names them: S→S and S→T continue a spoken prompt
-(its units from the model's own encoder and codebook), T→S and T→T a written one. A spoken
-prompt is written as slamkit's `build_prompt` writes it (`generation._prompt`): its units,
-then the output modality's marker. Written prompts are simslm's own layout, not checked
-against slamkit: for speech `<text>`, the text, `<speech>`, as an interleaved training
-sample switches; for text the text alone, as text-only training samples are.
+(its units from the model's own encoder and codebook), T→S and T→T a written one. Prompts are
+written as slamkit's `build_prompt` writes them (`generation._prompt`): S→S its units, then
+`<speech>` (the speech-only `generate`'s form); S→T `<speech>`, its units, `<text>` and T→S
+`<text>`, the text, `<speech>` (`cm_generate`'s interleaved inputs); T→T the text alone, as
+text-only training samples are (`cm_generate` would write `<text>TEXT<text>`). Sampling
+follows slamkit's `SpeechLM.generate` (`generation.continuation_options`): speech draws units,
+BOS or EOS, text anything but units, and the model's EOS ends a continuation;
+`benchmarks/side_by_side_generation.py` checks S→S, S→T and T→S against slamkit's own.
 Speech comes out as units and a WAV: through the unit vocoder `--vocoder-command` names (any
 program, e.g. a wrapper around textlesslib's unit HiFi-GAN for mHuBERT units, run without a
 shell with `{units}` replaced by a JSON file of the units and `{wav}` by the WAV to write), or
