@@ -91,6 +91,18 @@ def test_a_run_one_may_only_read_is_evaluated_into_another_folder(trained_run, t
             os.chmod(folder, 0o755)
 
 
+def test_eval_out_may_name_a_folder_that_is_not_there_yet(trained_run, tmp_path):
+    # It scored every benchmark, then failed on the lock of eval.json in the folder it had not made (unless
+    # --write-scores had made it for its scores/).
+    from simslm.eval.evaluate import EvalConfig, evaluate_run
+
+    run, _ = trained_run
+    out = tmp_path / "new" / "evaluation"
+    evaluate_run(EvalConfig(run=str(run), bench=("validation",), out=str(out)))
+    written = json.loads((out / "eval.json").read_text())
+    assert "validation" in written["benchmarks"] and (out / written["model_dir"]).resolve() == (run / "model").resolve()
+
+
 def test_the_table_says_how_many_sides_were_cut_to_the_context():
     from dataclasses import replace
 

@@ -348,6 +348,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         # (each on its own benchmarks) keep each other's results.
         entries = {name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry for name, entry in found.items()}
         model_at = os.path.relpath(model_dir, out_dir)  # "model" in a run, "." in a model folder
+        out_dir.mkdir(parents=True, exist_ok=True)  # a new --out
         jobs.update_json(eval_path, lambda merged: {**merged, "benchmarks": {**merged["benchmarks"], **entries},
                                                     "model_dir": model_at}, default=lambda: {"benchmarks": {}})
     return results
