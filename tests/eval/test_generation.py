@@ -174,4 +174,9 @@ def test_generation_metrics_on_a_trained_run(trained_run):
         assert set(result[key]) >= {"auto_bleu2", "self_bleu2", "gen_ppl", "gen_ppl_nonempty", "num_empty"}
     # The chain applied to real speech: vocoded held-out endings, transcribed, judged.
     assert len(result["reference"]["resynthesised_real_speech"]["examples"]) == 2
+    from simslm.eval.evaluate import format_results
+
+    table = format_results({"generation": result}).splitlines()  # what the command prints
+    assert table[1].startswith("generation S→S") and f"GenPPL {result['speech_to_speech']['gen_ppl']:.2f}" in table[1]
+    assert table[2].startswith("generation S→T") and table[3].lstrip().startswith("reference")
     assert result["reference"]["real_text"]["gen_ppl"] < 100

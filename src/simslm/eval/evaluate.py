@@ -454,6 +454,16 @@ def format_results(results: dict[str, Any]) -> str:
                 plain = entry.without_baseline
                 lines.append(f"{'  (no baseline)':<28} {100 * plain['accuracy']:>8.1f}% "
                              f"[{100 * plain['ci_low']:5.1f}, {100 * plain['ci_high']:5.1f}]%")
+        elif isinstance(entry, dict) and "speech_to_speech" in entry:  # generation (`generation_metrics`)
+            for direction, key in (("S→S", "speech_to_speech"), ("S→T", "speech_to_text")):
+                part = entry[key]
+                lines.append(f"{name + ' ' + direction:<28} GenPPL {part['gen_ppl']:.2f}, Auto-BLEU2 "
+                             f"{part['auto_bleu2']:.3f}, Self-BLEU2 {part['self_bleu2']:.3f}, "
+                             f"{part['mean_words']:.1f} words")
+            reference = entry["reference"]
+            lines.append(f"{'  reference':<28} GenPPL {reference['resynthesised_real_speech']['gen_ppl']:.2f} real "
+                         f"speech through the chain, {reference['real_text']['gen_ppl']:.2f} real text")
+            lines.append(f"  {entry['num_prompts']} prompts; {entry['note']}")
         else:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()
                      if isinstance(v, (int, float, str)) or v is None}
