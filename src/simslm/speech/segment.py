@@ -237,49 +237,55 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
     # Two runs into one folder would cut the same recordings at once and both write the manifest: the second is
     # refused.
     with jobs.exclusive_lock(segments_dir / ".segment.lock", f"{out}: another `simslm segment` is writing it"):
-        _check_settings(segments_dir, config)
-        workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
-        tasks = ((u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
-                 for u in iter_utterances(source))
-        cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
-        try:
-            # A recording whose cutting ends the process (an hour of audio under a job's memory limit) is named by the
-            # next run, then skipped.
-            ended = jobs.TaskJournal(segments_dir / ".segment.running", key=lambda task: task[0].id,
-                                     skipped=lambda task, reason: {"id": task[0].id, "skipped": reason})
-            for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=num_recordings,
-                                            description="segment", journal=ended):
-                if "skipped" in result:
-                    skipped[result["skipped"]] += 1
-                else:
-                    cut.add(result["id"])
-                    notes.update(result["notes"])
-                    audio_sec += result["audio_sec"]
-        except ValueError:
-            if not any(segments_dir.glob("*/segments.json")):
-                shutil.rmtree(segments_dir, ignore_errors=True)
-            raise
-        if not cut:
-            if not any(segments_dir.glob("*/segments.json")):
-                shutil.rmtree(segments_dir, ignore_errors=True)
-            raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
-        # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
-        prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
-        num_segments = 0
+        return _segment_all(config, source, out, segments_dir, num_recordings, started)
 
-        def segments() -> Iterator[Utterance]:
-            nonlocal num_segments
-            for recording in iter_utterances(source):
-                if recording.id in cut:
-                    for line in jobs.read_json(segments_dir / jobs.safe_file_name(recording.id) / "segments.json")[
-                            "segments"]:
-                        num_segments += 1
-                        yield Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})
 
-        write_manifest(out, segments())
-        if notes.get(TRANSCRIPT_DROPPED):
-            print(f"[segment] {notes[TRANSCRIPT_DROPPED]} recording(s) cut without word timings are written "
-                  f"untranscribed; run `simslm align` on them first to keep their text", file=sys.stderr)
-        return SegmentReport(manifest=str(out), num_recordings=num_recordings, num_segments=num_segments,
-                             num_skipped=sum(skipped.values()), skipped_by_reason=dict(skipped), notes=dict(notes),
-                             audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
+def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: Path, num_recordings: int,
+                 started: float) -> SegmentReport:
+    """`segment_manifest`'s work, under its lock."""
+    _check_settings(segments_dir, config)
+    workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
+    tasks = ((u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
+             for u in iter_utterances(source))
+    cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
+    try:
+        # A recording whose cutting ends the process (an hour of audio under a job's memory limit) is named by the
+        # next run, then skipped.
+        ended = jobs.TaskJournal(segments_dir / ".segment.running", key=lambda task: task[0].id,
+                                 skipped=lambda task, reason: {"id": task[0].id, "skipped": reason})
+        for result in jobs.parallel_map(_segment_recording, tasks, num_workers=workers, total=num_recordings,
+                                        description="segment", journal=ended):
+            if "skipped" in result:
+                skipped[result["skipped"]] += 1
+            else:
+                cut.add(result["id"])
+                notes.update(result["notes"])
+                audio_sec += result["audio_sec"]
+    except ValueError:
+        if not any(segments_dir.glob("*/segments.json")):
+            shutil.rmtree(segments_dir, ignore_errors=True)
+        raise
+    if not cut:
+        if not any(segments_dir.glob("*/segments.json")):
+            shutil.rmtree(segments_dir, ignore_errors=True)
+        raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
+    # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
+    prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
+    num_segments = 0
+
+    def segments() -> Iterator[Utterance]:
+        nonlocal num_segments
+        for recording in iter_utterances(source):
+            if recording.id in cut:
+                for line in jobs.read_json(segments_dir / jobs.safe_file_name(recording.id) / "segments.json")[
+                        "segments"]:
+                    num_segments += 1
+                    yield Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})
+
+    write_manifest(out, segments())
+    if notes.get(TRANSCRIPT_DROPPED):
+        print(f"[segment] {notes[TRANSCRIPT_DROPPED]} recording(s) cut without word timings are written "
+              f"untranscribed; run `simslm align` on them first to keep their text", file=sys.stderr)
+    return SegmentReport(manifest=str(out), num_recordings=num_recordings, num_segments=num_segments,
+                         num_skipped=sum(skipped.values()), skipped_by_reason=dict(skipped), notes=dict(notes),
+                         audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3))
