@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from side_by_side_scoring import LogMelUnits, _torchaudio_stand_in
+from side_by_side_scoring import _torchaudio_stand_in, slamkit_unit_lm, spoken_stories
 
 
 def main() -> None:
@@ -41,40 +41,23 @@ def main() -> None:
     sys.modules.setdefault("torchaudio", _torchaudio_stand_in())
     import torch
     from slamkit.model.speech_lm import SpeechLM
-    from slamkit.model.unit_lm import UnitLM, UnitLMConfig
-    from slamkit.tokeniser.interleaving_tokeniser import GenerationInput, InterleavingTokeniser
+    from slamkit.tokeniser.interleaving_tokeniser import GenerationInput
 
     from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
-    from simslm.model import FromSlamkitConfig, from_slamkit, load_base_model, load_model_folder
-    from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary, load_base_tokenizer
+    from simslm.model import FromSlamkitConfig, from_slamkit, load_model_folder
+    from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
     from simslm.speech import audio
     from simslm.speech.manifest import read_manifest
-    from simslm.speech.synth import SynthConfig, synthesize_corpus
     from simslm.units import kmeans
     from simslm.units.encoders import LogMelEncoder
-    from simslm.units.extract import ExtractConfig, FitConfig, deduplicate, extract_units, fit_codebook
+    from simslm.units.extract import deduplicate
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        synthesize_corpus(SynthConfig(out=str(scratch / "speech"), corpus=f"tinystories-sample[:{args.prompts}]"))
-        manifest = scratch / "speech" / "manifest.jsonl"
-        codebook_path = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km"), num_units=args.units))
-        extract_units(ExtractConfig(manifest=str(manifest), codebook=str(codebook_path), out=str(scratch / "units")))
+        manifest, codebook_path = spoken_stories(scratch, args.prompts, args.units)
         codebook = kmeans.Codebook.load(codebook_path)
 
-        base = load_base_model("stories260K")
-        base.save_pretrained(scratch / "base")
-        load_base_tokenizer("stories260K").save_pretrained(scratch / "base")
-        tokeniser = InterleavingTokeniser(LogMelUnits(codebook), num_units=args.units,
-                                          text_tokeniser_path=str(scratch / "base"))
-        torch.manual_seed(0)
-        unit_lm = UnitLM(UnitLMConfig(base_model_name=str(scratch / "base"), vocab_size=len(tokeniser.text_tokeniser),
-                                      pad_token_id=0, bos_token_id=1, eos_token_id=1))
-        text_rows = len(tokeniser.text_tokeniser) - args.units - 2
-        with torch.no_grad():
-            embeddings = unit_lm.lm.get_input_embeddings().weight
-            embeddings[text_rows:] = 0.5 * torch.randn_like(embeddings[text_rows:])
-        unit_lm.save_pretrained(scratch / "unitlm")
+        unit_lm, tokeniser, _ = slamkit_unit_lm(scratch, codebook, args.units)
         theirs = SpeechLM(unit_lm, tokeniser, device="cpu")
         recorded: list[tuple[torch.Tensor, torch.Tensor]] = []  # (prompt ids, whole output) of slamkit's generate
         generate = unit_lm.generate

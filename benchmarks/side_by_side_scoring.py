@@ -78,6 +78,53 @@ class LogMelUnits:
         return self
 
 
+def spoken_stories(scratch: Path, stories: int, num_units: int) -> tuple[Path, Path]:
+    """The first `stories` TinyStories spoken into `scratch/speech`, a logmel codebook of `num_units` fit on them
+    and their units in `scratch/units`: (manifest, codebook)."""
+    from simslm.speech.synth import SynthConfig, synthesize_corpus
+    from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+
+    synthesize_corpus(SynthConfig(out=str(scratch / "speech"), corpus=f"tinystories-sample[:{stories}]"))
+    manifest = scratch / "speech" / "manifest.jsonl"
+    codebook = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km"), num_units=num_units))
+    extract_units(ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(scratch / "units")))
+    return manifest, codebook
+
+
+def slamkit_unit_lm(scratch: Path, codebook, num_units: int, positions: int | None = None):
+    """slamkit's UnitLM over stories260K (saved to `scratch/base`) grown to its interleaving tokeniser's vocabulary
+    (tok512, `<Un0..K-1>`, `<speech>`, `<text>`), its new rows drawn at random (seed 0) so that units differ from
+    one another, as in a trained model, and saved to `scratch/unitlm`; with `positions`, the base's
+    max_position_embeddings raised to it. (unit_lm, tokeniser, the base's own positions.)
+
+    slamkit's eval would load the saved UnitLM back with UnitLM.from_pretrained, which fails under transformers 5
+    (its __init__ resizes the embeddings while from_pretrained builds on the meta device): the one saved is used."""
+    import torch
+    from slamkit.model.unit_lm import UnitLM, UnitLMConfig
+    from slamkit.tokeniser.interleaving_tokeniser import InterleavingTokeniser
+
+    from simslm.model import load_base_model
+    from simslm.sequences.vocabulary import load_base_tokenizer
+
+    base = load_base_model("stories260K")
+    base_positions = base.config.max_position_embeddings
+    if positions:
+        base.config.max_position_embeddings = positions
+    base.save_pretrained(scratch / "base")
+    load_base_tokenizer("stories260K").save_pretrained(scratch / "base")
+    tokeniser = InterleavingTokeniser(LogMelUnits(codebook), num_units=num_units,
+                                      text_tokeniser_path=str(scratch / "base"))
+    torch.manual_seed(0)
+    unit_lm = UnitLM(UnitLMConfig(base_model_name=str(scratch / "base"), vocab_size=len(tokeniser.text_tokeniser),
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=1))
+    text_rows = len(tokeniser.text_tokeniser) - num_units - 2
+    with torch.no_grad():
+        embeddings = unit_lm.lm.get_input_embeddings().weight
+        embeddings[text_rows:] = 0.5 * torch.randn_like(embeddings[text_rows:])
+    unit_lm.save_pretrained(scratch / "unitlm")
+    return unit_lm, tokeniser, base_positions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stories", type=int, default=20, help="stories synthesised to fit the codebook on")
@@ -92,25 +139,18 @@ def main() -> None:
     from slamkit.metric.cross_modal_metric import CrossModalMetricDataset, cm_storycloze
     from slamkit.metric.modelling_metric import ModellingMetricDataset, sblimp, storycloze
     from slamkit.model.speech_lm import SpeechLM
-    from slamkit.model.unit_lm import UnitLM, UnitLMConfig
-    from slamkit.tokeniser.interleaving_tokeniser import InterleavingTokeniser
 
     from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
     from simslm.eval.evaluate import EvalConfig, pairs_to_score
     from simslm.eval.scoring import encode_pairs, pair_outcomes, score_pairs
-    from simslm.model import FromSlamkitConfig, from_slamkit, load_base_model, load_model_folder
-    from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
-    from simslm.speech.synth import SynthConfig, synthesize_corpus
+    from simslm.model import FromSlamkitConfig, from_slamkit, load_model_folder
+    from simslm.sequences.vocabulary import Vocabulary
     from simslm.units import kmeans
-    from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        synthesize_corpus(SynthConfig(out=str(scratch / "speech"), corpus=f"tinystories-sample[:{args.stories}]"))
-        manifest = scratch / "speech" / "manifest.jsonl"
-        codebook = fit_codebook(FitConfig(manifest=str(manifest), out=str(scratch / "km"), num_units=args.units))
-        extract_units(ExtractConfig(manifest=str(manifest), codebook=str(codebook), out=str(scratch / "units")))
+        _, codebook = spoken_stories(scratch, args.stories, args.units)
         build_benchmark(BenchBuildConfig(kind="sblimp", out=str(scratch / "sblimp"), per_phenomenon=1,
                                          slamkit_pairs=True, audio_format="wav"))
         build_benchmark(BenchBuildConfig(kind="tsc", out=str(scratch / "tsc"), num_items=args.tsc_items,
@@ -118,24 +158,10 @@ def main() -> None:
                                          audio_format="wav"))
 
         # --- the model, as slamkit builds, saves and loads it ------------------------------------------
-        base = load_base_model("stories260K")
         # slamkit scores a whole sequence however long; simslm keeps its last max_position_embeddings tokens (a
         # named difference, docs/LOG.md 2026-12-04). Raised, so that both score every token of every tSC story.
-        base_positions, base.config.max_position_embeddings = base.config.max_position_embeddings, args.positions
-        base.save_pretrained(scratch / "base")
-        load_base_tokenizer("stories260K").save_pretrained(scratch / "base")
-        tokeniser = InterleavingTokeniser(LogMelUnits(kmeans.Codebook.load(codebook)), num_units=args.units,
-                                          text_tokeniser_path=str(scratch / "base"))
-        torch.manual_seed(0)
-        unit_lm = UnitLM(UnitLMConfig(base_model_name=str(scratch / "base"), vocab_size=len(tokeniser.text_tokeniser),
-                                      pad_token_id=0, bos_token_id=1, eos_token_id=1))
-        text_rows = len(tokeniser.text_tokeniser) - args.units - 2
-        with torch.no_grad():
-            embeddings = unit_lm.lm.get_input_embeddings().weight
-            embeddings[text_rows:] = 0.5 * torch.randn_like(embeddings[text_rows:])
-        unit_lm.save_pretrained(scratch / "unitlm")
-        # slamkit's eval loads it back with UnitLM.from_pretrained, which fails under transformers 5 (its __init__
-        # resizes the embeddings while from_pretrained builds on the meta device): slamkit scores the UnitLM saved.
+        unit_lm, tokeniser, base_positions = slamkit_unit_lm(scratch, kmeans.Codebook.load(codebook), args.units,
+                                                             args.positions)
         theirs = SpeechLM(unit_lm, tokeniser, device="cpu")
         recorded: list[torch.Tensor] = []  # each side's log-likelihood as slamkit's evaluators compute it
         log_likelihood = theirs.log_likelihood
