@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _torchrun(processes: int, *arguments: str) -> list[str]:
-    """torchrun of `processes` with its log folder off, as `simslm sweep` runs it: no test leaves a torchelastic_*
-    folder in the temporary directory."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
+    """torchrun of `processes` with its log folder off, as `simslm sweep` runs it (`simslm.torchrun`): no test
+    leaves a torchelastic_* folder in the temporary directory, and a failed rank's own error is the end of the
+    output a failing assertion shows, not torch's traceback and table."""
+    return [sys.executable, "-m", "simslm.torchrun", "--standalone", "--log-dir", os.devnull,
             "--nproc_per_node", str(processes), *arguments]
 
 

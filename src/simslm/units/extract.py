@@ -533,7 +533,7 @@ def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> lis
 def _read_shard(records: list[dict[str, Any]], threads: int, resampler: str, journal: "_ShardJournal",
                 earlier: "_Deaths") -> list[np.ndarray | audio.AudioError | None]:
     """`load_all` of a shard's records, each group noted in its journal before it is read: those an earlier
-    process died reading or encoding one at a time, those it died on twice alone not at all (None)."""
+    process died reading, one at a time; those that ended a process twice alone, not at all (None)."""
     audio_of: dict[int, np.ndarray | audio.AudioError] = {}
     together = [i for i, record in enumerate(records)
                 if record["id"] not in earlier.reading and record["id"] not in earlier.fatal]
