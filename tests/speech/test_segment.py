@@ -109,6 +109,15 @@ def test_a_recording_that_ended_its_process_twice_is_skipped_and_counted(tmp_pat
     assert report.skipped_by_reason == {jobs.ENDED_THE_PROCESS: 1} and report.num_recordings == 2
     assert {s.meta["recording"] for s in read_manifest(out)} == {"book/ch2"}
     assert jobs._earlier_deaths(journal) == ({"book/ch1": 2}, 0)  # kept: a later run into this folder skips it too
+    # A run that cuts nothing else keeps it too (its empty segments folder was removed, and the journal with it).
+    alone = tmp_path / "alone.jsonl"
+    write_manifest(alone, [recording])
+    lone = tmp_path / "lone" / "segments.jsonl"
+    (lone.parent / "segments-segments").mkdir(parents=True)
+    (lone.parent / "segments-segments" / ".segment.running").write_text('{"carried": "book/ch1", "times": 2}\n')
+    with pytest.raises(ValueError, match="no recording could be cut"):
+        segment_manifest(SegmentConfig(manifest=str(alone), out=str(lone), max_sec=8.0, num_workers=1))
+    assert jobs._earlier_deaths(lone.parent / "segments-segments" / ".segment.running") == ({"book/ch1": 2}, 0)
 
 
 def test_a_second_run_into_an_output_being_written_is_refused(tmp_path, lock_held_elsewhere):

@@ -240,6 +240,14 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
         return _segment_all(config, source, out, segments_dir, num_recordings, started)
 
 
+def _remove_if_empty(segments_dir: Path, deaths: Path) -> None:
+    """The segments folder of a run that cut nothing, unless it holds recordings cut before or what the task
+    journal keeps against a recording (removed, a recording that ended its process twice would end two runs
+    more)."""
+    if not any(segments_dir.glob("*/segments.json")) and not deaths.exists():
+        shutil.rmtree(segments_dir, ignore_errors=True)
+
+
 def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: Path, num_recordings: int,
                  started: float) -> SegmentReport:
     """`segment_manifest`'s work, under its lock."""
@@ -262,12 +270,10 @@ def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: P
                 notes.update(result["notes"])
                 audio_sec += result["audio_sec"]
     except ValueError:
-        if not any(segments_dir.glob("*/segments.json")):
-            shutil.rmtree(segments_dir, ignore_errors=True)
+        _remove_if_empty(segments_dir, ended.path)
         raise
     if not cut:
-        if not any(segments_dir.glob("*/segments.json")):
-            shutil.rmtree(segments_dir, ignore_errors=True)
+        _remove_if_empty(segments_dir, ended.path)
         raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
     # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
     prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
