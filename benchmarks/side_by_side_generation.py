@@ -11,8 +11,11 @@ logmel units through a stand-in for slamkit's feature extractor). Greedy decodin
 each side's draw is the same function of its logits: sampled continuations could not be compared token for
 token, since HF draws over the whole vocabulary and simslm over the ids allowed.
 
-Prompts, each as slamkit writes it: S2S the speech-only `generate`'s (`build_prompt` of a waveform batch, the
-path of `asr_perplexity`, i.e. GenPPL); S2T and T2S `cm_generate`'s (`build_prompt` of `GenerationInput`s).
+A spoken prompt is its first `--prompt-sec` (3, slamkit's `prompt_length`), cut on each side by its own code:
+slamkit's `PromptDataset` (S2S) and `CrossModalPromptDataset` (S2T), simslm's `_join_audio` (as `eval
+generation=`). Prompts, each as slamkit writes it: S2S the speech-only `generate`'s (`build_prompt` of a
+waveform batch, the path of `asr_perplexity`, i.e. GenPPL); S2T and T2S `cm_generate`'s (`build_prompt` of
+`GenerationInput`s).
 Compared: the prompt's token ids, the new tokens (slamkit's up to and with its EOS, simslm's without it), and the
 decoded output (`decode_sample`: units, or text). `--eos-from-text` makes the model's EOS the token that its
 greedy S2T continuation of the first prompt draws fifth, so that both sides must stop on it.
@@ -36,14 +39,21 @@ def main() -> None:
     parser.add_argument("--prompt-sec", type=float, default=3.0, help="seconds of each story spoken as a prompt")
     parser.add_argument("--new-tokens", type=int, default=150, help="slamkit's max_new_tokens")
     parser.add_argument("--eos-from-text", action="store_true")
+    parser.add_argument("--earlier-rules", action="store_true",
+                        help="simslm's sampling as it was before 2026-12-05 (twenty-second session), for comparison")
     args = parser.parse_args()
 
     sys.modules.setdefault("torchaudio", _torchaudio_stand_in())
     import torch
+    from slamkit.metric.cross_modal_generation import CrossModalPromptDataset
+    from slamkit.metric.generative_metric import PromptDataset
     from slamkit.model.speech_lm import SpeechLM
     from slamkit.tokeniser.interleaving_tokeniser import GenerationInput
 
+    from simslm.eval.bench_units import _join_audio
     from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
+    if args.earlier_rules:
+        _prompt, continuation_options, continuation_text = _earlier_rules()
     from simslm.model import FromSlamkitConfig, from_slamkit, load_model_folder
     from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
     from simslm.speech import audio
@@ -74,17 +84,24 @@ def main() -> None:
         ours_model, vocabulary = load_model_folder(converted), Vocabulary.load(converted)
 
         utterances = read_manifest(manifest)[:args.prompts]
-        waves = [torch.from_numpy(audio.load_audio(u.audio_path(manifest.parent))[:round(args.prompt_sec * 16_000)])
-                 for u in utterances]
+        paths = [str(u.audio_path(manifest.parent)) for u in utterances]
+        # Each side cuts a spoken prompt its own way: slamkit's datasets (`PromptDataset` of asr_perplexity for S2S,
+        # `CrossModalPromptDataset` of cm_generate for S2T), simslm as `eval generation=` does (`_join_audio`).
+        theirs_waves = {"S2S": [PromptDataset(path, prompt_length=args.prompt_sec)[0][0] for path in paths],
+                        "S2T": [CrossModalPromptDataset(path, prompt_length=args.prompt_sec,
+                                                        prompt_modality="SPEECH")[0][0].content for path in paths]}
+        ours_waves = [audio.load_audio(_join_audio((path,), scratch / "cut", "sinc-hann", args.prompt_sec))
+                      for path in paths]
         texts = [" ".join(u.transcript.split()[:8]) for u in utterances]
 
         def slamkit_side(mode: str, number: int):
             recorded.clear()
             options = {"do_sample": False, "max_new_tokens": args.new_tokens}
             if mode == "S2S":  # asr_perplexity's path: a batch of waveforms
-                decoded = theirs.generate(waves[number][None], torch.tensor([len(waves[number])]), "SPEECH", **options)
+                wave = theirs_waves["S2S"][number]
+                decoded = theirs.generate(wave[None], torch.tensor([len(wave)]), "SPEECH", **options)
             else:
-                prompt = ("SPEECH", waves[number]) if mode == "S2T" else ("TEXT", texts[number])
+                prompt = ("SPEECH", theirs_waves["S2T"][number]) if mode == "S2T" else ("TEXT", texts[number])
                 decoded = theirs.generate([[GenerationInput.from_tuple(prompt)]],
                                           output_modality="SPEECH" if mode.endswith("S") else "TEXT", **options)
             prompt_ids, output = recorded[0]
@@ -92,7 +109,7 @@ def main() -> None:
 
         def simslm_side(mode: str, number: int):
             if mode.startswith("S"):
-                units, _ = deduplicate(codebook.assign(LogMelEncoder().encode(waves[number].numpy())))
+                units, _ = deduplicate(codebook.assign(LogMelEncoder().encode(ours_waves[number])))
                 ids = _prompt(vocabulary, units, SPEECH_MARKER if mode == "S2S" else TEXT_MARKER)
             else:
                 ids = np.asarray(vocabulary.encode_samples([f"{TEXT_MARKER}{texts[number]}{SPEECH_MARKER}"])[0])
@@ -109,7 +126,8 @@ def main() -> None:
             unit_lm.lm.generation_config.eos_token_id = eos  # slamkit sets it from the base config
             ours_model.generation_config.eos_token_id = eos
             print(f"EOS is now token {eos} ({vocabulary.tokenizer.convert_ids_to_tokens(eos)!r})")
-        stop = continuation_options(vocabulary, ours_model, speech=True)["stop"]
+        eos = ours_model.generation_config.eos_token_id
+        stop = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)  # the model's, whatever the rules
         print("| mode | prompts | same prompt ids | same new tokens | same output | ended at EOS (slamkit, simslm) "
               "| BOS or EOS drawn in speech |\n| --- | --- | --- | --- | --- | --- | --- |")
         for mode in ("S2S", "S2T", "T2S"):
@@ -131,6 +149,24 @@ def main() -> None:
             count = len(utterances)
             print(f"| {mode} | {count} | {same_prompt} | {same_new} | {same_output} | {ended_theirs}, {ended_ours} "
                   f"| {special if mode.endswith('S') else '-'} |")
+
+
+def _earlier_rules():
+    """`_prompt`, `continuation_options` and `continuation_text` as simslm had them before the twenty-second
+    session: speech drawn from the units alone, text from the ids below them, no stop at EOS, a spoken prompt
+    with no opening marker, text decoded with `skip_special_tokens`."""
+    def prompt(vocabulary, units, output_marker):
+        return np.asarray(vocabulary.encode_samples([vocabulary.unit_string(units) + output_marker])[0], np.int64)
+
+    def options(vocabulary, model, speech):
+        start, end = ((vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units) if speech
+                      else (0, vocabulary.unit_offset))
+        return {"allowed": np.arange(start, end), "stop": ()}
+
+    def text(vocabulary, tokens):
+        return vocabulary.tokenizer.decode(tokens.tolist(), skip_special_tokens=True).strip()
+
+    return prompt, options, text
 
 
 if __name__ == "__main__":

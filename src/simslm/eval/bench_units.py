@@ -129,7 +129,8 @@ def _join_audio(paths: tuple[str, ...], folder: Path, resampler: str, seconds: f
     (`_identity`), the resampler and the cut."""
     from simslm.speech import audio
 
-    name = "\n".join([*map(_identity, paths), f"resampler={resampler}"] + ([f"seconds={seconds!r}"] if seconds else []))
+    cut = [f"seconds={seconds!r}"] if seconds is not None else []
+    name = "\n".join([*map(_identity, paths), f"resampler={resampler}", *cut])
     target = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:20]}.wav"
     if not target.exists():
         try:
