@@ -341,6 +341,9 @@ CASES: dict[str, Case] = {
     "units fit: k beyond the frames": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out",
                                                   str(w.bad / "out-17"), "--num-units", "100000", "--num-workers", "1"],
                                                  str(w.manifest), []),
+    "units fit: codebook another fit is writing": lambda w: (
+        ["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "km-142")],
+        "km-142: another `simslm units fit` is writing it", [locked_elsewhere(w.bad / ".km-142.fit.lock")]),
     # units extract
     "units extract: codebook missing": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
                                                    str(missing(w, "k.npy")), "--out", str(w.bad / "out-18")],

@@ -320,7 +320,7 @@ class TaskJournal:
     A parent killed with its workers marks nothing: then nothing is held against a task. Once every task has run,
     the journal keeps only the deaths of tasks skipped or not in this run (removed when there are none), so its
     size is one run's tasks at most. Unit extraction keeps its own (`units.extract._ShardJournal`): a worker there
-    encodes groups of utterances."""
+    reads and encodes groups of utterances. (A codebook fit, one utterance a task, uses this one.)"""
 
     path: Path
     key: Callable[[Any], str]  # a task's name across runs: an utterance's or a line's id

@@ -531,10 +531,10 @@ _DYING_FIT = _DYING_EXTRACTION.replace("ExtractConfig, extract_units", "FitConfi
 
 
 def test_a_codebook_fit_skips_an_utterance_that_ended_the_process_encoding_it_twice(extracted, hubert_codebook,
-                                                                                    tmp_path):
+                                                                                    tmp_path, capsys):
     """`units fit` is not resumable and draws the same seeded sample every time: a recording whose encoding gets
-    the process killed (the OOM killer) ended every fit. Its utterances are journaled as an extraction's shards
-    are: after two such deaths the next fit skips it, and says so."""
+    the process killed (the OOM killer) ended every fit. Its task journal beside the codebook names it: after two
+    such deaths the next fit skips it, and says so; and so does a fit after that (it would end two fits more)."""
     import subprocess
     import sys
     from dataclasses import asdict
@@ -546,17 +546,24 @@ def test_a_codebook_fit_skips_an_utterance_that_ended_the_process_encoding_it_tw
     model = json.loads(Path(hubert_codebook).with_suffix(".json").read_text())["encoder"]["model_path"]
     fit = FitConfig(manifest=config.manifest, out=str(tmp_path / "km"), encoder="mhubert-25hz", model_path=model,
                     layer=2, num_units=2, num_workers=1)
-    lengths = sorted(len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
-                     if Path(r["path"]).stat().st_size > 100)  # the empty and corrupt files aside
-    limit = lengths[-2] + 2 * 40
+    lengths = {r["id"]: len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
+               if Path(r["path"]).stat().st_size > 100}  # the empty and corrupt files aside
+    longest = max(lengths, key=lengths.get)
+    limit = sorted(lengths.values())[-2] + 2 * 40
+    said = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", _DYING_FIT, str(limit), json.dumps(asdict(fit))],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == -9, done.stderr
-    meta = json.loads(fit_codebook(fit).with_suffix(".json").read_text())
-    assert meta["skipped_by_reason"][ENDED_THE_PROCESS] == 1
-    assert meta["num_utterances"] == len(lengths) - 1
-    assert not (tmp_path / ".km.fitting").exists()
+        said.append(done.stderr)
+    assert f"an earlier run's process ended while running {longest}; running it again" in said[1]
+    capsys.readouterr()
+    for _ in range(2):  # this fit skips it, and a later one into the same codebook still does
+        meta = json.loads(fit_codebook(fit).with_suffix(".json").read_text())
+        assert f"skipping {longest}: it ended the process running it in 2 earlier runs" in capsys.readouterr().err
+        assert meta["skipped_by_reason"][ENDED_THE_PROCESS] == 1
+        assert meta["num_utterances"] == len(lengths) - 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".km.fit.lock", ".km.fit.running", "km.json", "km.npy"]
 
 
 def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):

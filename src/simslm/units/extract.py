@@ -69,27 +69,16 @@ def _workers(asked: int, device: str, num_tasks: int) -> int:
     return min(asked or (1 if device.startswith("cuda") else jobs.default_workers()), max(1, num_tasks))
 
 
-def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str, str]
+def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str]
                     ) -> tuple[str, np.ndarray | str]:
-    record, spec, max_frames, seed, num_workers, device, journals = task
+    record, spec, max_frames, seed, num_workers, device = task
     encoder = _encoder(spec, device, "float32")
     jobs.share_cores(num_workers)
-    # Journaled as a shard of one utterance is (`_ShardJournal`): one that ends the process encoding it twice is
-    # skipped by the next fit, where it would end every fit of a corpus that holds it (the same seeded sample).
-    journal = _fit_journal(Path(journals), record["id"])
-    journal.begin(in_process=num_workers <= 1)
     try:
-        journal.note({"reading": [record["id"]], "seconds": round(float(record.get("duration_sec") or 0), 1)})
         samples = audio.load_audio(record["path"], resampler=spec["resampler"])
-        journal.note({"encoding": [record["id"]], "seconds": round(len(samples) / 16000, 1)})
         features = encoder.encode(samples)
     except (audio.AudioError, ValueError) as error:
-        journal.end(finished=True)
         return record["id"], _skip_reason(error)
-    except BaseException:
-        journal.end(finished=False)
-        raise
-    journal.end(finished=True)
     if len(features) > max_frames:
         rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
         features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]
@@ -223,6 +212,27 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _encode_sample(config: FitConfig, spec: EncoderSpec, records: list[dict[str, Any]], device: str
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The sampled features of each utterance of `records` that could be encoded, and the reason for each skipped.
+
+    A fit is not resumable and draws the same seeded sample every time, so an utterance whose encoding ends the
+    process (the OOM killer under a job's memory limit) would end every fit: the task journal beside the codebook
+    names it, and skips it once it has done so `DEATHS_TO_SKIP` times, in this fit and in later ones into the same
+    codebook (the journal keeps the deaths of those skipped)."""
+    out = Path(config.out)
+    workers = _workers(config.num_workers, device, len(records))
+    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
+             for record in records]
+    journal = jobs.TaskJournal(out.parent / f".{out.name}.fit.running", key=lambda task: task[0]["id"],
+                               skipped=lambda task, _: (task[0]["id"], ENDED_THE_PROCESS))  # as extraction says it
+    encoded, skipped = {}, {}
+    for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers, total=len(tasks),
+                                                  description="units fit: encode", journal=journal):
+        (skipped if isinstance(result, str) else encoded)[utterance_id] = result
+    return encoded, skipped
+
+
 MIN_FRAMES_PER_UNIT = 10
 
 
@@ -230,7 +240,7 @@ def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
     spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
                                 config.resampler)
-    frame_rate = ENCODERS[config.encoder][0]
+    device = jobs.torch_device(config.device)
     num_records = sum(1 for _ in iter_utterances(config.manifest))  # checked whole, streamed
     rng = np.random.default_rng(config.seed)
     chosen = (set(rng.choice(num_records, config.max_utterances, replace=False).tolist())
@@ -238,27 +248,15 @@ def fit_codebook(config: FitConfig) -> Path:
     # Resolved, as the corpus hash has always taken them (symbolic links followed).
     records = [{**record, "path": str(Path(record["path"]).resolve())}
                for number, record in enumerate(_records(config.manifest)) if number in chosen]
-    device = jobs.torch_device(config.device)
-    journals = Path(config.out).parent / f".{Path(config.out).name}.fitting"
-    journals.mkdir(parents=True, exist_ok=True)
-    skipped = {record["id"]: ENDED_THE_PROCESS for record in records
-               if _fit_journal(journals, record["id"]).earlier_deaths().fatal}
-    if skipped:
-        print(f"simslm units fit: warning: skipping {', '.join(sorted(skipped))}: each ended the process encoding it "
-              f"{DEATHS_TO_SKIP} times (killed for memory, most likely)", file=sys.stderr)
-    records_to_encode = [record for record in records if record["id"] not in skipped]
-    workers = _workers(config.num_workers, device, len(records_to_encode))
-    tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device, str(journals))
-             for record in records_to_encode]
-    encoded = {}
-    try:
-        for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers,
-                                                      total=len(tasks), description="units fit: encode"):
-            (skipped if isinstance(result, str) else encoded)[utterance_id] = result
-    except jobs.WorkerDied as error:
-        raise _with_what_was_encoded(error, journals, f"an utterance that has ended the process encoding it "
-                                     f"{DEATHS_TO_SKIP} times is skipped and counted") from None
-    shutil.rmtree(journals, ignore_errors=True)
+    out = Path(config.out)
+    # Two fits into one codebook would write it at once and share its task journal: the second is refused.
+    with jobs.exclusive_lock(out.parent / f".{out.name}.fit.lock", f"{out}: another `simslm units fit` is writing it"):
+        return _fit(config, spec, records, device)
+
+
+def _fit(config: FitConfig, spec: EncoderSpec, records: list[dict[str, Any]], device: str) -> Path:
+    """`fit_codebook`'s work on the sampled `records`, under its lock."""
+    encoded, skipped = _encode_sample(config, spec, records, device)
     if not encoded:
         raise ValueError(f"{config.manifest}: no utterance could be encoded "
                          f"({dict(collections.Counter(skipped.values()))})")
@@ -279,7 +277,7 @@ def fit_codebook(config: FitConfig) -> Path:
     centroids = kmeans.fit(stacked, config.num_units, seed=config.seed, backend=backend)
     print(f"[units fit] k-means done in {time.perf_counter() - fit_started:.1f} s", file=sys.stderr, flush=True)
     used = [r for r in records if r["id"] not in skipped]
-    meta = {"encoder": asdict(spec), "frame_rate_hz": frame_rate,
+    meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0],
             "corpus_hash": corpus_hash(used, Path(config.manifest).parent),
             "manifest": jobs.portable_path(config.manifest, Path(config.out).parent),
             "num_utterances": len(used), "num_frames": int(len(stacked)),
@@ -728,11 +726,6 @@ class _ShardJournal:
             self.path.unlink(missing_ok=True)
 
 
-def _fit_journal(folder: Path, utterance_id: str) -> "_ShardJournal":
-    """The journal of one utterance's encoding for a codebook fit (named by a digest of its id)."""
-    return _ShardJournal(folder / f".{hashlib.sha256(utterance_id.encode()).hexdigest()[:20]}.encoding")
-
-
 def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> jobs.WorkerDied:
     """`error`, with the dead workers' attempts marked in the journals in `journals` and what they were encoding
     said (`_note_dead_workers`), and what a run after it does (`then`)."""
@@ -745,7 +738,7 @@ def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) ->
 
 def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]:
     """Mark the attempts of the workers that `error` found ended by themselves as deaths (in the journals of the
-    shards, or a fit's utterances, they were working on), and say what each was reading or encoding."""
+    shards they were working on), and say what each was reading or encoding."""
     import socket
 
     host, said = socket.gethostname(), []
