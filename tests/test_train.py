@@ -1087,7 +1087,7 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
 
 
 _SPY = """
-import os, sys
+import atexit, os, sys
 import safetensors.torch
 import torch
 import simslm.model
@@ -1112,6 +1112,8 @@ safetensors.torch.load_file = lambda path, *args, **kwargs: (
 torch_load = torch.load
 torch.load = lambda path, *args, **kwargs: (noted("optimizer state", torch_load) if str(path).endswith("optimizer.pt")
                                            else torch_load)(path, *args, **kwargs)
+# Registered first, run last: left to the interpreter's end, gloo's group could abort the process (SIGABRT).
+atexit.register(lambda: torch.distributed.is_initialized() and noted("process group not destroyed", print)())
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -1207,7 +1209,7 @@ def test_fsdp_in_one_process_is_refused_before_the_run_folder_is_written(data, t
 # `simslm ARGS...` with torch.compile noted (what each process compiles) and, with COMPILE=fail, failing at its
 # first call as a machine without a C++ compiler does.
 _COMPILE_SPY = """
-import os, sys
+import atexit, os, sys
 import torch
 from simslm.cli import main
 

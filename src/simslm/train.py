@@ -9,6 +9,7 @@ bit-identical losses on CPU. `torchrun` gives data parallelism (gloo on CPU, NCC
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -794,6 +795,8 @@ class _StopRequest:
 class _Distributed:
     """torchrun's environment, or a single process."""
 
+    failed: ClassVar[bool] = False  # a run of this process's group ended in an error (`_destroy_group`)
+
     def __init__(self, device: str):
         import torch
         import torch.distributed as dist
@@ -807,6 +810,7 @@ class _Distributed:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
                 self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             dist.init_process_group("nccl" if use_cuda else "gloo")
+            atexit.register(_destroy_group)
         self.is_main = self.rank == 0
         if not self.is_main:
             # transformers' notices (new embedding rows, say) once per run, not once per process: 64 of them in a
@@ -814,6 +818,13 @@ class _Distributed:
             from transformers.utils import logging as transformers_logging
 
             transformers_logging.set_verbosity_error()
+
+    def __enter__(self) -> "_Distributed":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:
+            _Distributed.failed = True
 
     def all_sum(self, values: list[float]) -> list[float]:
         import torch
@@ -854,6 +865,19 @@ class _Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def _destroy_group() -> None:
+    """At the process's exit, the process group `_Distributed` made, as torch asks of a normal exit: left to the
+    interpreter's end, gloo's worker threads could outlive it and abort the process ("terminate called without an
+    active exception", SIGABRT: a resumed two-process FSDP run in CI once; pytorch/pytorch#190489). At exit, not
+    when a run ends: one process may train several runs (`textlm pretrain`), and a group made again in a process
+    can meet the last one's addresses in torchrun's store. Not after an error: a peer may still wait in a
+    collective, and destroying would wait on it."""
+    import torch.distributed as dist
+
+    if not _Distributed.failed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def scored_targets(tokens: np.ndarray, positions: np.ndarray, pad_id: int) -> np.ndarray:
@@ -1407,7 +1431,12 @@ def train(config: TrainConfig) -> RunResult | None:
     """Build, loop, evaluate, save; the result (on the main process). Re-running with the same run_dir resumes."""
     started = time.perf_counter()
     jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
-    distributed = _Distributed(config.device)
+    with _Distributed(config.device) as distributed:
+        return _train_held(config, distributed, started)
+
+
+def _train_held(config: TrainConfig, distributed: "_Distributed", started: float) -> RunResult | None:
+    """`train`'s work in its processes' group."""
     if config.attention == "flex_attention" and not distributed.device.startswith("cuda"):
         raise ConfigError("--attention flex_attention trains on CUDA only: PyTorch's flex attention has no backward "
                           "on the CPU")
