@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import numpy as np
@@ -36,8 +37,29 @@ def test_save_load_round_trip_with_sidecar(tmp_path):
     path = codebook.save(tmp_path / "km")
     loaded = kmeans.Codebook.load(path)
     assert np.array_equal(loaded.centroids, codebook.centroids)
-    assert loaded.meta == {"encoder": {"name": "logmel"}, "k": 3, "dim": 4}
+    assert loaded.meta == {"encoder": {"name": "logmel"}, "k": 3, "dim": 4, "codebook_sha256": codebook.sha256}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["km.json", "km.npy"]
+
+
+def test_centroids_and_a_sidecar_written_for_others_are_refused(tmp_path, monkeypatch):
+    """Each file is written atomically, but not the pair: a fit into an existing codebook stopped between them left
+    the new centroids beside the old sidecar (another encoder, corpus, k), and both loaded as one codebook."""
+    old = kmeans.Codebook(np.zeros((3, 4), dtype=np.float32), {"encoder": {"name": "logmel"}})
+    path = old.save(tmp_path / "km")
+    new = kmeans.Codebook(np.ones((3, 4), dtype=np.float32), {"encoder": {"name": "mhubert-25hz"}})
+    monkeypatch.setattr(kmeans.jobs, "write_json", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        new.save(path)
+    with pytest.raises(ValueError, match="km.npy: not the centroids km.json describes"):
+        kmeans.Codebook.load(path)
+    monkeypatch.undo()
+    new.save(path)
+    assert kmeans.Codebook.load(path).meta["encoder"] == {"name": "mhubert-25hz"}
+    # A sidecar written before it held the digest is read as it was.
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    del sidecar["codebook_sha256"]
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    assert np.array_equal(kmeans.Codebook.load(path).centroids, new.centroids)
 
 
 def test_a_pickled_array_is_never_loaded(tmp_path):

@@ -946,7 +946,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
               "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
-              "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest(),
+              "codebook_sha256": codebook.sha256,
               "k": codebook.k, "shard_size": config.shard_size,
               "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
               "num_shards": -(-num_records // config.shard_size),  # read_units checks they are all there
@@ -1186,7 +1186,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
             # slamkit extracted them, with its edge padding: benchmark audio encoded with the codebook pads alike.
             "encoder": asdict(EncoderSpec.standard(config.encoder)), "frame_rate_hz": frame_rate,
             "codebook": jobs.portable_path(config.codebook, out) if config.codebook else None,
-            "codebook_sha256": hashlib.sha256(codebook.centroids.tobytes()).hexdigest() if codebook else None,
+            "codebook_sha256": codebook.sha256 if codebook else None,
             "k": config.num_units, "manifest": None, "imported_from": jobs.portable_path(config.features, out),
             "shard_size": config.shard_size})
     return {"num_imported": len(lines), "num_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),

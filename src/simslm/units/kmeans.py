@@ -7,6 +7,7 @@ Fitting uses faiss when it is installed and scikit-learn otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,20 @@ class Codebook:
             out[start:start + len(block)] = np.argmin(squared_norms - 2.0 * block @ centroids.T, axis=1)
         return out
 
+    @property
+    def sha256(self) -> str:
+        """The digest of the float32 centroids (units.json's `codebook_sha256`)."""
+        return hashlib.sha256(self.centroids.astype(np.float32, copy=False).tobytes()).hexdigest()
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `<path>.npy` and its JSON sidecar atomically; return the .npy path."""
+        """Write `<path>.npy` and its JSON sidecar, each atomically; return the .npy path. The sidecar holds the
+        centroids' digest: a process stopped between the two files (a fit again into the same codebook) leaves the
+        new centroids beside the old sidecar, which `load` then refuses rather than describe them with it."""
         path = Path(path).with_suffix(".npy")
         with jobs.atomic_path(path) as temporary:
             np.save(temporary, self.centroids.astype(np.float32))
-        jobs.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1])})
+        jobs.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1]),
+                                                    "codebook_sha256": self.sha256})
         return path
 
     @classmethod
@@ -70,7 +79,12 @@ class Codebook:
         if meta.get("dim") not in (None, centroids.shape[1]):
             raise ValueError(f"{path}: centroids of dimension {centroids.shape[1]}, but {sidecar.name} says the "
                              f"encoder gives {meta['dim']}")
-        return cls(centroids=centroids.astype(np.float32), meta=meta)
+        codebook = cls(centroids=centroids.astype(np.float32), meta=meta)
+        if meta.get("codebook_sha256") not in (None, codebook.sha256):  # sidecars before 2026-12-06 hold none
+            raise ValueError(f"{path}: not the centroids {sidecar.name} describes (their digest differs): a fit or "
+                             f"conversion into it was stopped between the two files, or one was replaced; write "
+                             f"the codebook again")
+        return codebook
 
 
 def available_backend() -> str:
