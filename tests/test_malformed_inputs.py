@@ -121,8 +121,12 @@ def codebook_with(w: World, name: str, centroids: np.ndarray, sidecar: bool = Tr
     path = w.bad / f"{name}.npy"
     w.bad.mkdir(parents=True, exist_ok=True)
     np.save(path, centroids)
-    if sidecar:
-        shutil.copy(w.codebook.with_suffix(".json"), path.with_suffix(".json"))
+    if sidecar:  # the real codebook's, describing these centroids
+        from simslm.units.kmeans import Codebook
+
+        meta = json.loads(w.codebook.with_suffix(".json").read_text())
+        meta["codebook_sha256"] = Codebook(np.asarray(centroids, dtype=np.float32)).sha256
+        path.with_suffix(".json").write_text(json.dumps(meta))
     return path
 
 
@@ -341,6 +345,9 @@ CASES: dict[str, Case] = {
     "units fit: k beyond the frames": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out",
                                                   str(w.bad / "out-17"), "--num-units", "100000", "--num-workers", "1"],
                                                  str(w.manifest), []),
+    "units fit: out is a folder": lambda w: (
+        ["units", "fit", "--manifest", str(w.manifest), "--out", f"{w.bad / 'km-143'}/"], "--out names the codebook",
+        []),
     "units fit: codebook another fit is writing": lambda w: (
         ["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "km-142")],
         "km-142: another `simslm units fit` is writing it", [locked_elsewhere(w.bad / ".km-142.fit.lock")]),

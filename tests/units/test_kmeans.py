@@ -41,6 +41,18 @@ def test_save_load_round_trip_with_sidecar(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["km.json", "km.npy"]
 
 
+def test_a_codebook_is_named_with_or_without_its_ending_and_dots_stay_in_its_name(tmp_path):
+    """`--out codebooks/hubert.L11.k500` wrote hubert.L11.npy and hubert.L11.json: the name's last dotted part was
+    taken for a suffix and replaced."""
+    assert kmeans.codebook_path("a/km") == kmeans.codebook_path("a/km.npy") == kmeans.codebook_path("a/km.json")
+    assert str(kmeans.codebook_path("a/km")) == "a/km.npy"
+    codebook = kmeans.Codebook(np.ones((2, 3), dtype=np.float32))
+    assert codebook.save(tmp_path / "hubert.L11.k500") == tmp_path / "hubert.L11.k500.npy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hubert.L11.k500.json", "hubert.L11.k500.npy"]
+    for name in ("hubert.L11.k500", "hubert.L11.k500.npy", "hubert.L11.k500.json"):
+        assert kmeans.Codebook.load(tmp_path / name).k == 2
+
+
 def test_centroids_and_a_sidecar_written_for_others_are_refused(tmp_path, monkeypatch):
     """Each file is written atomically, but not the pair: a fit into an existing codebook stopped between them left
     the new centroids beside the old sidecar (another encoder, corpus, k), and both loaded as one codebook."""

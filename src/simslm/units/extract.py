@@ -124,6 +124,9 @@ class FitConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
         check_positive(self, "num_workers", allow_zero=True)
+        if Path(self.out).name in ("", ".", "..") or self.out.endswith(("/", os.sep)):
+            raise ConfigError(f"--out names the codebook, whose files are OUT.npy and OUT.json, not a folder: "
+                              f"'{self.out}'")
 
 
 def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
@@ -220,11 +223,10 @@ def _encode_sample(config: FitConfig, spec: EncoderSpec, records: list[dict[str,
     process (the OOM killer under a job's memory limit) would end every fit: the task journal beside the codebook
     names it, and skips it once it has done so `DEATHS_TO_SKIP` times, in this fit and in later ones into the same
     codebook (the journal keeps the deaths of those skipped)."""
-    out = Path(config.out)
     workers = _workers(config.num_workers, device, len(records))
     tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
              for record in records]
-    journal = jobs.TaskJournal(out.parent / f".{out.name}.fit.running", key=lambda task: task[0]["id"],
+    journal = jobs.TaskJournal(_beside_codebook(config.out, "running"), key=lambda task: task[0]["id"],
                                skipped=lambda task, _: (task[0]["id"], ENDED_THE_PROCESS))  # as extraction says it
     encoded, skipped = {}, {}
     for utterance_id, result in jobs.parallel_map(_encode_for_fit, tasks, num_workers=workers, total=len(tasks),
@@ -248,10 +250,17 @@ def fit_codebook(config: FitConfig) -> Path:
     # Resolved, as the corpus hash has always taken them (symbolic links followed).
     records = [{**record, "path": str(Path(record["path"]).resolve())}
                for number, record in enumerate(_records(config.manifest)) if number in chosen]
-    out = Path(config.out)
     # Two fits into one codebook would write it at once and share its task journal: the second is refused.
-    with jobs.exclusive_lock(out.parent / f".{out.name}.fit.lock", f"{out}: another `simslm units fit` is writing it"):
+    with jobs.exclusive_lock(_beside_codebook(config.out, "lock"),
+                             f"{config.out}: another `simslm units fit` is writing it"):
         return _fit(config, spec, records, device)
+
+
+def _beside_codebook(name: str, kind: str) -> Path:
+    """The hidden file of a fit into the codebook `name` (`.NAME.fit.lock`, `.NAME.fit.running`), whichever way
+    its name is given (`km`, `km.npy`)."""
+    codebook = kmeans.codebook_path(name)
+    return codebook.with_name(f".{codebook.name.removesuffix('.npy')}.fit.{kind}")
 
 
 def _fit(config: FitConfig, spec: EncoderSpec, records: list[dict[str, Any]], device: str) -> Path:
@@ -866,7 +875,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         wanted = set(todo)
         shards = ((i, shard) for i, shard in enumerate(itertools.islice(_chunks(all_records(), config.shard_size),
                                                                          max(todo, default=-1) + 1)) if i in wanted)
-    tasks = ((i, shard, asdict(spec), str(Path(config.codebook).with_suffix(".npy").resolve()), str(shard_paths[i]),
+    tasks = ((i, shard, asdict(spec), str(kmeans.codebook_path(config.codebook).resolve()), str(shard_paths[i]),
               workers, run) for i, shard in shards)
     try:
         done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
@@ -945,7 +954,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
                 offsets = None
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
-              "codebook": jobs.portable_path(Path(config.codebook).with_suffix(".npy"), out),
+              "codebook": jobs.portable_path(kmeans.codebook_path(config.codebook), out),
               "codebook_sha256": codebook.sha256,
               "k": codebook.k, "shard_size": config.shard_size,
               "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,

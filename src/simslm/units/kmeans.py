@@ -18,6 +18,14 @@ import numpy as np
 from simslm import jobs
 
 
+def codebook_path(name: str | os.PathLike) -> Path:
+    """The centroids' file a codebook's name stands for: `NAME.npy`, its sidecar being `NAME.json`. A name given
+    with either ending is the same codebook; any other ending is part of the name (`hubert.L11.k500` is
+    `hubert.L11.k500.npy`, where replacing the suffix would have written `hubert.L11.npy`)."""
+    path = Path(name)
+    return path.with_suffix(".npy") if path.suffix in (".npy", ".json") else path.with_name(f"{path.name}.npy")
+
+
 @dataclass(frozen=True)
 class Codebook:
     """k-means centroids plus what they were fit on."""
@@ -52,7 +60,7 @@ class Codebook:
         """Write `<path>.npy` and its JSON sidecar, each atomically; return the .npy path. The sidecar holds the
         centroids' digest: a process stopped between the two files (a fit again into the same codebook) leaves the
         new centroids beside the old sidecar, which `load` then refuses rather than describe them with it."""
-        path = Path(path).with_suffix(".npy")
+        path = codebook_path(path)
         with jobs.atomic_path(path) as temporary:
             np.save(temporary, self.centroids.astype(np.float32))
         jobs.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1]),
@@ -62,7 +70,7 @@ class Codebook:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Codebook":
         """Read a codebook saved by `save` (never unpickles: `allow_pickle=False`)."""
-        path = Path(path).with_suffix(".npy")
+        path = codebook_path(path)
         if not path.exists():
             raise ValueError(f"{path}: no such k-means codebook")
         try:
