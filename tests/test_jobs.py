@@ -37,6 +37,11 @@ def test_writing_a_file_where_a_folder_is_names_the_folder(tmp_path):
     with pytest.raises(ValueError, match=r"x: a folder, where a file is needed"):
         jobs.write_json(tmp_path / "x", {})
     assert os.listdir(tmp_path) == ["x"]
+    # The same from a file written through `atomic_path` (a manifest streamed out line by line).
+    with pytest.raises(ValueError, match=r"x: a folder, where a file is needed"), jobs.atomic_path(
+            tmp_path / "x") as temporary:
+        temporary.write_text("a line\n")
+    assert os.listdir(tmp_path) == ["x"]
 
 
 def test_a_line_that_is_not_utf8_comes_with_its_own_number_and_the_lines_after_it_are_read(tmp_path):

@@ -290,6 +290,9 @@ CASES: dict[str, Case] = {
     "align: output another align is writing": lambda w: (
         ["align", "--manifest", str(w.manifest), "--out", str(aligning_elsewhere(w, "out-126.jsonl"))],
         "another `simslm align` is writing it", [w.bad / "out-126.jsonl.aligning"]),
+    "align: output is a folder": lambda w: (
+        ["align", "--manifest", str(w.manifest), "--out", str(a_folder(w, "out-144"))],
+        f"{w.bad / 'out-144'}: a folder, where --out names the aligned manifest", []),
     # manifest import
     "manifest import: source missing": lambda w: (["manifest", "import", "--source", str(missing(w, "corpus")),
                                                    "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),
@@ -307,9 +310,15 @@ CASES: dict[str, Case] = {
     "manifest import: nothing usable over a manifest": lambda w: (
         ["manifest", "import", "--source", str(_write(w.bad / "other.jsonl", '{"utt": "x"}\n')), "--out",
          str(w.manifest)], "other.jsonl", [w.manifest]),
+    "manifest import: output is a folder": lambda w: (
+        ["manifest", "import", "--source", str(w.manifest), "--out", str(a_folder(w, "out-145"))],
+        f"{w.bad / 'out-145'}: a folder, where --out names the manifest", []),
     # segment
     "segment: manifest missing": lambda w: (["segment", "--manifest", str(missing(w)), "--out",
                                              str(w.bad / "seg-1.jsonl")], str(missing(w)), []),
+    "segment: output ends in a slash": lambda w: (
+        ["segment", "--manifest", str(w.manifest), "--out", f"{w.bad / 'seg-146'}/"],
+        "--out names the segments' manifest (a file), not a folder", []),
     "segment: max-sec within the margins": lambda w: (["segment", "--manifest", str(w.manifest), "--out",
                                                        str(w.bad / "seg-2.jsonl"), "--max-sec", "0.3"], "--max-sec", []),
     "segment: by words without timings": lambda w: (
@@ -372,6 +381,10 @@ CASES: dict[str, Case] = {
         ["units", "extract", "--manifest", str(w.manifest), "--codebook",
          str(codebook_with(w, "other", np.random.default_rng(0).normal(size=(32, 160)).astype(np.float32))),
          "--out", str(w.units)], str(w.units), [w.units]),
+    "units extract: output is a file": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
+         str(_write(w.bad / "out-147", "a file\n"))], f"{w.bad / 'out-147'}: a file, where a folder is needed",
+        [w.bad / "out-147"]),
     "units extract: half precision for logmel": lambda w: (
         ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
          str(w.bad / "out-94"), "--dtype", "float16"], "--dtype", []),

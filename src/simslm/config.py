@@ -341,6 +341,20 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls.from_dict(values, source=source)
 
 
+def check_output_file(config: Any, name: str, what: str, file: str | os.PathLike | None = None) -> None:
+    """Raise ConfigError when the field `name`, an output that is a file (`what`: "the manifest (a file)"), names a
+    folder: empty, `.`, or ending in a slash (which the path would drop, writing a file of the folder's name), or an
+    existing folder (found only after the work, when the file is moved into place). `file` is the file the value
+    stands for, when not the value itself (a codebook `km` is `km.npy`). None passes."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    if Path(value).name in ("", ".", "..") or str(value).endswith(("/", os.sep)):
+        raise ConfigError(f"{flag(name)} names {what}, not a folder: '{value}'")
+    if Path(file if file is not None else value).is_dir():
+        raise ConfigError(f"{file if file is not None else value}: a folder, where {flag(name)} names {what}")
+
+
 def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
     """Raise ConfigError unless each named field is a finite number > 0 (>= 0 with allow_zero); None passes."""
     for name in names:

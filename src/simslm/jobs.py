@@ -1042,10 +1042,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 replace_folder(temporary, path)
             else:
                 os.replace(temporary, path)
-    except PermissionError as error:
+    except (PermissionError, IsADirectoryError) as error:
         if error.filename != str(temporary):
             raise
         # The temporary name is this function's own: the file the user asked for is `path`.
+        if isinstance(error, IsADirectoryError):  # a file renamed onto a folder
+            raise ValueError(f"{path}: a folder, where a file is needed") from None
         raise PermissionError(error.errno, f"cannot write it here ({error.strerror})", str(path)) from None
     finally:
         _remove(temporary)

@@ -284,7 +284,7 @@ def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
     assert (tmp_path / "mine.json").exists() and not (tmp_path / "sweep" / "fit.json").exists()
     assert json.loads((tmp_path / "mine.json").read_text())["source"] == "sweep"  # which sweep, relative to it
     assert main(["fit", str(tmp_path / "sweep"), "--out", str(tmp_path)]) == 2  # refused before the fit
-    assert capsys.readouterr().err.strip().endswith(f"--out {tmp_path}: a folder, where the path of a fit.json is needed")
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path}: a folder, where --out names the fit (a JSON file)")
 
 
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):

@@ -42,7 +42,7 @@ import numpy as np
 
 from simslm import assets, jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_positive, home_expanded, registry_choices
+from simslm.config import Config, ConfigError, check_output_file, check_positive, home_expanded, registry_choices
 from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
@@ -1494,8 +1494,7 @@ class FitConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
-        if self.out and Path(self.out).is_dir():  # refused before the fit, not after it
-            raise ConfigError(f"--out {self.out}: a folder, where the path of a fit.json is needed")
+        check_output_file(self, "out", "the fit (a JSON file)")  # refused before the fit, not after it
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 from simslm import assets, jobs
-from simslm.config import Config, ConfigError
+from simslm.config import Config, ConfigError, check_output_file
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError, read_word_json
 from simslm.speech.manifest import Utterance, Word, write_manifest
@@ -384,6 +384,7 @@ class ImportManifestConfig(Config):
     """hf: the split to import."""
 
     def check(self) -> None:
+        check_output_file(self, "out", "the manifest (a file)")
         for item in self.fields:
             key, _, value = item.partition("=")
             if key not in ("id", "audio", "transcript", "speaker", "words") or not value:

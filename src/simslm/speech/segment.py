@@ -35,7 +35,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive
+from simslm.config import Config, ConfigError, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
 
@@ -66,6 +66,7 @@ class SegmentConfig(Config):
     """Worker processes; 0 = one per core."""
 
     def check(self) -> None:
+        check_output_file(self, "out", "the segments' manifest (a file)")
         check_positive(self, "max_sec", "vad_min_silence_sec")
         check_positive(self, "margin_sec", "num_workers", allow_zero=True)
         if not 0 < self.vad_threshold < 1:

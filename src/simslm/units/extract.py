@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, Container, Iterable, Iterator, Liter
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive, registry_choices
+from simslm.config import Config, ConfigError, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
 from simslm.speech.manifest import iter_utterances
@@ -124,9 +124,7 @@ class FitConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
         check_positive(self, "num_workers", allow_zero=True)
-        if Path(self.out).name in ("", ".", "..") or self.out.endswith(("/", os.sep)):
-            raise ConfigError(f"--out names the codebook, whose files are OUT.npy and OUT.json, not a folder: "
-                              f"'{self.out}'")
+        check_output_file(self, "out", "the codebook (OUT.npy and OUT.json)", kmeans.codebook_path(self.out))
 
 
 def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
@@ -1110,6 +1108,9 @@ class ConvertConfig(Config):
     the default for HuBERT encoders) or soxr (libsoxr's HQ; logmel's default). Recorded with the codebook."""
     trust_pickle: bool = False
     """Allow unpickling the file once (it can run code): only for files from a source you trust."""
+
+    def check(self) -> None:
+        check_output_file(self, "out", "the codebook (OUT.npy and OUT.json)", kmeans.codebook_path(self.out))
 
 
 def convert_codebook(config: ConvertConfig) -> Path:
