@@ -1060,6 +1060,8 @@ def refuse_unwritable(path: str | os.PathLike, advice: str) -> None:
     folder = Path(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if folder.exists() and not folder.is_dir():  # `report FILE`: not a folder one may not write
+        raise ValueError(f"{folder}: a file, where a folder is needed")
     if not may_write(folder):
         raise ValueError(f"{path}: cannot write into {folder} (permission denied); {advice}")
 
