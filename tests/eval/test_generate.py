@@ -89,6 +89,31 @@ def test_a_folder_of_prompts_goes_on_past_one_that_cannot_be_read(trained_run, t
     assert not (tmp_path / "none").exists()
 
 
+def test_a_recording_and_its_transcript_in_one_folder_are_two_prompts(trained_run, tmp_path, capsys):
+    """A folder of a.flac and a.txt (the layout `manifest import` reads) gave two prompts named "a": one mode per
+    name, so the recording took the transcript's T2T and `generate` failed ('NoneType' object has no attribute
+    'codebook'); both would have written a.json. And with --mode S2T the transcripts refused the folder."""
+    import shutil
+
+    run, bench = trained_run
+    (tmp_path / "prompts").mkdir()
+    shutil.copy(sorted((bench / "audio").glob("*.flac"))[0], tmp_path / "prompts" / "a.flac")
+    (tmp_path / "prompts" / "a.txt").write_text("Once upon a time there was a cat")
+    (tmp_path / "prompts" / "b.txt").write_text("Lily went to the park")
+    assert [(p.name, p.audio is not None) for p in read_prompts(str(tmp_path / "prompts"))] == [
+        ("a.flac", True), ("a.txt", False), ("b", False)]
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--out", str(tmp_path / "auto"),
+                 "--max-new-tokens", "10"]) == 0
+    assert sorted(path.name for path in (tmp_path / "auto").iterdir()) == [
+        "a.flac.json", "a.flac.wav", "a.txt.json", "b.json"]
+    assert json.loads((tmp_path / "auto" / "a.flac.json").read_text())["mode"] == "S2S"
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts"), "--mode", "S2T", "--out",
+                 str(tmp_path / "s2t"), "--max-new-tokens", "10"]) == 0
+    assert "2 written prompt(s) in" in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "s2t").iterdir()) == ["a.json"]
+
+
 def test_an_empty_text_prompt_is_refused_alone_and_skipped_in_a_folder(trained_run, tmp_path, capsys):
     run, _ = trained_run
     # "" was read as the current folder, and an empty .txt in a folder stopped the whole folder with a reshape error.

@@ -22,6 +22,7 @@ wav) and `<name>.wav` when there is speech, written atomically into `--out`.
 
 from __future__ import annotations
 
+import collections
 import re
 import shlex
 import sys
@@ -95,22 +96,35 @@ class Prompt:
     text: str | None = None
 
 
-def read_prompts(spec: str) -> list[Prompt]:
-    """The prompts `--prompt` names: a file, every audio and .txt file of a folder, or literal text."""
+def read_prompts(spec: str, mode: str = "auto") -> list[Prompt]:
+    """The prompts `--prompt` names: a file, every audio and .txt file of a folder, or literal text. A `mode` other
+    than auto fixes the prompts' modality, and a folder then gives only its files of that modality: a folder of
+    recordings with their transcripts beside them is a folder of spoken prompts for S2S."""
     path = Path(spec)
+    modality = None if mode == "auto" else mode[0]
 
-    def one(file: Path) -> Prompt:
+    def one(file: Path, name: str) -> Prompt:
         if file.suffix.lower() in audio.AUDIO_SUFFIXES:
-            return Prompt(file.stem, audio=str(file))
-        return Prompt(file.stem, text=jobs.read_text(file).strip())
+            return Prompt(name, audio=str(file))
+        return Prompt(name, text=jobs.read_text(file).strip())
 
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt"))
+        kinds = {"S": audio.AUDIO_SUFFIXES, "T": (".txt",)}
+        wanted = kinds[modality] if modality else (*kinds["S"], *kinds["T"])
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in wanted)
+        aside = [f for f in path.iterdir() if modality and f.suffix.lower() in kinds["T" if modality == "S" else "S"]]
         if not files:
-            raise ValueError(f"{path}: no prompts (files ending {', '.join((*audio.AUDIO_SUFFIXES, '.txt'))})")
-        return [one(f) for f in files]
+            raise ValueError(f"{path}: no prompts (files ending {', '.join(wanted)})")
+        if aside:
+            print(f"simslm generate: {len(aside)} {'written' if modality == 'S' else 'spoken'} prompt(s) in {path} "
+                  f"left aside: --mode {mode} continues {'spoken' if modality == 'S' else 'written'} ones",
+                  file=sys.stderr)
+        # Each prompt's name is its outputs' (NAME.json, NAME.wav): a recording and its transcript (a.wav, a.txt)
+        # share a stem, so those are named by their whole file names.
+        stems = collections.Counter(f.stem for f in files)
+        return [one(f, f.stem if stems[f.stem] == 1 else f.name) for f in files]
     if path.is_file():
-        return [one(path)]
+        return [one(path, path.stem)]
     if path.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt") or "/" in spec:
         raise ValueError(f"{spec}: no such prompt file")
     return [Prompt(re.sub(r"[^A-Za-z0-9]+", "-", spec.strip())[:40].strip("-") or "prompt", text=spec)]
@@ -118,7 +132,7 @@ def read_prompts(spec: str) -> list[Prompt]:
 
 def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     """Continue every prompt; write <name>.json (and <name>.wav for speech) into `out`; the records."""
-    prompts = read_prompts(config.prompt)
+    prompts = read_prompts(config.prompt, config.mode)
     # An empty .txt in a folder of prompts is skipped like unreadable audio (below); there is nothing to continue.
     for prompt in [prompt for prompt in prompts if prompt.audio is None and not prompt.text]:
         print(f"simslm generate: skipped {prompt.name}.txt: it is empty", file=sys.stderr)
