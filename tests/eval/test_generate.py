@@ -41,6 +41,32 @@ def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
     assert again["units"] == records["S2S"]["units"]
 
 
+def test_a_spoken_prompt_cut_to_its_first_seconds_as_slamkit_cuts_it(trained_run, tmp_path):
+    """--prompt-sec: the prompt's waveform cut before its units are extracted, as slamkit's generation and
+    `eval generation=` cut it; the whole recording by default, and a cut past its end is the whole of it."""
+    from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
+    from simslm.eval.evaluate import load_run_model
+    from simslm.eval.generation import _prompt
+    from simslm.sequences.vocabulary import SPEECH_MARKER
+
+    run, bench = trained_run
+    spoken = str(sorted((bench / "audio").glob("*.flac"))[0])
+
+    def prompt_tokens(**options):
+        (record,) = generate(GenerateConfig(model=str(run), prompt=spoken, out=str(tmp_path / str(len(options))),
+                                            max_new_tokens=5, **options, **FLAT))
+        return record["prompt_tokens"], record["options"].get("prompt_sec")
+
+    (whole, no_cut), (cut, one), (past, _) = prompt_tokens(), prompt_tokens(prompt_sec=1.0), \
+        prompt_tokens(prompt_sec=600.0)
+    source = run_unit_source(run)
+    first_second = _join_audio((spoken,), bench_units_cache() / "joined", _encoder(source).resampler, 1.0)
+    units = units_for_audio([first_second], source, bench_units_cache())[first_second]
+    _, vocabulary, _ = load_run_model(run, "cpu")
+    assert cut == _prompt(vocabulary, units, SPEECH_MARKER).tolist() and one == 1.0 and no_cut is None
+    assert len(cut) < len(whole) and past == whole
+
+
 def test_the_units_of_a_generated_wav_round_trip_better_than_chance(trained_run, tmp_path):
     from simslm.eval.bench_units import run_unit_source
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
-from simslm.eval.bench_units import bench_units_cache, run_unit_source, units_for_audio
+from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
 from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
@@ -70,10 +70,15 @@ class GenerateConfig(Config):
     """A unit vocoder to run for each speech output, e.g. "python my_hifigan.py --units {units} --out {wav}": run
     without a shell; {units} becomes a JSON file ({"units": [...], "encoder": ..., "frame_rate_hz": ...}), {wav}
     the WAV it must write."""
+    prompt_sec: float | None = None
+    """Continue only the first seconds of each spoken prompt, cut from its waveform before its units are extracted,
+    as slamkit's generation cuts its prompts (`prompt_length: 3` in its configs; `eval generation=` does); default:
+    the whole recording."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
 
     def check(self) -> None:
+        check_positive(self, "prompt_sec")
         if not self.prompt.strip():  # Path("") is the current folder, which would be read as a folder of prompts
             raise ConfigError("--prompt is empty: give an audio or text file, a folder of them, or the text itself")
         try:
@@ -148,7 +153,11 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     needs_units = any(mode[0] == "S" or mode[-1] == "S" for mode in modes.values())
     source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
     spoken = [prompt.audio for prompt in prompts if prompt.audio]
-    units_of = units_for_audio(spoken, source, bench_units_cache()) if spoken else {}
+    cut = {path: path if config.prompt_sec is None else
+           _join_audio((path,), bench_units_cache() / "joined", _encoder(source).resampler, config.prompt_sec)
+           for path in spoken}
+    units_of_cut = units_for_audio(list(cut.values()), source, bench_units_cache()) if spoken else {}
+    units_of = {path: units_of_cut[cut[path]] for path in spoken if cut[path] in units_of_cut}
     vocoder, no_vocoder = None, None
     if needs_units:
         if config.vocoder_command is not None:
@@ -189,7 +198,8 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         written_prompt = {**asdict(prompt), "audio": jobs.portable_path(prompt.audio, out) if prompt.audio else None}
         record: dict[str, Any] = {"prompt": written_prompt, "mode": mode, "seed": config.seed + number,
                                   "options": {"temperature": config.temperature, "top_k": config.top_k,
-                                              "max_new_tokens": config.max_new_tokens},
+                                              "max_new_tokens": config.max_new_tokens,
+                                              **({"prompt_sec": config.prompt_sec} if prompt.audio else {})},
                                   "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),
                                   "model": jobs.portable_path(config.model, out)}
         if mode.endswith("S"):
