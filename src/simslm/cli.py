@@ -403,6 +403,7 @@ class Command:
     config: Callable[[], type]
     handler: Callable[[Any], int]
     positional: tuple[str, ...] = ()
+    also_positional: tuple[str, ...] = ()
     overrides: bool = False
 
 
@@ -471,7 +472,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("fit",), "scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)",
             _config("simslm.scaling.sweep", "FitConfig"), _fit, positional=("source",)),
     Command(("plan",), "compute-optimal model size and tokens for a FLOP budget",
-            _config("simslm.scaling.fit", "PlanConfig"), _plan),
+            _config("simslm.scaling.fit", "PlanConfig"), _plan, also_positional=("fit",)),
     Command(("report",), "HTML report with plots and fitted laws for a sweep",
             _config("simslm.scaling.sweep", "ReportConfig"), _report, positional=("sweep",)),
     Command(("demo",), "the whole offline scaling study from nothing, bracketed (13-23 min on 2 cores)",
@@ -535,7 +536,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             from simslm.units.encoders import describe_encoders
 
             sub.description += f". Encoders: {describe_encoders()}."
-        add_config_arguments(sub, cls, positional=command.positional, overrides=command.overrides)
+        add_config_arguments(sub, cls, positional=command.positional, also_positional=command.also_positional,
+                             overrides=command.overrides)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
         sub.set_defaults(command_words=" ".join(command.words), handler=command.handler)

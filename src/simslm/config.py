@@ -271,11 +271,13 @@ def _describe_default(value: Any) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = (),
-                         overrides: bool = False) -> None:
+                         also_positional: tuple[str, ...] = (), overrides: bool = False) -> None:
     """One option per field of `cls` (its docstring and default as help), plus --config and --print-config.
 
-    Options left out keep the value of the --config file, then the field's default. With
-    `overrides`, trailing `key=value` words are accepted too (the older spelling of `train`).
+    Options left out keep the value of the --config file, then the field's default. Fields in `positional` are
+    words instead of options; those in `also_positional` are options that may also be given as a word (`plan
+    FIT`, as `fit SWEEP`). With `overrides`, trailing `key=value` words are accepted too (the older spelling of
+    `train`).
     """
     docs = field_docs(cls)
     hints = field_types(cls)
@@ -308,6 +310,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
             metavar = field.name.upper() if allowed is None else "{" + ",".join(map(str, allowed)) + "}"
             parser.add_argument(flag(field.name), dest=field.name, type=parse, metavar=metavar,
                                 default=argparse.SUPPRESS, help=help_text)
+            if field.name in also_positional:  # absent, it sets nothing: the option's value stands
+                parser.add_argument(field.name, nargs="?", type=parse, metavar=metavar, default=argparse.SUPPRESS,
+                                    help=f"the same as {flag(field.name)}")
     parser.add_argument("--config", dest="config_file", metavar="FILE", default=None,
                         help="JSON (or YAML) file of option values; options given here override it")
     parser.add_argument("--print-config", action="store_true",

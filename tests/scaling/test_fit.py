@@ -378,6 +378,9 @@ def test_a_degenerate_law_is_named_and_never_printed_drawn_or_planned_from(tmp_p
     assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json"), "--variant", "c"]) == 0
     out = capsys.readouterr().out
     assert "three.json (c)" in out and out.count("N_opt = ") == 1 and "not planned" not in out
+    # The fit as a word, as `fit SWEEP` and `report SWEEP` take theirs ("unrecognized arguments" before).
+    assert main(["plan", str(tmp_path / "three.json"), "--flops", "1e18", "--variant", "c"]) == 0
+    assert capsys.readouterr().out == out
     # A degenerate variant named, or no sound variant at all: refused, naming those that are sound.
     assert main(["plan", "--flops", "1e18", "--fit", str(tmp_path / "three.json"), "--variant", "a"]) == 2
     assert "variants with a sound law: b, c (--variant)" in capsys.readouterr().err
