@@ -44,7 +44,7 @@ def test_spoken_and_written_prompts_in_every_mode(trained_run, tmp_path):
 def test_a_spoken_prompt_cut_to_its_first_seconds_as_slamkit_cuts_it(trained_run, tmp_path):
     """--prompt-sec: the prompt's waveform cut before its units are extracted, as slamkit's generation and
     `eval generation=` cut it; the whole recording by default, and a cut past its end is the whole of it."""
-    from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
+    from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
     from simslm.eval.evaluate import load_run_model
     from simslm.eval.generation import _prompt
     from simslm.sequences.vocabulary import SPEECH_MARKER
@@ -60,7 +60,7 @@ def test_a_spoken_prompt_cut_to_its_first_seconds_as_slamkit_cuts_it(trained_run
     (whole, no_cut), (cut, one), (past, _) = prompt_tokens(), prompt_tokens(prompt_sec=1.0), \
         prompt_tokens(prompt_sec=600.0)
     source = run_unit_source(run)
-    first_second = _join_audio((spoken,), bench_units_cache() / "joined", _encoder(source).resampler, 1.0)
+    first_second = cut_prompt(spoken, source, 1.0)
     units = units_for_audio([first_second], source, bench_units_cache())[first_second]
     _, vocabulary, _ = load_run_model(run, "cpu")
     assert cut == _prompt(vocabulary, units, SPEECH_MARKER).tolist() and one == 1.0 and no_cut is None

@@ -141,6 +141,12 @@ def _join_audio(paths: tuple[str, ...], folder: Path, resampler: str, seconds: f
     return str(target)
 
 
+def cut_prompt(path: str, source: UnitSource, seconds: float) -> str:
+    """A WAV in the benchmark cache of the recording's first `seconds`, brought to 16 kHz by the resampler of
+    `source`'s codebook: a spoken prompt as slamkit's generation cuts its waveform (`_join_audio`)."""
+    return _join_audio((path,), bench_units_cache() / "joined", _encoder(source).resampler, seconds)
+
+
 def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, num_workers: int = 0, *,
                  join: bool = False, speech_units: str | None = None) -> Callable[[str | tuple[str, ...]], np.ndarray]:
     """Audio -> units: from a pre-extracted folder (keyed by file stem), else extracted now.

@@ -34,7 +34,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_positive
-from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
+from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
 from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
@@ -153,9 +153,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     needs_units = any(mode[0] == "S" or mode[-1] == "S" for mode in modes.values())
     source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
     spoken = [prompt.audio for prompt in prompts if prompt.audio]
-    cut = {path: path if config.prompt_sec is None else
-           _join_audio((path,), bench_units_cache() / "joined", _encoder(source).resampler, config.prompt_sec)
-           for path in spoken}
+    cut = {path: path if config.prompt_sec is None else cut_prompt(path, source, config.prompt_sec) for path in spoken}
     units_of_cut = units_for_audio(list(cut.values()), source, bench_units_cache()) if spoken else {}
     units_of = {path: units_of_cut[cut[path]] for path in spoken if cut[path] in units_of_cut}
     vocoder, no_vocoder = None, None

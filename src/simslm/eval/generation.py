@@ -305,7 +305,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
                        options: GenerationOptions = GenerationOptions(), speech_units: str | None = None
                        ) -> dict[str, Any]:
     """Continue speech prompts from a cross-modal benchmark in speech (S->S) and in text (S->T)."""
-    from simslm.eval.bench_units import _encoder, _join_audio, bench_units_cache, run_unit_source, units_for_audio
+    from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
 
     _, pairs = load(folder, "S")
     pairs = pairs[:options.num_prompts]
@@ -313,8 +313,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     endings = [pair.positive[1] for pair in pairs]
     source = run_unit_source(run_dir, speech_units)
     # A prompt is its recording's first seconds, cut before encoding as slamkit's PromptDataset cuts the waveform.
-    cut = {path: _join_audio((path,), bench_units_cache() / "joined", _encoder(source).resampler, options.prompt_sec)
-           for path in prompts}
+    cut = {path: cut_prompt(path, source, options.prompt_sec) for path in prompts}
     table = units_for_audio(list(cut.values()) + [e.audio for e in endings], source, bench_units_cache())
     vocoder = LogMelInversionVocoder(source.codebook)
     if options.asr not in ASRS:
