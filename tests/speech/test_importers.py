@@ -53,6 +53,20 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
 
 
+def test_a_repeated_id_names_the_file_it_skips(tmp_path, capsys):
+    """A folder's ids are its paths with "/" made "_": a_b/c.flac and a/b_c.flac are both a_b_c, and the second
+    was dropped as a "repeated id" with nothing to say which file that was."""
+    for folder, name in (("a", "b_c"), ("a_b", "c")):
+        (tmp_path / "corpus" / folder).mkdir(parents=True)
+        shutil.copy(_flac("1272-128104-0000"), tmp_path / "corpus" / folder / f"{name}.flac")
+        (tmp_path / "corpus" / folder / f"{name}.txt").write_text(f"{folder} {name}\n")
+    report, utterances = _imported(tmp_path, tmp_path / "corpus")
+    assert list(utterances) == ["a_b_c"] and report.skipped_by_reason == {"repeated id": 1}
+    kept = tmp_path / "corpus" / utterances["a_b_c"].speaker
+    dropped = next(f for f in (tmp_path / "corpus").glob("*/*.flac") if f.parent != kept)
+    assert f"skipped {dropped}: its id a_b_c is an earlier utterance's" in capsys.readouterr().err
+
+
 def test_common_voices_mp3_clips_import_from_a_folder_and_from_a_datasets_column(tmp_path):
     import soundfile
     from datasets import Audio, Dataset

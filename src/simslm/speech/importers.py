@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +367,10 @@ def detect_format(source: Path) -> str:
     return "folder"
 
 
+# Repeated ids named on the terminal (each is counted in the report).
+REPEATS_NAMED = 5
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImportManifestConfig(Config):
     """What `simslm manifest import` does."""
@@ -440,6 +445,12 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                 continue
             if item.id in seen:
                 skipped["repeated id"] += 1
+                # Named, the first few: a.flac beside a.wav repeats an utterance, but a_b/c.flac and a/b_c.flac
+                # are two that a folder's ids (the path, "/" made "_") cannot tell apart.
+                if skipped["repeated id"] <= REPEATS_NAMED:
+                    more = "; further ones are counted, not named" if skipped["repeated id"] == REPEATS_NAMED else ""
+                    print(f"simslm manifest import: skipped {item.audio}: its id {item.id} is an earlier "
+                          f"utterance's{more}", file=sys.stderr)
                 continue
             try:
                 sample_rate, duration = audio.audio_info(item.audio)
