@@ -319,6 +319,8 @@ CASES: dict[str, Case] = {
     "segment: output ends in a slash": lambda w: (
         ["segment", "--manifest", str(w.manifest), "--out", f"{w.bad / 'seg-146'}/"],
         "--out names the segments' manifest (a file), not a folder", []),
+    "segment: output is the manifest it cuts": lambda w: (
+        ["segment", "--manifest", str(w.manifest), "--out", str(w.manifest)], "the manifest being cut", [w.manifest]),
     "segment: max-sec within the margins": lambda w: (["segment", "--manifest", str(w.manifest), "--out",
                                                        str(w.bad / "seg-2.jsonl"), "--max-sec", "0.3"], "--max-sec", []),
     "segment: by words without timings": lambda w: (

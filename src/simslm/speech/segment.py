@@ -67,6 +67,9 @@ class SegmentConfig(Config):
 
     def check(self) -> None:
         check_output_file(self, "out", "the segments' manifest (a file)")
+        if Path(self.out).resolve() == Path(self.manifest).resolve():  # align adds to a manifest in place; this cuts
+            raise ConfigError(f"{self.out}: the manifest being cut, where --out names the segments' manifest: the "
+                              f"recordings' would be replaced by it; write to another --out")
         check_positive(self, "max_sec", "vad_min_silence_sec")
         check_positive(self, "margin_sec", "num_workers", allow_zero=True)
         if not 0 < self.vad_threshold < 1:
