@@ -412,6 +412,9 @@ CASES: dict[str, Case] = {
     # sequences
     "sequences merge: a units folder as a part": lambda w: (
         ["sequences", "merge", str(w.units), "--out", str(w.bad / "merged")], str(w.units), []),
+    "sequences build: --overwrite of its own units": lambda w: (
+        ["sequences", "build", "--out", str(w.units), "--overwrite", "--manifest", str(w.manifest), "--units",
+         str(w.units), "--streams", "speech"], "which --overwrite would delete", [w.units]),
     "sequences build: shard index past the shards": lambda w: (
         ["sequences", "build", "--out", str(w.bad / "out-shard"), "--text-corpus", "tinystories-sample",
          "--streams", "text", "--num-shards", "2", "--shard-index", "2"], "--shard-index", []),

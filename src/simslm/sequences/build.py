@@ -306,7 +306,8 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     shares = parse_mix(config.mix, streams)
     needs_speech = bool({"interleaved", "speech"} & set(streams))
     out = Path(config.out)
-    _refuse_filled(out, config.overwrite)
+    _refuse_filled(out, config.overwrite, {"--units": config.units, "--manifest": config.manifest,
+                                           "--text-corpus": config.text_corpus, "--tokenizer": config.tokenizer})
     utterances, units_by_id, num_units = [], {}, 0
     if needs_speech:
         # A shard keeps its share of the manifest and of the units as it reads them, never the whole corpus.
@@ -353,7 +354,7 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
     context), and a set that lacks a part or holds one twice, which would train on part of a corpus as if whole."""
     started = time.perf_counter()
     out = Path(config.out)
-    _refuse_filled(out, config.overwrite)
+    _refuse_filled(out, config.overwrite, {"a part": config.parts})
     folders = [Path(part) for part in config.parts]
     indexes = [_part_index(folder) for folder in folders]
     first = indexes[0]
@@ -446,10 +447,19 @@ def part_note(built: dict[str, Any]) -> str | None:
             f"merge` joins them into the whole corpus")
 
 
-def _refuse_filled(out: Path, overwrite: bool) -> None:
-    """Stop before any work when the output folder holds something and replacing it was not asked for."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
+def _refuse_filled(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
+    """Stop before any work when the output folder holds something and replacing it was not asked for, or when
+    replacing it would delete one of the build's own `inputs` (what names it: its path or paths): `--overwrite`
+    into the units folder replaced the units with the sequences built from them."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
+    for option, paths in inputs.items():
+        for given in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if given is not None and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
+                raise ValueError(f"{out}: holds {given} ({option}), which --overwrite would delete; write to "
+                                 f"another --out")
 
 
 # The speech inputs a sequences folder records relative to itself (index.json key: build config field).
