@@ -633,6 +633,9 @@ CASES: dict[str, Case] = {
     "model from-slamkit: garbage config": lambda w: (["model", "from-slamkit", "--checkpoint",
                                                       str(not_json(w, "unitlm-bad/config.json").parent), "--out",
                                                       str(w.bad / "out-40")], "config.json", []),
+    "model from-slamkit: out is the checkpoint": lambda w: (
+        ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-151/config.json").parent), "--out",
+         str(w.bad / "unitlm-151")], "the slamkit checkpoint itself", [w.bad / "unitlm-151" / "config.json"]),
     "textlm pretrain: depth 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-41"), "--depths", "0"],
                                            "--depths", []),
     "textlm pretrain: corpus missing": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-42"),

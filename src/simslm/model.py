@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from simslm import assets, jobs
-from simslm.config import Config
+from simslm.config import Config, ConfigError
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
 
@@ -464,6 +464,11 @@ class FromSlamkitConfig(Config):
     """Units slamkit added (its num_units)."""
     speech_units: str | None = None
     """The `simslm units extract` (or `units import`) folder of the model's units, recorded for `simslm eval`."""
+
+    def check(self) -> None:
+        if Path(self.out).resolve() == Path(self.checkpoint).resolve():  # its config.json and weights written over
+            raise ConfigError(f"{self.out}: the slamkit checkpoint itself, which the converted model would replace "
+                              f"file by file; write to another --out")
 
 
 def from_slamkit(config: FromSlamkitConfig) -> Path:
