@@ -598,6 +598,9 @@ CASES: dict[str, Case] = {
         ["fit", str(table(w, "semi.csv", "parameters;tokens;loss\n1e5;1e6;3\n"))], "semi.csv:1", []),
     "fit: table not UTF-8": lambda w: (["fit", str(_write(w.bad / "latin.csv", b"parameters,tokens,loss\n\xff,1,2\n"))],
                                        "latin.csv", []),
+    "fit: --out the table": lambda w: (
+        ["fit", str(table(w, "t-152.csv", "parameters,tokens,loss\n1e5,1e6,3\n")), "--out", str(w.bad / "t-152.csv")],
+        "the table being fitted", [w.bad / "t-152.csv"]),
     "fit: table missing": lambda w: (["fit", str(missing(w, "t.csv"))], str(missing(w, "t.csv")), []),
     "fit: sweep with no finished run": lambda w: (["fit", str(w.sweep)], str(w.sweep), [w.sweep / "fit.json"]),
     "plan: negative budget": lambda w: (["plan", "--flops=-1e20"], "--flops", []),

@@ -1495,6 +1495,9 @@ class FitConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
         check_output_file(self, "out", "the fit (a JSON file)")  # refused before the fit, not after it
+        if self.out and Path(self.out).resolve() == Path(self.source).resolve():
+            raise ConfigError(f"{self.out}: the table being fitted, which the fit would replace; write to another "
+                              f"--out")
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
