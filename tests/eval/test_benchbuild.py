@@ -44,6 +44,26 @@ def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_pa
             exclude="tinystories-sample[:2000]", num_items=3))
 
 
+def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):
+    """Built again with fewer items and another seed, the folder kept the first build's other items beside the
+    new ones (item files are numbered by position), and `eval` scored all of them. A folder holding anything else
+    is refused, and left as it was."""
+    def build(num_items: int, seed: int, out: Path) -> dict:
+        return build_benchmark(BenchBuildConfig(kind="tsc", out=str(out), source="tinystories-sample[2000:2010]",
+                                                num_items=num_items, seed=seed, num_workers=1))
+
+    build(4, 0, tmp_path / "tsc")
+    meta = build(2, 5, tmp_path / "tsc")
+    _, pairs = load(tmp_path / "tsc", "S")
+    assert len(pairs) == meta["num_items"] == 2 and len(list((tmp_path / "tsc" / "audio").iterdir())) == 2 * 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tsc"]  # nothing left beside it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="mine: not empty, and not a benchmark"):
+        build(2, 0, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     from simslm import assets
 

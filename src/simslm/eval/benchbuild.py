@@ -213,18 +213,26 @@ def write_slamkit_pairs(out: Path, kind: str) -> int:
 
 
 def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
-    """Synthesise an offline benchmark in its published layout; return what bench.json records."""
+    """Synthesise an offline benchmark in its published layout; return what bench.json records.
+
+    Built whole beside `--out` and moved into place: a build again into a benchmark's folder (fewer items, another
+    seed) replaces it, where writing into it kept the earlier build's items beside the new ones, and `eval` scored
+    both. A folder that holds something other than a benchmark simslm built is not replaced but refused."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / BENCH_FILE).is_file():
+        raise ValueError(f"{out}: not empty, and not a benchmark `simslm bench build` made (no {BENCH_FILE}); "
+                         f"build into a new --out")
     kind = BENCH_KINDS[config.kind]
-    records, num_items = kind.build(config, out)
-    if config.slamkit_pairs:
-        write_slamkit_pairs(out, config.kind)
-    skipped = sum(1 for record in records.values() if "skipped" in record)
-    meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
-            "config": config.to_dict(),
-            "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
-    jobs.write_json(out / BENCH_FILE, meta)
+    with jobs.atomic_path(out) as staging:
+        staging.mkdir()
+        records, num_items = kind.build(config, staging)
+        if config.slamkit_pairs:
+            write_slamkit_pairs(staging, config.kind)
+        skipped = sum(1 for record in records.values() if "skipped" in record)
+        meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
+                "config": config.to_dict(),
+                "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
+        jobs.write_json(staging / BENCH_FILE, meta)
     return meta
 
 
