@@ -402,6 +402,11 @@ CASES: dict[str, Case] = {
                                                   str(w.bad / "out-23")], str(missing(w)), []),
     "units import: every line bad": lambda w: (["units", "import", "--features", str(_write(
         w.bad / "feats.jsonl", "not json\n{}\n")), "--out", str(w.bad / "out-24")], "feats.jsonl", []),
+    "units import: into a folder holding other files": lambda w: (
+        ["units", "import", "--features", str(_write(w.bad / "feats-153.jsonl", json.dumps(
+            {"file_name": "/x/u0.wav", "units": [1, 2], "duration": [1, 1]}) + "\n")), "--num-units", "10", "--out",
+         str(_write(w.bad / "out-153" / "notes.txt", "mine").parent)], "out-153: not empty",
+        [w.bad / "out-153" / "notes.txt"]),
     "units convert: pickle without trust": lambda w: (["units", "convert", "--pickle", str(_write(
         w.bad / "km.pkl", b"\x80\x04N.")), "--out", str(w.bad / "out-25")], "--trust-pickle", []),
     "units quality: units missing": lambda w: (["units", "quality", "--manifest", str(w.manifest), "--units",
