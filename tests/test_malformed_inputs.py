@@ -319,6 +319,8 @@ CASES: dict[str, Case] = {
     "segment: output ends in a slash": lambda w: (
         ["segment", "--manifest", str(w.manifest), "--out", f"{w.bad / 'seg-146'}/"],
         "--out names the segments' manifest (a file), not a folder", []),
+    "segment: manifest is a symlink loop": lambda w: (["segment", "--manifest", str(symlink_loop(w)), "--out",
+                                                       str(w.bad / "seg-154.jsonl")], str(symlink_loop(w)), []),
     "segment: output is the manifest it cuts": lambda w: (
         ["segment", "--manifest", str(w.manifest), "--out", str(w.manifest)], "the manifest being cut", [w.manifest]),
     "segment: max-sec within the margins": lambda w: (["segment", "--manifest", str(w.manifest), "--out",

@@ -360,6 +360,15 @@ def check_output_file(config: Any, name: str, what: str, file: str | os.PathLike
         raise ConfigError(f"{file if file is not None else value}: a folder, where {flag(name)} names {what}")
 
 
+def check_not_input(config: Any, name: str, input_name: str, what: str) -> None:
+    """Raise ConfigError when the output field `name` is the very file or folder the field `input_name` reads
+    (`what` says what writing it would do to that input). Compared by `os.path.realpath`, which, unlike
+    `Path.resolve`, says nothing about a symbolic-link loop: the input's own reading names that in one line."""
+    out, given = getattr(config, name), getattr(config, input_name)
+    if out is not None and given is not None and os.path.realpath(out) == os.path.realpath(given):
+        raise ConfigError(f"{out}: {what}; write to another {flag(name)}")
+
+
 def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
     """Raise ConfigError unless each named field is a finite number > 0 (>= 0 with allow_zero); None passes."""
     for name in names:

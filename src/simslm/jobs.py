@@ -954,10 +954,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes atomically (temporary name, then rename); a ValueError naming `path` when it is a folder (the
-    rename would fail naming the temporary file instead)."""
-    if Path(path).is_dir():
-        raise ValueError(f"{path}: a folder, where a file is needed")
+    """Write bytes atomically (temporary name, then rename); a ValueError naming `path` when it is a folder
+    (`atomic_path`)."""
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from simslm import assets, jobs
-from simslm.config import Config, ConfigError
+from simslm.config import Config, check_not_input
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
 
@@ -466,9 +466,8 @@ class FromSlamkitConfig(Config):
     """The `simslm units extract` (or `units import`) folder of the model's units, recorded for `simslm eval`."""
 
     def check(self) -> None:
-        if Path(self.out).resolve() == Path(self.checkpoint).resolve():  # its config.json and weights written over
-            raise ConfigError(f"{self.out}: the slamkit checkpoint itself, which the converted model would replace "
-                              f"file by file; write to another --out")
+        check_not_input(self, "out", "checkpoint", "the slamkit checkpoint itself, which the converted model would "
+                                                   "replace file by file")
 
 
 def from_slamkit(config: FromSlamkitConfig) -> Path:

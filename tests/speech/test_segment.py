@@ -168,3 +168,12 @@ def test_the_command_line_and_its_errors(tmp_path, capsys):
     assert "no recording could be cut" in capsys.readouterr().err and not out.exists()
     assert main(["segment", "--manifest", str(manifest), "--out", str(out), "--max-sec", "0.3"]) == 2
     assert "leaves no room" in capsys.readouterr().err
+
+
+def test_a_manifest_that_is_a_symlink_loop_is_one_line_naming_it(tmp_path, capsys):
+    # The check that --out is not the manifest itself resolved both with `Path.resolve`, which raises RuntimeError
+    # on a loop: the line said "Symlink loop from ..." as an unexpected error, with the --debug hint.
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    assert main(["segment", "--manifest", str(tmp_path / "loop.jsonl"), "--out", str(tmp_path / "seg.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"simslm segment: error: {tmp_path / 'loop.jsonl'}: too many levels " \
+                                              f"of symbolic links"

@@ -116,8 +116,9 @@ def read_prompts(spec: str, mode: str = "auto") -> list[Prompt]:
     if path.is_dir():
         kinds = {"S": audio.AUDIO_SUFFIXES, "T": (".txt",)}
         wanted = kinds[modality] if modality else (*kinds["S"], *kinds["T"])
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in wanted)
-        aside = [f for f in path.iterdir() if modality and f.suffix.lower() in kinds["T" if modality == "S" else "S"]]
+        listed = sorted(path.iterdir())
+        files = [f for f in listed if f.suffix.lower() in wanted]
+        aside = [f for f in listed if modality and f.suffix.lower() in kinds["T" if modality == "S" else "S"]]
         if not files:
             raise ValueError(f"{path}: no prompts (files ending {', '.join(wanted)})")
         if aside:

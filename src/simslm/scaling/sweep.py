@@ -42,7 +42,15 @@ import numpy as np
 
 from simslm import assets, jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_output_file, check_positive, home_expanded, registry_choices
+from simslm.config import (
+    Config,
+    ConfigError,
+    check_not_input,
+    check_output_file,
+    check_positive,
+    home_expanded,
+    registry_choices,
+)
 from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
@@ -1495,9 +1503,7 @@ class FitConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
         check_output_file(self, "out", "the fit (a JSON file)")  # refused before the fit, not after it
-        if self.out and Path(self.out).resolve() == Path(self.source).resolve():
-            raise ConfigError(f"{self.out}: the table being fitted, which the fit would replace; write to another "
-                              f"--out")
+        check_not_input(self, "out", "source", "the table being fitted, which the fit would replace")
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:

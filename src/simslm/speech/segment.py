@@ -35,7 +35,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_output_file, check_positive
+from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
 
@@ -67,9 +67,9 @@ class SegmentConfig(Config):
 
     def check(self) -> None:
         check_output_file(self, "out", "the segments' manifest (a file)")
-        if Path(self.out).resolve() == Path(self.manifest).resolve():  # align adds to a manifest in place; this cuts
-            raise ConfigError(f"{self.out}: the manifest being cut, where --out names the segments' manifest: the "
-                              f"recordings' would be replaced by it; write to another --out")
+        # `align` adds to a manifest in place; this cuts it.
+        check_not_input(self, "out", "manifest", "the manifest being cut, where --out names the segments' manifest: "
+                                                 "the recordings' would be replaced by it")
         check_positive(self, "max_sec", "vad_min_silence_sec")
         check_positive(self, "margin_sec", "num_workers", allow_zero=True)
         if not 0 < self.vad_threshold < 1:
