@@ -163,16 +163,16 @@ def lock_held_elsewhere():
         release_lock(process)
 
 
-def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, **config) -> str:
+def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, rows: int = 512, **config) -> str:
     """A random model of a real architecture (`config` adds to its config: tied embeddings, Llama 3's RoPE), with
-    the data's tokenizer (tok512) saved beside it."""
+    the data's tokenizer (tok512) saved beside it; `rows` past 512 are spare, as Qwen2.5 pads its vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from simslm.sequences.vocabulary import load_base_tokenizer
 
     config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
                                  "llama": (LlamaConfig, LlamaForCausalLM)}[architecture]
-    model = model_class(config_class(vocab_size=512, hidden_size=width, intermediate_size=2 * width,
+    model = model_class(config_class(vocab_size=rows, hidden_size=width, intermediate_size=2 * width,
                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                      max_position_embeddings=128, **config))
     model.save_pretrained(folder)

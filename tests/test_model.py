@@ -260,3 +260,32 @@ def test_a_model_folder_records_its_encoder_and_codebook_and_moves_with_its_unit
                                                                    "absolute": str(config.out)}))
     assert model_unit_source(tmp_path / "model").encoder == original.encoder
     assert units_pointer(tmp_path) is None and model_unit_source(tmp_path) is None
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("num_units", [20, 100])
+def test_spare_rows_go_to_the_first_units_as_slamkit_resizes(tmp_path, tied, num_units):
+    """A base with 600 rows for its 512 tokens (Qwen2.5 pads 151,665 to 151,936). slamkit's UnitLM resizes to its
+    tokeniser's length (units and two markers): the first units take the spare rows, and with few units the rest
+    go. simslm's vocabulary has one row more (its pad) and must keep every row slamkit keeps."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_base_model
+
+    base = tiny_base_model(tmp_path, "qwen2", 32, 1, rows=600, tie_word_embeddings=tied)
+    slamkit_size = 512 + num_units + 2
+    as_slamkit = AutoModelForCausalLM.from_pretrained(base)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        as_slamkit.resize_token_embeddings(slamkit_size)
+    ours = AutoModelForCausalLM.from_pretrained(base)
+    model.extend_vocabulary(ours, slamkit_size + 1, seed=0, text_tokens=512)
+    kept = min(600, slamkit_size)  # rows of the base both keep: text, then the first units on its spare rows
+    for matrix in ("get_input_embeddings", "get_output_embeddings"):
+        weight = getattr(ours, matrix)().weight
+        assert weight.shape[0] == slamkit_size + 1
+        assert torch.equal(weight[:kept], getattr(as_slamkit, matrix)().weight[:kept])
+    assert (ours.get_output_embeddings().weight is ours.get_input_embeddings().weight) == tied
+    assert ours.config.vocab_size == slamkit_size + 1
+    with pytest.raises(ValueError, match="cannot shrink the vocabulary from 600 to 511"):
+        model.extend_vocabulary(AutoModelForCausalLM.from_pretrained(base), 511, text_tokens=512)

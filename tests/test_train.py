@@ -921,6 +921,8 @@ def test_a_run_of_two_processes_resumes_with_one_when_a_replan_is_allowed(data, 
     # The schedule goes on by tokens: step 5 + 2k reads the lr the two processes used at step 5 + k.
     for k in range(4):
         assert resumed[4 + 2 * k]["lr"] == pytest.approx(first[4 + k]["lr"])
+
+
 def test_data_built_with_another_tokenizer_is_refused_before_training(data, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -930,6 +932,26 @@ def test_data_built_with_another_tokenizer_is_refused_before_training(data, tmp_
     with pytest.raises(ValueError, match="built with another tokenizer"):
         train(_config(data, tmp_path / "run", base_model=str(other), budget_tokens=4 * 4 * 64))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_base_with_more_spare_rows_than_units_trains_on_its_tokens_rows(extracted, tmp_path):
+    """Qwen2.5 with fewer than 270 units: the model has more rows than the tokenizer, units and markers need.
+    Refused before ("cannot shrink"); slamkit drops the spare rows past its vocabulary, and so does simslm."""
+    from transformers import AutoModelForCausalLM
+
+    from simslm.sequences.build import BuildConfig, build_sequences
+    from tests.conftest import tiny_base_model
+
+    base = tiny_base_model(tmp_path / "padded", "qwen2", 32, 1, rows=1024, tie_word_embeddings=True)
+    units, _, _ = extracted
+    data = str(tmp_path / "seq")
+    build_sequences(BuildConfig(out=data, tokenizer=base, manifest=units.manifest, units=units.out,
+                                streams=("interleaved",), context_length=64))
+    size = len(Vocabulary.load(Path(data) / "tokenizer"))
+    assert size < 1024
+    train(_config(data, tmp_path / "run", base_model=base, budget_tokens=2 * 4 * 64))
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert trained.get_input_embeddings().weight.shape[0] == trained.config.vocab_size == size
 
 
 def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_path, capsys):

@@ -156,8 +156,15 @@ def smollm2_gguf_path() -> Path:
 NEW_ROWS = ("mean", "normal")
 
 
-def extend_vocabulary(model, new_size: int, seed: int = 0, new_rows: str = "mean") -> None:
-    """Grow the embedding (and an untied output head) to `new_size` rows, keeping every old row; tied stay tied."""
+def extend_vocabulary(model, new_size: int, seed: int = 0, new_rows: str = "mean", text_tokens: int | None = None
+                      ) -> None:
+    """Grow the embedding (and an untied output head) to `new_size` rows, keeping every old row; tied stay tied.
+
+    A model may have spare rows past its tokenizer's `text_tokens` (Qwen2.5 pads 151,665 tokens to 151,936 rows).
+    The first units take them, as in slamkit, whose `UnitLM` calls `resize_token_embeddings(len(tokeniser))`; and
+    when the units and markers need fewer rows than the model has (Qwen2.5 with fewer than 270 units), the spare
+    rows past them are dropped, as that call does. Rows of text tokens are never dropped.
+    """
     import torch
 
     if new_rows not in NEW_ROWS:
@@ -165,7 +172,10 @@ def extend_vocabulary(model, new_size: int, seed: int = 0, new_rows: str = "mean
     embedding = model.get_input_embeddings()
     old_size = embedding.weight.shape[0]
     if new_size < old_size:
-        raise ValueError(f"cannot shrink the vocabulary from {old_size} to {new_size}")
+        if text_tokens is None or new_size < text_tokens:
+            raise ValueError(f"cannot shrink the vocabulary from {old_size} to {new_size}")
+        model.resize_token_embeddings(new_size)  # truncates: the spare rows past new_size go, ties kept
+        return
     old_output = model.get_output_embeddings()
     tied = old_output is not None and old_output.weight is embedding.weight
     if new_rows == "mean":

@@ -484,7 +484,8 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
             # (`UnitLM.__init__`): the new rows are the mean of the bf16-rounded rows, which differs from the
             # rounded mean of the fp32 ones in about one entry in eight, by a bf16 step.
             weights_to(model, torch.bfloat16)
-        model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows)
+        model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows,
+                                    text_tokens=vocabulary.unit_offset if vocabulary is not None else None)
         if model.config.max_position_embeddings < context_length:
             model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
     model.set_attn_implementation(attention_kernel(config.attention, device, bf16=uses_bf16(config.precision, device)))
