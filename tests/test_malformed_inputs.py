@@ -692,6 +692,7 @@ def test_a_malformed_input_gets_one_line_naming_it_and_loses_nothing(case, world
                                    and "/" not in word)
     assert status == 2, err
     assert "Traceback" not in err
+    assert "re-run with --debug" not in err, err  # an error simslm did not foresee: no check of its own caught it
     assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), err
     assert subject in lines[0], err
     assert {path: _fingerprint(path) for path in protected} == before, "an earlier output changed"

@@ -601,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         from simslm.assets import AssetError
-        from simslm.jobs import WorkerDied
+        from simslm.jobs import JobsFailed, WorkerDied
 
-        expected = isinstance(error, (AssetError, ValueError, WorkerDied)) or (
+        expected = isinstance(error, (AssetError, ValueError, WorkerDied, JobsFailed)) or (
             isinstance(error, OSError) and error.filename)
         message = " ".join(str(error).split()) or error.__class__.__name__
         if isinstance(error, OSError) and error.filename:  # FILE: what is wrong, as every other message

@@ -478,6 +478,12 @@ def _run_noted(function: Callable[[Any], Any], path: str, keyed: tuple[str, Any]
     return function(task)
 
 
+class JobsFailed(RuntimeError):
+    """Runs or jobs a command started (a sweep's runs, `units extract`'s array) ended in errors of their own, which
+    their logs hold; what was done is kept and the same command redoes only the rest. The command says it in one
+    line, naming the folder: its own traceback would show only where it waited."""
+
+
 class WorkerDied(RuntimeError):
     """A worker process of `parallel_map` ended without a word (the kernel's OOM killer under a cgroup's memory
     limit, a crash in a native library); `ended` maps the pid of each that did so to its exit code (-9 for

@@ -449,7 +449,7 @@ def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkey
     waiter.start()
     waiter.join(timeout=60)
     assert not waiter.is_alive(), "sweep wait still waits for a job that has ended"
-    assert outcome and outcome[0].startswith(f"1 run(s) failed: {run['id']} (log ")
+    assert outcome and outcome[0].startswith(f"{tmp_path}: 1 run(s) failed: {run['id']} (log ")
 
 
 @pytest.mark.slow
@@ -503,7 +503,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_its_run_resumes(data, tm
     assert len(saved) == 2 and 3 <= saved[0] < total and saved[1] == total
 
 
-def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(data, tmp_path, monkeypatch):
+def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(data, tmp_path, monkeypatch, capsys):
     forked, fork = [], sweep._ForkedRun
     monkeypatch.setattr(sweep, "_ForkedRun", lambda *args: forked.append(args[2]) or fork(*args))
     runs = {}
@@ -527,6 +527,15 @@ def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(dat
         sweep.run_sweep(tmp_path / "bad", num_parallel=1)
     log = (tmp_path / "bad" / "runs" / f"{bad['id']}.log").read_text()
     assert "simslm sweep run-one: error: " in log and "another config (other lr)" in log and "Traceback" not in log
+    # Through the command: one line naming the sweep, as the runs' own errors are in their logs (no --debug hint,
+    # whose traceback would show only where the sweep waited).
+    from simslm.cli import main
+
+    capsys.readouterr()
+    assert main(["sweep", "run", str(tmp_path / "bad"), "--num-parallel", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"simslm sweep run: error: {tmp_path / 'bad'}: 1 run(s) failed: {bad['id']}"), err
+    assert "--debug" not in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -805,8 +805,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
                 log.close()
         tracker.close()
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed: {', '.join(failures)} "
-                           f"(see {sweep_dir}/runs/<id>.log); re-run `simslm sweep run` to retry them")
+        raise jobs.JobsFailed(f"{sweep_dir}: {len(failures)} run(s) failed: {', '.join(failures)} "
+                              f"(see {sweep_dir}/runs/<id>.log); re-run `simslm sweep run` to retry them")
 
 
 JOBS_FILE = "jobs.json"
@@ -847,8 +847,8 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         raise jobs.Stopped(f"{sweep_dir}: stopped by SIGTERM while waiting; the {len(runs)} job(s) it submitted go on: "
                            f"follow them with `simslm sweep wait {sweep_dir}`") from None
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed: {'; '.join(failures)}; re-run `simslm sweep run` to "
-                           f"retry them")
+        raise jobs.JobsFailed(f"{sweep_dir}: {len(failures)} run(s) failed: {'; '.join(failures)}; re-run "
+                              f"`simslm sweep run` to retry them")
 
 
 EXECUTORS: dict[str, Callable[..., None]] = {"local": _local, "slurm": _slurm}
@@ -1072,8 +1072,8 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     failed = [f"{run['id']} (log {folder / submitted[run['id']]['stderr']})" for run in sweep["runs"]
               if run["id"] in submitted and run_status(run, bench) != "done"]
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; re-run `simslm sweep run` to retry "
-                           f"them")
+        raise jobs.JobsFailed(f"{sweep_dir}: {len(failed)} run(s) failed: {'; '.join(failed)}; re-run "
+                              f"`simslm sweep run` to retry them")
     return status_counts(sweep_dir)
 
 

@@ -133,8 +133,8 @@ def convert_pickled(path: str | os.PathLike, out: str | os.PathLike, *, trust_pi
     result is a plain array that later loads never unpickle.
     """
     if not trust_pickle:
-        raise PermissionError(f"{path} is a pickle, and loading a pickle can run arbitrary code; "
-                              f"convert it once with --trust-pickle if you trust its source")
+        raise ValueError(f"{path}: a pickle, and loading a pickle can run arbitrary code; "
+                         f"convert it once with --trust-pickle if you trust its source")
     import joblib
 
     model = joblib.load(path)
