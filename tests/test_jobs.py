@@ -91,6 +91,29 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
+def test_a_folder_never_replaces_a_file_and_a_foreign_folder_is_refused_before_the_work(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt: a file, where a folder is needed"), \
+            jobs.atomic_path(notes) as staging:
+        staging.mkdir()
+        (staging / "made.txt").write_text("made")
+    assert notes.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    with pytest.raises(ValueError, match="notes.txt: a file, where a folder is needed; write elsewhere"):
+        jobs.check_replaceable(notes, "made.json", "a thing made", "write elsewhere")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "a.txt").write_text("theirs")
+    with pytest.raises(ValueError, match=r"theirs: not empty, and not a thing made \(no made.json\); write elsewhere"):
+        jobs.check_replaceable(tmp_path / "theirs", "made.json", "a thing made", "write elsewhere")
+    with pytest.raises(ValueError, match=r"theirs: not empty; write elsewhere"):
+        jobs.check_replaceable(tmp_path / "theirs", None, "", "write elsewhere")
+    (tmp_path / "theirs" / "made.json").write_text("{}")
+    jobs.check_replaceable(tmp_path / "theirs", "made.json", "a thing made", "write elsewhere")  # ours to replace
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "nowhere"):
+        jobs.check_replaceable(path, None, "", "write elsewhere")
+
+
 def test_the_temporary_name_keeps_the_suffix_writers_check(tmp_path):
     import numpy as np
 

@@ -409,6 +409,11 @@ CASES: dict[str, Case] = {
             {"file_name": "/x/u0.wav", "units": [1, 2], "duration": [1, 1]}) + "\n")), "--num-units", "10", "--out",
          str(_write(w.bad / "out-153" / "notes.txt", "mine").parent)], "out-153: not empty",
         [w.bad / "out-153" / "notes.txt"]),
+    "units import: --out a file": lambda w: (
+        ["units", "import", "--features", str(_write(w.bad / "feats-156.jsonl", json.dumps(
+            {"file_name": "/x/u0.wav", "units": [1, 2], "duration": [1, 1]}) + "\n")), "--num-units", "10", "--out",
+         str(_write(w.bad / "notes-156.txt", "mine"))], "notes-156.txt: a file, where a folder is needed",
+        [w.bad / "notes-156.txt"]),
     "units convert: pickle without trust": lambda w: (["units", "convert", "--pickle", str(_write(
         w.bad / "km.pkl", b"\x80\x04N.")), "--out", str(w.bad / "out-25")], "--trust-pickle", []),
     "units quality: units missing": lambda w: (["units", "quality", "--manifest", str(w.manifest), "--units",
@@ -422,6 +427,10 @@ CASES: dict[str, Case] = {
     "sequences build: --overwrite of its own units": lambda w: (
         ["sequences", "build", "--out", str(w.units), "--overwrite", "--manifest", str(w.manifest), "--units",
          str(w.units), "--streams", "speech"], "which --overwrite would delete", [w.units]),
+    "sequences build: --overwrite of a folder holding no sequences": lambda w: (
+        ["sequences", "build", "--out", str(_write(w.bad / "out-157" / "notes.txt", "mine").parent), "--overwrite",
+         "--manifest", str(w.manifest), "--units", str(w.units), "--streams", "speech"],
+         "out-157: not empty, and not sequences", [w.bad / "out-157" / "notes.txt"]),
     "sequences build: shard index past the shards": lambda w: (
         ["sequences", "build", "--out", str(w.bad / "out-shard"), "--text-corpus", "tinystories-sample",
          "--streams", "text", "--num-shards", "2", "--shard-index", "2"], "--shard-index", []),
@@ -636,6 +645,10 @@ CASES: dict[str, Case] = {
     # bench build / model / textlm / demo
     "bench build: source missing": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-37"),
                                                "--source", str(missing(w, "s.txt"))], str(missing(w, "s.txt")), []),
+    "bench build: --out a file": lambda w: (["bench", "build", "--kind", "tsc", "--num-items", "2", "--out",
+                                             str(_write(w.bad / "notes-155.txt", "mine"))],
+                                            "notes-155.txt: a file, where a folder is needed",
+                                            [w.bad / "notes-155.txt"]),
     "bench build: no items": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-38"),
                                          "--num-items", "0"], "--num-items", []),
     "model from-slamkit: no config": lambda w: (["model", "from-slamkit", "--checkpoint", str(a_folder(w, "unitlm")),
@@ -646,6 +659,14 @@ CASES: dict[str, Case] = {
     "model from-slamkit: out is the checkpoint": lambda w: (
         ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-151/config.json").parent), "--out",
          str(w.bad / "unitlm-151")], "the slamkit checkpoint itself", [w.bad / "unitlm-151" / "config.json"]),
+    "model from-slamkit: --out a folder holding other files": lambda w: (
+        ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-158/config.json").parent), "--out",
+         str(_write(w.bad / "out-158" / "notes.txt", "mine").parent)], "out-158: not empty, and not a model folder",
+        [w.bad / "out-158" / "notes.txt"]),
+    "model from-slamkit: --out a file": lambda w: (
+        ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-159/config.json").parent), "--out",
+         str(_write(w.bad / "notes-159.txt", "mine"))], "notes-159.txt: a file, where a folder is needed",
+        [w.bad / "notes-159.txt"]),
     "textlm pretrain: depth 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-41"), "--depths", "0"],
                                            "--depths", []),
     "textlm pretrain: corpus missing": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-42"),

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -231,6 +232,23 @@ def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(t
     with pytest.raises(ValueError, match="embedding rows"):
         model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "x"),
                                                    tokenizer="stories260K", num_units=20))
+    assert not (tmp_path / "x").exists()  # nothing written: no plain model without its vocabulary
+    # Again into the earlier conversion, with the wrong number of units: refused, and the earlier one as it was.
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(ValueError, match="embedding rows"):
+        model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(out),
+                                                   tokenizer="stories260K", num_units=20))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    # With the right one it is replaced whole, and a folder that is not a model is refused before any work.
+    model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(out),
+                                               tokenizer="stories260K", num_units=16))
+    assert Vocabulary.load(out).num_units == 16
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="mine: not empty, and not a model folder simslm wrote"):
+        model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "mine"),
+                                                   tokenizer="stories260K", num_units=16))
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
 def test_a_model_folder_records_its_encoder_and_codebook_and_moves_with_its_units(extracted, tmp_path):

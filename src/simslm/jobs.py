@@ -1031,9 +1031,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write a file or a folder to; it becomes `path` only if the block succeeds.
 
     The rename is atomic for a file; a folder already at `path` is moved aside first and
-    deleted after, so readers see the old or the new one, never a mix. The temporary name
-    keeps the suffix, for writers that add or check one (numpy, matplotlib, soundfile). A full
-    disk is said as such (`naming_a_full_disk`).
+    deleted after, so readers see the old or the new one, never a mix. A folder is never put
+    in place of a file (a user's file named as an output folder would be deleted): a ValueError,
+    and the commands that replace a folder whole say it before their work (`check_replaceable`).
+    The temporary name keeps the suffix, for writers that add or check one (numpy, matplotlib,
+    soundfile). A full disk is said as such (`naming_a_full_disk`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1043,6 +1045,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with naming_a_full_disk(path):
             yield temporary
             if temporary.is_dir():
+                if path.exists() and not path.is_dir():
+                    raise ValueError(f"{path}: a file, where a folder is needed")
                 replace_folder(temporary, path)
             else:
                 os.replace(temporary, path)
@@ -1055,6 +1059,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise PermissionError(error.errno, f"cannot write it here ({error.strerror})", str(path)) from None
     finally:
         _remove(temporary)
+
+
+def check_replaceable(path: str | os.PathLike, mark: str | None, what: str, advice: str) -> None:
+    """Before the work of a command that builds a folder whole and puts it in place of `path` (`atomic_path`),
+    which deletes what was there: a ValueError when `path` is a file, or a folder holding something other than
+    what the command makes (`mark`, a file such a folder has, `what` its name: "a benchmark `simslm bench build`
+    made"; no mark: only an empty folder may be replaced); `advice` says what to do instead."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: a file, where a folder is needed; {advice}")
+    if path.is_dir() and any(path.iterdir()) and (mark is None or not (path / mark).is_file()):
+        raise ValueError(f"{path}: not empty{f', and not {what} (no {mark})' if mark else ''}; {advice}")
 
 
 def refuse_unwritable(path: str | os.PathLike, advice: str) -> None:

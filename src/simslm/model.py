@@ -345,6 +345,8 @@ def build_family_model(depth: int, vocab_size: int, seed: int, context_length: i
     return LlamaForCausalLM(LlamaConfig(**family_config(depth, vocab_size, context_length, aspect_ratio))).eval()
 
 
+MODEL_FILE = "simslm_model.json"  # what save_model adds to a model folder: its parameter groups
+
 # Beside a saved model: where its unit tokens come from (encoder, settings, codebook), so the folder alone
 # can be fed audio (`simslm eval MODEL_FOLDER`). The codebook is copied in: it is small (k x dim floats).
 MODEL_UNITS_FILE = "simslm_units.json"
@@ -407,8 +409,7 @@ def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     jobs.modes_as_umask_allows(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    (folder / "simslm_model.json").write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__},
-                                                         indent=2))
+    (folder / MODEL_FILE).write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__}, indent=2))
 
 
 def convert_slamkit_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -486,24 +487,31 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
     slamkit adds `<Un0..K-1>`, `<speech>` and `<text>` after the text vocabulary, in that
     order; `Vocabulary.build` gives the same ids and one more, a fresh pad, whose row is
     added here as every new row is (mean-resizing).
+
+    The folder is made whole beside `--out` and moved into place: a conversion refused part way (a tokenizer that
+    does not fit the weights) or stopped leaves `--out` as it was, where it left the plain model without its
+    vocabulary, over an earlier conversion.
     """
     from transformers import AutoModelForCausalLM
 
     from simslm.sequences.vocabulary import Vocabulary
 
-    out = convert_slamkit_checkpoint(config.checkpoint, config.out)
     if (config.tokenizer is None) != (config.num_units is None):
         raise ValueError("give both --tokenizer and --num-units (or neither)")
-    if config.tokenizer is not None:
-        vocabulary = Vocabulary.build(config.tokenizer, config.num_units)
-        model = AutoModelForCausalLM.from_pretrained(out)
-        rows = model.get_input_embeddings().weight.shape[0]
-        if rows != len(vocabulary) - 1:
-            raise ValueError(f"{config.checkpoint}: {rows} embedding rows, but {config.tokenizer} with "
-                             f"{config.num_units} units and two markers gives {len(vocabulary) - 1}")
-        extend_vocabulary(model, len(vocabulary))
-        save_model(model, None, out)
-        vocabulary.save(out)
-    if config.speech_units:
-        write_model_units(out, config.speech_units)
+    out = Path(config.out)
+    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+    with jobs.atomic_path(out) as staging:
+        convert_slamkit_checkpoint(config.checkpoint, staging)
+        if config.tokenizer is not None:
+            vocabulary = Vocabulary.build(config.tokenizer, config.num_units)
+            model = AutoModelForCausalLM.from_pretrained(staging)
+            rows = model.get_input_embeddings().weight.shape[0]
+            if rows != len(vocabulary) - 1:
+                raise ValueError(f"{config.checkpoint}: {rows} embedding rows, but {config.tokenizer} with "
+                                 f"{config.num_units} units and two markers gives {len(vocabulary) - 1}")
+            extend_vocabulary(model, len(vocabulary))
+            save_model(model, None, staging)
+            vocabulary.save(staging)
+        if config.speech_units:
+            write_model_units(staging, config.speech_units, final_dir=out)
     return out

@@ -219,9 +219,7 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     seed) replaces it, where writing into it kept the earlier build's items beside the new ones, and `eval` scored
     both. A folder that holds something other than a benchmark simslm built is not replaced but refused."""
     out = Path(config.out)
-    if out.is_dir() and any(out.iterdir()) and not (out / BENCH_FILE).is_file():
-        raise ValueError(f"{out}: not empty, and not a benchmark `simslm bench build` made (no {BENCH_FILE}); "
-                         f"build into a new --out")
+    jobs.check_replaceable(out, BENCH_FILE, "a benchmark `simslm bench build` made", "build into a new --out")
     kind = BENCH_KINDS[config.kind]
     with jobs.atomic_path(out) as staging:
         staging.mkdir()

@@ -448,9 +448,12 @@ def part_note(built: dict[str, Any]) -> str | None:
 
 
 def _refuse_filled(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
-    """Stop before any work when the output folder holds something and replacing it was not asked for, or when
-    replacing it would delete one of the build's own `inputs` (what names it: its path or paths): `--overwrite`
-    into the units folder replaced the units with the sequences built from them."""
+    """Stop before any work when the output folder holds something and replacing it was not asked for, when it
+    holds something other than sequences (`--overwrite` replaces a build, not any folder), or when replacing it
+    would delete one of the build's own `inputs` (what names it: its path or paths): `--overwrite` into the units
+    folder replaced the units with the sequences built from them."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file, where a folder is needed")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
@@ -460,6 +463,7 @@ def _refuse_filled(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
             if given is not None and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
                 raise ValueError(f"{out}: holds {given} ({option}), which --overwrite would delete; write to "
                                  f"another --out")
+    jobs.check_replaceable(out, "index.json", "sequences `simslm sequences build` made", "write to another --out")
 
 
 # The speech inputs a sequences folder records relative to itself (index.json key: build config field).

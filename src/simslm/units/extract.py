@@ -1187,8 +1187,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     out = Path(config.out)
     if (out / "units.json").exists():
         raise ValueError(f"{out} already holds units; import into a new --out folder")
-    if out.is_dir() and any(out.iterdir()):  # the folder is replaced whole below: what it holds would be deleted
-        raise ValueError(f"{out}: not empty; import into a new --out folder")
+    jobs.check_replaceable(out, None, "", "import into a new --out folder")  # replaced whole below
     with jobs.atomic_path(out) as building:
         (building / "shards").mkdir(parents=True)
         for index, start in enumerate(range(0, len(lines), config.shard_size)):
