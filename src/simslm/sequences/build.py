@@ -105,7 +105,8 @@ class BuildConfig(Config):
     """Which part this build is (0 to --num-shards - 1; default: RANK under torchrun, else SLURM_ARRAY_TASK_ID in
     a SLURM array, modulo --num-shards, else 0). The index records the part built."""
     overwrite: bool = False
-    """Replace an existing output folder (once the new one is complete)."""
+    """Replace an earlier build at the output folder (once the new one is complete); a folder holding anything
+    else is refused."""
 
     def check(self) -> None:
         check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length",
@@ -339,7 +340,8 @@ class MergeConfig(Config):
     out: str
     """Output folder: one sequences folder that `simslm train` reads as it reads an unsharded build."""
     overwrite: bool = False
-    """Replace an existing output folder (once the new one is complete)."""
+    """Replace an earlier build at the output folder (once the new one is complete); a folder holding anything
+    else is refused."""
 
 
 # What may differ between the parts of one build; everything else in their configs must be the same.
