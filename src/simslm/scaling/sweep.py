@@ -1382,7 +1382,8 @@ class PlanSweepConfig(Config):
 
     spec: str
     """Sweep spec, JSON: variants; the sizes as families (lists of models) or depths (with family); the grid as
-    budgets_flops or tokens_per_parameter; validation_data, bench, eval_modes, train, bracket_models."""
+    budgets_flops or tokens_per_parameter; validation_data, bench, eval_modes, train, bracket_models. Its paths
+    are read as the command line's are, from the current folder; the sweep stores them relative to itself."""
     out: str
     """Sweep folder (sweep.json and runs/)."""
 
