@@ -105,6 +105,16 @@ def symlink_loop(w: World, name: str = "loop.jsonl") -> Path:
     return path
 
 
+def a_recording(w: World, name: str) -> Path:
+    """A second of a tone, as a user's prompt recording."""
+    import soundfile
+
+    path = w.bad / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), 0.1 * np.sin(np.arange(16000) * 0.05), 16000)
+    return path
+
+
 def manifest_lines(w: World, name: str, change: Callable[[list[dict]], list[dict]]) -> Path:
     lines = [json.loads(line) for line in w.manifest.read_text().splitlines()]
     for line in lines:
@@ -577,6 +587,13 @@ CASES: dict[str, Case] = {
     "generate: a folder with no prompt in it": lambda w: (
         ["generate", str(w.run), "--prompt", str(a_folder(w, "no-prompts")), "--out", str(w.bad / "gen-3")],
         f"{a_folder(w, 'no-prompts')}: no prompts (files ending .wav, .flac, .mp3, .ogg, .opus, .txt)", []),
+    "generate: --out the folder of prompts": lambda w: (
+        ["generate", str(w.run), "--prompt", str(a_recording(w, "prompts-160/p.wav").parent), "--out",
+         str(w.bad / "prompts-160")], "prompts-160: the folder of prompts", [w.bad / "prompts-160" / "p.wav"]),
+    "generate: an output over its prompt": lambda w: (
+        ["generate", str(w.run), "--prompt", str(a_recording(w, "prompts-161/p.wav")), "--out",
+         str(w.bad / "prompts-161")], "p.wav: a prompt, which an output of prompt p would replace",
+        [w.bad / "prompts-161" / "p.wav"]),
     # sweep
     "sweep plan: spec missing keys": lambda w: (["sweep", "plan", str(sweep_spec(w, "nokeys.json", {"depths": [1]})),
                                                  "--out", str(w.bad / "out-32")], "nokeys.json", []),

@@ -23,6 +23,7 @@ wav) and `<name>.wav` when there is speech, written atomically into `--out`.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shlex
 import sys
@@ -145,6 +146,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         prompts.remove(prompt)
     if not prompts:
         raise ValueError(f"{config.prompt}: no prompt to continue (every one is empty)")
+    _refuse_outputs_over_inputs(config, prompts)
     modes = {prompt.name: _mode(config.mode, prompt) for prompt in prompts}
     if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None \
             and config.vocoder_command is None:
@@ -215,6 +217,24 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         jobs.write_json(out / f"{prompt.name}.json", record)
         records.append(record)
     return records
+
+
+def _refuse_outputs_over_inputs(config: GenerateConfig, prompts: list[Prompt]) -> None:
+    """Before any work: `--out` the folder of prompts (`--prompt recordings --out recordings`) wrote each prompt's
+    continuation over a prompt of the same name (p.wav), and its outputs would be read as prompts by the next run;
+    an output named as a prompt file or the reference recording elsewhere would replace it too."""
+    out = Path(config.out)
+    if Path(config.prompt).is_dir() and os.path.realpath(config.prompt) == os.path.realpath(out):
+        raise ValueError(f"{out}: the folder of prompts, whose recordings the outputs would replace and whose next "
+                         f"run would read them as prompts; write to another --out")
+    inputs = {os.path.realpath(path): what for path, what in
+              [(prompt.audio, "a prompt") for prompt in prompts if prompt.audio] +
+              [(config.reference_audio, "the --reference-audio")] if path}
+    for prompt in prompts:
+        for target in (out / f"{prompt.name}.wav", out / f"{prompt.name}.json"):
+            if os.path.realpath(target) in inputs:
+                raise ValueError(f"{target}: {inputs[os.path.realpath(target)]}, which an output of prompt "
+                                 f"{prompt.name} would replace; write to another --out")
 
 
 class CommandVocoder:
