@@ -304,6 +304,10 @@ CASES: dict[str, Case] = {
         ["align", "--manifest", str(w.manifest), "--out", str(a_folder(w, "out-144"))],
         f"{w.bad / 'out-144'}: a folder, where --out names the aligned manifest", []),
     # manifest import
+    "manifest import: onto the file it imports": lambda w: (
+        ["manifest", "import", "--format", "jsonl", "--source", str(manifest_lines(w, "import-162.jsonl", list)),
+         "--out", str(w.bad / "import-162.jsonl")], "import-162.jsonl: the file being imported",
+        [w.bad / "import-162.jsonl"]),
     "manifest import: source missing": lambda w: (["manifest", "import", "--source", str(missing(w, "corpus")),
                                                    "--out", str(w.bad / "out-91.jsonl")], str(missing(w, "corpus")), []),
     "manifest import: kaldi without text": lambda w: (["manifest", "import", "--source", str(_write(
@@ -349,6 +353,17 @@ CASES: dict[str, Case] = {
             {"max_sec": 20.0, "min_sec": 10.0, "margin_sec": 0.2, "by": "auto", "vad_threshold": 0.5,
              "vad_min_silence_sec": 0.3}))]),
     # units fit
+    "units fit: a codebook file onto its manifest": lambda w: (
+        ["units", "fit", "--manifest", str(manifest_lines(w, "fit-163.json", list)), "--out",
+         str(w.bad / "fit-163"), "--num-units", "4"], "fit-163.json: the manifest being fitted on",
+        [w.bad / "fit-163.json"]),
+    "units quality: the report onto its manifest": lambda w: (
+        ["units", "quality", "--manifest", str(manifest_lines(w, "quality-164.jsonl", list)), "--units", str(w.units),
+         "--out", str(w.bad / "quality-164.jsonl")], "quality-164.jsonl: the manifest being measured",
+        [w.bad / "quality-164.jsonl"]),
+    "units convert: a codebook file onto its pickle": lambda w: (
+        ["units", "convert", "--pickle", str(_write(w.bad / "km-165.npy", b"\x80\x04N.")), "--trust-pickle", "--out",
+         str(w.bad / "km-165")], "km-165.npy: the pickle being converted", [w.bad / "km-165.npy"]),
     "units fit: k = 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-09"),
                                     "--num-units", "0"], "--num-units", []),
     "units fit: k < 0": lambda w: (["units", "fit", "--manifest", str(w.manifest), "--out", str(w.bad / "out-10"),

@@ -360,13 +360,18 @@ def check_output_file(config: Any, name: str, what: str, file: str | os.PathLike
         raise ConfigError(f"{file if file is not None else value}: a folder, where {flag(name)} names {what}")
 
 
-def check_not_input(config: Any, name: str, input_name: str, what: str) -> None:
+def check_not_input(config: Any, name: str, input_name: str, what: str,
+                    files: list[str | os.PathLike] | None = None) -> None:
     """Raise ConfigError when the output field `name` is the very file or folder the field `input_name` reads
-    (`what` says what writing it would do to that input). Compared by `os.path.realpath`, which, unlike
+    (`what` says what writing it would do to that input); `files`: the files the output stands for, when not the
+    value itself (a codebook `km` is `km.npy` and `km.json`). Compared by `os.path.realpath`, which, unlike
     `Path.resolve`, says nothing about a symbolic-link loop: the input's own reading names that in one line."""
     out, given = getattr(config, name), getattr(config, input_name)
-    if out is not None and given is not None and os.path.realpath(out) == os.path.realpath(given):
-        raise ConfigError(f"{out}: {what}; write to another {flag(name)}")
+    if out is None or given is None:
+        return
+    for written in files if files is not None else [out]:
+        if os.path.realpath(written) == os.path.realpath(given):
+            raise ConfigError(f"{written}: {what}; write to another {flag(name)}")
 
 
 def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 from simslm import assets, jobs
-from simslm.config import Config, ConfigError, check_output_file
+from simslm.config import Config, ConfigError, check_not_input, check_output_file
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError, read_word_json
 from simslm.speech.manifest import Utterance, Word, write_manifest
@@ -390,6 +390,8 @@ class ImportManifestConfig(Config):
 
     def check(self) -> None:
         check_output_file(self, "out", "the manifest (a file)")
+        check_not_input(self, "out", "source", "the file being imported, which the manifest would replace (with only "
+                        "the lines it could import)")
         for item in self.fields:
             key, _, value = item.partition("=")
             if key not in ("id", "audio", "transcript", "speaker", "words") or not value:

@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, Container, Iterable, Iterator, Liter
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_output_file, check_positive, registry_choices
+from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
 from simslm.speech.manifest import iter_utterances
@@ -125,6 +125,8 @@ class FitConfig(Config):
         check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
         check_positive(self, "num_workers", allow_zero=True)
         check_output_file(self, "out", "the codebook (OUT.npy and OUT.json)", kmeans.codebook_path(self.out))
+        check_not_input(self, "out", "manifest", "the manifest being fitted on, which the codebook's files would "
+                        "replace", kmeans.codebook_files(self.out))
 
 
 def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
@@ -1111,6 +1113,8 @@ class ConvertConfig(Config):
 
     def check(self) -> None:
         check_output_file(self, "out", "the codebook (OUT.npy and OUT.json)", kmeans.codebook_path(self.out))
+        check_not_input(self, "out", "pickle", "the pickle being converted, which the codebook's files would replace",
+                        kmeans.codebook_files(self.out))
 
 
 def convert_codebook(config: ConvertConfig) -> Path:

@@ -26,6 +26,11 @@ def codebook_path(name: str | os.PathLike) -> Path:
     return path.with_suffix(".npy") if path.suffix in (".npy", ".json") else path.with_name(f"{path.name}.npy")
 
 
+def codebook_files(name: str | os.PathLike) -> list[Path]:
+    """Both files a codebook's name stands for: the centroids and their sidecar."""
+    return [codebook_path(name), codebook_path(name).with_suffix(".json")]
+
+
 @dataclass(frozen=True)
 class Codebook:
     """k-means centroids plus what they were fit on."""

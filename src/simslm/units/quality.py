@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, check_output_file, check_positive
+from simslm.config import Config, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
 from simslm.speech.manifest import iter_utterances
@@ -120,6 +120,8 @@ class QualityConfig(Config):
         check_positive(self, "max_utterances")
         check_positive(self, "num_workers", allow_zero=True)
         check_output_file(self, "out", "the report (a JSON file)")
+        check_not_input(self, "out", "manifest", "the manifest being measured, which the report would replace")
+        check_not_input(self, "out", "phone_labels", "the phone labels, which the report would replace")
 
 
 def read_phone_labels(path: str | Path) -> dict[str, np.ndarray]:
