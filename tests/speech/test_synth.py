@@ -204,6 +204,24 @@ def test_voice_set_and_limits_are_honoured(tmp_path):
     assert (more.num_synthesized, more.num_reused) == (1, 3)
 
 
+def test_a_range_that_leaves_out_earlier_lines_says_so(tmp_path, capsys):
+    """The manifest lists the lines asked for: spoken in two ranges into one folder, the second range's manifest
+    leaves out the first's utterances, which the folder still holds. Said, not silent; a range over both lists
+    them all again without speaking them anew."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Sentence number {i} is here." for i in range(6)) + "\n")
+    out = tmp_path / "o"
+    synthesize_corpus(SynthConfig(out=str(out), corpus=str(corpus), limit=2, num_workers=1))
+    assert "warning" not in capsys.readouterr().err
+    second = synthesize_corpus(SynthConfig(out=str(out), corpus=str(corpus), offset=4, limit=2, num_workers=1))
+    assert [u.meta["source_line"] for u in read_manifest(second.manifest)] == [4, 5]
+    assert (f"manifest.jsonl lists the 2 line(s) asked for (--offset 4, --limit 2); 2 other utterance(s) spoken "
+            f"into {out} before are not in it") in capsys.readouterr().err
+    whole = synthesize_corpus(SynthConfig(out=str(out), corpus=str(corpus), num_workers=1))
+    assert (whole.num_synthesized, whole.num_reused) == (2, 4)
+    assert len(read_manifest(whole.manifest)) == 6 and "warning" not in capsys.readouterr().err
+
+
 def test_audio_is_the_same_whichever_worker_speaks_each_line(synthetic_corpus, tmp_path):
     # The fixture spoke these 4 lines on 2 workers, in whatever order the pool gave them out;
     # here one process speaks them in turn. Before each line ran in a fork of an untouched

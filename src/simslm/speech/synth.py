@@ -14,6 +14,7 @@ import collections
 import enum
 import operator
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,6 +272,15 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
                              f"{journal.path} for each reason")
         manifest_path = out_dir / "manifest.jsonl"
         write_manifest(manifest_path, (Utterance.from_json(done[key]) for key in order if key in done))
+        # The manifest lists the lines asked for; a folder spoken in ranges (--offset 0, then --offset 1000) held
+        # the first range's utterances, which it silently dropped.
+        asked = set(order)
+        outside = sum(1 for key in done if key not in asked)
+        if outside:
+            print(f"simslm synth: warning: {manifest_path} lists the {len(order)} line(s) asked for (--offset "
+                  f"{config.offset}, --limit {config.limit}); {outside} other utterance(s) spoken into {out_dir} "
+                  f"before are not in it (their audio is kept: a range holding them lists them again)",
+                  file=sys.stderr)
         report = SynthReport(manifest=str(manifest_path), num_lines=len(order),
                              num_synthesized=sum(1 for task in tasks if task["id"] in done),
                              num_reused=num_reused, num_skipped=sum(skipped.values()),
