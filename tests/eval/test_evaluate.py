@@ -211,6 +211,28 @@ def test_a_benchmark_with_no_scorable_pair_is_refused_and_keeps_eval_json(traine
     assert (run / "eval.json").read_text() == before
 
 
+def test_a_pair_whose_audio_cannot_be_read_is_skipped_and_said(trained_run, tmp_path, capsys):
+    """A long job skips and counts a bad item: the count was in eval.json only, and the table showed one pair fewer
+    without a word. The table and a warning say it now, the warning naming the file."""
+    import shutil
+
+    from simslm.cli import main
+
+    run, bench = trained_run
+    shutil.copytree(bench, tmp_path / "bench")
+    broken = sorted(path for path in (tmp_path / "bench").rglob("*") if path.suffix in (".flac", ".wav"))[0]
+    broken.write_bytes(b"not audio")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--bench", f"broken={tmp_path / 'bench'}", "--modes", "S", "--num-resamples",
+                 "20", "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    entry = json.loads((tmp_path / "out" / "eval.json").read_text())["benchmarks"]["broken/S"]
+    assert entry["num_skipped"] >= 1
+    total = entry["num_pairs"] + entry["num_skipped"]
+    assert f"{entry['num_skipped']} of {total} pairs skipped: the units of their audio are missing" in out
+    assert f"{entry['num_skipped']} of {total} pair(s) skipped" in err and str(broken) in err
+
+
 def test_an_evaluation_stopped_part_way_keeps_the_benchmarks_it_has_scored(trained_run, monkeypatch):
     import pytest
 

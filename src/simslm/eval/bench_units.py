@@ -179,7 +179,13 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, nu
         resampler = _encoder(source).resampler
         joined = {key: _join_audio(key, bench_units_cache() / "joined", resampler) for key in recordings}
     table = units_for_audio(paths + list(joined.values()), source, bench_units_cache(), num_workers)
-    return lambda key: table[joined[key] if isinstance(key, tuple) else key]
+
+    def extracted(key):
+        try:
+            return table[joined[key] if isinstance(key, tuple) else key]
+        except KeyError:  # named by the benchmark's own files, not by the cache's joined recording
+            raise KeyError(key) from None
+    return extracted
 
 
 def bench_units_cache() -> Path:

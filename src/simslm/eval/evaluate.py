@@ -7,6 +7,7 @@ units (`bench_units`), its pairs scored (`scoring`); results merge into `<run>/e
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,6 +238,11 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
             # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
                              f"the units of their audio are missing)")
+        if scores.num_skipped:  # a long job skips and counts a bad item, and says so where the user looks
+            print(f"simslm eval: warning: {folder}{f' ({mode})' if mode else ''}: {scores.num_skipped} of {len(pairs)} "
+                  f"pair(s) skipped, the units of their audio missing (unreadable or silent audio): "
+                  f"{', '.join(scores.skipped_files)}{', ...' if scores.num_skipped > len(scores.skipped_files) else ''}",
+                  file=sys.stderr)
         if config.write_scores:
             write_pair_scores(context.out_dir / SCORES_FOLDER, f"{label}/{mode}" if mode else label, pairs, scores,
                               zerospeech=folder if layout.zerospeech else None)
@@ -447,6 +453,9 @@ def format_results(results: dict[str, Any]) -> str:
                     items = f"  ({part['num_items']})" if "num_items" in part else ""
                     lines.append(f"{'  ' + group:<28} {100 * part['accuracy']:>8.1f}% {'':>17} "
                                  f"{part['num_pairs']:>6}{items}")
+            if entry.num_skipped:
+                lines.append(f"  {entry.num_skipped} of {entry.num_pairs + entry.num_skipped} pairs skipped: the units "
+                             f"of their audio are missing (unreadable or silent audio)")
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
                              f"positions, {long_sides_note(entry.long_sides)}")

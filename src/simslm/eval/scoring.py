@@ -478,6 +478,8 @@ class PairScores(NamedTuple):
     """Each pair's item (`Pair.item`, else the pair's own id)."""
     kept: list[int] | None = None
     """Each scored pair's index in the pairs given (those whose units were missing are not scored)."""
+    skipped_files: tuple[str, ...] = ()
+    """The first files (`SKIPPED_FILES_NAMED`) of the skipped pairs whose units are missing."""
 
 
 class EncodedPairs(NamedTuple):
@@ -500,6 +502,11 @@ class EncodedPairs(NamedTuple):
     """Each pair's item (`Pair.item`, else the pair's own id)."""
     kept: list[int] | None = None
     """Each scored pair's index in the pairs given (those whose units were missing are not scored)."""
+    skipped_files: tuple[str, ...] = ()
+    """The first files (`SKIPPED_FILES_NAMED`) of the skipped pairs whose units are missing."""
+
+
+SKIPPED_FILES_NAMED = 3
 
 
 def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[str], np.ndarray],
@@ -507,6 +514,7 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
     """The sequences `score_pairs` scores, of the pairs that can be encoded; a pair whose units are missing is
     counted, not fatal."""
     sequences, scored, sides_of, with_baseline, groups, items, kept, skipped, cut = [], [], [], [], [], [], [], 0, 0
+    missing: list[str] = []
     for index, pair in enumerate(pairs):
         try:
             if options.preset == "reference":
@@ -514,8 +522,12 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
                          for side in (pair.positive, pair.negative)]
             else:
                 whole = [encode_parts(side, vocabulary, units_of, None) for side in (pair.positive, pair.negative)]
-        except KeyError:  # a file whose units could not be extracted
+        except KeyError as error:  # a file whose units could not be extracted
             skipped += 1
+            key = error.args[0]  # a file, or the parts of a recording joined (S mode)
+            named = " + ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+            if len(missing) < SKIPPED_FILES_NAMED and named not in missing:
+                missing.append(named)
             continue
         cut += sum(len(tokens) > max_length for tokens, _ in whole)
         limit = max_length if options.long_sides == "cut" else None
@@ -537,7 +549,7 @@ def encode_pairs(pairs: list[Pair], vocabulary: Vocabulary, units_of: Callable[[
         groups.append(pair.group)
         items.append(pair.item if pair.item is not None else pair.id)
         kept.append(index)
-    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items, kept)
+    return EncodedPairs(sequences, scored, sides_of, with_baseline, groups, skipped, cut, items, kept, tuple(missing))
 
 
 class LongSidesError(ValueError):
@@ -574,4 +586,4 @@ def score_pairs(model, pairs: list[Pair], vocabulary: Vocabulary, units_of: Call
     final = plain - alone
     return PairScores(final[:, 0], final[:, 1], encoded.groups, encoded.num_skipped,
                       (plain[:, 0], plain[:, 1]) if any(encoded.with_baseline) else None, encoded.num_cut,
-                      encoded.items, encoded.kept)
+                      encoded.items, encoded.kept, encoded.skipped_files)
