@@ -66,6 +66,7 @@ def test_validator_reports_every_problem_with_file_and_line(tmp_path):
     by_line = {p.line: p.message for p in problems}
     assert all(p.file == str(path) for p in problems)
     assert set(by_line) == {2, 3, 4, 5, 6, 7, 8}
+    assert by_line[2].startswith("not valid JSON (")  # as every other reader says it, not the parser's words alone
     assert "duplicate id (first on line 1)" in by_line[4]
     assert "missing field(s) transcript" in by_line[3]
     assert "do not match the transcript" in by_line[5]

@@ -193,10 +193,14 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Pr
             continue
         try:
             record = json.loads(line)
+        except json.JSONDecodeError as error:  # said as the other readers say it, not as the parser does alone
+            yield line_number, Problem(str(path), line_number, f"not valid JSON ({error})")
+            continue
+        try:
             if not isinstance(record, dict):
                 raise ValueError("a manifest line must be a JSON object")
             yield line_number, Utterance.from_json(record)
-        except (json.JSONDecodeError, ValueError) as error:
+        except ValueError as error:
             yield line_number, Problem(str(path), line_number, str(error))
 
 
