@@ -229,7 +229,7 @@ def test_a_pair_whose_audio_cannot_be_read_is_skipped_and_said(trained_run, tmp_
     entry = json.loads((tmp_path / "out" / "eval.json").read_text())["benchmarks"]["broken/S"]
     assert entry["num_skipped"] >= 1
     total = entry["num_pairs"] + entry["num_skipped"]
-    assert f"{entry['num_skipped']} of {total} pairs skipped: the units of their audio are missing" in out
+    assert f"{entry['num_skipped']} pair(s) of the set skipped: the units of their audio are missing" in out
     assert f"{entry['num_skipped']} of {total} pair(s) skipped" in err and str(broken) in err
 
 

@@ -453,9 +453,9 @@ def format_results(results: dict[str, Any]) -> str:
                     items = f"  ({part['num_items']})" if "num_items" in part else ""
                     lines.append(f"{'  ' + group:<28} {100 * part['accuracy']:>8.1f}% {'':>17} "
                                  f"{part['num_pairs']:>6}{items}")
-            if entry.num_skipped:
-                lines.append(f"  {entry.num_skipped} of {entry.num_pairs + entry.num_skipped} pairs skipped: the units "
-                             f"of their audio are missing (unreadable or silent audio)")
+            if entry.num_skipped:  # of the whole set (a subset, sWUGGY's in-vocab words, carries the set's count)
+                lines.append(f"  {entry.num_skipped} pair(s) of the set skipped: the units of their audio are missing "
+                             f"(unreadable or silent audio)")
             if entry.num_cut:
                 lines.append(f"  {entry.num_cut} of {2 * entry.num_pairs} sides longer than the model's {entry.context} "
                              f"positions, {long_sides_note(entry.long_sides)}")
