@@ -1026,8 +1026,8 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     failures = jobs.job_failures([(f"shard index {index}", job) for index, job in enumerate(submitted)],
                                  "units extract jobs")
     if failures:
-        raise jobs.JobsFailed(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: {'; '.join(failures)}; "
-                         f"re-run to redo only their shards")
+        raise jobs.JobsFailed(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: "
+                              f"{'; '.join(failures)}; re-run to redo only their shards")
     # All done: the whole folder's counts, with the array's shards, time and half-precision check, not those of the
     # call that counts them (which finds every shard written).
     counted = extract_units(dataclasses.replace(config, executor="here", shard_index=0))
