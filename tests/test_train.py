@@ -954,6 +954,31 @@ def test_a_base_with_more_spare_rows_than_units_trains_on_its_tokens_rows(extrac
     assert trained.get_input_embeddings().weight.shape[0] == trained.config.vocab_size == size
 
 
+def test_validation_data_that_shares_the_training_utterances_is_said(data, extracted, tmp_path, capsys):
+    """The held-out curves the fits read (Chinchilla's approach 1) come from --validation-data: the training data
+    itself, or sequences of the same manifest, give no held-out loss. Allowed, and said; held-out text is not."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+    from simslm.train import validation_overlap
+
+    units, _, _ = extracted
+    same_manifest = str(tmp_path / "speech-only")
+    build_sequences(BuildConfig(out=same_manifest, manifest=units.manifest, units=units.out, streams=("speech",),
+                                context_length=64))
+    # Another manifest (here the first utterance alone, as a held-out split is a manifest of its own): told apart by
+    # its file, which is the slip this is for; the utterances are not compared.
+    lines = Path(units.manifest).read_text().splitlines()
+    (tmp_path / "held-out.jsonl").write_text(lines[0].replace('"audio": "', f'"audio": "{Path(units.manifest).parent}/')
+                                             + "\n")
+    other = str(tmp_path / "held-out")
+    build_sequences(BuildConfig(out=other, manifest=str(tmp_path / "held-out.jsonl"), units=units.out,
+                                streams=("speech",), context_length=64))
+    assert validation_overlap(data, data) == "is the training data itself"
+    assert validation_overlap(data, same_manifest).startswith("was built from the training data's manifest")
+    assert validation_overlap(data, other) is None
+    train(_config(data, tmp_path / "run", budget_tokens=2 * 4 * 64, validation_data=same_manifest))
+    assert "warning: --validation-data" in capsys.readouterr().err
+
+
 def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_path, capsys):
     loader_batches = PackedLoader(data, 4).batches_per_epoch()
     for passes, warned in ((2, False), (5, True)):

@@ -32,7 +32,7 @@ import numpy as np
 from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
-from simslm.sequences.build import part_note, speech_units_folder
+from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 
@@ -1475,6 +1475,17 @@ def _run_held(run_dir: Path, distributed: "_Distributed"):
         raise
 
 
+def validation_overlap(data: str, validation: str) -> str | None:
+    """How validation data shares the training data's utterances, in words (None when it does not): the same
+    folder, or sequences built from the same speech manifest."""
+    if os.path.realpath(data) == os.path.realpath(validation):
+        return "is the training data itself"
+    trained_on, held_out = speech_manifest(data), speech_manifest(validation)
+    if trained_on is not None and held_out is not None and os.path.realpath(trained_on) == os.path.realpath(held_out):
+        return f"was built from the training data's manifest ({os.path.realpath(held_out)})"
+    return None
+
+
 def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, given_peak: float | None,
            started: float) -> RunResult | None:
     import torch
@@ -1497,6 +1508,10 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             raise ValueError(f"{config.validation_data}: built with another vocabulary than {config.data} "
                              f"({len(held_out)} tokens, units from {held_out.unit_offset}, against {len(vocabulary)} "
                              f"from {vocabulary.unit_offset}); build both with the same --tokenizer and units")
+        overlap = validation_overlap(config.data, config.validation_data)
+        if overlap and distributed.is_main:  # allowed (a smoke test may), but its loss is no held-out loss
+            print(f"simslm train: warning: --validation-data {config.validation_data} {overlap}: its losses are not "
+                  f"held out, though fits read them as held-out curves", file=sys.stderr)
     by_pieces = config.batching == "pieces"
     # A batch of pieces goes end to end in one row, as slamkit's collator lays it, for the kernels whose cost follows
     # the documents (flash-attn's variable-length path, flex attention's block mask). SDPA and eager attend through a

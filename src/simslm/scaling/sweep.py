@@ -64,6 +64,7 @@ from simslm.train import (
     TrainConfig,
     loss_curve,
     measure_peak_flops,
+    validation_overlap,
 )
 
 SWEEP_FILE = "sweep.json"
@@ -344,6 +345,11 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         if validation and not (Path(validation) / "index.json").exists():
             raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
                              f"folder)")
+        for variant in spec.variants if validation else ():  # said here, not only in each run's log
+            if overlap := validation_overlap(variant.data_for(family), validation):
+                print(f"simslm sweep plan: warning: validation_data {validation} {overlap} (variant "
+                      f"{variant.name}): its losses are not held out, though the fits read them as held-out curves",
+                      file=sys.stderr)
     _check_benchmarks(asdict(spec))
     runs = []
     grid = [_budget_point(b) for b in spec.budgets_flops] + \
