@@ -214,6 +214,29 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     assert _losses(tmp_path / "stopped") == _losses(tmp_path / "reference")  # bit for bit
 
 
+@pytest.mark.slow
+def test_a_run_of_two_processes_stopped_by_sigterm_destroys_its_process_group(data, tmp_path):
+    """A stop on request ends both processes after the same step, none inside a collective: each destroys its
+    process group at exit, as after a run's end. It was left to the interpreter's end after any exception, the stop's
+    included, where gloo's threads can abort the process (the atexit spy says which process left it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = _config(data, tmp_path / "run", budget_tokens=200 * 4 * 64, checkpoint_every=1000)
+    (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
+    (tmp_path / "spy.py").write_text(_SPY)
+    process = subprocess.Popen(_torchrun(2, str(tmp_path / "spy.py"), str(tmp_path / "spy.log"), "train", "--config",
+                                         str(tmp_path / "run.json")), env=env, cwd=REPO, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # as a scheduler signals every process of a job
+    _, stderr = process.communicate(timeout=120)
+    assert "stopped by SIGTERM after step" in stderr, stderr[-3000:]
+    assert not (tmp_path / "run" / "result.json").exists()
+    assert "process group not destroyed" not in (tmp_path / "spy.log").read_text()
+
+
 def test_a_runs_weights_are_as_readable_as_its_other_files(data, tmp_path):
     """safetensors 0.8 writes every file with mode 0600 whatever the umask (its issue #782): a colleague on a shared
     cluster could read a run's config but not load its model. The weights now take the mode the umask gives."""

@@ -824,7 +824,9 @@ class _Distributed:
         return self
 
     def __exit__(self, kind, *_) -> None:
-        if kind is not None:
+        # A stop on request (`jobs.Stopped`, SIGTERM) or submitit's requeue (its handler's SystemExit) ends every
+        # process after the same step, none inside a collective: the group is destroyed at exit, as after a run's end.
+        if kind is not None and not issubclass(kind, (jobs.Stopped, SystemExit)):
             _Distributed.failed = True
 
     def all_sum(self, values: list[float]) -> list[float]:
