@@ -115,6 +115,14 @@ def a_recording(w: World, name: str) -> Path:
     return path
 
 
+def another_run(w: World, name: str) -> Path:
+    """A run folder of another model, with an evaluation of its own."""
+    folder = w.bad / name
+    _write(folder / "plan.json", "{}")
+    _write(folder / "eval.json", json.dumps({"benchmarks": {"tsc/T": {"accuracy": 0.5}}}))
+    return folder
+
+
 def manifest_lines(w: World, name: str, change: Callable[[list[dict]], list[dict]]) -> Path:
     lines = [json.loads(line) for line in w.manifest.read_text().splitlines()]
     for line in lines:
@@ -565,6 +573,9 @@ CASES: dict[str, Case] = {
         ["eval", str(model_folder(w, "foreign-eval", lambda f: (f / "eval.json").write_text("[1, 2]"))), "--bench",
          str(w.bench), "--modes", "T"], "foreign-eval/eval.json: not an eval.json",
         [model_folder(w, "foreign-eval", lambda f: None) / "eval.json"]),
+    "eval: --out another run's folder": lambda w: (
+        ["eval", str(w.run), "--bench", str(w.bench), "--modes", "T", "--out", str(another_run(w, "run-166"))],
+        "run-166/eval.json: holds the results of another model", [w.bad / "run-166" / "eval.json"]),
     "eval: long sides, learned positions": lambda w: (
         ["eval", str(model_folder(w, "learned-positions", learned_positions)), "--bench", str(w.bench), "--modes",
          "T"], "longer than the model's 16 positions, which it learned", []),

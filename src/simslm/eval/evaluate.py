@@ -338,7 +338,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     """Score every benchmark asked for and merge the results into `<run>/eval.json`."""
     run_dir = Path(config.run)
     model_dir, vocabulary, run_config = run_vocabulary(run_dir)
-    check_inputs(config, vocabulary)  # before the model loads: a typo costs no minutes
+    check_inputs(config, vocabulary, model_dir)  # before the model loads: a typo costs no minutes
     device = jobs.torch_device(config.device)
     model = load_model_folder(model_dir, device)
     out_dir = eval_folder(config)
@@ -365,15 +365,22 @@ def eval_folder(config: EvalConfig) -> Path:
     return Path(config.out) if config.out else Path(config.run)
 
 
-def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
+def check_inputs(config: EvalConfig, vocabulary: Vocabulary, model_dir: Path) -> None:
     """Refuse benchmark folders that are not benchmarks, pre-extracted units that are not the model's, and an
-    eval.json the results could not be merged into or written (said before the scoring, not after it)."""
+    eval.json the results could not be merged into or written, or that holds another model's results (said before
+    the scoring, not after it)."""
     eval_path = eval_folder(config) / EVAL_FILE
     jobs.refuse_unwritable(eval_path, "pass --out FOLDER to write the results elsewhere")
     stored = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
     if not isinstance(stored, dict) or not isinstance(stored.get("benchmarks"), dict):
         raise ValueError(f"{eval_path}: not an eval.json (no benchmarks); move it aside, and simslm eval writes a "
                          f"new one")
+    owner = _results_owner(eval_folder(config), stored)
+    if owner is not None and os.path.realpath(owner) != os.path.realpath(model_dir):
+        # Read back as that model's own (a sweep reads each run's eval.json so), one file mixing two models' scores.
+        held = f"{eval_path}: holds the results of" if eval_path.exists() else f"{eval_folder(config)}: the folder of"
+        raise ValueError(f"{held} another model ({owner}), where this evaluation of {model_dir} would be read as "
+                         f"its own; write to another --out")
     for argument in config.bench:
         kind, _, target = benchmark_kind(argument)
         if kind == "pairs":
@@ -393,6 +400,18 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary) -> None:
         settings = [_encoder_settings(source.encoder) for source in (given, expected)]
         if None not in settings and settings[0] != settings[1]:
             raise ValueError(f"{config.units}: units encoded with {settings[0]}, but the model's with {settings[1]}")
+
+
+def _results_owner(folder: Path, stored: dict[str, Any]) -> Path | None:
+    """The model whose results an eval folder holds: the one its eval.json names, else the folder's own (a run's
+    model/, or the model folder itself), else none (a folder of no model, with no results yet)."""
+    if stored.get("model_dir"):
+        return Path(os.path.normpath(folder / stored["model_dir"]))
+    if (folder / "plan.json").exists():
+        return folder / "model"
+    if (folder / VOCAB_FILE).exists():
+        return folder
+    return None
 
 
 def _encoder_settings(encoder: dict[str, Any]) -> dict[str, Any] | None:
