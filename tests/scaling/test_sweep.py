@@ -141,6 +141,17 @@ def test_plan_gives_content_hashed_ids_and_refuses_twist_without_a_family(data, 
     assert spec.depths == (1,) and spec.variants[0].init == "random"
 
 
+def test_planning_over_a_sweep_says_which_runs_leave_it(data, tmp_path, capsys):
+    """A spec planned again over its sweep with more (a budget, seeds) keeps every run; with fewer or others, the
+    runs so far leave sweep.json, and so status, fit and report: said, with their folders kept for a plan again."""
+    sweep.plan_sweep(_spec(data), tmp_path)
+    more = sweep.plan_sweep(_spec(data, budgets_flops=(4e8, 8e8, 1.6e9)), tmp_path)
+    assert len(more["runs"]) == 6 and "not in this plan" not in capsys.readouterr().err
+    fewer = sweep.plan_sweep(_spec(data, budgets_flops=(4e8,)), tmp_path)
+    assert len(fewer["runs"]) == 2  # 8e8's two and 1.6e9's two leave it
+    assert f"{tmp_path}: 4 run(s) planned there before are not in this plan" in capsys.readouterr().err
+
+
 def test_a_spec_reads_paths_from_the_home_folder(data, tmp_path, monkeypatch):
     """`"data": "~/seq"` in a spec is the home folder's, as in every other file simslm reads options from."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

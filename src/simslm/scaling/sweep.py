@@ -411,8 +411,16 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         found = {path: shared.digest(anchors.placed(path)) for path in paths}
         digests[key] = {path: digest for path, digest in found.items() if digest is not None}
     if (out / SWEEP_FILE).exists():
-        _check_inputs_unchanged(load_sweep(out), {key: {anchors.placed(path): digest for path, digest in found.items()}
-                                                  for key, found in digests.items()})
+        earlier = load_sweep(out)
+        _check_inputs_unchanged(earlier, {key: {anchors.placed(path): digest for path, digest in found.items()}
+                                          for key, found in digests.items()})
+        planned = {run["id"] for run in runs}
+        left = [run["id"] for run in earlier["runs"] if run["id"] not in planned]
+        if left:  # a spec of other sizes or budgets over a sweep: its runs so far leave sweep.json (not their folders)
+            print(f"simslm sweep plan: warning: {out}: {len(left)} run(s) planned there before are not in this plan "
+                  f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}); `sweep status`, `fit` and `report` "
+                  f"leave them out, and their folders stay under runs/ for a plan that holds them again",
+                  file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
     return load_sweep(out)
