@@ -287,6 +287,28 @@ def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(f"{tmp_path}: a folder, where --out names the fit (a JSON file)")
 
 
+def test_a_sweeps_fit_json_is_its_own_fit_only(tmp_path, capsys):
+    """`report` reads SWEEP/fit.json as the sweep's law: a table's fit written there (`fit TABLE --out
+    SWEEP/fit.json`) was drawn over the sweep's runs. `fit` refuses to write another source's fit there, and
+    `report` refuses one that is there, saying how to fit the sweep again."""
+    _fake_sweep(tmp_path / "sweep")
+    table = tmp_path / "table.csv"
+    table.write_text("parameters,tokens,loss\n" + "".join(
+        f"{n},{d},{2 + 400 / n ** 0.3 + 900 / d ** 0.3:.4f}\n" for n in (1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8)))
+    own = tmp_path / "sweep" / "fit.json"
+    assert main(["fit", str(table), "--num-resamples", "10", "--out", str(own)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{own}: the fit of sweep {tmp_path / 'sweep'}, which `simslm "
+                                                    f"report` reads as that sweep's law; write this fit to another "
+                                                    f"--out")
+    assert not own.exists()
+    assert main(["fit", str(table), "--num-resamples", "10", "--out", str(tmp_path / "table.fit.json")]) == 0
+    own.write_bytes((tmp_path / "table.fit.json").read_bytes())  # as a copy by hand puts it there: another source
+    with pytest.raises(ValueError, match=r"sweep/fit.json: the fit of .*table.csv, not of this sweep; `simslm fit"):
+        report.write_report(tmp_path / "sweep")
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10"]) == 0  # the sweep's own again
+    assert report.write_report(tmp_path / "sweep").exists()
+
+
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):
     _fake_sweep(tmp_path)
     assert not any("longer than the model's positions" in warning

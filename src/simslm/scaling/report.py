@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +393,12 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
         raise ValueError(f"{sweep_dir}: no finished runs to report on")
     fit_path = sweep_dir / "fit.json"
     if fit_path.exists():
-        fits = jobs.read_json(fit_path)["variants"]
+        stored = jobs.read_json(fit_path)
+        fitted = stored.get("source")  # relative to fit.json's folder: "." for the sweep's own (older ones: none)
+        if fitted is not None and os.path.realpath(fit_path.parent / fitted) != os.path.realpath(sweep_dir):
+            raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / fitted)}, not of this "
+                             f"sweep; `simslm fit {sweep_dir}` fits it again")
+        fits = stored["variants"]
     else:
         fits = sweep.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -1519,6 +1519,13 @@ class FitConfig(Config):
         check_positive(self, "num_resamples", "num_workers")
         check_output_file(self, "out", "the fit (a JSON file)")  # refused before the fit, not after it
         check_not_input(self, "out", "source", "the table being fitted, which the fit would replace")
+        if self.out is not None:
+            owner = Path(self.out).parent
+            # A sweep's own fit.json is what `report` and `plan` read as the sweep's law.
+            if Path(self.out).name == "fit.json" and (owner / SWEEP_FILE).is_file() and \
+                    os.path.realpath(owner) != os.path.realpath(self.source):
+                raise ConfigError(f"{self.out}: the fit of sweep {owner}, which `simslm report` reads as that "
+                                  f"sweep's law; write this fit to another --out")
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
