@@ -306,7 +306,14 @@ def test_a_sweeps_fit_json_is_its_own_fit_only(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"sweep/fit.json: the fit of .*table.csv, not of this sweep; `simslm fit"):
         report.write_report(tmp_path / "sweep")
     assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10"]) == 0  # the sweep's own again
-    assert report.write_report(tmp_path / "sweep").exists()
+    capsys.readouterr()
+    assert report.write_report(tmp_path / "sweep").exists() and "warning" not in capsys.readouterr().err
+    # Runs finished after the fit: the report draws a stale law, and says so.
+    fitted = json.loads(own.read_text())
+    own.write_text(json.dumps({**fitted, "runs": fitted["runs"][1:]}))
+    report.write_report(tmp_path / "sweep")
+    assert (f"{own} fitted {len(fitted['runs']) - 1} run(s), not the {len(fitted['runs'])} the sweep has finished "
+            f"now (1 finished since): `simslm fit") in capsys.readouterr().err
 
 
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):

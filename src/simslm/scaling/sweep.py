@@ -1386,6 +1386,8 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
     # Which sweep it fits, relative to where it is written ("." for the sweep's own), as a table's fit says which
     # table: a fit.json written elsewhere with --out would otherwise not say.
     fits["source"] = jobs.portable_path(sweep_dir, out.parent)["relative"]
+    # The runs it fitted: `report` says when the sweep has finished others since (a fit.json gone stale).
+    fits["runs"] = sorted(row["id"] for row in rows if row.get("loss_speech") is not None)
     jobs.write_json(out, fits)
     return fits
 
