@@ -1510,10 +1510,6 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             raise ValueError(f"{config.validation_data}: built with another vocabulary than {config.data} "
                              f"({len(held_out)} tokens, units from {held_out.unit_offset}, against {len(vocabulary)} "
                              f"from {vocabulary.unit_offset}); build both with the same --tokenizer and units")
-        overlap = validation_overlap(config.data, config.validation_data)
-        if overlap and distributed.is_main:  # allowed (a smoke test may), but its loss is no held-out loss
-            print(f"simslm train: warning: --validation-data {config.validation_data} {overlap}: its losses are not "
-                  f"held out, though fits read them as held-out curves", file=sys.stderr)
     by_pieces = config.batching == "pieces"
     # A batch of pieces goes end to end in one row, as slamkit's collator lays it, for the kernels whose cost follows
     # the documents (flash-attn's variable-length path, flex attention's block mask). SDPA and eager attend through a
@@ -1562,6 +1558,10 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         print(f"simslm train: warning: the budget is {asked:.3g} FLOPs, but steps are whole batches of "
               f"{plan.tokens_per_step:,} tokens: {plan.total_steps} step(s) make {plan.total_flops:.3g} FLOPs "
               f"({plan.total_flops / asked:.2g}x the budget); a smaller --batch-size comes closer", file=sys.stderr)
+    overlap = validation_overlap(config.data, config.validation_data) if config.validation_data else None
+    if distributed.is_main and overlap and resumed["step"] == 0:  # allowed (a smoke test may): no held-out loss
+        print(f"simslm train: warning: --validation-data {config.validation_data} {overlap}: its losses are not "
+              f"held out, though fits read them as held-out curves", file=sys.stderr)
     if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:
         print(f"simslm train: warning: the budget reads {config.data} {plan.data_passes:.1f} times (more than "
               f"{MAX_DATA_PASSES} passes repeat data past the point of use, Muennighoff et al. 2023); build more "

@@ -336,6 +336,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     anchors = _Anchors(out)
     members = spec.members()
     several = len({member.family for member in members}) > 1
+    overlaps: list[str] = []
     for family in {member.family for member in members}:
         for variant in spec.variants:
             if not (Path(variant.data_for(family)) / "index.json").exists():
@@ -345,11 +346,9 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         if validation and not (Path(validation) / "index.json").exists():
             raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
                              f"folder)")
-        for variant in spec.variants if validation else ():  # said here, not only in each run's log
+        for variant in spec.variants if validation else ():  # said once planned, not only in each run's log
             if overlap := validation_overlap(variant.data_for(family), validation):
-                print(f"simslm sweep plan: warning: validation_data {validation} {overlap} (variant "
-                      f"{variant.name}): its losses are not held out, though the fits read them as held-out curves",
-                      file=sys.stderr)
+                overlaps.append(f"validation_data {validation} {overlap} (variant {variant.name})")
     _check_benchmarks(asdict(spec))
     runs = []
     grid = [_budget_point(b) for b in spec.budgets_flops] + \
@@ -421,6 +420,9 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                   f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}); `sweep status`, `fit` and `report` "
                   f"leave them out, and their folders stay under runs/ for a plan that holds them again",
                   file=sys.stderr)
+    for overlap in overlaps:
+        print(f"simslm sweep plan: warning: {overlap}: its losses are not held out, though the fits read them as "
+              f"held-out curves", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
     return load_sweep(out)
