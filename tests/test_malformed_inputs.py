@@ -115,6 +115,18 @@ def a_recording(w: World, name: str) -> Path:
     return path
 
 
+def units_header_changed(w: World, name: str, **changes) -> Path:
+    """The model's own units folder with its header saying other things (another codebook's size or digest)."""
+    import shutil
+
+    folder = w.bad / name
+    if not folder.exists():
+        shutil.copytree(w.units, folder)
+        header = json.loads((folder / "units.json").read_text())
+        (folder / "units.json").write_text(json.dumps({**header, **changes}))
+    return folder
+
+
 def another_run(w: World, name: str) -> Path:
     """A run folder of another model, with an evaluation of its own."""
     folder = w.bad / name
@@ -576,6 +588,18 @@ CASES: dict[str, Case] = {
     "eval: --out another run's folder": lambda w: (
         ["eval", str(w.run), "--bench", str(w.bench), "--modes", "T", "--out", str(another_run(w, "run-166"))],
         "run-166/eval.json: holds the results of another model", [w.bad / "run-166" / "eval.json"]),
+    "eval: --speech-units of another codebook's size": lambda w: (
+        ["eval", str(w.run), "--bench", str(w.bench), "--modes", "S", "--speech-units",
+         str(units_header_changed(w, "units-167", k=7))], "units-167: units of a 7-unit codebook, but the model reads",
+        [w.run / "eval.json"]),
+    "eval: --speech-units of another codebook": lambda w: (
+        ["eval", str(w.run), "--bench", str(w.bench), "--modes", "S", "--speech-units",
+         str(units_header_changed(w, "units-168", codebook_sha256="0" * 64))],
+        "units-168: units of another codebook than the one", [w.run / "eval.json"]),
+    "generate: --speech-units of another codebook's size": lambda w: (
+        ["generate", str(w.run), "--prompt", str(a_recording(w, "prompts-169/p.wav")), "--out",
+         str(w.bad / "gen-169"), "--speech-units", str(units_header_changed(w, "units-167", k=7))],
+        "units-167: units of a 7-unit codebook, but the model reads", []),
     "eval: long sides, learned positions": lambda w: (
         ["eval", str(model_folder(w, "learned-positions", learned_positions)), "--bench", str(w.bench), "--modes",
          "T"], "longer than the model's 16 positions, which it learned", []),

@@ -36,11 +36,13 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
     records (`simslm train` writes it there, codebook included); else, for a run folder whose
     model is not written yet, its training data's units.
     """
-    if speech_units:
-        return unit_source(speech_units)
     run_dir = Path(run_dir)
     model_dir = run_dir / "model" if (run_dir / "plan.json").exists() else run_dir
     recorded = model_unit_source(model_dir)
+    if speech_units:
+        given = unit_source(speech_units)
+        _check_speech_units(speech_units, given, run_dir, model_dir, recorded)
+        return given
     if recorded is not None:
         return recorded
     if (run_dir / "plan.json").exists():
@@ -50,6 +52,26 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
         return unit_source(units)
     raise ValueError(f"{run_dir}: the model folder does not say which units it reads; pass --speech-units FOLDER "
                      f"(the `simslm units extract` folder of its codebook)")
+
+
+def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir: Path,
+                        recorded: UnitSource | None) -> None:
+    """`--speech-units` must be the model's own units: a codebook of another size (its ids are other tokens, or
+    past the model's units), or another codebook than the one the model records, scored or prompted the model with
+    units it never read, without a word (or ended in an IndexError of the vocoder)."""
+    from simslm.sequences.vocabulary import VOCAB_FILE
+
+    vocabulary = model_dir / VOCAB_FILE if (model_dir / VOCAB_FILE).exists() else None
+    if vocabulary is None and (run_dir / "plan.json").exists():  # a run whose model is not written yet
+        vocabulary = Path(jobs.read_json(run_dir / "config.json")["data"]) / "tokenizer" / VOCAB_FILE
+    num_units = jobs.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
+    if num_units is not None and given.k != num_units:
+        raise ValueError(f"{folder}: units of a {given.k}-unit codebook, but the model reads {num_units} units "
+                         f"(--speech-units names the units the model was trained on)")
+    if recorded is not None and None not in (recorded.codebook_sha256, given.codebook_sha256) and \
+            recorded.codebook_sha256 != given.codebook_sha256:
+        raise ValueError(f"{folder}: units of another codebook than the one {model_dir} records ({recorded.codebook}); "
+                         f"leave --speech-units out to use the model's own")
 
 
 def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_workers: int = 0
