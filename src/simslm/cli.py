@@ -360,14 +360,18 @@ def _plan(config) -> int:
         plan = plan_compute(config.flops, fit)
         interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
                                 if "ci_" + key in plan else "")
+        # A fit's N is all parameters, or with `fit --convention non_embedding` those outside the embeddings (its
+        # C = 6 N D counts those): the family member is matched, and its tokens read, in the fit's own count.
+        non_embedding = fit.get("convention", {}).get("parameters") == "non_embedding"
+        counted = "non-embedding parameters" if non_embedding else "parameters"
         print(("\n" if number else "") + f"budget C = {config.flops:.3g} FLOPs, law from {source}")
-        print(f"N_opt = {plan['n_opt']:.4g} parameters{interval('n_opt')}")
+        print(f"N_opt = {plan['n_opt']:.4g} {counted}{interval('n_opt')}")
         print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
               f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
         print(f"predicted loss {plan['loss']:.4f}")
-        depth = model.family_depth_for(plan["n_opt"], config.vocab_size)
-        parameters = model.family_parameters(depth, config.vocab_size)
-        print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} parameters "
+        depth = model.family_depth_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
+        parameters = model.family_parameters(depth, config.vocab_size, non_embedding=non_embedding)
+        print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} {counted} "
               f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
         if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
             print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "

@@ -271,22 +271,24 @@ def family_config(depth: int, vocab_size: int, context_length: int = 512,
             "bos_token_id": 1, "eos_token_id": 2}
 
 
-def family_parameters(depth: int, vocab_size: int, aspect_ratio: int = FAMILY_ASPECT_RATIO) -> int:
-    """Total parameters of a family member, computed from its shapes (no model built)."""
+def family_parameters(depth: int, vocab_size: int, aspect_ratio: int = FAMILY_ASPECT_RATIO,
+                      non_embedding: bool = False) -> int:
+    """Total parameters of a family member, computed from its shapes (no model built); with `non_embedding`, those
+    outside its (tied) embedding, as `parameter_groups` counts them and a `--convention non_embedding` fit reads N."""
     config = family_config(depth, vocab_size, aspect_ratio=aspect_ratio)
     width, ffn = config["hidden_size"], config["intermediate_size"]
     per_layer = 4 * width * width + 3 * width * ffn + 2 * width
-    return vocab_size * width + depth * per_layer + width
+    return (0 if non_embedding else vocab_size * width) + depth * per_layer + width
 
 
 FAMILY_MAX_DEPTH = 48
 
 
 def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH,
-                     aspect_ratio: int = FAMILY_ASPECT_RATIO) -> int:
-    """The depth whose total parameter count is closest to the target (in log space)."""
+                     aspect_ratio: int = FAMILY_ASPECT_RATIO, non_embedding: bool = False) -> int:
+    """The depth whose parameter count (total, or non-embedding) is closest to the target (in log space)."""
     return min(range(1, max_depth + 1), key=lambda d: abs(
-        np.log(family_parameters(d, vocab_size, aspect_ratio)) - np.log(target_parameters)))
+        np.log(family_parameters(d, vocab_size, aspect_ratio, non_embedding)) - np.log(target_parameters)))
 
 
 # Below depth 1 the family goes on narrowing: depth 1 at half the width, a quarter, ... (a depth-1 member of width

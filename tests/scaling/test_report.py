@@ -133,6 +133,28 @@ def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
     assert "nearest family member" in out and "[" in out  # bootstrap interval printed
 
 
+def test_a_plan_from_a_non_embedding_fit_counts_the_family_so(tmp_path, capsys):
+    """A fit whose N is non-embedding parameters (`fit --convention non_embedding`) planned the member of that
+    many parameters in all, and its tokens from all of them: C = 6 N D of another N than the fit's."""
+    from simslm import model
+
+    rows = ["parameters,non_embedding_parameters,tokens,loss"]
+    for parameters in np.logspace(4.5, 6.5, 5):
+        for tokens in np.logspace(5.5, 8, 5):
+            rows.append(f"{3 * parameters},{parameters},{tokens},{float(LAW.loss(parameters, tokens))}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    assert main(["fit", str(tmp_path / "t.csv"), "--convention", "non_embedding", "--num-resamples", "20"]) == 0
+    capsys.readouterr()
+    assert main(["plan", "--flops", "1e15", "--fit", str(tmp_path / "t.fit.json"), "--vocab-size", "600"]) == 0
+    out = capsys.readouterr().out
+    n_opt = float(out.split("N_opt = ")[1].split()[0])
+    assert out.split("N_opt = ")[1].split()[1:3] == ["non-embedding", "parameters"]
+    depth = model.family_depth_for(n_opt, 600, non_embedding=True)
+    counted = model.family_parameters(depth, 600, non_embedding=True)
+    assert (f"nearest family member (vocabulary 600): depth {depth}, {counted:,} non-embedding parameters -> train it "
+            f"for {1e15 / (6 * counted):.4g} tokens") in out
+
+
 def test_plan_says_when_it_caps_the_family(capsys):
     assert main(["plan", "--flops", "1e24"]) == 0
     assert "capped at the family's largest member (depth 48)" in capsys.readouterr().out
