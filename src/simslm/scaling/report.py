@@ -395,9 +395,9 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
     fit_path = sweep_dir / "fit.json"
     if fit_path.exists():
         stored = jobs.read_json(fit_path)
-        fitted = stored.get("source")  # relative to fit.json's folder: "." for the sweep's own (older ones: none)
-        if fitted is not None and os.path.realpath(fit_path.parent / fitted) != os.path.realpath(sweep_dir):
-            raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / fitted)}, not of this "
+        source = stored.get("source")  # relative to fit.json's folder: "." for the sweep's own (older ones: none)
+        if source is not None and os.path.realpath(fit_path.parent / source) != os.path.realpath(sweep_dir):
+            raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / source)}, not of this "
                              f"sweep; `simslm fit {sweep_dir}` fits it again")
         fits = stored["variants"]
         finished, fitted = {row["id"] for row in rows}, set(stored.get("runs", ()))
