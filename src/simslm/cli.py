@@ -356,6 +356,13 @@ def _plan(config) -> int:
     from simslm.scaling.fit import fits_for_plan, plan_compute
 
     fits, notes = fits_for_plan(config)
+    if config.fit:  # a sweep's law, fitted before some of its runs finished
+        from simslm import jobs
+        from simslm.scaling.sweep import stale_fit
+
+        stale = stale_fit(config.fit, jobs.read_json(config.fit))
+        if stale:
+            print(f"simslm plan: warning: {stale}", file=sys.stderr)
     for number, (fit, source) in enumerate(fits):
         plan = plan_compute(config.flops, fit)
         interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731

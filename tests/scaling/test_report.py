@@ -334,8 +334,11 @@ def test_a_sweeps_fit_json_is_its_own_fit_only(tmp_path, capsys):
     fitted = json.loads(own.read_text())
     own.write_text(json.dumps({**fitted, "runs": fitted["runs"][1:]}))
     report.write_report(tmp_path / "sweep")
-    assert (f"{own} fitted {len(fitted['runs']) - 1} run(s), not the {len(fitted['runs'])} the sweep has finished "
-            f"now (1 finished since): `simslm fit") in capsys.readouterr().err
+    stale = (f"{own} fitted {len(fitted['runs']) - 1} run(s), not the {len(fitted['runs'])} the sweep has finished "
+             f"now (1 finished since): `simslm fit {tmp_path / 'sweep'}` fits it again")
+    assert f"simslm report: warning: {stale}" in capsys.readouterr().err
+    assert main(["plan", "--flops", "1e13", "--fit", str(own), "--variant", "interleaved-twist"]) == 0  # and plan
+    assert f"simslm plan: warning: {stale}" in capsys.readouterr().err
 
 
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):

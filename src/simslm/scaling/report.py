@@ -400,12 +400,9 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
             raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / source)}, not of this "
                              f"sweep; `simslm fit {sweep_dir}` fits it again")
         fits = stored["variants"]
-        finished, fitted = {row["id"] for row in rows}, set(stored.get("runs", ()))
-        if "runs" in stored and fitted != finished:  # older fit.json files do not say
-            changes = [f"{len(finished - fitted)} finished since"] * bool(finished - fitted) + \
-                [f"{len(fitted - finished)} no longer finished runs of the sweep"] * bool(fitted - finished)
-            print(f"simslm report: warning: {fit_path} fitted {len(fitted)} run(s), not the {len(finished)} the sweep "
-                  f"has finished now ({'; '.join(changes)}): `simslm fit {sweep_dir}` fits it again", file=sys.stderr)
+        stale = sweep.stale_fit(fit_path, stored, {row["id"] for row in rows})
+        if stale:
+            print(f"simslm report: warning: {stale}", file=sys.stderr)
     else:
         fits = sweep.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
     folder.mkdir(parents=True, exist_ok=True)

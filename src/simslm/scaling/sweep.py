@@ -1153,6 +1153,26 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def stale_fit(fit_path: str | os.PathLike, stored: dict[str, Any], finished: set[str] | None = None) -> str | None:
+    """Why a sweep's fit.json no longer fits the sweep's finished runs (None when it does, or when it does not say
+    which runs it fitted: a table's fit, an older one): `report` and `plan` say it. `finished`: the finished runs'
+    ids, when the caller has them."""
+    if "runs" not in stored or stored.get("source") is None:
+        return None
+    sweep_dir = Path(fit_path).parent / stored["source"]
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        return None
+    if finished is None:
+        finished = {row["id"] for row in collect(sweep_dir) if row.get("loss_speech") is not None}
+    fitted = set(stored["runs"])
+    if fitted == finished:
+        return None
+    changes = [f"{len(finished - fitted)} finished since"] * bool(finished - fitted) + \
+        [f"{len(fitted - finished)} no longer finished runs of the sweep"] * bool(fitted - finished)
+    return (f"{fit_path} fitted {len(fitted)} run(s), not the {len(finished)} the sweep has finished now "
+            f"({'; '.join(changes)}): `simslm fit {os.path.normpath(sweep_dir)}` fits it again")
+
+
 def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs of each (variant, size, grid point) as one row: its replicates (a spec's seeds) under
     `replicates`, speech CE the mean of theirs, each benchmark's accuracy over per-item outcomes averaged across
