@@ -208,6 +208,27 @@ def test_a_task_that_ends_its_process_is_named_then_skipped_in_the_next_runs(tmp
         {"carried": "t3", "times": 2}]
 
 
+def test_a_death_noted_after_a_line_torn_by_a_killed_worker_counts(tmp_path):
+    """The pool's break ends the other workers (SIGTERM); one ended mid-line leaves a torn line, to which the
+    parent's note of the death was appended: one unreadable line, and the death lost (the third run of the test
+    above then ran t3 again: a CI flake). The note now starts on a line of its own, as a new attempt's header does."""
+    import socket
+
+    host, path = socket.gethostname(), tmp_path / "journal"
+    lines = [{"attempt": {"id": "a", "pid": 111, "host": host, "in_process": False}}, {"attempt": "a", "running": "t3"},
+             {"attempt": {"id": "b", "pid": 222, "host": host, "in_process": False}}, {"attempt": "b", "running": "t4"}]
+    watch = jobs._Watch(jobs.TaskJournal(path, key=str, skipped=lambda task, reason: reason), "synth")
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"attempt": "b", "runn')  # this run's
+    assert watch.note_deaths({111: -9}) == ["t3"]
+    assert jobs._earlier_deaths(path)[0] == {"t3": 1}
+    jobs._note_running(path, "t5", in_process=True)  # a new attempt after another torn line keeps its header
+    path.write_text(path.read_text() + '{"attempt": "c", "runn')
+    jobs._running_handles.pop(str(path))[0].close()
+    jobs._note_running(path, "t6", in_process=False)
+    jobs._running_handles.pop(str(path))[0].close()
+    assert sorted(attempt["last"] for attempt in jobs._attempts(path).values()) == ["t3", "t4", "t5", "t6"]
+
+
 def test_a_task_run_to_its_end_is_cleared_and_a_python_error_is_no_death(tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)

@@ -380,7 +380,9 @@ class _Watch:
             if code is None or attempt["host"] != host or attempt["died"] or attempt["last"] is None:
                 continue
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"attempt": attempt["id"], "died": code}) + "\n")
+                # After a newline of its own: a worker killed mid-line (the dead one, or one the pool's break ended)
+                # leaves a torn line, which would swallow this one (a blank line is skipped on reading).
+                handle.write("\n" + json.dumps({"attempt": attempt["id"], "died": code}) + "\n")
             running.append(attempt["last"])
         return running
 
@@ -465,8 +467,8 @@ def _note_running(path: Path | str, key: str, in_process: bool) -> None:
     noted = _running_handles.get(str(path))
     if noted is None:
         noted = _running_handles[str(path)] = (open(path, "a", encoding="utf-8"), uuid.uuid4().hex[:16])
-        noted[0].write(json.dumps({"attempt": {"id": noted[1], "pid": os.getpid(), "host": socket.gethostname(),
-                                               "in_process": in_process}}) + "\n")
+        header = {"id": noted[1], "pid": os.getpid(), "host": socket.gethostname(), "in_process": in_process}
+        noted[0].write("\n" + json.dumps({"attempt": header}) + "\n")  # not swallowed by a line torn before it
     noted[0].write(json.dumps({"attempt": noted[1], "running": key}, ensure_ascii=False) + "\n")
     noted[0].flush()
 

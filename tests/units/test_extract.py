@@ -624,6 +624,27 @@ def test_what_a_shard_journal_holds_against_its_utterances(tmp_path):
     assert deaths.suspects == {"d"} and deaths.fatal == {}
 
 
+def test_a_death_noted_after_a_torn_line_still_counts(tmp_path):
+    """A worker killed while writing its line (the OOM killer strikes anywhere) leaves it torn; the parent's note of
+    the death, appended to it, was one unreadable line with it: the death lost. It starts a line of its own now,
+    as a new attempt's header does."""
+    from simslm.units.extract import _ShardJournal
+
+    worker = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    worker.begin(in_process=False)
+    worker.note({"encoding": ["a", "b"], "seconds": 1.0})
+    worker._handle.write('{"encoding": ["c"], "sec')  # killed mid-line
+    worker._handle.close()
+    _ShardJournal.of(tmp_path / "shard-00000.jsonl").note({"died": -9})  # the parent, which saw it die
+    assert _ShardJournal.of(tmp_path / "shard-00000.jsonl").earlier_deaths().suspects == {"a", "b"}
+    again = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    with open(again.path, "a") as handle:
+        handle.write('{"encod')  # torn again; the next attempt's header is kept
+    again.begin(in_process=True)
+    again._handle.close()
+    assert len(again.attempts()) == 2 and again.attempts()[1][0]["in_process"]
+
+
 def test_a_read_clears_a_death_while_reading_and_only_an_encoding_clears_the_rest(tmp_path):
     from simslm.units.extract import _ShardJournal
 

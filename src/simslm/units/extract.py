@@ -713,13 +713,14 @@ class _ShardJournal:
         import socket
 
         self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle.write("\n")  # a line torn by the attempt before (killed mid-write) does not swallow the header
         self.note({"attempt": {"pid": os.getpid(), "host": socket.gethostname(), "in_process": in_process}})
 
     def note(self, entry: dict[str, Any]) -> None:
         """One line, flushed: in the page cache, it outlives the process (not the machine)."""
-        if self._handle is None:  # the parent's note of a dead worker
+        if self._handle is None:  # the parent's note of a dead worker, after a torn line it may have left
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                handle.write("\n" + json.dumps(entry, ensure_ascii=False) + "\n")
             return
         self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._handle.flush()
