@@ -311,6 +311,10 @@ CASES: dict[str, Case] = {
                                           str(missing(w)), []),
     "align: manifest not JSON": lambda w: (["align", "--manifest", str(not_json(w, "m.jsonl")), "--out",
                                             str(w.bad / "out-07")], str(not_json(w, "m.jsonl")), []),
+    "align: output onto the CTM it imports": lambda w: (
+        ["align", "--manifest", str(w.manifest), "--method", "ctm", "--source",
+         str(_write(w.bad / "timings-170.ctm", "u0 1 0.00 0.50 hello\n")), "--out", str(w.bad / "timings-170.ctm")],
+        "timings-170.ctm: the timings being imported", [w.bad / "timings-170.ctm"]),
     "align: CTM missing": lambda w: (["align", "--manifest", str(w.manifest), "--out", str(w.bad / "out-08"),
                                       "--method", "ctm", "--source", str(missing(w, "x.ctm"))],
                                      str(missing(w, "x.ctm")), []),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_output_file, check_positive, registry_choices
+from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
 from simslm.speech.manifest import Utterance, Word, iter_utterances
@@ -332,6 +332,7 @@ class AlignConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_workers", allow_zero=True)
         check_output_file(self, "out", "the aligned manifest (a file)")
+        check_not_input(self, "out", "source", "the timings being imported, which the aligned manifest would replace")
         if self.method != "pocketsphinx" and not self.source:
             raise ConfigError(f"--method {self.method} imports timings: give --source FILE or FOLDER")
 
