@@ -1163,7 +1163,10 @@ def stale_fit(fit_path: str | os.PathLike, stored: dict[str, Any], finished: set
     if not (sweep_dir / SWEEP_FILE).is_file():
         return None
     if finished is None:
-        finished = {row["id"] for row in collect(sweep_dir) if row.get("loss_speech") is not None}
+        try:
+            finished = {row["id"] for row in collect(sweep_dir) if row.get("loss_speech") is not None}
+        except ValueError:  # a run's unreadable result: `report` and `fit` say that; planning need not stop on it
+            return None
     fitted = set(stored["runs"])
     if fitted == finished:
         return None
