@@ -458,6 +458,10 @@ CASES: dict[str, Case] = {
             {"file_name": "/x/u0.wav", "units": [1, 2], "duration": [1, 1]}) + "\n")), "--num-units", "10", "--out",
          str(_write(w.bad / "out-153" / "notes.txt", "mine").parent)], "out-153: not empty",
         [w.bad / "out-153" / "notes.txt"]),
+    "units import: a codebook of another size than --num-units": lambda w: (
+        ["units", "import", "--features", str(_write(w.bad / "feats-171.jsonl", json.dumps(
+            {"file_name": "/x/u0.wav", "units": [20, 21], "duration": [1, 1]}) + "\n")), "--num-units", "10",
+         "--codebook", str(w.codebook), "--out", str(w.bad / "out-171")], "32 centroids, but --num-units is 10", []),
     "units import: --out a file": lambda w: (
         ["units", "import", "--features", str(_write(w.bad / "feats-156.jsonl", json.dumps(
             {"file_name": "/x/u0.wav", "units": [1, 2], "duration": [1, 1]}) + "\n")), "--num-units", "10", "--out",

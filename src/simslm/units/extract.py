@@ -1149,6 +1149,27 @@ class ImportConfig(Config):
 
 def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     """Write slamkit's features JSONL as a units folder; lines that cannot be units are skipped and counted."""
+    # The codebook and the folder first: a features file of a corpus is millions of lines, read for nothing when
+    # the command is refused after them (and a codebook of another size made every line "outside 0..K-1").
+    codebook = kmeans.Codebook.load(config.codebook) if config.codebook else None
+    if codebook is not None and codebook.k != config.num_units:
+        raise ValueError(f"{config.codebook}: {codebook.k} centroids, but --num-units is {config.num_units}")
+    recorded = EncoderSpec(**codebook.meta["encoder"]) if codebook is not None and codebook.meta.get("encoder") else None
+    if recorded is not None and recorded.name != "logmel":
+        # A codebook converted before edge padding (or the resampler) was recorded reads as 0 (soxr): benchmarks
+        # would be encoded unlike these units.
+        unlike = [f"with {recorded.edge_pad} zero samples at each end, where slamkit's extraction of these units "
+                  f"added {SLAMKIT_EDGE_PAD}"] if recorded.edge_pad != SLAMKIT_EDGE_PAD else []
+        unlike += [f"resampled by {recorded.resampler}, where slamkit's extraction resampled by torchaudio's "
+                   f"default ({SLAMKIT_RESAMPLER})"] if recorded.resampler != SLAMKIT_RESAMPLER else []
+        if unlike:
+            print(f"simslm units import: warning: {config.codebook} encodes audio {'; and '.join(unlike)}: benchmark "
+                  f"audio would not be encoded as they were; `simslm units convert` its k-means again",
+                  file=sys.stderr)
+    out = Path(config.out)
+    if (out / "units.json").exists():
+        raise ValueError(f"{out} already holds units; import into a new --out folder")
+    jobs.check_replaceable(out, None, "", "import into a new --out folder")  # replaced whole below
     frame_rate = ENCODERS[config.encoder][0]
     lines, skipped = [], collections.Counter()
     seen: set[str] = set()
@@ -1174,25 +1195,6 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
                               "durations": durations.tolist()})
     if not lines:
         raise ValueError(f"{config.features}: no usable line ({dict(skipped) or 'empty file'})")
-    codebook = kmeans.Codebook.load(config.codebook) if config.codebook else None
-    if codebook is not None and codebook.k != config.num_units:
-        raise ValueError(f"{config.codebook}: {codebook.k} centroids, but --num-units is {config.num_units}")
-    recorded = EncoderSpec(**codebook.meta["encoder"]) if codebook is not None and codebook.meta.get("encoder") else None
-    if recorded is not None and recorded.name != "logmel":
-        # A codebook converted before edge padding (or the resampler) was recorded reads as 0 (soxr): benchmarks
-        # would be encoded unlike these units.
-        unlike = [f"with {recorded.edge_pad} zero samples at each end, where slamkit's extraction of these units "
-                  f"added {SLAMKIT_EDGE_PAD}"] if recorded.edge_pad != SLAMKIT_EDGE_PAD else []
-        unlike += [f"resampled by {recorded.resampler}, where slamkit's extraction resampled by torchaudio's "
-                   f"default ({SLAMKIT_RESAMPLER})"] if recorded.resampler != SLAMKIT_RESAMPLER else []
-        if unlike:
-            print(f"simslm units import: warning: {config.codebook} encodes audio {'; and '.join(unlike)}: benchmark "
-                  f"audio would not be encoded as they were; `simslm units convert` its k-means again",
-                  file=sys.stderr)
-    out = Path(config.out)
-    if (out / "units.json").exists():
-        raise ValueError(f"{out} already holds units; import into a new --out folder")
-    jobs.check_replaceable(out, None, "", "import into a new --out folder")  # replaced whole below
     with jobs.atomic_path(out) as building:
         (building / "shards").mkdir(parents=True)
         for index, start in enumerate(range(0, len(lines), config.shard_size)):
