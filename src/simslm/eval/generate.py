@@ -232,9 +232,9 @@ def _refuse_outputs_over_inputs(config: GenerateConfig, prompts: list[Prompt]) -
               [(config.reference_audio, "the --reference-audio")] if path}
     for prompt in prompts:
         for target in (out / f"{prompt.name}.wav", out / f"{prompt.name}.json"):
-            if os.path.realpath(target) in inputs:
-                raise ValueError(f"{target}: {inputs[os.path.realpath(target)]}, which an output of prompt "
-                                 f"{prompt.name} would replace; write to another --out")
+            if (what := inputs.get(os.path.realpath(target))) is not None:
+                raise ValueError(f"{target}: {what}, which an output of prompt {prompt.name} would replace; write to "
+                                 f"another --out")
 
 
 class CommandVocoder:
