@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -352,23 +353,32 @@ def _fit(config) -> int:
 
 
 def _plan(config) -> int:
-    from simslm import model
+    from simslm import jobs, model
+    from simslm.scaling import sweep
     from simslm.scaling.fit import fits_for_plan, plan_compute
 
     fits, notes = fits_for_plan(config)
-    if config.fit:  # a sweep's law, fitted before some of its runs finished
-        from simslm import jobs
-        from simslm.scaling.sweep import stale_fit
-
-        stale = stale_fit(config.fit, jobs.read_json(config.fit))
+    rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
+    if config.fit:
+        stored = jobs.read_json(config.fit)
+        sweep_dir = sweep.fitted_sweep(config.fit, stored)
+        if sweep_dir is not None:
+            try:
+                rows = sweep.collect(sweep_dir)
+            except ValueError as error:  # `report` and `fit` stop on it; a plan from the law need not
+                print(f"simslm plan: warning: the sizes of sweep {sweep_dir} cannot be read ({error}); the plan "
+                      f"names simslm's own family's members instead", file=sys.stderr)
+        # a sweep's law, fitted before some of its runs finished
+        finished = None if rows is None else {row["id"] for row in rows if row.get("loss_speech") is not None}
+        stale = sweep.stale_fit(config.fit, stored, finished)
         if stale:
             print(f"simslm plan: warning: {stale}", file=sys.stderr)
-    for number, (fit, source) in enumerate(fits):
+    for number, (variant, fit, source) in enumerate(fits):
         plan = plan_compute(config.flops, fit)
         interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
                                 if "ci_" + key in plan else "")
         # A fit's N is all parameters, or with `fit --convention non_embedding` those outside the embeddings (its
-        # C = 6 N D counts those): the family member is matched, and its tokens read, in the fit's own count.
+        # C = 6 N D counts those): the size is matched, and its tokens read, in the fit's own count.
         non_embedding = fit.get("convention", {}).get("parameters") == "non_embedding"
         counted = "non-embedding parameters" if non_embedding else "parameters"
         print(("\n" if number else "") + f"budget C = {config.flops:.3g} FLOPs, law from {source}")
@@ -376,6 +386,21 @@ def _plan(config) -> int:
         print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
               f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
         print(f"predicted loss {plan['loss']:.4f}")
+        sizes = sweep.trained_sizes(rows or [], variant, non_embedding=non_embedding) if variant else []
+        if sizes:
+            # The sweep's own models: simslm's family at another vocabulary or aspect ratio, or a real family,
+            # is not the one it trained (the demo's depth 3 has 117,600 parameters, the default family's 429,888).
+            name, parameters = min(sizes, key=lambda size: abs(math.log(size[1] / plan["n_opt"])))
+            print(f"nearest size the sweep trained: {name}, {parameters:,} {counted} -> train it for "
+                  f"{config.flops / (6 * parameters):.4g} tokens")
+            (smallest, fewest), (largest, most) = sizes[0], sizes[-1]
+            if plan["n_opt"] > most:
+                print(f"  note: N_opt is {plan['n_opt'] / most:.3g}x the largest size the sweep trained ({largest}): "
+                      f"the law is extrapolated there")
+            elif plan["n_opt"] < fewest:
+                print(f"  note: N_opt is {fewest / plan['n_opt']:.3g}x smaller than the smallest size the sweep "
+                      f"trained ({smallest}): the law is extrapolated there")
+            continue
         depth = model.family_depth_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
         parameters = model.family_parameters(depth, config.vocab_size, non_embedding=non_embedding)
         print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} {counted} "

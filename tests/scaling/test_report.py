@@ -155,6 +155,46 @@ def test_a_plan_from_a_non_embedding_fit_counts_the_family_so(tmp_path, capsys):
             f"for {1e15 / (6 * counted):.4g} tokens") in out
 
 
+def test_a_plan_from_a_sweeps_fit_names_the_sizes_the_sweep_trained(tmp_path, capsys):
+    """`plan` matched N_opt to simslm's default family at vocabulary 1015 whatever the sweep trained: from the
+    demo's own fit it said "depth 3, 429,888 parameters", where the demo's depth 3 (aspect ratio 16, 715 tokens)
+    has 117,600. A sweep's fit is planned onto the sweep's own sizes, counted as the fit counts them."""
+    _fake_sweep(tmp_path / "sweep")  # sizes d1..d4 of 3e4, 1e5, 3e5, 1e6 parameters (0.8 of them non-embedding)
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10"]) == 0
+    capsys.readouterr()
+    fit_path = tmp_path / "sweep" / "fit.json"
+    law = Law(**json.loads(fit_path.read_text())["variants"]["interleaved-twist"]["approach3"]["law"])
+    flops = 1e13
+    n_opt = law.optimum(flops)[0]
+    trained = {"d1": 3e4, "d2": 1e5, "d3": 3e5, "d4": 1e6}
+    name = min(trained, key=lambda member: abs(np.log(trained[member] / n_opt)))
+    assert main(["plan", "--flops", str(flops), "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0
+    out = capsys.readouterr().out
+    assert (f"nearest size the sweep trained: {name}, {int(trained[name]):,} parameters -> train it for "
+            f"{flops / (6 * int(trained[name])):.4g} tokens") in out
+    assert "nearest family member" not in out and "extrapolated" not in out
+    # Past the largest size, the plan says the law is read beyond the sizes it was fitted on.
+    assert main(["plan", "--flops", "1e18", "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0
+    out = capsys.readouterr().out
+    assert "nearest size the sweep trained: d4, 1,000,000 parameters" in out
+    assert re.search(r"note: N_opt is [0-9.e+]+x the largest size the sweep trained \(d4\): the law is "
+                     r"extrapolated there", out)
+    # A non-embedding fit of the same sweep: its sizes counted outside the embeddings.
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--convention", "non_embedding",
+                 "--out", str(tmp_path / "ne.json")]) == 0
+    capsys.readouterr()
+    assert main(["plan", "--flops", "1e9", "--fit", str(tmp_path / "ne.json"), "--variant", "textless-twist"]) == 0
+    out = capsys.readouterr().out
+    assert "nearest size the sweep trained: d1, 24,000 non-embedding parameters -> train it for" in out
+    assert "x smaller than the smallest size the sweep trained (d1)" in out
+    # A sweep whose runs cannot be read still plans, onto simslm's own family, and says why.
+    (tmp_path / "sweep" / "runs" / "interleaved-twist-d1-c1e+12" / "result.json").write_text("{")
+    assert main(["plan", "--flops", str(flops), "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0
+    captured = capsys.readouterr()
+    assert "nearest family member (vocabulary 1015)" in captured.out
+    assert "simslm plan: warning: the sizes of sweep" in captured.err
+
+
 def test_plan_says_when_it_caps_the_family(capsys):
     assert main(["plan", "--flops", "1e24"]) == 0
     assert "capped at the family's largest member (depth 48)" in capsys.readouterr().out

@@ -795,12 +795,13 @@ def _law_problem(fit: Any) -> str | None:
     return None
 
 
-def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]], list[str]]:
-    """The fits `simslm plan` plans from, each with its name, and a note for each variant it leaves out: the variant
+def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[str | None, dict[str, Any], str]], list[str]]:
+    """The fits `simslm plan` plans from, each as (variant, fit, where it comes from in words), and a note for
+    each variant it leaves out: the variant
     named, every variant of a fit.json with several and none named (a degenerate law is left out and noted), or
     the textless reference law. Refused: a variant that is not there, a named degenerate one, or no sound one."""
     if not config.fit:
-        return ([({"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
+        return ([(None, {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
                   "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])
     fits = jobs.read_json(config.fit)
     if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
@@ -830,7 +831,7 @@ def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[dict[str, Any], str]
 
     notes = [f"{name}: not planned, its law is degenerate ({'; '.join(fits[name]['approach3']['degenerate'])})"
              for name in named if name not in sound]
-    return [(fits[name], source(name)) for name in chosen], notes
+    return [(name, fits[name], source(name)) for name in chosen], notes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -844,7 +845,8 @@ class PlanConfig(Config):
     variant: str | None = None
     """Which variant of the fit (default: every variant whose law is sound, one plan each)."""
     vocab_size: int = 1015
-    """Vocabulary of the size family, for the nearest member (default: tok512 + 500 units + 3)."""
+    """Vocabulary of simslm's own size family, for its nearest member when the fit is not a sweep's (a sweep's
+    fit names the nearest size the sweep trained instead). Default: tok512 + 500 units + 3."""
 
     def check(self) -> None:
         check_positive(self, "flops", "vocab_size")

@@ -1153,14 +1153,34 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def fitted_sweep(fit_path: str | os.PathLike, stored: dict[str, Any]) -> Path | None:
+    """The sweep folder a fit.json fitted, as its `source` names it (None: a table's fit, or one that does not
+    say, or a sweep no longer there)."""
+    source = stored.get("source") if isinstance(stored, dict) else None
+    if not isinstance(source, str):
+        return None
+    sweep_dir = Path(fit_path).parent / source
+    return sweep_dir if (sweep_dir / SWEEP_FILE).is_file() else None
+
+
+def trained_sizes(rows: list[dict[str, Any]], variant: str, *, non_embedding: bool = False
+                  ) -> list[tuple[str, int]]:
+    """The sizes a variant's finished runs (`collect`'s rows) trained, smallest first: (name, parameters), the
+    parameters counted as a fit counts them (all, or outside the embeddings)."""
+    sizes = {}
+    for row in rows:
+        if row["variant"] == variant and row.get("loss_speech") is not None:
+            name = f"{row['member']} of {row['family']}" if row.get("family") else row["member"]
+            sizes[name] = int(row["non_embedding_parameters" if non_embedding else "parameters"])
+    return sorted(sizes.items(), key=lambda size: size[1])
+
+
 def stale_fit(fit_path: str | os.PathLike, stored: dict[str, Any], finished: set[str] | None = None) -> str | None:
     """Why a sweep's fit.json no longer fits the sweep's finished runs (None when it does, or when it does not say
     which runs it fitted: a table's fit, an older one): `report` and `plan` say it. `finished`: the finished runs'
     ids, when the caller has them."""
-    if "runs" not in stored or stored.get("source") is None:
-        return None
-    sweep_dir = Path(fit_path).parent / stored["source"]
-    if not (sweep_dir / SWEEP_FILE).is_file():
+    sweep_dir = fitted_sweep(fit_path, stored)
+    if "runs" not in stored or sweep_dir is None:
         return None
     if finished is None:
         try:
