@@ -78,6 +78,35 @@ def test_approach2_finds_the_vertex_of_exact_parabolas():
     assert result["b"] == pytest.approx(1 - 1 / math.log(10))
 
 
+def test_a_non_embedding_fit_reads_each_vertexs_tokens_and_compute_from_its_runs():
+    """A sweep's budgets count all parameters. Under `--convention non_embedding` approach 2 took the budget as
+    the vertex's C and D_opt = budget / (6 N_opt) with N_opt non-embedding: tokens no run of that size trained on
+    (here 1.2-2.7x too many) and a C of another count than the fit's."""
+    from simslm.scaling.fit import fit_all
+
+    embedding = 1e5  # the family's embedding rows, the same at every size (a tied vocabulary of one width)
+    rows = []
+    for budget, vertex in ((1e12, 11.0), (1e13, 12.0), (1e14, 13.0)):
+        for x in np.linspace(vertex - 1.4, vertex + 1.6, 7):  # no size at the vertex: D between two runs'
+            non_embedding = math.exp(x)
+            tokens = budget / (6 * (non_embedding + embedding))  # what the sweep trained it on
+            rows.append((non_embedding, tokens, 3.0 + 0.2 * (x - vertex) ** 2, budget))
+    points = Points(*(np.array(column) for column in zip(*rows)))
+    second = fit_all(points, num_resamples=50, convention="non_embedding")["approach2"]
+    for vertex, expected in zip(second["vertices"], (11.0, 12.0, 13.0)):
+        assert vertex["n_opt"] == pytest.approx(math.exp(expected))
+        trained = vertex["budget"] / (6 * (vertex["n_opt"] + embedding))
+        assert vertex["d_opt"] == pytest.approx(trained, rel=0.03)  # a line through log D, near the true tokens
+        assert vertex["flops"] == pytest.approx(6 * vertex["n_opt"] * vertex["d_opt"])
+        assert vertex["budget"] / (6 * vertex["n_opt"]) > 1.2 * vertex["d_opt"]  # what it was before
+    assert second["b"] == pytest.approx(1 - second["a"])  # D_opt = C / (6 N_opt) in the fit's own count
+    assert second["ci_a"] is not None and second["ci_a"][0] <= second["a"] <= second["ci_a"][1]
+    # The paper's convention is unchanged: the budget is C, D_opt = C / (6 N_opt).
+    first = fit_all(points, num_resamples=50)["approach2"]
+    assert [v["flops"] for v in first["vertices"]] == [v["budget"] for v in first["vertices"]]
+    assert all(v["d_opt"] == v["budget"] / (6 * v["n_opt"]) for v in first["vertices"])
+
+
 def test_an_isoflop_vertex_gets_an_interval_that_covers_it_when_the_data_allow_one():
     def vertices(noise_seed: int):
         rng = np.random.default_rng(noise_seed)

@@ -381,6 +381,32 @@ def test_a_sweeps_fit_json_is_its_own_fit_only(tmp_path, capsys):
     assert f"simslm plan: warning: {stale}" in capsys.readouterr().err
 
 
+def test_a_non_embedding_fit_of_a_sweep_is_not_the_reports_law(tmp_path, capsys):
+    """`fit SWEEP --convention non_embedding` wrote SWEEP/fit.json, which `report` drew over the runs at the
+    compute and sizes they were planned in (all parameters): its laws and isoFLOP minima, which read N outside
+    the embeddings, sat misplaced. It goes beside it now, the report refuses one there, and its accuracy laws
+    read C in its own count."""
+    _fake_sweep(tmp_path / "sweep")  # non-embedding parameters: 0.8 of all, at every size
+    own, beside = tmp_path / "sweep" / "fit.json", tmp_path / "sweep" / sweep.NON_EMBEDDING_FIT
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--convention", "non_embedding"]) == 0
+    assert beside.exists() and not own.exists()
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--convention", "non_embedding",
+                 "--out", str(own)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"{own}: the sweep's law, which `simslm report` draws with N as all parameters; write the non_embedding fit "
+        f"to another --out (by default {beside})")
+    assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10"]) == 0
+    everything, apart = json.loads(own.read_text()), json.loads(beside.read_text())
+    for name in ("tsc/S",):  # accuracy = k C^gamma: with C 0.8 as large, the same gamma and k 0.8^-gamma larger
+        first, second = everything["variants"]["interleaved-twist"]["metrics"][name], \
+            apart["variants"]["interleaved-twist"]["metrics"][name]
+        assert second["gamma"] == pytest.approx(first["gamma"], rel=1e-6)
+        assert second["k"] == pytest.approx(first["k"] * 0.8 ** -first["gamma"], rel=1e-4)
+    own.write_text(beside.read_text())  # as an older `simslm fit` left it
+    with pytest.raises(ValueError, match=r"fit.json: a fit of N as non_embedding parameters, and the report draws"):
+        report.write_report(tmp_path / "sweep")
+
+
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):
     _fake_sweep(tmp_path)
     assert not any("longer than the model's positions" in warning

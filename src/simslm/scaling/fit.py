@@ -302,20 +302,42 @@ def _vertex(log_parameters: np.ndarray, losses: np.ndarray) -> float | None:
     return -p1 / (2 * p2) if p2 > 0 else None
 
 
-def isoflop_vertices(points: Points, *, num_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+def isoflop_vertices(points: Points, *, num_resamples: int = 1000, seed: int = 0,
+                     budgets_count_n: bool = True) -> list[dict[str, Any]]:
     """Per budget with 3+ sizes: the vertex of loss = p0 + p1 log N + p2 (log N)^2, when it is a minimum.
 
     With 4+ sizes, a 95% interval for N_opt from resampling the budget's runs (draws with fewer than 3 sizes
-    or no minimum are dropped, and counted). Three sizes fit a parabola exactly: no interval then."""
-    return _vertices_and_draws(points, num_resamples, seed)[0]
+    or no minimum are dropped, and counted). Three sizes fit a parabola exactly: no interval then.
+
+    `budgets_count_n`: the budgets are C = 6 N D in the N of `points` (False: a sweep's budgets, which count
+    all parameters, under a fit whose N is the non-embedding count; see `_log_tokens_at`)."""
+    return _vertices_and_draws(points, num_resamples, seed, budgets_count_n)[0]
 
 
-def _vertices_and_draws(points: Points, num_resamples: int, seed: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """`isoflop_vertices`, and each vertex's log N_opt in every resample (NaN where that draw has no minimum, and
-    for a budget of 3 sizes throughout): resample i of every budget is one draw of the whole grid."""
+def _log_tokens_at(log_n: np.ndarray | float, log_parameters: np.ndarray, log_tokens: np.ndarray) -> np.ndarray:
+    """log D at log N, through one budget's runs: straight between neighbouring sizes, and on past the smallest
+    or largest along the two nearest. For a vertex whose N is not the N its budget counts: a sweep plans
+    C = 6 N D with all parameters, so a non-embedding fit's vertex N_opt trained on C / (6 N_all(N_opt)) tokens,
+    more than C / (6 N_opt), and its compute in the fit's own count is 6 N_opt D_opt, not the budget."""
+    sizes = np.unique(log_parameters)
+    tokens = np.array([log_tokens[log_parameters == size].mean() for size in sizes])
+    log_n = np.asarray(log_n, dtype=float)
+    inner = np.interp(log_n, sizes, tokens)
+    below = tokens[0] + (log_n - sizes[0]) * (tokens[1] - tokens[0]) / (sizes[1] - sizes[0])
+    above = tokens[-1] + (log_n - sizes[-1]) * (tokens[-1] - tokens[-2]) / (sizes[-1] - sizes[-2])
+    return np.where(log_n < sizes[0], below, np.where(log_n > sizes[-1], above, inner))
+
+
+def _vertices_and_draws(points: Points, num_resamples: int, seed: int, budgets_count_n: bool = True
+                        ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """`isoflop_vertices`, each vertex's log N_opt in every resample (NaN where that draw has no minimum, and
+    for a budget of 3 sizes throughout; resample i of every budget is one draw of the whole grid), and each
+    drawn vertex's compute C in the fit's count of N (the budget, when the budgets count that N:
+    `_log_tokens_at`)."""
     budgets = points.budget if points.budget is not None else points.flops
+    budgets_count_n = budgets_count_n or points.budget is None  # grouped by their own C: in the fit's count
     rng = np.random.default_rng(seed)
-    vertices, draws = [], []
+    vertices, draws, computes = [], [], []
     for budget in np.unique(budgets):
         inside = np.flatnonzero(budgets == budget)
         if len(np.unique(points.parameters[inside])) < 3:
@@ -326,7 +348,14 @@ def _vertices_and_draws(points: Points, num_resamples: int, seed: int) -> tuple[
             continue  # no minimum: the grid does not bracket the optimum at this budget
         vertex = -p1 / (2 * p2)
         n_opt = math.exp(vertex)
-        entry = {"budget": float(budget), "n_opt": n_opt, "d_opt": float(budget) / (6 * n_opt),
+        log_tokens = np.log(points.tokens[inside])
+
+        def compute(log_n):  # C = 6 N D of a vertex at log N, in the fit's count of N
+            return np.full(np.shape(log_n), float(budget)) if budgets_count_n else \
+                6 * np.exp(log_n + _log_tokens_at(log_n, x, log_tokens))
+
+        flops = float(compute(vertex))
+        entry = {"budget": float(budget), "flops": flops, "n_opt": n_opt, "d_opt": flops / (6 * n_opt),
                  "loss_at_vertex": float(p0 + p1 * vertex + p2 * vertex ** 2),
                  "inside_grid": bool(x.min() <= vertex <= x.max()), "n_opt_ci": None, "num_valid_resamples": 0}
         drawn = np.full(num_resamples, np.nan)
@@ -343,27 +372,31 @@ def _vertices_and_draws(points: Points, num_resamples: int, seed: int) -> tuple[
                 entry.update(n_opt_ci=[math.exp(low), math.exp(high)], num_valid_resamples=len(valid))
         vertices.append(entry)
         draws.append(drawn)
-    return vertices, np.asarray(draws).reshape(len(vertices), num_resamples)
+        computes.append(compute(drawn))
+    shape = (len(vertices), num_resamples)
+    return vertices, np.asarray(draws).reshape(shape), np.asarray(computes).reshape(shape)
 
 
-def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
-              ) -> dict[str, Any]:
-    """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices.
+def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+              budgets_count_n: bool = True) -> dict[str, Any]:
+    """Power laws N_opt = k C^a, D_opt = k' C^b through the isoFLOP vertices, C each vertex's compute in the
+    fit's count of N (the budget, unless `budgets_count_n` is False: `isoflop_vertices`).
 
     The interval of a comes from the same resamples as the vertices': in each, every budget's runs are redrawn
     and the law refit through the redrawn vertices (draws where any budget has no minimum are left out and
     counted). It needs 4+ sizes at every budget with a minimum: three sizes fit a parabola exactly, and a
     vertex that cannot move would make the interval look narrower than it is. b = 1 - a exactly, as
     D_opt = C / (6 N_opt)."""
-    vertices, draws = _vertices_and_draws(points, num_resamples, seed)
+    vertices, draws, computes = _vertices_and_draws(points, num_resamples, seed, budgets_count_n)
     result: dict[str, Any] = {"vertices": vertices, "ci_a": None, "ci_b": None, "num_valid_resamples": 0}
     if len(vertices) >= 2:
-        budgets = np.array([v["budget"] for v in vertices])
+        budgets = np.array([v["flops"] for v in vertices])
         result["k_n"], result["a"] = power_law(budgets, np.array([v["n_opt"] for v in vertices]))
         result["k_d"], result["b"] = power_law(budgets, np.array([v["d_opt"] for v in vertices]))
         complete = np.isfinite(draws).all(axis=0)
         if complete.any():
-            exponents = np.array([power_law(budgets, np.exp(draws[:, index]))[1] for index in np.flatnonzero(complete)])
+            exponents = np.array([power_law(computes[:, index], np.exp(draws[:, index]))[1]
+                                  for index in np.flatnonzero(complete)])
             result["ci_a"] = percentile_interval(exponents, confidence)
             result["ci_b"] = [1 - result["ci_a"][1], 1 - result["ci_a"][0]]
             result["num_valid_resamples"] = int(complete.sum())
@@ -653,7 +686,10 @@ def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convent
     result = {"convention": {"parameters": convention, "flops": "C = 6 N D",
                              "note": "N counts all parameters (embeddings and head included)" if convention == "all"
                              else "N counts non-embedding parameters (Kaplan et al. 2020)"},
-              "num_points": len(points), "approach1": approach1(points), "approach2": approach2(points, num_resamples=num_resamples, seed=seed),
+              "num_points": len(points), "approach1": approach1(points),
+              # A sweep's budgets count all parameters: under another convention they are not its C.
+              "approach2": approach2(points, num_resamples=num_resamples, seed=seed,
+                                     budgets_count_n=convention == "all"),
               "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers,
                                      estimator=estimator),
               "textless_reference": {"law": TEXTLESS_REFERENCE, "exponents": TEXTLESS_EXPONENTS,
@@ -720,7 +756,7 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     approach2 = fit["approach2"]
     low, high = approach2.get("ci_a") or (0, 1)
     if 0 <= approach2["a"] <= 1 and not 0 <= low <= high <= 1:
-        budgets = [vertex["budget"] for vertex in approach2["vertices"]]
+        budgets = [vertex["flops"] for vertex in approach2["vertices"]]
         warnings.append(f"approach 2's interval of a, [{low:.3f}, {high:.3f}], reaches "
                         f"outside [0, 1]: in some resamples the compute-optimal size "
                         f"{'shrinks as compute grows' if low < 0 else 'grows faster than compute'}. "

@@ -399,6 +399,12 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
         if source is not None and os.path.realpath(fit_path.parent / source) != os.path.realpath(sweep_dir):
             raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / source)}, not of this "
                              f"sweep; `simslm fit {sweep_dir}` fits it again")
+        if stored.get("convention", "all") != "all":
+            # Its laws read C = 6 N D with N outside the embeddings; the page draws the runs at the compute and sizes
+            # they were planned in (all parameters), where those laws and isoFLOP minima would sit misplaced.
+            raise ValueError(f"{fit_path}: a fit of N as {stored['convention']} parameters, and the report draws C = "
+                             f"6 N D with all parameters; `simslm fit {sweep_dir}` fits it so (write a "
+                             f"{stored['convention']} fit elsewhere with --out)")
         fits = stored["variants"]
         stale = sweep.stale_fit(fit_path, stored, {row["id"] for row in rows})
         if stale:

@@ -1399,7 +1399,10 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
         points = points_from_rows(chosen, convention=convention, curve_kind=kind)
         if len(points) < 3:
             continue
-        metrics = {name: (np.array([r["flops"] for r in chosen if name in r["accuracies"]]),
+        # Accuracy against C = 6 N D in the fit's own count of N, as its laws read C.
+        compute = (lambda r: r["flops"]) if convention == "all" else \
+            (lambda r: 6.0 * r["non_embedding_parameters"] * r["tokens"])
+        metrics = {name: (np.array([compute(r) for r in chosen if name in r["accuracies"]]),
                           np.array([r["accuracies"][name].accuracy for r in chosen if name in r["accuracies"]]))
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed, convention=convention,
@@ -1544,6 +1547,11 @@ class StatusConfig(Config):
     """Sweep folder."""
 
 
+# Where `simslm fit SWEEP --convention non_embedding` writes: the sweep's fit.json is the report's law, in the
+# paper's count of N (all parameters).
+NON_EMBEDDING_FIT = "fit.non_embedding.json"
+
+
 @dataclass(frozen=True, kw_only=True)
 class FitConfig(Config):
     """What `simslm fit` does."""
@@ -1560,7 +1568,8 @@ class FitConfig(Config):
     """Approach 3's estimator: huber (Hoffmann et al.'s fit) or likelihood (the Huber likelihood behind Besiroglu
     et al.'s reported estimates)."""
     out: str | None = None
-    """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads)."""
+    """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads; a
+    non_embedding fit of a sweep goes to its fit.non_embedding.json)."""
 
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
@@ -1568,11 +1577,16 @@ class FitConfig(Config):
         check_not_input(self, "out", "source", "the table being fitted, which the fit would replace")
         if self.out is not None:
             owner = Path(self.out).parent
-            # A sweep's own fit.json is what `report` and `plan` read as the sweep's law.
-            if Path(self.out).name == "fit.json" and (owner / SWEEP_FILE).is_file() and \
-                    os.path.realpath(owner) != os.path.realpath(self.source):
-                raise ConfigError(f"{self.out}: the fit of sweep {owner}, which `simslm report` reads as that "
-                                  f"sweep's law; write this fit to another --out")
+            # A sweep's own fit.json is what `report` and `plan` read as the sweep's law, which the report draws
+            # at the compute its runs were planned in: C = 6 N D with all parameters.
+            if Path(self.out).name == "fit.json" and (owner / SWEEP_FILE).is_file():
+                if os.path.realpath(owner) != os.path.realpath(self.source):
+                    raise ConfigError(f"{self.out}: the fit of sweep {owner}, which `simslm report` reads as that "
+                                      f"sweep's law; write this fit to another --out")
+                if self.convention != "all":
+                    raise ConfigError(f"{self.out}: the sweep's law, which `simslm report` draws with N as all "
+                                      f"parameters; write the {self.convention} fit to another --out (by default "
+                                      f"{owner / NON_EMBEDDING_FIT})")
 
 
 def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
@@ -1580,7 +1594,8 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     source = Path(config.source)
     unwritable = "pass --out FILE to write the fit elsewhere"
     if source.is_dir():
-        out = Path(config.out) if config.out else source / "fit.json"
+        out = Path(config.out) if config.out else source / ("fit.json" if config.convention == "all" else
+                                                             NON_EMBEDDING_FIT)
         jobs.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
                          num_workers=config.num_workers, out=out, estimator=config.estimator)
