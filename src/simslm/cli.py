@@ -390,24 +390,28 @@ def _plan(config) -> int:
         if sizes:
             # The sweep's own models: simslm's family at another vocabulary or aspect ratio, or a real family,
             # is not the one it trained (the demo's depth 3 has 117,600 parameters, the default family's 429,888).
-            name, parameters = min(sizes, key=lambda size: abs(math.log(size[1] / plan["n_opt"])))
+            name, parameters, total = min(sizes, key=lambda size: abs(math.log(size[1] / plan["n_opt"])))
             print(f"nearest size the sweep trained: {name}, {parameters:,} {counted} -> train it for "
                   f"{config.flops / (6 * parameters):.4g} tokens")
-            (smallest, fewest), (largest, most) = sizes[0], sizes[-1]
+            (smallest, fewest, _), (largest, most, _) = sizes[0], sizes[-1]
             if plan["n_opt"] > most:
                 print(f"  note: N_opt is {plan['n_opt'] / most:.3g}x the largest size the sweep trained ({largest}): "
                       f"the law is extrapolated there")
             elif plan["n_opt"] < fewest:
                 print(f"  note: N_opt is {fewest / plan['n_opt']:.3g}x smaller than the smallest size the sweep "
                       f"trained ({smallest}): the law is extrapolated there")
-            continue
-        depth = model.family_depth_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
-        parameters = model.family_parameters(depth, config.vocab_size, non_embedding=non_embedding)
-        print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} {counted} "
-              f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
-        if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
-            print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
-                  f"{plan['n_opt'] / parameters:.3g}x larger than it")
+        else:
+            depth = model.family_depth_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
+            parameters = model.family_parameters(depth, config.vocab_size, non_embedding=non_embedding)
+            total = model.family_parameters(depth, config.vocab_size)
+            print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} {counted} "
+                  f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
+            if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
+                print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
+                      f"{plan['n_opt'] / parameters:.3g}x larger than it")
+        if non_embedding:  # C counted the fit's way is not what the training costs
+            print(f"  C here is 6 N D with N outside the embeddings, as the fit counts it: with all {total:,} "
+                  f"parameters, that training is {6 * total * config.flops / (6 * parameters):.4g} FLOPs")
     for note in notes:
         print(f"\n{note}")
     return 0

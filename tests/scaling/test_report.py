@@ -187,6 +187,9 @@ def test_a_plan_from_a_sweeps_fit_names_the_sizes_the_sweep_trained(tmp_path, ca
     out = capsys.readouterr().out
     assert "nearest size the sweep trained: d1, 24,000 non-embedding parameters -> train it for" in out
     assert "x smaller than the smallest size the sweep trained (d1)" in out
+    # Its C counts the non-embedding parameters: what training d1 costs counting all of them is said too.
+    assert (f"C here is 6 N D with N outside the embeddings, as the fit counts it: with all 30,000 parameters, "
+            f"that training is {6 * 30000 * 1e9 / (6 * 24000):.4g} FLOPs") in out
     # A sweep whose runs cannot be read still plans, onto simslm's own family, and says why.
     (tmp_path / "sweep" / "runs" / "interleaved-twist-d1-c1e+12" / "result.json").write_text("{")
     assert main(["plan", "--flops", str(flops), "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0

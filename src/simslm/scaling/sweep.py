@@ -1164,15 +1164,16 @@ def fitted_sweep(fit_path: str | os.PathLike, stored: dict[str, Any]) -> Path | 
 
 
 def trained_sizes(rows: list[dict[str, Any]], variant: str, *, non_embedding: bool = False
-                  ) -> list[tuple[str, int]]:
-    """The sizes a variant's finished runs (`collect`'s rows) trained, smallest first: (name, parameters), the
-    parameters counted as a fit counts them (all, or outside the embeddings)."""
+                  ) -> list[tuple[str, int, int]]:
+    """The sizes a variant's finished runs (`collect`'s rows) trained, smallest first: (name, parameters as a fit
+    counts them (all, or outside the embeddings), all parameters)."""
     sizes = {}
     for row in rows:
         if row["variant"] == variant and row.get("loss_speech") is not None:
             name = f"{row['member']} of {row['family']}" if row.get("family") else row["member"]
-            sizes[name] = int(row["non_embedding_parameters" if non_embedding else "parameters"])
-    return sorted(sizes.items(), key=lambda size: size[1])
+            sizes[name] = (int(row["non_embedding_parameters" if non_embedding else "parameters"]),
+                           int(row["parameters"]))
+    return sorted(((name, *counts) for name, counts in sizes.items()), key=lambda size: size[1])
 
 
 def stale_fit(fit_path: str | os.PathLike, stored: dict[str, Any], finished: set[str] | None = None) -> str | None:
