@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import json
 import re
@@ -408,6 +409,26 @@ def test_a_non_embedding_fit_of_a_sweep_is_not_the_reports_law(tmp_path, capsys)
     own.write_text(beside.read_text())  # as an older `simslm fit` left it
     with pytest.raises(ValueError, match=r"fit.json: a fit of N as non_embedding parameters, and the report draws"):
         report.write_report(tmp_path / "sweep")
+
+
+def test_the_report_names_the_loss_its_runs_are_compared_on(tmp_path):
+    """Its captions said "validation speech cross-entropy" of runs trained without validation data (their final
+    training loss); and a sweep whose runs differ in validation data was fitted on both kinds without a word."""
+    _fake_sweep(tmp_path)
+    assert sweep.loss_kind(sweep.collect(tmp_path)) == "validation"
+    for identifier in ("interleaved-twist-d1-c1e+12", "interleaved-twist-d2-c1e+12"):  # trained without it
+        result = RunResult.load(tmp_path / "runs" / identifier)
+        dataclasses.replace(result, validation=None).save(tmp_path / "runs" / identifier)
+    rows = sweep.collect(tmp_path)
+    assert sweep.loss_kind(rows) == "validation (22 runs) or final train (2 runs)"
+    fits = sweep.fit_sweep(tmp_path, num_resamples=10)
+    assert ("its runs' speech CE is of two kinds, validation (10 runs) or final train (2 runs): the law mixes "
+            "held-out losses with training ones; give every run the same validation data"
+            in fits["variants"]["interleaved-twist"]["warnings"])
+    assert not any("two kinds" in warning for warning in fits["variants"]["textless-twist"]["warnings"])
+    page = report.write_report(tmp_path).read_text()
+    assert "Every run&#x27;s validation (22 runs) or final train (2 runs) speech cross-entropy" in page
+    assert "speech-only cross-entropy (validation (22 runs) or final train (2 runs))" in page
 
 
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):

@@ -267,12 +267,12 @@ def plot_accuracy(rows, fits, folder: Path) -> str | None:
 
 # What each figure shows and how to read it, under it on the page.
 CAPTIONS = {
-    "best_loss_vs_compute": "Each point is the lowest validation speech cross-entropy any run of a variant reached "
+    "best_loss_vs_compute": "Each point is the lowest {loss} speech cross-entropy any run of a variant reached "
     "at one FLOP budget. Solid lines are that variant's fitted law L(C) = E + A/N^α + B/D^β at its compute-optimal "
     "N and D, with its 95% bootstrap band; they are dotted where they extrapolate past the budgets run (shaded). "
     "The dashed black line is the textless law Cuervo & Marxer (2024) fit on HuBERT units: the units here differ, "
     "so compare its slope, not its level. A degenerate fit is not drawn (the tables say why).",
-    "variants_vs_compute": "Every run's validation speech cross-entropy against its training compute (points), and "
+    "variants_vs_compute": "Every run's {loss} speech cross-entropy against its training compute (points), and "
     "each variant's best run per budget (line). Lower is better; a variant whose line lies below another's reaches "
     "the same loss with less compute.",
     "isoflop": "Runs of one budget (one colour) at different model sizes, with the parabola in log N through them "
@@ -378,9 +378,12 @@ def _accuracy_cell(result) -> str:
     return f"{100 * result.accuracy:.1f}% [{100 * result.ci_low:.1f}, {100 * result.ci_high:.1f}]"
 
 
-def _figure_html(stem: str) -> str:
-    return (f'<figure><img src="{stem}.svg" alt="{html.escape(stem)}"><figcaption>{html.escape(CAPTIONS[stem])} '
+def _figure_html(stem: str, loss: str) -> str:
+    """A figure and its caption, which names the loss the runs are compared on (`sweep.loss_kind`)."""
+    caption = CAPTIONS[stem].replace("{loss}", loss)
+    return (f'<figure><img src="{stem}.svg" alt="{html.escape(stem)}"><figcaption>{html.escape(caption)} '
             f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
+
 
 
 def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | None = None) -> Path:
@@ -417,6 +420,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
               plot_isoflop(rows, fits, main_variant, folder), plot_loss_curves(rows, main_variant, folder),
               plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
+    loss = sweep.loss_kind(rows)
     seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is
     run_rows = [[r["variant"], r["member"], *([r.get("seed")] if seeds else []), r["parameters"], r["tokens"],
                  r["flops"], r["loss_speech"],
@@ -431,9 +435,9 @@ table{{border-collapse:collapse;margin:1em 0;font-size:0.85em}}td,th{{border:1px
 img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{font-size:0.85em;color:#444;max-width:52em}}pre{{background:#f5f5f5;padding:1em;white-space:pre-wrap}}</style></head><body>
 <h1>Scaling report: {html.escape(sweep_dir.name)}</h1>
 {f'<pre>{html.escape(summary)}</pre>' if summary else ''}
-<p>Loss: speech-only cross-entropy ({html.escape(rows[0]['loss_source'])}); compute C = 6ND with N = all parameters.
+<p>Loss: speech-only cross-entropy ({html.escape(loss)}); compute C = 6ND with N = all parameters.
 {len(rows)} finished runs.</p>
-{''.join(_figure_html(name) for name in images if name)}
+{''.join(_figure_html(name, loss) for name in images if name)}
 {_bracket_note(sweep_dir)}
 <h2>Fits</h2>
 {fit_tables(fits)}

@@ -21,6 +21,7 @@ budget's best size is inside it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import fcntl
@@ -1153,6 +1154,15 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def loss_kind(rows: list[dict[str, Any]]) -> str:
+    """Which loss `collect`'s rows are compared on, in words: validation (held-out) or final train, or both, with
+    how many runs have each (runs that differ in validation data give losses of two kinds)."""
+    sources = collections.Counter(row["loss_source"] for row in rows)
+    if len(sources) == 1:
+        return next(iter(sources))
+    return " or ".join(f"{source} ({count} runs)" for source, count in sorted(sources.items(), reverse=True))
+
+
 def fitted_sweep(fit_path: str | os.PathLike, stored: dict[str, Any]) -> Path | None:
     """The sweep folder a fit.json fitted, as its `source` names it (None: a table's fit, or one that does not
     say, or a sweep no longer there)."""
@@ -1423,6 +1433,10 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                 f"{len(off)} run(s) trained more than {OFF_BUDGET:.0%} off their isoFLOP budget ({', '.join(off[:3])}"
                 f"{', ...' if len(off) > 3 else ''}): steps are whole batches, so a budget of a few steps or less at "
                 f"a size cannot be met, and approach 2 takes each as at its budget")
+        if len({row["loss_source"] for row in chosen}) > 1:
+            fits["variants"][variant]["warnings"].append(
+                f"its runs' speech CE is of two kinds, {loss_kind(chosen)}: the law mixes held-out losses with "
+                f"training ones; give every run the same validation data")
         for name in metrics:  # benchmark sides that outgrew the models' positions (`BenchmarkResult.num_cut`)
             results = [r["accuracies"][name] for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
             for long_sides in sorted({result.long_sides for result in results}):
