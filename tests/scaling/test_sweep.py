@@ -632,7 +632,7 @@ def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
     assert none is None and "no model larger than its members" in why
 
 
-def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data, tmp_path, monkeypatch):
+def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data, tmp_path, monkeypatch, capsys):
     spec = _spec(data, depths=(1, 2, 3))  # no family: aspect ratio 32, so depth 1 is 32 wide
     sweep.plan_sweep(spec, tmp_path)
     losses = {(4e8, "d1"): 3.0, (4e8, "d2"): 3.1, (4e8, "d3"): 3.3, (8e8, "d1"): 3.0, (8e8, "d2"): 2.9,
@@ -667,6 +667,10 @@ def test_below_depth_1_bracketing_adds_a_narrower_depth_1_to_that_cell_only(data
     assert [members.count(f"d1w{width}") for width in (16, 8, 4)] == [1, 1, 1] and len(members) == 9
     [edge] = json.loads((tmp_path / "bracket.json").read_text())["unbracketed"]
     assert edge["member"] == "d1w4" and "no size below d1w4" in edge["reason"]
+    # The sweep ends with that minimum unknown: said on stderr too, not in bracket.json alone (`sweep run --bracket`
+    # printed its counts only).
+    assert (f"simslm sweep: warning: not bracketed: random at C = 4e+08, best at its smallest size (d1w4); "
+            f"{edge['reason']}") in capsys.readouterr().err
     # The spec round-trips, and a cell size it cannot place is refused.
     assert [cell["size"] for cell in sweep.SweepSpec.from_json(sweep.load_sweep(tmp_path)["spec"]).cell_sizes] == [
         "d1w16", "d1w8", "d1w4"]

@@ -1038,6 +1038,15 @@ def extend_to_bracket(sweep_dir: str | os.PathLike, settled_only: bool = False) 
         jobs.write_json(sweep_dir / BRACKET_FILE, record)
     if grown:
         plan_sweep(spec, sweep_dir)
+    elif not settled_only:  # the sweep ends with these minima unknown: said here, not only in bracket.json
+        grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for edge in unbracketed:
+            grouped.setdefault((edge["variant"], edge["needs"], edge["reason"]), []).append(edge)
+        for (variant, needs, reason), group in grouped.items():
+            where = "smallest" if needs == "smaller" else "largest"
+            budgets = ", ".join(f"{edge['budget']:.3g}" for edge in group)
+            print(f"simslm sweep: warning: not bracketed: {variant} at C = {budgets}, best at its {where} size "
+                  f"({', '.join(sorted({edge['member'] for edge in group}))}); {reason}", file=sys.stderr)
     return grown
 
 
