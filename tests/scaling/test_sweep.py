@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -769,6 +770,13 @@ def test_a_tokens_per_parameter_grid_trains_each_size_on_r_n_tokens_and_fits(dat
         assert row["budget"] is None
     fits = sweep.fit_sweep(tmp_path, num_resamples=50)
     assert "approach 2 could not be computed" in " ".join(fits["variants"]["r"]["warnings"])
+    # Its report has no isoFLOP figure: an empty one was drawn, and matplotlib warned of a legend of nothing.
+    from simslm.scaling import report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        page = report.write_report(tmp_path).read_text()
+    assert "isoflop.svg" not in page and "loss_curves.svg" in page
 
 
 def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were(tmp_path):

@@ -136,10 +136,13 @@ def plot_variants(rows, folder: Path) -> str:
     return _save(plt, figure, folder / "variants_vs_compute.png")
 
 
-def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
-    """Figure 4: speech loss against model size at each budget, with the parabola through each."""
-    plt, figure, axes = _figure()
+def plot_isoflop(rows, fits, variant: str, folder: Path) -> str | None:
+    """Figure 4: speech loss against model size at each budget, with the parabola through each; None when the
+    variant has no isoFLOP runs (a tokens-per-parameter grid)."""
     chosen = [r for r in rows if r["variant"] == variant and r["budget"] is not None]  # isoFLOP runs only
+    if not chosen:
+        return None
+    plt, figure, axes = _figure()
     for colour, budget in zip(COLOURS, sorted({r["budget"] for r in chosen})):
         at_budget = sorted((r for r in chosen if r["budget"] == budget), key=lambda r: r["parameters"])
         x = np.array([r["parameters"] for r in at_budget])
@@ -163,11 +166,10 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str:
         labelled = True
     axes.set(xscale="log", xlabel="parameters N (all)", ylabel="speech cross-entropy (nats)",
              title=f"isoFLOP curves, {variant} (cf. Fig. 4)")
-    if chosen:
-        # The frame is the sizes run: an interval that reaches far past them (a flat resample's vertex) runs
-        # to the frame's edge instead of stretching the axis over decades where there is no data.
-        sizes = [r["parameters"] for r in chosen]
-        axes.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
+    # The frame is the sizes run: an interval that reaches far past them (a flat resample's vertex) runs to the
+    # frame's edge instead of stretching the axis over decades where there is no data.
+    sizes = [r["parameters"] for r in chosen]
+    axes.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
     _legend_below(axes, len({r["budget"] for r in chosen}) + labelled)
     return _save(plt, figure, folder / "isoflop.png")
 
