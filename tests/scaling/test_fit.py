@@ -107,6 +107,26 @@ def test_a_non_embedding_fit_reads_each_vertexs_tokens_and_compute_from_its_runs
     assert all(v["d_opt"] == v["budget"] / (6 * v["n_opt"]) for v in first["vertices"])
 
 
+def test_a_law_whose_n_or_d_term_does_not_change_over_the_data_is_degenerate():
+    """A fit of tiny models at 0.5-4 tokens per parameter ended at alpha 4.1, inside its bounds, with A / N^alpha
+    below 1e-15 nats at every size: a = beta / (alpha + beta) = 0.06 from nothing in the data, printed and planned
+    from as a law."""
+    from simslm.scaling.fit import degenerate_reasons
+
+    parameters = np.repeat([64544.0, 165952.0, 304224.0], 4)
+    tokens = parameters * np.tile([0.5, 1, 2, 4], 3)
+    points = Points(parameters, tokens, np.full(12, 4.0))
+    ci = {name: [0.1, 10.0] for name in ("E", "A", "B", "alpha", "beta")}
+    flat = {"law": {"E": 1.19, "A": 1.628e4, "B": 66.77, "alpha": 4.104, "beta": 0.2664}, "ci": ci}
+    assert degenerate_reasons(points, flat) == [
+        "its N term A/N^alpha changes by 3e-16 nats over the data: the data do not determine A and alpha"]
+    sound = {"law": {"E": 1.19, "A": 20.0, "B": 66.77, "alpha": 0.4, "beta": 0.2664}, "ci": ci}
+    assert degenerate_reasons(points, sound) == []
+    flat_d = {"law": {"E": 1.19, "A": 20.0, "B": 1e-3, "alpha": 0.4, "beta": 3.0}, "ci": ci}
+    assert [reason.split(" changes")[0] for reason in degenerate_reasons(points, flat_d)] == [
+        "its D term B/D^beta"]
+
+
 def test_an_isoflop_vertex_gets_an_interval_that_covers_it_when_the_data_allow_one():
     def vertices(noise_seed: int):
         rng = np.random.default_rng(noise_seed)

@@ -45,6 +45,9 @@ from simslm.config import Config, ConfigError, check_positive
 TEXTLESS_REFERENCE = {"E": 1.73, "A": 13.9, "B": 39.8, "alpha": 0.25, "beta": 0.24}
 TEXTLESS_EXPONENTS = {"sblimp": 0.021, "tsc": 0.025, "ssc": 0.017}
 HUBER_DELTA = 1e-3
+# Nats: a law's N or D term that changes by less than this over the data is not determined by them (a tenth of
+# the Huber delta, and far below any loss noise of a real run).
+NEGLIGIBLE_TERM = 1e-4
 # Approach 3's estimators: Hoffmann et al.'s Huber loss, or Besiroglu et al.'s Huber likelihood (`_likelihood`).
 ESTIMATORS = ("huber", "likelihood")
 
@@ -717,6 +720,15 @@ def degenerate_reasons(points: Points, fit: dict[str, Any]) -> list[str]:
     unbounded = [name for name, (low, high) in fit["ci"].items() if not (np.isfinite(low) and np.isfinite(high))]
     if unbounded:
         reasons.append(f"the bootstrap interval of {', '.join(unbounded)} is unbounded")
+    # A term that hardly changes over the data leaves its coefficient and exponent free, inside their bounds: a
+    # fit of tiny models at 0.5-4 tokens per parameter gave alpha 4.1 with A / N^alpha below 1e-15 nats at every
+    # size, hence a = beta / (alpha + beta) = 0.06, a plan of ever smaller models from nothing in the data.
+    for term, (scale, exponent, values) in (("N", ("A", "alpha", points.parameters)),
+                                            ("D", ("B", "beta", points.tokens))):
+        contribution = law[scale] / values ** law[exponent]
+        if np.ptp(contribution) < NEGLIGIBLE_TERM:
+            reasons.append(f"its {term} term {scale}/{term}^{exponent} changes by {np.ptp(contribution):.2g} nats "
+                           f"over the data: the data do not determine {scale} and {exponent}")
     return reasons
 
 
