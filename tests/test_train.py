@@ -1495,3 +1495,33 @@ def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision, accum
     # differs by 0.26, 1.3e-2 and 6e-4. (Clipping is on at every step of these: Adam's update is blind to its
     # level.)
     np.testing.assert_allclose(_losses(tmp_path / "run"), logged, rtol={"fp32": 1e-5, "bf16-weights": 2e-3}[precision])
+
+
+def test_a_cuda_device_is_refused_where_there_is_none_and_cuda_n_is_that_gpu(data, tmp_path, monkeypatch, capsys):
+    """`--device cuda` on a machine without CUDA failed in torch's assertion after the run's folder was written,
+    and `--device cuda:1` trained on the CPU without a word (only "cuda" itself was taken as a GPU)."""
+    import torch
+
+    from simslm.cli import main
+    from simslm.train import _Distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        assert main(["train", "--run-dir", str(tmp_path / "run"), "--data", data, "--budget-tokens", "1000",
+                     "--device", device]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"simslm train: error: --device {device}: torch sees no CUDA device here")
+        assert "\n" not in error and not (tmp_path / "run").exists()
+    # Where there are GPUs (two, faked): cuda:N is that GPU, one past them is refused, and under torchrun each
+    # process takes its LOCAL_RANK's (cuda:N would put them all on one).
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert _Distributed("cuda:1").device == "cuda:1" and chosen == ["cuda:1"]
+    assert _Distributed("cuda").device == "cuda" and _Distributed("cpu").device == "cpu"
+    with pytest.raises(ValueError, match=r"--device cuda:2: torch sees 2 CUDA device\(s\) here"):
+        _Distributed("cuda:2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cuda:1 names one GPU for all 2 processes; under torchrun give"):
+        _Distributed("cuda:1")

@@ -804,8 +804,20 @@ class _Distributed:
 
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        self.device = "cuda" if use_cuda else "cpu"
+        # Said before anything is written: `cuda:1` trained on the CPU, and `cuda` on a machine without CUDA failed
+        # in torch's assertion once the run's folder was there.
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: torch sees no CUDA device here (torch {torch.__version__}"
+                              f"{'' if torch.version.cuda else ', built without CUDA'}); use --device auto or cpu")
+        if device.startswith("cuda:"):
+            if self.world_size > 1:
+                raise ConfigError(f"--device {device} names one GPU for all {self.world_size} processes; under "
+                                  f"torchrun give --device cuda, and each process takes its LOCAL_RANK's GPU")
+            if int(device.split(":")[1]) >= torch.cuda.device_count():
+                raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+            torch.cuda.set_device(device)  # what "cuda" alone and the host's synchronisations mean in this process
+        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        self.device = device if device.startswith("cuda:") else "cuda" if use_cuda else "cpu"
         if self.world_size > 1 and not dist.is_initialized():
             if use_cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
