@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -182,7 +183,7 @@ class TrainConfig(Config):
                 raise ConfigError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
         check_positive(self, "validation_every", allow_zero=True)
         if self.validation_every and not self.validation_data:

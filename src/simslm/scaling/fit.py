@@ -393,9 +393,9 @@ def approach2(points: Points, *, num_resamples: int = 1000, seed: int = 0, confi
     vertices, draws, computes = _vertices_and_draws(points, num_resamples, seed, budgets_count_n)
     result: dict[str, Any] = {"vertices": vertices, "ci_a": None, "ci_b": None, "num_valid_resamples": 0}
     if len(vertices) >= 2:
-        budgets = np.array([v["flops"] for v in vertices])
-        result["k_n"], result["a"] = power_law(budgets, np.array([v["n_opt"] for v in vertices]))
-        result["k_d"], result["b"] = power_law(budgets, np.array([v["d_opt"] for v in vertices]))
+        flops = np.array([v["flops"] for v in vertices])
+        result["k_n"], result["a"] = power_law(flops, np.array([v["n_opt"] for v in vertices]))
+        result["k_d"], result["b"] = power_law(flops, np.array([v["d_opt"] for v in vertices]))
         complete = np.isfinite(draws).all(axis=0)
         if complete.any():
             exponents = np.array([power_law(computes[:, index], np.exp(draws[:, index]))[1]
@@ -845,9 +845,9 @@ def _law_problem(fit: Any) -> str | None:
 
 def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[str | None, dict[str, Any], str]], list[str]]:
     """The fits `simslm plan` plans from, each as (variant, fit, where it comes from in words), and a note for
-    each variant it leaves out: the variant
-    named, every variant of a fit.json with several and none named (a degenerate law is left out and noted), or
-    the textless reference law. Refused: a variant that is not there, a named degenerate one, or no sound one."""
+    each variant it leaves out: the variant named, every variant of a fit.json with several and none named (a
+    degenerate law is left out and noted), or the textless reference law (variant None). Refused: a variant that
+    is not there, a named degenerate one, or no sound one."""
     if not config.fit:
         return ([(None, {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
                   "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])

@@ -387,7 +387,6 @@ def _figure_html(stem: str, loss: str) -> str:
             f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
 
 
-
 def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | None = None) -> Path:
     """Write `index.html` and its figures into `out` (default `<sweep>/report`); the sweep's fit.json is computed
     first when missing (written into `out` when the sweep folder cannot be written)."""
