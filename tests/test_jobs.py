@@ -453,3 +453,16 @@ def test_a_write_refused_by_the_folders_mode_names_the_file_asked_for(tmp_path):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert f"'{folder / 'fit.json'}'" in last and "PermissionError" in last and ".tmp" not in last
+
+
+def test_slurm_jobs_are_not_run_here_unless_asked_where_there_is_no_slurm(tmp_path, monkeypatch):
+    """With no sbatch on the PATH (a login node without its SLURM module), `--executor slurm` ran every job on
+    this machine through submitit's local cluster, its SLURM options unused, without a word."""
+    import submitit
+
+    monkeypatch.setattr(submitit.AutoExecutor, "which", staticmethod(lambda: "local"))
+    with pytest.raises(ValueError, match=r"--executor slurm: no SLURM here \(sbatch is not on PATH\); run where "
+                                         r"sbatch is, or pass --cluster local"):
+        jobs.submitit_executor(tmp_path / "jobs", None, timeout_min=60)
+    assert not (tmp_path / "jobs").exists()
+    assert isinstance(jobs.submitit_executor(tmp_path / "jobs", "local", timeout_min=60), submitit.LocalExecutor)

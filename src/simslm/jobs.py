@@ -570,7 +570,13 @@ def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout
     view of it) takes a time limit in fractions of a minute and the warning's delay, so tests can reach both."""
     import submitit
 
-    cluster = cluster or submitit.AutoExecutor.which()
+    if cluster is None:
+        cluster = submitit.AutoExecutor.which()
+        if cluster == "local":
+            # No sbatch here (a login node without its SLURM module, say): submitit would run every job on this
+            # machine, its SLURM options unused. Meant only when asked for.
+            raise ValueError("--executor slurm: no SLURM here (sbatch is not on PATH); run where sbatch is, or pass "
+                             "--cluster local to run the jobs on this machine through submitit")
     parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
                                   "tasks_per_node": tasks_per_node}
     if cluster == "local":

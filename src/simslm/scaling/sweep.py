@@ -1496,7 +1496,8 @@ class RunSweepConfig(Config):
     gpus: str = ""
     """local: GPUs to place runs on (e.g. 0,1,2,3); each run gets nproc_per_run of them, one run per group."""
     cluster: str | None = None
-    """slurm: submitit cluster (slurm, local or debug; default: detected)."""
+    """slurm: submitit cluster (slurm, local or debug; default: slurm where sbatch is on PATH;
+    elsewhere local must be asked for)."""
     nodes: int = 1
     """slurm: nodes per run."""
     gpus_per_node: int = 0

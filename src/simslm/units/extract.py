@@ -330,7 +330,8 @@ class ExtractConfig(Config):
     executor: Literal["here", "slurm"] = "here"
     """here (this process), or slurm: a job array of --num-shards jobs through submitit, one shard index each."""
     cluster: str | None = None
-    """slurm: submitit cluster (slurm, or local to run the array here; default: detected)."""
+    """slurm: submitit cluster (slurm, or local to run the array here; default: slurm where sbatch is on PATH;
+    elsewhere local must be asked for)."""
     slurm_partition: str = ""
     """slurm: partition."""
     timeout_min: int = 240
