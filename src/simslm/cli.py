@@ -339,7 +339,9 @@ def _fit(config) -> int:
             print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")
             print(f"  N_opt ~ C^a: {others}")
         else:
-            estimator = f" [{approach3['estimator']}]" if approach3.get("estimator", "huber") != "huber" else ""
+            named = [approach3.get("estimator", "huber"), f"bootstrap {approach3.get('bootstrap', 'budgets')}"]
+            named = [name for name in named if name not in ("huber", "bootstrap runs")]  # the defaults go unsaid
+            estimator = f" [{', '.join(named)}]" if named else ""
             print(f"{variant}{estimator}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
                   f"{law['B']:.4g}/D^{law['beta']:.4g}"
                   f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "

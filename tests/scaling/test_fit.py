@@ -127,6 +127,31 @@ def test_a_law_whose_n_or_d_term_does_not_change_over_the_data_is_degenerate():
         "its D term B/D^beta"]
 
 
+def test_approach_3_bootstraps_over_all_runs_as_besiroglu_et_al_do_unless_asked_within_budgets(tmp_path, capsys):
+    """Epoch AI's replication (data_analysis.ipynb) draws every resample from all the runs. simslm drew a sweep's
+    within each isoFLOP budget, a narrower interval under the same name; that is now `--bootstrap budgets`."""
+    from simslm.cli import main
+    from simslm.scaling.fit import _resample
+
+    points = _isoflop_grid(TRUE, noise=0.01, seed=0)
+    budgets = np.unique(points.budget)
+    counts = {within: [tuple(np.sum(_resample(points, np.random.default_rng([0, i]), within).budget == b)
+                             for b in budgets) for i in range(20)] for within in (False, True)}
+    assert len(set(counts[True])) == 1 and counts[True][0] == tuple(np.sum(points.budget == b) for b in budgets)
+    assert len(set(counts[False])) > 10  # each budget's share of a resample varies, as in an iid draw of runs
+    table = tmp_path / "runs.csv"
+    table.write_text("parameters,tokens,loss,budget\n" + "".join(
+        f"{n},{d},{loss},{b}\n" for n, d, loss, b in zip(points.parameters, points.tokens, points.loss, points.budget)))
+    assert main(["fit", str(table), "--num-resamples", "40", "--out", str(tmp_path / "runs.json")]) == 0
+    assert main(["fit", str(table), "--num-resamples", "40", "--bootstrap", "budgets",
+                 "--out", str(tmp_path / "budgets.json")]) == 0
+    assert "runs [bootstrap budgets]: L = " in capsys.readouterr().out
+    fits = {kind: json.loads((tmp_path / f"{kind}.json").read_text())["variants"]["runs"]["approach3"]
+            for kind in ("runs", "budgets")}
+    assert fits["runs"]["bootstrap"] == "runs" and fits["budgets"]["bootstrap"] == "budgets"
+    assert fits["runs"]["law"] == fits["budgets"]["law"] and fits["runs"]["samples"] != fits["budgets"]["samples"]
+
+
 def test_an_isoflop_vertex_gets_an_interval_that_covers_it_when_the_data_allow_one():
     def vertices(noise_seed: int):
         rng = np.random.default_rng(noise_seed)

@@ -50,6 +50,8 @@ HUBER_DELTA = 1e-3
 NEGLIGIBLE_TERM = 1e-4
 # Approach 3's estimators: Hoffmann et al.'s Huber loss, or Besiroglu et al.'s Huber likelihood (`_likelihood`).
 ESTIMATORS = ("huber", "likelihood")
+# Approach 3's bootstrap: Besiroglu et al.'s, over all runs, or within each isoFLOP budget (`_resample`).
+BOOTSTRAPS = ("runs", "budgets")
 
 
 def textless_exponent(name: str) -> float | None:
@@ -182,11 +184,12 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> list[f
     return [float(v) for v in np.quantile(finite, [tail, 1 - tail])]
 
 
-def _resample(points: Points, rng: np.random.Generator) -> Points:
-    """Bootstrap: runs drawn with replacement within each budget (so every budget keeps its size);
-    points without budgets are drawn freely (grouping by their own 6ND would make each its own
-    stratum, and every resample the data itself)."""
-    if points.budget is None:
+def _resample(points: Points, rng: np.random.Generator, within_budgets: bool = True) -> Points:
+    """Bootstrap: runs drawn with replacement within each budget (so every budget keeps its size), or with
+    `within_budgets` False from all of them at once, as Besiroglu et al.'s replication draws Chinchilla's runs;
+    points without budgets are drawn freely (grouping by their own 6ND would make each its own stratum, and every
+    resample the data itself)."""
+    if points.budget is None or not within_budgets:
         return points.subset(rng.integers(0, len(points), len(points)))
     budgets = points.budget
     index = np.concatenate([rng.choice(np.flatnonzero(budgets == b), np.sum(budgets == b))
@@ -616,32 +619,39 @@ def _full_fit(points: Points, delta: float, num_starts: int, estimator: str) -> 
         return _fit_theta(points, delta, starts[np.argsort(values)[:num_starts]], estimator)
 
 
-def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int], str]) -> tuple[int, list[list[float]]]:
+def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int], str, str]
+                    ) -> tuple[int, list[list[float]]]:
     """Worker: refit the law on the resamples numbered `indices` (resample i is drawn with seed (seed, i))."""
-    points, full, delta, seed, indices, estimator = task
+    points, full, delta, seed, indices, estimator, bootstrap = task
     fits = []
     with _one_blas_thread():
         for index in indices:
-            fitted = _law(_fit_theta(_resample(points, np.random.default_rng([seed, index])), delta, [full], estimator))
+            drawn = _resample(points, np.random.default_rng([seed, index]), within_budgets=bootstrap == "budgets")
+            fitted = _law(_fit_theta(drawn, delta, [full], estimator))
             fits.append([fitted.E, fitted.A, fitted.B, fitted.alpha, fitted.beta])
     return indices[0], fits
 
 
 def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta: float = HUBER_DELTA,
-              confidence: float = 0.95, num_workers: int = 1, estimator: str = "huber") -> dict[str, Any]:
+              confidence: float = 0.95, num_workers: int = 1, estimator: str = "huber",
+              bootstrap: str = "runs") -> dict[str, Any]:
     """The parametric law, its compute-optimal exponents, and bootstrap intervals for all of them.
 
-    Each resample starts from the full-data optimum: a resample's optimum lies near it, and
-    re-searching the 4,500-point start grid per resample would cost ~100x more (docs/LOG.md).
+    Each resample starts from the full-data optimum, as Besiroglu et al.'s bootstrap does: a resample's optimum lies
+    near it, and re-searching the 4,500-point start grid per resample would cost ~100x more (docs/LOG.md).
     Resample i depends on (seed, i) alone, so the result does not depend on `num_workers`.
     `estimator`: `huber` (Hoffmann et al.'s fit) or `likelihood` (Besiroglu et al.'s reported fit, `_likelihood`).
+    `bootstrap`: `runs` (theirs: every resample draws from all the runs) or `budgets` (within each isoFLOP budget,
+    so that every resample keeps the grid's design; `_resample`).
     """
     from simslm import jobs
 
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap {bootstrap!r}: choose one of {', '.join(BOOTSTRAPS)}")
     full = _full_fit(points, delta, 8, estimator)
     law = _law(full)
     chunks = [list(range(start, min(num_resamples, start + 250))) for start in range(0, num_resamples, 250)]
-    tasks = [(points, full, delta, seed, chunk, estimator) for chunk in chunks]
+    tasks = [(points, full, delta, seed, chunk, estimator, bootstrap) for chunk in chunks]
     chunks_done = sorted(jobs.parallel_map(_bootstrap_fits, tasks, num_workers=min(num_workers, len(tasks)),
                                            total=len(tasks), description="bootstrap (x250)"))
     samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
@@ -656,7 +666,7 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
             "a": a, "b": b,
             "ci_a": percentile_interval(exponents, confidence), "ci_b": percentile_interval(1 - exponents, confidence),
             "samples": samples.tolist(), "num_resamples": num_resamples, "huber_delta": delta,
-            "confidence": confidence, "estimator": estimator,
+            "confidence": confidence, "estimator": estimator, "bootstrap": bootstrap,
             **({"log_scale": float(full[5])} if estimator == "likelihood" else {})}
 
 
@@ -684,7 +694,7 @@ def metric_power_law(flops: np.ndarray, values: np.ndarray, *, num_resamples: in
 
 def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convention: str = "all",
             metrics: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, num_workers: int = 1,
-            estimator: str = "huber") -> dict[str, Any]:
+            estimator: str = "huber", bootstrap: str = "runs") -> dict[str, Any]:
     """Approaches 1-3 and metric power laws: the contents of fit.json (parameters unrounded)."""
     result = {"convention": {"parameters": convention, "flops": "C = 6 N D",
                              "note": "N counts all parameters (embeddings and head included)" if convention == "all"
@@ -694,7 +704,7 @@ def fit_all(points: Points, *, num_resamples: int = 1000, seed: int = 0, convent
               "approach2": approach2(points, num_resamples=num_resamples, seed=seed,
                                      budgets_count_n=convention == "all"),
               "approach3": approach3(points, num_resamples=num_resamples, seed=seed, num_workers=num_workers,
-                                     estimator=estimator),
+                                     estimator=estimator, bootstrap=bootstrap),
               "textless_reference": {"law": TEXTLESS_REFERENCE, "exponents": TEXTLESS_EXPONENTS,
                                      "source": "Cuervo & Marxer (2024)"}}
     result["metrics"] = {name: metric_power_law(flops, values, num_resamples=num_resamples, seed=seed)

@@ -339,8 +339,11 @@ def fit_tables(fits: dict[str, Any]) -> str:
             metric_rows.append([variant, name, law["gamma"], _interval(law["ci_gamma"]), reference, law["num_points"]])
     # `simslm fit --estimator`: Hoffmann et al.'s Huber loss unless fit.json says otherwise (older ones say nothing).
     estimators = ", ".join(sorted({fit["approach3"].get("estimator", "huber") for fit in fits.values()}))
+    # `simslm fit --bootstrap`: over all runs (Besiroglu et al.'s) unless it says within budgets, as older ones did.
+    bootstraps = " / ".join(sorted({"resampling runs" if fit["approach3"].get("bootstrap", "budgets") == "runs"
+                                    else "resampling runs within each budget" for fit in fits.values()}))
     parts.append(f"<h3>Parametric law L = E + A/N^α + B/D^β (approach 3, estimator {html.escape(estimators)}, "
-                 "95% bootstrap CI)</h3>")
+                 f"95% bootstrap CI, {bootstraps})</h3>")
     parts.append(_table(["variant", "parameter", "fit", "95% CI", "textless (Cuervo & Marxer)"], law_rows))
     parts.append("<h3>Compute-optimal allocation N_opt ∝ C^a, D_opt ∝ C^b</h3>")
     parts.append(_table(["variant", "method", "a", "95% CI of a", "b"], exponent_rows))

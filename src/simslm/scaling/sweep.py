@@ -1402,7 +1402,7 @@ def attach_loss_curves(rows: list[dict[str, Any]]) -> tuple[str, int, int]:
 
 def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resamples: int = 1000,
               num_workers: int = 1, seed: int = 0, out: str | os.PathLike | None = None,
-              estimator: str = "huber") -> dict[str, Any]:
+              estimator: str = "huber", bootstrap: str = "runs") -> dict[str, Any]:
     """Fit every variant's runs (speech CE; accuracies against compute) and write them to `out` (default: the
     sweep's `fit.json`, which the report reads)."""
     import numpy as np
@@ -1426,7 +1426,8 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                           np.array([r["accuracies"][name].accuracy for r in chosen if name in r["accuracies"]]))
                    for name in sorted({name for r in chosen for name in r["accuracies"]})}
         fits["variants"][variant] = fit_all(points, num_resamples=num_resamples, seed=seed, convention=convention,
-                                            metrics=metrics, num_workers=num_workers, estimator=estimator)
+                                            metrics=metrics, num_workers=num_workers, estimator=estimator,
+                                            bootstrap=bootstrap)
         if 0 < validated < scored:
             fits["variants"][variant]["warnings"].append(
                 f"approach 1 reads training curves: {scored - validated} of {scored} run(s) have no "
@@ -1592,6 +1593,9 @@ class FitConfig(Config):
     estimator: Literal["huber", "likelihood"] = "huber"
     """Approach 3's estimator: huber (Hoffmann et al.'s fit) or likelihood (the Huber likelihood behind Besiroglu
     et al.'s reported estimates)."""
+    bootstrap: Literal["runs", "budgets"] = "runs"
+    """Approach 3's bootstrap: runs (Besiroglu et al.'s: each resample draws from all the runs) or budgets (within
+    each isoFLOP budget, so that every resample keeps the grid's design; somewhat narrower intervals)."""
     out: str | None = None
     """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads; a
     non_embedding fit of a sweep goes to its fit.non_embedding.json)."""
@@ -1623,14 +1627,16 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
                                                              NON_EMBEDDING_FIT)
         jobs.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
-                         num_workers=config.num_workers, out=out, estimator=config.estimator)
+                         num_workers=config.num_workers, out=out, estimator=config.estimator,
+                         bootstrap=config.bootstrap)
         return fits, out
     points = read_table(source, convention=config.convention)  # a missing table is said as such first
     out = Path(config.out or source.with_suffix(".fit.json"))
     jobs.refuse_unwritable(out, unwritable)
     fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
             "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples, convention=config.convention,
-                                              num_workers=config.num_workers, estimator=config.estimator)}}
+                                              num_workers=config.num_workers, estimator=config.estimator,
+                                              bootstrap=config.bootstrap)}}
     jobs.write_json(out, fits)
     return fits, out
 
