@@ -165,7 +165,9 @@ def lock_held_elsewhere():
 
 def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, rows: int = 512, **config) -> str:
     """A random model of a real architecture (`config` adds to its config: tied embeddings, Llama 3's RoPE), with
-    the data's tokenizer (tok512) saved beside it; `rows` past 512 are spare, as Qwen2.5 pads its vocabulary."""
+    the data's tokenizer (tok512) saved beside it; `rows` past 512 are spare, as Qwen2.5 pads its vocabulary.
+    transformers 5 reads that tokenizer beside a qwen2 config as a Qwen2Tokenizer of 513 tokens (its byte-level
+    pre-tokenizer, its <|endoftext|>): data for a qwen2 model is built with the model's folder as its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from simslm.sequences.vocabulary import load_base_tokenizer

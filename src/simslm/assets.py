@@ -185,6 +185,31 @@ def missing_local_path(source: str | os.PathLike) -> bool:
     return local and not Path(text).expanduser().exists()
 
 
+def hub_model_problem(source: str) -> str | None:
+    """Why a model named by its Hugging Face hub id (org/name, nothing local of that name) cannot be had here: not
+    in the hub's cache, and downloads off or the hub out of reach. None for anything else, or a model that is
+    cached or reachable. One request, no retries: a sweep of such models otherwise failed run by run, each after
+    half a minute of transformers' retries."""
+    text = str(source)
+    if text.count("/") != 1 or Path(text).expanduser().exists() or text in REGISTRY:
+        return None
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(text, "config.json"), str):
+        return None
+    fetch = f"where there is a network, run `hf download {text}` into the Hugging Face cache the runs read (HF_HOME)"
+    if offline():
+        return f"{text}: not in the Hugging Face cache, and downloads are off (SIMSLM_OFFLINE / HF_HUB_OFFLINE); {fetch}"
+    try:
+        get_hf_file_metadata(hf_hub_url(text, "config.json"), timeout=10)
+    except (RepositoryNotFoundError, GatedRepoError):
+        return f"{text}: no such model on the Hugging Face hub, or it is private or gated (log in with `hf auth login`)"
+    except Exception as error:  # the hub's client raises httpx's errors, its own, or OSError when out of reach
+        return f"{text}: not in the Hugging Face cache and the hub cannot be reached ({error.__class__.__name__}); {fetch}"
+    return None
+
+
 def run_folder_in_place_of_model(source: str | os.PathLike) -> str | None:
     """The one-line complaint when `source`, given where a model or tokenizer belongs, is a simslm run folder (its
     plan.json beside its model/): transformers would read the run's own config.json as a model's and say only

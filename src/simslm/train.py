@@ -444,6 +444,12 @@ def _register_fp32_attention() -> None:
 ROW_PADDING_SLACK = 1024
 
 
+def another_tokenizer(data: str, base_model: str, problem: str) -> str:
+    """The refusal of sequences built with another tokenizer than the base model's (`Vocabulary.base_mismatch`)."""
+    return (f"{data}: built with another tokenizer than {base_model}'s, which has {problem}; build the sequences "
+            f"with --tokenizer {base_model}")
+
+
 def check_base_tokenizer(config: TrainConfig, vocabulary: Vocabulary, model) -> None:
     """Refuse data whose text tokens are not the base model's: compared token by token with the model's own
     tokenizer when it has one, else by its number of embedding rows."""
@@ -455,8 +461,7 @@ def check_base_tokenizer(config: TrainConfig, vocabulary: Vocabulary, model) -> 
     if base_tokenizer is not None:
         problem = vocabulary.base_mismatch(base_tokenizer)
         if problem:
-            raise ValueError(f"{config.data}: built with another tokenizer than {config.base_model}'s, which has "
-                             f"{problem}; {fix}")
+            raise ValueError(another_tokenizer(config.data, config.base_model, problem))
         return
     rows = model.get_input_embeddings().weight.shape[0]
     if not vocabulary.unit_offset <= rows <= vocabulary.unit_offset + ROW_PADDING_SLACK:

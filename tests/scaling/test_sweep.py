@@ -285,8 +285,10 @@ def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path)
 
 def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_path):
     # A text LM pretrained again into the same folder: the finished TWIST runs started from the old weights.
-    source = tiny_base_model(tmp_path / "models" / "qwen2-32", "qwen2", 32, 1)
-    families = {"qwen2": [source]}
+    # Llama: transformers 5 reads the tok512 beside a qwen2 config as a Qwen2Tokenizer of 513 tokens, which `plan`
+    # refuses for the data built with tok512 (`tiny_base_model`).
+    source = tiny_base_model(tmp_path / "models" / "llama-32", "llama", 32, 1)
+    families = {"llama": [source]}
     one_cell = {"families": families, "depths": (), "budgets_flops": (4e8,)}
     twist = _spec(data, **one_cell, variants=(sweep.Variant(name="t", data=data),))
     scratch = _spec(data, **one_cell)
@@ -294,14 +296,47 @@ def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_
     sweep.plan_sweep(twist, tmp_path / "twist")  # planned again, nothing changed: as before
     assert list(planned["base_sha256"]) == [str(Path(source).resolve())]
     sweep.plan_sweep(scratch, tmp_path / "scratch")  # a random init reads the source's architecture only
-    tiny_base_model(Path(source), "qwen2", 32, 1)  # the same architecture, other weights
+    tiny_base_model(Path(source), "llama", 32, 1)  # the same architecture, other weights
     for attempt in (lambda: sweep.run_sweep(tmp_path / "twist", num_parallel=1),
                     lambda: sweep.plan_sweep(twist, tmp_path / "twist")):
-        with pytest.raises(ValueError, match="qwen2-32 changed since the sweep was planned"):
+        with pytest.raises(ValueError, match="llama-32 changed since the sweep was planned"):
             attempt()
     assert not (tmp_path / "twist" / "runs").exists() or not any((tmp_path / "twist" / "runs").iterdir())
     sweep.plan_sweep(scratch, tmp_path / "scratch")
     sweep._check_inputs_unchanged(sweep.load_sweep(tmp_path / "scratch"))
+
+
+def test_a_sweep_of_models_its_runs_cannot_start_from_is_refused_when_planned(data, tmp_path, monkeypatch):
+    """A family of hub ids not in the cache, with no network, was planned; every run then failed at its start, each
+    after half a minute of retries. So were data built with another tokenizer than a family's models, refused by
+    each run. Both are refused once, when planned, and leave no folder."""
+    import huggingface_hub
+
+    other = tiny_base_model(tmp_path / "models" / "qwen2-32", "qwen2", 32, 1)  # a Qwen2Tokenizer of 513 tokens
+    with pytest.raises(ValueError, match=r"seq: built with another tokenizer than .*qwen2-32's, which has 513 tokens, "
+                                         r"but the data's text tokens are 512; build the sequences with --tokenizer"):
+        sweep.plan_sweep(_spec(data, families={"qwen2": [other]}, depths=()), tmp_path / "mixed")
+    hub = _spec(data, families={"qwen2.5": ["Qwen/Qwen2.5-0.5B"]}, depths=())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # nothing cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("SIMSLM_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"^Qwen/Qwen2.5-0.5B: not in the Hugging Face cache, and downloads are off "
+                                         r"\(SIMSLM_OFFLINE / HF_HUB_OFFLINE\); where there is a network, run `hf "
+                                         r"download Qwen/Qwen2.5-0.5B`"):
+        sweep.plan_sweep(hub, tmp_path / "hub")
+    monkeypatch.delenv("SIMSLM_OFFLINE")
+
+    def unreachable(*_, **__):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    with pytest.raises(ValueError, match=r"Qwen/Qwen2.5-0.5B: not in the Hugging Face cache and the hub cannot be "
+                                         r"reached \(OSError\)"):
+        sweep.plan_sweep(hub, tmp_path / "hub")
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "hub").exists()
+    # Found in the cache, a hub model is planned without asking the hub.
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *_: str(tmp_path / "config.json"))
+    assert len(sweep.plan_sweep(hub, tmp_path / "hub")["runs"]) == 2
 
 
 def test_a_large_file_is_digested_from_samples_and_still_tells_weights_apart(tmp_path, monkeypatch):

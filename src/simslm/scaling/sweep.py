@@ -57,12 +57,14 @@ from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.loader import index_digest
+from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 from simslm.train import (
     OFF_BUDGET,
     PEAK_FLOPS_VARIABLE,
     RUN_LOCK,
     RunResult,
     TrainConfig,
+    another_tokenizer,
     loss_curve,
     measure_peak_flops,
     validation_overlap,
@@ -331,6 +333,25 @@ def _check_benchmarks(spec: dict[str, Any]) -> None:
             detect_layout(Path(target))
 
 
+def _check_base_model(base_model: str, data: str, checked: dict[tuple[str, str], None]) -> None:
+    """Refuse at planning what every run of a base model would fail on at its start: a hub model that cannot be had
+    here, or data built with another tokenizer than a local model's (the check `train` makes, before any run).
+    `checked` holds the pairs already found sound."""
+    if (base_model, data) in checked:
+        return
+    if problem := assets.hub_model_problem(base_model):
+        raise ValueError(problem)
+    local = Path(base_model).expanduser().exists() or base_model in assets.REGISTRY
+    if local and not base_model.endswith(".bin"):  # a llama2.c .bin carries no tokenizer: its runs check its rows
+        try:
+            tokenizer = load_base_tokenizer(base_model)
+        except ValueError:
+            tokenizer = None  # a model folder without one: its runs compare its embedding rows
+        if tokenizer is not None and (problem := Vocabulary.load(Path(data) / "tokenizer").base_mismatch(tokenizer)):
+            raise ValueError(another_tokenizer(data, base_model, problem))
+    checked[base_model, data] = None
+
+
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
     out = Path(out)  # made once the grid is planned: a spec refused leaves no folder behind
@@ -360,6 +381,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         [(by_name[cell["variant"]], spec.depth_member(*model_lib.parse_member_label(cell["size"])),
           [_budget_point(cell["budget_flops"])]) for cell in spec.cell_sizes
          if cell["size"] not in {member.label for member in members}]
+    checked: dict[tuple[str, str], None] = {}  # (base model, data) pairs found sound
     for variant, member, points in planned:
         if variant.init == "twist":
             if member.twist_source is None:
@@ -372,6 +394,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             base_model = member.random_source
         if assets.missing_local_path(base_model):
             raise ValueError(f"{base_model}: no such model (family {member.family})")
+        _check_base_model(base_model, variant.data_for(member.family), checked)
         # No seeds: one run per cell, its id as before replicates existed (finished sweeps stay done).
         replicates = [({"seed": seed}, f"-s{seed}") for seed in spec.seeds] or [({}, "")]
         for (budget, ratio, grid_point), (seed, suffix) in itertools.product(points, replicates):
