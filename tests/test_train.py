@@ -1525,3 +1525,24 @@ def test_a_cuda_device_is_refused_where_there_is_none_and_cuda_n_is_that_gpu(dat
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--device cuda:1 names one GPU for all 2 processes; under torchrun give"):
         _Distributed("cuda:1")
+
+
+def test_a_hub_base_model_that_cannot_be_had_here_is_said_at_once(data, tmp_path, monkeypatch, capsys):
+    """`train --base-model ORG/NAME` not cached, with the hub out of reach, ended after 25 s of transformers'
+    retries; one request, no retries, says it now, with how to bring the model."""
+    import huggingface_hub
+
+    from simslm.cli import main
+
+    for variable in ("SIMSLM_OFFLINE", "HF_HUB_OFFLINE"):  # downloads allowed: the hub is asked, and out of reach
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *_: None)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *_, **__: (_ for _ in ()).throw(OSError()))
+    started = time.perf_counter()
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "--data", data, "--budget-tokens", "1000",
+                 "--base-model", "Org/Absent-0.5B"]) == 2
+    assert time.perf_counter() - started < 10
+    assert capsys.readouterr().err.strip() == (
+        "simslm train: error: Org/Absent-0.5B: not in the Hugging Face cache and the hub cannot be reached (OSError); "
+        "where there is a network, run `hf download Org/Absent-0.5B`, and bring that Hugging Face cache (HF_HOME) here")
+    assert not (tmp_path / "run").exists()

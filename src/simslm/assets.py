@@ -198,7 +198,7 @@ def hub_model_problem(source: str) -> str | None:
 
     if isinstance(try_to_load_from_cache(text, "config.json"), str):
         return None
-    fetch = f"where there is a network, run `hf download {text}` into the Hugging Face cache the runs read (HF_HOME)"
+    fetch = f"where there is a network, run `hf download {text}`, and bring that Hugging Face cache (HF_HOME) here"
     if offline():
         return f"{text}: not in the Hugging Face cache, and downloads are off (SIMSLM_OFFLINE / HF_HUB_OFFLINE); {fetch}"
     try:

@@ -127,7 +127,7 @@ def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
 
     if assets.missing_local_path(source):
         raise ValueError(f"{source}: no such model folder")
-    if complaint := assets.run_folder_in_place_of_model(source):
+    if complaint := assets.run_folder_in_place_of_model(source) or assets.hub_model_problem(str(source)):
         raise ValueError(complaint)
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
