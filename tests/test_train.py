@@ -1546,3 +1546,8 @@ def test_a_hub_base_model_that_cannot_be_had_here_is_said_at_once(data, tmp_path
         "simslm train: error: Org/Absent-0.5B: not in the Hugging Face cache and the hub cannot be reached (OSError); "
         "where there is a network, run `hf download Org/Absent-0.5B`, and bring that Hugging Face cache (HF_HOME) here")
     assert not (tmp_path / "run").exists()
+    # Its tokenizer alone (`sequences build --tokenizer ORG/NAME`) likewise.
+    from simslm.sequences.vocabulary import load_base_tokenizer
+
+    with pytest.raises(ValueError, match=r"^Org/Absent-0.5B: not in the Hugging Face cache and the hub cannot be"):
+        load_base_tokenizer("Org/Absent-0.5B")

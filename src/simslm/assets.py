@@ -185,24 +185,24 @@ def missing_local_path(source: str | os.PathLike) -> bool:
     return local and not Path(text).expanduser().exists()
 
 
-def hub_model_problem(source: str) -> str | None:
+def hub_model_problem(source: str, file: str = "config.json") -> str | None:
     """Why a model named by its Hugging Face hub id (org/name, nothing local of that name) cannot be had here: not
     in the hub's cache, and downloads off or the hub out of reach. None for anything else, or a model that is
     cached or reachable. One request, no retries: a sweep of such models otherwise failed run by run, each after
-    half a minute of transformers' retries."""
+    half a minute of transformers' retries. `file`: the one of its files to look for (a tokenizer's, for one)."""
     text = str(source)
     if text.count("/") != 1 or Path(text).expanduser().exists() or text in REGISTRY:
         return None
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    if isinstance(try_to_load_from_cache(text, "config.json"), str):
+    if isinstance(try_to_load_from_cache(text, file), str):
         return None
     fetch = f"where there is a network, run `hf download {text}`, and bring that Hugging Face cache (HF_HOME) here"
     if offline():
         return f"{text}: not in the Hugging Face cache, and downloads are off (SIMSLM_OFFLINE / HF_HUB_OFFLINE); {fetch}"
     try:
-        get_hf_file_metadata(hf_hub_url(text, "config.json"), timeout=10)
+        get_hf_file_metadata(hf_hub_url(text, file), timeout=10)
     except (RepositoryNotFoundError, GatedRepoError):
         return f"{text}: no such model on the Hugging Face hub, or it is private or gated (log in with `hf auth login`)"
     except Exception as error:  # the hub's client raises httpx's errors, its own, or OSError when out of reach

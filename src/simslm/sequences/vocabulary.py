@@ -120,7 +120,7 @@ def load_base_tokenizer(base: str):
     path = Path(base)
     if assets.missing_local_path(base):
         raise ValueError(f"{base}: no such tokenizer file or folder")
-    if complaint := assets.run_folder_in_place_of_model(base):
+    if complaint := assets.run_folder_in_place_of_model(base) or assets.hub_model_problem(base, "tokenizer_config.json"):
         raise ValueError(complaint)
     if not path.exists() and base in assets.REGISTRY:
         path = assets.file_with_suffix(base, ".model")
