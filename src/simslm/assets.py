@@ -193,11 +193,13 @@ def hub_model_problem(source: str, file: str = "config.json") -> str | None:
     text = str(source)
     if text.count("/") != 1 or Path(text).expanduser().exists() or text in REGISTRY:
         return None
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
     if isinstance(try_to_load_from_cache(text, file), str):
         return None
+    if (Path(constants.HF_HUB_CACHE) / f"models--{text.replace('/', '--')}" / "snapshots").is_dir():
+        return None  # cached with its files laid out otherwise: transformers knows what to read
     fetch = f"where there is a network, run `hf download {text}`, and bring that Hugging Face cache (HF_HOME) here"
     if offline():
         return f"{text}: not in the Hugging Face cache, and downloads are off (SIMSLM_OFFLINE / HF_HUB_OFFLINE); {fetch}"
@@ -205,6 +207,8 @@ def hub_model_problem(source: str, file: str = "config.json") -> str | None:
         get_hf_file_metadata(hf_hub_url(text, file), timeout=10)
     except (RepositoryNotFoundError, GatedRepoError):
         return f"{text}: no such model on the Hugging Face hub, or it is private or gated (log in with `hf auth login`)"
+    except EntryNotFoundError:  # the hub answers, and the repository lays its files out otherwise: transformers' say
+        return None
     except Exception as error:  # the hub's client raises httpx's errors, its own, or OSError when out of reach
         return f"{text}: not in the Hugging Face cache and the hub cannot be reached ({error.__class__.__name__}); {fetch}"
     return None
