@@ -333,7 +333,7 @@ def _check_benchmarks(spec: dict[str, Any]) -> None:
             detect_layout(Path(target))
 
 
-def _check_base_model(base_model: str, data: str, checked: dict[tuple[str, str], None]) -> None:
+def _check_base_model(base_model: str, data: str, checked: set[tuple[str, str]]) -> None:
     """Refuse at planning what every run of a base model would fail on at its start: a hub model that cannot be had
     here, or data built with another tokenizer than a local model's (the check `train` makes, before any run).
     `checked` holds the pairs already found sound."""
@@ -349,7 +349,7 @@ def _check_base_model(base_model: str, data: str, checked: dict[tuple[str, str],
             tokenizer = None  # a model folder without one: its runs compare its embedding rows
         if tokenizer is not None and (problem := Vocabulary.load(Path(data) / "tokenizer").base_mismatch(tokenizer)):
             raise ValueError(another_tokenizer(data, base_model, problem))
-    checked[base_model, data] = None
+    checked.add((base_model, data))
 
 
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
@@ -381,7 +381,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
         [(by_name[cell["variant"]], spec.depth_member(*model_lib.parse_member_label(cell["size"])),
           [_budget_point(cell["budget_flops"])]) for cell in spec.cell_sizes
          if cell["size"] not in {member.label for member in members}]
-    checked: dict[tuple[str, str], None] = {}  # (base model, data) pairs found sound
+    checked: set[tuple[str, str]] = set()  # (base model, data) pairs found sound
     for variant, member, points in planned:
         if variant.init == "twist":
             if member.twist_source is None:
