@@ -151,8 +151,19 @@ def test_a_worker_that_dies_ends_the_map_with_one_line_not_a_hang(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "simslm.jobs.WorkerDied: synth: a worker process ended abruptly (exit status 1); re-run, with fewer workers "
-        "if memory is short")
+        "simslm.jobs.WorkerDied: synth: a worker process ended abruptly (exit status 1, by itself: any traceback is "
+        "above; a script that starts simslm's workers needs `if __name__ == \"__main__\":`); re-run")
+
+
+def test_a_script_that_starts_workers_from_its_top_level_is_told_why_they_died(tmp_path):
+    """Without `if __name__ == "__main__":` each spawned worker imports the script again and fails in
+    multiprocessing's RuntimeError; the pool said "re-run, with fewer workers if memory is short"."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from simslm import jobs\n"
+                      "print(list(jobs.parallel_map(abs, [-1, -2, -3], num_workers=2, description='absolutes')))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "memory" not in done.stderr.strip().splitlines()[-1]
+    assert "a script that starts simslm's workers needs `if __name__ == \"__main__\":`" in done.stderr
 
 
 _KILLER = """

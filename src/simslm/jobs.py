@@ -499,11 +499,14 @@ class WorkerDied(RuntimeError):
         how = ", ".join(sorted({_how_it_ended(code) for code in ended.values()}))
         said = f"{description or 'a parallel job'}: a worker process ended abruptly (" + (
             how or "out of memory, or a crash in a native library") + ")"
+        # A worker that exits with a status, not a signal, ended itself: memory has nothing to do with it.
+        by_itself = bool(ended) and all(code > 0 for code in ended.values())
         if self.running:
-            said += f" while {doing} {'; '.join(self.running)}; re-run (with fewer workers if memory is short)"
+            said += f" while {doing} {'; '.join(self.running)}; " + \
+                ("re-run" if by_itself else "re-run (with fewer workers if memory is short)")
             said += f": {then}" if then else ""
         else:
-            said += "; re-run, with fewer workers if memory is short"
+            said += "; re-run" if by_itself else "; re-run, with fewer workers if memory is short"
         super().__init__(said)
 
 
@@ -512,7 +515,11 @@ def _how_it_ended(exit_code: int) -> str:
         return "killed by SIGKILL: out of memory, most likely"
     if exit_code < 0:
         return f"killed by {signal.Signals(-exit_code).name}"
-    return f"exit status {exit_code}"
+    # It exited by itself: a native library's exit(), or an error as it started, whose traceback is on stderr above.
+    # The usual one is multiprocessing's, when a script starts workers from its top level outside
+    # `if __name__ == "__main__":` (each spawned worker imports the script again and does the same).
+    return (f"exit status {exit_code}, by itself: any traceback is above; a script that starts simslm's workers "
+            f"needs `if __name__ == \"__main__\":`")
 
 
 def _ended_workers(executor: Any) -> dict[int, int]:
