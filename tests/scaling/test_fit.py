@@ -335,6 +335,14 @@ def test_read_table_derives_tokens_from_flops_and_names_bad_rows(tmp_path):
     table.write_text("parameters,flops,loss\n-1e6,6e12,3.1\n2e6,6e12,3.0\n4e6,6e12,3.05\n")
     with pytest.raises(ValueError, match=r"published.csv:2: parameters must be a finite number above 0"):
         read_table(table)
+    # A non-embedding fit of a table whose C counts all parameters (the paper's, simslm's): the tokens are C / 6N
+    # with N all of them; they were C / (6 N_non-embedding), twice as many here. A table of non-embedding counts
+    # alone (Kaplan et al.'s) reads its C in those.
+    table.write_text("parameters,non_embedding_parameters,flops,loss\n"
+                     "1e6,5e5,6e12,3.1\n2e6,1e6,6e12,3.0\n4e6,2e6,6e12,3.05\n")
+    assert read_table(table, convention="non_embedding").tokens.tolist() == pytest.approx([1e6, 5e5, 2.5e5])
+    table.write_text("non_embedding_parameters,flops,loss\n5e5,6e12,3.1\n1e6,6e12,3.0\n2e6,6e12,3.05\n")
+    assert read_table(table, convention="non_embedding").tokens.tolist() == pytest.approx([2e6, 1e6, 5e5])
 
 
 def test_a_table_from_excel_reads_and_a_header_that_is_not_comma_separated_is_named(tmp_path):

@@ -112,8 +112,10 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     """Points from a CSV or JSONL table with columns for parameters, tokens or flops, and loss.
 
     `convention` = all (N counts every parameter) or non_embedding (reads
-    `non_embedding_parameters`). Missing tokens come from flops / 6N. Rows that lack a
-    value, or hold one that is not a finite positive number, are reported with their line.
+    `non_embedding_parameters`). Missing tokens come from flops / 6N, N all parameters when the
+    table has them (simslm's C, and the paper's), else its N (a Kaplan-style table, whose C counts
+    non-embedding parameters). Rows that lack a value, or hold one that is not a finite positive
+    number, are reported with their line.
     The isoFLOP groups are the `budget` column, else the `flops` column as written (not
     recomputed as 6ND, whose rounding would split a group); a table with neither has no
     groups, and its bootstrap resamples rows freely.
@@ -142,8 +144,11 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
         try:
             parameters = float(row[parameter_column])
+            # C = 6 N D with N all parameters where the table gives them (a non-embedding fit of simslm's own
+            # table, or the paper's, would otherwise read 6 N_all D / (6 N_non-embedding) tokens: too many).
+            counted = float(row["parameters"]) if row.get("parameters") not in (None, "") else parameters
             tokens = float(row["tokens"]) if row.get("tokens") not in (None, "") else \
-                float(row["flops"]) / (6.0 * parameters)
+                float(row["flops"]) / (6.0 * counted)
             loss = float(row[loss_column])
             group = row.get("budget") if row.get("budget") not in (None, "") else row.get("flops")
             group = float(group) if group not in (None, "") else None
