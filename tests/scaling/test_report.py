@@ -69,13 +69,14 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     text = page.read_text()
     from PIL import Image
 
-    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "loss_curves", "accuracy_vs_compute"):
+    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "isoflop-textless_twist", "loss_curves",
+                 "accuracy_vs_compute"):
         assert f'src="{stem}.svg"' in text and f'href="{stem}.png"' in text
         assert (page.parent / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
         with Image.open(page.parent / f"{stem}.png") as png:
             assert png.format == "PNG" and round(png.info["dpi"][0]) == 300
     # A caption under every figure, saying what it shows.
-    assert text.count("<figure>") == text.count("<figcaption>") == 5
+    assert text.count("<figure>") == text.count("<figcaption>") == 6  # an isoFLOP figure for each variant
     assert "compare its slope, not its level" in text and "95% bootstrap band" in text
     assert "Cuervo" in text and "hello summary" in text and "approach 3" in text and "tsc/S" in text
     assert text.count("<tr>") > 24  # runs table plus fit tables
@@ -85,6 +86,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert "fitted law, 95% band" in best and "beyond the data" in best
     assert "(95% CI)" in (page.parent / "accuracy_vs_compute.svg").read_text()
     assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
+    assert "isoFLOP curves, textless-twist" in (page.parent / "isoflop-textless_twist.svg").read_text()
     assert "envelope (approach 1)" in (page.parent / "loss_curves.svg").read_text()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,9 @@ def plot_variants(rows, folder: Path) -> str:
     return _save(plt, figure, folder / "variants_vs_compute.png")
 
 
-def plot_isoflop(rows, fits, variant: str, folder: Path) -> str | None:
-    """Figure 4: speech loss against model size at each budget, with the parabola through each; None when the
-    variant has no isoFLOP runs (a tokens-per-parameter grid)."""
+def plot_isoflop(rows, fits, variant: str, folder: Path, stem: str = "isoflop") -> str | None:
+    """Figure 4: speech loss against model size at each budget, with the parabola through each, for one variant;
+    None when the variant has no isoFLOP runs (a tokens-per-parameter grid)."""
     chosen = [r for r in rows if r["variant"] == variant and r["budget"] is not None]  # isoFLOP runs only
     if not chosen:
         return None
@@ -171,7 +172,7 @@ def plot_isoflop(rows, fits, variant: str, folder: Path) -> str | None:
     sizes = [r["parameters"] for r in chosen]
     axes.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
     _legend_below(axes, len({r["budget"] for r in chosen}) + labelled)
-    return _save(plt, figure, folder / "isoflop.png")
+    return _save(plt, figure, folder / f"{stem}.png")
 
 
 def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
@@ -385,7 +386,7 @@ def _accuracy_cell(result) -> str:
 
 def _figure_html(stem: str, loss: str) -> str:
     """A figure and its caption, which names the loss the runs are compared on (`sweep.loss_kind`)."""
-    caption = CAPTIONS[stem].replace("{loss}", loss)
+    caption = (CAPTIONS.get(stem) or CAPTIONS[stem.partition("-")[0]]).replace("{loss}", loss)  # isoflop-VARIANT
     return (f'<figure><img src="{stem}.svg" alt="{html.escape(stem)}"><figcaption>{html.escape(caption)} '
             f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
 
@@ -420,9 +421,14 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
         fits = sweep.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
-    images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder),
-              plot_isoflop(rows, fits, main_variant, folder), plot_loss_curves(rows, main_variant, folder),
-              plot_accuracy(rows, fits, folder)]
+    # The isoFLOP curves of every variant, the first as isoflop.svg: a sweep of several recipes or families asks
+    # where each one's compute-optimal size lies, not only the first one's.
+    others = [variant for variant in dict.fromkeys(row["variant"] for row in rows) if variant != main_variant]
+    isoflops = [plot_isoflop(rows, fits, main_variant, folder)] + [
+        plot_isoflop(rows, fits, variant, folder, "isoflop-" + re.sub(r"[^A-Za-z0-9._]+", "_", variant))
+        for variant in others]
+    images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder), *isoflops,
+              plot_loss_curves(rows, main_variant, folder), plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
     loss = sweep.loss_kind(rows)
     seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is
