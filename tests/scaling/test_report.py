@@ -69,7 +69,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     text = page.read_text()
     from PIL import Image
 
-    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "isoflop-textless_twist", "loss_curves",
+    for stem in ("best_loss_vs_compute", "variants_vs_compute", "isoflop", "isoflop-textless-twist", "loss_curves",
                  "accuracy_vs_compute"):
         assert f'src="{stem}.svg"' in text and f'href="{stem}.png"' in text
         assert (page.parent / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -86,7 +86,7 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
     assert "fitted law, 95% band" in best and "beyond the data" in best
     assert "(95% CI)" in (page.parent / "accuracy_vs_compute.svg").read_text()
     assert "fitted minimum" in (page.parent / "isoflop.svg").read_text()
-    assert "isoFLOP curves, textless-twist" in (page.parent / "isoflop-textless_twist.svg").read_text()
+    assert "isoFLOP curves, textless-twist" in (page.parent / "isoflop-textless-twist.svg").read_text()
     assert "envelope (approach 1)" in (page.parent / "loss_curves.svg").read_text()
 
 

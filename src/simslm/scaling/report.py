@@ -425,7 +425,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
     # where each one's compute-optimal size lies, not only the first one's.
     others = [variant for variant in dict.fromkeys(row["variant"] for row in rows) if variant != main_variant]
     isoflops = [plot_isoflop(rows, fits, main_variant, folder)] + [
-        plot_isoflop(rows, fits, variant, folder, "isoflop-" + re.sub(r"[^A-Za-z0-9._]+", "_", variant))
+        plot_isoflop(rows, fits, variant, folder, "isoflop-" + re.sub(r"[^A-Za-z0-9._-]+", "_", variant))
         for variant in others]
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder), *isoflops,
               plot_loss_curves(rows, main_variant, folder), plot_accuracy(rows, fits, folder)]
