@@ -1023,3 +1023,13 @@ def test_a_run_planned_before_validation_every_precision_and_batching_existed_ke
     assert sweep.run_id("v", "d1", "c1e12", {**config, "precision": "bf16"}) != f"v-d1-c1e12-{digest}"
     assert sweep.run_id("v", "d1", "c1e12", {**config, "checkpoint_format": "sharded"}) != f"v-d1-c1e12-{digest}"
     assert sweep.run_id("v", "d1", "c1e12", {**config, "batching": "pieces"}) != f"v-d1-c1e12-{digest}"
+
+
+def test_runs_placed_on_gpus_where_there_are_none_are_refused(data, tmp_path, monkeypatch):
+    """`sweep run --gpus 0,1` on a machine without CUDA gave each run CUDA_VISIBLE_DEVICES, and every run trained on
+    the CPU (its `--device auto`) without a word."""
+    monkeypatch.setattr(sweep, "_cuda_present", lambda: False)
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
+    with pytest.raises(ValueError, match=r"--gpus 0,1: torch sees no CUDA device here; leave --gpus out"):
+        sweep.run_sweep(tmp_path, gpus="0,1")
+    assert not any((tmp_path / "runs").glob("*/config.json"))

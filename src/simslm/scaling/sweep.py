@@ -783,6 +783,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run)}
     devices = [device.strip() for device in gpus.split(",") if device.strip()]
     cuda = _cuda_present()
+    if devices and not cuda:  # each run would see no GPU and train on the CPU, `--device auto` as it is
+        raise ValueError(f"--gpus {gpus}: torch sees no CUDA device here; leave --gpus out to train on the CPU")
     if not devices and not cuda and PEAK_FLOPS_VARIABLE not in environment:
         # One MFU denominator for every CPU run, measured before any of them loads the cores (a run measuring
         # its own would see its neighbour's load, and spend 0.5 s on it).
