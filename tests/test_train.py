@@ -987,16 +987,25 @@ def test_validation_data_that_shares_the_training_utterances_is_said(data, extra
     same_manifest = str(tmp_path / "speech-only")
     build_sequences(BuildConfig(out=same_manifest, manifest=units.manifest, units=units.out, streams=("speech",),
                                 context_length=64))
-    # Another manifest (here the first utterance alone, as a held-out split is a manifest of its own): told apart by
-    # its file, which is the slip this is for; the utterances are not compared.
-    lines = Path(units.manifest).read_text().splitlines()
-    (tmp_path / "held-out.jsonl").write_text(lines[0].replace('"audio": "', f'"audio": "{Path(units.manifest).parent}/')
-                                             + "\n")
-    other = str(tmp_path / "held-out")
-    build_sequences(BuildConfig(out=other, manifest=str(tmp_path / "held-out.jsonl"), units=units.out,
+    # A manifest of its own made of the training manifest's first line (a split by copying lines, the classic slip):
+    # its recording is the training data's. It was not said before: only the manifests' files were compared.
+    first = json.loads(Path(units.manifest).read_text().splitlines()[0])
+    recording = Path(units.manifest).parent / first["audio"]  # its audio, wherever the copy is written
+    (tmp_path / "held-out.jsonl").write_text(json.dumps({**first, "audio": str(recording)}) + "\n")
+    copied = str(tmp_path / "held-out")
+    build_sequences(BuildConfig(out=copied, manifest=str(tmp_path / "held-out.jsonl"), units=units.out,
                                 streams=("speech",), context_length=64))
     assert validation_overlap(data, data) == "is the training data itself"
     assert validation_overlap(data, same_manifest).startswith("was built from the training data's manifest")
+    assert validation_overlap(data, copied) == (
+        f"was built from {os.path.realpath(tmp_path / 'held-out.jsonl')}, 1 of whose 1 utterances are recordings of the training "
+        f"data's manifest ({os.path.realpath(units.manifest)})")
+    # The same utterance recorded elsewhere (another file) is held out: compared by recording, not by id.
+    shutil.copy(recording, tmp_path / f"other{recording.suffix}")
+    (tmp_path / "other.jsonl").write_text(json.dumps({**first, "audio": f"other{recording.suffix}"}) + "\n")
+    other = str(tmp_path / "other")
+    build_sequences(BuildConfig(out=other, manifest=str(tmp_path / "other.jsonl"), units=units.out,
+                                streams=("speech",), context_length=64))
     assert validation_overlap(data, other) is None
     train(_config(data, tmp_path / "run", budget_tokens=2 * 4 * 64, validation_data=same_manifest))
     assert "warning: --validation-data" in capsys.readouterr().err

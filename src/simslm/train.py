@@ -1495,14 +1495,50 @@ def _run_held(run_dir: Path, distributed: "_Distributed"):
         raise
 
 
+# Manifests read whole to compare their recordings (`shared_recordings`) up to this size; past it (millions of
+# utterances, read at every run's start) only their files are compared.
+OVERLAP_READ_BYTES = 64 * 2 ** 20
+
+
+def shared_recordings(trained_on: Path, held_out: Path) -> tuple[int, int] | None:
+    """How many of a held-out manifest's utterances have their audio file among a training manifest's, and how many
+    it has; None when either is past `OVERLAP_READ_BYTES` or cannot be read. Compared by audio file, not by id:
+    two corpora synthesised apart may number their utterances alike, and a split made by copying lines keeps the
+    files."""
+    def recordings(manifest: Path) -> list[str]:
+        found = []
+        for line, problem in jobs.text_lines(manifest):
+            try:
+                audio = json.loads(line).get("audio") if line and line.strip() and not problem else None
+            except (ValueError, AttributeError):
+                audio = None  # a line the stages skip and count: not this check's to say
+            if isinstance(audio, str):
+                found.append(os.path.realpath(manifest.parent / audio))
+        return found
+
+    try:
+        if max(trained_on.stat().st_size, held_out.stat().st_size) > OVERLAP_READ_BYTES:
+            return None
+        held = recordings(held_out)
+        return len(set(held) & set(recordings(trained_on))), len(held)
+    except OSError:
+        return None
+
+
 def validation_overlap(data: str, validation: str) -> str | None:
     """How validation data shares the training data's utterances, in words (None when it does not): the same
-    folder, or sequences built from the same speech manifest."""
+    folder, sequences built from the same speech manifest, or from one whose recordings are among its own."""
     if os.path.realpath(data) == os.path.realpath(validation):
         return "is the training data itself"
     trained_on, held_out = speech_manifest(data), speech_manifest(validation)
-    if trained_on is not None and held_out is not None and os.path.realpath(trained_on) == os.path.realpath(held_out):
+    if trained_on is None or held_out is None:
+        return None
+    if os.path.realpath(trained_on) == os.path.realpath(held_out):
         return f"was built from the training data's manifest ({os.path.realpath(held_out)})"
+    shared = shared_recordings(Path(trained_on), Path(held_out))
+    if shared and shared[0]:
+        return (f"was built from {os.path.realpath(held_out)}, {shared[0]} of whose {shared[1]} utterances are "
+                f"recordings of the training data's manifest ({os.path.realpath(trained_on)})")
     return None
 
 
