@@ -1503,7 +1503,7 @@ OVERLAP_READ_BYTES = 64 * 2 ** 20
 def shared_recordings(trained_on: Path, held_out: Path) -> tuple[int, int] | None:
     """How many of a held-out manifest's utterances have their audio file among a training manifest's, and how many
     it has; None when either is past `OVERLAP_READ_BYTES` or cannot be read. Compared by audio file, not by id:
-    two corpora synthesised apart may number their utterances alike, and a split made by copying lines keeps the
+    two corpora made apart may number their utterances alike, and a split made by copying lines keeps the
     files."""
     def recordings(manifest: Path) -> list[str]:
         base, found = os.path.realpath(manifest.parent), []  # one realpath a manifest: a syscall a line is slow
