@@ -92,6 +92,14 @@ def empty(w: World, name: str = "empty.jsonl") -> Path:
     return _write(w.bad / name, "")
 
 
+def bench_copy(w: World, name: str) -> Path:
+    """A folder holding a copy of the benchmark under its own name: another set of that name."""
+    folder = w.bad / name
+    if not (folder / w.bench.name).exists():
+        shutil.copytree(w.bench, folder / w.bench.name)
+    return folder
+
+
 def a_folder(w: World, name: str = "a-folder.jsonl") -> Path:
     (w.bad / name).mkdir(parents=True, exist_ok=True)
     return w.bad / name
@@ -596,6 +604,10 @@ CASES: dict[str, Case] = {
     "eval: --out another run's folder": lambda w: (
         ["eval", str(w.run), "--bench", str(w.bench), "--modes", "T", "--out", str(another_run(w, "run-166"))],
         "run-166/eval.json: holds the results of another model", [w.bad / "run-166" / "eval.json"]),
+    # Both were scored and filed under one name, the second's results replacing the first's, without a word.
+    "eval: two benchmarks of one name": lambda w: (
+        ["eval", str(w.run), "--bench", str(w.bench), str(bench_copy(w, "other-172") / w.bench.name)],
+        f"--bench: 2 benchmarks named {w.bench.name} (", [w.run / "eval.json"]),
     "eval: --speech-units of another codebook's size": lambda w: (
         ["eval", str(w.run), "--bench", str(w.bench), "--modes", "S", "--speech-units",
          str(units_header_changed(w, "units-167", k=7))], "units-167: units of a 7-unit codebook, but the model reads",

@@ -1033,3 +1033,11 @@ def test_runs_placed_on_gpus_where_there_are_none_are_refused(data, tmp_path, mo
     with pytest.raises(ValueError, match=r"--gpus 0,1: torch sees no CUDA device here; leave --gpus out"):
         sweep.run_sweep(tmp_path, gpus="0,1")
     assert not any((tmp_path / "runs").glob("*/config.json"))
+
+
+def test_a_sweep_with_two_benchmarks_of_one_name_is_refused():
+    """Every run's eval.json would file both under one name, the second's results over the first's."""
+    with pytest.raises(ValueError, match=r"^bench: 2 benchmarks named sblimp \(mine/sblimp, theirs/sblimp\), whose "
+                                         r"results would take one name in eval.json"):
+        sweep._check_benchmarks({"bench": ["mine/sblimp", "theirs/sblimp"]})
+    sweep._check_benchmarks({"bench": []})

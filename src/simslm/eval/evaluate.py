@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 
@@ -100,6 +100,8 @@ class EvalConfig(ScoringOptions):
         super().check()
         if not self.bench:
             raise ConfigError("--bench needs at least one benchmark folder, validation, or generation=FOLDER")
+        if repeated := repeated_label(self.bench):
+            raise ConfigError(f"--bench: {repeated}")
         check_positive(self, "max_pairs", "num_resamples", "num_generation_prompts")
         check_positive(self, "num_workers", allow_zero=True)
         if self.out and Path(self.out).is_file():
@@ -323,6 +325,19 @@ def benchmark_kind(argument: str) -> tuple[str, str, str]:
     if label == "generation":
         return "generation", label, target
     return "pairs", label, target
+
+
+def repeated_label(arguments: Iterable[str]) -> str | None:
+    """The first --bench arguments that eval.json would file under one name, each one's results replacing the
+    last's (two folders both called sblimp, say), in words; None when each has its own."""
+    by_label: dict[str, list[str]] = {}
+    for argument in arguments:
+        by_label.setdefault(result_label(argument), []).append(argument)
+    label, given = next(((label, given) for label, given in by_label.items() if len(given) > 1), (None, []))
+    if label is None:
+        return None
+    return (f"{len(given)} benchmarks named {label} ({', '.join(given)}), whose results would take one name in "
+            f"eval.json, the last replacing the others; give each its own: LABEL=FOLDER")
 
 
 def result_label(argument: str) -> str:

@@ -52,7 +52,7 @@ from simslm.config import (
     home_expanded,
     registry_choices,
 )
-from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, result_label
+from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, repeated_label, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
@@ -321,6 +321,8 @@ def _check_benchmarks(spec: dict[str, Any]) -> None:
     unknown = [mode for mode in spec.get("eval_modes") or () if mode not in CROSS_MODES]
     if unknown:
         raise ValueError(f"eval_modes: {', '.join(map(str, unknown))} (the modes are {', '.join(CROSS_MODES)})")
+    if repeated := repeated_label(spec.get("bench") or ()):
+        raise ValueError(f"bench: {repeated}")
     for argument in spec.get("bench") or ():
         kind, _, target = benchmark_kind(argument)
         if kind == "validation":
