@@ -1041,3 +1041,18 @@ def test_a_sweep_with_two_benchmarks_of_one_name_is_refused():
                                          r"results would take one name in eval.json"):
         sweep._check_benchmarks({"bench": ["mine/sblimp", "theirs/sblimp"]})
     sweep._check_benchmarks({"bench": []})
+
+
+def test_a_size_or_grid_point_given_twice_is_refused(data, tmp_path):
+    """A family listing a model twice (or a depth, a budget) planned its runs twice under one id, and the fit
+    counted each of them twice."""
+    for changes, said in (({"depths": (1, 1)}, "depths lists 1 more than once"),
+                          ({"budgets_flops": (4e8, 4e8)}, "budgets_flops lists 400000000.0 more than once"),
+                          ({"families": {"f": ("a", "a")}, "depths": ()}, "family f lists a more than once")):
+        with pytest.raises(ValueError, match=said):
+            _spec(data, **changes)
+    model = tiny_base_model(tmp_path / "models" / "llama-32", "llama", 32, 1)
+    aliased = _spec(data, families={"f": (model, model + "/")}, depths=())  # one folder, spelled twice
+    with pytest.raises(ValueError, match=r"the spec plans the same run more than once \(random-llama-32-c4e08-"):
+        sweep.plan_sweep(aliased, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()

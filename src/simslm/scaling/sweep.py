@@ -171,6 +171,13 @@ class SweepSpec:
         for name, models in self.families.items():
             if not models or not all(isinstance(model, str) and model for model in models):
                 raise ValueError(f"family {name} must list its models (hub ids or paths)")
+        # A size or grid point given twice planned its runs twice under one id: the fit counted each twice.
+        for name, values in [("depths", self.depths), ("budgets_flops", self.budgets_flops),
+                             ("tokens_per_parameter", self.tokens_per_parameter),
+                             *((f"family {family}", models) for family, models in self.families.items())]:
+            repeated = sorted(str(value) for value, count in collections.Counter(values).items() if count > 1)
+            if repeated:
+                raise ValueError(f"{name} lists {', '.join(repeated)} more than once")
         if self.families and self.family:
             raise ValueError("family (a `simslm textlm` folder) goes with depths, not with families")
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
@@ -418,6 +425,11 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             runs.append({"id": identifier, "variant": f"{member.family}/{variant.name}" if several else
                          variant.name, "family": member.family, "member": member.label, "depth": member.depth,
                          "budget_flops": budget, "tokens_per_parameter": ratio, "config": config})
+    repeated = sorted(identifier for identifier, count in collections.Counter(run["id"] for run in runs).items()
+                      if count > 1)
+    if repeated:  # one model under two spellings of its path, say: the same runs planned twice
+        raise ValueError(f"the spec plans the same run more than once ({', '.join(repeated[:3])}): a model listed twice "
+                         f"under two spellings of its path?")
     stored_spec = _jsonable(asdict(spec))
     stored_spec.update(family=anchors.anchored(spec.family), validation_data=_paths(spec.validation_data, anchors.anchored),
                        bench=anchors.bench(spec.bench, anchors.anchored),
