@@ -390,3 +390,28 @@ def test_a_zerospeech_submission_names_files_as_gold_csv_does(tmp_path):
     assert lines == ["audio/0-good -1.0", "audio/0-bad -1.5", "audio/2-good -2.0", "audio/2-bad -1.0"]
     tsv = (tmp_path / "scores" / "sblimp.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in tsv[1:]] == ["p0", "p2"] and tsv[2].endswith("\t0.0")
+
+
+def test_a_quick_look_on_a_sample_of_pairs_never_replaces_a_whole_score(trained_run, tmp_path):
+    """`eval RUN --max-pairs 10` (a quick look) filed its sample under the benchmark's name in the run's own
+    eval.json, over the sweep's scores of every pair, and the sweep, its fit and its report then read the sample."""
+    import shutil
+
+    from simslm.scaling.sweep import _unevaluated
+
+    run, bench = trained_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    (mine / "eval.json").unlink(missing_ok=True)
+    evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",), max_pairs=2))
+    sampled = json.loads((mine / "eval.json").read_text())["benchmarks"]["tsc/T"]
+    assert (sampled["num_pairs"], sampled["sampled_from"]) == (2, 4)
+    assert _unevaluated(mine, (str(bench),)) == (str(bench),)  # a sweep scores it again, whole
+    evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",)))
+    whole = (mine / "eval.json").read_text()
+    assert json.loads(whole)["benchmarks"]["tsc/T"]["sampled_from"] is None and _unevaluated(mine, (str(bench),)) == ()
+    with pytest.raises(ValueError, match=r"eval.json: holds results of tsc on every pair, which --max-pairs 2 would "
+                                         r"replace with a sample; write the quick look elsewhere with --out FOLDER"):
+        evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",), max_pairs=2))
+    assert (mine / "eval.json").read_text() == whole
+    evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",), max_pairs=2, out=str(tmp_path / "look")))

@@ -452,6 +452,18 @@ def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_pa
             "whole past them, as slamkit scores them") in warnings, warnings
 
 
+def test_a_run_scored_on_a_sample_of_pairs_is_named_in_the_fit(tmp_path):
+    """An `eval --max-pairs` quick look left in a run's eval.json: the fit reads it until `sweep run` scores the run
+    again, and says so."""
+    _fake_sweep(tmp_path)
+    path = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "eval.json"
+    entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
+    jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_pairs": 10, "sampled_from": 100}}})
+    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    assert ("tsc/S: in 1 run(s) scored on a sample of its pairs (eval --max-pairs: textless-twist-d4-c1e+12); "
+            "`simslm sweep run` scores them whole") in warnings, warnings
+
+
 def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
     _fake_sweep(tmp_path)
     (tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json").write_text('{"steps": 3')

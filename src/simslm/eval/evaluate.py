@@ -130,6 +130,8 @@ class BenchmarkResult(Accuracy):
     2026-12-05)."""
     context: int | None = None
     """The model's context (max_position_embeddings)."""
+    sampled_from: int | None = None
+    """The pairs the set has, when --max-pairs scored a sample of them (None: every pair)."""
 
     @property
     def long_sides(self) -> str:
@@ -231,6 +233,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
     results = {}
     for mode, pairs in pairs_by_mode.items():
+        total = len(load(folder, mode)[1]) if config.max_pairs else len(pairs)  # --max-pairs: a sample of them
         started = time.perf_counter()
         try:
             scores = score_pairs(context.model, pairs, context.vocabulary, units_of, config, context.device)
@@ -269,7 +272,8 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                 **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
                 num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
                 note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
-                context=int(context.model.config.max_position_embeddings))
+                context=int(context.model.config.max_position_embeddings),
+                sampled_from=total if total > len(pairs) else None)
     return results
 
 
@@ -400,6 +404,14 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary, model_dir: Path) ->
         kind, _, target = benchmark_kind(argument)
         if kind == "pairs":
             detect_layout(bench_folder(target))
+        label = result_label(argument)
+        full = [name for name, entry in stored["benchmarks"].items() if (name == label or name.startswith(label + "/"))
+                and isinstance(entry, dict) and entry.get("sampled_from") is None]
+        if config.max_pairs and kind == "pairs" and full:
+            # A quick look filed over a sweep's whole scores: the fit and the report would read the sample.
+            raise ValueError(f"{eval_path}: holds results of {label} on every pair, which --max-pairs "
+                             f"{config.max_pairs} would replace with a sample; write the quick look elsewhere with "
+                             f"--out FOLDER")
     if config.units:
         given = unit_source(config.units)
         if given.k != vocabulary.num_units:

@@ -582,17 +582,19 @@ def _locked(run_dir: Path) -> bool:
 
 
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
-    """The benchmarks the sweep asks for that eval.json holds no result for, or one whose sides past the model's
-    positions were cut: scored before 2026-12-05, when cutting was the only way. A sweep scores with the defaults,
-    which now score them whole, as slamkit does, so its runs are scored alike again."""
+    """The benchmarks the sweep asks for that eval.json holds no result for, one whose sides past the model's
+    positions were cut (scored before 2026-12-05, when cutting was the only way; a sweep scores with the defaults,
+    which now score them whole, as slamkit does, so its runs are scored alike again), or one scored on a sample of
+    its pairs (`eval --max-pairs`, a quick look)."""
     evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
 
     def scored(name: str) -> bool:
         label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
         entries = [entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")]
         return bool(entries) and not any(
-            isinstance(entry, dict) and entry.get("num_cut") and
-            (entry.get("scoring") or {}).get("long_sides", "cut") != ScoringOptions.long_sides for entry in entries)
+            isinstance(entry, dict) and (entry.get("num_cut") and (entry.get("scoring") or {}).get(
+                "long_sides", "cut") != ScoringOptions.long_sides or entry.get("sampled_from"))  # a quick look's
+            for entry in entries)
 
     return tuple(name for name in bench if not scored(name))
 
@@ -1486,6 +1488,13 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
             fits["variants"][variant]["warnings"].append(
                 f"its runs' speech CE is of two kinds, {loss_kind(chosen)}: the law mixes held-out losses with "
                 f"training ones; give every run the same validation data")
+        for name in metrics:  # a quick look's sample of pairs (`eval --max-pairs`), which `sweep run` scores again
+            sampled = [r["id"] for r in chosen if getattr(r["accuracies"].get(name), "sampled_from", None)]
+            if sampled:
+                fits["variants"][variant]["warnings"].append(
+                    f"{name}: in {len(sampled)} run(s) scored on a sample of its pairs (eval --max-pairs: "
+                    f"{', '.join(sampled[:3])}{', ...' if len(sampled) > 3 else ''}); `simslm sweep run` scores "
+                    f"them whole")
         for name in metrics:  # benchmark sides that outgrew the models' positions (`BenchmarkResult.num_cut`)
             results = [r["accuracies"][name] for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
             for long_sides in sorted({result.long_sides for result in results}):
