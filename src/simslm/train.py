@@ -1612,8 +1612,10 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
         print(f"simslm train: warning: the budget is {asked:.3g} FLOPs, but steps are whole batches of "
               f"{plan.tokens_per_step:,} tokens: {plan.total_steps} step(s) make {plan.total_flops:.3g} FLOPs "
               f"({plan.total_flops / asked:.2g}x the budget); a smaller --batch-size comes closer", file=sys.stderr)
-    overlap = validation_overlap(config.data, config.validation_data) if config.validation_data else None
-    if distributed.is_main and overlap and resumed["step"] == 0:  # allowed (a smoke test may): no held-out loss
+    # Once, on the main process of a fresh run: the check may read both manifests (up to `OVERLAP_READ_BYTES`).
+    overlap = validation_overlap(config.data, config.validation_data) \
+        if config.validation_data and distributed.is_main and resumed["step"] == 0 else None
+    if overlap:  # allowed (a smoke test may): no held-out loss
         print(f"simslm train: warning: --validation-data {config.validation_data} {overlap}: its losses are not "
               f"held out, though fits read them as held-out curves", file=sys.stderr)
     if distributed.is_main and plan.data_passes is not None and plan.data_passes > MAX_DATA_PASSES:

@@ -405,9 +405,9 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary, model_dir: Path) ->
         if kind == "pairs":
             detect_layout(bench_folder(target))
         label = result_label(argument)
-        full = [name for name, entry in stored["benchmarks"].items() if (name == label or name.startswith(label + "/"))
-                and isinstance(entry, dict) and entry.get("sampled_from") is None]
-        if config.max_pairs and kind == "pairs" and full:
+        if config.max_pairs and kind == "pairs" and any(
+                (name == label or name.startswith(label + "/")) and isinstance(entry, dict) and
+                entry.get("sampled_from") is None for name, entry in stored["benchmarks"].items()):
             # A quick look filed over a sweep's whole scores: the fit and the report would read the sample.
             raise ValueError(f"{eval_path}: holds results of {label} on every pair, which --max-pairs "
                              f"{config.max_pairs} would replace with a sample; write the quick look elsewhere with "
