@@ -807,10 +807,23 @@ def content_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def located_path(path: str | os.PathLike) -> Path:
+    """`path` made absolute with the links among its folders followed, but not a link that is the file itself.
+
+    A corpus of links into a store (a Hugging Face cache's snapshots into its blobs, git-annex) is then recorded
+    by its own names, which carry the stem and extension a layout reads, and goes on pointing into the corpus
+    when the corpus moves; the folders' links are followed, so a path relative to another resolved folder leads
+    where it should."""
+    absolute = Path(path).absolute()
+    if absolute.name in ("", ".", ".."):
+        return absolute.resolve()
+    return absolute.parent.resolve() / absolute.name
+
+
 def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
     """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
     absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""
-    absolute = Path(path).resolve()
+    absolute = located_path(path)
     return {"relative": os.path.relpath(absolute, Path(folder).resolve()), "absolute": str(absolute)}
 
 

@@ -67,6 +67,29 @@ def test_ctm_import_aligns_the_matching_utterance_and_skips_the_others(librispee
     assert aligned.id == REFERENCE_ID and aligned.words[1].word == "QUILTER"
 
 
+def test_aligned_audio_paths_keep_their_form_and_move_with_the_corpus(tmp_path):
+    """A relative audio path came out absolute whenever the audio was not below the output's folder, so an
+    aligned manifest no longer moved with its corpus; an absolute one stays absolute."""
+    import shutil
+
+    corpus = tmp_path / "work" / "corpus"
+    corpus.mkdir(parents=True)
+    shutil.copy(assets.resolve("librispeech-samples").file(f"{REFERENCE_ID}.flac"), corpus)
+    given = Utterance(id=REFERENCE_ID, audio=f"{REFERENCE_ID}.flac", sample_rate=16000, duration_sec=5.855,
+                      transcript=assets.LIBRISPEECH_TRANSCRIPTS[REFERENCE_ID])
+    write_manifest(corpus / "relative.jsonl", [given])
+    write_manifest(corpus / "absolute.jsonl", [replace(given, audio=str(corpus / given.audio))])
+    ctm = assets.resolve("librispeech-samples").file(f"{REFERENCE_ID}.ctm")
+    for name in ("relative", "absolute"):
+        align_manifest(AlignConfig(manifest=str(corpus / f"{name}.jsonl"), out=str(tmp_path / "work" / "out" /
+                                   f"{name}.jsonl"), method="ctm", source=str(ctm)))
+    assert read_manifest(tmp_path / "work" / "out" / "relative.jsonl")[0].audio == f"../corpus/{REFERENCE_ID}.flac"
+    assert read_manifest(tmp_path / "work" / "out" / "absolute.jsonl")[0].audio == str(corpus / given.audio)
+    (tmp_path / "work").rename(tmp_path / "moved")
+    (moved,) = read_manifest(tmp_path / "moved" / "out" / "relative.jsonl")
+    assert moved.audio_path(tmp_path / "moved" / "out").is_file()
+
+
 def test_imports_that_disagree_with_the_transcript_or_the_audio_are_skipped(librispeech_manifest, tmp_path):
     folder = tmp_path / "timings"
     folder.mkdir()

@@ -53,6 +53,23 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
 
 
+def test_a_corpus_of_links_into_a_store_is_recorded_by_its_own_names(tmp_path):
+    """A Hugging Face snapshot links each file to a blob named by its digest. The importer recorded the blob,
+    with no extension and outside the corpus, so moving the corpus with its manifest broke every line."""
+    store, corpus = tmp_path / "store", tmp_path / "work" / "corpus"
+    store.mkdir()
+    corpus.mkdir(parents=True)
+    for number, name in enumerate(LIBRISPEECH):
+        shutil.copy(_flac(name), store / f"blob{number}")
+        (corpus / f"{name}.flac").symlink_to(store / f"blob{number}")
+        (corpus / f"{name}.txt").write_text(LIBRISPEECH[name] + "\n")
+    out = tmp_path / "work" / "out" / "manifest.jsonl"
+    import_manifest(ImportManifestConfig(source=str(corpus), out=str(out)))
+    assert sorted(u.audio for u in read_manifest(out)) == sorted(f"../corpus/{name}.flac" for name in LIBRISPEECH)
+    (tmp_path / "work").rename(tmp_path / "moved")
+    assert validate_manifest(tmp_path / "moved" / "out" / "manifest.jsonl") == []
+
+
 def test_a_repeated_id_names_the_file_it_skips(tmp_path, capsys):
     """A folder's ids are its paths with "/" made "_": a_b/c.flac and a/b_c.flac are both a_b_c, and the second
     was dropped as a "repeated id" with nothing to say which file that was."""

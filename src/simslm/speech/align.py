@@ -471,6 +471,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
             num_to_align += not (config.keep_existing and utterance.words is not None)
             yield utterance.id
 
+    out_folder = out_path.parent.resolve()
     first_pass = ids()
     num_resumed, offset = journal.done_before(first_pass)
     collections.deque(first_pass, maxlen=0)  # the rest of the manifest, counted and checked
@@ -478,12 +479,15 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     def tasks() -> Iterator[tuple[int, dict[str, Any], str | None, str | None]]:
         for number, utterance in enumerate(itertools.islice(iter_utterances(manifest), num_resumed, None),
                                            start=num_resumed):
-            # Audio paths must keep pointing at the same files from the output's folder.
-            record = replace(utterance, audio=str(utterance.audio_path(manifest_dir).resolve())).to_json()
+            # Audio paths must keep pointing at the same files from the output's folder, in the input's form: a
+            # relative path stays relative (the manifest moves with its corpus), an absolute one absolute.
+            located = jobs.located_path(utterance.audio_path(manifest_dir))
+            recorded = str(located) if Path(utterance.audio).is_absolute() else os.path.relpath(located, out_folder)
+            record = replace(utterance, audio=recorded).to_json()
             if config.keep_existing and utterance.words is not None:
                 yield number, record, None, None
             else:
-                yield number, record, config.method, record["audio"] if config.method == "pocketsphinx" \
+                yield number, record, config.method, str(located) if config.method == "pocketsphinx" \
                     else config.source
 
     workers = (config.num_workers or jobs.default_workers()) if config.method == "pocketsphinx" else 1
