@@ -185,6 +185,7 @@ def _units_quality(config) -> int:
 
 def _sequences_build(config) -> int:
     from simslm.sequences.build import build_sequences
+    from simslm.sequences.show import drawn_summary, undrawn_streams
 
     index = build_sequences(config)
     tokens = sum(entry["num_chunks"] for entry in index["epochs"]) * index["context_length"]
@@ -195,6 +196,10 @@ def _sequences_build(config) -> int:
     for entry in index["epochs"]:
         if entry["skipped"]:
             print(f"  epoch {entry['epoch']}: skipped {entry['skipped']}", file=sys.stderr)
+        if undrawn := undrawn_streams(entry):
+            print(f"  warning: epoch {entry['epoch']}: no piece of {', '.join(undrawn)} was drawn ({drawn_summary(entry)} "
+                  f"pieces): the mixture ends when its first stream runs out, as slamkit's `first_exhausted` does, so "
+                  f"a stream of few pieces ends it early", file=sys.stderr)
     return 0
 
 
@@ -211,7 +216,7 @@ def _sequences_merge(config) -> int:
 def _sequences_stats(config) -> int:
     from simslm.sequences.build import part_note
     from simslm.sequences.loader import read_index
-    from simslm.sequences.show import stats
+    from simslm.sequences.show import drawn_summary, stats
 
     index = read_index(config.folder)
     rows = stats(config.folder, index)
@@ -224,6 +229,8 @@ def _sequences_stats(config) -> int:
               f"padding {row['padding_tokens']}); speech share of tokens {row['speech_token_share']:.3f}"
               + (f"; interleaved words spoken {word_share:.3f}" if word_share is not None else ""))
         print(f"  tokens by stream {row['tokens_by_stream']}; skipped {row['skipped'] or 'none'}")
+        if summary := drawn_summary(row):
+            print(f"  pieces drawn by stream: {summary}")
         if row["num_documents"]:
             mean = row["mean_document_tokens"]
             print(f"  {row['num_documents']} documents of {mean:.1f} tokens on average, "

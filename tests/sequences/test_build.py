@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from simslm import jobs
 from simslm.sequences.build import BuildConfig, build_sequences, context_pieces, mix_streams, pack, parse_mix
 from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
@@ -107,6 +108,28 @@ def test_a_build_mixes_pieces_of_the_context_not_wholeepoch_documents(build, mon
     # Documents longer than 32 tokens reached the mixture as pieces, each drawn on its own.
     assert all(len(piece.tokens) <= 32 for pieces in drawn for stream in pieces.values() for piece in stream)
     assert epoch["pieces_by_stream"]["text"] > epoch["samples_by_stream"]["text"]
+
+
+def test_a_stream_the_mixture_never_drew_is_said(extracted, tmp_path, capsys):
+    """With a stream of few pieces, the mixture (slamkit's `first_exhausted`) could end before it drew any piece of
+    another: a corpus asked for interleaved samples came out with none, and nothing said so."""
+    from simslm.cli import main
+
+    config, _, _ = extracted
+    out = tmp_path / "seq"
+    assert main(["sequences", "build", "--out", str(out), "--manifest", config.manifest, "--units", config.out,
+                 "--text-corpus", "tinystories-sample[0:50]", "--context-length", "256",
+                 "--mix", "interleaved=0.001", "speech=0.5", "text=0.5"]) == 0
+    epoch = jobs.read_json(out / "index.json")["epochs"][0]
+    drawn = epoch["pieces_drawn_by_stream"]
+    assert drawn["interleaved"] == 0 and epoch["tokens_by_stream"]["interleaved"] == 0
+    assert sum(drawn.values()) == epoch["num_documents"] and drawn["speech"] == epoch["pieces_by_stream"]["speech"]
+    err = capsys.readouterr().err
+    assert "warning: epoch 0: no piece of interleaved was drawn" in err and "first_exhausted" in err
+    assert main(["sequences", "stats", str(out)]) == 0
+    counts = epoch["pieces_by_stream"]
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "pieces drawn by stream: " in line]
+    assert sorted(line.split(": ")[1].split(", ")) == sorted(f"{name} {drawn[name]} of {counts[name]}" for name in drawn)
 
 
 def test_a_long_sample_is_cut_into_context_long_pieces_and_short_ones_share_rows():

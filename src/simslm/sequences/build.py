@@ -532,6 +532,8 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             pieces[name] = context_pieces(samples[name], config.context_length)
         chosen, taken = mix_streams(pieces, shares, np.random.default_rng([config.seed, epoch, 1, *part]),
                                     by=config.mix_by)
+        stream_of = {id(piece): name for name, stream in pieces.items() for piece in stream}
+        drawn_pieces = collections.Counter(stream_of[id(piece)] for piece in chosen)
         chunks, positions, counts = pack(chosen, config.context_length, vocabulary)
         folder = building / f"epoch-{epoch:03d}"
         folder.mkdir()
@@ -546,6 +548,8 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             "num_documents": len(chosen), "token_counts": counts,
             "tokens_by_stream": taken, "samples_by_stream": {n: len(v) for n, v in samples.items()},
             "pieces_by_stream": {n: len(v) for n, v in pieces.items()},
+            # The mixture ends when its first stream runs out: what it drew of each (none of a stream can be drawn).
+            "pieces_drawn_by_stream": {n: drawn_pieces[n] for n in pieces},
             "skipped": dict(skipped),
             "interleaved_words": int(sum(s.num_words for s in interleaved)),
             "interleaved_speech_words": int(sum(s.num_speech_words for s in interleaved)),

@@ -40,8 +40,25 @@ def stats(folder: str | os.PathLike, index: dict[str, Any] | None = None) -> lis
             "speech_token_share": speech / max(1, speech + text_tokens),
             "interleaved_speech_word_share": entry["interleaved_speech_words"] / words if words else None,
             "tokens_by_stream": entry["tokens_by_stream"], "skipped": entry["skipped"],
+            "pieces_by_stream": entry.get("pieces_by_stream"), "pieces_drawn_by_stream": entry.get("pieces_drawn_by_stream"),
         })
     return rows
+
+
+def drawn_summary(entry: dict[str, Any]) -> str | None:
+    """"interleaved 0 of 3, speech 3 of 3, text 4 of 200": the pieces an epoch's mixture drew of each stream
+    (None for folders built before 2026-12-06, which do not record them)."""
+    drawn = entry.get("pieces_drawn_by_stream")
+    if drawn is None:
+        return None
+    return ", ".join(f"{name} {count} of {entry['pieces_by_stream'][name]}" for name, count in drawn.items())
+
+
+def undrawn_streams(entry: dict[str, Any]) -> list[str]:
+    """The streams of which an epoch's mixture drew nothing, though they had pieces: the mixture ended, at the
+    first stream to run out, before any was drawn."""
+    drawn = entry.get("pieces_drawn_by_stream") or {}
+    return [name for name, count in drawn.items() if count == 0 and entry["pieces_by_stream"].get(name)]
 
 
 def render_sample(sample: Sample, vocabulary: Vocabulary, max_units: int = 12) -> str:
