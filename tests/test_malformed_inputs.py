@@ -428,6 +428,9 @@ CASES: dict[str, Case] = {
     "units extract: codebook not npy": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
                                                    str(_write(w.bad / "text.npy", "not an array")), "--out",
                                                    str(w.bad / "out-19")], "text.npy", []),
+    "units extract: codebook is the folder it is in": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook.parent), "--out",
+         str(w.bad / "out-173")], f"{w.codebook.parent}: a folder, where a k-means codebook is needed", []),
     "units extract: NaN centroids": lambda w: (["units", "extract", "--manifest", str(w.manifest), "--codebook",
                                                 str(codebook_with(w, "nan", np.full((32, 160), np.nan, np.float32))),
                                                 "--out", str(w.bad / "out-20")], "nan.npy", []),
@@ -764,6 +767,9 @@ CASES: dict[str, Case] = {
     "demo: depth 0": lambda w: (["demo", "--out", str(w.bad / "out-44"), "--depths", "0"], "--depths", []),
     "demo: no text left for the family": lambda w: (["demo", "--out", str(w.bad / "out-45"), "--num-stories", "2000"],
                                                     "--num-stories", []),
+    "textlm pretrain: a manifest as the text corpus": lambda w: (
+        ["textlm", "pretrain", "--out", str(w.bad / "out-174"), "--text-corpus", str(w.manifest)],
+        f"{w.manifest}: no line with words to make a text sample of", []),
     "textlm pretrain: aspect ratio 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-46"),
                                                    "--aspect-ratio", "0"], "--aspect-ratio", []),
     "train: family member malformed": lambda w: (["train", f"run_dir={w.bad / 'run'}", f"data={w.data}",

@@ -235,11 +235,23 @@ def _manifest_share(config: BuildConfig) -> list[Utterance]:
 
 
 def _read_text_corpus(source: str, num_shards: int = 1, shard_index: int = 0) -> list[tuple[str, str]]:
-    """The text stream's lines (this shard's: those whose line number is `shard_index` modulo `num_shards`)."""
+    """The text stream's lines (this shard's: those whose line number is `shard_index` modulo `num_shards`); a
+    ValueError saying why, when none has words."""
     stem = assets.resolve_file(split_corpus_spec(source)[0]).stem
-    return [(f"{stem}-text-{index:06d}", text_lib.speakable(value))
-            for index, value, _ in read_corpus(source)
-            if index % num_shards == shard_index and value and text_lib.has_words(value)]
+    texts, problems = [], collections.Counter()
+    for index, value, problem in read_corpus(source):
+        if index % num_shards != shard_index:
+            continue
+        if value and text_lib.has_words(value):
+            texts.append((f"{stem}-text-{index:06d}", text_lib.speakable(value)))
+        else:
+            problems[problem or "no words"] += 1
+    if not texts:
+        # A manifest given as the corpus, say, has its text under "transcript": each line says "no string field".
+        found = "; ".join(f"{count} line(s): {problem}" for problem, count in problems.most_common(3))
+        raise ValueError(f"{source}: no line with words to make a text sample of ({found or 'no lines'}; a .jsonl "
+                         f"corpus holds each text under \"text\", a .txt corpus one text a line)")
+    return texts
 
 
 def build_fixed_streams(streams: list[str], vocabulary: Vocabulary, utterances: list[Utterance],
@@ -318,8 +330,6 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
         num_units = int(unit_source(config.units).k)
     texts = (_read_text_corpus(config.text_corpus, config.num_shards, config.shard_index) if "text" in streams
              else [])
-    if "text" in streams and not texts:
-        raise ValueError(f"{config.text_corpus}: no line with words to make a text sample of")
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
     # dies leaves no half dataset behind, and an older dataset stays until the new one is whole.

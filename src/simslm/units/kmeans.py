@@ -75,6 +75,10 @@ class Codebook:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Codebook":
         """Read a codebook saved by `save` (never unpickles: `allow_pickle=False`)."""
+        if Path(path).is_dir():  # taken as the name `FOLDER.npy`, said as a missing file beside the folder
+            found = sorted(p.name for p in Path(path).glob("*.npy") if p.with_suffix(".json").exists())
+            raise ValueError(f"{path}: a folder, where a k-means codebook is needed (NAME.npy beside NAME.json)"
+                             + (f"; it holds {', '.join(found[:3])}" if found else ""))
         path = codebook_path(path)
         if not path.exists():
             raise ValueError(f"{path}: no such k-means codebook")
