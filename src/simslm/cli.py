@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -364,8 +364,10 @@ def _fit(config) -> int:
 def _plan(config) -> int:
     from simslm import jobs, model
     from simslm.scaling import sweep
-    from simslm.scaling.fit import fits_for_plan, plan_compute
+    from simslm.scaling.fit import fit_file, fits_for_plan, plan_compute
 
+    if config.fit:
+        config = replace(config, fit=fit_file(config.fit))
     fits, notes = fits_for_plan(config)
     rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
     if config.fit:

@@ -176,6 +176,9 @@ def test_a_plan_from_a_sweeps_fit_names_the_sizes_the_sweep_trained(tmp_path, ca
     assert (f"nearest size the sweep trained: {name}, {int(trained[name]):,} parameters -> train it for "
             f"{flops / (6 * int(trained[name])):.4g} tokens") in out
     assert "nearest family member" not in out and "extrapolated" not in out
+    # The sweep folder names its fit.json ("a folder, not a JSON file" before).
+    assert main(["plan", str(tmp_path / "sweep"), "--flops", str(flops), "--variant", "interleaved-twist"]) == 0
+    assert capsys.readouterr().out == out
     # Past the largest size, the plan says the law is read beyond the sizes it was fitted on.
     assert main(["plan", "--flops", "1e18", "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0
     out = capsys.readouterr().out
@@ -193,6 +196,11 @@ def test_a_plan_from_a_sweeps_fit_names_the_sizes_the_sweep_trained(tmp_path, ca
     # Its C counts the non-embedding parameters: what training d1 costs counting all of them is said too.
     assert (f"C here is 6 N D with N outside the embeddings, as the fit counts it: with all 30,000 parameters, "
             f"that training is {6 * 30000 * 1e9 / (6 * 24000):.4g} FLOPs") in out
+    # A folder without a fit.json says what it holds.
+    (tmp_path / "sweep" / "fit.json").rename(tmp_path / "sweep" / "fit.old.json")
+    assert main(["plan", str(tmp_path / "sweep"), "--flops", "1e9"]) == 2
+    assert f"{tmp_path / 'sweep'}: a folder with no fit.json; it holds fit.old.json: name it" in capsys.readouterr().err
+    (tmp_path / "sweep" / "fit.old.json").rename(fit_path)
     # A sweep whose runs cannot be read still plans, onto simslm's own family, and says why.
     (tmp_path / "sweep" / "runs" / "interleaved-twist-d1-c1e+12" / "result.json").write_text("{")
     assert main(["plan", "--flops", str(flops), "--fit", str(fit_path), "--variant", "interleaved-twist"]) == 0

@@ -858,6 +858,19 @@ def _law_problem(fit: Any) -> str | None:
     return None
 
 
+def fit_file(path: str) -> str:
+    """The fit.json `path` names: itself, or the one a sweep folder holds (`simslm fit SWEEP` writes it there)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    if (folder / "fit.json").is_file():
+        return str(folder / "fit.json")
+    others = sorted(p.name for p in folder.glob("fit.*.json"))
+    hint = (f"; it holds {', '.join(others)}: name it" if others else
+            "; `simslm fit SWEEP` writes it" if (folder / "sweep.json").exists() else "")
+    raise ValueError(f"{path}: a folder with no fit.json{hint}")
+
+
 def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[str | None, dict[str, Any], str]], list[str]]:
     """The fits `simslm plan` plans from, each as (variant, fit, where it comes from in words), and a note for
     each variant it leaves out: the variant named, every variant of a fit.json with several and none named (a
@@ -904,7 +917,8 @@ class PlanConfig(Config):
     flops: float
     """Training budget C in FLOPs."""
     fit: str | None = None
-    """fit.json from `simslm fit` (default: the textless reference law of Cuervo & Marxer 2024)."""
+    """fit.json from `simslm fit`, or the sweep folder holding it (default: the textless reference law of Cuervo
+    & Marxer 2024)."""
     variant: str | None = None
     """Which variant of the fit (default: every variant whose law is sound, one plan each)."""
     vocab_size: int = 1015
