@@ -221,6 +221,21 @@ def text_sequences(w: World) -> Path:
     return folder
 
 
+def other_codebook_sequences(w: World) -> Path:
+    """The speech data as if built from units of another codebook of the same size: the same vocabulary, other
+    sounds under the same unit ids."""
+    folder, units = w.bad / "other-codebook-seq", w.bad / "other-codebook-units"
+    if not folder.exists():
+        shutil.copytree(w.units, units)
+        header = json.loads((units / "units.json").read_text())
+        (units / "units.json").write_text(json.dumps({**header, "codebook_sha256": "0" * 64}))
+        shutil.copytree(w.data, folder)
+        index = json.loads((folder / "index.json").read_text())
+        index["units_folder"] = {"relative": "../other-codebook-units", "absolute": str(units)}
+        (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
 def few_rows(w: World) -> Path:
     """The speech data with each shard cut to its first row: fewer rows than a batch of 20."""
     folder = w.bad / "few-rows"
@@ -686,6 +701,14 @@ CASES: dict[str, Case] = {
     "train: validation data of another vocabulary": lambda w: (
         ["train", f"run_dir={w.bad / 'run-v'}", f"data={w.data}", "budget_tokens=1000",
          f"validation_data={text_sequences(w)}"], str(text_sequences(w)), []),
+    "train: validation data of another codebook": lambda w: (
+        ["train", f"run_dir={w.bad / 'run-175'}", f"data={w.data}", "budget_tokens=1000",
+         f"validation_data={other_codebook_sequences(w)}"], f"{other_codebook_sequences(w)}: its units are of "
+        f"another codebook", []),
+    "sweep plan: validation data of another codebook": lambda w: (["sweep", "plan", str(sweep_spec(w, "val176.json", {
+        "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "depths": [1], "budgets_flops": [1e9],
+        "validation_data": str(other_codebook_sequences(w))})), "--out", str(w.bad / "out-176")],
+        f"{other_codebook_sequences(w)}: its units are of another codebook", []),
     "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
                                            str(a_folder(w, "not-a-sweep")), []),
     "sweep status: the folder above a sweep": lambda w: (["sweep", "status", str(w.root)],

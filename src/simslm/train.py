@@ -1542,6 +1542,32 @@ def validation_overlap(data: str, validation: str) -> str | None:
     return None
 
 
+def validation_mismatch(data: str, validation: str) -> str | None:
+    """Why validation data's losses would be of other tokens than the training data's, in words (None when they
+    are the same tokens): another vocabulary, or the same unit ids from another codebook or encoder. Either gives
+    a silently wrong speech CE, the number the fits read."""
+    from simslm.units.extract import unit_source
+
+    vocabulary, held_out = (Vocabulary.load(Path(folder) / "tokenizer") for folder in (data, validation))
+    if (len(held_out), held_out.unit_offset, held_out.num_units) != \
+            (len(vocabulary), vocabulary.unit_offset, vocabulary.num_units):
+        return (f"built with another vocabulary than {data} ({len(held_out)} tokens, units from "
+                f"{held_out.unit_offset}, against {len(vocabulary)} from {vocabulary.unit_offset}); build both with "
+                f"the same --tokenizer and units")
+    folders = [speech_units_folder(folder) for folder in (data, validation)]
+    if None in folders or not all((folder / "units.json").is_file() for folder in folders):
+        return None  # text alone, or units folders moved away: nothing recorded to compare
+    trained, held = (unit_source(folder) for folder in folders)
+    if held.other_codebook(trained):
+        named = [f"{os.path.realpath(source.codebook) if source.codebook else 'imported'}, sha256 "
+                 f"{source.codebook_sha256[:12]}" for source in (held, trained)]
+        return (f"its units are of another codebook ({named[0]}) than {data}'s ({named[1]}): the same ids are other "
+                f"sounds; build both from units of one codebook")
+    if settings := held.other_encoding(trained):
+        return f"its units were encoded with {settings[0]}, {data}'s with {settings[1]}; encode both alike"
+    return None
+
+
 def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, given_peak: float | None,
            started: float) -> RunResult | None:
     import torch
@@ -1556,14 +1582,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             if distributed.is_main and note:
                 print(f"simslm train: warning: {folder} is {note} (training on this part alone)", file=sys.stderr)
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
-    if config.validation_data:
-        held_out = Vocabulary.load(Path(config.validation_data) / "tokenizer")
-        if (len(held_out), held_out.unit_offset, held_out.num_units) != (len(vocabulary), vocabulary.unit_offset,
-                                                                          vocabulary.num_units):
-            # Its losses would be of other tokens: a silently wrong speech CE, the number the fits read.
-            raise ValueError(f"{config.validation_data}: built with another vocabulary than {config.data} "
-                             f"({len(held_out)} tokens, units from {held_out.unit_offset}, against {len(vocabulary)} "
-                             f"from {vocabulary.unit_offset}); build both with the same --tokenizer and units")
+    if config.validation_data and (problem := validation_mismatch(config.data, config.validation_data)):
+        raise ValueError(f"{config.validation_data}: {problem}")
     by_pieces = config.batching == "pieces"
     # A batch of pieces goes end to end in one row, as slamkit's collator lays it, for the kernels whose cost follows
     # the documents (flash-attn's variable-length path, flex attention's block mask). SDPA and eager attend through a

@@ -68,8 +68,7 @@ def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir
     if num_units is not None and given.k != num_units:
         raise ValueError(f"{folder}: units of a {given.k}-unit codebook, but the model reads {num_units} units "
                          f"(--speech-units names the units the model was trained on)")
-    if recorded is not None and None not in (recorded.codebook_sha256, given.codebook_sha256) and \
-            recorded.codebook_sha256 != given.codebook_sha256:
+    if recorded is not None and given.other_codebook(recorded):
         raise ValueError(f"{folder}: units of another codebook than the one {model_dir} records ({recorded.codebook}); "
                          f"leave --speech-units out to use the model's own")
 

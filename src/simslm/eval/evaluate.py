@@ -41,7 +41,6 @@ from simslm.eval.scoring import (
 )
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
-from simslm.units.encoders import ENCODERS, EncoderSpec
 from simslm.units.extract import unit_source
 
 EVAL_FILE = "eval.json"
@@ -421,11 +420,9 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary, model_dir: Path) ->
             expected = run_unit_source(Path(config.run), config.speech_units)
         except ValueError:
             return  # the model does not record its codebook: the size check is all there is
-        if None not in (expected.codebook_sha256, given.codebook_sha256) and \
-                expected.codebook_sha256 != given.codebook_sha256:
+        if given.other_codebook(expected):
             raise ValueError(f"{config.units}: units of another codebook than the model's ({expected.codebook})")
-        settings = [_encoder_settings(source.encoder) for source in (given, expected)]
-        if None not in settings and settings[0] != settings[1]:
+        if settings := given.other_encoding(expected):
             raise ValueError(f"{config.units}: units encoded with {settings[0]}, but the model's with {settings[1]}")
 
 
@@ -439,20 +436,6 @@ def _results_owner(folder: Path, stored: dict[str, Any]) -> Path | None:
     if (folder / VOCAB_FILE).exists():
         return folder
     return None
-
-
-def _encoder_settings(encoder: dict[str, Any]) -> dict[str, Any] | None:
-    """What makes an encoder's units what they are (not where its checkpoint lies); None when not a spec.
-
-    The resampler is left out: it changes the units of audio not at 16 kHz only, and every published benchmark
-    is at 16 kHz, where refusing units made with another (slamkit's imported ones beside a codebook converted
-    before it was recorded) would refuse the same units."""
-    spec = EncoderSpec.recorded(encoder)
-    if spec is None:
-        return None
-    default_layer = ENCODERS[spec.name][2] if spec.name in ENCODERS else None
-    return {"encoder": spec.name, "layer": spec.layer if spec.layer is not None else default_layer,
-            "edge_pad": spec.edge_pad}
 
 
 def _sample(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:

@@ -67,6 +67,7 @@ from simslm.train import (
     another_tokenizer,
     loss_curve,
     measure_peak_flops,
+    validation_mismatch,
     validation_overlap,
 )
 
@@ -378,6 +379,8 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{validation}: no index.json (validation_data needs a `simslm sequences build` "
                              f"folder)")
         for variant in spec.variants if validation else ():  # said once planned, not only in each run's log
+            if problem := validation_mismatch(variant.data_for(family), validation):
+                raise ValueError(f"{validation}: {problem} (validation_data of variant {variant.name})")
             if overlap := validation_overlap(variant.data_for(family), validation):
                 overlaps.append(f"validation_data {validation} {overlap} (variant {variant.name})")
     _check_benchmarks(asdict(spec))

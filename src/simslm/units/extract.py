@@ -444,6 +444,30 @@ class UnitSource:
                 "codebook": jobs.portable_path(codebook, folder) if codebook else None,
                 "codebook_sha256": self.codebook_sha256, "k": self.k}
 
+    def encoder_settings(self) -> dict[str, Any] | None:
+        """What makes the encoder's units what they are (not where its checkpoint lies); None when not a spec.
+
+        The resampler is left out: it changes the units of audio not at 16 kHz only, and every published benchmark
+        is at 16 kHz, where refusing units made with another (slamkit's imported ones beside a codebook converted
+        before it was recorded) would refuse the same units."""
+        spec = EncoderSpec.recorded(self.encoder)
+        if spec is None:
+            return None
+        default_layer = ENCODERS[spec.name][2] if spec.name in ENCODERS else None
+        return {"encoder": spec.name, "layer": spec.layer if spec.layer is not None else default_layer,
+                "edge_pad": spec.edge_pad}
+
+    def other_codebook(self, other: "UnitSource") -> bool:
+        """Whether `other`'s units come from another codebook (as far as both record one): the same ids are then
+        other sounds."""
+        return None not in (self.codebook_sha256, other.codebook_sha256) and \
+            self.codebook_sha256 != other.codebook_sha256
+
+    def other_encoding(self, other: "UnitSource") -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The two encoders' settings when `other`'s units were encoded otherwise (as far as both record it)."""
+        settings = (self.encoder_settings(), other.encoder_settings())
+        return settings if None not in settings and settings[0] != settings[1] else None
+
 
 def checked_manifest(units_folder: str | os.PathLike, manifest: str | os.PathLike) -> bool:
     """Whether the units folder's extraction checked this manifest as it is now (units.json stamps it): every
