@@ -153,6 +153,33 @@ def test_planning_over_a_sweep_says_which_runs_leave_it(data, tmp_path, capsys):
     assert f"{tmp_path}: 4 run(s) planned there before are not in this plan" in capsys.readouterr().err
 
 
+def test_variants_of_units_from_different_codebooks_are_said_and_validation_data_of_another_refused(data, tmp_path,
+                                                                                                     capsys):
+    """A variant built from units of another codebook (of the same size) planned beside the others without a word,
+    and its speech CE went into the report beside theirs; validation data of another codebook gave every run a
+    held-out loss over other sounds."""
+    from simslm.sequences.build import speech_units_folder
+
+    units = tmp_path / "other-units"
+    shutil.copytree(speech_units_folder(data), units)
+    header = json.loads((units / "units.json").read_text())
+    (units / "units.json").write_text(json.dumps({**header, "codebook_sha256": "f" * 64}))
+    other = tmp_path / "other-seq"
+    shutil.copytree(data, other)
+    index = json.loads((other / "index.json").read_text())
+    (other / "index.json").write_text(json.dumps({**index, "units_folder": {"relative": "../other-units",
+                                                                              "absolute": str(units)}}))
+    variants = (sweep.Variant(name="random", data=data, init="random"),
+                sweep.Variant(name="other", data=str(other), init="random"))
+    sweep.plan_sweep(_spec(data, variants=variants, validation_data=""), tmp_path / "sweep")
+    assert ("warning: variants read units of different codebooks (random; other): their speech CEs are losses over "
+            "other tokens, not comparable") in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"{other}: its units are of another codebook .* \\(validation_data of "
+                                         f"variant random\\)"):
+        sweep.plan_sweep(_spec(data, validation_data=str(other)), tmp_path / "sweep2")
+    assert not (tmp_path / "sweep2").exists()
+
+
 def test_a_spec_reads_paths_from_the_home_folder(data, tmp_path, monkeypatch):
     """`"data": "~/seq"` in a spec is the home folder's, as in every other file simslm reads options from."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

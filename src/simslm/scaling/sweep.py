@@ -56,6 +56,7 @@ from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, 
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
+from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import index_digest
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
 from simslm.train import (
@@ -362,6 +363,25 @@ def _check_base_model(base_model: str, data: str, checked: set[tuple[str, str]])
     checked.add((base_model, data))
 
 
+def _mixed_codebooks(spec: SweepSpec, families: set[str]) -> list[str]:
+    """A warning for each family whose variants read units of different codebooks: their speech CEs are then
+    losses over other tokens, which the report and the demo's findings compare as if they were the same."""
+    from simslm.units.extract import unit_source
+
+    warnings = []
+    for family in sorted(families):
+        digests: dict[str, list[str]] = collections.defaultdict(list)
+        for variant in spec.variants:
+            units = speech_units_folder(variant.data_for(family))
+            if units is not None and (units / "units.json").is_file():
+                digests[unit_source(units).codebook_sha256 or ""].append(variant.name)
+        if len(digests) > 1:
+            groups = "; ".join(", ".join(names) for names in digests.values())
+            warnings.append(f"{'family ' + family + ': ' if len(families) > 1 else ''}variants read units of different "
+                            f"codebooks ({groups}): their speech CEs are losses over other tokens, not comparable")
+    return warnings
+
+
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
     out = Path(out)  # made once the grid is planned: a spec refused leaves no folder behind
@@ -383,6 +403,7 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
                 raise ValueError(f"{validation}: {problem} (validation_data of variant {variant.name})")
             if overlap := validation_overlap(variant.data_for(family), validation):
                 overlaps.append(f"validation_data {validation} {overlap} (variant {variant.name})")
+    mixed = _mixed_codebooks(spec, {member.family for member in members})
     _check_benchmarks(asdict(spec))
     runs = []
     grid = [_budget_point(b) for b in spec.budgets_flops] + \
@@ -464,6 +485,8 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     for overlap in overlaps:
         print(f"simslm sweep plan: warning: {overlap}: its losses are not held out, though the fits read them as "
               f"held-out curves", file=sys.stderr)
+    for warning in mixed:
+        print(f"simslm sweep plan: warning: {warning}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
     return load_sweep(out)
