@@ -1020,6 +1020,23 @@ def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_
         assert ("passes repeat data" in capsys.readouterr().err) == warned
 
 
+def test_documents_longer_than_the_base_models_positions_are_said(tmp_path, capsys):
+    """Data built with the default context (2,048) trained stories260K, which learnt 512 positions, on documents
+    four times as long without a word; a random init has no positions to go past."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+
+    data = tmp_path / "seq"
+    build_sequences(BuildConfig(out=str(data), streams=("text",), text_corpus="tinystories-sample[:8]",
+                                context_length=1024))
+    capsys.readouterr()
+    for init, warned in (("twist", True), ("random", False)):
+        train(TrainConfig(run_dir=str(tmp_path / init), data=str(data), init=init, budget_tokens=1024,
+                          batch_size=1))
+        said = ("stories260K was trained on 512 positions, and the data's documents run to 1024 tokens"
+                in capsys.readouterr().err)
+        assert said == warned
+
+
 def test_tensorboard_events_carry_the_metrics_and_a_plain_log_line_per_interval(data, tmp_path, monkeypatch, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

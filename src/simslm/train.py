@@ -471,9 +471,10 @@ def check_base_tokenizer(config: TrainConfig, vocabulary: Vocabulary, model) -> 
 
 
 def build_model(config: TrainConfig, vocab_size: int, context_length: int, device: str = "cpu",
-                vocabulary: Vocabulary | None = None):
+                vocabulary: Vocabulary | None = None, *, quiet: bool = False):
     """The base LM, initialised as asked, with its vocabulary grown to `vocab_size`; the data's `vocabulary`,
-    when given, is checked against the base model's tokenizer first."""
+    when given, is checked against the base model's tokenizer first (`quiet`: no warnings, as on every process
+    but the main one)."""
     import torch
 
     if config.base_model.startswith(model_lib.FAMILY_SOURCE):
@@ -492,7 +493,13 @@ def build_model(config: TrainConfig, vocab_size: int, context_length: int, devic
             weights_to(model, torch.bfloat16)
         model_lib.extend_vocabulary(model, vocab_size, seed=config.seed, new_rows=config.new_rows,
                                     text_tokens=vocabulary.unit_offset if vocabulary is not None else None)
-        if model.config.max_position_embeddings < context_length:
+        trained_positions = model.config.max_position_embeddings
+        if trained_positions < context_length:
+            if config.init == "twist" and not quiet:  # a random init has learnt no positions to go past
+                print(f"simslm train: warning: {config.base_model} was trained on {trained_positions} positions, and "
+                      f"the data's documents run to {context_length} tokens (its context): positions past "
+                      f"{trained_positions} are new to it (RoPE extrapolates them); `simslm sequences build "
+                      f"--context-length {trained_positions}` keeps every document within", file=sys.stderr)
             model.config.max_position_embeddings = context_length  # RoPE extrapolates; the data decides
     model.set_attn_implementation(attention_kernel(config.attention, device, bf16=uses_bf16(config.precision, device)))
     return model
@@ -1614,8 +1621,8 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     model = _checkpoint_skeleton(checkpoint, run_dir, config, distributed.device)
     from_checkpoint = model is not None
     if not from_checkpoint:
-        model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary) \
-            if distributed.is_main or not from_main else None
+        model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary,
+                            quiet=not distributed.is_main) if distributed.is_main or not from_main else None
         if from_main:
             model = _skeleton_unless_main(model, config, distributed)
     check_documents_apart(model.config, kernel, distributed.device, bf16, one_row, quiet=not distributed.is_main)
