@@ -44,6 +44,22 @@ def test_offline_tsc_uses_held_out_stories_only_and_refuses_training_ones(tmp_pa
             exclude="tinystories-sample[:2000]", num_items=3))
 
 
+def test_a_sequences_folder_excludes_the_stories_it_was_built_from(speech_sequences, tmp_path):
+    """`--exclude SEQUENCES` was refused ("a folder, not a file"): the training data is what a user has at hand."""
+    from simslm.sequences.build import BuildConfig, build_sequences, speech_manifest
+    from simslm.speech.manifest import iter_utterances
+
+    built = tmp_path / "seq"
+    build_sequences(BuildConfig(out=str(built), streams=("text",), text_corpus="tinystories-sample[1995:2003]",
+                                context_length=256))
+    assert training_stories(str(built)) == training_stories("tinystories-sample[1995:2003]")
+    spoken = {story_key(u.transcript) for u in iter_utterances(speech_manifest(speech_sequences))}
+    assert spoken and training_stories(speech_sequences) == spoken
+    with pytest.raises(BenchError, match=f"are in the training data \\({built}\\)"):
+        build_benchmark(BenchBuildConfig(kind="tsc", out=str(tmp_path / "bad"), source="tinystories-sample[2000:2003]",
+                                         exclude=str(built), num_items=3))
+
+
 def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):
     """Built again with fewer items and another seed, the folder kept the first build's other items beside the
     new ones (item files are numbered by position), and `eval` scored all of them. A folder holding anything else

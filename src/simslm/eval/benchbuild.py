@@ -19,7 +19,7 @@ from simslm import assets, jobs
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError, load
 from simslm.speech import text as text_lib
-from simslm.speech.corpus import read_corpus
+from simslm.speech.corpus import read_corpus, split_corpus_spec
 from simslm.speech.manifest import iter_utterances
 from simslm.speech.synth import synth_task, synthesize_one
 
@@ -39,7 +39,8 @@ class BenchBuildConfig(Config):
     """sblimp: BLiMP asset or folder of jsonl (default blimp); tsc: corpus[start:stop] of held-out
     stories (default tinystories-sample[2000:])."""
     exclude: str = ""
-    """Comma-separated training manifests or corpora: building fails if an item shares a story with them."""
+    """Comma-separated training manifests, corpora or sequences folders (the manifest and text corpus each was built
+    from): building fails if an item shares a story with them."""
     per_phenomenon: int = 10
     """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
     num_items: int = 200
@@ -100,10 +101,28 @@ def _is_manifest(path: Path) -> bool:
         return "transcript" in handle.readline()
 
 
+def _sequences_sources(folder: Path) -> list[str]:
+    """The speech manifest and the text corpus a `simslm sequences build` folder was built from."""
+    from simslm.sequences.build import speech_manifest
+
+    sources = [str(manifest)] if (manifest := speech_manifest(folder)) is not None else []
+    corpus = jobs.read_json(folder / "index.json").get("config", {}).get("text_corpus")
+    if corpus:
+        name = split_corpus_spec(corpus)[0]
+        if not (Path(name).exists() or name in assets.REGISTRY):  # a path relative to where it was built
+            raise ValueError(f"{folder}: its text corpus {corpus} is not found from here; name it in --exclude")
+        sources.append(corpus)
+    return sources
+
+
 def training_stories(exclude: str) -> set[str]:
-    """Normalised texts of the training manifests or corpora named in `exclude`."""
+    """Normalised texts of the training manifests, corpora or sequences folders (what each was built from) named in
+    `exclude`."""
     keys: set[str] = set()
-    for source in (s.strip() for s in exclude.split(",") if s.strip()):
+    named = [s.strip() for s in exclude.split(",") if s.strip()]
+    sources = [found for source in named for found in
+               (_sequences_sources(Path(source)) if (Path(source) / "index.json").is_file() else [source])]
+    for source in sources:
         if source.endswith(".jsonl") and Path(source).exists() and _is_manifest(Path(source)):
             keys.update(story_key(u.transcript) for u in iter_utterances(source))
         else:
