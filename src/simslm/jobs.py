@@ -807,6 +807,36 @@ def content_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# Files a process keeps free for everything else it opens (libraries, logs, sockets) beside what it asks room for.
+SPARE_OPEN_FILES = 256
+
+
+def allow_open_files(count: int, what: str, fix: str) -> None:
+    """Make room for `count` more files held open at once: the soft limit (`ulimit -n`, often 1,024 on a cluster's
+    nodes) raised as far as the hard one allows; a ValueError saying `what` needs them and how to `fix` it when
+    even the hard limit has no room."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS)
+        open_now = 0
+    needed = open_now + count + SPARE_OPEN_FILES
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    try:
+        if hard != resource.RLIM_INFINITY and needed > hard:
+            raise ValueError
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError):
+        raise ValueError(f"{what}: {needed} open files needed, and this process may open {soft} (hard limit "
+                         f"{'unlimited' if hard == resource.RLIM_INFINITY else hard}); {fix}, or raise "
+                         f"`ulimit -n`") from None
+
+
 def located_path(path: str | os.PathLike) -> Path:
     """`path` made absolute with the links among its folders followed, but not a link that is the file itself.
 

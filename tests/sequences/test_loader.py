@@ -68,3 +68,44 @@ def test_an_epoch_in_many_shard_files_reads_as_one_without_loading_them(build, t
     for _ in range(2 * one.batches_per_epoch() + 1):
         a, b = next(one), next(many)
         assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.positions, b.positions)
+
+
+_FEW_FILES = """
+import resource, sys
+from simslm.sequences.loader import PackedLoader
+soft, hard = (int(n) for n in sys.argv[2:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+loader = PackedLoader(sys.argv[1], batch_size=2)
+for _ in range(3 * loader.batches_per_epoch()):  # across the built epochs, and past them
+    next(loader)
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_an_epoch_of_more_shard_files_than_ulimit_allows_raises_the_limit_or_says_so(build, tmp_path):
+    """Each memory-mapped shard holds a file open, and every epoch read stayed open: an epoch of 10B tokens is
+    2,400 files, past the soft limit of 1,024 many clusters' nodes set, and the run died of "Too many open files"
+    at its first batch."""
+    import subprocess
+    import sys
+
+    from simslm import jobs
+
+    _, out = build(context_length=64, num_epochs=2, chunks_per_shard=1)
+    counts = [len(epoch["shards"]) for epoch in jobs.read_json(f"{out}/index.json")["epochs"]]
+    files = counts[0]
+    assert min(counts) >= 100
+    script = tmp_path / "few.py"
+    script.write_text(_FEW_FILES)
+    # The soft limit too low: raised as far as needed, once an epoch at a time (two epochs held would need more).
+    soft = 200
+    raised = subprocess.run([sys.executable, str(script), out, str(soft), str(soft + 10 * files)],
+                            capture_output=True, text=True)
+    assert raised.returncode == 0, raised.stderr
+    # The tokens and positions of one epoch, and what the interpreter holds (about 10 files).
+    assert soft < int(raised.stdout) <= 2 * max(counts) + jobs.SPARE_OPEN_FILES + 60
+    # The hard limit too low: one line saying which folder needs how many, and what to do.
+    refused = subprocess.run([sys.executable, str(script), out, "200", "200"], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert f"{out}: epoch 0 is {files} shard files" in refused.stderr
+    assert "build it with a larger --chunks-per-shard, or raise `ulimit -n`" in refused.stderr
