@@ -109,3 +109,17 @@ def test_an_epoch_of_more_shard_files_than_ulimit_allows_raises_the_limit_or_say
     assert refused.returncode != 0
     assert f"{out}: epoch 0 is {files} shard files" in refused.stderr
     assert "build it with a larger --chunks-per-shard, or raise `ulimit -n`" in refused.stderr
+
+
+def test_a_folder_built_again_under_a_reader_is_refused_at_its_next_epoch(build):
+    """The loader opens an epoch's shards when it comes to it: a build into the same folder meanwhile (`sequences
+    build --overwrite` while a sweep's runs read it) had a run go on with the next epoch of other data."""
+    import pytest
+
+    _, out = build(context_length=64, num_epochs=2)
+    loader = PackedLoader(out, batch_size=2)
+    next(loader)
+    build(context_length=64, num_epochs=2, seed=7, overwrite=True)
+    with pytest.raises(ValueError, match="built again while it was being read"):
+        for _ in range(2 * loader.batches_per_epoch()):
+            next(loader)

@@ -83,6 +83,7 @@ class PackedLoader:
                  world_size: int = 1):
         self.folder = Path(folder)
         self.index = read_index(self.folder)
+        self._digest = index_digest(self.folder)  # the build read: an epoch's shards are opened as it comes
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.batch_in_epoch = 0, 0
         self._arrays: dict[tuple[int, str], ShardedRows] = {}
@@ -93,6 +94,9 @@ class PackedLoader:
             # Each map holds a file open: one built epoch at a time (an epoch of 10B tokens is 2,400 files).
             for held in [held for held in self._arrays if held[0] != built_epoch]:
                 del self._arrays[held]
+            if index_digest(self.folder) != self._digest:  # its next epoch's shards would be another build's
+                raise ValueError(f"{self.folder}: built again while it was being read (its index.json changed); "
+                                 f"a run reading it resumes only on the data it started with")
             entry = self.index["epochs"][built_epoch]
             jobs.allow_open_files(len(entry[key]), f"{self.folder}: epoch {built_epoch} is {len(entry[key])} shard "
                                                    f"files ({key}), each held open while it is read",
