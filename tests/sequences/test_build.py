@@ -163,6 +163,20 @@ def test_bad_utterances_are_skipped_and_counted(build, extracted, tmp_path):
                        "word timings past the end of the audio": 1} and index["epochs"][0]["samples_by_stream"]["interleaved"] == 1
 
 
+def test_units_of_another_recording_under_an_utterances_id_are_skipped(build, corpus, tmp_path):
+    """Units extracted from another manifest whose ids name other recordings: a shorter recording's words were laid
+    over the units of the one its id named before, without a word, whenever they ended before its units did."""
+    good = sorted(corpus[0], key=lambda u: u.duration_sec)
+    short, long = good[0], good[-1]
+    assert long.duration_sec - short.duration_sec > 1.0
+    manifest = tmp_path / "renumbered.jsonl"
+    write_manifest(manifest, [replace(short, id=long.id), *[u for u in good if u.id not in (short.id, long.id)]])
+    index, _ = build(manifest=str(manifest), streams=("interleaved",), num_epochs=1)
+    assert index["epochs"][0]["skipped"] == {
+        "units of another length than the recording (another recording's units under its id?)": 1}
+    assert index["epochs"][0]["samples_by_stream"]["interleaved"] == len(good) - 2
+
+
 def test_a_failed_build_leaves_nothing_behind(build, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("killed mid-build")

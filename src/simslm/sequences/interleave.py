@@ -153,6 +153,7 @@ class SkipReason(str, enum.Enum):
     TIMINGS_DISORDERED = TimingKind.DISORDERED.value
     PAST_AUDIO_END = TimingKind.PAST_AUDIO_END.value
     PAST_UNITS_END = "word timings past the end of the units"
+    OTHER_LENGTH = "units of another length than the recording (another recording's units under its id?)"
     SPAN_WITHOUT_UNITS = "speech span with no units under its words"
 
 
@@ -169,6 +170,11 @@ class SkipSample(ValueError):
         super().__init__(reason.value)
 
 
+# How far an utterance's units may fall short of (or run past) its recording's duration: logmel's last partial frame
+# (up to 0.055 s over the demo's 800 recordings), a HuBERT's convolutions (under two frames at 50 Hz).
+UNITS_LENGTH_SLACK_SEC = 0.25
+
+
 def check_utterance(utterance: Utterance, units: UtteranceUnits | None) -> None:
     """Raise SkipSample when an utterance's words, timings or units cannot be interleaved."""
     if not utterance.words:
@@ -179,6 +185,10 @@ def check_utterance(utterance: Utterance, units: UtteranceUnits | None) -> None:
         raise SkipSample(_SKIP_FOR_TIMING[problems[0].kind])
     if units is not None:
         audio_end = units.num_frames / units.frame_rate_hz
+        if abs(audio_end - utterance.duration_sec) > max(UNITS_LENGTH_SLACK_SEC, 0.02 * utterance.duration_sec):
+            # Units extracted from another manifest whose ids name other recordings: their words would be laid
+            # over another recording's units, a sample no check below sees when the words end early enough.
+            raise SkipSample(SkipReason.OTHER_LENGTH)
         if utterance.words[-1].end_sec > audio_end + 0.05:
             raise SkipSample(SkipReason.PAST_UNITS_END)
 
