@@ -130,6 +130,12 @@ def test_a_stream_the_mixture_never_drew_is_said(extracted, tmp_path, capsys):
     counts = epoch["pieces_by_stream"]
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "pieces drawn by stream: " in line]
     assert sorted(line.split(": ")[1].split(", ")) == sorted(f"{name} {drawn[name]} of {counts[name]}" for name in drawn)
+    # A stream given no share is not mixed: nothing to say of it.
+    assert main(["sequences", "build", "--out", str(out), "--overwrite", "--manifest", config.manifest, "--units",
+                 config.out, "--text-corpus", "tinystories-sample[0:50]", "--context-length", "256",
+                 "--mix", "interleaved=0", "speech=0.5", "text=0.5"]) == 0
+    assert "interleaved" not in jobs.read_json(out / "index.json")["epochs"][0]["pieces_drawn_by_stream"]
+    assert "no piece of" not in capsys.readouterr().err
 
 
 def test_a_long_sample_is_cut_into_context_long_pieces_and_short_ones_share_rows():

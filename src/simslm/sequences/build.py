@@ -558,8 +558,9 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
             "num_documents": len(chosen), "token_counts": counts,
             "tokens_by_stream": taken, "samples_by_stream": {n: len(v) for n, v in samples.items()},
             "pieces_by_stream": {n: len(v) for n, v in pieces.items()},
-            # The mixture ends when its first stream runs out: what it drew of each (none of a stream can be drawn).
-            "pieces_drawn_by_stream": {n: drawn_pieces[n] for n in pieces},
+            # The mixture ends when its first stream runs out: what it drew of each stream it mixes (a stream may end
+            # it before any piece of another is drawn).
+            "pieces_drawn_by_stream": {n: drawn_pieces[n] for n in pieces if shares.get(n, 0) > 0},
             "skipped": dict(skipped),
             "interleaved_words": int(sum(s.num_words for s in interleaved)),
             "interleaved_speech_words": int(sum(s.num_speech_words for s in interleaved)),
