@@ -897,6 +897,7 @@ def test_resuming_with_another_number_of_processes_is_refused_unless_a_replan_is
     train(_config(data, run, budget_tokens=4 * 4 * 64))
     plan = json.loads((run / "plan.json").read_text())
     (run / "plan.json").write_text(json.dumps({**plan, "world_size": 2}))
+    (run / "result.json").unlink()  # a run to resume: a finished one's result stands however many processes ask
     with pytest.raises(ValueError, match="planned for 2 process.*--allow-replan"):
         train(_config(data, run, budget_tokens=4 * 4 * 64))
 
@@ -1035,6 +1036,23 @@ def test_documents_longer_than_the_base_models_positions_are_said(tmp_path, caps
         said = ("stories260K was trained on 512 positions, and the data's documents run to 1024 tokens"
                 in capsys.readouterr().err)
         assert said == warned
+
+
+def test_a_finished_run_given_again_keeps_its_result_even_without_its_checkpoints(data, tmp_path, capsys):
+    """A finished run trained again validated again and rewrote its model and result.json (its wall_sec grew); with
+    its checkpoints deleted to save space, the same command trained the whole run anew over its model."""
+    run = tmp_path / "run"
+    config = _config(data, run, budget_tokens=4 * 4 * 64, validation_data=data, num_validation_batches=1)
+    first = train(config)
+    shutil.rmtree(run / "checkpoints")
+    kept = {path.name: path.read_bytes() for path in [*run.glob("*.json*"), *(run / "model").iterdir()]}
+    capsys.readouterr()
+    assert train(config) == first
+    assert f"{run} finished before; its result stands" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in [*run.glob("*.json*"), *(run / "model").iterdir()]} == kept
+    assert not (run / "checkpoints").exists()
+    with pytest.raises(ValueError, match="another config"):  # another run asked of the folder: refused as before
+        train(dataclasses.replace(config, lr=config.lr * 2))
 
 
 def test_tensorboard_events_carry_the_metrics_and_a_plain_log_line_per_interval(data, tmp_path, monkeypatch, capsys):

@@ -1502,6 +1502,20 @@ def _run_held(run_dir: Path, distributed: "_Distributed"):
         raise
 
 
+def _finished_result(config: TrainConfig, run_dir: Path) -> RunResult | None:
+    """The result of the run `config` asks for when it finished before, on the same data, and its model is still
+    there; None when any of that is not so (training then goes on from the last checkpoint, or is refused for
+    another config or data, as a resume is)."""
+    try:
+        result = RunResult.load(run_dir)
+        stored = Plan(**jobs.read_json(run_dir / "plan.json"))
+    except (ValueError, TypeError, FileNotFoundError):
+        return None
+    if changed_settings(config, run_dir) or stored.data_sha256 != index_digest(config.data):
+        return None
+    return result if (result.model_path(run_dir) / "config.json").is_file() else None
+
+
 # Manifests read whole to compare their recordings (`shared_recordings`) up to this size; past it (millions of
 # utterances, read at every run's start) only their files are compared.
 OVERLAP_READ_BYTES = 64 * 2 ** 20
@@ -1581,6 +1595,13 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     from torch.nn.parallel import DistributedDataParallel
 
     torch.manual_seed(config.seed)
+    if (finished := _finished_result(config, run_dir)) is not None:
+        # The same run given again: its result stands. Going on had it validate again and rewrite its model and
+        # result.json (adding the time to its wall_sec), or, its checkpoints deleted to save space, train it anew.
+        if distributed.is_main:
+            print(f"simslm train: {run_dir} finished before; its result stands (train into a new run_dir to train "
+                  f"again)", file=sys.stderr)
+        return finished if distributed.is_main else None
 
     # Build.
     for folder in (config.data, config.validation_data):
