@@ -78,7 +78,7 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
     resumed = synthesize_corpus(config)
     assert (resumed.num_synthesized, resumed.num_reused) == (1, 2)
     # A recorded utterance whose audio file was lost is spoken again, not reused.
-    (tmp_path / "out" / "audio" / "r-000000.flac").unlink()
+    (tmp_path / "out" / "audio" / "0000" / "r-000000.flac").unlink()
     repaired = synthesize_corpus(config)
     assert (repaired.num_synthesized, repaired.num_reused) == (1, 2)
     utterances = read_manifest(resumed.manifest)
@@ -233,3 +233,16 @@ def test_audio_is_the_same_whichever_worker_speaks_each_line(synthetic_corpus, t
                                       soundfile.read(pooled[utterance.id].audio_path(synthetic_corpus.parent),
                                                      dtype="int16")[0])
         assert utterance.words == pooled[utterance.id].words
+
+
+def test_a_corpus_of_many_lines_spreads_its_audio_over_folders(tmp_path):
+    """Every line's audio went into one audio/ folder: millions of files for a corpus such as TinyStories."""
+    from simslm.speech.synth import FILES_PER_FOLDER
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Line number {n}.\n" for n in range(FILES_PER_FOLDER + 2)))
+    report = synthesize_corpus(SynthConfig(out=str(tmp_path / "out"), corpus=str(corpus), num_workers=1,
+                                           id_prefix="r", offset=FILES_PER_FOLDER - 1, limit=2))
+    assert [u.audio for u in read_manifest(report.manifest)] == [
+        f"audio/0000/r-{FILES_PER_FOLDER - 1:06d}.flac", f"audio/0001/r-{FILES_PER_FOLDER:06d}.flac"]
+    assert validate_manifest(report.manifest) == []

@@ -2,7 +2,7 @@
 
 One line per utterance:
 
-    {"id": "ts-000012", "audio": "audio/ts-000012.flac", "sample_rate": 16000,
+    {"id": "ts-000012", "audio": "audio/0000/ts-000012.flac", "sample_rate": 16000,
      "duration_sec": 41.2, "transcript": "Once upon a time ...", "speaker": "train/us-m1",
      "words": [{"word": "Once", "start_sec": 0.03, "end_sec": 0.31}, ...],
      "meta": {...}}

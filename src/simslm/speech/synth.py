@@ -93,7 +93,8 @@ class SynthConfig(Config):
     renamed: ClassVar[dict[str, str]] = {"out_dir": "out"}
 
     out: str
-    """Output folder: audio/, manifest.jsonl, synth_report.json, synth_settings.json."""
+    """Output folder: audio/ (a folder per 10,000 lines of the corpus), manifest.jsonl, synth_report.json,
+    synth_settings.json."""
     corpus: str = "tinystories-sample"
     """Asset name or path of a .jsonl (one object per line) or .txt (one text per line) file;
     name[start:stop] takes a slice of its lines."""
@@ -148,13 +149,19 @@ def choose_speaker(voice_set: tuple[VoicePreset, ...], seed: int, line_index: in
     return preset, pitch, rate
 
 
+# Lines whose audio shares a folder of audio/: a corpus of millions of lines (TinyStories' 2.1M stories) in one folder
+# is slow to list on any file system, and past about 10M entries ext4 refuses more (its index is two levels deep).
+FILES_PER_FOLDER = 10_000
+
+
 def synth_task(utterance_id: str, text: str, voice_set: str, seed: int, line: int, out_dir: str | os.PathLike, *,
-               backend: str = "espeak-ng", audio_format: str = "flac") -> dict[str, Any]:
-    """One line to speak, with the speaker that (seed, line) picks from the voice set: a `synthesize_one` task."""
+               backend: str = "espeak-ng", audio_format: str = "flac", folder: str = "audio") -> dict[str, Any]:
+    """One line to speak, with the speaker that (seed, line) picks from the voice set: a `synthesize_one` task
+    writing `out_dir/folder/<id>.<audio_format>`."""
     preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, line)
     return {"id": utterance_id, "line": line, "text": text, "voice": preset.voice,
             "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": backend,
-            "audio_format": audio_format, "out_dir": str(out_dir)}
+            "audio_format": audio_format, "out_dir": str(out_dir), "folder": folder}
 
 
 class SynthSkip(str, enum.Enum):
@@ -183,7 +190,7 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
         waveform = samples.astype(np.float32) / 32768.0
         if sample_rate != audio.TARGET_SAMPLE_RATE:
             waveform = soxr.resample(waveform, sample_rate, audio.TARGET_SAMPLE_RATE, quality="HQ")
-        relative = f"audio/{utterance_id}.{task['audio_format']}"
+        relative = f"{task['folder']}/{utterance_id}.{task['audio_format']}"
         audio.write_audio(Path(task["out_dir"]) / relative, waveform)
         duration = len(waveform) / audio.TARGET_SAMPLE_RATE
         words = tuple(Word(word=w, start_sec=round(s, 4), end_sec=round(min(e, duration), 4)) for w, s, e in timings)
@@ -246,7 +253,8 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
             continue
         done.pop(utterance_id, None)  # recorded, but its audio is gone: speak it again
         tasks.append(synth_task(utterance_id, value, config.voice_set, config.seed, index, out_dir,
-                                backend=config.backend, audio_format=config.audio_format))
+                                backend=config.backend, audio_format=config.audio_format,
+                                folder=f"audio/{index // FILES_PER_FOLDER:04d}"))
     if not tasks and not any(key in done for key in order):
         asked = f" in {config.corpus}" if str(corpus) != config.corpus else ""  # an asset's name, a slice
         raise ValueError(f"{corpus}: no text to synthesise{asked} ({dict(skipped) or 'no lines in the range asked for'})")
