@@ -169,3 +169,28 @@ def test_sequences_build_stats_show(tmp_path, capsys, extracted):
     assert main(["sequences", "build", "--out", out, "--manifest", config.manifest, "--units", config.out,
                  "--streams", "speech"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+_LIBRARY_BAR = """
+import sys
+from simslm import cli
+cli.main(["assets", "list"])  # any command: it sets up the process as every command does
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="a library's own bar"):  # as transformers' GGUF dequantisation draws one
+    pass
+"""
+
+
+def test_a_librarys_own_progress_bar_stays_out_of_a_log(tmp_path):
+    """Loading a GGUF base model drew transformers' tqdm bar into a SLURM log: a line redrawn with carriage returns
+    for each of its 272 tensors."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "bar.py"
+    script.write_text(_LIBRARY_BAR)
+    env = {key: value for key, value in os.environ.items() if key != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "a library's own bar" not in done.stderr

@@ -613,20 +613,23 @@ def _quiet_hub_progress_bars() -> None:
     """No Hugging Face progress bars in a log file: they are redrawn with carriage returns, one line per
     weight file, and our own progress lines (`jobs.Progress`) say what is going on."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    # tqdm's own default (read when tqdm is imported) for bars that libraries draw directly (transformers' GGUF
+    # dequantisation, a bar a tensor file); ours draw no tqdm bar here (`jobs.Progress` writes plain lines).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" in sys.modules:  # already imported (as in the tests): switch it off directly
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simslm` command."""
+    if not sys.stderr.isatty():  # before tqdm is imported (the parser imports the stages), which reads its defaults
+        _quiet_hub_progress_bars()
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
     from simslm.jobs import Stopped, keep_freed_memory, stop_on_sigterm, threads_within_quota
 
     keep_freed_memory()
     threads_within_quota()
-    if not sys.stderr.isatty():
-        _quiet_hub_progress_bars()
     # SIGTERM (`kill`, a scheduler's time limit) ends a command through its `finally` blocks, as Ctrl-C does, so
     # that what it started stops with it; a handler someone else installed (submitit's) stays.
     ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -64,6 +64,24 @@ def test_hubert_encoders_load_a_saved_model_and_take_the_declared_layer(tiny_hub
     assert np.allclose(features, expected.numpy(), atol=1e-5)
 
 
+def test_hubert_and_gguf_weights_load_with_the_dtype_keyword_this_transformers_reads(tiny_hubert, monkeypatch):
+    """`torch_dtype=` put "`torch_dtype` is deprecated! Use `dtype` instead!" in every extraction's and every GGUF
+    run's log under transformers 4.56 and later."""
+    import transformers
+    from transformers import HubertModel
+
+    from simslm.model import float32_weights
+
+    newer = tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (4, 56)
+    assert set(float32_weights()) == {"dtype" if newer else "torch_dtype"}
+    given = []
+    loader = HubertModel.from_pretrained.__func__
+    monkeypatch.setattr(HubertModel, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: given.append(kwargs) or loader(cls, *args, **kwargs)))
+    build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["25hz"])))
+    assert given and all(set(kwargs) == set(float32_weights()) for kwargs in given)
+
+
 def test_hubert_with_the_wrong_frame_rate_or_no_checkpoint_is_refused(tiny_hubert, tmp_path):
     with pytest.raises(ValueError, match="give 50 frames/s"):
         build_encoder(EncoderSpec(name="mhubert-25hz", model_path=str(tiny_hubert["50hz"])))
