@@ -754,6 +754,16 @@ def launcher_shard(num_shards: int) -> int:
     return 0
 
 
+def float32_weights() -> dict[str, Any]:
+    """`from_pretrained`'s keyword for fp32 weights: `dtype` since transformers 4.56, which warns at `torch_dtype`
+    (a line in every run's log); `torch_dtype` before it."""
+    import torch
+    import transformers
+
+    major_minor = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype" if major_minor >= (4, 56) else "torch_dtype": torch.float32}
+
+
 def torch_device(name: str) -> str:
     """The torch device a --device option names: auto (CUDA when there is one), cpu, cuda (this process's GPU:
     LOCAL_RANK under torchrun, else the first) or cuda:N; ValueError when CUDA is asked for and absent."""

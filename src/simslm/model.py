@@ -24,15 +24,6 @@ from simslm.config import Config, check_not_input
 _LLAMA2C_HEADER = struct.Struct("<7i")
 
 
-def float32_weights() -> dict[str, Any]:
-    """`from_pretrained`'s keyword for fp32 weights: `dtype` since transformers 4.56, which warns at `torch_dtype`
-    (a line in every run's log); `torch_dtype` before it."""
-    import torch
-    import transformers
-
-    major_minor = tuple(int(part) for part in transformers.__version__.split(".")[:2])
-    return {"dtype" if major_minor >= (4, 56) else "torch_dtype": torch.float32}
-
 
 def convert_llama2c(path: str | os.PathLike):
     """A llama2.c checkpoint (run.c's legacy layout) as an fp32 `LlamaForCausalLM`.
@@ -119,7 +110,7 @@ def load_base_model(source: str):
         # with a quantizer it cannot serialise. The weights are plain fp32: detach it, so a
         # run from a GGUF base can save its model like any other.
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     **float32_weights()).eval()
+                                                     **jobs.float32_weights()).eval()
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config

@@ -129,11 +129,9 @@ class HubertEncoder:
         import torch
         from transformers import HubertModel
 
-        from simslm.model import float32_weights
-
         try:
             # trust_remote_code stays off: HubertModel is a transformers class.
-            self._model = HubertModel.from_pretrained(model_path, **float32_weights()).eval()
+            self._model = HubertModel.from_pretrained(model_path, **jobs.float32_weights()).eval()
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot load HuBERT model '{model_path}' for encoder '{name}' ({error}); "
                              f"pass --model-path with a local folder of a saved HubertModel") from None
