@@ -356,6 +356,20 @@ def test_a_table_from_excel_reads_and_a_header_that_is_not_comma_separated_is_na
         read_table(table)
 
 
+def test_a_tab_separated_table_reads_as_its_csv_and_another_kind_of_file_is_named(tmp_path):
+    """A .tsv was read as JSONL ("not valid JSON"), as was any file that was not .csv."""
+    rows = [("1e6", "6e12", "3.1"), ("2e6", "6e12", "3.0"), ("4e6", "6e12", "3.05")]
+    for name, separator in (("t.csv", ","), ("t.tsv", "\t"), ("T.TSV", "\t")):
+        (tmp_path / name).write_text("".join(separator.join(row) + "\n" for row in [("parameters", "flops", "loss"),
+                                                                                   *rows]))
+    read = [read_table(tmp_path / name) for name in ("t.csv", "t.tsv", "T.TSV")]
+    assert all(np.array_equal(points.tokens, read[0].tokens) and np.array_equal(points.loss, read[0].loss)
+               for points in read)
+    (tmp_path / "t.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match=r"t.xlsx: not a table simslm reads \(a .csv, .tsv or .jsonl file\)"):
+        read_table(tmp_path / "t.xlsx")
+
+
 def test_points_that_do_not_vary_give_a_degenerate_law_not_a_division_error():
     same = Points(np.full(5, 1e6), np.full(5, 2e7), np.full(5, 3.1))
     fit = fit_all(same, num_resamples=10)

@@ -108,8 +108,11 @@ def synthetic_isoflop_points(law: "Law", budgets: np.ndarray, size_factors: np.n
     return Points(parameters, tokens, loss, np.array(grid_budgets))
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
 def read_table(path: str | Path, *, convention: str = "all", loss_column: str = "loss") -> Points:
-    """Points from a CSV or JSONL table with columns for parameters, tokens or flops, and loss.
+    """Points from a CSV, TSV or JSONL table with columns for parameters, tokens or flops, and loss.
 
     `convention` = all (N counts every parameter) or non_embedding (reads
     `non_embedding_parameters`). Missing tokens come from flops / 6N, N all parameters when the
@@ -121,15 +124,21 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     groups, and its bootstrap resamples rows freely.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: not a table simslm reads (a .csv, .tsv or .jsonl file)")
     text = jobs.read_text(path)
     parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
-    if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+    delimited = suffix in (".csv", ".tsv")
+    if delimited:
+        separator = "\t" if suffix == ".tsv" else ","
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
         columns = reader.fieldnames or []
         missing = [name for name in (parameter_column, loss_column) if name not in columns]
         missing += [] if {"tokens", "flops"} & set(columns) else ["tokens or flops"]
         if missing:
-            hint = "; a CSV table's columns are separated by commas" if len(columns) == 1 else ""
+            hint = (f"; a {suffix[1:].upper()} table's columns are separated by "
+                    f"{'tabs' if suffix == '.tsv' else 'commas'}" if len(columns) == 1 else "")
             raise ValueError(f"{path}:1: no {', '.join(missing)} column (the header has "
                              f"{', '.join(repr(c) for c in columns) or 'nothing'}){hint}")
         rows = list(reader)
@@ -141,7 +150,7 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
     values: dict[str, list[float]] = {"parameters": [], "tokens": [], "loss": [], "budget": []}
-    for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
+    for line, row in enumerate(rows, start=2 if delimited else 1):
         try:
             parameters = float(row[parameter_column])
             # C = 6 N D with N all parameters where the table gives them (a non-embedding fit of simslm's own

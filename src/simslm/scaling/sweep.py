@@ -1657,7 +1657,7 @@ class FitConfig(Config):
     """What `simslm fit` does."""
 
     source: str
-    """Sweep folder, or a CSV/JSONL table (parameters, tokens or flops, loss; optional budget)."""
+    """Sweep folder, or a CSV, TSV or JSONL table (parameters, tokens or flops, loss; optional budget)."""
     convention: Literal["all", "non_embedding"] = "all"
     """Parameters counted in N (all: the paper's)."""
     num_resamples: int = 1000
