@@ -370,6 +370,31 @@ def test_a_tab_separated_table_reads_as_its_csv_and_another_kind_of_file_is_name
         read_table(tmp_path / "t.xlsx")
 
 
+def test_a_table_of_other_column_names_is_read_through_columns(tmp_path, capsys):
+    """A published table (Epoch AI's extraction of Chinchilla's runs: `Model Size`, `Training FLOP`, `loss`) could
+    not be fitted without rewriting its header by hand."""
+    from simslm.cli import main
+
+    rows = [(n, 6 * n * d, 1.8 + 400 / n ** 0.34 + 410 / d ** 0.28) for n in (1e6, 3e6, 1e7) for d in (2e7, 6e7, 2e8)]
+    table = tmp_path / "published.csv"
+    table.write_text("x,Model Size,Training FLOP,loss\n" + "".join(f"0,{n},{c},{loss}\n" for n, c, loss in rows))
+    ours = tmp_path / "ours.csv"
+    ours.write_text("parameters,flops,loss\n" + "".join(f"{n},{c},{loss}\n" for n, c, loss in rows))
+    mapped = read_table(table, columns={"parameters": "Model Size", "flops": "Training FLOP"})
+    assert np.array_equal(mapped.tokens, read_table(ours).tokens) and np.array_equal(mapped.loss, read_table(ours).loss)
+    jsonl = tmp_path / "published.jsonl"
+    jsonl.write_text("".join(json.dumps({"Model Size": n, "Training FLOP": c, "loss": loss}) + "\n"
+                             for n, c, loss in rows))
+    assert np.array_equal(read_table(jsonl, columns={"parameters": "Model Size", "flops": "Training FLOP"}).tokens,
+                          mapped.tokens)
+    assert main(["fit", str(table), "--columns", "parameters=Model Size", "flops=Training FLOP",
+                 "--num-resamples", "5"]) == 0
+    assert main(["fit", str(table), "--columns", "parameters=Size"]) == 2
+    assert "published.csv:1: no column 'Size' (--columns; the header has 'x', 'Model Size'" in capsys.readouterr().err
+    assert main(["fit", str(table), "--columns", "params=Model Size"]) == 2
+    assert "--columns takes parameters=, non_embedding_parameters=" in capsys.readouterr().err
+
+
 def test_points_that_do_not_vary_give_a_degenerate_law_not_a_division_error():
     same = Points(np.full(5, 1e6), np.full(5, 2e7), np.full(5, 3.1))
     fit = fit_all(same, num_resamples=10)

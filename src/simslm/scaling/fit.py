@@ -109,9 +109,12 @@ def synthetic_isoflop_points(law: "Law", budgets: np.ndarray, size_factors: np.n
 
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+# The columns a table may hold, by simslm's names (a table of other names maps them: `fit --columns`).
+TABLE_COLUMNS = ("parameters", "non_embedding_parameters", "tokens", "flops", "loss", "budget")
 
 
-def read_table(path: str | Path, *, convention: str = "all", loss_column: str = "loss") -> Points:
+def read_table(path: str | Path, *, convention: str = "all", loss_column: str = "loss",
+               columns: dict[str, str] | None = None) -> Points:
     """Points from a CSV, TSV or JSONL table with columns for parameters, tokens or flops, and loss.
 
     `convention` = all (N counts every parameter) or non_embedding (reads
@@ -121,9 +124,11 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     number, are reported with their line.
     The isoFLOP groups are the `budget` column, else the `flops` column as written (not
     recomputed as 6ND, whose rounding would split a group); a table with neither has no
-    groups, and its bootstrap resamples rows freely.
+    groups, and its bootstrap resamples rows freely. `columns` names the table's own columns for simslm's
+    (`{"parameters": "Model Size"}`: Epoch AI's extraction of Chinchilla's runs).
     """
     path = Path(path)
+    renamed = {theirs: ours for ours, theirs in (columns or {}).items()}
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise ValueError(f"{path}: not a table simslm reads (a .csv, .tsv or .jsonl file)")
@@ -133,7 +138,11 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     if delimited:
         separator = "\t" if suffix == ".tsv" else ","
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
-        columns = reader.fieldnames or []
+        given = reader.fieldnames or []
+        if absent := [theirs for theirs in renamed if theirs not in given]:
+            raise ValueError(f"{path}:1: no column {', '.join(repr(name) for name in absent)} (--columns; the header "
+                             f"has {', '.join(repr(c) for c in given) or 'nothing'})")
+        reader.fieldnames = columns = [renamed.get(name, name) for name in given]
         missing = [name for name in (parameter_column, loss_column) if name not in columns]
         missing += [] if {"tokens", "flops"} & set(columns) else ["tokens or flops"]
         if missing:
@@ -146,9 +155,13 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
             try:
-                rows.append(json.loads(line)) if line.strip() else None
+                row = json.loads(line) if line.strip() else None
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
+            if isinstance(row, dict):
+                rows.append({renamed.get(key, key): value for key, value in row.items()})
+            elif row is not None:
+                rows.append(row)
     values: dict[str, list[float]] = {"parameters": [], "tokens": [], "loss": [], "budget": []}
     for line, row in enumerate(rows, start=2 if delimited else 1):
         try:

@@ -55,7 +55,7 @@ from simslm.config import (
 from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, repeated_label, result_label
 from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
-from simslm.scaling.fit import fit_all, percentile_interval, points_from_rows, read_table
+from simslm.scaling.fit import TABLE_COLUMNS, fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import index_digest
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
@@ -1673,9 +1673,20 @@ class FitConfig(Config):
     out: str | None = None
     """Where fit.json goes (default: beside a table, or the sweep folder's own, which `simslm report` reads; a
     non_embedding fit of a sweep goes to its fit.non_embedding.json)."""
+    columns: tuple[str, ...] = ()
+    """A table's own column names, as simslm=theirs: e.g. parameters="Model Size" flops="Training FLOP" for Epoch
+    AI's extraction of Chinchilla's runs (simslm's names: parameters, non_embedding_parameters, tokens, flops, loss,
+    budget)."""
 
     def check(self) -> None:
         check_positive(self, "num_resamples", "num_workers")
+        for item in self.columns:
+            ours, _, theirs = item.partition("=")
+            if ours not in TABLE_COLUMNS or not theirs:
+                raise ConfigError(f"--columns takes {'=, '.join(TABLE_COLUMNS)}= followed by a column's name, not "
+                                  f"'{item}'")
+        if self.columns and Path(self.source).is_dir():
+            raise ConfigError("--columns names a table's columns; a sweep folder's runs need none")
         check_output_file(self, "out", "the fit (a JSON file)")  # refused before the fit, not after it
         check_not_input(self, "out", "source", "the table being fitted, which the fit would replace")
         if self.out is not None:
@@ -1704,7 +1715,8 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
                          num_workers=config.num_workers, out=out, estimator=config.estimator,
                          bootstrap=config.bootstrap)
         return fits, out
-    points = read_table(source, convention=config.convention)  # a missing table is said as such first
+    points = read_table(source, convention=config.convention,  # a missing table is said as such first
+                        columns=dict(item.partition("=")[::2] for item in config.columns))
     out = Path(config.out or source.with_suffix(".fit.json"))
     jobs.refuse_unwritable(out, unwritable)
     fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
