@@ -36,6 +36,7 @@ from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
+from simslm.speech.manifest import manifest_folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1527,7 +1528,7 @@ def shared_recordings(trained_on: Path, held_out: Path) -> tuple[int, int] | Non
     two corpora made apart may number their utterances alike, and a split made by copying lines keeps the
     files."""
     def recordings(manifest: Path) -> list[str]:
-        base, found = os.path.realpath(manifest.parent), []  # one realpath a manifest: a syscall a line is slow
+        base, found = manifest_folder(manifest), []  # one realpath a manifest: a syscall a line is slow
         for line, problem in jobs.text_lines(manifest):
             try:
                 audio = json.loads(line).get("audio") if line and line.strip() and not problem else None

@@ -132,3 +132,30 @@ def test_utterances_one_by_one_are_read_manifests_and_raise_its_error_after_the_
     # Slotted (a manifest of millions of words), and still passed to spawned workers by pickle.
     utterance = _utterance()
     assert not hasattr(utterance, "__dict__") and pickle.loads(pickle.dumps(utterance)) == utterance
+
+
+def test_a_manifest_read_through_a_link_finds_its_audio_where_it_was_written(tmp_path):
+    """`ln -s /data/corpus/manifest.jsonl work/` had every stage look for the audio beside the link: "file does not
+    exist" for each line, from validate, units extract, align and segment alike."""
+    import shutil
+
+    from simslm import assets
+    from simslm.speech.align import AlignConfig, align_manifest
+    from simslm.units.extract import _records
+
+    name = "1272-128104-0000"
+    corpus = tmp_path / "data" / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    shutil.copy(assets.resolve("librispeech-samples").file(f"{name}.flac"), corpus / "audio")
+    write_manifest(corpus / "manifest.jsonl", [Utterance(id=name, audio=f"audio/{name}.flac", sample_rate=16000,
+                                                         duration_sec=5.855,
+                                                         transcript=assets.LIBRISPEECH_TRANSCRIPTS[name])])
+    link = tmp_path / "work" / "deeper" / "manifest.jsonl"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(corpus / "manifest.jsonl")
+    assert validate_manifest(link) == []
+    assert [record["path"] for record in _records(link)] == [str(corpus / "audio" / f"{name}.flac")]
+    out = tmp_path / "work" / "aligned.jsonl"
+    ctm = assets.resolve("librispeech-samples").file(f"{name}.ctm")
+    align_manifest(AlignConfig(manifest=str(link), out=str(out), method="ctm", source=str(ctm)))
+    assert read_manifest(out)[0].audio == f"../data/corpus/audio/{name}.flac" and validate_manifest(out) == []

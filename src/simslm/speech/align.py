@@ -24,7 +24,7 @@ from simslm import jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
-from simslm.speech.manifest import Utterance, Word, iter_utterances
+from simslm.speech.manifest import Utterance, Word, iter_utterances, manifest_folder
 
 TimedWords = list[tuple[str, float, float]]
 
@@ -440,7 +440,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     The manifest is streamed (never whole in memory) and the work journaled, so an interrupted run resumes."""
     started = time.perf_counter()
     manifest = Path(config.manifest)
-    manifest_dir = manifest.parent
+    manifest_dir = manifest_folder(manifest)
     if config.method != "pocketsphinx" and not (config.source and Path(config.source).exists()):
         raise ValueError(f"{config.source}: no such file or folder (--source, the {config.method} timings to "
                          f"import)")

@@ -44,7 +44,7 @@ from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError, read_word_json
-from simslm.speech.manifest import Utterance, Word, write_manifest
+from simslm.speech.manifest import Utterance, Word, manifest_folder, write_manifest
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,7 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
     """Another tool's JSONL manifest with its field names mapped to id, audio, transcript and speaker."""
     names = {"id": "id", "audio": "audio", "transcript": "transcript", "speaker": "speaker", "words": "words",
              **fields}
+    folder = manifest_folder(source)  # where its relative paths start, through a link to it
     for number, line in _read_lines(source):
         try:
             record = json.loads(line)
@@ -208,7 +209,7 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
             yield Skip(str(identifier), "empty transcript")
             continue
         try:
-            words = _jsonl_words(record.get(names["words"]), source.parent)
+            words = _jsonl_words(record.get(names["words"]), folder)
         except (KeyError, TypeError, ValueError, AlignmentError):
             if "words" not in fields:  # a field that happens to be called words, holding something else: no timings
                 words = None
@@ -217,7 +218,7 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
                                             f"a readable word-timing JSON file")
                 continue
         path = Path(str(path))
-        yield Candidate(str(identifier), path if path.is_absolute() else source.parent / path, transcript.strip(),
+        yield Candidate(str(identifier), path if path.is_absolute() else folder / path, transcript.strip(),
                         str(record.get(names["speaker"], "unknown")), words)
 
 

@@ -154,6 +154,12 @@ class Utterance:
 _UTTERANCE_FIELDS = frozenset(f.name for f in dataclasses.fields(Utterance))
 
 
+def manifest_folder(path: str | os.PathLike) -> Path:
+    """The folder a manifest's relative audio paths start from: its own, found through a link to it (a manifest
+    linked into a working folder keeps the paths it was written with)."""
+    return Path(os.path.realpath(path)).parent
+
+
 def _expect_type(record: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> None:
     value = record[name]
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -256,6 +262,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
     path = Path(path)
     if not path.exists():
         return [Problem(str(path), 0, "manifest file does not exist")]
+    folder = manifest_folder(path)
     problems: list[Problem] = []
     first_line_of_id: dict[str, int] = {}
     count = 0
@@ -275,7 +282,7 @@ def validate_manifest(path: str | os.PathLike, check_audio: bool = True) -> list
         problems.extend(where(problem.message) for problem in item.timing_problems())
         if check_audio:
             try:
-                sample_rate, duration_sec = audio.audio_info(item.audio_path(path.parent))
+                sample_rate, duration_sec = audio.audio_info(item.audio_path(folder))
             except audio.AudioError as error:
                 problems.append(where(str(error)))
                 continue

@@ -37,7 +37,7 @@ import numpy as np
 from simslm import jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
-from simslm.speech.manifest import Utterance, Word, iter_utterances, write_manifest
+from simslm.speech.manifest import Utterance, Word, iter_utterances, manifest_folder, write_manifest
 
 TRANSCRIPT_DROPPED = "transcript dropped (cut without word timings; align it first to keep it)"
 
@@ -257,7 +257,8 @@ def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: P
     """`segment_manifest`'s work, under its lock."""
     _check_settings(segments_dir, config)
     workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
-    tasks = ((u, str(u.audio_path(source.parent)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
+    folder = manifest_folder(source)
+    tasks = ((u, str(u.audio_path(folder)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
              for u in iter_utterances(source))
     cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
     try:

@@ -29,7 +29,7 @@ from simslm import jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
-from simslm.speech.manifest import iter_utterances
+from simslm.speech.manifest import iter_utterances, manifest_folder
 from simslm.units import kmeans
 from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, SLAMKIT_RESAMPLER, EncoderSpec, build_encoder
 
@@ -147,7 +147,7 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
     else only its JSON is read, for the later passes over a manifest a first pass checked: 3x faster for lines of
     30 timed words, which a checked pass turns into objects."""
     manifest = Path(manifest)
-    folder = manifest.parent.absolute()
+    folder = manifest_folder(manifest)
     if checked:
         lines = ({"id": u.id, "audio": u.audio, "duration_sec": u.duration_sec} for u in iter_utterances(manifest))
     else:
@@ -181,7 +181,7 @@ def _shard_offsets(manifest: str | os.PathLike, shard_size: int) -> np.ndarray:
 
 def _shard_records(manifest: str | os.PathLike, offset: int, count: int) -> list[dict[str, Any]]:
     """The records of the `count` utterances from byte `offset` of the manifest (one shard's)."""
-    folder = Path(manifest).parent.absolute()
+    folder = manifest_folder(manifest)
     records = []
     with open(manifest, "rb") as handle:
         handle.seek(offset)
@@ -287,7 +287,7 @@ def _fit(config: FitConfig, spec: EncoderSpec, records: list[dict[str, Any]], de
     print(f"[units fit] k-means done in {time.perf_counter() - fit_started:.1f} s", file=sys.stderr, flush=True)
     used = [r for r in records if r["id"] not in skipped]
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0],
-            "corpus_hash": corpus_hash(used, Path(config.manifest).parent),
+            "corpus_hash": corpus_hash(used, manifest_folder(config.manifest)),
             "manifest": jobs.portable_path(config.manifest, Path(config.out).parent),
             "num_utterances": len(used), "num_frames": int(len(stacked)),
             "num_skipped": len(skipped), "skipped_by_reason": dict(collections.Counter(skipped.values())),

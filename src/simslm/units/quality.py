@@ -29,7 +29,7 @@ from simslm import jobs
 from simslm.config import Config, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
-from simslm.speech.manifest import iter_utterances
+from simslm.speech.manifest import iter_utterances, manifest_folder
 from simslm.units.extract import UtteranceUnits, read_units
 
 PHONE_FRAME_RATE_HZ = 100.0
@@ -150,7 +150,8 @@ def read_phone_labels(path: str | Path) -> dict[str, np.ndarray]:
 def phone_alignments(manifest: Path, utterances: dict, items: list[UtteranceUnits],
                      num_workers: int = 0) -> tuple[dict[str, list], dict[str, str]]:
     """Pocketsphinx's timed phones of each item's utterance, and why any could not be aligned, by utterance id."""
-    tasks = [(u.id, str(utterances[u.id].audio_path(manifest.parent)), utterances[u.id].transcript) for u in items]
+    folder = manifest_folder(manifest)
+    tasks = [(u.id, str(utterances[u.id].audio_path(folder)), utterances[u.id].transcript) for u in items]
     workers = min(num_workers or jobs.default_workers(), len(tasks))
     phones_by_id, skipped = {}, {}
     for utterance_id, result in jobs.parallel_map(_label_one, tasks, num_workers=workers, total=len(tasks),
