@@ -1510,9 +1510,9 @@ def _finished_result(config: TrainConfig, run_dir: Path) -> RunResult | None:
     try:
         result = RunResult.load(run_dir)
         stored = Plan(**jobs.read_json(run_dir / "plan.json"))
-    except (ValueError, TypeError, FileNotFoundError):
-        return None
-    if changed_settings(config, run_dir) or stored.data_sha256 != index_digest(config.data):
+        if changed_settings(config, run_dir) or stored.data_sha256 != index_digest(config.data):
+            return None
+    except (ValueError, TypeError, OSError):  # a torn file, data gone: the usual path says what is wrong
         return None
     return result if (result.model_path(run_dir) / "config.json").is_file() else None
 
