@@ -837,14 +837,14 @@ def allow_open_files(count: int, what: str, fix: str) -> None:
     needed = open_now + count + SPARE_OPEN_FILES
     if soft == resource.RLIM_INFINITY or needed <= soft:
         return
+    refusal = ValueError(f"{what}: {needed} open files needed, and this process may open {soft} (hard limit "
+                         f"{'unlimited' if hard == resource.RLIM_INFINITY else hard}); {fix}, or raise `ulimit -n`")
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise refusal
     try:
-        if hard != resource.RLIM_INFINITY and needed > hard:
-            raise ValueError
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    except (ValueError, OSError):
-        raise ValueError(f"{what}: {needed} open files needed, and this process may open {soft} (hard limit "
-                         f"{'unlimited' if hard == resource.RLIM_INFINITY else hard}); {fix}, or raise "
-                         f"`ulimit -n`") from None
+    except (ValueError, OSError):  # a system that caps it lower than its hard limit says (macOS's OPEN_MAX)
+        raise refusal from None
 
 
 def located_path(path: str | os.PathLike) -> Path:

@@ -24,7 +24,6 @@ from simslm.config import Config, check_not_input
 _LLAMA2C_HEADER = struct.Struct("<7i")
 
 
-
 def convert_llama2c(path: str | os.PathLike):
     """A llama2.c checkpoint (run.c's legacy layout) as an fp32 `LlamaForCausalLM`.
 

@@ -1564,13 +1564,14 @@ def validation_overlap(data: str, validation: str) -> str | None:
     return None
 
 
-def validation_mismatch(data: str, validation: str) -> str | None:
+def validation_mismatch(data: str, validation: str, vocabulary: Vocabulary | None = None) -> str | None:
     """Why validation data's losses would be of other tokens than the training data's, in words (None when they
     are the same tokens): another vocabulary, or the same unit ids from another codebook or encoder. Either gives
-    a silently wrong speech CE, the number the fits read."""
+    a silently wrong speech CE, the number the fits read. `vocabulary`: `data`'s, when the caller has loaded it."""
     from simslm.units.extract import unit_source
 
-    vocabulary, held_out = (Vocabulary.load(Path(folder) / "tokenizer") for folder in (data, validation))
+    vocabulary = vocabulary if vocabulary is not None else Vocabulary.load(Path(data) / "tokenizer")
+    held_out = Vocabulary.load(Path(validation) / "tokenizer")
     if (len(held_out), held_out.unit_offset, held_out.num_units) != \
             (len(vocabulary), vocabulary.unit_offset, vocabulary.num_units):
         return (f"built with another vocabulary than {data} ({len(held_out)} tokens, units from "
@@ -1611,7 +1612,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             if distributed.is_main and note:
                 print(f"simslm train: warning: {folder} is {note} (training on this part alone)", file=sys.stderr)
     vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
-    if config.validation_data and (problem := validation_mismatch(config.data, config.validation_data)):
+    if config.validation_data and (problem := validation_mismatch(config.data, config.validation_data, vocabulary)):
         raise ValueError(f"{config.validation_data}: {problem}")
     by_pieces = config.batching == "pieces"
     # A batch of pieces goes end to end in one row, as slamkit's collator lays it, for the kernels whose cost follows
