@@ -204,6 +204,44 @@ def test_a_slamkit_unitlm_folder_converts_to_a_plain_causal_lm(tmp_path):
         model.convert_slamkit_checkpoint(unit_lm, tmp_path / "again")
 
 
+def test_a_bf16_sharded_tied_slamkit_checkpoint_converts_in_its_own_dtype(tmp_path):
+    """Qwen2.5's layout as slamkit's trainer saves a large UnitLM: bf16, tied (no `lm.lm_head`), in two shards.
+    The weights come out as they went in (not cast to fp32: a 7B would double on disk), and a weight of another
+    shape is named, not loaded at random."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    base = Qwen2Config(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=True)
+    torch.manual_seed(0)
+    trained = Qwen2ForCausalLM(base).to(torch.bfloat16).eval()
+    state = {f"lm.{name}": tensor.contiguous() for name, tensor in trained.state_dict().items()
+             if name != "lm_head.weight"}
+    names = sorted(state)
+    unit_lm = tmp_path / "unitlm"
+    unit_lm.mkdir()
+    (unit_lm / "config.json").write_text(json.dumps({
+        "model_type": "speech_language_model", "architectures": ["UnitLM"], "vocab_size": 120,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "base_config": base.to_dict()}))
+    for part, chunk in enumerate((names[:len(names) // 2], names[len(names) // 2:])):
+        save_file({name: state[name] for name in chunk}, str(unit_lm / f"model-0000{part + 1}-of-00002.safetensors"))
+
+    out = model.convert_slamkit_checkpoint(unit_lm, tmp_path / "plain")
+    saved = load_file(str(out / "model.safetensors"))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.bfloat16}
+    assert all(torch.equal(saved[name[len("lm."):]], tensor) for name, tensor in state.items())
+    converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert converted.lm_head.weight.data_ptr() == converted.model.embed_tokens.weight.data_ptr()
+    tokens = torch.tensor([[1, 5, 9, 40, 119]])
+    with torch.no_grad():
+        torch.testing.assert_close(converted(tokens).logits, trained.float()(tokens).logits)
+
+    state["lm.model.norm.weight"] = torch.ones(33, dtype=torch.bfloat16)
+    save_file({name: state[name] for name in names[len(names) // 2:]}, str(unit_lm / "model-00002-of-00002.safetensors"))
+    with pytest.raises(ValueError, match=r"of another shape \['model.norm.weight'\]"):
+        model.convert_slamkit_checkpoint(unit_lm, tmp_path / "again")
+
 def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(tmp_path):
     import json
 

@@ -754,14 +754,21 @@ def launcher_shard(num_shards: int) -> int:
     return 0
 
 
-def float32_weights() -> dict[str, Any]:
-    """`from_pretrained`'s keyword for fp32 weights: `dtype` since transformers 4.56, which warns at `torch_dtype`
-    (a line in every run's log); `torch_dtype` before it."""
-    import torch
+def weights_dtype(dtype) -> dict[str, Any]:
+    """`from_pretrained`'s keyword for the weights' dtype (a torch dtype, or "auto" for the one they were saved
+    in): `dtype` since transformers 4.56, which warns at `torch_dtype` (a line in every run's log); `torch_dtype`
+    before it."""
     import transformers
 
     major_minor = tuple(int(part) for part in transformers.__version__.split(".")[:2])
-    return {"dtype" if major_minor >= (4, 56) else "torch_dtype": torch.float32}
+    return {"dtype" if major_minor >= (4, 56) else "torch_dtype": dtype}
+
+
+def float32_weights() -> dict[str, Any]:
+    """`from_pretrained`'s keyword for fp32 weights (`weights_dtype`)."""
+    import torch
+
+    return weights_dtype(torch.float32)
 
 
 def torch_device(name: str) -> str:

@@ -120,7 +120,6 @@ def load_base_model(source: str):
 def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
     """A causal LM in fp32 that `from_pretrained` reads (a folder or hub id); a ValueError naming it when its
     files are missing, truncated or not a model."""
-    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -130,7 +129,7 @@ def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
         raise ValueError(complaint)
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
-        return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(device).eval()
+        return AutoModelForCausalLM.from_pretrained(str(source), **jobs.float32_weights()).to(device).eval()
     except (OSError, ValueError, SafetensorError, KeyError, RuntimeError) as error:
         message = " ".join(str(error).split())[:300]
         raise ValueError(f"{source}: cannot load the model ({error.__class__.__name__}: {message})") from None
@@ -413,16 +412,19 @@ def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     (folder / MODEL_FILE).write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__}, indent=2))
 
 
-def convert_slamkit_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """A folder that plain `from_pretrained` loads, from a model slamkit trained (its `UnitLM`).
+def slamkit_model(checkpoint: str | os.PathLike):
+    """The base causal LM inside a model slamkit trained (its `UnitLM`), in the dtype its weights were saved in.
 
     A UnitLM folder holds `config.json` (`speech_language_model`, the base model's config
-    under `base_config`, the grown `vocab_size`) and weights under `lm.`: the base causal LM
-    is rebuilt from that config, the prefix dropped, and the weights loaded strictly.
+    under `base_config`, the grown `vocab_size`) and weights under `lm.`, in one file or in shards.
+    The base model is built from that config by `from_pretrained` with the weights, prefix dropped,
+    as its state dict: nothing is initialised at random first and nothing is cast, so a 7B
+    checkpoint in bf16 needs about its own size in memory (not a random fp32 model beside it),
+    and converts to the same size on disk. Every weight must fit: none missing, none left over.
     """
-    import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     folder = Path(checkpoint)
     try:
@@ -438,26 +440,36 @@ def convert_slamkit_checkpoint(checkpoint: str | os.PathLike, out: str | os.Path
         raise ValueError(f"{folder}: no .safetensors weights (save the UnitLM with safe_serialization)")
     state = {}
     for path in weights:
-        state.update(load_file(str(path)))
-    if not any(name.startswith("lm.") for name in state):
+        state.update((name[len("lm."):], tensor) for name, tensor in load_file(str(path)).items()
+                     if name.startswith("lm."))
+    if not state:
         raise ValueError(f"{folder}: no weights under 'lm.' (not a slamkit UnitLM)")
     for key in ("torch_dtype", "dtype", "transformers_version", "architectures", "_name_or_path"):
         base.pop(key, None)
-    config = AutoConfig.for_model(model_type, **{**base, "vocab_size": int(unit_config["vocab_size"]),
-                                                 "tie_word_embeddings": unit_config.get("tie_word_embeddings",
-                                                                                        base.get("tie_word_embeddings"))})
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    stripped = {name[len("lm."):]: tensor.float() for name, tensor in state.items() if name.startswith("lm.")}
-    if config.tie_word_embeddings:
-        stripped.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(stripped, strict=False)
-    missing = [name for name in missing if not (config.tie_word_embeddings and name == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not fit a {model_type} of that config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    save_model(model, None, out)
+    try:
+        config = AutoConfig.for_model(model_type, **{
+            **base, "vocab_size": int(unit_config["vocab_size"]),
+            "tie_word_embeddings": unit_config.get("tie_word_embeddings", base.get("tie_word_embeddings"))})
+        architecture = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{folder / 'config.json'}: no causal LM of that base config ({error})") from None
+    if config.tie_word_embeddings:  # one matrix: the embedding's, as save_pretrained keeps it
+        state.pop("lm_head.weight", None)
+    # dtype "auto": the weights' own dtype (the config's was dropped above: it names slamkit's load, not these).
+    # Weights of another shape are listed (ignore_mismatched_sizes), to be refused below by name, not raised.
+    model, info = architecture.from_pretrained(None, config=config, state_dict=state, output_loading_info=True,
+                                               ignore_mismatched_sizes=True, **jobs.weights_dtype("auto"))
+    missing = [name for name in info["missing_keys"] if not (config.tie_word_embeddings and name == "lm_head.weight")]
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        raise ValueError(f"{folder}: weights do not fit a {model_type} of that config (missing {missing[:3]}, "
+                         f"unexpected {sorted(info['unexpected_keys'])[:3]}, "
+                         f"of another shape {[name for name, *_ in info['mismatched_keys']][:3]})")
+    return model.eval()
+
+
+def convert_slamkit_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A folder that plain `from_pretrained` loads, from a model slamkit trained (`slamkit_model`)."""
+    save_model(slamkit_model(checkpoint), None, out)
     return Path(out)
 
 
@@ -493,8 +505,6 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
     does not fit the weights) or stopped leaves `--out` as it was, where it left the plain model without its
     vocabulary, over an earlier conversion.
     """
-    from transformers import AutoModelForCausalLM
-
     from simslm.sequences.vocabulary import Vocabulary
 
     if (config.tokenizer is None) != (config.num_units is None):
@@ -502,17 +512,16 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
     out = Path(config.out)
     jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
     with jobs.atomic_path(out) as staging:
-        convert_slamkit_checkpoint(config.checkpoint, staging)
-        if config.tokenizer is not None:
-            vocabulary = Vocabulary.build(config.tokenizer, config.num_units)
-            model = AutoModelForCausalLM.from_pretrained(staging)
+        vocabulary = None if config.tokenizer is None else Vocabulary.build(config.tokenizer, config.num_units)
+        model = slamkit_model(config.checkpoint)
+        if vocabulary is not None:
             rows = model.get_input_embeddings().weight.shape[0]
             if rows != len(vocabulary) - 1:
                 raise ValueError(f"{config.checkpoint}: {rows} embedding rows, but {config.tokenizer} with "
                                  f"{config.num_units} units and two markers gives {len(vocabulary) - 1}")
             extend_vocabulary(model, len(vocabulary))
-            save_model(model, None, staging)
             vocabulary.save(staging)
+        save_model(model, None, staging)
         if config.speech_units:
             write_model_units(staging, config.speech_units, final_dir=out)
     return out
