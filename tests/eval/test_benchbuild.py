@@ -60,6 +60,29 @@ def test_a_sequences_folder_excludes_the_stories_it_was_built_from(speech_sequen
                                          exclude=str(built), num_items=3))
 
 
+def test_a_sequences_folder_finds_its_text_corpus_from_anywhere_and_after_a_move(tmp_path, monkeypatch):
+    """The index kept the corpus path as typed (`corpus.jsonl[0:6]`, relative to where the build ran), so
+    `--exclude SEQUENCES` from any other folder was refused as "not found from here", and so was the project moved
+    whole. It is now recorded relative to the folder, with its slice."""
+    import json
+    import shutil
+
+    from simslm.sequences.build import BuildConfig, build_sequences, text_corpus
+
+    project = tmp_path / "project"
+    project.mkdir()
+    stories = [value for _, value, _ in read_corpus("tinystories-sample[1995:2005]")]
+    (project / "corpus.jsonl").write_text("".join(json.dumps({"text": story}) + "\n" for story in stories))
+    monkeypatch.chdir(project)
+    build_sequences(BuildConfig(out="seq", streams=("text",), text_corpus="corpus.jsonl[0:6]", context_length=256))
+    expected = {story_key(story) for story in stories[:6]}
+    monkeypatch.chdir(tmp_path)
+    assert training_stories("project/seq") == expected
+    shutil.move(project, tmp_path / "moved")
+    assert text_corpus(tmp_path / "moved" / "seq") == f"{tmp_path / 'moved' / 'seq' / '..' / 'corpus.jsonl'}[0:6]"
+    assert training_stories(str(tmp_path / "moved" / "seq")) == expected
+
+
 def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):
     """Built again with fewer items and another seed, the folder kept the first build's other items beside the
     new ones (item files are numbered by position), and `eval` scored all of them. A folder holding anything else

@@ -103,13 +103,12 @@ def _is_manifest(path: Path) -> bool:
 
 def _sequences_sources(folder: Path) -> list[str]:
     """The speech manifest and the text corpus a `simslm sequences build` folder was built from."""
-    from simslm.sequences.build import speech_manifest
+    from simslm.sequences.build import speech_manifest, text_corpus
 
     sources = [str(manifest)] if (manifest := speech_manifest(folder)) is not None else []
-    corpus = jobs.read_json(folder / "index.json").get("config", {}).get("text_corpus")
-    if corpus:
+    if corpus := text_corpus(folder):
         name = split_corpus_spec(corpus)[0]
-        if not (Path(name).exists() or name in assets.REGISTRY):  # a path relative to where it was built
+        if not (Path(name).exists() or name in assets.REGISTRY):  # moved without it, or older and built elsewhere
             raise ValueError(f"{folder}: its text corpus {corpus} is not found from here; name it in --exclude")
         sources.append(corpus)
     return sources

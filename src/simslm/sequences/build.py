@@ -400,9 +400,9 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
         merged["config"] = {**shared, "out": str(out), "num_shards": 1, "shard_index": 0}
         merged["merged_from"] = {"num_shards": num_shards,
                                  "parts": [jobs.portable_path(folders[i], out) for i in order]}
-        for key in SPEECH_INPUTS:
+        for key in (*SPEECH_INPUTS, TEXT_CORPUS_FILE):
             if key in first:
-                merged[key] = jobs.portable_path(jobs.placed_path(first[key], folders[0]), out)
+                merged[key] = {**first[key], **jobs.portable_path(jobs.placed_path(first[key], folders[0]), out)}
         merged["epochs"] = [_merge_epoch(building, [(folders[i], indexes[i]["epochs"][epoch]) for i in order])
                             for epoch in range(len(first["epochs"]))]
         merged["wall_sec"] = round(time.perf_counter() - started, 3)
@@ -480,6 +480,8 @@ def _refuse_filled(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
 
 # The speech inputs a sequences folder records relative to itself (index.json key: build config field).
 SPEECH_INPUTS = {"units_folder": "units", "manifest_file": "manifest"}
+# The text corpus, when it is a file: recorded as the speech inputs are, with the slice of its lines the build took.
+TEXT_CORPUS_FILE = "text_corpus_file"
 
 
 def speech_units_folder(data: str | os.PathLike) -> Path | None:
@@ -490,6 +492,17 @@ def speech_units_folder(data: str | os.PathLike) -> Path | None:
 def speech_manifest(data: str | os.PathLike) -> Path | None:
     """The manifest a sequences folder was built from (None for text only)."""
     return _speech_input(data, "manifest_file")
+
+
+def text_corpus(data: str | os.PathLike) -> str | None:
+    """The text corpus a sequences folder was built from, as a corpus spec that reads from here: a file's path found
+    relative to the folder (after the two moved together), with its slice; an asset's name, or what folders built
+    before the index recorded it hold, as the build config gave it."""
+    index = jobs.read_json(Path(data) / "index.json")
+    if TEXT_CORPUS_FILE in index:
+        recorded = index[TEXT_CORPUS_FILE]
+        return f"{jobs.placed_path(recorded, data)}{recorded.get('slice', '')}"
+    return index["config"].get("text_corpus")
 
 
 def _speech_input(data: str | os.PathLike, key: str) -> Path | None:
@@ -514,6 +527,10 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
         # The config keeps the paths as given; these move with the folders (see _speech_input).
         for key, given in SPEECH_INPUTS.items():
             index[key] = jobs.portable_path(getattr(config, given), config.out)
+    corpus_file = split_corpus_spec(config.text_corpus)[0] if config.text_corpus else None
+    if corpus_file and Path(corpus_file).is_file():  # a path, not an asset's name (a file given wins, as it reads)
+        index[TEXT_CORPUS_FILE] = {**jobs.portable_path(corpus_file, config.out),
+                                   "slice": config.text_corpus[len(corpus_file):]}
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
     drawn = None  # the interleaved samples and skips of the epoch whose spans this one takes
