@@ -62,6 +62,9 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     # argparse's own errors: one line too (not its usage first), the type error in words, not a repr
     (["train", "--lr", "abc"], "simslm train: error: argument --lr: 'abc' is not a valid float (see simslm train"),
     (["units", "fit", "--num-units", "1.5"], "argument --num-units: '1.5' is not a valid int"),
+    # past int64: numpy's ufuncs and torch's seeding failed on it deep inside (TypeError, OverflowError)
+    (["plan", "--flops", "1e18", "--vocab-size", "1e30"], "argument --vocab-size: 1e+30 is too large"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "seed=-1e19"], "--seed: -1e+19 is too large"),
     (["train", "--depths", "3"], "simslm train: error: unrecognized arguments: --depths"),
     (["sweep", "plan"], "simslm sweep plan: error: the following arguments are required: spec"),
     (["train", "learning_rate=1"], "known key"),
@@ -90,7 +93,8 @@ def test_a_bad_config_file_is_named(tmp_path, capsys):
     (tmp_path / "broken.json").write_text('{"run_dir": ')
     (tmp_path / "typed.json").write_text(json.dumps({"run_dir": "r", "data": "d", "budget_tokens": "many"}))
     (tmp_path / "list.json").write_text("[1, 2]")
-    for name in ("broken.json", "typed.json", "list.json", "missing.json"):
+    (tmp_path / "huge.json").write_text('{"run_dir": "r", "data": "d", "budget_tokens": 10, "seed": 1e30}')
+    for name in ("broken.json", "typed.json", "list.json", "missing.json", "huge.json"):
         assert main(["train", "--config", str(tmp_path / name)]) == 2
         assert str(tmp_path / name) in capsys.readouterr().err
 

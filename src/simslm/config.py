@@ -145,11 +145,12 @@ def parse_text(kind: Any, raw: str, name: str) -> Any:
             number = float(raw)
             if not number.is_integer():
                 raise ValueError
-            return int(number)
         if kind is float:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{flag(name)}: '{raw}' is not a valid {kind.__name__}") from None
+    if kind is int:
+        return _within_int64(int(number), name)
     return home_expanded(raw) if kind is str else raw
 
 
@@ -205,9 +206,18 @@ def coerce(kind: Any, value: Any, name: str, source: str = "config") -> Any:
         # bool is an int in Python; a JSON true for a number field is a mistake.
         if not isinstance(value, expected) or (kind is not bool and isinstance(value, bool)):
             if kind is int and isinstance(value, float) and value.is_integer():
-                return int(value)
+                return _within_int64(int(value), name, source)
             raise ConfigError(f"{source}: {flag(name)} must be a {kind.__name__}, not {value!r}")
-        return float(value) if kind is float else value
+        return float(value) if kind is float else _within_int64(value, name, source) if kind is int else value
+    return value
+
+
+def _within_int64(value: int, name: str, source: str = "") -> int:
+    """`value`, or a ConfigError past what numpy and torch hold in an integer (`--vocab-size 1e30` failed deep in a
+    numpy ufunc, `--seed 1e30` at torch's "Overflow when unpacking long long")."""
+    if abs(value) >= 2**63:
+        where = f"{source}: " if source not in ("", "command line") else ""
+        raise ConfigError(f"{where}{flag(name)}: {value:.3g} is too large (an integer option holds less than 2^63)")
     return value
 
 
