@@ -810,6 +810,15 @@ def test_a_loss_that_is_no_longer_finite_stops_the_run_without_a_result(data, tm
     assert not (run / "result.json").exists() and not (run / "model").exists()
 
 
+def test_a_last_update_that_diverges_leaves_no_model(data, tmp_path):
+    """The last step's loss is the last one checked: its update (here to infinite weights) was saved as the
+    finished model, whose NaN scores `eval` then counted as lost pairs (0%)."""
+    run = tmp_path / "diverged"
+    with pytest.raises(ValueError, match="after its last step the model's weights are not all finite"):
+        train(_config(data, run, budget_tokens=4 * 64, lr=1e39, lr_min=0.0, warmup_fraction=0.0))
+    assert not (run / "result.json").exists() and not (run / "model").exists()
+
+
 def test_numbers_read_back_steps_later_as_on_a_gpu_log_and_checkpoint_the_same(data, tmp_path, monkeypatch):
     import simslm.train as train_module
 

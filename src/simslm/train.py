@@ -379,6 +379,19 @@ def learning_rate(step: int, plan: Plan, config: TrainConfig) -> float:
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _diverged_after_last_step(model, validation: Losses | None) -> str | None:
+    """What says the model diverged in the last update (weights not finite, or a validation loss that is not), or
+    None."""
+    import torch
+
+    if validation is not None and validation.loss is not None and not math.isfinite(validation.loss):
+        return f"the validation loss is {validation.loss}"
+    with torch.no_grad():
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters()):
+            return "the model's weights are not all finite"
+    return None
+
+
 def uses_bf16(precision: str, device: str) -> bool:
     """Whether a run at `--precision` on `device` trains in bf16 autocast: asked for, or auto on CUDA (most CPUs
     lack native bf16 products)."""
@@ -1896,6 +1909,11 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             _add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
             events.close()
+        if broken := _diverged_after_last_step(model, validation):
+            # The last step's loss was finite, but its update is the one no later loss checks: a model that gives
+            # NaN was saved as finished, and `eval` scored it at chance.
+            raise ValueError(f"{run_dir}: after its last step {broken}; lower --lr (now {config.lr}) or "
+                             f"--grad-clip, and start a new run_dir")
         # Whole or not at all: a run stopped while it saves leaves no model/ of some files only.
         with jobs.atomic_path(run_dir / "model") as staging:
             model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, staging)

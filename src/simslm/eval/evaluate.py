@@ -242,6 +242,8 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
             # An accuracy of no pairs is NaN: refused, so it never replaces an earlier result in eval.json.
             raise ValueError(f"{folder}: no pair could be scored ({scores.num_skipped} of {len(pairs)} skipped: "
                              f"the units of their audio are missing)")
+        if problem := _not_finite(scores, pairs):
+            raise ValueError(f"{folder}{f' ({mode})' if mode else ''}: {problem}")
         if scores.num_skipped:  # a long job skips and counts a bad item, and says so where the user looks
             print(f"simslm eval: warning: {folder}{f' ({mode})' if mode else ''}: {scores.num_skipped} of {len(pairs)} "
                   f"pair(s) skipped, the units of their audio missing (unreadable or silent audio): "
@@ -274,6 +276,19 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                 context=int(context.model.config.max_position_embeddings),
                 sampled_from=total if total > len(pairs) else None)
     return results
+
+
+def _not_finite(scores: PairScores, pairs: list[Pair]) -> str | None:
+    """What is wrong when a score is not a number: a NaN compares as neither higher nor equal, so a model whose
+    weights overflowed was reported at 0% (and one of infinite logits at chance, 50%) as if it had been scored."""
+    sides = [scores.positive, scores.negative, *(scores.without_baseline or ())]
+    broken = np.flatnonzero(~np.logical_and.reduce([np.isfinite(side) for side in sides]))
+    if not len(broken):
+        return None
+    first = pairs[scores.kept[broken[0]] if scores.kept is not None else broken[0]].id
+    return (f"the model gives a log-likelihood that is not a finite number for {len(broken)} of "
+            f"{len(scores.positive)} pairs (first: {first}); are its weights finite? (a run whose last update "
+            f"diverged, a model converted from another precision)")
 
 
 SCORES_FOLDER = "scores"
