@@ -65,6 +65,9 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     # past int64: numpy's ufuncs and torch's seeding failed on it deep inside (TypeError, OverflowError)
     (["plan", "--flops", "1e18", "--vocab-size", "1e30"], "argument --vocab-size: 1e+30 is too large"),
     (["train", "run_dir=r", "data=d", "budget_tokens=10", "seed=-1e19"], "--seed: -1e+19 is too large"),
+    (["train", "run_dir=r", "data=d", "budget_tokens=10", "seed=-1"], "--seed must be 0 or more, not -1"),
+    (["sequences", "build", "--out", "o", "--streams", "text", "--text-corpus", "c", "--poisson-lambda", "1e30"],
+     "--poisson-lambda must be at most 1e18"),
     (["train", "--depths", "3"], "simslm train: error: unrecognized arguments: --depths"),
     (["sweep", "plan"], "simslm sweep plan: error: the following arguments are required: spec"),
     (["train", "learning_rate=1"], "known key"),

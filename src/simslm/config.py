@@ -57,6 +57,9 @@ class Config:
             if wrong:
                 raise ConfigError(f"{flag(field.name)} must be one of {', '.join(map(str, allowed))}, "
                                   f"not {', '.join(map(repr, wrong))}")
+        seed = getattr(self, "seed", None)
+        if isinstance(seed, int) and seed < 0:  # numpy's generators take none: "expected non-negative integer"
+            raise ConfigError(f"--seed must be 0 or more, not {seed}")
         self.check()
 
     def check(self) -> None:

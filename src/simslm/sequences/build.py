@@ -111,6 +111,8 @@ class BuildConfig(Config):
     def check(self) -> None:
         check_positive(self, "context_length", "num_epochs", "chunks_per_shard", "poisson_lambda", "span_length",
                        "num_shards")
+        if self.poisson_lambda > 1e18:  # past numpy's Poisson draws ("lam value too large")
+            raise ConfigError(f"--poisson-lambda must be at most 1e18 (a mean span in words), not {self.poisson_lambda}")
         if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(f"--shard-index must be between 0 and --num-shards - 1 ({self.num_shards - 1}), "
                               f"not {self.shard_index}")
