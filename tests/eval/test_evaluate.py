@@ -159,24 +159,15 @@ def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
         evaluate_run(EvalConfig(run=str(tmp_path), **config))
 
 
-def test_a_model_whose_scores_are_not_numbers_is_refused_not_reported(trained_run, tmp_path):
+def test_a_model_whose_scores_are_not_numbers_is_refused_not_reported(nan_model, trained_run):
     """NaN compares as neither higher nor equal: a model of NaN weights was reported at 0% on every benchmark."""
-    import shutil
-
     import pytest
-    from safetensors.torch import load_file, save_file
 
-    run, bench = trained_run
-    folder = tmp_path / "model"
-    shutil.copytree(run / "model", folder)
-    (folder / "eval.json").unlink(missing_ok=True)
-    weights = load_file(str(folder / "model.safetensors"))
-    weights["model.norm.weight"][0] = float("nan")
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _, bench = trained_run
     with pytest.raises(ValueError, match=r"\(T\): the model gives a log-likelihood that is not a finite number for "
                                          r"4 of 4 pairs \(first: tsc-"):
-        evaluate_run(EvalConfig(run=str(folder), bench=(f"tsc={bench}",), modes=("T",), num_resamples=50))
-    assert not (folder / "eval.json").exists()
+        evaluate_run(EvalConfig(run=str(nan_model), bench=(f"tsc={bench}",), modes=("T",), num_resamples=50))
+    assert not (nan_model / "eval.json").exists()
 
 
 def test_a_run_stopped_while_saving_its_model_is_not_evaluated(trained_run, tmp_path):

@@ -97,6 +97,16 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
     assert "no such prompt file" in capsys.readouterr().err
 
 
+def test_a_model_whose_scores_are_not_numbers_is_named_not_sampled(nan_model, tmp_path):
+    """torch.multinomial's "probability tensor contains either `inf`, `nan`" came out, named nothing; greedy
+    decoding took the first allowed token at every step, as if the model had chosen it."""
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"^{nan_model}: the model's next-token scores are not finite numbers"):
+            generate(GenerateConfig(model=str(nan_model), prompt="Lily went to the park", mode="T2T",
+                                    out=str(tmp_path / f"out-{temperature}"), max_new_tokens=4,
+                                    temperature=temperature))
+
+
 def test_a_folder_of_prompts_goes_on_past_one_that_cannot_be_read(trained_run, tmp_path, capsys):
     import shutil
 

@@ -192,9 +192,13 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
             ids = np.asarray(vocabulary.encode_samples([written])[0], dtype=np.int64)
             if vocabulary.tokenizer.eos_token_id is not None and len(ids) and ids[-1] == vocabulary.tokenizer.eos_token_id:
                 ids = ids[:-1]
-        new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                  top_k=config.top_k or None, seed=config.seed + number, device=device,
-                                  **(in_speech if mode.endswith("S") else in_text))
+        try:
+            new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens,
+                                      temperature=config.temperature, top_k=config.top_k or None,
+                                      seed=config.seed + number, device=device,
+                                      **(in_speech if mode.endswith("S") else in_text))
+        except ValueError as error:  # scores that are not numbers: the model's fault, named
+            raise ValueError(f"{config.model}: {error}") from None
         # The prompt's audio as `model` is: relative to the output folder, so the JSON stays true when moved.
         written_prompt = {**asdict(prompt), "audio": jobs.portable_path(prompt.audio, out) if prompt.audio else None}
         record: dict[str, Any] = {"prompt": written_prompt, "mode": mode, "seed": config.seed + number,
