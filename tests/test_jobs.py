@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simslm import jobs
@@ -52,6 +53,25 @@ def test_a_line_that_is_not_utf8_comes_with_its_own_number_and_the_lines_after_i
     lines = list(jobs.text_lines(path))
     assert len(lines) == 3001 and lines[0] == ("line 1\n", "") and lines[-1] == ("last\n", "")
     assert lines[2999] == (None, "not UTF-8 text (byte 4 of the line)")
+
+
+def test_a_binary_file_read_as_text_is_refused_whole(tmp_path, capsys):
+    """A FLAC or .npy given as a manifest or corpus: some of its "lines" decode, and `sequences build --text-corpus
+    X.flac` built text samples of them; a manifest's error listed a problem for each of its 472 "lines"."""
+    import soundfile
+
+    from simslm.cli import main
+
+    flac = tmp_path / "a.flac"
+    soundfile.write(flac, np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match=r"a.flac: binary data, not UTF-8 text \(a NUL byte at byte \d+"):
+        list(jobs.text_lines(flac))
+    (tmp_path / "utf16.txt").write_text("Once upon a time\n", encoding="utf-16")
+    with pytest.raises(ValueError, match="UTF-16 text must be converted to UTF-8"):
+        list(jobs.text_lines(tmp_path / "utf16.txt"))
+    assert main(["sequences", "build", "--out", str(tmp_path / "seq"), "--streams", "text", "--text-corpus", str(flac),
+                 "--context-length", "64"]) == 2
+    assert "a.flac: binary data" in capsys.readouterr().err and not (tmp_path / "seq").exists()
 
 
 def _add_entries(path: str, tag: str, count: int) -> None:

@@ -675,6 +675,15 @@ CASES: dict[str, Case] = {
     "generate: a folder with no prompt in it": lambda w: (
         ["generate", str(w.run), "--prompt", str(a_folder(w, "no-prompts")), "--out", str(w.bad / "gen-3")],
         f"{a_folder(w, 'no-prompts')}: no prompts (files ending .wav, .flac, .mp3, .ogg, .opus, .txt)", []),
+    "generate: a manifest as the prompt": lambda w: (
+        ["generate", str(w.run), "--prompt", str(w.manifest), "--out", str(w.bad / "gen-4")],
+        f"{w.manifest}: not a prompt file", []),
+    "sequences build: a recording as the text corpus": lambda w: (
+        ["sequences", "build", "--out", str(w.bad / "out-177"), "--streams", "text", "--text-corpus",
+         str(a_recording(w, "corpus-177.flac"))], "corpus-177.flac: binary data, not UTF-8 text", []),
+    "units fit: a recording as the manifest": lambda w: (
+        ["units", "fit", "--manifest", str(a_recording(w, "manifest-178.flac")), "--out", str(w.bad / "out-178.npy"),
+         "--num-units", "4"], "manifest-178.flac: binary data, not UTF-8 text", []),
     "generate: --out the folder of prompts": lambda w: (
         ["generate", str(w.run), "--prompt", str(a_recording(w, "prompts-160/p.wav").parent), "--out",
          str(w.bad / "prompts-160")], "prompts-160: the folder of prompts", [w.bad / "prompts-160" / "p.wav"]),

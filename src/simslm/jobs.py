@@ -895,13 +895,21 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: a folder, not a JSON file") from None
 
 
+BINARY_SNIFF_BYTES = 8192
+
+
 def text_lines(path: str | os.PathLike) -> Iterator[tuple[str | None, str]]:
     """Each line of a text file and its problem (''): a line that is not UTF-8 comes as None with the problem,
     so that a long job can skip and count it, and an error can name its line. (Decoding in text mode fails on
     the block being read, before any of its lines is seen: the line number would be that of the block's first.)
     Line ends are the file's, with \r\n read as \n; a byte-order mark that opens the file (Windows editors and
-    Excel write one) is not part of its first line."""
+    Excel write one) is not part of its first line. A file with a NUL byte in its first 8 KiB is refused whole as
+    binary (a FLAC or .npy given as a manifest or corpus: some of its "lines" decode, and were read as text)."""
     with open(path, "rb") as handle:
+        if (at := handle.read(BINARY_SNIFF_BYTES).find(b"\0")) >= 0:
+            raise ValueError(f"{path}: binary data, not UTF-8 text (a NUL byte at byte {at + 1}; UTF-16 text must be "
+                             f"converted to UTF-8)")
+        handle.seek(0)
         for number, raw in enumerate(handle):
             if number == 0:
                 raw = raw.removeprefix(codecs.BOM_UTF8)

@@ -95,6 +95,10 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
     assert main(["generate", str(run), "--prompt", str(spoken.with_name("missing.flac")), "--out",
                  str(tmp_path)]) == 2
     assert "no such prompt file" in capsys.readouterr().err
+    # A file of another kind (a manifest, say) was read as the text to continue.
+    (tmp_path / "utterances.jsonl").write_text('{"id": "a", "audio": "a.wav"}\n')
+    with pytest.raises(ValueError, match=r"utterances.jsonl: not a prompt file \(audio: .wav, .*; text: .txt\)"):
+        read_prompts(str(tmp_path / "utterances.jsonl"))
 
 
 def test_a_model_whose_scores_are_not_numbers_is_named_not_sampled(nan_model, tmp_path):

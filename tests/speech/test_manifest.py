@@ -91,6 +91,16 @@ def test_a_json_document_given_as_a_manifest_is_one_problem_not_one_per_line(tmp
     # A manifest whose lines are all bad, but which is no JSON document, still names each line.
     (tmp_path / "bad.jsonl").write_text("{not json\n[1,\n")
     assert [problem.line for problem in validate_manifest(tmp_path / "bad.jsonl")] == [1, 2]
+    # A file of another kind (a FLAC, a CSV) has a problem on every line: the error names the first few and the
+    # count, and `manifest validate` still lists them all.
+    (tmp_path / "table.csv").write_text("N,D,loss\n" + "1e+06,2e+07,9.05\n" * 400)
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(tmp_path / "table.csv")
+    message = str(raised.value)
+    assert len(raised.value.problems) == 401 and message.count("table.csv:") == 5 and len(message) < 1500
+    assert message.endswith(f"... and 396 more problem(s) (`simslm manifest validate {tmp_path / 'table.csv'}` lists "
+                            "every one)")
+    assert len(validate_manifest(tmp_path / "table.csv")) == 401
 
 
 def read_manifest_problems(path):

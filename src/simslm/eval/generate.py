@@ -131,6 +131,8 @@ def read_prompts(spec: str, mode: str = "auto") -> list[Prompt]:
         stems = collections.Counter(f.stem for f in files)
         return [one(f, f.stem if stems[f.stem] == 1 else f.name) for f in files]
     if path.is_file():
+        if path.suffix.lower() not in (*audio.AUDIO_SUFFIXES, ".txt"):  # a manifest's JSON was continued as text
+            raise ValueError(f"{path}: not a prompt file (audio: {', '.join(audio.AUDIO_SUFFIXES)}; text: .txt)")
         return [one(path, path.stem)]
     if path.suffix.lower() in (*audio.AUDIO_SUFFIXES, ".txt") or "/" in spec:
         raise ValueError(f"{spec}: no such prompt file")

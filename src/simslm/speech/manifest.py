@@ -179,11 +179,19 @@ class Problem:
 
 
 class ManifestError(ValueError):
-    """A manifest that cannot be read; lists every problem found."""
+    """A manifest that cannot be read: `problems` holds every problem found, the message the first few (a FLAC given
+    as the manifest made a message of 44 KB, one problem per line of its bytes, printed as one line)."""
+
+    SHOWN = 5
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
+        shown = [str(problem) for problem in problems[:self.SHOWN]]
+        if len(problems) > self.SHOWN:
+            files = sorted({problem.file for problem in problems})
+            shown.append(f"... and {len(problems) - self.SHOWN} more problem(s) (`simslm manifest validate "
+                         f"{' '.join(files)}` lists every one)")
+        super().__init__("\n".join(shown))
 
 
 def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Problem]]:
