@@ -771,6 +771,15 @@ CASES: dict[str, Case] = {
                                              str(_write(w.bad / "notes-155.txt", "mine"))],
                                             "notes-155.txt: a file, where a folder is needed",
                                             [w.bad / "notes-155.txt"]),
+    "bench build: a manifest as tSC's stories": lambda w: (
+        ["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-179"), "--source", str(w.manifest)],
+        f"{w.manifest}: 0 stories usable for tSC", []),
+    "bench build: a folder of other .jsonl files as BLiMP": lambda w: (
+        ["bench", "build", "--kind", "sblimp", "--out", str(w.bad / "out-180"), "--source", str(w.manifest.parent)],
+        ":1: not a BLiMP pair", []),
+    "bench build: an eval.json as the training data to exclude": lambda w: (
+        ["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-181"), "--exclude", str(w.run / "eval.json")],
+        "eval.json: no text in it to exclude", [w.run / "eval.json"]),
     "bench build: no items": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-38"),
                                          "--num-items", "0"], "--num-items", []),
     "model from-slamkit: no config": lambda w: (["model", "from-slamkit", "--checkpoint", str(a_folder(w, "unitlm")),

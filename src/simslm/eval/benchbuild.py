@@ -6,6 +6,7 @@ from held-out stories (context, right ending, the last sentence of another story
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import re
@@ -75,10 +76,31 @@ def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[
 
 
 def blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, Any]]:
+    """`per_phenomenon` seeded pairs of each phenomenon of BLiMP (a folder of .jsonl files, one a phenomenon, each
+    line with `sentence_good` and `sentence_bad`), in file order; a BenchError naming what is not BLiMP."""
+    if source and Path(source).is_file():
+        raise BenchError(f"{source}: a file, where BLiMP's folder is needed (a .jsonl file a phenomenon)")
     folder = Path(source) if source and Path(source).is_dir() else assets.resolve(source or "blimp").root
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise BenchError(f"{folder}: no .jsonl files (BLiMP's folder holds one a phenomenon)")
     chosen = []
-    for number, path in enumerate(sorted(folder.glob("*.jsonl"))):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    for number, path in enumerate(files):
+        rows = []
+        for line_number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+            if line is not None and not line.strip():
+                continue
+            try:
+                row = json.loads(line) if line is not None else None
+            except json.JSONDecodeError:
+                row = None
+            if not (isinstance(row, dict) and all(isinstance(row.get(key), str) and row[key].strip()
+                                                  for key in ("sentence_good", "sentence_bad"))):
+                # A manifest or another folder's .jsonl given as --source: a KeyError's "'sentence_good'" was all
+                # it said.
+                raise BenchError(f"{path}:{line_number}: {problem or 'not a BLiMP pair'} (a JSON object with "
+                                 f"sentence_good and sentence_bad)")
+            rows.append(row)
         order = np.random.default_rng([seed, number]).permutation(len(rows))[:per_phenomenon]
         chosen.extend(rows[i] for i in sorted(order))
     return chosen
@@ -123,15 +145,24 @@ def training_stories(exclude: str) -> set[str]:
                (_sequences_sources(Path(source)) if (Path(source) / "index.json").is_file() else [source])]
     for source in sources:
         if source.endswith(".jsonl") and Path(source).exists() and _is_manifest(Path(source)):
-            keys.update(story_key(u.transcript) for u in iter_utterances(source))
+            found = {story_key(u.transcript) for u in iter_utterances(source)}
         else:
-            keys.update(story_key(value) for _, value, _ in read_corpus(source) if value)
+            found = {story_key(value) for _, value, _ in read_corpus(source) if value}
+        if not found - {""}:  # an eval.json or a table given by mistake excluded nothing, and the build went on
+            raise BenchError(f"{source}: no text in it to exclude (--exclude takes training manifests, text corpora "
+                             f"and sequences folders)")
+        keys |= found
     return keys
 
 
 def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
-    stories = [(index, text_lib.speakable(value)) for index, value, _ in
-               read_corpus(config.source or "tinystories-sample[2000:]") if value]
+    source = config.source or "tinystories-sample[2000:]"
+    stories, problems = [], collections.Counter()
+    for index, value, problem in read_corpus(source):
+        if value:
+            stories.append((index, text_lib.speakable(value)))
+        else:
+            problems[problem or "empty"] += 1
     training = training_stories(config.exclude)
     shared = [index for index, story in stories if story_key(story) in training]
     if shared:
@@ -143,6 +174,11 @@ def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
         if len(sentences) >= 2 and len(text_lib.words(sentences[-1])) >= 3:
             context = sentences[:-1][-config.context_sentences:] if config.context_sentences else sentences[:-1]
             usable.append({"line": index, "context": " ".join(context), "ending": sentences[-1]})
+    if len(usable) < 2:  # a manifest or a table given as --source built a benchmark of no item, and said "built"
+        found = "; ".join(f"{count} line(s): {problem}" for problem, count in problems.most_common(3))
+        raise BenchError(f"{source}: {len(usable)} stor{'y' if len(usable) == 1 else 'ies'} usable for tSC, and it "
+                         f"takes 2 or more (a story of two sentences or more, its last of 3 words or more; a .jsonl "
+                         f"corpus holds each under \"text\", a .txt one a line){f'; {found}' if found else ''}")
     usable = usable[:config.num_items]
     rng = np.random.default_rng(config.seed)
     for position, item in enumerate(usable):
