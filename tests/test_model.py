@@ -227,6 +227,10 @@ def test_a_bf16_sharded_tied_slamkit_checkpoint_converts_in_its_own_dtype(tmp_pa
     for part, chunk in enumerate((names[:len(names) // 2], names[len(names) // 2:])):
         save_file({name: state[name] for name in chunk}, str(unit_lm / f"model-0000{part + 1}-of-00002.safetensors"))
 
+    # A stale single file beside the shards (saved again, sharded, into the same folder) is not read: the index is.
+    save_file({"lm.model.norm.weight": torch.zeros(32, dtype=torch.bfloat16)}, str(unit_lm / "model.safetensors"))
+    (unit_lm / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        name: f"model-0000{1 + (name in names[len(names) // 2:])}-of-00002.safetensors" for name in names}}))
     out = model.convert_slamkit_checkpoint(unit_lm, tmp_path / "plain")
     saved = load_file(str(out / "model.safetensors"))
     assert {tensor.dtype for tensor in saved.values()} == {torch.bfloat16}

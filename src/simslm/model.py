@@ -435,9 +435,13 @@ def slamkit_model(checkpoint: str | os.PathLike):
         raise ValueError(f"{folder}: no config.json (not a slamkit model folder)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{folder / 'config.json'}: not a slamkit UnitLM config ({error})") from None
-    weights = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"  # shards: those its weight map names, not every file there
+    weights = (sorted({folder / name for name in jobs.read_json(index).get("weight_map", {}).values()})
+               if index.is_file() else sorted(folder.glob("*.safetensors")))
     if not weights:
         raise ValueError(f"{folder}: no .safetensors weights (save the UnitLM with safe_serialization)")
+    if missing := [path.name for path in weights if not path.is_file()]:
+        raise ValueError(f"{index}: names shard(s) that are not there: {', '.join(missing[:3])}")
     state = {}
     for path in weights:
         state.update((name[len("lm."):], tensor) for name, tensor in load_file(str(path)).items()

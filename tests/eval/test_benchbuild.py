@@ -65,10 +65,13 @@ def test_a_sequences_folder_finds_its_text_corpus_from_anywhere_and_after_a_move
     `--exclude SEQUENCES` from any other folder was refused as "not found from here", and so was the project moved
     whole. It is now recorded relative to the folder, with its slice."""
     import json
+    import os
     import shutil
 
     from simslm.sequences.build import BuildConfig, build_sequences, text_corpus
 
+    if os.environ.get("SIMSLM_MIRROR"):  # CI's is relative to the checkout, which this test leaves
+        monkeypatch.setenv("SIMSLM_MIRROR", str(Path(os.environ["SIMSLM_MIRROR"]).resolve()))
     project = tmp_path / "project"
     project.mkdir()
     stories = [value for _, value, _ in read_corpus("tinystories-sample[1995:2005]")]
