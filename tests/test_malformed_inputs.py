@@ -718,6 +718,12 @@ CASES: dict[str, Case] = {
         "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "depths": [1], "budgets_flops": [1e9],
         "validation_data": str(other_codebook_sequences(w))})), "--out", str(w.bad / "out-176")],
         f"{other_codebook_sequences(w)}: its units are of another codebook", []),
+    "sweep plan: a units folder as a family's model": lambda w: (["sweep", "plan", str(sweep_spec(w, "fam183.json", {
+        "variants": [{"name": "r", "data": str(w.data), "init": "random"}], "families": {"f": [str(w.units)]},
+        "budgets_flops": [1e9]})), "--out", str(w.bad / "out-183")], f"{w.units}: not a model folder", []),
+    "sweep plan: a manifest as the text-LM family": lambda w: (["sweep", "plan", str(sweep_spec(w, "fam184.json", {
+        "variants": [{"name": "t", "data": str(w.data), "init": "twist"}], "depths": [1], "family": str(w.manifest),
+        "budgets_flops": [1e9]})), "--out", str(w.bad / "out-184")], f"{w.manifest}: not a text-LM family", []),
     "sweep run: no sweep.json": lambda w: (["sweep", "run", str(a_folder(w, "not-a-sweep"))],
                                            str(a_folder(w, "not-a-sweep")), []),
     "sweep status: the folder above a sweep": lambda w: (["sweep", "status", str(w.root)],

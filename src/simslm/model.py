@@ -117,6 +117,26 @@ def load_base_model(source: str):
     return load_model_folder(source)
 
 
+def local_model_problem(source: str | os.PathLike) -> str | None:
+    """Why a local path named as a base model is not one `load_base_model` reads, found without reading weights (a
+    sweep's plan, before every run of it fails at its start); None for a model, and for what is not a local path."""
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    if not path.exists() or str(source) in assets.REGISTRY:
+        return None
+    if path.is_file():
+        return None if path.suffix in (".gguf", ".bin") else (
+            f"{source}: not a model (a folder `from_pretrained` reads, a .gguf file, or a llama2.c .bin)")
+    if complaint := assets.run_folder_in_place_of_model(source):
+        return complaint
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as error:
+        return f"{source}: not a model folder ({' '.join(str(error).split())[:200]})"
+    return None
+
+
 def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
     """A causal LM in fp32 that `from_pretrained` reads (a folder or hub id); a ValueError naming it when its
     files are missing, truncated or not a model."""

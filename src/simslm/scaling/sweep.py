@@ -350,7 +350,7 @@ def _check_base_model(base_model: str, data: str, checked: set[tuple[str, str]])
     `checked` holds the pairs already found sound."""
     if (base_model, data) in checked:
         return
-    if problem := assets.hub_model_problem(base_model):
+    if problem := assets.hub_model_problem(base_model) or model_lib.local_model_problem(base_model):
         raise ValueError(problem)
     local = Path(base_model).expanduser().exists() or base_model in assets.REGISTRY
     if local and not base_model.endswith(".bin"):  # a llama2.c .bin carries no tokenizer: its runs check its rows
@@ -420,6 +420,10 @@ def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
             if member.twist_source is None:
                 raise ValueError(f"variant {variant.name} uses TWIST but the spec names no text-LM family")
             if member.depth is not None and not Path(member.twist_source).exists():
+                family_dir = Path(member.twist_source).parents[1]  # FAMILY/depth-N/model
+                if not (family_dir / "family.json").is_file():  # said as "FAMILY.jsonl/depth-1/model does not exist"
+                    raise ValueError(f"{family_dir}: not a text-LM family (no family.json; `simslm textlm pretrain` "
+                                     f"makes one)")
                 raise ValueError(f"{member.twist_source} does not exist: the family has no member "
                                  f"{member.label}")
             base_model = member.twist_source
