@@ -102,7 +102,9 @@ def _generate(config) -> int:
         produced = record["text"] if record["text"] is not None else \
             f"{len(record['units'])} units" + (f" -> {record['wav']}" if record.get("wav") else "" if record["units"]
                                               else " (it drew BOS or EOS alone, which speech may take as in slamkit)")
-        print(f"{record['prompt']['name']} ({record['mode']}): {produced}")
+        stopped = (f" (stopped at the model's {record['stopped_at_positions']} positions)"
+                   if record.get("stopped_at_positions") else "")
+        print(f"{record['prompt']['name']} ({record['mode']}): {produced}{stopped}")
     print(f"-> {config.out}")
     return 0
 

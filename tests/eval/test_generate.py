@@ -101,6 +101,24 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
         read_prompts(str(tmp_path / "utterances.jsonl"))
 
 
+def test_a_prompt_past_the_model_positions_is_skipped_and_one_near_them_says_it_stopped(trained_run, tmp_path, capsys):
+    """Sampling stops at the model's positions: a prompt that filled them came out as "0 units (it drew BOS or EOS
+    alone ...)", as if the model had chosen to stop, and one near them as fewer tokens than asked, unsaid."""
+    run, _ = trained_run
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "long.txt").write_text("the cat sat on the mat and " * 120)
+    (tmp_path / "prompts" / "near.txt").write_text("the cat sat on the mat and " * 48)
+    records = generate(GenerateConfig(model=str(run), prompt=str(tmp_path / "prompts"), out=str(tmp_path / "out"),
+                                      max_new_tokens=60, **FLAT))
+    assert [record["prompt"]["name"] for record in records] == ["near"]
+    assert "skipped long: its prompt is" in capsys.readouterr().err and not (tmp_path / "out" / "long.json").exists()
+    (near,) = records
+    assert near["stopped_at_positions"] == 512 and len(near["prompt_tokens"]) + len(near["new_tokens"]) == 512
+    assert main(["generate", str(run), "--prompt", str(tmp_path / "prompts" / "long.txt"), "--out",
+                 str(tmp_path / "out2")]) == 2
+    assert "every prompt fills the model's 512 positions" in capsys.readouterr().err
+
+
 def test_a_model_whose_scores_are_not_numbers_is_named_not_sampled(nan_model, tmp_path):
     """torch.multinomial's "probability tensor contains either `inf`, `nan`" came out, named nothing; greedy
     decoding took the first allowed token at every step, as if the model had chosen it."""

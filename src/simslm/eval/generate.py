@@ -179,9 +179,10 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
               f"audio)", file=sys.stderr)
         prompts.remove(prompt)
     in_speech, in_text = (continuation_options(vocabulary, model, speech) for speech in (True, False))
+    positions = int(model.config.max_position_embeddings)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, too_long = [], []
     for number, prompt in enumerate(jobs.progress(prompts, "generate", unit="prompt")):
         mode = modes[prompt.name]
         output_marker = SPEECH_MARKER if mode.endswith("S") else TEXT_MARKER
@@ -194,6 +195,14 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
             ids = np.asarray(vocabulary.encode_samples([written])[0], dtype=np.int64)
             if vocabulary.tokenizer.eos_token_id is not None and len(ids) and ids[-1] == vocabulary.tokenizer.eos_token_id:
                 ids = ids[:-1]
+        if len(ids) >= positions:
+            # Sampling stops at the model's positions: a 70 s prompt's 1,380 units left no room, and the output
+            # read "0 units (it drew BOS or EOS alone ...)", as if the model had chosen to stop.
+            print(f"simslm generate: skipped {prompt.name}: its prompt is {len(ids)} tokens, and the model has "
+                  f"{positions} positions{' (--prompt-sec keeps its first seconds)' if prompt.audio else ''}",
+                  file=sys.stderr)
+            too_long.append(prompt.name)
+            continue
         try:
             new = sample_continuation(model, ids, max_new_tokens=config.max_new_tokens,
                                       temperature=config.temperature, top_k=config.top_k or None,
@@ -209,6 +218,8 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
                                               **({"prompt_sec": config.prompt_sec} if prompt.audio else {})},
                                   "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),
                                   "model": jobs.portable_path(config.model, out)}
+        if len(new) < config.max_new_tokens and len(ids) + len(new) >= positions:
+            record["stopped_at_positions"] = positions  # fewer tokens than asked: the model has no more positions
         if mode.endswith("S"):
             units = (new[vocabulary.is_unit(new)] - vocabulary.unit_offset).astype(int)  # BOS may be drawn
             record.update(units=units.tolist(), text=None, wav=None)
@@ -222,6 +233,9 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
             record.update(units=None, text=continuation_text(vocabulary, new))
         jobs.write_json(out / f"{prompt.name}.json", record)
         records.append(record)
+    if not records and too_long:
+        raise ValueError(f"{config.prompt}: every prompt fills the model's {positions} positions; nothing was "
+                         f"continued")
     return records
 
 
