@@ -1239,6 +1239,21 @@ def _from_run(path: str, run_dir: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
 
 
+def placed_input(run_dir: str | os.PathLike, stored: dict[str, Any], name: str) -> str | None:
+    """A folder a run read (`data`, `validation_data`) as its config.json has it, found from here.
+
+    config.json keeps paths as typed: relative to wherever `train` ran, which `eval` from another folder (or after
+    the run moved with its data) does not know; "seq" was then looked for under the current folder. Where the path
+    stands relative to the run folder does not depend on that folder (`_from_run`, as a resume compares them):
+    that place under `run_dir` is taken when something is there, else the path as typed."""
+    value, typed_run_dir = stored.get(name), stored.get("run_dir")
+    if value and typed_run_dir and os.path.isabs(value) == os.path.isabs(typed_run_dir):
+        here = Path(run_dir) / _from_run(value, typed_run_dir)
+        if here.exists():
+            return str(here)
+    return value
+
+
 def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: int, *, quiet: bool = False) -> Plan:
     """The plan to train by: `fresh` for a new run; for a resumed one, the stored plan, re-planned from
     `resume_step` when the number of processes changed and the config allows it (refused otherwise).

@@ -159,6 +159,36 @@ def test_a_model_folder_alone_is_evaluated_like_its_run(trained_run, tmp_path):
         evaluate_run(EvalConfig(run=str(tmp_path), **config))
 
 
+def test_a_run_trained_with_relative_paths_is_evaluated_from_anywhere_and_after_a_move(trained_run, tmp_path,
+                                                                                        monkeypatch):
+    """config.json keeps `validation_data` as typed ("seq", from where `train` ran): `eval --bench validation`
+    from another folder said "seq: not a sequences folder", and so after the project moved whole."""
+    import shutil
+
+    from simslm.train import placed_input
+
+    run, _ = trained_run
+    stored = json.loads((run / "config.json").read_text())
+    project = tmp_path / "project"
+    shutil.copytree(run, project / "run")
+    shutil.copytree(stored["validation_data"], project / "seq")
+    (project / "run" / "eval.json").unlink(missing_ok=True)
+    (project / "run" / "config.json").write_text(json.dumps({**stored, "run_dir": "run", "data": "seq",
+                                                             "validation_data": "seq"}))  # as `train` run in project
+    monkeypatch.chdir(tmp_path)
+    expected = evaluate_run(EvalConfig(run=str(run), bench=("validation",), out=str(tmp_path / "there")))
+    shutil.move(project, tmp_path / "moved")
+    results = evaluate_run(EvalConfig(run=str(tmp_path / "moved" / "run"), bench=("validation",)))
+    assert results["validation"]["loss_speech"] == pytest.approx(expected["validation"]["loss_speech"])
+    assert placed_input(tmp_path / "moved" / "run", {"run_dir": "run", "data": "seq"}, "data") == \
+        str(tmp_path / "moved" / "run" / ".." / "seq")
+    # Absolute paths moved together are found the same way; ones that lead nowhere are left as typed.
+    assert placed_input(tmp_path / "moved" / "run", {"run_dir": "/old/run", "data": "/old/seq"}, "data") == \
+        str(tmp_path / "moved" / "run" / ".." / "seq")
+    assert placed_input(tmp_path / "moved" / "run", {"run_dir": "/old/run", "data": "/old/other"}, "data") == \
+        "/old/other"
+
+
 def test_a_model_whose_scores_are_not_numbers_is_refused_not_reported(nan_model, trained_run):
     """NaN compares as neither higher nor equal: a model of NaN weights was reported at 0% on every benchmark."""
     import pytest

@@ -46,7 +46,9 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
     if recorded is not None:
         return recorded
     if (run_dir / "plan.json").exists():
-        units = speech_units_folder(jobs.read_json(run_dir / "config.json")["data"])
+        from simslm.train import placed_input
+
+        units = speech_units_folder(placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data"))
         if not units:
             raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
         return unit_source(units)
@@ -63,7 +65,10 @@ def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir
 
     vocabulary = model_dir / VOCAB_FILE if (model_dir / VOCAB_FILE).exists() else None
     if vocabulary is None and (run_dir / "plan.json").exists():  # a run whose model is not written yet
-        vocabulary = Path(jobs.read_json(run_dir / "config.json")["data"]) / "tokenizer" / VOCAB_FILE
+        from simslm.train import placed_input
+
+        data = placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data")
+        vocabulary = Path(data) / "tokenizer" / VOCAB_FILE
     num_units = jobs.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
     if num_units is not None and given.k != num_units:
         raise ValueError(f"{folder}: units of a {given.k}-unit codebook, but the model reads {num_units} units "

@@ -172,8 +172,10 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
             raise ValueError(f"{run_dir}: its training has not finished (no result.json; model/ may be half "
                              f"written); run the same `simslm train` again to finish it")
         config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
+        from simslm.train import placed_input
+
         vocabulary = Vocabulary.load(model_dir if (model_dir / VOCAB_FILE).exists() else
-                                     Path(config["data"]) / "tokenizer")
+                                     Path(placed_input(run_dir, config, "data")) / "tokenizer")
     elif (run_dir / VOCAB_FILE).exists():
         config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
     else:
@@ -196,7 +198,8 @@ class _Context:
 
 
 def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str, Any]:
-    return {"validation": validation_ce(context.model, context.vocabulary, context.run_config, context.device)}
+    return {"validation": validation_ce(context.model, context.vocabulary, context.run_config, context.device,
+                                        run_dir=context.run_dir)}
 
 
 def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str, Any]:
@@ -466,19 +469,23 @@ def _bench_note(folder: Path) -> str | None:
     return jobs.read_json(meta).get("note") if meta.exists() else None
 
 
-def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str) -> dict[str, Any]:
-    """Cross-entropy per modality on the run's held-out sequences (the paper's speech loss is `loss_speech`)."""
-    from simslm.train import check_documents_apart, evaluate_modalities
+def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str, *,
+                  run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Cross-entropy per modality on the run's held-out sequences (the paper's speech loss is `loss_speech`);
+    `run_dir`, the run folder as named now, finds them when config.json names them relative to elsewhere."""
+    from simslm.train import check_documents_apart, evaluate_modalities, placed_input
 
     if run_config is None:
         raise ValueError("validation needs a run folder (its validation_data); this is a bare model folder")
+    run_dir = run_dir if run_dir is not None else run_config["run_dir"]
     if not run_config.get("validation_data"):
-        raise ValueError(f"run {run_config['run_dir']} has no validation_data; train with validation_data=FOLDER")
+        raise ValueError(f"run {run_dir} has no validation_data; train with validation_data=FOLDER")
     check_documents_apart(model.config, model.config._attn_implementation, device, bf16=False, one_row=False,
                           command="eval")
-    losses = evaluate_modalities(model, run_config["validation_data"], vocabulary, run_config["batch_size"],
+    validation = placed_input(run_dir, run_config, "validation_data")
+    losses = evaluate_modalities(model, validation, vocabulary, run_config["batch_size"],
                                  run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
-    return {**asdict(losses), "data": run_config["validation_data"]}
+    return {**asdict(losses), "data": validation}
 
 
 MAX_GROUPS_SHOWN = 8
