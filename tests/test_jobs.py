@@ -45,6 +45,28 @@ def test_writing_a_file_where_a_folder_is_names_the_folder(tmp_path):
     assert os.listdir(tmp_path) == ["x"]
 
 
+def test_a_folder_another_process_filled_meanwhile_is_not_replaced_unless_asked(tmp_path):
+    """Two `sequences build` into one new --out: each found it empty, each said "built", and the later one's output
+    silently replaced the earlier's."""
+    out = tmp_path / "seq"
+    with pytest.raises(ValueError, match="seq: another process filled it while this one was building"):
+        with jobs.atomic_path(out, replace=False) as building:
+            building.mkdir()
+            (building / "index.json").write_text("mine")
+            out.mkdir()  # the other build, finished first
+            (out / "index.json").write_text("theirs")
+    assert (out / "index.json").read_text() == "theirs" and os.listdir(tmp_path) == ["seq"]
+    (out / "index.json").unlink()  # an empty folder (made by the user beforehand) is taken
+    with jobs.atomic_path(out, replace=False) as building:
+        building.mkdir()
+        (building / "index.json").write_text("mine")
+    assert (out / "index.json").read_text() == "mine"
+    with jobs.atomic_path(out) as building:  # asked to replace (--overwrite): replaced
+        building.mkdir()
+        (building / "index.json").write_text("again")
+    assert (out / "index.json").read_text() == "again"
+
+
 def test_a_line_that_is_not_utf8_comes_with_its_own_number_and_the_lines_after_it_are_read(tmp_path):
     # Text mode decodes a block at a time: the error surfaced before the block's first line was seen, so a bad
     # byte on line 3,000 was reported on line 1 (of a small file) or on some line before it.

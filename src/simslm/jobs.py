@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -1110,13 +1111,16 @@ def _no_space(folder: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """A temporary path beside `path` to write a file or a folder to; it becomes `path` only if the block succeeds.
 
     The rename is atomic for a file; a folder already at `path` is moved aside first and
     deleted after, so readers see the old or the new one, never a mix. A folder is never put
     in place of a file (a user's file named as an output folder would be deleted): a ValueError,
     and the commands that replace a folder whole say it before their work (`check_replaceable`).
+    With `replace` false (a command that refuses an existing output unless told to replace it), a folder that
+    another process filled while this one built is not replaced: a ValueError, and the other's output stays (two
+    builds into one new folder each said "built", and the later one's silently replaced the earlier's).
     The temporary name keeps the suffix, for writers that add or check one (numpy, matplotlib,
     soundfile). A full disk is said as such (`naming_a_full_disk`).
     """
@@ -1130,7 +1134,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if temporary.is_dir():
                 if path.exists() and not path.is_dir():
                     raise ValueError(f"{path}: a file, where a folder is needed")
-                replace_folder(temporary, path)
+                if replace:
+                    replace_folder(temporary, path)
+                else:
+                    try:  # onto nothing or an empty folder; a filled one refuses the rename (ENOTEMPTY)
+                        os.rename(temporary, path)
+                    except OSError as error:
+                        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                        raise ValueError(f"{path}: another process filled it while this one was building; this "
+                                         f"build is not kept (pass --overwrite to replace it)") from None
             else:
                 os.replace(temporary, path)
     except (PermissionError, IsADirectoryError) as error:

@@ -335,7 +335,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
     # dies leaves no half dataset behind, and an older dataset stays until the new one is whole.
-    with jobs.atomic_path(out) as building:
+    with jobs.atomic_path(out, replace=config.overwrite) as building:
         building.mkdir(parents=True)
         index = _build_into(building, config, vocabulary, streams, shares, utterances, units_by_id, texts)
         index["wall_sec"] = round(time.perf_counter() - started, 3)
@@ -394,7 +394,7 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
         raise ValueError(f"{folders[0]}: the build has {num_shards} parts and part(s) {', '.join(absent)} are not "
                          f"given; merge every --shard-index")
     order = sorted(range(len(folders)), key=lambda i: indexes[i]["config"]["shard_index"])
-    with jobs.atomic_path(out) as building:
+    with jobs.atomic_path(out, replace=config.overwrite) as building:
         building.mkdir(parents=True)
         shutil.copytree(folders[0] / "tokenizer", building / "tokenizer")
         merged = {key: value for key, value in first.items()
