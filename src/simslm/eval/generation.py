@@ -58,7 +58,8 @@ def sample_continuation(model, prompt: np.ndarray, *, max_new_tokens: int, allow
             output = model(input_ids=step_input, use_cache=True, **({cache_argument: past} if past is not None else {}))
             past = getattr(output, "cache", None) or output.past_key_values
             logits = output.logits[0, -1, candidates].float().cpu()
-            if not bool(torch.isfinite(logits).any()) or bool(torch.isnan(logits).any()):
+            if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()) or \
+                    not bool(torch.isfinite(logits).any()):  # a -inf alone is a token ruled out, not a fault
                 # torch.multinomial's "probability tensor contains either `inf`, `nan`" named neither the model
                 # nor the cause; a greedy argmax of NaNs took the first token.
                 raise ValueError("the model's next-token scores are not finite numbers; are its weights finite? "
