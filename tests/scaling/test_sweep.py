@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simslm import jobs
 from simslm.scaling import sweep
 from simslm.train import RunResult, TrainConfig
 from tests.conftest import live_in_group, tiny_base_model
@@ -282,6 +283,23 @@ def test_benchmarks_every_run_would_fail_on_are_refused_before_any_run_trains(da
     with pytest.raises(ValueError, match="benchmark folder does not exist"):
         sweep.run_sweep(tmp_path / "s", num_parallel=1)
     assert not any((Path(run["config"]["run_dir"]) / "config.json").exists() for run in planned["runs"])
+
+
+def test_a_run_that_failed_is_said_failed_with_its_error_and_retried(data, tmp_path):
+    """`sweep status` said "started" of a run whose last attempt ended in an error, as of one stopped to resume."""
+    planned = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,),
+                                     train={"batch_size": 4, "lr": 1e39, "warmup_fraction": 0.0, "lr_min": 0.0}),
+                               tmp_path / "s")
+    with pytest.raises(jobs.JobsFailed, match="1 run\\(s\\) failed"):
+        sweep.run_sweep(tmp_path / "s", num_parallel=1)
+    (run,) = planned["runs"]
+    assert sweep.run_status(run, ()) == "failed" and sweep.status_counts(tmp_path / "s") == {"failed": 1}
+    assert f"failed {run['id']}: simslm sweep run-one: error: " in sweep.status_table(tmp_path / "s")
+    assert "lower --lr" in sweep.run_error(run)
+    # Stopped to resume (its log's last line is not an error): started, as before.
+    with open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a") as log:
+        log.write("simslm sweep run-one: interrupted; re-run the same command to resume\n")
+    assert sweep.run_status(run, ()) == "started"
 
 
 def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path):

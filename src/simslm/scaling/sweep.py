@@ -640,13 +640,31 @@ def _to_run(status: str) -> bool:
 
 
 def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
-    """done, evaluating (trained, evaluation missing), running (locked), started (resumable) or pending."""
+    """done, evaluating (trained, evaluation missing), running (locked), failed (its last attempt ended in an error:
+    `run_error`), started (resumable) or pending."""
     run_dir = Path(run["config"]["run_dir"])
     if _locked(run_dir):
         return "running"
     if (run_dir / "result.json").exists():
         return "done" if _evaluated(run_dir, bench) else "evaluating"
+    if run_error(run) is not None:
+        return "failed"
     return "started" if (run_dir / "config.json").exists() else "pending"
+
+
+def run_error(run: dict[str, Any]) -> str | None:
+    """The error its last attempt ended with, from the run's log beside its folder (`runs/<id>.log`, where a local
+    sweep writes it), or None. `sweep status` said "started" of a run that had failed, as of one in progress or
+    stopped to resume."""
+    log = Path(run["config"]["run_dir"]).parent / f"{run['id']}.log"
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+    return last.strip() if re.match(r"simslm [\w -]+: error: ", last) else None
 
 
 def execute_run(sweep_dir: str, identifier: str) -> str:
@@ -1452,6 +1470,8 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         lines.append(f"{run['id']:<44} {status:<10} {run.get('member', ''):>6} {parameters:>7} {grid_point:>8} "
                      f"{seed}{speech:>9}  {accuracies}")
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    lines += [f"failed {run['id']}: {error[:300]}" for run in sweep["runs"]
+              if run_status(run, bench) == "failed" and (error := run_error(run))]
     return "\n".join(lines)
 
 
