@@ -1926,7 +1926,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
             events.close()
         if broken := _diverged_after_last_step(model, validation):
             # The last step's loss was finite, but its update is the one no later loss checks: a model that gives
-            # NaN was saved as finished, and `eval` scored it at chance.
+            # NaN was saved as finished, and `eval` reported it at 0% (a NaN wins no comparison).
             raise ValueError(f"{run_dir}: after its last step {broken}; lower --lr (now {config.lr}) or "
                              f"--grad-clip, and start a new run_dir")
         # Whole or not at all: a run stopped while it saves leaves no model/ of some files only.
