@@ -169,3 +169,20 @@ def test_a_manifest_read_through_a_link_finds_its_audio_where_it_was_written(tmp
     ctm = assets.resolve("librispeech-samples").file(f"{name}.ctm")
     align_manifest(AlignConfig(manifest=str(link), out=str(out), method="ctm", source=str(ctm)))
     assert read_manifest(out)[0].audio == f"../data/corpus/audio/{name}.flac" and validate_manifest(out) == []
+
+
+def test_an_utterance_whose_audio_is_a_url_is_said_to_be_one(tmp_path):
+    """A corpus listing its remote files: the URL was joined to the manifest's folder and reported as
+    "/data/http:/example.com/a.flac: file does not exist", and extraction counted it so."""
+    from simslm.speech import audio
+    from simslm.units.extract import _record, _skip_reason
+
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_utterance(audio="https://example.com/corpus/a.flac").to_json()) + "\n")
+    (problem,) = validate_manifest(path)
+    assert str(problem).endswith("https:/example.com/corpus/a.flac: a URL, not a local file (simslm reads local "
+                                 "audio: download the corpus first)")
+    record = _record({"id": "u1", "audio": "https://example.com/corpus/a.flac", "duration_sec": 1.0}, tmp_path)
+    with pytest.raises(Exception) as raised:
+        audio.load_audio(record["path"])
+    assert _skip_reason(raised.value) == audio.AudioProblem.URL.value

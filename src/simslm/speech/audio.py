@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class AudioProblem(str, enum.Enum):
     """What is wrong with an audio file: the kind a batch job counts its skips by."""
 
     MISSING = "file does not exist"
+    URL = "a URL, not a local file (simslm reads local audio: download the corpus first)"
     EMPTY_FILE = "empty file"
     UNREADABLE = "not a readable audio file (WAV, FLAC, MP3, Ogg)"
     NO_SAMPLES = "contains no audio samples"
@@ -182,8 +184,12 @@ def _declared_frames(path: Path, channels: int) -> int | None:
                 handle.seek(size + (size & 1), os.SEEK_CUR)
 
 
+# A manifest's `audio` written as a URL (a corpus listing its remote files): Path() keeps it as "https:/host/...".
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise AudioError(path, AudioProblem.MISSING)
+        raise AudioError(path, AudioProblem.URL if _URL.match(str(path)) else AudioProblem.MISSING)
     if path.stat().st_size == 0:
         raise AudioError(path, AudioProblem.EMPTY_FILE, "0 bytes")

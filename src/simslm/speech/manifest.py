@@ -122,9 +122,10 @@ class Utterance:
                    meta=dict(record.get("meta") or {}))
 
     def audio_path(self, manifest_dir: str | os.PathLike) -> Path:
-        """Absolute path of the audio file, resolving a relative path against the manifest."""
+        """Absolute path of the audio file, resolving a relative path against the manifest (a URL is left as it is,
+        for the reader to say so, not joined to the manifest's folder)."""
         path = Path(self.audio)
-        return path if path.is_absolute() else Path(manifest_dir) / path
+        return path if path.is_absolute() or "://" in self.audio else Path(manifest_dir) / path
 
     def timing_problems(self) -> list[TimingProblem]:
         """Problems with the word timings of this utterance (empty when fine or absent)."""
