@@ -1249,8 +1249,8 @@ def placed_input(run_dir: str | os.PathLike, stored: dict[str, Any], name: str) 
     value, typed_run_dir = stored.get(name), stored.get("run_dir")
     if value and typed_run_dir and os.path.isabs(value) == os.path.isabs(typed_run_dir):
         here = Path(run_dir) / _from_run(value, typed_run_dir)
-        if here.exists():
-            return str(here)
+        if here.exists():  # as typed when that is the same folder (a run that did not move): its own name
+            return value if os.path.exists(value) and os.path.samefile(value, here) else str(here)
     return value
 
 
