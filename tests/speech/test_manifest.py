@@ -101,6 +101,10 @@ def test_a_json_document_given_as_a_manifest_is_one_problem_not_one_per_line(tmp
     assert message.endswith(f"... and 396 more problem(s) (`simslm manifest validate {tmp_path / 'table.csv'}` lists "
                             "every one)")
     assert len(validate_manifest(tmp_path / "table.csv")) == 401
+    import pickle
+
+    again = pickle.loads(pickle.dumps(raised.value))  # as a worker process hands it back
+    assert str(again) == message and again.problems == raised.value.problems
 
 
 def read_manifest_problems(path):

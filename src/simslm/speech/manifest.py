@@ -194,6 +194,9 @@ class ManifestError(ValueError):
                          f"{' '.join(files)}` lists every one)")
         super().__init__("\n".join(shown))
 
+    def __reduce__(self):  # across processes by its problems, not its message (which `__init__` does not take)
+        return type(self), (self.problems,)
+
 
 def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Problem]]:
     """Yield (line number, utterance or the problem that stopped it from parsing)."""
