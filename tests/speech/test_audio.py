@@ -126,3 +126,17 @@ def test_a_file_at_another_rate_is_read_through_the_resampler_asked_for(tmp_path
     assert np.sqrt(np.mean((soxr_read - sinc_read) ** 2)) > 1e-3  # they differ, near the band's top
     with pytest.raises(ValueError, match="unknown resampler 'linear'"):
         audio.load_audio(tmp_path / "a.wav", resampler="linear")
+
+
+def test_the_errors_a_worker_hands_back_cross_processes_whole():
+    """Exceptions are unpickled from their message: AudioError(message) failed for want of its `kind` (a TypeError
+    in the parent in place of the audio's problem), SkipSample took the message for its reason."""
+    import pickle
+
+    from simslm.sequences.interleave import SkipReason, SkipSample
+
+    error = pickle.loads(pickle.dumps(audio.AudioError("/x.flac", audio.AudioProblem.UNREADABLE, "bad header")))
+    assert (str(error), error.kind, error.problem) == (
+        "/x.flac: not a readable audio file (WAV, FLAC, MP3, Ogg) (bad header)", audio.AudioProblem.UNREADABLE,
+        "not a readable audio file (WAV, FLAC, MP3, Ogg) (bad header)")
+    assert pickle.loads(pickle.dumps(SkipSample(SkipReason.EMPTY))).reason is SkipReason.EMPTY

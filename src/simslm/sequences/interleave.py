@@ -169,6 +169,9 @@ class SkipSample(ValueError):
         self.reason = reason
         super().__init__(reason.value)
 
+    def __reduce__(self):  # by its reason: unpickled from its message, `reason.value` failed on a str
+        return type(self), (self.reason,)
+
 
 # How far an utterance's units may fall short of (or run past) its recording's duration: logmel's last partial frame
 # (up to 0.055 s over the demo's 800 recordings), a HuBERT's convolutions (under two frames at 50 Hz).

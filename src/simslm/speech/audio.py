@@ -39,9 +39,12 @@ class AudioError(ValueError):
     """A problem with one audio file; the message names the file, `kind` says which problem."""
 
     def __init__(self, path: str | os.PathLike, kind: AudioProblem, detail: str = ""):
-        self.path, self.kind = str(path), kind
+        self.path, self.kind, self.detail = str(path), kind, detail
         self.problem = kind.value + (f" ({detail})" if detail else "")
         super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self):  # across processes (a pool's worker to its parent) by what it was made of, not its message
+        return type(self), (self.path, self.kind, self.detail)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, float]:
