@@ -261,6 +261,39 @@ def test_a_bf16_sharded_tied_slamkit_checkpoint_converts_in_its_own_dtype(tmp_pa
     with pytest.raises(ValueError, match=r"of another shape \['model.norm.weight'\]"):
         model.convert_slamkit_checkpoint(unit_lm, tmp_path / "again")
 
+def test_a_converted_slamkit_model_with_units_of_another_size_is_refused(extracted, tmp_path):
+    """`--num-units 16 --speech-units` of a 32-unit codebook was recorded, and `eval` then scored units 16 and up as
+    other tokens. The conversion refuses it, and `eval` refuses a model folder that records such units."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from simslm.eval.bench_units import run_unit_source
+
+    config, _, _ = extracted
+    base = LlamaConfig(vocab_size=512 + 16 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=False)
+    (tmp_path / "unitlm").mkdir()
+    (tmp_path / "unitlm" / "config.json").write_text(json.dumps({
+        "model_type": "speech_language_model", "vocab_size": base.vocab_size, "tie_word_embeddings": False,
+        "base_config": base.to_dict()}))
+    save_file({f"lm.{n}": t.contiguous() for n, t in LlamaForCausalLM(base).state_dict().items()},
+              str(tmp_path / "unitlm" / "model.safetensors"))
+    with pytest.raises(ValueError, match="units of a 32-unit codebook, but --num-units is 16"):
+        model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "x"),
+                                                   tokenizer="stories260K", num_units=16, speech_units=config.out))
+    assert not (tmp_path / "x").exists()
+    out = model.from_slamkit(model.FromSlamkitConfig(checkpoint=str(tmp_path / "unitlm"), out=str(tmp_path / "ok"),
+                                                     tokenizer="stories260K", num_units=16))
+    model.write_model_units(out, config.out)  # as the conversion wrote it before
+    with pytest.raises(ValueError, match="records units of a 32-unit codebook .* but its vocabulary has 16 units"):
+        run_unit_source(out)
+    shutil.rmtree(out)
+
+
 def test_a_converted_slamkit_model_gets_the_vocabulary_that_makes_it_evaluable(tmp_path):
     import json
 

@@ -533,6 +533,12 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
 
     if (config.tokenizer is None) != (config.num_units is None):
         raise ValueError("give both --tokenizer and --num-units (or neither)")
+    if config.speech_units and config.num_units is not None:
+        from simslm.units.extract import unit_source
+
+        if (k := unit_source(config.speech_units).k) != config.num_units:  # recorded, they were scored as others
+            raise ValueError(f"{config.speech_units}: units of a {k}-unit codebook, but --num-units is "
+                             f"{config.num_units} (--speech-units names the units the model was trained on)")
     out = Path(config.out)
     jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
     with jobs.atomic_path(out) as staging:

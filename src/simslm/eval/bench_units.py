@@ -44,6 +44,7 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
         _check_speech_units(speech_units, given, run_dir, model_dir, recorded)
         return given
     if recorded is not None:
+        _check_recorded_units(model_dir, recorded)
         return recorded
     if (run_dir / "plan.json").exists():
         from simslm.train import placed_input
@@ -54,6 +55,17 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
         return unit_source(units)
     raise ValueError(f"{run_dir}: the model folder does not say which units it reads; pass --speech-units FOLDER "
                      f"(the `simslm units extract` folder of its codebook)")
+
+
+def _check_recorded_units(model_dir: Path, recorded: UnitSource) -> None:
+    """The units a model folder records must be as many as its vocabulary's: `model from-slamkit --num-units 16
+    --speech-units` of a 200-unit codebook recorded them, and `eval` scored units 16 and up as other tokens."""
+    from simslm.sequences.vocabulary import VOCAB_FILE
+
+    if (model_dir / VOCAB_FILE).exists() and recorded.k != (num_units := jobs.read_json(model_dir / VOCAB_FILE)
+                                                             ["num_units"]):
+        raise ValueError(f"{model_dir}: records units of a {recorded.k}-unit codebook ({recorded.codebook}), but "
+                         f"its vocabulary has {num_units} units; pass --speech-units FOLDER of its own codebook")
 
 
 def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir: Path,
