@@ -1604,3 +1604,32 @@ def test_a_hub_base_model_that_cannot_be_had_here_is_said_at_once(data, tmp_path
 
     with pytest.raises(ValueError, match=r"^Org/Absent-0.5B: not in the Hugging Face cache and the hub cannot be"):
         load_base_tokenizer("Org/Absent-0.5B")
+
+
+def test_a_speech_lm_trains_on_from_its_own_vocabulary(trained_run, extracted, data, tmp_path):
+    """Continued training of a speech LM (a run's model/, a `model from-slamkit` conversion): `train` said "build the
+    sequences with --tokenizer MODEL", and `sequences build --tokenizer MODEL` said "already has unit tokens; it was
+    extended before". The model's vocabulary is now the data's, units and all, for units of its own number."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+    from simslm.sequences.vocabulary import Vocabulary
+
+    run, _ = trained_run
+    config, _, _ = extracted
+    model_dir = run / "model"
+    own = Vocabulary.load(model_dir)
+    built = Vocabulary.build(str(model_dir), own.num_units)
+    assert built.mismatch(own) is None and len(built) == len(own)
+    with pytest.raises(ValueError, match=f"a speech LM's vocabulary of {own.num_units} units, but the units are of a "
+                                         f"16-unit codebook"):
+        Vocabulary.build(str(model_dir), 16)
+    build_sequences(BuildConfig(out=str(tmp_path / "seq"), manifest=config.manifest, units=config.out,
+                                tokenizer=str(model_dir), streams=("interleaved", "speech"), context_length=64))
+    for more in (str(tmp_path / "seq"), data):  # built on the model's vocabulary, or on the one it was trained on
+        result = train(_config(more, tmp_path / f"on-{len(str(more))}", base_model=str(model_dir),
+                               budget_tokens=2 * 4 * 64))
+        assert result.steps == 2
+    text_only = tmp_path / "text"
+    build_sequences(BuildConfig(out=str(text_only), streams=("text",), text_corpus="tinystories-sample[:40]",
+                                context_length=64))
+    with pytest.raises(ValueError, match="built with another tokenizer than .*model's, which has num_units"):
+        train(_config(str(text_only), tmp_path / "text-run", base_model=str(model_dir), budget_tokens=4 * 64))

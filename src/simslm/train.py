@@ -35,7 +35,7 @@ from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
-from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
+from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
 from simslm.speech.manifest import manifest_folder
 
 
@@ -468,6 +468,12 @@ def check_base_tokenizer(config: TrainConfig, vocabulary: Vocabulary, model) -> 
     """Refuse data whose text tokens are not the base model's: compared token by token with the model's own
     tokenizer when it has one, else by its number of embedding rows."""
     fix = f"build the sequences with --tokenizer {config.base_model}"
+    if not config.base_model.startswith(model_lib.FAMILY_SOURCE) and \
+            (extended := speech_vocabulary(config.base_model)) is not None:
+        # A speech LM trained on (continued training): the data must be built on its vocabulary, units included.
+        if problem := vocabulary.mismatch(extended):
+            raise ValueError(another_tokenizer(config.data, config.base_model, problem))
+        return
     try:
         base_tokenizer = load_base_tokenizer(config.base_model)
     except ValueError:

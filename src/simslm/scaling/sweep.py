@@ -58,7 +58,7 @@ from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accura
 from simslm.scaling.fit import TABLE_COLUMNS, fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import index_digest
-from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
+from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
 from simslm.train import (
     OFF_BUDGET,
     PEAK_FLOPS_VARIABLE,
@@ -354,11 +354,15 @@ def _check_base_model(base_model: str, data: str, checked: set[tuple[str, str]])
         raise ValueError(problem)
     local = Path(base_model).expanduser().exists() or base_model in assets.REGISTRY
     if local and not base_model.endswith(".bin"):  # a llama2.c .bin carries no tokenizer: its runs check its rows
-        try:
-            tokenizer = load_base_tokenizer(base_model)
-        except ValueError:
-            tokenizer = None  # a model folder without one: its runs compare its embedding rows
-        if tokenizer is not None and (problem := Vocabulary.load(Path(data) / "tokenizer").base_mismatch(tokenizer)):
+        if (extended := speech_vocabulary(base_model)) is not None:  # a speech LM trained on: its whole vocabulary
+            problem = Vocabulary.load(Path(data) / "tokenizer").mismatch(extended)
+        else:
+            try:
+                tokenizer = load_base_tokenizer(base_model)
+            except ValueError:
+                tokenizer = None  # a model folder without one: its runs compare its embedding rows
+            problem = tokenizer and Vocabulary.load(Path(data) / "tokenizer").base_mismatch(tokenizer)
+        if problem:
             raise ValueError(another_tokenizer(data, base_model, problem))
     checked.add((base_model, data))
 

@@ -39,7 +39,15 @@ class Vocabulary:
 
     @classmethod
     def build(cls, base: str, num_units: int) -> "Vocabulary":
-        """Extend the tokenizer at `base`: an HF tokenizer folder or id, a SentencePiece .model, or an asset."""
+        """Extend the tokenizer at `base`: an HF tokenizer folder or id, a SentencePiece .model, or an asset.
+
+        A speech LM's folder (a run's model/, a `model from-slamkit` conversion) holds a vocabulary extended
+        already: it is the vocabulary, as it is, for units of its own number (continued training of that model)."""
+        if (extended := speech_vocabulary(base)) is not None:
+            if extended.num_units != num_units:
+                raise ValueError(f"{base}: a speech LM's vocabulary of {extended.num_units} units, but the units "
+                                 f"are of a {num_units}-unit codebook; build with units of the model's own codebook")
+            return extended
         tokenizer = load_base_tokenizer(base)
         vocab = tokenizer.get_vocab()
         units = [f"<unit_{i}>" for i in range(num_units)]
@@ -94,6 +102,16 @@ class Vocabulary:
     def is_unit(self, token_ids: np.ndarray) -> np.ndarray:
         return (token_ids >= self.unit_offset) & (token_ids < self.unit_offset + self.num_units)
 
+    def mismatch(self, other: "Vocabulary") -> str | None:
+        """How this vocabulary differs from `other`, a speech LM's own (None when they are one): the same tokens at
+        the same ids, the units and markers in the same places."""
+        layout = ("num_units", "unit_offset", "speech_id", "text_id", "pad_id")
+        if differing := [name for name in layout if getattr(self, name) != getattr(other, name)]:
+            return ", ".join(f"{name} {getattr(other, name)}, the data's {getattr(self, name)}" for name in differing)
+        ours = self.tokenizer.get_vocab()
+        moved = [token for token, token_id in other.tokenizer.get_vocab().items() if ours.get(token) != token_id]
+        return f"{len(moved)} token(s) with other ids (e.g. {moved[0]!r})" if moved else None
+
     def base_mismatch(self, base_tokenizer) -> str | None:
         """How this vocabulary's text part differs from `base_tokenizer` (None when it extends exactly that one).
 
@@ -111,6 +129,15 @@ class Vocabulary:
             if getattr(base_tokenizer, name) != getattr(self.tokenizer, name):
                 return f"{name} {getattr(base_tokenizer, name)}, the data's is {getattr(self.tokenizer, name)}"
         return None
+
+
+def speech_vocabulary(folder: str | os.PathLike) -> "Vocabulary | None":
+    """The vocabulary of a speech LM's folder (one with units: a run's model/, a slamkit conversion), or None (a
+    text LM's, whose vocabulary a `simslm textlm` member records with no units, or no vocabulary at all)."""
+    path = Path(folder)
+    if not (path / VOCAB_FILE).is_file() or not jobs.read_json(path / VOCAB_FILE).get("num_units"):
+        return None
+    return Vocabulary.load(path)
 
 
 def load_base_tokenizer(base: str):
