@@ -1,6 +1,6 @@
 import pytest
 
-from simslm.sequences.vocabulary import Vocabulary
+from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
 
 
 def test_vocabulary_extends_tok512_with_units_markers_and_a_fresh_pad(vocabulary):
@@ -26,8 +26,12 @@ def test_saved_tokenizer_round_trips_through_autotokenizer(vocabulary, tmp_path)
     assert reloaded.encode(text, add_special_tokens=False) == vocabulary.tokenizer.encode(text, add_special_tokens=False)
     assert reloaded.pad_token_id == vocabulary.pad_id and len(reloaded) == len(vocabulary)
     assert Vocabulary.load(tmp_path).speech_id == vocabulary.speech_id
+    # Built on again (a speech LM trained on): the saved vocabulary itself, not extended twice.
+    again = Vocabulary.build(str(tmp_path), vocabulary.num_units)
+    assert len(again) == len(vocabulary) and again.mismatch(vocabulary) is None
+    (tmp_path / VOCAB_FILE).unlink()  # unit tokens with no record of their layout: extending would duplicate them
     with pytest.raises(ValueError, match="already has unit tokens"):
-        Vocabulary.build(str(tmp_path), 32)  # extending twice would duplicate the units
+        Vocabulary.build(str(tmp_path), vocabulary.num_units)
 
 
 def test_any_hf_tokenizer_can_be_extended(tmp_path):
