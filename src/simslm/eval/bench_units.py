@@ -44,7 +44,7 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
         _check_speech_units(speech_units, given, run_dir, model_dir, recorded)
         return given
     if recorded is not None:
-        _check_recorded_units(model_dir, recorded)
+        _check_recorded_units(run_dir, model_dir, recorded)
         return recorded
     if (run_dir / "plan.json").exists():
         from simslm.train import placed_input
@@ -57,13 +57,24 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
                      f"(the `simslm units extract` folder of its codebook)")
 
 
-def _check_recorded_units(model_dir: Path, recorded: UnitSource) -> None:
-    """The units a model folder records must be as many as its vocabulary's: `model from-slamkit --num-units 16
-    --speech-units` of a 200-unit codebook recorded them, and `eval` scored units 16 and up as other tokens."""
+def _model_num_units(run_dir: Path, model_dir: Path) -> int | None:
+    """How many units the model reads: its folder's vocabulary's, else (a run whose model is not written yet) its
+    training data's; None when neither is there."""
     from simslm.sequences.vocabulary import VOCAB_FILE
 
-    if (model_dir / VOCAB_FILE).exists() and recorded.k != (num_units := jobs.read_json(model_dir / VOCAB_FILE)
-                                                             ["num_units"]):
+    vocabulary = model_dir / VOCAB_FILE if (model_dir / VOCAB_FILE).exists() else None
+    if vocabulary is None and (run_dir / "plan.json").exists():
+        from simslm.train import placed_input
+
+        data = placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data")
+        vocabulary = Path(data) / "tokenizer" / VOCAB_FILE
+    return jobs.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
+
+
+def _check_recorded_units(run_dir: Path, model_dir: Path, recorded: UnitSource) -> None:
+    """The units a model folder records must be as many as its vocabulary's: `model from-slamkit --num-units 16
+    --speech-units` of a 200-unit codebook recorded them, and `eval` scored units 16 and up as other tokens."""
+    if (num_units := _model_num_units(run_dir, model_dir)) is not None and recorded.k != num_units:
         raise ValueError(f"{model_dir}: records units of a {recorded.k}-unit codebook ({recorded.codebook}), but "
                          f"its vocabulary has {num_units} units; pass --speech-units FOLDER of its own codebook")
 
@@ -73,16 +84,7 @@ def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir
     """`--speech-units` must be the model's own units: a codebook of another size (its ids are other tokens, or
     past the model's units), or another codebook than the one the model records, scored or prompted the model with
     units it never read, without a word (or ended in an IndexError of the vocoder)."""
-    from simslm.sequences.vocabulary import VOCAB_FILE
-
-    vocabulary = model_dir / VOCAB_FILE if (model_dir / VOCAB_FILE).exists() else None
-    if vocabulary is None and (run_dir / "plan.json").exists():  # a run whose model is not written yet
-        from simslm.train import placed_input
-
-        data = placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data")
-        vocabulary = Path(data) / "tokenizer" / VOCAB_FILE
-    num_units = jobs.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
-    if num_units is not None and given.k != num_units:
+    if (num_units := _model_num_units(run_dir, model_dir)) is not None and given.k != num_units:
         raise ValueError(f"{folder}: units of a {given.k}-unit codebook, but the model reads {num_units} units "
                          f"(--speech-units names the units the model was trained on)")
     if recorded is not None and given.other_codebook(recorded):

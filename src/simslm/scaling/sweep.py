@@ -1461,9 +1461,12 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
     lines = [f"{'run':<44} {'status':<10} {'size':>6} {'params':>7} {'budget':>8} " + ("seed " if seeds else "") +
              f"{'speech CE':>9}  accuracies"]
     counts: dict[str, int] = {}
+    failed = []
     for run in sweep["runs"]:
         status = run_status(run, bench)
         counts[status] = counts.get(status, 0) + 1
+        if status == "failed":
+            failed.append(run)
         row = finished.get(run["id"], {})
         accuracies = " ".join(f"{name}={result.accuracy:.3f}" for name, result in row.get("accuracies", {}).items())
         speech = f"{row['loss_speech']:.3f}" if row.get("loss_speech") is not None else "-"
@@ -1474,8 +1477,7 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         lines.append(f"{run['id']:<44} {status:<10} {run.get('member', ''):>6} {parameters:>7} {grid_point:>8} "
                      f"{seed}{speech:>9}  {accuracies}")
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    lines += [f"failed {run['id']}: {error[:300]}" for run in sweep["runs"]
-              if run_status(run, bench) == "failed" and (error := run_error(run))]
+    lines += [f"failed {run['id']}: {(run_error(run) or '')[:300]}" for run in failed]
     return "\n".join(lines)
 
 
