@@ -34,7 +34,7 @@ _CHECKSUMS: dict[str, str] = json.loads((Path(__file__).with_name("asset_checksu
 DOWNLOAD_TIMEOUT_SEC = 30
 
 
-class AssetError(RuntimeError):
+class AssetError(RuntimeError, jobs.UserError):
     """An asset that cannot be resolved or fails its checksum; the message says what to do."""
 
 

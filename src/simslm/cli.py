@@ -656,23 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        from simslm.assets import AssetError
-        from simslm.jobs import JobsFailed, WorkerDied
+        from simslm.jobs import error_line
 
-        expected = isinstance(error, (AssetError, ValueError, WorkerDied, JobsFailed)) or (
-            isinstance(error, OSError) and error.filename)
-        message = " ".join(str(error).split()) or error.__class__.__name__
-        if isinstance(error, OSError) and error.filename:  # FILE: what is wrong, as every other message
-            filename = error.filename
-            if isinstance(error, NotADirectoryError):  # OUT/shards under an OUT that is a file: name OUT
-                filename = next((str(p) for p in Path(filename).parents if p.is_file()), filename)
-            what = ("no such file or folder" if isinstance(error, FileNotFoundError) else
-                    # simslm makes its folders with exist_ok: what exists there is a file
-                    "a file, where a folder is needed" if isinstance(error, (FileExistsError, NotADirectoryError))
-                    else (error.strerror or error.__class__.__name__).lower())
-            message = f"{filename}: {what}"
-        hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
-        print(f"{name}: error: {message}{hint}", file=sys.stderr)
+        print(error_line(name, error), file=sys.stderr)
         return 2
     finally:
         if ours:

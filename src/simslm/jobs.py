@@ -481,13 +481,18 @@ def _run_noted(function: Callable[[Any], Any], path: str, keyed: tuple[str, Any]
     return function(task)
 
 
-class JobsFailed(RuntimeError):
+class UserError(Exception):
+    """An error that is not simslm's fault and whose message says what to do (an asset not found, a worker killed
+    for memory): `error_line` says it as it is, as a ValueError, without pointing to a traceback."""
+
+
+class JobsFailed(RuntimeError, UserError):
     """Runs or jobs a command started (a sweep's runs, `units extract`'s array) ended in errors of their own, which
     their logs hold; what was done is kept and the same command redoes only the rest. The command says it in one
     line, naming the folder: its own traceback would show only where it waited."""
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(RuntimeError, UserError):
     """A worker process of `parallel_map` ended without a word (the kernel's OOM killer under a cgroup's memory
     limit, a crash in a native library); `ended` maps the pid of each that did so to its exit code (-9 for
     SIGKILL). The executor then stops the other workers itself (SIGTERM), so those are not in it. `running`: the
@@ -621,6 +626,27 @@ class Resumable:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self, *args)
+
+
+def error_line(name: str, error: Exception) -> str:
+    """`NAME: error: FILE: what is wrong`, the one line a command ends with on an error: a user's mistake (a
+    ValueError, a missing or unreadable file, ...) as it is, anything else with its class and the way to its
+    traceback (`--debug`). The command line says it, and a cluster's job of a sweep writes it where a local
+    run's line goes (`sweep.execute_cluster_run`)."""
+    expected = isinstance(error, (ValueError, UserError)) or (
+        isinstance(error, OSError) and error.filename)
+    message = " ".join(str(error).split()) or error.__class__.__name__
+    if isinstance(error, OSError) and error.filename:  # FILE: what is wrong, as every other message
+        filename = error.filename
+        if isinstance(error, NotADirectoryError):  # OUT/shards under an OUT that is a file: name OUT
+            filename = next((str(p) for p in Path(filename).parents if p.is_file()), filename)
+        what = ("no such file or folder" if isinstance(error, FileNotFoundError) else
+                # simslm makes its folders with exist_ok: what exists there is a file
+                "a file, where a folder is needed" if isinstance(error, (FileExistsError, NotADirectoryError))
+                else (error.strerror or error.__class__.__name__).lower())
+        message = f"{filename}: {what}"
+    hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
+    return f"{name}: error: {message}{hint}"
 
 
 def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list[str]:

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -299,6 +300,28 @@ def test_a_run_that_failed_is_said_failed_with_its_error_and_retried(data, tmp_p
     # Stopped to resume (its log's last line is not an error): started, as before.
     with open(Path(run["config"]["run_dir"]).parent / f"{run['id']}.log", "a") as log:
         log.write("simslm sweep run-one: interrupted; re-run the same command to resume\n")
+    assert sweep.run_status(run, ()) == "started"
+
+
+@pytest.mark.slow
+def test_a_cluster_job_that_failed_is_said_failed_with_its_error(data, tmp_path):
+    """A run whose SLURM job ended in an error read `started` in `sweep status`: its output was in submitit's
+    folder, not in the run's log where a local sweep's goes. The job now writes its start, its end and simslm's
+    one-line error there (submitit's local cluster runs the same job code as SLURM)."""
+    pytest.importorskip("submitit")
+    planned = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,),
+                                     train={"batch_size": 4, "lr": 1e39, "warmup_fraction": 0.0, "lr_min": 0.0}),
+                               tmp_path / "s")
+    with pytest.raises(jobs.JobsFailed, match="1 run\\(s\\) failed"):
+        sweep.run_sweep(tmp_path / "s", executor="slurm", cluster="local", timeout_min=10)
+    (run,) = planned["runs"]
+    assert sweep.run_status(run, ()) == "failed" and "lower --lr" in sweep.run_error(run)
+    assert f"failed {run['id']}: simslm sweep run-one: error: " in sweep.status_table(tmp_path / "s")
+    log = (tmp_path / "s" / "runs" / f"{run['id']}.log").read_text().splitlines()
+    assert len(log) == 2 and re.fullmatch(r"simslm sweep run-one: job \d+ started .*", log[0]), log
+    # A job started again (retried, or requeued at its time limit): started, until it ends.
+    with open(tmp_path / "s" / "runs" / f"{run['id']}.log", "a") as handle:
+        handle.write("simslm sweep run-one: job 7 started (its output: the sweep's submitit folder)\n")
     assert sweep.run_status(run, ()) == "started"
 
 

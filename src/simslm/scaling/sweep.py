@@ -707,6 +707,33 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
     return "done"
 
 
+def execute_cluster_run(sweep_dir: str, identifier: str) -> str:
+    """`execute_run` as a cluster's job (`--executor slurm`), its first process saying in the run's log
+    (`runs/<id>.log`, where a local sweep's subprocess writes a run's output) that the job started, how it ended,
+    and on an error simslm's one line (`jobs.error_line`): `sweep status` reads a failed run's error there,
+    whichever executor ran it. The job's own output, tracebacks included, stays in submitit's folder."""
+    _distributed_from_slurm()
+    first = int(os.environ.get("RANK", "0")) == 0
+    log = Path(sweep_dir) / "runs" / f"{identifier}.log"
+
+    def say(line: str) -> None:
+        if first:
+            with open(log, "a") as handle:
+                handle.write(line + "\n")
+
+    import submitit
+
+    name = "simslm sweep run-one"
+    say(f"{name}: job {submitit.JobEnvironment().job_id} started (its output: the sweep's submitit folder)")
+    try:
+        status = execute_run(sweep_dir, identifier)
+    except Exception as error:
+        say(jobs.error_line(name, error))
+        raise
+    say(status)
+    return status
+
+
 def _distributed_from_slurm() -> None:
     """In a submitit job of several tasks (SLURM, or submitit's local cluster), torch.distributed's variables
     from the job's, through submitit's helper; nothing elsewhere (torchrun sets them itself).
@@ -940,7 +967,7 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
         slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_array_parallelism=array_parallelism,
         slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch), max_requeues=max_requeues,
         warning_s=warning_s)
-    submitted = executor.map_array(jobs.Resumable(execute_run), [str(sweep_dir)] * len(runs),
+    submitted = executor.map_array(jobs.Resumable(execute_cluster_run), [str(sweep_dir)] * len(runs),
                                    [run["id"] for run in runs])
     recorded = {run["id"]: {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
                             "stderr": os.path.relpath(job.paths.stderr, folder),
