@@ -117,9 +117,9 @@ def test_size_family_grows_monotonically_and_hits_targets():
         built = model.build_family_model(depth, 600, seed=0)
         assert model.parameter_groups(built).total == model.family_parameters(depth, 600)
         assert model.parameter_groups(built).non_embedding == model.family_parameters(depth, 600, non_embedding=True)
-        assert model.family_depth_for(model.family_parameters(depth, 600), 600) == depth
-        assert model.family_depth_for(model.family_parameters(depth, 600, non_embedding=True), 600,
-                                      non_embedding=True) == depth
+        assert model.family_member_for(model.family_parameters(depth, 600), 600) == (depth, None)
+        assert model.family_member_for(model.family_parameters(depth, 600, non_embedding=True), 600,
+                                       non_embedding=True) == (depth, None)
     # A narrower aspect ratio: a finer ladder, heads of at most `ratio` dims (as many heads as layers).
     for depth in (1, 3):
         built = model.build_family_model(depth, 600, seed=0, aspect_ratio=16)

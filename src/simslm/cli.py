@@ -414,14 +414,18 @@ def _plan(config) -> int:
                 print(f"  note: N_opt is {fewest / plan['n_opt']:.3g}x smaller than the smallest size the sweep "
                       f"trained ({smallest}): the law is extrapolated there")
         else:
-            depth = model.family_depth_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
-            parameters = model.family_parameters(depth, config.vocab_size, non_embedding=non_embedding)
-            total = model.family_parameters(depth, config.vocab_size)
-            print(f"nearest family member (vocabulary {config.vocab_size}): depth {depth}, {parameters:,} {counted} "
+            depth, width = model.family_member_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
+            parameters = model.member_parameters(depth, width, config.vocab_size, non_embedding=non_embedding)
+            total = model.member_parameters(depth, width, config.vocab_size)
+            named = f"depth {depth}" + (f" at width {width} ({model.member_label(depth, width)})" if width else "")
+            print(f"nearest family member (vocabulary {config.vocab_size}): {named}, {parameters:,} {counted} "
                   f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
             if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
                 print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
                       f"{plan['n_opt'] / parameters:.3g}x larger than it")
+            elif parameters > plan["n_opt"] and width is not None and model.narrower_width(width) is None:
+                print(f"  note: capped at the family's smallest member ({model.member_label(depth, width)}); N_opt "
+                      f"is {parameters / plan['n_opt']:.3g}x smaller than it")
         if non_embedding:  # C counted the fit's way is not what the training costs
             print(f"  C here is 6 N D with N outside the embeddings, as the fit counts it: with all {total:,} "
                   f"parameters, that training is {6 * total * config.flops / (6 * parameters):.4g} FLOPs")

@@ -302,11 +302,24 @@ def family_parameters(depth: int, vocab_size: int, aspect_ratio: int = FAMILY_AS
 FAMILY_MAX_DEPTH = 48
 
 
-def family_depth_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH,
-                     aspect_ratio: int = FAMILY_ASPECT_RATIO, non_embedding: bool = False) -> int:
-    """The depth whose parameter count (total, or non-embedding) is closest to the target (in log space)."""
-    return min(range(1, max_depth + 1), key=lambda d: abs(
-        np.log(family_parameters(d, vocab_size, aspect_ratio, non_embedding)) - np.log(target_parameters)))
+def family_member_for(target_parameters: float, vocab_size: int, max_depth: int = FAMILY_MAX_DEPTH,
+                      aspect_ratio: int = FAMILY_ASPECT_RATIO, non_embedding: bool = False) -> tuple[int, int | None]:
+    """(depth, width or None) of the member whose parameter count (total, or non-embedding) is closest to the target
+    in log space: depths 1 to `max_depth`, and below depth 1 its narrower members (d1w16, d1w8, ...: what
+    bracketing grows a grid into), so that a plan for a budget below depth 1 names the size a sweep would train."""
+    members = [(depth, None) for depth in range(1, max_depth + 1)]
+    width = narrower_width(aspect_ratio)
+    while width is not None:
+        members.append((1, width))
+        width = narrower_width(width)
+    return min(members, key=lambda member: abs(np.log(
+        member_parameters(*member, vocab_size, aspect_ratio, non_embedding)) - np.log(target_parameters)))
+
+
+def member_parameters(depth: int, width: int | None, vocab_size: int, aspect_ratio: int = FAMILY_ASPECT_RATIO,
+                      non_embedding: bool = False) -> int:
+    """`family_parameters` of a member as `family_member_for` names it (a narrower depth 1 by its width)."""
+    return family_parameters(depth, vocab_size, width or aspect_ratio, non_embedding)
 
 
 # Below depth 1 the family goes on narrowing: depth 1 at half the width, a quarter, ... (a depth-1 member of width

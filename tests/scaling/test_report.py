@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from simslm import jobs
+from simslm import jobs, model
 from simslm.cli import main
 from simslm.eval.evaluate import BenchmarkResult
 from simslm.model import ParameterGroups
@@ -139,7 +139,6 @@ def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
 def test_a_plan_from_a_non_embedding_fit_counts_the_family_so(tmp_path, capsys):
     """A fit whose N is non-embedding parameters (`fit --convention non_embedding`) planned the member of that
     many parameters in all, and its tokens from all of them: C = 6 N D of another N than the fit's."""
-    from simslm import model
 
     rows = ["parameters,non_embedding_parameters,tokens,loss"]
     for parameters in np.logspace(4.5, 6.5, 5):
@@ -152,7 +151,8 @@ def test_a_plan_from_a_non_embedding_fit_counts_the_family_so(tmp_path, capsys):
     out = capsys.readouterr().out
     n_opt = float(out.split("N_opt = ")[1].split()[0])
     assert out.split("N_opt = ")[1].split()[1:3] == ["non-embedding", "parameters"]
-    depth = model.family_depth_for(n_opt, 600, non_embedding=True)
+    depth, width = model.family_member_for(n_opt, 600, non_embedding=True)
+    assert width is None
     counted = model.family_parameters(depth, 600, non_embedding=True)
     assert (f"nearest family member (vocabulary 600): depth {depth}, {counted:,} non-embedding parameters -> train it "
             f"for {1e15 / (6 * counted):.4g} tokens") in out
@@ -214,6 +214,23 @@ def test_plan_says_when_it_caps_the_family(capsys):
     assert "capped at the family's largest member (depth 48)" in capsys.readouterr().out
     assert main(["plan", "--flops", "1e15"]) == 0
     assert "capped" not in capsys.readouterr().out
+
+
+def test_a_plan_below_depth_1_names_the_narrower_member_a_sweep_would_train(capsys):
+    """Below depth 1 simslm's family narrows (d1w16 ... d1w4, as bracketing grows a grid into them); `plan` named
+    depth 1 whatever the budget, as "train it for 0.003758 tokens" at 1e3 FLOPs, without a word."""
+    vocabulary = 1015
+    for flops in (1e11, 1e10):
+        assert main(["plan", "--flops", str(flops)]) == 0
+        out = capsys.readouterr().out
+        n_opt = float(out.split("N_opt = ")[1].split()[0])
+        ladder = [(f"d1w{width}", model.family_parameters(1, vocabulary, aspect_ratio=width)) for width in (32, 16, 8, 4)]
+        label, parameters = min(ladder, key=lambda member: abs(np.log(member[1] / n_opt)))
+        assert label != "d1w32"  # the law's N_opt at these budgets lies below depth 1
+        assert (f"nearest family member (vocabulary {vocabulary}): depth 1 at width {label[3:]} ({label}), "
+                f"{parameters:,} parameters -> train it for {flops / (6 * parameters):.4g} tokens") in out
+    assert main(["plan", "--flops", "1e3"]) == 0
+    assert "capped at the family's smallest member (d1w4); N_opt is " in capsys.readouterr().out
 
 
 def test_the_report_renders_in_headless_chromium(tmp_path):
