@@ -86,6 +86,29 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(tmp_path):
     assert validate_manifest(resumed.manifest) == []
 
 
+def test_audio_the_disk_cannot_hold_stops_the_job_naming_the_file_and_a_rerun_finishes(tmp_path):
+    """A full disk (here a file size limit, RLIMIT_FSIZE, which fails the write as a full disk does) was counted
+    as "the TTS engine failed" for each line whose audio did not fit, and `synth` ended as done, its manifest short
+    of them. It now stops at the first such write, naming the file; a re-run keeps what was written."""
+    corpus = tmp_path / "corpus.txt"
+    story = "The little dog ran all the way home through the long green field and over the hill. " * 12
+    corpus.write_text(f"One small cat.\nTwo big dogs.\n{story}\nThree red birds.\n")
+    out = tmp_path / "out"
+    limit = 150_000  # each short line's FLAC is about 20 kB, the story's about 700 kB
+    command = [sys.executable, "-m", "simslm", "synth", "--out", str(out), "--corpus", str(corpus),
+               "--num-workers", "1", "--id-prefix", "d"]
+    limited = [sys.executable, "-c", f"import os, resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
+                                     f"{limit})); os.execv({command[0]!r}, {command!r})"]
+    refused = subprocess.run(limited, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines()[-1] == f"simslm synth: error: {out}/audio/0000/d-000002.flac: file too large"
+    assert not (out / "manifest.jsonl").exists()
+    assert [json.loads(line)["id"] for line in (out / "manifest.partial.jsonl").read_text().splitlines()] == [
+        "d-000000", "d-000001"]
+    finished = synthesize_corpus(SynthConfig(out=str(out), corpus=str(corpus), num_workers=1, id_prefix="d"))
+    assert (finished.num_synthesized, finished.num_reused, finished.num_skipped) == (2, 2, 0)
+
+
 @pytest.mark.slow
 def test_sigterm_stops_synth_with_its_workers_and_a_rerun_finishes(tmp_path):
     """`kill` (or a scheduler's time limit) once ended the command alone: its pool's workers and their espeak-ng

@@ -177,7 +177,11 @@ def _skipped(utterance_id: str, reason: SynthSkip, detail: str = "") -> dict[str
 
 
 def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
-    """Worker: speak one line, write its audio atomically, return its manifest record."""
+    """Worker: speak one line, write its audio atomically, return its manifest record.
+
+    A line the engine fails on is skipped and counted; a failure to write its audio (a full disk, a quota, a file
+    size limit) stops the job, naming the file: counted as the engine's, it skipped every line after it, and the
+    job ended as if done, its manifest short of them."""
     utterance_id = task["id"]
     try:
         transcript = text_lib.speakable(task["text"])
@@ -185,23 +189,23 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
             return _skipped(utterance_id, SynthSkip.NO_WORDS)
         backend = TTS_BACKENDS[task["backend"]]()
         samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])
-        if len(samples) == 0:
-            return _skipped(utterance_id, SynthSkip.NO_AUDIO)
-        waveform = samples.astype(np.float32) / 32768.0
-        if sample_rate != audio.TARGET_SAMPLE_RATE:
-            waveform = soxr.resample(waveform, sample_rate, audio.TARGET_SAMPLE_RATE, quality="HQ")
-        relative = f"{task['folder']}/{utterance_id}.{task['audio_format']}"
-        audio.write_audio(Path(task["out_dir"]) / relative, waveform)
-        duration = len(waveform) / audio.TARGET_SAMPLE_RATE
-        words = tuple(Word(word=w, start_sec=round(s, 4), end_sec=round(min(e, duration), 4)) for w, s, e in timings)
-        utterance = Utterance(id=utterance_id, audio=relative, sample_rate=audio.TARGET_SAMPLE_RATE,
-                              duration_sec=round(duration, 4), transcript=transcript, speaker=task["speaker"],
-                              words=words, meta={"tts": task["backend"], "voice": task["voice"],
-                                                 "pitch": task["pitch"], "rate_wpm": task["rate_wpm"],
-                                                 "source_line": task["line"]})
-        return utterance.to_json()
     except Exception as error:  # one bad line must not stop a corpus-sized job
         return _skipped(utterance_id, SynthSkip.ENGINE_FAILED, f"{type(error).__name__}: {error}"[:300])
+    if len(samples) == 0:
+        return _skipped(utterance_id, SynthSkip.NO_AUDIO)
+    waveform = samples.astype(np.float32) / 32768.0
+    if sample_rate != audio.TARGET_SAMPLE_RATE:
+        waveform = soxr.resample(waveform, sample_rate, audio.TARGET_SAMPLE_RATE, quality="HQ")
+    relative = f"{task['folder']}/{utterance_id}.{task['audio_format']}"
+    audio.write_audio(Path(task["out_dir"]) / relative, waveform)
+    duration = len(waveform) / audio.TARGET_SAMPLE_RATE
+    words = tuple(Word(word=w, start_sec=round(s, 4), end_sec=round(min(e, duration), 4)) for w, s, e in timings)
+    utterance = Utterance(id=utterance_id, audio=relative, sample_rate=audio.TARGET_SAMPLE_RATE,
+                          duration_sec=round(duration, 4), transcript=transcript, speaker=task["speaker"],
+                          words=words, meta={"tts": task["backend"], "voice": task["voice"],
+                                             "pitch": task["pitch"], "rate_wpm": task["rate_wpm"],
+                                             "source_line": task["line"]})
+    return utterance.to_json()
 
 
 LOCK_FILE = ".synth.lock"
