@@ -656,8 +656,21 @@ def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list
         try:
             job.result()
         except Exception as error:  # submitit re-raises the job's own error
-            failures.append(f"{label} ({error.__class__.__name__}; log {job.paths.stderr})")
+            failures.append(f"{label} ({_job_error(error)}; log {job.paths.stderr})")
     return failures
+
+
+def _job_error(error: Exception) -> str:
+    """The job's own exception, `Class: message`, from the traceback submitit's FailedJobError carries as text; its
+    class name alone ("FailedJobError", "UncompletedJobError": a job that ended without a result) otherwise."""
+    parts = str(error).split("----------------------")  # submitit's frame around the trace
+    if error.__class__.__name__ == "FailedJobError" and len(parts) > 2:
+        lines = parts[1].strip().splitlines()
+        # The exception's first line is the last one not indented (frames and code are), its message runs on
+        starts = [i for i, line in enumerate(lines) if line[:1].strip() and not line.startswith("Traceback")]
+        if starts:
+            return " ".join(" ".join(lines[starts[-1]:]).split())
+    return error.__class__.__name__
 
 
 def default_workers() -> int:

@@ -312,9 +312,11 @@ def test_a_cluster_job_that_failed_is_said_failed_with_its_error(data, tmp_path)
     planned = sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,),
                                      train={"batch_size": 4, "lr": 1e39, "warmup_fraction": 0.0, "lr_min": 0.0}),
                                tmp_path / "s")
-    with pytest.raises(jobs.JobsFailed, match="1 run\\(s\\) failed"):
-        sweep.run_sweep(tmp_path / "s", executor="slurm", cluster="local", timeout_min=10)
     (run,) = planned["runs"]
+    # The sweep says each job's own error, not submitit's wrapper of it ("FailedJobError").
+    with pytest.raises(jobs.JobsFailed, match=f"1 run\\(s\\) failed: {run['id']} \\(ValueError: .*: the loss became "
+                                              f"nan at step 2; lower --lr .*; log .*_log.err\\)"):
+        sweep.run_sweep(tmp_path / "s", executor="slurm", cluster="local", timeout_min=10)
     assert sweep.run_status(run, ()) == "failed" and "lower --lr" in sweep.run_error(run)
     assert f"failed {run['id']}: simslm sweep run-one: error: " in sweep.status_table(tmp_path / "s")
     log = (tmp_path / "s" / "runs" / f"{run['id']}.log").read_text().splitlines()
