@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -331,106 +330,22 @@ def _sweep_status(config) -> int:
 
 
 def _fit(config) -> int:
+    from simslm.scaling.fit import fit_summary
     from simslm.scaling.sweep import fit_source
 
     fits, out = fit_source(config)
-    for variant, fit in fits["variants"].items():
-        law, approach3 = fit["approach3"]["law"], fit["approach3"]
-        second = fit["approach2"]
-        interval = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
-        first = fit["approach1"]
-        # An approach that could not be computed reads n/a, as in the report; its warning below says why.
-        exponent = lambda a: "n/a" if a is None or a != a else f"{a:.3f}"  # noqa: E731 (a != a: NaN)
-        others = (f"approach 2: {exponent(second['a'])}{interval}, "
-                  f"approach 1 ({first.get('method', 'final points')}): {exponent(first['a'])}")
-        if approach3.get("degenerate"):
-            # Its numbers stay in fit.json, but printed beside sound ones they would be read as a result.
-            print(f"{variant}: approach 3 is degenerate, its law not shown: {'; '.join(approach3['degenerate'])}")
-            print(f"  N_opt ~ C^a: {others}")
-        else:
-            named = [approach3.get("estimator", "huber"), f"bootstrap {approach3.get('bootstrap', 'budgets')}"]
-            named = [name for name in named if name not in ("huber", "bootstrap runs")]  # the defaults go unsaid
-            estimator = f" [{', '.join(named)}]" if named else ""
-            print(f"{variant}{estimator}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
-                  f"{law['B']:.4g}/D^{law['beta']:.4g}"
-                  f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
-                  f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
-            print(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, {approach3['ci_a'][1]:.3f}] "
-                  f"({others})")
-        for warning in fit.get("warnings", []):
-            print(f"  warning: {warning}")
+    print("\n".join(fit_summary(fits)))
     print(f"-> {out}")
     return 0
 
 
 def _plan(config) -> int:
-    from simslm import jobs, model
-    from simslm.scaling import sweep
-    from simslm.scaling.fit import fit_file, fits_for_plan, plan_compute
+    from simslm.scaling.plan import plan_budget
 
-    if config.fit:
-        config = replace(config, fit=fit_file(config.fit))
-    fits, notes = fits_for_plan(config)
-    rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
-    if config.fit:
-        stored = jobs.read_json(config.fit)
-        sweep_dir = sweep.fitted_sweep(config.fit, stored)
-        if sweep_dir is not None:
-            try:
-                rows = sweep.collect(sweep_dir)
-            except ValueError as error:  # `report` and `fit` stop on it; a plan from the law need not
-                print(f"simslm plan: warning: the sizes of sweep {sweep_dir} cannot be read ({error}); the plan "
-                      f"names simslm's own family's members instead", file=sys.stderr)
-        # a sweep's law, fitted before some of its runs finished
-        finished = None if rows is None else {row["id"] for row in rows if row.get("loss_speech") is not None}
-        stale = sweep.stale_fit(config.fit, stored, finished)
-        if stale:
-            print(f"simslm plan: warning: {stale}", file=sys.stderr)
-    for number, (variant, fit, source) in enumerate(fits):
-        plan = plan_compute(config.flops, fit)
-        interval = lambda key: (f" [{plan['ci_' + key][0]:.3g}, {plan['ci_' + key][1]:.3g}]"  # noqa: E731
-                                if "ci_" + key in plan else "")
-        # A fit's N is all parameters, or with `fit --convention non_embedding` those outside the embeddings (its
-        # C = 6 N D counts those): the size is matched, and its tokens read, in the fit's own count.
-        non_embedding = fit.get("convention", {}).get("parameters") == "non_embedding"
-        counted = "non-embedding parameters" if non_embedding else "parameters"
-        print(("\n" if number else "") + f"budget C = {config.flops:.3g} FLOPs, law from {source}")
-        print(f"N_opt = {plan['n_opt']:.4g} {counted}{interval('n_opt')}")
-        print(f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
-              f"({plan['tokens_per_parameter']:.1f} tokens/parameter)")
-        print(f"predicted loss {plan['loss']:.4f}")
-        sizes = sweep.trained_sizes(rows or [], variant, non_embedding=non_embedding) if variant else []
-        if sizes:
-            # The sweep's own models: simslm's family at another vocabulary or aspect ratio, or a real family,
-            # is not the one it trained (the demo's depth 3 has 117,600 parameters, the default family's 429,888).
-            name, parameters, total = min(sizes, key=lambda size: abs(math.log(size[1] / plan["n_opt"])))
-            print(f"nearest size the sweep trained: {name}, {parameters:,} {counted} -> train it for "
-                  f"{config.flops / (6 * parameters):.4g} tokens")
-            (smallest, fewest, _), (largest, most, _) = sizes[0], sizes[-1]
-            if plan["n_opt"] > most:
-                print(f"  note: N_opt is {plan['n_opt'] / most:.3g}x the largest size the sweep trained ({largest}): "
-                      f"the law is extrapolated there")
-            elif plan["n_opt"] < fewest:
-                print(f"  note: N_opt is {fewest / plan['n_opt']:.3g}x smaller than the smallest size the sweep "
-                      f"trained ({smallest}): the law is extrapolated there")
-        else:
-            depth, width = model.family_member_for(plan["n_opt"], config.vocab_size, non_embedding=non_embedding)
-            parameters = model.member_parameters(depth, width, config.vocab_size, non_embedding=non_embedding)
-            total = model.member_parameters(depth, width, config.vocab_size)
-            named = f"depth {depth}" + (f" at width {width} ({model.member_label(depth, width)})" if width else "")
-            print(f"nearest family member (vocabulary {config.vocab_size}): {named}, {parameters:,} {counted} "
-                  f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
-            if parameters < plan["n_opt"] and depth == model.FAMILY_MAX_DEPTH:
-                print(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
-                      f"{plan['n_opt'] / parameters:.3g}x larger than it")
-            elif parameters > plan["n_opt"] and width is not None and model.narrower_width(width) is None:
-                print(f"  note: capped at the family's smallest member ({model.member_label(depth, width)}); N_opt "
-                      f"is {parameters / plan['n_opt']:.3g}x smaller than it")
-        if non_embedding:  # C counted the fit's way is not what the training costs
-            print(f"  C here is 6 N D with N outside the embeddings, as the fit counts it: with all {total:,} "
-                  f"parameters, that training is {6 * total * config.flops / (6 * parameters):.4g} FLOPs")
-    for note in notes:
-        print(f"\n{note}")
+    text, warnings = plan_budget(config)
+    for warning in warnings:
+        print(f"simslm plan: warning: {warning}", file=sys.stderr)
+    print(text)
     return 0
 
 
@@ -529,7 +444,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("fit",), "scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)",
             _config("simslm.scaling.sweep", "FitConfig"), _fit, positional=("source",)),
     Command(("plan",), "compute-optimal model size and tokens for a FLOP budget",
-            _config("simslm.scaling.fit", "PlanConfig"), _plan, also_positional=("fit",)),
+            _config("simslm.scaling.plan", "PlanConfig"), _plan, also_positional=("fit",)),
     Command(("report",), "HTML report with plots and fitted laws for a sweep",
             _config("simslm.scaling.sweep", "ReportConfig"), _report, positional=("sweep",)),
     Command(("demo",), "the whole offline scaling study from nothing, bracketed (13-23 min on 2 cores)",

@@ -31,14 +31,13 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive
 
 # Cuervo & Marxer (2024), textless SLMs (HuBERT-25Hz, 500 units): the reference the paper
 # compares against (its Figure 1), and their downstream exponents (metric ∝ C^γ).
@@ -829,6 +828,42 @@ def fit_warnings(points: Points, fit: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def fit_summary(fits: dict[str, Any]) -> list[str]:
+    """Each variant of a fit.json as `simslm fit` states it: approach 3's law with its intervals (or why it is
+    degenerate), the exponent a of N_opt ~ C^a by each approach, and the fit's warnings."""
+    lines = []
+    for variant, fit in fits["variants"].items():
+        law, approach3 = fit["approach3"]["law"], fit["approach3"]
+        second = fit["approach2"]
+        interval = f" [{second['ci_a'][0]:.3f}, {second['ci_a'][1]:.3f}]" if second.get("ci_a") else ""
+        first = fit["approach1"]
+        others = (f"approach 2: {_exponent(second['a'])}{interval}, "
+                  f"approach 1 ({first.get('method', 'final points')}): {_exponent(first['a'])}")
+        if approach3.get("degenerate"):
+            # Its numbers stay in fit.json, but printed beside sound ones they would be read as a result.
+            lines.append(f"{variant}: approach 3 is degenerate, its law not shown: "
+                         f"{'; '.join(approach3['degenerate'])}")
+            lines.append(f"  N_opt ~ C^a: {others}")
+        else:
+            named = [approach3.get("estimator", "huber"), f"bootstrap {approach3.get('bootstrap', 'budgets')}"]
+            named = [name for name in named if name not in ("huber", "bootstrap runs")]  # the defaults go unsaid
+            estimator = f" [{', '.join(named)}]" if named else ""
+            lines.append(f"{variant}{estimator}: L = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + "
+                         f"{law['B']:.4g}/D^{law['beta']:.4g}"
+                         f"  (alpha CI [{approach3['ci']['alpha'][0]:.3g}, {approach3['ci']['alpha'][1]:.3g}], "
+                         f"beta CI [{approach3['ci']['beta'][0]:.3g}, {approach3['ci']['beta'][1]:.3g}])")
+            lines.append(f"  N_opt ~ C^a: a = {approach3['a']:.3f} [{approach3['ci_a'][0]:.3f}, "
+                         f"{approach3['ci_a'][1]:.3f}] ({others})")
+        lines.extend(f"  warning: {warning}" for warning in fit.get("warnings", []))
+    return lines
+
+
+def _exponent(a: float | None) -> str:
+    """An exponent as the summary prints it; n/a for an approach that could not be computed (None, or NaN), as in
+    the report: its warning says why."""
+    return "n/a" if a is None or a != a else f"{a:.3f}"
+
+
 def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
     """N_opt and D_opt for a budget from a fit's law, with intervals from its bootstrap samples."""
     law = Law(**fit["approach3"]["law"])
@@ -857,98 +892,3 @@ def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", los
                   np.array([row[loss_key] for row in usable], dtype=float),
                   None if any(b is None for b in budgets) else np.array(budgets, dtype=float),
                   None if any(c is None for c in curves) else tuple(curves), curve_kind)
-
-
-def _law_problem(fit: Any) -> str | None:
-    """What keeps one variant of a fit.json (a file a user may have edited) from being planned from, or None."""
-    third = fit.get("approach3") if isinstance(fit, dict) else None
-    law = third.get("law") if isinstance(third, dict) else None
-    if not isinstance(law, dict):
-        return "has no approach 3 law (approach3.law)"
-    names = [field.name for field in fields(Law)]
-    if set(law) != set(names) or not all(isinstance(law[name], (int, float)) and not isinstance(law[name], bool)
-                                         and math.isfinite(law[name]) for name in names):
-        return f"has a law that is not {', '.join(names)} as finite numbers ({json.dumps(law)[:200]})"
-    samples = third.get("samples") or []
-    if not isinstance(samples, list) or not all(isinstance(row, list) and len(row) == len(names) and
-                                                all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in row) for row in samples):
-        return f"has bootstrap samples that are not rows of {len(names)} numbers (approach3.samples)"
-    degenerate = third.get("degenerate", [])
-    if not isinstance(degenerate, list) or not all(isinstance(reason, str) for reason in degenerate):
-        return "has a degenerate list that is not one of reasons (approach3.degenerate)"
-    return None
-
-
-def fit_file(path: str) -> str:
-    """The fit.json `path` names: itself, or the one a sweep folder holds (`simslm fit SWEEP` writes it there)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path
-    if (folder / "fit.json").is_file():
-        return str(folder / "fit.json")
-    others = sorted(p.name for p in folder.glob("fit.*.json"))
-    hint = (f"; it holds {', '.join(others)}: name it" if others else
-            "; `simslm fit SWEEP` writes it" if (folder / "sweep.json").exists() else "")
-    raise ValueError(f"{path}: a folder with no fit.json{hint}")
-
-
-def fits_for_plan(config: "PlanConfig") -> tuple[list[tuple[str | None, dict[str, Any], str]], list[str]]:
-    """The fits `simslm plan` plans from, each as (variant, fit, where it comes from in words), and a note for
-    each variant it leaves out: the variant named, every variant of a fit.json with several and none named (a
-    degenerate law is left out and noted), or the textless reference law (variant None). Refused: a variant that
-    is not there, a named degenerate one, or no sound one."""
-    if not config.fit:
-        return ([(None, {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
-                  "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])
-    fits = jobs.read_json(config.fit)
-    if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
-        raise ValueError(f"{config.fit}: not a fit.json (it has no variants); `simslm fit SWEEP` writes one")
-    fits = fits["variants"]
-    if config.variant is not None and config.variant not in fits:
-        raise ValueError(f"{config.fit} has no variant '{config.variant}' ({', '.join(fits) or 'none'})")
-    if not fits:
-        raise ValueError(f"{config.fit} has no variant to plan from")
-    named = [config.variant] if config.variant is not None else list(fits)
-    problems = {name: _law_problem(fit) for name, fit in fits.items()}
-    for name in named:
-        if problems[name]:
-            raise ValueError(f"{config.fit}: variant '{name}' {problems[name]}; `simslm fit SWEEP` writes a fit.json")
-    sound = [name for name, fit in fits.items() if not problems[name] and not fit["approach3"].get("degenerate")]
-    chosen = [name for name in named if name in sound]
-    if not chosen:
-        name = named[0]
-        others = f"; variants with a sound law: {', '.join(sound)} (--variant)" if sound else ""
-        raise ValueError(f"{config.fit}: the law of variant '{name}' is degenerate "
-                         f"({'; '.join(fits[name]['approach3']['degenerate'])}); fit more runs, or plan from the "
-                         f"textless law (no --fit){others}")
-
-    def source(name: str) -> str:
-        estimator = fits[name]["approach3"].get("estimator", "huber")
-        return f"{config.fit} ({name}{'' if estimator == 'huber' else f', estimator {estimator}'})"
-
-    notes = [f"{name}: not planned, its law is degenerate ({'; '.join(fits[name]['approach3']['degenerate'])})"
-             for name in named if name not in sound]
-    return [(name, fits[name], source(name)) for name in chosen], notes
-
-
-@dataclass(frozen=True, kw_only=True)
-class PlanConfig(Config):
-    """What `simslm plan` does."""
-
-    flops: float
-    """Training budget C in FLOPs."""
-    fit: str | None = None
-    """fit.json from `simslm fit`, or the sweep folder holding it (default: the textless reference law of Cuervo
-    & Marxer 2024)."""
-    variant: str | None = None
-    """Which variant of the fit (default: every variant whose law is sound, one plan each)."""
-    vocab_size: int = 1015
-    """Vocabulary of simslm's own size family, for its nearest member when the fit is not a sweep's (a sweep's
-    fit names the nearest size the sweep trained instead). Default: tok512 + 500 units + 3."""
-
-    def check(self) -> None:
-        check_positive(self, "flops", "vocab_size")
-        if self.variant is not None and self.fit is None:
-            # The reference law has no variants: a --variant alone would be ignored, and the plan not be the fit's.
-            raise ConfigError("--variant needs --fit (the textless reference law has no variants)")
