@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from simslm.eval.generation import JudgeLM, auto_bleu, gen_ppl, gslm_auto_bleu2, sample_continuation, self_bleu2
 
@@ -136,13 +137,19 @@ def test_whisper_text_reaches_the_judge_as_it_comes(monkeypatch):
 
     from simslm.eval.generation import WhisperASR
 
-    heard = []
+    heard, built = [], []
     # `from transformers import pipeline` reads the submodule's (transformers 5's lazy module).
-    monkeypatch.setattr(transformers.pipelines, "pipeline", lambda task, model: lambda inputs: heard.append(
-        inputs) or {"text": " Once upon a time."})
+    monkeypatch.setattr(transformers.pipelines, "pipeline", lambda task, model, **options: built.append(
+        options) or (lambda inputs: heard.append(inputs) or {"text": " Once upon a time."}))
     samples = np.zeros(1600, dtype=np.float32)
     assert WhisperASR("whisper-large-v3-turbo")(samples) == " Once upon a time."
     assert heard[0]["sampling_rate"] == 16000 and heard[0]["raw"] is samples
+    # On the evaluation's device, in half precision on a GPU as slamkit's `get_whisper_pipeline` runs it (it ran
+    # on the CPU in fp32 whatever the device); fp32 on the CPU, as there.
+    WhisperASR("whisper-large-v3-turbo", device="cuda:1")
+    (dtype,) = (value for key, value in built[1].items() if key in ("dtype", "torch_dtype"))
+    assert built[1]["device"] == "cuda:1" and dtype == torch.float16
+    assert built[0]["device"] == "cpu" and torch.float32 in built[0].values()
 
 
 def test_judge_prefers_real_text_to_shuffled_words():

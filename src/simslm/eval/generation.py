@@ -194,9 +194,10 @@ def self_bleu2(transcripts: list[str], averaging: str = "geometric") -> float:
 
 
 class PocketsphinxASR:
-    """pocketsphinx's bundled US English acoustic model and language model (offline)."""
+    """pocketsphinx's bundled US English acoustic model and language model (offline; on the CPU, whatever
+    `device` the evaluation runs on)."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(samprate=audio.TARGET_SAMPLE_RATE, loglevel="FATAL")
@@ -211,12 +212,19 @@ class PocketsphinxASR:
 
 
 class WhisperASR:
-    """Whisper through transformers' ASR pipeline (the paper's chain); needs local weights."""
+    """Whisper through transformers' ASR pipeline (the paper's chain); needs local weights.
 
-    def __init__(self, model_path: str):
+    On the evaluation's device, in half precision on a GPU and fp32 on the CPU, as slamkit's `get_whisper_pipeline`
+    runs it: on the CPU beside a GPU, whisper-large-v3-turbo took seconds a transcript, and its fp32 transcripts
+    need not be the fp16 ones slamkit's GenPPL scores."""
+
+    def __init__(self, model_path: str, device: str = "cpu"):
+        import torch
         from transformers import pipeline
 
-        self._pipeline = pipeline("automatic-speech-recognition", model=model_path)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self._pipeline = pipeline("automatic-speech-recognition", model=model_path, device=device,
+                                  **jobs.weights_dtype(dtype))
 
     def __call__(self, samples: np.ndarray) -> str:
         # Not stripped: slamkit's asr_perplexity hands Whisper's text to the judge as it comes, with its leading
@@ -227,11 +235,12 @@ class WhisperASR:
 class JudgeLM:
     """A text LM that scores transcripts: stories260K, SmolLM2 (.gguf), Llama-3.2-1B, any HF causal LM."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, device: str = "cpu"):
         from simslm.model import load_base_model
         from simslm.sequences.vocabulary import load_base_tokenizer
 
-        self.model = load_base_model(source).eval()
+        # fp32, as slamkit's `get_llm` loads it (transformers 4's default), on the evaluation's device as there
+        self.model = load_base_model(source).to(device).eval()
         self.tokenizer = load_base_tokenizer(source if not source.endswith(".bin") else "stories260K")
         self.source = source
 
@@ -244,8 +253,8 @@ class JudgeLM:
         if len(ids) < 2:
             return float("nan")
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])))
+            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0, :-1].float()
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:], device=logits.device)))
 
 
 ASRS: dict[str, Callable[..., Callable[[np.ndarray], str]]] = {"pocketsphinx": PocketsphinxASR,
@@ -324,8 +333,8 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     vocoder = LogMelInversionVocoder(source.codebook)
     if options.asr not in ASRS:
         raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")
-    asr = ASRS[options.asr](options.asr_model) if options.asr_model else ASRS[options.asr]()
-    judge = JudgeLM(options.judge)
+    asr = ASRS[options.asr](options.asr_model, device=device) if options.asr_model else ASRS[options.asr](device=device)
+    judge = JudgeLM(options.judge, device=device)
     in_speech, in_text = (continuation_options(vocabulary, model, speech) for speech in (True, False))
     speech_transcripts, text_continuations, reference_transcripts = [], [], []
     for number, (prompt_audio, ending) in enumerate(jobs.progress(list(zip(prompts, endings)), "generation")):
