@@ -612,6 +612,13 @@ CASES: dict[str, Case] = {
     # eval
     "eval: run without model": lambda w: (["eval", str(a_folder(w, "no-model")), "--bench", str(w.bench)],
                                           str(a_folder(w, "no-model")), []),
+    "eval: a run still training (no model/ yet)": lambda w: (
+        ["eval", str(_write(w.bad / "run-185" / "plan.json", "{}").parent), "--bench", str(w.bench)],
+        f"{w.bad / 'run-185'}: its training has not finished (no model/ yet)", []),
+    "eval: a checkpoint of a run": lambda w: (
+        ["eval", str(_write(w.bad / "run-186" / "checkpoints" / "step-00000004" / "state.json", "{}").parent),
+         "--bench", str(w.bench), *([] if _write(w.bad / "run-186" / "plan.json", "{}") else [])],
+        f"a checkpoint of run {w.bad / 'run-186'}", []),
     "eval: truncated weights": lambda w: (["eval", str(model_folder(w, "truncated", truncate_weights)), "--bench",
                                            str(w.bench), "--modes", "T"], "truncated", []),
     # Refused before the scoring (it failed after it, at the merge), and left as it is.

@@ -178,6 +178,13 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
                                      Path(placed_input(run_dir, config, "data")) / "tokenizer")
     elif (run_dir / VOCAB_FILE).exists():
         config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
+    elif (run_dir / "plan.json").exists():
+        raise ValueError(f"{run_dir}: its training has not finished (no model/ yet); run the same `simslm train` "
+                         f"again to finish it, or wait for it")
+    elif (run_dir / "state.json").exists() and (run_dir.parent.parent / "plan.json").exists():
+        raise ValueError(f"{run_dir}: a checkpoint of run {run_dir.parent.parent} (the training's state, which its "
+                         f"later steps replace); simslm evaluates a run's model once it has finished: "
+                         f"`simslm eval {run_dir.parent.parent}`")
     else:
         raise ValueError(f"{run_dir}: neither a run folder (plan.json and model/) nor a model folder with "
                          f"{VOCAB_FILE} (a slamkit model: `simslm model from-slamkit --tokenizer ... --num-units ...`)")
