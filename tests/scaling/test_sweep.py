@@ -321,6 +321,11 @@ def test_a_cluster_job_that_failed_is_said_failed_with_its_error(data, tmp_path)
     assert f"failed {run['id']}: simslm sweep run-one: error: " in sweep.status_table(tmp_path / "s")
     log = (tmp_path / "s" / "runs" / f"{run['id']}.log").read_text().splitlines()
     assert len(log) == 2 and re.fullmatch(r"simslm sweep run-one: job \d+ started .*", log[0]), log
+    # Submitted without waiting, then followed: `sweep wait` says the error too.
+    sweep.run_sweep(tmp_path / "s", executor="slurm", cluster="local", timeout_min=10, wait=False)
+    with pytest.raises(jobs.JobsFailed, match=f"1 run\\(s\\) failed: {run['id']} \\(.*: the loss became nan at step 2; "
+                                              f"lower --lr .*; log .*_log.err\\)"):
+        sweep.wait_for_sweep(tmp_path / "s", poll_sec=0.2)
     # A job started again (retried, or requeued at its time limit): started, until it ends.
     with open(tmp_path / "s" / "runs" / f"{run['id']}.log", "a") as handle:
         handle.write("simslm sweep run-one: job 7 started (its output: the sweep's submitit folder)\n")
@@ -566,7 +571,7 @@ def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkey
     waiter.start()
     waiter.join(timeout=60)
     assert not waiter.is_alive(), "sweep wait still waits for a job that has ended"
-    assert outcome and outcome[0].startswith(f"{tmp_path}: 1 run(s) failed: {run['id']} (log ")
+    assert outcome and outcome[0].startswith(f"{tmp_path}: 1 run(s) failed: {run['id']} (no error said; log ")
 
 
 @pytest.mark.slow

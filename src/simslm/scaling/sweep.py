@@ -1215,7 +1215,9 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     tracker.close()
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
-    failed = [f"{run['id']} (log {folder / submitted[run['id']]['stderr']})" for run in sweep["runs"]
+    # Each with its one-line error where its job lived to write it (`execute_cluster_run`), and its job's log.
+    failed = [f"{run['id']} ({(run_error(run) or '').partition(': error: ')[2] or 'no error said'}; log "
+              f"{folder / submitted[run['id']]['stderr']})" for run in sweep["runs"]
               if run["id"] in submitted and run_status(run, bench) != "done"]
     if failed:
         raise jobs.JobsFailed(f"{sweep_dir}: {len(failed)} run(s) failed: {'; '.join(failed)}; re-run "
