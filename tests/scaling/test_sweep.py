@@ -538,6 +538,32 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_runs(data, tmp_path):
         sweep.fit_sweep(empty)
 
 
+def test_a_run_whose_cluster_job_waits_in_the_queue_is_queued_and_not_submitted_again(data, tmp_path):
+    """A run submitted with `sweep run --no-wait` read `pending` until its job started, and a second `sweep run`
+    submitted it again. Here the job is a process of submitit's local cluster that has not taken the run (its
+    controller's pid, alive); once it is gone without a result, the run is pending again."""
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
+    (run,) = sweep.load_sweep(tmp_path)["runs"]
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        job_id = str(waiting.pid)
+        (tmp_path / "submitit").mkdir()
+        (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+            "job_id": job_id, "result": f"{job_id}_0_result.pkl", "stderr": f"{job_id}_0_log.err",
+            "cluster": "local"}}))
+        assert sweep.run_status(run, ()) == "queued" and sweep.status_counts(tmp_path) == {"queued": 1}
+        assert sweep.run_sweep(tmp_path, num_parallel=1) == {"queued": 1}  # nothing started, nothing trained
+        assert not (Path(run["config"]["run_dir"]) / "config.json").exists()
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert sweep.run_status(run, ()) == "pending"
+    # A ledger from before jobs recorded their cluster cannot say whether the job ended: not queued.
+    (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+        "job_id": "1", "result": "1_0_result.pkl", "stderr": "1_0_log.err"}}))
+    assert sweep.run_status(run, ()) == "pending"
+
+
 @pytest.mark.parametrize("cluster", ["slurm", "local"])
 def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkeypatch, cluster):
     """A job killed for memory, cancelled or lost with its node writes no result file: `sweep wait` learns from
@@ -586,7 +612,15 @@ def test_submitit_executor_runs_the_same_code_and_can_submit_and_return(data, tm
     sweep.plan_sweep(_spec(data, depths=(2,), budgets_flops=(4e8,)), tmp_path / "two")
     sweep.run_sweep(tmp_path / "two", executor="slurm", cluster="local", timeout_min=10, nproc_per_run=2,
                     wait=False)
-    assert json.loads((tmp_path / "two" / "submitit" / "jobs.json").read_text())
+    ledger = json.loads((tmp_path / "two" / "submitit" / "jobs.json").read_text())
+    assert ledger
+    # Until its job takes the run's lock, the run is queued, not pending: a second `sweep run` submits it again no
+    # more than it would a running one.
+    (run,) = sweep.load_sweep(tmp_path / "two")["runs"]
+    assert sweep.run_status(run, ()) in ("queued", "running")
+    sweep.run_sweep(tmp_path / "two", executor="slurm", cluster="local", timeout_min=10, nproc_per_run=2,
+                    wait=False)
+    assert json.loads((tmp_path / "two" / "submitit" / "jobs.json").read_text()) == ledger
     assert sweep.wait_for_sweep(tmp_path / "two", poll_sec=0.5) == {"done": 1}
     (run,) = sweep.load_sweep(tmp_path / "two")["runs"]
     assert json.loads((Path(run["config"]["run_dir"]) / "plan.json").read_text())["world_size"] == 2

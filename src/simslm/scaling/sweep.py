@@ -639,21 +639,36 @@ def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
 
 
 def _to_run(status: str) -> bool:
-    """Whether a run in this status is this sweep's to (re)start: not done, and not held by another process."""
-    return status not in ("done", "running")
+    """Whether a run in this status is this sweep's to (re)start: not done, not held by another process, and not
+    waiting in a cluster's queue (submitted by an earlier `sweep run --no-wait`)."""
+    return status not in ("done", "running", "queued")
 
 
 def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
-    """done, evaluating (trained, evaluation missing), running (locked), failed (its last attempt ended in an error:
-    `run_error`), started (resumable) or pending."""
+    """done, evaluating (trained, evaluation missing), running (locked), queued (its cluster job has not ended, nor
+    taken the run yet), failed (its last attempt ended in an error: `run_error`), started (resumable) or pending."""
     run_dir = Path(run["config"]["run_dir"])
     if _locked(run_dir):
         return "running"
     if (run_dir / "result.json").exists():
         return "done" if _evaluated(run_dir, bench) else "evaluating"
+    if _queued(run):
+        return "queued"
     if run_error(run) is not None:
         return "failed"
     return "started" if (run_dir / "config.json").exists() else "pending"
+
+
+def _queued(run: dict[str, Any]) -> bool:
+    """Whether the run's job in the sweep's ledger of cluster jobs (submitit/jobs.json) has not ended. A run
+    submitted with `--no-wait` read `pending` until its job started, and a second `sweep run` submitted it again:
+    two jobs of one run, the later one ending at the lock once the first held it, its allocation spent."""
+    folder = Path(run["config"]["run_dir"]).parent.parent / "submitit"
+    try:
+        job = jobs.read_json(folder / JOBS_FILE).get(run["id"])
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(job, dict) and "cluster" in job and not _job_ended(folder, job)
 
 
 def run_error(run: dict[str, Any]) -> str | None:
