@@ -1049,6 +1049,26 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
             handle.truncate(0)  # the file stays (another process may be waiting to open it); its holder does not
 
 
+@contextlib.contextmanager
+def exclusive_lock_waiting(path: str | os.PathLike, waiting: str, poll_sec: float = 1.0) -> Iterator[None]:
+    """`exclusive_lock`, waited for while another process holds it (`waiting` said once, on stderr): for work that
+    one process does for all (a cache), the others then reading what it made."""
+    said = False
+    while True:
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(exclusive_lock(path, waiting))
+        except Busy as busy:
+            if not said:
+                print(f"simslm: {busy}", file=sys.stderr)
+                said = True
+            time.sleep(poll_sec)
+            continue
+        with held:
+            yield
+        return
+
+
 def keep_settings(path: str | os.PathLike, settings: dict[str, Any], *, made: str, advice: str,
                   earlier_work: bool) -> None:
     """Record in `path` (JSON) the options that decide what a resumable folder holds, or raise ValueError when it

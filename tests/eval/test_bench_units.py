@@ -1,5 +1,6 @@
 
 import numpy as np
+import pytest
 
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.evaluate import load_run_model
@@ -60,10 +61,58 @@ def test_benchmark_units_once_cached_are_read_without_opening_the_audio_again(tr
             if part.audio:
                 np.testing.assert_array_equal(again(part.audio), first(part.audio))
     # A folder missing a shard is not complete: the headers are read and the shard extracted again.
-    folder = next((tmp_path / "cache").iterdir())
+    folder = next(path for path in (tmp_path / "cache").iterdir() if path.is_dir())
     next((folder / "shards").glob("shard-*.jsonl")).unlink()  # a shard, not the counts kept beside it
     units_lookup(pairs, run, None)
     assert opened
+
+
+CONCURRENT_EXTRACTION = """
+import json, sys, time
+from pathlib import Path
+from simslm.units import encoders
+run, cache, started, number, *paths = sys.argv[1:]
+original = encoders.LogMelEncoder.encode_batch
+
+def held(self, batch):  # the first to encode waits until all three have started, then a while: they overlap
+    deadline = time.time() + 60
+    while len(list(Path(started).iterdir())) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    return original(self, batch)
+
+encoders.LogMelEncoder.encode_batch = held
+from simslm.eval.bench_units import run_unit_source, units_for_audio
+source = run_unit_source(Path(run))
+(Path(started) / number).touch()
+table = units_for_audio(paths, source, Path(cache), num_workers=1)
+print(json.dumps({path: table[path].tolist() for path in paths}))
+"""
+
+
+def test_runs_evaluated_at_once_extract_their_benchmark_once_and_read_the_same_units(trained_run, tmp_path):
+    """A sweep's runs that finish together evaluate together. Each extracted the benchmark's units into the same
+    cache folder, and read the others' live work in the shards' journals as processes that had died there: it
+    encoded those utterances again one at a time, and a third process would skip an utterance "that ended the
+    process twice", writing the shard without it. One extracts now; the others wait for it and read its units."""
+    import json
+    import subprocess
+    import sys
+
+    run, bench = trained_run
+    paths = [str(path) for path in sorted((bench / "audio").glob("*.flac"))]
+    (tmp_path / "started").mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_EXTRACTION, str(run), str(tmp_path / "cache"),
+                                   str(tmp_path / "started"), str(number), *paths],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for number in range(3)]
+    outcomes = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err for _, err in outcomes]
+    errors = "".join(err for _, err in outcomes)
+    assert "ended the process" not in errors and "process ended while" not in errors, errors
+    assert errors.count("being extracted into") == 2, errors  # the two that waited said so
+    tables = [json.loads(out) for out, _ in outcomes]
+    assert tables[0] == tables[1] == tables[2] and len(tables[0]) == len(paths)
+    assert all(len(units) for units in tables[0].values())
 
 
 def test_a_benchmark_built_again_into_its_folder_gets_its_own_units(trained_run, tmp_path, monkeypatch):
@@ -102,9 +151,33 @@ def test_codebooks_of_the_same_centroids_with_other_encoder_settings_do_not_shar
     paths = [str(path) for path in sorted((bench / "audio").glob("*.flac"))[:2]]
     first = units_for_audio(paths, source, tmp_path / "cache")
     again = units_for_audio(paths, replace(source, codebook=other.save(tmp_path / "other")), tmp_path / "cache")
-    assert len(list((tmp_path / "cache").iterdir())) == 2  # two extractions, not one read twice
+    assert len([path for path in (tmp_path / "cache").iterdir() if path.is_dir()]) == 2  # two, not one read twice
     for path in paths:  # logmel ignores a checkpoint: the same units, from their own folder
         np.testing.assert_array_equal(first[path], again[path])
+
+
+def test_benchmark_units_are_encoded_on_the_evaluations_device_in_a_folder_of_their_own(trained_run, tmp_path,
+                                                                                        monkeypatch):
+    """`eval --device cuda` encoded the benchmark's audio on the CPU (HuBERT over hours of audio, in each run's GPU
+    job of a sweep). Now on the evaluation's device, as slamkit encodes a benchmark on the model's, into a folder of
+    its own: a GPU's float32 units need not be the CPU's to the last frame."""
+    from simslm.eval import bench_units
+
+    run, bench = trained_run
+    source = run_unit_source(run)
+    paths = [str(path) for path in sorted((bench / "audio").glob("*.flac"))[:2]]
+    asked = []
+
+    def extract(config, records):
+        asked.append(config)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench_units, "extract_units", extract)
+    for device in ("cuda:1", "cpu"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            bench_units.units_for_audio(paths, source, tmp_path / "cache", device=device)
+    assert [config.device for config in asked] == ["cuda:1", "cpu"]
+    assert asked[0].out != asked[1].out and asked[0].dtype == "float32"
 
 
 def test_parts_joined_for_s_mode_are_each_resampled_as_the_codebook_records(tmp_path):

@@ -864,3 +864,53 @@ def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_p
     checked, quick = list(_records(tmp_path / "m.jsonl", checked=True)), list(_records(tmp_path / "m.jsonl"))
     assert quick == checked == [{"id": "a", "path": str(tmp_path / "x" / "a.flac"), "duration_sec": 1.5},
                                 {"id": "b", "path": str(tmp_path / "elsewhere" / "b.wav"), "duration_sec": 2}]
+
+
+TWICE_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from simslm.units import encoders
+from simslm.units.extract import ExtractConfig, extract_units
+manifest, codebook, out, started, number = sys.argv[1:]
+original = encoders.LogMelEncoder.encode_batch
+
+def held(self, batch):  # each encoding waits until all three have started, then a while: they overlap
+    deadline = time.time() + 60
+    while len(list(Path(started).iterdir())) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)
+    return original(self, batch)
+
+encoders.LogMelEncoder.encode_batch = held
+(Path(started) / number).touch()
+extract_units(ExtractConfig(manifest=manifest, codebook=codebook, out=out, shard_size=1, num_workers=1,
+                            batch_size=1))
+"""
+
+
+def test_the_same_extraction_run_three_times_at_once_shares_the_shards_and_skips_nothing(extracted, tmp_path):
+    """The same `units extract` started three times at once into one folder (a command run twice; an evaluation's
+    cache, filled by runs that finish together): each read the others' live attempts in the shards' journals as
+    processes that had died there, encoded those utterances again one at a time, and, with one utterance a group,
+    a third one counted two deaths and skipped an utterance, writing the shard without it. A shard is now held by
+    the process extracting it: the others leave it, and take the rest."""
+    import subprocess
+    import sys
+
+    from simslm.units.extract import units_complete
+
+    config, _, utterances = extracted
+    (tmp_path / "started").mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", TWICE_AT_ONCE, config.manifest, config.codebook,
+                                   str(tmp_path / "units"), str(tmp_path / "started"), str(number)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for number in range(3)]
+    outcomes = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err for _, err in outcomes]
+    errors = "".join(err for _, err in outcomes)
+    assert "process ended while" not in errors and "skipping" not in errors, errors
+    assert "were being extracted by another process" in errors, errors  # they did overlap, and shared the work
+    assert units_complete(tmp_path / "units")
+    assert sorted(u.id for u in read_units(tmp_path / "units")) == sorted(u.id for u in utterances)
+    report = json.loads((tmp_path / "units" / "report.json").read_text())  # by the one that wrote the last shard
+    assert (report["num_encoded"], report["num_skipped"]) == (len(utterances), 2)  # the empty and corrupt files
+    assert "ended the process" not in json.dumps(report["skipped_by_reason"])

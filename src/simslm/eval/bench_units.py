@@ -92,9 +92,9 @@ def _check_speech_units(folder: str, given: UnitSource, run_dir: Path, model_dir
                          f"leave --speech-units out to use the model's own")
 
 
-def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_workers: int = 0
+def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_workers: int = 0, device: str = "cpu"
                     ) -> dict[str, np.ndarray]:
-    """Deduplicated units of each audio file with the encoder and codebook of `source`.
+    """Deduplicated units of each audio file with the encoder and codebook of `source`, encoded on `device`.
 
     Extraction goes through `units.extract_units` (parallel, resumable shard by shard) into
     a cache folder named by the codebook and the file list, so evaluating another run with
@@ -105,27 +105,42 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
 
     unique = sorted(set(paths))
     # The encoder as extraction runs it (below): two codebooks of the same centroids recorded with other settings
-    # (slamkit's edge padding or none, say) give other units.
+    # (slamkit's edge padding or none, say) give other units. On a GPU (as slamkit encodes a benchmark, on the
+    # model's device) its own folder: its float32 units need not be the CPU's to the last frame (cuDNN's TF32
+    # convolutions), and a CPU's evaluation keeps reading the units it read before.
     encoder = _encoder(source)
-    key = hashlib.sha256("\n".join([source.codebook_sha256, json.dumps(asdict(encoder), sort_keys=True),
+    on_gpu = ["cuda"] if device.startswith("cuda") else []
+    key = hashlib.sha256("\n".join([source.codebook_sha256, json.dumps(asdict(encoder), sort_keys=True), *on_gpu,
                                      *map(_identity, unique)]).encode()).hexdigest()[:16]
     # The folder is named by the codebook and the files: once complete, every later run (a sweep's 48) reads it
     # without opening each file's header again (0.22 s against 0.035 s a demo run, warm; docs/LOG.md 2026-12-03).
     # A file is its path, size and modification time (a stat, not an open): a benchmark built again into the same
     # folder gets new units, not those of the audio it replaced.
-    if not units_complete(cache / key):
-        records = []
-        for number, path in enumerate(unique):
-            try:
-                duration = audio.audio_info(path)[1]
-            except audio.AudioError:
-                duration = 0.0  # extraction reports the problem and skips the file
-            records.append({"id": f"{number:07d}", "path": str(Path(path).resolve()), "duration_sec": duration})
-        config = ExtractConfig(manifest=f"benchmark audio ({len(unique)} files)", codebook=str(source.codebook),
-                               out=str(cache / key), model_path=source.encoder.get("model_path"),
-                               num_workers=num_workers)
-        extract_units(config, records=records)
-    return {unique[int(u.id)]: u.units for u in read_units(cache / key)}
+    folder = cache / key
+    if not units_complete(folder):
+        # One process extracts, the others wait for it: a sweep's runs that finish together evaluate together, and
+        # each extracted the same folder, the work done once a run; worse, each read the others' live attempts in
+        # the shards' journals as processes that had died there (`units.extract._ShardJournal`), encoded their
+        # utterances one at a time, and a third skipped an utterance "that ended the process twice", writing the
+        # shard without it for every later evaluation to read.
+        with jobs.exclusive_lock_waiting(folder.with_name(f".{key}.lock"),
+                                         f"units of {len(unique)} audio files are being extracted into {folder} by "
+                                         f"another process; waiting for it"):
+            if not units_complete(folder):
+                records = []
+                for number, path in enumerate(unique):
+                    try:
+                        duration = audio.audio_info(path)[1]
+                    except audio.AudioError:
+                        duration = 0.0  # extraction reports the problem and skips the file
+                    records.append({"id": f"{number:07d}", "path": str(Path(path).resolve()),
+                                    "duration_sec": duration})
+                config = ExtractConfig(manifest=f"benchmark audio ({len(unique)} files)",
+                                       codebook=str(source.codebook), out=str(folder),
+                                       model_path=source.encoder.get("model_path"), num_workers=num_workers,
+                                       device=device)
+                extract_units(config, records=records)
+    return {unique[int(u.id)]: u.units for u in read_units(folder)}
 
 
 def _encoder(source: UnitSource) -> EncoderSpec:
@@ -188,7 +203,8 @@ def cut_prompt(path: str, source: UnitSource, seconds: float) -> str:
 
 
 def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, num_workers: int = 0, *,
-                 join: bool = False, speech_units: str | None = None) -> Callable[[str | tuple[str, ...]], np.ndarray]:
+                 join: bool = False, speech_units: str | None = None, device: str = "cpu"
+                 ) -> Callable[[str | tuple[str, ...]], np.ndarray]:
     """Audio -> units: from a pre-extracted folder (keyed by file stem), else extracted now.
 
     With `join`, a tuple of paths (a recording cut in parts, see `joined_recordings`) gets
@@ -218,7 +234,7 @@ def units_lookup(pairs: list[Pair], run_dir: Path, pre_extracted: str | None, nu
     if join and (recordings := joined_recordings(pairs)):
         resampler = _encoder(source).resampler
         joined = {key: _join_audio(key, bench_units_cache() / "joined", resampler) for key in recordings}
-    table = units_for_audio(paths + list(joined.values()), source, bench_units_cache(), num_workers)
+    table = units_for_audio(paths + list(joined.values()), source, bench_units_cache(), num_workers, device)
 
     def extracted(key):
         try:

@@ -218,9 +218,9 @@ def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str
                                              speech_units=config.speech_units)}
 
 
-def pairs_to_score(config: EvalConfig, run_dir: Path, target: str):
+def pairs_to_score(config: EvalConfig, run_dir: Path, target: str, device: str = "cpu"):
     """A pairwise benchmark folder, its layout, its pairs by mode as `simslm eval` scores them (the modes asked
-    for, sampled to --max-pairs) and the lookup of their audio's units."""
+    for, sampled to --max-pairs) and the lookup of their audio's units (encoded on `device`)."""
     folder = bench_folder(target)
     layout = detect_layout(folder)
     modes = [mode for mode in layout.modes if mode is None or mode in config.modes]
@@ -228,7 +228,7 @@ def pairs_to_score(config: EvalConfig, run_dir: Path, target: str):
     # One lookup for every mode: the modes share the folder's audio.
     units_of = units_lookup([pair for pairs in pairs_by_mode.values() for pair in pairs], run_dir,
                             config.units, config.num_workers, join=config.preset == "reference",
-                            speech_units=config.speech_units)
+                            speech_units=config.speech_units, device=device)
     return folder, layout, pairs_by_mode, units_of
 
 
@@ -236,7 +236,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
     """Every mode of a pairwise benchmark folder, each with its accuracy and interval."""
     config = context.config
     label = label or bench_label(target)  # as `result_label` names it
-    folder, layout, pairs_by_mode, units_of = pairs_to_score(config, context.run_dir, target)
+    folder, layout, pairs_by_mode, units_of = pairs_to_score(config, context.run_dir, target, context.device)
     aggregation = config.aggregation if config.aggregation != "auto" else \
         ("pairs" if config.preset == "reference" else layout.aggregation)
     interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}

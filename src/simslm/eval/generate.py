@@ -159,7 +159,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
     spoken = [prompt.audio for prompt in prompts if prompt.audio]
     cut = {path: path if config.prompt_sec is None else cut_prompt(path, source, config.prompt_sec) for path in spoken}
-    units_of_cut = units_for_audio(list(cut.values()), source, bench_units_cache()) if spoken else {}
+    units_of_cut = units_for_audio(list(cut.values()), source, bench_units_cache(), device=device) if spoken else {}
     units_of = {path: units_of_cut[cut[path]] for path in spoken if cut[path] in units_of_cut}
     vocoder, no_vocoder = None, None
     if needs_units:

@@ -329,7 +329,8 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     source = run_unit_source(run_dir, speech_units)
     # A prompt is its recording's first seconds, cut before encoding as slamkit's PromptDataset cuts the waveform.
     cut = {path: cut_prompt(path, source, options.prompt_sec) for path in prompts}
-    table = units_for_audio(list(cut.values()) + [e.audio for e in endings], source, bench_units_cache())
+    table = units_for_audio(list(cut.values()) + [e.audio for e in endings], source, bench_units_cache(),
+                            device=device)
     vocoder = LogMelInversionVocoder(source.codebook)
     if options.asr not in ASRS:
         raise ValueError(f"unknown ASR '{options.asr}'; known: {', '.join(ASRS)}")

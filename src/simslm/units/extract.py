@@ -583,6 +583,27 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
                    ) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
     journal = _ShardJournal.of(Path(shard_path))
+    # The shard is this process's while it holds the shard's lock: another process extracting into the same folder
+    # (the same command run twice, an evaluation's cache filled by two runs at once) leaves it alone. Without it
+    # each read the other's live attempt in the journal as a process that had died there, encoded its utterances
+    # again one at a time, and a third skipped an utterance "that ended the process twice", the shard written
+    # without it. Held, the journal's attempts are all of processes that have ended.
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(jobs.exclusive_lock(journal.path.with_name(f".{Path(shard_path).stem}.lock"),
+                                               f"{shard_path}: being extracted by another process"))
+    except jobs.Busy:
+        return shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
+    with held:
+        if Path(shard_path).exists():  # written by another process since this one listed what was left
+            return shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
+        return _extract_held_shard(shard_index, records, spec, codebook_path, shard_path, num_workers, run,
+                                   journal)
+
+
+def _extract_held_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[str, Any], codebook_path: str,
+                        shard_path: str, num_workers: int, run: _Runtime, journal: "_ShardJournal"
+                        ) -> tuple[int, dict]:
     earlier = journal.earlier_deaths()
     if earlier.last and (earlier.suspects or earlier.reading or earlier.fatal):
         # A run killed in the command's own process ended without a word ("Killed"): said now.
@@ -911,6 +932,10 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         raise _with_what_was_encoded(error, out / "shards", "those are encoded one at a time, and one that ends "
                                      "its process again alone is skipped and counted") from None
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
+    elsewhere = sum(bool(stats.get("elsewhere")) for _, stats in done_now)
+    if elsewhere:
+        print(f"simslm units extract: {elsewhere} shard(s) of {out} were being extracted by another process, or "
+              f"were written by it meanwhile: left to it", file=sys.stderr)
     present = sum(path.exists() for path in shard_paths)
     complete = present == num_shard_files
     if complete and all(_totals_path(path).exists() for path in shard_paths):
@@ -938,7 +963,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                 _totals_path(shard_paths[index]).unlink(missing_ok=True)
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
     report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
-                           num_shards_done_now=len(todo), num_encoded=num_encoded, num_skipped=sum(skipped.values()),
+                           num_shards_done_now=len(todo) - elsewhere, num_encoded=num_encoded, num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
                            audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
                            num_shards_present=present, half_precision_agreement=min(agreements, default=None))
