@@ -182,6 +182,27 @@ def tiny_base_model(folder: Path, architecture: str, width: int, layers: int, ro
     return str(folder)
 
 
+def logmel_held_until_started(count: int, seconds: float) -> str:
+    """Python source, for a script run in `count` processes at once that defines `started` (a folder each touches
+    as it starts): every logmel encoding waits until all have started, then `seconds`, so that their work
+    overlaps whatever the order they start in."""
+    return f"""
+import time as _time
+from pathlib import Path as _Path
+from simslm.units import encoders as _encoders
+_original = _encoders.LogMelEncoder.encode_batch
+
+def _held(self, batch):
+    deadline = _time.time() + 60
+    while len(list(_Path(started).iterdir())) < {count} and _time.time() < deadline:
+        _time.sleep(0.05)
+    _time.sleep({seconds})
+    return _original(self, batch)
+
+_encoders.LogMelEncoder.encode_batch = _held
+"""
+
+
 def live_in_group(group: int, seconds: float = 20.0) -> list[str]:
     """The command lines of the processes of process group `group` still alive after up to `seconds` (zombies aside:
     this container's first process may not reap them), read from Linux's /proc."""

@@ -7,6 +7,7 @@ from simslm.eval.evaluate import load_run_model
 from simslm.eval.layouts import load
 from simslm.eval.scoring import ScoringOptions, score_pairs
 from simslm.units.extract import ExtractConfig, extract_units
+from tests.conftest import logmel_held_until_started
 
 
 def test_pre_extracted_units_give_the_same_scores_as_audio(trained_run, tmp_path):
@@ -68,20 +69,10 @@ def test_benchmark_units_once_cached_are_read_without_opening_the_audio_again(tr
 
 
 CONCURRENT_EXTRACTION = """
-import json, sys, time
+import json, sys
 from pathlib import Path
-from simslm.units import encoders
 run, cache, started, number, *paths = sys.argv[1:]
-original = encoders.LogMelEncoder.encode_batch
-
-def held(self, batch):  # the first to encode waits until all three have started, then a while: they overlap
-    deadline = time.time() + 60
-    while len(list(Path(started).iterdir())) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.5)
-    return original(self, batch)
-
-encoders.LogMelEncoder.encode_batch = held
+""" + logmel_held_until_started(3, 1.5) + """
 from simslm.eval.bench_units import run_unit_source, units_for_audio
 source = run_unit_source(Path(run))
 (Path(started) / number).touch()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from simslm.units.extract import ExtractConfig, deduplicate, expand, extract_units, read_units
+from tests.conftest import logmel_held_until_started
 
 
 def test_dedup_and_durations_rebuild_the_frame_sequence_exactly():
@@ -867,21 +868,11 @@ def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_p
 
 
 TWICE_AT_ONCE = """
-import sys, time
+import sys
 from pathlib import Path
-from simslm.units import encoders
-from simslm.units.extract import ExtractConfig, extract_units
 manifest, codebook, out, started, number = sys.argv[1:]
-original = encoders.LogMelEncoder.encode_batch
-
-def held(self, batch):  # each encoding waits until all three have started, then a while: they overlap
-    deadline = time.time() + 60
-    while len(list(Path(started).iterdir())) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.7)
-    return original(self, batch)
-
-encoders.LogMelEncoder.encode_batch = held
+""" + logmel_held_until_started(3, 0.7) + """
+from simslm.units.extract import ExtractConfig, extract_units
 (Path(started) / number).touch()
 extract_units(ExtractConfig(manifest=manifest, codebook=codebook, out=out, shard_size=1, num_workers=1,
                             batch_size=1))
