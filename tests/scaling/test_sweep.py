@@ -764,6 +764,30 @@ def test_bracketing_grows_the_grid_until_each_minimum_is_inside_or_says_why_not(
     assert ("Not bracketed" in page) == bool(record["unbracketed"]) and "Sizes added to bracket" in page
 
 
+def test_growing_a_sweep_waits_for_another_process_growing_it(data, tmp_path, lock_held_elsewhere, capsys):
+    """Two `sweep run --bracket` of one sweep each grew the grid from what it had read, and the later write of
+    sweep.json dropped the other's sizes while that process trained their runs. Reading, growing and writing
+    sweep.json (bracketing, `sweep plan` of an existing sweep) now hold the sweep's lock, waiting for another's."""
+    import threading
+
+    sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
+    _, release = lock_held_elsewhere(tmp_path / sweep.SWEEP_LOCK)
+    threading.Timer(1.5, release).start()
+    started = time.perf_counter()
+    assert sweep.extend_to_bracket(tmp_path) is False  # nothing finished: nothing to grow
+    assert time.perf_counter() - started >= 1.4
+    assert "another process is planning or growing this sweep; waiting" in capsys.readouterr().err
+    _, release = lock_held_elsewhere(tmp_path / sweep.SWEEP_LOCK)
+    threading.Timer(1.5, release).start()
+    started = time.perf_counter()
+    sweep.plan_sweep(_spec(data, depths=(1, 2), budgets_flops=(4e8,)), tmp_path)
+    assert time.perf_counter() - started >= 1.4 and len(sweep.load_sweep(tmp_path)["runs"]) == 2
+    # A new sweep takes no lock: a spec refused leaves no folder behind.
+    with pytest.raises(ValueError):
+        sweep.plan_sweep(_spec(str(tmp_path / "no-data"), depths=(1,)), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
 def test_bracketing_takes_the_nearest_held_back_model_beyond_the_edge(tmp_path):
     models = {width: tiny_base_model(tmp_path / f"llama-{width}", "llama", width, 1) for width in (32, 64, 96, 128)}
     spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,),

@@ -22,6 +22,7 @@ budget's best size is inside it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -386,9 +387,25 @@ def _mixed_codebooks(spec: SweepSpec, families: set[str]) -> list[str]:
     return warnings
 
 
+SWEEP_LOCK = ".sweep.lock"
+
+
+def _growing(sweep_dir: Path):
+    """Hold the sweep's lock for a change of sweep.json (read, grown, written), waiting for another process's: two
+    `sweep run --bracket` of one sweep (on two machines, say) each grew the grid from what it had read, and the
+    later write dropped the other's sizes from sweep.json while that process trained their runs."""
+    return jobs.exclusive_lock_waiting(sweep_dir / SWEEP_LOCK,
+                                       f"{sweep_dir}: another process is planning or growing this sweep; waiting")
+
+
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
     out = Path(out)  # made once the grid is planned: a spec refused leaves no folder behind
+    with _growing(out) if (out / SWEEP_FILE).exists() else contextlib.nullcontext():
+        return _plan_sweep(spec, out)
+
+
+def _plan_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
     anchors = _Anchors(out)
     members = spec.members()
     several = len({member.family for member in members}) > 1
@@ -1136,6 +1153,11 @@ def extend_to_bracket(sweep_dir: str | os.PathLike, settled_only: bool = False) 
     `settled_only`: judge only the (variant, budget) cells whose planned runs have all finished, and leave what
     stays unbracketed to the call after the last run (a cell still running may yet find its minimum inside)."""
     sweep_dir = Path(sweep_dir)
+    with _growing(sweep_dir):  # what it reads is what it grows
+        return _extend_to_bracket(sweep_dir, settled_only)
+
+
+def _extend_to_bracket(sweep_dir: Path, settled_only: bool) -> bool:
     sweep = load_sweep(sweep_dir)
     spec = SweepSpec.from_json(sweep["spec"])
     rows = [row for row in collect(sweep_dir) if row.get("loss_speech") is not None]
