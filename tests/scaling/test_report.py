@@ -77,6 +77,8 @@ def test_report_renders_from_a_small_fake_ledger(tmp_path):
             assert png.format == "PNG" and round(png.info["dpi"][0]) == 300
     # A caption under every figure, saying what it shows.
     assert text.count("<figure>") == text.count("<figcaption>") == 6  # an isoFLOP figure for each variant
+    # Each image's text for a screen reader says what it shows (it was the file's name).
+    assert 'alt="Each point is the lowest' in text and 'alt="best_loss_vs_compute"' not in text
     assert "compare its slope, not its level" in text and "95% bootstrap band" in text
     assert "Cuervo" in text and "hello summary" in text and "approach 3" in text and "tsc/S" in text
     assert text.count("<tr>") > 24  # runs table plus fit tables

@@ -387,7 +387,9 @@ def _accuracy_cell(result) -> str:
 def _figure_html(stem: str, loss: str) -> str:
     """A figure and its caption, which names the loss the runs are compared on (`sweep.loss_kind`)."""
     caption = (CAPTIONS.get(stem) or CAPTIONS[stem.partition("-")[0]]).replace("{loss}", loss)  # isoflop-VARIANT
-    return (f'<figure><img src="{stem}.svg" alt="{html.escape(stem)}"><figcaption>{html.escape(caption)} '
+    # A screen reader's text for the figure: its caption's first sentence (the file name said nothing).
+    alt = caption.split(". ")[0].rstrip(".") + "."
+    return (f'<figure><img src="{stem}.svg" alt="{html.escape(alt)}"><figcaption>{html.escape(caption)} '
             f'<a href="{stem}.png">PNG (300 dpi)</a></figcaption></figure>')
 
 
