@@ -544,7 +544,9 @@ def test_a_run_whose_cluster_job_waits_in_the_queue_is_queued_and_not_submitted_
     controller's pid, alive); once it is gone without a result, the run is pending again."""
     sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
     (run,) = sweep.load_sweep(tmp_path)["runs"]
-    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # As submitit's local controller runs (`python -m submitit.local._local FOLDER`): its module in its command line.
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit.local._local"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         job_id = str(waiting.pid)
         (tmp_path / "submitit").mkdir()
@@ -554,9 +556,26 @@ def test_a_run_whose_cluster_job_waits_in_the_queue_is_queued_and_not_submitted_
         assert sweep.run_status(run, ()) == "queued" and sweep.status_counts(tmp_path) == {"queued": 1}
         assert sweep.run_sweep(tmp_path, num_parallel=1) == {"queued": 1}  # nothing started, nothing trained
         assert not (Path(run["config"]["run_dir"]) / "config.json").exists()
+        # The job's pid now another process's (the machine restarted since): the job has ended, the run is pending.
+        (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+            "job_id": str(other.pid), "result": "x_result.pkl", "stderr": "x_log.err", "cluster": "local"}}))
+        assert sweep.run_status(run, ()) == "pending"
+        # A controller that ended and is not yet reaped (a zombie: alive to kill(0), no command line): ended.
+        ended = subprocess.Popen([sys.executable, "-c", "pass", "submitit.local._local"])
+        deadline = time.time() + 30
+        while Path(f"/proc/{ended.pid}/stat").read_text().split(") ")[1][0] != "Z" and time.time() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+            "job_id": str(ended.pid), "result": "x_result.pkl", "stderr": "x_log.err", "cluster": "local"}}))
+        assert sweep.run_status(run, ()) == "pending"
+        ended.wait()
+        (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+            "job_id": job_id, "result": f"{job_id}_0_result.pkl", "stderr": f"{job_id}_0_log.err",
+            "cluster": "local"}}))
     finally:
-        waiting.kill()
-        waiting.wait()
+        for process in (waiting, other):
+            process.kill()
+            process.wait()
     assert sweep.run_status(run, ()) == "pending"
     # A ledger from before jobs recorded their cluster cannot say whether the job ended: not queued.
     (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {

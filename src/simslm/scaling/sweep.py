@@ -1279,6 +1279,17 @@ def _job_ended(folder: Path, job: dict[str, str]) -> bool:
             return True
         except (PermissionError, ValueError):
             return False
+        # Alive, unless the pid is another process's now (the machine restarted since): a run would read `queued`
+        # for good, and `sweep run` never start it again. A local job's controller runs submitit's own module.
+        process = Path("/proc") / str(int(job["job_id"]))
+        if not Path("/proc/self").exists():  # no /proc (macOS): the pid being alive is all there is to go by
+            return False
+        try:
+            command = (process / "cmdline").read_bytes()
+            # Empty: a zombie (ended), or a process still in its exec (just submitted)
+            return b"submitit" not in command if command else (process / "stat").read_text().split(") ")[1][0] == "Z"
+        except (OSError, IndexError):  # it ended just now
+            return True
     return False
 
 
