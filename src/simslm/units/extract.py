@@ -963,7 +963,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
                 _totals_path(shard_paths[index]).unlink(missing_ok=True)
         raise ValueError(f"{config.manifest}: no utterance could be encoded ({dict(skipped)})")
     report = ExtractReport(out=str(out), num_utterances=num_records, num_shards=num_shard_files,
-                           num_shards_done_now=len(todo) - elsewhere, num_encoded=num_encoded, num_skipped=sum(skipped.values()),
+                           num_shards_done_now=len(todo) - elsewhere, num_encoded=num_encoded,
+                           num_skipped=sum(skipped.values()),
                            skipped_by_reason=dict(skipped), num_frames=num_frames, num_units=num_units,
                            audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
                            num_shards_present=present, half_precision_agreement=min(agreements, default=None))
