@@ -144,6 +144,21 @@ def test_below_depth_1_the_family_narrows_depth_1_by_halves():
         model.family_parameters(1, 600, aspect_ratio=16)
 
 
+def test_the_family_is_built_only_at_aspect_ratios_whose_heads_have_even_dims():
+    """An odd aspect ratio (or width of a depth-1 member) made heads of odd dims, which transformers' rotary
+    embedding refuses; above 32, a ratio not a multiple of it split 100 into 3 heads of 33. The depth-1 ladder
+    below a ratio of 10 stopped at 5 the same way; it now stops where half is odd."""
+    assert model.aspect_ratio_problem(16) is None and model.aspect_ratio_problem(64) is None
+    assert "odd" in model.aspect_ratio_problem(7) and "multiple" in model.aspect_ratio_problem(50)
+    assert model.narrower_width(10) is None and model.narrower_width(12) == 6 and model.narrower_width(32) == 16
+    for ratio in (4, 6, 10, 16, 64):
+        for depth in (1, 2, 3):
+            built = model.build_family_model(depth, 600, seed=0, aspect_ratio=ratio)
+            assert model.parameter_groups(built).total == model.family_parameters(depth, 600, aspect_ratio=ratio)
+    with pytest.raises(ValueError, match="family:1:7: aspect ratio 7 is odd"):
+        model.parse_family_source("family:1:7")
+
+
 def test_a_family_member_is_named_by_depth_and_aspect_ratio():
     from simslm.config import ConfigError
     from simslm.train import TrainConfig

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 from simslm import jobs
+from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.sequences.build import BuildConfig, build_sequences
@@ -99,6 +100,8 @@ class DemoConfig(Config):
     def check(self) -> None:
         check_positive(self, "num_stories", "num_units", "aspect_ratio", "text_tokens_per_parameter", "seeds",
                        "context_length", "batch_size", "lr", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
+        if problem := model_lib.aspect_ratio_problem(self.aspect_ratio):
+            raise ConfigError(f"--aspect-ratio {problem}")
         if self.num_stories >= 2000:
             raise ConfigError(f"--num-stories must be below 2000 (the family's text is lines [num_stories, 2000)), "
                               f"not {self.num_stories}")

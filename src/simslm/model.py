@@ -346,8 +346,27 @@ def parse_member_label(label: str) -> tuple[int, int | None]:
 
 
 def narrower_width(width: int) -> int | None:
-    """The next width below `width` on the depth-1 ladder (half), None past FAMILY_MIN_WIDTH."""
-    return width // 2 if width // 2 >= FAMILY_MIN_WIDTH else None
+    """The next width below `width` on the depth-1 ladder (half), None past FAMILY_MIN_WIDTH or where half is odd
+    (a member's one head of that many dims: rotary embeddings need an even number)."""
+    half = width // 2
+    return half if half >= FAMILY_MIN_WIDTH and not width_problem(half) else None
+
+
+def width_problem(width: int) -> str | None:
+    """Why a depth-1 member of this width (one head of `width` dims) cannot be built, or None."""
+    return None if width % 2 == 0 else f"{width} is odd (a head of that many dims; rotary embeddings need even)"
+
+
+def aspect_ratio_problem(ratio: int) -> str | None:
+    """Why the family cannot be built at this aspect ratio, or None. Heads are min(ratio, 32) dims wide
+    (`family_config`), so the ratio must be even, and above 32 a multiple of 32: an odd ratio failed in
+    transformers' own check of the rotary embedding ("RoPE requires an even rotary dimension", with the
+    `--debug` hint of a fault of simslm's), and 50 at depth 2 made 3 heads of 33 dims for a width of 100."""
+    if ratio % 2:
+        return f"{ratio} is odd: its heads would have an odd number of dims, and rotary embeddings need even"
+    if ratio > FAMILY_HEAD_DIM and ratio % FAMILY_HEAD_DIM:
+        return f"{ratio} is above {FAMILY_HEAD_DIM} but not a multiple of it: its width would not split into heads"
+    return None
 
 
 def family_source(depth: int, aspect_ratio: int = FAMILY_ASPECT_RATIO) -> str:
@@ -365,6 +384,9 @@ def parse_family_source(source: str) -> tuple[int, int]:
     if len(parts) > 2 or depth < 1 or ratio < 1:
         raise ValueError(f"{source}: a family member is family:DEPTH or family:DEPTH:ASPECT_RATIO, "
                          f"both positive integers")
+    problem = aspect_ratio_problem(ratio) if depth > 1 or ratio > FAMILY_HEAD_DIM else width_problem(ratio)
+    if problem:  # a depth-1 member of width W is family:1:W, one head of W dims
+        raise ValueError(f"{source}: aspect ratio {problem}")
     return depth, ratio
 
 

@@ -53,10 +53,14 @@ class TextLMConfig(Config):
         check_positive(self, "tokens_per_parameter", "aspect_ratio", "context_length", "batch_size", "lr")
         if not self.depths or min(self.depths) < 1:
             raise ConfigError(f"--depths must be positive depths, not {self.depths}")
+        if problem := model_lib.aspect_ratio_problem(self.aspect_ratio):
+            raise ConfigError(f"--aspect-ratio {problem}")
         for width in self.narrow_widths:
             if not model_lib.FAMILY_MIN_WIDTH <= width < self.aspect_ratio:
                 raise ConfigError(f"--narrow-widths must lie in [{model_lib.FAMILY_MIN_WIDTH}, aspect ratio "
                                   f"{self.aspect_ratio}), not {width}")
+            if problem := model_lib.width_problem(width):
+                raise ConfigError(f"--narrow-widths: {problem}")
 
 
 # Every member reads the same tokenizer: the base one plus simslm's markers. Sequences for TWIST
