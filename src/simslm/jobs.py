@@ -283,7 +283,11 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
                 # unseen until another worker's result arrived, a whole shard later. Woken again, it watches all.
                 wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
                 if wakeup is not None:
-                    wakeup.wakeup()
+                    # Under the lock submit itself holds to wake it: the manager thread closes that pipe under it
+                    # once a worker has died, and a wake-up between its check and its write raised "OSError:
+                    # [Errno 9] Bad file descriptor" in place of the dead worker's one line (seen once, in a CI run).
+                    with getattr(executor, "_shutdown_lock", None) or contextlib.nullcontext():
+                        wakeup.wakeup()
             running.update(submitted)
             if not running:
                 finished = True
