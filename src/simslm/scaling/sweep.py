@@ -661,30 +661,37 @@ def _to_run(status: str) -> bool:
     return status not in ("done", "running", "queued")
 
 
-def run_status(run: dict[str, Any], bench: tuple[str, ...]) -> str:
+def run_status(run: dict[str, Any], bench: tuple[str, ...], ledger: dict[str, Any] | None = None) -> str:
     """done, evaluating (trained, evaluation missing), running (locked), queued (its cluster job has not ended, nor
-    taken the run yet), failed (its last attempt ended in an error: `run_error`), started (resumable) or pending."""
+    taken the run yet), failed (its last attempt ended in an error: `run_error`), started (resumable) or pending.
+    `ledger`: the sweep's `cluster_jobs`, read once by a caller that asks of every run."""
     run_dir = Path(run["config"]["run_dir"])
     if _locked(run_dir):
         return "running"
     if (run_dir / "result.json").exists():
         return "done" if _evaluated(run_dir, bench) else "evaluating"
-    if _queued(run):
+    if _queued(run, cluster_jobs(run_dir.parent.parent) if ledger is None else ledger):
         return "queued"
     if run_error(run) is not None:
         return "failed"
     return "started" if (run_dir / "config.json").exists() else "pending"
 
 
-def _queued(run: dict[str, Any]) -> bool:
-    """Whether the run's job in the sweep's ledger of cluster jobs (submitit/jobs.json) has not ended. A run
-    submitted with `--no-wait` read `pending` until its job started, and a second `sweep run` submitted it again:
-    two jobs of one run, the later one ending at the lock once the first held it, its allocation spent."""
-    folder = Path(run["config"]["run_dir"]).parent.parent / "submitit"
+def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's ledger of cluster jobs (submitit/jobs.json) by run id; empty when it has none or it is not one."""
     try:
-        job = jobs.read_json(folder / JOBS_FILE).get(run["id"])
-    except (OSError, ValueError, AttributeError):
-        return False
+        ledger = jobs.read_json(sweep_dir / "submitit" / JOBS_FILE)
+    except (OSError, ValueError):
+        return {}
+    return ledger if isinstance(ledger, dict) else {}
+
+
+def _queued(run: dict[str, Any], ledger: dict[str, Any]) -> bool:
+    """Whether the run's job in the sweep's ledger of cluster jobs has not ended. A run submitted with `--no-wait`
+    read `pending` until its job started, and a second `sweep run` submitted it again: two jobs of one run, the
+    later one ending at the lock once the first held it, its allocation spent."""
+    job = ledger.get(run["id"])
+    folder = Path(run["config"]["run_dir"]).parent.parent / "submitit"
     return isinstance(job, dict) and "cluster" in job and not _job_ended(folder, job)
 
 
@@ -1034,7 +1041,8 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
     while True:
         sweep = load_sweep(sweep_dir)
         bench = tuple(sweep["spec"].get("bench") or ())
-        status = {run["id"]: run_status(run, bench) for run in sweep["runs"]}
+        ledger = cluster_jobs(sweep_dir)
+        status = {run["id"]: run_status(run, bench, ledger) for run in sweep["runs"]}
         todo = [run for run in sweep["runs"] if _to_run(status[run["id"]])]
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -1226,7 +1234,8 @@ def _grown_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         return []
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
-    return [run for run in sweep["runs"] if _to_run(run_status(run, bench))]
+    ledger = cluster_jobs(Path(sweep_dir))
+    return [run for run in sweep["runs"] if _to_run(run_status(run, bench, ledger))]
 
 
 def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict[str, int]:
@@ -1255,7 +1264,7 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     # Each with its one-line error where its job lived to write it (`execute_cluster_run`), and its job's log.
     failed = [f"{run['id']} ({(run_error(run) or '').partition(': error: ')[2] or 'no error said'}; log "
               f"{folder / submitted[run['id']]['stderr']})" for run in sweep["runs"]
-              if run["id"] in submitted and run_status(run, bench) != "done"]
+              if run["id"] in submitted and run_status(run, bench, submitted) != "done"]
     if failed:
         raise jobs.JobsFailed(f"{sweep_dir}: {len(failed)} run(s) failed: {'; '.join(failed)}; re-run "
                               f"`simslm sweep run` to retry them")
@@ -1286,9 +1295,12 @@ def _job_ended(folder: Path, job: dict[str, str]) -> bool:
             return False
         try:
             command = (process / "cmdline").read_bytes()
-            # Empty: a zombie (ended), or a process still in its exec (just submitted)
-            return b"submitit" not in command if command else (process / "stat").read_text().split(") ")[1][0] == "Z"
-        except (OSError, IndexError):  # it ended just now
+            if command:
+                return b"submitit" not in command
+            # Empty: a zombie (ended), or a process still in its exec (just submitted). The state follows the last
+            # ") " of stat: the name before it, in parentheses, may hold one itself.
+            return (process / "stat").read_text().rpartition(") ")[2][:1] == "Z"
+        except OSError:  # it ended just now
             return True
     return False
 
@@ -1297,8 +1309,9 @@ def status_counts(sweep_dir: str | os.PathLike) -> dict[str, int]:
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
     counts: dict[str, int] = {}
+    ledger = cluster_jobs(Path(sweep_dir))
     for run in sweep["runs"]:
-        status = run_status(run, bench)
+        status = run_status(run, bench, ledger)
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -1539,8 +1552,9 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
              f"{'speech CE':>9}  accuracies"]
     counts: dict[str, int] = {}
     failed = []
+    ledger = cluster_jobs(Path(sweep_dir))
     for run in sweep["runs"]:
-        status = run_status(run, bench)
+        status = run_status(run, bench, ledger)
         counts[status] = counts.get(status, 0) + 1
         if status == "failed":
             failed.append(run)
