@@ -194,3 +194,48 @@ def test_a_librarys_own_progress_bar_stays_out_of_a_log(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "a library's own bar" not in done.stderr
+
+
+_RUN_AS_RANK = """
+import atexit, os, sys, threading, time
+import torch.distributed as dist
+from simslm import cli
+
+
+class Finalised:
+    def __del__(self, write=sys.stderr.write):  # bound now: by then the module's globals are gone
+        write("finalised\\n")
+
+
+def command(argv):
+    if argv == ["in a group"]:  # as `train` makes one under torchrun
+        dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
+    threading.Thread(target=lambda: time.sleep(0.5) or print("thread done")).start()
+    atexit.register(lambda: print("exit handler"))
+    globals()["finalised"] = Finalised()  # its __del__ runs as the interpreter is finalised
+    print("said")
+    return 3
+
+
+cli.main = command
+cli.run(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("in_group", [True, False])
+def test_a_command_that_made_a_process_group_exits_without_the_interpreters_finalisation(tmp_path, in_group):
+    # A rank whose gloo threads outlive the group (DDP, FSDP) could abort in finalisation (SIGABRT) after its run
+    # had finished. Left without it, the process still joins its threads, runs its exit handlers (the group's
+    # destruction is one), flushes its output (a pipe: block-buffered) and exits with the command's status.
+    import os
+    import subprocess
+    import sys
+
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    script = tmp_path / "rank.py"
+    script.write_text(_RUN_AS_RANK)
+    told = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), *(["in a group"] if in_group else [])],
+                          capture_output=True, text=True, env=environment, timeout=120)
+    assert told.returncode == 3, told.stderr[-2000:]
+    assert told.stdout.split("\n") == ["said", "thread done", "exit handler", ""]
+    assert ("finalised" in told.stderr) is not in_group

@@ -519,3 +519,16 @@ def test_slurm_jobs_are_not_run_here_unless_asked_where_there_is_no_slurm(tmp_pa
         jobs.submitit_executor(tmp_path / "jobs", None, timeout_min=60)
     assert not (tmp_path / "jobs").exists()
     assert isinstance(jobs.submitit_executor(tmp_path / "jobs", "local", timeout_min=60), submitit.LocalExecutor)
+
+
+@pytest.mark.parametrize("own_proc", [True, False])
+def test_proc_of_another_pid_namespace_is_told_apart(own_proc):
+    # `unshare --pid --fork` leaves the parent namespace's /proc in place (its /proc/1 is the machine's init, not
+    # the command, pid 1 in its own namespace); `--mount-proc` mounts the namespace's own.
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --pid` (util-linux, as root) to make a PID namespace")
+    told = subprocess.run(["unshare", "--pid", "--fork", *(["--mount-proc"] if own_proc else []), sys.executable, "-c",
+                           "from simslm import jobs; print(jobs.proc_shows_this_namespace())"],
+                          capture_output=True, text=True, timeout=60)
+    assert told.returncode == 0, told.stderr[-2000:]
+    assert told.stdout.strip() == str(own_proc)

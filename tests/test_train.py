@@ -37,6 +37,13 @@ def _torchrun(processes: int, *arguments: str) -> list[str]:
             "--nproc_per_node", str(processes), *arguments]
 
 
+def _rank_env() -> dict[str, str]:
+    """The environment of a test's torchrun: a thread a process (two processes share two cores), and Python's fault
+    handler on, so that a rank that aborts shows where each of its threads was (SIGABRT, "terminate called without
+    an active exception": twice in CI, at 2026-11 and 2026-12-06, not reproduced here)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+
+
 @pytest.fixture(scope="module")
 def data(speech_sequences):
     return speech_sequences
@@ -113,7 +120,7 @@ def test_a_training_curve_is_read_from_metrics_jsonl(tmp_path):
 
 
 def test_a_run_killed_mid_training_resumes_with_identical_losses(data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     reference = _config(data, tmp_path / "reference")
     (tmp_path / "reference.json").write_text(json.dumps(reference.__dict__))
     subprocess.run(_run_command(tmp_path / "reference.json"), check=True, env=env, cwd=REPO,
@@ -189,7 +196,7 @@ def test_sigterm_stops_a_run_after_the_step_in_hand_with_a_checkpoint(data, tmp_
     """The time limit of one's own SLURM job, `kill`, a sweep stopping its runs: the run saves the step in hand
     and says so in one line, and a re-run goes on as if it had never stopped. The signal arriving twice at once
     (a scheduler signals every process of a job, and a sweep forwards it to its runs) is one request."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     changes = dict(budget_tokens=100 * 4 * 64, checkpoint_every=1000)  # no periodic checkpoint before the end
     for name in ("reference", "stopped"):
         (tmp_path / f"{name}.json").write_text(json.dumps(_config(data, tmp_path / name, **changes).__dict__))
@@ -219,7 +226,7 @@ def test_a_run_of_two_processes_stopped_by_sigterm_destroys_its_process_group(da
     """A stop on request ends both processes after the same step, none inside a collective: each destroys its
     process group at exit, as after a run's end. It was left to the interpreter's end after any exception, the stop's
     included, where gloo's threads can abort the process (the atexit spy says which process left it)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     config = _config(data, tmp_path / "run", budget_tokens=200 * 4 * 64, checkpoint_every=1000)
     (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
     (tmp_path / "spy.py").write_text(_SPY)
@@ -291,13 +298,13 @@ def test_a_checkpoint_the_disk_cannot_hold_is_said_in_one_line_and_the_run_resum
     limited = [sys.executable, "-c", f"import os, resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, "
                                      f"{limit})); os.execv({command[0]!r}, {command!r})"]
     refused = subprocess.run(limited, cwd=REPO, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             env=_rank_env())
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[-1] == (f"simslm train: error: {tmp_path / 'run'}/checkpoints/step-00000004: "
                                                f"file too large")
     assert "Traceback" not in refused.stderr
     assert sorted(path.name for path in (tmp_path / "run").rglob("*") if path.name.startswith(".")) == [".lock"]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, env=_rank_env())
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 24
 
 
@@ -458,7 +465,7 @@ def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_pa
 def _one_process_and_torchrun(data, tmp_path, shared=None, **parallel_changes):
     """The same 6-step run (with `shared` changes) as one process with batch 4 and as 2 torchrun processes with
     batch 2."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     single = _config(data, tmp_path / "single", budget_tokens=6 * 4 * 64, batch_size=4, checkpoint_every=3,
                      **(shared or {}))
     parallel = _config(data, tmp_path / "parallel", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3,
@@ -485,16 +492,15 @@ READS_COUNTED = """
 import json, os, sys
 from pathlib import Path
 
+import atexit
 import simslm.train
-from simslm.cli import main
+from simslm.cli import run
 
 reads, all_sum = [], simslm.train._Distributed.all_sum
 simslm.train._Distributed.all_sum = lambda self, values: reads.append(len(values)) or all_sum(self, values)
-try:
-    code = main(sys.argv[1:])
-finally:
-    Path(__file__).with_name(f"reads.{os.environ['RANK']}.json").write_text(json.dumps(reads))
-raise SystemExit(code)
+# Written at exit, as the command's process ends (`run`): its exit handlers still run.
+atexit.register(lambda: Path(__file__).with_name(f"reads.{os.environ['RANK']}.json").write_text(json.dumps(reads)))
+run(sys.argv[1:])
 """
 
 
@@ -930,7 +936,7 @@ def test_a_replan_keeps_the_total_tokens_and_continues_the_schedule():
 
 @pytest.mark.slow
 def test_a_run_of_two_processes_resumes_with_one_when_a_replan_is_allowed(data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     parallel = _config(data, tmp_path / "run", budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
                        num_checkpoints_kept=10)
     (tmp_path / "parallel.json").write_text(json.dumps(parallel.__dict__))
@@ -1143,7 +1149,7 @@ def test_fsdp_with_bf16_weights_matches_one_process(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_format", ["full", "sharded"])
 def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path, checkpoint_format):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
 
     def torchrun(name: str) -> list[str]:
         config = _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
@@ -1182,7 +1188,7 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3, fsdp=True,
                      checkpoint_format="sharded", allow_replan=True)
     (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
@@ -1192,7 +1198,7 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
         completed = subprocess.run(_torchrun(processes, str(tmp_path / "spy.py"), str(tmp_path / log), "train",
                                              "--config", str(tmp_path / "run.json")),
                                    env=env, cwd=REPO, capture_output=True, text=True)
-        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert completed.returncode == 0, _told(completed, tmp_path / log)
         return completed
 
     torchrun(2, "fresh.log")
@@ -1209,12 +1215,17 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[name], saved[name]) for name in saved)
 
 
+def _told(completed: subprocess.CompletedProcess, spied: Path) -> str:
+    """A failed torchrun's last output and what its processes did, as the spy noted it."""
+    return f"{completed.stderr[-6000:]}\n--- {spied.name}:\n{spied.read_text() if spied.exists() else '(none)'}"
+
+
 _SPY = """
 import atexit, os, sys
 import safetensors.torch
 import torch
 import simslm.model
-from simslm.cli import main
+from simslm.cli import run
 
 rank, log = os.environ["RANK"], sys.argv[1]
 
@@ -1237,7 +1248,7 @@ torch.load = lambda path, *args, **kwargs: (noted("optimizer state", torch_load)
                                            else torch_load)(path, *args, **kwargs)
 # Registered first, run last: left to the interpreter's end, gloo's group could abort the process (SIGABRT).
 atexit.register(lambda: torch.distributed.is_initialized() and noted("process group not destroyed", print)())
-sys.exit(main(sys.argv[2:]))
+run(sys.argv[2:])
 """
 
 
@@ -1246,7 +1257,7 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
     """Each process loaded the base model and read every checkpoint whole: for a 7B model 28 GB and 84 GB of host
     memory, once per GPU. The others now build the model on the meta device and receive their shards, and a resumed
     run loads no base model at all; the run is the same, and resumes bit for bit."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     config = _config(data, tmp_path / "run", budget_tokens=6 * 4 * 64, batch_size=2, checkpoint_every=3, fsdp=True,
                      num_checkpoints_kept=5)
     (tmp_path / "run.json").write_text(json.dumps(config.__dict__))
@@ -1256,7 +1267,7 @@ def test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints(data
         completed = subprocess.run(_torchrun(2, str(tmp_path / "spy.py"), str(tmp_path / log), "train", "--config",
                                              str(tmp_path / "run.json")), env=env, cwd=REPO, capture_output=True,
                                    text=True)
-        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert completed.returncode == 0, _told(completed, tmp_path / log)
 
     def back_to_step_3() -> None:
         for name in ("result.json", "model", "checkpoints/step-00000006"):
@@ -1334,7 +1345,7 @@ def test_fsdp_in_one_process_is_refused_before_the_run_folder_is_written(data, t
 _COMPILE_SPY = """
 import atexit, os, sys
 import torch
-from simslm.cli import main
+from simslm.cli import run
 
 compile = torch.compile
 
@@ -1351,7 +1362,7 @@ def noted(target, **options):
 
 
 torch.compile = noted
-sys.exit(main(sys.argv[2:]))
+run(sys.argv[2:])
 """
 
 
@@ -1361,7 +1372,7 @@ def test_compiled_runs_of_two_processes_train_as_one_eager_process(data, tmp_pat
     weights, stay outside); the run trains as one eager process does, to 1e-4, and saves a model under its own
     names. A compile that fails at its first call falls back to eager, to the same losses as --fsdp alone.
     --compile with data parallelism (DDP) compiles the whole step's forward and loss, as one process does."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _rank_env()
     (tmp_path / "spy.py").write_text(_COMPILE_SPY)
     runs = {name: _config(data, tmp_path / name, budget_tokens=6 * 4 * 64, batch_size=batch_size, checkpoint_every=3,
                           **changes)

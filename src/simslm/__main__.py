@@ -1,3 +1,3 @@
-from simslm.cli import main
+from simslm.cli import run
 
-raise SystemExit(main())
+run()

@@ -10,6 +10,7 @@ traceback instead).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from simslm import __version__
 from simslm.config import add_config_arguments, config_from_args
@@ -582,3 +583,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ours:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The `simslm` command as a process (its console script, `python -m simslm`): `main`, then exit with its
+    status. A process of a torchrun that made a process group leaves without the interpreter's finalisation: gloo's
+    worker threads, still there (DDP and FSDP keep the group alive past `destroy_process_group`: its threads stayed,
+    2026-12-06), may drop a collective's last tensor as the interpreter is torn down, and the GIL they then take
+    aborts the process ("terminate called without an active exception", SIGABRT, after a run had finished: twice
+    in CI; pytorch/pytorch#179291)."""
+    code = main(argv)
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        # All the interpreter's exit does that matters, before os._exit: its other threads joined, its exit
+        # handlers run (the group's destruction among them, logging's flush, multiprocessing's clean-up), its
+        # output flushed. (`atexit._run_exitfuncs` is the interpreter's own call for the handlers: none public.)
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or its reader gone
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -532,6 +532,16 @@ def _how_it_ended(exit_code: int) -> str:
             f"needs `if __name__ == \"__main__\":`")
 
 
+def proc_shows_this_namespace() -> bool:
+    """Whether /proc lists this process's own PID namespace, so that /proc/<pid> is the process `os.kill(pid)`
+    reaches. In a PID namespace given its parent's /proc (a sandbox that bind-mounts it, `unshare --pid` without
+    `--mount-proc`) /proc/<pid> is some other process, a kernel thread often; on macOS there is no /proc."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
 def _ended_workers(executor: Any) -> dict[int, int]:
     """The workers of a broken process pool executor that ended by themselves: all but those it terminated after
     (SIGTERM). Read from its private process table (no public one), waiting a moment for the exit codes."""

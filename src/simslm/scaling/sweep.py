@@ -1291,7 +1291,7 @@ def _job_ended(folder: Path, job: dict[str, str]) -> bool:
         # Alive, unless the pid is another process's now (the machine restarted since): a run would read `queued`
         # for good, and `sweep run` never start it again. A local job's controller runs submitit's own module.
         process = Path("/proc") / str(int(job["job_id"]))
-        if not Path("/proc/self").exists():  # no /proc (macOS): the pid being alive is all there is to go by
+        if not jobs.proc_shows_this_namespace():  # the pid being alive is all there is to go by
             return False
         try:
             command = (process / "cmdline").read_bytes()
