@@ -159,6 +159,25 @@ def test_the_family_is_built_only_at_aspect_ratios_whose_heads_have_even_dims():
         model.parse_family_source("family:1:7")
 
 
+def test_a_depth_1_member_is_refused_only_when_its_own_heads_cannot_be_built():
+    """Depth 1 of width 48 (one head of 48 dims) and 80 (two of 40) build, though a family at those aspect ratios
+    would not keep its heads 32 wide at every depth: `family:1:48` was refused by that rule. Width 112 (three heads
+    of a width that does not split) was on the ladder below an aspect ratio of 224, and transformers refused it."""
+    for width, heads in ((48, 1), (80, 2), (64, 2)):
+        assert model.parse_family_source(f"family:1:{width}") == (1, width)
+        built = model.build_family_model(1, 600, seed=0, aspect_ratio=width)
+        assert (built.config.hidden_size, built.config.num_attention_heads) == (width, heads)
+        assert model.parameter_groups(built).total == model.family_parameters(1, 600, aspect_ratio=width)
+    assert model.narrower_width(96) == 48 and model.narrower_width(160) == 80
+    assert model.narrower_width(224) is None
+    for width, said in ((112, "112 does not split into its 3 heads"), (70, "70 makes 2 heads of 35 dims, odd")):
+        assert model.width_problem(width).startswith(said)
+        with pytest.raises(ValueError, match=f"family:1:{width}: aspect ratio {said}"):
+            model.parse_family_source(f"family:1:{width}")
+    with pytest.raises(ValueError, match="family:2:48: aspect ratio 48 is above 32 but not a multiple of it"):
+        model.parse_family_source("family:2:48")
+
+
 def test_a_family_member_is_named_by_depth_and_aspect_ratio():
     from simslm.config import ConfigError
     from simslm.train import TrainConfig

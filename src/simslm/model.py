@@ -323,7 +323,7 @@ def member_parameters(depth: int, width: int | None, vocab_size: int, aspect_rat
 
 
 # Below depth 1 the family goes on narrowing: depth 1 at half the width, a quarter, ... (a depth-1 member of width
-# W is `family:1:W`, one head of W dims), down to FAMILY_MIN_WIDTH. Bracketing grows a grid into these when a
+# W is `family:1:W`: one head of W dims below 64), down to FAMILY_MIN_WIDTH. Bracketing grows a grid into these when a
 # budget's best size is depth 1 (simslm.scaling.sweep); their labels are d1w8, d1w4.
 FAMILY_MIN_WIDTH = 4
 _MEMBER_LABEL = re.compile(r"d([1-9][0-9]*)(?:w([1-9][0-9]*))?")
@@ -346,15 +346,26 @@ def parse_member_label(label: str) -> tuple[int, int | None]:
 
 
 def narrower_width(width: int) -> int | None:
-    """The next width below `width` on the depth-1 ladder (half), None past FAMILY_MIN_WIDTH or where half is odd
-    (a member's one head of that many dims: rotary embeddings need an even number)."""
+    """The next width below `width` on the depth-1 ladder (half), None past FAMILY_MIN_WIDTH or where half cannot be
+    built (`width_problem`: odd, say, a head of that many dims, and rotary embeddings need an even number)."""
     half = width // 2
     return half if half >= FAMILY_MIN_WIDTH and not width_problem(half) else None
 
 
 def width_problem(width: int) -> str | None:
-    """Why a depth-1 member of this width (one head of `width` dims) cannot be built, or None."""
-    return None if width % 2 == 0 else f"{width} is odd (a head of that many dims; rotary embeddings need even)"
+    """Why a depth-1 member of this width cannot be built, or None. `family_config` gives it width // min(32,
+    width) heads: one head of `width` dims up to 63, then heads of 32 dims or more, which must split the width
+    evenly, into an even number of dims each. The ladder from an aspect ratio of 224 reached 112 (3 heads), which
+    transformers refused ("hidden size (112) is not a multiple of the number of attention heads"), and
+    `family:1:48` (one head of 48 dims) was refused by the family-wide rule though it builds."""
+    heads = family_config(1, 1, aspect_ratio=width)["num_attention_heads"]
+    if heads == 1:
+        return None if width % 2 == 0 else f"{width} is odd (a head of that many dims; rotary embeddings need even)"
+    if width % heads:
+        return f"{width} does not split into its {heads} heads (one per {FAMILY_HEAD_DIM} dims)"
+    if width // heads % 2:
+        return f"{width} makes {heads} heads of {width // heads} dims, odd (rotary embeddings need even)"
+    return None
 
 
 def aspect_ratio_problem(ratio: int) -> str | None:
@@ -384,8 +395,10 @@ def parse_family_source(source: str) -> tuple[int, int]:
     if len(parts) > 2 or depth < 1 or ratio < 1:
         raise ValueError(f"{source}: a family member is family:DEPTH or family:DEPTH:ASPECT_RATIO, "
                          f"both positive integers")
-    problem = aspect_ratio_problem(ratio) if depth > 1 or ratio > FAMILY_HEAD_DIM else width_problem(ratio)
-    if problem:  # a depth-1 member of width W is family:1:W, one head of W dims
+    # A depth-1 member of width W is family:1:W (the narrower ones too): the family-wide rule on its heads, which
+    # keeps them 32 dims wide at every depth, is not its to meet.
+    problem = aspect_ratio_problem(ratio) if depth > 1 else width_problem(ratio)
+    if problem:
         raise ValueError(f"{source}: aspect ratio {problem}")
     return depth, ratio
 
