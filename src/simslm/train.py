@@ -916,12 +916,13 @@ class _Distributed:
 
 
 def _destroy_group() -> None:
-    """At the process's exit, the process group `_Distributed` made, as torch asks of a normal exit: left to the
-    interpreter's end, gloo's worker threads could outlive it and abort the process ("terminate called without an
-    active exception", SIGABRT: a resumed two-process FSDP run in CI once; pytorch/pytorch#190489). At exit, not
-    when a run ends: one process may train several runs (`textlm pretrain`), and a group made again in a process
-    can meet the last one's addresses in torchrun's store. Not after an error: a peer may still wait in a
-    collective, and destroying would wait on it."""
+    """At the process's exit, the process group `_Distributed` made, as torch asks of a normal exit (left to the
+    interpreter's end, gloo's worker threads could abort the process: "terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#190489). It does not end those threads once a DDP or FSDP module has held
+    the group (still there after it, 2026-12-06): `cli.run` leaves such a process without the interpreter's
+    finalisation. At exit, not when a run ends: one process may train several runs (`textlm pretrain`), and a group
+    made again in a process can meet the last one's addresses in torchrun's store. Not after an error: a peer may
+    still wait in a collective, and destroying would wait on it."""
     import torch.distributed as dist
 
     if not _Distributed.failed and dist.is_initialized():
