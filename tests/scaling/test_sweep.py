@@ -642,6 +642,47 @@ print(jobs.proc_shows_this_namespace(), sweep.run_status(run, ()))
     assert told.stdout.split() == ["False", "queued"]
 
 
+def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
+    """SLURM's accounting as submitit asks it (`sacct ... -j ID -j ID`), answering `states` (job id: state, changed
+    as the test goes on), to a fresh watcher; the job ids of each call."""
+    import submitit
+    from submitit.core import core
+    from submitit.slurm import slurm
+
+    calls = []
+
+    def sacct(command, **_):
+        assert command[0] == "sacct", command
+        asked = [command[at + 1] for at, word in enumerate(command) if word == "-j"]
+        calls.append(sorted(asked))
+        known = [(job_id, state) for job_id, state in states.items() if job_id.split("_")[0] in asked]
+        return ("JobID|State|NodeList\n" + "".join(f"{job_id}|{state}|node1\n" for job_id, state in known)).encode()
+
+    monkeypatch.setattr(core.subprocess, "check_output", sacct)
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
+    return calls
+
+
+def test_a_status_pass_asks_slurm_of_all_its_jobs_in_one_call(data, tmp_path, monkeypatch):
+    """Each job new to submitit's watcher forced a call of sacct: a status pass over a sweep of 100 runs ran it 100
+    times. Made known all at once, they are asked of in one call a pass."""
+    sweep.plan_sweep(_spec(data, depths=(1, 2, 3), budgets_flops=(4e8, 8e8)), tmp_path)
+    runs = sweep.load_sweep(tmp_path)["runs"]
+    assert len(runs) > 2
+    states = {str(1000 + number): "PENDING" for number in range(len(runs))}
+    states["1000"] = "CANCELLED by 0"  # ended without a result: its run is not queued
+    calls = _fake_sacct(monkeypatch, states)
+    (tmp_path / "submitit").mkdir()
+    (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+        "job_id": job_id, "result": f"{job_id}_0_result.pkl", "stderr": f"{job_id}_0_log.err", "cluster": "slurm"}
+        for run, job_id in zip(runs, states)}))
+    assert sweep.status_counts(tmp_path) == {"pending": 1, "queued": len(runs) - 1}
+    assert calls == [sorted(states)]
+    # The next pass asks once more, of the jobs that had not ended.
+    assert sweep.status_counts(tmp_path) == {"pending": 1, "queued": len(runs) - 1}
+    assert calls[1:] == [sorted(states)[1:]]
+
+
 @pytest.mark.parametrize("cluster", ["slurm", "local"])
 def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkeypatch, cluster):
     """A job killed for memory, cancelled or lost with its node writes no result file: `sweep wait` learns from
@@ -649,13 +690,11 @@ def test_sweep_wait_ends_when_a_job_died_without_a_result(data, tmp_path, monkey
     instead of waiting forever."""
     import threading
 
-    import submitit
-
     sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
     (run,) = sweep.load_sweep(tmp_path)["runs"]
     if cluster == "slurm":
         job_id = "4242_0"
-        monkeypatch.setattr(submitit.SlurmJob, "done", lambda job, force_check=False: job.job_id == job_id)
+        _fake_sacct(monkeypatch, {job_id: "OUT_OF_MEMORY"})
     else:
         ended = subprocess.Popen([sys.executable, "-c", "pass"])
         ended.wait()  # reaped: its pid is free

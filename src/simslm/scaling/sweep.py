@@ -678,12 +678,30 @@ def run_status(run: dict[str, Any], bench: tuple[str, ...], ledger: dict[str, An
 
 
 def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
-    """The sweep's ledger of cluster jobs (submitit/jobs.json) by run id; empty when it has none or it is not one."""
+    """The sweep's ledger of cluster jobs (submitit/jobs.json) by run id; empty when it has none or it is not one.
+    Its SLURM jobs are made known to submitit's watcher at once (`_watch_slurm_jobs`)."""
     try:
         ledger = jobs.read_json(sweep_dir / "submitit" / JOBS_FILE)
     except (OSError, ValueError):
         return {}
-    return ledger if isinstance(ledger, dict) else {}
+    if not isinstance(ledger, dict):
+        return {}
+    _watch_slurm_jobs(sweep_dir / "submitit", ledger)
+    return ledger
+
+
+def _watch_slurm_jobs(folder: Path, ledger: dict[str, Any]) -> None:
+    """Registers the ledger's SLURM jobs that have written no result with submitit's watcher, all before the first
+    question, which then asks SLURM's accounting of them all in one sacct call, and later ones at most every 2 s to
+    a minute. Each job new to the watcher forces a call of its own: asked one by one, a status pass over a sweep of
+    100 runs ran sacct 100 times, each naming every job registered so far."""
+    waiting = [job["job_id"] for job in ledger.values() if isinstance(job, dict) and job.get("cluster") == "slurm"
+               and "job_id" in job and not (folder / str(job.get("result", ""))).is_file()]
+    if waiting:
+        import submitit
+
+        for job_id in waiting:
+            submitit.SlurmJob.watcher.register_job(str(job_id))
 
 
 def _queued(run: dict[str, Any], ledger: dict[str, Any]) -> bool:
@@ -1249,6 +1267,7 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     if not (folder / JOBS_FILE).exists():
         raise ValueError(f"{sweep_dir}: no submitted jobs to wait for ({folder / JOBS_FILE} is missing)")
     submitted = jobs.read_json(folder / JOBS_FILE)
+    _watch_slurm_jobs(folder, submitted)
     tracker = jobs.Progress(len(submitted), "sweep wait", unit="job")
     ended: set[str] = set()
     while len(ended) < len(submitted):
@@ -1273,14 +1292,16 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
 
 def _job_ended(folder: Path, job: dict[str, str]) -> bool:
     """Whether a job of submitit/jobs.json has ended: its result file is there; or SLURM's accounting (sacct,
-    asked through submitit at most every few minutes) has it in a final state; or, on the local cluster, its
+    asked through submitit at most every 2 s to 10 minutes) has it in a final state; or, on the local cluster, its
     controller process (whose pid is the job id) is gone. Ledgers from before 2026-12-04 do not say which."""
     if (folder / job["result"]).exists():
         return True
     if job.get("cluster") == "slurm":
         import submitit
 
-        return submitit.SlurmJob(folder, job["job_id"]).done()
+        # Asked of submitit's watcher, not of a `SlurmJob` made for the question: making one registers its job
+        # anew, which forces a call of sacct each time.
+        return submitit.SlurmJob.watcher.is_done(str(job["job_id"]))
     if job.get("cluster") == "local":
         try:
             os.kill(int(job["job_id"]), 0)
