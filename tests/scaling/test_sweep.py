@@ -616,8 +616,7 @@ def test_a_local_job_whose_pid_is_another_process_now_or_a_zombie_has_ended(data
 def test_where_proc_lists_another_namespace_a_live_job_stays_queued(data, tmp_path):
     """In a PID namespace given its parent's /proc, /proc/<pid> is another process: a kernel thread often, whose
     empty command line read as a job still starting, or none, read as a job ended. There the pid being alive is all
-    there is to go by. (CI's sandbox looks like one: the test above failed there on 2026-12-06, another process
-    read as a job still waiting.)"""
+    there is to go by."""
     if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs `unshare --pid` (util-linux, as root) to make a PID namespace")
     sweep.plan_sweep(_spec(data, depths=(1,), budgets_flops=(4e8,)), tmp_path)
@@ -643,8 +642,8 @@ print(jobs.proc_shows_this_namespace(), sweep.run_status(run, ()))
 
 
 def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
-    """SLURM's accounting as submitit asks it (`sacct ... -j ID -j ID`), answering `states` (job id: state, changed
-    as the test goes on), to a fresh watcher; the job ids of each call."""
+    """SLURM's accounting as submitit asks it (`sacct ... -j ID -j ID`), answering `states` (job id: state), to a
+    fresh watcher; the job ids of each call."""
     import submitit
     from submitit.core import core
     from submitit.slurm import slurm
