@@ -659,6 +659,7 @@ def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
 
     monkeypatch.setattr(core.subprocess, "check_output", sacct)
     monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
     return calls
 
 
@@ -680,6 +681,42 @@ def test_a_status_pass_asks_slurm_of_all_its_jobs_in_one_call(data, tmp_path, mo
     # The next pass asks once more, of the jobs that had not ended.
     assert sweep.status_counts(tmp_path) == {"pending": 1, "queued": len(runs) - 1}
     assert calls[1:] == [sorted(states)[1:]]
+
+
+def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(data, tmp_path, monkeypatch):
+    """sacct fails where a cluster keeps no accounting, and knows nothing yet of a job just submitted: every state
+    read UNKNOWN, so a job that died without a result read `queued` for good (`sweep run` never started its run
+    again, `sweep wait` waited forever). squeue, asked once for all of them, says which are still there. Both are
+    scripts on PATH here, as SLURM's commands are on a login node."""
+    import submitit
+    from submitit.slurm import slurm
+
+    sweep.plan_sweep(_spec(data, depths=(1, 2, 3), budgets_flops=(4e8, 8e8)), tmp_path)
+    runs = sweep.load_sweep(tmp_path)["runs"][:4]
+    bin_dir, asked, queue = tmp_path / "bin", tmp_path / "squeue.asked", tmp_path / "squeue.out"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho \"$*\" >> {asked}\ncat {queue}\n")
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
+    # 1000 runs, 1001 is gone from the queue (killed, purged), 1002_0 is an array task pending, 1003 was cancelled.
+    queue.write_text("1000|RUNNING\n1002_0|PENDING\n1003|CANCELLED\n")
+    job_ids = ["1000", "1001", "1002_0", "1003"]
+    (tmp_path / "submitit").mkdir()
+    (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
+        "job_id": job_id, "result": f"{job_id}_result.pkl", "stderr": f"{job_id}_log.err", "cluster": "slurm"}
+        for run, job_id in zip(runs, job_ids)}))
+    statuses = {run["id"]: sweep.run_status(run, ()) for run in runs}
+    assert [statuses[run["id"]] for run in runs] == ["queued", "pending", "queued", "pending"]
+    assert asked.read_text().splitlines() == ["--noheader --array --format %i|%T --jobs 1000,1001,1002,1003"]
+    # Where squeue does not answer either (a copy of the sweep off the cluster), nothing tells: still queued.
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
+                                    "exit 1\n")
+    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
+    assert [sweep.run_status(run, ()) for run in runs] == ["queued"] * 4
 
 
 @pytest.mark.parametrize("cluster", ["slurm", "local"])
