@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -532,3 +533,44 @@ def test_proc_of_another_pid_namespace_is_told_apart(own_proc):
                           capture_output=True, text=True, timeout=60)
     assert told.returncode == 0, told.stderr[-2000:]
     assert told.stdout.strip() == str(own_proc)
+
+
+def test_a_slurm_job_that_ended_without_a_result_is_a_failure_where_slurm_keeps_no_accounting(tmp_path,
+                                                                                                monkeypatch):
+    # submitit waits for a job until its result file appears or sacct says it ended; where sacct fails (a cluster
+    # without accounting) every state is UNKNOWN, and a job killed without a result was waited for forever
+    # (`sweep run --executor slurm`, `units extract`'s SLURM array). SLURM's queue says it is gone. `sacct` and
+    # `squeue` are scripts on PATH here, as SLURM's commands are on a login node.
+    import threading
+
+    import cloudpickle
+    import submitit
+    from submitit.slurm import slurm
+
+    bin_dir, queue = tmp_path / "bin", tmp_path / "squeue.out"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {queue}\n")
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    monkeypatch.setattr(jobs.SlurmQueue, "REFRESH_SEC", 0.0)
+    monkeypatch.setattr(jobs, "JOB_POLL_SEC", 0.05)
+    queue.write_text("1002|RUNNING\n")  # 1001 was killed and is gone; 1002 runs, and writes its result later
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    killed, running = submitit.SlurmJob(folder, "1001"), submitit.SlurmJob(folder, "1002")
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(jobs.job_failures(
+        [("killed", killed), ("running", running)], "jobs")), daemon=True)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # 1002 is still in the queue: waited for
+    with open(running.paths.result_pickle, "wb") as handle:
+        cloudpickle.dump(("success", 42), handle)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive(), "still waiting for a job that has ended"
+    assert outcome == [[f"killed (it ended without a result; log {killed.paths.stderr})"]]
+    assert running.result() == 42

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -663,10 +664,93 @@ def error_line(name: str, error: Exception) -> str:
     return f"{name}: error: {message}{hint}"
 
 
+# States of a job that has ended, as squeue may still show it for a few minutes (SLURM's MinJobAge); any other state
+# (PENDING, RUNNING, COMPLETING, PREEMPTED before a requeue, one added later) is taken for a job still there.
+SQUEUE_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                          "REVOKED", "SPECIAL_EXIT", "TIMEOUT"})
+
+
+class SlurmQueue:
+    """SLURM's queue (squeue) of the jobs `expected` names (a sweep's ledger, a batch of submitted jobs): each one's
+    state, asked of all of them in one call at most every few seconds; None where squeue does not answer (not a
+    SLURM host)."""
+
+    REFRESH_SEC = 5.0
+
+    def __init__(self) -> None:
+        self.expected: set[str] = set()
+        self._asked: tuple[float, frozenset[str], dict[str, str] | None] | None = None
+
+    def states(self) -> dict[str, str] | None:
+        ids = frozenset(job_id.split("_")[0] for job_id in self.expected)
+        if self._asked and self._asked[1] >= ids and time.monotonic() - self._asked[0] < self.REFRESH_SEC:
+            return self._asked[2]
+        try:  # array tasks one a line (--array), as the ledger names them: 4242_0
+            listing = subprocess.run(["squeue", "--noheader", "--array", "--format", "%i|%T", "--jobs",
+                                      ",".join(sorted(ids))], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            states = None
+        else:
+            # A single id the controller has forgotten is an error of its own: that job is not in the queue.
+            states = (dict(line.split("|", 1) for line in listing.stdout.splitlines() if "|" in line)
+                      if listing.returncode == 0 else {} if "Invalid job id" in listing.stderr else None)
+        self._asked = (time.monotonic(), ids, states)
+        return states
+
+
+SLURM_QUEUE = SlurmQueue()
+
+
+def watch_slurm_jobs(job_ids: list[str]) -> None:
+    """Makes SLURM jobs known to submitit's watcher and to `SLURM_QUEUE` all at once, before the first question
+    about any: the watcher then asks sacct of them all in one call, and again at most every 2 s to 10 minutes. Each
+    job new to it forces a call of its own, so asked one by one, N jobs made N calls."""
+    if job_ids:
+        import submitit
+
+        for job_id in job_ids:
+            submitit.SlurmJob.watcher.register_job(job_id)
+        SLURM_QUEUE.expected.update(job_ids)
+
+
+def slurm_job_ended(job_id: str) -> bool:
+    """Whether SLURM job `job_id` has ended, as far as SLURM says: its accounting (sacct, through submitit's
+    watcher: `watch_slurm_jobs`) in a final state, or, knowing nothing of it, its queue (squeue) without it or with
+    it in a final state. Not a `SlurmJob` made for the question: making one registers its job anew with the
+    watcher, which forces a call of sacct each time."""
+    import submitit
+
+    if submitit.SlurmJob.watcher.is_done(job_id):
+        return True
+    if submitit.SlurmJob.watcher.get_state(job_id, mode="cache") != "UNKNOWN":
+        return False
+    # Not in SLURM's accounting: a job just submitted may not be there yet, and where accounting is off (some
+    # clusters run without it) no job ever is, and submitit takes UNKNOWN for a job not done: one that died without
+    # a result was waited for forever. The controller's queue says whether it is still there.
+    SLURM_QUEUE.expected.add(job_id)
+    queue = SLURM_QUEUE.states()
+    if queue is None:  # no squeue here either (a copy of a sweep off the cluster): nothing to go by
+        return False
+    return job_id not in queue or queue[job_id] in SQUEUE_ENDED
+
+
+# How often a wait for cluster jobs looks at their result files (submitit's own wait: every second).
+JOB_POLL_SEC = 1.0
+
+
 def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list[str]:
-    """Wait for submitit jobs; `label (error; log FILE)` for each that failed (the others still run to the end)."""
+    """Wait for submitit jobs; `label (error; log FILE)` for each that failed (the others still run to the end).
+    A SLURM job is waited for until it has written its result or SLURM says it has ended (`slurm_job_ended`):
+    submitit's own wait asks sacct alone, and where that knows nothing of a job it waits forever."""
     failures = []
+    watch_slurm_jobs([job.job_id for _, job in labelled_jobs if type(job).__name__ == "SlurmJob"])
     for label, job in progress(labelled_jobs, description, unit="job"):
+        if type(job).__name__ == "SlurmJob":
+            while not job.paths.result_pickle.exists() and not slurm_job_ended(job.job_id):
+                time.sleep(JOB_POLL_SEC)
+            if not job.paths.result_pickle.exists():  # `result()` would wait on it, asking sacct alone
+                failures.append(f"{label} (it ended without a result; log {job.paths.stderr})")
+                continue
         try:
             job.result()
         except Exception as error:  # submitit re-raises the job's own error

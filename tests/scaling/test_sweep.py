@@ -659,7 +659,7 @@ def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
 
     monkeypatch.setattr(core.subprocess, "check_output", sacct)
     monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
+    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
     return calls
 
 
@@ -701,7 +701,7 @@ def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(da
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
+    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
     # 1000 runs, 1001 is gone from the queue (killed, purged), 1002_0 is an array task pending, 1003 was cancelled.
     queue.write_text("1000|RUNNING\n1002_0|PENDING\n1003|CANCELLED\n")
     job_ids = ["1000", "1001", "1002_0", "1003"]
@@ -715,7 +715,7 @@ def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(da
     # Where squeue does not answer either (a copy of the sweep off the cluster), nothing tells: still queued.
     (bin_dir / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
                                     "exit 1\n")
-    monkeypatch.setattr(sweep, "_SLURM_QUEUE", sweep._SlurmQueue())
+    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
     assert [sweep.run_status(run, ()) for run in runs] == ["queued"] * 4
 
 

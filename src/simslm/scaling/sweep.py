@@ -691,54 +691,12 @@ def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
 
 
 def _watch_slurm_jobs(folder: Path, ledger: dict[str, Any]) -> None:
-    """Registers the ledger's SLURM jobs that have written no result with submitit's watcher, all before the first
-    question, which then asks SLURM's accounting of them all in one sacct call, and later ones at most every 2 s to
-    a minute. Each job new to the watcher forces a call of its own: asked one by one, a status pass over a sweep of
-    100 runs ran sacct 100 times, each naming every job registered so far."""
-    waiting = [job["job_id"] for job in ledger.values() if isinstance(job, dict) and job.get("cluster") == "slurm"
-               and "job_id" in job and not (folder / str(job.get("result", ""))).is_file()]
-    if waiting:
-        import submitit
-
-        for job_id in waiting:
-            submitit.SlurmJob.watcher.register_job(str(job_id))
-        _SLURM_QUEUE.expected.update(str(job_id) for job_id in waiting)
-
-
-# States of a job that has ended, as squeue may still show it for a few minutes (SLURM's MinJobAge); any other state
-# (PENDING, RUNNING, COMPLETING, PREEMPTED before a requeue, one added later) is taken for a job still there.
-SQUEUE_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-                          "REVOKED", "SPECIAL_EXIT", "TIMEOUT"})
-
-
-class _SlurmQueue:
-    """SLURM's queue (squeue) of the jobs the sweep's ledger names: each one's state, asked of all of them in one
-    call at most every few seconds; None where squeue does not answer (not a SLURM host)."""
-
-    REFRESH_SEC = 5.0
-
-    def __init__(self) -> None:
-        self.expected: set[str] = set()
-        self._asked: tuple[float, frozenset[str], dict[str, str] | None] | None = None
-
-    def states(self) -> dict[str, str] | None:
-        ids = frozenset(job_id.split("_")[0] for job_id in self.expected)
-        if self._asked and self._asked[1] >= ids and time.monotonic() - self._asked[0] < self.REFRESH_SEC:
-            return self._asked[2]
-        try:  # array tasks one a line (--array), as the ledger names them: 4242_0
-            listing = subprocess.run(["squeue", "--noheader", "--array", "--format", "%i|%T", "--jobs",
-                                      ",".join(sorted(ids))], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            states = None
-        else:
-            # A single id the controller has forgotten is an error of its own: that job is not in the queue.
-            states = (dict(line.split("|", 1) for line in listing.stdout.splitlines() if "|" in line)
-                      if listing.returncode == 0 else {} if "Invalid job id" in listing.stderr else None)
-        self._asked = (time.monotonic(), ids, states)
-        return states
-
-
-_SLURM_QUEUE = _SlurmQueue()
+    """The ledger's SLURM jobs that have written no result, made known to submitit's watcher and to squeue's
+    questions all at once (`jobs.watch_slurm_jobs`): asked one by one, a status pass over a sweep of 100 runs ran
+    sacct 100 times, each naming every job registered so far."""
+    jobs.watch_slurm_jobs([str(job["job_id"]) for job in ledger.values()
+                           if isinstance(job, dict) and job.get("cluster") == "slurm" and "job_id" in job
+                           and not (folder / str(job.get("result", ""))).is_file()])
 
 
 def _queued(run: dict[str, Any], ledger: dict[str, Any]) -> bool:
@@ -1335,23 +1293,7 @@ def _job_ended(folder: Path, job: dict[str, str]) -> bool:
     if (folder / job["result"]).exists():
         return True
     if job.get("cluster") == "slurm":
-        import submitit
-
-        # Asked of submitit's watcher, not of a `SlurmJob` made for the question: making one registers its job
-        # anew, which forces a call of sacct each time.
-        job_id = str(job["job_id"])
-        if submitit.SlurmJob.watcher.is_done(job_id):
-            return True
-        if submitit.SlurmJob.watcher.get_state(job_id, mode="cache") != "UNKNOWN":
-            return False
-        # Not in SLURM's accounting: a job just submitted may not be there yet, and where accounting is off (some
-        # clusters run without it) no job ever is: a job that died without a result read `queued` for good, and
-        # `sweep wait` waited for it forever. The controller's queue says whether it is still there.
-        _SLURM_QUEUE.expected.add(job_id)
-        queue = _SLURM_QUEUE.states()
-        if queue is None:  # no squeue here either (a copy of the sweep off the cluster): nothing to go by
-            return False
-        return job_id not in queue or queue[job_id] in SQUEUE_ENDED
+        return jobs.slurm_job_ended(str(job["job_id"]))
     if job.get("cluster") == "local":
         try:
             os.kill(int(job["job_id"]), 0)
