@@ -742,10 +742,12 @@ def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list
     """Wait for submitit jobs; `label (error; log FILE)` for each that failed (the others still run to the end).
     A SLURM job is waited for until it has written its result or SLURM says it has ended (`slurm_job_ended`):
     submitit's own wait asks sacct alone, and where that knows nothing of a job it waits forever."""
+    import submitit
+
     failures = []
-    watch_slurm_jobs([job.job_id for _, job in labelled_jobs if type(job).__name__ == "SlurmJob"])
+    watch_slurm_jobs([job.job_id for _, job in labelled_jobs if isinstance(job, submitit.SlurmJob)])
     for label, job in progress(labelled_jobs, description, unit="job"):
-        if type(job).__name__ == "SlurmJob":
+        if isinstance(job, submitit.SlurmJob):
             while not job.paths.result_pickle.exists() and not slurm_job_ended(job.job_id):
                 time.sleep(JOB_POLL_SEC)
             if not job.paths.result_pickle.exists():  # `result()` would wait on it, asking sacct alone
