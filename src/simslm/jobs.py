@@ -691,7 +691,8 @@ class SlurmQueue:
         except (OSError, subprocess.TimeoutExpired):
             states = None
         else:
-            # A single id the controller has forgotten is an error of its own: that job is not in the queue.
+            # A single id the controller has forgotten is an error of its own ("Invalid job id specified", exit 1;
+            # with two or more ids the others are listed: MatterMiners/tardis#326): that job is not in the queue.
             states = (dict(line.split("|", 1) for line in listing.stdout.splitlines() if "|" in line)
                       if listing.returncode == 0 else {} if "Invalid job id" in listing.stderr else None)
         self._asked = (time.monotonic(), ids, states)
