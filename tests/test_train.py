@@ -40,7 +40,7 @@ def _torchrun(processes: int, *arguments: str) -> list[str]:
 def _rank_env() -> dict[str, str]:
     """The environment of a test's torchrun: a thread a process (two processes share two cores), and Python's fault
     handler on, so that a rank that aborts shows where each of its threads was (SIGABRT, "terminate called without
-    an active exception": twice in CI, at 2026-11 and 2026-12-06, not reproduced here)."""
+    an active exception": in CI after the twenty-second and twenty-eighth sessions, not reproduced here)."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
@@ -489,10 +489,9 @@ def _one_process_and_torchrun(data, tmp_path, shared=None, **parallel_changes):
 # `simslm` under torchrun, each process writing down what `_Distributed.all_sum` (a collective read back on the host,
 # which on a GPU waits for everything launched before it) was called with: the number of values, call by call.
 READS_COUNTED = """
-import json, os, sys
+import atexit, json, os, sys
 from pathlib import Path
 
-import atexit
 import simslm.train
 from simslm.cli import run
 
