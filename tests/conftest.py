@@ -203,6 +203,28 @@ _encoders.LogMelEncoder.encode_batch = _held
 """
 
 
+def slurm_without_accounting(folder: Path, monkeypatch, queue: str) -> tuple[Path, Path]:
+    """SLURM's commands as on a login node of a cluster that keeps no accounting, as scripts on PATH: `sacct` fails
+    ("accounting storage is disabled"), `squeue` prints the file it returns first (`queue` to start with: lines of
+    `ID|STATE`) and notes its arguments in the second. submitit's watcher and simslm's queue start afresh."""
+    import submitit
+    from submitit.slurm import slurm
+
+    from simslm import jobs
+
+    bin_dir, listing, asked = folder / "bin", folder / "squeue.out", folder / "squeue.asked"
+    bin_dir.mkdir()
+    listing.write_text(queue)
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho \"$*\" >> {asked}\ncat {listing}\n")
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    return listing, asked
+
+
 def live_in_group(group: int, seconds: float = 20.0) -> list[str]:
     """The command lines of the processes of process group `group` still alive after up to `seconds` (zombies aside:
     this container's first process may not reap them), read from Linux's /proc."""

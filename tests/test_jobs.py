@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from simslm import jobs
+from tests.conftest import slurm_without_accounting
 
 
 def test_journal_ignores_a_torn_last_line_and_appends_after_it(tmp_path):
@@ -545,20 +546,11 @@ def test_a_slurm_job_that_ended_without_a_result_is_a_failure_where_slurm_keeps_
 
     import cloudpickle
     import submitit
-    from submitit.slurm import slurm
 
-    bin_dir, queue = tmp_path / "bin", tmp_path / "squeue.out"
-    bin_dir.mkdir()
-    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {queue}\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    # 1001 was killed and is gone; 1002 runs, and writes its result later.
+    slurm_without_accounting(tmp_path, monkeypatch, "1002|RUNNING\n")
     monkeypatch.setattr(jobs.SlurmQueue, "REFRESH_SEC", 0.0)
     monkeypatch.setattr(jobs, "JOB_POLL_SEC", 0.05)
-    queue.write_text("1002|RUNNING\n")  # 1001 was killed and is gone; 1002 runs, and writes its result later
     folder = tmp_path / "jobs"
     folder.mkdir()
     killed, running = submitit.SlurmJob(folder, "1001"), submitit.SlurmJob(folder, "1002")

@@ -21,7 +21,7 @@ import pytest
 from simslm import jobs
 from simslm.scaling import sweep
 from simslm.train import RunResult, TrainConfig
-from tests.conftest import live_in_group, tiny_base_model
+from tests.conftest import live_in_group, slurm_without_accounting, tiny_base_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -688,22 +688,10 @@ def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(da
     read UNKNOWN, so a job that died without a result read `queued` for good (`sweep run` never started its run
     again, `sweep wait` waited forever). squeue, asked once for all of them, says which are still there. Both are
     scripts on PATH here, as SLURM's commands are on a login node."""
-    import submitit
-    from submitit.slurm import slurm
-
     sweep.plan_sweep(_spec(data, depths=(1, 2, 3), budgets_flops=(4e8, 8e8)), tmp_path)
     runs = sweep.load_sweep(tmp_path)["runs"][:4]
-    bin_dir, asked, queue = tmp_path / "bin", tmp_path / "squeue.asked", tmp_path / "squeue.out"
-    bin_dir.mkdir()
-    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho \"$*\" >> {asked}\ncat {queue}\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
     # 1000 runs, 1001 is gone from the queue (killed, purged), 1002_0 is an array task pending, 1003 was cancelled.
-    queue.write_text("1000|RUNNING\n1002_0|PENDING\n1003|CANCELLED\n")
+    _, asked = slurm_without_accounting(tmp_path, monkeypatch, "1000|RUNNING\n1002_0|PENDING\n1003|CANCELLED\n")
     job_ids = ["1000", "1001", "1002_0", "1003"]
     (tmp_path / "submitit").mkdir()
     (tmp_path / "submitit" / "jobs.json").write_text(json.dumps({run["id"]: {
@@ -713,8 +701,8 @@ def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(da
     assert [statuses[run["id"]] for run in runs] == ["queued", "pending", "queued", "pending"]
     assert asked.read_text().splitlines() == ["--noheader --array --format %i|%T --jobs 1000,1001,1002,1003"]
     # Where squeue does not answer either (a copy of the sweep off the cluster), nothing tells: still queued.
-    (bin_dir / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
-                                    "exit 1\n")
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm "
+                                             "controller' >&2\nexit 1\n")
     monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
     assert [sweep.run_status(run, ()) for run in runs] == ["queued"] * 4
 
