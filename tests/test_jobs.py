@@ -547,22 +547,24 @@ def test_a_slurm_job_that_ended_without_a_result_is_a_failure_where_slurm_keeps_
     import cloudpickle
     import submitit
 
-    # 1001 was killed and is gone; 1002 runs, and writes its result later.
+    # 1001 was killed and is gone; 1002, a job of two tasks (a run of two processes), runs, and each task writes
+    # its result later.
     slurm_without_accounting(tmp_path, monkeypatch, "1002|RUNNING\n")
     monkeypatch.setattr(jobs.SlurmQueue, "REFRESH_SEC", 0.0)
     monkeypatch.setattr(jobs, "JOB_POLL_SEC", 0.05)
     folder = tmp_path / "jobs"
     folder.mkdir()
-    killed, running = submitit.SlurmJob(folder, "1001"), submitit.SlurmJob(folder, "1002")
+    killed, running = submitit.SlurmJob(folder, "1001"), submitit.SlurmJob(folder, "1002", tasks=(0, 1))
     outcome = []
     waiter = threading.Thread(target=lambda: outcome.append(jobs.job_failures(
         [("killed", killed), ("running", running)], "jobs")), daemon=True)
     waiter.start()
-    time.sleep(0.5)
-    assert waiter.is_alive()  # 1002 is still in the queue: waited for
-    with open(running.paths.result_pickle, "wb") as handle:
-        cloudpickle.dump(("success", 42), handle)
+    for task in (0, 1):
+        time.sleep(0.5)
+        assert waiter.is_alive()  # 1002 is still in the queue, and a task's result still to come: waited for
+        with open(running.task(task).paths.result_pickle, "wb") as handle:
+            cloudpickle.dump(("success", 40 + task), handle)
     waiter.join(timeout=60)
     assert not waiter.is_alive(), "still waiting for a job that has ended"
     assert outcome == [[f"killed (it ended without a result; log {killed.paths.stderr})"]]
-    assert running.result() == 42
+    assert running.results() == [40, 41]

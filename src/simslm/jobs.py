@@ -749,13 +749,17 @@ def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list
     watch_slurm_jobs([job.job_id for _, job in labelled_jobs if isinstance(job, submitit.SlurmJob)])
     for label, job in progress(labelled_jobs, description, unit="job"):
         if isinstance(job, submitit.SlurmJob):
-            while not job.paths.result_pickle.exists() and not slurm_job_ended(job.job_id):
+            # Each task writes its own result (a run of several processes is a job of several tasks).
+            results = [job.task(task).paths.result_pickle for task in range(job.num_tasks)]
+            while not all(result.exists() for result in results) and not slurm_job_ended(job.job_id):
                 time.sleep(JOB_POLL_SEC)
-            if not job.paths.result_pickle.exists():  # `result()` would wait on it, asking sacct alone
+            if not all(result.exists() for result in results):  # `results()` would wait on, asking sacct alone
                 failures.append(f"{label} (it ended without a result; log {job.paths.stderr})")
                 continue
         try:
-            job.result()
+            # `results()`, one a task: `result()` of a job of several tasks is an AssertionError once they end
+            # ("You should use `results()`"), and every run of `--nproc-per-run 2` read failed.
+            job.results()
         except Exception as error:  # submitit re-raises the job's own error
             failures.append(f"{label} ({_job_error(error)}; log {job.paths.stderr})")
     return failures

@@ -1084,7 +1084,7 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     # All done: the whole folder's counts, with the array's shards, time and half-precision check, not those of the
     # call that counts them (which finds every shard written).
     counted = extract_units(dataclasses.replace(config, executor="here", shard_index=0))
-    agreements = [job.result().half_precision_agreement for job in submitted]
+    agreements = [job.results()[0].half_precision_agreement for job in submitted]  # the first task's
     report = replace(counted, num_shards_done_now=counted.num_shards_present - written_before,
                      wall_sec=round(time.perf_counter() - started, 3),
                      half_precision_agreement=min((a for a in agreements if a is not None), default=None))
