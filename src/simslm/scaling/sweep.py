@@ -1069,8 +1069,10 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         # A run another process held when this sweep looked, and has let go of unfinished since, is this sweep's
         # to finish: a sweep killed just before this one started leaves its runs locked until its children are
         # gone, which takes a moment after the kill.
-        if options.get("wait", True) and any(_to_run(run_status(run, bench)) for run in held):
-            continue
+        if options.get("wait", True) and held:
+            ledger = cluster_jobs(sweep_dir)  # once for all of them: reading it registers its SLURM jobs anew
+            if any(_to_run(run_status(run, bench, ledger)) for run in held):
+                continue
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
             return status_counts(sweep_dir)
 

@@ -588,15 +588,16 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     # each read the other's live attempt in the journal as a process that had died there, encoded its utterances
     # again one at a time, and a third skipped an utterance "that ended the process twice", the shard written
     # without it. Held, the journal's attempts are all of processes that have ended.
+    elsewhere = shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
     held = contextlib.ExitStack()
     try:
         held.enter_context(jobs.exclusive_lock(journal.path.with_name(f".{Path(shard_path).stem}.lock"),
                                                f"{shard_path}: being extracted by another process"))
     except jobs.Busy:
-        return shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
+        return elsewhere
     with held:
         if Path(shard_path).exists():  # written by another process since this one listed what was left
-            return shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
+            return elsewhere
         return _extract_held_shard(shard_index, records, spec, codebook_path, shard_path, num_workers, run,
                                    journal)
 
