@@ -258,6 +258,14 @@ def model_folder(w: World, name: str, breaks: Callable[[Path], None]) -> Path:
     return folder
 
 
+def run_copy(w: World, name: str, breaks: Callable[[Path], object]) -> Path:
+    folder = w.bad / name
+    if not folder.exists():
+        shutil.copytree(w.run, folder)
+        breaks(folder)
+    return folder
+
+
 def truncate_weights(folder: Path) -> None:
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -811,6 +819,25 @@ CASES: dict[str, Case] = {
         ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-159/config.json").parent), "--out",
          str(_write(w.bad / "notes-159.txt", "mine"))], "notes-159.txt: a file, where a folder is needed",
         [w.bad / "notes-159.txt"]),
+    "model from-checkpoint: not a checkpoint": lambda w: (
+        ["model", "from-checkpoint", str(a_folder(w, "ckpt-191")), str(w.bad / "out-191")],
+        "ckpt-191: not a checkpoint of a run", []),
+    "model from-checkpoint: truncated weights": lambda w: (
+        ["model", "from-checkpoint", str(run_copy(w, "run-192", lambda run: truncate_weights(
+            run / "checkpoints" / "step-00000008")) / "checkpoints" / "step-00000008"), str(w.bad / "out-192")],
+        "model.safetensors is corrupt or truncated", []),
+    "model from-checkpoint: --out the checkpoint": lambda w: (
+        ["model", "from-checkpoint", str(w.run / "checkpoints" / "step-00000008"),
+         str(w.run / "checkpoints" / "step-00000008")], "the checkpoint itself",
+        [w.run / "checkpoints" / "step-00000008" / "model.safetensors"]),
+    "model from-checkpoint: the run's data gone": lambda w: (
+        ["model", "from-checkpoint", str(run_copy(w, "run-194", lambda run: _write(run / "config.json", json.dumps(
+            {**json.loads((run / "config.json").read_text()), "data": str(w.bad / "nowhere")}))) / "checkpoints" /
+            "step-00000008"), str(w.bad / "out-194")], "the data it trained on", []),
+    "model from-checkpoint: --out a folder holding other files": lambda w: (
+        ["model", "from-checkpoint", str(w.run / "checkpoints" / "step-00000008"),
+         str(_write(w.bad / "out-195" / "notes.txt", "mine").parent)], "out-195: not empty, and not a model folder",
+        [w.bad / "out-195" / "notes.txt"]),
     "textlm pretrain: depth 0": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-41"), "--depths", "0"],
                                            "--depths", []),
     "textlm pretrain: corpus missing": lambda w: (["textlm", "pretrain", "--out", str(w.bad / "out-42"),

@@ -436,6 +436,52 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path, monkeypatch):
     assert tokenizer.convert_tokens_to_ids("<speech>") == Vocabulary.load(f"{data}/tokenizer").speech_id
 
 
+def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_step(data, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from simslm.cli import main
+    from simslm.eval.evaluate import EvalConfig, evaluate_run
+
+    run = tmp_path / "run"
+    result = train(_config(data, run, budget_tokens=8 * 4 * 64, validation_data=data, num_validation_batches=2,
+                           num_checkpoints_kept=2))
+    last, middle = run / "checkpoints" / "step-00000008", run / "checkpoints" / "step-00000004"
+    assert main(["model", "from-checkpoint", str(last), str(tmp_path / "at-8")]) == 0
+    assert "at-8" in capsys.readouterr().out
+    # The last step's checkpoint holds the run's model: the same weights, config, tokenizer and units record.
+    final, exported = load_file(str(run / "model" / "model.safetensors")), load_file(str(tmp_path / "at-8" /
+                                                                                       "model.safetensors"))
+    assert final.keys() == exported.keys() and all(torch.equal(final[name], exported[name]) for name in final)
+    for name in ("config.json", "simslm_vocab.json", "tokenizer.json", "simslm_model.json"):
+        assert json.loads((run / "model" / name).read_text()) == json.loads((tmp_path / "at-8" / name).read_text())
+    assert json.loads((tmp_path / "at-8" / "simslm_checkpoint.json").read_text())["step"] == 8
+    # eval finds the run's held-out data through the record, and scores the run's own validation loss.
+    scored = evaluate_run(EvalConfig(run=str(tmp_path / "at-8"), bench=("validation",)))
+    assert scored["validation"]["loss"] == pytest.approx(result.validation.loss, rel=1e-6)
+    # A checkpoint mid-run: the model of step 4, not the run's, and so recorded.
+    assert main(["model", "from-checkpoint", str(middle), str(tmp_path / "at-4")]) == 0
+    earlier = load_file(str(tmp_path / "at-4" / "model.safetensors"))
+    assert not torch.equal(earlier["model.embed_tokens.weight"], final["model.embed_tokens.weight"])
+    recorded = json.loads((tmp_path / "at-4" / "simslm_checkpoint.json").read_text())
+    assert recorded["step"] == 4 and recorded["tokens_seen"] == 4 * 4 * 64
+    assert evaluate_run(EvalConfig(run=str(tmp_path / "at-4"), bench=("validation",)))["validation"]["loss"] != \
+        pytest.approx(result.validation.loss, rel=1e-6)
+    # Weights kept in the dtype they were stored in (a run of bf16 weights), not cast to fp32.
+    halved = tmp_path / "run" / "checkpoints" / "step-00000009"
+    shutil.copytree(last, halved)
+    from safetensors.torch import save_file
+
+    save_file({name: tensor.to(torch.bfloat16) for name, tensor in load_file(str(halved / "model.safetensors")).items()},
+              str(halved / "model.safetensors"))
+    listing = json.loads((halved / "checksums.json").read_text())
+    listing["model.safetensors"] = hashlib.sha256((halved / "model.safetensors").read_bytes()).hexdigest()
+    (halved / "checksums.json").write_text(json.dumps(listing))
+    assert main(["model", "from-checkpoint", str(halved), str(tmp_path / "bf16")]) == 0
+    assert {tensor.dtype for tensor in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == \
+        {torch.bfloat16}
+
+
 def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_path):
     plain = train(_config(data, tmp_path / "plain", budget_tokens=12 * 4 * 64, validation_data=data))
     config = _config(data, tmp_path / "validated", budget_tokens=12 * 4 * 64, validation_data=data,
@@ -1203,6 +1249,13 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_on_three(data, tmp_path):
     torchrun(2, "fresh.log")
     assert (tmp_path / "fresh.log").read_text() == "0 base model\n"
     saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    # The last checkpoint's shards, read by one process with no group, are the model the run saved.
+    from simslm.train import FromCheckpointConfig, model_from_checkpoint
+
+    model_from_checkpoint(FromCheckpointConfig(checkpoint=str(tmp_path / "run" / "checkpoints" / "step-00000006"),
+                                               out=str(tmp_path / "at-6")))
+    exported = load_file(str(tmp_path / "at-6" / "model.safetensors"))
+    assert exported.keys() == saved.keys() and all(torch.equal(exported[name], saved[name]) for name in saved)
     shutil.rmtree(tmp_path / "run" / "model")
     (tmp_path / "run" / "result.json").unlink()
     again = torchrun(3, "resumed.log")

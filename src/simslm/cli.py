@@ -165,6 +165,13 @@ def _units_import(config) -> int:
     return 0
 
 
+def _model_from_checkpoint(config) -> int:
+    from simslm.train import model_from_checkpoint
+
+    print(f"model at the checkpoint's step (simslm eval and generate read it) -> {model_from_checkpoint(config)}")
+    return 0
+
+
 def _model_from_slamkit(config) -> int:
     from simslm.model import from_slamkit
 
@@ -424,6 +431,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.train", "TrainConfig"), _train, overrides=True),
     Command(("model", "from-slamkit"), "a model slamkit trained (UnitLM) as a folder plain from_pretrained loads",
             _config("simslm.model", "FromSlamkitConfig"), _model_from_slamkit),
+    Command(("model", "from-checkpoint"), "a run's model at one of its checkpoints (mid-run) as a model folder",
+            _config("simslm.train", "FromCheckpointConfig"), _model_from_checkpoint, positional=("checkpoint", "out")),
     Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
             _config("simslm.textlm", "TextLMConfig"), _textlm),
     Command(("bench", "build"), "synthesise an offline sBLIMP- or tSC-style benchmark",

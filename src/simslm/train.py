@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -708,6 +709,109 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, fro
     loader.load_state_dict(state["loader"])
     return int(state["step"])
 
+
+# What a model folder made from a checkpoint records of it: the run (relative to the folder), the step, the tokens.
+CHECKPOINT_FILE = "simslm_checkpoint.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FromCheckpointConfig(Config):
+    """What `simslm model from-checkpoint` does."""
+
+    checkpoint: str
+    """A checkpoint of a run (RUN/checkpoints/step-N), whole or sharded, of a run still training or finished."""
+    out: str
+    """Folder to write: the model as it was at that step, a folder `simslm eval` and `generate` read as they read a
+    run's model/ (and plain `from_pretrained` loads)."""
+
+    def check(self) -> None:
+        from simslm.config import check_not_input
+
+        check_not_input(self, "out", "checkpoint", "the checkpoint itself, which the model folder would replace")
+
+
+def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
+    """`simslm model from-checkpoint`: a run's model at one of its checkpoints, as a model folder like its model/.
+
+    The weights are the checkpoint's as stored (their dtype kept), set into the model its model_config.json describes
+    (a sharded checkpoint's shards read by this one process, whatever number of processes wrote them), with its
+    buffers; beside them the run's vocabulary and the units its data came from, and CHECKPOINT_FILE. A run's
+    checkpoints are replaced as it trains (`num_checkpoints_kept`): the folder is what stays of one. Written whole
+    beside `--out` and moved into place."""
+    folder = Path(config.checkpoint)
+    run_dir = folder.parent.parent
+    if not (folder / "state.json").is_file() or not (run_dir / "config.json").is_file():
+        raise ValueError(f"{folder}: not a checkpoint of a run (RUN/checkpoints/step-N, with state.json, in a run "
+                         f"folder with config.json)")
+    if problem := checkpoint_problem(folder):
+        raise ValueError(f"{folder}: {problem}")
+    stored = jobs.read_json(run_dir / "config.json")
+    data = placed_input(run_dir, stored, "data")
+    if not data or not (Path(data) / "tokenizer").is_dir():
+        raise ValueError(f"{run_dir}: the data it trained on ({data}), whose tokenizer/ is the model's vocabulary, "
+                         f"is not there; put the run back beside its data")
+    if not (folder / MODEL_CONFIG).is_file():
+        raise ValueError(f"{folder}: written before checkpoints kept their model's config (no {MODEL_CONFIG}), so "
+                         f"the model it holds is not known; a run's finished model/ is")
+    try:
+        model = _checkpoint_model(folder)
+        state = checkpoint_state(folder)
+    except FileNotFoundError as error:  # the training went on and replaced it while it was read
+        raise ValueError(f"{folder}: {Path(error.filename).name} went away while it was read (the run replaces "
+                         f"its checkpoints as it trains); take a newer one") from None
+    vocabulary = Vocabulary.load(Path(data) / "tokenizer")
+    if (rows := model.get_input_embeddings().weight.shape[0]) < len(vocabulary):
+        raise ValueError(f"{folder}: a model of {rows} token rows, but the run's data ({data}) has a vocabulary of "
+                         f"{len(vocabulary)}: built again since the run started")
+    out = Path(config.out)
+    jobs.check_replaceable(out, model_lib.MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+    with jobs.atomic_path(out) as staging:
+        model_lib.save_model(model, vocabulary.tokenizer, staging)
+        vocabulary.save(staging)
+        if units_folder := speech_units_folder(data):
+            model_lib.write_model_units(staging, units_folder, final_dir=out)
+        (staging / CHECKPOINT_FILE).write_text(json.dumps(
+            {"run": jobs.portable_path(run_dir, out), "step": int(state["step"]),
+             "tokens_seen": state.get("tokens_seen")}, indent=2))
+    return out
+
+
+def _checkpoint_model(folder: Path):
+    """The model a checkpoint holds, on the CPU, in the dtype its weights were stored in."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder / MODEL_CONFIG)))
+    if (folder / SHARDED).is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        # Tensors of the stored shapes and dtypes for the shards to be read into, by this process alone (no group).
+        stored = dcp.FileSystemReader(str(folder / SHARDED)).read_metadata().state_dict_metadata
+        weights = {name[len("model."):]: torch.empty(entry.size, dtype=entry.properties.dtype)
+                   for name, entry in stored.items() if name.startswith("model.")}
+        with warnings.catch_warnings():  # that it reads in one process, said even when told so
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load({"model": weights}, checkpoint_id=str(folder / SHARDED), no_dist=True)
+    else:
+        weights = load_file(str(folder / "model.safetensors"))
+    try:
+        model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} ({' '.join(str(error).split())[:300]})"
+                         ) from None
+    model.tie_weights()  # `assign` gave a tied head its own name; tied, it is the embedding again
+    missing = [name for name, parameter in model.named_parameters() if parameter.is_meta]
+    if missing:
+        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} (no {', '.join(missing[:3])})")
+    buffers = load_file(str(folder / BUFFERS))
+    for name, _ in list(model.named_buffers()):
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = buffers[name]
+    if (folder / GENERATION_CONFIG).is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder), config_file_name=GENERATION_CONFIG)
+    return model.eval()
 
 # --- measurement -------------------------------------------------------------------------------
 

@@ -183,8 +183,8 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
                          f"again to finish it, or wait for it")
     elif (run_dir / "state.json").exists() and (run_dir.parent.parent / "plan.json").exists():
         raise ValueError(f"{run_dir}: a checkpoint of run {run_dir.parent.parent} (the training's state, which its "
-                         f"later steps replace); simslm evaluates a run's model once it has finished: "
-                         f"`simslm eval {run_dir.parent.parent}`")
+                         f"later steps replace); make the model at its step a folder of its own first: `simslm model "
+                         f"from-checkpoint {run_dir} FOLDER`")
     else:
         raise ValueError(f"{run_dir}: neither a run folder (plan.json and model/) nor a model folder with "
                          f"{VOCAB_FILE} (a slamkit model: `simslm model from-slamkit --tokenizer ... --num-units ...`)")
@@ -205,8 +205,23 @@ class _Context:
 
 
 def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str, Any]:
-    return {"validation": validation_ce(context.model, context.vocabulary, context.run_config, context.device,
-                                        run_dir=context.run_dir)}
+    run_dir, run_config = context.run_dir, context.run_config
+    if run_config is None and (run := checkpoint_run(run_dir)) is not None:  # a run's model at a checkpoint
+        run_dir, run_config = run, jobs.read_json(run / "config.json")
+    return {"validation": validation_ce(context.model, context.vocabulary, run_config, context.device,
+                                        run_dir=run_dir)}
+
+
+def checkpoint_run(model_dir: Path) -> Path | None:
+    """The run a model folder was made from at one of its checkpoints (`simslm model from-checkpoint`), when it is
+    still where the folder says (None for any other model folder)."""
+    from simslm.train import CHECKPOINT_FILE
+
+    record = Path(model_dir) / CHECKPOINT_FILE
+    if not record.is_file():
+        return None
+    run = jobs.placed_path(jobs.read_json(record)["run"], model_dir)
+    return run if (run / "config.json").is_file() else None
 
 
 def _evaluate_generation(context: _Context, label: str, target: str) -> dict[str, Any]:
@@ -483,7 +498,8 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
     from simslm.train import check_documents_apart, evaluate_modalities, placed_input
 
     if run_config is None:
-        raise ValueError("validation needs a run folder (its validation_data); this is a bare model folder")
+        raise ValueError("validation needs a run folder (its validation_data), or a model folder made from one of its "
+                         "checkpoints (`simslm model from-checkpoint`) beside it; this is a bare model folder")
     run_dir = run_dir if run_dir is not None else run_config["run_dir"]
     if not run_config.get("validation_data"):
         raise ValueError(f"run {run_dir} has no validation_data; train with validation_data=FOLDER")
