@@ -106,3 +106,11 @@ def test_a_plan_below_depth_1_names_the_narrower_member_a_sweep_would_train(caps
                 f"{parameters:,} parameters -> train it for {flops / (6 * parameters):.4g} tokens") in out
     assert main(["plan", "--flops", "1e3"]) == 0
     assert "capped at the family's smallest member (d1w4); N_opt is " in capsys.readouterr().out
+    # Capped only past where a narrower member at the ladder's step (d1w8 has 2.03x d1w4's parameters) would be the
+    # nearer: at N_opt 1.04x below d1w4 (9.94e9 FLOPs) d1w4 is the nearest member of any longer ladder, and the note
+    # said it was capped all the same; at 1.71x below (3.6e9), past the 1.42x midpoint, it is.
+    assert main(["plan", "--flops", "9.94e9"]) == 0
+    out = capsys.readouterr().out
+    assert "(d1w4), 4,328 parameters" in out and "capped" not in out
+    assert main(["plan", "--flops", "3.6e9"]) == 0
+    assert "capped at the family's smallest member (d1w4); N_opt is 1.71x smaller than it" in capsys.readouterr().out

@@ -46,13 +46,14 @@ class PlanConfig(Config):
 def plan_budget(config: PlanConfig) -> tuple[str, list[str]]:
     """The plan for `config.flops` from each fit `fits_for_plan` names, as `simslm plan` prints it, and its warnings
     (a sweep whose sizes cannot be read, a fit older than the sweep's finished runs)."""
-    if config.fit:
+    stored = None
+    if config.fit:  # read once: `simslm fit` may write it again meanwhile
         config = replace(config, fit=fit_file(config.fit))
-    fits, notes = fits_for_plan(config)
+        stored = jobs.read_json(config.fit)
+    fits, notes = fits_for_plan(config, stored)
     warnings = []
     rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
     if config.fit:
-        stored = jobs.read_json(config.fit)
         sweep_dir = sweep.fitted_sweep(config.fit, stored)
         if sweep_dir is not None:
             try:
@@ -106,10 +107,14 @@ def _plan_lines(config: PlanConfig, variant: str | None, fit: dict[str, Any], so
         named = f"depth {depth}" + (f" at width {width} ({model_lib.member_label(depth, width)})" if width else "")
         lines.append(f"nearest family member (vocabulary {config.vocab_size}): {named}, {parameters:,} {counted} "
                      f"-> train it for {config.flops / (6 * parameters):.4g} tokens")
-        if parameters < plan["n_opt"] and depth == model_lib.FAMILY_MAX_DEPTH:
+        count = lambda depth, width: model_lib.member_parameters(  # noqa: E731
+            depth, width, config.vocab_size, non_embedding=non_embedding)
+        if (parameters < plan["n_opt"] and depth == model_lib.FAMILY_MAX_DEPTH
+                and _past_the_end(parameters, count(depth - 1, None), plan["n_opt"])):
             lines.append(f"  note: capped at the family's largest member (depth {depth}); N_opt is "
                          f"{plan['n_opt'] / parameters:.3g}x larger than it")
-        elif parameters > plan["n_opt"] and width is not None and model_lib.narrower_width(width) is None:
+        elif (parameters > plan["n_opt"] and width is not None and model_lib.narrower_width(width) is None
+              and _past_the_end(parameters, count(1, 2 * width), plan["n_opt"])):
             lines.append(f"  note: capped at the family's smallest member ({model_lib.member_label(depth, width)}); "
                          f"N_opt is {parameters / plan['n_opt']:.3g}x smaller than it")
     if non_embedding:  # C counted the fit's way is not what the training costs
@@ -118,15 +123,24 @@ def _plan_lines(config: PlanConfig, variant: str | None, fit: dict[str, Any], so
     return lines
 
 
-def fits_for_plan(config: PlanConfig) -> tuple[list[tuple[str | None, dict[str, Any], str]], list[str]]:
+def _past_the_end(end: int, inner: int, n_opt: float) -> bool:
+    """Whether the family's end member (`end` parameters, `inner` those of its neighbour within) is nearest to N_opt
+    only because the family ends there: N_opt lies past the midpoint, in log space, to where one more member at the
+    same step would be. Nearer than that, the end member is the nearest a longer family would name too (N_opt 1.04x
+    below d1w4, whose next member is twice its size, was said to be capped)."""
+    return abs(math.log(n_opt / end)) > abs(math.log(end / inner)) / 2
+
+
+def fits_for_plan(config: PlanConfig, stored: Any = None) -> tuple[list[tuple[str | None, dict[str, Any], str]],
+                                                                  list[str]]:
     """The fits `simslm plan` plans from, each as (variant, fit, where it comes from in words), and a note for
     each variant it leaves out: the variant named, every variant of a fit.json with several and none named (a
-    degenerate law is left out and noted), or the textless reference law (variant None). Refused: a variant that
-    is not there, a named degenerate one, or no sound one."""
+    degenerate law is left out and noted), or the textless reference law (variant None); `stored`, the fit file's
+    content when it was read already. Refused: a variant that is not there, a named degenerate one, or no sound one."""
     if not config.fit:
         return ([(None, {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
                   "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])
-    fits = jobs.read_json(config.fit)
+    fits = stored if stored is not None else jobs.read_json(config.fit)
     if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
         raise ValueError(f"{config.fit}: not a fit.json (it has no variants); `simslm fit SWEEP` writes one")
     fits = fits["variants"]
