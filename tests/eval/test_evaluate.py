@@ -180,6 +180,10 @@ def test_a_run_trained_with_relative_paths_is_evaluated_from_anywhere_and_after_
     shutil.move(project, tmp_path / "moved")
     results = evaluate_run(EvalConfig(run=str(tmp_path / "moved" / "run"), bench=("validation",)))
     assert results["validation"]["loss_speech"] == pytest.approx(expected["validation"]["loss_speech"])
+    # eval.json names the held-out data it scored resolved, as a benchmark's folder: it held "moved/run/../seq",
+    # relative to the folder eval ran in, which names nothing from anywhere else.
+    again = evaluate_run(EvalConfig(run="moved/run", bench=("validation",), out=str(tmp_path / "relative")))
+    assert again["validation"]["data"] == str((tmp_path / "moved" / "seq").resolve())
     assert placed_input(tmp_path / "moved" / "run", {"run_dir": "run", "data": "seq"}, "data") == \
         str(tmp_path / "moved" / "run" / ".." / "seq")
     # Absolute paths moved together are found the same way; ones that lead nowhere are left as typed.

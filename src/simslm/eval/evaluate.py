@@ -508,7 +508,8 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
     validation = placed_input(run_dir, run_config, "validation_data")
     losses = evaluate_modalities(model, validation, vocabulary, run_config["batch_size"],
                                  run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
-    return {**asdict(losses), "data": validation}
+    # Resolved, as a benchmark's folder is: placed_input gives it as found from here, relative to where eval ran.
+    return {**asdict(losses), "data": str(Path(validation).resolve())}
 
 
 MAX_GROUPS_SHOWN = 8
