@@ -191,8 +191,14 @@ def _declared_frames(path: Path, channels: int) -> int | None:
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
+def is_url(audio: str | os.PathLike) -> bool:
+    """Whether a manifest's `audio` (or the Path made of it) is a URL, which is neither joined to the manifest's
+    folder nor read: the reader says so (AudioProblem.URL)."""
+    return _URL.match(str(audio)) is not None
+
+
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise AudioError(path, AudioProblem.URL if _URL.match(str(path)) else AudioProblem.MISSING)
+        raise AudioError(path, AudioProblem.URL if is_url(path) else AudioProblem.MISSING)
     if path.stat().st_size == 0:
         raise AudioError(path, AudioProblem.EMPTY_FILE, "0 bytes")

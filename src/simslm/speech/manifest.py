@@ -125,7 +125,7 @@ class Utterance:
         """Absolute path of the audio file, resolving a relative path against the manifest (a URL is left as it is,
         for the reader to say so, not joined to the manifest's folder)."""
         path = Path(self.audio)
-        return path if path.is_absolute() or "://" in self.audio else Path(manifest_dir) / path
+        return path if path.is_absolute() or audio.is_url(self.audio) else Path(manifest_dir) / path
 
     def timing_problems(self) -> list[TimingProblem]:
         """Problems with the word timings of this utterance (empty when fine or absent)."""

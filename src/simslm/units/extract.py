@@ -157,8 +157,8 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
 
 
 def _record(line: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
-    audio = line["audio"] if "://" in line["audio"] else os.path.join(folder, line["audio"])  # a URL: said so
-    return {"id": line["id"], "path": audio, "duration_sec": line["duration_sec"]}
+    path = line["audio"] if audio.is_url(line["audio"]) else os.path.join(folder, line["audio"])  # a URL: said so
+    return {"id": line["id"], "path": path, "duration_sec": line["duration_sec"]}
 
 
 # The byte offset in the manifest of each shard's first utterance, beside units.json (whose header holds its digest):
