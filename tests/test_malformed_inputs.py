@@ -822,6 +822,9 @@ CASES: dict[str, Case] = {
     "model from-checkpoint: not a checkpoint": lambda w: (
         ["model", "from-checkpoint", str(a_folder(w, "ckpt-191")), str(w.bad / "out-191")],
         "ckpt-191: not a checkpoint of a run", []),
+    "model from-checkpoint: the run folder": lambda w: (
+        ["model", "from-checkpoint", str(w.run), str(w.bad / "out-196")],
+        f"the checkpoints in {w.run / 'checkpoints'}: step-00000008", []),
     "model from-checkpoint: truncated weights": lambda w: (
         ["model", "from-checkpoint", str(run_copy(w, "run-192", lambda run: truncate_weights(
             run / "checkpoints" / "step-00000008")) / "checkpoints" / "step-00000008"), str(w.bad / "out-192")],

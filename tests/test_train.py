@@ -436,7 +436,8 @@ def test_the_run_directory_and_a_standalone_model(data, tmp_path, monkeypatch):
     assert tokenizer.convert_tokens_to_ids("<speech>") == Vocabulary.load(f"{data}/tokenizer").speech_id
 
 
-def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_step(data, tmp_path, capsys):
+def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_step(data, tmp_path, capsys,
+                                                                                    monkeypatch):
     import torch
     from safetensors.torch import load_file
 
@@ -480,6 +481,16 @@ def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_s
     assert main(["model", "from-checkpoint", str(halved), str(tmp_path / "bf16")]) == 0
     assert {tensor.dtype for tensor in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == \
         {torch.bfloat16}
+    # The run replaces its checkpoints as it trains: one gone while it was read is said, and nothing is written.
+    import simslm.train as train_module
+
+    checked = train_module.checkpoint_problem
+    monkeypatch.setattr(train_module, "checkpoint_problem",
+                        lambda folder: (checked(folder), shutil.rmtree(folder))[0])
+    assert main(["model", "from-checkpoint", str(middle), str(tmp_path / "gone")]) == 2
+    assert "model_config.json went away while it was read (the run replaces its checkpoints as it trains)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "gone").exists()
 
 
 def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_path):

@@ -741,10 +741,10 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
     folder = Path(config.checkpoint)
     run_dir = folder.parent.parent
     if not (folder / "state.json").is_file() or not (run_dir / "config.json").is_file():
+        listed = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+        steps = sorted(path.name for path in listed.glob("step-*")) if listed.is_dir() else []
         raise ValueError(f"{folder}: not a checkpoint of a run (RUN/checkpoints/step-N, with state.json, in a run "
-                         f"folder with config.json)")
-    if problem := checkpoint_problem(folder):
-        raise ValueError(f"{folder}: {problem}")
+                         f"folder with config.json)" + (f"; the checkpoints in {listed}: {', '.join(steps)}" if steps else ""))
     stored = jobs.read_json(run_dir / "config.json")
     data = placed_input(run_dir, stored, "data")
     if not data or not (Path(data) / "tokenizer").is_dir():
@@ -754,6 +754,8 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         raise ValueError(f"{folder}: written before checkpoints kept their model's config (no {MODEL_CONFIG}), so "
                          f"the model it holds is not known; a run's finished model/ is")
     try:
+        if problem := checkpoint_problem(folder):
+            raise ValueError(f"{folder}: {problem}")
         model = _checkpoint_model(folder)
         state = checkpoint_state(folder)
     except FileNotFoundError as error:  # the training went on and replaced it while it was read
@@ -780,10 +782,12 @@ def _checkpoint_model(folder: Path):
     """The model a checkpoint holds, on the CPU, in the dtype its weights were stored in."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM, GenerationConfig
 
+    # Read here, not by from_pretrained, which takes a path that is not there for a hub id.
+    stored = json.loads((folder / MODEL_CONFIG).read_text())
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder / MODEL_CONFIG)))
+        model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[stored["model_type"]].from_dict(stored))
     if (folder / SHARDED).is_dir():
         import torch.distributed.checkpoint as dcp
 
