@@ -93,6 +93,18 @@ def test_flops_per_token_follow_the_papers_convention(stories260k):
     assert flops["attention"] == 6 * 5 * 512 * 64
 
 
+def test_attention_flops_count_the_heads_dims_where_they_are_not_the_width():
+    """Kaplan et al.'s 2 n_layer n_ctx d_attn: d_attn is the heads' dims together, which Qwen3 sets apart from the
+    width (Qwen3-0.6B: 16 heads of 128 dims over a width of 1,024); the width alone counted half its attention."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=151_936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                         num_attention_heads=16, num_key_value_heads=8, head_dim=128)
+    with torch.device("meta"):
+        qwen3 = Qwen3ForCausalLM(config)
+    assert model.flops_per_token(qwen3, context_length=2048)["attention"] == 6 * 28 * 2048 * 16 * 128
+
+
 def test_flops_of_sims_7b_are_the_papers():
     """The paper's SIMS-7B: Qwen2.5-7B (untied head) grown to its tokenizer's 151,665 tokens, 500 units and two
     markers, 15e9 tokens: about 6.86e20 FLOPs (6 N D, N counting embeddings and head). Built on the meta device:

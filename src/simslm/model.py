@@ -255,11 +255,14 @@ def flops_per_token(model, context_length: int) -> dict[str, float]:
     `all_params`: 6N with N every parameter (embeddings and head included) — the paper's
     convention (6 x 7.6e9 x 15e9 = 6.86e20 for SIMS-7B). `non_embedding`: 6N without
     embedding and head (Kaplan et al. 2020). `attention`: the context-dependent term
-    6 x layers x context x width (forward 2 n_layer n_ctx d_attn, x3 with the backward).
+    6 x layers x context x d_attn (forward 2 n_layer n_ctx d_attn, x3 with the backward), d_attn the heads' dims
+    together: the width in most models, not in those whose heads are set apart from it (Qwen3-0.6B: 16 heads of
+    128 over a width of 1,024).
     """
     groups = parameter_groups(model)
     config = model.config
-    attention = 6.0 * config.num_hidden_layers * context_length * config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 6.0 * config.num_hidden_layers * context_length * config.num_attention_heads * head_dim
     return {"all_params": 6.0 * groups.total, "non_embedding": 6.0 * groups.non_embedding,
             "attention": attention, "all_params_plus_attention": 6.0 * groups.total + attention}
 
