@@ -1180,6 +1180,20 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
+def training_progress(run_dir: str | os.PathLike) -> tuple[int, int] | None:
+    """(the last step metrics.jsonl logged, the plan's steps) of a run begun; None before its first step. Read from
+    the file's end: a run of a million steps logs as many lines."""
+    try:
+        total = int(jobs.read_json(Path(run_dir) / "plan.json")["total_steps"])
+        with open(Path(run_dir) / "metrics.jsonl", "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            tail = handle.read().decode("utf-8", errors="replace").splitlines()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    step = next((step for line in reversed(tail) if (step := _logged_step(line)) is not None), None)
+    return None if step is None else (step, total)
+
+
 VALIDATION_CURVE_FILE = "validation.jsonl"
 
 

@@ -451,6 +451,20 @@ def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp
     assert sweep.run_status(first, ()) == "started"  # the lock dies with its holder
 
 
+def test_status_says_how_far_a_run_not_finished_got(data, tmp_path):
+    """A run training on a cluster read `running` for hours with no sign of its progress; now its last logged step
+    of the plan's steps, read from metrics.jsonl's end (a torn last line, as a kill leaves, skipped)."""
+    first, run_dir = _started_run(data, tmp_path)
+    assert sweep.status_table(tmp_path).splitlines()[1].split()[1] == "started"  # no step yet: no share
+    (run_dir / "plan.json").write_text(json.dumps({"total_steps": 400}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": step, "loss": 1.0}) + "\n"
+                                                   for step in range(1, 181)) + '{"step": 18')
+    assert sweep.status_table(tmp_path).splitlines()[1].split()[1:3] == ["started", "45%"]
+    with open(run_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert sweep.status_table(tmp_path).splitlines()[1].split()[1:3] == ["running", "45%"]
+
+
 def test_a_user_who_may_only_read_a_sweep_sees_which_runs_are_held(data, tmp_path):
     """`sweep status` by a colleague with read access only: the lock probe opened the run's lock file for
     appending, which failed with PermissionError. A process that may not write the sweep (`as_reader`) asks while

@@ -69,6 +69,7 @@ from simslm.train import (
     another_tokenizer,
     loss_curve,
     measure_peak_flops,
+    training_progress,
     validation_mismatch,
     validation_overlap,
 )
@@ -1563,7 +1564,7 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
     bench = tuple(sweep["spec"].get("bench") or ())
     seeds = bool(sweep["spec"].get("seeds"))
     finished = {row["id"]: row for row in collect(sweep_dir)}
-    lines = [f"{'run':<44} {'status':<10} {'size':>6} {'params':>7} {'budget':>8} " + ("seed " if seeds else "") +
+    lines = [f"{'run':<44} {'status':<12} {'size':>6} {'params':>7} {'budget':>8} " + ("seed " if seeds else "") +
              f"{'speech CE':>9}  accuracies"]
     counts: dict[str, int] = {}
     failed = []
@@ -1580,7 +1581,11 @@ def status_table(sweep_dir: str | os.PathLike) -> str:
         grid_point = f"{run['budget_flops']:>8.1e}" if run.get("budget_flops") else \
             f"{run.get('tokens_per_parameter', 0):>5g} tpp"
         seed = f"{run['config'].get('seed', 0):>4} " if seeds else ""
-        lines.append(f"{run['id']:<44} {status:<10} {run.get('member', ''):>6} {parameters:>7} {grid_point:>8} "
+        # How far a run not finished got (a run on a cluster is otherwise `running` for hours without a sign).
+        progress = training_progress(run["config"]["run_dir"]) if status in ("running", "started", "failed",
+                                                                             "queued") else None
+        shown = f"{status} {100 * progress[0] // progress[1]}%" if progress else status
+        lines.append(f"{run['id']:<44} {shown:<12} {run.get('member', ''):>6} {parameters:>7} {grid_point:>8} "
                      f"{seed}{speech:>9}  {accuracies}")
     lines.append("total: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     lines += [f"failed {run['id']}: {(run_error(run) or '')[:300]}" for run in failed]
