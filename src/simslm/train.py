@@ -33,7 +33,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_positive
+from simslm.config import Config, ConfigError, check_not_input, check_positive
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
@@ -725,8 +725,6 @@ class FromCheckpointConfig(Config):
     run's model/ (and plain `from_pretrained` loads)."""
 
     def check(self) -> None:
-        from simslm.config import check_not_input
-
         check_not_input(self, "out", "checkpoint", "the checkpoint itself, which the model folder would replace")
 
 
@@ -737,7 +735,7 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
     (a sharded checkpoint's shards read by this one process, whatever number of processes wrote them), with its
     buffers; beside them the run's vocabulary and the units its data came from, and CHECKPOINT_FILE. A run's
     checkpoints are replaced as it trains (`num_checkpoints_kept`): the folder is what stays of one. Written whole
-    beside `--out` and moved into place."""
+    beside `out` and moved into place."""
     folder = Path(config.checkpoint)
     run_dir = folder.parent.parent
     if not (folder / "state.json").is_file() or not (run_dir / "config.json").is_file():
