@@ -837,6 +837,10 @@ CASES: dict[str, Case] = {
         ["model", "from-checkpoint", str(run_copy(w, "run-194", lambda run: _write(run / "config.json", json.dumps(
             {**json.loads((run / "config.json").read_text()), "data": str(w.bad / "nowhere")}))) / "checkpoints" /
             "step-00000008"), str(w.bad / "out-194")], "the data it trained on", []),
+    "model from-checkpoint: the run's data built again": lambda w: (
+        ["model", "from-checkpoint", str(run_copy(w, "run-197", lambda run: _write(run / "plan.json", json.dumps(
+            {**json.loads((run / "plan.json").read_text()), "data_sha256": "0" * 64}))) / "checkpoints" /
+            "step-00000008"), str(w.bad / "out-197")], "was built again since", []),
     "model from-checkpoint: --out a folder holding other files": lambda w: (
         ["model", "from-checkpoint", str(w.run / "checkpoints" / "step-00000008"),
          str(_write(w.bad / "out-195" / "notes.txt", "mine").parent)], "out-195: not empty, and not a model folder",

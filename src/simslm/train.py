@@ -748,6 +748,10 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
     if not data or not (Path(data) / "tokenizer").is_dir():
         raise ValueError(f"{run_dir}: the data it trained on ({data}), whose tokenizer/ is the model's vocabulary, "
                          f"is not there; put the run back beside its data")
+    started_on = jobs.read_json(run_dir / "plan.json").get("data_sha256") if (run_dir / "plan.json").is_file() else None
+    if started_on not in (None, index_digest(data)):  # another vocabulary, or units of another codebook, perhaps
+        raise ValueError(f"{data} was built again since {run_dir} started (its index.json differs), and the model's "
+                         f"vocabulary is its tokenizer/ as the run read it; build the new data into a new folder")
     if not (folder / MODEL_CONFIG).is_file():
         raise ValueError(f"{folder}: written before checkpoints kept their model's config (no {MODEL_CONFIG}), so "
                          f"the model it holds is not known; a run's finished model/ is")
