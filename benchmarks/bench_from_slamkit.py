@@ -47,8 +47,11 @@ def write_checkpoint(folder: Path) -> None:
 
 def convert(source: Path, checkpoint: Path, out: Path) -> tuple[float, float]:
     """Seconds and peak resident GiB of one conversion in a process of its own."""
-    script = ("import resource, sys; from simslm.cli import main; code = main(sys.argv[1:]); "
-              "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    # VmHWM, the peak of this process's own memory: ru_maxrss starts a child at its parent's size when it was
+    # forked (Linux carries the forked copy's peak through exec), and this parent has held the weights.
+    script = ("import sys; from simslm.cli import main; code = main(sys.argv[1:]); "
+              "print('PEAK', *[line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')]); "
+              "sys.exit(code)")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script, "model", "from-slamkit", "--checkpoint", str(checkpoint),
                            "--out", str(out)], env={**os.environ, "PYTHONPATH": str(source)},
