@@ -468,19 +468,31 @@ def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_s
     assert recorded["step"] == 4 and recorded["tokens_seen"] == 4 * 4 * 64
     assert evaluate_run(EvalConfig(run=str(tmp_path / "at-4"), bench=("validation",)))["validation"]["loss"] != \
         pytest.approx(result.validation.loss, rel=1e-6)
-    # Weights kept in the dtype they were stored in (a run of bf16 weights), not cast to fp32.
-    halved = tmp_path / "run" / "checkpoints" / "step-00000009"
-    shutil.copytree(last, halved)
     from safetensors.torch import save_file
 
-    save_file({name: tensor.to(torch.bfloat16) for name, tensor in load_file(str(halved / "model.safetensors")).items()},
-              str(halved / "model.safetensors"))
-    listing = json.loads((halved / "checksums.json").read_text())
-    listing["model.safetensors"] = hashlib.sha256((halved / "model.safetensors").read_bytes()).hexdigest()
-    (halved / "checksums.json").write_text(json.dumps(listing))
+    def rewritten(step: int, change) -> Path:
+        """The last checkpoint again as step `step`, its weights changed, its checksum made to fit."""
+        folder = run / "checkpoints" / f"step-{step:08d}"
+        shutil.copytree(last, folder)
+        save_file(change(load_file(str(folder / "model.safetensors"))), str(folder / "model.safetensors"))
+        listing = json.loads((folder / "checksums.json").read_text())
+        listing["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        (folder / "checksums.json").write_text(json.dumps(listing))
+        return folder
+
+    # Weights kept in the dtype they were stored in (a run of bf16 weights), not cast to fp32.
+    halved = rewritten(9, lambda weights: {name: tensor.to(torch.bfloat16) for name, tensor in weights.items()})
     assert main(["model", "from-checkpoint", str(halved), str(tmp_path / "bf16")]) == 0
     assert {tensor.dtype for tensor in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == \
         {torch.bfloat16}
+    # Weights of another model than its config's are refused, a name too many as a name missing.
+    extra = rewritten(10, lambda weights: {**weights, "model.layers.9.mlp.up_proj.weight": weights["model.norm.weight"].clone()})
+    assert main(["model", "from-checkpoint", str(extra), str(tmp_path / "extra")]) == 2
+    assert "its weights do not fit its model_config.json (not its: model.layers.9.mlp.up_proj.weight)" in \
+        capsys.readouterr().err
+    short = rewritten(11, lambda weights: {name: tensor for name, tensor in weights.items() if name != "model.norm.weight"})
+    assert main(["model", "from-checkpoint", str(short), str(tmp_path / "short")]) == 2
+    assert "its weights do not fit its model_config.json (no model.norm.weight)" in capsys.readouterr().err
     # The run replaces its checkpoints as it trains: one gone while it was read is said, and nothing is written.
     import simslm.train as train_module
 

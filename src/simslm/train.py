@@ -802,15 +802,16 @@ def _checkpoint_model(folder: Path):
             dcp.load({"model": weights}, checkpoint_id=str(folder / SHARDED), no_dist=True)
     else:
         weights = load_file(str(folder / "model.safetensors"))
-    try:
-        model.load_state_dict(weights, strict=False, assign=True)
-    except RuntimeError as error:
-        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} ({' '.join(str(error).split())[:300]})"
-                         ) from None
+    try:  # not strict about missing names: a tied head may be saved under the embedding's alone
+        unexpected = model.load_state_dict(weights, strict=False, assign=True).unexpected_keys
+    except RuntimeError as error:  # a shape that differs
+        unexpected = [" ".join(str(error).split())[:300]]
     model.tie_weights()  # `assign` gave a tied head its own name; tied, it is the embedding again
     missing = [name for name, parameter in model.named_parameters() if parameter.is_meta]
-    if missing:
-        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} (no {', '.join(missing[:3])})")
+    if missing or unexpected:
+        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} (" + "; ".join(
+            ([f"no {', '.join(missing[:3])}"] if missing else []) + ([f"not its: {', '.join(unexpected[:3])}"]
+                                                                     if unexpected else [])) + ")")
     buffers = load_file(str(folder / BUFFERS))
     for name, _ in list(model.named_buffers()):
         owner, _, leaf = name.rpartition(".")
