@@ -486,11 +486,13 @@ def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_s
     assert {tensor.dtype for tensor in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == \
         {torch.bfloat16}
     # Weights of another model than its config's are refused, a name too many as a name missing.
-    extra = rewritten(10, lambda weights: {**weights, "model.layers.9.mlp.up_proj.weight": weights["model.norm.weight"].clone()})
+    extra = rewritten(10, lambda weights: {**weights,
+                                           "model.layers.9.mlp.up_proj.weight": weights["model.norm.weight"].clone()})
     assert main(["model", "from-checkpoint", str(extra), str(tmp_path / "extra")]) == 2
     assert "its weights do not fit its model_config.json (not its: model.layers.9.mlp.up_proj.weight)" in \
         capsys.readouterr().err
-    short = rewritten(11, lambda weights: {name: tensor for name, tensor in weights.items() if name != "model.norm.weight"})
+    short = rewritten(11, lambda weights: {name: tensor for name, tensor in weights.items()
+                                           if name != "model.norm.weight"})
     assert main(["model", "from-checkpoint", str(short), str(tmp_path / "short")]) == 2
     assert "its weights do not fit its model_config.json (no model.norm.weight)" in capsys.readouterr().err
     # The run replaces its checkpoints as it trains: one gone while it was read is said, and nothing is written.
