@@ -741,8 +741,9 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
     if not (folder / "state.json").is_file() or not (run_dir / "config.json").is_file():
         listed = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
         steps = sorted(path.name for path in listed.glob("step-*")) if listed.is_dir() else []
+        there = f"; the checkpoints in {listed}: {', '.join(steps)}" if steps else ""
         raise ValueError(f"{folder}: not a checkpoint of a run (RUN/checkpoints/step-N, with state.json, in a run "
-                         f"folder with config.json)" + (f"; the checkpoints in {listed}: {', '.join(steps)}" if steps else ""))
+                         f"folder with config.json){there}")
     stored = jobs.read_json(run_dir / "config.json")
     data = placed_input(run_dir, stored, "data")
     if not data or not (Path(data) / "tokenizer").is_dir():
@@ -794,24 +795,25 @@ def _checkpoint_model(folder: Path):
         import torch.distributed.checkpoint as dcp
 
         # Tensors of the stored shapes and dtypes for the shards to be read into, by this process alone (no group).
-        stored = dcp.FileSystemReader(str(folder / SHARDED)).read_metadata().state_dict_metadata
+        metadata = dcp.FileSystemReader(str(folder / SHARDED)).read_metadata().state_dict_metadata
         weights = {name[len("model."):]: torch.empty(entry.size, dtype=entry.properties.dtype)
-                   for name, entry in stored.items() if name.startswith("model.")}
+                   for name, entry in metadata.items() if name.startswith("model.")}
         with warnings.catch_warnings():  # that it reads in one process, said even when told so
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
             dcp.load({"model": weights}, checkpoint_id=str(folder / SHARDED), no_dist=True)
     else:
         weights = load_file(str(folder / "model.safetensors"))
+    problems = []
     try:  # not strict about missing names: a tied head may be saved under the embedding's alone
-        unexpected = model.load_state_dict(weights, strict=False, assign=True).unexpected_keys
+        if unexpected := model.load_state_dict(weights, strict=False, assign=True).unexpected_keys:
+            problems.append(f"not its: {', '.join(unexpected[:3])}")
     except RuntimeError as error:  # a shape that differs
-        unexpected = [" ".join(str(error).split())[:300]]
+        problems.append(" ".join(str(error).split())[:300])
     model.tie_weights()  # `assign` gave a tied head its own name; tied, it is the embedding again
-    missing = [name for name, parameter in model.named_parameters() if parameter.is_meta]
-    if missing or unexpected:
-        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} (" + "; ".join(
-            ([f"no {', '.join(missing[:3])}"] if missing else []) + ([f"not its: {', '.join(unexpected[:3])}"]
-                                                                     if unexpected else [])) + ")")
+    if missing := [name for name, parameter in model.named_parameters() if parameter.is_meta]:
+        problems.insert(0, f"no {', '.join(missing[:3])}")
+    if problems:
+        raise ValueError(f"{folder}: its weights do not fit its {MODEL_CONFIG} ({'; '.join(problems)})")
     buffers = load_file(str(folder / BUFFERS))
     for name, _ in list(model.named_buffers()):
         owner, _, leaf = name.rpartition(".")
@@ -819,6 +821,7 @@ def _checkpoint_model(folder: Path):
     if (folder / GENERATION_CONFIG).is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(folder), config_file_name=GENERATION_CONFIG)
     return model.eval()
+
 
 # --- measurement -------------------------------------------------------------------------------
 
