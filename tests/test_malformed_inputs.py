@@ -801,6 +801,10 @@ CASES: dict[str, Case] = {
     "bench build: an eval.json as the training data to exclude": lambda w: (
         ["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-181"), "--exclude", str(w.run / "eval.json")],
         "eval.json: no text in it to exclude", [w.run / "eval.json"]),
+    "bench build: swuggy from a corpus of no words": lambda w: (
+        ["bench", "build", "--kind", "swuggy", "--out", str(w.bad / "out-198"), "--source",
+         str(_write(w.bad / "numbers-198.txt", "1 2 3\n4, 5, 6\n"))], "numbers-198.txt: no word of 3 to 12 letters",
+        []),
     "bench build: no items": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-38"),
                                          "--num-items", "0"], "--num-items", []),
     "model from-slamkit: no config": lambda w: (["model", "from-slamkit", "--checkpoint", str(a_folder(w, "unitlm")),

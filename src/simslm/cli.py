@@ -435,7 +435,7 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.train", "FromCheckpointConfig"), _model_from_checkpoint, positional=("checkpoint", "out")),
     Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
             _config("simslm.textlm", "TextLMConfig"), _textlm),
-    Command(("bench", "build"), "synthesise an offline sBLIMP- or tSC-style benchmark",
+    Command(("bench", "build"), "synthesise an offline sBLIMP-, tSC- or sWUGGY-style benchmark",
             _config("simslm.eval.benchbuild", "BenchBuildConfig"), _bench_build),
     Command(("eval",), "score a run or a model folder on benchmarks; writes eval.json into it",
             _config("simslm.eval.evaluate", "EvalConfig"), _eval, positional=("run",)),

@@ -5,9 +5,12 @@ import pytest
 
 from simslm.eval.benchbuild import (
     SLAMKIT_SEPARATORS,
+    SLAMKIT_SUBFOLDERS,
     BenchBuildConfig,
+    _letter_runs,
     blimp_pairs,
     build_benchmark,
+    lexical_items,
     split_sentences,
     story_key,
     training_stories,
@@ -133,10 +136,59 @@ def test_a_wav_tsc_is_the_layout_slamkits_cross_modal_evaluator_reads(tmp_path):
     assert len(load(tmp_path / "tsc", "T")[1]) == 3  # and simslm reads it too
 
 
-@pytest.mark.parametrize("kind", ["sblimp", "tsc"])
+def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corpus_sounds_like(tmp_path):
+    import collections
+    import csv
+
+    from simslm.eval.layouts import frequency_band
+    from simslm.speech import text
+    from simslm.speech.espeak import Espeak
+
+    source = "tinystories-sample[:300]"
+    meta = build_benchmark(BenchBuildConfig(kind="swuggy", out=str(tmp_path / "sw"), source=source, num_items=16,
+                                            num_workers=2))
+    layout, pairs = load(tmp_path / "sw")
+    assert layout == "slm21-lexical" and meta["num_items"] == len(pairs) == 16
+    counts = collections.Counter(word.lower() for _, value, _ in read_corpus(source)
+                                 for word in text.words(text.speakable(value or "")))
+    sounds = {Espeak.instance().phonemes(word) for word in counts}
+    rows = list(csv.DictReader(open(tmp_path / "sw" / "gold.csv")))
+    words = {row["id"]: row for row in rows if row["correct"] == "1"}
+    for row in rows:
+        if row["correct"] == "1":  # a word of the corpus, counted there, as ZeroSpeech counts LibriSpeech's
+            assert int(row["frequency"]) == counts[row["word"]] > 0
+            continue
+        word, made = words[row["id"]]["word"], row["word"]
+        assert made not in counts and Espeak.instance().phonemes(made) not in sounds  # no word, nor like one
+        # One run of vowels or of consonants replaced by another of its kind, in its place.
+        ours, theirs = _letter_runs(word), _letter_runs(made)
+        assert [run[1:] for run in ours] == [run[1:] for run in theirs]
+        assert sum(a[0] != b[0] for a, b in zip(ours, theirs)) == 1
+    # Words drawn evenly from ZeroSpeech's frequency bands, each of a pair's sides spoken.
+    bands = collections.Counter(pair.group for pair in pairs)
+    assert len(bands) >= 3 and max(bands.values()) - min(bands.values()) <= 1, bands
+    assert all(pair.group == frequency_band(words[pair.item]["frequency"]) for pair in pairs)
+    assert all(len(audio.load_audio(side[0].audio)) > 1600 for pair in pairs for side in (pair.positive,
+                                                                                          pair.negative))
+    # Seeded, and a word's non-word is its own: the same whichever other words are drawn beside it.
+    first = lexical_items(source, 16, 0)
+    assert first == lexical_items(source, 16, 0) and first != lexical_items(source, 16, 1)
+    more = {item["word"]: item["nonword"] for item in lexical_items(source, 40, 0)}
+    assert all(more[item["word"]] == item["nonword"] for item in first if item["word"] in more)
+
+
+def test_letter_runs_take_y_as_a_vowel_but_at_a_words_start():
+    assert _letter_runs("yellow") == [("y", "c", "first"), ("e", "v", "inside"), ("ll", "c", "inside"),
+                                      ("o", "v", "inside"), ("w", "c", "last")]
+    assert _letter_runs("happy") == [("h", "c", "first"), ("a", "v", "inside"), ("pp", "c", "inside"),
+                                     ("y", "v", "last")]
+
+
+@pytest.mark.parametrize("kind", ["sblimp", "tsc", "swuggy"])
 def test_slamkit_pairs_are_named_so_its_evaluator_pairs_them_right(kind, tmp_path):
     options = {"sblimp": {"per_phenomenon": 1, "source": ""}, "tsc": {"num_items": 3,
-                                                                     "source": "tinystories-sample[2000:2004]"}}
+                                                                     "source": "tinystories-sample[2000:2004]"},
+               "swuggy": {"num_items": 6, "source": "tinystories-sample[:300]"}}
     build_benchmark(BenchBuildConfig(kind=kind, out=str(tmp_path / kind), slamkit_pairs=True, num_workers=2,
                                      **options[kind]))
     folder, separator = tmp_path / kind / "slamkit", SLAMKIT_SEPARATORS[kind]
@@ -145,7 +197,7 @@ def test_slamkit_pairs_are_named_so_its_evaluator_pairs_them_right(kind, tmp_pat
     # before the separator and the lists joined, then taken two by two as (positive, negative). Shuffling the
     # glob order first shows the naming leaves nothing to it.
     rng = np.random.default_rng(0)
-    folders = [sub for sub in folder.iterdir() if sub.is_dir()] if kind == "sblimp" else [folder]
+    folders = [sub for sub in folder.iterdir() if sub.is_dir()] if SLAMKIT_SUBFOLDERS[kind] else [folder]
     files = []
     for sub in folders:
         listed = list(sub.glob("*.wav"))
@@ -157,8 +209,8 @@ def test_slamkit_pairs_are_named_so_its_evaluator_pairs_them_right(kind, tmp_pat
         number, name = positive.stem.split(separator, 1)
         pair = ours[int(number) // 2]  # pair i is numbered 2i (its positive) and 2i + 1
         assert name.endswith("_correct") and negative.stem == f"{int(number) + 1}{separator}{name[:-8]}_incorrect"
-        if kind == "sblimp":  # one sub-folder per phenomenon
-            assert positive.parent.name == negative.parent.name == pair.group
+        if SLAMKIT_SUBFOLDERS[kind]:  # one sub-folder per phenomenon, or per frequency band
+            assert positive.parent.name == negative.parent.name == pair.group.replace(">", "-")
         expected = sum(len(audio.load_audio(part.audio)) for part in pair.positive)  # tSC: context + ending
         assert abs(len(audio.load_audio(positive)) - expected) <= 1
     layout, pairs = load(folder)  # simslm reads the folder too, paired the same way

@@ -1,7 +1,8 @@
 """Offline re-creations of the spoken benchmarks, synthesised with espeak-ng in the published layouts.
 
-sBLIMP-style sets from the BLiMP files (a fixed sample per phenomenon) and tSC-style sets
-from held-out stories (context, right ending, the last sentence of another story).
+sBLIMP-style sets from the BLiMP files (a fixed sample per phenomenon), tSC-style sets
+from held-out stories (context, right ending, the last sentence of another story), and
+sWUGGY-style sets of a corpus's words, each beside a non-word made from it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import collections
 import csv
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -18,7 +20,7 @@ import numpy as np
 
 from simslm import assets, jobs
 from simslm.config import Config, check_positive
-from simslm.eval.layouts import BENCH_FILE, BenchError, load
+from simslm.eval.layouts import BENCH_FILE, BenchError, frequency_band, load
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import read_corpus, split_corpus_spec
 from simslm.speech.manifest import iter_utterances
@@ -30,7 +32,8 @@ class BenchBuildConfig(Config):
     """What `simslm bench build` does."""
 
     kind: str = field(metadata={"choices": lambda: tuple(BENCH_KINDS)})
-    """sblimp (from BLiMP) or tsc (from held-out stories, with its cross-modal items)."""
+    """sblimp (from BLiMP), tsc (from held-out stories, with its cross-modal items) or swuggy (a corpus's words,
+    each with a non-word made from it)."""
     out: str
     """Output folder (the benchmark, in the published layout, plus bench.json)."""
     voices: Literal["single", "heldout", "train"] = "single"
@@ -38,14 +41,15 @@ class BenchBuildConfig(Config):
     training voices: an in-domain diagnostic, not a held-out benchmark)."""
     source: str = ""
     """sblimp: BLiMP asset or folder of jsonl (default blimp); tsc: corpus[start:stop] of held-out
-    stories (default tinystories-sample[2000:])."""
+    stories (default tinystories-sample[2000:]); swuggy: the corpus whose words are tested and counted, as
+    ZeroSpeech's are LibriSpeech's (default tinystories-sample: the training text's own words)."""
     exclude: str = ""
     """Comma-separated training manifests, corpora or sequences folders (the manifest and text corpus each was built
     from): building fails if an item shares a story with them."""
     per_phenomenon: int = 10
     """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
     num_items: int = 200
-    """tsc: stories to use (at most)."""
+    """tsc: stories to use (at most); swuggy: words (at most), drawn evenly from ZeroSpeech's frequency bands."""
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
     slamkit_pairs: bool = False
@@ -225,6 +229,110 @@ def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str,
     return records, len(items) - len(bad_stems)
 
 
+# sWUGGY-style items (after Wuggy, Keuleers & Brysbaert 2010, which made ZeroSpeech 2021's sWUGGY non-words): a
+# word split into runs of vowel and consonant letters ('y' a vowel but at a word's start), and one run replaced by
+# another of its kind seen in the same place (first, inside, last) in the corpus's words, drawn by their counts. A
+# non-word is kept only if it is no word of the corpus, sounds like none (espeak-ng's phonemes), and sounds unlike
+# its word; a word none of whose draws passes is left out. Wuggy matches syllables' sub-segments and transition
+# frequencies in a phonetic lexicon: this is a re-creation from spelling, not Wuggy.
+_WORD_LETTERS = re.compile(r"[a-z]{3,12}")
+_NONWORD_TRIES = 200
+
+
+def _letter_runs(word: str) -> list[tuple[str, str, str]]:
+    """(letters, kind: v or c, place: first, inside or last) of each run of one kind of letter in `word`."""
+    runs: list[list[str]] = []
+    for position, letter in enumerate(word):
+        kind = "v" if letter in "aeiou" or (letter == "y" and position > 0 and word[position - 1] not in "aeiou") \
+            else "c"
+        if runs and runs[-1][1] == kind:
+            runs[-1][0] += letter
+        else:
+            runs.append([letter, kind])
+    return [(letters, kind, "first" if index == 0 else "last" if index == len(runs) - 1 else "inside")
+            for index, (letters, kind) in enumerate(runs)]
+
+
+def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]]:
+    """Up to `num_items` words of the corpus `source` with a non-word each and the word's count there, drawn
+    round-robin from ZeroSpeech's frequency bands (seeded), in the order drawn."""
+    from simslm.speech.espeak import Espeak
+
+    counts: collections.Counter[str] = collections.Counter()
+    written_lower: set[str] = set()  # names (Lily, Tom) appear capitalised only
+    for _, value, _ in read_corpus(source):
+        for word in text_lib.words(text_lib.speakable(value or "")):
+            counts[word.lower()] += 1
+            if word.islower():
+                written_lower.add(word)
+    if not counts:
+        raise BenchError(f"{source}: no words in it (a .jsonl corpus holds its texts under \"text\", a .txt one a line)")
+    engine = Espeak.instance()
+    sounds = {engine.phonemes(word) for word in counts}
+    runs_seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    eligible = sorted(word for word in written_lower if _WORD_LETTERS.fullmatch(word))
+    for word in eligible:
+        for letters, kind, place in _letter_runs(word):
+            runs_seen[letters, kind, place] += counts[word]
+    by_place: dict[tuple[str, str], list[tuple[str, int]]] = collections.defaultdict(list)
+    for (letters, kind, place), count in sorted(runs_seen.items()):
+        by_place[kind, place].append((letters, count))
+
+    def nonword(word: str, rng: np.random.Generator) -> str | None:
+        runs = _letter_runs(word)
+        for _ in range(_NONWORD_TRIES):
+            index = int(rng.integers(len(runs)))
+            letters, kind, place = runs[index]
+            others = [(other, count) for other, count in by_place[kind, place]
+                      if other != letters and abs(len(other) - len(letters)) <= 1]
+            if not others:
+                continue
+            weights = np.array([count for _, count in others], dtype=float)
+            chosen = others[int(rng.choice(len(others), p=weights / weights.sum()))][0]
+            candidate = "".join(chosen if i == index else run[0] for i, run in enumerate(runs))
+            sound = engine.phonemes(candidate)
+            if candidate not in counts and sound and sound not in sounds and re.search(r"(.)\1\1", candidate) is None:
+                return candidate
+        return None
+
+    rng = np.random.default_rng(seed)
+    bands: dict[str, list[str]] = collections.defaultdict(list)
+    for word in eligible:
+        bands[frequency_band(str(counts[word]))].append(word)
+    queues = [list(rng.permutation(words)) for _, words in sorted(bands.items())]
+    items: list[dict[str, Any]] = []
+    while len(items) < num_items and any(queues):
+        for queue in queues:
+            if queue and len(items) < num_items:
+                word = str(queue.pop(0))
+                made = nonword(word, np.random.default_rng([seed, zlib.crc32(word.encode())]))  # the word's own
+                if made is not None:
+                    items.append({"word": word, "nonword": made, "frequency": counts[word]})
+    if not items:
+        raise BenchError(f"{source}: no word of 3 to 12 letters, written in lower case, that a non-word could be "
+                         f"made from")
+    return items
+
+
+def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """A corpus's words and their non-words spoken, in the ZeroSpeech sLM21 lexical layout (gold.csv beside the
+    audio: id, filename, voice, frequency, word, correct), the word and its non-word in one voice."""
+    items = lexical_items(config.source or "tinystories-sample", config.num_items, config.seed)
+    tasks = [synth_task(f"{index:05d}-{side}", item[side], config.voices, config.seed, index, out,
+                        audio_format=config.audio_format)
+             for index, item in enumerate(items) for side in ("word", "nonword")]
+    records = _speak_all(tasks, config.num_workers)
+    # The frequency on the word's row only, as ZeroSpeech's gold.csv gives it (its non-word rows have none).
+    gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}",
+                  "voice": records[f"{index:05d}-{side}"].get("speaker", ""),
+                  "frequency": item["frequency"] if side == "word" else "", "word": item[side],
+                  "correct": int(side == "word")}
+                 for index, item in enumerate(items) for side in ("word", "nonword")
+                 if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("word", "nonword"))]
+    jobs.write_text(out / "gold.csv", _csv(gold_rows))
+    return records, len(gold_rows) // 2
+
+
 @dataclass(frozen=True)
 class BenchKind:
     """A benchmark that `simslm bench build` re-creates: its builder and the layout it writes."""
@@ -234,12 +342,13 @@ class BenchKind:
 
 
 BENCH_KINDS: dict[str, BenchKind] = {"sblimp": BenchKind(_build_sblimp, "slm21"),
-                                     "tsc": BenchKind(_build_tsc, "cross-modal")}
+                                     "tsc": BenchKind(_build_tsc, "cross-modal"),
+                                     "swuggy": BenchKind(_build_swuggy, "slm21-lexical")}
 # The separator slamkit's metric functions split file names on (metric/modelling_metric.py), and whether its
-# metric config reads the pairs from sub-folders (config/metric/sblimp.yaml: `subfolder: true`;
-# tstorycloze.yaml: false), so that its own configs read the folder as it is.
-SLAMKIT_SEPARATORS = {"sblimp": "+", "tsc": "_"}
-SLAMKIT_SUBFOLDERS = {"sblimp": True, "tsc": False}
+# metric config reads the pairs from sub-folders (config/metric/sblimp.yaml and swuggy_inter.yaml: `subfolder:
+# true`; tstorycloze.yaml: false), so that its own configs read the folder as it is.
+SLAMKIT_SEPARATORS = {"sblimp": "+", "tsc": "_", "swuggy": "_"}
+SLAMKIT_SUBFOLDERS = {"sblimp": True, "tsc": False, "swuggy": True}
 
 
 def write_slamkit_pairs(out: Path, kind: str) -> int:

@@ -25,8 +25,9 @@ A published set can also be named by its Hugging Face hub id (`bench_folder`): i
 downloaded once into the hub's cache and read by the same loaders.
 
 `simslm bench build` writes offline re-creations in these same layouts (sBLIMP-style from
-BLiMP, tSC-style from held-out TinyStories stories), so one loader serves both. They are
-re-creations with espeak-ng voices, not the published sets; `bench.json` says so.
+BLiMP, tSC-style from held-out TinyStories stories, sWUGGY-style from a corpus's words and
+non-words made from them), so one loader serves both. They are re-creations with espeak-ng
+voices, not the published sets; `bench.json` says so.
 """
 
 from __future__ import annotations
