@@ -142,6 +142,7 @@ def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corp
 
     from simslm.eval.layouts import frequency_band
     from simslm.speech import text
+    from simslm.speech.align import espeak_arpabet, pocketsphinx_lexicon
     from simslm.speech.espeak import Espeak
 
     source = "tinystories-sample[:300]"
@@ -151,9 +152,9 @@ def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corp
     assert layout == "slm21-lexical" and meta["num_items"] == len(pairs) == 16
     counts = collections.Counter(word.lower() for _, value, _ in read_corpus(source)
                                  for word in text.words(text.speakable(value or "")))
-    known = set(counts) | {word.lower() for row in blimp_pairs("", 1000, 0)
-                           for word in text.words(row["sentence_good"] + " " + row["sentence_bad"])}
-    sounds = {Espeak.instance().phonemes(word) for word in known}
+    dictionary_words, dictionary_sounds = pocketsphinx_lexicon()
+    assert "stiffed" in dictionary_words  # what "stuffed" gave when only the corpus's words were known
+    sounds = {Espeak.instance().phonemes(word) for word in counts}
     rows = list(csv.DictReader(open(tmp_path / "sw" / "gold.csv")))
     words = {row["id"]: row for row in rows if row["correct"] == "1"}
     for row in rows:
@@ -161,7 +162,9 @@ def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corp
             assert int(row["frequency"]) == counts[row["word"]] > 0
             continue
         word, made = words[row["id"]]["word"], row["word"]
-        assert made not in known and Espeak.instance().phonemes(made) not in sounds  # no word, nor like one
+        # No word of the corpus or of English (the CMU dictionary), nor like one in sound.
+        assert made not in counts and made not in dictionary_words
+        assert Espeak.instance().phonemes(made) not in sounds and espeak_arpabet(made) not in dictionary_sounds
         # One run of vowels or of consonants replaced by another of its kind, in its place.
         ours, theirs = _letter_runs(word), _letter_runs(made)
         assert [run[1:] for run in ours] == [run[1:] for run in theirs]

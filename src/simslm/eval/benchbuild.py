@@ -232,10 +232,12 @@ def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str,
 # sWUGGY-style items (after Wuggy, Keuleers & Brysbaert 2010, which made ZeroSpeech 2021's sWUGGY non-words): a
 # word split into runs of vowel and consonant letters ('y' a vowel but at a word's start), and one run replaced by
 # another of its kind seen in the same place (first, inside, last) in the corpus's words, drawn by their counts. A
-# non-word is kept only if it is no known word and sounds like none (espeak-ng's phonemes; its own word included):
-# known, the corpus's words and BLiMP's, so that fewer English words the corpus lacks pass for non-words (a TWIST
-# model's text LM may know them). A word none of whose draws passes is left out. Wuggy matches syllables'
-# sub-segments and transition frequencies in a phonetic lexicon: this is a re-creation from spelling, not Wuggy.
+# non-word is kept only if it is no English word and sounds like none: not a word of the corpus nor of the CMU
+# Pronouncing Dictionary (134,000 words, which pocketsphinx ships; English words the corpus lacks must not pass for
+# non-words either, as a TWIST model's text LM may know them), its espeak-ng phonemes no corpus word's (its own
+# word's included), its ARPAbet (espeak-ng's phonemes mapped as `align` maps them) no dictionary pronunciation. A
+# word none of whose draws passes is left out. Wuggy matches syllables' sub-segments and transition frequencies in
+# a phonetic lexicon: this is a re-creation from spelling, not Wuggy.
 _WORD_LETTERS = re.compile(r"[a-z]{3,12}")
 _NONWORD_TRIES = 200
 
@@ -257,6 +259,7 @@ def _letter_runs(word: str) -> list[tuple[str, str, str]]:
 def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]]:
     """Up to `num_items` words of the corpus `source` with a non-word each and the word's count there, drawn
     round-robin from ZeroSpeech's frequency bands (seeded), in the order drawn."""
+    from simslm.speech.align import espeak_arpabet, pocketsphinx_lexicon
     from simslm.speech.espeak import Espeak
 
     counts: collections.Counter[str] = collections.Counter()
@@ -268,10 +271,10 @@ def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]
                 written_lower.add(word)
     if not counts:
         raise BenchError(f"{source}: no words in it (a .jsonl corpus holds its texts under \"text\", a .txt one a line)")
-    known = set(counts) | {word.lower() for row in blimp_pairs("", 1000, 0)
-                           for word in text_lib.words(row["sentence_good"] + " " + row["sentence_bad"])}
+    dictionary_words, dictionary_sounds = pocketsphinx_lexicon()
+    known = set(counts) | dictionary_words
     engine = Espeak.instance()
-    sounds = {engine.phonemes(word) for word in known}
+    sounds = {engine.phonemes(word) for word in counts}
     runs_seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
     eligible = sorted(word for word in written_lower if _WORD_LETTERS.fullmatch(word))
     for word in eligible:
@@ -294,7 +297,8 @@ def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]
             chosen = others[int(rng.choice(len(others), p=weights / weights.sum()))][0]
             candidate = "".join(chosen if i == index else run[0] for i, run in enumerate(runs))
             sound = engine.phonemes(candidate)
-            if candidate not in known and sound and sound not in sounds and re.search(r"(.)\1\1", candidate) is None:
+            if (candidate not in known and sound and sound not in sounds and re.search(r"(.)\1\1", candidate) is None
+                    and espeak_arpabet(candidate) not in dictionary_sounds):
                 return candidate
         return None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -174,6 +175,21 @@ def espeak_arpabet(word: str) -> str:
 
     phones = (_ESPEAK_TO_ARPABET.get(name, "") for name in Espeak.instance().phonemes(word))
     return " ".join(phone for phone in phones if phone)
+
+
+@functools.lru_cache(maxsize=1)
+def pocketsphinx_lexicon() -> tuple[frozenset[str], frozenset[str]]:
+    """The words of the CMU Pronouncing Dictionary that pocketsphinx ships (cmudict-en-us, 134,000 entries) and
+    their pronunciations (ARPAbet, as `espeak_arpabet` writes them: no stress digits), every variant's."""
+    from pocketsphinx import get_model_path
+
+    words, sounds = set(), set()
+    with open(Path(get_model_path()) / "en-us" / "cmudict-en-us.dict", encoding="utf-8") as lines:
+        for line in lines:
+            spelled, _, phones = line.strip().partition(" ")
+            words.add(spelled.split("(")[0].lower())
+            sounds.add(" ".join(phone.rstrip("012") for phone in phones.split()))
+    return frozenset(words), frozenset(sounds)
 
 
 class PocketsphinxAligner:
