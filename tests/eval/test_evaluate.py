@@ -126,14 +126,18 @@ def test_the_table_shows_a_few_groups_and_not_many():
 
     from simslm.eval.evaluate import BenchmarkResult, format_results
 
-    bands = {"1-5": {"accuracy": 0.75, "num_pairs": 8, "num_items": 2}, "oov": {"accuracy": 0.5, "num_pairs": 4,
-                                                                              "num_items": 1}}
-    entry = BenchmarkResult(accuracy=2 / 3, ci_low=0.4, ci_high=0.9, confidence=0.95, num_pairs=12, num_groups=2,
+    bands = {"21-100": {"accuracy": 1.0, "num_pairs": 2, "num_items": 1},
+             "1-5": {"accuracy": 0.75, "num_pairs": 8, "num_items": 2}, "oov": {"accuracy": 0.5, "num_pairs": 4,
+                                                                              "num_items": 1},
+             "6-20": {"accuracy": 0.0, "num_pairs": 2, "num_items": 1}}
+    entry = BenchmarkResult(accuracy=2 / 3, ci_low=0.4, ci_high=0.9, confidence=0.95, num_pairs=16, num_groups=4,
                             aggregation="items", num_resamples=10, per_group=bands, layout="slm21-lexical", mode=None,
-                            folder="sw", num_skipped=0, scoring={}, wall_sec=1.0, note=None, num_items=3)
+                            folder="sw", num_skipped=0, scoring={}, wall_sec=1.0, note=None, num_items=5)
     lines = format_results({"sw": entry}).splitlines()
-    assert lines[1].split()[-2:] == ["items", "(3)"]
-    assert lines[2].split() == ["1-5", "75.0%", "8", "(2)"] and lines[3].split() == ["oov", "50.0%", "4", "(1)"]
+    assert lines[1].split()[-2:] == ["items", "(5)"]
+    # sWUGGY's bands in their own order (sorted as text, "21-100" came before "6-20" and "oov" last).
+    assert lines[2].split() == ["oov", "50.0%", "4", "(1)"] and lines[3].split() == ["1-5", "75.0%", "8", "(2)"]
+    assert [line.split()[0] for line in lines[4:]] == ["6-20", "21-100"]
     many = {f"p{i}": {"accuracy": 0.5, "num_pairs": 2} for i in range(9)}
     assert len(format_results({"sb": replace(entry, per_group=many)}).splitlines()) == 2
 

@@ -22,6 +22,8 @@ from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
 from simslm.eval.layouts import (
     BENCH_FILE,
     CROSS_MODES,
+    FREQUENCY_BANDS,
+    NO_BAND,
     CrossMode,
     Pair,
     Part,
@@ -515,6 +517,15 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
 MAX_GROUPS_SHOWN = 8
 
 
+# sWUGGY's frequency bands in their own order (oov, 1-5, 6-20, 21-100, >100), which sorting their labels mixed up
+# ("21-100" before "6-20"); other groups (speakers) by name, before them.
+_BAND_ORDER = {label: rank for rank, label in enumerate([label for _, label in FREQUENCY_BANDS] + [NO_BAND])}
+
+
+def _group_order(entry: tuple[str, Any]) -> tuple[int, str]:
+    return _BAND_ORDER.get(entry[0], -1), entry[0]
+
+
 def format_results(results: dict[str, Any]) -> str:
     """A table of accuracies with their intervals (and other metrics as they are)."""
     lines = [f"{'benchmark':<28} {'accuracy':>9} {'95% CI':>17} {'pairs':>6}  aggregation"]
@@ -524,7 +535,7 @@ def format_results(results: dict[str, Any]) -> str:
                          f"[{100 * entry.ci_low:5.1f}, {100 * entry.ci_high:5.1f}]% {entry.num_pairs:>6}  "
                          f"{entry.aggregation}" + (f" ({entry.num_items})" if entry.num_items is not None else ""))
             if 1 < len(entry.per_group) <= MAX_GROUPS_SHOWN:  # speakers, sWUGGY's frequency bands; not 67 phenomena
-                for group, part in sorted(entry.per_group.items()):
+                for group, part in sorted(entry.per_group.items(), key=_group_order):
                     items = f"  ({part['num_items']})" if "num_items" in part else ""
                     lines.append(f"{'  ' + group:<28} {100 * part['accuracy']:>8.1f}% {'':>17} "
                                  f"{part['num_pairs']:>6}{items}")
