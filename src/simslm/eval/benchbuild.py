@@ -44,8 +44,8 @@ class BenchBuildConfig(Config):
     stories (default tinystories-sample[2000:]); swuggy: the corpus whose words are tested and counted, as
     ZeroSpeech's are LibriSpeech's (default tinystories-sample: the training text's own words)."""
     exclude: str = ""
-    """Comma-separated training manifests, corpora or sequences folders (the manifest and text corpus each was built
-    from): building fails if an item shares a story with them."""
+    """tsc: comma-separated training manifests, corpora or sequences folders (the manifest and text corpus each was
+    built from): building fails if an item shares a story with them."""
     per_phenomenon: int = 10
     """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
     num_items: int = 200
