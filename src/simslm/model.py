@@ -261,8 +261,9 @@ def flops_per_token(model, context_length: int) -> dict[str, float]:
     """
     groups = parameter_groups(model)
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attention = 6.0 * config.num_hidden_layers * context_length * config.num_attention_heads * head_dim
+    heads = getattr(config, "num_attention_heads", None)
+    d_attn = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads) if heads else config.hidden_size
+    attention = 6.0 * config.num_hidden_layers * context_length * d_attn
     return {"all_params": 6.0 * groups.total, "non_embedding": 6.0 * groups.non_embedding,
             "attention": attention, "all_params_plus_attention": 6.0 * groups.total + attention}
 
