@@ -627,6 +627,10 @@ CASES: dict[str, Case] = {
         ["eval", str(_write(w.bad / "run-186" / "checkpoints" / "step-00000004" / "state.json", "{}").parent),
          "--bench", str(w.bench), *([] if _write(w.bad / "run-186" / "plan.json", "{}") else [])],
         f"a checkpoint of run {w.bad / 'run-186'}", []),
+    "eval: a checkpoint record that is not one": lambda w: (
+        ["eval", str(model_folder(w, "ckpt-record-199", lambda f: (f / "simslm_checkpoint.json").write_text("[1]"))),
+         "--bench", "validation"], "simslm_checkpoint.json: not the record `simslm model from-checkpoint` writes",
+        []),
     "eval: truncated weights": lambda w: (["eval", str(model_folder(w, "truncated", truncate_weights)), "--bench",
                                            str(w.bench), "--modes", "T"], "truncated", []),
     # Refused before the scoring (it failed after it, at the merge), and left as it is.

@@ -222,7 +222,10 @@ def checkpoint_run(model_dir: Path) -> Path | None:
     record = Path(model_dir) / CHECKPOINT_FILE
     if not record.is_file():
         return None
-    run = jobs.placed_path(jobs.read_json(record)["run"], model_dir)
+    try:
+        run = jobs.placed_path(jobs.read_json(record)["run"], model_dir)
+    except (KeyError, TypeError):
+        raise ValueError(f"{record}: not the record `simslm model from-checkpoint` writes (no run in it)") from None
     return run if (run / "config.json").is_file() else None
 
 
