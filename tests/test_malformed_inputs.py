@@ -823,6 +823,10 @@ CASES: dict[str, Case] = {
         ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-158/config.json").parent), "--out",
          str(_write(w.bad / "out-158" / "notes.txt", "mine").parent)], "out-158: not empty, and not a model folder",
         [w.bad / "out-158" / "notes.txt"]),
+    "model from-slamkit: --out a run's own model": lambda w: (
+        ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-201/config.json").parent), "--out",
+         str(w.run / "model")], f"{w.run / 'model'}: the model of run {w.run}, which a converted one would replace",
+        [w.run / "model" / "model.safetensors"]),
     "model from-slamkit: --out a file": lambda w: (
         ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-159/config.json").parent), "--out",
          str(_write(w.bad / "notes-159.txt", "mine"))], "notes-159.txt: a file, where a folder is needed",
@@ -849,6 +853,10 @@ CASES: dict[str, Case] = {
         ["model", "from-checkpoint", str(run_copy(w, "run-197", lambda run: _write(run / "plan.json", json.dumps(
             {**json.loads((run / "plan.json").read_text()), "data_sha256": "0" * 64}))) / "checkpoints" /
             "step-00000008"), str(w.bad / "out-197")], "was built again since", []),
+    "model from-checkpoint: out the run's own model": lambda w: (
+        ["model", "from-checkpoint", str(w.run / "checkpoints" / "step-00000008"), str(w.run / "model")],
+        f"{w.run / 'model'}: the model of run {w.run}, which a checkpoint's would replace",
+        [w.run / "model" / "model.safetensors"]),
     "model from-checkpoint: --out a folder holding other files": lambda w: (
         ["model", "from-checkpoint", str(w.run / "checkpoints" / "step-00000008"),
          str(_write(w.bad / "out-195" / "notes.txt", "mine").parent)], "out-195: not empty, and not a model folder",

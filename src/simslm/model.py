@@ -570,6 +570,15 @@ class FromSlamkitConfig(Config):
                                                    "replace file by file")
 
 
+def check_replaceable_model(out: Path, what: str) -> None:
+    """Before a command writes a model folder whole at `out`: refused where `out` holds something other than a
+    model folder simslm wrote, or is the model a run saved (its `model/`, beside its plan.json), which `what` would
+    replace under the run's result."""
+    if out.name == "model" and (out.parent / "plan.json").is_file():
+        raise ValueError(f"{out}: the model of run {out.parent}, which {what} would replace; write to a new folder")
+    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+
+
 def from_slamkit(config: FromSlamkitConfig) -> Path:
     """`simslm model from-slamkit`: the plain model, and with a tokenizer the vocabulary that makes it evaluable.
 
@@ -592,7 +601,7 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
             raise ValueError(f"{config.speech_units}: units of a {k}-unit codebook, but --num-units is "
                              f"{config.num_units} (--speech-units names the units the model was trained on)")
     out = Path(config.out)
-    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+    check_replaceable_model(out, "a converted one")
     with jobs.atomic_path(out) as staging:
         vocabulary = None if config.tokenizer is None else Vocabulary.build(config.tokenizer, config.num_units)
         model = slamkit_model(config.checkpoint)

@@ -769,7 +769,7 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         raise ValueError(f"{folder}: a model of {rows} token rows, but the run's data ({data}) has a vocabulary of "
                          f"{len(vocabulary)}: built again since the run started")
     out = Path(config.out)
-    jobs.check_replaceable(out, model_lib.MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+    model_lib.check_replaceable_model(out, "a checkpoint's")
     with jobs.atomic_path(out) as staging:
         model_lib.save_model(model, vocabulary.tokenizer, staging)
         vocabulary.save(staging)
