@@ -570,13 +570,13 @@ class FromSlamkitConfig(Config):
                                                    "replace file by file")
 
 
-def check_replaceable_model(out: Path, what: str) -> None:
+def check_replaceable_model(out: Path, what: str, advice: str = "write to a new --out") -> None:
     """Before a command writes a model folder whole at `out`: refused where `out` holds something other than a
     model folder simslm wrote, or is the model a run saved (its `model/`, beside its plan.json), which `what` would
-    replace under the run's result."""
+    replace under the run's result; `advice` says what to do instead."""
     if out.name == "model" and (out.parent / "plan.json").is_file():
-        raise ValueError(f"{out}: the model of run {out.parent}, which {what} would replace; write to a new folder")
-    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", "write to a new --out")
+        raise ValueError(f"{out}: the model of run {out.parent}, which {what} would replace; {advice}")
+    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", advice)
 
 
 def from_slamkit(config: FromSlamkitConfig) -> Path:

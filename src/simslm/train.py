@@ -33,7 +33,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_not_input, check_positive
+from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
@@ -725,7 +725,9 @@ class FromCheckpointConfig(Config):
     run's model/ (and plain `from_pretrained` loads)."""
 
     def check(self) -> None:
-        check_not_input(self, "out", "checkpoint", "the checkpoint itself, which the model folder would replace")
+        if os.path.realpath(self.out) == os.path.realpath(self.checkpoint):  # OUT is positional: no --out to name
+            raise ConfigError(f"{self.out}: the checkpoint itself, which the model folder would replace; write to "
+                              f"another folder")
 
 
 def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
@@ -769,7 +771,7 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         raise ValueError(f"{folder}: a model of {rows} token rows, but the run's data ({data}) has a vocabulary of "
                          f"{len(vocabulary)}: built again since the run started")
     out = Path(config.out)
-    model_lib.check_replaceable_model(out, "a checkpoint's")
+    model_lib.check_replaceable_model(out, "a checkpoint's", "write to a new folder")
     with jobs.atomic_path(out) as staging:
         model_lib.save_model(model, vocabulary.tokenizer, staging)
         vocabulary.save(staging)
