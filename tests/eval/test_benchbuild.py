@@ -180,6 +180,12 @@ def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corp
     assert first == lexical_items(source, 16, 0) and first != lexical_items(source, 16, 1)
     more = {item["word"]: item["nonword"] for item in lexical_items(source, 40, 0)}
     assert all(more[item["word"]] == item["nonword"] for item in first if item["word"] in more)
+    # Counted in the training text (ZeroSpeech counts LibriSpeech's words): the words it lacks are out of vocabulary.
+    training = collections.Counter(word.lower() for _, value, _ in read_corpus("tinystories-sample[:100]")
+                                   for word in text.words(text.speakable(value or "")))
+    counted = lexical_items(source, 20, 0, "tinystories-sample[:100]")
+    assert all(item["frequency"] == training[item["word"]] for item in counted)
+    assert collections.Counter(frequency_band(str(item["frequency"])) == "oov" for item in counted)[True] >= 3
 
 
 def test_letter_runs_take_y_as_a_vowel_but_at_a_words_start():

@@ -50,6 +50,10 @@ class BenchBuildConfig(Config):
     """sblimp: pairs per BLiMP phenomenon (a fixed seeded sample)."""
     num_items: int = 200
     """tsc: stories to use (at most); swuggy: words (at most), drawn evenly from ZeroSpeech's frequency bands."""
+    counted_in: str = ""
+    """swuggy: the corpus the words' frequencies are counted in, as ZeroSpeech counts them in LibriSpeech, the
+    training data (default --source); a word of --source it lacks counts 0, out of vocabulary (ZeroSpeech's oov
+    band, left out of the in-vocab score)."""
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
     slamkit_pairs: bool = False
@@ -256,25 +260,34 @@ def _letter_runs(word: str) -> list[tuple[str, str, str]]:
             for index, (letters, kind) in enumerate(runs)]
 
 
-def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]]:
-    """Up to `num_items` words of the corpus `source` with a non-word each and the word's count there, drawn
-    round-robin from ZeroSpeech's frequency bands (seeded), in the order drawn."""
-    from simslm.speech.align import espeak_arpabet, pocketsphinx_lexicon
-    from simslm.speech.espeak import Espeak
-
+def _word_counts(corpus: str) -> tuple[collections.Counter[str], set[str]]:
+    """Each word's count in a corpus (lower-cased), and the words written in lower case somewhere in it (names,
+    Lily and Tom, are written capitalised only)."""
     counts: collections.Counter[str] = collections.Counter()
-    written_lower: set[str] = set()  # names (Lily, Tom) appear capitalised only
-    for _, value, _ in read_corpus(source):
+    written_lower: set[str] = set()
+    for _, value, _ in read_corpus(corpus):
         for word in text_lib.words(text_lib.speakable(value or "")):
             counts[word.lower()] += 1
             if word.islower():
                 written_lower.add(word)
     if not counts:
-        raise BenchError(f"{source}: no words in it (a .jsonl corpus holds its texts under \"text\", a .txt one a line)")
+        raise BenchError(f"{corpus}: no words in it (a .jsonl corpus holds its texts under \"text\", a .txt one a line)")
+    return counts, written_lower
+
+
+def lexical_items(source: str, num_items: int, seed: int, counted_in: str | None = None) -> list[dict[str, Any]]:
+    """Up to `num_items` words of the corpus `source` with a non-word each and the word's count in `counted_in`
+    (default `source`; a word it lacks counts 0, out of vocabulary), drawn round-robin from ZeroSpeech's frequency
+    bands (seeded), in the order drawn."""
+    from simslm.speech.align import espeak_arpabet, pocketsphinx_lexicon
+    from simslm.speech.espeak import Espeak
+
+    counts, written_lower = _word_counts(source)
+    frequency = _word_counts(counted_in)[0] if counted_in else counts
     dictionary_words, dictionary_sounds = pocketsphinx_lexicon()
-    known = set(counts) | dictionary_words
+    known = set(counts) | set(frequency) | dictionary_words
     engine = Espeak.instance()
-    sounds = {engine.phonemes(word) for word in counts}
+    sounds = {engine.phonemes(word) for word in set(counts) | set(frequency)}
     runs_seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
     eligible = sorted(word for word in written_lower if _WORD_LETTERS.fullmatch(word))
     for word in eligible:
@@ -305,7 +318,7 @@ def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]
     rng = np.random.default_rng(seed)
     bands: dict[str, list[str]] = collections.defaultdict(list)
     for word in eligible:
-        bands[frequency_band(str(counts[word]))].append(word)
+        bands[frequency_band(str(frequency[word]))].append(word)
     queues = [list(rng.permutation(words)) for _, words in sorted(bands.items())]
     items: list[dict[str, Any]] = []
     while len(items) < num_items and any(queues):
@@ -314,7 +327,7 @@ def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]
                 word = str(queue.pop(0))
                 made = nonword(word, np.random.default_rng([seed, zlib.crc32(word.encode())]))  # the word's own
                 if made is not None:
-                    items.append({"word": word, "nonword": made, "frequency": counts[word]})
+                    items.append({"word": word, "nonword": made, "frequency": frequency[word]})
     if not items:
         raise BenchError(f"{source}: no word of 3 to 12 letters, written in lower case, that a non-word could be "
                          f"made from")
@@ -324,7 +337,8 @@ def lexical_items(source: str, num_items: int, seed: int) -> list[dict[str, Any]
 def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """A corpus's words and their non-words spoken, in the ZeroSpeech sLM21 lexical layout (gold.csv beside the
     audio: id, filename, voice, frequency, word, correct), the word and its non-word in one voice."""
-    items = lexical_items(config.source or "tinystories-sample", config.num_items, config.seed)
+    items = lexical_items(config.source or "tinystories-sample", config.num_items, config.seed,
+                          config.counted_in or None)
     tasks = [synth_task(f"{index:05d}-{side}", item[side], config.voices, config.seed, index, out,
                         audio_format=config.audio_format)
              for index, item in enumerate(items) for side in ("word", "nonword")]
