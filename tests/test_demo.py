@@ -12,7 +12,8 @@ from simslm.eval.benchbuild import story_key, training_stories
 def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys):
     config = demo.DemoConfig(out=str(tmp_path / "demo"), num_stories=6, num_units=16, depths=(1, 2),
                              budgets_flops=(3e8, 6e8, 1.2e9), text_tokens_per_parameter=1.0, context_length=64,
-                             batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_resamples=20,
+                             batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_swuggy_items=4,
+                             num_resamples=20,
                              bracket=False)
     summary = demo.run_demo(config)
     out = tmp_path / "demo"
@@ -20,24 +21,25 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     assert "Finding 2, compute-optimal allocation leans to model size" in summary
     assert (out / "sweep" / "report" / "index.html").exists()
     record = json.loads((out / "demo.json").read_text())
-    assert set(record["timings_sec"]) >= {"synthesise", "units", "textlm", "sequences", "benchmarks", "sweep", "fit"}
+    assert set(record["timings_sec"]) >= {"synthesise", "units", "textlm", "sequences", "benchmarks", "swuggy", "sweep",
+                                          "fit"}
     runs = json.loads((out / "sweep" / "sweep.json").read_text())["runs"]
     assert len(runs) == 3 * 2 * 3
-    # No benchmark story is a training story, and every run was evaluated on both benchmarks.
+    # No benchmark story is a training story, and every run was evaluated on every benchmark.
 
     training = training_stories(str(out / "speech" / "manifest.jsonl"))
     for mutual in (out / "bench" / "tsc" / "audio").glob("*_mutual.txt"):
         assert story_key(mutual.read_text()) not in training
     evaluated = json.loads((out / "sweep" / "runs" / runs[0]["id"] / "eval.json").read_text())["benchmarks"]
-    assert {"tsc/S", "tsc/T", "sblimp"} <= set(evaluated)
+    assert {"tsc/S", "tsc/T", "sblimp", "swuggy"} <= set(evaluated)
     # A second call finds every stage done and only rewrites the summary and report.
     capsys.readouterr()
     demo.run_demo(config)
-    assert capsys.readouterr().out.count("done earlier") == 7
+    assert capsys.readouterr().out.count("done earlier") == 8
     # More seeds on the finished demo: the sweep and fit run again, keeping every run as its seed-0 run.
     demo.run_demo(dataclasses.replace(config, seeds=2))
     printed = capsys.readouterr().out
-    assert printed.count("done earlier") == 5
+    assert printed.count("done earlier") == 6
     assert "sweep, fit: made with --seeds 1 (now --seeds 2); running again" in printed
     again = json.loads((out / "sweep" / "sweep.json").read_text())["runs"]
     assert len(again) == 2 * len(runs) and {run["id"] for run in runs} < {run["id"] for run in again}

@@ -84,6 +84,9 @@ class DemoConfig(Config):
     """Items of the offline spoken tSC."""
     sblimp_per_phenomenon: int = 2
     """Pairs per BLiMP phenomenon of the offline sBLIMP."""
+    num_swuggy_items: int = 100
+    """Words of the offline sWUGGY, each with a non-word: words of the corpus's stories, their frequencies counted
+    in the training text (lines [0, 2000); the held-out stories' other words are out of vocabulary)."""
     num_resamples: int = 1000
     """Bootstrap resamples for the fits."""
     seed: int = 0
@@ -99,7 +102,8 @@ class DemoConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "num_stories", "num_units", "aspect_ratio", "text_tokens_per_parameter", "seeds",
-                       "context_length", "batch_size", "lr", "num_tsc_items", "sblimp_per_phenomenon", "num_resamples")
+                       "context_length", "batch_size", "lr", "num_tsc_items", "sblimp_per_phenomenon", "num_swuggy_items",
+                       "num_resamples")
         if problem := model_lib.aspect_ratio_problem(self.aspect_ratio):
             raise ConfigError(f"--aspect-ratio {problem}")
         if self.num_stories >= 2000:
@@ -124,11 +128,13 @@ _SOURCE = ("corpus", "num_stories", "seed")
 _FAMILY = (*_SOURCE, "depths", "aspect_ratio", "text_tokens_per_parameter", "context_length")
 _SEQUENCES = (*_SOURCE, "num_units", "context_length")
 _BENCHMARKS = (*_SOURCE, "num_tsc_items", "sblimp_per_phenomenon")
-_SWEEP = tuple(dict.fromkeys((*_FAMILY, *_SEQUENCES, *_BENCHMARKS, "budgets_flops", "batch_size", "batching",
-                              "lr", "new_rows", "bracket", "seeds")))
+# sWUGGY is a stage of its own (2026-12-06): a folder whose benchmarks stage finished before it builds it then.
+_SWUGGY = (*_SOURCE, "num_swuggy_items")
+_SWEEP = tuple(dict.fromkeys((*_FAMILY, *_SEQUENCES, *_BENCHMARKS, *_SWUGGY, "budgets_flops", "batch_size",
+                              "batching", "lr", "new_rows", "bracket", "seeds")))
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "synthesise": _SOURCE, "units": (*_SOURCE, "num_units"), "textlm": _FAMILY, "sequences": _SEQUENCES,
-    "benchmarks": _BENCHMARKS, "sweep": _SWEEP, "fit": (*_SWEEP, "num_resamples")}
+    "benchmarks": _BENCHMARKS, "swuggy": _SWUGGY, "sweep": _SWEEP, "fit": (*_SWEEP, "num_resamples")}
 CHANGEABLE = frozenset({"depths", "budgets_flops", "batch_size", "batching", "lr", "new_rows", "bracket", "seeds",
                         "num_resamples"})
 
@@ -277,6 +283,20 @@ def run_demo(config: DemoConfig) -> str:
             kind="sblimp", out=str(out / "bench" / "sblimp"), per_phenomenon=config.sblimp_per_phenomenon,
             voices="single", seed=config.seed))
 
+    def swuggy():
+        # Words of every story, counted in the training text, as ZeroSpeech's are in LibriSpeech: the held-out
+        # stories' words it lacks make the out-of-vocabulary band.
+        build_benchmark(BenchBuildConfig(
+            kind="swuggy", out=str(out / "bench" / "swuggy"), source=config.corpus,
+            counted_in=train_text, num_items=config.num_swuggy_items, voices="single",
+            seed=config.seed))
+        finished = [stage for stage in ("sweep", "fit") if (out / "stages" / f"{stage}.json").exists()]
+        if finished:  # a folder from before this stage: its runs are evaluated on the new set too, nothing retrained
+            for stage in finished:
+                (out / "stages" / f"{stage}.json").unlink()
+            print(f"[demo] swuggy: new in this folder; {' and '.join(finished)} run again to evaluate its runs on "
+                  f"it (no run is trained again)", flush=True)
+
     def plan_and_run():
         spec = sweep_spec(config)
         sweep.plan_sweep(spec, out / "sweep")
@@ -287,7 +307,7 @@ def run_demo(config: DemoConfig) -> str:
         sweep.fit_sweep(out / "sweep", num_resamples=config.num_resamples, num_workers=2, seed=config.seed)
 
     for name, work in (("synthesise", synthesise), ("units", extract), ("textlm", pretrain), ("sequences", build),
-                       ("benchmarks", benchmarks), ("sweep", plan_and_run), ("fit", fit)):
+                       ("benchmarks", benchmarks), ("swuggy", swuggy), ("sweep", plan_and_run), ("fit", fit)):
         _stage(out, name, config, timings, work)
     summary = summarise(out / "sweep", timings)
     report_started = time.perf_counter()
@@ -299,7 +319,7 @@ def run_demo(config: DemoConfig) -> str:
 
 
 def sweep_spec(config: DemoConfig):
-    """The demo's sweep: three variants over the family's depths and the budgets, evaluated on both benchmarks,
+    """The demo's sweep: three variants over the family's depths and the budgets, evaluated on the benchmarks,
     one run per cell at `seed` or, with `seeds` > 1, one per seed from `seed` on."""
     from simslm.scaling import sweep
 
@@ -311,7 +331,8 @@ def sweep_spec(config: DemoConfig):
                   sweep.Variant(name="textless-twist", data=str(out / "sequences" / "textless"))),
         depths=config.depths, budgets_flops=config.budgets_flops,
         family=str(out / "textlm"), validation_data=str(out / "sequences" / "validation"),
-        bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}"), eval_modes=("S", "T"),
+        bench=(f"tsc={out / 'bench' / 'tsc'}", f"sblimp={out / 'bench' / 'sblimp'}",
+               f"swuggy={out / 'bench' / 'swuggy'}"), eval_modes=("S", "T"),
         train={"batch_size": config.batch_size, "batching": config.batching, "lr": config.lr, "lr_min": config.lr / 10,
                "new_rows": config.new_rows, "checkpoint_every": 500, "num_validation_batches": 64,
                **({} if replicated else {"seed": config.seed})},
