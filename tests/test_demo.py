@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 
@@ -36,6 +37,21 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
     capsys.readouterr()
     demo.run_demo(config)
     assert capsys.readouterr().out.count("done earlier") == 8
+    # A folder from before the sWUGGY stage: its runs are evaluated on the new set, and none is trained again.
+    shutil.rmtree(out / "bench" / "swuggy")
+    (out / "stages" / "swuggy.json").unlink()
+    for run in runs:
+        path = out / "sweep" / "runs" / run["id"] / "eval.json"
+        record = json.loads(path.read_text())
+        record["benchmarks"] = {name: entry for name, entry in record["benchmarks"].items()
+                                if not name.startswith("swuggy")}
+        path.write_text(json.dumps(record))
+    trained = {run["id"]: (out / "sweep" / "runs" / run["id"] / "result.json").stat().st_mtime_ns for run in runs}
+    demo.run_demo(config)
+    assert "swuggy: new in this folder; sweep and fit run again" in capsys.readouterr().out
+    for run in runs:
+        assert "swuggy" in json.loads((out / "sweep" / "runs" / run["id"] / "eval.json").read_text())["benchmarks"]
+        assert (out / "sweep" / "runs" / run["id"] / "result.json").stat().st_mtime_ns == trained[run["id"]]
     # More seeds on the finished demo: the sweep and fit run again, keeping every run as its seed-0 run.
     demo.run_demo(dataclasses.replace(config, seeds=2))
     printed = capsys.readouterr().out
