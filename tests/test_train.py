@@ -500,7 +500,7 @@ def test_a_checkpoint_becomes_a_model_folder_that_eval_reads_as_the_run_at_its_s
 
     checked = train_module.checkpoint_problem
     monkeypatch.setattr(train_module, "checkpoint_problem",
-                        lambda folder: (checked(folder), shutil.rmtree(folder))[0])
+                        lambda folder, **options: (checked(folder, **options), shutil.rmtree(folder))[0])
     assert main(["model", "from-checkpoint", str(middle), str(tmp_path / "gone")]) == 2
     assert "model_config.json went away while it was read (the run replaces its checkpoints as it trains)" in \
         capsys.readouterr().err

@@ -637,8 +637,9 @@ def _prune_checkpoints(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a checkpoint cannot be used (None when every file matches its checksum)."""
+def checkpoint_problem(folder: Path, unread: tuple[str, ...] = ()) -> str | None:
+    """Why a checkpoint cannot be used (None when every file matches its checksum); `unread`, files the caller does
+    not read and need not be checked (a model taken from it reads no optimizer.pt, 56 GB at 7B)."""
     listing = folder / "checksums.json"
     if not listing.exists():
         return "no checksums.json (written last: the save did not finish)"
@@ -649,6 +650,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return "checksums.json is unreadable"
     for name, digest in checksums.items():
+        if name in unread:
+            continue
         if not (folder / name).exists():
             return f"{name} is missing"
         if _sha256(folder / name) != digest:
@@ -747,11 +750,14 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         raise ValueError(f"{folder}: not a checkpoint of a run (RUN/checkpoints/step-N, with state.json, in a run "
                          f"folder with config.json){there}")
     stored = jobs.read_json(run_dir / "config.json")
+    if not isinstance(stored, dict):
+        raise ValueError(f"{run_dir / 'config.json'}: not a run's config (a JSON object of its options)")
     data = placed_input(run_dir, stored, "data")
     if not data or not (Path(data) / "tokenizer").is_dir():
         raise ValueError(f"{run_dir}: the data it trained on ({data}), whose tokenizer/ is the model's vocabulary, "
                          f"is not there; put the run back beside its data")
-    started_on = jobs.read_json(run_dir / "plan.json").get("data_sha256") if (run_dir / "plan.json").is_file() else None
+    plan = jobs.read_json(run_dir / "plan.json") if (run_dir / "plan.json").is_file() else {}
+    started_on = plan.get("data_sha256") if isinstance(plan, dict) else None
     if started_on not in (None, index_digest(data)):  # another vocabulary, or units of another codebook, perhaps
         raise ValueError(f"{data} was built again since {run_dir} started (its index.json differs), and the model's "
                          f"vocabulary is its tokenizer/ as the run read it; build the new data into a new folder")
@@ -759,7 +765,7 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         raise ValueError(f"{folder}: written before checkpoints kept their model's config (no {MODEL_CONFIG}), so "
                          f"the model it holds is not known; a run's finished model/ is")
     try:
-        if problem := checkpoint_problem(folder):
+        if problem := checkpoint_problem(folder, unread=("optimizer.pt", "rng.pt")):  # the weights read, not Adam's
             raise ValueError(f"{folder}: {problem}")
         model = _checkpoint_model(folder)
         state = checkpoint_state(folder)
