@@ -809,6 +809,10 @@ CASES: dict[str, Case] = {
         ["bench", "build", "--kind", "swuggy", "--out", str(w.bad / "out-198"), "--source",
          str(_write(w.bad / "numbers-198.txt", "1 2 3\n4, 5, 6\n"))], "numbers-198.txt: no word of 3 to 12 letters",
         []),
+    "bench build: swuggy from a corpus none of whose words the CMU dictionary pronounces": lambda w: (
+        ["bench", "build", "--kind", "swuggy", "--out", str(w.bad / "out-199"), "--source",
+         str(_write(w.bad / "coined-199.txt", "zorbly quaxed blimfs vrontish\n"))],
+        "coined-199.txt: no word of 3 to 12 letters, written in lower case and in the CMU dictionary", []),
     "bench build: no items": lambda w: (["bench", "build", "--kind", "tsc", "--out", str(w.bad / "out-38"),
                                          "--num-items", "0"], "--num-items", []),
     "model from-slamkit: no config": lambda w: (["model", "from-slamkit", "--checkpoint", str(a_folder(w, "unitlm")),

@@ -136,7 +136,7 @@ def test_a_wav_tsc_is_the_layout_slamkits_cross_modal_evaluator_reads(tmp_path):
     assert len(load(tmp_path / "tsc", "T")[1]) == 3  # and simslm reads it too
 
 
-def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corpus_sounds_like(tmp_path):
+def test_spelt_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corpus_sounds_like(tmp_path):
     import collections
     import csv
 
@@ -147,7 +147,7 @@ def test_offline_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corp
 
     source = "tinystories-sample[:300]"
     meta = build_benchmark(BenchBuildConfig(kind="swuggy", out=str(tmp_path / "sw"), source=source, num_items=16,
-                                            num_workers=2))
+                                            nonwords="spelling", num_workers=2))
     layout, pairs = load(tmp_path / "sw")
     assert layout == "slm21-lexical" and meta["num_items"] == len(pairs) == 16
     counts = collections.Counter(word.lower() for _, value, _ in read_corpus(source)

@@ -245,6 +245,39 @@ def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
     assert not sweep._evaluated(tmp_path, bench) and sweep._evaluated(tmp_path, bench[:2])
 
 
+def test_a_run_scored_on_a_benchmark_folder_built_again_since_is_scored_again(tmp_path):
+    import os
+
+    from simslm import jobs
+    from simslm.eval.layouts import bench_digest
+
+    def build(folder, words):  # as `bench build` writes a folder: whole, then moved into place
+        with jobs.atomic_path(folder) as staging:
+            staging.mkdir()
+            (staging / "gold.csv").write_text("id,filename,word,correct\n" + "".join(
+                f"{i},audio/{i},{word},1\n" for i, word in enumerate(words)))
+            (staging / "bench.json").write_text(json.dumps({"layout": "slm21-lexical"}))
+
+    folder, run = tmp_path / "swuggy", tmp_path / "run"
+    build(folder, ["cat", "dog"])
+    run.mkdir()
+    entry = {"accuracy": 0.5, "num_cut": 0, "scoring": {}, "bench_digest": bench_digest(folder)}
+    (run / "eval.json").write_text(json.dumps({"benchmarks": {"swuggy": entry, "swuggy/in-vocab": entry}}))
+    bench = (f"swuggy={folder}",)
+    assert sweep._evaluated(run, bench)
+    build(folder, ["cat", "pig"])  # other words (a new seed, another way of making non-words)
+    assert sweep._unevaluated(run, bench) == bench
+    build(folder, ["cat", "dog"])  # built again alike: the same benchmark, scored
+    assert sweep._evaluated(run, bench)
+    # A result from before digests were recorded: stale where the folder was built after it was written.
+    legacy = {"accuracy": 0.5, "num_cut": 0, "scoring": {}}
+    (run / "eval.json").write_text(json.dumps({"benchmarks": {"swuggy": legacy}}))
+    assert sweep._evaluated(run, bench)
+    later = (run / "eval.json").stat().st_mtime + 10
+    os.utime(folder / "bench.json", (later, later))
+    assert sweep._unevaluated(run, bench) == bench
+
+
 def test_a_run_whose_long_sides_were_cut_before_is_scored_again_as_slamkit_scores_them(tmp_path):
     # eval.json entries from before `--long-sides` (cut, the only way then) with sides past the model's positions
     # are scored again, whole, so a sweep's runs are scored alike; without such sides cut and whole are the same.

@@ -14,7 +14,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -54,6 +54,11 @@ class BenchBuildConfig(Config):
     """swuggy: the corpus the words' frequencies are counted in, as ZeroSpeech counts them in LibriSpeech, the
     training data (default --source); a word of --source it lacks counts 0, out of vocabulary (ZeroSpeech's oov
     band, left out of the in-vocab score)."""
+    nonwords: Literal["wuggy", "spelling"] = "wuggy"
+    """swuggy: how non-words are made. wuggy: as ZeroSpeech 2021 made sWUGGY's (Wuggy on the CMU dictionary's
+    phonetic forms, the candidate phone n-grams tell least apart, word and non-word spoken from phonemes; words the
+    dictionary lacks are left out); spelling: one run of vowel or consonant letters replaced by another seen in that
+    place, spoken from its letters (this toolkit's first re-creation, before 2026-12-06's thirty-first session)."""
     context_sentences: int = 4
     """tsc: sentences of context before the ending (the published StoryCloze has 4); 0 = whole story."""
     slamkit_pairs: bool = False
@@ -196,7 +201,7 @@ def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
     return usable
 
 
-def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any]]:
     """BLiMP pairs spoken, in the ZeroSpeech sLM21 layout (gold.csv beside the audio)."""
     rows = blimp_pairs(config.source, config.per_phenomenon, config.seed)
     tasks = []
@@ -211,10 +216,10 @@ def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[s
                  for index, row in enumerate(rows) for side in ("good", "bad")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
     jobs.write_text(out / "gold.csv", _csv(gold_rows))
-    return records, len(gold_rows) // 2
+    return records, len(gold_rows) // 2, {}
 
 
-def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any]]:
     """Held-out stories spoken, in the cross-modal layout (context, right and wrong ending, with transcripts)."""
     items = _tsc_items(config)
     tasks, texts = [], {}
@@ -230,7 +235,7 @@ def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str,
     for key, text in texts.items():
         if key.rsplit("_", 1)[0] not in bad_stems:
             jobs.write_text(out / "audio" / f"{key}.txt", text + "\n")
-    return records, len(items) - len(bad_stems)
+    return records, len(items) - len(bad_stems), {}
 
 
 # sWUGGY-style items (after Wuggy, Keuleers & Brysbaert 2010, which made ZeroSpeech 2021's sWUGGY non-words): a
@@ -315,50 +320,109 @@ def lexical_items(source: str, num_items: int, seed: int, counted_in: str | None
                 return candidate
         return None
 
-    rng = np.random.default_rng(seed)
-    bands: dict[str, list[str]] = collections.defaultdict(list)
-    for word in eligible:
-        bands[frequency_band(str(frequency[word]))].append(word)
-    queues = [list(rng.permutation(words)) for _, words in sorted(bands.items())]
     items: list[dict[str, Any]] = []
-    while len(items) < num_items and any(queues):
-        for queue in queues:
-            if queue and len(items) < num_items:
-                word = str(queue.pop(0))
-                made = nonword(word, np.random.default_rng([seed, zlib.crc32(word.encode())]))  # the word's own
-                if made is not None:
-                    items.append({"word": word, "nonword": made, "frequency": frequency[word]})
+    for word in _drawn_by_band(eligible, frequency, seed):
+        if len(items) == num_items:
+            break
+        made = nonword(word, np.random.default_rng([seed, zlib.crc32(word.encode())]))  # the word's own
+        if made is not None:
+            items.append({"word": word, "nonword": made, "frequency": frequency[word]})
     if not items:
         raise BenchError(f"{source}: no word of 3 to 12 letters, written in lower case, that a non-word could be "
                          f"made from")
     return items
 
 
-def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def _drawn_by_band(words: list[str], frequency: collections.Counter[str], seed: int) -> Iterator[str]:
+    """`words` round-robin over ZeroSpeech's frequency bands of their counts, each band in a seeded order."""
+    rng = np.random.default_rng(seed)
+    bands: dict[str, list[str]] = collections.defaultdict(list)
+    for word in words:
+        bands[frequency_band(str(frequency[word]))].append(word)
+    queues = [list(rng.permutation(band)) for _, band in sorted(bands.items())]
+    while any(queues):
+        for queue in queues:
+            if queue:
+                yield str(queue.pop(0))
+
+
+def phonetic_lexical_items(source: str, num_items: int, seed: int,
+                           counted_in: str | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Up to `num_items` words of the corpus `source` that the CMU dictionary pronounces, each with a non-word as
+    ZeroSpeech 2021 made sWUGGY's (`nonwords` module), drawn round-robin from ZeroSpeech's frequency bands of their
+    counts in `counted_in` (default `source`); and the share of the pairs a phone unigram and bigram model of the
+    counted corpus score right (the balance's result: near 0.5)."""
+    from simslm.eval import nonwords
+    from simslm.speech.align import cmu_pronunciations, espeak_arpabet
+
+    counts, written_lower = _word_counts(source)
+    frequency = _word_counts(counted_in)[0] if counted_in else counts
+    dictionary = cmu_pronunciations()
+    wuggy = nonwords.dictionary_wuggy()
+    # A corpus's words the dictionary lacks are words too: a candidate sounding like one is no non-word.
+    undictionary = {tuple(espeak_arpabet(word).split()) for word in set(counts) | set(frequency)
+                    if word not in dictionary}
+    tokens: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for word, count in frequency.items():
+        if word in dictionary:
+            tokens[nonwords.stressless(dictionary[word][0])] += count
+    balancer = nonwords.Balancer(nonwords.PhoneNgrams(tokens))
+    eligible = sorted(word for word in written_lower if _WORD_LETTERS.fullmatch(word) and word in dictionary)
+    items: list[dict[str, Any]] = []
+    for word in _drawn_by_band(eligible, frequency, seed):
+        if len(items) == num_items:
+            break
+        pronunciation = dictionary[word][0]
+        phones = nonwords.stressless(pronunciation)
+        candidates = [candidate.phones for candidate in wuggy.candidates(phones, seed)
+                      if candidate.phones not in undictionary]
+        if not candidates:
+            continue
+        made = balancer.choose(frequency_band(str(frequency[word])), phones, candidates)
+        stresses = nonwords.stress_digits(pronunciation)
+        items.append({"word": word, "nonword": "".join(made).lower(), "frequency": frequency[word],
+                      "word_phones": " ".join(phones), "nonword_phones": " ".join(made),
+                      "word_espeak": nonwords.espeak_mnemonics(phones, stresses),
+                      "nonword_espeak": nonwords.espeak_mnemonics(made, stresses)})
+    if not items:
+        raise BenchError(f"{source}: no word of 3 to 12 letters, written in lower case and in the CMU dictionary, "
+                         f"that a non-word could be made from")
+    return items, balancer.accuracies()
+
+
+def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any]]:
     """A corpus's words and their non-words spoken, in the ZeroSpeech sLM21 lexical layout (gold.csv beside the
-    audio: id, filename, voice, frequency, word, correct), the word and its non-word in one voice."""
-    items = lexical_items(config.source or "tinystories-sample", config.num_items, config.seed,
-                          config.counted_in or None)
+    audio: id, filename, voice, frequency, word, correct; and phones, with --nonwords wuggy), the word and its
+    non-word in one voice."""
+    source, counted_in = config.source or "tinystories-sample", config.counted_in or None
+    notes: dict[str, Any] = {}
+    if config.nonwords == "wuggy":
+        items, accuracies = phonetic_lexical_items(source, config.num_items, config.seed, counted_in)
+        notes["phone_ngram_accuracy"] = {name: round(value, 4) for name, value in accuracies.items()}
+    else:
+        items = lexical_items(source, config.num_items, config.seed, counted_in)
     tasks = [synth_task(f"{index:05d}-{side}", item[side], config.voices, config.seed, index, out,
-                        audio_format=config.audio_format)
+                        audio_format=config.audio_format, phonemes=item.get(f"{side}_espeak", ""))
              for index, item in enumerate(items) for side in ("word", "nonword")]
     records = _speak_all(tasks, config.num_workers)
     # The frequency on the word's row only, as ZeroSpeech's gold.csv gives it (its non-word rows have none).
     gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}",
                   "voice": records[f"{index:05d}-{side}"].get("speaker", ""),
                   "frequency": item["frequency"] if side == "word" else "", "word": item[side],
+                  **({"phones": item[f"{side}_phones"]} if f"{side}_phones" in item else {}),
                   "correct": int(side == "word")}
                  for index, item in enumerate(items) for side in ("word", "nonword")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("word", "nonword"))]
     jobs.write_text(out / "gold.csv", _csv(gold_rows))
-    return records, len(gold_rows) // 2
+    return records, len(gold_rows) // 2, notes
 
 
 @dataclass(frozen=True)
 class BenchKind:
     """A benchmark that `simslm bench build` re-creates: its builder and the layout it writes."""
 
-    build: Callable[[BenchBuildConfig, Path], tuple[dict[str, dict[str, Any]], int]]
+    build: Callable[[BenchBuildConfig, Path], tuple[dict[str, dict[str, Any]], int, dict[str, Any]]]
+    """Writes the benchmark into the folder: the synthesis records, the items written, and what bench.json adds."""
     layout: str
 
 
@@ -407,12 +471,12 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     kind = BENCH_KINDS[config.kind]
     with jobs.atomic_path(out) as staging:
         staging.mkdir()
-        records, num_items = kind.build(config, staging)
+        records, num_items, notes = kind.build(config, staging)
         if config.slamkit_pairs:
             write_slamkit_pairs(staging, config.kind)
         skipped = sum(1 for record in records.values() if "skipped" in record)
         meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
-                "config": config.to_dict(),
+                "config": config.to_dict(), **notes,
                 "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
         jobs.write_json(staging / BENCH_FILE, meta)
     return meta

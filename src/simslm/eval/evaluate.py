@@ -27,6 +27,7 @@ from simslm.eval.layouts import (
     CrossMode,
     Pair,
     Part,
+    bench_digest,
     bench_folder,
     bench_label,
     detect_layout,
@@ -133,6 +134,9 @@ class BenchmarkResult(Accuracy):
     """The model's context (max_position_embeddings)."""
     sampled_from: int | None = None
     """The pairs the set has, when --max-pairs scored a sample of them (None: every pair)."""
+    bench_digest: str | None = None
+    """The benchmark folder's `layouts.bench_digest` when scored: a sweep scores a run again on a folder built again
+    since (None: scored before 2026-12-06's thirty-first session, which did not record it)."""
 
     @property
     def long_sides(self) -> str:
@@ -261,6 +265,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
         ("pairs" if config.preset == "reference" else layout.aggregation)
     interval = {"aggregation": aggregation, "num_resamples": config.num_resamples, "seed": config.seed}
     results = {}
+    digest = bench_digest(folder)
     for mode, pairs in pairs_by_mode.items():
         total = len(load(folder, mode)[1]) if config.max_pairs else len(pairs)  # --max-pairs: a sample of them
         started = time.perf_counter()
@@ -304,7 +309,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                 num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
                 note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
                 context=int(context.model.config.max_position_embeddings),
-                sampled_from=total if total > len(pairs) else None)
+                sampled_from=total if total > len(pairs) else None, bench_digest=digest)
     return results
 
 

@@ -447,6 +447,29 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
 HUB_DATASET = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<folder>[\w.-]+(?:/[\w.-]+)*))?")
 
 
+# A benchmark's own text files are read whole into its digest (gold.csv, bench.json, tSC's transcripts); audio and
+# parquet files by name and size, which a rebuild with other items changes too.
+_DIGESTED_WHOLE = (".csv", ".json", ".txt", ".tsv")
+
+
+def bench_digest(folder: Path) -> str:
+    """What a benchmark folder holds, as a digest: each file's path in it and size, and its text files' contents.
+    A result records it, so a result of a folder built again since (other items, another seed) is known stale."""
+    folder = Path(folder).resolve()
+    return _digest(str(folder), folder.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(folder: str, mtime_ns: int) -> str:  # a folder built again is another directory: another mtime
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\0".encode())
+        if path.suffix in _DIGESTED_WHOLE and path.stat().st_size < 1 << 20:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def bench_label(target: str) -> str:
     """The name results are filed under when --bench gives none: a folder's name, or a hub dataset's name (and
     folder)."""

@@ -54,7 +54,7 @@ from simslm.config import (
     registry_choices,
 )
 from simslm.eval.evaluate import benchmark_kind, long_sides_note, read_results, repeated_label, result_label
-from simslm.eval.layouts import CROSS_MODES, HUB_DATASET, detect_layout
+from simslm.eval.layouts import BENCH_FILE, CROSS_MODES, HUB_DATASET, bench_digest, detect_layout
 from simslm.eval.scoring import Accuracy, ScoringOptions, accuracy_draws, accuracy_with_ci
 from simslm.scaling.fit import TABLE_COLUMNS, fit_all, percentile_interval, points_from_rows, read_table
 from simslm.sequences.build import speech_units_folder
@@ -636,19 +636,35 @@ def _locked(run_dir: Path) -> bool:
 def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmarks the sweep asks for that eval.json holds no result for, one whose sides past the model's
     positions were cut (scored before 2026-12-05, when cutting was the only way; a sweep scores with the defaults,
-    which now score them whole, as slamkit does, so its runs are scored alike again), or one scored on a sample of
-    its pairs (`eval --max-pairs`, a quick look)."""
-    evaluated = jobs.read_json(run_dir / "eval.json")["benchmarks"] if (run_dir / "eval.json").exists() else {}
+    which now score them whole, as slamkit does, so its runs are scored alike again), one scored on a sample of
+    its pairs (`eval --max-pairs`, a quick look), or one of a benchmark folder built again since (`_stale`)."""
+    eval_path = run_dir / "eval.json"
+    evaluated = jobs.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
 
     def scored(name: str) -> bool:
         label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
         entries = [entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")]
         return bool(entries) and not any(
             isinstance(entry, dict) and (entry.get("num_cut") and (entry.get("scoring") or {}).get(
-                "long_sides", "cut") != ScoringOptions.long_sides or entry.get("sampled_from"))  # a quick look's
+                "long_sides", "cut") != ScoringOptions.long_sides or entry.get("sampled_from")  # a quick look's
+                                         or _stale(entry, name, eval_path))
             for entry in entries)
 
     return tuple(name for name in bench if not scored(name))
+
+
+def _stale(entry: dict[str, Any], name: str, eval_path: Path) -> bool:
+    """Whether a result is of another build of its benchmark folder than the one there now: its recorded digest
+    differs, or, a result that records none, the folder's bench.json (one `bench build` made) is newer than the
+    eval.json holding it. A folder not here (a hub id not downloaded) is taken to be the one scored."""
+    kind, _, target = benchmark_kind(name)
+    folder = Path(target)
+    if kind != "pairs" or not folder.is_dir():
+        return False
+    if entry.get("bench_digest"):
+        return entry["bench_digest"] != bench_digest(folder)
+    built = folder / BENCH_FILE
+    return built.exists() and built.stat().st_mtime > eval_path.stat().st_mtime
 
 
 def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:

@@ -178,18 +178,28 @@ def espeak_arpabet(word: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def pocketsphinx_lexicon() -> tuple[frozenset[str], frozenset[str]]:
-    """The words of the CMU Pronouncing Dictionary that pocketsphinx ships (cmudict-en-us, 134,000 entries) and
-    their pronunciations (ARPAbet, as `espeak_arpabet` writes them: no stress digits), every variant's."""
+def cmu_pronunciations() -> dict[str, tuple[tuple[str, ...], ...]]:
+    """The CMU Pronouncing Dictionary that pocketsphinx ships (cmudict-en-us, 134,000 entries): each word (lower
+    case) with its pronunciations in the dictionary's order, ARPAbet phones with their stress digits (AH0, AH1)."""
     from pocketsphinx import get_model_path
 
-    words, sounds = set(), set()
+    pronunciations: dict[str, list[tuple[str, ...]]] = {}
     with open(Path(get_model_path()) / "en-us" / "cmudict-en-us.dict", encoding="utf-8") as lines:
         for line in lines:
             spelled, _, phones = line.strip().partition(" ")
-            words.add(spelled.split("(")[0].lower())
-            sounds.add(" ".join(phone.rstrip("012") for phone in phones.split()))
-    return frozenset(words), frozenset(sounds)
+            if phones:
+                pronunciations.setdefault(spelled.split("(")[0].lower(), []).append(tuple(phones.split()))
+    return {word: tuple(variants) for word, variants in pronunciations.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def pocketsphinx_lexicon() -> tuple[frozenset[str], frozenset[str]]:
+    """The words of the CMU Pronouncing Dictionary that pocketsphinx ships and their pronunciations (ARPAbet, as
+    `espeak_arpabet` writes them: no stress digits), every variant's."""
+    dictionary = cmu_pronunciations()
+    sounds = {" ".join(phone.rstrip("012") for phone in variant) for variants in dictionary.values()
+              for variant in variants}
+    return frozenset(dictionary), frozenset(sounds)
 
 
 class PocketsphinxAligner:

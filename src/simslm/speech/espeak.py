@@ -49,6 +49,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
 _CHARS_UTF8 = 1
 _SSML = 0x10
+_PHONEMES = 0x100  # espeakPHONEMES: phoneme mnemonics inside [[ ]] are read as phonemes (espeak-ng's CLI sets it)
 _STRESS_MARKS = "'%,=`"
 _POS_CHARACTER = 1
 # espeak_PARAMETER
@@ -153,14 +154,15 @@ class Espeak:
             self._voice = encoded
 
     def synthesize(self, text: str, *, voice: str = "en-us", rate_wpm: int = 175,
-                   pitch: int = 50, pitch_range: int = 50, ssml: bool = False) -> Speech:
-        """Speak `text` (plain or SSML); rate in words per minute, pitch and range on a 0-100 scale."""
+                   pitch: int = 50, pitch_range: int = 50, ssml: bool = False, phoneme_input: bool = False) -> Speech:
+        """Speak `text` (plain or SSML; with `phoneme_input`, mnemonics inside [[ ]] as phonemes); rate in words per
+        minute, pitch and range on a 0-100 scale."""
         self.set_voice(voice)
         for parameter, value in ((_RATE, rate_wpm), (_PITCH, pitch), (_RANGE, pitch_range)):
             self._lib.espeak_SetParameter(parameter, int(value), 0)
         self._chunks, self._events = [], []
         buffer = text.encode("utf-8") + b"\0"
-        flags = _CHARS_UTF8 | (_SSML if ssml else 0)
+        flags = _CHARS_UTF8 | (_SSML if ssml else 0) | (_PHONEMES if phoneme_input else 0)
         status = self._lib.espeak_Synth(buffer, len(buffer), 0, _POS_CHARACTER, 0, flags, None, None)
         if status != 0 or self._lib.espeak_Synchronize() != 0:
             raise EspeakError(f"espeak_Synth failed with status {status}")
@@ -231,6 +233,20 @@ def speak(text: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 
                     for word, start, end in word_timings(sentence, speech, engine, voice)]
         offset_samples += len(speech.samples)
     return np.concatenate([speech.samples for speech in speeches]), engine.sample_rate, timings
+
+
+def speak_phonemes(mnemonics: str, *, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50,
+                   pitch_range: int = 50) -> tuple[np.ndarray, int]:
+    """Speak espeak-ng phoneme mnemonics (`h@l'oU`: its own phoneme names, `'` before a stressed vowel), not text:
+    (int16 samples, sample rate), from a fork of an untouched engine as `speak`'s audio is."""
+    if not mnemonics.strip() or "]]" in mnemonics:
+        raise ValueError(f"not phoneme mnemonics: {mnemonics!r}")
+    settings = {"voice": voice, "rate_wpm": rate_wpm, "pitch": pitch, "pitch_range": pitch_range,
+                "phoneme_input": True}
+    untouched = keeper()
+    texts = [f"[[{mnemonics}]]"]
+    speech, = untouched.call(_synthesize_each, texts, settings) if untouched else _synthesize_each(texts, settings)
+    return speech.samples, speech.sample_rate
 
 
 def _synthesize_each(texts: list[str], settings: dict) -> list[Speech]:

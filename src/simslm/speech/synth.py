@@ -82,6 +82,11 @@ class EspeakBackend:
 
         return espeak.speak(transcript, voice=voice, pitch=pitch, rate_wpm=rate_wpm)
 
+    def speak_phonemes(self, mnemonics: str, voice: str, pitch: int, rate_wpm: int) -> tuple[np.ndarray, int]:
+        from simslm.speech import espeak
+
+        return espeak.speak_phonemes(mnemonics, voice=voice, pitch=pitch, rate_wpm=rate_wpm)
+
 
 TTS_BACKENDS: dict[str, Callable[[], Any]] = {"espeak-ng": EspeakBackend}
 
@@ -155,13 +160,15 @@ FILES_PER_FOLDER = 10_000
 
 
 def synth_task(utterance_id: str, text: str, voice_set: str, seed: int, line: int, out_dir: str | os.PathLike, *,
-               backend: str = "espeak-ng", audio_format: str = "flac", folder: str = "audio") -> dict[str, Any]:
+               backend: str = "espeak-ng", audio_format: str = "flac", folder: str = "audio",
+               phonemes: str = "") -> dict[str, Any]:
     """One line to speak, with the speaker that (seed, line) picks from the voice set: a `synthesize_one` task
-    writing `out_dir/folder/<id>.<audio_format>`."""
+    writing `out_dir/folder/<id>.<audio_format>`. With `phonemes` (the backend's own phoneme names), those are
+    spoken, and `text` is only the transcript: one word, timed over the whole audio."""
     preset, pitch, rate = choose_speaker(VOICE_SETS[voice_set], seed, line)
     return {"id": utterance_id, "line": line, "text": text, "voice": preset.voice,
             "speaker": f"{voice_set}/{preset.name}", "pitch": pitch, "rate_wpm": rate, "backend": backend,
-            "audio_format": audio_format, "out_dir": str(out_dir), "folder": folder}
+            "audio_format": audio_format, "out_dir": str(out_dir), "folder": folder, "phonemes": phonemes}
 
 
 class SynthSkip(str, enum.Enum):
@@ -188,7 +195,12 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
         if not text_lib.has_words(transcript):
             return _skipped(utterance_id, SynthSkip.NO_WORDS)
         backend = TTS_BACKENDS[task["backend"]]()
-        samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])
+        if task.get("phonemes"):
+            samples, sample_rate = backend.speak_phonemes(task["phonemes"], task["voice"], task["pitch"],
+                                                          task["rate_wpm"])
+            timings = [(transcript, 0.0, len(samples) / sample_rate)]
+        else:
+            samples, sample_rate, timings = backend.speak(transcript, task["voice"], task["pitch"], task["rate_wpm"])
     except Exception as error:  # one bad line must not stop a corpus-sized job
         return _skipped(utterance_id, SynthSkip.ENGINE_FAILED, f"{type(error).__name__}: {error}"[:300])
     if len(samples) == 0:
@@ -204,7 +216,8 @@ def synthesize_one(task: dict[str, Any]) -> dict[str, Any]:
                           duration_sec=round(duration, 4), transcript=transcript, speaker=task["speaker"],
                           words=words, meta={"tts": task["backend"], "voice": task["voice"],
                                              "pitch": task["pitch"], "rate_wpm": task["rate_wpm"],
-                                             "source_line": task["line"]})
+                                             "source_line": task["line"],
+                                             **({"phonemes": task["phonemes"]} if task.get("phonemes") else {})})
     return utterance.to_json()
 
 
