@@ -105,6 +105,10 @@ class PhoneticWuggy:
                 self.chain[size, position, segment][following] += 1
         self.largest = max((max(nexts.values()) for nexts in self.chain.values()), default=0)
 
+    def transitions(self, size: int, position: int, segment: Segment, following: Segment) -> int:
+        """The lexicon's entries of `size` syllables with `segment` then `following` from `position` on."""
+        return self.chain.get((size, position, segment), {}).get(following, 0)
+
     def sequence(self, phones: tuple[str, ...]) -> tuple[Segment, ...] | None:
         """^, each syllable's onset, nucleus and coda, $ (None without a vowel)."""
         parts = syllables(phones, self.onsets)
@@ -117,7 +121,7 @@ class PhoneticWuggy:
             return []
         size = (len(reference) - 2) // 3
         changes = round(len(reference[1:-1]) * (1 - _OVERLAP))
-        counts = [self.chain[size, position, segment][following]
+        counts = [self.transitions(size, position, segment, following)
                   for position, (segment, following) in enumerate(zip(reference, reference[1:]))]
         rng = random.Random(zlib.crc32(" ".join(phones).encode()) ^ seed)
         found: list[Candidate] = []
@@ -149,7 +153,7 @@ class PhoneticWuggy:
             budget[0] -= 1
             nexts = self.chain.get((size, position, path[-1]), {})
             if position + 1 == last:
-                if changed == changes and abs(nexts.get(_END, 0) - counts[position]) <= bound and _END in nexts:
+                if changed == changes and _END in nexts and abs(nexts[_END] - counts[position]) <= bound:
                     yield path + (_END,)
                 return
             target = reference[position + 1]
@@ -209,7 +213,7 @@ class Balancer:
         right_uni, right_bi, pairs = self.totals[group]
         word_scores = self.ngrams.scores(word)
 
-        def after(candidate: tuple[str, ...]) -> tuple[float, float]:
+        def after(candidate: tuple[str, ...]) -> tuple[float, float]:  # (unigram, bigram): 1 right, 0 wrong
             uni, bi = (_right(w, n) for w, n in zip(word_scores, self.ngrams.scores(candidate)))
             return uni, bi
 
