@@ -48,7 +48,7 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
         path.write_text(json.dumps(record))
     trained = {run["id"]: (out / "sweep" / "runs" / run["id"] / "result.json").stat().st_mtime_ns for run in runs}
     demo.run_demo(config)
-    assert "swuggy: new in this folder; sweep and fit run again" in capsys.readouterr().out
+    assert "swuggy: built after the sweep; sweep and fit run again" in capsys.readouterr().out
     for run in runs:
         assert "swuggy" in json.loads((out / "sweep" / "runs" / run["id"] / "eval.json").read_text())["benchmarks"]
         assert (out / "sweep" / "runs" / run["id"] / "result.json").stat().st_mtime_ns == trained[run["id"]]

@@ -274,6 +274,17 @@ def run_demo(config: DemoConfig) -> str:
             out=str(out / "sequences" / "validation"), manifest=str(out / "validation_speech" / "manifest.jsonl"),
             units=str(out / "units" / "validation_speech"), streams=("speech",), **common))
 
+    def evaluated_again(stage: str) -> None:
+        """A benchmark built after the sweep (a stage new to a folder from before it, or one whose output was
+        removed): the sweep and fit run again, and the sweep scores its runs on the benchmarks they hold no result
+        of the folder now there for (`sweep._unevaluated`); no run is trained again."""
+        finished = [name for name in ("sweep", "fit") if (out / "stages" / f"{name}.json").exists()]
+        for name in finished:
+            (out / "stages" / f"{name}.json").unlink()
+        if finished:
+            print(f"[demo] {stage}: built after the sweep; {' and '.join(finished)} run again to evaluate its runs "
+                  f"on it (no run is trained again)", flush=True)
+
     def benchmarks():
         excluded = f"{out / 'speech' / 'manifest.jsonl'},{train_text}"
         build_benchmark(BenchBuildConfig(
@@ -282,6 +293,7 @@ def run_demo(config: DemoConfig) -> str:
         build_benchmark(BenchBuildConfig(
             kind="sblimp", out=str(out / "bench" / "sblimp"), per_phenomenon=config.sblimp_per_phenomenon,
             voices="single", seed=config.seed))
+        evaluated_again("benchmarks")
 
     def swuggy():
         # Words of every story, counted in the training text, as ZeroSpeech's are in LibriSpeech: the held-out
@@ -290,12 +302,7 @@ def run_demo(config: DemoConfig) -> str:
             kind="swuggy", out=str(out / "bench" / "swuggy"), source=config.corpus,
             counted_in=train_text, num_items=config.num_swuggy_items, voices="single",
             seed=config.seed))
-        finished = [stage for stage in ("sweep", "fit") if (out / "stages" / f"{stage}.json").exists()]
-        if finished:  # a folder from before this stage: its runs are evaluated on the new set too, nothing retrained
-            for stage in finished:
-                (out / "stages" / f"{stage}.json").unlink()
-            print(f"[demo] swuggy: new in this folder; {' and '.join(finished)} run again to evaluate its runs on "
-                  f"it (no run is trained again)", flush=True)
+        evaluated_again("swuggy")
 
     def plan_and_run():
         spec = sweep_spec(config)
