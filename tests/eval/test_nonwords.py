@@ -234,6 +234,11 @@ def test_a_wuggy_swuggy_is_the_dictionarys_words_each_beside_a_balanced_nonword_
                for side in (pair.positive, pair.negative))
     bands = collections.Counter(pair.group for pair in pairs)
     assert len(bands) >= 3 and max(bands.values()) - min(bands.values()) <= 1, bands
+    # The same audio whichever process speaks it (each side in a fork of an untouched espeak-ng).
+    build_benchmark(BenchBuildConfig(kind="swuggy", out=str(tmp_path / "again"), source=source, num_items=24,
+                                     num_workers=1))
+    assert all((tmp_path / "again" / path.relative_to(tmp_path / "sw")).read_bytes() == path.read_bytes()
+               for path in (tmp_path / "sw" / "audio").iterdir())
     # Seeded, and the same from the items function.
     items, _ = phonetic_lexical_items(source, 24, 0)
     assert [(item["word"], item["nonword_phones"]) for item in items] == [

@@ -245,7 +245,7 @@ def speak_phonemes(mnemonics: str, *, voice: str = "en-us", rate_wpm: int = 175,
                 "phoneme_input": True}
     untouched = keeper()
     texts = [f"[[{mnemonics}]]"]
-    speech, = untouched.call(_synthesize_each, texts, settings) if untouched else _synthesize_each(texts, settings)
+    (speech,) = untouched.call(_synthesize_each, texts, settings) if untouched else _synthesize_each(texts, settings)
     return speech.samples, speech.sample_rate
 
 
