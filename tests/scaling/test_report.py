@@ -394,6 +394,26 @@ def test_a_run_scored_on_a_sample_of_pairs_is_named_in_the_fit(tmp_path):
             "`simslm sweep run` scores them whole") in warnings, warnings
 
 
+def test_a_run_scored_on_an_earlier_build_of_a_benchmark_is_named_in_the_fit(tmp_path):
+    from simslm.eval.layouts import bench_digest
+
+    _fake_sweep(tmp_path)
+    folder = tmp_path / "bench" / "tsc"
+    folder.mkdir(parents=True)
+    (folder / "bench.json").write_text('{"layout": "cross-modal"}')
+    spec = json.loads((tmp_path / "sweep.json").read_text())
+    jobs.write_json(tmp_path / "sweep.json", {**spec, "spec": {**spec["spec"], "bench": [f"tsc={folder}"]}})
+    for run_dir in (tmp_path / "runs").iterdir():
+        path = run_dir / "eval.json"
+        entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
+        built = "0" * 16 if run_dir.name == "textless-twist-d4-c1e+12" else bench_digest(folder)
+        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "bench_digest": built}}})
+    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    assert ("tsc/S: in 1 run(s) scored on an earlier build of its benchmark folder (textless-twist-d4-c1e+12); "
+            "`simslm sweep run` scores them on the folder there now") in warnings, warnings
+    assert sweep.status_counts(tmp_path).get("evaluating") == 1
+
+
 def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
     _fake_sweep(tmp_path)
     (tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json").write_text('{"steps": 3')

@@ -642,8 +642,7 @@ def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     evaluated = jobs.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
 
     def scored(name: str) -> bool:
-        label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
-        entries = [entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")]
+        entries = list(_results_of(evaluated, name).values())
         return bool(entries) and not any(
             isinstance(entry, dict) and (entry.get("num_cut") and (entry.get("scoring") or {}).get(
                 "long_sides", "cut") != ScoringOptions.long_sides or entry.get("sampled_from")  # a quick look's
@@ -651,6 +650,20 @@ def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
             for entry in entries)
 
     return tuple(name for name in bench if not scored(name))
+
+
+def _results_of(evaluated: dict[str, Any], name: str) -> dict[str, Any]:
+    """The results eval.json files under the --bench argument `name` (its modes and subsets too)."""
+    label = result_label(name)  # as `simslm eval` files it: a hub id's label is its name and folder
+    return {key: entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")}
+
+
+def stale_results(run_dir: Path, bench: tuple[str, ...]) -> list[str]:
+    """The results in a run's eval.json that are of an earlier build of their benchmark folder (`_stale`)."""
+    eval_path = run_dir / "eval.json"
+    evaluated = jobs.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
+    return sorted(key for name in bench for key, entry in _results_of(evaluated, name).items()
+                  if isinstance(entry, dict) and _stale(entry, name, eval_path))
 
 
 def _stale(entry: dict[str, Any], name: str, eval_path: Path) -> bool:
@@ -1352,9 +1365,12 @@ def status_counts(sweep_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One row per finished run: variant, size, tokens, FLOPs, losses, and `accuracies` (benchmark -> result)."""
+    """One row per finished run: variant, size, tokens, FLOPs, losses, `accuracies` (benchmark -> result) and
+    `stale` (the results of an earlier build of their benchmark folder, which `sweep run` scores again)."""
     rows = []
-    for run in load_sweep(sweep_dir)["runs"]:
+    sweep = load_sweep(sweep_dir)
+    bench = tuple(sweep["spec"].get("bench") or ())
+    for run in sweep["runs"]:
         run_dir = Path(run["config"]["run_dir"])
         if not RunResult.exists(run_dir):
             continue
@@ -1373,7 +1389,8 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
                "tokens": result.tokens, "flops": result.flops,
                "loss_speech": losses.loss_speech, "loss": losses.loss,
                "loss_source": "validation" if result.held_out else "final train",
-               "validation_batches": result.validation_batches, "accuracies": read_results(run_dir)}
+               "validation_batches": result.validation_batches, "accuracies": read_results(run_dir),
+               "stale": stale_results(run_dir, bench)}
         rows.append(row)
     return rows
 
@@ -1678,6 +1695,12 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
                     f"{name}: in {len(sampled)} run(s) scored on a sample of its pairs (eval --max-pairs: "
                     f"{', '.join(sampled[:3])}{', ...' if len(sampled) > 3 else ''}); `simslm sweep run` scores "
                     f"them whole")
+            stale = [r["id"] for r in chosen if name in r.get("stale", ())]
+            if stale:
+                fits["variants"][variant]["warnings"].append(
+                    f"{name}: in {len(stale)} run(s) scored on an earlier build of its benchmark folder "
+                    f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); `simslm sweep run` scores them "
+                    f"on the folder there now")
         for name in metrics:  # benchmark sides that outgrew the models' positions (`BenchmarkResult.num_cut`)
             results = [r["accuracies"][name] for r in chosen if getattr(r["accuracies"].get(name), "num_cut", 0)]
             for long_sides in sorted({result.long_sides for result in results}):
