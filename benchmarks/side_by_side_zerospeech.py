@@ -1,7 +1,9 @@
 """Side by side with ZeroSpeech's own evaluator: sWUGGY and sBLIMP scores from the same per-file scores.
 
-    python3 -m venv /tmp/zrvenv && /tmp/zrvenv/bin/pip install zerospeech-benchmarks==0.9.4
+    python3 -m venv /tmp/zrvenv && /tmp/zrvenv/bin/pip install zerospeech-benchmarks==0.9.4 pandas==2.0.3 numpy==1.26.4
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/side_by_side_zerospeech.py --zerospeech /tmp/zrvenv/bin/python
+    # a sWUGGY folder simslm built, read by ZeroSpeech's evaluator as it is:
+    .venv/bin/python benchmarks/side_by_side_zerospeech.py --zerospeech /tmp/zrvenv/bin/python --built FOLDER
 
 ZeroSpeech's code (`zerospeech-benchmarks`, its `LexicalTask` and `SyntacticTask`, and the leaderboard's summary of
 their tables in `submissions/sLM21.py`) is run in its own environment, not copied: it pins pydantic below 2. Its
@@ -92,6 +94,17 @@ def lexical_set(folder: Path, num_items: int, rng: np.random.Generator) -> None:
     _write(folder, rows, scores)
 
 
+def built_lexical_set(built: Path, folder: Path, rng: np.random.Generator) -> None:
+    """A folder `simslm bench build --kind swuggy` wrote, as it is (its gold.csv, its audio linked), with a seeded
+    score for each of its files."""
+    folder.mkdir(parents=True)
+    (folder / "audio").symlink_to((built / "audio").resolve())
+    (folder / "gold.csv").write_bytes((built / "gold.csv").read_bytes())
+    with open(built / "gold.csv", newline="") as handle:
+        names = [row["filename"] for row in csv.DictReader(handle)]
+    (folder / "submission.txt").write_text("".join(f"{name} {round(float(rng.normal()), 1)}\n" for name in names))
+
+
 def syntactic_set(folder: Path, num_items: int, rng: np.random.Generator) -> None:
     rows, scores = [], {}
     for item in range(num_items):
@@ -113,7 +126,8 @@ def simslm_side(lexical: Path, syntactic: Path) -> dict:
     """simslm's numbers for the same folders and scores."""
     def outcomes(folder: Path):
         layout, pairs = load(folder)
-        score = {line.split()[0]: float(line.split()[1]) for line in (folder / "submission.txt").read_text().splitlines()}
+        score = {Path(line.split()[0]).name: float(line.split()[1])  # a built folder's names are audio/<stem>
+                 for line in (folder / "submission.txt").read_text().splitlines()}
         of = lambda side: np.array([score[Path(pair_side[0].audio).stem] for pair_side in side])  # noqa: E731
         return LAYOUTS[layout], pairs, pair_outcomes(of([p.positive for p in pairs]), of([p.negative for p in pairs]))
 
@@ -140,6 +154,8 @@ def main() -> None:
     parser.add_argument("--zerospeech", required=True, help="the python of an environment with zerospeech-benchmarks")
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--built", help="a sWUGGY folder `simslm bench build` wrote, scored in place of the made-up "
+                                        "lexical set (ZeroSpeech's evaluator reads its gold.csv as it is)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp())
     index = home / "zr-data" / "repo.json"  # an index "more than a week old": ZeroSpeech then does not fetch one
@@ -152,7 +168,10 @@ def main() -> None:
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         root = Path(tempfile.mkdtemp())
-        lexical_set(root / "lexical", args.items, rng)
+        if args.built:
+            built_lexical_set(Path(args.built), root / "lexical", rng)
+        else:
+            lexical_set(root / "lexical", args.items, rng)
         syntactic_set(root / "syntactic", args.items, rng)
         run = subprocess.run([args.zerospeech, "-c", ZEROSPEECH_SIDE, str(root / "lexical"), str(root / "syntactic")],
                              capture_output=True, text=True, env={**os.environ, "HOME": str(home)})

@@ -162,6 +162,7 @@ def test_spelt_swuggy_pairs_each_word_with_a_non_word_that_no_word_of_its_corpus
             assert int(row["frequency"]) == counts[row["word"]] > 0
             continue
         word, made = words[row["id"]]["word"], row["word"]
+        assert row["phones"] == espeak_arpabet(made) and int(row["length"]) == len(espeak_arpabet(word).split())
         # No word of the corpus or of English (the CMU dictionary), nor like one in sound.
         assert made not in counts and made not in dictionary_words
         assert Espeak.instance().phonemes(made) not in sounds and espeak_arpabet(made) not in dictionary_sounds

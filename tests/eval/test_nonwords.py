@@ -206,14 +206,16 @@ def test_a_wuggy_swuggy_is_the_dictionarys_words_each_beside_a_balanced_nonword_
     counts = collections.Counter(word.lower() for _, value, _ in read_corpus(source)
                                  for word in text.words(text.speakable(value or "")))
     rows = list(csv.DictReader(open(tmp_path / "sw" / "gold.csv")))
+    assert list(rows[0]) == ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"]
     words = {row["id"]: row for row in rows if row["correct"] == "1"}
     for row in rows:
         phones = tuple(row["phones"].split())
         if row["correct"] == "1":
             assert phones == nonwords.stressless(dictionary[row["word"]][0])
+            assert int(row["length"]) == len(phones)
             assert int(row["frequency"]) == counts[row["word"]] > 0
-        else:
-            assert phones not in lexicon and row["frequency"] == ""
+        else:  # as ZeroSpeech's gold.csv: no spelling, no frequency, its phones
+            assert phones not in lexicon and row["frequency"] == row["word"] == ""
             word_phones = tuple(words[row["id"]]["phones"].split())
             assert sum(a != b for a, b in zip(phones, word_phones)) >= 1
     # bench.json's n-gram accuracies are the pairs' own, by phone models of the counted corpus's word tokens.

@@ -380,7 +380,8 @@ def phonetic_lexical_items(source: str, num_items: int, seed: int,
             continue
         made = balancer.choose(frequency_band(str(frequency[word])), phones, candidates)
         stresses = nonwords.stress_digits(pronunciation)
-        items.append({"word": word, "nonword": "".join(made).lower(), "frequency": frequency[word],
+        # A non-word has no spelling: ZeroSpeech's gold.csv leaves its `word` empty and gives its phones.
+        items.append({"word": word, "nonword": "", "frequency": frequency[word],
                       "word_phones": " ".join(phones), "nonword_phones": " ".join(made),
                       "word_espeak": nonwords.espeak_mnemonics(phones, stresses),
                       "nonword_espeak": nonwords.espeak_mnemonics(made, stresses)})
@@ -392,24 +393,30 @@ def phonetic_lexical_items(source: str, num_items: int, seed: int,
 
 def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any]]:
     """A corpus's words and their non-words spoken, in the ZeroSpeech sLM21 lexical layout (gold.csv beside the
-    audio: id, filename, voice, frequency, word, correct; and phones, with --nonwords wuggy), the word and its
-    non-word in one voice."""
+    audio: id, filename, voice, frequency, word, phones, length, correct), the word and its non-word in one
+    voice."""
     source, counted_in = config.source or "tinystories-sample", config.counted_in or None
     notes: dict[str, Any] = {}
     if config.nonwords == "wuggy":
         items, accuracies = phonetic_lexical_items(source, config.num_items, config.seed, counted_in)
         notes["phone_ngram_accuracy"] = {name: round(value, 4) for name, value in accuracies.items()}
     else:
-        items = lexical_items(source, config.num_items, config.seed, counted_in)
-    tasks = [synth_task(f"{index:05d}-{side}", item[side], config.voices, config.seed, index, out,
-                        audio_format=config.audio_format, phonemes=item.get(f"{side}_espeak", ""))
+        from simslm.speech.align import espeak_arpabet
+
+        items = [{**item, "word_phones": espeak_arpabet(item["word"]), "nonword_phones": espeak_arpabet(item["nonword"])}
+                 for item in lexical_items(source, config.num_items, config.seed, counted_in)]
+    # The phonemes are spoken where there are mnemonics (wuggy's items), the text elsewhere.
+    tasks = [synth_task(f"{index:05d}-{side}", item[side] or item[f"{side}_phones"].replace(" ", "").lower(),
+                        config.voices, config.seed, index, out, audio_format=config.audio_format,
+                        phonemes=item.get(f"{side}_espeak", ""))
              for index, item in enumerate(items) for side in ("word", "nonword")]
     records = _speak_all(tasks, config.num_workers)
-    # The frequency on the word's row only, as ZeroSpeech's gold.csv gives it (its non-word rows have none).
+    # ZeroSpeech's sLM21 lexical gold.csv, column for column (its evaluator, `LexicalTask.load_and_format`, reads
+    # `phones` and `length` too): the frequency on the word's row only, the length the word's in phones.
     gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}",
                   "voice": records[f"{index:05d}-{side}"].get("speaker", ""),
                   "frequency": item["frequency"] if side == "word" else "", "word": item[side],
-                  **({"phones": item[f"{side}_phones"]} if f"{side}_phones" in item else {}),
+                  "phones": item[f"{side}_phones"], "length": len(item["word_phones"].split()),
                   "correct": int(side == "word")}
                  for index, item in enumerate(items) for side in ("word", "nonword")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("word", "nonword"))]
