@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/zrvenv && /tmp/zrvenv/bin/pip install zerospeech-benchmarks==0.9.4 pandas==2.0.3 numpy==1.26.4
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/side_by_side_zerospeech.py --zerospeech /tmp/zrvenv/bin/python
-    # a sWUGGY folder simslm built, read by ZeroSpeech's evaluator as it is:
+    # a sWUGGY or sBLIMP folder simslm built, read by ZeroSpeech's evaluator as it is:
     .venv/bin/python benchmarks/side_by_side_zerospeech.py --zerospeech /tmp/zrvenv/bin/python --built FOLDER
 
 ZeroSpeech's code (`zerospeech-benchmarks`, its `LexicalTask` and `SyntacticTask`, and the leaderboard's summary of
@@ -94,9 +94,9 @@ def lexical_set(folder: Path, num_items: int, rng: np.random.Generator) -> None:
     _write(folder, rows, scores)
 
 
-def built_lexical_set(built: Path, folder: Path, rng: np.random.Generator) -> None:
-    """A folder `simslm bench build --kind swuggy` wrote, as it is (its gold.csv, its audio linked), with a seeded
-    score for each of its files."""
+def built_set(built: Path, folder: Path, rng: np.random.Generator) -> None:
+    """A folder `simslm bench build` wrote (swuggy or sblimp), as it is (its gold.csv, its audio linked), with a
+    seeded score for each of its files."""
     folder.mkdir(parents=True)
     (folder / "audio").symlink_to((built / "audio").resolve())
     (folder / "gold.csv").write_bytes((built / "gold.csv").read_bytes())
@@ -154,8 +154,9 @@ def main() -> None:
     parser.add_argument("--zerospeech", required=True, help="the python of an environment with zerospeech-benchmarks")
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--built", help="a sWUGGY folder `simslm bench build` wrote, scored in place of the made-up "
-                                        "lexical set (ZeroSpeech's evaluator reads its gold.csv as it is)")
+    parser.add_argument("--built", help="a sWUGGY or sBLIMP folder `simslm bench build` wrote, scored in place of "
+                                        "the made-up set of its kind (ZeroSpeech's evaluator reads its gold.csv as "
+                                        "it is)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp())
     index = home / "zr-data" / "repo.json"  # an index "more than a week old": ZeroSpeech then does not fetch one
@@ -168,11 +169,15 @@ def main() -> None:
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         root = Path(tempfile.mkdtemp())
-        if args.built:
-            built_lexical_set(Path(args.built), root / "lexical", rng)
+        built = json.loads((Path(args.built) / "bench.json").read_text())["kind"] if args.built else None
+        if built == "swuggy":
+            built_set(Path(args.built), root / "lexical", rng)
         else:
             lexical_set(root / "lexical", args.items, rng)
-        syntactic_set(root / "syntactic", args.items, rng)
+        if built == "sblimp":
+            built_set(Path(args.built), root / "syntactic", rng)
+        else:
+            syntactic_set(root / "syntactic", args.items, rng)
         run = subprocess.run([args.zerospeech, "-c", ZEROSPEECH_SIDE, str(root / "lexical"), str(root / "syntactic")],
                              capture_output=True, text=True, env={**os.environ, "HOME": str(home)})
         if run.returncode:

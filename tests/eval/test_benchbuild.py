@@ -119,6 +119,13 @@ def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
     again = blimp_pairs("", 1, 0)
     assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in blimp_pairs("", 1, 0)]
+    # ZeroSpeech's syntactic gold.csv, in its column order (its evaluator reads type, subtype and transcriptions by
+    # position: `benchmarks/side_by_side_zerospeech.py --built` runs it on such a folder), each row its sentence.
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "sb" / "gold.csv")))
+    assert list(rows[0]) == ["id", "voice", "filename", "type", "subtype", "transcription", "correct"]
+    assert [row["transcription"] for row in rows[:2]] == [again[0]["sentence_good"], again[0]["sentence_bad"]]
 
 
 def test_a_wav_tsc_is_the_layout_slamkits_cross_modal_evaluator_reads(tmp_path):

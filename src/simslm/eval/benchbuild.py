@@ -202,7 +202,8 @@ def _tsc_items(config: BenchBuildConfig) -> list[dict[str, Any]]:
 
 
 def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any]]:
-    """BLiMP pairs spoken, in the ZeroSpeech sLM21 layout (gold.csv beside the audio)."""
+    """BLiMP pairs spoken, in the ZeroSpeech sLM21 layout (gold.csv beside the audio: id, voice, filename, type,
+    subtype, transcription, correct)."""
     rows = blimp_pairs(config.source, config.per_phenomenon, config.seed)
     tasks = []
     for index, row in enumerate(rows):
@@ -210,9 +211,12 @@ def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[s
             tasks.append(synth_task(f"{index:05d}-{side}", row[f"sentence_{side}"], config.voices, config.seed,
                                     index, out, audio_format=config.audio_format))
     records = _speak_all(tasks, config.num_workers)
-    gold_rows = [{"id": f"{index:05d}", "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
-                  "subtype": row.get("linguistics_term", ""), "correct": int(side == "good"),
-                  "voice": records[f"{index:05d}-{side}"].get("speaker", "")}
+    # ZeroSpeech's sLM21 syntactic gold.csv, column for column and in its order: its evaluator
+    # (`SyntacticTask.syntactic_by_pair`) reads type, subtype and the transcriptions by position.
+    gold_rows = [{"id": f"{index:05d}", "voice": records[f"{index:05d}-{side}"].get("speaker", ""),
+                  "filename": f"audio/{index:05d}-{side}", "type": row["UID"],
+                  "subtype": row.get("linguistics_term", ""), "transcription": row[f"sentence_{side}"],
+                  "correct": int(side == "good")}
                  for index, row in enumerate(rows) for side in ("good", "bad")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
     jobs.write_text(out / "gold.csv", _csv(gold_rows))
