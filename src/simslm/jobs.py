@@ -948,6 +948,14 @@ DIGEST_WHOLE_BYTES = 64 * 2 ** 20
 DIGEST_SAMPLE_BYTES = 4 * 2 ** 20
 
 
+def read_tail(path: str | os.PathLike, size: int = 4096) -> str:
+    """The last `size` bytes of a file as text (a log or metrics file of millions of lines is not read whole);
+    raises OSError as `open` does."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+        return handle.read().decode("utf-8", errors="replace")
+
+
 def content_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's or a folder's contents: each file's name relative to `path`, its size and its bytes, in
     name order. A file above 64 MiB contributes its size and its first, middle and last 4 MiB only: weights trained

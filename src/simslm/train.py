@@ -1199,9 +1199,7 @@ def training_progress(run_dir: str | os.PathLike) -> tuple[int, int] | None:
     the file's end: a run of a million steps logs as many lines."""
     try:
         total = int(jobs.read_json(Path(run_dir) / "plan.json")["total_steps"])
-        with open(Path(run_dir) / "metrics.jsonl", "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
-            tail = handle.read().decode("utf-8", errors="replace").splitlines()
+        tail = jobs.read_tail(Path(run_dir) / "metrics.jsonl").splitlines()
     except (OSError, ValueError, KeyError, TypeError):
         return None
     step = next((step for line in reversed(tail) if (step := _logged_step(line)) is not None), None)

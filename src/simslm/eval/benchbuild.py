@@ -284,6 +284,14 @@ def _word_counts(corpus: str) -> tuple[collections.Counter[str], set[str]]:
     return counts, written_lower
 
 
+def _counted_words(source: str, counted_in: str | None) -> tuple[collections.Counter[str], set[str],
+                                                                  collections.Counter[str]]:
+    """`source`'s word counts and its words written in lower case, and the counts of `counted_in` (default: the
+    same), which place a word in its frequency band."""
+    counts, written_lower = _word_counts(source)
+    return counts, written_lower, _word_counts(counted_in)[0] if counted_in else counts
+
+
 def lexical_items(source: str, num_items: int, seed: int, counted_in: str | None = None) -> list[dict[str, Any]]:
     """Up to `num_items` words of the corpus `source` with a non-word each and the word's count in `counted_in`
     (default `source`; a word it lacks counts 0, out of vocabulary), drawn round-robin from ZeroSpeech's frequency
@@ -291,8 +299,7 @@ def lexical_items(source: str, num_items: int, seed: int, counted_in: str | None
     from simslm.speech.align import espeak_arpabet, pocketsphinx_lexicon
     from simslm.speech.espeak import Espeak
 
-    counts, written_lower = _word_counts(source)
-    frequency = _word_counts(counted_in)[0] if counted_in else counts
+    counts, written_lower, frequency = _counted_words(source, counted_in)
     dictionary_words, dictionary_sounds = pocketsphinx_lexicon()
     known = set(counts) | set(frequency) | dictionary_words
     engine = Espeak.instance()
@@ -359,8 +366,7 @@ def phonetic_lexical_items(source: str, num_items: int, seed: int,
     from simslm.eval import nonwords
     from simslm.speech.align import cmu_pronunciations, espeak_arpabet
 
-    counts, written_lower = _word_counts(source)
-    frequency = _word_counts(counted_in)[0] if counted_in else counts
+    counts, written_lower, frequency = _counted_words(source, counted_in)
     dictionary = cmu_pronunciations()
     wuggy = nonwords.dictionary_wuggy()
     # A corpus's words the dictionary lacks are words too: a candidate sounding like one is no non-word.

@@ -26,7 +26,7 @@ downloaded once into the hub's cache and read by the same loaders.
 
 `simslm bench build` writes offline re-creations in these same layouts (sBLIMP-style from
 BLiMP, tSC-style from held-out TinyStories stories, sWUGGY-style from a corpus's words and
-non-words made from them), so one loader serves both. They are re-creations with espeak-ng
+non-words made from them), so one loader serves them all. They are re-creations with espeak-ng
 voices, not the published sets; `bench.json` says so.
 """
 
@@ -464,8 +464,9 @@ def _digest(folder: str, mtime_ns: int) -> str:  # a folder built again is anoth
     digest = hashlib.sha256()
     root = Path(folder)
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\0".encode())
-        if path.suffix in _DIGESTED_WHOLE and path.stat().st_size < 1 << 20:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
+        if path.suffix in _DIGESTED_WHOLE and size < 1 << 20:
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -646,7 +646,7 @@ def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
         return bool(entries) and not any(
             isinstance(entry, dict) and (entry.get("num_cut") and (entry.get("scoring") or {}).get(
                 "long_sides", "cut") != ScoringOptions.long_sides or entry.get("sampled_from")  # a quick look's
-                                         or _stale(entry, name, eval_path))
+                                         or _stale(entry.get("bench_digest"), name, eval_path))
             for entry in entries)
 
     return tuple(name for name in bench if not scored(name))
@@ -658,24 +658,23 @@ def _results_of(evaluated: dict[str, Any], name: str) -> dict[str, Any]:
     return {key: entry for key, entry in evaluated.items() if key == label or key.startswith(label + "/")}
 
 
-def stale_results(run_dir: Path, bench: tuple[str, ...]) -> list[str]:
-    """The results in a run's eval.json that are of an earlier build of their benchmark folder (`_stale`)."""
-    eval_path = run_dir / "eval.json"
-    evaluated = jobs.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
-    return sorted(key for name in bench for key, entry in _results_of(evaluated, name).items()
-                  if isinstance(entry, dict) and _stale(entry, name, eval_path))
+def stale_results(run_dir: Path, bench: tuple[str, ...], results: dict[str, Any]) -> list[str]:
+    """Which of a run's pairwise `results` (`read_results` of its eval.json) are of an earlier build of their
+    benchmark folder (`_stale`)."""
+    return sorted(key for name in bench for key, result in _results_of(results, name).items()
+                  if _stale(result.bench_digest, name, run_dir / "eval.json"))
 
 
-def _stale(entry: dict[str, Any], name: str, eval_path: Path) -> bool:
-    """Whether a result is of another build of its benchmark folder than the one there now: its recorded digest
-    differs, or, a result that records none, the folder's bench.json (one `bench build` made) is newer than the
-    eval.json holding it. A folder not here (a hub id not downloaded) is taken to be the one scored."""
+def _stale(digest: str | None, name: str, eval_path: Path) -> bool:
+    """Whether a result (its recorded `digest`) is of another build of its benchmark folder than the one there now:
+    the digest differs, or, a result that records none, the folder's bench.json (one `bench build` made) is newer
+    than the eval.json holding it. A folder not here (a hub id not downloaded) is taken to be the one scored."""
     kind, _, target = benchmark_kind(name)
     folder = Path(target)
     if kind != "pairs" or not folder.is_dir():
         return False
-    if entry.get("bench_digest"):
-        return entry["bench_digest"] != bench_digest(folder)
+    if digest:
+        return digest != bench_digest(folder)
     built = folder / BENCH_FILE
     return built.exists() and built.stat().st_mtime > eval_path.stat().st_mtime
 
@@ -744,9 +743,7 @@ def run_error(run: dict[str, Any]) -> str | None:
     stopped to resume."""
     log = Path(run["config"]["run_dir"]).parent / f"{run['id']}.log"
     try:
-        with open(log, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
-            tail = handle.read().decode("utf-8", errors="replace")
+        tail = jobs.read_tail(log)
     except OSError:
         return None
     last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
@@ -1379,7 +1376,7 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         except ValueError as error:  # a finished run's checkpoint outlives its result.json: train writes it again
             raise ValueError(f"{error}; move it aside and run `simslm sweep run {sweep_dir}`, which resumes the run "
                              f"from its last checkpoint and writes it again") from None
-        losses = result.comparison_losses
+        losses, accuracies = result.comparison_losses, read_results(run_dir)
         row = {"id": run["id"], "run_dir": str(run_dir), "variant": run["variant"], "depth": run["depth"],
                "member": run.get("member", f"d{run['depth']}"), "family": run.get("family", ""),
                "seed": run["config"].get("seed", 0), "budget": run["budget_flops"],
@@ -1389,8 +1386,8 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
                "tokens": result.tokens, "flops": result.flops,
                "loss_speech": losses.loss_speech, "loss": losses.loss,
                "loss_source": "validation" if result.held_out else "final train",
-               "validation_batches": result.validation_batches, "accuracies": read_results(run_dir),
-               "stale": stale_results(run_dir, bench)}
+               "validation_batches": result.validation_batches, "accuracies": accuracies,
+               "stale": stale_results(run_dir, bench, accuracies)}
         rows.append(row)
     return rows
 
