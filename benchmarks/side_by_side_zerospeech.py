@@ -158,6 +158,12 @@ def main() -> None:
                                         "the made-up set of its kind (ZeroSpeech's evaluator reads its gold.csv as "
                                         "it is)")
     args = parser.parse_args()
+    built = None
+    if args.built:
+        meta = Path(args.built) / "bench.json"
+        built = json.loads(meta.read_text()).get("kind") if meta.is_file() else None
+        if built not in ("swuggy", "sblimp"):
+            sys.exit(f"{args.built}: not a sWUGGY or sBLIMP folder `simslm bench build` wrote (its bench.json's kind)")
     home = Path(tempfile.mkdtemp())
     index = home / "zr-data" / "repo.json"  # an index "more than a week old": ZeroSpeech then does not fetch one
     index.parent.mkdir()
@@ -169,7 +175,6 @@ def main() -> None:
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         root = Path(tempfile.mkdtemp())
-        built = json.loads((Path(args.built) / "bench.json").read_text())["kind"] if args.built else None
         if built == "swuggy":
             built_set(Path(args.built), root / "lexical", rng)
         else:

@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simslm import jobs
 from simslm.eval.benchbuild import (
     SLAMKIT_SEPARATORS,
     SLAMKIT_SUBFOLDERS,
@@ -87,6 +88,40 @@ def test_a_sequences_folder_finds_its_text_corpus_from_anywhere_and_after_a_move
     shutil.move(project, tmp_path / "moved")
     assert text_corpus(tmp_path / "moved" / "seq") == f"{tmp_path / 'moved' / 'seq' / '..' / 'corpus.jsonl'}[0:6]"
     assert training_stories(str(tmp_path / "moved" / "seq")) == expected
+
+
+def test_bench_json_finds_what_the_build_read_after_a_move(tmp_path, monkeypatch):
+    """bench.json's config keeps --source and --exclude as typed (relative to where `bench build` ran), which name
+    nothing from elsewhere or once the project moved; its inputs record them relative to the benchmark's folder,
+    with their slices, as a sequences folder records its text corpus."""
+    import json
+    import os
+    import shutil
+
+    from simslm.speech.corpus import placed_corpus
+
+    if os.environ.get("SIMSLM_MIRROR"):  # CI's is relative to the checkout, which this test leaves
+        monkeypatch.setenv("SIMSLM_MIRROR", str(Path(os.environ["SIMSLM_MIRROR"]).resolve()))
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    stories = [value for _, value, _ in read_corpus("tinystories-sample[2000:2010]")]
+    for name, lines in (("held.jsonl", stories[:6]), ("train.jsonl", stories[6:])):
+        (project / "data" / name).write_text("".join(json.dumps({"text": story}) + "\n" for story in lines))
+    monkeypatch.chdir(project)
+    meta = build_benchmark(BenchBuildConfig(kind="tsc", out="bench/tsc", source="data/held.jsonl[1:5]",
+                                            exclude="data/train.jsonl, tinystories-sample[:10]", num_items=2,
+                                            num_workers=1))
+    assert meta["config"]["source"] == "data/held.jsonl[1:5]"  # as given
+    assert meta["inputs"]["source"] == {"relative": "../../data/held.jsonl", "slice": "[1:5]",
+                                        "absolute": str(project.resolve() / "data" / "held.jsonl")}
+    assert [entry["relative"] for entry in meta["inputs"]["exclude"]] == ["../../data/train.jsonl"]  # not the asset
+    assert "counted_in" not in meta["inputs"]
+    shutil.move(project, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "moved" / "bench" / "tsc"
+    recorded = json.loads((folder / "bench.json").read_text())["inputs"]
+    assert [value for _, value, _ in read_corpus(placed_corpus(recorded["source"], folder))] == stories[1:5]
+    assert jobs.placed_path(recorded["exclude"][0], folder).resolve() == (tmp_path / "moved" / "data" / "train.jsonl")
 
 
 def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,10 @@ def test_a_run_one_may_only_read_is_evaluated_into_another_folder(trained_run, t
         written = json.loads((tmp_path / "mine" / "eval.json").read_text())
         assert written["benchmarks"]["tsc/T"]["num_pairs"] == 4
         assert (tmp_path / "mine" / written["model_dir"]).resolve() == (theirs / "model").resolve()
+        # The benchmark scored, relative to eval.json's folder (so found when both move) and absolute (absolute
+        # alone before: a copy of a project named the original's benchmarks).
+        scored = written["benchmarks"]["tsc/T"]["folder"]
+        assert (tmp_path / "mine" / scored["relative"]).resolve() == Path(scored["absolute"]) == Path(bench).resolve()
         assert (tmp_path / "mine" / "scores" / "tsc-T.tsv").exists() and not (theirs / "eval.json").exists()
     finally:
         for folder, _, _ in os.walk(theirs):
@@ -184,10 +189,12 @@ def test_a_run_trained_with_relative_paths_is_evaluated_from_anywhere_and_after_
     shutil.move(project, tmp_path / "moved")
     results = evaluate_run(EvalConfig(run=str(tmp_path / "moved" / "run"), bench=("validation",)))
     assert results["validation"]["loss_speech"] == pytest.approx(expected["validation"]["loss_speech"])
-    # eval.json names the held-out data it scored resolved, as a benchmark's folder: it held "moved/run/../seq",
-    # relative to the folder eval ran in, which names nothing from anywhere else.
+    # eval.json names the held-out data it scored relative to its own folder, and absolute, as a benchmark's folder:
+    # it held "moved/run/../seq", relative to the folder eval ran in, which names nothing from anywhere else.
     again = evaluate_run(EvalConfig(run="moved/run", bench=("validation",), out=str(tmp_path / "relative")))
-    assert again["validation"]["data"] == str((tmp_path / "moved" / "seq").resolve())
+    assert again["validation"]["data"] == {"relative": "../moved/seq", "absolute": str(tmp_path / "moved" / "seq")}
+    assert json.loads((tmp_path / "relative" / "eval.json").read_text())["benchmarks"]["validation"]["data"]["relative"] == \
+        "../moved/seq"
     assert placed_input(tmp_path / "moved" / "run", {"run_dir": "run", "data": "seq"}, "data") == \
         str(tmp_path / "moved" / "run" / ".." / "seq")
     # Absolute paths moved together are found the same way; ones that lead nowhere are left as typed.

@@ -22,7 +22,7 @@ from simslm import assets, jobs
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError, frequency_band, load
 from simslm.speech import text as text_lib
-from simslm.speech.corpus import read_corpus, split_corpus_spec
+from simslm.speech.corpus import portable_corpus, read_corpus, split_corpus_spec
 from simslm.speech.manifest import iter_utterances
 from simslm.speech.synth import synth_task, synthesize_one
 
@@ -493,10 +493,22 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
             write_slamkit_pairs(staging, config.kind)
         skipped = sum(1 for record in records.values() if "skipped" in record)
         meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
-                "config": config.to_dict(), **notes,
+                "config": config.to_dict(), "inputs": recorded_inputs(config), **notes,
                 "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
         jobs.write_json(staging / BENCH_FILE, meta)
     return meta
+
+
+def recorded_inputs(config: BenchBuildConfig) -> dict[str, Any]:
+    """The files and folders a build read, as bench.json records them beside its config (which keeps them as given,
+    relative to where the build ran): relative to the benchmark's folder, so found when the two move together,
+    and absolute (`portable_corpus`). An asset's name is left out: it reads the same from anywhere."""
+    given = {"source": config.source, "counted_in": config.counted_in}
+    inputs: dict[str, Any] = {name: recorded for name, spec in given.items()
+                              if (recorded := portable_corpus(spec, config.out))}
+    excluded = [recorded for spec in config.exclude.split(",") if (recorded := portable_corpus(spec.strip(),
+                                                                                                 config.out))]
+    return {**inputs, **({"exclude": excluded} if excluded else {})}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -116,7 +116,9 @@ class BenchmarkResult(Accuracy):
 
     layout: str
     mode: str | None
-    folder: str
+    folder: str | dict[str, str]
+    """The benchmark folder scored, relative to eval.json's folder and absolute (`jobs.portable_path`): a run moved
+    with its benchmarks still names them (an absolute path alone before 2026-12-06's thirty-second session)."""
     num_skipped: int
     """Pairs that could not be scored (audio whose units could not be extracted)."""
     scoring: dict[str, Any]
@@ -214,8 +216,9 @@ def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str
     run_dir, run_config = context.run_dir, context.run_config
     if run_config is None and (run := checkpoint_run(run_dir)) is not None:  # a run's model at a checkpoint
         run_dir, run_config = run, jobs.read_json(run / "config.json")
-    return {"validation": validation_ce(context.model, context.vocabulary, run_config, context.device,
-                                        run_dir=run_dir)}
+    losses = validation_ce(context.model, context.vocabulary, run_config, context.device, run_dir=run_dir)
+    # As a benchmark's folder is: relative to eval.json's folder, and absolute.
+    return {"validation": {**losses, "data": jobs.portable_path(losses["data"], context.out_dir)}}
 
 
 def checkpoint_run(model_dir: Path) -> Path | None:
@@ -305,7 +308,7 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                                                 groups, items=items, **interval))
                 plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
             results[result_name] = BenchmarkResult(
-                **asdict(accuracy), layout=layout.name, mode=mode, folder=str(folder.resolve()),
+                **asdict(accuracy), layout=layout.name, mode=mode, folder=jobs.portable_path(folder, context.out_dir),
                 num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
                 note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
                 context=int(context.model.config.max_position_embeddings),
@@ -518,8 +521,7 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
     validation = placed_input(run_dir, run_config, "validation_data")
     losses = evaluate_modalities(model, validation, vocabulary, run_config["batch_size"],
                                  run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
-    # Resolved, as a benchmark's folder is: placed_input gives it as found from here, relative to where eval ran.
-    return {**asdict(losses), "data": str(Path(validation).resolve())}
+    return {**asdict(losses), "data": str(jobs.located_path(validation))}
 
 
 MAX_GROUPS_SHOWN = 8

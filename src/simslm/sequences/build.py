@@ -39,7 +39,7 @@ from simslm.sequences.interleave import (
 from simslm.sequences.loader import pack_rows, read_index
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
-from simslm.speech.corpus import read_corpus, split_corpus_spec
+from simslm.speech.corpus import placed_corpus, portable_corpus, read_corpus, split_corpus_spec
 from simslm.speech.manifest import Utterance, iter_utterances
 from simslm.units.extract import UtteranceUnits, checked_manifest, read_units, unit_source
 
@@ -502,8 +502,7 @@ def text_corpus(data: str | os.PathLike) -> str | None:
     before the index recorded it hold, as the build config gave it."""
     index = jobs.read_json(Path(data) / "index.json")
     if TEXT_CORPUS_FILE in index:
-        recorded = index[TEXT_CORPUS_FILE]
-        return f"{jobs.placed_path(recorded, data)}{recorded.get('slice', '')}"
+        return placed_corpus(index[TEXT_CORPUS_FILE], data)
     return index["config"].get("text_corpus")
 
 
@@ -529,10 +528,8 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
         # The config keeps the paths as given; these move with the folders (see _speech_input).
         for key, given in SPEECH_INPUTS.items():
             index[key] = jobs.portable_path(getattr(config, given), config.out)
-    corpus_file = split_corpus_spec(config.text_corpus)[0] if config.text_corpus else None
-    if corpus_file and Path(corpus_file).is_file():  # a path, not an asset's name (a file given wins, as it reads)
-        index[TEXT_CORPUS_FILE] = {**jobs.portable_path(corpus_file, config.out),
-                                   "slice": config.text_corpus[len(corpus_file):]}
+    if recorded := portable_corpus(config.text_corpus, config.out):  # a path, not an asset's name (a file wins)
+        index[TEXT_CORPUS_FILE] = recorded
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)
     usable, unusable = usable_utterances(utterances, units_by_id) if "interleaved" in streams else ([], {})
     drawn = None  # the interleaved samples and skips of the epoch whose spans this one takes

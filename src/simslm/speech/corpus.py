@@ -24,6 +24,20 @@ def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
     return name, int(start or 0), int(stop) if stop else None
 
 
+def portable_corpus(spec: str, folder: str | os.PathLike) -> dict[str, str] | None:
+    """How a file written into `folder` records a corpus spec that names a file or folder (`name[start:stop]`):
+    `jobs.portable_path` of it with its slice; None for an asset's name (the same from anywhere)."""
+    name = split_corpus_spec(spec)[0] if spec else None
+    if not name or not Path(name).exists():
+        return None
+    return {**jobs.portable_path(name, folder), "slice": spec[len(name):]}
+
+
+def placed_corpus(recorded: dict[str, str], folder: str | os.PathLike) -> str:
+    """A corpus spec recorded by `portable_corpus` in a file in `folder`, as one that reads from here."""
+    return f"{jobs.placed_path(recorded, folder)}{recorded.get('slice', '')}"
+
+
 def read_corpus(spec: str, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
     """`read_texts` over an asset or path, restricted to the slice a `name[start:stop]` spec names."""
     name, start, stop = split_corpus_spec(spec)
