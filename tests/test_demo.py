@@ -65,6 +65,18 @@ def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys)
                                          "sequences, sweep, fit stages"):
         demo.run_demo(dataclasses.replace(config, seeds=2, num_units=8))
     assert json.loads((out / "demo_config.json").read_text())["num_units"] == 16
+    # Moved whole (nothing left where it was), the folder resumes as itself: every stage done, no run trained or
+    # scored again (eval.json named its benchmarks by their absolute paths alone before).
+    moved = tmp_path / "elsewhere" / "demo"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    written = {path: path.stat().st_mtime_ns for path in (moved / "sweep" / "runs").glob("*/*.json")}
+    demo.run_demo(dataclasses.replace(config, out=str(moved), seeds=2))
+    assert capsys.readouterr().out.count("done earlier") == 8
+    assert {path: path.stat().st_mtime_ns for path in (moved / "sweep" / "runs").glob("*/*.json")} == written
+    scored = json.loads((moved / "sweep" / "runs" / runs[0]["id"] / "eval.json").read_text())["benchmarks"]["sblimp"]
+    assert (moved / "sweep" / "runs" / runs[0]["id"] / scored["folder"]["relative"]).resolve() == \
+        (moved / "bench" / "sblimp").resolve()
 
 
 def test_finding_one_is_judged_per_budget_with_paired_intervals():
