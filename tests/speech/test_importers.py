@@ -53,6 +53,43 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
 
 
+def test_audio_without_transcripts_is_kept_as_speech_only_utterances_when_asked(tmp_path, capsys):
+    """Libri-Light's recordings have no transcript, and slamkit's feature extraction reads a folder of audio as it
+    is; `manifest import` skipped every such file, so the speech-only stream of the paper's data could not enter
+    simslm at all. Kept with --untranscribed (an empty transcript), beside the transcribed ones; every importer."""
+    corpus = tmp_path / "librilight" / "61" / "book"
+    corpus.mkdir(parents=True)
+    shutil.copy(_flac("61-70968-0000"), corpus)
+    shutil.copy(_flac("1272-128104-0000"), corpus)
+    (corpus / "1272-128104-0000.txt").write_text(LIBRISPEECH["1272-128104-0000"] + "\n")
+    (corpus / "empty.lab").write_text("\n")
+    shutil.copy(_flac("2412-153948-0000"), corpus / "empty.flac")
+    report, utterances = _imported(tmp_path, tmp_path / "librilight")
+    assert set(utterances) == {"61_book_1272-128104-0000"}
+    assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1, "empty transcript": 1}
+    report, utterances = _imported(tmp_path, tmp_path / "librilight", untranscribed=True)
+    assert {name: u.transcript for name, u in utterances.items()} == {
+        "61_book_61-70968-0000": "", "61_book_empty": "",
+        "61_book_1272-128104-0000": LIBRISPEECH["1272-128104-0000"]} and report.num_skipped == 0
+    # Nothing but untranscribed audio, without the option: one line that names it.
+    (corpus / "1272-128104-0000.txt").unlink()
+    code = main(["manifest", "import", "--source", str(tmp_path / "librilight"), "--out", str(tmp_path / "a.jsonl")])
+    said = capsys.readouterr().err
+    assert code == 2 and "nothing to import as folder" in said and "--untranscribed keeps audio with none" in said
+    # A JSONL with no transcript field, a Kaldi directory with no text file.
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "a", "audio": str(_flac("61-70968-0000"))}) + "\n")
+    assert _imported(tmp_path, tmp_path / "other.jsonl", untranscribed=True)[1]["a"].transcript == ""
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"rec1 {_flac('1272-128104-0000')}\n")
+    (kaldi / "segments").write_text("u1 rec1 0.0 2.5\nu2 rec1 2.5 5.8\n")
+    with pytest.raises(ValueError, match="no text"):
+        _imported(tmp_path, kaldi)
+    (kaldi / "text").write_text("u2 IS THE APOSTLE\n")
+    report, utterances = _imported(tmp_path, kaldi, untranscribed=True)
+    assert {name: u.transcript for name, u in utterances.items()} == {"u1": "", "u2": "IS THE APOSTLE"}
+
+
 def test_a_corpus_of_links_into_a_store_is_recorded_by_its_own_names(tmp_path):
     """A Hugging Face snapshot links each file to a blob named by its digest. The importer recorded the blob,
     with no extension and outside the corpus, so moving the corpus with its manifest broke every line."""
@@ -200,6 +237,9 @@ def test_lhotse_recordings_and_supervisions_with_word_alignments(tmp_path):
     part = utterances["part"]
     assert part.words[0].start_sec == 0.0  # shifted into the cut's own time
     assert part.duration_sec == pytest.approx(recording.duration - late[0].start, abs=2e-3)
+    # A supervision with no text is a speech-only utterance with --untranscribed.
+    shutil.rmtree(tmp_path / "out")
+    assert _imported(tmp_path, tmp_path / "lhotse", untranscribed=True)[1]["silent"].transcript == ""
 
 
 def test_a_hugging_face_dataset_on_disk_and_as_streamed_files(tmp_path):

@@ -24,7 +24,10 @@ or of the reason an item was skipped:
 
 Every candidate's audio header is read (sample rate, duration); missing or unreadable audio,
 missing or empty transcripts, ids without audio and repeated ids are skipped and counted by
-reason. An import that keeps nothing is an error, and the manifest is written atomically.
+reason. With `--untranscribed`, audio with no transcript is kept as a speech-only utterance
+(an empty transcript), as Libri-Light's recordings are and as slamkit's feature extraction
+reads a folder of audio. An import that keeps nothing is an error, and the manifest is
+written atomically.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -96,15 +99,20 @@ def _transcript_beside(audio_path: Path) -> str | None:
     return None
 
 
-def import_folder(source: Path, **_) -> Iterator[Item]:
-    """Audio files with a .txt or .lab transcript of the same stem."""
+def _untranscribed(candidate: Candidate, reason: str, keep: bool) -> Item:
+    """An item with no transcript: kept as a speech-only utterance (`--untranscribed`), else skipped for `reason`."""
+    return replace(candidate, transcript="") if keep else Skip(candidate.id, reason)
+
+
+def import_folder(source: Path, *, untranscribed: bool = False, **_) -> Iterator[Item]:
+    """Audio files with a .txt or .lab transcript of the same stem (or none, with `untranscribed`)."""
     for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in audio.AUDIO_SUFFIXES):
         transcript = _transcript_beside(path)
         identifier = str(path.relative_to(source).with_suffix("")).replace("/", "_")
-        if transcript is None:
-            yield Skip(identifier, "no transcript (.txt or .lab) beside the audio")
-        else:
-            yield Candidate(identifier, path, transcript, path.parent.name if path.parent != source else "unknown")
+        candidate = Candidate(identifier, path, transcript or "", path.parent.name if path.parent != source
+                              else "unknown")
+        yield candidate if transcript else _untranscribed(candidate, "no transcript (.txt or .lab) beside the audio"
+                                                          if transcript is None else "empty transcript", untranscribed)
 
 
 def import_librispeech(source: Path, **_) -> Iterator[Item]:
@@ -123,12 +131,14 @@ def import_librispeech(source: Path, **_) -> Iterator[Item]:
             yield Candidate(identifier, path, transcript.strip(), identifier.split("-")[0])
 
 
-def import_kaldi(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
-    """A Kaldi data directory; segments are cut into files under `segments_dir`."""
-    for required in ("wav.scp", "text"):
+def import_kaldi(source: Path, *, segments_dir: Path, untranscribed: bool = False, **_) -> Iterator[Item]:
+    """A Kaldi data directory; segments are cut into files under `segments_dir`. With `untranscribed`, `text` may be
+    missing or lack utterances: every utterance of `segments` (else of `wav.scp`) is imported."""
+    for required in ("wav.scp",) + (() if untranscribed else ("text",)):
         if not (source / required).is_file():
             raise ValueError(f"{source}: no {required} (not a Kaldi data directory)")
-    recordings, texts = _key_value(source / "wav.scp"), _key_value(source / "text")
+    recordings = _key_value(source / "wav.scp")
+    texts = _key_value(source / "text") if (source / "text").is_file() else {}
     speakers = _key_value(source / "utt2spk") if (source / "utt2spk").is_file() else {}
     segments = ({key: value.split() for key, value in _key_value(source / "segments").items()}
                 if (source / "segments").is_file() else None)
@@ -140,9 +150,12 @@ def import_kaldi(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
         path = Path(entry)
         return path if path.is_absolute() else source / path
 
-    for utterance, transcript in texts.items():
-        speaker = speakers.get(utterance, "unknown")
-        if not transcript:
+    # Untranscribed utterances too: the ids of segments (else of wav.scp) in their order, then any only in text.
+    utterances = list(texts) if not untranscribed else \
+        list(dict.fromkeys([*(segments if segments is not None else recordings), *texts]))
+    for utterance in utterances:
+        speaker, transcript = speakers.get(utterance, "unknown"), texts.get(utterance, "")
+        if not transcript and not untranscribed:
             yield Skip(utterance, "empty transcript")
             continue
         if segments is None:
@@ -182,8 +195,9 @@ def _cut_segment(path: Path, start_sec: float, end_sec: float, target: Path) -> 
     return target
 
 
-def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]:
-    """Another tool's JSONL manifest with its field names mapped to id, audio, transcript and speaker."""
+def import_jsonl(source: Path, *, fields: dict[str, str], untranscribed: bool = False, **_) -> Iterator[Item]:
+    """Another tool's JSONL manifest with its field names mapped to id, audio, transcript and speaker (the transcript
+    may be missing, with `untranscribed`)."""
     names = {"id": "id", "audio": "audio", "transcript": "transcript", "speaker": "speaker", "words": "words",
              **fields}
     folder = manifest_folder(source)  # where its relative paths start, through a link to it
@@ -196,7 +210,8 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
         if not isinstance(record, dict):
             yield Skip(f"line {number}", "not a JSON object")
             continue
-        missing = [key for key in ("id", "audio", "transcript") if names[key] not in record]
+        missing = [key for key in ("id", "audio") + (() if untranscribed else ("transcript",))
+                   if names[key] not in record]
         if missing:
             # Named in full, so that the one line an import of nothing ends with says how to map them.
             quoted = [repr(names[key]) for key in missing]
@@ -204,10 +219,12 @@ def import_jsonl(source: Path, *, fields: dict[str, str], **_) -> Iterator[Item]
             yield Skip(f"line {number}", f"no {either} field (its fields: {', '.join(record) or 'none'}; map with "
                                          f"--fields {' '.join(f'{key}=NAME' for key in missing)})")
             continue
-        identifier, path, transcript = (record[names[key]] for key in ("id", "audio", "transcript"))
+        identifier, path, transcript = (record.get(names[key]) for key in ("id", "audio", "transcript"))
         if not isinstance(transcript, str) or not transcript.strip():
-            yield Skip(str(identifier), "empty transcript")
-            continue
+            if not untranscribed:
+                yield Skip(str(identifier), "empty transcript")
+                continue
+            transcript = ""
         try:
             words = _jsonl_words(record.get(names["words"]), folder)
         except (KeyError, TypeError, ValueError, AlignmentError):
@@ -233,7 +250,7 @@ def _jsonl_words(value, folder: Path) -> tuple[Word, ...] | None:
     return _timed_words(value)
 
 
-def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
+def import_lhotse(source: Path, *, segments_dir: Path, untranscribed: bool = False, **_) -> Iterator[Item]:
     """lhotse recordings and supervisions: one utterance per supervision, words from its alignment."""
     try:
         from lhotse import load_manifest_lazy
@@ -251,7 +268,7 @@ def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
         files = [s.source for s in recording.sources if s.type == "file"]
         recordings[recording.id] = (Path(files[0]) if len(files) == 1 else None, recording.duration)
     for supervision in load_manifest_lazy(manifest("supervisions")):
-        if not (supervision.text or "").strip():
+        if not (supervision.text or "").strip() and not untranscribed:
             yield Skip(supervision.id, "empty transcript")
             continue
         path, duration = recordings.get(supervision.recording_id, (None, 0.0))
@@ -269,7 +286,7 @@ def import_lhotse(source: Path, *, segments_dir: Path, **_) -> Iterator[Item]:
         items = (supervision.alignment or {}).get("word")
         words = tuple(Word(word=item.symbol, start_sec=round(item.start - offset, 3),
                            end_sec=round(item.start + item.duration - offset, 3)) for item in items) if items else None
-        yield Candidate(supervision.id, path, supervision.text.strip(), supervision.speaker or "unknown", words)
+        yield Candidate(supervision.id, path, (supervision.text or "").strip(), supervision.speaker or "unknown", words)
 
 
 def _audio_suffix(data: bytes, path: str | None) -> str:
@@ -288,7 +305,7 @@ def _audio_suffix(data: bytes, path: str | None) -> str:
 
 
 def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split: str = "train",
-              **_) -> Iterator[Item]:
+              untranscribed: bool = False, **_) -> Iterator[Item]:
     """A `datasets` audio dataset, streamed; audio bytes written under `segments_dir`."""
     try:
         from datasets import Audio, load_dataset, load_from_disk
@@ -314,8 +331,10 @@ def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split
         identifier = str(row.get(names["id"], f"{split}-{number:08d}"))
         transcript = row.get(names["transcript"])
         if not isinstance(transcript, str) or not transcript.strip():
-            yield Skip(identifier, f"no text in column '{names['transcript']}'")
-            continue
+            if not untranscribed:
+                yield Skip(identifier, f"no text in column '{names['transcript']}'")
+                continue
+            transcript = ""
         stored = row[names["audio"]] or {}
         if stored.get("bytes"):
             path = segments_dir / f"{jobs.safe_file_name(identifier)}{_audio_suffix(stored['bytes'], stored.get('path'))}"
@@ -388,6 +407,10 @@ class ImportManifestConfig(Config):
     list of {word, start, end}, or in jsonl also the path of a word-timing JSON file)."""
     split: str = "train"
     """hf: the split to import."""
+    untranscribed: bool = False
+    """Keep audio that has no transcript as speech-only utterances (an empty transcript: Libri-Light's recordings,
+    a folder of audio as slamkit's feature extraction reads it), for units and speech-only sequences; the stages
+    that need words skip them. Default: skip and count them."""
 
     def check(self) -> None:
         check_output_file(self, "out", "the manifest (a file)")
@@ -436,7 +459,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
             "format": layout, "split": config.split}, made="imported",
             advice="import into another --out, or remove the folder", earlier_work=held)
     items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
-                             segments_dir=segments_dir, split=config.split)
+                             segments_dir=segments_dir, split=config.split, untranscribed=config.untranscribed)
     skipped, seen, audio_sec = collections.Counter(), set(), 0.0
 
     def utterances() -> Iterator[Utterance]:
@@ -466,7 +489,9 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                             sample_rate=sample_rate, duration_sec=round(duration, 3), transcript=item.transcript,
                             speaker=item.speaker, words=item.words)
         if not seen:
-            raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'})")
+            hint = "; --untranscribed keeps audio with none, as speech-only utterances" if any(
+                "transcript" in reason or "no text" in reason for reason in skipped) else ""
+            raise ValueError(f"{source}: nothing to import as {layout} ({dict(skipped) or 'no items found'}){hint}")
 
     stream = utterances()
     try:
