@@ -379,6 +379,9 @@ CASES: dict[str, Case] = {
     "manifest import: nothing usable over a manifest": lambda w: (
         ["manifest", "import", "--source", str(_write(w.bad / "other.jsonl", '{"utt": "x"}\n')), "--out",
          str(w.manifest)], "other.jsonl", [w.manifest]),
+    "manifest import: audio with no transcript": lambda w: (
+        ["manifest", "import", "--source", str(_write(w.bad / "untranscribed" / "a.flac", "").parent), "--out",
+         str(w.bad / "out-203.jsonl")], "--untranscribed keeps audio with none", []),
     "manifest import: output is a folder": lambda w: (
         ["manifest", "import", "--source", str(w.manifest), "--out", str(a_folder(w, "out-145"))],
         f"{w.bad / 'out-145'}: a folder, where --out names the manifest", []),
@@ -398,6 +401,9 @@ CASES: dict[str, Case] = {
         ["segment", "--by", "words", "--num-workers", "1", "--manifest", str(manifest_lines(
             w, "untimed.jsonl", lambda lines: [{**line, "words": None} for line in lines])),
          "--out", str(w.bad / "seg-3.jsonl")], "untimed.jsonl", []),
+    "segment: librilight-vad without its JSON": lambda w: (
+        ["segment", "--by", "librilight-vad", "--num-workers", "1", "--manifest", str(w.manifest), "--out",
+         str(w.bad / "seg-204.jsonl")], "no Libri-Light JSON (voice_activity) beside the audio", []),
     "segment: output another segment is writing": lambda w: (
         ["segment", "--manifest", str(w.manifest), "--out", str(w.bad / "seg-141.jsonl")],
         "seg-141.jsonl: another `simslm segment` is writing it",

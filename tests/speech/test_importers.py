@@ -67,10 +67,14 @@ def test_audio_without_transcripts_is_kept_as_speech_only_utterances_when_asked(
     report, utterances = _imported(tmp_path, tmp_path / "librilight")
     assert set(utterances) == {"61_book_1272-128104-0000"}
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1, "empty transcript": 1}
+    # Libri-Light's JSON beside a file names its speaker (the audio's folder is the book).
+    (corpus / "61-70968-0000.json").write_text(json.dumps({"speaker": "61", "voice_activity": [[0.1, 2.0]]}))
     report, utterances = _imported(tmp_path, tmp_path / "librilight", untranscribed=True)
     assert {name: u.transcript for name, u in utterances.items()} == {
         "61_book_61-70968-0000": "", "61_book_empty": "",
         "61_book_1272-128104-0000": LIBRISPEECH["1272-128104-0000"]} and report.num_skipped == 0
+    assert {name: u.speaker for name, u in utterances.items()} == {
+        "61_book_61-70968-0000": "61", "61_book_empty": "book", "61_book_1272-128104-0000": "book"}
     # Nothing but untranscribed audio, without the option: one line that names it.
     (corpus / "1272-128104-0000.txt").unlink()
     code = main(["manifest", "import", "--source", str(tmp_path / "librilight"), "--out", str(tmp_path / "a.jsonl")])

@@ -5,7 +5,13 @@ from simslm import assets
 from simslm.cli import main
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, read_manifest, validate_manifest, write_manifest
-from simslm.speech.segment import TRANSCRIPT_DROPPED, SegmentConfig, plan_segments, segment_manifest
+from simslm.speech.segment import (
+    TRANSCRIPT_DROPPED,
+    SegmentConfig,
+    plan_segments,
+    segment_manifest,
+    stitch_voice_activity,
+)
 
 RATE = audio.TARGET_SAMPLE_RATE
 UTTERANCES = ("1272-128104-0000", "2412-153948-0000", "61-70968-0000")
@@ -159,6 +165,51 @@ def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):
     for start, end in spans:
         holding = [s for s in segments if s.meta["start_sec"] <= start + 0.35 and end - 0.35 <= s.meta["end_sec"]]
         assert len(holding) == 1, (start, end, [(s.meta["start_sec"], s.meta["end_sec"]) for s in segments])
+
+
+def test_libri_lights_voice_activity_is_stitched_as_its_cut_by_vad_script_stitches_it():
+    """Libri-Light's cut_by_vad.py: stretches taken in order, a piece closed when the next would take its speech
+    past the target, a stretch alone longer than the target a piece of its own."""
+    stretches = [(0.5, 2.0), (2.5, 3.0), (4.0, 9.0), (9.5, 10.0), (11.0, 30.0), (31.0, 31.5)]
+    # 1.5 + 0.5 = 2.0; + 5.0 would be 7.0 > 6: closed; 5.0 + 0.5 = 5.5; 19.0 alone; then 0.5.
+    assert stitch_voice_activity(stretches, 6.0) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    assert stitch_voice_activity(stretches, 60.0) == [(0, 6)]
+    assert stitch_voice_activity([(0.0, 1.0), (1.0, 2.0)], 2.0) == [(0, 2)]  # exactly the target: still one
+    assert stitch_voice_activity([], 6.0) == []
+
+
+def test_librilight_vad_joins_each_pieces_stretches_with_the_silence_dropped(tmp_path, capsys):
+    """`--by librilight-vad` reads the JSON Libri-Light ships beside each file and writes each piece as its stretches'
+    samples joined, from int(onset * 16000) to int(offset * 16000) (benchmarks/side_by_side_librilight_vad.py runs
+    Libri-Light's own script beside it)."""
+    import json
+
+    manifest, samples, _ = _long_recording(tmp_path, times=2, with_words=False)
+    stretches = [[0.31254, 2.10007], [2.5, 3.0001], [6.2, 11.7], [12.05, 12.4999]]
+    (tmp_path / "long.json").write_text(json.dumps({"speaker": "61", "book_meta": {"id": "b"},
+                                                    "voice_activity": stretches}))
+    out = tmp_path / "pieces.jsonl"
+    report = segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), by="librilight-vad", max_sec=5.0,
+                                            num_workers=1))
+    pieces = read_manifest(out)
+    assert validate_manifest(out) == [] and report.notes == {
+        TRANSCRIPT_DROPPED: 1, "segments over --max-sec (one word or stretch alone is longer)": 1}
+    expected = [stretches[:2], stretches[2:3], stretches[3:]]  # 2.29 s, then 5.5 s alone, then 0.45 s
+    assert [piece.meta["voice_activity"] for piece in pieces] == expected
+    for piece, joined in zip(pieces, expected):
+        written = audio.load_audio(out.parent / piece.audio, allow_silent=True)
+        wanted = np.concatenate([samples[int(a * RATE):int(b * RATE)] for a, b in joined])
+        assert len(written) == len(wanted) and np.abs(written - wanted).max() < 1 / 32768
+        assert piece.transcript == "" and piece.words is None and piece.meta["cut_by"] == "librilight-vad"
+    # A recording without its JSON is skipped and counted; one whose JSON holds no voice activity too.
+    (tmp_path / "long.json").write_text(json.dumps({"speaker": "61"}))
+    with pytest.raises(ValueError, match="its JSON has no voice_activity"):
+        segment_manifest(SegmentConfig(manifest=str(manifest), out=str(tmp_path / "b.jsonl"), by="librilight-vad",
+                                       num_workers=1))
+    (tmp_path / "long.json").unlink()
+    assert main(["segment", "--manifest", str(manifest), "--out", str(tmp_path / "c.jsonl"), "--by",
+                 "librilight-vad"]) == 2
+    assert "no Libri-Light JSON (voice_activity) beside the audio" in capsys.readouterr().err
 
 
 def test_the_command_line_and_its_errors(tmp_path, capsys):

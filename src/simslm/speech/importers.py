@@ -4,7 +4,8 @@ Importers register by name, each a generator of (id, audio, transcript, speaker)
 or of the reason an item was skipped:
 
 - `folder`: audio files (.wav, .flac) with their transcript beside them (same stem, .txt or
-  .lab), at any depth; the speaker is the audio's parent folder.
+  .lab), at any depth; the speaker is the audio's parent folder, or the one named by a
+  Libri-Light JSON beside the file (Libri-Light's tree is SPEAKER/BOOK/FILE).
 - `librispeech`: LibriSpeech's tree, `SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt` holding
   `UTTERANCE-ID TRANSCRIPT` lines, the audio `UTTERANCE-ID.flac` beside it.
 - `kaldi`: a Kaldi data directory: `wav.scp` (id, path), `text` (id, transcript), optional
@@ -104,13 +105,27 @@ def _untranscribed(candidate: Candidate, reason: str, keep: bool) -> Item:
     return replace(candidate, transcript="") if keep else Skip(candidate.id, reason)
 
 
+def _librilight_speaker(audio_path: Path) -> str | None:
+    """The speaker of the Libri-Light JSON beside a file (`speaker`, with its `voice_activity`), if there is one:
+    Libri-Light's tree is SPEAKER/BOOK/FILE, so the audio's folder is the book."""
+    meta = audio_path.with_suffix(".json")
+    try:
+        record = jobs.read_json(meta) if meta.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and "voice_activity" in record and isinstance(record.get("speaker"), (str, int)):
+        return str(record["speaker"])
+    return None
+
+
 def import_folder(source: Path, *, untranscribed: bool = False, **_) -> Iterator[Item]:
-    """Audio files with a .txt or .lab transcript of the same stem (or none, with `untranscribed`)."""
+    """Audio files with a .txt or .lab transcript of the same stem (or none, with `untranscribed`); the speaker is
+    the audio's folder, or the one a Libri-Light JSON beside it names."""
     for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in audio.AUDIO_SUFFIXES):
         transcript = _transcript_beside(path)
         identifier = str(path.relative_to(source).with_suffix("")).replace("/", "_")
-        candidate = Candidate(identifier, path, transcript or "", path.parent.name if path.parent != source
-                              else "unknown")
+        speaker = _librilight_speaker(path) or (path.parent.name if path.parent != source else "unknown")
+        candidate = Candidate(identifier, path, transcript or "", speaker)
         yield candidate if transcript else _untranscribed(candidate, "no transcript (.txt or .lab) beside the audio"
                                                           if transcript is None else "empty transcript", untranscribed)
 

@@ -10,6 +10,13 @@ stretches of speech, never inside one:
   package, MIT, maintained, its model inside the wheel, needing only torch), whose own
   `max_speech_duration_s` splits speech longer than a segment at its longest inner pause.
 
+`--by librilight-vad` cuts as Libri-Light's own `data_preparation/cut_by_vad.py` does, the cut
+behind the "librilight-vad" sets GSLM, TWIST and slamkit train on: the `voice_activity` of the
+JSON beside each recording (Libri-Light ships one per file) is taken in order, and its stretches
+are joined, the silence between them dropped, until the next would take a piece past `--max-sec`
+of speech (a stretch longer than that alone is a piece of its own); each stretch's samples run from
+`int(onset * 16000)` to `int(offset * 16000)`, as there. `--min-sec` and `--margin-sec` do not apply.
+
 Between stretches the cut goes at the longest pause that still leaves the segment at least
 `--min-sec` long (so segments are long and cuts fall in real pauses, not the first breath);
 a segment keeps at most `--margin-sec` of the silence on either side of its speech, and
@@ -24,6 +31,7 @@ keep their text.
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import sys
 import time
@@ -56,8 +64,11 @@ class SegmentConfig(Config):
     """Prefer cuts leaving segments at least this long (default: half of --max-sec)."""
     margin_sec: float = 0.2
     """Silence kept before and after a segment's speech, at most (and at most half the pause)."""
-    by: Literal["auto", "words", "vad"] = "auto"
-    """What finds the pauses: words (word timings), vad (Silero VAD), auto (words when a recording has them)."""
+    by: Literal["auto", "words", "vad", "librilight-vad"] = "auto"
+    """What finds the pauses: words (word timings), vad (Silero VAD), auto (words when a recording has them), or
+    librilight-vad (the voice activity in the Libri-Light JSON beside each recording, its stretches joined with the
+    silence between them dropped, as Libri-Light's cut_by_vad.py cuts: use --max-sec 60, its default, for its
+    cut)."""
     vad_threshold: float = 0.5
     """vad: speech probability above which a frame is speech (Silero's default)."""
     vad_min_silence_sec: float = 0.3
@@ -142,6 +153,46 @@ def speech_stretches(samples: np.ndarray, config: SegmentConfig) -> list[tuple[f
     return [(s["start"] / audio.TARGET_SAMPLE_RATE, s["end"] / audio.TARGET_SAMPLE_RATE) for s in stretches]
 
 
+def librilight_voice_activity(audio_path: str | os.PathLike) -> list[tuple[float, float]]:
+    """The `voice_activity` (onset, offset in seconds) of the Libri-Light JSON beside a recording's audio (same
+    stem); a ValueError saying what is missing or wrong."""
+    meta = Path(audio_path).with_suffix(".json")
+    if not meta.is_file():
+        raise ValueError("no Libri-Light JSON (voice_activity) beside the audio")
+    try:
+        stretches = [(float(onset), float(offset)) for onset, offset in jobs.read_json(meta)["voice_activity"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its JSON has no voice_activity of [onset, offset] pairs") from None
+    if any(not 0 <= onset < offset for onset, offset in stretches):
+        raise ValueError("its JSON's voice_activity has a stretch that is not an interval")
+    return stretches
+
+
+def stitch_voice_activity(stretches: list[tuple[float, float]], max_sec: float) -> list[tuple[int, int]]:
+    """Libri-Light's `cut_by_vad.py` grouping: (first, stop) of the stretches each piece joins. A piece closes when
+    the next stretch would take its speech (the sum of its stretches' lengths, in seconds as the JSON gives them)
+    past `max_sec`; a piece holding nothing yet takes the next stretch however long."""
+    pieces, first, speech_sec = [], 0, 0.0
+    for index, (onset, offset) in enumerate(stretches):
+        if speech_sec > 0 and speech_sec + (offset - onset) > max_sec:
+            pieces.append((first, index))
+            first, speech_sec = index, 0.0
+        speech_sec += offset - onset
+    if first < len(stretches):
+        pieces.append((first, len(stretches)))
+    return pieces
+
+
+def _librilight_pieces(samples: np.ndarray, stretches: list[tuple[float, float]], max_sec: float
+                       ) -> Iterator[tuple[np.ndarray, list[tuple[float, float]]]]:
+    """Each piece's samples (its stretches' samples joined) and the stretches it joins."""
+    rate = audio.TARGET_SAMPLE_RATE
+    for first, stop in stitch_voice_activity(stretches, max_sec):
+        joined = stretches[first:stop]
+        # int(), not round(): where Libri-Light's script starts and ends each stretch.
+        yield np.concatenate([samples[int(onset * rate):int(offset * rate)] for onset, offset in joined]), joined
+
+
 def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> dict[str, Any]:
     """Cut one recording into its folder (written whole or not at all): its segments as manifest lines, or a skip."""
     utterance, audio_path, folder, config, num_workers = task
@@ -151,6 +202,8 @@ def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> 
     if done.exists():  # cut by an earlier, interrupted run
         return jobs.read_json(done)
     by = config.by if config.by != "auto" else ("words" if utterance.words else "vad")
+    if by == "librilight-vad":
+        return _librilight_recording(utterance, audio_path, folder, config)
     if by == "words" and not utterance.words:
         return {"id": utterance.id, "skipped": "no word timings (--by words)"}
     if by == "words" and utterance.timing_problems():
@@ -197,6 +250,41 @@ def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> 
         if by == "vad" and len(planned) > 1 and utterance.transcript:
             notes[TRANSCRIPT_DROPPED] += 1
         result = {"id": utterance.id, "segments": lines, "notes": dict(notes), "audio_sec": duration}
+        jobs.write_json(building / "segments.json", result)
+    return result
+
+
+def _librilight_recording(utterance: Utterance, audio_path: str, folder: Path, config: SegmentConfig
+                          ) -> dict[str, Any]:
+    """`_segment_recording` by the recording's Libri-Light voice activity (`stitch_voice_activity`)."""
+    try:
+        stretches = librilight_voice_activity(audio_path)
+        samples = audio.load_audio(audio_path)
+    except ValueError as error:  # AudioError is one
+        return {"id": utterance.id, "skipped": error.kind.value if isinstance(error, audio.AudioError) else str(error)}
+    if not stretches:
+        return {"id": utterance.id, "skipped": "no speech found"}
+    pieces = list(_librilight_pieces(samples, stretches, config.max_sec))
+    lines, notes = [], collections.Counter()
+    with jobs.atomic_path(folder) as building:
+        building.mkdir(parents=True)
+        for number, (piece, joined) in enumerate(pieces):
+            name = f"{number:04d}.flac"
+            audio.write_audio(building / name, piece)
+            if sum(offset - onset for onset, offset in joined) > config.max_sec + 1e-6:
+                notes["segments over --max-sec (one word or stretch alone is longer)"] += 1
+            # The silence between its stretches is gone, so word timings would not fit it: a single piece keeps
+            # the transcript, as the other cuts do, and no timings.
+            lines.append(Utterance(
+                id=f"{utterance.id}-{number:04d}", audio=f"{folder.name}/{name}", sample_rate=audio.TARGET_SAMPLE_RATE,
+                duration_sec=round(len(piece) / audio.TARGET_SAMPLE_RATE, 3),
+                transcript=utterance.transcript if len(pieces) == 1 else "", speaker=utterance.speaker,
+                meta={**utterance.meta, "recording": utterance.id, "start_sec": joined[0][0],
+                      "end_sec": joined[-1][1], "cut_by": "librilight-vad", "voice_activity": joined}).to_json())
+        if len(pieces) > 1 and utterance.transcript:
+            notes[TRANSCRIPT_DROPPED] += 1
+        result = {"id": utterance.id, "segments": lines, "notes": dict(notes),
+                  "audio_sec": len(samples) / audio.TARGET_SAMPLE_RATE}
         jobs.write_json(building / "segments.json", result)
     return result
 
