@@ -197,7 +197,7 @@ def test_a_librarys_own_progress_bar_stays_out_of_a_log(tmp_path):
 
 
 _RUN_AS_RANK = """
-import atexit, os, sys, threading, time
+import atexit, concurrent.futures, os, sys, threading, time
 import torch.distributed as dist
 from simslm import cli
 
@@ -211,6 +211,10 @@ def command(argv):
     if argv == ["in a group"]:  # as `train` makes one under torchrun
         dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
     threading.Thread(target=lambda: time.sleep(0.5) or print("thread done")).start()
+    # A pool never shut down, as torch.compile's inductor leaves one: its workers wait for work until the
+    # interpreter's own exit tells them to stop (threading's exit hooks), so joining them first waited forever.
+    globals()["pool"] = concurrent.futures.ThreadPoolExecutor(2)  # held, as inductor holds its own
+    pool.submit(time.sleep, 0.1)
     atexit.register(lambda: print("exit handler"))
     globals()["finalised"] = Finalised()  # its __del__ runs as the interpreter is finalised
     print("said")
@@ -226,7 +230,9 @@ cli.run(sys.argv[2:])
 def test_a_command_that_made_a_process_group_exits_without_the_interpreters_finalisation(tmp_path, in_group):
     # A rank whose gloo threads outlive the group (DDP, FSDP) could abort in finalisation (SIGABRT) after its run
     # had finished. Left without it, the process still joins its threads, runs its exit handlers (the group's
-    # destruction is one), flushes its output (a pipe: block-buffered) and exits with the command's status.
+    # destruction is one), flushes its output (a pipe: block-buffered) and exits with the command's status. A
+    # thread pool left open (torch.compile's) is told to stop first, as the interpreter tells it: a compiled rank
+    # of `--compile --fsdp` waited for its pool's workers for ever after its run (CI, 2026-12-07).
     import os
     import subprocess
     import sys

@@ -604,12 +604,19 @@ def run(argv: list[str] | None = None) -> NoReturn:
     code = main(argv)
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        # All the interpreter's exit does that matters, before os._exit: its other threads joined, its exit
-        # handlers run (the group's destruction among them, logging's flush, multiprocessing's clean-up), its
-        # output flushed. (`atexit._run_exitfuncs` is the interpreter's own call for the handlers: none public.)
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
+        # All the interpreter's exit does that matters, before os._exit, in its order: threading's exit hooks
+        # (which tell a thread pool left open to stop: torch.compile's inductor leaves one, whose workers wait for
+        # work until then; joined without them first, a compiled rank waited for ever after its run) and its other
+        # threads joined, which is `threading._shutdown`, the interpreter's own call; then its exit handlers (the
+        # group's destruction among them, logging's flush, multiprocessing's clean-up), its output flushed.
+        # (Both calls are the interpreter's own, and private: there is no public one.)
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        else:  # an interpreter without it: the non-daemon threads joined, as before
+            for thread in threading.enumerate():
+                if thread is not threading.current_thread() and not thread.daemon:
+                    thread.join()
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -201,7 +201,12 @@ def test_librilight_vad_joins_each_pieces_stretches_with_the_silence_dropped(tmp
         wanted = np.concatenate([samples[int(a * RATE):int(b * RATE)] for a, b in joined])
         assert len(written) == len(wanted) and np.abs(written - wanted).max() < 1 / 32768
         assert piece.transcript == "" and piece.words is None and piece.meta["cut_by"] == "librilight-vad"
-    # A recording without its JSON is skipped and counted; one whose JSON holds no voice activity too.
+    # A recording without its JSON is skipped and counted; one whose JSON holds no voice activity, or voice activity
+    # past the audio's end (another file's JSON), too.
+    (tmp_path / "long.json").write_text(json.dumps({"voice_activity": [[1.0, 2.0], [len(samples) / RATE, 99.0]]}))
+    with pytest.raises(ValueError, match="voice_activity starts past the end of the audio"):
+        segment_manifest(SegmentConfig(manifest=str(manifest), out=str(tmp_path / "a.jsonl"), by="librilight-vad",
+                                       num_workers=1))
     (tmp_path / "long.json").write_text(json.dumps({"speaker": "61"}))
     with pytest.raises(ValueError, match="its JSON has no voice_activity"):
         segment_manifest(SegmentConfig(manifest=str(manifest), out=str(tmp_path / "b.jsonl"), by="librilight-vad",

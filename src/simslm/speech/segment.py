@@ -264,6 +264,10 @@ def _librilight_recording(utterance: Utterance, audio_path: str, folder: Path, c
         return {"id": utterance.id, "skipped": error.kind.value if isinstance(error, audio.AudioError) else str(error)}
     if not stretches:
         return {"id": utterance.id, "skipped": "no speech found"}
+    if int(max(onset for onset, _ in stretches) * audio.TARGET_SAMPLE_RATE) >= len(samples):
+        # Another file's JSON (a renamed or re-encoded file): the script would write its stretches past the end as
+        # empty or cut pieces without a word. One that only runs a little past the end is cut there, as it is.
+        return {"id": utterance.id, "skipped": "its JSON's voice_activity starts past the end of the audio"}
     pieces = list(_librilight_pieces(samples, stretches, config.max_sec))
     lines, notes = [], collections.Counter()
     with jobs.atomic_path(folder) as building:
