@@ -10,8 +10,9 @@ stretches of speech, never inside one:
   package, MIT, maintained, its model inside the wheel, needing only torch), whose own
   `max_speech_duration_s` splits speech longer than a segment at its longest inner pause.
 
-`--by librilight-vad` cuts as Libri-Light's own `data_preparation/cut_by_vad.py` does, the cut
-behind the "librilight-vad" sets GSLM, TWIST and slamkit train on: the `voice_activity` of the
+`--by librilight-vad` cuts as Libri-Light's own `data_preparation/cut_by_vad.py` does, the
+segmenting step its data preparation prescribes (slamkit's data preparation keys its Libri-Light
+files by a `librilight-vad` folder; which target it cut to is not said there): the `voice_activity` of the
 JSON beside each recording (Libri-Light ships one per file) is taken in order, and its stretches
 are joined, the silence between them dropped, until the next would take a piece past `--max-sec`
 of speech (a stretch longer than that alone is a piece of its own); each stretch's samples run from
