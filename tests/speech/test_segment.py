@@ -201,6 +201,13 @@ def test_librilight_vad_joins_each_pieces_stretches_with_the_silence_dropped(tmp
         wanted = np.concatenate([samples[int(a * RATE):int(b * RATE)] for a, b in joined])
         assert len(written) == len(wanted) and np.abs(written - wanted).max() < 1 / 32768
         assert piece.transcript == "" and piece.words is None and piece.meta["cut_by"] == "librilight-vad"
+    # Margins, --min-sec and the VAD's settings do not apply to this cut: neither checked nor refusing a resume.
+    again = segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), by="librilight-vad", max_sec=5.0,
+                                           margin_sec=3.0, min_sec=0.5, vad_threshold=0.9, num_workers=1))
+    assert again.num_segments == 3 and read_manifest(out) == pieces
+    with pytest.raises(ValueError, match="cut with other settings"):
+        segment_manifest(SegmentConfig(manifest=str(manifest), out=str(out), by="librilight-vad", max_sec=6.0,
+                                       num_workers=1))
     # A recording without its JSON is skipped and counted; one whose JSON holds no voice activity, or voice activity
     # past the audio's end (another file's JSON), too.
     (tmp_path / "long.json").write_text(json.dumps({"voice_activity": [[1.0, 2.0], [len(samples) / RATE, 99.0]]}))

@@ -86,7 +86,7 @@ class SegmentConfig(Config):
         check_positive(self, "margin_sec", "num_workers", allow_zero=True)
         if not 0 < self.vad_threshold < 1:
             raise ConfigError(f"--vad-threshold must be between 0 and 1, not {self.vad_threshold}")
-        if self.max_sec <= 2 * self.margin_sec:
+        if self.by != "librilight-vad" and self.max_sec <= 2 * self.margin_sec:  # it keeps no margins
             raise ConfigError(f"--max-sec {self.max_sec} leaves no room for speech between margins of "
                               f"--margin-sec {self.margin_sec}")
         if self.min_sec is not None and not 0 <= self.min_sec <= self.max_sec:
@@ -221,38 +221,23 @@ def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> 
     min_sec = config.max_sec / 2 if config.min_sec is None else config.min_sec
     planned = plan_segments(stretches, duration, max_sec=config.max_sec, min_sec=min_sec,
                             margin_sec=config.margin_sec)
-    lines, notes = [], collections.Counter()
-    with jobs.atomic_path(folder) as building:
-        building.mkdir(parents=True)
-        for number, (start, end, first, stop) in enumerate(planned):
-            identifier = f"{utterance.id}-{number:04d}"
-            name = f"{number:04d}.flac"  # inside the recording's own folder
-            audio.write_audio(building / name, samples[round(start * audio.TARGET_SAMPLE_RATE):
-                                                       round(end * audio.TARGET_SAMPLE_RATE)])
-            words = None
-            if by == "words":
-                words = tuple(Word(word=w.word, start_sec=round(w.start_sec - start, 3),
-                                   end_sec=round(w.end_sec - start, 3)) for w in utterance.words[first:stop])
-                transcript = " ".join(w.word for w in words)
-            elif len(planned) == 1:
-                transcript = utterance.transcript
-            else:
-                transcript = ""
-            if end - start > config.max_sec + 1e-6:
-                notes["segments over --max-sec (one word or stretch alone is longer)"] += 1
-            lines.append(Utterance(
-                id=identifier, audio=f"{folder.name}/{name}", sample_rate=audio.TARGET_SAMPLE_RATE,
-                duration_sec=round((round(end * audio.TARGET_SAMPLE_RATE) - round(start * audio.TARGET_SAMPLE_RATE))
-                                   / audio.TARGET_SAMPLE_RATE, 3),
-                transcript=transcript, speaker=utterance.speaker, words=words,
-                meta={**utterance.meta, "recording": utterance.id, "start_sec": round(start, 3),
-                      "end_sec": round(end, 3), "cut_by": "word timings" if by == "words" else "silero-vad"}
-            ).to_json())
-        if by == "vad" and len(planned) > 1 and utterance.transcript:
-            notes[TRANSCRIPT_DROPPED] += 1
-        result = {"id": utterance.id, "segments": lines, "notes": dict(notes), "audio_sec": duration}
-        jobs.write_json(building / "segments.json", result)
-    return result
+    pieces = []
+    for start, end, first, stop in planned:
+        words = None
+        if by == "words":
+            words = tuple(Word(word=w.word, start_sec=round(w.start_sec - start, 3),
+                               end_sec=round(w.end_sec - start, 3)) for w in utterance.words[first:stop])
+            transcript = " ".join(w.word for w in words)
+        else:
+            transcript = utterance.transcript if len(planned) == 1 else ""
+        piece = samples[round(start * audio.TARGET_SAMPLE_RATE):round(end * audio.TARGET_SAMPLE_RATE)]  # a view
+        pieces.append((piece, end - start, {
+            "transcript": transcript, "words": words,
+            "meta": {**utterance.meta, "recording": utterance.id, "start_sec": round(start, 3),
+                     "end_sec": round(end, 3), "cut_by": "word timings" if by == "words" else "silero-vad"}}))
+    # Word timings give each segment its own words; a VAD cut of a transcribed recording into several cannot.
+    return _write_recording(utterance, folder, pieces, duration, config.max_sec,
+                            transcript_dropped=by == "vad" and len(planned) > 1 and bool(utterance.transcript))
 
 
 def _librilight_recording(utterance: Utterance, audio_path: str, folder: Path, config: SegmentConfig
@@ -269,27 +254,37 @@ def _librilight_recording(utterance: Utterance, audio_path: str, folder: Path, c
         # Another file's JSON (a renamed or re-encoded file): the script would write its stretches past the end as
         # empty or cut pieces without a word. One that only runs a little past the end is cut there, as it is.
         return {"id": utterance.id, "skipped": "its JSON's voice_activity starts past the end of the audio"}
-    pieces = list(_librilight_pieces(samples, stretches, config.max_sec))
+    joined_pieces = list(_librilight_pieces(samples, stretches, config.max_sec))
+    # The silence between its stretches is gone, so word timings would not fit a piece: a single piece keeps the
+    # transcript, as the other cuts do, and no timings.
+    pieces = [(piece, sum(offset - onset for onset, offset in joined), {
+        "transcript": utterance.transcript if len(joined_pieces) == 1 else "", "words": None,
+        "meta": {**utterance.meta, "recording": utterance.id, "start_sec": joined[0][0], "end_sec": joined[-1][1],
+                 "cut_by": "librilight-vad", "voice_activity": joined}}) for piece, joined in joined_pieces]
+    return _write_recording(utterance, folder, pieces, len(samples) / audio.TARGET_SAMPLE_RATE, config.max_sec,
+                            transcript_dropped=len(pieces) > 1 and bool(utterance.transcript))
+
+
+def _write_recording(utterance: Utterance, folder: Path, pieces: list[tuple[np.ndarray, float, dict[str, Any]]],
+                     audio_sec: float, max_sec: float, *, transcript_dropped: bool) -> dict[str, Any]:
+    """A recording's segments written into its folder, whole or not at all: each piece's audio (`NNNN.flac`) and
+    its manifest line (`fields`: transcript, words, meta), with segments.json, read back at the end, last.
+    `speech_sec`: the speech a piece holds, checked against --max-sec."""
     lines, notes = [], collections.Counter()
     with jobs.atomic_path(folder) as building:
         building.mkdir(parents=True)
-        for number, (piece, joined) in enumerate(pieces):
-            name = f"{number:04d}.flac"
+        for number, (piece, speech_sec, fields) in enumerate(pieces):
+            name = f"{number:04d}.flac"  # inside the recording's own folder
             audio.write_audio(building / name, piece)
-            if sum(offset - onset for onset, offset in joined) > config.max_sec + 1e-6:
+            if speech_sec > max_sec + 1e-6:
                 notes["segments over --max-sec (one word or stretch alone is longer)"] += 1
-            # The silence between its stretches is gone, so word timings would not fit it: a single piece keeps
-            # the transcript, as the other cuts do, and no timings.
             lines.append(Utterance(
                 id=f"{utterance.id}-{number:04d}", audio=f"{folder.name}/{name}", sample_rate=audio.TARGET_SAMPLE_RATE,
-                duration_sec=round(len(piece) / audio.TARGET_SAMPLE_RATE, 3),
-                transcript=utterance.transcript if len(pieces) == 1 else "", speaker=utterance.speaker,
-                meta={**utterance.meta, "recording": utterance.id, "start_sec": joined[0][0],
-                      "end_sec": joined[-1][1], "cut_by": "librilight-vad", "voice_activity": joined}).to_json())
-        if len(pieces) > 1 and utterance.transcript:
+                duration_sec=round(len(piece) / audio.TARGET_SAMPLE_RATE, 3), speaker=utterance.speaker,
+                **fields).to_json())
+        if transcript_dropped:
             notes[TRANSCRIPT_DROPPED] += 1
-        result = {"id": utterance.id, "segments": lines, "notes": dict(notes),
-                  "audio_sec": len(samples) / audio.TARGET_SAMPLE_RATE}
+        result = {"id": utterance.id, "segments": lines, "notes": dict(notes), "audio_sec": audio_sec}
         jobs.write_json(building / "segments.json", result)
     return result
 
@@ -317,6 +312,8 @@ def _check_settings(segments_dir: Path, config: SegmentConfig) -> None:
     recordings, done, would be taken as they are, and the manifest would keep the old cut."""
     settings = {name: getattr(config, name) for name in CUT_SETTINGS}
     settings["min_sec"] = config.max_sec / 2 if config.min_sec is None else config.min_sec
+    if config.by == "librilight-vad":  # its cut reads --max-sec alone: the others would refuse a resume for nothing
+        settings = {"max_sec": config.max_sec, "by": config.by}
     jobs.keep_settings(segments_dir / "settings.json", settings, made="cut",
                        advice="cut into another --out, or remove the folder",
                        earlier_work=any(segments_dir.glob("*/segments.json")))
