@@ -1485,6 +1485,30 @@ def test_compiled_runs_of_two_processes_train_as_one_eager_process(data, tmp_pat
     assert np.allclose(_losses(tmp_path / "data-parallel"), _losses(tmp_path / "single"), rtol=1e-4)
 
 
+def test_the_peak_is_measured_on_a_cpu_a_product_at_a_time(monkeypatch):
+    """A CPU without native bf16 takes seconds a product: timed in rounds of 10, as a GPU is, the peak took 20
+    products (26 s) before each bf16 run here. One at a time it takes as long as asked, give or take a product."""
+    import time
+
+    import torch
+
+    from simslm.train import measure_peak_flops
+
+    class SlowProduct:  # a product of 0.2 s, counted
+        count = 0
+
+        def __matmul__(self, other):
+            SlowProduct.count += 1
+            time.sleep(0.2)
+
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: SlowProduct())
+    started = time.perf_counter()
+    peak = measure_peak_flops("cpu", size=100, seconds=0.5, bf16=True)
+    # Warm-up: 0.25 s (2 products); measured: 0.5 s (3 products).
+    assert SlowProduct.count <= 6 and time.perf_counter() - started < 1.5
+    assert peak == pytest.approx(2 * 100 ** 3 / 0.2, rel=0.2)
+
+
 def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_is_slow(data, tmp_path, monkeypatch,
                                                                                          capsys):
     import torch

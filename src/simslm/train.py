@@ -868,15 +868,19 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
+    # On a GPU, rounds of 10, each waited for: the host never queues far ahead of the GPU. On a CPU, a product is
+    # done when it returns, and one at a time: a CPU without native bf16 takes seconds a product (13 s per round
+    # of 10 here), and rounds of 10 made each bf16 run on the CPU start with 26 s of measuring (docs/LOG.md,
+    # 2026-12-07).
+    round_size = 10 if on_cuda else 1
 
     def products_for(duration: float) -> tuple[int, float]:
-        # In rounds of 10, each waited for: the host never queues far ahead of the GPU.
         count, started = 0, time.perf_counter()
         while count == 0 or time.perf_counter() - started < duration:
-            for _ in range(10):
+            for _ in range(round_size):
                 a @ b
             synchronize()
-            count += 10
+            count += round_size
         return count, time.perf_counter() - started
 
     products_for(seconds / 2)
