@@ -568,3 +568,16 @@ def test_a_slurm_job_that_ended_without_a_result_is_a_failure_where_slurm_keeps_
     assert not waiter.is_alive(), "still waiting for a job that has ended"
     assert outcome == [[f"killed (it ended without a result; log {killed.paths.stderr})"]]
     assert running.results() == [40, 41]
+
+
+def test_a_cuda_device_past_the_ones_torch_sees_is_said_before_any_work(monkeypatch):
+    """`--device cuda:3` on a machine of one GPU reached torch's "invalid device ordinal" once a model was moved."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert jobs.torch_device("cuda:1") == "cuda:1"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert jobs.torch_device("cuda") == "cuda:1"
+    with pytest.raises(ValueError, match=r"--device cuda:2: torch sees 2 CUDA device\(s\) here"):
+        jobs.torch_device("cuda:2")

@@ -484,6 +484,9 @@ CASES: dict[str, Case] = {
     "units extract: CUDA where there is none": lambda w: (
         ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
          str(w.bad / "out-95"), "--device", "cuda"], "--device", []),
+    "units extract: a device that is not one": lambda w: (
+        ["units", "extract", "--manifest", str(w.manifest), "--codebook", str(w.codebook), "--out",
+         str(w.bad / "out-205"), "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, not 'gpu'", []),
     "units extract: a bad line, before a SLURM array is queued": lambda w: (
         ["units", "extract", "--manifest", str(manifest_lines(w, "nan-array.jsonl", nan_duration)), "--codebook",
          str(w.codebook), "--out", str(w.bad / "out-131"), "--executor", "slurm", "--cluster", "local",
@@ -626,6 +629,9 @@ CASES: dict[str, Case] = {
     # eval
     "eval: run without model": lambda w: (["eval", str(a_folder(w, "no-model")), "--bench", str(w.bench)],
                                           str(a_folder(w, "no-model")), []),
+    "eval: a device that is not one": lambda w: (
+        ["eval", str(a_folder(w, "no-model")), "--bench", str(w.bench), "--device", "mps"],
+        "--device must be auto, cpu, cuda or cuda:N, not 'mps'", []),
     "eval: a run still training (no model/ yet)": lambda w: (
         ["eval", str(_write(w.bad / "run-185" / "plan.json", "{}").parent), "--bench", str(w.bench)],
         f"{w.bad / 'run-185'}: its training has not finished (no model/ yet)", []),

@@ -387,6 +387,13 @@ def check_not_input(config: Any, name: str, input_name: str, what: str,
             raise ConfigError(f"{written}: {what}; write to another {flag(name)}")
 
 
+def check_device(config: Any) -> None:
+    """Raise ConfigError unless --device is auto, cpu, cuda or cuda:N, the devices `jobs.torch_device` and training
+    take: `--device gpu` was read as CUDA asked for (and `mps` as well), and on a GPU machine it reached torch."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{config.device}'")
+
+
 def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
     """Raise ConfigError unless each named field is a finite number > 0 (>= 0 with allow_zero); None passes."""
     for name in names:

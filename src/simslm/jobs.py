@@ -929,6 +929,9 @@ def torch_device(name: str) -> str:
         raise ValueError(f"--device {name}: torch sees no CUDA device here")
     if name == "cuda":
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    elif name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        # Said before any work: torch's "invalid device ordinal" came once the model was being moved.
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
     return name
 
 

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 
 from simslm import jobs
 from simslm import model as model_lib
-from simslm.config import Config, ConfigError, check_positive
+from simslm.config import Config, ConfigError, check_device, check_positive
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
 from simslm.sequences.loader import PackedLoader, PieceLoader, index_digest, read_index
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
@@ -185,8 +184,7 @@ class TrainConfig(Config):
                 raise ConfigError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'simslm[tensorboard]'")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{self.device}'")
+        check_device(self)
         check_positive(self, "validation_every", allow_zero=True)
         if self.validation_every and not self.validation_data:
             raise ConfigError("--validation-every needs --validation-data")

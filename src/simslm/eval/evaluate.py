@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import ConfigError, check_positive, registry_choices
+from simslm.config import ConfigError, check_device, check_positive, registry_choices
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
 from simslm.eval.layouts import (
@@ -100,6 +100,7 @@ class EvalConfig(ScoringOptions):
 
     def check(self) -> None:
         super().check()
+        check_device(self)
         if not self.bench:
             raise ConfigError("--bench needs at least one benchmark folder, validation, or generation=FOLDER")
         if repeated := repeated_label(self.bench):

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_positive
+from simslm.config import Config, ConfigError, check_device, check_positive
 from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
 from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
@@ -79,6 +79,7 @@ class GenerateConfig(Config):
     """auto (CUDA when available), cpu or cuda."""
 
     def check(self) -> None:
+        check_device(self)
         check_positive(self, "prompt_sec")
         if not self.prompt.strip():  # Path("") is the current folder, which would be read as a folder of prompts
             raise ConfigError("--prompt is empty: give an audio or text file, a folder of them, or the text itself")

@@ -26,7 +26,15 @@ from typing import Any, Callable, ClassVar, Container, Iterable, Iterator, Liter
 import numpy as np
 
 from simslm import jobs
-from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
+from simslm.config import (
+    Config,
+    ConfigError,
+    check_device,
+    check_not_input,
+    check_output_file,
+    check_positive,
+    registry_choices,
+)
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
 from simslm.speech.manifest import iter_utterances, manifest_folder
@@ -122,6 +130,7 @@ class FitConfig(Config):
     """Where HuBERT encodes: cpu, cuda (LOCAL_RANK's GPU under torchrun), cuda:N, or auto (logmel: the CPU)."""
 
     def check(self) -> None:
+        check_device(self)
         check_positive(self, "num_units", "max_utterances", "max_frames_per_utterance")
         check_positive(self, "num_workers", allow_zero=True)
         check_output_file(self, "out", "the codebook (OUT.npy and OUT.json)", kmeans.codebook_path(self.out))
@@ -345,6 +354,7 @@ class ExtractConfig(Config):
     """slurm: CPUs per job (0: the cluster's default)."""
 
     def check(self) -> None:
+        check_device(self)
         check_positive(self, "shard_size", "num_shards", "timeout_min")
         check_positive(self, "max_requeues", allow_zero=True)
         check_positive(self, "batch_size", allow_zero=True)
