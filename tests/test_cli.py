@@ -245,3 +245,39 @@ def test_a_command_that_made_a_process_group_exits_without_the_interpreters_fina
     assert told.returncode == 3, told.stderr[-2000:]
     assert told.stdout.split("\n") == ["said", "thread done", "exit handler", ""]
     assert ("finalised" in told.stderr) is not in_group
+
+
+def _readme_commands() -> list[list[str]]:
+    """Each `simslm ...` command in the README's bash blocks (continuation lines joined, comments dropped), also
+    the one a `python -m simslm.torchrun ... -m simslm`, `sbatch --wrap` or `.venv/bin/simslm` line holds."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for start, word in enumerate(words):
+                if word.endswith("simslm") and word != "simslm.torchrun" and (start == 0 or words[start - 1] in (
+                        "-m", "&&") or words[start - 1].startswith("SIMSLM_")):
+                    rest = words[start + 1:]
+                    commands.append(rest[:rest.index("&&")] if "&&" in rest else rest)
+                elif word == "--wrap":
+                    commands += [shlex.split(words[start + 1])[1:]]
+    return commands
+
+
+def test_every_command_the_readme_shows_parses():
+    """The README's commands are what a user copies first: an option renamed or removed since must fail here, not
+    in their terminal."""
+    from simslm.cli import parse_arguments
+
+    commands = _readme_commands()
+    assert len(commands) >= 15 and ["demo", "--out", "out/demo"] in commands
+    for argv in commands:
+        try:
+            parse_arguments(argv)
+        except SystemExit as error:
+            pytest.fail(f"README: `simslm {' '.join(argv)}` does not parse (exit {error.code})")
