@@ -867,9 +867,9 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     b = torch.randn(size, size, device=device, dtype=dtype)
     synchronize = torch.cuda.synchronize if on_cuda else (lambda: None)
     # On a GPU, rounds of 10, each waited for: the host never queues far ahead of the GPU. On a CPU, a product is
-    # done when it returns, and one at a time: a CPU without native bf16 takes seconds a product (13 s per round
-    # of 10 here), and rounds of 10 made each bf16 run on the CPU start with 26 s of measuring (docs/LOG.md,
-    # 2026-12-07).
+    # done when it returns, and one at a time: a CPU without native bf16 takes seconds a product (1.3-2.5 s on the
+    # 2026-12-07 machine), and rounds of 10 made each bf16 run on such a CPU start with 26-51 s of measuring
+    # (docs/BENCHMARKS.md, benchmarks/bench_peak_flops.py).
     round_size = 10 if on_cuda else 1
 
     def products_for(duration: float) -> tuple[int, float]:

@@ -76,7 +76,7 @@ class GenerateConfig(Config):
     as slamkit's generation cuts its prompts (`prompt_length: 3` in its configs; `eval generation=` does); default:
     the whole recording."""
     device: str = "auto"
-    """auto (CUDA when available), cpu or cuda."""
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
 
     def check(self) -> None:
         check_device(self)
