@@ -1023,6 +1023,21 @@ def located_path(path: str | os.PathLike) -> Path:
     return absolute.parent.resolve() / absolute.name
 
 
+def undecodable_name(path: str | os.PathLike) -> bool:
+    """Whether a path's bytes are not UTF-8 (a Latin-1 name from an old archive): Python keeps them as lone
+    surrogates, which JSON cannot write and soundfile cannot open ("surrogates not allowed")."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as it can be printed whatever its bytes: those that are not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
     """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
     absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""

@@ -88,6 +88,14 @@ def test_prompts_and_modes_that_do_not_fit_are_refused(trained_run, tmp_path, ca
     run, bench = trained_run
     spoken = sorted((bench / "audio").glob("*.flac"))[0]
     assert read_prompts("a story about a dog")[0].name == "a-story-about-a-dog"
+    # A file in a folder of prompts whose name is not UTF-8 cannot be opened or written as NAME.json: skipped, named.
+    import os
+
+    (tmp_path / "prompts").mkdir()
+    for name in ("a", os.fsdecode(b"caf\xe9")):
+        (tmp_path / "prompts" / f"{name}.txt").write_text("once upon a time")
+    assert [prompt.name for prompt in read_prompts(str(tmp_path / "prompts"))] == ["a"]
+    assert "caf\\xe9.txt: its file name is not UTF-8 (rename it)" in capsys.readouterr().err
     assert main(["generate", str(run), "--prompt", "hello there", "--mode", "S2T", "--out", str(tmp_path)]) == 2
     assert "a written prompt cannot be continued in mode S2T" in capsys.readouterr().err
     assert main(["generate", str(run), "--prompt", "hello", "--mode", "T2S", "--out", str(tmp_path)]) == 2

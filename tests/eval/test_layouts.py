@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simslm.eval.layouts import BenchError, load
+from simslm.eval.layouts import BenchError, bench_digest, load
 from simslm.speech import audio
 
 
@@ -111,6 +111,21 @@ def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
     assert sorted({p.group for p in pairs}) == ["spk1", "spk2"]
     (tmp_path / "spk1" / "s3_incorrect.wav").unlink()
     with pytest.raises(BenchError, match="s3_correct.wav: no matching s3_incorrect"):
+        load(tmp_path)
+
+
+def test_a_benchmark_file_whose_name_is_not_utf8_is_named_before_any_scoring(tmp_path):
+    """soundfile cannot open such a name, nor JSON hold its pair's id: the set is refused whole, naming the file (the
+    folder's digest, which a result records, read it before and failed with "surrogates not allowed")."""
+    import os
+
+    for story in ("s1", "cafe"):
+        _tone(tmp_path / f"{story}_correct.wav")
+        _tone(tmp_path / f"{story}_incorrect.wav", hz=330)
+    for side in ("correct", "incorrect"):  # soundfile cannot write one either
+        (tmp_path / f"cafe_{side}.wav").rename(tmp_path / os.fsdecode(b"caf\xe9_" + side.encode() + b".wav"))
+    assert len(bench_digest(tmp_path)) == 16
+    with pytest.raises(BenchError, match=r"caf\\xe9_(in)?correct.wav: its file name is not UTF-8 \(rename it\)"):
         load(tmp_path)
 
 

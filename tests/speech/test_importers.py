@@ -53,6 +53,22 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
+    """A Latin-1 name from an old archive (b"caf\\xe9.flac") ended the whole import with "'utf-8' codec can't encode
+    character '\\udce9' ... surrogates not allowed", naming no file: a manifest (JSON) cannot hold it, nor soundfile
+    open it."""
+    import os
+
+    (tmp_path / "corpus").mkdir()
+    for name in ("plain", os.fsdecode(b"caf\xe9")):
+        shutil.copy(_flac("61-70968-0000"), tmp_path / "corpus" / f"{name}.flac")
+        (tmp_path / "corpus" / f"{name}.txt").write_text("he began a confused complaint\n")
+    report, utterances = _imported(tmp_path, tmp_path / "corpus")
+    assert set(utterances) == {"plain"}
+    assert report.skipped_by_reason == {"its file name is not UTF-8 (rename it)": 1}
+    assert "caf\\xe9.flac: its file name is not UTF-8 (rename it)" in capsys.readouterr().err
+
+
 def test_audio_without_transcripts_is_kept_as_speech_only_utterances_when_asked(tmp_path, capsys):
     """Libri-Light's recordings have no transcript, and slamkit's feature extraction reads a folder of audio as it
     is; `manifest import` skipped every such file, so the speech-only stream of the paper's data could not enter

@@ -120,6 +120,10 @@ def read_prompts(spec: str, mode: str = "auto") -> list[Prompt]:
         wanted = kinds[modality] if modality else (*kinds["S"], *kinds["T"])
         listed = sorted(path.iterdir())
         files = [f for f in listed if f.suffix.lower() in wanted]
+        for file in [f for f in files if jobs.undecodable_name(f)]:  # its name could be neither opened nor written
+            print(f"simslm generate: skipped {jobs.shown_path(file)}: its file name is not UTF-8 (rename it)",
+                  file=sys.stderr)
+            files.remove(file)
         aside = [f for f in listed if modality and f.suffix.lower() in kinds["T" if modality == "S" else "S"]]
         if not files:
             raise ValueError(f"{path}: no prompts (files ending {', '.join(wanted)})")

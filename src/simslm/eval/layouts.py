@@ -465,7 +465,7 @@ def _digest(folder: str, mtime_ns: int) -> str:  # a folder built again is anoth
     root = Path(folder)
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         size = path.stat().st_size
-        digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
+        digest.update(f"{path.relative_to(root)}\0{size}\0".encode("utf-8", "surrogateescape"))
         if path.suffix in _DIGESTED_WHOLE and size < 1 << 20:
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -541,4 +541,9 @@ def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
     pairs = _one_group_is_all(pairs) if layout.groups_are_folders else pairs
     if not pairs:
         raise BenchError(f"{folder}: no pairs found in the {layout.name} layout")
+    undecodable = next((part.audio for pair in pairs for part in (*pair.positive, *pair.negative)
+                        if part.audio and jobs.undecodable_name(part.audio)), None)
+    if undecodable is not None:  # soundfile cannot open it, nor JSON hold its pair's id: the whole set is refused
+        raise BenchError(f"{jobs.shown_path(undecodable)}: its file name is not UTF-8 (rename it); a benchmark is "
+                         f"scored whole, so no pair of it is left out")
     return layout.name, pairs

@@ -402,8 +402,9 @@ def detect_format(source: Path) -> str:
     return "folder"
 
 
-# Repeated ids named on the terminal (each is counted in the report).
+# Repeated ids and names that are not UTF-8, the first few named on the terminal (each is counted in the report).
 REPEATS_NAMED = 5
+UNDECODABLE = "its file name is not UTF-8 (rename it)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -492,6 +493,13 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                     more = "; further ones are counted, not named" if skipped["repeated id"] == REPEATS_NAMED else ""
                     print(f"simslm manifest import: skipped {item.audio}: its id {item.id} is an earlier "
                           f"utterance's{more}", file=sys.stderr)
+                continue
+            if jobs.undecodable_name(item.audio) or jobs.undecodable_name(item.id):
+                # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
+                skipped[UNDECODABLE] += 1
+                if skipped[UNDECODABLE] <= REPEATS_NAMED:
+                    print(f"simslm manifest import: skipped {jobs.shown_path(item.audio)}: {UNDECODABLE}",
+                          file=sys.stderr)
                 continue
             try:
                 sample_rate, duration = audio.audio_info(item.audio)
