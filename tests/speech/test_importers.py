@@ -53,7 +53,7 @@ def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     assert report.skipped_by_reason == {"no transcript (.txt or .lab) beside the audio": 1}
 
 
-def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
+def test_a_file_name_or_transcript_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
     """A Latin-1 name from an old archive (b"caf\\xe9.flac") ended the whole import with "'utf-8' codec can't encode
     character '\\udce9' ... surrogates not allowed", naming no file: a manifest (JSON) cannot hold it, nor soundfile
     open it."""
@@ -63,10 +63,15 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
     for name in ("plain", os.fsdecode(b"caf\xe9")):
         shutil.copy(_flac("61-70968-0000"), tmp_path / "corpus" / f"{name}.flac")
         (tmp_path / "corpus" / f"{name}.txt").write_text("he began a confused complaint\n")
+    # A transcript in Latin-1 ended the import of the whole folder ("a.txt: not UTF-8 text (byte 3)").
+    shutil.copy(_flac("61-70968-0000"), tmp_path / "corpus" / "latin.flac")
+    (tmp_path / "corpus" / "latin.txt").write_bytes(b"caf\xe9 au lait\n")
     report, utterances = _imported(tmp_path, tmp_path / "corpus")
     assert set(utterances) == {"plain"}
-    assert report.skipped_by_reason == {"its file name is not UTF-8 (rename it)": 1}
-    assert "caf\\xe9.flac: its file name is not UTF-8 (rename it)" in capsys.readouterr().err
+    assert report.skipped_by_reason == {"its file name is not UTF-8 (rename it)": 1, "transcript not UTF-8 text": 1}
+    said = capsys.readouterr().err
+    assert "caf\\xe9.flac: its file name is not UTF-8 (rename it)" in said
+    assert "latin.txt: not UTF-8 text (byte 3)" in said
 
 
 def test_audio_without_transcripts_is_kept_as_speech_only_utterances_when_asked(tmp_path, capsys):

@@ -69,6 +69,8 @@ class Skip:
 
     id: str
     reason: str
+    detail: str | None = None
+    """A line naming the file, said for the first few skips of this reason (`REPEATS_NAMED`)."""
 
 
 Item = Candidate | Skip
@@ -122,8 +124,12 @@ def import_folder(source: Path, *, untranscribed: bool = False, **_) -> Iterator
     """Audio files with a .txt or .lab transcript of the same stem (or none, with `untranscribed`); the speaker is
     the audio's folder, or the one a Libri-Light JSON beside it names."""
     for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in audio.AUDIO_SUFFIXES):
-        transcript = _transcript_beside(path)
         identifier = str(path.relative_to(source).with_suffix("")).replace("/", "_")
+        try:
+            transcript = _transcript_beside(path)
+        except ValueError as error:  # one Latin-1 transcript ended the import of the whole folder
+            yield Skip(identifier, "transcript not UTF-8 text", str(error))
+            continue
         speaker = _librilight_speaker(path) or (path.parent.name if path.parent != source else "unknown")
         candidate = Candidate(identifier, path, transcript or "", speaker)
         yield candidate if transcript else _untranscribed(candidate, "no transcript (.txt or .lab) beside the audio"
@@ -484,6 +490,8 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
         for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
             if isinstance(item, Skip):
                 skipped[item.reason] += 1
+                if item.detail and skipped[item.reason] <= REPEATS_NAMED:
+                    print(f"simslm manifest import: skipped {item.detail}", file=sys.stderr)
                 continue
             if item.id in seen:
                 skipped["repeated id"] += 1
