@@ -128,6 +128,22 @@ def test_non_finite_numbers_and_duplicate_ids_are_refused(tmp_path):
         read_manifest(path)
 
 
+def test_a_file_name_that_is_not_utf8_as_pythons_json_writes_it_is_said_by_line(tmp_path):
+    """A manifest a user's own script wrote from os.listdir holds a Latin-1 name as "caf\\udce9.flac": `manifest
+    validate` ended with "'utf-8' codec can't encode character '\\udce9' ... surrogates not allowed", naming no line,
+    and `units fit` skipped it as "surrogates not allowed"."""
+    import os
+
+    good = _utterance().to_json()
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in (
+        good, {**good, "id": "u2", "audio": os.fsdecode(b"caf\xe9.flac")})))
+    assert "\\udce9" in path.read_text()
+    problems = [str(problem) for problem in validate_manifest(path, check_audio=False)]
+    assert problems == [f"{path}:2: field 'audio' is not UTF-8 text (a lone surrogate: json's escape of a file name "
+                        f"that is not UTF-8; rename the file)"]
+
+
 def test_utterances_one_by_one_are_read_manifests_and_raise_its_error_after_the_last(tmp_path):
     import pickle
 

@@ -110,6 +110,13 @@ class Utterance:
         _expect_type(record, "transcript", str)
         _expect_type(record, "sample_rate", int)
         _expect_type(record, "duration_sec", (int, float))
+        # JSON may escape a lone surrogate ("caf\udce9.flac"): what Python's json.dumps writes of a file name that is
+        # not UTF-8, as os.listdir gives it. No file can be opened by it, nor a line written with it.
+        odd = next((name for name in ("id", "audio", "transcript", "speaker")
+                    if isinstance(record.get(name), str) and jobs.undecodable_name(record[name])), None)
+        if odd:
+            raise ValueError(f"field '{odd}' is not UTF-8 text (a lone surrogate: json's escape of a file name that "
+                             f"is not UTF-8; rename the file)")
         # JSON allows NaN and Infinity; no time or rate can be either.
         numbers = [("duration_sec", record["duration_sec"]), ("sample_rate", record["sample_rate"])] + [
             (f"word {index} time", value) for index, w in enumerate(words or ()) for value in (w.start_sec, w.end_sec)]
