@@ -488,6 +488,9 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
         """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
         nonlocal audio_sec
         for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
+            if isinstance(item, Candidate) and (jobs.undecodable_name(item.audio) or jobs.undecodable_name(item.id)):
+                # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
+                item = Skip(item.id, UNDECODABLE, f"{jobs.shown_path(item.audio)}: {UNDECODABLE}")
             if isinstance(item, Skip):
                 skipped[item.reason] += 1
                 if item.detail and skipped[item.reason] <= REPEATS_NAMED:
@@ -501,13 +504,6 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                     more = "; further ones are counted, not named" if skipped["repeated id"] == REPEATS_NAMED else ""
                     print(f"simslm manifest import: skipped {item.audio}: its id {item.id} is an earlier "
                           f"utterance's{more}", file=sys.stderr)
-                continue
-            if jobs.undecodable_name(item.audio) or jobs.undecodable_name(item.id):
-                # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
-                skipped[UNDECODABLE] += 1
-                if skipped[UNDECODABLE] <= REPEATS_NAMED:
-                    print(f"simslm manifest import: skipped {jobs.shown_path(item.audio)}: {UNDECODABLE}",
-                          file=sys.stderr)
                 continue
             try:
                 sample_rate, duration = audio.audio_info(item.audio)

@@ -267,9 +267,9 @@ def _librilight_recording(utterance: Utterance, audio_path: str, folder: Path, c
 
 def _write_recording(utterance: Utterance, folder: Path, pieces: list[tuple[np.ndarray, float, dict[str, Any]]],
                      audio_sec: float, max_sec: float, *, transcript_dropped: bool) -> dict[str, Any]:
-    """A recording's segments written into its folder, whole or not at all: each piece's audio (`NNNN.flac`) and
-    its manifest line (`fields`: transcript, words, meta), with segments.json, read back at the end, last.
-    `speech_sec`: the speech a piece holds, checked against --max-sec."""
+    """A recording's segments written into its folder, whole or not at all, segments.json (read back at the end)
+    last. Each piece is (its samples, written as `NNNN.flac`; the seconds of speech it holds, checked against
+    --max-sec; its manifest line's transcript, words and meta)."""
     lines, notes = [], collections.Counter()
     with jobs.atomic_path(folder) as building:
         building.mkdir(parents=True)
