@@ -80,8 +80,10 @@ def _manifest_import(config) -> int:
     from simslm.speech.importers import import_manifest
 
     report = import_manifest(config)
-    print(f"imported {report.num_imported} utterance(s) ({report.audio_sec / 3600:.2f} h), skipped "
-          f"{report.num_skipped} {report.skipped_by_reason or ''} -> {report.manifest}")
+    print(f"imported {report.num_imported} utterance(s) ({report.audio_sec / 3600:.2f} h"
+          f"{', transcripts lowercased' if report.case == 'lowercased' else ''}), skipped "
+          f"{report.num_skipped}{f' {report.skipped_by_reason}' if report.skipped_by_reason else ''} "
+          f"-> {report.manifest}")
     return 0
 
 

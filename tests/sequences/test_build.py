@@ -169,6 +169,26 @@ def test_bad_utterances_are_skipped_and_counted(build, extracted, tmp_path):
                        "word timings past the end of the audio": 1} and index["epochs"][0]["samples_by_stream"]["interleaved"] == 1
 
 
+def test_text_all_in_capitals_is_said(build, corpus, tmp_path, capsys):
+    """LibriSpeech's transcripts (and its LM corpus) are all in capitals: a manifest imported before `manifest
+    import` lowercased them, or written by a user's script, gave the text runs in capitals without a word."""
+    utterances = corpus[0]
+    capitals = tmp_path / "capitals.jsonl"
+    write_manifest(capitals, [replace(u, transcript=u.transcript.upper(),
+                                      words=tuple(replace(w, word=w.word.upper()) for w in u.words))
+                              for u in utterances])
+    (tmp_path / "capitals.txt").write_text("ONCE UPON A TIME THERE WAS A GIRL.\nSHE LIKED THE PARK.\n")
+    build(manifest=str(capitals), streams=("interleaved", "text"), text_corpus=str(tmp_path / "capitals.txt"),
+          num_epochs=1)
+    said = capsys.readouterr().err
+    assert f"--manifest {capitals}: all its text is in capitals" in said and "manifest import --case lower" in said
+    assert f"--text-corpus {tmp_path / 'capitals.txt'}: all its text is in capitals" in said
+    build(streams=("interleaved", "text"), num_epochs=1, overwrite=True)  # the corpus as written: nothing to say
+    assert "capitals" not in capsys.readouterr().err
+    build(manifest=str(capitals), streams=("speech",), num_epochs=1, overwrite=True)  # no text read from it
+    assert "capitals" not in capsys.readouterr().err
+
+
 def test_units_of_another_recording_under_an_utterances_id_are_skipped(build, corpus, tmp_path):
     """Units extracted from another manifest whose ids name other recordings: a shorter recording's words were laid
     over the units of the one its id named before, without a word, whenever they ended before its units did."""

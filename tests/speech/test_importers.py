@@ -41,6 +41,39 @@ def test_a_librispeech_tree_with_its_bad_items(tmp_path):
                                         "empty transcript": 1}
 
 
+def test_librispeechs_capitals_are_lowercased_as_slamkit_reads_them(tmp_path, capsys):
+    """LibriSpeech's transcripts are all in capitals; slamkit's helper for them (`utils/data_prep.py`,
+    `parse_ls_text`) lowercases them, and a text LM reads "THE" apart from "the". The tree is lowercased by default
+    (`--case keep` keeps it); any other layout is kept as written, and said when every transcript is in capitals."""
+    chapter = tmp_path / "LibriSpeech" / "dev-clean" / "1272" / "128104"
+    chapter.mkdir(parents=True)
+    shutil.copy(_flac("1272-128104-0000"), chapter)
+    (chapter / "1272-128104.trans.txt").write_text(f"1272-128104-0000 {LIBRISPEECH['1272-128104-0000']}\n")
+    report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech")
+    assert utterances["1272-128104-0000"].transcript == LIBRISPEECH["1272-128104-0000"].lower()
+    assert report.case == "lowercased" and "capitals" not in capsys.readouterr().err
+    report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech", case="keep")
+    assert utterances["1272-128104-0000"].transcript == LIBRISPEECH["1272-128104-0000"]
+    assert report.case == "kept in capitals" and "capitals" not in capsys.readouterr().err  # asked: not said again
+    # The same capitals beside their audio in a folder: kept, and said; with --case lower the words' timings too.
+    (tmp_path / "corpus").mkdir()
+    shutil.copy(_flac("1272-128104-0000"), tmp_path / "corpus" / "a.flac")
+    (tmp_path / "corpus" / "a.txt").write_text("MISTER QUILTER IS\n")
+    report, utterances = _imported(tmp_path, tmp_path / "corpus")
+    assert utterances["a"].transcript == "MISTER QUILTER IS" and report.case == "kept in capitals"
+    assert "every transcript is in capitals (LibriSpeech's are)" in capsys.readouterr().err
+    (tmp_path / "corpus" / "b.txt").write_text("Mister Quilter is\n")  # one not in capitals: nothing to say
+    shutil.copy(_flac("1272-128104-0000"), tmp_path / "corpus" / "b.flac")
+    report, _ = _imported(tmp_path, tmp_path / "corpus")
+    assert report.case == "kept" and "capitals" not in capsys.readouterr().err
+    words = [{"word": "MISTER", "start": 0.5, "end": 0.8}, {"word": "QUILTER'S", "start": 0.8, "end": 1.27}]
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "a", "audio": "corpus/a.flac",
+                                                     "transcript": "MISTER QUILTER'S", "words": words}) + "\n")
+    report, utterances = _imported(tmp_path, tmp_path / "other.jsonl", case="lower")
+    assert utterances["a"].transcript == "mister quilter's" and report.case == "lowercased"
+    assert [word.word for word in utterances["a"].words] == ["mister", "quilter's"]
+
+
 def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     (tmp_path / "corpus" / "alice").mkdir(parents=True)
     for name, suffix in (("1272-128104-0000", ".txt"), ("2412-153948-0000", ".lab")):

@@ -29,6 +29,9 @@ reason. With `--untranscribed`, audio with no transcript is kept as a speech-onl
 (an empty transcript), as Libri-Light's recordings are and as slamkit's feature extraction
 reads a folder of audio. An import that keeps nothing is an error, and the manifest is
 written atomically.
+
+LibriSpeech's transcripts are all in capitals; its tree's are lowercased (`--case`), as slamkit's
+LibriSpeech helper reads them, so that a pretrained text LM sees its text as it learnt text.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Callable, Iterator, Literal
 from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file
 from simslm.speech import audio
+from simslm.speech import text as text_lib
 from simslm.speech.align import AlignmentError, read_word_json
 from simslm.speech.manifest import Utterance, Word, manifest_folder, write_manifest
 
@@ -433,6 +437,12 @@ class ImportManifestConfig(Config):
     """Keep audio that has no transcript as speech-only utterances (an empty transcript: Libri-Light's recordings,
     a folder of audio as slamkit's feature extraction reads it), for units and speech-only sequences; the stages
     that need words skip them. Default: skip and count them."""
+    case: Literal["auto", "keep", "lower"] = "auto"
+    """Transcripts' letter case (and their timed words'): lower, as slamkit's LibriSpeech helper
+    (`utils/data_prep.py`, `parse_ls_text`) reads LibriSpeech's transcripts, which are all in capitals; keep, as
+    written; auto: a LibriSpeech tree lowercased, any other layout kept (said when all its transcripts are in
+    capitals). A text LM reads "THE" apart from "the": in capitals SmolLM2 takes twice the tokens a word and finds
+    the words far less likely, so a TWIST model would not see its text as it learnt text."""
 
     def check(self) -> None:
         check_output_file(self, "out", "the manifest (a file)")
@@ -455,6 +465,7 @@ class ImportReport:
     skipped_by_reason: dict[str, int]
     audio_sec: float
     wall_sec: float
+    case: str = "kept"  # what became of the transcripts' letter case: kept, lowercased, or kept in capitals
 
 
 # The layouts whose import writes audio into a folder beside the manifest (Kaldi segments cut, hub bytes), and the
@@ -483,6 +494,8 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     items = IMPORTERS[layout](source, fields=dict(item.split("=", 1) for item in config.fields),
                              segments_dir=segments_dir, split=config.split, untranscribed=config.untranscribed)
     skipped, seen, audio_sec = collections.Counter(), set(), 0.0
+    lower = config.case == "lower" or (config.case == "auto" and layout == "librispeech")
+    cases: set[str | None] = set()  # the letter cases of the transcripts imported (`text.letter_case`)
 
     def utterances() -> Iterator[Utterance]:
         """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
@@ -512,6 +525,10 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                 continue
             seen.add(item.id)
             audio_sec += round(duration, 3)
+            cases.add(text_lib.letter_case(item.transcript))
+            if lower:
+                item = replace(item, transcript=item.transcript.lower(), words=item.words and tuple(
+                    replace(word, word=word.word.lower()) for word in item.words))
             yield Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
                             sample_rate=sample_rate, duration_sec=round(duration, 3), transcript=item.transcript,
                             speaker=item.speaker, words=item.words)
@@ -531,6 +548,12 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                     out.parent.rmdir()
         raise
     write_manifest(out, itertools.chain([first], stream))
+    in_capitals = cases - {None} == {"upper"}
+    if in_capitals and config.case == "auto" and not lower:
+        print(f"simslm manifest import: warning: {out}: every transcript is in capitals (LibriSpeech's are), which a "
+              f"text LM reads apart from lower-case text; import with --case lower for a TWIST model's text",
+              file=sys.stderr)
     return ImportReport(manifest=str(out), num_imported=len(seen), num_skipped=sum(skipped.values()),
                         skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
-                        wall_sec=round(time.perf_counter() - started, 3))
+                        wall_sec=round(time.perf_counter() - started, 3),
+                        case="lowercased" if lower else "kept in capitals" if in_capitals else "kept")

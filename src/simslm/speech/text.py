@@ -38,6 +38,13 @@ def speakable(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def letter_case(text: str) -> str | None:
+    """"upper" for text written in capitals only (LibriSpeech's transcripts), "lower", "mixed", or None for text
+    with no letter that has a case (digits, Chinese)."""
+    upper, lower = text == text.upper(), text == text.lower()
+    return None if upper and lower else "upper" if upper else "lower" if lower else "mixed"
+
+
 @functools.lru_cache(maxsize=16384)
 def words_with_spans(text: str) -> tuple[tuple[str, int, int], ...]:
     """Split `text` into words with their [start, end) character offsets.
