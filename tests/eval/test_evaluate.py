@@ -227,6 +227,12 @@ def test_a_run_stopped_while_saving_its_model_is_not_evaluated(trained_run, tmp_
     with pytest.raises(ValueError, match=f"^{copy}: its training has not finished \\(no result.json; model/ may be "
                                          f"half written\\); run the same `simslm train` again to finish it$"):
         evaluate_run(EvalConfig(run=str(copy), bench=(f"tsc={bench}",), modes=("T",)))
+    # Still training (no model/ yet): the way to score it now is named, at its latest checkpoint.
+    shutil.rmtree(copy / "model")
+    latest = max((copy / "checkpoints").glob("step-*"))
+    with pytest.raises(ValueError, match=f"no model/ yet\\); .*; or score it at its latest checkpoint: `simslm model "
+                                         f"from-checkpoint {latest} FOLDER`, then `simslm eval FOLDER`$"):
+        evaluate_run(EvalConfig(run=str(copy), bench=(f"tsc={bench}",), modes=("T",)))
 
 
 def test_validation_is_refused_where_packed_documents_would_see_each_other(trained_run, monkeypatch):

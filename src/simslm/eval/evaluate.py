@@ -188,8 +188,12 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
     elif (run_dir / VOCAB_FILE).exists():
         config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
     elif (run_dir / "plan.json").exists():
+        # A checkpoint's model can be scored mid-run: named, the latest (steps are zero-padded, so they sort).
+        latest = max((run_dir / "checkpoints").glob("step-*"), default=None)
+        mid_run = (f"; or score it at its latest checkpoint: `simslm model from-checkpoint {latest} FOLDER`, then "
+                   f"`simslm eval FOLDER`") if latest else ""
         raise ValueError(f"{run_dir}: its training has not finished (no model/ yet); run the same `simslm train` "
-                         f"again to finish it, or wait for it")
+                         f"again to finish it, or wait for it{mid_run}")
     elif (run_dir / "state.json").exists() and (run_dir.parent.parent / "plan.json").exists():
         raise ValueError(f"{run_dir}: a checkpoint of run {run_dir.parent.parent} (the training's state, which its "
                          f"later steps replace); make the model at its step a folder of its own first: `simslm model "
