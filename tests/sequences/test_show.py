@@ -1,7 +1,7 @@
 import pytest
 
 from simslm.sequences.loader import read_index
-from simslm.sequences.show import rebuild_sample, render_sample
+from simslm.sequences.show import rebuild_sample, render_chunk, render_sample
 from simslm.speech.manifest import read_manifest
 from tests.sequences.conftest import epoch_documents
 
@@ -14,6 +14,18 @@ def test_render_shows_words_of_speech_spans(build, extracted):
     shown = render_sample(sample, vocabulary)
     assert "<speech> [" in shown and "units:" in shown and "<text>" in shown
     assert utterance.words[0].word in shown
+
+
+def test_a_rows_padding_is_counted_not_printed_token_by_token(vocabulary):
+    """`sequences show` of a row printed `<simslm_pad>` once for each of a row's pad tokens (89 in a row of 256)."""
+    import numpy as np
+
+    ids = vocabulary.tokenizer("Once upon a time")["input_ids"]
+    row = np.array([vocabulary.text_id, *ids, vocabulary.speech_id, vocabulary.unit_offset + 3,
+                    vocabulary.unit_offset + 3, *[vocabulary.pad_id] * 89])
+    shown = render_chunk(row, vocabulary)
+    assert shown.endswith("<speech> [2 units: 3 3] [89 padding]") and "Once upon a time" in shown
+    assert "pad" not in render_chunk(row[:-89], vocabulary)
 
 
 @pytest.mark.parametrize("span_draws", ["epoch", "once"])

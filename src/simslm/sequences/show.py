@@ -78,8 +78,10 @@ def render_sample(sample: Sample, vocabulary: Vocabulary, max_units: int = 12) -
 
 
 def render_chunk(chunk: np.ndarray, vocabulary: Vocabulary, max_units: int = 12) -> str:
-    """A packed chunk as text: runs of units compacted, text decoded."""
+    """A packed chunk as text: runs of units compacted, text decoded, the padding that ends a row counted."""
     out, run = [], []
+    padding = len(chunk) - len(np.trim_zeros(np.asarray(chunk) != vocabulary.pad_id, "b"))
+    chunk = chunk[:len(chunk) - padding]
     is_unit = vocabulary.is_unit(chunk)
 
     def flush():
@@ -101,6 +103,8 @@ def render_chunk(chunk: np.ndarray, vocabulary: Vocabulary, max_units: int = 12)
     flush()
     if text_ids:
         out.append(vocabulary.tokenizer.decode(text_ids))
+    if padding:
+        out.append(f"[{padding} padding]")
     return " ".join(out)
 
 
