@@ -80,8 +80,10 @@ def _manifest_import(config) -> int:
     from simslm.speech.importers import import_manifest
 
     report = import_manifest(config)
-    print(f"imported {report.num_imported} utterance(s) ({report.audio_sec / 3600:.2f} h"
-          f"{', transcripts lowercased' if report.case == 'lowercased' else ''}), skipped "
+    notes = [f"{report.audio_sec / 3600:.2f} h"]
+    notes += [f"{report.num_timed} with word timings"] if report.num_timed else []
+    notes += ["transcripts lowercased"] if report.case == "lowercased" else []
+    print(f"imported {report.num_imported} utterance(s) ({', '.join(notes)}), skipped "
           f"{report.num_skipped}{f' {report.skipped_by_reason}' if report.skipped_by_reason else ''} "
           f"-> {report.manifest}")
     return 0

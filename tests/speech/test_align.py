@@ -57,6 +57,46 @@ def test_the_three_import_formats_give_the_same_timings(tmp_path, mirror):
         assert a[2] == pytest.approx(b[2]) == pytest.approx(c[2])
 
 
+def test_librispeech_alignments_give_the_reference_timings_by_chapter(librispeech_manifest, tmp_path, mirror):
+    """CorentinJ's LibriSpeech alignments (MFA, every word of LibriSpeech's transcripts), merged into the tree as
+    their README says: a chapter's SPEAKER-CHAPTER.alignment.txt, a line an utterance, each item ending at its time
+    and starting where the one before ends, an empty item a silence. The mirror holds the line of 1272-128104-0000
+    as its authors published it; the reference CTM is made from the same line's times."""
+    chapter = tmp_path / "LibriSpeech" / "dev-clean" / "1272" / "128104"
+    chapter.mkdir(parents=True)
+    published = (mirror / "librispeech" / f"{REFERENCE_ID}.alignment.txt").read_text()
+    (chapter / "1272-128104.alignment.txt").write_text(published)
+    # A chapter whose file leaves the utterance out (MFA could not align it), and one with no file at all.
+    (tmp_path / "LibriSpeech" / "2412").mkdir()
+    (tmp_path / "LibriSpeech" / "2412" / "2412-153948.alignment.txt").write_text(
+        '2412-153948-0001 ",IF," "0.100,0.400,0.500"\n')
+    report = align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "out.jsonl"),
+                                        method="librispeech-alignments", source=str(tmp_path / "LibriSpeech")))
+    aligned = {u.id: u for u in read_manifest(tmp_path / "out.jsonl")}
+    assert list(aligned) == [REFERENCE_ID] and report.num_aligned == 1
+    for (word, start, end), timed in zip(_reference_words(), aligned[REFERENCE_ID].words, strict=True):
+        assert (timed.word, timed.start_sec, timed.end_sec) == (word, pytest.approx(start), pytest.approx(end))
+    assert report.skipped["61-70968-0000"] == f"no 61-70968.alignment.txt under {tmp_path / 'LibriSpeech'}"
+    assert report.skipped["2412-153948-0000"].endswith("has no line for 2412-153948-0000 (not aligned)")
+    # One chapter's file, named as the source, serves its own utterances.
+    report = align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "one.jsonl"),
+                                        method="librispeech-alignments",
+                                        source=str(chapter / "1272-128104.alignment.txt")))
+    assert report.num_aligned == 1 and read_manifest(tmp_path / "one.jsonl")[0].words == aligned[REFERENCE_ID].words
+
+
+def test_a_malformed_librispeech_alignment_line_is_named(tmp_path):
+    from simslm.speech.align import AlignmentError, read_librispeech_alignment
+
+    path = tmp_path / "1-2.alignment.txt"
+    for line, said in (('1-2-0000 ",A,B," "0.1,0.2,0.3"', "4 words and 3 end times"),
+                       ('1-2-0000 ",A," 0.1,0.2,0.3', 'expected ID "WORDS" "END TIMES"'),
+                       ('1-2-0000 ",A," "0.1,x,0.3"', "could not convert string to float")):
+        path.write_text(f'1-2-0001 ",A," "0.1,0.2,0.3"\n{line}\n')
+        with pytest.raises(AlignmentError, match=f"^{path}:2: not a line of LibriSpeech alignments \\(.*{said}"):
+            read_librispeech_alignment(path)
+
+
 def test_ctm_import_aligns_the_matching_utterance_and_skips_the_others(librispeech_manifest, tmp_path):
     ctm = assets.resolve("librispeech-samples").file(f"{REFERENCE_ID}.ctm")
     report = align_manifest(AlignConfig(manifest=str(librispeech_manifest), out=str(tmp_path / "out.jsonl"),

@@ -74,6 +74,41 @@ def test_librispeechs_capitals_are_lowercased_as_slamkit_reads_them(tmp_path, ca
     assert [word.word for word in utterances["a"].words] == ["mister", "quilter's"]
 
 
+def test_a_librispeech_tree_with_corentinjs_alignments_merged_in_has_their_word_timings(tmp_path, mirror, capsys):
+    """The alignments' README: merge their LibriSpeech folder into LibriSpeech's, a chapter's .alignment.txt beside
+    its .trans.txt. Their words come with the import, lowercased with the transcript; an utterance they leave out
+    (MFA could not align it) comes without; a file that cannot be read, or words that are not the transcript's,
+    skip the utterance and say why."""
+    from simslm.speech.align import read_ctm
+
+    for name, published in (("1272-128104-0000", True), ("2412-153948-0000", False), ("61-70968-0000", True)):
+        speaker, chapter, _ = name.split("-")
+        folder = tmp_path / "LibriSpeech" / "dev-clean" / speaker / chapter
+        folder.mkdir(parents=True)
+        shutil.copy(_flac(name), folder)
+        (folder / f"{speaker}-{chapter}.trans.txt").write_text(f"{name} {assets.LIBRISPEECH_TRANSCRIPTS[name]}\n")
+    tree = tmp_path / "LibriSpeech" / "dev-clean"
+    line = (mirror / "librispeech" / "1272-128104-0000.alignment.txt").read_text()
+    (tree / "1272" / "128104" / "1272-128104.alignment.txt").write_text(line)
+    (tree / "2412" / "153948" / "2412-153948.alignment.txt").write_text('2412-153948-0007 ",IF," "0.1,0.4,0.5"\n')
+    (tree / "61" / "70968" / "61-70968.alignment.txt").write_text('61-70968-0000 ",HE," "0.1,0.4"\n')  # 2 times
+    report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech")
+    reference = read_ctm(assets.resolve("librispeech-samples").file("1272-128104-0000.ctm"))["1272-128104-0000"]
+    words = utterances["1272-128104-0000"].words
+    assert [(w.word, w.start_sec, w.end_sec) for w in words] == [
+        (word.lower(), pytest.approx(start), pytest.approx(end)) for word, start, end in reference]
+    assert utterances["2412-153948-0000"].words is None and report.num_timed == 1
+    assert "61-70968-0000" not in utterances and report.skipped_by_reason == {"unreadable .alignment.txt": 1}
+    assert f"{tree / '61' / '70968' / '61-70968.alignment.txt'}:1: not a line of LibriSpeech alignments (3 words " \
+           "and 2 end times)" in capsys.readouterr().err
+    # Words that are not the transcript's (another utterance's line under its id): skipped, named.
+    (tree / "61" / "70968" / "61-70968.alignment.txt").write_text('61-70968-0000 ",SHE,SAID," "0.1,0.4,0.9,1.0"\n')
+    report, utterances = _imported(tmp_path, tmp_path / "LibriSpeech")
+    assert "61-70968-0000" not in utterances
+    assert report.skipped_by_reason == {"word timings do not match the transcript": 1}
+    assert "skipped 61-70968-0000: word timings do not match the transcript (2 timed words" in capsys.readouterr().err
+
+
 def test_a_folder_of_audio_with_transcripts_beside_it(tmp_path):
     (tmp_path / "corpus" / "alice").mkdir(parents=True)
     for name, suffix in (("1272-128104-0000", ".txt"), ("2412-153948-0000", ".lab")):

@@ -1,7 +1,8 @@
 """Word timings for a manifest whose audio has only transcripts.
 
 Sources (registry `ALIGNERS`): import from CTM, Praat TextGrid (Montreal Forced Aligner
-output) or word-level JSON; or force-align offline with pocketsphinx and its bundled US
+output), word-level JSON, slamkit's alignment JSON or CorentinJ's LibriSpeech alignments
+(`.alignment.txt`, a chapter a file); or force-align offline with pocketsphinx and its bundled US
 English model. Words outside pocketsphinx's dictionary get a pronunciation from
 espeak-ng's g2p, mapped to ARPAbet. Timed words must be the transcript's words
 (`simslm.text`) and lie inside the audio; utterances that fail are skipped and counted.
@@ -150,6 +151,71 @@ def read_slamkit_alignment(path: str | os.PathLike) -> TimedWords:
     except (KeyError, TypeError, ValueError):
         raise AlignmentError(f"{path}: expected {{\"aligned_text\": [[word, start, end], ...]}}") from None
     return [(word, start, end) for word, start, end in timed if word.lower() not in _NON_WORDS]
+
+
+def read_librispeech_alignment(path: str | os.PathLike) -> dict[str, TimedWords]:
+    """A chapter's `SPEAKER-CHAPTER.alignment.txt` of CorentinJ's LibriSpeech alignments (Montreal Forced Aligner,
+    every word of LibriSpeech's transcripts): one line per aligned utterance, `ID ",W1,,W2," "E0,E1,E2,E3,E4"`, each
+    item ending at its time and starting where the one before it ends (the first at 0), an empty item a silence."""
+    timed: dict[str, TimedWords] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AlignmentError(f"{path}: not readable ({error})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        identifier, _, rest = line.strip().partition(" ")
+        fields = rest.split('"')  # '', words, ' ', ends, '' (a word holds no quote: LibriSpeech's are letters and ')
+        try:
+            if len(fields) != 5 or fields[0] or fields[2].strip() or fields[4].strip():
+                raise ValueError("expected ID \"WORDS\" \"END TIMES\"")
+            items, ends = fields[1].split(","), [float(end) for end in fields[3].split(",")]
+            if len(items) != len(ends):
+                raise ValueError(f"{len(items)} words and {len(ends)} end times")
+        except ValueError as error:
+            raise AlignmentError(f"{path}:{number}: not a line of LibriSpeech alignments ({error})") from None
+        starts = [0.0, *ends[:-1]]
+        timed[identifier] = [(word, start, end) for word, start, end in zip(items, starts, ends) if word.strip()]
+    return timed
+
+
+@functools.lru_cache(maxsize=64)
+def _librispeech_chapter(path: str, mtime_ns: int) -> dict[str, TimedWords] | str:
+    """One chapter's alignments, read once per file and version (a chapter's utterances are aligned one by one);
+    for a malformed file what is wrong with it."""
+    try:
+        return read_librispeech_alignment(path)
+    except AlignmentError as error:
+        return str(error)
+
+
+@functools.lru_cache(maxsize=4)
+def _librispeech_chapters(folder: str) -> dict[str, Path]:
+    """The `.alignment.txt` files under a folder (LibriSpeech's tree, the alignments merged into it), by chapter."""
+    return {path.name.removesuffix(".alignment.txt"): path for path in Path(folder).rglob("*.alignment.txt")}
+
+
+def librispeech_alignment_words(utterance_id: str, path: Path) -> TimedWords | None:
+    """The utterance's timed words in a chapter's alignment file; None when it has no line (CorentinJ leaves out
+    the 127 utterances MFA could not align)."""
+    chapter = _librispeech_chapter(str(path), path.stat().st_mtime_ns)
+    if isinstance(chapter, str):
+        raise AlignmentError(chapter)
+    return chapter.get(utterance_id)
+
+
+def _librispeech_timings(utterance: Utterance, source: Path) -> TimedWords:
+    if source.is_file():
+        path = source
+    else:  # the utterance SPEAKER-CHAPTER-NUMBER is in its chapter's SPEAKER-CHAPTER.alignment.txt
+        path = _librispeech_chapters(str(source)).get(utterance.id.rsplit("-", 1)[0])
+        if path is None:
+            raise AlignmentError(f"no {utterance.id.rsplit('-', 1)[0]}.alignment.txt under {source}")
+    words = librispeech_alignment_words(utterance.id, path)
+    if words is None:
+        raise AlignmentError(f"{path} has no line for {utterance.id} (not aligned)")
+    return words
 
 
 # --- pocketsphinx ----------------------------------------------------------------------
@@ -335,6 +401,7 @@ ALIGNERS: dict[str, Callable[[Utterance, Path], TimedWords]] = {
     "textgrid": _import_timings(read_textgrid, (".TextGrid", ".textgrid")),
     "json": _import_timings(read_word_json, (".json", ".words.json")),
     "slamkit": _import_timings(read_slamkit_alignment, (".json",)),
+    "librispeech-alignments": _librispeech_timings,
 }
 
 
@@ -349,7 +416,8 @@ class AlignConfig(Config):
     method: str = field(default="pocketsphinx", metadata=registry_choices(ALIGNERS))
     """Where timings come from: forced alignment (pocketsphinx) or a file to import."""
     source: str | None = None
-    """For ctm/textgrid/json: a file, or a folder of <utterance id>.<ext> files."""
+    """For ctm/textgrid/json/slamkit: a file, or a folder of <utterance id>.<ext> files; for
+    librispeech-alignments: a chapter's .alignment.txt, or a folder (LibriSpeech's tree) holding them."""
     keep_existing: bool = False
     """Keep word timings an utterance already has instead of replacing them."""
     num_workers: int = 0

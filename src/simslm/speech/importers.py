@@ -7,7 +7,8 @@ or of the reason an item was skipped:
   .lab), at any depth; the speaker is the audio's parent folder, or the one named by a
   Libri-Light JSON beside the file (Libri-Light's tree is SPEAKER/BOOK/FILE).
 - `librispeech`: LibriSpeech's tree, `SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt` holding
-  `UTTERANCE-ID TRANSCRIPT` lines, the audio `UTTERANCE-ID.flac` beside it.
+  `UTTERANCE-ID TRANSCRIPT` lines, the audio `UTTERANCE-ID.flac` beside it, and word timings
+  from `SPEAKER-CHAPTER.alignment.txt` where CorentinJ's alignments are merged into the tree.
 - `kaldi`: a Kaldi data directory: `wav.scp` (id, path), `text` (id, transcript), optional
   `utt2spk`, and optional `segments` (utterance, recording, start, end), whose segments are
   cut into their own FLAC files under the output's folder (simslm stages read whole files).
@@ -51,7 +52,7 @@ from simslm import assets, jobs
 from simslm.config import Config, ConfigError, check_not_input, check_output_file
 from simslm.speech import audio
 from simslm.speech import text as text_lib
-from simslm.speech.align import AlignmentError, read_word_json
+from simslm.speech.align import AlignmentError, librispeech_alignment_words, read_word_json
 from simslm.speech.manifest import Utterance, Word, manifest_folder, write_manifest
 
 
@@ -141,11 +142,14 @@ def import_folder(source: Path, *, untranscribed: bool = False, **_) -> Iterator
 
 
 def import_librispeech(source: Path, **_) -> Iterator[Item]:
-    """LibriSpeech: one *.trans.txt per chapter, the speaker the first part of each id."""
+    """LibriSpeech: one *.trans.txt per chapter, the speaker the first part of each id; word timings from the
+    chapter's .alignment.txt beside it when CorentinJ's alignments are merged into the tree (an utterance they
+    leave out, one MFA could not align, comes without timings)."""
     listings = sorted(source.rglob("*.trans.txt"))
     if not listings:
         raise ValueError(f"{source}: no *.trans.txt file (not a LibriSpeech tree)")
     for listing in listings:
+        alignments = listing.with_name(listing.name.removesuffix(".trans.txt") + ".alignment.txt")
         for number, line in _read_lines(listing):
             identifier, _, transcript = line.partition(" ")
             if not transcript.strip():
@@ -153,7 +157,16 @@ def import_librispeech(source: Path, **_) -> Iterator[Item]:
                 continue
             path = next((listing.parent / f"{identifier}{suffix}" for suffix in (".flac", ".wav")
                          if (listing.parent / f"{identifier}{suffix}").exists()), listing.parent / f"{identifier}.flac")
-            yield Candidate(identifier, path, transcript.strip(), identifier.split("-")[0])
+            words = None
+            if alignments.exists():
+                try:
+                    timed = librispeech_alignment_words(identifier, alignments)
+                except AlignmentError as error:
+                    yield Skip(identifier, "unreadable .alignment.txt", str(error))
+                    continue
+                words = None if timed is None else tuple(Word(word=word, start_sec=start, end_sec=end)
+                                                         for word, start, end in timed)
+            yield Candidate(identifier, path, transcript.strip(), identifier.split("-")[0], words)
 
 
 def import_kaldi(source: Path, *, segments_dir: Path, untranscribed: bool = False, **_) -> Iterator[Item]:
@@ -466,6 +479,7 @@ class ImportReport:
     audio_sec: float
     wall_sec: float
     case: str = "kept"  # what became of the transcripts' letter case: kept, lowercased, or kept in capitals
+    num_timed: int = 0  # utterances imported with word timings
 
 
 # The layouts whose import writes audio into a folder beside the manifest (Kaldi segments cut, hub bytes), and the
@@ -496,10 +510,11 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     skipped, seen, audio_sec = collections.Counter(), set(), 0.0
     lower = config.case == "lower" or (config.case == "auto" and layout == "librispeech")
     cases: set[str | None] = set()  # the letter cases of the transcripts imported (`text.letter_case`)
+    timed = 0  # utterances imported with word timings
 
     def utterances() -> Iterator[Utterance]:
         """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
-        nonlocal audio_sec
+        nonlocal audio_sec, timed
         for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
             if isinstance(item, Candidate) and (jobs.undecodable_name(item.audio) or jobs.undecodable_name(item.id)):
                 # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
@@ -523,15 +538,24 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
             except audio.AudioError as error:
                 skipped[error.kind.value] += 1
                 continue
-            seen.add(item.id)
-            audio_sec += round(duration, 3)
-            cases.add(text_lib.letter_case(item.transcript))
             if lower:
                 item = replace(item, transcript=item.transcript.lower(), words=item.words and tuple(
                     replace(word, word=word.word.lower()) for word in item.words))
-            yield Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
-                            sample_rate=sample_rate, duration_sec=round(duration, 3), transcript=item.transcript,
-                            speaker=item.speaker, words=item.words)
+            utterance = Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
+                                  sample_rate=sample_rate, duration_sec=round(duration, 3),
+                                  transcript=item.transcript, speaker=item.speaker, words=item.words)
+            # Timings that are not the transcript's words, or run past the audio, would make a manifest that
+            # `manifest validate` refuses and every later stage skips: skipped here, where they are read.
+            if problems := utterance.timing_problems():
+                skipped[problems[0].kind.value] += 1
+                if skipped[problems[0].kind.value] <= REPEATS_NAMED:
+                    print(f"simslm manifest import: skipped {item.id}: {problems[0].message}", file=sys.stderr)
+                continue
+            seen.add(item.id)
+            audio_sec += round(duration, 3)
+            cases.add(text_lib.letter_case(item.transcript))
+            timed += utterance.words is not None
+            yield utterance
         if not seen:
             hint = "; --untranscribed keeps audio with none, as speech-only utterances" if any(
                 "transcript" in reason or "no text" in reason for reason in skipped) else ""
@@ -556,4 +580,5 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     return ImportReport(manifest=str(out), num_imported=len(seen), num_skipped=sum(skipped.values()),
                         skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
                         wall_sec=round(time.perf_counter() - started, 3),
-                        case="lowercased" if lower else "kept in capitals" if in_capitals else "kept")
+                        case="lowercased" if lower else "kept in capitals" if in_capitals else "kept",
+                        num_timed=timed)
