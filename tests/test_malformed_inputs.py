@@ -847,6 +847,12 @@ CASES: dict[str, Case] = {
         ["model", "from-slamkit", "--checkpoint", str(not_json(w, "unitlm-159/config.json").parent), "--out",
          str(_write(w.bad / "notes-159.txt", "mine"))], "notes-159.txt: a file, where a folder is needed",
         [w.bad / "notes-159.txt"]),
+    "model from-gguf: not a GGUF file": lambda w: (
+        ["model", "from-gguf", str(w.run / "model" / "model.safetensors"), str(w.bad / "out-207")],
+        "model.safetensors: not a .gguf file", []),
+    "model from-gguf: no such file": lambda w: (
+        ["model", "from-gguf", str(w.bad / "nowhere" / "smollm2.gguf"), str(w.bad / "out-208")],
+        "nowhere/smollm2.gguf: no such file", []),
     "model from-checkpoint: not a checkpoint": lambda w: (
         ["model", "from-checkpoint", str(a_folder(w, "ckpt-191")), str(w.bad / "out-191")],
         "ckpt-191: not a checkpoint of a run", []),

@@ -176,6 +176,13 @@ def _model_from_checkpoint(config) -> int:
     return 0
 
 
+def _model_from_gguf(config) -> int:
+    from simslm.model import from_gguf
+
+    print(f"converted (loads with AutoModelForCausalLM.from_pretrained and AutoTokenizer) -> {from_gguf(config)}")
+    return 0
+
+
 def _model_from_slamkit(config) -> int:
     from simslm.model import from_slamkit
 
@@ -435,6 +442,8 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.train", "TrainConfig"), _train, overrides=True),
     Command(("model", "from-slamkit"), "a model slamkit trained (UnitLM) as a folder plain from_pretrained loads",
             _config("simslm.model", "FromSlamkitConfig"), _model_from_slamkit),
+    Command(("model", "from-gguf"), "a GGUF checkpoint (SmolLM2's) as a model folder, dequantised once",
+            _config("simslm.model", "FromGgufConfig"), _model_from_gguf, positional=("gguf", "out")),
     Command(("model", "from-checkpoint"), "a run's model at one of its checkpoints (mid-run) as a model folder",
             _config("simslm.train", "FromCheckpointConfig"), _model_from_checkpoint, positional=("checkpoint", "out")),
     Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
@@ -468,7 +477,7 @@ COMMANDS: tuple[Command, ...] = (
 # What each group of commands is for; `simslm --help` adds its actions, read from COMMANDS so the two never differ.
 GROUP_ABOUT = {"units": "audio -> discrete units", "sequences": "token streams",
                "textlm": "text-LM families (TWIST sources)", "bench": "offline re-creations of the spoken benchmarks",
-               "sweep": "sweeps over model sizes", "manifest": "corpus manifests", "model": "base models and checkpoints"}
+               "sweep": "sweeps over model sizes", "manifest": "corpus manifests", "model": "model folders"}
 
 
 def group_help(group: str) -> str:
