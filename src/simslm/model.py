@@ -12,6 +12,7 @@ import json
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def load_base_model(source: str):
     if path.is_file() and path.suffix == ".bin":
         return convert_llama2c(path)
     if path.is_file() and path.suffix == ".gguf":
+        print(f"simslm: reading {path.name} (a GGUF is parsed anew each time, some 20 s for SmolLM2-135M on a CPU; "
+              f"`simslm model from-gguf` makes a folder that loads at once)", file=sys.stderr)
         # transformers dequantises GGUF tensors (via the gguf package) into an fp32 model,
         # but leaves its GGUF quantizer attached, and `save_pretrained` refuses any model
         # with a quantizer it cannot serialise. The weights are plain fp32: detach it, so a
