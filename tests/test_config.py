@@ -143,7 +143,8 @@ def test_every_command_config_round_trips_through_a_dict():
         cls = command.config()
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         samples = {"action": "list", "manifests": ("m.jsonl",), "bench": ("b",), "flops": 1e18,
-                   "run_id": "x", "kind": "tsc", "budget_tokens": 10, "out": "written"}  # not its own input
+                   "run_id": "x", "kind": "tsc", "budget_tokens": 10, "out": "written",  # not its own input
+                   "gguf": "x.gguf"}
         values = {name: samples.get(name, "x") for name in required}
         if cls is TrainConfig:
             values["budget_tokens"] = 10
