@@ -850,6 +850,9 @@ CASES: dict[str, Case] = {
     "model from-gguf: not a GGUF file": lambda w: (
         ["model", "from-gguf", str(w.run / "model" / "model.safetensors"), str(w.bad / "out-207")],
         "model.safetensors: not a .gguf file", []),
+    "model from-gguf: a GGUF cut short": lambda w: (
+        ["model", "from-gguf", str(_write(w.bad / "cut-209.gguf", b"GGUF\x03\x00\x00\x00")), str(w.bad / "out-209")],
+        "cut-209.gguf: cannot read the GGUF (struct.error, cut short?", []),
     "model from-gguf: no such file": lambda w: (
         ["model", "from-gguf", str(w.bad / "nowhere" / "smollm2.gguf"), str(w.bad / "out-208")],
         "nowhere/smollm2.gguf: no such file", []),

@@ -95,27 +95,38 @@ def convert_llama2c(path: str | os.PathLike):
     return model.eval()
 
 
-def load_base_model(source: str):
-    """A causal LM in fp32 from an HF id or folder, a llama2.c .bin, a .gguf file, or an asset name."""
+def load_gguf(path: Path):
+    """A GGUF checkpoint as an fp32 causal LM; a ValueError naming the file when transformers cannot read it.
+
+    transformers dequantises GGUF tensors (via the gguf package) into an fp32 model, but leaves its GGUF quantizer
+    attached, and `save_pretrained` refuses any model with a quantizer it cannot serialise. The weights are plain
+    fp32: detach it, so a run from a GGUF base can save its model like any other."""
     from transformers import AutoModelForCausalLM
 
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     **jobs.float32_weights()).eval()
+    except (OSError, ValueError, KeyError, struct.error) as error:  # struct: a file cut short
+        message = " ".join(str(error).split())[:300]
+        kind = "struct.error, cut short?" if isinstance(error, struct.error) else error.__class__.__name__
+        raise ValueError(f"{path}: cannot read the GGUF ({kind}: {message})") from None
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_base_model(source: str):
+    """A causal LM in fp32 from an HF id or folder, a llama2.c .bin, a .gguf file, or an asset name."""
     path = Path(source)
     if not path.exists() and source in assets.REGISTRY:
         path = assets.file_with_suffix(source, ".bin")
     if path.is_file() and path.suffix == ".bin":
         return convert_llama2c(path)
     if path.is_file() and path.suffix == ".gguf":
-        print(f"simslm: reading {path.name} (a GGUF is parsed anew each time, some 20 s for SmolLM2-135M on a CPU; "
-              f"`simslm model from-gguf` makes a folder that loads at once)", file=sys.stderr)
-        # transformers dequantises GGUF tensors (via the gguf package) into an fp32 model,
-        # but leaves its GGUF quantizer attached, and `save_pretrained` refuses any model
-        # with a quantizer it cannot serialise. The weights are plain fp32: detach it, so a
-        # run from a GGUF base can save its model like any other.
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     **jobs.float32_weights()).eval()
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        model = load_gguf(path)
+        print(f"simslm: read {path.name}, as a GGUF is, anew (some 20 s for SmolLM2-135M on a CPU); `simslm model "
+              f"from-gguf` makes a folder of it that loads at once", file=sys.stderr)
         return model
     return load_model_folder(source)
 
@@ -601,7 +612,7 @@ def from_gguf(config: FromGgufConfig) -> Path:
     out = Path(config.out)
     check_replaceable_model(out, "the converted GGUF")
     with jobs.atomic_path(out) as staging:
-        save_model(load_base_model(config.gguf), load_base_tokenizer(config.gguf), staging)
+        save_model(load_gguf(Path(config.gguf)), load_base_tokenizer(config.gguf), staging)
     return out
 
 

@@ -188,7 +188,8 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
     elif (run_dir / VOCAB_FILE).exists():
         config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
     elif (run_dir / "plan.json").exists():
-        # A checkpoint's model can be scored mid-run: named, the latest (steps are zero-padded, so they sort).
+        # A checkpoint's model can be scored mid-run: named, the latest (steps are zero-padded, so they sort). Not
+        # `train.latest_checkpoint`, which reads every weight to check it: `model from-checkpoint` checks the one named.
         latest = max((run_dir / "checkpoints").glob("step-*"), default=None)
         mid_run = (f"; or score it at its latest checkpoint: `simslm model from-checkpoint {latest} FOLDER`, then "
                    f"`simslm eval FOLDER`") if latest else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,5 +162,5 @@ def load_base_tokenizer(base: str):
         if path.is_file() and path.suffix == ".gguf":  # the tokenizer a GGUF checkpoint carries
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(base)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, struct.error) as error:  # struct: a GGUF cut short
         raise ValueError(f"cannot load tokenizer '{base}' ({error})") from None

@@ -209,9 +209,10 @@ def _librispeech_timings(utterance: Utterance, source: Path) -> TimedWords:
     if source.is_file():
         path = source
     else:  # the utterance SPEAKER-CHAPTER-NUMBER is in its chapter's SPEAKER-CHAPTER.alignment.txt
-        path = _librispeech_chapters(str(source)).get(utterance.id.rsplit("-", 1)[0])
+        chapter = utterance.id.rsplit("-", 1)[0]
+        path = _librispeech_chapters(str(source)).get(chapter)
         if path is None:
-            raise AlignmentError(f"no {utterance.id.rsplit('-', 1)[0]}.alignment.txt under {source}")
+            raise AlignmentError(f"no {chapter}.alignment.txt under {source}")
     words = librispeech_alignment_words(utterance.id, path)
     if words is None:
         raise AlignmentError(f"{path} has no line for {utterance.id} (not aligned)")

@@ -150,6 +150,7 @@ def import_librispeech(source: Path, **_) -> Iterator[Item]:
         raise ValueError(f"{source}: no *.trans.txt file (not a LibriSpeech tree)")
     for listing in listings:
         alignments = listing.with_name(listing.name.removesuffix(".trans.txt") + ".alignment.txt")
+        aligned = alignments.exists()  # once a chapter, not once a line
         for number, line in _read_lines(listing):
             identifier, _, transcript = line.partition(" ")
             if not transcript.strip():
@@ -158,7 +159,7 @@ def import_librispeech(source: Path, **_) -> Iterator[Item]:
             path = next((listing.parent / f"{identifier}{suffix}" for suffix in (".flac", ".wav")
                          if (listing.parent / f"{identifier}{suffix}").exists()), listing.parent / f"{identifier}.flac")
             words = None
-            if alignments.exists():
+            if aligned:
                 try:
                     timed = librispeech_alignment_words(identifier, alignments)
                 except AlignmentError as error:
@@ -512,6 +513,12 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
     cases: set[str | None] = set()  # the letter cases of the transcripts imported (`text.letter_case`)
     timed = 0  # utterances imported with word timings
 
+    def skip(item: Skip) -> None:
+        """Counted by its reason, and the first few of each reason named when the item says what it was."""
+        skipped[item.reason] += 1
+        if item.detail and skipped[item.reason] <= REPEATS_NAMED:
+            print(f"simslm manifest import: skipped {item.detail}", file=sys.stderr)
+
     def utterances() -> Iterator[Utterance]:
         """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
         nonlocal audio_sec, timed
@@ -520,9 +527,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
                 # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
                 item = Skip(item.id, UNDECODABLE, f"{jobs.shown_path(item.audio)}: {UNDECODABLE}")
             if isinstance(item, Skip):
-                skipped[item.reason] += 1
-                if item.detail and skipped[item.reason] <= REPEATS_NAMED:
-                    print(f"simslm manifest import: skipped {item.detail}", file=sys.stderr)
+                skip(item)
                 continue
             if item.id in seen:
                 skipped["repeated id"] += 1
@@ -547,9 +552,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
             # Timings that are not the transcript's words, or run past the audio, would make a manifest that
             # `manifest validate` refuses and every later stage skips: skipped here, where they are read.
             if problems := utterance.timing_problems():
-                skipped[problems[0].kind.value] += 1
-                if skipped[problems[0].kind.value] <= REPEATS_NAMED:
-                    print(f"simslm manifest import: skipped {item.id}: {problems[0].message}", file=sys.stderr)
+                skip(Skip(item.id, problems[0].kind.value, f"{item.id}: {problems[0].message}"))
                 continue
             seen.add(item.id)
             audio_sec += round(duration, 3)
