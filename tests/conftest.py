@@ -14,12 +14,22 @@ from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_co
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SIMSLM_MIRROR", str(REPO.parent / "shared" / "data"))
 os.environ["SIMSLM_OFFLINE"] = "1"
+# The MFU denominator given, as a sweep gives it to its runs (`train.PEAK_FLOPS_VARIABLE`): otherwise every run
+# measures this CPU's matrix products for 0.75 s with both cores before its first step, which the other worker's
+# test waits out. The tests of the measurement itself (`measured_peak`) take the variable away.
+os.environ["SIMSLM_PEAK_FLOPS"] = "1e11"
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Each test writes its cache (downloads, checksum record) to a fresh folder."""
     monkeypatch.setenv("SIMSLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def measured_peak(monkeypatch):
+    """A test whose runs measure their MFU denominator themselves, as a run outside a sweep does."""
+    monkeypatch.delenv("SIMSLM_PEAK_FLOPS")
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,7 @@ def _plan(run_dir):
     return json.loads((Path(run_dir) / "plan.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_run_of_pieces_trains_as_slamkits_trainer_over_its_flattening_collator(data, tmp_path):
     """slamkit's SIMS recipe (`data.packing: true`): the HF Trainer takes `per_device_train_batch_size` dataset items
     at a time through `DataCollatorWithFlattening`, and SLAMTrainer counts as tokens seen the labels that are not

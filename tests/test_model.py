@@ -206,7 +206,11 @@ def test_a_family_member_is_named_by_depth_and_aspect_ratio():
 @pytest.mark.slow
 def test_smollm2_gguf_loads_as_an_fp32_llama_and_converts_once_into_a_folder(tmp_path, monkeypatch):
     """`model from-gguf`: the GGUF as transformers reads it (22 s here, each time) saved as a folder that loads in
-    a fraction of a second, weight for weight and token for token the same."""
+    a fraction of a second, weight for weight and token for token the same. The model read from the GGUF, its
+    vocabulary extended as a run's is, still saves (transformers left a GGUF quantizer attached to it that made
+    save_pretrained refuse the already fp32 model); read once for both, the GGUF took 22 s of the suite twice."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         path = model.smollm2_gguf_path()
     except ValueError:
@@ -226,22 +230,12 @@ def test_smollm2_gguf_loads_as_an_fp32_llama_and_converts_once_into_a_folder(tmp
     converted = load_base_tokenizer(str(out))
     assert len(converted) == len(tokenizer) == 49152
     assert converted("Once upon a time, Lily")["input_ids"] == tokenizer("Once upon a time, Lily")["input_ids"]
-
-
-@pytest.mark.slow
-def test_a_gguf_base_gives_its_tokenizer_and_saves_like_any_model(tmp_path):
-    """A run from SmolLM2's GGUF must write model/: transformers leaves a GGUF quantizer
-    attached that made save_pretrained refuse the (already fp32) model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-
-    path = model.smollm2_gguf_path()
+    # The GGUF's own tokenizer, and its model with a run's new rows, saved as a run saves its model.
     tokenizer = load_base_tokenizer(str(path))
     assert len(tokenizer) == 49152
     assert tokenizer.decode(tokenizer("Once upon a time")["input_ids"]) == "Once upon a time"
-    loaded = model.load_base_model(str(path))
     model.extend_vocabulary(loaded, len(tokenizer) + 3)
-    model.save_model(loaded, tokenizer, tmp_path / "model")
+    save_model(loaded, tokenizer, tmp_path / "model")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
     ids = torch.tensor([[1, 6403, 1980, len(tokenizer) + 1]])
     with torch.no_grad():

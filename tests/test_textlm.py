@@ -9,23 +9,24 @@ from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 from simslm.train import TrainConfig, train
 
 
+@pytest.mark.slow
 def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     corpus = tmp_path / "stories.txt"
     corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
     family = pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
-                                          tokens_per_parameter=0.5, context_length=32, batch_size=4))
+                                          tokens_per_parameter=0.1, context_length=32, batch_size=4))
     members = family["members"]
     assert [m["depth"] for m in members] == [1, 2] and members[0]["parameters"] < members[1]["parameters"]
     assert all(m["pretraining_flops"] == 6 * m["parameters"] * m["pretraining_tokens"] for m in members)
     assert json.loads((tmp_path / "family" / "family.json").read_text())["members"] == members
     # Re-running reuses finished members.
     assert pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
-                                        tokens_per_parameter=0.5, context_length=32,
+                                        tokens_per_parameter=0.1, context_length=32,
                                         batch_size=4))["members"][0]["pretraining_tokens"] == members[0]["pretraining_tokens"]
     # A finished member trained on other settings is refused, naming them, rather than kept as this family's.
     with pytest.raises(ValueError, match=r"other settings \(budget_tokens \d+, not \d+\): this family"):
         pretrain_family(TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2),
-                                     tokens_per_parameter=1.0, context_length=32, batch_size=4))
+                                     tokens_per_parameter=0.2, context_length=32, batch_size=4))
 
     # TWIST from the pretrained member: units are added after its vocabulary, which
     # already holds <text>, so every pretrained row (the markers' included) is kept.
@@ -63,7 +64,7 @@ def test_family_pretrains_and_a_member_is_a_twist_source(extracted, tmp_path):
     # A moved family is still finished: its members' data is the family's own folder, wherever that is.
     (tmp_path / "family").rename(tmp_path / "moved")
     assert pretrain_family(TextLMConfig(out=str(tmp_path / "moved"), text_corpus=str(corpus), depths=(1, 2),
-                                        tokens_per_parameter=0.5, context_length=32,
+                                        tokens_per_parameter=0.1, context_length=32,
                                         batch_size=4))["members"][1]["final_loss"] == members[1]["final_loss"]
 
 

@@ -53,6 +53,7 @@ def test_eval_cli_prints_the_table(trained_run, capsys):
     assert not (run / "scores" / "cli-T.zerospeech.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_run_one_may_only_read_is_evaluated_into_another_folder(trained_run, tmp_path):
     """A colleague's run (or a shared model folder) one may read but not write: `eval` scored every benchmark and
     then failed on eval.json's lock ("permission denied"); now it refuses before the model loads, naming --out,

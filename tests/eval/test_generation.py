@@ -164,6 +164,7 @@ def test_judge_prefers_real_text_to_shuffled_words():
     assert judge.mean_negative_log_likelihood(text) > 0 and len(ids) > 2
 
 
+@pytest.mark.slow
 def test_generation_metrics_on_a_trained_run(trained_run):
     import json
 

@@ -138,6 +138,7 @@ def test_fit_and_plan_commands_on_a_published_style_table(tmp_path, capsys):
     assert "nearest family member" in out and "[" in out  # bootstrap interval printed
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(tmp_path):
     """Issue 18's browser check: a real browser draws the page with its SVG figures. Chromium is not part
     of simslm's dependencies (nor of the CI image), so this runs where it is installed and is reported as
@@ -166,6 +167,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     assert len(dark_rows) > 300 and dark_rows.max() - dark_rows.min() > 1500
 
 
+@pytest.mark.slow
 def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
     _fake_sweep(tmp_path, seeds=(0, 1))
     text = report.write_report(tmp_path).read_text()
@@ -285,6 +287,7 @@ def test_fit_of_a_sweep_writes_where_out_says(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(f"{tmp_path}: a folder, where --out names the fit (a JSON file)")
 
 
+@pytest.mark.slow
 def test_a_sweeps_fit_json_is_its_own_fit_only(tmp_path, capsys):
     """`report` reads SWEEP/fit.json as the sweep's law: a table's fit written there (`fit TABLE --out
     SWEEP/fit.json`) was drawn over the sweep's runs. `fit` refuses to write another source's fit there, and
@@ -432,6 +435,7 @@ def test_an_isoflop_minimum_outside_its_own_interval_is_drawn(tmp_path):
     assert "fitted minimum" in (tmp_path / f"{stem}.svg").read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_one_may_only_read_is_fitted_and_reported_elsewhere(tmp_path):
     """A colleague's sweep, readable but not writable: `fit` wrote fit.json into it after the whole bootstrap and
     then failed naming a temporary file, `report` likewise. Now both refuse at once, naming the file and --out;

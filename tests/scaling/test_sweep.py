@@ -849,6 +849,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_its_run_resumes(data, tm
     assert len(saved) == 2 and 3 <= saved[0] < total and saved[1] == total
 
 
+@pytest.mark.slow
 def test_a_run_forked_from_the_warm_server_equals_one_in_a_fresh_interpreter(data, tmp_path, monkeypatch, capsys):
     forked, fork = [], sweep._ForkedRun
     monkeypatch.setattr(sweep, "_ForkedRun", lambda *args: forked.append(args[2]) or fork(*args))
@@ -1137,13 +1138,14 @@ def test_a_tokens_per_parameter_grid_trains_each_size_on_r_n_tokens_and_fits(dat
     assert "isoflop.svg" not in page and "loss_curves.svg" in page
 
 
+@pytest.mark.slow
 def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were(tmp_path):
     from simslm.textlm import TextLMConfig, pretrain_family
 
     corpus = tmp_path / "stories.txt"
     corpus.write_text("\n".join(["Once upon a time there was a cat. The cat liked to nap in the sun."] * 40) + "\n")
     config = TextLMConfig(out=str(tmp_path / "family"), text_corpus=str(corpus), depths=(1, 2), aspect_ratio=16,
-                          tokens_per_parameter=0.5, context_length=32, batch_size=4)
+                          tokens_per_parameter=0.1, context_length=32, batch_size=4)
     pretrain_family(config)
     spec = sweep.SweepSpec(variants=(sweep.Variant(name="twist", data="x"),), budgets_flops=(1e9,), depths=(1, 2),
                            family=str(tmp_path / "family"))
@@ -1155,7 +1157,7 @@ def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were
     assert [member["depth"] for member in family["members"]] == [1, 2, 3]
     third = family["members"][2]
     assert (tmp_path / "family" / third["model_dir"] / "model.safetensors").exists()
-    assert third["pretraining_tokens"] == pytest.approx(0.5 * third["parameters"], abs=4 * 32)  # as the others
+    assert third["pretraining_tokens"] == pytest.approx(0.1 * third["parameters"], abs=4 * 32)  # as the others
     shape = json.loads((tmp_path / "family" / third["model_dir"] / "config.json").read_text())
     assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (48, 3, 3)
     # A family folder is never resumed with another shape.
@@ -1171,7 +1173,7 @@ def test_bracketing_a_textlm_family_pretrains_the_next_member_as_the_others_were
     assert family["config"]["narrow_widths"] == [8]
     narrow = family["members"][0]
     assert (narrow["depth"], narrow["width"], narrow["model_dir"]) == (1, 8, "depth-1-w8/model")
-    assert narrow["pretraining_tokens"] == pytest.approx(0.5 * narrow["parameters"], abs=4 * 32)
+    assert narrow["pretraining_tokens"] == pytest.approx(0.1 * narrow["parameters"], abs=4 * 32)
     shape = json.loads((tmp_path / "family" / narrow["model_dir"] / "config.json").read_text())
     assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (8, 1, 1)
     assert narrowed.depth_member(1, 8).twist_source == str(tmp_path / "family" / "depth-1-w8" / "model")
@@ -1292,13 +1294,14 @@ def test_a_cells_accuracy_averages_each_items_outcome_over_its_runs():
 
 
 @pytest.mark.slow
-def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_path):
+def test_a_sweep_with_seeds_trains_each_replicate_and_fits_them_all(data, tmp_path, measured_peak):
     sweep.plan_sweep(_spec(data, budgets_flops=(4e8,), seeds=(0, 1)), tmp_path)
     assert sweep.run_sweep(tmp_path, num_parallel=2) == {"done": 4}
     rows = sweep.collect(tmp_path)
     assert sorted((row["member"], row["seed"]) for row in rows) == [("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)]
     # One MFU denominator for all, measured by the executor before the runs load the cores.
-    assert len({RunResult.load(tmp_path / "runs" / row["id"]).peak_flops_measured for row in rows}) == 1
+    (peak,) = {RunResult.load(tmp_path / "runs" / row["id"]).peak_flops_measured for row in rows}
+    assert 0 < peak < 1e14
     for cell in sweep.cells(rows):
         first, second = (r["loss_speech"] for r in cell["replicates"])
         assert first != second  # another data order and init: another model

@@ -94,6 +94,7 @@ def _utterances(lengths, seed=0):
     return [(0.1 * rng.normal(size=length)).astype(np.float32) for length in lengths]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["25hz", "25hz-layer", "25hz-stable"])
 def test_batched_hubert_gives_the_features_and_units_of_one_at_a_time(tiny_hubert, model):
     from simslm.units.kmeans import Codebook

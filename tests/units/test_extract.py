@@ -332,6 +332,7 @@ def hubert_codebook(tmp_path_factory):
     return kmeans.Codebook(centroids, meta).save(folder / "km20")
 
 
+@pytest.mark.slow
 def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codebook, tmp_path):
     from dataclasses import replace
 
@@ -353,6 +354,7 @@ def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codeb
 
 @pytest.mark.parametrize(("failure", "dtype"), [("cuda", "float32"), ("cpu allocator", "float32"),
                                                 ("cuda", "bfloat16")])
+@pytest.mark.slow
 def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hubert_codebook, tmp_path, monkeypatch,
                                                                  failure, dtype):
     """An allocation that fails on one recording (CUDA's out of memory; the CPU allocator's, under a memory limit)
@@ -420,6 +422,7 @@ extract_units(ExtractConfig(**config))
 """
 
 
+@pytest.mark.slow
 def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(extracted, hubert_codebook,
                                                                                 tmp_path, monkeypatch, capsys):
     """The kernel's OOM killer ends a process without a Python error: every run of the extraction ended at the
@@ -531,6 +534,7 @@ _DYING_FIT = _DYING_EXTRACTION.replace("ExtractConfig, extract_units", "FitConfi
     "extract_units(ExtractConfig(**config))", "fit_codebook(FitConfig(**config))")
 
 
+@pytest.mark.slow
 def test_a_codebook_fit_skips_an_utterance_that_ended_the_process_encoding_it_twice(extracted, hubert_codebook,
                                                                                     tmp_path, capsys):
     """`units fit` is not resumable and draws the same seeded sample every time: a recording whose encoding gets
