@@ -14,10 +14,12 @@ from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_co
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SIMSLM_MIRROR", str(REPO.parent / "shared" / "data"))
 os.environ["SIMSLM_OFFLINE"] = "1"
-# The MFU denominator given, as a sweep gives it to its runs (`train.PEAK_FLOPS_VARIABLE`): otherwise every run
-# measures this CPU's matrix products for 0.75 s with both cores before its first step, which the other worker's
-# test waits out. The tests of the measurement itself (`measured_peak`) take the variable away.
+# The MFU denominators given, as a sweep gives them to its runs (`train.PEAK_FLOPS_VARIABLE`, and for runs in bf16
+# `PEAK_FLOPS_BF16_VARIABLE`): otherwise every run measures this CPU's matrix products for 0.75 s with both cores
+# before its first step (a bf16 run 2-5 s), which the other worker's test waits out. The tests of the measurement
+# itself (`measured_peak`) take the variables away.
 os.environ["SIMSLM_PEAK_FLOPS"] = "1e11"
+os.environ["SIMSLM_PEAK_FLOPS_BF16"] = "1e10"
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +30,9 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def measured_peak(monkeypatch):
-    """A test whose runs measure their MFU denominator themselves, as a run outside a sweep does."""
+    """A test whose runs measure their MFU denominators themselves, as a run outside a sweep does."""
     monkeypatch.delenv("SIMSLM_PEAK_FLOPS")
+    monkeypatch.delenv("SIMSLM_PEAK_FLOPS_BF16")
 
 
 @pytest.fixture(scope="session")

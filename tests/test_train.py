@@ -1554,6 +1554,13 @@ def test_precision_bf16_trains_in_bf16_autocast_on_the_cpu_and_warns_where_that_
         capsys.readouterr().err
     fp32, bf16 = np.asarray(_losses(tmp_path / "fp32")), np.asarray(_losses(tmp_path / "bf16"))
     assert not np.array_equal(fp32, bf16) and np.max(np.abs(fp32 - bf16)) < 0.05  # bf16 products, the same run
+    # Given by a sweep, both peaks are taken as given: nothing is measured, and the slow bf16 is still said.
+    monkeypatch.setenv("SIMSLM_PEAK_FLOPS", "1e10")
+    monkeypatch.setenv("SIMSLM_PEAK_FLOPS_BF16", "2e9")
+    measured.clear()
+    given = train(_config(data, tmp_path / "given", budget_tokens=budget, precision="bf16"))
+    assert measured == [] and given.peak_flops_measured == 2e9
+    assert "bf16 matrix products run at 2.0 GFLOP/s against 10.0 in fp32" in capsys.readouterr().err
     for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines():
         logged = json.loads(line)  # MFU against the bf16 peak: 1e9 FLOP/s here
         assert logged["mfu"] == pytest.approx(logged["flops"] / logged["tokens"] * logged["tokens_per_sec"] / 1e9)

@@ -834,11 +834,14 @@ def _checkpoint_model(folder: Path):
 
 # The MFU denominator in FLOP/s, when measured once for many runs (the local sweep executor sets it).
 PEAK_FLOPS_VARIABLE = "SIMSLM_PEAK_FLOPS"
+# The bf16 products' peak, for a CPU run in bf16 (`PEAK_FLOPS_VARIABLE` holds fp32's): a sweep measures it once
+# for all its bf16 runs, as it measures fp32's.
+PEAK_FLOPS_BF16_VARIABLE = "SIMSLM_PEAK_FLOPS_BF16"
 
 
-def _given_peak_flops() -> float | None:
-    """The peak FLOP/s in `PEAK_FLOPS_VARIABLE`, if set."""
-    value = os.environ.get(PEAK_FLOPS_VARIABLE)
+def _given_peak_flops(variable: str = PEAK_FLOPS_VARIABLE) -> float | None:
+    """The peak FLOP/s in the environment `variable`, if set."""
+    value = os.environ.get(variable)
     if value is None:
         return None
     try:
@@ -846,7 +849,7 @@ def _given_peak_flops() -> float | None:
     except ValueError:
         peak = math.nan
     if not 0 < peak < math.inf:
-        raise ValueError(f"{PEAK_FLOPS_VARIABLE}={value}: not a positive number of FLOP/s")
+        raise ValueError(f"{variable}={value}: not a positive number of FLOP/s")
     return peak
 
 
@@ -1646,9 +1649,10 @@ def _train_held(config: TrainConfig, distributed: "_Distributed", started: float
     run_dir = Path(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():  # said before the base model loads, not after
         raise ValueError(f"{run_dir}: a file, where the run's folder is to be")
-    given_peak = _given_peak_flops()  # a bad value is refused before anything is written
+    # A bad value is refused before anything is written.
+    given_peaks = _given_peak_flops(), _given_peak_flops(PEAK_FLOPS_BF16_VARIABLE)
     with _run_held(run_dir, distributed):
-        return _train(config, distributed, run_dir, given_peak, started)
+        return _train(config, distributed, run_dir, given_peaks, started)
 
 
 @contextlib.contextmanager
@@ -1762,8 +1766,8 @@ def validation_mismatch(data: str, validation: str, vocabulary: Vocabulary | Non
     return None
 
 
-def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, given_peak: float | None,
-           started: float) -> RunResult | None:
+def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
+           given_peaks: tuple[float | None, float | None], started: float) -> RunResult | None:
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
@@ -1915,11 +1919,14 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path, give
     kinds = _token_kinds(vocabulary, distributed.device)
     peak_flops = 0.0
     if distributed.is_main:
-        # A sweep's one measurement (`PEAK_FLOPS_VARIABLE`) is of fp32 products, so a CPU run in bf16 measures its own.
-        peak_flops = given_peak if given_peak and (on_cuda or not bf16) else \
-            measure_peak_flops("cuda" if on_cuda else "cpu", bf16=bf16)
+        # A sweep's measurements, fp32's (`PEAK_FLOPS_VARIABLE`) and for a CPU run in bf16 bf16's
+        # (`PEAK_FLOPS_BF16_VARIABLE`), else the run's own.
+        given_fp32, given_bf16 = given_peaks
         if bf16 and not on_cuda:
-            _warn_if_slow_bf16(peak_flops, given_peak or measure_peak_flops("cpu", bf16=False))
+            peak_flops = given_bf16 or measure_peak_flops("cpu", bf16=True)
+            _warn_if_slow_bf16(peak_flops, given_fp32 or measure_peak_flops("cpu", bf16=False))
+        else:
+            peak_flops = given_fp32 or measure_peak_flops("cuda" if on_cuda else "cpu", bf16=bf16)
 
     # Loop.
     tracker = jobs.Progress(plan.total_steps - start_step, "train", unit="step") if distributed.is_main else None

@@ -1102,6 +1102,44 @@ def test_the_local_executor_starts_the_runs_bracketing_adds_before_the_rest(tmp_
     assert started == ["a", "b", "grown", "c", "d"]
 
 
+def test_a_sweep_on_the_cpu_measures_each_peak_its_runs_need_once(tmp_path, monkeypatch, measured_peak):
+    """The MFU denominators, measured once by the sweep before its runs load the cores: fp32's for every run, and
+    bf16's as well when its runs train in bf16 (each measured its own, 2-5 s a run on a CPU without native bf16
+    products, beside its neighbours' load). A denominator the user gave is kept."""
+    measured, environments = [], []
+
+    class Ended:
+        returncode = 0
+
+        def __init__(self, context, sweep_dir, identifier, log_path, threads, environment):
+            environments.append({key: environment.get(key) for key in (sweep.PEAK_FLOPS_VARIABLE,
+                                                                       sweep.PEAK_FLOPS_BF16_VARIABLE)})
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep, "_ForkedRun", Ended)
+    monkeypatch.setattr(sweep, "_warm_context", object)
+    monkeypatch.setattr(sweep, "_cuda_present", lambda: False)
+    monkeypatch.setattr(sweep, "_peak_flops", lambda threads, bf16=False: measured.append(bf16) or (2e9 if bf16 else 3e10))
+
+    def runs(precision):
+        return [{"id": name, "config": {"run_dir": str(tmp_path / precision / name), "precision": precision}}
+                for name in "ab"]
+
+    sweep._local(tmp_path, runs("fp32"), num_parallel=1)
+    assert measured == [False] and environments == [{"SIMSLM_PEAK_FLOPS": "30000000000.0",
+                                                    "SIMSLM_PEAK_FLOPS_BF16": None}] * 2
+    measured.clear(), environments.clear()
+    sweep._local(tmp_path, runs("bf16-weights"), num_parallel=1)
+    assert measured == [False, True] and environments == [{"SIMSLM_PEAK_FLOPS": "30000000000.0",
+                                                          "SIMSLM_PEAK_FLOPS_BF16": "2000000000.0"}] * 2
+    measured.clear(), environments.clear()
+    monkeypatch.setenv(sweep.PEAK_FLOPS_BF16_VARIABLE, "5e9")
+    sweep._local(tmp_path, runs("bf16"), num_parallel=1)
+    assert measured == [False] and environments[0]["SIMSLM_PEAK_FLOPS_BF16"] == "5e9"
+
+
 def test_the_edges_of_a_synthetic_ledger():
     def row(variant, budget, parameters, loss, member):
         return {"variant": variant, "budget": budget, "parameters": parameters, "loss_speech": loss,

@@ -62,6 +62,7 @@ from simslm.sequences.loader import index_digest
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
 from simslm.train import (
     OFF_BUDGET,
+    PEAK_FLOPS_BF16_VARIABLE,
     PEAK_FLOPS_VARIABLE,
     RUN_LOCK,
     RunResult,
@@ -70,6 +71,7 @@ from simslm.train import (
     loss_curve,
     measure_peak_flops,
     training_progress,
+    uses_bf16,
     validation_mismatch,
     validation_overlap,
 )
@@ -928,14 +930,14 @@ def _warm_context():
     return context
 
 
-def _peak_flops(threads: int) -> float:
-    """This CPU's matrix-multiply FLOP/s at `threads` threads (`train.measure_peak_flops`)."""
+def _peak_flops(threads: int, bf16: bool = False) -> float:
+    """This CPU's matrix-multiply FLOP/s at `threads` threads, in fp32 or bf16 (`train.measure_peak_flops`)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return measure_peak_flops("cpu")
+        return measure_peak_flops("cpu", bf16=bf16)
     finally:
         torch.set_num_threads(before)
 
@@ -959,10 +961,15 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     cuda = _cuda_present()
     if devices and not cuda:  # each run would see no GPU and train on the CPU, `--device auto` as it is
         raise ValueError(f"--gpus {gpus}: torch sees no CUDA device here; leave --gpus out to train on the CPU")
-    if not devices and not cuda and PEAK_FLOPS_VARIABLE not in environment:
+    if not devices and not cuda:
         # One MFU denominator for every CPU run, measured before any of them loads the cores (a run measuring
-        # its own would see its neighbour's load, and spend 0.5 s on it).
-        environment[PEAK_FLOPS_VARIABLE] = repr(_peak_flops(threads_per_run))
+        # its own would see its neighbour's load, and spend 0.75 s on it); bf16's too when the runs train in bf16
+        # (one product took 1.3-2.5 s on a CPU without native bf16, and each run measured at least two).
+        if PEAK_FLOPS_VARIABLE not in environment:
+            environment[PEAK_FLOPS_VARIABLE] = repr(_peak_flops(threads_per_run))
+        if PEAK_FLOPS_BF16_VARIABLE not in environment and any(
+                uses_bf16(run["config"].get("precision", "auto"), "cpu") for run in runs):
+            environment[PEAK_FLOPS_BF16_VARIABLE] = repr(_peak_flops(threads_per_run, bf16=True))
     slots = [",".join(devices[i:i + nproc_per_run]) for i in range(0, len(devices) - nproc_per_run + 1,
                                                                      nproc_per_run)] if devices else []
     if devices and not slots:
