@@ -1121,7 +1121,8 @@ def test_a_sweep_on_the_cpu_measures_each_peak_its_runs_need_once(tmp_path, monk
     monkeypatch.setattr(sweep, "_ForkedRun", Ended)
     monkeypatch.setattr(sweep, "_warm_context", object)
     monkeypatch.setattr(sweep, "_cuda_present", lambda: False)
-    monkeypatch.setattr(sweep, "_peak_flops", lambda threads, bf16=False: measured.append(bf16) or (2e9 if bf16 else 3e10))
+    monkeypatch.setattr(sweep, "_peak_flops",
+                        lambda threads, bf16=False: measured.append(bf16) or (2e9 if bf16 else 3e10))
 
     def runs(precision):
         return [{"id": name, "config": {"run_dir": str(tmp_path / precision / name), "precision": precision}}
@@ -1130,11 +1131,13 @@ def test_a_sweep_on_the_cpu_measures_each_peak_its_runs_need_once(tmp_path, monk
     sweep._local(tmp_path, runs("fp32"), num_parallel=1)
     assert measured == [False] and environments == [{"SIMSLM_PEAK_FLOPS": "30000000000.0",
                                                     "SIMSLM_PEAK_FLOPS_BF16": None}] * 2
-    measured.clear(), environments.clear()
+    measured.clear()
+    environments.clear()
     sweep._local(tmp_path, runs("bf16-weights"), num_parallel=1)
     assert measured == [False, True] and environments == [{"SIMSLM_PEAK_FLOPS": "30000000000.0",
                                                           "SIMSLM_PEAK_FLOPS_BF16": "2000000000.0"}] * 2
-    measured.clear(), environments.clear()
+    measured.clear()
+    environments.clear()
     monkeypatch.setenv(sweep.PEAK_FLOPS_BF16_VARIABLE, "5e9")
     sweep._local(tmp_path, runs("bf16"), num_parallel=1)
     assert measured == [False] and environments[0]["SIMSLM_PEAK_FLOPS_BF16"] == "5e9"
