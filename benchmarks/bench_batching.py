@@ -10,7 +10,7 @@ repeat, alternating, each run a process of its own (`simslm train`, fp32, the CP
 - rows: `batch_size` rows of the context a step (simslm's default);
 - pieces: `batch_size` documents a step, laid first-fit into rows of the context (what SDPA gets);
 - pieces, one row: the same documents end to end in one row, as slamkit's `DataCollatorWithFlattening` lays them
-  and as flash-attn and flex attention get them on a GPU (forced here through `train.ROW_FREE_KERNELS`).
+  and as flash-attn and flex attention get them on a GPU (forced here through `train.loop.ROW_FREE_KERNELS`).
 
 Reports steps, tokens seen, the speech validation loss and the median wall time of each; and checks that both
 layouts of pieces give the same losses.
@@ -32,7 +32,7 @@ CONTENDERS = {"rows": ("rows", False), "pieces": ("pieces", False), "pieces, one
 # One run in a process of its own: `simslm train`'s own main, with the one-row layout forced when asked.
 _RUN = """
 import sys
-import simslm.train as train_module
+import simslm.train.loop as train_module
 from simslm.cli import main
 if sys.argv[1] == "1":
     train_module.ROW_FREE_KERNELS = ("sdpa",)

@@ -4,7 +4,7 @@
 
 A random Qwen2 of hidden size 64 and 2 layers with Qwen2.5's vocabulary (151,936 rows), one
 sequence of `--tokens` tokens, forward and backward in fp32 on the CPU, through the same
-`train._token_losses` the training loop calls. Each setting runs in its own process (peak
+`train.loss._token_losses` the training loop calls. Each setting runs in its own process (peak
 RSS is per process), alternating, `--repeats` times; the table gives the median of the
 peak RSS growth over the step and of the step time. Small hidden sizes make the logits
 dominate, which is the case the option is for (at 2048 tokens a full fp32 logits tensor
@@ -28,7 +28,7 @@ def one_step(vocab: int, tokens: int, chunk: int) -> dict[str, float]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from simslm.train import _token_losses, chunked_loss_module
+    from simslm.train.loss import _token_losses, chunked_loss_module
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

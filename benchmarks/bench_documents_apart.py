@@ -1,11 +1,12 @@
-"""What `simslm train`'s check that packed documents stay apart (`train.documents_moved`) sees and costs, per kernel.
+"""What `simslm train`'s check that packed documents stay apart (`train.build.documents_moved`) sees and costs, per
+kernel.
 
     .venv/bin/python benchmarks/bench_documents_apart.py [--device cuda] [--kernels sdpa,eager,flex_attention]
 
 For each model shape (one layer of a config shaped as the family's: the demo's width, SmolLM2-135M, Llama-3.2-1B,
 Qwen2.5-7B) and each kernel, in the layout `train` gives that kernel and at the precision a run there takes: how far
 packing moves a document's hidden states (0 up to rounding where the documents stay apart; a run is refused above
-`train.PROBE_TOLERANCE`), and the wall time of the check, the first call's (a kernel's set-up, such as flex
+`train.build.PROBE_TOLERANCE`), and the wall time of the check, the first call's (a kernel's set-up, such as flex
 attention's compile) and a later one's. Nothing is downloaded: the configs are written out here.
 """
 
@@ -26,7 +27,7 @@ SHAPES = {  # name -> (config class, its arguments): the attention as the family
 def main() -> None:
     import transformers
 
-    from simslm.train import ONE_ROW_KERNELS, PROBE_TOLERANCE, attention_kernel, documents_moved, uses_bf16
+    from simslm.train.build import ONE_ROW_KERNELS, PROBE_TOLERANCE, attention_kernel, documents_moved, uses_bf16
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")

@@ -47,7 +47,8 @@ import numpy as np
 
 from simslm.eval.scoring import ScoringOptions, sequence_log_likelihoods
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, build_model
+from simslm.train.build import build_model
+from simslm.train.plan import TrainConfig
 
 
 def scorer_at(commit: str):

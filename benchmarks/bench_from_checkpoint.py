@@ -91,7 +91,7 @@ def main() -> None:
         run = Path(scratch) / "run"
         weights = write_run(run)
         size = sum(tensor.numel() * tensor.element_size() for tensor in weights.values()) / 2**30
-        bare = subprocess.run([sys.executable, "-c", "import simslm.cli, simslm.train, transformers, torch; print("
+        bare = subprocess.run([sys.executable, "-c", "import simslm.cli, simslm.train.loop, transformers, torch; print("
                                "*[line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')])"],
                               capture_output=True, text=True, check=True)
         print(f"weights {size:.2f} GiB (bf16); a process with simslm's imports alone peaks at "

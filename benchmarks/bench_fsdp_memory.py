@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import atexit, os, resource, sys, time
 started = time.perf_counter()
-import simslm.train
+import simslm.train.loop
 from simslm.cli import main
 
 set_up = []
-learning_rate = simslm.train.learning_rate
+learning_rate = simslm.train.loop.learning_rate
 
 
 def first_step(*args, **kwargs):  # called as each step starts: the peak before the first is the set-up's
@@ -50,7 +50,7 @@ def report():
         handle.write(f"{os.environ['RANK']} {set_up[0] / 1e6:.3f} {peak / 1e6:.3f} {set_up[1]:.2f}\\n")
 
 
-simslm.train.learning_rate = first_step
+simslm.train.loop.learning_rate = first_step
 atexit.register(report)
 sys.exit(main(sys.argv[2:]))
 """

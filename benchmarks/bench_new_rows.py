@@ -18,7 +18,8 @@ from pathlib import Path
 
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.speech.synth import SynthConfig, synthesize_corpus
-from simslm.train import TrainConfig, train
+from simslm.train.loop import train
+from simslm.train.plan import TrainConfig
 from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
 

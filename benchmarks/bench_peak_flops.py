@@ -1,4 +1,4 @@
-"""The MFU denominator's measurement (`train.measure_peak_flops`): today's against an earlier commit's, alternated.
+"""The MFU denominator's measurement (`train.peak.measure_peak_flops`): today's against an earlier commit's, alternated.
 
     .venv/bin/python benchmarks/bench_peak_flops.py [--before e97ea67^] [--repeats 2] [--fp32]
 
@@ -12,7 +12,7 @@ import ast
 import subprocess
 import time
 
-from simslm.train import measure_peak_flops
+from simslm.train.peak import measure_peak_flops
 
 
 def earlier(commit: str):

@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simslm.train import PEAK_FLOPS_BF16_VARIABLE, PEAK_FLOPS_VARIABLE, TrainConfig, train
+from simslm.train.loop import train
+from simslm.train.peak import PEAK_FLOPS_BF16_VARIABLE, PEAK_FLOPS_VARIABLE
+from simslm.train.plan import TrainConfig
 
 
 def main() -> None:

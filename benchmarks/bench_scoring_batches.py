@@ -26,7 +26,8 @@ def main() -> None:
     from simslm import jobs
     from simslm.eval.scoring import sequence_log_likelihoods
     from simslm.sequences.vocabulary import Vocabulary
-    from simslm.train import TrainConfig, build_model
+    from simslm.train.build import build_model
+    from simslm.train.plan import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256])

@@ -50,7 +50,10 @@ from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, measure_peak_flops, train, uses_bf16, weights_to
+from simslm.train.build import uses_bf16, weights_to
+from simslm.train.loop import train
+from simslm.train.peak import measure_peak_flops
+from simslm.train.plan import TrainConfig
 
 
 def isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -6,7 +6,7 @@
     # on the GPU machine
     PYTHONPATH=src python3 benchmarks/bench_train_gpu.py --data .gpu/data
 
-Each family member trains through `simslm.train.train` (bf16 autocast on CUDA, the same
+Each family member trains through `simslm.train.loop.train` (bf16 autocast on CUDA, the same
 code path as a real run, checkpoint and saved model included) for `--steps` steps of
 batch 8 x 2048 tokens; tokens/s and MFU are medians over the steps after the first 5. The
 MFU denominator is the bf16 8192^3 matrix-product rate measured in the same run. The
@@ -27,7 +27,9 @@ import numpy as np
 from simslm import model as model_lib
 from simslm.sequences.loader import PackedLoader
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import TrainConfig, measure_peak_flops, train
+from simslm.train.loop import train
+from simslm.train.peak import measure_peak_flops
+from simslm.train.plan import TrainConfig
 
 
 def step_seconds(depth: int, data: str, *, bf16: bool, attention: str, steps: int, batch_size: int) -> float:

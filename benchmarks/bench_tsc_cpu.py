@@ -30,7 +30,9 @@ from simslm.model import save_model, smollm2_gguf_path
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import synth
-from simslm.train import TrainConfig, build_model, train
+from simslm.train.build import build_model
+from simslm.train.loop import train
+from simslm.train.plan import TrainConfig
 from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
 
 BENCH_LINES = "tinystories-sample[2000:2300]"

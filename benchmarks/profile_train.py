@@ -7,7 +7,7 @@
     # here, to check the script (CPU activity only)
     SIMSLM_MIRROR=../shared/data .venv/bin/python benchmarks/profile_train.py --member 1:16 --steps 30
 
-The run trains through `simslm.train.train` (the code path of every run, bf16 autocast on CUDA), with the
+The run trains through `simslm.train.loop.train` (the code path of every run, bf16 autocast on CUDA), with the
 profiler on for the whole run; the tables list the operators by their own host time and, on CUDA, by their
 own GPU time, with the calls per step. A step's wall time against the GPU's busy time per step says how much
 of it the host's launching costs (the GPU idles while Python launches kernels).
@@ -24,7 +24,9 @@ from pathlib import Path
 
 from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
-from simslm.train import PEAK_FLOPS_VARIABLE, TrainConfig, measure_peak_flops, train
+from simslm.train.loop import train
+from simslm.train.peak import PEAK_FLOPS_VARIABLE, measure_peak_flops
+from simslm.train.plan import TrainConfig
 
 
 def main() -> None:

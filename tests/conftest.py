@@ -90,7 +90,8 @@ def speech_sequences(extracted, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def trained_run(extracted, speech_sequences, tmp_path_factory):
     """A tiny TWIST run on the synthetic corpus and a 4-item offline tSC built from held-out stories."""
-    from simslm.train import TrainConfig, train
+    from simslm.train.loop import train
+    from simslm.train.plan import TrainConfig
 
     config, _, _ = extracted
     root = tmp_path_factory.mktemp("evalrun")
@@ -107,7 +108,7 @@ def trained_run(extracted, speech_sequences, tmp_path_factory):
 def train_stopped_at(monkeypatch):
     """`train(config)` stopped by a KeyboardInterrupt as its step `step` (counted from 0) starts: a run left half
     done, its checkpoints written up to then."""
-    import simslm.train as train_module
+    import simslm.train.loop as train_module
 
     learning_rate = train_module.learning_rate
 

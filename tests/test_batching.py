@@ -9,9 +9,10 @@ import pytest
 
 from simslm.sequences.loader import PieceLoader, pack_rows, read_index
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import RunResult, TrainConfig, train
+from simslm.train.loop import train
+from simslm.train.plan import RunResult, TrainConfig
 from tests.sequences.conftest import epoch_documents
-from tests.test_train import _losses, _one_process_and_torchrun
+from tests.train.helpers import _losses, _one_process_and_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_a_run_of_pieces_trains_as_slamkits_trainer_over_its_flattening_collator
     import torch
     from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 
-    from simslm.train import build_model
+    from simslm.train.build import build_model
 
     config = _config(data, tmp_path / "run", checkpoint_every=100, attention="sdpa")
     train(config)
@@ -180,7 +181,7 @@ def test_a_run_of_pieces_trains_as_slamkits_trainer_over_its_flattening_collator
 def test_pieces_train_alike_in_one_row_and_in_rows_of_the_context(data, tmp_path, monkeypatch):
     """SDPA takes pieces in rows of the context; flash-attn and flex attention (CUDA only) take them in one row.
     Laid out either way, the documents and so the losses are the same."""
-    import simslm.train as train_module
+    import simslm.train.loop as train_module
 
     train(_config(data, tmp_path / "rows", attention="sdpa"))
     monkeypatch.setattr(train_module, "ROW_FREE_KERNELS", ("sdpa",))

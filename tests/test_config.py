@@ -6,7 +6,7 @@ import pytest
 from simslm.cli import COMMANDS, main, parse_arguments
 from simslm.config import ConfigError, config_from_args, flag
 from simslm.sequences.build import BuildConfig
-from simslm.train import TrainConfig
+from simslm.train.plan import TrainConfig
 
 
 def _config(argv):

@@ -192,7 +192,7 @@ def test_a_depth_1_member_is_refused_only_when_its_own_heads_cannot_be_built():
 
 def test_a_family_member_is_named_by_depth_and_aspect_ratio():
     from simslm.config import ConfigError
-    from simslm.train import TrainConfig
+    from simslm.train.plan import TrainConfig
 
     assert model.family_source(3) == "family:3" and model.family_source(3, 16) == "family:3:16"
     assert model.parse_family_source("family:3") == (3, 32) and model.parse_family_source("family:3:16") == (3, 16)

@@ -6,7 +6,8 @@ import torch
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
-from simslm.train import TrainConfig, train
+from simslm.train.loop import train
+from simslm.train.plan import TrainConfig
 
 
 @pytest.mark.slow

@@ -170,7 +170,7 @@ def _units_import(config) -> int:
 
 
 def _model_from_checkpoint(config) -> int:
-    from simslm.train import model_from_checkpoint
+    from simslm.train.checkpoint import model_from_checkpoint
 
     print(f"model at the checkpoint's step (simslm eval and generate read it) -> {model_from_checkpoint(config)}")
     return 0
@@ -267,7 +267,7 @@ def _sequences_show(config) -> int:
 
 
 def _train(config) -> int:
-    from simslm.train import train
+    from simslm.train.loop import train
 
     result = train(config)
     if result is not None:  # the main process of a torchrun
@@ -439,13 +439,14 @@ COMMANDS: tuple[Command, ...] = (
     Command(("sequences", "stats"), "tokens per modality and the speech share",
             _config("simslm.sequences.show", "StatsConfig"), _sequences_stats, positional=("folder",)),
     Command(("train",), "train an SLM on a compute budget (resumes when run_dir exists)",
-            _config("simslm.train", "TrainConfig"), _train, overrides=True),
+            _config("simslm.train.plan", "TrainConfig"), _train, overrides=True),
     Command(("model", "from-slamkit"), "a model slamkit trained (UnitLM) as a folder plain from_pretrained loads",
             _config("simslm.model", "FromSlamkitConfig"), _model_from_slamkit),
     Command(("model", "from-gguf"), "a GGUF checkpoint (SmolLM2's) as a model folder, dequantised once",
             _config("simslm.model", "FromGgufConfig"), _model_from_gguf, positional=("gguf", "out")),
     Command(("model", "from-checkpoint"), "a run's model at one of its checkpoints (mid-run) as a model folder",
-            _config("simslm.train", "FromCheckpointConfig"), _model_from_checkpoint, positional=("checkpoint", "out")),
+            _config("simslm.train.checkpoint", "FromCheckpointConfig"), _model_from_checkpoint,
+            positional=("checkpoint", "out")),
     Command(("textlm", "pretrain"), "pretrain a family of small text LMs (TWIST sources) on a text corpus",
             _config("simslm.textlm", "TextLMConfig"), _textlm),
     Command(("bench", "build"), "synthesise an offline sBLIMP-, tSC- or sWUGGY-style benchmark",

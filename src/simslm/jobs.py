@@ -56,7 +56,7 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     blocks (a sweep stops the runs it started, a pool its workers, each saving what it has), where the default
     action would end this process alone and leave its children running on. The request arriving again does not
     break into that clean-up (`first_sigterm`). Training replaces this handler, inside its loop, with a stop at the
-    end of the step in hand (`train._StopRequest`)."""
+    end of the step in hand (`train.distributed._StopRequest`)."""
     if first_sigterm():
         raise Stopped("stopped by SIGTERM; run the same command again to resume")
 

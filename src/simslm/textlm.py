@@ -18,7 +18,8 @@ from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train import RunResult, TrainConfig, changed_settings, train
+from simslm.train.loop import train
+from simslm.train.plan import RunResult, TrainConfig, changed_settings
 
 
 @dataclass(frozen=True, kw_only=True)

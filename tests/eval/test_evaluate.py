@@ -175,7 +175,7 @@ def test_a_run_trained_with_relative_paths_is_evaluated_from_anywhere_and_after_
     from another folder said "seq: not a sequences folder", and so after the project moved whole."""
     import shutil
 
-    from simslm.train import placed_input
+    from simslm.train.plan import placed_input
 
     run, _ = trained_run
     stored = json.loads((run / "config.json").read_text())
@@ -239,8 +239,9 @@ def test_a_run_stopped_while_saving_its_model_is_not_evaluated(trained_run, tmp_
 def test_validation_is_refused_where_packed_documents_would_see_each_other(trained_run, monkeypatch):
     """The validation CE runs over packed rows, in a process that may have another transformers than the run's
     training had: `eval` checks, as `train` does, that the documents of a row stay apart (`documents_moved`, tested
-    on real architectures in test_train.py), rather than report a CE over tokens that saw other documents."""
-    import simslm.train as train_module
+    on real architectures in tests/train/test_build.py), rather than report a CE over tokens that saw other
+    documents."""
+    import simslm.train.build as train_module
     from simslm.config import ConfigError
 
     run, _ = trained_run

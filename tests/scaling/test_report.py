@@ -13,7 +13,7 @@ from simslm.eval.evaluate import BenchmarkResult
 from simslm.model import ParameterGroups
 from simslm.scaling import report, sweep
 from simslm.scaling.fit import Law
-from simslm.train import Losses, RunResult
+from simslm.train.plan import Losses, RunResult
 
 LAW = Law(E=2.0, A=40.0, B=80.0, alpha=0.3, beta=0.3)
 

@@ -20,7 +20,7 @@ import pytest
 
 from simslm import jobs
 from simslm.scaling import sweep
-from simslm.train import RunResult, TrainConfig
+from simslm.train.plan import RunResult, TrainConfig
 from tests.conftest import live_in_group, slurm_without_accounting, tiny_base_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,7 +222,7 @@ def test_a_study_moved_with_a_run_in_progress_resumes_that_run(data, tmp_path, t
     checkpoint where it is now. Before, it failed as 'another config (other data, validation_data)'."""
     import shutil
 
-    from simslm.train import TrainConfig
+    from simslm.train.plan import TrainConfig
 
     shutil.copytree(data, tmp_path / "study" / "data")
     data_here = str(tmp_path / "study" / "data")

@@ -277,7 +277,8 @@ def test_a_slurm_array_numbered_from_1_builds_every_part_without_shard_index(bui
 def test_training_on_one_part_of_a_build_in_parts_is_said(build, tmp_path, capsys):
     # A part is a sequences folder of its own, so a forgotten merge would train on a share of the corpus, silently.
     from simslm.sequences.build import MergeConfig, merge_sequences
-    from simslm.train import TrainConfig, train
+    from simslm.train.loop import train
+    from simslm.train.plan import TrainConfig
 
     parts = [build(streams=("speech",), num_epochs=1, num_shards=2, shard_index=k, out=str(tmp_path / f"p{k}"))[1]
              for k in (0, 1)]

@@ -47,7 +47,7 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
         _check_recorded_units(run_dir, model_dir, recorded)
         return recorded
     if (run_dir / "plan.json").exists():
-        from simslm.train import placed_input
+        from simslm.train.plan import placed_input
 
         units = speech_units_folder(placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data"))
         if not units:
@@ -64,7 +64,7 @@ def _model_num_units(run_dir: Path, model_dir: Path) -> int | None:
 
     vocabulary = model_dir / VOCAB_FILE if (model_dir / VOCAB_FILE).exists() else None
     if vocabulary is None and (run_dir / "plan.json").exists():
-        from simslm.train import placed_input
+        from simslm.train.plan import placed_input
 
         data = placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data")
         vocabulary = Path(data) / "tokenizer" / VOCAB_FILE

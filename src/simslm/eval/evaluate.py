@@ -175,13 +175,13 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
     """The model folder of a run (or a bare model folder), its vocabulary and the run's config."""
     run_dir = Path(run_dir)
     if (run_dir / "plan.json").exists() and (run_dir / "model").is_dir():
-        from simslm.train import RunResult
+        from simslm.train.plan import RunResult
 
         if not RunResult.exists(run_dir):  # written after model/: a run stopped while it saved its model
             raise ValueError(f"{run_dir}: its training has not finished (no result.json; model/ may be half "
                              f"written); run the same `simslm train` again to finish it")
         config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
-        from simslm.train import placed_input
+        from simslm.train.plan import placed_input
 
         vocabulary = Vocabulary.load(model_dir if (model_dir / VOCAB_FILE).exists() else
                                      Path(placed_input(run_dir, config, "data")) / "tokenizer")
@@ -189,7 +189,8 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
         config, model_dir, vocabulary = None, run_dir, Vocabulary.load(run_dir)
     elif (run_dir / "plan.json").exists():
         # A checkpoint's model can be scored mid-run: named, the latest (steps are zero-padded, so they sort). Not
-        # `train.latest_checkpoint`, which reads every weight to check it: `model from-checkpoint` checks the one named.
+        # `train.checkpoint.latest_checkpoint`, which reads every weight to check it: `model from-checkpoint` checks
+        # the one named.
         latest = max((run_dir / "checkpoints").glob("step-*"), default=None)
         mid_run = (f"; or score it at its latest checkpoint: `simslm model from-checkpoint {latest} FOLDER`, then "
                    f"`simslm eval FOLDER`") if latest else ""
@@ -230,7 +231,7 @@ def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str
 def checkpoint_run(model_dir: Path) -> Path | None:
     """The run a model folder was made from at one of its checkpoints (`simslm model from-checkpoint`), when it is
     still where the folder says (None for any other model folder)."""
-    from simslm.train import CHECKPOINT_FILE
+    from simslm.train.checkpoint import CHECKPOINT_FILE
 
     record = Path(model_dir) / CHECKPOINT_FILE
     if not record.is_file():
@@ -514,7 +515,9 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
                   run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Cross-entropy per modality on the run's held-out sequences (the paper's speech loss is `loss_speech`);
     `run_dir`, the run folder as named now, finds them when config.json names them relative to elsewhere."""
-    from simslm.train import check_documents_apart, evaluate_modalities, placed_input
+    from simslm.train.build import check_documents_apart
+    from simslm.train.loss import evaluate_modalities
+    from simslm.train.plan import placed_input
 
     if run_config is None:
         raise ValueError("validation needs a run folder (its validation_data), or a model folder made from one of its "

@@ -60,21 +60,11 @@ from simslm.scaling.fit import TABLE_COLUMNS, fit_all, percentile_interval, poin
 from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import index_digest
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
-from simslm.train import (
-    OFF_BUDGET,
-    PEAK_FLOPS_BF16_VARIABLE,
-    PEAK_FLOPS_VARIABLE,
-    RUN_LOCK,
-    RunResult,
-    TrainConfig,
-    another_tokenizer,
-    loss_curve,
-    measure_peak_flops,
-    training_progress,
-    uses_bf16,
-    validation_mismatch,
-    validation_overlap,
-)
+from simslm.train.build import another_tokenizer, uses_bf16
+from simslm.train.loop import validation_mismatch, validation_overlap
+from simslm.train.metrics import loss_curve, training_progress
+from simslm.train.peak import PEAK_FLOPS_BF16_VARIABLE, PEAK_FLOPS_VARIABLE, measure_peak_flops
+from simslm.train.plan import OFF_BUDGET, RUN_LOCK, RunResult, TrainConfig
 
 SWEEP_FILE = "sweep.json"
 
@@ -767,14 +757,14 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
     trained = (run_dir / "result.json").exists()  # read before any process trains: all decide alike
     if int(os.environ.get("RANK", "0")) != 0:
         if not trained:
-            from simslm.train import train
+            from simslm.train.loop import train
 
             train(TrainConfig(**run["config"]))
         return "done"
     try:
         with jobs.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: held by another process"):
             if not trained:
-                from simslm.train import train
+                from simslm.train.loop import train
 
                 train(TrainConfig(**run["config"]))  # takes the same lock again, as this process may
             missing = _unevaluated(run_dir, tuple(spec.get("bench") or ()))
@@ -847,7 +837,7 @@ def _run_command(sweep_dir: Path, identifier: str, nproc_per_run: int) -> list[s
 
 # What a run imports (torch, transformers' model and tokenizer classes of the paper's families, simslm's
 # training and scoring): about 6 s of a run's start on a 2-core CPU, paid once by the warm executor's server.
-WARM_MODULES = ("simslm.cli", "simslm.scaling.sweep", "simslm.train", "simslm.eval.evaluate",
+WARM_MODULES = ("simslm.cli", "simslm.scaling.sweep", "simslm.train.loop", "simslm.eval.evaluate",
                 "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
                 "transformers.models.llama.modeling_llama", "transformers.models.llama.tokenization_llama",
                 "transformers.models.llama.tokenization_llama_fast",  # transformers 4 (5 has none; skipped)
