@@ -14,7 +14,7 @@ from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_co
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SIMSLM_MIRROR", str(REPO.parent / "shared" / "data"))
 os.environ["SIMSLM_OFFLINE"] = "1"
-# The MFU denominators given, as a sweep gives them to its runs (`train.PEAK_FLOPS_VARIABLE`, and for runs in bf16
+# The MFU denominators given, as a sweep gives them to its runs (`train.peak.PEAK_FLOPS_VARIABLE`, and for runs in bf16
 # `PEAK_FLOPS_BF16_VARIABLE`): otherwise every run measures this CPU's matrix products for 0.75 s with both cores
 # before its first step (a bf16 run 2-5 s), which the other worker's test waits out. The tests of the measurement
 # itself (`measured_peak`) take the variables away.

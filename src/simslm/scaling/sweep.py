@@ -921,7 +921,7 @@ def _warm_context():
 
 
 def _peak_flops(threads: int, bf16: bool = False) -> float:
-    """This CPU's matrix-multiply FLOP/s at `threads` threads, in fp32 or bf16 (`train.measure_peak_flops`)."""
+    """This CPU's matrix-multiply FLOP/s at `threads` threads, in fp32 or bf16 (`train.peak.measure_peak_flops`)."""
     import torch
 
     before = torch.get_num_threads()
