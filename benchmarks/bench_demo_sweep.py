@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from simslm.scaling import sweep
+from simslm.scaling import collect, execute, sweep
 
 
 def main() -> None:
@@ -46,11 +46,11 @@ def main() -> None:
             if name == "before":
                 os.environ["SIMSLM_KEEP_FREED_MEMORY"] = "0"  # read by every run's process
             started = time.perf_counter()
-            counts = sweep.run_sweep(out, num_parallel=2, threads_per_run=1, fresh_processes=name == "before")
+            counts = execute.run_sweep(out, num_parallel=2, threads_per_run=1, fresh_processes=name == "before")
             times[name].append(time.perf_counter() - started)
             os.environ.pop("SIMSLM_KEEP_FREED_MEMORY", None)
             assert counts == {"done": sum(counts.values())}, counts
-            losses[name] = [row["loss_speech"] for row in sorted(sweep.collect(out), key=lambda row: row["run_dir"])]
+            losses[name] = [row["loss_speech"] for row in sorted(collect.collect(out), key=lambda row: row["run_dir"])]
             print(f"{name}: {len(losses[name])} runs in {times[name][-1]:.1f} s", flush=True)
     assert losses["before"] == losses["now"], "the two sweeps gave different losses"
     before, now = statistics.median(times["before"]), statistics.median(times["now"])

@@ -6,11 +6,11 @@
 DEMO_OUT is a finished `simslm demo --out` folder, whose runs are seed 0. Its sweep spec is planned again, cut to
 `--variants`, `--depths` and `--budgets`, with `seeds` = `--seeds` (and no bench: the speech CE is what is compared),
 into FOLDER, and run with the demo's executor settings (2 runs at once, 1 thread each). Those runs and the demo's own
-seed-0 runs of the same cells are then read as cells (`sweep.cells`), and printed:
+seed-0 runs of the same cells are then read as cells (`collect.cells`), and printed:
 
 - per cell, each seed's validation speech CE, their mean and standard deviation;
 - per budget with both TWIST variants: finding 1's difference (interleaved + TWIST minus textless, best size by mean)
-  with `sweep.cell_difference`'s interval over seeds and batches, beside the demo's seed-0 difference with its
+  with `collect.cell_difference`'s interval over seeds and batches, beside the demo's seed-0 difference with its
   interval over batches alone;
 - each (variant, budget)'s best size by mean, beside seed 0's.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simslm.scaling import sweep
+from simslm.scaling import collect, execute, sweep
 
 
 def _numbers(text: str, kind=float) -> tuple:
@@ -46,25 +46,25 @@ def main() -> None:
                   seeds=list(_numbers(args.seeds, int)), bench=[], bracket_models={},
                   train={key: value for key, value in stored["train"].items() if key != "seed"})
     sweep.plan_sweep(sweep.SweepSpec.from_json(stored), args.out)
-    sweep.run_sweep(args.out, executor="local", num_parallel=2, threads_per_run=1)
+    execute.run_sweep(args.out, executor="local", num_parallel=2, threads_per_run=1)
 
-    replicates = sweep.collect(args.out)
+    replicates = collect.collect(args.out)
     wanted = {(row["variant"], row["member"], row["budget"]) for row in replicates}
-    seed0 = [row for row in sweep.collect(demo) if (row["variant"], row["member"], row["budget"]) in wanted]
+    seed0 = [row for row in collect.collect(demo) if (row["variant"], row["member"], row["budget"]) in wanted]
     rows = seed0 + replicates
     print("| variant | budget | size | speech CE per seed | mean | SD |\n| --- | --- | --- | --- | --- | --- |")
-    for cell in sorted(sweep.cells(rows), key=lambda c: (c["variant"], c["budget"], c["parameters"])):
+    for cell in sorted(collect.cells(rows), key=lambda c: (c["variant"], c["budget"], c["parameters"])):
         losses = [row["loss_speech"] for row in cell["replicates"]]
         seeds = ", ".join(f"{row['seed']}: {row['loss_speech']:.3f}" for row in cell["replicates"])
         print(f"| {cell['variant']} | {cell['budget']:.3g} | {cell['member']} | {seeds} | {np.mean(losses):.3f} | "
               f"{np.std(losses, ddof=1):.3f} |")
-    best, alone = sweep.best_runs(rows), sweep.best_runs(seed0)
+    best, alone = collect.best_runs(rows), collect.best_runs(seed0)
     for budget in sorted({budget for _, budget in best}):
         pair, single = [best.get((v, budget)) for v in ("interleaved-twist", "textless-twist")], \
             [alone.get((v, budget)) for v in ("interleaved-twist", "textless-twist")]
         if None in pair or None in single:
             continue
-        replicated, once = sweep.cell_difference(*pair), sweep.speech_loss_difference(*single)
+        replicated, once = collect.cell_difference(*pair), collect.speech_loss_difference(*single)
         print(f"finding 1 at C={budget:.3g}: {len(pair[0]['replicates'])} seeds ({pair[0]['member']} vs "
               f"{pair[1]['member']}) {replicated[0]:+.3f} [{replicated[1]:+.3f}, {replicated[2]:+.3f}]; seed 0 alone "
               f"({single[0]['member']} vs {single[1]['member']}) {once[0]:+.3f} [{once[1]:+.3f}, {once[2]:+.3f}]")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simslm.scaling import sweep
+from simslm.scaling import execute, sweep
 from simslm.sequences.build import BuildConfig, build_sequences
 
 
@@ -39,7 +39,7 @@ def main() -> None:
                 folder = scratch / f"{name.replace(' ', '')}-{repeat}"
                 sweep.plan_sweep(spec, folder)
                 started = time.perf_counter()
-                sweep.run_sweep(folder, num_parallel=parallel, threads_per_run=threads)
+                execute.run_sweep(folder, num_parallel=parallel, threads_per_run=threads)
                 times[name].append(time.perf_counter() - started)
     print("| local executor setting (4 runs) | sweep wall time, median | runs (s) |\n| --- | --- | --- |")
     for name, values in times.items():

@@ -60,7 +60,7 @@ def _model(folder: Path, architecture: str, hidden: int, layers: int, intermedia
 def run(prepared: Path, out: Path, tiny: bool) -> dict:
     import torch
 
-    from simslm.scaling import sweep
+    from simslm.scaling import collect, execute, ledger, sweep
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not tiny:
@@ -88,9 +88,9 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
         "train": {"batch_size": 2 if tiny else 16, "checkpoint_every": 10_000, "num_validation_batches": 1,
                   "lr": 1e-3, "lr_min": 1e-4}})
     sweep.plan_sweep(spec, out / "sweep")
-    sweep.run_sweep(out / "sweep", num_parallel=1, gpus="" if device == "cpu" else "0")
+    execute.run_sweep(out / "sweep", num_parallel=1, gpus="" if device == "cpu" else "0")
     rows = []
-    for row in sorted(sweep.collect(out / "sweep"), key=lambda r: (r["variant"], r["parameters"])):
+    for row in sorted(collect.collect(out / "sweep"), key=lambda r: (r["variant"], r["parameters"])):
         metrics = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         steady = metrics[5:] or metrics
         rows.append({"run": row["member"], "parameters": row["parameters"], "steps": len(metrics),
@@ -99,13 +99,13 @@ def run(prepared: Path, out: Path, tiny: bool) -> dict:
                      "max_memory_gb": max((m.get("max_memory_gb", 0.0) for m in metrics), default=0.0),
                      "final_loss": metrics[-1]["loss"]})
     result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "budget_flops": budget,
-              "runs": rows, "status": sweep.status_counts(out / "sweep"),
+              "runs": rows, "status": ledger.status_counts(out / "sweep"),
               "wall_sec": round(time.perf_counter() - started, 1)}
     print(f"{'run':<14} {'params':>10} {'steps':>6} {'tokens/s':>11} {'MFU':>6} {'mem GB':>7} {'loss':>7}")
     for r in rows:
         print(f"{r['run']:<14} {r['parameters'] / 1e6:>9.1f}M {r['steps']:>6} {r['tokens_per_sec']:>11,.0f} "
               f"{100 * r['mfu']:>5.1f}% {r['max_memory_gb']:>7.2f} {r['final_loss']:>7.3f}")
-    print(sweep.status_table(out / "sweep").splitlines()[-1], f"({result['wall_sec']} s in all)")
+    print(collect.status_table(out / "sweep").splitlines()[-1], f"({result['wall_sec']} s in all)")
     result["extraction"] = extraction(prepared, out, tiny, device)
     return result
 

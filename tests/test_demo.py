@@ -186,7 +186,7 @@ def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(t
 
 def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp_path):
     from simslm import jobs
-    from simslm.scaling import sweep
+    from simslm.scaling import bracket
 
     def row(member, budget, loss):
         return {"id": f"v-{member}-{budget:g}", "variant": "v", "family": "f", "member": member, "budget": budget,
@@ -198,10 +198,10 @@ def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp
             row("d1", 2e9, 3.0), row("d2", 2e9, 2.9), row("d3", 2e9, 3.1)]
     jobs.write_json(tmp_path / "bracket.json", {"added": [], "unbracketed": [
         {"variant": "v", "budget": 1e9, "member": "d1", "needs": "smaller", "family": "f", "reason": "no depth 0"}]})
-    assert demo.bracketing(tmp_path, sweep.edges(rows), 2) == (
+    assert demo.bracketing(tmp_path, bracket.edges(rows), 2) == (
         "Bracketing: the best size is at the grid's edge in 1 of 2 (variant, budget) cells, so their isoFLOP minimum "
         "may lie outside the sizes run: v at C=1e+09 (best d1, the grid's smallest; no depth 0).")
-    assert demo.bracketing(tmp_path, sweep.edges(rows[3:]), 1) == \
+    assert demo.bracketing(tmp_path, bracket.edges(rows[3:]), 1) == \
         "Bracketing: the best size is inside the grid in all 1 (variant, budget) cells."
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from simslm import demo, jobs
-from simslm.scaling import sweep
+from simslm.scaling import bracket, collect
 
 
 @pytest.mark.study
 def test_the_default_demo_is_a_bracketed_study_with_sound_fits(tmp_path):
     out = Path(os.environ.get("SIMSLM_STUDY_DIR") or tmp_path / "demo")
     summary = demo.run_demo(demo.DemoConfig(out=str(out)))
-    rows = sweep.collect(out / "sweep")
+    rows = collect.collect(out / "sweep")
     variants = {"interleaved-twist", "textless-twist", "interleaved-random"}
     assert {row["variant"] for row in rows} == variants
     for variant in variants:
@@ -26,7 +26,7 @@ def test_the_default_demo_is_a_bracketed_study_with_sound_fits(tmp_path):
         for budget in budgets:
             assert len({row["parameters"] for row in rows if (row["variant"], row["budget"]) == (variant, budget)}) >= 4
     # Every budget's best size lies inside the grid (no edge is the best), for every variant.
-    assert sweep.edges(rows) == []
+    assert bracket.edges(rows) == []
     fits = jobs.read_json(out / "sweep" / "fit.json")["variants"]
     # The laws of finding 1's two variants are sound: E interior, every interval finite. A variant whose law is
     # degenerate (interleaved + random init in the run of 2026-11-30: its two largest sizes stay on the unigram

@@ -316,7 +316,7 @@ def _sweep_plan(config) -> int:
 
 
 def _sweep_run(config) -> int:
-    from simslm.scaling.sweep import run_sweep
+    from simslm.scaling.execute import run_sweep
 
     options = {key: value for key, value in config.to_dict().items() if key not in ("sweep", "executor")}
     counts = run_sweep(config.sweep, executor=config.executor, **options)
@@ -325,7 +325,7 @@ def _sweep_run(config) -> int:
 
 
 def _sweep_wait(config) -> int:
-    from simslm.scaling.sweep import wait_for_sweep
+    from simslm.scaling.execute import wait_for_sweep
 
     counts = wait_for_sweep(config.sweep, poll_sec=config.poll_sec)
     print("runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
@@ -333,7 +333,7 @@ def _sweep_wait(config) -> int:
 
 
 def _sweep_run_one(config) -> int:
-    from simslm.scaling.sweep import execute_run
+    from simslm.scaling.execute import execute_run
 
     status = execute_run(config.sweep, config.run_id)
     if int(os.environ.get("RANK", "0")) == 0:  # a run of several processes logs its status once
@@ -342,15 +342,15 @@ def _sweep_run_one(config) -> int:
 
 
 def _sweep_status(config) -> int:
-    from simslm.scaling.sweep import status_table
+    from simslm.scaling.collect import status_table
 
     print(status_table(config.sweep))
     return 0
 
 
 def _fit(config) -> int:
+    from simslm.scaling.collect import fit_source
     from simslm.scaling.fit import fit_summary
-    from simslm.scaling.sweep import fit_source
 
     fits, out = fit_source(config)
     print("\n".join(fit_summary(fits)))
@@ -458,19 +458,19 @@ COMMANDS: tuple[Command, ...] = (
     Command(("sweep", "plan"), "spec JSON -> sweep.json with content-hashed run ids",
             _config("simslm.scaling.sweep", "PlanSweepConfig"), _sweep_plan, positional=("spec",)),
     Command(("sweep", "run"), "execute the runs not finished yet (resumes after a kill)",
-            _config("simslm.scaling.sweep", "RunSweepConfig"), _sweep_run, positional=("sweep",)),
+            _config("simslm.scaling.execute", "RunSweepConfig"), _sweep_run, positional=("sweep",)),
     Command(("sweep", "run-one"), "train and evaluate one run of a sweep (used by executors)",
-            _config("simslm.scaling.sweep", "RunOneConfig"), _sweep_run_one, positional=("sweep", "run_id")),
+            _config("simslm.scaling.execute", "RunOneConfig"), _sweep_run_one, positional=("sweep", "run_id")),
     Command(("sweep", "wait"), "follow the jobs `sweep run --executor slurm --no-wait` submitted until they end",
-            _config("simslm.scaling.sweep", "WaitConfig"), _sweep_wait, positional=("sweep",)),
+            _config("simslm.scaling.execute", "WaitConfig"), _sweep_wait, positional=("sweep",)),
     Command(("sweep", "status"), "progress, losses and accuracies per run",
-            _config("simslm.scaling.sweep", "StatusConfig"), _sweep_status, positional=("sweep",)),
+            _config("simslm.scaling.collect", "StatusConfig"), _sweep_status, positional=("sweep",)),
     Command(("fit",), "scaling-law fits (Chinchilla approaches 1-3, bootstrap CIs)",
-            _config("simslm.scaling.sweep", "FitConfig"), _fit, positional=("source",)),
+            _config("simslm.scaling.collect", "FitConfig"), _fit, positional=("source",)),
     Command(("plan",), "compute-optimal model size and tokens for a FLOP budget",
             _config("simslm.scaling.plan", "PlanConfig"), _plan, also_positional=("fit",)),
     Command(("report",), "HTML report with plots and fitted laws for a sweep",
-            _config("simslm.scaling.sweep", "ReportConfig"), _report, positional=("sweep",)),
+            _config("simslm.scaling.report", "ReportConfig"), _report, positional=("sweep",)),
     Command(("demo",), "the whole offline scaling study from nothing, bracketed (13-23 min on 2 cores)",
             _config("simslm.demo", "DemoConfig"), _demo),
 )

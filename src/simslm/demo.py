@@ -212,7 +212,7 @@ DEMO_MARKERS = ("demo_config.json", "stages", "demo.json")
 
 def run_demo(config: DemoConfig) -> str:
     """Run every stage (skipping finished ones) and return the closing summary."""
-    from simslm.scaling import report, sweep
+    from simslm.scaling import collect, execute, report, sweep
     from simslm.speech import synth
     from simslm.textlm import TextLMConfig, family_tokenizer, pretrain_family
 
@@ -277,7 +277,7 @@ def run_demo(config: DemoConfig) -> str:
     def evaluated_again(stage: str) -> None:
         """A benchmark built after the sweep (a stage new to a folder from before it, or one whose output was
         removed): the sweep and fit run again, and the sweep scores its runs on the benchmarks they hold no result
-        of the folder now there for (`sweep._unevaluated`); no run is trained again."""
+        of the folder now there for (`ledger._unevaluated`); no run is trained again."""
         finished = [name for name in ("sweep", "fit") if (out / "stages" / f"{name}.json").exists()]
         for name in finished:
             (out / "stages" / f"{name}.json").unlink()
@@ -308,10 +308,10 @@ def run_demo(config: DemoConfig) -> str:
         spec = sweep_spec(config)
         sweep.plan_sweep(spec, out / "sweep")
         # Two single-thread runs at once beat one two-thread run on this machine (docs/BENCHMARKS.md).
-        sweep.run_sweep(out / "sweep", executor="local", num_parallel=2, threads_per_run=1, bracket=config.bracket)
+        execute.run_sweep(out / "sweep", executor="local", num_parallel=2, threads_per_run=1, bracket=config.bracket)
 
     def fit():
-        sweep.fit_sweep(out / "sweep", num_resamples=config.num_resamples, num_workers=2, seed=config.seed)
+        collect.fit_sweep(out / "sweep", num_resamples=config.num_resamples, num_workers=2, seed=config.seed)
 
     for name, work in (("synthesise", synthesise), ("units", extract), ("textlm", pretrain), ("sequences", build),
                        ("benchmarks", benchmarks), ("swuggy", swuggy), ("sweep", plan_and_run), ("fit", fit)):
@@ -348,11 +348,11 @@ def sweep_spec(config: DemoConfig):
 
 def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[float]) -> list[str]:
     """Finding 1 judged with uncertainty: per budget, the best interleaved + TWIST cell minus the best textless
-    one (`sweep.best_runs`), in validation speech CE (`sweep.cell_difference`: the validation batches' paired
+    one (`collect.best_runs`), in validation speech CE (`collect.cell_difference`: the validation batches' paired
     bootstrap, plus the spread between training runs when the cells have replicates) and in every benchmark
-    accuracy (`sweep.cell_accuracy_difference`: the paired bootstrap over items, plus the same spread); then one
+    accuracy (`collect.cell_accuracy_difference`: the paired bootstrap over items, plus the same spread); then one
     sentence on what holds. A difference counts only when its 95% interval excludes zero."""
-    from simslm.scaling import sweep
+    from simslm.scaling import collect
 
     lines, lower, higher, unknown = [], [], [], []
     benchmark_verdicts: dict[str, list[int]] = {}
@@ -360,7 +360,7 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
         first, second = best.get(("interleaved-twist", budget)), best.get(("textless-twist", budget))
         if first is None or second is None:
             continue
-        loss = sweep.cell_difference(first, second)
+        loss = collect.cell_difference(first, second)
         if loss is None:
             unknown.append(budget)
             text = (f"speech CE {first['loss_speech'] - second['loss_speech']:+.3f} (no per-batch losses "
@@ -369,7 +369,7 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
             (lower if loss[2] < 0 else higher if loss[1] > 0 else unknown).append(budget)
             text = f"speech CE {loss[0]:+.3f} [{loss[1]:+.3f}, {loss[2]:+.3f}]"
         for name in sorted(set(first["accuracies"]) & set(second["accuracies"])):
-            difference = sweep.cell_accuracy_difference(first, second, name)
+            difference = collect.cell_accuracy_difference(first, second, name)
             if difference is None:
                 continue
             text += f"; {name} {100 * difference[0]:+.1f} [{100 * difference[1]:+.1f}, {100 * difference[2]:+.1f}] pp"
@@ -408,13 +408,13 @@ def finding_one(best: dict[tuple[str, float], dict[str, Any]], budgets: list[flo
 
 def bracketing(sweep_dir: Path, found: list[dict[str, Any]], num_cells: int) -> str:
     """Whether each (variant, budget)'s best size lies inside the grid, naming the cells where it does not
-    (`found`, from `sweep.edges`) and why the grid could not grow there (bracket.json): their isoFLOP minimum
+    (`found`, from `bracket.edges`) and why the grid could not grow there (bracket.json): their isoFLOP minimum
     may lie outside the sizes run."""
-    from simslm.scaling import sweep
+    from simslm.scaling import bracket
 
     if not found:
         return f"Bracketing: the best size is inside the grid in all {num_cells} (variant, budget) cells."
-    record = sweep_dir / sweep.BRACKET_FILE
+    record = sweep_dir / bracket.BRACKET_FILE
     reasons = {(edge["variant"], edge["budget"]): edge.get("reason") for edge in
                (jobs.read_json(record).get("unbracketed", []) if record.exists() else [])}
     cells = []
@@ -463,19 +463,19 @@ def finding_two(fit: dict[str, Any], num_at_edge: int, num_budgets: int, runs_pe
 def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     """Plain statements of whether the paper's two findings hold at this scale, with the numbers."""
     from simslm.eval.evaluate import long_sides_note
-    from simslm.scaling import sweep
+    from simslm.scaling import bracket, collect
 
-    rows = sweep.collect(sweep_dir)
+    rows = collect.collect(sweep_dir)
     fits = jobs.read_json(sweep_dir / "fit.json")["variants"]
     lines = [f"simslm demo: {len(rows)} runs, {sum(timings.values()) / 60:.1f} min of stages "
              f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"]
-    best = sweep.best_runs(rows)
+    best = collect.best_runs(rows)
     budgets = sorted({b for _, b in best})
     lines.append("Best speech CE per budget (validation): " + "; ".join(
         f"C={b:.3g}: " + ", ".join(f"{v} {best[(v, b)]['loss_speech']:.3f}" for v in
                                    ("interleaved-twist", "textless-twist", "interleaved-random") if (v, b) in best)
         for b in budgets))
-    found = sweep.edges(rows)
+    found = bracket.edges(rows)
     lines.append(bracketing(sweep_dir, found, len(best)))
     lines += finding_one(best, budgets)
     main = fits.get("interleaved-twist")
@@ -485,7 +485,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
                                     if row["variant"] == "interleaved-twist").values())
         lines.append(finding_two(main, len(at_edge), len(budgets), runs_per_cell))
     # Cells, not runs: with replicates, the best cell's mean accuracy, not the luckiest seed's.
-    accuracies = [(row, name, result) for row in sweep.cells(rows) for name, result in row["accuracies"].items()
+    accuracies = [(row, name, result) for row in collect.cells(rows) for name, result in row["accuracies"].items()
                   if name.startswith("tsc/S")]
     if accuracies:
         row, name, result = max(accuracies, key=lambda item: item[2].accuracy)

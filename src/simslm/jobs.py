@@ -647,7 +647,7 @@ def error_line(name: str, error: Exception) -> str:
     """`NAME: error: FILE: what is wrong`, the one line a command ends with on an error: a user's mistake (a
     ValueError, a missing or unreadable file, ...) as it is, anything else with its class and the way to its
     traceback (`--debug`). The command line says it, and a cluster's job of a sweep writes it where a local
-    run's line goes (`sweep.execute_cluster_run`)."""
+    run's line goes (`execute.execute_cluster_run`)."""
     expected = isinstance(error, (ValueError, UserError)) or (
         isinstance(error, OSError) and error.filename)
     message = " ".join(str(error).split()) or error.__class__.__name__

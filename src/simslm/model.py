@@ -342,7 +342,7 @@ def member_parameters(depth: int, width: int | None, vocab_size: int, aspect_rat
 
 # Below depth 1 the family goes on narrowing: depth 1 at half the width, a quarter, ... (a depth-1 member of width
 # W is `family:1:W`: one head of W dims below 64), down to FAMILY_MIN_WIDTH. Bracketing grows a grid into these when a
-# budget's best size is depth 1 (simslm.scaling.sweep); their labels are d1w8, d1w4.
+# budget's best size is depth 1 (simslm.scaling.bracket); their labels are d1w8, d1w4.
 FAMILY_MIN_WIDTH = 4
 _MEMBER_LABEL = re.compile(r"d([1-9][0-9]*)(?:w([1-9][0-9]*))?")
 

@@ -461,7 +461,7 @@ def test_a_quick_look_on_a_sample_of_pairs_never_replaces_a_whole_score(trained_
     eval.json, over the sweep's scores of every pair, and the sweep, its fit and its report then read the sample."""
     import shutil
 
-    from simslm.scaling.sweep import _unevaluated
+    from simslm.scaling.ledger import _unevaluated
 
     run, bench = trained_run
     mine = tmp_path / "run"

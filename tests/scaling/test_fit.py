@@ -583,8 +583,8 @@ def test_the_huber_likelihood_is_a_normalised_density_and_its_gradient_is_exact(
 def test_the_likelihood_estimator_recovers_a_law_and_reaches_one_optimum_from_any_scale(tmp_path, capsys):
     from simslm.cli import main
     from simslm.scaling import fit
+    from simslm.scaling.collect import FitConfig, fit_source
     from simslm.scaling.report import fit_tables
-    from simslm.scaling.sweep import FitConfig, fit_source
 
     points = _isoflop_grid(TRUE, noise=0.005, seed=2)
     logs = np.log(points.parameters), np.log(points.tokens), np.log(points.loss)

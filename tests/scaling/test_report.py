@@ -11,7 +11,7 @@ from simslm import jobs
 from simslm.cli import main
 from simslm.eval.evaluate import BenchmarkResult
 from simslm.model import ParameterGroups
-from simslm.scaling import report, sweep
+from simslm.scaling import bracket, collect, ledger, report
 from simslm.scaling.fit import Law
 from simslm.train.plan import Losses, RunResult
 
@@ -59,7 +59,7 @@ def _fake_sweep(folder, seeds=(0,), validations=False):
 
 def test_report_renders_from_a_small_fake_ledger(tmp_path):
     _fake_sweep(tmp_path)
-    fits = sweep.fit_sweep(tmp_path, num_resamples=30)
+    fits = collect.fit_sweep(tmp_path, num_resamples=30)
     assert set(fits["variants"]) == {"interleaved-twist", "textless-twist"}
     assert fits["variants"]["interleaved-twist"]["approach3"]["law"]["alpha"] > 0
     # Approach 1 reads the runs' training curves (the law's optimum: a = 0.5, sizes 3.3x apart)
@@ -153,7 +153,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     if browser is None:
         pytest.skip("no Chromium on this machine (apt install chromium) to render the report in")
     _fake_sweep(tmp_path)
-    sweep.fit_sweep(tmp_path, num_resamples=30)
+    collect.fit_sweep(tmp_path, num_resamples=30)
     page = report.write_report(tmp_path, summary="hello summary")
     shot = page.parent / "screenshot.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
@@ -182,7 +182,7 @@ def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
 
 
 def test_the_bracketing_note_says_which_sizes_joined_one_cell_only(tmp_path):
-    jobs.write_json(tmp_path / sweep.BRACKET_FILE, {
+    jobs.write_json(tmp_path / bracket.BRACKET_FILE, {
         "added": [{"family": "f", "side": "larger", "size": "depth 5"},
                   {"family": "f", "side": "smaller", "size": "d1w8", "variant": "random", "budget": 1.25e11}],
         "unbracketed": [{"variant": "random", "budget": 1.25e11, "member": "d1w4", "needs": "smaller", "family": "f",
@@ -218,7 +218,7 @@ def test_the_accuracy_figure_has_a_panel_per_benchmark_and_keeps_intervals_apart
     """Each benchmark in its own panel, and no two runs of a budget drawn on one vertical line (the demo's
     figure stacked 36 intervals at each budget, 3 benchmarks x 3 variants x 4 sizes, each hiding the others)."""
     _fake_sweep(tmp_path)
-    rows = sweep.collect(tmp_path)
+    rows = collect.collect(tmp_path)
     for row in rows:
         row["accuracies"]["sblimp"] = row["accuracies"]["tsc/S"]
     drawn = []
@@ -240,11 +240,11 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
     # run at its budget: said, not left for the reader to find.
     _fake_sweep(tmp_path)
     assert not any("off their isoFLOP budget" in warning
-                   for fit in sweep.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
+                   for fit in collect.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
                    for warning in fit["warnings"])
     result = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json"
     jobs.write_json(result, {**json.loads(result.read_text()), "flops": 3.6e12})
-    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert any(warning.startswith("1 run(s) trained more than 10% off their isoFLOP budget (textless-twist-d4-c1e+12)")
                for warning in warnings), warnings
 
@@ -252,7 +252,7 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
 def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_says_so(tmp_path):
     _fake_sweep(tmp_path)
     (tmp_path / "runs" / "textless-twist-d2-c1e+13" / "metrics.jsonl").unlink()
-    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    fits = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]
     assert fits["interleaved-twist"]["approach1"]["method"] == "training curves"
     assert fits["textless-twist"]["approach1"]["method"] == "final points"
     assert ("approach 1 is the envelope of final losses, not of training curves: 1 run(s) have no training curve "
@@ -264,13 +264,13 @@ def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_sa
 
 def test_approach_1_reads_held_out_curves_when_every_run_validated(tmp_path):
     _fake_sweep(tmp_path, validations=True)
-    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    fits = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]
     first = fits["interleaved-twist"]["approach1"]
     assert first["method"] == "validation curves" and first["a"] == pytest.approx(0.5, abs=0.1)
     assert "validation speech cross-entropy" in (report.write_report(tmp_path).parent / "loss_curves.svg").read_text()
     # One run without its validations: the variant's approach 1 falls back to training curves, and says why.
     (tmp_path / "runs" / "textless-twist-d2-c1e+13" / "validation.jsonl").unlink()
-    fits = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]
+    fits = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]
     assert fits["interleaved-twist"]["approach1"]["method"] == "validation curves"
     assert fits["textless-twist"]["approach1"]["method"] == "training curves"
     assert ("approach 1 reads training curves: 1 of 12 run(s) have no validation curve (2 or more validations; "
@@ -326,7 +326,7 @@ def test_a_non_embedding_fit_of_a_sweep_is_not_the_reports_law(tmp_path, capsys)
     the embeddings, sat misplaced. It goes beside it now, the report refuses one there, and its accuracy laws
     read C in its own count."""
     _fake_sweep(tmp_path / "sweep")  # non-embedding parameters: 0.8 of all, at every size
-    own, beside = tmp_path / "sweep" / "fit.json", tmp_path / "sweep" / sweep.NON_EMBEDDING_FIT
+    own, beside = tmp_path / "sweep" / "fit.json", tmp_path / "sweep" / collect.NON_EMBEDDING_FIT
     assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--convention", "non_embedding"]) == 0
     assert beside.exists() and not own.exists()
     assert main(["fit", str(tmp_path / "sweep"), "--num-resamples", "10", "--convention", "non_embedding",
@@ -350,13 +350,13 @@ def test_the_report_names_the_loss_its_runs_are_compared_on(tmp_path):
     """Its captions said "validation speech cross-entropy" of runs trained without validation data (their final
     training loss); and a sweep whose runs differ in validation data was fitted on both kinds without a word."""
     _fake_sweep(tmp_path)
-    assert sweep.loss_kind(sweep.collect(tmp_path)) == "validation"
+    assert collect.loss_kind(collect.collect(tmp_path)) == "validation"
     for identifier in ("interleaved-twist-d1-c1e+12", "interleaved-twist-d2-c1e+12"):  # trained without it
         result = RunResult.load(tmp_path / "runs" / identifier)
         dataclasses.replace(result, validation=None).save(tmp_path / "runs" / identifier)
-    rows = sweep.collect(tmp_path)
-    assert sweep.loss_kind(rows) == "validation (22 runs) or final train (2 runs)"
-    fits = sweep.fit_sweep(tmp_path, num_resamples=10)
+    rows = collect.collect(tmp_path)
+    assert collect.loss_kind(rows) == "validation (22 runs) or final train (2 runs)"
+    fits = collect.fit_sweep(tmp_path, num_resamples=10)
     assert ("its runs' speech CE is of two kinds, validation (10 runs) or final train (2 runs): the law mixes "
             "held-out losses with training ones; give every run the same validation data"
             in fits["variants"]["interleaved-twist"]["warnings"])
@@ -369,7 +369,7 @@ def test_the_report_names_the_loss_its_runs_are_compared_on(tmp_path):
 def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_path):
     _fake_sweep(tmp_path)
     assert not any("longer than the model's positions" in warning
-                   for fit in sweep.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
+                   for fit in collect.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
                    for warning in fit["warnings"])
     # Two runs scored before the option (cut, the only way then), one scored whole as slamkit does: each way named.
     for name, cut, scoring in (("textless-twist-d4-c1e+12", 154, {}), ("textless-twist-d3-c1e+12", 20, {}),
@@ -378,7 +378,7 @@ def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_pa
         entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
         jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256,
                                                         "scoring": {**entry["scoring"], **scoring}}}})
-    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 2 run(s), sides longer than the model's positions (up to 154 of 200, at 256 positions): their "
             "oldest tokens dropped (--long-sides cut; slamkit scores them whole)") in warnings, warnings
     assert ("tsc/S: in 1 run(s), sides longer than the model's positions (up to 12 of 200, at 256 positions): scored "
@@ -392,7 +392,7 @@ def test_a_run_scored_on_a_sample_of_pairs_is_named_in_the_fit(tmp_path):
     path = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "eval.json"
     entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
     jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_pairs": 10, "sampled_from": 100}}})
-    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 1 run(s) scored on a sample of its pairs (eval --max-pairs: textless-twist-d4-c1e+12); "
             "`simslm sweep run` scores them whole") in warnings, warnings
 
@@ -411,10 +411,10 @@ def test_a_run_scored_on_an_earlier_build_of_a_benchmark_is_named_in_the_fit(tmp
         entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
         built = "0" * 16 if run_dir.name == "textless-twist-d4-c1e+12" else bench_digest(folder)
         jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "bench_digest": built}}})
-    warnings = sweep.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
+    warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 1 run(s) scored on an earlier build of its benchmark folder (textless-twist-d4-c1e+12); "
             "`simslm sweep run` scores them on the folder there now") in warnings, warnings
-    assert sweep.status_counts(tmp_path).get("evaluating") == 1
+    assert ledger.status_counts(tmp_path).get("evaluating") == 1
 
 
 def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
@@ -422,7 +422,7 @@ def test_an_unreadable_result_json_says_how_to_get_it_back(tmp_path):
     (tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json").write_text('{"steps": 3')
     with pytest.raises(ValueError, match=r"result.json: not a run result .*; move it aside and run `simslm sweep run "
                                          r".*`, which resumes the run from its last checkpoint"):
-        sweep.collect(tmp_path)
+        collect.collect(tmp_path)
 
 
 def test_an_isoflop_minimum_outside_its_own_interval_is_drawn(tmp_path):

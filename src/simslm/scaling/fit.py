@@ -880,7 +880,7 @@ def plan_compute(flops: float, fit: dict[str, Any], confidence: float = 0.95) ->
 
 def points_from_rows(rows: list[dict[str, Any]], *, convention: str = "all", loss_key: str = "loss_speech",
                      curve_kind: str = "training") -> Points:
-    """Points from run rows (as `sweep.collect` gives them), skipping rows without the loss. Their loss curves
+    """Points from run rows (as `collect.collect` gives them), skipping rows without the loss. Their loss curves
     (of `curve_kind`) come along when every row has one under `curve` (see `train.metrics.loss_curve`)."""
     usable = [row for row in rows if row.get(loss_key) is not None]
     key = "parameters" if convention == "all" else "non_embedding_parameters"

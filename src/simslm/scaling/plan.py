@@ -17,7 +17,7 @@ from typing import Any
 from simslm import jobs
 from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
-from simslm.scaling import sweep
+from simslm.scaling import collect
 from simslm.scaling.fit import TEXTLESS_REFERENCE, Law, plan_compute
 
 
@@ -54,16 +54,16 @@ def plan_budget(config: PlanConfig) -> tuple[str, list[str]]:
     warnings = []
     rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
     if config.fit:
-        sweep_dir = sweep.fitted_sweep(config.fit, stored)
+        sweep_dir = collect.fitted_sweep(config.fit, stored)
         if sweep_dir is not None:
             try:
-                rows = sweep.collect(sweep_dir)
+                rows = collect.collect(sweep_dir)
             except ValueError as error:  # `report` and `fit` stop on it; a plan from the law need not
                 warnings.append(f"the sizes of sweep {sweep_dir} cannot be read ({error}); the plan names simslm's "
                                 f"own family's members instead")
         # a sweep's law, fitted before some of its runs finished
         finished = None if rows is None else {row["id"] for row in rows if row.get("loss_speech") is not None}
-        stale = sweep.stale_fit(config.fit, stored, finished)
+        stale = collect.stale_fit(config.fit, stored, finished)
         if stale:
             warnings.append(stale)
     plans = [_plan_lines(config, variant, fit, source, rows) for variant, fit, source in fits]
@@ -86,7 +86,7 @@ def _plan_lines(config: PlanConfig, variant: str | None, fit: dict[str, Any], so
              f"D_opt = {plan['d_opt']:.4g} tokens{interval('d_opt')}  "
              f"({plan['tokens_per_parameter']:.1f} tokens/parameter)",
              f"predicted loss {plan['loss']:.4f}"]
-    sizes = sweep.trained_sizes(rows or [], variant, non_embedding=non_embedding) if variant else []
+    sizes = collect.trained_sizes(rows or [], variant, non_embedding=non_embedding) if variant else []
     if sizes:
         # The sweep's own models: simslm's family at another vocabulary or aspect ratio, or a real family,
         # is not the one it trained (the demo's depth 3 has 117,600 parameters, the default family's 429,888).

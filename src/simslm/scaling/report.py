@@ -16,13 +16,15 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simslm import jobs
-from simslm.scaling import sweep
+from simslm.config import Config, ConfigError
+from simslm.scaling import bracket, collect
 from simslm.scaling.fit import (
     TEXTLESS_REFERENCE,
     Law,
@@ -87,7 +89,7 @@ def _plot_law(axes, grid: np.ndarray, curve: np.ndarray, low: float, high: float
 
 def _best_per_budget(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Budgets and the lowest speech CE at each, for one variant's rows."""
-    best = sorted((budget, row["loss_speech"]) for (_, budget), row in sweep.best_runs(rows).items())
+    best = sorted((budget, row["loss_speech"]) for (_, budget), row in collect.best_runs(rows).items())
     return np.array([b for b, _ in best]), np.array([loss for _, loss in best])
 
 
@@ -180,7 +182,7 @@ def plot_loss_curves(rows, variant: str, folder: Path) -> str | None:
     run has one, as the fit reads them), coloured by size, and their envelope, which approach 1 reads; None when
     a run of the variant has no curve."""
     chosen = [dict(row) for row in rows if row["variant"] == variant]
-    kind, _, _ = sweep.attach_loss_curves(chosen)
+    kind, _, _ = collect.attach_loss_curves(chosen)
     if not chosen or any(row["curve"] is None for row in chosen):
         return None
     import matplotlib.ticker
@@ -367,7 +369,7 @@ def fit_tables(fits: dict[str, Any]) -> str:
 
 def _bracket_note(sweep_dir: Path) -> str:
     """The budgets whose best run stays at an edge of the grid (bracket.json), so their minimum is not known."""
-    path = sweep_dir / sweep.BRACKET_FILE
+    path = sweep_dir / bracket.BRACKET_FILE
     record = jobs.read_json(path) if path.exists() else {}
     items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.3g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
              f"size ({html.escape(edge['member'])}); {html.escape(edge['reason'])}</li>"
@@ -385,7 +387,7 @@ def _accuracy_cell(result) -> str:
 
 
 def _figure_html(stem: str, loss: str) -> str:
-    """A figure and its caption, which names the loss the runs are compared on (`sweep.loss_kind`)."""
+    """A figure and its caption, which names the loss the runs are compared on (`collect.loss_kind`)."""
     caption = (CAPTIONS.get(stem) or CAPTIONS[stem.partition("-")[0]]).replace("{loss}", loss)  # isoflop-VARIANT
     # A screen reader's text for the figure: its caption's first sentence (the file name said nothing).
     alt = caption.split(". ")[0].rstrip(".") + "."
@@ -399,7 +401,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
     sweep_dir = Path(sweep_dir)
     folder = Path(out) if out else sweep_dir / "report"
     jobs.refuse_unwritable(folder / "index.html", "pass --out FOLDER to write the report elsewhere")
-    rows = [row for row in sweep.collect(sweep_dir) if row.get("loss_speech") is not None]
+    rows = [row for row in collect.collect(sweep_dir) if row.get("loss_speech") is not None]
     if not rows:
         raise ValueError(f"{sweep_dir}: no finished runs to report on")
     fit_path = sweep_dir / "fit.json"
@@ -416,11 +418,11 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
                              f"6 N D with all parameters; `simslm fit {sweep_dir}` fits it so (write a "
                              f"{stored['convention']} fit elsewhere with --out)")
         fits = stored["variants"]
-        stale = sweep.stale_fit(fit_path, stored, {row["id"] for row in rows})
+        stale = collect.stale_fit(fit_path, stored, {row["id"] for row in rows})
         if stale:
             print(f"simslm report: warning: {stale}", file=sys.stderr)
     else:
-        fits = sweep.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
+        fits = collect.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     # The isoFLOP curves of every variant, the first as isoflop.svg: a sweep of several recipes or families asks
@@ -432,7 +434,7 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
     images = [plot_best_loss(rows, fits, folder), plot_variants(rows, folder), *isoflops,
               plot_loss_curves(rows, main_variant, folder), plot_accuracy(rows, fits, folder)]
     accuracy_keys = sorted({name for r in rows for name in r["accuracies"]})
-    loss = sweep.loss_kind(rows)
+    loss = collect.loss_kind(rows)
     seeds = len({r.get("seed") for r in rows}) > 1  # replicates: which run of its cell each row is
     run_rows = [[r["variant"], r["member"], *([r.get("seed")] if seeds else []), r["parameters"], r["tokens"],
                  r["flops"], r["loss_speech"],
@@ -459,3 +461,19 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{font-size:0.85em;color:
 </body></html>"""
     jobs.write_text(folder / "index.html", page)
     return folder / "index.html"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig(Config):
+    """What `simslm report` does."""
+
+    sweep: str
+    """Sweep folder (its fit.json is computed first when missing)."""
+    out: str | None = None
+    """Folder for index.html and its figures (default: the sweep's `report` folder); a fit computed for it goes
+    there too when the sweep folder cannot be written (a colleague's sweep)."""
+
+    def check(self) -> None:
+        if self.out and Path(self.out).is_file():
+            raise ConfigError(f"--out {self.out}: a file, where the report's folder is needed")
+

@@ -183,7 +183,7 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
 
     `per_batch`, when given, receives each batch's sums (`VALIDATION_SUMS`): the batches are the folder's
     first ones in a fixed order, the same for every run with this batch size, so two runs' losses can be
-    compared by a paired bootstrap over batches (`simslm.scaling.sweep.speech_loss_difference`)."""
+    compared by a paired bootstrap over batches (`simslm.scaling.collect.speech_loss_difference`)."""
     import contextlib
 
     import torch
