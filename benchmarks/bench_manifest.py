@@ -58,8 +58,8 @@ READERS = {
                 "read = lambda m: read_ctm(Path(m).parent / 'words.ctm')",
     "ctm index": "from pathlib import Path\nfrom simslm.speech.align import _CtmIndex\n"
                  "read = lambda m: _CtmIndex(str(Path(m).parent / 'words.ctm')).ranges",
-    "read_units, all": "from simslm.units.extract import read_units\nread = lambda m: list(read_units(m))",
-    "read_units, a 16th": "from simslm.units.extract import read_units\n"
+    "read_units, all": "from simslm.units.folder import read_units\nread = lambda m: list(read_units(m))",
+    "read_units, a 16th": "from simslm.units.folder import read_units\n"
                           "class Part:\n    __contains__ = lambda self, i: int(i[1:]) % 16 == 0\n"
                           "read = lambda m: list(read_units(m, Part()))",
     # the whole corpus, given phone labels for 20 of its utterances (as LibriSpeech dev-clean's forced alignments)
@@ -134,7 +134,7 @@ READERS = {
                                      "shutil.copytree(folder / 'units', folder / 'units16', dirs_exist_ok=True)\n"
                                      "header = json.loads((folder / 'units16' / 'units.json').read_text())\n"
                                      "header.update(k=500, frame_rate_hz=25.0, encoder={'name': 'logmel'})\n"
-                                     "try:\n    from simslm.units.extract import manifest_stamp\n"
+                                     "try:\n    from simslm.units.folder import manifest_stamp\n"
                                      "    header['manifest_stamp'] = manifest_stamp(sys.argv[1])\n"
                                      "except ImportError:\n    pass\n"
                                      "(folder / 'units16' / 'units.json').write_text(json.dumps(header))\n"

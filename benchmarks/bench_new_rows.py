@@ -20,7 +20,8 @@ from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.speech.synth import SynthConfig, synthesize_corpus
 from simslm.train.loop import train
 from simslm.train.plan import TrainConfig
-from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.fit import FitConfig, fit_codebook
 
 
 def main() -> None:

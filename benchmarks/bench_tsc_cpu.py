@@ -33,7 +33,8 @@ from simslm.speech import synth
 from simslm.train.build import build_model
 from simslm.train.loop import train
 from simslm.train.plan import TrainConfig
-from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.fit import FitConfig, fit_codebook
 
 BENCH_LINES = "tinystories-sample[2000:2300]"
 

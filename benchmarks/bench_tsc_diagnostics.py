@@ -21,7 +21,7 @@ import numpy as np
 
 from simslm.eval.evaluate import load_run_model
 from simslm.eval.scoring import pair_outcomes, sequence_log_likelihoods
-from simslm.units.extract import read_units
+from simslm.units.folder import read_units
 
 
 def overlap_accuracy(units_by_stem: dict[str, np.ndarray], n: int) -> float:

@@ -18,7 +18,8 @@ from pathlib import Path
 from simslm.speech.manifest import read_manifest, write_manifest
 from simslm.speech.synth import SynthConfig, synthesize_corpus
 from simslm.units import quality as unit_quality
-from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.fit import FitConfig, fit_codebook
 
 
 def main() -> None:

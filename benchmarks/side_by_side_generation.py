@@ -60,7 +60,7 @@ def main() -> None:
     from simslm.speech.manifest import read_manifest
     from simslm.units import kmeans
     from simslm.units.encoders import LogMelEncoder
-    from simslm.units.extract import deduplicate
+    from simslm.units.folder import deduplicate
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

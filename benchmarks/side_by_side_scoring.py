@@ -82,7 +82,8 @@ def spoken_stories(scratch: Path, stories: int, num_units: int) -> tuple[Path, P
     """The first `stories` TinyStories spoken into `scratch/speech`, a logmel codebook of `num_units` fit on them
     and their units in `scratch/units`: (manifest, codebook)."""
     from simslm.speech.synth import SynthConfig, synthesize_corpus
-    from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+    from simslm.units.extract import ExtractConfig, extract_units
+    from simslm.units.fit import FitConfig, fit_codebook
 
     synthesize_corpus(SynthConfig(out=str(scratch / "speech"), corpus=f"tinystories-sample[:{stories}]"))
     manifest = scratch / "speech" / "manifest.jsonl"

@@ -64,7 +64,9 @@ def main() -> None:
     from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer
     from simslm.speech.manifest import read_manifest
     from simslm.speech.synth import SynthConfig, synthesize_corpus
-    from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook, read_units
+    from simslm.units.extract import ExtractConfig, extract_units
+    from simslm.units.fit import FitConfig, fit_codebook
+    from simslm.units.folder import read_units
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -82,7 +82,7 @@ def ours(folder: Path, utterances: dict, frame_rate_hz: float) -> tuple[dict[str
 def real_utterances(args) -> tuple[dict, float]:
     """The first utterances of a units folder with pocketsphinx's phones, as `simslm units quality` aligns them."""
     from simslm.speech.manifest import read_manifest
-    from simslm.units.extract import read_units
+    from simslm.units.folder import read_units
 
     by_id = {u.id: u for u in read_manifest(args.manifest)}
     items = [u for u in read_units(args.units) if u.id in by_id][:args.max_utterances]

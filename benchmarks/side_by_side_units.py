@@ -42,7 +42,9 @@ def main() -> None:
 
     from simslm import assets
     from simslm.speech import audio
-    from simslm.units.extract import ConvertConfig, ExtractConfig, convert_codebook, expand, extract_units, read_units
+    from simslm.units.extract import ExtractConfig, extract_units
+    from simslm.units.fit import ConvertConfig, convert_codebook
+    from simslm.units.folder import expand, read_units
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

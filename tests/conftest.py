@@ -9,7 +9,8 @@ import pytest
 
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.sequences.build import BuildConfig, build_sequences
-from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.fit import FitConfig, fit_codebook
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SIMSLM_MIRROR", str(REPO.parent / "shared" / "data"))

@@ -402,7 +402,7 @@ def test_a_model_folder_records_its_encoder_and_codebook_and_moves_with_its_unit
     import shutil
 
     from simslm.model import MODEL_UNITS_FILE, model_unit_source, units_pointer, write_model_units
-    from simslm.units.extract import unit_source
+    from simslm.units.folder import unit_source
 
     config, _, _ = extracted
     shutil.copytree(config.out, tmp_path / "a" / "units")

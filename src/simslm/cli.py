@@ -128,7 +128,7 @@ def _validate(config) -> int:
 
 def _units_fit(config) -> int:
     from simslm import jobs
-    from simslm.units.extract import fit_codebook
+    from simslm.units.fit import fit_codebook
 
     path = fit_codebook(config)
     meta = jobs.read_json(path.with_suffix(".json"))
@@ -154,7 +154,7 @@ def _units_extract(config) -> int:
 
 
 def _units_convert(config) -> int:
-    from simslm.units.extract import convert_codebook
+    from simslm.units.fit import convert_codebook
 
     print(f"converted to a plain codebook (loads without unpickling) -> {convert_codebook(config)}")
     return 0
@@ -421,13 +421,13 @@ COMMANDS: tuple[Command, ...] = (
     Command(("manifest", "validate"), "check corpus manifests and their audio",
             _config("simslm.speech.manifest", "ValidateConfig"), _validate, positional=("manifests",)),
     Command(("units", "fit"), "fit a k-means codebook on encoder features of a corpus",
-            _config("simslm.units.extract", "FitConfig"), _units_fit),
+            _config("simslm.units.fit", "FitConfig"), _units_fit),
     Command(("units", "extract"), "encode a manifest into deduplicated units with durations",
             _config("simslm.units.extract", "ExtractConfig"), _units_extract),
     Command(("units", "quality"), "PNMI and purities against phone labels (pocketsphinx's or given), as HuBERT's",
             _config("simslm.units.quality", "QualityConfig"), _units_quality),
     Command(("units", "convert"), "convert a published pickled k-means (needs --trust-pickle)",
-            _config("simslm.units.extract", "ConvertConfig"), _units_convert),
+            _config("simslm.units.fit", "ConvertConfig"), _units_convert),
     Command(("units", "import"), "units slamkit extracted (its features JSONL) as a units folder",
             _config("simslm.units.extract", "ImportConfig"), _units_import),
     Command(("sequences", "build"), "build packed token shards: interleave, mix, pack",

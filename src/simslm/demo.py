@@ -39,7 +39,8 @@ from simslm import model as model_lib
 from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.sequences.build import BuildConfig, build_sequences
-from simslm.units.extract import ExtractConfig, FitConfig, extract_units, fit_codebook
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.fit import FitConfig, fit_codebook
 
 TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2100:2160]"
 

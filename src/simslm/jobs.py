@@ -325,7 +325,7 @@ class TaskJournal:
     attempt in the command's own process died when it has no last word (`stopped`, written by any Python exit).
     A parent killed with its workers marks nothing: then nothing is held against a task. Once every task has run,
     the journal keeps only the deaths of tasks skipped or not in this run (removed when there are none), so its
-    size is one run's tasks at most. Unit extraction keeps its own (`units.extract._ShardJournal`): a worker there
+    size is one run's tasks at most. Unit extraction keeps its own (`units.journal._ShardJournal`): a worker there
     reads and encodes groups of utterances. (A codebook fit, one utterance a task, uses this one.)"""
 
     path: Path

@@ -445,7 +445,7 @@ def write_model_units(model_dir: Path, units_folder: str | os.PathLike, final_di
     `model_dir` is the staging folder that becomes it."""
     import shutil
 
-    from simslm.units.extract import unit_source
+    from simslm.units.folder import unit_source
 
     model_dir = Path(model_dir)
     final_dir = Path(final_dir or model_dir)
@@ -464,7 +464,7 @@ def write_model_units(model_dir: Path, units_folder: str | os.PathLike, final_di
 def model_unit_source(model_dir: Path):
     """The UnitSource a model folder records (None when it records none); older folders only named their
     units folder, whose units.json is read then."""
-    from simslm.units.extract import UnitSource, unit_source
+    from simslm.units.folder import UnitSource, unit_source
 
     pointer = Path(model_dir) / MODEL_UNITS_FILE
     if not pointer.exists():
@@ -641,7 +641,7 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
     if (config.tokenizer is None) != (config.num_units is None):
         raise ValueError("give both --tokenizer and --num-units (or neither)")
     if config.speech_units and config.num_units is not None:
-        from simslm.units.extract import unit_source
+        from simslm.units.folder import unit_source
 
         if (k := unit_source(config.speech_units).k) != config.num_units:  # recorded, they were scored as others
             raise ValueError(f"{config.speech_units}: units of a {k}-unit codebook, but --num-units is "

@@ -7,7 +7,7 @@ from simslm.eval.generate import GenerateConfig, generate, read_prompts
 from simslm.speech import audio
 from simslm.units import kmeans
 from simslm.units.encoders import LogMelEncoder
-from simslm.units.extract import deduplicate
+from simslm.units.folder import deduplicate
 
 # The fixture's model, TWIST-initialised from stories260K and trained 8 steps, draws BOS far more often than any
 # unit: speech may take BOS and EOS, as slamkit's `get_ignore_tokens("SPEECH")` leaves them (the demo's models draw

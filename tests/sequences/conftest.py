@@ -4,7 +4,7 @@ import pytest
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import read_manifest
-from simslm.units.extract import read_units
+from simslm.units.folder import read_units
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from simslm.sequences.interleave import (
 )
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import Utterance, Word
-from simslm.units.extract import UtteranceUnits
+from simslm.units.folder import UtteranceUnits
 
 
 class RecordingRng:

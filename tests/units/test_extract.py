@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -6,25 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simslm.units.extract import ExtractConfig, deduplicate, expand, extract_units, read_units
+from simslm.units.extract import ExtractConfig, extract_units
+from simslm.units.folder import read_units
 from tests.conftest import logmel_held_until_started
-
-
-def test_dedup_and_durations_rebuild_the_frame_sequence_exactly():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        frames = rng.integers(0, 4, size=rng.integers(0, 200))
-        deduplicated, durations = deduplicate(frames)
-        assert np.array_equal(expand(deduplicated, durations), frames)
-        assert not np.any(deduplicated[1:] == deduplicated[:-1])
-        assert durations.sum() == len(frames) and (durations > 0).all()
-
-
-def test_codebook_sidecar_records_encoder_rate_and_corpus(extracted):
-    config, _, _ = extracted
-    meta = json.loads(open(config.codebook.replace(".npy", ".json")).read())
-    assert meta["encoder"]["name"] == "logmel" and meta["frame_rate_hz"] == 25.0 and meta["k"] == 32
-    assert len(meta["corpus_hash"]) == 16 and meta["num_utterances"] == 4
+from tests.units.helpers import _DYING_EXTRACTION, _manifest_records
 
 
 def test_extraction_skips_and_counts_bad_audio_and_covers_each_utterance(extracted):
@@ -90,33 +74,6 @@ def test_slamkit_features_import_as_a_units_folder(tmp_path):
     assert imported["audio1"].num_frames == 5
     header = json.loads((tmp_path / "units" / "units.json").read_text())
     assert header["k"] == 500 and header["encoder"]["edge_pad"] == 40  # slamkit's extraction pads its audio
-
-
-def test_a_codebook_from_too_few_frames_is_refused(synthetic_corpus, tmp_path):
-    from simslm.units.extract import FitConfig, fit_codebook
-
-    with pytest.raises(ValueError, match="at least 50000 are needed"):
-        fit_codebook(FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "km"), num_units=5000,
-                               num_workers=1))
-    assert not (tmp_path / "km.npy").exists()
-
-
-def test_a_codebook_does_not_depend_on_the_order_its_workers_finish_in(synthetic_corpus, tmp_path, monkeypatch):
-    from simslm import jobs
-    from simslm.units import kmeans
-    from simslm.units.extract import FitConfig, fit_codebook
-
-    config = FitConfig(manifest=str(synthetic_corpus), out=str(tmp_path / "in-order"), num_units=16, num_workers=1)
-    in_order = kmeans.Codebook.load(fit_codebook(config)).centroids
-    assert np.array_equal(in_order, kmeans.Codebook.load(fit_codebook(config)).centroids)  # k-means itself repeats
-    in_process = jobs.parallel_map
-
-    def last_first(function, tasks, **options):  # as workers finishing in another order would yield them
-        yield from reversed(list(in_process(function, tasks, **options)))
-
-    monkeypatch.setattr(jobs, "parallel_map", last_first)
-    finished_otherwise = fit_codebook(dataclasses.replace(config, out=str(tmp_path / "reversed")))
-    assert np.array_equal(in_order, kmeans.Codebook.load(finished_otherwise).centroids)
 
 
 def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp_path, monkeypatch):
@@ -312,26 +269,6 @@ def test_a_shard_s_audio_is_decoded_by_threads_in_order_with_each_failure_in_its
     assert sum(isinstance(result, audio.AudioError) for result in together) == 2  # the empty and unreadable files
 
 
-@pytest.fixture(scope="module")
-def hubert_codebook(tmp_path_factory):
-    """A tiny random layer-norm HuBERT at 25 Hz and a random 20-unit codebook that names it."""
-    import torch
-    from transformers import HubertConfig, HubertModel
-
-    from simslm.units import kmeans
-
-    folder = tmp_path_factory.mktemp("hubert")
-    torch.manual_seed(0)
-    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                             conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 4), num_conv_pos_embeddings=16,
-                             num_conv_pos_embedding_groups=2, feat_extract_norm="layer", conv_bias=True)
-                ).save_pretrained(folder / "model")
-    centroids = np.random.default_rng(0).normal(size=(20, 32)).astype(np.float32)
-    meta = {"encoder": {"name": "mhubert-25hz", "model_path": str(folder / "model"), "layer": 2},
-            "frame_rate_hz": 25.0}
-    return kmeans.Codebook(centroids, meta).save(folder / "km20")
-
-
 @pytest.mark.slow
 def test_hubert_extraction_batched_and_in_half_precision(extracted, hubert_codebook, tmp_path):
     from dataclasses import replace
@@ -367,7 +304,7 @@ def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hube
     from transformers import HubertModel
 
     from simslm.speech import audio
-    from simslm.units.extract import FitConfig, fit_codebook
+    from simslm.units.fit import FitConfig, fit_codebook
 
     config, _, _ = extracted
     base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=6, batch_size=4, dtype=dtype,
@@ -405,23 +342,6 @@ def test_an_utterance_too_long_for_memory_is_skipped_and_counted(extracted, hube
         "out of memory (too long to encode whole)"] == 1
 
 
-# A child process that extracts with HuBERT's forward replaced: it ends its own process, as the kernel's OOM killer
-# does under a cgroup's memory limit (SIGKILL, no Python error), on any input longer than a limit.
-_DYING_EXTRACTION = """
-import json, os, signal, sys
-from transformers import HubertModel
-from simslm.units.extract import ExtractConfig, extract_units
-limit, config = int(sys.argv[1]), json.loads(sys.argv[2])
-forward = HubertModel.forward
-def dying(self, input_values, *args, **kwargs):
-    if input_values.shape[1] > limit:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return forward(self, input_values, *args, **kwargs)
-HubertModel.forward = dying
-extract_units(ExtractConfig(**config))
-"""
-
-
 @pytest.mark.slow
 def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(extracted, hubert_codebook,
                                                                                 tmp_path, monkeypatch, capsys):
@@ -436,7 +356,7 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
     from transformers import HubertModel
 
     from simslm.speech import audio
-    from simslm.units.extract import ENDED_THE_PROCESS, _ShardJournal
+    from simslm.units.journal import ENDED_THE_PROCESS, _ShardJournal
 
     config, _, _ = extracted
     base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=6, batch_size=4)
@@ -501,7 +421,7 @@ def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped
     import sys
     from dataclasses import asdict, replace
 
-    from simslm.units.extract import ENDED_THE_PROCESS, _ShardJournal
+    from simslm.units.journal import ENDED_THE_PROCESS, _ShardJournal
 
     config, before, utterances = extracted
     killed = replace(config, out=str(tmp_path / "killed"), num_workers=1, shard_size=6)
@@ -528,158 +448,6 @@ def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped
     assert after.skipped_by_reason == {**before.skipped_by_reason, ENDED_THE_PROCESS: 1}
     units = lambda out: {u.id: u.units.tolist() for u in read_units(out)}  # noqa: E731
     assert units(tmp_path / "killed") == {k: v for k, v in units(config.out).items() if k != utterances[1].id}
-
-
-_DYING_FIT = _DYING_EXTRACTION.replace("ExtractConfig, extract_units", "FitConfig, fit_codebook").replace(
-    "extract_units(ExtractConfig(**config))", "fit_codebook(FitConfig(**config))")
-
-
-@pytest.mark.slow
-def test_a_codebook_fit_skips_an_utterance_that_ended_the_process_encoding_it_twice(extracted, hubert_codebook,
-                                                                                    tmp_path, capsys):
-    """`units fit` is not resumable and draws the same seeded sample every time: a recording whose encoding gets
-    the process killed (the OOM killer) ended every fit. Its task journal beside the codebook names it: after two
-    such deaths the next fit skips it, and says so; and so does a fit after that (it would end two fits more)."""
-    import subprocess
-    import sys
-    from dataclasses import asdict
-
-    from simslm.speech import audio
-    from simslm.units.extract import ENDED_THE_PROCESS, FitConfig, fit_codebook
-
-    config, _, _ = extracted
-    model = json.loads(Path(hubert_codebook).with_suffix(".json").read_text())["encoder"]["model_path"]
-    fit = FitConfig(manifest=config.manifest, out=str(tmp_path / "km"), encoder="mhubert-25hz", model_path=model,
-                    layer=2, num_units=2, num_workers=1)
-    lengths = {r["id"]: len(audio.load_audio(r["path"])) for r in _manifest_records(config.manifest)
-               if Path(r["path"]).stat().st_size > 100}  # the empty and corrupt files aside
-    longest = max(lengths, key=lengths.get)
-    limit = sorted(lengths.values())[-2] + 2 * 40
-    said = []
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", _DYING_FIT, str(limit), json.dumps(asdict(fit))],
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == -9, done.stderr
-        said.append(done.stderr)
-    assert f"an earlier run's process ended while running {longest}; running it again" in said[1]
-    capsys.readouterr()
-    for _ in range(2):  # this fit skips it, and a later one into the same codebook still does
-        meta = json.loads(fit_codebook(fit).with_suffix(".json").read_text())
-        assert f"skipping {longest}: it ended the process running it in 2 earlier runs" in capsys.readouterr().err
-        assert meta["skipped_by_reason"][ENDED_THE_PROCESS] == 1
-        assert meta["num_utterances"] == len(lengths) - 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".km.fit.lock", ".km.fit.running", "km.json", "km.npy"]
-
-
-def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
-    """When a worker dies, the pool stops the others (SIGTERM): only the one that ended by itself is reported, and
-    only its shard's attempt is marked as a death, naming what it was encoding."""
-    import socket
-    import time
-
-    from simslm import jobs
-    from simslm.units.extract import _note_dead_workers, _ShardJournal, _with_what_was_encoded
-
-    started = time.monotonic()
-    with pytest.raises(jobs.WorkerDied, match="killed by SIGKILL: out of memory, most likely") as raised:
-        list(jobs.parallel_map(_die_or_wait, [0, 1], num_workers=2))
-    # Seen when it happens, not when the other worker's task ends 30 s later (Python 3.11's executor watched
-    # only the processes it had started before the last wake-up of its manager thread).
-    assert time.monotonic() - started < 20
-    assert list(raised.value.ended.values()) == [-9]
-    culprit, stopped = next(iter(raised.value.ended)), 999_999_999
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    for index, pid, ids in ((0, culprit, ["long"]), (1, stopped, ["short-a", "short-b"])):
-        journal = _ShardJournal.of(shards / f"shard-{index:05d}.jsonl")
-        journal.note({"attempt": {"pid": pid, "host": socket.gethostname(), "in_process": False}})
-        journal.note({"encoding": ids, "seconds": 3600.0})
-    told = _with_what_was_encoded(raised.value, shards, "those are encoded one at a time")
-    assert isinstance(told, jobs.WorkerDied) and str(told) == (  # said by the command in one line, as a user's data
-        "a parallel job: a worker process ended abruptly (killed by SIGKILL: out of memory, most likely) while "
-        "encoding shard-00000: long (3600.0 s of audio); re-run (with fewer workers if memory is short): those are "
-        "encoded one at a time")
-    assert _note_dead_workers(shards, raised.value) == []  # marked once
-    assert _ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
-    assert _ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
-
-
-def test_what_a_shard_journal_holds_against_its_utterances(tmp_path):
-    """Only deaths count (a stop in Python does not); a group that died goes one at a time next; two deaths alone
-    skip an utterance; an utterance encoded whole by a later attempt is cleared of what was held against it."""
-    from simslm.units.extract import _ShardJournal
-
-    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
-    attempts = [(False, [["a", "b", "c"]], {"died": -9}),  # a pool's worker killed on a batch
-                (True, [["a"], ["b"], ["c"]], None),  # the command's own process killed: c alone
-                (True, [["c"]], {"stopped": True}),  # Ctrl-C on c: not a death
-                (True, [["c"]], None)]  # killed on c alone again
-    for in_process, groups, last in attempts:
-        journal.note({"attempt": {"pid": 1, "host": "h", "in_process": in_process}})
-        for group in groups:
-            journal.note({"encoding": group, "seconds": 1.0})
-        if last:
-            journal.note(last)
-    deaths = journal.earlier_deaths()
-    assert deaths.suspects == {"c"} and deaths.fatal == {"c": 2}
-    journal.note({"attempt": {"pid": 2, "host": "h", "in_process": True}})
-    for group in (["c"], ["d"]):  # c encoded whole this time (a node lost, twice, say): cleared; d killed
-        journal.note({"encoding": group, "seconds": 1.0})
-    deaths = journal.earlier_deaths()
-    assert deaths.suspects == {"d"} and deaths.fatal == {}
-
-
-def test_a_death_noted_after_a_torn_line_still_counts(tmp_path):
-    """A worker killed while writing its line (the OOM killer strikes anywhere) leaves it torn; the parent's note of
-    the death, appended to it, was one unreadable line with it: the death lost. It starts a line of its own now,
-    as a new attempt's header does."""
-    from simslm.units.extract import _ShardJournal
-
-    worker = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
-    worker.begin(in_process=False)
-    worker.note({"encoding": ["a", "b"], "seconds": 1.0})
-    worker._handle.write('{"encoding": ["c"], "sec')  # killed mid-line
-    worker._handle.close()
-    _ShardJournal.of(tmp_path / "shard-00000.jsonl").note({"died": -9})  # the parent, which saw it die
-    assert _ShardJournal.of(tmp_path / "shard-00000.jsonl").earlier_deaths().suspects == {"a", "b"}
-    again = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
-    with open(again.path, "a") as handle:
-        handle.write('{"encod')  # torn again; the next attempt's header is kept
-    again.begin(in_process=True)
-    again._handle.close()
-    assert len(again.attempts()) == 2 and again.attempts()[1][0]["in_process"]
-
-
-def test_a_read_clears_a_death_while_reading_and_only_an_encoding_clears_the_rest(tmp_path):
-    from simslm.units.extract import _ShardJournal
-
-    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
-    for groups in ([("encoding", ["x"])],  # killed encoding x alone
-                   [("reading", ["x", "y", "z"])],  # killed reading the shard
-                   [("reading", ["x"]), ("reading", ["y"])]):  # x read alone; killed reading y alone
-        journal.note({"attempt": {"pid": 1, "host": "h", "in_process": True}})
-        for kind, group in groups:
-            journal.note({kind: group, "seconds": 1.0})
-    deaths = journal.earlier_deaths()
-    # x's read passed, which clears it of the shard's reading but not of its death encoding alone.
-    assert deaths.reading == {"y", "z"} and deaths.suspects == {"x"} and deaths.last == ("reading", ("y",))
-    assert deaths.fatal == {}  # x once alone (encoding), y once alone (reading)
-    journal.note({"attempt": {"pid": 1, "host": "h", "in_process": True}})
-    journal.note({"reading": ["x"], "seconds": 1.0})
-    journal.note({"encoding": ["x"], "seconds": 1.0})  # killed encoding x alone again: the second time
-    assert journal.earlier_deaths().fatal == {"x": 2}
-
-
-def _die_or_wait(task: int) -> int:
-    import os
-    import signal
-    import time
-
-    time.sleep(0.5)
-    if task == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(30)
-    return task
 
 
 def test_other_runtime_errors_of_an_encoder_are_not_taken_for_memory():
@@ -754,14 +522,6 @@ def test_audio_at_another_rate_is_resampled_as_its_codebook_records(hubert_codeb
     assert units["at24k", "soxr"] != units["at24k", "sinc-hann"]
 
 
-def _manifest_records(manifest):
-    from pathlib import Path
-
-    from simslm.speech.manifest import read_manifest
-
-    return [{"id": u.id, "path": str(u.audio_path(Path(manifest).parent))} for u in read_manifest(manifest)]
-
-
 def test_devices_and_precisions_that_cannot_be_used_are_refused(extracted, tmp_path, capsys):
     from simslm.cli import main
 
@@ -775,48 +535,6 @@ def test_devices_and_precisions_that_cannot_be_used_are_refused(extracted, tmp_p
         assert main(common + ["--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
         assert "torch sees no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def test_fitting_on_a_device_there_is_none_of_is_one_line(synthetic_corpus, tmp_path, capsys):
-    import torch
-
-    from simslm.cli import main
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    assert main(["units", "fit", "--manifest", str(synthetic_corpus), "--out", str(tmp_path / "km"),
-                 "--device", "cuda"]) == 2
-    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
-def test_the_corpus_hash_survives_moving_the_corpus_and_the_manifest_is_recorded_portably(extracted, tmp_path):
-    from simslm import jobs
-    from simslm.units.extract import corpus_hash
-
-    records = [{"id": "b", "path": "/data/one/audio/b.flac"}, {"id": "a", "path": "/data/one/audio/a.flac"}]
-    moved = [{**record, "path": record["path"].replace("/data/one", str(tmp_path / "two"))} for record in records]
-    assert corpus_hash(records, "/data/one") == corpus_hash(moved, tmp_path / "two")
-    assert corpus_hash(records, "/data/one") != corpus_hash(records[:1], "/data/one")
-    # Relative to another folder the same files read as other paths: the root is part of what is hashed.
-    assert corpus_hash(records, "/data/one") != corpus_hash(records, "/data")
-    config, _, _ = extracted
-    codebook = config.codebook.replace(".npy", ".json")
-    recorded = json.loads(open(codebook).read())["manifest"]
-    assert not recorded["relative"].startswith("/")
-    assert jobs.placed_path(recorded, os.path.dirname(codebook)).exists()
-
-
-def test_faiss_is_a_dependency_so_the_kmeans_backend_does_not_depend_on_the_install():
-    """`setup.sh` (no extras) once left faiss out, and `--backend auto` then fit the demo's codebook with
-    scikit-learn: other units, other results than after `setup.sh --dev`."""
-    from importlib.metadata import requires
-
-    from simslm.units import kmeans
-
-    unconditional = [r.split(";")[0].replace(" ", "") for r in requires("simslm") if "extra ==" not in r]
-    assert any(r.startswith("faiss-cpu") for r in unconditional)
-    assert kmeans.available_backend() == "faiss"
 
 
 def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_path, capsys):
@@ -839,20 +557,6 @@ def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_pat
                                              num_units=4, codebook=str(codebook)))
         err = capsys.readouterr().err
         assert {said for said in (padding, resampling) if said in err} == warned
-
-
-def test_units_of_some_ids_skip_the_other_lines_unparsed_and_equal_the_filtered_whole(tmp_path):
-    out = tmp_path / "units"
-    (out / "shards").mkdir(parents=True)
-    ids = ["plain", 'quote"d', "back\\slash", "caf\u00e9", "skipped-one"]
-    lines = [{"id": i, "frame_rate_hz": 25.0, "units": [n, n + 1], "durations": [1, 2]} for n, i in enumerate(ids[:4])]
-    lines.append({"id": "skipped-one", "skipped": "silent", "reason": "silent"})
-    (out / "shards" / "shard-00000.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (out / "units.json").write_text(json.dumps({"num_shards": 1}))
-    wanted = {'quote"d', "caf\u00e9", "skipped-one", "absent"}
-    some = [(u.id, u.units.tolist()) for u in read_units(out, wanted)]
-    assert some == [(u.id, u.units.tolist()) for u in read_units(out) if u.id in wanted]
-    assert some == [('quote"d', [1, 2]), ("caf\u00e9", [3, 4])]
 
 
 def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_pass_reads(tmp_path):
@@ -892,7 +596,7 @@ def test_the_same_extraction_run_three_times_at_once_shares_the_shards_and_skips
     import subprocess
     import sys
 
-    from simslm.units.extract import units_complete
+    from simslm.units.folder import units_complete
 
     config, _, utterances = extracted
     (tmp_path / "started").mkdir()
@@ -909,3 +613,4 @@ def test_the_same_extraction_run_three_times_at_once_shares_the_shards_and_skips
     report = json.loads((tmp_path / "units" / "report.json").read_text())  # by the one that wrote the last shard
     assert (report["num_encoded"], report["num_skipped"]) == (len(utterances), 2)  # the empty and corrupt files
     assert "ended the process" not in json.dumps(report["skipped_by_reason"])
+

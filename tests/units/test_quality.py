@@ -84,7 +84,7 @@ def test_phone_labels_are_read_as_fairseqs_read_phn_reads_them(tmp_path):
 
 
 def test_given_phone_labels_are_scored_without_pocketsphinx(extracted, tmp_path, monkeypatch):
-    from simslm.units.extract import read_units
+    from simslm.units.folder import read_units
 
     config, _, _ = extracted
     monkeypatch.setattr(unit_quality, "phone_alignments", None)  # must not be called

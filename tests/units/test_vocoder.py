@@ -3,7 +3,7 @@ import pytest
 
 from simslm.speech.manifest import read_manifest
 from simslm.units.encoders import LogMelEncoder
-from simslm.units.extract import read_units
+from simslm.units.folder import read_units
 from simslm.units.vocoder import LogMelInversionVocoder
 
 

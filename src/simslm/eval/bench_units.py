@@ -17,16 +17,8 @@ from simslm.model import model_unit_source
 from simslm.sequences.build import speech_units_folder
 from simslm.units import kmeans
 from simslm.units.encoders import EncoderSpec
-from simslm.units.extract import (
-    ExtractConfig,
-    UnitSource,
-    codebook_encoder,
-    deduplicate,
-    extract_units,
-    read_units,
-    unit_source,
-    units_complete,
-)
+from simslm.units.extract import ExtractConfig, codebook_encoder, extract_units
+from simslm.units.folder import UnitSource, deduplicate, read_units, unit_source, units_complete
 
 
 def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSource:
@@ -120,7 +112,7 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
     if not units_complete(folder):
         # One process extracts, the others wait for it: a sweep's runs that finish together evaluate together, and
         # each extracted the same folder, the work done once a run; worse, each read the others' live attempts in
-        # the shards' journals as processes that had died there (`units.extract._ShardJournal`), encoded their
+        # the shards' journals as processes that had died there (`units.journal._ShardJournal`), encoded their
         # utterances one at a time, and a third skipped an utterance "that ended the process twice", writing the
         # shard without it for every later evaluation to read.
         with jobs.exclusive_lock_waiting(folder.with_name(f".{key}.lock"),

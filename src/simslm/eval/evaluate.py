@@ -44,7 +44,7 @@ from simslm.eval.scoring import (
 )
 from simslm.model import load_model_folder
 from simslm.sequences.vocabulary import VOCAB_FILE, Vocabulary
-from simslm.units.extract import unit_source
+from simslm.units.folder import unit_source
 
 EVAL_FILE = "eval.json"
 

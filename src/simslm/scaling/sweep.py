@@ -335,7 +335,7 @@ def _check_base_model(base_model: str, data: str, checked: set[tuple[str, str]])
 def _mixed_codebooks(spec: SweepSpec, families: set[str]) -> list[str]:
     """A warning for each family whose variants read units of different codebooks: their speech CEs are then
     losses over other tokens, which the report and the demo's findings compare as if they were the same."""
-    from simslm.units.extract import unit_source
+    from simslm.units.folder import unit_source
 
     warnings = []
     for family in sorted(families):

@@ -42,7 +42,7 @@ from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.corpus import placed_corpus, portable_corpus, read_corpus, split_corpus_spec
 from simslm.speech.manifest import Utterance, iter_utterances
-from simslm.units.extract import UtteranceUnits, checked_manifest, read_units, unit_source
+from simslm.units.folder import UtteranceUnits, checked_manifest, read_units, unit_source
 
 Stream = Literal["interleaved", "speech", "text"]
 STREAMS: tuple[str, ...] = get_args(Stream)

@@ -25,7 +25,7 @@ import numpy as np
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
 from simslm.speech import text as text_lib
 from simslm.speech.manifest import TimingKind, Utterance
-from simslm.units.extract import UtteranceUnits
+from simslm.units.folder import UtteranceUnits
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from simslm.sequences.interleave import INTERLEAVERS, TEXT, Sample, build_interl
 from simslm.sequences.loader import PackedLoader, read_index
 from simslm.sequences.vocabulary import Vocabulary
 from simslm.speech.manifest import iter_utterances
-from simslm.units.extract import read_units
+from simslm.units.folder import read_units
 
 
 def stats(folder: str | os.PathLike, index: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -190,7 +190,7 @@ def validation_mismatch(data: str, validation: str, vocabulary: Vocabulary | Non
     """Why validation data's losses would be of other tokens than the training data's, in words (None when they
     are the same tokens): another vocabulary, or the same unit ids from another codebook or encoder. Either gives
     a silently wrong speech CE, the number the fits read. `vocabulary`: `data`'s, when the caller has loaded it."""
-    from simslm.units.extract import unit_source
+    from simslm.units.folder import unit_source
 
     vocabulary = vocabulary if vocabulary is not None else Vocabulary.load(Path(data) / "tokenizer")
     held_out = Vocabulary.load(Path(validation) / "tokenizer")

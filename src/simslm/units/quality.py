@@ -30,7 +30,7 @@ from simslm.config import Config, check_not_input, check_output_file, check_posi
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
 from simslm.speech.manifest import iter_utterances, manifest_folder
-from simslm.units.extract import UtteranceUnits, read_units
+from simslm.units.folder import UtteranceUnits, read_units
 
 PHONE_FRAME_RATE_HZ = 100.0
 """Pocketsphinx aligns in frames of 10 ms, the rate of the phone labels fairseq's script reads."""
