@@ -84,7 +84,7 @@ READERS = {
     # The same, with each shard's counts kept beside it, as an extraction since the sixteenth session writes them
     # (written here before the timing, from the shards and the manifest).
     "units extract, a later process, counts kept": "from pathlib import Path\nimport json, shutil, sys\n"
-                                                   "from simslm import jobs\n"
+                                                   "from simslm import storage\n"
                                                    "from simslm.units import extract\n"
                                                    "folder = Path(sys.argv[1]).parent\n"
                                                    "shutil.copytree(folder / 'units', folder / 'kept', "
@@ -96,8 +96,9 @@ READERS = {
                                                    "for i, shard in enumerate(extract._chunks(extract._records("
                                                    "sys.argv[1]), 1000)):\n"
                                                    "    path = folder / 'kept' / 'shards' / f'shard-{i:05d}.jsonl'\n"
-                                                   "    jobs.write_json(extract._totals_path(path), extract.shard_totals("
-                                                   "map(json.loads, path.read_text().splitlines()), shard))\n"
+                                                   "    storage.write_json(extract._totals_path(path), "
+                                                   "extract.shard_totals(map(json.loads, "
+                                                   "path.read_text().splitlines()), shard))\n"
                                                    "read = lambda m: range(extract.extract_units(config).num_encoded)",
     # A process of a 2-task array whose shards are all written while the other's last is not, run once before the
     # timing (as the first process to start, which checks the manifest): the end of every task but the last.

@@ -23,7 +23,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from simslm import jobs
+from simslm import storage
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.eval.evaluate import EvalConfig, evaluate_run
 from simslm.model import save_model, smollm2_gguf_path
@@ -44,10 +44,10 @@ def untrained_run(folder: Path, trained: TrainConfig, init: str) -> Path:
     config = TrainConfig(**{**asdict(trained), "run_dir": str(folder), "init": init})
     if not (folder / "model").exists():
         vocabulary = Vocabulary.load(Path(config.data) / "tokenizer")
-        context_length = jobs.read_json(Path(config.data) / "index.json")["context_length"]
+        context_length = storage.read_json(Path(config.data) / "index.json")["context_length"]
         model = build_model(config, len(vocabulary), context_length)
         folder.mkdir(parents=True, exist_ok=True)
-        jobs.write_json(folder / "config.json", asdict(config))
+        storage.write_json(folder / "config.json", asdict(config))
         save_model(model, vocabulary.tokenizer, folder / "model")
     return folder
 

@@ -129,24 +129,24 @@ def train_stopped_at(monkeypatch):
 
 _HOLD_LOCK = """
 import sys
-from simslm import jobs
-with jobs.exclusive_lock(sys.argv[1], "busy"):
+from simslm import storage
+with storage.exclusive_lock(sys.argv[1], "busy"):
     print("held", flush=True)
     sys.stdin.read()
 """
 _HOLD_FILE = """
 import sys
-from simslm import jobs
+from simslm import storage
 with open(sys.argv[1], "ab") as handle:
-    jobs.lock_file(handle, "busy")
+    storage.lock_file(handle, "busy")
     print("held", flush=True)
     sys.stdin.read()
 """
 
 
 def hold_lock(path, *, file_as_it_is: bool = False):
-    """Another process that takes `jobs.exclusive_lock(path)` and keeps it until its stdin is closed; with
-    `file_as_it_is`, a lock on the file (a journal) that leaves its bytes alone (`jobs.lock_file`)."""
+    """Another process that takes `storage.exclusive_lock(path)` and keeps it until its stdin is closed; with
+    `file_as_it_is`, a lock on the file (a journal) that leaves its bytes alone (`storage.lock_file`)."""
     import subprocess
     import sys
 
@@ -164,7 +164,7 @@ def release_lock(process) -> None:
 
 @pytest.fixture
 def lock_held_elsewhere():
-    """`hold(path)`: another process takes `jobs.exclusive_lock(path)` and keeps it until `release()`; returns its
+    """`hold(path)`: another process takes `storage.exclusive_lock(path)` and keeps it until `release()`; returns its
     pid and `release` (called at the end of the test if the test did not)."""
     holders = []
 
@@ -223,9 +223,9 @@ def slurm_without_accounting(folder: Path, monkeypatch, queue: str) -> tuple[Pat
     ("accounting storage is disabled"), `squeue` prints the file it returns first (`queue` to start with: lines of
     `ID|STATE`) and notes its arguments in the second. submitit's watcher and simslm's queue start afresh."""
     import submitit
-    from submitit.slurm import slurm
+    from submitit.slurm import slurm as submitit_slurm
 
-    from simslm import jobs
+    from simslm import slurm
 
     bin_dir, listing, asked = folder / "bin", folder / "squeue.out", folder / "squeue.asked"
     bin_dir.mkdir()
@@ -235,8 +235,8 @@ def slurm_without_accounting(folder: Path, monkeypatch, queue: str) -> tuple[Pat
     for script in bin_dir.iterdir():
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", submitit_slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(slurm, "SLURM_QUEUE", slurm.SlurmQueue())
     return listing, asked
 
 

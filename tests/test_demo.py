@@ -150,14 +150,14 @@ def test_the_demos_sweep_has_one_run_per_cell_or_one_per_seed():
 
 
 def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(tmp_path):
-    from simslm import jobs
+    from simslm import storage
 
     made = demo.DemoConfig(out=str(tmp_path))
     stored = json.loads(json.dumps(dataclasses.asdict(made)))
     del stored["seeds"]  # a folder made before --seeds existed ran one seed, the option's default
-    jobs.write_json(tmp_path / "demo_config.json", stored)
+    storage.write_json(tmp_path / "demo_config.json", stored)
     for stage in demo.STAGE_OPTIONS:
-        jobs.write_json(tmp_path / "stages" / f"{stage}.json", {"wall_sec": 1.0})
+        storage.write_json(tmp_path / "stages" / f"{stage}.json", {"wall_sec": 1.0})
     assert demo.stale_stages(tmp_path, made) == {}
     assert demo.stale_stages(tmp_path, dataclasses.replace(made, seeds=3)) == \
         {"sweep": {"seeds": (1, 3)}, "fit": {"seeds": (1, 3)}}
@@ -171,21 +171,21 @@ def test_stale_stages_compare_each_finished_stage_with_the_options_it_ran_with(t
                                                  ("budgets_flops", [1.25e11, 2e11]))] == \
         ["--no-bracket", "--depths 1 2", "--lr 0.006", "--budgets-flops 1.25e+11 2e+11"]
     # A marker's own options come first: this fit ran with 10 resamples, whatever the last call asked.
-    jobs.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": {"num_resamples": 10}})
+    storage.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": {"num_resamples": 10}})
     assert demo.stale_stages(tmp_path, dataclasses.replace(made, num_resamples=10)) == {}
     with pytest.raises(ValueError, match=r"--seed 0, not --seed 1; that changes its synthesise, units, textlm"):
         demo.stale_stages(tmp_path, dataclasses.replace(made, seed=1))
     # A marker or record that is not one is named, not a traceback.
-    jobs.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": [10]})
+    storage.write_json(tmp_path / "stages" / "fit.json", {"wall_sec": 1.0, "options": [10]})
     with pytest.raises(ValueError, match=r"fit.json: not a record of the demo's options"):
         demo.stale_stages(tmp_path, made)
-    jobs.write_json(tmp_path / "stages" / "fit.json", ["done"])
+    storage.write_json(tmp_path / "stages" / "fit.json", ["done"])
     with pytest.raises(ValueError, match=r"fit.json: not a record of a finished stage"):
         demo.stale_stages(tmp_path, made)
 
 
 def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp_path):
-    from simslm import jobs
+    from simslm import storage
     from simslm.scaling import bracket
 
     def row(member, budget, loss):
@@ -196,7 +196,7 @@ def test_the_summary_names_the_cells_whose_minimum_the_grid_does_not_bracket(tmp
     # At 1e9 the smallest size is the best (unbracketed); at 2e9, d2 is (bracketed).
     rows = [row("d1", 1e9, 3.0), row("d2", 1e9, 3.1), row("d3", 1e9, 3.3),
             row("d1", 2e9, 3.0), row("d2", 2e9, 2.9), row("d3", 2e9, 3.1)]
-    jobs.write_json(tmp_path / "bracket.json", {"added": [], "unbracketed": [
+    storage.write_json(tmp_path / "bracket.json", {"added": [], "unbracketed": [
         {"variant": "v", "budget": 1e9, "member": "d1", "needs": "smaller", "family": "f", "reason": "no depth 0"}]})
     assert demo.bracketing(tmp_path, bracket.edges(rows), 2) == (
         "Bracketing: the best size is at the grid's edge in 1 of 2 (variant, budget) cells, so their isoFLOP minimum "

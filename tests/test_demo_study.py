@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simslm import demo, jobs
+from simslm import demo, storage
 from simslm.scaling import bracket, collect
 
 
@@ -27,7 +27,7 @@ def test_the_default_demo_is_a_bracketed_study_with_sound_fits(tmp_path):
             assert len({row["parameters"] for row in rows if (row["variant"], row["budget"]) == (variant, budget)}) >= 4
     # Every budget's best size lies inside the grid (no edge is the best), for every variant.
     assert bracket.edges(rows) == []
-    fits = jobs.read_json(out / "sweep" / "fit.json")["variants"]
+    fits = storage.read_json(out / "sweep" / "fit.json")["variants"]
     # The laws of finding 1's two variants are sound: E interior, every interval finite. A variant whose law is
     # degenerate (interleaved + random init in the run of 2026-11-30: its two largest sizes stay on the unigram
     # plateau at these budgets) is named as such, with its reason, in the report instead of drawn.

@@ -197,7 +197,7 @@ def aligning_elsewhere(w: World, name: str) -> Path:
 
 
 def locked_elsewhere(path: Path) -> Path:
-    """`path`, a lock (`jobs.exclusive_lock`) another process holds, as a job still writing beside it would, until
+    """`path`, a lock (`storage.exclusive_lock`) another process holds, as a job still writing beside it would, until
     the module's tests end."""
     from tests.conftest import hold_lock
 

@@ -27,7 +27,7 @@ from typing import Callable, Literal
 
 from tqdm import tqdm
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config
 
 _CHECKSUMS: dict[str, str] = json.loads((Path(__file__).with_name("asset_checksums.json")).read_text())
@@ -278,7 +278,7 @@ def download(url: str, target: Path, max_bytes: int | None = None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "simslm"})
     if max_bytes is not None:
         request.add_header("Range", f"bytes=0-{max_bytes - 1}")
-    with (jobs.atomic_path(target) as temporary,
+    with (storage.atomic_path(target) as temporary,
           urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SEC) as response, open(temporary, "wb") as out):
         length = response.headers.get("Content-Length")
         total = max_bytes if max_bytes is not None else (int(length) if length else None)
@@ -333,7 +333,7 @@ def _record(name: str, source: str, files: dict[str, dict[str, str]]) -> None:
         if entries.get(name) == entry:
             return
         entries[name] = entry
-        jobs.write_text(ledger, json.dumps(entries, indent=1, sort_keys=True))
+        storage.write_text(ledger, json.dumps(entries, indent=1, sort_keys=True))
     except (OSError, json.JSONDecodeError) as error:
         print(f"simslm: note: could not record checksums in {ledger} ({error})", file=sys.stderr)
 
@@ -363,7 +363,7 @@ def _build_tinystories_sample(root: Path) -> None:
     raw = root / "tinystories" / ".TinyStories-train.prefix.txt"
     download(_TINYSTORIES_TRAIN_URL, raw, max_bytes=_TINYSTORIES_PREFIX_BYTES)
     stories = raw.read_text(encoding="utf-8", errors="ignore").split("<|endoftext|>")[:-1]
-    with jobs.atomic_path(target) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+    with storage.atomic_path(target) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for story in stories:
             if story.strip():
                 handle.write(json.dumps({"text": story.strip()}, ensure_ascii=False) + "\n")

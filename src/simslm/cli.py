@@ -127,11 +127,11 @@ def _validate(config) -> int:
 
 
 def _units_fit(config) -> int:
-    from simslm import jobs
+    from simslm import storage
     from simslm.units.fit import fit_codebook
 
     path = fit_codebook(config)
-    meta = jobs.read_json(path.with_suffix(".json"))
+    meta = storage.read_json(path.with_suffix(".json"))
     skipped = f", skipped {meta['num_skipped']} {meta['skipped_by_reason']}" if meta["num_skipped"] else ""
     print(f"k-means codebook k={meta['k']} on {meta['num_frames']} frames of {meta['num_utterances']} "
           f"utterance(s){skipped} ({meta['backend']}) -> {path}")

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.config import Config, ConfigError, check_positive
 from simslm.eval.benchbuild import BenchBuildConfig, build_benchmark
 from simslm.sequences.build import BuildConfig, build_sequences
@@ -160,14 +160,14 @@ def stale_stages(out: Path, config: DemoConfig) -> dict[str, dict[str, tuple[Any
     A stage's marker records the options it ran with; a marker from before it did falls back to
     demo_config.json, the options of the last call on the folder. An option the folder predates counts as
     its present default. Raises ValueError when a stage that rewrites its outputs would change."""
-    made = jobs.read_json(out / "demo_config.json") if (out / "demo_config.json").exists() else None
+    made = storage.read_json(out / "demo_config.json") if (out / "demo_config.json").exists() else None
     defaults = json.loads(json.dumps(asdict(DemoConfig(out=config.out))))
     stale: dict[str, dict[str, tuple[Any, Any]]] = {}
     for stage in STAGE_OPTIONS:
         marker = out / "stages" / f"{stage}.json"
         if not marker.exists():
             continue
-        record = jobs.read_json(marker)
+        record = storage.read_json(marker)
         if not isinstance(record, dict) or not isinstance(record.get("wall_sec"), (int, float)):
             raise ValueError(f"{marker}: not a record of a finished stage (a JSON object with wall_sec)")
         recorded = record.get("options", made)
@@ -196,14 +196,14 @@ def _stage(out: Path, name: str, config: DemoConfig, timings: dict[str, float], 
     """Run one stage unless its marker exists; record its wall time and the options it ran with."""
     marker = out / "stages" / f"{name}.json"
     if marker.exists():
-        timings[name] = jobs.read_json(marker)["wall_sec"]
+        timings[name] = storage.read_json(marker)["wall_sec"]
         print(f"[demo] {name}: done earlier ({timings[name]:.0f} s)", flush=True)
         return
     print(f"[demo] {name} ...", flush=True)
     started = time.perf_counter()
     work()
     timings[name] = round(time.perf_counter() - started, 2)
-    jobs.write_json(marker, {"wall_sec": timings[name], "options": _options(config, name)})
+    storage.write_json(marker, {"wall_sec": timings[name], "options": _options(config, name)})
     print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
 
@@ -233,7 +233,7 @@ def run_demo(config: DemoConfig) -> str:
     for stage in stale:
         # The markers go first: a call killed from here on runs these stages again, with whatever options it has.
         (out / "stages" / f"{stage}.json").unlink()
-    jobs.write_json(out / "demo_config.json", asdict(config))
+    storage.write_json(out / "demo_config.json", asdict(config))
     timings: dict[str, float] = {}
     train_text = f"{config.corpus}{TRAIN_STORIES}"
     codebook = out / "units" / f"logmel{config.num_units}.npy"
@@ -321,8 +321,8 @@ def run_demo(config: DemoConfig) -> str:
     report_started = time.perf_counter()
     page = report.write_report(out / "sweep", summary=summary)
     timings["report"] = round(time.perf_counter() - report_started, 2)
-    jobs.write_json(out / "demo.json", {"timings_sec": timings, "total_sec": round(sum(timings.values()), 2),
-                                        "report": os.path.relpath(page, out)})
+    storage.write_json(out / "demo.json", {"timings_sec": timings, "total_sec": round(sum(timings.values()), 2),
+                                           "report": os.path.relpath(page, out)})
     return summary + f"\nreport: {page}"
 
 
@@ -417,7 +417,7 @@ def bracketing(sweep_dir: Path, found: list[dict[str, Any]], num_cells: int) -> 
         return f"Bracketing: the best size is inside the grid in all {num_cells} (variant, budget) cells."
     record = sweep_dir / bracket.BRACKET_FILE
     reasons = {(edge["variant"], edge["budget"]): edge.get("reason") for edge in
-               (jobs.read_json(record).get("unbracketed", []) if record.exists() else [])}
+               (storage.read_json(record).get("unbracketed", []) if record.exists() else [])}
     cells = []
     for edge in found:
         reason = reasons.get((edge["variant"], edge["budget"]))
@@ -467,7 +467,7 @@ def summarise(sweep_dir: Path, timings: dict[str, float]) -> str:
     from simslm.scaling import bracket, collect
 
     rows = collect.collect(sweep_dir)
-    fits = jobs.read_json(sweep_dir / "fit.json")["variants"]
+    fits = storage.read_json(sweep_dir / "fit.json")["variants"]
     lines = [f"simslm demo: {len(rows)} runs, {sum(timings.values()) / 60:.1f} min of stages "
              f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})"]
     best = collect.best_runs(rows)

@@ -1,20 +1,21 @@
-"""Batch-job plumbing shared by the stages: a resumable journal and a parallel map with progress."""
+"""Batch-job plumbing shared by the stages: a resumable journal, a parallel map with progress, SIGTERM, cores.
+
+Also the errors a command ends with in one line (`error_line`), the cores and memory a process
+may use (affinity and a container's CPU quota; the allocator's freed memory), and the torch
+device and weights' precision asked for. Files are `storage`'s; cluster jobs are `slurm`'s.
+"""
 
 from __future__ import annotations
 
-import codecs
 import collections
 import contextlib
-import errno
 import functools
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, MutableMapping
 
 from tqdm import tqdm
+
+from simslm.storage import naming_a_full_disk, write_text
 
 
 class Stopped(BaseException):
@@ -34,6 +37,8 @@ class Stopped(BaseException):
 # job (SLURM at a time limit, `timeout`, `kill -- -PGID`), and the sweep, torchrun or a pool that started a process
 # forwards the signal to it as well. A later one insists, and ends the process at once.
 SIGTERM_REPEAT_S = 5.0
+
+
 _first_sigterm: list[float] = []
 
 
@@ -105,7 +110,11 @@ class Journal:
 
 # Seconds between the plain progress lines written when stderr is not a terminal (a SLURM log, a pipe).
 LOG_EVERY_SEC_VARIABLE = "SIMSLM_LOG_EVERY_SEC"
+
+
 DEFAULT_LOG_EVERY_SEC = 30.0
+
+
 FINAL_LINE_AFTER_SEC = 5.0  # shorter jobs end without a line: a log of many small scorings stays readable
 
 
@@ -308,6 +317,8 @@ def _in_processes(function: Callable[[Any], Any], tasks: Iterable[Any], num_work
 # Deaths of the process running a task after which the task is skipped: the first may have been anything (a node
 # lost, a kill -9, the memory of the tasks beside it); a second on the same task is the task's.
 DEATHS_TO_SKIP = 2
+
+
 ENDED_THE_PROCESS = "ended the process running it"
 
 
@@ -579,70 +590,6 @@ def _stop_now(executor: Any) -> None:
         manager.join(timeout=30)
 
 
-# Times a job that reaches its time limit is requeued (submitit's own default is 3): a run of the paper's
-# largest sizes can outlast a cluster's limit many times over, and each requeue resumes where the last left off.
-MAX_REQUEUES = 10
-# How long before the time limit the job is warned (submitit's SLURM default): time to finish the step in hand
-# and save a checkpoint.
-WARNING_S = 90
-
-
-def submitit_executor(folder: str | os.PathLike, cluster: str | None, *, timeout_min: float, gpus_per_node: int = 0,
-                      nodes: int = 1, tasks_per_node: int = 1, cpus_per_task: int = 0, mem_gb: float = 0,
-                      max_requeues: int = MAX_REQUEUES, warning_s: int = WARNING_S, **slurm_only: Any):
-    """A submitit executor (SLURM, or `cluster="local"` to run the same jobs here). Zero CPUs or memory leave
-    the cluster's default; `slurm_only` options (slurm_partition, ...) apply on SLURM, when set.
-
-    A job is warned `warning_s` before its time limit; one whose function is `Resumable` is then requeued, up to
-    `max_requeues` times. The local cluster is submitit's LocalExecutor itself, which (unlike AutoExecutor's
-    view of it) takes a time limit in fractions of a minute and the warning's delay, so tests can reach both."""
-    import submitit
-
-    if cluster is None:
-        cluster = submitit.AutoExecutor.which()
-        if cluster == "local":
-            # No sbatch here (a login node without its SLURM module, say): submitit would run every job on this
-            # machine, its SLURM options unused. Meant only when asked for.
-            raise ValueError("--executor slurm: no SLURM here (sbatch is not on PATH); run where sbatch is, or pass "
-                             "--cluster local to run the jobs on this machine through submitit")
-    parameters: dict[str, Any] = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "nodes": nodes,
-                                  "tasks_per_node": tasks_per_node}
-    if cluster == "local":
-        executor = submitit.LocalExecutor(folder=str(folder), max_num_timeout=max_requeues)
-        executor.update_parameters(**parameters, signal_delay_s=warning_s)
-        return executor
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=max_requeues)
-    parameters.update({key: value for key, value in (("cpus_per_task", cpus_per_task), ("mem_gb", mem_gb)) if value})
-    if cluster == "slurm":
-        parameters.update({key: value for key, value in slurm_only.items() if value}, slurm_signal_delay_s=warning_s)
-        if nodes * tasks_per_node > 1:
-            # One task that dies ends the job's others at once. By default srun lets them run on, and they wait
-            # in their next collective until torch's process-group timeout (minutes of every GPU of the job).
-            parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
-    executor.update_parameters(**parameters)
-    return executor
-
-
-class Resumable:
-    """A job function that picks up from what an earlier call left on disk (a run's checkpoints, the shards
-    already written): when the job's time runs out, submitit calls `checkpoint`, and the job is requeued to
-    call it again with the same arguments, instead of ending as failed.
-
-    The contract of submitit's `helpers.Checkpointable`, written out rather than subclassed: submitit is an
-    optional extra (`slurm`), and this module is imported by every command."""
-
-    def __init__(self, function: Callable[..., Any]):
-        self.function = function
-
-    def __call__(self, *args: Any) -> Any:
-        return self.function(*args)
-
-    def checkpoint(self, *args: Any) -> Any:
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self, *args)
-
-
 def error_line(name: str, error: Exception) -> str:
     """`NAME: error: FILE: what is wrong`, the one line a command ends with on an error: a user's mistake (a
     ValueError, a missing or unreadable file, ...) as it is, anything else with its class and the way to its
@@ -662,120 +609,6 @@ def error_line(name: str, error: Exception) -> str:
         message = f"{filename}: {what}"
     hint = "" if expected else f" ({error.__class__.__name__}; re-run with --debug for the traceback)"
     return f"{name}: error: {message}{hint}"
-
-
-# States of a job that has ended, as squeue may still show it for a few minutes (SLURM's MinJobAge); any other state
-# (PENDING, RUNNING, COMPLETING, PREEMPTED before a requeue, one added later) is taken for a job still there.
-SQUEUE_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-                          "REVOKED", "SPECIAL_EXIT", "TIMEOUT"})
-
-
-class SlurmQueue:
-    """SLURM's queue (squeue) of the jobs `expected` names (a sweep's ledger, a batch of submitted jobs): each one's
-    state, asked of all of them in one call at most every few seconds; None where squeue does not answer (not a
-    SLURM host)."""
-
-    REFRESH_SEC = 5.0
-
-    def __init__(self) -> None:
-        self.expected: set[str] = set()
-        self._asked: tuple[float, frozenset[str], dict[str, str] | None] | None = None
-
-    def states(self) -> dict[str, str] | None:
-        ids = frozenset(job_id.split("_")[0] for job_id in self.expected)
-        if self._asked and self._asked[1] >= ids and time.monotonic() - self._asked[0] < self.REFRESH_SEC:
-            return self._asked[2]
-        try:  # array tasks one a line (--array), as the ledger names them: 4242_0
-            listing = subprocess.run(["squeue", "--noheader", "--array", "--format", "%i|%T", "--jobs",
-                                      ",".join(sorted(ids))], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            states = None
-        else:
-            # A single id the controller has forgotten is an error of its own ("Invalid job id specified", exit 1;
-            # with two or more ids the others are listed: MatterMiners/tardis#326): that job is not in the queue.
-            states = (dict(line.split("|", 1) for line in listing.stdout.splitlines() if "|" in line)
-                      if listing.returncode == 0 else {} if "Invalid job id" in listing.stderr else None)
-        self._asked = (time.monotonic(), ids, states)
-        return states
-
-
-SLURM_QUEUE = SlurmQueue()
-
-
-def watch_slurm_jobs(job_ids: list[str]) -> None:
-    """Makes SLURM jobs known to submitit's watcher and to `SLURM_QUEUE` all at once, before the first question
-    about any: the watcher then asks sacct of them all in one call, and again at most every 2 s to 10 minutes. Each
-    job new to it forces a call of its own, so asked one by one, N jobs made N calls."""
-    if job_ids:
-        import submitit
-
-        for job_id in job_ids:
-            submitit.SlurmJob.watcher.register_job(job_id)
-        SLURM_QUEUE.expected.update(job_ids)
-
-
-def slurm_job_ended(job_id: str) -> bool:
-    """Whether SLURM job `job_id` has ended, as far as SLURM says: its accounting (sacct, through submitit's
-    watcher: `watch_slurm_jobs`) in a final state, or, knowing nothing of it, its queue (squeue) without it or with
-    it in a final state. Not a `SlurmJob` made for the question: making one registers its job anew with the
-    watcher, which forces a call of sacct each time."""
-    import submitit
-
-    if submitit.SlurmJob.watcher.is_done(job_id):
-        return True
-    if submitit.SlurmJob.watcher.get_state(job_id, mode="cache") != "UNKNOWN":
-        return False
-    # Not in SLURM's accounting: a job just submitted may not be there yet, and where accounting is off (some
-    # clusters run without it) no job ever is, and submitit takes UNKNOWN for a job not done: one that died without
-    # a result was waited for forever. The controller's queue says whether it is still there.
-    SLURM_QUEUE.expected.add(job_id)
-    queue = SLURM_QUEUE.states()
-    if queue is None:  # no squeue here either (a copy of a sweep off the cluster): nothing to go by
-        return False
-    return job_id not in queue or queue[job_id] in SQUEUE_ENDED
-
-
-# How often a wait for cluster jobs looks at their result files (submitit's own wait: every second).
-JOB_POLL_SEC = 1.0
-
-
-def job_failures(labelled_jobs: list[tuple[str, Any]], description: str) -> list[str]:
-    """Wait for submitit jobs; `label (error; log FILE)` for each that failed (the others still run to the end).
-    A SLURM job is waited for until it has written its result or SLURM says it has ended (`slurm_job_ended`):
-    submitit's own wait asks sacct alone, and where that knows nothing of a job it waits forever."""
-    import submitit
-
-    failures = []
-    watch_slurm_jobs([job.job_id for _, job in labelled_jobs if isinstance(job, submitit.SlurmJob)])
-    for label, job in progress(labelled_jobs, description, unit="job"):
-        if isinstance(job, submitit.SlurmJob):
-            # Each task writes its own result (a run of several processes is a job of several tasks).
-            results = [job.task(task).paths.result_pickle for task in range(job.num_tasks)]
-            while not all(result.exists() for result in results) and not slurm_job_ended(job.job_id):
-                time.sleep(JOB_POLL_SEC)
-            if not all(result.exists() for result in results):  # `results()` would wait on, asking sacct alone
-                failures.append(f"{label} (it ended without a result; log {job.paths.stderr})")
-                continue
-        try:
-            # `results()`, one a task: `result()` of a job of several tasks is an AssertionError once they end
-            # ("You should use `results()`"), and every run of `--nproc-per-run 2` read failed.
-            job.results()
-        except Exception as error:  # submitit re-raises the job's own error
-            failures.append(f"{label} ({_job_error(error)}; log {job.paths.stderr})")
-    return failures
-
-
-def _job_error(error: Exception) -> str:
-    """The job's own exception, `Class: message`, from the traceback submitit's FailedJobError carries as text; its
-    class name alone ("FailedJobError", "UncompletedJobError": a job that ended without a result) otherwise."""
-    parts = str(error).split("----------------------")  # submitit's frame around the trace
-    if error.__class__.__name__ == "FailedJobError" and len(parts) > 2:
-        lines = parts[1].strip().splitlines()
-        # The exception's first line is the last one not indented (frames and code are), its message runs on
-        starts = [i for i, line in enumerate(lines) if line[:1].strip() and not line.startswith("Traceback")]
-        if starts:
-            return " ".join(" ".join(lines[starts[-1]:]).split())
-    return error.__class__.__name__
 
 
 def default_workers() -> int:
@@ -837,8 +670,14 @@ def share_cores(num_workers: int) -> int:
 # glibc's mallopt parameters (malloc.h) and the values simslm sets: below 32 MiB (the largest mmap threshold
 # glibc accepts on 64-bit) a block comes from the heap, and up to 1 GiB of freed heap stays with the process.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
 _MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 1 << 30
+
+
 _MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
 _freed_memory_kept = False
 
 
@@ -935,51 +774,6 @@ def torch_device(name: str) -> str:
     return name
 
 
-def safe_file_name(value: Any) -> str:
-    """A file name from a value found in data: nothing but letters, digits, '.', '_' and '-', and a hash of the
-    value, so an id such as '/etc/x' or '../../x' names a file inside its folder and two ids never share one."""
-    import hashlib
-    import re
-
-    text = str(value)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text).strip('.')[:80]}-{digest}"
-
-
-# Above this size a file's digest reads samples of it (`content_digest`).
-DIGEST_WHOLE_BYTES = 64 * 2 ** 20
-DIGEST_SAMPLE_BYTES = 4 * 2 ** 20
-
-
-def read_tail(path: str | os.PathLike, size: int = 4096) -> str:
-    """The last `size` bytes of a file as text (a log or metrics file of millions of lines is not read whole);
-    raises OSError as `open` does."""
-    with open(path, "rb") as handle:
-        handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
-        return handle.read().decode("utf-8", errors="replace")
-
-
-def content_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's or a folder's contents: each file's name relative to `path`, its size and its bytes, in
-    name order. A file above 64 MiB contributes its size and its first, middle and last 4 MiB only: weights trained
-    again differ throughout, and reading all of a 7B model's 15 GB would take a minute on every check."""
-    import hashlib
-
-    root, digest = Path(path), hashlib.sha256()
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-    for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= DIGEST_WHOLE_BYTES:
-                digest.update(handle.read())
-                continue
-            for offset in (0, (size - DIGEST_SAMPLE_BYTES) // 2, size - DIGEST_SAMPLE_BYTES):
-                handle.seek(offset)
-                digest.update(handle.read(DIGEST_SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
 # Files a process keeps free for everything else it opens (libraries, logs, sockets) beside what it asks room for.
 SPARE_OPEN_FILES = 256
 
@@ -1009,387 +803,3 @@ def allow_open_files(count: int, what: str, fix: str) -> None:
     except (ValueError, OSError):  # a system that caps it lower than its hard limit says (macOS's OPEN_MAX)
         raise refusal from None
 
-
-def located_path(path: str | os.PathLike) -> Path:
-    """`path` made absolute with the links among its folders followed, but not a link that is the file itself.
-
-    A corpus of links into a store (a Hugging Face cache's snapshots into its blobs, git-annex) is then recorded
-    by its own names, which carry the stem and extension a layout reads, and goes on pointing into the corpus
-    when the corpus moves; the folders' links are followed, so a path relative to another resolved folder leads
-    where it should."""
-    absolute = Path(path).absolute()
-    if absolute.name in ("", ".", ".."):
-        return absolute.resolve()
-    return absolute.parent.resolve() / absolute.name
-
-
-def undecodable_name(path: str | os.PathLike) -> bool:
-    """Whether a path's bytes are not UTF-8 (a Latin-1 name from an old archive): Python keeps them as lone
-    surrogates, which JSON cannot write and soundfile cannot open ("surrogates not allowed")."""
-    try:
-        os.fspath(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def shown_path(path: str | os.PathLike) -> str:
-    """A path as it can be printed whatever its bytes: those that are not UTF-8 as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def portable_path(path: str | os.PathLike, folder: str | os.PathLike) -> dict[str, str]:
-    """How a file written into `folder` records `path`: relative to `folder`, so both can move together, and
-    absolute, so a copy of `folder` alone still finds it (`placed_path` reads it back)."""
-    absolute = located_path(path)
-    return {"relative": os.path.relpath(absolute, Path(folder).resolve()), "absolute": str(absolute)}
-
-
-def placed_path(recorded: str | dict[str, str], folder: str | os.PathLike) -> Path:
-    """A path recorded by `portable_path` in a file in `folder`: the relative one when it exists, else the
-    absolute one. A plain string (what older folders stored) is taken as it is."""
-    if isinstance(recorded, str):
-        return Path(recorded)
-    relative = Path(folder) / recorded["relative"]
-    return relative if relative.exists() else Path(recorded["absolute"])
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a ValueError naming the file when it is not UTF-8 JSON (FileNotFoundError as usual)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: a folder, not a JSON file") from None
-
-
-BINARY_SNIFF_BYTES = 8192
-
-
-def text_lines(path: str | os.PathLike) -> Iterator[tuple[str | None, str]]:
-    """Each line of a text file and its problem (''): a line that is not UTF-8 comes as None with the problem,
-    so that a long job can skip and count it, and an error can name its line. (Decoding in text mode fails on
-    the block being read, before any of its lines is seen: the line number would be that of the block's first.)
-    Line ends are the file's, with \r\n read as \n; a byte-order mark that opens the file (Windows editors and
-    Excel write one) is not part of its first line. A file with a NUL byte in its first 8 KiB is refused whole as
-    binary (a FLAC or .npy given as a manifest or corpus: some of its "lines" decode, and were read as text)."""
-    with open(path, "rb") as handle:
-        if (at := handle.read(BINARY_SNIFF_BYTES).find(b"\0")) >= 0:
-            raise ValueError(f"{path}: binary data, not UTF-8 text (a NUL byte at byte {at + 1}; UTF-16 text must be "
-                             f"converted to UTF-8)")
-        handle.seek(0)
-        for number, raw in enumerate(handle):
-            if number == 0:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield None, f"not UTF-8 text (byte {error.start + 1} of the line)"
-                continue
-            yield (line[:-2] + "\n" if line.endswith("\r\n") else line), ""
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file without the byte-order mark that may open it; a ValueError naming the file when it is not
-    UTF-8 or not a file."""
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: a folder, not a file") from None
-
-
-def update_json(path: str | os.PathLike, update: Callable[[Any], Any], default: Callable[[], Any] = dict) -> Any:
-    """Read a JSON file (or `default()` when there is none), apply `update` to its value and write what it
-    returns atomically, all under an exclusive lock (`.NAME.lock` beside it); returns the value written.
-
-    Processes that merge into one file (two `simslm eval` of one run, each on its own benchmark) each keep what
-    the others wrote: read and write unlocked, the later writer would drop the earlier one's entries."""
-    import fcntl
-
-    path = Path(path)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        value = update(read_json(path) if path.exists() else default())
-        write_json(path, value)
-    return value
-
-
-_HELD_LOCKS: dict[Path, int] = {}
-
-
-class Busy(ValueError):
-    """Another process holds the lock asked for (`exclusive_lock`)."""
-
-
-def lock_file(handle: Any, busy: str) -> None:
-    """Lock an open file exclusively until it is closed, or raise `Busy(busy)` at once when another process holds
-    it. Where the file system has no locks (ENOLCK, say, on an NFS mount without a lock daemon), warn and go on
-    unlocked: refusing would stop every job there."""
-    import errno
-    import fcntl
-
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise Busy(busy) from None
-    except OSError as error:
-        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        print(f"simslm: warning: {handle.name}: the file system does not lock files ({error.strerror}); nothing "
-              f"stops a second process from writing here at the same time", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` (created) for the block, or raise `Busy(f"{busy} ({holder})")` at
-    once when another process holds it. The holder's host and pid are written into the file.
-
-    Re-entrant within a process: a sweep holds its run folder's lock and then trains the run, which locks it too.
-    Where the file system has no locks, the block runs unlocked after a warning (`lock_file`)."""
-    import socket
-
-    key = Path(path).resolve()
-    if key in _HELD_LOCKS:
-        _HELD_LOCKS[key] += 1
-        try:
-            yield
-        finally:
-            _HELD_LOCKS[key] -= 1
-        return
-    key.parent.mkdir(parents=True, exist_ok=True)
-    with open(key, "a+") as handle:
-        try:
-            lock_file(handle, busy)
-        except Busy:
-            handle.seek(0)
-            holder = handle.read().strip()
-            raise Busy(f"{busy} ({holder})" if holder else busy) from None
-        handle.truncate(0)
-        handle.write(f"held by process {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        _HELD_LOCKS[key] = 1
-        try:
-            yield
-        finally:
-            del _HELD_LOCKS[key]
-            handle.truncate(0)  # the file stays (another process may be waiting to open it); its holder does not
-
-
-@contextlib.contextmanager
-def exclusive_lock_waiting(path: str | os.PathLike, waiting: str, poll_sec: float = 1.0) -> Iterator[None]:
-    """`exclusive_lock`, waited for while another process holds it (`waiting` said once, on stderr): for work that
-    one process does for all (a cache), the others then reading what it made."""
-    said = False
-    while True:
-        held = contextlib.ExitStack()
-        try:
-            held.enter_context(exclusive_lock(path, waiting))
-        except Busy as busy:
-            if not said:
-                print(f"simslm: {busy}", file=sys.stderr)
-                said = True
-            time.sleep(poll_sec)
-            continue
-        with held:
-            yield
-        return
-
-
-def keep_settings(path: str | os.PathLike, settings: dict[str, Any], *, made: str, advice: str,
-                  earlier_work: bool) -> None:
-    """Record in `path` (JSON) the options that decide what a resumable folder holds, or raise ValueError when it
-    records other values: a run taking up what was done before would keep it as it is, silently. `made` says how
-    the folder was made ("cut", "spoken"), `advice` what to do instead. A folder with `earlier_work` and no record
-    (made before simslm kept one) is taken as made with these settings, and a line says so."""
-    from simslm.config import flag
-
-    path = Path(path)
-    if path.exists():
-        recorded = read_json(path)
-        if not isinstance(recorded, dict):
-            raise ValueError(f"{path}: not a record of settings (a JSON object); remove it, or {advice}")
-        changed = [f"{flag(name)} {recorded.get(name)} then, {value} now" for name, value in settings.items()
-                   if recorded.get(name) != value]
-        if changed:
-            raise ValueError(f"{path.parent}: {made} with other settings ({'; '.join(changed)}); {advice}")
-    elif earlier_work:
-        print(f"simslm: {path.parent}: the settings it was {made} with are not recorded; what it holds is taken as "
-              f"{made} with these", file=sys.stderr)
-    write_json(path, settings)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (temporary name, then rename)."""
-    write_bytes(path, text.encode("utf-8"))
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes atomically (temporary name, then rename); a ValueError naming `path` when it is a folder
-    (`atomic_path`)."""
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-
-
-def modes_as_umask_allows(folder: str | os.PathLike) -> None:
-    """Give each `.safetensors` file in `folder` the mode its owner's umask gives any new file. safetensors 0.8
-    writes through a temporary file of mode 0600 and renames it (its issue #782), so a run's weights were readable
-    by their owner only: a colleague on a shared cluster could read a run's config but not evaluate its model."""
-    mode = 0o666 & ~_umask()
-    for file in Path(folder).rglob("*.safetensors"):
-        if (file.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
-            file.chmod(mode)
-
-
-def _umask() -> int:
-    """This process's umask: Linux says it in /proc (since 4.7); elsewhere set and put back, the only way."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
-    """Raises a failure to write `path` that a full disk (a quota, a file size limit) caused as the OSError it is,
-    naming `path`.
-    torch.save reports a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos 189120 vs 189008",
-    safetensors as its own error, a plain write as an OSError without a file name. When the block fails, the disk
-    is tried with a write of 1 MiB beside `path` (the failed write's bytes still hold their place)."""
-    try:
-        yield
-    except Exception as error:
-        if isinstance(error, OSError) and error.filename:
-            raise
-        full = _no_space(Path(path).parent)
-        if full is None:
-            raise
-        raise OSError(full, os.strerror(full), str(path)) from error
-
-
-def _no_space(folder: Path) -> int | None:
-    """ENOSPC or EDQUOT when `folder` takes no more bytes, EFBIG when a file there may not reach 1 MiB (a process's
-    RLIMIT_FSIZE; FAT32's 4 GiB per file is not seen by so small a probe), else None."""
-    import errno
-
-    probe = folder / f".space-probe.{os.getpid()}"
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(bytes(1 << 20))
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        return error.errno if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-    return None
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
-    """A temporary path beside `path` to write a file or a folder to; it becomes `path` only if the block succeeds.
-
-    The rename is atomic for a file; a folder already at `path` is moved aside first and
-    deleted after, so readers see the old or the new one, never a mix. A folder is never put
-    in place of a file (a user's file named as an output folder would be deleted): a ValueError,
-    and the commands that replace a folder whole say it before their work (`check_replaceable`).
-    With `replace` false (a command that refuses an existing output unless told to replace it), a folder that
-    another process filled while this one built is not replaced: a ValueError, and the other's output stays (two
-    builds into one new folder each said "built", and the later one's silently replaced the earlier's).
-    The temporary name keeps the suffix, for writers that add or check one (numpy, matplotlib,
-    soundfile). A full disk is said as such (`naming_a_full_disk`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    _remove(temporary)
-    try:
-        with naming_a_full_disk(path):
-            yield temporary
-            if temporary.is_dir():
-                if path.exists() and not path.is_dir():
-                    raise ValueError(f"{path}: a file, where a folder is needed")
-                if replace:
-                    replace_folder(temporary, path)
-                else:
-                    try:  # onto nothing or an empty folder; a filled one refuses the rename (ENOTEMPTY)
-                        os.rename(temporary, path)
-                    except OSError as error:
-                        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                            raise
-                        raise ValueError(f"{path}: another process filled it while this one was building; this "
-                                         f"build is not kept (pass --overwrite to replace it)") from None
-            else:
-                os.replace(temporary, path)
-    except (PermissionError, IsADirectoryError) as error:
-        if error.filename != str(temporary):
-            raise
-        # The temporary name is this function's own: the file the user asked for is `path`.
-        if isinstance(error, IsADirectoryError):  # a file renamed onto a folder
-            raise ValueError(f"{path}: a folder, where a file is needed") from None
-        raise PermissionError(error.errno, f"cannot write it here ({error.strerror})", str(path)) from None
-    finally:
-        _remove(temporary)
-
-
-def check_replaceable(path: str | os.PathLike, mark: str | None, what: str, advice: str) -> None:
-    """Before the work of a command that builds a folder whole and puts it in place of `path` (`atomic_path`),
-    which deletes what was there: a ValueError when `path` is a file, or a folder holding something other than
-    what the command makes (`mark`, a file such a folder has, `what` its name: "a benchmark `simslm bench build`
-    made"; no mark: only an empty folder may be replaced); `advice` says what to do instead."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: a file, where a folder is needed; {advice}")
-    if path.is_dir() and any(path.iterdir()) and (mark is None or not (path / mark).is_file()):
-        raise ValueError(f"{path}: not empty{f', and not {what} (no {mark})' if mark else ''}; {advice}")
-
-
-def refuse_unwritable(path: str | os.PathLike, advice: str) -> None:
-    """Raise ValueError naming `path` when this process may not write the folder it goes into (or the nearest one
-    above it that exists): said before the work whose result it would hold (a fit's bootstrap, a report's plots),
-    not after. `advice` says where else to write it."""
-    folder = Path(path).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():  # `report FILE`: not a folder one may not write
-        raise ValueError(f"{folder}: a file, where a folder is needed")
-    if not may_write(folder):
-        raise ValueError(f"{path}: cannot write into {folder} (permission denied); {advice}")
-
-
-def may_write(folder: str | os.PathLike) -> bool:
-    """Whether this process may create files in `folder` (its effective ids and capabilities, as an open would)."""
-    return os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
-
-
-def replace_folder(staging: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move a complete folder into place, replacing (then deleting) whatever was there."""
-    staging, final = Path(staging), Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    previous = final.with_name(f".{final.name}.{os.getpid()}.old")
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(staging, final)
-    _remove(previous)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import assets, jobs
+from simslm import assets, jobs, storage
 from simslm.config import Config, ConfigError, check_not_input
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
@@ -457,7 +457,7 @@ def write_model_units(model_dir: Path, units_folder: str | os.PathLike, final_di
         shutil.copyfile(source.codebook.with_suffix(".json"), (model_dir / MODEL_CODEBOOK).with_suffix(".json"))
         codebook = final_dir / MODEL_CODEBOOK
     (model_dir / MODEL_UNITS_FILE).write_text(json.dumps(
-        {**source.header(final_dir, codebook), "units_folder": jobs.portable_path(units_folder, final_dir)},
+        {**source.header(final_dir, codebook), "units_folder": storage.portable_path(units_folder, final_dir)},
         indent=2))
 
 
@@ -469,7 +469,7 @@ def model_unit_source(model_dir: Path):
     pointer = Path(model_dir) / MODEL_UNITS_FILE
     if not pointer.exists():
         return None
-    if "encoder" in jobs.read_json(pointer):
+    if "encoder" in storage.read_json(pointer):
         return UnitSource.read(pointer)
     return unit_source(units_pointer(model_dir))
 
@@ -479,20 +479,20 @@ def units_pointer(model_dir: Path) -> Path | None:
     pointer = Path(model_dir) / MODEL_UNITS_FILE
     if not pointer.exists():
         return None
-    data = jobs.read_json(pointer)
+    data = storage.read_json(pointer)
     recorded = data["units_folder"]
     if isinstance(recorded, str):  # older pointers: one path (absolute, or relative with an absolute beside it)
         absolute = data.get("absolute")
         relative = Path(model_dir) / recorded
         return relative if relative.exists() or absolute is None else Path(absolute)
-    return jobs.placed_path(recorded, model_dir)
+    return storage.placed_path(recorded, model_dir)
 
 
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Save model and tokenizer so that plain `from_pretrained` loads both (safetensors)."""
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    jobs.modes_as_umask_allows(folder)
+    storage.modes_as_umask_allows(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     (folder / MODEL_FILE).write_text(json.dumps({"parameter_groups": parameter_groups(model).__dict__}, indent=2))
@@ -522,7 +522,7 @@ def slamkit_model(checkpoint: str | os.PathLike):
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{folder / 'config.json'}: not a slamkit UnitLM config ({error})") from None
     index = folder / "model.safetensors.index.json"  # shards: those its weight map names, not every file there
-    weights = (sorted({folder / name for name in jobs.read_json(index).get("weight_map", {}).values()})
+    weights = (sorted({folder / name for name in storage.read_json(index).get("weight_map", {}).values()})
                if index.is_file() else sorted(folder.glob("*.safetensors")))
     if not weights:
         raise ValueError(f"{folder}: no .safetensors weights (save the UnitLM with safe_serialization)")
@@ -611,7 +611,7 @@ def from_gguf(config: FromGgufConfig) -> Path:
         raise ValueError(f"{config.gguf}: no such file")
     out = Path(config.out)
     check_replaceable_model(out, "the converted GGUF")
-    with jobs.atomic_path(out) as staging:
+    with storage.atomic_path(out) as staging:
         save_model(load_gguf(Path(config.gguf)), load_base_tokenizer(config.gguf), staging)
     return out
 
@@ -622,7 +622,7 @@ def check_replaceable_model(out: Path, what: str, advice: str = "write to a new 
     replace under the run's result; `advice` says what to do instead."""
     if out.name == "model" and (out.parent / "plan.json").is_file():
         raise ValueError(f"{out}: the model of run {out.parent}, which {what} would replace; {advice}")
-    jobs.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", advice)
+    storage.check_replaceable(out, MODEL_FILE, "a model folder simslm wrote", advice)
 
 
 def from_slamkit(config: FromSlamkitConfig) -> Path:
@@ -648,7 +648,7 @@ def from_slamkit(config: FromSlamkitConfig) -> Path:
                              f"{config.num_units} (--speech-units names the units the model was trained on)")
     out = Path(config.out)
     check_replaceable_model(out, "a converted one")
-    with jobs.atomic_path(out) as staging:
+    with storage.atomic_path(out) as staging:
         vocabulary = None if config.tokenizer is None else Vocabulary.build(config.tokenizer, config.num_units)
         model = slamkit_model(config.checkpoint)
         if vocabulary is not None:

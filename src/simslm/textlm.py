@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.config import Config, ConfigError, check_positive
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.vocabulary import Vocabulary
@@ -81,7 +81,7 @@ def family_aspect_ratio(family: str | Path) -> int:
     if path is None or not path.exists():
         return model_lib.FAMILY_ASPECT_RATIO
     try:
-        return int(jobs.read_json(path)["config"].get("aspect_ratio", model_lib.FAMILY_ASPECT_RATIO))
+        return int(storage.read_json(path)["config"].get("aspect_ratio", model_lib.FAMILY_ASPECT_RATIO))
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         message = str(error)
         raise ValueError(message if message.startswith(str(path)) else
@@ -121,7 +121,7 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
             # family has moved.
             changed = [name for name in changed_settings(member, run_dir) if name != "data"]
             if changed:
-                stored = jobs.read_json(run_dir / "config.json")
+                stored = storage.read_json(run_dir / "config.json")
                 raise ValueError(f"{run_dir}: a finished member trained with other settings (" + "; ".join(
                     f"{name} {stored.get(name)}, not {getattr(member, name)}" for name in changed) +
                     "): this family folder was pretrained otherwise; use a new --out")
@@ -135,5 +135,5 @@ def pretrain_family(config: TextLMConfig) -> dict[str, Any]:
                         "final_loss": result.final_train.loss,
                         "wall_sec": round(time.perf_counter() - started, 3)})
     family = {"config": config.to_dict(), "tokenizer": FAMILY_TOKENIZER, "members": members}
-    jobs.write_json(out / "family.json", family)
+    storage.write_json(out / "family.json", family)
     return family

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simslm import jobs
+from simslm import storage
 from simslm.eval.benchbuild import (
     SLAMKIT_SEPARATORS,
     SLAMKIT_SUBFOLDERS,
@@ -121,7 +121,8 @@ def test_bench_json_finds_what_the_build_read_after_a_move(tmp_path, monkeypatch
     folder = tmp_path / "moved" / "bench" / "tsc"
     recorded = json.loads((folder / "bench.json").read_text())["inputs"]
     assert [value for _, value, _ in read_corpus(placed_corpus(recorded["source"], folder))] == stories[1:5]
-    assert jobs.placed_path(recorded["exclude"][0], folder).resolve() == (tmp_path / "moved" / "data" / "train.jsonl")
+    excluded = storage.placed_path(recorded["exclude"][0], folder)
+    assert excluded.resolve() == (tmp_path / "moved" / "data" / "train.jsonl")
 
 
 def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):

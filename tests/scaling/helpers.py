@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from simslm import jobs
+from simslm import slurm
 from simslm.scaling import sweep
 
 
@@ -28,7 +28,7 @@ def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
     fresh watcher; the job ids of each call."""
     import submitit
     from submitit.core import core
-    from submitit.slurm import slurm
+    from submitit.slurm import slurm as submitit_slurm
 
     calls = []
 
@@ -40,7 +40,7 @@ def _fake_sacct(monkeypatch, states: dict[str, str]) -> list[list[str]]:
         return ("JobID|State|NodeList\n" + "".join(f"{job_id}|{state}|node1\n" for job_id, state in known)).encode()
 
     monkeypatch.setattr(core.subprocess, "check_output", sacct)
-    monkeypatch.setattr(submitit.SlurmJob, "watcher", slurm.SlurmInfoWatcher(delay_s=600))
-    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", submitit_slurm.SlurmInfoWatcher(delay_s=600))
+    monkeypatch.setattr(slurm, "SLURM_QUEUE", slurm.SlurmQueue())
     return calls
 

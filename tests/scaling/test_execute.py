@@ -70,7 +70,7 @@ def test_a_sweep_stopped_while_its_cluster_jobs_run_says_they_go_on(data, tmp_pa
     how to follow them."""
     from types import SimpleNamespace
 
-    from simslm import jobs
+    from simslm import jobs, slurm
 
     sweep.plan_sweep(_spec(data), tmp_path)
 
@@ -87,8 +87,8 @@ def test_a_sweep_stopped_while_its_cluster_jobs_run_says_they_go_on(data, tmp_pa
         folder.mkdir(parents=True)  # as submitit's own makes its folder
         return Executor()
 
-    monkeypatch.setattr(jobs, "submitit_executor", executor)
-    monkeypatch.setattr(jobs, "job_failures", stopped)
+    monkeypatch.setattr(slurm, "submitit_executor", executor)
+    monkeypatch.setattr(slurm, "job_failures", stopped)
     with pytest.raises(jobs.Stopped) as raised:
         execute.run_sweep(tmp_path, executor="slurm", cluster="slurm")
     assert str(raised.value) == (f"{tmp_path}: stopped by SIGTERM while waiting; the 4 job(s) it submitted go on: "

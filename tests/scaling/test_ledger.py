@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simslm import jobs
+from simslm import jobs, slurm
 from simslm.scaling import execute, ledger, sweep
 from tests.conftest import slurm_without_accounting
 from tests.scaling.helpers import _fake_sacct, _spec, _started_run
@@ -23,11 +23,11 @@ def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
 def test_a_run_scored_on_a_benchmark_folder_built_again_since_is_scored_again(tmp_path):
     import os
 
-    from simslm import jobs
+    from simslm import storage
     from simslm.eval.layouts import bench_digest
 
     def build(folder, words):  # as `bench build` writes a folder: whole, then moved into place
-        with jobs.atomic_path(folder) as staging:
+        with storage.atomic_path(folder) as staging:
             staging.mkdir()
             (staging / "gold.csv").write_text("id,filename,word,correct\n" + "".join(
                 f"{i},audio/{i},{word},1\n" for i, word in enumerate(words)))
@@ -251,6 +251,6 @@ def test_where_slurm_keeps_no_accounting_its_queue_says_which_jobs_have_ended(da
     # Where squeue does not answer either (a copy of the sweep off the cluster), nothing tells: still queued.
     (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm "
                                              "controller' >&2\nexit 1\n")
-    monkeypatch.setattr(jobs, "SLURM_QUEUE", jobs.SlurmQueue())
+    monkeypatch.setattr(slurm, "SLURM_QUEUE", slurm.SlurmQueue())
     assert [ledger.run_status(run, ()) for run in runs] == ["queued"] * 4
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from simslm import jobs
+from simslm import storage
 from simslm.cli import main
 from simslm.eval.evaluate import BenchmarkResult
 from simslm.model import ParameterGroups
@@ -38,11 +38,11 @@ def _fake_sweep(folder, seeds=(0,), validations=False):
                                                  total=int(parameters)),
                       final_train=Losses(loss_speech=loss), validation=Losses(loss_speech=loss, loss=loss)
                       ).save(run_dir)
-            jobs.write_text(run_dir / "metrics.jsonl", "".join(
+            storage.write_text(run_dir / "metrics.jsonl", "".join(
                 json.dumps({"step": step + 1, "tokens": seen, "loss_speech": float(LAW.loss(parameters, seen) + shift)})
                 + "\n" for step, seen in enumerate(np.geomspace(tokens / 100, int(tokens), 50))))
             if validations:  # every 10th step, held-out loss 0.1 above the training loss
-                jobs.write_text(run_dir / "validation.jsonl", "".join(
+                storage.write_text(run_dir / "validation.jsonl", "".join(
                     json.dumps({"step": step, "tokens": seen,
                                 "loss_speech": float(LAW.loss(parameters, seen) + shift + 0.1)}) + "\n"
                     for step, seen in zip(range(10, 51, 10), np.geomspace(tokens / 100, int(tokens), 50)[9::10])))
@@ -51,10 +51,10 @@ def _fake_sweep(folder, seeds=(0,), validations=False):
                 accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05, confidence=0.95,
                 num_pairs=100, num_groups=1, aggregation="pairs", num_resamples=100, per_group={},
                 layout="cross-modal", mode="S", folder="tsc", num_skipped=0, scoring={}, wall_sec=1.0, note=None)
-            jobs.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": asdict(result)}})
+            storage.write_json(run_dir / "eval.json", {"benchmarks": {"tsc/S": asdict(result)}})
             runs.append({"id": identifier, "variant": variant, "depth": depth, "budget_flops": budget,
                          "config": {"run_dir": str(run_dir), "seed": seed}})
-    jobs.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})
+    storage.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})
 
 
 def test_report_renders_from_a_small_fake_ledger(tmp_path):
@@ -182,7 +182,7 @@ def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
 
 
 def test_the_bracketing_note_says_which_sizes_joined_one_cell_only(tmp_path):
-    jobs.write_json(tmp_path / bracket.BRACKET_FILE, {
+    storage.write_json(tmp_path / bracket.BRACKET_FILE, {
         "added": [{"family": "f", "side": "larger", "size": "depth 5"},
                   {"family": "f", "side": "smaller", "size": "d1w8", "variant": "random", "budget": 1.25e11}],
         "unbracketed": [{"variant": "random", "budget": 1.25e11, "member": "d1w4", "needs": "smaller", "family": "f",
@@ -243,7 +243,7 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
                    for fit in collect.fit_sweep(tmp_path, num_resamples=10)["variants"].values()
                    for warning in fit["warnings"])
     result = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "result.json"
-    jobs.write_json(result, {**json.loads(result.read_text()), "flops": 3.6e12})
+    storage.write_json(result, {**json.loads(result.read_text()), "flops": 3.6e12})
     warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert any(warning.startswith("1 run(s) trained more than 10% off their isoFLOP budget (textless-twist-d4-c1e+12)")
                for warning in warnings), warnings
@@ -376,8 +376,8 @@ def test_benchmark_sides_cut_to_the_models_positions_are_named_in_the_fit(tmp_pa
                                ("textless-twist-d2-c1e+12", 12, {"long_sides": "whole"})):
         path = tmp_path / "runs" / name / "eval.json"
         entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
-        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256,
-                                                        "scoring": {**entry["scoring"], **scoring}}}})
+        storage.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_cut": cut, "context": 256,
+                                                           "scoring": {**entry["scoring"], **scoring}}}})
     warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 2 run(s), sides longer than the model's positions (up to 154 of 200, at 256 positions): their "
             "oldest tokens dropped (--long-sides cut; slamkit scores them whole)") in warnings, warnings
@@ -391,7 +391,7 @@ def test_a_run_scored_on_a_sample_of_pairs_is_named_in_the_fit(tmp_path):
     _fake_sweep(tmp_path)
     path = tmp_path / "runs" / "textless-twist-d4-c1e+12" / "eval.json"
     entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
-    jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_pairs": 10, "sampled_from": 100}}})
+    storage.write_json(path, {"benchmarks": {"tsc/S": {**entry, "num_pairs": 10, "sampled_from": 100}}})
     warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 1 run(s) scored on a sample of its pairs (eval --max-pairs: textless-twist-d4-c1e+12); "
             "`simslm sweep run` scores them whole") in warnings, warnings
@@ -405,12 +405,12 @@ def test_a_run_scored_on_an_earlier_build_of_a_benchmark_is_named_in_the_fit(tmp
     folder.mkdir(parents=True)
     (folder / "bench.json").write_text('{"layout": "cross-modal"}')
     spec = json.loads((tmp_path / "sweep.json").read_text())
-    jobs.write_json(tmp_path / "sweep.json", {**spec, "spec": {**spec["spec"], "bench": [f"tsc={folder}"]}})
+    storage.write_json(tmp_path / "sweep.json", {**spec, "spec": {**spec["spec"], "bench": [f"tsc={folder}"]}})
     for run_dir in (tmp_path / "runs").iterdir():
         path = run_dir / "eval.json"
         entry = json.loads(path.read_text())["benchmarks"]["tsc/S"]
         built = "0" * 16 if run_dir.name == "textless-twist-d4-c1e+12" else bench_digest(folder)
-        jobs.write_json(path, {"benchmarks": {"tsc/S": {**entry, "bench_digest": built}}})
+        storage.write_json(path, {"benchmarks": {"tsc/S": {**entry, "bench_digest": built}}})
     warnings = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]["textless-twist"]["warnings"]
     assert ("tsc/S: in 1 run(s) scored on an earlier build of its benchmark folder (textless-twist-d4-c1e+12); "
             "`simslm sweep run` scores them on the folder there now") in warnings, warnings

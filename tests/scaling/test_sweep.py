@@ -183,20 +183,20 @@ def test_a_sweep_of_models_its_runs_cannot_start_from_is_refused_when_planned(da
 
 
 def test_a_large_file_is_digested_from_samples_and_still_tells_weights_apart(tmp_path, monkeypatch):
-    from simslm import jobs
+    from simslm import storage
 
-    monkeypatch.setattr(jobs, "DIGEST_WHOLE_BYTES", 1000)
-    monkeypatch.setattr(jobs, "DIGEST_SAMPLE_BYTES", 100)
+    monkeypatch.setattr(storage, "DIGEST_WHOLE_BYTES", 1000)
+    monkeypatch.setattr(storage, "DIGEST_SAMPLE_BYTES", 100)
     weights = tmp_path / "model" / "model.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(bytes(range(256)) * 40)
-    before = jobs.content_digest(tmp_path / "model")
+    before = storage.content_digest(tmp_path / "model")
     changed = bytearray(weights.read_bytes())
     changed[len(changed) // 2] ^= 1  # inside the middle sample
     weights.write_bytes(bytes(changed))
-    assert jobs.content_digest(tmp_path / "model") != before
+    assert storage.content_digest(tmp_path / "model") != before
     (tmp_path / "model" / "config.json").write_text("{}")  # a small file, read whole
-    assert jobs.content_digest(tmp_path / "model") != jobs.content_digest(weights)
+    assert storage.content_digest(tmp_path / "model") != storage.content_digest(weights)
 
 
 def test_seeds_plan_one_run_per_replicate_and_a_sweep_without_them_plans_as_before(data, tmp_path):

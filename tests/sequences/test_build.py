@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simslm import jobs
+from simslm import storage
 from simslm.sequences.build import BuildConfig, build_sequences, context_pieces, mix_streams, pack, parse_mix
 from simslm.sequences.interleave import Sample
 from simslm.sequences.show import stats
@@ -120,7 +120,7 @@ def test_a_stream_the_mixture_never_drew_is_said(extracted, tmp_path, capsys):
     assert main(["sequences", "build", "--out", str(out), "--manifest", config.manifest, "--units", config.out,
                  "--text-corpus", "tinystories-sample[0:50]", "--context-length", "256",
                  "--mix", "interleaved=0.001", "speech=0.5", "text=0.5"]) == 0
-    epoch = jobs.read_json(out / "index.json")["epochs"][0]
+    epoch = storage.read_json(out / "index.json")["epochs"][0]
     drawn = epoch["pieces_drawn_by_stream"]
     assert drawn["interleaved"] == 0 and epoch["tokens_by_stream"]["interleaved"] == 0
     assert sum(drawn.values()) == epoch["num_documents"] and drawn["speech"] == epoch["pieces_by_stream"]["speech"]
@@ -134,7 +134,7 @@ def test_a_stream_the_mixture_never_drew_is_said(extracted, tmp_path, capsys):
     assert main(["sequences", "build", "--out", str(out), "--overwrite", "--manifest", config.manifest, "--units",
                  config.out, "--text-corpus", "tinystories-sample[0:50]", "--context-length", "256",
                  "--mix", "interleaved=0", "speech=0.5", "text=0.5"]) == 0
-    assert "interleaved" not in jobs.read_json(out / "index.json")["epochs"][0]["pieces_drawn_by_stream"]
+    assert "interleaved" not in storage.read_json(out / "index.json")["epochs"][0]["pieces_drawn_by_stream"]
     assert "no piece of" not in capsys.readouterr().err
 
 

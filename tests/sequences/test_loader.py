@@ -89,10 +89,10 @@ def test_an_epoch_of_more_shard_files_than_ulimit_allows_raises_the_limit_or_say
     import subprocess
     import sys
 
-    from simslm import jobs
+    from simslm import jobs, storage
 
     _, out = build(context_length=64, num_epochs=2, chunks_per_shard=1)
-    counts = [len(epoch["shards"]) for epoch in jobs.read_json(f"{out}/index.json")["epochs"]]
+    counts = [len(epoch["shards"]) for epoch in storage.read_json(f"{out}/index.json")["epochs"]]
     files = counts[0]
     assert min(counts) >= 100
     script = tmp_path / "few.py"

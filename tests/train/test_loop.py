@@ -68,13 +68,13 @@ def test_a_run_another_process_trains_is_refused_at_once_and_left_as_it_is(data,
     """A job submitted again while the first still trained went on beside it: it resumed from the first's last
     checkpoint, cut metrics.jsonl back to it, and both then appended to it (steps ..., 120, 135, 136, 121, 137, ...);
     the first's result.json took a final loss from the mixed lines. The second is now refused before it loads."""
-    from simslm import jobs
+    from simslm import storage
 
     config = _config(data, tmp_path / "run", budget_tokens=12 * 4 * 64, validation_data=None)
     train_stopped_at(config, 6)
     before = _files(tmp_path / "run")
     pid, release = lock_held_elsewhere(tmp_path / "run" / ".lock")  # as `simslm train` holds it
-    with pytest.raises(jobs.Busy, match=rf"run: another process is training this run; wait for it to end, or stop "
+    with pytest.raises(storage.Busy, match=rf"run: another process is training this run; wait for it to end, or stop "
                                         rf"it \(held by process {pid} on "):
         train(config)
     assert _files(tmp_path / "run") == before

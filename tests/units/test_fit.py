@@ -100,7 +100,7 @@ def test_fitting_on_a_device_there_is_none_of_is_one_line(synthetic_corpus, tmp_
 
 
 def test_the_corpus_hash_survives_moving_the_corpus_and_the_manifest_is_recorded_portably(extracted, tmp_path):
-    from simslm import jobs
+    from simslm import storage
     from simslm.units.fit import corpus_hash
 
     records = [{"id": "b", "path": "/data/one/audio/b.flac"}, {"id": "a", "path": "/data/one/audio/a.flac"}]
@@ -113,7 +113,7 @@ def test_the_corpus_hash_survives_moving_the_corpus_and_the_manifest_is_recorded
     codebook = config.codebook.replace(".npy", ".json")
     recorded = json.loads(open(codebook).read())["manifest"]
     assert not recorded["relative"].startswith("/")
-    assert jobs.placed_path(recorded, os.path.dirname(codebook)).exists()
+    assert storage.placed_path(recorded, os.path.dirname(codebook)).exists()
 
 
 def test_faiss_is_a_dependency_so_the_kmeans_backend_does_not_depend_on_the_install():

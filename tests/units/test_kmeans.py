@@ -59,7 +59,7 @@ def test_centroids_and_a_sidecar_written_for_others_are_refused(tmp_path, monkey
     old = kmeans.Codebook(np.zeros((3, 4), dtype=np.float32), {"encoder": {"name": "logmel"}})
     path = old.save(tmp_path / "km")
     new = kmeans.Codebook(np.ones((3, 4), dtype=np.float32), {"encoder": {"name": "mhubert-25hz"}})
-    monkeypatch.setattr(kmeans.jobs, "write_json", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(kmeans.storage, "write_json", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         new.save(path)
     with pytest.raises(ValueError, match="km.npy: not the centroids km.json describes"):

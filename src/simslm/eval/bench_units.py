@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 from simslm.eval.layouts import Pair
 from simslm.model import model_unit_source
 from simslm.sequences.build import speech_units_folder
@@ -41,7 +41,7 @@ def run_unit_source(run_dir: Path, speech_units: str | None = None) -> UnitSourc
     if (run_dir / "plan.json").exists():
         from simslm.train.plan import placed_input
 
-        units = speech_units_folder(placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data"))
+        units = speech_units_folder(placed_input(run_dir, storage.read_json(run_dir / "config.json"), "data"))
         if not units:
             raise ValueError(f"{run_dir}: its training data has no speech units, so it cannot score speech")
         return unit_source(units)
@@ -58,9 +58,9 @@ def _model_num_units(run_dir: Path, model_dir: Path) -> int | None:
     if vocabulary is None and (run_dir / "plan.json").exists():
         from simslm.train.plan import placed_input
 
-        data = placed_input(run_dir, jobs.read_json(run_dir / "config.json"), "data")
+        data = placed_input(run_dir, storage.read_json(run_dir / "config.json"), "data")
         vocabulary = Path(data) / "tokenizer" / VOCAB_FILE
-    return jobs.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
+    return storage.read_json(vocabulary)["num_units"] if vocabulary is not None and vocabulary.exists() else None
 
 
 def _check_recorded_units(run_dir: Path, model_dir: Path, recorded: UnitSource) -> None:
@@ -115,9 +115,9 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
         # the shards' journals as processes that had died there (`units.journal._ShardJournal`), encoded their
         # utterances one at a time, and a third skipped an utterance "that ended the process twice", writing the
         # shard without it for every later evaluation to read.
-        with jobs.exclusive_lock_waiting(folder.with_name(f".{key}.lock"),
-                                         f"units of {len(unique)} audio files are being extracted into {folder} by "
-                                         f"another process; waiting for it"):
+        with storage.exclusive_lock_waiting(folder.with_name(f".{key}.lock"),
+                                            f"units of {len(unique)} audio files are being extracted into {folder} by "
+                                            f"another process; waiting for it"):
             if not units_complete(folder):
                 records = []
                 for number, path in enumerate(unique):

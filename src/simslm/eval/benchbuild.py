@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from simslm import assets, jobs
+from simslm import assets, jobs, storage
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError, frequency_band, load
 from simslm.speech import text as text_lib
@@ -100,7 +100,7 @@ def blimp_pairs(source: str, per_phenomenon: int, seed: int) -> list[dict[str, A
     chosen = []
     for number, path in enumerate(files):
         rows = []
-        for line_number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+        for line_number, (line, problem) in enumerate(storage.text_lines(path), start=1):
             if line is not None and not line.strip():
                 continue
             try:
@@ -219,7 +219,7 @@ def _build_sblimp(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[s
                   "correct": int(side == "good")}
                  for index, row in enumerate(rows) for side in ("good", "bad")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("good", "bad"))]
-    jobs.write_text(out / "gold.csv", _csv(gold_rows))
+    storage.write_text(out / "gold.csv", _csv(gold_rows))
     return records, len(gold_rows) // 2, {}
 
 
@@ -238,7 +238,7 @@ def _build_tsc(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[str,
     bad_stems = {key.rsplit("_", 1)[0] for key, record in records.items() if "skipped" in record}
     for key, text in texts.items():
         if key.rsplit("_", 1)[0] not in bad_stems:
-            jobs.write_text(out / "audio" / f"{key}.txt", text + "\n")
+            storage.write_text(out / "audio" / f"{key}.txt", text + "\n")
     return records, len(items) - len(bad_stems), {}
 
 
@@ -430,7 +430,7 @@ def _build_swuggy(config: BenchBuildConfig, out: Path) -> tuple[dict[str, dict[s
                   "correct": int(side == "word")}
                  for index, item in enumerate(items) for side in ("word", "nonword")
                  if all("skipped" not in records[f"{index:05d}-{s}"] for s in ("word", "nonword"))]
-    jobs.write_text(out / "gold.csv", _csv(gold_rows))
+    storage.write_text(out / "gold.csv", _csv(gold_rows))
     return records, len(gold_rows) // 2, notes
 
 
@@ -472,8 +472,8 @@ def write_slamkit_pairs(out: Path, kind: str) -> int:
             # A tSC side is its context and ending spoken one after the other: the whole story.
             samples = np.concatenate([audio.load_audio(part.audio) for part in side])
             audio.write_audio(where / f"{2 * number + offset}{separator}{safe(pair.id)}_{role}.wav", samples)
-    jobs.write_json(folder / BENCH_FILE, {"layout": "slamkit-pairs", "separator": separator,
-                                          "note": "speech-only pairs in slamkit's ModellingMetricDataset naming"})
+    storage.write_json(folder / BENCH_FILE, {"layout": "slamkit-pairs", "separator": separator,
+                                             "note": "speech-only pairs in slamkit's ModellingMetricDataset naming"})
     return len(pairs)
 
 
@@ -484,9 +484,9 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
     seed) replaces it, where writing into it kept the earlier build's items beside the new ones, and `eval` scored
     both. A folder that holds something other than a benchmark simslm built is not replaced but refused."""
     out = Path(config.out)
-    jobs.check_replaceable(out, BENCH_FILE, "a benchmark `simslm bench build` made", "build into a new --out")
+    storage.check_replaceable(out, BENCH_FILE, "a benchmark `simslm bench build` made", "build into a new --out")
     kind = BENCH_KINDS[config.kind]
-    with jobs.atomic_path(out) as staging:
+    with storage.atomic_path(out) as staging:
         staging.mkdir()
         records, num_items, notes = kind.build(config, staging)
         if config.slamkit_pairs:
@@ -495,7 +495,7 @@ def build_benchmark(config: BenchBuildConfig) -> dict[str, Any]:
         meta = {"layout": kind.layout, "kind": config.kind, "num_items": num_items, "num_files_skipped": skipped,
                 "config": config.to_dict(), "inputs": recorded_inputs(config), **notes,
                 "note": "offline re-creation with espeak-ng voices; not the published benchmark"}
-        jobs.write_json(staging / BENCH_FILE, meta)
+        storage.write_json(staging / BENCH_FILE, meta)
     return meta
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import ConfigError, check_device, check_positive, registry_choices
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
@@ -118,7 +118,7 @@ class BenchmarkResult(Accuracy):
     layout: str
     mode: str | None
     folder: str | dict[str, str]
-    """The benchmark folder scored, relative to eval.json's folder and absolute (`jobs.portable_path`): a run moved
+    """The benchmark folder scored, relative to eval.json's folder and absolute (`storage.portable_path`): a run moved
     with its benchmarks still names them (an absolute path alone before 2026-12-06's thirty-second session)."""
     num_skipped: int
     """Pairs that could not be scored (audio whose units could not be extracted)."""
@@ -159,7 +159,7 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, BenchmarkResult]:
     if not path.exists():
         return {}
     try:
-        entries = jobs.read_json(path)["benchmarks"]
+        entries = storage.read_json(path)["benchmarks"]
         return {name: BenchmarkResult(**entry) for name, entry in entries.items() if "accuracy" in entry}
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"{path}: not an evaluation record ({error.__class__.__name__}: {error})") from None
@@ -180,7 +180,7 @@ def run_vocabulary(run_dir: Path) -> tuple[Path, Vocabulary, dict[str, Any] | No
         if not RunResult.exists(run_dir):  # written after model/: a run stopped while it saved its model
             raise ValueError(f"{run_dir}: its training has not finished (no result.json; model/ may be half "
                              f"written); run the same `simslm train` again to finish it")
-        config, model_dir = jobs.read_json(run_dir / "config.json"), run_dir / "model"
+        config, model_dir = storage.read_json(run_dir / "config.json"), run_dir / "model"
         from simslm.train.plan import placed_input
 
         vocabulary = Vocabulary.load(model_dir if (model_dir / VOCAB_FILE).exists() else
@@ -222,10 +222,10 @@ class _Context:
 def _evaluate_validation(context: _Context, label: str, target: str) -> dict[str, Any]:
     run_dir, run_config = context.run_dir, context.run_config
     if run_config is None and (run := checkpoint_run(run_dir)) is not None:  # a run's model at a checkpoint
-        run_dir, run_config = run, jobs.read_json(run / "config.json")
+        run_dir, run_config = run, storage.read_json(run / "config.json")
     losses = validation_ce(context.model, context.vocabulary, run_config, context.device, run_dir=run_dir)
     # As a benchmark's folder is: relative to eval.json's folder, and absolute.
-    return {"validation": {**losses, "data": jobs.portable_path(losses["data"], context.out_dir)}}
+    return {"validation": {**losses, "data": storage.portable_path(losses["data"], context.out_dir)}}
 
 
 def checkpoint_run(model_dir: Path) -> Path | None:
@@ -237,7 +237,7 @@ def checkpoint_run(model_dir: Path) -> Path | None:
     if not record.is_file():
         return None
     try:
-        run = jobs.placed_path(jobs.read_json(record)["run"], model_dir)
+        run = storage.placed_path(storage.read_json(record)["run"], model_dir)
     except (KeyError, TypeError):
         raise ValueError(f"{record}: not the record `simslm model from-checkpoint` writes (no run in it)") from None
     return run if (run / "config.json").is_file() else None
@@ -315,8 +315,9 @@ def _evaluate_pairs(context: _Context, label: str, target: str) -> dict[str, Any
                                                 groups, items=items, **interval))
                 plain = {key: plain[key] for key in ("accuracy", "ci_low", "ci_high")}
             results[result_name] = BenchmarkResult(
-                **asdict(accuracy), layout=layout.name, mode=mode, folder=jobs.portable_path(folder, context.out_dir),
-                num_skipped=scores.num_skipped, scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
+                **asdict(accuracy), layout=layout.name, mode=mode,
+                folder=storage.portable_path(folder, context.out_dir), num_skipped=scores.num_skipped,
+                scoring=applied, wall_sec=round(time.perf_counter() - started, 3),
                 note=_bench_note(folder), without_baseline=plain, num_cut=scores.num_cut,
                 context=int(context.model.config.max_position_embeddings),
                 sampled_from=total if total > len(pairs) else None, bench_digest=digest)
@@ -369,10 +370,10 @@ def write_pair_scores(folder: Path, name: str, pairs: list[Pair], scores: PairSc
         if zerospeech is not None:  # one audio file a side
             for side, score in ((pair.positive, scores.positive[row]), (pair.negative, scores.negative[row])):
                 files[_gold_name(side[0].audio, zerospeech)] = float(score)
-    jobs.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
+    storage.write_text(folder / f"{stem}.tsv", "\n".join(lines) + "\n")
     if zerospeech is not None:
-        jobs.write_text(folder / f"{stem}.zerospeech.txt",
-                        "".join(f"{file} {score!r}\n" for file, score in files.items()))
+        storage.write_text(folder / f"{stem}.zerospeech.txt",
+                           "".join(f"{file} {score!r}\n" for file, score in files.items()))
 
 
 # A benchmark argument is `validation`, `generation=FOLDER`, or `[label=]FOLDER` of pairs.
@@ -433,8 +434,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         entries = {name: asdict(entry) if isinstance(entry, BenchmarkResult) else entry for name, entry in found.items()}
         model_at = os.path.relpath(model_dir, out_dir)  # "model" in a run, "." in a model folder
         out_dir.mkdir(parents=True, exist_ok=True)  # a new --out
-        jobs.update_json(eval_path, lambda merged: {**merged, "benchmarks": {**merged["benchmarks"], **entries},
-                                                    "model_dir": model_at}, default=lambda: {"benchmarks": {}})
+        storage.update_json(eval_path, lambda merged: {**merged, "benchmarks": {**merged["benchmarks"], **entries},
+                                                       "model_dir": model_at}, default=lambda: {"benchmarks": {}})
     return results
 
 
@@ -448,8 +449,8 @@ def check_inputs(config: EvalConfig, vocabulary: Vocabulary, model_dir: Path) ->
     eval.json the results could not be merged into or written, or that holds another model's results (said before
     the scoring, not after it)."""
     eval_path = eval_folder(config) / EVAL_FILE
-    jobs.refuse_unwritable(eval_path, "pass --out FOLDER to write the results elsewhere")
-    stored = jobs.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
+    storage.refuse_unwritable(eval_path, "pass --out FOLDER to write the results elsewhere")
+    stored = storage.read_json(eval_path) if eval_path.exists() else {"benchmarks": {}}
     if not isinstance(stored, dict) or not isinstance(stored.get("benchmarks"), dict):
         raise ValueError(f"{eval_path}: not an eval.json (no benchmarks); move it aside, and simslm eval writes a "
                          f"new one")
@@ -508,7 +509,7 @@ def _sample(pairs: list[Pair], max_pairs: int | None, seed: int) -> list[Pair]:
 
 def _bench_note(folder: Path) -> str | None:
     meta = folder / BENCH_FILE
-    return jobs.read_json(meta).get("note") if meta.exists() else None
+    return storage.read_json(meta).get("note") if meta.exists() else None
 
 
 def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | None, device: str, *,
@@ -530,7 +531,7 @@ def validation_ce(model, vocabulary: Vocabulary, run_config: dict[str, Any] | No
     validation = placed_input(run_dir, run_config, "validation_data")
     losses = evaluate_modalities(model, validation, vocabulary, run_config["batch_size"],
                                  run_config.get("num_validation_batches", run_config.get("validation_batches", 16)), device)
-    return {**asdict(losses), "data": str(jobs.located_path(validation))}
+    return {**asdict(losses), "data": str(storage.located_path(validation))}
 
 
 MAX_GROUPS_SHOWN = 8

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config, ConfigError, check_device, check_positive
 from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
@@ -113,15 +113,15 @@ def read_prompts(spec: str, mode: str = "auto") -> list[Prompt]:
     def one(file: Path, name: str) -> Prompt:
         if file.suffix.lower() in audio.AUDIO_SUFFIXES:
             return Prompt(name, audio=str(file))
-        return Prompt(name, text=jobs.read_text(file).strip())
+        return Prompt(name, text=storage.read_text(file).strip())
 
     if path.is_dir():
         kinds = {"S": audio.AUDIO_SUFFIXES, "T": (".txt",)}
         wanted = kinds[modality] if modality else (*kinds["S"], *kinds["T"])
         listed = sorted(path.iterdir())
         files = [f for f in listed if f.suffix.lower() in wanted]
-        for file in [f for f in files if jobs.undecodable_name(f)]:  # its name could be neither opened nor written
-            print(f"simslm generate: skipped {jobs.shown_path(file)}: its file name is not UTF-8 (rename it)",
+        for file in [f for f in files if storage.undecodable_name(f)]:  # its name could be neither opened nor written
+            print(f"simslm generate: skipped {storage.shown_path(file)}: its file name is not UTF-8 (rename it)",
                   file=sys.stderr)
             files.remove(file)
         aside = [f for f in listed if modality and f.suffix.lower() in kinds["T" if modality == "S" else "S"]]
@@ -216,13 +216,13 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         except ValueError as error:  # scores that are not numbers: the model's fault, named
             raise ValueError(f"{config.model}: {error}") from None
         # The prompt's audio as `model` is: relative to the output folder, so the JSON stays true when moved.
-        written_prompt = {**asdict(prompt), "audio": jobs.portable_path(prompt.audio, out) if prompt.audio else None}
+        written_prompt = {**asdict(prompt), "audio": storage.portable_path(prompt.audio, out) if prompt.audio else None}
         record: dict[str, Any] = {"prompt": written_prompt, "mode": mode, "seed": config.seed + number,
                                   "options": {"temperature": config.temperature, "top_k": config.top_k,
                                               "max_new_tokens": config.max_new_tokens,
                                               **({"prompt_sec": config.prompt_sec} if prompt.audio else {})},
                                   "prompt_tokens": ids.tolist(), "new_tokens": new.tolist(),
-                                  "model": jobs.portable_path(config.model, out)}
+                                  "model": storage.portable_path(config.model, out)}
         if len(new) < config.max_new_tokens and len(ids) + len(new) >= positions:
             record["stopped_at_positions"] = positions  # fewer tokens than asked: the model has no more positions
         if mode.endswith("S"):
@@ -236,7 +236,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
                 record["wav_missing"] = no_vocoder
         else:
             record.update(units=None, text=continuation_text(vocabulary, new))
-        jobs.write_json(out / f"{prompt.name}.json", record)
+        storage.write_json(out / f"{prompt.name}.json", record)
         records.append(record)
     if not records and too_long:
         raise ValueError(f"{config.prompt}: every prompt fills the model's {positions} positions; nothing was "
@@ -275,8 +275,8 @@ class CommandVocoder:
 
         with tempfile.TemporaryDirectory(prefix="simslm-vocoder-") as scratch:
             units_file, wav = Path(scratch) / "units.json", Path(scratch) / "out.wav"
-            jobs.write_json(units_file, {**self.header, "units": [int(u) for u in units],
-                                         "reference_audio": reference_audio})
+            storage.write_json(units_file, {**self.header, "units": [int(u) for u in units],
+                                            "reference_audio": reference_audio})
             arguments = [{"{units}": str(units_file), "{wav}": str(wav)}.get(a, a) for a in self.arguments]
             try:
                 done = subprocess.run(arguments, capture_output=True, text=True)

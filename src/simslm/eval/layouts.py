@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from simslm import assets, jobs
+from simslm import assets, storage
 from simslm.speech.audio import AUDIO_SUFFIXES
 
 BENCH_FILE = "bench.json"
@@ -307,9 +307,9 @@ def load_hf_parquet(folder: Path) -> list[Pair]:
                 blob = row[f"{side}_audio"] or {}
                 if not blob.get("bytes"):
                     raise BenchError(f"{shard}: row {row_id} has no {side}_audio bytes")
-                path = cache / group / f"{jobs.safe_file_name(row_id)}_{role}{_safe_suffix(blob.get('path'))}"
+                path = cache / group / f"{storage.safe_file_name(row_id)}_{role}{_safe_suffix(blob.get('path'))}"
                 if not path.exists():
-                    with jobs.atomic_path(path) as temporary:
+                    with storage.atomic_path(path) as temporary:
                         temporary.write_bytes(blob["bytes"])
                 parts.append(Part("speech", row.get(f"{side}_text"), str(path)))
             pairs.append(Pair(f"{group}/{row_id}", group, (parts[0],), (parts[1],)))
@@ -345,7 +345,7 @@ def load_slamkit_pairs(folder: Path) -> list[Pair]:
     slamkit concatenates its sub-folders' sorted files before taking them two by two, so a sub-folder with an odd
     count would pair its last file with the next sub-folder's first; here that is an error naming it."""
     meta, folders = folder / BENCH_FILE, _slamkit_folders(folder)
-    separator = jobs.read_json(meta).get("separator", "_") if meta.exists() else _slamkit_separator(folders) or "_"
+    separator = storage.read_json(meta).get("separator", "_") if meta.exists() else _slamkit_separator(folders) or "_"
     pairs = []
     for sub in folders:
         files = list(sub.glob("*.wav"))
@@ -516,7 +516,7 @@ def bench_folder(target: str) -> Path:
 def detect_layout(folder: Path) -> Layout:
     """The layout of a benchmark folder: its bench.json, else the first layout that recognises its files."""
     if (folder / BENCH_FILE).exists():
-        name = jobs.read_json(folder / BENCH_FILE).get("layout")
+        name = storage.read_json(folder / BENCH_FILE).get("layout")
         if name not in LAYOUTS:
             raise BenchError(f"{folder / BENCH_FILE}: unknown layout '{name}' (known: {', '.join(LAYOUTS)})")
         return LAYOUTS[name]
@@ -542,8 +542,8 @@ def load(folder: str | Path, mode: str | None = None) -> tuple[str, list[Pair]]:
     if not pairs:
         raise BenchError(f"{folder}: no pairs found in the {layout.name} layout")
     undecodable = next((part.audio for pair in pairs for part in (*pair.positive, *pair.negative)
-                        if part.audio and jobs.undecodable_name(part.audio)), None)
+                        if part.audio and storage.undecodable_name(part.audio)), None)
     if undecodable is not None:  # soundfile cannot open it, nor JSON hold its pair's id: the whole set is refused
-        raise BenchError(f"{jobs.shown_path(undecodable)}: its file name is not UTF-8 (rename it); a benchmark is "
+        raise BenchError(f"{storage.shown_path(undecodable)}: its file name is not UTF-8 (rename it); a benchmark is "
                          f"scored whole, so no pair of it is left out")
     return layout.name, pairs

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.scaling.collect import best_runs, collect
 from simslm.scaling.ledger import _to_run, cluster_jobs, run_status
 from simslm.scaling.sweep import SweepSpec, _growing, load_sweep, plan_sweep
@@ -98,7 +98,7 @@ def _pretrain_member(family_dir: Path, depth: int, width: int | None = None) -> 
     or depth 1 at a narrower width."""
     from simslm.textlm import TextLMConfig, pretrain_family
 
-    family = jobs.read_json(family_dir / "family.json")
+    family = storage.read_json(family_dir / "family.json")
     config = TextLMConfig.from_dict(family["config"], source=str(family_dir / "family.json"))
     depths = tuple(sorted({*(member["depth"] for member in family["members"]), depth}))
     narrow = tuple(sorted({*config.narrow_widths, *([width] if width else [])}))
@@ -131,7 +131,7 @@ def _extend_to_bracket(sweep_dir: Path, settled_only: bool) -> bool:
         finished = {row["id"] for row in rows}
         unfinished = {(run["variant"], run["budget_flops"]) for run in sweep["runs"] if run["id"] not in finished}
         rows = [row for row in rows if (row["variant"], row["budget"]) not in unfinished]
-    record = jobs.read_json(sweep_dir / BRACKET_FILE) if (sweep_dir / BRACKET_FILE).exists() else {"added": []}
+    record = storage.read_json(sweep_dir / BRACKET_FILE) if (sweep_dir / BRACKET_FILE).exists() else {"added": []}
     unbracketed, grown = [], False
     found = edges(rows)
     # Below depth 1, cell by cell; elsewhere the next size joins the whole grid.
@@ -158,7 +158,7 @@ def _extend_to_bracket(sweep_dir: Path, settled_only: bool) -> bool:
         print(f"simslm sweep: bracketing: family {family} gets {added}, {side} than its sizes", file=sys.stderr)
     if grown or not settled_only:
         record["unbracketed"] = [] if grown else unbracketed
-        jobs.write_json(sweep_dir / BRACKET_FILE, record)
+        storage.write_json(sweep_dir / BRACKET_FILE, record)
     if grown:
         plan_sweep(spec, sweep_dir)
     elif not settled_only:  # the sweep ends with these minima unknown: said here, not only in bracket.json

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.eval.evaluate import long_sides_note, read_results
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
@@ -378,10 +378,10 @@ def fit_sweep(sweep_dir: str | os.PathLike, *, convention: str = "all", num_resa
     out = Path(out) if out else Path(sweep_dir) / "fit.json"
     # Which sweep it fits, relative to where it is written ("." for the sweep's own), as a table's fit says which
     # table: a fit.json written elsewhere with --out would otherwise not say.
-    fits["source"] = jobs.portable_path(sweep_dir, out.parent)["relative"]
+    fits["source"] = storage.portable_path(sweep_dir, out.parent)["relative"]
     # The runs it fitted: `report` says when the sweep has finished others since (a fit.json gone stale).
     fits["runs"] = sorted(row["id"] for row in rows if row.get("loss_speech") is not None)
-    jobs.write_json(out, fits)
+    storage.write_json(out, fits)
     return fits
 
 
@@ -456,7 +456,7 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     if source.is_dir():
         out = Path(config.out) if config.out else source / ("fit.json" if config.convention == "all" else
                                                              NON_EMBEDDING_FIT)
-        jobs.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
+        storage.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
                          num_workers=config.num_workers, out=out, estimator=config.estimator,
                          bootstrap=config.bootstrap)
@@ -464,11 +464,11 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     points = read_table(source, convention=config.convention,  # a missing table is said as such first
                         columns=dict(item.partition("=")[::2] for item in config.columns))
     out = Path(config.out or source.with_suffix(".fit.json"))
-    jobs.refuse_unwritable(out, unwritable)
-    fits = {"convention": config.convention, "source": jobs.portable_path(source, out.parent)["relative"],
+    storage.refuse_unwritable(out, unwritable)
+    fits = {"convention": config.convention, "source": storage.portable_path(source, out.parent)["relative"],
             "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples, convention=config.convention,
                                               num_workers=config.num_workers, estimator=config.estimator,
                                               bootstrap=config.bootstrap)}}
-    jobs.write_json(out, fits)
+    storage.write_json(out, fits)
     return fits, out
 

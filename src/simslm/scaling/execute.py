@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from simslm import jobs
+from simslm import jobs, slurm, storage
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.scaling.bracket import _grown_after, extend_to_bracket
 from simslm.scaling.ledger import (
@@ -94,7 +94,7 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
             train(TrainConfig(**run["config"]))
         return "done"
     try:
-        with jobs.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: held by another process"):
+        with storage.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: held by another process"):
             if not trained:
                 from simslm.train.loop import train
 
@@ -105,7 +105,7 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
 
                 evaluate_run(EvalConfig(run=str(run_dir), bench=missing, modes=spec.get("eval_modes", ("S", "T")),
                                         num_workers=1))
-    except jobs.Busy:
+    except storage.Busy:
         return "running"
     return "done"
 
@@ -357,7 +357,7 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
            timeout_min: int = 240, gpus_per_node: int = 0, nodes: int = 1, nproc_per_run: int = 1,
            cpus_per_task: int = 0, mem_gb: float = 0, slurm_account: str = "", slurm_qos: str = "",
            array_parallelism: int = 0, sbatch: tuple[str, ...] = (), wait: bool = True,
-           max_requeues: int = jobs.MAX_REQUEUES, warning_s: int = jobs.WARNING_S, **_: Any) -> None:
+           max_requeues: int = slurm.MAX_REQUEUES, warning_s: int = slurm.WARNING_S, **_: Any) -> None:
     """Submit the runs as one SLURM job array through submitit (cluster=local runs them here, for testing).
 
     A run of several processes is one job of `nodes` x `nproc_per_run` tasks (torch.distributed set up from
@@ -365,25 +365,25 @@ def _slurm(sweep_dir: Path, runs: list[dict[str, Any]], *, cluster: str | None =
     `sweep wait` can follow jobs submitted without waiting. A job warned of its time limit saves a checkpoint
     (`train`) and is requeued to resume from it, up to `max_requeues` times."""
     folder = sweep_dir / "submitit"
-    executor = jobs.submitit_executor(
+    executor = slurm.submitit_executor(
         folder, cluster, timeout_min=timeout_min, gpus_per_node=gpus_per_node, nodes=nodes,
         tasks_per_node=nproc_per_run, cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_partition=slurm_partition,
         slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_array_parallelism=array_parallelism,
         slurm_additional_parameters=dict(option.split("=", 1) for option in sbatch), max_requeues=max_requeues,
         warning_s=warning_s)
-    submitted = executor.map_array(jobs.Resumable(execute_cluster_run), [str(sweep_dir)] * len(runs),
+    submitted = executor.map_array(slurm.Resumable(execute_cluster_run), [str(sweep_dir)] * len(runs),
                                    [run["id"] for run in runs])
     recorded = {run["id"]: {"job_id": job.job_id, "result": os.path.relpath(job.paths.result_pickle, folder),
                             "stderr": os.path.relpath(job.paths.stderr, folder),
                             "cluster": type(job).__name__.removesuffix("Job").lower()}
                 for run, job in zip(runs, submitted)}
-    jobs.update_json(folder / JOBS_FILE, lambda ledger: {**ledger, **recorded})
+    storage.update_json(folder / JOBS_FILE, lambda ledger: {**ledger, **recorded})
     if not wait:
         print(f"submitted {len(runs)} run(s) as job(s) {submitted[0].job_id.split('_')[0]}...; follow them with "
               f"`simslm sweep status {sweep_dir}` or `simslm sweep wait {sweep_dir}`", file=sys.stderr)
         return
     try:
-        failures = jobs.job_failures([(run["id"], job) for run, job in zip(runs, submitted)], "sweep jobs")
+        failures = slurm.job_failures([(run["id"], job) for run, job in zip(runs, submitted)], "sweep jobs")
     except jobs.Stopped:  # the jobs are the cluster's, not this process's: they go on
         raise jobs.Stopped(f"{sweep_dir}: stopped by SIGTERM while waiting; the {len(runs)} job(s) it submitted go on: "
                            f"follow them with `simslm sweep wait {sweep_dir}`") from None
@@ -405,7 +405,7 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     folder = sweep_dir / "submitit"
     if not (folder / JOBS_FILE).exists():
         raise ValueError(f"{sweep_dir}: no submitted jobs to wait for ({folder / JOBS_FILE} is missing)")
-    submitted = jobs.read_json(folder / JOBS_FILE)
+    submitted = storage.read_json(folder / JOBS_FILE)
     _watch_slurm_jobs(folder, submitted)
     tracker = jobs.Progress(len(submitted), "sweep wait", unit="job")
     ended: set[str] = set()
@@ -471,10 +471,10 @@ class RunSweepConfig(Config):
     """slurm: extra sbatch options as key=value (e.g. constraint=h100 exclusive=)."""
     timeout_min: int = 240
     """slurm: time limit per job in minutes."""
-    max_requeues: int = jobs.MAX_REQUEUES
+    max_requeues: int = slurm.MAX_REQUEUES
     """slurm: times a job that reaches its time limit is requeued; each resumes its run from a checkpoint saved
     when the job was warned."""
-    warning_s: int = jobs.WARNING_S
+    warning_s: int = slurm.WARNING_S
     """slurm: seconds before the time limit at which a job is warned: time to finish the step in hand and save a
     checkpoint (raise it for a large model on a slow disk)."""
     wait: bool = True

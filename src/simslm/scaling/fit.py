@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 
 # Cuervo & Marxer (2024), textless SLMs (HuBERT-25Hz, 500 units): the reference the paper
 # compares against (its Figure 1), and their downstream exponents (metric ∝ C^γ).
@@ -131,7 +131,7 @@ def read_table(path: str | Path, *, convention: str = "all", loss_column: str = 
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise ValueError(f"{path}: not a table simslm reads (a .csv, .tsv or .jsonl file)")
-    text = jobs.read_text(path)
+    text = storage.read_text(path)
     parameter_column = "parameters" if convention == "all" else "non_embedding_parameters"
     delimited = suffix in (".csv", ".tsv")
     if delimited:

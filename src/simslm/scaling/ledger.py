@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs
+from simslm import jobs, slurm, storage
 from simslm.eval.evaluate import benchmark_kind, result_label
 from simslm.eval.layouts import BENCH_FILE, bench_digest
 from simslm.eval.scoring import ScoringOptions
@@ -52,7 +52,7 @@ def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     which now score them whole, as slamkit does, so its runs are scored alike again), one scored on a sample of
     its pairs (`eval --max-pairs`, a quick look), or one of a benchmark folder built again since (`_stale`)."""
     eval_path = run_dir / "eval.json"
-    evaluated = jobs.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
+    evaluated = storage.read_json(eval_path)["benchmarks"] if eval_path.exists() else {}
 
     def scored(name: str) -> bool:
         entries = list(_results_of(evaluated, name).values())
@@ -123,7 +123,7 @@ def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
     """The sweep's ledger of cluster jobs (submitit/jobs.json) by run id; empty when it has none or it is not one.
     Its SLURM jobs are made known to submitit's watcher at once (`_watch_slurm_jobs`)."""
     try:
-        ledger = jobs.read_json(sweep_dir / "submitit" / JOBS_FILE)
+        ledger = storage.read_json(sweep_dir / "submitit" / JOBS_FILE)
     except (OSError, ValueError):
         return {}
     if not isinstance(ledger, dict):
@@ -134,11 +134,11 @@ def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
 
 def _watch_slurm_jobs(folder: Path, ledger: dict[str, Any]) -> None:
     """The ledger's SLURM jobs that have written no result, made known to submitit's watcher and to squeue's
-    questions all at once (`jobs.watch_slurm_jobs`): asked one by one, a status pass over a sweep of 100 runs ran
+    questions all at once (`slurm.watch_slurm_jobs`): asked one by one, a status pass over a sweep of 100 runs ran
     sacct 100 times, each naming every job registered so far."""
-    jobs.watch_slurm_jobs([str(job["job_id"]) for job in ledger.values()
-                           if isinstance(job, dict) and job.get("cluster") == "slurm" and "job_id" in job
-                           and not (folder / str(job.get("result", ""))).is_file()])
+    slurm.watch_slurm_jobs([str(job["job_id"]) for job in ledger.values()
+                            if isinstance(job, dict) and job.get("cluster") == "slurm" and "job_id" in job
+                            and not (folder / str(job.get("result", ""))).is_file()])
 
 
 def _queued(run: dict[str, Any], ledger: dict[str, Any]) -> bool:
@@ -156,7 +156,7 @@ def run_error(run: dict[str, Any]) -> str | None:
     stopped to resume."""
     log = Path(run["config"]["run_dir"]).parent / f"{run['id']}.log"
     try:
-        tail = jobs.read_tail(log)
+        tail = storage.read_tail(log)
     except OSError:
         return None
     last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
@@ -174,7 +174,7 @@ def _job_ended(folder: Path, job: dict[str, str]) -> bool:
     if (folder / job["result"]).exists():
         return True
     if job.get("cluster") == "slurm":
-        return jobs.slurm_job_ended(str(job["job_id"]))
+        return slurm.slurm_job_ended(str(job["job_id"]))
     if job.get("cluster") == "local":
         try:
             os.kill(int(job["job_id"]), 0)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.config import Config, ConfigError, check_positive
 from simslm.scaling import collect
 from simslm.scaling.fit import TEXTLESS_REFERENCE, Law, plan_compute
@@ -49,7 +49,7 @@ def plan_budget(config: PlanConfig) -> tuple[str, list[str]]:
     stored = None
     if config.fit:  # read once: `simslm fit` may write it again meanwhile
         config = replace(config, fit=fit_file(config.fit))
-        stored = jobs.read_json(config.fit)
+        stored = storage.read_json(config.fit)
     fits, notes = fits_for_plan(config, stored)
     warnings = []
     rows = None  # the finished runs of the sweep the fit is of, whose sizes a plan is put in
@@ -140,7 +140,7 @@ def fits_for_plan(config: PlanConfig, stored: Any = None) -> tuple[list[tuple[st
     if not config.fit:
         return ([(None, {"approach3": {"law": TEXTLESS_REFERENCE, "samples": []}},
                   "the textless law of Cuervo & Marxer (2024); pass --fit for your own")], [])
-    fits = stored if stored is not None else jobs.read_json(config.fit)
+    fits = stored if stored is not None else storage.read_json(config.fit)
     if not isinstance(fits, dict) or not isinstance(fits.get("variants"), dict):
         raise ValueError(f"{config.fit}: not a fit.json (it has no variants); `simslm fit SWEEP` writes one")
     fits = fits["variants"]

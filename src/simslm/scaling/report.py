@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 from simslm.config import Config, ConfigError
 from simslm.scaling import bracket, collect
 from simslm.scaling.fit import (
@@ -61,7 +61,7 @@ def _legend_below(axes, entries: int, below: float = 0.16) -> None:
 def _save(plt, figure, path: Path) -> str:
     """Write the figure as `<path>.svg` and a 300-dpi `<path>.png`; the stem for the page."""
     for suffix, options in ((".svg", {}), (".png", {"dpi": 300})):
-        with jobs.atomic_path(path.with_suffix(suffix)) as temporary:
+        with storage.atomic_path(path.with_suffix(suffix)) as temporary:
             figure.savefig(temporary, bbox_inches="tight", **options)
     plt.close(figure)
     return path.stem
@@ -370,7 +370,7 @@ def fit_tables(fits: dict[str, Any]) -> str:
 def _bracket_note(sweep_dir: Path) -> str:
     """The budgets whose best run stays at an edge of the grid (bracket.json), so their minimum is not known."""
     path = sweep_dir / bracket.BRACKET_FILE
-    record = jobs.read_json(path) if path.exists() else {}
+    record = storage.read_json(path) if path.exists() else {}
     items = [f"<li>{html.escape(edge['variant'])} at C = {edge['budget']:.3g}: best at its {'smallest' if edge['needs'] == 'smaller' else 'largest'} "
              f"size ({html.escape(edge['member'])}); {html.escape(edge['reason'])}</li>"
              for edge in record.get("unbracketed", [])]
@@ -400,13 +400,13 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
     first when missing (written into `out` when the sweep folder cannot be written)."""
     sweep_dir = Path(sweep_dir)
     folder = Path(out) if out else sweep_dir / "report"
-    jobs.refuse_unwritable(folder / "index.html", "pass --out FOLDER to write the report elsewhere")
+    storage.refuse_unwritable(folder / "index.html", "pass --out FOLDER to write the report elsewhere")
     rows = [row for row in collect.collect(sweep_dir) if row.get("loss_speech") is not None]
     if not rows:
         raise ValueError(f"{sweep_dir}: no finished runs to report on")
     fit_path = sweep_dir / "fit.json"
     if fit_path.exists():
-        stored = jobs.read_json(fit_path)
+        stored = storage.read_json(fit_path)
         source = stored.get("source")  # relative to fit.json's folder: "." for the sweep's own (older ones: none)
         if source is not None and os.path.realpath(fit_path.parent / source) != os.path.realpath(sweep_dir):
             raise ValueError(f"{fit_path}: the fit of {os.path.normpath(fit_path.parent / source)}, not of this "
@@ -422,7 +422,8 @@ def write_report(sweep_dir: str | Path, *, summary: str = "", out: str | Path | 
         if stale:
             print(f"simslm report: warning: {stale}", file=sys.stderr)
     else:
-        fits = collect.fit_sweep(sweep_dir, out=None if jobs.may_write(sweep_dir) else folder / "fit.json")["variants"]
+        fit_out = None if storage.may_write(sweep_dir) else folder / "fit.json"
+        fits = collect.fit_sweep(sweep_dir, out=fit_out)["variants"]
     folder.mkdir(parents=True, exist_ok=True)
     main_variant = rows[0]["variant"]  # the sweep's first variant (interleaved + TWIST in the demo)
     # The isoFLOP curves of every variant, the first as isoflop.svg: a sweep of several recipes or families asks
@@ -459,7 +460,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{font-size:0.85em;color:
 {_table(["variant", "size", *(["seed"] if seeds else []), "parameters", "tokens", "FLOPs", "speech CE",
          *[f"{key} (95% CI)" for key in accuracy_keys]], run_rows)}
 </body></html>"""
-    jobs.write_text(folder / "index.html", page)
+    storage.write_text(folder / "index.html", page)
     return folder / "index.html"
 
 

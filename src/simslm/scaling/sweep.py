@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from simslm import assets, jobs
+from simslm import assets, storage
 from simslm import model as model_lib
 from simslm.config import Config, home_expanded
 from simslm.eval.evaluate import benchmark_kind, repeated_label
@@ -204,7 +204,7 @@ class SweepSpec:
     def read(cls, path: str | os.PathLike) -> "SweepSpec":
         """A spec from its JSON file; a ValueError naming the file when it is not one."""
         try:
-            return cls.from_json(jobs.read_json(path))
+            return cls.from_json(storage.read_json(path))
         except FileNotFoundError:
             raise ValueError(f"{path}: no such sweep spec") from None
         except ValueError as error:
@@ -358,8 +358,8 @@ def _growing(sweep_dir: Path):
     """Hold the sweep's lock for a change of sweep.json (read, grown, written), waiting for another process's: two
     `sweep run --bracket` of one sweep (on two machines, say) each grew the grid from what it had read, and the
     later write dropped the other's sizes from sweep.json while that process trained their runs."""
-    return jobs.exclusive_lock_waiting(sweep_dir / SWEEP_LOCK,
-                                       f"{sweep_dir}: another process is planning or growing this sweep; waiting")
+    return storage.exclusive_lock_waiting(sweep_dir / SWEEP_LOCK,
+                                          f"{sweep_dir}: another process is planning or growing this sweep; waiting")
 
 
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
@@ -477,7 +477,7 @@ def _plan_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
     for warning in mixed:
         print(f"simslm sweep plan: warning: {warning}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    jobs.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
+    storage.write_json(out / SWEEP_FILE, {"spec": stored_spec, "runs": runs, "anchors": anchors.anchors, **digests})
     return load_sweep(out)
 
 
@@ -499,7 +499,7 @@ _PLANNED_INPUTS = {
     # A random init reads its source's architecture only: new weights beside the same config change no run.
     "base_sha256": _SharedInput(
         ("base_model",), lambda config: config["init"] == "twist",
-        lambda path: jobs.content_digest(path) if Path(path).exists() else None,
+        lambda path: storage.content_digest(path) if Path(path).exists() else None,
         "changed since the sweep was planned (its files differ): the sweep's TWIST runs so far started from the "
         "model before. Plan a new sweep (another --out) for the new model, or keep it in a new folder"),
 }
@@ -550,7 +550,7 @@ def load_sweep(folder: str | os.PathLike) -> dict[str, Any]:
         inside = sorted(str(found.parent) for found in Path(folder).glob(f"*/{SWEEP_FILE}") if _is_sweep_file(found))
         raise ValueError(f"{folder}: no {SWEEP_FILE}; " + (f"the sweep folders inside it are: {', '.join(inside)}"
                                                            if inside else "run `simslm sweep plan` first"))
-    sweep = jobs.read_json(path)
+    sweep = storage.read_json(path)
     anchors = _Anchors(Path(folder), sweep.get("anchors"))
     for run in sweep["runs"]:
         run["config"]["run_dir"] = str(Path(folder) / "runs" / run["id"])

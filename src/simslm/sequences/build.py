@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from simslm import assets, jobs
+from simslm import assets, jobs, storage
 from simslm.config import Config, ConfigError, check_positive, flag, registry_choices
 from simslm.sequences.interleave import (
     INTERLEAVERS,
@@ -230,7 +230,7 @@ def _manifest_share(config: BuildConfig) -> list[Utterance]:
     stamps it), every line is known to parse and no id to repeat, so only this part's lines are parsed: the checked
     pass over every line is some 19 minutes at Libri-Light's 21M segments, in each part."""
     if config.num_shards > 1 and checked_manifest(config.units, config.manifest):
-        lines = (line for line, _ in jobs.text_lines(config.manifest) if line.strip())
+        lines = (line for line, _ in storage.text_lines(config.manifest) if line.strip())
         return [Utterance.from_json(json.loads(line)) for number, line in enumerate(lines)
                 if number % config.num_shards == config.shard_index]
     return [u for number, u in enumerate(iter_utterances(config.manifest))
@@ -350,11 +350,11 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     vocabulary = Vocabulary.build(config.tokenizer, num_units)
     # Everything is written under a temporary folder and renamed at the end: a build that
     # dies leaves no half dataset behind, and an older dataset stays until the new one is whole.
-    with jobs.atomic_path(out, replace=config.overwrite) as building:
+    with storage.atomic_path(out, replace=config.overwrite) as building:
         building.mkdir(parents=True)
         index = _build_into(building, config, vocabulary, streams, shares, utterances, units_by_id, texts)
         index["wall_sec"] = round(time.perf_counter() - started, 3)
-        jobs.write_json(building / "index.json", index)
+        storage.write_json(building / "index.json", index)
     return index
 
 
@@ -388,14 +388,14 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
     indexes = [_part_index(folder) for folder in folders]
     first = indexes[0]
     shared = {key: value for key, value in first["config"].items() if key not in PART_FIELDS}
-    tokenizer = jobs.content_digest(folders[0] / "tokenizer")
+    tokenizer = storage.content_digest(folders[0] / "tokenizer")
     for folder, index in zip(folders[1:], indexes[1:]):
         differing = sorted(key for key in set(shared) | set(index["config"]) - set(PART_FIELDS)
                            if index["config"].get(key) != shared.get(key))
         if differing:
             raise ValueError(f"{folder}: a part of another build than {folders[0]} (it differs in "
                              f"{', '.join(differing)})")
-        if jobs.content_digest(folder / "tokenizer") != tokenizer:
+        if storage.content_digest(folder / "tokenizer") != tokenizer:
             raise ValueError(f"{folder}: its tokenizer differs from {folders[0]}'s")
     num_shards = shared["num_shards"]
     by_index: dict[int, list[Path]] = collections.defaultdict(list)
@@ -409,22 +409,22 @@ def merge_sequences(config: MergeConfig) -> dict[str, Any]:
         raise ValueError(f"{folders[0]}: the build has {num_shards} parts and part(s) {', '.join(absent)} are not "
                          f"given; merge every --shard-index")
     order = sorted(range(len(folders)), key=lambda i: indexes[i]["config"]["shard_index"])
-    with jobs.atomic_path(out, replace=config.overwrite) as building:
+    with storage.atomic_path(out, replace=config.overwrite) as building:
         building.mkdir(parents=True)
         shutil.copytree(folders[0] / "tokenizer", building / "tokenizer")
         merged = {key: value for key, value in first.items()
                   if key not in ("epochs", "wall_sec", *SPEECH_INPUTS)}
         merged["config"] = {**shared, "out": str(out), "num_shards": 1, "shard_index": 0}
         merged["merged_from"] = {"num_shards": num_shards,
-                                 "parts": [jobs.portable_path(folders[i], out) for i in order]}
+                                 "parts": [storage.portable_path(folders[i], out) for i in order]}
         for key in (*SPEECH_INPUTS, TEXT_CORPUS_FILE):
             if key in first:
-                merged[key] = {**first[key], **jobs.portable_path(jobs.placed_path(first[key], folders[0]), out)}
+                merged[key] = {**first[key], **storage.portable_path(storage.placed_path(first[key], folders[0]), out)}
         merged["epochs"] = [_merge_epoch(building, [(folders[i], indexes[i]["epochs"][epoch]) for i in order])
                             for epoch in range(len(first["epochs"]))]
         merged["wall_sec"] = round(time.perf_counter() - started, 3)
         merged["parts_wall_sec"] = [indexes[i].get("wall_sec") for i in order]
-        jobs.write_json(building / "index.json", merged)
+        storage.write_json(building / "index.json", merged)
     return merged
 
 
@@ -492,7 +492,7 @@ def _refuse_filled(out: Path, overwrite: bool, inputs: dict[str, Any]) -> None:
             if given is not None and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
                 raise ValueError(f"{out}: holds {given} ({option}), which --overwrite would delete; write to "
                                  f"another --out")
-    jobs.check_replaceable(out, "index.json", "sequences `simslm sequences build` made", "write to another --out")
+    storage.check_replaceable(out, "index.json", "sequences `simslm sequences build` made", "write to another --out")
 
 
 # The speech inputs a sequences folder records relative to itself (index.json key: build config field).
@@ -515,7 +515,7 @@ def text_corpus(data: str | os.PathLike) -> str | None:
     """The text corpus a sequences folder was built from, as a corpus spec that reads from here: a file's path found
     relative to the folder (after the two moved together), with its slice; an asset's name, or what folders built
     before the index recorded it hold, as the build config gave it."""
-    index = jobs.read_json(Path(data) / "index.json")
+    index = storage.read_json(Path(data) / "index.json")
     if TEXT_CORPUS_FILE in index:
         return placed_corpus(index[TEXT_CORPUS_FILE], data)
     return index["config"].get("text_corpus")
@@ -524,9 +524,9 @@ def text_corpus(data: str | os.PathLike) -> str | None:
 def _speech_input(data: str | os.PathLike, key: str) -> Path | None:
     """Where the index records a speech input, relative to the folder (so it is found after the two move together),
     else as the build config gave it (folders built before the index recorded it)."""
-    index = jobs.read_json(Path(data) / "index.json")
+    index = storage.read_json(Path(data) / "index.json")
     if key in index:
-        return jobs.placed_path(index[key], data)
+        return storage.placed_path(index[key], data)
     given = index["config"].get(SPEECH_INPUTS[key]) \
         if {"interleaved", "speech"} & set(index["config"].get("streams", ())) else None
     return Path(given) if given else None
@@ -542,7 +542,7 @@ def _build_into(building: Path, config: BuildConfig, vocabulary: Vocabulary, str
     if {"interleaved", "speech"} & set(streams):
         # The config keeps the paths as given; these move with the folders (see _speech_input).
         for key, given in SPEECH_INPUTS.items():
-            index[key] = jobs.portable_path(getattr(config, given), config.out)
+            index[key] = storage.portable_path(getattr(config, given), config.out)
     if recorded := portable_corpus(config.text_corpus, config.out):  # a path, not an asset's name (a file wins)
         index[TEXT_CORPUS_FILE] = recorded
     fixed = build_fixed_streams(streams, vocabulary, utterances, units_by_id, texts)

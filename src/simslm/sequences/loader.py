@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 
 
 def read_index(folder: str | os.PathLike) -> dict:
@@ -17,7 +17,7 @@ def read_index(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "index.json"
     if not path.is_file():
         raise ValueError(f"{folder}: not a sequences folder (no index.json; make one with `simslm sequences build`)")
-    return jobs.read_json(path)
+    return storage.read_json(path)
 
 
 def index_digest(folder: str | os.PathLike) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import assets, jobs
+from simslm import assets, storage
 
 SPEECH_MARKER, TEXT_MARKER, PAD_TOKEN = "<speech>", "<text>", "<simslm_pad>"
 
@@ -80,7 +80,7 @@ class Vocabulary:
         """Load a vocabulary saved by `save`."""
         from transformers import AutoTokenizer
 
-        meta = jobs.read_json(Path(folder) / VOCAB_FILE)
+        meta = storage.read_json(Path(folder) / VOCAB_FILE)
         return cls(tokenizer=AutoTokenizer.from_pretrained(str(folder)), **meta)
 
     def __len__(self) -> int:
@@ -136,7 +136,7 @@ def speech_vocabulary(folder: str | os.PathLike) -> "Vocabulary | None":
     """The vocabulary of a speech LM's folder (one with units: a run's model/, a slamkit conversion), or None (a
     text LM's, whose vocabulary a `simslm textlm` member records with no units, or no vocabulary at all)."""
     path = Path(folder)
-    if not (path / VOCAB_FILE).is_file() or not jobs.read_json(path / VOCAB_FILE).get("num_units"):
+    if not (path / VOCAB_FILE).is_file() or not storage.read_json(path / VOCAB_FILE).get("num_units"):
         return None
     return Vocabulary.load(path)
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
@@ -506,7 +506,7 @@ class _OrderedJournal:
         """Lock the journal, keep its first `offset` bytes (or start it with the header) and append entries."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as handle:  # made when missing; cut only once it is locked
-            jobs.lock_file(handle, busy)
+            storage.lock_file(handle, busy)
             if os.fstat(handle.fileno()).st_size < offset:  # another run ended (and removed it) since it was read
                 raise ValueError(f"{self.path}: changed while this run read it; run again")
             handle.truncate(offset)
@@ -553,7 +553,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
     busy = f"{out_path}: another `simslm align` is writing it (its journal {journal.path.name} is locked)"
     if journal.path.exists():  # said before the first pass, which takes minutes at Libri-Light's size
         with open(journal.path, "rb") as handle:
-            jobs.lock_file(handle, busy)
+            storage.lock_file(handle, busy)
     # A first pass names a malformed line before any work, finds where a journal left off, and counts the
     # utterances for the progress line and those that need an aligner (kept ones, though they pass through the
     # workers to keep their place, start none).
@@ -576,7 +576,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
                                            start=num_resumed):
             # Audio paths must keep pointing at the same files from the output's folder, in the input's form: a
             # relative path stays relative (the manifest moves with its corpus), an absolute one absolute.
-            located = jobs.located_path(utterance.audio_path(manifest_dir))
+            located = storage.located_path(utterance.audio_path(manifest_dir))
             recorded = str(located) if Path(utterance.audio).is_absolute() else os.path.relpath(located, out_folder)
             record = replace(utterance, audio=recorded).to_json()
             if config.keep_existing and utterance.words is not None:
@@ -619,7 +619,7 @@ def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path
     counts, skipped, audio_sec = collections.Counter(), {}, 0.0
     source = config.source if config.method != "pocketsphinx" else config.manifest
     folder = out_path.parent.resolve()
-    with jobs.atomic_path(out_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+    with storage.atomic_path(out_path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for entry in journal.entries():
             if "skipped" in entry:
                 skipped[entry["id"]] = entry["skipped"]
@@ -641,7 +641,7 @@ def _write_aligned(config: AlignConfig, journal: _OrderedJournal, out_path: Path
                          num_kept=counts["kept"], num_skipped=len(skipped), skipped=skipped,
                          audio_sec=round(audio_sec, 3), wall_sec=round(time.perf_counter() - started, 3),
                          num_resumed=num_resumed)
-    jobs.write_json(out_path.with_suffix(".report.json"), {**asdict(report), "config": asdict(config)})
+    storage.write_json(out_path.with_suffix(".report.json"), {**asdict(report), "config": asdict(config)})
     return report
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from simslm import jobs
+from simslm import storage
 
 TARGET_SAMPLE_RATE = 16_000
 # The audio files simslm reads (libsndfile >= 1.1 decodes MP3 and Ogg Vorbis/Opus, and knows a file by its bytes): the
@@ -151,7 +151,7 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int =
     kind = {".flac": "FLAC", ".wav": "WAV"}.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: audio must be written as .flac or .wav")
-    with jobs.atomic_path(path) as temporary:
+    with storage.atomic_path(path) as temporary:
         soundfile.write(str(temporary), samples, sample_rate, subtype="PCM_16", format=kind)
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from simslm import assets, jobs
+from simslm import assets, storage
 
 
 def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
@@ -26,16 +26,16 @@ def split_corpus_spec(spec: str) -> tuple[str, int, int | None]:
 
 def portable_corpus(spec: str, folder: str | os.PathLike) -> dict[str, str] | None:
     """How a file written into `folder` records a corpus spec that names a file or folder (`name[start:stop]`):
-    `jobs.portable_path` of it with its slice; None for an asset's name (the same from anywhere)."""
+    `storage.portable_path` of it with its slice; None for an asset's name (the same from anywhere)."""
     name = split_corpus_spec(spec)[0] if spec else None
     if not name or not Path(name).exists():
         return None
-    return {**jobs.portable_path(name, folder), "slice": spec[len(name):]}
+    return {**storage.portable_path(name, folder), "slice": spec[len(name):]}
 
 
 def placed_corpus(recorded: dict[str, str], folder: str | os.PathLike) -> str:
     """A corpus spec recorded by `portable_corpus` in a file in `folder`, as one that reads from here."""
-    return f"{jobs.placed_path(recorded, folder)}{recorded.get('slice', '')}"
+    return f"{storage.placed_path(recorded, folder)}{recorded.get('slice', '')}"
 
 
 def read_corpus(spec: str, text_field: str = "text") -> Iterator[tuple[int, str | None, str]]:
@@ -54,7 +54,7 @@ def read_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[tu
     is_jsonl = path.suffix in (".jsonl", ".json")
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not a text corpus (.txt or .jsonl)")
-    for index, (line, problem) in enumerate(jobs.text_lines(path)):
+    for index, (line, problem) in enumerate(storage.text_lines(path)):
         if problem:
             yield index, None, problem  # skipped and counted, as a line that is not JSON is
             continue

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from simslm import assets, jobs
+from simslm import assets, jobs, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file
 from simslm.speech import audio
 from simslm.speech import text as text_lib
@@ -83,7 +83,7 @@ Item = Candidate | Skip
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, stripped line) of a UTF-8 text file, blank lines left out."""
-    for number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+    for number, (line, problem) in enumerate(storage.text_lines(path), start=1):
         if problem:
             raise ValueError(f"{path}:{number}: {problem}")
         if line.strip():
@@ -103,7 +103,7 @@ def _transcript_beside(audio_path: Path) -> str | None:
     for suffix in (".txt", ".lab"):
         candidate = audio_path.with_suffix(suffix)
         if candidate.is_file():
-            return jobs.read_text(candidate).strip()
+            return storage.read_text(candidate).strip()
     return None
 
 
@@ -117,7 +117,7 @@ def _librilight_speaker(audio_path: Path) -> str | None:
     Libri-Light's tree is SPEAKER/BOOK/FILE, so the audio's folder is the book."""
     meta = audio_path.with_suffix(".json")
     try:
-        record = jobs.read_json(meta) if meta.is_file() else None
+        record = storage.read_json(meta) if meta.is_file() else None
     except (OSError, ValueError):
         return None
     if isinstance(record, dict) and "voice_activity" in record and isinstance(record.get("speaker"), (str, int)):
@@ -376,10 +376,11 @@ def import_hf(source: Path, *, fields: dict[str, str], segments_dir: Path, split
             transcript = ""
         stored = row[names["audio"]] or {}
         if stored.get("bytes"):
-            path = segments_dir / f"{jobs.safe_file_name(identifier)}{_audio_suffix(stored['bytes'], stored.get('path'))}"
+            suffix = _audio_suffix(stored["bytes"], stored.get("path"))
+            path = segments_dir / f"{storage.safe_file_name(identifier)}{suffix}"
             if not path.exists():
                 segments_dir.mkdir(parents=True, exist_ok=True)
-                jobs.write_bytes(path, stored["bytes"])
+                storage.write_bytes(path, stored["bytes"])
         elif stored.get("path") and Path(stored["path"]).is_file():
             path = Path(stored["path"])
         else:
@@ -502,7 +503,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
         # Audio written by an earlier import is kept as it is (by utterance id): from another corpus or split it
         # would be another utterance's.
         held = segments_dir.is_dir() and any(p.name != IMPORT_SETTINGS for p in segments_dir.iterdir())
-        jobs.keep_settings(segments_dir / IMPORT_SETTINGS, {
+        storage.keep_settings(segments_dir / IMPORT_SETTINGS, {
             "source": config.source if layout == "hf" and not source.exists() else str(source.resolve()),
             "format": layout, "split": config.split}, made="imported",
             advice="import into another --out, or remove the folder", earlier_work=held)
@@ -523,9 +524,10 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
         """Streamed into the manifest (an import of Libri-Light's timed words would not fit in memory whole)."""
         nonlocal audio_sec, timed
         for item in jobs.progress(items, f"manifest import ({layout})", unit="item"):
-            if isinstance(item, Candidate) and (jobs.undecodable_name(item.audio) or jobs.undecodable_name(item.id)):
+            if isinstance(item, Candidate) and (storage.undecodable_name(item.audio)
+                                                or storage.undecodable_name(item.id)):
                 # One such name ended the whole import ("'utf-8' codec can't encode character '\udce9'").
-                item = Skip(item.id, UNDECODABLE, f"{jobs.shown_path(item.audio)}: {UNDECODABLE}")
+                item = Skip(item.id, UNDECODABLE, f"{storage.shown_path(item.audio)}: {UNDECODABLE}")
             if isinstance(item, Skip):
                 skip(item)
                 continue
@@ -546,7 +548,7 @@ def import_manifest(config: ImportManifestConfig) -> ImportReport:
             if lower:
                 item = replace(item, transcript=item.transcript.lower(), words=item.words and tuple(
                     replace(word, word=word.word.lower()) for word in item.words))
-            utterance = Utterance(id=item.id, audio=jobs.portable_path(item.audio, out.parent)["relative"],
+            utterance = Utterance(id=item.id, audio=storage.portable_path(item.audio, out.parent)["relative"],
                                   sample_rate=sample_rate, duration_sec=round(duration, 3),
                                   transcript=item.transcript, speaker=item.speaker, words=item.words)
             # Timings that are not the transcript's words, or run past the audio, would make a manifest that

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from simslm import jobs
+from simslm import storage
 from simslm.config import Config
 from simslm.speech import audio, text
 
@@ -113,7 +113,7 @@ class Utterance:
         # JSON may escape a lone surrogate ("caf\udce9.flac"): what Python's json.dumps writes of a file name that is
         # not UTF-8, as os.listdir gives it. No file can be opened by it, nor a line written with it.
         odd = next((name for name in ("id", "audio", "transcript", "speaker")
-                    if isinstance(record.get(name), str) and jobs.undecodable_name(record[name])), None)
+                    if isinstance(record.get(name), str) and storage.undecodable_name(record[name])), None)
         if odd:
             raise ValueError(f"field '{odd}' is not UTF-8 text (a lone surrogate: json's escape of a file name that "
                              f"is not UTF-8; rename the file)")
@@ -210,7 +210,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, Utterance | Pr
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not a manifest (.jsonl)")
-    for line_number, (line, problem) in enumerate(jobs.text_lines(path), start=1):
+    for line_number, (line, problem) in enumerate(storage.text_lines(path), start=1):
         if problem:
             yield line_number, Problem(str(path), line_number, problem)
             continue
@@ -267,7 +267,7 @@ def iter_utterances(path: str | os.PathLike) -> Iterator[Utterance]:
 
 def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance]) -> None:
     """Write a manifest atomically (temporary file, then rename)."""
-    with jobs.atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+    with storage.atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for utterance in utterances:
             handle.write(json.dumps(utterance.to_json(), ensure_ascii=False) + "\n")
 

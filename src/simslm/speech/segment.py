@@ -43,7 +43,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, manifest_folder, write_manifest
@@ -161,7 +161,7 @@ def librilight_voice_activity(audio_path: str | os.PathLike) -> list[tuple[float
     if not meta.is_file():
         raise ValueError("no Libri-Light JSON (voice_activity) beside the audio")
     try:
-        stretches = [(float(onset), float(offset)) for onset, offset in jobs.read_json(meta)["voice_activity"]]
+        stretches = [(float(onset), float(offset)) for onset, offset in storage.read_json(meta)["voice_activity"]]
     except (KeyError, TypeError, ValueError):
         raise ValueError("its JSON has no voice_activity of [onset, offset] pairs") from None
     if any(not 0 <= onset < offset for onset, offset in stretches):
@@ -201,7 +201,7 @@ def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> 
     folder = Path(folder)
     done = folder / "segments.json"
     if done.exists():  # cut by an earlier, interrupted run
-        return jobs.read_json(done)
+        return storage.read_json(done)
     by = config.by if config.by != "auto" else ("words" if utterance.words else "vad")
     if by == "librilight-vad":
         return _librilight_recording(utterance, audio_path, folder, config)
@@ -271,7 +271,7 @@ def _write_recording(utterance: Utterance, folder: Path, pieces: list[tuple[np.n
     last. Each piece is (its samples, written as `NNNN.flac`; the seconds of speech it holds, checked against
     --max-sec; its manifest line's transcript, words and meta)."""
     lines, notes = [], collections.Counter()
-    with jobs.atomic_path(folder) as building:
+    with storage.atomic_path(folder) as building:
         building.mkdir(parents=True)
         for number, (piece, speech_sec, fields) in enumerate(pieces):
             name = f"{number:04d}.flac"  # inside the recording's own folder
@@ -285,7 +285,7 @@ def _write_recording(utterance: Utterance, folder: Path, pieces: list[tuple[np.n
         if transcript_dropped:
             notes[TRANSCRIPT_DROPPED] += 1
         result = {"id": utterance.id, "segments": lines, "notes": dict(notes), "audio_sec": audio_sec}
-        jobs.write_json(building / "segments.json", result)
+        storage.write_json(building / "segments.json", result)
     return result
 
 
@@ -314,9 +314,9 @@ def _check_settings(segments_dir: Path, config: SegmentConfig) -> None:
     settings["min_sec"] = config.max_sec / 2 if config.min_sec is None else config.min_sec
     if config.by == "librilight-vad":  # its cut reads --max-sec alone: the others would refuse a resume for nothing
         settings = {"max_sec": config.max_sec, "by": config.by}
-    jobs.keep_settings(segments_dir / "settings.json", settings, made="cut",
-                       advice="cut into another --out, or remove the folder",
-                       earlier_work=any(segments_dir.glob("*/segments.json")))
+    storage.keep_settings(segments_dir / "settings.json", settings, made="cut",
+                          advice="cut into another --out, or remove the folder",
+                          earlier_work=any(segments_dir.glob("*/segments.json")))
 
 
 def segment_manifest(config: SegmentConfig) -> SegmentReport:
@@ -330,7 +330,7 @@ def segment_manifest(config: SegmentConfig) -> SegmentReport:
     segments_dir = out.parent / f"{out.stem}-segments"
     # Two runs into one folder would cut the same recordings at once and both write the manifest: the second is
     # refused.
-    with jobs.exclusive_lock(segments_dir / ".segment.lock", f"{out}: another `simslm segment` is writing it"):
+    with storage.exclusive_lock(segments_dir / ".segment.lock", f"{out}: another `simslm segment` is writing it"):
         return _segment_all(config, source, out, segments_dir, num_recordings, started)
 
 
@@ -348,7 +348,7 @@ def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: P
     _check_settings(segments_dir, config)
     workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
     folder = manifest_folder(source)
-    tasks = ((u, str(u.audio_path(folder)), str(segments_dir / jobs.safe_file_name(u.id)), config, workers)
+    tasks = ((u, str(u.audio_path(folder)), str(segments_dir / storage.safe_file_name(u.id)), config, workers)
              for u in iter_utterances(source))
     cut, skipped, notes, audio_sec = set(), collections.Counter(), collections.Counter(), 0.0
     try:
@@ -371,14 +371,14 @@ def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: P
         _remove_if_empty(segments_dir, ended.path)
         raise ValueError(f"{source}: no recording could be cut ({dict(skipped)})")
     # Audio paths in segments.json are relative to the segments folder; in the manifest, to its own folder.
-    prefix = jobs.portable_path(segments_dir, out.parent)["relative"]
+    prefix = storage.portable_path(segments_dir, out.parent)["relative"]
     num_segments = 0
 
     def segments() -> Iterator[Utterance]:
         nonlocal num_segments
         for recording in iter_utterances(source):
             if recording.id in cut:
-                for line in jobs.read_json(segments_dir / jobs.safe_file_name(recording.id) / "segments.json")[
+                for line in storage.read_json(segments_dir / storage.safe_file_name(recording.id) / "segments.json")[
                         "segments"]:
                     num_segments += 1
                     yield Utterance.from_json({**line, "audio": f"{prefix}/{line['audio']}"})

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 import soxr
 
-from simslm import assets, jobs
+from simslm import assets, jobs, storage
 from simslm.config import Config, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
@@ -246,8 +246,8 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
                 "voice_set": config.voice_set, "seed": config.seed, "backend": config.backend,
                 "audio_format": config.audio_format}
     if done or (out_dir / SETTINGS_FILE).exists():
-        jobs.keep_settings(out_dir / SETTINGS_FILE, settings, made="spoken",
-                           advice="synthesise into another --out, or remove it", earlier_work=bool(done))
+        storage.keep_settings(out_dir / SETTINGS_FILE, settings, made="spoken",
+                              advice="synthesise into another --out, or remove it", earlier_work=bool(done))
 
     started = time.perf_counter()
     skipped: collections.Counter[str] = collections.Counter()
@@ -277,8 +277,8 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
         raise ValueError(f"{corpus}: no text to synthesise{asked} ({dict(skipped) or 'no lines in the range asked for'})")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Two runs into one folder would both speak the lines left and append to one journal: the second is refused.
-    with jobs.exclusive_lock(out_dir / LOCK_FILE, f"{out_dir}: another `simslm synth` is writing it"):
-        jobs.write_json(out_dir / SETTINGS_FILE, settings)
+    with storage.exclusive_lock(out_dir / LOCK_FILE, f"{out_dir}: another `simslm synth` is writing it"):
+        storage.write_json(out_dir / SETTINGS_FILE, settings)
         audio_sec = 0.0
         num_workers = config.num_workers or jobs.default_workers()
         # A line whose speaking ends the process (a crash inside espeak-ng) is named by the next run, then skipped.
@@ -311,6 +311,6 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
                              num_reused=num_reused, num_skipped=sum(skipped.values()),
                              skipped_by_reason=dict(skipped), audio_sec=round(audio_sec, 3),
                              wall_sec=round(time.perf_counter() - started, 3))
-        jobs.write_json(out_dir / "synth_report.json", {**asdict(report), "config": asdict(config),
-                                                        "realtime_factor": round(report.realtime_factor, 1)})
+        storage.write_json(out_dir / "synth_report.json", {**asdict(report), "config": asdict(config),
+                                                           "realtime_factor": round(report.realtime_factor, 1)})
         return report

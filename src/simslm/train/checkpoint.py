@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.config import Config, ConfigError
 from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import PackedLoader, index_digest
@@ -50,7 +50,7 @@ def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, Any]
     from safetensors.torch import save_file
 
     final = run_dir / "checkpoints" / f"step-{step:08d}"
-    with jobs.atomic_path(final) as staging:
+    with storage.atomic_path(final) as staging:
         staging.mkdir()
         # Tied embeddings appear under two names sharing storage; safetensors wants them apart.
         save_file({name: tensor.detach().clone().contiguous() for name, tensor in model_state.items()},
@@ -85,7 +85,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
     if distributed.is_main:
         _finish_checkpoint(staging, step, model, loader, wall_sec, tokens_seen,
                            sorted(path.relative_to(staging).as_posix() for path in (staging / SHARDED).iterdir()))
-        jobs.replace_folder(staging, final)
+        storage.replace_folder(staging, final)
         _prune_checkpoints(run_dir, keep)
     return final
 
@@ -112,7 +112,7 @@ def _finish_checkpoint(staging: Path, step: int, model, loader: PackedLoader, wa
     # model's rope scaling may have computed them from a config the run changed since (max_position_embeddings).
     save_file({name: buffer.detach().to("cpu").contiguous().clone() for name, buffer in model.named_buffers()},
               str(staging / BUFFERS))
-    jobs.modes_as_umask_allows(staging)  # the weights' file too (safetensors makes them its owner's only)
+    storage.modes_as_umask_allows(staging)  # the weights' file too (safetensors makes them its owner's only)
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
     (staging / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(),
@@ -161,7 +161,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def checkpoint_state(folder: Path) -> dict[str, Any]:
     """A checkpoint's loop state: step, loader position, the wall time spent up to it and the training tokens seen
     (not in checkpoints written before `batching` pieces, whose runs saw `Plan.tokens_before(step)`)."""
-    return jobs.read_json(folder / "state.json")
+    return storage.read_json(folder / "state.json")
 
 
 def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, from_main: bool = False,
@@ -238,14 +238,14 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
         there = f"; the checkpoints in {listed}: {', '.join(steps)}" if steps else ""
         raise ValueError(f"{folder}: not a checkpoint of a run (RUN/checkpoints/step-N, with state.json, in a run "
                          f"folder with config.json){there}")
-    stored = jobs.read_json(run_dir / "config.json")
+    stored = storage.read_json(run_dir / "config.json")
     if not isinstance(stored, dict):
         raise ValueError(f"{run_dir / 'config.json'}: not a run's config (a JSON object of its options)")
     data = placed_input(run_dir, stored, "data")
     if not data or not (Path(data) / "tokenizer").is_dir():
         raise ValueError(f"{run_dir}: the data it trained on ({data}), whose tokenizer/ is the model's vocabulary, "
                          f"is not there; put the run back beside its data")
-    plan = jobs.read_json(run_dir / "plan.json") if (run_dir / "plan.json").is_file() else {}
+    plan = storage.read_json(run_dir / "plan.json") if (run_dir / "plan.json").is_file() else {}
     started_on = plan.get("data_sha256") if isinstance(plan, dict) else None
     if started_on not in (None, index_digest(data)):  # another vocabulary, or units of another codebook, perhaps
         raise ValueError(f"{data} was built again since {run_dir} started (its index.json differs), and the model's "
@@ -267,13 +267,13 @@ def model_from_checkpoint(config: FromCheckpointConfig) -> Path:
                          f"{len(vocabulary)}: built again since the run started")
     out = Path(config.out)
     model_lib.check_replaceable_model(out, "a checkpoint's", "write to a new folder")
-    with jobs.atomic_path(out) as staging:
+    with storage.atomic_path(out) as staging:
         model_lib.save_model(model, vocabulary.tokenizer, staging)
         vocabulary.save(staging)
         if units_folder := speech_units_folder(data):
             model_lib.write_model_units(staging, units_folder, final_dir=out)
         (staging / CHECKPOINT_FILE).write_text(json.dumps(
-            {"run": jobs.portable_path(run_dir, out), "step": int(state["step"]),
+            {"run": storage.portable_path(run_dir, out), "step": int(state["step"]),
              "tokens_seen": state.get("tokens_seen")}, indent=2))
     return out
 
@@ -333,7 +333,7 @@ def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainCo
     from transformers import AutoConfig, GenerationConfig
 
     # The version that wrote a config is not part of the model: a run may resume under a newer transformers.
-    its, ours = ({key: value for key, value in jobs.read_json(path).items() if key != "transformers_version"}
+    its, ours = ({key: value for key, value in storage.read_json(path).items() if key != "transformers_version"}
                  for path in (checkpoint / MODEL_CONFIG, run_dir / MODEL_CONFIG))
     if its != ours:
         differing = sorted(key for key in its.keys() | ours.keys() if its.get(key) != ours.get(key))

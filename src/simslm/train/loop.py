@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm import model as model_lib
 from simslm.config import ConfigError
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
@@ -112,12 +112,12 @@ def _run_held(run_dir: Path, distributed: "_Distributed"):
         with contextlib.ExitStack() as held:
             if distributed.is_main:
                 try:
-                    held.enter_context(jobs.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: another process is "
-                                                           f"training this run; wait for it to end, or stop it"))
-                except jobs.Busy as error:
+                    held.enter_context(storage.exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: another process is "
+                                                              f"training this run; wait for it to end, or stop it"))
+                except storage.Busy as error:
                     busy = str(error)
             if distributed.all_sum([float(bool(busy))])[0]:
-                raise jobs.Busy(busy or f"{run_dir}: another process is training this run")
+                raise storage.Busy(busy or f"{run_dir}: another process is training this run")
             yield
     except BaseException:
         if distributed.is_main and created and {p.name for p in run_dir.glob("*")} <= {RUN_LOCK}:
@@ -131,7 +131,7 @@ def _finished_result(config: TrainConfig, run_dir: Path) -> RunResult | None:
     another config or data, as a resume is)."""
     try:
         result = RunResult.load(run_dir)
-        stored = Plan(**jobs.read_json(run_dir / "plan.json"))
+        stored = Plan(**storage.read_json(run_dir / "plan.json"))
         if changed_settings(config, run_dir) or stored.data_sha256 != index_digest(config.data):
             return None
     except (ValueError, TypeError, OSError):  # a torn file, data gone: the usual path says what is wrong
@@ -151,7 +151,7 @@ def shared_recordings(trained_on: Path, held_out: Path) -> tuple[int, int] | Non
     files."""
     def recordings(manifest: Path) -> list[str]:
         base, found = manifest_folder(manifest), []  # one realpath a manifest: a syscall a line is slow
-        for line, problem in jobs.text_lines(manifest):
+        for line, problem in storage.text_lines(manifest):
             try:
                 audio = json.loads(line).get("audio") if line and line.strip() and not problem else None
             except (ValueError, AttributeError):
@@ -367,10 +367,10 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = run_dir / "config.json"
         # run_dir itself may differ: a run folder that was moved (or a sweep copied) resumes where it is now.
-        jobs.write_json(previous, config.to_dict())
-        jobs.write_json(run_dir / "plan.json", asdict(plan))
+        storage.write_json(previous, config.to_dict())
+        storage.write_json(run_dir / "plan.json", asdict(plan))
         if not from_checkpoint:  # the run's model, which a checkpoint's must be to be resumed from (atomic: a
-            jobs.write_text(run_dir / MODEL_CONFIG, model.config.to_json_string(use_diff=False))  # torn one bars it)
+            storage.write_text(run_dir / MODEL_CONFIG, model.config.to_json_string(use_diff=False))  # torn one bars it)
     if model.device.type != "meta":  # a skeleton gets its memory once sharded
         model.to(distributed.device)
     if config.precision == "bf16-weights":
@@ -423,7 +423,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
             # Steps logged after the checkpoint we resume from are done again.
             kept = [line for line in logged.read_text(errors="replace").splitlines()
                     if _logged_step(line) is not None and _logged_step(line) <= start_step]
-            jobs.write_text(logged, "".join(line + "\n" for line in kept))
+            storage.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -484,7 +484,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
         if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
             record["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        with jobs.naming_a_full_disk(metrics_path), open(metrics_path, "a") as handle:
+        with storage.naming_a_full_disk(metrics_path), open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if events is not None:
             _add_scalars(events, "train", record, done)
@@ -596,7 +596,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
             raise ValueError(f"{run_dir}: after its last step {broken}; lower --lr (now {config.lr}) or "
                              f"--grad-clip, and start a new run_dir")
         # Whole or not at all: a run stopped while it saves leaves no model/ of some files only.
-        with jobs.atomic_path(run_dir / "model") as staging:
+        with storage.atomic_path(run_dir / "model") as staging:
             model_lib.save_model(model.to("cpu"), vocabulary.tokenizer, staging)
             # The model folder alone can be evaluated: its vocabulary layout, and where its units come from.
             vocabulary.save(staging)

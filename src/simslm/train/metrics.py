@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 from simslm.train.plan import Losses
 
 
@@ -29,8 +29,8 @@ def training_progress(run_dir: str | os.PathLike) -> tuple[int, int] | None:
     """(the last step metrics.jsonl logged, the plan's steps) of a run begun; None before its first step. Read from
     the file's end: a run of a million steps logs as many lines."""
     try:
-        total = int(jobs.read_json(Path(run_dir) / "plan.json")["total_steps"])
-        tail = jobs.read_tail(Path(run_dir) / "metrics.jsonl").splitlines()
+        total = int(storage.read_json(Path(run_dir) / "plan.json")["total_steps"])
+        tail = storage.read_tail(Path(run_dir) / "metrics.jsonl").splitlines()
     except (OSError, ValueError, KeyError, TypeError):
         return None
     step = next((step for line in reversed(tail) if (step := _logged_step(line)) is not None), None)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from simslm import jobs
 from simslm import model as model_lib
+from simslm import storage
 from simslm.config import Config, ConfigError, check_device, check_positive
 
 
@@ -295,7 +295,7 @@ class RunResult:
 
     def save(self, run_dir: str | os.PathLike) -> None:
         """Write `result.json` atomically."""
-        jobs.write_json(Path(run_dir) / RESULT_FILE, asdict(self))
+        storage.write_json(Path(run_dir) / RESULT_FILE, asdict(self))
 
     @staticmethod
     def exists(run_dir: str | os.PathLike) -> bool:
@@ -307,7 +307,7 @@ class RunResult:
         """The result of a finished run; a ValueError naming the file when it is not one."""
         path = Path(run_dir) / RESULT_FILE
         try:
-            data = jobs.read_json(path)
+            data = storage.read_json(path)
             return cls(**{**data, "parameters": model_lib.ParameterGroups(**data["parameters"]),
                           "final_train": Losses(**data["final_train"]),
                           "validation": Losses(**data["validation"]) if data.get("validation") else None})
@@ -375,7 +375,7 @@ def changed_settings(config: TrainConfig, run_dir: Path) -> list[str]:
     stored_config = run_dir / "config.json"
     if not stored_config.exists():
         return []
-    stored = TrainConfig.from_dict(jobs.read_json(stored_config), source=str(stored_config))
+    stored = TrainConfig.from_dict(storage.read_json(stored_config), source=str(stored_config))
 
     def same(name: str) -> bool:
         before, now = getattr(stored, name), getattr(config, name)
@@ -420,7 +420,7 @@ def resume_plan(config: TrainConfig, run_dir: Path, fresh: Plan, resume_step: in
     if not stored_plan.exists():
         return fresh
     try:
-        previous = Plan(**jobs.read_json(stored_plan))
+        previous = Plan(**storage.read_json(stored_plan))
     except TypeError as error:
         raise ValueError(f"{stored_plan}: not a plan ({error})") from None
     if previous.data_sha256 not in (None, fresh.data_sha256):  # None: a run started before runs recorded it

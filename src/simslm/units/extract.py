@@ -26,7 +26,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, slurm, storage
 from simslm.config import Config, ConfigError, check_device, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.manifest import iter_utterances, manifest_folder
@@ -77,7 +77,7 @@ class ExtractConfig(Config):
     """slurm: partition."""
     timeout_min: int = 240
     """slurm: time limit per job in minutes."""
-    max_requeues: int = jobs.MAX_REQUEUES
+    max_requeues: int = slurm.MAX_REQUEUES
     """slurm: times a job that reaches its time limit is requeued to go on with the shards not yet written."""
     gpus_per_node: int = 0
     """slurm: GPUs per job."""
@@ -196,7 +196,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     elif complete:
         # Shards written before their counts were kept beside them: counted from their lines and the manifest (some
         # 40 GB of JSON and the manifest again at Libri-Light's 21M segments).
-        totals = _summed(shard_totals(map(json.loads, jobs.read_text(path).splitlines()), shard)
+        totals = _summed(shard_totals(map(json.loads, storage.read_text(path).splitlines()), shard)
                          for path, shard in zip(shard_paths, _chunks(all_records(), config.shard_size)))
     else:
         # Other processes are still writing theirs: this run's shards alone. Reading every present shard (some 40
@@ -236,7 +236,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
     an array spent before its first shard."""
     out = Path(config.out)
     header_path = out / "units.json"
-    previous = jobs.read_json(header_path) if header_path.exists() else None
+    previous = storage.read_json(header_path) if header_path.exists() else None
     stamp = manifest_stamp(config.manifest) if from_manifest else None
     offsets = None  # computed with the checked pass, written once the header is known to be this folder's
     if stamp and previous and previous.get("manifest_stamp") == stamp and "num_utterances" in previous:
@@ -253,10 +253,10 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
                 offsets = None
     (out / "shards").mkdir(parents=True, exist_ok=True)
     header = {"encoder": asdict(spec), "frame_rate_hz": codebook.meta.get("frame_rate_hz"),
-              "codebook": jobs.portable_path(kmeans.codebook_path(config.codebook), out),
+              "codebook": storage.portable_path(kmeans.codebook_path(config.codebook), out),
               "codebook_sha256": codebook.sha256,
               "k": codebook.k, "shard_size": config.shard_size,
-              "manifest": jobs.portable_path(config.manifest, out) if from_manifest else config.manifest,
+              "manifest": storage.portable_path(config.manifest, out) if from_manifest else config.manifest,
               "num_shards": -(-num_records // config.shard_size),  # read_units checks they are all there
               "num_utterances": num_records,
               "utterance_ids_sha256": ids_digest,  # of the ids joined by newlines
@@ -265,7 +265,7 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
         header["shard_offsets_sha256"] = hashlib.sha256(offsets.tobytes()).hexdigest()
     if previous is None:
         _write_offsets(out, offsets)
-        jobs.write_json(header_path, header)
+        storage.write_json(header_path, header)
         return num_records
     recorded = EncoderSpec.recorded(previous.get("encoder"))
     if recorded is not None:  # a field recorded since (edge_pad) is at its default, not a difference
@@ -282,18 +282,18 @@ def _prepare_folder(config: ExtractConfig, spec: EncoderSpec, codebook: kmeans.C
         merged = {**previous, **header}  # checked again: the next process need not be
         if offsets is None:
             merged.pop("shard_offsets_sha256", None)  # the offsets there were of the manifest as it was
-        jobs.write_json(header_path, merged)
+        storage.write_json(header_path, merged)
     return num_records
 
 
 def _write_offsets(out: Path, offsets: np.ndarray | None) -> None:
     if offsets is not None:
-        with jobs.atomic_path(out / SHARD_OFFSETS) as temporary:
+        with storage.atomic_path(out / SHARD_OFFSETS) as temporary:
             np.save(temporary, offsets)
 
 
 def _write_report(report: ExtractReport, config: ExtractConfig) -> None:
-    jobs.write_json(Path(report.out) / "report.json", {**asdict(report), "config": asdict(config),
+    storage.write_json(Path(report.out) / "report.json", {**asdict(report), "config": asdict(config),
                                                        "dedup_ratio": round(report.num_frames / max(1, report.num_units),
                                                                             4)})
 
@@ -309,13 +309,13 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
                     lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
     written_before = _shards_present(Path(config.out))[0]
-    executor = jobs.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
-                                      gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
-                                      slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
+    executor = slurm.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
+                                       gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
+                                       slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
     shares = [dataclasses.replace(config, executor="here", shard_index=index) for index in range(config.num_shards)]
-    submitted = executor.map_array(jobs.Resumable(extract_units), shares)
-    failures = jobs.job_failures([(f"shard index {index}", job) for index, job in enumerate(submitted)],
-                                 "units extract jobs")
+    submitted = executor.map_array(slurm.Resumable(extract_units), shares)
+    failures = slurm.job_failures([(f"shard index {index}", job) for index, job in enumerate(submitted)],
+                                  "units extract jobs")
     if failures:
         raise jobs.JobsFailed(f"{config.out}: {len(failures)} of {config.num_shards} jobs failed: "
                               f"{'; '.join(failures)}; re-run to redo only their shards")
@@ -358,7 +358,7 @@ def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[
     if checked:
         lines = ({"id": u.id, "audio": u.audio, "duration_sec": u.duration_sec} for u in iter_utterances(manifest))
     else:
-        lines = (json.loads(line) for line, _ in jobs.text_lines(manifest) if line.strip())
+        lines = (json.loads(line) for line, _ in storage.text_lines(manifest) if line.strip())
     for line in lines:
         yield _record(line, folder)
 
@@ -405,7 +405,7 @@ def _shard_records(manifest: str | os.PathLike, offset: int, count: int) -> list
 
 def _stored_offsets(out: Path, num_shard_files: int) -> np.ndarray | None:
     """The shard offsets units.json vouches for (its digest of them), else None (an older folder: read in turn)."""
-    header = jobs.read_json(out / "units.json")
+    header = storage.read_json(out / "units.json")
     try:
         offsets = np.load(out / SHARD_OFFSETS, allow_pickle=False)
     except (OSError, ValueError):
@@ -531,9 +531,9 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
     elsewhere = shard_index, {"agreement": None, "totals": _summed([]), "elsewhere": True}
     held = contextlib.ExitStack()
     try:
-        held.enter_context(jobs.exclusive_lock(journal.path.with_name(f".{Path(shard_path).stem}.lock"),
-                                               f"{shard_path}: being extracted by another process"))
-    except jobs.Busy:
+        held.enter_context(storage.exclusive_lock(journal.path.with_name(f".{Path(shard_path).stem}.lock"),
+                                                  f"{shard_path}: being extracted by another process"))
+    except storage.Busy:
         return elsewhere
     with held:
         if Path(shard_path).exists():  # written by another process since this one listed what was left
@@ -610,8 +610,8 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
                            "units": units.tolist(), "durations": durations.tolist()}
     totals = shard_totals(lines, records)
     # Its counts first, then the shard (whose presence marks it done): a present shard has them beside it.
-    jobs.write_json(_totals_path(shard_path), totals)
-    jobs.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
+    storage.write_json(_totals_path(shard_path), totals)
+    storage.write_text(shard_path, "".join(json.dumps(line) + "\n" for line in lines))
     return shard_index, {"totals": totals, "agreement": agreement}
 
 
@@ -621,7 +621,7 @@ def _totals_path(shard_path: Path) -> Path:
 
 
 def _read_totals(shard_path: Path) -> dict[str, Any]:
-    totals = jobs.read_json(_totals_path(shard_path))
+    totals = storage.read_json(_totals_path(shard_path))
     return {**totals, "skipped": collections.Counter(totals["skipped"])}
 
 
@@ -716,7 +716,7 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
     out = Path(config.out)
     if (out / "units.json").exists():
         raise ValueError(f"{out} already holds units; import into a new --out folder")
-    jobs.check_replaceable(out, None, "", "import into a new --out folder")  # replaced whole below
+    storage.check_replaceable(out, None, "", "import into a new --out folder")  # replaced whole below
     frame_rate = ENCODERS[config.encoder][0]
     lines, skipped = [], collections.Counter()
     seen: set[str] = set()
@@ -742,17 +742,17 @@ def import_slamkit_features(config: ImportConfig) -> dict[str, Any]:
                               "durations": durations.tolist()})
     if not lines:
         raise ValueError(f"{config.features}: no usable line ({dict(skipped) or 'empty file'})")
-    with jobs.atomic_path(out) as building:
+    with storage.atomic_path(out) as building:
         (building / "shards").mkdir(parents=True)
         for index, start in enumerate(range(0, len(lines), config.shard_size)):
-            jobs.write_text(building / "shards" / f"shard-{index:05d}.jsonl",
-                            "".join(json.dumps(line) + "\n" for line in lines[start:start + config.shard_size]))
-        jobs.write_json(building / "units.json", {
+            storage.write_text(building / "shards" / f"shard-{index:05d}.jsonl",
+                               "".join(json.dumps(line) + "\n" for line in lines[start:start + config.shard_size]))
+        storage.write_json(building / "units.json", {
             # slamkit extracted them, with its edge padding: benchmark audio encoded with the codebook pads alike.
             "encoder": asdict(EncoderSpec.standard(config.encoder)), "frame_rate_hz": frame_rate,
-            "codebook": jobs.portable_path(config.codebook, out) if config.codebook else None,
+            "codebook": storage.portable_path(config.codebook, out) if config.codebook else None,
             "codebook_sha256": codebook.sha256 if codebook else None,
-            "k": config.num_units, "manifest": None, "imported_from": jobs.portable_path(config.features, out),
+            "k": config.num_units, "manifest": None, "imported_from": storage.portable_path(config.features, out),
             "shard_size": config.shard_size})
     return {"num_imported": len(lines), "num_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
             "out": str(out)}

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config, check_device, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
@@ -89,8 +89,8 @@ def fit_codebook(config: FitConfig) -> Path:
     records = [{**record, "path": str(Path(record["path"]).resolve())}
                for number, record in enumerate(_records(config.manifest)) if number in chosen]
     # Two fits into one codebook would write it at once and share its task journal: the second is refused.
-    with jobs.exclusive_lock(_beside_codebook(config.out, "lock"),
-                             f"{config.out}: another `simslm units fit` is writing it"):
+    with storage.exclusive_lock(_beside_codebook(config.out, "lock"),
+                                f"{config.out}: another `simslm units fit` is writing it"):
         return _fit(config, spec, records, device)
 
 
@@ -126,7 +126,7 @@ def _fit(config: FitConfig, spec: EncoderSpec, records: list[dict[str, Any]], de
     used = [r for r in records if r["id"] not in skipped]
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0],
             "corpus_hash": corpus_hash(used, manifest_folder(config.manifest)),
-            "manifest": jobs.portable_path(config.manifest, Path(config.out).parent),
+            "manifest": storage.portable_path(config.manifest, Path(config.out).parent),
             "num_utterances": len(used), "num_frames": int(len(stacked)),
             "num_skipped": len(skipped), "skipped_by_reason": dict(collections.Counter(skipped.values())),
             "backend": backend, "seed": config.seed}

@@ -20,7 +20,7 @@ from typing import Any, Container, Iterator
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 from simslm.units.encoders import ENCODERS, EncoderSpec
 
 
@@ -80,9 +80,10 @@ class UnitSource:
         """From a units.json (or a model's simslm_units.json); its codebook path is placed relative to it."""
         header = Path(header)
         try:
-            data = jobs.read_json(header)
+            data = storage.read_json(header)
             codebook = data.get("codebook")
-            return cls(encoder=data["encoder"], codebook=jobs.placed_path(codebook, header.parent) if codebook else None,
+            return cls(encoder=data["encoder"],
+                       codebook=storage.placed_path(codebook, header.parent) if codebook else None,
                        codebook_sha256=data.get("codebook_sha256"), k=int(data["k"]),
                        frame_rate_hz=data.get("frame_rate_hz"))
         except FileNotFoundError:
@@ -94,7 +95,7 @@ class UnitSource:
         """The JSON fields that record this source in a file in `folder` (the codebook at `codebook` if given)."""
         codebook = codebook or self.codebook
         return {"encoder": self.encoder, "frame_rate_hz": self.frame_rate_hz,
-                "codebook": jobs.portable_path(codebook, folder) if codebook else None,
+                "codebook": storage.portable_path(codebook, folder) if codebook else None,
                 "codebook_sha256": self.codebook_sha256, "k": self.k}
 
     def encoder_settings(self) -> dict[str, Any] | None:
@@ -126,7 +127,7 @@ def checked_manifest(units_folder: str | os.PathLike, manifest: str | os.PathLik
     """Whether the units folder's extraction checked this manifest as it is now (units.json stamps it): every
     line parsed as an utterance, and no id twice."""
     header = Path(units_folder) / "units.json"
-    recorded = jobs.read_json(header).get("manifest_stamp") if header.exists() else None
+    recorded = storage.read_json(header).get("manifest_stamp") if header.exists() else None
     return recorded is not None and recorded == manifest_stamp(manifest)
 
 
@@ -172,7 +173,7 @@ def _shards_present(out: Path) -> tuple[int, int | None]:
     """Shards written in an extraction folder, and how many it has in all (None: an older folder that does not
     say)."""
     header = out / "units.json"
-    expected = jobs.read_json(header).get("num_shards") if header.exists() else None
+    expected = storage.read_json(header).get("num_shards") if header.exists() else None
     return len(list((out / "shards").glob("shard-*.jsonl"))), expected
 
 

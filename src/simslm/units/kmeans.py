@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import storage
 
 
 def codebook_path(name: str | os.PathLike) -> Path:
@@ -66,10 +66,10 @@ class Codebook:
         centroids' digest: a process stopped between the two files (a fit again into the same codebook) leaves the
         new centroids beside the old sidecar, which `load` then refuses rather than describe them with it."""
         path = codebook_path(path)
-        with jobs.atomic_path(path) as temporary:
+        with storage.atomic_path(path) as temporary:
             np.save(temporary, self.centroids.astype(np.float32))
-        jobs.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1]),
-                                                    "codebook_sha256": self.sha256})
+        storage.write_json(path.with_suffix(".json"), {**self.meta, "k": self.k, "dim": int(self.centroids.shape[1]),
+                                                       "codebook_sha256": self.sha256})
         return path
 
     @classmethod
@@ -92,7 +92,7 @@ class Codebook:
         if not np.issubdtype(centroids.dtype, np.number) or not np.isfinite(centroids).all():
             raise ValueError(f"{path}: centroids must be finite numbers (found NaN, inf or non-numbers)")
         sidecar = path.with_suffix(".json")
-        meta = jobs.read_json(sidecar) if sidecar.exists() else {}
+        meta = storage.read_json(sidecar) if sidecar.exists() else {}
         if meta.get("dim") not in (None, centroids.shape[1]):
             raise ValueError(f"{path}: centroids of dimension {centroids.shape[1]}, but {sidecar.name} says the "
                              f"encoder gives {meta['dim']}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, storage
 from simslm.config import Config, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
@@ -219,5 +219,5 @@ def unit_quality(config: QualityConfig) -> dict[str, Any]:
         "num_units_used": int(len(np.unique(units))), "frame_rate_hz": rate,
         "wall_sec": round(time.perf_counter() - started, 3), "config": asdict(config),
     }
-    jobs.write_json(config.out or Path(config.units) / "quality.json", report)
+    storage.write_json(config.out or Path(config.units) / "quality.json", report)
     return report
