@@ -89,6 +89,12 @@ def speech_sequences(extracted, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def data(speech_sequences) -> str:
+    """The sequences the training, batching and sweep tests train on (`speech_sequences`)."""
+    return speech_sequences
+
+
+@pytest.fixture(scope="session")
 def trained_run(extracted, speech_sequences, tmp_path_factory):
     """A tiny TWIST run on the synthetic corpus and a 4-item offline tSC built from held-out stories."""
     from simslm.train.loop import train

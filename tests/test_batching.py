@@ -15,11 +15,6 @@ from tests.sequences.conftest import epoch_documents
 from tests.train.helpers import _losses, _one_process_and_torchrun
 
 
-@pytest.fixture(scope="module")
-def data(speech_sequences):
-    return speech_sequences
-
-
 def _pad_id(data) -> int:
     return Vocabulary.load(Path(data) / "tokenizer").pad_id
 

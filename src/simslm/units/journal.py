@@ -2,8 +2,9 @@
 
 An utterance that ends the process encoding it (the kernel's OOM killer under a job's memory
 limit raises no Python error) would otherwise end every run of an extraction at the same
-shard. The journal beside each shard says which group a dead process held; the next attempt reads or encodes that group one at a time, and skips an
-utterance that ended the process `DEATHS_TO_SKIP` times alone.
+shard. The journal beside each shard says which group a dead process held; the next attempt
+reads or encodes that group one at a time, and skips an utterance that ended the process
+`DEATHS_TO_SKIP` times alone.
 """
 
 from __future__ import annotations
