@@ -173,6 +173,7 @@ def test_a_run_of_pieces_trains_as_slamkits_trainer_over_its_flattening_collator
     assert abs(result.tokens / config.budget_tokens - 1) < 0.25
 
 
+@pytest.mark.slow
 def test_pieces_train_alike_in_one_row_and_in_rows_of_the_context(data, tmp_path, monkeypatch):
     """SDPA takes pieces in rows of the context; flash-attn and flex attention (CUDA only) take them in one row.
     Laid out either way, the documents and so the losses are the same."""
@@ -185,6 +186,7 @@ def test_pieces_train_alike_in_one_row_and_in_rows_of_the_context(data, tmp_path
     assert RunResult.load(tmp_path / "one-row").tokens == RunResult.load(tmp_path / "rows").tokens
 
 
+@pytest.mark.slow
 def test_a_run_of_pieces_killed_mid_way_resumes_bit_for_bit(data, tmp_path, train_stopped_at):
     train(_config(data, tmp_path / "whole"))
     stopped = _config(data, tmp_path / "stopped")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO
 
 _RANK = """
@@ -16,6 +18,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_torchrun_as_a_sweep_starts_it_ends_in_one_line(tmp_path):
     """torch's launcher ended a run stopped by SIGTERM (the sweep's, a scheduler's) with a SignalException
     traceback in the run's log, and one whose rank failed with a ChildFailedError traceback under the rank's own

@@ -145,6 +145,7 @@ def test_a_benchmark_built_again_into_its_folder_replaces_it(tmp_path):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     from simslm import assets
 

@@ -63,6 +63,7 @@ def test_a_candidate_keeps_two_thirds_of_the_words_segments_their_lengths_and_fo
             assert sequence is not None
 
 
+@pytest.mark.slow
 def test_the_candidates_are_the_same_in_every_process_whatever_its_hash_seed():
     import os
     import subprocess
@@ -75,6 +76,7 @@ def test_the_candidates_are_the_same_in_every_process_whatever_its_hash_seed():
     assert len(outputs) == 1 and "AE" in outputs.pop()
 
 
+@pytest.mark.slow
 def test_the_candidates_are_the_ones_wuggys_own_chain_and_filters_give(monkeypatch, tmp_path):
     """Side by side with the `wuggy` package (1.1.2): its BigramChain over the same lexicon, filtered as its
     concentric search filters it at one step (segment lengths, transition frequencies within +-2**step), its
@@ -194,6 +196,7 @@ def test_every_phone_is_spoken_as_the_phoneme_it_names():
     assert nonwords.espeak_mnemonics(("AE", "P", "AH", "L"), (1, 2)) == "'ap,Vl"
 
 
+@pytest.mark.slow
 def test_a_wuggy_swuggy_is_the_dictionarys_words_each_beside_a_balanced_nonword_spoken_from_phonemes(tmp_path):
     source = "tinystories-sample[:300]"
     meta = build_benchmark(BenchBuildConfig(kind="swuggy", out=str(tmp_path / "sw"), source=source, num_items=24,

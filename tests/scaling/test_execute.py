@@ -113,6 +113,7 @@ def test_a_sweep_under_a_long_tmpdir_runs_its_runs_as_new_processes(data, tmp_pa
     assert not list(long.glob("pymp-*"))
 
 
+@pytest.mark.slow
 def test_a_study_moved_with_a_run_in_progress_resumes_that_run(data, tmp_path, train_stopped_at):
     """A sweep and its data moved (or copied) together while a run is half done: the run resumes from its
     checkpoint where it is now. Before, it failed as 'another config (other data, validation_data)'."""

@@ -57,6 +57,7 @@ def _fake_sweep(folder, seeds=(0,), validations=False):
     storage.write_json(folder / "sweep.json", {"spec": {"bench": []}, "runs": runs})
 
 
+@pytest.mark.slow
 def test_report_renders_from_a_small_fake_ledger(tmp_path):
     _fake_sweep(tmp_path)
     fits = collect.fit_sweep(tmp_path, num_resamples=30)
@@ -249,6 +250,7 @@ def test_a_run_far_off_its_isoflop_budget_is_named_in_the_fit(tmp_path):
                for warning in warnings), warnings
 
 
+@pytest.mark.slow
 def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_says_so(tmp_path):
     _fake_sweep(tmp_path)
     (tmp_path / "runs" / "textless-twist-d2-c1e+13" / "metrics.jsonl").unlink()
@@ -262,6 +264,7 @@ def test_a_run_without_a_training_curve_leaves_approach_1_on_final_points_and_sa
     assert 'src="loss_curves.svg"' not in report.write_report(tmp_path).read_text()
 
 
+@pytest.mark.slow
 def test_approach_1_reads_held_out_curves_when_every_run_validated(tmp_path):
     _fake_sweep(tmp_path, validations=True)
     fits = collect.fit_sweep(tmp_path, num_resamples=10)["variants"]

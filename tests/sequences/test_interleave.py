@@ -142,6 +142,7 @@ def _reference_string(utterance, units, mask):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["stories260K", "smollm2"])
 def test_text_runs_keep_the_transcripts_spacing_and_tokenise_as_the_whole_string(base):
     from simslm.model import smollm2_gguf_path

@@ -139,6 +139,7 @@ def test_a_second_run_into_an_output_being_written_is_refused(tmp_path, lock_hel
     assert segment_manifest(config).num_segments >= 1
 
 
+@pytest.mark.slow
 def test_without_word_timings_the_vad_cuts_in_the_silences(tmp_path):
     pytest.importorskip("silero_vad")
     parts, spans = [], []

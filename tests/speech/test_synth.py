@@ -158,6 +158,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_line_that_ends_its_worker_is_named_then_skipped(tmp_path):
     # It used to end every run at that line: the journal resumes there.
     corpus = tmp_path / "corpus.txt"

@@ -117,6 +117,7 @@ def test_a_check_that_cannot_run_warns_and_lets_the_run_go_on(monkeypatch, capsy
                                        "in llama (RuntimeError: no layer to cut)\n")
 
 
+@pytest.mark.slow
 def test_flash_attention_is_given_every_batch_as_one_row_and_trains_as_sdpa(data, tmp_path, monkeypatch):
     """`train` gives a kernel of `ONE_ROW_KERNELS` each batch of training and validation as one row. Given as rows,
     the stand-in lets the documents of a row see one another, and the run is refused before its folder exists."""
@@ -185,6 +186,7 @@ def test_fp32_attention_computes_in_fp32_under_bf16_autocast_and_is_sdpa_in_fp32
     assert torch.equal(logits["sdpa"], logits["sdpa_fp32"])
 
 
+@pytest.mark.slow
 def test_flex_attention_keeps_documents_apart_and_trains_on_cuda_only(data, tmp_path, monkeypatch):
     import torch
     import torch.nn.attention.flex_attention as flex_kernel

@@ -150,6 +150,7 @@ def test_fsdp_of_real_architectures_matches_one_process(extracted, tmp_path, arc
     assert again.loss == pytest.approx(RunResult.load(sharded).validation.loss, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_time_limit_warning_saves_the_step_in_hand_and_hands_over_to_submitit(data, tmp_path, monkeypatch):
     """The warning SLURM sends before a job's time limit: the run saves a checkpoint after the step in hand (not
     the last periodic one), calls submitit's handler (which requeues the job and exits), and the requeued run

@@ -40,6 +40,7 @@ def test_a_packed_batch_scores_each_document_as_if_it_were_alone():
     assert float(packed) == pytest.approx(alone_total, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cross_entropy_in_chunks_gives_the_same_training(data, tmp_path, monkeypatch):
     whole = train(_config(data, tmp_path / "whole", budget_tokens=4 * 4 * 64, validation_data=data))
     from simslm.train import loop as train_module

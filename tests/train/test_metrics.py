@@ -24,6 +24,7 @@ def test_a_training_curve_is_read_from_metrics_jsonl(tmp_path):
     assert loss_curve(tmp_path, "loss_text") is None and loss_curve(tmp_path / "none") is None
 
 
+@pytest.mark.slow
 def test_validations_during_a_run_change_no_step_and_resume_with_it(data, tmp_path):
     plain = train(_config(data, tmp_path / "plain", budget_tokens=12 * 4 * 64, validation_data=data))
     config = _config(data, tmp_path / "validated", budget_tokens=12 * 4 * 64, validation_data=data,

@@ -57,6 +57,7 @@ def test_the_schedule_is_the_hf_trainers_cosine_with_min_lr_as_slamkit_trains(da
         assert ours[0] == 0.0 and max(ours) == pytest.approx(config.lr, rel=0.02) and ours[-1] > config.lr_min
 
 
+@pytest.mark.slow
 def test_a_run_moved_with_its_data_resumes_under_the_new_names(data, tmp_path, train_stopped_at):
     """A run folder and the data beside it, moved together mid-run (another disk, a renamed project), resume
     under their new names; data at another place is still another run's."""
