@@ -20,7 +20,7 @@ one set per folder and mode, scored with the run's own model:
 
 The "before" scorer is `simslm/eval/scoring.py` as it was at `--before`, read from git
 history, at its default batch of 16: the baseline, on glibc's malloc defaults as it then ran,
-and again with freed memory kept for reuse (`jobs.keep_freed_memory`, which simslm now sets
+and again with freed memory kept for reuse (`machine.keep_freed_memory`, which simslm now sets
 in every process), which tells the allocator's share from the scorer's. Today's scorer runs at
 its defaults (`ScoringOptions`: batch 32, two batches at once, each on one of the 2 threads) and
 one batch at a time. Each contender is a process of its own (spawned), so that none inherits
@@ -130,11 +130,11 @@ def _set_up(scorer: str, before_commit: str, num_pairs: int, keep_memory: bool, 
     model is that run's and `sets` are given."""
     import torch
 
-    from simslm import jobs
+    from simslm import machine
     from simslm.eval import scoring
 
     if keep_memory:
-        jobs.keep_freed_memory()
+        machine.keep_freed_memory()
     torch.manual_seed(0)
     if run is not None:
         from simslm.eval.evaluate import load_run_model

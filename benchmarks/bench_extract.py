@@ -127,7 +127,7 @@ def main() -> None:
                "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "groups": {}}
 
     # A shard's audio from disk, as a worker reads it before encoding: the same utterances as 16 kHz FLAC files.
-    from simslm import jobs
+    from simslm import machine
     from simslm.speech import audio
     from simslm.units.extract import load_all
 
@@ -135,7 +135,7 @@ def main() -> None:
     records = [{"path": str(flac / f"{i}.flac")} for i in range(len(batch))]
     for record, samples in zip(records, batch):
         audio.write_audio(record["path"], samples)
-    cores = jobs.default_workers()
+    cores = machine.default_workers()
     results["groups"]["loading FLAC (16 kHz)"] = _race({
         "one thread": lambda b: load_all(records, 1, "soxr"),
         f"{cores} threads (a worker with every core)": lambda b: load_all(records, cores, "soxr")},

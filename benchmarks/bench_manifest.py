@@ -6,7 +6,7 @@ A manifest of N synthetic utterances of W timed words each (Libri-Light's 10-sec
 written to a temporary folder; each reader then runs in a fresh interpreter, which reports its wall time and its peak
 resident memory (`ru_maxrss`). The readers:
 - `read_manifest`: the whole manifest as Utterance objects, as sequences build and align hold it;
-- `units records`: the ids, audio paths and durations `units fit` and `units extract` read (`extract._records`),
+- `units records`: the ids, audio paths and durations `units fit` and `units extract` read (`extract.manifest_records`),
   streamed as they stream them (before the fifteenth session they kept the list);
 - `read_units`: a units folder of the same utterances (`--units` units each), all of it, and the 16th of it that a
   part of `sequences build --num-shards 16` keeps (`read_units(out, ids)`);
@@ -25,7 +25,7 @@ resident memory (`ru_maxrss`). The readers:
   units.json stamping the manifest (as an extraction that checked it writes); `--build-parts N` builds part 0 of N
   instead, so that the part's memory can be read against the utterances it holds;
 - `units records, checked`: the first of those passes, which parses and checks every line as a manifest line
-  (`_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
+  (`manifest_records(checked=True)`); the plain `units records` is the quick pass that reads only each line's JSON;
 - `write_manifest`: writing the manifest's utterances, read before the timing starts (`Utterance.to_json`);
 - `read_ctm` and `ctm index`: a CTM of the same utterances' words, grouped in memory as `read_ctm` does, and indexed
   by byte ranges as `align --method ctm` now reads it (`align._CtmIndex`);
@@ -47,9 +47,10 @@ import numpy as np
 
 READERS = {
     "read_manifest": "from simslm.speech.manifest import read_manifest as read",
-    "units records": "from simslm.units.extract import _records\nread = lambda m: range(sum(1 for _ in _records(m)))",
-    "units records, checked": "from simslm.units.extract import _records\n"
-                              "read = lambda m: range(sum(1 for _ in _records(m, checked=True)))",
+    "units records": "from simslm.units.extract import manifest_records\n"
+                     "read = lambda m: range(sum(1 for _ in manifest_records(m)))",
+    "units records, checked": "from simslm.units.extract import manifest_records\n"
+                              "read = lambda m: range(sum(1 for _ in manifest_records(m, checked=True)))",
     "write_manifest": "import sys\nfrom pathlib import Path\n"
                       "from simslm.speech.manifest import iter_utterances, write_manifest\n"
                       "utterances = list(iter_utterances(sys.argv[1]))  # before the timing\n"
@@ -93,7 +94,7 @@ READERS = {
                                                    "folder / 'codebook.npy'), out=str(folder / 'kept'), "
                                                    "shard_size=1000)\n"
                                                    "extract.extract_units(config)  # before the timing\n"
-                                                   "for i, shard in enumerate(extract._chunks(extract._records("
+                                                   "for i, shard in enumerate(extract._chunks(extract.manifest_records("
                                                    "sys.argv[1]), 1000)):\n"
                                                    "    path = folder / 'kept' / 'shards' / f'shard-{i:05d}.jsonl'\n"
                                                    "    storage.write_json(extract._totals_path(path), "

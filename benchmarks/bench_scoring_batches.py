@@ -23,7 +23,7 @@ def main() -> None:
     import torch
     from bench_eval import KINDS, synthetic_sets
 
-    from simslm import jobs
+    from simslm import machine
     from simslm.eval.scoring import sequence_log_likelihoods
     from simslm.sequences.vocabulary import Vocabulary
     from simslm.train.build import build_model
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    jobs.keep_freed_memory()
+    machine.keep_freed_memory()
     torch.manual_seed(0)
     vocabulary = Vocabulary.build("stories260K", num_units=500)
     model = build_model(TrainConfig(run_dir="", data="", base_model="stories260K", budget_tokens=1), len(vocabulary),

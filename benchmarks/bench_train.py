@@ -22,7 +22,7 @@ schedule, alternating the runs, and reports the median step (after 3 warm-up ste
 the whole loop (compiling included) of each, as ratios to the Trainer's.
 
 Every training run is a fresh process of its own (spawned), so no contender inherits
-another's state: simslm keeps freed memory for reuse (`jobs.keep_freed_memory`, glibc's
+another's state: simslm keeps freed memory for reuse (`machine.keep_freed_memory`, glibc's
 malloc settings, once per process), a plain Trainer runs on glibc's defaults ("HF Trainer,
 freed memory kept" shows the Trainer with simslm's setting), and compiled kernels stay
 with the run that compiled them.
@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simslm import jobs
+from simslm import machine
 from simslm import model as model_lib
 from simslm.sequences.build import BuildConfig, build_sequences
 from simslm.sequences.loader import PackedLoader
@@ -100,7 +100,7 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
                shape: Shape = Shape()) -> tuple[float, float]:
     """Median step throughput after 3 warm-up steps, and whole-loop throughput.
 
-    `keep_memory`: with simslm's malloc settings (`jobs.keep_freed_memory`) instead of glibc's defaults.
+    `keep_memory`: with simslm's malloc settings (`machine.keep_freed_memory`) instead of glibc's defaults.
 
     `documents_apart`: the rows' position ids go in too, so transformers keeps each packed document to itself
     as simslm does (slamkit's Trainer does the same through `DataCollatorWithFlattening`); a plain Trainer on
@@ -109,7 +109,7 @@ def hf_trainer(data: str, depth: int, steps: int, scratch: Path, documents_apart
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     if keep_memory:
-        jobs.keep_freed_memory()
+        machine.keep_freed_memory()
     vocabulary = Vocabulary.load(Path(data) / "tokenizer")
     model = model_lib.build_family_model(depth, len(vocabulary), seed=0, context_length=shape.context_length,
                                          aspect_ratio=aspect_ratio)

@@ -122,7 +122,7 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
     import torch
     from transformers import HubertConfig, HubertModel
 
-    from simslm import jobs
+    from simslm import machine
     from simslm.speech import audio
     from simslm.speech.manifest import Utterance, write_manifest
     from simslm.units import extract, kmeans
@@ -174,7 +174,7 @@ def extraction(prepared: Path, out: Path, tiny: bool, device: str) -> dict:
             rates[name].append(audio_sec / extract_into(folder / f"units-{repeat}-{name.split()[0]}"))
     extract.load_all = real
     agreement = json.loads((folder / "units-first" / "report.json").read_text())["half_precision_agreement"]
-    result = {"utterances": len(utterances), "audio_sec": round(audio_sec, 1), "threads": jobs.default_workers(),
+    result = {"utterances": len(utterances), "audio_sec": round(audio_sec, 1), "threads": machine.default_workers(),
               "first_call_sec": round(first_call, 2),
               "realtime_factor": {name: statistics.median(values) for name, values in rates.items()},
               "bf16_agreement": agreement}

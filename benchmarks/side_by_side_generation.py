@@ -51,9 +51,9 @@ def main() -> None:
     from slamkit.tokeniser.interleaving_tokeniser import GenerationInput
 
     from simslm.eval.bench_units import _join_audio
-    from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
+    from simslm.eval.generation import continuation_options, continuation_text, sample_continuation, speech_prompt
     if args.earlier_rules:
-        _prompt, continuation_options, continuation_text = _earlier_rules()
+        speech_prompt, continuation_options, continuation_text = _earlier_rules()
     from simslm.model import FromSlamkitConfig, from_slamkit, load_model_folder
     from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
     from simslm.speech import audio
@@ -110,7 +110,7 @@ def main() -> None:
         def simslm_side(mode: str, number: int):
             if mode.startswith("S"):
                 units, _ = deduplicate(codebook.assign(LogMelEncoder().encode(ours_waves[number])))
-                ids = _prompt(vocabulary, units, SPEECH_MARKER if mode == "S2S" else TEXT_MARKER)
+                ids = speech_prompt(vocabulary, units, SPEECH_MARKER if mode == "S2S" else TEXT_MARKER)
             else:
                 ids = np.asarray(vocabulary.encode_samples([f"{TEXT_MARKER}{texts[number]}{SPEECH_MARKER}"])[0])
             new = sample_continuation(ours_model, ids, max_new_tokens=args.new_tokens, temperature=0,
@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def _earlier_rules():
-    """`_prompt`, `continuation_options` and `continuation_text` as simslm had them before the twenty-second
+    """`speech_prompt`, `continuation_options` and `continuation_text` as simslm had them before the twenty-second
     session: speech drawn from the units alone, text from the ids below them, no stop at EOS, a spoken prompt
     with no opening marker, text decoded with `skip_special_tokens`."""
     def prompt(vocabulary, units, output_marker):

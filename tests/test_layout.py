@@ -9,7 +9,7 @@ PACKAGE = Path(simslm.__file__).parent
 
 # Pipeline order; a module may import its own stage and the stages before it, never a later one.
 STAGES = (
-    ("simslm", "simslm.config", "simslm.storage", "simslm.jobs", "simslm.slurm", "simslm.torchrun"),
+    ("simslm", "simslm.config", "simslm.storage", "simslm.machine", "simslm.jobs", "simslm.slurm", "simslm.torchrun"),
     ("simslm.assets",),
     ("simslm.speech",),
     ("simslm.units",),

@@ -571,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_hub_progress_bars()
     args = parse_arguments(argv)
     name = f"simslm {args.command_words}"
-    from simslm.jobs import Stopped, keep_freed_memory, stop_on_sigterm, threads_within_quota
+    from simslm.jobs import Stopped, stop_on_sigterm
+    from simslm.machine import keep_freed_memory, threads_within_quota
 
     keep_freed_memory()
     threads_within_quota()

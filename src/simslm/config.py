@@ -388,7 +388,7 @@ def check_not_input(config: Any, name: str, input_name: str, what: str,
 
 
 def check_device(config: Any) -> None:
-    """Raise ConfigError unless --device is auto, cpu, cuda or cuda:N, the devices `jobs.torch_device` and training
+    """Raise ConfigError unless --device is auto, cpu, cuda or cuda:N, the devices `machine.torch_device` and training
     take: `--device gpu` was read as CUDA asked for (and `mps` as well), and on a GPU machine it reached torch."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not '{config.device}'")

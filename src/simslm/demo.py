@@ -278,7 +278,7 @@ def run_demo(config: DemoConfig) -> str:
     def evaluated_again(stage: str) -> None:
         """A benchmark built after the sweep (a stage new to a folder from before it, or one whose output was
         removed): the sweep and fit run again, and the sweep scores its runs on the benchmarks they hold no result
-        of the folder now there for (`ledger._unevaluated`); no run is trained again."""
+        of the folder now there for (`ledger.unevaluated`); no run is trained again."""
         finished = [name for name in ("sweep", "fit") if (out / "stages" / f"{name}.json").exists()]
         for name in finished:
             (out / "stages" / f"{name}.json").unlink()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import assets, jobs, storage
+from simslm import assets, machine, storage
 from simslm.config import Config, ConfigError, check_not_input
 
 _LLAMA2C_HEADER = struct.Struct("<7i")
@@ -105,7 +105,7 @@ def load_gguf(path: Path):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     **jobs.float32_weights()).eval()
+                                                     **machine.float32_weights()).eval()
     except (OSError, ValueError, KeyError, struct.error) as error:  # struct: a file cut short
         message = " ".join(str(error).split())[:300]
         kind = "struct.error, cut short?" if isinstance(error, struct.error) else error.__class__.__name__
@@ -163,7 +163,7 @@ def load_model_folder(source: str | os.PathLike, device: str = "cpu"):
         raise ValueError(complaint)
     try:
         # trust_remote_code stays off: only architectures transformers itself defines.
-        return AutoModelForCausalLM.from_pretrained(str(source), **jobs.float32_weights()).to(device).eval()
+        return AutoModelForCausalLM.from_pretrained(str(source), **machine.float32_weights()).to(device).eval()
     except (OSError, ValueError, SafetensorError, KeyError, RuntimeError) as error:
         message = " ".join(str(error).split())[:300]
         raise ValueError(f"{source}: cannot load the model ({error.__class__.__name__}: {message})") from None
@@ -548,7 +548,7 @@ def slamkit_model(checkpoint: str | os.PathLike):
     # dtype "auto": the weights' own dtype (the config's was dropped above: it names slamkit's load, not these).
     # Weights of another shape are listed (ignore_mismatched_sizes), to be refused below by name, not raised.
     model, info = architecture.from_pretrained(None, config=config, state_dict=state, output_loading_info=True,
-                                               ignore_mismatched_sizes=True, **jobs.weights_dtype("auto"))
+                                               ignore_mismatched_sizes=True, **machine.weights_dtype("auto"))
     missing = [name for name in info["missing_keys"] if not (config.tie_word_embeddings and name == "lm_head.weight")]
     if missing or info["unexpected_keys"] or info["mismatched_keys"]:
         raise ValueError(f"{folder}: weights do not fit a {model_type} of that config (missing {missing[:3]}, "

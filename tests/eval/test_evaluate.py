@@ -461,7 +461,7 @@ def test_a_quick_look_on_a_sample_of_pairs_never_replaces_a_whole_score(trained_
     eval.json, over the sweep's scores of every pair, and the sweep, its fit and its report then read the sample."""
     import shutil
 
-    from simslm.scaling.ledger import _unevaluated
+    from simslm.scaling.ledger import unevaluated
 
     run, bench = trained_run
     mine = tmp_path / "run"
@@ -470,10 +470,10 @@ def test_a_quick_look_on_a_sample_of_pairs_never_replaces_a_whole_score(trained_
     evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",), max_pairs=2))
     sampled = json.loads((mine / "eval.json").read_text())["benchmarks"]["tsc/T"]
     assert (sampled["num_pairs"], sampled["sampled_from"]) == (2, 4)
-    assert _unevaluated(mine, (str(bench),)) == (str(bench),)  # a sweep scores it again, whole
+    assert unevaluated(mine, (str(bench),)) == (str(bench),)  # a sweep scores it again, whole
     evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",)))
     whole = (mine / "eval.json").read_text()
-    assert json.loads(whole)["benchmarks"]["tsc/T"]["sampled_from"] is None and _unevaluated(mine, (str(bench),)) == ()
+    assert json.loads(whole)["benchmarks"]["tsc/T"]["sampled_from"] is None and unevaluated(mine, (str(bench),)) == ()
     with pytest.raises(ValueError, match=r"eval.json: holds results of tsc on every pair, which --max-pairs 2 would "
                                          r"replace with a sample; write the quick look elsewhere with --out FOLDER"):
         evaluate_run(EvalConfig(run=str(mine), bench=(str(bench),), modes=("T",), max_pairs=2))

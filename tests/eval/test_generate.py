@@ -46,7 +46,7 @@ def test_a_spoken_prompt_cut_to_its_first_seconds_as_slamkit_cuts_it(trained_run
     `eval generation=` cut it; the whole recording by default, and a cut past its end is the whole of it."""
     from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
     from simslm.eval.evaluate import load_run_model
-    from simslm.eval.generation import _prompt
+    from simslm.eval.generation import speech_prompt
     from simslm.sequences.vocabulary import SPEECH_MARKER
 
     run, bench = trained_run
@@ -63,7 +63,7 @@ def test_a_spoken_prompt_cut_to_its_first_seconds_as_slamkit_cuts_it(trained_run
     first_second = cut_prompt(spoken, source, 1.0)
     units = units_for_audio([first_second], source, bench_units_cache())[first_second]
     _, vocabulary, _ = load_run_model(run, "cpu")
-    assert cut == _prompt(vocabulary, units, SPEECH_MARKER).tolist() and one == 1.0 and no_cut is None
+    assert cut == speech_prompt(vocabulary, units, SPEECH_MARKER).tolist() and one == 1.0 and no_cut is None
     assert len(cut) < len(whole) and past == whole
 
 

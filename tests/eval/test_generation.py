@@ -75,7 +75,7 @@ def test_a_continuation_may_take_the_ids_slamkit_allows_and_ends_at_eos(vocabula
     """slamkit's `SpeechLM.generate`: HF `generate` with `bad_words_ids` = the interleaving tokeniser's
     `get_ignore_tokens(modality)` and the model's EOS ending it. For speech that bans every text token and both
     markers but BOS and EOS; for text, the units. Its decoding drops pad, BOS, EOS and the markers."""
-    from simslm.eval.generation import _prompt, continuation_options, continuation_text
+    from simslm.eval.generation import continuation_options, continuation_text, speech_prompt
     from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
 
     tokenizer = vocabulary.tokenizer
@@ -119,9 +119,9 @@ def test_a_continuation_may_take_the_ids_slamkit_allows_and_ends_at_eos(vocabula
 
     # Speech continued in speech: the units and the speech marker (the speech-only `generate`, GenPPL's path); in
     # text, opened by the speech marker as `cm_generate` writes an interleaved input.
-    assert _prompt(vocabulary, np.array([3, 4]), SPEECH_MARKER).tolist() == [
+    assert speech_prompt(vocabulary, np.array([3, 4]), SPEECH_MARKER).tolist() == [
         vocabulary.unit_offset + 3, vocabulary.unit_offset + 4, vocabulary.speech_id]
-    assert _prompt(vocabulary, np.array([3]), TEXT_MARKER).tolist() == [
+    assert speech_prompt(vocabulary, np.array([3]), TEXT_MARKER).tolist() == [
         vocabulary.speech_id, vocabulary.unit_offset + 3, vocabulary.text_id]
 
     ids = tokenizer("Once upon a time", add_special_tokens=False)["input_ids"]

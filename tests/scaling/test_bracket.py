@@ -150,9 +150,9 @@ def test_bracketing_while_the_grid_runs_reads_the_ledger_when_a_run_ends_its_cel
     monkeypatch.setattr(bracket, "_grown_runs", lambda sweep_dir: judged.append(sweep_dir) or [])
     for size in ("d1", "d2"):
         finished.add(runs[size, 4e8]["id"])
-        assert bracket._grown_after(tmp_path, runs[size, 4e8]["id"]) == []
+        assert bracket.grown_after(tmp_path, runs[size, 4e8]["id"]) == []
     assert judged == [tmp_path]  # once, when d2 ended the 4e8 cell; 8e8 has not ended
-    assert bracket._grown_after(tmp_path, "no-such-run") == [] and len(judged) == 1
+    assert bracket.grown_after(tmp_path, "no-such-run") == [] and len(judged) == 1
 
 
 def test_the_edges_of_a_synthetic_ledger():

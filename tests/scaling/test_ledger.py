@@ -16,7 +16,7 @@ from tests.scaling.helpers import _fake_sacct, _spec, _started_run
 def test_a_run_evaluated_part_way_is_evaluated_on_the_rest_only(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {"sblimp": {}, "tsc/S": {}, "tsc/T": {}}}))
     bench = ("bench/sblimp", "tsc=bench/tsc", "swuggy=bench/wuggy", "validation")
-    assert ledger._unevaluated(tmp_path, bench) == ("swuggy=bench/wuggy", "validation")
+    assert ledger.unevaluated(tmp_path, bench) == ("swuggy=bench/wuggy", "validation")
     assert not ledger._evaluated(tmp_path, bench) and ledger._evaluated(tmp_path, bench[:2])
 
 
@@ -41,7 +41,7 @@ def test_a_run_scored_on_a_benchmark_folder_built_again_since_is_scored_again(tm
     bench = (f"swuggy={folder}",)
     assert ledger._evaluated(run, bench)
     build(folder, ["cat", "pig"])  # other words (a new seed, another way of making non-words)
-    assert ledger._unevaluated(run, bench) == bench
+    assert ledger.unevaluated(run, bench) == bench
     build(folder, ["cat", "dog"])  # built again alike: the same benchmark, scored
     assert ledger._evaluated(run, bench)
     # A result from before digests were recorded: stale where the folder was built after it was written.
@@ -50,7 +50,7 @@ def test_a_run_scored_on_a_benchmark_folder_built_again_since_is_scored_again(tm
     assert ledger._evaluated(run, bench)
     later = (run / "eval.json").stat().st_mtime + 10
     os.utime(folder / "bench.json", (later, later))
-    assert ledger._unevaluated(run, bench) == bench
+    assert ledger.unevaluated(run, bench) == bench
 
 
 def test_a_run_whose_long_sides_were_cut_before_is_scored_again_as_slamkit_scores_them(tmp_path):
@@ -60,7 +60,7 @@ def test_a_run_whose_long_sides_were_cut_before_is_scored_again_as_slamkit_score
     (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {
         "tsc/S": cut, "tsc/T": {"num_cut": 0, "scoring": {}}, "sblimp": {"num_cut": 0, "scoring": {}},
         "old/S": {**cut, "scoring": {"long_sides": "whole"}}}}))
-    assert ledger._unevaluated(tmp_path, ("tsc=bench/tsc", "bench/sblimp", "old=bench/old")) == ("tsc=bench/tsc",)
+    assert ledger.unevaluated(tmp_path, ("tsc=bench/tsc", "bench/sblimp", "old=bench/old")) == ("tsc=bench/tsc",)
 
 
 def test_a_run_evaluated_on_a_published_set_named_by_hub_id_counts_as_evaluated(tmp_path):
@@ -70,7 +70,7 @@ def test_a_run_evaluated_on_a_published_set_named_by_hub_id_counts_as_evaluated(
     (tmp_path / "eval.json").write_text(json.dumps({"benchmarks": {
         "multispeaker-storycloze/sSC": {}, "generation": {}, "a=b": {}}}))
     bench = ("slprl/multispeaker-storycloze:sSC", "generation=prompts/tsc", "a=b=bench/c", "slprl/sblimp")
-    assert ledger._unevaluated(tmp_path, bench) == ("slprl/sblimp",)
+    assert ledger.unevaluated(tmp_path, bench) == ("slprl/sblimp",)
 
 
 def test_a_half_written_result_is_not_done_and_a_locked_run_is_skipped(data, tmp_path):

@@ -123,7 +123,7 @@ def test_a_sweep_over_data_built_again_since_its_plan_is_refused(data, tmp_path)
     (tmp_path / "other").rename(tmp_path / "moved")
     moved = sweep.load_sweep(tmp_path / "moved" / "sweep")
     assert list(moved["data_sha256"]) == [str(tmp_path / "moved" / "seq")]
-    sweep._check_inputs_unchanged(moved)
+    sweep.check_inputs_unchanged(moved)
 
 
 def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_path):
@@ -146,7 +146,7 @@ def test_a_sweep_whose_twist_source_changed_since_its_plan_is_refused(data, tmp_
             attempt()
     assert not (tmp_path / "twist" / "runs").exists() or not any((tmp_path / "twist" / "runs").iterdir())
     sweep.plan_sweep(scratch, tmp_path / "scratch")
-    sweep._check_inputs_unchanged(sweep.load_sweep(tmp_path / "scratch"))
+    sweep.check_inputs_unchanged(sweep.load_sweep(tmp_path / "scratch"))
 
 
 def test_a_sweep_of_models_its_runs_cannot_start_from_is_refused_when_planned(data, tmp_path, monkeypatch):
@@ -248,8 +248,8 @@ def test_a_sweep_with_two_benchmarks_of_one_name_is_refused():
     """Every run's eval.json would file both under one name, the second's results over the first's."""
     with pytest.raises(ValueError, match=r"^bench: 2 benchmarks named sblimp \(mine/sblimp, theirs/sblimp\), whose "
                                          r"results would take one name in eval.json"):
-        sweep._check_benchmarks({"bench": ["mine/sblimp", "theirs/sblimp"]})
-    sweep._check_benchmarks({"bench": []})
+        sweep.check_benchmarks({"bench": ["mine/sblimp", "theirs/sblimp"]})
+    sweep.check_benchmarks({"bench": []})
 
 
 def test_a_size_or_grid_point_given_twice_is_refused(data, tmp_path):

@@ -89,7 +89,7 @@ def test_an_epoch_of_more_shard_files_than_ulimit_allows_raises_the_limit_or_say
     import subprocess
     import sys
 
-    from simslm import jobs, storage
+    from simslm import machine, storage
 
     _, out = build(context_length=64, num_epochs=2, chunks_per_shard=1)
     counts = [len(epoch["shards"]) for epoch in storage.read_json(f"{out}/index.json")["epochs"]]
@@ -103,7 +103,7 @@ def test_an_epoch_of_more_shard_files_than_ulimit_allows_raises_the_limit_or_say
                             capture_output=True, text=True)
     assert raised.returncode == 0, raised.stderr
     # The tokens and positions of one epoch, and what the interpreter holds (about 10 files).
-    assert soft < int(raised.stdout) <= 2 * max(counts) + jobs.SPARE_OPEN_FILES + 60
+    assert soft < int(raised.stdout) <= 2 * max(counts) + machine.SPARE_OPEN_FILES + 60
     # The hard limit too low: one line saying which folder needs how many, and what to do.
     refused = subprocess.run([sys.executable, str(script), out, "200", "200"], capture_output=True, text=True)
     assert refused.returncode != 0

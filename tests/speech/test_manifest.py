@@ -171,7 +171,7 @@ def test_a_manifest_read_through_a_link_finds_its_audio_where_it_was_written(tmp
 
     from simslm import assets
     from simslm.speech.align import AlignConfig, align_manifest
-    from simslm.units.extract import _records
+    from simslm.units.extract import manifest_records
 
     name = "1272-128104-0000"
     corpus = tmp_path / "data" / "corpus"
@@ -184,7 +184,7 @@ def test_a_manifest_read_through_a_link_finds_its_audio_where_it_was_written(tmp
     link.parent.mkdir(parents=True)
     link.symlink_to(corpus / "manifest.jsonl")
     assert validate_manifest(link) == []
-    assert [record["path"] for record in _records(link)] == [str(corpus / "audio" / f"{name}.flac")]
+    assert [record["path"] for record in manifest_records(link)] == [str(corpus / "audio" / f"{name}.flac")]
     out = tmp_path / "work" / "aligned.jsonl"
     ctm = assets.resolve("librispeech-samples").file(f"{name}.ctm")
     align_manifest(AlignConfig(manifest=str(link), out=str(out), method="ctm", source=str(ctm)))
@@ -195,7 +195,7 @@ def test_an_utterance_whose_audio_is_a_url_is_said_to_be_one(tmp_path):
     """A corpus listing its remote files: the URL was joined to the manifest's folder and reported as
     "/data/http:/example.com/a.flac: file does not exist", and extraction counted it so."""
     from simslm.speech import audio
-    from simslm.units.extract import _record, _skip_reason
+    from simslm.units.extract import _record, skip_reason
 
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps(_utterance(audio="https://example.com/corpus/a.flac").to_json()) + "\n")
@@ -205,4 +205,4 @@ def test_an_utterance_whose_audio_is_a_url_is_said_to_be_one(tmp_path):
     record = _record({"id": "u1", "audio": "https://example.com/corpus/a.flac", "duration_sec": 1.0}, tmp_path)
     with pytest.raises(Exception) as raised:
         audio.load_audio(record["path"])
-    assert _skip_reason(raised.value) == audio.AudioProblem.URL.value
+    assert skip_reason(raised.value) == audio.AudioProblem.URL.value

@@ -75,7 +75,7 @@ def _one_process_and_torchrun(data, tmp_path, shared=None, **parallel_changes):
     return tmp_path / "single", tmp_path / "parallel"
 
 
-# `simslm` under torchrun, each process writing down what `_Distributed.all_sum` (a collective read back on the host,
+# `simslm` under torchrun, each process writing down what `Distributed.all_sum` (a collective read back on the host,
 # which on a GPU waits for everything launched before it) was called with: the number of values, call by call.
 READS_COUNTED = """
 import atexit, json, os, sys
@@ -84,8 +84,8 @@ from pathlib import Path
 import simslm.train.distributed
 from simslm.cli import run
 
-reads, all_sum = [], simslm.train.distributed._Distributed.all_sum
-simslm.train.distributed._Distributed.all_sum = lambda self, values: reads.append(len(values)) or all_sum(self, values)
+reads, all_sum = [], simslm.train.distributed.Distributed.all_sum
+simslm.train.distributed.Distributed.all_sum = lambda self, values: reads.append(len(values)) or all_sum(self, values)
 # Written at exit, as the command's process ends (`run`): its exit handlers still run.
 atexit.register(lambda: Path(__file__).with_name(f"reads.{os.environ['RANK']}.json").write_text(json.dumps(reads)))
 run(sys.argv[1:])

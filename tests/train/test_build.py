@@ -58,7 +58,7 @@ def test_rows_end_to_end_keep_their_documents_apart_as_flash_attention_dispatche
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from simslm.sequences.loader import Batch, pack_rows
-    from simslm.train.loss import _loss_and_totals, _to_device
+    from simslm.train.loss import _loss_and_totals, to_device
 
     _register_varlen_like()
     rng = np.random.default_rng(0)
@@ -72,7 +72,7 @@ def test_rows_end_to_end_keep_their_documents_apart_as_flash_attention_dispatche
     def totals(kernel: str, one_row: bool):
         model.set_attn_implementation(kernel)
         with torch.no_grad():
-            return _loss_and_totals(model, *_to_device(batch, "cpu", one_row), kinds, contextlib.nullcontext())[1]
+            return _loss_and_totals(model, *to_device(batch, "cpu", one_row), kinds, contextlib.nullcontext())[1]
 
     rows = totals("sdpa", False)
     assert torch.allclose(totals("varlen_like", True), rows, rtol=1e-6, atol=0)

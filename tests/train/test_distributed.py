@@ -34,7 +34,7 @@ def test_a_process_asked_to_stop_through_another_one_only_stops_too(tmp_path):
     from simslm.jobs import Stopped
 
     with pytest.raises(Stopped, match="stopped with the other processes after step 7"):
-        train_module._StopRequest().finish(tmp_path, 7)
+        train_module.StopRequest().finish(tmp_path, 7)
 
 
 @pytest.mark.slow
@@ -157,7 +157,7 @@ def test_a_time_limit_warning_saves_the_step_in_hand_and_hands_over_to_submitit(
     ends as one never stopped did."""
     pytest.importorskip("submitit")
     import simslm.train.loop as train_module
-    from simslm.train.distributed import _StopRequest
+    from simslm.train.distributed import StopRequest
 
     config = dict(budget_tokens=12 * 4 * 64, checkpoint_every=4, num_checkpoints_kept=5)
     reference = train(_config(data, tmp_path / "reference", **config))
@@ -196,7 +196,7 @@ def test_a_time_limit_warning_saves_the_step_in_hand_and_hands_over_to_submitit(
     assert requeued.final_train == reference.final_train and requeued.validation == reference.validation
     # Outside a submitit job the signal is left alone.
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         assert stop.signum != signal.SIGUSR2 and signal.getsignal(signal.SIGUSR2) is previous
 
 
@@ -350,7 +350,7 @@ def test_a_cuda_device_is_refused_where_there_is_none_and_cuda_n_is_that_gpu(dat
     import torch
 
     from simslm.cli import main
-    from simslm.train.distributed import _Distributed
+    from simslm.train.distributed import Distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device in ("cuda", "cuda:1"):
@@ -365,11 +365,11 @@ def test_a_cuda_device_is_refused_where_there_is_none_and_cuda_n_is_that_gpu(dat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    assert _Distributed("cuda:1").device == "cuda:1" and chosen == ["cuda:1"]
-    assert _Distributed("cuda").device == "cuda" and _Distributed("cpu").device == "cpu"
+    assert Distributed("cuda:1").device == "cuda:1" and chosen == ["cuda:1"]
+    assert Distributed("cuda").device == "cuda" and Distributed("cpu").device == "cpu"
     with pytest.raises(ValueError, match=r"--device cuda:2: torch sees 2 CUDA device\(s\) here"):
-        _Distributed("cuda:2")
+        Distributed("cuda:2")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="--device cuda:1 names one GPU for all 2 processes; under torchrun give"):
-        _Distributed("cuda:1")
+        Distributed("cuda:1")
 

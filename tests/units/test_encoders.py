@@ -70,7 +70,7 @@ def test_hubert_and_gguf_weights_load_with_the_dtype_keyword_this_transformers_r
     import transformers
     from transformers import HubertModel
 
-    from simslm.jobs import float32_weights
+    from simslm.machine import float32_weights
 
     newer = tuple(int(part) for part in transformers.__version__.split(".")[:2]) >= (4, 56)
     assert set(float32_weights()) == {"dtype" if newer else "torch_dtype"}

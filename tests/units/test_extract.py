@@ -113,7 +113,7 @@ def test_extraction_split_over_three_workers_gives_the_same_units(extracted, tmp
         pytest.fail("the manifest was read again")
         yield
 
-    monkeypatch.setattr(extract, "_records", unread)
+    monkeypatch.setattr(extract, "manifest_records", unread)
     monkeypatch.setattr(extract, "_prepare_folder", lambda *args: 6)  # the header's pass, not under test here
     again = extract_units(split)
     assert [getattr(again, name) for name in (*fields, "audio_sec", "skipped_by_reason")] == \
@@ -356,7 +356,7 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
     from transformers import HubertModel
 
     from simslm.speech import audio
-    from simslm.units.journal import ENDED_THE_PROCESS, _ShardJournal
+    from simslm.units.journal import ENDED_THE_PROCESS, ShardJournal
 
     config, _, _ = extracted
     base = replace(config, codebook=str(hubert_codebook), num_workers=1, shard_size=6, batch_size=4)
@@ -383,7 +383,7 @@ def test_an_utterance_that_ends_the_process_encoding_it_twice_alone_is_skipped(e
                 with pytest.raises(KeyboardInterrupt):
                     extract_units(killed)
     assert codes == [-9, -9, -9]
-    attempts = _ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
+    attempts = ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
     last_groups = [[line["encoding"] for line in lines if "encoding" in line][-1] for _, lines in attempts]
     assert len(last_groups[0]) > 1 and last_groups[1:] == [[longest]] * 4
     assert [any("stopped" in line for line in lines) for _, lines in attempts] == [False, True, False, True, False]
@@ -421,7 +421,7 @@ def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped
     import sys
     from dataclasses import asdict, replace
 
-    from simslm.units.journal import ENDED_THE_PROCESS, _ShardJournal
+    from simslm.units.journal import ENDED_THE_PROCESS, ShardJournal
 
     config, before, utterances = extracted
     killed = replace(config, out=str(tmp_path / "killed"), num_workers=1, shard_size=6)
@@ -439,7 +439,7 @@ def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped
     # Read alone, the first one cleared: the rest are still read one at a time.
     assert (f"ended while reading {utterances[1].id}; reading {', '.join(sorted(shard[1:]))} one at a time"
             ) in said[2]
-    attempts = _ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
+    attempts = ShardJournal.of(tmp_path / "killed" / "shards" / "shard-00000.jsonl").attempts()
     assert [[line["reading"] for line in lines if "reading" in line][-1] for _, lines in attempts][1:] == [
         [utterances[1].id]] * 2
     capsys.readouterr()
@@ -453,7 +453,7 @@ def test_a_recording_that_ends_the_process_reading_it_is_read_alone_then_skipped
 def test_other_runtime_errors_of_an_encoder_are_not_taken_for_memory():
     import torch
 
-    from simslm.jobs import out_of_memory
+    from simslm.machine import out_of_memory
 
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and out_of_memory(MemoryError())
     assert not out_of_memory(RuntimeError("Given groups=1, weight of size [512, 1, 10], expected input"))
@@ -561,7 +561,7 @@ def test_importing_slamkit_units_with_a_codebook_that_does_not_pad_warns(tmp_pat
 
 def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_pass_reads(tmp_path):
     # `units extract` checks its manifest in a first pass, then streams it twice reading only the JSON.
-    from simslm.units.extract import _records
+    from simslm.units.extract import manifest_records
 
     lines = [{"id": "a", "audio": "x/a.flac", "sample_rate": 16000, "duration_sec": 1.5, "transcript": "hi",
               "words": [{"word": "hi", "start_sec": 0.1, "end_sec": 0.4}]},
@@ -570,7 +570,8 @@ def test_the_quick_passes_over_a_checked_manifest_read_the_records_the_checked_p
     # A byte-order mark, Windows line ends and a blank line, as an editor may leave them.
     (tmp_path / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n\r\n".join(json.dumps(line) for line in lines)
                                        .encode() + b"\r\n")
-    checked, quick = list(_records(tmp_path / "m.jsonl", checked=True)), list(_records(tmp_path / "m.jsonl"))
+    manifest = tmp_path / "m.jsonl"
+    checked, quick = list(manifest_records(manifest, checked=True)), list(manifest_records(manifest))
     assert quick == checked == [{"id": "a", "path": str(tmp_path / "x" / "a.flac"), "duration_sec": 1.5},
                                 {"id": "b", "path": str(tmp_path / "elsewhere" / "b.wav"), "duration_sec": 2}]
 

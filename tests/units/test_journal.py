@@ -9,7 +9,7 @@ def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
     import time
 
     from simslm import jobs
-    from simslm.units.journal import _note_dead_workers, _ShardJournal, _with_what_was_encoded
+    from simslm.units.journal import ShardJournal, _note_dead_workers, with_what_was_encoded
 
     started = time.monotonic()
     with pytest.raises(jobs.WorkerDied, match="killed by SIGKILL: out of memory, most likely") as raised:
@@ -22,25 +22,25 @@ def test_a_pool_worker_that_died_is_told_from_those_the_pool_stopped(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     for index, pid, ids in ((0, culprit, ["long"]), (1, stopped, ["short-a", "short-b"])):
-        journal = _ShardJournal.of(shards / f"shard-{index:05d}.jsonl")
+        journal = ShardJournal.of(shards / f"shard-{index:05d}.jsonl")
         journal.note({"attempt": {"pid": pid, "host": socket.gethostname(), "in_process": False}})
         journal.note({"encoding": ids, "seconds": 3600.0})
-    told = _with_what_was_encoded(raised.value, shards, "those are encoded one at a time")
+    told = with_what_was_encoded(raised.value, shards, "those are encoded one at a time")
     assert isinstance(told, jobs.WorkerDied) and str(told) == (  # said by the command in one line, as a user's data
         "a parallel job: a worker process ended abruptly (killed by SIGKILL: out of memory, most likely) while "
         "encoding shard-00000: long (3600.0 s of audio); re-run (with fewer workers if memory is short): those are "
         "encoded one at a time")
     assert _note_dead_workers(shards, raised.value) == []  # marked once
-    assert _ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
-    assert _ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
+    assert ShardJournal.of(shards / "shard-00000.jsonl").earlier_deaths().suspects == {"long"}
+    assert ShardJournal.of(shards / "shard-00001.jsonl").earlier_deaths().suspects == set()
 
 
 def test_what_a_shard_journal_holds_against_its_utterances(tmp_path):
     """Only deaths count (a stop in Python does not); a group that died goes one at a time next; two deaths alone
     skip an utterance; an utterance encoded whole by a later attempt is cleared of what was held against it."""
-    from simslm.units.journal import _ShardJournal
+    from simslm.units.journal import ShardJournal
 
-    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    journal = ShardJournal.of(tmp_path / "shard-00000.jsonl")
     attempts = [(False, [["a", "b", "c"]], {"died": -9}),  # a pool's worker killed on a batch
                 (True, [["a"], ["b"], ["c"]], None),  # the command's own process killed: c alone
                 (True, [["c"]], {"stopped": True}),  # Ctrl-C on c: not a death
@@ -64,16 +64,16 @@ def test_a_death_noted_after_a_torn_line_still_counts(tmp_path):
     """A worker killed while writing its line (the OOM killer strikes anywhere) leaves it torn; the parent's note of
     the death, appended to it, was one unreadable line with it: the death lost. It starts a line of its own now,
     as a new attempt's header does."""
-    from simslm.units.journal import _ShardJournal
+    from simslm.units.journal import ShardJournal
 
-    worker = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    worker = ShardJournal.of(tmp_path / "shard-00000.jsonl")
     worker.begin(in_process=False)
     worker.note({"encoding": ["a", "b"], "seconds": 1.0})
     worker._handle.write('{"encoding": ["c"], "sec')  # killed mid-line
     worker._handle.close()
-    _ShardJournal.of(tmp_path / "shard-00000.jsonl").note({"died": -9})  # the parent, which saw it die
-    assert _ShardJournal.of(tmp_path / "shard-00000.jsonl").earlier_deaths().suspects == {"a", "b"}
-    again = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    ShardJournal.of(tmp_path / "shard-00000.jsonl").note({"died": -9})  # the parent, which saw it die
+    assert ShardJournal.of(tmp_path / "shard-00000.jsonl").earlier_deaths().suspects == {"a", "b"}
+    again = ShardJournal.of(tmp_path / "shard-00000.jsonl")
     with open(again.path, "a") as handle:
         handle.write('{"encod')  # torn again; the next attempt's header is kept
     again.begin(in_process=True)
@@ -82,9 +82,9 @@ def test_a_death_noted_after_a_torn_line_still_counts(tmp_path):
 
 
 def test_a_read_clears_a_death_while_reading_and_only_an_encoding_clears_the_rest(tmp_path):
-    from simslm.units.journal import _ShardJournal
+    from simslm.units.journal import ShardJournal
 
-    journal = _ShardJournal.of(tmp_path / "shard-00000.jsonl")
+    journal = ShardJournal.of(tmp_path / "shard-00000.jsonl")
     for groups in ([("encoding", ["x"])],  # killed encoding x alone
                    [("reading", ["x", "y", "z"])],  # killed reading the shard
                    [("reading", ["x"]), ("reading", ["y"])]):  # x read alone; killed reading y alone

@@ -112,7 +112,7 @@ def units_for_audio(paths: list[str], source: UnitSource, cache: Path, num_worke
     if not units_complete(folder):
         # One process extracts, the others wait for it: a sweep's runs that finish together evaluate together, and
         # each extracted the same folder, the work done once a run; worse, each read the others' live attempts in
-        # the shards' journals as processes that had died there (`units.journal._ShardJournal`), encoded their
+        # the shards' journals as processes that had died there (`units.journal.ShardJournal`), encoded their
         # utterances one at a time, and a third skipped an utterance "that ended the process twice", writing the
         # shard without it for every later evaluation to read.
         with storage.exclusive_lock_waiting(folder.with_name(f".{key}.lock"),

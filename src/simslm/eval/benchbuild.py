@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from simslm import assets, jobs, storage
+from simslm import assets, jobs, machine, storage
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import BENCH_FILE, BenchError, frequency_band, load
 from simslm.speech import text as text_lib
@@ -81,9 +81,9 @@ class BenchBuildConfig(Config):
 
 def _speak_all(tasks: list[dict[str, Any]], num_workers: int) -> dict[str, dict[str, Any]]:
     records = {}
-    for record in jobs.parallel_map(synthesize_one, tasks, num_workers=min(num_workers or jobs.default_workers(),
-                                                                             max(1, len(tasks))),
-                                    total=len(tasks), description="bench build (synth)"):
+    workers = min(num_workers or machine.default_workers(), max(1, len(tasks)))
+    for record in jobs.parallel_map(synthesize_one, tasks, num_workers=workers, total=len(tasks),
+                                    description="bench build (synth)"):
         records[record["id"]] = record
     return records
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import machine, storage
 from simslm.config import ConfigError, check_device, check_positive, registry_choices
 from simslm.eval.bench_units import run_unit_source, units_lookup
 from simslm.eval.generation import ASRS, GenerationOptions, generation_metrics
@@ -418,7 +418,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     run_dir = Path(config.run)
     model_dir, vocabulary, run_config = run_vocabulary(run_dir)
     check_inputs(config, vocabulary, model_dir)  # before the model loads: a typo costs no minutes
-    device = jobs.torch_device(config.device)
+    device = machine.torch_device(config.device)
     model = load_model_folder(model_dir, device)
     out_dir = eval_folder(config)
     context = _Context(config, run_dir, out_dir, model, vocabulary, run_config, device)

@@ -2,7 +2,7 @@
 
 Modes, as the paper's cross-modal table names them: S→S and S→T continue a spoken prompt
 (its units from the model's own encoder and codebook), T→S and T→T a written one. Prompts are
-written as slamkit's `build_prompt` writes them (`generation._prompt`): S→S its units, then
+written as slamkit's `build_prompt` writes them (`generation.speech_prompt`): S→S its units, then
 `<speech>` (the speech-only `generate`'s form); S→T `<speech>`, its units, `<text>` and T→S
 `<text>`, the text, `<speech>` (`cm_generate`'s interleaved inputs); T→T the text alone, as
 text-only training samples are (`cm_generate` would write `<text>TEXT<text>`). Sampling
@@ -33,11 +33,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm.config import Config, ConfigError, check_device, check_positive
 from simslm.eval.bench_units import bench_units_cache, cut_prompt, run_unit_source, units_for_audio
 from simslm.eval.evaluate import load_run_model
-from simslm.eval.generation import _prompt, continuation_options, continuation_text, sample_continuation
+from simslm.eval.generation import continuation_options, continuation_text, sample_continuation, speech_prompt
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER
 from simslm.speech import audio
 
@@ -158,7 +158,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
     if any(mode == "T2S" for mode in modes.values()) and config.reference_audio is None \
             and config.vocoder_command is None:
         raise ValueError(f"{config.prompt}: T2S needs --reference-audio (a recording for the vocoder's level)")
-    device = jobs.torch_device(config.device)
+    device = machine.torch_device(config.device)
     model, vocabulary, _ = load_run_model(Path(config.model), device)
     needs_units = any(mode[0] == "S" or mode[-1] == "S" for mode in modes.values())
     source = run_unit_source(Path(config.model), config.speech_units) if needs_units else None
@@ -192,7 +192,7 @@ def generate(config: GenerateConfig) -> list[dict[str, Any]]:
         mode = modes[prompt.name]
         output_marker = SPEECH_MARKER if mode.endswith("S") else TEXT_MARKER
         if prompt.audio:
-            ids = _prompt(vocabulary, units_of[prompt.audio], output_marker)
+            ids = speech_prompt(vocabulary, units_of[prompt.audio], output_marker)
         else:
             # T2S as slamkit's `cm_generate` writes it. T2T as a text-only training sample is, with no marker:
             # `cm_generate` would write `<text>TEXT<text>`, the marker twice (a named difference, docs/LOG.md).

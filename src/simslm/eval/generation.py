@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, machine
 from simslm.eval.layouts import load
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
 from simslm.speech import audio
@@ -224,7 +224,7 @@ class WhisperASR:
 
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self._pipeline = pipeline("automatic-speech-recognition", model=model_path, device=device,
-                                  **jobs.weights_dtype(dtype))
+                                  **machine.weights_dtype(dtype))
 
     def __call__(self, samples: np.ndarray) -> str:
         # Not stripped: slamkit's asr_perplexity hands Whisper's text to the judge as it comes, with its leading
@@ -303,7 +303,7 @@ def _metrics(transcripts: list[str], judge: JudgeLM) -> dict[str, Any]:
             "examples": transcripts[:3]}
 
 
-def _prompt(vocabulary: Vocabulary, units: np.ndarray, output_marker: str) -> np.ndarray:
+def speech_prompt(vocabulary: Vocabulary, units: np.ndarray, output_marker: str) -> np.ndarray:
     """A speech prompt as slamkit's `build_prompt` writes it, tokenised with the tokenizer's own special tokens, a
     trailing EOS removed: its units, then the marker of the output modality. A prompt for text is opened by the
     speech marker too: slamkit continues speech in text only through `cm_generate`, whose prompts are interleaved
@@ -341,7 +341,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
     for number, (prompt_audio, ending) in enumerate(jobs.progress(list(zip(prompts, endings)), "generation")):
         if cut[prompt_audio] not in table:
             continue
-        prompt = _prompt(vocabulary, table[cut[prompt_audio]], SPEECH_MARKER)
+        prompt = speech_prompt(vocabulary, table[cut[prompt_audio]], SPEECH_MARKER)
         speech = sample_continuation(model, prompt, max_new_tokens=options.max_new_speech_tokens,
                                      temperature=options.temperature, top_k=options.top_k, seed=seed + number,
                                      device=device, **in_speech)
@@ -349,7 +349,7 @@ def generation_metrics(model, vocabulary: Vocabulary, folder: Path, run_dir: Pat
         spoken = np.concatenate([prompt, speech])
         speech_transcripts.append(asr(vocoder(spoken[vocabulary.is_unit(spoken)] - vocabulary.unit_offset,
                                               prompt_audio)))
-        text = sample_continuation(model, _prompt(vocabulary, table[cut[prompt_audio]], TEXT_MARKER),
+        text = sample_continuation(model, speech_prompt(vocabulary, table[cut[prompt_audio]], TEXT_MARKER),
                                    max_new_tokens=options.max_new_text_tokens, temperature=options.temperature,
                                    top_k=options.top_k, seed=seed + number, device=device, **in_text)
         text_continuations.append(continuation_text(vocabulary, text))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
-from simslm import jobs
+from simslm import jobs, machine
 from simslm.config import Config, check_positive
 from simslm.eval.layouts import Pair, Part
 from simslm.sequences.vocabulary import SPEECH_MARKER, TEXT_MARKER, Vocabulary
@@ -154,7 +154,7 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
     """
     import torch
 
-    jobs.keep_freed_memory()  # each batch's logits would otherwise be page-faulted in anew
+    machine.keep_freed_memory()  # each batch's logits would otherwise be page-faulted in anew
     sums, counts = np.zeros(len(sequences)), np.zeros(len(sequences))
     units = (vocabulary.unit_offset, vocabulary.unit_offset + vocabulary.num_units)
     shared = [(i, j, length) for i, j in pairs if (length := _shared_length(sequences[i], sequences[j]))]
@@ -195,9 +195,9 @@ def sequence_log_likelihoods(model, sequences: list[np.ndarray], scored: list[np
                 score_part(kind, part)
                 continue
             except (RuntimeError, MemoryError) as error:
-                if len(part) == 1 or not jobs.out_of_memory(error):
+                if len(part) == 1 or not machine.out_of_memory(error):
                     raise
-            jobs.release_device_memory(device)
+            machine.release_device_memory(device)
             if len(part) <= largest[kind]:
                 largest[kind] = len(part) // 2
                 what = "pairs sharing a context" if kind == "shared" else "sequences"

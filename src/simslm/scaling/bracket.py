@@ -18,8 +18,8 @@ from typing import Any
 from simslm import model as model_lib
 from simslm import storage
 from simslm.scaling.collect import best_runs, collect
-from simslm.scaling.ledger import _to_run, cluster_jobs, run_status
-from simslm.scaling.sweep import SweepSpec, _growing, load_sweep, plan_sweep
+from simslm.scaling.ledger import cluster_jobs, run_status, to_start
+from simslm.scaling.sweep import SweepSpec, growing, load_sweep, plan_sweep
 from simslm.train.plan import RunResult
 
 BRACKET_FILE = "bracket.json"
@@ -119,7 +119,7 @@ def extend_to_bracket(sweep_dir: str | os.PathLike, settled_only: bool = False) 
     `settled_only`: judge only the (variant, budget) cells whose planned runs have all finished, and leave what
     stays unbracketed to the call after the last run (a cell still running may yet find its minimum inside)."""
     sweep_dir = Path(sweep_dir)
-    with _growing(sweep_dir):  # what it reads is what it grows
+    with growing(sweep_dir):  # what it reads is what it grows
         return _extend_to_bracket(sweep_dir, settled_only)
 
 
@@ -173,7 +173,7 @@ def _extend_to_bracket(sweep_dir: Path, settled_only: bool) -> bool:
     return grown
 
 
-def _grown_after(sweep_dir: Path, ended: str) -> list[dict[str, Any]]:
+def grown_after(sweep_dir: Path, ended: str) -> list[dict[str, Any]]:
     """`_grown_runs` once run `ended` was the last of its (variant, budget) cell to finish, else none: only a cell's
     last run lets bracketing find something new, and the ledger it reads (every run's result) would otherwise be
     read after each run, growing with the square of the sweep."""
@@ -193,5 +193,5 @@ def _grown_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     sweep = load_sweep(sweep_dir)
     bench = tuple(sweep["spec"].get("bench") or ())
     ledger = cluster_jobs(Path(sweep_dir))
-    return [run for run in sweep["runs"] if _to_run(run_status(run, bench, ledger))]
+    return [run for run in sweep["runs"] if to_start(run_status(run, bench, ledger))]
 

@@ -22,19 +22,19 @@ from typing import Any, Callable
 
 from simslm import jobs, slurm, storage
 from simslm.config import Config, ConfigError, check_positive, registry_choices
-from simslm.scaling.bracket import _grown_after, extend_to_bracket
+from simslm.scaling.bracket import extend_to_bracket, grown_after
 from simslm.scaling.ledger import (
     JOBS_FILE,
-    _job_ended,
-    _to_run,
-    _unevaluated,
-    _watch_slurm_jobs,
     cluster_jobs,
+    job_ended,
     run_error,
     run_status,
     status_counts,
+    to_start,
+    unevaluated,
+    watch_sweep_jobs,
 )
-from simslm.scaling.sweep import _check_benchmarks, _check_inputs_unchanged, load_sweep
+from simslm.scaling.sweep import check_benchmarks, check_inputs_unchanged, load_sweep
 from simslm.train.build import uses_bf16
 from simslm.train.peak import PEAK_FLOPS_BF16_VARIABLE, PEAK_FLOPS_VARIABLE, measure_peak_flops
 from simslm.train.plan import RUN_LOCK, TrainConfig
@@ -53,22 +53,22 @@ def run_sweep(sweep_dir: str | os.PathLike, *, executor: str = "local", bracket:
         bench = tuple(sweep["spec"].get("bench") or ())
         ledger = cluster_jobs(sweep_dir)
         status = {run["id"]: run_status(run, bench, ledger) for run in sweep["runs"]}
-        todo = [run for run in sweep["runs"] if _to_run(status[run["id"]])]
+        todo = [run for run in sweep["runs"] if to_start(status[run["id"]])]
         held = [run for run in sweep["runs"] if status[run["id"]] == "running"]
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if todo:  # each fails now rather than after training
-            _check_inputs_unchanged(sweep)
-            _check_benchmarks(sweep["spec"])
+            check_inputs_unchanged(sweep)
+            check_benchmarks(sweep["spec"])
             # Locally, a cell's growth starts as soon as the cell is done, while the rest of the grid runs: the
             # machine is not left half idle at the end with the added runs alone (the demo's d1w8: 77 s).
-            grow = {"more": functools.partial(_grown_after, sweep_dir)} if bracket and executor == "local" else {}
+            grow = {"more": functools.partial(grown_after, sweep_dir)} if bracket and executor == "local" else {}
             EXECUTORS[executor](sweep_dir, todo, **options, **grow)
         # A run another process held when this sweep looked, and has let go of unfinished since, is this sweep's
         # to finish: a sweep killed just before this one started leaves its runs locked until its children are
         # gone, which takes a moment after the kill.
         if options.get("wait", True) and held:
             ledger = cluster_jobs(sweep_dir)  # once for all of them: reading it registers its SLURM jobs anew
-            if any(_to_run(run_status(run, bench, ledger)) for run in held):
+            if any(to_start(run_status(run, bench, ledger)) for run in held):
                 continue
         if not bracket or not options.get("wait", True) or not extend_to_bracket(sweep_dir):
             return status_counts(sweep_dir)
@@ -99,7 +99,7 @@ def execute_run(sweep_dir: str, identifier: str) -> str:
                 from simslm.train.loop import train
 
                 train(TrainConfig(**run["config"]))  # takes the same lock again, as this process may
-            missing = _unevaluated(run_dir, tuple(spec.get("bench") or ()))
+            missing = unevaluated(run_dir, tuple(spec.get("bench") or ()))
             if missing:  # only those: an evaluation stopped part way kept the others
                 from simslm.eval.evaluate import EvalConfig, evaluate_run
 
@@ -406,12 +406,12 @@ def wait_for_sweep(sweep_dir: str | os.PathLike, poll_sec: float = 30.0) -> dict
     if not (folder / JOBS_FILE).exists():
         raise ValueError(f"{sweep_dir}: no submitted jobs to wait for ({folder / JOBS_FILE} is missing)")
     submitted = storage.read_json(folder / JOBS_FILE)
-    _watch_slurm_jobs(folder, submitted)
+    watch_sweep_jobs(folder, submitted)
     tracker = jobs.Progress(len(submitted), "sweep wait", unit="job")
     ended: set[str] = set()
     while len(ended) < len(submitted):
         for identifier, job in submitted.items():
-            if identifier not in ended and _job_ended(folder, job):
+            if identifier not in ended and job_ended(folder, job):
                 ended.add(identifier)
                 tracker.update()
         if len(ended) < len(submitted):

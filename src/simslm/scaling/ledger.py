@@ -46,7 +46,7 @@ def _locked(run_dir: Path) -> bool:
     return False
 
 
-def _unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
+def unevaluated(run_dir: Path, bench: tuple[str, ...]) -> tuple[str, ...]:
     """The benchmarks the sweep asks for that eval.json holds no result for, one whose sides past the model's
     positions were cut (scored before 2026-12-05, when cutting was the only way; a sweep scores with the defaults,
     which now score them whole, as slamkit does, so its runs are scored alike again), one scored on a sample of
@@ -94,10 +94,10 @@ def _stale(digest: str | None, name: str, eval_path: Path) -> bool:
 
 def _evaluated(run_dir: Path, bench: tuple[str, ...]) -> bool:
     """Whether eval.json holds a result for every benchmark the sweep asks for."""
-    return not _unevaluated(run_dir, bench)
+    return not unevaluated(run_dir, bench)
 
 
-def _to_run(status: str) -> bool:
+def to_start(status: str) -> bool:
     """Whether a run in this status is this sweep's to (re)start: not done, not held by another process, and not
     waiting in a cluster's queue (submitted by an earlier `sweep run --no-wait`)."""
     return status not in ("done", "running", "queued")
@@ -121,18 +121,18 @@ def run_status(run: dict[str, Any], bench: tuple[str, ...], ledger: dict[str, An
 
 def cluster_jobs(sweep_dir: Path) -> dict[str, Any]:
     """The sweep's ledger of cluster jobs (submitit/jobs.json) by run id; empty when it has none or it is not one.
-    Its SLURM jobs are made known to submitit's watcher at once (`_watch_slurm_jobs`)."""
+    Its SLURM jobs are made known to submitit's watcher at once (`watch_sweep_jobs`)."""
     try:
         ledger = storage.read_json(sweep_dir / "submitit" / JOBS_FILE)
     except (OSError, ValueError):
         return {}
     if not isinstance(ledger, dict):
         return {}
-    _watch_slurm_jobs(sweep_dir / "submitit", ledger)
+    watch_sweep_jobs(sweep_dir / "submitit", ledger)
     return ledger
 
 
-def _watch_slurm_jobs(folder: Path, ledger: dict[str, Any]) -> None:
+def watch_sweep_jobs(folder: Path, ledger: dict[str, Any]) -> None:
     """The ledger's SLURM jobs that have written no result, made known to submitit's watcher and to squeue's
     questions all at once (`slurm.watch_slurm_jobs`): asked one by one, a status pass over a sweep of 100 runs ran
     sacct 100 times, each naming every job registered so far."""
@@ -147,7 +147,7 @@ def _queued(run: dict[str, Any], ledger: dict[str, Any]) -> bool:
     later one ending at the lock once the first held it, its allocation spent."""
     job = ledger.get(run["id"])
     folder = Path(run["config"]["run_dir"]).parent.parent / "submitit"
-    return isinstance(job, dict) and "cluster" in job and not _job_ended(folder, job)
+    return isinstance(job, dict) and "cluster" in job and not job_ended(folder, job)
 
 
 def run_error(run: dict[str, Any]) -> str | None:
@@ -166,7 +166,7 @@ def run_error(run: dict[str, Any]) -> str | None:
 JOBS_FILE = "jobs.json"
 
 
-def _job_ended(folder: Path, job: dict[str, str]) -> bool:
+def job_ended(folder: Path, job: dict[str, str]) -> bool:
     """Whether a job of submitit/jobs.json has ended: its result file is there; or SLURM's accounting (sacct,
     asked through submitit at most every 2 s to 10 minutes) has it in a final state, or, knowing nothing of it,
     SLURM's queue (squeue) has it no longer or in a final state; or, on the local cluster, its controller process

@@ -287,7 +287,7 @@ class _Anchors:
                 for entry in entries]
 
 
-def _check_benchmarks(spec: dict[str, Any]) -> None:
+def check_benchmarks(spec: dict[str, Any]) -> None:
     """Refuse, before any run trains, what would fail every run's evaluation after its training: a benchmark
     folder that is not there or not a benchmark, `validation` with no validation data, a mode no layout has.
     A published set named by hub id is left to its first evaluation, which downloads it. `spec`: a SweepSpec's
@@ -354,7 +354,7 @@ def _mixed_codebooks(spec: SweepSpec, families: set[str]) -> list[str]:
 SWEEP_LOCK = ".sweep.lock"
 
 
-def _growing(sweep_dir: Path):
+def growing(sweep_dir: Path):
     """Hold the sweep's lock for a change of sweep.json (read, grown, written), waiting for another process's: two
     `sweep run --bracket` of one sweep (on two machines, say) each grew the grid from what it had read, and the
     later write dropped the other's sizes from sweep.json while that process trained their runs."""
@@ -365,7 +365,7 @@ def _growing(sweep_dir: Path):
 def plan_sweep(spec: SweepSpec, out: str | os.PathLike) -> dict[str, Any]:
     """Write `sweep.json`: the grid of run configs (existing runs with the same content keep their ids)."""
     out = Path(out)  # made once the grid is planned: a spec refused leaves no folder behind
-    with _growing(out) if (out / SWEEP_FILE).exists() else contextlib.nullcontext():
+    with growing(out) if (out / SWEEP_FILE).exists() else contextlib.nullcontext():
         return _plan_sweep(spec, out)
 
 
@@ -389,7 +389,7 @@ def _plan_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
             if overlap := validation_overlap(variant.data_for(family), validation):
                 overlaps.append(f"validation_data {validation} {overlap} (variant {variant.name})")
     mixed = _mixed_codebooks(spec, {member.family for member in members})
-    _check_benchmarks(asdict(spec))
+    check_benchmarks(asdict(spec))
     runs = []
     grid = [_budget_point(b) for b in spec.budgets_flops] + \
         [(None, float(r), f"t{r:g}") for r in spec.tokens_per_parameter]
@@ -462,8 +462,8 @@ def _plan_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
         digests[key] = {path: digest for path, digest in found.items() if digest is not None}
     if (out / SWEEP_FILE).exists():
         earlier = load_sweep(out)
-        _check_inputs_unchanged(earlier, {key: {anchors.placed(path): digest for path, digest in found.items()}
-                                          for key, found in digests.items()})
+        check_inputs_unchanged(earlier, {key: {anchors.placed(path): digest for path, digest in found.items()}
+                                         for key, found in digests.items()})
         planned = {run["id"] for run in runs}
         left = [run["id"] for run in earlier["runs"] if run["id"] not in planned]
         if left:  # a spec of other sizes or budgets over a sweep: its runs so far leave sweep.json (not their folders)
@@ -505,7 +505,7 @@ _PLANNED_INPUTS = {
 }
 
 
-def _check_inputs_unchanged(sweep: dict[str, Any], now: dict[str, dict[str, str]] | None = None) -> None:
+def check_inputs_unchanged(sweep: dict[str, Any], now: dict[str, dict[str, str]] | None = None) -> None:
     """Refuse a sweep whose data was built again, or whose TWIST source changed, since it was planned (the same
     folder, other contents): its finished runs saw the inputs before, and runs to come would see the new, in one
     fit. `now`: digests by key and path (else read from the inputs); an input gone is left to the run to report,

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from simslm import assets, jobs, storage
+from simslm import assets, jobs, machine, storage
 from simslm.config import Config, ConfigError, check_positive, flag, registry_choices
 from simslm.sequences.interleave import (
     INTERLEAVERS,
@@ -330,7 +330,7 @@ def build_sequences(config: BuildConfig) -> dict[str, Any]:
     """Build, mix and pack token shards for `config.num_epochs` epochs; return the index."""
     started = time.perf_counter()
     if config.shard_index is None:
-        config = replace(config, shard_index=jobs.launcher_shard(config.num_shards))
+        config = replace(config, shard_index=machine.launcher_shard(config.num_shards))
     streams = list(config.streams)
     shares = parse_mix(config.mix, streams)
     needs_speech = bool({"interleaved", "speech"} & set(streams))

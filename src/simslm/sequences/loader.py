@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import machine, storage
 
 
 def read_index(folder: str | os.PathLike) -> dict:
@@ -98,9 +98,9 @@ class PackedLoader:
                 raise ValueError(f"{self.folder}: built again while it was being read (its index.json changed); "
                                  f"a run reading it resumes only on the data it started with")
             entry = self.index["epochs"][built_epoch]
-            jobs.allow_open_files(len(entry[key]), f"{self.folder}: epoch {built_epoch} is {len(entry[key])} shard "
-                                                   f"files ({key}), each held open while it is read",
-                                  "build it with a larger --chunks-per-shard")
+            machine.allow_open_files(len(entry[key]), f"{self.folder}: epoch {built_epoch} is {len(entry[key])} shard "
+                                                      f"files ({key}), each held open while it is read",
+                                     "build it with a larger --chunks-per-shard")
             folder = self.folder / f"epoch-{built_epoch:03d}"
             self._arrays[built_epoch, key] = ShardedRows([np.load(folder / name, mmap_mode="r", allow_pickle=False)
                                                           for name in entry[key]])

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
@@ -585,7 +585,7 @@ def align_manifest(config: AlignConfig) -> AlignReport:
                 yield number, record, config.method, str(located) if config.method == "pocketsphinx" \
                     else config.source
 
-    workers = (config.num_workers or jobs.default_workers()) if config.method == "pocketsphinx" else 1
+    workers = (config.num_workers or machine.default_workers()) if config.method == "pocketsphinx" else 1
     remaining = num_utterances - num_resumed
     workers = min(workers, max(1, num_to_align))
     # Workers finish out of order; entries wait here until those before them are in, so the journal (and the

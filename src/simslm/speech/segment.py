@@ -43,7 +43,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.manifest import Utterance, Word, iter_utterances, manifest_folder, write_manifest
@@ -197,7 +197,7 @@ def _librilight_pieces(samples: np.ndarray, stretches: list[tuple[float, float]]
 def _segment_recording(task: tuple[Utterance, str, str, SegmentConfig, int]) -> dict[str, Any]:
     """Cut one recording into its folder (written whole or not at all): its segments as manifest lines, or a skip."""
     utterance, audio_path, folder, config, num_workers = task
-    jobs.share_cores(num_workers)
+    machine.share_cores(num_workers)
     folder = Path(folder)
     done = folder / "segments.json"
     if done.exists():  # cut by an earlier, interrupted run
@@ -346,7 +346,7 @@ def _segment_all(config: SegmentConfig, source: Path, out: Path, segments_dir: P
                  started: float) -> SegmentReport:
     """`segment_manifest`'s work, under its lock."""
     _check_settings(segments_dir, config)
-    workers = min(config.num_workers or jobs.default_workers(), max(1, num_recordings))
+    workers = min(config.num_workers or machine.default_workers(), max(1, num_recordings))
     folder = manifest_folder(source)
     tasks = ((u, str(u.audio_path(folder)), str(segments_dir / storage.safe_file_name(u.id)), config, workers)
              for u in iter_utterances(source))

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 import soxr
 
-from simslm import assets, jobs, storage
+from simslm import assets, jobs, machine, storage
 from simslm.config import Config, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech import text as text_lib
@@ -280,7 +280,7 @@ def synthesize_corpus(config: SynthConfig) -> SynthReport:
     with storage.exclusive_lock(out_dir / LOCK_FILE, f"{out_dir}: another `simslm synth` is writing it"):
         storage.write_json(out_dir / SETTINGS_FILE, settings)
         audio_sec = 0.0
-        num_workers = config.num_workers or jobs.default_workers()
+        num_workers = config.num_workers or machine.default_workers()
         # A line whose speaking ends the process (a crash inside espeak-ng) is named by the next run, then skipped.
         ended = jobs.TaskJournal(out_dir / ".synth.running", key=operator.itemgetter("id"),
                                  skipped=lambda task, reason: {"id": task["id"], "skipped": reason, "reason": reason})

@@ -15,7 +15,7 @@ import numpy as np
 from simslm import model as model_lib
 from simslm.config import ConfigError
 from simslm.sequences.vocabulary import Vocabulary, load_base_tokenizer, speech_vocabulary
-from simslm.train.loss import _to_device
+from simslm.train.loss import to_device
 from simslm.train.plan import TrainConfig
 
 
@@ -43,7 +43,7 @@ ROW_FREE_KERNELS = ("flash_attention_2", "flex_attention")
 # Kernels that keep packed documents apart only in a batch of one row: transformers reads restarting positions as
 # documents for flash-attn's variable-length path at batch size 1 alone (`_is_packed_sequence`; slamkit's flattening
 # collator gives it one row), and runs a batch of several rows causally over each whole row, its documents seeing
-# one another. These take each batch's rows end to end as one row (`_to_device`): every row starts a document.
+# one another. These take each batch's rows end to end as one row (`to_device`): every row starts a document.
 ONE_ROW_KERNELS = ("flash_attention_2",)
 
 
@@ -194,7 +194,7 @@ def documents_moved(model_config, kernel: str, device: str, bf16: bool, one_row:
 
     batch = Batch(np.stack([torch.cat(row).numpy() for row in rows]),
                   np.stack([np.concatenate([np.arange(len(document)) for document in row]) for row in rows]))
-    packed = hidden(*_to_device(batch, device, one_row)).reshape(*batch.tokens.shape, -1)
+    packed = hidden(*to_device(batch, device, one_row)).reshape(*batch.tokens.shape, -1)
     moved = 0.0
     for number, row in enumerate(rows):
         cursor = 0
@@ -235,7 +235,7 @@ def check_documents_apart(model_config, kernel: str, device: str, bf16: bool, on
                           f"document's hidden states moved by {moved:.2g} of their size); {remedy}")
 
 
-def _skeleton(model_config, config: TrainConfig, device: str):
+def model_skeleton(model_config, config: TrainConfig, device: str):
     """A causal LM of `model_config` on the meta device: its modules without weights."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -20,8 +20,8 @@ from simslm.config import Config, ConfigError
 from simslm.sequences.build import speech_units_folder
 from simslm.sequences.loader import PackedLoader, index_digest
 from simslm.sequences.vocabulary import Vocabulary
-from simslm.train.build import _skeleton
-from simslm.train.distributed import _Distributed, _full_options
+from simslm.train.build import model_skeleton
+from simslm.train.distributed import Distributed, full_options
 from simslm.train.plan import TrainConfig, placed_input
 
 
@@ -39,8 +39,8 @@ def full_state(model, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Model and optimiser state gathered in full (a collective under FSDP: every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return (get_model_state_dict(model, options=_full_options()),
-            get_optimizer_state_dict(model, optimizer, options=_full_options()))
+    return (get_model_state_dict(model, options=full_options()),
+            get_optimizer_state_dict(model, optimizer, options=full_options()))
 
 
 def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, Any], optimizer_state: dict[str, Any],
@@ -66,7 +66,7 @@ SHARDED = "sharded"
 
 
 def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: PackedLoader, keep: int,
-                            distributed: "_Distributed", wall_sec: float = 0.0, tokens_seen: int = 0) -> Path:
+                            distributed: "Distributed", wall_sec: float = 0.0, tokens_seen: int = 0) -> Path:
     """checkpoints/step-N with each process's shards of the weights and the optimiser's state, written by that
     process (a collective: every process calls it); then, by the main one, the loop's state, the checksums of
     every file and the rename. Nothing is gathered."""
@@ -92,7 +92,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, model, optimizer, loader: 
 
 # Beside a checkpoint's weights: the model's config, its generation settings (the base model's, which model/ keeps)
 # and its buffers (RoPE's frequencies, outside the state dict), from which a run resumes without loading its base
-# model (`_checkpoint_skeleton`).
+# model (`checkpoint_skeleton`).
 MODEL_CONFIG, GENERATION_CONFIG, BUFFERS = "model_config.json", "generation_config.json", "buffers.safetensors"
 
 
@@ -173,7 +173,7 @@ def load_checkpoint(folder: Path, model, optimizer, loader: PackedLoader, *, fro
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if from_main else _full_options()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True) if from_main else full_options()
     reads = is_main or not from_main
     try:
         if (folder / SHARDED).is_dir():  # every process reads its own shards, resharded to this run's processes
@@ -320,7 +320,7 @@ def _checkpoint_model(folder: Path):
     return model.eval()
 
 
-def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainConfig, device: str):
+def checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainConfig, device: str):
     """The skeleton of the model a checkpoint holds, from the config stored beside it: a run resuming from it needs
     no base model on any process, where it loaded one (28 GB for 7B parameters in fp32) only for the checkpoint to
     replace it. None where the checkpoint or the run folder stores no model config (written before they did):
@@ -339,14 +339,14 @@ def _checkpoint_skeleton(checkpoint: Path | None, run_dir: Path, config: TrainCo
         differing = sorted(key for key in its.keys() | ours.keys() if its.get(key) != ours.get(key))
         raise ValueError(f"{checkpoint}: does not fit this run's model (its model differs from the run's in "
                          f"{', '.join(differing)}); it belongs to another run")
-    skeleton = _skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
+    skeleton = model_skeleton(AutoConfig.from_pretrained(str(checkpoint / MODEL_CONFIG)), config, device)
     if (checkpoint / GENERATION_CONFIG).is_file():
         skeleton.generation_config = GenerationConfig.from_pretrained(str(checkpoint),
                                                                       config_file_name=GENERATION_CONFIG)
     return skeleton
 
 
-def _fill_from_checkpoint(core, model, checkpoint: Path, device: str, *, sharded: bool) -> None:
+def fill_from_checkpoint(core, model, checkpoint: Path, device: str, *, sharded: bool) -> None:
     """A skeleton (`sharded` by FSDP or not) given memory, and its buffers the checkpoint's; the weights follow
     with the checkpoint (`load_checkpoint`)."""
     import torch

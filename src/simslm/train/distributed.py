@@ -14,18 +14,18 @@ from typing import Any, ClassVar
 
 from simslm import jobs
 from simslm.config import ConfigError
-from simslm.train.build import _skeleton
+from simslm.train.build import model_skeleton
 from simslm.train.plan import TrainConfig
 
 
-def _full_options():
+def full_options():
     """Full (unsharded, CPU) state dicts: the same files from one process, DDP or FSDP."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-class _StopRequest:
+class StopRequest:
     """A request to stop training, taken at the end of the step in hand, with a checkpoint there, rather than
     mid-step (which redoes every step since the last periodic checkpoint):
 
@@ -44,7 +44,7 @@ class _StopRequest:
         self.signum: int | None = None
         self.previous: Any = None
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> "StopRequest":
         if threading.current_thread() is not threading.main_thread():
             return self
         if os.environ.get("SUBMITIT_EXECUTOR"):
@@ -81,7 +81,7 @@ class _StopRequest:
         self.previous(self.signum, None)
 
 
-class _Distributed:
+class Distributed:
     """torchrun's environment, or a single process."""
 
     failed: ClassVar[bool] = False  # a run of this process's group ended in an error (`_destroy_group`)
@@ -120,14 +120,14 @@ class _Distributed:
 
             transformers_logging.set_verbosity_error()
 
-    def __enter__(self) -> "_Distributed":
+    def __enter__(self) -> "Distributed":
         return self
 
     def __exit__(self, kind, *_) -> None:
         # A stop on request (`jobs.Stopped`, SIGTERM) or submitit's requeue (its handler's SystemExit) ends every
         # process after the same step, none inside a collective: the group is destroyed at exit, as after a run's end.
         if kind is not None and not issubclass(kind, (jobs.Stopped, SystemExit)):
-            _Distributed.failed = True
+            Distributed.failed = True
 
     def all_sum(self, values: list[float]) -> list[float]:
         import torch
@@ -171,7 +171,7 @@ class _Distributed:
 
 
 def _destroy_group() -> None:
-    """At the process's exit, the process group `_Distributed` made, as torch asks of a normal exit (left to the
+    """At the process's exit, the process group `Distributed` made, as torch asks of a normal exit (left to the
     interpreter's end, gloo's worker threads could abort the process: "terminate called without an active
     exception", SIGABRT; pytorch/pytorch#190489). It does not end those threads once a DDP or FSDP module has held
     the group (still there after it, 2026-12-06): `cli.run` leaves such a process without the interpreter's
@@ -180,27 +180,27 @@ def _destroy_group() -> None:
     still wait in a collective, and destroying would wait on it."""
     import torch.distributed as dist
 
-    if not _Distributed.failed and dist.is_initialized():
+    if not Distributed.failed and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _skeleton_unless_main(model, config: TrainConfig, distributed: "_Distributed"):
+def skeleton_unless_main(model, config: TrainConfig, distributed: "Distributed"):
     """Under FSDP: the main process's model as built; on the others, the same model on the meta device (no weights),
-    made from the main process's config, which holds the grown vocabulary. `_send_weights` fills it once sharded."""
+    made from the main process's config, which holds the grown vocabulary. `send_weights` fills it once sharded."""
     model_config = distributed.broadcast_object(model.config if distributed.is_main else None)
-    return model if distributed.is_main else _skeleton(model_config, config, distributed.device)
+    return model if distributed.is_main else model_skeleton(model_config, config, distributed.device)
 
 
-def _gathered_model(model, config: TrainConfig, distributed: "_Distributed"):
+def gathered_model(model, config: TrainConfig, distributed: "Distributed"):
     """An FSDP model's weights gathered into a plain model on the main process (None on the others), which the
     run's last validation scores and saves. The gathered tensors become its weights: one copy of them in memory,
     where building the base model again to load them into held two, and the optimiser's state gathered beside."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    weights = get_model_state_dict(model, options=_full_options())  # a collective; only rank 0 receives them
+    weights = get_model_state_dict(model, options=full_options())  # a collective; only rank 0 receives them
     if not distributed.is_main:
         return None
-    plain = _skeleton(model.config, config, "cpu")
+    plain = model_skeleton(model.config, config, "cpu")
     plain.generation_config = copy.deepcopy(model.generation_config)  # the base model's, as model/ keeps it
     plain.load_state_dict(weights, strict=True, assign=True)
     plain.tie_weights()  # `assign` gave tied names a parameter each
@@ -211,7 +211,7 @@ def _gathered_model(model, config: TrainConfig, distributed: "_Distributed"):
     return plain
 
 
-def _send_weights(model, core, full_weights: dict[str, Any], distributed: "_Distributed") -> None:
+def send_weights(model, core, full_weights: dict[str, Any], distributed: "Distributed") -> None:
     """The main process's weights into every process's shards (FSDP2's broadcast from rank 0), and its buffers
     whole: RoPE's frequencies are buffers outside the state dict, which the skeleton has only on the meta device."""
     import torch.distributed as dist

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm import model as model_lib
 from simslm.config import ConfigError
 from simslm.sequences.build import part_note, speech_manifest, speech_units_folder
@@ -39,29 +39,29 @@ from simslm.train.build import (
 )
 from simslm.train.checkpoint import (
     MODEL_CONFIG,
-    _checkpoint_skeleton,
-    _fill_from_checkpoint,
+    checkpoint_skeleton,
     checkpoint_state,
+    fill_from_checkpoint,
     full_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from simslm.train.distributed import _Distributed, _gathered_model, _send_weights, _skeleton_unless_main, _StopRequest
+from simslm.train.distributed import Distributed, StopRequest, gathered_model, send_weights, skeleton_unless_main
 from simslm.train.loss import (
     VALIDATION_SUMS,
-    _ratios,
-    _StepLosses,
-    _sum_count_pairs,
-    _to_device,
-    _token_kinds,
+    StepLosses,
     chunked_loss_module,
     evaluate_modalities,
+    loss_ratios,
+    loss_token_ids,
     scored_targets,
+    sum_count_pairs,
+    to_device,
 )
-from simslm.train.metrics import VALIDATION_CURVE_FILE, _add_scalars, _log_validation, _logged_step, tensorboard_writer
-from simslm.train.peak import PEAK_FLOPS_BF16_VARIABLE, _given_peak_flops, _warn_if_slow_bf16, measure_peak_flops
+from simslm.train.metrics import VALIDATION_CURVE_FILE, add_scalars, log_validation, logged_step, tensorboard_writer
+from simslm.train.peak import PEAK_FLOPS_BF16_VARIABLE, given_peak_flops, measure_peak_flops, warn_if_slow_bf16
 from simslm.train.plan import (
     MAX_DATA_PASSES,
     OFF_BUDGET,
@@ -80,12 +80,12 @@ from simslm.train.plan import (
 def train(config: TrainConfig) -> RunResult | None:
     """Build, loop, evaluate, save; the result (on the main process). Re-running with the same run_dir resumes."""
     started = time.perf_counter()
-    jobs.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
-    with _Distributed(config.device) as distributed:
+    machine.keep_freed_memory()  # a small model's step would otherwise page-fault its tensors in anew
+    with Distributed(config.device) as distributed:
         return _train_held(config, distributed, started)
 
 
-def _train_held(config: TrainConfig, distributed: "_Distributed", started: float) -> RunResult | None:
+def _train_held(config: TrainConfig, distributed: "Distributed", started: float) -> RunResult | None:
     """`train`'s work in its processes' group."""
     if config.attention == "flex_attention" and not distributed.device.startswith("cuda"):
         raise ConfigError("--attention flex_attention trains on CUDA only: PyTorch's flex attention has no backward "
@@ -97,13 +97,13 @@ def _train_held(config: TrainConfig, distributed: "_Distributed", started: float
     if run_dir.exists() and not run_dir.is_dir():  # said before the base model loads, not after
         raise ValueError(f"{run_dir}: a file, where the run's folder is to be")
     # A bad value is refused before anything is written.
-    given_peaks = _given_peak_flops(), _given_peak_flops(PEAK_FLOPS_BF16_VARIABLE)
+    given_peaks = given_peak_flops(), given_peak_flops(PEAK_FLOPS_BF16_VARIABLE)
     with _run_held(run_dir, distributed):
         return _train(config, distributed, run_dir, given_peaks, started)
 
 
 @contextlib.contextmanager
-def _run_held(run_dir: Path, distributed: "_Distributed"):
+def _run_held(run_dir: Path, distributed: "Distributed"):
     """The run folder's lock (`RUN_LOCK`), held by the main process while the run trains; every process learns
     at once when another holds it. Two processes training one folder (a job submitted again while the first still
     runs) would otherwise both go on: metrics.jsonl's steps interleaved, checkpoints and model overwritten."""
@@ -230,7 +230,7 @@ class _Launched:
     ready: Any  # on CUDA, an event recorded behind the copy of `numbers` to the host; None on the CPU
 
 
-def _step_numbers(step_sums: list[Any], grad_norm: Any, distributed: "_Distributed", shared: Any = None) -> Any:
+def _step_numbers(step_sums: list[Any], grad_norm: Any, distributed: "Distributed", shared: Any = None) -> Any:
     """A launched step's numbers as one float64 tensor on the device, read nowhere yet: its loss sums and counts
     (`_loss_and_totals`'s order) added micro-batch after micro-batch, then over the processes; its gradient norm;
     and with several processes, `shared`'s second value, their summed requests to stop.
@@ -282,7 +282,7 @@ def _diverged_after_last_step(model, validation: Losses | None) -> str | None:
     return None
 
 
-def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
+def _train(config: TrainConfig, distributed: "Distributed", run_dir: Path,
            given_peaks: tuple[float | None, float | None], started: float) -> RunResult | None:
     import torch
     from torch.nn.parallel import DistributedDataParallel
@@ -332,13 +332,13 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
     if distributed.world_size > 1:  # the main process verifies the checksums; the others take its choice
         checkpoint = distributed.broadcast_object(checkpoint)
     # Resumed, every process builds the skeleton of the checkpoint's model: the weights come from the checkpoint.
-    model = _checkpoint_skeleton(checkpoint, run_dir, config, distributed.device)
+    model = checkpoint_skeleton(checkpoint, run_dir, config, distributed.device)
     from_checkpoint = model is not None
     if not from_checkpoint:
         model = build_model(config, len(vocabulary), context_length, distributed.device, vocabulary,
                             quiet=not distributed.is_main) if distributed.is_main or not from_main else None
         if from_main:
-            model = _skeleton_unless_main(model, config, distributed)
+            model = skeleton_unless_main(model, config, distributed)
     check_documents_apart(model.config, kernel, distributed.device, bf16, one_row, quiet=not distributed.is_main)
     resumed = checkpoint_state(checkpoint) if checkpoint is not None else {"step": 0, "wall_sec": 0.0}
     # With pieces, a step's tokens are its documents' targets (each document's first token is none): slamkit's count.
@@ -401,12 +401,12 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
             fully_shard(layer, mp_policy=policy)
         fully_shard(core, mp_policy=policy)
         if from_checkpoint:
-            _fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=True)
+            fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=True)
         else:
-            _send_weights(model, core, full_weights, distributed)
+            send_weights(model, core, full_weights, distributed)
         del full_weights
     elif from_checkpoint:
-        _fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=False)
+        fill_from_checkpoint(core, model, checkpoint, distributed.device, sharded=False)
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
@@ -422,17 +422,17 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
         if distributed.is_main and logged.exists():
             # Steps logged after the checkpoint we resume from are done again.
             kept = [line for line in logged.read_text(errors="replace").splitlines()
-                    if _logged_step(line) is not None and _logged_step(line) <= start_step]
+                    if logged_step(line) is not None and logged_step(line) <= start_step]
             storage.write_text(logged, "".join(line + "\n" for line in kept))
     data_parallel = distributed.world_size > 1 and not config.fsdp
     trained = DistributedDataParallel(core) if data_parallel else core
     autocast = torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     compile_mode = config.compile_mode if config.compile_mode != "auto" else \
         ("default" if on_cuda else "max-autotune-no-cudagraphs")
-    step_losses = _StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode,
-                              layers=model.base_model.layers if config.fsdp else None,
-                              dynamic=None if by_pieces else False)  # pieces: a batch's shape varies
-    kinds = _token_kinds(vocabulary, distributed.device)
+    step_losses = StepLosses(config.compile, quiet=not distributed.is_main, mode=compile_mode,
+                             layers=model.base_model.layers if config.fsdp else None,
+                             dynamic=None if by_pieces else False)  # pieces: a batch's shape varies
+    kinds = loss_token_ids(vocabulary, distributed.device)
     peak_flops = 0.0
     if distributed.is_main:
         # A sweep's measurements, fp32's (`PEAK_FLOPS_VARIABLE`) and for a CPU run in bf16 bf16's
@@ -440,7 +440,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
         given_fp32, given_bf16 = given_peaks
         if bf16 and not on_cuda:
             peak_flops = given_bf16 or measure_peak_flops("cpu", bf16=True)
-            _warn_if_slow_bf16(peak_flops, given_fp32 or measure_peak_flops("cpu", bf16=False))
+            warn_if_slow_bf16(peak_flops, given_fp32 or measure_peak_flops("cpu", bf16=False))
         else:
             peak_flops = given_fp32 or measure_peak_flops("cuda" if on_cuda else "cpu", bf16=bf16)
 
@@ -461,7 +461,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
             entry.ready.synchronize()
         numbers = entry.numbers.tolist()
         width = len(VALIDATION_SUMS)
-        totals, grad_norm = _sum_count_pairs(numbers[:width]), numbers[width]
+        totals, grad_norm = sum_count_pairs(numbers[:width]), numbers[width]
         if numbers[width + 1:]:  # several processes: whether any was asked to stop before this step
             stopping = stopping or numbers[width + 1] > 0
         done = entry.step + 1
@@ -479,7 +479,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
         elapsed, last_read = now - max(last_read, entry.started), now
         tokens_per_sec = step_tokens / elapsed
         achieved = tokens_per_sec * plan.flops_per_token["all_params"]
-        record = {"step": done, **asdict(_ratios(totals)), "lr": entry.lr, "grad_norm": grad_norm,
+        record = {"step": done, **asdict(loss_ratios(totals)), "lr": entry.lr, "grad_norm": grad_norm,
                   "tokens": seen, "flops": seen * plan.flops_per_token["all_params"],
                   "tokens_per_sec": tokens_per_sec, "mfu": achieved / peak_flops / distributed.world_size}
         if on_cuda:  # the most this process has held at once, for the memory side of a size's cost
@@ -487,13 +487,13 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
         with storage.naming_a_full_disk(metrics_path), open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if events is not None:
-            _add_scalars(events, "train", record, done)
+            add_scalars(events, "train", record, done)
         tracker.note(step=f"{done}/{plan.total_steps}", loss=record["loss"], lr=record["lr"],
                      tokens_per_sec=round(tokens_per_sec))
         tracker.update()
 
     stopping, done = False, start_step
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         for step in range(start_step, plan.total_steps):
             step_started = time.perf_counter()
             for group in optimizer.param_groups:
@@ -517,7 +517,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
                 last = micro == config.grad_accumulation - 1
                 sync = trained.no_sync() if data_parallel and not last else contextlib.nullcontext()
                 with sync:
-                    loss_sum, sums = step_losses(trained, *_to_device(batch, distributed.device, one_row), kinds,
+                    loss_sum, sums = step_losses(trained, *to_device(batch, distributed.device, one_row), kinds,
                                                  autocast, chunked)
                     (loss_sum * scale).backward()
                 step_sums.append(sums)
@@ -543,7 +543,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
                                              config.num_validation_batches, distributed.device, quiet=True,
                                              chunked=chunked, one_row=one_row)
                 if distributed.is_main:
-                    _log_validation(validation_path, done, seen, losses, events)
+                    log_validation(validation_path, done, seen, losses, events)
                 last_read = time.perf_counter()  # the validation is not the next step's time
             if checkpointing:
                 wall_sec = resumed["wall_sec"] + time.perf_counter() - started
@@ -573,7 +573,7 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
     # Evaluate and save.
     result = None
     if config.fsdp:
-        model = _gathered_model(model, config, distributed)  # every rank takes part; rank 0 evaluates and saves
+        model = gathered_model(model, config, distributed)  # every rank takes part; rank 0 evaluates and saves
     if distributed.is_main:
         model.to(distributed.device)
         validation_batches: list[list[float]] = []
@@ -585,9 +585,9 @@ def _train(config: TrainConfig, distributed: "_Distributed", run_dir: Path,
                                           chunked=chunked, one_row=one_row)
                       if config.validation_data else None)
         if validation is not None and config.validation_every:
-            _log_validation(validation_path, plan.total_steps, seen, validation, events)
+            log_validation(validation_path, plan.total_steps, seen, validation, events)
         elif events is not None and validation is not None:
-            _add_scalars(events, "validation", asdict(validation), plan.total_steps)
+            add_scalars(events, "validation", asdict(validation), plan.total_steps)
         if events is not None:
             events.close()
         if broken := _diverged_after_last_step(model, validation):

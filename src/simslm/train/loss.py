@@ -61,17 +61,17 @@ def chunked_loss_module(model, chunk_tokens: int):
 def _token_losses(model, tokens, positions, vocabulary: Vocabulary, autocast,
                   chunked: bool = False) -> tuple[Any, list[float]]:
     """Summed loss over the scored targets, and [sum, count] of losses on all / speech / text targets."""
-    loss_sum, totals = _loss_and_totals(model, tokens, positions, _token_kinds(vocabulary, tokens.device), autocast,
+    loss_sum, totals = _loss_and_totals(model, tokens, positions, loss_token_ids(vocabulary, tokens.device), autocast,
                                         chunked)
-    return loss_sum, _sum_count_pairs(totals.tolist())
+    return loss_sum, sum_count_pairs(totals.tolist())
 
 
-def _sum_count_pairs(totals: list[float]) -> list[float]:
+def sum_count_pairs(totals: list[float]) -> list[float]:
     """[sum, count] of all / speech / text from the values of `_loss_and_totals`'s tensor."""
     return [totals[0], totals[3], totals[1], totals[4], totals[2], totals[5]]
 
 
-def _token_kinds(vocabulary: Vocabulary, device) -> tuple[int, int, int, Any]:
+def loss_token_ids(vocabulary: Vocabulary, device) -> tuple[int, int, int, Any]:
     """What `_loss_and_totals` needs of the vocabulary: pad id, unit id range, and the ids neither text nor speech."""
     import torch
 
@@ -113,7 +113,7 @@ def _loss_and_totals(model, tokens, positions, kinds, autocast, chunked: bool = 
     return (losses * masks[0]).sum(), torch.cat([masks @ losses.detach(), masks.sum(dim=1)])
 
 
-class _StepLosses:
+class StepLosses:
     """`_loss_and_totals`, compiled with torch.compile when asked: the whole function, or with `layers` (FSDP's
     units) each layer's forward alone. FSDP gathers a layer's weights in hooks around its forward, and those stay
     outside the compiled code (torchtitan compiles per block for the same reason). A first call that cannot compile
@@ -150,7 +150,7 @@ class _StepLosses:
             return self.function(*arguments)
 
 
-def _to_device(batch, device: str, one_row: bool = False):
+def to_device(batch, device: str, one_row: bool = False):
     """A batch's tokens and positions on `device`; with `one_row` (`ONE_ROW_KERNELS`), its rows end to end as one.
     Each row starts a document, so the row that follows another's last token is a target never scored (position 0)."""
     import torch
@@ -170,7 +170,7 @@ def _to_device(batch, device: str, one_row: bool = False):
 VALIDATION_SUMS = ("loss_sum", "tokens", "speech_loss_sum", "speech_tokens", "text_loss_sum", "text_tokens")
 
 
-def _ratios(sums: list[float]) -> Losses:
+def loss_ratios(sums: list[float]) -> Losses:
     ratio = lambda total, count: total / count if count else None  # noqa: E731
     return Losses(loss=ratio(sums[0], sums[1]), loss_speech=ratio(sums[2], sums[3]), loss_text=ratio(sums[4], sums[5]))
 
@@ -194,11 +194,11 @@ def evaluate_modalities(model, folder: str, vocabulary: Vocabulary, batch_size: 
     batches = range(min(num_batches, loader.batches_per_epoch()))
     with torch.no_grad():
         for _ in (batches if quiet else jobs.progress(batches, "validation", unit="batch")):
-            _, sums = _token_losses(model, *_to_device(next(loader), device, one_row), vocabulary,
+            _, sums = _token_losses(model, *to_device(next(loader), device, one_row), vocabulary,
                                     contextlib.nullcontext(), chunked)
             totals = [a + b for a, b in zip(totals, sums)]
             if per_batch is not None:
                 per_batch.append([float(value) for value in sums])
     model.train()
-    return _ratios(totals)
+    return loss_ratios(totals)
 

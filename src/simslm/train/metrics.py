@@ -17,7 +17,7 @@ from simslm import storage
 from simslm.train.plan import Losses
 
 
-def _logged_step(line: str) -> int | None:
+def logged_step(line: str) -> int | None:
     """The step of one metrics.jsonl line, None for a torn or foreign one (a kill mid-write)."""
     try:
         return int(json.loads(line)["step"])
@@ -33,20 +33,20 @@ def training_progress(run_dir: str | os.PathLike) -> tuple[int, int] | None:
         tail = storage.read_tail(Path(run_dir) / "metrics.jsonl").splitlines()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    step = next((step for line in reversed(tail) if (step := _logged_step(line)) is not None), None)
+    step = next((step for line in reversed(tail) if (step := logged_step(line)) is not None), None)
     return None if step is None else (step, total)
 
 
 VALIDATION_CURVE_FILE = "validation.jsonl"
 
 
-def _log_validation(path: Path, step: int, tokens: int, losses: Losses, events) -> None:
+def log_validation(path: Path, step: int, tokens: int, losses: Losses, events) -> None:
     """Append a validation of the model after `step` (`tokens` seen) to validation.jsonl (and TensorBoard)."""
     record = {"step": step, "tokens": tokens, **asdict(losses)}
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     if events is not None:
-        _add_scalars(events, "validation", asdict(losses), step)
+        add_scalars(events, "validation", asdict(losses), step)
 
 
 def loss_curve(run_dir: str | os.PathLike, key: str = "loss_speech", *, validation: bool = False) -> np.ndarray | None:
@@ -82,7 +82,7 @@ def tensorboard_writer(run_dir: Path, start_step: int):
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
 
 
-def _add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None:
+def add_scalars(writer, prefix: str, record: dict[str, Any], step: int) -> None:
     """metrics.jsonl's numbers (a record as written there) as TensorBoard scalars."""
     for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -18,7 +18,7 @@ PEAK_FLOPS_VARIABLE = "SIMSLM_PEAK_FLOPS"
 PEAK_FLOPS_BF16_VARIABLE = "SIMSLM_PEAK_FLOPS_BF16"
 
 
-def _given_peak_flops(variable: str = PEAK_FLOPS_VARIABLE) -> float | None:
+def given_peak_flops(variable: str = PEAK_FLOPS_VARIABLE) -> float | None:
     """The peak FLOP/s in the environment `variable`, if set."""
     value = os.environ.get(variable)
     if value is None:
@@ -68,7 +68,7 @@ def measure_peak_flops(device: str, size: int | None = None, seconds: float = 0.
     return 2 * size ** 3 * count / elapsed
 
 
-def _warn_if_slow_bf16(bf16_flops: float, fp32_flops: float) -> None:
+def warn_if_slow_bf16(bf16_flops: float, fp32_flops: float) -> None:
     """`--precision bf16` on a CPU whose bf16 products are slower than its fp32 ones: said once, trained as asked."""
     if bf16_flops < fp32_flops:
         print(f"simslm train: warning: --precision bf16: this CPU's bf16 matrix products run at "

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simslm import jobs
+from simslm import machine
 from simslm.speech.audio import RESAMPLERS
 
 
@@ -131,7 +131,7 @@ class HubertEncoder:
 
         try:
             # trust_remote_code stays off: HubertModel is a transformers class.
-            self._model = HubertModel.from_pretrained(model_path, **jobs.float32_weights()).eval()
+            self._model = HubertModel.from_pretrained(model_path, **machine.float32_weights()).eval()
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot load HuBERT model '{model_path}' for encoder '{name}' ({error}); "
                              f"pass --model-path with a local folder of a saved HubertModel") from None
@@ -179,11 +179,11 @@ class HubertEncoder:
                 frames = self._model._get_feat_extract_output_lengths(lengths).tolist()
                 hidden = hidden.float().cpu().numpy()
         except (RuntimeError, MemoryError) as error:
-            if not jobs.out_of_memory(error):
+            if not machine.out_of_memory(error):
                 raise
             failure = str(error).strip().splitlines()[0][:200]
         if failure is not None:
-            jobs.release_device_memory(self.device)
+            machine.release_device_memory(self.device)
             seconds = sum(len(samples) for samples in batch) / 16000
             what = f"{seconds:.1f} s of audio" if len(batch) == 1 else f"{len(batch)} utterances ({seconds:.1f} s)"
             raise OutOfMemory(f"{self.name} ran out of memory on {what} ({failure}); cut long recordings into "

@@ -26,14 +26,14 @@ from typing import Any, Callable, Container, Iterable, Iterator, Literal
 
 import numpy as np
 
-from simslm import jobs, slurm, storage
+from simslm import jobs, machine, slurm, storage
 from simslm.config import Config, ConfigError, check_device, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.manifest import iter_utterances, manifest_folder
 from simslm.units import kmeans
 from simslm.units.encoders import ENCODERS, SLAMKIT_EDGE_PAD, SLAMKIT_RESAMPLER, EncoderSpec, build_encoder
-from simslm.units.folder import _shards_present, deduplicate, manifest_stamp
-from simslm.units.journal import DEATHS_TO_SKIP, ENDED_THE_PROCESS, _Deaths, _ShardJournal, _with_what_was_encoded
+from simslm.units.folder import deduplicate, manifest_stamp, shards_present
+from simslm.units.journal import DEATHS_TO_SKIP, ENDED_THE_PROCESS, Deaths, ShardJournal, with_what_was_encoded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +98,7 @@ class ExtractConfig(Config):
 
     def this_shard(self) -> int:
         """This process's share of the shards: --shard-index, or what the launcher says."""
-        return jobs.launcher_shard(self.num_shards) if self.shard_index is None else self.shard_index
+        return machine.launcher_shard(self.num_shards) if self.shard_index is None else self.shard_index
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     started = time.perf_counter()
     codebook = kmeans.Codebook.load(config.codebook)
     spec = codebook_encoder(codebook, config.codebook, config.model_path)
-    device = jobs.torch_device(config.device)
+    device = machine.torch_device(config.device)
     if spec.name == "logmel" and config.dtype != "float32":
         raise ValueError(f"--dtype {config.dtype}: the logmel encoder computes in float32 (numpy); --dtype is for "
                          f"HuBERT encoders")
@@ -148,7 +148,7 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         """Streamed up to three times: checked, for the header (unless units.json stamps this manifest); for the
         work (unless units.json's shard offsets let each shard be read alone); for the totals (once the folder is
         whole)."""
-        return _records(config.manifest, checked=checked) if from_manifest else iter(given)
+        return manifest_records(config.manifest, checked=checked) if from_manifest else iter(given)
 
     out = Path(config.out)
     created = not out.exists()  # only a folder made here is removed after a failure
@@ -157,9 +157,9 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
     shard_paths = [out / "shards" / f"shard-{i:05d}.jsonl" for i in range(num_shard_files)]
     mine = config.this_shard()
     todo = [i for i in range(num_shard_files) if i % config.num_shards == mine and not shard_paths[i].exists()]
-    workers = _workers(config.num_workers, device, len(todo))
+    workers = worker_count(config.num_workers, device, len(todo))
     if todo:
-        encoder = _encoder(asdict(spec), device, config.dtype)
+        encoder = cached_encoder(asdict(spec), device, config.dtype)
         if encoder.dim != codebook.centroids.shape[1]:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
@@ -181,8 +181,8 @@ def extract_units(config: ExtractConfig, records: list[dict[str, Any]] | None = 
         done_now = list(jobs.parallel_map(_extract_shard, tasks, num_workers=workers, total=len(todo),
                                           description="units extract (shards)"))
     except jobs.WorkerDied as error:
-        raise _with_what_was_encoded(error, out / "shards", "those are encoded one at a time, and one that ends "
-                                     "its process again alone is skipped and counted") from None
+        raise with_what_was_encoded(error, out / "shards", "those are encoded one at a time, and one that ends "
+                                    "its process again alone is skipped and counted") from None
     agreements = [stats["agreement"] for _, stats in done_now if stats["agreement"] is not None]
     elsewhere = sum(bool(stats.get("elsewhere")) for _, stats in done_now)
     if elsewhere:
@@ -307,8 +307,8 @@ def extract_on_slurm(config: ExtractConfig) -> ExtractReport:
     # is queued, where each of its jobs would check the whole manifest and fail alike.
     codebook = kmeans.Codebook.load(config.codebook)
     _prepare_folder(config, codebook_encoder(codebook, config.codebook, config.model_path), codebook,
-                    lambda checked=False: _records(config.manifest, checked=checked), from_manifest=True)
-    written_before = _shards_present(Path(config.out))[0]
+                    lambda checked=False: manifest_records(config.manifest, checked=checked), from_manifest=True)
+    written_before = shards_present(Path(config.out))[0]
     executor = slurm.submitit_executor(Path(config.out) / "submitit", config.cluster, timeout_min=config.timeout_min,
                                        gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
                                        slurm_partition=config.slurm_partition, max_requeues=config.max_requeues)
@@ -340,13 +340,13 @@ def _cached(key: str, build: Callable[[], Any]) -> Any:
     return _worker_cache[key]
 
 
-def _workers(asked: int, device: str, num_tasks: int) -> int:
+def worker_count(asked: int, device: str, num_tasks: int) -> int:
     """Worker processes: as asked, else one per core on the CPU and one on a GPU (workers beside it would only
     queue for the same device); never more than there are tasks."""
-    return min(asked or (1 if device.startswith("cuda") else jobs.default_workers()), max(1, num_tasks))
+    return min(asked or (1 if device.startswith("cuda") else machine.default_workers()), max(1, num_tasks))
 
 
-def _records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[dict[str, Any]]:
+def manifest_records(manifest: str | os.PathLike, *, checked: bool = False) -> Iterator[dict[str, Any]]:
     """The id, absolute audio path and duration of each utterance, streamed: at Libri-Light's 21M segments the list
     of them would be some 7 GB in every process of an extraction (docs/BENCHMARKS.md).
 
@@ -433,7 +433,7 @@ class _Runtime:
     min_agreement: float
 
 
-def _encoder(spec: dict[str, Any], device: str, dtype: str):
+def cached_encoder(spec: dict[str, Any], device: str, dtype: str):
     return _cached(json.dumps([spec, device, dtype], sort_keys=True),
                    lambda: build_encoder(EncoderSpec(**spec), device=device, dtype=dtype))
 
@@ -503,8 +503,8 @@ def load_all(records: list[dict[str, Any]], threads: int, resampler: str) -> lis
         return list(pool.map(load, records))
 
 
-def _read_shard(records: list[dict[str, Any]], threads: int, resampler: str, journal: "_ShardJournal",
-                earlier: "_Deaths") -> list[np.ndarray | audio.AudioError | None]:
+def _read_shard(records: list[dict[str, Any]], threads: int, resampler: str, journal: "ShardJournal",
+                earlier: "Deaths") -> list[np.ndarray | audio.AudioError | None]:
     """`load_all` of a shard's records, each group noted in its journal before it is read: those an earlier
     process died reading, one at a time; those that ended a process twice alone, not at all (None)."""
     audio_of: dict[int, np.ndarray | audio.AudioError] = {}
@@ -522,7 +522,7 @@ def _read_shard(records: list[dict[str, Any]], threads: int, resampler: str, jou
 def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, str, int, _Runtime]
                    ) -> tuple[int, dict]:
     shard_index, records, spec, codebook_path, shard_path, num_workers, run = task
-    journal = _ShardJournal.of(Path(shard_path))
+    journal = ShardJournal.of(Path(shard_path))
     # The shard is this process's while it holds the shard's lock: another process extracting into the same folder
     # (the same command run twice, an evaluation's cache filled by two runs at once) leaves it alone. Without it
     # each read the other's live attempt in the journal as a process that had died there, encoded its utterances
@@ -543,7 +543,7 @@ def _extract_shard(task: tuple[int, list[dict[str, Any]], dict[str, Any], str, s
 
 
 def _extract_held_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[str, Any], codebook_path: str,
-                        shard_path: str, num_workers: int, run: _Runtime, journal: "_ShardJournal"
+                        shard_path: str, num_workers: int, run: _Runtime, journal: "ShardJournal"
                         ) -> tuple[int, dict]:
     earlier = journal.earlier_deaths()
     if earlier.last and (earlier.suspects or earlier.reading or earlier.fatal):
@@ -566,10 +566,10 @@ def _extract_held_shard(shard_index: int, records: list[dict[str, Any]], spec: d
 
 
 def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[str, Any], codebook_path: str,
-                  shard_path: Path, num_workers: int, run: _Runtime, journal: "_ShardJournal",
-                  earlier: "_Deaths") -> tuple[int, dict]:
-    encoder = _encoder(spec, run.device, run.dtype)
-    threads = jobs.share_cores(num_workers)
+                  shard_path: Path, num_workers: int, run: _Runtime, journal: "ShardJournal",
+                  earlier: "Deaths") -> tuple[int, dict]:
+    encoder = cached_encoder(spec, run.device, run.dtype)
+    threads = machine.share_cores(num_workers)
     codebook = _cached(codebook_path, lambda: kmeans.Codebook.load(codebook_path))
     lines: list[dict[str, Any] | None] = [None] * len(records)
     loaded, where = [], []
@@ -582,7 +582,7 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
                                           f"for memory, most likely); cut long recordings into utterances first "
                                           f"(`simslm segment`)"}
         elif isinstance(samples, audio.AudioError):
-            lines[position] = {"id": record["id"], "skipped": str(samples), "reason": _skip_reason(samples)}
+            lines[position] = {"id": record["id"], "skipped": str(samples), "reason": skip_reason(samples)}
         else:
             loaded.append(samples)
             where.append(position)
@@ -590,7 +590,7 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
     if run.dtype != "float32" and loaded:
         # Half precision is used only where it gives the same units: checked on this shard's first utterances.
         first = encoder.batches([len(samples) for samples in loaded], run.batch_size)[0]
-        agreement = _half_precision_agreement(encoder, _encoder(spec, run.device, "float32"),
+        agreement = _half_precision_agreement(encoder, cached_encoder(spec, run.device, "float32"),
                                               [loaded[i] for i in first], codebook)
         if agreement is not None and agreement < run.min_agreement:
             raise ValueError(f"--dtype {run.dtype} gives the float32 units on only {agreement:.2%} of the frames "
@@ -603,7 +603,7 @@ def _encode_shard(shard_index: int, records: list[dict[str, Any]], spec: dict[st
                                                                        before=before)):
         record = records[position]
         if isinstance(features, ValueError):
-            lines[position] = {"id": record["id"], "skipped": str(features), "reason": _skip_reason(features)}
+            lines[position] = {"id": record["id"], "skipped": str(features), "reason": skip_reason(features)}
             continue
         units, durations = deduplicate(codebook.assign(features))
         lines[position] = {"id": record["id"], "frame_rate_hz": encoder.frame_rate_hz,
@@ -655,7 +655,7 @@ def _summed(totals: Iterable[dict[str, Any]]) -> dict[str, Any]:
 ENCODER_REJECTED = "rejected by the encoder"
 
 
-def _skip_reason(error: Exception) -> str:
+def skip_reason(error: Exception) -> str:
     """The kind a skipped utterance is counted under: the audio problem, or the encoder's refusal."""
     if isinstance(error, audio.AudioError):
         return error.kind.value

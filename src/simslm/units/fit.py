@@ -20,14 +20,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm.config import Config, check_device, check_not_input, check_output_file, check_positive, registry_choices
 from simslm.speech import audio
 from simslm.speech.audio import RESAMPLERS
 from simslm.speech.manifest import iter_utterances, manifest_folder
 from simslm.units import kmeans
 from simslm.units.encoders import ENCODERS, EncoderSpec
-from simslm.units.extract import _encoder, _records, _skip_reason, _workers
+from simslm.units.extract import cached_encoder, manifest_records, skip_reason, worker_count
 from simslm.units.journal import ENDED_THE_PROCESS
 
 
@@ -80,14 +80,14 @@ def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
     spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
                                 config.resampler)
-    device = jobs.torch_device(config.device)
+    device = machine.torch_device(config.device)
     num_records = sum(1 for _ in iter_utterances(config.manifest))  # checked whole, streamed
     rng = np.random.default_rng(config.seed)
     chosen = (set(rng.choice(num_records, config.max_utterances, replace=False).tolist())
               if num_records > config.max_utterances else range(num_records))
     # Resolved, as the corpus hash has always taken them (symbolic links followed).
     records = [{**record, "path": str(Path(record["path"]).resolve())}
-               for number, record in enumerate(_records(config.manifest)) if number in chosen]
+               for number, record in enumerate(manifest_records(config.manifest)) if number in chosen]
     # Two fits into one codebook would write it at once and share its task journal: the second is refused.
     with storage.exclusive_lock(_beside_codebook(config.out, "lock"),
                                 f"{config.out}: another `simslm units fit` is writing it"):
@@ -141,7 +141,7 @@ def _encode_sample(config: FitConfig, spec: EncoderSpec, records: list[dict[str,
     process (the OOM killer under a job's memory limit) would end every fit: the task journal beside the codebook
     names it, and skips it once it has done so `DEATHS_TO_SKIP` times, in this fit and in later ones into the same
     codebook (the journal keeps the deaths of those skipped)."""
-    workers = _workers(config.num_workers, device, len(records))
+    workers = worker_count(config.num_workers, device, len(records))
     tasks = [(record, asdict(spec), config.max_frames_per_utterance, config.seed, workers, device)
              for record in records]
     journal = jobs.TaskJournal(_beside_codebook(config.out, "running"), key=lambda task: task[0]["id"],
@@ -156,13 +156,13 @@ def _encode_sample(config: FitConfig, spec: EncoderSpec, records: list[dict[str,
 def _encode_for_fit(task: tuple[dict[str, Any], dict[str, Any], int, int, int, str]
                     ) -> tuple[str, np.ndarray | str]:
     record, spec, max_frames, seed, num_workers, device = task
-    encoder = _encoder(spec, device, "float32")
-    jobs.share_cores(num_workers)
+    encoder = cached_encoder(spec, device, "float32")
+    machine.share_cores(num_workers)
     try:
         samples = audio.load_audio(record["path"], resampler=spec["resampler"])
         features = encoder.encode(samples)
     except (audio.AudioError, ValueError) as error:
-        return record["id"], _skip_reason(error)
+        return record["id"], skip_reason(error)
     if len(features) > max_frames:
         rng = np.random.default_rng([seed, int(hashlib.sha256(record["id"].encode()).hexdigest()[:8], 16)])
         features = features[np.sort(rng.choice(len(features), max_frames, replace=False))]

@@ -169,7 +169,7 @@ def _iter_shard_lines(out: Path, ids: Container[str] | None = None) -> Iterator[
                     yield line
 
 
-def _shards_present(out: Path) -> tuple[int, int | None]:
+def shards_present(out: Path) -> tuple[int, int | None]:
     """Shards written in an extraction folder, and how many it has in all (None: an older folder that does not
     say)."""
     header = out / "units.json"
@@ -179,7 +179,7 @@ def _shards_present(out: Path) -> tuple[int, int | None]:
 
 def units_complete(out: str | os.PathLike) -> bool:
     """Whether an extraction folder holds every shard it was started for (nothing left to extract)."""
-    present, expected = _shards_present(Path(out))
+    present, expected = shards_present(Path(out))
     return expected is not None and present >= expected
 
 
@@ -188,7 +188,7 @@ def read_units(out: str | os.PathLike, ids: Container[str] | None = None) -> Ite
 
     A folder some of whose shards are missing (an extraction split over processes, not all done) is refused:
     reading part of a corpus as the whole of it would be a silent wrong result."""
-    present, expected = _shards_present(Path(out))
+    present, expected = shards_present(Path(out))
     if expected is not None and present < expected:
         raise ValueError(f"{out}: {present} of {expected} shards extracted; finish the extraction (every "
                          f"--shard-index of --num-shards) before reading it")

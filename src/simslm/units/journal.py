@@ -27,7 +27,7 @@ DEATHS_TO_SKIP = jobs.DEATHS_TO_SKIP
 
 
 @dataclass(frozen=True)
-class _Deaths:
+class Deaths:
     """What earlier attempts at a shard say about its utterances: those to encode alone (in the group being
     encoded when a process died), those to read alone (`reading`: in the group being read), those to skip (alone
     when it died, reading or encoding, `DEATHS_TO_SKIP` times) with the count, and what the last death was on
@@ -39,7 +39,7 @@ class _Deaths:
     last: tuple[str, tuple[str, ...]] | None = None
 
 
-class _ShardJournal:
+class ShardJournal:
     """What a worker is encoding, beside the shard it writes (`shards/.shard-NNNNN.encoding`, JSON lines), so
     that an utterance that ends the process encoding it (the kernel's OOM killer under a cgroup's memory limit,
     where no Python error is raised: a SLURM job's memory, a recording of an hour) does not end every run of the
@@ -55,7 +55,7 @@ class _ShardJournal:
         self._handle: Any = None  # open for the attempt this process makes (one open, not one per group)
 
     @classmethod
-    def of(cls, shard_path: Path) -> "_ShardJournal":
+    def of(cls, shard_path: Path) -> "ShardJournal":
         return cls(shard_path.with_name(f".{shard_path.name.removesuffix('.jsonl')}.encoding"))
 
     def entries(self) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ class _ShardJournal:
                 attempts[-1][1].append(entry)
         return attempts
 
-    def earlier_deaths(self) -> _Deaths:
+    def earlier_deaths(self) -> Deaths:
         suspects, reading, alone, last = set(), set(), collections.Counter(), None
         for header, lines in self.attempts():
             died = any("died" in line for line in lines) or (
@@ -100,8 +100,8 @@ class _ShardJournal:
                 if len(group) == 1:
                     alone[group[0]] += 1
                 last = (kind, tuple(group))
-        return _Deaths(frozenset(suspects), {key: count for key, count in alone.items() if count >= DEATHS_TO_SKIP},
-                       frozenset(reading), last)
+        return Deaths(frozenset(suspects), {key: count for key, count in alone.items() if count >= DEATHS_TO_SKIP},
+                      frozenset(reading), last)
 
     def begin(self, in_process: bool) -> None:
         import socket
@@ -130,7 +130,7 @@ class _ShardJournal:
             self.path.unlink(missing_ok=True)
 
 
-def _with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> jobs.WorkerDied:
+def with_what_was_encoded(error: jobs.WorkerDied, journals: Path, then: str) -> jobs.WorkerDied:
     """`error`, with the dead workers' attempts marked in the journals in `journals` and what they were encoding
     said (`_note_dead_workers`), and what a run after it does (`then`)."""
     encoding = _note_dead_workers(journals, error)
@@ -147,7 +147,7 @@ def _note_dead_workers(shards_folder: Path, error: jobs.WorkerDied) -> list[str]
 
     host, said = socket.gethostname(), []
     for path in sorted(shards_folder.glob(".*.encoding")):
-        journal = _ShardJournal(path)
+        journal = ShardJournal(path)
         attempts = journal.attempts()
         if not attempts:
             continue

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from simslm import jobs, storage
+from simslm import jobs, machine, storage
 from simslm.config import Config, check_not_input, check_output_file, check_positive
 from simslm.speech import audio
 from simslm.speech.align import AlignmentError
@@ -152,7 +152,7 @@ def phone_alignments(manifest: Path, utterances: dict, items: list[UtteranceUnit
     """Pocketsphinx's timed phones of each item's utterance, and why any could not be aligned, by utterance id."""
     folder = manifest_folder(manifest)
     tasks = [(u.id, str(utterances[u.id].audio_path(folder)), utterances[u.id].transcript) for u in items]
-    workers = min(num_workers or jobs.default_workers(), len(tasks))
+    workers = min(num_workers or machine.default_workers(), len(tasks))
     phones_by_id, skipped = {}, {}
     for utterance_id, result in jobs.parallel_map(_label_one, tasks, num_workers=workers, total=len(tasks),
                                                   description="units quality: phone alignment"):
