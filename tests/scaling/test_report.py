@@ -2,6 +2,7 @@ import dataclasses
 import itertools
 import json
 import re
+import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -436,6 +437,21 @@ def test_an_isoflop_minimum_outside_its_own_interval_is_drawn(tmp_path):
     vertex = {"budget": 1e12, "n_opt": 4e5, "loss_at_vertex": 3.0, "inside_grid": True, "n_opt_ci": [5e5, 9e5]}
     stem = report.plot_isoflop(rows, {"v": {"approach2": {"vertices": [vertex]}}}, "v", tmp_path)
     assert "fitted minimum" in (tmp_path / f"{stem}.svg").read_text()
+
+
+def test_an_isoflop_parabola_is_drawn_through_three_sizes_not_three_runs(tmp_path, monkeypatch):
+    # Two seeds of two sizes are four runs: the figure drew a parabola through them (numpy's RankWarning, a curve
+    # of no meaning) where approach 2 fits none. With a third size there is one, through the seeds' points.
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda plt, figure, path: drawn.append(figure) or path.stem)
+    for sizes in ((1e5, 1e6), (1e5, 3e5, 1e6)):
+        rows = [{"variant": "v", "budget": 1e12, "parameters": n,
+                 "loss_speech": 3.0 + (np.log10(n) - 5.5) ** 2 + noise} for n in sizes for noise in (0.0, 0.01)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            report.plot_isoflop(rows, {}, "v", tmp_path)
+        curves = [line for line in drawn.pop().axes[0].lines if line.get_linestyle() == "-"]
+        assert len(curves) == (len(sizes) >= 3)
 
 
 @pytest.mark.slow
