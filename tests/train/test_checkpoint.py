@@ -24,6 +24,7 @@ from tests.train.helpers import (
     _run_command,
     _told,
     _torchrun,
+    _torchrun_in_turn,
 )
 
 
@@ -217,34 +218,29 @@ def test_a_checkpoint_of_another_model_is_refused_naming_it(data, tmp_path):
 @pytest.mark.slow
 def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     """SIGKILLed (torchrun and both ranks) once its first checkpoint is whole, an FSDP run resumes to the losses of
-    the run never stopped, from full checkpoints and from sharded ones (a format changes no loss: one reference)."""
-    env = _rank_env()
-
-    def torchrun(name: str, checkpoint_format: str) -> list[str]:
-        config = _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
-                         num_checkpoints_kept=5, fsdp=True, checkpoint_format=checkpoint_format)
-        (tmp_path / f"{name}.json").write_text(json.dumps(config.__dict__))
-        return _torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json"))
-
-    completed = subprocess.run(torchrun("reference", "full"), env=env, cwd=REPO, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    for checkpoint_format in ("full", "sharded"):
-        killed = f"killed-{checkpoint_format}"
-        process = subprocess.Popen(torchrun(killed, checkpoint_format), env=env, cwd=REPO, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        first = tmp_path / killed / "checkpoints" / "step-00000002" / "checksums.json"
+    the run never stopped, from full checkpoints and from sharded ones (a format changes no loss: one reference).
+    The two resume in one torchrun, the first in fresh processes, and the reference is trained after them."""
+    configs = {name: _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
+                             num_checkpoints_kept=5, fsdp=True, checkpoint_format=checkpoint_format)
+               for name, checkpoint_format in (("killed-full", "full"), ("killed-sharded", "sharded"),
+                                               ("reference", "full"))}
+    for name in ("killed-full", "killed-sharded"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(configs[name].__dict__))
+        process = subprocess.Popen(_torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json")),
+                                   env=_rank_env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        first = tmp_path / name / "checkpoints" / "step-00000002" / "checksums.json"
         deadline = time.time() + 120
         while not first.exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        assert not (tmp_path / killed / "result.json").exists(), "the run finished before it could be killed"
-        completed = subprocess.run(torchrun(killed, checkpoint_format), env=env, cwd=REPO, capture_output=True,
-                                   text=True)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        assert _losses(tmp_path / killed) == _losses(tmp_path / "reference"), checkpoint_format
-        checkpoint = tmp_path / killed / "checkpoints" / "step-00000008"
-        if checkpoint_format == "sharded":  # each process wrote its own shards; nothing was gathered
+        assert not (tmp_path / name / "result.json").exists(), f"{name} finished before it could be killed"
+    _torchrun_in_turn(tmp_path, configs)
+    for name in ("killed-full", "killed-sharded"):
+        assert _losses(tmp_path / name) == _losses(tmp_path / "reference"), name
+        checkpoint = tmp_path / name / "checkpoints" / "step-00000008"
+        if name == "killed-sharded":  # each process wrote its own shards; nothing was gathered
             assert not (checkpoint / "model.safetensors").exists()
             assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp",
                                                                                           "__1_0.distcp"]
@@ -252,7 +248,7 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
                                                                                     "sharded/__1_0.distcp"}
         else:
             assert (checkpoint / "model.safetensors").exists()
-        assert not list((tmp_path / killed / "checkpoints").glob(".*"))  # no save left part way
+        assert not list((tmp_path / name / "checkpoints").glob(".*"))  # no save left part way
 
 
 @pytest.mark.slow
