@@ -479,7 +479,8 @@ def _term_weights(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tu
 def _huber(residual: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
     """Σ ρ_δ(r), Huber's loss (quadratic within δ, linear beyond), and dρ/dr at each residual."""
     small = np.abs(residual) <= delta
-    value = np.where(small, 0.5 * residual * residual, delta * (np.abs(residual) - 0.5 * delta)).sum()
+    within = np.clip(residual, -delta, delta)  # squared unclipped, a line search's wild step overflowed (a warning)
+    value = np.where(small, 0.5 * within * within, delta * (np.abs(residual) - 0.5 * delta)).sum()
     return value, np.where(small, residual, delta * np.sign(residual))
 
 
