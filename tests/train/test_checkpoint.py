@@ -219,12 +219,14 @@ def test_a_checkpoint_of_another_model_is_refused_naming_it(data, tmp_path):
 def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
     """SIGKILLed (torchrun and both ranks) once its first checkpoint is whole, an FSDP run resumes to the losses of
     the run never stopped, from full checkpoints and from sharded ones (a format changes no loss: one reference).
-    The two resume in one torchrun, the first in fresh processes, and the reference is trained after them."""
+    The two resume in one torchrun and the reference is trained after them. The sharded one resumes first, in
+    fresh processes; an FSDP run resumes from a full checkpoint in fresh ones in
+    `test_under_fsdp_only_the_main_process_reads_the_weights_and_checkpoints`."""
     configs = {name: _config(data, tmp_path / name, budget_tokens=8 * 4 * 64, batch_size=2, checkpoint_every=2,
                              num_checkpoints_kept=5, fsdp=True, checkpoint_format=checkpoint_format)
-               for name, checkpoint_format in (("killed-full", "full"), ("killed-sharded", "sharded"),
+               for name, checkpoint_format in (("killed-sharded", "sharded"), ("killed-full", "full"),
                                                ("reference", "full"))}
-    for name in ("killed-full", "killed-sharded"):
+    for name in ("killed-sharded", "killed-full"):
         (tmp_path / f"{name}.json").write_text(json.dumps(configs[name].__dict__))
         process = subprocess.Popen(_torchrun(2, "-m", "simslm", "train", "--config", str(tmp_path / f"{name}.json")),
                                    env=_rank_env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -237,7 +239,7 @@ def test_an_fsdp_run_killed_mid_training_resumes_bit_for_bit(data, tmp_path):
         process.wait()
         assert not (tmp_path / name / "result.json").exists(), f"{name} finished before it could be killed"
     _torchrun_in_turn(tmp_path, configs)
-    for name in ("killed-full", "killed-sharded"):
+    for name in ("killed-sharded", "killed-full"):
         assert _losses(tmp_path / name) == _losses(tmp_path / "reference"), name
         checkpoint = tmp_path / name / "checkpoints" / "step-00000008"
         if name == "killed-sharded":  # each process wrote its own shards; nothing was gathered

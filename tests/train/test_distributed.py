@@ -91,50 +91,6 @@ def test_a_run_of_two_processes_stopped_by_sigterm_destroys_its_process_group(da
     assert "process group not destroyed" not in (tmp_path / "spy.log").read_text()
 
 
-@pytest.fixture(scope="module")
-def two_process_launch(data, extracted, tmp_path_factory):
-    """The runs these tests compare, as one process and as two (`_runs_of_one_and_two_processes`: the two
-    processes train them all in one torchrun; eleven launches of their own took 3.1-3.7x as long, BENCHMARKS).
-    bf16 weights come first, in fresh processes as a run alone: simslm registers its fp32 attention kernel for
-    bf16 on the CPU (sdpa_fp32) with transformers once in a process, and a run after another would find it
-    registered. The real architectures have data built for each."""
-    from simslm.sequences.build import BuildConfig, build_sequences
-    from tests.conftest import tiny_base_model
-
-    tmp_path = tmp_path_factory.mktemp("two")
-    runs = {"bf16-weights": ({"precision": "bf16-weights"}, {"fsdp": True}),
-            "data-parallel": ({}, {}),
-            "fsdp": ({}, {"fsdp": True, "validation_data": data, "validation_every": 2}),
-            "chunked": ({}, {"fsdp": True, "loss_chunk_tokens": 40, "activation_checkpointing": True,
-                             "validation_data": data, "validation_every": 3}),
-            "fsdp-bf16": ({}, {"fsdp": True, "fsdp_mixed_precision": "bf16"})}
-    for architecture in ("qwen2", "llama"):
-        # Weights drawn 25x wider than transformers' default, so attention is peaked and positions matter: at the
-        # default (std 0.02) attention is near uniform, and RoPE frequencies of 0.5 on the second process gave the
-        # same losses.
-        extra = {"llama": {"rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-                           "rope_theta": 500000.0}}.get(architecture, {})
-        base = tiny_base_model(tmp_path / "bases" / architecture, architecture, 32, 2, tie_word_embeddings=True,
-                               initializer_range=0.5, **extra)
-        units, _, _ = extracted
-        built = str(tmp_path / f"seq-{architecture}")
-        build_sequences(BuildConfig(out=built, tokenizer=base, manifest=units.manifest, units=units.out,
-                                    streams=("interleaved", "speech"), context_length=64))
-        runs[architecture] = ({"data": built, "base_model": base, "validation_data": built}, {"fsdp": True})
-    # Compiled last, so that no run above follows one that compiled. The fallback is "fsdp" but for --compile.
-    runs |= {"compiled": ({}, {"fsdp": True, "compile": True}),
-             "fallback": ({}, {**runs["fsdp"][1], "compile": True}),
-             "compiled-data-parallel": ({}, {"compile": True})}
-    return _runs_of_one_and_two_processes(data, tmp_path, runs, spy=_COMPILE_SPY)
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(two_process_launch):
-    """Each run's folders as one process and as two (`two_process_launch`)."""
-    return two_process_launch[0]
-
-
 # torch.compile noted in each process (what each run compiles, in RUN.log beside its config), and failing at its
 # first call in the run named "fallback", as on a machine without a C++ compiler.
 _COMPILE_SPY = """
@@ -156,6 +112,50 @@ def noted(target, **options):
 
 torch.compile = noted
 """
+
+
+@pytest.fixture(scope="module")
+def two_process_launch(data, extracted, tmp_path_factory):
+    """The runs these tests compare, as one process and as two (`_runs_of_one_and_two_processes`: the two
+    processes train them all in one torchrun; eleven launches of their own took 3.1-3.7x as long, BENCHMARKS).
+    bf16 weights come first, in fresh processes as a run alone: simslm registers its fp32 attention kernel for
+    bf16 on the CPU (sdpa_fp32) with transformers once in a process, and a run after another would find it
+    registered. The real architectures have data built for each."""
+    from simslm.sequences.build import BuildConfig, build_sequences
+    from tests.conftest import tiny_base_model
+
+    tmp_path = tmp_path_factory.mktemp("two")
+    units, _, _ = extracted
+    runs = {"bf16-weights": ({"precision": "bf16-weights"}, {"fsdp": True}),
+            "data-parallel": ({}, {}),
+            "fsdp": ({}, {"fsdp": True, "validation_data": data, "validation_every": 2}),
+            "chunked": ({}, {"fsdp": True, "loss_chunk_tokens": 40, "activation_checkpointing": True,
+                             "validation_data": data, "validation_every": 3}),
+            "fsdp-bf16": ({}, {"fsdp": True, "fsdp_mixed_precision": "bf16"})}
+    for architecture in ("qwen2", "llama"):
+        # Weights drawn 25x wider than transformers' default, so attention is peaked and positions matter: at the
+        # default (std 0.02) attention is near uniform, and RoPE frequencies of 0.5 on the second process gave the
+        # same losses.
+        extra = {"llama": {"rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+                           "rope_theta": 500000.0}}.get(architecture, {})
+        base = tiny_base_model(tmp_path / "bases" / architecture, architecture, 32, 2, tie_word_embeddings=True,
+                               initializer_range=0.5, **extra)
+        built = str(tmp_path / f"seq-{architecture}")
+        build_sequences(BuildConfig(out=built, tokenizer=base, manifest=units.manifest, units=units.out,
+                                    streams=("interleaved", "speech"), context_length=64))
+        runs[architecture] = ({"data": built, "base_model": base, "validation_data": built}, {"fsdp": True})
+    # Compiled last, so that no run above follows one that compiled. The fallback is "fsdp" but for --compile.
+    runs |= {"compiled": ({}, {"fsdp": True, "compile": True}),
+             "fallback": ({}, {**runs["fsdp"][1], "compile": True}),
+             "compiled-data-parallel": ({}, {"compile": True})}
+    return _runs_of_one_and_two_processes(data, tmp_path, runs, spy=_COMPILE_SPY)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(two_process_launch):
+    """Each run's folders as one process and as two (`two_process_launch`)."""
+    return two_process_launch[0]
 
 
 @pytest.mark.slow
