@@ -197,8 +197,8 @@ def test_fsdp_of_real_architectures_matches_one_process(two_process_runs, archit
     saved = AutoModelForCausalLM.from_pretrained(sharded / "model")
     assert saved.lm_head.weight is saved.model.embed_tokens.weight
     config = json.loads((sharded / "config.json").read_text())
-    again = evaluate_modalities(saved, str(sharded.parent / f"seq-{architecture}"), Vocabulary.load(sharded / "model"),
-                                config["batch_size"], config["num_validation_batches"], "cpu")
+    again = evaluate_modalities(saved, config["data"], Vocabulary.load(sharded / "model"), config["batch_size"],
+                                config["num_validation_batches"], "cpu")  # the run's own data, absolute as given
     assert again.loss == pytest.approx(RunResult.load(sharded).validation.loss, rel=1e-6)
 
 
