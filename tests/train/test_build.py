@@ -186,6 +186,26 @@ def test_fp32_attention_computes_in_fp32_under_bf16_autocast_and_is_sdpa_in_fp32
     assert torch.equal(logits["sdpa"], logits["sdpa_fp32"])
 
 
+def test_a_skeleton_built_first_in_its_process_finds_its_fp32_attention_registered(monkeypatch, tmp_path):
+    """An FSDP process other than the main one builds its model as a skeleton before anything else in it has
+    registered simslm's `sdpa_fp32` with transformers; set on the skeleton unregistered, transformers refuses it."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from simslm import model as model_lib
+    from simslm.train.build import FP32_ATTENTION, model_skeleton
+
+    for interface in (AttentionInterface, AttentionMaskInterface):  # as in a fresh process
+        monkeypatch.delitem(interface._global_mapping, FP32_ATTENTION, raising=False)
+    assert FP32_ATTENTION not in ALL_ATTENTION_FUNCTIONS
+    model_config = model_lib.build_family_model(2, 300, seed=0, context_length=64).config
+    config = TrainConfig(run_dir=tmp_path / "run", data=tmp_path / "data", precision="bf16-weights",
+                         budget_tokens=1000)
+    skeleton = model_skeleton(model_config, config, "cpu")
+    assert skeleton.config._attn_implementation == FP32_ATTENTION
+    assert next(skeleton.parameters()).device.type == "meta"
+
+
 @pytest.mark.slow
 def test_flex_attention_keeps_documents_apart_and_trains_on_cuda_only(data, tmp_path, monkeypatch):
     import torch
