@@ -47,6 +47,17 @@ def test_train_help_lists_every_field_with_its_default(capsys):
     assert "(default: 0.5)" in text and "--init {twist,random}" in text and "(required)" in text
 
 
+@pytest.mark.parametrize("command", [["eval"], ["units", "fit"], ["units", "convert"]])
+def test_help_lists_the_options_to_give_before_those_a_shared_base_adds(command, capsys):
+    # eval's options build on the scoring ones, and units fit and convert on a codebook's encoder options.
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    first_optional = options.index("(default:")
+    assert options.rfind("(required)") < first_optional
+    assert options.index("--bench" if command == ["eval"] else "--out") < first_optional
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train"], "missing --run-dir, --data"),
     (["train", "run_dir=r", "data=d"], "exactly one of --budget-flops, --budget-tokens and --budget-tokens-per"),

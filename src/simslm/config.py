@@ -78,8 +78,7 @@ class Config:
                 raise ConfigError(f"{source}: unknown option '{key}' (known: {', '.join(sorted(names))})")
             resolved[name] = coerce(field_types(cls)[name], value, name, source)
         missing = [flag(field.name) for field in dataclasses.fields(cls)
-                   if field.name not in resolved and field.default is dataclasses.MISSING
-                   and field.default_factory is dataclasses.MISSING]
+                   if field.name not in resolved and _required(field)]
         if missing:
             raise ConfigError(f"missing {', '.join(missing)}")
         return cls(**resolved)
@@ -294,9 +293,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
     """
     docs = field_docs(cls)
     hints = field_types(cls)
-    for field in dataclasses.fields(cls):
+    # Required fields first: a config built on shared options (`EvalConfig` on the scoring ones) lists them after
+    # the inherited, optional ones, and a user reads first what must be given.
+    for field in sorted(dataclasses.fields(cls), key=lambda field: not _required(field)):
         kind = hints[field.name]
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        required = _required(field)
         help_text = docs.get(field.name, "")
         allowed = choices(cls, field.name)
         if allowed and typing.get_origin(_unwrap_optional(kind)) is tuple:
@@ -334,6 +335,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
         parser.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                             help="option values as key=value (same names as the options, with _)")
     parser.set_defaults(config_class=cls)
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:

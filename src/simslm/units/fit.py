@@ -32,16 +32,10 @@ from simslm.units.journal import ENDED_THE_PROCESS
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitConfig(Config):
-    """What `simslm units fit` does."""
+class EncoderOptions(Config):
+    """The encoder a codebook is made for, as `units fit` and `units convert` take it and the codebook records it."""
 
-    renamed: ClassVar[dict[str, str]] = {"k": "num_units"}
-
-    manifest: str
-    """Manifest of the corpus to fit on."""
-    out: str
-    """Codebook path (<out>.npy + <out>.json)."""
-    encoder: str = field(default="logmel", metadata=registry_choices(ENCODERS))
+    encoder: str
     """Encoder name (see `simslm units --help`)."""
     model_path: str | None = None
     """HuBERT checkpoint folder or hub id (default: the encoder's)."""
@@ -53,6 +47,22 @@ class FitConfig(Config):
     resampler: str | None = field(default=None, metadata=registry_choices(RESAMPLERS))
     """How audio not at 16 kHz is resampled: sinc-hann (torchaudio's default, which slamkit's extraction uses;
     the default for HuBERT encoders) or soxr (libsoxr's HQ; logmel's default). Recorded with the codebook."""
+
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec.standard(self.encoder, self.model_path, self.layer, self.edge_pad, self.resampler)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig(EncoderOptions):
+    """What `simslm units fit` does."""
+
+    renamed: ClassVar[dict[str, str]] = {"k": "num_units"}
+
+    manifest: str
+    """Manifest of the corpus to fit on."""
+    out: str
+    """Codebook path (<out>.npy + <out>.json)."""
+    encoder: str = field(default="logmel", metadata=registry_choices(ENCODERS))
     num_units: int = 500
     """Number of units, the k of k-means (500 in the paper)."""
     max_utterances: int = 400
@@ -78,8 +88,7 @@ class FitConfig(Config):
 
 def fit_codebook(config: FitConfig) -> Path:
     """Fit a k-means codebook on encoder features sampled across a corpus."""
-    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
-                                config.resampler)
+    spec = config.encoder_spec()
     device = machine.torch_device(config.device)
     num_records = sum(1 for _ in iter_utterances(config.manifest))  # checked whole, streamed
     rng = np.random.default_rng(config.seed)
@@ -183,7 +192,7 @@ def corpus_hash(records: list[dict[str, Any]], root: str | os.PathLike) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConvertConfig(Config):
+class ConvertConfig(EncoderOptions):
     """What `simslm units convert` does."""
 
     pickle: str
@@ -192,16 +201,6 @@ class ConvertConfig(Config):
     """Codebook path to write (<out>.npy + <out>.json)."""
     encoder: str = field(default="mhubert-25hz", metadata=registry_choices(ENCODERS))
     """Encoder whose features the k-means was fit on."""
-    model_path: str | None = None
-    """HuBERT checkpoint (default: the encoder's)."""
-    layer: int | None = None
-    """HuBERT layer (default: the encoder's)."""
-    edge_pad: int | None = None
-    """Zero samples added at each end of the audio before a HuBERT encoder (default: slamkit's 40, which its
-    extraction and evaluation add; 0 for units made by tools that add none). Recorded with the codebook."""
-    resampler: str | None = field(default=None, metadata=registry_choices(RESAMPLERS))
-    """How audio not at 16 kHz is resampled: sinc-hann (torchaudio's default, which slamkit's extraction uses;
-    the default for HuBERT encoders) or soxr (libsoxr's HQ; logmel's default). Recorded with the codebook."""
     trust_pickle: bool = False
     """Allow unpickling the file once (it can run code): only for files from a source you trust."""
 
@@ -213,8 +212,7 @@ class ConvertConfig(Config):
 
 def convert_codebook(config: ConvertConfig) -> Path:
     """Turn a pickled k-means into a plain codebook that records its encoder."""
-    spec = EncoderSpec.standard(config.encoder, config.model_path, config.layer, config.edge_pad,
-                                config.resampler)
+    spec = config.encoder_spec()
     meta = {"encoder": asdict(spec), "frame_rate_hz": ENCODERS[config.encoder][0]}
     return kmeans.convert_pickled(config.pickle, config.out, trust_pickle=config.trust_pickle, meta=meta)
 
