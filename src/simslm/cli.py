@@ -471,7 +471,7 @@ COMMANDS: tuple[Command, ...] = (
             _config("simslm.scaling.plan", "PlanConfig"), _plan, also_positional=("fit",)),
     Command(("report",), "HTML report with plots and fitted laws for a sweep",
             _config("simslm.scaling.report", "ReportConfig"), _report, positional=("sweep",)),
-    Command(("demo",), "the whole offline scaling study from nothing, bracketed (13-23 min on 2 cores)",
+    Command(("demo",), "the whole offline scaling study from nothing, bracketed (10-28 min on 2 cores)",
             _config("simslm.demo", "DemoConfig"), _demo),
 )
 

@@ -47,7 +47,7 @@ TRAIN_STORIES, BENCH_STORIES, VALIDATION_STORIES = "[:2000]", "[2000:2100]", "[2
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig(Config):
-    """What `simslm demo` does (the defaults take 13 to 23 minutes on 2 CPU cores, depending on the CPU;
+    """What `simslm demo` does (the defaults take 10 to 28 minutes on 2 CPU cores, depending on the CPU;
     docs/BENCHMARKS.md)."""
 
     out: str = "out/demo"
