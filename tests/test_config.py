@@ -58,6 +58,11 @@ def test_help_lists_the_options_to_give_before_those_a_shared_base_adds(command,
     assert options.index("--bench" if command == ["eval"] else "--out") < first_optional
 
 
+def test_print_config_lists_the_options_in_the_order_of_help(capsys):
+    assert main(["units", "convert", "--pickle", "km.bin", "--out", "km", "--print-config"]) == 0
+    assert list(json.loads(capsys.readouterr().out))[:3] == ["pickle", "out", "encoder"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train"], "missing --run-dir, --data"),
     (["train", "run_dir=r", "data=d"], "exactly one of --budget-flops, --budget-tokens and --budget-tokens-per"),

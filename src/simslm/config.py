@@ -84,8 +84,9 @@ class Config:
         return cls(**resolved)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (tuples as lists) that `from_dict` reads back to an equal config."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain values (tuples as lists) that `from_dict` reads back to an equal config, in the order of help."""
+        values = dataclasses.asdict(self)
+        return json.loads(json.dumps({field.name: values[field.name] for field in ordered_fields(type(self))}))
 
 
 def flag(name: str) -> str:
@@ -293,9 +294,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
     """
     docs = field_docs(cls)
     hints = field_types(cls)
-    # Required fields first: a config built on shared options (`EvalConfig` on the scoring ones) lists them after
-    # the inherited, optional ones, and a user reads first what must be given.
-    for field in sorted(dataclasses.fields(cls), key=lambda field: not _required(field)):
+    for field in ordered_fields(cls):
         kind = hints[field.name]
         required = _required(field)
         help_text = docs.get(field.name, "")
@@ -339,6 +338,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
 
 def _required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A config's fields as help and `--print-config` list them: the required ones first, then in their order. A
+    config built on shared options (`EvalConfig` on the scoring ones, `units fit` on the encoder's) has the
+    inherited, optional ones first as a dataclass, and a user reads first what must be given."""
+    return sorted(dataclasses.fields(cls), key=lambda field: not _required(field))
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
