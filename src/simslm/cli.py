@@ -369,9 +369,10 @@ def _plan(config) -> int:
 
 
 def _report(config) -> int:
+    from simslm import machine
     from simslm.scaling.report import write_report
 
-    print(f"report -> {write_report(config.sweep, out=config.out)}")
+    print(f"report -> {write_report(config.sweep, out=config.out, num_workers=machine.default_workers())}")
     return 0
 
 

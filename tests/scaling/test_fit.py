@@ -529,6 +529,37 @@ def test_one_budget_gives_no_envelope_law_and_says_so():
     assert fit["approach2"]["vertices"][0]["inside_grid"]
 
 
+def test_the_bootstrap_is_the_same_in_one_process_and_in_workers(tmp_path, monkeypatch):
+    """`simslm fit` bootstraps on one worker per core by default. Resample i is drawn from (seed, i) alone, so
+    the fit does not depend on how many workers share the resamples, or how they are chunked."""
+    from simslm import jobs, machine
+    from simslm.cli import main
+
+    mapped, parallel_map = [], jobs.parallel_map
+
+    def spied(function, tasks, **options):
+        mapped.append(([len(task[4]) for task in tasks], options["num_workers"]))
+        return parallel_map(function, tasks, **options)
+
+    monkeypatch.setattr(jobs, "parallel_map", spied)
+    points = _isoflop_grid(TRUE, noise=0.01, seed=0)
+    alone = approach3(points, num_resamples=30, seed=3)
+    shared = approach3(points, num_resamples=30, seed=3, num_workers=3)
+    assert mapped == [([30], 1), ([10, 10, 10], 3)]  # a chunk for each worker
+    assert shared == alone
+    table = tmp_path / "runs.csv"
+    table.write_text("parameters,tokens,loss,budget\n" + "".join(
+        f"{n},{d},{loss},{b}\n" for n, d, loss, b in zip(points.parameters, points.tokens, points.loss, points.budget)))
+    monkeypatch.setattr(machine, "default_workers", lambda: 2)
+    assert main(["fit", str(table), "--num-resamples", "30", "--out", str(tmp_path / "fit.json")]) == 0
+    assert mapped[-1] == ([15, 15], 2)  # by default, one worker per core
+    assert main(["fit", str(table), "--num-resamples", "30", "--num-workers", "1",
+                 "--out", str(tmp_path / "alone.json")]) == 0
+    fits = [json.loads((tmp_path / name).read_text())["variants"]["runs"]["approach3"]
+            for name in ("fit.json", "alone.json")]
+    assert fits[0]["samples"] == fits[1]["samples"] and fits[0]["law"] == fits[1]["law"]
+
+
 def test_a_fresh_bootstrap_worker_fits_on_one_blas_thread():
     # A spawned worker enters the limit before it first imports scipy.optimize, whose OpenBLAS must be limited too.
     import os

@@ -170,9 +170,18 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path):
+def test_a_report_of_replicated_runs_says_which_seed_each_run_is(tmp_path, monkeypatch):
+    from simslm import machine
+    from simslm.cli import main
+
     _fake_sweep(tmp_path, seeds=(0, 1))
-    text = report.write_report(tmp_path).read_text()
+    workers, fit_sweep = [], collect.fit_sweep
+    monkeypatch.setattr(collect, "fit_sweep", lambda sweep_dir, **options: workers.append(options["num_workers"])
+                        or fit_sweep(sweep_dir, **options, num_resamples=20))
+    monkeypatch.setattr(machine, "default_workers", lambda: 2)
+    assert main(["report", str(tmp_path)]) == 0
+    assert workers == [2]  # `simslm report` fits a sweep that has no fit.json on a worker per core
+    text = (tmp_path / "report" / "index.html").read_text()
     assert "<th>seed</th>" in text
     runs_table = text.split("<h2>Runs</h2>")[1]
     assert runs_table.count("<tr>") == 1 + 2 * 2 * 3 * 4  # header, then 2 variants x 3 budgets x 4 sizes x 2 seeds

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simslm import storage
+from simslm import machine, storage
 from simslm.config import Config, ConfigError, check_not_input, check_output_file, check_positive
 from simslm.eval.evaluate import long_sides_note, read_results
 from simslm.eval.scoring import Accuracy, accuracy_draws, accuracy_with_ci
@@ -408,8 +408,8 @@ class FitConfig(Config):
     """Parameters counted in N (all: the paper's)."""
     num_resamples: int = 1000
     """Bootstrap resamples."""
-    num_workers: int = 1
-    """Worker processes for the bootstrap."""
+    num_workers: int = 0
+    """Worker processes for approach 3's bootstrap; 0 = one per core. The fit is the same with any number."""
     estimator: Literal["huber", "likelihood"] = "huber"
     """Approach 3's estimator: huber (Hoffmann et al.'s fit) or likelihood (the Huber likelihood behind Besiroglu
     et al.'s reported estimates)."""
@@ -425,7 +425,8 @@ class FitConfig(Config):
     budget)."""
 
     def check(self) -> None:
-        check_positive(self, "num_resamples", "num_workers")
+        check_positive(self, "num_resamples")
+        check_positive(self, "num_workers", allow_zero=True)
         for item in self.columns:
             ours, _, theirs = item.partition("=")
             if ours not in TABLE_COLUMNS or not theirs:
@@ -453,12 +454,13 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     """Fit a sweep folder or a table as `simslm fit` asks; the fits and where they were written."""
     source = Path(config.source)
     unwritable = "pass --out FILE to write the fit elsewhere"
+    workers = config.num_workers or machine.default_workers()
     if source.is_dir():
         out = Path(config.out) if config.out else source / ("fit.json" if config.convention == "all" else
                                                              NON_EMBEDDING_FIT)
         storage.refuse_unwritable(out, unwritable)  # before the bootstrap, not after it
         fits = fit_sweep(source, convention=config.convention, num_resamples=config.num_resamples,
-                         num_workers=config.num_workers, out=out, estimator=config.estimator,
+                         num_workers=workers, out=out, estimator=config.estimator,
                          bootstrap=config.bootstrap)
         return fits, out
     points = read_table(source, convention=config.convention,  # a missing table is said as such first
@@ -467,7 +469,7 @@ def fit_source(config: FitConfig) -> tuple[dict[str, Any], Path]:
     storage.refuse_unwritable(out, unwritable)
     fits = {"convention": config.convention, "source": storage.portable_path(source, out.parent)["relative"],
             "variants": {source.stem: fit_all(points, num_resamples=config.num_resamples, convention=config.convention,
-                                              num_workers=config.num_workers, estimator=config.estimator,
+                                              num_workers=workers, estimator=config.estimator,
                                               bootstrap=config.bootstrap)}}
     storage.write_json(out, fits)
     return fits, out

@@ -677,10 +677,12 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
         raise ValueError(f"bootstrap {bootstrap!r}: choose one of {', '.join(BOOTSTRAPS)}")
     full = _full_fit(points, delta, 8, estimator)
     law = _law(full)
-    chunks = [list(range(start, min(num_resamples, start + 250))) for start in range(0, num_resamples, 250)]
+    # Chunks of at most 250 resamples, for progress; at least one per worker, so that every worker has one.
+    size = min(250, math.ceil(num_resamples / num_workers))
+    chunks = [list(range(start, min(num_resamples, start + size))) for start in range(0, num_resamples, size)]
     tasks = [(points, full, delta, seed, chunk, estimator, bootstrap) for chunk in chunks]
     chunks_done = sorted(jobs.parallel_map(_bootstrap_fits, tasks, num_workers=min(num_workers, len(tasks)),
-                                           total=len(tasks), description="bootstrap (x250)"))
+                                           total=len(tasks), description=f"bootstrap (x{size})"))
     samples = np.asarray([row for _, fits in chunks_done for row in fits]).reshape(-1, 5)
     names = ("E", "A", "B", "alpha", "beta")
     # a = β/(α+β) is undefined where both exponents are 0 (points that do not vary): NaN, which the degenerate
