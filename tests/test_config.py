@@ -58,6 +58,22 @@ def test_help_lists_the_options_to_give_before_those_a_shared_base_adds(command,
     assert options.index("--bench" if command == ["eval"] else "--out") < first_optional
 
 
+def test_help_says_an_options_default_once(capsys):
+    """An option whose docstring says what leaving it out does gets no "(default: None)" after it; one with a
+    value of its own keeps it."""
+    def described(command: list[str]) -> str:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    plan = described(["plan"])
+    assert "(default: the textless reference law of Cuervo & Marxer 2024). --variant" in plan
+    assert "(default: None)" not in plan and "tok512 + 500 units + 3. (default: 1015)" in plan
+    assets = described(["assets", "list"])
+    assert "Asset names (default: all)." in assets and "(default: none)" not in assets
+    assert "for quick looks. (default: None)" in described(["eval"])  # --max-pairs: its docstring says nothing of it
+
+
 def test_print_config_lists_the_options_in_the_order_of_help(capsys):
     assert main(["units", "convert", "--pickle", "km.bin", "--out", "km", "--print-config"]) == 0
     assert list(json.loads(capsys.readouterr().out))[:3] == ["pickle", "out", "encoder"]

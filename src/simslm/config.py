@@ -283,6 +283,13 @@ def _describe_default(value: Any) -> str:
     return str(value)
 
 
+def _default_in_words(value: Any, doc: str) -> bool:
+    """Whether an option's docstring already says what leaving it out does, for a default that only marks it left
+    out: "(default: the encoder's)" followed by "(default: None)" said two things, and `assets`' "(default: all)"
+    followed by "(default: none)" contradicted itself."""
+    return value in (None, "", ()) and re.search(r"\bdefault\b", doc, re.IGNORECASE) is not None
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = (),
                          also_positional: tuple[str, ...] = (), overrides: bool = False) -> None:
     """One option per field of `cls` (its docstring and default as help), plus --config and --print-config.
@@ -301,10 +308,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, position
         allowed = choices(cls, field.name)
         if allowed and typing.get_origin(_unwrap_optional(kind)) is tuple:
             help_text += f" Any of: {', '.join(map(str, allowed))}."
-        if not required:
-            help_text += f" (default: {_describe_default(field.default)})"
-        elif field.name not in positional:
+        if required and field.name not in positional:
             help_text += " (required)"
+        elif not required and not _default_in_words(field.default, help_text):
+            help_text += f" (default: {_describe_default(field.default)})"
         help_text = help_text.replace("%", "%%")
         parse = _argument_type(kind, field.name)
         if field.name in positional:
