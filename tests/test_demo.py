@@ -10,13 +10,24 @@ from simslm.eval.benchbuild import story_key, training_stories
 
 
 @pytest.mark.slow
-def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys):
+def test_a_miniature_demo_runs_every_stage_reports_and_resumes(tmp_path, capsys, monkeypatch):
+    from simslm import machine
+    from simslm.scaling import collect, execute
+
+    # The sweep runs a one-thread run per core, and the fit a worker per core: 3 here, as on a 3-core machine.
+    monkeypatch.setattr(machine, "default_workers", lambda: 3)
+    parallel, run_sweep, fit_sweep = [], execute.run_sweep, collect.fit_sweep
+    monkeypatch.setattr(execute, "run_sweep", lambda *given, **options: parallel.append(
+        ("sweep", options["num_parallel"], options["threads_per_run"])) or run_sweep(*given, **options))
+    monkeypatch.setattr(collect, "fit_sweep", lambda *given, **options: parallel.append(
+        ("fit", options["num_workers"])) or fit_sweep(*given, **options))
     config = demo.DemoConfig(out=str(tmp_path / "demo"), num_stories=6, num_units=16, depths=(1, 2),
                              budgets_flops=(3e8, 6e8, 1.2e9), text_tokens_per_parameter=1.0, context_length=64,
                              batch_size=4, num_tsc_items=4, sblimp_per_phenomenon=1, num_swuggy_items=4,
                              num_resamples=20,
                              bracket=False)
     summary = demo.run_demo(config)
+    assert parallel == [("sweep", 3, 1), ("fit", 3)]
     out = tmp_path / "demo"
     assert "Finding 1, interleaved + TWIST beats textless per FLOP:" in summary
     assert "Finding 2, compute-optimal allocation leans to model size" in summary
