@@ -534,6 +534,7 @@ def test_the_bootstrap_is_the_same_in_one_process_and_in_workers(tmp_path, monke
     the fit does not depend on how many workers share the resamples, or how they are chunked."""
     from simslm import jobs, machine
     from simslm.cli import main
+    from simslm.scaling import fit
 
     mapped, parallel_map = [], jobs.parallel_map
 
@@ -544,8 +545,11 @@ def test_the_bootstrap_is_the_same_in_one_process_and_in_workers(tmp_path, monke
     monkeypatch.setattr(jobs, "parallel_map", spied)
     points = _isoflop_grid(TRUE, noise=0.01, seed=0)
     alone = approach3(points, num_resamples=30, seed=3)
+    assert approach3(points, num_resamples=30, seed=3, num_workers=3) == alone
+    assert mapped == [([30], 1), ([30], 1)]  # too few resamples to be worth a worker process
+    monkeypatch.setattr(fit, "RESAMPLES_PER_WORKER", 10)
     shared = approach3(points, num_resamples=30, seed=3, num_workers=3)
-    assert mapped == [([30], 1), ([10, 10, 10], 3)]  # a chunk for each worker
+    assert mapped[-1] == ([10, 10, 10], 3)  # a chunk for each worker
     assert shared == alone
     table = tmp_path / "runs.csv"
     table.write_text("parameters,tokens,loss,budget\n" + "".join(

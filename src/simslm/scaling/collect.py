@@ -409,7 +409,8 @@ class FitConfig(Config):
     num_resamples: int = 1000
     """Bootstrap resamples."""
     num_workers: int = 0
-    """Worker processes for approach 3's bootstrap; 0 = one per core. The fit is the same with any number."""
+    """Worker processes for approach 3's bootstrap (each takes 100 resamples or more); 0 = one per core. The fit is
+    the same with any number."""
     estimator: Literal["huber", "likelihood"] = "huber"
     """Approach 3's estimator: huber (Hoffmann et al.'s fit) or likelihood (the Huber likelihood behind Besiroglu
     et al.'s reported estimates)."""

@@ -659,6 +659,11 @@ def _bootstrap_fits(task: tuple[Points, np.ndarray, float, int, list[int], str, 
     return indices[0], fits
 
 
+# The fewest resamples worth a worker process: starting one (spawned, importing numpy and scipy) takes about 1 s on a
+# 2-core CPU, as long as ~100 resamples of a 48-run sweep take to fit (docs/LOG.md, 2026-12-07).
+RESAMPLES_PER_WORKER = 100
+
+
 def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta: float = HUBER_DELTA,
               confidence: float = 0.95, num_workers: int = 1, estimator: str = "huber",
               bootstrap: str = "runs") -> dict[str, Any]:
@@ -677,8 +682,8 @@ def approach3(points: Points, *, num_resamples: int = 1000, seed: int = 0, delta
         raise ValueError(f"bootstrap {bootstrap!r}: choose one of {', '.join(BOOTSTRAPS)}")
     full = _full_fit(points, delta, 8, estimator)
     law = _law(full)
-    # Chunks of at most 250 resamples, for progress; at least one per worker, so that every worker has one.
-    size = min(250, math.ceil(num_resamples / num_workers))
+    # Chunks of at most 250 resamples, for progress; one per worker where each gets `RESAMPLES_PER_WORKER` or more.
+    size = min(250, max(RESAMPLES_PER_WORKER, math.ceil(num_resamples / num_workers)))
     chunks = [list(range(start, min(num_resamples, start + size))) for start in range(0, num_resamples, size)]
     tasks = [(points, full, delta, seed, chunk, estimator, bootstrap) for chunk in chunks]
     chunks_done = sorted(jobs.parallel_map(_bootstrap_fits, tasks, num_workers=min(num_workers, len(tasks)),
