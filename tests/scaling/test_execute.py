@@ -1,5 +1,6 @@
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -467,6 +468,44 @@ def test_the_local_executor_starts_the_runs_bracketing_adds_before_the_rest(tmp_
     execute._local(tmp_path, [run(name) for name in "abcd"], num_parallel=1,
                    more=lambda ended: next(answers, [run("grown")]))
     assert started == ["a", "b", "grown", "c", "d"]
+
+
+def test_a_local_sweep_trains_as_many_runs_at_once_as_the_machine_holds(tmp_path, monkeypatch):
+    """`sweep run` trained 2 runs at once unless told: 2 of 16 cores busy with one-thread runs, and with --gpus
+    0,1,2,3 two of the four GPUs idle. Now --num-parallel 0, the default, fills the machine."""
+    from simslm import machine
+
+    monkeypatch.setattr(machine, "default_workers", lambda: 8)
+    at_once = functools.partial(execute.runs_at_once, 0, threads_per_run=1, nproc_per_run=1)
+    assert at_once(slots=4, cuda=True) == 4  # a run per GPU group
+    assert at_once(slots=0, cuda=True) == 1  # every run would take the same GPU
+    assert at_once(slots=0, cuda=False) == 8
+    assert execute.runs_at_once(0, slots=0, cuda=False, threads_per_run=2, nproc_per_run=2) == 2
+    assert execute.runs_at_once(0, slots=0, cuda=False, threads_per_run=16, nproc_per_run=1) == 1
+    assert execute.runs_at_once(5, slots=2, cuda=True, threads_per_run=1, nproc_per_run=1) == 2  # as asked, at most
+    assert execute.runs_at_once(3, slots=0, cuda=False, threads_per_run=1, nproc_per_run=1) == 3
+    # The executor itself, by default: as many one-thread runs at once as there are cores (3 here).
+    monkeypatch.setattr(machine, "default_workers", lambda: 3)
+    live, peak = [0], [0]
+
+    class Run:  # a run that has ended when first looked at
+        returncode = 0
+
+        def __init__(self, *given):
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+
+        def poll(self):
+            live[0] -= 1
+            return 0
+
+    monkeypatch.setattr(execute, "_ForkedRun", Run)
+    monkeypatch.setattr(execute, "_warm_context", object)
+    monkeypatch.setattr(execute, "_cuda_present", lambda: False)
+    monkeypatch.setenv(PEAK_FLOPS_VARIABLE, "1e11")
+    execute._local(tmp_path, [{"id": name, "config": {"run_dir": str(tmp_path / "runs" / name)}} for name in "abcde"])
+    assert peak[0] == 3
+    assert execute.RunSweepConfig(sweep="s").num_parallel == 0
 
 
 def test_a_sweep_on_the_cpu_measures_each_peak_its_runs_need_once(tmp_path, monkeypatch, measured_peak):

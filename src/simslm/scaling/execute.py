@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from simslm import jobs, slurm, storage
+from simslm import jobs, machine, slurm, storage
 from simslm.config import Config, ConfigError, check_positive, registry_choices
 from simslm.scaling.bracket import extend_to_bracket, grown_after
 from simslm.scaling.ledger import (
@@ -269,7 +269,16 @@ def _cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
-def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2, threads_per_run: int = 1,
+def runs_at_once(num_parallel: int, *, slots: int, cuda: bool, threads_per_run: int, nproc_per_run: int) -> int:
+    """How many runs a local sweep trains at once: `num_parallel`, or for 0 as many as the machine holds, a run per
+    GPU group of --gpus (`slots`), else one at a time where CUDA is present (every run would take the same GPU),
+    else a run per `threads_per_run` x `nproc_per_run` cores. Never more than there are GPU groups."""
+    if num_parallel == 0:
+        num_parallel = slots or (1 if cuda else machine.default_workers() // (threads_per_run * nproc_per_run))
+    return max(1, min(num_parallel, slots) if slots else num_parallel)
+
+
+def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 0, threads_per_run: int = 1,
            nproc_per_run: int = 1, gpus: str = "", fresh_processes: bool = False,
            more: Callable[[str], list[dict[str, Any]]] | None = None, **_: Any) -> None:
     """Run up to `num_parallel` runs at once, each a process of its own with `threads_per_run` threads: a fork of
@@ -298,7 +307,8 @@ def _local(sweep_dir: Path, runs: list[dict[str, Any]], *, num_parallel: int = 2
     # CUDA is left to fresh processes: a fork must not inherit a CUDA context, and a GPU run's imports are
     # small against its training.
     warm = (None if fresh_processes or nproc_per_run > 1 or devices or cuda else _warm_context())
-    num_parallel = min(num_parallel, len(slots)) if slots else num_parallel
+    num_parallel = runs_at_once(num_parallel, slots=len(slots), cuda=cuda, threads_per_run=threads_per_run,
+                                nproc_per_run=nproc_per_run)
     free = list(slots)
     waiting = list(runs)
     seen = {run["id"] for run in runs}
@@ -439,8 +449,9 @@ class RunSweepConfig(Config):
     """local (subprocesses here) or slurm (through submitit)."""
     nproc_per_run: int = 1
     """Processes per run: torchrun on this machine (local), tasks per node (slurm); FSDP needs 2 or more."""
-    num_parallel: int = 2
-    """local: runs at once."""
+    num_parallel: int = 0
+    """local: runs at once; 0 = as many as the machine holds: one per GPU group of --gpus, else one at a time where
+    CUDA is present, else one per --threads-per-run x --nproc-per-run cores."""
     threads_per_run: int = 1
     """local: threads per run."""
     fresh_processes: bool = False
@@ -484,8 +495,8 @@ class RunSweepConfig(Config):
     pretrained) or the next of bracket_models, repeated; what cannot be bracketed goes into bracket.json."""
 
     def check(self) -> None:
-        check_positive(self, "num_parallel", "threads_per_run", "timeout_min", "nproc_per_run", "nodes", "warning_s")
-        check_positive(self, "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", "max_requeues",
+        check_positive(self, "threads_per_run", "timeout_min", "nproc_per_run", "nodes", "warning_s")
+        check_positive(self, "num_parallel", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", "max_requeues",
                        allow_zero=True)
         for option in self.sbatch:
             if "=" not in option:
