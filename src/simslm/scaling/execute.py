@@ -496,8 +496,8 @@ class RunSweepConfig(Config):
 
     def check(self) -> None:
         check_positive(self, "threads_per_run", "timeout_min", "nproc_per_run", "nodes", "warning_s")
-        check_positive(self, "num_parallel", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism", "max_requeues",
-                       allow_zero=True)
+        check_positive(self, "num_parallel", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
+                       "max_requeues", allow_zero=True)
         for option in self.sbatch:
             if "=" not in option:
                 raise ConfigError(f"--sbatch takes key=value, not '{option}'")

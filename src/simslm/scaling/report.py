@@ -60,8 +60,8 @@ def _legend_below(axes, entries: int, below: float = 0.16) -> None:
 
 def _save(plt, figure, path: Path) -> str:
     """Write the figure as `<path>.svg` and a 300-dpi `<path>.png`; the stem for the page."""
-    # The tight frame is measured once for both files: `bbox_inches="tight"` lays the whole figure out again
-    # for each file before drawing it, a third of the report's time (BENCHMARKS, forty-first session).
+    # The tight frame is measured once for both files: `bbox_inches="tight"` draws the whole figure to measure it
+    # before drawing each file, and the report took 1.18x as long (BENCHMARKS, forty-first session).
     frame = figure.get_tightbbox(figure.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for suffix, options in ((".svg", {}), (".png", {"dpi": 300})):
         with storage.atomic_path(path.with_suffix(suffix)) as temporary:
