@@ -477,11 +477,14 @@ def _term_weights(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tu
 
 
 def _huber(residual: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
-    """Σ ρ_δ(r), Huber's loss (quadratic within δ, linear beyond), and dρ/dr at each residual."""
-    small = np.abs(residual) <= delta
-    within = np.clip(residual, -delta, delta)  # squared unclipped, a line search's wild step overflowed (a warning)
-    value = np.where(small, 0.5 * within * within, delta * (np.abs(residual) - 0.5 * delta)).sum()
-    return value, np.where(small, residual, delta * np.sign(residual))
+    """Σ ρ_δ(r), Huber's loss (quadratic within δ, linear beyond), and dρ/dr at each residual.
+
+    dρ/dr is r clipped to [-δ, δ], and ρ(r) = c (r - c/2) with c that clipped r: r²/2 within δ, δ (|r| - δ/2)
+    beyond, to the bit (halving is exact), in 5 array operations instead of 13 (1.06x a Huber bootstrap, 1.13x a
+    likelihood one; docs/LOG.md 2026-12-07). Nothing is squared unclipped, where a line search's wild step
+    overflowed."""
+    clipped = np.clip(residual, -delta, delta)
+    return float((clipped * (residual - 0.5 * clipped)).sum()), clipped
 
 
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
