@@ -556,7 +556,7 @@ def test_the_bootstrap_is_the_same_in_one_process_and_in_workers(tmp_path, monke
         f"{n},{d},{loss},{b}\n" for n, d, loss, b in zip(points.parameters, points.tokens, points.loss, points.budget)))
     monkeypatch.setattr(machine, "default_workers", lambda: 2)
     assert main(["fit", str(table), "--num-resamples", "30", "--out", str(tmp_path / "fit.json")]) == 0
-    assert mapped[-1] == ([15, 15], 2)  # by default, one worker per core
+    assert mapped[-1] == ([15, 15], 2)  # by default a worker per core (each worth one at 10 resamples, as above)
     assert main(["fit", str(table), "--num-resamples", "30", "--num-workers", "1",
                  "--out", str(tmp_path / "alone.json")]) == 0
     fits = [json.loads((tmp_path / name).read_text())["variants"]["runs"]["approach3"]
