@@ -308,9 +308,10 @@ def run_demo(config: DemoConfig) -> str:
     def plan_and_run():
         spec = sweep_spec(config)
         sweep.plan_sweep(spec, out / "sweep")
-        # A one-thread run per core: two one-thread runs at once beat one two-thread run on 2 cores
-        # (docs/BENCHMARKS.md), and a run's numbers do not depend on how many run beside it.
-        execute.run_sweep(out / "sweep", executor="local", num_parallel=machine.default_workers(), threads_per_run=1,
+        # A one-thread run per core (the executor's own rule; one at a time on a GPU): two one-thread runs at once
+        # beat one two-thread run on 2 cores (docs/BENCHMARKS.md), and a run's numbers do not depend on how many
+        # run beside it.
+        execute.run_sweep(out / "sweep", executor="local", num_parallel=execute.runs_at_once(0), threads_per_run=1,
                           bracket=config.bracket)
 
     def fit():

@@ -506,6 +506,10 @@ def test_a_local_sweep_trains_as_many_runs_at_once_as_the_machine_holds(tmp_path
     execute._local(tmp_path, [{"id": name, "config": {"run_dir": str(tmp_path / "runs" / name)}} for name in "abcde"])
     assert peak[0] == 3
     assert execute.RunSweepConfig(sweep="s").num_parallel == 0
+    # Asked without saying (the demo's sweep), CUDA is as torch sees it: a GPU machine runs one at a time.
+    assert execute.runs_at_once(0) == 3
+    monkeypatch.setattr(execute, "_cuda_present", lambda: True)
+    assert execute.runs_at_once(0) == 1
 
 
 def test_a_sweep_on_the_cpu_measures_each_peak_its_runs_need_once(tmp_path, monkeypatch, measured_peak):

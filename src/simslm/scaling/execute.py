@@ -269,11 +269,15 @@ def _cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
-def runs_at_once(num_parallel: int, *, slots: int, cuda: bool, threads_per_run: int, nproc_per_run: int) -> int:
+def runs_at_once(num_parallel: int, *, slots: int = 0, cuda: bool | None = None, threads_per_run: int = 1,
+                 nproc_per_run: int = 1) -> int:
     """How many runs a local sweep trains at once: `num_parallel`, or for 0 as many as the machine holds, a run per
-    GPU group of --gpus (`slots`), else one at a time where CUDA is present (every run would take the same GPU),
-    else a run per `threads_per_run` x `nproc_per_run` cores. Never more than there are GPU groups."""
+    GPU group of --gpus (`slots`), else one at a time where CUDA is present (`cuda`, by default as torch sees it:
+    every run would take the same GPU), else a run per `threads_per_run` x `nproc_per_run` cores. Never more than
+    there are GPU groups."""
     if num_parallel == 0:
+        if not slots and cuda is None:
+            cuda = _cuda_present()
         num_parallel = slots or (1 if cuda else machine.default_workers() // (threads_per_run * nproc_per_run))
     return max(1, min(num_parallel, slots) if slots else num_parallel)
 

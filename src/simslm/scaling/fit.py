@@ -480,9 +480,9 @@ def _huber(residual: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
     """Σ ρ_δ(r), Huber's loss (quadratic within δ, linear beyond), and dρ/dr at each residual.
 
     dρ/dr is r clipped to [-δ, δ], and ρ(r) = c (r - c/2) with c that clipped r: r²/2 within δ, δ (|r| - δ/2)
-    beyond, to the bit (halving is exact), in 5 array operations instead of 13 (1.06x a Huber bootstrap, 1.13x a
-    likelihood one; docs/LOG.md 2026-12-07). Nothing is squared unclipped, where a line search's wild step
-    overflowed."""
+    beyond, to the bit (halving is exact), in 5 array operations instead of 13 (a likelihood bootstrap 1.13x, a
+    Huber one within noise; docs/BENCHMARKS.md 2026-12-07). Nothing is squared unclipped, where a line search's
+    wild step overflowed."""
     clipped = np.clip(residual, -delta, delta)
     return float((clipped * (residual - 0.5 * clipped)).sum()), clipped
 

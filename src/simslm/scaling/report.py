@@ -63,7 +63,7 @@ def _save(plt, figure, path: Path) -> str:
     # The tight frame is measured once for both files: `bbox_inches="tight"` draws the whole figure to measure it
     # before drawing each file, and the report took 1.18x as long (BENCHMARKS, forty-first session).
     frame = figure.get_tightbbox(figure.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
-    # zlib's fastest level: the report 1.14x faster for PNGs 22% larger (1.7 against 2.1 MB for the demo's seven).
+    # zlib's fastest level: the report 1.07-1.14x faster for PNGs 22% larger (2.1 against 1.7 MB, the demo's seven).
     png = {"dpi": 300, "pil_kwargs": {"compress_level": 1}}
     for suffix, options in ((".svg", {}), (".png", png)):
         with storage.atomic_path(path.with_suffix(suffix)) as temporary:
