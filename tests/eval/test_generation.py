@@ -1,3 +1,6 @@
+import math
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +40,11 @@ def test_self_bleu2_is_gslms_unigram_and_bigram_precision_without_brevity_penalt
     assert self_bleu2(texts, "arithmetic") == pytest.approx(arithmetic)
     # No brevity penalty: a short copy of a longer one is not punished for its length.
     assert self_bleu2(["a b", "a b c d e f"]) == pytest.approx((1.0 + (2 / 6) ** 0.5 * (1 / 5) ** 0.5) / 2)
+    # Matching unigrams and no matching bigram: NLTK's method0 (GSLM's smoothing) counts the zero precision as the
+    # smallest float, so the geometric mean is tiny, not 0; the arithmetic one is half the unigram precision. Only
+    # no matching unigram at all gives 0.
+    assert self_bleu2(["a b", "b a"]) == pytest.approx(math.sqrt(sys.float_info.min))
+    assert self_bleu2(["a b", "b a"], "arithmetic") == pytest.approx(0.5)
 
 
 class _FixedJudge:
@@ -159,9 +167,24 @@ def test_judge_prefers_real_text_to_shuffled_words():
     shuffled = " ".join(np.random.default_rng(0).permutation(words))
     assert gen_ppl([text], judge)["gen_ppl"] < gen_ppl([shuffled], judge)["gen_ppl"]
     assert gen_ppl(["", text], judge)["num_empty"] == 1
-    # The judge scores text as its tokenizer gives it by default, the first token unpredicted.
-    ids = judge.tokenizer(text)["input_ids"]
-    assert judge.mean_negative_log_likelihood(text) > 0 and len(ids) > 2
+    # The judge scores text as its tokenizer gives it by default (tok512 adds no BOS), the first token unpredicted,
+    # as slamkit's `get_llm_preplexity` does for a batch padded on the right (Llama-3.2-1B's tokenizer, its judge):
+    # logits shifted by one against labels with the padding at -100, each transcript's NLL the mean over its own.
+    texts = [text, shuffled, "Lily ran home.", "Lily"]  # one token: 0/0, NaN
+    tokenizer = judge.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # slamkit's `get_llm`
+    tokenizer.padding_side = "right"
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][2, -1] == 0 and batch["attention_mask"][3].sum() == 1
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        logits = judge.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                               reduction="none").view(len(texts), -1)
+    kept = labels[:, 1:] != -100
+    expected = (losses * kept).sum(1) / kept.sum(1)
+    assert [judge.mean_negative_log_likelihood(t) for t in texts] == pytest.approx(expected.tolist(), rel=1e-5, nan_ok=True)
 
 
 @pytest.mark.slow

@@ -284,6 +284,16 @@ def test_bootstrap_intervals_cover_the_true_rate(aggregation):
     assert 0.90 <= covered / trials <= 0.99  # nominal 95%
 
 
+def test_a_95_percent_interval_is_as_wide_as_the_normal_one_over_many_pairs():
+    """The percentile bootstrap's central 95% of the resampled accuracies: over many pairs that is the normal
+    interval p +- 1.96 sqrt(p (1 - p) / n), which the coverage test above cannot tell from a 97.5% one."""
+    n, rate = 1600, 0.7
+    outcomes = np.r_[np.ones(int(n * rate)), np.zeros(n - int(n * rate))]
+    result = accuracy_with_ci(outcomes, num_resamples=4000, seed=0)
+    normal = 2 * 1.96 * np.sqrt(rate * (1 - rate) / n)
+    assert result.ci_high - result.ci_low == pytest.approx(normal, rel=0.06)
+    assert (result.ci_low + result.ci_high) / 2 == pytest.approx(rate, abs=0.003)
+
 def test_encode_parts_marks_switches_merges_the_cut_and_keeps_the_ending(vocabulary):
     units = {"a.wav": np.array([1, 2, 3]), "b.wav": np.array([3, 4])}
     parts = (Part("text", "Tom ran."), Part("speech", audio="a.wav"),

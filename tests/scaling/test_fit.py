@@ -18,6 +18,7 @@ from simslm.scaling.fit import (
     fit_law,
     fit_warnings,
     metric_power_law,
+    percentile_interval,
     plan_compute,
     read_table,
     smooth_curve,
@@ -140,6 +141,9 @@ def test_approach_3_bootstraps_over_all_runs_as_besiroglu_et_al_do_unless_asked_
                              for b in budgets) for i in range(20)] for within in (False, True)}
     assert len(set(counts[True])) == 1 and counts[True][0] == tuple(np.sum(points.budget == b) for b in budgets)
     assert len(set(counts[False])) > 10  # each budget's share of a resample varies, as in an iid draw of runs
+    # Within each budget, runs are drawn with replacement: resamples differ from the data and from each other.
+    drawn = {_resample(points, np.random.default_rng([0, i]), True).loss.tobytes() for i in range(20)}
+    assert len(drawn) == 20 and points.loss.tobytes() not in drawn
     table = tmp_path / "runs.csv"
     table.write_text("parameters,tokens,loss,budget\n" + "".join(
         f"{n},{d},{loss},{b}\n" for n, d, loss, b in zip(points.parameters, points.tokens, points.loss, points.budget)))
@@ -151,6 +155,7 @@ def test_approach_3_bootstraps_over_all_runs_as_besiroglu_et_al_do_unless_asked_
             for kind in ("runs", "budgets")}
     assert fits["runs"]["bootstrap"] == "runs" and fits["budgets"]["bootstrap"] == "budgets"
     assert fits["runs"]["law"] == fits["budgets"]["law"] and fits["runs"]["samples"] != fits["budgets"]["samples"]
+    assert all(low < high for low, high in fits["budgets"]["ci"].values())
 
 
 def test_an_isoflop_vertex_gets_an_interval_that_covers_it_when_the_data_allow_one():
@@ -286,6 +291,30 @@ def test_smooth_curve_is_a_centred_mean_in_log_tokens():
     window = np.sum(np.abs(np.log(tokens) - np.log(tokens[1000])) <= 0.025)
     assert np.std(smooth_curve(tokens, noise)[inside]) < 1.5 / math.sqrt(window)
 
+
+def test_approach3_minimises_hoffmann_et_als_huber_loss_with_their_delta():
+    """Hoffmann et al. (2022, section 3.3) fit log L by minimising Σ Huber_δ(LSE(...) - log L) with δ = 1e-3. Built
+    from that definition with scipy's own Huber function, the objective's gradient vanishes at the law `simslm fit`
+    reports (2e-9 here), and not at the laws other deltas give (4e-3 and more at δ = 3e-3, 1e-2 or 1e-4)."""
+    from scipy.special import huber
+
+    points = _isoflop_grid(TRUE, noise=0.01, seed=0)
+    law = fit_all(points, num_resamples=4)["approach3"]["law"]
+
+    def objective(u):  # u = (log A, log B, log E, alpha, beta), the law as Hoffmann et al. parametrise it
+        guess = Law(E=math.exp(u[2]), A=math.exp(u[0]), B=math.exp(u[1]), alpha=u[3], beta=u[4])
+        return huber(1e-3, np.log(guess.loss(points.parameters, points.tokens)) - np.log(points.loss)).sum()
+
+    u = np.array([math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"]])
+    gradient = [(objective(u + 1e-6 * e) - objective(u - 1e-6 * e)) / 2e-6 for e in np.eye(5)]
+    assert np.abs(gradient).max() < 1e-6
+
+
+def test_a_percentile_interval_is_the_central_share_of_the_finite_draws():
+    draws = np.r_[np.linspace(0.0, 1.0, 100001), np.nan, np.inf]
+    assert percentile_interval(draws) == pytest.approx([0.025, 0.975])
+    assert percentile_interval(draws, 0.9) == pytest.approx([0.05, 0.95])
+    assert np.isnan(percentile_interval(np.array([np.nan, np.inf]))).all()
 
 def test_planner_closed_form_matches_brute_force():
     fit = {"approach3": {"law": TRUE.__dict__, "samples": []}}
