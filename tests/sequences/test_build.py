@@ -53,7 +53,9 @@ def test_mixing_draws_samples_as_interleave_datasets_does():
     assert counts["interleaved"] == 2000 and chosen[-1].id == "i1999" and abs(counts["speech"] / 1200 - 1) < 0.1
     assert abs(counts["text"] / 800 - 1) < 0.1
     assert [s.id for s in chosen if s.id.startswith("s")] == [f"s{i}" for i in range(counts["speech"])]
-    # by tokens: the same draw, with each stream's expected share of the tokens as asked.
+    # by tokens: the same draw, with each stream's expected share of the tokens as asked, whatever the spread of a
+    # stream's lengths (its mean length per draw counts, not its median).
+    samples["text"] = _stream("t", [5, 5, 5, 50, 50] * 4000)
     chosen, taken = mix_streams(samples, shares, np.random.default_rng(0), by="tokens")
     total = sum(taken.values())
     assert all(abs(taken[name] / total - share) < 0.03 for name, share in shares.items())

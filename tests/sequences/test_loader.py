@@ -39,6 +39,12 @@ def test_a_state_saved_by_more_processes_resumes_where_they_all_stopped(build):
     resumed = PackedLoader(out, batch_size=2)
     resumed.load_state_dict(pair[0].state_dict())
     assert np.array_equal(next(resumed).tokens, uninterrupted[6])  # the one process reads rows 12-13 next
+    # On 5 processes, global batches are rows 0-9, 10-19, 20-29: the second holds rows 10-11, already read, so
+    # they start at the third (none read twice), rank 0 at rows 20-21.
+    assert len(uninterrupted) >= 11
+    first_of_five = PackedLoader(out, batch_size=2, rank=0, world_size=5)
+    first_of_five.load_state_dict(pair[1].state_dict())
+    assert np.array_equal(next(first_of_five).tokens, uninterrupted[10])
 
 
 def test_training_past_the_built_epochs_reads_them_again_in_a_new_order(build):

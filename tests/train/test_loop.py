@@ -291,12 +291,13 @@ def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision, accum
                     yield {"input_ids": torch.from_numpy(tokens), "position_ids": torch.from_numpy(positions),
                            "labels": torch.from_numpy(labels)}
 
-    logged = []
+    logged, norms = [], []
 
     class Losses(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 logged.append(logs["loss"])
+                norms.append(logs["grad_norm"])
 
     # warm-up 0.01: slamkit's `warmup_ratio: 0.01`, which transformers 5 takes as a fraction given to warmup_steps.
     arguments = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=config.batch_size,
@@ -313,4 +314,9 @@ def test_the_loop_trains_as_slamkits_hf_trainer(data, tmp_path, precision, accum
     # differs by 0.26, 1.3e-2 and 6e-4. (Clipping is on at every step of these: Adam's update is blind to its
     # level.)
     np.testing.assert_allclose(_losses(tmp_path / "run"), logged, rtol={"fp32": 1e-5, "bf16-weights": 2e-3}[precision])
+    # The gradient is the mean loss's: Adam's update, and so these losses, are blind to its scale when every step
+    # is clipped; the norm before clipping is not (fp32: the Trainer's to 8e-7; bf16 weights: 7e-3, a bf16 norm).
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([m["grad_norm"] for m in metrics], norms,
+                               rtol={"fp32": 1e-5, "bf16-weights": 2e-2}[precision])
 
