@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simslm.eval.evaluate import EvalConfig, evaluate_run, read_results
@@ -425,11 +426,20 @@ def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_p
             rows.append({"task": part, "ind": number, **sides})
         if stored == "hub":  # slprl/SALMon: a parquet shard per part
             pq.write_table(pa.Table.from_pylist(rows), tmp_path / part / "train-00000-of-00001.parquet")
-    results = evaluate_run(EvalConfig(run=str(run), bench=(f"salmon={tmp_path}",), num_resamples=50))
+    # slamkit's `salmon` reports each part alone and no whole. The whole set is, under the reference preset, the
+    # mean over pairs, as every benchmark's there; under another, the layout's own: the mean of the parts'
+    # accuracies (3 and 2 pairs here). Each store is scored under one of the two.
+    preset = "reference" if stored == "folders" else "ending"
+    results = evaluate_run(EvalConfig(run=str(run), bench=(f"salmon={tmp_path}",), num_resamples=50, preset=preset))
     assert set(results) == {"salmon", "salmon/gender_consistency", "salmon/speaker_consistency"}
     whole = results["salmon"]
     assert whole.layout == ("salmon" if stored == "folders" else "salmon-hub")
     assert whole.num_pairs == 5 and whole.num_groups == 2
+    parts = [entry["accuracy"] for entry in whole.per_group.values()]
+    if preset == "reference":
+        assert whole.aggregation == "pairs" and whole.accuracy == pytest.approx(np.mean(whole.outcomes))
+    else:
+        assert whole.aggregation == "macro" and whole.accuracy == pytest.approx(np.mean(parts))
     for part, entry in whole.per_group.items():  # each part alone: SALMon's own number, the mean over its pairs
         alone = results[f"salmon/{part}"]
         assert alone.accuracy == entry["accuracy"] and alone.num_pairs == entry["num_pairs"]
@@ -438,7 +448,6 @@ def test_salmon_is_reported_part_by_part_as_salmon_reports_it(trained_run, tmp_p
 def test_a_zerospeech_submission_names_files_as_gold_csv_does(tmp_path):
     """ZeroSpeech's `filename` is the file's path in the set's folder without its extension (a stem in the published
     sets, `audio/00001-good` in simslm's re-creations): the submission names each file the same way."""
-    import numpy as np
 
     from simslm.eval.evaluate import write_pair_scores
     from simslm.eval.layouts import Pair, Part

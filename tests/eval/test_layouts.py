@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simslm.eval.layouts import BenchError, bench_digest, load
+from simslm.eval.layouts import LAYOUTS, BenchError, bench_digest, load
 from simslm.speech import audio
 
 
@@ -99,6 +99,11 @@ def test_zerospeech_lexical_pairs_each_word_with_its_non_words_in_frequency_band
     assert [name for _, name in w4] == ["w4-v1-n1.wav", "w4-v1-n2.wav", "w4-v2-n1.wav"] and len({i for i, _ in w4}) == 3
     for pair in pairs:
         assert Path(pair.positive[0].audio).stem == pair.id.split("/")[0] + "-" + pair.id.split("/")[1]
+    # The in-vocab score (ZeroSpeech's `lexical_invocab`) takes the bands of words LibriSpeech holds: not oov, and
+    # not a word without a count.
+    (name, in_vocab), = LAYOUTS["slm21-lexical"].subsets
+    assert name == "in-vocab" and sorted({band for band in bands.values() if in_vocab(band)}) == [
+        "1-5", "21-100", "6-20", ">100"]
 
 
 def test_storycloze_layout_groups_pairs_by_speaker_folder(tmp_path):
@@ -215,6 +220,9 @@ def test_salmon_parts_pair_each_samples_two_files_in_path_order(tmp_path):
                                                            "speaker_consistency/0"]
     assert all(p.positive[0].audio.endswith("a_pos.wav") and p.negative[0].audio.endswith("b_neg.wav") for p in pairs)
     assert [p.group for p in pairs] == ["gender_consistency"] * 2 + ["speaker_consistency"]
+    # SALMon's parts are tasks of their own: outside the reference preset the whole is the mean over them, both
+    # as its folders and from the hub (tests/eval/test_evaluate.py scores it so).
+    assert LAYOUTS["salmon"].aggregation == LAYOUTS["salmon-hub"].aggregation == "macro"
     # A sample with a third file cannot be a pair (SALMon's loader would fail unpacking it).
     _tone(tmp_path / "speaker_consistency" / "sample_0_c.wav")
     with pytest.raises(BenchError, match=r"speaker_consistency: sample 0 has 3 .wav files"):

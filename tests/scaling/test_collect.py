@@ -105,8 +105,10 @@ def test_a_cell_difference_adds_the_spread_between_runs_to_the_batches_as_welch_
     spread = [run(loss) for loss in (2.80, 3.00, 3.20)]
     assert collect.cell_difference({"replicates": [run(3.0)]}, {"replicates": [run(3.1)]})[2] < 0
     assert collect.cell_difference({"replicates": spread}, {"replicates": [run(3.1), run(3.2), run(3.0)]})[2] > 0
-    # Both shares count: batch noise widens the interval of the same runs.
-    noisy = [run(loss, rng.normal(0, 0.3, 64)) for loss in first]
+    # Both shares count: batch noise that leaves every run's loss as it was (the runs' share unchanged) widens
+    # the interval of the same runs.
+    noisy = [run(loss, (noise := rng.normal(0, 0.3, 64)) - noise.mean()) for loss in first]
+    assert collect.cell_difference({"replicates": noisy}, cell(second))[0] == pytest.approx(difference)
     assert np.ptp(collect.cell_difference({"replicates": noisy}, cell(second))[1:]) > high - low
     assert collect.cell_difference({"replicates": [run(3.0), {"validation_batches": None}]}, cell(second)) is None
 

@@ -433,7 +433,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            subsets=tuple((part, functools.partial(operator.eq, part)) for part in SALMON_PARTS)),
     Layout("hf-parquet", lambda folder: next(folder.rglob("*.parquet"), None) is not None,
            lambda folder, mode: load_hf_parquet(folder)),
-    # SALMon reports each part alone (its leaderboard's columns); the whole set is the mean over parts.
+    # SALMon reports each part alone (its leaderboard's columns; slamkit's `salmon` too, with no whole); the whole
+    # set is the mean over parts, except under the reference preset, whose every whole is the mean over pairs.
     Layout("salmon", lambda folder: any(next((folder / part).glob("*.wav"), None) for part in SALMON_PARTS),
            lambda folder, mode: load_salmon(folder), aggregation="macro", groups_are_folders=False,
            subsets=tuple((part, functools.partial(operator.eq, part)) for part in SALMON_PARTS)),
