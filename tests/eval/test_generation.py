@@ -160,6 +160,25 @@ def test_whisper_text_reaches_the_judge_as_it_comes(monkeypatch):
     assert built[0]["device"] == "cpu" and torch.float32 in built[0].values()
 
 
+def test_top_k_keeps_the_k_best_and_their_ties_as_hf_generate_does():
+    """HF's `TopKLogitsWarper` (what `generate(top_k=...)` samples through) keeps every score not below the k-th:
+    with k = 3 over 1.0, 0.9, 0.8, 0.8, ... the tie at the third place stays, so four tokens can be drawn."""
+    import types
+
+    from transformers import TopKLogitsWarper
+
+    scores = torch.tensor([1.0, 0.9, 0.8, 0.8, 0.0, -0.5, -1.0, -1.0])
+
+    class Fixed(torch.nn.Module):  # the same next-token scores whatever came before
+        config = types.SimpleNamespace(max_position_embeddings=10_000)
+
+        def forward(self, input_ids, use_cache=True, past_key_values=None):
+            return types.SimpleNamespace(logits=scores.expand(1, input_ids.shape[1], -1), past_key_values=())
+
+    drawn = sample_continuation(Fixed(), np.array([0]), max_new_tokens=400, allowed=(0, 8), top_k=3, seed=0)
+    kept = TopKLogitsWarper(3)(None, scores[None])[0].isfinite()
+    assert set(drawn.tolist()) == set(np.flatnonzero(kept.numpy()).tolist()) == {0, 1, 2, 3}
+
 def test_judge_prefers_real_text_to_shuffled_words():
     judge = JudgeLM("stories260K")
     text = "Once upon a time, there was a little girl named Lily. She loved to play outside."
