@@ -58,6 +58,19 @@ def test_the_plan_never_splits_a_stretch_and_cuts_at_the_longest_pause():
     # Shorter segments: the 0.5 s pause would leave one of 1 s, under min_sec, so the cuts go at 0.1 s pauses.
     planned = plan_segments(stretches, t, max_sec=3.0, min_sec=2.0, margin_sec=0.0)
     assert [(first, stop) for _, _, first, stop in planned] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    # Equal pauses: the latest cut that fits, so segments come out as long as they can. A segment fits with a
+    # margin either side (3.2 s of speech and 2 x 0.2 s is over 3.5 s), and neighbours share a pause shorter than
+    # two margins half and half.
+    even, t = [], 0.0
+    for _ in range(6):
+        even.append((t, t + 1.0))
+        t += 1.1
+    assert [(f, s) for _, _, f, s in plan_segments(even, 6.6, max_sec=3.5, min_sec=0, margin_sec=0)] == [
+        (0, 3), (3, 6)]
+    planned = plan_segments(even, 6.6, max_sec=3.5, min_sec=0, margin_sec=0.2)
+    assert [(f, s) for _, _, f, s in planned] == [(0, 2), (2, 4), (4, 6)]
+    assert [edge for start, end, _, _ in planned for edge in (start, end)] == pytest.approx(
+        [0.0, 2.15, 2.15, 4.35, 4.35, 6.6])
     # One stretch longer than a segment is its own segment, whole.
     assert [(f, s) for _, _, f, s in plan_segments([(0, 1), (1.5, 9), (9.5, 10)], 10, max_sec=4, min_sec=0,
                                                     margin_sec=0)] == [(0, 1), (1, 2), (2, 3)]

@@ -109,10 +109,11 @@ def plan_segments(stretches: list[tuple[float, float]], duration: float, *, max_
             last += 1
         if last + 1 < len(stretches):
             # Cut after the stretch followed by the longest pause, among those leaving a segment of min_sec or more
-            # (all of them when none does); a later cut wins a tie, for longer segments.
+            # (all of them when none does); a later cut wins a tie, for longer segments. Pauses are compared to the
+            # microsecond: two pauses of 0.1 s between times of 10 ms steps differ by 1e-16 as floats.
             candidates = [k for k in range(first, last + 1) if stretches[k][1] - start + 2 * margin_sec >= min_sec]
             candidates = candidates or list(range(first, last + 1))
-            last = max(candidates, key=lambda k: (stretches[k + 1][0] - stretches[k][1], k))
+            last = max(candidates, key=lambda k: (round(stretches[k + 1][0] - stretches[k][1], 6), k))
         segments.append((first, last + 1))
         first = last + 1
     # Margins: at most margin_sec of silence, and at most half the pause shared with a neighbour.
