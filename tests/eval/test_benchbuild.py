@@ -156,6 +156,9 @@ def test_offline_sblimp_has_a_fixed_sample_per_phenomenon(tmp_path):
     assert {p.group for p in pairs} == set(assets.BLIMP_PHENOMENA)
     again = blimp_pairs("", 1, 0)
     assert [r["sentence_good"] for r in again] == [r["sentence_good"] for r in blimp_pairs("", 1, 0)]
+    # A seeded draw from each phenomenon's pairs, not its first ones: another seed, another sample.
+    other = [r["sentence_good"] for r in blimp_pairs("", 1, 1)]
+    assert len(other) == len(again) and sum(a["sentence_good"] != b for a, b in zip(again, other)) > len(other) / 2
     # ZeroSpeech's syntactic gold.csv, in its column order (its evaluator reads type, subtype and transcriptions by
     # position: `benchmarks/side_by_side_zerospeech.py --built` runs it on such a folder), each row its sentence.
     import csv
