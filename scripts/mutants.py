@@ -145,7 +145,7 @@ MUTANTS = [
     ('train/loop.py',
      'scale, stopping = 1.0 / max(num_scored, 1.0), stop.noted',
      'scale, stopping = 2.0 / max(num_scored, 1.0), stop.noted',
-     'tests/train/test_loop.py -k slamkits_hf_trainer -s'),
+     'tests/train/test_loop.py -k slamkits_hf_trainer'),
     ('train/loop.py',
      'clip_grad_norm_(model.parameters(), config.grad_clip)',
      'clip_grad_norm_(model.parameters(), config.grad_clip * 2)',
