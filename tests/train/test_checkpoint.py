@@ -112,6 +112,14 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(data, tmp_pa
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     assert "checksum mismatch" in checkpoint_problem(latest)
+    # Every file it lists is checked, the optimizer's and the generators' states too: a byte changed anywhere in
+    # them is a checkpoint not to resume from.
+    for name in ("optimizer.pt", "rng.pt"):
+        earlier = run / "checkpoints" / "step-00000004" / name
+        kept = earlier.read_bytes()
+        earlier.write_bytes(kept[:len(kept) // 2] + bytes([kept[len(kept) // 2] ^ 1]) + kept[len(kept) // 2 + 1:])
+        assert checkpoint_problem(earlier.parent) == f"{name} is corrupt or truncated (checksum mismatch)"
+        earlier.write_bytes(kept)
     (run / "result.json").unlink()
     from simslm.train.checkpoint import latest_checkpoint
 

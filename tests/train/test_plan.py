@@ -177,4 +177,9 @@ def test_the_plan_counts_the_passes_over_the_data_and_warns_past_four(data, tmp_
             train(_config(data, run, budget_tokens=passes * loader_batches * 4 * 64, checkpoint_every=1000))
         assert json.loads((run / "plan.json").read_text())["data_passes"] == pytest.approx(passes, abs=1e-3)
         assert ("passes repeat data" in capsys.readouterr().err) == warned
+    # With accumulation a step reads that many batches: the same tokens are half the steps and the same passes.
+    run = tmp_path / "accumulated"
+    with pytest.raises(Planned):
+        train(_config(data, run, budget_tokens=2 * loader_batches * 4 * 64, checkpoint_every=1000, grad_accumulation=2))
+    assert json.loads((run / "plan.json").read_text())["data_passes"] == pytest.approx(2, abs=1e-3)
 
