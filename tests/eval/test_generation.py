@@ -203,7 +203,8 @@ def test_judge_prefers_real_text_to_shuffled_words():
                                                reduction="none").view(len(texts), -1)
     kept = labels[:, 1:] != -100
     expected = (losses * kept).sum(1) / kept.sum(1)
-    assert [judge.mean_negative_log_likelihood(t) for t in texts] == pytest.approx(expected.tolist(), rel=1e-5, nan_ok=True)
+    ours = [judge.mean_negative_log_likelihood(t) for t in texts]
+    assert ours == pytest.approx(expected.tolist(), rel=1e-5, nan_ok=True)
 
 
 @pytest.mark.slow
