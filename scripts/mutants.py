@@ -9,14 +9,14 @@ number no test would defend. Run from the repository root with the dev environme
     SIMSLM_MIRROR=../shared/data .venv/bin/python scripts/mutants.py 3 17       # entries 3 and 17
 
 It edits files under src/ in place and restores each one, also when interrupted; it refuses a file with
-uncommitted changes, so nothing of yours is overwritten. Exit status 1 when a change survived. The results of
+uncommitted changes, so nothing of yours is overwritten. Exit status 1 when a change survived, or its tests
+could not run (a -k that selects nothing counts so, not as killed). The results of
 2026-12-08 are in docs/LOG.md (19 survived at first; each now has a test that fails under it).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -353,14 +353,18 @@ def main() -> int:
             path.write_text(text.replace(original, mutant))
             result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                                      "-n", str(args.workers), *tests.split()], cwd=ROOT, capture_output=True,
-                                    text=True, env=os.environ)
+                                    text=True)
         finally:
             path.write_text(text)
-        verdict = "killed" if result.returncode else "SURVIVED"
-        failed = next((line for line in result.stdout.splitlines() if line.startswith("FAILED")), "")
+        # Killed: a test failed or errored (under -x, pytest exits 2, "interrupted", after the first). An exit with
+        # no test failing (5: a -k that selects nothing; 4: a usage error) says nothing about the change.
+        failed = next((line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))), "")
+        killed = result.returncode != 0 and bool(failed)
+        verdict = "killed" if killed else "SURVIVED" if result.returncode == 0 else \
+            f"ERROR (pytest exit {result.returncode}, no test failed)"
         print(f"{number}: {verdict} in {time.perf_counter() - started:.0f} s: {file}: {original!r} -> {mutant!r}"
               f"{'  [' + failed[:120] + ']' if failed else ''}", flush=True)
-        if not result.returncode:
+        if not killed:
             survived.append(number)
     print(f"{len(chosen) - len(survived)} of {len(chosen)} killed" + (f"; survived: {survived}" if survived else ""))
     return 1 if survived else 0
